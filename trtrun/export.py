@@ -1,0 +1,199 @@
+"""Export a Hugging Face transformer (BERT-family encoder or GPT-2 decoder) to ONNX.
+
+`export_model` takes a model directory (config.json + weights) or a named architecture with random
+weights (`bert-base`, `gpt2`, with size overrides for small test models) and writes an ONNX graph with
+inputs `input_ids`, `attention_mask` (+ `token_type_ids` for BERT-like models), output
+`last_hidden_state`, and dynamic batch and sequence axes.
+
+torch and transformers are optional dependencies, imported only inside the functions here.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+from .errors import ModelError, TrtrunError
+
+NAMED_ARCHS = ("bert-base", "gpt2")
+EXPORTERS = ("torchscript", "dynamo")
+# torch's TorchScript exporter: opsets we accept here. 14 is the first with the ops our graphs need
+# (Trilu for causal masks etc.), 20 the newest we check.
+OPSET_RANGE = (14, 20)
+
+# Names of overrides users may pass, and their GPT-2 config spelling.
+_GPT2_KEYS = {
+    "hidden_size": "n_embd",
+    "num_hidden_layers": "n_layer",
+    "num_attention_heads": "n_head",
+    "intermediate_size": "n_inner",
+    "max_position_embeddings": "n_positions",
+}
+_BERT_KEYS = {"hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+              "vocab_size", "max_position_embeddings", "type_vocab_size", "layer_norm_eps",
+              "hidden_act"}
+
+
+def _import_torch():
+    try:
+        import torch
+        import transformers
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise TrtrunError(
+            "exporting needs torch and transformers (pip install 'trtrun[export]'): " + str(e)
+        ) from e
+    return torch, transformers
+
+
+def _make_config(transformers, source: str, overrides: dict):
+    if source == "bert-base":
+        bad = set(overrides) - _BERT_KEYS
+        if bad:
+            raise ValueError(f"unknown override(s) for bert-base: {sorted(bad)}; known: {sorted(_BERT_KEYS)}")
+        # bert-base-uncased's shape, with dropout irrelevant (eval mode).
+        return transformers.BertConfig(**overrides)
+    if source == "gpt2":
+        kw = {}
+        for k, v in overrides.items():
+            if k in _GPT2_KEYS:
+                kw[_GPT2_KEYS[k]] = v
+            elif k in ("vocab_size", "layer_norm_epsilon", "activation_function") or k in _GPT2_KEYS.values():
+                kw[k] = v
+            else:
+                raise ValueError(f"unknown override {k!r} for gpt2; known: "
+                                 f"{sorted(_GPT2_KEYS) + ['vocab_size', 'layer_norm_epsilon']}")
+        if "vocab_size" in kw:  # keep the special tokens inside a shrunken vocabulary
+            kw.setdefault("bos_token_id", kw["vocab_size"] - 1)
+            kw.setdefault("eos_token_id", kw["vocab_size"] - 1)
+        return transformers.GPT2Config(**kw)
+    raise AssertionError(source)
+
+
+def _randomize(torch, model, seed):
+    """Give every parameter a non-trivial random value.
+
+    Hugging Face's init leaves biases at 0 and LayerNorm gains at 1; a graph with those values hides
+    bugs (a bias dropped, gamma and beta swapped) and lets exporters deduplicate the constants.
+    Scales stay close to a trained model's: weights N(0, 0.02) as HF's init, biases N(0, 0.02),
+    gains 1 + N(0, 0.1), LayerNorm shifts N(0, 0.05).
+    """
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g, dtype=torch.float32)
+            low = name.lower()
+            is_ln = ("layernorm" in low or ".ln_" in low or low.startswith("ln_")
+                     or "layer_norm" in low or ".ln" in low)
+            if is_ln and name.endswith("weight"):
+                p.copy_(1.0 + 0.1 * noise)
+            elif is_ln and name.endswith("bias"):
+                p.copy_(0.05 * noise)
+            else:
+                p.copy_(0.02 * noise)
+
+
+def _load_model(torch, transformers, source, overrides, seed):
+    attn = {"attn_implementation": "eager"}
+    if str(source) in NAMED_ARCHS:
+        config = _make_config(transformers, str(source), overrides or {})
+        torch.manual_seed(seed)
+        model = transformers.AutoModel.from_config(config, **attn)
+        _randomize(torch, model, seed)
+        return model, config
+    path = Path(source)
+    if not path.is_dir() or not (path / "config.json").is_file():
+        raise ModelError(
+            f"{source}: not a named architecture ({', '.join(NAMED_ARCHS)}) nor a Hugging Face model "
+            "directory with a config.json")
+    try:
+        config = transformers.AutoConfig.from_pretrained(str(path))
+        for k, v in (overrides or {}).items():
+            setattr(config, k, v)
+        model = transformers.AutoModel.from_pretrained(str(path), config=config, **attn)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{source}: cannot load the model: {e}") from e
+    return model, config
+
+
+def export_model(source, out_path, *, exporter: str = "torchscript", opset: int | None = None,
+                 overrides: dict | None = None, seed: int = 0) -> Path:
+    """Export `source` to ONNX at `out_path`, in fp32, and return the path.
+
+    source: a Hugging Face model directory or "bert-base" / "gpt2" (random weights from `seed`;
+    `overrides` such as hidden_size=128, num_hidden_layers=2 set the size; for gpt2 they map to
+    n_embd/n_layer/n_head/n_inner). exporter: "torchscript" (torch.onnx.export(dynamo=False), opset 17
+    by default, 14..20 accepted) or "dynamo" (torch.export with dynamic batch and sequence Dims;
+    opset 18 by default).
+    """
+    if exporter not in EXPORTERS:
+        raise ValueError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
+    if opset is None:
+        opset = 17 if exporter == "torchscript" else 18
+    if not OPSET_RANGE[0] <= opset <= OPSET_RANGE[1]:
+        raise ValueError(f"opset {opset} outside the supported range {OPSET_RANGE[0]}..{OPSET_RANGE[1]}")
+    if exporter == "dynamo" and opset < 18:
+        raise ValueError("the dynamo exporter writes opset 18 or newer")
+    torch, transformers = _import_torch()
+
+    model, config = _load_model(torch, transformers, source, overrides, seed)
+    model = model.float().eval()
+    has_tt = getattr(config, "type_vocab_size", 0) and config.model_type != "gpt2"
+    # Inputs passed positionally to the wrapper, then by keyword to the HF model (positional use
+    # maps them onto other parameters), with use_cache=False so no past-key-values are returned.
+    if has_tt:
+        class Wrapper(torch.nn.Module):
+            def __init__(self, m):
+                super().__init__()
+                self.m = m
+
+            def forward(self, input_ids, attention_mask, token_type_ids):
+                return self.m(input_ids=input_ids, attention_mask=attention_mask,
+                              token_type_ids=token_type_ids, use_cache=False).last_hidden_state
+        names = ["input_ids", "attention_mask", "token_type_ids"]
+    else:
+        class Wrapper(torch.nn.Module):
+            def __init__(self, m):
+                super().__init__()
+                self.m = m
+
+            def forward(self, input_ids, attention_mask):
+                return self.m(input_ids=input_ids, attention_mask=attention_mask,
+                              use_cache=False).last_hidden_state
+        names = ["input_ids", "attention_mask"]
+    wrapper = Wrapper(model).eval()
+
+    # Example inputs: batch 2, sequence 8, some padding, so no dimension is specialised to 1.
+    g = torch.Generator().manual_seed(seed)
+    b, s = 2, 8
+    vocab = config.vocab_size
+    ids = torch.randint(0, vocab, (b, s), generator=g, dtype=torch.long)
+    mask = torch.ones(b, s, dtype=torch.long)
+    mask[1, 5:] = 0
+    args = [ids, mask]
+    if has_tt:
+        args.append(torch.zeros(b, s, dtype=torch.long))
+    args = tuple(args)
+
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    # The exporters warn about things that do not apply here (tracer warnings on Python bools
+    # that are constant for our wrapper, torchvision ops); the graph is checked by the caller.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if exporter == "torchscript":
+            dyn = {n: {0: "batch", 1: "sequence"} for n in names}
+            dyn["last_hidden_state"] = {0: "batch", 1: "sequence"}
+            torch.onnx.export(wrapper, args, str(out_path), input_names=names,
+                              output_names=["last_hidden_state"], dynamic_axes=dyn,
+                              opset_version=opset, do_constant_folding=True, dynamo=False)
+        else:
+            batch = torch.export.Dim("batch", min=1, max=1024)
+            seq = torch.export.Dim("sequence", min=2, max=getattr(config, "max_position_embeddings",
+                                                                   None) or config.n_positions)
+            dyn = {n: {0: batch, 1: seq} for n in names}
+            prog = torch.onnx.export(wrapper, args, input_names=names,
+                                     output_names=["last_hidden_state"], dynamic_shapes=dyn,
+                                     opset_version=opset, dynamo=True, external_data=False,
+                                     verbose=False, optimize=True)
+            prog.save(str(out_path), external_data=False)
+    return out_path
