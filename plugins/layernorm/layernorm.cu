@@ -1,0 +1,116 @@
+// plugins/layernorm/layernorm.cu: residual add + LayerNorm, one warp (n <= 1024) or one block per row.
+#include "layernorm.h"
+
+#include "../common/rowops.cuh"
+
+#include <string>
+
+namespace trtrun {
+namespace {
+
+using namespace rowops;
+
+template <int VEC, bool WARP_ROWS, bool HALF_STATS>
+__global__ void layernorm_kernel(const void* __restrict__ x, DType x_t, const void* __restrict__ residual,
+                                 DType r_t, const void* __restrict__ gamma, const void* __restrict__ beta,
+                                 DType param_t, void* __restrict__ y, DType y_t, void* __restrict__ sum_out,
+                                 DType sum_t, long long rows, int n, float eps) {
+  __shared__ float scratch[32];
+  long long row;
+  int t, G;
+  if constexpr (WARP_ROWS) {
+    row = static_cast<long long>(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    t = threadIdx.x & 31;
+    G = 32;
+    if (row >= rows) return;  // no block-wide barrier in this mode
+  } else {
+    row = blockIdx.x;
+    t = threadIdx.x;
+    G = blockDim.x;
+  }
+  constexpr int C = ITEMS / VEC;
+  const long long base = row * static_cast<long long>(n);
+  float v[ITEMS];
+  // Issue every load before using any (x and residual interleaved), so several are in flight.
+#pragma unroll
+  for (int c = 0; c < C; ++c) {
+    const int idx = item_index<VEC>(c, t, G);
+    if (idx < n) load_vec<VEC>(x, x_t, base + idx, &v[c * VEC]);
+  }
+  if (residual != nullptr) {
+#pragma unroll
+    for (int c = 0; c < C; ++c) {
+      const int idx = item_index<VEC>(c, t, G);
+      if (idx < n) {
+        float r[VEC];
+        load_vec<VEC>(residual, r_t, base + idx, r);
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) {
+          if constexpr (HALF_STATS) {
+            v[c * VEC + k] = __half2float(__hadd(__float2half_rn(v[c * VEC + k]), __float2half_rn(r[k])));
+          } else {
+            v[c * VEC + k] += r[k];
+          }
+        }
+      }
+    }
+  } else if constexpr (HALF_STATS) {
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i) v[i] = __half2float(__float2half_rn(v[i]));
+  }
+  if (sum_out != nullptr) {
+#pragma unroll
+    for (int c = 0; c < C; ++c) {
+      const int idx = item_index<VEC>(c, t, G);
+      if (idx < n) store_vec<VEC>(sum_out, sum_t, base + idx, &v[c * VEC]);
+    }
+  }
+  char* yrow = static_cast<char*>(y) + base * (y_t == DType::F16 ? 2 : 4);
+  layernorm_row<VEC, WARP_ROWS, HALF_STATS>(v, n, t, G, eps, gamma, beta, param_t, yrow, y_t, scratch);
+}
+
+template <int VEC, bool WARP_ROWS, bool HALF_STATS>
+void launch_impl(const RowLaunch& L, const void* x, DType x_t, const void* residual, DType r_t,
+                 const void* gamma, const void* beta, DType param_t, void* y, DType y_t, void* sum_out,
+                 DType sum_t, long long rows, int n, float eps, cudaStream_t stream) {
+  layernorm_kernel<VEC, WARP_ROWS, HALF_STATS><<<static_cast<unsigned>(L.blocks), L.threads, 0, stream>>>(
+      x, x_t, residual, r_t, gamma, beta, param_t, y, y_t, sum_out, sum_t, rows, n, eps);
+  TRTRUN_LAUNCH_CHECK();
+}
+
+}  // namespace
+
+void launch_layernorm(const void* x, DType x_t, const void* residual, DType r_t, const void* gamma,
+                      const void* beta, DType param_t, void* y, DType y_t, void* sum_out, DType sum_t, int rows,
+                      int n, float eps, Precision prec, cudaStream_t stream) {
+  const char* op = "layernorm";
+  require(rows >= 0, op, "rows must be >= 0, got " + std::to_string(rows));
+  require(n >= 1, op, "n (hidden size) must be >= 1, got " + std::to_string(n));
+  require(n <= MAX_N, op, "n (hidden size) must be <= " + std::to_string(MAX_N) + ", got " + std::to_string(n));
+  require(eps >= 0.f, op, "epsilon must be >= 0");
+  require(x != nullptr && gamma != nullptr && beta != nullptr && y != nullptr, op,
+          "x, gamma, beta and y must not be null");
+  check_dtype(x_t, op, "x");
+  check_dtype(param_t, op, "gamma/beta");
+  check_dtype(y_t, op, "y");
+  if (residual) check_dtype(r_t, op, "residual");
+  if (sum_out) check_dtype(sum_t, op, "sum");
+  check_precision(prec, op);
+  if (rows == 0) return;
+  require(rows <= 0x7fffffffLL, op, "too many rows");
+
+  const RowLaunch L = plan_rows(rows, n);
+  const bool vec = (n % 8 == 0) && aligned16(x) && aligned16(residual) && aligned16(gamma) && aligned16(beta) &&
+                   aligned16(y) && aligned16(sum_out);
+  const bool half_stats = prec == Precision::FP16;
+  TRTRUN_BOOL_SWITCH(vec, VECTOR, [&] {
+    TRTRUN_BOOL_SWITCH(L.warp_rows, WARP_ROWS, [&] {
+      TRTRUN_BOOL_SWITCH(half_stats, HALF, [&] {
+        launch_impl<VECTOR ? 8 : 1, WARP_ROWS, HALF>(L, x, x_t, residual, r_t, gamma, beta, param_t, y, y_t,
+                                                      sum_out, sum_t, rows, n, eps, stream);
+      });
+    });
+  });
+}
+
+}  // namespace trtrun
