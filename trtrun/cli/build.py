@@ -1,0 +1,77 @@
+"""`trtrun build`: ONNX in, engine plan out (simplify, fuse, pin precision, lower)."""
+
+from __future__ import annotations
+
+import inspect as _inspect
+import os
+import time
+from pathlib import Path
+
+import click
+
+from ._ui import Progress, human_bytes, status
+from .options import precision_option, profile_options, quiet_option
+
+
+def _fmt_profile(profile) -> str:
+    if not profile:
+        return "?"
+    return ", ".join(f"{axis} {'/'.join(str(v) for v in profile[axis])}" for axis in ("batch", "seq") if axis in profile)
+
+
+@click.command("build")
+@click.argument("onnx_path", metavar="MODEL.onnx", type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="plan file to write (default: MODEL.<precision>.plan beside the ONNX file)")
+@precision_option(default="hybrid")
+@profile_options
+@click.option("--save-onnx", type=click.Path(dir_okay=False), default=None,
+              help="also write the rewritten ONNX (fused ops, explicit Casts); runs in onnxruntime")
+@click.option("--tf32", is_flag=True, help="fp32 GEMMs may use TF32 on the GPU (off by default)")
+@quiet_option
+def command(onnx_path, output, precision, profile, save_onnx, tf32, quiet):
+    """Build an engine plan from MODEL.onnx.
+
+    \b
+    Precision: fp32 (all fp32), fp16 (naive full fp16: shows where fp16 overflows), hybrid (fp16
+    GEMMs with fp32 accumulation; LayerNorm and softmax in fp32; fp32 outputs).
+    Profile: --min/--opt/--max BATCH,SEQ (default batch 1/8/32, sequence 1/128/512 capped by the
+    model's positions); a run outside it is refused. Nothing is written if the build fails.
+    """
+    from ..builder import build
+
+    src = Path(onnx_path)
+    out = Path(output) if output else src.with_name(f"{src.stem}.{precision}.plan")
+    if tf32 and precision != "fp32":
+        status(f"note: --tf32 only affects fp32 GEMMs; the {precision} plan records it but uses no fp32 GEMM", quiet)
+
+    status(f"building {src} -> {out} (precision {precision}"
+           + (f", profile {_fmt_profile(profile)}" if profile else "") + ")", quiet)
+    progress = Progress(enabled=not quiet)
+    kwargs = dict(precision=precision, profile=profile, save_onnx=save_onnx, progress=progress)
+    takes_tf32 = "tf32" in _inspect.signature(build).parameters
+    if takes_tf32:
+        kwargs["tf32"] = tf32
+    try:
+        plan = build(src, **kwargs)
+    finally:
+        elapsed = progress.close()
+    if tf32 and not takes_tf32:
+        plan.header["tf32"] = True  # the plan format's flag; the builder has no argument for it
+
+    # write next to the target and rename, so a failed or interrupted save leaves no partial plan
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    try:
+        plan.save(tmp)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+    weights = sum(int(w.get("nbytes", 0)) for w in plan.header.get("weights", {}).values())
+    status(f"wrote {out}: {len(plan.header.get('ops', []))} ops, precision {plan.header.get('precision', precision)}, "
+           f"profile {_fmt_profile(plan.header.get('profile'))}, weights {human_bytes(weights)}, "
+           f"file {human_bytes(out.stat().st_size)}, built in {elapsed:.1f}s", quiet)
+    if save_onnx:
+        status(f"wrote {save_onnx} (rewritten ONNX)", quiet)

@@ -1,0 +1,40 @@
+"""`trtrun export`: a Hugging Face model folder or a named architecture to ONNX."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from ._ui import human_bytes, status
+from .options import model_size_options, quiet_option
+
+
+@click.command("export")
+@click.argument("source")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="ONNX file to write (default: <source name>.onnx in the current folder)")
+@click.option("--exporter", type=click.Choice(["torchscript", "dynamo"]), default="torchscript", show_default=True,
+              help="torch.onnx.export(dynamo=False) or the torch.export-based dynamo exporter")
+@click.option("--opset", type=int, default=None, help="ONNX opset (default 17 torchscript, 18 dynamo; 14..20)")
+@click.option("--seed", type=int, default=0, show_default=True, help="seed of the random weights (named architectures)")
+@model_size_options
+@quiet_option
+def command(source, output, exporter, opset, seed, overrides, quiet):
+    """Export SOURCE to ONNX with dynamic batch and sequence axes.
+
+    SOURCE is a Hugging Face model folder (config.json + weights, e.g. .data/minilm) or a named
+    architecture with random weights: bert-base, gpt2 (sizes overridable, e.g. --hidden-size 128
+    --layers 2 --heads 2). Inputs input_ids, attention_mask (+ token_type_ids for BERT); output
+    last_hidden_state. Needs torch and transformers (pip install 'trtrun[export]').
+    """
+    from ..export import export_model
+
+    out = Path(output) if output else Path(Path(source.rstrip("/")).name + ".onnx")
+    t0 = time.perf_counter()
+    status(f"exporting {source} with the {exporter} exporter"
+           + (f" (overrides: {', '.join(f'{k}={v}' for k, v in overrides.items())})" if overrides else ""), quiet)
+    path = export_model(source, out, exporter=exporter, opset=opset, overrides=overrides or None, seed=seed)
+    path = Path(path)
+    status(f"wrote {path} ({human_bytes(path.stat().st_size)}) in {time.perf_counter() - t0:.1f}s", quiet)
