@@ -1,0 +1,396 @@
+"""The numpy reference backend: the executable specification of every op in docs/plan-format.md.
+
+`ReferenceBackend(plan).run(feeds)` executes a plan op by op on the CPU. Each op reads its inputs in
+their tensors' dtypes and writes each output in its tensor's dtype; inside, it computes exactly as the
+op's `precision` says (docs/plan-format.md, "Precision"):
+
+- fp32: float32 arithmetic (GEMMs on float32 operands, float32 accumulation; TF32 operand rounding only
+  when the plan's `tf32` flag is set).
+- hybrid: GEMM operands rounded to fp16, float32 accumulation, bias added in float32, rounded to the
+  output dtype; GELU in float32 from that rounded value, rounded again. LayerNorm/Embedding upcast and
+  keep statistics and sums in float32. Attention: QK^T in float32, scale/mask/softmax float32, P rounded
+  to fp16 before P@V (float32 accumulation).
+- fp16: Linear as hybrid. LayerNorm sum/mean/variance in fp16 with every step rounded to fp16
+  (numpy float16 arithmetic rounds each operation correctly, as the GPU's __hadd/__hmul do).
+  Attention: scores rounded to fp16 after scaling, softmax max/exp/sum/divide in fp16. Embedding sums in fp16.
+
+Reductions whose every step is rounded to fp16 (the fp16 mode's LayerNorm sums and softmax denominator)
+are done as a pairwise tree (`_tree_sum_fp16`), the order a GPU warp/block reduction uses; any other
+order differs by rounding only, within the fp16 error bound the tests argue.
+
+Masked attention scores are replaced by the minimum finite value of the dtype the scores are kept in
+(float32 min for fp32/hybrid, as Hugging Face's additive masks; fp16 min -65504 in fp16 mode, since the
+float32 minimum is -inf in fp16 and would turn a fully masked row into NaN). So a row whose every key is
+masked becomes uniform over all keys in every mode.
+
+Memory: Linear and LayerNorm work on chunks of rows; attention loops over the batch (all heads of one
+sequence at a time), so B=32, S=512 stays within a few hundred MB beyond the activations.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+import numpy as np
+
+from .errors import PlanError
+from .plan import Plan
+
+F16, F32, F64 = np.float16, np.float32, np.float64
+PRECISIONS = ("fp32", "fp16", "hybrid")
+_CHUNK_ELEMS = 1 << 22  # elements per row chunk in Linear/LayerNorm (16 MiB of float32)
+
+
+# ----------------------------------------------------------------------------- helpers
+def _check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+
+
+def _f16_values(a: np.ndarray) -> np.ndarray:
+    """`a` rounded to fp16, held in float32 (an fp16 GEMM operand fed to a float32 accumulator)."""
+    return np.asarray(a).astype(F16).astype(F32)
+
+
+def _tf32_values(a: np.ndarray) -> np.ndarray:
+    """`a` (float32) rounded to TF32 (10 mantissa bits, round to nearest, ties away: cvt.rna.tf32.f32)."""
+    a = np.ascontiguousarray(a, dtype=F32)
+    u = a.view(np.uint32)
+    finite = np.isfinite(a)
+    r = ((u + np.uint32(0x1000)) & np.uint32(0xFFFFE000)).view(F32)
+    return np.where(finite, r, a)
+
+
+def _operands(a: np.ndarray, precision: str, tf32: bool = False) -> np.ndarray:
+    """GEMM operand values as float32, rounded as `precision` says."""
+    if precision == "fp32":
+        a = np.asarray(a, dtype=F32)
+        return _tf32_values(a) if tf32 else a
+    return _f16_values(a)
+
+
+def _tree_sum_fp16(a: np.ndarray) -> np.ndarray:
+    """Sum over the last axis in fp16, every addition rounded to fp16 (pairwise tree: halves added)."""
+    a = np.asarray(a, dtype=F16)
+    n = a.shape[-1]
+    if n == 0:
+        return np.zeros(a.shape[:-1], F16)
+    while n > 1:
+        if n % 2:
+            a = np.concatenate([a, np.zeros(a.shape[:-1] + (1,), F16)], axis=-1)
+            n += 1
+        a = a[..., : n // 2] + a[..., n // 2:]  # float16 + float16 -> correctly rounded float16
+        n //= 2
+    return a[..., 0]
+
+
+def _erf(x: np.ndarray) -> np.ndarray:
+    """erf in float64 (scipy when present; else math.erf per element, same values to ~1 ulp)."""
+    try:
+        from scipy.special import erf  # lazy: scipy is optional
+    except ImportError:  # pragma: no cover - depends on the environment
+        return np.frompyfunc(math.erf, 1, 1)(x).astype(F64)
+    return erf(x)
+
+
+def _gelu32(h: np.ndarray, activation: str) -> np.ndarray:
+    """GELU of float32 values, evaluated in float64 and rounded once to float32."""
+    x = np.asarray(h, dtype=F64)
+    if activation == "gelu_erf":
+        y = 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))
+    elif activation == "gelu_tanh":
+        y = 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x * x * x)))
+    else:
+        raise ValueError(f"activation must be gelu_erf or gelu_tanh, got {activation!r}")
+    return y.astype(F32)
+
+
+def _row_chunks(M: int, width: int):
+    step = max(1, _CHUNK_ELEMS // max(1, width))
+    for i in range(0, M, step):
+        yield i, min(M, i + step)
+
+
+def _quiet(fn):
+    """Overflow to inf and inf - inf = NaN are expected outcomes in fp16 (what the fp16 mode exists to
+    show), not conditions to warn about: evaluate with numpy's floating-point warnings off."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+            return fn(*args, **kwargs)
+    return wrapper
+
+
+# ----------------------------------------------------------------------------- per-op functions
+@_quiet
+def ref_gelu(x: np.ndarray, activation: str = "gelu_erf", *, precision: str = "fp32",
+             out_dtype=F32) -> np.ndarray:
+    """GELU (`gelu_erf` or `gelu_tanh`) of `x` as the Linear epilogue computes it: in float32 from the
+    value `x` holds (every precision mode), rounded once to `out_dtype`."""
+    _check_precision(precision)
+    if activation == "none":
+        return np.asarray(x).astype(out_dtype)
+    return _gelu32(np.asarray(x, dtype=F32), activation).astype(out_dtype)
+
+
+@_quiet
+def ref_linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, *,
+               activation: str = "none", precision: str = "fp32", out_dtype=F32,
+               tf32: bool = False) -> np.ndarray:
+    """y = act(x @ weight + bias); x [..., K], weight [K, N], bias [N] -> y [..., N] in `out_dtype`.
+
+    fp32: float32 operands (TF32-rounded if `tf32`), float32 accumulation, float32 bias and GELU.
+    fp16/hybrid: operands rounded to fp16, float32 accumulation, bias added in float32, the sum rounded to
+    `out_dtype`; GELU then computed in float32 from that rounded value and rounded again.
+    """
+    _check_precision(precision)
+    x = np.asarray(x)
+    K, N = weight.shape
+    if x.shape[-1] != K:
+        raise ValueError(f"ref_linear: x {x.shape} does not match weight {weight.shape}")
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, K)
+    M = x2.shape[0]
+    w = _operands(weight, precision, tf32)
+    b = None if bias is None else np.asarray(bias, dtype=F32)
+    out = np.empty((M, N), dtype=out_dtype)
+    for i, j in _row_chunks(M, max(K, N)):
+        acc = _operands(x2[i:j], precision, tf32) @ w  # float32 accumulation
+        if b is not None:
+            acc += b
+        if activation == "none":
+            out[i:j] = acc
+        else:
+            h = acc if precision == "fp32" else acc.astype(out_dtype).astype(F32)
+            out[i:j] = _gelu32(h, activation)
+    return out.reshape(lead + (N,))
+
+
+def _ln_rows32(s: np.ndarray, gamma32: np.ndarray, beta32: np.ndarray, eps: float) -> np.ndarray:
+    """LayerNorm over the last axis, float32 arithmetic throughout (s is float32)."""
+    n = s.shape[-1]
+    mean = np.add.reduce(s, axis=-1, dtype=F32, keepdims=True) / F32(n)
+    d = s - mean
+    var = np.add.reduce(d * d, axis=-1, dtype=F32, keepdims=True) / F32(n)
+    return d / np.sqrt(var + F32(eps)) * gamma32 + beta32
+
+
+def _ln_rows16(s: np.ndarray, gamma16: np.ndarray, beta16: np.ndarray, eps: float) -> np.ndarray:
+    """LayerNorm over the last axis with every step in fp16 (s is float16): sum, mean, deviations,
+    squares, variance, + eps, sqrt, divide, * gamma, + beta, each rounded to fp16. Overflow is real:
+    a row sum beyond 65504 is inf (mean inf, output NaN); a deviation beyond ~256 squares to inf."""
+    n = F16(s.shape[-1])
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        mean = (_tree_sum_fp16(s) / n)[..., None]
+        d = s - mean
+        var = (_tree_sum_fp16(d * d) / n)[..., None]
+        return d / np.sqrt(var + F16(eps)) * gamma16 + beta16
+
+
+@_quiet
+def ref_layernorm(x: np.ndarray, residual: np.ndarray | None, gamma: np.ndarray, beta: np.ndarray, *,
+                  epsilon: float, precision: str = "fp32", out_dtype=F32,
+                  sum_dtype=None) -> tuple[np.ndarray, np.ndarray]:
+    """s = x + residual; y = (s - mean) / sqrt(var + eps) * gamma + beta (biased variance).
+
+    Returns (y in `out_dtype`, s in `sum_dtype`, default `out_dtype`).
+    fp32/hybrid: inputs upcast, the add and all statistics in float32.
+    fp16: inputs rounded to fp16, the add and every statistic step in fp16.
+    """
+    _check_precision(precision)
+    x = np.asarray(x)
+    sum_dtype = out_dtype if sum_dtype is None else sum_dtype
+    n = x.shape[-1]
+    x2 = x.reshape(-1, n)
+    r2 = None if residual is None else np.asarray(residual).reshape(-1, n)
+    y = np.empty(x2.shape, out_dtype)
+    s_out = np.empty(x2.shape, sum_dtype)
+    if precision == "fp16":
+        g, b = np.asarray(gamma, F16), np.asarray(beta, F16)
+    else:
+        g, b = np.asarray(gamma, F32), np.asarray(beta, F32)
+    for i, j in _row_chunks(x2.shape[0], n):
+        if precision == "fp16":
+            s = x2[i:j].astype(F16)
+            if r2 is not None:
+                with np.errstate(over="ignore"):
+                    s = s + r2[i:j].astype(F16)
+            y[i:j] = _ln_rows16(s, g, b, epsilon)
+        else:
+            s = x2[i:j].astype(F32)
+            if r2 is not None:
+                s = s + r2[i:j].astype(F32)
+            y[i:j] = _ln_rows32(s, g, b, epsilon)
+        s_out[i:j] = s
+    return y.reshape(x.shape), s_out.reshape(x.shape)
+
+
+def _softmax32(s: np.ndarray) -> np.ndarray:
+    m = s.max(axis=-1, keepdims=True)
+    e = np.exp(s - m)
+    return e / np.add.reduce(e, axis=-1, dtype=F32, keepdims=True)
+
+
+def _softmax16(s: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis in fp16: max, subtract, exp, sum (tree), divide: each rounded to fp16."""
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        m = s.max(axis=-1, keepdims=True)
+        e = np.exp(s - m)
+        return e / _tree_sum_fp16(e)[..., None]
+
+
+@_quiet
+def ref_attention(qkv: np.ndarray, attention_mask: np.ndarray | None = None, *, num_heads: int,
+                  head_size: int, scale: float, causal: bool = False, precision: str = "fp32",
+                  out_dtype=F32, tf32: bool = False) -> np.ndarray:
+    """Multi-head attention on a packed qkv [B, S, 3*H*D] -> y [B, S, H*D] in `out_dtype`.
+
+    Q = qkv[..., :HD], K = [HD:2HD], V = [2HD:]; head h is columns h*D:(h+1)*D of each.
+    scores = scale * Q_h K_h^T; key j masked when attention_mask[b, j] == 0, and for causal when j > i;
+    masked scores replaced by the dtype's minimum (uniform rows when all keys are masked); P = softmax;
+    y_h = P V_h. Precision as in the module docstring.
+    """
+    _check_precision(precision)
+    qkv = np.asarray(qkv)
+    B, S, C = qkv.shape
+    H, D = int(num_heads), int(head_size)
+    HD = H * D
+    if C != 3 * HD:
+        raise ValueError(f"ref_attention: qkv last dim {C} != 3 * {H} heads * {D}")
+    out = np.empty((B, S, HD), out_dtype)
+    causal_mask = np.triu(np.ones((S, S), bool), k=1) if causal else None
+    low = F16(np.finfo(F16).min) if precision == "fp16" else F32(np.finfo(F32).min)
+    for b in range(B):
+        x = _operands(qkv[b], precision, tf32)  # [S, 3HD] float32 values
+        q = x[:, :HD].reshape(S, H, D).transpose(1, 0, 2)
+        k = x[:, HD:2 * HD].reshape(S, H, D).transpose(1, 0, 2)
+        v = x[:, 2 * HD:].reshape(S, H, D).transpose(1, 0, 2)
+        with np.errstate(over="ignore", invalid="ignore"):
+            scores = (q @ k.transpose(0, 2, 1)) * F32(scale)  # [H, S, S] float32 accumulation
+        masked = np.zeros((S, S), bool)
+        if attention_mask is not None:
+            masked |= (np.asarray(attention_mask[b]) == 0)[None, :]
+        if causal_mask is not None:
+            masked |= causal_mask
+        if precision == "fp16":
+            with np.errstate(over="ignore"):
+                scores = scores.astype(F16)
+            scores[:, masked] = low
+            p = _softmax16(scores).astype(F32)
+        else:
+            scores[:, masked] = low
+            p = _softmax32(scores)
+            if precision == "hybrid":
+                p = _f16_values(p)
+            elif tf32:
+                p = _tf32_values(p)
+        with np.errstate(over="ignore", invalid="ignore"):
+            y = p @ v  # [H, S, D] float32 accumulation
+        out[b] = y.transpose(1, 0, 2).reshape(S, HD)
+    return out
+
+
+@_quiet
+def ref_embedding(input_ids: np.ndarray, token_type_ids: np.ndarray | None = None, *, word: np.ndarray,
+                  position: np.ndarray, token_type: np.ndarray | None = None,
+                  gamma: np.ndarray | None = None, beta: np.ndarray | None = None,
+                  epsilon: float | None = None, position_offset: int = 0, precision: str = "fp32",
+                  out_dtype=F32) -> np.ndarray:
+    """e = word[ids] + position[s + offset] + token_type[tt or 0]; y = LayerNorm(e) if gamma else e.
+
+    Sums in float32 (fp32/hybrid: tables upcast) or fp16 (fp16 mode: each addition rounded to fp16);
+    the LayerNorm follows ref_layernorm's precision rules. Returns y [B, S, N] in `out_dtype`.
+    """
+    _check_precision(precision)
+    ids = np.asarray(input_ids)
+    B, S = ids.shape
+    cdt = F16 if precision == "fp16" else F32
+    off = int(position_offset)
+    with np.errstate(over="ignore"):
+        e = np.asarray(word)[ids].astype(cdt)
+        e = e + np.asarray(position)[off:off + S].astype(cdt)[None]
+        if token_type is not None:
+            tt = np.zeros_like(ids) if token_type_ids is None else np.asarray(token_type_ids)
+            e = e + np.asarray(token_type)[tt].astype(cdt)
+    if gamma is None:
+        return e.astype(out_dtype)
+    if epsilon is None:
+        raise ValueError("ref_embedding: epsilon is required with gamma")
+    y, _ = ref_layernorm(e, None, gamma, beta, epsilon=epsilon, precision=precision, out_dtype=out_dtype)
+    return y
+
+
+# ----------------------------------------------------------------------------- the backend
+class ReferenceBackend:
+    """Runs a plan op by op in numpy. `run(feeds)` -> {output name: float32 array}.
+
+    `run(feeds, capture=True)` returns `(outputs, tensors)`, `tensors` holding every tensor of the run
+    (inputs as int64, each activation in its plan dtype) by name, e.g. for overflow headroom checks.
+    Without capture, a tensor is dropped after its last use.
+    """
+
+    def __init__(self, plan: Plan):
+        if not isinstance(plan, Plan):
+            raise TypeError(f"ReferenceBackend needs a trtrun.plan.Plan, got {type(plan).__name__}")
+        self.plan = plan
+        self._last_use: dict[str, int] = {}
+        for i, op in enumerate(plan.ops):
+            for t in op["inputs"]:
+                if t:
+                    self._last_use[t] = i
+        self._keep = {o["name"] for o in plan.outputs}
+        self._dtypes = {n: np.dtype(t["dtype"]) for n, t in plan.tensors.items()}
+
+    def _w(self, op: dict, role: str):
+        name = op.get("weights", {}).get(role)
+        return self.plan.weights[name] if name else None
+
+    def _run_op(self, op: dict, env: dict) -> list[np.ndarray]:
+        typ, a, prec = op["type"], op.get("attrs", {}), op["precision"]
+        ins = [env[t] if t else None for t in op["inputs"]] + [None, None]
+        outs = op["outputs"]
+        odt = self._dtypes[outs[0]]
+        tf32 = self.plan.tf32
+        if typ == "Embedding":
+            return [ref_embedding(ins[0], ins[1], word=self._w(op, "word"), position=self._w(op, "position"),
+                                  token_type=self._w(op, "token_type"), gamma=self._w(op, "gamma"),
+                                  beta=self._w(op, "beta"), epsilon=a.get("epsilon"),
+                                  position_offset=a.get("position_offset", 0), precision=prec, out_dtype=odt)]
+        if typ == "Linear":
+            return [ref_linear(ins[0], self._w(op, "weight"), self._w(op, "bias"),
+                               activation=a.get("activation", "none"), precision=prec, out_dtype=odt,
+                               tf32=tf32)]
+        if typ == "Attention":
+            return [ref_attention(ins[0], ins[1], num_heads=a["num_heads"], head_size=a["head_size"],
+                                  scale=a["scale"], causal=a.get("causal", False), precision=prec,
+                                  out_dtype=odt, tf32=tf32)]
+        if typ == "LayerNorm":
+            sdt = self._dtypes[outs[1]] if len(outs) > 1 and outs[1] else odt
+            y, s = ref_layernorm(ins[0], ins[1], self._w(op, "gamma"), self._w(op, "beta"),
+                                 epsilon=a["epsilon"], precision=prec, out_dtype=odt, sum_dtype=sdt)
+            return [y, s] if len(outs) > 1 and outs[1] else [y]
+        raise PlanError(f"op {op['name']!r}: unknown op type {typ!r}")  # validate() prevents this
+
+    def run(self, feeds: Mapping[str, np.ndarray], capture: bool = False):
+        plan = self.plan
+        env: dict[str, np.ndarray] = dict(plan.check_feeds(feeds))
+        B, S = env["input_ids"].shape
+        for i, op in enumerate(plan.ops):
+            results = self._run_op(op, env)
+            for name, arr in zip(op["outputs"], results):
+                if not name:
+                    continue
+                want = plan.resolve_shape(plan.tensors[name]["shape"], B, S)
+                if arr.shape != want or arr.dtype != self._dtypes[name]:
+                    raise PlanError(f"op {op['name']!r} produced {name!r} as {arr.dtype}{list(arr.shape)}, "
+                                    f"the plan declares {self._dtypes[name]}{list(want)}")
+                env[name] = arr
+            if not capture:
+                for t in op["inputs"]:
+                    if t and self._last_use.get(t) == i and t not in self._keep:
+                        env.pop(t, None)
+        outputs = {o["name"]: np.asarray(env[o["name"]], dtype=F32) for o in plan.outputs}
+        return (outputs, env) if capture else outputs
