@@ -146,7 +146,7 @@ __device__ __forceinline__ void layernorm_row(float (&v)[ITEMS], int n, int t, i
       }
     }
   } else {
-    // Every step in half: the sum, the mean, the deviations, their squares, the variance, rstd,
+    // Every step in half: the sum, the mean, the deviations, their squares, the variance, sqrt, /,
     // the normalised value, * gamma, + beta. Overflow (|deviation| > 256 squares past 65504) shows as
     // inf/NaN, which is what the FP16 mode is for.
     __half* hscratch = reinterpret_cast<__half*>(scratch);
@@ -161,7 +161,9 @@ __device__ __forceinline__ void layernorm_row(float (&v)[ITEMS], int n, int t, i
     }
     s = group_sum_h<WARP_ROWS>(s, hscratch);
     // mean = sum / n rounded once to half (n exact, as numpy's float16 division does)
-    const __half mean = __float2half_rn(__half2float(s) / static_cast<float>(n));
+    // n itself as fp16 (exact up to 2048), as the reference divides by float16(n)
+    const float n_h = __half2float(__float2half_rn(static_cast<float>(n)));
+    const __half mean = __hdiv(s, __float2half_rn(n_h));
     __half q = __float2half(0.f);
 #pragma unroll
     for (int c = 0; c < C; ++c) {
@@ -175,9 +177,10 @@ __device__ __forceinline__ void layernorm_row(float (&v)[ITEMS], int n, int t, i
       }
     }
     q = group_sum_h<WARP_ROWS>(q, hscratch);
-    const __half var = __float2half_rn(__half2float(q) / static_cast<float>(n));
-    const __half ve = __float2half_rn(__half2float(var) + eps);
-    const __half rstd = __float2half_rn(rsqrtf(__half2float(ve)));
+    const __half var = __hdiv(q, __float2half_rn(n_h));
+    // var + eps with eps rounded to fp16 first (BERT's 1e-12 becomes 0: naive fp16 as it is)
+    const __half ve = __hadd(var, __float2half_rn(eps));
+    const __half sd = hsqrt(ve);
 #pragma unroll
     for (int c = 0; c < C; ++c) {
       const int idx = item_index<VEC>(c, t, G);
@@ -188,7 +191,7 @@ __device__ __forceinline__ void layernorm_row(float (&v)[ITEMS], int n, int t, i
 #pragma unroll
         for (int k = 0; k < VEC; ++k) {
           const __half d = __hsub(__float2half_rn(v[c * VEC + k]), mean);
-          const __half nrm = __hmul(d, rstd);
+          const __half nrm = __hdiv(d, sd);
           const __half r = __hadd(__hmul(nrm, __float2half_rn(g[k])), __float2half_rn(b[k]));
           o[k] = __half2float(r);
         }

@@ -1,0 +1,617 @@
+// plugins/attention/attention.cu: flash-attention style fused attention for sm_90.
+//
+// Tensor-core kernel (HYBRID, FP16): a block owns BQ = 16 * warps query rows of one (batch, head); each
+// warp owns 16 rows. Key/value tiles of 64 rows stream through shared memory (cp.async, double
+// buffered). Per tile and warp: S = Q K^T with mma.sync m16n8k16 (fp16 x fp16 -> fp32), mask, online
+// softmax (running max m and sum l per row), P rounded to fp16 and fed from registers straight into
+// O += P V (mma.sync again). The seq x seq score matrix never leaves registers.
+// FP32 kernel: the same online softmax with plain FFMA (no tensor cores, so no TF32).
+#include "attention.h"
+
+#include <cfloat>
+#include <cmath>
+#include <string>
+
+namespace trtrun {
+namespace {
+
+constexpr int BK = 64;         // keys per tile (tensor-core kernel)
+constexpr int FLAG_MASKED = 0;  // key flags kept in shared memory per tile
+constexpr int FLAG_VALID = 1;
+constexpr int FLAG_OUT = 2;     // past the sequence end: contributes exactly nothing
+
+// ------------------------------------------------------------------------------------------------
+// PTX wrappers
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {
+  const int sz = valid ? 16 : 0;  // 0: nothing read, 16 zero bytes written
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(sz));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+// D(16x8, f32) += A(16x16, f16, row) * B(16x8, f16, col)
+__device__ __forceinline__ void mma_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ float fast_exp2(float x) {  // ex2.approx: ~2^-22 relative, exp2(-inf) = 0
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+__device__ __forceinline__ uint32_t pack_half2(float a, float b) {
+  __half2 h = __floats2half2_rn(a, b);
+  return *reinterpret_cast<uint32_t*>(&h);
+}
+__device__ __forceinline__ uint32_t as_u32(__half2 h) { return *reinterpret_cast<uint32_t*>(&h); }
+
+// ------------------------------------------------------------------------------------------------
+// Shared pieces of both kernels
+
+// Does row q0 of batch b have at least one unmasked key among 0..q0? If not (and the op is causal),
+// rows q0.. of this block may be fully masked; they must then be uniform over ALL seq keys, so the
+// block walks every key tile instead of stopping at the diagonal. Block-uniform result.
+__device__ __forceinline__ bool block_has_fully_masked_rows(const int32_t* mask, int b, int S, int q0) {
+  bool found = false;
+  const int last = min(q0, S - 1);
+  for (int j = threadIdx.x; j <= last; j += blockDim.x) found |= mask[static_cast<long long>(b) * S + j] != 0;
+  return !__syncthreads_or(found);
+}
+
+// Loads `rows` rows (tokens r0..) of `D` elements starting at column `col` of the packed qkv tensor into
+// shared memory (fp16, row pitch LD elements). fp16 input: cp.async (asynchronous; caller commits/waits);
+// fp32 input: synchronous load + convert. Rows past the sequence end are zero-filled.
+template <int D, int LD>
+__device__ __forceinline__ void load_rows_f16(__half* dst, const void* qkv, bool in_half, long long tok_base,
+                                              int r0, int rows, int S, long long row_stride, int col) {
+  constexpr int CPR = D / 8;  // 16-byte chunks per row (fp16)
+  const int total = rows * CPR;
+  for (int i = threadIdx.x; i < total; i += blockDim.x) {
+    const int r = i / CPR, c = i % CPR;
+    const int tok = r0 + r;
+    const bool valid = tok < S;
+    const long long off = (tok_base + (valid ? tok : 0)) * row_stride + col + c * 8;
+    __half* d = dst + r * LD + c * 8;
+    if (in_half) {
+      cp_async16(smem_u32(d), static_cast<const __half*>(qkv) + off, valid);
+    } else {
+      uint4 out = make_uint4(0, 0, 0, 0);
+      if (valid) {
+        const float4* s = reinterpret_cast<const float4*>(static_cast<const float*>(qkv) + off);
+        const float4 a = s[0], b = s[1];
+        out.x = pack_half2(a.x, a.y);
+        out.y = pack_half2(a.z, a.w);
+        out.z = pack_half2(b.x, b.y);
+        out.w = pack_half2(b.z, b.w);
+      }
+      *reinterpret_cast<uint4*>(d) = out;
+    }
+  }
+}
+
+// Key flags of tile j0..j0+n-1 into shared memory; returns whether all of this thread's are VALID.
+__device__ __forceinline__ bool load_flags(int* flags, const int32_t* mask, int b, int S, int j0, int n) {
+  bool all_valid = true;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) {
+    const int j = j0 + i;
+    int f;
+    if (j >= S) f = FLAG_OUT;
+    else if (mask != nullptr && mask[static_cast<long long>(b) * S + j] == 0) f = FLAG_MASKED;
+    else f = FLAG_VALID;
+    flags[i] = f;
+    all_valid &= (f == FLAG_VALID);
+  }
+  return all_valid;
+}
+
+// ------------------------------------------------------------------------------------------------
+// Tensor-core kernel. HALF_SOFTMAX: Precision::FP16 (scores and softmax in fp16); else HYBRID.
+template <int D, bool HALF_SOFTMAX>
+__global__ void __launch_bounds__(128) attention_tc_kernel(const void* __restrict__ qkv, bool in_half,
+                                                           const int32_t* __restrict__ mask,
+                                                           void* __restrict__ y, bool out_half, int H, int S,
+                                                           float scale, bool causal, int nqt) {
+  constexpr int LD = D + 8;  // +16 bytes per row: ldmatrix rows fall in distinct banks
+  constexpr int KC = D / 16;  // k-steps of QK^T
+  constexpr int NB = BK / 8;  // 8-key blocks of a score tile
+  constexpr int DB = D / 8;   // 8-column blocks of the output
+  const int nwarps = blockDim.x >> 5;
+  const int BQ = 16 * nwarps;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int g = lane >> 2, t4 = lane & 3;
+
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  __half* Qs = reinterpret_cast<__half*>(smem_raw);
+  __half* Ks = Qs + BQ * LD;            // [2][BK][LD]
+  __half* Vs = Ks + 2 * BK * LD;        // [2][BK][LD]
+  int* flags = reinterpret_cast<int*>(Vs + 2 * BK * LD);  // [2][BK]
+
+  const int bh = blockIdx.x / nqt;
+  const int qt = nqt - 1 - static_cast<int>(blockIdx.x % nqt);  // longest (causal) tiles first
+  const int b = bh / H, h = bh % H;
+  const int q0 = qt * BQ;
+  const long long HD = static_cast<long long>(H) * D;
+  const long long row_stride = 3 * HD;
+  const long long tok_base = static_cast<long long>(b) * S;
+
+  const int nkt_all = (S + BK - 1) / BK;
+  int nkt = nkt_all;
+  if (causal) {
+    nkt = min(nkt_all, (min(q0 + BQ, S) - 1) / BK + 1);
+    if (mask != nullptr && nkt < nkt_all && block_has_fully_masked_rows(mask, b, S, q0)) nkt = nkt_all;
+  }
+  const bool walk_all = nkt == nkt_all;
+
+  // prologue: Q tile and key tile 0
+  load_rows_f16<D, LD>(Qs, qkv, in_half, tok_base, q0, BQ, S, row_stride, h * D);
+  load_rows_f16<D, LD>(Ks, qkv, in_half, tok_base, 0, BK, S, row_stride, HD + h * D);
+  load_rows_f16<D, LD>(Vs, qkv, in_half, tok_base, 0, BK, S, row_stride, 2 * HD + h * D);
+  cp_async_commit();
+  bool ok_cur = load_flags(flags, mask, b, S, 0, BK);
+
+  const int qw0 = q0 + warp * 16;  // first query row of this warp
+  uint32_t qf[KC][4];
+  float o[DB][4];
+#pragma unroll
+  for (int i = 0; i < DB; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+  // running max and (thread-partial) sum for rows g and g+8
+  float m_f[2] = {-INFINITY, -INFINITY}, l_f[2] = {0.f, 0.f};
+  __half m_h[2] = {__float2half(-INFINITY), __float2half(-INFINITY)};
+  __half l_h[2] = {__float2half(0.f), __float2half(0.f)};
+  const float scale_log2 = scale * 1.4426950408889634f;
+
+  for (int it = 0; it < nkt; ++it) {
+    const int buf = it & 1;
+    bool ok_next = true;
+    if (it + 1 < nkt) {
+      const int j1 = (it + 1) * BK;
+      load_rows_f16<D, LD>(Ks + (buf ^ 1) * BK * LD, qkv, in_half, tok_base, j1, BK, S, row_stride, HD + h * D);
+      load_rows_f16<D, LD>(Vs + (buf ^ 1) * BK * LD, qkv, in_half, tok_base, j1, BK, S, row_stride,
+                           2 * HD + h * D);
+      cp_async_commit();
+      ok_next = load_flags(flags + (buf ^ 1) * BK, mask, b, S, j1, BK);
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    const bool tile_ok = __syncthreads_and(ok_cur);
+    ok_cur = ok_next;
+
+    if (it == 0) {
+#pragma unroll
+      for (int kc = 0; kc < KC; ++kc) {
+        const __half* p = Qs + (warp * 16 + (lane & 15)) * LD + kc * 16 + (lane >> 4) * 8;
+        ldmatrix_x4(qf[kc], smem_u32(p));
+      }
+    }
+    const int j0 = it * BK;
+    // tiles wholly above this warp's diagonal add exactly zero (unless fully masked rows need them)
+    const bool skip = causal && !walk_all && j0 > qw0 + 15;
+    if (!skip) {
+      const __half* Kt = Ks + buf * BK * LD;
+      const __half* Vt = Vs + buf * BK * LD;
+      const int* ft = flags + buf * BK;
+      // ---- S = Q K^T (fp32 accumulation)
+      float s[NB][4];
+#pragma unroll
+      for (int i = 0; i < NB; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+#pragma unroll
+      for (int kc = 0; kc < KC; ++kc) {
+#pragma unroll
+        for (int nb2 = 0; nb2 < NB / 2; ++nb2) {
+          uint32_t kb[4];
+          const int m = lane >> 3;
+          const __half* p = Kt + (nb2 * 16 + (m >> 1) * 8 + (lane & 7)) * LD + kc * 16 + (m & 1) * 8;
+          ldmatrix_x4(kb, smem_u32(p));
+          mma_16816(s[2 * nb2], qf[kc], kb[0], kb[1]);
+          mma_16816(s[2 * nb2 + 1], qf[kc], kb[2], kb[3]);
+        }
+      }
+      const bool need_mask = !tile_ok || (causal && j0 + BK - 1 > qw0);
+      uint32_t pf[BK / 16][4];  // P as mma A-fragments (fp16)
+
+      if constexpr (!HALF_SOFTMAX) {
+        // ---- fp32 softmax in the log2 domain: exp(scale*x - max) == exp2(scale*log2e*x - max')
+#pragma unroll
+        for (int i = 0; i < NB; ++i)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) s[i][e] *= scale_log2;
+        if (need_mask) {
+#pragma unroll
+          for (int i = 0; i < NB; ++i)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int jl = i * 8 + 2 * t4 + (e & 1);
+              const int qi = qw0 + g + (e >> 1) * 8;
+              const int f = ft[jl];
+              if (f == FLAG_OUT) s[i][e] = -INFINITY;
+              else if (f == FLAG_MASKED || (causal && j0 + jl > qi)) s[i][e] = -FLT_MAX;
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          float mx = -INFINITY;
+#pragma unroll
+          for (int i = 0; i < NB; ++i) mx = fmaxf(mx, fmaxf(s[i][2 * r], s[i][2 * r + 1]));
+          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+          const float m_new = fmaxf(m_f[r], mx);
+          // m_new is finite: key 0 of tile 0 is always inside the sequence
+          const float alpha = fast_exp2(m_f[r] - m_new);
+          m_f[r] = m_new;
+          float sum = 0.f;
+#pragma unroll
+          for (int i = 0; i < NB; ++i) {
+            const float p0 = fast_exp2(s[i][2 * r] - m_new);
+            const float p1 = fast_exp2(s[i][2 * r + 1] - m_new);
+            s[i][2 * r] = p0;
+            s[i][2 * r + 1] = p1;
+            sum += p0 + p1;
+          }
+          l_f[r] = l_f[r] * alpha + sum;
+#pragma unroll
+          for (int i = 0; i < DB; ++i) {
+            o[i][2 * r] *= alpha;
+            o[i][2 * r + 1] *= alpha;
+          }
+        }
+#pragma unroll
+        for (int kc2 = 0; kc2 < BK / 16; ++kc2) {
+          pf[kc2][0] = pack_half2(s[2 * kc2][0], s[2 * kc2][1]);
+          pf[kc2][1] = pack_half2(s[2 * kc2][2], s[2 * kc2][3]);
+          pf[kc2][2] = pack_half2(s[2 * kc2 + 1][0], s[2 * kc2 + 1][1]);
+          pf[kc2][3] = pack_half2(s[2 * kc2 + 1][2], s[2 * kc2 + 1][3]);
+        }
+      } else {
+        // ---- fp16 softmax: scores rounded to fp16 after scaling; max, exp, sum in fp16
+        __half2 sh[NB][2];  // [i][r]: the pair of row r
+#pragma unroll
+        for (int i = 0; i < NB; ++i)
+#pragma unroll
+          for (int r = 0; r < 2; ++r) sh[i][r] = __floats2half2_rn(s[i][2 * r] * scale, s[i][2 * r + 1] * scale);
+        if (need_mask) {
+          const __half hmin = __ushort_as_half(0xFBFFu);   // -65504: float32 min saturated to fp16
+          const __half hninf = __ushort_as_half(0xFC00u);  // -inf
+#pragma unroll
+          for (int i = 0; i < NB; ++i)
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+              __half lo = __low2half(sh[i][r]), hi = __high2half(sh[i][r]);
+              const int qi = qw0 + g + r * 8;
+              const int jl = i * 8 + 2 * t4;
+              const int f0 = ft[jl], f1 = ft[jl + 1];
+              if (f0 == FLAG_OUT) lo = hninf;
+              else if (f0 == FLAG_MASKED || (causal && j0 + jl > qi)) lo = hmin;
+              if (f1 == FLAG_OUT) hi = hninf;
+              else if (f1 == FLAG_MASKED || (causal && j0 + jl + 1 > qi)) hi = hmin;
+              sh[i][r] = __halves2half2(lo, hi);
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          __half2 mx2 = sh[0][r];
+#pragma unroll
+          for (int i = 1; i < NB; ++i) mx2 = __hmax2(mx2, sh[i][r]);
+          __half mx = __hmax(__low2half(mx2), __high2half(mx2));
+          mx = __hmax(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+          mx = __hmax(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+          const __half m_new = __hmax(m_h[r], mx);
+          const __half alpha = hexp(__hsub(m_h[r], m_new));  // exp(-inf) = 0 on the first tile
+          m_h[r] = m_new;
+          const __half2 m2 = __half2half2(m_new);
+          __half2 sum2 = __float2half2_rn(0.f);
+#pragma unroll
+          for (int i = 0; i < NB; ++i) {
+            sh[i][r] = h2exp(__hsub2(sh[i][r], m2));
+            sum2 = __hadd2(sum2, sh[i][r]);
+          }
+          l_h[r] = __hadd(__hmul(l_h[r], alpha), __hadd(__low2half(sum2), __high2half(sum2)));
+          const float af = __half2float(alpha);
+#pragma unroll
+          for (int i = 0; i < DB; ++i) {
+            o[i][2 * r] *= af;
+            o[i][2 * r + 1] *= af;
+          }
+        }
+#pragma unroll
+        for (int kc2 = 0; kc2 < BK / 16; ++kc2) {
+          pf[kc2][0] = as_u32(sh[2 * kc2][0]);
+          pf[kc2][1] = as_u32(sh[2 * kc2][1]);
+          pf[kc2][2] = as_u32(sh[2 * kc2 + 1][0]);
+          pf[kc2][3] = as_u32(sh[2 * kc2 + 1][1]);
+        }
+      }
+      // ---- O += P V (fp16 operands, fp32 accumulation)
+#pragma unroll
+      for (int kc2 = 0; kc2 < BK / 16; ++kc2) {
+#pragma unroll
+        for (int db2 = 0; db2 < DB / 2; ++db2) {
+          uint32_t vb[4];
+          const int m = lane >> 3;
+          const __half* p = Vt + (kc2 * 16 + (m & 1) * 8 + (lane & 7)) * LD + db2 * 16 + (m >> 1) * 8;
+          ldmatrix_x4_trans(vb, smem_u32(p));
+          mma_16816(o[2 * db2], pf[kc2], vb[0], vb[1]);
+          mma_16816(o[2 * db2 + 1], pf[kc2], vb[2], vb[3]);
+        }
+      }
+    }
+    __syncthreads();  // this buffer is refilled at the top of the next-but-one iteration
+  }
+
+  // ---- epilogue: full row sums across the quad, divide, store
+  float inv[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    if constexpr (HALF_SOFTMAX) {
+      __half l = l_h[r];
+      l = __hadd(l, __shfl_xor_sync(0xffffffffu, l, 1));
+      l = __hadd(l, __shfl_xor_sync(0xffffffffu, l, 2));
+      inv[r] = 1.f / __half2float(l);
+    } else {
+      float l = l_f[r];
+      l += __shfl_xor_sync(0xffffffffu, l, 1);
+      l += __shfl_xor_sync(0xffffffffu, l, 2);
+      inv[r] = 1.f / l;
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int q = qw0 + g + r * 8;
+    if (q >= S) continue;
+    const long long base = (tok_base + q) * HD + h * D + 2 * t4;
+#pragma unroll
+    for (int i = 0; i < DB; ++i) {
+      const float a = o[i][2 * r] * inv[r], c = o[i][2 * r + 1] * inv[r];
+      if (out_half) {
+        *reinterpret_cast<__half2*>(static_cast<__half*>(y) + base + i * 8) = __floats2half2_rn(a, c);
+      } else {
+        *reinterpret_cast<float2*>(static_cast<float*>(y) + base + i * 8) = make_float2(a, c);
+      }
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
+// FP32 kernel: 4 warps x 8 query rows, 32-key tiles, all arithmetic fp32 FFMA, accurate expf.
+constexpr int F_ROWS = 8;   // query rows per warp
+constexpr int F_BK = 32;    // keys per tile (one per lane)
+constexpr int F_WARPS = 4;
+
+template <int D>
+__global__ void __launch_bounds__(128) attention_f32_kernel(const void* __restrict__ qkv, bool in_half,
+                                                            const int32_t* __restrict__ mask,
+                                                            void* __restrict__ y, bool out_half, int H, int S,
+                                                            float scale, bool causal, int nqt) {
+  constexpr int BQ = F_WARPS * F_ROWS;
+  constexpr int KD = D / 32;  // output columns per lane
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  float* Qs = reinterpret_cast<float*>(smem_raw);  // [BQ][D]
+  float* Ks = Qs + BQ * D;                         // [F_BK][D+1]: lane j reads row j without conflicts
+  float* Vs = Ks + F_BK * (D + 1);                 // [F_BK][D]
+  float* Ps = Vs + F_BK * D;                       // [F_WARPS][F_ROWS][F_BK]
+  int* flags = reinterpret_cast<int*>(Ps + F_WARPS * F_ROWS * F_BK);  // [F_BK]
+
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int bh = blockIdx.x / nqt;
+  const int qt = nqt - 1 - static_cast<int>(blockIdx.x % nqt);
+  const int b = bh / H, h = bh % H;
+  const int q0 = qt * BQ;
+  const long long HD = static_cast<long long>(H) * D;
+  const long long row_stride = 3 * HD;
+  const long long tok_base = static_cast<long long>(b) * S;
+
+  auto load_elem = [&](long long off) -> float {
+    return in_half ? __half2float(static_cast<const __half*>(qkv)[off]) : static_cast<const float*>(qkv)[off];
+  };
+  for (int i = threadIdx.x; i < BQ * D; i += blockDim.x) {
+    const int r = i / D, c = i % D;
+    const int tok = q0 + r;
+    Qs[i] = tok < S ? load_elem((tok_base + tok) * row_stride + h * D + c) : 0.f;
+  }
+
+  const int nkt_all = (S + F_BK - 1) / F_BK;
+  int nkt = nkt_all;
+  if (causal) {
+    nkt = min(nkt_all, (min(q0 + BQ, S) - 1) / F_BK + 1);
+    if (mask != nullptr && nkt < nkt_all && block_has_fully_masked_rows(mask, b, S, q0)) nkt = nkt_all;
+  }
+
+  float o[F_ROWS][KD], m[F_ROWS], l[F_ROWS];
+#pragma unroll
+  for (int r = 0; r < F_ROWS; ++r) {
+    m[r] = -INFINITY;
+    l[r] = 0.f;
+#pragma unroll
+    for (int k = 0; k < KD; ++k) o[r][k] = 0.f;
+  }
+  const float* Qw = Qs + warp * F_ROWS * D;
+  float* Pw = Ps + warp * F_ROWS * F_BK;
+
+  for (int it = 0; it < nkt; ++it) {
+    const int j0 = it * F_BK;
+    __syncthreads();  // previous tile fully consumed (and Qs written, on the first pass)
+    for (int i = threadIdx.x; i < F_BK * D; i += blockDim.x) {
+      const int r = i / D, c = i % D;
+      const int tok = j0 + r;
+      const bool valid = tok < S;
+      const long long off = (tok_base + (valid ? tok : 0)) * row_stride + h * D + c;
+      Ks[r * (D + 1) + c] = valid ? load_elem(off + HD) : 0.f;
+      Vs[r * D + c] = valid ? load_elem(off + 2 * HD) : 0.f;
+    }
+    load_flags(flags, mask, b, S, j0, F_BK);
+    __syncthreads();
+
+    // scores: lane = key j0 + lane, F_ROWS query rows
+    float s[F_ROWS];
+#pragma unroll
+    for (int r = 0; r < F_ROWS; ++r) s[r] = 0.f;
+    const float* krow = Ks + lane * (D + 1);
+#pragma unroll 4
+    for (int d = 0; d < D; d += 4) {
+      const float k0 = krow[d], k1 = krow[d + 1], k2 = krow[d + 2], k3 = krow[d + 3];
+#pragma unroll
+      for (int r = 0; r < F_ROWS; ++r) {
+        const float4 q = *reinterpret_cast<const float4*>(Qw + r * D + d);  // broadcast
+        s[r] = fmaf(q.x, k0, s[r]);
+        s[r] = fmaf(q.y, k1, s[r]);
+        s[r] = fmaf(q.z, k2, s[r]);
+        s[r] = fmaf(q.w, k3, s[r]);
+      }
+    }
+    const int f = flags[lane];
+#pragma unroll
+    for (int r = 0; r < F_ROWS; ++r) {
+      const int qi = q0 + warp * F_ROWS + r;
+      float x = s[r] * scale;
+      if (f == FLAG_OUT) x = -INFINITY;
+      else if (f == FLAG_MASKED || (causal && j0 + lane > qi)) x = -FLT_MAX;
+      float mx = x;
+#pragma unroll
+      for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+      const float m_new = fmaxf(m[r], mx);
+      const float alpha = expf(m[r] - m_new);  // 0 on the first tile
+      m[r] = m_new;
+      const float p = expf(x - m_new);
+      l[r] = l[r] * alpha + p;  // lane-partial; summed across the warp at the end
+#pragma unroll
+      for (int k = 0; k < KD; ++k) o[r][k] *= alpha;
+      Pw[r * F_BK + lane] = p;
+    }
+    __syncwarp();
+#pragma unroll 2
+    for (int j = 0; j < F_BK; j += 4) {
+      float v[4][KD];
+#pragma unroll
+      for (int jj = 0; jj < 4; ++jj)
+#pragma unroll
+        for (int k = 0; k < KD; ++k) v[jj][k] = Vs[(j + jj) * D + lane + 32 * k];
+#pragma unroll
+      for (int r = 0; r < F_ROWS; ++r) {
+        const float4 p = *reinterpret_cast<const float4*>(Pw + r * F_BK + j);
+#pragma unroll
+        for (int k = 0; k < KD; ++k) {
+          o[r][k] = fmaf(p.x, v[0][k], o[r][k]);
+          o[r][k] = fmaf(p.y, v[1][k], o[r][k]);
+          o[r][k] = fmaf(p.z, v[2][k], o[r][k]);
+          o[r][k] = fmaf(p.w, v[3][k], o[r][k]);
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < F_ROWS; ++r) {
+    const float lt = dev::warp_sum(l[r]);
+    const int q = q0 + warp * F_ROWS + r;
+    if (q >= S) continue;
+    const long long base = (tok_base + q) * HD + h * D;
+#pragma unroll
+    for (int k = 0; k < KD; ++k) {
+      const float val = o[r][k] / lt;
+      if (out_half) static_cast<__half*>(y)[base + lane + 32 * k] = __float2half_rn(val);
+      else static_cast<float*>(y)[base + lane + 32 * k] = val;
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
+int sm_count() {
+  int dev = 0, n = 0;
+  TRTRUN_CUDA_CHECK(cudaGetDevice(&dev));
+  TRTRUN_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
+  return n;
+}
+
+template <int D, bool HALF_SOFTMAX>
+void launch_tc(const void* qkv, bool in_half, const int32_t* mask, void* y, bool out_half, int B, int S, int H,
+               float scale, bool causal, cudaStream_t stream) {
+  // Fewest warps per block that still gives >= 2 blocks per multiprocessor: small problems (batch 1,
+  // short sequences) get more, smaller blocks instead of idle multiprocessors.
+  const long long bhs = static_cast<long long>(B) * H;
+  const long long target = 2LL * sm_count();
+  int nw = 4;
+  while (nw > 1 && bhs * ((S + 16 * nw - 1) / (16 * nw)) < target) nw /= 2;
+  const int BQ = 16 * nw;
+  const int nqt = (S + BQ - 1) / BQ;
+  const long long blocks = bhs * nqt;
+  require(blocks <= 0x7fffffffLL, "attention", "batch * heads * query tiles too large");
+  const size_t smem = static_cast<size_t>(BQ + 4 * BK) * (D + 8) * sizeof(__half) + 2 * BK * sizeof(int);
+  auto kern = attention_tc_kernel<D, HALF_SOFTMAX>;
+  TRTRUN_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  kern<<<static_cast<unsigned>(blocks), 32 * nw, smem, stream>>>(qkv, in_half, mask, y, out_half, H, S, scale,
+                                                                  causal, nqt);
+  TRTRUN_LAUNCH_CHECK();
+}
+
+template <int D>
+void launch_f32(const void* qkv, bool in_half, const int32_t* mask, void* y, bool out_half, int B, int S, int H,
+                float scale, bool causal, cudaStream_t stream) {
+  constexpr int BQ = F_WARPS * F_ROWS;
+  const int nqt = (S + BQ - 1) / BQ;
+  const long long blocks = static_cast<long long>(B) * H * nqt;
+  require(blocks <= 0x7fffffffLL, "attention", "batch * heads * query tiles too large");
+  const size_t smem =
+      sizeof(float) * (BQ * D + F_BK * (D + 1) + F_BK * D + F_WARPS * F_ROWS * F_BK) + F_BK * sizeof(int);
+  auto kern = attention_f32_kernel<D>;
+  TRTRUN_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  kern<<<static_cast<unsigned>(blocks), 32 * F_WARPS, smem, stream>>>(qkv, in_half, mask, y, out_half, H, S, scale,
+                                                                       causal, nqt);
+  TRTRUN_LAUNCH_CHECK();
+}
+
+template <int D>
+void dispatch(const void* qkv, bool in_half, const int32_t* mask, void* y, bool out_half, int B, int S, int H,
+              float scale, bool causal, Precision prec, cudaStream_t stream) {
+  switch (prec) {
+    case Precision::FP32: launch_f32<D>(qkv, in_half, mask, y, out_half, B, S, H, scale, causal, stream); break;
+    case Precision::FP16: launch_tc<D, true>(qkv, in_half, mask, y, out_half, B, S, H, scale, causal, stream); break;
+    case Precision::HYBRID:
+      launch_tc<D, false>(qkv, in_half, mask, y, out_half, B, S, H, scale, causal, stream);
+      break;
+  }
+}
+
+}  // namespace
+
+void launch_attention(const void* qkv, DType qkv_t, const int32_t* mask, void* y, DType y_t, int batch, int seq,
+                      int heads, int head_size, float scale, bool causal, Precision prec, cudaStream_t stream) {
+  const char* op = "attention";
+  require(head_size == 32 || head_size == 64 || head_size == 128, op,
+          "head_size must be 32, 64 or 128, got " + std::to_string(head_size));
+  require(heads >= 1, op, "num_heads must be >= 1, got " + std::to_string(heads));
+  require(batch >= 0 && seq >= 0, op,
+          "batch and seq must be >= 0, got batch=" + std::to_string(batch) + " seq=" + std::to_string(seq));
+  require(std::isfinite(scale), op, "scale must be finite");
+  check_dtype(qkv_t, op, "qkv");
+  check_dtype(y_t, op, "y");
+  check_precision(prec, op);
+  if (batch == 0 || seq == 0) return;
+  require(qkv != nullptr && y != nullptr, op, "qkv and y must not be null");
+  require((reinterpret_cast<uintptr_t>(qkv) & 15u) == 0 && (reinterpret_cast<uintptr_t>(y) & 15u) == 0, op,
+          "qkv and y must be 16-byte aligned");
+  const bool in_half = qkv_t == DType::F16, out_half = y_t == DType::F16;
+  switch (head_size) {
+    case 32: dispatch<32>(qkv, in_half, mask, y, out_half, batch, seq, heads, scale, causal, prec, stream); break;
+    case 64: dispatch<64>(qkv, in_half, mask, y, out_half, batch, seq, heads, scale, causal, prec, stream); break;
+    default: dispatch<128>(qkv, in_half, mask, y, out_half, batch, seq, heads, scale, causal, prec, stream); break;
+  }
+}
+
+}  // namespace trtrun
