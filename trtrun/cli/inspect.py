@@ -22,8 +22,6 @@ def command(plan_path, as_json):
 
     plan = load_plan(plan_path)
     if as_json:
-        header = dict(plan.header)
-        header["weight_bytes"] = int(sum(w.get("nbytes", 0) for w in header.get("weights", {}).values()))
-        click.echo(json.dumps(header, indent=2, default=str))
+        click.echo(json.dumps(plan.to_dict(), indent=2, default=str))
     else:
         click.echo(plan.summary())

@@ -23,17 +23,10 @@ def plan_limits(plan) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
 
 
 def fit_feeds(plan, feeds: dict) -> dict:
-    """Keep the inputs the plan takes; add token_type_ids (zeros) where the plan wants them and none came."""
-    import numpy as np
-
-    names = [i["name"] for i in plan.header["inputs"]]
-    shape = feeds["input_ids"].shape
-    out = {n: feeds[n] for n in names if n in feeds}
-    if "token_type_ids" in names and "token_type_ids" not in out:
-        out["token_type_ids"] = np.zeros(shape, dtype=np.int64)
-    if "attention_mask" in names and "attention_mask" not in out:
-        out["attention_mask"] = np.ones(shape, dtype=np.int64)
-    return out
+    """Keep only the inputs the plan takes (a BERT tokenizer's token_type_ids for a plan without them);
+    Plan.check_feeds fills absent attention_mask / token_type_ids."""
+    names = {i["name"] for i in plan.header["inputs"]}
+    return {k: v for k, v in feeds.items() if k in names}
 
 
 def pad_to(feeds: dict, seq: int | None = None, batch: int | None = None) -> dict:
@@ -163,7 +156,7 @@ def command(plan_path, backend, texts, text_file, data_set, max_samples, ids_fil
         if tokenizer or max_length:
             raise click.UsageError("--tokenizer/--max-length apply to text input, not --ids")
         feeds = data.load_ids(ids_file)
-        chunks = [fit_feeds(plan, feeds)]  # the caller's shape as given: outside the profile is an error
+        chunks = [feeds]  # as given: a shape outside the profile or an unknown input name is an error
         n_rows = [feeds["input_ids"].shape[0]]
     else:
         sample_texts = _texts_from_options(texts, text_file, data_set, max_samples)

@@ -1,0 +1,332 @@
+"""The `trtrun` command line: every bad input is one clear line on stderr, an exit code, no traceback.
+
+Most tests call `trtrun.cli.main.main(argv)` in-process (fast); a few start a real process to check what
+a user sees. Models are tiny (hidden 32, one layer) so the module costs seconds.
+"""
+
+import json
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from trtrun.cli.main import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli(capsys, *args):
+    """Run `trtrun ARGS` in-process -> (exit code, stdout, stderr)."""
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_clean_error(code, err, expect_code=1, *needles):
+    """One `trtrun: error:` message, the expected code, no traceback, and each needle in the message."""
+    assert code == expect_code, err
+    assert "Traceback" not in err, err
+    assert err.count("trtrun: error: ") == 1, err  # status lines may come before it
+    for n in needles:
+        assert n.lower() in err.lower(), f"{n!r} not in {err!r}"
+
+
+def _needs(module, attr=None):
+    mod = pytest.importorskip(module, reason=f"{module} has not landed yet")
+    if attr and not hasattr(mod, attr):
+        pytest.skip(f"{module}.{attr} has not landed yet")
+    return mod
+
+
+# --------------------------------------------------------------------------------- fixtures: tiny models
+
+TINY = ["--hidden-size", 32, "--layers", 1, "--heads", 2, "--intermediate-size", 64, "--max-position", 64]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny BERT (BERT's real vocabulary size, so the MiniLM tokenizer fits) exported and built in fp32
+    through the CLI itself, with profile batch 1..4, sequence 1..16."""
+    _needs("torch")
+    _needs("trtrun.builder", "build")
+    _needs("trtrun.plan")
+    d = tmp_path_factory.mktemp("cli")
+    onnx_path, plan_path = d / "tiny.onnx", d / "tiny.fp32.plan"
+    assert main(["export", "bert-base", "-o", str(onnx_path), *map(str, TINY), "--vocab-size", "30522", "-q"]) == 0
+    assert main(["build", str(onnx_path), "--precision", "fp32", "--min", "1,1", "--opt", "2,8",
+                 "--max", "4,16", "-o", str(plan_path), "-q"]) == 0
+    return {"onnx": onnx_path, "plan": plan_path, "dir": d, "vocab": 30522}
+
+
+def _damaged(tiny, tmp_path, how):
+    raw = bytearray(tiny["plan"].read_bytes())
+    p = tmp_path / f"{how}.plan"
+    if how == "truncated":
+        raw = raw[: len(raw) // 2]
+    elif how == "flipped":
+        raw[len(raw) // 2] ^= 0x10  # one bit in the weights blob: only the checksum can tell
+    elif how == "future":
+        raw[8:12] = struct.pack("<I", 99)  # format version 99
+    elif how == "foreign":
+        raw[0:8] = b"NOTAPLAN"
+    p.write_bytes(bytes(raw))
+    return p
+
+
+# --------------------------------------------------------------------------------- no model needed
+
+def test_help_is_fast_and_imports_nothing_heavy():
+    code = (
+        "import sys, time; t = time.perf_counter()\n"
+        "from trtrun.cli.main import main\n"
+        "rc = main(['--help'])\n"
+        "heavy = [m for m in ('torch', 'transformers', 'onnxruntime', 'onnx', 'onnx_graphsurgeon', 'numpy',"
+        " 'trtrun.runtime', 'trtrun._C', 'trtrun.builder', 'trtrun.plan') if m in sys.modules]\n"
+        "print('HEAVY', heavy, rc, time.perf_counter() - t, file=sys.stderr)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert "Usage: trtrun" in r.stdout
+    line = [ln for ln in r.stderr.splitlines() if ln.startswith("HEAVY")][0]
+    assert line.startswith("HEAVY [] 0"), line  # nothing heavy imported, exit code 0
+    # wall time of a whole `python -m trtrun --help`; ~0.15 s here. 3 s leaves room for a loaded 2-core CI
+    # machine while still catching an eager torch/transformers import (1-2 s each on their own).
+    t = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "trtrun", "--help"], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert r.returncode == 0 and "Commands:" in r.stdout
+    assert time.perf_counter() - t < 3.0
+
+
+def test_import_trtrun_is_lazy():
+    code = ("import sys, trtrun; print([m for m in ('numpy', 'onnx', 'torch', 'onnxruntime', 'trtrun.runtime')"
+            " if m in sys.modules]); print(trtrun.__version__); print(trtrun.TrtrunError.__name__)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert r.stdout.splitlines() == ["[]", __import__("trtrun").__version__, "TrtrunError"], r.stderr
+
+
+def test_lazy_attributes_resolve():
+    import trtrun
+    import trtrun.data
+
+    assert trtrun.load_texts is trtrun.data.load_texts
+    with pytest.raises(AttributeError):
+        trtrun.no_such_thing  # noqa: B018
+
+
+def test_version(capsys):
+    code, out, _ = cli(capsys, "--version")
+    assert code == 0 and out.startswith("trtrun, version ")
+
+
+def test_info_works_without_gpu(capsys):
+    code, out, err = cli(capsys, "info", "--json")
+    assert code == 0, err
+    info = json.loads(out)
+    assert info["packages"]["numpy"] and info["trtrun"]
+    g = info["gpu_runtime"]
+    if not g["usable"]:
+        assert g["reason"], "info must say why the GPU runtime is not usable"
+    code, out, err = cli(capsys, "info")
+    assert code == 0 and "GPU runtime:" in out and "data folder:" in out
+
+
+@pytest.mark.parametrize("args, needle", [
+    ([], "Usage"),  # bare `trtrun` prints help
+    (["nosuchcommand"], "No such command"),
+    (["build"], "Missing argument"),
+    (["run", "nofile.plan", "--text", "x"], "does not exist"),
+    (["build", "nofile.onnx"], "does not exist"),
+])
+def test_usage_errors(capsys, args, needle):
+    code, out, err = cli(capsys, *args)
+    if not args:
+        assert needle in out + err
+        return
+    assert_clean_error(code, err, 2, needle)
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--max", "8"], "BATCH,SEQ"),
+    (["--max", "0,8"], "positive"),
+    (["--min", "4,8", "--max", "2,16"], "min <= opt <= max"),
+    (["--hybrid", "--precision", "fp32"], "--hybrid contradicts"),
+    (["--precision", "int8"], "int8"),
+])
+def test_build_bad_options(capsys, tmp_path, extra, needle):
+    f = tmp_path / "m.onnx"
+    f.write_bytes(b"x")
+    code, _, err = cli(capsys, "build", f, *extra)
+    assert_clean_error(code, err, 2, needle)
+
+
+def test_build_not_onnx(capsys, tmp_path):
+    _needs("trtrun.builder", "build")
+    f = tmp_path / "notes.onnx"
+    f.write_text("this is not a protobuf, just text\n" * 10)
+    out = tmp_path / "notes.plan"
+    code, _, err = cli(capsys, "build", f, "-o", out)
+    assert_clean_error(code, err, 1, "notes.onnx")
+    assert not out.exists()
+
+
+def test_export_bad_source(capsys, tmp_path):
+    _needs("torch")
+    code, _, err = cli(capsys, "export", tmp_path / "no-model-here", "-o", tmp_path / "x.onnx")
+    assert_clean_error(code, err, 1, "no-model-here")
+    code, _, err = cli(capsys, "export", "bert-base", "--opset", "9", "-o", tmp_path / "x.onnx")
+    assert_clean_error(code, err, 1, "opset")
+
+
+def test_readme_and_ci_run_the_same_test_command():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    cmd = "python3 -m pytest -q"
+    assert cmd in readme and cmd in ci
+    assert readme.lstrip().splitlines()[0].startswith("#")
+    head = "\n".join(readme.splitlines()[:15])
+    assert "bash scripts/main.sh" in head and "bash .ci/run" in head
+
+
+# --------------------------------------------------------------------------------- with a tiny model
+
+def test_build_unsupported_op(capsys, tiny, tmp_path):
+    import onnx
+    from onnx import helper
+
+    m = onnx.load(str(tiny["onnx"]))
+    out_name = m.graph.output[0].name
+    for node in m.graph.node:  # re-route the last op through an op no transformer needs
+        node.output[:] = ["pre_hardmax" if o == out_name else o for o in node.output]
+    m.graph.node.append(helper.make_node("Hardmax", ["pre_hardmax"], [out_name], name="odd_hardmax", axis=-1))
+    bad = tmp_path / "hardmax.onnx"
+    onnx.save(m, str(bad))
+    plan = tmp_path / "hardmax.plan"
+    code, _, err = cli(capsys, "build", bad, "-o", plan)
+    assert_clean_error(code, err, 1, "Hardmax", "odd_hardmax")
+    assert not plan.exists()
+
+
+def test_inspect(capsys, tiny):
+    code, out, err = cli(capsys, "inspect", tiny["plan"])
+    assert code == 0, err
+    assert "LayerNorm" in out or "Linear" in out
+    code, out, err = cli(capsys, "inspect", tiny["plan"], "--json")
+    assert code == 0, err
+    h = json.loads(out)
+    assert h["precision"] == "fp32" and h["profile"]["seq"][2] == 16 and h["weights"]["bytes"] > 0
+
+
+def test_run_ids_to_npy_and_json(capsys, tiny, tmp_path):
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(7)
+    ids = rng.integers(1000, 30000, size=(3, 9), dtype=np.int64)
+    np.save(tmp_path / "ids.npy", ids)
+    code, out, err = cli(capsys, "run", tiny["plan"], "--backend", "reference", "--ids", tmp_path / "ids.npy",
+                         "-o", tmp_path / "y.npy")
+    assert code == 0, err
+    y = np.load(tmp_path / "y.npy")
+    sess = ort.InferenceSession(str(tiny["onnx"]), providers=["CPUExecutionProvider"])
+    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    ref = sess.run(None, {i.name: feeds[i.name] for i in sess.get_inputs()})[0]
+    assert y.shape == ref.shape == (3, 9, 32)
+    # fp32 plan vs onnxruntime fp32: the same math in another order; relative error ~1e-6 (HELPERS: fp32 >= 0.99999)
+    cos = (y * ref).sum(-1) / np.linalg.norm(y, axis=-1) / np.linalg.norm(ref, axis=-1)
+    assert cos.min() >= 0.99999
+
+    (tmp_path / "ids.json").write_text(json.dumps([[101, 2000, 3000, 102], [101, 102]]))
+    code, out, err = cli(capsys, "run", tiny["plan"], "--backend", "reference", "--ids", tmp_path / "ids.json",
+                         "-o", tmp_path / "y.json")
+    assert code == 0, err
+    doc = json.loads((tmp_path / "y.json").read_text())
+    assert doc["backend"] == "reference" and doc["inputs"]["attention_mask"] == [[1, 1, 1, 1], [1, 1, 0, 0]]
+    assert doc["outputs"]["last_hidden_state"]["shape"] == [2, 4, 32]
+
+
+def test_run_text_against_onnxruntime(capsys, tiny):
+    # 6 texts > the profile's batch 4: the CLI splits them into two runs; fp32 plan, so cosine >= 0.99999
+    texts = ["a fine film", "dull", "the rock is destined to be the 21st century's new conan", "ok", "yes", "no !"]
+    args = ["run", tiny["plan"], "--backend", "reference", "--compare", tiny["onnx"], "--min-cosine", "0.99999"]
+    for t in texts:
+        args += ["--text", t]
+    code, out, err = cli(capsys, *args)
+    assert code == 0, err
+    assert "in 2 runs" in out and "cosine vs onnxruntime fp32" in out and "NaN 0" in out
+
+
+def test_run_real_data_sample(capsys, tiny):
+    code, out, err = cli(capsys, "run", tiny["plan"], "--backend", "reference", "--data", "rt", "-n", "5",
+                         "--max-length", "16")
+    assert code == 0, err
+    assert "5 sample(s)" in out
+
+
+@pytest.mark.parametrize("how, needle", [
+    ("truncated", ""), ("flipped", ""), ("future", "version"), ("foreign", ""),
+])
+@pytest.mark.parametrize("command", ["inspect", "run"])
+def test_damaged_plan(capsys, tiny, tmp_path, how, needle, command):
+    p = _damaged(tiny, tmp_path, how)
+    args = [command, p] + (["--backend", "reference", "--ids", _ids_file(tmp_path, 2, 8)] if command == "run" else [])
+    code, _, err = cli(capsys, *args)
+    assert_clean_error(code, err, 1, p.name, needle)
+
+
+def _ids_file(tmp_path, b, s, high=30000, value=None):
+    ids = np.random.default_rng(0).integers(1000, high, size=(b, s), dtype=np.int64)
+    if value is not None:
+        ids[0, 1] = value
+    f = tmp_path / f"ids_{b}x{s}_{value}.npy"
+    np.save(f, ids)
+    return f
+
+
+def test_run_shape_outside_profile(capsys, tiny, tmp_path):
+    code, _, err = cli(capsys, "run", tiny["plan"], "--backend", "reference", "--ids", _ids_file(tmp_path, 2, 17))
+    assert_clean_error(code, err, 1, "17")
+    code, _, err = cli(capsys, "run", tiny["plan"], "--backend", "reference", "--ids", _ids_file(tmp_path, 5, 8))
+    assert_clean_error(code, err, 1, "5")
+
+
+@pytest.mark.parametrize("bad", [30522, 10**6, -1])
+def test_run_token_id_out_of_vocab(capsys, tiny, tmp_path, bad):
+    code, _, err = cli(capsys, "run", tiny["plan"], "--backend", "reference", "--ids", _ids_file(tmp_path, 2, 8, value=bad))
+    assert_clean_error(code, err, 1, str(bad))
+
+
+def test_run_bad_inputs(capsys, tiny, tmp_path):
+    code, _, err = cli(capsys, "run", tiny["plan"])
+    assert_clean_error(code, err, 2, "exactly one input")
+    code, _, err = cli(capsys, "run", tiny["plan"], "--text", "a", "--ids", _ids_file(tmp_path, 1, 4))
+    assert_clean_error(code, err, 2, "exactly one input")
+    code, _, err = cli(capsys, "run", tiny["plan"], "--backend", "reference", "--text", "a", "-o", tmp_path / "y.csv")
+    assert_clean_error(code, err, 2, ".npy, .npz or .json")
+    code, _, err = cli(capsys, "run", tiny["plan"], "--backend", "reference", "--data", "sst2")
+    assert_clean_error(code, err, 1, "sst2")
+
+
+def test_run_gpu_backend_without_gpu(capsys, tiny, tmp_path):
+    try:
+        from trtrun.runtime import gpu_available
+
+        ok, _ = gpu_available()
+    except ImportError:
+        ok = False
+    if ok:
+        pytest.skip("a GPU is usable here")
+    code, _, err = cli(capsys, "run", tiny["plan"], "--backend", "gpu", "--ids", _ids_file(tmp_path, 1, 4))
+    assert_clean_error(code, err, 1, "not usable")
+
+
+def test_real_process_no_traceback_and_debug(tiny, tmp_path):
+    p = _damaged(tiny, tmp_path, "flipped")
+    r = subprocess.run([sys.executable, "-m", "trtrun", "inspect", str(p)], capture_output=True, text=True,
+                       cwd=ROOT, timeout=120)
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.startswith("trtrun: error: ") and "Traceback" not in r.stderr, r.stderr
+    r = subprocess.run([sys.executable, "-m", "trtrun", "--debug", "inspect", str(p)], capture_output=True,
+                       text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 1 and "Traceback" in r.stderr
