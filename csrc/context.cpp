@@ -1,0 +1,482 @@
+// csrc/context.cpp: see context.h.
+#include "context.h"
+
+#include <algorithm>
+#include <limits>
+
+#include "kernels.h"
+#include "memory_plan.h"
+
+#if __has_include("embedding/embedding.h")
+#include "embedding/embedding.h"
+#define TRTRUN_HAVE_EMBEDDING 1
+#endif
+#if __has_include("layernorm/layernorm.h")
+#include "layernorm/layernorm.h"
+#define TRTRUN_HAVE_LAYERNORM 1
+#endif
+#if __has_include("attention/attention.h")
+#include "attention/attention.h"
+#define TRTRUN_HAVE_ATTENTION 1
+#endif
+#if __has_include("gelu/gelu.h")
+#include "gelu/gelu.h"
+#define TRTRUN_HAVE_GELU 1
+#endif
+
+namespace trtrun {
+
+namespace {
+constexpr size_t kNone = SIZE_MAX;
+
+int64_t inner_elems(const TensorDesc& t) {
+  int64_t n = 1;
+  for (size_t i = 2; i < t.dims.size(); ++i) n *= t.dims[i];
+  return n;
+}
+
+[[noreturn]] void missing_plugin(const OpDesc& op, const char* plugin) {
+  throw DeviceError("op '" + op.name + "': this build has no " + plugin + " plugin (plugins/" + plugin + "/)");
+}
+
+// The epilogue cuBLASLt can fuse for a Linear op, or None + unfused when the bias type differs from y's.
+struct LinearChoice {
+  GemmEpilogue epilogue = GemmEpilogue::None;
+  bool fusable = true;     // false: GEMM into an fp32 accumulator, then the runtime's bias/activation kernel
+  bool gelu_after = false; // gelu_erf: bias epilogue, then the gelu plugin in place on y (plan-format "hybrid")
+};
+
+LinearChoice choose_linear(const OpDesc& op, const EngineDesc& d) {
+  LinearChoice c;
+  const int bias = op.weight("bias");
+  const ElemType y_t = d.tensors[op.outputs[0]].type;
+  const bool has_bias = bias != NO_WEIGHT;
+  if (has_bias && d.weights[bias].type != y_t) c.fusable = false;
+  switch (op.activation) {
+    case Activation::None: c.epilogue = has_bias ? GemmEpilogue::Bias : GemmEpilogue::None; break;
+    // cuBLASLt's GELU epilogue is the tanh form, applied to the fp32 accumulator (allowed by plan-format.md)
+    case Activation::GeluTanh: c.epilogue = has_bias ? GemmEpilogue::GeluBias : GemmEpilogue::Gelu; break;
+    case Activation::GeluErf:
+      c.epilogue = has_bias ? GemmEpilogue::Bias : GemmEpilogue::None;
+      c.gelu_after = true;
+      break;
+  }
+  return c;
+}
+
+GemmKey linear_key(const OpDesc& op, const EngineDesc& d, int64_t rows, const LinearChoice& c, bool unfused) {
+  const WeightDesc& w = d.weights[op.weight("weight")];
+  GemmKey k;
+  k.m = rows;
+  k.k = w.shape[0];
+  k.n = w.shape[1];
+  k.operand_t = w.type;
+  k.out_t = unfused ? ElemType::F32 : d.tensors[op.outputs[0]].type;
+  k.epilogue = unfused ? GemmEpilogue::None : c.epilogue;
+  k.tf32 = d.tf32;
+  return k;
+}
+}  // namespace
+
+// ------------------------------------------------------------------------------------------------ construction
+Context::Context(std::shared_ptr<const Engine> engine, ContextOptions options)
+    : engine_(std::move(engine)), options_(options), device_(engine_->device()), graphs_on_(options.use_graphs) {
+  DeviceGuard guard(device_);
+  const EngineDesc& d = engine_->desc();
+  const int64_t B = d.batch_max, S = d.seq_max;
+  const int n_ops = static_cast<int>(d.ops.size());
+
+  TRTRUN_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  TRTRUN_CUDA_CHECK(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming));
+  gemm_ = std::make_unique<GemmRunner>(options_.workspace_bytes);
+
+  // ---- lifetimes of every tensor and scratch buffer, in op steps (-1: staged before the first op)
+  std::vector<BufferLife> lives;
+  std::vector<int> first(d.tensors.size(), std::numeric_limits<int>::max()), last(d.tensors.size(), -2);
+  for (int t : d.inputs) first[t] = -1, last[t] = std::max(last[t], -1);
+  for (int i = 0; i < n_ops; ++i) {
+    for (int t : d.ops[i].inputs)
+      if (t != NO_TENSOR) last[t] = std::max(last[t], i);
+    for (int t : d.ops[i].outputs)
+      if (t != NO_TENSOR) first[t] = std::min(first[t], i), last[t] = std::max(last[t], i);
+  }
+  for (int t : d.outputs) last[t] = n_ops;
+  tensor_offset_.assign(d.tensors.size(), kNone);
+  std::vector<std::pair<int, int>> owners;  // (kind, index): 0 tensor, 1 cast scratch, 2 acc scratch, 3 mask
+  for (size_t t = 0; t < d.tensors.size(); ++t) {
+    if (last[t] < -1) continue;  // untouched
+    lives.push_back({checked_mul(d.tensors[t].numel(B, S), elem_size(d.tensors[t].type), "activation bytes"),
+                     first[t], last[t]});
+    owners.emplace_back(0, static_cast<int>(t));
+  }
+  cast_offset_.assign(n_ops, kNone);
+  acc_offset_.assign(n_ops, kNone);
+  bool need_valid_mask = false;
+  for (int i = 0; i < n_ops; ++i) {
+    const OpDesc& op = d.ops[i];
+    if (op.type == OpType::Linear) {
+      const WeightDesc& w = d.weights[op.weight("weight")];
+      const TensorDesc& x = d.tensors[op.inputs[0]];
+      const int64_t rows = static_cast<int64_t>(x.numel(B, S) / static_cast<size_t>(w.shape[0]));
+      if (x.type != w.type) {  // GEMM operands in the weight's type (fp16 in hybrid/fp16, fp32 in fp32)
+        lives.push_back({checked_mul(x.numel(B, S), elem_size(w.type), "cast scratch"), i, i});
+        owners.emplace_back(1, i);
+      }
+      LinearChoice c = choose_linear(op, d);
+      // The fused epilogue is used when cuBLASLt offers it for this dtype combination (checked at the largest
+      // shape); otherwise an fp32 accumulator is planned for the unfused path.
+      bool fused = c.fusable && gemm_->prepare(linear_key(op, d, rows, c, false));
+      if (!fused) {
+        lives.push_back({checked_mul(checked_mul(static_cast<size_t>(rows), static_cast<size_t>(w.shape[1]), "acc"),
+                                     4, "accumulator scratch"), i, i});
+        owners.emplace_back(2, i);
+      }
+    } else if (op.type == OpType::Attention) {
+      if ((op.inputs.size() < 2 || op.inputs[1] == NO_TENSOR) && !op.causal) need_valid_mask = true;
+    }
+  }
+  if (need_valid_mask) {
+    lives.push_back({checked_mul(static_cast<size_t>(B * S), 4, "mask bytes"), -1, n_ops});
+    owners.emplace_back(3, 0);
+  }
+  ArenaPlan plan = plan_arena(lives, 256);
+  arena_naive_bytes_ = plan.naive_total;
+  for (size_t j = 0; j < owners.size(); ++j) {
+    const auto& o = owners[j];
+    if (o.first == 0) tensor_offset_[o.second] = plan.offsets[j];
+    else if (o.first == 1) cast_offset_[o.second] = plan.offsets[j];
+    else if (o.first == 2) acc_offset_[o.second] = plan.offsets[j];
+    else valid_mask_offset_ = plan.offsets[j];
+  }
+  arena_ = DeviceBuffer(std::max<size_t>(plan.total, 256), "the activation arena (at the profile's maximum shapes)");
+
+  // ---- pinned host staging: int32 inputs [B, S] and outputs [B, S, ...]
+  const auto& info = engine_->input_info();
+  host_in_.resize(info.size());
+  for (size_t i = 0; i < info.size(); ++i)
+    if (info[i].used)
+      host_in_[i] = PinnedBuffer(checked_mul(static_cast<size_t>(B * S), 4, "input bytes"), "pinned input buffer");
+  host_out_.resize(d.outputs.size());
+  for (size_t i = 0; i < d.outputs.size(); ++i) {
+    const TensorDesc& t = d.tensors[d.outputs[i]];
+    host_out_[i] = PinnedBuffer(checked_mul(t.numel(B, S), elem_size(t.type), "output bytes"), "pinned output buffer");
+  }
+  input_flag_ = PinnedBuffer(sizeof(int32_t), "input flag", cudaHostAllocMapped);
+  *static_cast<int32_t*>(input_flag_.get()) = 0;
+  TRTRUN_CUDA_CHECK(cudaHostGetDevicePointer(reinterpret_cast<void**>(&input_flag_dev_), input_flag_.get(), 0));
+}
+
+Context::~Context() {
+  // Never throws: wait for work still in flight (on any stream) before freeing what it uses.
+  int previous = -1;
+  if (cudaGetDevice(&previous) != cudaSuccess) previous = -1;
+  TRTRUN_CUDA_IGNORE(cudaSetDevice(device_));
+  if (done_ && have_done_) TRTRUN_CUDA_IGNORE(cudaEventSynchronize(done_));
+  if (stream_) TRTRUN_CUDA_IGNORE(cudaStreamSynchronize(stream_));
+  for (auto& kv : graphs_) TRTRUN_CUDA_IGNORE(cudaGraphExecDestroy(kv.second.first));
+  graphs_.clear();
+  gemm_.reset();
+  if (done_) TRTRUN_CUDA_IGNORE(cudaEventDestroy(done_));
+  if (stream_) TRTRUN_CUDA_IGNORE(cudaStreamDestroy(stream_));
+  arena_ = DeviceBuffer();
+  host_in_.clear();
+  host_out_.clear();
+  input_flag_ = PinnedBuffer();
+  if (previous >= 0 && previous != device_) TRTRUN_CUDA_IGNORE(cudaSetDevice(previous));
+}
+
+// ------------------------------------------------------------------------------------------------ accessors
+int32_t* Context::host_input(size_t slot) const {
+  return static_cast<int32_t*>(host_in_.at(slot).get());
+}
+size_t Context::host_input_elems(size_t slot) const { return host_in_.at(slot).size() / sizeof(int32_t); }
+void* Context::host_output(size_t slot) const { return host_out_.at(slot).get(); }
+size_t Context::host_output_bytes(size_t slot) const { return host_out_.at(slot).size(); }
+size_t Context::graph_count() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return graphs_.size();
+}
+size_t Context::gemm_plans() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return gemm_->cached();
+}
+std::string Context::graph_note() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return graph_note_;
+}
+char* Context::tensor_ptr(int t) const {
+  if (t == NO_TENSOR) return nullptr;
+  size_t off = tensor_offset_.at(static_cast<size_t>(t));
+  if (off == kNone) throw std::logic_error("tensor without arena space");
+  return static_cast<char*>(arena_.get()) + off;
+}
+
+// ------------------------------------------------------------------------------------------------ runs
+void Context::check_shape(int batch, int seq, int seq_bucket) const {
+  const EngineDesc& d = engine_->desc();
+  if (batch < 1 || batch > d.batch_max)
+    throw ShapeError("batch " + std::to_string(batch) + " is outside [1, " + std::to_string(d.batch_max) + "]");
+  if (seq < 1 || seq_bucket < seq || seq_bucket > d.seq_max)
+    throw ShapeError("sequence " + std::to_string(seq) + " (bucket " + std::to_string(seq_bucket) +
+                     ") is outside [1, " + std::to_string(d.seq_max) + "]");
+}
+
+void Context::begin(cudaStream_t s) {
+  // order after this context's previous run, whichever stream it was on (the arena is reused)
+  if (have_done_) TRTRUN_CUDA_CHECK(cudaStreamWaitEvent(s, done_, 0));
+}
+
+void Context::finish(cudaStream_t s) {
+  TRTRUN_CUDA_CHECK(cudaEventRecord(done_, s));
+  have_done_ = true;
+}
+
+void Context::stage_common(int batch, int seq, int seq_bucket, cudaStream_t s) {
+  if (valid_mask_offset_ != kNone)
+    launch_valid_mask(reinterpret_cast<int32_t*>(static_cast<char*>(arena_.get()) + valid_mask_offset_), batch, seq,
+                      seq_bucket, s);
+}
+
+void Context::run_host(int batch, int seq, int seq_bucket) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  DeviceGuard guard(device_);
+  check_shape(batch, seq, seq_bucket);
+  const EngineDesc& d = engine_->desc();
+  const auto& info = engine_->input_info();
+  cudaStream_t s = stream_;
+  begin(s);
+  for (size_t i = 0; i < info.size(); ++i) {
+    if (!info[i].used) continue;
+    TRTRUN_CUDA_CHECK(cudaMemcpyAsync(tensor_ptr(info[i].tensor), host_in_[i].get(),
+                                      static_cast<size_t>(batch) * seq_bucket * sizeof(int32_t),
+                                      cudaMemcpyHostToDevice, s));
+  }
+  stage_common(batch, seq, seq_bucket, s);
+  execute(batch, seq_bucket, s);
+  for (size_t i = 0; i < d.outputs.size(); ++i) {
+    const TensorDesc& t = d.tensors[d.outputs[i]];
+    const size_t row = static_cast<size_t>(inner_elems(t)) * elem_size(t.type);
+    TRTRUN_CUDA_CHECK(cudaMemcpy2DAsync(host_out_[i].get(), row * seq, tensor_ptr(d.outputs[i]), row * seq_bucket,
+                                        row * seq, batch, cudaMemcpyDeviceToHost, s));
+  }
+  finish(s);
+  TRTRUN_CUDA_CHECK(cudaStreamSynchronize(s));
+}
+
+void Context::run_device(int batch, int seq, int seq_bucket, const std::vector<Feed>& feeds,
+                         const std::vector<void*>& outputs, cudaStream_t stream, bool own_stream, bool sync) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  DeviceGuard guard(device_);
+  check_shape(batch, seq, seq_bucket);
+  const EngineDesc& d = engine_->desc();
+  const auto& info = engine_->input_info();
+  if (feeds.size() != info.size()) throw InputError("run_device: wrong number of inputs");
+  if (outputs.size() != d.outputs.size()) throw InputError("run_device: wrong number of outputs");
+  for (size_t i = 0; i < info.size(); ++i)
+    if (info[i].used && (feeds[i].ptr == nullptr || feeds[i].row_stride < seq))
+      throw InputError("run_device: input '" + d.tensors[info[i].tensor].name + "' is missing or has a bad stride");
+  for (void* p : outputs)
+    if (p == nullptr) throw InputError("run_device: null output pointer");
+  cudaStream_t s = own_stream ? stream_ : stream;
+  begin(s);
+  for (size_t i = 0; i < info.size(); ++i) {
+    if (!info[i].used) continue;
+    launch_stage_input(feeds[i].ptr, feeds[i].is_int64, feeds[i].row_stride,
+                       reinterpret_cast<int32_t*>(tensor_ptr(info[i].tensor)), batch, seq, seq_bucket,
+                       info[i].is_mask ? InputKind::Mask : InputKind::Ids, info[i].limit, input_flag_dev_, s);
+  }
+  stage_common(batch, seq, seq_bucket, s);
+  execute(batch, seq_bucket, s);
+  for (size_t i = 0; i < d.outputs.size(); ++i) {
+    const TensorDesc& t = d.tensors[d.outputs[i]];
+    const size_t row = static_cast<size_t>(inner_elems(t)) * elem_size(t.type);
+    TRTRUN_CUDA_CHECK(cudaMemcpy2DAsync(outputs[i], row * seq, tensor_ptr(d.outputs[i]), row * seq_bucket, row * seq,
+                                        batch, cudaMemcpyDeviceToDevice, s));
+  }
+  finish(s);
+  if (sync) {
+    TRTRUN_CUDA_CHECK(cudaEventSynchronize(done_));
+    check_input_flag();
+  }
+}
+
+void Context::synchronize() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  DeviceGuard guard(device_);
+  if (have_done_) TRTRUN_CUDA_CHECK(cudaEventSynchronize(done_));
+  TRTRUN_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  check_input_flag();
+}
+
+void Context::check_input_flag() {
+  volatile int32_t* flag = static_cast<volatile int32_t*>(input_flag_.get());
+  if (*flag != 0) {
+    *flag = 0;
+    throw InputError(
+        "a device-side input held a token id outside the vocabulary (or a token type outside the type table); "
+        "those positions were computed with id 0: check the ids passed to run_device");
+  }
+}
+
+// ------------------------------------------------------------------------------------------------ execution
+void Context::execute(int batch, int seq_bucket, cudaStream_t s) {
+  if (!graphs_on_) {
+    enqueue_ops(batch, seq_bucket, s);
+    return;
+  }
+  const GraphKey key{batch, seq_bucket};
+  auto it = graphs_.find(key);
+  if (it != graphs_.end()) {
+    lru_.splice(lru_.begin(), lru_, it->second.second);
+    TRTRUN_CUDA_CHECK(cudaGraphLaunch(it->second.first, s));
+    return;
+  }
+  // First run at this shape: eagerly (this also runs cuBLASLt's heuristics and loads kernels outside any
+  // capture), then capture the same sequence into a graph for the next runs. Capturing records, runs nothing.
+  enqueue_ops(batch, seq_bucket, s);
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  TRTRUN_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+  try {
+    enqueue_ops(batch, seq_bucket, stream_);
+  } catch (const std::exception& e) {
+    cudaGraph_t partial = nullptr;
+    TRTRUN_CUDA_IGNORE(cudaStreamEndCapture(stream_, &partial));
+    if (partial) TRTRUN_CUDA_IGNORE(cudaGraphDestroy(partial));
+    graphs_on_ = false;
+    graph_note_ = std::string("CUDA graph capture failed, running without graphs: ") + e.what();
+    return;
+  }
+  cudaError_t e = cudaStreamEndCapture(stream_, &graph);
+  if (e == cudaSuccess) e = cudaGraphInstantiate(&exec, graph, 0);
+  if (graph) TRTRUN_CUDA_IGNORE(cudaGraphDestroy(graph));
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();
+    graphs_on_ = false;
+    graph_note_ = std::string("CUDA graph capture failed, running without graphs: ") + cudaGetErrorName(e) + ": " +
+                  cudaGetErrorString(e);
+    return;
+  }
+  if (graphs_.size() >= options_.max_graphs && !lru_.empty()) {
+    auto victim = graphs_.find(lru_.back());
+    TRTRUN_CUDA_IGNORE(cudaGraphExecDestroy(victim->second.first));
+    graphs_.erase(victim);
+    lru_.pop_back();
+  }
+  lru_.push_front(key);
+  graphs_.emplace(key, std::make_pair(exec, lru_.begin()));
+}
+
+void Context::enqueue_ops(int batch, int seq_bucket, cudaStream_t s) {
+  const EngineDesc& d = engine_->desc();
+  const Engine& E = *engine_;
+  const int rows = batch * seq_bucket;
+  for (size_t i = 0; i < d.ops.size(); ++i) {
+    const OpDesc& op = d.ops[i];
+    auto in = [&](size_t j) { return j < op.inputs.size() ? op.inputs[j] : NO_TENSOR; };
+    auto out = [&](size_t j) { return j < op.outputs.size() ? op.outputs[j] : NO_TENSOR; };
+    auto dt = [&](int t) { return t == NO_TENSOR ? DType::F32 : to_dtype(d.tensors[t].type); };
+    auto wt = [&](const char* role) {
+      int w = op.weight(role);
+      return w == NO_WEIGHT ? DType::F32 : to_dtype(d.weights[w].type);
+    };
+    switch (op.type) {
+      case OpType::Embedding: {
+#ifdef TRTRUN_HAVE_EMBEDDING
+        const WeightDesc& word = d.weights[op.weight("word")];
+        launch_embedding(reinterpret_cast<const int32_t*>(tensor_ptr(in(0))),
+                         reinterpret_cast<const int32_t*>(tensor_ptr(in(1))), E.weight(op.weight("word")),
+                         E.weight(op.weight("position")), E.weight(op.weight("token_type")), to_dtype(word.type),
+                         E.weight(op.weight("gamma")), E.weight(op.weight("beta")), wt("gamma"),
+                         tensor_ptr(out(0)), dt(out(0)), batch, seq_bucket, static_cast<int>(word.shape[1]),
+                         op.position_offset, op.epsilon, op.precision, s);
+#else
+        missing_plugin(op, "embedding");
+#endif
+        break;
+      }
+      case OpType::Linear:
+        enqueue_linear(i, batch, seq_bucket, s);
+        break;
+      case OpType::Attention: {
+#ifdef TRTRUN_HAVE_ATTENTION
+        const int32_t* mask = nullptr;
+        if (in(1) != NO_TENSOR)
+          mask = reinterpret_cast<const int32_t*>(tensor_ptr(in(1)));
+        else if (!op.causal)
+          mask = reinterpret_cast<const int32_t*>(static_cast<char*>(arena_.get()) + valid_mask_offset_);
+        launch_attention(tensor_ptr(in(0)), dt(in(0)), mask, tensor_ptr(out(0)), dt(out(0)), batch, seq_bucket,
+                         op.num_heads, op.head_size, op.scale, op.causal, op.precision, s);
+#else
+        missing_plugin(op, "attention");
+#endif
+        break;
+      }
+      case OpType::LayerNorm: {
+#ifdef TRTRUN_HAVE_LAYERNORM
+        const int n = static_cast<int>(d.tensors[in(0)].dims.back());
+        const int ln_rows = static_cast<int>(d.tensors[in(0)].numel(batch, seq_bucket) / static_cast<size_t>(n));
+        launch_layernorm(tensor_ptr(in(0)), dt(in(0)), tensor_ptr(in(1)), dt(in(1)), E.weight(op.weight("gamma")),
+                         E.weight(op.weight("beta")), wt("gamma"), tensor_ptr(out(0)), dt(out(0)),
+                         tensor_ptr(out(1)), dt(out(1)), ln_rows, n, op.epsilon, op.precision, s);
+#else
+        missing_plugin(op, "layernorm");
+#endif
+        break;
+      }
+    }
+    (void)rows;
+  }
+}
+
+void Context::enqueue_linear(size_t i, int batch, int seq_bucket, cudaStream_t s) {
+  const EngineDesc& d = engine_->desc();
+  const OpDesc& op = d.ops[i];
+  const TensorDesc& xt = d.tensors[op.inputs[0]];
+  const TensorDesc& yt = d.tensors[op.outputs[0]];
+  const int wi = op.weight("weight"), bi = op.weight("bias");
+  const WeightDesc& w = d.weights[wi];
+  const size_t x_elems = xt.numel(batch, seq_bucket);
+  const int64_t rows = static_cast<int64_t>(x_elems / static_cast<size_t>(w.shape[0]));
+  const void* x = tensor_ptr(op.inputs[0]);
+  void* y = tensor_ptr(op.outputs[0]);
+  if (xt.type != w.type) {  // operands in the weight's type: x rounded to fp16 (hybrid/fp16) or widened (fp32)
+    void* xc = static_cast<char*>(arena_.get()) + cast_offset_[i];
+    launch_cast(x, xt.type, xc, w.type, x_elems, s);
+    x = xc;
+  }
+  const void* bias = engine_->weight(bi);
+  LinearChoice c = choose_linear(op, d);
+  bool fused = false;
+  if (c.fusable) {
+    GemmKey key = linear_key(op, d, rows, c, false);
+    // acc scratch absent means the fused path was available at the largest shape; it must be here too
+    fused = gemm_->prepare(key) || acc_offset_[i] == kNone;
+    if (fused) {
+      if (!gemm_->prepare(key))
+        throw DeviceError("op '" + op.name + "': cuBLASLt offers no algorithm for this GEMM (" +
+                          std::to_string(key.m) + "x" + std::to_string(key.n) + "x" + std::to_string(key.k) + ")");
+      gemm_->run(key, x, engine_->weight(wi), bias, y, s);
+      if (c.gelu_after) {
+#ifdef TRTRUN_HAVE_GELU
+        launch_gelu(y, to_dtype(yt.type), static_cast<long long>(yt.numel(batch, seq_bucket)), false, s);
+#else
+        missing_plugin(op, "gelu");
+#endif
+      }
+    }
+  }
+  if (!fused) {
+    if (acc_offset_[i] == kNone) throw std::logic_error("unfused Linear without an accumulator");
+    float* acc = reinterpret_cast<float*>(static_cast<char*>(arena_.get()) + acc_offset_[i]);
+    GemmKey key = linear_key(op, d, rows, c, true);
+    if (!gemm_->prepare(key))
+      throw DeviceError("op '" + op.name + "': cuBLASLt offers no algorithm for this GEMM (" + std::to_string(key.m) +
+                        "x" + std::to_string(key.n) + "x" + std::to_string(key.k) + ")");
+    gemm_->run(key, x, engine_->weight(wi), nullptr, acc, s);
+    launch_bias_act(acc, bias, bi == NO_WEIGHT ? ElemType::F32 : d.weights[bi].type, y, yt.type, rows, w.shape[1],
+                    op.activation, s);
+  }
+}
+
+}  // namespace trtrun

@@ -1,0 +1,52 @@
+// csrc/gemm.h: Linear layers through cuBLASLt. One handle and one preallocated workspace per Context; the
+// algorithm for a GEMM shape is chosen by cuBLASLt's heuristic once and cached (with its descriptors).
+#pragma once
+
+#include <cublasLt.h>
+#include <cuda_runtime.h>
+
+#include <map>
+#include <memory>
+#include <tuple>
+
+#include "runtime_common.h"
+
+namespace trtrun {
+
+// y[m, n] = epilogue(x[m, k] @ w[k, n] (+ bias[n])), all row-major, contiguous.
+enum class GemmEpilogue : int { None = 0, Bias = 1, Gelu = 2, GeluBias = 3 };  // Gelu = cuBLASLt's tanh form
+
+struct GemmKey {
+  int64_t m = 0, n = 0, k = 0;
+  ElemType operand_t = ElemType::F16;  // x and w
+  ElemType out_t = ElemType::F32;      // y; bias has this type too
+  GemmEpilogue epilogue = GemmEpilogue::None;
+  bool tf32 = false;  // only for float32 operands
+  bool operator<(const GemmKey& o) const {
+    return std::tie(m, n, k, operand_t, out_t, epilogue, tf32) <
+           std::tie(o.m, o.n, o.k, o.operand_t, o.out_t, o.epilogue, o.tf32);
+  }
+};
+
+class GemmRunner {
+ public:
+  GemmRunner(size_t workspace_bytes);
+  ~GemmRunner();
+  GemmRunner(const GemmRunner&) = delete;
+  GemmRunner& operator=(const GemmRunner&) = delete;
+
+  // Chooses (once) and caches the algorithm; false when cuBLASLt has none for this key (e.g. an epilogue that
+  // this dtype combination does not support): the caller then runs an unfused epilogue instead.
+  bool prepare(const GemmKey& key);
+  // Enqueues the GEMM (prepare(key) must have returned true). No allocation, no sync: capturable.
+  void run(const GemmKey& key, const void* x, const void* w, const void* bias, void* y, cudaStream_t stream);
+  size_t cached() const { return plans_.size(); }
+
+ private:
+  struct Plan;
+  cublasLtHandle_t handle_ = nullptr;
+  DeviceBuffer workspace_;
+  std::map<GemmKey, std::unique_ptr<Plan>> plans_;
+};
+
+}  // namespace trtrun

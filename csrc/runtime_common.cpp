@@ -1,0 +1,181 @@
+// csrc/runtime_common.cpp: error texts, RAII buffers, device checks (see runtime_common.h).
+#include "runtime_common.h"
+
+#include <limits>
+#include <sstream>
+
+#include "kernels.h"
+
+namespace trtrun {
+
+const char* cublas_status_text(cublasStatus_t s) {
+  switch (s) {
+    case CUBLAS_STATUS_SUCCESS: return "CUBLAS_STATUS_SUCCESS";
+    case CUBLAS_STATUS_NOT_INITIALIZED: return "CUBLAS_STATUS_NOT_INITIALIZED (no usable device or driver?)";
+    case CUBLAS_STATUS_ALLOC_FAILED: return "CUBLAS_STATUS_ALLOC_FAILED (out of memory)";
+    case CUBLAS_STATUS_INVALID_VALUE: return "CUBLAS_STATUS_INVALID_VALUE";
+    case CUBLAS_STATUS_ARCH_MISMATCH: return "CUBLAS_STATUS_ARCH_MISMATCH (feature not supported by this GPU)";
+    case CUBLAS_STATUS_MAPPING_ERROR: return "CUBLAS_STATUS_MAPPING_ERROR";
+    case CUBLAS_STATUS_EXECUTION_FAILED: return "CUBLAS_STATUS_EXECUTION_FAILED (kernel failed to run)";
+    case CUBLAS_STATUS_INTERNAL_ERROR: return "CUBLAS_STATUS_INTERNAL_ERROR";
+    case CUBLAS_STATUS_NOT_SUPPORTED: return "CUBLAS_STATUS_NOT_SUPPORTED";
+    case CUBLAS_STATUS_LICENSE_ERROR: return "CUBLAS_STATUS_LICENSE_ERROR";
+    default: return "unknown cuBLAS status";
+  }
+}
+
+size_t TensorDesc::numel(int64_t batch, int64_t seq) const {
+  size_t n = 1;
+  for (int64_t d : dims) {
+    int64_t v = d == DIM_B ? batch : d == DIM_S ? seq : d;
+    if (v < 0) throw InputError("tensor " + name + ": negative dimension");
+    n = checked_mul(n, static_cast<size_t>(v), name.c_str());
+  }
+  return n;
+}
+
+size_t checked_mul(size_t a, size_t b, const char* what) {
+  if (a != 0 && b > std::numeric_limits<size_t>::max() / a)
+    throw InputError(std::string("size overflow computing ") + what);
+  return a * b;
+}
+
+size_t checked_add(size_t a, size_t b, const char* what) {
+  if (b > std::numeric_limits<size_t>::max() - a) throw InputError(std::string("size overflow computing ") + what);
+  return a + b;
+}
+
+// ---- DeviceGuard ----
+DeviceGuard::DeviceGuard(int device) {
+  TRTRUN_CUDA_CHECK(cudaGetDevice(&previous_));
+  if (previous_ != device) {
+    TRTRUN_CUDA_CHECK(cudaSetDevice(device));
+    changed_ = true;
+  }
+}
+DeviceGuard::~DeviceGuard() {
+  if (changed_) TRTRUN_CUDA_IGNORE(cudaSetDevice(previous_));
+}
+
+// ---- allocation errors ----
+void throw_alloc_error(cudaError_t code, size_t nbytes, const char* what, const char* file, int line) {
+  (void)cudaGetLastError();  // an allocation failure is not sticky; clear the slot so later calls are unaffected
+  size_t free_b = 0, total_b = 0;
+  std::ostringstream msg;
+  msg << "out of memory: " << what << " needs " << (nbytes >> 20) << " MiB (" << nbytes << " bytes)";
+  if (cudaMemGetInfo(&free_b, &total_b) == cudaSuccess)
+    msg << "; the device has " << (free_b >> 20) << " MiB free of " << (total_b >> 20) << " MiB";
+  else
+    (void)cudaGetLastError();
+  msg << " [" << cudaGetErrorName(code) << " at " << file << ":" << line << "]";
+  throw DeviceError(msg.str());
+}
+
+// ---- DeviceBuffer ----
+DeviceBuffer::DeviceBuffer(size_t nbytes, const char* what) : size_(nbytes) {
+  if (nbytes == 0) return;
+  cudaError_t e = cudaMalloc(&ptr_, nbytes);
+  if (e != cudaSuccess) {
+    ptr_ = nullptr;
+    if (e == cudaErrorMemoryAllocation) throw_alloc_error(e, nbytes, what, __FILE__, __LINE__);
+    throw CudaError(__FILE__, __LINE__, "cudaMalloc", e);
+  }
+}
+DeviceBuffer::~DeviceBuffer() {
+  if (ptr_ != nullptr) TRTRUN_CUDA_IGNORE(cudaFree(ptr_));
+}
+DeviceBuffer::DeviceBuffer(DeviceBuffer&& o) noexcept : ptr_(o.ptr_), size_(o.size_) {
+  o.ptr_ = nullptr;
+  o.size_ = 0;
+}
+DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& o) noexcept {
+  if (this != &o) {
+    if (ptr_ != nullptr) TRTRUN_CUDA_IGNORE(cudaFree(ptr_));
+    ptr_ = o.ptr_;
+    size_ = o.size_;
+    o.ptr_ = nullptr;
+    o.size_ = 0;
+  }
+  return *this;
+}
+
+// ---- PinnedBuffer ----
+PinnedBuffer::PinnedBuffer(size_t nbytes, const char* what, unsigned flags) : size_(nbytes) {
+  if (nbytes == 0) return;
+  cudaError_t e = cudaHostAlloc(&ptr_, nbytes, flags);
+  if (e != cudaSuccess) {
+    ptr_ = nullptr;
+    if (e == cudaErrorMemoryAllocation) {
+      (void)cudaGetLastError();
+      throw DeviceError(std::string("out of pinned host memory: ") + what + " needs " +
+                        std::to_string(nbytes >> 20) + " MiB (" + std::to_string(nbytes) + " bytes)");
+    }
+    throw CudaError(__FILE__, __LINE__, "cudaHostAlloc", e);
+  }
+}
+PinnedBuffer::~PinnedBuffer() {
+  if (ptr_ != nullptr) TRTRUN_CUDA_IGNORE(cudaFreeHost(ptr_));
+}
+PinnedBuffer::PinnedBuffer(PinnedBuffer&& o) noexcept : ptr_(o.ptr_), size_(o.size_) {
+  o.ptr_ = nullptr;
+  o.size_ = 0;
+}
+PinnedBuffer& PinnedBuffer::operator=(PinnedBuffer&& o) noexcept {
+  if (this != &o) {
+    if (ptr_ != nullptr) TRTRUN_CUDA_IGNORE(cudaFreeHost(ptr_));
+    ptr_ = o.ptr_;
+    size_ = o.size_;
+    o.ptr_ = nullptr;
+    o.size_ = 0;
+  }
+  return *this;
+}
+
+// ---- device checks ----
+std::string device_problem(int device) {
+  int count = 0;
+  cudaError_t e = cudaGetDeviceCount(&count);
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();
+    return std::string("no usable CUDA device: cudaGetDeviceCount failed with ") + cudaGetErrorName(e) + " (" +
+           cudaGetErrorString(e) + ")";
+  }
+  if (count == 0) return "no CUDA device is visible";
+  if (device < 0 || device >= count)
+    return "device " + std::to_string(device) + " does not exist (" + std::to_string(count) +
+           " CUDA device(s) visible)";
+  cudaDeviceProp prop;
+  e = cudaGetDeviceProperties(&prop, device);
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();
+    return std::string("cudaGetDeviceProperties failed: ") + cudaGetErrorString(e);
+  }
+  int previous = 0;
+  if (cudaGetDevice(&previous) != cudaSuccess) (void)cudaGetLastError();
+  if (cudaSetDevice(device) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return "cannot select device " + std::to_string(device);
+  }
+  e = probe_kernel_image();
+  if (previous != device) TRTRUN_CUDA_IGNORE(cudaSetDevice(previous));
+  if (e == cudaErrorNoKernelImageForDevice || e == cudaErrorInvalidDeviceFunction ||
+      e == cudaErrorUnsupportedPtxVersion) {
+    std::ostringstream msg;
+    msg << "this trtrun build has GPU code for CUDA architecture(s) sm_" << TRTRUN_CUDA_ARCHS
+        << " only, but device " << device << " (" << prop.name << ") is sm_" << prop.major << prop.minor
+        << "; rebuild with CMAKE_ARGS=\"-DCMAKE_CUDA_ARCHITECTURES=" << prop.major << prop.minor
+        << "\" pip install . [" << cudaGetErrorName(e) << "]";
+    return msg.str();
+  }
+  if (e != cudaSuccess)
+    return std::string("device ") + std::to_string(device) + " (" + prop.name + ") cannot run kernels: " +
+           cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ")";
+  return "";
+}
+
+void require_usable_device(int device) {
+  std::string p = device_problem(device);
+  if (!p.empty()) throw DeviceError(p);
+}
+
+}  // namespace trtrun
