@@ -85,22 +85,29 @@ def _tree_sum_fp16(a: np.ndarray) -> np.ndarray:
     return a[..., 0]
 
 
-def _erf(x: np.ndarray) -> np.ndarray:
-    """erf in float64 (scipy when present; else math.erf per element, same values to ~1 ulp)."""
+def _erfc(x: np.ndarray) -> np.ndarray:
+    """erfc in float64 (scipy when present; else math.erfc per element, same values to ~1 ulp)."""
     try:
-        from scipy.special import erf  # lazy: scipy is optional
+        from scipy.special import erfc  # lazy: scipy is optional
     except ImportError:  # pragma: no cover - depends on the environment
-        return np.frompyfunc(math.erf, 1, 1)(x).astype(F64)
-    return erf(x)
+        return np.frompyfunc(math.erfc, 1, 1)(x).astype(F64)
+    return erfc(x)
 
 
 def _gelu32(h: np.ndarray, activation: str) -> np.ndarray:
-    """GELU of float32 values, evaluated in float64 and rounded once to float32."""
+    """GELU of float32 values, evaluated in float64 and rounded once to float32.
+
+    Written without the cancellation of 1 + erf(z) / 1 + tanh(a) for negative inputs:
+    0.5 x (1 + erf(x/sqrt2)) = 0.5 x erfc(-x/sqrt2) and 0.5 x (1 + tanh(a)) = x / (1 + exp(-2a)),
+    so even the tiny outputs of large negative inputs are accurate to float64 rounding.
+    """
     x = np.asarray(h, dtype=F64)
     if activation == "gelu_erf":
-        y = 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))
+        y = 0.5 * x * _erfc(-x / math.sqrt(2.0))
     elif activation == "gelu_tanh":
-        y = 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x * x * x)))
+        a = math.sqrt(2.0 / math.pi) * (x + 0.044715 * x * x * x)
+        with np.errstate(over="ignore"):
+            y = x / (1.0 + np.exp(-2.0 * a))
     else:
         raise ValueError(f"activation must be gelu_erf or gelu_tanh, got {activation!r}")
     return y.astype(F32)
