@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 extras=${1:-export,bench,test}
 py=${PYTHON:-python3}
-pipi() { "$py" -m pip install -q --disable-pip-version-check "$@"; }
+pipi() { "$py" -m pip install -q --disable-pip-version-check --root-user-action=ignore "$@"; }
 has() { "$py" -c "import $1" 2>/dev/null; }
 
 # torch first and pinned: pip then takes the CPU wheel on this machine's disk; an unpinned `torch`
