@@ -1,0 +1,158 @@
+"""Microbenchmark of trtrun's fused attention kernel against PyTorch's scaled_dot_product_attention.
+
+    python3 bench/kernels_attention.py [--quick] [--out FILE]
+
+Both sides take the same packed qkv [B, S, 3*H*D] (PyTorch through [B, H, S, D] views of it, as a
+Hugging Face model would hand them over) and run inside a captured CUDA graph of `--per-graph` launches
+(so host launch cost is out of both numbers); the graph is replayed `--reps` times, each replay timed with
+CUDA events; the median per launch is reported. Inputs are random normal (never zeros), rotated over
+several buffers so small problems are not served from L2 alone. Precisions: ours hybrid vs torch fp16
+SDPA (fp32 softmax, P in fp16: the same arithmetic); ours fp16 (fp16 softmax); ours fp32 vs torch fp32
+SDPA with TF32 off.
+Needs torch with CUDA and the plugin binding (trtrun._C or bench/kernels_build.py's standalone module).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "gpu"))
+sys.path.insert(0, str(REPO))
+
+import test_plugins as H  # noqa: E402  (the kernel tests' helpers: binding lookup, pointers)
+
+
+def card() -> str:
+    try:
+        return subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                              capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return "unknown"
+
+
+def time_graph(torch, fn, per_graph: int, reps: int) -> float:
+    """Median ms per call of fn() (which enqueues on the current stream), from CUDA-graph replays."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):  # warm-up outside the graph (module load, first-launch costs)
+            fn(0)
+    torch.cuda.current_stream().wait_stream(s)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for i in range(per_graph):
+            fn(i)
+    for _ in range(3):
+        g.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g.replay()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b) / per_graph)
+    return statistics.median(times)
+
+
+def bench_case(torch, P, B, S, Hh, D, causal, masked, prec, per_graph, reps):
+    HD = Hh * D
+    dt = torch.float32 if prec == "fp32" else torch.float16
+    nbuf = max(2, min(8, int(2e8 // (B * S * 3 * HD * 2)) or 1))
+    gen = torch.Generator(device="cuda").manual_seed(B * 1000 + S)
+    qkvs = [torch.randn(B, S, 3 * HD, device="cuda", dtype=dt, generator=gen) for _ in range(nbuf)]
+    ys = [torch.empty(B, S, HD, device="cuda", dtype=dt) for _ in range(nbuf)]
+    mask = None
+    if masked:  # right padding: lengths uniform in [S/2, S]
+        lens = torch.randint(S // 2, S + 1, (B,), generator=gen, device="cuda")
+        mask = (torch.arange(S, device="cuda")[None, :] < lens[:, None]).to(torch.int32).contiguous()
+    scale = 1.0 / math.sqrt(D)
+    code = {"fp32": P.FP32, "fp16": P.FP16, "hybrid": P.HYBRID}[prec]
+    dcode = 0 if dt == torch.float32 else 1
+
+    def ours(i):
+        k = i % nbuf
+        P.attention(qkvs[k].data_ptr(), dcode, 0 if mask is None else mask.data_ptr(), ys[k].data_ptr(), dcode,
+                    B, S, Hh, D, scale, causal, code, torch.cuda.current_stream().cuda_stream)
+
+    views = [tuple(q[..., j * HD:(j + 1) * HD].view(B, S, Hh, D).transpose(1, 2) for j in range(3)) for q in qkvs]
+    tmask = None
+    if mask is not None:
+        tmask = (mask != 0)[:, None, None, :]
+        if causal:
+            tmask = tmask & torch.ones(S, S, dtype=torch.bool, device="cuda").tril()[None, None]
+
+    def theirs(i):
+        q, k, v = views[i % nbuf]
+        if tmask is None:
+            torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
+        else:
+            torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=tmask, scale=scale)
+
+    t_ours = time_graph(torch, ours, per_graph, reps)
+    t_torch = time_graph(torch, theirs, per_graph, reps)
+    flops = 4.0 * B * Hh * S * S * D * (0.5 if causal else 1.0)
+    return t_ours, t_torch, flops
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--per-graph", type=int, default=20)
+    ap.add_argument("--reps", type=int, default=30)
+    args = ap.parse_args()
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    P, why = H.load_plugins()
+    if P is None:
+        print(f"plugin binding not found: {why}")
+        return 1
+    cases = [  # (B, S, heads, head_size, causal, masked, precision)
+        (32, 512, 12, 64, False, False, "hybrid"),
+        (32, 512, 12, 64, False, True, "hybrid"),
+        (32, 512, 12, 64, True, False, "hybrid"),
+        (32, 128, 12, 64, False, False, "hybrid"),
+        (8, 128, 12, 64, False, False, "hybrid"),
+        (1, 128, 12, 64, False, False, "hybrid"),
+        (1, 32, 12, 64, False, False, "hybrid"),
+        (32, 32, 12, 64, False, False, "hybrid"),
+        (32, 512, 12, 32, False, False, "hybrid"),
+        (16, 512, 16, 128, False, False, "hybrid"),
+        (32, 512, 12, 64, False, False, "fp16"),
+        (32, 128, 12, 64, False, False, "fp16"),
+        (32, 512, 12, 64, False, False, "fp32"),
+        (32, 128, 12, 64, False, False, "fp32"),
+    ]
+    if args.quick:
+        cases = [c for c in cases if c[0] == 32 and c[1] == 512 and c[3] == 64 and not c[5]]
+    head = (f"# trtrun attention kernel vs torch SDPA ({torch.__version__}), {card()}, "
+            f"{datetime.date.today().isoformat()}; median ms per call, CUDA-graph replays")
+    lines = [head, f"{'B':>3} {'S':>4} {'H':>3} {'D':>4} {'causal':>6} {'mask':>5} {'prec':>6} | "
+             f"{'ours ms':>8} {'TFLOP/s':>7} | {'torch ms':>8} {'TFLOP/s':>7} | {'ours/torch':>10}"]
+    print(lines[0])
+    print(lines[1])
+    for (B, S, Hh, D, causal, masked, prec) in cases:
+        t_o, t_t, fl = bench_case(torch, P, B, S, Hh, D, causal, masked, prec, args.per_graph, args.reps)
+        line = (f"{B:>3} {S:>4} {Hh:>3} {D:>4} {str(causal):>6} {str(masked):>5} {prec:>6} | {t_o:8.4f} "
+                f"{fl / t_o / 1e9:7.1f} | {t_t:8.4f} {fl / t_t / 1e9:7.1f} | {t_o / t_t:10.2f}")
+        print(line, flush=True)
+        lines.append(line)
+    if args.out:
+        Path(args.out).write_text("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
