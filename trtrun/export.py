@@ -144,20 +144,20 @@ def export_model(source, out_path, *, exporter: str = "torchscript", opset: int 
         class Wrapper(torch.nn.Module):
             def __init__(self, m):
                 super().__init__()
-                self.m = m
+                self.model = m
 
             def forward(self, input_ids, attention_mask, token_type_ids):
-                return self.m(input_ids=input_ids, attention_mask=attention_mask,
+                return self.model(input_ids=input_ids, attention_mask=attention_mask,
                               token_type_ids=token_type_ids, use_cache=False).last_hidden_state
         names = ["input_ids", "attention_mask", "token_type_ids"]
     else:
         class Wrapper(torch.nn.Module):
             def __init__(self, m):
                 super().__init__()
-                self.m = m
+                self.model = m
 
             def forward(self, input_ids, attention_mask):
-                return self.m(input_ids=input_ids, attention_mask=attention_mask,
+                return self.model(input_ids=input_ids, attention_mask=attention_mask,
                               use_cache=False).last_hidden_state
         names = ["input_ids", "attention_mask"]
     wrapper = Wrapper(model).eval()

@@ -1,0 +1,131 @@
+"""The builder: an ONNX transformer in, a trtrun Plan out.
+
+    load -> simplify -> probe -> remove no-op layout ops
+         -> fuse LayerNorm -> fuse Linear (+bias, +GELU) -> fuse attention (+ merged QKV Linear)
+         -> fuse embeddings (+LayerNorm) -> fuse residual Adds into LayerNorm
+         -> check only IR ops are left -> pin precision -> lower to a Plan
+
+Each graph pass is one function taking (graph, facts), ending in cleanup().toposort(). See
+docs/builder.md for the patterns each pass recognizes and what it rejects.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import BuildError, TrtrunError
+from .check import check_supported
+from .fuse_attention import fuse_attention
+from .fuse_embedding import fuse_embedding
+from .fuse_layernorm import fuse_layernorm
+from .fuse_linear import fuse_linear
+from .fuse_residual import fuse_residual
+from .load import default_opset, load_model
+from .lower import lower, resolve_profile
+from .precision import PRECISIONS, pin_precision
+from .probe import probe
+from .save_onnx import precision_onnx
+from .simplify import decouple_shapes, remove_noop_layout, simplify
+
+__all__ = ["build", "load_model", "simplify", "probe", "decouple_shapes", "remove_noop_layout", "fuse_layernorm",
+           "fuse_linear", "fuse_attention", "fuse_embedding", "fuse_residual", "check_supported",
+           "pin_precision", "lower", "precision_onnx", "resolve_profile", "PRECISIONS"]
+
+FUSIONS = (
+    ("fuse_layernorm", fuse_layernorm),
+    ("fuse_linear", fuse_linear),
+    ("fuse_attention", fuse_attention),
+    ("fuse_embedding", fuse_embedding),
+    ("fuse_residual", fuse_residual),
+)
+STEPS = ("load", "simplify", "probe", "decouple_shapes+remove_noop_layout", *(n for n, _ in FUSIONS),
+         "check_supported", "pin_precision", "lower", "plan")
+
+
+def build(onnx_path, *, precision: str = "hybrid", profile=None, save_onnx=None, progress=None):
+    """Build a Plan from an ONNX model.
+
+    precision: "fp32", "fp16" or "hybrid" (docs/plan-format.md says what each means).
+    profile: {"batch": (min, opt, max), "seq": (min, opt, max)}; default batch (1, 8, 32) and
+        seq (1, 128, 512) capped by the model's positions.
+    save_onnx: also write the precision-pinned graph in standard ONNX ops (with Casts) there; it
+        is written only when the whole build succeeded.
+    progress: callable(step: str, done: int, total: int), called as each step finishes (and
+        within the long ones).
+    Raises ModelError (unreadable or malformed model), UnsupportedOpError (an op the IR cannot
+    express, named with its node), BuildError (a pattern that could not be lowered), ValueError
+    (bad arguments). Nothing is written on error.
+    """
+    from ..plan import Plan
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if profile is not None:
+        resolve_profile(profile, 1 << 30)  # argument errors before any work
+
+    total = len(STEPS)
+    done = 0
+
+    def step(name):
+        nonlocal done
+        done += 1
+        if progress:
+            progress(name, done, total)
+
+    model = load_model(onnx_path)
+    opset = default_opset(model)
+    producer = " ".join(x for x in (model.producer_name, model.producer_version) if x)
+    step("load")
+    graph = simplify(model)
+    del model
+    step("simplify")
+    facts = probe(graph, progress=(lambda s, d, t: progress(s + " (onnxruntime)", d, t)) if progress else None)
+    step("probe")
+    decouple_shapes(graph, facts)
+    remove_noop_layout(graph, facts)
+    simplified = graph.copy() if save_onnx is not None else None
+    step("decouple_shapes+remove_noop_layout")
+    passes = ["load", "simplify", "probe", "decouple_shapes", "remove_noop_layout"]
+    for name, fn in FUSIONS:
+        fn(graph, facts)
+        passes.append(name)
+        step(name)
+    check_supported(graph)
+    passes.append("check_supported")
+    step("check_supported")
+    tensor_dtypes, weight_dtypes = pin_precision(graph, precision)
+    passes.append("pin_precision")
+    step("pin_precision")
+    header, weights = lower(graph, facts, tensor_dtypes, weight_dtypes, precision=precision,
+                            profile=profile, source_path=onnx_path, opset=opset, producer=producer,
+                            passes=passes + ["lower"],
+                            progress=(lambda s, d, t: progress("lower (weights)", d, t)) if progress else None)
+    step("lower")
+    try:
+        plan = Plan.from_parts(header, weights)
+    except TrtrunError as e:
+        raise BuildError(f"the lowered plan is not valid (a builder bug): {e}") from e
+    if save_onnx is not None:
+        rewritten = precision_onnx(simplified, precision)
+        _save_model(rewritten, save_onnx)
+    step("plan")
+    return plan
+
+
+def _save_model(model, path) -> Path:
+    import os
+
+    import onnx
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        onnx.save(model, str(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return path

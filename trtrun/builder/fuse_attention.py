@@ -1,0 +1,358 @@
+"""Fuse attention: from each Softmax, recover Q/K/V, scale and mask by semantics, write trtrun Attention.
+
+Structure walked (any exporter's spelling of each step):
+
+    scores = MatMul(Q4 [B,H,S,D], KT4 [B,H,D,S])
+    logits = scores, then any chain of: Mul/Div by a scalar constant (the scale), Add/Sub of a
+             mask tensor, Where(cond, ., fill)          (mask tensors may depend on attention_mask
+                                                        values and on shapes, on nothing else)
+    P      = Softmax(logits, axis=-1);  O4 = MatMul(P, V4 [B,H,S,D])
+    y      = O4 moved back to [B,S,H*D] by Transpose/Reshape
+
+Q4, KT4 and V4 are traced back through layout ops (Transpose, Reshape, Split, Slice, Squeeze,
+Unsqueeze, Gather with a constant index) and scalar Mul/Div (a scale applied to q or k) to the
+outputs of Linear ops. Which columns of those outputs are the query/key/value of head h, dim d is
+then read off the probe values (each target column matched to the source column it equals), so a
+fused [q|k|v] projection, three separate ones, or a head-interleaved layout all work.
+
+Mask semantics are read off the probes too: where the logits fall far below scale * scores the key
+is masked; that set must equal "attention_mask[b, j] == 0" and/or "j > i" (causal) exactly, for
+every probe, else the graph's mask (or bias) is something the IR cannot express and the build stops.
+
+Finally the merged [B,S,3*H*D] qkv input is made: the source itself when it already has that
+layout, else a new Linear whose weight concatenates the selected columns of the q, k and v Linears
+(which must read the same input). The rebuilt attention is evaluated in float64 from the probe
+values and must reproduce the graph's own output.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import BuildError
+from . import _graph as G
+from .probe import agree
+
+_LAYOUT = {"Transpose", "Reshape", "Split", "Slice", "Squeeze", "Unsqueeze", "Gather", "Identity",
+           "Flatten", "Cast"}
+# how far below the unmasked logit a masked one lies, at least: HF uses finfo.min or -1e4 (older
+# models); real logits differ from scale*scores by rounding only (~1e-6 relative).
+_MASKED_BELOW = -1e3
+
+
+class _NoMatch(Exception):
+    pass
+
+
+def fuse_attention(graph, facts) -> int:
+    count = 0
+    for sm in [n for n in graph.nodes if n.op == "Softmax"]:
+        try:
+            m = _match(graph, sm, facts)
+        except _NoMatch:
+            continue  # left for check_supported to report
+        _replace(graph, sm, facts, m)
+        count += 1
+    G.finish(graph)
+    return count
+
+
+# ---------------------------------------------------------------------- matching
+def _match(graph, sm, facts) -> dict:
+    logits = sm.inputs[0]
+    r = facts.rank(logits)
+    if r != 4 or int(sm.attrs.get("axis", -1)) not in (-1, 3):
+        raise _NoMatch
+    P = sm.outputs[0]
+    pv = _only_consumer(P)
+    if pv is None or pv.op != "MatMul" or pv.inputs[0] is not P:
+        raise _NoMatch
+    V4, O4 = pv.inputs[1], pv.outputs[0]
+
+    # score chain: logits back to the QK MatMul
+    chain_scale, qk, sides = _walk_scores(logits)
+    Q4, KT4 = qk.inputs[0], qk.inputs[1]
+    for side in sides:
+        bad = facts.value_inputs(graph, side) - {"attention_mask"}
+        if bad:
+            raise BuildError(f"Softmax node {sm.name!r}: the attention logits are combined with "
+                             f"{side.name!r}, which depends on the values of {sorted(bad)}; only a "
+                             f"mask built from attention_mask (and shapes) is supported")
+    q_src, q_scale = _trace_source(Q4)
+    k_src, k_scale = _trace_source(KT4)
+    v_src, v_scale = _trace_source(V4)
+    if v_scale != 1.0:
+        raise _NoMatch
+    qs = facts.get(Q4)
+    if any(a.ndim != 4 for a in qs):
+        raise _NoMatch
+    _, H, _, D = qs[0].shape
+    HD = H * D
+    # columns: target [b, s, h*D + d] taken from source [b, s, col]
+    q_cols = _column_map(facts, q_src, [np.transpose(a, (0, 2, 1, 3)) / q_scale for a in qs], sm, "query")
+    k_cols = _column_map(facts, k_src,
+                         [np.transpose(a, (0, 3, 1, 2)) / k_scale for a in facts.get(KT4)], sm, "key")
+    v_cols = _column_map(facts, v_src, [np.transpose(a, (0, 2, 1, 3)) for a in facts.get(V4)], sm, "value")
+    scale = chain_scale * q_scale * k_scale
+
+    # output: O4 [B,H,S,D] forward through layout ops to [B,S,H*D]
+    y = _walk_output(O4, facts, HD)
+    if y is None:
+        raise _NoMatch
+
+    causal, use_mask = _mask_semantics(graph, sm, facts, qk, logits, chain_scale)
+    return dict(H=H, D=D, scale=scale, causal=causal, use_mask=use_mask, y=y,
+                srcs=(q_src, k_src, v_src), cols=(q_cols, k_cols, v_cols))
+
+
+def _only_consumer(t):
+    cs = G.consumers(t)
+    return cs[0] if len(cs) == 1 else None
+
+
+def _is_qk_matmul(n) -> bool:
+    return n is not None and n.op == "MatMul" and all(G.const_value(i) is None for i in n.inputs)
+
+
+def _reaches_qk(t, depth=0) -> bool:
+    """Does walking back over the score-chain ops from t reach a MatMul of two activations?"""
+    p = G.producer(t)
+    if p is None or depth > 16:
+        return False
+    if _is_qk_matmul(p):
+        return True
+    if p.op in ("Mul", "Div", "Add", "Sub", "Cast", "Identity"):
+        return any(_reaches_qk(i, depth + 1) for i in p.inputs if G.const_value(i) is None)
+    if p.op == "Where":
+        return any(_reaches_qk(i, depth + 1) for i in p.inputs[1:] if G.const_value(i) is None)
+    return False
+
+
+def _walk_scores(logits):
+    """(scale, qk MatMul, mask-side tensors) of the chain between the QK MatMul and the Softmax."""
+    scale, sides, t = 1.0, [], logits
+    for _ in range(16):
+        p = G.producer(t)
+        if p is None:
+            raise _NoMatch
+        if _is_qk_matmul(p):
+            return scale, p, sides
+        if p.op in ("Cast", "Identity"):
+            t = p.inputs[0]
+            continue
+        if p.op in ("Mul", "Div"):
+            a, b = p.inputs[0], p.inputs[1]
+            cb = G.scalar_const(b)
+            ca = G.scalar_const(a) if p.op == "Mul" else None
+            if cb is not None:
+                scale = scale * cb if p.op == "Mul" else scale / cb
+                t = a
+                continue
+            if ca is not None:
+                scale, t = scale * ca, b
+                continue
+            raise _NoMatch
+        if p.op in ("Add", "Sub"):
+            a, b = p.inputs[0], p.inputs[1]
+            on = [i for i in (a, b) if _reaches_qk(i)]
+            if len(on) != 1 or (p.op == "Sub" and on[0] is not a):
+                raise _NoMatch
+            side = b if on[0] is a else a
+            if G.const_value(side) is None:
+                sides.append(side)
+            t = on[0]
+            continue
+        if p.op == "Where":
+            cond, a, b = p.inputs
+            on = [i for i in (a, b) if _reaches_qk(i)]
+            if len(on) != 1:
+                raise _NoMatch
+            sides.append(cond)
+            other = b if on[0] is a else a
+            if G.const_value(other) is None:
+                sides.append(other)
+            t = on[0]
+            continue
+        raise _NoMatch
+    raise _NoMatch
+
+
+def _trace_source(t):
+    """Walk back from Q4/KT4/V4 through layout ops and scalar scales to a Linear output."""
+    scale = 1.0
+    for _ in range(32):
+        p = G.producer(t)
+        if p is None:
+            raise _NoMatch
+        if G.is_trtrun(p, "Linear"):
+            return t, scale
+        if p.op in _LAYOUT:
+            if p.op == "Gather" and G.const_value(p.inputs[1]) is None:
+                raise _NoMatch
+            t = p.inputs[0]
+            continue
+        if p.op in ("Mul", "Div"):
+            a, b = p.inputs[0], p.inputs[1]
+            cb = G.scalar_const(b)
+            ca = G.scalar_const(a) if p.op == "Mul" else None
+            if cb is not None:
+                scale = scale * cb if p.op == "Mul" else scale / cb
+                t = a
+            elif ca is not None:
+                scale, t = scale * ca, b
+            else:
+                raise _NoMatch
+            continue
+        raise _NoMatch
+    raise _NoMatch
+
+
+def _column_map(facts, src, targets, sm, what) -> np.ndarray:
+    """For target [B,S,H,D] arrays, the src column that each (h, d) equals, as an int array [H*D]."""
+    srcs = facts.get(src)
+    if any(s.ndim != 3 for s in srcs) or any(t.shape[:2] != s.shape[:2] for t, s in zip(targets, srcs)):
+        raise _NoMatch
+    tv = np.concatenate([t.reshape(t.shape[0] * t.shape[1], -1) for t in targets], 0).astype(np.float64)
+    sv = np.concatenate([s.reshape(s.shape[0] * s.shape[1], -1) for s in srcs], 0).astype(np.float64)
+    # nearest source column for every target column (squared distance via dot products)
+    d2 = (tv ** 2).sum(0)[:, None] + (sv ** 2).sum(0)[None, :] - 2.0 * tv.T @ sv
+    cols = np.argmin(d2, axis=1)
+    if not agree([sv[:, cols]], [tv]):
+        raise BuildError(f"Softmax node {sm.name!r}: the {what} tensor is not a rearrangement of the "
+                         f"columns of {src.name!r}")
+    if len(set(cols.tolist())) != len(cols):
+        raise BuildError(f"Softmax node {sm.name!r}: the {what} columns of {src.name!r} are ambiguous")
+    return cols
+
+
+def _walk_output(O4, facts, HD):
+    t = O4
+    for _ in range(8):
+        vals = facts.get(t)
+        if all(v.ndim == 3 and v.shape[-1] == HD for v in vals):
+            return t
+        c = _only_consumer(t)
+        if c is None or c.op not in ("Transpose", "Reshape", "Cast", "Identity"):
+            return None
+        t = c.outputs[0]
+    return None
+
+
+def _mask_semantics(graph, sm, facts, qk, logits, chain_scale):
+    """(causal, uses attention_mask) from where the probe logits are pushed far below the scores."""
+    masked_sets = []
+    for raw, lg in zip(facts.get(qk.outputs[0]), facts.get(logits)):
+        base = raw.astype(np.float64) * chain_scale
+        lg = lg.astype(np.float64)
+        lgb = np.broadcast_to(lg, np.broadcast_shapes(lg.shape, base.shape))
+        diff = lgb - base
+        masked = diff < _MASKED_BELOW
+        kept = ~masked
+        scale = max(float(np.abs(base).max()), 1e-6)
+        if kept.any() and float(np.abs(diff[kept]).max()) > 1e-4 * scale:
+            raise BuildError(f"Softmax node {sm.name!r}: something is added to the attention scores "
+                             f"that is not a mask (a bias of up to {float(np.abs(diff[kept]).max()):.3g}); "
+                             f"the IR has no attention bias")
+        masked_sets.append(masked)
+    has_mask_input = any(i.name == "attention_mask" for i in graph.inputs)
+    for causal in (False, True):
+        for use_mask in ((False, True) if has_mask_input else (False,)):
+            if all(np.array_equal(m, _hypothesis(f, m.shape, causal, use_mask))
+                   for f, m in zip(facts.feeds, masked_sets)):
+                return causal, use_mask
+    raise BuildError(f"Softmax node {sm.name!r}: the attention mask is neither padding from "
+                     f"attention_mask, causal, nor both (probed with padded and causal patterns)")
+
+
+def _hypothesis(feed, shape, causal, use_mask):
+    B, _, S, _ = shape
+    m = np.zeros((B, 1, S, S), bool)
+    if use_mask:
+        m |= (np.asarray(feed["attention_mask"]) == 0)[:, None, None, :]
+    if causal:
+        m |= np.triu(np.ones((S, S), bool), 1)[None, None]
+    return np.broadcast_to(m, shape)
+
+
+# ---------------------------------------------------------------------- rewriting
+def _replace(graph, sm, facts, m):
+    H, D = m["H"], m["D"]
+    HD = H * D
+    qkv = _qkv_tensor(graph, facts, sm, m["srcs"], m["cols"], HD)
+    mask = next((i for i in graph.inputs if i.name == "attention_mask"), None) if m["use_mask"] else None
+    y = m["y"]
+    # check the rebuilt op on the probe values before touching the graph
+    ours = [reference_attention(q, f.get("attention_mask") if m["use_mask"] else None, H, D,
+                                m["scale"], m["causal"])
+            for q, f in zip(facts.get(qkv), facts.feeds)]
+    if not agree(ours, facts.get(y)):
+        raise BuildError(f"Softmax node {sm.name!r}: the attention rebuilt from it (heads {H} x {D}, "
+                         f"scale {m['scale']:.6g}, causal {m['causal']}) does not reproduce the graph's "
+                         f"output {y.name!r}")
+    name = _attn_name(sm)
+    G.add_trtrun_node(graph, "Attention", name, inputs={"qkv": qkv, "attention_mask": mask}, weights={},
+                      outputs=[y], attrs={"num_heads": int(H), "head_size": int(D),
+                                          "scale": float(m["scale"]), "causal": bool(m["causal"])})
+
+
+def _attn_name(sm) -> str:
+    n = sm.name.strip("/")
+    if n.endswith("/Softmax"):
+        n = n[: -len("/Softmax")]
+    return n.replace("/", ".") or "attention"
+
+
+def _qkv_tensor(graph, facts, sm, srcs, cols, HD):
+    q_src, k_src, v_src = srcs
+    q_cols, k_cols, v_cols = cols
+    if q_src is k_src is v_src:
+        width = facts.get(q_src)[0].shape[-1]
+        full = np.concatenate([q_cols, k_cols, v_cols])
+        if width == 3 * HD and np.array_equal(full, np.arange(3 * HD)):
+            return q_src
+    # build one Linear from the selected columns of the q, k and v Linears
+    lins = [G.producer(s) for s in srcs]
+    xs = [G.slot(n, "x") for n in lins]
+    if not all(x is xs[0] for x in xs):
+        raise BuildError(f"Softmax node {sm.name!r}: query, key and value come from projections of "
+                         f"different inputs (cross-attention is not in the IR)")
+    if any(n.attrs.get("activation", "none") != "none" for n in lins):
+        raise _NoMatch
+    Ws, bs = [], []
+    for n, c in zip(lins, cols):
+        W = G.const_value(G.slot(n, "weight")).astype(np.float32)
+        b_t = G.slot(n, "bias")
+        b = G.const_value(b_t).astype(np.float32) if b_t is not None else np.zeros(W.shape[1], np.float32)
+        Ws.append(W[:, c])
+        bs.append(b[c])
+    W = np.concatenate(Ws, 1)
+    b = np.concatenate(bs)
+    name = _attn_name(sm) + ".qkv"
+    out = G.new_variable(graph, name, np.float32)
+    G.add_trtrun_node(graph, "Linear", name, inputs={"x": xs[0]},
+                      weights={"weight": G.new_constant(graph, name + ".weight", W),
+                               "bias": G.new_constant(graph, name + ".bias", b)},
+                      outputs=[out], attrs={"activation": "none"})
+    facts.put(out.name, [(np.asarray(x, np.float64) @ W + b).astype(np.float32) for x in facts.get(xs[0])])
+    return out
+
+
+def reference_attention(qkv, mask, H, D, scale, causal):
+    """The IR's Attention formula in float64 (docs/plan-format.md), for checking matches."""
+    qkv = np.asarray(qkv, np.float64)
+    B, S, _ = qkv.shape
+    HD = H * D
+    q = qkv[..., :HD].reshape(B, S, H, D).transpose(0, 2, 1, 3)
+    k = qkv[..., HD:2 * HD].reshape(B, S, H, D).transpose(0, 2, 1, 3)
+    v = qkv[..., 2 * HD:].reshape(B, S, H, D).transpose(0, 2, 1, 3)
+    s = scale * q @ k.transpose(0, 1, 3, 2)
+    masked = np.zeros((B, 1, S, S), bool)
+    if mask is not None:
+        masked |= (np.asarray(mask) == 0)[:, None, None, :]
+    if causal:
+        masked |= np.triu(np.ones((S, S), bool), 1)[None, None]
+    s = np.where(masked, np.finfo(np.float32).min, s)
+    s = s - s.max(-1, keepdims=True)
+    p = np.exp(s)
+    p /= p.sum(-1, keepdims=True)
+    return (p @ v).transpose(0, 2, 1, 3).reshape(B, S, HD)

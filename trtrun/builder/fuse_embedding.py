@@ -1,0 +1,162 @@
+"""Fuse embeddings: Gather(word) + Gather(position) (+ Gather(token type)) (+ LayerNorm) -> Embedding.
+
+The word Gather is the one whose indices equal input_ids in every probe. Its output is followed up
+through Adds whose other operand is another Gather from a constant table (or a sum of such). Each
+table's role is read off the probe values of its indices: equal to input_ids -> word, equal to
+token_type_ids -> token type, all zeros (a model exported without token_type_ids) -> token type
+with no input, equal to arange(S) + offset on every row -> position (with `position_offset`).
+Anything else (e.g. RoBERTa's positions counted from the padding) stops the build with a clear
+error. If the sum's only reader is a LayerNorm without residual, it is folded in.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import BuildError
+from . import _graph as G
+from .probe import agree
+
+
+def fuse_embedding(graph, facts) -> int:
+    count = 0
+    ids = next((i for i in graph.inputs if i.name == "input_ids"), None)
+    tts = next((i for i in graph.inputs if i.name == "token_type_ids"), None)
+    for node in list(graph.nodes):
+        if node.op != "Gather" or G.const_value(node.inputs[0]) is None:
+            continue
+        table = G.const_value(node.inputs[0])
+        if table.ndim != 2 or int(node.attrs.get("axis", 0)) != 0 or table.dtype.kind != "f":
+            continue
+        if ids is None or not _equals_feed(facts, node.inputs[1], "input_ids"):
+            continue
+        _fuse_one(graph, facts, node, ids, tts)
+        count += 1
+    G.finish(graph)
+    return count
+
+
+def _equals_feed(facts, t, name) -> bool:
+    try:
+        vals = facts.get(t)
+    except BuildError:
+        return False
+    return all(name in f and v.shape == f[name].shape and np.array_equal(v, f[name])
+               for v, f in zip(vals, facts.feeds))
+
+
+def _is_table_gather(n) -> bool:
+    if n is None or n.op != "Gather" or int(n.attrs.get("axis", 0)) != 0:
+        return False
+    t = G.const_value(n.inputs[0])
+    return t is not None and t.ndim == 2 and t.dtype.kind == "f"
+
+
+def _gather_leaves(t):
+    """Table Gathers summed into t by a tree of Adds, or None if t is not such a sum."""
+    p = G.producer(t)
+    if _is_table_gather(p):
+        return [p]
+    if p is not None and p.op == "Add":
+        out = []
+        for i in p.inputs:
+            sub = _gather_leaves(i)
+            if sub is None:
+                return None
+            out += sub
+        return out
+    return None
+
+
+def _fuse_one(graph, facts, word, ids, tts):
+    leaves = [word]
+    e = word.outputs[0]
+    while True:
+        cs = G.consumers(e)
+        if len(cs) != 1 or cs[0].op != "Add":
+            break
+        add = cs[0]
+        other = add.inputs[1] if add.inputs[0] is e else add.inputs[0]
+        sub = _gather_leaves(other)
+        if sub is None:
+            break
+        leaves += sub
+        e = add.outputs[0]
+    N = G.const_value(word.inputs[0]).shape[1]
+    roles = {"word": word}
+    tt_input = None
+    offset = 0
+    for g in leaves[1:]:
+        table = G.const_value(g.inputs[0])
+        idx = g.inputs[1]
+        if table.shape[1] != N:
+            raise BuildError(f"Gather node {g.name!r}: embedding table {table.shape} does not match the "
+                             f"word table's width {N}")
+        if tts is not None and _equals_feed(facts, idx, "token_type_ids") and "token_type" not in roles:
+            roles["token_type"], tt_input = g, tts
+            continue
+        vals = facts.get(idx)
+        if all(np.all(v == 0) for v in vals) and "token_type" not in roles:
+            roles["token_type"] = g
+            continue
+        off = _position_offset(vals, facts)
+        if off is not None and "position" not in roles:
+            roles["position"], offset = g, off
+            continue
+        raise BuildError(f"Gather node {g.name!r}: an embedding table indexed by something that is "
+                         f"neither input_ids, token_type_ids nor the position s + constant (probe "
+                         f"indices {vals[0].tolist()})")
+    if "position" not in roles:
+        raise BuildError(f"Gather node {word.name!r}: word embeddings without position embeddings "
+                         f"(rotary or relative positions are not in the IR)")
+    y = e
+    gamma = beta = None
+    eps = None
+    cs = G.consumers(e)
+    if len(cs) == 1 and G.is_trtrun(cs[0], "LayerNorm") and G.slot(cs[0], "residual") is None \
+            and G.slot(cs[0], "x") is e and G.slot(cs[0], "sum") is None:
+        ln = cs[0]
+        gamma = G.const_value(G.slot(ln, "gamma"))
+        beta = G.const_value(G.slot(ln, "beta"))
+        eps = float(ln.attrs["epsilon"])
+        y = G.slot(ln, "y")
+    tables = {r: G.const_value(n.inputs[0]).astype(np.float32) for r, n in roles.items()}
+    ours = []
+    for f in facts.feeds:
+        S = f["input_ids"].shape[1]
+        s = tables["word"][f["input_ids"]].astype(np.float64) + tables["position"][np.arange(S) + offset]
+        if "token_type" in tables:
+            s = s + tables["token_type"][f["token_type_ids"] if tt_input is not None else 0]
+        if gamma is not None:
+            mu = s.mean(-1, keepdims=True)
+            var = ((s - mu) ** 2).mean(-1, keepdims=True)
+            s = (s - mu) / np.sqrt(var + eps) * gamma + beta
+        ours.append(s)
+    if not agree(ours, facts.get(y)):
+        raise BuildError(f"Gather node {word.name!r}: the embedding sum rebuilt from its tables does not "
+                         f"reproduce {y.name!r}")
+    name = "embeddings"
+    weights = {r: G.new_constant(graph, f"{name}.{r}", tables[r]) for r in tables}
+    attrs = {"position_offset": int(offset)}
+    if gamma is not None:
+        weights["gamma"] = G.new_constant(graph, f"{name}.gamma", gamma.astype(np.float32))
+        weights["beta"] = G.new_constant(graph, f"{name}.beta", beta.astype(np.float32))
+        attrs["epsilon"] = eps
+    G.add_trtrun_node(graph, "Embedding", name, inputs={"input_ids": ids, "token_type_ids": tt_input},
+                      weights=weights, outputs=[y], attrs=attrs)
+
+
+def _position_offset(vals, facts) -> int | None:
+    """c if the indices equal arange(S) + c on every row (broadcast over batch), else None."""
+    offs = set()
+    for v, f in zip(vals, facts.feeds):
+        B, S = f["input_ids"].shape
+        if v.ndim == 1:
+            v = v[None]
+        if v.ndim != 2 or v.shape[-1] != S or v.shape[0] not in (1, B):
+            return None
+        c = int(v.reshape(-1)[0])
+        if c < 0 or not np.array_equal(v, np.broadcast_to(np.arange(S) + c, v.shape)):
+            return None
+        offs.add(c)
+    return offs.pop() if len(offs) == 1 else None

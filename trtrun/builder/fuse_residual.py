@@ -1,0 +1,44 @@
+"""Fold the residual Add into the LayerNorm that reads it: LN(Add(a, b)) -> LayerNorm(x=a, residual=b).
+
+If the sum is also read elsewhere (the pre-LN residual stream of GPT-2), the LayerNorm writes it as
+its second output. `x` is the operand a Linear wrote (the branch), `residual` the other (the stream),
+which the hybrid precision rules rely on to keep the stream in fp32.
+"""
+
+from __future__ import annotations
+
+from . import _graph as G
+
+
+def fuse_residual(graph, facts) -> int:
+    count = 0
+    for ln in [n for n in graph.nodes if G.is_trtrun(n, "LayerNorm")]:
+        if G.slot(ln, "residual") is not None:
+            continue
+        s = G.slot(ln, "x")
+        add = G.producer(s)
+        if add is None or add.op != "Add":
+            continue
+        a, b = add.inputs
+        if G.const_value(a) is not None or G.const_value(b) is not None:
+            continue
+        if not all(va.shape == vb.shape == vs.shape for va, vb, vs in
+                   zip(facts.get(a), facts.get(b), facts.get(s))):
+            continue  # a broadcasting Add is not a residual
+        pa, pb = G.producer(a), G.producer(b)
+        if pb is not None and G.is_trtrun(pb, "Linear") and not (pa is not None and G.is_trtrun(pa, "Linear")):
+            a, b = b, a
+        others = [c for c in G.consumers(s) if c is not ln]
+        outputs = [G.slot(ln, "y")]
+        if others or s in graph.outputs:
+            outputs.append(s)
+        name = ln.name
+        ln.name = name + ".unfused"
+        G.add_trtrun_node(graph, "LayerNorm", name, inputs={"x": a, "residual": b},
+                          weights={"gamma": G.slot(ln, "gamma"), "beta": G.slot(ln, "beta")},
+                          outputs=outputs, attrs=dict(ln.attrs))
+        # the old LayerNorm lost its output; it and the Add (unless still read) are now dead
+        ln.inputs.clear()
+        count += 1
+    G.finish(graph)
+    return count

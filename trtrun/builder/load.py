@@ -1,0 +1,115 @@
+"""Pass 1: read the ONNX file and check that it is a model the builder can take at all."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import ModelError, UnsupportedOpError
+
+INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+MIN_OPSET = 13  # Softmax before opset 13 normalizes over flattened trailing axes, another op.
+
+
+def _looks_like(head: bytes) -> str:
+    if head.startswith(b"TRTRUNPL"):
+        return " (it is a trtrun plan, not an ONNX model)"
+    if head[:4] == b"PK\x03\x04":
+        return " (it looks like a zip archive, e.g. a PyTorch checkpoint)"
+    try:
+        head.decode("utf-8")
+        return " (it looks like a text file)"
+    except UnicodeDecodeError:
+        return ""
+
+
+def load_model(path):
+    """Read and check an ONNX model. ModelError names the file and what is wrong with it."""
+    import onnx
+
+    p = Path(path)
+    if not p.exists():
+        raise ModelError(f"{p}: no such file")
+    if p.is_dir():
+        raise ModelError(f"{p}: is a directory, not an ONNX file")
+    try:
+        with open(p, "rb") as f:
+            head = f.read(64)
+    except OSError as e:
+        raise ModelError(f"{p}: cannot read: {e.strerror or e}") from None
+    if not head:
+        raise ModelError(f"{p}: empty file, not an ONNX model")
+    try:
+        model = onnx.load(str(p))
+    except Exception as e:  # protobuf DecodeError, external data missing, ...
+        raise ModelError(f"{p}: not an ONNX model: cannot parse it ({type(e).__name__}: {e})"
+                         f"{_looks_like(head)}") from None
+    # A protobuf parser accepts many byte strings as an (odd) message; a real model has these.
+    if model.ir_version <= 0 or not model.opset_import or not model.graph.node:
+        raise ModelError(f"{p}: not an ONNX model (no IR version, opset or graph nodes)"
+                         f"{_looks_like(head)}")
+    try:
+        onnx.checker.check_model(model)
+    except Exception as e:
+        msg = str(e).strip().splitlines()
+        raise ModelError(f"{p}: malformed ONNX model: {msg[0] if msg else type(e).__name__}") from None
+    check_opset(model, p)
+    check_inputs(model, p)
+    check_ops(model)
+    return model
+
+
+def check_opset(model, p) -> None:
+    opset = default_opset(model)
+    if opset is None:
+        raise ModelError(f"{p}: opset_import: the model imports no default ('' / ai.onnx) opset")
+    if opset < MIN_OPSET:
+        raise ModelError(f"{p}: opset_import: opset {opset} is older than {MIN_OPSET}; re-export with "
+                         f"opset {MIN_OPSET} or newer")
+
+
+def default_opset(model) -> int | None:
+    for o in model.opset_import:
+        if o.domain in ("", "ai.onnx"):
+            return int(o.version)
+    return None
+
+
+def check_inputs(model, p) -> None:
+    import onnx
+
+    inits = {i.name for i in model.graph.initializer}
+    names = []
+    for i in model.graph.input:
+        if i.name in inits:
+            continue
+        tt = i.type.tensor_type
+        names.append(i.name)
+        if i.name not in INPUT_NAMES:
+            raise ModelError(f"{p}: graph input {i.name!r} is not one the builder knows "
+                             f"({', '.join(INPUT_NAMES)})")
+        if tt.elem_type not in (onnx.TensorProto.INT64, onnx.TensorProto.INT32):
+            raise ModelError(f"{p}: graph input {i.name!r} has element type "
+                             f"{onnx.TensorProto.DataType.Name(tt.elem_type)}; token ids and masks are "
+                             f"int64 or int32")
+        if tt.HasField("shape") and len(tt.shape.dim) != 2:
+            raise ModelError(f"{p}: graph input {i.name!r} has rank {len(tt.shape.dim)}; expected "
+                             f"[batch, sequence]")
+        if tt.HasField("shape") and all(d.HasField("dim_value") for d in tt.shape.dim):
+            raise ModelError(f"{p}: graph input {i.name!r} has a fixed shape "
+                             f"{[d.dim_value for d in tt.shape.dim]}; export with dynamic batch and "
+                             f"sequence axes")
+    if "input_ids" not in names:
+        raise ModelError(f"{p}: the model has no 'input_ids' input (inputs: {', '.join(names) or 'none'})")
+    if len(model.graph.output) == 0:
+        raise ModelError(f"{p}: the model has no outputs")
+
+
+def check_ops(model) -> None:
+    """Every node must be a standard ONNX op (the builder runs the graph in onnxruntime to probe it)."""
+    import onnx
+
+    for n in model.graph.node:
+        if n.domain not in ("", "ai.onnx") or not onnx.defs.has(n.op_type):
+            dom = n.domain or "ai.onnx"
+            raise UnsupportedOpError(n.op_type, n.name or "(unnamed)",
+                                     f"domain {dom!r}: not a standard ONNX op")

@@ -1,0 +1,146 @@
+"""Lower the fused, precision-pinned graph into a plan: header dict + weights (docs/plan-format.md)."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BuildError
+from . import _graph as G
+
+DEFAULT_BATCH = (1, 8, 32)
+DEFAULT_SEQ = (1, 128, 512)
+
+
+def sha256_file(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def resolve_profile(profile, max_position: int) -> dict:
+    """The build profile: the user's, checked, or the default capped by the model's positions."""
+    if profile is None:
+        hi = min(DEFAULT_SEQ[2], max_position)
+        seq = (min(DEFAULT_SEQ[0], hi), min(DEFAULT_SEQ[1], hi), hi)
+        return {"batch": list(DEFAULT_BATCH), "seq": list(seq)}
+    if not isinstance(profile, dict) or set(profile) - {"batch", "seq"}:
+        raise ValueError(f"profile must be a dict with keys 'batch' and 'seq', got {profile!r}")
+    out = {}
+    for axis, default in (("batch", DEFAULT_BATCH), ("seq", DEFAULT_SEQ)):
+        v = profile.get(axis, default)
+        try:
+            v = [int(x) for x in v]
+        except (TypeError, ValueError):
+            raise ValueError(f"profile {axis} must be (min, opt, max) integers, got {v!r}") from None
+        if len(v) != 3 or not 1 <= v[0] <= v[1] <= v[2]:
+            raise ValueError(f"profile {axis} must be (min, opt, max) with 1 <= min <= opt <= max, got {v}")
+        out[axis] = v
+    if out["seq"][2] > max_position:
+        raise ValueError(f"profile seq max {out['seq'][2]} exceeds the model's {max_position} positions")
+    return out
+
+
+def _clean(name: str) -> str:
+    return name.strip("/").replace("/", ".")
+
+
+def lower(graph, facts, tensor_dtypes, weight_dtypes, *, precision, profile, source_path, opset,
+          producer, passes, progress=None) -> tuple[dict, dict]:
+    ops_nodes = [n for n in graph.nodes]
+    input_names = [t.name for t in graph.inputs]
+    output_names = {t.name for t in graph.outputs}
+
+    # readable activation names: the op's name (+ ".sum"); inputs and outputs keep theirs
+    rename: dict[str, str] = {n: n for n in input_names}
+    for n in ops_nodes:
+        outs = G.OP_SLOTS[n.op][2]
+        for i, t in enumerate(n.outputs):
+            if t.is_empty():
+                continue
+            if t.name in output_names:
+                rename[t.name] = t.name
+            else:
+                rename[t.name] = _clean(n.name) if outs[i] == "y" else _clean(n.name) + "." + outs[i]
+    if len(set(rename.values())) != len(rename):
+        rename = {k: k for k in rename}  # fall back to the graph's own (unique) names
+
+    tensors: dict[str, dict] = {}
+    for name in input_names:
+        tensors[name] = {"dtype": "int64", "shape": ["B", "S"]}
+    for name, dt in tensor_dtypes.items():
+        tensors[rename[name]] = {"dtype": dt, "shape": facts.sym_shape(name)}
+
+    weights: dict[str, np.ndarray] = {}
+    ops = []
+    total = len(ops_nodes)
+    for k, n in enumerate(ops_nodes):
+        slots, roles, outs = G.OP_SLOTS[n.op]
+        ins = [rename[G.slot(n, s).name] if G.slot(n, s) is not None else "" for s in slots]
+        while len(ins) > 1 and ins[-1] == "":
+            ins.pop()
+        outputs = [rename[G.slot(n, s).name] if G.slot(n, s) is not None else "" for s in outs]
+        while outputs and outputs[-1] == "":
+            outputs.pop()
+        wmap = {}
+        for r in roles:
+            w = G.slot(n, r)
+            if w is None:
+                continue
+            wname = _clean(w.name)
+            if wname not in weights:
+                weights[wname] = np.ascontiguousarray(G.const_value(w).astype(weight_dtypes[w.name]))
+            wmap[r] = wname
+        attrs = {}
+        for key, v in n.attrs.items():
+            if isinstance(v, (bool, np.bool_)):
+                attrs[key] = bool(v)
+            elif isinstance(v, (int, np.integer)):
+                attrs[key] = int(v)
+            elif isinstance(v, (float, np.floating)):
+                attrs[key] = float(v)
+            else:
+                attrs[key] = v
+        ops.append({"type": n.op, "name": _clean(n.name), "inputs": ins, "outputs": outputs,
+                    "weights": wmap, "attrs": attrs, "precision": precision})
+        if progress:
+            progress("lower", k + 1, total)
+
+    # model dimensions
+    emb = [n for n in ops_nodes if n.op == "Embedding"]
+    attn = [n for n in ops_nodes if n.op == "Attention"]
+    if len(emb) != 1:
+        raise BuildError(f"expected one Embedding op after fusion, found {len(emb)}")
+    word = G.const_value(G.slot(emb[0], "word"))
+    pos = G.const_value(G.slot(emb[0], "position"))
+    max_position = int(pos.shape[0]) - int(emb[0].attrs.get("position_offset", 0))
+    model = {
+        "arch": "decoder" if any(a.attrs["causal"] for a in attn) else "encoder",
+        "hidden": int(word.shape[1]),
+        "num_heads": int(attn[0].attrs["num_heads"]) if attn else 0,
+        "num_layers": len(attn),
+        "vocab_size": int(word.shape[0]),
+        "max_position": max_position,
+    }
+    from .. import __version__
+    header = {
+        "precision": precision,
+        "tf32": False,
+        "profile": resolve_profile(profile, max_position),
+        "source": {"path": str(Path(source_path)), "sha256": sha256_file(source_path),
+                   "producer": producer, "opset": opset},
+        "model": model,
+        "inputs": [{"name": n, "dtype": "int64", "shape": ["B", "S"]} for n in input_names],
+        "outputs": [{"name": rename[t.name], **tensors[rename[t.name]]} for t in graph.outputs],
+        "tensors": tensors,
+        "ops": ops,
+        "builder": {"trtrun": __version__,
+                    "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                    "passes": list(passes)},
+    }
+    return header, weights
