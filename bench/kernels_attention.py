@@ -64,7 +64,7 @@ def time_graph(torch, fn, per_graph: int, reps: int) -> float:
     return statistics.median(times)
 
 
-def bench_case(torch, P, B, S, Hh, D, causal, masked, prec, per_graph, reps):
+def bench_case(torch, P, B, S, Hh, D, causal, masked, prec, per_graph, reps, with_torch=True):
     HD = Hh * D
     dt = torch.float32 if prec == "fp32" else torch.float16
     nbuf = max(2, min(8, int(2e8 // (B * S * 3 * HD * 2)) or 1))
@@ -99,7 +99,7 @@ def bench_case(torch, P, B, S, Hh, D, causal, masked, prec, per_graph, reps):
             torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=tmask, scale=scale)
 
     t_ours = time_graph(torch, ours, per_graph, reps)
-    t_torch = time_graph(torch, theirs, per_graph, reps)
+    t_torch = time_graph(torch, theirs, per_graph, reps) if with_torch else float("nan")
     flops = 4.0 * B * Hh * S * S * D * (0.5 if causal else 1.0)
     return t_ours, t_torch, flops
 
@@ -110,6 +110,8 @@ def main() -> int:
     ap.add_argument("--out", default=None)
     ap.add_argument("--per-graph", type=int, default=20)
     ap.add_argument("--reps", type=int, default=30)
+    ap.add_argument("--sweep", action="store_true",
+                    help="also time each forced tensor-core configuration (TRTRUN_ATTN_CFG=MT,warps)")
     args = ap.parse_args()
     import torch
 
@@ -149,6 +151,38 @@ def main() -> int:
                 f"{fl / t_o / 1e9:7.1f} | {t_t:8.4f} {fl / t_t / 1e9:7.1f} | {t_o / t_t:10.2f}")
         print(line, flush=True)
         lines.append(line)
+    if args.sweep:
+        import os
+
+        lines.append("# sweep: ours ms per forced configuration (rows per warp = 16*MT, warps per block)")
+        cfgs = ["auto", "2,4", "2,2", "2,1", "1,4", "1,2", "1,1"]
+        lines.append(f"{'B':>3} {'S':>4} {'H':>3} {'D':>4} {'prec':>6} | " + " ".join(f"{c:>7}" for c in cfgs))
+        print(lines[-2])
+        print(lines[-1])
+        for (B, S, Hh, D, causal, masked, prec) in [(32, 512, 12, 64, False, False, "hybrid"),
+                                                    (32, 512, 12, 64, True, False, "hybrid"),
+                                                    (32, 128, 12, 64, False, False, "hybrid"),
+                                                    (8, 128, 12, 64, False, False, "hybrid"),
+                                                    (1, 128, 12, 64, False, False, "hybrid"),
+                                                    (8, 512, 12, 64, False, False, "hybrid"),
+                                                    (1, 512, 12, 64, False, False, "hybrid"),
+                                                    (32, 512, 12, 32, False, False, "hybrid"),
+                                                    (32, 128, 12, 32, False, False, "hybrid"),
+                                                    (16, 512, 16, 128, False, False, "hybrid"),
+                                                    (32, 512, 12, 64, False, False, "fp16")]:
+            row = []
+            for c in cfgs:
+                if c == "auto":
+                    os.environ.pop("TRTRUN_ATTN_CFG", None)
+                else:
+                    os.environ["TRTRUN_ATTN_CFG"] = c
+                t, _, _ = bench_case(torch, P, B, S, Hh, D, causal, masked, prec, args.per_graph, args.reps,
+                                     with_torch=False)
+                row.append(f"{t:7.4f}")
+            os.environ.pop("TRTRUN_ATTN_CFG", None)
+            line = f"{B:>3} {S:>4} {Hh:>3} {D:>4} {prec:>6} | " + " ".join(row)
+            print(line, flush=True)
+            lines.append(line)
     if args.out:
         Path(args.out).write_text("\n".join(lines) + "\n")
     return 0

@@ -8,9 +8,15 @@
 // FP32 kernel: the same online softmax with plain FFMA (no tensor cores, so no TF32).
 #include "attention.h"
 
+#include <algorithm>
 #include <cfloat>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <mutex>
 #include <string>
+#include <utility>
 
 namespace trtrun {
 namespace {
@@ -123,18 +129,68 @@ __device__ __forceinline__ bool load_flags(int* flags, const int32_t* mask, int 
 }
 
 // ------------------------------------------------------------------------------------------------
-// Tensor-core kernel. HALF_SOFTMAX: Precision::FP16 (scores and softmax in fp16); else HYBRID.
-template <int D, bool HALF_SOFTMAX>
-__global__ void __launch_bounds__(128) attention_tc_kernel(const void* __restrict__ qkv, bool in_half,
-                                                           const int32_t* __restrict__ mask,
-                                                           void* __restrict__ y, bool out_half, int H, int S,
-                                                           float scale, bool causal, int nqt) {
-  constexpr int LD = D + 8;  // +16 bytes per row: ldmatrix rows fall in distinct banks
+// Which key tiles a block must visit when there is a padding mask. One pass over mask[b, :] gives the
+// first and last unmasked key. Rows with no unmasked key (all keys masked; with causal: rows i < first)
+// must come out uniform over ALL seq keys, so such a block walks every tile; otherwise the tiles before
+// `first` and after `last` hold only masked keys, add exactly zero, and are not visited at all.
+struct KeyRange {
+  int begin, end;  // key tiles [begin, end)
+  bool walk_all;   // some row of the block is fully masked
+};
+
+__device__ __forceinline__ KeyRange key_range(const int32_t* mask, int b, int S, int q0, int BQ, int bk,
+                                              bool causal, int* red /* 2 ints of shared memory */) {
+  const int nkt_all = (S + bk - 1) / bk;
+  KeyRange kr{0, nkt_all, false};
+  if (causal) kr.end = min(nkt_all, (min(q0 + BQ, S) - 1) / bk + 1);
+  if (mask == nullptr) return kr;
+  if (threadIdx.x == 0) {
+    red[0] = S;
+    red[1] = -1;
+  }
+  __syncthreads();
+  int f = S, l = -1;
+  const int32_t* mrow = mask + static_cast<long long>(b) * S;
+  for (int j = threadIdx.x; j < S; j += blockDim.x) {
+    if (mrow[j] != 0) {
+      f = min(f, j);
+      l = max(l, j);
+    }
+  }
+  f = __reduce_min_sync(0xffffffffu, f);
+  l = __reduce_max_sync(0xffffffffu, l);
+  if ((threadIdx.x & 31) == 0) {
+    atomicMin(&red[0], f);
+    atomicMax(&red[1], l);
+  }
+  __syncthreads();
+  const int first = red[0], last = red[1];
+  const bool rows_live = causal ? (q0 >= first) : (first < S);
+  if (rows_live) {
+    kr.begin = first / bk;
+    kr.end = min(kr.end, last / bk + 1);
+  } else {
+    kr.begin = 0;
+    kr.end = nkt_all;
+    kr.walk_all = true;
+  }
+  return kr;
+}
+
+// ------------------------------------------------------------------------------------------------
+// Tensor-core kernel. Each warp owns MT * 16 query rows (MT m16 tiles share every K/V fragment it loads
+// from shared memory). HALF_SOFTMAX: Precision::FP16 (scores and softmax in fp16); else HYBRID.
+template <int D, int MT, bool HALF_SOFTMAX>
+__global__ void __launch_bounds__(128, MT == 2 ? 2 : 1)
+    attention_tc_kernel(const void* __restrict__ qkv, bool in_half, const int32_t* __restrict__ mask,
+                        void* __restrict__ y, bool out_half, int H, int S, float scale, bool causal, int nqt) {
+  constexpr int LD = D + 8;  // +16 bytes per row: the 8 rows of an ldmatrix fall in distinct banks
   constexpr int KC = D / 16;  // k-steps of QK^T
   constexpr int NB = BK / 8;  // 8-key blocks of a score tile
   constexpr int DB = D / 8;   // 8-column blocks of the output
+  constexpr int WR = 16 * MT;  // query rows per warp
   const int nwarps = blockDim.x >> 5;
-  const int BQ = 16 * nwarps;
+  const int BQ = WR * nwarps;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, t4 = lane & 3;
 
@@ -143,6 +199,7 @@ __global__ void __launch_bounds__(128) attention_tc_kernel(const void* __restric
   __half* Ks = Qs + BQ * LD;            // [2][BK][LD]
   __half* Vs = Ks + 2 * BK * LD;        // [2][BK][LD]
   int* flags = reinterpret_cast<int*>(Vs + 2 * BK * LD);  // [2][BK]
+  __shared__ int red[2];
 
   const int bh = blockIdx.x / nqt;
   const int qt = nqt - 1 - static_cast<int>(blockIdx.x % nqt);  // longest (causal) tiles first
@@ -152,67 +209,87 @@ __global__ void __launch_bounds__(128) attention_tc_kernel(const void* __restric
   const long long row_stride = 3 * HD;
   const long long tok_base = static_cast<long long>(b) * S;
 
-  const int nkt_all = (S + BK - 1) / BK;
-  int nkt = nkt_all;
-  if (causal) {
-    nkt = min(nkt_all, (min(q0 + BQ, S) - 1) / BK + 1);
-    if (mask != nullptr && nkt < nkt_all && block_has_fully_masked_rows(mask, b, S, q0)) nkt = nkt_all;
-  }
-  const bool walk_all = nkt == nkt_all;
-
-  // prologue: Q tile and key tile 0
   load_rows_f16<D, LD>(Qs, qkv, in_half, tok_base, q0, BQ, S, row_stride, h * D);
-  load_rows_f16<D, LD>(Ks, qkv, in_half, tok_base, 0, BK, S, row_stride, HD + h * D);
-  load_rows_f16<D, LD>(Vs, qkv, in_half, tok_base, 0, BK, S, row_stride, 2 * HD + h * D);
-  cp_async_commit();
-  bool ok_cur = load_flags(flags, mask, b, S, 0, BK);
+  const KeyRange kr = key_range(mask, b, S, q0, BQ, BK, causal, red);
+  {
+    const int j = kr.begin * BK;
+    load_rows_f16<D, LD>(Ks, qkv, in_half, tok_base, j, BK, S, row_stride, HD + h * D);
+    load_rows_f16<D, LD>(Vs, qkv, in_half, tok_base, j, BK, S, row_stride, 2 * HD + h * D);
+    cp_async_commit();
+    load_flags(flags, mask, b, S, j, BK);
+  }
 
-  const int qw0 = q0 + warp * 16;  // first query row of this warp
-  uint32_t qf[KC][4];
-  float o[DB][4];
+  const int qw0 = q0 + warp * WR;  // first query row of this warp
+  uint32_t qf[MT][KC][4];
+  float o[MT][DB][4];
 #pragma unroll
-  for (int i = 0; i < DB; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
-  // running max and (thread-partial) sum for rows g and g+8
-  float m_f[2] = {-INFINITY, -INFINITY}, l_f[2] = {0.f, 0.f};
-  __half m_h[2] = {__float2half(-INFINITY), __float2half(-INFINITY)};
-  __half l_h[2] = {__float2half(0.f), __float2half(0.f)};
-  const float scale_log2 = scale * 1.4426950408889634f;
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int i = 0; i < DB; ++i) o[mt][i][0] = o[mt][i][1] = o[mt][i][2] = o[mt][i][3] = 0.f;
+  // running max and (thread-partial) sum of rows g and g+8 of each m-tile
+  float m_f[MT][2], l_f[MT][2];
+  __half m_h[MT][2], l_h[MT][2];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      m_f[mt][r] = -INFINITY;
+      l_f[mt][r] = 0.f;
+      m_h[mt][r] = __ushort_as_half(0xFC00u);  // -inf
+      l_h[mt][r] = __float2half(0.f);
+    }
+  // Hybrid: exp(scale*x - max) = exp2(mult*x - mult*max'), with mult = scale*log2(e) folded into one
+  // FFMA per score (max' taken on raw scores, valid for mult > 0). A masked raw score is MASKED_RAW = -2^64:
+  // a power of two, so MASKED_RAW*mult is exact and a fully masked row gets exp2(0) = 1 for every key
+  // (uniform, as the contract's float32 minimum gives); for 2^-40 <= mult <= 2^40 it lies > 2^24 below
+  // any real score, so a masked key's weight is exactly 0 beside an unmasked one. Any other scale: scores
+  // are multiplied first (mult becomes 1, masked -2^100), the contract's arithmetic step by step.
+  const float sl2 = scale * 1.4426950408889634f;
+  const bool folded = sl2 >= 0x1p-40f && sl2 <= 0x1p40f;
+  const float mult = folded ? sl2 : 1.f;
+  const float masked_val = folded ? -0x1p64f : -0x1p100f;
 
-  for (int it = 0; it < nkt; ++it) {
-    const int buf = it & 1;
-    bool ok_next = true;
-    if (it + 1 < nkt) {
+  for (int it = kr.begin; it < kr.end; ++it) {
+    const int buf = (it - kr.begin) & 1;
+    if (it + 1 < kr.end) {
       const int j1 = (it + 1) * BK;
       load_rows_f16<D, LD>(Ks + (buf ^ 1) * BK * LD, qkv, in_half, tok_base, j1, BK, S, row_stride, HD + h * D);
       load_rows_f16<D, LD>(Vs + (buf ^ 1) * BK * LD, qkv, in_half, tok_base, j1, BK, S, row_stride,
                            2 * HD + h * D);
       cp_async_commit();
-      ok_next = load_flags(flags + (buf ^ 1) * BK, mask, b, S, j1, BK);
+      load_flags(flags + (buf ^ 1) * BK, mask, b, S, j1, BK);
       cp_async_wait<1>();
     } else {
       cp_async_wait<0>();
     }
-    const bool tile_ok = __syncthreads_and(ok_cur);
-    ok_cur = ok_next;
+    __syncthreads();
 
-    if (it == 0) {
+    if (it == kr.begin) {
 #pragma unroll
-      for (int kc = 0; kc < KC; ++kc) {
-        const __half* p = Qs + (warp * 16 + (lane & 15)) * LD + kc * 16 + (lane >> 4) * 8;
-        ldmatrix_x4(qf[kc], smem_u32(p));
-      }
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int kc = 0; kc < KC; ++kc) {
+          const __half* p = Qs + (warp * WR + mt * 16 + (lane & 15)) * LD + kc * 16 + (lane >> 4) * 8;
+          ldmatrix_x4(qf[mt][kc], smem_u32(p));
+        }
     }
     const int j0 = it * BK;
-    // tiles wholly above this warp's diagonal add exactly zero (unless fully masked rows need them)
-    const bool skip = causal && !walk_all && j0 > qw0 + 15;
+    const int* ft = flags + buf * BK;
+    const int f0 = ft[lane], f1 = ft[lane + 32];
+    const bool tile_all_valid = __all_sync(0xffffffffu, f0 == FLAG_VALID && f1 == FLAG_VALID);
+    const bool tile_any_valid = __any_sync(0xffffffffu, f0 == FLAG_VALID || f1 == FLAG_VALID);
+    // A tile adds exactly zero to this warp's rows when it is wholly above their causal diagonal or holds
+    // no unmasked key, unless fully masked rows need every key (walk_all).
+    const bool skip = !kr.walk_all && ((causal && j0 > qw0 + WR - 1) || !tile_any_valid);
     if (!skip) {
       const __half* Kt = Ks + buf * BK * LD;
       const __half* Vt = Vs + buf * BK * LD;
-      const int* ft = flags + buf * BK;
-      // ---- S = Q K^T (fp32 accumulation)
-      float s[NB][4];
+      // ---- S = Q K^T (fp32 accumulation); each K fragment feeds MT m-tiles
+      float s[MT][NB][4];
 #pragma unroll
-      for (int i = 0; i < NB; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int i = 0; i < NB; ++i) s[mt][i][0] = s[mt][i][1] = s[mt][i][2] = s[mt][i][3] = 0.f;
 #pragma unroll
       for (int kc = 0; kc < KC; ++kc) {
 #pragma unroll
@@ -221,125 +298,136 @@ __global__ void __launch_bounds__(128) attention_tc_kernel(const void* __restric
           const int m = lane >> 3;
           const __half* p = Kt + (nb2 * 16 + (m >> 1) * 8 + (lane & 7)) * LD + kc * 16 + (m & 1) * 8;
           ldmatrix_x4(kb, smem_u32(p));
-          mma_16816(s[2 * nb2], qf[kc], kb[0], kb[1]);
-          mma_16816(s[2 * nb2 + 1], qf[kc], kb[2], kb[3]);
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt) {
+            mma_16816(s[mt][2 * nb2], qf[mt][kc], kb[0], kb[1]);
+            mma_16816(s[mt][2 * nb2 + 1], qf[mt][kc], kb[2], kb[3]);
+          }
         }
       }
-      const bool need_mask = !tile_ok || (causal && j0 + BK - 1 > qw0);
-      uint32_t pf[BK / 16][4];  // P as mma A-fragments (fp16)
+      const bool need_mask = !tile_all_valid || (causal && j0 + BK - 1 > qw0);
+      uint32_t pf[MT][BK / 16][4];  // P as mma A-fragments (fp16)
 
-      if constexpr (!HALF_SOFTMAX) {
-        // ---- fp32 softmax in the log2 domain: exp(scale*x - max) == exp2(scale*log2e*x - max')
 #pragma unroll
-        for (int i = 0; i < NB; ++i)
+      for (int mt = 0; mt < MT; ++mt) {
+        const int qm0 = qw0 + mt * 16;  // first row of this m-tile
+        if constexpr (!HALF_SOFTMAX) {
+          // ---- fp32 softmax
+          if (!folded) {
 #pragma unroll
-          for (int e = 0; e < 4; ++e) s[i][e] *= scale_log2;
-        if (need_mask) {
+            for (int i = 0; i < NB; ++i)
+#pragma unroll
+              for (int e = 0; e < 4; ++e) s[mt][i][e] *= sl2;
+          }
+          if (need_mask) {
+#pragma unroll
+            for (int i = 0; i < NB; ++i)
+#pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const int jl = i * 8 + 2 * t4 + (e & 1);
+                const int qi = qm0 + g + (e >> 1) * 8;
+                const int f = ft[jl];
+                if (f == FLAG_OUT) s[mt][i][e] = -INFINITY;
+                else if (f == FLAG_MASKED || (causal && j0 + jl > qi)) s[mt][i][e] = masked_val;
+              }
+          }
+#pragma unroll
+          for (int r = 0; r < 2; ++r) {
+            float mx = -INFINITY;
+#pragma unroll
+            for (int i = 0; i < NB; ++i) mx = fmaxf(mx, fmaxf(s[mt][i][2 * r], s[mt][i][2 * r + 1]));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            const float m_new = fmaxf(m_f[mt][r], mx);
+            // m_new is finite: the first visited tile holds an in-range (unmasked, or all-masked) key
+            const float alpha = fast_exp2((m_f[mt][r] - m_new) * mult);
+            m_f[mt][r] = m_new;
+            const float mb = m_new * mult;
+            float sum = 0.f;
+#pragma unroll
+            for (int i = 0; i < NB; ++i) {
+              const float p0 = fast_exp2(fmaf(s[mt][i][2 * r], mult, -mb));
+              const float p1 = fast_exp2(fmaf(s[mt][i][2 * r + 1], mult, -mb));
+              s[mt][i][2 * r] = p0;
+              s[mt][i][2 * r + 1] = p1;
+              sum += p0 + p1;
+            }
+            l_f[mt][r] = l_f[mt][r] * alpha + sum;
+#pragma unroll
+            for (int i = 0; i < DB; ++i) {
+              o[mt][i][2 * r] *= alpha;
+              o[mt][i][2 * r + 1] *= alpha;
+            }
+          }
+#pragma unroll
+          for (int kc2 = 0; kc2 < BK / 16; ++kc2) {
+            pf[mt][kc2][0] = pack_half2(s[mt][2 * kc2][0], s[mt][2 * kc2][1]);
+            pf[mt][kc2][1] = pack_half2(s[mt][2 * kc2][2], s[mt][2 * kc2][3]);
+            pf[mt][kc2][2] = pack_half2(s[mt][2 * kc2 + 1][0], s[mt][2 * kc2 + 1][1]);
+            pf[mt][kc2][3] = pack_half2(s[mt][2 * kc2 + 1][2], s[mt][2 * kc2 + 1][3]);
+          }
+        } else {
+          // ---- fp16 softmax: scores rounded to fp16 after scaling; max, exp, sum in fp16
+          __half2 sh[NB][2];  // [i][r]: the pair of row r
 #pragma unroll
           for (int i = 0; i < NB; ++i)
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int jl = i * 8 + 2 * t4 + (e & 1);
-              const int qi = qw0 + g + (e >> 1) * 8;
-              const int f = ft[jl];
-              if (f == FLAG_OUT) s[i][e] = -INFINITY;
-              else if (f == FLAG_MASKED || (causal && j0 + jl > qi)) s[i][e] = -FLT_MAX;
+            for (int r = 0; r < 2; ++r)
+              sh[i][r] = __floats2half2_rn(s[mt][i][2 * r] * scale, s[mt][i][2 * r + 1] * scale);
+          if (need_mask) {
+            const __half hmin = __ushort_as_half(0xFBFFu);   // -65504: float32 min saturated to fp16
+            const __half hninf = __ushort_as_half(0xFC00u);  // -inf
+#pragma unroll
+            for (int i = 0; i < NB; ++i)
+#pragma unroll
+              for (int r = 0; r < 2; ++r) {
+                __half lo = __low2half(sh[i][r]), hi = __high2half(sh[i][r]);
+                const int qi = qm0 + g + r * 8;
+                const int jl = i * 8 + 2 * t4;
+                const int fa = ft[jl], fb = ft[jl + 1];
+                if (fa == FLAG_OUT) lo = hninf;
+                else if (fa == FLAG_MASKED || (causal && j0 + jl > qi)) lo = hmin;
+                if (fb == FLAG_OUT) hi = hninf;
+                else if (fb == FLAG_MASKED || (causal && j0 + jl + 1 > qi)) hi = hmin;
+                sh[i][r] = __halves2half2(lo, hi);
+              }
+          }
+#pragma unroll
+          for (int r = 0; r < 2; ++r) {
+            __half2 mx2 = sh[0][r];
+#pragma unroll
+            for (int i = 1; i < NB; ++i) mx2 = __hmax2(mx2, sh[i][r]);
+            __half mx = __hmax(__low2half(mx2), __high2half(mx2));
+            mx = __hmax(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = __hmax(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            const __half m_new = __hmax(m_h[mt][r], mx);
+            const __half alpha = hexp(__hsub(m_h[mt][r], m_new));  // exp(-inf) = 0 on the first tile
+            m_h[mt][r] = m_new;
+            const __half2 m2 = __half2half2(m_new);
+            __half2 sum2 = __float2half2_rn(0.f);
+#pragma unroll
+            for (int i = 0; i < NB; ++i) {
+              sh[i][r] = h2exp(__hsub2(sh[i][r], m2));
+              sum2 = __hadd2(sum2, sh[i][r]);
             }
-        }
+            l_h[mt][r] = __hadd(__hmul(l_h[mt][r], alpha), __hadd(__low2half(sum2), __high2half(sum2)));
+            const float af = __half2float(alpha);
 #pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          float mx = -INFINITY;
-#pragma unroll
-          for (int i = 0; i < NB; ++i) mx = fmaxf(mx, fmaxf(s[i][2 * r], s[i][2 * r + 1]));
-          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-          const float m_new = fmaxf(m_f[r], mx);
-          // m_new is finite: key 0 of tile 0 is always inside the sequence
-          const float alpha = fast_exp2(m_f[r] - m_new);
-          m_f[r] = m_new;
-          float sum = 0.f;
-#pragma unroll
-          for (int i = 0; i < NB; ++i) {
-            const float p0 = fast_exp2(s[i][2 * r] - m_new);
-            const float p1 = fast_exp2(s[i][2 * r + 1] - m_new);
-            s[i][2 * r] = p0;
-            s[i][2 * r + 1] = p1;
-            sum += p0 + p1;
-          }
-          l_f[r] = l_f[r] * alpha + sum;
-#pragma unroll
-          for (int i = 0; i < DB; ++i) {
-            o[i][2 * r] *= alpha;
-            o[i][2 * r + 1] *= alpha;
-          }
-        }
-#pragma unroll
-        for (int kc2 = 0; kc2 < BK / 16; ++kc2) {
-          pf[kc2][0] = pack_half2(s[2 * kc2][0], s[2 * kc2][1]);
-          pf[kc2][1] = pack_half2(s[2 * kc2][2], s[2 * kc2][3]);
-          pf[kc2][2] = pack_half2(s[2 * kc2 + 1][0], s[2 * kc2 + 1][1]);
-          pf[kc2][3] = pack_half2(s[2 * kc2 + 1][2], s[2 * kc2 + 1][3]);
-        }
-      } else {
-        // ---- fp16 softmax: scores rounded to fp16 after scaling; max, exp, sum in fp16
-        __half2 sh[NB][2];  // [i][r]: the pair of row r
-#pragma unroll
-        for (int i = 0; i < NB; ++i)
-#pragma unroll
-          for (int r = 0; r < 2; ++r) sh[i][r] = __floats2half2_rn(s[i][2 * r] * scale, s[i][2 * r + 1] * scale);
-        if (need_mask) {
-          const __half hmin = __ushort_as_half(0xFBFFu);   // -65504: float32 min saturated to fp16
-          const __half hninf = __ushort_as_half(0xFC00u);  // -inf
-#pragma unroll
-          for (int i = 0; i < NB; ++i)
-#pragma unroll
-            for (int r = 0; r < 2; ++r) {
-              __half lo = __low2half(sh[i][r]), hi = __high2half(sh[i][r]);
-              const int qi = qw0 + g + r * 8;
-              const int jl = i * 8 + 2 * t4;
-              const int f0 = ft[jl], f1 = ft[jl + 1];
-              if (f0 == FLAG_OUT) lo = hninf;
-              else if (f0 == FLAG_MASKED || (causal && j0 + jl > qi)) lo = hmin;
-              if (f1 == FLAG_OUT) hi = hninf;
-              else if (f1 == FLAG_MASKED || (causal && j0 + jl + 1 > qi)) hi = hmin;
-              sh[i][r] = __halves2half2(lo, hi);
+            for (int i = 0; i < DB; ++i) {
+              o[mt][i][2 * r] *= af;
+              o[mt][i][2 * r + 1] *= af;
             }
-        }
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          __half2 mx2 = sh[0][r];
-#pragma unroll
-          for (int i = 1; i < NB; ++i) mx2 = __hmax2(mx2, sh[i][r]);
-          __half mx = __hmax(__low2half(mx2), __high2half(mx2));
-          mx = __hmax(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-          mx = __hmax(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-          const __half m_new = __hmax(m_h[r], mx);
-          const __half alpha = hexp(__hsub(m_h[r], m_new));  // exp(-inf) = 0 on the first tile
-          m_h[r] = m_new;
-          const __half2 m2 = __half2half2(m_new);
-          __half2 sum2 = __float2half2_rn(0.f);
-#pragma unroll
-          for (int i = 0; i < NB; ++i) {
-            sh[i][r] = h2exp(__hsub2(sh[i][r], m2));
-            sum2 = __hadd2(sum2, sh[i][r]);
           }
-          l_h[r] = __hadd(__hmul(l_h[r], alpha), __hadd(__low2half(sum2), __high2half(sum2)));
-          const float af = __half2float(alpha);
 #pragma unroll
-          for (int i = 0; i < DB; ++i) {
-            o[i][2 * r] *= af;
-            o[i][2 * r + 1] *= af;
+          for (int kc2 = 0; kc2 < BK / 16; ++kc2) {
+            pf[mt][kc2][0] = as_u32(sh[2 * kc2][0]);
+            pf[mt][kc2][1] = as_u32(sh[2 * kc2][1]);
+            pf[mt][kc2][2] = as_u32(sh[2 * kc2 + 1][0]);
+            pf[mt][kc2][3] = as_u32(sh[2 * kc2 + 1][1]);
           }
-        }
-#pragma unroll
-        for (int kc2 = 0; kc2 < BK / 16; ++kc2) {
-          pf[kc2][0] = as_u32(sh[2 * kc2][0]);
-          pf[kc2][1] = as_u32(sh[2 * kc2][1]);
-          pf[kc2][2] = as_u32(sh[2 * kc2 + 1][0]);
-          pf[kc2][3] = as_u32(sh[2 * kc2 + 1][1]);
         }
       }
-      // ---- O += P V (fp16 operands, fp32 accumulation)
+      // ---- O += P V (fp16 operands, fp32 accumulation); each V fragment feeds MT m-tiles
 #pragma unroll
       for (int kc2 = 0; kc2 < BK / 16; ++kc2) {
 #pragma unroll
@@ -348,42 +436,45 @@ __global__ void __launch_bounds__(128) attention_tc_kernel(const void* __restric
           const int m = lane >> 3;
           const __half* p = Vt + (kc2 * 16 + (m & 1) * 8 + (lane & 7)) * LD + db2 * 16 + (m >> 1) * 8;
           ldmatrix_x4_trans(vb, smem_u32(p));
-          mma_16816(o[2 * db2], pf[kc2], vb[0], vb[1]);
-          mma_16816(o[2 * db2 + 1], pf[kc2], vb[2], vb[3]);
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt) {
+            mma_16816(o[mt][2 * db2], pf[mt][kc2], vb[0], vb[1]);
+            mma_16816(o[mt][2 * db2 + 1], pf[mt][kc2], vb[2], vb[3]);
+          }
         }
       }
     }
-    __syncthreads();  // this buffer is refilled at the top of the next-but-one iteration
+    __syncthreads();  // this buffer is refilled at the top of the next iteration
   }
 
   // ---- epilogue: full row sums across the quad, divide, store
-  float inv[2];
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    if constexpr (HALF_SOFTMAX) {
-      __half l = l_h[r];
-      l = __hadd(l, __shfl_xor_sync(0xffffffffu, l, 1));
-      l = __hadd(l, __shfl_xor_sync(0xffffffffu, l, 2));
-      inv[r] = 1.f / __half2float(l);
-    } else {
-      float l = l_f[r];
-      l += __shfl_xor_sync(0xffffffffu, l, 1);
-      l += __shfl_xor_sync(0xffffffffu, l, 2);
-      inv[r] = 1.f / l;
-    }
-  }
+  for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int q = qw0 + g + r * 8;
-    if (q >= S) continue;
-    const long long base = (tok_base + q) * HD + h * D + 2 * t4;
-#pragma unroll
-    for (int i = 0; i < DB; ++i) {
-      const float a = o[i][2 * r] * inv[r], c = o[i][2 * r + 1] * inv[r];
-      if (out_half) {
-        *reinterpret_cast<__half2*>(static_cast<__half*>(y) + base + i * 8) = __floats2half2_rn(a, c);
+    for (int r = 0; r < 2; ++r) {
+      float inv;
+      if constexpr (HALF_SOFTMAX) {
+        __half l = l_h[mt][r];
+        l = __hadd(l, __shfl_xor_sync(0xffffffffu, l, 1));
+        l = __hadd(l, __shfl_xor_sync(0xffffffffu, l, 2));
+        inv = 1.f / __half2float(l);
       } else {
-        *reinterpret_cast<float2*>(static_cast<float*>(y) + base + i * 8) = make_float2(a, c);
+        float l = l_f[mt][r];
+        l += __shfl_xor_sync(0xffffffffu, l, 1);
+        l += __shfl_xor_sync(0xffffffffu, l, 2);
+        inv = 1.f / l;
+      }
+      const int q = qw0 + mt * 16 + g + r * 8;
+      if (q >= S) continue;
+      const long long base = (tok_base + q) * HD + h * D + 2 * t4;
+#pragma unroll
+      for (int i = 0; i < DB; ++i) {
+        const float a = o[mt][i][2 * r] * inv, c = o[mt][i][2 * r + 1] * inv;
+        if (out_half) {
+          *reinterpret_cast<__half2*>(static_cast<__half*>(y) + base + i * 8) = __floats2half2_rn(a, c);
+        } else {
+          *reinterpret_cast<float2*>(static_cast<float*>(y) + base + i * 8) = make_float2(a, c);
+        }
       }
     }
   }
@@ -532,6 +623,10 @@ __global__ void __launch_bounds__(128) attention_f32_kernel(const void* __restri
 }
 
 // ------------------------------------------------------------------------------------------------
+size_t tc_smem_bytes(int D, int BQ) {
+  return static_cast<size_t>(BQ + 4 * BK) * (D + 8) * sizeof(__half) + 2 * BK * sizeof(int);
+}
+
 int sm_count() {
   int dev = 0, n = 0;
   TRTRUN_CUDA_CHECK(cudaGetDevice(&dev));
@@ -539,25 +634,83 @@ int sm_count() {
   return n;
 }
 
-template <int D, bool HALF_SOFTMAX>
-void launch_tc(const void* qkv, bool in_half, const int32_t* mask, void* y, bool out_half, int B, int S, int H,
-               float scale, bool causal, cudaStream_t stream) {
-  // Fewest warps per block that still gives >= 2 blocks per multiprocessor: small problems (batch 1,
-  // short sequences) get more, smaller blocks instead of idle multiprocessors.
-  const long long bhs = static_cast<long long>(B) * H;
-  const long long target = 2LL * sm_count();
-  int nw = 4;
-  while (nw > 1 && bhs * ((S + 16 * nw - 1) / (16 * nw)) < target) nw /= 2;
-  const int BQ = 16 * nw;
+template <int D, int MT, bool HALF_SOFTMAX>
+void launch_tc_cfg(int nw, const void* qkv, bool in_half, const int32_t* mask, void* y, bool out_half, int B, int S,
+                   int H, float scale, bool causal, cudaStream_t stream) {
+  const int BQ = 16 * MT * nw;
   const int nqt = (S + BQ - 1) / BQ;
-  const long long blocks = bhs * nqt;
+  const long long blocks = static_cast<long long>(B) * H * nqt;
   require(blocks <= 0x7fffffffLL, "attention", "batch * heads * query tiles too large");
-  const size_t smem = static_cast<size_t>(BQ + 4 * BK) * (D + 8) * sizeof(__half) + 2 * BK * sizeof(int);
-  auto kern = attention_tc_kernel<D, HALF_SOFTMAX>;
+  const size_t smem = tc_smem_bytes(D, BQ);
+  auto kern = attention_tc_kernel<D, MT, HALF_SOFTMAX>;
   TRTRUN_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   kern<<<static_cast<unsigned>(blocks), 32 * nw, smem, stream>>>(qkv, in_half, mask, y, out_half, H, S, scale,
                                                                   causal, nqt);
   TRTRUN_LAUNCH_CHECK();
+}
+
+// Resident blocks per multiprocessor of one configuration (cached per device and configuration).
+template <int D, int MT, bool HALF_SOFTMAX>
+int resident_blocks(int nw) {
+  static std::mutex mu;
+  static std::map<std::pair<int, int>, int> cache;
+  int dev = 0;
+  TRTRUN_CUDA_CHECK(cudaGetDevice(&dev));
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = cache.find({dev, nw});
+  if (it != cache.end()) return it->second;
+  auto kern = attention_tc_kernel<D, MT, HALF_SOFTMAX>;
+  const size_t smem = tc_smem_bytes(D, 16 * MT * nw);
+  TRTRUN_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  int n = 0;
+  TRTRUN_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kern, 32 * nw, smem));
+  n = std::max(n, 1);
+  cache[{dev, nw}] = n;
+  return n;
+}
+
+template <int D, bool HALF_SOFTMAX>
+void launch_tc(const void* qkv, bool in_half, const int32_t* mask, void* y, bool out_half, int B, int S, int H,
+               float scale, bool causal, cudaStream_t stream) {
+  // Candidates: (rows per warp 16*MT, warps per block nw). A model of the time: full waves of blocks over
+  // the multiprocessors times the work of one block's warp (MT=2 reuses each K/V fragment twice, so a
+  // 32-row warp costs about kMT2Cost of two 16-row warps). Ties go to the larger block. TRTRUN_ATTN_CFG=
+  // "MT,nw" forces one (tuning only).
+  constexpr bool kHasMT2 = D <= 64;  // D = 128 with 32 rows per warp does not fit the registers
+  constexpr double kMT2Cost = 1.6;
+  int best_mt = 1, best_nw = 4;
+  const char* forced = std::getenv("TRTRUN_ATTN_CFG");
+  int fmt = 0, fnw = 0;
+  if (forced != nullptr && std::sscanf(forced, "%d,%d", &fmt, &fnw) == 2 && (fmt == 1 || (fmt == 2 && kHasMT2)) &&
+      (fnw == 1 || fnw == 2 || fnw == 4)) {
+    best_mt = fmt;
+    best_nw = fnw;
+  } else {
+    const long long bhs = static_cast<long long>(B) * H;
+    const int sms = sm_count();
+    double best = 1e300;
+    for (int mt = kHasMT2 ? 2 : 1; mt >= 1; --mt) {
+      for (int nw = 4; nw >= 1; nw /= 2) {
+        const int bq = 16 * mt * nw;
+        const long long blocks = bhs * ((S + bq - 1) / bq);
+        const int res = (mt == 2) ? resident_blocks<D, (kHasMT2 ? 2 : 1), HALF_SOFTMAX>(nw)
+                                  : resident_blocks<D, 1, HALF_SOFTMAX>(nw);
+        const long long waves = (blocks + static_cast<long long>(res) * sms - 1) / (static_cast<long long>(res) * sms);
+        const double cost = static_cast<double>(waves) * (mt == 2 ? kMT2Cost : 1.0) * (1.0 + 0.02 * (4 / nw));
+        if (cost < best * 0.999) {
+          best = cost;
+          best_mt = mt;
+          best_nw = nw;
+        }
+      }
+    }
+  }
+  if (best_mt == 2) {
+    launch_tc_cfg<D, (kHasMT2 ? 2 : 1), HALF_SOFTMAX>(best_nw, qkv, in_half, mask, y, out_half, B, S, H, scale,
+                                                      causal, stream);
+  } else {
+    launch_tc_cfg<D, 1, HALF_SOFTMAX>(best_nw, qkv, in_half, mask, y, out_half, B, S, H, scale, causal, stream);
+  }
 }
 
 template <int D>

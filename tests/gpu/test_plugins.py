@@ -293,6 +293,11 @@ def _make_mask(rng, B, S, kind):
             m[bb, : rng.integers(0, S)] = 0
         elif kind == "random":
             m[bb] = rng.random(S) < 0.7
+    if kind == "holes":  # runs of masked keys wider than a 64-key tile, inside the sequence
+        for bb in range(B):
+            a = int(rng.integers(0, max(1, S - 130)))
+            m[bb, a:a + 130] = 0
+            m[bb, -1] = 1
     if kind == "random" and B > 1:
         m[-1] = 0  # one sequence with every key masked: uniform rows
     return m
@@ -336,6 +341,11 @@ ATTN_CASES = [
     ("hybrid", 2, 129, 2, 32, True, "left", np.float16, np.float16),
     ("hybrid", 2, 300, 2, 64, True, "right", np.float32, np.float32),
     ("hybrid", 1, 512, 1, 64, True, "random", np.float16, np.float16),
+    ("hybrid", 2, 300, 2, 64, False, "left", np.float16, np.float16),
+    ("hybrid", 2, 511, 2, 64, False, "holes", np.float16, np.float16),
+    ("hybrid", 3, 300, 2, 32, True, "holes", np.float16, np.float16),
+    ("hybrid", 4, 1000, 2, 64, False, "right", np.float16, np.float16),
+    ("fp16", 2, 300, 2, 64, True, "holes", np.float16, np.float16),
     ("fp16", 2, 129, 2, 64, False, "right", np.float16, np.float16),
     ("fp16", 2, 511, 2, 128, True, "left", np.float16, np.float16),
     ("fp16", 2, 7, 2, 32, False, "random", np.float16, np.float32),
@@ -348,6 +358,19 @@ ATTN_CASES = [
 
 @pytest.mark.parametrize("prec,B,S,H,D,causal,mkind,qt,yt", ATTN_CASES)
 def test_attention(prec, B, S, H, D, causal, mkind, qt, yt):
+    _check_attention(prec, B, S, H, D, causal, mkind, qt, yt, 1.0 / math.sqrt(D))
+
+
+@pytest.mark.parametrize("prec,scale", [("hybrid", -0.125), ("hybrid", 0.0), ("hybrid", 3.0), ("fp16", -0.125),
+                                        ("fp32", 0.0), ("hybrid", 2.0 ** -45)])
+def test_attention_unusual_scales(prec, scale):
+    """Any finite scale: negative (the max is then taken on flipped scores), zero (uniform over unmasked keys),
+    large and tiny (outside the range where the kernel folds the scale into the exponent)."""
+    qt = np.float32 if prec == "fp32" else np.float16
+    _check_attention(prec, 2, 150, 2, 64, False, "holes", qt, qt, scale)
+
+
+def _check_attention(prec, B, S, H, D, causal, mkind, qt, yt, scale):
     torch = _torch()
     ref = _reference()
     rng = np.random.default_rng(S * 131 + D + H)
@@ -355,7 +378,6 @@ def test_attention(prec, B, S, H, D, causal, mkind, qt, yt):
     qkv = (1.5 * rng.standard_normal((B, S, 3 * H * D))).astype(qt)
     qkv[..., 2 * H * D:] /= 1.5
     mask = _make_mask(rng, B, S, mkind)
-    scale = 1.0 / math.sqrt(D)
     ours, dq = _run_attention(torch, qkv, mask, H, D, scale, causal, prec, yt)
     ref64, masked = _attn64(qkv, mask, H, D, scale, causal)
     ref_p = ref.ref_attention(qkv, mask, num_heads=H, head_size=D, scale=scale, causal=causal,
