@@ -82,6 +82,28 @@ GemmKey linear_key(const OpDesc& op, const EngineDesc& d, int64_t rows, const Li
 Context::Context(std::shared_ptr<const Engine> engine, ContextOptions options)
     : engine_(std::move(engine)), options_(options), device_(engine_->device()), graphs_on_(options.use_graphs) {
   DeviceGuard guard(device_);
+  try {
+    init();
+  } catch (...) {
+    // the destructor does not run for a constructor that throws: release the raw CUDA handles here (the
+    // members that own memory free it themselves), so a failed context (out of memory) leaks nothing
+    release_handles();
+    throw;
+  }
+}
+
+void Context::release_handles() noexcept {
+  for (auto& kv : graphs_) TRTRUN_CUDA_IGNORE(cudaGraphExecDestroy(kv.second.first));
+  graphs_.clear();
+  lru_.clear();
+  gemm_.reset();
+  if (done_) TRTRUN_CUDA_IGNORE(cudaEventDestroy(done_));
+  if (stream_) TRTRUN_CUDA_IGNORE(cudaStreamDestroy(stream_));
+  done_ = nullptr;
+  stream_ = nullptr;
+}
+
+void Context::init() {
   const EngineDesc& d = engine_->desc();
   const int64_t B = d.batch_max, S = d.seq_max;
   const int n_ops = static_cast<int>(d.ops.size());
@@ -173,11 +195,7 @@ Context::~Context() {
   TRTRUN_CUDA_IGNORE(cudaSetDevice(device_));
   if (done_ && have_done_) TRTRUN_CUDA_IGNORE(cudaEventSynchronize(done_));
   if (stream_) TRTRUN_CUDA_IGNORE(cudaStreamSynchronize(stream_));
-  for (auto& kv : graphs_) TRTRUN_CUDA_IGNORE(cudaGraphExecDestroy(kv.second.first));
-  graphs_.clear();
-  gemm_.reset();
-  if (done_) TRTRUN_CUDA_IGNORE(cudaEventDestroy(done_));
-  if (stream_) TRTRUN_CUDA_IGNORE(cudaStreamDestroy(stream_));
+  release_handles();
   arena_ = DeviceBuffer();
   host_in_.clear();
   host_out_.clear();
@@ -273,16 +291,24 @@ void Context::run_device(int batch, int seq, int seq_bucket, const std::vector<F
   if (feeds.size() != info.size()) throw InputError("run_device: wrong number of inputs");
   if (outputs.size() != d.outputs.size()) throw InputError("run_device: wrong number of outputs");
   for (size_t i = 0; i < info.size(); ++i)
-    if (info[i].used && (feeds[i].ptr == nullptr || feeds[i].row_stride < seq))
-      throw InputError("run_device: input '" + d.tensors[info[i].tensor].name + "' is missing or has a bad stride");
+    if (info[i].used && feeds[i].ptr != nullptr && feeds[i].row_stride < seq)
+      throw InputError("run_device: input '" + d.tensors[info[i].tensor].name + "' has a row stride below seq");
   for (void* p : outputs)
     if (p == nullptr) throw InputError("run_device: null output pointer");
   cudaStream_t s = own_stream ? stream_ : stream;
   begin(s);
   for (size_t i = 0; i < info.size(); ++i) {
     if (!info[i].used) continue;
+    int32_t* dst = reinterpret_cast<int32_t*>(tensor_ptr(info[i].tensor));
+    if (feeds[i].ptr == nullptr) {  // not given: a mask of ones (zero padding), or token types 0
+      if (info[i].is_mask)
+        launch_valid_mask(dst, batch, seq, seq_bucket, s);
+      else
+        TRTRUN_CUDA_CHECK(cudaMemsetAsync(dst, 0, static_cast<size_t>(batch) * seq_bucket * sizeof(int32_t), s));
+      continue;
+    }
     launch_stage_input(feeds[i].ptr, feeds[i].is_int64, feeds[i].row_stride,
-                       reinterpret_cast<int32_t*>(tensor_ptr(info[i].tensor)), batch, seq, seq_bucket,
+                       dst, batch, seq, seq_bucket,
                        info[i].is_mask ? InputKind::Mask : InputKind::Ids, info[i].limit, input_flag_dev_, s);
   }
   stage_common(batch, seq, seq_bucket, s);

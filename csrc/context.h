@@ -50,7 +50,8 @@ class Context {
   void run_host(int batch, int seq, int seq_bucket);
 
   // ---- device path: inputs are device arrays [batch, seq] of int64 or int32 (row stride in elements, the
-  // sequence axis contiguous); outputs are contiguous device arrays [batch, seq, ...] of the output's dtype.
+  // sequence axis contiguous; a null ptr: not given, filled with a ones mask or zero token types); outputs are
+  // contiguous device arrays [batch, seq, ...] of the output's dtype.
   // The work is enqueued on `stream` (any handle, 0 = the legacy default stream) or, with own_stream, on this
   // context's stream; it is ordered after this context's previous run. With sync, the call waits for it.
   struct Feed {
@@ -72,6 +73,8 @@ class Context {
   cudaStream_t stream() const { return stream_; }
 
  private:
+  void init();
+  void release_handles() noexcept;
   void check_shape(int batch, int seq, int seq_bucket) const;
   void begin(cudaStream_t s);
   void finish(cudaStream_t s);
