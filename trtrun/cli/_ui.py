@@ -26,11 +26,12 @@ class Progress:
     """`progress(step, done, total)` callback for long steps (the builder's contract).
 
     On a terminal: one line redrawn in place, with a bar, the count and the step's elapsed time.
-    Elsewhere (CI logs, pipes): one line when a step starts and one when it ends, nothing in between.
+    Elsewhere (CI logs, pipes): one line when a step ends, and one every 10 s while a long step runs.
     `close()` ends the current step.
     """
 
     WIDTH = 24
+    LOG_EVERY_S = 10.0
 
     def __init__(self, stream=None, enabled: bool = True):
         self.stream = stream if stream is not None else sys.stderr
@@ -48,15 +49,17 @@ class Progress:
         now = time.perf_counter()
         if step != self.step:
             self._finish(now)
-            self.step, self.t_step = step, now
-            if not self.tty:
-                self._write(f"  {step} ...\n")
-        if self.tty and (now - self.last_draw > 0.05 or done >= total):
+            self.step, self.t_step, self.last_draw = step, now, now
+        if self.tty:
+            if now - self.last_draw > 0.05 or done >= total:
+                self.last_draw = now
+                frac = min(max(done / total, 0.0), 1.0) if total > 0 else 1.0
+                fill = int(round(frac * self.WIDTH))
+                bar = "#" * fill + "-" * (self.WIDTH - fill)
+                self._write(f"\r  {step:<28.28} [{bar}] {done}/{total}  {now - self.t_step:5.1f}s\x1b[K")
+        elif now - self.last_draw > self.LOG_EVERY_S:  # a long step in a log: a line now and then
             self.last_draw = now
-            frac = min(max(done / total, 0.0), 1.0) if total > 0 else 1.0
-            fill = int(round(frac * self.WIDTH))
-            bar = "#" * fill + "-" * (self.WIDTH - fill)
-            self._write(f"\r  {step:<28.28} [{bar}] {done}/{total}  {now - self.t_step:5.1f}s\x1b[K")
+            self._write(f"  {step}: {done}/{total} after {now - self.t_step:.0f}s\n")
 
     def _finish(self, now: float) -> None:
         if self.step is None:
@@ -66,7 +69,7 @@ class Progress:
         if self.tty:
             self._write(f"\r  {self.step:<28.28} done in {dt:.1f}s\x1b[K\n")
         else:
-            self._write(f"  {self.step} done in {dt:.1f}s\n")
+            self._write(f"  {self.step}: {dt:.1f}s\n")
         self.step = None
 
     def close(self) -> float:

@@ -27,26 +27,18 @@ def _version(dist: str) -> str | None:
 
 def _gpu_runtime() -> dict:
     """Ask the extension (not torch) whether the GPU runtime is usable, and which GPU it sees."""
-    out = {"built": False, "usable": False, "reason": "", "gpu": None}
+    from importlib.util import find_spec
+
+    out = {"built": find_spec("trtrun._C") is not None, "usable": False, "reason": "", "gpu": None}
     try:
         from .. import runtime
-    except ImportError as e:  # runtime.py itself should never fail to import; say so if it does
-        out["reason"] = f"trtrun.runtime cannot be imported: {e}"
-        return out
-    try:
+
         ok, reason = runtime.gpu_available()
-    except Exception as e:  # info must always answer
-        ok, reason = False, f"gpu_available() failed: {type(e).__name__}: {e}"
+    except Exception as e:  # info must always answer, whatever state the extension is in
+        ok, reason = False, f"{type(e).__name__}: {e}"
     out["usable"], out["reason"] = bool(ok), str(reason)
-    out["built"] = getattr(runtime, "_C", None) is not None or bool(ok)
-    for name in ("device_name", "gpu_name"):
-        fn = getattr(runtime, name, None)
-        if callable(fn) and ok:
-            try:
-                out["gpu"] = str(fn())
-            except Exception:
-                pass
-            break
+    if ok:  # gpu_available's description: "<device name>; trtrun._C built for sm_XX"
+        out["gpu"] = str(reason).split(";")[0]
     return out
 
 
@@ -105,7 +97,8 @@ def command(as_json: bool):
         "packages: " + ", ".join(f"{k} {v}" for k, v in info["packages"].items() if v)
         + ("; missing: " + ", ".join(k for k, v in info["packages"].items() if not v)
            if any(v is None for v in info["packages"].values()) else ""),
-        "GPU runtime: " + ("usable" if g["usable"] else "not usable") + (f" ({g['reason']})" if g["reason"] else ""),
+        "GPU runtime: " + ("extension built, " if g["built"] else "extension not built, ")
+        + ("usable" if g["usable"] else "not usable") + (f" ({g['reason']})" if g["reason"] else ""),
         "GPU: " + (g["gpu"] or info["nvidia_smi"] or "none found (no nvidia-smi, or it lists no GPU)"),
         f"data folder: {info['data']['dir']}"
         + (f" (missing: {', '.join(info['data']['missing'])}; fetch with ../shared/data/get-data.sh DEST)"
