@@ -24,6 +24,7 @@ COMMANDS = {
     "build": "build",
     "run": "run",
     "inspect": "inspect",
+    "serve": "serve",
 }
 
 EXIT_ERROR = 1

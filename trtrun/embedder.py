@@ -1,0 +1,693 @@
+"""Text embeddings from a trtrun plan: tokenize, pack by length under a token budget, run, pool, normalize.
+
+    from trtrun import Embedder
+    emb = Embedder("minilm.hybrid.plan", ".data/minilm")       # or an .onnx (a hybrid plan is built)
+    vectors = emb.embed(["a fine film", "a dull one"])         # float32 [2, dim], rows in input order
+    result = emb.embed_result(texts)                           # + .truncated, .num_tokens per text
+
+Why it is built this way:
+- Padding is wasted compute. Texts are sorted by token count (longest first) and cut into engine batches
+  whose padded size (rows x longest row) stays under `max_tokens_per_batch` and whose row count stays
+  under the plan's batch maximum; each batch is padded only to its own longest text. Padded keys are
+  masked, so a text's vector does not depend on its batch mates (up to floating-point rounding of
+  differently shaped GEMMs).
+- Thread safety: the Hugging Face fast tokenizer mutates its Rust backend's truncation/padding settings
+  on every call (concurrent calls fail with "Already borrowed"), so the Embedder keeps its own copy of the
+  backend tokenizer, configured once and only read afterwards. Engine work goes through a pool of
+  `contexts` runners (GPU execution contexts, or reference backends on the CPU); a caller takes one per
+  engine batch and gives it back, so any number of threads may call `embed` at once.
+- Truncation is explicit: "truncate" cuts a text to `max_seq_len` tokens (special tokens kept) and says
+  so in EmbedResult.truncated; "reject" raises InputTooLongError naming the texts.
+- Pooling defaults to what a sentence-transformers folder says (modules.json / 1_Pooling/config.json);
+  without one, mean pooling.
+
+The micro-batcher for services (gathering concurrent callers' requests) is trtrun.serve.MicroBatcher;
+it calls `embed_groups`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import queue
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .errors import InputError, RuntimeUnavailableError, ShapeError, TrtrunError
+
+POOLINGS = ("mean", "cls", "max", "mean_sqrt_len")
+TRUNCATIONS = ("truncate", "reject")
+BACKENDS = ("auto", "gpu", "reference")
+DEFAULT_CONTEXTS = 2
+# Text Embeddings Inference's default --max-batch-tokens; capped by what the plan's profile can hold.
+DEFAULT_MAX_TOKENS_PER_BATCH = 16384
+
+# sentence-transformers' pooling config keys -> our pooling names
+_ST_POOLING_KEYS = {
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len",
+}
+_ST_UNSUPPORTED = ("pooling_mode_weightedmean_tokens", "pooling_mode_lasttoken")
+
+# observer(rows, seq_len, real_tokens, seconds): called after every engine batch (metrics)
+BatchObserver = Callable[[int, int, int, float], None]
+
+
+class InputTooLongError(InputError):
+    """truncation="reject" and a text has more tokens than the plan (or the model) takes."""
+
+    def __init__(self, message: str, indices: Sequence[int]):
+        super().__init__(message)
+        self.indices = list(indices)
+
+
+@dataclass(frozen=True)
+class EmbedResult:
+    """What `Embedder.embed_result` returns: one row per input text, in the caller's order."""
+
+    embeddings: np.ndarray  # float32 [n, dim]
+    truncated: np.ndarray  # bool [n]: the text was cut to max_seq_len tokens
+    num_tokens: np.ndarray  # int64 [n]: tokens the model saw (special tokens included, after truncation)
+
+    @property
+    def total_tokens(self) -> int:
+        return int(self.num_tokens.sum())
+
+    @property
+    def any_truncated(self) -> bool:
+        return bool(self.truncated.any())
+
+    def __len__(self) -> int:
+        return int(self.embeddings.shape[0])
+
+
+@dataclass
+class Encoded:
+    """Tokenized texts, unpadded: ids[i] (int64 [len_i]), type_ids[i] or None, truncated[i]."""
+
+    ids: list
+    type_ids: list | None
+    truncated: np.ndarray
+    lengths: np.ndarray
+
+    def take(self, idx: Sequence[int]) -> "Encoded":
+        idx = list(idx)
+        return Encoded([self.ids[i] for i in idx],
+                       [self.type_ids[i] for i in idx] if self.type_ids is not None else None,
+                       self.truncated[idx], self.lengths[idx])
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_st_pooling(directory) -> tuple[str | None, str]:
+    """(pooling, where it was read) from a sentence-transformers folder, or (None, reason) if it has none.
+
+    modules.json names the Pooling module's folder (usually 1_Pooling); its config.json says the mode.
+    Modes we cannot compute (weighted mean, last token, several at once) raise a TrtrunError.
+    """
+    d = Path(directory)
+    cands = []
+    modules = d / "modules.json"
+    if modules.is_file():
+        try:
+            mods = json.loads(modules.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise TrtrunError(f"{modules}: cannot read sentence-transformers modules: {e}") from e
+        for m in mods if isinstance(mods, list) else []:
+            if isinstance(m, dict) and str(m.get("type", "")).endswith(".Pooling"):
+                cands.append(d / str(m.get("path", "")) / "config.json")
+    cands.append(d / "1_Pooling" / "config.json")
+    for cfg in cands:
+        if not cfg.is_file():
+            continue
+        try:
+            conf = json.loads(cfg.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise TrtrunError(f"{cfg}: cannot read the pooling config: {e}") from e
+        bad = [k for k in _ST_UNSUPPORTED if conf.get(k)]
+        modes = [name for key, name in _ST_POOLING_KEYS.items() if conf.get(key)]
+        if isinstance(conf.get("pooling_mode"), str) and not modes:  # newer single-key form
+            m = conf["pooling_mode"].replace("mean_sqrt_len_tokens", "mean_sqrt_len")
+            modes = [m] if m in POOLINGS else []
+            if not modes:
+                bad.append(f"pooling_mode={conf['pooling_mode']!r}")
+        if bad:
+            raise TrtrunError(f"{cfg}: pooling {', '.join(bad)} is not supported (supported: {', '.join(POOLINGS)})")
+        if len(modes) != 1:
+            raise TrtrunError(f"{cfg}: expected exactly one pooling mode, found {modes or 'none'} "
+                              f"(sentence-transformers concatenates several; trtrun does not)")
+        return modes[0], str(cfg)
+    return None, f"no sentence-transformers pooling config in {d}"
+
+
+def _st_max_seq_length(directory) -> int | None:
+    cfg = Path(directory) / "sentence_bert_config.json"
+    if not cfg.is_file():
+        return None
+    try:
+        v = json.loads(cfg.read_text(encoding="utf-8")).get("max_seq_length")
+    except (OSError, ValueError):
+        return None
+    return int(v) if isinstance(v, int) and v > 0 else None
+
+
+def pack_batches(lengths: Sequence[int], *, max_tokens: int, max_rows: int, min_seq: int = 1) -> list[list[int]]:
+    """Indices of texts grouped into engine batches, longest texts first.
+
+    A batch's cost is rows x its longest text (what the engine computes, padding included); a batch grows
+    while that stays <= max_tokens and rows <= max_rows. Sorting first makes texts of similar length share
+    a batch, so padding is small. A text longer than max_tokens still gets a batch of its own.
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    order = np.argsort(-lengths, kind="stable")
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    width = 0
+    for i in order.tolist():
+        n = max(int(lengths[i]), min_seq)
+        if cur and ((len(cur) + 1) * width > max_tokens or len(cur) + 1 > max_rows):
+            batches.append(cur)
+            cur = []
+        if not cur:
+            width = n
+        cur.append(i)
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+def pool(hidden: np.ndarray, mask: np.ndarray, pooling: str, normalize: bool) -> np.ndarray:
+    """Pool hidden states [b, S, N] over the valid (mask = 1) tokens -> float32 [b, N].
+
+    Sums run in float64 (the reference for our accuracy checks is fp32 PyTorch; accumulating in float64
+    keeps our own rounding far below the engine's). Zero-norm vectors stay zero (F.normalize's eps).
+    """
+    m = mask.astype(np.float64)
+    if pooling == "cls":
+        v = hidden[:, 0, :].astype(np.float64)
+    elif pooling == "max":
+        h = np.where(mask[:, :, None] != 0, hidden, -np.inf)
+        v = h.max(axis=1).astype(np.float64)
+    else:
+        s = np.einsum("bsn,bs->bn", hidden.astype(np.float64), m)
+        cnt = np.maximum(m.sum(axis=1, keepdims=True), 1e-9)
+        v = s / (np.sqrt(cnt) if pooling == "mean_sqrt_len" else cnt)
+    if normalize:
+        v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+    return v.astype(np.float32)
+
+
+# ------------------------------------------------------------------------------------------------ embedder
+
+class Embedder:
+    """Sentence embeddings from an encoder plan (or an ONNX file, built to a hybrid plan on first use).
+
+    plan_or_onnx: a trtrun Plan, a .plan file, or an .onnx file (a plan is built with `precision` and
+        `profile` and cached beside it as <stem>.<precision>.plan, or in the temp folder when that
+        folder is not writable; reused while the ONNX file's SHA-256 matches).
+    tokenizer_dir: folder with the tokenizer; None = the one trtrun.data.tokenizer_for(plan) finds.
+    pooling: "mean", "cls", "max", "mean_sqrt_len", or None = read the sentence-transformers pooling
+        config in the tokenizer folder (or beside the model) where there is one, else "mean".
+    normalize: L2-normalize each vector (sentence-transformers' Normalize module; cosine = dot product).
+    contexts: engine runners in the pool (GPU execution contexts or reference backends): how many engine
+        batches may run at once.
+    max_tokens_per_batch: padded tokens (rows x longest row) per engine batch; default 16384 capped by
+        the profile's batch max x sequence max, never below one maximum-length text.
+    max_batch_size: rows per engine batch (default and maximum: the profile's batch max).
+    max_seq_len: tokens per text (default: the profile's sequence max, capped by the sentence-transformers
+        max_seq_length and the tokenizer's model_max_length where those exist).
+    truncation: "truncate" (cut longer texts, reported in EmbedResult.truncated) or "reject"
+        (InputTooLongError).
+    backend: "auto" (GPU runtime where usable, else the numpy reference backend), "gpu", "reference".
+    """
+
+    def __init__(self, plan_or_onnx: Any, tokenizer_dir=None, *, pooling: str | None = None,
+                 normalize: bool = True, contexts: int = DEFAULT_CONTEXTS,
+                 max_tokens_per_batch: int | None = None, max_batch_size: int | None = None,
+                 max_seq_len: int | None = None, truncation: str = "truncate", backend: str = "auto",
+                 precision: str = "hybrid", profile: dict | None = None, device: int = 0,
+                 output: str | None = None, progress=None):
+        if pooling is not None and pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)} or None, got {pooling!r}")
+        if truncation not in TRUNCATIONS:
+            raise ValueError(f"truncation must be one of {', '.join(TRUNCATIONS)}, got {truncation!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        if not isinstance(contexts, int) or contexts < 1:
+            raise ValueError(f"contexts must be a positive integer, got {contexts!r}")
+
+        self.plan, self.plan_path, self.built = self._resolve_plan(plan_or_onnx, precision, profile, progress)
+        plan = self.plan
+        if (plan.header.get("model") or {}).get("arch") == "decoder":
+            pass  # allowed (last-hidden-state pooling works the same), though embeddings are usually encoders
+        self.output = self._pick_output(plan, output)
+        self.dim = int(self._out_shape[2])
+        self.input_names = [i["name"] for i in plan.inputs]
+
+        # tokenizer
+        from . import data
+
+        if tokenizer_dir is not None:
+            self.tokenizer = data.load_tokenizer(tokenizer_dir)
+            self.tokenizer_dir = Path(tokenizer_dir)
+        else:
+            self.tokenizer = data.tokenizer_for(plan)
+            name = getattr(self.tokenizer, "name_or_path", None)
+            self.tokenizer_dir = Path(name) if name and Path(name).is_dir() else None
+
+        # pooling
+        self.pooling, self.pooling_source = pooling, "given"
+        if pooling is None:
+            self.pooling, self.pooling_source = "mean", "default (no sentence-transformers pooling config found)"
+            for d in self._model_dirs():
+                mode, where = read_st_pooling(d)
+                if mode is not None:
+                    self.pooling, self.pooling_source = mode, where
+                    break
+        self.normalize = bool(normalize)
+        self.truncation = truncation
+
+        # limits from the profile
+        b_lo, _, b_hi = (int(v) for v in plan.profile["batch"])
+        s_lo, _, s_hi = (int(v) for v in plan.profile["seq"])
+        self.min_batch, self.min_seq = b_lo, s_lo
+        if max_batch_size is None:
+            max_batch_size = b_hi
+        if not isinstance(max_batch_size, int) or not b_lo <= max_batch_size <= b_hi:
+            raise ShapeError(f"max_batch_size {max_batch_size!r} is outside the plan's profile batch range "
+                             f"[{b_lo}, {b_hi}]; rebuild the plan with a wider profile")
+        self.max_batch_size = max_batch_size
+        limit, why = s_hi, f"the plan's profile sequence max {s_hi}"
+        for d in self._model_dirs():
+            st = _st_max_seq_length(d)
+            if st is not None and st < limit:
+                limit, why = st, f"sentence-transformers max_seq_length {st} ({d})"
+                break
+        mml = getattr(self.tokenizer, "model_max_length", None)
+        if isinstance(mml, int) and 0 < mml < limit:
+            limit, why = mml, f"the tokenizer's model_max_length {mml}"
+        if max_seq_len is not None:
+            if not isinstance(max_seq_len, int) or max_seq_len < 1:
+                raise ValueError(f"max_seq_len must be a positive integer, got {max_seq_len!r}")
+            if max_seq_len > s_hi:
+                raise ShapeError(f"max_seq_len {max_seq_len} exceeds the plan's profile sequence max {s_hi}; "
+                                 f"rebuild the plan with a wider profile")
+            limit, why = max_seq_len, "given"
+        if limit < max(2, s_lo):
+            raise ShapeError(f"max sequence length {limit} ({why}) is below what a text needs "
+                             f"(at least 2 tokens, and the profile's sequence min {s_lo})")
+        self.max_seq_len, self.max_seq_len_source = limit, why
+        if max_tokens_per_batch is None:
+            max_tokens_per_batch = max(min(DEFAULT_MAX_TOKENS_PER_BATCH, self.max_batch_size * limit), limit)
+        if not isinstance(max_tokens_per_batch, int) or max_tokens_per_batch < limit:
+            raise ValueError(f"max_tokens_per_batch must be an integer >= max_seq_len ({limit}) so that every "
+                             f"text fits a batch, got {max_tokens_per_batch!r}")
+        self.max_tokens_per_batch = max_tokens_per_batch
+
+        self._setup_tokenizer()
+
+        # runners
+        self.contexts = contexts
+        self.backend, self.backend_reason = self._pick_backend(backend, device)
+        self._pool: queue.SimpleQueue = queue.SimpleQueue()
+        self._closers: list = []
+        self._engine = None
+        if self.backend == "gpu":
+            from . import runtime
+
+            self._engine = runtime.Engine.load(self._plan_file(), device=device)
+            for _ in range(contexts):
+                ctx = self._engine.create_context()
+                self._closers.append(getattr(ctx, "close", None))
+                self._pool.put(ctx.run)
+        else:
+            from .reference import ReferenceBackend
+
+            for _ in range(contexts):
+                self._pool.put(ReferenceBackend(plan).run)
+        self._fanout = ThreadPoolExecutor(max_workers=contexts, thread_name_prefix="trtrun-embed") \
+            if contexts > 1 else None
+        self._closed = False
+
+    # ---------------------------------------------------------------- setup
+    @staticmethod
+    def _resolve_plan(obj, precision, profile, progress):
+        from .plan import Plan, load_plan
+
+        if isinstance(obj, Plan):
+            return obj, obj.path, False
+        if not isinstance(obj, (str, os.PathLike)):
+            raise TypeError(f"Embedder needs a Plan or a path to a .plan or .onnx file, got {type(obj).__name__}")
+        p = Path(obj)
+        if not p.exists():
+            raise InputError(f"{p}: no such file")
+        if p.suffix.lower() == ".onnx":
+            return (*_plan_for_onnx(p, precision, profile, progress), True)
+        plan = load_plan(p)
+        return plan, p, False
+
+    def _model_dirs(self) -> list[Path]:
+        dirs = []
+        if self.tokenizer_dir is not None:
+            dirs.append(self.tokenizer_dir)
+        src = (self.plan.header.get("source") or {}).get("path")
+        for p in (Path(src) if src else None, self.plan_path):
+            if p is not None:
+                dirs.append(p.parent)
+        out = []
+        for d in dirs:
+            if d not in out and d.is_dir():
+                out.append(d)
+        return out
+
+    def _pick_output(self, plan, output):
+        outs = {o["name"]: o for o in plan.outputs}
+        if output is not None:
+            if output not in outs:
+                raise InputError(f"the plan has no output {output!r} (it has {', '.join(outs)})")
+            name = output
+        elif "last_hidden_state" in outs:
+            name = "last_hidden_state"
+        else:
+            name = next((n for n, o in outs.items() if len(o["shape"]) == 3), next(iter(outs)))
+        shape = outs[name]["shape"]
+        if len(shape) != 3 or shape[:2] != ["B", "S"] or not isinstance(shape[2], int):
+            raise InputError(f"output {name!r} has shape {shape}; embeddings need hidden states [B, S, N]")
+        self._out_shape = shape
+        return name
+
+    def _setup_tokenizer(self):
+        tok = self.tokenizer
+        self._tok_lock = None
+        self._backend_tok = None
+        if getattr(tok, "is_fast", False):
+            from tokenizers import Tokenizer
+
+            bt = Tokenizer.from_str(tok.backend_tokenizer.to_str())  # our own copy: set once, then read-only
+            bt.no_padding()
+            bt.enable_truncation(self.max_seq_len)
+            self._backend_tok = bt
+        else:  # a slow tokenizer: its Python calls are serialized
+            self._tok_lock = threading.Lock()
+
+    def _pick_backend(self, backend: str, device: int) -> tuple[str, str]:
+        if backend == "reference":
+            return "reference", "asked for"
+        try:
+            from . import runtime
+
+            ok, reason = runtime.gpu_available(device)
+        except ImportError as e:
+            ok, reason = False, f"trtrun.runtime cannot be imported: {e}"
+        if ok:
+            return "gpu", reason
+        if backend == "gpu":
+            raise RuntimeUnavailableError(f"backend='gpu': the GPU runtime is not usable: {reason}")
+        return "reference", f"GPU runtime not usable: {reason}"
+
+    def _plan_file(self) -> Path:
+        if self.plan_path is not None and Path(self.plan_path).is_file():
+            return Path(self.plan_path)
+        d = Path(tempfile.mkdtemp(prefix="trtrun-embedder-"))
+        path = d / "model.plan"
+        self.plan.save(path)
+        return path
+
+    @property
+    def model_name(self) -> str:
+        p = self.plan_path or (self.plan.header.get("source") or {}).get("path") or "model"
+        name = Path(p).name
+        for suf in (".plan", ".onnx"):
+            if name.endswith(suf):
+                name = name[: -len(suf)]
+        return name
+
+    def describe(self) -> dict:
+        return {"model": self.model_name, "plan": str(self.plan_path) if self.plan_path else None,
+                "precision": self.plan.precision, "backend": self.backend, "backend_reason": self.backend_reason,
+                "contexts": self.contexts, "dim": self.dim, "pooling": self.pooling,
+                "pooling_source": self.pooling_source, "normalize": self.normalize,
+                "max_seq_len": self.max_seq_len, "max_seq_len_source": self.max_seq_len_source,
+                "max_batch_size": self.max_batch_size, "max_tokens_per_batch": self.max_tokens_per_batch,
+                "truncation": self.truncation}
+
+    def __repr__(self) -> str:
+        d = self.describe()
+        return (f"<trtrun.Embedder {d['model']} {d['precision']} on {d['backend']}, dim {d['dim']}, "
+                f"pooling {d['pooling']}, max_seq_len {d['max_seq_len']}, contexts {d['contexts']}>")
+
+    # ---------------------------------------------------------------- tokenize
+    @staticmethod
+    def check_texts(texts) -> list[str]:
+        """A str is one text; otherwise a sequence of str. Raises InputError naming the bad element."""
+        if isinstance(texts, str):
+            return [texts]
+        if isinstance(texts, (bytes, bytearray)) or not isinstance(texts, Sequence):
+            raise InputError(f"texts must be a str or a list of str, got {type(texts).__name__}")
+        texts = list(texts)
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise InputError(f"text {i} is a {type(t).__name__}, expected str")
+        return texts
+
+    def tokenize(self, texts) -> Encoded:
+        """Token ids per text (special tokens added, cut to max_seq_len), unpadded; no policy applied."""
+        texts = self.check_texts(texts)
+        if not texts:
+            return Encoded([], [], np.zeros(0, bool), np.zeros(0, np.int64))
+        want_types = "token_type_ids" in self.input_names
+        if self._backend_tok is not None:
+            encs = self._backend_tok.encode_batch(texts)
+            ids = [np.asarray(e.ids, dtype=np.int64) for e in encs]
+            types = [np.asarray(e.type_ids, dtype=np.int64) for e in encs] if want_types else None
+            truncated = np.fromiter((len(e.overflowing) > 0 for e in encs), bool, len(encs))
+        else:
+            with self._tok_lock:
+                full = self.tokenizer(texts, truncation=False, add_special_tokens=True)
+                cut = self.tokenizer(texts, truncation=True, max_length=self.max_seq_len, add_special_tokens=True)
+            ids = [np.asarray(x, dtype=np.int64) for x in cut["input_ids"]]
+            tt = cut.get("token_type_ids")
+            types = [np.asarray(x, dtype=np.int64) for x in tt] if (want_types and tt is not None) else None
+            if want_types and types is None:
+                types = [np.zeros_like(x) for x in ids]
+            truncated = np.array([len(a) > len(b) for a, b in zip(full["input_ids"], ids)], bool)
+        lengths = np.fromiter((len(x) for x in ids), np.int64, len(ids))
+        empty = np.flatnonzero(lengths == 0)
+        if empty.size:
+            raise InputError(f"text {int(empty[0])} ({texts[empty[0]][:40]!r}) gives no token")
+        return Encoded(ids, types, truncated, lengths)
+
+    def _too_long(self, enc: Encoded, offset: int = 0) -> InputTooLongError | None:
+        bad = np.flatnonzero(enc.truncated)
+        if not bad.size:
+            return None
+        first = [int(i) + offset for i in bad[:5]]
+        more = f" (and {bad.size - 5} more)" if bad.size > 5 else ""
+        return InputTooLongError(
+            f"text{'s' if bad.size > 1 else ''} {', '.join(map(str, first))}{more} "
+            f"{'are' if bad.size > 1 else 'is'} longer than {self.max_seq_len} tokens ({self.max_seq_len_source}); "
+            f"truncation='reject'", [int(i) for i in bad])
+
+    # ---------------------------------------------------------------- run
+    def _run_batch(self, enc: Encoded, rows: list[int], observer: BatchObserver | None) -> np.ndarray:
+        n = len(rows)
+        S = max(int(enc.lengths[rows].max()), self.min_seq)
+        B = max(n, self.min_batch)  # rows beyond n copy row 0 and are dropped
+        ids = np.zeros((B, S), np.int64)
+        mask = np.zeros((B, S), np.int64)
+        types = np.zeros((B, S), np.int64) if "token_type_ids" in self.input_names else None
+        for r, i in enumerate(rows):
+            L = int(enc.lengths[i])
+            ids[r, :L] = enc.ids[i]
+            mask[r, :L] = 1
+            if types is not None and enc.type_ids is not None:
+                types[r, :L] = enc.type_ids[i]
+        if B > n:
+            ids[n:], mask[n:] = ids[0], mask[0]
+            if types is not None:
+                types[n:] = types[0]
+        feeds = {"input_ids": ids}
+        if "attention_mask" in self.input_names:
+            feeds["attention_mask"] = mask
+        if types is not None:
+            feeds["token_type_ids"] = types
+        runner = self._pool.get()
+        try:
+            t0 = time.perf_counter()
+            out = runner(feeds)[self.output]
+            dt = time.perf_counter() - t0
+        finally:
+            self._pool.put(runner)
+        if observer is not None:
+            observer(n, S, int(enc.lengths[rows].sum()), dt)
+        return pool(out[:n], mask[:n], self.pooling, self.normalize)
+
+    def run_encoded(self, enc: Encoded, observer: BatchObserver | None = None) -> np.ndarray:
+        """Embeddings [n, dim] of tokenized texts, rows in `enc`'s order (no truncation policy applied)."""
+        if self._closed:
+            raise TrtrunError("this Embedder is closed")
+        n = len(enc.ids)
+        out = np.empty((n, self.dim), np.float32)
+        if n == 0:
+            return out
+        batches = pack_batches(enc.lengths, max_tokens=self.max_tokens_per_batch, max_rows=self.max_batch_size,
+                               min_seq=self.min_seq)
+        if self._fanout is not None and len(batches) > 1:
+            futs = [(rows, self._fanout.submit(self._run_batch, enc, rows, observer)) for rows in batches]
+            for rows, f in futs:
+                out[rows] = f.result()
+        else:
+            for rows in batches:
+                out[rows] = self._run_batch(enc, rows, observer)
+        return out
+
+    def embed_result(self, texts) -> EmbedResult:
+        """Embed texts -> EmbedResult (embeddings in the caller's order, truncated flags, token counts)."""
+        enc = self.tokenize(texts)
+        if self.truncation == "reject":
+            err = self._too_long(enc)
+            if err is not None:
+                raise err
+        return EmbedResult(self.run_encoded(enc), enc.truncated, enc.lengths)
+
+    def embed(self, texts) -> np.ndarray:
+        """Embed texts -> float32 [n, dim], row i for texts[i] (a str is one text: [1, dim])."""
+        return self.embed_result(texts).embeddings
+
+    __call__ = embed
+
+    def embed_groups(self, groups: Sequence[Sequence[str]], observer: BatchObserver | None = None
+                     ) -> list[EmbedResult | BaseException]:
+        """Embed several callers' text lists in shared engine batches; one result (or error) per group.
+
+        Tokenizes everything in one call, applies the truncation policy per group (a rejected group gets
+        its InputTooLongError, the others still run), packs all surviving texts together and splits the
+        rows back. The micro-batcher's worker calls this.
+        """
+        flat = []
+        bounds = []
+        for g in groups:
+            bounds.append((len(flat), len(flat) + len(g)))
+            flat.extend(g)
+        results: list[EmbedResult | BaseException | None] = [None] * len(groups)
+        try:
+            enc = self.tokenize(flat)
+        except InputError:  # find which group(s) it was: tokenize them alone
+            enc = None
+        if enc is None:
+            encs = []
+            for gi, g in enumerate(groups):
+                try:
+                    encs.append(self.tokenize(g))
+                except InputError as e:
+                    results[gi] = e
+                    encs.append(None)
+        else:
+            encs = [enc.take(range(a, b)) for a, b in bounds]
+        keep = []
+        for gi, e in enumerate(encs):
+            if e is None:
+                continue
+            if self.truncation == "reject":
+                err = self._too_long(e)
+                if err is not None:
+                    results[gi] = err
+                    continue
+            keep.append(gi)
+        if keep:
+            parts = [encs[gi] for gi in keep]
+            merged = Encoded([x for p in parts for x in p.ids],
+                             [x for p in parts for x in p.type_ids] if parts[0].type_ids is not None else None,
+                             np.concatenate([p.truncated for p in parts]), np.concatenate([p.lengths for p in parts]))
+            vecs = self.run_encoded(merged, observer)
+            at = 0
+            for gi in keep:
+                e = encs[gi]
+                k = len(e.ids)
+                results[gi] = EmbedResult(vecs[at:at + k], e.truncated, e.lengths)
+                at += k
+        return results  # type: ignore[return-value]
+
+    # ---------------------------------------------------------------- lifetime
+    def close(self) -> None:
+        """Release the engine's contexts and worker threads (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._fanout is not None:
+            self._fanout.shutdown(wait=True)
+        for c in self._closers:
+            if c is not None:
+                try:
+                    c()
+                except Exception:  # noqa: BLE001 - closing must not raise
+                    pass
+
+    def __enter__(self) -> "Embedder":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# ------------------------------------------------------------------------------------------------ ONNX -> plan
+
+def _plan_for_onnx(onnx_path: Path, precision: str, profile: dict | None, progress):
+    """Build (or reuse a cached) plan for an ONNX file -> (plan, plan path)."""
+    from .plan import load_plan
+
+    sha = _sha256(onnx_path)
+    beside = onnx_path.with_name(f"{onnx_path.stem}.{precision}.plan")
+    in_tmp = Path(tempfile.gettempdir()) / "trtrun-plans" / f"{onnx_path.stem}-{sha[:16]}.{precision}.plan"
+
+    def usable(p: Path) -> bool:
+        if not p.is_file():
+            return False
+        try:
+            plan = load_plan(p)
+        except TrtrunError:
+            return False
+        if (plan.header.get("source") or {}).get("sha256") != sha or plan.precision != precision:
+            return False
+        if profile is not None:
+            want = {k: [int(x) for x in v] for k, v in profile.items()}
+            if any(list(plan.profile.get(k, [])) != v for k, v in want.items()):
+                return False
+        return True
+
+    for cand in (beside, in_tmp):
+        if usable(cand):
+            return load_plan(cand), cand
+    from .builder import build
+
+    plan = build(onnx_path, precision=precision, profile=profile, progress=progress)
+    target = in_tmp
+    if not beside.exists() and os.access(beside.parent, os.W_OK):
+        target = beside
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        plan.save(tmp)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return load_plan(target), target

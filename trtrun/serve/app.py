@@ -1,0 +1,299 @@
+"""The HTTP embedding service: a Starlette app around an Embedder and a MicroBatcher, run by uvicorn.
+
+Endpoints
+    POST /v1/embeddings  OpenAI shape: {"input": str | [str], "model"?, "encoding_format"?: "float"|"base64"}
+                         -> {"object": "list", "data": [{"object": "embedding", "index", "embedding"}],
+                             "model", "usage": {"prompt_tokens", "total_tokens"}}
+    POST /embed          {"inputs": str | [str]} -> [[float, ...], ...]  (Text Embeddings Inference's shape)
+    GET  /health         200 {"status": "ok", ...} while serving, 503 before start / after shutdown
+    GET  /metrics        Prometheus text (trtrun_* counters and histograms)
+
+Errors are JSON, {"error": {"message", "type", "code"}}, with these status codes:
+    400  body is not JSON / not UTF-8 / empty; an input longer than --max-chars characters, or (with
+         truncation "reject") longer than the model's maximum tokens
+    413  body larger than --max-body-bytes (refused while reading, so a huge body is never held)
+    422  valid JSON of the wrong shape: not an object, a missing field, wrong types, an empty list or
+         empty string, more than --max-inputs inputs, an unknown encoding_format
+    503  queue full (overloaded), or shutting down
+    500  an engine failure (the message says what); the server keeps serving
+Graceful shutdown is uvicorn's: on SIGTERM/SIGINT it stops accepting connections, lets requests in
+flight finish, then the lifespan hook drains the batcher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import time
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+
+from ..embedder import InputTooLongError
+from ..errors import InputError, TrtrunError
+from .batcher import BatcherClosedError, MicroBatcher, QueueFullError
+from .metrics import ServerMetrics
+
+log = logging.getLogger("trtrun.serve")
+
+_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number",
+               float: "a number", type(None): "null"}
+
+
+@dataclass
+class ServeConfig:
+    """Limits and batching of one server (the `trtrun serve` options)."""
+
+    model_name: str | None = None  # what responses call the model (default: the plan's file name)
+    max_inputs: int = 128  # texts per request
+    max_chars: int = 20_000  # characters per text (tokens beyond the model's maximum are cut or rejected)
+    max_body_bytes: int = 2_000_000  # request body (Text Embeddings Inference's default payload limit)
+    max_wait_ms: float = 2.0  # micro-batching: longest wait for other requests
+    max_batch_tokens: int | None = None  # micro-batch token budget (default: the Embedder's)
+    batching: bool = True  # False: every request is its own engine call (max batch 1 request)
+    max_queue: int = 4096  # waiting requests beyond which requests get 503
+
+    def __post_init__(self):
+        for name in ("max_inputs", "max_chars", "max_body_bytes", "max_queue"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if self.max_wait_ms < 0:
+            raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.kind = kind
+
+
+def _json_type(v) -> str:
+    return _JSON_TYPES.get(type(v), type(v).__name__)
+
+
+def _dumps(obj) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+
+
+def create_app(embedder, config: ServeConfig | None = None):
+    """A Starlette app serving `embedder` (the batcher starts and stops with the app's lifespan)."""
+    from starlette.applications import Starlette
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    cfg = config or ServeConfig()
+    model_name = cfg.model_name or embedder.model_name
+    metrics = ServerMetrics()
+    # A request body is read into memory up to max_body_bytes; past that it is read and dropped (so the
+    # client sees the 413 rather than a reset connection) up to this hard cap, then the connection closes.
+    drain_cap = max(16 << 20, 4 * cfg.max_body_bytes)
+
+    def json_response(obj, status: int = 200, headers=None) -> Response:
+        return Response(_dumps(obj), status_code=status, media_type="application/json", headers=headers)
+
+    def error_response(e: ApiError) -> Response:
+        headers = {"Retry-After": "1"} if e.status == 503 else None
+        return json_response({"error": {"message": e.message, "type": e.kind, "code": e.status}}, e.status, headers)
+
+    async def read_json(request):
+        cl = request.headers.get("content-length")
+        if cl is not None:
+            try:
+                n = int(cl)
+            except ValueError:
+                raise ApiError(400, f"Content-Length {cl!r} is not a number") from None
+            if n > drain_cap:
+                raise ApiError(413, f"request body of {n} bytes is larger than the limit of "
+                                    f"{cfg.max_body_bytes} bytes (--max-body-bytes)", "payload_too_large")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size <= cfg.max_body_bytes:
+                chunks.append(chunk)
+            elif size > drain_cap:
+                break
+        if size > cfg.max_body_bytes:
+            raise ApiError(413, f"request body of {size}{'+' if size > drain_cap else ''} bytes is larger than "
+                                f"the limit of {cfg.max_body_bytes} bytes (--max-body-bytes)", "payload_too_large")
+        body = b"".join(chunks)
+        if not body.strip():
+            raise ApiError(400, "request body is empty; send a JSON object")
+        try:
+            return json.loads(body)
+        except UnicodeDecodeError as e:
+            raise ApiError(400, f"request body is not UTF-8 text: {e}") from None
+        except ValueError as e:
+            raise ApiError(400, f"request body is not valid JSON: {e}") from None
+
+    def get_texts(obj, key: str) -> list[str]:
+        if not isinstance(obj, dict):
+            raise ApiError(422, f"request body must be a JSON object with field '{key}', got {_json_type(obj)}")
+        if key not in obj:
+            raise ApiError(422, f"missing field '{key}' (a string or a list of strings)")
+        v = obj[key]
+        if isinstance(v, str):
+            texts = [v]
+        elif isinstance(v, list):
+            if not v:
+                raise ApiError(422, f"'{key}' is an empty list; send at least one text")
+            if len(v) > cfg.max_inputs:
+                raise ApiError(422, f"'{key}' has {len(v)} inputs; at most {cfg.max_inputs} per request "
+                                    f"(--max-inputs)")
+            for i, t in enumerate(v):
+                if not isinstance(t, str):
+                    hint = "; token-id inputs are not supported, send text" if isinstance(t, (int, list)) else ""
+                    raise ApiError(422, f"'{key}[{i}]' is {_json_type(t)}, expected a string{hint}")
+            texts = v
+        else:
+            raise ApiError(422, f"'{key}' must be a string or a list of strings, got {_json_type(v)}")
+        for i, t in enumerate(texts):
+            where = f"'{key}[{i}]'" if isinstance(v, list) else f"'{key}'"
+            if not t:
+                raise ApiError(422, f"{where} is an empty string")
+            if len(t) > cfg.max_chars:
+                raise ApiError(400, f"{where} has {len(t)} characters; at most {cfg.max_chars} per input "
+                                    f"(--max-chars)", "input_too_long")
+        return texts
+
+    async def embed(request, texts):
+        batcher: MicroBatcher | None = getattr(request.app.state, "batcher", None)
+        if batcher is None or not request.app.state.accepting:
+            raise ApiError(503, "the server is not running (starting up or shutting down)", "unavailable")
+        try:
+            fut = batcher.submit(texts)
+        except QueueFullError as e:
+            raise ApiError(503, f"server overloaded: {e}; retry later", "overloaded") from None
+        except BatcherClosedError:
+            raise ApiError(503, "the server is shutting down", "unavailable") from None
+        except InputError as e:
+            raise ApiError(422, str(e)) from None
+        try:
+            res = await asyncio.wrap_future(fut)
+        except InputTooLongError as e:
+            raise ApiError(400, str(e), "input_too_long") from None
+        except InputError as e:
+            raise ApiError(422, str(e)) from None
+        except TrtrunError as e:
+            log.error("engine error: %s", e)
+            raise ApiError(500, f"engine error: {e}", "server_error") from None
+        if res.any_truncated:
+            metrics.truncated.inc(int(res.truncated.sum()))
+        metrics.inputs.inc(len(res))
+        return res
+
+    def endpoint(name: str):
+        def wrap(fn):
+            async def handler(request):
+                t0 = time.perf_counter()
+                metrics.in_flight.inc()
+                status = "cancelled"
+                try:
+                    try:
+                        resp = await fn(request)
+                    except ApiError as e:
+                        resp = error_response(e)
+                    except Exception as e:  # noqa: BLE001 - a bug must not take the server down
+                        log.exception("internal error in %s", name)
+                        resp = error_response(ApiError(500, f"internal error: {type(e).__name__}: {e}",
+                                                       "server_error"))
+                    status = str(resp.status_code)
+                    return resp
+                finally:
+                    metrics.in_flight.dec()
+                    metrics.requests.labels(name, status).inc()
+                    metrics.latency.labels(name).observe(time.perf_counter() - t0)
+            return handler
+        return wrap
+
+    @endpoint("/v1/embeddings")
+    async def openai_embeddings(request):
+        obj = await read_json(request)
+        texts = get_texts(obj, "input")
+        fmt = obj.get("encoding_format", "float")
+        if fmt not in ("float", "base64"):
+            raise ApiError(422, f"encoding_format must be 'float' or 'base64', got {fmt!r}")
+        if "model" in obj and not isinstance(obj["model"], str):
+            raise ApiError(422, f"'model' must be a string, got {_json_type(obj['model'])}")
+        dims = obj.get("dimensions")
+        if dims is not None and (not isinstance(dims, int) or isinstance(dims, bool) or dims != embedder.dim):
+            raise ApiError(422, f"'dimensions' {dims!r} is not supported: this model makes {embedder.dim}-dimensional "
+                                f"embeddings")
+        res = await embed(request, texts)
+        if fmt == "float":
+            vecs = res.embeddings.tolist()
+        else:
+            vecs = [base64.b64encode(row.astype("<f4").tobytes()).decode("ascii") for row in res.embeddings]
+        n = res.total_tokens
+        return json_response({
+            "object": "list",
+            "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vecs)],
+            "model": model_name,
+            "usage": {"prompt_tokens": n, "total_tokens": n},
+        })
+
+    @endpoint("/embed")
+    async def tei_embed(request):
+        obj = await read_json(request)
+        texts = get_texts(obj, "inputs")
+        res = await embed(request, texts)
+        return json_response(res.embeddings.tolist())
+
+    async def health(request):
+        batcher = getattr(request.app.state, "batcher", None)
+        ok = batcher is not None and request.app.state.accepting
+        body = {"status": "ok" if ok else "unavailable", "model": model_name, **embedder.describe(),
+                "batching": cfg.batching, "max_wait_ms": cfg.max_wait_ms,
+                "queue_depth": batcher.queue_depth() if batcher is not None else 0}
+        return json_response(body, 200 if ok else 503)
+
+    async def metrics_endpoint(request):
+        batcher = getattr(request.app.state, "batcher", None)
+        metrics.queue_depth.set(batcher.queue_depth() if batcher is not None else 0)
+        data, ctype = metrics.render()
+        return Response(data, media_type=ctype.split(";")[0], headers={"Content-Type": ctype})
+
+    @asynccontextmanager
+    async def lifespan(app):
+        app.state.batcher = MicroBatcher(
+            embedder, max_wait_ms=cfg.max_wait_ms, max_batch_tokens=cfg.max_batch_tokens,
+            max_batch_requests=None if cfg.batching else 1, max_queue=cfg.max_queue,
+            on_window=metrics.on_window, observer=metrics.on_engine_batch)
+        app.state.accepting = True
+        log.info("serving %s: %s", model_name, embedder.describe())
+        try:
+            yield
+        finally:
+            app.state.accepting = False
+            # uvicorn has already waited for the requests in flight; this finishes anything still queued
+            await asyncio.get_running_loop().run_in_executor(None, app.state.batcher.close)
+
+    app = Starlette(routes=[
+        Route("/v1/embeddings", openai_embeddings, methods=["POST"]),
+        Route("/embed", tei_embed, methods=["POST"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+    ], lifespan=lifespan)
+    app.state.batcher = None
+    app.state.accepting = False
+    app.state.metrics = metrics
+    app.state.config = asdict(cfg)
+    return app
+
+
+def run_server(embedder, config: ServeConfig | None = None, *, host: str = "127.0.0.1", port: int = 8080,
+               log_level: str = "info", access_log: bool = False, graceful_timeout: float = 30.0) -> None:
+    """Serve until SIGTERM/SIGINT (then stop accepting, finish requests in flight, drain, return)."""
+    import uvicorn
+
+    app = create_app(embedder, config)
+    uconf = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=access_log,
+                           lifespan="on", timeout_graceful_shutdown=graceful_timeout)
+    server = uvicorn.Server(uconf)
+    try:
+        server.run()
+    except SystemExit as e:  # uvicorn exits when it cannot bind; library code must not end the process
+        raise TrtrunError(f"the server could not start on {host}:{port} (see the log above; port in use?)") from e
