@@ -335,14 +335,7 @@ class Plan:
                 raise ShapeError(
                     f"input {name!r} has shape {tuple(a.shape)} but input_ids has {tuple(shape)}; "
                     f"all inputs must have the same [batch, sequence] shape")
-        B, S = shape
-        for axis, n in (("batch", B), ("seq", S)):
-            lo, opt, hi = self.profile[axis]
-            if not lo <= n <= hi:
-                what = "batch size" if axis == "batch" else "sequence length"
-                raise ShapeError(
-                    f"input 'input_ids' has shape {tuple(shape)}: {what} {n} is outside the plan's profile "
-                    f"{axis} range [{lo}, {hi}] (opt {opt}); rebuild the plan with a wider profile")
+        self.check_shape(*shape)
 
         def first_bad(name, a, bad, what):
             idx = tuple(int(i) for i in np.argwhere(bad)[0])
@@ -376,6 +369,17 @@ class Plan:
             else:  # token_type_ids
                 out[name] = np.zeros(shape, np.int64)
         return out
+
+    def check_shape(self, batch: int, seq: int, name: str = "input_ids") -> None:
+        """Raise ShapeError unless [batch, seq] lies inside the profile (for callers holding device
+        tensors, which check_feeds cannot read)."""
+        for axis, n in (("batch", batch), ("seq", seq)):
+            lo, opt, hi = self.profile[axis]
+            if not lo <= n <= hi:
+                what = "batch size" if axis == "batch" else "sequence length"
+                raise ShapeError(
+                    f"input {name!r} has shape {(int(batch), int(seq))}: {what} {n} is outside the plan's "
+                    f"profile {axis} range [{lo}, {hi}] (opt {opt}); rebuild the plan with a wider profile")
 
     # ------------------------------------------------------------------ inspection
     def weight_stats(self) -> dict:

@@ -50,7 +50,10 @@ def _check_precision(precision: str) -> None:
 
 def _f16_values(a: np.ndarray) -> np.ndarray:
     """`a` rounded to fp16, held in float32 (an fp16 GEMM operand fed to a float32 accumulator)."""
-    return np.asarray(a).astype(F16).astype(F32)
+    a = np.asarray(a)
+    if a.dtype == F16:
+        return a.astype(F32)  # exact
+    return a.astype(F16).astype(F32)
 
 
 def _tf32_values(a: np.ndarray) -> np.ndarray:
@@ -272,30 +275,29 @@ def ref_attention(qkv: np.ndarray, attention_mask: np.ndarray | None = None, *, 
     low = F16(np.finfo(F16).min) if precision == "fp16" else F32(np.finfo(F32).min)
     for b in range(B):
         x = _operands(qkv[b], precision, tf32)  # [S, 3HD] float32 values
-        q = x[:, :HD].reshape(S, H, D).transpose(1, 0, 2)
-        k = x[:, HD:2 * HD].reshape(S, H, D).transpose(1, 0, 2)
-        v = x[:, 2 * HD:].reshape(S, H, D).transpose(1, 0, 2)
-        with np.errstate(over="ignore", invalid="ignore"):
-            scores = (q @ k.transpose(0, 2, 1)) * F32(scale)  # [H, S, S] float32 accumulation
+        # contiguous [H, S, D] blocks: numpy's stacked matmul only reaches BLAS for contiguous operands
+        q = np.ascontiguousarray(x[:, :HD].reshape(S, H, D).transpose(1, 0, 2))
+        kt = np.ascontiguousarray(x[:, HD:2 * HD].reshape(S, H, D).transpose(1, 2, 0))  # [H, D, S]
+        v = np.ascontiguousarray(x[:, 2 * HD:].reshape(S, H, D).transpose(1, 0, 2))
+        scores = np.matmul(q, kt)  # [H, S, S] float32 accumulation
+        scores *= F32(scale)
         masked = np.zeros((S, S), bool)
         if attention_mask is not None:
             masked |= (np.asarray(attention_mask[b]) == 0)[None, :]
         if causal_mask is not None:
             masked |= causal_mask
         if precision == "fp16":
-            with np.errstate(over="ignore"):
-                scores = scores.astype(F16)
-            scores[:, masked] = low
+            scores = scores.astype(F16)
+            np.copyto(scores, low, where=masked[None])
             p = _softmax16(scores).astype(F32)
         else:
-            scores[:, masked] = low
+            np.copyto(scores, low, where=masked[None])
             p = _softmax32(scores)
             if precision == "hybrid":
                 p = _f16_values(p)
             elif tf32:
                 p = _tf32_values(p)
-        with np.errstate(over="ignore", invalid="ignore"):
-            y = p @ v  # [H, S, D] float32 accumulation
+        y = np.matmul(p, v)  # [H, S, D] float32 accumulation
         out[b] = y.transpose(1, 0, 2).reshape(S, HD)
     return out
 
