@@ -220,7 +220,7 @@ def command(plan_path, backend, texts, text_file, data_set, max_samples, ids_fil
         n_tok = int(mask[i].sum()) if mask is not None else s
         m = mask[i].astype(bool) if mask is not None else slice(None)
         pooled = first[i][m].astype(np.float64).mean(axis=0) if first.ndim == 3 else first[i]
-        line = f"  [{i}] tokens {n_tok:4d}  mean-pooled norm {np.linalg.norm(pooled):9.4f}"
+        line = f"  {f'[{i}]':>{len(str(show - 1)) + 2}} tokens {n_tok:4d}  mean-pooled norm {np.linalg.norm(pooled):9.4f}"
         if cos is not None:
             line += f"  cosine {cos[i]:.7f}"
         if sample_texts is not None:
