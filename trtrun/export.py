@@ -99,7 +99,7 @@ def _load_model(torch, transformers, source, overrides, seed):
         torch.manual_seed(seed)
         model = transformers.AutoModel.from_config(config, **attn)
         _randomize(torch, model, seed)
-        return model, config
+        return model.float().eval(), config
     path = Path(source)
     if not path.is_dir() or not (path / "config.json").is_file():
         raise ModelError(
@@ -112,7 +112,18 @@ def _load_model(torch, transformers, source, overrides, seed):
         model = transformers.AutoModel.from_pretrained(str(path), config=config, **attn)
     except (OSError, ValueError) as e:
         raise ModelError(f"{source}: cannot load the model: {e}") from e
-    return model, config
+    return model.float().eval(), config
+
+
+def load_torch_model(source, *, overrides: dict | None = None, seed: int = 0):
+    """The PyTorch model `export_model` would export (fp32, eval mode, eager attention).
+
+    The same weights for the same (source, overrides, seed): tests and the GPU baseline compare
+    against it.
+    """
+    torch, transformers = _import_torch()
+    model, _ = _load_model(torch, transformers, source, overrides, seed)
+    return model
 
 
 def export_model(source, out_path, *, exporter: str = "torchscript", opset: int | None = None,
@@ -136,7 +147,6 @@ def export_model(source, out_path, *, exporter: str = "torchscript", opset: int 
     torch, transformers = _import_torch()
 
     model, config = _load_model(torch, transformers, source, overrides, seed)
-    model = model.float().eval()
     has_tt = getattr(config, "type_vocab_size", 0) and config.model_type != "gpt2"
     # Inputs passed positionally to the wrapper, then by keyword to the HF model (positional use
     # maps them onto other parameters), with use_cache=False so no past-key-values are returned.

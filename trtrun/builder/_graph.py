@@ -69,16 +69,31 @@ def new_variable(graph, name: str, dtype=np.float32):
 
 
 def unique_name(graph, base: str) -> str:
-    """`base`, or `base_2`, `base_3`... whichever no tensor or node of the graph uses yet."""
-    names = set(graph.tensors().keys()) | {n.name for n in graph.nodes}
-    reserved = graph.__dict__.setdefault("_trtrun_reserved", set())
-    names |= reserved
+    """`base`, or `base_2`, `base_3`... whichever no tensor or node of the graph uses yet.
+
+    The set of names is gathered once per pass (finish() forgets it); names handed out are added.
+    """
+    names = graph.__dict__.get("_trtrun_names")
+    if names is None:
+        names = set(graph.tensors().keys()) | {n.name for n in graph.nodes}
+        graph._trtrun_names = names
     name, i = base, 1
     while name in names:
         i += 1
         name = f"{base}_{i}"
-    reserved.add(name)
+    names.add(name)
     return name
+
+
+def rename_node(graph, node, new_name: str) -> str:
+    """Rename a node, freeing its old name for a replacement; returns the old name."""
+    old = node.name
+    node.name = new_name
+    names = graph.__dict__.get("_trtrun_names")
+    if names is not None:
+        names.discard(old)
+        names.add(new_name)
+    return old
 
 
 def add_trtrun_node(graph, op: str, name: str, inputs: dict, weights: dict, outputs: list,
@@ -135,7 +150,7 @@ def replace_uses(graph, old, new) -> None:
 def finish(graph):
     """Every pass ends here: drop dead nodes and tensors, restore topological order."""
     graph.cleanup().toposort()
-    graph.__dict__.pop("_trtrun_reserved", None)
+    graph.__dict__.pop("_trtrun_names", None)
     return graph
 
 

@@ -32,8 +32,7 @@ def fuse_residual(graph, facts) -> int:
         outputs = [G.slot(ln, "y")]
         if others or s in graph.outputs:
             outputs.append(s)
-        name = ln.name
-        ln.name = name + ".unfused"
+        name = G.rename_node(graph, ln, ln.name + ".unfused")
         G.add_trtrun_node(graph, "LayerNorm", name, inputs={"x": a, "residual": b},
                           weights={"gamma": G.slot(ln, "gamma"), "beta": G.slot(ln, "beta")},
                           outputs=outputs, attrs=dict(ln.attrs))

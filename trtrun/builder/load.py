@@ -48,7 +48,18 @@ def load_model(path):
         raise ModelError(f"{p}: not an ONNX model (no IR version, opset or graph nodes)"
                          f"{_looks_like(head)}")
     try:
-        onnx.checker.check_model(model)
+        try:
+            onnx.checker.check_model(model)
+        except onnx.checker.ValidationError as e:
+            if "topologically sorted" not in str(e):
+                raise
+            # out-of-order nodes are harmless (onnxruntime sorts them too): sort and check again
+            import onnx_graphsurgeon as gs
+            sorted_model = gs.export_onnx(gs.import_onnx(model).toposort())
+            for key in ("producer_name", "producer_version"):
+                setattr(sorted_model, key, getattr(model, key))
+            model = sorted_model
+            onnx.checker.check_model(model)
     except Exception as e:
         msg = str(e).strip().splitlines()
         raise ModelError(f"{p}: malformed ONNX model: {msg[0] if msg else type(e).__name__}") from None

@@ -1,0 +1,146 @@
+"""Shared pytest fixtures: exported ONNX models (cached for the session) and real-text batches.
+
+Models come from `trtrun.export.export_model`, so every test that uses them also exercises the
+exporter. They are small (hidden 128, 2 layers, 4 heads) but keep the real vocabularies (BERT's
+30522, GPT-2's 50257) so real text tokenized by the real tokenizers fits. MiniLM is the real
+all-MiniLM-L6-v2 from the data folder. Fixtures skip (never fail) when torch/transformers or the
+data folder are missing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+# hidden 128, 2 layers, 4 heads of 32: small enough for CI's two cores, big enough to have every
+# pattern (two layers, so the residual stream crosses a layer boundary; several heads)
+TINY = {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 512}
+
+
+def _need_torch():
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+
+
+def _data_dir():
+    from trtrun.data import data_dir
+    return data_dir()
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory):
+    """exported(source, exporter="torchscript", opset=None) -> path of the ONNX (cached per session).
+
+    source: "bert" / "gpt2" (tiny random models, TINY sizes, seed 0) or "minilm" (real weights).
+    """
+    cache = {}
+    root = tmp_path_factory.mktemp("exported")
+
+    def get(source: str, exporter: str = "torchscript", opset: int | None = None):
+        key = (source, exporter, opset)
+        if key in cache:
+            return cache[key]
+        _need_torch()
+        from trtrun.export import export_model
+        path = root / f"{source}-{exporter}-{opset or 'default'}.onnx"
+        if source == "minilm":
+            d = _data_dir() / "minilm"
+            if not (d / "config.json").exists():
+                pytest.skip(f"MiniLM is not in the data folder ({d}); fetch it with ../shared/data/get-data.sh")
+            export_model(d, path, exporter=exporter, opset=opset)
+        else:
+            arch = {"bert": "bert-base", "gpt2": "gpt2"}[source]
+            export_model(arch, path, exporter=exporter, opset=opset, overrides=dict(TINY), seed=0)
+        cache[key] = path
+        return path
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tokenizer_of():
+    """tokenizer_of("bert" | "gpt2" | "minilm") -> the real tokenizer from the data folder."""
+    cache = {}
+
+    def get(source: str):
+        if source not in cache:
+            pytest.importorskip("transformers")
+            from trtrun.data import load_tokenizer
+            sub = "gpt2-tokenizer" if source == "gpt2" else "minilm"
+            d = _data_dir() / sub
+            if not d.exists():
+                pytest.skip(f"tokenizer folder {d} missing; fetch it with ../shared/data/get-data.sh")
+            cache[source] = load_tokenizer(d)
+        return cache[source]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def real_text_batches(tokenizer_of):
+    """real_text_batches(source) -> [feeds, ...]: right-padded batches of real text, mixed lengths.
+
+    One batch of 8 Rotten Tomatoes sentences (short: a few to ~50 tokens) and one of 3 Wikipedia
+    paragraphs truncated at 96 tokens (long rows next to short ones), both through the model's own
+    tokenizer, so padding really occurs.
+    """
+    cache = {}
+
+    def get(source: str):
+        if source not in cache:
+            from trtrun.data import encode, load_texts
+            try:
+                rt = load_texts("rt", n=8, seed=1)
+                wiki = load_texts("wiki", n=3, seed=2)
+            except Exception as e:  # DataError: the data folder is not there
+                pytest.skip(f"real text not available: {e}")
+            tok = tokenizer_of(source)
+            wiki = [wiki[0], wiki[1][:200], wiki[2][:60]]  # mixed lengths within the batch
+            batches = [encode(tok, rt, 64), encode(tok, wiki, 96)]
+            for b in batches:
+                assert (b["attention_mask"] == 0).any(), "a real-text batch without padding tests less"
+            cache[source] = batches
+        return cache[source]
+
+    return get
+
+
+def random_feeds(onnx_path, *, batch=4, seq=23, vocab=None, seed=0) -> dict:
+    """Random token ids with right padding of different lengths (and random token types)."""
+    import onnx
+    m = onnx.load(str(onnx_path), load_external_data=False)
+    names = [i.name for i in m.graph.input]
+    if vocab is None:
+        vocab = 30522 if "token_type_ids" in names else 50257
+    rng = np.random.default_rng(seed)
+    feeds = {"input_ids": rng.integers(0, vocab, (batch, seq)).astype(np.int64)}
+    mask = np.ones((batch, seq), np.int64)
+    for b in range(batch):  # lengths seq, seq - 6, seq - 12, ... (at least 1)
+        mask[b, max(1, seq - 6 * b):] = 0
+    feeds["attention_mask"] = mask
+    if "token_type_ids" in names:
+        feeds["token_type_ids"] = rng.integers(0, 2, (batch, seq)).astype(np.int64)
+    return feeds
+
+
+def cosine_per_sample(a, b, mask) -> np.ndarray:
+    """Cosine similarity of each sample's hidden states over its valid (attention_mask == 1) tokens.
+
+    Padded rows are excluded: docs/plan-format.md lets a padded query row attend anywhere (a row
+    whose keys are all masked becomes uniform), and nobody reads those rows.
+    """
+    out = []
+    for i in range(a.shape[0]):
+        m = np.asarray(mask[i]).astype(bool)
+        x = np.asarray(a[i][m], np.float64).ravel()
+        y = np.asarray(b[i][m], np.float64).ravel()
+        out.append(float(x @ y / (np.linalg.norm(x) * np.linalg.norm(y))))
+    return np.array(out)
+
+
+def onnxruntime_run(onnx_path, feeds) -> np.ndarray:
+    """The first output of the graph in onnxruntime (CPU, fp32 unless the graph says otherwise)."""
+    import onnxruntime as ort
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    names = {i.name for i in sess.get_inputs()}
+    return sess.run(None, {k: v for k, v in feeds.items() if k in names})[0]

@@ -1,0 +1,112 @@
+"""trtrun.export: HF models (named architectures with random weights, MiniLM's folder) to ONNX.
+
+Each exported graph is run in onnxruntime at batch/sequence sizes other than the export's example
+(2 x 8) and compared with the PyTorch model itself: the graph must be a faithful, dynamic-shape
+copy. Tolerance: both are fp32 evaluations of the same network, differing only in op order and
+kernels: ~1e-6 relative per op, a few 1e-6 after two layers; 1e-4 of the output's scale leaves room
+for MiniLM's six layers while a wrong graph (a dropped bias, a mask ignored) is off by >= 1e-2.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import TINY, onnxruntime_run, random_feeds
+from trtrun.errors import ModelError
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+
+def _torch_out(model, feeds):
+    import torch
+    with torch.no_grad():
+        return model(**{k: torch.from_numpy(v) for k, v in feeds.items()}, use_cache=False) \
+            .last_hidden_state.numpy()
+
+
+def _close_on_valid(a, b, mask, rtol=1e-4):
+    m = mask.astype(bool)
+    scale = np.abs(b[m]).max()
+    return float(np.abs(a[m] - b[m]).max()) <= rtol * scale
+
+
+@pytest.mark.parametrize("source,exporter,opset", [
+    ("bert", "torchscript", None), ("bert", "dynamo", None), ("bert", "torchscript", 14),
+    ("gpt2", "torchscript", None), ("gpt2", "dynamo", None), ("gpt2", "torchscript", 20),
+])
+def test_tiny_export_matches_torch(exported, source, exporter, opset):
+    import onnx
+
+    from trtrun.export import load_torch_model
+    path = exported(source, exporter, opset)
+    m = onnx.load(str(path))
+    names = [i.name for i in m.graph.input]
+    assert names == (["input_ids", "attention_mask", "token_type_ids"] if source == "bert"
+                     else ["input_ids", "attention_mask"])
+    assert [o.name for o in m.graph.output] == ["last_hidden_state"]
+    for i in m.graph.input:  # dynamic batch and sequence axes
+        dims = i.type.tensor_type.shape.dim
+        assert len(dims) == 2 and not any(d.HasField("dim_value") for d in dims), i
+    want_opset = opset or (17 if exporter == "torchscript" else 18)
+    assert {o.domain: o.version for o in m.opset_import}[""] == want_opset
+    model = load_torch_model("bert-base" if source == "bert" else "gpt2", overrides=dict(TINY), seed=0)
+    for batch, seq in ((3, 11), (1, 1), (5, 2)):
+        feeds = random_feeds(path, batch=batch, seq=seq, seed=batch)
+        ours = onnxruntime_run(path, feeds)
+        ref = _torch_out(model, feeds)
+        assert ours.shape == (batch, seq, 128)
+        assert _close_on_valid(ours, ref, feeds["attention_mask"]), (batch, seq)
+
+
+def test_minilm_export_matches_torch(exported):
+    from trtrun.data import data_dir
+    from trtrun.export import load_torch_model
+    path = exported("minilm")
+    model = load_torch_model(data_dir() / "minilm")
+    feeds = random_feeds(path, batch=3, seq=17, seed=3)
+    ours = onnxruntime_run(path, feeds)
+    assert ours.shape == (3, 17, 384)
+    assert _close_on_valid(ours, _torch_out(model, feeds), feeds["attention_mask"])
+
+
+def test_random_weights_are_seeded_and_not_trivial():
+    from trtrun.export import load_torch_model
+    small = dict(TINY, num_hidden_layers=1, vocab_size=100)
+    a = dict(load_torch_model("bert-base", overrides=small, seed=0).named_parameters())
+    b = dict(load_torch_model("bert-base", overrides=small, seed=0).named_parameters())
+    c = dict(load_torch_model("bert-base", overrides=small, seed=1).named_parameters())
+    for name in a:
+        assert np.array_equal(a[name].detach().numpy(), b[name].detach().numpy()), name
+    assert not np.array_equal(a["embeddings.word_embeddings.weight"].detach().numpy(),
+                              c["embeddings.word_embeddings.weight"].detach().numpy())
+    # biases non-zero and LayerNorm gains not all ones: a dropped bias or gamma must show
+    bias = a["encoder.layer.0.attention.self.query.bias"].detach().numpy()
+    gamma = a["embeddings.LayerNorm.weight"].detach().numpy()
+    assert np.abs(bias).min() > 0 and np.abs(gamma - 1).max() > 0.05
+
+
+def test_gpt2_overrides_map_to_gpt2_names():
+    from trtrun.export import load_torch_model
+    m = load_torch_model("gpt2", overrides=dict(TINY, vocab_size=300, max_position_embeddings=64))
+    cfg = m.config
+    assert (cfg.n_embd, cfg.n_layer, cfg.n_head, cfg.n_inner, cfg.vocab_size, cfg.n_positions) == \
+        (128, 2, 4, 512, 300, 64)
+
+
+def test_export_errors(tmp_path):
+    from trtrun.export import export_model
+    with pytest.raises(ModelError, match="not a named architecture"):
+        export_model(tmp_path / "nowhere", tmp_path / "x.onnx")
+    with pytest.raises(ValueError, match="exporter"):
+        export_model("bert-base", tmp_path / "x.onnx", exporter="tflite")
+    with pytest.raises(ValueError, match="opset 12"):
+        export_model("bert-base", tmp_path / "x.onnx", opset=12)
+    with pytest.raises(ValueError, match="dynamo"):
+        export_model("bert-base", tmp_path / "x.onnx", exporter="dynamo", opset=17)
+    with pytest.raises(ValueError, match="unknown override"):
+        export_model("gpt2", tmp_path / "x.onnx", overrides={"hiddensize": 4})
+    with pytest.raises(ValueError, match="unknown override"):
+        export_model("bert-base", tmp_path / "x.onnx", overrides={"n_embd": 4})
+    assert not (tmp_path / "x.onnx").exists()
