@@ -12,18 +12,23 @@ import importlib
 import os
 import sys
 import traceback
+from importlib.util import find_spec
 
 import click
 
 from .._version import __version__
 
-# subcommand name -> module in trtrun.cli (each defines `command`); add a line to add a command.
+# subcommand name -> module in trtrun.cli that defines `command` (a click.Command), in --help order.
+# A listed module that does not exist (yet) is left out of --help; to add a command, write its module
+# and list it here.
 COMMANDS = {
     "info": "info",
     "export": "export",
     "build": "build",
     "run": "run",
     "inspect": "inspect",
+    "check": "check",
+    "bench": "bench",
     "serve": "serve",
 }
 
@@ -38,11 +43,11 @@ class _Group(click.Group):
     """Loads a subcommand's module when it is listed or called."""
 
     def list_commands(self, ctx):
-        return list(COMMANDS)
+        return [name for name, mod in COMMANDS.items() if find_spec(f"{__package__}.{mod}") is not None]
 
     def get_command(self, ctx, name):
         mod = COMMANDS.get(name)
-        if mod is None:
+        if mod is None or find_spec(f"{__package__}.{mod}") is None:
             return None
         return importlib.import_module(f".{mod}", __package__).command
 
