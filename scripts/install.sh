@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Installs trtrun (editable) and everything it needs, on a clean machine like ours or on one that has it all.
-#   bash scripts/install.sh [EXTRAS]        EXTRAS: comma list of pyproject extras (default: export,bench,test)
+#   bash scripts/install.sh [EXTRAS]        EXTRAS: comma list of pyproject extras (default: export,bench,serve,test)
 # Installs only what is missing, so it also works offline where the dependencies are present already
 # (the GPU machine: see ../shared/GPU.md). Environment: PYTHON (default python3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-extras=${1:-export,bench,test}
+extras=${1:-export,bench,serve,test}
 py=${PYTHON:-python3}
 pipi() { "$py" -m pip install -q --disable-pip-version-check --root-user-action=ignore "$@"; }
 has() { "$py" -c "import $1" 2>/dev/null; }
