@@ -177,6 +177,133 @@ __device__ __forceinline__ KeyRange key_range(const int32_t* mask, int b, int S,
   return kr;
 }
 
+// One key tile's online-softmax step for one m16 tile of a warp (rows g and g+8 of this thread):
+// s holds the raw scores (fp32 accumulators of Q K^T) and becomes the fp16 P fragments pf; o (the output
+// accumulators), the running max m and the thread-partial sums l are rescaled. HALF_SOFTMAX: the FP16 mode
+// (scores rounded to fp16 after scaling, max/exp/sum in fp16); else fp32 (hybrid), see `folded` below.
+template <int NB, int DB, bool HALF_SOFTMAX>
+__device__ __forceinline__ void softmax_tile(float (&s)[NB][4], float (&o)[DB][4], float (&m_f)[2], float (&l_f)[2],
+                                             __half (&m_h)[2], __half (&l_h)[2], uint32_t (&pf)[NB / 2][4],
+                                             bool need_mask, const int* ft, int j0, int qm0, int g, int t4,
+                                             bool causal, bool folded, float sl2, float mult, float masked_val,
+                                             float scale) {
+  if constexpr (!HALF_SOFTMAX) {
+    // ---- fp32 softmax
+    if (!folded) {
+#pragma unroll
+      for (int i = 0; i < NB; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[i][e] *= sl2;
+    }
+    if (need_mask) {
+#pragma unroll
+      for (int i = 0; i < NB; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int jl = i * 8 + 2 * t4 + (e & 1);
+          const int qi = qm0 + g + (e >> 1) * 8;
+          const int f = ft[jl];
+          if (f == FLAG_OUT) s[i][e] = -INFINITY;
+          else if (f == FLAG_MASKED || (causal && j0 + jl > qi)) s[i][e] = masked_val;
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int i = 0; i < NB; ++i) mx = fmaxf(mx, fmaxf(s[i][2 * r], s[i][2 * r + 1]));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float m_new = fmaxf(m_f[r], mx);
+      // m_new is finite: the first visited tile holds an in-range (unmasked, or all-masked) key
+      const float alpha = fast_exp2((m_f[r] - m_new) * mult);
+      m_f[r] = m_new;
+      const float mb = m_new * mult;
+      float sum = 0.f;
+#pragma unroll
+      for (int i = 0; i < NB; ++i) {
+        const float p0 = fast_exp2(fmaf(s[i][2 * r], mult, -mb));
+        const float p1 = fast_exp2(fmaf(s[i][2 * r + 1], mult, -mb));
+        s[i][2 * r] = p0;
+        s[i][2 * r + 1] = p1;
+        sum += p0 + p1;
+      }
+      l_f[r] = l_f[r] * alpha + sum;
+#pragma unroll
+      for (int i = 0; i < DB; ++i) {
+        o[i][2 * r] *= alpha;
+        o[i][2 * r + 1] *= alpha;
+      }
+    }
+#pragma unroll
+    for (int kc2 = 0; kc2 < BK / 16; ++kc2) {
+      pf[kc2][0] = pack_half2(s[2 * kc2][0], s[2 * kc2][1]);
+      pf[kc2][1] = pack_half2(s[2 * kc2][2], s[2 * kc2][3]);
+      pf[kc2][2] = pack_half2(s[2 * kc2 + 1][0], s[2 * kc2 + 1][1]);
+      pf[kc2][3] = pack_half2(s[2 * kc2 + 1][2], s[2 * kc2 + 1][3]);
+    }
+  } else {
+    // ---- fp16 softmax: scores rounded to fp16 after scaling; max, exp, sum in fp16
+    __half2 sh[NB][2];  // [i][r]: the pair of row r
+#pragma unroll
+    for (int i = 0; i < NB; ++i)
+#pragma unroll
+      for (int r = 0; r < 2; ++r)
+        sh[i][r] = __floats2half2_rn(s[i][2 * r] * scale, s[i][2 * r + 1] * scale);
+    if (need_mask) {
+      const __half hmin = __ushort_as_half(0xFBFFu);   // -65504: float32 min saturated to fp16
+      const __half hninf = __ushort_as_half(0xFC00u);  // -inf
+#pragma unroll
+      for (int i = 0; i < NB; ++i)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          __half lo = __low2half(sh[i][r]), hi = __high2half(sh[i][r]);
+          const int qi = qm0 + g + r * 8;
+          const int jl = i * 8 + 2 * t4;
+          const int fa = ft[jl], fb = ft[jl + 1];
+          if (fa == FLAG_OUT) lo = hninf;
+          else if (fa == FLAG_MASKED || (causal && j0 + jl > qi)) lo = hmin;
+          if (fb == FLAG_OUT) hi = hninf;
+          else if (fb == FLAG_MASKED || (causal && j0 + jl + 1 > qi)) hi = hmin;
+          sh[i][r] = __halves2half2(lo, hi);
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      __half2 mx2 = sh[0][r];
+#pragma unroll
+      for (int i = 1; i < NB; ++i) mx2 = __hmax2(mx2, sh[i][r]);
+      __half mx = __hmax(__low2half(mx2), __high2half(mx2));
+      mx = __hmax(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = __hmax(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const __half m_new = __hmax(m_h[r], mx);
+      const __half alpha = hexp(__hsub(m_h[r], m_new));  // exp(-inf) = 0 on the first tile
+      m_h[r] = m_new;
+      const __half2 m2 = __half2half2(m_new);
+      __half2 sum2 = __float2half2_rn(0.f);
+#pragma unroll
+      for (int i = 0; i < NB; ++i) {
+        sh[i][r] = h2exp(__hsub2(sh[i][r], m2));
+        sum2 = __hadd2(sum2, sh[i][r]);
+      }
+      l_h[r] = __hadd(__hmul(l_h[r], alpha), __hadd(__low2half(sum2), __high2half(sum2)));
+      const float af = __half2float(alpha);
+#pragma unroll
+      for (int i = 0; i < DB; ++i) {
+        o[i][2 * r] *= af;
+        o[i][2 * r + 1] *= af;
+      }
+    }
+#pragma unroll
+    for (int kc2 = 0; kc2 < BK / 16; ++kc2) {
+      pf[kc2][0] = as_u32(sh[2 * kc2][0]);
+      pf[kc2][1] = as_u32(sh[2 * kc2][1]);
+      pf[kc2][2] = as_u32(sh[2 * kc2 + 1][0]);
+      pf[kc2][3] = as_u32(sh[2 * kc2 + 1][1]);
+    }
+  }
+}
+
 // ------------------------------------------------------------------------------------------------
 // Tensor-core kernel. Each warp owns MT * 16 query rows (MT m16 tiles share every K/V fragment it loads
 // from shared memory). HALF_SOFTMAX: Precision::FP16 (scores and softmax in fp16); else HYBRID.
@@ -311,121 +438,8 @@ __global__ void __launch_bounds__(128, MT == 2 ? 2 : 1)
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
         const int qm0 = qw0 + mt * 16;  // first row of this m-tile
-        if constexpr (!HALF_SOFTMAX) {
-          // ---- fp32 softmax
-          if (!folded) {
-#pragma unroll
-            for (int i = 0; i < NB; ++i)
-#pragma unroll
-              for (int e = 0; e < 4; ++e) s[mt][i][e] *= sl2;
-          }
-          if (need_mask) {
-#pragma unroll
-            for (int i = 0; i < NB; ++i)
-#pragma unroll
-              for (int e = 0; e < 4; ++e) {
-                const int jl = i * 8 + 2 * t4 + (e & 1);
-                const int qi = qm0 + g + (e >> 1) * 8;
-                const int f = ft[jl];
-                if (f == FLAG_OUT) s[mt][i][e] = -INFINITY;
-                else if (f == FLAG_MASKED || (causal && j0 + jl > qi)) s[mt][i][e] = masked_val;
-              }
-          }
-#pragma unroll
-          for (int r = 0; r < 2; ++r) {
-            float mx = -INFINITY;
-#pragma unroll
-            for (int i = 0; i < NB; ++i) mx = fmaxf(mx, fmaxf(s[mt][i][2 * r], s[mt][i][2 * r + 1]));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-            const float m_new = fmaxf(m_f[mt][r], mx);
-            // m_new is finite: the first visited tile holds an in-range (unmasked, or all-masked) key
-            const float alpha = fast_exp2((m_f[mt][r] - m_new) * mult);
-            m_f[mt][r] = m_new;
-            const float mb = m_new * mult;
-            float sum = 0.f;
-#pragma unroll
-            for (int i = 0; i < NB; ++i) {
-              const float p0 = fast_exp2(fmaf(s[mt][i][2 * r], mult, -mb));
-              const float p1 = fast_exp2(fmaf(s[mt][i][2 * r + 1], mult, -mb));
-              s[mt][i][2 * r] = p0;
-              s[mt][i][2 * r + 1] = p1;
-              sum += p0 + p1;
-            }
-            l_f[mt][r] = l_f[mt][r] * alpha + sum;
-#pragma unroll
-            for (int i = 0; i < DB; ++i) {
-              o[mt][i][2 * r] *= alpha;
-              o[mt][i][2 * r + 1] *= alpha;
-            }
-          }
-#pragma unroll
-          for (int kc2 = 0; kc2 < BK / 16; ++kc2) {
-            pf[mt][kc2][0] = pack_half2(s[mt][2 * kc2][0], s[mt][2 * kc2][1]);
-            pf[mt][kc2][1] = pack_half2(s[mt][2 * kc2][2], s[mt][2 * kc2][3]);
-            pf[mt][kc2][2] = pack_half2(s[mt][2 * kc2 + 1][0], s[mt][2 * kc2 + 1][1]);
-            pf[mt][kc2][3] = pack_half2(s[mt][2 * kc2 + 1][2], s[mt][2 * kc2 + 1][3]);
-          }
-        } else {
-          // ---- fp16 softmax: scores rounded to fp16 after scaling; max, exp, sum in fp16
-          __half2 sh[NB][2];  // [i][r]: the pair of row r
-#pragma unroll
-          for (int i = 0; i < NB; ++i)
-#pragma unroll
-            for (int r = 0; r < 2; ++r)
-              sh[i][r] = __floats2half2_rn(s[mt][i][2 * r] * scale, s[mt][i][2 * r + 1] * scale);
-          if (need_mask) {
-            const __half hmin = __ushort_as_half(0xFBFFu);   // -65504: float32 min saturated to fp16
-            const __half hninf = __ushort_as_half(0xFC00u);  // -inf
-#pragma unroll
-            for (int i = 0; i < NB; ++i)
-#pragma unroll
-              for (int r = 0; r < 2; ++r) {
-                __half lo = __low2half(sh[i][r]), hi = __high2half(sh[i][r]);
-                const int qi = qm0 + g + r * 8;
-                const int jl = i * 8 + 2 * t4;
-                const int fa = ft[jl], fb = ft[jl + 1];
-                if (fa == FLAG_OUT) lo = hninf;
-                else if (fa == FLAG_MASKED || (causal && j0 + jl > qi)) lo = hmin;
-                if (fb == FLAG_OUT) hi = hninf;
-                else if (fb == FLAG_MASKED || (causal && j0 + jl + 1 > qi)) hi = hmin;
-                sh[i][r] = __halves2half2(lo, hi);
-              }
-          }
-#pragma unroll
-          for (int r = 0; r < 2; ++r) {
-            __half2 mx2 = sh[0][r];
-#pragma unroll
-            for (int i = 1; i < NB; ++i) mx2 = __hmax2(mx2, sh[i][r]);
-            __half mx = __hmax(__low2half(mx2), __high2half(mx2));
-            mx = __hmax(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-            mx = __hmax(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-            const __half m_new = __hmax(m_h[mt][r], mx);
-            const __half alpha = hexp(__hsub(m_h[mt][r], m_new));  // exp(-inf) = 0 on the first tile
-            m_h[mt][r] = m_new;
-            const __half2 m2 = __half2half2(m_new);
-            __half2 sum2 = __float2half2_rn(0.f);
-#pragma unroll
-            for (int i = 0; i < NB; ++i) {
-              sh[i][r] = h2exp(__hsub2(sh[i][r], m2));
-              sum2 = __hadd2(sum2, sh[i][r]);
-            }
-            l_h[mt][r] = __hadd(__hmul(l_h[mt][r], alpha), __hadd(__low2half(sum2), __high2half(sum2)));
-            const float af = __half2float(alpha);
-#pragma unroll
-            for (int i = 0; i < DB; ++i) {
-              o[mt][i][2 * r] *= af;
-              o[mt][i][2 * r + 1] *= af;
-            }
-          }
-#pragma unroll
-          for (int kc2 = 0; kc2 < BK / 16; ++kc2) {
-            pf[mt][kc2][0] = as_u32(sh[2 * kc2][0]);
-            pf[mt][kc2][1] = as_u32(sh[2 * kc2][1]);
-            pf[mt][kc2][2] = as_u32(sh[2 * kc2 + 1][0]);
-            pf[mt][kc2][3] = as_u32(sh[2 * kc2 + 1][1]);
-          }
-        }
+        softmax_tile<NB, DB, HALF_SOFTMAX>(s[mt], o[mt], m_f[mt], l_f[mt], m_h[mt], l_h[mt], pf[mt], need_mask, ft, j0,
+                                           qm0, g, t4, causal, folded, sl2, mult, masked_val, scale);
       }
       // ---- O += P V (fp16 operands, fp32 accumulation); each V fragment feeds MT m-tiles
 #pragma unroll
@@ -677,7 +691,7 @@ void launch_tc(const void* qkv, bool in_half, const int32_t* mask, void* y, bool
   // 32-row warp costs about kMT2Cost of two 16-row warps). Ties go to the larger block. TRTRUN_ATTN_CFG=
   // "MT,nw" forces one (tuning only).
   constexpr bool kHasMT2 = D <= 64;  // D = 128 with 32 rows per warp does not fit the registers
-  constexpr double kMT2Cost = 1.6;
+  constexpr double kMT2Cost = 1.15;  // measured: H200, 2026-11-26 (bench/kernels_attention.py --sweep)
   int best_mt = 1, best_nw = 4;
   const char* forced = std::getenv("TRTRUN_ATTN_CFG");
   int fmt = 0, fnw = 0;
