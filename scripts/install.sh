@@ -19,7 +19,9 @@ if ! has onnx_graphsurgeon; then
   pipi "${whl:-onnx-graphsurgeon}"
 fi
 # build requirements, installed here because the build runs without isolation (it must see nvidia-cublas)
-has setuptools || pipi "setuptools>=64"
+# (setuptools >= 70.1 builds wheels by itself; a venv's bundled setuptools 65 would also need `wheel`)
+"$py" -c "import setuptools, sys; sys.exit(tuple(map(int, setuptools.__version__.split('.')[:2])) < (70, 1))" \
+  2>/dev/null || pipi "setuptools>=70.1"
 has pybind11 || pipi "pybind11>=2.12"
 if ! "$py" - <<'PY' 2>/dev/null
 import re, shutil, subprocess, sys
