@@ -21,8 +21,10 @@ def simplify(model):
     import onnx
 
     gs = G.gs()
+    import onnxruntime
     from onnx_graphsurgeon.logger import G_LOGGER
     G_LOGGER.severity = G_LOGGER.ERROR
+    onnxruntime.set_default_logger_severity(3)  # folding sessions' optimizer chatter
     try:
         model = onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception:  # inference is a help, not a requirement: folding works without it
