@@ -1,0 +1,422 @@
+"""trtrun.Embedder and the micro-batcher on the CPU (numpy reference backend).
+
+The model is a tiny BERT (hidden 32, one layer, BERT's real vocabulary so the MiniLM tokenizer fits) built
+in fp32 with profile batch 1..8, sequence 1..32; one test uses all-MiniLM-L6-v2's real weights. The
+independent references are direct ReferenceBackend runs on one text at a time (tokenized by
+trtrun.data.encode, pooled here in float64) and, for MiniLM, fp32 PyTorch (transformers) mean pooling.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import shutil
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from trtrun import data
+from trtrun.errors import InputError, ShapeError, TrtrunError
+
+SEQ_MAX = 32
+PROFILE = {"batch": (1, 4, 8), "seq": (1, 16, SEQ_MAX)}
+TINY = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+            max_position_embeddings=64, vocab_size=30522)
+
+# fp32 plan, same numpy backend on both sides: the only differences come from BLAS summing a dot product
+# in another order when the batch shape differs: a few fp32 ulps (1.2e-7 relative) on values of order 1,
+# through one layer and the pooling. 1e-5 on unit vectors is ~100 ulps: tight enough to catch a row mixed
+# up with another (those differ by ~0.1 and more), loose enough for reordered sums.
+ATOL = 1e-5
+
+
+def _minilm_dir():
+    d = data.data_dir() / "minilm"
+    if not (d / "tokenizer.json").exists():
+        pytest.skip(f"MiniLM tokenizer not in {d} (fetch it with ../shared/data/get-data.sh)")
+    return d
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    pytest.importorskip("torch")
+    from trtrun.builder import build
+    from trtrun.export import export_model
+
+    tok_dir = _minilm_dir()
+    d = tmp_path_factory.getbasetemp() / "serve-tiny"  # shared with test_serve.py in one session
+    d.mkdir(exist_ok=True)
+    onnx_path, plan_path = d / "tiny.onnx", d / "tiny.fp32.plan"
+    if not plan_path.exists():
+        export_model("bert-base", d / "tiny.tmp.onnx", overrides=TINY, seed=3)
+        (d / "tiny.tmp.onnx").rename(onnx_path)
+        build(onnx_path, precision="fp32", profile=PROFILE).save(d / "tiny.tmp.plan")
+        (d / "tiny.tmp.plan").rename(plan_path)
+    return {"onnx": onnx_path, "plan": plan_path, "tok": tok_dir, "dir": d}
+
+
+@pytest.fixture(scope="module")
+def emb(tiny):
+    from trtrun.embedder import Embedder
+
+    e = Embedder(tiny["plan"], tiny["tok"], backend="reference", contexts=2)
+    yield e
+    e.close()
+
+
+@pytest.fixture(scope="module")
+def texts():
+    t = data.load_texts("rt", n=40, seed=7)
+    # a mix of lengths: very short, empty-ish, and one far over SEQ_MAX tokens
+    return t[:20] + ["ok", " ", "a fine film, " * 30, "Ünïcödé façade — naïve café"] + t[20:]
+
+
+@functools.lru_cache(maxsize=4)
+def _backend_and_tokenizer(plan_path, tok_dir):
+    from trtrun.plan import load_plan
+    from trtrun.reference import ReferenceBackend
+
+    plan = load_plan(plan_path)
+    return ReferenceBackend(plan), {i["name"] for i in plan.inputs}, data.load_tokenizer(tok_dir)
+
+
+def _direct(plan_path, tok_dir, text, max_len=SEQ_MAX, pooling="mean"):
+    """One text alone through ReferenceBackend, pooled and normalized in float64: the reference."""
+    backend, names, tok = _backend_and_tokenizer(plan_path, tok_dir)
+    feeds = data.encode(tok, [text], max_len)
+    h = backend.run({k: v for k, v in feeds.items() if k in names})["last_hidden_state"]
+    h = h.astype(np.float64)[0]
+    m = feeds["attention_mask"][0].astype(bool)
+    v = h[0] if pooling == "cls" else h[m].mean(axis=0)
+    return v / np.linalg.norm(v)
+
+
+# ------------------------------------------------------------------------------------------ Embedder
+
+def test_matches_direct_reference_runs_in_callers_order(tiny, emb, texts):
+    res = emb.embed_result(texts)
+    assert res.embeddings.shape == (len(texts), 32) and res.embeddings.dtype == np.float32
+    for i, t in enumerate(texts):
+        ref = _direct(tiny["plan"], tiny["tok"], t)
+        np.testing.assert_allclose(res.embeddings[i], ref, atol=ATOL, err_msg=f"text {i}: {t[:40]!r}")
+    np.testing.assert_allclose(np.linalg.norm(res.embeddings, axis=1), 1.0, atol=1e-6)
+    # token counts are the tokenizer's (special tokens included, after truncation)
+    tok = data.load_tokenizer(tiny["tok"])
+    want = [min(len(tok(t)["input_ids"]), SEQ_MAX) for t in texts]
+    assert res.num_tokens.tolist() == want
+    assert res.total_tokens == sum(want)
+
+
+def test_packing_gives_one_at_a_time_vectors_and_order_follows_input(emb, texts):
+    batched = emb.embed(texts)
+    single = np.stack([emb.embed([t])[0] for t in texts])
+    np.testing.assert_allclose(batched, single, atol=ATOL)
+    perm = np.random.default_rng(0).permutation(len(texts))
+    np.testing.assert_allclose(emb.embed([texts[i] for i in perm]), batched[perm], atol=ATOL)
+    # rows really differ (a mix-up would show): distinct texts are far apart
+    assert np.abs(batched[0] - batched[1]).max() > 100 * ATOL
+
+
+def test_pack_batches_respects_budget_and_pads_little():
+    from trtrun.embedder import pack_batches
+
+    rng = np.random.default_rng(1)
+    lengths = rng.integers(3, 120, size=500)
+    batches = pack_batches(lengths, max_tokens=1024, max_rows=16)
+    seen = sorted(i for b in batches for i in b)
+    assert seen == list(range(500))
+    padded = 0
+    for b in batches:
+        width = lengths[b].max()
+        assert len(b) <= 16 and (len(b) * width <= 1024 or len(b) == 1)
+        padded += len(b) * width - lengths[b].sum()
+    # sorted by length, neighbours in a batch differ by little: padding is a few % of the real tokens
+    # (unsorted batches of 16 random lengths in 3..120 would pad ~50%)
+    assert padded < 0.05 * lengths.sum(), padded / lengths.sum()
+    # a text longer than the budget still gets a batch of its own
+    assert pack_batches([50, 5000, 10], max_tokens=100, max_rows=8)[0] == [1]
+
+
+def test_engine_batches_stay_inside_the_profile(tiny, texts):
+    from trtrun.embedder import Embedder
+
+    seen = []
+    with Embedder(tiny["plan"], tiny["tok"], backend="reference", max_tokens_per_batch=64, contexts=1) as e:
+        e.run_encoded(e.tokenize(texts * 3), observer=lambda rows, seq, tok, dt: seen.append((rows, seq, tok)))
+    assert sum(r for r, _, _ in seen) == 3 * len(texts)
+    assert all(1 <= r <= 8 and 1 <= s <= SEQ_MAX and (r * s <= 64 or r == 1) for r, s, _ in seen), seen
+
+
+def test_truncation_policy(tiny, texts):
+    from trtrun.embedder import Embedder, InputTooLongError
+
+    long_text = texts[22]
+    assert long_text.startswith("a fine film")
+    with Embedder(tiny["plan"], tiny["tok"], backend="reference", truncation="truncate") as e:
+        res = e.embed_result(["short one", long_text])
+        assert res.truncated.tolist() == [False, True] and res.any_truncated
+        assert res.num_tokens[1] == SEQ_MAX == e.max_seq_len
+        np.testing.assert_allclose(res.embeddings[1], _direct(tiny["plan"], tiny["tok"], long_text), atol=ATOL)
+        # a shorter limit: the vector is that of the text cut there, [SEP] kept at the end
+        with Embedder(tiny["plan"], tiny["tok"], backend="reference", max_seq_len=8) as e8:
+            r8 = e8.embed_result([texts[0]])
+            assert r8.truncated.tolist() == [True] and r8.num_tokens.tolist() == [8]
+            np.testing.assert_allclose(r8.embeddings[0], _direct(tiny["plan"], tiny["tok"], texts[0], max_len=8),
+                                       atol=ATOL)
+    with Embedder(tiny["plan"], tiny["tok"], backend="reference", truncation="reject") as e:
+        with pytest.raises(InputTooLongError, match=r"text 1 is longer than 32 tokens") as ei:
+            e.embed(["short one", long_text])
+        assert ei.value.indices == [1] and isinstance(ei.value, InputError)
+        assert e.embed_result(["short one"]).truncated.tolist() == [False]
+
+
+def test_profile_bounds_give_clear_errors(tiny):
+    from trtrun.embedder import Embedder
+
+    with pytest.raises(ShapeError, match=r"max_batch_size 9 is outside the plan's profile batch range \[1, 8\]"):
+        Embedder(tiny["plan"], tiny["tok"], backend="reference", max_batch_size=9)
+    with pytest.raises(ShapeError, match="max_seq_len 33 exceeds the plan's profile sequence max 32"):
+        Embedder(tiny["plan"], tiny["tok"], backend="reference", max_seq_len=33)
+    with pytest.raises(ValueError, match="max_tokens_per_batch must be an integer >= max_seq_len"):
+        Embedder(tiny["plan"], tiny["tok"], backend="reference", max_tokens_per_batch=16)
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        Embedder(tiny["plan"], tiny["tok"], pooling="sum")
+    with pytest.raises(ValueError, match="truncation must be one of"):
+        Embedder(tiny["plan"], tiny["tok"], truncation="cut")
+
+
+def test_bad_texts_and_empty_input(emb):
+    assert emb.embed([]).shape == (0, 32)
+    assert emb.embed("one text").shape == (1, 32)
+    with pytest.raises(InputError, match="text 1 is a int, expected str"):
+        emb.embed(["ok", 3])
+    with pytest.raises(InputError, match="texts must be a str or a list of str, got bytes"):
+        emb.embed(b"bytes")
+
+
+def test_pooling_from_sentence_transformers_config(tiny, tmp_path, texts):
+    from trtrun.embedder import Embedder
+
+    tok_dir = tmp_path / "tok"
+    shutil.copytree(tiny["tok"], tok_dir, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
+    with Embedder(tiny["plan"], tok_dir, backend="reference") as e:  # MiniLM's own config says mean
+        assert e.pooling == "mean" and e.pooling_source.endswith("1_Pooling/config.json")
+    cfg = tok_dir / "1_Pooling" / "config.json"
+    conf = json.loads(cfg.read_text())
+    conf.update(pooling_mode_mean_tokens=False, pooling_mode_cls_token=True)
+    cfg.write_text(json.dumps(conf))
+    with Embedder(tiny["plan"], tok_dir, backend="reference") as e:
+        assert e.pooling == "cls"
+        np.testing.assert_allclose(e.embed([texts[0]])[0], _direct(tiny["plan"], tiny["tok"], texts[0], pooling="cls"),
+                                   atol=ATOL)
+    conf.update(pooling_mode_cls_token=False, pooling_mode_lasttoken=True)
+    cfg.write_text(json.dumps(conf))
+    with pytest.raises(TrtrunError, match="pooling_mode_lasttoken is not supported"):
+        Embedder(tiny["plan"], tok_dir, backend="reference")
+    with Embedder(tiny["plan"], tok_dir, backend="reference", pooling="mean") as e:  # given wins
+        assert e.pooling == "mean" and e.pooling_source == "given"
+    shutil.rmtree(tok_dir / "1_Pooling")
+    (tok_dir / "modules.json").unlink()
+    with Embedder(tiny["plan"], tok_dir, backend="reference") as e:
+        assert e.pooling == "mean" and e.pooling_source.startswith("default")
+
+
+def test_concurrent_threads_each_get_their_own_rows(emb, texts):
+    expected = emb.embed(texts)
+    rng = np.random.default_rng(5)
+    jobs = [rng.choice(len(texts), size=int(rng.integers(1, 6)), replace=False) for _ in range(24)]
+    got: dict[int, np.ndarray] = {}
+    errors = []
+    start = threading.Barrier(8)
+
+    def worker(k):
+        try:
+            start.wait()
+            for j in range(k, len(jobs), 8):
+                got[j] = emb.embed([texts[i] for i in jobs[j]])
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    for j, idx in enumerate(jobs):
+        np.testing.assert_allclose(got[j], expected[idx], atol=ATOL)
+
+
+def test_onnx_path_builds_a_cached_hybrid_plan(tiny, tmp_path):
+    from trtrun.embedder import Embedder
+
+    onnx_path = tmp_path / "m.onnx"
+    shutil.copy(tiny["onnx"], onnx_path)
+    with Embedder(onnx_path, tiny["tok"], backend="reference") as e:
+        assert e.plan_path == tmp_path / "m.hybrid.plan" and e.plan.precision == "hybrid"
+        v = e.embed(["a fine film"])
+    mtime = (tmp_path / "m.hybrid.plan").stat().st_mtime_ns
+    with Embedder(onnx_path, tiny["tok"], backend="reference") as e:  # reused, not rebuilt
+        assert e.plan_path == tmp_path / "m.hybrid.plan"
+        np.testing.assert_array_equal(e.embed(["a fine film"]), v)
+    assert (tmp_path / "m.hybrid.plan").stat().st_mtime_ns == mtime
+
+
+def test_gpu_backend_refused_clearly_without_a_gpu(tiny):
+    from trtrun import runtime
+    from trtrun.embedder import Embedder
+    from trtrun.errors import RuntimeUnavailableError
+
+    ok, _ = runtime.gpu_available()
+    if ok:
+        pytest.skip("a GPU is usable here")
+    with pytest.raises(RuntimeUnavailableError, match="backend='gpu'"):
+        Embedder(tiny["plan"], tiny["tok"], backend="gpu")
+    with Embedder(tiny["plan"], tiny["tok"], backend="auto") as e:
+        assert e.backend == "reference" and "GPU runtime not usable" in e.backend_reason
+
+
+def test_minilm_hybrid_matches_pytorch_mean_pooling(tmp_path_factory):
+    """Real weights: the acceptance criterion (cosine >= 0.9998 vs fp32 PyTorch), on a few sentences here."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from trtrun.builder import build
+    from trtrun.embedder import Embedder
+    from trtrun.export import export_model
+
+    d = _minilm_dir()
+    if not (d / "model.safetensors").exists():
+        pytest.skip("MiniLM weights missing")
+    sents = data.load_texts("rt", n=12, seed=11)
+    w = tmp_path_factory.mktemp("minilm")
+    onnx_path = export_model(d, w / "minilm.onnx")
+    plan = build(onnx_path, precision="hybrid", profile={"batch": (1, 8, 16), "seq": (1, 64, 128)})
+    with Embedder(plan, d, backend="reference") as e:
+        assert e.pooling == "mean" and e.max_seq_len == 128
+        got = e.embed(sents)
+    tok = transformers.AutoTokenizer.from_pretrained(str(d), local_files_only=True)
+    model = transformers.AutoModel.from_pretrained(str(d), local_files_only=True).eval()
+    b = tok(sents, padding=True, truncation=True, max_length=128, return_tensors="pt")
+    with torch.no_grad():
+        h = model(**b).last_hidden_state
+    m = b["attention_mask"].unsqueeze(-1).float()
+    ref = torch.nn.functional.normalize((h * m).sum(1) / m.sum(1).clamp(min=1e-9), dim=1).numpy()
+    cos = (got.astype(np.float64) * ref).sum(1)
+    assert cos.min() >= 0.9998, cos
+
+
+# ------------------------------------------------------------------------------------------ micro-batching
+
+def test_microbatcher_gathers_callers_and_returns_each_its_rows(emb, texts):
+    from trtrun.serve import MicroBatcher
+
+    expected = emb.embed(texts)
+    windows = []
+    rng = np.random.default_rng(9)
+    jobs = [rng.choice(len(texts), size=int(rng.integers(1, 5)), replace=False) for _ in range(32)]
+    results: dict[int, object] = {}
+    start = threading.Barrier(16)
+    with MicroBatcher(emb, max_wait_ms=100, on_window=lambda n, k, q: windows.append((n, k, max(q)))) as mb:
+        def worker(k):
+            start.wait()
+            for j in range(k, len(jobs), 16):
+                results[j] = mb.submit([texts[i] for i in jobs[j]]).result(60)
+
+        threads = [threading.Thread(target=worker, args=(k,)) for k in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    assert len(results) == len(jobs)
+    for j, idx in enumerate(jobs):
+        np.testing.assert_allclose(results[j].embeddings, expected[idx], atol=ATOL)
+        assert results[j].num_tokens.shape == (len(idx),)
+    assert sum(n for n, _, _ in windows) == len(jobs)
+    assert max(n for n, _, _ in windows) > 1, windows  # requests really shared windows
+
+
+def test_microbatcher_wait_cap_and_batching_off(emb, texts):
+    from trtrun.serve import MicroBatcher
+
+    windows = []
+    with MicroBatcher(emb, max_wait_ms=30, on_window=lambda n, k, q: windows.append((n, max(q)))) as mb:
+        t0 = time.perf_counter()
+        mb.embed([texts[0]])
+        # a lone request waits max_wait_ms (30 ms) for company, then runs: well under a second
+        assert time.perf_counter() - t0 < 1.0
+        assert 0.02 <= windows[0][1] < 0.5, windows
+    windows.clear()
+    with MicroBatcher(emb, max_wait_ms=50, max_batch_requests=1,
+                      on_window=lambda n, k, q: windows.append(n)) as mb:
+        assert not mb.batching
+        futs = [mb.submit([t]) for t in texts[:10]]
+        got = np.concatenate([f.result(60).embeddings for f in futs])
+    assert windows == [1] * 10
+    np.testing.assert_allclose(got, emb.embed(texts[:10]), atol=ATOL)
+
+
+def test_microbatcher_rejects_only_the_too_long_caller(tiny, texts):
+    from trtrun.embedder import Embedder, InputTooLongError
+    from trtrun.serve import MicroBatcher
+
+    with Embedder(tiny["plan"], tiny["tok"], backend="reference", truncation="reject") as e, \
+            MicroBatcher(e, max_wait_ms=200) as mb:
+        short = ["a fine film", "ok", "the acting is wooden and the plot thin"]
+        good1 = mb.submit(short[:1])
+        bad = mb.submit(["x", texts[22]])
+        good2 = mb.submit(short[1:])
+        with pytest.raises(InputTooLongError, match="text 1 is longer"):
+            bad.result(60)
+        np.testing.assert_allclose(good1.result(60).embeddings, e.embed(short[:1]), atol=ATOL)
+        np.testing.assert_allclose(good2.result(60).embeddings, e.embed(short[1:]), atol=ATOL)
+
+
+class _SlowEmbedder:
+    """Just enough of an Embedder for the batcher; embed_groups blocks until `go` is set."""
+
+    contexts, dim, max_seq_len, max_tokens_per_batch, max_batch_size = 1, 2, 16, 64, 4
+
+    def __init__(self):
+        self.go = threading.Event()
+        self.calls = []
+
+    check_texts = staticmethod(lambda texts: __import__("trtrun.embedder").embedder.Embedder.check_texts(texts))
+
+    def embed_groups(self, groups, observer=None):
+        from trtrun.embedder import EmbedResult
+
+        self.go.wait(30)
+        self.calls.append([list(g) for g in groups])
+        return [EmbedResult(np.full((len(g), 2), float(len(g[0])), np.float32), np.zeros(len(g), bool),
+                            np.ones(len(g), np.int64)) for g in groups]
+
+
+def test_microbatcher_queue_limit_and_close():
+    from trtrun.serve import BatcherClosedError, MicroBatcher, QueueFullError
+
+    slow = _SlowEmbedder()
+    mb = MicroBatcher(slow, max_wait_ms=0, max_queue=2, max_batch_requests=1)
+    f1 = mb.submit(["a"])
+    deadline = time.time() + 10
+    while mb.queue_depth() and time.time() < deadline:  # f1 leaves the queue for the (blocked) worker
+        time.sleep(0.005)
+    f2, f3 = mb.submit(["bb"]), mb.submit(["ccc"])  # the only worker is busy: these wait in the queue
+    with pytest.raises(QueueFullError, match="max_queue 2"):
+        mb.submit(["dddd"])
+    closer = threading.Thread(target=mb.close)
+    closer.start()
+    time.sleep(0.05)
+    with pytest.raises(BatcherClosedError):  # closing: nothing new is taken
+        mb.submit(["e"])
+    slow.go.set()
+    closer.join(30)
+    assert not closer.is_alive()
+    # close() finished everything queued before returning, each caller with its own rows
+    assert [f.result(0).embeddings[0, 0] for f in (f1, f2, f3)] == [1.0, 2.0, 3.0]
+    assert slow.calls == [[["a"]], [["bb"]], [["ccc"]]]
+    mb2 = MicroBatcher(slow)
+    with pytest.raises(InputError, match="text 0 is a NoneType"):
+        mb2.submit([None])
+    mb2.close()
