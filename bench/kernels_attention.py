@@ -154,8 +154,9 @@ def main() -> int:
     if args.sweep:
         import os
 
-        lines.append("# sweep: ours ms per forced configuration (rows per warp = 16*MT, warps per block)")
-        cfgs = ["auto", "2,4", "2,2", "2,1", "1,4", "1,2", "1,1"]
+        lines.append("# sweep: ours ms per forced configuration: mma = mma.sync kernel (auto config), wg,N = warpgroup "
+                     "MMA with N warpgroups (head size 64, sm_90a builds), MT,nw = mma.sync with 16*MT rows per warp")
+        cfgs = ["auto", "mma", "wg,2", "wg,1", "2,4", "1,4", "1,2"]
         lines.append(f"{'B':>3} {'S':>4} {'H':>3} {'D':>4} {'prec':>6} | " + " ".join(f"{c:>7}" for c in cfgs))
         print(lines[-2])
         print(lines[-1])

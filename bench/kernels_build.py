@@ -46,16 +46,22 @@ def main() -> int:
     ap.add_argument("--out", default=str(REPO / "build" / "plugins_standalone"))
     ap.add_argument("--arch", default="90")
     ap.add_argument("--sass", default=None, help="write a per-kernel SASS instruction summary here")
+    ap.add_argument("--sm90a", action="store_true",
+                    help="target sm_90a (H100/H200 only) and build the warpgroup-MMA attention (TRTRUN_HAVE_SM90A)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     nvcc = nvcc_path()
     gencode = f"-gencode=arch=compute_{args.arch},code=sm_{args.arch}"
+    extra = []
+    if args.sm90a:
+        gencode = "-gencode=arch=compute_90a,code=sm_90a"
+        extra = ["-DTRTRUN_HAVE_SM90A"]
     sources = sorted((REPO / "plugins").glob("*/*.cu"))
     procs = []
     for src in sources:
         obj = out / (src.stem + ".o")
-        cmd = [nvcc, "-std=c++17", gencode, "-O3", "-lineinfo", "-Xptxas", "-v", "-Xcompiler", "-fPIC",
+        cmd = [nvcc, "-std=c++17", gencode, *extra, "-O3", "-lineinfo", "-Xptxas", "-v", "-Xcompiler", "-fPIC",
                "-c", str(src), "-o", str(obj)]
         procs.append((src, obj, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)))
     import pybind11
@@ -98,7 +104,7 @@ def main() -> int:
     print(f"built {target}")
     if args.sass:
         cuobjdump = str(Path(nvcc).with_name("cuobjdump"))
-        keys = ["HMMA", "LDSM", "LDGSTS", "MUFU.EX2", "LDL", "STL", "FFMA", "LDG.E.128", "STG.E.128", "BAR"]
+        keys = ["HGMMA", "HMMA", "LDSM", "LDGSTS", "MUFU.EX2", "LDL", "STL", "FFMA", "LDG.E.128", "STG.E.128", "BAR"]
         with open(args.sass, "w") as f:
             for _, obj, _ in procs:
                 sass = subprocess.run([cuobjdump, "-sass", str(obj)], capture_output=True, text=True).stdout
