@@ -349,6 +349,10 @@ class Context:
         self._out_views = [self._c.host_output(i) for i in range(len(engine._outputs))]
 
     # ---------------------------------------------------------------- helpers
+    def _require_open(self) -> None:
+        if self._c is None:
+            raise InputError("this Context was closed")
+
     def _seq_bucket(self, S: int, mask: np.ndarray | None) -> int:
         if not self.bucket:
             return S
@@ -381,6 +385,7 @@ class Context:
         run (CUDA graph after the first run at a shape), copied out; the call waits for the result.
         """
         plan = self.engine.plan
+        self._require_open()
         arrays = plan.check_feeds(feeds)
         B, S = arrays["input_ids"].shape
         Sb = self._seq_bucket(S, arrays.get("attention_mask"))
@@ -421,7 +426,7 @@ class Context:
         Context made with bucket=False for exact unpadded semantics there. Valid positions are unaffected.
         """
         eng = self.engine
-        plan = eng.plan
+        self._require_open()
         if not isinstance(feeds_dev, Mapping):
             raise InputError(f"inputs must be a dict of name -> device array, got {type(feeds_dev).__name__}")
         names = [n for n, _, _ in eng._inputs]

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# One pass of the GPU runtime's checks on the GPU machine (../shared/GPU.md): build trtrun._C with
+# `pip install -e .`, then the steps named as arguments (default: all, in this order):
+#   tests      pytest -m gpu tests/gpu/test_runtime_*.py (reports under $OUT/report)
+#   sanitizer  compute-sanitizer memcheck on the hand-made plans (tests/gpu/test_runtime_handmade.py)
+#   foreign    a second build for sm_80 only (80-real, no PTX), for test_build_for_another_architecture
+# Logs go to $OUT (the device tool's folder) or ./out. Carried along: .whl/ (wheels missing there, e.g.
+# onnx-graphsurgeon) and .gpudata/ (data folder: MiniLM, texts), both ignored by git.
+# Environment: TESTS_TIMEOUT (s, default 330), SAN_TIMEOUT (default 150), PYTEST_ARGS (extra pytest args).
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-$PWD/out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+steps=${*:-foreign tests sanitizer}
+t0=$SECONDS
+log() { echo "== +$((SECONDS - t0))s $*"; }
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+[ -d .gpudata ] && export TRTRUN_DATA=$PWD/.gpudata
+
+log "build (pip install -e .)"
+export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-12}
+if ! python3 -m pip install -q --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1; then
+  tail -40 "$OUT/build.log"
+  echo "BUILD FAILED"
+  exit 2
+fi
+grep -iE "warning|error" "$OUT/build.log" | grep -v "^WARNING: Running pip" | head -20
+python3 -c "import trtrun.runtime as r; print('gpu_available:', r.gpu_available())"
+log "build done"
+
+fpid=""
+if [[ " $steps " == *" foreign "* ]]; then
+  # in the background while the tests run; the foreign-architecture test waits for it
+  (cmake -S . -B /tmp/foreign -DCMAKE_CUDA_ARCHITECTURES=80-real -DPython_EXECUTABLE="$(command -v python3)" \
+     -DTRTRUN_BUILD_INFO=/tmp/foreign/info.json >/tmp/foreign.log 2>&1 \
+   && cmake --build /tmp/foreign -j 4 >>/tmp/foreign.log 2>&1) &
+  fpid=$!
+fi
+
+if [[ " $steps " == *" tests "* ]]; then
+  log "tests"
+  export TRTRUN_REPORT_DIR=$OUT/report
+  timeout "${TESTS_TIMEOUT:-330}" python3 -m pytest -p no:cacheprovider -q -m gpu -rs --durations=12 \
+    tests/gpu/test_runtime_basics.py tests/gpu/test_runtime_handmade.py tests/gpu/test_runtime_device.py \
+    tests/gpu/test_runtime_errors.py tests/gpu/test_runtime_stress.py tests/gpu/test_runtime_models.py \
+    ${PYTEST_ARGS:-} >"$OUT/pytest.log" 2>&1
+  echo "pytest exit code $?"
+  grep -E "passed|failed|error" "$OUT/pytest.log" | tail -3
+  grep -E "^(FAILED|ERROR)" "$OUT/pytest.log" | head -30
+  log "tests done"
+fi
+
+if [[ " $steps " == *" sanitizer "* ]]; then
+  log "compute-sanitizer memcheck"
+  TRTRUN_STRESS_SCALE=0.02 timeout "${SAN_TIMEOUT:-150}" compute-sanitizer --tool memcheck --error-exitcode 3 \
+    --print-limit 20 python3 -m pytest -p no:cacheprovider -q -x tests/gpu/test_runtime_handmade.py \
+    -k "test_handmade_vs_reference and (plain or x32 or causal-tanh) and (hybrid or fp32)" >"$OUT/sanitizer.log" 2>&1
+  echo "compute-sanitizer exit code $?"
+  tail -8 "$OUT/sanitizer.log"
+  log "sanitizer done"
+fi
+if [ -n "$fpid" ]; then
+  log "foreign-architecture check"
+  if wait "$fpid" && TRTRUN_FOREIGN_EXT=$(ls /tmp/foreign/_C*.so 2>/dev/null | head -1) && [ -n "$TRTRUN_FOREIGN_EXT" ]; then
+    TRTRUN_FOREIGN_EXT=$TRTRUN_FOREIGN_EXT TRTRUN_REPORT_DIR=$OUT/report timeout 120 python3 -m pytest \
+      -p no:cacheprovider -q -rs tests/gpu/test_runtime_errors.py -k test_build_for_another_architecture 2>&1 | tail -5
+  else
+    echo "the sm_80 build failed:"; tail -5 /tmp/foreign.log
+  fi
+fi
+echo "---- reports"
+cat "$OUT"/report/*.txt 2>/dev/null | tail -120
