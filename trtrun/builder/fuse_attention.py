@@ -212,8 +212,8 @@ def _column_map(facts, src, targets, sm, what) -> np.ndarray:
     srcs = facts.get(src)
     if any(s.ndim != 3 for s in srcs) or any(t.shape[:2] != s.shape[:2] for t, s in zip(targets, srcs)):
         raise _NoMatch
-    tv = np.concatenate([t.reshape(t.shape[0] * t.shape[1], -1) for t in targets], 0).astype(np.float64)
-    sv = np.concatenate([s.reshape(s.shape[0] * s.shape[1], -1) for s in srcs], 0).astype(np.float64)
+    tv = np.concatenate([t.reshape(t.shape[0] * t.shape[1], -1) for t in targets], 0).astype(np.float32)
+    sv = np.concatenate([s.reshape(s.shape[0] * s.shape[1], -1) for s in srcs], 0).astype(np.float32)
     # nearest source column for every target column (squared distance via dot products)
     d2 = (tv ** 2).sum(0)[:, None] + (sv ** 2).sum(0)[None, :] - 2.0 * tv.T @ sv
     cols = np.argmin(d2, axis=1)
@@ -333,7 +333,9 @@ def _qkv_tensor(graph, facts, sm, srcs, cols, HD):
                       weights={"weight": G.new_constant(graph, name + ".weight", W),
                                "bias": G.new_constant(graph, name + ".bias", b)},
                       outputs=[out], attrs={"activation": "none"})
-    facts.put(out.name, [(np.asarray(x, np.float64) @ W + b).astype(np.float32) for x in facts.get(xs[0])])
+    # its probe values: the selected source columns (exactly what the new Linear computes)
+    facts.put(out.name, [np.concatenate([q[..., cols[0]], k[..., cols[1]], v[..., cols[2]]], -1)
+                         for q, k, v in zip(facts.get(q_src), facts.get(k_src), facts.get(v_src))])
     return out
 
 

@@ -49,7 +49,9 @@ def load_model(path):
                          f"{_looks_like(head)}")
     try:
         try:
-            onnx.checker.check_model(model)
+            # from the path: the C++ checker reads the file itself (no second serialization of
+            # hundreds of MB of weights); full_check=False: shape inference runs in simplify
+            onnx.checker.check_model(str(p))
         except onnx.checker.ValidationError as e:
             if "topologically sorted" not in str(e):
                 raise

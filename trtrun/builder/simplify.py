@@ -25,16 +25,51 @@ def simplify(model):
     from onnx_graphsurgeon.logger import G_LOGGER
     G_LOGGER.severity = G_LOGGER.ERROR
     onnxruntime.set_default_logger_severity(3)  # folding sessions' optimizer chatter
-    try:
-        model = onnx.shape_inference.infer_shapes(model, data_prop=True)
-    except Exception:  # inference is a help, not a requirement: folding works without it
-        pass
+    infer_shapes(model)
     graph = gs.import_onnx(model)
     remove_identities(graph)
     graph.fold_constants(fold_shapes=True, error_ok=True)
     G.finish(graph)
     remove_noop_casts(graph)
     return G.finish(graph)
+
+
+def infer_shapes(model, max_const_elems: int = 1024) -> None:
+    """ONNX shape inference (with data propagation), its value_info added to `model` in place.
+
+    Inference runs on a copy whose large initializers (the weights) are declared as typed graph
+    inputs instead: shapes need only their types and dims, and serializing hundreds of MB of weights
+    for the C++ inference would cost seconds. Small initializers (shape constants, scalars) stay, so
+    data propagation still sees them. Inference is a help, not a requirement: on failure, nothing.
+    """
+    import onnx
+
+    light = onnx.ModelProto()
+    light.ir_version = model.ir_version
+    light.opset_import.extend(model.opset_import)
+    g = light.graph
+    g.name = model.graph.name
+    g.node.extend(model.graph.node)
+    g.input.extend(model.graph.input)
+    g.output.extend(model.graph.output)
+    g.value_info.extend(model.graph.value_info)
+    declared = {i.name for i in model.graph.input}
+    for init in model.graph.initializer:
+        n = 1
+        for d in init.dims:
+            n *= d
+        if n <= max_const_elems:
+            g.initializer.append(init)
+        elif init.name not in declared:
+            g.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    try:
+        inferred = onnx.shape_inference.infer_shapes(light, data_prop=True)
+    except Exception:
+        return
+    known = {v.name for v in model.graph.value_info}
+    for v in inferred.graph.value_info:
+        if v.name not in known:
+            model.graph.value_info.append(v)
 
 
 def remove_identities(graph) -> int:

@@ -1,0 +1,162 @@
+"""`trtrun check` end to end on tiny exported models (reference backend, CPU): reports written, an fp16
+NaN planted in the ONNX weights found at the right op, budgets and exit codes, decoders' next-token check.
+
+Models: a 2-layer BERT (hidden 32) and GPT-2 (hidden 32) with their real vocabulary sizes, so the data
+folder's tokenizers fit; real text comes from the data folder (skipped where it is missing)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from trtrun.cli.main import main
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+SIZE = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
+        "max_position_embeddings": 64}
+SHIFTED_LN = "model.encoder.layer.1.output.LayerNorm"
+
+
+def _data_ok():
+    from trtrun.data import data_dir
+
+    d = data_dir()
+    return (d / "minilm" / "vocab.txt").exists() and (d / "rt_polarity.tsv").exists() and (d / "wiki.txt").exists()
+
+
+needs_data = pytest.mark.skipif(not _data_ok(), reason="the data folder (TRTRUN_DATA) is missing")
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """tiny.onnx (BERT, vocab 30522), shifted.onnx (the same with +5000 on every channel of layer 1's FFN
+    output bias: the sum over 32 channels, ~1.6e5, overflows an fp16 LayerNorm's mean -> NaN; each value
+    ~5000 still fits fp16) and gpt.onnx (GPT-2, vocab 50257)."""
+    import onnx
+    from onnx import numpy_helper
+
+    from trtrun.export import export_model
+
+    d = tmp_path_factory.mktemp("check")
+    tiny = export_model("bert-base", d / "tiny.onnx", overrides=dict(SIZE, vocab_size=30522), seed=3)
+    m = onnx.load(str(tiny))
+    for t in m.graph.initializer:
+        if t.name == "model.encoder.layer.1.output.dense.bias":
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) + np.float32(5000), t.name))
+            break
+    else:  # pragma: no cover - the exporter renamed things
+        pytest.fail("layer 1 output.dense.bias not found in the exported graph")
+    onnx.save(m, str(d / "shifted.onnx"))
+    gpt = export_model("gpt2", d / "gpt.onnx", overrides={k: v for k, v in SIZE.items() if k != "intermediate_size"},
+                       seed=3)
+    return {"tiny": Path(tiny), "shifted": d / "shifted.onnx", "gpt": Path(gpt), "dir": d}
+
+
+def run(capsys, *args):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@needs_data
+def test_planted_fp16_nan_found_and_hybrid_passes(models, capsys, tmp_path):
+    out = tmp_path / "rep"
+    code, so, se = run(capsys, "check", models["shifted"], "--data", "rt,wiki", "-n", 6, "--backend", "reference",
+                       "-o", out, "--gate", "hybrid", "--min-cosine", "0.999", "--max-nan-rate", "0",
+                       "--downstream", "off", "-q")
+    assert code == 0, se
+    assert "verdict: pass" in so
+    rep = json.loads((out / "report.json").read_text())
+    for f in ("report.md", "cosine_hist.png", "nan_by_length.png", "headroom.png"):
+        assert (out / f).stat().st_size > 0
+    fp16 = rep["results"]["fp16"]["real"]["rates"]
+    assert fp16["nan_samples"] == fp16["samples"] == 6           # every sample: the shift is on every token
+    assert rep["results"]["hybrid"]["real"]["rates"]["nonfinite_samples"] == 0
+    assert rep["results"]["hybrid"]["real"]["cos"]["min"] >= 0.999
+    h16 = rep["headroom"]["by_set"]["real"]["fp16"]
+    assert h16["first_nonfinite"]["first_op"]["op"] == SHIFTED_LN
+    assert h16["first_overflow"]["first_point"]["op"] == SHIFTED_LN
+    assert h16["first_overflow"]["first_point"]["quantity"] == "row_sum"
+    safe = rep["headroom"]["hybrid_safety"]["real"]
+    assert any(a["op"] == SHIFTED_LN and a["hybrid_held"] == "float32" for a in safe["at_fp16_overflow_points"])
+    assert safe["hybrid_fp16_over"] == 0
+    # random ids of matched lengths: same masks, NaN on both (the shift does not depend on the text)
+    assert rep["data"]["random"]["tokens"] == rep["data"]["real"]["tokens"]
+    assert rep["random_vs_real"]["fp16"]["nan_sample"]["ratio"] == pytest.approx(1.0)
+    md = (out / "report.md").read_text()
+    assert "Why the hybrid plan is safe" in md and SHIFTED_LN in md and "**PASS**" in md
+    assert rep["per_sample"]["data"]["hybrid"]["real"][0][0] > 0
+
+
+@needs_data
+def test_budget_broken_exit_code(models, capsys, tmp_path):
+    code, so, se = run(capsys, "check", models["shifted"], "--data", "rt", "-n", 4, "--backend", "reference",
+                       "-o", tmp_path / "r", "--max-nan-rate", "0.5", "--no-random", "--downstream", "off",
+                       "--no-plots", "-q")
+    assert code == 3, se
+    assert "trtrun: check failed: fp16 on real: 4 of 4 samples" in se and "--max-nan-rate 0.5" in se
+    assert "hybrid" not in se.split("check failed")[1]          # hybrid kept the budget
+    rep = json.loads((tmp_path / "r" / "report.json").read_text())   # written before the exit
+    assert rep["verdict"] == "fail" and len(rep["failures"]) == 1
+    assert "**FAIL**" in (tmp_path / "r" / "report.md").read_text()
+
+    code, so, se = run(capsys, "check", models["tiny"], "--data", "rt", "-n", 3, "--backend", "reference",
+                       "-o", tmp_path / "r2", "--min-cosine", "1.000001", "--gate", "hybrid", "--no-random",
+                       "--downstream", "off", "--no-plots", "-q")
+    assert code == 3 and "hybrid on real: 3 of 3 samples have cosine below --min-cosine 1.000001" in se
+
+
+def test_random_data_and_bad_inputs(models, capsys, tmp_path):
+    code, so, se = run(capsys, "check", models["tiny"], "--data", "random", "-n", 5, "--backend", "reference",
+                       "-o", tmp_path / "r", "--precision", "hybrid", "--downstream", "off", "--no-plots", "-q")
+    assert code == 0, se
+    rep = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert list(rep["data"]) == ["random"] and rep["random_vs_real"] == {}
+    assert rep["results"]["hybrid"]["random"]["rates"]["samples"] == 5
+    assert "onnxruntime" in rep["fp32_reference"]
+
+    code, so, se = run(capsys, "check", tmp_path / "nope.onnx", "-o", tmp_path / "x")
+    assert code == 1 and "trtrun: error:" in se and "nope.onnx" in se and "Traceback" not in se
+    code, so, se = run(capsys, "check", models["tiny"], "--precision", "fp16", "--gate", "hybrid", "-o", tmp_path / "x")
+    assert code == 1 and "--gate hybrid" in se
+    code, so, se = run(capsys, "check", models["tiny"], "--data", "nosuchset", "-o", tmp_path / "x",
+                       "--backend", "reference")
+    assert code == 1 and "nosuchset" in se
+
+
+@needs_data
+def test_decoder_next_token_check(models, capsys, tmp_path):
+    code, so, se = run(capsys, "check", models["gpt"], "--data", "wiki", "-n", 4, "--backend", "reference",
+                       "-o", tmp_path / "g", "--no-random", "--no-plots", "--max-length", 48, "-q")
+    assert code == 0, se
+    rep = json.loads((tmp_path / "g" / "report.json").read_text())
+    lm = rep["downstream"]["language_model"]
+    assert lm["positions"] == sum(n - 1 for n in [r[0] for r in rep["per_sample"]["data"]["hybrid"]["real"]])
+    assert "original ONNX" in lm["note"]                        # fp32 wte from the ONNX initializer
+    for p in ("fp16", "hybrid"):
+        r = lm["results"][p]
+        assert 0.0 <= r["top1_agreement"] <= 1.0 and r["nonfinite_positions"] == 0
+    # hybrid moves logits less than fp16 does (fp32 LayerNorm/softmax)
+    assert lm["results"]["hybrid"]["ll_diff_mean_abs"] <= lm["results"]["fp16"]["ll_diff_mean_abs"] * 1.5
+    assert rep["model"]["arch"] == "decoder"
+
+
+@needs_data
+def test_downstream_classifier_on_tiny_model(models, capsys, tmp_path):
+    code, so, se = run(capsys, "check", models["tiny"], "--data", "rt", "-n", 2, "--backend", "reference",
+                       "-o", tmp_path / "d", "--no-random", "--no-plots", "--downstream", "on",
+                       "--downstream-train", 120, "--downstream-test", 60, "-q")
+    assert code == 0, se
+    rep = json.loads((tmp_path / "d" / "report.json").read_text())
+    c = rep["downstream"]["classification"]
+    assert c["split"]["train"] == 120 and c["split"]["test"] == 60
+    assert set(c["results"]) == {"fp32", "fp16", "hybrid"}
+    for name, r in c["results"].items():
+        lo, hi = r["wilson95"]
+        assert lo <= r["accuracy"] <= hi and r["n"] == 60
+    assert c["results"]["hybrid"]["flipped_to_wrong"] + c["results"]["hybrid"]["flipped_to_right"] <= 60

@@ -1,0 +1,334 @@
+"""The embedding server on the CPU path (reference backend, tiny BERT): API shapes, every bad request,
+metrics, concurrent clients over real HTTP, and graceful shutdown on SIGTERM/SIGINT losing nothing.
+
+Bad requests and shapes use Starlette's TestClient (in-process, with the app's lifespan); concurrency
+uses a real uvicorn server on a free loopback port in a thread; shutdown uses `trtrun serve` in a child
+process, signalled like a service manager would.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("starlette", reason="trtrun serve needs starlette (pip install 'trtrun[serve]')")
+pytest.importorskip("uvicorn", reason="trtrun serve needs uvicorn (pip install 'trtrun[serve]')")
+pytest.importorskip("prometheus_client", reason="trtrun serve needs prometheus-client")
+httpx = pytest.importorskip("httpx", reason="the tests' HTTP client (and TestClient) need httpx")
+
+from trtrun import data  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+SEQ_MAX = 32
+PROFILE = {"batch": (1, 4, 8), "seq": (1, 16, SEQ_MAX)}
+TINY = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+            max_position_embeddings=64, vocab_size=30522)
+# Same plan and numpy backend on both sides; only BLAS summation order differs with the batch shape
+# (see test_embedder.py): 1e-5 on unit vectors. JSON carries float32 values exactly (repr of a double).
+ATOL = 1e-5
+MAX_INPUTS = 8
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    pytest.importorskip("torch")
+    from trtrun.builder import build
+    from trtrun.export import export_model
+
+    tok_dir = data.data_dir() / "minilm"
+    if not (tok_dir / "tokenizer.json").exists():
+        pytest.skip(f"MiniLM tokenizer not in {tok_dir} (fetch it with ../shared/data/get-data.sh)")
+    d = tmp_path_factory.getbasetemp() / "serve-tiny"  # shared with test_embedder.py in one session
+    d.mkdir(exist_ok=True)
+    onnx_path, plan_path = d / "tiny.onnx", d / "tiny.fp32.plan"
+    if not plan_path.exists():
+        export_model("bert-base", d / "tiny.tmp.onnx", overrides=TINY, seed=3)
+        (d / "tiny.tmp.onnx").rename(onnx_path)
+        build(onnx_path, precision="fp32", profile=PROFILE).save(d / "tiny.tmp.plan")
+        (d / "tiny.tmp.plan").rename(plan_path)
+    return {"onnx": onnx_path, "plan": plan_path, "tok": tok_dir}
+
+
+@pytest.fixture(scope="module")
+def emb(tiny):
+    from trtrun.embedder import Embedder
+
+    e = Embedder(tiny["plan"], tiny["tok"], backend="reference", contexts=2)
+    yield e
+    e.close()
+
+
+@pytest.fixture(scope="module")
+def client(emb):
+    from starlette.testclient import TestClient
+
+    from trtrun.serve import ServeConfig, create_app
+
+    app = create_app(emb, ServeConfig(max_inputs=MAX_INPUTS, max_wait_ms=1.0, model_name="tiny"))
+    with TestClient(app) as c:  # runs the lifespan: the batcher starts and, at the end, drains
+        yield c
+
+
+@pytest.fixture(scope="module")
+def texts():
+    return data.load_texts("rt", n=24, seed=3)
+
+
+def _ok(client, texts, emb):
+    """A good request succeeds and gives the right vectors: the server is still serving."""
+    r = client.post("/v1/embeddings", json={"input": texts[:2]})
+    assert r.status_code == 200, r.text
+    got = np.array([d["embedding"] for d in r.json()["data"]], np.float32)
+    np.testing.assert_allclose(got, emb.embed(texts[:2]), atol=ATOL)
+
+
+# ------------------------------------------------------------------------------------------ API shapes
+
+def test_openai_embeddings_shape_and_values(client, emb, texts):
+    r = client.post("/v1/embeddings", json={"input": texts[:5], "model": "whatever"})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    body = r.json()
+    assert body["object"] == "list" and body["model"] == "tiny"
+    assert [d["object"] for d in body["data"]] == ["embedding"] * 5
+    assert [d["index"] for d in body["data"]] == list(range(5))
+    got = np.array([d["embedding"] for d in body["data"]], np.float32)
+    want = emb.embed_result(texts[:5])
+    np.testing.assert_allclose(got, want.embeddings, atol=ATOL)
+    assert body["usage"] == {"prompt_tokens": want.total_tokens, "total_tokens": want.total_tokens}
+    # a single string is one input
+    one = client.post("/v1/embeddings", json={"input": texts[0]}).json()
+    assert len(one["data"]) == 1 and one["data"][0]["index"] == 0
+    np.testing.assert_allclose(one["data"][0]["embedding"], want.embeddings[0], atol=ATOL)
+    # base64: little-endian float32 bytes, as OpenAI's clients decode them
+    b = client.post("/v1/embeddings", json={"input": texts[:2], "encoding_format": "base64"}).json()
+    dec = np.stack([np.frombuffer(base64.b64decode(d["embedding"]), "<f4") for d in b["data"]])
+    np.testing.assert_allclose(dec, want.embeddings[:2], atol=ATOL)
+
+
+def test_embed_endpoint_and_health(client, emb, texts):
+    r = client.post("/embed", json={"inputs": texts[:3]})
+    assert r.status_code == 200
+    np.testing.assert_allclose(np.array(r.json(), np.float32), emb.embed(texts[:3]), atol=ATOL)
+    r = client.post("/embed", json={"inputs": "just one"})
+    assert r.status_code == 200 and len(r.json()) == 1 and len(r.json()[0]) == emb.dim
+    h = client.get("/health")
+    assert h.status_code == 200
+    hb = h.json()
+    assert hb["status"] == "ok" and hb["backend"] == "reference" and hb["dim"] == 32 and hb["batching"] is True
+
+
+BAD = [
+    # (what, endpoint, raw body, status, words in the message)
+    ("empty body", "/v1/embeddings", b"", 400, "empty"),
+    ("wrong JSON", "/v1/embeddings", b'{"input": ["a", }', 400, "not valid JSON"),
+    ("not UTF-8", "/embed", b'{"inputs": "\xff\xfe\xfd"}', 400, "UTF-8"),
+    ("JSON array body", "/v1/embeddings", b'["a", "b"]', 422, "must be a JSON object"),
+    ("missing field", "/v1/embeddings", b'{"inputs": "a"}', 422, "missing field 'input'"),
+    ("wrong type: number", "/v1/embeddings", b'{"input": 3}', 422, "must be a string or a list of strings"),
+    ("wrong type: null", "/embed", b'{"inputs": null}', 422, "got null"),
+    ("wrong element type", "/v1/embeddings", b'{"input": ["a", {"b": 1}]}', 422, "'input[1]' is an object"),
+    ("token ids", "/v1/embeddings", b'{"input": [[101, 102]]}', 422, "token-id inputs are not supported"),
+    ("empty list", "/v1/embeddings", b'{"input": []}', 422, "empty list"),
+    ("empty string", "/embed", b'{"inputs": ""}', 422, "empty string"),
+    ("empty string in list", "/v1/embeddings", b'{"input": ["a", ""]}', 422, "'input[1]' is an empty string"),
+    ("too many inputs", "/v1/embeddings", json.dumps({"input": ["a"] * (MAX_INPUTS + 1)}).encode(), 422,
+     f"at most {MAX_INPUTS} per request"),
+    ("1 MB string", "/v1/embeddings", json.dumps({"input": "x" * 1_000_000}).encode(), 400,
+     "1000000 characters; at most 20000"),
+    ("body over the limit", "/embed", json.dumps({"inputs": ["y" * 15000] * 150}).encode(), 413,
+     "larger than the limit of 2000000 bytes"),
+    ("bad encoding_format", "/v1/embeddings", b'{"input": "a", "encoding_format": "int8"}', 422, "encoding_format"),
+    ("wrong dimensions", "/v1/embeddings", b'{"input": "a", "dimensions": 16}', 422, "32-dimensional"),
+    ("model not a string", "/v1/embeddings", b'{"input": "a", "model": 5}', 422, "'model' must be a string"),
+]
+
+
+@pytest.mark.parametrize("what,endpoint,body,status,words", BAD, ids=[b[0] for b in BAD])
+def test_bad_requests_get_4xx_and_the_server_keeps_serving(client, emb, texts, what, endpoint, body, status,
+                                                           words):
+    r = client.post(endpoint, content=body, headers={"content-type": "application/json"})
+    assert r.status_code == status, (what, r.status_code, r.text[:300])
+    err = r.json()["error"]
+    assert err["code"] == status and words.lower() in err["message"].lower(), err
+    _ok(client, texts, emb)
+
+
+def test_unknown_route_and_method(client, emb, texts):
+    assert client.get("/v1/embeddings").status_code == 405
+    assert client.post("/nope", json={}).status_code == 404
+    _ok(client, texts, emb)
+
+
+def test_too_long_input_with_reject_policy_is_400(tiny, texts):
+    from starlette.testclient import TestClient
+
+    from trtrun.embedder import Embedder
+    from trtrun.serve import create_app
+
+    with Embedder(tiny["plan"], tiny["tok"], backend="reference", truncation="reject") as e, \
+            TestClient(create_app(e)) as c:
+        r = c.post("/embed", json={"inputs": ["fine", "a fine film, " * 30]})
+        assert r.status_code == 400 and "text 1 is longer than 32 tokens" in r.json()["error"]["message"]
+        assert c.post("/embed", json={"inputs": ["fine"]}).status_code == 200
+
+
+def test_metrics_expose_counters_and_histograms(client, emb, texts):
+    client.post("/v1/embeddings", json={"input": texts[:3]})
+    client.post("/v1/embeddings", json={"input": []})
+    client.post("/embed", content=b"{", headers={"content-type": "application/json"})
+    r = client.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    from prometheus_client.parser import text_string_to_metric_families
+
+    fam = {f.name: f for f in text_string_to_metric_families(r.text)}
+
+    def sample(name, suffix="", **labels):
+        vals = [s.value for s in fam[name].samples
+                if s.name == name + suffix and all(s.labels.get(k) == v for k, v in labels.items())]
+        return sum(vals)
+
+    assert sample("trtrun_requests", "_total", endpoint="/v1/embeddings", status="200") >= 1
+    assert sample("trtrun_requests", "_total", endpoint="/v1/embeddings", status="422") >= 1
+    assert sample("trtrun_requests", "_total", endpoint="/embed", status="400") >= 1
+    assert sample("trtrun_request_latency_seconds", "_count", endpoint="/v1/embeddings") >= 2
+    assert sample("trtrun_engine_batch_size", "_count") >= 1 and sample("trtrun_engine_batch_size", "_sum") >= 3
+    assert sample("trtrun_batch_requests", "_count") >= 1
+    assert sample("trtrun_queue_time_seconds", "_count") >= 1
+    assert sample("trtrun_inputs", "_total") >= 3 and sample("trtrun_tokens", "_total") >= 3
+    assert "trtrun_queue_depth" in fam and "trtrun_engine_seconds" in fam
+
+
+# ------------------------------------------------------------------------------------------ real HTTP
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_healthy(url: str, proc=None, timeout: float = 60.0) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"server exited early ({proc.returncode}): {proc.stderr.read()}")
+        try:
+            if httpx.get(url + "/health", timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{url} did not become healthy in {timeout} s")
+
+
+def test_concurrent_http_clients_each_get_their_own_rows(emb, texts):
+    """A real uvicorn server (thread) and 16 client threads: every response has its own texts' vectors,
+    in order, and requests shared micro-batches."""
+    import uvicorn
+
+    from trtrun.serve import ServeConfig, create_app
+
+    app = create_app(emb, ServeConfig(max_wait_ms=20))
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    th = threading.Thread(target=server.run, daemon=True)
+    th.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url)
+        expected = emb.embed(texts)
+        rng = np.random.default_rng(2)
+        jobs = [rng.choice(len(texts), size=int(rng.integers(1, 5)), replace=False) for _ in range(64)]
+        failures, done = [], []
+        start = threading.Barrier(16)
+
+        def worker(k):
+            with httpx.Client(base_url=url, timeout=60) as c:
+                start.wait()
+                for j in range(k, len(jobs), 16):
+                    idx = jobs[j]
+                    r = c.post("/v1/embeddings", json={"input": [texts[i] for i in idx]})
+                    if r.status_code != 200:
+                        failures.append((j, r.status_code, r.text[:200]))
+                        continue
+                    d = r.json()["data"]
+                    if [x["index"] for x in d] != list(range(len(idx))) or not np.allclose(
+                            np.array([x["embedding"] for x in d]), expected[idx], atol=ATOL):
+                        failures.append((j, "mismatch"))
+                    done.append(j)
+
+        threads = [threading.Thread(target=worker, args=(k,)) for k in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not failures, failures[:5]
+        assert sorted(done) == list(range(len(jobs)))
+        m = httpx.get(url + "/metrics").text
+        line = [ln for ln in m.splitlines() if ln.startswith("trtrun_batch_requests_count")][0]
+        windows = float(line.split()[-1])
+        assert windows < len(jobs), f"{windows} micro-batches for {len(jobs)} concurrent requests: no sharing"
+    finally:
+        server.should_exit = True
+        th.join(30)
+    assert not th.is_alive()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_graceful_shutdown_finishes_requests_in_flight(tiny, emb, texts, sig):
+    """Requests wait 1.5 s in a micro-batch window; the signal comes while they wait. Each still gets its
+    right answer, new connections are refused at once, and the process exits 0."""
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trtrun", "serve", str(tiny["plan"]), "--tokenizer", str(tiny["tok"]),
+         "--backend", "reference", "--port", str(port), "--max-wait-ms", "1500", "--contexts", "1"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_healthy(url, proc)
+        results: dict[int, object] = {}
+
+        def call(i):
+            try:
+                r = httpx.post(url + "/v1/embeddings", json={"input": [texts[i], texts[i + 6]]}, timeout=60)
+                results[i] = r
+            except Exception as e:  # noqa: BLE001
+                results[i] = e
+
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)  # all six are now waiting inside the micro-batch window (1.5 s)
+        t_sig = time.time()
+        proc.send_signal(sig)
+        time.sleep(0.4)  # uvicorn notices within 0.1 s and closes its listening socket
+        with pytest.raises(httpx.ConnectError):
+            httpx.post(url + "/v1/embeddings", json={"input": "late"}, timeout=5)
+        for t in threads:
+            t.join(60)
+        rc = proc.wait(60)
+        err = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert rc == 0, err
+    assert "server stopped" in err and "Traceback" not in err, err
+    for i in range(6):
+        r = results[i]
+        assert not isinstance(r, Exception), f"request {i} lost: {r!r}\n{err}"
+        assert r.status_code == 200, r.text
+        got = np.array([d["embedding"] for d in r.json()["data"]], np.float32)
+        np.testing.assert_allclose(got, emb.embed([texts[i], texts[i + 6]]), atol=ATOL)
+    assert time.time() - t_sig < 30
