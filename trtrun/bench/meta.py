@@ -93,6 +93,14 @@ def collect(backend: str, command: str, device: int = 0) -> dict:
     meta["trtrun"] = __version__
     for mod in ("torch", "transformers", "onnxruntime", "numpy"):
         meta[mod] = _version(mod)
+    try:
+        import torch
+
+        # torch's fp32 eager baseline: TF32 matrix products off unless these say otherwise
+        meta["torch_fp32_matmul"] = (f"allow_tf32={torch.backends.cuda.matmul.allow_tf32}, "
+                                     f"float32_matmul_precision={torch.get_float32_matmul_precision()}")
+    except (ImportError, AttributeError):
+        pass
     root = Path(__file__).resolve().parents[2]
     meta["git"] = _run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"])
     meta["command"] = command

@@ -173,6 +173,11 @@ def ensure_onnx(spec: ModelSpec, cfg: BenchConfig, log=None) -> Path:
     return path
 
 
+def plan_cache_path(spec: ModelSpec, precision: str, cfg: BenchConfig) -> Path:
+    prof = grid_profile(cfg)
+    return spec.cache_dir(cfg) / f"{precision}-b{prof['batch'][2]}-s{prof['seq'][2]}.plan"
+
+
 def ensure_plan(spec: ModelSpec, precision: str, cfg: BenchConfig, log=None) -> Path:
     """The plan of `spec` at `precision` covering the grid (built once; cached)."""
     if precision in spec.plans:
@@ -183,7 +188,7 @@ def ensure_plan(spec: ModelSpec, precision: str, cfg: BenchConfig, log=None) -> 
     prof = grid_profile(cfg)
     d = spec.cache_dir(cfg)
     d.mkdir(parents=True, exist_ok=True)
-    path = d / f"{precision}-b{prof['batch'][2]}-s{prof['seq'][2]}.plan"
+    path = plan_cache_path(spec, precision, cfg)
     if not path.is_file():
         from ..builder import build
 

@@ -33,7 +33,7 @@ CSV_COLUMNS = ["model", "engine", "precision", "cuda_graphs", "batch", "seq", "s
                "seq_per_s", "tokens_per_s", "e2e_seq_per_s", "peak_mem_mib", "mem_source", "timer",
                "device", "session", "note"]
 SESSION_FIELDS = ["date", "card", "driver", "cuda", "backend", "host_cpu", "host_cores", "python", "trtrun",
-                  "torch", "transformers", "onnxruntime", "numpy", "git", "command"]
+                  "torch", "torch_fp32_matmul", "transformers", "onnxruntime", "numpy", "git", "command"]
 
 
 def point_key(rec: dict) -> tuple:
