@@ -1,5 +1,9 @@
 // csrc/bind_context.cpp: trtrun._C.Context (runs; the GIL is released while work is enqueued or waited on),
 // a DLPack capsule reader for run_device, and DeviceMemory (device buffers run_device can return).
+#include <cstdint>
+#include <tuple>
+#include <utility>
+#include <vector>
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>

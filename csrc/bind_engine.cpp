@@ -1,5 +1,8 @@
 // csrc/bind_engine.cpp: trtrun._C.Engine, built from the plan that trtrun/runtime.py validated and lowered to
 // simple lists (no JSON parsing here). See trtrun/runtime.py (_lower_plan) for the exact layout.
+#include <map>
+#include <utility>
+#include <vector>
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>

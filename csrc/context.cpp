@@ -1,4 +1,10 @@
 // csrc/context.cpp: see context.h.
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
 #include "context.h"
 
 #include <algorithm>

@@ -10,6 +10,8 @@
 // One Context serves one caller at a time (its methods lock a mutex); use one Context per thread.
 #pragma once
 
+#include <cstdint>
+#include <cstddef>
 #include <cuda_runtime.h>
 
 #include <list>

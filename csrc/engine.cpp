@@ -1,4 +1,7 @@
 // csrc/engine.cpp: see engine.h.
+#include <string>
+#include <utility>
+#include <vector>
 #include "engine.h"
 
 #include <algorithm>

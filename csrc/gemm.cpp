@@ -7,6 +7,9 @@
 // Precision (docs/plan-format.md): fp16 operands always accumulate in fp32 (CUBLAS_COMPUTE_32F, fp32 alpha/beta,
 // bias added to the fp32 accumulator before the single rounding to y's type). fp32 operands use
 // CUBLAS_COMPUTE_32F (true fp32 FMA) unless the plan's tf32 flag asks for CUBLAS_COMPUTE_32F_FAST_TF32.
+#include <memory>
+#include <string>
+#include <utility>
 #include "gemm.h"
 
 namespace trtrun {

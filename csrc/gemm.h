@@ -2,6 +2,7 @@
 // algorithm for a GEMM shape is chosen by cuBLASLt's heuristic once and cached (with its descriptors).
 #pragma once
 
+#include <cstdint>
 #include <cublasLt.h>
 #include <cuda_runtime.h>
 

@@ -1,4 +1,7 @@
 // csrc/memory_plan.cpp: see memory_plan.h.
+#include <cstdint>
+#include <utility>
+#include <vector>
 #include "memory_plan.h"
 
 #include <algorithm>

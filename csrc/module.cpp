@@ -1,5 +1,7 @@
 // csrc/module.cpp: the extension module trtrun._C: exception mapping, device queries, and the bindings of
 // Engine (bind_engine.cpp), Context (bind_context.cpp) and the plugins' launchers (bind_plugins.cpp).
+#include <tuple>
+#include <vector>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 

@@ -1,4 +1,5 @@
 // csrc/runtime_common.cpp: error texts, RAII buffers, device checks (see runtime_common.h).
+#include <string>
 #include "runtime_common.h"
 
 #include <limits>
