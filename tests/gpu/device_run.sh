@@ -6,7 +6,7 @@
 #   foreign    a second build for sm_80 only (80-real, no PTX), for test_build_for_another_architecture
 # Logs go to $OUT (the device tool's folder) or ./out. Carried along: .whl/ (wheels missing there, e.g.
 # onnx-graphsurgeon) and .gpudata/ (data folder: MiniLM, texts), both ignored by git.
-# Environment: TESTS_TIMEOUT (s, default 330), SAN_TIMEOUT (default 150), PYTEST_ARGS (extra pytest args).
+# Environment: TEST_FILES ("name:seconds ..."), SAN_TIMEOUT (default 150), PYTEST_ARGS (extra pytest args).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-$PWD/out}
@@ -46,13 +46,16 @@ fi
 if [[ " $steps " == *" tests "* ]]; then
   log "tests"
   export TRTRUN_REPORT_DIR=$OUT/report
-  timeout "${TESTS_TIMEOUT:-330}" python3 -m pytest -p no:cacheprovider -q -m gpu -rs --durations=12 \
-    tests/gpu/test_runtime_basics.py tests/gpu/test_runtime_handmade.py tests/gpu/test_runtime_device.py \
-    tests/gpu/test_runtime_errors.py tests/gpu/test_runtime_stress.py tests/gpu/test_runtime_models.py \
-    ${PYTEST_ARGS:-} >"$OUT/pytest.log" 2>&1
-  echo "pytest exit code $?"
-  grep -E "passed|failed|error" "$OUT/pytest.log" | tail -3
-  grep -E "^(FAILED|ERROR)" "$OUT/pytest.log" | head -30
+  export TRTRUN_TEST_CACHE=/tmp/trtrun-test-cache  # models and plans shared by the pytest processes below
+  # one pytest process per file (a crash in one loses only that file), each under its own time limit
+  for spec in ${TEST_FILES:-basics:30 handmade:70 device:50 errors:50 stress:80 models:210}; do
+    f=tests/gpu/test_runtime_${spec%%:*}.py
+    timeout "${spec##*:}" python3 -m pytest -p no:cacheprovider -q -rs --durations=5 "$f" ${PYTEST_ARGS:-} \
+      >>"$OUT/pytest.log" 2>&1
+    rc=$?
+    echo "$f: exit code $rc, $(grep -E '^[=]+ .*(passed|failed|error|skipped)' "$OUT/pytest.log" | tail -1)"
+    [ $rc -ne 0 ] && grep -E "^(FAILED|ERROR)" "$OUT/pytest.log" | tail -8
+  done
   log "tests done"
 fi
 

@@ -21,7 +21,9 @@ import numpy as np
 import pytest
 
 TINY = {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 512}
-_CACHE = Path(tempfile.mkdtemp(prefix="trtrun-gpu-tests-"))
+# exported models and plans; TRTRUN_TEST_CACHE shares them between pytest processes (tests/gpu/device_run.sh)
+_CACHE = Path(os.environ.get("TRTRUN_TEST_CACHE") or tempfile.mkdtemp(prefix="trtrun-gpu-tests-"))
+_CACHE.mkdir(parents=True, exist_ok=True)
 
 
 def runtime_reason() -> str | None:
@@ -73,8 +75,10 @@ def onnx_path(kind: str) -> Path:
 
     src, over = _source(kind)
     path = _CACHE / f"{kind}.onnx"
-    if not path.exists():
-        export_model(src, path, overrides=over or None, seed=0)
+    if not path.exists():  # written under another name first: a killed run leaves no half file behind
+        tmp = _CACHE / f".{kind}.{os.getpid()}.onnx"
+        export_model(src, tmp, overrides=over or None, seed=0)
+        os.replace(tmp, path)
     return path
 
 
