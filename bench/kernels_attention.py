@@ -155,32 +155,35 @@ def main() -> int:
         import os
 
         lines.append("# sweep: ours ms per forced configuration: mma = mma.sync kernel (auto config), wg,N = warpgroup "
-                     "MMA with N warpgroups (head size 64, sm_90a builds), MT,nw = mma.sync with 16*MT rows per warp")
-        cfgs = ["auto", "mma", "wg,2", "wg,1", "2,4", "1,4", "1,2"]
+                     "MMA with N warpgroups (head size 64, sm_90a builds; cpa/sync: K/V tiles by cp.async / plain loads instead "
+                     "of register staging), MT,nw = mma.sync with 16*MT rows per warp")
+        cfgs = {"auto": {}, "mma": {"TRTRUN_ATTN_CFG": "mma"}, "wg2": {"TRTRUN_ATTN_CFG": "wg,2"},
+                "wg1": {"TRTRUN_ATTN_CFG": "wg,1"},
+                "wg2cpa": {"TRTRUN_ATTN_CFG": "wg,2", "TRTRUN_WG_LOAD": "cpasync"},
+                "wg2sync": {"TRTRUN_ATTN_CFG": "wg,2", "TRTRUN_WG_LOAD": "sync"},
+                "2,4": {"TRTRUN_ATTN_CFG": "2,4"}, "1,4": {"TRTRUN_ATTN_CFG": "1,4"}}
         lines.append(f"{'B':>3} {'S':>4} {'H':>3} {'D':>4} {'prec':>6} | " + " ".join(f"{c:>7}" for c in cfgs))
         print(lines[-2])
         print(lines[-1])
         for (B, S, Hh, D, causal, masked, prec) in [(32, 512, 12, 64, False, False, "hybrid"),
+                                                    (32, 512, 12, 64, False, True, "hybrid"),
                                                     (32, 512, 12, 64, True, False, "hybrid"),
                                                     (32, 128, 12, 64, False, False, "hybrid"),
                                                     (8, 128, 12, 64, False, False, "hybrid"),
                                                     (1, 128, 12, 64, False, False, "hybrid"),
                                                     (8, 512, 12, 64, False, False, "hybrid"),
                                                     (1, 512, 12, 64, False, False, "hybrid"),
-                                                    (32, 512, 12, 32, False, False, "hybrid"),
-                                                    (32, 128, 12, 32, False, False, "hybrid"),
-                                                    (16, 512, 16, 128, False, False, "hybrid"),
                                                     (32, 512, 12, 64, False, False, "fp16")]:
             row = []
-            for c in cfgs:
-                if c == "auto":
-                    os.environ.pop("TRTRUN_ATTN_CFG", None)
-                else:
-                    os.environ["TRTRUN_ATTN_CFG"] = c
+            for c, env in cfgs.items():
+                for k in ("TRTRUN_ATTN_CFG", "TRTRUN_WG_LOAD"):
+                    os.environ.pop(k, None)
+                os.environ.update(env)
                 t, _, _ = bench_case(torch, P, B, S, Hh, D, causal, masked, prec, args.per_graph, args.reps,
                                      with_torch=False)
                 row.append(f"{t:7.4f}")
-            os.environ.pop("TRTRUN_ATTN_CFG", None)
+            for k in ("TRTRUN_ATTN_CFG", "TRTRUN_WG_LOAD"):
+                os.environ.pop(k, None)
             line = f"{B:>3} {S:>4} {Hh:>3} {D:>4} {prec:>6} | " + " ".join(row)
             print(line, flush=True)
             lines.append(line)

@@ -554,8 +554,9 @@ __device__ __forceinline__ void wgmma_m64n64k16(float (&d)[8][4], const uint32_t
 }
 
 // Rows of D = 64 fp16 into a 128B-swizzled tile: 16-byte chunk c of row r at r*128 + ((c ^ (r % 8)) * 16).
-__device__ __forceinline__ void load_rows_sw128(__half* dst, const void* qkv, bool in_half, long long tok_base,
-                                                int r0, int rows, int S, long long row_stride, long long col) {
+__device__ __forceinline__ void load_rows_sw128(__half* dst, const void* qkv, bool in_half, bool async,
+                                                long long tok_base, int r0, int rows, int S, long long row_stride,
+                                                long long col) {
   const int total = rows * 8;
   for (int i = threadIdx.x; i < total; i += blockDim.x) {
     const int r = i >> 3, c = i & 7;
@@ -563,8 +564,11 @@ __device__ __forceinline__ void load_rows_sw128(__half* dst, const void* qkv, bo
     const bool valid = tok < S;
     const long long off = (tok_base + (valid ? tok : 0)) * row_stride + col + c * 8;
     __half* d = dst + r * WG_D + ((c ^ (r & 7)) * 8);
-    if (in_half) {
+    if (in_half && async) {
       cp_async16(smem_u32(d), static_cast<const __half*>(qkv) + off, valid);
+    } else if (in_half) {
+      *reinterpret_cast<uint4*>(d) =
+          valid ? *reinterpret_cast<const uint4*>(static_cast<const __half*>(qkv) + off) : make_uint4(0, 0, 0, 0);
     } else {
       uint4 out = make_uint4(0, 0, 0, 0);
       if (valid) {
@@ -580,25 +584,72 @@ __device__ __forceinline__ void load_rows_sw128(__half* dst, const void* qkv, bo
   }
 }
 
+// Register-staged copy of one K and one V tile (fp16 input): loaded from global memory at the top of an
+// iteration, stored to shared memory after that iteration's MMAs, so the loads overlap the compute.
+template <int UNITS>
+struct TileRegs {
+  uint4 k[UNITS], v[UNITS];
+};
+
+template <int UNITS>
+__device__ __forceinline__ void stage_load(TileRegs<UNITS>& t, const __half* qkv, long long tok_base, int r0, int S,
+                                           long long row_stride, long long kcol, long long vcol) {
+#pragma unroll
+  for (int u = 0; u < UNITS; ++u) {
+    const int i = threadIdx.x + u * blockDim.x;
+    const int r = i >> 3, c = i & 7;
+    const int tok = r0 + r;
+    if (i < BK * 8 && tok < S) {
+      const long long off = (tok_base + tok) * row_stride + c * 8;
+      t.k[u] = __ldg(reinterpret_cast<const uint4*>(qkv + off + kcol));
+      t.v[u] = __ldg(reinterpret_cast<const uint4*>(qkv + off + vcol));
+    } else {
+      t.k[u] = t.v[u] = make_uint4(0, 0, 0, 0);
+    }
+  }
+}
+
+template <int UNITS>
+__device__ __forceinline__ void stage_store(const TileRegs<UNITS>& t, __half* kdst, __half* vdst) {
+#pragma unroll
+  for (int u = 0; u < UNITS; ++u) {
+    const int i = threadIdx.x + u * blockDim.x;
+    if (i < BK * 8) {
+      const int r = i >> 3, c = i & 7;
+      const int o = r * WG_D + ((c ^ (r & 7)) * 8);
+      *reinterpret_cast<uint4*>(kdst + o) = t.k[u];
+      *reinterpret_cast<uint4*>(vdst + o) = t.v[u];
+    }
+  }
+}
+
+// How the wgmma kernel fills its K/V tiles (TRTRUN_WG_LOAD, tuning/diagnosis): REGS register-staged
+// (default), CPASYNC cp.async double buffer, CPASYNC_WAIT0 cp.async waited for before each tile's MMAs,
+// SYNC plain loads and stores before each tile's barrier.
+enum WgLoad : int { WG_LOAD_REGS = 0, WG_LOAD_CPASYNC = 1, WG_LOAD_CPASYNC_WAIT0 = 2, WG_LOAD_SYNC = 3 };
+
 size_t wg_smem_bytes(int BQ) {
   return 1024 /* alignment slack */ + 4 * static_cast<size_t>(BK) * WG_D * sizeof(__half) +
          static_cast<size_t>(BQ) * (WG_D + 8) * sizeof(__half) + 2 * BK * sizeof(int);
 }
 
-template <bool HALF_SOFTMAX>
-__global__ void __launch_bounds__(256) attention_wgmma_kernel(const void* __restrict__ qkv, bool in_half,
-                                                              const int32_t* __restrict__ mask,
-                                                              void* __restrict__ y, bool out_half, int H, int S,
-                                                              float scale, bool causal, int nqt) {
+template <bool HALF_SOFTMAX, int NWG>
+__global__ void __launch_bounds__(128 * NWG, NWG == 2 ? 2 : 3)
+    attention_wgmma_kernel(const void* __restrict__ qkv, bool in_half, const int32_t* __restrict__ mask,
+                           void* __restrict__ y, bool out_half, int H, int S, float scale, bool causal, int nqt,
+                           int load_mode) {
   constexpr int D = WG_D;
   constexpr int LDQ = D + 8;
   constexpr int KC = D / 16;
   constexpr int NB = BK / 8;
   constexpr int DB = D / 8;
   constexpr int TILE = BK * D;  // halves per K or V tile (8 KB)
-  const int BQ = 64 * (blockDim.x >> 7);
+  constexpr int BQ = 64 * NWG;
+  constexpr int UNITS = BK * 8 / (128 * NWG);  // 16-byte chunks of a K (or V) tile per thread
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, t4 = lane & 3;
+  const bool staged = in_half && load_mode == WG_LOAD_REGS;
+  const bool async = in_half && (load_mode == WG_LOAD_CPASYNC || load_mode == WG_LOAD_CPASYNC_WAIT0);
 
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const uint32_t raw = smem_u32(smem_raw);
@@ -621,8 +672,8 @@ __global__ void __launch_bounds__(256) attention_wgmma_kernel(const void* __rest
   const KeyRange kr = key_range(mask, b, S, q0, BQ, BK, causal, red);
   {
     const int j = kr.begin * BK;
-    load_rows_sw128(Ks, qkv, in_half, tok_base, j, BK, S, row_stride, HD + h * D);
-    load_rows_sw128(Vs, qkv, in_half, tok_base, j, BK, S, row_stride, 2 * HD + h * D);
+    load_rows_sw128(Ks, qkv, in_half, async, tok_base, j, BK, S, row_stride, HD + h * D);
+    load_rows_sw128(Vs, qkv, in_half, async, tok_base, j, BK, S, row_stride, 2 * HD + h * D);
     cp_async_commit();
     load_flags(flags, mask, b, S, j, BK);
   }
@@ -643,18 +694,25 @@ __global__ void __launch_bounds__(256) attention_wgmma_kernel(const void* __rest
   const float mult = folded ? sl2 : 1.f;
   const float masked_val = folded ? -0x1p64f : -0x1p100f;
 
+  TileRegs<UNITS> stage;
   for (int it = kr.begin; it < kr.end; ++it) {
     const int buf = (it - kr.begin) & 1;
-    if (it + 1 < kr.end) {
+    const bool has_next = it + 1 < kr.end;
+    if (has_next) {
       const int j1 = (it + 1) * BK;
-      load_rows_sw128(Ks + (buf ^ 1) * TILE, qkv, in_half, tok_base, j1, BK, S, row_stride, HD + h * D);
-      load_rows_sw128(Vs + (buf ^ 1) * TILE, qkv, in_half, tok_base, j1, BK, S, row_stride, 2 * HD + h * D);
-      cp_async_commit();
+      if (staged) {
+        stage_load<UNITS>(stage, static_cast<const __half*>(qkv), tok_base, j1, S, row_stride, HD + h * D,
+                          2 * HD + h * D);
+      } else {
+        load_rows_sw128(Ks + (buf ^ 1) * TILE, qkv, in_half, async, tok_base, j1, BK, S, row_stride, HD + h * D);
+        load_rows_sw128(Vs + (buf ^ 1) * TILE, qkv, in_half, async, tok_base, j1, BK, S, row_stride,
+                        2 * HD + h * D);
+        cp_async_commit();
+      }
       load_flags(flags + (buf ^ 1) * BK, mask, b, S, j1, BK);
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
     }
+    if (has_next && load_mode == WG_LOAD_CPASYNC) cp_async_wait<1>();
+    else cp_async_wait<0>();
     fence_proxy_async();  // this thread's shared-memory writes, seen by the tensor cores' async proxy
     __syncthreads();
 
@@ -699,6 +757,7 @@ __global__ void __launch_bounds__(256) attention_wgmma_kernel(const void* __rest
       wg_wait_all();
       fence_regs(o);
     }
+    if (has_next && staged) stage_store<UNITS>(stage, Ks + (buf ^ 1) * TILE, Vs + (buf ^ 1) * TILE);
     __syncthreads();
   }
 
@@ -924,6 +983,9 @@ int resident_blocks(int nw) {
 
 // Whether this build has the sm_90a warpgroup-MMA kernel and the current device can run it (compute 9.0).
 #if defined(TRTRUN_HAVE_SM90A)
+// Whether head size 64 takes the warpgroup-MMA kernel without being asked (TRTRUN_ATTN_CFG=wg / mma override).
+constexpr bool kWgmmaByDefault = true;
+
 bool wgmma_usable() {
   int dev = 0, major = 0, minor = 0;
   TRTRUN_CUDA_CHECK(cudaGetDevice(&dev));
@@ -932,8 +994,9 @@ bool wgmma_usable() {
   return major == 9 && minor == 0;
 }
 
-template <bool HALF_SOFTMAX>
-int wg_resident_blocks(int nwg) {
+template <bool HALF_SOFTMAX, int NWG>
+int wg_resident_blocks() {
+  constexpr int nwg = NWG;
   static std::mutex mu;
   static std::map<std::pair<int, int>, int> cache;
   int dev = 0;
@@ -941,7 +1004,7 @@ int wg_resident_blocks(int nwg) {
   std::lock_guard<std::mutex> lock(mu);
   auto it = cache.find({dev, nwg});
   if (it != cache.end()) return it->second;
-  auto kern = attention_wgmma_kernel<HALF_SOFTMAX>;
+  auto kern = attention_wgmma_kernel<HALF_SOFTMAX, NWG>;
   const size_t smem = wg_smem_bytes(64 * nwg);
   TRTRUN_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   int n = 0;
@@ -963,7 +1026,8 @@ void launch_wgmma(const void* qkv, bool in_half, const int32_t* mask, void* y, b
     long long best = -1;
     for (int c = 2; c >= 1; --c) {
       const long long blocks = bhs * ((S + 64 * c - 1) / (64 * c));
-      const long long per_wave = static_cast<long long>(wg_resident_blocks<HALF_SOFTMAX>(c)) * sms * c;
+      const int res = c == 2 ? wg_resident_blocks<HALF_SOFTMAX, 2>() : wg_resident_blocks<HALF_SOFTMAX, 1>();
+      const long long per_wave = static_cast<long long>(res) * sms * c;
       const long long waves = (blocks * c + per_wave - 1) / per_wave;  // in warpgroup-sized slots
       if (best < 0 || waves < best) {
         best = waves;
@@ -976,10 +1040,16 @@ void launch_wgmma(const void* qkv, bool in_half, const int32_t* mask, void* y, b
   const long long blocks = bhs * nqt;
   require(blocks <= 0x7fffffffLL, "attention", "batch * heads * query tiles too large");
   const size_t smem = wg_smem_bytes(BQ);
-  auto kern = attention_wgmma_kernel<HALF_SOFTMAX>;
+  int load_mode = WG_LOAD_REGS;
+  if (const char* lm = std::getenv("TRTRUN_WG_LOAD")) {
+    if (std::strcmp(lm, "cpasync") == 0) load_mode = WG_LOAD_CPASYNC;
+    else if (std::strcmp(lm, "cpasync_wait0") == 0) load_mode = WG_LOAD_CPASYNC_WAIT0;
+    else if (std::strcmp(lm, "sync") == 0) load_mode = WG_LOAD_SYNC;
+  }
+  auto kern = nwg == 2 ? attention_wgmma_kernel<HALF_SOFTMAX, 2> : attention_wgmma_kernel<HALF_SOFTMAX, 1>;
   TRTRUN_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   kern<<<static_cast<unsigned>(blocks), 128 * nwg, smem, stream>>>(qkv, in_half, mask, y, out_half, H, S, scale,
-                                                                    causal, nqt);
+                                                                    causal, nqt, load_mode);
   TRTRUN_LAUNCH_CHECK();
 }
 
@@ -992,9 +1062,10 @@ void launch_tc(const void* qkv, bool in_half, const int32_t* mask, void* y, bool
 #if defined(TRTRUN_HAVE_SM90A)
   if constexpr (D == WG_D) {
     const bool force_mma = cfg != nullptr && (std::strncmp(cfg, "mma", 3) == 0 || std::isdigit(cfg[0]));
+    const bool force_wg = cfg != nullptr && std::strncmp(cfg, "wg", 2) == 0;
     int forced_nwg = 0;
     if (cfg != nullptr && std::strncmp(cfg, "wg,", 3) == 0) forced_nwg = std::atoi(cfg + 3);
-    if (!force_mma && wgmma_usable()) {
+    if ((kWgmmaByDefault ? !force_mma : force_wg) && wgmma_usable()) {
       launch_wgmma<HALF_SOFTMAX>(qkv, in_half, mask, y, out_half, B, S, H, scale, causal, stream, forced_nwg);
       return;
     }
