@@ -388,3 +388,26 @@ def test_summary_statements_on_gpu_like_records(tmp_path):
     names = {p.name for p in paths}
     assert {"bert-base-latency.png", "bert-base-speedup.png", "bert-base-memory.png",
             "bert-base-hybrid-overhead.png"} <= names
+
+
+def test_failed_setup_is_recorded_once(swept, tmp_path, monkeypatch):
+    """An engine that cannot be set up (here the CPU baseline) fails its points with the reason; it is
+    tried once, the other engines are measured, and the summary lists the failure."""
+    from trtrun.bench import runners
+
+    tries = []
+
+    def broken(self, *a, **k):
+        tries.append(1)
+        raise RuntimeError("no memory for the session")
+
+    monkeypatch.setattr(runners.OrtCpuRunner, "__init__", broken)
+    out = tmp_path / "o"
+    assert main(["bench", "bert-base", *TINY, *FAST, "--batch", "1,2", "--seq", "8,16", "--precision", "fp32",
+                 "--baselines", "cpu", "--cpu-grid", "full", "--cache-dir", str(swept.cache), "--out", str(out)]) == 0
+    pts = _points(out)
+    cpu = [p for p in pts if p["engine"] == "cpu"]
+    assert len(tries) == 1 and len(cpu) == 4
+    assert all(p["status"] == "error" and "no memory for the session" in p["note"] for p in cpu)
+    assert all(p["status"] == "ok" for p in pts if p["engine"] == "trtrun-fp32")
+    assert "cpu: error at 4 point(s)" in (out / "summary.md").read_text()

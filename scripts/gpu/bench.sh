@@ -12,6 +12,8 @@
 #      bench/results/ between calls: that is how a fresh machine picks up where the last call stopped),
 #   3. stops starting points when BENCH_BUDGET seconds (default 540) since the script began are nearly used,
 #      writes results.jsonl/.csv, summary.md and plots/, and prints a short table.
+# Keep every call on one kind of card (e.g. kind nvidia-h100-x1): results are kept per card, and a call
+# on another card starts that card's own folder rather than mixing timings.
 # Estimated cost (H100/H200): install 1-3 min on a fresh machine; per model export + 3 builds 1-2 min
 # (cached in out/bench-cache while the machine stays warm); 180 trtrun + eager points at 0.3-3 s each;
 # 9 torch.compile points at 10-40 s each (compilation); 9 CPU points at 1-20 s each. About 20-25 min in

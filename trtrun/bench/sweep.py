@@ -81,6 +81,10 @@ def plan_points(cfg: BenchConfig, specs: list[ModelSpec]) -> list[Point]:
     return pts
 
 
+class _SetupFailed(RuntimeError):
+    """A runner could not be created (recorded as status error at each of its points, not retried)."""
+
+
 class _ModelState:
     """Runners, token stream and failures of the model being measured (freed when it is done)."""
 
@@ -88,6 +92,7 @@ class _ModelState:
         self.spec, self.cfg, self.log = spec, cfg, log
         self.runners: dict = {}
         self.unavailable: dict = {}
+        self.failed: dict = {}  # (engine, graphs) -> why its runner could not be made (points: status error)
         self.engines: dict = {}  # precision -> shared runtime Engine (contexts per graph mode)
         self.torch_base = None
         self.torch_info: dict = {}
@@ -99,7 +104,7 @@ class _ModelState:
     def setup_guess(self, pt: Point) -> float:
         """Seconds the runner of `pt` still needs before its first point (export, build, model load)."""
         k = (pt.engine, pt.cuda_graphs)
-        if k in self.runners or k in self.unavailable:
+        if k in self.runners or k in self.unavailable or k in self.failed:
             return 0.0
         t = 0.0
         spec, cfg = self.spec, self.cfg
@@ -129,6 +134,8 @@ class _ModelState:
         k = (pt.engine, pt.cuda_graphs)
         if k in self.unavailable:
             raise Unavailable(self.unavailable[k])
+        if k in self.failed:
+            raise _SetupFailed(self.failed[k])
         if k in self.runners:
             return self.runners[k]
         cfg, spec = self.cfg, self.spec
@@ -156,11 +163,14 @@ class _ModelState:
         except Unavailable as e:
             self.unavailable[k] = str(e)
             raise
-        except BenchConfigError:
+        except (BenchConfigError, KeyboardInterrupt):
             raise
         except ImportError as e:
             self.unavailable[k] = f"{type(e).__name__}: {e}"
             raise Unavailable(self.unavailable[k]) from e
+        except Exception as e:  # noqa: BLE001 - e.g. the context's arena does not fit: every point of it fails
+            self.failed[k] = f"setting up {pt.engine}: {type(e).__name__}: {e}"
+            raise _SetupFailed(self.failed[k]) from e
         self.runners[k] = r
         return r
 
@@ -288,6 +298,7 @@ def run_sweep(cfg: BenchConfig, *, log=None, progress: bool = True) -> SweepOutc
     state: _ModelState | None = None
     sets_cache: dict = {}
     bar_log = bar.note if progress else log
+    interrupted = True  # until the loop ends normally
     try:
         for i, pt in enumerate(todo):
             if state is None or state.spec is not pt.spec:
@@ -321,6 +332,8 @@ def run_sweep(cfg: BenchConfig, *, log=None, progress: bool = True) -> SweepOutc
                 status, note = "unavailable", str(e)
             except (KeyboardInterrupt, BenchConfigError):
                 raise
+            except _SetupFailed as e:
+                status, note = "error", str(e)[:2000]
             except Exception as e:  # noqa: BLE001 - a failed point (OOM, a device error) is recorded
                 status, note = "error", f"{type(e).__name__}: {e}".strip()[:2000]
                 _free_device_memory()
@@ -340,12 +353,20 @@ def run_sweep(cfg: BenchConfig, *, log=None, progress: bool = True) -> SweepOutc
             else:
                 result = status + (f" ({note[:60]})" if note else "")
             bar.finish(pt.label, result, eta(i + 1))
+        interrupted = False
     finally:
         bar.close()
         if state is not None:
             state.close()
-        store.write_csv()
-        write_report(store, cfg, plots=cfg.plots, log=log)
+        try:
+            store.write_csv()
+            write_report(store, cfg, plots=cfg.plots, log=log)
+        except Exception as e:  # noqa: BLE001
+            if not interrupted:
+                raise
+            # never hide why the sweep stopped; results.jsonl is intact
+            log(f"the report could not be written ({type(e).__name__}: {e}); "
+                f"`trtrun bench --report-only --out {cfg.out}` retries it")
     finished = {point_key(r) for r in store.points}
     left = sum(1 for p in points if p.key not in finished)
     return SweepOutcome(measured=measured, skipped=skipped, left=left, stopped=stopped, store=store)
