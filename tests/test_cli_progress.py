@@ -1,4 +1,4 @@
-"""The build progress display: a redrawn bar on a terminal, one line per finished step elsewhere."""
+"""The build progress display: time is charged to the step a call reports, one line per step."""
 
 import io
 
@@ -10,26 +10,56 @@ class _Tty(io.StringIO):
         return True
 
 
-def test_progress_log_mode_one_line_per_step():
-    s = io.StringIO()
-    p = Progress(stream=s)
-    for step in ("load", "fuse"):
-        for i in range(5):
-            p(step, i + 1, 5)
+class _Clock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+def _builder_like(p, clock):
+    """As trtrun.builder calls it: after each pass, overall count; within a long pass, its own count."""
+    clock.t += 1.0
+    p("load", 1, 3)
+    for k in range(4):  # a long pass reporting 4 sub-steps of 0.5 s
+        clock.t += 0.5
+        p("lower (weights)", k + 1, 4)
+    clock.t += 0.25
+    p("lower", 2, 3)
+    clock.t += 3.0
+    p("plan", 3, 3)
+
+
+def test_progress_charges_time_to_the_reported_step():
+    s, clock = io.StringIO(), _Clock()
+    p = Progress(stream=s, clock=clock)
+    _builder_like(p, clock)
+    assert p.close() == 6.25
+    assert p.done_steps == [("load", 1.0), ("lower (weights)", 2.0), ("lower", 0.25), ("plan", 3.0)]
+    assert s.getvalue().splitlines() == [
+        "  load: 1/3, 1.0s", "  lower (weights): 4/4, 2.0s", "  lower: 2/3, 0.2s", "  plan: 3/3, 3.0s"]
+
+
+def test_progress_logs_a_line_now_and_then_in_a_long_step():
+    s, clock = io.StringIO(), _Clock()
+    p = Progress(stream=s, clock=clock)
+    for k in range(30):
+        clock.t += 1.0
+        p("lower (weights)", k + 1, 30)
     p.close()
     lines = s.getvalue().splitlines()
-    assert [ln.split(":")[0].strip() for ln in lines] == ["load", "fuse"]
-    assert [name for name, _ in p.done_steps] == ["load", "fuse"]
+    assert 2 <= len(lines) <= 4 and lines[-1] == "  lower (weights): 30/30, 30.0s"
 
 
-def test_progress_tty_redraws_and_ends_lines():
-    s = _Tty()
-    p = Progress(stream=s)
-    p("lower", 1, 4)
-    p("lower", 4, 4)
+def test_progress_tty_redraws_in_place():
+    s, clock = _Tty(), _Clock()
+    p = Progress(stream=s, clock=clock)
+    _builder_like(p, clock)
     p.close()
     out = s.getvalue()
-    assert "\r" in out and "[" in out and "4/4" in out and out.endswith("\n") and "done in" in out
+    assert "\r" in out and "[" in out and "4/4" in out and out.endswith("\n")
+    assert out.count("\n") == 4  # one finished line per step; the live line is redrawn, not repeated
 
 
 def test_progress_disabled_writes_nothing():

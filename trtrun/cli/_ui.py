@@ -23,61 +23,63 @@ def human_bytes(n: float) -> str:
 
 
 class Progress:
-    """`progress(step, done, total)` callback for long steps (the builder's contract).
+    """`progress(step, done, total)` callback for long work (the builder's contract).
 
-    On a terminal: one line redrawn in place, with a bar, the count and the step's elapsed time.
-    Elsewhere (CI logs, pipes): one line when a step ends, and one every 10 s while a long step runs.
-    `close()` ends the current step.
+    A call means "`step` has reached done/total" (the builder calls it as each pass finishes, with the
+    overall count, and within long passes with their own count). So the time since the previous call
+    is charged to the call's step, and consecutive calls with the same step name form one line.
+    On a terminal the current line is redrawn in place with a bar; elsewhere (CI logs, pipes) a line is
+    printed when the step name changes, plus one every 10 s while the same step goes on.
+    `close()` prints the last line and returns the total elapsed seconds.
     """
 
     WIDTH = 24
     LOG_EVERY_S = 10.0
 
-    def __init__(self, stream=None, enabled: bool = True):
+    def __init__(self, stream=None, enabled: bool = True, clock=time.perf_counter):
         self.stream = stream if stream is not None else sys.stderr
         self.enabled = enabled
+        self.clock = clock
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.step: str | None = None
-        self.t_step = 0.0
-        self.t0 = time.perf_counter()
-        self.last_draw = 0.0
-        self.done_steps: list[tuple[str, float]] = []
+        self.t0 = self.t_last = self.t_draw = clock()
+        self.step: str | None = None  # the current line
+        self.done = self.total = 0
+        self.step_s = 0.0
+        self.done_steps: list[tuple[str, float]] = []  # (step, seconds charged to it), in order
 
     def __call__(self, step: str, done: int, total: int) -> None:
         if not self.enabled:
             return
-        now = time.perf_counter()
+        now = self.clock()
         if step != self.step:
-            self._finish(now)
-            self.step, self.t_step, self.last_draw = step, now, now
+            self._flush()
+            self.step, self.step_s, self.t_draw = step, 0.0, now
+        self.step_s += now - self.t_last
+        self.t_last, self.done, self.total = now, done, total
         if self.tty:
-            if now - self.last_draw > 0.05 or done >= total:
-                self.last_draw = now
+            if now - self.t_draw > 0.05 or done >= total:
+                self.t_draw = now
                 frac = min(max(done / total, 0.0), 1.0) if total > 0 else 1.0
                 fill = int(round(frac * self.WIDTH))
-                bar = "#" * fill + "-" * (self.WIDTH - fill)
-                self._write(f"\r  {step:<28.28} [{bar}] {done}/{total}  {now - self.t_step:5.1f}s\x1b[K")
-        elif now - self.last_draw > self.LOG_EVERY_S:  # a long step in a log: a line now and then
-            self.last_draw = now
-            self._write(f"  {step}: {done}/{total} after {now - self.t_step:.0f}s\n")
+                self._write(f"\r  {step:<34.34} [{'#' * fill}{'-' * (self.WIDTH - fill)}] {done}/{total}"
+                            f"  {now - self.t0:6.1f}s\x1b[K")
+        elif now - self.t_draw > self.LOG_EVERY_S:
+            self.t_draw = now
+            self._write(f"  {step}: {done}/{total} ...\n")
 
-    def _finish(self, now: float) -> None:
+    def _flush(self) -> None:
         if self.step is None:
             return
-        dt = now - self.t_step
-        self.done_steps.append((self.step, dt))
-        if self.tty:
-            self._write(f"\r  {self.step:<28.28} done in {dt:.1f}s\x1b[K\n")
-        else:
-            self._write(f"  {self.step}: {dt:.1f}s\n")
+        self.done_steps.append((self.step, self.step_s))
+        line = f"  {self.step}: {self.done}/{self.total}, {self.step_s:.1f}s"
+        self._write(f"\r{line}\x1b[K\n" if self.tty else line + "\n")
         self.step = None
 
     def close(self) -> float:
-        """End the last step; returns the total elapsed seconds."""
-        now = time.perf_counter()
+        """Print the last line; returns the total elapsed seconds."""
         if self.enabled:
-            self._finish(now)
-        return now - self.t0
+            self._flush()
+        return self.clock() - self.t0
 
     def _write(self, text: str) -> None:
         self.stream.write(text)
