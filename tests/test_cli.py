@@ -330,3 +330,21 @@ def test_real_process_no_traceback_and_debug(tiny, tmp_path):
     r = subprocess.run([sys.executable, "-m", "trtrun", "--debug", "inspect", str(p)], capture_output=True,
                        text=True, cwd=ROOT, timeout=120)
     assert r.returncode == 1 and "Traceback" in r.stderr
+
+
+def test_build_tf32_save_onnx_and_default_output(capsys, tiny, tmp_path):
+    import shutil
+
+    import onnxruntime as ort
+
+    src = tmp_path / "m.onnx"
+    shutil.copy(tiny["onnx"], src)
+    code, _, err = cli(capsys, "build", src, "--precision", "fp32", "--tf32", "--max", "2,16",
+                       "--save-onnx", tmp_path / "rw.onnx")
+    assert code == 0, err
+    plan = tmp_path / "m.fp32.plan"  # default name: MODEL.<precision>.plan beside the ONNX
+    code, out, err = cli(capsys, "inspect", plan, "--json")
+    assert code == 0 and json.loads(out)["tf32"] is True
+    sess = ort.InferenceSession(str(tmp_path / "rw.onnx"), providers=["CPUExecutionProvider"])
+    assert {i.name for i in sess.get_inputs()} >= {"input_ids", "attention_mask"}
+    assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]  # no temporary file left
