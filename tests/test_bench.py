@@ -411,3 +411,9 @@ def test_failed_setup_is_recorded_once(swept, tmp_path, monkeypatch):
     assert all(p["status"] == "error" and "no memory for the session" in p["note"] for p in cpu)
     assert all(p["status"] == "ok" for p in pts if p["engine"] == "trtrun-fp32")
     assert "cpu: error at 4 point(s)" in (out / "summary.md").read_text()
+
+
+def test_no_model_is_a_clear_error(tmp_path, capsys):
+    assert main(["bench", "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert "no MODEL given" in err and "internal error" not in err

@@ -148,6 +148,7 @@ def command(ctx, models, config_file, out_dir, overrides, tokens, report_only, n
             else:
                 tk[k] = v
         kw["tokens"] = tk
+    kw.setdefault("models", [])
     kw["out"] = Path(out_dir)
     kw["plots"] = not no_plots
     kw["command_line"] = _command_line(ctx)
