@@ -51,13 +51,17 @@ def per_sample_cosine(out, ref, mask):
         keep = mask[b].astype(bool) if mask is not None else slice(None)
         a = np.asarray(out[b][keep], dtype=np.float64).ravel()
         r = np.asarray(ref[b][keep], dtype=np.float64).ravel()
+        if not (np.isfinite(a).all() and np.isfinite(r).all()):
+            cos[b] = np.nan
+            continue
         denom = np.linalg.norm(a) * np.linalg.norm(r)
+        # two all-zero vectors agree; one all-zero vector against a non-zero one does not
         cos[b] = float(a @ r / denom) if denom > 0 else (1.0 if not a.any() and not r.any() else 0.0)
     return cos
 
 
-def select_backend(plan_path: str, backend: str, quiet: bool):
-    """-> (name, runner) where runner(feeds) -> outputs dict."""
+def select_backend(plan, plan_path: str, backend: str, quiet: bool):
+    """-> (name, runner) where runner(feeds) -> outputs dict: the GPU runtime, or the reference backend."""
     from ..errors import RuntimeUnavailableError
 
     reason = ""
@@ -75,7 +79,9 @@ def select_backend(plan_path: str, backend: str, quiet: bool):
         if backend == "gpu":
             raise RuntimeUnavailableError(f"--backend gpu: the GPU runtime is not usable: {reason}")
         status(f"GPU runtime not usable ({reason}); using the reference backend", quiet)
-    return "reference", None
+    from ..reference import ReferenceBackend
+
+    return "reference", ReferenceBackend(plan).run
 
 
 def _texts_from_options(texts, text_file, data_set, max_samples):
@@ -170,11 +176,7 @@ def command(plan_path, backend, texts, text_file, data_set, max_samples, ids_fil
             chunks.append(pad_to(part, batch=bmin))
     chunks = [plan.check_feeds(c) for c in chunks]
 
-    name, runner = select_backend(plan_path, backend, quiet)
-    if runner is None:
-        from ..reference import ReferenceBackend
-
-        runner = ReferenceBackend(plan).run
+    name, runner = select_backend(plan, plan_path, backend, quiet)
     t0 = time.perf_counter()
     results = [runner(c) for c in chunks]
     elapsed = time.perf_counter() - t0

@@ -1,4 +1,4 @@
-"""The build progress display: time is charged to the step a call reports, one line per step."""
+"""CLI helpers: the build progress display (time charged to the step a call reports) and per-sample cosine."""
 
 import io
 
@@ -68,3 +68,19 @@ def test_progress_disabled_writes_nothing():
     p("load", 1, 1)
     p.close()
     assert s.getvalue() == ""
+
+
+def test_per_sample_cosine_known_answers():
+    import numpy as np
+
+    from trtrun.cli.run import per_sample_cosine
+
+    out = np.zeros((4, 2, 2))
+    ref = np.zeros((4, 2, 2))
+    out[0] = [[1, 0], [0, 0]]; ref[0] = [[0, 1], [5, 5]]      # valid token only: orthogonal -> 0
+    out[1] = [[1, 2], [3, 4]]; ref[1] = [[2, 4], [6, 8]]      # parallel -> 1
+    out[2] = [[1, 0], [0, 0]]; ref[2] = [[-1, 0], [0, 0]]     # opposite -> -1
+    out[3] = [[np.nan, 0], [0, 0]]; ref[3] = [[1, 0], [0, 0]]  # NaN -> NaN
+    mask = np.array([[1, 0], [1, 1], [1, 1], [1, 1]])
+    cos = per_sample_cosine(out, ref, mask)
+    assert cos[:3].tolist() == [0.0, 1.0, -1.0] and np.isnan(cos[3])
