@@ -323,9 +323,9 @@ def _model_section(idx: Index, model: str, w) -> None:
 
 def _issue3_section(idx: Index, model: str, w) -> None:
     """The speed targets of issue 3 (BERT-base / GPT-2), where the sweep measured them."""
-    base = model.split("-h")[0] if model.startswith(("bert-base", "gpt2")) else None
-    if base not in ("bert-base", "gpt2") or model != base:
+    if model not in ("bert-base", "gpt2"):  # full-size named architectures only
         return
+    base = model
     lines = []
     h = lambda b, s: p50(idx.get(model, "trtrun-hybrid", b, s))  # noqa: E731
     if base == "bert-base":
