@@ -138,7 +138,9 @@ def _import_transformers():
     return transformers
 
 
-def _is_tokenizer_dir(d: Path) -> bool:
+def is_tokenizer_dir(d: Path) -> bool:
+    """Whether folder `d` holds a tokenizer load_tokenizer can read."""
+    d = Path(d)
     return d.is_dir() and (
         (d / "tokenizer.json").exists()
         or (d / "vocab.txt").exists()
@@ -146,12 +148,15 @@ def _is_tokenizer_dir(d: Path) -> bool:
     )
 
 
+_is_tokenizer_dir = is_tokenizer_dir  # old private name, still used by callers
+
+
 def load_tokenizer(directory: str | os.PathLike):
     """A fast tokenizer from a local folder (tokenizer.json / vocab.txt, or GPT-2's vocab.json + merges.txt)."""
     d = Path(directory)
     if not d.is_dir():
         raise DataError(f"tokenizer folder {d} does not exist")
-    if not _is_tokenizer_dir(d):
+    if not is_tokenizer_dir(d):
         raise DataError(f"{d} holds no tokenizer (expected tokenizer.json, vocab.txt, or vocab.json + merges.txt)")
     transformers = _import_transformers()
     try:
@@ -191,7 +196,7 @@ def tokenizer_for(plan_or_model_dir: Any):
     src = (header.get("source") or {}).get("path")
     if src:
         for cand in (Path(src).parent, Path(src).parent / "tokenizer"):
-            if _is_tokenizer_dir(cand):
+            if is_tokenizer_dir(cand):
                 return load_tokenizer(cand)
     vocab = (header.get("model") or {}).get("vocab_size")
     sub = _TOKENIZER_BY_VOCAB.get(vocab)
