@@ -78,6 +78,8 @@ def lower(graph, facts, tensor_dtypes, weight_dtypes, *, precision, profile, sou
 
     weights: dict[str, np.ndarray] = {}
     ops = []
+    op_names: set[str] = set()
+    weight_names: dict[int, str] = {}
     total = len(ops_nodes)
     for k, n in enumerate(ops_nodes):
         slots, roles, outs = G.OP_SLOTS[n.op]
@@ -92,10 +94,14 @@ def lower(graph, facts, tensor_dtypes, weight_dtypes, *, precision, profile, sou
             w = G.slot(n, r)
             if w is None:
                 continue
-            wname = _clean(w.name)
-            if wname not in weights:
+            if id(w) not in weight_names:  # one plan weight per graph constant, names unique
+                wname, i = _clean(w.name), 1
+                while wname in weights:
+                    i += 1
+                    wname = f"{_clean(w.name)}_{i}"
                 weights[wname] = np.ascontiguousarray(G.const_value(w).astype(weight_dtypes[w.name]))
-            wmap[r] = wname
+                weight_names[id(w)] = wname
+            wmap[r] = weight_names[id(w)]
         attrs = {}
         for key, v in n.attrs.items():
             if isinstance(v, (bool, np.bool_)):
@@ -106,7 +112,12 @@ def lower(graph, facts, tensor_dtypes, weight_dtypes, *, precision, profile, sou
                 attrs[key] = float(v)
             else:
                 attrs[key] = v
-        ops.append({"type": n.op, "name": _clean(n.name), "inputs": ins, "outputs": outputs,
+        op_name, i = _clean(n.name), 1
+        while op_name in op_names:
+            i += 1
+            op_name = f"{_clean(n.name)}_{i}"
+        op_names.add(op_name)
+        ops.append({"type": n.op, "name": op_name, "inputs": ins, "outputs": outputs,
                     "weights": wmap, "attrs": attrs, "precision": precision})
         if progress:
             progress("lower", k + 1, total)
