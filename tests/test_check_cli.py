@@ -119,6 +119,11 @@ def test_random_data_and_bad_inputs(models, capsys, tmp_path):
     assert list(rep["data"]) == ["random"] and rep["random_vs_real"] == {}
     assert rep["results"]["hybrid"]["random"]["rates"]["samples"] == 5
     assert "onnxruntime" in rep["fp32_reference"]
+    from trtrun.check.summary import main as summary_main
+
+    assert summary_main([str(tmp_path / "s.md"), f"tiny={tmp_path / 'r'}", f"gone={tmp_path / 'nothing'}"]) == 0
+    s = (tmp_path / "s.md").read_text()
+    assert "| tiny | random |" in s and "## fp16 against hybrid" in s and "gone" not in s
 
     code, so, se = run(capsys, "check", tmp_path / "nope.onnx", "-o", tmp_path / "x")
     assert code == 1 and "trtrun: error:" in se and "nope.onnx" in se and "Traceback" not in se
@@ -160,3 +165,47 @@ def test_downstream_classifier_on_tiny_model(models, capsys, tmp_path):
         lo, hi = r["wilson95"]
         assert lo <= r["accuracy"] <= hi and r["n"] == 60
     assert c["results"]["hybrid"]["flipped_to_wrong"] + c["results"]["hybrid"]["flipped_to_right"] <= 60
+
+
+def test_backend_without_capture_reruns_headroom_on_a_subset(models, monkeypatch, tmp_path):
+    """The GPU runtime exposes no intermediates: headroom then re-runs chosen samples on the reference
+    backend, and the report says so. Simulated here with a runner that cannot capture."""
+    from trtrun.check import core
+    from trtrun.check.backends import ReferencePlan
+
+    class NoCapture(ReferencePlan):
+        can_capture = False
+
+        def run(self, feeds, capture=False):
+            assert not capture, "a runner without capture was asked to capture"
+            return super().run(feeds)
+
+    monkeypatch.setattr(core, "choose_backend", lambda b: ("gpu", "simulated"))
+    monkeypatch.setattr(core, "plan_runner", lambda plan, backend: NoCapture(plan))
+    monkeypatch.setattr(core, "_device_name", lambda: "simulated GPU")
+    rep = core.run_check(core.CheckOptions(model=str(models["tiny"]), out_dir=tmp_path, data="random",
+                                           max_samples=9, headroom_samples=3, downstream="off"))
+    h = rep["headroom"]
+    assert "re-run on the numpy reference backend" in h["source"]
+    assert h["samples"] == {"random": 3}
+    assert h["by_set"]["random"]["hybrid"]["samples"] == 3
+    assert rep["backend"]["name"] == "gpu" and rep["results"]["fp16"]["random"]["rates"]["samples"] == 9
+    assert rep["backend"]["device"] == "simulated GPU" and rep["verdict"] == "pass"
+
+
+def test_headroom_sample_choice():
+    """Flagged samples (NaN/Inf on the GPU) first (up to half), then the 4 longest, then a seeded draw."""
+    from trtrun.check.core import _pick_headroom
+    from trtrun.check.inputs import SampleSet
+
+    lengths = np.array([5, 9, 3, 12, 7, 11, 2, 8, 10, 4])
+    mask = (np.arange(12)[None, :] < lengths[:, None]).astype(np.int64)
+    s = SampleSet("real", {"input_ids": np.ones_like(mask), "attention_mask": mask}, ["x"] * 10)
+    flagged = np.zeros(10, bool)
+    flagged[[2, 6]] = True
+    got = _pick_headroom(s, 7, flagged, seed=0)
+    assert len(got) == 7 and len(set(got.tolist())) == 7
+    assert {2, 6} <= set(got.tolist())                          # flagged first
+    assert {3, 5, 8, 1} <= set(got.tolist())                    # the 4 longest: 12, 11, 10, 9 tokens
+    assert (got == _pick_headroom(s, 7, flagged, seed=0)).all()  # seeded
+    assert _pick_headroom(s, 50, flagged, seed=0).tolist() == list(range(10))

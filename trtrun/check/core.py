@@ -83,9 +83,34 @@ def resolve_model(model: str, work: Path, overrides: dict | None, seed: int, log
                 "weights": f"random (seed {seed})" if model in NAMED_ARCHS else "real (from the folder)",
                 "overrides": overrides or {}, "export_s": round(time.perf_counter() - t, 2)}
         tok = p if p.is_dir() else None
+        stored = _stored_dtypes(p) if p.is_dir() else None
+        if stored:
+            desc["stored_dtypes"] = stored
+            if stored == ["F16"] or stored == ["BF16"]:
+                desc["weights"] = (f"real, stored in {stored[0].lower()} (rounded from the original fp32): the fp32 "
+                                   "reference runs these same rounded values in fp32, so fp16 weight rounding costs "
+                                   "nothing here and the differences come from activations and arithmetic alone")
         return out, desc, tok
     raise InputError(f"model {model!r}: expected an .onnx file, a Hugging Face model folder, or one of "
                      f"{', '.join(NAMED_ARCHS)}")
+
+
+def _stored_dtypes(folder: Path) -> list[str] | None:
+    """The dtypes in a model folder's safetensors files (read from their JSON headers), e.g. ["F32"]."""
+    import json
+    import struct
+
+    found = set()
+    for f in sorted(folder.glob("*.safetensors")):
+        try:
+            with open(f, "rb") as fh:
+                (n,) = struct.unpack("<Q", fh.read(8))
+                head = json.loads(fh.read(n))
+        except (OSError, ValueError, struct.error):
+            return None
+        found |= {v["dtype"] for k, v in head.items() if k != "__metadata__" and isinstance(v, dict)
+                  and str(v.get("dtype", "")).startswith(("F", "BF"))}  # float tensors (not position ids)
+    return sorted(found) or None
 
 
 def _onnx_word_table(onnx_path: Path, vocab: int, hidden: int) -> np.ndarray | None:
