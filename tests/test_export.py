@@ -110,3 +110,13 @@ def test_export_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown override"):
         export_model("bert-base", tmp_path / "x.onnx", overrides={"n_embd": 4})
     assert not (tmp_path / "x.onnx").exists()
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_export_is_deterministic(tmp_path, exporter):
+    from trtrun.export import export_model
+    small = {"hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+             "intermediate_size": 128, "vocab_size": 500}
+    a = export_model("gpt2", tmp_path / "a.onnx", exporter=exporter, overrides=small, seed=3)
+    b = export_model("gpt2", tmp_path / "b.onnx", exporter=exporter, overrides=small, seed=3)
+    assert a.read_bytes() == b.read_bytes()
