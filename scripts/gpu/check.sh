@@ -7,6 +7,11 @@
 #   2. a GPT-2-shaped model (random weights) on Wikipedia paragraphs: fidelity, headroom, next-token check,
 #   3. a BERT-base-shaped model (random weights) on rt + wiki: fidelity and headroom,
 #   then summary.md (fp16 vs hybrid, random vs real, downstream tables) over the three.
+# Estimated on an H100/H200 with the GPU runtime (not yet measured): install 1-3 min; MiniLM 2-4 min
+# (onnxruntime fp32 on 4,000 samples and the RT train split dominates, headroom on the reference backend
+# next); GPT-2 and BERT-base 1.5-3 min each (export + two builds, onnxruntime, reference headroom, GPT-2's
+# 50257-way logits in numpy). If the budget runs out, the models left are skipped and named in the log: run
+# again with CHECK_MODELS="gpt2 bert-base" and merge the archives (summary: python -m trtrun.check.summary).
 #
 #   run(command="bash scripts/gpu/check.sh", carry=[".whl", ".gpudata"])
 #
@@ -18,6 +23,7 @@
 # root), summary.md (also inside the archive) and check.log.
 # Environment: CHECK_BACKEND (auto|gpu|reference; auto = gpu when trtrun.runtime.gpu_available()),
 # CHECK_BUDGET (s, default 480: later models are skipped when too little is left), CHECK_NO_INSTALL=1,
+# CHECK_MODELS (default "minilm gpt2 bert-base": a subset, to split the work over two calls),
 # PYTHON; CHECK_MINI_N/_LEN/_DS, CHECK_BIG_N/_LEN/_HEAD override the sample counts. Without a usable GPU runtime every model runs on the numpy reference backend with far fewer
 # samples (the reports say which backend ran). Try it on a CPU machine with:
 #   CHECK_NO_INSTALL=1 CHECK_BACKEND=reference CHECK_BUDGET=3000 OUT=/tmp/o bash scripts/gpu/check.sh
@@ -74,7 +80,7 @@ if [ "$backend" = auto ]; then
 fi
 log "backend: $backend"
 if [ "$backend" = gpu ]; then
-  MINI_N=2000; MINI_LEN=256; MINI_DS=""; BIG_N=256; BIG_LEN=256; BIG_HEAD=16
+  MINI_N=2000; MINI_LEN=256; MINI_DS="--headroom-samples 48"; BIG_N=192; BIG_LEN=128; BIG_HEAD=8
 else  # the numpy reference backend: same checks, far fewer samples
   MINI_N=256; MINI_LEN=128; MINI_DS="--downstream-train 2000 --downstream-test 500"; BIG_N=24; BIG_LEN=128; BIG_HEAD=8
 fi
@@ -111,7 +117,10 @@ stage() {  # stage NAME MIN_SECONDS_LEFT ARGS...: one `trtrun check`, skipped wh
 }
 
 data=${TRTRUN_DATA:-.data}
-if [ -f "$data/minilm/config.json" ]; then
+models=" ${CHECK_MODELS:-minilm gpt2 bert-base} "
+if [[ "$models" != *" minilm "* ]]; then
+  log "minilm: not asked for (CHECK_MODELS)"
+elif [ -f "$data/minilm/config.json" ]; then
   # shellcheck disable=SC2086
   stage minilm 120 "$data/minilm" --data rt,wiki -n "$MINI_N" --max-length "$MINI_LEN" \
     --min-cosine 0.9998 --max-nan-rate 0 --gate hybrid --downstream on $MINI_DS
@@ -120,9 +129,9 @@ else
 fi
 gpt_data=wiki
 [ -f "$data/gpt2-tokenizer/merges.txt" ] || { gpt_data=random; log "gpt2: no gpt2-tokenizer/ in $data: random ids only"; }
-stage gpt2 90 gpt2 --data "$gpt_data" -n "$BIG_N" --max-length "$BIG_LEN" --headroom-samples "$BIG_HEAD" \
+[[ "$models" == *" gpt2 "* ]] && stage gpt2 90 gpt2 --data "$gpt_data" -n "$BIG_N" --max-length "$BIG_LEN" --headroom-samples "$BIG_HEAD" \
   --min-cosine 0.9998 --max-nan-rate 0 --gate hybrid
-stage bert-base 90 bert-base --data rt,wiki -n "$BIG_N" --max-length "$BIG_LEN" --headroom-samples "$BIG_HEAD" \
+[[ "$models" == *" bert-base "* ]] && stage bert-base 90 bert-base --data rt,wiki -n "$BIG_N" --max-length "$BIG_LEN" --headroom-samples "$BIG_HEAD" \
   --min-cosine 0.9998 --max-nan-rate 0 --gate hybrid --downstream off
 
 # ---- 3. summary and the archive the lead commits

@@ -191,16 +191,21 @@ class HeadroomAccumulator:
         B, S, _ = qkv.shape
         out = np.empty(B)
         tri = np.tril(np.ones((S, S), bool)) if causal else None
+        HD = H * D
         for b in range(B):
-            x = qkv[b].astype(np.float32)
-            q = x[:, :H * D].reshape(S, H, D).transpose(1, 0, 2)
-            k = x[:, H * D:2 * H * D].reshape(S, H, D).transpose(1, 0, 2)
-            with np.errstate(over="ignore", invalid="ignore"):
-                sc = np.abs(np.matmul(q.astype(F64), k.astype(F64).transpose(0, 2, 1)) * scale)  # [H, S, S]
+            # float32 products with float32 accumulation: what every precision's QK^T computes (fp16 operands
+            # are exact in float32); 2-D BLAS calls per head (numpy's stacked matmul is far slower)
+            x = np.ascontiguousarray(qkv[b], dtype=np.float32)
             allowed = valid[b][:, None] & valid[b][None, :]
             if tri is not None:
                 allowed &= tri
-            m = np.fmax.reduce(np.where(allowed[None], sc, -np.inf).reshape(-1))
+            m = -np.inf
+            for h in range(H):
+                q = x[:, h * D:(h + 1) * D]
+                k = x[:, HD + h * D:HD + (h + 1) * D]
+                with np.errstate(over="ignore", invalid="ignore"):
+                    sc = np.abs((q @ k.T).astype(F64) * scale)
+                m = np.fmax(m, np.fmax.reduce(np.where(allowed, sc, -np.inf), axis=None))
             out[b] = m
         return out
 
