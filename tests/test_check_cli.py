@@ -194,18 +194,21 @@ def test_backend_without_capture_reruns_headroom_on_a_subset(models, monkeypatch
 
 
 def test_headroom_sample_choice():
-    """Flagged samples (NaN/Inf on the GPU) first (up to half), then the 4 longest, then a seeded draw."""
+    """Up to half by lowest worst-token cosine on the engine (NaN first), then the 4 longest, then seeded."""
     from trtrun.check.core import _pick_headroom
     from trtrun.check.inputs import SampleSet
 
     lengths = np.array([5, 9, 3, 12, 7, 11, 2, 8, 10, 4])
     mask = (np.arange(12)[None, :] < lengths[:, None]).astype(np.int64)
     s = SampleSet("real", {"input_ids": np.ones_like(mask), "attention_mask": mask}, ["x"] * 10)
-    flagged = np.zeros(10, bool)
-    flagged[[2, 6]] = True
-    got = _pick_headroom(s, 7, flagged, seed=0)
+    worst = np.full(10, 0.99999)
+    worst[2] = np.nan                                           # NaN/Inf output
+    worst[6] = 0.2                                              # a collapsed token (silent fp16 overflow)
+    worst[0] = 0.9
+    got = _pick_headroom(s, 7, worst, seed=0)
     assert len(got) == 7 and len(set(got.tolist())) == 7
-    assert {2, 6} <= set(got.tolist())                          # flagged first
+    assert {2, 6, 0} <= set(got.tolist())                       # the 7 // 2 = 3 lowest worst-token cosines
     assert {3, 5, 8, 1} <= set(got.tolist())                    # the 4 longest: 12, 11, 10, 9 tokens
-    assert (got == _pick_headroom(s, 7, flagged, seed=0)).all()  # seeded
-    assert _pick_headroom(s, 50, flagged, seed=0).tolist() == list(range(10))
+    assert (got == _pick_headroom(s, 7, worst, seed=0)).all()   # seeded
+    assert _pick_headroom(s, 50, worst, seed=0).tolist() == list(range(10))
+    assert len(_pick_headroom(s, 5, None, seed=1)) == 5

@@ -159,18 +159,22 @@ def _length_summary(s: SampleSet) -> dict:
                                                if any(metrics.bucket_label(int(x)) == b for x in L)}}
 
 
-def _pick_headroom(s: SampleSet, k: int, flagged: np.ndarray, seed: int) -> np.ndarray:
-    """k sample indices for the headroom runs: flagged ones (non-finite on the GPU) first, then the 4
+def _pick_headroom(s: SampleSet, k: int, worst_cos: np.ndarray | None, seed: int) -> np.ndarray:
+    """k sample indices for the headroom runs: up to k/2 with the lowest worst-token cosine on the engine
+    (NaN first: NaN/Inf outputs; then silent fp16 overflows, which show as a collapsed token), the 4
     longest, then a seeded random draw."""
     if k >= s.n:
         return np.arange(s.n)
-    chosen = list(np.flatnonzero(flagged)[: k // 2])
+    chosen: list[int] = []
+    if worst_cos is not None:
+        score = np.where(np.isnan(worst_cos), -np.inf, worst_cos)
+        chosen = [int(i) for i in np.argsort(score, kind="stable")[: k // 2]]
     for i in np.argsort(-s.lengths, kind="stable")[:4]:
-        if len(chosen) < k and i not in chosen:
+        if len(chosen) < k and int(i) not in chosen:
             chosen.append(int(i))
     rest = np.setdiff1d(np.arange(s.n), chosen)
     rng = np.random.default_rng(seed)
-    chosen += list(rng.choice(rest, size=max(0, k - len(chosen)), replace=False))
+    chosen += [int(i) for i in rng.choice(rest, size=max(0, k - len(chosen)), replace=False)]
     return np.sort(np.asarray(chosen, dtype=np.int64))
 
 
@@ -314,7 +318,7 @@ def _run(opts, precisions, gate, work, log, timing, t_start) -> dict:
     t = time.perf_counter()
     for sn, s in sets.items():
         if capture_main:
-            head_sel[sn] = np.arange(s.n) if hk is None else _pick_headroom(s, hk, np.zeros(s.n, bool), opts.seed)
+            head_sel[sn] = np.arange(s.n) if hk is None else _pick_headroom(s, hk, None, opts.seed)
             in_head = np.zeros(s.n, bool)
             in_head[head_sel[sn]] = True
         log(f"{sn}: {s.n} samples ({s.note}), batches of {bs}")
@@ -359,12 +363,10 @@ def _run(opts, precisions, gate, work, log, timing, t_start) -> dict:
         t = time.perf_counter()
         refs = {p: ReferencePlan(plans[p]) for p in precisions}
         for sn, s in sets.items():
-            flagged = np.zeros(s.n, bool)
-            for p in precisions:
-                flagged |= np.array([m["nonfinite_tokens"] > 0 or not math.isfinite(m["cos"])
-                                     for m in per_sample[sn][p]])
+            worst = np.array([min(per_sample[sn][p][i]["cos_worst_token"] if math.isfinite(
+                per_sample[sn][p][i]["cos_worst_token"]) else -np.inf for p in precisions) for i in range(s.n)])
             k = s.n if hk is None else hk
-            head_sel[sn] = _pick_headroom(s, k, flagged, opts.seed)
+            head_sel[sn] = _pick_headroom(s, k, worst, opts.seed)
             sub = s.subset(head_sel[sn])
             log(f"headroom: {sn}, {sub.n} samples on the reference backend")
             for idx, feeds in batches(sub, bs, seq_min=smin, batch_min=bmin):

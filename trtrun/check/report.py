@@ -437,7 +437,7 @@ def plot_all(report: dict, out_dir: Path) -> tuple[dict[str, str], str | None]:
     pts = per_p[base]["points"]
     kinds = [("sum", "residual stream max |s|", "o-"), ("var_sum", "LayerNorm sum (s-mean)^2", "s-"),
              ("dev_sq", "LayerNorm max (s-mean)^2", "^-"), ("scores", "attention max |score|", "d-")]
-    fig, ax = plt.subplots(figsize=(9, 4.5))
+    fig, ax = plt.subplots(figsize=(9, 5.2))
     order = sorted({p["op_index"] for p in pts if p["quantity"] in dict((k, 0) for k, _, _ in kinds)})
     pos = {i: j for j, i in enumerate(order)}
     for q, label, style in kinds:
@@ -462,7 +462,7 @@ def plot_all(report: dict, out_dir: Path) -> tuple[dict[str, str], str | None]:
     ax.set_xlabel("LayerNorm / attention ops in plan order (label: layer)")
     ax.set_ylabel("largest |value|")
     ax.set_title(f"Headroom per layer ({base} plan, {sn} data, {report['headroom']['samples'].get(sn)} samples)")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3)
     fig.tight_layout()
     fig.savefig(out_dir / "headroom.png", dpi=110)
     plt.close(fig)
