@@ -151,9 +151,10 @@ void Context::init() {
         owners.emplace_back(1, i);
       }
       LinearChoice c = choose_linear(op, d);
-      // The fused epilogue is used when cuBLASLt offers it for this dtype combination (checked at the largest
-      // shape); otherwise an fp32 accumulator is planned for the unfused path.
-      bool fused = c.fusable && gemm_->prepare(linear_key(op, d, rows, c, false));
+      // The fused epilogue is used when cuBLASLt offers it for this dtype combination (asked at a typical row
+      // count: support depends on the types and the epilogue, and asking at an absurd profile's row count
+      // would fail for the wrong reason); otherwise an fp32 accumulator is planned for the unfused path.
+      bool fused = c.fusable && gemm_->prepare(linear_key(op, d, std::min<int64_t>(rows, 4096), c, false));
       if (!fused) {
         lives.push_back({checked_mul(checked_mul(static_cast<size_t>(rows), static_cast<size_t>(w.shape[1]), "acc"),
                                      4, "accumulator scratch"), i, i});

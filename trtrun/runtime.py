@@ -282,6 +282,8 @@ class DeviceArray:
 def _describe(name: str, x) -> dict:
     """ptr, shape, strides (elements), dtype name, device index (None if unknown), framework of a device array."""
     mod = type(x).__module__.split(".")[0]
+    if isinstance(x, np.ndarray):  # numpy speaks DLPack too, but lives on the host
+        raise InputError(f"input {name!r} is a numpy (host) array: use Context.run, or pass device tensors")
     cai = getattr(x, "__cuda_array_interface__", None)
     if cai is not None:
         dtype = _TYPESTR.get(cai["typestr"])
@@ -314,8 +316,6 @@ def _describe(name: str, x) -> dict:
                              f"supported (int64, int32, float32, float16)")
         return {"ptr": int(info["ptr"]), "shape": tuple(info["shape"]), "strides": tuple(info["strides"]),
                 "dtype": dtype, "device": int(info["device_id"]), "framework": mod, "keep": (x, cap)}
-    if isinstance(x, np.ndarray):
-        raise InputError(f"input {name!r} is a numpy (host) array: use Context.run, or pass device tensors")
     raise InputError(f"input {name!r} ({type(x).__name__}) is not a device array: run_device takes objects "
                      f"with __cuda_array_interface__ or __dlpack__ (torch, cupy, ...)")
 

@@ -71,8 +71,10 @@ fi
 if [ -n "$fpid" ]; then
   log "foreign-architecture check"
   if wait "$fpid" && TRTRUN_FOREIGN_EXT=$(ls /tmp/foreign/_C*.so 2>/dev/null | head -1) && [ -n "$TRTRUN_FOREIGN_EXT" ]; then
+    echo "sm_80 build: $TRTRUN_FOREIGN_EXT"
     TRTRUN_FOREIGN_EXT=$TRTRUN_FOREIGN_EXT TRTRUN_REPORT_DIR=$OUT/report timeout 120 python3 -m pytest \
-      -p no:cacheprovider -q -rs tests/gpu/test_runtime_errors.py -k test_build_for_another_architecture 2>&1 | tail -5
+      -p no:cacheprovider -q -rs tests/gpu/test_runtime_errors.py -k test_build_for_another_architecture 2>&1 \
+      | grep -vE "^\s*$" | tail -30
   else
     echo "the sm_80 build failed:"; tail -5 /tmp/foreign.log
   fi
