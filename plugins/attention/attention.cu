@@ -735,7 +735,8 @@ __global__ void __launch_bounds__(128 * NWG, NWG == 2 ? 2 : 3)
       // V is read MN-major (transposed): its 8-key groups are 1024 bytes apart. The stride of MN blocks of 64
       // is never used (D = 64 is one block); it is set to the same 1024 so that either reading of the two
       // offset fields of the descriptor walks the keys correctly.
-      const uint64_t vdesc = sw128_desc(smem_u32(Vs + buf * TILE)) | (static_cast<uint64_t>(1024 >> 4) << 16);
+      const uint64_t vdesc =
+          (sw128_desc(smem_u32(Vs + buf * TILE)) & ~(0x3FFFull << 16)) | (static_cast<uint64_t>(1024 >> 4) << 16);
       // ---- S = Q K^T: 4 k-steps of 16 (32 bytes further along each swizzled row)
       fence_regs(s);
       wg_fence();
@@ -984,7 +985,11 @@ int resident_blocks(int nw) {
 // Whether this build has the sm_90a warpgroup-MMA kernel and the current device can run it (compute 9.0).
 #if defined(TRTRUN_HAVE_SM90A)
 // Whether head size 64 takes the warpgroup-MMA kernel without being asked (TRTRUN_ATTN_CFG=wg / mma override).
-constexpr bool kWgmmaByDefault = true;
+// OFF: on an H200 (2026-11-26) this kernel was right whenever a block visits a single key tile and wrong
+// (relative error ~1) as soon as it visits two or more, with every K/V fill mode (cp.async, cp.async waited,
+// plain stores, register staging), so the fault is in the state carried from one tile to the next, not in
+// the copies. Until that is found, the verified mma.sync kernel serves every head size. See README.md.
+constexpr bool kWgmmaByDefault = false;
 
 bool wgmma_usable() {
   int dev = 0, major = 0, minor = 0;
