@@ -276,6 +276,16 @@ def markdown(report: dict, plots: dict[str, str] | None = None) -> str:
             L.append("")
             L += _table(["tensor", "producer", "layer", "max abs", "median of sample maxima", "headroom"], rows)
             L.append("")
+            allrows = [[f"`{p['tensor'] or p['op']}`", p["type"], p["layer"], _f(p["max"]), _f(p["headroom_fp16"]) + "x",
+                        p["samples_over_fp16"]]
+                       for p in per_p["hybrid"]["points"] if p["held"] == "float16"]
+            L.append(f"<details><summary>Every value the hybrid plan holds in fp16 ({len(allrows)}, plan order)"
+                     "</summary>")
+            L.append("")
+            L += _table(["tensor", "producer", "layer", "max abs", "headroom", "samples over 65504"], allrows)
+            L.append("")
+            L.append("</details>")
+            L.append("")
 
     # ---------------------------------------------------------------- downstream
     ds = report.get("downstream") or {}
