@@ -61,6 +61,8 @@ PYBIND11_MODULE(_C, m) {
 
   m.def("device_problem", &trtrun::device_problem, py::arg("device") = 0,
         "'' when this build's kernels run on the device; otherwise why not (no driver/device, architecture)");
+  m.def("archs_cover_device", &trtrun::archs_cover_device, py::arg("archs"), py::arg("major"), py::arg("minor"),
+        "1/0: a CMAKE_CUDA_ARCHITECTURES list has/has no code for compute capability major.minor; -1: unknown");
   m.def(
       "device_count",
       []() {

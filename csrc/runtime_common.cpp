@@ -1,9 +1,11 @@
 // csrc/runtime_common.cpp: error texts, RAII buffers, device checks (see runtime_common.h).
-#include <string>
 #include "runtime_common.h"
+
+#include <unistd.h>
 
 #include <limits>
 #include <sstream>
+#include <string>
 
 #include "kernels.h"
 
@@ -75,6 +77,14 @@ void throw_alloc_error(cudaError_t code, size_t nbytes, const char* what, const 
 // ---- DeviceBuffer ----
 DeviceBuffer::DeviceBuffer(size_t nbytes, const char* what) : size_(nbytes) {
   if (nbytes == 0) return;
+  // More than the device has in total is refused before asking the driver: an absurd size is an input
+  // problem to report, not something to hand to cudaMalloc.
+  size_t free_b = 0, total_b = 0;
+  if (cudaMemGetInfo(&free_b, &total_b) == cudaSuccess) {
+    if (nbytes > total_b) throw_alloc_error(cudaErrorMemoryAllocation, nbytes, what, __FILE__, __LINE__);
+  } else {
+    (void)cudaGetLastError();
+  }
   cudaError_t e = cudaMalloc(&ptr_, nbytes);
   if (e != cudaSuccess) {
     ptr_ = nullptr;
@@ -103,6 +113,12 @@ DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& o) noexcept {
 // ---- PinnedBuffer ----
 PinnedBuffer::PinnedBuffer(size_t nbytes, const char* what, unsigned flags) : size_(nbytes) {
   if (nbytes == 0) return;
+  // Page-locking most of the host's memory would starve everything else on it: refuse above half of it.
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+  const size_t ram = pages > 0 && page > 0 ? static_cast<size_t>(pages) * static_cast<size_t>(page) : 0;
+  if (ram > 0 && nbytes > ram / 2)
+    throw DeviceError(std::string("out of pinned host memory: ") + what + " needs " + std::to_string(nbytes >> 20) +
+                      " MiB, more than half of this host's " + std::to_string(ram >> 20) + " MiB");
   cudaError_t e = cudaHostAlloc(&ptr_, nbytes, flags);
   if (e != cudaSuccess) {
     ptr_ = nullptr;
@@ -133,6 +149,40 @@ PinnedBuffer& PinnedBuffer::operator=(PinnedBuffer&& o) noexcept {
 }
 
 // ---- device checks ----
+int archs_cover_device(const std::string& archs, int major, int minor) {
+  // CMAKE_CUDA_ARCHITECTURES entries, comma separated: NN[a|f][-real|-virtual]. Plain NN builds machine code
+  // (sm_NN) and PTX (compute_NN). Machine code runs on the same major version with an equal or higher minor
+  // (exactly the same chip for the 'a' variants); PTX is compiled by the driver for any newer chip.
+  const int dev = major * 10 + minor;
+  bool parsed_any = false;
+  size_t pos = 0;
+  while (pos <= archs.size()) {
+    size_t end = archs.find(',', pos);
+    if (end == std::string::npos) end = archs.size();
+    std::string item = archs.substr(pos, end - pos);
+    pos = end + 1;
+    if (item.empty()) continue;
+    size_t i = 0;
+    while (i < item.size() && item[i] >= '0' && item[i] <= '9') ++i;
+    if (i < 2) return -1;  // "all", "native", ...: cannot tell from the list
+    const int nn = std::stoi(item.substr(0, i));
+    std::string rest = item.substr(i);
+    bool specific = false;
+    if (!rest.empty() && (rest[0] == 'a' || rest[0] == 'f')) {
+      specific = true;
+      rest = rest.substr(1);
+    }
+    bool real = true, virt = true;
+    if (rest == "-real") virt = false;
+    else if (rest == "-virtual") real = false;
+    else if (!rest.empty()) return -1;
+    parsed_any = true;
+    if (real && (specific ? nn == dev : (nn / 10 == major && nn % 10 <= minor))) return 1;
+    if (virt && (specific ? nn == dev : nn <= dev)) return 1;
+  }
+  return parsed_any ? 0 : -1;
+}
+
 std::string device_problem(int device) {
   int count = 0;
   cudaError_t e = cudaGetDeviceCount(&count);
@@ -151,6 +201,17 @@ std::string device_problem(int device) {
     (void)cudaGetLastError();
     return std::string("cudaGetDeviceProperties failed: ") + cudaGetErrorString(e);
   }
+  auto wrong_arch = [&](const char* how) {
+    std::ostringstream msg;
+    msg << "this trtrun build has GPU code for CUDA architecture(s) " << TRTRUN_CUDA_ARCHS
+        << " (CMAKE_CUDA_ARCHITECTURES) only, but device " << device << " (" << prop.name << ") is sm_"
+        << prop.major << prop.minor << "; rebuild with CMAKE_ARGS=\"-DCMAKE_CUDA_ARCHITECTURES=" << prop.major
+        << prop.minor << "\" pip install . [" << how << "]";
+    return msg.str();
+  };
+  // First from the list the build was made for (no kernel touched), then by asking the runtime about one of
+  // this build's kernels (cudaFuncGetAttributes: cudaErrorNoKernelImageForDevice).
+  if (archs_cover_device(TRTRUN_CUDA_ARCHS, prop.major, prop.minor) == 0) return wrong_arch("by the build's list");
   int previous = 0;
   if (cudaGetDevice(&previous) != cudaSuccess) (void)cudaGetLastError();
   if (cudaSetDevice(device) != cudaSuccess) {
@@ -160,14 +221,8 @@ std::string device_problem(int device) {
   e = probe_kernel_image();
   if (previous != device) TRTRUN_CUDA_IGNORE(cudaSetDevice(previous));
   if (e == cudaErrorNoKernelImageForDevice || e == cudaErrorInvalidDeviceFunction ||
-      e == cudaErrorUnsupportedPtxVersion) {
-    std::ostringstream msg;
-    msg << "this trtrun build has GPU code for CUDA architecture(s) sm_" << TRTRUN_CUDA_ARCHS
-        << " only, but device " << device << " (" << prop.name << ") is sm_" << prop.major << prop.minor
-        << "; rebuild with CMAKE_ARGS=\"-DCMAKE_CUDA_ARCHITECTURES=" << prop.major << prop.minor
-        << "\" pip install . [" << cudaGetErrorName(e) << "]";
-    return msg.str();
-  }
+      e == cudaErrorUnsupportedPtxVersion)
+    return wrong_arch(cudaGetErrorName(e));
   if (e != cudaSuccess)
     return std::string("device ") + std::to_string(device) + " (" + prop.name + ") cannot run kernels: " +
            cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ")";

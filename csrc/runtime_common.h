@@ -212,6 +212,9 @@ size_t checked_add(size_t a, size_t b, const char* what);
 inline size_t align_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
 
 // ---- Device checks --------------------------------------------------------------------------------------------
+// 1 when a CMAKE_CUDA_ARCHITECTURES list ("90", "80-real,90-virtual", ...) has code a device of compute
+// capability major.minor can run, 0 when it has none, -1 when the list cannot be read ("all", "native").
+int archs_cover_device(const std::string& archs, int major, int minor);
 // "" when this build's kernels run on `device`; otherwise why not (no device, wrong architecture, ...).
 std::string device_problem(int device);
 // Throws DeviceError with device_problem()'s text when it is not empty.

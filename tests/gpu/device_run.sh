@@ -6,7 +6,7 @@
 #   foreign    a second build for sm_80 only (80-real, no PTX), for test_build_for_another_architecture
 # Logs go to $OUT (the device tool's folder) or ./out. Carried along: .whl/ (wheels missing there, e.g.
 # onnx-graphsurgeon) and .gpudata/ (data folder: MiniLM, texts), both ignored by git.
-# Environment: TEST_FILES ("name:seconds ..."), SAN_TIMEOUT (default 150), PYTEST_ARGS (extra pytest args).
+# Environment: TEST_FILES ("name:seconds ..."), SAN_TIMEOUT (default 200), PYTEST_ARGS (extra pytest args).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-$PWD/out}
@@ -61,9 +61,11 @@ fi
 
 if [[ " $steps " == *" sanitizer "* ]]; then
   log "compute-sanitizer memcheck"
-  TRTRUN_STRESS_SCALE=0.02 timeout "${SAN_TIMEOUT:-150}" compute-sanitizer --tool memcheck --error-exitcode 3 \
-    --print-limit 20 python3 -m pytest -p no:cacheprovider -q -x tests/gpu/test_runtime_handmade.py \
-    -k "test_handmade_vs_reference and (plain or x32 or causal-tanh) and (hybrid or fp32)" >"$OUT/sanitizer.log" 2>&1
+  TRTRUN_STRESS_SCALE=0.02 timeout "${SAN_TIMEOUT:-200}" compute-sanitizer --tool memcheck --error-exitcode 3 \
+    --print-limit 20 python3 -m pytest -p no:cacheprovider -q -rs tests/gpu/test_runtime_handmade.py \
+    tests/gpu/test_runtime_errors.py \
+    -k "not test_handmade_vs_reference or ((plain or x32 or causal-tanh) and (hybrid or fp32))" \
+    >"$OUT/sanitizer.log" 2>&1
   echo "compute-sanitizer exit code $?"
   tail -8 "$OUT/sanitizer.log"
   log "sanitizer done"

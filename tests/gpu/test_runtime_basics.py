@@ -86,3 +86,15 @@ def test_engine_without_gpu_is_a_clear_error():
     with pytest.raises(RuntimeUnavailableError) as e:
         Engine(h.handmade_plan())
     assert str(e.value)
+
+
+def test_architecture_list_check():
+    """The build's CMAKE_CUDA_ARCHITECTURES list against a device's compute capability (machine code runs on
+    the same major version with an equal or higher minor; PTX is compiled for any newer chip)."""
+    _C = _ext_or_skip()
+    cases = [("90", 9, 0, 1), ("80-real", 9, 0, 0), ("80", 9, 0, 1), ("80-real", 8, 6, 1), ("86-real", 8, 0, 0),
+             ("90a", 9, 0, 1), ("90a", 10, 0, 0), ("80-real,90-virtual", 9, 0, 1), ("90-virtual", 8, 0, 0),
+             ("all", 9, 0, -1), ("native", 9, 0, -1)]
+    for archs, major, minor, want in cases:
+        assert _C.archs_cover_device(archs, major, minor) == want, (archs, major, minor)
+    assert _C.archs_cover_device(_C.cuda_architectures, 9, 0) == 1  # this build runs on H100/H200

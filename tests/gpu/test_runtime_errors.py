@@ -118,7 +118,8 @@ def test_build_for_another_architecture(setup, tmp_path):
         else:
             raise SystemExit("no error for a foreign-architecture build")
     """)
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-X", "faulthandler", "-c", code], capture_output=True, text=True,
+                       timeout=120)
     h.report("errors", f"foreign-architecture build, exit code {r.returncode}:\n{r.stdout.strip()}\n"
                        f"{r.stderr.strip()[-3000:]}")
     assert r.returncode == 0, r.stdout + r.stderr
