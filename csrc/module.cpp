@@ -63,6 +63,8 @@ PYBIND11_MODULE(_C, m) {
         "'' when this build's kernels run on the device; otherwise why not (no driver/device, architecture)");
   m.def("archs_cover_device", &trtrun::archs_cover_device, py::arg("archs"), py::arg("major"), py::arg("minor"),
         "1/0: a CMAKE_CUDA_ARCHITECTURES list has/has no code for compute capability major.minor; -1: unknown");
+  m.def("_alloc_error_message", &trtrun::alloc_error_message, "the out-of-memory error text (tests)");
+  m.def("_arch_error_message", &trtrun::arch_error_message, "the wrong-architecture error text (tests)");
   m.def(
       "device_count",
       []() {

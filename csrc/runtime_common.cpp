@@ -4,7 +4,6 @@
 #include <unistd.h>
 
 #include <limits>
-#include <sstream>
 #include <string>
 
 #include "kernels.h"
@@ -61,17 +60,26 @@ DeviceGuard::~DeviceGuard() {
 }
 
 // ---- allocation errors ----
+// Messages are built with std::string and std::to_string only: no iostreams. On the GPU machine the only two
+// paths that formatted with std::ostringstream (this one and the architecture message) crashed the process
+// (SIGSEGV, 2026-11-26, H200), while string building elsewhere worked; iostreams also pull in locales.
+std::string alloc_error_message(size_t nbytes, const char* what, bool have_info, size_t free_b, size_t total_b,
+                                const char* code_name, const char* file, int line) {
+  std::string msg = std::string("out of memory: ") + what + " needs " + std::to_string(nbytes >> 20) + " MiB (" +
+                    std::to_string(nbytes) + " bytes)";
+  if (have_info)
+    msg += "; the device has " + std::to_string(free_b >> 20) + " MiB free of " + std::to_string(total_b >> 20) +
+           " MiB";
+  msg += std::string(" [") + code_name + " at " + file + ":" + std::to_string(line) + "]";
+  return msg;
+}
+
 void throw_alloc_error(cudaError_t code, size_t nbytes, const char* what, const char* file, int line) {
   (void)cudaGetLastError();  // an allocation failure is not sticky; clear the slot so later calls are unaffected
   size_t free_b = 0, total_b = 0;
-  std::ostringstream msg;
-  msg << "out of memory: " << what << " needs " << (nbytes >> 20) << " MiB (" << nbytes << " bytes)";
-  if (cudaMemGetInfo(&free_b, &total_b) == cudaSuccess)
-    msg << "; the device has " << (free_b >> 20) << " MiB free of " << (total_b >> 20) << " MiB";
-  else
-    (void)cudaGetLastError();
-  msg << " [" << cudaGetErrorName(code) << " at " << file << ":" << line << "]";
-  throw DeviceError(msg.str());
+  const bool have_info = cudaMemGetInfo(&free_b, &total_b) == cudaSuccess;
+  if (!have_info) (void)cudaGetLastError();
+  throw DeviceError(alloc_error_message(nbytes, what, have_info, free_b, total_b, cudaGetErrorName(code), file, line));
 }
 
 // ---- DeviceBuffer ----
@@ -183,6 +191,14 @@ int archs_cover_device(const std::string& archs, int major, int minor) {
   return parsed_any ? 0 : -1;
 }
 
+std::string arch_error_message(const char* archs, int device, const char* name, int major, int minor,
+                               const char* how) {
+  const std::string cc = std::to_string(major) + std::to_string(minor);
+  return std::string("this trtrun build has GPU code for CUDA architecture(s) ") + archs +
+         " (CMAKE_CUDA_ARCHITECTURES) only, but device " + std::to_string(device) + " (" + name + ") is sm_" + cc +
+         "; rebuild with CMAKE_ARGS=\"-DCMAKE_CUDA_ARCHITECTURES=" + cc + "\" pip install . [" + how + "]";
+}
+
 std::string device_problem(int device) {
   int count = 0;
   cudaError_t e = cudaGetDeviceCount(&count);
@@ -202,12 +218,7 @@ std::string device_problem(int device) {
     return std::string("cudaGetDeviceProperties failed: ") + cudaGetErrorString(e);
   }
   auto wrong_arch = [&](const char* how) {
-    std::ostringstream msg;
-    msg << "this trtrun build has GPU code for CUDA architecture(s) " << TRTRUN_CUDA_ARCHS
-        << " (CMAKE_CUDA_ARCHITECTURES) only, but device " << device << " (" << prop.name << ") is sm_"
-        << prop.major << prop.minor << "; rebuild with CMAKE_ARGS=\"-DCMAKE_CUDA_ARCHITECTURES=" << prop.major
-        << prop.minor << "\" pip install . [" << how << "]";
-    return msg.str();
+    return arch_error_message(TRTRUN_CUDA_ARCHS, device, prop.name, prop.major, prop.minor, how);
   };
   // First from the list the build was made for (no kernel touched), then by asking the runtime about one of
   // this build's kernels (cudaFuncGetAttributes: cudaErrorNoKernelImageForDevice).

@@ -203,7 +203,12 @@ class PinnedBuffer {
   size_t size_ = 0;
 };
 
-// Throws trtrun::CudaError with a readable out-of-memory message ("... needs N MiB, M MiB free").
+// The texts of the out-of-memory and wrong-architecture errors (no iostreams; see runtime_common.cpp).
+std::string alloc_error_message(size_t nbytes, const char* what, bool have_info, size_t free_b, size_t total_b,
+                                const char* code_name, const char* file, int line);
+std::string arch_error_message(const char* archs, int device, const char* name, int major, int minor,
+                               const char* how);
+// Throws trtrun::DeviceError with a readable out-of-memory message ("... needs N MiB, M MiB free").
 [[noreturn]] void throw_alloc_error(cudaError_t code, size_t nbytes, const char* what, const char* file, int line);
 
 // Overflow-checked arithmetic for sizes computed from user shapes.

@@ -98,3 +98,13 @@ def test_architecture_list_check():
     for archs, major, minor, want in cases:
         assert _C.archs_cover_device(archs, major, minor) == want, (archs, major, minor)
     assert _C.archs_cover_device(_C.cuda_architectures, 9, 0) == 1  # this build runs on H100/H200
+
+
+def test_error_texts():
+    """The out-of-memory and wrong-architecture messages name the sizes, the device and the fix."""
+    _C = _ext_or_skip()
+    m = _C._alloc_error_message(10**13, "the activation arena", True, 140 << 30, 141 << 30,
+                                "cudaErrorMemoryAllocation", "context.cpp", 12)
+    assert m.startswith("out of memory: the activation arena needs 9536743 MiB") and "143360 MiB free" in m
+    a = _C._arch_error_message("80-real", 0, "NVIDIA H200", 9, 0, "by the build's list")
+    assert "80-real" in a and "sm_90" in a and "CMAKE_CUDA_ARCHITECTURES=90" in a and "NVIDIA H200" in a
