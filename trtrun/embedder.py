@@ -197,18 +197,21 @@ def pack_batches(lengths: Sequence[int], *, max_tokens: int, max_rows: int, min_
 def pool(hidden: np.ndarray, mask: np.ndarray, pooling: str, normalize: bool) -> np.ndarray:
     """Pool hidden states [b, S, N] over the valid (mask = 1) tokens -> float32 [b, N].
 
-    Sums run in float64 (the reference for our accuracy checks is fp32 PyTorch; accumulating in float64
-    keeps our own rounding far below the engine's). Zero-norm vectors stay zero (F.normalize's eps).
+    Mean pooling is one batched float32 matrix product (mask row x hidden states: BLAS, which releases the
+    GIL, so pooling does not stall a server's other threads). Its accumulation error is ~sqrt(S) fp32
+    ulps, ~1e-6 relative at S = 256: a cosine change of ~1e-12, nothing beside the 2e-4 our accuracy bound
+    allows the engine. The division and the normalization run in float64 on [b, N]. Zero-norm vectors stay
+    zero (F.normalize's eps).
     """
-    m = mask.astype(np.float64)
+    m32 = (mask != 0).astype(np.float32)
     if pooling == "cls":
         v = hidden[:, 0, :].astype(np.float64)
     elif pooling == "max":
-        h = np.where(mask[:, :, None] != 0, hidden, -np.inf)
+        h = np.where(m32[:, :, None] != 0, hidden, -np.inf)
         v = h.max(axis=1).astype(np.float64)
     else:
-        s = np.einsum("bsn,bs->bn", hidden.astype(np.float64), m)
-        cnt = np.maximum(m.sum(axis=1, keepdims=True), 1e-9)
+        s = np.matmul(m32[:, None, :], hidden.astype(np.float32, copy=False))[:, 0, :].astype(np.float64)
+        cnt = np.maximum(m32.sum(axis=1, keepdims=True, dtype=np.float64), 1e-9)
         v = s / (np.sqrt(cnt) if pooling == "mean_sqrt_len" else cnt)
     if normalize:
         v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
