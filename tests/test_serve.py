@@ -332,3 +332,21 @@ def test_graceful_shutdown_finishes_requests_in_flight(tiny, emb, texts, sig):
         got = np.array([d["embedding"] for d in r.json()["data"]], np.float32)
         np.testing.assert_allclose(got, emb.embed([texts[i], texts[i + 6]]), atol=ATOL)
     assert time.time() - t_sig < 30
+
+
+def test_example_service_answers_and_uses_the_batcher(emb, texts):
+    """examples/embed_service.py: the search app built on Embedder + MicroBatcher works as documented."""
+    import importlib.util
+
+    from starlette.testclient import TestClient
+
+    spec = importlib.util.spec_from_file_location("embed_service", ROOT / "examples" / "embed_service.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    corpus = texts[:12]
+    with TestClient(mod.build_app(emb, corpus)) as c:
+        r = c.post("/search", json={"query": corpus[4], "k": 3})
+        assert r.status_code == 200, r.text
+        hits = r.json()["hits"]
+        assert len(hits) == 3 and hits[0]["text"] == corpus[4] and abs(hits[0]["score"] - 1.0) < 1e-4
+        assert c.post("/search", json={"k": 3}).status_code == 422
