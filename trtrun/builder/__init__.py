@@ -20,6 +20,7 @@ from .fuse_embedding import fuse_embedding
 from .fuse_layernorm import fuse_layernorm
 from .fuse_linear import fuse_linear
 from .fuse_residual import fuse_residual
+from .gelu_form import GELU_CHOICES, choose_gelu_form
 from .load import default_opset, load_model
 from .lower import lower, resolve_profile
 from .precision import PRECISIONS, pin_precision
@@ -42,7 +43,8 @@ STEPS = ("load", "simplify", "probe", "decouple_shapes+remove_noop_layout", *(n 
          "check_supported", "pin_precision", "lower", "plan")
 
 
-def build(onnx_path, *, precision: str = "hybrid", profile=None, save_onnx=None, progress=None):
+def build(onnx_path, *, precision: str = "hybrid", profile=None, save_onnx=None, progress=None,
+          gelu: str = "auto", tf32: bool = False):
     """Build a Plan from an ONNX model.
 
     precision: "fp32", "fp16" or "hybrid" (docs/plan-format.md says what each means).
@@ -52,6 +54,9 @@ def build(onnx_path, *, precision: str = "hybrid", profile=None, save_onnx=None,
         is written only when the whole build succeeded.
     progress: callable(step: str, done: int, total: int), called as each step finishes (and
         within the long ones).
+    gelu: "auto" (default: exact-erf GELU becomes the tanh form in fp16/hybrid plans, so it fuses into
+        the GEMM epilogue; fp32 keeps erf), "exact" or "tanh". See builder/gelu_form.py for why.
+    tf32: let fp32 GEMMs use TF32 on the GPU (recorded in the plan; off by default).
     Raises ModelError (unreadable or malformed model), UnsupportedOpError (an op the IR cannot
     express, named with its node), BuildError (a pattern that could not be lowered), ValueError
     (bad arguments). Nothing is written on error.
@@ -60,6 +65,8 @@ def build(onnx_path, *, precision: str = "hybrid", profile=None, save_onnx=None,
 
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if gelu not in GELU_CHOICES:
+        raise ValueError(f"gelu must be one of {', '.join(GELU_CHOICES)}, got {gelu!r}")
     if profile is not None:
         resolve_profile(profile, 1 << 30)  # argument errors before any work
 
@@ -95,11 +102,14 @@ def build(onnx_path, *, precision: str = "hybrid", profile=None, save_onnx=None,
     step("check_supported")
     tensor_dtypes, weight_dtypes = pin_precision(graph, precision)
     passes.append("pin_precision")
+    if choose_gelu_form(graph, precision, gelu):
+        passes.append("gelu_tanh")
     step("pin_precision")
     header, weights = lower(graph, facts, tensor_dtypes, weight_dtypes, precision=precision,
                             profile=profile, source_path=onnx_path, opset=opset, producer=producer,
                             passes=passes + ["lower"],
                             progress=(lambda s, d, t: progress("lower (weights)", d, t)) if progress else None)
+    header["tf32"] = bool(tf32)
     step("lower")
     try:
         plan = Plan.from_parts(header, weights)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect as _inspect
 import os
 import time
 from pathlib import Path
@@ -28,8 +27,11 @@ def _fmt_profile(profile) -> str:
 @click.option("--save-onnx", type=click.Path(dir_okay=False), default=None,
               help="also write the rewritten ONNX (fused ops, explicit Casts); runs in onnxruntime")
 @click.option("--tf32", is_flag=True, help="fp32 GEMMs may use TF32 on the GPU (off by default)")
+@click.option("--gelu", type=click.Choice(["auto", "exact", "tanh"]), default="auto", show_default=True,
+              help="GELU form: auto = the tanh form in fp16/hybrid plans (fuses into the GEMM epilogue; "
+                   "differs from erf by < 4.8e-4, under one fp16 step), exact erf in fp32; see docs/builder.md")
 @quiet_option
-def command(onnx_path, output, precision, profile, save_onnx, tf32, quiet):
+def command(onnx_path, output, precision, profile, save_onnx, tf32, gelu, quiet):
     """Build an engine plan from MODEL.onnx.
 
     \b
@@ -48,16 +50,11 @@ def command(onnx_path, output, precision, profile, save_onnx, tf32, quiet):
     status(f"building {src} -> {out} (precision {precision}"
            + (f", profile {_fmt_profile(profile)}" if profile else "") + ")", quiet)
     progress = Progress(enabled=not quiet)
-    kwargs = dict(precision=precision, profile=profile, save_onnx=save_onnx, progress=progress)
-    takes_tf32 = "tf32" in _inspect.signature(build).parameters
-    if takes_tf32:
-        kwargs["tf32"] = tf32
     try:
-        plan = build(src, **kwargs)
+        plan = build(src, precision=precision, profile=profile, save_onnx=save_onnx, progress=progress,
+                     gelu=gelu, tf32=tf32)
     finally:
         elapsed = progress.close()
-    if tf32 and not takes_tf32:
-        plan.header["tf32"] = True  # the plan format's flag; the builder has no argument for it
 
     # write next to the target and rename, so a failed or interrupted save leaves no partial plan
     out.parent.mkdir(parents=True, exist_ok=True)
