@@ -67,9 +67,9 @@ def resolve_model(model: str, work: Path, overrides: dict | None, seed: int, log
             raise InputError(f"model {p} does not exist")
         if overrides:
             raise InputError("size options (--hidden-size, --layers, ...) apply to a named architecture, not an .onnx")
-        from ..data import _is_tokenizer_dir  # noqa: PLC2701 - same package family, read-only use
+        from ..data import is_tokenizer_dir
 
-        tok = p.parent if _is_tokenizer_dir(p.parent) else None
+        tok = p.parent if is_tokenizer_dir(p.parent) else None
         return p, {"source": str(p), "kind": "onnx", "weights": "as in the file"}, tok
     if model in NAMED_ARCHS or p.is_dir():
         from ..export import export_model
@@ -251,7 +251,7 @@ def _run(opts, precisions, gate, work, log, timing, t_start) -> dict:
     try:
         if opts.tokenizer:
             tokenizer = data.load_tokenizer(opts.tokenizer)
-        elif tok_dir is not None and data._is_tokenizer_dir(tok_dir):  # noqa: SLF001
+        elif tok_dir is not None and data.is_tokenizer_dir(tok_dir):
             tokenizer = data.load_tokenizer(tok_dir)
         else:
             tokenizer = data.tokenizer_for(plan0)
