@@ -12,6 +12,9 @@
 #include <utility>
 #include "gemm.h"
 
+#include <cstdlib>
+#include <mutex>
+
 namespace trtrun {
 
 namespace {
@@ -38,6 +41,11 @@ struct GemmRunner::Plan {
   cublasLtMatmulDesc_t op = nullptr;
   cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
   cublasLtMatmulAlgo_t algo{};
+  // cuBLASLt's heuristic ranks candidates by a model, not by measurement; the top few are timed on the
+  // first run outside stream capture (as TensorRT times tactics) and the fastest kept.
+  std::vector<cublasLtMatmulHeuristicResult_t> candidates;
+  bool tuned = false;
+  GemmKey key;
   size_t workspace = 0;
   bool ok = false;
   ~Plan() {
@@ -48,7 +56,30 @@ struct GemmRunner::Plan {
   }
 };
 
+namespace {
+// The tuned choice per (device, shape key, workspace size), shared by every context in the process: contexts of
+// one engine then run identical algorithms (bitwise-equal outputs across threads), and each shape is timed once.
+struct TunedKey {
+  int device;
+  GemmKey key;
+  size_t workspace;
+  bool operator<(const TunedKey& o) const {
+    if (device != o.device) return device < o.device;
+    if (key < o.key) return true;
+    if (o.key < key) return false;
+    return workspace < o.workspace;
+  }
+};
+std::mutex g_tuned_mutex;
+std::map<TunedKey, cublasLtMatmulHeuristicResult_t>& tuned_cache() {
+  static auto* cache = new std::map<TunedKey, cublasLtMatmulHeuristicResult_t>();  // never destroyed: no exit-order issues
+  return *cache;
+}
+}  // namespace
+
 GemmRunner::GemmRunner(size_t workspace_bytes) : workspace_(workspace_bytes, "cuBLASLt workspace") {
+  const char* tune = std::getenv("TRTRUN_GEMM_TUNE");  // "0": keep cuBLASLt's first heuristic choice
+  tune_enabled_ = !(tune && tune[0] == '0');
   TRTRUN_CUBLAS_CHECK(cublasLtCreate(&handle_));
 }
 
@@ -87,14 +118,19 @@ bool GemmRunner::prepare(const GemmKey& key) {
   size_t ws = workspace_.size();
   cublasStatus_t st =
       cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
-  cublasLtMatmulHeuristicResult_t result{};
+  cublasLtMatmulHeuristicResult_t results[kTuneCandidates] = {};
   int found = 0;
   if (st == CUBLAS_STATUS_SUCCESS)
-    st = cublasLtMatmulAlgoGetHeuristic(handle_, p->op, p->a, p->b, p->d, p->d, pref, 1, &result, &found);
+    st = cublasLtMatmulAlgoGetHeuristic(handle_, p->op, p->a, p->b, p->d, p->d, pref, kTuneCandidates, results,
+                                        &found);
   (void)cublasLtMatmulPreferenceDestroy(pref);
-  if (st == CUBLAS_STATUS_SUCCESS && found > 0 && result.state == CUBLAS_STATUS_SUCCESS) {
-    p->algo = result.algo;
-    p->workspace = result.workspaceSize;
+  for (int i = 0; st == CUBLAS_STATUS_SUCCESS && i < found; ++i)
+    if (results[i].state == CUBLAS_STATUS_SUCCESS) p->candidates.push_back(results[i]);
+  p->key = key;
+  if (!p->candidates.empty()) {
+    p->algo = p->candidates[0].algo;  // the heuristic's first choice until timed
+    p->workspace = p->candidates[0].workspaceSize;
+    p->tuned = p->candidates.size() == 1 || !tune_enabled_;
     p->ok = true;
   } else if (st != CUBLAS_STATUS_SUCCESS && st != CUBLAS_STATUS_NOT_SUPPORTED) {
     TRTRUN_CUBLAS_CHECK(st);  // a real failure (no device, out of memory, ...): report it
@@ -115,8 +151,69 @@ void GemmRunner::run(const GemmKey& key, const void* x, const void* w, const voi
         cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
   }
   const float alpha = 1.0f, beta = 0.0f;
+  if (!p.tuned) tune(p, x, w, y, stream);
   TRTRUN_CUBLAS_CHECK(cublasLtMatmul(handle_, p.op, &alpha, w, p.a, x, p.b, &beta, y, p.d, y, p.d, &p.algo,
                                      workspace_.get(), p.workspace, stream));
+}
+
+// Times each candidate on the real operands (y is overwritten; the caller's run right after writes the
+// result). Skipped while the stream is being captured (timing needs a sync): the run after capture tunes.
+void GemmRunner::tune(Plan& p, const void* x, const void* w, void* y, cudaStream_t stream) {
+  cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+  TRTRUN_CUDA_CHECK(cudaStreamIsCapturing(stream, &cs));
+  if (cs != cudaStreamCaptureStatusNone) return;
+  int device = 0;
+  TRTRUN_CUDA_CHECK(cudaGetDevice(&device));
+  const TunedKey tk{device, p.key, workspace_.size()};
+  std::lock_guard<std::mutex> lock(g_tuned_mutex);  // one tuning at a time: timings undisturbed by other contexts
+  auto hit = tuned_cache().find(tk);
+  if (hit != tuned_cache().end()) {
+    p.algo = hit->second.algo;
+    p.workspace = hit->second.workspaceSize;
+    p.tuned = true;
+    return;
+  }
+  cudaEvent_t t0 = nullptr, t1 = nullptr;
+  TRTRUN_CUDA_CHECK(cudaEventCreate(&t0));
+  cudaError_t ce = cudaEventCreate(&t1);
+  if (ce != cudaSuccess) {
+    TRTRUN_CUDA_IGNORE(cudaEventDestroy(t0));
+    TRTRUN_CUDA_CHECK(ce);
+  }
+  const float alpha = 1.0f, beta = 0.0f;
+  float best = 0.0f;
+  size_t best_i = 0;
+  cudaError_t failure = cudaSuccess;
+  for (size_t i = 0; i < p.candidates.size() && failure == cudaSuccess; ++i) {
+    const auto& c = p.candidates[i];
+    auto once = [&]() {
+      return cublasLtMatmul(handle_, p.op, &alpha, w, p.a, x, p.b, &beta, y, p.d, y, p.d, &c.algo, workspace_.get(),
+                            c.workspaceSize, stream);
+    };
+    // one warm-up, then the median-free minimum of a few runs (the candidates differ by far more than noise)
+    if (once() != CUBLAS_STATUS_SUCCESS) continue;
+    float ms_min = 0.0f;
+    for (int r = 0; r < 3; ++r) {
+      cudaError_t e = cudaEventRecord(t0, stream);
+      cublasStatus_t bs = once();
+      if (e == cudaSuccess) e = cudaEventRecord(t1, stream);
+      if (e == cudaSuccess) e = cudaEventSynchronize(t1);
+      float ms = 0.0f;
+      if (e == cudaSuccess) e = cudaEventElapsedTime(&ms, t0, t1);
+      if (e != cudaSuccess) { failure = e; break; }
+      if (bs != CUBLAS_STATUS_SUCCESS) { ms = -1.0f; break; }
+      if (r == 0 || ms < ms_min) ms_min = ms;
+    }
+    if (failure != cudaSuccess || ms_min < 0.0f) continue;
+    if (best == 0.0f || ms_min < best) { best = ms_min; best_i = i; }
+  }
+  TRTRUN_CUDA_IGNORE(cudaEventDestroy(t0));
+  TRTRUN_CUDA_IGNORE(cudaEventDestroy(t1));
+  if (failure != cudaSuccess) throw CudaError(__FILE__, __LINE__, "GEMM tuning (cudaEvent*)", failure);
+  p.algo = p.candidates[best_i].algo;
+  p.workspace = p.candidates[best_i].workspaceSize;
+  p.tuned = true;
+  tuned_cache().emplace(tk, p.candidates[best_i]);
 }
 
 }  // namespace trtrun

@@ -8,7 +8,9 @@
 
 #include <map>
 #include <memory>
+#include <string>
 #include <tuple>
+#include <vector>
 
 #include "runtime_common.h"
 
@@ -42,9 +44,14 @@ class GemmRunner {
   // Enqueues the GEMM (prepare(key) must have returned true). No allocation, no sync: capturable.
   void run(const GemmKey& key, const void* x, const void* w, const void* bias, void* y, cudaStream_t stream);
   size_t cached() const { return plans_.size(); }
+  // Time cuBLASLt's top candidates on the first run of each shape (default on; TRTRUN_GEMM_TUNE=0 turns it off).
+  void set_tuning(bool on) { tune_enabled_ = on; }
 
  private:
   struct Plan;
+  static constexpr int kTuneCandidates = 8;
+  void tune(Plan& p, const void* x, const void* w, void* y, cudaStream_t stream);
+  bool tune_enabled_ = true;
   cublasLtHandle_t handle_ = nullptr;
   DeviceBuffer workspace_;
   std::map<GemmKey, std::unique_ptr<Plan>> plans_;
