@@ -34,6 +34,11 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+try:  # parsing 384-float responses is the clients' main CPU cost; orjson is ~10x faster where installed
+    from orjson import loads as _loads
+except ImportError:
+    _loads = json.loads
+
 MAX_CLIENTS = 1024
 MAX_DURATION = 600.0
 REQUEST_TIMEOUT = 60.0
@@ -69,7 +74,7 @@ def _payload(endpoint: str, texts: list[str]) -> bytes:
 def _vectors(endpoint: str, body: bytes, n: int) -> tuple[np.ndarray | None, str]:
     """Embeddings [n, dim] from a response body, or (None, why) when its shape is wrong."""
     try:
-        obj = json.loads(body)
+        obj = _loads(body)
     except ValueError:
         return None, "response is not JSON"
     if endpoint == "/embed":

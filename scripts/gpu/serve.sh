@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 6 on the GPU machine, in one go (about 6-8 minutes; the lead runs it through the device tool):
-#   1. install: the carried wheels (.whl: starlette, uvicorn, httptools from scripts/gpu/fetch-wheels.sh, and
+#   1. install: the carried wheels (.whl: starlette, uvicorn, httptools, orjson from scripts/gpu/fetch-wheels.sh, and
 #      onnx-graphsurgeon), then trtrun itself (builds the CUDA extension), as ../shared/GPU.md says;
 #   2. export all-MiniLM-L6-v2 (.data/minilm) and build a hybrid plan (batch up to 128, 256 tokens);
 #   3. accuracy: trtrun.Embedder (GPU) vs sentence-transformers-style mean pooling in fp32 PyTorch
@@ -43,8 +43,8 @@ if [ "${SKIP_INSTALL:-0}" != 1 ]; then
   python3 -m pip install -q --no-build-isolation --no-deps -e . || fail "pip install -e ."
 fi
 python3 -c "import starlette, uvicorn, prometheus_client, anyio, aiohttp" || fail "serve dependencies missing"
-python3 -c "import httptools, uvloop" || log "no httptools/uvloop: uvicorn is slower"
-python3 -m pip list 2>/dev/null | grep -i -E "^(starlette|uvicorn|httptools|uvloop|anyio|h11|aiohttp|httpx|prometheus.client|tokenizers|torch|transformers) "
+python3 -c "import httptools, uvloop, orjson" || log "no httptools/uvloop/orjson: the server is slower"
+python3 -m pip list 2>/dev/null | grep -i -E "^(starlette|uvicorn|httptools|uvloop|orjson|anyio|h11|aiohttp|httpx|prometheus.client|tokenizers|torch|transformers) "
 python3 -m trtrun info || true
 
 # ------------------------------------------------------------------ 2. export + build

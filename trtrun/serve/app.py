@@ -30,6 +30,8 @@ import time
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 
+import numpy as np
+
 from ..embedder import InputTooLongError
 from ..errors import InputError, TrtrunError
 from .batcher import BatcherClosedError, MicroBatcher, QueueFullError
@@ -75,8 +77,19 @@ def _json_type(v) -> str:
     return _JSON_TYPES.get(type(v), type(v).__name__)
 
 
+try:  # orjson writes a 384-float vector ~30x faster than json (10 us vs 350 us here): the largest
+    # per-request cost on the event loop. Optional; json does the same job more slowly.
+    import orjson as _orjson
+except ImportError:
+    _orjson = None
+
+
 def _dumps(obj) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    """JSON bytes; numpy float32 arrays become lists of their shortest round-tripping float32 decimals."""
+    if _orjson is not None:
+        return _orjson.dumps(obj, option=_orjson.OPT_SERIALIZE_NUMPY)
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False,
+                      default=lambda o: o.tolist()).encode("utf-8")
 
 
 def create_app(embedder, config: ServeConfig | None = None):
@@ -180,6 +193,12 @@ def create_app(embedder, config: ServeConfig | None = None):
         except TrtrunError as e:
             log.error("engine error: %s", e)
             raise ApiError(500, f"engine error: {e}", "server_error") from None
+        finite = np.isfinite(res.embeddings).all(axis=1)
+        if not finite.all():
+            bad = np.flatnonzero(~finite).tolist()
+            log.error("engine produced NaN/Inf for inputs %s", bad[:10])
+            raise ApiError(500, f"the engine produced NaN or Inf for input(s) {bad[:10]} (a precision overflow?)",
+                           "server_error")
         if res.any_truncated:
             metrics.truncated.inc(int(res.truncated.sum()))
         metrics.inputs.inc(len(res))
@@ -224,7 +243,7 @@ def create_app(embedder, config: ServeConfig | None = None):
                                 f"embeddings")
         res = await embed(request, texts)
         if fmt == "float":
-            vecs = res.embeddings.tolist()
+            vecs = list(np.ascontiguousarray(res.embeddings, dtype=np.float32))  # rows, serialized by _dumps
         else:
             vecs = [base64.b64encode(row.astype("<f4").tobytes()).decode("ascii") for row in res.embeddings]
         n = res.total_tokens
@@ -240,7 +259,7 @@ def create_app(embedder, config: ServeConfig | None = None):
         obj = await read_json(request)
         texts = get_texts(obj, "inputs")
         res = await embed(request, texts)
-        return json_response(res.embeddings.tolist())
+        return json_response(np.ascontiguousarray(res.embeddings, dtype=np.float32))
 
     async def health(request):
         batcher = getattr(request.app.state, "batcher", None)
