@@ -350,3 +350,54 @@ def test_example_service_answers_and_uses_the_batcher(emb, texts):
         hits = r.json()["hits"]
         assert len(hits) == 3 and hits[0]["text"] == corpus[4] and abs(hits[0]["score"] - 1.0) < 1e-4
         assert c.post("/search", json={"k": 3}).status_code == 422
+
+
+class _StubEmbedder:
+    """Just enough of an Embedder for the app: text "nan" gives a NaN vector, others a fixed one."""
+
+    contexts, dim, max_seq_len, max_tokens_per_batch, max_batch_size = 1, 4, 16, 64, 4
+    model_name = "stub"
+
+    @staticmethod
+    def check_texts(texts):
+        from trtrun.embedder import Embedder
+
+        return Embedder.check_texts(texts)
+
+    def describe(self):
+        return {"dim": self.dim}
+
+    def embed_groups(self, groups, observer=None):
+        from trtrun.embedder import EmbedResult
+
+        out = []
+        for g in groups:
+            v = np.tile(np.array([0.5, -0.5, 0.5, -0.5], np.float32), (len(g), 1))
+            v[[t == "nan" for t in g]] = np.nan
+            out.append(EmbedResult(v, np.zeros(len(g), bool), np.full(len(g), 3, np.int64)))
+        return out
+
+
+def test_nan_embeddings_are_a_clear_500_and_json_fallback_works(monkeypatch):
+    from starlette.testclient import TestClient
+
+    from trtrun.serve import app as app_mod
+
+    with TestClient(app_mod.create_app(_StubEmbedder())) as c:
+        r = c.post("/v1/embeddings", json={"input": ["fine", "nan"]})
+        assert r.status_code == 500 and "NaN or Inf for input(s) [1]" in r.json()["error"]["message"]
+        monkeypatch.setattr(app_mod, "_orjson", None)  # the plain-json path (no orjson installed)
+        r = c.post("/v1/embeddings", json={"input": ["fine"]})
+        assert r.status_code == 200 and r.json()["data"][0]["embedding"] == [0.5, -0.5, 0.5, -0.5]
+        assert c.post("/embed", json={"inputs": ["a", "b"]}).json() == [[0.5, -0.5, 0.5, -0.5]] * 2
+
+
+def test_port_in_use_is_one_clear_error(tiny):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "trtrun", "serve", str(tiny["plan"]), "--tokenizer", str(tiny["tok"]),
+                            "--backend", "reference", "--port", str(port), "-q"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "trtrun: error: the server could not start" in r.stderr and "Traceback" not in r.stderr
