@@ -257,10 +257,8 @@ class Embedder:
         if not isinstance(contexts, int) or contexts < 1:
             raise ValueError(f"contexts must be a positive integer, got {contexts!r}")
 
-        self.plan, self.plan_path, self.built = self._resolve_plan(plan_or_onnx, precision, profile, progress)
+        self.plan, self.plan_path, self.from_onnx = self._resolve_plan(plan_or_onnx, precision, profile, progress)
         plan = self.plan
-        if (plan.header.get("model") or {}).get("arch") == "decoder":
-            pass  # allowed (last-hidden-state pooling works the same), though embeddings are usually encoders
         self.output = self._pick_output(plan, output)
         self.dim = int(self._out_shape[2])
         self.input_names = [i["name"] for i in plan.inputs]
