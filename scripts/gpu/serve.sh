@@ -8,9 +8,10 @@
 #   4. load: `trtrun serve` twice (micro-batching on, and off = one request per engine call), then
 #      bench/loadgen.py: 64 clients x LOAD_SECONDS against each, every response checked against the
 #      single-request embedding of its text; then SIGTERM to both (graceful shutdown, exit codes kept).
-# Carry: .whl, .data/minilm, .data/rt_polarity.tsv. Results go to $OUT (default out/serve):
+# Carry: .whl, and the data as .gpudata (minilm/, rt_polarity.tsv; used when present, as the other GPU
+# scripts do) or as .data/minilm + .data/rt_polarity.tsv. Results go to $OUT (default out/serve):
 #   serve_log.txt, accuracy.json, load.json, load_mixed.json, metrics_batched.txt, server_*.log
-# Environment: LOAD_SECONDS (60), WARMUP (5), CLIENTS (64), PROCS (4), MIXED_SECONDS (15; 0 skips the
+# Environment: LOAD_SECONDS (60), WARMUP (8: new shapes' CUDA graphs and GEMM tuning happen then), CLIENTS (64), PROCS (4), MIXED_SECONDS (15; 0 skips the
 # 1-8 texts per request run), N_ACC (2000), N_LOAD_TEXTS (2000), BACKEND (gpu; "reference" for a dry run on a CPU machine),
 # SKIP_INSTALL=1 (already installed).
 set -uo pipefail
@@ -18,8 +19,9 @@ cd "$(dirname "$0")/../.."
 OUT=${OUT:-out/serve}
 mkdir -p "$OUT"
 exec > >(tee "$OUT/serve_log.txt") 2>&1
-LOAD_SECONDS=${LOAD_SECONDS:-60}; WARMUP=${WARMUP:-5}; CLIENTS=${CLIENTS:-64}; PROCS=${PROCS:-4}
+LOAD_SECONDS=${LOAD_SECONDS:-60}; WARMUP=${WARMUP:-8}; CLIENTS=${CLIENTS:-64}; PROCS=${PROCS:-4}
 MIXED_SECONDS=${MIXED_SECONDS:-15}; N_ACC=${N_ACC:-2000}; BACKEND=${BACKEND:-gpu}; N_LOAD_TEXTS=${N_LOAD_TEXTS:-2000}
+[ -z "${TRTRUN_DATA:-}" ] && [ -d .gpudata ] && TRTRUN_DATA=$PWD/.gpudata
 export TRTRUN_DATA=${TRTRUN_DATA:-.data} PYTHONUNBUFFERED=1
 t0=$SECONDS
 log() { echo "[serve.sh $((SECONDS - t0))s] $*"; }
@@ -40,12 +42,17 @@ if [ "${SKIP_INSTALL:-0}" != 1 ]; then
     || fail "installing .whl/*.whl (run scripts/gpu/fetch-wheels.sh here and carry .whl)"
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
   log "building and installing trtrun (CUDA extension)"
-  python3 -m pip install -q --no-build-isolation --no-deps -e . || fail "pip install -e ."
+  export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-12}
+  python3 -m pip install -q --no-build-isolation --no-deps -e . > "$W/build.log" 2>&1 \
+    || { tail -40 "$W/build.log"; fail "pip install -e ."; }
+else
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 python3 -c "import starlette, uvicorn, prometheus_client, anyio, aiohttp" || fail "serve dependencies missing"
 python3 -c "import httptools, uvloop, orjson" || log "no httptools/uvloop/orjson: the server is slower"
 python3 -m pip list 2>/dev/null | grep -i -E "^(starlette|uvicorn|httptools|uvloop|orjson|anyio|h11|aiohttp|httpx|prometheus.client|tokenizers|torch|transformers) "
 python3 -m trtrun info || true
+python3 -c "import trtrun.runtime as r; ok, why = r.gpu_available(); print('gpu_available:', ok, why)"
 
 # ------------------------------------------------------------------ 2. export + build
 log "export + build"
