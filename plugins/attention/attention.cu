@@ -936,6 +936,24 @@ __global__ void __launch_bounds__(128) attention_f32_kernel(const void* __restri
 }
 
 // ------------------------------------------------------------------------------------------------
+// The dynamic shared-memory limit is a property of the kernel function, shared by every thread and context of
+// the process. Setting it per launch races: a context launching a small configuration could lower the limit
+// between another context's setting and its launch, whose launch then fails with cudaErrorInvalidValue (seen on
+// an H200 under the serve load test, 2026-11-26). So the limit only ever rises, under one lock per process.
+template <typename Kernel>
+void ensure_dynamic_smem(Kernel kern, size_t smem) {
+  static std::mutex mu;
+  static std::map<std::pair<int, const void*>, size_t> raised;  // (device, kernel) -> limit set so far
+  int dev = 0;
+  TRTRUN_CUDA_CHECK(cudaGetDevice(&dev));
+  std::lock_guard<std::mutex> lock(mu);
+  size_t& cur = raised[{dev, reinterpret_cast<const void*>(kern)}];
+  if (smem <= cur) return;
+  TRTRUN_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  cur = smem;
+}
+
+// ------------------------------------------------------------------------------------------------
 size_t tc_smem_bytes(int D, int BQ) {
   return static_cast<size_t>(BQ + 4 * BK) * (D + 8) * sizeof(__half) + 2 * BK * sizeof(int);
 }
@@ -956,7 +974,7 @@ void launch_tc_cfg(int nw, const void* qkv, bool in_half, const int32_t* mask, v
   require(blocks <= 0x7fffffffLL, "attention", "batch * heads * query tiles too large");
   const size_t smem = tc_smem_bytes(D, BQ);
   auto kern = attention_tc_kernel<D, MT, HALF_SOFTMAX>;
-  TRTRUN_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  ensure_dynamic_smem(kern, smem);
   kern<<<static_cast<unsigned>(blocks), 32 * nw, smem, stream>>>(qkv, in_half, mask, y, out_half, H, S, scale,
                                                                   causal, nqt);
   TRTRUN_LAUNCH_CHECK();
@@ -974,7 +992,7 @@ int resident_blocks(int nw) {
   if (it != cache.end()) return it->second;
   auto kern = attention_tc_kernel<D, MT, HALF_SOFTMAX>;
   const size_t smem = tc_smem_bytes(D, 16 * MT * nw);
-  TRTRUN_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  ensure_dynamic_smem(kern, smem);
   int n = 0;
   TRTRUN_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kern, 32 * nw, smem));
   n = std::max(n, 1);
@@ -1011,7 +1029,7 @@ int wg_resident_blocks() {
   if (it != cache.end()) return it->second;
   auto kern = attention_wgmma_kernel<HALF_SOFTMAX, NWG>;
   const size_t smem = wg_smem_bytes(64 * nwg);
-  TRTRUN_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  ensure_dynamic_smem(kern, smem);
   int n = 0;
   TRTRUN_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kern, 128 * nwg, smem));
   n = std::max(n, 1);
@@ -1052,7 +1070,7 @@ void launch_wgmma(const void* qkv, bool in_half, const int32_t* mask, void* y, b
     else if (std::strcmp(lm, "sync") == 0) load_mode = WG_LOAD_SYNC;
   }
   auto kern = nwg == 2 ? attention_wgmma_kernel<HALF_SOFTMAX, 2> : attention_wgmma_kernel<HALF_SOFTMAX, 1>;
-  TRTRUN_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  ensure_dynamic_smem(kern, smem);
   kern<<<static_cast<unsigned>(blocks), 128 * nwg, smem, stream>>>(qkv, in_half, mask, y, out_half, H, S, scale,
                                                                     causal, nqt, load_mode);
   TRTRUN_LAUNCH_CHECK();
@@ -1127,7 +1145,7 @@ void launch_f32(const void* qkv, bool in_half, const int32_t* mask, void* y, boo
   const size_t smem =
       sizeof(float) * (BQ * D + F_BK * (D + 1) + F_BK * D + F_WARPS * F_ROWS * F_BK) + F_BK * sizeof(int);
   auto kern = attention_f32_kernel<D>;
-  TRTRUN_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  ensure_dynamic_smem(kern, smem);
   kern<<<static_cast<unsigned>(blocks), 32 * F_WARPS, smem, stream>>>(qkv, in_half, mask, y, out_half, H, S, scale,
                                                                        causal, nqt);
   TRTRUN_LAUNCH_CHECK();

@@ -542,3 +542,46 @@ def test_bad_arguments_raise_valueerror_and_kernels_keep_working():
     PLUGINS.attention(ptr(q), 1, 0, ptr(y), 1, 1, 8, 1, 64, 0.125, False, 2, 0)
     torch.cuda.synchronize()
     assert torch.isfinite(y).all()
+
+
+def test_attention_concurrent_configurations_from_threads():
+    """Threads launching attention at shapes that pick different launch configurations (so different dynamic
+    shared-memory sizes) on their own streams: every launch succeeds and gives the single-threaded bits.
+    Regression: the per-kernel shared-memory limit was set per launch, so one thread could lower it between
+    another's setting and launch (cudaErrorInvalidValue under the serve load test on an H200, 2026-11-26)."""
+    import threading
+
+    torch = _torch()
+    rng = np.random.default_rng(12)
+    H, D = 12, 32
+    shapes = [(1, 16), (64, 256), (2, 40), (32, 128), (128, 64)]
+    cases = []
+    for B, S in shapes:
+        qkv = rng.standard_normal((B, S, 3 * H * D)).astype(np.float16)
+        mask = _make_mask(rng, B, S, "right")
+        want, _ = _run_attention(torch, qkv, mask, H, D, 0.125, False, "hybrid", np.float16)
+        cases.append((_dev(qkv, torch), _dev(mask, torch), want, B, S))
+    errors, mismatches = [], []
+
+    def worker(seed):
+        stream = torch.cuda.Stream()
+        order = np.random.default_rng(seed).permutation(len(cases) * 40) % len(cases)
+        try:
+            for i in order:
+                dq, dm, want, B, S = cases[i]
+                y = torch.full((B, S, H * D), float("nan"), dtype=torch.float16, device="cuda")
+                PLUGINS.attention(ptr(dq), dtype_code(np.float16), ptr(dm), ptr(y), dtype_code(np.float16), B, S,
+                                  H, D, 0.125, False, PREC["hybrid"], stream.cuda_stream)
+                stream.synchronize()
+                if not np.array_equal(_np(y), want):
+                    mismatches.append((B, S))
+        except Exception as e:  # noqa: BLE001 - collected and asserted below
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
+    assert not mismatches, mismatches[:5]
