@@ -714,11 +714,5 @@ def _plan_for_onnx(onnx_path: Path, precision: str, profile: dict | None, progre
     if not beside.exists() and os.access(beside.parent, os.W_OK):
         target = beside
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        plan.save(tmp)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    plan.save(target)  # atomic: concurrent builders each rename a complete file into place
     return load_plan(target), target

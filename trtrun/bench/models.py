@@ -200,13 +200,7 @@ def ensure_plan(spec: ModelSpec, precision: str, cfg: BenchConfig, log=None) -> 
             if "positions" in str(e):
                 raise BenchConfigError(f"--seq {max(cfg.seq)} is above the positions of {spec.name}: {e}") from e
             raise
-        tmp = _atomic(path)
-        try:
-            plan.save(tmp)
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        plan.save(path)  # atomic (temporary file, then rename)
     spec.plans[precision] = path
     if spec.arch is None:
         from ..plan import load_plan

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import time
 from pathlib import Path
 
 import click
@@ -56,15 +54,8 @@ def command(onnx_path, output, precision, profile, save_onnx, tf32, gelu, quiet)
     finally:
         elapsed = progress.close()
 
-    # write next to the target and rename, so a failed or interrupted save leaves no partial plan
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    try:
-        plan.save(tmp)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    plan.save(out)  # atomic: a failed or interrupted save leaves no partial plan
 
     weights = sum(int(w.get("nbytes", 0)) for w in plan.header.get("weights", {}).values())
     status(f"wrote {out}: {len(plan.header.get('ops', []))} ops, precision {plan.header.get('precision', precision)}, "
