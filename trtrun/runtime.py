@@ -75,6 +75,9 @@ def gpu_available(device: int = 0) -> tuple[bool, str]:
         return False, str(e)
     problem = c.device_problem(int(device))
     if problem:
+        if "cudaErrorInsufficientDriver" in problem or "cudaErrorNoDevice" in problem:
+            # what those codes mean on a machine without a GPU, before the CUDA runtime's own words
+            problem = f"no NVIDIA GPU or driver on this machine ({problem})"
         return False, problem
     return True, f"{c.device_name(int(device))}; trtrun._C built for sm_{c.cuda_architectures}"
 
