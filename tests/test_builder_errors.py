@@ -139,3 +139,13 @@ def test_unknown_graph_input(exported, tmp_path):
     onnx.save(m, str(p))
     with pytest.raises(ModelError, match="segment_ids"):
         build(p)
+
+
+def test_save_onnx_over_the_source_is_refused(exported, tmp_path):
+    import shutil
+    src = tmp_path / "m.onnx"
+    shutil.copy(exported("bert"), src)
+    before = src.read_bytes()
+    with pytest.raises(ValueError, match="source model itself"):
+        build(src, precision="fp32", save_onnx=tmp_path / "." / "m.onnx")
+    assert src.read_bytes() == before

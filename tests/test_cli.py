@@ -162,6 +162,20 @@ def test_build_bad_options(capsys, tmp_path, extra, needle):
     assert_clean_error(code, err, 2, needle)
 
 
+def test_build_refuses_to_overwrite_its_source(capsys, tmp_path):
+    """-o or --save-onnx naming the source model (or each other) is refused before any work: the
+    user's ONNX stays byte for byte what it was."""
+    f = tmp_path / "m.onnx"
+    f.write_bytes(b"the user's model")
+    for extra, needle in ((["-o", f], "source model itself"), (["-o", tmp_path / "." / "m.onnx"], "source model"),
+                          (["--save-onnx", f], "source model itself"),
+                          (["-o", tmp_path / "x.plan", "--save-onnx", tmp_path / "x.plan"], "same file")):
+        code, _, err = cli(capsys, "build", f, *extra)
+        assert_clean_error(code, err, 2, needle)
+        assert f.read_bytes() == b"the user's model"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
 def test_build_not_onnx(capsys, tmp_path):
     _needs("trtrun.builder", "build")
     f = tmp_path / "notes.onnx"

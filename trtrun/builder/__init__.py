@@ -69,6 +69,9 @@ def build(onnx_path, *, precision: str = "hybrid", profile=None, save_onnx=None,
         raise ValueError(f"gelu must be one of {', '.join(GELU_CHOICES)}, got {gelu!r}")
     if profile is not None:
         resolve_profile(profile, 1 << 30)  # argument errors before any work
+    if save_onnx is not None and same_file(onnx_path, save_onnx):
+        raise ValueError(f"save_onnx {save_onnx} is the source model itself: writing the rewritten graph there "
+                         f"would replace {onnx_path}; choose another path")
 
     total = len(STEPS)
     done = 0
@@ -120,6 +123,19 @@ def build(onnx_path, *, precision: str = "hybrid", profile=None, save_onnx=None,
         _save_model(rewritten, save_onnx)
     step("plan")
     return plan
+
+
+def same_file(a, b) -> bool:
+    """Whether paths `a` and `b` name the same file (also through symlinks or hard links)."""
+    import os
+
+    a, b = Path(a), Path(b)
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
 
 
 def _save_model(model, path) -> Path:

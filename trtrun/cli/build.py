@@ -38,10 +38,18 @@ def command(onnx_path, output, precision, profile, save_onnx, tf32, gelu, quiet)
     Profile: --min/--opt/--max BATCH,SEQ (default batch 1/8/32, sequence 1/128/512 capped by the
     model's positions); a run outside it is refused. Nothing is written if the build fails.
     """
-    from ..builder import build
+    from ..builder import build, same_file
 
     src = Path(onnx_path)
     out = Path(output) if output else src.with_name(f"{src.stem}.{precision}.plan")
+    # refuse before any work: writing over the source model would destroy it, and -o equal to
+    # --save-onnx would replace the rewritten ONNX with the plan
+    if same_file(out, src):
+        raise click.UsageError(f"-o {out} is the source model itself; writing the plan there would replace it")
+    if save_onnx and same_file(save_onnx, src):
+        raise click.UsageError(f"--save-onnx {save_onnx} is the source model itself; writing there would replace it")
+    if save_onnx and same_file(save_onnx, out):
+        raise click.UsageError(f"--save-onnx {save_onnx} and the plan output {out} are the same file")
     if tf32 and precision != "fp32":
         status(f"note: --tf32 only affects fp32 GEMMs; the {precision} plan records it but uses no fp32 GEMM", quiet)
 
