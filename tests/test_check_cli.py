@@ -90,6 +90,13 @@ def test_planted_fp16_nan_found_and_hybrid_passes(models, capsys, tmp_path):
     assert rep["random_vs_real"]["fp16"]["nan_sample"]["ratio"] == pytest.approx(1.0)
     md = (out / "report.md").read_text()
     assert "Why the hybrid plan is safe" in md and SHIFTED_LN in md and "**PASS**" in md
+    # the heading is computed, not fixed: the same report with a hybrid overflow no longer claims safety
+    from trtrun.check.report import markdown
+
+    rep["headroom"]["hybrid_safety"]["real"]["hybrid_fp16_over"] = 2
+    md_bad = markdown(rep)
+    assert "Why the hybrid plan is safe" not in md_bad
+    assert "NOT safe on these samples" in md_bad and "2 sample-points over 65504" in md_bad
     assert rep["per_sample"]["data"]["hybrid"]["real"][0][0] > 0
 
 

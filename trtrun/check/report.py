@@ -238,7 +238,18 @@ def markdown(report: dict, plots: dict[str, str] | None = None) -> str:
         L.append("")
     saf = h.get("hybrid_safety", {}).get(main_set)
     if saf:
-        L.append("### Why the hybrid plan is safe")
+        # the heading is a claim: made only when the hybrid plan's own numbers on these samples back it
+        hyb = per_p.get("hybrid") or {}
+        h_nf = (hyb.get("first_nonfinite") or {}).get("samples", 0)
+        h_of = (hyb.get("first_overflow") or {}).get("samples", 0)
+        if saf["hybrid_fp16_over"] == 0 and h_nf == 0 and h_of == 0:
+            L.append("### Why the hybrid plan is safe")
+        else:
+            L.append("### The hybrid plan is NOT safe on these samples")
+            L.append("")
+            L.append(f"Hybrid plan, {main_set} data: {h_nf} samples with a NaN/Inf output somewhere, {h_of} samples "
+                     f"with a value beyond what its dtype holds, {saf['hybrid_fp16_over']} sample-points over "
+                     "65504 where it holds values in fp16.")
         L.append("")
         if saf["at_fp16_overflow_points"]:
             L.append("Where the fp16 plan went past 65504, the hybrid plan holds the value in:")
