@@ -64,6 +64,13 @@ def test_missing_file_names_file_and_fetch_command(tmp_path, monkeypatch):
     assert "wiki.txt" in msg and "get-data.sh" in msg
 
 
+def test_text_file_not_utf8_is_named(tmp_path):
+    p = tmp_path / "latin1.txt"
+    p.write_bytes(b"caf\xe9 au lait\n")
+    with pytest.raises(TrtrunError, match=r"latin1\.txt: not UTF-8 text"):
+        data.load_text_file(p)
+
+
 def test_malformed_tsv_line_is_named(tmp_path, monkeypatch):
     (tmp_path / "rt_polarity.tsv").write_text("1\tok\nno label here\n")
     monkeypatch.setenv("TRTRUN_DATA", str(tmp_path))
@@ -173,6 +180,7 @@ def test_load_ids_npy_npz_json(tmp_path):
     ("t.txt", "1 2 3", "expected .npy"),
     ("bad.json", "{not json", "cannot read"),
     ("bad.npy", b"\x93NUMPY garbage", "cannot read"),
+    ("mixed.json", [[1, 2], [3], 5], r"row 2 is 5, not a list"),
 ])
 def test_load_ids_rejects(tmp_path, name, content, match):
     p = tmp_path / name

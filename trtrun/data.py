@@ -62,8 +62,12 @@ def _data_file(name: str) -> Path:
 
 
 def _read_lines(path: Path) -> list[str]:
-    with open(path, encoding="utf-8") as f:
-        return [line.rstrip("\n") for line in f]
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [line.rstrip("\n") for line in f]
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte {e.object[e.start:e.start + 1]!r}: {e.reason}); "
+                        f"save it as UTF-8") from None
 
 
 def _read_labeled(path: Path) -> tuple[list[str], list[int]]:
@@ -292,6 +296,9 @@ def load_ids(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise InputError(f"ids file {p} has no input_ids (it has: {', '.join(raw) or 'nothing'})")
     ragged = (isinstance(raw["input_ids"], list) and "attention_mask" not in raw
               and len({len(r) for r in raw["input_ids"] if isinstance(r, list)}) > 1)
+    if ragged and not all(isinstance(r, list) for r in raw["input_ids"]):
+        bad = next(i for i, r in enumerate(raw["input_ids"]) if not isinstance(r, list))
+        raise InputError(f"ids file {p}: input_ids row {bad} is {raw['input_ids'][bad]!r}, not a list of ids")
     if ragged:
         rows = raw["input_ids"]
         width = max(len(r) for r in rows)
