@@ -259,6 +259,16 @@ def test_run_ids_to_npy_and_json(capsys, tiny, tmp_path):
     assert doc["backend"] == "reference" and doc["inputs"]["attention_mask"] == [[1, 1, 1, 1], [1, 1, 0, 0]]
     assert doc["outputs"]["last_hidden_state"]["shape"] == [2, 4, 32]
 
+    # the file is written where -o says, whatever the suffix's case (np.save alone appends ".npy" to ".NPY")
+    for name in ("y2.NPY", "y2.NPZ"):
+        code, out, err = cli(capsys, "run", tiny["plan"], "--backend", "reference", "--ids", tmp_path / "ids.npy",
+                             "-o", tmp_path / name)
+        assert code == 0, err
+        got = np.load(tmp_path / name)
+        got = got if name.endswith("NPY") else got["last_hidden_state"]
+        np.testing.assert_array_equal(got, y)
+    assert not list(tmp_path.glob("y2.NP?.np?"))
+
 
 def test_run_text_against_onnxruntime(capsys, tiny):
     # 6 texts > the profile's batch 4: the CLI splits them into two runs; fp32 plan, so cosine >= 0.99999

@@ -105,9 +105,11 @@ def _write_output(path: Path, outputs: dict, feeds: dict, meta: dict) -> None:
     if suffix == ".npy":
         if len(outputs) != 1:
             raise click.UsageError(f"the plan has {len(outputs)} outputs ({', '.join(outputs)}); write them to a .npz")
-        np.save(path, next(iter(outputs.values())))
+        with open(path, "wb") as f:  # a file object: np.save would append ".npy" to "out.NPY"
+            np.save(f, next(iter(outputs.values())))
     elif suffix == ".npz":
-        np.savez(path, **outputs)
+        with open(path, "wb") as f:
+            np.savez(f, **outputs)
     elif suffix == ".json":
         doc = dict(meta)
         doc["inputs"] = {k: v.tolist() for k, v in feeds.items()}
