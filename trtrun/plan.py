@@ -582,7 +582,7 @@ def _validate_header(h: Any, where: str, blob_nbytes: int | None) -> None:
             err(f + ".offset", f"must be a non-negative multiple of {ALIGN}, got {off!r}")
         if not _is_int(nb) or nb < 0:
             err(f + ".nbytes", f"must be a non-negative int, got {nb!r}")
-        expect = int(np.prod(shp, dtype=np.int64)) * np.dtype(e["dtype"]).itemsize
+        expect = math.prod(shp) * np.dtype(e["dtype"]).itemsize  # Python ints: no int64 wrap-around
         if nb != expect:
             err(f + ".nbytes", f"is {nb} but {e['dtype']}{_fmt_shape(shp)} takes {expect} bytes")
         if blob_nbytes is not None and off + nb > blob_nbytes:
