@@ -420,3 +420,22 @@ def test_microbatcher_queue_limit_and_close():
     with pytest.raises(InputError, match="text 0 is a NoneType"):
         mb2.submit([None])
     mb2.close()
+
+
+def test_microbatcher_close_timeout_answers_every_queued_request():
+    """close(timeout) that gives up while a request still waits for a worker: that request must fail
+    with BatcherClosedError, not stay unanswered forever (its caller would hang)."""
+    from trtrun.serve import BatcherClosedError, MicroBatcher
+
+    slow = _SlowEmbedder()
+    mb = MicroBatcher(slow, max_wait_ms=0, max_batch_requests=1)
+    f1 = mb.submit(["a"])
+    deadline = time.time() + 10
+    while mb.queue_depth() and time.time() < deadline:  # f1 is with the (blocked) only worker
+        time.sleep(0.005)
+    f2 = mb.submit(["bb"])  # waits in the queue
+    mb.close(timeout=0.1)  # gives up: the worker is still blocked
+    slow.go.set()
+    assert f1.result(30).embeddings[0, 0] == 1.0
+    with pytest.raises(BatcherClosedError, match="closed"):
+        f2.result(30)

@@ -176,7 +176,17 @@ class MicroBatcher:
                     self._slots.release()
                     continue
                 self._inflight += 1
-            self._pool.submit(self._run, window)
+            try:
+                self._pool.submit(self._run, window)
+            except RuntimeError:  # close(timeout) gave up waiting and shut the pool down: no request is
+                # left without an answer (its caller would otherwise wait forever)
+                for r in window:
+                    r.future.set_exception(BatcherClosedError(
+                        "the batcher was closed (close timeout passed) before this request could run"))
+                with self._cv:
+                    self._inflight -= 1
+                    self._cv.notify_all()
+                self._slots.release()
 
     def _run(self, window: list[_Request]) -> None:
         try:
