@@ -112,6 +112,21 @@ def test_export_errors(tmp_path):
     assert not (tmp_path / "x.onnx").exists()
 
 
+def test_model_folder_refuses_size_overrides(tmp_path):
+    """A real model's sizes are its weights' shapes: more layers would be silently random, a typo ignored."""
+    from trtrun.data import data_dir
+    from trtrun.export import export_model, load_torch_model
+    d = data_dir() / "minilm"
+    if not (d / "config.json").exists():
+        pytest.skip(f"MiniLM is not in the data folder ({d})")
+    for ov in ({"num_hidden_layers": 8}, {"hiddensize": 4}):
+        with pytest.raises(ValueError, match="apply to the named architectures"):
+            load_torch_model(d, overrides=ov)
+        with pytest.raises(ValueError, match="not to a model folder"):
+            export_model(d, tmp_path / "x.onnx", overrides=ov)
+    assert not (tmp_path / "x.onnx").exists()
+
+
 @pytest.mark.parametrize("exporter", ["torchscript"])  # dynamo is as well (checked once; 10 s a try)
 def test_export_is_deterministic(tmp_path, exporter):
     from trtrun.export import export_model

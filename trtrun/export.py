@@ -105,10 +105,14 @@ def _load_model(torch, transformers, source, overrides, seed):
         raise ModelError(
             f"{source}: not a named architecture ({', '.join(NAMED_ARCHS)}) nor a Hugging Face model "
             "directory with a config.json")
+    if overrides:
+        # a folder's sizes are its weights' shapes: an override either fails to load (hidden size),
+        # silently adds randomly initialized layers (more layers), or is a typo nobody reads
+        raise ValueError(f"{source}: size overrides ({', '.join(sorted(overrides))}) apply to the named "
+                         f"architectures ({', '.join(NAMED_ARCHS)}), not to a model folder, whose sizes come "
+                         f"from its config.json and weights")
     try:
         config = transformers.AutoConfig.from_pretrained(str(path))
-        for k, v in (overrides or {}).items():
-            setattr(config, k, v)
         model = transformers.AutoModel.from_pretrained(str(path), config=config, **attn)
     except (OSError, ValueError) as e:
         raise ModelError(f"{source}: cannot load the model: {e}") from e
