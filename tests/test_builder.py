@@ -205,6 +205,8 @@ def test_header_profile_progress_and_roundtrip(exported, tmp_path):
     ({"batch": (0, 1, 2)}, "1 <= min"),
     ({"btch": (1, 1, 1)}, "keys"),
     ({"seq": "long"}, "integers"),
+    ({"seq": "128"}, "integers"),  # not (1, 2, 8)
+    ({"batch": (1, 8.9, 32)}, "integers"),  # not silently truncated to 8
 ])
 def test_bad_profile(exported, profile, needle):
     with pytest.raises(ValueError, match=needle):

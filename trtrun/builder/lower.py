@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import numbers
 from pathlib import Path
 
 import numpy as np
@@ -34,10 +35,11 @@ def resolve_profile(profile, max_position: int) -> dict:
     out = {}
     for axis, default in (("batch", DEFAULT_BATCH), ("seq", DEFAULT_SEQ)):
         v = profile.get(axis, default)
-        try:
-            v = [int(x) for x in v]
-        except (TypeError, ValueError):
-            raise ValueError(f"profile {axis} must be (min, opt, max) integers, got {v!r}") from None
+        # integers only: int() would read the string "128" as (1, 2, 8) and truncate 8.9 to 8
+        if not (isinstance(v, (list, tuple)) and all(isinstance(x, numbers.Integral) and not isinstance(x, bool)
+                                                     for x in v)):
+            raise ValueError(f"profile {axis} must be (min, opt, max) integers, got {v!r}")
+        v = [int(x) for x in v]
         if len(v) != 3 or not 1 <= v[0] <= v[1] <= v[2]:
             raise ValueError(f"profile {axis} must be (min, opt, max) with 1 <= min <= opt <= max, got {v}")
         out[axis] = v
