@@ -194,9 +194,13 @@ def test_header_profile_progress_and_roundtrip(exported, tmp_path):
     feeds = random_feeds(path, batch=3, seq=9)
     np.testing.assert_array_equal(ReferenceBackend(plan).run(feeds)["last_hidden_state"],
                                   ReferenceBackend(again).run(feeds)["last_hidden_state"])
-    # the default sequence range is capped by the model's positions
+    # GPT-2's 1024 positions leave the default sequence range as it is ...
     g = build(exported("gpt2"), precision="fp32")
     assert g.profile["seq"] == [1, 128, 512]
+    # ... a model with fewer positions caps it (the builder passes the position-table rows here)
+    from trtrun.builder import resolve_profile
+    assert resolve_profile(None, 64) == {"batch": [1, 8, 32], "seq": [1, 64, 64]}
+    assert resolve_profile(None, 100)["seq"] == [1, 100, 100]
 
 
 @pytest.mark.parametrize("profile,needle", [
