@@ -233,6 +233,18 @@ def test_inspect(capsys, tiny):
     assert h["precision"] == "fp32" and h["profile"]["seq"][2] == 16 and h["weights"]["bytes"] > 0
 
 
+def test_run_refuses_to_write_over_its_input_or_a_bad_suffix(capsys, tiny, tmp_path):
+    ids = tmp_path / "ids.npy"
+    np.save(ids, np.array([[101, 2000, 102]], dtype=np.int64))
+    before = ids.read_bytes()
+    code, out, err = cli(capsys, "run", tiny["plan"], "--backend", "reference", "--ids", ids, "-o", ids)
+    assert code == 2 and "is the --ids input file" in err and "Traceback" not in err
+    assert ids.read_bytes() == before  # the input is untouched
+    code, out, err = cli(capsys, "run", tiny["plan"], "--backend", "reference", "--ids", ids, "-o", tmp_path / "y.txt")
+    assert code == 2 and "must end in .npy, .npz or .json" in err
+    assert not (tmp_path / "y.txt").exists()
+
+
 def test_run_ids_to_npy_and_json(capsys, tiny, tmp_path):
     import onnxruntime as ort
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -155,6 +156,13 @@ def command(plan_path, backend, texts, text_file, data_set, max_samples, ids_fil
                                + (f" (got {', '.join(given)})" if given else ""))
     if min_cosine is not None and not compare_onnx:
         raise click.UsageError("--min-cosine needs --compare MODEL.onnx")
+    if output:  # before any work, and never over an input
+        if Path(output).suffix.lower() not in (".npy", ".npz", ".json"):
+            raise click.UsageError(f"-o {output}: the output file must end in .npy, .npz or .json")
+        for flag, src in (("--ids", ids_file), ("--text-file", text_file), ("PLAN", plan_path),
+                          ("--compare", compare_onnx)):
+            if src and Path(src).exists() and Path(output).exists() and os.path.samefile(output, src):
+                raise click.UsageError(f"-o {output} is the {flag} input file; write the outputs elsewhere")
 
     plan = load_plan(plan_path)
     (bmin, _, bmax), (smin, _, smax) = plan_limits(plan)
