@@ -10,6 +10,7 @@ torch and transformers are optional dependencies, imported only inside the funct
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -190,6 +191,18 @@ def export_model(source, out_path, *, exporter: str = "torchscript", opset: int 
 
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    # written beside the target and renamed, so a failed or interrupted export leaves an existing file intact
+    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
+    try:
+        _export(torch, wrapper, args, names, config, exporter, opset, tmp)
+        os.replace(tmp, out_path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return out_path
+
+
+def _export(torch, wrapper, args, names, config, exporter, opset, out_path):
     # The exporters warn about things that do not apply here (tracer warnings on Python bools
     # that are constant for our wrapper, torchvision ops); the graph is checked by the caller.
     with torch.no_grad(), warnings.catch_warnings():
@@ -210,4 +223,3 @@ def export_model(source, out_path, *, exporter: str = "torchscript", opset: int 
                                      opset_version=opset, dynamo=True, external_data=False,
                                      verbose=False, optimize=True)
             prog.save(str(out_path), external_data=False)
-    return out_path
