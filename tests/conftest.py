@@ -144,3 +144,28 @@ def onnxruntime_run(onnx_path, feeds) -> np.ndarray:
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     names = {i.name for i in sess.get_inputs()}
     return sess.run(None, {k: v for k, v in feeds.items() if k in names})[0]
+
+
+# The tiny BERT that the Embedder and server tests share (hidden 32, one layer, BERT's real vocabulary so the
+# MiniLM tokenizer fits), fp32, profile batch 1..8 x sequence 1..EMBED_SEQ_MAX.
+EMBED_SEQ_MAX = 32
+EMBED_PROFILE = {"batch": (1, 4, 8), "seq": (1, 16, EMBED_SEQ_MAX)}
+EMBED_TINY = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                  max_position_embeddings=64, vocab_size=30522)
+
+
+@pytest.fixture(scope="session")
+def tiny_embed_model(tmp_path_factory):
+    """{"onnx", "plan", "tok", "dir"}: the shared tiny BERT exported, built (fp32) and its tokenizer dir."""
+    pytest.importorskip("torch")
+    from trtrun import data
+    from trtrun.builder import build
+    from trtrun.export import export_model
+
+    tok_dir = data.data_dir() / "minilm"
+    if not (tok_dir / "tokenizer.json").exists():
+        pytest.skip(f"MiniLM tokenizer not in {tok_dir} (fetch it with ../shared/data/get-data.sh)")
+    d = tmp_path_factory.mktemp("embed-tiny")
+    onnx_path = export_model("bert-base", d / "tiny.onnx", overrides=EMBED_TINY, seed=3)
+    plan_path = build(onnx_path, precision="fp32", profile=EMBED_PROFILE).save(d / "tiny.fp32.plan")
+    return {"onnx": onnx_path, "plan": plan_path, "tok": tok_dir, "dir": d}

@@ -20,10 +20,7 @@ import pytest
 from trtrun import data
 from trtrun.errors import InputError, ShapeError, TrtrunError
 
-SEQ_MAX = 32
-PROFILE = {"batch": (1, 4, 8), "seq": (1, 16, SEQ_MAX)}
-TINY = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-            max_position_embeddings=64, vocab_size=30522)
+from conftest import EMBED_SEQ_MAX as SEQ_MAX  # noqa: E402  (the shared tiny model's sequence limit)
 
 # fp32 plan, same numpy backend on both sides: the only differences come from BLAS summing a dot product
 # in another order when the batch shape differs: a few fp32 ulps (1.2e-7 relative) on values of order 1,
@@ -40,21 +37,8 @@ def _minilm_dir():
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    pytest.importorskip("torch")
-    from trtrun.builder import build
-    from trtrun.export import export_model
-
-    tok_dir = _minilm_dir()
-    d = tmp_path_factory.getbasetemp() / "serve-tiny"  # shared with test_serve.py in one session
-    d.mkdir(exist_ok=True)
-    onnx_path, plan_path = d / "tiny.onnx", d / "tiny.fp32.plan"
-    if not plan_path.exists():
-        export_model("bert-base", d / "tiny.tmp.onnx", overrides=TINY, seed=3)
-        (d / "tiny.tmp.onnx").rename(onnx_path)
-        build(onnx_path, precision="fp32", profile=PROFILE).save(d / "tiny.tmp.plan")
-        (d / "tiny.tmp.plan").rename(plan_path)
-    return {"onnx": onnx_path, "plan": plan_path, "tok": tok_dir, "dir": d}
+def tiny(tiny_embed_model):
+    return tiny_embed_model
 
 
 @pytest.fixture(scope="module")

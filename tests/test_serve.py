@@ -30,10 +30,6 @@ httpx = pytest.importorskip("httpx", reason="the tests' HTTP client (and TestCli
 from trtrun import data  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-SEQ_MAX = 32
-PROFILE = {"batch": (1, 4, 8), "seq": (1, 16, SEQ_MAX)}
-TINY = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-            max_position_embeddings=64, vocab_size=30522)
 # Same plan and numpy backend on both sides; only BLAS summation order differs with the batch shape
 # (see test_embedder.py): 1e-5 on unit vectors. JSON carries float32 values exactly (repr of a double).
 ATOL = 1e-5
@@ -41,23 +37,8 @@ MAX_INPUTS = 8
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    pytest.importorskip("torch")
-    from trtrun.builder import build
-    from trtrun.export import export_model
-
-    tok_dir = data.data_dir() / "minilm"
-    if not (tok_dir / "tokenizer.json").exists():
-        pytest.skip(f"MiniLM tokenizer not in {tok_dir} (fetch it with ../shared/data/get-data.sh)")
-    d = tmp_path_factory.getbasetemp() / "serve-tiny"  # shared with test_embedder.py in one session
-    d.mkdir(exist_ok=True)
-    onnx_path, plan_path = d / "tiny.onnx", d / "tiny.fp32.plan"
-    if not plan_path.exists():
-        export_model("bert-base", d / "tiny.tmp.onnx", overrides=TINY, seed=3)
-        (d / "tiny.tmp.onnx").rename(onnx_path)
-        build(onnx_path, precision="fp32", profile=PROFILE).save(d / "tiny.tmp.plan")
-        (d / "tiny.tmp.plan").rename(plan_path)
-    return {"onnx": onnx_path, "plan": plan_path, "tok": tok_dir}
+def tiny(tiny_embed_model):
+    return tiny_embed_model
 
 
 @pytest.fixture(scope="module")
