@@ -141,17 +141,8 @@ def _walk_scores(logits):
             t = p.inputs[0]
             continue
         if p.op in ("Mul", "Div"):
-            a, b = p.inputs[0], p.inputs[1]
-            cb = G.scalar_const(b)
-            ca = G.scalar_const(a) if p.op == "Mul" else None
-            if cb is not None:
-                scale = scale * cb if p.op == "Mul" else scale / cb
-                t = a
-                continue
-            if ca is not None:
-                scale, t = scale * ca, b
-                continue
-            raise _NoMatch
+            scale, t = _fold_scalar_scale(p, scale)
+            continue
         if p.op in ("Add", "Sub"):
             a, b = p.inputs[0], p.inputs[1]
             on = [i for i in (a, b) if _reaches_qk(i)]
@@ -177,6 +168,18 @@ def _walk_scores(logits):
     raise _NoMatch
 
 
+def _fold_scalar_scale(p, scale):
+    """A Mul/Div node by a scalar constant -> (scale with it folded in, the non-constant input)."""
+    a, b = p.inputs[0], p.inputs[1]
+    cb = G.scalar_const(b)
+    if cb is not None:
+        return (scale * cb if p.op == "Mul" else scale / cb), a
+    ca = G.scalar_const(a) if p.op == "Mul" else None
+    if ca is not None:
+        return scale * ca, b
+    raise _NoMatch
+
+
 def _trace_source(t):
     """Walk back from Q4/KT4/V4 through layout ops and scalar scales to a Linear output."""
     scale = 1.0
@@ -192,16 +195,7 @@ def _trace_source(t):
             t = p.inputs[0]
             continue
         if p.op in ("Mul", "Div"):
-            a, b = p.inputs[0], p.inputs[1]
-            cb = G.scalar_const(b)
-            ca = G.scalar_const(a) if p.op == "Mul" else None
-            if cb is not None:
-                scale = scale * cb if p.op == "Mul" else scale / cb
-                t = a
-            elif ca is not None:
-                scale, t = scale * ca, b
-            else:
-                raise _NoMatch
+            scale, t = _fold_scalar_scale(p, scale)
             continue
         raise _NoMatch
     raise _NoMatch
