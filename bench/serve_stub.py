@@ -1,0 +1,144 @@
+"""A stub engine for measuring `trtrun serve`'s own CPU cost on a machine without a GPU (benchmarks only).
+
+    python bench/serve_stub.py --port 8101                      # micro-batching (as `trtrun serve`)
+    python bench/serve_stub.py --port 8102 --no-batching        # one request per engine call
+    python bench/serve_stub.py --port 8101 --workers 4          # 4 processes on one port
+
+StubEmbedder is a real trtrun.Embedder in everything but the engine: the real tokenizer (all-MiniLM-L6-v2's
+tokenizer.json from the data folder), the real packing, padding, pooling, normalization, truncation policy,
+embed_groups and metrics observer; only the engine call is replaced by a fake "GPU" that
+- copies the ids into an int32 buffer and range-checks them (what trtrun.runtime.Context.run does on the
+  host before the GPU works),
+- sleeps `fixed_s + padded_tokens * per_token_s` WITHOUT the GIL (the real runtime releases the GIL while
+  the GPU runs): by default 0.3 ms + 0.2 us per padded token, about what all-MiniLM-L6-v2 costs on an
+  H100/H200 (a 64 x 32 token batch: 0.7 ms),
+- returns hidden states [B, S, dim] gathered from a fixed random table by token id (the same memory
+  traffic as the runtime's device-to-host copy of the output), so a text's pooled vector depends only on
+  its own tokens: responses can be checked against single-request embeddings exactly as on the GPU.
+Nothing here is used by the library; the server code it runs is the real one (trtrun.serve).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from trtrun.embedder import Embedder  # noqa: E402
+
+
+class StubEmbedder(Embedder):
+    """Embedder with a fake engine (see the module docstring). Picklable arguments only, so a worker process
+    can build its own from the same keyword arguments (stub_factory)."""
+
+    def __init__(self, tokenizer_dir=None, *, dim: int = 384, contexts: int = 2, fixed_s: float = 3e-4,
+                 per_token_s: float = 2e-7, max_batch_size: int = 128, max_seq_len: int = 256,
+                 max_tokens_per_batch: int | None = None, truncation: str = "truncate", pooling: str = "mean",
+                 normalize: bool = True, vocab: int = 30522, seed: int = 0):
+        from tokenizers import Tokenizer
+
+        from trtrun import data
+
+        d = Path(tokenizer_dir) if tokenizer_dir else data.data_dir() / "minilm"
+        self.tokenizer, self.tokenizer_dir, self._model_max_length = None, d, None
+        self._backend_tok_src = Tokenizer.from_file(str(d / "tokenizer.json"))
+        self.plan, self.plan_path, self.from_onnx = None, None, False
+        self.output, self.dim = "last_hidden_state", int(dim)
+        self.input_names = ["input_ids", "attention_mask", "token_type_ids"]
+        self.pooling, self.pooling_source = pooling, "given"
+        self.normalize, self.truncation = bool(normalize), truncation
+        self.min_batch, self.min_seq = 1, 1
+        self.max_batch_size = int(max_batch_size)
+        self.max_seq_len, self.max_seq_len_source = int(max_seq_len), "given"
+        self.max_tokens_per_batch = int(max_tokens_per_batch or max(min(16384, max_batch_size * max_seq_len),
+                                                                       max_seq_len))
+        self._setup_tokenizer()
+        self.contexts = int(contexts)
+        self.backend, self.backend_reason = "stub", f"fake engine: {fixed_s * 1e3:g} ms + {per_token_s * 1e6:g} us/token"
+        self.fixed_s, self.per_token_s = float(fixed_s), float(per_token_s)
+        self._table = np.random.default_rng(seed).standard_normal((vocab, self.dim)).astype(np.float32)
+        self.engine_calls = 0
+        self._calls_lock = threading.Lock()
+        import queue
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = queue.SimpleQueue()
+        for _ in range(self.contexts):
+            self._pool.put(self._make_runner())
+        self._closers, self._engine = [], None
+        self._fanout = ThreadPoolExecutor(max_workers=self.contexts, thread_name_prefix="trtrun-embed") \
+            if self.contexts > 1 else None
+        self._closed = False
+
+    def _make_runner(self):
+        buf = np.zeros(self.max_tokens_per_batch * 4, np.int32)  # the runtime's pinned input buffer
+        table = self._table
+
+        def run(feeds):
+            ids = feeds["input_ids"]
+            B, S = ids.shape
+            if ids.min() < 0 or ids.max() >= table.shape[0]:
+                raise ValueError("token id out of range")
+            need = B * S
+            b = buf if need <= buf.size else np.zeros(need, np.int32)
+            b[:need].reshape(B, S)[:] = ids
+            time.sleep(self.fixed_s + need * self.per_token_s)  # the "GPU": no GIL held
+            with self._calls_lock:
+                self.engine_calls += 1
+            return {"last_hidden_state": table[ids]}  # [B, S, dim] float32, a new array like the D2H copy
+
+        return run
+
+    @property
+    def model_name(self) -> str:
+        return "stub-minilm"
+
+    def describe(self) -> dict:
+        return {"model": self.model_name, "plan": None, "precision": "stub", "backend": self.backend,
+                "backend_reason": self.backend_reason, "contexts": self.contexts, "dim": self.dim,
+                "pooling": self.pooling, "pooling_source": self.pooling_source, "normalize": self.normalize,
+                "max_seq_len": self.max_seq_len, "max_seq_len_source": self.max_seq_len_source,
+                "max_batch_size": self.max_batch_size, "max_tokens_per_batch": self.max_tokens_per_batch,
+                "truncation": self.truncation}
+
+
+def stub_factory(**kwargs) -> StubEmbedder:
+    return StubEmbedder(**kwargs)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="trtrun serve with a stub engine (benchmarks only)")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=8101)
+    ap.add_argument("--contexts", type=int, default=2)
+    ap.add_argument("--no-batching", action="store_true")
+    ap.add_argument("--max-wait-ms", type=float, default=2.0)
+    ap.add_argument("--max-inputs", type=int, default=64)
+    ap.add_argument("--fixed-ms", type=float, default=0.3, help="fake engine: fixed cost per call")
+    ap.add_argument("--per-token-us", type=float, default=0.2, help="fake engine: cost per padded token")
+    ap.add_argument("--log-level", default="warning")
+    a = ap.parse_args(argv)
+
+    from trtrun.serve.app import ServeConfig, run_server
+
+    emb = StubEmbedder(contexts=a.contexts, fixed_s=a.fixed_ms / 1e3, per_token_s=a.per_token_us / 1e6)
+    cfg = ServeConfig(max_inputs=a.max_inputs, max_wait_ms=a.max_wait_ms, batching=not a.no_batching)
+    print(f"stub server on http://{a.host}:{a.port}: {emb.backend_reason}, "
+          f"{'no batching' if a.no_batching else f'micro-batching {a.max_wait_ms} ms'}", flush=True)
+    try:
+        run_server(emb, cfg, host=a.host, port=a.port, log_level=a.log_level)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        emb.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
