@@ -1,0 +1,245 @@
+// bench/gemm_explore.cpp: how fast can cuBLASLt run the GEMMs of a BERT-base/GPT-2 layer at small and large row
+// counts, and how far is trtrun's choice (the timed best of cuBLASLt's top 8 heuristic candidates) from the best
+// candidate cuBLASLt can run (up to 64 heuristic results, each also with split-K 2..16 where the algorithm
+// supports it)?  A measurement tool for bench/NOTES.md, not part of the runtime.
+//
+//   nvcc -O2 -std=c++17 -arch=sm_90 bench/gemm_explore.cpp -lcublasLt -o /tmp/gemm_explore && /tmp/gemm_explore
+//
+// Same layout as csrc/gemm.cpp: row-major y[m,n] = x[m,k] @ w[k,n] (+bias, GELU) as column-major
+// y^T = w^T x^T, fp16 operands, fp32 accumulation, output fp16 or fp32. The weights are rotated over enough
+// copies to exceed the 50-60 MB L2 (a forward pass reads 170 MB of distinct weights, so a GEMM in it never
+// finds its weights in L2); inputs are random, never zeros. Time per GEMM = median over 15 samples of a loop of
+// 20 back-to-back launches (CUDA events), which is what a graph replay of dependent kernels comes close to.
+#include <cublasLt.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#define CK(x)                                                                                   \
+  do {                                                                                          \
+    cudaError_t e_ = (x);                                                                       \
+    if (e_ != cudaSuccess) {                                                                    \
+      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
+      std::exit(1);                                                                             \
+    }                                                                                           \
+  } while (0)
+#define LK(x)                                                                                    \
+  do {                                                                                           \
+    cublasStatus_t s_ = (x);                                                                     \
+    if (s_ != CUBLAS_STATUS_SUCCESS) {                                                           \
+      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cublasLtGetStatusString(s_)); \
+      std::exit(1);                                                                              \
+    }                                                                                            \
+  } while (0)
+
+struct Shape {
+  const char* name;
+  int m, n, k;
+  bool out_f32;
+  cublasLtEpilogue_t epi;
+};
+
+struct Cand {
+  cublasLtMatmulAlgo_t algo;
+  size_t ws;
+  int rank;  // heuristic rank (-1: a split-K variant made here)
+  int splitk;
+  float ms = 0;
+};
+
+static int cfg_i32(const cublasLtMatmulAlgo_t& a, cublasLtMatmulAlgoConfigAttributes_t at) {
+  int32_t v = 0;
+  size_t w = 0;
+  if (cublasLtMatmulAlgoConfigGetAttribute(&a, at, &v, sizeof(v), &w) != CUBLAS_STATUS_SUCCESS) return -1;
+  return v;
+}
+static int cfg_u16(const cublasLtMatmulAlgo_t& a, cublasLtMatmulAlgoConfigAttributes_t at) {
+  uint16_t v = 0;
+  size_t w = 0;
+  if (cublasLtMatmulAlgoConfigGetAttribute(&a, at, &v, sizeof(v), &w) != CUBLAS_STATUS_SUCCESS) return -1;
+  return v;
+}
+
+__global__ void fill(__half* p, size_t n, unsigned seed, float scale) {
+  size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+  for (; i < n; i += (size_t)gridDim.x * blockDim.x) {
+    unsigned h = (unsigned)(i * 2654435761u) ^ seed;
+    h ^= h >> 13;
+    h *= 0x5bd1e995u;
+    h ^= h >> 15;
+    p[i] = __float2half(((h & 0xffff) / 65535.0f - 0.5f) * scale);
+  }
+}
+
+int main(int argc, char** argv) {
+  const size_t ws_bytes = argc > 1 ? std::strtoull(argv[1], nullptr, 10) << 20 : (32u << 20);
+  cudaDeviceProp prop;
+  CK(cudaGetDeviceProperties(&prop, 0));
+  std::printf("device %s, %d SMs, L2 %d MB, workspace %zu MiB\n", prop.name, prop.multiProcessorCount,
+              prop.l2CacheSize >> 20, ws_bytes >> 20);
+  const int ms_[] = {128, 1024, 4096, 16384};
+  std::vector<Shape> base = {
+      {"qkv", 0, 2304, 768, false, CUBLASLT_EPILOGUE_BIAS},
+      {"attn_out", 0, 768, 768, true, CUBLASLT_EPILOGUE_BIAS},
+      {"ffn1_gelu", 0, 3072, 768, false, CUBLASLT_EPILOGUE_GELU_BIAS},
+      {"ffn2", 0, 768, 3072, true, CUBLASLT_EPILOGUE_BIAS},
+  };
+  cublasLtHandle_t lt;
+  LK(cublasLtCreate(&lt));
+  void* ws = nullptr;
+  CK(cudaMalloc(&ws, ws_bytes));
+  cudaStream_t st;
+  CK(cudaStreamCreate(&st));
+  cudaEvent_t e0, e1;
+  CK(cudaEventCreate(&e0));
+  CK(cudaEventCreate(&e1));
+
+  std::printf("%-10s %6s | %9s %9s %9s | %-60s\n", "gemm", "M", "heur0_us", "top8_us", "best_us", "best candidate");
+  for (int M : ms_) {
+    double sum_h0 = 0, sum_t8 = 0, sum_best = 0;
+    for (Shape s : base) {
+      s.m = M;
+      const size_t wbytes = (size_t)s.k * s.n * 2;
+      const int copies = (int)std::max<size_t>(1, (150u << 20) / wbytes);
+      std::vector<__half*> W(copies);
+      for (int c = 0; c < copies; ++c) {
+        CK(cudaMalloc(&W[c], wbytes));
+        fill<<<264, 256>>>(W[c], (size_t)s.k * s.n, 1234u + c, 0.1f);
+      }
+      __half* X;
+      CK(cudaMalloc(&X, (size_t)s.m * s.k * 2));
+      fill<<<264, 256>>>(X, (size_t)s.m * s.k, 99u, 2.0f);
+      void* Y;
+      CK(cudaMalloc(&Y, (size_t)s.m * s.n * (s.out_f32 ? 4 : 2)));
+      void* bias;
+      CK(cudaMalloc(&bias, (size_t)s.n * 4));
+      CK(cudaMemset(bias, 0, (size_t)s.n * 4));
+      CK(cudaDeviceSynchronize());
+
+      cublasLtMatmulDesc_t op;
+      LK(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+      cublasOperation_t nn = CUBLAS_OP_N;
+      LK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &nn, sizeof(nn)));
+      LK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &nn, sizeof(nn)));
+      LK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE, &s.epi, sizeof(s.epi)));
+      int32_t bt = s.out_f32 ? CUDA_R_32F : CUDA_R_16F;
+      LK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof(bt)));
+      LK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+      cublasLtMatrixLayout_t la, lb, ld;
+      cudaDataType_t dt = s.out_f32 ? CUDA_R_32F : CUDA_R_16F;
+      LK(cublasLtMatrixLayoutCreate(&la, CUDA_R_16F, s.n, s.k, s.n));
+      LK(cublasLtMatrixLayoutCreate(&lb, CUDA_R_16F, s.k, s.m, s.k));
+      LK(cublasLtMatrixLayoutCreate(&ld, dt, s.n, s.m, s.n));
+      cublasLtMatmulPreference_t pref;
+      LK(cublasLtMatmulPreferenceCreate(&pref));
+      LK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws_bytes,
+                                              sizeof(ws_bytes)));
+      cublasLtMatmulHeuristicResult_t res[64];
+      int found = 0;
+      LK(cublasLtMatmulAlgoGetHeuristic(lt, op, la, lb, ld, ld, pref, 64, res, &found));
+      std::vector<Cand> cands;
+      for (int i = 0; i < found; ++i)
+        if (res[i].state == CUBLAS_STATUS_SUCCESS) cands.push_back({res[i].algo, res[i].workspaceSize, i, 1});
+      // split-K variants of each distinct heuristic candidate that supports it
+      const size_t n_heur = cands.size();
+      for (size_t i = 0; i < n_heur; ++i) {
+        int32_t sk_sup = 0;
+        size_t w = 0;
+        if (cublasLtMatmulAlgoCapGetAttribute(&cands[i].algo, CUBLASLT_ALGO_CAP_SPLITK_SUPPORT, &sk_sup,
+                                              sizeof(sk_sup), &w) != CUBLAS_STATUS_SUCCESS || !sk_sup)
+          continue;
+        if (cfg_i32(cands[i].algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM) > 1) continue;
+        uint32_t red_mask = 0;
+        (void)cublasLtMatmulAlgoCapGetAttribute(&cands[i].algo, CUBLASLT_ALGO_CAP_REDUCTION_SCHEME_MASK, &red_mask,
+                                                sizeof(red_mask), &w);
+        for (int sk : {2, 3, 4, 6, 8, 12, 16}) {
+          if (s.k / sk < 64) break;
+          for (uint32_t red : {(uint32_t)CUBLASLT_REDUCTION_SCHEME_INPLACE,
+                               (uint32_t)CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE,
+                               (uint32_t)CUBLASLT_REDUCTION_SCHEME_OUTPUT_TYPE}) {
+            if (!(red_mask & red)) continue;
+            Cand c = cands[i];
+            c.rank = -1 - (int)i;
+            c.splitk = sk;
+            int32_t skv = sk;
+            if (cublasLtMatmulAlgoConfigSetAttribute(&c.algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &skv, sizeof(skv)) !=
+                CUBLAS_STATUS_SUCCESS)
+              continue;
+            if (cublasLtMatmulAlgoConfigSetAttribute(&c.algo, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, &red,
+                                                     sizeof(red)) != CUBLAS_STATUS_SUCCESS)
+              continue;
+            cublasLtMatmulHeuristicResult_t chk{};
+            if (cublasLtMatmulAlgoCheck(lt, op, la, lb, ld, ld, &c.algo, &chk) != CUBLAS_STATUS_SUCCESS) continue;
+            if (chk.workspaceSize > ws_bytes) continue;
+            c.ws = chk.workspaceSize;
+            cands.push_back(c);
+            break;  // one reduction scheme per split count
+          }
+        }
+      }
+      const float alpha = 1.f, beta = 0.f;
+      int ci = 0;
+      auto once = [&](const Cand& c) {
+        ci = (ci + 1) % copies;
+        return cublasLtMatmul(lt, op, &alpha, W[ci], la, X, lb, &beta, Y, ld, Y, ld, &c.algo, ws, c.ws, st);
+      };
+      for (auto& c : cands) {
+        bool ok = true;
+        for (int r = 0; r < 3 && ok; ++r) ok = once(c) == CUBLAS_STATUS_SUCCESS;
+        if (!ok || cudaStreamSynchronize(st) != cudaSuccess) {
+          (void)cudaGetLastError();
+          c.ms = 1e9f;
+          continue;
+        }
+        std::vector<float> v;
+        for (int r = 0; r < 15; ++r) {
+          CK(cudaEventRecord(e0, st));
+          for (int j = 0; j < 20; ++j) once(c);
+          CK(cudaEventRecord(e1, st));
+          CK(cudaEventSynchronize(e1));
+          float t = 0;
+          CK(cudaEventElapsedTime(&t, e0, e1));
+          v.push_back(t / 20);
+        }
+        std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
+        c.ms = v[v.size() / 2];
+      }
+      float h0 = cands.empty() ? 0 : cands[0].ms, t8 = 1e9f;
+      for (auto& c : cands)
+        if (c.rank >= 0 && c.rank < 8) t8 = std::min(t8, c.ms);
+      auto best = std::min_element(cands.begin(), cands.end(), [](const Cand& a, const Cand& b) { return a.ms < b.ms; });
+      char desc[256] = "";
+      if (best != cands.end()) {
+        std::snprintf(desc, sizeof(desc), "rank %d algo %d tile %d stages %d splitk %d swz %d cluster %d ws %zuK",
+                      best->rank, cfg_i32(best->algo, CUBLASLT_ALGO_CONFIG_ID),
+                      cfg_i32(best->algo, CUBLASLT_ALGO_CONFIG_TILE_ID), cfg_i32(best->algo, CUBLASLT_ALGO_CONFIG_STAGES_ID),
+                      cfg_i32(best->algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM),
+                      cfg_i32(best->algo, CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING),
+                      cfg_u16(best->algo, CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID), best->ws >> 10);
+      }
+      std::printf("%-10s %6d | %9.2f %9.2f %9.2f | %s  [%zu heur, %zu cands]\n", s.name, M, h0 * 1e3, t8 * 1e3,
+                  best->ms * 1e3, desc, n_heur, cands.size());
+      std::fflush(stdout);
+      sum_h0 += h0;
+      sum_t8 += t8;
+      sum_best += best->ms;
+      cublasLtMatmulPreferenceDestroy(pref);
+      cublasLtMatrixLayoutDestroy(la);
+      cublasLtMatrixLayoutDestroy(lb);
+      cublasLtMatrixLayoutDestroy(ld);
+      cublasLtMatmulDescDestroy(op);
+      for (auto p : W) cudaFree(p);
+      cudaFree(X);
+      cudaFree(Y);
+      cudaFree(bias);
+    }
+    std::printf("LAYER M=%d: 4 GEMMs heur0 %.2f us, top8 %.2f us, best %.2f us; x12 layers: %.3f / %.3f / %.3f ms\n",
+                M, sum_h0 * 1e3, sum_t8 * 1e3, sum_best * 1e3, sum_h0 * 12, sum_t8 * 12, sum_best * 12);
+  }
+  return 0;
+}

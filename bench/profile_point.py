@@ -1,0 +1,105 @@
+"""Time one (model, precision, batch, seq) point of the GPU runtime, and mark one graph replay for ncu.
+
+    python3 bench/profile_point.py --model bert-base --precision hybrid --point 1x128 --point 32x128
+    ncu --profile-from-start off --clock-control none --cache-control none --metrics gpu__time_duration.sum \\
+        --csv python3 bench/profile_point.py --model bert-base --point 1x128 --ncu
+
+For each point: GPU time of one run by CUDA events (median and p10/p90 of --iters replays, 4 input sets of
+real-looking random ids rotated, never zeros), with the context's CUDA graph captured beforehand. With
+--ncu, one extra replay per point runs between cudaProfilerStart/Stop, so ncu (started with
+--profile-from-start off) measures exactly the kernels of one forward pass. Exports and builds are cached
+under --cache (default /tmp/trtrun-profile). Random weights: right for speed only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="bert-base", choices=["bert-base", "gpt2"])
+    ap.add_argument("--precision", default="hybrid", choices=["fp32", "fp16", "hybrid"])
+    ap.add_argument("--point", action="append", default=None, help="BxS (repeatable; default 1x128)")
+    ap.add_argument("--iters", type=int, default=300)
+    ap.add_argument("--ncu", action="store_true", help="profile one replay per point (cudaProfilerStart/Stop)")
+    ap.add_argument("--cache", default="/tmp/trtrun-profile")
+    ap.add_argument("--ffn-chunks", type=int, default=None, help="Context ffn_chunks (default: the runtime's)")
+    ap.add_argument("--workspace-mib", type=int, default=None, help="cuBLASLt workspace (default: the runtime's)")
+    a = ap.parse_args()
+    points = [tuple(int(x) for x in p.lower().split("x")) for p in (a.point or ["1x128"])]
+
+    import torch
+
+    from trtrun.builder import build
+    from trtrun.export import export_model
+    from trtrun.runtime import Engine
+
+    cache = Path(a.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    onnx = cache / f"{a.model}.onnx"
+    if not onnx.exists():
+        t = time.time()
+        export_model(a.model, onnx, seed=0)
+        print(f"exported {onnx} in {time.time() - t:.1f}s", flush=True)
+    plan_path = cache / f"{a.model}.{a.precision}.plan"
+    if not plan_path.exists():
+        t = time.time()
+        build(onnx, precision=a.precision, profile={"batch": (1, 8, 32), "seq": (1, 128, 512)}).save(plan_path)
+        print(f"built {plan_path} in {time.time() - t:.1f}s", flush=True)
+
+    eng = Engine.load(plan_path)
+    kw = {}
+    if a.ffn_chunks is not None:
+        kw["ffn_chunks"] = a.ffn_chunks
+    if a.workspace_mib is not None:
+        kw["workspace_bytes"] = a.workspace_mib << 20
+    ctx = eng.create_context(**kw)
+    st = ctx.stats()
+    dev = torch.device("cuda", 0)
+    stream = torch.cuda.Stream(dev)
+    rng = np.random.default_rng(0)
+    names = [i["name"] for i in eng.plan.inputs] if hasattr(eng, "plan") else ["input_ids", "attention_mask"]
+    print(f"{torch.cuda.get_device_name(0)}; plan {plan_path.name}; inputs {names}; context {kw or 'defaults'}: "
+          f"weights {eng.weight_bytes / 2**20:.1f} MiB, arena {st['arena_bytes'] / 2**20:.1f} MiB, "
+          f"workspace {st['workspace_bytes'] / 2**20:g} MiB", flush=True)
+    for B, S in points:
+        sets = []
+        for _ in range(4):
+            f = {"input_ids": torch.from_numpy(rng.integers(1000, 20000, (B, S), dtype=np.int64)).to(dev),
+                 "attention_mask": torch.ones((B, S), dtype=torch.int64, device=dev)}
+            if "token_type_ids" in names:
+                f["token_type_ids"] = torch.zeros((B, S), dtype=torch.int64, device=dev)
+            sets.append(f)
+        out = {eng._outputs[0][0]: torch.empty((B, S, eng._outputs[0][2][0]), dtype=torch.float32, device=dev)}
+        for i in range(20):  # first run captures the graph and tunes the GEMMs; then warm
+            ctx.run_device(sets[i % 4], out, stream=stream)
+        stream.synchronize()
+        ev = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(a.iters)]
+        with torch.cuda.stream(stream):
+            for i, (e0, e1) in enumerate(ev):
+                e0.record(stream)
+                ctx.run_device(sets[i % 4], out, stream=stream)
+                e1.record(stream)
+        stream.synchronize()
+        ms = np.array([e0.elapsed_time(e1) for e0, e1 in ev])
+        print(f"POINT {a.model} {a.precision} {B}x{S} {kw or ''}: p50 {np.median(ms):.4f} ms  p10 {np.quantile(ms, 0.1):.4f}"
+              f"  p90 {np.quantile(ms, 0.9):.4f}  (n={len(ms)}, graphs {ctx.stats().get('graph_count')})", flush=True)
+        if a.ncu:
+            torch.cuda.synchronize()
+            torch.cuda.cudart().cudaProfilerStart()
+            ctx.run_device(sets[0], out, stream=stream)
+            stream.synchronize()
+            torch.cuda.cudart().cudaProfilerStop()
+    ctx.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
