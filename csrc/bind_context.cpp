@@ -113,16 +113,19 @@ void bind_context(py::module_& m) {
       .def("to_host", &DeviceMemory::to_host, "a synchronous copy to host bytes");
 
   py::class_<Context, std::shared_ptr<Context>>(m, "Context", "Executes an Engine on its own CUDA stream")
-      .def(py::init([](std::shared_ptr<Engine> engine, bool use_graphs, size_t workspace_bytes, size_t max_graphs) {
+      .def(py::init([](std::shared_ptr<Engine> engine, bool use_graphs, size_t workspace_bytes, size_t max_graphs,
+                       int ffn_chunks) {
              ContextOptions o;
              o.use_graphs = use_graphs;
              o.workspace_bytes = workspace_bytes;
              o.max_graphs = max_graphs;
+             if (ffn_chunks < 1) throw InputError("ffn_chunks must be >= 1, got " + std::to_string(ffn_chunks));
+             o.ffn_chunks = ffn_chunks;
              py::gil_scoped_release release;
              return std::make_shared<Context>(std::move(engine), o);
            }),
-           py::arg("engine"), py::arg("use_graphs") = true, py::arg("workspace_bytes") = size_t(32) << 20,
-           py::arg("max_graphs") = 256)
+           py::arg("engine"), py::arg("use_graphs") = true, py::arg("workspace_bytes") = ContextOptions().workspace_bytes,
+           py::arg("max_graphs") = 256, py::arg("ffn_chunks") = ContextOptions().ffn_chunks)
       .def(
           "host_input",
           [](py::object self, size_t slot) -> py::object {

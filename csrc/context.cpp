@@ -130,11 +130,52 @@ void Context::init() {
   }
   for (int t : d.outputs) last[t] = n_ops;
   tensor_offset_.assign(d.tensors.size(), kNone);
+
+  // ---- feed-forward pairs run in row chunks (ContextOptions::ffn_chunks): op i and i+1 are Linears, op i's
+  // output feeds only op i+1 and is no graph output, and both take the fused cuBLASLt path with no cast and
+  // no separate GELU pass. The intermediate is then planned at chunk size.
+  ffn_first_.assign(n_ops, 0);
+  std::vector<int64_t> rows_cap(d.tensors.size(), -1);  // per tensor: rows planned when chunked
+  if (options_.ffn_chunks > 1) {
+    std::vector<int> uses(d.tensors.size(), 0);
+    for (const OpDesc& op : d.ops)
+      for (int t : op.inputs)
+        if (t != NO_TENSOR) ++uses[t];
+    for (int t : d.outputs) ++uses[t];
+    auto plain_fused = [&](const OpDesc& op) {
+      const WeightDesc& w = d.weights[op.weight("weight")];
+      const TensorDesc& x = d.tensors[op.inputs[0]];
+      if (x.type != w.type) return false;
+      LinearChoice c = choose_linear(op, d);
+      if (!c.fusable || c.gelu_after) return false;
+      const int64_t r = static_cast<int64_t>(x.numel(B, S) / static_cast<size_t>(w.shape[0]));
+      return gemm_->prepare(linear_key(op, d, std::min<int64_t>(r, 4096), c, false));
+    };
+    for (int i = 0; i + 1 < n_ops; ++i) {
+      const OpDesc& a = d.ops[i];
+      const OpDesc& b = d.ops[i + 1];
+      if (a.type != OpType::Linear || b.type != OpType::Linear || a.outputs.empty() || b.inputs.empty()) continue;
+      const int t = a.outputs[0];
+      if (t == NO_TENSOR || b.inputs[0] != t || uses[t] != 1) continue;
+      const WeightDesc& wa = d.weights[a.weight("weight")];
+      const int64_t rows = static_cast<int64_t>(d.tensors[a.inputs[0]].numel(B, S) / static_cast<size_t>(wa.shape[0]));
+      const int64_t chunk = (rows + options_.ffn_chunks - 1) / options_.ffn_chunks;
+      if (chunk < 256 || !plain_fused(a) || !plain_fused(b)) continue;  // small profiles: nothing worth saving
+      if (ffn_chunk_rows_ != 0 && ffn_chunk_rows_ != chunk) continue;  // one chunk size per context
+      ffn_chunk_rows_ = chunk;
+      ffn_first_[i] = 1;
+      rows_cap[t] = chunk;
+      ++i;  // pairs do not overlap
+    }
+  }
+
   std::vector<std::pair<int, int>> owners;  // (kind, index): 0 tensor, 1 cast scratch, 2 acc scratch, 3 mask
   for (size_t t = 0; t < d.tensors.size(); ++t) {
     if (last[t] < -1) continue;  // untouched
-    lives.push_back({checked_mul(d.tensors[t].numel(B, S), elem_size(d.tensors[t].type), "activation bytes"),
-                     first[t], last[t]});
+    size_t elems = d.tensors[t].numel(B, S);
+    if (rows_cap[t] >= 0) elems = checked_mul(static_cast<size_t>(rows_cap[t]),
+                                              static_cast<size_t>(inner_elems(d.tensors[t])), "chunk elements");
+    lives.push_back({checked_mul(elems, elem_size(d.tensors[t].type), "activation bytes"), first[t], last[t]});
     owners.emplace_back(0, static_cast<int>(t));
   }
   cast_offset_.assign(n_ops, kNone);
@@ -429,7 +470,12 @@ void Context::enqueue_ops(int batch, int seq_bucket, cudaStream_t s) {
         break;
       }
       case OpType::Linear:
-        enqueue_linear(i, batch, seq_bucket, s);
+        if (ffn_first_[i]) {
+          enqueue_ffn_chunked(i, batch, seq_bucket, s);
+          ++i;  // the pair's second Linear ran too
+        } else {
+          enqueue_linear(i, batch, seq_bucket, s);
+        }
         break;
       case OpType::Attention: {
 #ifdef TRTRUN_HAVE_ATTENTION
@@ -459,6 +505,41 @@ void Context::enqueue_ops(int batch, int seq_bucket, cudaStream_t s) {
       }
     }
     (void)rows;
+  }
+}
+
+void Context::enqueue_linear_rows(size_t i, const void* x, void* y, int64_t rows, cudaStream_t s) {
+  const EngineDesc& d = engine_->desc();
+  const OpDesc& op = d.ops[i];
+  LinearChoice c = choose_linear(op, d);
+  GemmKey key = linear_key(op, d, rows, c, false);
+  if (!gemm_->prepare(key))
+    throw DeviceError("op '" + op.name + "': cuBLASLt offers no algorithm for this GEMM (" + std::to_string(key.m) +
+                      "x" + std::to_string(key.n) + "x" + std::to_string(key.k) + ")");
+  gemm_->run(key, x, engine_->weight(op.weight("weight")), engine_->weight(op.weight("bias")), y, s);
+}
+
+// The feed-forward pair (op i, op i+1) over row chunks of at most ffn_chunk_rows_ rows: chunk c of the first
+// Linear's output (in the intermediate's chunk-sized buffer) is consumed by the second Linear before chunk c+1
+// overwrites it (stream order). Row r of the result depends on row r of the input only, so this is the
+// unchunked computation, row for row.
+void Context::enqueue_ffn_chunked(size_t i, int batch, int seq_bucket, cudaStream_t s) {
+  const EngineDesc& d = engine_->desc();
+  const OpDesc& a = d.ops[i];
+  const OpDesc& b = d.ops[i + 1];
+  const TensorDesc& xt = d.tensors[a.inputs[0]];
+  const TensorDesc& yt = d.tensors[b.outputs[0]];
+  const int64_t k1 = d.weights[a.weight("weight")].shape[0];
+  const int64_t rows = static_cast<int64_t>(xt.numel(batch, seq_bucket) / static_cast<size_t>(k1));
+  const size_t x_row = static_cast<size_t>(k1) * elem_size(xt.type);
+  const size_t y_row = static_cast<size_t>(inner_elems(yt)) * elem_size(yt.type);
+  const char* x = tensor_ptr(a.inputs[0]);
+  char* mid = tensor_ptr(a.outputs[0]);
+  char* y = tensor_ptr(b.outputs[0]);
+  for (int64_t r0 = 0; r0 < rows; r0 += ffn_chunk_rows_) {
+    const int64_t m = std::min<int64_t>(ffn_chunk_rows_, rows - r0);
+    enqueue_linear_rows(i, x + static_cast<size_t>(r0) * x_row, mid, m, s);
+    enqueue_linear_rows(i + 1, mid, y + static_cast<size_t>(r0) * y_row, m, s);
   }
 }
 

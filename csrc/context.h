@@ -30,8 +30,14 @@ namespace trtrun {
 
 struct ContextOptions {
   bool use_graphs = true;
-  size_t workspace_bytes = size_t(32) << 20;  // cuBLASLt workspace (32 MiB: what cuBLAS itself uses on Hopper)
-  size_t max_graphs = 256;                    // captured graphs kept (least recently used dropped)
+  // cuBLASLt workspace. 4 MiB: on an H200 the fastest algorithms for BERT-base/GPT-2 shapes (M = 128..16384)
+  // needed at most 768 KiB of it (bench/gemm_explore.cpp, bench/NOTES.md); 32 MiB bought no speed.
+  size_t workspace_bytes = size_t(4) << 20;
+  size_t max_graphs = 256;  // captured graphs kept (least recently used dropped)
+  // Feed-forward blocks (a Linear whose output only feeds the next Linear) run in row chunks of
+  // ceil(rows_max / ffn_chunks) rows, so the wide intermediate [rows, 4*hidden] is planned at chunk size:
+  // at most this many chunks at the profile's largest shape, one chunk (no change) up to half of it. 1: off.
+  int ffn_chunks = 2;
 };
 
 class Context {
@@ -84,6 +90,9 @@ class Context {
   void execute(int batch, int seq_bucket, cudaStream_t s);
   void enqueue_ops(int batch, int seq_bucket, cudaStream_t s);
   void enqueue_linear(size_t op_index, int batch, int seq_bucket, cudaStream_t s);
+  // A fused Linear (no cast, no unfused epilogue, no GELU pass) on `rows` rows from x into y.
+  void enqueue_linear_rows(size_t op_index, const void* x, void* y, int64_t rows, cudaStream_t s);
+  void enqueue_ffn_chunked(size_t first_op, int batch, int seq_bucket, cudaStream_t s);
   void check_input_flag();
   char* tensor_ptr(int t) const;
 
@@ -102,6 +111,8 @@ class Context {
   std::vector<size_t> cast_offset_;       // per op: x converted to the GEMM operand type (SIZE_MAX: none)
   std::vector<size_t> acc_offset_;        // per op: fp32 accumulator for the unfused epilogue (SIZE_MAX: none)
   size_t valid_mask_offset_ = SIZE_MAX;   // int32 [B, S] key mask for attention without a mask input
+  std::vector<char> ffn_first_;           // per op: first Linear of a row-chunked feed-forward pair
+  int64_t ffn_chunk_rows_ = 0;            // rows per chunk (0: no chunking)
 
   std::vector<PinnedBuffer> host_in_;
   std::vector<PinnedBuffer> host_out_;

@@ -26,6 +26,10 @@ from .errors import DeviceError, InputError, RuntimeUnavailableError, ShapeError
 __all__ = ["Engine", "Context", "DeviceArray", "gpu_available", "bucket_seq"]
 
 # codes shared with csrc/ (runtime_common.h: ElemType, OpType, Precision, Activation)
+# Context defaults (csrc/context.h has the same; bench/NOTES.md has the measurements behind them)
+DEFAULT_WORKSPACE_BYTES = 4 << 20  # cuBLASLt workspace: the fastest algorithms here need <= 768 KiB
+DEFAULT_FFN_CHUNKS = 2  # feed-forward row chunks at the largest shapes (halves the FFN intermediate)
+
 _ELEM = {"float32": 0, "float16": 1, "int32": 2, "int64": 2}  # integer inputs live as int32 on the device
 _OP = {"Embedding": 0, "Linear": 1, "Attention": 2, "LayerNorm": 3}
 _PREC = {"fp32": 0, "fp16": 1, "hybrid": 2}
@@ -236,16 +240,21 @@ class Engine:
         return int(self._c.weight_bytes)
 
     def create_context(self, *, use_graphs: bool = True, bucket: bool = True,
-                       workspace_bytes: int = 32 << 20, max_graphs: int = 256) -> "Context":
+                       workspace_bytes: int = DEFAULT_WORKSPACE_BYTES, max_graphs: int = 256,
+                       ffn_chunks: int = DEFAULT_FFN_CHUNKS) -> "Context":
         """A Context: own CUDA stream, activation arena (allocated now, at the profile's maximum shapes:
         DeviceError if it does not fit), pinned host buffers, cuBLASLt workspace and CUDA-graph cache.
 
         use_graphs: capture each (batch, sequence bucket) shape into a CUDA graph on its first run.
         bucket: pad sequences up to bucket_seq(S) (pad keys masked, pad rows sliced off) so few graphs
             serve all lengths; False runs at the exact length.
+        workspace_bytes: cuBLASLt workspace (default 4 MiB).
+        ffn_chunks: feed-forward blocks run in row chunks of ceil(rows_max / ffn_chunks) rows, so their
+            wide intermediate takes 1/ffn_chunks of its full size in the arena (1: off). Results are the
+            same row for row; shapes up to rows_max / ffn_chunks rows run unchunked.
         """
         return Context(self, use_graphs=use_graphs, bucket=bucket, workspace_bytes=workspace_bytes,
-                       max_graphs=max_graphs)
+                       max_graphs=max_graphs, ffn_chunks=ffn_chunks)
 
     def __repr__(self) -> str:
         return (f"<trtrun.runtime.Engine {self.plan.precision} on cuda:{self.device}, "
@@ -342,12 +351,18 @@ class Context:
     """
 
     def __init__(self, engine: Engine, *, use_graphs: bool = True, bucket: bool = True,
-                 workspace_bytes: int = 32 << 20, max_graphs: int = 256):
+                 workspace_bytes: int = DEFAULT_WORKSPACE_BYTES, max_graphs: int = 256,
+                 ffn_chunks: int = DEFAULT_FFN_CHUNKS):
+        if isinstance(ffn_chunks, bool) or not isinstance(ffn_chunks, int) or ffn_chunks < 1:
+            raise InputError(f"ffn_chunks must be an integer >= 1, got {ffn_chunks!r}")
+        if isinstance(workspace_bytes, bool) or not isinstance(workspace_bytes, int) or workspace_bytes < 0:
+            raise InputError(f"workspace_bytes must be an integer >= 0, got {workspace_bytes!r}")
         c = _load_extension()
         self.engine = engine
         self.bucket = bool(bucket)
+        self.workspace_bytes = int(workspace_bytes)
         self._lock = threading.Lock()
-        self._c = c.Context(engine._c, bool(use_graphs), int(workspace_bytes), int(max_graphs))
+        self._c = c.Context(engine._c, bool(use_graphs), int(workspace_bytes), int(max_graphs), int(ffn_chunks))
         self._in_views = [self._c.host_input(i) for i in range(len(engine._inputs))]
         self._out_views = [self._c.host_output(i) for i in range(len(engine._outputs))]
 
@@ -516,10 +531,12 @@ class Context:
 
     # ---------------------------------------------------------------- introspection
     def stats(self) -> dict:
-        """arena_bytes (activations at the profile's maxima), arena_naive_bytes (without reuse), graph_count,
+        """arena_bytes (activations at the profile's maxima), arena_naive_bytes (without reuse),
+        workspace_bytes (cuBLASLt), graph_count,
         gemm_plans (cached cuBLASLt algorithms), graph_note (why graphs were turned off, if they were)."""
         c = self._c
         return {"arena_bytes": int(c.arena_bytes), "arena_naive_bytes": int(c.arena_naive_bytes),
+                "workspace_bytes": self.workspace_bytes,
                 "graph_count": int(c.graph_count), "gemm_plans": int(c.gemm_plans), "graph_note": c.graph_note}
 
     def close(self) -> None:

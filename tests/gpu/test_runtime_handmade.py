@@ -107,3 +107,29 @@ def test_bucketing_changes_nothing(built, variant):
         a = padded_ctx.run(feeds)["out"]
         b = exact_ctx.run(feeds)["out"]
         assert h.rel_l2(a, b, np.ones(a.shape[:2], bool)) < 1e-6
+
+
+@pytest.mark.parametrize("precision", ["fp32", "hybrid"])
+def test_ffn_chunks_change_nothing(built, precision):
+    """Feed-forward pairs run in row chunks at the larger shapes (ContextOptions::ffn_chunks, default 2): the
+    arena is smaller, and the result is the unchunked one up to GEMM summation order (the chunked GEMMs have
+    other row counts, so cuBLASLt may pick other tiles). The profile allows 8 x 158 rows: chunks of 632 rows."""
+    from trtrun.errors import InputError
+
+    plan, engine = built("causal-tanh-offset", precision)  # tanh GELU: FFN1 fused in cuBLASLt, so chunkable
+    whole = engine.create_context(ffn_chunks=1)
+    chunked = engine.create_context()
+    s1, s2 = whole.stats(), chunked.stats()
+    # the intermediate [rows_max, 4*64] is planned at half its rows
+    assert s2["arena_bytes"] < s1["arena_bytes"], (s1, s2)
+    for i, (B, S) in enumerate([(8, 150), (8, 100), (3, 17), (7, 158)]):
+        feeds = h.random_feeds(plan, B, S, padded=True, seed=40 + i)
+        a = whole.run(feeds)["out"]
+        b = chunked.run(feeds)["out"]
+        assert np.isfinite(b).all()
+        tol = 2e-5 if precision == "fp32" else 3e-3
+        assert h.rel_l2(b, a, h.valid_mask(feeds)) < tol, (precision, B, S)
+    h.report("handmade", f"ffn_chunks {precision}: arena {s1['arena_bytes'] / 2**20:.3f} -> "
+                         f"{s2['arena_bytes'] / 2**20:.3f} MiB")
+    with pytest.raises(InputError, match="ffn_chunks"):
+        engine.create_context(ffn_chunks=0)

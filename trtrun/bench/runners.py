@@ -28,7 +28,6 @@ import numpy as np
 
 from .stats import iterations_for, summarize
 
-WORKSPACE_BYTES = 32 << 20  # the runtime's default cuBLASLt workspace (Engine.create_context)
 
 
 @dataclass
@@ -175,11 +174,12 @@ class TrtrunRunner:
         stats = self.ctx.stats()
         self.weight_bytes = int(self.engine.weight_bytes)
         self.arena_bytes = int(stats["arena_bytes"])
-        self.mem_bytes = self.weight_bytes + self.arena_bytes + WORKSPACE_BYTES
+        self.workspace_bytes = int(stats["workspace_bytes"])
+        self.mem_bytes = self.weight_bytes + self.arena_bytes + self.workspace_bytes
         self.mem_source = ("runtime: engine weights + context arena (sized for the profile's largest shape) "
-                           "+ 32 MiB cuBLASLt workspace")
+                           f"+ {self.workspace_bytes / 2**20:g} MiB cuBLASLt workspace")
         self.extra = {"weight_bytes": self.weight_bytes, "arena_bytes": self.arena_bytes,
-                      "workspace_bytes": WORKSPACE_BYTES}
+                      "workspace_bytes": self.workspace_bytes}
         if free is not None and engine is None:
             self.extra["mem_getinfo_engine_bytes"] = free - free_e
         if free_e is not None:
