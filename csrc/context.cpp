@@ -165,6 +165,10 @@ void Context::init() {
       ffn_chunk_rows_ = chunk;
       ffn_first_[i] = 1;
       rows_cap[t] = chunk;
+      // the first Linear reads its input while the second one writes (chunk by chunk): the input must live
+      // through op i+1, or the planner may place op i+1's output over it (seen on an H200: GPT-2's pre-norm
+      // FFN input dies at c_fc, and chunk 2 read rows that chunk 1's c_proj had overwritten)
+      last[a.inputs[0]] = std::max(last[a.inputs[0]], i + 1);
       ++i;  // pairs do not overlap
     }
   }

@@ -208,14 +208,16 @@ def report(name: str, text: str) -> None:
 # ------------------------------------------------------------------------------------------------ hand-made plans
 def handmade_plan(*, precision="hybrid", causal=False, mask_input=True, x32_linear=False, bias32_out16=False,
                   activation="gelu_erf", tf32=False, token_types=True, embed_ln=True, position_offset=0,
-                  hidden=64, heads=2, vocab=1000, positions=160, profile=None, seed=0):
+                  hidden=64, heads=2, vocab=1000, positions=160, profile=None, seed=0, ffn_input_dies=False):
     """A one-layer transformer plan written by hand, to reach the runtime's less common branches:
     x32_linear: a hybrid Linear whose input is an fp32 tensor (the runtime rounds it to fp16 in a scratch);
     bias32_out16: a Linear with an fp32 bias and an fp16 output (cuBLASLt's epilogue wants the bias in y's
         type, so the runtime runs its own fp32 bias/activation kernel after an fp32-output GEMM);
     mask_input=False, causal=False: attention without a mask input (the runtime makes a valid-length mask
         for the padded bucket);
-    activation: gelu_erf (bias epilogue + gelu plugin) or gelu_tanh (cuBLASLt GELU_BIAS epilogue)."""
+    activation: gelu_erf (bias epilogue + gelu plugin) or gelu_tanh (cuBLASLt GELU_BIAS epilogue);
+    ffn_input_dies: ln2 adds the embedding output instead of ln1's, so the FFN input is read by fc only (as in
+        GPT-2's pre-norm blocks): its memory may be reused from fc2 on."""
     from trtrun.plan import Plan
 
     rng = np.random.default_rng(seed)
@@ -280,7 +282,7 @@ def handmade_plan(*, precision="hybrid", causal=False, mask_input=True, x32_line
     ops.append({"type": "Linear", "name": "fc2", "inputs": ["f"], "outputs": [t("f2", N, proj_dt)],
                 "weights": {"weight": w("wfc2", (ffn, N)), "bias": w("bfc2", (N,))},
                 "attrs": {"activation": "none"}, "precision": precision})
-    ops.append({"type": "LayerNorm", "name": "ln2", "inputs": ["f2", "h"], "outputs": [t("out", N, "float32")],
+    ops.append({"type": "LayerNorm", "name": "ln2", "inputs": ["f2", "e" if ffn_input_dies else "h"], "outputs": [t("out", N, "float32")],
                 "weights": {"gamma": w("g2", (N,), 0.1, "float32", 1.0), "beta": w("b2", (N,), 0.1, "float32")},
                 "attrs": {"epsilon": 1e-5}, "precision": precision})
     header = {

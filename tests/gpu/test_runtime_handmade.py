@@ -18,6 +18,7 @@ VARIANTS = {
                                position_offset=2),
     "nomask-causal": dict(causal=True, mask_input=False, activation="gelu_tanh"),
     "bias32-tanh": dict(bias32_out16=True, activation="gelu_tanh"),
+    "prenorm-tanh": dict(activation="gelu_tanh", ffn_input_dies=True),
 }
 SHAPES = [(1, 1, False), (3, 17, True), (8, 100, True), (2, 144, False), (5, 33, True)]
 
@@ -110,13 +111,14 @@ def test_bucketing_changes_nothing(built, variant):
 
 
 @pytest.mark.parametrize("precision", ["fp32", "hybrid"])
-def test_ffn_chunks_change_nothing(built, precision):
+@pytest.mark.parametrize("variant", ["causal-tanh-offset", "prenorm-tanh"])
+def test_ffn_chunks_change_nothing(built, variant, precision):
     """Feed-forward pairs run in row chunks at the larger shapes (ContextOptions::ffn_chunks, default 2): the
     arena is smaller, and the result is the unchunked one up to GEMM summation order (the chunked GEMMs have
     other row counts, so cuBLASLt may pick other tiles). The profile allows 8 x 158 rows: chunks of 632 rows."""
     from trtrun.errors import InputError
 
-    plan, engine = built("causal-tanh-offset", precision)  # tanh GELU: FFN1 fused in cuBLASLt, so chunkable
+    plan, engine = built(variant, precision)  # tanh GELU: FFN1 fused in cuBLASLt, so chunkable
     whole = engine.create_context(ffn_chunks=1)
     chunked = engine.create_context()
     s1, s2 = whole.stats(), chunked.stats()
@@ -129,7 +131,7 @@ def test_ffn_chunks_change_nothing(built, precision):
         assert np.isfinite(b).all()
         tol = 2e-5 if precision == "fp32" else 3e-3
         assert h.rel_l2(b, a, h.valid_mask(feeds)) < tol, (precision, B, S)
-    h.report("handmade", f"ffn_chunks {precision}: arena {s1['arena_bytes'] / 2**20:.3f} -> "
+    h.report("handmade", f"ffn_chunks {variant} {precision}: arena {s1['arena_bytes'] / 2**20:.3f} -> "
                          f"{s2['arena_bytes'] / 2**20:.3f} MiB")
     with pytest.raises(InputError, match="ffn_chunks"):
         engine.create_context(ffn_chunks=0)
