@@ -27,6 +27,7 @@ import ipaddress
 import json
 import multiprocessing as mp
 import os
+import random
 import sys
 import time
 from pathlib import Path
@@ -35,9 +36,13 @@ from urllib.parse import urlparse
 import numpy as np
 
 try:  # parsing 384-float responses is the clients' main CPU cost; orjson is ~10x faster where installed
+    from orjson import dumps as _dumps
     from orjson import loads as _loads
 except ImportError:
     _loads = json.loads
+
+    def _dumps(obj) -> bytes:
+        return json.dumps(obj).encode()
 
 MAX_CLIENTS = 1024
 MAX_DURATION = 600.0
@@ -68,7 +73,7 @@ def _parse_inputs(text: str) -> tuple[int, int]:
 
 def _payload(endpoint: str, texts: list[str]) -> bytes:
     key = "inputs" if endpoint == "/embed" else "input"
-    return json.dumps({key: texts}).encode()
+    return _dumps({key: texts})
 
 
 def _vectors(endpoint: str, body: bytes, n: int) -> tuple[np.ndarray | None, str]:
@@ -83,6 +88,8 @@ def _vectors(endpoint: str, body: bytes, n: int) -> tuple[np.ndarray | None, str
         data = obj.get("data") if isinstance(obj, dict) else None
         if not isinstance(data, list):
             return None, "no 'data' list"
+        if not all(isinstance(d, dict) for d in data):
+            return None, "a 'data' item is not an object"
         if [d.get("index") for d in data] != list(range(len(data))):
             return None, "indices out of order"
         rows = [d.get("embedding") for d in data]
@@ -94,10 +101,16 @@ def _vectors(endpoint: str, body: bytes, n: int) -> tuple[np.ndarray | None, str
         return None, "embeddings are not numbers"
 
 
-def _cosines(vecs: np.ndarray, refs: np.ndarray) -> np.ndarray:
-    num = (vecs * refs).sum(axis=1)
-    den = np.linalg.norm(vecs, axis=1) * np.linalg.norm(refs, axis=1)
-    return np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
+def _unit_rows(a: np.ndarray) -> np.ndarray:
+    """Rows scaled to length 1 (zero rows stay zero)."""
+    n = np.sqrt((a * a).sum(axis=1, keepdims=True))
+    return a / np.where(n > 0, n, 1.0)
+
+
+def _cosines(vecs: np.ndarray, unit_refs: np.ndarray) -> np.ndarray:
+    """Cosine of each row of vecs with the same row of unit_refs (references already of length 1; a zero
+    row on either side gives 0)."""
+    return (_unit_rows(vecs) * unit_refs).sum(axis=1)
 
 
 class _Client:
@@ -170,7 +183,8 @@ async def _load(spec: dict, t_go: float) -> dict:
     lat, n_in = [], []
     fails: dict[str, int] = {}
     examples: list[str] = []
-    stats = {"checked_requests": 0, "checked_inputs": 0, "min_cos": 1.0}
+    stats = {"checked_requests": 0, "checked_inputs": 0, "min_cos": 1.0, "sent": 0}
+    cpu0, wall0 = time.process_time(), time.monotonic()
 
     def fail(kind: str, detail: str) -> None:
         fails[kind] = fails.get(kind, 0) + 1
@@ -178,12 +192,14 @@ async def _load(spec: dict, t_go: float) -> dict:
             examples.append(f"{kind}: {detail}")
 
     async def client(k: int) -> None:
-        rng = np.random.default_rng(spec["seed"] * 100_003 + k)
+        rng = random.Random(spec["seed"] * 100_003 + k)  # ~10x cheaper per draw than numpy's choice
+        pool = range(len(texts))
         while True:
             t0 = time.monotonic()
             if t0 >= t_end:
                 return
-            idx = rng.choice(len(texts), size=int(rng.integers(lo, hi + 1)), replace=False)
+            idx = rng.sample(pool, rng.randint(lo, hi))
+            stats["sent"] += 1
             try:
                 status, body = await c.post(url + endpoint, _payload(endpoint, [texts[i] for i in idx]))
             except Exception as e:  # noqa: BLE001 - every failure is counted, none ends the run
@@ -214,16 +230,21 @@ async def _load(spec: dict, t_go: float) -> dict:
         await asyncio.gather(*(client(k) for k in range(spec["clients"])))
     finally:
         await c.close()
-    return {"lat": lat, "n_in": n_in, "fails": fails, "examples": examples, "client": c.kind, **stats}
+    return {"lat": lat, "n_in": n_in, "fails": fails, "examples": examples, "client": c.kind, **stats,
+            "cpu_s": time.process_time() - cpu0, "wall_s": time.monotonic() - wall0}
 
 
-def _worker(spec: dict, ready, go, results) -> None:
+def _use_uvloop() -> None:
     try:
-        import uvloop  # noqa: F401  (faster event loop where installed)
+        import uvloop  # faster event loop where installed
 
         uvloop.install()
     except ImportError:
         pass
+
+
+def _worker(spec: dict, ready, go, results) -> None:
+    _use_uvloop()
     ready.put(os.getpid())
     go.wait()
     results.put(asyncio.run(_load(spec, time.monotonic())))
@@ -231,6 +252,7 @@ def _worker(spec: dict, ready, go, results) -> None:
 
 def _run_target(spec: dict, procs: int) -> list[dict]:
     if procs <= 1:
+        _use_uvloop()
         return [asyncio.run(_load(spec, time.monotonic()))]
     ctx = mp.get_context("spawn")
     ready, results, go = ctx.Queue(), ctx.Queue(), ctx.Event()
@@ -270,10 +292,12 @@ def _metrics(url: str) -> dict[str, float]:
         if line.startswith("#") or " " not in line:
             continue
         name, val = line.rsplit(" ", 1)
-        if name.split("{")[0] in ("trtrun_batch_requests_sum", "trtrun_batch_requests_count",
+        if name.startswith("trtrun_requests_total"):  # summed over endpoints and status codes
+            out["trtrun_requests_total"] = out.get("trtrun_requests_total", 0.0) + float(val)
+        elif name.split("{")[0] in ("trtrun_batch_requests_sum", "trtrun_batch_requests_count",
                                   "trtrun_batch_inputs_sum", "trtrun_engine_batch_size_sum",
                                   "trtrun_engine_batch_size_count", "trtrun_padding_tokens_total",
-                                  "trtrun_tokens_total"):
+                                  "trtrun_tokens_total", "trtrun_process_cpu_seconds_total"):
             out[name] = float(val)
     return out
 
@@ -291,6 +315,10 @@ def _summarize(name: str, url: str, parts: list[dict], spec: dict, m0: dict, m1:
         return round(d[a] / d[b], 2) if d.get(b) else None
 
     q = (lambda p: round(float(np.percentile(lat, p)) * 1e3, 3)) if lat.size else (lambda p: None)
+    sent = sum(p["sent"] for p in parts)
+    client_cpu = sum(p["cpu_s"] for p in parts)
+    client_wall = sum(p["wall_s"] for p in parts)
+    server_cpu, server_reqs = d.get("trtrun_process_cpu_seconds_total"), d.get("trtrun_requests_total")
     return {
         "target": name, "url": url, "endpoint": spec["endpoint"], "clients": spec["clients"],
         "inputs_per_request": list(spec["inputs"]), "warmup_s": spec["warmup"], "duration_s": spec["duration"],
@@ -308,19 +336,26 @@ def _summarize(name: str, url: str, parts: list[dict], spec: dict, m0: dict, m1:
         "server_mean_requests_per_microbatch": ratio("trtrun_batch_requests_sum", "trtrun_batch_requests_count"),
         "server_mean_engine_batch_rows": ratio("trtrun_engine_batch_size_sum", "trtrun_engine_batch_size_count"),
         "server_padding_fraction": ratio("trtrun_padding_tokens_total", "trtrun_tokens_total"),
+        # CPU per request, over the whole load (warm-up included): the server's from its /metrics (all its
+        # worker processes and threads), the load generator's own (all its processes). busy = CPU time per
+        # wall-clock second per client process: near 1.0 means the load generator itself is the limit.
+        "server_cpu_us_per_request": round(server_cpu / server_reqs * 1e6, 1) if server_cpu and server_reqs else None,
+        "client_cpu_us_per_request": round(client_cpu / sent * 1e6, 1) if sent else None,
+        "client_busy": round(client_cpu / client_wall, 2) if client_wall else None,
     }
 
 
 def _table(rows: list[dict]) -> str:
     head = ("target", "clients", "req/s", "texts/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "checked",
-            "failed", "mismatch", "min cos", "reqs/mbatch", "rows/engine")
+            "failed", "mismatch", "min cos", "reqs/mbatch", "rows/engine", "srv us/req", "cli us/req", "cli busy")
     lines = [head]
     for r in rows:
         L = r["latency_ms"]
         lines.append((r["target"], str(r["clients"]), f"{r['requests_per_s']:.0f}", f"{r['inputs_per_s']:.0f}",
                       str(L["p50"]), str(L["p90"]), str(L["p99"]), str(L["max"]), str(r["checked_requests"]),
                       str(r["failed"]), str(r["mismatched"]), f"{r['min_cosine']:.6f}",
-                      str(r["server_mean_requests_per_microbatch"]), str(r["server_mean_engine_batch_rows"])))
+                      str(r["server_mean_requests_per_microbatch"]), str(r["server_mean_engine_batch_rows"]),
+                      str(r["server_cpu_us_per_request"]), str(r["client_cpu_us_per_request"]), str(r["client_busy"])))
     w = [max(len(x[i]) for x in lines) for i in range(len(head))]
     return "\n".join("  ".join(c.rjust(w[i]) for i, c in enumerate(x)) for x in lines)
 
@@ -372,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ref_name, ref_url = targets[0]
     t0 = time.perf_counter()
-    refs = asyncio.run(_references(ref_url, a.endpoint, texts))
+    refs = _unit_rows(asyncio.run(_references(ref_url, a.endpoint, texts)))
     print(f"loadgen: {len(texts)} single-request reference embeddings from {ref_name} "
           f"in {time.perf_counter() - t0:.1f} s", flush=True)
 

@@ -3,6 +3,7 @@
     python bench/serve_stub.py --port 8101                      # micro-batching (as `trtrun serve`)
     python bench/serve_stub.py --port 8102 --no-batching        # one request per engine call
     python bench/serve_stub.py --port 8101 --workers 4          # 4 processes on one port
+    python bench/serve_stub.py --port 8101 --workers 4 --gpu-lock /tmp/gpu.lock   # ... sharing one "GPU"
 
 StubEmbedder is a real trtrun.Embedder in everything but the engine: the real tokenizer (all-MiniLM-L6-v2's
 tokenizer.json from the data folder), the real packing, padding, pooling, normalization, truncation policy,
@@ -12,6 +13,9 @@ embed_groups and metrics observer; only the engine call is replaced by a fake "G
 - sleeps `fixed_s + padded_tokens * per_token_s` WITHOUT the GIL (the real runtime releases the GIL while
   the GPU runs): by default 0.3 ms + 0.2 us per padded token, about what all-MiniLM-L6-v2 costs on an
   H100/H200 (a 64 x 32 token batch: 0.7 ms),
+- with gpu_lock (a file path), holds an flock on it while "running": every process's calls then run one
+  at a time, as on a GPU without MPS (separate processes' kernels do not overlap); without it, each
+  context runs independently (an unlimited GPU),
 - returns hidden states [B, S, dim] gathered from a fixed random table by token id (the same memory
   traffic as the runtime's device-to-host copy of the output), so a text's pooled vector depends only on
   its own tokens: responses can be checked against single-request embeddings exactly as on the GPU.
@@ -21,6 +25,8 @@ Nothing here is used by the library; the server code it runs is the real one (tr
 from __future__ import annotations
 
 import argparse
+import fcntl
+import os
 import sys
 import threading
 import time
@@ -29,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(1, str(Path(__file__).resolve().parent))
 
 from trtrun.embedder import Embedder  # noqa: E402
 
@@ -40,7 +47,7 @@ class StubEmbedder(Embedder):
     def __init__(self, tokenizer_dir=None, *, dim: int = 384, contexts: int = 2, fixed_s: float = 3e-4,
                  per_token_s: float = 2e-7, max_batch_size: int = 128, max_seq_len: int = 256,
                  max_tokens_per_batch: int | None = None, truncation: str = "truncate", pooling: str = "mean",
-                 normalize: bool = True, vocab: int = 30522, seed: int = 0):
+                 normalize: bool = True, vocab: int = 30522, seed: int = 0, gpu_lock: str | None = None):
         from tokenizers import Tokenizer
 
         from trtrun import data
@@ -62,6 +69,10 @@ class StubEmbedder(Embedder):
         self.contexts = int(contexts)
         self.backend, self.backend_reason = "stub", f"fake engine: {fixed_s * 1e3:g} ms + {per_token_s * 1e6:g} us/token"
         self.fixed_s, self.per_token_s = float(fixed_s), float(per_token_s)
+        # gpu_lock: a file; engine calls of all processes (and contexts) using it run one at a time
+        self._gpu_lock = os.open(gpu_lock, os.O_RDWR | os.O_CREAT, 0o600) if gpu_lock else None
+        if gpu_lock:
+            self.backend_reason += " (one call at a time across processes)"
         self._table = np.random.default_rng(seed).standard_normal((vocab, self.dim)).astype(np.float32)
         self.engine_calls = 0
         self._calls_lock = threading.Lock()
@@ -88,7 +99,16 @@ class StubEmbedder(Embedder):
             need = B * S
             b = buf if need <= buf.size else np.zeros(need, np.int32)
             b[:need].reshape(B, S)[:] = ids
-            time.sleep(self.fixed_s + need * self.per_token_s)  # the "GPU": no GIL held
+            busy = self.fixed_s + need * self.per_token_s
+            if busy > 0:  # the "GPU": no GIL held
+                if self._gpu_lock is None:
+                    time.sleep(busy)
+                else:  # one GPU for every process: calls run one at a time (a GPU without MPS)
+                    fcntl.flock(self._gpu_lock, fcntl.LOCK_EX)
+                    try:
+                        time.sleep(busy)
+                    finally:
+                        fcntl.flock(self._gpu_lock, fcntl.LOCK_UN)
             with self._calls_lock:
                 self.engine_calls += 1
             return {"last_hidden_state": table[ids]}  # [B, S, dim] float32, a new array like the D2H copy
@@ -122,15 +142,26 @@ def main(argv=None) -> int:
     ap.add_argument("--max-inputs", type=int, default=64)
     ap.add_argument("--fixed-ms", type=float, default=0.3, help="fake engine: fixed cost per call")
     ap.add_argument("--per-token-us", type=float, default=0.2, help="fake engine: cost per padded token")
+    ap.add_argument("--workers", type=int, default=1, help="server processes (trtrun serve --workers)")
+    ap.add_argument("--gpu-lock", default=None, metavar="FILE",
+                    help="fake engine calls of all processes run one at a time (a GPU without MPS)")
     ap.add_argument("--log-level", default="warning")
     a = ap.parse_args(argv)
 
+    import functools
+
     from trtrun.serve.app import ServeConfig, run_server
 
-    emb = StubEmbedder(contexts=a.contexts, fixed_s=a.fixed_ms / 1e3, per_token_s=a.per_token_us / 1e6)
+    make = functools.partial(StubEmbedder, contexts=a.contexts, fixed_s=a.fixed_ms / 1e3,
+                             per_token_s=a.per_token_us / 1e6, gpu_lock=a.gpu_lock)
     cfg = ServeConfig(max_inputs=a.max_inputs, max_wait_ms=a.max_wait_ms, batching=not a.no_batching)
-    print(f"stub server on http://{a.host}:{a.port}: {emb.backend_reason}, "
+    print(f"stub server on http://{a.host}:{a.port}: {a.workers} process(es), "
           f"{'no batching' if a.no_batching else f'micro-batching {a.max_wait_ms} ms'}", flush=True)
+    if a.workers > 1:
+        from trtrun.serve.workers import run_workers
+
+        return run_workers(make, cfg, workers=a.workers, host=a.host, port=a.port, log_level=a.log_level)
+    emb = make()
     try:
         run_server(emb, cfg, host=a.host, port=a.port, log_level=a.log_level)
     except KeyboardInterrupt:
@@ -141,4 +172,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    if __package__ in (None, ""):  # run as a script: workers (spawned) must find StubEmbedder by this name
+        from serve_stub import main  # noqa: F811
     sys.exit(main())

@@ -436,6 +436,9 @@ class Embedder:
             bt.no_padding()
             bt.enable_truncation(self.max_seq_len)
             self._backend_tok = bt
+            # encode_batch_fast (tokenizers >= 0.20) skips the character offsets we never read: the same ids,
+            # ~25% less CPU per text. Both release the GIL while they work.
+            self._encode_batch = getattr(bt, "encode_batch_fast", bt.encode_batch)
         else:  # a slow tokenizer: its Python calls are serialized
             self._tok_lock = threading.Lock()
 
@@ -506,7 +509,7 @@ class Embedder:
             return Encoded([], [], np.zeros(0, bool), np.zeros(0, np.int64))
         want_types = "token_type_ids" in self.input_names
         if self._backend_tok is not None:
-            encs = self._backend_tok.encode_batch(texts)
+            encs = self._encode_batch(texts)
             ids = [np.asarray(e.ids, dtype=np.int64) for e in encs]
             types = [np.asarray(e.type_ids, dtype=np.int64) for e in encs] if want_types else None
             truncated = np.fromiter((len(e.overflowing) > 0 for e in encs), bool, len(encs))

@@ -22,7 +22,10 @@ class _Stopped(Exception):
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True, help="port to listen on")
 @backend_option
 @click.option("--contexts", type=click.IntRange(min=1), default=2, show_default=True,
-              help="engine contexts (engine batches that may run at once)")
+              help="engine contexts per worker process (engine batches that may run at once)")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="server processes sharing the port, each with its own engine, batcher and event loop "
+                   "(one process is capped by its per-request CPU work; /metrics sums all of them)")
 @click.option("--pooling", type=click.Choice(["mean", "cls", "max", "mean_sqrt_len"]), default=None,
               help="default: the model folder's sentence-transformers pooling config, else mean")
 @click.option("--no-normalize", is_flag=True, help="do not L2-normalize the embeddings")
@@ -51,7 +54,7 @@ class _Stopped(Exception):
               default="info", show_default=True)
 @click.option("--access-log", is_flag=True, help="log every request (slower)")
 @quiet_option
-def command(model, tokenizer, host, port, backend, contexts, pooling, no_normalize, truncation, max_wait_ms,
+def command(model, tokenizer, host, port, backend, contexts, workers, pooling, no_normalize, truncation, max_wait_ms,
             max_batch_tokens, no_batching, max_inputs, max_chars, max_body_bytes, max_queue, model_name,
             precision, graceful_timeout, log_level, access_log, quiet):
     """Serve embeddings of MODEL (a .plan, or an .onnx built to a plan on first use) over HTTP.
@@ -61,6 +64,7 @@ def command(model, tokenizer, host, port, backend, contexts, pooling, no_normali
     POST /embed          {"inputs": "text" | ["text", ...]} -> [[...], ...]
     GET  /health, GET /metrics (Prometheus)
     Concurrent requests share engine batches (micro-batching; --max-wait-ms, --max-batch-tokens).
+    --workers N: N processes on one port (SO_REUSEPORT), for more requests/s than one Python process serves.
     SIGTERM or Ctrl-C: stop accepting, finish the requests in flight, exit.
     """
     try:
@@ -86,10 +90,15 @@ def command(model, tokenizer, host, port, backend, contexts, pooling, no_normali
                       max_body_bytes=max_body_bytes, max_wait_ms=max_wait_ms, max_batch_tokens=max_batch_tokens,
                       batching=not no_batching, max_queue=max_queue)
     d = emb.describe()
+    where = f"http://{host}:{port}" + (f" with {workers} worker processes" if workers > 1 else "")
     status(f"serving {d['model']} ({d['precision']}, {d['backend']}, {contexts} context(s), dim {d['dim']}, "
-           f"pooling {d['pooling']}, max {d['max_seq_len']} tokens/text) on http://{host}:{port} "
+           f"pooling {d['pooling']}, max {d['max_seq_len']} tokens/text) on {where} "
            f"[{'micro-batching, max wait ' + str(max_wait_ms) + ' ms' if not no_batching else 'no batching'}]",
            quiet)
+    if workers > 1:
+        return _serve_workers(emb, tokenizer, cfg, workers=workers, host=host, port=port, quiet=quiet,
+                              log_level="warning" if quiet else log_level, access_log=access_log,
+                              graceful_timeout=graceful_timeout)
 
     def on_term(signum, frame):
         raise _Stopped()
@@ -105,3 +114,27 @@ def command(model, tokenizer, host, port, backend, contexts, pooling, no_normali
         emb.close()
     status("server stopped", quiet)
     return 0
+
+
+def _serve_workers(emb, tokenizer, cfg, *, workers, host, port, quiet, log_level, access_log, graceful_timeout):
+    """--workers N: the Embedder built here was the check (a plan built from an ONNX file, tokenizer and
+    pooling found, backend usable); each worker builds its own from the same resolved settings."""
+    import functools
+
+    from ..embedder import Embedder
+    from ..serve.workers import bind_sockets, run_workers
+
+    make = functools.partial(
+        Embedder, str(emb.plan_path), str(emb.tokenizer_dir) if emb.tokenizer_dir is not None else tokenizer,
+        pooling=emb.pooling, normalize=emb.normalize, contexts=emb.contexts,
+        max_tokens_per_batch=emb.max_tokens_per_batch, truncation=emb.truncation, backend=emb.backend)
+    try:
+        socks = bind_sockets(host, port, workers)  # a port in use fails here, before any worker starts
+    finally:
+        emb.close()  # its engine and contexts: the workers have their own
+    rc = run_workers(make, cfg, workers=workers, sockets=socks, log_level=log_level, access_log=access_log,
+                     graceful_timeout=graceful_timeout,
+                     on_ready=lambda pids: status(f"{len(pids)} workers serving (pids {', '.join(map(str, pids))})",
+                                                  quiet))
+    status("server stopped" if rc == 0 else "server stopped; a worker did not exit cleanly (see the log)", quiet)
+    return rc

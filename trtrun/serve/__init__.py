@@ -1,4 +1,5 @@
-"""Serving embeddings: micro-batching (MicroBatcher) and the HTTP server (create_app, run_server).
+"""Serving embeddings: micro-batching (MicroBatcher) and the HTTP server (create_app, run_server; run_workers
+for several processes on one port).
 
 Importing this package is cheap; starlette, uvicorn and prometheus-client load when an app is made.
 """
@@ -7,7 +8,8 @@ from __future__ import annotations
 
 from .batcher import BatcherClosedError, MicroBatcher, QueueFullError
 
-__all__ = ["MicroBatcher", "QueueFullError", "BatcherClosedError", "ServeConfig", "create_app", "run_server"]
+__all__ = ["MicroBatcher", "QueueFullError", "BatcherClosedError", "ServeConfig", "create_app", "run_server",
+           "run_workers"]
 
 
 def __getattr__(name: str):
@@ -15,4 +17,8 @@ def __getattr__(name: str):
         from . import app
 
         return getattr(app, name)
+    if name == "run_workers":
+        from . import workers
+
+        return workers.run_workers
     raise AttributeError(f"module 'trtrun.serve' has no attribute {name!r}")

@@ -84,6 +84,17 @@ except ImportError:
     _orjson = None
 
 
+def _loads(body: bytes):
+    """Parse a request body. orjson where installed (~7x faster on small bodies); a body it refuses goes to
+    json, which gives the error message (and accepts what json always accepted: NaN, huge integers)."""
+    if _orjson is not None:
+        try:
+            return _orjson.loads(body)
+        except ValueError:
+            pass
+    return json.loads(body)
+
+
 def _dumps(obj) -> bytes:
     """JSON bytes; numpy float32 arrays become lists of their shortest round-tripping float32 decimals."""
     if _orjson is not None:
@@ -136,7 +147,7 @@ def create_app(embedder, config: ServeConfig | None = None):
         if not body.strip():
             raise ApiError(400, "request body is empty; send a JSON object")
         try:
-            return json.loads(body)
+            return _loads(body)
         except UnicodeDecodeError as e:
             raise ApiError(400, f"request body is not UTF-8 text: {e}") from None
         except ValueError as e:
@@ -177,7 +188,7 @@ def create_app(embedder, config: ServeConfig | None = None):
         if batcher is None or not request.app.state.accepting:
             raise ApiError(503, "the server is not running (starting up or shutting down)", "unavailable")
         try:
-            fut = batcher.submit(texts)
+            fut = batcher.submit_async(texts)
         except QueueFullError as e:
             raise ApiError(503, f"server overloaded: {e}; retry later", "overloaded") from None
         except BatcherClosedError:
@@ -185,7 +196,7 @@ def create_app(embedder, config: ServeConfig | None = None):
         except InputError as e:
             raise ApiError(422, str(e)) from None
         try:
-            res = await asyncio.wrap_future(fut)
+            res = await fut
         except InputTooLongError as e:
             raise ApiError(400, str(e), "input_too_long") from None
         except InputError as e:
@@ -193,9 +204,8 @@ def create_app(embedder, config: ServeConfig | None = None):
         except TrtrunError as e:
             log.error("engine error: %s", e)
             raise ApiError(500, f"engine error: {e}", "server_error") from None
-        finite = np.isfinite(res.embeddings).all(axis=1)
-        if not finite.all():
-            bad = np.flatnonzero(~finite).tolist()
+        if not np.isfinite(res.embeddings).all():
+            bad = np.flatnonzero(~np.isfinite(res.embeddings).all(axis=1)).tolist()
             log.error("engine produced NaN/Inf for inputs %s", bad[:10])
             raise ApiError(500, f"the engine produced NaN or Inf for input(s) {bad[:10]} (a precision overflow?)",
                            "server_error")
@@ -208,7 +218,7 @@ def create_app(embedder, config: ServeConfig | None = None):
         def wrap(fn):
             async def handler(request):
                 t0 = time.perf_counter()
-                metrics.in_flight.inc()
+                metrics.requests_in_flight += 1
                 status = "cancelled"
                 try:
                     try:
@@ -222,9 +232,8 @@ def create_app(embedder, config: ServeConfig | None = None):
                     status = str(resp.status_code)
                     return resp
                 finally:
-                    metrics.in_flight.dec()
-                    metrics.requests.labels(name, status).inc()
-                    metrics.latency.labels(name).observe(time.perf_counter() - t0)
+                    metrics.requests_in_flight -= 1
+                    metrics.request_done(name, status, time.perf_counter() - t0)
             return handler
         return wrap
 
@@ -270,8 +279,6 @@ def create_app(embedder, config: ServeConfig | None = None):
         return json_response(body, 200 if ok else 503)
 
     async def metrics_endpoint(request):
-        batcher = getattr(request.app.state, "batcher", None)
-        metrics.queue_depth.set(batcher.queue_depth() if batcher is not None else 0)
         data, ctype = metrics.render()
         return Response(data, media_type=ctype.split(";")[0], headers={"Content-Type": ctype})
 
@@ -281,6 +288,7 @@ def create_app(embedder, config: ServeConfig | None = None):
             embedder, max_wait_ms=cfg.max_wait_ms, max_batch_tokens=cfg.max_batch_tokens,
             max_batch_requests=None if cfg.batching else 1, max_queue=cfg.max_queue,
             on_window=metrics.on_window, observer=metrics.on_engine_batch)
+        metrics.queue_depth_fn = app.state.batcher.queue_depth
         app.state.accepting = True
         log.info("serving %s: %s", model_name, embedder.describe())
         try:

@@ -14,10 +14,16 @@ larger: under load batches grow by themselves, and a lone request waits at most 
 
 `max_batch_requests=1` turns micro-batching off (each request is its own engine call): the plain path
 that services without a batcher have, kept for comparison.
+
+Per-request cost is kept small because a server's throughput is capped by the Python work per request:
+a submit wakes the gatherer only when it has something to do (the first request of an empty queue, or
+a window that may now be full), and `submit_async` (for coroutines) resolves all of a window's asyncio
+futures with one callback on their event loop instead of one cross-thread wake-up per request.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections import deque
@@ -42,10 +48,26 @@ class BatcherClosedError(TrtrunError):
 @dataclass
 class _Request:
     texts: list
-    future: Future
+    future: Future | asyncio.Future
     est_tokens: int
+    loop: asyncio.AbstractEventLoop | None = None  # set for an asyncio future (submit_async)
     t_submit: float = field(default_factory=time.perf_counter)
-    t_start: float = 0.0
+
+
+def _settle(fut, res) -> None:
+    """Resolve one future with a result or an exception (an asyncio one only if nobody cancelled it)."""
+    if isinstance(fut, asyncio.Future) and fut.done():
+        return
+    if isinstance(res, BaseException):
+        fut.set_exception(res)
+    else:
+        fut.set_result(res)
+
+
+def _settle_all(items) -> None:
+    """On an event loop: resolve its futures of one window, [(future, result or exception)]."""
+    for fut, res in items:
+        _settle(fut, res)
 
 
 class MicroBatcher:
@@ -88,6 +110,11 @@ class MicroBatcher:
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="trtrun-batch")
         self._closing = False
         self._inflight = 0
+        self._max_len = int(embedder.max_seq_len)
+        self._q_inputs = self._q_tokens = 0  # texts and estimated tokens waiting in the queue
+        self._idle = False  # the gatherer waits for a request (queue empty, no window open)
+        self._win_open = False  # the gatherer waits for its open window to fill (sizes below)
+        self._win_requests = self._win_inputs = self._win_tokens = 0
         self._thread = threading.Thread(target=self._loop, name="trtrun-batcher", daemon=True)
         self._thread.start()
 
@@ -105,8 +132,23 @@ class MicroBatcher:
         Raises at once (not through the Future): InputError for wrong types, QueueFullError,
         BatcherClosedError. An empty list resolves at once to an empty result.
         """
-        texts = self.embedder.check_texts(texts)
         fut: Future = Future()
+        self._enqueue(self.embedder.check_texts(texts), fut, None)
+        return fut
+
+    def submit_async(self, texts) -> asyncio.Future:
+        """submit() for a coroutine on a running event loop: an asyncio.Future to await (call it on the loop).
+
+        Cheaper than asyncio.wrap_future(submit(texts)): a window's worker resolves all of its requests from
+        one loop with a single call_soon_threadsafe. Cancelling the future (a client that went away) drops
+        the request if its window has not started yet. Raises at once like submit().
+        """
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._enqueue(self.embedder.check_texts(texts), fut, loop)
+        return fut
+
+    def _enqueue(self, texts: list, fut, loop) -> None:
         if not texts:
             import numpy as np
 
@@ -114,16 +156,27 @@ class MicroBatcher:
 
             fut.set_result(EmbedResult(np.zeros((0, self.embedder.dim), np.float32), np.zeros(0, bool),
                                        np.zeros(0, np.int64)))
-            return fut
-        est = sum(min(len(t) // CHARS_PER_TOKEN + 2, self.embedder.max_seq_len) for t in texts)
+            return
+        max_len = self._max_len
+        est = sum(min(len(t) // CHARS_PER_TOKEN + 2, max_len) for t in texts)
         with self._cv:
             if self._closing:
                 raise BatcherClosedError("the batcher is shutting down")
-            if len(self._q) >= self.max_queue:
-                raise QueueFullError(f"{len(self._q)} requests are waiting (max_queue {self.max_queue})")
-            self._q.append(_Request(texts, fut, est))
-            self._cv.notify()
-        return fut
+            q = self._q
+            if len(q) >= self.max_queue:
+                raise QueueFullError(f"{len(q)} requests are waiting (max_queue {self.max_queue})")
+            q.append(_Request(texts, fut, est, loop))
+            self._q_inputs += len(texts)
+            self._q_tokens += est
+            # Wake the gatherer only when it can act: it waits for a first request, or for its open window
+            # to fill (window + queue now reach a cap); otherwise it wakes by itself at the window's
+            # deadline, or is busy (waiting for a free worker) and looks at the queue when it comes back.
+            if self._idle or (self._win_open and (
+                    self._q_inputs + self._win_inputs >= self.max_batch_inputs
+                    or self._q_tokens + self._win_tokens >= self.max_batch_tokens
+                    or (self.max_batch_requests is not None
+                        and len(q) + self._win_requests >= self.max_batch_requests))):
+                self._cv.notify()
 
     def embed(self, texts, timeout: float | None = None):
         """submit(texts).result(timeout): an EmbedResult with this caller's rows."""
@@ -142,7 +195,12 @@ class MicroBatcher:
             ):
                 return True
             self._q.popleft()
-            if not r.future.set_running_or_notify_cancel():  # the caller gave up (cancelled)
+            self._q_inputs -= len(r.texts)
+            self._q_tokens -= r.est_tokens
+            if r.loop is None:
+                if not r.future.set_running_or_notify_cancel():  # the caller gave up (cancelled)
+                    continue
+            elif r.future.cancelled():  # read across threads: a cancel that comes later is harmless
                 continue
             window.append(r)
             state["inputs"] += len(r.texts)
@@ -157,7 +215,9 @@ class MicroBatcher:
             self._slots.acquire()  # a worker is free
             with self._cv:
                 while not self._q and not self._closing:
+                    self._idle = True  # submit() wakes us for the next request
                     self._cv.wait()
+                    self._idle = False
                 if not self._q:  # closing and drained
                     self._slots.release()
                     return
@@ -171,7 +231,11 @@ class MicroBatcher:
                     left = deadline - time.perf_counter()
                     if left <= 0:
                         break
+                    self._win_open = True  # submit() wakes us if window + queue reach a cap
+                    self._win_requests, self._win_inputs, self._win_tokens = \
+                        len(window), state["inputs"], state["tokens"]
                     self._cv.wait(left)
+                    self._win_open = False
                 if not window:  # every taken request had been cancelled
                     self._slots.release()
                     continue
@@ -180,9 +244,9 @@ class MicroBatcher:
                 self._pool.submit(self._run, window)
             except RuntimeError:  # close(timeout) gave up waiting and shut the pool down: no request is
                 # left without an answer (its caller would otherwise wait forever)
-                for r in window:
-                    r.future.set_exception(BatcherClosedError(
-                        "the batcher was closed (close timeout passed) before this request could run"))
+                err = BatcherClosedError("the batcher was closed (close timeout passed) before this request "
+                                         "could run")
+                self._resolve(window, [err] * len(window))
                 with self._cv:
                     self._inflight -= 1
                     self._cv.notify_all()
@@ -201,16 +265,27 @@ class MicroBatcher:
                 results = self.embedder.embed_groups([r.texts for r in window], self.observer)
             except BaseException as e:  # noqa: BLE001 - every waiting caller must hear of it
                 results = [e] * len(window)
-            for r, res in zip(window, results):
-                if isinstance(res, BaseException):
-                    r.future.set_exception(res)
-                else:
-                    r.future.set_result(res)
+            self._resolve(window, results)
         finally:
             with self._cv:
                 self._inflight -= 1
                 self._cv.notify_all()
             self._slots.release()
+
+    @staticmethod
+    def _resolve(window: list[_Request], results: list) -> None:
+        """Answer every request of a window: concurrent futures here, asyncio ones by one callback per loop."""
+        by_loop: dict = {}
+        for r, res in zip(window, results):
+            if r.loop is None:
+                _settle(r.future, res)
+            else:
+                by_loop.setdefault(r.loop, []).append((r.future, res))
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_settle_all, items)
+            except RuntimeError:  # that loop is closed: nobody is left to await these futures
+                pass
 
     # ---------------------------------------------------------------- lifetime
     def close(self, timeout: float | None = None) -> None:

@@ -1,0 +1,234 @@
+"""Several server processes on one port: `trtrun serve --workers N`, `run_workers(...)`.
+
+Why: one server process is capped by the CPU work per request on its event loop (HTTP parsing, JSON,
+asyncio, metrics: a few hundred microseconds a request, all under one GIL), long before the GPU is busy:
+a micro-batch of all-MiniLM-L6-v2 takes the GPU well under a millisecond. N processes, each with its own
+Embedder (engine, contexts), micro-batcher and event loop, multiply what the CPU side can serve until the
+GPU or the clients are the limit.
+
+How:
+- The supervisor (the process that calls run_workers) binds N listening sockets to host:port with
+  SO_REUSEPORT, so that the kernel spreads new connections evenly over the workers (one shared socket
+  where SO_REUSEPORT is missing), and starts N worker processes with the "spawn" method (no CUDA state is
+  inherited), each given its socket and a picklable `make_embedder` callable.
+- A worker builds its Embedder, the app (create_app) and a uvicorn server on its socket, then reports
+  ready. A worker that fails to start stops them all (TrtrunError with its message); one that dies while
+  serving is started again on the same socket.
+- Metrics: PROMETHEUS_MULTIPROC_DIR (a temporary folder unless already set) makes prometheus-client keep
+  every worker's values in files, so /metrics, whichever worker answers, sums all workers.
+- SIGTERM or SIGINT to the supervisor: it closes its copies of the sockets and sends SIGTERM to every
+  worker; each stops accepting, finishes its requests in flight (up to graceful_timeout), drains its
+  batcher and exits 0. run_workers returns 0 when every worker exited cleanly, else 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import queue
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import threading
+import time
+
+from ..errors import TrtrunError
+from .metrics import MULTIPROC_ENV
+
+log = logging.getLogger("trtrun.serve")
+
+STARTUP_FAILED = 3  # a worker's exit code when it could not start (uvicorn uses the same)
+
+
+def bind_sockets(host: str, port: int, n: int) -> list[socket.socket]:
+    """n listening sockets on host:port sharing it through SO_REUSEPORT (or one socket n times where the
+    option is missing). A port that anything else listens on is refused, even if that one also set
+    SO_REUSEPORT: a probe without the option binds first."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    reuseport = n > 1 and hasattr(socket, "SO_REUSEPORT")
+    socks: list[socket.socket] = []
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:  # EADDRINUSE if the port is taken at all
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+            port = probe.getsockname()[1]  # port 0: the one the system chose
+        for _ in range(n if reuseport else 1):
+            s = socket.socket(family, socket.SOCK_STREAM)
+            socks.append(s)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuseport:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            s.bind((host, port))
+            s.listen(2048)
+    except OSError as e:
+        for s in socks:
+            s.close()
+        raise TrtrunError(f"the server could not start on {host}:{port}: {e.strerror or e} (port in use?)") from None
+    return socks if reuseport else socks * n
+
+
+def _worker(index: int, make_embedder, config, sock: socket.socket, uv: dict, events) -> None:
+    """A worker process: its own Embedder, app and uvicorn server on the socket it was given."""
+    stop_asked = []
+
+    def early_stop(signum, frame):  # before uvicorn takes the signals over (and after it gives them back)
+        stop_asked.append(signum)
+
+    signal.signal(signal.SIGTERM, early_stop)
+    signal.signal(signal.SIGINT, early_stop)
+    if sys.platform.startswith("linux"):  # the supervisor killed outright (SIGKILL): stop too, gracefully
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    try:
+        emb = make_embedder()
+    except BaseException as e:  # noqa: BLE001 - reported to the supervisor, which stops the others
+        events.put(("failed", index, os.getpid(), f"{type(e).__name__}: {e}"))
+        sys.exit(STARTUP_FAILED)
+    try:
+        if stop_asked:
+            return
+        import uvicorn
+
+        from .app import create_app
+
+        server = uvicorn.Server(uvicorn.Config(create_app(emb, config), lifespan="on", **uv))
+        done = threading.Event()
+
+        def report_ready():
+            while not done.is_set() and not server.started:
+                time.sleep(0.02)
+            if server.started:
+                events.put(("ready", index, os.getpid(), None))
+
+        threading.Thread(target=report_ready, daemon=True).start()
+        try:
+            server.run(sockets=[sock])
+        finally:
+            done.set()
+        if not server.started and not stop_asked:
+            events.put(("failed", index, os.getpid(), "the server did not start (see the log above)"))
+            sys.exit(STARTUP_FAILED)
+    finally:
+        emb.close()
+
+
+def run_workers(make_embedder, config=None, *, workers: int, host: str = "127.0.0.1", port: int = 8080,
+                log_level: str = "info", access_log: bool = False, graceful_timeout: float = 30.0,
+                on_ready=None, sockets: list[socket.socket] | None = None) -> int:
+    """Serve with `workers` processes until SIGTERM/SIGINT; see the module docstring. Returns 0 after a
+    clean shutdown of every worker, 1 otherwise; raises TrtrunError when the port cannot be bound or a
+    worker fails to start.
+
+    make_embedder: a picklable callable returning an Embedder (e.g. functools.partial(Embedder, plan, tok,
+        contexts=2)); each worker calls it once. config: a ServeConfig. on_ready(pids): called once when
+    every worker serves. sockets: already bound listening sockets, one per worker (default: bind_sockets).
+    """
+    from .app import ServeConfig
+
+    if not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    config = config or ServeConfig()
+    socks = sockets if sockets is not None else bind_sockets(host, port, workers)
+    if len(socks) != workers:
+        raise ValueError(f"{len(socks)} sockets for {workers} workers")
+    uv = {"log_level": log_level, "access_log": access_log, "timeout_graceful_shutdown": graceful_timeout}
+    saved_env = {k: os.environ.get(k) for k in (MULTIPROC_ENV, "RAYON_NUM_THREADS")}
+    own_dir = None
+    if not os.environ.get(MULTIPROC_ENV):
+        own_dir = tempfile.mkdtemp(prefix="trtrun-metrics-")
+        os.environ[MULTIPROC_ENV] = own_dir
+    if not os.environ.get("RAYON_NUM_THREADS"):
+        # the tokenizer's thread pool: one per worker would otherwise start a thread per core in each
+        os.environ["RAYON_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
+
+    stop = threading.Event()
+    old_handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            old_handlers[sig] = signal.signal(sig, lambda signum, frame: stop.set())
+    ctx = mp.get_context("spawn")
+    events = ctx.Queue()
+    procs: list = [None] * workers
+    ready: set[int] = set()
+    failure = None
+    announced = False
+
+    def start(i: int) -> None:
+        p = ctx.Process(target=_worker, args=(i, make_embedder, config, socks[i], uv, events),
+                        name=f"trtrun-serve-{i}", daemon=False)
+        p.start()
+        procs[i] = p
+
+    try:
+        for i in range(workers):
+            start(i)
+        while not stop.is_set() and failure is None:
+            try:
+                kind, i, pid, msg = events.get(timeout=0.2)
+                if kind == "ready" and procs[i] is not None and procs[i].pid == pid:
+                    ready.add(i)
+                elif kind == "failed":
+                    failure = f"worker {i} (pid {pid}) could not start: {msg}"
+            except queue.Empty:
+                pass
+            if not announced and len(ready) == workers:
+                announced = True
+                if on_ready is not None:
+                    on_ready([p.pid for p in procs])
+            for i, p in enumerate(procs):
+                if p.is_alive() or stop.is_set() or failure is not None:
+                    continue
+                if i not in ready:
+                    failure = failure or f"worker {i} (pid {p.pid}) exited with code {p.exitcode} before serving"
+                else:
+                    log.warning("worker %d (pid %d) died with exit code %s; starting it again", i, p.pid, p.exitcode)
+                    ready.discard(i)
+                    start(i)
+    finally:
+        # Stop: no new connections reach this process's copies of the sockets, every worker finishes the
+        # requests it holds. SIGTERM is sent again while a worker runs (one that was still starting may
+        # have missed it); a second SIGTERM never cuts uvicorn's graceful shutdown short.
+        for s in socks:
+            s.close()
+        deadline = time.monotonic() + graceful_timeout + 60
+        while True:
+            alive = [p for p in procs if p is not None and p.is_alive()]
+            if not alive:
+                break
+            if time.monotonic() > deadline:
+                for p in alive:
+                    log.error("worker pid %d did not stop in time; killing it", p.pid)
+                    p.kill()
+                    p.join(5)
+                break
+            for p in alive:
+                try:
+                    os.kill(p.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+            for p in alive:
+                p.join(max(0.05, 1.0 / len(alive)))
+        for sig, h in old_handlers.items():
+            signal.signal(sig, h)
+        events.close()
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        if own_dir is not None:
+            shutil.rmtree(own_dir, ignore_errors=True)
+    if failure is not None:
+        raise TrtrunError(failure)
+    codes = [p.exitcode for p in procs]
+    bad = [(i, c) for i, c in enumerate(codes) if c != 0]
+    for i, c in bad:
+        log.error("worker %d exited with code %s", i, c)
+    return 0 if not bad else 1
