@@ -32,6 +32,7 @@ def main() -> int:
     ap.add_argument("--cache", default="/tmp/trtrun-profile")
     ap.add_argument("--ffn-chunks", type=int, default=None, help="Context ffn_chunks (default: the runtime's)")
     ap.add_argument("--workspace-mib", type=int, default=None, help="cuBLASLt workspace (default: the runtime's)")
+    ap.add_argument("--no-fuse-residual", action="store_true", help="Context fuse_residual=False")
     a = ap.parse_args()
     points = [tuple(int(x) for x in p.lower().split("x")) for p in (a.point or ["1x128"])]
 
@@ -60,6 +61,8 @@ def main() -> int:
         kw["ffn_chunks"] = a.ffn_chunks
     if a.workspace_mib is not None:
         kw["workspace_bytes"] = a.workspace_mib << 20
+    if a.no_fuse_residual:
+        kw["fuse_residual"] = False
     ctx = eng.create_context(**kw)
     st = ctx.stats()
     dev = torch.device("cuda", 0)

@@ -131,17 +131,49 @@ void Context::init() {
   for (int t : d.outputs) last[t] = n_ops;
   tensor_offset_.assign(d.tensors.size(), kNone);
 
+  // ---- Linear -> LayerNorm residual fusion (see context.h, resid_dst_)
+  std::vector<int> uses(d.tensors.size(), 0);
+  for (const OpDesc& op : d.ops)
+    for (int t : op.inputs)
+      if (t != NO_TENSOR) ++uses[t];
+  for (int t : d.outputs) ++uses[t];
+  resid_dst_.assign(n_ops, -1);
+  if (options_.fuse_residual) {
+    for (int i = 0; i + 1 < n_ops; ++i) {
+      const OpDesc& a = d.ops[i];
+      const OpDesc& ln = d.ops[i + 1];
+      if (a.type != OpType::Linear || ln.type != OpType::LayerNorm || a.outputs.empty() || ln.inputs.size() < 2)
+        continue;
+      const int t = a.outputs[0], r = ln.inputs[1];
+      if (t == NO_TENSOR || ln.inputs[0] != t || r == NO_TENSOR || r == t || uses[t] != 1) continue;
+      if (ln.precision == Precision::FP16) continue;  // fp16 statistics round x and r before adding: not this
+      const int sum = ln.outputs.size() > 1 ? ln.outputs[1] : NO_TENSOR;
+      if (d.tensors[t].type != ElemType::F32 || d.tensors[r].type != ElemType::F32 ||
+          (sum != NO_TENSOR && d.tensors[sum].type != ElemType::F32))
+        continue;
+      const WeightDesc& w = d.weights[a.weight("weight")];
+      if (d.tensors[a.inputs[0]].type != w.type || a.activation != Activation::None) continue;
+      LinearChoice c = choose_linear(a, d);
+      if (!c.fusable || c.gelu_after) continue;
+      const int64_t rows = static_cast<int64_t>(d.tensors[a.inputs[0]].numel(B, S) / static_cast<size_t>(w.shape[0]));
+      GemmKey key = linear_key(a, d, std::min<int64_t>(rows, 4096), c, false);
+      key.add_c = true;
+      if (!gemm_->prepare(key)) continue;  // no out-of-place algorithm: the plain path
+      resid_dst_[i] = sum != NO_TENSOR ? sum : t;
+      if (sum != NO_TENSOR) {
+        last[t] = -2;                        // the Linear's own output is never written: no arena space
+        first[sum] = std::min(first[sum], i);  // the sum is written by the GEMM at op i, not at op i+1
+      }
+      // the residual is read by the GEMM at op i now (it was read at op i+1): it is live from before op i anyway
+    }
+  }
+
   // ---- feed-forward pairs run in row chunks (ContextOptions::ffn_chunks): op i and i+1 are Linears, op i's
   // output feeds only op i+1 and is no graph output, and both take the fused cuBLASLt path with no cast and
   // no separate GELU pass. The intermediate is then planned at chunk size.
   ffn_first_.assign(n_ops, 0);
   std::vector<int64_t> rows_cap(d.tensors.size(), -1);  // per tensor: rows planned when chunked
   if (options_.ffn_chunks > 1) {
-    std::vector<int> uses(d.tensors.size(), 0);
-    for (const OpDesc& op : d.ops)
-      for (int t : op.inputs)
-        if (t != NO_TENSOR) ++uses[t];
-    for (int t : d.outputs) ++uses[t];
     auto plain_fused = [&](const OpDesc& op) {
       const WeightDesc& w = d.weights[op.weight("weight")];
       const TensorDesc& x = d.tensors[op.inputs[0]];
@@ -269,6 +301,9 @@ size_t Context::graph_count() const {
 size_t Context::gemm_plans() const {
   std::lock_guard<std::mutex> lock(mutex_);
   return gemm_->cached();
+}
+size_t Context::fused_residuals() const {
+  return static_cast<size_t>(std::count_if(resid_dst_.begin(), resid_dst_.end(), [](int t) { return t >= 0; }));
 }
 std::string Context::graph_note() const {
   std::lock_guard<std::mutex> lock(mutex_);
@@ -477,6 +512,11 @@ void Context::enqueue_ops(int batch, int seq_bucket, cudaStream_t s) {
         if (ffn_first_[i]) {
           enqueue_ffn_chunked(i, batch, seq_bucket, s);
           ++i;  // the pair's second Linear ran too
+        } else if (resid_dst_[i] >= 0) {
+          const int64_t k = d.weights[op.weight("weight")].shape[0];
+          const int64_t r = static_cast<int64_t>(d.tensors[in(0)].numel(batch, seq_bucket) / static_cast<size_t>(k));
+          enqueue_linear_rows(i, tensor_ptr(in(0)), tensor_ptr(resid_dst_[i]), r, s,
+                              tensor_ptr(d.ops[i + 1].inputs[1]));
         } else {
           enqueue_linear(i, batch, seq_bucket, s);
         }
@@ -499,6 +539,12 @@ void Context::enqueue_ops(int batch, int seq_bucket, cudaStream_t s) {
 #ifdef TRTRUN_HAVE_LAYERNORM
         const int n = static_cast<int>(d.tensors[in(0)].dims.back());
         const int ln_rows = static_cast<int>(d.tensors[in(0)].numel(batch, seq_bucket) / static_cast<size_t>(n));
+        if (i > 0 && resid_dst_[i - 1] >= 0) {  // the GEMM before wrote x + residual to resid_dst_
+          launch_layernorm(tensor_ptr(resid_dst_[i - 1]), DType::F32, nullptr, DType::F32,
+                           E.weight(op.weight("gamma")), E.weight(op.weight("beta")), wt("gamma"), tensor_ptr(out(0)),
+                           dt(out(0)), nullptr, DType::F32, ln_rows, n, op.epsilon, op.precision, s);
+          break;
+        }
         launch_layernorm(tensor_ptr(in(0)), dt(in(0)), tensor_ptr(in(1)), dt(in(1)), E.weight(op.weight("gamma")),
                          E.weight(op.weight("beta")), wt("gamma"), tensor_ptr(out(0)), dt(out(0)),
                          tensor_ptr(out(1)), dt(out(1)), ln_rows, n, op.epsilon, op.precision, s);
@@ -512,15 +558,16 @@ void Context::enqueue_ops(int batch, int seq_bucket, cudaStream_t s) {
   }
 }
 
-void Context::enqueue_linear_rows(size_t i, const void* x, void* y, int64_t rows, cudaStream_t s) {
+void Context::enqueue_linear_rows(size_t i, const void* x, void* y, int64_t rows, cudaStream_t s, const void* c_in) {
   const EngineDesc& d = engine_->desc();
   const OpDesc& op = d.ops[i];
   LinearChoice c = choose_linear(op, d);
   GemmKey key = linear_key(op, d, rows, c, false);
+  key.add_c = c_in != nullptr;
   if (!gemm_->prepare(key))
     throw DeviceError("op '" + op.name + "': cuBLASLt offers no algorithm for this GEMM (" + std::to_string(key.m) +
                       "x" + std::to_string(key.n) + "x" + std::to_string(key.k) + ")");
-  gemm_->run(key, x, engine_->weight(op.weight("weight")), engine_->weight(op.weight("bias")), y, s);
+  gemm_->run(key, x, engine_->weight(op.weight("weight")), engine_->weight(op.weight("bias")), y, s, c_in);
 }
 
 // The feed-forward pair (op i, op i+1) over row chunks of at most ffn_chunk_rows_ rows: chunk c of the first
@@ -539,11 +586,15 @@ void Context::enqueue_ffn_chunked(size_t i, int batch, int seq_bucket, cudaStrea
   const size_t y_row = static_cast<size_t>(inner_elems(yt)) * elem_size(yt.type);
   const char* x = tensor_ptr(a.inputs[0]);
   char* mid = tensor_ptr(a.outputs[0]);
-  char* y = tensor_ptr(b.outputs[0]);
+  // the second Linear may add the next LayerNorm's residual in its epilogue (resid_dst_): then it writes the sum
+  const bool add = resid_dst_[i + 1] >= 0;
+  char* y = add ? tensor_ptr(resid_dst_[i + 1]) : tensor_ptr(b.outputs[0]);
+  const char* res = add ? tensor_ptr(d.ops[i + 2].inputs[1]) : nullptr;
   for (int64_t r0 = 0; r0 < rows; r0 += ffn_chunk_rows_) {
     const int64_t m = std::min<int64_t>(ffn_chunk_rows_, rows - r0);
+    const size_t yo = static_cast<size_t>(r0) * y_row;
     enqueue_linear_rows(i, x + static_cast<size_t>(r0) * x_row, mid, m, s);
-    enqueue_linear_rows(i + 1, mid, y + static_cast<size_t>(r0) * y_row, m, s);
+    enqueue_linear_rows(i + 1, mid, y + yo, m, s, add ? res + yo : nullptr);
   }
 }
 

@@ -38,6 +38,7 @@ struct ContextOptions {
   // ceil(rows_max / ffn_chunks) rows, so the wide intermediate [rows, 4*hidden] is planned at chunk size:
   // at most this many chunks at the profile's largest shape, one chunk (no change) up to half of it. 1: off.
   int ffn_chunks = 2;
+  bool fuse_residual = true;  // Linear -> LayerNorm with an fp32 residual: residual added in the GEMM epilogue
 };
 
 class Context {
@@ -77,6 +78,7 @@ class Context {
   size_t arena_naive_bytes() const { return arena_naive_bytes_; }
   size_t graph_count() const;
   size_t gemm_plans() const;
+  size_t fused_residuals() const;  // Linear -> LayerNorm pairs whose GEMM adds the residual
   std::string graph_note() const;  // why graphs are off, if they were turned off after a capture failure
   cudaStream_t stream() const { return stream_; }
 
@@ -91,7 +93,8 @@ class Context {
   void enqueue_ops(int batch, int seq_bucket, cudaStream_t s);
   void enqueue_linear(size_t op_index, int batch, int seq_bucket, cudaStream_t s);
   // A fused Linear (no cast, no unfused epilogue, no GELU pass) on `rows` rows from x into y.
-  void enqueue_linear_rows(size_t op_index, const void* x, void* y, int64_t rows, cudaStream_t s);
+  void enqueue_linear_rows(size_t op_index, const void* x, void* y, int64_t rows, cudaStream_t s,
+                           const void* c = nullptr);
   void enqueue_ffn_chunked(size_t first_op, int batch, int seq_bucket, cudaStream_t s);
   void check_input_flag();
   char* tensor_ptr(int t) const;
@@ -112,6 +115,11 @@ class Context {
   std::vector<size_t> acc_offset_;        // per op: fp32 accumulator for the unfused epilogue (SIZE_MAX: none)
   size_t valid_mask_offset_ = SIZE_MAX;   // int32 [B, S] key mask for attention without a mask input
   std::vector<char> ffn_first_;           // per op: first Linear of a row-chunked feed-forward pair
+  // Linear -> LayerNorm with an fp32 residual: the GEMM adds the residual in its epilogue (cuBLASLt's
+  // D = x @ w + bias + C, C = the residual), writing the sum where the LayerNorm's sum output (or, without one,
+  // the Linear's output) lives; the LayerNorm then reads that sum with no residual. Saves the LayerNorm a
+  // read of the residual and the write of the sum (GPT-2's fp32 residual stream in hybrid plans).
+  std::vector<int> resid_dst_;            // per Linear op: the tensor its GEMM writes the sum to (-1: not fused)
   int64_t ffn_chunk_rows_ = 0;            // rows per chunk (0: no chunking)
 
   std::vector<PinnedBuffer> host_in_;

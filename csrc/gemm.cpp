@@ -124,8 +124,18 @@ bool GemmRunner::prepare(const GemmKey& key) {
     st = cublasLtMatmulAlgoGetHeuristic(handle_, p->op, p->a, p->b, p->d, p->d, pref, kTuneCandidates, results,
                                         &found);
   (void)cublasLtMatmulPreferenceDestroy(pref);
-  for (int i = 0; st == CUBLAS_STATUS_SUCCESS && i < found; ++i)
-    if (results[i].state == CUBLAS_STATUS_SUCCESS) p->candidates.push_back(results[i]);
+  for (int i = 0; st == CUBLAS_STATUS_SUCCESS && i < found; ++i) {
+    if (results[i].state != CUBLAS_STATUS_SUCCESS) continue;
+    if (key.add_c) {  // c != y: only algorithms that write D out of place
+      int32_t oop = 1;
+      size_t written = 0;
+      if (cublasLtMatmulAlgoCapGetAttribute(&results[i].algo, CUBLASLT_ALGO_CAP_OUT_OF_PLACE_RESULT_SUPPORT, &oop,
+                                            sizeof(oop), &written) == CUBLAS_STATUS_SUCCESS &&
+          oop == 0)
+        continue;
+    }
+    p->candidates.push_back(results[i]);
+  }
   p->key = key;
   if (!p->candidates.empty()) {
     p->algo = p->candidates[0].algo;  // the heuristic's first choice until timed
@@ -141,24 +151,27 @@ bool GemmRunner::prepare(const GemmKey& key) {
 }
 
 void GemmRunner::run(const GemmKey& key, const void* x, const void* w, const void* bias, void* y,
-                     cudaStream_t stream) {
+                     cudaStream_t stream, const void* c) {
   auto it = plans_.find(key);
   if (it == plans_.end() || !it->second->ok) throw std::logic_error("GEMM run before a successful prepare");
+  if (key.add_c && (c == nullptr || c == y)) throw std::logic_error("GEMM add_c needs a c distinct from y");
+  if (!key.add_c) c = y;
   Plan& p = *it->second;
   if (has_bias(key.epilogue)) {
     // The bias pointer lives in the descriptor: set per call (cheap, host only; a captured graph keeps it).
     TRTRUN_CUBLAS_CHECK(
         cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
   }
-  const float alpha = 1.0f, beta = 0.0f;
-  if (!p.tuned) tune(p, x, w, y, stream);
-  TRTRUN_CUBLAS_CHECK(cublasLtMatmul(handle_, p.op, &alpha, w, p.a, x, p.b, &beta, y, p.d, y, p.d, &p.algo,
+  const float alpha = 1.0f, beta = key.add_c ? 1.0f : 0.0f;
+  if (!p.tuned) tune(p, x, w, y, c, stream);
+  TRTRUN_CUBLAS_CHECK(cublasLtMatmul(handle_, p.op, &alpha, w, p.a, x, p.b, &beta, c, p.d, y, p.d, &p.algo,
                                      workspace_.get(), p.workspace, stream));
 }
 
 // Times each candidate on the real operands (y is overwritten; the caller's run right after writes the
-// result). Skipped while the stream is being captured (timing needs a sync): the run after capture tunes.
-void GemmRunner::tune(Plan& p, const void* x, const void* w, void* y, cudaStream_t stream) {
+// result; with add_c, c is only read, so every timing run writes the same y). Skipped while the stream is being
+// captured (timing needs a sync): the run after capture tunes.
+void GemmRunner::tune(Plan& p, const void* x, const void* w, void* y, const void* c, cudaStream_t stream) {
   cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
   TRTRUN_CUDA_CHECK(cudaStreamIsCapturing(stream, &cs));
   if (cs != cudaStreamCaptureStatusNone) return;
@@ -180,15 +193,16 @@ void GemmRunner::tune(Plan& p, const void* x, const void* w, void* y, cudaStream
     TRTRUN_CUDA_IGNORE(cudaEventDestroy(t0));
     TRTRUN_CUDA_CHECK(ce);
   }
-  const float alpha = 1.0f, beta = 0.0f;
+  const float alpha = 1.0f, beta = p.key.add_c ? 1.0f : 0.0f;
   float best = 0.0f;
   size_t best_i = 0;
   cudaError_t failure = cudaSuccess;
   for (size_t i = 0; i < p.candidates.size() && failure == cudaSuccess; ++i) {
-    const auto& c = p.candidates[i];
+    const auto& cand = p.candidates[i];
+    const void* c_in = c;
     auto once = [&]() {
-      return cublasLtMatmul(handle_, p.op, &alpha, w, p.a, x, p.b, &beta, y, p.d, y, p.d, &c.algo, workspace_.get(),
-                            c.workspaceSize, stream);
+      return cublasLtMatmul(handle_, p.op, &alpha, w, p.a, x, p.b, &beta, c_in, p.d, y, p.d, &cand.algo,
+                            workspace_.get(), cand.workspaceSize, stream);
     };
     // one warm-up, then the median-free minimum of a few runs (the candidates differ by far more than noise)
     if (once() != CUBLAS_STATUS_SUCCESS) continue;

@@ -25,9 +25,10 @@ struct GemmKey {
   ElemType out_t = ElemType::F32;      // y; bias has this type too
   GemmEpilogue epilogue = GemmEpilogue::None;
   bool tf32 = false;  // only for float32 operands
+  bool add_c = false;  // y = x @ w (+ bias) + c, c [m, n] of y's type, out of place (c != y)
   bool operator<(const GemmKey& o) const {
-    return std::tie(m, n, k, operand_t, out_t, epilogue, tf32) <
-           std::tie(o.m, o.n, o.k, o.operand_t, o.out_t, o.epilogue, o.tf32);
+    return std::tie(m, n, k, operand_t, out_t, epilogue, tf32, add_c) <
+           std::tie(o.m, o.n, o.k, o.operand_t, o.out_t, o.epilogue, o.tf32, o.add_c);
   }
 };
 
@@ -42,7 +43,9 @@ class GemmRunner {
   // this dtype combination does not support): the caller then runs an unfused epilogue instead.
   bool prepare(const GemmKey& key);
   // Enqueues the GEMM (prepare(key) must have returned true). No allocation, no sync: capturable.
-  void run(const GemmKey& key, const void* x, const void* w, const void* bias, void* y, cudaStream_t stream);
+  // key.add_c: c must be given (and differ from y); otherwise c is ignored.
+  void run(const GemmKey& key, const void* x, const void* w, const void* bias, void* y, cudaStream_t stream,
+           const void* c = nullptr);
   size_t cached() const { return plans_.size(); }
   // Time cuBLASLt's top candidates on the first run of each shape (default on; TRTRUN_GEMM_TUNE=0 turns it off).
   void set_tuning(bool on) { tune_enabled_ = on; }
@@ -50,7 +53,7 @@ class GemmRunner {
  private:
   struct Plan;
   static constexpr int kTuneCandidates = 8;
-  void tune(Plan& p, const void* x, const void* w, void* y, cudaStream_t stream);
+  void tune(Plan& p, const void* x, const void* w, void* y, const void* c, cudaStream_t stream);
   bool tune_enabled_ = true;
   cublasLtHandle_t handle_ = nullptr;
   DeviceBuffer workspace_;

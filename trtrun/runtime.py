@@ -241,7 +241,7 @@ class Engine:
 
     def create_context(self, *, use_graphs: bool = True, bucket: bool = True,
                        workspace_bytes: int = DEFAULT_WORKSPACE_BYTES, max_graphs: int = 256,
-                       ffn_chunks: int = DEFAULT_FFN_CHUNKS) -> "Context":
+                       ffn_chunks: int = DEFAULT_FFN_CHUNKS, fuse_residual: bool = True) -> "Context":
         """A Context: own CUDA stream, activation arena (allocated now, at the profile's maximum shapes:
         DeviceError if it does not fit), pinned host buffers, cuBLASLt workspace and CUDA-graph cache.
 
@@ -252,9 +252,12 @@ class Engine:
         ffn_chunks: feed-forward blocks run in row chunks of ceil(rows_max / ffn_chunks) rows, so their
             wide intermediate takes 1/ffn_chunks of its full size in the arena (1: off). Results are the
             same row for row; shapes up to rows_max / ffn_chunks rows run unchunked.
+        fuse_residual: where a Linear feeds a LayerNorm whose residual is fp32 (GPT-2's residual stream in
+            hybrid plans, every residual in fp32 plans), the GEMM adds the residual in its epilogue and the
+            LayerNorm reads the sum: the same fp32 arithmetic in another order, fewer bytes moved.
         """
         return Context(self, use_graphs=use_graphs, bucket=bucket, workspace_bytes=workspace_bytes,
-                       max_graphs=max_graphs, ffn_chunks=ffn_chunks)
+                       max_graphs=max_graphs, ffn_chunks=ffn_chunks, fuse_residual=fuse_residual)
 
     def __repr__(self) -> str:
         return (f"<trtrun.runtime.Engine {self.plan.precision} on cuda:{self.device}, "
@@ -352,7 +355,7 @@ class Context:
 
     def __init__(self, engine: Engine, *, use_graphs: bool = True, bucket: bool = True,
                  workspace_bytes: int = DEFAULT_WORKSPACE_BYTES, max_graphs: int = 256,
-                 ffn_chunks: int = DEFAULT_FFN_CHUNKS):
+                 ffn_chunks: int = DEFAULT_FFN_CHUNKS, fuse_residual: bool = True):
         if isinstance(ffn_chunks, bool) or not isinstance(ffn_chunks, int) or ffn_chunks < 1:
             raise InputError(f"ffn_chunks must be an integer >= 1, got {ffn_chunks!r}")
         if isinstance(workspace_bytes, bool) or not isinstance(workspace_bytes, int) or workspace_bytes < 0:
@@ -362,7 +365,8 @@ class Context:
         self.bucket = bool(bucket)
         self.workspace_bytes = int(workspace_bytes)
         self._lock = threading.Lock()
-        self._c = c.Context(engine._c, bool(use_graphs), int(workspace_bytes), int(max_graphs), int(ffn_chunks))
+        self._c = c.Context(engine._c, bool(use_graphs), int(workspace_bytes), int(max_graphs), int(ffn_chunks),
+                            bool(fuse_residual))
         self._in_views = [self._c.host_input(i) for i in range(len(engine._inputs))]
         self._out_views = [self._c.host_output(i) for i in range(len(engine._outputs))]
 
@@ -532,12 +536,13 @@ class Context:
     # ---------------------------------------------------------------- introspection
     def stats(self) -> dict:
         """arena_bytes (activations at the profile's maxima), arena_naive_bytes (without reuse),
-        workspace_bytes (cuBLASLt), graph_count,
+        workspace_bytes (cuBLASLt), fused_residuals (GEMMs adding a LayerNorm's residual), graph_count,
         gemm_plans (cached cuBLASLt algorithms), graph_note (why graphs were turned off, if they were)."""
         c = self._c
         return {"arena_bytes": int(c.arena_bytes), "arena_naive_bytes": int(c.arena_naive_bytes),
                 "workspace_bytes": self.workspace_bytes,
-                "graph_count": int(c.graph_count), "gemm_plans": int(c.gemm_plans), "graph_note": c.graph_note}
+                "graph_count": int(c.graph_count), "gemm_plans": int(c.gemm_plans), "graph_note": c.graph_note,
+                "fused_residuals": int(c.fused_residuals)}
 
     def close(self) -> None:
         """Free the context's device and pinned memory now (it is freed on garbage collection otherwise)."""

@@ -135,3 +135,31 @@ def test_ffn_chunks_change_nothing(built, variant, precision):
                          f"{s2['arena_bytes'] / 2**20:.3f} MiB")
     with pytest.raises(InputError, match="ffn_chunks"):
         engine.create_context(ffn_chunks=0)
+
+
+@pytest.mark.parametrize("variant,precision,fused", [
+    ("plain", "fp32", 2),                 # fp32 residuals: proj -> ln1 and fc2 -> ln2 both fused
+    ("prenorm-tanh", "fp32", 2),          # fc2 is also the second Linear of a row-chunked FFN pair
+    ("x32-bias32-nomask", "hybrid", 1),   # ln1's output is fp32 in this hybrid plan: fc2 -> ln2 fused
+    ("plain", "hybrid", 0),               # fp16 residual (BERT-style hybrid): cuBLASLt's C must have y's type
+    ("plain", "fp16", 0),                 # fp16 statistics round x and r before adding: never fused
+])
+def test_residual_fusion_changes_nothing(built, variant, precision, fused):
+    """A Linear feeding a LayerNorm with an fp32 residual adds the residual in the GEMM epilogue (the
+    LayerNorm then reads the sum): the same fp32 sum in another order, so the result is the unfused one up to
+    fp32 rounding; plans whose residual is fp16 are left alone."""
+    plan, engine = built(variant, precision)
+    plain = engine.create_context(fuse_residual=False)
+    fusing = engine.create_context()
+    assert plain.stats()["fused_residuals"] == 0
+    assert fusing.stats()["fused_residuals"] == fused
+    for i, (B, S, padded) in enumerate(SHAPES + [(8, 150, True)]):
+        feeds = h.random_feeds(plan, B, S, padded=padded, seed=60 + i)
+        a = plain.run(feeds)["out"]
+        b = fusing.run(feeds)["out"]
+        assert np.isfinite(b).all()
+        if not fused:
+            np.testing.assert_array_equal(a, b)
+        else:
+            tol = 2e-5 if precision == "fp32" else 3e-3
+            assert h.rel_l2(b, a, h.valid_mask(feeds)) < tol, (variant, precision, B, S)
