@@ -26,6 +26,7 @@ import asyncio
 import base64
 import json
 import logging
+import os
 import time
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
@@ -274,7 +275,7 @@ def create_app(embedder, config: ServeConfig | None = None):
         batcher = getattr(request.app.state, "batcher", None)
         ok = batcher is not None and request.app.state.accepting
         body = {"status": "ok" if ok else "unavailable", "model": model_name, **embedder.describe(),
-                "batching": cfg.batching, "max_wait_ms": cfg.max_wait_ms,
+                "batching": cfg.batching, "max_wait_ms": cfg.max_wait_ms, "pid": os.getpid(),
                 "queue_depth": batcher.queue_depth() if batcher is not None else 0}
         return json_response(body, 200 if ok else 503)
 

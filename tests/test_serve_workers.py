@@ -1,0 +1,181 @@
+"""`trtrun serve --workers N` on the CPU path: several processes on one port (SO_REUSEPORT), every one
+answering right, /metrics summed over them, and a SIGTERM to the supervisor finishing every request in
+flight in every worker before all exit 0. Plus the failure paths: port in use, a worker that cannot start.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("starlette", reason="trtrun serve needs starlette (pip install 'trtrun[serve]')")
+pytest.importorskip("uvicorn", reason="trtrun serve needs uvicorn (pip install 'trtrun[serve]')")
+pytest.importorskip("prometheus_client", reason="trtrun serve needs prometheus-client")
+httpx = pytest.importorskip("httpx", reason="the tests' HTTP client needs httpx")
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_REUSEPORT load spreading is Linux's")
+
+from trtrun import data  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+ATOL = 1e-5  # as in test_serve.py: same plan and numpy backend, only BLAS summation order differs
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_healthy(url: str, proc, timeout: float = 90.0) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited early ({proc.returncode}): {proc.stderr.read()}")
+        try:
+            if httpx.get(url + "/health", timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{url} did not become healthy in {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def emb(tiny_embed_model):
+    from trtrun.embedder import Embedder
+
+    e = Embedder(tiny_embed_model["plan"], tiny_embed_model["tok"], backend="reference", contexts=1)
+    yield e
+    e.close()
+
+
+@pytest.fixture(scope="module")
+def texts():
+    return data.load_texts("rt", n=24, seed=3)
+
+
+def test_workers_share_the_port_sum_metrics_and_stop_gracefully(tiny_embed_model, emb, texts):
+    """Two workers; requests wait 1.5 s in micro-batch windows in both when SIGTERM reaches the supervisor:
+    every one still gets its right rows, new connections are refused, every process exits, rc 0."""
+    tiny = tiny_embed_model
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trtrun", "serve", str(tiny["plan"]), "--tokenizer", str(tiny["tok"]),
+         "--backend", "reference", "--port", str(port), "--workers", "2", "--contexts", "1",
+         "--max-wait-ms", "1500", "--log-level", "warning"],
+        cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    try:
+        _wait_healthy(url, proc)
+        # both workers answer: each new connection lands on one of them (the kernel hashes the client port)
+        pids = set()
+        for _ in range(60):
+            pids.add(httpx.get(url + "/health", timeout=5).json()["pid"])
+            if len(pids) == 2:
+                break
+        assert len(pids) == 2, f"one worker answered 60 new connections: {pids}"
+        assert proc.pid not in pids  # the supervisor itself serves nothing
+
+        # /metrics sums the workers: 6 requests over new connections (both workers), counted once each
+        for i in range(6):
+            r = httpx.post(url + "/embed", json={"inputs": [texts[i]]}, timeout=30)
+            assert r.status_code == 200, r.text
+        for _ in range(4):  # whichever worker answers the scrape
+            m = httpx.get(url + "/metrics", timeout=5).text
+            line = [ln for ln in m.splitlines() if ln.startswith('trtrun_requests_total{endpoint="/embed"')]
+            assert line and float(line[0].split()[-1]) == 6.0, line
+            assert "trtrun_process_cpu_seconds_total" in m
+
+        results: dict[int, object] = {}
+
+        def call(i):
+            try:
+                results[i] = httpx.post(url + "/v1/embeddings", json={"input": [texts[i], texts[i + 8]]}, timeout=60)
+            except Exception as e:  # noqa: BLE001
+                results[i] = e
+
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        time.sleep(0.6)  # all eight wait inside micro-batch windows (1.5 s) of both workers
+        t_sig = time.time()
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        with pytest.raises(httpx.ConnectError):  # no worker, nor the supervisor, takes new connections
+            httpx.post(url + "/v1/embeddings", json={"input": "late"}, timeout=5)
+        for t in threads:
+            t.join(60)
+        rc = proc.wait(60)
+        err = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert rc == 0, err
+    assert "2 workers serving" in err and "server stopped" in err and "Traceback" not in err, err
+    for i in range(8):
+        r = results[i]
+        assert not isinstance(r, Exception), f"request {i} lost: {r!r}\n{err}"
+        assert r.status_code == 200, r.text
+        got = np.array([d["embedding"] for d in r.json()["data"]], np.float32)
+        np.testing.assert_allclose(got, emb.embed([texts[i], texts[i + 8]]), atol=ATOL)
+    assert time.time() - t_sig < 30
+    for p in pids:  # the workers are gone too
+        assert not Path(f"/proc/{p}").exists() or "zombie" in Path(f"/proc/{p}/status").read_text().lower()
+
+
+def test_workers_port_in_use_is_one_clear_error(tiny_embed_model):
+    tiny = tiny_embed_model
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "trtrun", "serve", str(tiny["plan"]), "--tokenizer", str(tiny["tok"]),
+                            "--backend", "reference", "--port", str(port), "--workers", "2", "-q"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "trtrun: error: the server could not start" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_port_taken_with_so_reuseport_is_refused_too():
+    """Another server that also set SO_REUSEPORT must not silently share (and get half of) our port."""
+    from trtrun.errors import TrtrunError
+    from trtrun.serve.workers import bind_sockets
+
+    with socket.socket() as other:
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        with pytest.raises(TrtrunError, match="could not start"):
+            bind_sockets("127.0.0.1", other.getsockname()[1], 2)
+    socks = bind_sockets("127.0.0.1", 0, 3)  # port 0: one system-chosen port for all three
+    try:
+        assert len({s.getsockname()[1] for s in socks}) == 1 and len(socks) == 3
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_a_worker_that_cannot_start_stops_everything(tmp_path):
+    from trtrun.embedder import Embedder
+    from trtrun.errors import TrtrunError
+    from trtrun.serve.workers import run_workers
+
+    make = functools.partial(Embedder, str(tmp_path / "missing.plan"), backend="reference")
+    t0 = time.time()
+    with pytest.raises(TrtrunError, match=r"could not start: InputError: .*missing\.plan: no such file"):
+        run_workers(make, workers=2, host="127.0.0.1", port=0, log_level="warning")
+    assert time.time() - t0 < 60
+    assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ  # the supervisor put its environment back
