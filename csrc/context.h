@@ -38,7 +38,11 @@ struct ContextOptions {
   // ceil(rows_max / ffn_chunks) rows, so the wide intermediate [rows, 4*hidden] is planned at chunk size:
   // at most this many chunks at the profile's largest shape, one chunk (no change) up to half of it. 1: off.
   int ffn_chunks = 2;
-  bool fuse_residual = true;  // Linear -> LayerNorm with an fp32 residual: residual added in the GEMM epilogue
+  // Linear -> LayerNorm with an fp32 residual in a plan with fp16 GEMM operands: the residual is added in the GEMM
+  // epilogue, at runs of at least fuse_residual_min_rows rows (below that, on an H200, cuBLASLt's out-of-place
+  // kernels cost more than the LayerNorm saves: GPT-2 1x512 +19 us, 32x128 -105 us; bench/NOTES.md).
+  bool fuse_residual = true;
+  int64_t fuse_residual_min_rows = 2048;
 };
 
 class Context {
@@ -96,6 +100,7 @@ class Context {
   void enqueue_linear_rows(size_t op_index, const void* x, void* y, int64_t rows, cudaStream_t s,
                            const void* c = nullptr);
   void enqueue_ffn_chunked(size_t first_op, int batch, int seq_bucket, cudaStream_t s);
+  bool resid_fused_at(size_t linear_op, int64_t rows) const;
   void check_input_flag();
   char* tensor_ptr(int t) const;
 

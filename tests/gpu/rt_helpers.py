@@ -208,7 +208,8 @@ def report(name: str, text: str) -> None:
 # ------------------------------------------------------------------------------------------------ hand-made plans
 def handmade_plan(*, precision="hybrid", causal=False, mask_input=True, x32_linear=False, bias32_out16=False,
                   activation="gelu_erf", tf32=False, token_types=True, embed_ln=True, position_offset=0,
-                  hidden=64, heads=2, vocab=1000, positions=160, profile=None, seed=0, ffn_input_dies=False):
+                  hidden=64, heads=2, vocab=1000, positions=160, profile=None, seed=0, ffn_input_dies=False,
+                  residual32=False):
     """A one-layer transformer plan written by hand, to reach the runtime's less common branches:
     x32_linear: a hybrid Linear whose input is an fp32 tensor (the runtime rounds it to fp16 in a scratch);
     bias32_out16: a Linear with an fp32 bias and an fp16 output (cuBLASLt's epilogue wants the bias in y's
@@ -217,7 +218,9 @@ def handmade_plan(*, precision="hybrid", causal=False, mask_input=True, x32_line
         for the padded bucket);
     activation: gelu_erf (bias epilogue + gelu plugin) or gelu_tanh (cuBLASLt GELU_BIAS epilogue);
     ffn_input_dies: ln2 adds the embedding output instead of ln1's, so the FFN input is read by fc only (as in
-        GPT-2's pre-norm blocks): its memory may be reused from fc2 on."""
+        GPT-2's pre-norm blocks): its memory may be reused from fc2 on;
+    residual32: the embedding output (a residual of both LayerNorms) is fp32 in a hybrid plan, as GPT-2's
+        residual stream is."""
     from trtrun.plan import Plan
 
     rng = np.random.default_rng(seed)
@@ -248,7 +251,7 @@ def handmade_plan(*, precision="hybrid", causal=False, mask_input=True, x32_line
 
     ops = []
     # residual-stream dtype: fp32 in hybrid/fp32 (and for x32_linear), fp16 in fp16 plans
-    emb_dt = "float32" if (precision == "fp32" or x32_linear) else act_dt
+    emb_dt = "float32" if (precision == "fp32" or x32_linear or residual32) else act_dt
     ew = {"word": w("word", (vocab, N), 0.5, wdt), "position": w("pos", (positions, N), 0.5, wdt)}
     if token_types:
         ew["token_type"] = w("tt", (2, N), 0.5, wdt)
