@@ -5,22 +5,29 @@
 #   2. export all-MiniLM-L6-v2 (.data/minilm) and build a hybrid plan (batch up to 128, 256 tokens);
 #   3. accuracy: trtrun.Embedder (GPU) vs sentence-transformers-style mean pooling in fp32 PyTorch
 #      (transformers AutoModel, TF32 off) on 2,000 Rotten Tomatoes sentences: cosine >= 0.9998 each;
-#   4. load: `trtrun serve` twice (micro-batching on, and off = one request per engine call), then
-#      bench/loadgen.py: 64 clients x LOAD_SECONDS against each, every response checked against the
-#      single-request embedding of its text; then SIGTERM to both (graceful shutdown, exit codes kept).
+#   4. load: `trtrun serve` with micro-batching on and off (off = one request per engine call), each with
+#      WORKERS processes x CONTEXTS contexts, then bench/loadgen.py: CLIENTS clients x LOAD_SECONDS against
+#      each, every response checked against the single-request embedding of its text; the same with 1-8 texts
+#      per request (MIXED_SECONDS), and the pair again with 1 process each (BASE_SECONDS); then SIGTERM to
+#      every server (graceful shutdown in every worker, exit codes kept).
 # Carry: .whl, and the data as .gpudata (minilm/, rt_polarity.tsv; used when present, as the other GPU
 # scripts do) or as .data/minilm + .data/rt_polarity.tsv. Results go to $OUT (default out/serve):
-#   serve_log.txt, accuracy.json, load.json, load_mixed.json, metrics_batched.txt, server_*.log
-# Environment: LOAD_SECONDS (60), WARMUP (8: new shapes' CUDA graphs and GEMM tuning happen then), CLIENTS (64), PROCS (4), MIXED_SECONDS (15; 0 skips the
-# 1-8 texts per request run), N_ACC (2000), N_LOAD_TEXTS (2000), BACKEND (gpu; "reference" for a dry run on a CPU machine),
-# SKIP_INSTALL=1 (already installed).
+#   serve_log.txt, accuracy.json, load.json, load_mixed.json, load_1worker.json, metrics_{batched,unbatched}.txt,
+#   server_*.log
+# Environment: LOAD_SECONDS (30), WARMUP (8: new shapes' CUDA graphs and GEMM tuning happen then), CLIENTS (64),
+# PROCS (6 load generator processes: each costs ~0.25 ms of CPU per request, so fewer would cap the batched
+# server), WORKERS (4 server processes per server), CONTEXTS (2 per process), MAX_WAIT_MS (2),
+# MIXED_SECONDS (15; 0 skips the 1-8 texts per request run), BASE_SECONDS (15; 0 skips the 1-process pair),
+# N_ACC (2000), N_LOAD_TEXTS (2000), BACKEND (gpu; "reference" for a dry run on a CPU machine),
+# SKIP_INSTALL=1 (already installed). Defaults take about 5 minutes after the install (~80 s).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-out/serve}
 mkdir -p "$OUT"
 exec > >(tee "$OUT/serve_log.txt") 2>&1
-LOAD_SECONDS=${LOAD_SECONDS:-60}; WARMUP=${WARMUP:-8}; CLIENTS=${CLIENTS:-64}; PROCS=${PROCS:-4}
+LOAD_SECONDS=${LOAD_SECONDS:-30}; WARMUP=${WARMUP:-8}; CLIENTS=${CLIENTS:-64}; PROCS=${PROCS:-6}
 MIXED_SECONDS=${MIXED_SECONDS:-15}; N_ACC=${N_ACC:-2000}; BACKEND=${BACKEND:-gpu}; N_LOAD_TEXTS=${N_LOAD_TEXTS:-2000}
+WORKERS=${WORKERS:-4}; BASE_SECONDS=${BASE_SECONDS:-15}; CONTEXTS=${CONTEXTS:-2}; MAX_WAIT_MS=${MAX_WAIT_MS:-2}
 [ -z "${TRTRUN_DATA:-}" ] && [ -d .gpudata ] && TRTRUN_DATA=$PWD/.gpudata
 export TRTRUN_DATA=${TRTRUN_DATA:-.data} PYTHONUNBUFFERED=1
 t0=$SECONDS
@@ -136,10 +143,14 @@ sys.exit(0 if ok else 1)
 PY
 
 # ------------------------------------------------------------------ 4. load
-start_server() {  # name port extra-args...
-  local name=$1 port=$2; shift 2
+# Four servers: micro-batching on and off, each with $WORKERS processes (the main comparison: the same
+# processes and contexts, only batching differs), and the same pair with 1 process (what one Python
+# process serves; skipped with BASE_SECONDS=0).
+start_server() {  # name port workers extra-args...
+  local name=$1 port=$2 workers=$3; shift 3
   python3 -m trtrun serve "$PLAN" --tokenizer "$TRTRUN_DATA/minilm" --backend "$BACKEND" --host 127.0.0.1 \
-    --port "$port" --contexts 2 --max-inputs 64 --log-level warning "$@" > "$OUT/server_$name.log" 2>&1 &
+    --port "$port" --workers "$workers" --contexts "$CONTEXTS" --max-inputs 64 --log-level warning "$@" \
+    > "$OUT/server_$name.log" 2>&1 &
   pids+=($!)
   eval "pid_$name=$!"
 }
@@ -147,7 +158,7 @@ wait_healthy() {
   python3 - "$1" <<'PY' || fail "server on port $1 did not become healthy (see $OUT/server_*.log)"
 import sys, time, httpx
 url = f"http://127.0.0.1:{sys.argv[1]}/health"
-end = time.time() + 120
+end = time.time() + 180
 while time.time() < end:
     try:
         r = httpx.get(url, timeout=2)
@@ -159,33 +170,69 @@ while time.time() < end:
 sys.exit(1)
 PY
 }
-log "starting servers: batched (port 8101, max wait 2 ms) and unbatched (port 8102, --no-batching)"
-start_server batched 8101 --max-wait-ms 2
-start_server unbatched 8102 --no-batching
+compare() {  # out seconds warmup inputs batched-port unbatched-port label
+  log "load ($7): $CLIENTS clients, ${2}s (+${3}s warm-up) each, $4 text(s) per request, $PROCS client processes"
+  python3 bench/loadgen.py --target batched=http://127.0.0.1:$5 --target unbatched=http://127.0.0.1:$6 \
+    --clients "$CLIENTS" --duration "$2" --warmup "$3" --procs "$PROCS" --n-texts "$N_LOAD_TEXTS" \
+    --inputs "$4" --out "$OUT/$1"
+}
+log "CPU: $(nproc) cores, $(lscpu 2>/dev/null | sed -n 's/^Model name: *//p')"
+log "starting servers: $WORKERS worker(s) x $CONTEXTS contexts: batched (port 8101, max wait $MAX_WAIT_MS ms) and unbatched (8102, --no-batching)"
+start_server batched 8101 "$WORKERS" --max-wait-ms "$MAX_WAIT_MS"
+start_server unbatched 8102 "$WORKERS" --no-batching
+if [ "$BASE_SECONDS" != 0 ]; then
+  log "and with 1 process each: batched1 (8103), unbatched1 (8104)"
+  start_server batched1 8103 1 --max-wait-ms "$MAX_WAIT_MS"
+  start_server unbatched1 8104 1 --no-batching
+fi
 wait_healthy 8101
 wait_healthy 8102
+if [ "$BASE_SECONDS" != 0 ]; then wait_healthy 8103; wait_healthy 8104; fi
+sleep 3  # every worker up (/health answers as soon as one does)
 
-log "load: $CLIENTS clients, ${LOAD_SECONDS}s (+${WARMUP}s warm-up) each, 1 text per request"
-python3 bench/loadgen.py --target batched=http://127.0.0.1:8101 --target unbatched=http://127.0.0.1:8102 \
-  --clients "$CLIENTS" --duration "$LOAD_SECONDS" --warmup "$WARMUP" --procs "$PROCS" --n-texts "$N_LOAD_TEXTS" \
-  --inputs 1 --out "$OUT/load.json"
+compare load.json "$LOAD_SECONDS" "$WARMUP" 1 8101 8102 "$WORKERS worker(s)"
 rc_load=$?
 rc_mixed=0
 if [ "$MIXED_SECONDS" != 0 ]; then
-  log "load: $CLIENTS clients, ${MIXED_SECONDS}s each, 1-8 texts per request (index mapping checked)"
-  python3 bench/loadgen.py --target batched=http://127.0.0.1:8101 --target unbatched=http://127.0.0.1:8102 \
-    --clients "$CLIENTS" --duration "$MIXED_SECONDS" --warmup 2 --procs "$PROCS" --n-texts "$N_LOAD_TEXTS" \
-    --inputs 1-8 --out "$OUT/load_mixed.json"
+  compare load_mixed.json "$MIXED_SECONDS" 2 1-8 8101 8102 "$WORKERS worker(s), index mapping checked"
   rc_mixed=$?
 fi
-python3 -c "import httpx; print(httpx.get('http://127.0.0.1:8101/metrics').text)" > "$OUT/metrics_batched.txt" || true
+rc_base=0
+if [ "$BASE_SECONDS" != 0 ]; then
+  compare load_1worker.json "$BASE_SECONDS" "$WARMUP" 1 8103 8104 "1 worker"
+  rc_base=$?
+fi
+for n in batched unbatched; do
+  python3 -c "import httpx; print(httpx.get('http://127.0.0.1:$([ $n = batched ] && echo 8101 || echo 8102)/metrics').text)" \
+    > "$OUT/metrics_$n.txt" || true
+done
+nvidia-smi --query-gpu=memory.used,memory.total --format=csv,noheader 2>/dev/null | sed 's/^/GPU memory used, total: /'
 
-log "graceful shutdown: SIGTERM to both servers"
-kill -TERM "$pid_batched" "$pid_unbatched"
-wait "$pid_batched"; rc_b=$?
-wait "$pid_unbatched"; rc_u=$?
+log "graceful shutdown: SIGTERM to every server (each finishes its requests in flight in every worker)"
+names="batched unbatched"
+[ "$BASE_SECONDS" != 0 ] && names="$names batched1 unbatched1"
+for n in $names; do eval "kill -TERM \$pid_$n"; done
+rc_stop=0
+for n in $names; do
+  eval "wait \$pid_$n"; rc=$?
+  log "server $n exit code $rc (0 = clean shutdown)"
+  [ "$rc" = 0 ] || rc_stop=1
+done
 pids=()
-log "server exit codes: batched $rc_b, unbatched $rc_u (0 = clean shutdown)"
-log "done: load rc $rc_load, mixed rc $rc_mixed; results in $OUT"
+python3 - "$OUT" <<'PY' || true
+import json, sys, os
+out = sys.argv[1]
+for f in ("load.json", "load_mixed.json", "load_1worker.json"):
+    p = os.path.join(out, f)
+    if os.path.exists(p):
+        d = json.load(open(p))
+        rows = {t["target"]: t for t in d["targets"]}
+        b, u = rows["batched"], rows["unbatched"]
+        print(f"{f}: batched {b['requests_per_s']:.0f} req/s (p50 {b['latency_ms']['p50']} ms, p99 {b['latency_ms']['p99']} ms, "
+              f"server {b['server_cpu_us_per_request']} us CPU/req, clients busy {b['client_busy']}) vs unbatched "
+              f"{u['requests_per_s']:.0f} req/s (p50 {u['latency_ms']['p50']} ms, server {u['server_cpu_us_per_request']} us CPU/req): "
+              f"{d.get('throughput_ratio')}; failed/mismatched {b['failed'] + b['mismatched'] + u['failed'] + u['mismatched']}")
+PY
+log "done: load rc $rc_load, mixed rc $rc_mixed, 1-worker rc $rc_base, shutdown rc $rc_stop; results in $OUT"
 rm -rf "$W"
-[ "$rc_load" = 0 ] && [ "$rc_mixed" = 0 ] && [ "$rc_b" = 0 ] && [ "$rc_u" = 0 ]
+[ "$rc_load" = 0 ] && [ "$rc_mixed" = 0 ] && [ "$rc_base" = 0 ] && [ "$rc_stop" = 0 ]

@@ -96,7 +96,7 @@ def command(model, tokenizer, host, port, backend, contexts, workers, pooling, n
            f"[{'micro-batching, max wait ' + str(max_wait_ms) + ' ms' if not no_batching else 'no batching'}]",
            quiet)
     if workers > 1:
-        return _serve_workers(emb, tokenizer, cfg, workers=workers, host=host, port=port, quiet=quiet,
+        return _serve_workers(emb, tokenizer, pooling, cfg, workers=workers, host=host, port=port, quiet=quiet,
                               log_level="warning" if quiet else log_level, access_log=access_log,
                               graceful_timeout=graceful_timeout)
 
@@ -116,7 +116,7 @@ def command(model, tokenizer, host, port, backend, contexts, workers, pooling, n
     return 0
 
 
-def _serve_workers(emb, tokenizer, cfg, *, workers, host, port, quiet, log_level, access_log, graceful_timeout):
+def _serve_workers(emb, tokenizer, pooling, cfg, *, workers, host, port, quiet, log_level, access_log, graceful_timeout):
     """--workers N: the Embedder built here was the check (a plan built from an ONNX file, tokenizer and
     pooling found, backend usable); each worker builds its own from the same resolved settings."""
     import functools
@@ -126,7 +126,7 @@ def _serve_workers(emb, tokenizer, cfg, *, workers, host, port, quiet, log_level
 
     make = functools.partial(
         Embedder, str(emb.plan_path), str(emb.tokenizer_dir) if emb.tokenizer_dir is not None else tokenizer,
-        pooling=emb.pooling, normalize=emb.normalize, contexts=emb.contexts,
+        pooling=pooling, normalize=emb.normalize, contexts=emb.contexts,
         max_tokens_per_batch=emb.max_tokens_per_batch, truncation=emb.truncation, backend=emb.backend)
     try:
         socks = bind_sockets(host, port, workers)  # a port in use fails here, before any worker starts
