@@ -8,16 +8,17 @@
 #   4. load: `trtrun serve` with micro-batching on and off (off = one request per engine call), each with
 #      WORKERS processes x CONTEXTS contexts, then bench/loadgen.py: CLIENTS clients x LOAD_SECONDS against
 #      each, every response checked against the single-request embedding of its text; the same with 1-8 texts
-#      per request (MIXED_SECONDS), and the pair again with 1 process each (BASE_SECONDS); then SIGTERM to
+#      per request (MIXED_SECONDS), and the pair again with each process count in SWEEP (SWEEP_SECONDS); then SIGTERM to
 #      every server (graceful shutdown in every worker, exit codes kept).
 # Carry: .whl, and the data as .gpudata (minilm/, rt_polarity.tsv; used when present, as the other GPU
 # scripts do) or as .data/minilm + .data/rt_polarity.tsv. Results go to $OUT (default out/serve):
-#   serve_log.txt, accuracy.json, load.json, load_mixed.json, load_1worker.json, metrics_{batched,unbatched}.txt,
+#   serve_log.txt, accuracy.json, load.json, load_mixed.json, load_<N>workers.json, metrics_{batched,unbatched}.txt,
 #   server_*.log
 # Environment: LOAD_SECONDS (30), WARMUP (8: new shapes' CUDA graphs and GEMM tuning happen then), CLIENTS (64),
 # PROCS (6 load generator processes: each costs ~0.25 ms of CPU per request, so fewer would cap the batched
 # server), WORKERS (4 server processes per server), CONTEXTS (2 per process), MAX_WAIT_MS (2),
-# MIXED_SECONDS (15; 0 skips the 1-8 texts per request run), BASE_SECONDS (15; 0 skips the 1-process pair),
+# MIXED_SECONDS (15; 0 skips the 1-8 texts per request run), SWEEP ("1": more process counts, each its own
+# batched/unbatched pair, e.g. "1 8"; "" skips), SWEEP_SECONDS (15 per target; about 55 s per count),
 # N_ACC (2000), N_LOAD_TEXTS (2000), BACKEND (gpu; "reference" for a dry run on a CPU machine),
 # SKIP_INSTALL=1 (already installed). Defaults take about 5 minutes after the install (~80 s).
 set -uo pipefail
@@ -27,7 +28,7 @@ mkdir -p "$OUT"
 exec > >(tee "$OUT/serve_log.txt") 2>&1
 LOAD_SECONDS=${LOAD_SECONDS:-30}; WARMUP=${WARMUP:-8}; CLIENTS=${CLIENTS:-64}; PROCS=${PROCS:-6}
 MIXED_SECONDS=${MIXED_SECONDS:-15}; N_ACC=${N_ACC:-2000}; BACKEND=${BACKEND:-gpu}; N_LOAD_TEXTS=${N_LOAD_TEXTS:-2000}
-WORKERS=${WORKERS:-4}; BASE_SECONDS=${BASE_SECONDS:-15}; CONTEXTS=${CONTEXTS:-2}; MAX_WAIT_MS=${MAX_WAIT_MS:-2}
+WORKERS=${WORKERS:-4}; SWEEP=${SWEEP-1}; SWEEP_SECONDS=${SWEEP_SECONDS:-15}; CONTEXTS=${CONTEXTS:-2}; MAX_WAIT_MS=${MAX_WAIT_MS:-2}
 [ -z "${TRTRUN_DATA:-}" ] && [ -d .gpudata ] && TRTRUN_DATA=$PWD/.gpudata
 export TRTRUN_DATA=${TRTRUN_DATA:-.data} PYTHONUNBUFFERED=1
 t0=$SECONDS
@@ -143,9 +144,9 @@ sys.exit(0 if ok else 1)
 PY
 
 # ------------------------------------------------------------------ 4. load
-# Four servers: micro-batching on and off, each with $WORKERS processes (the main comparison: the same
-# processes and contexts, only batching differs), and the same pair with 1 process (what one Python
-# process serves; skipped with BASE_SECONDS=0).
+# Servers in pairs, micro-batching on and off with the same processes and contexts (only batching differs):
+# WORKERS processes (the main comparison), and one pair per process count in SWEEP (default 1: what one
+# Python process serves). All start at once; idle ones cost no CPU.
 start_server() {  # name port workers extra-args...
   local name=$1 port=$2 workers=$3; shift 3
   python3 -m trtrun serve "$PLAN" --tokenizer "$TRTRUN_DATA/minilm" --backend "$BACKEND" --host 127.0.0.1 \
@@ -180,14 +181,17 @@ log "CPU: $(nproc) cores, $(lscpu 2>/dev/null | sed -n 's/^Model name: *//p')"
 log "starting servers: $WORKERS worker(s) x $CONTEXTS contexts: batched (port 8101, max wait $MAX_WAIT_MS ms) and unbatched (8102, --no-batching)"
 start_server batched 8101 "$WORKERS" --max-wait-ms "$MAX_WAIT_MS"
 start_server unbatched 8102 "$WORKERS" --no-batching
-if [ "$BASE_SECONDS" != 0 ]; then
-  log "and with 1 process each: batched1 (8103), unbatched1 (8104)"
-  start_server batched1 8103 1 --max-wait-ms "$MAX_WAIT_MS"
-  start_server unbatched1 8104 1 --no-batching
-fi
-wait_healthy 8101
-wait_healthy 8102
-if [ "$BASE_SECONDS" != 0 ]; then wait_healthy 8103; wait_healthy 8104; fi
+names="batched unbatched"
+port=8103
+for n in $SWEEP; do
+  log "and with $n process(es) each: batched_w$n (port $port), unbatched_w$n ($((port + 1)))"
+  start_server "batched_w$n" "$port" "$n" --max-wait-ms "$MAX_WAIT_MS"
+  start_server "unbatched_w$n" "$((port + 1))" "$n" --no-batching
+  eval "port_w$n=$port"
+  names="$names batched_w$n unbatched_w$n"
+  port=$((port + 2))
+done
+for p in $(seq 8101 $((port - 1))); do wait_healthy "$p"; done
 sleep 3  # every worker up (/health answers as soon as one does)
 
 compare load.json "$LOAD_SECONDS" "$WARMUP" 1 8101 8102 "$WORKERS worker(s)"
@@ -198,10 +202,10 @@ if [ "$MIXED_SECONDS" != 0 ]; then
   rc_mixed=$?
 fi
 rc_base=0
-if [ "$BASE_SECONDS" != 0 ]; then
-  compare load_1worker.json "$BASE_SECONDS" "$WARMUP" 1 8103 8104 "1 worker"
-  rc_base=$?
-fi
+for n in $SWEEP; do
+  eval "p=\$port_w$n"
+  compare "load_${n}workers.json" "$SWEEP_SECONDS" "$WARMUP" 1 "$p" "$((p + 1))" "$n worker(s)" || rc_base=1
+done
 for n in batched unbatched; do
   python3 -c "import httpx; print(httpx.get('http://127.0.0.1:$([ $n = batched ] && echo 8101 || echo 8102)/metrics').text)" \
     > "$OUT/metrics_$n.txt" || true
@@ -209,8 +213,6 @@ done
 nvidia-smi --query-gpu=memory.used,memory.total --format=csv,noheader 2>/dev/null | sed 's/^/GPU memory used, total: /'
 
 log "graceful shutdown: SIGTERM to every server (each finishes its requests in flight in every worker)"
-names="batched unbatched"
-[ "$BASE_SECONDS" != 0 ] && names="$names batched1 unbatched1"
 for n in $names; do eval "kill -TERM \$pid_$n"; done
 rc_stop=0
 for n in $names; do
@@ -222,8 +224,9 @@ pids=()
 python3 - "$OUT" <<'PY' || true
 import json, sys, os
 out = sys.argv[1]
-for f in ("load.json", "load_mixed.json", "load_1worker.json"):
-    p = os.path.join(out, f)
+import glob
+for p in [os.path.join(out, f) for f in ("load.json", "load_mixed.json")] + sorted(glob.glob(os.path.join(out, "load_*workers.json"))):
+    f = os.path.basename(p)
     if os.path.exists(p):
         d = json.load(open(p))
         rows = {t["target"]: t for t in d["targets"]}
@@ -233,6 +236,6 @@ for f in ("load.json", "load_mixed.json", "load_1worker.json"):
               f"{u['requests_per_s']:.0f} req/s (p50 {u['latency_ms']['p50']} ms, server {u['server_cpu_us_per_request']} us CPU/req): "
               f"{d.get('throughput_ratio')}; failed/mismatched {b['failed'] + b['mismatched'] + u['failed'] + u['mismatched']}")
 PY
-log "done: load rc $rc_load, mixed rc $rc_mixed, 1-worker rc $rc_base, shutdown rc $rc_stop; results in $OUT"
+log "done: load rc $rc_load, mixed rc $rc_mixed, sweep rc $rc_base, shutdown rc $rc_stop; results in $OUT"
 rm -rf "$W"
 [ "$rc_load" = 0 ] && [ "$rc_mixed" = 0 ] && [ "$rc_base" = 0 ] && [ "$rc_stop" = 0 ]

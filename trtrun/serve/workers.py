@@ -116,6 +116,10 @@ def _worker(index: int, make_embedder, config, sock: socket.socket, uv: dict, ev
             events.put(("failed", index, os.getpid(), "the server did not start (see the log above)"))
             sys.exit(STARTUP_FAILED)
     finally:
+        # The supervisor repeats SIGTERM until this process is gone, and interpreter shutdown puts the
+        # default action (death by signal) back for any signal with a Python handler: ignore them now.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         emb.close()
 
 
@@ -157,6 +161,7 @@ def run_workers(make_embedder, config=None, *, workers: int, host: str = "127.0.
     events = ctx.Queue()
     procs: list = [None] * workers
     ready: set[int] = set()
+    served: set[int] = set()  # pids of workers that were ready at some point
     failure = None
     announced = False
 
@@ -174,6 +179,7 @@ def run_workers(make_embedder, config=None, *, workers: int, host: str = "127.0.
                 kind, i, pid, msg = events.get(timeout=0.2)
                 if kind == "ready" and procs[i] is not None and procs[i].pid == pid:
                     ready.add(i)
+                    served.add(pid)
                 elif kind == "failed":
                     failure = f"worker {i} (pid {pid}) could not start: {msg}"
             except queue.Empty:
@@ -227,8 +233,10 @@ def run_workers(make_embedder, config=None, *, workers: int, host: str = "127.0.
             shutil.rmtree(own_dir, ignore_errors=True)
     if failure is not None:
         raise TrtrunError(failure)
-    codes = [p.exitcode for p in procs]
-    bad = [(i, c) for i, c in enumerate(codes) if c != 0]
+    # clean: exit code 0; or killed by our SIGTERM before it ever served (it was still starting: it held
+    # no request, and a SIGTERM that early meets Python's default handler)
+    bad = [(i, p.exitcode) for i, p in enumerate(procs)
+           if p.exitcode != 0 and not (p.exitcode == -signal.SIGTERM and p.pid not in served)]
     for i, c in bad:
         log.error("worker %d exited with code %s", i, c)
     return 0 if not bad else 1
