@@ -179,3 +179,38 @@ def test_a_worker_that_cannot_start_stops_everything(tmp_path):
         run_workers(make, workers=2, host="127.0.0.1", port=0, log_level="warning")
     assert time.time() - t0 < 60
     assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ  # the supervisor put its environment back
+
+
+def test_a_worker_that_dies_is_replaced(tiny_embed_model, texts):
+    """A worker killed outright (SIGKILL, as by the OOM killer) is started again on its socket; the server
+    keeps answering and still stops cleanly."""
+    tiny = tiny_embed_model
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trtrun", "serve", str(tiny["plan"]), "--tokenizer", str(tiny["tok"]),
+         "--backend", "reference", "--port", str(port), "--workers", "2", "--contexts", "1", "--log-level", "warning"],
+        cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    try:
+        _wait_healthy(url, proc)
+        victim = httpx.get(url + "/health", timeout=5).json()["pid"]
+        os.kill(victim, signal.SIGKILL)
+        pids, end = set(), time.time() + 90
+        while time.time() < end and len(pids - {victim}) < 2:  # two live workers again, neither the victim
+            try:
+                pids.add(httpx.get(url + "/health", timeout=5).json()["pid"])
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        assert len(pids - {victim}) == 2, pids
+        r = httpx.post(url + "/embed", json={"inputs": [texts[0]]}, timeout=30)
+        assert r.status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(60)
+        err = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert rc == 0, err
+    assert f"pid {victim}) died" in err and "starting it again" in err, err

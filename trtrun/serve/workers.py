@@ -70,6 +70,16 @@ def bind_sockets(host: str, port: int, n: int) -> list[socket.socket]:
     return socks if reuseport else socks * n
 
 
+def _forget_gauges(pid: int) -> None:
+    """A dead worker's gauges (queue depth, in flight) leave the /metrics sums; its counters stay."""
+    try:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)
+    except Exception:  # noqa: BLE001 - metrics housekeeping must not stop the supervisor
+        pass
+
+
 def _worker(index: int, make_embedder, config, sock: socket.socket, uv: dict, events) -> None:
     """A worker process: its own Embedder, app and uvicorn server on the socket it was given."""
     stop_asked = []
@@ -195,6 +205,7 @@ def run_workers(make_embedder, config=None, *, workers: int, host: str = "127.0.
                     failure = failure or f"worker {i} (pid {p.pid}) exited with code {p.exitcode} before serving"
                 else:
                     log.warning("worker %d (pid %d) died with exit code %s; starting it again", i, p.pid, p.exitcode)
+                    _forget_gauges(p.pid)
                     ready.discard(i)
                     start(i)
     finally:
