@@ -14,7 +14,6 @@ under --cache (default /tmp/trtrun-profile). Random weights: right for speed onl
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
