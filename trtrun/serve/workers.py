@@ -181,17 +181,26 @@ def run_workers(make_embedder, config=None, *, workers: int, host: str = "127.0.
         p.start()
         procs[i] = p
 
+    quick_deaths = [0] * workers  # deaths in a row of a worker that was never seen ready
+
+    def handle(event) -> None:
+        nonlocal failure
+        kind, i, pid, msg = event
+        if kind == "ready" and procs[i] is not None and procs[i].pid == pid:
+            ready.add(i)
+            served.add(pid)
+            quick_deaths[i] = 0
+        elif kind == "failed":
+            failure = failure or f"worker {i} (pid {pid}) could not start: {msg}"
+
     try:
         for i in range(workers):
             start(i)
         while not stop.is_set() and failure is None:
             try:
-                kind, i, pid, msg = events.get(timeout=0.2)
-                if kind == "ready" and procs[i] is not None and procs[i].pid == pid:
-                    ready.add(i)
-                    served.add(pid)
-                elif kind == "failed":
-                    failure = f"worker {i} (pid {pid}) could not start: {msg}"
+                handle(events.get(timeout=0.2))
+                while True:  # everything else already waiting, before any death is judged below
+                    handle(events.get_nowait())
             except queue.Empty:
                 pass
             if not announced and len(ready) == workers:
@@ -201,9 +210,14 @@ def run_workers(make_embedder, config=None, *, workers: int, host: str = "127.0.
             for i, p in enumerate(procs):
                 if p.is_alive() or stop.is_set() or failure is not None:
                     continue
-                if i not in ready:
+                # A worker can serve before its "ready" reaches this loop (it is reported by a thread that
+                # polls uvicorn), so a death before "ready" is a failed start only when the worker said so
+                # (exit code STARTUP_FAILED, or any other plain exit), or when it keeps dying.
+                if i not in ready and (p.exitcode is None or p.exitcode >= 0 or quick_deaths[i] >= 3):
                     failure = failure or f"worker {i} (pid {p.pid}) exited with code {p.exitcode} before serving"
                 else:
+                    if i not in ready:
+                        quick_deaths[i] += 1
                     log.warning("worker %d (pid %d) died with exit code %s; starting it again", i, p.pid, p.exitcode)
                     _forget_gauges(p.pid)
                     ready.discard(i)
