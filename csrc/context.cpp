@@ -132,6 +132,19 @@ void Context::init() {
   tensor_offset_.assign(d.tensors.size(), kNone);
 
   std::vector<int64_t> rows_cap(d.tensors.size(), -1);  // per tensor: rows planned (-1: all; chunks, caps)
+  // Rows of Linear `op` at the profile's maxima when it takes the fused cuBLASLt path with no operand cast and
+  // no separate GELU pass (with add_c: the residual added in the epilogue too), else -1.
+  auto plain_rows = [&](const OpDesc& op, bool add_c) -> int64_t {
+    const WeightDesc& w = d.weights[op.weight("weight")];
+    const TensorDesc& x = d.tensors[op.inputs[0]];
+    if (x.type != w.type) return -1;
+    LinearChoice c = choose_linear(op, d);
+    if (!c.fusable || c.gelu_after) return -1;
+    const int64_t rows = static_cast<int64_t>(x.numel(B, S) / static_cast<size_t>(w.shape[0]));
+    GemmKey key = linear_key(op, d, std::min<int64_t>(rows, 4096), c, false);
+    key.add_c = add_c;
+    return gemm_->prepare(key) ? rows : -1;
+  };
   // ---- Linear -> LayerNorm residual fusion (see context.h, resid_dst_)
   std::vector<int> uses(d.tensors.size(), 0);
   for (const OpDesc& op : d.ops)
@@ -152,15 +165,11 @@ void Context::init() {
       if (d.tensors[t].type != ElemType::F32 || d.tensors[r].type != ElemType::F32 ||
           (sum != NO_TENSOR && d.tensors[sum].type != ElemType::F32))
         continue;
-      const WeightDesc& w = d.weights[a.weight("weight")];
-      if (d.tensors[a.inputs[0]].type != w.type || a.activation != Activation::None) continue;
-      if (w.type != ElemType::F16) continue;  // fp32 plans: measured slower (BERT-base fp32 32x128 +1%)
-      LinearChoice c = choose_linear(a, d);
-      if (!c.fusable || c.gelu_after) continue;
-      const int64_t rows = static_cast<int64_t>(d.tensors[a.inputs[0]].numel(B, S) / static_cast<size_t>(w.shape[0]));
-      GemmKey key = linear_key(a, d, std::min<int64_t>(rows, 4096), c, false);
-      key.add_c = true;
-      if (!gemm_->prepare(key)) continue;  // no out-of-place algorithm: the plain path
+      if (a.activation != Activation::None) continue;
+      if (d.weights[a.weight("weight")].type != ElemType::F16) continue;  // fp32 GEMMs: measured slower (BERT-base
+                                                                          // fp32 32x128 +1%)
+      const int64_t rows = plain_rows(a, true);
+      if (rows < 0) continue;  // e.g. no out-of-place algorithm: the plain path
       resid_dst_[i] = sum != NO_TENSOR ? sum : t;
       if (sum != NO_TENSOR) {
         first[sum] = std::min(first[sum], i);  // the sum is written by the GEMM at op i, not at op i+1
@@ -178,25 +187,16 @@ void Context::init() {
   // no separate GELU pass. The intermediate is then planned at chunk size.
   ffn_first_.assign(n_ops, 0);
   if (options_.ffn_chunks > 1) {
-    auto plain_fused = [&](const OpDesc& op) {
-      const WeightDesc& w = d.weights[op.weight("weight")];
-      const TensorDesc& x = d.tensors[op.inputs[0]];
-      if (x.type != w.type) return false;
-      LinearChoice c = choose_linear(op, d);
-      if (!c.fusable || c.gelu_after) return false;
-      const int64_t r = static_cast<int64_t>(x.numel(B, S) / static_cast<size_t>(w.shape[0]));
-      return gemm_->prepare(linear_key(op, d, std::min<int64_t>(r, 4096), c, false));
-    };
     for (int i = 0; i + 1 < n_ops; ++i) {
       const OpDesc& a = d.ops[i];
       const OpDesc& b = d.ops[i + 1];
       if (a.type != OpType::Linear || b.type != OpType::Linear || a.outputs.empty() || b.inputs.empty()) continue;
       const int t = a.outputs[0];
       if (t == NO_TENSOR || b.inputs[0] != t || uses[t] != 1) continue;
-      const WeightDesc& wa = d.weights[a.weight("weight")];
-      const int64_t rows = static_cast<int64_t>(d.tensors[a.inputs[0]].numel(B, S) / static_cast<size_t>(wa.shape[0]));
+      const int64_t rows = plain_rows(a, false);
+      if (rows < 0 || plain_rows(b, false) < 0) continue;
       const int64_t chunk = (rows + options_.ffn_chunks - 1) / options_.ffn_chunks;
-      if (chunk < 256 || !plain_fused(a) || !plain_fused(b)) continue;  // small profiles: nothing worth saving
+      if (chunk < 256) continue;  // small profiles: nothing worth saving
       if (ffn_chunk_rows_ != 0 && ffn_chunk_rows_ != chunk) continue;  // one chunk size per context
       ffn_chunk_rows_ = chunk;
       ffn_first_[i] = 1;
