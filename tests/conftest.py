@@ -169,3 +169,41 @@ def tiny_embed_model(tmp_path_factory):
     onnx_path = export_model("bert-base", d / "tiny.onnx", overrides=EMBED_TINY, seed=3)
     plan_path = build(onnx_path, precision="fp32", profile=EMBED_PROFILE).save(d / "tiny.fp32.plan")
     return {"onnx": onnx_path, "plan": plan_path, "tok": tok_dir, "dir": d}
+
+
+# ---------------------------------------------------------------------------------------- HTTP servers
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, proc=None, timeout: float = 90.0) -> None:
+    """Wait until GET url/health answers 200; AssertionError (with the server's stderr) if `proc` exits
+    first or the time runs out."""
+    import time
+
+    import httpx
+
+    end = time.time() + timeout
+    while time.time() < end:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"server exited early ({proc.returncode}): {proc.stderr.read()}")
+        try:
+            if httpx.get(url + "/health", timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{url} did not become healthy in {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def texts():
+    """24 Rotten Tomatoes sentences (real text for the embedder and server tests)."""
+    from trtrun import data
+
+    return data.load_texts("rt", n=24, seed=3)

@@ -27,7 +27,7 @@ pytest.importorskip("uvicorn", reason="trtrun serve needs uvicorn (pip install '
 pytest.importorskip("prometheus_client", reason="trtrun serve needs prometheus-client")
 httpx = pytest.importorskip("httpx", reason="the tests' HTTP client (and TestClient) need httpx")
 
-from trtrun import data  # noqa: E402
+from conftest import free_port, wait_healthy  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 # Same plan and numpy backend on both sides; only BLAS summation order differs with the batch shape
@@ -60,10 +60,6 @@ def client(emb):
     with TestClient(app) as c:  # runs the lifespan: the batcher starts and, at the end, drains
         yield c
 
-
-@pytest.fixture(scope="module")
-def texts():
-    return data.load_texts("rt", n=24, seed=3)
 
 
 def _ok(client, texts, emb):
@@ -192,24 +188,8 @@ def test_metrics_expose_counters_and_histograms(client, emb, texts):
 
 # ------------------------------------------------------------------------------------------ real HTTP
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def _wait_healthy(url: str, proc=None, timeout: float = 60.0) -> None:
-    end = time.time() + timeout
-    while time.time() < end:
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"server exited early ({proc.returncode}): {proc.stderr.read()}")
-        try:
-            if httpx.get(url + "/health", timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"{url} did not become healthy in {timeout} s")
 
 
 def test_concurrent_http_clients_each_get_their_own_rows(emb, texts):
@@ -220,13 +200,13 @@ def test_concurrent_http_clients_each_get_their_own_rows(emb, texts):
     from trtrun.serve import ServeConfig, create_app
 
     app = create_app(emb, ServeConfig(max_wait_ms=20))
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     th = threading.Thread(target=server.run, daemon=True)
     th.start()
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_healthy(url)
+        wait_healthy(url)
         expected = emb.embed(texts)
         rng = np.random.default_rng(2)
         jobs = [rng.choice(len(texts), size=int(rng.integers(1, 5)), replace=False) for _ in range(64)]
@@ -269,7 +249,7 @@ def test_concurrent_http_clients_each_get_their_own_rows(emb, texts):
 def test_graceful_shutdown_finishes_requests_in_flight(tiny, emb, texts, sig):
     """Requests wait 1.5 s in a micro-batch window; the signal comes while they wait. Each still gets its
     right answer, new connections are refused at once, and the process exits 0."""
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
@@ -277,7 +257,7 @@ def test_graceful_shutdown_finishes_requests_in_flight(tiny, emb, texts, sig):
          "--backend", "reference", "--port", str(port), "--max-wait-ms", "1500", "--contexts", "1"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        _wait_healthy(url, proc)
+        wait_healthy(url, proc)
         results: dict[int, object] = {}
 
         def call(i):

@@ -25,30 +25,14 @@ httpx = pytest.importorskip("httpx", reason="the tests' HTTP client needs httpx"
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_REUSEPORT load spreading is Linux's")
 
-from trtrun import data  # noqa: E402
+from conftest import free_port, wait_healthy  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 ATOL = 1e-5  # as in test_serve.py: same plan and numpy backend, only BLAS summation order differs
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def _wait_healthy(url: str, proc, timeout: float = 90.0) -> None:
-    end = time.time() + timeout
-    while time.time() < end:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited early ({proc.returncode}): {proc.stderr.read()}")
-        try:
-            if httpx.get(url + "/health", timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"{url} did not become healthy in {timeout} s")
 
 
 @pytest.fixture(scope="module")
@@ -60,16 +44,12 @@ def emb(tiny_embed_model):
     e.close()
 
 
-@pytest.fixture(scope="module")
-def texts():
-    return data.load_texts("rt", n=24, seed=3)
-
 
 def test_workers_share_the_port_sum_metrics_and_stop_gracefully(tiny_embed_model, emb, texts):
     """Two workers; requests wait 1.5 s in micro-batch windows in both when SIGTERM reaches the supervisor:
     every one still gets its right rows, new connections are refused, every process exits, rc 0."""
     tiny = tiny_embed_model
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen(
         [sys.executable, "-m", "trtrun", "serve", str(tiny["plan"]), "--tokenizer", str(tiny["tok"]),
@@ -78,7 +58,7 @@ def test_workers_share_the_port_sum_metrics_and_stop_gracefully(tiny_embed_model
         cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True)
     try:
-        _wait_healthy(url, proc)
+        wait_healthy(url, proc)
         # both workers answer: each new connection lands on one of them (the kernel hashes the client port)
         pids = set()
         for _ in range(60):
@@ -185,7 +165,7 @@ def test_a_worker_that_dies_is_replaced(tiny_embed_model, texts):
     """A worker killed outright (SIGKILL, as by the OOM killer) is started again on its socket; the server
     keeps answering and still stops cleanly."""
     tiny = tiny_embed_model
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen(
         [sys.executable, "-m", "trtrun", "serve", str(tiny["plan"]), "--tokenizer", str(tiny["tok"]),
@@ -193,7 +173,7 @@ def test_a_worker_that_dies_is_replaced(tiny_embed_model, texts):
         cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True)
     try:
-        _wait_healthy(url, proc)
+        wait_healthy(url, proc)
         victim = httpx.get(url + "/health", timeout=5).json()["pid"]
         # (the victim may be killed before the supervisor has heard it is ready: a worker that dies by a
         # signal is started again either way; seen in CI: it was once taken for a failed start, which
