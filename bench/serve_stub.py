@@ -128,6 +128,31 @@ class StubEmbedder(Embedder):
                 "truncation": self.truncation}
 
 
+def _name_os_threads() -> None:
+    """TRTRUN_STUB_THREAD_NAMES=1: every Python thread started from now on carries its Python name at the OS
+    level too (prctl PR_SET_NAME, 15 characters), so per-thread CPU in /proc can be told apart
+    (bench/serve_stub_profile.py). The main thread is the event loop. Threads started by native code (the
+    tokenizer's rayon pool) inherit their creator's name: TRTRUN_STUB_THREAD_LOG lists the Python ones."""
+    import ctypes
+
+    libc = ctypes.CDLL(None)
+    inner = threading.Thread._bootstrap_inner
+
+    log = os.environ.get("TRTRUN_STUB_THREAD_LOG")  # also append "native-id name" lines here
+
+    def named(self):
+        try:
+            libc.prctl(15, self.name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
+            if log:
+                with open(log, "a") as f:
+                    f.write(f"{threading.get_native_id()} {self.name}\n")
+        except Exception:  # noqa: BLE001 - a name is only a convenience
+            pass
+        inner(self)
+
+    threading.Thread._bootstrap_inner = named
+
+
 def stub_factory(**kwargs) -> StubEmbedder:
     return StubEmbedder(**kwargs)
 
@@ -147,6 +172,8 @@ def main(argv=None) -> int:
                     help="fake engine calls of all processes run one at a time (a GPU without MPS)")
     ap.add_argument("--log-level", default="warning")
     a = ap.parse_args(argv)
+    if os.environ.get("TRTRUN_STUB_THREAD_NAMES") == "1":
+        _name_os_threads()
 
     import functools
 
