@@ -423,3 +423,46 @@ def test_microbatcher_close_timeout_answers_every_queued_request():
     assert f1.result(30).embeddings[0, 0] == 1.0
     with pytest.raises(BatcherClosedError, match="closed"):
         f2.result(30)
+
+
+# ------------------------------------------------------------------------------------------ tokenizer fast path
+
+def test_ascii_fast_path_gives_the_full_tokenizers_ids():
+    """TextEncoder's normalizer-free path for printable-ASCII texts must give exactly the ids, type ids and
+    truncation flags of the full tokenizer (BertNormalizer included), on real text and on the cases where
+    the two could part: special tokens in the text (matched before normalization), upper case, tabs and
+    newlines, control characters, accents, CJK, words over the 100-character WordPiece limit, truncation."""
+    from tokenizers import Tokenizer
+
+    from trtrun.embedder import TextEncoder
+
+    path = str(_minilm_dir() / "tokenizer.json")
+    max_len = 512
+    enc = TextEncoder(Tokenizer.from_file(path), max_len)
+    assert enc.has_fast_path and enc.types_zero
+    ref = Tokenizer.from_file(path)
+    ref.no_padding()
+    ref.enable_truncation(max_len)
+    edge = ["[MASK] is a special token", "hello [CLS] there [SEP]", "[mask] in lower case", "[UNK]", "[PAD][PAD]",
+            "UPPER and Mixed Case", "tab\there", "new\nline\r\n", "nul\x00char", "bell\x07", "del\x7f",
+            "accénted café", "naïve", "日本語のテキスト", "emoji 😀 here", "x" * 150, "a " * 600, "!!!???...",
+            "1,234.56 $ % ^ & * ( ) _ + = { } | ~ ` < > / \\", "  leading and trailing  ", "'quoted' \"double\"",
+            "ﬁ ligature", "İstanbul", "ß", "KELVIN SIGN \u212a", " ", "a"]
+    texts = (data.load_texts("rt") + data.load_texts("wiki") + data.load_texts("imdb", n=2000, seed=1) + edge)
+    got, want = enc.encode(texts), ref.encode_batch(texts)
+    n_fast = sum(enc.fast_path_applies(t) for t in texts)
+    assert n_fast > 0.9 * len(texts)  # the fast path is what real text takes
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert g.ids == w.ids, f"text {i} {texts[i][:60]!r}"
+        assert g.type_ids == w.type_ids and all(x == 0 for x in g.type_ids)
+        assert bool(g.overflowing) == bool(w.overflowing), f"text {i}: truncation flag"
+    # the cases that must leave the fast path do
+    for t in ("[MASK] x", "tab\there", "café", "日本", "nul\x00"):
+        assert not enc.fast_path_applies(t), t
+    assert enc.fast_path_applies("[mask] in lower case") and enc.fast_path_applies("UPPER")
+    # any other normalizer: no fast path at all
+    from tokenizers import normalizers
+
+    other = Tokenizer.from_file(path)
+    other.normalizer = normalizers.Lowercase()
+    assert not TextEncoder(other, 64).has_fast_path
