@@ -106,9 +106,10 @@ def _worker(index: int, make_embedder, config, sock: socket.socket, uv: dict, ev
             return
         import uvicorn
 
-        from .app import create_app
+        from .app import create_app, tune_gc
 
         server = uvicorn.Server(uvicorn.Config(create_app(emb, config), lifespan="on", **uv))
+        tune_gc()
         done = threading.Event()
 
         def report_ready():
