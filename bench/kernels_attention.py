@@ -125,6 +125,10 @@ def main() -> int:
         (32, 512, 12, 64, False, False, "hybrid"),
         (32, 512, 12, 64, False, True, "hybrid"),
         (32, 512, 12, 64, True, False, "hybrid"),
+        (8, 512, 12, 64, True, False, "hybrid"),   # GPT-2's causal shapes at few sequences
+        (1, 512, 12, 64, True, False, "hybrid"),
+        (1, 128, 12, 64, True, False, "hybrid"),
+        (32, 128, 12, 64, True, False, "hybrid"),
         (32, 128, 12, 64, False, False, "hybrid"),
         (8, 128, 12, 64, False, False, "hybrid"),
         (1, 128, 12, 64, False, False, "hybrid"),
@@ -154,20 +158,21 @@ def main() -> int:
     if args.sweep:
         import os
 
-        lines.append("# sweep: ours ms per forced configuration: mma = mma.sync kernel (auto config), wg,N = warpgroup "
-                     "MMA with N warpgroups (head size 64, sm_90a builds; cpa/sync: K/V tiles by cp.async / plain loads instead "
-                     "of register staging), MT,nw = mma.sync with 16*MT rows per warp")
-        cfgs = {"auto": {}, "mma": {"TRTRUN_ATTN_CFG": "mma"}, "wg2": {"TRTRUN_ATTN_CFG": "wg,2"},
-                "wg1": {"TRTRUN_ATTN_CFG": "wg,1"},
-                "wg2cpa": {"TRTRUN_ATTN_CFG": "wg,2", "TRTRUN_WG_LOAD": "cpasync"},
-                "wg2sync": {"TRTRUN_ATTN_CFG": "wg,2", "TRTRUN_WG_LOAD": "sync"},
-                "2,4": {"TRTRUN_ATTN_CFG": "2,4"}, "1,4": {"TRTRUN_ATTN_CFG": "1,4"}}
-        lines.append(f"{'B':>3} {'S':>4} {'H':>3} {'D':>4} {'prec':>6} | " + " ".join(f"{c:>7}" for c in cfgs))
+        lines.append("# sweep: ours ms per forced configuration TRTRUN_ATTN_CFG=MT,nw (16*MT rows per warp, nw "
+                     "warps per block); auto = the launcher's choice")
+        cfgs = {"auto": {}}
+        for c in ("1,4", "1,2", "1,1", "2,4", "2,2", "2,1"):
+            cfgs[c] = {"TRTRUN_ATTN_CFG": c}
+        lines.append(f"{'B':>3} {'S':>4} {'H':>3} {'D':>4} {'causal':>6} {'mask':>5} {'prec':>6} | "
+                     + " ".join(f"{c:>7}" for c in cfgs))
         print(lines[-2])
         print(lines[-1])
         for (B, S, Hh, D, causal, masked, prec) in [(32, 512, 12, 64, False, False, "hybrid"),
                                                     (32, 512, 12, 64, False, True, "hybrid"),
                                                     (32, 512, 12, 64, True, False, "hybrid"),
+                                                    (1, 512, 12, 64, True, False, "hybrid"),
+                                                    (8, 512, 12, 64, True, False, "hybrid"),
+                                                    (1, 512, 12, 64, False, True, "hybrid"),
                                                     (32, 128, 12, 64, False, False, "hybrid"),
                                                     (8, 128, 12, 64, False, False, "hybrid"),
                                                     (1, 128, 12, 64, False, False, "hybrid"),
@@ -176,15 +181,13 @@ def main() -> int:
                                                     (32, 512, 12, 64, False, False, "fp16")]:
             row = []
             for c, env in cfgs.items():
-                for k in ("TRTRUN_ATTN_CFG", "TRTRUN_WG_LOAD"):
-                    os.environ.pop(k, None)
+                os.environ.pop("TRTRUN_ATTN_CFG", None)
                 os.environ.update(env)
                 t, _, _ = bench_case(torch, P, B, S, Hh, D, causal, masked, prec, args.per_graph, args.reps,
                                      with_torch=False)
                 row.append(f"{t:7.4f}")
-            for k in ("TRTRUN_ATTN_CFG", "TRTRUN_WG_LOAD"):
-                os.environ.pop(k, None)
-            line = f"{B:>3} {S:>4} {Hh:>3} {D:>4} {prec:>6} | " + " ".join(row)
+            os.environ.pop("TRTRUN_ATTN_CFG", None)
+            line = f"{B:>3} {S:>4} {Hh:>3} {D:>4} {str(causal):>6} {str(masked):>5} {prec:>6} | " + " ".join(row)
             print(line, flush=True)
             lines.append(line)
     if args.out:

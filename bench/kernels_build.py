@@ -46,17 +46,12 @@ def main() -> int:
     ap.add_argument("--out", default=str(REPO / "build" / "plugins_standalone"))
     ap.add_argument("--arch", default="90")
     ap.add_argument("--sass", default=None, help="write a per-kernel SASS instruction summary here")
-    ap.add_argument("--sm90a", action="store_true",
-                    help="target sm_90a (H100/H200 only) and build the warpgroup-MMA attention (TRTRUN_HAVE_SM90A)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     nvcc = nvcc_path()
     gencode = f"-gencode=arch=compute_{args.arch},code=sm_{args.arch}"
     extra = []
-    if args.sm90a:
-        gencode = "-gencode=arch=compute_90a,code=sm_90a"
-        extra = ["-DTRTRUN_HAVE_SM90A"]
     sources = sorted((REPO / "plugins").glob("*/*.cu"))
     procs = []
     for src in sources:

@@ -1,10 +1,10 @@
 // plugins/attention/attention.cu: flash-attention style fused attention for sm_90.
 //
 // Tensor-core kernel (HYBRID, FP16): a block owns BQ = 16 * warps query rows of one (batch, head); each
-// warp owns 16 rows. Key/value tiles of 64 rows stream through shared memory (cp.async, double
-// buffered). Per tile and warp: S = Q K^T with mma.sync m16n8k16 (fp16 x fp16 -> fp32), mask, online
-// softmax (running max m and sum l per row), P rounded to fp16 and fed from registers straight into
-// O += P V (mma.sync again). The seq x seq score matrix never leaves registers.
+// warp owns 16 rows. Key/value tiles of 64 rows stream through shared memory (cp.async, a ring of 3 tiles
+// for head sizes 32/64, 2 for 128), their mask values with them. Per tile and warp: S = Q K^T with mma.sync
+// m16n8k16 (fp16 x fp16 -> fp32), mask, online softmax (running max m and sum l per row), P rounded to fp16
+// and fed from registers straight into O += P V (mma.sync again). The seq x seq score matrix never leaves registers.
 // FP32 kernel: the same online softmax with plain FFMA (no tensor cores, so no TF32).
 #include "attention.h"
 
@@ -24,6 +24,12 @@ namespace trtrun {
 namespace {
 
 constexpr int BK = 64;         // keys per tile (tensor-core kernel)
+// K/V tiles in the tensor-core kernel's shared-memory ring: NST - 1 in flight while one is computed. Measured
+// (H200, 2026-11-26, bench/kernels_attention.py --sweep): for head sizes 32 and 64, 3 beats 2 at every shape
+// timed (by 4-12%: at few blocks a block's chain of tile loads is the kernel's time; at many, other blocks do
+// not hide it all either) and beats 4 wherever more shared memory costs resident blocks (32 x 512: 4 is 25%
+// slower than 3). Head size 128: 3 costs half the resident blocks (122 KB a block) and was 34% slower: 2.
+constexpr int ring_depth(int D) { return D >= 128 ? 2 : 3; }
 constexpr int FLAG_MASKED = 0;  // key flags kept in shared memory per tile
 constexpr int FLAG_VALID = 1;
 constexpr int FLAG_OUT = 2;     // past the sequence end: contributes exactly nothing
@@ -36,6 +42,9 @@ __device__ __forceinline__ uint32_t smem_u32(const void* p) {
 __device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {
   const int sz = valid ? 16 : 0;  // 0: nothing read, 16 zero bytes written
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(sz));
+}
+__device__ __forceinline__ void cp_async4(uint32_t dst, const void* src) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(dst), "l"(src));
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N>
@@ -130,6 +139,26 @@ __device__ __forceinline__ bool load_flags(int* flags, const int32_t* mask, int 
   return all_valid;
 }
 
+// Mask values of keys j0..j0+n-1 into shared memory without waiting for them: cp.async (4 bytes each; part of
+// the caller's commit group), so a tile's mask travels with its K/V rows instead of stalling the loop. No mask:
+// 1 (valid) is stored. Keys >= S are not read (TileFlags marks them FLAG_OUT).
+__device__ __forceinline__ void stage_mask(int* dst, const int32_t* mask, int b, int S, int j0, int n) {
+  for (int i = threadIdx.x; i < n; i += blockDim.x) {
+    const int j = j0 + i;
+    if (mask != nullptr && j < S) cp_async4(smem_u32(dst + i), mask + static_cast<long long>(b) * S + j);
+    else dst[i] = 1;
+  }
+}
+
+// The flag (FLAG_*) of key j0 + jl of a staged tile, from its mask values in shared memory.
+struct TileFlags {
+  const int* raw;
+  int j0, S;
+  __device__ __forceinline__ int operator()(int jl) const {
+    return j0 + jl >= S ? FLAG_OUT : (raw[jl] != 0 ? FLAG_VALID : FLAG_MASKED);
+  }
+};
+
 // ------------------------------------------------------------------------------------------------
 // Which key tiles a block must visit when there is a padding mask. One pass over mask[b, :] gives the
 // first and last unmasked key. Rows with no unmasked key (all keys masked; with causal: rows i < first)
@@ -186,7 +215,7 @@ __device__ __forceinline__ KeyRange key_range(const int32_t* mask, int b, int S,
 template <int NB, int DB, bool HALF_SOFTMAX>
 __device__ __forceinline__ void softmax_tile(float (&s)[NB][4], float (&o)[DB][4], float (&m_f)[2], float (&l_f)[2],
                                              __half (&m_h)[2], __half (&l_h)[2], uint32_t (&pf)[NB / 2][4],
-                                             bool need_mask, const int* ft, int j0, int qm0, int g, int t4,
+                                             bool need_mask, const TileFlags& ft, int j0, int qm0, int g, int t4,
                                              bool causal, bool folded, float sl2, float mult, float masked_val,
                                              float scale) {
   if constexpr (!HALF_SOFTMAX) {
@@ -204,7 +233,7 @@ __device__ __forceinline__ void softmax_tile(float (&s)[NB][4], float (&o)[DB][4
         for (int e = 0; e < 4; ++e) {
           const int jl = i * 8 + 2 * t4 + (e & 1);
           const int qi = qm0 + g + (e >> 1) * 8;
-          const int f = ft[jl];
+          const int f = ft(jl);
           if (f == FLAG_OUT) s[i][e] = -INFINITY;
           else if (f == FLAG_MASKED || (causal && j0 + jl > qi)) s[i][e] = masked_val;
         }
@@ -262,7 +291,7 @@ __device__ __forceinline__ void softmax_tile(float (&s)[NB][4], float (&o)[DB][4
           __half lo = __low2half(sh[i][r]), hi = __high2half(sh[i][r]);
           const int qi = qm0 + g + r * 8;
           const int jl = i * 8 + 2 * t4;
-          const int fa = ft[jl], fb = ft[jl + 1];
+          const int fa = ft(jl), fb = ft(jl + 1);
           if (fa == FLAG_OUT) lo = hninf;
           else if (fa == FLAG_MASKED || (causal && j0 + jl > qi)) lo = hmin;
           if (fb == FLAG_OUT) hi = hninf;
@@ -318,6 +347,7 @@ __global__ void __launch_bounds__(128, MT == 2 ? 2 : 1)
   constexpr int NB = BK / 8;  // 8-key blocks of a score tile
   constexpr int DB = D / 8;   // 8-column blocks of the output
   constexpr int WR = 16 * MT;  // query rows per warp
+  constexpr int NST = ring_depth(D);
   const int nwarps = blockDim.x >> 5;
   const int BQ = WR * nwarps;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -325,9 +355,9 @@ __global__ void __launch_bounds__(128, MT == 2 ? 2 : 1)
 
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __half* Qs = reinterpret_cast<__half*>(smem_raw);
-  __half* Ks = Qs + BQ * LD;            // [2][BK][LD]
-  __half* Vs = Ks + 2 * BK * LD;        // [2][BK][LD]
-  int* flags = reinterpret_cast<int*>(Vs + 2 * BK * LD);  // [2][BK]
+  __half* Ks = Qs + BQ * LD;              // [NST][BK][LD]
+  __half* Vs = Ks + NST * BK * LD;        // [NST][BK][LD]
+  int* mraw = reinterpret_cast<int*>(Vs + NST * BK * LD);  // [NST][BK] mask values of the staged tiles
   __shared__ int red[2];
 
   const int bh = blockIdx.x / nqt;
@@ -340,12 +370,18 @@ __global__ void __launch_bounds__(128, MT == 2 ? 2 : 1)
 
   load_rows_f16<D, LD>(Qs, qkv, in_half, tok_base, q0, BQ, S, row_stride, h * D);
   const KeyRange kr = key_range(mask, b, S, q0, BQ, BK, causal, red);
-  {
-    const int j = kr.begin * BK;
-    load_rows_f16<D, LD>(Ks, qkv, in_half, tok_base, j, BK, S, row_stride, HD + h * D);
-    load_rows_f16<D, LD>(Vs, qkv, in_half, tok_base, j, BK, S, row_stride, 2 * HD + h * D);
+  // Key tile `tile` into ring slot `slot`: K and V rows and the mask values, all asynchronous.
+  auto stage = [&](int slot, int tile) {
+    const int j = tile * BK;
+    load_rows_f16<D, LD>(Ks + slot * BK * LD, qkv, in_half, tok_base, j, BK, S, row_stride, HD + h * D);
+    load_rows_f16<D, LD>(Vs + slot * BK * LD, qkv, in_half, tok_base, j, BK, S, row_stride, 2 * HD + h * D);
+    stage_mask(mraw + slot * BK, mask, b, S, j, BK);
+  };
+  // Prologue: tiles begin .. begin+NST-2 in flight (one commit group each; Q travels in the first).
+#pragma unroll
+  for (int st = 0; st < NST - 1; ++st) {
+    if (kr.begin + st < kr.end) stage(st, kr.begin + st);
     cp_async_commit();
-    load_flags(flags, mask, b, S, j, BK);
   }
 
   const int qw0 = q0 + warp * WR;  // first query row of this warp
@@ -379,19 +415,15 @@ __global__ void __launch_bounds__(128, MT == 2 ? 2 : 1)
   const float masked_val = folded ? -0x1p64f : -0x1p100f;
 
   for (int it = kr.begin; it < kr.end; ++it) {
-    const int buf = (it - kr.begin) & 1;
-    if (it + 1 < kr.end) {
-      const int j1 = (it + 1) * BK;
-      load_rows_f16<D, LD>(Ks + (buf ^ 1) * BK * LD, qkv, in_half, tok_base, j1, BK, S, row_stride, HD + h * D);
-      load_rows_f16<D, LD>(Vs + (buf ^ 1) * BK * LD, qkv, in_half, tok_base, j1, BK, S, row_stride,
-                           2 * HD + h * D);
+    // Groups committed so far: NST - 1 + (it - begin); tile `it` is group (it - begin), so NST - 2 may pend.
+    cp_async_wait<NST - 2>();
+    __syncthreads();  // tile `it` is visible to all; every warp is done with the slot computed last iteration
+    {
+      const int nxt = it + NST - 1;  // into that slot: (nxt - begin) % NST == (it - 1 - begin) % NST
+      if (nxt < kr.end) stage((nxt - kr.begin) % NST, nxt);
       cp_async_commit();
-      load_flags(flags + (buf ^ 1) * BK, mask, b, S, j1, BK);
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
     }
-    __syncthreads();
+    const int buf = (it - kr.begin) % NST;
 
     if (it == kr.begin) {
 #pragma unroll
@@ -403,8 +435,8 @@ __global__ void __launch_bounds__(128, MT == 2 ? 2 : 1)
         }
     }
     const int j0 = it * BK;
-    const int* ft = flags + buf * BK;
-    const int f0 = ft[lane], f1 = ft[lane + 32];
+    const TileFlags ft{mraw + buf * BK, j0, S};
+    const int f0 = ft(lane), f1 = ft(lane + 32);
     const bool tile_all_valid = __all_sync(0xffffffffu, f0 == FLAG_VALID && f1 == FLAG_VALID);
     const bool tile_any_valid = __any_sync(0xffffffffu, f0 == FLAG_VALID || f1 == FLAG_VALID);
     // A tile adds exactly zero to this warp's rows when it is wholly above their causal diagonal or holds
@@ -460,7 +492,6 @@ __global__ void __launch_bounds__(128, MT == 2 ? 2 : 1)
         }
       }
     }
-    __syncthreads();  // this buffer is refilled at the top of the next iteration
   }
 
   // ---- epilogue: full row sums across the quad, divide, store
@@ -495,303 +526,6 @@ __global__ void __launch_bounds__(128, MT == 2 ? 2 : 1)
     }
   }
 }
-
-// ------------------------------------------------------------------------------------------------
-// Hopper warpgroup-MMA kernel (head size 64, HYBRID/FP16), built only where the build targets sm_90a and
-// defines TRTRUN_HAVE_SM90A (bench/kernels_build.py --sm90a; CMake: CUDA architecture 90a). A block is
-// one or two warpgroups of 4 warps, each warpgroup 64 query rows. Per 64-key tile: S = Q K^T and
-// O += P V with wgmma.mma_async (A = Q or P from registers, B = K or V read by the tensor cores straight
-// from 128-byte-swizzled shared memory: one copy of each tile serves the 4 warps of a warpgroup, where
-// mma.sync needs every warp to load its own fragments). Softmax, masking and epilogue as the mma.sync kernel.
-#if defined(TRTRUN_HAVE_SM90A)
-constexpr int WG_D = 64;  // one 128-byte swizzle atom per K/V row
-
-__device__ __forceinline__ uint64_t sw128_desc(uint32_t addr) {
-  // wgmma matrix descriptor: start address >> 4 (bits 0-13); leading byte offset (16-29) unused by these
-  // layouts (1); stride byte offset (32-45) = 1024 B between groups of 8 rows of 128 B; 128B swizzle (62-63).
-  return static_cast<uint64_t>((addr & 0x3FFFFu) >> 4) | (1ull << 16) | (static_cast<uint64_t>(1024 >> 4) << 32) |
-         (1ull << 62);
-}
-__device__ __forceinline__ void wg_fence() {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void wg_commit() {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void wg_wait_all() {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
-// Keeps the compiler from moving accesses of accumulator registers across the asynchronous MMA window.
-template <int N>
-__device__ __forceinline__ void fence_regs(float (&d)[N][4]) {
-#pragma unroll
-  for (int i = 0; i < N; ++i)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) asm volatile("" : "+f"(d[i][e])::"memory");
-}
-
-// d(64x64, f32) = (scale_d ? d : 0) + A(64x16 f16, registers) * B(16x64 f16, shared memory descriptor).
-// TRANS_B = 0: B stored K-major (K tile, [key][d]); 1: MN-major (V tile, [key][d] read as [k=key][n=d]).
-template <int TRANS_B>
-__device__ __forceinline__ void wgmma_m64n64k16(float (&d)[8][4], const uint32_t (&a)[4], uint64_t desc,
-                                                int scale_d) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %38, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, {%32,%33,%34,%35}, %36, p, 1, 1, %37;\n}\n"
-      : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "n"(TRANS_B), "r"(scale_d));
-#else
-  __trap();  // not built for sm_90a: the host never launches this kernel then
-#endif
-}
-
-// Rows of D = 64 fp16 into a 128B-swizzled tile: 16-byte chunk c of row r at r*128 + ((c ^ (r % 8)) * 16).
-__device__ __forceinline__ void load_rows_sw128(__half* dst, const void* qkv, bool in_half, bool async,
-                                                long long tok_base, int r0, int rows, int S, long long row_stride,
-                                                long long col) {
-  const int total = rows * 8;
-  for (int i = threadIdx.x; i < total; i += blockDim.x) {
-    const int r = i >> 3, c = i & 7;
-    const int tok = r0 + r;
-    const bool valid = tok < S;
-    const long long off = (tok_base + (valid ? tok : 0)) * row_stride + col + c * 8;
-    __half* d = dst + r * WG_D + ((c ^ (r & 7)) * 8);
-    if (in_half && async) {
-      cp_async16(smem_u32(d), static_cast<const __half*>(qkv) + off, valid);
-    } else if (in_half) {
-      *reinterpret_cast<uint4*>(d) =
-          valid ? *reinterpret_cast<const uint4*>(static_cast<const __half*>(qkv) + off) : make_uint4(0, 0, 0, 0);
-    } else {
-      uint4 out = make_uint4(0, 0, 0, 0);
-      if (valid) {
-        const float4* sp = reinterpret_cast<const float4*>(static_cast<const float*>(qkv) + off);
-        const float4 a = sp[0], b = sp[1];
-        out.x = pack_half2(a.x, a.y);
-        out.y = pack_half2(a.z, a.w);
-        out.z = pack_half2(b.x, b.y);
-        out.w = pack_half2(b.z, b.w);
-      }
-      *reinterpret_cast<uint4*>(d) = out;
-    }
-  }
-}
-
-// Register-staged copy of one K and one V tile (fp16 input): loaded from global memory at the top of an
-// iteration, stored to shared memory after that iteration's MMAs, so the loads overlap the compute.
-template <int UNITS>
-struct TileRegs {
-  uint4 k[UNITS], v[UNITS];
-};
-
-template <int UNITS>
-__device__ __forceinline__ void stage_load(TileRegs<UNITS>& t, const __half* qkv, long long tok_base, int r0, int S,
-                                           long long row_stride, long long kcol, long long vcol) {
-#pragma unroll
-  for (int u = 0; u < UNITS; ++u) {
-    const int i = threadIdx.x + u * blockDim.x;
-    const int r = i >> 3, c = i & 7;
-    const int tok = r0 + r;
-    if (i < BK * 8 && tok < S) {
-      const long long off = (tok_base + tok) * row_stride + c * 8;
-      t.k[u] = __ldg(reinterpret_cast<const uint4*>(qkv + off + kcol));
-      t.v[u] = __ldg(reinterpret_cast<const uint4*>(qkv + off + vcol));
-    } else {
-      t.k[u] = t.v[u] = make_uint4(0, 0, 0, 0);
-    }
-  }
-}
-
-template <int UNITS>
-__device__ __forceinline__ void stage_store(const TileRegs<UNITS>& t, __half* kdst, __half* vdst) {
-#pragma unroll
-  for (int u = 0; u < UNITS; ++u) {
-    const int i = threadIdx.x + u * blockDim.x;
-    if (i < BK * 8) {
-      const int r = i >> 3, c = i & 7;
-      const int o = r * WG_D + ((c ^ (r & 7)) * 8);
-      *reinterpret_cast<uint4*>(kdst + o) = t.k[u];
-      *reinterpret_cast<uint4*>(vdst + o) = t.v[u];
-    }
-  }
-}
-
-// How the wgmma kernel fills its K/V tiles (TRTRUN_WG_LOAD, tuning/diagnosis): REGS register-staged
-// (default), CPASYNC cp.async double buffer, CPASYNC_WAIT0 cp.async waited for before each tile's MMAs,
-// SYNC plain loads and stores before each tile's barrier.
-enum WgLoad : int { WG_LOAD_REGS = 0, WG_LOAD_CPASYNC = 1, WG_LOAD_CPASYNC_WAIT0 = 2, WG_LOAD_SYNC = 3 };
-
-size_t wg_smem_bytes(int BQ) {
-  return 1024 /* alignment slack */ + 4 * static_cast<size_t>(BK) * WG_D * sizeof(__half) +
-         static_cast<size_t>(BQ) * (WG_D + 8) * sizeof(__half) + 2 * BK * sizeof(int);
-}
-
-template <bool HALF_SOFTMAX, int NWG>
-__global__ void __launch_bounds__(128 * NWG, NWG == 2 ? 2 : 3)
-    attention_wgmma_kernel(const void* __restrict__ qkv, bool in_half, const int32_t* __restrict__ mask,
-                           void* __restrict__ y, bool out_half, int H, int S, float scale, bool causal, int nqt,
-                           int load_mode) {
-  constexpr int D = WG_D;
-  constexpr int LDQ = D + 8;
-  constexpr int KC = D / 16;
-  constexpr int NB = BK / 8;
-  constexpr int DB = D / 8;
-  constexpr int TILE = BK * D;  // halves per K or V tile (8 KB)
-  constexpr int BQ = 64 * NWG;
-  constexpr int UNITS = BK * 8 / (128 * NWG);  // 16-byte chunks of a K (or V) tile per thread
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int g = lane >> 2, t4 = lane & 3;
-  const bool staged = in_half && load_mode == WG_LOAD_REGS;
-  const bool async = in_half && (load_mode == WG_LOAD_CPASYNC || load_mode == WG_LOAD_CPASYNC_WAIT0);
-
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  const uint32_t raw = smem_u32(smem_raw);
-  const uint32_t base = (raw + 1023u) & ~1023u;  // swizzle atoms must be 1024-byte aligned
-  __half* Ks = reinterpret_cast<__half*>(smem_raw + (base - raw));  // [2][TILE]
-  __half* Vs = Ks + 2 * TILE;                                         // [2][TILE]
-  __half* Qs = Vs + 2 * TILE;                                         // [BQ][LDQ] (ldmatrix layout)
-  int* flags = reinterpret_cast<int*>(Qs + BQ * LDQ);                 // [2][BK]
-  __shared__ int red[2];
-
-  const int bh = blockIdx.x / nqt;
-  const int qt = nqt - 1 - static_cast<int>(blockIdx.x % nqt);
-  const int b = bh / H, h = bh % H;
-  const int q0 = qt * BQ;
-  const long long HD = static_cast<long long>(H) * D;
-  const long long row_stride = 3 * HD;
-  const long long tok_base = static_cast<long long>(b) * S;
-
-  load_rows_f16<D, LDQ>(Qs, qkv, in_half, tok_base, q0, BQ, S, row_stride, h * D);
-  const KeyRange kr = key_range(mask, b, S, q0, BQ, BK, causal, red);
-  {
-    const int j = kr.begin * BK;
-    load_rows_sw128(Ks, qkv, in_half, async, tok_base, j, BK, S, row_stride, HD + h * D);
-    load_rows_sw128(Vs, qkv, in_half, async, tok_base, j, BK, S, row_stride, 2 * HD + h * D);
-    cp_async_commit();
-    load_flags(flags, mask, b, S, j, BK);
-  }
-
-  const int qw0 = q0 + warp * 16;                 // this warp's 16 rows
-  const int qwg0 = q0 + (warp >> 2) * 64;         // this warpgroup's 64 rows
-  uint32_t qf[KC][4];
-  float o[DB][4], s[NB][4];
-#pragma unroll
-  for (int i = 0; i < DB; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
-#pragma unroll
-  for (int i = 0; i < NB; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
-  float m_f[2] = {-INFINITY, -INFINITY}, l_f[2] = {0.f, 0.f};
-  __half m_h[2] = {__ushort_as_half(0xFC00u), __ushort_as_half(0xFC00u)};
-  __half l_h[2] = {__float2half(0.f), __float2half(0.f)};
-  const float sl2 = scale * 1.4426950408889634f;
-  const bool folded = sl2 >= 0x1p-40f && sl2 <= 0x1p40f;
-  const float mult = folded ? sl2 : 1.f;
-  const float masked_val = folded ? -0x1p64f : -0x1p100f;
-
-  TileRegs<UNITS> stage;
-  for (int it = kr.begin; it < kr.end; ++it) {
-    const int buf = (it - kr.begin) & 1;
-    const bool has_next = it + 1 < kr.end;
-    if (has_next) {
-      const int j1 = (it + 1) * BK;
-      if (staged) {
-        stage_load<UNITS>(stage, static_cast<const __half*>(qkv), tok_base, j1, S, row_stride, HD + h * D,
-                          2 * HD + h * D);
-      } else {
-        load_rows_sw128(Ks + (buf ^ 1) * TILE, qkv, in_half, async, tok_base, j1, BK, S, row_stride, HD + h * D);
-        load_rows_sw128(Vs + (buf ^ 1) * TILE, qkv, in_half, async, tok_base, j1, BK, S, row_stride,
-                        2 * HD + h * D);
-        cp_async_commit();
-      }
-      load_flags(flags + (buf ^ 1) * BK, mask, b, S, j1, BK);
-    }
-    if (has_next && load_mode == WG_LOAD_CPASYNC) cp_async_wait<1>();
-    else cp_async_wait<0>();
-    fence_proxy_async();  // this thread's shared-memory writes, seen by the tensor cores' async proxy
-    __syncthreads();
-
-    if (it == kr.begin) {
-#pragma unroll
-      for (int kc = 0; kc < KC; ++kc) {
-        const __half* p = Qs + (warp * 16 + (lane & 15)) * LDQ + kc * 16 + (lane >> 4) * 8;
-        ldmatrix_x4(qf[kc], smem_u32(p));
-      }
-    }
-    const int j0 = it * BK;
-    const int* ft = flags + buf * BK;
-    const int f0 = ft[lane], f1 = ft[lane + 32];
-    const bool tile_all_valid = __all_sync(0xffffffffu, f0 == FLAG_VALID && f1 == FLAG_VALID);
-    const bool tile_any_valid = __any_sync(0xffffffffu, f0 == FLAG_VALID || f1 == FLAG_VALID);
-    // warpgroup-uniform: wgmma is issued by all 4 warps of a warpgroup together
-    const bool skip = !kr.walk_all && ((causal && j0 > qwg0 + 63) || !tile_any_valid);
-    if (!skip) {
-      const uint64_t kdesc = sw128_desc(smem_u32(Ks + buf * TILE));
-      // V is read MN-major (transposed): its 8-key groups are 1024 bytes apart. The stride of MN blocks of 64
-      // is never used (D = 64 is one block); it is set to the same 1024 so that either reading of the two
-      // offset fields of the descriptor walks the keys correctly.
-      const uint64_t vdesc =
-          (sw128_desc(smem_u32(Vs + buf * TILE)) & ~(0x3FFFull << 16)) | (static_cast<uint64_t>(1024 >> 4) << 16);
-      // ---- S = Q K^T: 4 k-steps of 16 (32 bytes further along each swizzled row)
-      fence_regs(s);
-      wg_fence();
-#pragma unroll
-      for (int kc = 0; kc < KC; ++kc) wgmma_m64n64k16<0>(s, qf[kc], kdesc + 2 * kc, kc > 0 ? 1 : 0);
-      wg_commit();
-      wg_wait_all();
-      fence_regs(s);
-      const bool need_mask = !tile_all_valid || (causal && j0 + BK - 1 > qw0);
-      uint32_t pf[BK / 16][4];
-      softmax_tile<NB, DB, HALF_SOFTMAX>(s, o, m_f, l_f, m_h, l_h, pf, need_mask, ft, j0, qw0, g, t4, causal,
-                                         folded, sl2, mult, masked_val, scale);
-      // ---- O += P V: 4 k-steps of 16 keys (2 groups of 8 swizzled rows = 2048 bytes further)
-      fence_regs(o);
-      wg_fence();
-#pragma unroll
-      for (int kc2 = 0; kc2 < BK / 16; ++kc2) wgmma_m64n64k16<1>(o, pf[kc2], vdesc + 128 * kc2, 1);
-      wg_commit();
-      wg_wait_all();
-      fence_regs(o);
-    }
-    if (has_next && staged) stage_store<UNITS>(stage, Ks + (buf ^ 1) * TILE, Vs + (buf ^ 1) * TILE);
-    __syncthreads();
-  }
-
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    float inv;
-    if constexpr (HALF_SOFTMAX) {
-      __half l = l_h[r];
-      l = __hadd(l, __shfl_xor_sync(0xffffffffu, l, 1));
-      l = __hadd(l, __shfl_xor_sync(0xffffffffu, l, 2));
-      inv = 1.f / __half2float(l);
-    } else {
-      float l = l_f[r];
-      l += __shfl_xor_sync(0xffffffffu, l, 1);
-      l += __shfl_xor_sync(0xffffffffu, l, 2);
-      inv = 1.f / l;
-    }
-    const int q = qw0 + g + r * 8;
-    if (q >= S) continue;
-    const long long obase = (tok_base + q) * HD + h * D + 2 * t4;
-#pragma unroll
-    for (int i = 0; i < DB; ++i) {
-      const float a = o[i][2 * r] * inv, c = o[i][2 * r + 1] * inv;
-      if (out_half) {
-        *reinterpret_cast<__half2*>(static_cast<__half*>(y) + obase + i * 8) = __floats2half2_rn(a, c);
-      } else {
-        *reinterpret_cast<float2*>(static_cast<float*>(y) + obase + i * 8) = make_float2(a, c);
-      }
-    }
-  }
-}
-
-#endif  // TRTRUN_HAVE_SM90A
 
 // ------------------------------------------------------------------------------------------------
 // FP32 kernel: 4 warps x 8 query rows, 32-key tiles, all arithmetic fp32 FFMA, accurate expf.
@@ -955,7 +689,8 @@ void ensure_dynamic_smem(Kernel kern, size_t smem) {
 
 // ------------------------------------------------------------------------------------------------
 size_t tc_smem_bytes(int D, int BQ) {
-  return static_cast<size_t>(BQ + 4 * BK) * (D + 8) * sizeof(__half) + 2 * BK * sizeof(int);
+  const int nst = ring_depth(D);
+  return static_cast<size_t>(BQ + 2 * nst * BK) * (D + 8) * sizeof(__half) + static_cast<size_t>(nst) * BK * sizeof(int);
 }
 
 int sm_count() {
@@ -1000,108 +735,18 @@ int resident_blocks(int nw) {
   return n;
 }
 
-// Whether this build has the sm_90a warpgroup-MMA kernel and the current device can run it (compute 9.0).
-#if defined(TRTRUN_HAVE_SM90A)
-// Whether head size 64 takes the warpgroup-MMA kernel without being asked (TRTRUN_ATTN_CFG=wg / mma override).
-// OFF: on an H200 (2026-11-26) this kernel was right whenever a block visits a single key tile and wrong
-// (relative error ~1) as soon as it visits two or more, with every K/V fill mode (cp.async, cp.async waited,
-// plain stores, register staging), so the fault is in the state carried from one tile to the next, not in
-// the copies. Until that is found, the verified mma.sync kernel serves every head size. See README.md.
-constexpr bool kWgmmaByDefault = false;
-
-bool wgmma_usable() {
-  int dev = 0, major = 0, minor = 0;
-  TRTRUN_CUDA_CHECK(cudaGetDevice(&dev));
-  TRTRUN_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
-  TRTRUN_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
-  return major == 9 && minor == 0;
-}
-
-template <bool HALF_SOFTMAX, int NWG>
-int wg_resident_blocks() {
-  constexpr int nwg = NWG;
-  static std::mutex mu;
-  static std::map<std::pair<int, int>, int> cache;
-  int dev = 0;
-  TRTRUN_CUDA_CHECK(cudaGetDevice(&dev));
-  std::lock_guard<std::mutex> lock(mu);
-  auto it = cache.find({dev, nwg});
-  if (it != cache.end()) return it->second;
-  auto kern = attention_wgmma_kernel<HALF_SOFTMAX, NWG>;
-  const size_t smem = wg_smem_bytes(64 * nwg);
-  ensure_dynamic_smem(kern, smem);
-  int n = 0;
-  TRTRUN_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kern, 128 * nwg, smem));
-  n = std::max(n, 1);
-  cache[{dev, nwg}] = n;
-  return n;
-}
-
-// Head size 64 on an sm_90a build: warpgroup MMA, one or two warpgroups per block (fewest full waves;
-// ties to two, which share each K/V tile). TRTRUN_ATTN_CFG="wg,1" / "wg,2" forces (tuning only).
-template <bool HALF_SOFTMAX>
-void launch_wgmma(const void* qkv, bool in_half, const int32_t* mask, void* y, bool out_half, int B, int S, int H,
-                  float scale, bool causal, cudaStream_t stream, int forced_nwg) {
-  const long long bhs = static_cast<long long>(B) * H;
-  int nwg = forced_nwg;
-  if (nwg != 1 && nwg != 2) {
-    const int sms = sm_count();
-    long long best = -1;
-    for (int c = 2; c >= 1; --c) {
-      const long long blocks = bhs * ((S + 64 * c - 1) / (64 * c));
-      const int res = c == 2 ? wg_resident_blocks<HALF_SOFTMAX, 2>() : wg_resident_blocks<HALF_SOFTMAX, 1>();
-      const long long per_wave = static_cast<long long>(res) * sms * c;
-      const long long waves = (blocks * c + per_wave - 1) / per_wave;  // in warpgroup-sized slots
-      if (best < 0 || waves < best) {
-        best = waves;
-        nwg = c;
-      }
-    }
-  }
-  const int BQ = 64 * nwg;
-  const int nqt = (S + BQ - 1) / BQ;
-  const long long blocks = bhs * nqt;
-  require(blocks <= 0x7fffffffLL, "attention", "batch * heads * query tiles too large");
-  const size_t smem = wg_smem_bytes(BQ);
-  int load_mode = WG_LOAD_REGS;
-  if (const char* lm = std::getenv("TRTRUN_WG_LOAD")) {
-    if (std::strcmp(lm, "cpasync") == 0) load_mode = WG_LOAD_CPASYNC;
-    else if (std::strcmp(lm, "cpasync_wait0") == 0) load_mode = WG_LOAD_CPASYNC_WAIT0;
-    else if (std::strcmp(lm, "sync") == 0) load_mode = WG_LOAD_SYNC;
-  }
-  auto kern = nwg == 2 ? attention_wgmma_kernel<HALF_SOFTMAX, 2> : attention_wgmma_kernel<HALF_SOFTMAX, 1>;
-  ensure_dynamic_smem(kern, smem);
-  kern<<<static_cast<unsigned>(blocks), 128 * nwg, smem, stream>>>(qkv, in_half, mask, y, out_half, H, S, scale,
-                                                                    causal, nqt, load_mode);
-  TRTRUN_LAUNCH_CHECK();
-}
-
-#endif  // TRTRUN_HAVE_SM90A
-
 template <int D, bool HALF_SOFTMAX>
 void launch_tc(const void* qkv, bool in_half, const int32_t* mask, void* y, bool out_half, int B, int S, int H,
                float scale, bool causal, cudaStream_t stream) {
-  const char* cfg = std::getenv("TRTRUN_ATTN_CFG");  // tuning/testing override, see below
-#if defined(TRTRUN_HAVE_SM90A)
-  if constexpr (D == WG_D) {
-    const bool force_mma = cfg != nullptr && (std::strncmp(cfg, "mma", 3) == 0 || std::isdigit(cfg[0]));
-    const bool force_wg = cfg != nullptr && std::strncmp(cfg, "wg", 2) == 0;
-    int forced_nwg = 0;
-    if (cfg != nullptr && std::strncmp(cfg, "wg,", 3) == 0) forced_nwg = std::atoi(cfg + 3);
-    if ((kWgmmaByDefault ? !force_mma : force_wg) && wgmma_usable()) {
-      launch_wgmma<HALF_SOFTMAX>(qkv, in_half, mask, y, out_half, B, S, H, scale, causal, stream, forced_nwg);
-      return;
-    }
-  }
-#endif
   // Candidates: (rows per warp 16*MT, warps per block nw). A model of the time: full waves of blocks over
   // the multiprocessors times the work of one block's warp (MT=2 reuses each K/V fragment twice, so a
-  // 32-row warp takes about kMT2Cost times as long as a 16-row one). Ties go to the larger block. TRTRUN_ATTN_CFG=
-  // "MT,nw" forces one (tuning only).
+  // 32-row warp takes about kMT2Cost times as long as a 16-row one). Ties go to the larger block.
+  // TRTRUN_ATTN_CFG="MT,nw" forces one (tuning and tests only).
   constexpr bool kHasMT2 = D <= 64;  // D = 128 with 32 rows per warp does not fit the registers
   constexpr double kMT2Cost = 1.15;  // measured: H200, 2026-11-26 (bench/kernels_attention.py --sweep)
+  constexpr int MT2 = kHasMT2 ? 2 : 1;
   int best_mt = 1, best_nw = 4;
-  const char* forced = cfg;
+  const char* forced = std::getenv("TRTRUN_ATTN_CFG");
   int fmt = 0, fnw = 0;
   if (forced != nullptr && std::sscanf(forced, "%d,%d", &fmt, &fnw) == 2 && (fmt == 1 || (fmt == 2 && kHasMT2)) &&
       (fnw == 1 || fnw == 2 || fnw == 4)) {
@@ -1115,8 +760,7 @@ void launch_tc(const void* qkv, bool in_half, const int32_t* mask, void* y, bool
       for (int nw = 4; nw >= 1; nw /= 2) {
         const int bq = 16 * mt * nw;
         const long long blocks = bhs * ((S + bq - 1) / bq);
-        const int res = (mt == 2) ? resident_blocks<D, (kHasMT2 ? 2 : 1), HALF_SOFTMAX>(nw)
-                                  : resident_blocks<D, 1, HALF_SOFTMAX>(nw);
+        const int res = (mt == 2) ? resident_blocks<D, MT2, HALF_SOFTMAX>(nw) : resident_blocks<D, 1, HALF_SOFTMAX>(nw);
         const long long waves = (blocks + static_cast<long long>(res) * sms - 1) / (static_cast<long long>(res) * sms);
         const double cost = static_cast<double>(waves) * (mt == 2 ? kMT2Cost : 1.0) * (1.0 + 0.02 * (4 / nw));
         if (cost < best * 0.999) {
@@ -1128,8 +772,7 @@ void launch_tc(const void* qkv, bool in_half, const int32_t* mask, void* y, bool
     }
   }
   if (best_mt == 2) {
-    launch_tc_cfg<D, (kHasMT2 ? 2 : 1), HALF_SOFTMAX>(best_nw, qkv, in_half, mask, y, out_half, B, S, H, scale,
-                                                      causal, stream);
+    launch_tc_cfg<D, MT2, HALF_SOFTMAX>(best_nw, qkv, in_half, mask, y, out_half, B, S, H, scale, causal, stream);
   } else {
     launch_tc_cfg<D, 1, HALF_SOFTMAX>(best_nw, qkv, in_half, mask, y, out_half, B, S, H, scale, causal, stream);
   }

@@ -103,11 +103,37 @@ __device__ __forceinline__ int item_index(int c, int t, int G) {
 // ---- LayerNorm of a row held in registers, written to y ----
 // v[ITEMS]: the row's values (this thread's share; elements with index >= n are ignored).
 // HALF_STATS: statistics in fp16 (Precision::FP16), each step rounded to half; else fp32.
-template <int VEC, bool WARP_ROWS, bool HALF_STATS>
+// PREFETCH: gamma and beta are loaded into registers before the reductions, so their latency overlaps them
+// instead of following them: worth it at a few hundred rows, where the kernel's time is a chain of such
+// latencies; it doubles the registers of the one-warp-per-row variant (~70 -> ~140), which halves the resident
+// blocks, so not where there are enough rows to fill the GPU (layernorm's launcher decides).
+template <int VEC, bool WARP_ROWS, bool HALF_STATS, bool PREFETCH = false>
 __device__ __forceinline__ void layernorm_row(float (&v)[ITEMS], int n, int t, int G, float eps,
                                               const void* gamma, const void* beta, DType param_t,
                                               void* y_row, DType y_t, float* scratch) {
   constexpr int C = ITEMS / VEC;
+  constexpr int GB = PREFETCH ? ITEMS : VEC;  // registers for gamma/beta: the whole row share, or one chunk
+  float g[GB], b[GB];
+  if constexpr (PREFETCH) {
+#pragma unroll
+    for (int c = 0; c < C; ++c) {
+      const int idx = item_index<VEC>(c, t, G);
+      if (idx < n) {
+        load_vec<VEC>(gamma, param_t, idx, &g[c * VEC]);
+        load_vec<VEC>(beta, param_t, idx, &b[c * VEC]);
+      }
+    }
+  }
+  // gamma/beta of chunk c: from the prefetched registers, or loaded now into g/b[0..VEC)
+  auto params = [&](int c, int idx) -> int {
+    if constexpr (PREFETCH) {
+      return c * VEC;
+    } else {
+      load_vec<VEC>(gamma, param_t, idx, g);
+      load_vec<VEC>(beta, param_t, idx, b);
+      return 0;
+    }
+  };
   if constexpr (!HALF_STATS) {
     float s = 0.f;
 #pragma unroll
@@ -137,11 +163,10 @@ __device__ __forceinline__ void layernorm_row(float (&v)[ITEMS], int n, int t, i
     for (int c = 0; c < C; ++c) {
       const int idx = item_index<VEC>(c, t, G);
       if (idx < n) {
-        float g[VEC], b[VEC], o[VEC];
-        load_vec<VEC>(gamma, param_t, idx, g);
-        load_vec<VEC>(beta, param_t, idx, b);
+        const int p = params(c, idx);
+        float o[VEC];
 #pragma unroll
-        for (int k = 0; k < VEC; ++k) o[k] = fmaf((v[c * VEC + k] - mean) * rstd, g[k], b[k]);
+        for (int k = 0; k < VEC; ++k) o[k] = fmaf((v[c * VEC + k] - mean) * rstd, g[p + k], b[p + k]);
         store_vec<VEC>(y_row, y_t, idx, o);
       }
     }
@@ -185,14 +210,13 @@ __device__ __forceinline__ void layernorm_row(float (&v)[ITEMS], int n, int t, i
     for (int c = 0; c < C; ++c) {
       const int idx = item_index<VEC>(c, t, G);
       if (idx < n) {
-        float g[VEC], b[VEC], o[VEC];
-        load_vec<VEC>(gamma, param_t, idx, g);
-        load_vec<VEC>(beta, param_t, idx, b);
+        const int p = params(c, idx);
+        float o[VEC];
 #pragma unroll
         for (int k = 0; k < VEC; ++k) {
           const __half d = __hsub(__float2half_rn(v[c * VEC + k]), mean);
           const __half nrm = __hdiv(d, sd);
-          const __half r = __hadd(__hmul(nrm, __float2half_rn(g[k])), __float2half_rn(b[k]));
+          const __half r = __hadd(__hmul(nrm, __float2half_rn(g[p + k])), __float2half_rn(b[p + k]));
           o[k] = __half2float(r);
         }
         store_vec<VEC>(y_row, y_t, idx, o);

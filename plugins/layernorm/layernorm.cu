@@ -10,7 +10,7 @@ namespace {
 
 using namespace rowops;
 
-template <int VEC, bool WARP_ROWS, bool HALF_STATS>
+template <int VEC, bool WARP_ROWS, bool HALF_STATS, bool PREFETCH>
 __global__ void layernorm_kernel(const void* __restrict__ x, DType x_t, const void* __restrict__ residual,
                                  DType r_t, const void* __restrict__ gamma, const void* __restrict__ beta,
                                  DType param_t, void* __restrict__ y, DType y_t, void* __restrict__ sum_out,
@@ -66,14 +66,14 @@ __global__ void layernorm_kernel(const void* __restrict__ x, DType x_t, const vo
     }
   }
   char* yrow = static_cast<char*>(y) + base * (y_t == DType::F16 ? 2 : 4);
-  layernorm_row<VEC, WARP_ROWS, HALF_STATS>(v, n, t, G, eps, gamma, beta, param_t, yrow, y_t, scratch);
+  layernorm_row<VEC, WARP_ROWS, HALF_STATS, PREFETCH>(v, n, t, G, eps, gamma, beta, param_t, yrow, y_t, scratch);
 }
 
-template <int VEC, bool WARP_ROWS, bool HALF_STATS>
+template <int VEC, bool WARP_ROWS, bool HALF_STATS, bool PREFETCH>
 void launch_impl(const RowLaunch& L, const void* x, DType x_t, const void* residual, DType r_t,
                  const void* gamma, const void* beta, DType param_t, void* y, DType y_t, void* sum_out,
                  DType sum_t, long long rows, int n, float eps, cudaStream_t stream) {
-  layernorm_kernel<VEC, WARP_ROWS, HALF_STATS><<<static_cast<unsigned>(L.blocks), L.threads, 0, stream>>>(
+  layernorm_kernel<VEC, WARP_ROWS, HALF_STATS, PREFETCH><<<static_cast<unsigned>(L.blocks), L.threads, 0, stream>>>(
       x, x_t, residual, r_t, gamma, beta, param_t, y, y_t, sum_out, sum_t, rows, n, eps);
   TRTRUN_LAUNCH_CHECK();
 }
@@ -103,11 +103,16 @@ void launch_layernorm(const void* x, DType x_t, const void* residual, DType r_t,
   const bool vec = (n % 8 == 0) && aligned16(x) && aligned16(residual) && aligned16(gamma) && aligned16(beta) &&
                    aligned16(y) && aligned16(sum_out);
   const bool half_stats = prec == Precision::FP16;
+  // gamma/beta before the reductions (rowops::layernorm_row) up to 2048 rows: there one warp per row fills
+  // at most ~4 blocks of 128 threads per multiprocessor, so the doubled registers cost no occupancy.
+  const bool prefetch = rows <= 2048;
   TRTRUN_BOOL_SWITCH(vec, VECTOR, [&] {
     TRTRUN_BOOL_SWITCH(L.warp_rows, WARP_ROWS, [&] {
       TRTRUN_BOOL_SWITCH(half_stats, HALF, [&] {
-        launch_impl<VECTOR ? 8 : 1, WARP_ROWS, HALF>(L, x, x_t, residual, r_t, gamma, beta, param_t, y, y_t,
-                                                      sum_out, sum_t, rows, n, eps, stream);
+        TRTRUN_BOOL_SWITCH(prefetch, PREFETCH, [&] {
+          launch_impl<VECTOR ? 8 : 1, WARP_ROWS, HALF, PREFETCH>(L, x, x_t, residual, r_t, gamma, beta, param_t, y,
+                                                                y_t, sum_out, sum_t, rows, n, eps, stream);
+        });
       });
     });
   });

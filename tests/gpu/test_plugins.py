@@ -191,12 +191,13 @@ LN_CASES = [
 ]
 
 
+@pytest.mark.parametrize("rows", [67, 2051])  # <= 2048 rows: gamma/beta prefetched before the reductions
 @pytest.mark.parametrize("prec,n,xt,rt,pt,yt,st", LN_CASES)
-def test_layernorm(prec, n, xt, rt, pt, yt, st):
+def test_layernorm(prec, n, xt, rt, pt, yt, st, rows):
     torch = _torch()
     ref = _reference()
-    rng = np.random.default_rng(1000 + n)
-    rows, eps = 67, 1e-5
+    rng = np.random.default_rng(1000 + n + rows)
+    eps = 1e-5
     x = _rand_rows(rng, rows, n, xt)
     r = None if rt is None else (0.5 * _rand_rows(rng, rows, n, rt)).astype(rt)
     g = rng.uniform(0.5, 1.5, n).astype(pt)
@@ -359,6 +360,20 @@ ATTN_CASES = [
 @pytest.mark.parametrize("prec,B,S,H,D,causal,mkind,qt,yt", ATTN_CASES)
 def test_attention(prec, B, S, H, D, causal, mkind, qt, yt):
     _check_attention(prec, B, S, H, D, causal, mkind, qt, yt, 1.0 / math.sqrt(D))
+
+
+@pytest.mark.parametrize("cfg", ["1,4", "1,2", "1,1", "2,4", "2,2", "2,1"])
+@pytest.mark.parametrize("prec,B,S,H,D,causal,mkind,qt", [
+    ("hybrid", 2, 511, 2, 64, False, "holes", np.float16),   # 8 key tiles: the 3-slot ring wraps, masked tiles skipped
+    ("hybrid", 2, 300, 2, 64, True, "left", np.float16),     # causal + left padding: fully masked rows walk all
+    ("hybrid", 1, 200, 2, 32, True, None, np.float32),       # fp32 qkv (synchronous staging), 4 tiles
+    ("fp16", 2, 129, 2, 64, False, "right", np.float16),     # 3 tiles, the last one 1 key
+])
+def test_attention_every_configuration(prec, B, S, H, D, causal, mkind, qt, cfg, monkeypatch):
+    """Every forced (rows per warp, warps per block) configuration (TRTRUN_ATTN_CFG="MT,nw"), not only the one
+    the launcher picks for these shapes, under the same acceptance rule as test_attention."""
+    monkeypatch.setenv("TRTRUN_ATTN_CFG", cfg)
+    _check_attention(prec, B, S, H, D, causal, mkind, qt, np.float16, 1.0 / math.sqrt(D))
 
 
 @pytest.mark.parametrize("prec,scale", [("hybrid", -0.125), ("hybrid", 0.0), ("hybrid", 3.0), ("fp16", -0.125),
@@ -569,7 +584,8 @@ def test_attention_concurrent_configurations_from_threads():
         try:
             for i in order:
                 dq, dm, want, B, S = cases[i]
-                y = torch.full((B, S, H * D), float("nan"), dtype=torch.float16, device="cuda")
+                with torch.cuda.stream(stream):  # the poison fill on the kernel's stream, ordered before it
+                    y = torch.full((B, S, H * D), float("nan"), dtype=torch.float16, device="cuda")
                 PLUGINS.attention(ptr(dq), dtype_code(np.float16), ptr(dm), ptr(y), dtype_code(np.float16), B, S,
                                   H, D, 0.125, False, PREC["hybrid"], stream.cuda_stream)
                 stream.synchronize()
