@@ -102,7 +102,9 @@ def collect(backend: str, command: str, device: int = 0) -> dict:
     except (ImportError, AttributeError):
         pass
     root = Path(__file__).resolve().parents[2]
-    meta["git"] = _run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"])
+    # TRTRUN_GIT_COMMIT: the commit measured, for copies of the checkout whose .git is not current (the device
+    # machine gets the working tree with a stale .git); otherwise asked of git.
+    meta["git"] = os.environ.get("TRTRUN_GIT_COMMIT") or _run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"])
     meta["command"] = command
     meta["pid"] = os.getpid()
     meta["argv0"] = os.path.basename(sys.argv[0]) if sys.argv else None
