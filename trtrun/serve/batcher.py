@@ -28,7 +28,6 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 from ..errors import TrtrunError
 
@@ -45,13 +44,17 @@ class BatcherClosedError(TrtrunError):
     """The batcher is shutting down or closed and takes no new requests (HTTP 503)."""
 
 
-@dataclass
 class _Request:
-    texts: list
-    future: Future | asyncio.Future
-    est_tokens: int
-    loop: asyncio.AbstractEventLoop | None = None  # set for an asyncio future (submit_async)
-    t_submit: float = field(default_factory=time.perf_counter)
+    """One caller's texts waiting for a window (a plain slotted class: made on the event loop per request)."""
+
+    __slots__ = ("texts", "future", "est_tokens", "loop", "t_submit")
+
+    def __init__(self, texts: list, future, est_tokens: int, loop=None):
+        self.texts = texts
+        self.future: Future | asyncio.Future = future
+        self.est_tokens = est_tokens
+        self.loop: asyncio.AbstractEventLoop | None = loop  # set for an asyncio future (submit_async)
+        self.t_submit = time.perf_counter()
 
 
 def _settle(fut, res) -> None:
@@ -171,11 +174,14 @@ class MicroBatcher:
             # Wake the gatherer only when it can act: it waits for a first request, or for its open window
             # to fill (window + queue now reach a cap); otherwise it wakes by itself at the window's
             # deadline, or is busy (waiting for a free worker) and looks at the queue when it comes back.
+            # Once woken it is not woken again: the woken thread runs only when it gets the GIL, often after
+            # the event loop has queued a whole burst of requests, and each of those would notify again.
             if self._idle or (self._win_open and (
                     self._q_inputs + self._win_inputs >= self.max_batch_inputs
                     or self._q_tokens + self._win_tokens >= self.max_batch_tokens
                     or (self.max_batch_requests is not None
                         and len(q) + self._win_requests >= self.max_batch_requests))):
+                self._idle = self._win_open = False
                 self._cv.notify()
 
     def embed(self, texts, timeout: float | None = None):
@@ -269,7 +275,8 @@ class MicroBatcher:
         finally:
             with self._cv:
                 self._inflight -= 1
-                self._cv.notify_all()
+                if self._closing:  # close() waits for the windows in flight; nobody else needs to hear
+                    self._cv.notify_all()
             self._slots.release()
 
     @staticmethod
