@@ -186,6 +186,37 @@ def test_metrics_expose_counters_and_histograms(client, emb, texts):
     assert "trtrun_queue_depth" in fam and "trtrun_engine_seconds" in fam
 
 
+def test_bulk_histogram_updates_equal_one_observe_per_value():
+    """metrics.observe_many (per-window and per-flush recording) leaves exactly the exposition that one
+    Histogram.observe per value leaves: the same bucket counts, sum and count, bucket bounds included."""
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from trtrun.serve.metrics import LATENCY_BUCKETS, observe_many
+
+    rng = np.random.default_rng(5)
+    values = list(rng.exponential(0.02, 500)) + list(LATENCY_BUCKETS) + [0.0, 1e-9, 12.0, 1e6]
+    out = []
+    for bulk in (False, True):
+        reg = CollectorRegistry()
+        h = Histogram("t_seconds", "t", ["endpoint"], buckets=LATENCY_BUCKETS, registry=reg)
+        child = h.labels("/x")
+        if bulk:
+            observe_many(child, values[:100])
+            observe_many(child, values[100:])
+            observe_many(child, [])
+        else:
+            for v in values:
+                child.observe(v)
+        out.append(dict(ln.rsplit(" ", 1) for ln in generate_latest(reg).decode().splitlines()
+                        if not ln.startswith(("#", "t_seconds_created"))))
+    assert len(out[0]) == len(LATENCY_BUCKETS) + 3 and out[0].keys() == out[1].keys()
+    for k in out[0]:
+        if k.startswith("t_seconds_sum"):  # one sum of many values vs a running sum: the order of additions
+            assert float(out[0][k]) == pytest.approx(float(out[1][k]), rel=1e-12)
+        else:
+            assert out[0][k] == out[1][k], k
+
+
 # ------------------------------------------------------------------------------------------ real HTTP
 
 
@@ -239,6 +270,13 @@ def test_concurrent_http_clients_each_get_their_own_rows(emb, texts):
         line = [ln for ln in m.splitlines() if ln.startswith("trtrun_batch_requests_count")][0]
         windows = float(line.split()[-1])
         assert windows < len(jobs), f"{windows} micro-batches for {len(jobs)} concurrent requests: no sharing"
+        # requests answered while others were in flight are recorded in bulk: all of them are there now
+        def value(prefix):
+            return float([ln for ln in m.splitlines() if ln.startswith(prefix)][0].split()[-1])
+        assert value('trtrun_requests_total{endpoint="/v1/embeddings",status="200"}') == len(jobs)
+        assert value('trtrun_request_latency_seconds_count{endpoint="/v1/embeddings"}') == len(jobs)
+        assert value("trtrun_inputs_total") == sum(len(j) for j in jobs)
+        assert value("trtrun_queue_time_seconds_count") == len(jobs)
     finally:
         server.should_exit = True
         th.join(30)

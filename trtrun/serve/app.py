@@ -271,7 +271,7 @@ def create_app(embedder, config: ServeConfig | None = None):
                            "server_error")
         if res.any_truncated:
             metrics.truncated.inc(int(res.truncated.sum()))
-        metrics.inputs.inc(len(res))
+        metrics.inputs_done += len(res)
         return res
 
     def endpoint(name: str, fn):
@@ -363,6 +363,7 @@ def create_app(embedder, config: ServeConfig | None = None):
             app.state.accepting = live["accepting"] = False
             # uvicorn has already waited for the requests in flight; this finishes anything still queued
             await asyncio.get_running_loop().run_in_executor(None, batcher.close)
+            metrics.flush()
 
     hot = {"/v1/embeddings": endpoint("/v1/embeddings", openai_embeddings),
            "/embed": endpoint("/embed", tei_embed)}

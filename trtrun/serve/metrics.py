@@ -9,9 +9,11 @@ in flight) are the sum of the live workers' last values.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import time
+from bisect import bisect_left
 
 # Latency buckets in seconds: 0.5 ms .. 10 s, dense around the few-ms range a small encoder lives in.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1,
@@ -20,6 +22,32 @@ SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 192, 256, 384, 512, 1024)
 TOKEN_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# Per-request counts and latencies are recorded in bulk (see ServerMetrics.request_done): at the latest after
+# this many seconds or requests while others are still in flight, at once when none is.
+FLUSH_S = 0.1
+FLUSH_N = 256
+
+
+def observe_many(hist, values) -> None:
+    """hist.observe(v) for every v, with one increment per touched bucket and one of the sum (the same
+    counts: a value goes to the first bucket whose upper bound is >= it, as Histogram.observe does). Falls
+    back to observe() per value if the prometheus-client internals it uses are not there."""
+    if not values:
+        return
+    bounds, buckets, total = (getattr(hist, a, None) for a in ("_upper_bounds", "_buckets", "_sum"))
+    if bounds is None or buckets is None or total is None or len(bounds) != len(buckets):
+        for v in values:
+            hist.observe(v)
+        return
+    counts: dict[int, int] = {}
+    for v in values:
+        i = bisect_left(bounds, v)
+        counts[i] = counts.get(i, 0) + 1
+    total.inc(sum(values))
+    n = len(buckets)
+    for i, c in counts.items():
+        if i < n:  # past the last bound (+Inf) only for NaN, which observe() puts in no bucket either
+            buckets[i].inc(c)
 
 
 def multiprocess_mode() -> bool:
@@ -70,19 +98,57 @@ class ServerMetrics:
         # Per request only plain Python work: labeled children are looked up once, and the in-flight count
         # is an int on the event loop, copied into its gauge per micro-batch and when /metrics is read.
         self.requests_in_flight = 0
+        self.inputs_done = 0  # texts embedded since the last flush (an int on the event loop)
         self._done: dict = {}  # (endpoint, status) -> (requests counter child, latency histogram child)
+        self._pending: list = []  # (endpoint, status, seconds) not yet recorded; event loop only
+        self._t_pending = 0.0
+        self._timer = None
         self._cpu_lock = threading.Lock()
         self._cpu_seen = time.process_time()
         self.queue_depth_fn = None  # set by the app: () -> requests waiting
 
     def request_done(self, endpoint: str, status: str, seconds: float) -> None:
-        """One HTTP request answered (called on the event loop)."""
-        c = self._done.get((endpoint, status))
-        if c is None:
-            c = self._done[(endpoint, status)] = (self.requests.labels(endpoint, status),
-                                                   self.latency.labels(endpoint))
-        c[0].inc()
-        c[1].observe(seconds)
+        """One HTTP request answered (called on the event loop, after requests_in_flight was decremented).
+
+        Recorded in bulk, since a Counter.inc and a Histogram.observe per request cost the event loop ~4 us
+        a request: at once when no other request is in flight (so an idle server's /metrics is always
+        exact, as before), otherwise when FLUSH_N have gathered, FLUSH_S after the first one waited (a timer
+        on the loop), and before /metrics is rendered."""
+        p = self._pending
+        p.append((endpoint, status, seconds))
+        if self.requests_in_flight == 0 or len(p) >= FLUSH_N:
+            self.flush()
+        elif self._timer is None:
+            try:
+                self._timer = asyncio.get_running_loop().call_later(FLUSH_S, self._on_timer)
+            except RuntimeError:  # no running loop (not called from the app): record now
+                self.flush()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.flush()
+
+    def flush(self) -> None:
+        """Record the requests answered since the last flush (on the event loop)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        n_in, self.inputs_done = self.inputs_done, 0
+        if n_in:
+            self.inputs.inc(n_in)
+        p = self._pending
+        if not p:
+            return
+        self._pending = []
+        groups: dict = {}
+        for endpoint, status, seconds in p:
+            groups.setdefault((endpoint, status), []).append(seconds)
+        for key, secs in groups.items():
+            c = self._done.get(key)
+            if c is None:
+                c = self._done[key] = (self.requests.labels(*key), self.latency.labels(key[0]))
+            c[0].inc(len(secs))
+            observe_many(c[1], secs)
 
     def _refresh(self) -> None:
         """Bring the CPU counter and the gauges up to date (per micro-batch, and when /metrics is read)."""
@@ -99,8 +165,7 @@ class ServerMetrics:
     def on_window(self, n_requests: int, n_inputs: int, queue_seconds: list) -> None:
         self.window_requests.observe(n_requests)
         self.window_inputs.observe(n_inputs)
-        for q in queue_seconds:
-            self.queue_time.observe(q)
+        observe_many(self.queue_time, queue_seconds)
         self._refresh()
 
     def on_engine_batch(self, rows: int, seq: int, real_tokens: int, seconds: float) -> None:
@@ -113,6 +178,7 @@ class ServerMetrics:
     def render(self) -> tuple[bytes, str]:
         from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+        self.flush()
         self._refresh()
         if not self.multiprocess:
             return generate_latest(self.registry), CONTENT_TYPE_LATEST
