@@ -19,7 +19,8 @@
 # 9 torch.compile points at 10-40 s each (compilation); 9 CPU points at 1-20 s each. About 20-25 min in
 # all: three or four calls.
 # Environment: BENCH_BUDGET (s), BENCH_CONFIG (default bench/paper.toml), BENCH_ARGS (extra trtrun bench
-# options, e.g. "--retry-failed"), WHEELS (a folder of wheels), PYTHON (default python3), BENCH_NO_INSTALL=1.
+# options, e.g. "--retry-failed"), WHEELS (a folder of wheels), PYTHON (default python3), BENCH_NO_INSTALL=1,
+# BENCH_NAME (a new result folder name instead of resuming the newest one for this config and card).
 # On a machine without a GPU the script can be tried with a small config and the reference backend:
 #   BENCH_NO_INSTALL=1 BENCH_CONFIG=bench/smoke.toml BENCH_ARGS="--backend reference" OUT=/tmp/o bash scripts/gpu/bench.sh
 set -euo pipefail
@@ -71,7 +72,12 @@ slug=$("$py" -c "import sys; from trtrun.bench.meta import card_slug; print(card
 kind=$(basename "$config" .toml)
 kind=${kind%.json}
 prev=$(ls -d bench/results/"$kind"-"$slug"-*/ 2>/dev/null | sort | tail -n 1 || true)
-if [ -n "$prev" ] && [ -f "$prev/results.jsonl" ]; then
+# BENCH_NAME: a new sweep under that name (resumed only from bench/results/$BENCH_NAME), e.g. to measure the
+# same grid again after a change on the same day and card
+if [ -n "${BENCH_NAME:-}" ]; then prev="bench/results/$BENCH_NAME/"; fi
+if [ -n "${BENCH_NAME:-}" ]; then
+  name=$BENCH_NAME
+elif [ -n "$prev" ] && [ -f "$prev/results.jsonl" ]; then
   name=$(basename "$prev")
 else
   name="$kind-$slug-$(date +%Y-%m-%d)"
