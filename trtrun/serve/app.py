@@ -388,18 +388,28 @@ _STATUS = {c: str(c) for c in (200, 400, 413, 422, 500, 503)}
 # objects. A server allocates dozens per request (scope, messages, coroutines, futures), and with 64
 # requests in flight their objects outlive a pass, so passes came every ~20 requests, each walking every
 # live young object and promoting them to be walked again in the older generations: ~14 us of CPU per
-# request (measured with gc.callbacks on the stub server). A request makes no reference cycles in steady
-# state (no pass ran at all at 10,000: bench/NOTES-serve.md), so a larger threshold costs no memory there.
+# request before the hot endpoints left Starlette's stack, ~3.5 us after (measured with gc.callbacks on the
+# stub server). A request makes no reference cycles in steady state (no pass ran at all at 10,000:
+# bench/NOTES-serve.md), so a larger threshold costs no memory there.
 GC_GEN0_THRESHOLD = 10_000
 
 
-def tune_gc() -> None:
-    """For a process that serves from now on: move everything allocated so far (modules, the engine, the
-    app) out of the collector's reach (gc.freeze: full passes no longer walk it) and run young passes every
-    GC_GEN0_THRESHOLD net allocations instead of 700. run_server and the --workers processes call it just
-    before serving; an application embedding create_app in its own server decides for itself."""
+def tune_process() -> None:
+    """For a process that serves from now on (run_server and each --workers process call it just before
+    serving; an application embedding create_app in its own server decides for itself):
+
+    - garbage collector: everything allocated so far (modules, the engine, the app) is moved out of its
+      reach (gc.freeze: full passes no longer walk it), and young passes run every GC_GEN0_THRESHOLD net
+      allocations instead of 700;
+    - tokenizer: TOKENIZERS_PARALLELISM=false unless set, so a window's texts are tokenized in the batch
+      worker's own thread (without the GIL, as before) instead of being spread over a rayon pool of one
+      thread per core: for windows of tens of short texts the pool's hand-offs and idle spinning cost more
+      CPU than they save (~8 us a request on 2 cores, more with a thread per core of a big host); windows
+      still tokenize in parallel with each other (one per context).
+    """
     import gc
 
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     gc.collect()
     gc.freeze()
     g0, g1, g2 = gc.get_threshold()
@@ -415,7 +425,7 @@ def run_server(embedder, config: ServeConfig | None = None, *, host: str = "127.
     uconf = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=access_log,
                            lifespan="on", timeout_graceful_shutdown=graceful_timeout)
     server = uvicorn.Server(uconf)
-    tune_gc()
+    tune_process()
     try:
         server.run()
     except SystemExit as e:  # uvicorn exits when it cannot bind; library code must not end the process

@@ -106,10 +106,10 @@ def _worker(index: int, make_embedder, config, sock: socket.socket, uv: dict, ev
             return
         import uvicorn
 
-        from .app import create_app, tune_gc
+        from .app import create_app, tune_process
 
         server = uvicorn.Server(uvicorn.Config(create_app(emb, config), lifespan="on", **uv))
-        tune_gc()
+        tune_process()
         done = threading.Event()
 
         def report_ready():
