@@ -189,6 +189,13 @@ def main(argv=None) -> int:
 
         return run_workers(make, cfg, workers=a.workers, host=a.host, port=a.port, log_level=a.log_level)
     emb = make()
+
+    def stopped(signum, frame):  # uvicorn re-raises the SIGTERM it handled gracefully (as trtrun serve does)
+        raise KeyboardInterrupt
+
+    import signal
+
+    signal.signal(signal.SIGTERM, stopped)
     try:
         run_server(emb, cfg, host=a.host, port=a.port, log_level=a.log_level)
     except KeyboardInterrupt:
