@@ -141,6 +141,46 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving(client, emb, texts, w
     _ok(client, texts, emb)
 
 
+def test_body_in_several_messages_and_a_client_that_goes_away(client, emb, texts):
+    """The embedding endpoints read the ASGI body themselves: a body in several http.request messages
+    (chunked transfer) is joined, one over --max-body-bytes in pieces is a 413, and a client that disconnects
+    before its body is complete gets no response and leaves the server serving."""
+    import asyncio
+
+    app = client.app
+
+    def call(pieces, path="/v1/embeddings", disconnect=False):
+        msgs = [{"type": "http.request", "body": p, "more_body": i < len(pieces) - 1} for i, p in enumerate(pieces)]
+        if disconnect:
+            msgs[-1] = {"type": "http.disconnect"}
+        sent = []
+
+        async def receive():
+            return msgs.pop(0)
+
+        async def send(m):
+            sent.append(m)
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+                 "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+                 "headers": [(b"content-type", b"application/json")], "client": ("127.0.0.1", 1),
+                 "server": ("127.0.0.1", 2)}
+        asyncio.run(app(scope, receive, send))
+        return sent
+
+    body = json.dumps({"input": texts[:3]}).encode()
+    sent = call([body[:5], b"", body[5:17], body[17:]])
+    assert sent[0]["status"] == 200 and dict(sent[0]["headers"])[b"content-type"] == b"application/json"
+    assert int(dict(sent[0]["headers"])[b"content-length"]) == len(sent[1]["body"])
+    got = np.array([d["embedding"] for d in json.loads(sent[1]["body"])["data"]], np.float32)
+    np.testing.assert_allclose(got, emb.embed(texts[:3]), atol=ATOL)
+    big = json.dumps({"inputs": ["z" * 10_000] * 250}).encode()  # 2.5 MB in 100 kB pieces, no Content-Length
+    sent = call([big[i:i + 100_000] for i in range(0, len(big), 100_000)], "/embed")
+    assert sent[0]["status"] == 413 and b"larger than the limit" in sent[1]["body"]
+    assert call([body[:10], b"never sent"], disconnect=True) == []
+    _ok(client, texts, emb)
+
+
 def test_unknown_route_and_method(client, emb, texts):
     assert client.get("/v1/embeddings").status_code == 405
     assert client.post("/nope", json={}).status_code == 404
