@@ -194,33 +194,48 @@ void GemmRunner::tune(Plan& p, const void* x, const void* w, void* y, const void
     TRTRUN_CUDA_CHECK(ce);
   }
   const float alpha = 1.0f, beta = p.key.add_c ? 1.0f : 0.0f;
-  float best = 0.0f;
-  size_t best_i = 0;
-  cudaError_t failure = cudaSuccess;
-  for (size_t i = 0; i < p.candidates.size() && failure == cudaSuccess; ++i) {
+  auto launch = [&](size_t i) {
     const auto& cand = p.candidates[i];
-    const void* c_in = c;
-    auto once = [&]() {
-      return cublasLtMatmul(handle_, p.op, &alpha, w, p.a, x, p.b, &beta, c_in, p.d, y, p.d, &cand.algo,
-                            workspace_.get(), cand.workspaceSize, stream);
-    };
-    // one warm-up, then the median-free minimum of a few runs (the candidates differ by far more than noise)
-    if (once() != CUBLAS_STATUS_SUCCESS) continue;
-    float ms_min = 0.0f;
-    for (int r = 0; r < 3; ++r) {
+    return cublasLtMatmul(handle_, p.op, &alpha, w, p.a, x, p.b, &beta, c, p.d, y, p.d, &cand.algo,
+                          workspace_.get(), cand.workspaceSize, stream);
+  };
+  // Candidates are timed round-robin (kTuneRounds rounds of one run each, the minimum kept per candidate), not
+  // one after another: a shape is often tuned right after the GPU idled (model loading, another library's
+  // compilation) while its clocks are still rising, and timing candidate by candidate then favours the later
+  // ones. Suspected on an H200 (bench/NOTES.md): the same plan at 1 x 512 ran 0.59 ms in standalone processes
+  // and 0.68 ms in the issue-3 bench process, which tuned its M = 512 GEMMs right after torch.compile work.
+  const size_t nc = p.candidates.size();
+  std::vector<float> ms_min(nc, -1.0f);  // -1: not timed (failed)
+  std::vector<char> ok(nc, 0);
+  cudaError_t failure = cudaSuccess;
+  for (size_t i = 0; i < nc; ++i) ok[i] = launch(i) == CUBLAS_STATUS_SUCCESS;  // warm-up (and load) each
+  for (int r = 0; r < kTuneRounds && failure == cudaSuccess; ++r) {
+    for (size_t i = 0; i < nc && failure == cudaSuccess; ++i) {
+      if (!ok[i]) continue;
       cudaError_t e = cudaEventRecord(t0, stream);
-      cublasStatus_t bs = once();
+      const cublasStatus_t bs = launch(i);
       if (e == cudaSuccess) e = cudaEventRecord(t1, stream);
       if (e == cudaSuccess) e = cudaEventSynchronize(t1);
       float ms = 0.0f;
       if (e == cudaSuccess) e = cudaEventElapsedTime(&ms, t0, t1);
-      if (e != cudaSuccess) { failure = e; break; }
-      if (bs != CUBLAS_STATUS_SUCCESS) { ms = -1.0f; break; }
-      if (r == 0 || ms < ms_min) ms_min = ms;
+      if (e != cudaSuccess) {
+        failure = e;
+        break;
+      }
+      if (bs != CUBLAS_STATUS_SUCCESS) {
+        ok[i] = 0;
+        continue;
+      }
+      if (ms_min[i] < 0.0f || ms < ms_min[i]) ms_min[i] = ms;
     }
-    if (failure != cudaSuccess || ms_min < 0.0f) continue;
-    if (best == 0.0f || ms_min < best) { best = ms_min; best_i = i; }
   }
+  float best = 0.0f;
+  size_t best_i = 0;
+  for (size_t i = 0; i < nc; ++i)
+    if (ok[i] && ms_min[i] >= 0.0f && (best == 0.0f || ms_min[i] < best)) {
+      best = ms_min[i];
+      best_i = i;
+    }
   TRTRUN_CUDA_IGNORE(cudaEventDestroy(t0));
   TRTRUN_CUDA_IGNORE(cudaEventDestroy(t1));
   if (failure != cudaSuccess) throw CudaError(__FILE__, __LINE__, "GEMM tuning (cudaEvent*)", failure);

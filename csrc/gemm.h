@@ -53,6 +53,7 @@ class GemmRunner {
  private:
   struct Plan;
   static constexpr int kTuneCandidates = 8;
+  static constexpr int kTuneRounds = 5;
   void tune(Plan& p, const void* x, const void* w, void* y, const void* c, cudaStream_t stream);
   bool tune_enabled_ = true;
   cublasLtHandle_t handle_ = nullptr;
