@@ -114,7 +114,8 @@ void bind_context(py::module_& m) {
 
   py::class_<Context, std::shared_ptr<Context>>(m, "Context", "Executes an Engine on its own CUDA stream")
       .def(py::init([](std::shared_ptr<Engine> engine, bool use_graphs, size_t workspace_bytes, size_t max_graphs,
-                       int ffn_chunks, bool fuse_residual, int64_t fuse_residual_min_rows) {
+                       int ffn_chunks, bool fuse_residual, int64_t fuse_residual_min_rows,
+                       int64_t ffn_chunk_min_rows) {
              ContextOptions o;
              o.use_graphs = use_graphs;
              o.workspace_bytes = workspace_bytes;
@@ -123,13 +124,15 @@ void bind_context(py::module_& m) {
              o.ffn_chunks = ffn_chunks;
              o.fuse_residual = fuse_residual;
              o.fuse_residual_min_rows = fuse_residual_min_rows;
+             o.ffn_chunk_min_rows = ffn_chunk_min_rows;
              py::gil_scoped_release release;
              return std::make_shared<Context>(std::move(engine), o);
            }),
            py::arg("engine"), py::arg("use_graphs") = true, py::arg("workspace_bytes") = ContextOptions().workspace_bytes,
            py::arg("max_graphs") = 256, py::arg("ffn_chunks") = ContextOptions().ffn_chunks,
            py::arg("fuse_residual") = ContextOptions().fuse_residual,
-           py::arg("fuse_residual_min_rows") = ContextOptions().fuse_residual_min_rows)
+           py::arg("fuse_residual_min_rows") = ContextOptions().fuse_residual_min_rows,
+           py::arg("ffn_chunk_min_rows") = ContextOptions().ffn_chunk_min_rows)
       .def(
           "host_input",
           [](py::object self, size_t slot) -> py::object {

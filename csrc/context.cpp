@@ -196,7 +196,7 @@ void Context::init() {
       const int64_t rows = plain_rows(a, false);
       if (rows < 0 || plain_rows(b, false) < 0) continue;
       const int64_t chunk = (rows + options_.ffn_chunks - 1) / options_.ffn_chunks;
-      if (chunk < 256) continue;  // small profiles: nothing worth saving
+      if (chunk < options_.ffn_chunk_min_rows) continue;  // small chunks: slower GEMMs for little memory
       if (ffn_chunk_rows_ != 0 && ffn_chunk_rows_ != chunk) continue;  // one chunk size per context
       ffn_chunk_rows_ = chunk;
       ffn_first_[i] = 1;

@@ -117,15 +117,18 @@ def test_bucketing_changes_nothing(built, variant):
 def test_ffn_chunks_change_nothing(built, variant, precision):
     """Feed-forward pairs run in row chunks at the larger shapes (ContextOptions::ffn_chunks, default 2): the
     arena is smaller, and the result is the unchunked one up to GEMM summation order (the chunked GEMMs have
-    other row counts, so cuBLASLt may pick other tiles). The profile allows 8 x 158 rows: chunks of 632 rows."""
+    other row counts, so cuBLASLt may pick other tiles). The profile allows 8 x 158 rows: chunks of 632 rows,
+    below the default ffn_chunk_min_rows (4096), so the default context does not chunk and 256 is asked for."""
     from trtrun.errors import InputError
 
     plan, engine = built(variant, precision)  # tanh GELU: FFN1 fused in cuBLASLt, so chunkable
     whole = engine.create_context(ffn_chunks=1)
-    chunked = engine.create_context()
+    chunked = engine.create_context(ffn_chunk_min_rows=256)
+    default = engine.create_context()
     s1, s2 = whole.stats(), chunked.stats()
-    # the intermediate [rows_max, 4*64] is planned at half its rows
+    # the intermediate [rows_max, 4*64] is planned at half its rows; not at all with 632-row chunks by default
     assert s2["arena_bytes"] < s1["arena_bytes"], (s1, s2)
+    assert default.stats()["arena_bytes"] == s1["arena_bytes"]
     for i, (B, S) in enumerate([(8, 150), (8, 100), (3, 17), (7, 158)]):
         feeds = h.random_feeds(plan, B, S, padded=True, seed=40 + i)
         a = whole.run(feeds)["out"]
@@ -137,6 +140,8 @@ def test_ffn_chunks_change_nothing(built, variant, precision):
                          f"{s2['arena_bytes'] / 2**20:.3f} MiB")
     with pytest.raises(InputError, match="ffn_chunks"):
         engine.create_context(ffn_chunks=0)
+    with pytest.raises(InputError, match="ffn_chunk_min_rows"):
+        engine.create_context(ffn_chunk_min_rows=0)
 
 
 @pytest.mark.parametrize("variant,precision,fused", [
@@ -153,9 +158,10 @@ def test_residual_fusion_changes_nothing(built, variant, precision, fused):
     fp32 rounding; other plans are left alone. fuse_residual_min_rows=1 fuses at every shape (the default
     fuses from 2048 rows on, above these small shapes: there the plain path must run, bit for bit)."""
     plan, engine = built(variant, precision)
-    plain = engine.create_context(fuse_residual=False)
-    fusing = engine.create_context(fuse_residual_min_rows=1)
-    default = engine.create_context()
+    # every context chunks the FFN (as before ffn_chunk_min_rows existed), so fc2 is fused *and* chunked
+    plain = engine.create_context(fuse_residual=False, ffn_chunk_min_rows=256)
+    fusing = engine.create_context(fuse_residual_min_rows=1, ffn_chunk_min_rows=256)
+    default = engine.create_context(ffn_chunk_min_rows=256)
     assert plain.stats()["fused_residuals"] == 0
     assert fusing.stats()["fused_residuals"] == fused == default.stats()["fused_residuals"]
     for i, (B, S, padded) in enumerate(SHAPES + [(8, 150, True)]):
