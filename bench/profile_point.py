@@ -32,6 +32,7 @@ def main() -> int:
     ap.add_argument("--ffn-chunks", type=int, default=None, help="Context ffn_chunks (default: the runtime's)")
     ap.add_argument("--workspace-mib", type=int, default=None, help="cuBLASLt workspace (default: the runtime's)")
     ap.add_argument("--no-fuse-residual", action="store_true", help="Context fuse_residual=False")
+    ap.add_argument("--plan", default=None, help="time this plan file instead of exporting and building --model")
     a = ap.parse_args()
     points = [tuple(int(x) for x in p.lower().split("x")) for p in (a.point or ["1x128"])]
 
@@ -44,11 +45,14 @@ def main() -> int:
     cache = Path(a.cache)
     cache.mkdir(parents=True, exist_ok=True)
     onnx = cache / f"{a.model}.onnx"
-    if not onnx.exists():
+    if a.plan:
+        plan_path = Path(a.plan)
+    elif not onnx.exists():
         t = time.time()
         export_model(a.model, onnx, seed=0)
         print(f"exported {onnx} in {time.time() - t:.1f}s", flush=True)
-    plan_path = cache / f"{a.model}.{a.precision}.plan"
+    if not a.plan:
+        plan_path = cache / f"{a.model}.{a.precision}.plan"
     if not plan_path.exists():
         t = time.time()
         build(onnx, precision=a.precision, profile={"batch": (1, 8, 32), "seq": (1, 128, 512)}).save(plan_path)
