@@ -38,9 +38,11 @@ struct ContextOptions {
   // ceil(rows_max / ffn_chunks) rows, so the wide intermediate [rows, 4*hidden] is planned at chunk size:
   // at most this many chunks at the profile's largest shape, one chunk (no change) up to half of it. 1: off.
   int ffn_chunks = 2;
-  // ...but only where a chunk holds at least this many rows: smaller GEMMs cost more than the memory is worth
-  // (H200, 2026-11-26: a plan whose profile allows 1 x 512 ran 1 x 512 in two 256-row chunks, 0.60 -> 0.80 ms
-  // for GPT-2; at 8192-row chunks the time was unchanged, bench/NOTES.md).
+  // ...but only where a chunk holds at least this many rows: smaller GEMMs cost more than the memory is worth.
+  // At 128-512 rows a cuBLASLt GEMM takes 5-10 us, mostly fixed cost, so two 256-row chunks cost ~+6 us per
+  // Linear over one 512-row GEMM, ~+0.14 ms for GPT-2 at 1 x 512. Seen on an H200: 0.76-0.80 ms chunked, in a
+  // process that also had the old GEMM tuning, against 0.59 ms unchunked. At 8192-row chunks the time was
+  // unchanged (bench/NOTES.md).
   int64_t ffn_chunk_min_rows = 4096;
   // Linear -> LayerNorm with an fp32 residual in a plan with fp16 GEMM operands: the residual is added in the GEMM
   // epilogue, at runs of at least fuse_residual_min_rows rows (below that, on an H200, cuBLASLt's out-of-place
