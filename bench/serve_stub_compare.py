@@ -67,21 +67,25 @@ def _cpu_seconds(pids: list[int]) -> float:
     return t / TICK
 
 
+def wait_healthy(url: str, name: str, timeout: float = 120.0) -> None:
+    """Poll url/health until it answers 200 (SystemExit naming `name` after `timeout` seconds)."""
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            if urllib.request.urlopen(url + "/health", timeout=1).status == 200:
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit(f"{name}: server did not become healthy")
+
+
 def _run(name: str, repo: Path, args: list[str], a) -> dict:
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     srv = subprocess.Popen([sys.executable, "bench/serve_stub.py", "--port", str(port), *args], cwd=repo,
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        end = time.time() + 120
-        while time.time() < end:
-            try:
-                if urllib.request.urlopen(url + "/health", timeout=1).status == 200:
-                    break
-            except OSError:
-                time.sleep(0.2)
-        else:
-            raise SystemExit(f"{name}: server did not become healthy")
+        wait_healthy(url, name)
         time.sleep(0.5)  # every worker up (with --workers, /health answers as soon as one is)
         pids = _tree(srv.pid)
         c0, w0 = _cpu_seconds(pids), time.monotonic()

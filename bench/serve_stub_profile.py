@@ -33,7 +33,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from serve_stub_compare import TICK, _free_port  # noqa: E402
+from serve_stub_compare import TICK, _free_port, wait_healthy  # noqa: E402
 
 LOOP = "event loop (main thread)"
 
@@ -85,15 +85,7 @@ def _run(name: str, repo: Path, args: list[str], a, pyspy: str | None) -> dict:
                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     spy = lg = None
     try:
-        end = time.time() + 120
-        while time.time() < end:
-            try:
-                if urllib.request.urlopen(url + "/health", timeout=1).status == 200:
-                    break
-            except OSError:
-                time.sleep(0.2)
-        else:
-            raise SystemExit(f"{name}: server did not become healthy")
+        wait_healthy(url, name)
         out = Path(a.tmp) / f"profile-load-{port}.json"
         lg = subprocess.Popen([sys.executable, str(HERE / "loadgen.py"), "--target", f"{name}={url}", "--clients",
                                str(a.clients), "--duration", str(a.duration), "--warmup", str(a.warmup),
