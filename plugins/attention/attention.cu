@@ -12,9 +12,7 @@
 #include <cfloat>
 #include <cmath>
 #include <cstdio>
-#include <cctype>
 #include <cstdlib>
-#include <cstring>
 #include <map>
 #include <mutex>
 #include <string>
