@@ -9,6 +9,8 @@ data folder are missing.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -199,6 +201,29 @@ def wait_healthy(url: str, proc=None, timeout: float = 90.0) -> None:
             pass
         time.sleep(0.1)
     raise AssertionError(f"{url} did not become healthy in {timeout} s")
+
+
+@contextlib.contextmanager
+def serve_process(tiny: dict, port: int, *args: str):
+    """`trtrun serve` on the tiny model (reference backend) as a subprocess on `port`, healthy when yielded;
+    killed on the way out if the test has not stopped it (stderr is a text pipe for the test to read)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trtrun", "serve", str(tiny["plan"]), "--tokenizer", str(tiny["tok"]),
+         "--backend", "reference", "--port", str(port), *args],
+        cwd=Path(__file__).resolve().parent.parent, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}", proc)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -27,7 +26,7 @@ pytest.importorskip("uvicorn", reason="trtrun serve needs uvicorn (pip install '
 pytest.importorskip("prometheus_client", reason="trtrun serve needs prometheus-client")
 httpx = pytest.importorskip("httpx", reason="the tests' HTTP client (and TestClient) need httpx")
 
-from conftest import free_port, wait_healthy  # noqa: E402
+from conftest import free_port, serve_process, wait_healthy  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 # Same plan and numpy backend on both sides; only BLAS summation order differs with the batch shape
@@ -329,13 +328,7 @@ def test_graceful_shutdown_finishes_requests_in_flight(tiny, emb, texts, sig):
     right answer, new connections are refused at once, and the process exits 0."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "trtrun", "serve", str(tiny["plan"]), "--tokenizer", str(tiny["tok"]),
-         "--backend", "reference", "--port", str(port), "--max-wait-ms", "1500", "--contexts", "1"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_healthy(url, proc)
+    with serve_process(tiny, port, "--max-wait-ms", "1500", "--contexts", "1") as proc:
         results: dict[int, object] = {}
 
         def call(i):
@@ -358,10 +351,6 @@ def test_graceful_shutdown_finishes_requests_in_flight(tiny, emb, texts, sig):
             t.join(60)
         rc = proc.wait(60)
         err = proc.stderr.read()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert rc == 0, err
     assert "server stopped" in err and "Traceback" not in err, err
     for i in range(6):

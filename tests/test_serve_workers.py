@@ -25,7 +25,7 @@ httpx = pytest.importorskip("httpx", reason="the tests' HTTP client needs httpx"
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_REUSEPORT load spreading is Linux's")
 
-from conftest import free_port, wait_healthy  # noqa: E402
+from conftest import free_port, serve_process  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 ATOL = 1e-5  # as in test_serve.py: same plan and numpy backend, only BLAS summation order differs
@@ -51,14 +51,8 @@ def test_workers_share_the_port_sum_metrics_and_stop_gracefully(tiny_embed_model
     tiny = tiny_embed_model
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "trtrun", "serve", str(tiny["plan"]), "--tokenizer", str(tiny["tok"]),
-         "--backend", "reference", "--port", str(port), "--workers", "2", "--contexts", "1",
-         "--max-wait-ms", "1500", "--log-level", "warning"],
-        cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True)
-    try:
-        wait_healthy(url, proc)
+    with serve_process(tiny, port, "--workers", "2", "--contexts", "1", "--max-wait-ms", "1500",
+                       "--log-level", "warning") as proc:
         # both workers answer: each new connection lands on one of them (the kernel hashes the client port)
         pids = set()
         for _ in range(60):
@@ -99,10 +93,6 @@ def test_workers_share_the_port_sum_metrics_and_stop_gracefully(tiny_embed_model
             t.join(60)
         rc = proc.wait(60)
         err = proc.stderr.read()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert rc == 0, err
     assert "2 workers serving" in err and "server stopped" in err and "Traceback" not in err, err
     for i in range(8):
@@ -167,13 +157,7 @@ def test_a_worker_that_dies_is_replaced(tiny_embed_model, texts):
     tiny = tiny_embed_model
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "trtrun", "serve", str(tiny["plan"]), "--tokenizer", str(tiny["tok"]),
-         "--backend", "reference", "--port", str(port), "--workers", "2", "--contexts", "1", "--log-level", "warning"],
-        cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True)
-    try:
-        wait_healthy(url, proc)
+    with serve_process(tiny, port, "--workers", "2", "--contexts", "1", "--log-level", "warning") as proc:
         victim = httpx.get(url + "/health", timeout=5).json()["pid"]
         # (the victim may be killed before the supervisor has heard it is ready: a worker that dies by a
         # signal is started again either way; seen in CI: it was once taken for a failed start, which
@@ -190,16 +174,12 @@ def test_a_worker_that_dies_is_replaced(tiny_embed_model, texts):
             try:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                pass  # serve_process kills it
             raise AssertionError(f"live worker pids seen {pids} (victim {victim}); server log:\n{proc.stderr.read()}")
         r = httpx.post(url + "/embed", json={"inputs": [texts[0]]}, timeout=30)
         assert r.status_code == 200
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(60)
         err = proc.stderr.read()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert rc == 0, err
     assert f"pid {victim}) died" in err and "starting it again" in err, err
