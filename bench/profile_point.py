@@ -32,6 +32,8 @@ def main() -> int:
     ap.add_argument("--ffn-chunks", type=int, default=None, help="Context ffn_chunks (default: the runtime's)")
     ap.add_argument("--workspace-mib", type=int, default=None, help="cuBLASLt workspace (default: the runtime's)")
     ap.add_argument("--no-fuse-residual", action="store_true", help="Context fuse_residual=False")
+    ap.add_argument("--ln-input", default="fp16", choices=["fp16", "fp32"],
+                    help="build option ln_input (hybrid: dtype of Linear outputs read by post-norm LayerNorms)")
     ap.add_argument("--plan", default=None, help="time this plan file instead of exporting and building --model")
     a = ap.parse_args()
     points = [tuple(int(x) for x in p.lower().split("x")) for p in (a.point or ["1x128"])]
@@ -52,10 +54,11 @@ def main() -> int:
         export_model(a.model, onnx, seed=0)
         print(f"exported {onnx} in {time.time() - t:.1f}s", flush=True)
     if not a.plan:
-        plan_path = cache / f"{a.model}.{a.precision}.plan"
+        plan_path = cache / f"{a.model}.{a.precision}{'' if a.ln_input == 'fp16' else '.ln32'}.plan"
     if not plan_path.exists():
         t = time.time()
-        build(onnx, precision=a.precision, profile={"batch": (1, 8, 32), "seq": (1, 128, 512)}).save(plan_path)
+        build(onnx, precision=a.precision, profile={"batch": (1, 8, 32), "seq": (1, 128, 512)},
+              ln_input=a.ln_input).save(plan_path)
         print(f"built {plan_path} in {time.time() - t:.1f}s", flush=True)
 
     eng = Engine.load(plan_path)

@@ -146,11 +146,15 @@ def test_fused_structure(exported, source, exporter):
 
 def test_hybrid_dtypes_follow_the_rules(exported):
     """docs/plan-format.md: fp16 where only GEMMs (or, for bounded LN outputs, residual reads)
-    consume a tensor; the residual stream, Linear outputs feeding a LayerNorm and outputs fp32."""
-    for source in ("bert", "gpt2"):
-        plan = build(exported(source), precision="hybrid")
+    consume a tensor, and (ln_input="fp16", the default) Linear outputs read by a post-norm LayerNorm;
+    the residual stream, Linear outputs feeding a pre-norm LayerNorm and outputs fp32. With
+    ln_input="fp32" every LayerNorm x is fp32."""
+    for source, ln_input in (("bert", "fp16"), ("bert", "fp32"), ("gpt2", "fp16")):
+        plan = build(exported(source), precision="hybrid", ln_input=ln_input)
         T = plan.tensors
         W = plan.header["weights"]
+        producer = {t: op for op in plan.ops for t in op["outputs"]}
+        n_ln16 = 0
         for op in plan.ops:
             for role, w in op["weights"].items():
                 want = "float32" if role in ("gamma", "beta") else "float16"
@@ -158,12 +162,20 @@ def test_hybrid_dtypes_follow_the_rules(exported):
             if op["type"] == "Attention":
                 assert T[op["inputs"][0]]["dtype"] == "float16" and T[op["outputs"][0]]["dtype"] == "float16"
             if op["type"] == "LayerNorm":
-                assert T[op["inputs"][0]]["dtype"] == "float32"  # a Linear output (or the stream)
+                x = op["inputs"][0]
+                r = op["inputs"][1] if len(op["inputs"]) > 1 else ""
+                post_norm = (len(op["outputs"]) == 1 and producer[x]["type"] == "Linear"
+                             and (r == "" or T[r]["dtype"] == "float16"))
+                want = "float16" if post_norm and ln_input == "fp16" else "float32"
+                assert T[x]["dtype"] == want, (source, ln_input, op["name"])
+                n_ln16 += want == "float16"
                 if len(op["outputs"]) == 2:
                     assert T[op["outputs"][1]]["dtype"] == "float32"  # the residual stream
                 y = op["outputs"][0]
                 if y != "last_hidden_state":
                     assert T[y]["dtype"] == "float16"
+        # BERT: two post-norm LayerNorms a layer read a Linear output; GPT-2 (pre-norm) none
+        assert n_ln16 == (2 * plan.model["num_layers"] if (source, ln_input) == ("bert", "fp16") else 0)
         assert T["last_hidden_state"]["dtype"] == "float32"
         fp32 = build(exported(source), precision="fp32")
         assert all(t["dtype"] in ("float32", "int64") for t in fp32.tensors.values())

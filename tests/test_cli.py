@@ -385,3 +385,28 @@ def test_build_tf32_save_onnx_and_default_output(capsys, tiny, tmp_path):
     sess = ort.InferenceSession(str(tmp_path / "rw.onnx"), providers=["CPUExecutionProvider"])
     assert {i.name for i in sess.get_inputs()} >= {"input_ids", "attention_mask"}
     assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]  # no temporary file left
+
+
+def test_build_ln_input(capsys, tiny, tmp_path):
+    """--ln-input decides the dtype of the Linear outputs that BERT's post-norm LayerNorms read (hybrid);
+    the default is fp16, --ln-input fp32 keeps them fp32, and both plans run on the reference backend."""
+    from trtrun.plan import load_plan
+    from trtrun.reference import ReferenceBackend
+
+    dtypes = {}
+    for flag in ("fp16", "fp32"):
+        out = tmp_path / f"{flag}.plan"
+        args = ["build", tiny["onnx"], "-o", out, "--max", "2,16", "-q"]
+        if flag != "fp16":
+            args += ["--ln-input", flag]
+        code, _, err = cli(capsys, *args)
+        assert code == 0, err
+        plan = load_plan(out)
+        dtypes[flag] = {plan.tensors[op["inputs"][0]]["dtype"] for op in plan.ops if op["type"] == "LayerNorm"}
+        rng = np.random.default_rng(3)
+        ids = rng.integers(1000, 2000, (2, 9), dtype=np.int64)
+        y = ReferenceBackend(plan).run({"input_ids": ids, "attention_mask": np.ones_like(ids)})
+        assert np.isfinite(next(iter(y.values()))).all()
+    assert dtypes == {"fp16": {"float16"}, "fp32": {"float32"}}
+    code, _, err = cli(capsys, "build", tiny["onnx"], "--ln-input", "bf16")
+    assert_clean_error(code, err, 2, "bf16")

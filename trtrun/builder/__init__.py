@@ -23,7 +23,7 @@ from .fuse_residual import fuse_residual
 from .gelu_form import GELU_CHOICES, choose_gelu_form
 from .load import default_opset, load_model
 from .lower import lower, resolve_profile
-from .precision import PRECISIONS, pin_precision
+from .precision import LN_INPUTS, PRECISIONS, pin_precision
 from .probe import probe
 from .save_onnx import precision_onnx
 from .simplify import decouple_shapes, remove_noop_layout, simplify
@@ -44,7 +44,7 @@ STEPS = ("load", "simplify", "probe", "decouple_shapes+remove_noop_layout", *(n 
 
 
 def build(onnx_path, *, precision: str = "hybrid", profile=None, save_onnx=None, progress=None,
-          gelu: str = "auto", tf32: bool = False):
+          gelu: str = "auto", tf32: bool = False, ln_input: str = "fp16"):
     """Build a Plan from an ONNX model.
 
     precision: "fp32", "fp16" or "hybrid" (docs/plan-format.md says what each means).
@@ -57,6 +57,10 @@ def build(onnx_path, *, precision: str = "hybrid", profile=None, save_onnx=None,
     gelu: "auto" (default: exact-erf GELU becomes the tanh form in fp16/hybrid plans, so it fuses into
         the GEMM epilogue; fp32 keeps erf), "exact" or "tanh". See builder/gelu_form.py for why.
     tf32: let fp32 GEMMs use TF32 on the GPU (recorded in the plan; off by default).
+    ln_input: hybrid plans only: "fp16" (default) or "fp32", the dtype of a Linear output read by a post-norm
+        LayerNorm (BERT's attention and FFN outputs). fp16 is what an fp16 linear layer writes (TensorRT, and
+        the save_onnx graph); fp32 keeps one rounding fewer for 2 more bytes an element written and read.
+        The LayerNorm computes in fp32 either way. See docs/plan-format.md.
     Raises ModelError (unreadable or malformed model), UnsupportedOpError (an op the IR cannot
     express, named with its node), BuildError (a pattern that could not be lowered), ValueError
     (bad arguments). Nothing is written on error.
@@ -65,6 +69,8 @@ def build(onnx_path, *, precision: str = "hybrid", profile=None, save_onnx=None,
 
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if ln_input not in LN_INPUTS:
+        raise ValueError(f"ln_input must be one of {', '.join(LN_INPUTS)}, got {ln_input!r}")
     if gelu not in GELU_CHOICES:
         raise ValueError(f"gelu must be one of {', '.join(GELU_CHOICES)}, got {gelu!r}")
     if profile is not None:
@@ -103,7 +109,7 @@ def build(onnx_path, *, precision: str = "hybrid", profile=None, save_onnx=None,
     check_supported(graph)
     passes.append("check_supported")
     step("check_supported")
-    tensor_dtypes, weight_dtypes = pin_precision(graph, precision)
+    tensor_dtypes, weight_dtypes = pin_precision(graph, precision, ln_input)
     passes.append("pin_precision")
     if choose_gelu_form(graph, precision, gelu):
         passes.append("gelu_tanh")

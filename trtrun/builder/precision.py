@@ -5,6 +5,7 @@ from __future__ import annotations
 from . import _graph as G
 
 PRECISIONS = ("fp32", "fp16", "hybrid")
+LN_INPUTS = ("fp16", "fp32")
 
 # (op, input slot) pairs that read a tensor only as a GEMM operand
 _GEMM_USES = {("Linear", "x"), ("Attention", "qkv")}
@@ -33,13 +34,47 @@ def _bounded(graph) -> set[str]:
     return out
 
 
-def pin_precision(graph, precision: str) -> tuple[dict[str, str], dict[str, str]]:
-    """(tensor name -> dtype, weight Constant name -> dtype) for every float activation and weight."""
+def _postnorm_ln_inputs(graph, fp16_residual) -> set[str]:
+    """Linear outputs read only as the `x` of a LayerNorm with no `sum` output whose residual is absent or an fp16
+    tensor (post-norm, as in BERT): the sum x + residual is then formed in fp32 inside the LayerNorm and kept
+    nowhere else. Pre-norm LayerNorms (GPT-2), whose sum is the fp32 residual stream, are not among them."""
+    consumers: dict[str, list] = {}
+    for n in graph.nodes:
+        for s in G.OP_SLOTS[n.op][0]:
+            t = G.slot(n, s)
+            if t is not None:
+                consumers.setdefault(t.name, []).append((n, s))
+    out = set()
+    for n in graph.nodes:
+        if n.op != "Linear":
+            continue
+        y = G.slot(n, "y")
+        c = consumers.get(y.name, [])
+        if len(c) != 1 or c[0][1] != "x" or c[0][0].op != "LayerNorm":
+            continue
+        ln = c[0][0]
+        if G.slot(ln, "sum") is not None:
+            continue
+        r = G.slot(ln, "residual")
+        if r is None or r.name in fp16_residual:
+            out.add(y.name)
+    return out
+
+
+def pin_precision(graph, precision: str, ln_input: str = "fp16") -> tuple[dict[str, str], dict[str, str]]:
+    """(tensor name -> dtype, weight Constant name -> dtype) for every float activation and weight.
+
+    ln_input (hybrid plans only): the dtype of a Linear output that a post-norm LayerNorm reads as `x`
+    (docs/plan-format.md, "Tensor dtypes the builder chooses")."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if ln_input not in LN_INPUTS:
+        raise ValueError(f"ln_input must be one of {LN_INPUTS}, got {ln_input!r}")
     outputs = {t.name for t in graph.outputs}
     uses = _uses(graph)
     bounded = _bounded(graph)
+    fp16_residual = {t for t in bounded if uses.get(t) and uses[t] <= {"gemm", "residual"}}
+    ln_x16 = _postnorm_ln_inputs(graph, fp16_residual) if precision == "hybrid" and ln_input == "fp16" else set()
     tensors: dict[str, str] = {}
     weights: dict[str, str] = {}
     for n in graph.nodes:
@@ -55,6 +90,8 @@ def pin_precision(graph, precision: str) -> tuple[dict[str, str], dict[str, str]
                 if u and u <= {"gemm"}:
                     dt = "float16"
                 elif u and t.name in bounded and u <= {"gemm", "residual"}:
+                    dt = "float16"
+                elif t.name in ln_x16:
                     dt = "float16"
                 else:
                     dt = "float32"

@@ -28,8 +28,12 @@ def _fmt_profile(profile) -> str:
 @click.option("--gelu", type=click.Choice(["auto", "exact", "tanh"]), default="auto", show_default=True,
               help="GELU form: auto = the tanh form in fp16/hybrid plans (fuses into the GEMM epilogue; "
                    "differs from erf by < 4.8e-4, under one fp16 step), exact erf in fp32; see docs/builder.md")
+@click.option("--ln-input", type=click.Choice(["fp16", "fp32"]), default="fp16", show_default=True,
+              help="hybrid: dtype of a Linear output read by a post-norm LayerNorm (BERT). fp16 is what an "
+                   "fp16 linear layer writes; fp32 keeps one rounding fewer and moves 2 more bytes an element. "
+                   "The LayerNorm computes in fp32 either way; see docs/plan-format.md")
 @quiet_option
-def command(onnx_path, output, precision, profile, save_onnx, tf32, gelu, quiet):
+def command(onnx_path, output, precision, profile, save_onnx, tf32, gelu, ln_input, quiet):
     """Build an engine plan from MODEL.onnx.
 
     \b
@@ -50,6 +54,8 @@ def command(onnx_path, output, precision, profile, save_onnx, tf32, gelu, quiet)
         raise click.UsageError(f"--save-onnx {save_onnx} is the source model itself; writing there would replace it")
     if save_onnx and same_file(save_onnx, out):
         raise click.UsageError(f"--save-onnx {save_onnx} and the plan output {out} are the same file")
+    if ln_input != "fp16" and precision != "hybrid":
+        status(f"note: --ln-input only affects hybrid plans; the {precision} plan ignores it", quiet)
     if tf32 and precision != "fp32":
         status(f"note: --tf32 only affects fp32 GEMMs; the {precision} plan records it but uses no fp32 GEMM", quiet)
 
@@ -58,7 +64,7 @@ def command(onnx_path, output, precision, profile, save_onnx, tf32, gelu, quiet)
     progress = Progress(enabled=not quiet)
     try:
         plan = build(src, precision=precision, profile=profile, save_onnx=save_onnx, progress=progress,
-                     gelu=gelu, tf32=tf32)
+                     gelu=gelu, tf32=tf32, ln_input=ln_input)
     finally:
         elapsed = progress.close()
 
