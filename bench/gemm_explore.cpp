@@ -4,6 +4,13 @@
 // supports it)?  A measurement tool for bench/NOTES.md, not part of the runtime.
 //
 //   nvcc -O2 -std=c++17 -arch=sm_90 bench/gemm_explore.cpp -lcublasLt -o /tmp/gemm_explore && /tmp/gemm_explore
+//   /tmp/gemm_explore 32 --configs --m 4096,16384 --out16
+//
+// --configs: besides the heuristic's results, every configuration cuBLASLt accepts (cublasLtMatmulAlgoCheck) of
+// every algorithm id it lists for these types: tile x stages x cluster shape x CTA swizzle x custom option. A quick
+// pass (5 x 5 launches) ranks them; the 12 fastest are timed like the rest. --m: row counts (default
+// 128,1024,4096,16384). --out16: attn_out and ffn2 write fp16 (a hybrid plan's default since session 4: their
+// outputs feed post-norm LayerNorms) instead of fp32.
 //
 // Same layout as csrc/gemm.cpp: row-major y[m,n] = x[m,k] @ w[k,n] (+bias, GELU) as column-major
 // y^T = w^T x^T, fp16 operands, fp32 accumulation, output fp16 or fp32. The weights are rotated over enough
@@ -61,13 +68,83 @@ __global__ void fill(__half* p, size_t n, unsigned seed, float scale) {
   }
 }
 
+// Every configuration cuBLASLt accepts for this problem, beyond the heuristic's (see --configs above).
+static std::vector<Cand> all_configs(cublasLtHandle_t lt, cublasLtMatmulDesc_t op, cublasLtMatrixLayout_t la,
+                                     cublasLtMatrixLayout_t lb, cublasLtMatrixLayout_t ld, cudaDataType_t dt,
+                                     size_t ws_bytes) {
+  std::vector<Cand> out;
+  int ids[256];
+  int n_ids = 0;
+  if (cublasLtMatmulAlgoGetIds(lt, CUBLAS_COMPUTE_32F, CUDA_R_32F, CUDA_R_16F, CUDA_R_16F, dt, dt, 256, ids, &n_ids) !=
+      CUBLAS_STATUS_SUCCESS)
+    return out;
+  const uint16_t clusters[] = {CUBLASLT_CLUSTER_SHAPE_AUTO, CUBLASLT_CLUSTER_SHAPE_1x1x1, CUBLASLT_CLUSTER_SHAPE_2x1x1,
+                               CUBLASLT_CLUSTER_SHAPE_1x2x1, CUBLASLT_CLUSTER_SHAPE_2x2x1, CUBLASLT_CLUSTER_SHAPE_4x1x1,
+                               CUBLASLT_CLUSTER_SHAPE_1x4x1};
+  for (int a = 0; a < n_ids; ++a) {
+    cublasLtMatmulAlgo_t algo;
+    if (cublasLtMatmulAlgoInit(lt, CUBLAS_COMPUTE_32F, CUDA_R_32F, CUDA_R_16F, CUDA_R_16F, dt, dt, ids[a], &algo) !=
+        CUBLAS_STATUS_SUCCESS)
+      continue;
+    size_t w = 0;
+    std::vector<uint32_t> tiles, stages;
+    if (cublasLtMatmulAlgoCapGetAttribute(&algo, CUBLASLT_ALGO_CAP_TILE_IDS, nullptr, 0, &w) == CUBLAS_STATUS_SUCCESS &&
+        w > 0) {
+      tiles.resize(w / sizeof(uint32_t));
+      cublasLtMatmulAlgoCapGetAttribute(&algo, CUBLASLT_ALGO_CAP_TILE_IDS, tiles.data(), w, &w);
+    }
+    if (tiles.empty()) tiles.push_back(CUBLASLT_MATMUL_TILE_UNDEFINED);
+    if (cublasLtMatmulAlgoCapGetAttribute(&algo, CUBLASLT_ALGO_CAP_STAGES_IDS, nullptr, 0, &w) == CUBLAS_STATUS_SUCCESS &&
+        w > 0) {
+      stages.resize(w / sizeof(uint32_t));
+      cublasLtMatmulAlgoCapGetAttribute(&algo, CUBLASLT_ALGO_CAP_STAGES_IDS, stages.data(), w, &w);
+    }
+    if (stages.empty()) stages.push_back(CUBLASLT_MATMUL_STAGES_UNDEFINED);
+    int32_t swz_sup = 0, cust_max = 0;
+    cublasLtMatmulAlgoCapGetAttribute(&algo, CUBLASLT_ALGO_CAP_CTA_SWIZZLING_SUPPORT, &swz_sup, sizeof(swz_sup), &w);
+    cublasLtMatmulAlgoCapGetAttribute(&algo, CUBLASLT_ALGO_CAP_CUSTOM_OPTION_MAX, &cust_max, sizeof(cust_max), &w);
+    cust_max = std::min(cust_max, 7);
+    for (uint32_t tile : tiles)
+      for (uint32_t stage : stages)
+        for (uint16_t cl : clusters)
+          for (uint32_t swz = 0; swz <= (swz_sup ? 1u : 0u); ++swz)
+            for (uint32_t cust = 0; cust <= (uint32_t)cust_max; ++cust) {
+              cublasLtMatmulAlgo_t c = algo;
+              if (cublasLtMatmulAlgoConfigSetAttribute(&c, CUBLASLT_ALGO_CONFIG_TILE_ID, &tile, sizeof(tile)) ||
+                  cublasLtMatmulAlgoConfigSetAttribute(&c, CUBLASLT_ALGO_CONFIG_STAGES_ID, &stage, sizeof(stage)) ||
+                  cublasLtMatmulAlgoConfigSetAttribute(&c, CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID, &cl, sizeof(cl)) ||
+                  cublasLtMatmulAlgoConfigSetAttribute(&c, CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING, &swz, sizeof(swz)) ||
+                  cublasLtMatmulAlgoConfigSetAttribute(&c, CUBLASLT_ALGO_CONFIG_CUSTOM_OPTION, &cust, sizeof(cust)))
+                continue;
+              cublasLtMatmulHeuristicResult_t chk{};
+              if (cublasLtMatmulAlgoCheck(lt, op, la, lb, ld, ld, &c, &chk) != CUBLAS_STATUS_SUCCESS) continue;
+              if (chk.workspaceSize > ws_bytes) continue;
+              out.push_back({c, chk.workspaceSize, -100, 1});
+            }
+  }
+  return out;
+}
+
 int main(int argc, char** argv) {
-  const size_t ws_bytes = argc > 1 ? std::strtoull(argv[1], nullptr, 10) << 20 : (32u << 20);
+  size_t ws_bytes = 32u << 20;
+  bool configs = false, out16 = false;
+  std::vector<int> ms_;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--configs") configs = true;
+    else if (a == "--out16") out16 = true;
+    else if (a == "--m" && i + 1 < argc) {
+      for (char* p = argv[++i]; *p;) {
+        ms_.push_back((int)std::strtol(p, &p, 10));
+        if (*p == ',') ++p;
+      }
+    } else ws_bytes = std::strtoull(argv[i], nullptr, 10) << 20;
+  }
+  if (ms_.empty()) ms_ = {128, 1024, 4096, 16384};
   cudaDeviceProp prop;
   CK(cudaGetDeviceProperties(&prop, 0));
   std::printf("device %s, %d SMs, L2 %d MB, workspace %zu MiB\n", prop.name, prop.multiProcessorCount,
               prop.l2CacheSize >> 20, ws_bytes >> 20);
-  const int ms_[] = {128, 1024, 4096, 16384};
   std::vector<Shape> base = {
       {"qkv", 0, 2304, 768, false, CUBLASLT_EPILOGUE_BIAS},
       {"attn_out", 0, 768, 768, true, CUBLASLT_EPILOGUE_BIAS},
@@ -89,6 +166,7 @@ int main(int argc, char** argv) {
     double sum_h0 = 0, sum_t8 = 0, sum_best = 0;
     for (Shape s : base) {
       s.m = M;
+      if (out16) s.out_f32 = false;
       const size_t wbytes = (size_t)s.k * s.n * 2;
       const int copies = (int)std::max<size_t>(1, (150u << 20) / wbytes);
       std::vector<__half*> W(copies);
@@ -169,10 +247,38 @@ int main(int argc, char** argv) {
       }
       const float alpha = 1.f, beta = 0.f;
       int ci = 0;
+      size_t n_cfg = 0;
       auto once = [&](const Cand& c) {
         ci = (ci + 1) % copies;
         return cublasLtMatmul(lt, op, &alpha, W[ci], la, X, lb, &beta, Y, ld, Y, ld, &c.algo, ws, c.ws, st);
       };
+      if (configs) {
+        // quick pass over every accepted configuration; the 12 fastest join the full timing below
+        std::vector<Cand> more = all_configs(lt, op, la, lb, ld, dt, ws_bytes);
+        n_cfg = more.size();
+        for (auto& c : more) {
+          bool ok = true;
+          for (int r = 0; r < 2 && ok; ++r) ok = once(c) == CUBLAS_STATUS_SUCCESS;
+          if (!ok || cudaStreamSynchronize(st) != cudaSuccess) {
+            (void)cudaGetLastError();
+            c.ms = 1e9f;
+            continue;
+          }
+          float bestq = 1e9f;
+          for (int r = 0; r < 5; ++r) {
+            CK(cudaEventRecord(e0, st));
+            for (int j = 0; j < 5; ++j) once(c);
+            CK(cudaEventRecord(e1, st));
+            CK(cudaEventSynchronize(e1));
+            float t = 0;
+            CK(cudaEventElapsedTime(&t, e0, e1));
+            bestq = std::min(bestq, t / 5);
+          }
+          c.ms = bestq;
+        }
+        std::sort(more.begin(), more.end(), [](const Cand& a, const Cand& b) { return a.ms < b.ms; });
+        for (size_t i = 0; i < more.size() && i < 12; ++i) cands.push_back(more[i]);
+      }
       for (auto& c : cands) {
         bool ok = true;
         for (int r = 0; r < 3 && ok; ++r) ok = once(c) == CUBLAS_STATUS_SUCCESS;
@@ -200,15 +306,16 @@ int main(int argc, char** argv) {
       auto best = std::min_element(cands.begin(), cands.end(), [](const Cand& a, const Cand& b) { return a.ms < b.ms; });
       char desc[256] = "";
       if (best != cands.end()) {
-        std::snprintf(desc, sizeof(desc), "rank %d algo %d tile %d stages %d splitk %d swz %d cluster %d ws %zuK",
+        std::snprintf(desc, sizeof(desc), "rank %d algo %d tile %d stages %d splitk %d swz %d cluster %d cust %d ws %zuK",
                       best->rank, cfg_i32(best->algo, CUBLASLT_ALGO_CONFIG_ID),
                       cfg_i32(best->algo, CUBLASLT_ALGO_CONFIG_TILE_ID), cfg_i32(best->algo, CUBLASLT_ALGO_CONFIG_STAGES_ID),
                       cfg_i32(best->algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM),
                       cfg_i32(best->algo, CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING),
-                      cfg_u16(best->algo, CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID), best->ws >> 10);
+                      cfg_u16(best->algo, CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID),
+                      cfg_i32(best->algo, CUBLASLT_ALGO_CONFIG_CUSTOM_OPTION), best->ws >> 10);
       }
-      std::printf("%-10s %6d | %9.2f %9.2f %9.2f | %s  [%zu heur, %zu cands]\n", s.name, M, h0 * 1e3, t8 * 1e3,
-                  best->ms * 1e3, desc, n_heur, cands.size());
+      std::printf("%-10s %6d | %9.2f %9.2f %9.2f | %s  [%zu heur, %zu cands, %zu configs]\n", s.name, M, h0 * 1e3,
+                  t8 * 1e3, best->ms * 1e3, desc, n_heur, cands.size(), n_cfg);
       std::fflush(stdout);
       sum_h0 += h0;
       sum_t8 += t8;

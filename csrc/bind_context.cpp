@@ -105,6 +105,83 @@ void bind_context(py::module_& m) {
         "read a DLPack 'dltensor' capsule: dict(ptr, shape, strides (elements), code, bits, lanes, device_type, "
         "device_id); the capsule is not consumed");
 
+  m.def(
+      "gemm_cache_export",
+      []() {
+        std::vector<GemmCacheEntry> es;
+        {
+          py::gil_scoped_release release;
+          es = gemm_cache_export();
+        }
+        py::list out;
+        for (const GemmCacheEntry& e : es) {
+          py::dict d;
+          d["device"] = e.device;
+          d["cc"] = e.cc;
+          d["cublaslt"] = e.cublaslt;
+          d["m"] = e.key.m;
+          d["n"] = e.key.n;
+          d["k"] = e.key.k;
+          d["operand_t"] = static_cast<int>(e.key.operand_t);
+          d["out_t"] = static_cast<int>(e.key.out_t);
+          d["epilogue"] = static_cast<int>(e.key.epilogue);
+          d["tf32"] = e.key.tf32;
+          d["add_c"] = e.key.add_c;
+          d["workspace"] = e.workspace;
+          d["search"] = e.search;
+          py::list algo;
+          for (uint64_t v : e.algo) algo.append(v);
+          d["algo"] = algo;
+          d["algo_workspace"] = e.algo_workspace;
+          out.append(d);
+        }
+        return out;
+      },
+      "every tuned GEMM choice of this process, as dicts (trtrun.runtime.save_gemm_cache writes them)");
+  m.def(
+      "gemm_cache_import",
+      [](py::list entries) {
+        std::vector<GemmCacheEntry> es;
+        size_t i = 0;
+        for (py::handle h : entries) {
+          const std::string where = "entry " + std::to_string(i++);
+          py::dict d;
+          try {
+            d = h.cast<py::dict>();
+            GemmCacheEntry e;
+            e.device = d["device"].cast<std::string>();
+            e.cc = d["cc"].cast<int>();
+            e.cublaslt = d["cublaslt"].cast<size_t>();
+            e.key.m = d["m"].cast<int64_t>();
+            e.key.n = d["n"].cast<int64_t>();
+            e.key.k = d["k"].cast<int64_t>();
+            const int ot = d["operand_t"].cast<int>(), yt = d["out_t"].cast<int>(), ep = d["epilogue"].cast<int>();
+            if (e.key.m <= 0 || e.key.n <= 0 || e.key.k <= 0) throw InputError(where + ": m, n, k must be > 0");
+            if (ot < 0 || ot > 1 || yt < 0 || yt > 1) throw InputError(where + ": operand_t/out_t must be 0 or 1");
+            if (ep < 0 || ep > 3) throw InputError(where + ": epilogue must be 0..3");
+            e.key.operand_t = static_cast<ElemType>(ot);
+            e.key.out_t = static_cast<ElemType>(yt);
+            e.key.epilogue = static_cast<GemmEpilogue>(ep);
+            e.key.tf32 = d["tf32"].cast<bool>();
+            e.key.add_c = d["add_c"].cast<bool>();
+            e.workspace = d["workspace"].cast<size_t>();
+            e.search = d["search"].cast<int>();
+            auto algo = d["algo"].cast<std::vector<uint64_t>>();
+            if (algo.size() != 8) throw InputError(where + ": algo must hold 8 integers");
+            std::copy(algo.begin(), algo.end(), e.algo.begin());
+            e.algo_workspace = d["algo_workspace"].cast<size_t>();
+            es.push_back(e);
+          } catch (const py::error_already_set& err) {
+            throw InputError(where + ": " + err.what());
+          } catch (const py::cast_error& err) {
+            throw InputError(where + ": a field is missing or of the wrong type (" + std::string(err.what()) + ")");
+          }
+        }
+        py::gil_scoped_release release;
+        return gemm_cache_import(es);
+      },
+      py::arg("entries"), "take tuned GEMM choices made elsewhere (trtrun.runtime.load_gemm_cache); returns how many");
+
   py::class_<DeviceMemory, std::shared_ptr<DeviceMemory>>(m, "DeviceMemory")
       .def(py::init<size_t, int>(), py::arg("nbytes"), py::arg("device"))
       .def_property_readonly("ptr", &DeviceMemory::ptr)
@@ -115,7 +192,7 @@ void bind_context(py::module_& m) {
   py::class_<Context, std::shared_ptr<Context>>(m, "Context", "Executes an Engine on its own CUDA stream")
       .def(py::init([](std::shared_ptr<Engine> engine, bool use_graphs, size_t workspace_bytes, size_t max_graphs,
                        int ffn_chunks, bool fuse_residual, int64_t fuse_residual_min_rows,
-                       int64_t ffn_chunk_min_rows) {
+                       int64_t ffn_chunk_min_rows, const std::string& gemm_search) {
              ContextOptions o;
              o.use_graphs = use_graphs;
              o.workspace_bytes = workspace_bytes;
@@ -125,6 +202,9 @@ void bind_context(py::module_& m) {
              o.fuse_residual = fuse_residual;
              o.fuse_residual_min_rows = fuse_residual_min_rows;
              o.ffn_chunk_min_rows = ffn_chunk_min_rows;
+             if (gemm_search == "heuristic") o.gemm_search = GemmSearch::Heuristic;
+             else if (gemm_search == "exhaustive") o.gemm_search = GemmSearch::Exhaustive;
+             else throw InputError("gemm_search must be 'heuristic' or 'exhaustive', got '" + gemm_search + "'");
              py::gil_scoped_release release;
              return std::make_shared<Context>(std::move(engine), o);
            }),
@@ -132,7 +212,8 @@ void bind_context(py::module_& m) {
            py::arg("max_graphs") = 256, py::arg("ffn_chunks") = ContextOptions().ffn_chunks,
            py::arg("fuse_residual") = ContextOptions().fuse_residual,
            py::arg("fuse_residual_min_rows") = ContextOptions().fuse_residual_min_rows,
-           py::arg("ffn_chunk_min_rows") = ContextOptions().ffn_chunk_min_rows)
+           py::arg("ffn_chunk_min_rows") = ContextOptions().ffn_chunk_min_rows,
+           py::arg("gemm_search") = std::string("heuristic"))
       .def(
           "host_input",
           [](py::object self, size_t slot) -> py::object {

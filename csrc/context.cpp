@@ -116,7 +116,7 @@ void Context::init() {
 
   TRTRUN_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   TRTRUN_CUDA_CHECK(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming));
-  gemm_ = std::make_unique<GemmRunner>(options_.workspace_bytes);
+  gemm_ = std::make_unique<GemmRunner>(options_.workspace_bytes, options_.gemm_search);
 
   // ---- lifetimes of every tensor and scratch buffer, in op steps (-1: staged before the first op)
   std::vector<BufferLife> lives;

@@ -49,6 +49,8 @@ struct ContextOptions {
   // kernels cost more than the LayerNorm saves: GPT-2 1x512 +19 us, 32x128 -105 us; bench/NOTES.md).
   bool fuse_residual = true;
   int64_t fuse_residual_min_rows = 2048;
+  // How each GEMM shape's cuBLASLt algorithm is chosen on its first run (gemm.h, GemmSearch).
+  GemmSearch gemm_search = GemmSearch::Heuristic;
 };
 
 class Context {

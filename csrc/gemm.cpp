@@ -12,6 +12,7 @@
 #include <utility>
 #include "gemm.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <mutex>
 
@@ -63,21 +64,33 @@ struct TunedKey {
   int device;
   GemmKey key;
   size_t workspace;
+  GemmSearch search;
   bool operator<(const TunedKey& o) const {
     if (device != o.device) return device < o.device;
+    if (search != o.search) return search < o.search;
     if (key < o.key) return true;
     if (o.key < key) return false;
     return workspace < o.workspace;
   }
 };
+struct TunedValue {
+  cublasLtMatmulHeuristicResult_t result;
+  bool checked;  // false: loaded from a cache file, not yet validated with cublasLtMatmulAlgoCheck
+};
 std::mutex g_tuned_mutex;
-std::map<TunedKey, cublasLtMatmulHeuristicResult_t>& tuned_cache() {
-  static auto* cache = new std::map<TunedKey, cublasLtMatmulHeuristicResult_t>();  // never destroyed: no exit-order issues
+std::map<TunedKey, TunedValue>& tuned_cache() {
+  static auto* cache = new std::map<TunedKey, TunedValue>();  // never destroyed: no exit-order issues
   return *cache;
+}
+std::pair<std::string, int> device_identity(int device) {
+  cudaDeviceProp prop{};
+  TRTRUN_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+  return {std::string(prop.name), prop.major * 10 + prop.minor};
 }
 }  // namespace
 
-GemmRunner::GemmRunner(size_t workspace_bytes) : workspace_(workspace_bytes, "cuBLASLt workspace") {
+GemmRunner::GemmRunner(size_t workspace_bytes, GemmSearch search)
+    : search_(search), workspace_(workspace_bytes, "cuBLASLt workspace") {
   const char* tune = std::getenv("TRTRUN_GEMM_TUNE");  // "0": keep cuBLASLt's first heuristic choice
   tune_enabled_ = !(tune && tune[0] == '0');
   TRTRUN_CUBLAS_CHECK(cublasLtCreate(&handle_));
@@ -140,7 +153,7 @@ bool GemmRunner::prepare(const GemmKey& key) {
   if (!p->candidates.empty()) {
     p->algo = p->candidates[0].algo;  // the heuristic's first choice until timed
     p->workspace = p->candidates[0].workspaceSize;
-    p->tuned = p->candidates.size() == 1 || !tune_enabled_;
+    p->tuned = (p->candidates.size() == 1 && search_ == GemmSearch::Heuristic) || !tune_enabled_;
     p->ok = true;
   } else if (st != CUBLAS_STATUS_SUCCESS && st != CUBLAS_STATUS_NOT_SUPPORTED) {
     TRTRUN_CUBLAS_CHECK(st);  // a real failure (no device, out of memory, ...): report it
@@ -168,6 +181,65 @@ void GemmRunner::run(const GemmKey& key, const void* x, const void* w, const voi
                                      workspace_.get(), p.workspace, stream));
 }
 
+// GemmSearch::Exhaustive: every configuration cuBLASLt accepts (cublasLtMatmulAlgoCheck) of the algorithms the
+// heuristic proposed, varying the tile, the thread-block cluster shape and the custom option; stages, split-K,
+// CTA swizzle and reduction scheme stay the heuristic's. (bench/gemm_explore.cpp --configs also varies stages and
+// swizzle and every algorithm id: on an H200 every winner had the heuristic's stages and no swizzle.)
+void GemmRunner::add_configs(Plan& p) {
+  static const uint16_t kClusters[] = {CUBLASLT_CLUSTER_SHAPE_AUTO, CUBLASLT_CLUSTER_SHAPE_1x1x1,
+                                       CUBLASLT_CLUSTER_SHAPE_2x1x1, CUBLASLT_CLUSTER_SHAPE_1x2x1,
+                                       CUBLASLT_CLUSTER_SHAPE_2x2x1, CUBLASLT_CLUSTER_SHAPE_4x1x1,
+                                       CUBLASLT_CLUSTER_SHAPE_1x4x1};
+  const size_t n_heur = p.candidates.size();
+  std::vector<int32_t> seen_ids;
+  for (size_t h = 0; h < n_heur; ++h) {
+    const cublasLtMatmulAlgo_t base = p.candidates[h].algo;
+    int32_t id = -1;
+    size_t w = 0;
+    if (cublasLtMatmulAlgoConfigGetAttribute(&base, CUBLASLT_ALGO_CONFIG_ID, &id, sizeof(id), &w) !=
+        CUBLAS_STATUS_SUCCESS)
+      continue;
+    if (std::find(seen_ids.begin(), seen_ids.end(), id) != seen_ids.end()) continue;
+    seen_ids.push_back(id);
+    std::vector<uint32_t> tiles;
+    if (cublasLtMatmulAlgoCapGetAttribute(&base, CUBLASLT_ALGO_CAP_TILE_IDS, nullptr, 0, &w) == CUBLAS_STATUS_SUCCESS &&
+        w >= sizeof(uint32_t)) {
+      tiles.resize(w / sizeof(uint32_t));
+      if (cublasLtMatmulAlgoCapGetAttribute(&base, CUBLASLT_ALGO_CAP_TILE_IDS, tiles.data(), w, &w) !=
+          CUBLAS_STATUS_SUCCESS)
+        tiles.clear();
+    }
+    if (tiles.empty()) continue;
+    int32_t cust_max = 0;
+    if (cublasLtMatmulAlgoCapGetAttribute(&base, CUBLASLT_ALGO_CAP_CUSTOM_OPTION_MAX, &cust_max, sizeof(cust_max),
+                                          &w) != CUBLAS_STATUS_SUCCESS)
+      cust_max = 0;
+    cust_max = std::max(0, std::min(cust_max, 15));
+    for (uint32_t tile : tiles)
+      for (uint16_t cl : kClusters)
+        for (uint32_t cust = 0; cust <= static_cast<uint32_t>(cust_max); ++cust) {
+          cublasLtMatmulAlgo_t a = base;
+          if (cublasLtMatmulAlgoConfigSetAttribute(&a, CUBLASLT_ALGO_CONFIG_TILE_ID, &tile, sizeof(tile)) ||
+              cublasLtMatmulAlgoConfigSetAttribute(&a, CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID, &cl, sizeof(cl)) ||
+              cublasLtMatmulAlgoConfigSetAttribute(&a, CUBLASLT_ALGO_CONFIG_CUSTOM_OPTION, &cust, sizeof(cust)))
+            continue;
+          cublasLtMatmulHeuristicResult_t r{};
+          if (cublasLtMatmulAlgoCheck(handle_, p.op, p.a, p.b, p.d, p.d, &a, &r) != CUBLAS_STATUS_SUCCESS) continue;
+          if (r.workspaceSize > workspace_.size()) continue;
+          if (p.key.add_c) {
+            int32_t oop = 1;
+            if (cublasLtMatmulAlgoCapGetAttribute(&a, CUBLASLT_ALGO_CAP_OUT_OF_PLACE_RESULT_SUPPORT, &oop, sizeof(oop),
+                                                  &w) == CUBLAS_STATUS_SUCCESS &&
+                oop == 0)
+              continue;
+          }
+          r.algo = a;
+          r.state = CUBLAS_STATUS_SUCCESS;
+          p.candidates.push_back(r);
+        }
+  }
+}
+
 // Times each candidate on the real operands (y is overwritten; the caller's run right after writes the
 // result; with add_c, c is only read, so every timing run writes the same y). Skipped while the stream is being
 // captured (timing needs a sync): the run after capture tunes.
@@ -177,15 +249,46 @@ void GemmRunner::tune(Plan& p, const void* x, const void* w, void* y, const void
   if (cs != cudaStreamCaptureStatusNone) return;
   int device = 0;
   TRTRUN_CUDA_CHECK(cudaGetDevice(&device));
-  const TunedKey tk{device, p.key, workspace_.size()};
+  const TunedKey tk{device, p.key, workspace_.size(), search_};
   std::lock_guard<std::mutex> lock(g_tuned_mutex);  // one tuning at a time: timings undisturbed by other contexts
-  auto hit = tuned_cache().find(tk);
-  if (hit != tuned_cache().end()) {
-    p.algo = hit->second.algo;
-    p.workspace = hit->second.workspaceSize;
+  auto& cache = tuned_cache();
+  auto hit = cache.find(tk);
+  if (hit == cache.end() && search_ == GemmSearch::Heuristic) {
+    // an exhaustive choice serves heuristic contexts too (it was timed against the heuristic's candidates)
+    TunedKey ek = tk;
+    ek.search = GemmSearch::Exhaustive;
+    hit = cache.find(ek);
+  }
+  if (hit != cache.end() && !hit->second.checked) {
+    cublasLtMatmulHeuristicResult_t r{};
+    bool valid = cublasLtMatmulAlgoCheck(handle_, p.op, p.a, p.b, p.d, p.d, &hit->second.result.algo, &r) ==
+                     CUBLAS_STATUS_SUCCESS &&
+                 r.workspaceSize <= workspace_.size();
+    if (valid && p.key.add_c) {
+      int32_t oop = 1;
+      size_t w = 0;
+      valid = !(cublasLtMatmulAlgoCapGetAttribute(&hit->second.result.algo,
+                                                  CUBLASLT_ALGO_CAP_OUT_OF_PLACE_RESULT_SUPPORT, &oop, sizeof(oop),
+                                                  &w) == CUBLAS_STATUS_SUCCESS &&
+                oop == 0);
+    }
+    if (valid) {
+      hit->second.result.workspaceSize = r.workspaceSize;
+      hit->second.checked = true;
+    } else {
+      cache.erase(hit);
+      hit = cache.end();
+    }
+  }
+  if (hit != cache.end()) {
+    p.algo = hit->second.result.algo;
+    p.workspace = hit->second.result.workspaceSize;
     p.tuned = true;
     return;
   }
+  const bool exhaustive = search_ == GemmSearch::Exhaustive;
+  const size_t n_heur = p.candidates.size();
+  if (exhaustive) add_configs(p);
   cudaEvent_t t0 = nullptr, t1 = nullptr;
   TRTRUN_CUDA_CHECK(cudaEventCreate(&t0));
   cudaError_t ce = cudaEventCreate(&t1);
@@ -193,12 +296,61 @@ void GemmRunner::tune(Plan& p, const void* x, const void* w, void* y, const void
     TRTRUN_CUDA_IGNORE(cudaEventDestroy(t0));
     TRTRUN_CUDA_CHECK(ce);
   }
+  // Exhaustive: an L2 flush (a memset of twice the L2) before every timed launch. Without room for it, none.
+  void* flush = nullptr;
+  size_t flush_bytes = 0;
+  if (exhaustive) {
+    int l2 = 0;
+    if (cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, device) == cudaSuccess && l2 > 0) {
+      flush_bytes = 2 * static_cast<size_t>(l2);
+      if (cudaMalloc(&flush, flush_bytes) != cudaSuccess) {
+        (void)cudaGetLastError();  // out of memory is not sticky: time without flushing
+        flush = nullptr;
+        flush_bytes = 0;
+      }
+    }
+  }
   const float alpha = 1.0f, beta = p.key.add_c ? 1.0f : 0.0f;
   auto launch = [&](size_t i) {
     const auto& cand = p.candidates[i];
     return cublasLtMatmul(handle_, p.op, &alpha, w, p.a, x, p.b, &beta, c, p.d, y, p.d, &cand.algo,
                           workspace_.get(), cand.workspaceSize, stream);
   };
+  cudaError_t failure = cudaSuccess;
+  // One timed launch of candidate i (after a flush when there is one): its ms, -1 if cuBLASLt refused to launch it.
+  auto time_one = [&](size_t i) -> float {
+    cudaError_t e = flush ? cudaMemsetAsync(flush, 0, flush_bytes, stream) : cudaSuccess;
+    if (e == cudaSuccess) e = cudaEventRecord(t0, stream);
+    const cublasStatus_t bs = e == cudaSuccess ? launch(i) : CUBLAS_STATUS_EXECUTION_FAILED;
+    if (e == cudaSuccess) e = cudaEventRecord(t1, stream);
+    if (e == cudaSuccess) e = cudaEventSynchronize(t1);
+    float ms = 0.0f;
+    if (e == cudaSuccess) e = cudaEventElapsedTime(&ms, t0, t1);
+    if (e != cudaSuccess) failure = e;
+    return bs == CUBLAS_STATUS_SUCCESS ? ms : -1.0f;
+  };
+  if (exhaustive && p.candidates.size() > n_heur) {
+    // quick pass over the configurations: two timed launches each (round-robin), the fastest finalists stay
+    const size_t nq = p.candidates.size() - n_heur;
+    std::vector<float> q(nq, -1.0f);
+    std::vector<char> qok(nq, 0);
+    for (size_t j = 0; j < nq; ++j) qok[j] = launch(n_heur + j) == CUBLAS_STATUS_SUCCESS;  // warm-up, load
+    for (int r = 0; r < 2 && failure == cudaSuccess; ++r)
+      for (size_t j = 0; j < nq && failure == cudaSuccess; ++j) {
+        if (!qok[j]) continue;
+        const float ms = time_one(n_heur + j);
+        if (ms < 0.0f) qok[j] = 0;
+        else if (q[j] < 0.0f || ms < q[j]) q[j] = ms;
+      }
+    std::vector<size_t> order;
+    for (size_t j = 0; j < nq; ++j)
+      if (qok[j] && q[j] >= 0.0f) order.push_back(j);
+    std::sort(order.begin(), order.end(), [&](size_t u, size_t v) { return q[u] < q[v]; });
+    if (order.size() > kExhaustiveFinalists) order.resize(kExhaustiveFinalists);
+    std::vector<cublasLtMatmulHeuristicResult_t> keep(p.candidates.begin(), p.candidates.begin() + n_heur);
+    for (size_t j : order) keep.push_back(p.candidates[n_heur + j]);
+    p.candidates.swap(keep);
+  }
   // Candidates are timed round-robin (kTuneRounds rounds of one run each, the minimum kept per candidate), not
   // one after another: a shape is often tuned right after the GPU idled (model loading, another library's
   // compilation) while its clocks are still rising, and timing candidate by candidate then favours the later
@@ -207,28 +359,20 @@ void GemmRunner::tune(Plan& p, const void* x, const void* w, void* y, const void
   const size_t nc = p.candidates.size();
   std::vector<float> ms_min(nc, -1.0f);  // -1: not timed (failed)
   std::vector<char> ok(nc, 0);
-  cudaError_t failure = cudaSuccess;
   for (size_t i = 0; i < nc; ++i) ok[i] = launch(i) == CUBLAS_STATUS_SUCCESS;  // warm-up (and load) each
   for (int r = 0; r < kTuneRounds && failure == cudaSuccess; ++r) {
     for (size_t i = 0; i < nc && failure == cudaSuccess; ++i) {
       if (!ok[i]) continue;
-      cudaError_t e = cudaEventRecord(t0, stream);
-      const cublasStatus_t bs = launch(i);
-      if (e == cudaSuccess) e = cudaEventRecord(t1, stream);
-      if (e == cudaSuccess) e = cudaEventSynchronize(t1);
-      float ms = 0.0f;
-      if (e == cudaSuccess) e = cudaEventElapsedTime(&ms, t0, t1);
-      if (e != cudaSuccess) {
-        failure = e;
-        break;
-      }
-      if (bs != CUBLAS_STATUS_SUCCESS) {
+      const float ms = time_one(i);
+      if (failure != cudaSuccess) break;
+      if (ms < 0.0f) {
         ok[i] = 0;
         continue;
       }
       if (ms_min[i] < 0.0f || ms < ms_min[i]) ms_min[i] = ms;
     }
   }
+  if (flush) TRTRUN_CUDA_IGNORE(cudaFree(flush));
   float best = 0.0f;
   size_t best_i = 0;
   for (size_t i = 0; i < nc; ++i)
@@ -242,7 +386,57 @@ void GemmRunner::tune(Plan& p, const void* x, const void* w, void* y, const void
   p.algo = p.candidates[best_i].algo;
   p.workspace = p.candidates[best_i].workspaceSize;
   p.tuned = true;
-  tuned_cache().emplace(tk, p.candidates[best_i]);
+  cache[tk] = TunedValue{p.candidates[best_i], true};
+}
+
+std::vector<GemmCacheEntry> gemm_cache_export() {
+  std::lock_guard<std::mutex> lock(g_tuned_mutex);
+  std::vector<GemmCacheEntry> out;
+  std::map<int, std::pair<std::string, int>> ids;
+  for (const auto& kv : tuned_cache()) {
+    if (!kv.second.checked) continue;  // loaded and never used here: not re-exported unvalidated
+    auto id = ids.find(kv.first.device);
+    if (id == ids.end()) id = ids.emplace(kv.first.device, device_identity(kv.first.device)).first;
+    GemmCacheEntry e;
+    e.device = id->second.first;
+    e.cc = id->second.second;
+    e.cublaslt = cublasLtGetVersion();
+    e.key = kv.first.key;
+    e.workspace = kv.first.workspace;
+    e.search = static_cast<int>(kv.first.search);
+    std::copy(std::begin(kv.second.result.algo.data), std::end(kv.second.result.algo.data), e.algo.begin());
+    e.algo_workspace = kv.second.result.workspaceSize;
+    out.push_back(e);
+  }
+  return out;
+}
+
+size_t gemm_cache_import(const std::vector<GemmCacheEntry>& entries) {
+  int n_dev = 0;
+  TRTRUN_CUDA_CHECK(cudaGetDeviceCount(&n_dev));
+  std::vector<std::pair<std::string, int>> ids;
+  for (int d = 0; d < n_dev; ++d) ids.push_back(device_identity(d));
+  const size_t version = cublasLtGetVersion();
+  std::lock_guard<std::mutex> lock(g_tuned_mutex);
+  size_t taken = 0;
+  for (const GemmCacheEntry& e : entries) {
+    if (e.cublaslt != version) continue;
+    if (e.search != static_cast<int>(GemmSearch::Heuristic) && e.search != static_cast<int>(GemmSearch::Exhaustive))
+      continue;
+    bool any = false;
+    for (int d = 0; d < n_dev; ++d) {
+      if (ids[d].first != e.device || ids[d].second != e.cc) continue;
+      const TunedKey tk{d, e.key, e.workspace, static_cast<GemmSearch>(e.search)};
+      TunedValue v{};
+      std::copy(e.algo.begin(), e.algo.end(), std::begin(v.result.algo.data));
+      v.result.workspaceSize = e.algo_workspace;
+      v.result.state = CUBLAS_STATUS_SUCCESS;
+      v.checked = false;
+      any |= tuned_cache().emplace(tk, v).second;  // a choice already made here stays
+    }
+    taken += any;
+  }
+  return taken;
 }
 
 }  // namespace trtrun

@@ -6,6 +6,7 @@
 #include <cublasLt.h>
 #include <cuda_runtime.h>
 
+#include <array>
 #include <map>
 #include <memory>
 #include <string>
@@ -32,9 +33,17 @@ struct GemmKey {
   }
 };
 
+// How the algorithm of a GEMM shape is chosen on its first run.
+//   Heuristic: cuBLASLt's top kTuneCandidates heuristic results, timed (weights as the run leaves them in L2).
+//   Exhaustive: those, plus every configuration cuBLASLt accepts of the same algorithms (tile x thread-block
+//     cluster shape x custom option), ranked by one quick pass and the fastest kExhaustiveFinalists timed with
+//     the rest; every timed launch follows an L2 flush, as in a forward pass, where a GEMM's weights are never
+//     L2-resident. Takes ~0.1-1 s per shape (bench/NOTES.md, session 4).
+enum class GemmSearch : int { Heuristic = 0, Exhaustive = 1 };
+
 class GemmRunner {
  public:
-  GemmRunner(size_t workspace_bytes);
+  GemmRunner(size_t workspace_bytes, GemmSearch search = GemmSearch::Heuristic);
   ~GemmRunner();
   GemmRunner(const GemmRunner&) = delete;
   GemmRunner& operator=(const GemmRunner&) = delete;
@@ -54,11 +63,34 @@ class GemmRunner {
   struct Plan;
   static constexpr int kTuneCandidates = 8;
   static constexpr int kTuneRounds = 5;
+  static constexpr size_t kExhaustiveFinalists = 12;
   void tune(Plan& p, const void* x, const void* w, void* y, const void* c, cudaStream_t stream);
+  void add_configs(Plan& p);
   bool tune_enabled_ = true;
+  GemmSearch search_ = GemmSearch::Heuristic;
   cublasLtHandle_t handle_ = nullptr;
   DeviceBuffer workspace_;
   std::map<GemmKey, std::unique_ptr<Plan>> plans_;
 };
+
+// One tuned choice of the process-wide cache, as trtrun.runtime.save_gemm_cache / load_gemm_cache move it
+// between processes (the way TensorRT keeps a timing cache): exhaustive search costs seconds a shape, once.
+struct GemmCacheEntry {
+  std::string device;     // cudaDeviceProp::name
+  int cc = 0;             // compute capability, major * 10 + minor
+  size_t cublaslt = 0;    // cublasLtGetVersion() of the process that tuned it
+  GemmKey key;
+  size_t workspace = 0;   // the workspace size the choice was made under
+  int search = 0;         // GemmSearch
+  std::array<uint64_t, 8> algo{};  // cublasLtMatmulAlgo_t::data
+  size_t algo_workspace = 0;       // workspace bytes that algorithm needs
+};
+// Every tuned choice of this process.
+std::vector<GemmCacheEntry> gemm_cache_export();
+// Takes the entries made on a device of the same name and compute capability as a visible device, with this
+// process's cuBLASLt version (the rest are skipped); returns how many were taken. A taken entry is checked with
+// cublasLtMatmulAlgoCheck on its first use, and a shape whose entry fails the check is tuned as if it had none.
+// Choices already made in this process are kept (contexts of one engine run identical algorithms).
+size_t gemm_cache_import(const std::vector<GemmCacheEntry>& entries);
 
 }  // namespace trtrun

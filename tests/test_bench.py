@@ -133,6 +133,7 @@ def test_config_errors():
         (dict(precisions=[]), "empty"),
         (dict(iters=5, min_iters=10), "above --iters"),
         (dict(cuda_graphs="maybe"), "cuda-graphs"),
+        (dict(gemm_search="fastest"), "gemm-search: 'fastest' is not one of heuristic, exhaustive"),
         (dict(resume=True, overwrite=True), "contradict"),
         (dict(models=[]), "no MODEL"),
     ]:
@@ -158,6 +159,15 @@ def test_config_files(tmp_path):
     bad.write_text("models = [\n")
     with pytest.raises(BenchConfigError, match="cannot parse"):
         read_config_file(bad)
+    # gemm_search / gemm_cache: the cache path is relative to the file
+    good = tmp_path / "sub" / "g.toml"
+    good.parent.mkdir()
+    good.write_text('models = ["gpt2"]\ngemm_search = "exhaustive"\ngemm_cache = "cache/gemm.json"\n')
+    kw = read_config_file(good)
+    assert kw["gemm_search"] == "exhaustive" and kw["gemm_cache"] == (good.parent / "cache" / "gemm.json").resolve()
+    good.write_text('models = ["gpt2"]\ngemm_cache = 3\n')
+    with pytest.raises(BenchConfigError, match="gemm_cache` has the wrong type"):
+        read_config_file(good)
 
 
 # ------------------------------------------------------------------------------------------ results store

@@ -31,6 +31,7 @@ DEFAULT_WORKSPACE_BYTES = 4 << 20  # cuBLASLt workspace: the fastest algorithms 
 DEFAULT_FFN_CHUNKS = 2  # feed-forward row chunks at the largest shapes (halves the FFN intermediate)
 DEFAULT_FUSE_RESIDUAL_MIN_ROWS = 2048  # residual add in the GEMM epilogue from this many rows on
 DEFAULT_FFN_CHUNK_MIN_ROWS = 4096  # feed-forward row chunks only where a chunk has this many rows
+GEMM_SEARCHES = ("heuristic", "exhaustive")  # Context gemm_search (csrc/gemm.h, GemmSearch)
 
 _ELEM = {"float32": 0, "float16": 1, "int32": 2, "int64": 2}  # integer inputs live as int32 on the device
 _OP = {"Embedding": 0, "Linear": 1, "Attention": 2, "LayerNorm": 3}
@@ -86,6 +87,79 @@ def gpu_available(device: int = 0) -> tuple[bool, str]:
             problem = f"no NVIDIA GPU or driver on this machine ({problem})"
         return False, problem
     return True, f"{c.device_name(int(device))}; trtrun._C built for sm_{c.cuda_architectures}"
+
+
+GEMM_CACHE_FORMAT = "trtrun-gemm-cache"
+_GEMM_CACHE_FIELDS = {"device": str, "cc": int, "cublaslt": int, "m": int, "n": int, "k": int, "operand_t": int,
+                      "out_t": int, "epilogue": int, "tf32": bool, "add_c": bool, "workspace": int, "search": int,
+                      "algo": list, "algo_workspace": int}
+
+
+def save_gemm_cache(path) -> int:
+    """Write every GEMM algorithm this process has tuned (all engines and contexts; exhaustive and heuristic
+    choices) to `path` (JSON), so another process on the same kind of GPU and cuBLASLt version can skip the
+    timing: load_gemm_cache(path) before its first runs. Returns the number of entries written. The file is
+    replaced atomically."""
+    import datetime
+    import os
+
+    entries = list(_load_extension().gemm_cache_export())
+    doc = {"format": GEMM_CACHE_FORMAT, "version": 1,
+           "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+           "entries": entries}
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(json.dumps(doc, indent=None, separators=(",", ":")) + "\n")
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise InputError(f"cannot write the GEMM cache {path}: {e.strerror or e}") from None
+    return len(entries)
+
+
+def load_gemm_cache(path) -> int:
+    """Take the GEMM algorithms tuned by another process (save_gemm_cache) for this process's GPUs: a shape
+    found there is not timed again, by contexts of either gemm_search (an exhaustive choice serves heuristic
+    contexts too). Entries from another GPU model or cuBLASLt version are skipped; each taken entry is checked
+    with cuBLASLt before its first use, and one that fails is tuned as usual. Choices this process already made
+    stay. Returns how many entries were taken. A missing, unreadable or malformed file raises InputError naming
+    the file and the field; nothing is taken from it then."""
+
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"GEMM cache {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"cannot read the GEMM cache {path}: {e}") from None
+    except json.JSONDecodeError as e:
+        raise InputError(f"GEMM cache {path} is not JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    if not isinstance(doc, dict) or doc.get("format") != GEMM_CACHE_FORMAT:
+        raise InputError(f"{path} is not a trtrun GEMM cache (field 'format' is not {GEMM_CACHE_FORMAT!r})")
+    if doc.get("version") != 1:
+        raise InputError(f"GEMM cache {path}: version {doc.get('version')!r} is not supported (1 is)")
+    entries = doc.get("entries")
+    if not isinstance(entries, list):
+        raise InputError(f"GEMM cache {path}: field 'entries' must be a list")
+    for i, e in enumerate(entries):
+        if not isinstance(e, dict):
+            raise InputError(f"GEMM cache {path}: entries[{i}] must be an object")
+        for f, t in _GEMM_CACHE_FIELDS.items():
+            v = e.get(f)
+            ok = isinstance(v, t) and (t is bool or not isinstance(v, bool))
+            if not ok:
+                raise InputError(f"GEMM cache {path}: entries[{i}].{f} must be {t.__name__}, got {v!r}")
+        if len(e["algo"]) != 8 or not all(isinstance(a, int) and not isinstance(a, bool) and 0 <= a < 2**64
+                                          for a in e["algo"]):
+            raise InputError(f"GEMM cache {path}: entries[{i}].algo must be 8 unsigned 64-bit integers")
+        for f in ("cc", "cublaslt", "m", "n", "k", "workspace", "algo_workspace"):
+            if e[f] < 0:
+                raise InputError(f"GEMM cache {path}: entries[{i}].{f} must be >= 0, got {e[f]}")
+    try:
+        return int(_load_extension().gemm_cache_import(entries))
+    except InputError as e:  # the extension's own checks (m, n, k > 0, enum ranges)
+        raise InputError(f"GEMM cache {path}: {e}") from None
 
 
 def bucket_seq(seq: int, seq_max: int) -> int:
@@ -245,7 +319,8 @@ class Engine:
                        workspace_bytes: int = DEFAULT_WORKSPACE_BYTES, max_graphs: int = 256,
                        ffn_chunks: int = DEFAULT_FFN_CHUNKS, fuse_residual: bool = True,
                        fuse_residual_min_rows: int = DEFAULT_FUSE_RESIDUAL_MIN_ROWS,
-                       ffn_chunk_min_rows: int = DEFAULT_FFN_CHUNK_MIN_ROWS) -> "Context":
+                       ffn_chunk_min_rows: int = DEFAULT_FFN_CHUNK_MIN_ROWS,
+                       gemm_search: str = "heuristic") -> "Context":
         """A Context: own CUDA stream, activation arena (allocated now, at the profile's maximum shapes:
         DeviceError if it does not fit), pinned host buffers, cuBLASLt workspace and CUDA-graph cache.
 
@@ -262,10 +337,16 @@ class Engine:
             stream in hybrid plans), the GEMM adds the residual in its epilogue and the LayerNorm reads the sum:
             the same fp32 arithmetic in another order, fewer bytes moved. Used at runs of at least
             fuse_residual_min_rows tokens (batch x sequence bucket); below that it was slower on an H200.
+        gemm_search: how each GEMM shape's cuBLASLt algorithm is chosen on its first run (once per process,
+            shared by every context). "heuristic" (default): cuBLASLt's top 8 proposals, timed. "exhaustive":
+            also every tile x cluster-shape x custom-option configuration cuBLASLt accepts for them, each timed
+            after an L2 flush (weights are never L2-resident in a forward pass); slower first runs of each
+            shape (about 0.1-1 s), faster GEMMs where cuBLASLt's proposals miss the best (bench/NOTES.md).
         """
         return Context(self, use_graphs=use_graphs, bucket=bucket, workspace_bytes=workspace_bytes,
                        max_graphs=max_graphs, ffn_chunks=ffn_chunks, fuse_residual=fuse_residual,
-                       fuse_residual_min_rows=fuse_residual_min_rows, ffn_chunk_min_rows=ffn_chunk_min_rows)
+                       fuse_residual_min_rows=fuse_residual_min_rows, ffn_chunk_min_rows=ffn_chunk_min_rows,
+                       gemm_search=gemm_search)
 
     def __repr__(self) -> str:
         return (f"<trtrun.runtime.Engine {self.plan.precision} on cuda:{self.device}, "
@@ -365,7 +446,9 @@ class Context:
                  workspace_bytes: int = DEFAULT_WORKSPACE_BYTES, max_graphs: int = 256,
                  ffn_chunks: int = DEFAULT_FFN_CHUNKS, fuse_residual: bool = True,
                  fuse_residual_min_rows: int = DEFAULT_FUSE_RESIDUAL_MIN_ROWS,
-                 ffn_chunk_min_rows: int = DEFAULT_FFN_CHUNK_MIN_ROWS):
+                 ffn_chunk_min_rows: int = DEFAULT_FFN_CHUNK_MIN_ROWS, gemm_search: str = "heuristic"):
+        if gemm_search not in GEMM_SEARCHES:
+            raise InputError(f"gemm_search must be one of {', '.join(GEMM_SEARCHES)}, got {gemm_search!r}")
         if isinstance(ffn_chunks, bool) or not isinstance(ffn_chunks, int) or ffn_chunks < 1:
             raise InputError(f"ffn_chunks must be an integer >= 1, got {ffn_chunks!r}")
         if isinstance(fuse_residual_min_rows, bool) or not isinstance(fuse_residual_min_rows, int) \
@@ -381,7 +464,8 @@ class Context:
         self.workspace_bytes = int(workspace_bytes)
         self._lock = threading.Lock()
         self._c = c.Context(engine._c, bool(use_graphs), int(workspace_bytes), int(max_graphs), int(ffn_chunks),
-                            bool(fuse_residual), int(fuse_residual_min_rows), int(ffn_chunk_min_rows))
+                            bool(fuse_residual), int(fuse_residual_min_rows), int(ffn_chunk_min_rows), gemm_search)
+        self.gemm_search = gemm_search
         self._in_views = [self._c.host_input(i) for i in range(len(engine._inputs))]
         self._out_views = [self._c.host_output(i) for i in range(len(engine._outputs))]
 
@@ -552,12 +636,13 @@ class Context:
     def stats(self) -> dict:
         """arena_bytes (activations at the profile's maxima), arena_naive_bytes (without reuse),
         workspace_bytes (cuBLASLt), fused_residuals (GEMMs adding a LayerNorm's residual), graph_count,
-        gemm_plans (cached cuBLASLt algorithms), graph_note (why graphs were turned off, if they were)."""
+        gemm_plans (cached cuBLASLt algorithms), graph_note (why graphs were turned off, if they were),
+        gemm_search (how GEMM algorithms are chosen)."""
         c = self._c
         return {"arena_bytes": int(c.arena_bytes), "arena_naive_bytes": int(c.arena_naive_bytes),
                 "workspace_bytes": self.workspace_bytes,
                 "graph_count": int(c.graph_count), "gemm_plans": int(c.gemm_plans), "graph_note": c.graph_note,
-                "fused_residuals": int(c.fused_residuals)}
+                "fused_residuals": int(c.fused_residuals), "gemm_search": self.gemm_search}
 
     def close(self) -> None:
         """Free the context's device and pinned memory now (it is freed on garbage collection otherwise)."""

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TrtrunError
+from ..runtime import GEMM_SEARCHES  # (the CUDA extension loads lazily: nothing is loaded here)
 
 PRECISIONS = ("fp32", "fp16", "hybrid")
 BASELINES = ("torch-fp32", "torch-fp16", "torch-compile", "cpu")
@@ -49,6 +50,8 @@ class BenchConfig:
     baselines: list[str] = field(default_factory=lambda: list(BASELINES))
     cuda_graphs: str = "on"
     backend: str = "gpu"
+    gemm_search: str = "heuristic"  # Context gemm_search of trtrun's GPU runs
+    gemm_cache: Path | None = None  # GEMM cache file: loaded (if it exists) before the sweep, saved after
     resume: bool = False
     overwrite: bool = False
     retry_failed: bool = False
@@ -117,7 +120,7 @@ class BenchConfig:
                                    f"{', '.join(BASELINES)} (or none)")
         if len(set(self.baselines)) != len(self.baselines):
             raise BenchConfigError(f"--baselines: duplicates in {self.baselines}")
-        for name, allowed in (("cuda_graphs", CUDA_GRAPHS), ("backend", BACKENDS),
+        for name, allowed in (("cuda_graphs", CUDA_GRAPHS), ("backend", BACKENDS), ("gemm_search", GEMM_SEARCHES),
                               ("compile_grid", GRID_MODES), ("cpu_grid", GRID_MODES)):
             if getattr(self, name) not in allowed:
                 raise BenchConfigError(f"--{name.replace('_', '-')}: {getattr(self, name)!r} is not one of "
@@ -154,6 +157,7 @@ def _positive_ints(vals, what: str, allow_empty: bool) -> None:
 # keys a config file may hold (a subset of BenchConfig's fields, plus tables `compile`, `cpu`, `tokens`,
 # `model_size`); unknown keys are errors, so a typo does not silently run the defaults.
 _FILE_KEYS = {"models", "batch", "seq", "precision", "precisions", "baselines", "cuda_graphs", "backend", "warmup",
+              "gemm_search", "gemm_cache",
               "iters", "min_iters", "max_time", "input_sets", "compile", "cpu", "tokens", "model_size", "seed",
               "torch_model", "description"}
 
@@ -201,6 +205,11 @@ def read_config_file(path) -> dict:
     take("baselines")
     take("cuda_graphs", types=(str,))
     take("backend", types=(str,))
+    take("gemm_search", types=(str,))
+    if "gemm_cache" in raw:
+        if not isinstance(raw["gemm_cache"], str):
+            raise BenchConfigError(f"config file {p}: `gemm_cache` has the wrong type ({type(raw['gemm_cache']).__name__})")
+        kw["gemm_cache"] = (p.parent / raw["gemm_cache"]).resolve()
     for k in ("warmup", "iters", "min_iters", "input_sets", "seed"):
         take(k, types=(int,))
     take("max_time", types=(int, float))

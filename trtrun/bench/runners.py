@@ -139,7 +139,7 @@ class TrtrunRunner:
     """trtrun on the GPU runtime (backend gpu) or the numpy reference backend (backend reference)."""
 
     def __init__(self, plan_path, precision: str, cuda_graphs: str, backend: str, device: int = 0,
-                 engine=None):
+                 engine=None, gemm_search: str = "heuristic"):
         from ..plan import load_plan
 
         self.precision = precision
@@ -169,7 +169,7 @@ class TrtrunRunner:
         free = _mem_free(torch, device)
         self.engine = engine if engine is not None else runtime.Engine(self.plan, device)
         free_e = _mem_free(torch, device)
-        self.ctx = self.engine.create_context(use_graphs=(cuda_graphs == "on"))
+        self.ctx = self.engine.create_context(use_graphs=(cuda_graphs == "on"), gemm_search=gemm_search)
         free_c = _mem_free(torch, device)
         stats = self.ctx.stats()
         self.weight_bytes = int(self.engine.weight_bytes)

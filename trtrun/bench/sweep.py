@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import time
+from pathlib import Path
 from dataclasses import dataclass
 
 from .config import BenchConfig, BenchConfigError, PRECISIONS, engine_name
@@ -143,7 +144,8 @@ class _ModelState:
             if pt.engine.startswith("trtrun-"):
                 plan = ensure_plan(spec, pt.precision, cfg, self.log)
                 shared = self.engines.get(pt.precision)
-                r = TrtrunRunner(plan, pt.precision, pt.cuda_graphs, cfg.backend, cfg.device, engine=shared)
+                r = TrtrunRunner(plan, pt.precision, pt.cuda_graphs, cfg.backend, cfg.device, engine=shared,
+                                 gemm_search=cfg.gemm_search)
                 if r.engine is not None:
                     self.engines[pt.precision] = r.engine
             elif pt.engine.startswith("torch"):
@@ -279,6 +281,9 @@ def run_sweep(cfg: BenchConfig, *, log=None, progress: bool = True) -> SweepOutc
     meta["points_planned"] = len(points)
     meta["points_todo"] = len(todo)
     meta["config"] = _config_doc(cfg)
+    gemm_cache_note = _load_gemm_cache(cfg, log)
+    if gemm_cache_note:
+        meta["gemm_cache"] = gemm_cache_note
     session = store.add_session(meta)
     if skipped:
         log(f"resuming: {skipped} of {len(points)} points already in {store.path}")
@@ -358,6 +363,7 @@ def run_sweep(cfg: BenchConfig, *, log=None, progress: bool = True) -> SweepOutc
         bar.close()
         if state is not None:
             state.close()
+        _save_gemm_cache(cfg, log)
         try:
             store.write_csv()
             write_report(store, cfg, plots=cfg.plots, log=log)
@@ -370,6 +376,33 @@ def run_sweep(cfg: BenchConfig, *, log=None, progress: bool = True) -> SweepOutc
     finished = {point_key(r) for r in store.points}
     left = sum(1 for p in points if p.key not in finished)
     return SweepOutcome(measured=measured, skipped=skipped, left=left, stopped=stopped, store=store)
+
+
+def _load_gemm_cache(cfg: BenchConfig, log) -> dict | None:
+    """--gemm-cache: take the GEMM choices a previous run saved (none yet: the file is written at the end)."""
+    if cfg.gemm_cache is None or cfg.backend != "gpu":
+        return None
+    from .. import runtime
+
+    path = Path(cfg.gemm_cache)
+    if not path.exists():
+        log(f"GEMM cache {path}: not there yet; it is written when the sweep ends")
+        return {"path": str(path), "loaded": 0}
+    n = runtime.load_gemm_cache(path)
+    log(f"GEMM cache {path}: took {n} tuned GEMM choices")
+    return {"path": str(path), "loaded": n}
+
+
+def _save_gemm_cache(cfg: BenchConfig, log) -> None:
+    if cfg.gemm_cache is None or cfg.backend != "gpu":
+        return
+    from .. import runtime
+
+    try:
+        n = runtime.save_gemm_cache(cfg.gemm_cache)
+        log(f"GEMM cache {cfg.gemm_cache}: saved {n} tuned GEMM choices")
+    except Exception as e:  # noqa: BLE001 (a cache that cannot be written must not lose the results)
+        log(f"GEMM cache {cfg.gemm_cache} not written: {type(e).__name__}: {e}")
 
 
 def _free_device_memory() -> None:
@@ -390,4 +423,5 @@ def _config_doc(cfg: BenchConfig) -> dict:
             "compile_grid": cfg.compile_grid, "compile_batch": cfg.compile_batch, "compile_seq": cfg.compile_seq,
             "cpu_grid": cfg.cpu_grid, "cpu_batch": cfg.cpu_batch, "cpu_seq": cfg.cpu_seq,
             "cpu_min_iters": cfg.cpu_min_iters, "cpu_threads": cfg.cpu_threads, "overrides": cfg.overrides,
+            "gemm_search": cfg.gemm_search, "gemm_cache": str(cfg.gemm_cache) if cfg.gemm_cache else None,
             "seed": cfg.seed, "tokens": cfg.tokens, "config_file": cfg.config_file}

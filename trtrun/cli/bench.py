@@ -6,6 +6,8 @@ defaults of issue 4 (batch 1..32, sequence 32..512, precisions fp32,fp16,hybrid,
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from ._ui import status
@@ -64,6 +66,13 @@ def _tokens(ctx, p, values):
 @click.option("--backend", type=click.Choice(["gpu", "reference"]), default=None,
               help="gpu: trtrun's CUDA runtime (CUDA events); reference: the numpy backend on the CPU (host clock; "
                    "for testing the tool)  [default: gpu]")
+@click.option("--gemm-search", type=click.Choice(["heuristic", "exhaustive"]), default=None,
+              help="how trtrun's GPU contexts choose each GEMM algorithm: heuristic (cuBLASLt's top 8, timed) or "
+                   "exhaustive (every accepted tile/cluster/option configuration, timed after an L2 flush: seconds "
+                   "per shape on first use; see --gemm-cache)  [default: heuristic]")
+@click.option("--gemm-cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="GEMM cache file: its tuned choices are taken before the sweep (when it exists) and every choice "
+                   "made is saved to it after, so a second sweep skips the tuning")
 @click.option("--resume", is_flag=True, help="continue the sweep in --out: skip points already in results.jsonl")
 @click.option("--overwrite", is_flag=True, help="discard results already in --out")
 @click.option("--retry-failed", is_flag=True, help="with --resume: measure points that failed (status error) again")
@@ -111,7 +120,6 @@ def command(ctx, models, config_file, out_dir, overrides, tokens, report_only, n
     Writes OUT/results.jsonl (one record a point, appended as it finishes), OUT/results.csv (with a header
     block: card, driver, CUDA, versions, date, command line), OUT/summary.md and OUT/plots/*.png.
     """
-    from pathlib import Path
 
     from ..bench.config import BenchConfig, BenchConfigError, config_fields, read_config_file
 

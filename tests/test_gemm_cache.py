@@ -1,0 +1,49 @@
+"""trtrun.runtime.load_gemm_cache on files it must refuse: each a clear InputError naming the file and the
+field, raised before anything reaches the GPU runtime (so these run without a GPU). Saving and loading real
+tuned entries is tested on the GPU (tests/gpu/test_runtime_basics.py)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from trtrun.errors import InputError
+from trtrun.runtime import GEMM_CACHE_FORMAT, load_gemm_cache
+
+GOOD = {"device": "NVIDIA H200", "cc": 90, "cublaslt": 130100, "m": 128, "n": 768, "k": 768, "operand_t": 1,
+        "out_t": 1, "epilogue": 1, "tf32": False, "add_c": False, "workspace": 4194304, "search": 1,
+        "algo": [66, 1, 2, 3, 4, 5, 6, 7], "algo_workspace": 0}
+
+
+def _doc(**changes):
+    e = dict(GOOD)
+    e.update(changes)
+    return {"format": GEMM_CACHE_FORMAT, "version": 1, "entries": [e]}
+
+
+@pytest.mark.parametrize("content, needle", [
+    (None, "does not exist"),
+    (b"{not json", "is not JSON (line 1"),
+    (b"\xff\xfe\x00", "cannot read"),
+    ({"format": "trtrun-plan", "version": 1, "entries": []}, "is not a trtrun GEMM cache"),
+    ({"format": GEMM_CACHE_FORMAT, "version": 7, "entries": []}, "version 7"),
+    ({"format": GEMM_CACHE_FORMAT, "version": 1, "entries": {}}, "'entries' must be a list"),
+    ({"format": GEMM_CACHE_FORMAT, "version": 1, "entries": [3]}, "entries[0] must be an object"),
+    (_doc(m="128"), "entries[0].m must be int, got '128'"),
+    (_doc(tf32=1), "entries[0].tf32 must be bool"),
+    (_doc(cc=True), "entries[0].cc must be int, got True"),
+    (_doc(algo=[1, 2, 3]), "entries[0].algo must be 8 unsigned 64-bit integers"),
+    (_doc(algo=[-1, 0, 0, 0, 0, 0, 0, 0]), "entries[0].algo must be 8 unsigned"),
+    (_doc(algo=[2**64, 0, 0, 0, 0, 0, 0, 0]), "entries[0].algo must be 8 unsigned"),
+    (_doc(workspace=-4), "entries[0].workspace must be >= 0"),
+    ({"format": GEMM_CACHE_FORMAT, "version": 1, "entries": [{k: v for k, v in GOOD.items() if k != "search"}]},
+     "entries[0].search must be int, got None"),
+])
+def test_bad_gemm_cache_files(tmp_path, content, needle):
+    path = tmp_path / "gemm.json"
+    if content is not None:
+        path.write_bytes(content if isinstance(content, bytes) else json.dumps(content).encode())
+    with pytest.raises(InputError) as err:
+        load_gemm_cache(path)
+    assert needle in str(err.value) and str(path) in str(err.value)
