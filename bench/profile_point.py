@@ -36,6 +36,7 @@ def main() -> int:
                     help="build option ln_input (hybrid: dtype of Linear outputs read by post-norm LayerNorms)")
     ap.add_argument("--gemm-search", default=None, choices=["heuristic", "exhaustive"],
                     help="Context gemm_search (default: the runtime's)")
+    ap.add_argument("--gemm-cache", default=None, help="load_gemm_cache(FILE) first (fixed GEMM choices for A/B runs)")
     ap.add_argument("--plan", default=None, help="time this plan file instead of exporting and building --model")
     a = ap.parse_args()
     points = [tuple(int(x) for x in p.lower().split("x")) for p in (a.point or ["1x128"])]
@@ -63,6 +64,10 @@ def main() -> int:
               ln_input=a.ln_input).save(plan_path)
         print(f"built {plan_path} in {time.time() - t:.1f}s", flush=True)
 
+    if a.gemm_cache:
+        from trtrun.runtime import load_gemm_cache
+
+        print(f"GEMM cache {a.gemm_cache}: took {load_gemm_cache(a.gemm_cache)} entries", flush=True)
     eng = Engine.load(plan_path)
     kw = {}
     if a.ffn_chunks is not None:

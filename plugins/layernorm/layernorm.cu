@@ -3,6 +3,8 @@
 
 #include "../common/rowops.cuh"
 
+#include <cstdio>
+#include <cstdlib>
 #include <string>
 
 namespace trtrun {
@@ -105,7 +107,14 @@ void launch_layernorm(const void* x, DType x_t, const void* residual, DType r_t,
   const bool half_stats = prec == Precision::FP16;
   // gamma/beta before the reductions (rowops::layernorm_row) up to 2048 rows: there one warp per row fills
   // at most ~4 blocks of 128 threads per multiprocessor, so the doubled registers cost no occupancy.
-  const bool prefetch = rows <= 2048;
+  // TRTRUN_LN_PREFETCH_ROWS overrides the 2048 (measurements only; read once).
+  static const long long prefetch_rows = [] {
+    const char* e = std::getenv("TRTRUN_LN_PREFETCH_ROWS");
+    long long v = 2048;
+    if (e != nullptr && std::sscanf(e, "%lld", &v) != 1) v = 2048;
+    return v;
+  }();
+  const bool prefetch = rows <= prefetch_rows;
   TRTRUN_BOOL_SWITCH(vec, VECTOR, [&] {
     TRTRUN_BOOL_SWITCH(L.warp_rows, WARP_ROWS, [&] {
       TRTRUN_BOOL_SWITCH(half_stats, HALF, [&] {

@@ -2,7 +2,8 @@
 # One pass of the GPU runtime's checks on the GPU machine (../shared/GPU.md): build trtrun._C with
 # `pip install -e .`, then the steps named as arguments (default: all, in this order):
 #   tests      pytest -m gpu tests/gpu/test_runtime_*.py (reports under $OUT/report)
-#   sanitizer  compute-sanitizer memcheck on the hand-made plans (tests/gpu/test_runtime_handmade.py)
+#   sanitizer  compute-sanitizer memcheck on the hand-made plans (tests/gpu/test_runtime_handmade.py; not the
+#              exhaustive GEMM search tests: thousands of cuBLASLt launches are too slow under memcheck)
 #   foreign    a second build for sm_80 only (80-real, no PTX), for test_build_for_another_architecture
 # Logs go to $OUT (the device tool's folder) or ./out. Carried along: .whl/ (wheels missing there, e.g.
 # onnx-graphsurgeon) and .gpudata/ (data folder: MiniLM, texts), both ignored by git.
@@ -48,7 +49,7 @@ if [[ " $steps " == *" tests "* ]]; then
   export TRTRUN_REPORT_DIR=$OUT/report
   export TRTRUN_TEST_CACHE=/tmp/trtrun-test-cache  # models and plans shared by the pytest processes below
   # one pytest process per file (a crash in one loses only that file), each under its own time limit
-  for spec in ${TEST_FILES:-basics:30 handmade:70 device:50 errors:50 stress:80 models:210}; do
+  for spec in ${TEST_FILES:-basics:30 handmade:330 device:50 errors:50 stress:80 models:210}; do
     f=tests/gpu/test_runtime_${spec%%:*}.py
     timeout "${spec##*:}" python3 -m pytest -p no:cacheprovider -q -rs --durations=5 "$f" ${PYTEST_ARGS:-} \
       >>"$OUT/pytest.log" 2>&1
@@ -64,7 +65,7 @@ if [[ " $steps " == *" sanitizer "* ]]; then
   TRTRUN_STRESS_SCALE=0.02 timeout "${SAN_TIMEOUT:-200}" compute-sanitizer --tool memcheck --error-exitcode 3 \
     --print-limit 20 python3 -m pytest -p no:cacheprovider -q -rs tests/gpu/test_runtime_handmade.py \
     tests/gpu/test_runtime_errors.py \
-    -k "not test_handmade_vs_reference or ((plain or x32 or causal-tanh) and (hybrid or fp32))" \
+    -k "(not test_handmade_vs_reference or ((plain or x32 or causal-tanh) and (hybrid or fp32))) and not exhaustive and not gemm_cache" \
     >"$OUT/sanitizer.log" 2>&1
   echo "compute-sanitizer exit code $?"
   tail -8 "$OUT/sanitizer.log"
