@@ -252,50 +252,43 @@ int main(int argc, char** argv) {
         ci = (ci + 1) % copies;
         return cublasLtMatmul(lt, op, &alpha, W[ci], la, X, lb, &beta, Y, ld, Y, ld, &c.algo, ws, c.ws, st);
       };
+      // `reps` samples of ms per launch, each over `per` back-to-back launches, after `warm` untimed ones;
+      // empty when cuBLASLt refuses to run the candidate
+      auto samples = [&](const Cand& c, int warm, int reps, int per) {
+        std::vector<float> v;
+        bool ok = true;
+        for (int r = 0; r < warm && ok; ++r) ok = once(c) == CUBLAS_STATUS_SUCCESS;
+        if (!ok || cudaStreamSynchronize(st) != cudaSuccess) {
+          (void)cudaGetLastError();
+          return v;
+        }
+        for (int r = 0; r < reps; ++r) {
+          CK(cudaEventRecord(e0, st));
+          for (int j = 0; j < per; ++j) once(c);
+          CK(cudaEventRecord(e1, st));
+          CK(cudaEventSynchronize(e1));
+          float t = 0;
+          CK(cudaEventElapsedTime(&t, e0, e1));
+          v.push_back(t / per);
+        }
+        return v;
+      };
       if (configs) {
         // quick pass over every accepted configuration; the 12 fastest join the full timing below
         std::vector<Cand> more = all_configs(lt, op, la, lb, ld, dt, ws_bytes);
         n_cfg = more.size();
         for (auto& c : more) {
-          bool ok = true;
-          for (int r = 0; r < 2 && ok; ++r) ok = once(c) == CUBLAS_STATUS_SUCCESS;
-          if (!ok || cudaStreamSynchronize(st) != cudaSuccess) {
-            (void)cudaGetLastError();
-            c.ms = 1e9f;
-            continue;
-          }
-          float bestq = 1e9f;
-          for (int r = 0; r < 5; ++r) {
-            CK(cudaEventRecord(e0, st));
-            for (int j = 0; j < 5; ++j) once(c);
-            CK(cudaEventRecord(e1, st));
-            CK(cudaEventSynchronize(e1));
-            float t = 0;
-            CK(cudaEventElapsedTime(&t, e0, e1));
-            bestq = std::min(bestq, t / 5);
-          }
-          c.ms = bestq;
+          const std::vector<float> v = samples(c, 2, 5, 5);
+          c.ms = v.empty() ? 1e9f : *std::min_element(v.begin(), v.end());
         }
         std::sort(more.begin(), more.end(), [](const Cand& a, const Cand& b) { return a.ms < b.ms; });
         for (size_t i = 0; i < more.size() && i < 12; ++i) cands.push_back(more[i]);
       }
       for (auto& c : cands) {
-        bool ok = true;
-        for (int r = 0; r < 3 && ok; ++r) ok = once(c) == CUBLAS_STATUS_SUCCESS;
-        if (!ok || cudaStreamSynchronize(st) != cudaSuccess) {
-          (void)cudaGetLastError();
+        std::vector<float> v = samples(c, 3, 15, 20);
+        if (v.empty()) {
           c.ms = 1e9f;
           continue;
-        }
-        std::vector<float> v;
-        for (int r = 0; r < 15; ++r) {
-          CK(cudaEventRecord(e0, st));
-          for (int j = 0; j < 20; ++j) once(c);
-          CK(cudaEventRecord(e1, st));
-          CK(cudaEventSynchronize(e1));
-          float t = 0;
-          CK(cudaEventElapsedTime(&t, e0, e1));
-          v.push_back(t / 20);
         }
         std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
         c.ms = v[v.size() / 2];
