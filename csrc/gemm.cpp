@@ -36,6 +36,15 @@ cublasLtEpilogue_t lt_epilogue(GemmEpilogue e) {
   return CUBLASLT_EPILOGUE_DEFAULT;
 }
 bool has_bias(GemmEpilogue e) { return e == GemmEpilogue::Bias || e == GemmEpilogue::GeluBias; }
+// Whether `algo` may serve `key`: with add_c (c != y) only algorithms that can write D out of place.
+bool fits_key(const GemmKey& key, const cublasLtMatmulAlgo_t& algo) {
+  if (!key.add_c) return true;
+  int32_t oop = 1;
+  size_t written = 0;
+  return !(cublasLtMatmulAlgoCapGetAttribute(&algo, CUBLASLT_ALGO_CAP_OUT_OF_PLACE_RESULT_SUPPORT, &oop, sizeof(oop),
+                                             &written) == CUBLAS_STATUS_SUCCESS &&
+           oop == 0);
+}
 }  // namespace
 
 struct GemmRunner::Plan {
@@ -139,14 +148,7 @@ bool GemmRunner::prepare(const GemmKey& key) {
   (void)cublasLtMatmulPreferenceDestroy(pref);
   for (int i = 0; st == CUBLAS_STATUS_SUCCESS && i < found; ++i) {
     if (results[i].state != CUBLAS_STATUS_SUCCESS) continue;
-    if (key.add_c) {  // c != y: only algorithms that write D out of place
-      int32_t oop = 1;
-      size_t written = 0;
-      if (cublasLtMatmulAlgoCapGetAttribute(&results[i].algo, CUBLASLT_ALGO_CAP_OUT_OF_PLACE_RESULT_SUPPORT, &oop,
-                                            sizeof(oop), &written) == CUBLAS_STATUS_SUCCESS &&
-          oop == 0)
-        continue;
-    }
+    if (!fits_key(key, results[i].algo)) continue;
     p->candidates.push_back(results[i]);
   }
   p->key = key;
@@ -225,14 +227,7 @@ void GemmRunner::add_configs(Plan& p) {
             continue;
           cublasLtMatmulHeuristicResult_t r{};
           if (cublasLtMatmulAlgoCheck(handle_, p.op, p.a, p.b, p.d, p.d, &a, &r) != CUBLAS_STATUS_SUCCESS) continue;
-          if (r.workspaceSize > workspace_.size()) continue;
-          if (p.key.add_c) {
-            int32_t oop = 1;
-            if (cublasLtMatmulAlgoCapGetAttribute(&a, CUBLASLT_ALGO_CAP_OUT_OF_PLACE_RESULT_SUPPORT, &oop, sizeof(oop),
-                                                  &w) == CUBLAS_STATUS_SUCCESS &&
-                oop == 0)
-              continue;
-          }
+          if (r.workspaceSize > workspace_.size() || !fits_key(p.key, a)) continue;
           r.algo = a;
           r.state = CUBLAS_STATUS_SUCCESS;
           p.candidates.push_back(r);
@@ -261,17 +256,10 @@ void GemmRunner::tune(Plan& p, const void* x, const void* w, void* y, const void
   }
   if (hit != cache.end() && !hit->second.checked) {
     cublasLtMatmulHeuristicResult_t r{};
-    bool valid = cublasLtMatmulAlgoCheck(handle_, p.op, p.a, p.b, p.d, p.d, &hit->second.result.algo, &r) ==
-                     CUBLAS_STATUS_SUCCESS &&
-                 r.workspaceSize <= workspace_.size();
-    if (valid && p.key.add_c) {
-      int32_t oop = 1;
-      size_t w = 0;
-      valid = !(cublasLtMatmulAlgoCapGetAttribute(&hit->second.result.algo,
-                                                  CUBLASLT_ALGO_CAP_OUT_OF_PLACE_RESULT_SUPPORT, &oop, sizeof(oop),
-                                                  &w) == CUBLAS_STATUS_SUCCESS &&
-                oop == 0);
-    }
+    const bool valid =
+        cublasLtMatmulAlgoCheck(handle_, p.op, p.a, p.b, p.d, p.d, &hit->second.result.algo, &r) ==
+            CUBLAS_STATUS_SUCCESS &&
+        r.workspaceSize <= workspace_.size() && fits_key(p.key, hit->second.result.algo);
     if (valid) {
       hit->second.result.workspaceSize = r.workspaceSize;
       hit->second.checked = true;
@@ -393,8 +381,7 @@ std::vector<GemmCacheEntry> gemm_cache_export() {
   std::lock_guard<std::mutex> lock(g_tuned_mutex);
   std::vector<GemmCacheEntry> out;
   std::map<int, std::pair<std::string, int>> ids;
-  for (const auto& kv : tuned_cache()) {
-    if (!kv.second.checked) continue;  // loaded and never used here: not re-exported unvalidated
+  for (const auto& kv : tuned_cache()) {  // loaded entries this process never used pass through as they came
     auto id = ids.find(kv.first.device);
     if (id == ids.end()) id = ids.emplace(kv.first.device, device_identity(kv.first.device)).first;
     GemmCacheEntry e;

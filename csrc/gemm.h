@@ -85,7 +85,8 @@ struct GemmCacheEntry {
   std::array<uint64_t, 8> algo{};  // cublasLtMatmulAlgo_t::data
   size_t algo_workspace = 0;       // workspace bytes that algorithm needs
 };
-// Every tuned choice of this process.
+// Every tuned choice of this process, and every loaded one it has not rejected (so that saving after a run that
+// used some shapes keeps the others).
 std::vector<GemmCacheEntry> gemm_cache_export();
 // Takes the entries made on a device of the same name and compute capability as a visible device, with this
 // process's cuBLASLt version (the rest are skipped); returns how many were taken. A taken entry is checked with

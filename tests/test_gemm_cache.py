@@ -9,7 +9,7 @@ import json
 import pytest
 
 from trtrun.errors import InputError
-from trtrun.runtime import GEMM_CACHE_FORMAT, load_gemm_cache
+from trtrun.runtime import GEMM_CACHE_FORMAT, load_gemm_cache, save_gemm_cache
 
 GOOD = {"device": "NVIDIA H200", "cc": 90, "cublaslt": 130100, "m": 128, "n": 768, "k": 768, "operand_t": 1,
         "out_t": 1, "epilogue": 1, "tf32": False, "add_c": False, "workspace": 4194304, "search": 1,
@@ -47,3 +47,13 @@ def test_bad_gemm_cache_files(tmp_path, content, needle):
     with pytest.raises(InputError) as err:
         load_gemm_cache(path)
     assert needle in str(err.value) and str(path) in str(err.value)
+
+
+def test_save_refuses_to_replace_a_file_it_cannot_read(tmp_path):
+    """save_gemm_cache merges with the file already there; one that is not a GEMM cache is an InputError and
+    stays as it was (checked before the GPU runtime is touched)."""
+    path = tmp_path / "gemm.json"
+    path.write_text('{"format": "something else"}')
+    with pytest.raises(InputError, match="is not a trtrun GEMM cache"):
+        save_gemm_cache(path)
+    assert path.read_text() == '{"format": "something else"}'

@@ -95,38 +95,12 @@ _GEMM_CACHE_FIELDS = {"device": str, "cc": int, "cublaslt": int, "m": int, "n": 
                       "algo": list, "algo_workspace": int}
 
 
-def save_gemm_cache(path) -> int:
-    """Write every GEMM algorithm this process has tuned (all engines and contexts; exhaustive and heuristic
-    choices) to `path` (JSON), so another process on the same kind of GPU and cuBLASLt version can skip the
-    timing: load_gemm_cache(path) before its first runs. Returns the number of entries written. The file is
-    replaced atomically."""
-    import datetime
-    import os
-
-    entries = list(_load_extension().gemm_cache_export())
-    doc = {"format": GEMM_CACHE_FORMAT, "version": 1,
-           "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           "entries": entries}
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(json.dumps(doc, indent=None, separators=(",", ":")) + "\n")
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise InputError(f"cannot write the GEMM cache {path}: {e.strerror or e}") from None
-    return len(entries)
+_GEMM_CACHE_IDENTITY = ("device", "cc", "cublaslt", "m", "n", "k", "operand_t", "out_t", "epilogue", "tf32", "add_c",
+                        "workspace", "search")
 
 
-def load_gemm_cache(path) -> int:
-    """Take the GEMM algorithms tuned by another process (save_gemm_cache) for this process's GPUs: a shape
-    found there is not timed again, by contexts of either gemm_search (an exhaustive choice serves heuristic
-    contexts too). Entries from another GPU model or cuBLASLt version are skipped; each taken entry is checked
-    with cuBLASLt before its first use, and one that fails is tuned as usual. Choices this process already made
-    stay. Returns how many entries were taken. A missing, unreadable or malformed file raises InputError naming
-    the file and the field; nothing is taken from it then."""
-
-    path = Path(path)
+def _read_gemm_cache(path: Path) -> list[dict]:
+    """The entries of a GEMM cache file, every field checked; InputError naming the file and the field."""
     try:
         doc = json.loads(path.read_text())
     except FileNotFoundError:
@@ -156,6 +130,46 @@ def load_gemm_cache(path) -> int:
         for f in ("cc", "cublaslt", "m", "n", "k", "workspace", "algo_workspace"):
             if e[f] < 0:
                 raise InputError(f"GEMM cache {path}: entries[{i}].{f} must be >= 0, got {e[f]}")
+    return entries
+
+
+def save_gemm_cache(path) -> int:
+    """Write every GEMM algorithm this process has tuned (all engines and contexts; exhaustive and heuristic
+    choices, and loaded ones it did not reject) to `path` (JSON), so another process on the same kind of GPU
+    and cuBLASLt version can skip the timing: load_gemm_cache(path) before its first runs. Entries already in
+    the file for other GPUs, cuBLASLt versions or shapes are kept (this process's choice wins for the same
+    key), so one file can serve several machines. Returns the number of entries written. The file is replaced
+    atomically; an existing file that is not a valid GEMM cache raises InputError and is left alone."""
+    import datetime
+    import os
+
+    path = Path(path)
+    old = _read_gemm_cache(path) if path.exists() else []  # before anything: a bad file stops the save
+    entries = list(_load_extension().gemm_cache_export())
+    mine = {tuple(e[f] for f in _GEMM_CACHE_IDENTITY) for e in entries}
+    entries += [e for e in old if tuple(e[f] for f in _GEMM_CACHE_IDENTITY) not in mine]
+    doc = {"format": GEMM_CACHE_FORMAT, "version": 1,
+           "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+           "entries": entries}
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(json.dumps(doc, indent=None, separators=(",", ":")) + "\n")
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise InputError(f"cannot write the GEMM cache {path}: {e.strerror or e}") from None
+    return len(entries)
+
+
+def load_gemm_cache(path) -> int:
+    """Take the GEMM algorithms tuned by another process (save_gemm_cache) for this process's GPUs: a shape
+    found there is not timed again, by contexts of either gemm_search (an exhaustive choice serves heuristic
+    contexts too). Entries from another GPU model or cuBLASLt version are skipped; each taken entry is checked
+    with cuBLASLt before its first use, and one that fails is tuned as usual. Choices this process already made
+    stay. Returns how many entries were taken. A missing, unreadable or malformed file raises InputError naming
+    the file and the field; nothing is taken from it then."""
+    path = Path(path)
+    entries = _read_gemm_cache(path)
     try:
         return int(_load_extension().gemm_cache_import(entries))
     except InputError as e:  # the extension's own checks (m, n, k > 0, enum ranges)

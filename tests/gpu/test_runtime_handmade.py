@@ -253,12 +253,15 @@ def test_gemm_cache_roundtrip(built, tmp_path):
 
     first = run("-", tmp_path / "a.json", tmp_path / "a.npy")
     assert first["taken"] == 0 and first["saved"] >= 3  # qkv, proj, fc1, fc2 (fc1/fc2 may share a shape)
-    second = run(tmp_path / "a.json", tmp_path / "b.json", tmp_path / "b.npy")
-    assert second["taken"] == first["saved"]
+    # b.json already holds an entry of another GPU: saving keeps it beside this process's choices
     a = json.loads((tmp_path / "a.json").read_text())["entries"]
+    foreign = dict(a[0], device="Another GPU")
+    (tmp_path / "b.json").write_text(json.dumps({"format": "trtrun-gemm-cache", "version": 1, "entries": [foreign]}))
+    second = run(tmp_path / "a.json", tmp_path / "b.json", tmp_path / "b.npy")
+    assert second["taken"] == first["saved"] and second["saved"] == first["saved"] + 1
     b = json.loads((tmp_path / "b.json").read_text())["entries"]
     key = lambda e: json.dumps(e, sort_keys=True)  # noqa: E731
-    assert sorted(map(key, a)) == sorted(map(key, b))
+    assert sorted(map(key, a + [foreign])) == sorted(map(key, b))
     np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy"))
 
     doc = json.loads((tmp_path / "a.json").read_text())
