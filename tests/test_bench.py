@@ -301,6 +301,18 @@ def test_report_only_and_deadline(swept, tmp_path):
     assert _points(out2) == []
 
 
+def test_gemm_options_with_the_reference_backend(tmp_path, capsys):
+    """--gemm-search/--gemm-cache concern the GPU runtime: with --backend reference the sweep says it ignores
+    them, runs, and writes no cache file."""
+    cache = tmp_path / "gemm.json"
+    args = [a for a in FAST if a != "-q"]
+    assert main(["bench", "bert-base", *TINY, *args, "--batch", "1", "--seq", "8", "--baselines", "none",
+                 "--gemm-search", "exhaustive", "--gemm-cache", str(cache), "--out", str(tmp_path / "o")]) == 0
+    err = capsys.readouterr().err
+    assert "--gemm-search and --gemm-cache apply to --backend gpu only" in err
+    assert _points(tmp_path / "o") and not cache.exists()
+
+
 # ------------------------------------------------------------------------------------------ bad arguments
 @pytest.mark.parametrize("extra, code, message", [
     (["--batch", ""], 2, "--batch must be one or more positive integers"),

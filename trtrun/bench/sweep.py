@@ -281,6 +281,12 @@ def run_sweep(cfg: BenchConfig, *, log=None, progress: bool = True) -> SweepOutc
     meta["points_planned"] = len(points)
     meta["points_todo"] = len(todo)
     meta["config"] = _config_doc(cfg)
+    if cfg.backend == "gpu" and cfg.gemm_search == "exhaustive":
+        log("exhaustive GEMM search: the first run of each GEMM shape times every configuration cuBLASLt accepts "
+            "(about a minute for the first shape in a process, 1-16 s for each after; shapes in the GEMM cache "
+            "are not timed again)")
+    elif cfg.backend != "gpu" and (cfg.gemm_search != "heuristic" or cfg.gemm_cache is not None):
+        log(f"note: --gemm-search and --gemm-cache apply to --backend gpu only; --backend {cfg.backend} ignores them")
     gemm_cache_note = _load_gemm_cache(cfg, log)
     if gemm_cache_note:
         meta["gemm_cache"] = gemm_cache_note
