@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import gc
 import time
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 
 from .config import BenchConfig, BenchConfigError, PRECISIONS, engine_name
 from .inputs import make_sets, token_stream

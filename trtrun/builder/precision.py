@@ -89,7 +89,7 @@ def pin_precision(graph, precision: str, ln_input: str = "fp16") -> tuple[dict[s
                 u = uses.get(t.name, set())
                 if u and u <= {"gemm"}:
                     dt = "float16"
-                elif u and t.name in bounded and u <= {"gemm", "residual"}:
+                elif t.name in fp16_residual:  # a bounded LN output read as a GEMM operand or a residual
                     dt = "float16"
                 elif t.name in ln_x16:
                     dt = "float16"
