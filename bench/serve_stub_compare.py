@@ -79,6 +79,16 @@ def wait_healthy(url: str, name: str, timeout: float = 120.0) -> None:
     raise SystemExit(f"{name}: server did not become healthy")
 
 
+def stop_server(srv: subprocess.Popen):
+    """SIGTERM (the server's clean shutdown), then kill after 60 s; the exit code, or "killed"."""
+    srv.send_signal(signal.SIGTERM)
+    try:
+        return srv.wait(60)
+    except subprocess.TimeoutExpired:
+        srv.kill()
+        return "killed"
+
+
 def _run(name: str, repo: Path, args: list[str], a) -> dict:
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
@@ -105,12 +115,7 @@ def _run(name: str, repo: Path, args: list[str], a) -> dict:
                 "client_cpu_us": r.get("client_cpu_us_per_request"), "client_busy": r.get("client_busy"),
                 "mbatch": r["server_mean_requests_per_microbatch"], "bad": r["failed"] + r["mismatched"]}
     finally:
-        srv.send_signal(signal.SIGTERM)
-        try:
-            rc = srv.wait(60)
-        except subprocess.TimeoutExpired:
-            srv.kill()
-            rc = "killed"
+        rc = stop_server(srv)
         if rc != 0:
             print(f"  {name}: server exit code {rc}: {srv.stderr.read()[-1000:]}", file=sys.stderr)
 

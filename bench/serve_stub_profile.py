@@ -22,7 +22,6 @@ import json
 import os
 import re
 import shlex
-import signal
 import statistics
 import subprocess
 import sys
@@ -33,7 +32,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from serve_stub_compare import TICK, _free_port, wait_healthy  # noqa: E402
+from serve_stub_compare import TICK, _free_port, stop_server, wait_healthy  # noqa: E402
 
 LOOP = "event loop (main thread)"
 
@@ -128,11 +127,7 @@ def _run(name: str, repo: Path, args: list[str], a, pyspy: str | None) -> dict:
             spy.terminate()
         if lg is not None and lg.poll() is None:
             lg.kill()
-        srv.send_signal(signal.SIGTERM)
-        try:
-            srv.wait(60)
-        except subprocess.TimeoutExpired:
-            srv.kill()
+        stop_server(srv)
 
 
 def main(argv=None) -> int:

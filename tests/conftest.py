@@ -226,6 +226,50 @@ def serve_process(tiny: dict, port: int, *args: str):
             proc.wait()
 
 
+def requests_across_a_signal(proc, url: str, texts: list, n: int, sig, *, settle: float, after: float,
+                             emb, atol: float) -> str:
+    """Graceful-shutdown check of a `trtrun serve` subprocess: n concurrent /v1/embeddings requests (texts i and
+    i + n each), `sig` sent `settle` s after they start (while they wait in micro-batch windows), a new
+    connection `after` s later must be refused; every request must still get its right answer (against
+    `emb`, within `atol`), the process must exit 0 within 30 s of the signal. Returns its stderr."""
+    import threading
+    import time
+
+    import httpx
+
+    results: dict[int, object] = {}
+
+    def call(i):
+        try:
+            results[i] = httpx.post(url + "/v1/embeddings", json={"input": [texts[i], texts[i + n]]}, timeout=60)
+        except Exception as e:  # noqa: BLE001
+            results[i] = e
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    time.sleep(settle)
+    t_sig = time.time()
+    proc.send_signal(sig)
+    time.sleep(after)
+    with pytest.raises(httpx.ConnectError):  # nothing takes new connections any more
+        httpx.post(url + "/v1/embeddings", json={"input": "late"}, timeout=5)
+    for t in threads:
+        t.join(60)
+    rc = proc.wait(60)
+    err = proc.stderr.read()
+    assert rc == 0, err
+    assert "server stopped" in err and "Traceback" not in err, err
+    for i in range(n):
+        r = results[i]
+        assert not isinstance(r, Exception), f"request {i} lost: {r!r}\n{err}"
+        assert r.status_code == 200, r.text
+        got = np.array([d["embedding"] for d in r.json()["data"]], np.float32)
+        np.testing.assert_allclose(got, emb.embed([texts[i], texts[i + n]]), atol=atol)
+    assert time.time() - t_sig < 30
+    return err
+
+
 @pytest.fixture(scope="module")
 def texts():
     """24 Rotten Tomatoes sentences (real text for the embedder and server tests)."""

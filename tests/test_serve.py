@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,7 @@ pytest.importorskip("uvicorn", reason="trtrun serve needs uvicorn (pip install '
 pytest.importorskip("prometheus_client", reason="trtrun serve needs prometheus-client")
 httpx = pytest.importorskip("httpx", reason="the tests' HTTP client (and TestClient) need httpx")
 
-from conftest import free_port, serve_process, wait_healthy  # noqa: E402
+from conftest import free_port, requests_across_a_signal, serve_process, wait_healthy  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 # Same plan and numpy backend on both sides; only BLAS summation order differs with the batch shape
@@ -329,37 +328,9 @@ def test_graceful_shutdown_finishes_requests_in_flight(tiny, emb, texts, sig):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with serve_process(tiny, port, "--max-wait-ms", "1500", "--contexts", "1") as proc:
-        results: dict[int, object] = {}
-
-        def call(i):
-            try:
-                r = httpx.post(url + "/v1/embeddings", json={"input": [texts[i], texts[i + 6]]}, timeout=60)
-                results[i] = r
-            except Exception as e:  # noqa: BLE001
-                results[i] = e
-
-        threads = [threading.Thread(target=call, args=(i,)) for i in range(6)]
-        for t in threads:
-            t.start()
-        time.sleep(0.5)  # all six are now waiting inside the micro-batch window (1.5 s)
-        t_sig = time.time()
-        proc.send_signal(sig)
-        time.sleep(0.4)  # uvicorn notices within 0.1 s and closes its listening socket
-        with pytest.raises(httpx.ConnectError):
-            httpx.post(url + "/v1/embeddings", json={"input": "late"}, timeout=5)
-        for t in threads:
-            t.join(60)
-        rc = proc.wait(60)
-        err = proc.stderr.read()
-    assert rc == 0, err
-    assert "server stopped" in err and "Traceback" not in err, err
-    for i in range(6):
-        r = results[i]
-        assert not isinstance(r, Exception), f"request {i} lost: {r!r}\n{err}"
-        assert r.status_code == 200, r.text
-        got = np.array([d["embedding"] for d in r.json()["data"]], np.float32)
-        np.testing.assert_allclose(got, emb.embed([texts[i], texts[i + 6]]), atol=ATOL)
-    assert time.time() - t_sig < 30
+        # all six wait inside the micro-batch window (1.5 s) when the signal comes; uvicorn notices it within
+        # 0.1 s and closes its listening socket
+        requests_across_a_signal(proc, url, texts, 6, sig, settle=0.5, after=0.4, emb=emb, atol=ATOL)
 
 
 def test_example_service_answers_and_uses_the_batcher(emb, texts):

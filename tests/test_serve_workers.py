@@ -11,11 +11,9 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 pytest.importorskip("starlette", reason="trtrun serve needs starlette (pip install 'trtrun[serve]')")
@@ -25,7 +23,7 @@ httpx = pytest.importorskip("httpx", reason="the tests' HTTP client needs httpx"
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_REUSEPORT load spreading is Linux's")
 
-from conftest import free_port, serve_process  # noqa: E402
+from conftest import free_port, requests_across_a_signal, serve_process  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 ATOL = 1e-5  # as in test_serve.py: same plan and numpy backend, only BLAS summation order differs
@@ -72,36 +70,11 @@ def test_workers_share_the_port_sum_metrics_and_stop_gracefully(tiny_embed_model
             assert line and float(line[0].split()[-1]) == 6.0, line
             assert "trtrun_process_cpu_seconds_total" in m
 
-        results: dict[int, object] = {}
-
-        def call(i):
-            try:
-                results[i] = httpx.post(url + "/v1/embeddings", json={"input": [texts[i], texts[i + 8]]}, timeout=60)
-            except Exception as e:  # noqa: BLE001
-                results[i] = e
-
-        threads = [threading.Thread(target=call, args=(i,)) for i in range(8)]
-        for t in threads:
-            t.start()
-        time.sleep(0.6)  # all eight wait inside micro-batch windows (1.5 s) of both workers
-        t_sig = time.time()
-        proc.send_signal(signal.SIGTERM)
-        time.sleep(0.5)
-        with pytest.raises(httpx.ConnectError):  # no worker, nor the supervisor, takes new connections
-            httpx.post(url + "/v1/embeddings", json={"input": "late"}, timeout=5)
-        for t in threads:
-            t.join(60)
-        rc = proc.wait(60)
-        err = proc.stderr.read()
-    assert rc == 0, err
-    assert "2 workers serving" in err and "server stopped" in err and "Traceback" not in err, err
-    for i in range(8):
-        r = results[i]
-        assert not isinstance(r, Exception), f"request {i} lost: {r!r}\n{err}"
-        assert r.status_code == 200, r.text
-        got = np.array([d["embedding"] for d in r.json()["data"]], np.float32)
-        np.testing.assert_allclose(got, emb.embed([texts[i], texts[i + 8]]), atol=ATOL)
-    assert time.time() - t_sig < 30
+        # all eight wait inside micro-batch windows (1.5 s) of both workers when SIGTERM comes; afterwards no
+        # worker, nor the supervisor, takes new connections
+        err = requests_across_a_signal(proc, url, texts, 8, signal.SIGTERM, settle=0.6, after=0.5, emb=emb,
+                                       atol=ATOL)
+    assert "2 workers serving" in err, err
     for p in pids:  # the workers are gone too
         assert not Path(f"/proc/{p}").exists() or "zombie" in Path(f"/proc/{p}/status").read_text().lower()
 
