@@ -107,12 +107,15 @@ __device__ __forceinline__ int item_index(int c, int t, int G) {
 // instead of following them: worth it at a few hundred rows, where the kernel's time is a chain of such
 // latencies; it doubles the registers of the one-warp-per-row variant (~70 -> ~140), which halves the resident
 // blocks, so not where there are enough rows to fill the GPU (layernorm's launcher decides).
-template <int VEC, bool WARP_ROWS, bool HALF_STATS, bool PREFETCH = false>
-__device__ __forceinline__ void layernorm_row(float (&v)[ITEMS], int n, int t, int G, float eps,
+// NI: floats this thread holds (ITEMS, or fewer where the launcher sized the share to the row: see
+// layernorm's chunk count); NI / VEC chunks.
+template <int VEC, bool WARP_ROWS, bool HALF_STATS, bool PREFETCH = false, int NI = ITEMS>
+__device__ __forceinline__ void layernorm_row(float (&v)[NI], int n, int t, int G, float eps,
                                               const void* gamma, const void* beta, DType param_t,
                                               void* y_row, DType y_t, float* scratch) {
-  constexpr int C = ITEMS / VEC;
-  constexpr int GB = PREFETCH ? ITEMS : VEC;  // registers for gamma/beta: the whole row share, or one chunk
+  static_assert(NI % VEC == 0 && NI <= ITEMS, "a thread's share is whole chunks, at most ITEMS floats");
+  constexpr int C = NI / VEC;
+  constexpr int GB = PREFETCH ? NI : VEC;  // registers for gamma/beta: the whole row share, or one chunk
   float g[GB], b[GB];
   if constexpr (PREFETCH) {
 #pragma unroll

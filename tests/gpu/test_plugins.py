@@ -178,6 +178,10 @@ LN_CASES = [
     ("fp32", 129, np.float32, np.float32, np.float32, np.float32, np.float32),
     ("hybrid", 768, np.float32, np.float16, np.float32, np.float16, np.float32),
     ("hybrid", 384, np.float32, np.float16, np.float32, np.float32, None),
+    # a warp's share sized to the row: 1, 2, 3 whole chunks of 256 and a part-filled third
+    ("fp32", 256, np.float32, np.float32, np.float32, np.float32, np.float32),
+    ("fp16", 512, np.float16, np.float16, np.float16, np.float16, np.float16),
+    ("hybrid", 640, np.float16, np.float16, np.float32, np.float16, None),
     ("hybrid", 128, np.float16, np.float32, np.float32, np.float16, np.float32),
     ("hybrid", 1024, np.float32, np.float16, np.float32, np.float16, None),
     ("hybrid", 1600, np.float32, np.float16, np.float32, np.float16, np.float32),
