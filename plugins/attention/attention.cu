@@ -2,7 +2,8 @@
 //
 // Tensor-core kernel (HYBRID, FP16): a block owns BQ = 16 * warps query rows of one (batch, head); each
 // warp owns 16 rows. Key/value tiles of 64 rows stream through shared memory (cp.async, a ring of 3 tiles
-// for head sizes 32/64, 2 for 128), their mask values with them. Per tile and warp: S = Q K^T with mma.sync
+// for head sizes 32/64, 2 for 128), their mask values with them (unless the unmasked keys
+// are one run: then a key's flag comes from the run's ends). Per tile and warp: S = Q K^T with mma.sync
 // m16n8k16 (fp16 x fp16 -> fp32), mask, online softmax (running max m and sum l per row), P rounded to fp16
 // and fed from registers straight into O += P V (mma.sync again). The seq x seq score matrix never leaves registers.
 // FP32 kernel: the same online softmax with plain FFMA (no tensor cores, so no TF32).
@@ -148,12 +149,19 @@ __device__ __forceinline__ void stage_mask(int* dst, const int32_t* mask, int b,
   }
 }
 
-// The flag (FLAG_*) of key j0 + jl of a staged tile, from its mask values in shared memory.
+// The flag (FLAG_*) of key j0 + jl of a staged tile: from its mask values in shared memory, or, where the mask's
+// unmasked keys are one run [lo, hi) (KeyRange::dense: right or left padding, or no padding at all), from that run
+// alone, with the same flags the mask values would give (nothing staged, nothing read).
 struct TileFlags {
   const int* raw;
   int j0, S;
+  bool dense;
+  int lo, hi;
   __device__ __forceinline__ int operator()(int jl) const {
-    return j0 + jl >= S ? FLAG_OUT : (raw[jl] != 0 ? FLAG_VALID : FLAG_MASKED);
+    const int j = j0 + jl;
+    if (j >= S) return FLAG_OUT;
+    if (dense) return (j >= lo && j < hi) ? FLAG_VALID : FLAG_MASKED;
+    return raw[jl] != 0 ? FLAG_VALID : FLAG_MASKED;
   }
 };
 
@@ -165,35 +173,48 @@ struct TileFlags {
 struct KeyRange {
   int begin, end;  // key tiles [begin, end)
   bool walk_all;   // some row of the block is fully masked
+  bool dense;      // the unmasked keys are exactly [first, last] (and there is at least one)
+  int first, last;
 };
 
 __device__ __forceinline__ KeyRange key_range(const int32_t* mask, int b, int S, int q0, int BQ, int bk,
-                                              bool causal, int* red /* 2 ints of shared memory */) {
+                                              bool causal, int* red /* 3 ints of shared memory */) {
   const int nkt_all = (S + bk - 1) / bk;
-  KeyRange kr{0, nkt_all, false};
+  KeyRange kr{0, nkt_all, false, false, 0, -1};
   if (causal) kr.end = min(nkt_all, (min(q0 + BQ, S) - 1) / bk + 1);
-  if (mask == nullptr) return kr;
+  if (mask == nullptr) {
+    kr.dense = true;  // every key valid
+    kr.last = S - 1;
+    return kr;
+  }
   if (threadIdx.x == 0) {
     red[0] = S;
     red[1] = -1;
+    red[2] = 0;
   }
   __syncthreads();
-  int f = S, l = -1;
+  int f = S, l = -1, count = 0;
   const int32_t* mrow = mask + static_cast<long long>(b) * S;
   for (int j = threadIdx.x; j < S; j += blockDim.x) {
     if (mrow[j] != 0) {
       f = min(f, j);
       l = max(l, j);
+      ++count;
     }
   }
   f = __reduce_min_sync(0xffffffffu, f);
   l = __reduce_max_sync(0xffffffffu, l);
+  count = __reduce_add_sync(0xffffffffu, count);
   if ((threadIdx.x & 31) == 0) {
     atomicMin(&red[0], f);
     atomicMax(&red[1], l);
+    atomicAdd(&red[2], count);
   }
   __syncthreads();
   const int first = red[0], last = red[1];
+  kr.first = first;
+  kr.last = last;
+  kr.dense = last >= first && red[2] == last - first + 1;
   const bool rows_live = causal ? (q0 >= first) : (first < S);
   if (rows_live) {
     kr.begin = first / bk;
@@ -356,7 +377,7 @@ __global__ void __launch_bounds__(128, MT == 2 ? 2 : 1)
   __half* Ks = Qs + BQ * LD;              // [NST][BK][LD]
   __half* Vs = Ks + NST * BK * LD;        // [NST][BK][LD]
   int* mraw = reinterpret_cast<int*>(Vs + NST * BK * LD);  // [NST][BK] mask values of the staged tiles
-  __shared__ int red[2];
+  __shared__ int red[3];
 
   const int bh = blockIdx.x / nqt;
   const int qt = nqt - 1 - static_cast<int>(blockIdx.x % nqt);  // longest (causal) tiles first
@@ -373,7 +394,7 @@ __global__ void __launch_bounds__(128, MT == 2 ? 2 : 1)
     const int j = tile * BK;
     load_rows_f16<D, LD>(Ks + slot * BK * LD, qkv, in_half, tok_base, j, BK, S, row_stride, HD + h * D);
     load_rows_f16<D, LD>(Vs + slot * BK * LD, qkv, in_half, tok_base, j, BK, S, row_stride, 2 * HD + h * D);
-    stage_mask(mraw + slot * BK, mask, b, S, j, BK);
+    if (!kr.dense) stage_mask(mraw + slot * BK, mask, b, S, j, BK);
   };
   // Prologue: tiles begin .. begin+NST-2 in flight (one commit group each; Q travels in the first).
 #pragma unroll
@@ -433,7 +454,7 @@ __global__ void __launch_bounds__(128, MT == 2 ? 2 : 1)
         }
     }
     const int j0 = it * BK;
-    const TileFlags ft{mraw + buf * BK, j0, S};
+    const TileFlags ft{mraw + buf * BK, j0, S, kr.dense, kr.first, kr.last + 1};
     const int f0 = ft(lane), f1 = ft(lane + 32);
     const bool tile_all_valid = __all_sync(0xffffffffu, f0 == FLAG_VALID && f1 == FLAG_VALID);
     const bool tile_any_valid = __any_sync(0xffffffffu, f0 == FLAG_VALID || f1 == FLAG_VALID);
