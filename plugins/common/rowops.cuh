@@ -9,6 +9,8 @@
 
 #include "common.h"
 
+#include <type_traits>
+
 namespace trtrun {
 namespace rowops {
 
@@ -255,6 +257,34 @@ inline RowLaunch plan_rows(long long rows, int n) {
 }
 
 inline bool aligned16(const void* p) { return p == nullptr || (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+// Calls f(VecC, ChunksC, WarpC) with std::integral_constant<int, VEC>, std::integral_constant<int, CH> and
+// std::bool_constant<WARP_ROWS>: the thread's share of a row is CH chunks of VEC elements (CH * VEC floats of
+// registers). A warp per row with 16-byte accesses holds only the 256-element chunks its row needs (n = 768:
+// 3 chunks, 24 floats); with the full ITEMS = 32 floats the row kernels took ~70 registers, 7 blocks of 128
+// threads a multiprocessor, so BERT-base's 4096 rows (1024 blocks) needed a second wave on 132 multiprocessors.
+// Other layouts keep ITEMS floats a thread.
+template <typename F>
+void dispatch_row_share(bool vec, bool warp_rows, int n, F&& f) {
+  using V1 = std::integral_constant<int, 1>;
+  using V8 = std::integral_constant<int, 8>;
+  using Warp = std::true_type;
+  using Block = std::false_type;
+  if (!vec) {
+    if (warp_rows) f(V1{}, std::integral_constant<int, ITEMS>{}, Warp{});
+    else f(V1{}, std::integral_constant<int, ITEMS>{}, Block{});
+  } else if (!warp_rows) {
+    f(V8{}, std::integral_constant<int, ITEMS / 8>{}, Block{});
+  } else if (n <= 256) {
+    f(V8{}, std::integral_constant<int, 1>{}, Warp{});
+  } else if (n <= 512) {
+    f(V8{}, std::integral_constant<int, 2>{}, Warp{});
+  } else if (n <= 768) {
+    f(V8{}, std::integral_constant<int, 3>{}, Warp{});
+  } else {
+    f(V8{}, std::integral_constant<int, ITEMS / 8>{}, Warp{});
+  }
+}
 
 }  // namespace rowops
 }  // namespace trtrun

@@ -10,7 +10,8 @@ namespace {
 
 using namespace rowops;
 
-template <int VEC, bool WARP_ROWS, bool HALF_MATH, bool LN>
+// CH: chunks of VEC elements a thread holds (rowops::dispatch_row_share picks them).
+template <int VEC, int CH, bool WARP_ROWS, bool HALF_MATH, bool LN>
 __global__ void embedding_kernel(const int32_t* __restrict__ ids, const int32_t* __restrict__ token_types,
                                  const void* __restrict__ word, const void* __restrict__ position,
                                  const void* __restrict__ type_table, DType table_t,
@@ -30,13 +31,14 @@ __global__ void embedding_kernel(const int32_t* __restrict__ ids, const int32_t*
     t = threadIdx.x;
     G = blockDim.x;
   }
-  constexpr int C = ITEMS / VEC;
+  constexpr int C = CH;
+  static_assert(CH * VEC <= ITEMS, "at most ITEMS floats a thread");
   const long long wrow = static_cast<long long>(ids[row]) * n;
   const long long prow = static_cast<long long>(row % seq + position_offset) * n;
   long long trow = -1;
   if (type_table != nullptr) trow = token_types != nullptr ? static_cast<long long>(token_types[row]) * n : 0;
 
-  float v[ITEMS];
+  float v[CH * VEC];
 #pragma unroll
   for (int c = 0; c < C; ++c) {
     const int idx = item_index<VEC>(c, t, G);
@@ -100,16 +102,15 @@ void launch_embedding(const int32_t* ids, const int32_t* token_types, const void
   const bool vec = (n % 8 == 0) && aligned16(word) && aligned16(position) && aligned16(type_table) &&
                    aligned16(gamma) && aligned16(beta) && aligned16(y);
   const bool half_math = prec == Precision::FP16;
-  TRTRUN_BOOL_SWITCH(vec, VECTOR, [&] {
-    TRTRUN_BOOL_SWITCH(L.warp_rows, WARP_ROWS, [&] {
-      TRTRUN_BOOL_SWITCH(half_math, HALF, [&] {
-        TRTRUN_BOOL_SWITCH(gamma != nullptr, LN, [&] {
-          embedding_kernel<VECTOR ? 8 : 1, WARP_ROWS, HALF, LN>
-              <<<static_cast<unsigned>(L.blocks), L.threads, 0, stream>>>(
-                  ids, token_types, word, position, type_table, table_t, gamma, beta, param_t, y, y_t, rows,
-                  seq, n, position_offset, eps);
-          TRTRUN_LAUNCH_CHECK();
-        });
+  dispatch_row_share(vec, L.warp_rows, n, [&](auto vec_c, auto ch_c, auto warp_c) {
+    constexpr int V = decltype(vec_c)::value, CH = decltype(ch_c)::value;
+    constexpr bool WARP_ROWS = decltype(warp_c)::value;
+    TRTRUN_BOOL_SWITCH(half_math, HALF, [&] {
+      TRTRUN_BOOL_SWITCH(gamma != nullptr, LN, [&] {
+        embedding_kernel<V, CH, WARP_ROWS, HALF, LN><<<static_cast<unsigned>(L.blocks), L.threads, 0, stream>>>(
+            ids, token_types, word, position, type_table, table_t, gamma, beta, param_t, y, y_t, rows, seq, n,
+            position_offset, eps);
+        TRTRUN_LAUNCH_CHECK();
       });
     });
   });

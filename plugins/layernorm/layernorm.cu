@@ -6,15 +6,13 @@
 #include <cstdio>
 #include <cstdlib>
 #include <string>
-#include <type_traits>
 
 namespace trtrun {
 namespace {
 
 using namespace rowops;
 
-// CH: chunks of VEC elements a thread holds (CH * VEC floats of registers); the launcher picks the fewest that
-// cover the row, so a 768-wide row keeps 24 floats a thread, not ITEMS = 32 (fewer registers, more resident blocks).
+// CH: chunks of VEC elements a thread holds (rowops::dispatch_row_share picks them).
 template <int VEC, int CH, bool WARP_ROWS, bool HALF_STATS, bool PREFETCH>
 __global__ void layernorm_kernel(const void* __restrict__ x, DType x_t, const void* __restrict__ residual,
                                  DType r_t, const void* __restrict__ gamma, const void* __restrict__ beta,
@@ -120,39 +118,16 @@ void launch_layernorm(const void* x, DType x_t, const void* residual, DType r_t,
     return v;
   }();
   const bool prefetch = rows <= prefetch_rows;
-  // A warp per row with 16-byte accesses: each chunk covers 256 elements of the row, and the thread holds only the
-  // chunks the row needs (n = 768: 3 chunks, 24 floats). With all 4 (32 floats) the kernel took 70 registers, 7
-  // blocks of 128 threads a multiprocessor, so BERT-base's 4096 rows (1024 blocks) needed a second wave on 132
-  // multiprocessors. Other layouts keep ITEMS floats a thread.
-  const int chunks = (vec && L.warp_rows) ? (n + 255) / 256 : ITEMS / 8;
-  auto go = [&](auto vec_c, auto ch_c, auto warp_c) {
-    constexpr int V = decltype(vec_c)::value, CHUNKS = decltype(ch_c)::value;
+  dispatch_row_share(vec, L.warp_rows, n, [&](auto vec_c, auto ch_c, auto warp_c) {
+    constexpr int V = decltype(vec_c)::value, CH = decltype(ch_c)::value;
     constexpr bool WARP_ROWS = decltype(warp_c)::value;
     TRTRUN_BOOL_SWITCH(half_stats, HALF, [&] {
       TRTRUN_BOOL_SWITCH(prefetch, PREFETCH, [&] {
-        launch_impl<V, CHUNKS, WARP_ROWS, HALF, PREFETCH>(L, x, x_t, residual, r_t, gamma, beta, param_t, y, y_t,
-                                                         sum_out, sum_t, rows, n, eps, stream);
+        launch_impl<V, CH, WARP_ROWS, HALF, PREFETCH>(L, x, x_t, residual, r_t, gamma, beta, param_t, y, y_t, sum_out,
+                                                     sum_t, rows, n, eps, stream);
       });
     });
-  };
-  using V1 = std::integral_constant<int, 1>;
-  using V8 = std::integral_constant<int, 8>;
-  using Warp = std::true_type;
-  using Block = std::false_type;
-  if (!vec) {
-    if (L.warp_rows) go(V1{}, std::integral_constant<int, ITEMS>{}, Warp{});
-    else go(V1{}, std::integral_constant<int, ITEMS>{}, Block{});
-  } else if (!L.warp_rows) {
-    go(V8{}, std::integral_constant<int, ITEMS / 8>{}, Block{});
-  } else if (chunks == 1) {
-    go(V8{}, std::integral_constant<int, 1>{}, Warp{});
-  } else if (chunks == 2) {
-    go(V8{}, std::integral_constant<int, 2>{}, Warp{});
-  } else if (chunks == 3) {
-    go(V8{}, std::integral_constant<int, 3>{}, Warp{});
-  } else {
-    go(V8{}, std::integral_constant<int, ITEMS / 8>{}, Warp{});
-  }
+  });
 }
 
 }  // namespace trtrun

@@ -465,6 +465,9 @@ EMB_CASES = [
     ("fp16", 768, np.float16, np.float16, True, True, True, 0),
     ("fp16", 130, np.float16, np.float16, True, False, False, 2),
     ("fp32", 1024, np.float32, np.float32, False, False, False, 0),
+    # a warp's share sized to the row (rowops::dispatch_row_share): one and two whole 256-element chunks
+    ("hybrid", 256, np.float16, np.float16, True, True, True, 0),
+    ("fp32", 512, np.float32, np.float32, True, False, True, 1),
 ]
 
 
