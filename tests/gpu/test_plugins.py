@@ -372,6 +372,8 @@ def test_attention(prec, B, S, H, D, causal, mkind, qt, yt):
     ("hybrid", 2, 300, 2, 64, True, "left", np.float16),     # causal + left padding: fully masked rows walk all
     ("hybrid", 1, 200, 2, 32, True, None, np.float32),       # fp32 qkv (synchronous staging), 4 tiles
     ("fp16", 2, 129, 2, 64, False, "right", np.float16),     # 3 tiles, the last one 1 key
+    ("hybrid", 3, 128, 2, 64, False, "right", np.float16),   # 2 key tiles, fewer than the ring's 3 slots
+    ("hybrid", 2, 64, 3, 32, True, "left", np.float16),      # 1 key tile
 ])
 def test_attention_every_configuration(prec, B, S, H, D, causal, mkind, qt, cfg, monkeypatch):
     """Every forced (rows per warp, warps per block) configuration (TRTRUN_ATTN_CFG="MT,nw"), not only the one
