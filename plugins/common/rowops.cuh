@@ -109,8 +109,8 @@ __device__ __forceinline__ int item_index(int c, int t, int G) {
 // instead of following them: worth it at a few hundred rows, where the kernel's time is a chain of such
 // latencies; it doubles the registers of the one-warp-per-row variant (~70 -> ~140), which halves the resident
 // blocks, so not where there are enough rows to fill the GPU (layernorm's launcher decides).
-// NI: floats this thread holds (ITEMS, or fewer where the launcher sized the share to the row: see
-// layernorm's chunk count); NI / VEC chunks.
+// NI: floats this thread holds (ITEMS, or fewer where dispatch_row_share sized the share to the row); NI / VEC
+// chunks.
 template <int VEC, bool WARP_ROWS, bool HALF_STATS, bool PREFETCH = false, int NI = ITEMS>
 __device__ __forceinline__ void layernorm_row(float (&v)[NI], int n, int t, int G, float eps,
                                               const void* gamma, const void* beta, DType param_t,
