@@ -107,6 +107,17 @@ def _unit_rows(a: np.ndarray) -> np.ndarray:
     return a / np.where(n > 0, n, 1.0)
 
 
+def _min_nan(values) -> float:
+    """The smallest value, NaN if any is NaN (Python's min() would hide a NaN after the first element), 1.0 for none."""
+    out = 1.0
+    for v in values:
+        v = float(v)
+        if v != v:
+            return float("nan")
+        out = min(out, v)
+    return out
+
+
 def _cosines(vecs: np.ndarray, unit_refs: np.ndarray) -> np.ndarray:
     """Cosine of each row of vecs with the same row of unit_refs (references already of length 1; a zero
     row on either side gives 0)."""
@@ -209,6 +220,7 @@ async def _load(spec: dict, t_go: float) -> dict:
             t1 = time.monotonic()
             if status != 200:
                 fail(f"HTTP {status}", body[:200].decode("utf-8", "replace"))
+                await asyncio.sleep(0.01)  # as after an exception: no tight retry loop against an overloaded server
                 continue
             v, why = _vectors(endpoint, body, len(idx))
             stats["checked_requests"] += 1
@@ -217,7 +229,7 @@ async def _load(spec: dict, t_go: float) -> dict:
                 fail("bad response", why)
                 continue
             cos = _cosines(v, refs[idx])
-            stats["min_cos"] = min(stats["min_cos"], float(cos.min()))
+            stats["min_cos"] = _min_nan((stats["min_cos"], cos.min()))
             if not (cos >= spec["min_cosine"]).all():
                 j = int(np.argmin(cos))
                 fail("mismatch", f"text {int(idx[j])} at index {j}: cosine {cos[j]:.6f} < {spec['min_cosine']}")
@@ -332,10 +344,14 @@ def _summarize(name: str, url: str, parts: list[dict], spec: dict, m0: dict, m1:
         "checked_inputs": sum(p["checked_inputs"] for p in parts),
         "failed": sum(v for k, v in fails.items() if k != "mismatch"), "mismatched": fails.get("mismatch", 0),
         "failures": fails, "failure_examples": [e for p in parts for e in p["examples"]][:10],
-        "min_cosine": round(min((p["min_cos"] for p in parts), default=1.0), 7),
+        "min_cosine": round(_min_nan(p["min_cos"] for p in parts), 7),
         "server_mean_requests_per_microbatch": ratio("trtrun_batch_requests_sum", "trtrun_batch_requests_count"),
         "server_mean_engine_batch_rows": ratio("trtrun_engine_batch_size_sum", "trtrun_engine_batch_size_count"),
-        "server_padding_fraction": ratio("trtrun_padding_tokens_total", "trtrun_tokens_total"),
+        # the share of the token slots the engine computed that were padding: padding / (padding + real tokens)
+        "server_padding_fraction": (round(d["trtrun_padding_tokens_total"] / (d["trtrun_padding_tokens_total"]
+                                                                               + d["trtrun_tokens_total"]), 3)
+                                    if d.get("trtrun_padding_tokens_total", 0) + d.get("trtrun_tokens_total", 0)
+                                    else None),
         # CPU per request, over the whole load (warm-up included): the server's from its /metrics (all its
         # worker processes and threads), the load generator's own (all its processes). busy = CPU time per
         # wall-clock second per client process: near 1.0 means the load generator itself is the limit.

@@ -50,6 +50,26 @@ def test_response_checks(loadgen):
     np.testing.assert_allclose(refs, [[0.6, 0.8], [0, 0]])
     np.testing.assert_allclose(loadgen._cosines(np.array([[6.0, 8.0], [1.0, 1.0]]), refs), [1.0, 0.0])
     np.testing.assert_allclose(loadgen._cosines(np.array([[-0.8, 0.6]]), refs[:1]), [0.0], atol=1e-12)
+    # a NaN embedding: its cosine is NaN, and the reported minimum says so (min(1.0, nan) would say 1.0)
+    cos = loadgen._cosines(np.array([[np.nan, 1.0]]), refs[:1])
+    assert np.isnan(cos[0])
+    assert np.isnan(loadgen._min_nan([0.99, cos.min(), 0.5]))
+    assert loadgen._min_nan([0.99, 0.5]) == 0.5 and loadgen._min_nan([]) == 1.0
+
+
+def test_summary_padding_fraction_and_nan(loadgen):
+    """server_padding_fraction is padding / (padding + real tokens), the share of computed token slots; a part
+    whose minimum cosine is NaN makes the target's NaN."""
+    spec = {"endpoint": "/embed", "clients": 2, "inputs": (1, 1), "warmup": 0.0, "duration": 1.0}
+    part = {"lat": [0.001, 0.002], "n_in": [1, 1], "fails": {}, "examples": [], "client": "x", "sent": 2,
+            "cpu_s": 0.1, "wall_s": 1.0, "checked_requests": 2, "checked_inputs": 2, "min_cos": 0.9999}
+    m0 = {"trtrun_padding_tokens_total": 10.0, "trtrun_tokens_total": 100.0}
+    m1 = {"trtrun_padding_tokens_total": 40.0, "trtrun_tokens_total": 190.0}  # +30 padding, +90 real
+    r = loadgen._summarize("t", "http://x", [part], spec, m0, m1)
+    assert r["server_padding_fraction"] == 0.25 and r["min_cosine"] == 0.9999
+    r = loadgen._summarize("t", "http://x", [part, dict(part, min_cos=float("nan"))], spec, m0, m1)
+    assert np.isnan(r["min_cosine"])
+    assert loadgen._summarize("t", "http://x", [part], spec, {}, {})["server_padding_fraction"] is None
 
 
 def test_short_run_against_the_stub_server(loadgen, tmp_path):
