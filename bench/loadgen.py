@@ -109,13 +109,7 @@ def _unit_rows(a: np.ndarray) -> np.ndarray:
 
 def _min_nan(values) -> float:
     """The smallest value, NaN if any is NaN (Python's min() would hide a NaN after the first element), 1.0 for none."""
-    out = 1.0
-    for v in values:
-        v = float(v)
-        if v != v:
-            return float("nan")
-        out = min(out, v)
-    return out
+    return float(np.min(np.asarray(list(values), np.float64), initial=1.0))
 
 
 def _cosines(vecs: np.ndarray, unit_refs: np.ndarray) -> np.ndarray:
