@@ -163,10 +163,10 @@ def main() -> int:
     if args.sweep:
         import os
 
-        lines.append("# sweep: ours ms per forced configuration TRTRUN_ATTN_CFG=MT,nw (16*MT rows per warp, nw "
-                     "warps per block); auto = the launcher's choice")
+        lines.append("# sweep: ours ms per forced configuration TRTRUN_ATTN_CFG=MT,nw[,KS] (16*MT rows per warp, nw "
+                     "warps per key group, KS key groups a block); auto = the launcher's choice")
         cfgs = {"auto": {}}
-        for c in ("1,4", "1,2", "1,1", "2,4", "2,2", "2,1"):
+        for c in ("1,4", "1,2", "1,1", "2,4", "2,2", "2,1", "1,4,2", "1,2,2"):
             cfgs[c] = {"TRTRUN_ATTN_CFG": c}
         lines.append(f"{'B':>3} {'S':>4} {'H':>3} {'D':>4} {'causal':>6} {'mask':>5} {'prec':>6} | "
                      + " ".join(f"{c:>7}" for c in cfgs))
@@ -186,6 +186,10 @@ def main() -> int:
                                                     (32, 128, 12, 32, False, "ones", "hybrid"),
                                                     (8, 128, 12, 64, False, False, "hybrid"),
                                                     (1, 128, 12, 64, False, False, "hybrid"),
+                                                    (1, 128, 12, 64, False, "ones", "hybrid"),
+                                                    (1, 512, 12, 64, False, "ones", "hybrid"),
+                                                    (1, 256, 12, 64, True, False, "hybrid"),
+                                                    (2, 512, 12, 64, True, False, "hybrid"),
                                                     (8, 512, 12, 64, False, False, "hybrid"),
                                                     (1, 512, 12, 64, False, False, "hybrid"),
                                                     (32, 512, 12, 64, False, False, "fp16")]:

@@ -95,12 +95,14 @@ __device__ __forceinline__ bool block_has_fully_masked_rows(const int32_t* mask,
 // Loads `rows` rows (tokens r0..) of `D` elements starting at column `col` of the packed qkv tensor into
 // shared memory (fp16, row pitch LD elements). fp16 input: cp.async (asynchronous; caller commits/waits);
 // fp32 input: synchronous load + convert. Rows past the sequence end are zero-filled.
+// tid/nthr: this thread's index among the nthr threads that share the copy (the block, or a key group).
 template <int D, int LD>
 __device__ __forceinline__ void load_rows_f16(__half* dst, const void* qkv, bool in_half, long long tok_base,
-                                              int r0, int rows, int S, long long row_stride, int col) {
+                                              int r0, int rows, int S, long long row_stride, int col, int tid,
+                                              int nthr) {
   constexpr int CPR = D / 8;  // 16-byte chunks per row (fp16)
   const int total = rows * CPR;
-  for (int i = threadIdx.x; i < total; i += blockDim.x) {
+  for (int i = tid; i < total; i += nthr) {
     const int r = i / CPR, c = i % CPR;
     const int tok = r0 + r;
     const bool valid = tok < S;
@@ -141,8 +143,9 @@ __device__ __forceinline__ bool load_flags(int* flags, const int32_t* mask, int 
 // Mask values of keys j0..j0+n-1 into shared memory without waiting for them: cp.async (4 bytes each; part of
 // the caller's commit group), so a tile's mask travels with its K/V rows instead of stalling the loop. No mask:
 // 1 (valid) is stored. Keys >= S are not read (TileFlags marks them FLAG_OUT).
-__device__ __forceinline__ void stage_mask(int* dst, const int32_t* mask, int b, int S, int j0, int n) {
-  for (int i = threadIdx.x; i < n; i += blockDim.x) {
+__device__ __forceinline__ void stage_mask(int* dst, const int32_t* mask, int b, int S, int j0, int n, int tid,
+                                           int nthr) {
+  for (int i = tid; i < n; i += nthr) {
     const int j = j0 + i;
     if (mask != nullptr && j < S) cp_async4(smem_u32(dst + i), mask + static_cast<long long>(b) * S + j);
     else dst[i] = 1;
@@ -357,27 +360,46 @@ __device__ __forceinline__ void softmax_tile(float (&s)[NB][4], float (&o)[DB][4
 // ------------------------------------------------------------------------------------------------
 // Tensor-core kernel. Each warp owns MT * 16 query rows (MT m16 tiles share every K/V fragment it loads
 // from shared memory). HALF_SOFTMAX: Precision::FP16 (scores and softmax in fp16); else HYBRID.
-template <int D, int MT, bool HALF_SOFTMAX>
-__global__ void __launch_bounds__(128, MT == 2 ? 2 : 1)
+// KS key groups (1 or 2; 2 only with MT = 1 and the fp32 softmax): the block's warps form KS groups over the
+// same query rows; group k walks its own share of the key tiles with its own K/V ring and barrier, and
+// group 0 merges the other group's running max, sum and output at the end (the online softmax's own rescaling).
+// Used where the grid has fewer blocks than the GPU has multiprocessors: each block's chain of key tiles,
+// its time, halves.
+template <int D, int MT, bool HALF_SOFTMAX, int KS>
+__global__ void __launch_bounds__(128 * KS, MT == 2 ? 2 : 1)
     attention_tc_kernel(const void* __restrict__ qkv, bool in_half, const int32_t* __restrict__ mask,
                         void* __restrict__ y, bool out_half, int H, int S, float scale, bool causal, int nqt) {
+  static_assert(KS == 1 || (KS == 2 && MT == 1 && !HALF_SOFTMAX), "key groups: MT = 1, fp32 softmax");
   constexpr int LD = D + 8;  // +16 bytes per row: the 8 rows of an ldmatrix fall in distinct banks
   constexpr int KC = D / 16;  // k-steps of QK^T
   constexpr int NB = BK / 8;  // 8-key blocks of a score tile
   constexpr int DB = D / 8;   // 8-column blocks of the output
   constexpr int WR = 16 * MT;  // query rows per warp
   constexpr int NST = ring_depth(D);
-  const int nwarps = blockDim.x >> 5;
-  const int BQ = WR * nwarps;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int gwarps = (blockDim.x >> 5) / KS;  // warps of a key group
+  const int BQ = WR * gwarps;
+  const int warp_all = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int grp = warp_all / gwarps, warp = warp_all % gwarps;  // key group; warp within it (its query rows)
+  const int gthreads = 32 * gwarps, gtid = threadIdx.x - grp * gthreads;
   const int g = lane >> 2, t4 = lane & 3;
 
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __half* Qs = reinterpret_cast<__half*>(smem_raw);
-  __half* Ks = Qs + BQ * LD;              // [NST][BK][LD]
-  __half* Vs = Ks + NST * BK * LD;        // [NST][BK][LD]
-  int* mraw = reinterpret_cast<int*>(Vs + NST * BK * LD);  // [NST][BK] mask values of the staged tiles
+  __half* Ks = Qs + BQ * LD + grp * (2 * NST * BK * LD);  // this group's [NST][BK][LD]
+  __half* Vs = Ks + NST * BK * LD;                        // [NST][BK][LD]
+  // [NST][BK] mask values of this group's staged tiles, after every group's K/V
+  int* mraw = reinterpret_cast<int*>(Qs + BQ * LD + KS * (2 * NST * BK * LD)) + grp * (NST * BK);
   __shared__ int red[3];
+  // the group's barrier: the whole block, or named barrier 1 + grp over the group's threads (immediate ids)
+  auto group_sync = [&] {
+    if constexpr (KS == 1) {
+      __syncthreads();
+    } else if (grp == 0) {
+      asm volatile("bar.sync 1, %0;\n" ::"r"(gthreads) : "memory");
+    } else {
+      asm volatile("bar.sync 2, %0;\n" ::"r"(gthreads) : "memory");
+    }
+  };
 
   const int bh = blockIdx.x / nqt;
   const int qt = nqt - 1 - static_cast<int>(blockIdx.x % nqt);  // longest (causal) tiles first
@@ -387,20 +409,33 @@ __global__ void __launch_bounds__(128, MT == 2 ? 2 : 1)
   const long long row_stride = 3 * HD;
   const long long tok_base = static_cast<long long>(b) * S;
 
-  load_rows_f16<D, LD>(Qs, qkv, in_half, tok_base, q0, BQ, S, row_stride, h * D);
+  load_rows_f16<D, LD>(Qs, qkv, in_half, tok_base, q0, BQ, S, row_stride, h * D, threadIdx.x, blockDim.x);
   const KeyRange kr = key_range(mask, b, S, q0, BQ, BK, causal, red);
+  // This group's key tiles [tb, te): group 0 the first ceil(n / KS) of the block's n, group 1 the rest.
+  int tb = kr.begin, te = kr.end;
+  if constexpr (KS == 2) {
+    const int split = kr.begin + (kr.end - kr.begin + 1) / 2;
+    if (grp == 0) te = split;
+    else tb = split;
+  }
   // Key tile `tile` into ring slot `slot`: K and V rows and the mask values, all asynchronous.
   auto stage = [&](int slot, int tile) {
     const int j = tile * BK;
-    load_rows_f16<D, LD>(Ks + slot * BK * LD, qkv, in_half, tok_base, j, BK, S, row_stride, HD + h * D);
-    load_rows_f16<D, LD>(Vs + slot * BK * LD, qkv, in_half, tok_base, j, BK, S, row_stride, 2 * HD + h * D);
-    if (!kr.dense) stage_mask(mraw + slot * BK, mask, b, S, j, BK);
+    load_rows_f16<D, LD>(Ks + slot * BK * LD, qkv, in_half, tok_base, j, BK, S, row_stride, HD + h * D, gtid,
+                         gthreads);
+    load_rows_f16<D, LD>(Vs + slot * BK * LD, qkv, in_half, tok_base, j, BK, S, row_stride, 2 * HD + h * D, gtid,
+                         gthreads);
+    if (!kr.dense) stage_mask(mraw + slot * BK, mask, b, S, j, BK, gtid, gthreads);
   };
-  // Prologue: tiles begin .. begin+NST-2 in flight (one commit group each; Q travels in the first).
+  // Prologue: tiles tb .. tb+NST-2 in flight (one commit group each; this thread's part of Q travels in the first).
 #pragma unroll
   for (int st = 0; st < NST - 1; ++st) {
-    if (kr.begin + st < kr.end) stage(st, kr.begin + st);
+    if (tb + st < te) stage(st, tb + st);
     cp_async_commit();
+  }
+  if constexpr (KS > 1) {  // Q is read by every group: all of it landed and visible before any group starts
+    cp_async_wait<NST - 2>();
+    __syncthreads();
   }
 
   const int qw0 = q0 + warp * WR;  // first query row of this warp
@@ -433,18 +468,18 @@ __global__ void __launch_bounds__(128, MT == 2 ? 2 : 1)
   const float mult = folded ? sl2 : 1.f;
   const float masked_val = folded ? -0x1p64f : -0x1p100f;
 
-  for (int it = kr.begin; it < kr.end; ++it) {
-    // Groups committed so far: NST - 1 + (it - begin); tile `it` is group (it - begin), so NST - 2 may pend.
+  for (int it = tb; it < te; ++it) {
+    // Groups committed so far: NST - 1 + (it - tb); tile `it` is group (it - tb), so NST - 2 may pend.
     cp_async_wait<NST - 2>();
-    __syncthreads();  // tile `it` is visible to all; every warp is done with the slot computed last iteration
+    group_sync();  // tile `it` is visible to the group; its warps are done with the slot computed last iteration
     {
-      const int nxt = it + NST - 1;  // into that slot: (nxt - begin) % NST == (it - 1 - begin) % NST
-      if (nxt < kr.end) stage((nxt - kr.begin) % NST, nxt);
+      const int nxt = it + NST - 1;  // into that slot: (nxt - tb) % NST == (it - 1 - tb) % NST
+      if (nxt < te) stage((nxt - tb) % NST, nxt);
       cp_async_commit();
     }
-    const int buf = (it - kr.begin) % NST;
+    const int buf = (it - tb) % NST;
 
-    if (it == kr.begin) {
+    if (it == tb) {
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
@@ -509,6 +544,46 @@ __global__ void __launch_bounds__(128, MT == 2 ? 2 : 1)
             mma_16816(o[mt][2 * db2 + 1], pf[mt][kc2], vb[2], vb[3]);
           }
         }
+      }
+    }
+  }
+
+  if constexpr (KS == 2) {
+    // ---- merge: group 1 leaves its running max, partial sums and output in a scratch area of its own (after
+    // the mask values; no ldmatrix ever reads it); group 0 rescales both to the larger max, as the online
+    // softmax does between tiles. Group 0's first tile holds a key every one of its rows attends (or walk_all),
+    // so its max is finite; group 1's is -inf if it visited nothing, and then weighs exactly 0.
+    // (The first version put the scratch over group 0's idle K ring, after the same block-wide barrier: correct
+    // by the barrier, and the SASS has the stores after it, but compute-sanitizer racecheck reported hazards
+    // against that ring's ldmatrix reads, 2026-11-26. A separate area costs 18 KB at D = 64 and removes the
+    // question.)
+    constexpr int PW = DB * 4 + 4;  // floats a thread leaves
+    __syncthreads();  // group 0 is done with its loop (group 1's values are final)
+    float* part = reinterpret_cast<float*>(reinterpret_cast<int*>(Qs + BQ * LD + KS * (2 * NST * BK * LD)) +
+                                           KS * (NST * BK)) + (warp * 32 + lane) * PW;
+    if (grp == 1) {
+#pragma unroll
+      for (int i = 0; i < DB; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) part[i * 4 + e] = o[0][i][e];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        part[DB * 4 + r] = m_f[0][r];
+        part[DB * 4 + 2 + r] = l_f[0][r];
+      }
+    }
+    __syncthreads();
+    if (grp == 1) return;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const float m1 = part[DB * 4 + r], l1 = part[DB * 4 + 2 + r];
+      const float m = fmaxf(m_f[0][r], m1);
+      const float a0 = fast_exp2((m_f[0][r] - m) * mult), a1 = fast_exp2((m1 - m) * mult);
+      l_f[0][r] = l_f[0][r] * a0 + l1 * a1;
+#pragma unroll
+      for (int i = 0; i < DB; ++i) {
+        o[0][i][2 * r] = o[0][i][2 * r] * a0 + part[i * 4 + 2 * r] * a1;
+        o[0][i][2 * r + 1] = o[0][i][2 * r + 1] * a0 + part[i * 4 + 2 * r + 1] * a1;
       }
     }
   }
@@ -707,9 +782,13 @@ void ensure_dynamic_smem(Kernel kern, size_t smem) {
 }
 
 // ------------------------------------------------------------------------------------------------
-size_t tc_smem_bytes(int D, int BQ) {
+size_t tc_smem_bytes(int D, int BQ, int KS = 1) {
   const int nst = ring_depth(D);
-  return static_cast<size_t>(BQ + 2 * nst * BK) * (D + 8) * sizeof(__half) + static_cast<size_t>(nst) * BK * sizeof(int);
+  // Q, each key group's K/V ring, each group's staged mask values; with two groups, the merge scratch (D/2 + 4
+  // floats a thread of one group of BQ/16 warps)
+  const size_t merge = KS > 1 ? static_cast<size_t>(BQ / 16) * 32 * (D / 2 + 4) * sizeof(float) : 0;
+  return static_cast<size_t>(BQ + KS * 2 * nst * BK) * (D + 8) * sizeof(__half) +
+         static_cast<size_t>(KS) * nst * BK * sizeof(int) + merge;
 }
 
 int sm_count() {
@@ -719,18 +798,19 @@ int sm_count() {
   return n;
 }
 
-template <int D, int MT, bool HALF_SOFTMAX>
+// nw warps per key group, KS key groups a block.
+template <int D, int MT, bool HALF_SOFTMAX, int KS>
 void launch_tc_cfg(int nw, const void* qkv, bool in_half, const int32_t* mask, void* y, bool out_half, int B, int S,
                    int H, float scale, bool causal, cudaStream_t stream) {
   const int BQ = 16 * MT * nw;
   const int nqt = (S + BQ - 1) / BQ;
   const long long blocks = static_cast<long long>(B) * H * nqt;
   require(blocks <= 0x7fffffffLL, "attention", "batch * heads * query tiles too large");
-  const size_t smem = tc_smem_bytes(D, BQ);
-  auto kern = attention_tc_kernel<D, MT, HALF_SOFTMAX>;
+  const size_t smem = tc_smem_bytes(D, BQ, KS);
+  auto kern = attention_tc_kernel<D, MT, HALF_SOFTMAX, KS>;
   ensure_dynamic_smem(kern, smem);
-  kern<<<static_cast<unsigned>(blocks), 32 * nw, smem, stream>>>(qkv, in_half, mask, y, out_half, H, S, scale,
-                                                                  causal, nqt);
+  kern<<<static_cast<unsigned>(blocks), 32 * nw * KS, smem, stream>>>(qkv, in_half, mask, y, out_half, H, S, scale,
+                                                                       causal, nqt);
   TRTRUN_LAUNCH_CHECK();
 }
 
@@ -744,7 +824,7 @@ int resident_blocks(int nw) {
   std::lock_guard<std::mutex> lock(mu);
   auto it = cache.find({dev, nw});
   if (it != cache.end()) return it->second;
-  auto kern = attention_tc_kernel<D, MT, HALF_SOFTMAX>;
+  auto kern = attention_tc_kernel<D, MT, HALF_SOFTMAX, 1>;
   const size_t smem = tc_smem_bytes(D, 16 * MT * nw);
   ensure_dynamic_smem(kern, smem);
   int n = 0;
@@ -760,17 +840,22 @@ void launch_tc(const void* qkv, bool in_half, const int32_t* mask, void* y, bool
   // Candidates: (rows per warp 16*MT, warps per block nw). A model of the time: full waves of blocks over
   // the multiprocessors times the work of one block's warp (MT=2 reuses each K/V fragment twice, so a
   // 32-row warp takes about kMT2Cost times as long as a 16-row one). Ties go to the larger block.
-  // TRTRUN_ATTN_CFG="MT,nw" forces one (tuning and tests only).
+  // Then two key groups a block (KS = 2) where the blocks do not fill the multiprocessors and a block has at
+  // least two key tiles: see attention_tc_kernel.
+  // TRTRUN_ATTN_CFG="MT,nw[,KS]" forces one (tuning and tests only).
   constexpr bool kHasMT2 = D <= 64;  // D = 128 with 32 rows per warp does not fit the registers
+  constexpr bool kHasKS2 = D <= 64 && !HALF_SOFTMAX;
   constexpr double kMT2Cost = 1.15;  // measured: H200, 2026-11-26 (bench/kernels_attention.py --sweep)
   constexpr int MT2 = kHasMT2 ? 2 : 1;
-  int best_mt = 1, best_nw = 4;
+  int best_mt = 1, best_nw = 4, best_ks = 1;
   const char* forced = std::getenv("TRTRUN_ATTN_CFG");
-  int fmt = 0, fnw = 0;
-  if (forced != nullptr && std::sscanf(forced, "%d,%d", &fmt, &fnw) == 2 && (fmt == 1 || (fmt == 2 && kHasMT2)) &&
-      (fnw == 1 || fnw == 2 || fnw == 4)) {
+  int fmt = 0, fnw = 0, fks = 1;
+  const int nf = forced != nullptr ? std::sscanf(forced, "%d,%d,%d", &fmt, &fnw, &fks) : 0;
+  if (nf >= 2 && (fmt == 1 || (fmt == 2 && kHasMT2)) && (fnw == 1 || fnw == 2 || fnw == 4) &&
+      (fks == 1 || (fks == 2 && fmt == 1 && kHasKS2))) {
     best_mt = fmt;
     best_nw = fnw;
+    best_ks = fks;
   } else {
     const long long bhs = static_cast<long long>(B) * H;
     const int sms = sm_count();
@@ -789,11 +874,27 @@ void launch_tc(const void* qkv, bool in_half, const int32_t* mask, void* y, bool
         }
       }
     }
+    // Two key groups where blocks of 2 (else 4) warps a group still leave multiprocessors idle. Measured (H200,
+    // 2026-11-26, bench/results/session5-2026-11-26/attn-ks2-sweep.txt; one group -> two of 4 warps / of 2 warps):
+    // B=1 S=128 4.9 -> 4.7 / 4.1 us, S=256 causal 7.6 -> 6.3 / 5.8, S=512 causal 12.5 -> 9.8 / 13.5 (2 warps a
+    // group: 192 blocks, more than the 132 multiprocessors).
+    if (kHasKS2 && best_mt == 1 && S > BK) {
+      for (int nw = 2; nw <= 4; nw *= 2) {
+        if (bhs * ((S + 16 * nw - 1) / (16 * nw)) <= sms) {
+          best_nw = nw;
+          best_ks = 2;
+          break;
+        }
+      }
+    }
   }
   if (best_mt == 2) {
-    launch_tc_cfg<D, MT2, HALF_SOFTMAX>(best_nw, qkv, in_half, mask, y, out_half, B, S, H, scale, causal, stream);
+    launch_tc_cfg<D, MT2, HALF_SOFTMAX, 1>(best_nw, qkv, in_half, mask, y, out_half, B, S, H, scale, causal, stream);
+  } else if (best_ks == 2) {
+    launch_tc_cfg<D, 1, HALF_SOFTMAX, kHasKS2 ? 2 : 1>(best_nw, qkv, in_half, mask, y, out_half, B, S, H, scale,
+                                                        causal, stream);
   } else {
-    launch_tc_cfg<D, 1, HALF_SOFTMAX>(best_nw, qkv, in_half, mask, y, out_half, B, S, H, scale, causal, stream);
+    launch_tc_cfg<D, 1, HALF_SOFTMAX, 1>(best_nw, qkv, in_half, mask, y, out_half, B, S, H, scale, causal, stream);
   }
 }
 

@@ -366,7 +366,7 @@ def test_attention(prec, B, S, H, D, causal, mkind, qt, yt):
     _check_attention(prec, B, S, H, D, causal, mkind, qt, yt, 1.0 / math.sqrt(D))
 
 
-@pytest.mark.parametrize("cfg", ["1,4", "1,2", "1,1", "2,4", "2,2", "2,1"])
+@pytest.mark.parametrize("cfg", ["1,4", "1,2", "1,1", "2,4", "2,2", "2,1", "1,4,2", "1,2,2", "1,1,2"])
 @pytest.mark.parametrize("prec,B,S,H,D,causal,mkind,qt", [
     ("hybrid", 2, 511, 2, 64, False, "holes", np.float16),   # 8 key tiles: the 3-slot ring wraps, masked tiles skipped
     ("hybrid", 2, 300, 2, 64, True, "left", np.float16),     # causal + left padding: fully masked rows walk all
@@ -376,8 +376,9 @@ def test_attention(prec, B, S, H, D, causal, mkind, qt, yt):
     ("hybrid", 2, 64, 3, 32, True, "left", np.float16),      # 1 key tile
 ])
 def test_attention_every_configuration(prec, B, S, H, D, causal, mkind, qt, cfg, monkeypatch):
-    """Every forced (rows per warp, warps per block) configuration (TRTRUN_ATTN_CFG="MT,nw"), not only the one
-    the launcher picks for these shapes, under the same acceptance rule as test_attention."""
+    """Every forced (rows per warp, warps per key group[, key groups]) configuration (TRTRUN_ATTN_CFG="MT,nw[,KS]";
+    KS = 2 applies to the hybrid softmax and head sizes <= 64, else the launcher ignores it), not only the one the
+    launcher picks for these shapes, under the same acceptance rule as test_attention."""
     monkeypatch.setenv("TRTRUN_ATTN_CFG", cfg)
     _check_attention(prec, B, S, H, D, causal, mkind, qt, np.float16, 1.0 / math.sqrt(D))
 
@@ -441,8 +442,13 @@ def test_attention_fp16_overflow_shows():
     assert np.isfinite(hyb).all()
 
 
-def test_attention_is_deterministic_and_batch_independent():
-    """Same inputs -> same bits; a sequence's output does not depend on the other sequences of the batch."""
+@pytest.mark.parametrize("cfg", [None, "1,4,1", "1,4,2", "2,4"])
+def test_attention_is_deterministic_and_batch_independent(cfg, monkeypatch):
+    """Same inputs -> same bits; in one configuration, a sequence's output does not depend on the other sequences
+    of the batch. (The launcher's choice depends on batch x heads: two key groups a block only where the blocks
+    do not fill the GPU, whose merge rounds differently. Hence the forced configurations.)"""
+    if cfg is not None:
+        monkeypatch.setenv("TRTRUN_ATTN_CFG", cfg)
     torch = _torch()
     rng = np.random.default_rng(11)
     B, S, H, D = 4, 200, 3, 64
@@ -453,6 +459,29 @@ def test_attention_is_deterministic_and_batch_independent():
     np.testing.assert_array_equal(a, b)
     one, _ = _run_attention(torch, qkv[2:3], mask[2:3], H, D, 0.125, False, "hybrid", np.float16)
     np.testing.assert_array_equal(one[0], a[2])
+
+
+def test_attention_key_groups_agree_with_one_group(monkeypatch):
+    """Two key groups a block (KS = 2: the key tiles split between two warp groups, merged at the end) against one,
+    on the same inputs, with padding and causal. Both round the softmax weights P to fp16 (relative error <= 2^-11
+    each, against different running maxima), and an output row is a P-weighted mean of V rows, which weights off
+    by a relative e move by at most 2e max|V|: so the two differ by at most 4 * 2^-11 * max|V| (plus fp32 rounding).
+    Accuracy against float64 is test_attention_every_configuration's."""
+    torch = _torch()
+    rng = np.random.default_rng(12)
+    for causal, mkind, S in [(False, "right", 512), (True, None, 511), (True, "left", 300), (False, "random", 129)]:
+        B, H, D = 1, 4, 64
+        qkv = rng.standard_normal((B, S, 3 * H * D)).astype(np.float16)
+        mask = _make_mask(rng, B, S, mkind)
+        outs = []
+        for cfg in ("1,4,1", "1,4,2"):
+            monkeypatch.setenv("TRTRUN_ATTN_CFG", cfg)
+            outs.append(_run_attention(torch, qkv, mask, H, D, 0.125, causal, "hybrid", np.float32)[0])
+        assert np.isfinite(outs[1]).all()
+        vmax = np.abs(qkv[..., 2 * H * D:].astype(np.float32)).max()
+        err = np.abs(outs[1] - outs[0]).max()
+        assert err <= 4 * 2.0 ** -11 * vmax, (causal, mkind, S, err, vmax)
+        assert not np.array_equal(outs[0], outs[1]) or S <= 64, "KS=2 was not taken (outputs bitwise equal)"
 
 
 # ------------------------------------------------------------------------------------- embedding
