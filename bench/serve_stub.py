@@ -168,6 +168,8 @@ def main(argv=None) -> int:
     ap.add_argument("--fixed-ms", type=float, default=0.3, help="fake engine: fixed cost per call")
     ap.add_argument("--per-token-us", type=float, default=0.2, help="fake engine: cost per padded token")
     ap.add_argument("--workers", type=int, default=1, help="server processes (trtrun serve --workers)")
+    ap.add_argument("--shared-engine", action="store_true",
+                    help="one engine process for all --workers (trtrun serve --shared-engine)")
     ap.add_argument("--gpu-lock", default=None, metavar="FILE",
                     help="fake engine calls of all processes run one at a time (a GPU without MPS)")
     ap.add_argument("--log-level", default="warning")
@@ -184,10 +186,11 @@ def main(argv=None) -> int:
     cfg = ServeConfig(max_inputs=a.max_inputs, max_wait_ms=a.max_wait_ms, batching=not a.no_batching)
     print(f"stub server on http://{a.host}:{a.port}: {a.workers} process(es), "
           f"{'no batching' if a.no_batching else f'micro-batching {a.max_wait_ms} ms'}", flush=True)
-    if a.workers > 1:
+    if a.workers > 1 or a.shared_engine:
         from trtrun.serve.workers import run_workers
 
-        return run_workers(make, cfg, workers=a.workers, host=a.host, port=a.port, log_level=a.log_level)
+        return run_workers(make, cfg, workers=a.workers, host=a.host, port=a.port, log_level=a.log_level,
+                           shared_engine=a.shared_engine)
     emb = make()
 
     def stopped(signum, frame):  # uvicorn re-raises the SIGTERM it handled gracefully (as trtrun serve does)

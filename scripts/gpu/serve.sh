@@ -22,7 +22,9 @@
 # MIXED_SECONDS (15; 0 skips the 1-8 texts per request run), SWEEP ("1": more process counts, each its own
 # batched/unbatched pair, e.g. "1 8"; "" skips), SWEEP_SECONDS (15 per target; about 55 s per count),
 # N_ACC (2000), N_LOAD_TEXTS (2000), BACKEND (gpu; "reference" for a dry run on a CPU machine),
-# SKIP_INSTALL=1 (already installed). Defaults take about 5 minutes after the install (~80 s).
+# SKIP_INSTALL=1 (already installed), SHARED (1: also WORKERS HTTP processes sharing ONE engine process,
+# `--shared-engine`, with and without batching, measured against the unbatched WORKERS-process server too:
+# load_shared.json; 0 skips). Defaults take about 6 minutes after the install (~80 s).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-out/serve}
@@ -30,7 +32,7 @@ mkdir -p "$OUT"
 exec > >(tee "$OUT/serve_log.txt") 2>&1
 LOAD_SECONDS=${LOAD_SECONDS:-30}; WARMUP=${WARMUP:-8}; CLIENTS=${CLIENTS:-64}; PROCS=${PROCS:-8}
 MIXED_SECONDS=${MIXED_SECONDS:-15}; N_ACC=${N_ACC:-2000}; BACKEND=${BACKEND:-gpu}; N_LOAD_TEXTS=${N_LOAD_TEXTS:-2000}
-WORKERS=${WORKERS:-4}; SWEEP=${SWEEP-1}; SWEEP_SECONDS=${SWEEP_SECONDS:-15}; CONTEXTS=${CONTEXTS:-2}; MAX_WAIT_MS=${MAX_WAIT_MS:-2}
+WORKERS=${WORKERS:-4}; SHARED=${SHARED:-1}; SWEEP=${SWEEP-1}; SWEEP_SECONDS=${SWEEP_SECONDS:-15}; CONTEXTS=${CONTEXTS:-2}; MAX_WAIT_MS=${MAX_WAIT_MS:-2}
 [ -z "${TRTRUN_DATA:-}" ] && [ -d .gpudata ] && TRTRUN_DATA=$PWD/.gpudata
 export TRTRUN_DATA=${TRTRUN_DATA:-.data} PYTHONUNBUFFERED=1
 t0=$SECONDS
@@ -206,7 +208,13 @@ for n in $SWEEP; do
   names="$names batched_w$n unbatched_w$n"
   port=$((port + 2))
 done
-for p in $(seq 8101 $((port - 1))); do wait_healthy "$p"; done
+if [ "$SHARED" = 1 ]; then
+  log "and $WORKERS HTTP processes sharing one engine process: shared_batched (port 8201), shared_unbatched (8202)"
+  start_server shared_batched 8201 "$WORKERS" --shared-engine --max-wait-ms "$MAX_WAIT_MS"
+  start_server shared_unbatched 8202 "$WORKERS" --shared-engine --no-batching
+  names="$names shared_batched shared_unbatched"
+fi
+for p in $(seq 8101 $((port - 1))) $([ "$SHARED" = 1 ] && echo 8201 8202); do wait_healthy "$p"; done
 sleep 3  # every worker up (/health answers as soon as one does)
 
 compare load.json "$LOAD_SECONDS" "$WARMUP" 1 8101 8102 "$WORKERS worker(s)"
@@ -221,6 +229,14 @@ for n in $SWEEP; do
   eval "p=\$port_w$n"
   compare "load_${n}workers.json" "$SWEEP_SECONDS" "$WARMUP" 1 "$p" "$((p + 1))" "$n worker(s)" || rc_base=1
 done
+rc_shared=0
+if [ "$SHARED" = 1 ]; then
+  log "load (shared engine): $CLIENTS clients, ${LOAD_SECONDS}s (+${WARMUP}s warm-up) each against shared_batched, shared_unbatched and the $WORKERS-process unbatched server"
+  python3 bench/loadgen.py --target shared_batched=http://127.0.0.1:8201 --target shared_unbatched=http://127.0.0.1:8202 \
+    --target unbatched=http://127.0.0.1:8102 --clients "$CLIENTS" --duration "$LOAD_SECONDS" --warmup "$WARMUP" \
+    --procs "$PROCS" --n-texts "$N_LOAD_TEXTS" --inputs 1 --out "$OUT/load_shared.json" || rc_shared=1
+  python3 -c "import httpx; print(httpx.get('http://127.0.0.1:8201/metrics').text)" > "$OUT/metrics_shared_batched.txt" || true
+fi
 for n in batched unbatched; do
   python3 -c "import httpx; print(httpx.get('http://127.0.0.1:$([ $n = batched ] && echo 8101 || echo 8102)/metrics').text)" \
     > "$OUT/metrics_$n.txt" || true
@@ -240,17 +256,24 @@ python3 - "$OUT" <<'PY' || true
 import json, sys, os
 out = sys.argv[1]
 import glob
-for p in [os.path.join(out, f) for f in ("load.json", "load_mixed.json")] + sorted(glob.glob(os.path.join(out, "load_*workers.json"))):
+for p in [os.path.join(out, f) for f in ("load.json", "load_mixed.json", "load_shared.json")] + sorted(glob.glob(os.path.join(out, "load_*workers.json"))):
     f = os.path.basename(p)
     if os.path.exists(p):
         d = json.load(open(p))
         rows = {t["target"]: t for t in d["targets"]}
+        if "shared_batched" in rows:
+            b = rows["shared_batched"]
+            print(f"{f}: " + "; ".join(f"{k} {r['requests_per_s']:.0f} req/s (p50 {r['latency_ms']['p50']} ms, p99 "
+                  f"{r['latency_ms']['p99']} ms, server {r['server_cpu_us_per_request']} us CPU/req, clients busy "
+                  f"{r['client_busy']}, failed {r['failed']}, mismatched {r['mismatched']})" for k, r in rows.items())
+                  + f": ratios {d.get('throughput_ratio')}")
+            continue
         b, u = rows["batched"], rows["unbatched"]
         print(f"{f}: batched {b['requests_per_s']:.0f} req/s (p50 {b['latency_ms']['p50']} ms, p99 {b['latency_ms']['p99']} ms, "
               f"server {b['server_cpu_us_per_request']} us CPU/req, clients busy {b['client_busy']}) vs unbatched "
               f"{u['requests_per_s']:.0f} req/s (p50 {u['latency_ms']['p50']} ms, server {u['server_cpu_us_per_request']} us CPU/req): "
               f"{d.get('throughput_ratio')}; failed/mismatched {b['failed'] + b['mismatched'] + u['failed'] + u['mismatched']}")
 PY
-log "done: load rc $rc_load, mixed rc $rc_mixed, sweep rc $rc_base, shutdown rc $rc_stop; results in $OUT"
+log "done: load rc $rc_load, mixed rc $rc_mixed, sweep rc $rc_base, shared rc $rc_shared, shutdown rc $rc_stop; results in $OUT"
 rm -rf "$W"
-[ "$rc_load" = 0 ] && [ "$rc_mixed" = 0 ] && [ "$rc_base" = 0 ] && [ "$rc_stop" = 0 ]
+[ "$rc_load" = 0 ] && [ "$rc_mixed" = 0 ] && [ "$rc_base" = 0 ] && [ "$rc_shared" = 0 ] && [ "$rc_stop" = 0 ]

@@ -26,6 +26,9 @@ class _Stopped(Exception):
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="server processes sharing the port, each with its own engine, batcher and event loop "
                    "(one process is capped by its per-request CPU work; /metrics sums all of them)")
+@click.option("--shared-engine", is_flag=True,
+              help="one engine process runs the model and the micro-batcher for all --workers, which only "
+                   "speak HTTP: batches gather the requests of every worker (for more requests/s at many clients)")
 @click.option("--pooling", type=click.Choice(["mean", "cls", "max", "mean_sqrt_len"]), default=None,
               help="default: the model folder's sentence-transformers pooling config, else mean")
 @click.option("--no-normalize", is_flag=True, help="do not L2-normalize the embeddings")
@@ -54,7 +57,7 @@ class _Stopped(Exception):
               default="info", show_default=True)
 @click.option("--access-log", is_flag=True, help="log every request (slower)")
 @quiet_option
-def command(model, tokenizer, host, port, backend, contexts, workers, pooling, no_normalize, truncation, max_wait_ms,
+def command(model, tokenizer, host, port, backend, contexts, workers, shared_engine, pooling, no_normalize, truncation, max_wait_ms,
             max_batch_tokens, no_batching, max_inputs, max_chars, max_body_bytes, max_queue, model_name,
             precision, graceful_timeout, log_level, access_log, quiet):
     """Serve embeddings of MODEL (a .plan, or an .onnx built to a plan on first use) over HTTP.
@@ -65,6 +68,7 @@ def command(model, tokenizer, host, port, backend, contexts, workers, pooling, n
     GET  /health, GET /metrics (Prometheus)
     Concurrent requests share engine batches (micro-batching; --max-wait-ms, --max-batch-tokens).
     --workers N: N processes on one port (SO_REUSEPORT), for more requests/s than one Python process serves.
+    --shared-engine: the N processes only speak HTTP; one engine process batches all their requests.
     SIGTERM or Ctrl-C: stop accepting, finish the requests in flight, exit.
     """
     try:
@@ -91,14 +95,16 @@ def command(model, tokenizer, host, port, backend, contexts, workers, pooling, n
                       batching=not no_batching, max_queue=max_queue)
     d = emb.describe()
     where = f"http://{host}:{port}" + (f" with {workers} worker processes" if workers > 1 else "")
+    if shared_engine:
+        where += " and a shared engine process"
     status(f"serving {d['model']} ({d['precision']}, {d['backend']}, {contexts} context(s), dim {d['dim']}, "
            f"pooling {d['pooling']}, max {d['max_seq_len']} tokens/text) on {where} "
            f"[{'micro-batching, max wait ' + str(max_wait_ms) + ' ms' if not no_batching else 'no batching'}]",
            quiet)
-    if workers > 1:
+    if workers > 1 or shared_engine:
         return _serve_workers(emb, tokenizer, pooling, cfg, workers=workers, host=host, port=port, quiet=quiet,
                               log_level="warning" if quiet else log_level, access_log=access_log,
-                              graceful_timeout=graceful_timeout)
+                              graceful_timeout=graceful_timeout, shared_engine=shared_engine)
 
     def on_term(signum, frame):
         raise _Stopped()
@@ -116,7 +122,8 @@ def command(model, tokenizer, host, port, backend, contexts, workers, pooling, n
     return 0
 
 
-def _serve_workers(emb, tokenizer, pooling, cfg, *, workers, host, port, quiet, log_level, access_log, graceful_timeout):
+def _serve_workers(emb, tokenizer, pooling, cfg, *, workers, host, port, quiet, log_level, access_log, graceful_timeout,
+                   shared_engine=False):
     """--workers N: the Embedder built here was the check (a plan built from an ONNX file, tokenizer and
     pooling found, backend usable); each worker builds its own from the same resolved settings."""
     import functools
@@ -133,7 +140,7 @@ def _serve_workers(emb, tokenizer, pooling, cfg, *, workers, host, port, quiet, 
     finally:
         emb.close()  # its engine and contexts: the workers have their own
     rc = run_workers(make, cfg, workers=workers, sockets=socks, log_level=log_level, access_log=access_log,
-                     graceful_timeout=graceful_timeout,
+                     graceful_timeout=graceful_timeout, shared_engine=shared_engine,
                      on_ready=lambda pids: status(f"{len(pids)} workers serving (pids {', '.join(map(str, pids))})",
                                                   quiet))
     status("server stopped" if rc == 0 else "server stopped; a worker did not exit cleanly (see the log)", quiet)

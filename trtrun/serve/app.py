@@ -257,6 +257,10 @@ def create_app(embedder, config: ServeConfig | None = None):
             raise ApiError(422, str(e)) from None
         try:
             res = await fut
+        except QueueFullError as e:  # (from a shared engine process: its queue is full)
+            raise ApiError(503, f"server overloaded: {e}; retry later", "overloaded") from None
+        except BatcherClosedError as e:  # (shared engine process: stopping, or restarting after a crash)
+            raise ApiError(503, str(e), "unavailable") from None
         except InputTooLongError as e:
             raise ApiError(400, str(e), "input_too_long") from None
         except InputError as e:
@@ -349,12 +353,18 @@ def create_app(embedder, config: ServeConfig | None = None):
 
     @asynccontextmanager
     async def lifespan(app):
-        batcher = MicroBatcher(
-            embedder, max_wait_ms=cfg.max_wait_ms, max_batch_tokens=cfg.max_batch_tokens,
-            max_batch_requests=None if cfg.batching else 1, max_queue=cfg.max_queue,
-            on_window=metrics.on_window, observer=metrics.on_engine_batch)
+        make_batcher = getattr(embedder, "make_batcher", None)
+        if make_batcher is not None:  # a front of a shared engine process (engine_proc.RemoteEmbedder)
+            batcher = make_batcher(cfg)
+        else:
+            batcher = MicroBatcher(
+                embedder, max_wait_ms=cfg.max_wait_ms, max_batch_tokens=cfg.max_batch_tokens,
+                max_batch_requests=None if cfg.batching else 1, max_queue=cfg.max_queue,
+                on_window=metrics.on_window, observer=metrics.on_engine_batch)
         app.state.batcher = live["batcher"] = batcher
-        metrics.queue_depth_fn = batcher.queue_depth
+        # (a front of a shared engine: the engine process reports the queue; this one's waiting requests are
+        # in it, or running)
+        metrics.queue_depth_fn = batcher.queue_depth if make_batcher is None else None
         app.state.accepting = live["accepting"] = True
         log.info("serving %s: %s", model_name, embedder.describe())
         try:

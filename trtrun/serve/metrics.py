@@ -26,6 +26,8 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # this many seconds or requests while others are still in flight, at once when none is.
 FLUSH_S = 0.1
 FLUSH_N = 256
+# The CPU counter and the gauges are brought up to date per micro-batch, and at a flush when they are older.
+REFRESH_S = 0.5
 
 
 def observe_many(hist, values) -> None:
@@ -106,6 +108,7 @@ class ServerMetrics:
         self._cpu_lock = threading.Lock()
         self._cpu_seen = time.process_time()
         self.queue_depth_fn = None  # set by the app: () -> requests waiting
+        self._t_refresh = time.monotonic()
 
     def request_done(self, endpoint: str, status: str, seconds: float) -> None:
         """One HTTP request answered (called on the event loop, after requests_in_flight was decremented).
@@ -133,6 +136,8 @@ class ServerMetrics:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if time.monotonic() - self._t_refresh > REFRESH_S:  # where no micro-batch runs (a shared engine's front)
+            self._refresh()
         n_in, self.inputs_done = self.inputs_done, 0
         if n_in:
             self.inputs.inc(n_in)
@@ -152,6 +157,7 @@ class ServerMetrics:
 
     def _refresh(self) -> None:
         """Bring the CPU counter and the gauges up to date (per micro-batch, and when /metrics is read)."""
+        self._t_refresh = time.monotonic()
         with self._cpu_lock:
             now = time.process_time()
             d, self._cpu_seen = now - self._cpu_seen, now

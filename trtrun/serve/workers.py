@@ -16,6 +16,9 @@ How:
   serving is started again on the same socket.
 - Metrics: PROMETHEUS_MULTIPROC_DIR (a temporary folder unless already set) makes prometheus-client keep
   every worker's values in files, so /metrics, whichever worker answers, sums all workers.
+- `shared_engine=True` (`trtrun serve --shared-engine`): the workers only speak HTTP and one more process,
+  the engine process, holds the Embedder and the micro-batcher for all of them (engine_proc.py). It starts
+  first, stops last, and is started again if it dies.
 - SIGTERM or SIGINT to the supervisor: it closes its copies of the sockets and sends SIGTERM to every
   worker; each stops accepting, finishes its requests in flight (up to graceful_timeout), drains its
   batcher and exits 0. run_workers returns 0 when every worker exited cleanly, else 1.
@@ -23,6 +26,7 @@ How:
 
 from __future__ import annotations
 
+import functools
 import logging
 import multiprocessing as mp
 import os
@@ -134,9 +138,12 @@ def _worker(index: int, make_embedder, config, sock: socket.socket, uv: dict, ev
         emb.close()
 
 
+ENGINE = -1  # the shared engine process's index in the supervisor's events
+
+
 def run_workers(make_embedder, config=None, *, workers: int, host: str = "127.0.0.1", port: int = 8080,
                 log_level: str = "info", access_log: bool = False, graceful_timeout: float = 30.0,
-                on_ready=None, sockets: list[socket.socket] | None = None) -> int:
+                on_ready=None, sockets: list[socket.socket] | None = None, shared_engine: bool = False) -> int:
     """Serve with `workers` processes until SIGTERM/SIGINT; see the module docstring. Returns 0 after a
     clean shutdown of every worker, 1 otherwise; raises TrtrunError when the port cannot be bound or a
     worker fails to start.
@@ -144,6 +151,10 @@ def run_workers(make_embedder, config=None, *, workers: int, host: str = "127.0.
     make_embedder: a picklable callable returning an Embedder (e.g. functools.partial(Embedder, plan, tok,
         contexts=2)); each worker calls it once. config: a ServeConfig. on_ready(pids): called once when
     every worker serves. sockets: already bound listening sockets, one per worker (default: bind_sockets).
+    shared_engine: one engine process (the only one to call make_embedder) runs the model and the
+        micro-batcher for all workers, which only speak HTTP (engine_proc.py). It starts first; the workers
+        start once it serves; on SIGTERM it stops last, after the workers finished their requests; if it
+        dies it is started again (the workers answer 503 meanwhile).
     """
     from .app import ServeConfig
 
@@ -171,32 +182,60 @@ def run_workers(make_embedder, config=None, *, workers: int, host: str = "127.0.
     ctx = mp.get_context("spawn")
     events = ctx.Queue()
     procs: list = [None] * workers
+    eng_dir = tempfile.mkdtemp(prefix="trtrun-engine-") if shared_engine else None  # mode 0700
+    eng_path = os.path.join(eng_dir, "engine.sock") if eng_dir else None
+    engine = {"proc": None, "info": None, "ready": False, "ever": False, "quick": 0}
     ready: set[int] = set()
     served: set[int] = set()  # pids of workers that were ready at some point
     failure = None
     announced = False
 
     def start(i: int) -> None:
-        p = ctx.Process(target=_worker, args=(i, make_embedder, config, socks[i], uv, events),
+        if shared_engine:
+            from .engine_proc import RemoteEmbedder
+
+            make = functools.partial(RemoteEmbedder, eng_path, engine["info"])
+        else:
+            make = make_embedder
+        p = ctx.Process(target=_worker, args=(i, make, config, socks[i], uv, events),
                         name=f"trtrun-serve-{i}", daemon=False)
         p.start()
         procs[i] = p
+
+    def start_engine() -> None:
+        from .engine_proc import engine_main
+
+        p = ctx.Process(target=engine_main, args=(make_embedder, config, eng_path, events, ENGINE, STARTUP_FAILED),
+                        name="trtrun-engine", daemon=False)
+        p.start()
+        engine["proc"] = p
 
     quick_deaths = [0] * workers  # deaths in a row of a worker that was never seen ready
 
     def handle(event) -> None:
         nonlocal failure
         kind, i, pid, msg = event
-        if kind == "ready" and procs[i] is not None and procs[i].pid == pid:
+        if i == ENGINE:
+            if kind == "ready" and engine["proc"] is not None and engine["proc"].pid == pid:
+                engine.update(ready=True, ever=True, quick=0, info=msg)
+                served.add(pid)
+            elif kind == "failed":
+                failure = failure or f"the engine process (pid {pid}) could not start: {msg}"
+        elif kind == "ready" and procs[i] is not None and procs[i].pid == pid:
             ready.add(i)
             served.add(pid)
             quick_deaths[i] = 0
         elif kind == "failed":
             failure = failure or f"worker {i} (pid {pid}) could not start: {msg}"
 
+    fronts_started = False
     try:
-        for i in range(workers):
-            start(i)
+        if shared_engine:
+            start_engine()
+        else:
+            for i in range(workers):
+                start(i)
+            fronts_started = True
         while not stop.is_set() and failure is None:
             try:
                 handle(events.get(timeout=0.2))
@@ -204,12 +243,29 @@ def run_workers(make_embedder, config=None, *, workers: int, host: str = "127.0.
                     handle(events.get_nowait())
             except queue.Empty:
                 pass
+            if shared_engine:
+                ep = engine["proc"]
+                if not ep.is_alive() and not stop.is_set() and failure is None:
+                    if not engine["ready"] and (ep.exitcode is None or ep.exitcode >= 0 or engine["quick"] >= 3):
+                        failure = f"the engine process (pid {ep.pid}) exited with code {ep.exitcode} before serving"
+                        continue
+                    if not engine["ready"]:
+                        engine["quick"] += 1
+                    log.warning("the engine process (pid %d) died with exit code %s; starting it again (the "
+                                "workers answer 503 meanwhile)", ep.pid, ep.exitcode)
+                    _forget_gauges(ep.pid)
+                    engine["ready"] = False
+                    start_engine()
+                if not fronts_started and engine["ready"]:
+                    for i in range(workers):
+                        start(i)
+                    fronts_started = True
             if not announced and len(ready) == workers:
                 announced = True
                 if on_ready is not None:
                     on_ready([p.pid for p in procs])
             for i, p in enumerate(procs):
-                if p.is_alive() or stop.is_set() or failure is not None:
+                if p is None or p.is_alive() or stop.is_set() or failure is not None:
                     continue
                 # A worker can serve before its "ready" reaches this loop (it is reported by a thread that
                 # polls uvicorn), so a death before "ready" is a failed start only when the worker said so
@@ -229,24 +285,26 @@ def run_workers(make_embedder, config=None, *, workers: int, host: str = "127.0.
         # have missed it); a second SIGTERM never cuts uvicorn's graceful shutdown short.
         for s in socks:
             s.close()
-        deadline = time.monotonic() + graceful_timeout + 60
-        while True:
-            alive = [p for p in procs if p is not None and p.is_alive()]
-            if not alive:
-                break
-            if time.monotonic() > deadline:
+        # The workers first; a shared engine process after them (they need it for the requests they finish).
+        for group in ([p for p in procs if p is not None], [engine["proc"]] if engine["proc"] is not None else []):
+            deadline = time.monotonic() + graceful_timeout + 60
+            while True:
+                alive = [p for p in group if p.is_alive()]
+                if not alive:
+                    break
+                if time.monotonic() > deadline:
+                    for p in alive:
+                        log.error("%s pid %d did not stop in time; killing it", p.name, p.pid)
+                        p.kill()
+                        p.join(5)
+                    break
                 for p in alive:
-                    log.error("worker pid %d did not stop in time; killing it", p.pid)
-                    p.kill()
-                    p.join(5)
-                break
-            for p in alive:
-                try:
-                    os.kill(p.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-            for p in alive:
-                p.join(max(0.05, 1.0 / len(alive)))
+                    try:
+                        os.kill(p.pid, signal.SIGTERM)
+                    except ProcessLookupError:
+                        pass
+                for p in alive:
+                    p.join(max(0.05, 1.0 / len(alive)))
         for sig, h in old_handlers.items():
             signal.signal(sig, h)
         events.close()
@@ -257,12 +315,17 @@ def run_workers(make_embedder, config=None, *, workers: int, host: str = "127.0.
                 os.environ[k] = v
         if own_dir is not None:
             shutil.rmtree(own_dir, ignore_errors=True)
+        if eng_dir is not None:
+            shutil.rmtree(eng_dir, ignore_errors=True)
     if failure is not None:
         raise TrtrunError(failure)
     # clean: exit code 0; or killed by our SIGTERM before it ever served (it was still starting: it held
     # no request, and a SIGTERM that early meets Python's default handler)
-    bad = [(i, p.exitcode) for i, p in enumerate(procs)
-           if p.exitcode != 0 and not (p.exitcode == -signal.SIGTERM and p.pid not in served)]
-    for i, c in bad:
-        log.error("worker %d exited with code %s", i, c)
+    bad = [(f"worker {i}", p.exitcode) for i, p in enumerate(procs)
+           if p is not None and p.exitcode != 0 and not (p.exitcode == -signal.SIGTERM and p.pid not in served)]
+    ep = engine["proc"]
+    if ep is not None and ep.exitcode != 0 and not (ep.exitcode == -signal.SIGTERM and ep.pid not in served):
+        bad.append(("the engine process", ep.exitcode))
+    for who, c in bad:
+        log.error("%s exited with code %s", who, c)
     return 0 if not bad else 1
