@@ -163,7 +163,7 @@ def main(argv=None) -> int:
     ap.add_argument("--port", type=int, default=8101)
     ap.add_argument("--contexts", type=int, default=2)
     ap.add_argument("--no-batching", action="store_true")
-    ap.add_argument("--max-wait-ms", type=float, default=2.0)
+    ap.add_argument("--max-wait-ms", type=float, default=0.5)
     ap.add_argument("--max-inputs", type=int, default=64)
     ap.add_argument("--fixed-ms", type=float, default=0.3, help="fake engine: fixed cost per call")
     ap.add_argument("--per-token-us", type=float, default=0.2, help="fake engine: cost per padded token")

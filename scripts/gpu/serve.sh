@@ -18,7 +18,7 @@
 # MODEL (minilm; bert-base: a random-weight BERT-base-shaped encoder, throughput only, no accuracy step),
 # PROCS (8 load generator processes: a request costs the clients ~0.25-0.35 ms of CPU, more than the batched
 # server now, so fewer would cap it; client_busy in the summary says whether they kept up),
-# WORKERS (4 server processes per server), CONTEXTS (2 per process), MAX_WAIT_MS (2),
+# WORKERS (4 server processes per server), CONTEXTS (2 per process), MAX_WAIT_MS (0.5),
 # MIXED_SECONDS (15; 0 skips the 1-8 texts per request run), SWEEP ("1": more process counts, each its own
 # batched/unbatched pair, e.g. "1 8"; "" skips), SWEEP_SECONDS (15 per target; about 55 s per count),
 # N_ACC (2000), N_LOAD_TEXTS (2000), BACKEND (gpu; "reference" for a dry run on a CPU machine),
@@ -32,7 +32,7 @@ mkdir -p "$OUT"
 exec > >(tee "$OUT/serve_log.txt") 2>&1
 LOAD_SECONDS=${LOAD_SECONDS:-30}; WARMUP=${WARMUP:-8}; CLIENTS=${CLIENTS:-64}; PROCS=${PROCS:-8}
 MIXED_SECONDS=${MIXED_SECONDS:-15}; N_ACC=${N_ACC:-2000}; BACKEND=${BACKEND:-gpu}; N_LOAD_TEXTS=${N_LOAD_TEXTS:-2000}
-WORKERS=${WORKERS:-4}; SHARED=${SHARED:-1}; SWEEP=${SWEEP-1}; SWEEP_SECONDS=${SWEEP_SECONDS:-15}; CONTEXTS=${CONTEXTS:-2}; MAX_WAIT_MS=${MAX_WAIT_MS:-2}
+WORKERS=${WORKERS:-4}; SHARED=${SHARED:-1}; SWEEP=${SWEEP-1}; SWEEP_SECONDS=${SWEEP_SECONDS:-15}; CONTEXTS=${CONTEXTS:-2}; MAX_WAIT_MS=${MAX_WAIT_MS:-0.5}
 [ -z "${TRTRUN_DATA:-}" ] && [ -d .gpudata ] && TRTRUN_DATA=$PWD/.gpudata
 export TRTRUN_DATA=${TRTRUN_DATA:-.data} PYTHONUNBUFFERED=1
 t0=$SECONDS

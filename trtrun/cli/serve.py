@@ -34,7 +34,7 @@ class _Stopped(Exception):
 @click.option("--no-normalize", is_flag=True, help="do not L2-normalize the embeddings")
 @click.option("--truncation", type=click.Choice(["truncate", "reject"]), default="truncate", show_default=True,
               help="texts longer than the model's maximum tokens: cut them, or answer 400")
-@click.option("--max-wait-ms", type=click.FloatRange(min=0), default=2.0, show_default=True,
+@click.option("--max-wait-ms", type=click.FloatRange(min=0), default=0.5, show_default=True,
               help="micro-batching: how long a request may wait for others to share its batch")
 @click.option("--max-batch-tokens", type=click.IntRange(min=1), default=None,
               help="token budget of a micro-batch and of one engine call (default 16384, capped by the profile)")

@@ -52,7 +52,7 @@ class ServeConfig:
     max_inputs: int = 128  # texts per request
     max_chars: int = 20_000  # characters per text (tokens beyond the model's maximum are cut or rejected)
     max_body_bytes: int = 2_000_000  # request body (Text Embeddings Inference's default payload limit)
-    max_wait_ms: float = 2.0  # micro-batching: longest wait for other requests
+    max_wait_ms: float = 0.5  # micro-batching: longest wait for other requests (docs/serve.md: why 0.5)
     max_batch_tokens: int | None = None  # micro-batch token budget (default: the Embedder's)
     batching: bool = True  # False: every request is its own engine call (max batch 1 request)
     max_queue: int = 4096  # waiting requests beyond which requests get 503
@@ -404,6 +404,14 @@ _STATUS = {c: str(c) for c in (200, 400, 413, 422, 500, 503)}
 GC_GEN0_THRESHOLD = 10_000
 
 
+# The GIL's switch interval in serving processes (Python's default is 5 ms). A thread that comes back from
+# GIL-free work (the GPU run, the tokenizer) waits for the GIL until its holder lets go, or at most this long
+# before the holder is asked to: in a busy process (event loop, gatherer, batch workers) those waits were most
+# of an engine call's time (H200 host, 2026-11-26, shared engine, 64 clients: 2.61 -> 2.43 ms a call at 5 -> 0.5
+# ms, bench/NOTES-serve.md, session 6). TRTRUN_SWITCH_INTERVAL_MS overrides it (0: Python's own).
+SWITCH_INTERVAL_MS = 0.5
+
+
 def tune_process() -> None:
     """For a process that serves from now on (run_server and each --workers process call it just before
     serving; an application embedding create_app in its own server decides for itself):
@@ -411,6 +419,7 @@ def tune_process() -> None:
     - garbage collector: everything allocated so far (modules, the engine, the app) is moved out of its
       reach (gc.freeze: full passes no longer walk it), and young passes run every GC_GEN0_THRESHOLD net
       allocations instead of 700;
+    - the GIL's switch interval: SWITCH_INTERVAL_MS (0.5 ms) instead of 5 ms;
     - tokenizer: TOKENIZERS_PARALLELISM=false unless set, so a window's texts are tokenized in the batch
       worker's own thread (without the GIL, as before) instead of being spread over a rayon pool of one
       thread per core: for windows of tens of short texts the pool's hand-offs and idle spinning cost more
@@ -420,6 +429,14 @@ def tune_process() -> None:
     import gc
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        sw = float(os.environ.get("TRTRUN_SWITCH_INTERVAL_MS", SWITCH_INTERVAL_MS))
+    except ValueError:
+        sw = SWITCH_INTERVAL_MS
+    if sw > 0:
+        import sys
+
+        sys.setswitchinterval(sw / 1000.0)
     gc.collect()
     gc.freeze()
     g0, g1, g2 = gc.get_threshold()

@@ -1,6 +1,6 @@
 """Micro-batching: concurrent callers' requests gathered into shared engine batches.
 
-    batcher = MicroBatcher(embedder, max_wait_ms=2)
+    batcher = MicroBatcher(embedder, max_wait_ms=0.5)
     fut = batcher.submit(["a text", "another"])      # concurrent.futures.Future -> EmbedResult
     vectors = fut.result().embeddings                # exactly this caller's rows, in its order
 
@@ -88,7 +88,7 @@ class MicroBatcher:
         passed to Embedder.embed_groups (per engine batch).
     """
 
-    def __init__(self, embedder, *, max_wait_ms: float = 2.0, max_batch_tokens: int | None = None,
+    def __init__(self, embedder, *, max_wait_ms: float = 0.5, max_batch_tokens: int | None = None,
                  max_batch_inputs: int | None = None, max_batch_requests: int | None = None,
                  max_queue: int = 4096, workers: int | None = None, on_window=None, observer=None):
         if max_wait_ms < 0:
