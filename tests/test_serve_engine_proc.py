@@ -156,6 +156,11 @@ def test_fronts_share_one_engine_and_its_batches_and_stop_gracefully(tiny_embed_
         # one window of 8 requests (the engine process's histogram): the fronts' requests were batched together
         assert _metric(m, "trtrun_batch_requests_count") == 1.0, m
         assert _metric(m, "trtrun_batch_requests_sum") == 8.0, m
+        # bad requests: the front answers them without the engine
+        assert httpx.post(url + "/embed", content=b"{not json", timeout=5).status_code == 400
+        assert httpx.post(url + "/embed", json={"inputs": []}, timeout=5).status_code == 422
+        assert httpx.post(url + "/embed", json={"inputs": "x" * 1_000_000}, timeout=5).status_code == 400
+        assert httpx.post(url + "/embed", json={"inputs": [1, 2]}, timeout=5).status_code == 422
         for _ in range(20):  # and both fronts took some of them
             seen_fronts.add(httpx.get(url + "/health", timeout=5).json()["pid"])
         err = requests_across_a_signal(proc, url, texts, 8, signal.SIGTERM, settle=0.6, after=0.5, emb=emb, atol=ATOL)
@@ -190,6 +195,46 @@ def test_an_engine_that_dies_is_replaced_and_nothing_is_answered_wrong(tiny_embe
         err = proc.stderr.read()
     assert rc == 0, err
     assert f"engine process (pid {victim}) died" in err and "starting it again" in err, err
+
+
+def test_errors_found_in_the_engine_process_are_the_same_4xx(tiny_embed_model, emb, texts):
+    """A text over the model's tokens with truncation "reject" is refused by the Embedder in the engine process;
+    its kind (and the texts' indices) cross the socket, so the answer is the same 400 as from one process, and
+    the server keeps serving."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with serve_process(tiny_embed_model, port, "--shared-engine", "--contexts", "1", "--truncation", "reject",
+                       "--log-level", "warning") as proc:
+        r = httpx.post(url + "/v1/embeddings", json={"input": ["fine", "word " * 3000]}, timeout=30)
+        assert r.status_code == 400 and r.json()["error"]["type"] == "input_too_long", r.text
+        assert "text 1 is longer than" in r.json()["error"]["message"], r.text
+        r = httpx.post(url + "/embed", json={"inputs": ["a fine film", "dull"]}, timeout=30)
+        assert r.status_code == 200, r.text
+        np.testing.assert_allclose(np.array(r.json(), np.float32), emb.embed(["a fine film", "dull"]), atol=ATOL)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, proc.stderr.read()
+
+
+def test_health_says_when_the_engine_is_not_reachable(tmp_path):
+    """A front's /health is 503 with the reason while its engine process cannot be reached (a load balancer
+    routes around it), and ok once it can: check_engine connects by itself."""
+    import asyncio
+
+    path = str(tmp_path / "engine.sock")
+    client = ep.EngineClient(path, dim=4)
+
+    async def scenario():
+        down = await client.check_engine()
+        assert down is not None and "not reachable" in down and path in down, down
+        server = await asyncio.get_running_loop().create_unix_server(asyncio.Protocol, path)
+        try:
+            assert await client.check_engine() is None
+        finally:
+            client.close()
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(scenario())
 
 
 def test_an_engine_that_cannot_start_stops_everything(tmp_path):

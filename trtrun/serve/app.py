@@ -342,9 +342,15 @@ def create_app(embedder, config: ServeConfig | None = None):
     async def health(request):
         batcher = live["batcher"]
         ok = batcher is not None and live["accepting"]
+        engine_down = None
+        if ok and hasattr(batcher, "check_engine"):  # a front of a shared engine process: is it reachable?
+            engine_down = await batcher.check_engine()
+            ok = engine_down is None
         body = {"status": "ok" if ok else "unavailable", "model": model_name, **embedder.describe(),
                 "batching": cfg.batching, "max_wait_ms": cfg.max_wait_ms, "pid": os.getpid(),
                 "queue_depth": batcher.queue_depth() if batcher is not None else 0}
+        if engine_down is not None:
+            body["reason"] = engine_down
         return json_response(body, 200 if ok else 503)
 
     async def metrics_endpoint(request):

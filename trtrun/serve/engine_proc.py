@@ -372,6 +372,7 @@ class EngineClient:
         self._closing = False
         self._loop = None
         self.engine_pid: int | None = None  # from the engine's first frame on the current connection
+        self._last_error: str | None = None  # why the last connection attempt failed
 
     def queue_depth(self) -> int:
         """Requests sent to the engine process and not answered yet."""
@@ -409,6 +410,28 @@ class EngineClient:
                 loop.create_task(self._connect())
         return fut
 
+    async def check_engine(self) -> str | None:
+        """None when the engine process is connected (connecting first if need be), else why not (for /health:
+        a front whose engine is down answers 503 there, so a load balancer can route around it)."""
+        conn = self._conn
+        if conn is not None and conn.transport is not None and not conn.transport.is_closing():
+            return None
+        if self._closing:
+            return "shutting down"
+        self._loop = asyncio.get_running_loop()
+        if not self._connecting:
+            self._connecting = True
+            await self._connect()
+        else:  # another caller is connecting: give it a moment
+            for _ in range(50):
+                await asyncio.sleep(0.01)
+                if not self._connecting:
+                    break
+        conn = self._conn
+        if conn is not None and conn.transport is not None and not conn.transport.is_closing():
+            return None
+        return f"the engine process is not reachable at {self.path} ({self._last_error or 'connecting'})"
+
     def _flush(self) -> None:
         self._flush_due = False
         out, self._out = self._out, []
@@ -423,6 +446,7 @@ class EngineClient:
             _, conn = await loop.create_unix_connection(lambda: _FrontConn(self), self.path)
         except OSError as e:
             self._connecting = False
+            self._last_error = e.strerror or str(e)
             waiting, self._waiting = self._waiting, []
             err = BatcherClosedError(f"the engine process is not reachable ({e.strerror or e}); it may be "
                                      f"restarting, retry later")
@@ -433,6 +457,7 @@ class EngineClient:
             return
         self._conn = conn
         self._connecting = False
+        self._last_error = None
         waiting, self._waiting = self._waiting, []
         if waiting:
             conn.transport.write(b"".join(f for _, f in waiting))
