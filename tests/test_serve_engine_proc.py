@@ -215,6 +215,19 @@ def test_errors_found_in_the_engine_process_are_the_same_4xx(tiny_embed_model, e
         assert proc.wait(60) == 0, proc.stderr.read()
 
 
+def test_socket_folder_stays_short_under_a_deep_tmpdir(tmp_path, monkeypatch):
+    import tempfile
+
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    monkeypatch.setattr(tempfile, "tempdir", str(deep))
+    d = ep.socket_dir()
+    try:
+        assert len((d + "/engine.sock").encode()) <= 100 and (os.stat(d).st_mode & 0o777) == 0o700, d
+    finally:
+        os.rmdir(d)
+
+
 def test_health_says_when_the_engine_is_not_reachable(tmp_path):
     """A front's /health is 503 with the reason while its engine process cannot be reached (a load balancer
     routes around it), and ok once it can: check_engine connects by itself."""

@@ -232,6 +232,18 @@ class _EngineConn(asyncio.Protocol):
         self.out.clear()
 
 
+def socket_dir() -> str:
+    """A new private folder (mode 0700) for the engine's socket. A Unix socket path is limited to ~107 bytes, so
+    when the temporary folder's path is long (a deep TMPDIR) the folder is made in /tmp instead."""
+    import tempfile
+
+    d = tempfile.mkdtemp(prefix="trtrun-engine-")
+    if len(os.path.join(d, "engine.sock").encode()) > 100 and os.path.isdir("/tmp"):
+        os.rmdir(d)
+        d = tempfile.mkdtemp(prefix="trtrun-engine-", dir="/tmp")
+    return d
+
+
 def engine_info(embedder) -> dict:
     """What the fronts need to know of the engine process's Embedder (sent to them by the supervisor)."""
     return {"model_name": embedder.model_name, "dim": int(embedder.dim),
@@ -309,7 +321,19 @@ def engine_main(make_embedder, config, path: str, events, index: int, startup_fa
             run = uvloop.run
         except ImportError:
             run = asyncio.run
-        run(_serve(batcher, path, lambda: events.put(("ready", index, os.getpid(), info)), stop_asked, metrics))
+        ready: list = []
+
+        def on_ready():
+            ready.append(True)
+            events.put(("ready", index, os.getpid(), info))
+
+        try:
+            run(_serve(batcher, path, on_ready, stop_asked, metrics))
+        except Exception as e:  # noqa: BLE001 - e.g. the socket cannot be made: the supervisor says why
+            if ready:
+                raise
+            events.put(("failed", index, os.getpid(), f"{type(e).__name__}: {e}"))
+            sys.exit(startup_failed)
         metrics.flush()
         metrics._refresh()
     finally:

@@ -182,7 +182,12 @@ def run_workers(make_embedder, config=None, *, workers: int, host: str = "127.0.
     ctx = mp.get_context("spawn")
     events = ctx.Queue()
     procs: list = [None] * workers
-    eng_dir = tempfile.mkdtemp(prefix="trtrun-engine-") if shared_engine else None  # mode 0700
+    if shared_engine:
+        from .engine_proc import socket_dir
+
+        eng_dir = socket_dir()  # mode 0700
+    else:
+        eng_dir = None
     eng_path = os.path.join(eng_dir, "engine.sock") if eng_dir else None
     engine = {"proc": None, "info": None, "ready": False, "ever": False, "quick": 0}
     ready: set[int] = set()
