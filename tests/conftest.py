@@ -174,6 +174,16 @@ def tiny_embed_model(tmp_path_factory):
 
 
 # ---------------------------------------------------------------------------------------- HTTP servers
+@pytest.fixture(scope="module")
+def tiny_emb(tiny_embed_model):
+    """An Embedder of the tiny model on the reference backend, one context: the servers' expected answers."""
+    from trtrun.embedder import Embedder
+
+    e = Embedder(tiny_embed_model["plan"], tiny_embed_model["tok"], backend="reference", contexts=1)
+    yield e
+    e.close()
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on now."""
     import socket

@@ -33,17 +33,10 @@ ATOL = 1e-5  # as in test_serve.py: same plan and numpy backend, only BLAS summa
 
 
 
-@pytest.fixture(scope="module")
-def emb(tiny_embed_model):
-    from trtrun.embedder import Embedder
-
-    e = Embedder(tiny_embed_model["plan"], tiny_embed_model["tok"], backend="reference", contexts=1)
-    yield e
-    e.close()
 
 
 
-def test_workers_share_the_port_sum_metrics_and_stop_gracefully(tiny_embed_model, emb, texts):
+def test_workers_share_the_port_sum_metrics_and_stop_gracefully(tiny_embed_model, tiny_emb, texts):
     """Two workers; requests wait 1.5 s in micro-batch windows in both when SIGTERM reaches the supervisor:
     every one still gets its right rows, new connections are refused, every process exits, rc 0."""
     tiny = tiny_embed_model
@@ -72,7 +65,7 @@ def test_workers_share_the_port_sum_metrics_and_stop_gracefully(tiny_embed_model
 
         # all eight wait inside micro-batch windows (1.5 s) of both workers when SIGTERM comes; afterwards no
         # worker, nor the supervisor, takes new connections
-        err = requests_across_a_signal(proc, url, texts, 8, signal.SIGTERM, settle=0.6, after=0.5, emb=emb,
+        err = requests_across_a_signal(proc, url, texts, 8, signal.SIGTERM, settle=0.6, after=0.5, emb=tiny_emb,
                                        atol=ATOL)
     assert "2 workers serving" in err, err
     for p in pids:  # the workers are gone too

@@ -284,20 +284,9 @@ async def _serve(batcher: MicroBatcher, path: str, on_ready, stop_asked: list, m
 
 def engine_main(make_embedder, config, path: str, events, index: int, startup_failed: int) -> None:
     """The engine process (started by run_workers with shared_engine=True)."""
-    stop_asked: list = []
+    from .workers import child_signals
 
-    def early_stop(signum, frame):
-        stop_asked.append(signum)
-
-    signal.signal(signal.SIGTERM, early_stop)
-    signal.signal(signal.SIGINT, early_stop)
-    if sys.platform.startswith("linux"):  # the supervisor killed outright: stop too
-        try:
-            import ctypes
-
-            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
+    stop_asked = child_signals()  # (until _serve's event loop takes the signals over)
     try:
         emb = make_embedder()
     except BaseException as e:  # noqa: BLE001 - reported to the supervisor, which stops everything

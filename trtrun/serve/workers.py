@@ -84,22 +84,30 @@ def _forget_gauges(pid: int) -> None:
         pass
 
 
-def _worker(index: int, make_embedder, config, sock: socket.socket, uv: dict, events) -> None:
-    """A worker process: its own Embedder, app and uvicorn server on the socket it was given."""
-    stop_asked = []
+def child_signals() -> list:
+    """In a process the supervisor started: SIGTERM/SIGINT are noted (in the list returned) until the process's
+    own server takes them over, and on Linux the supervisor's death (even by SIGKILL) sends this process a
+    SIGTERM, so it stops gracefully too."""
+    stop_asked: list = []
 
-    def early_stop(signum, frame):  # before uvicorn takes the signals over (and after it gives them back)
+    def early_stop(signum, frame):
         stop_asked.append(signum)
 
     signal.signal(signal.SIGTERM, early_stop)
     signal.signal(signal.SIGINT, early_stop)
-    if sys.platform.startswith("linux"):  # the supervisor killed outright (SIGKILL): stop too, gracefully
+    if sys.platform.startswith("linux"):
         try:
             import ctypes
 
             ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
         except (OSError, AttributeError):
             pass
+    return stop_asked
+
+
+def _worker(index: int, make_embedder, config, sock: socket.socket, uv: dict, events) -> None:
+    """A worker process: its own Embedder, app and uvicorn server on the socket it was given."""
+    stop_asked = child_signals()  # (until uvicorn takes the signals over, and after it gives them back)
     try:
         emb = make_embedder()
     except BaseException as e:  # noqa: BLE001 - reported to the supervisor, which stops the others
@@ -189,7 +197,7 @@ def run_workers(make_embedder, config=None, *, workers: int, host: str = "127.0.
     else:
         eng_dir = None
     eng_path = os.path.join(eng_dir, "engine.sock") if eng_dir else None
-    engine = {"proc": None, "info": None, "ready": False, "ever": False, "quick": 0}
+    engine = {"proc": None, "info": None, "ready": False, "quick": 0}
     ready: set[int] = set()
     served: set[int] = set()  # pids of workers that were ready at some point
     failure = None
@@ -222,7 +230,7 @@ def run_workers(make_embedder, config=None, *, workers: int, host: str = "127.0.
         kind, i, pid, msg = event
         if i == ENGINE:
             if kind == "ready" and engine["proc"] is not None and engine["proc"].pid == pid:
-                engine.update(ready=True, ever=True, quick=0, info=msg)
+                engine.update(ready=True, quick=0, info=msg)
                 served.add(pid)
             elif kind == "failed":
                 failure = failure or f"the engine process (pid {pid}) could not start: {msg}"
