@@ -221,6 +221,51 @@ def test_socket_folder_stays_short_under_a_deep_tmpdir(tmp_path, monkeypatch):
         os.rmdir(d)
 
 
+def test_engine_process_answers_what_it_holds_when_stopped(tiny_embed_model, tiny_emb, texts, tmp_path):
+    """The engine process alone, spoken to over its socket: requests waiting in a 1.5 s window when it gets
+    SIGTERM are still answered (right rows, in any order, matched by request id), then it exits 0."""
+    import multiprocessing as mp
+    import socket as sk
+
+    from trtrun.embedder import Embedder
+    from trtrun.serve.app import ServeConfig
+
+    ctx = mp.get_context("spawn")
+    events = ctx.Queue()
+    path = str(tmp_path / "e.sock")
+    make = functools.partial(Embedder, str(tiny_embed_model["plan"]), str(tiny_embed_model["tok"]),
+                             backend="reference", contexts=1)
+    p = ctx.Process(target=ep.engine_main, args=(make, ServeConfig(max_wait_ms=1500), path, events, -1, 3))
+    p.start()
+    try:
+        kind, _, pid, info = events.get(timeout=120)
+        assert kind == "ready" and pid == p.pid and info["dim"] == tiny_emb.dim, (kind, info)
+        c = sk.socket(sk.AF_UNIX)
+        c.connect(path)
+        c.sendall(b"".join(ep.encode_request(10 + i, [texts[i], texts[i + 5]]) for i in range(5)))
+        time.sleep(0.5)  # all five wait in the window
+        os.kill(p.pid, signal.SIGTERM)
+        fr, got = ep.Frames(), {}
+        c.settimeout(30)
+        while len(got) < 5:
+            data = c.recv(1 << 16)
+            assert data, f"the engine closed the connection with {len(got)} of 5 answers"
+            for body in fr.feed(data):
+                rid, res = ep.decode_response(body)
+                if rid:  # 0: the hello frame
+                    got[rid] = res
+        c.close()
+        p.join(60)
+        assert p.exitcode == 0
+    finally:
+        if p.is_alive():
+            p.kill()
+    for i in range(5):
+        res = got[10 + i]
+        assert isinstance(res, EmbedResult), res
+        np.testing.assert_allclose(res.embeddings, tiny_emb.embed([texts[i], texts[i + 5]]), atol=ATOL)
+
+
 def test_health_says_when_the_engine_is_not_reachable(tmp_path):
     """A front's /health is 503 with the reason while its engine process cannot be reached (a load balancer
     routes around it), and ok once it can: check_engine connects by itself."""

@@ -178,6 +178,7 @@ class _EngineConn(asyncio.Protocol):
         self.transport = None
         self.out: list = []
         self.flush_due = False
+        self.pending = 0  # requests submitted and not answered yet
         self.loop = asyncio.get_running_loop()
 
     def connection_made(self, transport) -> None:
@@ -204,9 +205,11 @@ class _EngineConn(asyncio.Protocol):
             except BaseException as e:  # noqa: BLE001 - QueueFullError, BatcherClosedError, InputError: answered
                 self._send(encode_error(rid, e))
                 continue
+            self.pending += 1
             fut.add_done_callback(functools.partial(self._done, rid))
 
     def _done(self, rid: int, fut) -> None:
+        self.pending -= 1
         if fut.cancelled():
             frame = encode_error(rid, BatcherClosedError("the engine process cancelled the request (shutting down)"))
         else:
@@ -274,7 +277,10 @@ async def _serve(batcher: MicroBatcher, path: str, on_ready, stop_asked: list, m
     # this process: no new connection; what is still queued is finished and answered, then the connections close.
     server.close()
     await loop.run_in_executor(None, batcher.close)
-    await asyncio.sleep(0)  # the last answers' callbacks and flushes
+    # the last windows' answers reach this loop as callbacks (resolve, then _done, then _flush): let them run
+    end = loop.time() + 5.0
+    while any(c.pending or c.out for c in conns) and loop.time() < end:
+        await asyncio.sleep(0.005)
     for c in list(conns):
         c._flush()
         if c.transport is not None:
