@@ -392,6 +392,7 @@ class EngineClient:
         self._loop = None
         self.engine_pid: int | None = None  # from the engine's first frame on the current connection
         self._last_error: str | None = None  # why the last connection attempt failed
+        self._connect_task = None
 
     def queue_depth(self) -> int:
         """Requests sent to the engine process and not answered yet."""
@@ -426,7 +427,7 @@ class EngineClient:
             self._waiting.append((rid, frame))
             if not self._connecting:
                 self._connecting = True
-                loop.create_task(self._connect())
+                self._connect_task = loop.create_task(self._connect())  # (held: the loop keeps only a weak reference)
         return fut
 
     async def check_engine(self) -> str | None:
