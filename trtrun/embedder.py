@@ -80,6 +80,11 @@ class EmbedResult:
     truncated: np.ndarray  # bool [n]: the text was cut to max_seq_len tokens
     num_tokens: np.ndarray  # int64 [n]: tokens the model saw (special tokens included, after truncation)
 
+    @classmethod
+    def empty(cls, dim: int) -> "EmbedResult":
+        """The result for no texts."""
+        return cls(np.zeros((0, dim), np.float32), np.zeros(0, bool), np.zeros(0, np.int64))
+
     @property
     def total_tokens(self) -> int:
         return int(self.num_tokens.sum())

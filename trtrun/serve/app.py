@@ -363,10 +363,7 @@ def create_app(embedder, config: ServeConfig | None = None):
         if make_batcher is not None:  # a front of a shared engine process (engine_proc.RemoteEmbedder)
             batcher = make_batcher(cfg)
         else:
-            batcher = MicroBatcher(
-                embedder, max_wait_ms=cfg.max_wait_ms, max_batch_tokens=cfg.max_batch_tokens,
-                max_batch_requests=None if cfg.batching else 1, max_queue=cfg.max_queue,
-                on_window=metrics.on_window, observer=metrics.on_engine_batch)
+            batcher = MicroBatcher.for_server(embedder, cfg, metrics)
         app.state.batcher = live["batcher"] = batcher
         # (a front of a shared engine: the engine process reports the queue; this one's waiting requests are
         # in it, or running)

@@ -153,12 +153,9 @@ class MicroBatcher:
 
     def _enqueue(self, texts: list, fut, loop) -> None:
         if not texts:
-            import numpy as np
-
             from ..embedder import EmbedResult
 
-            fut.set_result(EmbedResult(np.zeros((0, self.embedder.dim), np.float32), np.zeros(0, bool),
-                                       np.zeros(0, np.int64)))
+            fut.set_result(EmbedResult.empty(self.embedder.dim))
             return
         max_len = self._max_len
         est = sum(min(len(t) // CHARS_PER_TOKEN + 2, max_len) for t in texts)
@@ -309,6 +306,14 @@ class MicroBatcher:
                     break
                 self._cv.wait(left)
         self._pool.shutdown(wait=timeout is None)
+
+    @classmethod
+    def for_server(cls, embedder, config, metrics) -> "MicroBatcher":
+        """The batcher of a server (create_app, or a shared engine process): a ServeConfig's batching settings,
+        the ServerMetrics hooks."""
+        return cls(embedder, max_wait_ms=config.max_wait_ms, max_batch_tokens=config.max_batch_tokens,
+                   max_batch_requests=None if config.batching else 1, max_queue=config.max_queue,
+                   on_window=metrics.on_window, observer=metrics.on_engine_batch)
 
     def __enter__(self) -> "MicroBatcher":
         return self

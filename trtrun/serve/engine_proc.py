@@ -304,9 +304,7 @@ def engine_main(make_embedder, config, path: str, events, index: int, startup_fa
         from .metrics import ServerMetrics
 
         metrics = ServerMetrics()
-        batcher = MicroBatcher(emb, max_wait_ms=config.max_wait_ms, max_batch_tokens=config.max_batch_tokens,
-                               max_batch_requests=None if config.batching else 1, max_queue=config.max_queue,
-                               on_window=metrics.on_window, observer=metrics.on_engine_batch)
+        batcher = MicroBatcher.for_server(emb, config, metrics)
         metrics.queue_depth_fn = batcher.queue_depth
         info = engine_info(emb)
         tune_process()
@@ -394,6 +392,12 @@ class EngineClient:
         self._last_error: str | None = None  # why the last connection attempt failed
         self._connect_task = None
 
+    def _transport(self):
+        """The open connection's transport, or None."""
+        conn = self._conn
+        t = conn.transport if conn is not None else None
+        return t if t is not None and not t.is_closing() else None
+
     def queue_depth(self) -> int:
         """Requests sent to the engine process and not answered yet."""
         return len(self._pending)
@@ -407,7 +411,7 @@ class EngineClient:
         loop = self._loop = asyncio.get_running_loop()
         fut = loop.create_future()
         if not texts:
-            fut.set_result(EmbedResult(np.zeros((0, self.dim), np.float32), np.zeros(0, bool), np.zeros(0, np.int64)))
+            fut.set_result(EmbedResult.empty(self.dim))
             return fut
         if len(self._pending) >= self.max_queue:
             raise QueueFullError(f"{len(self._pending)} requests are waiting for the engine process "
@@ -416,8 +420,7 @@ class EngineClient:
         rid = self._rid
         self._pending[rid] = fut
         frame = encode_request(rid, texts)
-        conn = self._conn
-        if conn is not None and conn.transport is not None and not conn.transport.is_closing():
+        if self._transport() is not None:
             # written once per turn of the loop: a burst of requests is one write and one engine wake-up
             self._out.append(frame)
             if not self._flush_due:
@@ -433,8 +436,7 @@ class EngineClient:
     async def check_engine(self) -> str | None:
         """None when the engine process is connected (connecting first if need be), else why not (for /health:
         a front whose engine is down answers 503 there, so a load balancer can route around it)."""
-        conn = self._conn
-        if conn is not None and conn.transport is not None and not conn.transport.is_closing():
+        if self._transport() is not None:
             return None
         if self._closing:
             return "shutting down"
@@ -447,17 +449,16 @@ class EngineClient:
                 await asyncio.sleep(0.01)
                 if not self._connecting:
                     break
-        conn = self._conn
-        if conn is not None and conn.transport is not None and not conn.transport.is_closing():
+        if self._transport() is not None:
             return None
         return f"the engine process is not reachable at {self.path} ({self._last_error or 'connecting'})"
 
     def _flush(self) -> None:
         self._flush_due = False
         out, self._out = self._out, []
-        conn = self._conn
-        if out and conn is not None and conn.transport is not None and not conn.transport.is_closing():
-            conn.transport.write(b"".join(out))
+        t = self._transport()
+        if out and t is not None:
+            t.write(b"".join(out))
         # (else the connection was lost in between: _lost failed those requests)
 
     async def _connect(self) -> None:
