@@ -466,3 +466,27 @@ def test_ascii_fast_path_gives_the_full_tokenizers_ids():
     other = Tokenizer.from_file(path)
     other.normalizer = normalizers.Lowercase()
     assert not TextEncoder(other, 64).has_fast_path
+
+
+def test_gemm_cache_is_checked_on_every_backend(tiny, tmp_path, texts):
+    """Embedder(gemm_cache=FILE): a file that is not a GEMM cache is one InputError naming it, whatever the backend
+    (the GPU backend takes the entries: tests/gpu/test_runtime_models.py::test_embedder_takes_a_gemm_cache)."""
+    import json
+
+    from trtrun.embedder import Embedder
+    from trtrun.errors import InputError
+    from trtrun.runtime import GEMM_CACHE_FORMAT
+
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"format": "something else"}')
+    with pytest.raises(InputError, match=r"bad\.json is not a trtrun GEMM cache"):
+        Embedder(tiny["plan"], tiny["tok"], backend="reference", gemm_cache=bad)
+    with pytest.raises(InputError, match=r"missing\.json does not exist"):
+        Embedder(tiny["plan"], tiny["tok"], backend="reference", gemm_cache=tmp_path / "missing.json")
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"format": GEMM_CACHE_FORMAT, "version": 1, "entries": []}))
+    with Embedder(tiny["plan"], tiny["tok"], backend="reference", gemm_cache=good) as e:
+        d = e.describe()
+        assert d["gemm_cache"] == str(good) and d["gemm_cache_entries_taken"] is None  # not used off the GPU
+        np.testing.assert_allclose(e.embed(texts[:3]), np.stack([_direct(tiny["plan"], tiny["tok"], t)
+                                                                 for t in texts[:3]]), atol=1e-5)

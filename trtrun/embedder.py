@@ -333,7 +333,7 @@ class Embedder:
                  max_tokens_per_batch: int | None = None, max_batch_size: int | None = None,
                  max_seq_len: int | None = None, truncation: str = "truncate", backend: str = "auto",
                  precision: str = "hybrid", profile: dict | None = None, device: int = 0,
-                 output: str | None = None, progress=None):
+                 output: str | None = None, progress=None, gemm_cache=None):
         if pooling is not None and pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {', '.join(POOLINGS)} or None, got {pooling!r}")
         if truncation not in TRUNCATIONS:
@@ -409,6 +409,17 @@ class Embedder:
         self._pool: queue.SimpleQueue = queue.SimpleQueue()
         self._closers: list = []
         self._engine = None
+        # GEMM algorithms tuned elsewhere (trtrun.runtime.save_gemm_cache, e.g. an exhaustive search): taken before
+        # the first runs, so this process times none of those shapes again. Checked on every backend (a wrong
+        # path is an error at once), used only by the GPU one.
+        self.gemm_cache, self.gemm_cache_entries = (str(gemm_cache) if gemm_cache is not None else None), None
+        if gemm_cache is not None:
+            from . import runtime
+
+            if self.backend == "gpu":
+                self.gemm_cache_entries = runtime.load_gemm_cache(gemm_cache)
+            else:
+                runtime._read_gemm_cache(Path(gemm_cache))
         if self.backend == "gpu":
             from . import runtime
 
@@ -563,7 +574,9 @@ class Embedder:
                 "pooling_source": self.pooling_source, "normalize": self.normalize,
                 "max_seq_len": self.max_seq_len, "max_seq_len_source": self.max_seq_len_source,
                 "max_batch_size": self.max_batch_size, "max_tokens_per_batch": self.max_tokens_per_batch,
-                "truncation": self.truncation}
+                "truncation": self.truncation,
+                **({"gemm_cache": self.gemm_cache, "gemm_cache_entries_taken": self.gemm_cache_entries}
+                   if self.gemm_cache is not None else {})}
 
     def __repr__(self) -> str:
         d = self.describe()

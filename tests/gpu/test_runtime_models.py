@@ -122,3 +122,37 @@ def test_latency_report(kind):
         h.report("latency", f"{kind:10s} hybrid B={B:2d} S={S:3d}: median {ms[len(ms) // 2]:.3f} ms, "
                             f"p90 {ms[int(len(ms) * 0.9)]:.3f} ms (GPU time per run_device, {torch.cuda.get_device_name()})")
     assert ctx.stats()["graph_count"] >= 4
+
+
+def test_embedder_takes_a_gemm_cache(tiny_embed_model, tmp_path):
+    """Embedder(gemm_cache=FILE) on the GPU: GEMM choices saved by one process are taken by a fresh one (its
+    describe() counts them) and give the same embeddings (same algorithms, same kernels)."""
+    import json
+    import subprocess
+    import sys
+
+    h.need_runtime()
+    from trtrun import data
+    from trtrun.embedder import Embedder
+    from trtrun.runtime import save_gemm_cache
+
+    texts = data.load_texts("rt", n=16, seed=5)
+    with Embedder(tiny_embed_model["plan"], tiny_embed_model["tok"], backend="gpu", contexts=1) as e:
+        want = e.embed(texts)
+    cache = tmp_path / "gemm.json"
+    assert save_gemm_cache(cache) > 0
+    np.save(tmp_path / "texts.npy", np.array(texts, dtype=object), allow_pickle=True)
+    code = (
+        "import json, sys, numpy as np\n"
+        "from trtrun.embedder import Embedder\n"
+        "texts = list(np.load(sys.argv[3], allow_pickle=True))\n"
+        "with Embedder(sys.argv[1], sys.argv[2], backend='gpu', contexts=1, gemm_cache=sys.argv[4]) as e:\n"
+        "    np.save(sys.argv[5], e.embed(texts))\n"
+        "    print(json.dumps(e.describe()))\n")
+    out = tmp_path / "got.npy"
+    r = subprocess.run([sys.executable, "-c", code, str(tiny_embed_model["plan"]), str(tiny_embed_model["tok"]),
+                        str(tmp_path / "texts.npy"), str(cache), str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout.strip().splitlines()[-1])
+    assert d["gemm_cache"] == str(cache) and d["gemm_cache_entries_taken"] > 0, d
+    np.testing.assert_allclose(np.load(out), want, rtol=0, atol=1e-6)
