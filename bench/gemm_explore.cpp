@@ -9,7 +9,8 @@
 // --configs: besides the heuristic's results, every configuration cuBLASLt accepts (cublasLtMatmulAlgoCheck) of
 // every algorithm id it lists for these types: tile x stages x cluster shape x CTA swizzle x custom option. A quick
 // pass (5 x 5 launches) ranks them; the 12 fastest are timed like the rest. --m: row counts (default
-// 128,1024,4096,16384). --out16: attn_out and ffn2 write fp16 (a hybrid plan's default since session 4: their
+// 128,1024,4096,16384). --hot: one weight copy (L2-resident after the first launch: what a GEMM would take if its
+// weights were prefetched into the L2). --out16: attn_out and ffn2 write fp16 (a hybrid plan's default since session 4: their
 // outputs feed post-norm LayerNorms) instead of fp32.
 //
 // Same layout as csrc/gemm.cpp: row-major y[m,n] = x[m,k] @ w[k,n] (+bias, GELU) as column-major
@@ -127,12 +128,13 @@ static std::vector<Cand> all_configs(cublasLtHandle_t lt, cublasLtMatmulDesc_t o
 
 int main(int argc, char** argv) {
   size_t ws_bytes = 32u << 20;
-  bool configs = false, out16 = false;
+  bool configs = false, out16 = false, hot = false;
   std::vector<int> ms_;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--configs") configs = true;
     else if (a == "--out16") out16 = true;
+    else if (a == "--hot") hot = true;
     else if (a == "--m" && i + 1 < argc) {
       for (char* p = argv[++i]; *p;) {
         ms_.push_back((int)std::strtol(p, &p, 10));
@@ -168,7 +170,7 @@ int main(int argc, char** argv) {
       s.m = M;
       if (out16) s.out_f32 = false;
       const size_t wbytes = (size_t)s.k * s.n * 2;
-      const int copies = (int)std::max<size_t>(1, (150u << 20) / wbytes);
+      const int copies = hot ? 1 : (int)std::max<size_t>(1, (150u << 20) / wbytes);
       std::vector<__half*> W(copies);
       for (int c = 0; c < copies; ++c) {
         CK(cudaMalloc(&W[c], wbytes));

@@ -37,6 +37,12 @@ def main() -> int:
     ap.add_argument("--gemm-search", default=None, choices=["heuristic", "exhaustive"],
                     help="Context gemm_search (default: the runtime's)")
     ap.add_argument("--gemm-cache", default=None, help="load_gemm_cache(FILE) first (fixed GEMM choices for A/B runs)")
+    ap.add_argument("--l2-prefetch-rows", type=int, default=None,
+                    help="Context l2_prefetch_max_rows (default: the runtime's; 0: off)")
+    ap.add_argument("--l2-prefetch-mib", type=int, default=None, help="Context l2_prefetch_bytes in MiB")
+    ap.add_argument("--variant", action="append", default=None,
+                    help="NAME:key=int,... another context with these options (repeatable); points alternate")
+    ap.add_argument("--rounds", type=int, default=1, help="timing rounds per context and point")
     ap.add_argument("--plan", default=None, help="time this plan file instead of exporting and building --model")
     a = ap.parse_args()
     points = [tuple(int(x) for x in p.lower().split("x")) for p in (a.point or ["1x128"])]
@@ -78,8 +84,22 @@ def main() -> int:
         kw["fuse_residual"] = False
     if a.gemm_search is not None:
         kw["gemm_search"] = a.gemm_search
-    ctx = eng.create_context(**kw)
-    st = ctx.stats()
+    if a.l2_prefetch_rows is not None:
+        kw["l2_prefetch_max_rows"] = a.l2_prefetch_rows
+    if a.l2_prefetch_mib is not None:
+        kw["l2_prefetch_bytes"] = a.l2_prefetch_mib << 20
+    # --variant NAME:key=int,...: more contexts on the same engine, each with kw updated by its keys; every point is
+    # then timed on each context in turn, --rounds times (alternated, so clock and thermal drift hit all alike)
+    variants = [("base", dict(kw))]
+    for v in a.variant or []:
+        name, _, spec = v.partition(":")
+        vk = dict(kw)
+        for item in filter(None, spec.split(",")):
+            k, _, val = item.partition("=")
+            vk[k.strip()] = int(val)
+        variants.append((name, vk))
+    ctxs = [(name, vk, eng.create_context(**vk)) for name, vk in variants]
+    st = ctxs[0][2].stats()
     dev = torch.device("cuda", 0)
     stream = torch.cuda.Stream(dev)
     rng = np.random.default_rng(0)
@@ -96,28 +116,48 @@ def main() -> int:
                 f["token_type_ids"] = torch.zeros((B, S), dtype=torch.int64, device=dev)
             sets.append(f)
         out = {eng._outputs[0][0]: torch.empty((B, S, eng._outputs[0][2][0]), dtype=torch.float32, device=dev)}
-        t_first = time.perf_counter()
-        for i in range(20):  # the first runs capture the graph and tune the GEMMs; then warm
-            ctx.run_device(sets[i % 4], out, stream=stream)
-        stream.synchronize()
-        t_first = time.perf_counter() - t_first
-        ev = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(a.iters)]
-        with torch.cuda.stream(stream):
-            for i, (e0, e1) in enumerate(ev):
-                e0.record(stream)
+        firsts = {}
+        for name, _, ctx in ctxs:
+            t_first = time.perf_counter()
+            for i in range(20):  # the first runs capture the graph and tune the GEMMs; then warm
                 ctx.run_device(sets[i % 4], out, stream=stream)
-                e1.record(stream)
-        stream.synchronize()
-        ms = np.array([e0.elapsed_time(e1) for e0, e1 in ev])
-        print(f"POINT {a.model} {a.precision} {B}x{S} {kw or ''}: p50 {np.median(ms):.4f} ms  p10 {np.quantile(ms, 0.1):.4f}"
-              f"  p90 {np.quantile(ms, 0.9):.4f}  (n={len(ms)}, graphs {ctx.stats().get('graph_count')}, 20 warm-up runs {t_first:.2f} s)", flush=True)
+            stream.synchronize()
+            firsts[name] = time.perf_counter() - t_first
+        if len(ctxs) > 1:  # the variants must compute the same thing
+            ref = None
+            for name, _, ctx in ctxs:
+                ctx.run_device(sets[1], out, stream=stream)
+                stream.synchronize()
+                got = next(iter(out.values())).clone()
+                if ref is None:
+                    ref = got
+                elif not torch.equal(ref, got):
+                    print(f"VARIANT {name} differs from base at {B}x{S}: max |diff| "
+                          f"{(ref - got).abs().max().item():.3g}", flush=True)
+        for r in range(a.rounds):
+            for name, vk, ctx in ctxs:
+                ev = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                      for _ in range(a.iters)]
+                with torch.cuda.stream(stream):
+                    for i, (e0, e1) in enumerate(ev):
+                        e0.record(stream)
+                        ctx.run_device(sets[i % 4], out, stream=stream)
+                        e1.record(stream)
+                stream.synchronize()
+                ms = np.array([e0.elapsed_time(e1) for e0, e1 in ev])
+                tag = f"{name} " if len(ctxs) > 1 else ""
+                print(f"POINT {a.model} {a.precision} {B}x{S} {tag}{vk or ''}: p50 {np.median(ms):.4f} ms  "
+                      f"p10 {np.quantile(ms, 0.1):.4f}  p90 {np.quantile(ms, 0.9):.4f}  (n={len(ms)}, "
+                      f"graphs {ctx.stats().get('graph_count')}, 20 warm-up runs {firsts[name]:.2f} s)", flush=True)
         if a.ncu:
+            ctx = ctxs[-1][2]
             torch.cuda.synchronize()
             torch.cuda.cudart().cudaProfilerStart()
             ctx.run_device(sets[0], out, stream=stream)
             stream.synchronize()
             torch.cuda.cudart().cudaProfilerStop()
-    ctx.close()
+    for _, _, ctx in ctxs:
+        ctx.close()
     return 0
 
 
