@@ -127,6 +127,7 @@ void bind_context(py::module_& m) {
           d["epilogue"] = static_cast<int>(e.key.epilogue);
           d["tf32"] = e.key.tf32;
           d["add_c"] = e.key.add_c;
+          d["split"] = e.key.split;
           d["workspace"] = e.workspace;
           d["search"] = e.search;
           py::list algo;
@@ -164,6 +165,9 @@ void bind_context(py::module_& m) {
             e.key.epilogue = static_cast<GemmEpilogue>(ep);
             e.key.tf32 = d["tf32"].cast<bool>();
             e.key.add_c = d["add_c"].cast<bool>();
+            e.key.split = d.contains("split") ? d["split"].cast<int>() : 1;  // absent in files before session 7
+            if (e.key.split < 1 || e.key.k % e.key.split != 0)
+              throw InputError(where + ": split must be >= 1 and divide k");
             e.workspace = d["workspace"].cast<size_t>();
             e.search = d["search"].cast<int>();
             auto algo = d["algo"].cast<std::vector<uint64_t>>();
@@ -192,7 +196,8 @@ void bind_context(py::module_& m) {
   py::class_<Context, std::shared_ptr<Context>>(m, "Context", "Executes an Engine on its own CUDA stream")
       .def(py::init([](std::shared_ptr<Engine> engine, bool use_graphs, size_t workspace_bytes, size_t max_graphs,
                        int ffn_chunks, bool fuse_residual, int64_t fuse_residual_min_rows,
-                       int64_t ffn_chunk_min_rows, const std::string& gemm_search) {
+                       int64_t ffn_chunk_min_rows, const std::string& gemm_search, int64_t split_ln_max_rows,
+                       int64_t split_ln_slice) {
              ContextOptions o;
              o.use_graphs = use_graphs;
              o.workspace_bytes = workspace_bytes;
@@ -205,6 +210,8 @@ void bind_context(py::module_& m) {
              if (gemm_search == "heuristic") o.gemm_search = GemmSearch::Heuristic;
              else if (gemm_search == "exhaustive") o.gemm_search = GemmSearch::Exhaustive;
              else throw InputError("gemm_search must be 'heuristic' or 'exhaustive', got '" + gemm_search + "'");
+             o.split_ln_max_rows = split_ln_max_rows;
+             o.split_ln_slice = split_ln_slice;
              py::gil_scoped_release release;
              return std::make_shared<Context>(std::move(engine), o);
            }),
@@ -213,7 +220,9 @@ void bind_context(py::module_& m) {
            py::arg("fuse_residual") = ContextOptions().fuse_residual,
            py::arg("fuse_residual_min_rows") = ContextOptions().fuse_residual_min_rows,
            py::arg("ffn_chunk_min_rows") = ContextOptions().ffn_chunk_min_rows,
-           py::arg("gemm_search") = std::string("heuristic"))
+           py::arg("gemm_search") = std::string("heuristic"),
+           py::arg("split_ln_max_rows") = ContextOptions().split_ln_max_rows,
+           py::arg("split_ln_slice") = ContextOptions().split_ln_slice)
       .def(
           "host_input",
           [](py::object self, size_t slot) -> py::object {
@@ -259,6 +268,7 @@ void bind_context(py::module_& m) {
       .def_property_readonly("graph_count", &Context::graph_count)
       .def_property_readonly("gemm_plans", &Context::gemm_plans)
       .def_property_readonly("fused_residuals", &Context::fused_residuals)
+      .def_property_readonly("split_linears", &Context::split_linears)
       .def_property_readonly("graph_note", &Context::graph_note);
 }
 

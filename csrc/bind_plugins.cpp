@@ -49,6 +49,21 @@ void bind_plugins(py::module_& m) {
       "s = x (+ residual); y = LN(s) * gamma + beta; sum_out = s (0 = absent). Enqueues on `stream`.");
 
   p.def(
+      "layernorm_parts",
+      [](std::uintptr_t parts, int n_parts, long long part_stride, std::uintptr_t bias, int bias_t,
+         std::uintptr_t residual, int r_t, std::uintptr_t gamma, std::uintptr_t beta, int param_t, std::uintptr_t y,
+         int y_t, std::uintptr_t sum_out, int sum_t, int rows, int n, float eps, int prec, std::uintptr_t stream) {
+        trtrun::launch_layernorm_parts(ptr<const float>(parts), n_parts, part_stride, ptr(bias), dt(bias_t),
+                                       ptr(residual), dt(r_t), ptr(gamma), ptr(beta), dt(param_t), ptr(y), dt(y_t),
+                                       ptr(sum_out), dt(sum_t), rows, n, eps, pr(prec), stream_of(stream));
+      },
+      py::arg("parts"), py::arg("n_parts"), py::arg("part_stride"), py::arg("bias"), py::arg("bias_dtype"),
+      py::arg("residual"), py::arg("residual_dtype"), py::arg("gamma"), py::arg("beta"), py::arg("param_dtype"),
+      py::arg("y"), py::arg("y_dtype"), py::arg("sum_out"), py::arg("sum_dtype"), py::arg("rows"), py::arg("n"),
+      py::arg("eps"), py::arg("precision"), py::arg("stream") = 0, py::call_guard<py::gil_scoped_release>(),
+      "x = sum of n_parts fp32 slices (part_stride elements apart) + bias; then as layernorm. Enqueues on `stream`.");
+
+  p.def(
       "attention",
       [](std::uintptr_t qkv, int qkv_t, std::uintptr_t mask, std::uintptr_t y, int y_t, int batch, int seq,
          int heads, int head_size, float scale, bool causal, int prec, std::uintptr_t stream) {

@@ -182,6 +182,41 @@ void Context::init() {
     }
   }
 
+  // ---- Linear -> LayerNorm pairs split into K slices at few rows (ContextOptions::split_ln_max_rows)
+  split_.assign(n_ops, 0);
+  split_offset_.assign(n_ops, kNone);
+  std::vector<std::pair<int, size_t>> split_bytes;  // (op, bytes) planned below
+  if (options_.split_ln_max_rows > 0 && options_.split_ln_slice > 0) {
+    for (int i = 0; i + 1 < n_ops; ++i) {
+      const OpDesc& a = d.ops[i];
+      const OpDesc& ln = d.ops[i + 1];
+      if (a.type != OpType::Linear || ln.type != OpType::LayerNorm || a.outputs.empty() || ln.inputs.empty()) continue;
+      const int t = a.outputs[0];
+      if (t == NO_TENSOR || ln.inputs[0] != t || uses[t] != 1) continue;  // only the LayerNorm reads it
+      if (ln.precision == Precision::FP16 || a.activation != Activation::None) continue;
+      const WeightDesc& w = d.weights[a.weight("weight")];
+      if (w.type != ElemType::F16 || d.tensors[a.inputs[0]].type != ElemType::F16) continue;
+      const int bias = a.weight("bias");
+      if (bias != NO_WEIGHT && !is_float(d.weights[bias].type)) continue;
+      const int64_t k = w.shape[0], n = w.shape[1], slice = options_.split_ln_slice;
+      if (k % slice != 0 || k / slice < 2 || slice % 8 != 0) continue;
+      const int64_t rows = static_cast<int64_t>(d.tensors[a.inputs[0]].numel(B, S) / static_cast<size_t>(k));
+      const int64_t cap = std::min(rows, options_.split_ln_max_rows);
+      GemmKey key;
+      key.m = cap;
+      key.n = n;
+      key.k = k;
+      key.operand_t = ElemType::F16;
+      key.out_t = ElemType::F32;
+      key.split = static_cast<int>(k / slice);
+      if (!gemm_->prepare(key)) continue;
+      split_[i] = key.split;
+      split_bytes.emplace_back(i, checked_mul(checked_mul(static_cast<size_t>(key.split), static_cast<size_t>(cap),
+                                                          "split slices"),
+                                              checked_mul(static_cast<size_t>(n), 4, "split slices"), "split slices"));
+    }
+  }
+
   // ---- feed-forward pairs run in row chunks (ContextOptions::ffn_chunks): op i and i+1 are Linears, op i's
   // output feeds only op i+1 and is no graph output, and both take the fused cuBLASLt path with no cast and
   // no separate GELU pass. The intermediate is then planned at chunk size.
@@ -209,7 +244,8 @@ void Context::init() {
     }
   }
 
-  std::vector<std::pair<int, int>> owners;  // (kind, index): 0 tensor, 1 cast scratch, 2 acc scratch, 3 mask
+  std::vector<std::pair<int, int>> owners;  // (kind, index): 0 tensor, 1 cast scratch, 2 acc scratch, 3 mask,
+                                            // 4 split slices
   for (size_t t = 0; t < d.tensors.size(); ++t) {
     if (last[t] < -1) continue;  // untouched
     size_t elems = d.tensors[t].numel(B, S);
@@ -249,6 +285,10 @@ void Context::init() {
     lives.push_back({checked_mul(static_cast<size_t>(B * S), 4, "mask bytes"), -1, n_ops});
     owners.emplace_back(3, 0);
   }
+  for (const auto& sb : split_bytes) {  // written by the Linear at op i, summed by the LayerNorm at op i+1
+    lives.push_back({sb.second, sb.first, sb.first + 1});
+    owners.emplace_back(4, sb.first);
+  }
   ArenaPlan plan = plan_arena(lives, 256);
   arena_naive_bytes_ = plan.naive_total;
   for (size_t j = 0; j < owners.size(); ++j) {
@@ -256,6 +296,7 @@ void Context::init() {
     if (o.first == 0) tensor_offset_[o.second] = plan.offsets[j];
     else if (o.first == 1) cast_offset_[o.second] = plan.offsets[j];
     else if (o.first == 2) acc_offset_[o.second] = plan.offsets[j];
+    else if (o.first == 4) split_offset_[o.second] = plan.offsets[j];
     else valid_mask_offset_ = plan.offsets[j];
   }
   arena_ = DeviceBuffer(std::max<size_t>(plan.total, 256), "the activation arena (at the profile's maximum shapes)");
@@ -308,7 +349,17 @@ size_t Context::gemm_plans() const {
 }
 // Whether Linear op i adds its LayerNorm's residual at a run of `rows` tokens (batch x sequence bucket).
 bool Context::resid_fused_at(size_t i, int64_t rows) const {
-  return resid_dst_[i] >= 0 && rows >= options_.fuse_residual_min_rows;
+  return resid_dst_[i] >= 0 && rows >= options_.fuse_residual_min_rows && !split_at(i, rows);
+}
+
+// Whether Linear op i runs split into K slices summed by its LayerNorm at a run of `rows` tokens.
+bool Context::split_at(size_t i, int64_t rows) const {
+  if (split_[i] == 0 || rows > options_.split_ln_max_rows) return false;
+  return !(i > 0 && ffn_first_[i - 1] && rows > ffn_chunk_rows_);  // the chunked FFN pair runs its own GEMMs
+}
+
+size_t Context::split_linears() const {
+  return static_cast<size_t>(std::count_if(split_.begin(), split_.end(), [](int v) { return v > 0; }));
 }
 
 size_t Context::fused_residuals() const {
@@ -518,7 +569,22 @@ void Context::enqueue_ops(int batch, int seq_bucket, cudaStream_t s) {
         break;
       }
       case OpType::Linear:
-        if (ffn_first_[i]) {
+        if (split_at(i, rows)) {
+          const WeightDesc& w = d.weights[op.weight("weight")];
+          GemmKey key;
+          key.m = static_cast<int64_t>(d.tensors[in(0)].numel(batch, seq_bucket) / static_cast<size_t>(w.shape[0]));
+          key.n = w.shape[1];
+          key.k = w.shape[0];
+          key.operand_t = ElemType::F16;
+          key.out_t = ElemType::F32;
+          key.split = split_[i];
+          if (!gemm_->prepare(key))
+            throw DeviceError("op '" + op.name + "': cuBLASLt offers no algorithm for this split GEMM (" +
+                              std::to_string(key.m) + "x" + std::to_string(key.n) + "x" + std::to_string(key.k) +
+                              " in " + std::to_string(key.split) + " slices)");
+          gemm_->run(key, tensor_ptr(in(0)), E.weight(op.weight("weight")), nullptr,
+                     static_cast<char*>(arena_.get()) + split_offset_[i], s);
+        } else if (ffn_first_[i] && rows > ffn_chunk_rows_) {
           enqueue_ffn_chunked(i, batch, seq_bucket, s);
           ++i;  // the pair's second Linear ran too
         } else if (resid_fused_at(i, rows)) {
@@ -548,6 +614,17 @@ void Context::enqueue_ops(int batch, int seq_bucket, cudaStream_t s) {
 #ifdef TRTRUN_HAVE_LAYERNORM
         const int n = static_cast<int>(d.tensors[in(0)].dims.back());
         const int ln_rows = static_cast<int>(d.tensors[in(0)].numel(batch, seq_bucket) / static_cast<size_t>(n));
+        if (i > 0 && split_at(i - 1, rows)) {  // the GEMM before wrote its unsummed K slices
+          const OpDesc& lin = d.ops[i - 1];
+          const int b = lin.weight("bias");
+          launch_layernorm_parts(reinterpret_cast<const float*>(static_cast<char*>(arena_.get()) + split_offset_[i - 1]),
+                                 split_[i - 1], static_cast<long long>(ln_rows) * n, E.weight(b),
+                                 b == NO_WEIGHT ? DType::F32 : to_dtype(d.weights[b].type), tensor_ptr(in(1)),
+                                 dt(in(1)), E.weight(op.weight("gamma")), E.weight(op.weight("beta")), wt("gamma"),
+                                 tensor_ptr(out(0)), dt(out(0)), tensor_ptr(out(1)), dt(out(1)), ln_rows, n,
+                                 op.epsilon, op.precision, s);
+          break;
+        }
         if (i > 0 && resid_fused_at(i - 1, rows)) {  // the GEMM before wrote x + residual to resid_dst_
           launch_layernorm(tensor_ptr(resid_dst_[i - 1]), DType::F32, nullptr, DType::F32,
                            E.weight(op.weight("gamma")), E.weight(op.weight("beta")), wt("gamma"), tensor_ptr(out(0)),

@@ -51,6 +51,12 @@ struct ContextOptions {
   int64_t fuse_residual_min_rows = 2048;
   // How each GEMM shape's cuBLASLt algorithm is chosen on its first run (gemm.h, GemmSearch).
   GemmSearch gemm_search = GemmSearch::Heuristic;
+  // Linear -> LayerNorm at runs of at most split_ln_max_rows tokens (0: never): the GEMM runs as split_ln_slice-deep
+  // K slices in one strided-batched cuBLASLt call writing unsummed fp32 slices, and the LayerNorm sums them and
+  // adds the bias (launch_layernorm_parts): more thread blocks for a GEMM of few rows, and no separate split-K
+  // reduction kernel or bias epilogue. fp16 GEMM operands and fp32 LayerNorm statistics only.
+  int64_t split_ln_max_rows = 384;
+  int64_t split_ln_slice = 768;
 };
 
 class Context {
@@ -91,6 +97,7 @@ class Context {
   size_t graph_count() const;
   size_t gemm_plans() const;
   size_t fused_residuals() const;  // Linear -> LayerNorm pairs whose GEMM adds the residual
+  size_t split_linears() const;    // Linear -> LayerNorm pairs that run split (at runs of few enough rows)
   std::string graph_note() const;  // why graphs are off, if they were turned off after a capture failure
   cudaStream_t stream() const { return stream_; }
 
@@ -109,6 +116,7 @@ class Context {
                            const void* c = nullptr);
   void enqueue_ffn_chunked(size_t first_op, int batch, int seq_bucket, cudaStream_t s);
   bool resid_fused_at(size_t linear_op, int64_t rows) const;
+  bool split_at(size_t linear_op, int64_t rows) const;
   void check_input_flag();
   char* tensor_ptr(int t) const;
 
@@ -134,6 +142,10 @@ class Context {
   // read of the residual and the write of the sum (GPT-2's fp32 residual stream in hybrid plans).
   std::vector<int> resid_dst_;            // per Linear op: the tensor its GEMM writes the sum to (-1: not fused)
   int64_t ffn_chunk_rows_ = 0;            // rows per chunk (0: no chunking)
+  // Linear -> LayerNorm split into K slices (ContextOptions::split_ln_max_rows): per Linear op, the slice count
+  // (0: not split) and the arena offset of its [split, rows, n] fp32 slices.
+  std::vector<int> split_;
+  std::vector<size_t> split_offset_;
 
   std::vector<PinnedBuffer> host_in_;
   std::vector<PinnedBuffer> host_out_;

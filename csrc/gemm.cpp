@@ -131,9 +131,27 @@ bool GemmRunner::prepare(const GemmKey& key) {
         cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof(bias_type)));
   }
   // column-major: A = w^T [n x k] ld n, B = x^T [k x m] ld k, D = y^T [n x m] ld n
-  TRTRUN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->a, ab, key.n, key.k, key.n));
-  TRTRUN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->b, ab, key.k, key.m, key.k));
-  TRTRUN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->d, dt, key.n, key.m, key.n));
+  if (key.split > 1) {
+    if (key.k % key.split != 0 || key.epilogue != GemmEpilogue::None || key.add_c)
+      throw std::logic_error("GEMM split: k must divide into the slices, with no epilogue and no add_c");
+    // slice s: A_s = w^T[:, s*ks : (s+1)*ks] (ld n), B_s = x^T[s*ks : (s+1)*ks, :] (ld k), D_s = y[s]
+    const int64_t ks = key.k / key.split;
+    TRTRUN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->a, ab, key.n, ks, key.n));
+    TRTRUN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->b, ab, ks, key.m, key.k));
+    TRTRUN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->d, dt, key.n, key.m, key.n));
+    const int32_t count = key.split;
+    const int64_t sa = ks * key.n, sb = ks, sd = key.m * key.n;
+    for (auto [layout, stride] : {std::make_pair(p->a, sa), std::make_pair(p->b, sb), std::make_pair(p->d, sd)}) {
+      TRTRUN_CUBLAS_CHECK(
+          cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count, sizeof(count)));
+      TRTRUN_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET,
+                                                           &stride, sizeof(stride)));
+    }
+  } else {
+    TRTRUN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->a, ab, key.n, key.k, key.n));
+    TRTRUN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->b, ab, key.k, key.m, key.k));
+    TRTRUN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->d, dt, key.n, key.m, key.n));
+  }
 
   cublasLtMatmulPreference_t pref = nullptr;
   TRTRUN_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));

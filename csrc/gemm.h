@@ -27,9 +27,13 @@ struct GemmKey {
   GemmEpilogue epilogue = GemmEpilogue::None;
   bool tf32 = false;  // only for float32 operands
   bool add_c = false;  // y = x @ w (+ bias) + c, c [m, n] of y's type, out of place (c != y)
+  // split > 1: K cut into `split` slices of k / split, one product each, as one strided-batched GEMM:
+  // y[s] = x[:, s*k/split : (s+1)*k/split] @ w[s*k/split : (s+1)*k/split, :], y = [split, m, n] contiguous,
+  // left unsummed (the reader sums them: launch_layernorm_parts). No epilogue, no add_c.
+  int split = 1;
   bool operator<(const GemmKey& o) const {
-    return std::tie(m, n, k, operand_t, out_t, epilogue, tf32, add_c) <
-           std::tie(o.m, o.n, o.k, o.operand_t, o.out_t, o.epilogue, o.tf32, o.add_c);
+    return std::tie(m, n, k, operand_t, out_t, epilogue, tf32, add_c, split) <
+           std::tie(o.m, o.n, o.k, o.operand_t, o.out_t, o.epilogue, o.tf32, o.add_c, o.split);
   }
 };
 

@@ -37,6 +37,9 @@ def _doc(**changes):
     (_doc(algo=[-1, 0, 0, 0, 0, 0, 0, 0]), "entries[0].algo must be 8 unsigned"),
     (_doc(algo=[2**64, 0, 0, 0, 0, 0, 0, 0]), "entries[0].algo must be 8 unsigned"),
     (_doc(workspace=-4), "entries[0].workspace must be >= 0"),
+    (_doc(split=0), "entries[0].split must be an integer >= 1 dividing k, got 0"),
+    (_doc(split=5), "entries[0].split must be an integer >= 1 dividing k, got 5"),   # k = 768
+    (_doc(split=True), "entries[0].split must be an integer"),
     ({"format": GEMM_CACHE_FORMAT, "version": 1, "entries": [{k: v for k, v in GOOD.items() if k != "search"}]},
      "entries[0].search must be int, got None"),
 ])
@@ -57,3 +60,15 @@ def test_save_refuses_to_replace_a_file_it_cannot_read(tmp_path):
     with pytest.raises(InputError, match="is not a trtrun GEMM cache"):
         save_gemm_cache(path)
     assert path.read_text() == '{"format": "something else"}'
+
+
+def test_split_is_optional_and_kept(tmp_path):
+    """Files written before the split field existed hold unsplit GEMMs: an entry without it reads as split 1;
+    one with split 4 (a Linear whose K slices its LayerNorm sums) is read as it is."""
+    from trtrun.runtime import _read_gemm_cache
+
+    path = tmp_path / "gemm.json"
+    path.write_text(json.dumps({"format": GEMM_CACHE_FORMAT, "version": 1,
+                                "entries": [dict(GOOD), dict(GOOD, k=3072, out_t=0, epilogue=0, split=4)]}))
+    a, b = _read_gemm_cache(path)
+    assert a["split"] == 1 and b["split"] == 4

@@ -31,6 +31,8 @@ DEFAULT_WORKSPACE_BYTES = 4 << 20  # cuBLASLt workspace: the fastest algorithms 
 DEFAULT_FFN_CHUNKS = 2  # feed-forward row chunks at the largest shapes (halves the FFN intermediate)
 DEFAULT_FUSE_RESIDUAL_MIN_ROWS = 2048  # residual add in the GEMM epilogue from this many rows on
 DEFAULT_FFN_CHUNK_MIN_ROWS = 4096  # feed-forward row chunks only where a chunk has this many rows
+DEFAULT_SPLIT_LN_MAX_ROWS = 384  # Linear -> LayerNorm split into K slices at runs of at most this many tokens
+DEFAULT_SPLIT_LN_SLICE = 768  # ...slices of this depth (K = 3072: 4 slices; K = 768: not split)
 GEMM_SEARCHES = ("heuristic", "exhaustive")  # Context gemm_search (csrc/gemm.h, GemmSearch)
 
 _ELEM = {"float32": 0, "float16": 1, "int32": 2, "int64": 2}  # integer inputs live as int32 on the device
@@ -96,7 +98,7 @@ _GEMM_CACHE_FIELDS = {"device": str, "cc": int, "cublaslt": int, "m": int, "n": 
 
 
 _GEMM_CACHE_IDENTITY = ("device", "cc", "cublaslt", "m", "n", "k", "operand_t", "out_t", "epilogue", "tf32", "add_c",
-                        "workspace", "search")
+                        "split", "workspace", "search")
 
 
 def _read_gemm_cache(path: Path) -> list[dict]:
@@ -124,6 +126,9 @@ def _read_gemm_cache(path: Path) -> list[dict]:
             ok = isinstance(v, t) and (t is bool or not isinstance(v, bool))
             if not ok:
                 raise InputError(f"GEMM cache {path}: entries[{i}].{f} must be {t.__name__}, got {v!r}")
+        split = e.setdefault("split", 1)  # optional: files written before it existed hold unsplit GEMMs only
+        if isinstance(split, bool) or not isinstance(split, int) or split < 1 or e["k"] % split != 0:
+            raise InputError(f"GEMM cache {path}: entries[{i}].split must be an integer >= 1 dividing k, got {split!r}")
         if len(e["algo"]) != 8 or not all(isinstance(a, int) and not isinstance(a, bool) and 0 <= a < 2**64
                                           for a in e["algo"]):
             raise InputError(f"GEMM cache {path}: entries[{i}].algo must be 8 unsigned 64-bit integers")
@@ -334,7 +339,9 @@ class Engine:
                        ffn_chunks: int = DEFAULT_FFN_CHUNKS, fuse_residual: bool = True,
                        fuse_residual_min_rows: int = DEFAULT_FUSE_RESIDUAL_MIN_ROWS,
                        ffn_chunk_min_rows: int = DEFAULT_FFN_CHUNK_MIN_ROWS,
-                       gemm_search: str = "heuristic") -> "Context":
+                       gemm_search: str = "heuristic",
+                       split_ln_max_rows: int = DEFAULT_SPLIT_LN_MAX_ROWS,
+                       split_ln_slice: int = DEFAULT_SPLIT_LN_SLICE) -> "Context":
         """A Context: own CUDA stream, activation arena (allocated now, at the profile's maximum shapes:
         DeviceError if it does not fit), pinned host buffers, cuBLASLt workspace and CUDA-graph cache.
 
@@ -356,11 +363,17 @@ class Engine:
             also every tile x cluster-shape x custom-option configuration cuBLASLt accepts for them, each timed
             after an L2 flush (weights are never L2-resident in a forward pass); slower first runs of each
             shape (about 0.1-1 s), faster GEMMs where cuBLASLt's proposals miss the best (bench/NOTES.md).
+        split_ln_max_rows: at runs of at most this many tokens (batch x sequence bucket), a Linear whose output
+            only a LayerNorm reads (fp16 operands, fp32 statistics: hybrid plans) runs as K slices of
+            split_ln_slice in one batched cuBLASLt call, and the LayerNorm sums the fp32 slices and adds the
+            bias: more thread blocks for a GEMM of few rows and one kernel less (no split-K reduction). The
+            Linear's output is then not rounded to fp16 before the LayerNorm (one rounding fewer than the
+            plan's hybrid contract; results differ from the unsplit path by about that rounding). 0: never.
         """
         return Context(self, use_graphs=use_graphs, bucket=bucket, workspace_bytes=workspace_bytes,
                        max_graphs=max_graphs, ffn_chunks=ffn_chunks, fuse_residual=fuse_residual,
                        fuse_residual_min_rows=fuse_residual_min_rows, ffn_chunk_min_rows=ffn_chunk_min_rows,
-                       gemm_search=gemm_search)
+                       gemm_search=gemm_search, split_ln_max_rows=split_ln_max_rows, split_ln_slice=split_ln_slice)
 
     def __repr__(self) -> str:
         return (f"<trtrun.runtime.Engine {self.plan.precision} on cuda:{self.device}, "
@@ -460,7 +473,8 @@ class Context:
                  workspace_bytes: int = DEFAULT_WORKSPACE_BYTES, max_graphs: int = 256,
                  ffn_chunks: int = DEFAULT_FFN_CHUNKS, fuse_residual: bool = True,
                  fuse_residual_min_rows: int = DEFAULT_FUSE_RESIDUAL_MIN_ROWS,
-                 ffn_chunk_min_rows: int = DEFAULT_FFN_CHUNK_MIN_ROWS, gemm_search: str = "heuristic"):
+                 ffn_chunk_min_rows: int = DEFAULT_FFN_CHUNK_MIN_ROWS, gemm_search: str = "heuristic",
+                 split_ln_max_rows: int = DEFAULT_SPLIT_LN_MAX_ROWS, split_ln_slice: int = DEFAULT_SPLIT_LN_SLICE):
         if gemm_search not in GEMM_SEARCHES:
             raise InputError(f"gemm_search must be one of {', '.join(GEMM_SEARCHES)}, got {gemm_search!r}")
         if isinstance(ffn_chunks, bool) or not isinstance(ffn_chunks, int) or ffn_chunks < 1:
@@ -472,13 +486,19 @@ class Context:
             raise InputError(f"ffn_chunk_min_rows must be an integer >= 1, got {ffn_chunk_min_rows!r}")
         if isinstance(workspace_bytes, bool) or not isinstance(workspace_bytes, int) or workspace_bytes < 0:
             raise InputError(f"workspace_bytes must be an integer >= 0, got {workspace_bytes!r}")
+        if isinstance(split_ln_max_rows, bool) or not isinstance(split_ln_max_rows, int) or split_ln_max_rows < 0:
+            raise InputError(f"split_ln_max_rows must be an integer >= 0, got {split_ln_max_rows!r}")
+        if isinstance(split_ln_slice, bool) or not isinstance(split_ln_slice, int) or split_ln_slice < 8 \
+                or split_ln_slice % 8:
+            raise InputError(f"split_ln_slice must be a multiple of 8 (>= 8), got {split_ln_slice!r}")
         c = _load_extension()
         self.engine = engine
         self.bucket = bool(bucket)
         self.workspace_bytes = int(workspace_bytes)
         self._lock = threading.Lock()
         self._c = c.Context(engine._c, bool(use_graphs), int(workspace_bytes), int(max_graphs), int(ffn_chunks),
-                            bool(fuse_residual), int(fuse_residual_min_rows), int(ffn_chunk_min_rows), gemm_search)
+                            bool(fuse_residual), int(fuse_residual_min_rows), int(ffn_chunk_min_rows), gemm_search,
+                            int(split_ln_max_rows), int(split_ln_slice))
         self.gemm_search = gemm_search
         self._in_views = [self._c.host_input(i) for i in range(len(engine._inputs))]
         self._out_views = [self._c.host_output(i) for i in range(len(engine._outputs))]
@@ -649,14 +669,16 @@ class Context:
     # ---------------------------------------------------------------- introspection
     def stats(self) -> dict:
         """arena_bytes (activations at the profile's maxima), arena_naive_bytes (without reuse),
-        workspace_bytes (cuBLASLt), fused_residuals (GEMMs adding a LayerNorm's residual), graph_count,
+        workspace_bytes (cuBLASLt), fused_residuals (GEMMs adding a LayerNorm's residual), split_linears
+        (Linears whose K slices their LayerNorm sums, at runs of few enough rows), graph_count,
         gemm_plans (cached cuBLASLt algorithms), graph_note (why graphs were turned off, if they were),
         gemm_search (how GEMM algorithms are chosen)."""
         c = self._c
         return {"arena_bytes": int(c.arena_bytes), "arena_naive_bytes": int(c.arena_naive_bytes),
                 "workspace_bytes": self.workspace_bytes,
                 "graph_count": int(c.graph_count), "gemm_plans": int(c.gemm_plans), "graph_note": c.graph_note,
-                "fused_residuals": int(c.fused_residuals), "gemm_search": self.gemm_search}
+                "fused_residuals": int(c.fused_residuals), "gemm_search": self.gemm_search,
+                "split_linears": int(c.split_linears)}
 
     def close(self) -> None:
         """Free the context's device and pinned memory now (it is freed on garbage collection otherwise)."""

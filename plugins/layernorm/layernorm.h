@@ -14,4 +14,14 @@ void launch_layernorm(const void* x, DType x_t, const void* residual /*nullable*
                       void* y, DType y_t, void* sum_out /*nullable*/, DType sum_t,
                       int rows, int n, float eps, Precision prec, cudaStream_t stream);
 
+// The same with x given as the slices of a split-K GEMM that are still to be summed (the GEMM's reduction and bias
+// epilogue done here, so that a Linear feeding a LayerNorm at few rows takes one kernel less):
+//   x[r, c] = sum_{s < n_parts} parts[s * part_stride + r * n + c] + bias[c]   (fp32, in slice order)
+// then as above (residual, statistics in fp32, y, sum_out). parts: fp32, 16-byte aligned; bias nullable, [n] in
+// bias_t. prec must be FP32 or HYBRID (fp16 statistics would round x first: not this).
+void launch_layernorm_parts(const float* parts, int n_parts, long long part_stride, const void* bias, DType bias_t,
+                            const void* residual /*nullable*/, DType r_t, const void* gamma, const void* beta,
+                            DType param_t, void* y, DType y_t, void* sum_out /*nullable*/, DType sum_t, int rows,
+                            int n, float eps, Precision prec, cudaStream_t stream);
+
 }  // namespace trtrun

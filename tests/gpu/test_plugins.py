@@ -233,6 +233,69 @@ def test_layernorm(prec, n, xt, rt, pt, yt, st, rows):
         np.testing.assert_array_equal(_np(sm), ref_s.astype(np.float32))
 
 
+LN_PARTS_CASES = [
+    # precision, n, slices, bias dtype (None: none), residual dtype (None: none), y dtype, sum dtype
+    ("hybrid", 768, 4, np.float16, np.float16, np.float16, None),     # BERT post-norm after FFN2
+    ("hybrid", 768, 2, np.float16, np.float32, np.float16, np.float32),  # GPT-2 pre-norm: fp32 stream + sum
+    ("hybrid", 384, 3, np.float32, np.float16, np.float32, None),
+    ("fp32", 768, 4, np.float32, np.float32, np.float32, np.float32),
+    ("fp32", 129, 2, None, None, np.float32, None),                    # odd n: the one-element path
+    ("hybrid", 1600, 1, np.float16, np.float16, np.float16, np.float16),
+]
+
+
+@pytest.mark.parametrize("rows", [67, 2051])
+@pytest.mark.parametrize("prec,n,parts,bt,rt,yt,st", LN_PARTS_CASES)
+def test_layernorm_parts(prec, n, parts, bt, rt, yt, st, rows):
+    """LayerNorm whose x is the unsummed slices of a split-K GEMM plus the Linear's bias (the runtime's split
+    Linear -> LayerNorm path): x = sum of fp32 slices in slice order + bias, then the residual and the
+    statistics as test_layernorm. Slices are random rows (offsets and spreads), a slice stride larger than
+    rows x n (gaps poisoned with NaN, so a read outside a slice shows). Same acceptance as test_layernorm
+    (within twice PyTorch fp32's error against float64); the sum output is the same fp32 adds in the same
+    order, so bit-exact against numpy float32."""
+    torch = _torch()
+    rng = np.random.default_rng(3000 + n + rows + parts)
+    eps = 1e-5
+    stride = rows * n + 64  # slices apart, with a gap
+    buf = np.full(parts * stride, np.nan, np.float32)
+    sl = [(_rand_rows(rng, rows, n, np.float32) / parts).astype(np.float32) for _ in range(parts)]
+    for k in range(parts):
+        buf[k * stride:k * stride + rows * n] = sl[k].ravel()
+    bias = None if bt is None else rng.normal(0, 0.5, n).astype(bt)
+    r = None if rt is None else (0.5 * _rand_rows(rng, rows, n, rt)).astype(rt)
+    g = rng.uniform(0.5, 1.5, n).astype(np.float32)
+    b = rng.normal(0, 0.5, n).astype(np.float32)
+    dp, dg, db = _dev(buf, torch), _dev(g, torch), _dev(b, torch)
+    dbias = None if bias is None else _dev(bias, torch)
+    dr = None if r is None else _dev(r, torch)
+    tdt = {np.float32: torch.float32, np.float16: torch.float16}
+    y = torch.full((rows, n), float("nan"), dtype=tdt[yt], device="cuda")
+    sm = None if st is None else torch.full((rows, n), float("nan"), dtype=tdt[st], device="cuda")
+    PLUGINS.layernorm_parts(ptr(dp), parts, stride, ptr(dbias), dtype_code(bt or np.float32), ptr(dr),
+                            dtype_code(rt or np.float32), ptr(dg), ptr(db), dtype_code(np.float32), ptr(y),
+                            dtype_code(yt), ptr(sm), dtype_code(st or np.float32), rows, n, eps, PREC[prec], 0)
+    torch.cuda.synchronize()
+    ours = _np(y)
+    s32 = sl[0].copy()
+    for k in range(1, parts):
+        s32 = s32 + sl[k]
+    if bias is not None:
+        s32 = s32 + bias.astype(np.float32)
+    if r is not None:
+        s32 = s32 + r.astype(np.float32)
+    s64 = sum(x.astype(np.float64) for x in sl) + (0 if bias is None else bias.astype(np.float64)) + \
+        (0 if r is None else r.astype(np.float64))
+    ref64 = _ln64(s64, g, b, eps)
+    base = _np(torch.nn.functional.layer_norm(_dev(s32, torch), (n,), dg, db, eps).to(tdt[yt]))
+    assert np.isfinite(ours).all()
+    assert_within_twice(f"layernorm_parts {prec} n={n} parts={parts}", ours, base, ref64, yt)
+    if sm is not None:
+        np.testing.assert_array_equal(_np(sm), s32.astype(st).astype(np.float32))
+    with pytest.raises(Exception, match="fp32 statistics"):
+        PLUGINS.layernorm_parts(ptr(dp), parts, stride, 0, 0, 0, 0, ptr(dg), ptr(db), 0, ptr(y), dtype_code(yt),
+                                0, 0, rows, n, eps, PREC["fp16"], 0)
+
+
 def test_layernorm_fp16_overflow_shows():
     """FP16 statistics really are fp16: a row whose sum passes 65504 gives NaN, a row whose deviations
     square past 65504 gives inf variance (y = beta), exactly where the reference's emulation does."""

@@ -164,3 +164,55 @@ def test_embedder_takes_a_gemm_cache(tmp_path):
     # same plan, same algorithms: equal up to the summation order of a split-K reduction (~1e-7 on unit vectors);
     # 1e-5 is the bound the CPU serve tests use for "only the summation order differs"
     np.testing.assert_allclose(np.load(out), want, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("slice_", [64, 256])
+@pytest.mark.parametrize("kind", ["bert-tiny", "gpt2-tiny", "bert-base"])
+def test_split_ln_close_to_unsplit(kind, slice_):
+    """Linear -> LayerNorm split into K slices at few rows (Context split_ln_max_rows / split_ln_slice): the
+    LayerNorm sums the GEMM's fp32 slices and adds the bias. Against the unsplit path the only differences are
+    the fp16 rounding of the Linear's output that the split path skips (relative <= 2^-11 an element, ~2.8e-4
+    rms) and the fp32 summation order. Independent roundings of ~2.8e-4 in each of L layers (LayerNorm
+    renormalizes each layer) add to ~2.8e-4 sqrt(L): ~4e-4 for the tiny models' 2 layers, ~1e-3 for
+    BERT-base's 12; 2e-3 allowed. Both paths meet the hybrid acceptance against the reference backend. Above split_ln_max_rows the unsplit path runs, bit for
+    bit. fp32 plans are never split (fp32 GEMM operands)."""
+    from trtrun.errors import InputError
+    from trtrun.reference import ReferenceBackend
+    from trtrun.runtime import bucket_seq
+
+    plan, engine = h.plan_of(kind, "hybrid"), h.engine_of(kind, "hybrid")
+    plain = engine.create_context(split_ln_max_rows=0)
+    split = engine.create_context(split_ln_max_rows=300, split_ln_slice=slice_)
+    eager = engine.create_context(split_ln_max_rows=300, split_ln_slice=slice_, use_graphs=False)
+    n_layers = plan.model.get("num_layers")
+    assert plain.stats()["split_linears"] == 0
+    got_split = split.stats()["split_linears"]
+    assert got_split >= 1, split.stats()
+    if n_layers:  # FFN2 of every layer at least (K = 4 x hidden), attention-out too where hidden / slice >= 2
+        assert got_split >= n_layers, (got_split, n_layers)
+    assert h.engine_of(kind, "fp32").create_context(split_ln_max_rows=300, split_ln_slice=slice_) \
+        .stats()["split_linears"] == 0
+    ref = ReferenceBackend(plan)
+    # rows = batch x the sequence bucket (trtrun.runtime.bucket_seq): 8, 128, 224 (2 x 112), 72 (3 x 24); then
+    # 336 (3 x 112) and 512, above 300
+    for i, (B, S, padded) in enumerate([(1, 7, False), (1, 128, False), (2, 100, True), (3, 17, True),
+                                        (3, 100, True), (8, 64, True)]):
+        feeds = h.random_feeds(plan, B, S, padded=padded, seed=300 + i)
+        m = h.valid_mask(feeds)
+        a = plain.run(feeds)["last_hidden_state"]
+        b = split.run(feeds)["last_hidden_state"]
+        c = eager.run(feeds)["last_hidden_state"]
+        assert np.isfinite(b).all()
+        np.testing.assert_array_equal(b, c)  # graph and no graph: same kernels
+        if B * bucket_seq(S, plan.profile["seq"][2]) > 300:
+            np.testing.assert_array_equal(a, b)
+            continue
+        gap = h.rel_l2(b, a, m)
+        want = ref.run(feeds)["last_hidden_state"]
+        cos = h.cosine_per_sample(b, want, m)
+        h.report("models", f"{kind:10s} split_ln slice {slice_} B={B} S={S}: rel L2 vs unsplit {gap:.2e}, "
+                           f"min cos vs reference {cos.min():.8f}")
+        assert gap < 2e-3, (kind, B, S, gap)
+        assert cos.min() >= h.COS_MIN["hybrid"], (kind, B, S, cos.min())
+    with pytest.raises(InputError, match="split_ln_slice"):
+        engine.create_context(split_ln_slice=12)
