@@ -162,10 +162,9 @@ void Context::init() {
       if (t == NO_TENSOR || ln.inputs[0] != t || r == NO_TENSOR || r == t || uses[t] != 1) continue;
       if (ln.precision == Precision::FP16) continue;  // fp16 statistics round x and r before adding: not this
       const int sum = ln.outputs.size() > 1 ? ln.outputs[1] : NO_TENSOR;
-      // cuBLASLt's C (the residual) must have D's type: fp32 (GPT-2's residual stream in hybrid plans) or fp16
-      // (BERT's post-norm blocks in hybrid plans, whose Linear outputs are fp16 since the build option ln_input)
-      const ElemType yt = d.tensors[t].type;
-      if (!is_float(yt) || d.tensors[r].type != yt || (sum != NO_TENSOR && d.tensors[sum].type != yt)) continue;
+      if (d.tensors[t].type != ElemType::F32 || d.tensors[r].type != ElemType::F32 ||
+          (sum != NO_TENSOR && d.tensors[sum].type != ElemType::F32))
+        continue;
       if (a.activation != Activation::None) continue;
       if (d.weights[a.weight("weight")].type != ElemType::F16) continue;  // fp32 GEMMs: measured slower (BERT-base
                                                                           // fp32 32x128 +1%)
@@ -627,7 +626,7 @@ void Context::enqueue_ops(int batch, int seq_bucket, cudaStream_t s) {
           break;
         }
         if (i > 0 && resid_fused_at(i - 1, rows)) {  // the GEMM before wrote x + residual to resid_dst_
-          launch_layernorm(tensor_ptr(resid_dst_[i - 1]), dt(resid_dst_[i - 1]), nullptr, DType::F32,
+          launch_layernorm(tensor_ptr(resid_dst_[i - 1]), DType::F32, nullptr, DType::F32,
                            E.weight(op.weight("gamma")), E.weight(op.weight("beta")), wt("gamma"), tensor_ptr(out(0)),
                            dt(out(0)), nullptr, DType::F32, ln_rows, n, op.epsilon, op.precision, s);
           break;

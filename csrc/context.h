@@ -44,10 +44,9 @@ struct ContextOptions {
   // process that also had the old GEMM tuning, against 0.59 ms unchunked. At 8192-row chunks the time was
   // unchanged (bench/NOTES.md).
   int64_t ffn_chunk_min_rows = 4096;
-  // Linear -> LayerNorm with a residual of the Linear output's type (fp32: GPT-2's stream; fp16: BERT's post-norm
-  // blocks) in a plan with fp16 GEMM operands: the residual is added in the GEMM epilogue, at runs of at least
-  // fuse_residual_min_rows rows (below that, on an H200, cuBLASLt's out-of-place kernels cost more than the
-  // LayerNorm saves: GPT-2 1x512 +19 us, 32x128 -105 us; bench/NOTES.md).
+  // Linear -> LayerNorm with an fp32 residual in a plan with fp16 GEMM operands: the residual is added in the GEMM
+  // epilogue, at runs of at least fuse_residual_min_rows rows (below that, on an H200, cuBLASLt's out-of-place
+  // kernels cost more than the LayerNorm saves: GPT-2 1x512 +19 us, 32x128 -105 us; bench/NOTES.md).
   bool fuse_residual = true;
   int64_t fuse_residual_min_rows = 2048;
   // How each GEMM shape's cuBLASLt algorithm is chosen on its first run (gemm.h, GemmSearch).

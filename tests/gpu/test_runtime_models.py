@@ -216,35 +216,3 @@ def test_split_ln_close_to_unsplit(kind, slice_):
         assert cos.min() >= h.COS_MIN["hybrid"], (kind, B, S, cos.min())
     with pytest.raises(InputError, match="split_ln_slice"):
         engine.create_context(split_ln_slice=12)
-
-
-@pytest.mark.parametrize("kind", ["bert-tiny", "bert-base"])
-def test_fp16_residual_fusion_close_to_unfused(kind):
-    """BERT-style hybrid plans (Linear outputs fp16 for the post-norm LayerNorms, fp16 residual stream): the
-    residual is added in the GEMM's epilogue (cuBLASLt's C = the residual, D = the fp16 sum) and the LayerNorm
-    reads the sum alone. The unfused path rounds x @ W + b to fp16 and adds the fp16 residual in fp32; the fused
-    one rounds (x @ W + b + r) to fp16 once: one rounding of about the same size (~2.8e-4 rms relative) in
-    another place, per LayerNorm. Over L layers ~4e-4 sqrt(L): ~6e-4 (2 layers), ~1.4e-3 (12); 3e-3 allowed. Both
-    meet the hybrid acceptance against the reference. fuse_residual_min_rows=1 fuses at every shape (the
-    default fuses from 2048 rows on)."""
-    from trtrun.reference import ReferenceBackend
-
-    plan, engine = h.plan_of(kind, "hybrid"), h.engine_of(kind, "hybrid")
-    plain = engine.create_context(fuse_residual=False, split_ln_max_rows=0)
-    fused = engine.create_context(fuse_residual_min_rows=1, split_ln_max_rows=0)
-    n_layers = plan.model.get("num_layers")
-    assert plain.stats()["fused_residuals"] == 0
-    assert fused.stats()["fused_residuals"] == 2 * n_layers, fused.stats()
-    ref = ReferenceBackend(plan)
-    for i, (B, S, padded) in enumerate([(1, 7, False), (2, 129, True), (8, 64, True)]):
-        feeds = h.random_feeds(plan, B, S, padded=padded, seed=400 + i)
-        m = h.valid_mask(feeds)
-        a = plain.run(feeds)["last_hidden_state"]
-        b = fused.run(feeds)["last_hidden_state"]
-        assert np.isfinite(b).all()
-        gap = h.rel_l2(b, a, m)
-        cos = h.cosine_per_sample(b, ref.run(feeds)["last_hidden_state"], m)
-        h.report("models", f"{kind:10s} fp16 residual fused B={B} S={S}: rel L2 vs unfused {gap:.2e}, "
-                           f"min cos vs reference {cos.min():.8f}")
-        assert gap < 3e-3, (kind, B, S, gap)
-        assert cos.min() >= h.COS_MIN["hybrid"], (kind, B, S, cos.min())
