@@ -74,6 +74,11 @@ kind=${kind%.json}
 prev=$(ls -d bench/results/"$kind"-"$slug"-*/ 2>/dev/null | sort | tail -n 1 || true)
 # BENCH_NAME: a new sweep under that name (resumed only from bench/results/$BENCH_NAME), e.g. to measure the
 # same grid again after a change on the same day and card
+if [ -n "${BENCH_NAME:-}" ] && ! [[ "$BENCH_NAME" =~ ^[A-Za-z0-9._-]+$ ]]; then
+  # the device tool returns no folder whose name has other characters (session 7 lost a grid to a newline)
+  echo "bench.sh: BENCH_NAME must be letters, digits, '.', '_' or '-', got $(printf '%q' "$BENCH_NAME")" >&2
+  exit 2
+fi
 if [ -n "${BENCH_NAME:-}" ]; then prev="bench/results/$BENCH_NAME/"; fi
 if [ -n "${BENCH_NAME:-}" ]; then
   name=$BENCH_NAME
