@@ -176,6 +176,7 @@ def test_split_ln_close_to_unsplit(kind, slice_):
     renormalizes each layer) add to ~2.8e-4 sqrt(L): ~4e-4 for the tiny models' 2 layers, ~1e-3 for
     BERT-base's 12; 2e-3 allowed. Both paths meet the hybrid acceptance against the reference backend. Above split_ln_max_rows the unsplit path runs, bit for
     bit. fp32 plans are never split (fp32 GEMM operands)."""
+    h.need_runtime()
     from trtrun.errors import InputError
     from trtrun.reference import ReferenceBackend
     from trtrun.runtime import bucket_seq
