@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import math
+import os
 import statistics
 import subprocess
 import sys
@@ -106,12 +107,31 @@ def bench_case(torch, P, B, S, Hh, D, causal, masked, prec, per_graph, reps, wit
     return t_ours, t_torch, flops
 
 
+def parse_case(text: str) -> tuple:
+    """'B,S,H,D,causal,mask,prec' -> the tuple bench_case takes (mask: none, ones or pad = right padding)."""
+    parts = text.split(",")
+    if len(parts) != 7:
+        raise SystemExit(f"--case {text!r}: expected B,S,H,D,causal,mask,prec (7 fields), got {len(parts)}")
+    try:
+        B, S, Hh, D, causal = (int(x) for x in parts[:5])
+    except ValueError:
+        raise SystemExit(f"--case {text!r}: B, S, H, D and causal must be integers") from None
+    masks = {"none": False, "ones": "ones", "pad": True}
+    if parts[5] not in masks or parts[6] not in ("hybrid", "fp16", "fp32"):
+        raise SystemExit(f"--case {text!r}: mask must be none|ones|pad and prec hybrid|fp16|fp32")
+    return (B, S, Hh, D, bool(causal), masks[parts[5]], parts[6])
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=None)
     ap.add_argument("--per-graph", type=int, default=20)
     ap.add_argument("--reps", type=int, default=30)
+    ap.add_argument("--case", action="append", default=None, metavar="B,S,H,D,causal,mask,prec",
+                    help="time these cases instead of the built-in list (repeatable), e.g. 32,128,12,64,0,ones,hybrid "
+                         "(causal 0|1; mask none|ones|pad)")
+    ap.add_argument("--no-torch", action="store_true", help="time ours only (A/B runs of our own variants)")
     ap.add_argument("--sweep", action="store_true",
                     help="also time each forced tensor-core configuration (TRTRUN_ATTN_CFG=MT,warps)")
     args = ap.parse_args()
@@ -146,23 +166,28 @@ def main() -> int:
         (32, 512, 12, 64, False, False, "fp32"),
         (32, 128, 12, 64, False, False, "fp32"),
     ]
+    if args.case:
+        cases = [parse_case(c) for c in args.case]
     if args.quick:
         cases = [c for c in cases if c[0] == 32 and c[1] == 512 and c[3] == 64 and c[5] is False]
     head = (f"# trtrun attention kernel vs torch SDPA ({torch.__version__}), {card()}, "
-            f"{datetime.date.today().isoformat()}; median ms per call, CUDA-graph replays")
+            f"{datetime.date.today().isoformat()}; median ms per call, CUDA-graph replays; overrides: "
+            + (" ".join(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("TRTRUN_ATTN_")) or "none"))
     lines = [head, f"{'B':>3} {'S':>4} {'H':>3} {'D':>4} {'causal':>6} {'mask':>5} {'prec':>6} | "
-             f"{'ours ms':>8} {'TFLOP/s':>7} | {'torch ms':>8} {'TFLOP/s':>7} | {'ours/torch':>10}"]
+             f"{'ours ms':>8} {'TFLOP/s':>7} | {'torch ms':>8} {'TFLOP/s':>7} | {'ours/torch':>10} | launch config"]
     print(lines[0])
     print(lines[1])
     for (B, S, Hh, D, causal, masked, prec) in cases:
-        t_o, t_t, fl = bench_case(torch, P, B, S, Hh, D, causal, masked, prec, args.per_graph, args.reps)
+        t_o, t_t, fl = bench_case(torch, P, B, S, Hh, D, causal, masked, prec, args.per_graph, args.reps,
+                                  with_torch=not args.no_torch)
         line = (f"{B:>3} {S:>4} {Hh:>3} {D:>4} {str(causal):>6} {str(masked):>5} {prec:>6} | {t_o:8.4f} "
                 f"{fl / t_o / 1e9:7.1f} | {t_t:8.4f} {fl / t_t / 1e9:7.1f} | {t_o / t_t:10.2f}")
+        if hasattr(P, "attention_config"):
+            code = {"fp32": P.FP32, "fp16": P.FP16, "hybrid": P.HYBRID}[prec]
+            line += " | " + P.attention_config(B, S, Hh, D, causal, code)
         print(line, flush=True)
         lines.append(line)
     if args.sweep:
-        import os
-
         lines.append("# sweep: ours ms per forced configuration TRTRUN_ATTN_CFG=MT,nw[,KS] (16*MT rows per warp, nw "
                      "warps per key group, KS key groups a block); auto = the launcher's choice")
         cfgs = {"auto": {}}

@@ -14,6 +14,7 @@ under --cache (default /tmp/trtrun-profile). Random weights: right for speed onl
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -37,11 +38,8 @@ def main() -> int:
     ap.add_argument("--gemm-search", default=None, choices=["heuristic", "exhaustive"],
                     help="Context gemm_search (default: the runtime's)")
     ap.add_argument("--gemm-cache", default=None, help="load_gemm_cache(FILE) first (fixed GEMM choices for A/B runs)")
-    ap.add_argument("--l2-prefetch-rows", type=int, default=None,
-                    help="Context l2_prefetch_max_rows (default: the runtime's; 0: off)")
-    ap.add_argument("--l2-prefetch-mib", type=int, default=None, help="Context l2_prefetch_bytes in MiB")
     ap.add_argument("--variant", action="append", default=None,
-                    help="NAME:key=int,... another context with these options (repeatable); points alternate")
+                    help="NAME:key=int,...[,env.VAR=value] another context with these options (repeatable); points alternate")
     ap.add_argument("--rounds", type=int, default=1, help="timing rounds per context and point")
     ap.add_argument("--plan", default=None, help="time this plan file instead of exporting and building --model")
     a = ap.parse_args()
@@ -84,21 +82,23 @@ def main() -> int:
         kw["fuse_residual"] = False
     if a.gemm_search is not None:
         kw["gemm_search"] = a.gemm_search
-    if a.l2_prefetch_rows is not None:
-        kw["l2_prefetch_max_rows"] = a.l2_prefetch_rows
-    if a.l2_prefetch_mib is not None:
-        kw["l2_prefetch_bytes"] = a.l2_prefetch_mib << 20
     # --variant NAME:key=int,...: more contexts on the same engine, each with kw updated by its keys; every point is
-    # then timed on each context in turn, --rounds times (alternated, so clock and thermal drift hit all alike)
-    variants = [("base", dict(kw))]
+    # then timed on each context in turn, --rounds times (alternated, so clock and thermal drift hit all alike).
+    # A key env.VAR=value sets that environment variable while the context's graph is captured (the kernel
+    # launchers read e.g. TRTRUN_ATTN_QB at launch time), and unsets it after.
+    variants = [("base", dict(kw), {})]
     for v in a.variant or []:
         name, _, spec = v.partition(":")
-        vk = dict(kw)
+        vk, envs = dict(kw), {}
         for item in filter(None, spec.split(",")):
             k, _, val = item.partition("=")
-            vk[k.strip()] = int(val)
-        variants.append((name, vk))
-    ctxs = [(name, vk, eng.create_context(**vk)) for name, vk in variants]
+            if k.strip().startswith("env."):
+                envs[k.strip()[4:]] = val
+            else:
+                vk[k.strip()] = int(val)
+        variants.append((name, vk, envs))
+    envs_of = {name: envs for name, _, envs in variants}
+    ctxs = [(name, vk, eng.create_context(**vk)) for name, vk, _ in variants]
     st = ctxs[0][2].stats()
     dev = torch.device("cuda", 0)
     stream = torch.cuda.Stream(dev)
@@ -118,11 +118,18 @@ def main() -> int:
         out = {eng._outputs[0][0]: torch.empty((B, S, eng._outputs[0][2][0]), dtype=torch.float32, device=dev)}
         firsts = {}
         for name, _, ctx in ctxs:
+            saved = {k: os.environ.get(k) for k in envs_of[name]}
+            os.environ.update(envs_of[name])
             t_first = time.perf_counter()
             for i in range(20):  # the first runs capture the graph and tune the GEMMs; then warm
                 ctx.run_device(sets[i % 4], out, stream=stream)
             stream.synchronize()
             firsts[name] = time.perf_counter() - t_first
+            for k, old in saved.items():
+                if old is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = old
         if len(ctxs) > 1:  # the variants must compute the same thing
             ref = None
             for name, _, ctx in ctxs:

@@ -74,6 +74,13 @@ void bind_plugins(py::module_& m) {
       py::arg("seq"), py::arg("heads"), py::arg("head_size"), py::arg("scale"), py::arg("causal"),
       py::arg("precision"), py::arg("stream") = 0, py::call_guard<py::gil_scoped_release>(),
       "Fused attention on packed qkv [B,S,3HD] -> y [B,S,HD]; mask int32 [B,S] (0 = absent).");
+  p.def(
+      "attention_config",
+      [](int batch, int seq, int heads, int head_size, bool causal, int prec) {
+        return trtrun::attention_config(batch, seq, heads, head_size, causal, pr(prec));
+      },
+      py::arg("batch"), py::arg("seq"), py::arg("heads"), py::arg("head_size"), py::arg("causal"), py::arg("precision"),
+      "The launch configuration attention() takes for these sizes here ('fp32' or 'mt=.. nw=.. ks=.. qb=..').");
 
   p.def(
       "embedding",

@@ -82,6 +82,19 @@ GemmKey linear_key(const OpDesc& op, const EngineDesc& d, int64_t rows, const Li
   k.tf32 = d.tf32;
   return k;
 }
+// The GEMM of a Linear run split into `split` K slices (fp16 operands, unsummed fp32 slices out): one key for
+// the plan-time check (m = the planned rows) and the run (m = the run's rows).
+GemmKey split_linear_key(int64_t m, const WeightDesc& w, int split) {
+  GemmKey key;
+  key.m = m;
+  key.n = w.shape[1];
+  key.k = w.shape[0];
+  key.operand_t = ElemType::F16;
+  key.out_t = ElemType::F32;
+  key.split = split;
+  return key;
+}
+
 }  // namespace
 
 // ------------------------------------------------------------------------------------------------ construction
@@ -202,13 +215,7 @@ void Context::init() {
       if (k % slice != 0 || k / slice < 2 || slice % 8 != 0) continue;
       const int64_t rows = static_cast<int64_t>(d.tensors[a.inputs[0]].numel(B, S) / static_cast<size_t>(k));
       const int64_t cap = std::min(rows, options_.split_ln_max_rows);
-      GemmKey key;
-      key.m = cap;
-      key.n = n;
-      key.k = k;
-      key.operand_t = ElemType::F16;
-      key.out_t = ElemType::F32;
-      key.split = static_cast<int>(k / slice);
+      const GemmKey key = split_linear_key(cap, w, static_cast<int>(k / slice));
       if (!gemm_->prepare(key)) continue;
       split_[i] = key.split;
       split_bytes.emplace_back(i, checked_mul(checked_mul(static_cast<size_t>(key.split), static_cast<size_t>(cap),
@@ -571,13 +578,9 @@ void Context::enqueue_ops(int batch, int seq_bucket, cudaStream_t s) {
       case OpType::Linear:
         if (split_at(i, rows)) {
           const WeightDesc& w = d.weights[op.weight("weight")];
-          GemmKey key;
-          key.m = static_cast<int64_t>(d.tensors[in(0)].numel(batch, seq_bucket) / static_cast<size_t>(w.shape[0]));
-          key.n = w.shape[1];
-          key.k = w.shape[0];
-          key.operand_t = ElemType::F16;
-          key.out_t = ElemType::F32;
-          key.split = split_[i];
+          const GemmKey key = split_linear_key(
+              static_cast<int64_t>(d.tensors[in(0)].numel(batch, seq_bucket) / static_cast<size_t>(w.shape[0])), w,
+              split_[i]);
           if (!gemm_->prepare(key))
             throw DeviceError("op '" + op.name + "': cuBLASLt offers no algorithm for this split GEMM (" +
                               std::to_string(key.m) + "x" + std::to_string(key.n) + "x" + std::to_string(key.k) +

@@ -17,6 +17,7 @@
 #include <map>
 #include <mutex>
 #include <string>
+#include <tuple>
 #include <utility>
 
 namespace trtrun {
@@ -365,11 +366,14 @@ __device__ __forceinline__ void softmax_tile(float (&s)[NB][4], float (&o)[DB][4
 // group 0 merges the other group's running max, sum and output at the end (the online softmax's own rescaling).
 // Used where the grid has fewer blocks than the GPU has multiprocessors: each block's chain of key tiles,
 // its time, halves.
-template <int D, int MT, bool HALF_SOFTMAX, int KS>
-__global__ void __launch_bounds__(128 * KS, MT == 2 ? 2 : 1)
+template <int D, int MT, bool HALF_SOFTMAX, int KS, bool SHARE_KV = false>
+__global__ void __launch_bounds__(128 * KS, MT == 2 ? 2 : (SHARE_KV && D <= 64 ? 3 : 1))
     attention_tc_kernel(const void* __restrict__ qkv, bool in_half, const int32_t* __restrict__ mask,
-                        void* __restrict__ y, bool out_half, int H, int S, float scale, bool causal, int nqt) {
+                        void* __restrict__ y, bool out_half, int H, int S, float scale, bool causal, int nqt,
+                        int nqb) {
   static_assert(KS == 1 || (KS == 2 && MT == 1 && !HALF_SOFTMAX), "key groups: MT = 1, fp32 softmax");
+  static_assert(!SHARE_KV || KS == 1, "query tiles sharing K/V: one key group");
+  if constexpr (!SHARE_KV) nqb = 1;
   constexpr int LD = D + 8;  // +16 bytes per row: the 8 rows of an ldmatrix fall in distinct banks
   constexpr int KC = D / 16;  // k-steps of QK^T
   constexpr int NB = BK / 8;  // 8-key blocks of a score tile
@@ -385,10 +389,10 @@ __global__ void __launch_bounds__(128 * KS, MT == 2 ? 2 : 1)
 
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __half* Qs = reinterpret_cast<__half*>(smem_raw);
-  __half* Ks = Qs + BQ * LD + grp * (2 * NST * BK * LD);  // this group's [NST][BK][LD]
+  __half* Ks = Qs + nqb * BQ * LD + grp * (2 * NST * BK * LD);  // this group's [NST][BK][LD]
   __half* Vs = Ks + NST * BK * LD;                        // [NST][BK][LD]
   // [NST][BK] mask values of this group's staged tiles, after every group's K/V
-  int* mraw = reinterpret_cast<int*>(Qs + BQ * LD + KS * (2 * NST * BK * LD)) + grp * (NST * BK);
+  int* mraw = reinterpret_cast<int*>(Qs + nqb * BQ * LD + KS * (2 * NST * BK * LD)) + grp * (NST * BK);
   __shared__ int red[3];
   // the group's barrier: the whole block, or named barrier 1 + grp over the group's threads (immediate ids)
   auto group_sync = [&] {
@@ -401,16 +405,21 @@ __global__ void __launch_bounds__(128 * KS, MT == 2 ? 2 : 1)
     }
   };
 
-  const int bh = blockIdx.x / nqt;
-  const int qt = nqt - 1 - static_cast<int>(blockIdx.x % nqt);  // longest (causal) tiles first
+  // nqb query tiles a block (nqb > 1: no causal mask, KS = 1, and every key tile fits the ring at once, so the
+  // K/V tiles are staged once and every query tile of the block reads them; the launcher checks all three).
+  const int nqg = (nqt + nqb - 1) / nqb;  // blocks per (batch, head)
+  const int bh = blockIdx.x / nqg;
+  const int qt0 = (nqg - 1 - static_cast<int>(blockIdx.x % nqg)) * nqb;  // longest (causal) tiles first
+  const int nq_here = SHARE_KV ? min(nqb, nqt - qt0) : 1;  // a constant 1 keeps the usual kernel as it was
   const int b = bh / H, h = bh % H;
-  const int q0 = qt * BQ;
   const long long HD = static_cast<long long>(H) * D;
   const long long row_stride = 3 * HD;
   const long long tok_base = static_cast<long long>(b) * S;
 
-  load_rows_f16<D, LD>(Qs, qkv, in_half, tok_base, q0, BQ, S, row_stride, h * D, threadIdx.x, blockDim.x);
-  const KeyRange kr = key_range(mask, b, S, q0, BQ, BK, causal, red);
+  load_rows_f16<D, LD>(Qs, qkv, in_half, tok_base, qt0 * BQ, nq_here * BQ, S, row_stride, h * D, threadIdx.x,
+                       blockDim.x);
+  // (with nqb > 1 there is no causal mask, and the range does not depend on the query rows)
+  const KeyRange kr = key_range(mask, b, S, qt0 * BQ, BQ, BK, causal, red);
   // This group's key tiles [tb, te): group 0 the first ceil(n / KS) of the block's n, group 1 the rest.
   int tb = kr.begin, te = kr.end;
   if constexpr (KS == 2) {
@@ -438,25 +447,6 @@ __global__ void __launch_bounds__(128 * KS, MT == 2 ? 2 : 1)
     __syncthreads();
   }
 
-  const int qw0 = q0 + warp * WR;  // first query row of this warp
-  uint32_t qf[MT][KC][4];
-  float o[MT][DB][4];
-#pragma unroll
-  for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-    for (int i = 0; i < DB; ++i) o[mt][i][0] = o[mt][i][1] = o[mt][i][2] = o[mt][i][3] = 0.f;
-  // running max and (thread-partial) sum of rows g and g+8 of each m-tile
-  float m_f[MT][2], l_f[MT][2];
-  __half m_h[MT][2], l_h[MT][2];
-#pragma unroll
-  for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      m_f[mt][r] = -INFINITY;
-      l_f[mt][r] = 0.f;
-      m_h[mt][r] = __ushort_as_half(0xFC00u);  // -inf
-      l_h[mt][r] = __float2half(0.f);
-    }
   // Hybrid: exp(scale*x - max) = exp2(mult*x - mult*max'), with mult = scale*log2(e) folded into one
   // FFMA per score (max' taken on raw scores, valid for mult > 0). A masked raw score is MASKED_RAW = -2^64:
   // a power of two, so MASKED_RAW*mult is exact and a fully masked row gets exp2(0) = 1 for every key
@@ -468,153 +458,176 @@ __global__ void __launch_bounds__(128 * KS, MT == 2 ? 2 : 1)
   const float mult = folded ? sl2 : 1.f;
   const float masked_val = folded ? -0x1p64f : -0x1p100f;
 
-  for (int it = tb; it < te; ++it) {
-    // Groups committed so far: NST - 1 + (it - tb); tile `it` is group (it - tb), so NST - 2 may pend.
-    cp_async_wait<NST - 2>();
-    group_sync();  // tile `it` is visible to the group; its warps are done with the slot computed last iteration
-    {
-      const int nxt = it + NST - 1;  // into that slot: (nxt - tb) % NST == (it - 1 - tb) % NST
-      if (nxt < te) stage((nxt - tb) % NST, nxt);
-      cp_async_commit();
-    }
-    const int buf = (it - tb) % NST;
-
-    if (it == tb) {
+  for (int qi = 0; qi < nq_here; ++qi) {  // the block's query tiles (one unless nqb > 1)
+    const int q0 = (qt0 + qi) * BQ;
+    const int qw0 = q0 + warp * WR;  // first query row of this warp
+    uint32_t qf[MT][KC][4];
+    float o[MT][DB][4];
 #pragma unroll
-      for (int mt = 0; mt < MT; ++mt)
+    for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-        for (int kc = 0; kc < KC; ++kc) {
-          const __half* p = Qs + (warp * WR + mt * 16 + (lane & 15)) * LD + kc * 16 + (lane >> 4) * 8;
-          ldmatrix_x4(qf[mt][kc], smem_u32(p));
-        }
-    }
-    const int j0 = it * BK;
-    const TileFlags ft{mraw + buf * BK, j0, S, kr.dense, kr.first, kr.last + 1};
-    const int f0 = ft(lane), f1 = ft(lane + 32);
-    const bool tile_all_valid = __all_sync(0xffffffffu, f0 == FLAG_VALID && f1 == FLAG_VALID);
-    const bool tile_any_valid = __any_sync(0xffffffffu, f0 == FLAG_VALID || f1 == FLAG_VALID);
-    // A tile adds exactly zero to this warp's rows when it is wholly above their causal diagonal or holds
-    // no unmasked key, unless fully masked rows need every key (walk_all).
-    const bool skip = !kr.walk_all && ((causal && j0 > qw0 + WR - 1) || !tile_any_valid);
-    if (!skip) {
-      const __half* Kt = Ks + buf * BK * LD;
-      const __half* Vt = Vs + buf * BK * LD;
-      // ---- S = Q K^T (fp32 accumulation); each K fragment feeds MT m-tiles
-      float s[MT][NB][4];
+      for (int i = 0; i < DB; ++i) o[mt][i][0] = o[mt][i][1] = o[mt][i][2] = o[mt][i][3] = 0.f;
+    // running max and (thread-partial) sum of rows g and g+8 of each m-tile
+    float m_f[MT][2], l_f[MT][2];
+    __half m_h[MT][2], l_h[MT][2];
 #pragma unroll
-      for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-        for (int i = 0; i < NB; ++i) s[mt][i][0] = s[mt][i][1] = s[mt][i][2] = s[mt][i][3] = 0.f;
-#pragma unroll
-      for (int kc = 0; kc < KC; ++kc) {
-#pragma unroll
-        for (int nb2 = 0; nb2 < NB / 2; ++nb2) {
-          uint32_t kb[4];
-          const int m = lane >> 3;
-          const __half* p = Kt + (nb2 * 16 + (m >> 1) * 8 + (lane & 7)) * LD + kc * 16 + (m & 1) * 8;
-          ldmatrix_x4(kb, smem_u32(p));
-#pragma unroll
-          for (int mt = 0; mt < MT; ++mt) {
-            mma_16816(s[mt][2 * nb2], qf[mt][kc], kb[0], kb[1]);
-            mma_16816(s[mt][2 * nb2 + 1], qf[mt][kc], kb[2], kb[3]);
-          }
-        }
-      }
-      const bool need_mask = !tile_all_valid || (causal && j0 + BK - 1 > qw0);
-      uint32_t pf[MT][BK / 16][4];  // P as mma A-fragments (fp16)
-
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt) {
-        const int qm0 = qw0 + mt * 16;  // first row of this m-tile
-        softmax_tile<NB, DB, HALF_SOFTMAX>(s[mt], o[mt], m_f[mt], l_f[mt], m_h[mt], l_h[mt], pf[mt], need_mask, ft, j0,
-                                           qm0, g, t4, causal, folded, sl2, mult, masked_val, scale);
-      }
-      // ---- O += P V (fp16 operands, fp32 accumulation); each V fragment feeds MT m-tiles
-#pragma unroll
-      for (int kc2 = 0; kc2 < BK / 16; ++kc2) {
-#pragma unroll
-        for (int db2 = 0; db2 < DB / 2; ++db2) {
-          uint32_t vb[4];
-          const int m = lane >> 3;
-          const __half* p = Vt + (kc2 * 16 + (m & 1) * 8 + (lane & 7)) * LD + db2 * 16 + (m >> 1) * 8;
-          ldmatrix_x4_trans(vb, smem_u32(p));
-#pragma unroll
-          for (int mt = 0; mt < MT; ++mt) {
-            mma_16816(o[mt][2 * db2], pf[mt][kc2], vb[0], vb[1]);
-            mma_16816(o[mt][2 * db2 + 1], pf[mt][kc2], vb[2], vb[3]);
-          }
-        }
-      }
-    }
-  }
-
-  if constexpr (KS == 2) {
-    // ---- merge: group 1 leaves its running max, partial sums and output in a scratch area of its own (after
-    // the mask values; no ldmatrix ever reads it); group 0 rescales both to the larger max, as the online
-    // softmax does between tiles. Group 0's first tile holds a key every one of its rows attends (or walk_all),
-    // so its max is finite; group 1's is -inf if it visited nothing, and then weighs exactly 0.
-    // (The first version put the scratch over group 0's idle K ring, after the same block-wide barrier: correct
-    // by the barrier, and the SASS has the stores after it, but compute-sanitizer racecheck reported hazards
-    // against that ring's ldmatrix reads, 2026-11-26. A separate area costs 18 KB at D = 64 and removes the
-    // question.)
-    constexpr int PW = DB * 4 + 4;  // floats a thread leaves
-    __syncthreads();  // group 0 is done with its loop (group 1's values are final)
-    float* part = reinterpret_cast<float*>(reinterpret_cast<int*>(Qs + BQ * LD + KS * (2 * NST * BK * LD)) +
-                                           KS * (NST * BK)) + (warp * 32 + lane) * PW;
-    if (grp == 1) {
-#pragma unroll
-      for (int i = 0; i < DB; ++i)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) part[i * 4 + e] = o[0][i][e];
+    for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
-        part[DB * 4 + r] = m_f[0][r];
-        part[DB * 4 + 2 + r] = l_f[0][r];
+        m_f[mt][r] = -INFINITY;
+        l_f[mt][r] = 0.f;
+        m_h[mt][r] = __ushort_as_half(0xFC00u);  // -inf
+        l_h[mt][r] = __float2half(0.f);
       }
-    }
-    __syncthreads();
-    if (grp == 1) return;
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const float m1 = part[DB * 4 + r], l1 = part[DB * 4 + 2 + r];
-      const float m = fmaxf(m_f[0][r], m1);
-      const float a0 = fast_exp2((m_f[0][r] - m) * mult), a1 = fast_exp2((m1 - m) * mult);
-      l_f[0][r] = l_f[0][r] * a0 + l1 * a1;
-#pragma unroll
-      for (int i = 0; i < DB; ++i) {
-        o[0][i][2 * r] = o[0][i][2 * r] * a0 + part[i * 4 + 2 * r] * a1;
-        o[0][i][2 * r + 1] = o[0][i][2 * r + 1] * a0 + part[i * 4 + 2 * r + 1] * a1;
-      }
-    }
-  }
 
-  // ---- epilogue: full row sums across the quad, divide, store
-#pragma unroll
-  for (int mt = 0; mt < MT; ++mt) {
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float inv;
-      if constexpr (HALF_SOFTMAX) {
-        __half l = l_h[mt][r];
-        l = __hadd(l, __shfl_xor_sync(0xffffffffu, l, 1));
-        l = __hadd(l, __shfl_xor_sync(0xffffffffu, l, 2));
-        inv = 1.f / __half2float(l);
-      } else {
-        float l = l_f[mt][r];
-        l += __shfl_xor_sync(0xffffffffu, l, 1);
-        l += __shfl_xor_sync(0xffffffffu, l, 2);
-        inv = 1.f / l;
+    for (int it = tb; it < te; ++it) {
+      if (qi == 0) {  // later query tiles find every key tile staged and visible (nqb > 1: see above)
+        // Groups committed so far: NST - 1 + (it - tb); tile `it` is group (it - tb), so NST - 2 may pend.
+        cp_async_wait<NST - 2>();
+        group_sync();  // tile `it` is visible to the group; its warps are done with the slot computed last iteration
+        const int nxt = it + NST - 1;  // into that slot: (nxt - tb) % NST == (it - 1 - tb) % NST
+        if (nxt < te) stage((nxt - tb) % NST, nxt);
+        cp_async_commit();
       }
-      const int q = qw0 + mt * 16 + g + r * 8;
-      if (q >= S) continue;
-      const long long base = (tok_base + q) * HD + h * D + 2 * t4;
+      const int buf = (it - tb) % NST;
+
+      if (it == tb) {
 #pragma unroll
-      for (int i = 0; i < DB; ++i) {
-        const float a = o[mt][i][2 * r] * inv, c = o[mt][i][2 * r + 1] * inv;
-        if (out_half) {
-          *reinterpret_cast<__half2*>(static_cast<__half*>(y) + base + i * 8) = __floats2half2_rn(a, c);
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+          for (int kc = 0; kc < KC; ++kc) {
+            const __half* p = Qs + (qi * BQ + warp * WR + mt * 16 + (lane & 15)) * LD + kc * 16 + (lane >> 4) * 8;
+            ldmatrix_x4(qf[mt][kc], smem_u32(p));
+          }
+      }
+      const int j0 = it * BK;
+      const TileFlags ft{mraw + buf * BK, j0, S, kr.dense, kr.first, kr.last + 1};
+      const int f0 = ft(lane), f1 = ft(lane + 32);
+      const bool tile_all_valid = __all_sync(0xffffffffu, f0 == FLAG_VALID && f1 == FLAG_VALID);
+      const bool tile_any_valid = __any_sync(0xffffffffu, f0 == FLAG_VALID || f1 == FLAG_VALID);
+      // A tile adds exactly zero to this warp's rows when it is wholly above their causal diagonal or holds
+      // no unmasked key, unless fully masked rows need every key (walk_all).
+      const bool skip = !kr.walk_all && ((causal && j0 > qw0 + WR - 1) || !tile_any_valid);
+      if (!skip) {
+        const __half* Kt = Ks + buf * BK * LD;
+        const __half* Vt = Vs + buf * BK * LD;
+        // ---- S = Q K^T (fp32 accumulation); each K fragment feeds MT m-tiles
+        float s[MT][NB][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+          for (int i = 0; i < NB; ++i) s[mt][i][0] = s[mt][i][1] = s[mt][i][2] = s[mt][i][3] = 0.f;
+#pragma unroll
+        for (int kc = 0; kc < KC; ++kc) {
+#pragma unroll
+          for (int nb2 = 0; nb2 < NB / 2; ++nb2) {
+            uint32_t kb[4];
+            const int m = lane >> 3;
+            const __half* p = Kt + (nb2 * 16 + (m >> 1) * 8 + (lane & 7)) * LD + kc * 16 + (m & 1) * 8;
+            ldmatrix_x4(kb, smem_u32(p));
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+              mma_16816(s[mt][2 * nb2], qf[mt][kc], kb[0], kb[1]);
+              mma_16816(s[mt][2 * nb2 + 1], qf[mt][kc], kb[2], kb[3]);
+            }
+          }
+        }
+        const bool need_mask = !tile_all_valid || (causal && j0 + BK - 1 > qw0);
+        uint32_t pf[MT][BK / 16][4];  // P as mma A-fragments (fp16)
+
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          const int qm0 = qw0 + mt * 16;  // first row of this m-tile
+          softmax_tile<NB, DB, HALF_SOFTMAX>(s[mt], o[mt], m_f[mt], l_f[mt], m_h[mt], l_h[mt], pf[mt], need_mask, ft,
+                                             j0, qm0, g, t4, causal, folded, sl2, mult, masked_val, scale);
+        }
+        // ---- O += P V (fp16 operands, fp32 accumulation); each V fragment feeds MT m-tiles
+#pragma unroll
+        for (int kc2 = 0; kc2 < BK / 16; ++kc2) {
+#pragma unroll
+          for (int db2 = 0; db2 < DB / 2; ++db2) {
+            uint32_t vb[4];
+            const int m = lane >> 3;
+            const __half* p = Vt + (kc2 * 16 + (m & 1) * 8 + (lane & 7)) * LD + db2 * 16 + (m >> 1) * 8;
+            ldmatrix_x4_trans(vb, smem_u32(p));
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+              mma_16816(o[mt][2 * db2], pf[mt][kc2], vb[0], vb[1]);
+              mma_16816(o[mt][2 * db2 + 1], pf[mt][kc2], vb[2], vb[3]);
+            }
+          }
+        }
+      }
+    }
+
+    if constexpr (KS == 2) {
+      // ---- merge: group 1 leaves its running max, partial sums and output in a scratch area of its own (after
+      // the mask values; no ldmatrix ever reads it); group 0 rescales both to the larger max, as the online
+      // softmax does between tiles. Group 0's first tile holds a key every one of its rows attends (or walk_all),
+      // so its max is finite; group 1's is -inf if it visited nothing, and then weighs exactly 0.
+      // (The first version put the scratch over group 0's idle K ring, after the same block-wide barrier: correct
+      // by the barrier, and the SASS has the stores after it, but compute-sanitizer racecheck reported hazards
+      // against that ring's ldmatrix reads, 2026-11-26. A separate area costs 18 KB at D = 64 and removes the
+      // question.)
+      constexpr int PW = DB * 4 + 4;  // floats a thread leaves
+      __syncthreads();  // group 0 is done with its loop (group 1's values are final)
+      float* part = reinterpret_cast<float*>(reinterpret_cast<int*>(Qs + BQ * LD + KS * (2 * NST * BK * LD)) +
+                                             KS * (NST * BK)) + (warp * 32 + lane) * PW;
+      if (grp == 1) {
+#pragma unroll
+        for (int i = 0; i < DB; ++i)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) part[i * 4 + e] = o[0][i][e];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          part[DB * 4 + r] = m_f[0][r];
+          part[DB * 4 + 2 + r] = l_f[0][r];
+        }
+      }
+      __syncthreads();
+      if (grp == 1) return;
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const float m1 = part[DB * 4 + r], l1 = part[DB * 4 + 2 + r];
+        const float m = fmaxf(m_f[0][r], m1);
+        const float a0 = fast_exp2((m_f[0][r] - m) * mult), a1 = fast_exp2((m1 - m) * mult);
+        l_f[0][r] = l_f[0][r] * a0 + l1 * a1;
+#pragma unroll
+        for (int i = 0; i < DB; ++i) {
+          o[0][i][2 * r] = o[0][i][2 * r] * a0 + part[i * 4 + 2 * r] * a1;
+          o[0][i][2 * r + 1] = o[0][i][2 * r + 1] * a0 + part[i * 4 + 2 * r + 1] * a1;
+        }
+      }
+    }
+
+    // ---- epilogue: full row sums across the quad, divide, store
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        float inv;
+        if constexpr (HALF_SOFTMAX) {
+          __half l = l_h[mt][r];
+          l = __hadd(l, __shfl_xor_sync(0xffffffffu, l, 1));
+          l = __hadd(l, __shfl_xor_sync(0xffffffffu, l, 2));
+          inv = 1.f / __half2float(l);
         } else {
-          *reinterpret_cast<float2*>(static_cast<float*>(y) + base + i * 8) = make_float2(a, c);
+          float l = l_f[mt][r];
+          l += __shfl_xor_sync(0xffffffffu, l, 1);
+          l += __shfl_xor_sync(0xffffffffu, l, 2);
+          inv = 1.f / l;
+        }
+        const int q = qw0 + mt * 16 + g + r * 8;
+        if (q >= S) continue;
+        const long long base = (tok_base + q) * HD + h * D + 2 * t4;
+#pragma unroll
+        for (int i = 0; i < DB; ++i) {
+          const float a = o[mt][i][2 * r] * inv, c = o[mt][i][2 * r + 1] * inv;
+          if (out_half) {
+            *reinterpret_cast<__half2*>(static_cast<__half*>(y) + base + i * 8) = __floats2half2_rn(a, c);
+          } else {
+            *reinterpret_cast<float2*>(static_cast<float*>(y) + base + i * 8) = make_float2(a, c);
+          }
         }
       }
     }
@@ -782,12 +795,13 @@ void ensure_dynamic_smem(Kernel kern, size_t smem) {
 }
 
 // ------------------------------------------------------------------------------------------------
-size_t tc_smem_bytes(int D, int BQ, int KS = 1) {
+size_t tc_smem_bytes(int D, int BQ, int KS = 1, int nqb = 1) {
   const int nst = ring_depth(D);
-  // Q, each key group's K/V ring, each group's staged mask values; with two groups, the merge scratch (D/2 + 4
+  // Q (nqb query tiles), each key group's K/V ring, each group's staged mask values; with two groups, the merge
+  // scratch (D/2 + 4
   // floats a thread of one group of BQ/16 warps)
   const size_t merge = KS > 1 ? static_cast<size_t>(BQ / 16) * 32 * (D / 2 + 4) * sizeof(float) : 0;
-  return static_cast<size_t>(BQ + KS * 2 * nst * BK) * (D + 8) * sizeof(__half) +
+  return static_cast<size_t>(nqb * BQ + KS * 2 * nst * BK) * (D + 8) * sizeof(__half) +
          static_cast<size_t>(KS) * nst * BK * sizeof(int) + merge;
 }
 
@@ -798,45 +812,62 @@ int sm_count() {
   return n;
 }
 
-// nw warps per key group, KS key groups a block.
+// Whether a block may walk several query tiles over K/V tiles staged once (nqb > 1): no causal mask (the key
+// range would depend on the query rows), one key group, and every key tile of the sequence in the ring at once.
+bool can_share_kv(int D, int S, bool causal, int KS) {
+  return !causal && KS == 1 && (S + BK - 1) / BK <= ring_depth(D) - 1;
+}
+
+// nw warps per key group, KS key groups a block, nqb query tiles a block.
 template <int D, int MT, bool HALF_SOFTMAX, int KS>
 void launch_tc_cfg(int nw, const void* qkv, bool in_half, const int32_t* mask, void* y, bool out_half, int B, int S,
-                   int H, float scale, bool causal, cudaStream_t stream) {
+                   int H, float scale, bool causal, cudaStream_t stream, int nqb = 1) {
   const int BQ = 16 * MT * nw;
   const int nqt = (S + BQ - 1) / BQ;
-  const long long blocks = static_cast<long long>(B) * H * nqt;
+  require(nqb == 1 || can_share_kv(D, S, causal, KS), "attention",
+          "internal: query tiles sharing K/V not allowed here");
+  nqb = std::max(1, std::min(nqb, nqt));
+  const int nqg = (nqt + nqb - 1) / nqb;
+  const long long blocks = static_cast<long long>(B) * H * nqg;
   require(blocks <= 0x7fffffffLL, "attention", "batch * heads * query tiles too large");
-  const size_t smem = tc_smem_bytes(D, BQ, KS);
-  auto kern = attention_tc_kernel<D, MT, HALF_SOFTMAX, KS>;
+  const size_t smem = tc_smem_bytes(D, BQ, KS, nqb);
+  auto kern = nqb > 1 ? attention_tc_kernel<D, MT, HALF_SOFTMAX, KS, KS == 1>
+                       : attention_tc_kernel<D, MT, HALF_SOFTMAX, KS>;
   ensure_dynamic_smem(kern, smem);
   kern<<<static_cast<unsigned>(blocks), 32 * nw * KS, smem, stream>>>(qkv, in_half, mask, y, out_half, H, S, scale,
-                                                                       causal, nqt);
+                                                                       causal, nqt, nqb);
   TRTRUN_LAUNCH_CHECK();
 }
 
-// Resident blocks per multiprocessor of one configuration (cached per device and configuration).
+// Resident blocks per multiprocessor of one configuration, nqb query tiles a block (cached per device and
+// configuration).
 template <int D, int MT, bool HALF_SOFTMAX>
-int resident_blocks(int nw) {
+int resident_blocks(int nw, int nqb = 1) {
   static std::mutex mu;
-  static std::map<std::pair<int, int>, int> cache;
+  static std::map<std::tuple<int, int, int>, int> cache;
   int dev = 0;
   TRTRUN_CUDA_CHECK(cudaGetDevice(&dev));
   std::lock_guard<std::mutex> lock(mu);
-  auto it = cache.find({dev, nw});
+  auto it = cache.find({dev, nw, nqb});
   if (it != cache.end()) return it->second;
-  auto kern = attention_tc_kernel<D, MT, HALF_SOFTMAX, 1>;
-  const size_t smem = tc_smem_bytes(D, 16 * MT * nw);
+  auto kern = nqb > 1 ? attention_tc_kernel<D, MT, HALF_SOFTMAX, 1, true> : attention_tc_kernel<D, MT, HALF_SOFTMAX, 1>;
+  const size_t smem = tc_smem_bytes(D, 16 * MT * nw, 1, nqb);
   ensure_dynamic_smem(kern, smem);
   int n = 0;
   TRTRUN_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kern, 32 * nw, smem));
   n = std::max(n, 1);
-  cache[{dev, nw}] = n;
+  cache[{dev, nw, nqb}] = n;
   return n;
 }
 
+// The tensor-core kernel's launch configuration: 16*mt rows a warp, nw warps a key group, ks key groups a block,
+// nqb query tiles a block.
+struct TcConfig {
+  int mt, nw, ks, nqb;
+};
+
 template <int D, bool HALF_SOFTMAX>
-void launch_tc(const void* qkv, bool in_half, const int32_t* mask, void* y, bool out_half, int B, int S, int H,
-               float scale, bool causal, cudaStream_t stream) {
+TcConfig choose_tc(int B, int S, int H, bool causal) {
   // Candidates: (rows per warp 16*MT, warps per block nw). A model of the time: full waves of blocks over
   // the multiprocessors times the work of one block's warp (MT=2 reuses each K/V fragment twice, so a
   // 32-row warp takes about kMT2Cost times as long as a 16-row one). Ties go to the larger block.
@@ -888,13 +919,47 @@ void launch_tc(const void* qkv, bool in_half, const int32_t* mask, void* y, bool
       }
     }
   }
-  if (best_mt == 2) {
-    launch_tc_cfg<D, MT2, HALF_SOFTMAX, 1>(best_nw, qkv, in_half, mask, y, out_half, B, S, H, scale, causal, stream);
-  } else if (best_ks == 2) {
-    launch_tc_cfg<D, 1, HALF_SOFTMAX, kHasKS2 ? 2 : 1>(best_nw, qkv, in_half, mask, y, out_half, B, S, H, scale,
-                                                        causal, stream);
+  // Two query tiles a block over K/V staged once (kernel above) where one tile a block needs more than one wave
+  // of blocks: the block's loads are shared and the grid halves, but a block works about kQB2Cost times as long.
+  // Cost model in waves, fractional, at least 1. Measured (H200, 2026-11-26, kernel, 12 heads, S = 128; one query
+  // tile -> two): B = 32, D = 64: 16.9 -> 16.2 us (mask of ones), 16.3 -> 15.8 (no mask), 17.8 -> 16.9 (right
+  // padding); D = 32: 12.3 -> 11.1; B = 16 (one wave): 9.9 -> 12.0, which the rule leaves alone; B = 16 with one
+  // tile against B = 32 with two (each one wave of 384 blocks) gives kQB2Cost. TRTRUN_ATTN_QB=n forces n where
+  // allowed (tuning and tests only).
+  constexpr double kQB2Cost = 1.7;
+  const int nqt = (S + 16 * best_mt * best_nw - 1) / (16 * best_mt * best_nw);
+  int nqb = 1;
+  if (const char* fq = std::getenv("TRTRUN_ATTN_QB"); fq != nullptr) {
+    if (can_share_kv(D, S, causal, best_ks)) nqb = std::max(1, std::atoi(fq));
+  } else if (nf < 2 && nqt >= 2 && can_share_kv(D, S, causal, best_ks)) {
+    const long long bhs = static_cast<long long>(B) * H;
+    const double sms = sm_count();
+    const int res1 = best_mt == 2 ? resident_blocks<D, MT2, HALF_SOFTMAX>(best_nw)
+                                  : resident_blocks<D, 1, HALF_SOFTMAX>(best_nw);
+    const int res2 = best_mt == 2 ? resident_blocks<D, MT2, HALF_SOFTMAX>(best_nw, 2)
+                                  : resident_blocks<D, 1, HALF_SOFTMAX>(best_nw, 2);
+    const double waves1 = static_cast<double>(bhs * nqt) / (res1 * sms);
+    const double waves2 = static_cast<double>(bhs * ((nqt + 1) / 2)) / (res2 * sms);
+    if (waves1 > 1.0 && kQB2Cost * std::max(1.0, waves2) < waves1) nqb = 2;
+  }
+  return TcConfig{best_mt, best_nw, best_ks, std::min(nqb, std::max(nqt, 1))};
+}
+
+template <int D, bool HALF_SOFTMAX>
+void launch_tc(const void* qkv, bool in_half, const int32_t* mask, void* y, bool out_half, int B, int S, int H,
+               float scale, bool causal, cudaStream_t stream) {
+  constexpr int MT2 = D <= 64 ? 2 : 1;
+  constexpr bool kHasKS2 = D <= 64 && !HALF_SOFTMAX;
+  const TcConfig c = choose_tc<D, HALF_SOFTMAX>(B, S, H, causal);
+  if (c.mt == 2) {
+    launch_tc_cfg<D, MT2, HALF_SOFTMAX, 1>(c.nw, qkv, in_half, mask, y, out_half, B, S, H, scale, causal, stream,
+                                           c.nqb);
+  } else if (c.ks == 2) {
+    launch_tc_cfg<D, 1, HALF_SOFTMAX, kHasKS2 ? 2 : 1>(c.nw, qkv, in_half, mask, y, out_half, B, S, H, scale, causal,
+                                                        stream);
   } else {
-    launch_tc_cfg<D, 1, HALF_SOFTMAX, 1>(best_nw, qkv, in_half, mask, y, out_half, B, S, H, scale, causal, stream);
+    launch_tc_cfg<D, 1, HALF_SOFTMAX, 1>(c.nw, qkv, in_half, mask, y, out_half, B, S, H, scale, causal, stream,
+                                         c.nqb);
   }
 }
 
@@ -926,7 +991,29 @@ void dispatch(const void* qkv, bool in_half, const int32_t* mask, void* y, bool 
   }
 }
 
+template <int D>
+std::string config_of(int B, int S, int H, bool causal, Precision prec) {
+  if (prec == Precision::FP32) return "fp32";
+  const TcConfig c =
+      prec == Precision::FP16 ? choose_tc<D, true>(B, S, H, causal) : choose_tc<D, false>(B, S, H, causal);
+  return "mt=" + std::to_string(c.mt) + " nw=" + std::to_string(c.nw) + " ks=" + std::to_string(c.ks) +
+         " qb=" + std::to_string(c.nqb);
+}
+
 }  // namespace
+
+std::string attention_config(int batch, int seq, int heads, int head_size, bool causal, Precision prec) {
+  const char* op = "attention";
+  require(head_size == 32 || head_size == 64 || head_size == 128, op,
+          "head_size must be 32, 64 or 128, got " + std::to_string(head_size));
+  require(batch >= 1 && seq >= 1 && heads >= 1, op, "batch, seq and heads must be >= 1");
+  check_precision(prec, op);
+  switch (head_size) {
+    case 32: return config_of<32>(batch, seq, heads, causal, prec);
+    case 64: return config_of<64>(batch, seq, heads, causal, prec);
+    default: return config_of<128>(batch, seq, heads, causal, prec);
+  }
+}
 
 void launch_attention(const void* qkv, DType qkv_t, const int32_t* mask, void* y, DType y_t, int batch, int seq,
                       int heads, int head_size, float scale, bool causal, Precision prec, cudaStream_t stream) {

@@ -3,6 +3,8 @@
 
 #include "../common/common.h"
 
+#include <string>
+
 namespace trtrun {
 
 // qkv [batch, seq, 3*heads*head_size] (Q | K | V, head h at columns h*D:(h+1)*D of each), in qkv_t;
@@ -17,5 +19,10 @@ namespace trtrun {
 void launch_attention(const void* qkv, DType qkv_t, const int32_t* mask /*[B,S] nullable*/,
                       void* y, DType y_t, int batch, int seq, int heads, int head_size,
                       float scale, bool causal, Precision prec, cudaStream_t stream);
+
+// The configuration launch_attention takes for these sizes on the current device, as text ("fp32", or
+// "mt=M nw=N ks=K qb=Q": 16*M query rows a warp, N warps a key group, K key groups a block, Q query tiles a block
+// over K/V staged once), with the TRTRUN_ATTN_CFG / TRTRUN_ATTN_QB overrides applied. For tests and tuning.
+std::string attention_config(int batch, int seq, int heads, int head_size, bool causal, Precision prec);
 
 }  // namespace trtrun

@@ -6,8 +6,9 @@
 #              exhaustive GEMM search tests: thousands of cuBLASLt launches are too slow under memcheck)
 #   foreign    a second build for sm_80 only (80-real, no PTX), for test_build_for_another_architecture
 #   racecheck  (not in the default) compute-sanitizer racecheck on the plugin kernels' tests: the attention
-#              kernel in every forced configuration, layernorm, embedding. Shared-memory hazards that memcheck
-#              does not see (session 5 found one report this way); RACE_TIMEOUT (default 300)
+#              kernel in every forced configuration and with query tiles sharing K/V, layernorm, embedding.
+#              Shared-memory hazards that memcheck does not see (session 5 found one report this way);
+#              RACE_TIMEOUT (default 300)
 # Logs go to $OUT (the device tool's folder) or ./out. Carried along: .whl/ (wheels missing there, e.g.
 # onnx-graphsurgeon) and .gpudata/ (data folder: MiniLM, texts), both ignored by git.
 # Environment: TEST_FILES ("name:seconds ..."), SAN_TIMEOUT (default 200), PYTEST_ARGS (extra pytest args).
@@ -78,7 +79,7 @@ if [[ " $steps " == *" racecheck "* ]]; then
   log "compute-sanitizer racecheck (plugin kernels)"
   timeout "${RACE_TIMEOUT:-300}" compute-sanitizer --tool racecheck --error-exitcode 3 --print-limit 10 \
     python3 -m pytest -p no:cacheprovider -q tests/gpu/test_plugins.py \
-    -k "every_configuration or test_layernorm or test_embedding" >"$OUT/racecheck.log" 2>&1
+    -k "every_configuration or share_kv or test_layernorm or test_embedding" >"$OUT/racecheck.log" 2>&1
   echo "racecheck exit code $? (3: hazards; 1: a test failed; 4: pytest usage)"
   grep -E "RACECHECK SUMMARY|passed|failed" "$OUT/racecheck.log" | tail -3
   log "racecheck done"

@@ -547,6 +547,77 @@ def test_attention_key_groups_agree_with_one_group(monkeypatch):
         assert not np.array_equal(outs[0], outs[1]) or S <= 64, "KS=2 was not taken (outputs bitwise equal)"
 
 
+@pytest.mark.parametrize("cfg,qb", [("1,4", "2"), ("1,2", "4"), ("1,1", "3"), ("2,2", "2"), ("2,1", "8"),
+                                    ("1,4", "99")])
+@pytest.mark.parametrize("prec,B,S,H,D,causal,mkind,qt", [
+    ("hybrid", 3, 128, 2, 64, False, "right", np.float16),   # BERT's case: 2 key tiles, both staged once
+    ("hybrid", 2, 128, 3, 64, False, "random", np.float16),  # staged mask values; one sequence fully masked
+    ("hybrid", 2, 97, 2, 32, False, None, np.float32),       # fp32 qkv (synchronous staging), a short last tile
+    ("fp16", 2, 128, 2, 64, False, "left", np.float16),      # fp16 softmax
+    ("hybrid", 2, 64, 2, 128, False, "right", np.float16),   # D = 128: a 2-slot ring holds one key tile
+    ("hybrid", 2, 128, 2, 64, True, None, np.float16),       # causal: never shared (the launcher says qb=1)
+    ("hybrid", 2, 200, 2, 64, False, "right", np.float16),   # 4 key tiles, more than the ring: never shared
+])
+def test_attention_query_tiles_share_kv(prec, B, S, H, D, causal, mkind, qt, cfg, qb, monkeypatch):
+    """Several query tiles a block over K/V tiles staged once (TRTRUN_ATTN_QB): taken exactly where the launcher
+    allows it (no causal mask, every key tile in the ring at once: S <= 128 for D <= 64, S <= 64 for D = 128),
+    accurate by test_attention's rule, and bit-identical to one query tile a block: each query tile walks the same
+    key tiles in the same order with the same arithmetic, only the loads are shared."""
+    torch = _torch()
+    monkeypatch.setenv("TRTRUN_ATTN_CFG", cfg)
+    mt, nw = (int(x) for x in cfg.split(","))
+    if mt == 2 and D > 64:
+        pytest.skip("32 rows a warp is not built for D = 128 (the launcher falls back to its own choice)")
+    nqt = -(-S // (16 * mt * nw))
+    nkt = -(-S // 64)
+    allowed = not causal and nkt <= (1 if D >= 128 else 2)
+    expect = min(int(qb), nqt) if allowed else 1
+    monkeypatch.setenv("TRTRUN_ATTN_QB", qb)
+    got = PLUGINS.attention_config(B, S, H, D, causal, PREC[prec])
+    assert got == f"mt={mt} nw={nw} ks=1 qb={expect}", got
+    _check_attention(prec, B, S, H, D, causal, mkind, qt, np.float16, 1.0 / math.sqrt(D))
+    rng = np.random.default_rng(S + D)
+    qkv = rng.standard_normal((B, S, 3 * H * D)).astype(qt)
+    mask = _make_mask(rng, B, S, mkind)
+    shared, _ = _run_attention(torch, qkv, mask, H, D, 0.125, causal, prec, np.float32)
+    monkeypatch.setenv("TRTRUN_ATTN_QB", "1")
+    assert PLUGINS.attention_config(B, S, H, D, causal, PREC[prec]).endswith(" qb=1")
+    single, _ = _run_attention(torch, qkv, mask, H, D, 0.125, causal, prec, np.float32)
+    assert np.isfinite(shared).all()
+    np.testing.assert_array_equal(shared, single)
+
+
+def test_attention_shares_kv_where_one_tile_a_block_takes_two_waves(monkeypatch):
+    """The launcher's own rule (no overrides): two query tiles a block at BERT-base's 32 x 128 (768 blocks of one
+    tile = two waves on a 132-multiprocessor Hopper), one at 16 x 128 (one wave), never with a causal mask or
+    more key tiles than the ring holds. Measured in plugins/attention/README.md."""
+    torch = _torch()
+    monkeypatch.delenv("TRTRUN_ATTN_CFG", raising=False)
+    monkeypatch.delenv("TRTRUN_ATTN_QB", raising=False)
+    hyb = PREC["hybrid"]
+    assert PLUGINS.attention_config(32, 128, 12, 64, True, hyb).endswith(" qb=1")
+    assert PLUGINS.attention_config(32, 512, 12, 64, False, hyb).endswith(" qb=1")
+    assert PLUGINS.attention_config(1, 128, 12, 64, False, hyb).endswith(" qb=1")
+    props = torch.cuda.get_device_properties(0)
+    if props.major != 9 or not 114 <= props.multi_processor_count <= 144:
+        pytest.skip(f"the wave counts below are for an H100/H200 (sm_90, 114-144 multiprocessors), not {props.name}")
+    assert PLUGINS.attention_config(32, 128, 12, 64, False, hyb) == "mt=1 nw=4 ks=1 qb=2"
+    assert PLUGINS.attention_config(32, 128, 12, 32, False, hyb) == "mt=1 nw=4 ks=1 qb=2"
+    assert PLUGINS.attention_config(16, 128, 12, 64, False, hyb) == "mt=1 nw=4 ks=1 qb=1"
+
+
+def test_attention_config_reports_the_launcher():
+    """attention_config answers for every precision and refuses what launch_attention refuses."""
+    assert PLUGINS.attention_config(2, 128, 12, 64, False, PREC["fp32"]) == "fp32"
+    for prec in ("hybrid", "fp16"):
+        got = PLUGINS.attention_config(32, 128, 12, 64, False, PREC[prec])
+        assert got.startswith("mt=") and " qb=" in got, got
+    with pytest.raises(Exception, match="head_size"):
+        PLUGINS.attention_config(1, 128, 12, 48, False, PREC["hybrid"])
+    with pytest.raises(Exception, match="batch, seq and heads"):
+        PLUGINS.attention_config(0, 128, 12, 64, False, PREC["hybrid"])
+
+
 # ------------------------------------------------------------------------------------- embedding
 EMB_CASES = [
     # precision, n, table dtype, y dtype, with type table, token types given, LN, position offset

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.gpu
 KINDS = ["bert-base", "gpt2", "minilm"]
 # (batch, seq, right-padded): batch 1..32, odd lengths 1, 7, 129, 511, the profile maximum, padded batches
 TORCH_SHAPES = [(1, 1, False), (1, 7, False), (2, 129, True), (8, 128, True), (32, 511, True), (32, 64, True),
-                (3, 512, False), (17, 77, True)]
+                (3, 512, False), (17, 77, True), (32, 100, True)]  # the last: query tiles sharing K/V (BERT, MiniLM)
 REF_SHAPES = [(1, 7, False), (2, 129, True), (3, 33, True)]
 
 _contexts = {}
