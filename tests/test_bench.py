@@ -363,7 +363,8 @@ def test_plan_input_without_torch_source(swept, tmp_path):
 def _gpu_store(tmp_path) -> ResultStore:
     """Hand-made records as a GPU sweep writes them, with numbers whose statements are known."""
     st = ResultStore(tmp_path, resume=False)
-    sid = st.add_session({"card": "NVIDIA H100 80GB HBM3", "backend": "gpu", "driver": "580.0",
+    sid = st.add_session({"card": "NVIDIA H100 80GB HBM3", "gpu_uuid": "GPU-8707fc88-0000", "backend": "gpu",
+                          "driver": "580.0",
                           "config": {"baselines": ["torch-fp32", "torch-compile", "cpu"], "compile_grid": "subset",
                                      "compile_batch": [1, 8, 32], "compile_seq": [32, 128, 512]}})
     MiB = 2**20
@@ -388,6 +389,39 @@ def _gpu_store(tmp_path) -> ResultStore:
     return st
 
 
+def test_gpu_info_reads_the_card_and_its_uuid(monkeypatch):
+    from trtrun.bench import meta
+
+    def fake_run(cmd, timeout=10):
+        if cmd[0] == "nvidia-smi" and any(c.startswith("--query-gpu=") for c in cmd):
+            assert "uuid" in next(c for c in cmd if c.startswith("--query-gpu="))
+            return "NVIDIA H200, 580.159.04, 143771 MiB, GPU-79ea1bf6-1111-2222-3333-444455556666"
+        if cmd == ["nvidia-smi"]:
+            return "| NVIDIA-SMI 580.159.04   Driver Version: 580.159.04   CUDA Version: 13.0 |"
+        return None
+
+    monkeypatch.setattr(meta, "_run", fake_run)
+    info = meta.gpu_info()
+    assert info["card"] == "NVIDIA H200" and info["driver"] == "580.159.04" and info["gpu_memory"] == "143771 MiB"
+    assert info["gpu_uuid"] == "GPU-79ea1bf6-1111-2222-3333-444455556666"
+    assert info["cuda"].startswith("driver supports 13.0")
+    # an nvidia-smi that refuses the uuid field fails the whole query: asked again without it, the rest as before
+    asked = []
+
+    def no_uuid(cmd, timeout=10):
+        q = next((c for c in cmd if c.startswith("--query-gpu=")), None)
+        asked.append(q)
+        if q is None or "uuid" in q:
+            return None
+        return "NVIDIA H200, 580.159.04, 143771 MiB"
+
+    monkeypatch.setattr(meta, "_run", no_uuid)
+    info = meta.gpu_info()
+    assert info["card"] == "NVIDIA H200" and info["driver"] == "580.159.04" and "gpu_uuid" not in info
+    assert asked[:2] == ["--query-gpu=name,driver_version,memory.total,uuid",
+                         "--query-gpu=name,driver_version,memory.total"]
+
+
 def test_summary_statements_on_gpu_like_records(tmp_path):
     from trtrun.bench.report import write_report
 
@@ -407,6 +441,10 @@ def test_summary_statements_on_gpu_like_records(tmp_path):
     assert "trtrun-hybrid | on | 32" not in text  # 2.2 < 2.5: faster there
     assert "issue 3's speed targets" in text and "| NO |" in text  # 1.05 ms > 0.35 ms
     assert "torch-fp16: error at 1 point(s): OutOfMemoryError: boom" in text
+    assert "- gpu_uuid: GPU-8707fc88-0000" in text  # which card of that model: hosts differ by a few percent
+    from trtrun.bench.results import header_block
+
+    assert "#   gpu_uuid: GPU-8707fc88-0000" in header_block(st.sessions)  # the head of results.csv
     names = {p.name for p in paths}
     assert {"bert-base-latency.png", "bert-base-speedup.png", "bert-base-memory.png",
             "bert-base-hybrid-overhead.png"} <= names

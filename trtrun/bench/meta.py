@@ -40,14 +40,20 @@ def host_cpu() -> str:
 
 
 def gpu_info(device: int = 0) -> dict:
-    """{card, driver, cuda, memory} from nvidia-smi (falls back on torch for the name)."""
+    """{card, driver, gpu_memory, gpu_uuid, cuda} from nvidia-smi (falls back on torch for the name). The UUID tells
+    two cards of one model apart: sweeps on two hosts of the same card can differ by a few percent."""
     info: dict = {}
-    out = _run(["nvidia-smi", f"--id={device}", "--query-gpu=name,driver_version,memory.total",
-                "--format=csv,noheader"])
+    out = None
+    for fields in ("name,driver_version,memory.total,uuid", "name,driver_version,memory.total"):
+        out = _run(["nvidia-smi", f"--id={device}", f"--query-gpu={fields}", "--format=csv,noheader"])
+        if out:  # an nvidia-smi that refuses a field refuses the whole query: ask again without the uuid
+            break
     if out:
         parts = [p.strip() for p in out.splitlines()[0].split(",")]
         if len(parts) >= 3:
             info.update(card=parts[0], driver=parts[1], gpu_memory=parts[2])
+        if len(parts) >= 4 and parts[3]:
+            info["gpu_uuid"] = parts[3]
     smi = _run(["nvidia-smi"])
     m = re.search(r"CUDA Version:\s*([\d.]+)", smi or "")
     cuda = []

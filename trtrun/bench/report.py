@@ -170,7 +170,8 @@ def summary_markdown(store: ResultStore, cfg=None) -> str:
         last = sessions[-1]
         w(f"- card: {', '.join(cards) if cards else 'none (reference backend, CPU only)'}"
           f"{'  **(several cards: comparisons pair points of the same card only)**' if len(cards) > 1 else ''}")
-        for k in ("driver", "cuda", "host_cpu", "host_cores", "torch", "transformers", "onnxruntime", "trtrun", "git"):
+        for k in ("gpu_uuid", "driver", "cuda", "host_cpu", "host_cores", "torch", "transformers", "onnxruntime",
+                  "trtrun", "git"):
             vals = sorted({str(s.get(k)) for s in sessions if s.get(k) not in (None, "")})
             if vals:
                 w(f"- {k}: {', '.join(vals)}")

@@ -32,7 +32,7 @@ CSV_COLUMNS = ["model", "engine", "precision", "cuda_graphs", "batch", "seq", "s
                "e2e_min_ms", "e2e_mean_ms", "e2e_p50_ms", "e2e_p90_ms", "e2e_p99_ms", "e2e_n",
                "seq_per_s", "tokens_per_s", "e2e_seq_per_s", "peak_mem_mib", "mem_source", "timer",
                "device", "session", "note"]
-SESSION_FIELDS = ["date", "card", "driver", "cuda", "backend", "host_cpu", "host_cores", "python", "trtrun",
+SESSION_FIELDS = ["date", "card", "gpu_uuid", "driver", "cuda", "backend", "host_cpu", "host_cores", "python", "trtrun",
                   "torch", "torch_fp32_matmul", "transformers", "onnxruntime", "numpy", "git", "command"]
 
 
