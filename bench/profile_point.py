@@ -39,7 +39,8 @@ def main() -> int:
                     help="Context gemm_search (default: the runtime's)")
     ap.add_argument("--gemm-cache", default=None, help="load_gemm_cache(FILE) first (fixed GEMM choices for A/B runs)")
     ap.add_argument("--variant", action="append", default=None,
-                    help="NAME:key=int,...[,env.VAR=value] another context with these options (repeatable); points alternate")
+                    help="NAME:key=int,...[,env.VAR=value] another context with these options (repeatable); "
+                         "points alternate")
     ap.add_argument("--rounds", type=int, default=1, help="timing rounds per context and point")
     ap.add_argument("--plan", default=None, help="time this plan file instead of exporting and building --model")
     a = ap.parse_args()

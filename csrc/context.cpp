@@ -82,6 +82,7 @@ GemmKey linear_key(const OpDesc& op, const EngineDesc& d, int64_t rows, const Li
   k.tf32 = d.tf32;
   return k;
 }
+
 // The GEMM of a Linear run split into `split` K slices (fp16 operands, unsummed fp32 slices out): one key for
 // the plan-time check (m = the planned rows) and the run (m = the run's rows).
 GemmKey split_linear_key(int64_t m, const WeightDesc& w, int split) {

@@ -798,8 +798,7 @@ void ensure_dynamic_smem(Kernel kern, size_t smem) {
 size_t tc_smem_bytes(int D, int BQ, int KS = 1, int nqb = 1) {
   const int nst = ring_depth(D);
   // Q (nqb query tiles), each key group's K/V ring, each group's staged mask values; with two groups, the merge
-  // scratch (D/2 + 4
-  // floats a thread of one group of BQ/16 warps)
+  // scratch (D/2 + 4 floats a thread of one group of BQ/16 warps)
   const size_t merge = KS > 1 ? static_cast<size_t>(BQ / 16) * 32 * (D / 2 + 4) * sizeof(float) : 0;
   return static_cast<size_t>(nqb * BQ + KS * 2 * nst * BK) * (D + 8) * sizeof(__half) +
          static_cast<size_t>(KS) * nst * BK * sizeof(int) + merge;
