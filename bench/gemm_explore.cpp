@@ -11,7 +11,11 @@
 // pass (5 x 5 launches) ranks them; the 12 fastest are timed like the rest. --m: row counts (default
 // 128,1024,4096,16384). --hot: one weight copy (L2-resident after the first launch: what a GEMM would take if its
 // weights were prefetched into the L2). --out16: attn_out and ffn2 write fp16 (a hybrid plan's default since session 4: their
-// outputs feed post-norm LayerNorms) instead of fp32.
+// outputs feed post-norm LayerNorms) instead of fp32. --dump FILE (with --configs): one CSV line per timed
+// candidate (gemm, M, heuristic rank or -100 for a configuration, algo, tile, stages, split-K, swizzle, cluster,
+// custom option, quick-pass us, full-timing us or -1, host ms of its first launch including the kernel load), to
+// find offline which part of the configuration space the winners come from (bench/NOTES.md, session 9).
+// --gemms a,b: only these of qkv, attn_out, ffn1_gelu, ffn2.
 //
 // Same layout as csrc/gemm.cpp: row-major y[m,n] = x[m,k] @ w[k,n] (+bias, GELU) as column-major
 // y^T = w^T x^T, fp16 operands, fp32 accumulation, output fp16 or fp32. The weights are rotated over enough
@@ -23,6 +27,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -43,6 +48,8 @@ struct Cand {
   int rank;  // heuristic rank (-1: a split-K variant made here)
   int splitk;
   float ms = 0;
+  float quick = -1;    // quick-pass ms (configurations only)
+  double load_ms = -1;  // host ms of the first launch + sync (kernel load), configurations only
 };
 
 static int cfg_i32(const cublasLtMatmulAlgo_t& a, cublasLtMatmulAlgoConfigAttributes_t at) {
@@ -130,11 +137,14 @@ int main(int argc, char** argv) {
   size_t ws_bytes = 32u << 20;
   bool configs = false, out16 = false, hot = false;
   std::vector<int> ms_;
+  std::string dump_path, only;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--configs") configs = true;
     else if (a == "--out16") out16 = true;
     else if (a == "--hot") hot = true;
+    else if (a == "--dump" && i + 1 < argc) dump_path = argv[++i];
+    else if (a == "--gemms" && i + 1 < argc) only = std::string(",") + argv[++i] + ",";
     else if (a == "--m" && i + 1 < argc) {
       for (char* p = argv[++i]; *p;) {
         ms_.push_back((int)std::strtol(p, &p, 10));
@@ -163,10 +173,20 @@ int main(int argc, char** argv) {
   CK(cudaEventCreate(&e0));
   CK(cudaEventCreate(&e1));
 
+  FILE* dump = nullptr;
+  if (!dump_path.empty()) {
+    dump = std::fopen(dump_path.c_str(), "w");
+    if (!dump) {
+      std::fprintf(stderr, "cannot write %s\n", dump_path.c_str());
+      return 2;
+    }
+    std::fprintf(dump, "gemm,M,rank,algo,tile,stages,splitk,swizzle,cluster,custom,ws_k,quick_us,full_us,load_ms\n");
+  }
   std::printf("%-10s %6s | %9s %9s %9s | %-60s\n", "gemm", "M", "heur0_us", "top8_us", "best_us", "best candidate");
   for (int M : ms_) {
     double sum_h0 = 0, sum_t8 = 0, sum_best = 0;
     for (Shape s : base) {
+      if (!only.empty() && only.find(std::string(",") + s.name + ",") == std::string::npos) continue;
       s.m = M;
       if (out16) s.out_f32 = false;
       const size_t wbytes = (size_t)s.k * s.n * 2;
@@ -280,11 +300,28 @@ int main(int argc, char** argv) {
         std::vector<Cand> more = all_configs(lt, op, la, lb, ld, dt, ws_bytes);
         n_cfg = more.size();
         for (auto& c : more) {
-          const std::vector<float> v = samples(c, 2, 5, 5);
+          const auto h0 = std::chrono::steady_clock::now();
+          const bool launched = once(c) == CUBLAS_STATUS_SUCCESS && cudaStreamSynchronize(st) == cudaSuccess;
+          (void)cudaGetLastError();
+          c.load_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - h0).count();
+          const std::vector<float> v = launched ? samples(c, 1, 5, 5) : std::vector<float>();
           c.ms = v.empty() ? 1e9f : *std::min_element(v.begin(), v.end());
+          c.quick = c.ms;
         }
         std::sort(more.begin(), more.end(), [](const Cand& a, const Cand& b) { return a.ms < b.ms; });
         for (size_t i = 0; i < more.size() && i < 12; ++i) cands.push_back(more[i]);
+        if (dump)
+          for (size_t i = 12; i < more.size(); ++i) {
+            const Cand& c = more[i];
+            std::fprintf(dump, "%s,%d,%d,%d,%d,%d,%d,%d,%d,%d,%zu,%.3f,-1,%.3f\n", s.name, M, c.rank,
+                         cfg_i32(c.algo, CUBLASLT_ALGO_CONFIG_ID), cfg_i32(c.algo, CUBLASLT_ALGO_CONFIG_TILE_ID),
+                         cfg_i32(c.algo, CUBLASLT_ALGO_CONFIG_STAGES_ID),
+                         cfg_i32(c.algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM),
+                         cfg_i32(c.algo, CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING),
+                         cfg_u16(c.algo, CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID),
+                         cfg_i32(c.algo, CUBLASLT_ALGO_CONFIG_CUSTOM_OPTION), c.ws >> 10,
+                         c.quick >= 1e8f ? -1.0 : c.quick * 1e3, c.load_ms);
+          }
       }
       for (auto& c : cands) {
         std::vector<float> v = samples(c, 3, 15, 20);
@@ -295,6 +332,15 @@ int main(int argc, char** argv) {
         std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
         c.ms = v[v.size() / 2];
       }
+      if (dump)
+        for (const Cand& c : cands)
+          std::fprintf(dump, "%s,%d,%d,%d,%d,%d,%d,%d,%d,%d,%zu,%.3f,%.3f,%.3f\n", s.name, M, c.rank,
+                       cfg_i32(c.algo, CUBLASLT_ALGO_CONFIG_ID), cfg_i32(c.algo, CUBLASLT_ALGO_CONFIG_TILE_ID),
+                       cfg_i32(c.algo, CUBLASLT_ALGO_CONFIG_STAGES_ID), cfg_i32(c.algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM),
+                       cfg_i32(c.algo, CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING),
+                       cfg_u16(c.algo, CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID),
+                       cfg_i32(c.algo, CUBLASLT_ALGO_CONFIG_CUSTOM_OPTION), c.ws >> 10,
+                       c.quick < 0 ? -1.0 : c.quick * 1e3, c.ms >= 1e8f ? -1.0 : c.ms * 1e3, c.load_ms);
       float h0 = cands.empty() ? 0 : cands[0].ms, t8 = 1e9f;
       for (auto& c : cands)
         if (c.rank >= 0 && c.rank < 8) t8 = std::min(t8, c.ms);
@@ -328,5 +374,6 @@ int main(int argc, char** argv) {
     std::printf("LAYER M=%d: 4 GEMMs heur0 %.2f us, top8 %.2f us, best %.2f us; x12 layers: %.3f / %.3f / %.3f ms\n",
                 M, sum_h0 * 1e3, sum_t8 * 1e3, sum_best * 1e3, sum_h0 * 12, sum_t8 * 12, sum_best * 12);
   }
+  if (dump) std::fclose(dump);
   return 0;
 }
