@@ -209,7 +209,8 @@ void bind_context(py::module_& m) {
              o.ffn_chunk_min_rows = ffn_chunk_min_rows;
              if (gemm_search == "heuristic") o.gemm_search = GemmSearch::Heuristic;
              else if (gemm_search == "exhaustive") o.gemm_search = GemmSearch::Exhaustive;
-             else throw InputError("gemm_search must be 'heuristic' or 'exhaustive', got '" + gemm_search + "'");
+             else if (gemm_search == "focused") o.gemm_search = GemmSearch::Focused;
+             else throw InputError("gemm_search must be 'heuristic', 'focused' or 'exhaustive', got '" + gemm_search + "'");
              o.split_ln_max_rows = split_ln_max_rows;
              o.split_ln_slice = split_ln_slice;
              py::gil_scoped_release release;
@@ -220,7 +221,7 @@ void bind_context(py::module_& m) {
            py::arg("fuse_residual") = ContextOptions().fuse_residual,
            py::arg("fuse_residual_min_rows") = ContextOptions().fuse_residual_min_rows,
            py::arg("ffn_chunk_min_rows") = ContextOptions().ffn_chunk_min_rows,
-           py::arg("gemm_search") = std::string("heuristic"),
+           py::arg("gemm_search") = std::string("focused"),
            py::arg("split_ln_max_rows") = ContextOptions().split_ln_max_rows,
            py::arg("split_ln_slice") = ContextOptions().split_ln_slice)
       .def(

@@ -13,8 +13,10 @@
 #include "gemm.h"
 
 #include <algorithm>
+#include <array>
 #include <cstdlib>
 #include <mutex>
+#include <set>
 
 namespace trtrun {
 
@@ -201,6 +203,46 @@ void GemmRunner::run(const GemmKey& key, const void* x, const void* w, const voi
                                      workspace_.get(), p.workspace, stream));
 }
 
+namespace {
+using AlgoBits = std::array<uint64_t, 8>;  // cublasLtMatmulAlgo_t::data: one configuration
+AlgoBits algo_bits(const cublasLtMatmulAlgo_t& a) {
+  AlgoBits b{};
+  std::copy(std::begin(a.data), std::end(a.data), b.begin());
+  return b;
+}
+std::set<AlgoBits> candidate_set(const std::vector<cublasLtMatmulHeuristicResult_t>& candidates) {
+  std::set<AlgoBits> seen;
+  for (const auto& c : candidates) seen.insert(algo_bits(c.algo));
+  return seen;
+}
+// The custom options stage 1 of the focused search tries with every tile: on an H200, tiles ranked at 1 and 3
+// found the winning tile at every BERT-base GEMM of 128 and 4096 rows (bench/NOTES.md, session 9).
+constexpr uint32_t kFocusCustoms[] = {1, 3};
+// The tile ids the algorithm `base` offers (empty when cuBLASLt does not say).
+std::vector<uint32_t> algo_tiles(const cublasLtMatmulAlgo_t& base) {
+  std::vector<uint32_t> tiles;
+  size_t w = 0;
+  if (cublasLtMatmulAlgoCapGetAttribute(&base, CUBLASLT_ALGO_CAP_TILE_IDS, nullptr, 0, &w) == CUBLAS_STATUS_SUCCESS &&
+      w >= sizeof(uint32_t)) {
+    tiles.resize(w / sizeof(uint32_t));
+    if (cublasLtMatmulAlgoCapGetAttribute(&base, CUBLASLT_ALGO_CAP_TILE_IDS, tiles.data(), w, &w) !=
+        CUBLAS_STATUS_SUCCESS)
+      tiles.clear();
+  }
+  tiles.erase(std::remove(tiles.begin(), tiles.end(), static_cast<uint32_t>(CUBLASLT_MATMUL_TILE_UNDEFINED)),
+              tiles.end());
+  return tiles;
+}
+int32_t algo_custom_max(const cublasLtMatmulAlgo_t& base) {
+  int32_t cust_max = 0;
+  size_t w = 0;
+  if (cublasLtMatmulAlgoCapGetAttribute(&base, CUBLASLT_ALGO_CAP_CUSTOM_OPTION_MAX, &cust_max, sizeof(cust_max), &w) !=
+      CUBLAS_STATUS_SUCCESS)
+    cust_max = 0;
+  return std::max(0, std::min(cust_max, 15));
+}
+}  // namespace
+
 // GemmSearch::Exhaustive: every configuration cuBLASLt accepts (cublasLtMatmulAlgoCheck) of the algorithms the
 // heuristic proposed, varying the tile, the thread-block cluster shape and the custom option; stages, split-K,
 // CTA swizzle and reduction scheme stay the heuristic's. (bench/gemm_explore.cpp --configs also varies stages and
@@ -211,6 +253,7 @@ void GemmRunner::add_configs(Plan& p) {
                                        CUBLASLT_CLUSTER_SHAPE_2x2x1, CUBLASLT_CLUSTER_SHAPE_4x1x1,
                                        CUBLASLT_CLUSTER_SHAPE_1x4x1};
   const size_t n_heur = p.candidates.size();
+  std::set<AlgoBits> seen = candidate_set(p.candidates);
   std::vector<int32_t> seen_ids;
   for (size_t h = 0; h < n_heur; ++h) {
     const cublasLtMatmulAlgo_t base = p.candidates[h].algo;
@@ -221,36 +264,59 @@ void GemmRunner::add_configs(Plan& p) {
       continue;
     if (std::find(seen_ids.begin(), seen_ids.end(), id) != seen_ids.end()) continue;
     seen_ids.push_back(id);
-    std::vector<uint32_t> tiles;
-    if (cublasLtMatmulAlgoCapGetAttribute(&base, CUBLASLT_ALGO_CAP_TILE_IDS, nullptr, 0, &w) == CUBLAS_STATUS_SUCCESS &&
-        w >= sizeof(uint32_t)) {
-      tiles.resize(w / sizeof(uint32_t));
-      if (cublasLtMatmulAlgoCapGetAttribute(&base, CUBLASLT_ALGO_CAP_TILE_IDS, tiles.data(), w, &w) !=
-          CUBLAS_STATUS_SUCCESS)
-        tiles.clear();
-    }
-    if (tiles.empty()) continue;
-    int32_t cust_max = 0;
-    if (cublasLtMatmulAlgoCapGetAttribute(&base, CUBLASLT_ALGO_CAP_CUSTOM_OPTION_MAX, &cust_max, sizeof(cust_max),
-                                          &w) != CUBLAS_STATUS_SUCCESS)
-      cust_max = 0;
-    cust_max = std::max(0, std::min(cust_max, 15));
-    for (uint32_t tile : tiles)
+    const int32_t cust_max = algo_custom_max(base);
+    for (uint32_t tile : algo_tiles(base))
       for (uint16_t cl : kClusters)
-        for (uint32_t cust = 0; cust <= static_cast<uint32_t>(cust_max); ++cust) {
-          cublasLtMatmulAlgo_t a = base;
-          if (cublasLtMatmulAlgoConfigSetAttribute(&a, CUBLASLT_ALGO_CONFIG_TILE_ID, &tile, sizeof(tile)) ||
-              cublasLtMatmulAlgoConfigSetAttribute(&a, CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID, &cl, sizeof(cl)) ||
-              cublasLtMatmulAlgoConfigSetAttribute(&a, CUBLASLT_ALGO_CONFIG_CUSTOM_OPTION, &cust, sizeof(cust)))
-            continue;
-          cublasLtMatmulHeuristicResult_t r{};
-          if (cublasLtMatmulAlgoCheck(handle_, p.op, p.a, p.b, p.d, p.d, &a, &r) != CUBLAS_STATUS_SUCCESS) continue;
-          if (r.workspaceSize > workspace_.size() || !fits_key(p.key, a)) continue;
-          r.algo = a;
-          r.state = CUBLAS_STATUS_SUCCESS;
-          p.candidates.push_back(r);
-        }
+        for (int32_t cust = 0; cust <= cust_max; ++cust)
+          (void)add_config(p, seen, base, tile, cl, static_cast<uint32_t>(cust));
   }
+}
+
+// `base` with this tile, cluster shape and custom option, appended to p.candidates when cuBLASLt accepts it for
+// p's problem within the workspace (and, with add_c, it writes out of place). Returns whether it was appended.
+bool GemmRunner::add_config(Plan& p, std::set<std::array<uint64_t, 8>>& seen, const cublasLtMatmulAlgo_t& base,
+                            uint32_t tile, uint16_t cluster, uint32_t custom) {
+  cublasLtMatmulAlgo_t a = base;
+  if (cublasLtMatmulAlgoConfigSetAttribute(&a, CUBLASLT_ALGO_CONFIG_TILE_ID, &tile, sizeof(tile)) ||
+      cublasLtMatmulAlgoConfigSetAttribute(&a, CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID, &cluster, sizeof(cluster)) ||
+      cublasLtMatmulAlgoConfigSetAttribute(&a, CUBLASLT_ALGO_CONFIG_CUSTOM_OPTION, &custom, sizeof(custom)))
+    return false;
+  if (!seen.insert(algo_bits(a)).second) return false;  // the heuristic's own proposals, earlier stages: once
+  cublasLtMatmulHeuristicResult_t r{};
+  if (cublasLtMatmulAlgoCheck(handle_, p.op, p.a, p.b, p.d, p.d, &a, &r) != CUBLAS_STATUS_SUCCESS) return false;
+  if (r.workspaceSize > workspace_.size() || !fits_key(p.key, a)) return false;
+  r.algo = a;
+  r.state = CUBLAS_STATUS_SUCCESS;
+  p.candidates.push_back(r);
+  return true;
+}
+
+
+// Focused search, stage 1: the heuristic's first algorithm (its stages, split-K, swizzle and reduction scheme)
+// with every tile it offers, a 1x1 cluster and the kFocusCustoms custom options.
+void GemmRunner::add_focus_tiles(Plan& p) {
+  if (p.candidates.empty()) return;
+  const cublasLtMatmulAlgo_t base = p.candidates[0].algo;
+  std::set<AlgoBits> seen = candidate_set(p.candidates);
+  const int32_t cust_max = algo_custom_max(base);
+  for (uint32_t tile : algo_tiles(base))
+    for (uint32_t cust : kFocusCustoms)
+      if (static_cast<int32_t>(cust) <= cust_max)
+        (void)add_config(p, seen, base, tile, CUBLASLT_CLUSTER_SHAPE_1x1x1, cust);
+}
+
+// Focused search, stage 2: the given tiles with the 1x1, 2x1 and 1x2 clusters and every custom option.
+void GemmRunner::add_focus_variants(Plan& p, const std::vector<uint32_t>& tiles) {
+  if (p.candidates.empty()) return;
+  static const uint16_t kFocusClusters[] = {CUBLASLT_CLUSTER_SHAPE_1x1x1, CUBLASLT_CLUSTER_SHAPE_2x1x1,
+                                            CUBLASLT_CLUSTER_SHAPE_1x2x1};
+  const cublasLtMatmulAlgo_t base = p.candidates[0].algo;
+  std::set<AlgoBits> seen = candidate_set(p.candidates);
+  const int32_t cust_max = algo_custom_max(base);
+  for (uint32_t tile : tiles)
+    for (uint16_t cl : kFocusClusters)
+      for (int32_t cust = 0; cust <= cust_max; ++cust)
+        (void)add_config(p, seen, base, tile, cl, static_cast<uint32_t>(cust));
 }
 
 // Times each candidate on the real operands (y is overwritten; the caller's run right after writes the
@@ -265,14 +331,18 @@ void GemmRunner::tune(Plan& p, const void* x, const void* w, void* y, const void
   const TunedKey tk{device, p.key, workspace_.size(), search_};
   std::lock_guard<std::mutex> lock(g_tuned_mutex);  // one tuning at a time: timings undisturbed by other contexts
   auto& cache = tuned_cache();
-  auto hit = cache.find(tk);
-  if (hit == cache.end() && search_ == GemmSearch::Heuristic) {
-    // an exhaustive choice serves heuristic contexts too (it was timed against the heuristic's candidates)
-    TunedKey ek = tk;
-    ek.search = GemmSearch::Exhaustive;
-    hit = cache.find(ek);
-  }
-  if (hit != cache.end() && !hit->second.checked) {
+  // A choice of this search, or else of a wider one (it was timed against everything this search would time):
+  // exhaustive serves focused and heuristic contexts, focused serves heuristic ones.
+  std::vector<GemmSearch> servers{search_};
+  if (search_ != GemmSearch::Exhaustive) servers.push_back(GemmSearch::Exhaustive);
+  if (search_ == GemmSearch::Heuristic) servers.push_back(GemmSearch::Focused);
+  auto hit = cache.end();
+  for (GemmSearch sv : servers) {
+    TunedKey sk = tk;
+    sk.search = sv;
+    hit = cache.find(sk);
+    if (hit == cache.end()) continue;
+    if (hit->second.checked) break;
     cublasLtMatmulHeuristicResult_t r{};
     const bool valid =
         cublasLtMatmulAlgoCheck(handle_, p.op, p.a, p.b, p.d, p.d, &hit->second.result.algo, &r) ==
@@ -281,10 +351,10 @@ void GemmRunner::tune(Plan& p, const void* x, const void* w, void* y, const void
     if (valid) {
       hit->second.result.workspaceSize = r.workspaceSize;
       hit->second.checked = true;
-    } else {
-      cache.erase(hit);
-      hit = cache.end();
+      break;
     }
+    cache.erase(hit);  // loaded from a file and unusable here: tuned as if it had never been there
+    hit = cache.end();
   }
   if (hit != cache.end()) {
     p.algo = hit->second.result.algo;
@@ -292,9 +362,10 @@ void GemmRunner::tune(Plan& p, const void* x, const void* w, void* y, const void
     p.tuned = true;
     return;
   }
-  const bool exhaustive = search_ == GemmSearch::Exhaustive;
+  const bool exhaustive = search_ == GemmSearch::Exhaustive, focused = search_ == GemmSearch::Focused;
   const size_t n_heur = p.candidates.size();
   if (exhaustive) add_configs(p);
+  if (focused) add_focus_tiles(p);
   cudaEvent_t t0 = nullptr, t1 = nullptr;
   TRTRUN_CUDA_CHECK(cudaEventCreate(&t0));
   cudaError_t ce = cudaEventCreate(&t1);
@@ -302,10 +373,11 @@ void GemmRunner::tune(Plan& p, const void* x, const void* w, void* y, const void
     TRTRUN_CUDA_IGNORE(cudaEventDestroy(t0));
     TRTRUN_CUDA_CHECK(ce);
   }
-  // Exhaustive: an L2 flush (a memset of twice the L2) before every timed launch. Without room for it, none.
+  // Exhaustive and focused: an L2 flush (a memset of twice the L2) before every timed launch. Without room for
+  // it, none.
   void* flush = nullptr;
   size_t flush_bytes = 0;
-  if (exhaustive) {
+  if (exhaustive || focused) {
     int l2 = 0;
     if (cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, device) == cudaSuccess && l2 > 0) {
       flush_bytes = 2 * static_cast<size_t>(l2);
@@ -323,9 +395,23 @@ void GemmRunner::tune(Plan& p, const void* x, const void* w, void* y, const void
                           workspace_.get(), cand.workspaceSize, stream);
   };
   cudaError_t failure = cudaSuccess;
+  // After the flush, x (and c) are read back into the L2 by copying them into the flush buffer: in a forward pass
+  // a GEMM's activations were just written by the op before it and are L2-resident; only its weights are not.
+  // (Timed with everything flushed, GPT-2 hybrid 32x128 with focused choices ran 2-3% slower than with the
+  // heuristic's on an H200: its residual-add GEMMs read a 12.6 MB fp32 c. bench/NOTES.md, session 9.)
+  const size_t x_bytes = static_cast<size_t>(p.key.m) * p.key.k * elem_size(p.key.operand_t);
+  const size_t c_bytes = p.key.add_c ? static_cast<size_t>(p.key.m) * p.key.n * elem_size(p.key.out_t) : 0;
+  auto flush_l2 = [&]() -> cudaError_t {
+    cudaError_t e = cudaMemsetAsync(flush, 0, flush_bytes, stream);
+    const size_t xb = std::min(x_bytes, flush_bytes / 2), cb = std::min(c_bytes, flush_bytes / 2);
+    if (e == cudaSuccess && xb > 0) e = cudaMemcpyAsync(flush, x, xb, cudaMemcpyDeviceToDevice, stream);
+    if (e == cudaSuccess && cb > 0)
+      e = cudaMemcpyAsync(static_cast<char*>(flush) + flush_bytes / 2, c, cb, cudaMemcpyDeviceToDevice, stream);
+    return e;
+  };
   // One timed launch of candidate i (after a flush when there is one): its ms, -1 if cuBLASLt refused to launch it.
   auto time_one = [&](size_t i) -> float {
-    cudaError_t e = flush ? cudaMemsetAsync(flush, 0, flush_bytes, stream) : cudaSuccess;
+    cudaError_t e = flush ? flush_l2() : cudaSuccess;
     if (e == cudaSuccess) e = cudaEventRecord(t0, stream);
     const cublasStatus_t bs = e == cudaSuccess ? launch(i) : CUBLAS_STATUS_EXECUTION_FAILED;
     if (e == cudaSuccess) e = cudaEventRecord(t1, stream);
@@ -335,26 +421,52 @@ void GemmRunner::tune(Plan& p, const void* x, const void* w, void* y, const void
     if (e != cudaSuccess) failure = e;
     return bs == CUBLAS_STATUS_SUCCESS ? ms : -1.0f;
   };
-  if (exhaustive && p.candidates.size() > n_heur) {
-    // quick pass over the configurations: two timed launches each (round-robin), the fastest finalists stay
-    const size_t nq = p.candidates.size() - n_heur;
+  // Quick pass over the candidates from index `from` on: two timed launches each (round-robin), after one
+  // untimed launch that also loads the kernel. Returns (ms, index) of those that ran, fastest first.
+  auto quick = [&](size_t from) {
+    const size_t nq = p.candidates.size() - from;
     std::vector<float> q(nq, -1.0f);
     std::vector<char> qok(nq, 0);
-    for (size_t j = 0; j < nq; ++j) qok[j] = launch(n_heur + j) == CUBLAS_STATUS_SUCCESS;  // warm-up, load
+    for (size_t j = 0; j < nq; ++j) qok[j] = launch(from + j) == CUBLAS_STATUS_SUCCESS;
     for (int r = 0; r < 2 && failure == cudaSuccess; ++r)
       for (size_t j = 0; j < nq && failure == cudaSuccess; ++j) {
         if (!qok[j]) continue;
-        const float ms = time_one(n_heur + j);
+        const float ms = time_one(from + j);
         if (ms < 0.0f) qok[j] = 0;
         else if (q[j] < 0.0f || ms < q[j]) q[j] = ms;
       }
-    std::vector<size_t> order;
+    std::vector<std::pair<float, size_t>> order;
     for (size_t j = 0; j < nq; ++j)
-      if (qok[j] && q[j] >= 0.0f) order.push_back(j);
-    std::sort(order.begin(), order.end(), [&](size_t u, size_t v) { return q[u] < q[v]; });
+      if (qok[j] && q[j] >= 0.0f) order.emplace_back(q[j], from + j);
+    std::sort(order.begin(), order.end());
+    return order;
+  };
+  if ((exhaustive || focused) && p.candidates.size() > n_heur) {
+    std::vector<std::pair<float, size_t>> order = quick(n_heur);
+    if (focused && failure == cudaSuccess) {
+      // stage 2: the fastest tiles of stage 1 with the other cluster shapes and custom options
+      std::vector<uint32_t> tiles;
+      for (const auto& [ms, i] : order) {
+        uint32_t tile = 0;
+        size_t wr = 0;
+        if (cublasLtMatmulAlgoConfigGetAttribute(&p.candidates[i].algo, CUBLASLT_ALGO_CONFIG_TILE_ID, &tile,
+                                                 sizeof(tile), &wr) != CUBLAS_STATUS_SUCCESS)
+          continue;
+        if (std::find(tiles.begin(), tiles.end(), tile) == tiles.end()) tiles.push_back(tile);
+        if (tiles.size() == kFocusTiles) break;
+      }
+      const size_t n1 = p.candidates.size();
+      add_focus_variants(p, tiles);
+      if (p.candidates.size() > n1) {
+        std::vector<std::pair<float, size_t>> more = quick(n1);
+        order.insert(order.end(), more.begin(), more.end());
+        std::sort(order.begin(), order.end());
+      }
+    }
+    // the fastest finalists join the heuristic's candidates for the full timing
     if (order.size() > kExhaustiveFinalists) order.resize(kExhaustiveFinalists);
     std::vector<cublasLtMatmulHeuristicResult_t> keep(p.candidates.begin(), p.candidates.begin() + n_heur);
-    for (size_t j : order) keep.push_back(p.candidates[n_heur + j]);
+    for (const auto& [ms, i] : order) keep.push_back(p.candidates[i]);
     p.candidates.swap(keep);
   }
   // Candidates are timed round-robin (kTuneRounds rounds of one run each, the minimum kept per candidate), not
@@ -426,7 +538,8 @@ size_t gemm_cache_import(const std::vector<GemmCacheEntry>& entries) {
   size_t taken = 0;
   for (const GemmCacheEntry& e : entries) {
     if (e.cublaslt != version) continue;
-    if (e.search != static_cast<int>(GemmSearch::Heuristic) && e.search != static_cast<int>(GemmSearch::Exhaustive))
+    if (e.search != static_cast<int>(GemmSearch::Heuristic) && e.search != static_cast<int>(GemmSearch::Exhaustive) &&
+        e.search != static_cast<int>(GemmSearch::Focused))
       continue;
     bool any = false;
     for (int d = 0; d < n_dev; ++d) {

@@ -133,7 +133,7 @@ def test_config_errors():
         (dict(precisions=[]), "empty"),
         (dict(iters=5, min_iters=10), "above --iters"),
         (dict(cuda_graphs="maybe"), "cuda-graphs"),
-        (dict(gemm_search="fastest"), "gemm-search: 'fastest' is not one of heuristic, exhaustive"),
+        (dict(gemm_search="fastest"), "gemm-search: 'fastest' is not one of heuristic, focused, exhaustive"),
         (dict(resume=True, overwrite=True), "contradict"),
         (dict(models=[]), "no MODEL"),
     ]:

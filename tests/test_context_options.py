@@ -18,7 +18,7 @@ from trtrun.runtime import Context
     ({"ffn_chunks": 0}, "ffn_chunks must be an integer >= 1"),
     ({"fuse_residual_min_rows": 0}, "fuse_residual_min_rows must be an integer >= 1"),
     ({"workspace_bytes": -1}, "workspace_bytes must be an integer >= 0"),
-    ({"gemm_search": "fast"}, "gemm_search must be one of heuristic, exhaustive"),
+    ({"gemm_search": "fast"}, "gemm_search must be one of heuristic, focused, exhaustive"),
 ])
 def test_bad_context_options(kw, needle):
     with pytest.raises(InputError) as err:

@@ -33,7 +33,8 @@ DEFAULT_FUSE_RESIDUAL_MIN_ROWS = 2048  # residual add in the GEMM epilogue from 
 DEFAULT_FFN_CHUNK_MIN_ROWS = 4096  # feed-forward row chunks only where a chunk has this many rows
 DEFAULT_SPLIT_LN_MAX_ROWS = 384  # Linear -> LayerNorm split into K slices at runs of at most this many tokens
 DEFAULT_SPLIT_LN_SLICE = 768  # ...slices of this depth (K = 3072: 4 slices; K = 768: not split)
-GEMM_SEARCHES = ("heuristic", "exhaustive")  # Context gemm_search (csrc/gemm.h, GemmSearch)
+GEMM_SEARCHES = ("heuristic", "focused", "exhaustive")  # Context gemm_search (csrc/gemm.h, GemmSearch)
+DEFAULT_GEMM_SEARCH = "focused"
 
 _ELEM = {"float32": 0, "float16": 1, "int32": 2, "int64": 2}  # integer inputs live as int32 on the device
 _OP = {"Embedding": 0, "Linear": 1, "Attention": 2, "LayerNorm": 3}
@@ -339,7 +340,7 @@ class Engine:
                        ffn_chunks: int = DEFAULT_FFN_CHUNKS, fuse_residual: bool = True,
                        fuse_residual_min_rows: int = DEFAULT_FUSE_RESIDUAL_MIN_ROWS,
                        ffn_chunk_min_rows: int = DEFAULT_FFN_CHUNK_MIN_ROWS,
-                       gemm_search: str = "heuristic",
+                       gemm_search: str = DEFAULT_GEMM_SEARCH,
                        split_ln_max_rows: int = DEFAULT_SPLIT_LN_MAX_ROWS,
                        split_ln_slice: int = DEFAULT_SPLIT_LN_SLICE) -> "Context":
         """A Context: own CUDA stream, activation arena (allocated now, at the profile's maximum shapes:
@@ -359,10 +360,16 @@ class Engine:
             the same fp32 arithmetic in another order, fewer bytes moved. Used at runs of at least
             fuse_residual_min_rows tokens (batch x sequence bucket); below that it was slower on an H200.
         gemm_search: how each GEMM shape's cuBLASLt algorithm is chosen on its first run (once per process,
-            shared by every context). "heuristic" (default): cuBLASLt's top 8 proposals, timed. "exhaustive":
-            also every tile x cluster-shape x custom-option configuration cuBLASLt accepts for them, each timed
-            after an L2 flush (weights are never L2-resident in a forward pass); slower first runs of each
-            shape (about 0.1-1 s), faster GEMMs where cuBLASLt's proposals miss the best (bench/NOTES.md).
+            shared by every context). "heuristic": cuBLASLt's top 8 proposals, timed (~0.1 s). "focused"
+            (default): those, plus ~300 configurations of the heuristic's algorithm (every tile with a 1x1
+            cluster, then the fastest 4 tiles with other cluster shapes and custom options), each timed after an
+            L2 flush with the GEMM's inputs read back into the L2 (in a forward pass a GEMM's weights are never
+            L2-resident, its activations are): 1-4 s for the first shape in a process (cuBLASLt loads the
+            kernels), under a second for each later one; on an H200 BERT-base hybrid ran 2-4% faster at 1x128,
+            8x128 and 32x128 than with "heuristic" (bench/NOTES.md, session 9). "exhaustive": every tile x
+            cluster-shape x custom-option configuration cuBLASLt accepts for the heuristic's algorithms (about a
+            minute for the first shape, seconds after). save_gemm_cache / load_gemm_cache keep the choices
+            across processes.
         split_ln_max_rows: at runs of at most this many tokens (batch x sequence bucket), a Linear whose output
             only a LayerNorm reads (fp16 operands, fp32 statistics: hybrid plans) runs as K slices of
             split_ln_slice in one batched cuBLASLt call, and the LayerNorm sums the fp32 slices and adds the
@@ -473,7 +480,7 @@ class Context:
                  workspace_bytes: int = DEFAULT_WORKSPACE_BYTES, max_graphs: int = 256,
                  ffn_chunks: int = DEFAULT_FFN_CHUNKS, fuse_residual: bool = True,
                  fuse_residual_min_rows: int = DEFAULT_FUSE_RESIDUAL_MIN_ROWS,
-                 ffn_chunk_min_rows: int = DEFAULT_FFN_CHUNK_MIN_ROWS, gemm_search: str = "heuristic",
+                 ffn_chunk_min_rows: int = DEFAULT_FFN_CHUNK_MIN_ROWS, gemm_search: str = DEFAULT_GEMM_SEARCH,
                  split_ln_max_rows: int = DEFAULT_SPLIT_LN_MAX_ROWS, split_ln_slice: int = DEFAULT_SPLIT_LN_SLICE):
         if gemm_search not in GEMM_SEARCHES:
             raise InputError(f"gemm_search must be one of {', '.join(GEMM_SEARCHES)}, got {gemm_search!r}")

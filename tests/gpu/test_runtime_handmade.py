@@ -210,21 +210,24 @@ def test_split_ln_close_to_unsplit(built, variant, precision, splits):
             assert h.rel_l2(b, a, h.valid_mask(feeds)) < 1e-3, (variant, precision, B, S)
 
 
+@pytest.mark.parametrize("search", ["focused", "exhaustive"])
 @pytest.mark.parametrize("precision", ["fp32", "hybrid", "fp16"])
 @pytest.mark.parametrize("variant", ["plain", "prenorm-res32", "x32-bias32-nomask"])
-def test_exhaustive_gemm_search(built, variant, precision):
-    """gemm_search="exhaustive" times cuBLASLt configurations the heuristic does not propose (other tiles,
-    cluster shapes, custom options; csrc/gemm.cpp add_configs). Whatever it picks must compute the same GEMMs:
-    against the reference with the bounds of test_handmade_vs_reference (out-of-place +C epilogues included:
-    prenorm-res32 fuses the residual add at >= 2048 rows only, so fuse_residual_min_rows=1 here)."""
+def test_gemm_search_beyond_the_heuristic(built, variant, precision, search):
+    """gemm_search="exhaustive" and "focused" time cuBLASLt configurations the heuristic does not propose (other
+    tiles, cluster shapes, custom options; csrc/gemm.cpp add_configs, add_focus_tiles/variants). Whatever they
+    pick must compute the same GEMMs: against the reference with the bounds of test_handmade_vs_reference
+    (out-of-place +C epilogues included: prenorm-res32 fuses the residual add at >= 2048 rows only, so
+    fuse_residual_min_rows=1 here). The choices are kept under their search (what save_gemm_cache writes)."""
     if precision != "hybrid" and variant == "x32-bias32-nomask":
         pytest.skip("fp32 inputs/biases into fp16 GEMMs are hybrid-plan situations")
     from trtrun.reference import ReferenceBackend
+    from trtrun.runtime import GEMM_SEARCHES, _load_extension
 
     plan, engine = built(variant, precision)
     ref = ReferenceBackend(plan)
-    ctx = engine.create_context(gemm_search="exhaustive", fuse_residual_min_rows=1)
-    assert ctx.stats()["gemm_search"] == "exhaustive"
+    ctx = engine.create_context(gemm_search=search, fuse_residual_min_rows=1)
+    assert ctx.stats()["gemm_search"] == search
     for i, (B, S, padded) in enumerate(SHAPES):
         feeds = h.random_feeds(plan, B, S, padded=padded, seed=70 + i)
         got = ctx.run(feeds)["out"]
@@ -234,6 +237,11 @@ def test_exhaustive_gemm_search(built, variant, precision):
         assert h.cosine_per_sample(got, want, h.valid_mask(feeds)).min() >= h.COS_MIN[precision], (B, S)
         tol = 2e-5 if precision == "fp32" else 3e-3 if precision == "hybrid" else 1e-2
         assert h.rel_l2(got, want, h.valid_mask(feeds)) < tol, (variant, precision, B, S)
+    # choices are stored under their search (csrc/gemm.h GemmSearch: 1 exhaustive, 2 focused); a focused context
+    # takes an exhaustive choice made earlier in the process for the same shape instead of tuning it again
+    assert set(GEMM_SEARCHES) == {"heuristic", "exhaustive", "focused"}
+    served_by = {"exhaustive": {1}, "focused": {1, 2}}[search]
+    assert any(e["search"] in served_by for e in _load_extension().gemm_cache_export())
     with pytest.raises(InputError, match="gemm_search"):
         engine.create_context(gemm_search="fastest")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TrtrunError
-from ..runtime import GEMM_SEARCHES  # (the CUDA extension loads lazily: nothing is loaded here)
+from ..runtime import DEFAULT_GEMM_SEARCH, GEMM_SEARCHES  # (the CUDA extension loads lazily: nothing is loaded here)
 
 PRECISIONS = ("fp32", "fp16", "hybrid")
 BASELINES = ("torch-fp32", "torch-fp16", "torch-compile", "cpu")
@@ -50,7 +50,7 @@ class BenchConfig:
     baselines: list[str] = field(default_factory=lambda: list(BASELINES))
     cuda_graphs: str = "on"
     backend: str = "gpu"
-    gemm_search: str = "heuristic"  # Context gemm_search of trtrun's GPU runs
+    gemm_search: str = DEFAULT_GEMM_SEARCH  # Context gemm_search of trtrun's GPU runs
     gemm_cache: Path | None = None  # GEMM cache file: loaded (if it exists) before the sweep, saved after
     resume: bool = False
     overwrite: bool = False

@@ -139,7 +139,7 @@ class TrtrunRunner:
     """trtrun on the GPU runtime (backend gpu) or the numpy reference backend (backend reference)."""
 
     def __init__(self, plan_path, precision: str, cuda_graphs: str, backend: str, device: int = 0,
-                 engine=None, gemm_search: str = "heuristic"):
+                 engine=None, gemm_search: str = "focused"):
         from ..plan import load_plan
 
         self.precision = precision

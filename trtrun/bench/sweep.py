@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..runtime import DEFAULT_GEMM_SEARCH
 from .config import BenchConfig, BenchConfigError, PRECISIONS, engine_name
 from .inputs import make_sets, token_stream
 from .models import ModelSpec, ensure_onnx, ensure_plan, load_torch_model, plan_cache_path, resolve_model
@@ -285,7 +286,7 @@ def run_sweep(cfg: BenchConfig, *, log=None, progress: bool = True) -> SweepOutc
         log("exhaustive GEMM search: the first run of each GEMM shape times every configuration cuBLASLt accepts "
             "(about a minute for the first shape in a process, 1-16 s for each after; shapes in the GEMM cache "
             "are not timed again)")
-    elif cfg.backend != "gpu" and (cfg.gemm_search != "heuristic" or cfg.gemm_cache is not None):
+    elif cfg.backend != "gpu" and (cfg.gemm_search != DEFAULT_GEMM_SEARCH or cfg.gemm_cache is not None):
         log(f"note: --gemm-search and --gemm-cache apply to --backend gpu only; --backend {cfg.backend} ignores them")
     gemm_cache_note = _load_gemm_cache(cfg, log)
     if gemm_cache_note:

@@ -66,10 +66,12 @@ def _tokens(ctx, p, values):
 @click.option("--backend", type=click.Choice(["gpu", "reference"]), default=None,
               help="gpu: trtrun's CUDA runtime (CUDA events); reference: the numpy backend on the CPU (host clock; "
                    "for testing the tool)  [default: gpu]")
-@click.option("--gemm-search", type=click.Choice(["heuristic", "exhaustive"]), default=None,
-              help="how trtrun's GPU contexts choose each GEMM algorithm: heuristic (cuBLASLt's top 8, timed) or "
-                   "exhaustive (every accepted tile/cluster/option configuration, timed after an L2 flush: seconds "
-                   "per shape on first use; see --gemm-cache)  [default: heuristic]")
+@click.option("--gemm-search", type=click.Choice(["heuristic", "focused", "exhaustive"]), default=None,
+              help="how trtrun's GPU contexts choose each GEMM algorithm: heuristic (cuBLASLt's top 8, timed), "
+                   "focused (those and ~300 tile/cluster/option configurations of the heuristic's algorithm, timed "
+                   "after an L2 flush: 1-4 s for the first shape in a process, under a second after) or exhaustive "
+                   "(every accepted configuration: a minute for the first shape, seconds after; see --gemm-cache)  "
+                   "[default: focused]")
 @click.option("--gemm-cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="GEMM cache file: its tuned choices are taken before the sweep (when it exists) and every choice "
                    "made is saved to it after, so a second sweep skips the tuning")
