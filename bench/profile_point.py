@@ -35,7 +35,7 @@ def main() -> int:
     ap.add_argument("--no-fuse-residual", action="store_true", help="Context fuse_residual=False")
     ap.add_argument("--ln-input", default="fp16", choices=["fp16", "fp32"],
                     help="build option ln_input (hybrid: dtype of Linear outputs read by post-norm LayerNorms)")
-    ap.add_argument("--gemm-search", default=None, choices=["heuristic", "exhaustive"],
+    ap.add_argument("--gemm-search", default=None, choices=["heuristic", "focused", "exhaustive"],
                     help="Context gemm_search (default: the runtime's)")
     ap.add_argument("--gemm-cache", default=None, help="load_gemm_cache(FILE) first (fixed GEMM choices for A/B runs)")
     ap.add_argument("--variant", action="append", default=None,
@@ -96,10 +96,22 @@ def main() -> int:
             if k.strip().startswith("env."):
                 envs[k.strip()[4:]] = val
             else:
-                vk[k.strip()] = int(val)
+                vk[k.strip()] = int(val) if val.strip().lstrip("-").isdigit() else val.strip()  # e.g. gemm_search=focused
         variants.append((name, vk, envs))
     envs_of = {name: envs for name, _, envs in variants}
-    ctxs = [(name, vk, eng.create_context(**vk)) for name, vk, _ in variants]
+    def created(name, vk):  # env.* keys are also set while the context is created (read there, e.g.
+        saved = {k: os.environ.get(k) for k in envs_of[name]}  # TRTRUN_STAGE_SEPARATE)
+        os.environ.update(envs_of[name])
+        try:
+            return eng.create_context(**vk)
+        finally:
+            for k, old in saved.items():
+                if old is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = old
+
+    ctxs = [(name, vk, created(name, vk)) for name, vk, _ in variants]
     st = ctxs[0][2].stats()
     dev = torch.device("cuda", 0)
     stream = torch.cuda.Stream(dev)

@@ -8,6 +8,7 @@
 #include "context.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <limits>
 
 #include "kernels.h"
@@ -102,6 +103,8 @@ GemmKey split_linear_key(int64_t m, const WeightDesc& w, int split) {
 Context::Context(std::shared_ptr<const Engine> engine, ContextOptions options)
     : engine_(std::move(engine)), options_(options), device_(engine_->device()), graphs_on_(options.use_graphs) {
   DeviceGuard guard(device_);
+  const char* sep = std::getenv("TRTRUN_STAGE_SEPARATE");
+  separate_staging_ = sep != nullptr && sep[0] == '1';
   try {
     init();
   } catch (...) {
@@ -404,10 +407,18 @@ void Context::finish(cudaStream_t s) {
   have_done_ = true;
 }
 
-void Context::stage_common(int batch, int seq, int seq_bucket, cudaStream_t s) {
-  if (valid_mask_offset_ != kNone)
-    launch_valid_mask(reinterpret_cast<int32_t*>(static_cast<char*>(arena_.get()) + valid_mask_offset_), batch, seq,
-                      seq_bucket, s);
+void Context::stage_common(int batch, int seq, int seq_bucket, cudaStream_t s, std::vector<StageJob> jobs) {
+  if (valid_mask_offset_ != kNone) {
+    StageJob j;
+    j.dst = reinterpret_cast<int32_t*>(static_cast<char*>(arena_.get()) + valid_mask_offset_);
+    j.kind = StageKind::ValidMask;
+    jobs.push_back(j);
+  }
+  // one launch for all (TRTRUN_STAGE_SEPARATE=1 at context creation: one launch each, to measure the difference)
+  const size_t per = separate_staging_ ? 1 : static_cast<size_t>(kMaxStageJobs);
+  for (size_t i = 0; i < jobs.size(); i += per)
+    launch_stage_inputs(jobs.data() + i, static_cast<int>(std::min(per, jobs.size() - i)), batch, seq, seq_bucket,
+                        input_flag_dev_, s);
 }
 
 void Context::run_host(int batch, int seq, int seq_bucket) {
@@ -452,21 +463,23 @@ void Context::run_device(int batch, int seq, int seq_bucket, const std::vector<F
     if (p == nullptr) throw InputError("run_device: null output pointer");
   cudaStream_t s = own_stream ? stream_ : stream;
   begin(s);
+  std::vector<StageJob> jobs;
   for (size_t i = 0; i < info.size(); ++i) {
     if (!info[i].used) continue;
-    int32_t* dst = reinterpret_cast<int32_t*>(tensor_ptr(info[i].tensor));
+    StageJob j;
+    j.dst = reinterpret_cast<int32_t*>(tensor_ptr(info[i].tensor));
     if (feeds[i].ptr == nullptr) {  // not given: a mask of ones (zero padding), or token types 0
-      if (info[i].is_mask)
-        launch_valid_mask(dst, batch, seq, seq_bucket, s);
-      else
-        TRTRUN_CUDA_CHECK(cudaMemsetAsync(dst, 0, static_cast<size_t>(batch) * seq_bucket * sizeof(int32_t), s));
-      continue;
+      j.kind = info[i].is_mask ? StageKind::ValidMask : StageKind::Zeros;
+    } else {
+      j.src = feeds[i].ptr;
+      j.src_is_int64 = feeds[i].is_int64;
+      j.src_row_stride = feeds[i].row_stride;
+      j.kind = info[i].is_mask ? StageKind::Mask : StageKind::Ids;
+      j.limit = info[i].limit;
     }
-    launch_stage_input(feeds[i].ptr, feeds[i].is_int64, feeds[i].row_stride,
-                       dst, batch, seq, seq_bucket,
-                       info[i].is_mask ? InputKind::Mask : InputKind::Ids, info[i].limit, input_flag_dev_, s);
+    jobs.push_back(j);
   }
-  stage_common(batch, seq, seq_bucket, s);
+  stage_common(batch, seq, seq_bucket, s, std::move(jobs));
   execute(batch, seq_bucket, s);
   for (size_t i = 0; i < d.outputs.size(); ++i) {
     const TensorDesc& t = d.tensors[d.outputs[i]];

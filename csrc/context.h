@@ -24,6 +24,7 @@
 
 #include "engine.h"
 #include "gemm.h"
+#include "kernels.h"
 #include "runtime_common.h"
 
 namespace trtrun {
@@ -50,7 +51,7 @@ struct ContextOptions {
   bool fuse_residual = true;
   int64_t fuse_residual_min_rows = 2048;
   // How each GEMM shape's cuBLASLt algorithm is chosen on its first run (gemm.h, GemmSearch).
-  GemmSearch gemm_search = GemmSearch::Heuristic;
+  GemmSearch gemm_search = GemmSearch::Focused;
   // Linear -> LayerNorm at runs of at most split_ln_max_rows tokens (0: never): the GEMM runs as split_ln_slice-deep
   // K slices in one strided-batched cuBLASLt call writing unsummed fp32 slices, and the LayerNorm sums them and
   // adds the bias (launch_layernorm_parts): more thread blocks for a GEMM of few rows, and no separate split-K
@@ -107,7 +108,8 @@ class Context {
   void check_shape(int batch, int seq, int seq_bucket) const;
   void begin(cudaStream_t s);
   void finish(cudaStream_t s);
-  void stage_common(int batch, int seq, int seq_bucket, cudaStream_t s);
+  // Stages `jobs` (the run's inputs) and the valid-column mask when the plan needs one, in one kernel launch.
+  void stage_common(int batch, int seq, int seq_bucket, cudaStream_t s, std::vector<StageJob> jobs = {});
   void execute(int batch, int seq_bucket, cudaStream_t s);
   void enqueue_ops(int batch, int seq_bucket, cudaStream_t s);
   void enqueue_linear(size_t op_index, int batch, int seq_bucket, cudaStream_t s);
@@ -156,6 +158,7 @@ class Context {
   std::map<GraphKey, std::pair<cudaGraphExec_t, std::list<GraphKey>::iterator>> graphs_;
   std::list<GraphKey> lru_;
   bool graphs_on_ = true;
+  bool separate_staging_ = false;  // TRTRUN_STAGE_SEPARATE=1 at creation: a launch per staged buffer (measurement)
   std::string graph_note_;
 };
 

@@ -2,6 +2,8 @@
 #include <cuda_fp16.h>
 
 #include <cmath>
+#include <stdexcept>
+#include <string>
 
 #include "kernels.h"
 
@@ -57,34 +59,39 @@ __global__ void bias_act_kernel(const float* __restrict__ acc, const B* __restri
   }
 }
 
-template <typename T>
-__global__ void stage_input_kernel(const T* __restrict__ src, int64_t src_row_stride, int32_t* __restrict__ dst,
-                                   int batch, int seq, int seq_bucket, int kind, int64_t limit,
-                                   int32_t* error_flag) {
-  size_t count = (size_t)batch * (size_t)seq_bucket;
-  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < count; i += (size_t)gridDim.x * blockDim.x) {
-    int b = static_cast<int>(i / seq_bucket);
-    int s = static_cast<int>(i % seq_bucket);
-    int32_t out = 0;
-    if (s < seq) {
-      int64_t v = static_cast<int64_t>(src[(size_t)b * src_row_stride + s]);
-      if (kind == static_cast<int>(InputKind::Mask)) {
-        out = v != 0 ? 1 : 0;
-      } else if (v < 0 || v >= limit) {
-        out = 0;
-        if (error_flag != nullptr) *error_flag = 1;
-      } else {
-        out = static_cast<int32_t>(v);
-      }
-    }
-    dst[i] = out;
-  }
-}
+struct StageJobs {
+  StageJob job[kMaxStageJobs];
+};
 
-__global__ void valid_mask_kernel(int32_t* mask, int batch, int seq, int seq_bucket) {
-  size_t count = (size_t)batch * (size_t)seq_bucket;
-  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < count; i += (size_t)gridDim.x * blockDim.x)
-    mask[i] = static_cast<int>(i % seq_bucket) < seq ? 1 : 0;
+// One grid-stride pass over [batch, seq_bucket], every job at each position.
+__global__ void stage_inputs_kernel(StageJobs jobs, int n_jobs, int batch, int seq, int seq_bucket,
+                                    int32_t* error_flag) {
+  const size_t count = (size_t)batch * (size_t)seq_bucket;
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < count; i += (size_t)gridDim.x * blockDim.x) {
+    const int b = static_cast<int>(i / seq_bucket);
+    const int s = static_cast<int>(i % seq_bucket);
+    for (int j = 0; j < n_jobs; ++j) {
+      const StageJob& jb = jobs.job[j];
+      int32_t out = 0;
+      if (s < seq) {
+        if (jb.kind == StageKind::ValidMask) {
+          out = 1;
+        } else if (jb.kind != StageKind::Zeros) {
+          const size_t at = (size_t)b * jb.src_row_stride + s;
+          const int64_t v = jb.src_is_int64 ? static_cast<const int64_t*>(jb.src)[at]
+                                            : static_cast<int64_t>(static_cast<const int32_t*>(jb.src)[at]);
+          if (jb.kind == StageKind::Mask) {
+            out = v != 0 ? 1 : 0;
+          } else if (v < 0 || v >= jb.limit) {
+            if (error_flag != nullptr) *error_flag = 1;
+          } else {
+            out = static_cast<int32_t>(v);
+          }
+        }
+      }
+      jb.dst[i] = out;
+    }
+  }
 }
 
 __global__ void probe_kernel(int* p) {
@@ -136,25 +143,22 @@ void launch_bias_act(const float* acc, const void* bias, ElemType bias_t, void* 
   TRTRUN_LAUNCH_CHECK();
 }
 
-void launch_stage_input(const void* src, bool src_is_int64, int64_t src_row_stride, int32_t* dst, int batch,
-                        int seq, int seq_bucket, InputKind kind, int64_t limit, int32_t* error_flag,
-                        cudaStream_t stream) {
-  size_t count = (size_t)batch * (size_t)seq_bucket;
-  if (count == 0) return;
-  const int k = static_cast<int>(kind);
-  if (src_is_int64)
-    stage_input_kernel<int64_t><<<grid_for(count), kThreads, 0, stream>>>(
-        static_cast<const int64_t*>(src), src_row_stride, dst, batch, seq, seq_bucket, k, limit, error_flag);
-  else
-    stage_input_kernel<int32_t><<<grid_for(count), kThreads, 0, stream>>>(
-        static_cast<const int32_t*>(src), src_row_stride, dst, batch, seq, seq_bucket, k, limit, error_flag);
-  TRTRUN_LAUNCH_CHECK();
-}
-
-void launch_valid_mask(int32_t* mask, int batch, int seq, int seq_bucket, cudaStream_t stream) {
-  size_t count = (size_t)batch * (size_t)seq_bucket;
-  if (count == 0) return;
-  valid_mask_kernel<<<grid_for(count), kThreads, 0, stream>>>(mask, batch, seq, seq_bucket);
+void launch_stage_inputs(const StageJob* jobs, int n_jobs, int batch, int seq, int seq_bucket, int32_t* error_flag,
+                         cudaStream_t stream) {
+  if (n_jobs < 0 || n_jobs > kMaxStageJobs)
+    throw std::invalid_argument("launch_stage_inputs: " + std::to_string(n_jobs) + " jobs (at most " +
+                                std::to_string(kMaxStageJobs) + ")");
+  const size_t count = (size_t)batch * (size_t)seq_bucket;
+  if (count == 0 || n_jobs == 0) return;
+  StageJobs js;
+  for (int j = 0; j < n_jobs; ++j) {
+    if (jobs[j].dst == nullptr || ((jobs[j].kind == StageKind::Ids || jobs[j].kind == StageKind::Mask) &&
+                                   (jobs[j].src == nullptr || jobs[j].src_row_stride < seq)))
+      throw std::invalid_argument("launch_stage_inputs: job " + std::to_string(j) +
+                                  " has a null buffer or a row stride below seq");
+    js.job[j] = jobs[j];
+  }
+  stage_inputs_kernel<<<grid_for(count), kThreads, 0, stream>>>(js, n_jobs, batch, seq, seq_bucket, error_flag);
   TRTRUN_LAUNCH_CHECK();
 }
 

@@ -19,19 +19,27 @@ void launch_cast(const void* src, ElemType src_t, void* dst, ElemType dst_t, siz
 void launch_bias_act(const float* acc, const void* bias, ElemType bias_t, void* y, ElemType y_t, int64_t rows,
                      int64_t cols, Activation act, cudaStream_t stream);
 
-// How an integer graph input is converted to the device's int32.
-enum class InputKind : int { Ids = 0, Mask = 1 };
-
-// Device-side staging of an integer input [batch, seq] (int64 or int32, row stride in elements) into an int32
-// [batch, seq_bucket] buffer: columns >= seq are padding (0). Ids outside [0, limit) are replaced by 0 (memory
-// safety) and flagged: *error_flag gets 1 (it lives in mapped pinned memory the host reads after a sync).
-// Masks become (v != 0).
-void launch_stage_input(const void* src, bool src_is_int64, int64_t src_row_stride, int32_t* dst, int batch,
-                        int seq, int seq_bucket, InputKind kind, int64_t limit, int32_t* error_flag,
-                        cudaStream_t stream);
-
-// mask[b, j] = (j < seq) for j < seq_bucket: the key mask of padded columns for attention without a mask input.
-void launch_valid_mask(int32_t* mask, int batch, int seq, int seq_bucket, cudaStream_t stream);
+// Device-side staging, in one kernel launch (a launch outside the CUDA graph costs ~2-3 us at batch 1:
+// bench/NOTES.md, session 9), of every int32 [batch, seq_bucket] buffer a run needs; columns >= seq are padding (0):
+//   Ids: an integer input [batch, seq] (int64 or int32, row stride in elements); ids outside [0, limit) are
+//     replaced by 0 (memory safety) and flagged: *error_flag gets 1 (it lives in mapped pinned memory the host
+//     reads after a sync).
+//   Mask: an integer mask input, as (v != 0).
+//   ValidMask: (j < seq), the key mask of padded columns for attention without a mask input (src unused).
+//   Zeros: token types not given (src unused).
+enum class StageKind : int { Ids = 0, Mask = 1, ValidMask = 2, Zeros = 3 };
+struct StageJob {
+  const void* src = nullptr;  // [batch, seq] with row stride src_row_stride; unused by ValidMask and Zeros
+  bool src_is_int64 = false;
+  int64_t src_row_stride = 0;
+  int32_t* dst = nullptr;
+  StageKind kind = StageKind::Zeros;
+  int64_t limit = 0;  // Ids: valid ids are [0, limit)
+};
+constexpr int kMaxStageJobs = 8;
+// jobs: at most kMaxStageJobs (more: std::invalid_argument). Out-of-range ids set *error_flag as above.
+void launch_stage_inputs(const StageJob* jobs, int n_jobs, int batch, int seq, int seq_bucket, int32_t* error_flag,
+                         cudaStream_t stream);
 
 // cudaFuncGetAttributes on a kernel of this build: cudaErrorNoKernelImageForDevice (or
 // cudaErrorInvalidDeviceFunction) when the build has no code for the current device's architecture.
