@@ -488,5 +488,16 @@ def test_gemm_cache_is_checked_on_every_backend(tiny, tmp_path, texts):
     with Embedder(tiny["plan"], tiny["tok"], backend="reference", gemm_cache=good) as e:
         d = e.describe()
         assert d["gemm_cache"] == str(good) and d["gemm_cache_entries_taken"] is None  # not used off the GPU
+        assert d["gemm_search"] == "heuristic"  # a service's default: first shapes are met in requests
         np.testing.assert_allclose(e.embed(texts[:3]), np.stack([_direct(tiny["plan"], tiny["tok"], t)
                                                                  for t in texts[:3]]), atol=1e-5)
+
+
+def test_gemm_search_is_checked(tiny):
+    """Embedder(gemm_search=...): one of the runtime's searches, else ValueError naming them; kept in describe()."""
+    from trtrun.embedder import Embedder
+
+    with pytest.raises(ValueError, match="gemm_search must be one of heuristic, focused, exhaustive, got 'fast'"):
+        Embedder(tiny["plan"], tiny["tok"], backend="reference", gemm_search="fast")
+    with Embedder(tiny["plan"], tiny["tok"], backend="reference", gemm_search="focused") as e:
+        assert e.describe()["gemm_search"] == "focused"

@@ -326,6 +326,13 @@ class Embedder:
     truncation: "truncate" (cut longer texts, reported in EmbedResult.truncated) or "reject"
         (InputTooLongError).
     backend: "auto" (GPU runtime where usable, else the numpy reference backend), "gpu", "reference".
+    gemm_cache: a GEMM cache file (trtrun.runtime.save_gemm_cache) whose choices the GPU contexts take.
+    gemm_search: how the GPU contexts choose a GEMM algorithm for a shape they meet for the first time
+        (trtrun.runtime Engine.create_context). Default "heuristic" (~0.1 s a shape), not the runtime's
+        "focused" (0.5-4 s a shape, 2-5% faster GEMMs): a service meets each (batch, sequence bucket) shape
+        first in a request, which would wait for the tuning. To serve with focused choices, tune them
+        before (e.g. `trtrun bench --gemm-cache FILE` over the shapes served) and pass gemm_cache=FILE with
+        gemm_search="focused": shapes found there are not timed again.
     """
 
     def __init__(self, plan_or_onnx: Any, tokenizer_dir=None, *, pooling: str | None = None,
@@ -333,7 +340,7 @@ class Embedder:
                  max_tokens_per_batch: int | None = None, max_batch_size: int | None = None,
                  max_seq_len: int | None = None, truncation: str = "truncate", backend: str = "auto",
                  precision: str = "hybrid", profile: dict | None = None, device: int = 0,
-                 output: str | None = None, progress=None, gemm_cache=None):
+                 output: str | None = None, progress=None, gemm_cache=None, gemm_search: str = "heuristic"):
         if pooling is not None and pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {', '.join(POOLINGS)} or None, got {pooling!r}")
         if truncation not in TRUNCATIONS:
@@ -342,6 +349,11 @@ class Embedder:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         if not isinstance(contexts, int) or contexts < 1:
             raise ValueError(f"contexts must be a positive integer, got {contexts!r}")
+        from .runtime import GEMM_SEARCHES  # (the CUDA extension loads lazily: nothing is loaded here)
+
+        if gemm_search not in GEMM_SEARCHES:
+            raise ValueError(f"gemm_search must be one of {', '.join(GEMM_SEARCHES)}, got {gemm_search!r}")
+        self.gemm_search = gemm_search
 
         self.plan, self.plan_path, self.from_onnx = self._resolve_plan(plan_or_onnx, precision, profile, progress)
         plan = self.plan
@@ -425,7 +437,7 @@ class Embedder:
 
             self._engine = runtime.Engine.load(self._plan_file(), device=device)
             for _ in range(contexts):
-                ctx = self._engine.create_context()
+                ctx = self._engine.create_context(gemm_search=gemm_search)
                 self._closers.append(getattr(ctx, "close", None))
                 self._pool.put(ctx.run)
         else:
@@ -575,6 +587,7 @@ class Embedder:
                 "max_seq_len": self.max_seq_len, "max_seq_len_source": self.max_seq_len_source,
                 "max_batch_size": self.max_batch_size, "max_tokens_per_batch": self.max_tokens_per_batch,
                 "truncation": self.truncation,
+                "gemm_search": self.gemm_search,
                 **({"gemm_cache": self.gemm_cache, "gemm_cache_entries_taken": self.gemm_cache_entries}
                    if self.gemm_cache is not None else {})}
 
