@@ -42,15 +42,16 @@ struct GemmKey {
 //   Heuristic: cuBLASLt's top kTuneCandidates heuristic results, timed (weights as the run leaves them in L2).
 //   Exhaustive: those, plus every configuration cuBLASLt accepts of the same algorithms (tile x thread-block
 //     cluster shape x custom option), ranked by one quick pass and the fastest kExhaustiveFinalists timed with
-//     the rest; every timed launch follows an L2 flush, as in a forward pass, where a GEMM's weights are never
-//     L2-resident. Takes ~0.1-1 s per shape (bench/NOTES.md, session 4).
+//     the rest; every timed launch follows an L2 flush after which the GEMM's inputs (x, and c with add_c) are
+//     copied through the L2 again, as in a forward pass, where a GEMM's weights are never L2-resident and its
+//     activations are. ~60 s for the first shape in a process, seconds after (bench/NOTES.md, session 4).
 //   Focused: the heuristic's candidates, plus a two-stage walk of the exhaustive space of the heuristic's first
 //     algorithm: every tile with a 1x1 cluster and the custom options kFocusCustoms (quick pass), then the
 //     kFocusTiles fastest tiles with the 1x1, 2x1 and 1x2 clusters and every custom option (quick pass); the
 //     fastest kExhaustiveFinalists of both stages are timed with the heuristic's candidates, each timed launch
-//     after an L2 flush as in Exhaustive. ~300 configurations a shape instead of ~7,000: on an H200 the
-//     configuration it would pick was within 0-2% of the exhaustive best at BERT-base's 4096-row GEMMs (quick-pass
-//     times of bench/gemm_explore --dump, bench/NOTES.md, session 9).
+//     after an L2 flush as in Exhaustive. ~300 configurations a shape instead of ~7,000: on an H200 its best
+//     was within 0-1.3% of the exhaustive best at BERT-base's GEMMs of 128 and 4096 rows (quick-pass times of
+//     bench/gemm_explore --dump read by bench/gemm_space.py; bench/NOTES.md, session 9).
 enum class GemmSearch : int { Heuristic = 0, Exhaustive = 1, Focused = 2 };
 
 class GemmRunner {
