@@ -329,7 +329,8 @@ class Embedder:
     gemm_cache: a GEMM cache file (trtrun.runtime.save_gemm_cache) whose choices the GPU contexts take.
     gemm_search: how the GPU contexts choose a GEMM algorithm for a shape they meet for the first time
         (trtrun.runtime Engine.create_context). Default "heuristic" (~0.1 s a shape), not the runtime's
-        "focused" (0.5-4 s a shape, 2-5% faster GEMMs): a service meets each (batch, sequence bucket) shape
+        "focused" (3-5 s for the first shape, up to ~2 s for later ones; 1-4% faster end to end on H200s,
+        mixed on H100s): a service meets each (batch, sequence bucket) shape
         first in a request, which would wait for the tuning. To serve with focused choices, tune them
         before (e.g. `trtrun bench --gemm-cache FILE` over the shapes served) and pass gemm_cache=FILE with
         gemm_search="focused": shapes found there are not timed again.

@@ -364,9 +364,10 @@ class Engine:
             (default): those, plus ~300 configurations of the heuristic's algorithm (every tile with a 1x1
             cluster, then the fastest 4 tiles with other cluster shapes and custom options), each timed after an
             L2 flush with the GEMM's inputs read back into the L2 (in a forward pass a GEMM's weights are never
-            L2-resident, its activations are): 1-4 s for the first shape in a process (cuBLASLt loads the
-            kernels), under a second for each later one; on an H200 BERT-base hybrid ran 2-4% faster at 1x128,
-            8x128 and 32x128 than with "heuristic" (bench/NOTES.md, session 9). "exhaustive": every tile x
+            L2-resident, its activations are): 3-5 s for the first shape in a process (cuBLASLt loads the
+            kernels), up to ~2 s for each later one. On an H200 BERT-base hybrid ran 2-4% faster at 1x128,
+            8x128 and 32x128 than with "heuristic"; on H100s 1-4.5% faster at 1x128, but 2-5% slower at 8x128
+            in two processes of three (bench/NOTES.md, session 9). "exhaustive": every tile x
             cluster-shape x custom-option configuration cuBLASLt accepts for the heuristic's algorithms (about a
             minute for the first shape, seconds after). save_gemm_cache / load_gemm_cache keep the choices
             across processes.

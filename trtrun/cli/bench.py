@@ -69,7 +69,7 @@ def _tokens(ctx, p, values):
 @click.option("--gemm-search", type=click.Choice(["heuristic", "focused", "exhaustive"]), default=None,
               help="how trtrun's GPU contexts choose each GEMM algorithm: heuristic (cuBLASLt's top 8, timed), "
                    "focused (those and ~300 tile/cluster/option configurations of the heuristic's algorithm, timed "
-                   "after an L2 flush: 1-4 s for the first shape in a process, under a second after) or exhaustive "
+                   "after an L2 flush: 3-5 s for the first shape in a process, up to ~2 s for later ones) or exhaustive "
                    "(every accepted configuration: a minute for the first shape, seconds after; see --gemm-cache)  "
                    "[default: focused]")
 @click.option("--gemm-cache", type=click.Path(dir_okay=False, path_type=Path), default=None,

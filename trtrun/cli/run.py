@@ -75,7 +75,7 @@ def select_backend(plan, plan_path: str, backend: str, quiet: bool):
             ok, reason = False, f"trtrun.runtime cannot be imported: {e}"
         if ok:
             engine = runtime.Engine.load(plan_path, device=0)
-            # one run: cuBLASLt's proposals, timed (~0.1 s), not the default focused search (~1-4 s of tuning
+            # one run: cuBLASLt's proposals, timed (~0.1 s), not the default focused search (3-5 s of tuning
             # on first use, which only pays off over many runs; docs/runtime.md)
             ctx = engine.create_context(gemm_search="heuristic")
             return "gpu", ctx.run
