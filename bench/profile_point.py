@@ -14,6 +14,7 @@ under --cache (default /tmp/trtrun-profile). Random weights: right for speed onl
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -99,11 +100,12 @@ def main() -> int:
                 vk[k.strip()] = int(val) if val.strip().lstrip("-").isdigit() else val.strip()  # e.g. gemm_search=focused
         variants.append((name, vk, envs))
     envs_of = {name: envs for name, _, envs in variants}
-    def created(name, vk):  # env.* keys are also set while the context is created (read there, e.g.
-        saved = {k: os.environ.get(k) for k in envs_of[name]}  # TRTRUN_STAGE_SEPARATE)
+    @contextlib.contextmanager
+    def env_of(name):  # a variant's env.* keys, set while its context is created (read there, e.g.
+        saved = {k: os.environ.get(k) for k in envs_of[name]}  # TRTRUN_STAGE_SEPARATE) and its graph captured
         os.environ.update(envs_of[name])
         try:
-            return eng.create_context(**vk)
+            yield
         finally:
             for k, old in saved.items():
                 if old is None:
@@ -111,7 +113,10 @@ def main() -> int:
                 else:
                     os.environ[k] = old
 
-    ctxs = [(name, vk, created(name, vk)) for name, vk, _ in variants]
+    ctxs = []
+    for name, vk, _ in variants:
+        with env_of(name):
+            ctxs.append((name, vk, eng.create_context(**vk)))
     st = ctxs[0][2].stats()
     dev = torch.device("cuda", 0)
     stream = torch.cuda.Stream(dev)
@@ -131,18 +136,12 @@ def main() -> int:
         out = {eng._outputs[0][0]: torch.empty((B, S, eng._outputs[0][2][0]), dtype=torch.float32, device=dev)}
         firsts = {}
         for name, _, ctx in ctxs:
-            saved = {k: os.environ.get(k) for k in envs_of[name]}
-            os.environ.update(envs_of[name])
-            t_first = time.perf_counter()
-            for i in range(20):  # the first runs capture the graph and tune the GEMMs; then warm
-                ctx.run_device(sets[i % 4], out, stream=stream)
-            stream.synchronize()
-            firsts[name] = time.perf_counter() - t_first
-            for k, old in saved.items():
-                if old is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = old
+            with env_of(name):
+                t_first = time.perf_counter()
+                for i in range(20):  # the first runs capture the graph and tune the GEMMs; then warm
+                    ctx.run_device(sets[i % 4], out, stream=stream)
+                stream.synchronize()
+                firsts[name] = time.perf_counter() - t_first
         if len(ctxs) > 1:  # the variants must compute the same thing
             ref = None
             for name, _, ctx in ctxs:

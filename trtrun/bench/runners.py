@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..runtime import DEFAULT_GEMM_SEARCH  # (the CUDA extension loads lazily)
 from .stats import iterations_for, summarize
 
 
@@ -139,7 +140,7 @@ class TrtrunRunner:
     """trtrun on the GPU runtime (backend gpu) or the numpy reference backend (backend reference)."""
 
     def __init__(self, plan_path, precision: str, cuda_graphs: str, backend: str, device: int = 0,
-                 engine=None, gemm_search: str = "focused"):
+                 engine=None, gemm_search: str = DEFAULT_GEMM_SEARCH):
         from ..plan import load_plan
 
         self.precision = precision
