@@ -33,22 +33,12 @@
 #include <string>
 #include <vector>
 
-#include "bench_check.h"
+#include "bench_graph.h"
 
 namespace cg = cooperative_groups;
 
 constexpr int kThreads = 256;
 constexpr int kMaxRows = 128;
-
-__global__ void fill(__half* p, size_t n, unsigned seed, float scale) {
-  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-    unsigned h = (unsigned)i * 2654435761u ^ seed;
-    h ^= h >> 13;
-    h *= 0x5bd1e995u;
-    h ^= h >> 15;
-    p[i] = __float2half(scale * ((h & 0xffff) / 32768.0f - 1.0f));
-  }
-}
 
 __device__ __forceinline__ uint32_t smem_u32(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
@@ -345,43 +335,7 @@ int main(int argc, char** argv) {
   CK(cudaMalloc(&wsp, ws_bytes));
   cudaStream_t st;
   CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
-  cudaEvent_t e0, e1;
-  CK(cudaEventCreate(&e0));
-  CK(cudaEventCreate(&e1));
-
-  // ms per launch of a graph of `n` launches made by `body(i)` (median of 50 replays after 5 warm-ups)
-  auto time_graph = [&](int n, auto body) -> float {
-    cudaGraph_t g;
-    cudaGraphExec_t ge;
-    CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-    bool ok = true;
-    for (int i = 0; i < n && ok; ++i) ok = body(i);
-    cudaGraph_t gg = nullptr;
-    const cudaError_t ce = cudaStreamEndCapture(st, &gg);
-    if (!ok || ce != cudaSuccess) {
-      (void)cudaGetLastError();
-      if (gg) cudaGraphDestroy(gg);
-      return -1.f;
-    }
-    g = gg;
-    CK(cudaGraphInstantiate(&ge, g, 0));
-    for (int w = 0; w < 5; ++w) CK(cudaGraphLaunch(ge, st));
-    CK(cudaStreamSynchronize(st));
-    std::vector<float> v;
-    for (int r = 0; r < 50; ++r) {
-      CK(cudaEventRecord(e0, st));
-      CK(cudaGraphLaunch(ge, st));
-      CK(cudaEventRecord(e1, st));
-      CK(cudaEventSynchronize(e1));
-      float t;
-      CK(cudaEventElapsedTime(&t, e0, e1));
-      v.push_back(t);
-    }
-    CK(cudaGraphExecDestroy(ge));
-    CK(cudaGraphDestroy(g));
-    std::sort(v.begin(), v.end());
-    return v[v.size() / 2] / n;
-  };
+  auto time_graph = [&](int n, auto body) { return graph_ms_per_launch(st, n, body); };
 
   if (!ncu) {
     float* pout;
@@ -417,17 +371,13 @@ int main(int argc, char** argv) {
   if (ncu) std::printf("(ncu mode: eager launches only)\n");
 
   struct Best {
-    cublasLtMatmulDesc_t op;
-    cublasLtMatrixLayout_t la, lb, ld;
-    cublasLtMatmulAlgo_t algo;
-    size_t algo_ws;
+    LtBest lt;
     Cfg own;
     std::vector<__half*> w, wp;  // copies: row-major, packed for `own`
     __half *x, *bias, *y;
-    float lt_us, own_us;
+    float own_us;
   };
   std::vector<Best> best(4);
-  const float alpha = 1.f, beta = 0.f;
   std::printf("%-10s %-22s %10s %10s\n", "gemm", "candidate", "us/launch", "max_rel_err");
   for (int si = 0; si < 4; ++si) {
     const Shape& s = shapes[si];
@@ -439,57 +389,20 @@ int main(int argc, char** argv) {
     b.w.resize(copies);
     for (int c = 0; c < copies; ++c) {
       CK(cudaMalloc(&b.w[c], wn * 2));
-      fill<<<264, 256>>>(b.w[c], wn, 1234u + 77u * c + si, 0.05f);
+      fill_random<<<264, 256>>>(b.w[c], wn, 1234u + 77u * c + si, 0.05f);
     }
     CK(cudaMalloc(&b.x, (size_t)M * s.k * 2));
-    fill<<<264, 256>>>(b.x, (size_t)M * s.k, 99u + si, 1.0f);
+    fill_random<<<264, 256>>>(b.x, (size_t)M * s.k, 99u + si, 1.0f);
     CK(cudaMalloc(&b.bias, (size_t)s.n * 2));
-    fill<<<264, 256>>>(b.bias, (size_t)s.n, 7u + si, 0.5f);
+    fill_random<<<264, 256>>>(b.bias, (size_t)s.n, 7u + si, 0.5f);
     CK(cudaMalloc(&b.y, (size_t)M * s.n * 2));
     __half* yref;
     CK(cudaMalloc(&yref, (size_t)M * s.n * 2));
     CK(cudaDeviceSynchronize());
 
-    LK(cublasLtMatmulDescCreate(&b.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-    cublasLtEpilogue_t epi = s.gelu ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_BIAS;
-    LK(cublasLtMatmulDescSetAttribute(b.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
-    int32_t bt = CUDA_R_16F;
-    LK(cublasLtMatmulDescSetAttribute(b.op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof(bt)));
-    LK(cublasLtMatmulDescSetAttribute(b.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &b.bias, sizeof(b.bias)));
-    LK(cublasLtMatrixLayoutCreate(&b.la, CUDA_R_16F, s.n, s.k, s.n));
-    LK(cublasLtMatrixLayoutCreate(&b.lb, CUDA_R_16F, s.k, M, s.k));
-    LK(cublasLtMatrixLayoutCreate(&b.ld, CUDA_R_16F, s.n, M, s.n));
-    cublasLtMatmulPreference_t pref;
-    LK(cublasLtMatmulPreferenceCreate(&pref));
-    LK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws_bytes,
-                                            sizeof(ws_bytes)));
-    cublasLtMatmulHeuristicResult_t res[8];
-    int found = 0;
-    LK(cublasLtMatmulAlgoGetHeuristic(lt, b.op, b.la, b.lb, b.ld, b.ld, pref, 8, res, &found));
-    b.lt_us = 1e9f;
-    for (int i = 0; i < found; ++i) {
-      if (res[i].state != CUBLAS_STATUS_SUCCESS) continue;
-      if (ncu) {
-        if (i == 0) {
-          b.algo = res[0].algo;
-          b.algo_ws = res[0].workspaceSize;
-          b.lt_us = 0;
-        }
-        continue;
-      }
-      const float t = time_graph(copies, [&](int c) {
-        return cublasLtMatmul(lt, b.op, &alpha, b.w[c], b.la, b.x, b.lb, &beta, b.y, b.ld, b.y, b.ld, &res[i].algo,
-                              wsp, res[i].workspaceSize, st) == CUBLAS_STATUS_SUCCESS;
-      });
-      std::printf("%-10s cublasLt heur %-8d %10.2f %10s\n", s.name, i, t * 1e3, "ref");
-      if (t > 0 && t * 1e3 < b.lt_us) {
-        b.lt_us = t * 1e3;
-        b.algo = res[i].algo;
-        b.algo_ws = res[i].workspaceSize;
-      }
-    }
-    LK(cublasLtMatmul(lt, b.op, &alpha, b.w[0], b.la, b.x, b.lb, &beta, yref, b.ld, yref, b.ld, &b.algo, wsp,
-                      b.algo_ws, st));
+    b.lt = lt_best(lt, M, s.n, s.k, s.gelu ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_BIAS, b.bias, b.w, b.x,
+                   b.y, wsp, ws_bytes, st, s.name, !ncu);
+    LK(b.lt.run(lt, b.x, b.w[0], yref, wsp, st));
     CK(cudaStreamSynchronize(st));
     std::vector<__half> ref((size_t)M * s.n), got((size_t)M * s.n);
     CK(cudaMemcpy(ref.data(), yref, ref.size() * 2, cudaMemcpyDeviceToHost));
@@ -557,7 +470,7 @@ int main(int argc, char** argv) {
         for (auto p : wp) CK(cudaFree(p));
       }
     }
-    std::printf("%-10s best: cublasLt %.2f us, own %.2f us (bn %d, s %d)\n\n", s.name, b.lt_us, b.own_us, b.own.bn,
+    std::printf("%-10s best: cublasLt %.2f us, own %.2f us (bn %d, s %d)\n\n", s.name, b.lt.us, b.own_us, b.own.bn,
                 b.own.s);
     CK(cudaFree(yref));
   }
@@ -567,8 +480,7 @@ int main(int argc, char** argv) {
   const float t_lt = time_graph(48, [&](int i) {
     Best& b = best[i % 4];
     const int l = i / 4;
-    return cublasLtMatmul(lt, b.op, &alpha, b.w[l], b.la, b.x, b.lb, &beta, b.y, b.ld, b.y, b.ld, &b.algo, wsp,
-                          b.algo_ws, st) == CUBLAS_STATUS_SUCCESS;
+    return b.lt.run(lt, b.x, b.w[l], b.y, wsp, st) == CUBLAS_STATUS_SUCCESS;
   });
   const float t_own = time_graph(48, [&](int i) {
     Best& b = best[i % 4];
