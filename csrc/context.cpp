@@ -130,6 +130,7 @@ void Context::init() {
   const EngineDesc& d = engine_->desc();
   const int64_t B = d.batch_max, S = d.seq_max;
   const int n_ops = static_cast<int>(d.ops.size());
+  stage_jobs_.reserve(engine_->input_info().size() + 1);  // the inputs and the valid-column mask
 
   TRTRUN_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   TRTRUN_CUDA_CHECK(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming));
@@ -407,7 +408,8 @@ void Context::finish(cudaStream_t s) {
   have_done_ = true;
 }
 
-void Context::stage_common(int batch, int seq, int seq_bucket, cudaStream_t s, std::vector<StageJob> jobs) {
+void Context::stage_common(int batch, int seq, int seq_bucket, cudaStream_t s) {
+  std::vector<StageJob>& jobs = stage_jobs_;
   if (valid_mask_offset_ != kNone) {
     StageJob j;
     j.dst = reinterpret_cast<int32_t*>(static_cast<char*>(arena_.get()) + valid_mask_offset_);
@@ -429,6 +431,7 @@ void Context::run_host(int batch, int seq, int seq_bucket) {
   const auto& info = engine_->input_info();
   cudaStream_t s = stream_;
   begin(s);
+  stage_jobs_.clear();  // the host path copies its inputs as they are: only the valid-column mask is staged
   for (size_t i = 0; i < info.size(); ++i) {
     if (!info[i].used) continue;
     TRTRUN_CUDA_CHECK(cudaMemcpyAsync(tensor_ptr(info[i].tensor), host_in_[i].get(),
@@ -463,7 +466,8 @@ void Context::run_device(int batch, int seq, int seq_bucket, const std::vector<F
     if (p == nullptr) throw InputError("run_device: null output pointer");
   cudaStream_t s = own_stream ? stream_ : stream;
   begin(s);
-  std::vector<StageJob> jobs;
+  std::vector<StageJob>& jobs = stage_jobs_;
+  jobs.clear();
   for (size_t i = 0; i < info.size(); ++i) {
     if (!info[i].used) continue;
     StageJob j;
@@ -479,7 +483,7 @@ void Context::run_device(int batch, int seq, int seq_bucket, const std::vector<F
     }
     jobs.push_back(j);
   }
-  stage_common(batch, seq, seq_bucket, s, std::move(jobs));
+  stage_common(batch, seq, seq_bucket, s);
   execute(batch, seq_bucket, s);
   for (size_t i = 0; i < d.outputs.size(); ++i) {
     const TensorDesc& t = d.tensors[d.outputs[i]];

@@ -109,7 +109,8 @@ class Context {
   void begin(cudaStream_t s);
   void finish(cudaStream_t s);
   // Stages `jobs` (the run's inputs) and the valid-column mask when the plan needs one, in one kernel launch.
-  void stage_common(int batch, int seq, int seq_bucket, cudaStream_t s, std::vector<StageJob> jobs = {});
+  // Stages stage_jobs_ (the caller's inputs) plus the valid-column mask, in as few launches as kMaxStageJobs allows.
+  void stage_common(int batch, int seq, int seq_bucket, cudaStream_t s);
   void execute(int batch, int seq_bucket, cudaStream_t s);
   void enqueue_ops(int batch, int seq_bucket, cudaStream_t s);
   void enqueue_linear(size_t op_index, int batch, int seq_bucket, cudaStream_t s);
@@ -158,6 +159,7 @@ class Context {
   std::map<GraphKey, std::pair<cudaGraphExec_t, std::list<GraphKey>::iterator>> graphs_;
   std::list<GraphKey> lru_;
   bool graphs_on_ = true;
+  std::vector<StageJob> stage_jobs_;  // a run's staging jobs; reused (under mutex_) so a run allocates nothing
   bool separate_staging_ = false;  // TRTRUN_STAGE_SEPARATE=1 at creation: a launch per staged buffer (measurement)
   std::string graph_note_;
 };

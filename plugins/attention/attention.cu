@@ -865,6 +865,15 @@ struct TcConfig {
   int mt, nw, ks, nqb;
 };
 
+// Which tensor-core kernel variants exist for a head size and softmax precision (choose_tc picks among them,
+// launch_tc instantiates them).
+template <int D, bool HALF_SOFTMAX>
+struct TcTraits {
+  static constexpr bool kHasMT2 = D <= 64;  // D = 128 with 32 rows per warp does not fit the registers
+  static constexpr int MT2 = kHasMT2 ? 2 : 1;
+  static constexpr bool kHasKS2 = D <= 64 && !HALF_SOFTMAX;  // two key groups: fp32 softmax, D <= 64
+};
+
 template <int D, bool HALF_SOFTMAX>
 TcConfig choose_tc(int B, int S, int H, bool causal) {
   // Candidates: (rows per warp 16*MT, warps per block nw). A model of the time: full waves of blocks over
@@ -873,10 +882,11 @@ TcConfig choose_tc(int B, int S, int H, bool causal) {
   // Then two key groups a block (KS = 2) where the blocks do not fill the multiprocessors and a block has at
   // least two key tiles: see attention_tc_kernel.
   // TRTRUN_ATTN_CFG="MT,nw[,KS]" forces one (tuning and tests only).
-  constexpr bool kHasMT2 = D <= 64;  // D = 128 with 32 rows per warp does not fit the registers
-  constexpr bool kHasKS2 = D <= 64 && !HALF_SOFTMAX;
+  using T = TcTraits<D, HALF_SOFTMAX>;
+  constexpr bool kHasMT2 = T::kHasMT2, kHasKS2 = T::kHasKS2;
+  constexpr int MT2 = T::MT2;
   constexpr double kMT2Cost = 1.15;  // measured: H200, 2026-11-26 (bench/kernels_attention.py --sweep)
-  constexpr int MT2 = kHasMT2 ? 2 : 1;
+  const int sms = sm_count();
   int best_mt = 1, best_nw = 4, best_ks = 1;
   const char* forced = std::getenv("TRTRUN_ATTN_CFG");
   int fmt = 0, fnw = 0, fks = 1;
@@ -888,7 +898,6 @@ TcConfig choose_tc(int B, int S, int H, bool causal) {
     best_ks = fks;
   } else {
     const long long bhs = static_cast<long long>(B) * H;
-    const int sms = sm_count();
     double best = 1e300;
     for (int mt = kHasMT2 ? 2 : 1; mt >= 1; --mt) {
       for (int nw = 4; nw >= 1; nw /= 2) {
@@ -932,13 +941,12 @@ TcConfig choose_tc(int B, int S, int H, bool causal) {
     if (can_share_kv(D, S, causal, best_ks)) nqb = std::max(1, std::atoi(fq));
   } else if (nf < 2 && nqt >= 2 && can_share_kv(D, S, causal, best_ks)) {
     const long long bhs = static_cast<long long>(B) * H;
-    const double sms = sm_count();
     const int res1 = best_mt == 2 ? resident_blocks<D, MT2, HALF_SOFTMAX>(best_nw)
                                   : resident_blocks<D, 1, HALF_SOFTMAX>(best_nw);
     const int res2 = best_mt == 2 ? resident_blocks<D, MT2, HALF_SOFTMAX>(best_nw, 2)
                                   : resident_blocks<D, 1, HALF_SOFTMAX>(best_nw, 2);
-    const double waves1 = static_cast<double>(bhs * nqt) / (res1 * sms);
-    const double waves2 = static_cast<double>(bhs * ((nqt + 1) / 2)) / (res2 * sms);
+    const double waves1 = static_cast<double>(bhs * nqt) / (static_cast<double>(res1) * sms);
+    const double waves2 = static_cast<double>(bhs * ((nqt + 1) / 2)) / (static_cast<double>(res2) * sms);
     if (waves1 > 1.0 && kQB2Cost * std::max(1.0, waves2) < waves1) nqb = 2;
   }
   return TcConfig{best_mt, best_nw, best_ks, std::min(nqb, std::max(nqt, 1))};
@@ -947,8 +955,8 @@ TcConfig choose_tc(int B, int S, int H, bool causal) {
 template <int D, bool HALF_SOFTMAX>
 void launch_tc(const void* qkv, bool in_half, const int32_t* mask, void* y, bool out_half, int B, int S, int H,
                float scale, bool causal, cudaStream_t stream) {
-  constexpr int MT2 = D <= 64 ? 2 : 1;
-  constexpr bool kHasKS2 = D <= 64 && !HALF_SOFTMAX;
+  constexpr int MT2 = TcTraits<D, HALF_SOFTMAX>::MT2;
+  constexpr bool kHasKS2 = TcTraits<D, HALF_SOFTMAX>::kHasKS2;
   const TcConfig c = choose_tc<D, HALF_SOFTMAX>(B, S, H, causal);
   if (c.mt == 2) {
     launch_tc_cfg<D, MT2, HALF_SOFTMAX, 1>(c.nw, qkv, in_half, mask, y, out_half, B, S, H, scale, causal, stream,
@@ -999,12 +1007,16 @@ std::string config_of(int B, int S, int H, bool causal, Precision prec) {
          " qb=" + std::to_string(c.nqb);
 }
 
+void check_head_size(int head_size, const char* op) {
+  require(head_size == 32 || head_size == 64 || head_size == 128, op,
+          "head_size must be 32, 64 or 128, got " + std::to_string(head_size));
+}
+
 }  // namespace
 
 std::string attention_config(int batch, int seq, int heads, int head_size, bool causal, Precision prec) {
   const char* op = "attention";
-  require(head_size == 32 || head_size == 64 || head_size == 128, op,
-          "head_size must be 32, 64 or 128, got " + std::to_string(head_size));
+  check_head_size(head_size, op);
   require(batch >= 1 && seq >= 1 && heads >= 1, op, "batch, seq and heads must be >= 1");
   check_precision(prec, op);
   switch (head_size) {
@@ -1017,8 +1029,7 @@ std::string attention_config(int batch, int seq, int heads, int head_size, bool 
 void launch_attention(const void* qkv, DType qkv_t, const int32_t* mask, void* y, DType y_t, int batch, int seq,
                       int heads, int head_size, float scale, bool causal, Precision prec, cudaStream_t stream) {
   const char* op = "attention";
-  require(head_size == 32 || head_size == 64 || head_size == 128, op,
-          "head_size must be 32, 64 or 128, got " + std::to_string(head_size));
+  check_head_size(head_size, op);
   require(heads >= 1, op, "num_heads must be >= 1, got " + std::to_string(heads));
   require(batch >= 0 && seq >= 0, op,
           "batch and seq must be >= 0, got batch=" + std::to_string(batch) + " seq=" + std::to_string(seq));
