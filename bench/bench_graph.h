@@ -25,6 +25,29 @@ static __global__ void fill_random(__half* p, size_t n, unsigned seed, float sca
   }
 }
 
+// GPU ms of `reps` replays of an instantiated graph (CUDA events around each), after `warm` untimed ones; sorted.
+inline std::vector<float> replay_samples(cudaGraphExec_t ge, cudaStream_t st, int warm, int reps) {
+  cudaEvent_t e0, e1;
+  CK(cudaEventCreate(&e0));
+  CK(cudaEventCreate(&e1));
+  for (int w = 0; w < warm; ++w) CK(cudaGraphLaunch(ge, st));
+  CK(cudaStreamSynchronize(st));
+  std::vector<float> v;
+  for (int r = 0; r < reps; ++r) {
+    CK(cudaEventRecord(e0, st));
+    CK(cudaGraphLaunch(ge, st));
+    CK(cudaEventRecord(e1, st));
+    CK(cudaEventSynchronize(e1));
+    float t;
+    CK(cudaEventElapsedTime(&t, e0, e1));
+    v.push_back(t);
+  }
+  CK(cudaEventDestroy(e0));
+  CK(cudaEventDestroy(e1));
+  std::sort(v.begin(), v.end());
+  return v;
+}
+
 // ms per launch of a graph of `n` launches made by body(i) (which returns false on a failed launch): median of
 // 50 replays after 5 warm-ups; -1 when the capture or a launch failed.
 template <class Body>
@@ -45,26 +68,9 @@ float graph_ms_per_launch(cudaStream_t st, int n, Body body) {
     cudaGraphDestroy(g);
     return -1.f;
   }
-  cudaEvent_t e0, e1;
-  CK(cudaEventCreate(&e0));
-  CK(cudaEventCreate(&e1));
-  for (int w = 0; w < 5; ++w) CK(cudaGraphLaunch(ge, st));
-  CK(cudaStreamSynchronize(st));
-  std::vector<float> v;
-  for (int r = 0; r < 50; ++r) {
-    CK(cudaEventRecord(e0, st));
-    CK(cudaGraphLaunch(ge, st));
-    CK(cudaEventRecord(e1, st));
-    CK(cudaEventSynchronize(e1));
-    float t;
-    CK(cudaEventElapsedTime(&t, e0, e1));
-    v.push_back(t);
-  }
-  CK(cudaEventDestroy(e0));
-  CK(cudaEventDestroy(e1));
+  const std::vector<float> v = replay_samples(ge, st, 5, 50);
   CK(cudaGraphExecDestroy(ge));
   CK(cudaGraphDestroy(g));
-  std::sort(v.begin(), v.end());
   return v[v.size() / 2] / n;
 }
 

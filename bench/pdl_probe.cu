@@ -22,7 +22,7 @@
 #include <cstdlib>
 #include <vector>
 
-#include "bench_check.h"
+#include "bench_graph.h"
 
 __device__ __forceinline__ unsigned long long gtimer() {
   unsigned long long t;
@@ -277,21 +277,7 @@ int main() {
       int ch = make_programmatic(g2, v == 0 ? none : v == 1 ? is_ours : all);
       cudaGraphExec_t ex;
       CK(cudaGraphInstantiate(&ex, g2, 0));
-      cudaEvent_t e0, e1;
-      CK(cudaEventCreate(&e0));
-      CK(cudaEventCreate(&e1));
-      for (int w = 0; w < 20; ++w) CK(cudaGraphLaunch(ex, st));
-      std::vector<float> ts;
-      for (int r = 0; r < 200; ++r) {
-        CK(cudaEventRecord(e0, st));
-        CK(cudaGraphLaunch(ex, st));
-        CK(cudaEventRecord(e1, st));
-        CK(cudaEventSynchronize(e1));
-        float t;
-        CK(cudaEventElapsedTime(&t, e0, e1));
-        ts.push_back(t);
-      }
-      std::sort(ts.begin(), ts.end());
+      const std::vector<float> ts = replay_samples(ex, st, 20, 200);
       std::printf("  %-22s (%2d edges programmatic): p50 %.4f ms  p10 %.4f  p90 %.4f\n", names[v], ch,
                   ts[ts.size() / 2], ts[ts.size() / 10], ts[ts.size() * 9 / 10]);
       CK(cudaGraphExecDestroy(ex));
