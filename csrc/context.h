@@ -108,8 +108,8 @@ class Context {
   void check_shape(int batch, int seq, int seq_bucket) const;
   void begin(cudaStream_t s);
   void finish(cudaStream_t s);
-  // Stages `jobs` (the run's inputs) and the valid-column mask when the plan needs one, in one kernel launch.
-  // Stages stage_jobs_ (the caller's inputs) plus the valid-column mask, in as few launches as kMaxStageJobs allows.
+  // Stages stage_jobs_ (the run's inputs, filled by the caller) and the valid-column mask when the plan needs one,
+  // in one kernel launch (kMaxStageJobs a launch).
   void stage_common(int batch, int seq, int seq_bucket, cudaStream_t s);
   void execute(int batch, int seq_bucket, cudaStream_t s);
   void enqueue_ops(int batch, int seq_bucket, cudaStream_t s);

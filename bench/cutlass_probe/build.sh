@@ -3,8 +3,14 @@
 # wheel (extracted into OUTDIR, patched by fix_cutlass_4_2.py), the eight configurations in parallel.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
+if [ $# -ne 2 ]; then
+  echo "usage: $0 nvidia_cutlass-4.2.0.0-py3-none-any.whl OUTDIR (the wheel: pip download --no-deps nvidia-cutlass==4.2.0.0)" >&2
+  exit 2
+fi
 wheel=$1
 out=$2
+[ -f "$wheel" ] || { echo "$0: no such wheel: $wheel" >&2; exit 2; }
+command -v nvcc >/dev/null || { echo "$0: nvcc not on PATH" >&2; exit 2; }
 mkdir -p "$out"
 python3 - "$wheel" "$out" <<'PY'
 import sys, zipfile

@@ -5,7 +5,11 @@ what it needs anyway (its comment says the argument must not be modified)."""
 import sys
 from pathlib import Path
 
+if len(sys.argv) != 2:
+    sys.exit("usage: fix_cutlass_4_2.py CUTLASS_INCLUDE_DIR (the folder holding cutlass/ and cute/)")
 path = Path(sys.argv[1]) / "cutlass/gemm/kernel/sm90_tile_scheduler_stream_k.hpp"
+if not path.is_file():
+    sys.exit(f"{path}: not found; give the CUTLASS include folder (the one holding cutlass/ and cute/)")
 src = path.read_text()
 old = """    return not get_current_work_for_linear_idx(
         unit_iter_start_,"""
