@@ -38,21 +38,8 @@ for m in ${PROFILE_MODELS:-bert-base gpt2}; do
     ncu --profile-from-start off --clock-control none --cache-control none --metrics gpu__time_duration.sum \
       --csv python3 bench/profile_point.py --model "$m" \
       --precision "${PROFILE_PRECISION:-hybrid}" --point "$p" --iters 20 --ncu > "$OUT/ncu_${m}_${p}.csv" 2>&1
-    python3 - "$OUT/ncu_${m}_${p}.csv" <<'PY'
-import csv, io, sys, collections
-rows = [l for l in open(sys.argv[1]) if l.startswith('"')]
-r = list(csv.DictReader(io.StringIO("".join(rows))))
-r = [x for x in r if x.get("Metric Name") == "gpu__time_duration.sum"]
-tot = 0.0; by = collections.OrderedDict()
-for x in r:
-    v = float(x["Metric Value"].replace(",", "")); unit = x.get("Metric Unit", "ns")
-    us = v / 1000 if unit == "nsecond" or unit == "ns" else v if unit in ("usecond", "us") else v * 1000
-    name = x["Kernel Name"][:70]; tot += us
-    c = by.setdefault(name, [0, 0.0]); c[0] += 1; c[1] += us
-print(f"{sys.argv[1]}: {len(r)} kernels, sum of kernel times {tot:.1f} us")
-for k, (n, us) in sorted(by.items(), key=lambda kv: -kv[1][1]):
-    print(f"  {us:8.1f} us  {n:3d}x  {us / n:6.2f} us/each  {k}")
-PY
+    python3 bench/ncu_shares.py "$OUT/ncu_${m}_${p}.csv" --families
+    python3 bench/ncu_shares.py "$OUT/ncu_${m}_${p}.csv"
   done
 done
 log "done"
