@@ -223,6 +223,22 @@ def test_build_unsupported_op(capsys, tiny, tmp_path):
     assert not plan.exists()
 
 
+def test_build_max_beyond_positions_refused_before_the_passes(capsys, tiny, tmp_path, monkeypatch):
+    """The tiny model has 64 positions: --max 2,1024 is refused from the graph alone, before any pass runs
+    (the builder's own check comes only after all of them); --max 2,64 still reaches the builder."""
+    import trtrun.builder
+
+    calls = []
+    monkeypatch.setattr(trtrun.builder, "build", lambda *a, **k: calls.append(k) or (_ for _ in ()).throw(
+        RuntimeError("the builder ran")))
+    out = tmp_path / "x.plan"
+    code, _, err = cli(capsys, "build", tiny["onnx"], "--max", "2,1024", "-o", out)
+    assert_clean_error(code, err, 1, "--max sequence 1024 exceeds the model's 64 positions")
+    assert calls == [] and not out.exists()
+    code, _, err = cli(capsys, "build", tiny["onnx"], "--max", "2,64", "-o", out)
+    assert len(calls) == 1 and calls[0]["profile"]["seq"][2] == 64 and "the builder ran" in err
+
+
 def test_inspect(capsys, tiny):
     code, out, err = cli(capsys, "inspect", tiny["plan"])
     assert code == 0, err

@@ -10,6 +10,34 @@ from ._ui import Progress, human_bytes, status
 from .options import precision_option, profile_options, quiet_option
 
 
+def _position_rows(onnx_path) -> int | None:
+    """Rows of the model's position-embedding table, read from the graph without its weights (a cheap
+    first check of --max: the builder knows the exact limit only after its fusion passes). The table is a
+    rank-2 initializer gathered with indices that do not come from a graph input (word and token-type
+    tables are indexed by input_ids / token_type_ids, possibly through a Cast); None where that is not
+    exactly one table."""
+    import onnx
+
+    try:
+        g = onnx.load(str(onnx_path), load_external_data=False).graph
+    except Exception:  # noqa: BLE001 - unreadable: the builder reports it with its own message
+        return None
+    rows = {t.name: int(t.dims[0]) for t in g.initializer if len(t.dims) == 2}
+    inputs = {i.name for i in g.input} - set(rows)
+    producer = {o: n for n in g.node for o in n.output}
+
+    def from_input(name: str, depth: int = 0) -> bool:
+        if name in inputs:
+            return True
+        n = producer.get(name)
+        return (n is not None and depth < 4 and n.op_type in ("Cast", "Reshape", "Unsqueeze", "Squeeze", "Identity")
+                and bool(n.input) and from_input(n.input[0], depth + 1))
+
+    tables = {n.input[0] for n in g.node if n.op_type == "Gather" and n.domain in ("", "ai.onnx")
+              and len(n.input) == 2 and n.input[0] in rows and not from_input(n.input[1])}
+    return rows[tables.pop()] if len(tables) == 1 else None
+
+
 def _fmt_profile(profile) -> str:
     if not profile:
         return "?"
@@ -43,6 +71,7 @@ def command(onnx_path, output, precision, profile, save_onnx, tf32, gelu, ln_inp
     model's positions); a run outside it is refused. Nothing is written if the build fails.
     """
     from ..builder import build, same_file
+    from ..errors import InputError
 
     src = Path(onnx_path)
     out = Path(output) if output else src.with_name(f"{src.stem}.{precision}.plan")
@@ -58,6 +87,12 @@ def command(onnx_path, output, precision, profile, save_onnx, tf32, gelu, ln_inp
         status(f"note: --ln-input only affects hybrid plans; the {precision} plan ignores it", quiet)
     if tf32 and precision != "fp32":
         status(f"note: --tf32 only affects fp32 GEMMs; the {precision} plan records it but uses no fp32 GEMM", quiet)
+
+    if profile is not None:  # before the passes: a sequence the position table cannot hold is refused at once
+        rows = _position_rows(src)
+        if rows is not None and profile["seq"][2] > rows:
+            raise InputError(f"--max sequence {profile['seq'][2]} exceeds the model's {rows} positions "
+                             f"(its position-embedding table has {rows} rows)")
 
     status(f"building {src} -> {out} (precision {precision}"
            + (f", profile {_fmt_profile(profile)}" if profile else "") + ")", quiet)
