@@ -15,6 +15,7 @@ nothing touches the GPU at import time. docs/runtime.md describes the design.
 from __future__ import annotations
 
 import json
+import re
 import threading
 from pathlib import Path
 from typing import Any, Mapping
@@ -85,9 +86,10 @@ def gpu_available(device: int = 0) -> tuple[bool, str]:
         return False, str(e)
     problem = c.device_problem(int(device))
     if problem:
-        if "cudaErrorInsufficientDriver" in problem or "cudaErrorNoDevice" in problem:
-            # what those codes mean on a machine without a GPU, before the CUDA runtime's own words
-            problem = f"no NVIDIA GPU or driver on this machine ({problem})"
+        code = re.search(r"cudaError(InsufficientDriver|NoDevice)\b", problem)
+        if code:
+            # what those codes mean on a machine without a GPU, in one short line; the code names the detail
+            problem = f"no NVIDIA GPU or driver on this machine: {code.group(0)}"
         return False, problem
     return True, f"{c.device_name(int(device))}; trtrun._C built for sm_{c.cuda_architectures}"
 
