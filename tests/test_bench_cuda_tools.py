@@ -1,6 +1,6 @@
-"""The standalone CUDA measurement tools in bench/ (gemm_explore, graph_overhead, pdl_probe, smallm_stream) still
+"""The standalone CUDA measurement tools in tools/cuda/ (gemm_explore, graph_overhead, pdl_probe, smallm_stream) still
 compile for sm_90. They are not part of the extension's build, so nothing else would notice one rotting; running
-them needs a GPU (bench/NOTES.md says how each was used)."""
+them needs a GPU (tools/README.md says what each measures)."""
 import os
 import shutil
 import subprocess
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-TOOLS = sorted(p for p in (ROOT / "bench").iterdir() if p.suffix in (".cu", ".cpp"))
+TOOLS = sorted(p for p in (ROOT / "tools" / "cuda").iterdir() if p.suffix in (".cu", ".cpp"))
 
 
 def _nvcc():
@@ -44,7 +44,7 @@ def test_bench_tool_compiles(tool, tmp_path):
     nvcc, inc = _nvcc(), _cublas_include()
     if nvcc is None or inc is None:
         pytest.skip(f"needs nvcc and cublasLt.h (nvcc: {nvcc}, cublasLt.h include dir: {inc})")
-    cmd = [nvcc, "-std=c++17", "-O1", "-arch=sm_90", "-I", inc, "-I", str(ROOT / "bench"), "-c", str(tool),
+    cmd = [nvcc, "-std=c++17", "-O1", "-arch=sm_90", "-I", inc, "-I", str(ROOT / "tools" / "cuda"), "-c", str(tool),
            "-o", str(tmp_path / (tool.stem + ".o"))]
     if tool.suffix == ".cpp":
         cmd[1:1] = ["-x", "cu"]

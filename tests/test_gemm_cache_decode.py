@@ -1,4 +1,4 @@
-"""bench/gemm_cache_decode.py: the fields of a stored cuBLASLt algorithm, read on the host (no GPU)."""
+"""tools/gemm_cache_decode.py: the fields of a stored cuBLASLt algorithm, read on the host (no GPU)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "gemm_cache_decode.py"
-# One entry of a GEMM cache file written on an NVIDIA H200 (session 4's exhaustive search, cuBLASLt 13.1): BERT-base's
+SCRIPT = Path(__file__).resolve().parents[1] / "tools" / "gemm_cache_decode.py"
+# One entry of a GEMM cache file written on an NVIDIA H200 (the exhaustive search, cuBLASLt 13.1): BERT-base's
 # QKV GEMM at 32 x 128 tokens. Its fields, as cuBLASLt 13.1 reads them: algorithm 66, tile 128x144, cluster 2x1x1,
-# custom option 1 (the choice bench/NOTES.md session 8 discusses).
+# custom option 1 (the choice docs/performance.md, "GEMMs", discusses).
 ENTRY = {"device": "NVIDIA H200", "cc": 90, "cublaslt": 130100, "m": 4096, "n": 2304, "k": 768, "operand_t": 1,
          "out_t": 1, "epilogue": 1, "tf32": False, "add_c": False, "workspace": 4194304, "search": 1,
          "algo": [1743756722242, 4294967331, 0, 844424930131969, 558775245209601, 8589934594, 292057907202, 0],

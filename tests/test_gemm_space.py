@@ -1,4 +1,4 @@
-"""bench/gemm_space.py: subsets of cuBLASLt's configuration space against its best (reads gemm_explore --dump)."""
+"""tools/gemm_space.py: subsets of cuBLASLt's configuration space against its best (reads gemm_explore --dump)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "gemm_space.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "tools" / "gemm_space.py"
 HEAD = "gemm,M,rank,algo,tile,stages,splitk,swizzle,cluster,custom,ws_k,quick_us,full_us,load_ms\n"
 
 

@@ -1,4 +1,4 @@
-"""bench/ncu_shares.py on a synthetic ncu --csv table: noise lines skipped, units converted, kernels grouped by
+"""tools/ncu_shares.py on a synthetic ncu --csv table: noise lines skipped, units converted, kernels grouped by
 name and by kind, shares summing to the total; a file that is not an ncu table is refused clearly."""
 import subprocess
 import sys
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "tools"))
 import ncu_shares  # noqa: E402
 
 HEADER = '"ID","Kernel Name","Metric Name","Metric Unit","Metric Value"\n'
@@ -45,7 +45,7 @@ def test_families_and_shares(tmp_path):
     assert sum(f[2] for f in fam) == pytest.approx(sum(us for _, us in k))
     by_name = ncu_shares.shares(k, families=False)
     assert by_name[0][:2] == ("nvjet_a", 4)
-    r = subprocess.run([sys.executable, str(ROOT / "bench" / "ncu_shares.py"), str(tmp_path / "ncu.csv"),
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "ncu_shares.py"), str(tmp_path / "ncu.csv"),
                         "--families"], capture_output=True, text=True)
     assert r.returncode == 0 and "8 kernels, sum of kernel times 31.5 us" in r.stdout
     assert "76.2%" in r.stdout  # 24 of 31.5 us
@@ -54,7 +54,7 @@ def test_families_and_shares(tmp_path):
 def test_not_an_ncu_table(tmp_path):
     bad = tmp_path / "x.csv"
     bad.write_text('"a","b"\n"1","2"\n')
-    r = subprocess.run([sys.executable, str(ROOT / "bench" / "ncu_shares.py"), str(bad)],
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "ncu_shares.py"), str(bad)],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "not an ncu --csv table" in r.stderr
     p = _table(tmp_path, [("k", "dram__bytes_read.sum", "byte", "1")])

@@ -6,10 +6,10 @@
 #                                                                 cp ../shared/wheels/*.whl .whl/)
 # Each call:
 #   1. installs trtrun (editable, no build isolation, no deps; onnx-graphsurgeon from a wheel folder),
-#   2. continues the sweep in $OUT/paper-<card>-<date>/ (<config name>-<card>-<date>), seeded from
-#      bench/results/paper-<card>-*/results.jsonl
-#      in the repository when an earlier call left one there (copy $OUT/paper-<card>-<date> back into
-#      bench/results/ between calls: that is how a fresh machine picks up where the last call stopped),
+#   2. continues the sweep in $OUT/paper-<card>/ (<config name>-<card>), seeded from results/paper-<card>/results.jsonl
+#      in the repository when an earlier call left one there (copy $OUT/paper-<card> back into results/ between
+#      calls: that is how a fresh machine picks up where the last call stopped; a finished set is committed
+#      without its results.jsonl, and results.csv keeps every point's numbers),
 #   3. stops starting points when BENCH_BUDGET seconds (default 540) since the script began are nearly used,
 #      writes results.jsonl/.csv, summary.md and plots/, and prints a short table.
 # Keep every call on one kind of card (e.g. kind nvidia-h100-x1): results are kept per card, and a call
@@ -71,21 +71,22 @@ card=""
 slug=$("$py" -c "import sys; from trtrun.bench.meta import card_slug; print(card_slug(sys.argv[1]))" "$card")
 kind=$(basename "$config" .toml)
 kind=${kind%.json}
-prev=$(ls -d bench/results/"$kind"-"$slug"-*/ 2>/dev/null | sort | tail -n 1 || true)
-# BENCH_NAME: a new sweep under that name (resumed only from bench/results/$BENCH_NAME), e.g. to measure the
-# same grid again after a change on the same day and card
+prev=""
+[ -d "results/$kind-$slug" ] && prev="results/$kind-$slug/"
+# BENCH_NAME: a new sweep under that name (resumed only from results/$BENCH_NAME), e.g. to measure the
+# same grid again after a change on the same card
 if [ -n "${BENCH_NAME:-}" ] && ! [[ "$BENCH_NAME" =~ ^[A-Za-z0-9._-]+$ ]]; then
-  # the device tool returns no folder whose name has other characters (session 7 lost a grid to a newline)
+  # the device tool returns no folder whose name has other characters (a newline in the name loses the whole set)
   echo "bench.sh: BENCH_NAME must be letters, digits, '.', '_' or '-', got $(printf '%q' "$BENCH_NAME")" >&2
   exit 2
 fi
-if [ -n "${BENCH_NAME:-}" ]; then prev="bench/results/$BENCH_NAME/"; fi
+if [ -n "${BENCH_NAME:-}" ]; then prev="results/$BENCH_NAME/"; fi
 if [ -n "${BENCH_NAME:-}" ]; then
   name=$BENCH_NAME
 elif [ -n "$prev" ] && [ -f "$prev/results.jsonl" ]; then
   name=$(basename "$prev")
 else
-  name="$kind-$slug-$(date +%Y-%m-%d)"
+  name="$kind-$slug"
 fi
 dest="$out/$name"
 mkdir -p "$dest"
@@ -118,5 +119,5 @@ for r in recs:
 ok = sum(s == "ok" for s in pts.values())
 print(f"bench.sh: {len(pts)} points recorded ({ok} measured, {len(pts) - ok} unavailable or failed)")
 PY
-echo "bench.sh: copy $dest to bench/results/$name in the repository (then run this again if points are left)"
+echo "bench.sh: copy $dest to results/$name in the repository (then run this again if points are left)"
 exit $rc

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Where the GPU time of a forward pass goes (bench/NOTES.md), in one device call (~5-7 min on an H200):
+# Where the GPU time of a forward pass goes (docs/performance.md), in one device call (~5-7 min on an H200):
 #   1. install trtrun (editable build of the CUDA extension; carried wheels from .whl/),
-#   2. bench/gemm_explore.cpp: cuBLASLt candidates for BERT-base's four GEMM shapes at M = 128..16384
+#   2. tools/cuda/gemm_explore.cpp: cuBLASLt candidates for BERT-base's four GEMM shapes at M = 128..16384
 #      (the runtime's choice, top-8 timed, against the best of 64 heuristic results + split-K variants),
-#   3. bench/profile_point.py: GPU time by CUDA events at PROFILE_POINTS, then one replay of each of
+#   3. tools/profile_point.py: GPU time by CUDA events at PROFILE_POINTS, then one replay of each of
 #      NCU_POINTS under ncu (gpu__time_duration per kernel; clocks and caches left alone).
 # Logs in $OUT: profile.log, gemm_explore.txt, ncu_<model>_<point>.csv.
 # Environment: PROFILE_MODELS ("bert-base gpt2"), PROFILE_PRECISION (hybrid), PROFILE_POINTS
@@ -27,19 +27,19 @@ else
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 if [ "${SKIP_GEMM:-0}" != 1 ]; then
-  nvcc -O2 -std=c++17 -arch=sm_90 -x cu bench/gemm_explore.cpp -lcublasLt -o /tmp/gemm_explore \
+  nvcc -O2 -std=c++17 -arch=sm_90 -x cu tools/cuda/gemm_explore.cpp -lcublasLt -o /tmp/gemm_explore \
     && /tmp/gemm_explore ${GEMM_WS_MIB:-32} | tee "$OUT/gemm_explore.txt"
   log "gemm explore done"
 fi
 for m in ${PROFILE_MODELS:-bert-base gpt2}; do
   pts=""; for p in ${PROFILE_POINTS:-1x128 8x128 32x128 32x512}; do pts="$pts --point $p"; done
-  python3 bench/profile_point.py --model "$m" --precision "${PROFILE_PRECISION:-hybrid}" $pts
+  python3 tools/profile_point.py --model "$m" --precision "${PROFILE_PRECISION:-hybrid}" $pts
   for p in ${NCU_POINTS:-1x128 32x128}; do
     ncu --profile-from-start off --clock-control none --cache-control none --metrics gpu__time_duration.sum \
-      --csv python3 bench/profile_point.py --model "$m" \
+      --csv python3 tools/profile_point.py --model "$m" \
       --precision "${PROFILE_PRECISION:-hybrid}" --point "$p" --iters 20 --ncu > "$OUT/ncu_${m}_${p}.csv" 2>&1
-    python3 bench/ncu_shares.py "$OUT/ncu_${m}_${p}.csv" --families
-    python3 bench/ncu_shares.py "$OUT/ncu_${m}_${p}.csv"
+    python3 tools/ncu_shares.py "$OUT/ncu_${m}_${p}.csv" --families
+    python3 tools/ncu_shares.py "$OUT/ncu_${m}_${p}.csv"
   done
 done
 log "done"

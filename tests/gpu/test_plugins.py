@@ -12,7 +12,7 @@ L2 and max-abs/max norms), plus a floor of a fraction of an ulp of the output dt
 lands exactly does not demand the impossible.
 
 The helpers at the top are also used by bench/kernels_*.py. The binding is found as the kernels' Python binding: `trtrun._C.plugins` (the full extension) or, before/without it, the
-standalone module `_trtrun_plugins` that bench/kernels_build.py builds (folder: env TRTRUN_PLUGINS_DIR,
+standalone module `_trtrun_plugins` that tools/kernels_build.py builds (folder: env TRTRUN_PLUGINS_DIR,
 default <repo>/build/plugins_standalone). Device buffers are torch CUDA tensors.
 """
 
@@ -48,7 +48,7 @@ def load_plugins():
         except Exception as e:
             reasons.append(f"_trtrun_plugins in {d} not importable ({type(e).__name__}: {e})")
     else:
-        reasons.append(f"no standalone build in {d} (python3 bench/kernels_build.py)")
+        reasons.append(f"no standalone build in {d} (python3 tools/kernels_build.py)")
     return None, "; ".join(reasons)
 
 

@@ -1,6 +1,6 @@
 """Interleaved A/B runs of `trtrun serve` on the stub engine: requests/s and CPU per request (bench only).
 
-    python bench/serve_stub_compare.py --rounds 3 --duration 10 \\
+    python tools/serve_stub_compare.py --rounds 3 --duration 10 \\
         --config "batched=" --config "unbatched=--no-batching" \\
         [--config "old-batched@/path/to/old/checkout="] [--procs 1] [--out results.json]
 
@@ -100,7 +100,7 @@ def _run(name: str, repo: Path, args: list[str], a) -> dict:
         pids = _tree(srv.pid)
         c0, w0 = _cpu_seconds(pids), time.monotonic()
         out = Path(a.tmp) / f"load-{name}.json"
-        lg = subprocess.run([sys.executable, str(HERE / "loadgen.py"), "--target", f"{name}={url}",
+        lg = subprocess.run([sys.executable, str(HERE.parent / "bench" / "loadgen.py"), "--target", f"{name}={url}",
                              "--clients", str(a.clients), "--duration", str(a.duration), "--warmup", str(a.warmup),
                              "--procs", str(a.procs), "--n-texts", str(a.n_texts), "--out", str(out)],
                             capture_output=True, text=True)

@@ -1,8 +1,8 @@
 """Time one (model, precision, batch, seq) point of the GPU runtime, and mark one graph replay for ncu.
 
-    python3 bench/profile_point.py --model bert-base --precision hybrid --point 1x128 --point 32x128
+    python3 tools/profile_point.py --model bert-base --precision hybrid --point 1x128 --point 32x128
     ncu --profile-from-start off --clock-control none --cache-control none --metrics gpu__time_duration.sum \\
-        --csv python3 bench/profile_point.py --model bert-base --point 1x128 --ncu
+        --csv python3 tools/profile_point.py --model bert-base --point 1x128 --ncu
 
 For each point: GPU time of one run by CUDA events (median and p10/p90 of --iters replays, 4 input sets of
 real-looking random ids rotated, never zeros), with the context's CUDA graph captured beforehand. With

@@ -1,6 +1,6 @@
 """Decode the cuBLASLt algorithms in a GEMM cache file (trtrun.runtime.save_gemm_cache) into readable fields.
 
-    python3 bench/gemm_cache_decode.py FILE [--m 4096]
+    python3 tools/gemm_cache_decode.py FILE [--m 4096]
 
 The cache keeps each choice as cuBLASLt's opaque 64-byte cublasLtMatmulAlgo_t; cublasLtMatmulAlgoConfigGetAttribute
 reads its fields on the host (no GPU needed), from the libcublasLt of the nvidia-cublas wheel. Prints per entry the

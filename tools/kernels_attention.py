@@ -1,6 +1,6 @@
 """Microbenchmark of trtrun's fused attention kernel against PyTorch's scaled_dot_product_attention.
 
-    python3 bench/kernels_attention.py [--quick] [--out FILE]
+    python3 tools/kernels_attention.py [--quick] [--out FILE]
 
 Both sides take the same packed qkv [B, S, 3*H*D] (PyTorch through [B, H, S, D] views of it, as a
 Hugging Face model would hand them over) and run inside a captured CUDA graph of `--per-graph` launches
@@ -9,7 +9,7 @@ CUDA events; the median per launch is reported. Inputs are random normal (never 
 several buffers so small problems are not served from L2 alone. Precisions: ours hybrid vs torch fp16
 SDPA (fp32 softmax, P in fp16: the same arithmetic); ours fp16 (fp16 softmax); ours fp32 vs torch fp32
 SDPA with TF32 off.
-Needs torch with CUDA and the plugin binding (trtrun._C or bench/kernels_build.py's standalone module).
+Needs torch with CUDA and the plugin binding (trtrun._C or tools/kernels_build.py's standalone module).
 """
 
 from __future__ import annotations

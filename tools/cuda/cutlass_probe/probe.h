@@ -1,4 +1,4 @@
-// bench/cutlass_probe/probe.h: what a CUTLASS configuration offers the probe's main (main.cu). See README.md.
+// tools/cuda/cutlass_probe/probe.h: what a CUTLASS configuration offers the probe's main (main.cu). See README.md.
 #pragma once
 
 #include <cuda_fp16.h>

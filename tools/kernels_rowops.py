@@ -1,9 +1,9 @@
 """Microbenchmark of the memory-bound plugins (layernorm, embedding, gelu) against PyTorch doing the same
 work, with achieved bandwidth (bytes each kernel must move / time) beside a device-to-device copy's.
 
-    python3 bench/kernels_rowops.py [--out FILE]
+    python3 tools/kernels_rowops.py [--out FILE]
 
-Timing as bench/kernels_attention.py: CUDA-graph replays, median per call, rotated random inputs.
+Timing as tools/kernels_attention.py: CUDA-graph replays, median per call, rotated random inputs.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "bench"))
+sys.path.insert(0, str(REPO / "tools"))
 sys.path.insert(0, str(REPO / "tests" / "gpu"))
 sys.path.insert(0, str(REPO))
 

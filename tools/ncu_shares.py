@@ -1,12 +1,12 @@
 """Where one forward pass's GPU time goes, from an ncu CSV of one graph replay (gpu__time_duration per kernel).
 
     ncu --profile-from-start off --clock-control none --cache-control none --metrics gpu__time_duration.sum \\
-        --csv python3 bench/profile_point.py --model bert-base --point 1x128 --ncu > ncu.csv
-    python3 bench/ncu_shares.py ncu.csv [--families]
+        --csv python3 tools/profile_point.py --model bert-base --point 1x128 --ncu > ncu.csv
+    python3 tools/ncu_shares.py ncu.csv [--families]
 
 Prints the sum of kernel times, then per kernel name (or, with --families, per kind: cuBLASLt GEMM, LayerNorm,
 attention, embedding, input staging, other) the total, the count and the time of one. ncu serializes the kernels:
-read shares, not the graph's time (bench/NOTES.md). Lines ncu or the program print around the CSV are skipped.
+read shares, not the graph's time (docs/performance.md). Lines ncu or the program print around the CSV are skipped.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ how close the best configuration of a candidate subset comes to the best of all,
 the subset holds. That is how the runtime's "focused" search (csrc/gemm.cpp) was chosen: a subset small enough
 to time on a shape's first run, whose best is near the exhaustive best.
 
-    python3 bench/gemm_space.py configs.csv
+    python3 tools/gemm_space.py configs.csv
 
 Times are gemm_explore's quick pass (the minimum of 5 samples of 5 back-to-back launches, weights rotated
 past the L2): differences under ~1-2% are within its noise.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bench/cutlass_probe/build.sh WHEEL OUTDIR: builds the probe against the CUTLASS headers of an nvidia-cutlass
+# tools/cuda/cutlass_probe/build.sh WHEEL OUTDIR: builds the probe against the CUTLASS headers of an nvidia-cutlass
 # wheel (extracted into OUTDIR, patched by fix_cutlass_4_2.py), the eight configurations in parallel.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)

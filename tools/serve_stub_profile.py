@@ -2,7 +2,7 @@
 bench/loadgen.py's 64 clients; every thread's CPU time read from /proc before and after the measured
 seconds; configs interleaved over rounds (A, B, A, B, ...) and the medians reported.
 
-    python bench/serve_stub_profile.py --rounds 3 --duration 8 \\
+    python tools/serve_stub_profile.py --rounds 3 --duration 8 \\
         --config "new=" [--config "old@/path/to/old/checkout="] [--config "new-u=--no-batching"] \\
         [--pyspy out.txt] [--json out.json]
 
@@ -86,7 +86,7 @@ def _run(name: str, repo: Path, args: list[str], a, pyspy: str | None) -> dict:
     try:
         wait_healthy(url, name)
         out = Path(a.tmp) / f"profile-load-{port}.json"
-        lg = subprocess.Popen([sys.executable, str(HERE / "loadgen.py"), "--target", f"{name}={url}", "--clients",
+        lg = subprocess.Popen([sys.executable, str(HERE.parent / "bench" / "loadgen.py"), "--target", f"{name}={url}", "--clients",
                                str(a.clients), "--duration", str(a.duration), "--warmup", str(a.warmup),
                                "--n-texts", str(a.n_texts), "--out", str(out)],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

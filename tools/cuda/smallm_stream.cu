@@ -1,10 +1,10 @@
-// bench/smallm_stream.cu: a weight-streaming GEMM for few rows (M <= 128) against cuBLASLt, in CUDA graphs with the
-// weights cold, as a forward pass at batch 1 meets them. A measurement tool for bench/NOTES.md (session 10), not
+// tools/cuda/smallm_stream.cu: a weight-streaming GEMM for few rows (M <= 128) against cuBLASLt, in CUDA graphs with the
+// weights cold, as a forward pass at batch 1 meets them. A measurement tool for docs/performance.md, not
 // part of the runtime.
 //
-//   nvcc -O3 -std=c++17 -arch=sm_90 bench/smallm_stream.cu -lcublasLt -o /tmp/smallm && /tmp/smallm
+//   nvcc -O3 -std=c++17 -arch=sm_90 tools/cuda/smallm_stream.cu -lcublasLt -o /tmp/smallm && /tmp/smallm
 //
-// Session 3's own small-M GEMM (bench/results/smallm-gemm-h100-2026-11-26) lost to cuBLASLt by 1.1-1.8x. It read
+// A first own small-M GEMM (results/batch1-h200/smallm-splitk-kernels-h100.txt) lost to cuBLASLt by 1.1-1.8x. It read
 // the weights as [K][N] rows of BN halves (128-byte pieces strided by N) and re-streamed x through a 4-deep ring of
 // 32-wide K chunks. This one differs where the bytes move:
 //   - the weights are packed once (as an engine would at load) into one contiguous block per CTA, in the order

@@ -1,13 +1,13 @@
-// bench/graph_overhead.cu: what a kernel costs in a CUDA graph when it does (almost) nothing, on this card.
+// tools/cuda/graph_overhead.cu: what a kernel costs in a CUDA graph when it does (almost) nothing, on this card.
 //
-// BERT-base at batch 1 x 128 tokens runs ~85 kernels a forward pass in one graph (bench/NOTES.md). This measures
+// BERT-base at batch 1 x 128 tokens runs ~85 kernels a forward pass in one graph (docs/performance.md). This measures
 // the floor such a chain has from the kernel count alone: a graph of N dependent launches of a kernel that reads
 // one value its predecessor wrote and writes one (so each must wait for the one before, as the model's ops do),
 // at a few grid sizes, with and without Programmatic Dependent Launch (the secondary kernel calls
 // griddepcontrol.wait before its read; the primary triggers launch_dependents at its start). A measurement tool
-// for bench/NOTES.md, not part of the runtime.
+// for docs/performance.md, not part of the runtime.
 //
-//   nvcc -O2 -std=c++17 -arch=sm_90 bench/graph_overhead.cu -o /tmp/graph_overhead && /tmp/graph_overhead
+//   nvcc -O2 -std=c++17 -arch=sm_90 tools/cuda/graph_overhead.cu -o /tmp/graph_overhead && /tmp/graph_overhead
 //
 // Prints, per (grid, PDL): GPU time of one graph launch (median of 200 launches, CUDA events) and that divided
 // by N: the per-kernel cost of a dependent chain in a graph.

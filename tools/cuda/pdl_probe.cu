@@ -1,7 +1,7 @@
-// bench/pdl_probe.cu: may trtrun's CUDA graphs use Programmatic Dependent Launch (PDL) edges, and what do they
-// buy at batch 1?  A measurement tool for bench/NOTES.md, not part of the runtime.
+// tools/cuda/pdl_probe.cu: may trtrun's CUDA graphs use Programmatic Dependent Launch (PDL) edges, and what do they
+// buy at batch 1?  A measurement tool for docs/performance.md, not part of the runtime.
 //
-//   nvcc -O2 -std=c++17 -arch=sm_90 bench/pdl_probe.cu -lcublasLt -o /tmp/pdl_probe && /tmp/pdl_probe
+//   nvcc -O2 -std=c++17 -arch=sm_90 tools/cuda/pdl_probe.cu -lcublasLt -o /tmp/pdl_probe && /tmp/pdl_probe
 //
 // 1. Safety of a cuBLASLt GEMM as the *secondary* of a programmatic edge. A programmatic edge lets the next
 //    kernel start before the previous one finishes; it is only correct when the next kernel executes

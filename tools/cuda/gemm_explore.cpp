@@ -1,20 +1,20 @@
-// bench/gemm_explore.cpp: how fast can cuBLASLt run the GEMMs of a BERT-base/GPT-2 layer at small and large row
+// tools/cuda/gemm_explore.cpp: how fast can cuBLASLt run the GEMMs of a BERT-base/GPT-2 layer at small and large row
 // counts, and how far is trtrun's choice (the timed best of cuBLASLt's top 8 heuristic candidates) from the best
 // candidate cuBLASLt can run (up to 64 heuristic results, each also with split-K 2..16 where the algorithm
-// supports it)?  A measurement tool for bench/NOTES.md, not part of the runtime.
+// supports it)?  A measurement tool for docs/performance.md, not part of the runtime.
 //
-//   nvcc -O2 -std=c++17 -arch=sm_90 bench/gemm_explore.cpp -lcublasLt -o /tmp/gemm_explore && /tmp/gemm_explore
+//   nvcc -O2 -std=c++17 -arch=sm_90 tools/cuda/gemm_explore.cpp -lcublasLt -o /tmp/gemm_explore && /tmp/gemm_explore
 //   /tmp/gemm_explore 32 --configs --m 4096,16384 --out16
 //
 // --configs: besides the heuristic's results, every configuration cuBLASLt accepts (cublasLtMatmulAlgoCheck) of
 // every algorithm id it lists for these types: tile x stages x cluster shape x CTA swizzle x custom option. A quick
 // pass (5 x 5 launches) ranks them; the 12 fastest are timed like the rest. --m: row counts (default
 // 128,1024,4096,16384). --hot: one weight copy (L2-resident after the first launch: what a GEMM would take if its
-// weights were prefetched into the L2). --out16: attn_out and ffn2 write fp16 (a hybrid plan's default since session 4: their
+// weights were prefetched into the L2). --out16: attn_out and ffn2 write fp16 (a hybrid plan's default: their
 // outputs feed post-norm LayerNorms) instead of fp32. --dump FILE (with --configs): one CSV line per timed
 // candidate (gemm, M, heuristic rank or -100 for a configuration, algo, tile, stages, split-K, swizzle, cluster,
 // custom option, quick-pass us, full-timing us or -1, host ms of its first launch including the kernel load), to
-// find offline which part of the configuration space the winners come from (bench/NOTES.md, session 9).
+// find offline which part of the configuration space the winners come from (tools/gemm_space.py reads it).
 // --gemms a,b: only these of qkv, attn_out, ffn1_gelu, ffn2.
 //
 // Same layout as csrc/gemm.cpp: row-major y[m,n] = x[m,k] @ w[k,n] (+bias, GELU) as column-major

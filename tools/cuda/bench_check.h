@@ -1,4 +1,4 @@
-// bench/bench_check.h: error checks for the standalone CUDA measurement programs in bench/ (gemm_explore.cpp,
+// tools/cuda/bench_check.h: error checks for the standalone CUDA measurement programs in tools/cuda/ (gemm_explore.cpp,
 // pdl_probe.cu). These are command-line tools, not library code: a failed call prints where and exits.
 #pragma once
 

@@ -1,4 +1,4 @@
-// bench/cutlass_probe/cfg.cu: one CUTLASS 3 Hopper GEMM configuration per compilation (-DCFG=0..7), so the slow
+// tools/cuda/cutlass_probe/cfg.cu: one CUTLASS 3 Hopper GEMM configuration per compilation (-DCFG=0..7), so the slow
 // template instantiations compile in parallel. See README.md.
 #include <cutlass/cutlass.h>
 #include <cute/tensor.hpp>
@@ -56,8 +56,8 @@ constexpr const char* kName = "wT.xT coop 128x128 streamK";
 using C = Cfg<true, 128, 64, cutlass::gemm::KernelTmaWarpSpecializedCooperative,
               cutlass::epilogue::TmaWarpSpecializedCooperative, cutlass::gemm::StreamKScheduler>;
 constexpr const char* kName = "wT.xT coop 128x64 streamK";
-// Below: the shape of cuBLASLt's own choice at 128 rows (nvjet_sm90_hsh_64x16..., cluster 2x4; bench/results/
-// session10-2026-11-27/ncu-durations-h200.txt): output features on the tile's M side, a few tokens on N, one
+// Below: the shape of cuBLASLt's own choice at 128 rows (nvjet_sm90_hsh_64x16..., cluster 2x4;
+// results/batch1-h200/ncu-durations-h200.txt): output features on the tile's M side, a few tokens on N, one
 // consumer warpgroup, non-persistent; a cluster multicasts each weight tile to the CTAs of other token blocks.
 #elif CFG == 4
 using C = Cfg<true, 64, 16, cutlass::gemm::KernelTmaWarpSpecialized, cutlass::epilogue::TmaWarpSpecialized, void>;

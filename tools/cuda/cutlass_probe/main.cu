@@ -1,4 +1,4 @@
-// bench/cutlass_probe/main.cu: CUTLASS 3 Hopper GEMMs (TMA, wgmma, warp-specialized, stream-K / split-K) against
+// tools/cuda/cutlass_probe/main.cu: CUTLASS 3 Hopper GEMMs (TMA, wgmma, warp-specialized, stream-K / split-K) against
 // cuBLASLt at BERT-base's four Linear shapes and few rows, in CUDA graphs with cold weights, with and without
 // Programmatic Dependent Launch between the GEMMs. See README.md (how to build and run, and why).
 //

@@ -1,7 +1,7 @@
 """Build the plugin kernels alone into a small pybind11 module, `_trtrun_plugins`, for kernel tests and
 microbenchmarks before (or without) the full extension trtrun._C.
 
-    python3 bench/kernels_build.py [--out build/plugins_standalone] [--sass FILE] [--arch 90]
+    python3 tools/kernels_build.py [--out build/plugins_standalone] [--sass FILE] [--arch 90]
 
 Compiles plugins/*/*.cu and csrc/bind_plugins.cpp (with TRTRUN_PLUGINS_STANDALONE) with nvcc in parallel,
 prints each kernel's registers / spills / stack from ptxas, and with --sass writes a per-kernel count of

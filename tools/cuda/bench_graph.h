@@ -1,4 +1,4 @@
-// bench/bench_graph.h: what the standalone GEMM probes (smallm_stream.cu, cutlass_probe/) share: random fp16
+// tools/cuda/bench_graph.h: what the standalone GEMM probes (smallm_stream.cu, cutlass_probe/) share: random fp16
 // fill, the time of one launch in a CUDA graph of dependent launches, and cuBLASLt's best heuristic candidate for
 // the runtime's Linear layout timed that way. Command-line tools: a failed call prints where and exits
 // (bench_check.h).
