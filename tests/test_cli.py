@@ -194,6 +194,39 @@ def test_export_bad_source(capsys, tmp_path):
     assert_clean_error(code, err, 1, "opset")
 
 
+@pytest.mark.parametrize("module, args, needles", [
+    ("onnxscript", ["export", "gpt2", "--exporter", "dynamo"], ["onnxscript", "pip install 'trtrun[export]'"]),
+    ("torch", ["export", "bert-base"], ["exporting needs torch", "pip install 'trtrun[export]'", "torch==2.13.0"]),
+])
+def test_missing_optional_package_says_what_to_install(capsys, tmp_path, monkeypatch, module, args, needles):
+    """A feature whose optional package is missing names the package and the extra that installs it, in one
+    line with exit code 1, before any work (was: `internal error: ModuleNotFoundError` after building the
+    model). sys.modules[name] = None makes `import name` fail as if it were not installed."""
+    monkeypatch.setitem(sys.modules, module, None)
+    out = tmp_path / "x.onnx"
+    code, _, err = cli(capsys, *args, "-o", out)
+    assert_clean_error(code, err, 1, *needles)
+    assert "internal error" not in err and len(err.strip().splitlines()) <= 2 and not out.exists()
+
+
+def test_missing_optional_package_anywhere_gets_the_install_line(capsys, tmp_path, monkeypatch):
+    """The error handler's safety net: a ModuleNotFoundError of an optional package that no feature check
+    caught still says what to install; any other missing module stays an internal error."""
+    import trtrun.export
+
+    def boom(name):
+        def f(*a, **k):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return f
+
+    monkeypatch.setattr(trtrun.export, "export_model", boom("sklearn.linear_model"))
+    code, _, err = cli(capsys, "export", "gpt2", "-o", tmp_path / "x.onnx")
+    assert_clean_error(code, err, 1, "scikit-learn is not installed: pip install 'trtrun[check]'")
+    monkeypatch.setattr(trtrun.export, "export_model", boom("no_such_thing"))
+    code, _, err = cli(capsys, "export", "gpt2", "-o", tmp_path / "x.onnx")
+    assert_clean_error(code, err, 1, "internal error: ModuleNotFoundError")
+
+
 def test_readme_and_ci_run_the_same_test_command():
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
@@ -359,6 +392,17 @@ def test_run_bad_inputs(capsys, tiny, tmp_path):
     assert_clean_error(code, err, 2, ".npy, .npz or .json")
     code, _, err = cli(capsys, "run", tiny["plan"], "--backend", "reference", "--data", "sst2")
     assert_clean_error(code, err, 1, "sst2")
+
+
+def test_run_text_without_transformers_says_what_to_install(capsys, tiny, monkeypatch):
+    from trtrun.data import data_dir
+
+    if not (data_dir() / "minilm" / "vocab.txt").exists():
+        pytest.skip("the data folder's MiniLM tokenizer is missing")
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    code, _, err = cli(capsys, "run", tiny["plan"], "--backend", "reference", "--text", "a fine film",
+                       "--tokenizer", data_dir() / "minilm")
+    assert_clean_error(code, err, 1, "tokenizing text needs transformers", "pip install 'trtrun[text]'")
 
 
 def test_run_gpu_backend_without_gpu(capsys, tiny, tmp_path):

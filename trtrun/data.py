@@ -135,11 +135,9 @@ def _import_transformers():
     # Never reach a hub: these must be set before transformers (huggingface_hub) is first imported.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    try:
-        import transformers
-    except ImportError as e:
-        raise TrtrunError("tokenizing text needs transformers: pip install 'trtrun[text]'") from e
-    return transformers
+    from ._optional import require
+
+    return require("transformers", "tokenizing text")
 
 
 def is_tokenizer_dir(d: Path) -> bool:

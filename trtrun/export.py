@@ -10,11 +10,12 @@ torch and transformers are optional dependencies, imported only inside the funct
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import warnings
 from pathlib import Path
 
-from .errors import ModelError, TrtrunError
+from .errors import ModelError
 
 NAMED_ARCHS = ("bert-base", "gpt2")
 EXPORTERS = ("torchscript", "dynamo")
@@ -36,14 +37,9 @@ _BERT_KEYS = {"hidden_size", "num_hidden_layers", "num_attention_heads", "interm
 
 
 def _import_torch():
-    try:
-        import torch
-        import transformers
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise TrtrunError(
-            "exporting needs torch and transformers (pip install 'trtrun[export]'): " + str(e)
-        ) from e
-    return torch, transformers
+    from ._optional import require
+
+    return require("torch", "exporting"), require("transformers", "exporting")
 
 
 def _make_config(transformers, source: str, overrides: dict):
@@ -149,6 +145,11 @@ def export_model(source, out_path, *, exporter: str = "torchscript", opset: int 
         raise ValueError(f"opset {opset} outside the supported range {OPSET_RANGE[0]}..{OPSET_RANGE[1]}")
     if exporter == "dynamo" and opset < 18:
         raise ValueError("the dynamo exporter writes opset 18 or newer")
+    if exporter == "dynamo" and importlib.util.find_spec("onnxscript") is None:
+        # torch imports it only deep inside the export, after the model is built: say so before any work
+        from ._optional import missing
+
+        raise missing("onnxscript", "the dynamo exporter (--exporter dynamo)")
     torch, transformers = _import_torch()
 
     model, config = _load_model(torch, transformers, source, overrides, seed)

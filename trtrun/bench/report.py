@@ -414,7 +414,7 @@ def write_report(store: ResultStore, cfg=None, *, plots: bool = True, log=None) 
 
             paths += write_plots(store, out / "plots")
         except ImportError as e:
-            log(f"plots skipped: matplotlib is not installed ({e})")
+            log(f"plots skipped: matplotlib is not installed ({e}): pip install 'trtrun[bench]'")
     return paths
 
 

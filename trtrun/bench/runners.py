@@ -47,7 +47,8 @@ def _torch():
     try:
         import torch
     except ImportError as e:
-        raise Unavailable(f"torch is not installed ({e})") from None
+        raise Unavailable(f"torch is not installed ({e}): pip install torch==2.13.0 (the CPU build) or "
+                          f"'trtrun[export]'") from None
     return torch
 
 

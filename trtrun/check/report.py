@@ -385,7 +385,7 @@ def plot_all(report: dict, out_dir: Path) -> tuple[dict[str, str], str | None]:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as e:
-        return {}, f"matplotlib is not installed ({e}): no plots"
+        return {}, f"matplotlib is not installed ({e}): no plots (pip install 'trtrun[check]')"
     import numpy as np
 
     files = {}

@@ -114,6 +114,17 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code or EXIT_ERROR
     except BrokenPipeError:  # `trtrun inspect x.plan | head`
         return EXIT_ERROR
+    except ModuleNotFoundError as e:  # an optional package imported where no feature check caught it
+        from .._optional import EXTRAS, install_hint
+
+        if _state["debug"]:
+            traceback.print_exc()
+        hint = install_hint(e.name)
+        if hint is None:
+            _say(f"internal error: {type(e).__name__}: {_message(e)} (run with --debug for the traceback)")
+        else:
+            _say(f"{EXTRAS[e.name.split('.')[0]][0]} is not installed: {hint}")
+        return EXIT_ERROR
     except (TrtrunError, ValueError, OSError, MemoryError) as e:
         if _state["debug"]:
             traceback.print_exc()
