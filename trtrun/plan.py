@@ -26,6 +26,7 @@ import hashlib
 import json
 import math
 import os
+import stat
 import struct
 from collections.abc import Mapping
 from pathlib import Path
@@ -42,6 +43,15 @@ ALIGN = 256
 PREAMBLE = struct.Struct("<8sIIQQ")  # magic, version, reserved, header length, blob length: 32 bytes
 TRAILER_BYTES = 32  # SHA-256
 MIN_FILE_BYTES = 64  # preamble + trailer: nothing shorter can be a plan
+
+# Bounds the loader enforces before it trusts a number (docs/plan-format.md, "Hostile plan files")
+MAX_HEADER_BYTES = 16 << 20  # real headers are tens to hundreds of KiB; json.loads may take ~10x in objects
+MAX_JSON_DEPTH = 64  # real headers nest 4 deep; json.loads recurses once a level
+MAX_RANK = 8
+INT32_MAX = 2 ** 31 - 1  # the runtime's int: profile values, inner dimensions, heads, offsets
+MAX_WEIGHT_DIM = 2 ** 62  # weight dims, offsets, byte counts: int64 on the runtime's side
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # attributes are float32 in the kernels
+READ_CHUNK = 1 << 20  # bytes hashed a read while streaming a file whose header did not validate
 
 PRECISIONS = ("fp32", "fp16", "hybrid")
 DTYPES = ("float32", "float16", "int64", "int32")
@@ -102,6 +112,21 @@ def _is_int(v) -> bool:
 
 def _is_number(v) -> bool:
     return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
+
+
+def _nm(name) -> str:
+    """A name from the file as it may appear in a message: as is when short and printable, else its repr
+    shortened (a crafted name can hold terminal escapes or megabytes)."""
+    if isinstance(name, str) and len(name) <= 80 and name.isprintable():
+        return name
+    r = repr(name)
+    return r if len(r) <= 80 else r[:60] + "…"
+
+
+def _short(v) -> str:
+    """repr of a value from the file, at most ~80 characters."""
+    r = repr(v)
+    return r if len(r) <= 80 else r[:60] + "…"
 
 
 def _fmt_shape(shape) -> str:
@@ -215,22 +240,26 @@ class Plan:
         """A tensor shape with the symbols B and S replaced by numbers."""
         return tuple(batch if d == "B" else seq if d == "S" else int(d) for d in shape)
 
+    def _table_rows(self, role: str) -> int | None:
+        """Fewest rows among the Embedding ops' `role` tables (every one of them is indexed by the same
+        input), None without such a table."""
+        rows = [int(self.header["weights"][op["weights"][role]]["shape"][0])
+                for op in self.ops if op["type"] == "Embedding" and op.get("weights", {}).get(role)]
+        return min(rows) if rows else None
+
     @property
     def vocab_size(self) -> int | None:
         """Rows of the word-embedding table read by input_ids (token ids must be below it)."""
-        for op in self.ops:
-            if op["type"] == "Embedding":
-                return int(self.header["weights"][op["weights"]["word"]]["shape"][0])
+        v = self._table_rows("word")
+        if v is not None:
+            return v
         v = self.model.get("vocab_size")
         return int(v) if _is_int(v) else None
 
     @property
     def type_vocab_size(self) -> int | None:
         """Rows of the token-type table (token_type_ids must be below it), None without one."""
-        for op in self.ops:
-            if op["type"] == "Embedding" and op["weights"].get("token_type"):
-                return int(self.header["weights"][op["weights"]["token_type"]]["shape"][0])
-        return None
+        return self._table_rows("token_type")
 
     # ------------------------------------------------------------------ validation
     def validate(self, blob_nbytes: int | None = None) -> None:
@@ -484,72 +513,139 @@ class Plan:
 
 
 # ---------------------------------------------------------------------- schema validation
+# The header is data from a file that anyone can craft (the SHA-256 detects damage, it does not
+# authenticate): every field is checked for its type and range before anything reads it, so that a plan
+# that validates can be run by the reference backend and lowered for the runtime without IndexError & co.
+
+HEADER_KEYS = ("format", "version", "precision", "tf32", "profile", "source", "model", "inputs", "outputs",
+               "tensors", "weights", "ops", "builder")
+OP_KEYS = ("type", "name", "inputs", "outputs", "weights", "attrs", "precision")
+MODEL_INTS = ("hidden", "num_heads", "num_layers", "vocab_size", "max_position")
+ARCHS = ("encoder", "decoder")
+# What the runtime reads from each op's attrs. Other attributes (e.g. the builder's `source_activation`)
+# are annotations nothing reads: tolerated when they are plain JSON scalars.
+OP_ATTRS = {
+    "Embedding": ("epsilon", "position_offset"),
+    "Linear": ("activation",),
+    "Attention": ("num_heads", "head_size", "scale", "causal"),
+    "LayerNorm": ("epsilon",),
+}
+# Graph inputs an op slot may read, where the slot indexes a table or masks (checked at run time by
+# Plan.check_feeds against exactly these tables and values)
+OP_INPUT_NAMES = {
+    ("Embedding", 0): ("input_ids",),
+    ("Embedding", 1): ("token_type_ids",),
+    ("Attention", 1): ("attention_mask",),
+}
+
+
+def _type_name(v) -> str:
+    return type(v).__name__
+
+
 def _validate_header(h: Any, where: str, blob_nbytes: int | None) -> None:
     def err(field: str, msg: str):
         raise PlanError(f"{where}: {field}: {msg}")
 
+    def need_obj(v, field: str, what: str = ""):
+        if not isinstance(v, dict):
+            err(field, f"must be a JSON object{what}, got {_type_name(v)}")
+
+    def only_keys(d: dict, field: str, allowed):
+        extra = [k for k in d if k not in allowed]
+        if extra:
+            more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
+            err(field, f"unknown key {_short(extra[0])}{more} (known: {', '.join(allowed)})")
+
+    def need_int(v, field: str, lo: int, hi: int):
+        if not (_is_int(v) and lo <= v <= hi):
+            err(field, f"must be an integer in [{lo}, {hi}], got {_short(v)}")
+
     if not isinstance(h, dict):
-        err("header", f"must be a JSON object, got {type(h).__name__}")
+        err("header", f"must be a JSON object, got {_type_name(h)}")
     if h.get("format") != FORMAT_NAME:
-        err("header.format", f"is {h.get('format')!r}, expected {FORMAT_NAME!r}")
-    if h.get("version") != FORMAT_VERSION:
-        err("header.version", f"is {h.get('version')!r}, expected {FORMAT_VERSION} (the file's format version)")
+        err("header.format", f"is {_short(h.get('format'))}, expected {FORMAT_NAME!r}")
+    if not (_is_int(h.get("version")) and h["version"] == FORMAT_VERSION):
+        err("header.version", f"is {_short(h.get('version'))}, expected {FORMAT_VERSION} (the file's format version)")
     for key, typ in (("precision", str), ("profile", dict), ("inputs", list), ("outputs", list),
                      ("tensors", dict), ("weights", dict), ("ops", list)):
         if key not in h:
             err(f"header.{key}", "missing")
         if not isinstance(h[key], typ):
             err(f"header.{key}", f"must be a {'JSON object' if typ is dict else typ.__name__}, "
-                                 f"got {type(h[key]).__name__}")
+                                 f"got {_type_name(h[key])}")
+    only_keys(h, "header", HEADER_KEYS)
     for key in ("source", "model", "builder"):
-        if key in h and not isinstance(h[key], dict):
-            err(f"header.{key}", f"must be a JSON object, got {type(h[key]).__name__}")
+        if key in h:
+            need_obj(h[key], f"header.{key}")
     if h["precision"] not in PRECISIONS:
-        err("header.precision", f"{h['precision']!r} is not one of {', '.join(PRECISIONS)}")
+        err("header.precision", f"{_short(h['precision'])} is not one of {', '.join(PRECISIONS)}")
     if not isinstance(h.get("tf32", False), bool):
-        err("header.tf32", f"must be true or false, got {h['tf32']!r}")
+        err("header.tf32", f"must be true or false, got {_short(h['tf32'])}")
+
+    # metadata: free to extend, but what is there has its type (tokenizer lookup, reports and bench read it)
+    src = h.get("source", {})
+    for key in ("path", "sha256", "producer"):
+        if key in src and not (isinstance(src[key], str) or (key == "producer" and src[key] is None)):
+            err(f"header.source.{key}", f"must be a string, got {_short(src[key])}")
+    if "opset" in src and src["opset"] is not None:
+        need_int(src["opset"], "header.source.opset", 0, INT32_MAX)
+    model = h.get("model", {})
+    if "arch" in model and model["arch"] not in ARCHS:
+        err("header.model.arch", f"{_short(model['arch'])} is not one of {', '.join(ARCHS)}")
+    for key in MODEL_INTS:
+        if key in model:
+            need_int(model[key], f"header.model.{key}", 0, INT32_MAX)
 
     # profile
     prof = h["profile"]
     for axis in ("batch", "seq"):
         v = prof.get(axis)
         if not (isinstance(v, list) and len(v) == 3 and all(_is_int(x) for x in v)):
-            err(f"header.profile.{axis}", f"must be [min, opt, max] integers, got {v!r}")
+            err(f"header.profile.{axis}", f"must be [min, opt, max] integers, got {_short(v)}")
         if not 1 <= v[0] <= v[1] <= v[2]:
-            err(f"header.profile.{axis}", f"needs 1 <= min <= opt <= max, got {v}")
+            err(f"header.profile.{axis}", f"needs 1 <= min <= opt <= max, got {_short(v)}")
+        if v[2] > INT32_MAX:
+            err(f"header.profile.{axis}", f"max must be at most {INT32_MAX} (the runtime's int), got {_short(v)}")
     extra = sorted(set(prof) - {"batch", "seq"})
     if extra:
-        err("header.profile", f"unknown keys {extra} (expected batch, seq)")
+        err("header.profile", f"unknown keys {_short(extra)} (expected batch, seq)")
 
-    # tensors
+    # tensors: every activation is [B, S, inner dims...] (what the runtime allocates per batch and sequence)
     tensors = h["tensors"]
     for name, t in tensors.items():
-        f = f"header.tensors.{name}"
-        if not isinstance(t, dict):
-            err(f, "must be an object {dtype, shape}")
+        f = f"header.tensors.{_nm(name)}"
+        if not name:
+            err("header.tensors", "a tensor name must be a non-empty string")
+        need_obj(t, f, " {dtype, shape}")
+        only_keys(t, f, ("dtype", "shape"))
         if t.get("dtype") not in DTYPES:
-            err(f + ".dtype", f"{t.get('dtype')!r} is not one of {', '.join(DTYPES)}")
+            err(f + ".dtype", f"{_short(t.get('dtype'))} is not one of {', '.join(DTYPES)}")
         shp = t.get("shape")
-        if not isinstance(shp, list) or not all((_is_int(d) and d > 0) or d in SYMBOLS for d in shp):
-            err(f + ".shape", f"must be a list of positive ints and the symbols B, S; got {shp!r}")
+        if not (isinstance(shp, list) and 2 <= len(shp) <= MAX_RANK and shp[0] == "B" and shp[1] == "S"
+                and all(_is_int(d) and 1 <= d <= INT32_MAX for d in shp[2:])):
+            err(f + ".shape", f"must be [B, S, ...] with at most {MAX_RANK} dims, the others integers in "
+                              f"[1, {INT32_MAX}]; got {_short(shp)}")
 
     # graph inputs and outputs
     def check_io(kind: str):
         seen = set()
         for i, io in enumerate(h[kind]):
             f = f"header.{kind}[{i}]"
-            if not isinstance(io, dict) or not isinstance(io.get("name"), str):
-                err(f, "must be an object {name, dtype, shape}")
-            name = io["name"]
+            need_obj(io, f, " {name, dtype, shape}")
+            only_keys(io, f, ("name", "dtype", "shape"))
+            name = io.get("name")
+            if not isinstance(name, str):
+                err(f + ".name", f"must be a tensor name (a string), got {_short(name)}")
             if name in seen:
-                err(f, f"{name!r} listed twice")
+                err(f, f"{_nm(name)!r} listed twice")
             seen.add(name)
             if name not in tensors:
-                err(f, f"tensor {name!r} is not in header.tensors")
+                err(f, f"tensor {_nm(name)!r} is not in header.tensors")
             t = tensors[name]
             if io.get("dtype") != t["dtype"] or io.get("shape") != t["shape"]:
-                err(f, f"{name!r} is {io.get('dtype')}{io.get('shape')} here but "
-                       f"{t['dtype']}{t['shape']} in header.tensors")
+                err(f, f"{_nm(name)!r} is {_short(io.get('dtype'))} {_short(io.get('shape'))} here but "
+                       f"{t['dtype']}{_fmt_shape(t['shape'])} in header.tensors")
         return seen
 
     in_names = check_io("inputs")
@@ -558,10 +654,14 @@ def _validate_header(h: Any, where: str, blob_nbytes: int | None) -> None:
         err("header.inputs", "must include input_ids")
     for i, io in enumerate(h["inputs"]):
         if io["name"] not in INPUT_NAMES:
-            err(f"header.inputs[{i}]", f"{io['name']!r} is not a known input ({', '.join(INPUT_NAMES)})")
+            err(f"header.inputs[{i}]", f"{_nm(io['name'])!r} is not a known input ({', '.join(INPUT_NAMES)})")
         if io["dtype"] not in INT_DTYPES or io["shape"] != ["B", "S"]:
             err(f"header.inputs[{i}]", f"{io['name']!r} must be int64 or int32 with shape [B, S], "
-                                       f"got {io['dtype']}{io['shape']}")
+                                       f"got {io['dtype']}{_fmt_shape(io['shape'])}")
+    for i, io in enumerate(h["outputs"]):
+        if io["dtype"] not in FLOAT_DTYPES:
+            err(f"header.outputs[{i}]", f"{_nm(io['name'])!r} must be a float tensor (what an op writes), "
+                                        f"got {io['dtype']}")
     if not out_names:
         err("header.outputs", "a plan needs at least one output")
 
@@ -569,60 +669,69 @@ def _validate_header(h: Any, where: str, blob_nbytes: int | None) -> None:
     weights = h["weights"]
     spans = []
     for name, e in weights.items():
-        f = f"header.weights.{name}"
-        if not isinstance(e, dict):
-            err(f, "must be an object {dtype, shape, offset, nbytes}")
+        f = f"header.weights.{_nm(name)}"
+        if not name:
+            err("header.weights", "a weight name must be a non-empty string")
+        need_obj(e, f, " {dtype, shape, offset, nbytes}")
+        only_keys(e, f, ("dtype", "shape", "offset", "nbytes"))
         if e.get("dtype") not in DTYPES:
-            err(f + ".dtype", f"{e.get('dtype')!r} is not one of {', '.join(DTYPES)}")
+            err(f + ".dtype", f"{_short(e.get('dtype'))} is not one of {', '.join(DTYPES)}")
         shp = e.get("shape")
-        if not isinstance(shp, list) or not all(_is_int(d) and d >= 0 for d in shp):
-            err(f + ".shape", f"must be a list of non-negative ints, got {shp!r}")
+        if not (isinstance(shp, list) and len(shp) <= MAX_RANK
+                and all(_is_int(d) and 0 <= d <= MAX_WEIGHT_DIM for d in shp)):
+            err(f + ".shape", f"must be a list of at most {MAX_RANK} integers in [0, 2^62], got {_short(shp)}")
         off, nb = e.get("offset"), e.get("nbytes")
-        if not _is_int(off) or off < 0 or off % ALIGN:
-            err(f + ".offset", f"must be a non-negative multiple of {ALIGN}, got {off!r}")
-        if not _is_int(nb) or nb < 0:
-            err(f + ".nbytes", f"must be a non-negative int, got {nb!r}")
+        if not _is_int(off) or not 0 <= off <= MAX_WEIGHT_DIM or off % ALIGN:
+            err(f + ".offset", f"must be a non-negative multiple of {ALIGN} (at most 2^62), got {_short(off)}")
+        if not _is_int(nb) or not 0 <= nb <= MAX_WEIGHT_DIM:
+            err(f + ".nbytes", f"must be a non-negative int (at most 2^62), got {_short(nb)}")
         expect = math.prod(shp) * np.dtype(e["dtype"]).itemsize  # Python ints: no int64 wrap-around
         if nb != expect:
             err(f + ".nbytes", f"is {nb} but {e['dtype']}{_fmt_shape(shp)} takes {expect} bytes")
         if blob_nbytes is not None and off + nb > blob_nbytes:
             err(f, f"bytes [{off}, {off + nb}) lie outside the weights blob ({blob_nbytes} bytes)")
-        spans.append((off, off + nb, name))
+        if nb:
+            spans.append((off, off + nb, name))
     spans.sort()
-    for (a0, a1, an), (b0, b1, bn) in zip(spans, spans[1:]):
-        if b0 < a1 and b1 > b0 and a1 > a0:
-            err(f"header.weights.{bn}", f"bytes [{b0}, {b1}) overlap weight {an!r} [{a0}, {a1})")
+    end, owner = 0, None
+    for b0, b1, bn in spans:  # sorted by start: a span overlaps an earlier one iff it starts before their end
+        if b0 < end:
+            err(f"header.weights.{_nm(bn)}", f"bytes [{b0}, {b1}) overlap weight {_nm(owner)!r}")
+        if b1 > end:
+            end, owner = b1, bn
 
     # ops
     produced = set(in_names)
     op_names = set()
     for i, op in enumerate(h["ops"]):
         f = f"header.ops[{i}]"
-        if not isinstance(op, dict):
-            err(f, "must be an object")
+        need_obj(op, f)
         name = op.get("name")
         if not isinstance(name, str) or not name:
-            err(f + ".name", f"must be a non-empty string, got {name!r}")
-        f = f"header.ops[{i}] ({name!r})"
+            err(f + ".name", f"must be a non-empty string, got {_short(name)}")
+        f = f"header.ops[{i}] ({_nm(name)!r})"
         if name in op_names:
-            err(f, f"op name {name!r} used twice")
+            err(f, f"op name {_nm(name)!r} used twice")
         op_names.add(name)
+        only_keys(op, f, OP_KEYS)
         typ = op.get("type")
+        if not isinstance(typ, str):
+            err(f + ".type", f"must be a string naming an op type ({', '.join(OP_TYPES)}), got {_short(typ)}")
         if typ not in OP_SCHEMAS:
-            err(f + ".type", f"unknown op type {typ!r} (known: {', '.join(OP_TYPES)})")
+            err(f + ".type", f"unknown op type {_nm(typ)!r} (known: {', '.join(OP_TYPES)})")
         sch = OP_SCHEMAS[typ]
         if op.get("precision") not in PRECISIONS:
-            err(f + ".precision", f"{op.get('precision')!r} is not one of {', '.join(PRECISIONS)}")
+            err(f + ".precision", f"{_short(op.get('precision'))} is not one of {', '.join(PRECISIONS)}")
         ins, outs = op.get("inputs"), op.get("outputs")
         wts, attrs = op.get("weights", {}), op.get("attrs", {})
         if not isinstance(ins, list) or not all(isinstance(x, str) for x in ins):
-            err(f + ".inputs", "must be a list of tensor names")
+            err(f + ".inputs", f"must be a list of tensor names, got {_short(ins)}")
         if not isinstance(outs, list) or not all(isinstance(x, str) for x in outs):
-            err(f + ".outputs", "must be a list of tensor names")
+            err(f + ".outputs", f"must be a list of tensor names, got {_short(outs)}")
         if not isinstance(wts, dict) or not all(isinstance(x, str) for x in wts.values()):
-            err(f + ".weights", "must be an object role -> weight name")
+            err(f + ".weights", f"must be an object role -> weight name, got {_short(wts)}")
         if not isinstance(attrs, dict):
-            err(f + ".attrs", "must be an object")
+            err(f + ".attrs", f"must be an object, got {_short(attrs)}")
         for kind, slots, given in (("inputs", sch["inputs"], ins), ("outputs", sch["outputs"], outs)):
             if len(given) > len(slots):
                 err(f"{f}.{kind}", f"{typ} takes at most {len(slots)} {kind} "
@@ -632,31 +741,51 @@ def _validate_header(h: Any, where: str, blob_nbytes: int | None) -> None:
                 if required and not t:
                     err(f"{f}.{kind}[{j}]", f"{typ} needs its {slot!r} {kind[:-1]}")
                 if t and t not in tensors:
-                    err(f"{f}.{kind}[{j}]", f"tensor {t!r} is not in header.tensors")
+                    err(f"{f}.{kind}[{j}]", f"tensor {_nm(t)!r} is not in header.tensors")
+                allowed = OP_INPUT_NAMES.get((typ, j)) if kind == "inputs" else None
+                if t and allowed and t not in allowed:
+                    err(f"{f}.inputs[{j}]", f"must be {' or '.join(map(repr, allowed))}"
+                                            f"{'' if required else ' or absent'} (the graph input whose "
+                                            f"values a run checks for this use), got {_nm(t)!r}")
         for j, t in enumerate(ins):
             if t and t not in produced:
                 err(f"{f}.inputs[{j}]",
-                    f"tensor {t!r} is used before any op produces it (ops are not topologically "
+                    f"tensor {_nm(t)!r} is used before any op produces it (ops are not topologically "
                     f"ordered, or it is neither produced nor a graph input)")
         for j, t in enumerate(outs):
             if t and t in produced:
-                err(f"{f}.outputs[{j}]", f"tensor {t!r} is produced twice (or overwrites a graph input)")
+                err(f"{f}.outputs[{j}]", f"tensor {_nm(t)!r} is produced twice (or overwrites a graph input)")
             if t:
                 produced.add(t)
         for role in wts:
             if role not in sch["weights"]:
-                err(f"{f}.weights.{role}", f"{typ} has no weight role {role!r} "
-                                           f"(roles: {', '.join(sch['weights']) or 'none'})")
+                err(f"{f}.weights.{_nm(role)}", f"{typ} has no weight role {_nm(role)!r} "
+                                                f"(roles: {', '.join(sch['weights']) or 'none'})")
         for role, required in sch["weights"].items():
             w = wts.get(role, "")
             if required and not w:
                 err(f"{f}.weights.{role}", f"{typ} needs a {role!r} weight")
             if w and w not in weights:
-                err(f"{f}.weights.{role}", f"weight {w!r} is not in header.weights")
+                err(f"{f}.weights.{role}", f"weight {_nm(w)!r} is not in header.weights")
+        for key, v in attrs.items():
+            if key not in OP_ATTRS[typ] and not (v is None or isinstance(v, (str, bool, int))
+                                                 or _is_number(v)):
+                err(f"{f}.attrs.{_nm(key)}", f"an unknown attribute must be a string, number, bool or null "
+                                             f"(nothing reads it), got {_short(v)}")
         _validate_op(op, f, tensors, weights, prof, err)
     for name in out_names:
         if name not in produced:
-            err("header.outputs", f"output {name!r} is not produced by any op nor a graph input")
+            err("header.outputs", f"output {_nm(name)!r} is not produced by any op nor a graph input")
+
+    # the model summary names the table token ids index (a tokenizer is chosen by it)
+    if "vocab_size" in model:
+        for op in h["ops"]:
+            if op["type"] == "Embedding":
+                rows = weights[op["weights"]["word"]]["shape"][0]
+                if rows != model["vocab_size"]:
+                    err("header.model.vocab_size", f"is {model['vocab_size']} but the word table "
+                                                   f"{_nm(op['weights']['word'])!r} of op {_nm(op['name'])!r} "
+                                                   f"has {rows} rows")
 
 
 def _validate_op(op, f, tensors, weights, prof, err) -> None:
@@ -670,7 +799,7 @@ def _validate_op(op, f, tensors, weights, prof, err) -> None:
 
     def need_dtype(slot, name, allowed):
         if name and T(name)["dtype"] not in allowed:
-            err(f + f".{slot}", f"tensor {name!r} is {T(name)['dtype']}, {op['type']} needs {' or '.join(allowed)}")
+            err(f + f".{slot}", f"tensor {_nm(name)!r} is {T(name)['dtype']}, {op['type']} needs {' or '.join(allowed)}")
 
     def need_shape(what, shape, expect):
         if list(shape) != list(expect):
@@ -682,53 +811,62 @@ def _validate_op(op, f, tensors, weights, prof, err) -> None:
                 err(f + f".attrs.{key}", "missing")
             return None
         v = attrs[key]
-        if not _is_number(v) or (positive and v <= 0):
-            err(f + f".attrs.{key}", f"must be a finite {'positive ' if positive else ''}number, got {v!r}")
+        # float32 in the kernels: a value beyond its range would become inf there
+        if not _is_number(v) or abs(v) > FLOAT32_MAX or (positive and v <= 0):
+            err(f + f".attrs.{key}", f"must be a finite {'positive ' if positive else ''}number (float32), "
+                                     f"got {_short(v)}")
         return v
 
-    def integer(key, required=True, minimum=None):
+    def integer(key, required=True, minimum=0):
         if key not in attrs:
             if required:
                 err(f + f".attrs.{key}", "missing")
             return None
         v = attrs[key]
-        if not _is_int(v) or (minimum is not None and v < minimum):
-            err(f + f".attrs.{key}", f"must be an integer{'' if minimum is None else f' >= {minimum}'}, got {v!r}")
+        if not _is_int(v) or not minimum <= v <= INT32_MAX:
+            err(f + f".attrs.{key}", f"must be an integer in [{minimum}, {INT32_MAX}], got {_short(v)}")
         return v
+
+    def table(role, n_cols=None):
+        """A 2-D [rows >= 1, N] table (every row a run may look up exists)."""
+        e = Wt(role)
+        if len(e["shape"]) != 2:
+            err(f + f".weights.{role}", f"{role} table {_nm(wts[role])!r} must be 2-D [rows, hidden], "
+                                        f"got {_fmt_shape(e['shape'])}")
+        if e["shape"][0] < 1:
+            err(f + f".weights.{role}", f"table {_nm(wts[role])!r} has 0 rows; a run looks up row 0 at least")
+        if n_cols is not None:
+            need_shape(f"{role} table {_nm(wts[role])!r}", e["shape"], [e["shape"][0], n_cols])
+        return e["shape"]
 
     for role, w in wts.items():
         if w and weights[w]["dtype"] not in FLOAT_DTYPES:
-            err(f + f".weights.{role}", f"weight {w!r} is {weights[w]['dtype']}, expected a float dtype")
+            err(f + f".weights.{role}", f"weight {_nm(w)!r} is {weights[w]['dtype']}, expected a float dtype")
 
     if typ == "Embedding":
         need_dtype("inputs[0]", ins[0], INT_DTYPES)
         need_dtype("inputs[1]", ins[1], INT_DTYPES)
         need_dtype("outputs[0]", outs[0], FLOAT_DTYPES)
         y = T(outs[0])["shape"]
-        word, pos = Wt("word"), Wt("position")
-        if len(word["shape"]) != 2 or len(pos["shape"]) != 2:
-            err(f + ".weights", "word and position tables must be 2-D [rows, hidden]")
-        N = word["shape"][1]
-        need_shape(f"output {outs[0]!r}", y, list(T(ins[0])["shape"]) + [N])
-        need_shape(f"position table {wts['position']!r}", pos["shape"], [pos["shape"][0], N])
+        N = table("word")[1]
+        P = table("position", N)[0]
+        need_shape(f"output {_nm(outs[0])!r}", y, list(T(ins[0])["shape"]) + [N])
         if Wt("token_type") is not None:
-            tt = Wt("token_type")
-            if len(tt["shape"]) != 2:
-                err(f + ".weights.token_type", "must be 2-D [types, hidden]")
-            need_shape(f"token_type table {wts['token_type']!r}", tt["shape"], [tt["shape"][0], N])
+            table("token_type", N)
         elif ins[1]:
             err(f + ".inputs[1]", "token_type_ids given but there is no token_type table")
         if bool(wts.get("gamma")) != bool(wts.get("beta")):
             err(f + ".weights", "gamma and beta come together (both or neither)")
         if wts.get("gamma"):
-            need_shape(f"gamma {wts['gamma']!r}", Wt("gamma")["shape"], [N])
-            need_shape(f"beta {wts['beta']!r}", Wt("beta")["shape"], [N])
+            need_shape(f"gamma {_nm(wts['gamma'])!r}", Wt("gamma")["shape"], [N])
+            need_shape(f"beta {_nm(wts['beta'])!r}", Wt("beta")["shape"], [N])
             number("epsilon", positive=True)
-        off = integer("position_offset", required=False, minimum=0) or 0
-        P = pos["shape"][0]
+        elif "epsilon" in attrs:
+            number("epsilon", positive=True)
+        off = integer("position_offset", required=False) or 0
         if prof["seq"][2] + off > P:
             err("header.profile.seq", f"max sequence {prof['seq'][2]} (+ position offset {off}) exceeds the "
-                                      f"{P} rows of the position table of op {op['name']!r}")
+                                      f"{P} rows of the position table of op {_nm(op['name'])!r}")
     elif typ == "Linear":
         need_dtype("inputs[0]", ins[0], FLOAT_DTYPES)
         need_dtype("outputs[0]", outs[0], FLOAT_DTYPES)
@@ -737,13 +875,13 @@ def _validate_op(op, f, tensors, weights, prof, err) -> None:
             err(f + ".weights.weight", f"must be 2-D [K, N], got {_fmt_shape(w)}")
         K, N = w
         if len(x) < 2 or x[-1] != K:
-            err(f, f"input {ins[0]!r} {_fmt_shape(x)} does not match weight [K={K}, N={N}]")
-        need_shape(f"output {outs[0]!r}", y, list(x[:-1]) + [N])
+            err(f, f"input {_nm(ins[0])!r} {_fmt_shape(x)} does not match weight [K={K}, N={N}]")
+        need_shape(f"output {_nm(outs[0])!r}", y, list(x[:-1]) + [N])
         if Wt("bias") is not None:
-            need_shape(f"bias {wts['bias']!r}", Wt("bias")["shape"], [N])
+            need_shape(f"bias {_nm(wts['bias'])!r}", Wt("bias")["shape"], [N])
         act = attrs.get("activation", "none")
         if act not in ACTIVATIONS:
-            err(f + ".attrs.activation", f"{act!r} is not one of {', '.join(ACTIVATIONS)}")
+            err(f + ".attrs.activation", f"{_short(act)} is not one of {', '.join(ACTIVATIONS)}")
     elif typ == "Attention":
         need_dtype("inputs[0]", ins[0], FLOAT_DTYPES)
         need_dtype("inputs[1]", ins[1], INT_DTYPES)
@@ -752,28 +890,26 @@ def _validate_op(op, f, tensors, weights, prof, err) -> None:
         D = integer("head_size", minimum=1)
         number("scale")
         if not isinstance(attrs.get("causal", False), bool):
-            err(f + ".attrs.causal", f"must be true or false, got {attrs['causal']!r}")
+            err(f + ".attrs.causal", f"must be true or false, got {_short(attrs['causal'])}")
         q = T(ins[0])["shape"]
         if len(q) != 3:
-            err(f, f"qkv {ins[0]!r} must be [B, S, 3*H*D], got {_fmt_shape(q)}")
-        need_shape(f"qkv {ins[0]!r}", q, [q[0], q[1], 3 * H * D])
-        need_shape(f"output {outs[0]!r}", T(outs[0])["shape"], [q[0], q[1], H * D])
+            err(f, f"qkv {_nm(ins[0])!r} must be [B, S, 3*H*D], got {_fmt_shape(q)}")
+        need_shape(f"qkv {_nm(ins[0])!r}", q, [q[0], q[1], 3 * H * D])
+        need_shape(f"output {_nm(outs[0])!r}", T(outs[0])["shape"], [q[0], q[1], H * D])
         if ins[1]:
-            need_shape(f"attention_mask {ins[1]!r}", T(ins[1])["shape"], q[:2])
+            need_shape(f"attention_mask {_nm(ins[1])!r}", T(ins[1])["shape"], q[:2])
     elif typ == "LayerNorm":
         need_dtype("inputs[0]", ins[0], FLOAT_DTYPES)
         need_dtype("inputs[1]", ins[1], FLOAT_DTYPES)
         need_dtype("outputs[0]", outs[0], FLOAT_DTYPES)
         need_dtype("outputs[1]", outs[1], FLOAT_DTYPES)
         x = T(ins[0])["shape"]
-        if not x:
-            err(f, f"input {ins[0]!r} must have rank >= 1")
         N = x[-1]
         for what, n in (("residual", ins[1]), ("output", outs[0]), ("sum output", outs[1])):
             if n:
-                need_shape(f"{what} {n!r}", T(n)["shape"], x)
-        need_shape(f"gamma {wts['gamma']!r}", Wt("gamma")["shape"], [N])
-        need_shape(f"beta {wts['beta']!r}", Wt("beta")["shape"], [N])
+                need_shape(f"{what} {_nm(n)!r}", T(n)["shape"], x)
+        need_shape(f"gamma {_nm(wts['gamma'])!r}", Wt("gamma")["shape"], [N])
+        need_shape(f"beta {_nm(wts['beta'])!r}", Wt("beta")["shape"], [N])
         number("epsilon", positive=True)
 
 
@@ -796,70 +932,179 @@ def _looks_like(head: bytes) -> str:
         return ""
 
 
-def load_plan(path: str | os.PathLike) -> Plan:
-    """Read and fully validate a plan file. Raises PlanError naming the file and field on any problem."""
-    p = Path(path)
-    where = str(p)
+def _json_depth(raw: bytes) -> int:
+    """The deepest nesting of [ and { outside strings, in linear time and without recursion.
+
+    A quote ends a string unless an odd run of backslashes precedes it. Where the text is not JSON this
+    count may be off, but only after the point where the parser would stop with an error, so what it says
+    about the part the parser walks is exact.
+    """
+    a = np.frombuffer(raw, np.uint8)
+    n = a.size
+    if n == 0:
+        return 0
+    idx = np.arange(n, dtype=np.int64)
+    backslash = a == 0x5C
+    last_other = np.maximum.accumulate(np.where(backslash, -1, idx))  # last non-backslash at or before i
+    quote = a == 0x22
+    run_before = np.zeros(n, np.int64)  # backslashes directly before i
+    run_before[1:] = idx[:-1] - last_other[:-1]
+    real_quote = quote & (run_before % 2 == 0)
+    inside = (np.cumsum(real_quote) - real_quote) % 2 == 1  # inside a string (an opening quote is not)
+    step = np.zeros(n, np.int8)
+    step[(a == 0x5B) | (a == 0x7B)] = 1
+    step[(a == 0x5D) | (a == 0x7D)] = -1
+    step[inside | quote] = 0
+    return int(np.cumsum(step, dtype=np.int64).max(initial=0))
+
+
+def _open_regular(p: Path, where: str) -> tuple[int, int]:
+    """(fd, size) of a regular file opened for reading; PlanError at once for anything else.
+
+    A FIFO would block open() until a writer came, a device would be read forever: stat first, open
+    without blocking (O_NONBLOCK), and fstat what was opened (the path may have changed in between).
+    """
     try:
-        size = os.stat(p).st_size
+        st = os.stat(p)
     except FileNotFoundError:
         raise PlanError(f"{where}: no such file") from None
-    except OSError as e:
-        raise PlanError(f"{where}: cannot read: {e.strerror or e}") from None
-    if p.is_dir():
-        raise PlanError(f"{where}: is a directory, not a plan file")
-    buf = _aligned_buffer(size)
+    except (OSError, ValueError) as e:
+        raise PlanError(f"{where}: cannot read: {getattr(e, 'strerror', None) or e}") from None
+
+    def refuse(mode):
+        if stat.S_ISDIR(mode):
+            raise PlanError(f"{where}: is a directory, not a plan file")
+        kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a character device" if stat.S_ISCHR(mode)
+                else "a block device" if stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode)
+                else "not a file")
+        raise PlanError(f"{where}: not a regular file ({kind}); a plan is a regular file")
+
+    if not stat.S_ISREG(st.st_mode):
+        refuse(st.st_mode)
+    flags = os.O_RDONLY
+    for name in ("O_NONBLOCK", "O_NOCTTY", "O_CLOEXEC", "O_BINARY"):
+        flags |= getattr(os, name, 0)
     try:
-        with open(p, "rb") as f:
-            n = f.readinto(memoryview(buf))
+        fd = os.open(p, flags)
     except OSError as e:
         raise PlanError(f"{where}: cannot read: {e.strerror or e}") from None
-    if n != size:
-        raise PlanError(f"{where}: file size: read {n} bytes of {size} (file changed while reading?)")
-    mv = memoryview(buf)
-    head = bytes(mv[:16])
-    if size < MIN_FILE_BYTES:
-        raise PlanError(f"{where}: file size: {size} bytes is too small to be a trtrun plan "
-                        f"(at least {MIN_FILE_BYTES}){'; not a trtrun plan' + _looks_like(head) if head[:8] != MAGIC else ''}")
-    magic, version, reserved, H, W = PREAMBLE.unpack(bytes(mv[:PREAMBLE.size]))
-    if magic != MAGIC:
-        raise PlanError(f"{where}: magic: not a trtrun plan (starts with {magic!r}, a plan starts with "
-                        f"{MAGIC!r}){_looks_like(head)}")
-    if version > FORMAT_VERSION:
-        raise PlanError(f"{where}: version: plan format version {version} is newer than this trtrun supports "
-                        f"({FORMAT_VERSION}): rebuild the plan or upgrade trtrun")
-    if version < 1:
-        raise PlanError(f"{where}: version: plan format version {version} is not valid "
-                        f"(this trtrun reads version {FORMAT_VERSION})")
-    if reserved != 0:
-        raise PlanError(f"{where}: reserved: must be 0 in format version 1, got {reserved} (corrupted file?)")
-    blob_start = _align(PREAMBLE.size + H)
-    expected = blob_start + W + TRAILER_BYTES
-    if expected != size:
-        if expected > size:
-            raise PlanError(f"{where}: lengths: file is truncated: header length {H} and blob length {W} "
-                            f"need {expected} bytes but the file has {size}")
-        raise PlanError(f"{where}: lengths: the file has {size} bytes but header length {H} and blob length "
-                        f"{W} account for {expected} (trailing data or corrupted lengths)")
-    digest = hashlib.sha256(mv[:size - TRAILER_BYTES]).digest()
-    stored = bytes(mv[size - TRAILER_BYTES:])
-    if digest != stored:
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            refuse(st.st_mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st.st_size
+
+
+def load_plan(path: str | os.PathLike) -> Plan:
+    """Read and fully validate a plan file. Raises PlanError naming the file and field on any problem.
+
+    Nothing in the file is trusted: only a regular file is opened; the preamble's magic, version and
+    lengths are checked against the file's size before anything else is read; the header (at most
+    MAX_HEADER_BYTES, nested at most MAX_JSON_DEPTH deep) is parsed and validated before the weights blob
+    is kept in memory. When the header does not validate, the rest of the file is only streamed through
+    the checksum (a damaged file says so rather than naming the field the damage hit), so memory stays
+    bounded by the header limit whatever the file's size.
+    """
+    p = Path(path)
+    where = str(p)
+    fd, size = _open_regular(p, where)
+    with os.fdopen(fd, "rb", buffering=0) as f:
+        def read_into(mv: memoryview) -> None:
+            got = 0
+            while got < len(mv):
+                try:
+                    n = f.readinto(mv[got:])
+                except OSError as e:
+                    raise PlanError(f"{where}: cannot read: {e.strerror or e}") from None
+                if not n:
+                    raise PlanError(f"{where}: file size: the file ended early (changed while reading?)")
+                got += n
+
+        head = bytearray(min(size, PREAMBLE.size))
+        read_into(memoryview(head))
+        head = bytes(head)
+        if size < MIN_FILE_BYTES:
+            raise PlanError(f"{where}: file size: {size} bytes is too small to be a trtrun plan "
+                            f"(at least {MIN_FILE_BYTES})"
+                            f"{'; not a trtrun plan' + _looks_like(head[:16]) if head[:8] != MAGIC else ''}")
+        magic, version, reserved, H, W = PREAMBLE.unpack(head)
+        if magic != MAGIC:
+            raise PlanError(f"{where}: magic: not a trtrun plan (starts with {magic!r}, a plan starts with "
+                            f"{MAGIC!r}){_looks_like(head[:16])}")
+        if version > FORMAT_VERSION:
+            raise PlanError(f"{where}: version: plan format version {version} is newer than this trtrun "
+                            f"supports ({FORMAT_VERSION}): rebuild the plan or upgrade trtrun")
+        if version < 1:
+            raise PlanError(f"{where}: version: plan format version {version} is not valid "
+                            f"(this trtrun reads version {FORMAT_VERSION})")
+        if reserved != 0:
+            raise PlanError(f"{where}: reserved: must be 0 in format version 1, got {reserved} (corrupted file?)")
+        blob_start = _align(PREAMBLE.size + H)
+        expected = blob_start + W + TRAILER_BYTES
+        if expected != size:
+            if expected > size:
+                raise PlanError(f"{where}: lengths: file is truncated: header length {H} and blob length {W} "
+                                f"need {expected} bytes but the file has {size}")
+            raise PlanError(f"{where}: lengths: the file has {size} bytes but header length {H} and blob "
+                            f"length {W} account for {expected} (trailing data or corrupted lengths)")
+        if H > MAX_HEADER_BYTES:
+            raise PlanError(f"{where}: lengths: header length {H} exceeds the limit of {MAX_HEADER_BYTES} bytes "
+                            f"(real headers take kilobytes)")
+        sha = hashlib.sha256(head)
+        region = bytearray(blob_start - PREAMBLE.size)  # header JSON and its zero padding
+        read_into(memoryview(region))
+        sha.update(region)
+
+        plan = None
+        problem: PlanError | None = None
+        try:
+            raw = bytes(region[:H])
+            depth = _json_depth(raw)
+            if depth > MAX_JSON_DEPTH:
+                raise PlanError(f"{where}: header JSON: nested {depth} levels deep (at most {MAX_JSON_DEPTH})")
+            try:
+                header = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError) as e:
+                raise PlanError(f"{where}: header JSON: cannot parse: {_short_error(e)}") from None
+            if not isinstance(header, dict):
+                raise PlanError(f"{where}: header: must be a JSON object, got {type(header).__name__}")
+            plan = Plan(header, {}, path=p)
+            plan.validate(blob_nbytes=W)
+        except PlanError as e:
+            problem = e
+
+        if problem is None:
+            blob = _aligned_buffer(W)
+            read_into(memoryview(blob))
+            sha.update(blob)
+        else:  # only the checksum needs these bytes: stream them through it
+            chunk = memoryview(bytearray(min(READ_CHUNK, W) or 1))
+            left = W
+            while left:
+                part = chunk[:min(left, len(chunk))]
+                read_into(part)
+                sha.update(part)
+                left -= len(part)
+        stored = bytearray(TRAILER_BYTES)
+        read_into(memoryview(stored))
+    digest = sha.digest()
+    if digest != bytes(stored):
         raise PlanError(f"{where}: checksum: SHA-256 mismatch, the file is corrupted "
-                        f"(computed {digest.hex()[:16]}…, stored {stored.hex()[:16]}…)")
-    try:
-        header = json.loads(bytes(mv[PREAMBLE.size:PREAMBLE.size + H]).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
-        raise PlanError(f"{where}: header JSON: cannot parse: {e}") from None
-    if not isinstance(header, dict):
-        raise PlanError(f"{where}: header: must be a JSON object, got {type(header).__name__}")
-    plan = Plan(header, {}, path=p)
-    plan.validate(blob_nbytes=W)
-    buf.flags.writeable = False
+                        f"(computed {digest.hex()[:16]}…, stored {bytes(stored).hex()[:16]}…)")
+    if problem is not None:
+        raise problem
+    blob.flags.writeable = False
     weights = {}
-    for name, e in header["weights"].items():
-        start = blob_start + e["offset"]
+    for name, e in plan.header["weights"].items():
         dt = np.dtype(e["dtype"]).newbyteorder("<")
-        arr = buf[start:start + e["nbytes"]].view(dt).reshape(e["shape"])
-        weights[name] = arr
+        weights[name] = blob[e["offset"]:e["offset"] + e["nbytes"]].view(dt).reshape(e["shape"])
     plan.weights = weights
     return plan
+
+
+def _short_error(e: Exception) -> str:
+    s = str(e)
+    return s if len(s) <= 200 else s[:200] + "…"

@@ -1,0 +1,331 @@
+"""Hostile plan files: crafted headers that carry a fresh SHA-256 (the checksum detects damage, it does not
+authenticate), non-regular paths, and huge files that are no plan. Every one must give a PlanError naming
+what is wrong, at once and with bounded memory; a plan that loads must run without IndexError & co.
+
+Plans are tests/test_plan.py's hand-made `tiny_plan`, written back by its independent `write_raw`.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from test_plan import split_file, tiny_plan, write_raw  # noqa: E402  (hand-made plans shared with test_plan.py)
+from trtrun.errors import InputError, PlanError
+from trtrun.plan import load_plan
+from trtrun.reference import ReferenceBackend
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def plan_file(tmp_path):
+    p = tiny_plan("fp32", layers=1)
+    return p, p.save(tmp_path / "m.plan")
+
+
+def _rewrite(path, mutate):
+    hdr, blob = split_file(path)
+    mutate(hdr)
+    write_raw(path, hdr, blob)
+    return path
+
+
+def _op(hdr, name):
+    return next(op for op in hdr["ops"] if op["name"] == name)
+
+
+def _feeds(B=1, S=3):
+    return {"input_ids": np.array([[1, 2, 3]] * B, np.int64)[:, :S],
+            "attention_mask": np.ones((B, S), np.int64),
+            "token_type_ids": np.array([[0, 1, 1]] * B, np.int64)[:, :S]}
+
+
+# ------------------------------------------------------------------------------------ the cases of issue 18
+@pytest.mark.parametrize("bad", [["Linear"], {"Linear": 1}, 7, None])
+def test_op_type_not_a_string(plan_file, bad):
+    """A list or dict as an op type used to raise TypeError (unhashable) in the schema lookup."""
+    _, path = plan_file
+    _rewrite(path, lambda h: _op(h, "l0.fc1").update(type=bad))
+    with pytest.raises(PlanError, match=r"header\.ops\[5\] \('l0.fc1'\)\.type: must be a string naming an op "
+                                        r"type \(Embedding, Linear, Attention, LayerNorm\)"):
+        load_plan(path)
+
+
+def test_deeply_nested_header(plan_file):
+    """A 100,000-deep JSON header used to raise RecursionError from json.loads; the depth is now measured
+    before the parser recurses."""
+    _, path = plan_file
+    hdr, blob = split_file(path)
+    raw = b'{"format": "trtrun-plan", "deep": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    write_raw(path, raw, blob)
+    with pytest.raises(PlanError, match=r"header JSON: nested 100001 levels deep \(at most 64\)"):
+        load_plan(path)
+    # brackets inside strings do not count, escaped quotes do not end a string
+    raw = b'{"format": "trtrun-plan", "s": "\\" [[[[' + b"[" * 1000 + b'", "x": [[1]]}'
+    write_raw(path, raw, blob)
+    with pytest.raises(PlanError, match=r"header\.version: is None"):
+        load_plan(path)
+
+
+def test_deep_nesting_unterminated(plan_file):
+    """A malformed header that would recurse before the parser notices is refused by depth as well."""
+    _, path = plan_file
+    _, blob = split_file(path)
+    write_raw(path, b'{"a": ' + b'[{"b": ' * 50_000, blob)
+    with pytest.raises(PlanError, match=r"header JSON: nested \d+ levels deep"):
+        load_plan(path)
+
+
+def test_token_type_table_without_rows(plan_file):
+    """A token-type table with 0 rows used to be accepted; the run then failed with IndexError."""
+    plan, path = plan_file
+    hdr, blob = split_file(path)
+    hdr["weights"]["emb.token_type"].update(shape=[0, 16], nbytes=0)
+    write_raw(path, hdr, blob)
+    with pytest.raises(PlanError, match=r"\('emb'\)\.weights\.token_type: table 'emb.token_type' has 0 rows"):
+        load_plan(path)
+
+
+def test_word_table_without_rows(plan_file):
+    _, path = plan_file
+    hdr, blob = split_file(path)
+    hdr["weights"]["emb.word"].update(shape=[0, 16], nbytes=0)
+    hdr["model"]["vocab_size"] = 0
+    write_raw(path, hdr, blob)
+    with pytest.raises(PlanError, match=r"\('emb'\)\.weights\.word: table 'emb.word' has 0 rows"):
+        load_plan(path)
+
+
+def test_embedding_reads_the_mask_as_token_types(plan_file):
+    """token_type_ids are checked against the token-type table at run time, the mask only for 0/1: an
+    Embedding that looks token types up with attention_mask would index row 1 of a 1-row table."""
+    _, path = plan_file
+    hdr, blob = split_file(path)
+    _op(hdr, "emb")["inputs"] = ["input_ids", "attention_mask"]
+    hdr["weights"]["emb.token_type"].update(shape=[1, 16], nbytes=64)
+    write_raw(path, hdr, blob)
+    with pytest.raises(PlanError, match=r"\('emb'\)\.inputs\[1\]: must be 'token_type_ids' or absent"):
+        load_plan(path)
+
+
+def test_second_embedding_with_a_smaller_table(tmp_path):
+    """Token ids are checked against every Embedding's word table, not only the first one's."""
+    plan = tiny_plan("fp32", layers=1)
+    hdr = {k: v for k, v in plan.header.items() if k != "weights"}
+    import copy
+    hdr = copy.deepcopy(hdr)
+    w = dict(plan.weights)
+    w["emb2.word"] = w["emb.word"][:2]
+    hdr["ops"].insert(1, {"type": "Embedding", "name": "emb2", "inputs": ["input_ids"], "outputs": ["e2"],
+                          "weights": {"word": "emb2.word", "position": "emb.position"}, "attrs": {},
+                          "precision": "fp32"})
+    hdr["tensors"]["e2"] = {"dtype": "float32", "shape": ["B", "S", 16]}
+    hdr["outputs"].append({"name": "e2", "dtype": "float32", "shape": ["B", "S", 16]})
+    hdr.pop("model")
+    from trtrun.plan import Plan
+    p = Plan.from_parts(hdr, w)
+    path = p.save(tmp_path / "two.plan")
+    back = load_plan(path)
+    assert back.vocab_size == 2
+    with pytest.raises(InputError, match=r"token ids must lie in \[0, 2\)"):
+        ReferenceBackend(back).run(_feeds())
+    f = _feeds()
+    f["input_ids"][:] = 1
+    out = ReferenceBackend(back).run(f)
+    np.testing.assert_allclose(out["e2"][0, 0], w["emb.word"][1] + w["emb.position"][0], rtol=1e-6)
+
+
+def test_fifo_is_refused_at_once(tmp_path):
+    """A FIFO used to block load_plan in open() until a writer came."""
+    fifo = tmp_path / "pipe.plan"
+    os.mkfifo(fifo)
+    result = {}
+
+    def load():
+        try:
+            load_plan(fifo)
+        except Exception as e:  # noqa: BLE001 - the test inspects whatever came
+            result["e"] = e
+
+    t = threading.Thread(target=load, daemon=True)
+    t.start()
+    t.join(5)
+    if t.is_alive():  # unblock the old code's open() so the thread can end, then fail
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        os.close(fd)
+        t.join(5)
+        pytest.fail("load_plan blocked on a FIFO")
+    assert isinstance(result.get("e"), PlanError), result
+    assert str(result["e"]) == f"{fifo}: not a regular file (a FIFO); a plan is a regular file"
+
+
+@pytest.mark.parametrize("path,kind", [("/dev/null", "a character device"), ("/dev/zero", "a character device")])
+def test_device_is_refused(path, kind):
+    if not os.path.exists(path):
+        pytest.skip(f"{path} does not exist here")
+    with pytest.raises(PlanError, match=rf"^{path}: not a regular file \({kind}\)"):
+        load_plan(path)
+
+
+def test_directory_is_refused(tmp_path):
+    with pytest.raises(PlanError, match=r"is a directory, not a plan file"):
+        load_plan(tmp_path)
+
+
+# -------------------------------------------------------------------- big files: memory bounded, no full read
+_PEAK = textwrap.dedent("""
+    import sys, time
+    from trtrun.plan import load_plan
+    from trtrun.errors import PlanError
+    def hwm():  # peak resident set (kB), from the kernel
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    before = hwm()
+    t = time.perf_counter()
+    try:
+        load_plan(sys.argv[1])
+        print("LOADED")
+    except PlanError as e:
+        print("PlanError:", str(e)[:300])
+    print("DELTA_KB", hwm() - before, "SECONDS", round(time.perf_counter() - t, 3))
+""")
+
+
+def _peak_delta(path) -> tuple[str, int, float]:
+    out = subprocess.run([sys.executable, "-c", _PEAK, str(path)], capture_output=True, text=True, timeout=120,
+                         cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    *_, last = lines
+    _, kb, _, secs = last.split()
+    return "\n".join(lines[:-1]), int(kb), float(secs)
+
+
+def _sparse(path, size, head=b""):
+    with open(path, "wb") as f:
+        f.write(head)
+        f.truncate(size)
+    return path
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc (Linux) to read the peak RSS")
+def test_big_file_that_is_no_plan(tmp_path):
+    """A 1 GiB file that is no plan used to be read whole (1 GiB of memory) before its magic was checked.
+    Now the preamble is read first: the peak RSS of the load stays within a few MiB (16 MiB allowed for
+    allocator noise) and it returns at once."""
+    p = _sparse(tmp_path / "zeros.plan", 1 << 30)
+    msg, kb, secs = _peak_delta(p)
+    assert "magic: not a trtrun plan" in msg, msg
+    assert kb < 16 * 1024, f"load_plan used {kb} kB more on a 1 GiB non-plan"
+    # a valid magic with lying sizes: refused on the lengths before anything large is read
+    head = struct.pack("<8sIIQQ", b"TRTRUNPL", 1, 0, 1000, 1 << 40)
+    p = _sparse(tmp_path / "liar.plan", 1 << 30, head)
+    msg, kb, secs = _peak_delta(p)
+    assert "lengths: file is truncated" in msg, msg
+    assert kb < 16 * 1024, f"load_plan used {kb} kB more on a 1 GiB file with lying sizes"
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc (Linux) to read the peak RSS")
+def test_big_file_with_consistent_sizes(tmp_path):
+    """Sizes that agree with the file but a header that is no plan's: the checksum still has to read every
+    byte, but it streams them (the blob is only kept once the header validated), so memory stays bounded."""
+    size = 128 << 20
+    H = 100
+    W = size - 256 - 32
+    head = struct.pack("<8sIIQQ", b"TRTRUNPL", 1, 0, H, W) + b"{" * H
+    p = _sparse(tmp_path / "consistent.plan", size, head)
+    msg, kb, secs = _peak_delta(p)
+    assert "checksum: SHA-256 mismatch" in msg, msg
+    assert kb < 16 * 1024, f"load_plan used {kb} kB more streaming a {size >> 20} MiB non-plan"
+
+
+def test_header_length_limit(plan_file):
+    _, path = plan_file
+    hdr, blob = split_file(path)
+    hdr["builder"]["padding"] = "x" * (16 << 20)
+    write_raw(path, hdr, blob)
+    with pytest.raises(PlanError, match=r"lengths: header length \d+ exceeds the limit of 16777216 bytes"):
+        load_plan(path)
+
+
+# ------------------------------------------------------------------------ structured edits: each one named
+HOSTILE = {
+    "op name is a list": (lambda h: _op(h, "l0.fc1").update(name=["x"]), r"header\.ops\[5\]\.name: must be a non-empty string"),
+    "op is a list": (lambda h: h["ops"].__setitem__(0, ["Embedding"]), r"header\.ops\[0\]: must be a JSON object"),
+    "unknown op key": (lambda h: _op(h, "l0.fc1").update(attr={"activation": "none"}),
+                       r"\('l0.fc1'\): unknown key 'attr'"),
+    "inputs not a list": (lambda h: _op(h, "l0.fc1").update(inputs="l0.h1"), r"\('l0.fc1'\)\.inputs: must be a list of tensor names"),
+    "weights not a dict": (lambda h: _op(h, "l0.fc1").update(weights=["l0.fc1.weight"]), r"\('l0.fc1'\)\.weights: must be an object"),
+    "weight name is a dict": (lambda h: _op(h, "l0.fc1")["weights"].update(weight={"a": 1}), r"\('l0.fc1'\)\.weights: must be an object role -> weight name"),
+    "attrs not a dict": (lambda h: _op(h, "l0.fc1").update(attrs=[1]), r"\('l0.fc1'\)\.attrs: must be an object"),
+    "activation is a list": (lambda h: _op(h, "l0.fc1")["attrs"].update(activation=["gelu_erf"]), r"attrs\.activation: \['gelu_erf'\] is not one of"),
+    "unknown attr holds an object": (lambda h: _op(h, "l0.fc1")["attrs"].update(extra={"a": [1]}), r"\('l0.fc1'\)\.attrs\.extra: an unknown attribute must be a string, number, bool or null"),
+    "heads huge": (lambda h: _op(h, "l0.attn")["attrs"].update(num_heads=2 ** 40), r"attrs\.num_heads: must be an integer in \[1, 2147483647\]"),
+    "heads bool": (lambda h: _op(h, "l0.attn")["attrs"].update(num_heads=True), r"attrs\.num_heads: must be an integer"),
+    "scale NaN": (lambda h: _op(h, "l0.attn")["attrs"].update(scale=float("nan")), r"attrs\.scale: must be a finite number"),
+    "scale beyond float32": (lambda h: _op(h, "l0.attn")["attrs"].update(scale=1e300), r"attrs\.scale: must be a finite number"),
+    "epsilon a string": (lambda h: _op(h, "l0.ln1")["attrs"].update(epsilon="1e-5"), r"\('l0.ln1'\)\.attrs\.epsilon: must be a finite positive number"),
+    "position offset negative": (lambda h: _op(h, "emb")["attrs"].update(position_offset=-3), r"attrs\.position_offset: must be an integer in \[0, "),
+    "mask from input_ids": (lambda h: _op(h, "l0.attn")["inputs"].__setitem__(1, "input_ids"), r"\('l0.attn'\)\.inputs\[1\]: must be 'attention_mask' or absent"),
+    "ids from token types": (lambda h: _op(h, "emb")["inputs"].__setitem__(0, "token_type_ids"), r"\('emb'\)\.inputs\[0\]: must be 'input_ids'"),
+    "tensor dim huge": (lambda h: h["tensors"]["l0.h1"].update(shape=["B", "S", 2 ** 64]), r"tensors\.l0\.h1\.shape: must be \[B, S, \.\.\.\]"),
+    "tensor rank 1": (lambda h: h["tensors"]["l0.h1"].update(shape=["B"]), r"tensors\.l0\.h1\.shape: must be \[B, S, \.\.\.\]"),
+    "tensor is a list": (lambda h: h["tensors"].update({"l0.h1": ["float32"]}), r"tensors\.l0\.h1: must be a JSON object \{dtype, shape\}, got list"),
+    "tensor dtype a dict": (lambda h: h["tensors"]["l0.h1"].update(dtype={"x": 1}), r"tensors\.l0\.h1\.dtype: \{'x': 1\} is not one of"),
+    "tensor extra key": (lambda h: h["tensors"]["l0.h1"].update(strides=[1]), r"tensors\.l0\.h1: unknown key 'strides'"),
+    "weight rank 40": (lambda h: h["weights"]["emb.beta"].update(shape=[1] * 39 + [16]), r"weights\.emb\.beta\.shape: must be a list of at most 8"),
+    "weight dim negative": (lambda h: h["weights"]["emb.beta"].update(shape=[-16]), r"weights\.emb\.beta\.shape: must be a list of at most 8"),
+    "weight nbytes a float": (lambda h: h["weights"]["emb.beta"].update(nbytes=64.0), r"weights\.emb\.beta\.nbytes: must be a non-negative int"),
+    "weight offset huge": (lambda h: h["weights"]["emb.beta"].update(offset=2 ** 70), r"weights\.emb\.beta\.offset: must be a non-negative multiple of 256"),
+    "weight entry a string": (lambda h: h["weights"].update({"emb.beta": "x"}), r"weights\.emb\.beta: must be a JSON object \{dtype, shape, offset, nbytes\}, got str"),
+    "profile huge": (lambda h: h["profile"].update(batch=[1, 2, 2 ** 63]), r"profile\.batch: max must be at most 2147483647 \(the runtime's int\), got \[1, 2, 9223372036854775808\]"),
+    "profile bools": (lambda h: h["profile"].update(batch=[True, True, True]), r"profile\.batch: must be \[min, opt, max\] integers"),
+    "profile a list": (lambda h: h.update(profile=[1, 2]), r"header\.profile: must be a JSON object"),
+    "version true": (lambda h: h.update(version=True), r"header\.version: is True, expected 1"),
+    "unknown top-level key": (lambda h: h.update(extras={}), r"header: unknown key 'extras'"),
+    "model vocab a list": (lambda h: h["model"].update(vocab_size=[50]), r"header\.model\.vocab_size: must be an integer"),
+    "model vocab disagrees": (lambda h: h["model"].update(vocab_size=51), r"header\.model\.vocab_size: is 51 but the word table 'emb.word' of op 'emb' has 50 rows"),
+    "model arch unknown": (lambda h: h["model"].update(arch="vision"), r"header\.model\.arch: 'vision' is not one of encoder, decoder"),
+    "source path a number": (lambda h: h["source"].update(path=3), r"header\.source\.path: must be a string"),
+    "input entry a string": (lambda h: h["inputs"].__setitem__(0, "input_ids"), r"header\.inputs\[0\]: must be a JSON object \{name, dtype, shape\}, got str"),
+    "input entry extra key": (lambda h: h["inputs"][0].update(alias="ids"), r"header\.inputs\[0\]: unknown key 'alias'"),
+    "output is an int tensor": (lambda h: h["outputs"].append({"name": "input_ids", "dtype": "int64", "shape": ["B", "S"]}),
+                                r"header\.outputs\[1\]: 'input_ids' must be a float tensor"),
+    "name with escapes": (lambda h: h["tensors"].update({"\x1b[2J" + "n" * 500: {"dtype": "int64", "shape": 3}}),
+                          r"header\.tensors\.'\\x1b\[2Jn+…\.shape: must be \[B, S"),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_hostile_header(plan_file, case):
+    _, path = plan_file
+    mutate, pattern = HOSTILE[case]
+    _rewrite(path, mutate)
+    with pytest.raises(PlanError, match=pattern) as e:
+        load_plan(path)
+    assert str(e.value).startswith(f"{path}: ")
+    assert len(str(e.value)) < 600, "messages quote hostile values shortened"
+
+
+def test_saved_plans_still_load(plan_file):
+    """Plans written by the builder's path (Plan.save) load unchanged and run the same, in every precision."""
+    for precision in ("fp32", "fp16", "hybrid"):
+        for arch in ("encoder", "decoder"):
+            plan = tiny_plan(precision, arch, layers=2)
+            back = load_plan(plan.save(plan_file[1].parent / f"{precision}-{arch}.plan"))
+            assert back.header == plan.header
+            f = _feeds(2, 3)
+            if arch == "decoder":
+                f.pop("token_type_ids")
+            a, b = ReferenceBackend(plan).run(f), ReferenceBackend(back).run(f)
+            np.testing.assert_array_equal(a["last_hidden_state"], b["last_hidden_state"])
