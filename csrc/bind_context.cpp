@@ -165,7 +165,7 @@ void bind_context(py::module_& m) {
             e.key.epilogue = static_cast<GemmEpilogue>(ep);
             e.key.tf32 = d["tf32"].cast<bool>();
             e.key.add_c = d["add_c"].cast<bool>();
-            e.key.split = d.contains("split") ? d["split"].cast<int>() : 1;  // absent in files before session 7
+            e.key.split = d.contains("split") ? d["split"].cast<int>() : 1;  // older cache files have no split key: unsplit
             if (e.key.split < 1 || e.key.k % e.key.split != 0)
               throw InputError(where + ": split must be >= 1 and divide k");
             e.workspace = d["workspace"].cast<size_t>();

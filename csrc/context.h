@@ -32,7 +32,7 @@ namespace trtrun {
 struct ContextOptions {
   bool use_graphs = true;
   // cuBLASLt workspace. 4 MiB: on an H200 the fastest algorithms for BERT-base/GPT-2 shapes (M = 128..16384)
-  // needed at most 768 KiB of it (bench/gemm_explore.cpp, bench/NOTES.md); 32 MiB bought no speed.
+  // needed at most 768 KiB of it (tools/cuda/gemm_explore.cpp, docs/performance.md); 32 MiB bought no speed.
   size_t workspace_bytes = size_t(4) << 20;
   size_t max_graphs = 256;  // captured graphs kept (least recently used dropped)
   // Feed-forward blocks (a Linear whose output only feeds the next Linear) run in row chunks of
@@ -43,11 +43,11 @@ struct ContextOptions {
   // At 128-512 rows a cuBLASLt GEMM takes 5-10 us, mostly fixed cost, so two 256-row chunks cost ~+6 us per
   // Linear over one 512-row GEMM, ~+0.14 ms for GPT-2 at 1 x 512. Seen on an H200: 0.76-0.80 ms chunked, in a
   // process that also had the old GEMM tuning, against 0.59 ms unchunked. At 8192-row chunks the time was
-  // unchanged (bench/NOTES.md).
+  // unchanged (docs/performance.md, "GEMMs").
   int64_t ffn_chunk_min_rows = 4096;
   // Linear -> LayerNorm with an fp32 residual in a plan with fp16 GEMM operands: the residual is added in the GEMM
   // epilogue, at runs of at least fuse_residual_min_rows rows (below that, on an H200, cuBLASLt's out-of-place
-  // kernels cost more than the LayerNorm saves: GPT-2 1x512 +19 us, 32x128 -105 us; bench/NOTES.md).
+  // kernels cost more than the LayerNorm saves: GPT-2 1x512 +19 us, 32x128 -105 us; docs/performance.md).
   bool fuse_residual = true;
   int64_t fuse_residual_min_rows = 2048;
   // How each GEMM shape's cuBLASLt algorithm is chosen on its first run (gemm.h, GemmSearch).

@@ -217,7 +217,7 @@ std::set<AlgoBits> candidate_set(const std::vector<cublasLtMatmulHeuristicResult
 }
 // The custom options stage 1 of the focused search tries with every tile: on an H200, ranking the tiles with
 // options 1 and 3 and widening the first 4 came within 0-1.3% of the best configuration at every BERT-base GEMM
-// of 128 and 4096 rows (bench/gemm_space.py; bench/NOTES.md, session 9).
+// of 128 and 4096 rows (tools/gemm_space.py; docs/performance.md, "GEMMs").
 constexpr uint32_t kFocusCustoms[] = {1, 3};
 // The tile ids the algorithm `base` offers (empty when cuBLASLt does not say).
 std::vector<uint32_t> algo_tiles(const cublasLtMatmulAlgo_t& base) {
@@ -246,7 +246,7 @@ int32_t algo_custom_max(const cublasLtMatmulAlgo_t& base) {
 
 // GemmSearch::Exhaustive: every configuration cuBLASLt accepts (cublasLtMatmulAlgoCheck) of the algorithms the
 // heuristic proposed, varying the tile, the thread-block cluster shape and the custom option; stages, split-K,
-// CTA swizzle and reduction scheme stay the heuristic's. (bench/gemm_explore.cpp --configs also varies stages and
+// CTA swizzle and reduction scheme stay the heuristic's. (tools/cuda/gemm_explore.cpp --configs also varies stages and
 // swizzle and every algorithm id: on an H200 every winner had the heuristic's stages and no swizzle.)
 void GemmRunner::add_configs(Plan& p) {
   static const uint16_t kClusters[] = {CUBLASLT_CLUSTER_SHAPE_AUTO, CUBLASLT_CLUSTER_SHAPE_1x1x1,
@@ -398,7 +398,7 @@ void GemmRunner::tune(Plan& p, const void* x, const void* w, void* y, const void
   // After the flush, x (and c) are read back into the L2 by copying them into the flush buffer: in a forward pass
   // a GEMM's activations were just written by the op before it and are L2-resident; only its weights are not.
   // (Timed with everything flushed, GPT-2 hybrid 32x128 with focused choices ran 2-3% slower than with the
-  // heuristic's on an H200: its residual-add GEMMs read a 12.6 MB fp32 c. bench/NOTES.md, session 9.)
+  // heuristic's on an H200: its residual-add GEMMs read a 12.6 MB fp32 c. docs/performance.md, "GEMMs".)
   const size_t x_bytes = static_cast<size_t>(p.key.m) * p.key.k * elem_size(p.key.operand_t);
   const size_t c_bytes = p.key.add_c ? static_cast<size_t>(p.key.m) * p.key.n * elem_size(p.key.out_t) : 0;
   auto flush_l2 = [&]() -> cudaError_t {
@@ -472,7 +472,7 @@ void GemmRunner::tune(Plan& p, const void* x, const void* w, void* y, const void
   // Candidates are timed round-robin (kTuneRounds rounds of one run each, the minimum kept per candidate), not
   // one after another: a shape is often tuned right after the GPU idled (model loading, another library's
   // compilation) while its clocks are still rising, and timing candidate by candidate then favours the later
-  // ones. Suspected on an H200 (bench/NOTES.md): the same plan at 1 x 512 ran 0.59 ms in standalone processes
+  // ones. Suspected on an H200 (docs/performance.md): the same plan at 1 x 512 ran 0.59 ms in standalone processes
   // and 0.68 ms in the issue-3 bench process, which tuned its M = 512 GEMMs right after torch.compile work.
   const size_t nc = p.candidates.size();
   std::vector<float> ms_min(nc, -1.0f);  // -1: not timed (failed)

@@ -44,14 +44,14 @@ struct GemmKey {
 //     cluster shape x custom option), ranked by one quick pass and the fastest kExhaustiveFinalists timed with
 //     the rest; every timed launch follows an L2 flush after which the GEMM's inputs (x, and c with add_c) are
 //     copied through the L2 again, as in a forward pass, where a GEMM's weights are never L2-resident and its
-//     activations are. ~60 s for the first shape in a process, seconds after (bench/NOTES.md, session 4).
+//     activations are. ~60 s for the first shape in a process, seconds after (docs/performance.md).
 //   Focused: the heuristic's candidates, plus a two-stage walk of the exhaustive space of the heuristic's first
 //     algorithm: every tile with a 1x1 cluster and the custom options kFocusCustoms (quick pass), then the
 //     kFocusTiles fastest tiles with the 1x1, 2x1 and 1x2 clusters and every custom option (quick pass); the
 //     fastest kExhaustiveFinalists of both stages are timed with the heuristic's candidates, each timed launch
 //     after an L2 flush as in Exhaustive. ~300 configurations a shape instead of ~7,000: on an H200 its best
 //     was within 0-1.3% of the exhaustive best at BERT-base's GEMMs of 128 and 4096 rows (quick-pass times of
-//     bench/gemm_explore --dump read by bench/gemm_space.py; bench/NOTES.md, session 9).
+//     tools/cuda/gemm_explore --dump read by tools/gemm_space.py; docs/performance.md).
 enum class GemmSearch : int { Heuristic = 0, Exhaustive = 1, Focused = 2 };
 
 class GemmRunner {

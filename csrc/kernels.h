@@ -20,7 +20,7 @@ void launch_bias_act(const float* acc, const void* bias, ElemType bias_t, void* 
                      int64_t cols, Activation act, cudaStream_t stream);
 
 // Device-side staging, in one kernel launch (a launch outside the CUDA graph costs ~2-3 us at batch 1:
-// bench/NOTES.md, session 9), of every int32 [batch, seq_bucket] buffer a run needs; columns >= seq are padding (0):
+// docs/performance.md), of every int32 [batch, seq_bucket] buffer a run needs; columns >= seq are padding (0):
 //   Ids: an integer input [batch, seq] (int64 or int32, row stride in elements); ids outside [0, limit) are
 //     replaced by 0 (memory safety) and flagged: *error_flag gets 1 (it lives in mapped pinned memory the host
 //     reads after a sync).

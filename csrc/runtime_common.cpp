@@ -62,7 +62,7 @@ DeviceGuard::~DeviceGuard() {
 // ---- allocation errors ----
 // Messages are built with std::string and std::to_string only: no iostreams. On the GPU machine the only two
 // paths that formatted with std::ostringstream (this one and the architecture message) crashed the process
-// (SIGSEGV, 2026-11-26, H200), while string building elsewhere worked; iostreams also pull in locales.
+// (SIGSEGV on an H200), while string building elsewhere worked; iostreams also pull in locales.
 std::string alloc_error_message(size_t nbytes, const char* what, bool have_info, size_t free_b, size_t total_b,
                                 const char* code_name, const char* file, int line) {
   std::string msg = std::string("out of memory: ") + what + " needs " + std::to_string(nbytes >> 20) + " MiB (" +

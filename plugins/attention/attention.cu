@@ -25,7 +25,7 @@ namespace {
 
 constexpr int BK = 64;         // keys per tile (tensor-core kernel)
 // K/V tiles in the tensor-core kernel's shared-memory ring: NST - 1 in flight while one is computed. Measured
-// (H200, 2026-11-26, bench/kernels_attention.py --sweep): for head sizes 32 and 64, 3 beats 2 at every shape
+// (H200, tools/kernels_attention.py --sweep; results/kernels-h200/attn-ring-depths-sweep.txt): for head sizes 32 and 64, 3 beats 2 at every shape
 // timed (by 4-12%: at few blocks a block's chain of tile loads is the kernel's time; at many, other blocks do
 // not hide it all either) and beats 4 wherever more shared memory costs resident blocks (32 x 512: 4 is 25%
 // slower than 3). Head size 128: 3 costs half the resident blocks (122 KB a block) and was 34% slower: 2.
@@ -567,7 +567,7 @@ __global__ void __launch_bounds__(128 * KS, MT == 2 ? 2 : (SHARE_KV && D <= 64 ?
       // so its max is finite; group 1's is -inf if it visited nothing, and then weighs exactly 0.
       // (The first version put the scratch over group 0's idle K ring, after the same block-wide barrier: correct
       // by the barrier, and the SASS has the stores after it, but compute-sanitizer racecheck reported hazards
-      // against that ring's ldmatrix reads, 2026-11-26. A separate area costs 18 KB at D = 64 and removes the
+      // against that ring's ldmatrix reads. A separate area costs 18 KB at D = 64 and removes the
       // question.)
       constexpr int PW = DB * 4 + 4;  // floats a thread leaves
       __syncthreads();  // group 0 is done with its loop (group 1's values are final)
@@ -780,7 +780,7 @@ __global__ void __launch_bounds__(128) attention_f32_kernel(const void* __restri
 // The dynamic shared-memory limit is a property of the kernel function, shared by every thread and context of
 // the process. Setting it per launch races: a context launching a small configuration could lower the limit
 // between another context's setting and its launch, whose launch then fails with cudaErrorInvalidValue (seen on
-// an H200 under the serve load test, 2026-11-26). So the limit only ever rises, under one lock per process.
+// an H200 under the serve load test). So the limit only ever rises, under one lock per process.
 template <typename Kernel>
 void ensure_dynamic_smem(Kernel kern, size_t smem) {
   static std::mutex mu;
@@ -885,7 +885,7 @@ TcConfig choose_tc(int B, int S, int H, bool causal) {
   using T = TcTraits<D, HALF_SOFTMAX>;
   constexpr bool kHasMT2 = T::kHasMT2, kHasKS2 = T::kHasKS2;
   constexpr int MT2 = T::MT2;
-  constexpr double kMT2Cost = 1.15;  // measured: H200, 2026-11-26 (bench/kernels_attention.py --sweep)
+  constexpr double kMT2Cost = 1.15;  // measured: H200 (tools/kernels_attention.py --sweep)
   const int sms = sm_count();
   int best_mt = 1, best_nw = 4, best_ks = 1;
   const char* forced = std::getenv("TRTRUN_ATTN_CFG");
@@ -914,7 +914,7 @@ TcConfig choose_tc(int B, int S, int H, bool causal) {
       }
     }
     // Two key groups where blocks of 2 (else 4) warps a group still leave multiprocessors idle. Measured (H200,
-    // 2026-11-26, bench/results/session5-2026-11-26/attn-ks2-sweep.txt; one group -> two of 4 warps / of 2 warps):
+    // results/kernels-h200/attn-key-groups-sweep.txt; one group -> two of 4 warps / of 2 warps):
     // B=1 S=128 4.9 -> 4.7 / 4.1 us, S=256 causal 7.6 -> 6.3 / 5.8, S=512 causal 12.5 -> 9.8 / 13.5 (2 warps a
     // group: 192 blocks, more than the 132 multiprocessors).
     if (kHasKS2 && best_mt == 1 && S > BK) {
@@ -929,7 +929,7 @@ TcConfig choose_tc(int B, int S, int H, bool causal) {
   }
   // Two query tiles a block over K/V staged once (kernel above) where one tile a block needs more than one wave
   // of blocks: the block's loads are shared and the grid halves, but a block works about kQB2Cost times as long.
-  // Cost model in waves, fractional, at least 1. Measured (H200, 2026-11-26, kernel, 12 heads, S = 128; one query
+  // Cost model in waves, fractional, at least 1. Measured (H200, kernel, 12 heads, S = 128; one query
   // tile -> two): B = 32, D = 64: 16.9 -> 16.2 us (mask of ones), 16.3 -> 15.8 (no mask), 17.8 -> 16.9 (right
   // padding); D = 32: 12.3 -> 11.1; B = 16 (one wave): 9.9 -> 12.0, which the rule leaves alone; B = 16 with one
   // tile against B = 32 with two (each one wave of 384 blocks) gives kQB2Cost. TRTRUN_ATTN_QB=n forces n where

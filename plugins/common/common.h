@@ -1,5 +1,5 @@
 // plugins/common/common.h: types, error macros and small device helpers shared by every plugin.
-// Contract: /work/main/.dev/LAUNCHERS.md (plugins/ <-> csrc/). No Python, no allocation here.
+// The launcher contract between plugins/ and csrc/ is in plugins/common/README.md. No Python, no allocation here.
 #pragma once
 
 #include <cuda_runtime.h>
