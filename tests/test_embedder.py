@@ -45,7 +45,7 @@ def tiny(tiny_embed_model):
 def emb(tiny):
     from trtrun.embedder import Embedder
 
-    e = Embedder(tiny["plan"], tiny["tok"], backend="reference", contexts=2)
+    e = Embedder(tiny["plan"], tiny["tok"], backend="reference", contexts=2, truncation="truncate")
     yield e
     e.close()
 
@@ -144,15 +144,25 @@ def test_truncation_policy(tiny, texts):
         assert res.num_tokens[1] == SEQ_MAX == e.max_seq_len
         np.testing.assert_allclose(res.embeddings[1], _direct(tiny["plan"], tiny["tok"], long_text), atol=ATOL)
         # a shorter limit: the vector is that of the text cut there, [SEP] kept at the end
-        with Embedder(tiny["plan"], tiny["tok"], backend="reference", max_seq_len=8) as e8:
+        with Embedder(tiny["plan"], tiny["tok"], backend="reference", max_seq_len=8, truncation="truncate") as e8:
             r8 = e8.embed_result([texts[0]])
             assert r8.truncated.tolist() == [True] and r8.num_tokens.tolist() == [8]
             np.testing.assert_allclose(r8.embeddings[0], _direct(tiny["plan"], tiny["tok"], texts[0], max_len=8),
                                        atol=ATOL)
-    with Embedder(tiny["plan"], tiny["tok"], backend="reference", truncation="reject") as e:
-        with pytest.raises(InputTooLongError, match=r"text 1 is longer than 32 tokens") as ei:
+    with Embedder(tiny["plan"], tiny["tok"], backend="reference") as e:  # the default: reject, as OpenAI's API
+        assert e.truncation == "reject"
+        # the token count is the tokenizer's own, without truncation (special tokens included)
+        from tokenizers import Tokenizer
+
+        ref = Tokenizer.from_file(str(tiny["tok"] / "tokenizer.json"))
+        ref.no_truncation()
+        ref.no_padding()  # (this tokenizer.json pads to 128)
+        want = len(ref.encode(long_text).ids)
+        assert want > SEQ_MAX
+        with pytest.raises(InputTooLongError, match=rf"text 1 has {want} tokens, more than the limit of 32 tokens") as ei:
             e.embed(["short one", long_text])
-        assert ei.value.indices == [1] and isinstance(ei.value, InputError)
+        assert ei.value.indices == [1] and ei.value.token_counts == [want] and ei.value.limit == SEQ_MAX
+        assert isinstance(ei.value, InputError)
         assert e.embed_result(["short one"]).truncated.tolist() == [False]
 
 
@@ -351,7 +361,7 @@ def test_microbatcher_rejects_only_the_too_long_caller(tiny, texts):
         good1 = mb.submit(short[:1])
         bad = mb.submit(["x", texts[22]])
         good2 = mb.submit(short[1:])
-        with pytest.raises(InputTooLongError, match="text 1 is longer"):
+        with pytest.raises(InputTooLongError, match="text 1 has [0-9]+ tokens, more than the limit of 32"):
             bad.result(60)
         np.testing.assert_allclose(good1.result(60).embeddings, e.embed(short[:1]), atol=ATOL)
         np.testing.assert_allclose(good2.result(60).embeddings, e.embed(short[1:]), atol=ATOL)
@@ -485,7 +495,7 @@ def test_gemm_cache_is_checked_on_every_backend(tiny, tmp_path, texts):
         Embedder(tiny["plan"], tiny["tok"], backend="reference", gemm_cache=tmp_path / "missing.json")
     good = tmp_path / "good.json"
     good.write_text(json.dumps({"format": GEMM_CACHE_FORMAT, "version": 1, "entries": []}))
-    with Embedder(tiny["plan"], tiny["tok"], backend="reference", gemm_cache=good) as e:
+    with Embedder(tiny["plan"], tiny["tok"], backend="reference", gemm_cache=good, truncation="truncate") as e:
         d = e.describe()
         assert d["gemm_cache"] == str(good) and d["gemm_cache_entries_taken"] is None  # not used off the GPU
         assert d["gemm_search"] == "heuristic"  # a service's default: first shapes are met in requests
@@ -501,3 +511,69 @@ def test_gemm_search_is_checked(tiny):
         Embedder(tiny["plan"], tiny["tok"], backend="reference", gemm_search="fast")
     with Embedder(tiny["plan"], tiny["tok"], backend="reference", gemm_search="focused") as e:
         assert e.describe()["gemm_search"] == "focused"
+
+
+# ------------------------------------------------------------------------------------------ bad text, isolation
+
+def test_text_the_tokenizer_refuses_is_an_input_error_naming_its_index(emb):
+    """The Hugging Face tokenizer raises TypeError for a str with a lone surrogate (no UTF-8 form; JSON's
+    "\\ud800" escape makes one) and for non-str items; the Embedder refuses them first, with InputError naming
+    the index. NUL and other control characters it takes (BERT's normalizer drops them): those stay accepted,
+    and give the vector of the text without them (the same token ids)."""
+    from trtrun.embedder import InvalidTextError
+
+    for bad in ("x\ud800y", "\udfff", "ok \ud83d"):
+        with pytest.raises(InvalidTextError, match=r"text 1 holds a lone surrogate U\+D[89A-F][0-9A-F]{2}") as ei:
+            emb.embed(["fine", bad])
+        assert ei.value.indices == [1] and isinstance(ei.value, InputError)
+    with pytest.raises(InvalidTextError, match=r"text 0 holds .* \(and 1 more\)") as ei:
+        emb.embed(["\ud800", "fine", "\udc00"])
+    assert ei.value.indices == [0, 2]
+    with pytest.raises(InputError, match="text 2 is a NoneType"):
+        emb.embed(["a", "b", None])
+    # a proper pair written as two escapes is one character after JSON decoding: valid, and embedded
+    assert emb.embed([json.loads('"smile \\ud83d\\ude00"')]).shape == (1, 32)
+    np.testing.assert_allclose(emb.embed(["a fine\x00 film\x01"]), emb.embed(["a fine film"]), atol=ATOL)
+
+
+def test_a_bad_group_fails_alone_in_a_shared_window(emb, texts):
+    """embed_groups (what the micro-batcher calls for a window) with a group the checks did not see (a lone
+    surrogate that reached it directly): that group gets an InputError naming its text, the others their
+    own right rows. Before, the tokenizer's TypeError failed the whole window."""
+    from trtrun.embedder import EmbedResult
+
+    groups = [texts[:2], ["fine", "x\ud800y"], texts[2:5]]
+    out = emb.embed_groups(groups)
+    assert isinstance(out[1], InputError) and "text 1" in str(out[1]), out[1]
+    for g, r in ((groups[0], out[0]), (groups[2], out[2])):
+        assert isinstance(r, EmbedResult)
+        np.testing.assert_allclose(r.embeddings, emb.embed(g), atol=ATOL)
+
+
+def test_an_engine_failure_in_a_shared_batch_is_retried_alone(tiny, texts):
+    """A runner that fails on any batch holding one token id (standing for an engine failure only one
+    caller's text triggers): the window fails, each group is run again alone, and only the group with that
+    text gets the error; the others get the vectors they get alone."""
+    from trtrun.embedder import EmbedResult, Embedder
+
+    with Embedder(tiny["plan"], tiny["tok"], backend="reference", contexts=1, truncation="truncate") as e:
+        poison = e.tokenize(["zebra"]).ids[0][1]  # the id of "zebra" (after [CLS])
+        real = e._pool.get()
+        calls = []
+
+        def runner(feeds):
+            calls.append(feeds["input_ids"].shape[0])
+            if (feeds["input_ids"] == poison).any():
+                raise TrtrunError("engine failure (injected)")
+            return real(feeds)
+
+        e._pool.put(runner)
+        groups = [texts[:3], ["a zebra crossing"], texts[3:4], texts[4:6]]
+        out = e.embed_groups(groups)
+        assert isinstance(out[1], TrtrunError) and "injected" in str(out[1])
+        e._pool.get()
+        e._pool.put(real)
+        for gi in (0, 2, 3):
+            assert isinstance(out[gi], EmbedResult), out[gi]
+            np.testing.assert_allclose(out[gi].embeddings, e.embed(groups[gi]), atol=ATOL)
+        assert len(calls) == 5  # the shared batch (7 rows), then each of the 4 groups alone

@@ -43,7 +43,7 @@ def tiny(tiny_embed_model):
 def emb(tiny):
     from trtrun.embedder import Embedder
 
-    e = Embedder(tiny["plan"], tiny["tok"], backend="reference", contexts=2)
+    e = Embedder(tiny["plan"], tiny["tok"], backend="reference", contexts=2, truncation="truncate")
     yield e
     e.close()
 
@@ -194,7 +194,8 @@ def test_too_long_input_with_reject_policy_is_400(tiny, texts):
     with Embedder(tiny["plan"], tiny["tok"], backend="reference", truncation="reject") as e, \
             TestClient(create_app(e)) as c:
         r = c.post("/embed", json={"inputs": ["fine", "a fine film, " * 30]})
-        assert r.status_code == 400 and "text 1 is longer than 32 tokens" in r.json()["error"]["message"]
+        assert r.status_code == 400, r.text
+        assert "'inputs[1]' has 152 tokens, more than this model's limit of 32" in r.json()["error"]["message"]
         assert c.post("/embed", json={"inputs": ["fine"]}).status_code == 200
 
 
@@ -327,7 +328,7 @@ def test_graceful_shutdown_finishes_requests_in_flight(tiny, emb, texts, sig):
     right answer, new connections are refused at once, and the process exits 0."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    with serve_process(tiny, port, "--max-wait-ms", "1500", "--contexts", "1") as proc:
+    with serve_process(tiny, port, "--max-wait-ms", "1500", "--contexts", "1", "--truncation", "truncate") as proc:
         # all six wait inside the micro-batch window (1.5 s) when the signal comes; uvicorn notices it within
         # 0.1 s and closes its listening socket
         requests_across_a_signal(proc, url, texts, 6, sig, settle=0.5, after=0.4, emb=emb, atol=ATOL)

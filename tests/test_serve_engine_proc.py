@@ -99,6 +99,18 @@ httpx = pytest.importorskip("httpx", reason="the tests' HTTP client needs httpx"
 from conftest import free_port, requests_across_a_signal, serve_process  # noqa: E402
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_REUSEPORT load spreading is Linux's")
+@pytest.fixture(scope="module")
+def tiny_emb(tiny_embed_model):
+    """The expected answers: the servers here run with --truncation truncate (the real sentences run past the
+    tiny model's 32 tokens)."""
+    from trtrun.embedder import Embedder
+
+    e = Embedder(tiny_embed_model["plan"], tiny_embed_model["tok"], backend="reference", contexts=1,
+                 truncation="truncate")
+    yield e
+    e.close()
+
+
 ATOL = 1e-5  # as in test_serve.py: same plan and numpy backend, only BLAS summation order differs
 
 
@@ -117,7 +129,7 @@ def test_fronts_share_one_engine_and_its_batches_and_stop_gracefully(tiny_embed_
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with serve_process(tiny_embed_model, port, "--workers", "2", "--shared-engine", "--contexts", "1",
-                       "--max-wait-ms", "1500", "--log-level", "warning") as proc:
+                       "--max-wait-ms", "1500", "--log-level", "warning", "--truncation", "truncate") as proc:
         fronts, engines = set(), set()
         for _ in range(60):
             h = httpx.get(url + "/health", timeout=5).json()
@@ -167,7 +179,7 @@ def test_an_engine_that_dies_is_replaced_and_nothing_is_answered_wrong(tiny_embe
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with serve_process(tiny_embed_model, port, "--workers", "2", "--shared-engine", "--contexts", "1",
-                       "--log-level", "warning") as proc:
+                       "--log-level", "warning", "--truncation", "truncate") as proc:
         victim = httpx.get(url + "/health", timeout=5).json()["engine_pid"]
         os.kill(victim, signal.SIGKILL)
         codes, end, new = [], time.time() + 90, None
@@ -233,7 +245,7 @@ def test_engine_process_answers_what_it_holds_when_stopped(tiny_embed_model, tin
     ctx = mp.get_context("spawn")
     events = ctx.Queue()
     path = str(tmp_path / "e.sock")
-    make = functools.partial(Embedder, str(tiny_embed_model["plan"]), str(tiny_embed_model["tok"]),
+    make = functools.partial(Embedder, str(tiny_embed_model["plan"]), str(tiny_embed_model["tok"]), truncation="truncate",
                              backend="reference", contexts=1)
     p = ctx.Process(target=ep.engine_main, args=(make, ServeConfig(max_wait_ms=1500), path, events, -1, 3))
     p.start()

@@ -26,6 +26,18 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO
 from conftest import free_port, requests_across_a_signal, serve_process  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
+@pytest.fixture(scope="module")
+def tiny_emb(tiny_embed_model):
+    """The expected answers: the servers here run with --truncation truncate (the real sentences run past the
+    tiny model's 32 tokens)."""
+    from trtrun.embedder import Embedder
+
+    e = Embedder(tiny_embed_model["plan"], tiny_embed_model["tok"], backend="reference", contexts=1,
+                 truncation="truncate")
+    yield e
+    e.close()
+
+
 ATOL = 1e-5  # as in test_serve.py: same plan and numpy backend, only BLAS summation order differs
 
 
@@ -43,7 +55,7 @@ def test_workers_share_the_port_sum_metrics_and_stop_gracefully(tiny_embed_model
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with serve_process(tiny, port, "--workers", "2", "--contexts", "1", "--max-wait-ms", "1500",
-                       "--log-level", "warning") as proc:
+                       "--log-level", "warning", "--truncation", "truncate") as proc:
         # both workers answer: each new connection lands on one of them (the kernel hashes the client port)
         pids = set()
         for _ in range(60):
@@ -123,7 +135,7 @@ def test_a_worker_that_dies_is_replaced(tiny_embed_model, texts):
     tiny = tiny_embed_model
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    with serve_process(tiny, port, "--workers", "2", "--contexts", "1", "--log-level", "warning") as proc:
+    with serve_process(tiny, port, "--workers", "2", "--contexts", "1", "--log-level", "warning", "--truncation", "truncate") as proc:
         victim = httpx.get(url + "/health", timeout=5).json()["pid"]
         # (the victim may be killed before the supervisor has heard it is ready: a worker that dies by a
         # signal is started again either way; seen in CI: it was once taken for a failed start, which

@@ -16,8 +16,14 @@ Why it is built this way:
   backend tokenizer, configured once and only read afterwards. Engine work goes through a pool of
   `contexts` runners (GPU execution contexts, or reference backends on the CPU); a caller takes one per
   engine batch and gives it back, so any number of threads may call `embed` at once.
-- Truncation is explicit: "truncate" cuts a text to `max_seq_len` tokens (special tokens kept) and says
-  so in EmbedResult.truncated; "reject" raises InputTooLongError naming the texts.
+- Truncation is explicit. The default, "reject", follows OpenAI's embeddings API: a text over
+  `max_seq_len` tokens raises InputTooLongError naming it, with its token count and the limit (a vector
+  of a silently cut text is a vector of some other text). "truncate" cuts such a text to `max_seq_len`
+  tokens (special tokens kept) and says so in EmbedResult.truncated.
+- Bad text fails alone. check_texts refuses what the tokenizer cannot take (non-str items, and str
+  that is not valid Unicode: lone surrogates, which JSON's "\ud800" escapes let through) with
+  InvalidTextError naming the index, before the text joins a batch; and embed_groups, if a shared batch
+  still fails, runs each caller's texts again alone, so one caller's failure is not its batch mates'.
 - Pooling defaults to what a sentence-transformers folder says (modules.json / 1_Pooling/config.json);
   without one, mean pooling.
 
@@ -65,11 +71,44 @@ BatchObserver = Callable[[int, int, int, float], None]
 
 
 class InputTooLongError(InputError):
-    """truncation="reject" and a text has more tokens than the plan (or the model) takes."""
+    """truncation="reject" and a text has more tokens than the plan (or the model) takes.
 
-    def __init__(self, message: str, indices: Sequence[int]):
+    indices: the texts over the limit (in the caller's list); token_counts: their token counts (special
+    tokens included), in the same order, where known; limit: the most tokens a text may have."""
+
+    def __init__(self, message: str, indices: Sequence[int], token_counts: Sequence[int] | None = None,
+                 limit: int | None = None):
         super().__init__(message)
         self.indices = list(indices)
+        self.token_counts = list(token_counts) if token_counts is not None else None
+        self.limit = limit
+
+
+class InvalidTextError(InputError):
+    """A text the tokenizer cannot take: not a str, or a str that is not valid Unicode (a lone surrogate).
+    indices: the bad texts (in the caller's list); the message names the first."""
+
+    def __init__(self, message: str, indices: Sequence[int], reason: str | None = None):
+        super().__init__(message)
+        self.indices = list(indices)
+        self.reason = reason  # what is wrong with the first one ("holds a lone surrogate ...")
+
+
+def text_problem(t) -> str | None:
+    """Why the tokenizer cannot take t, or None. The Hugging Face tokenizers take any str that encodes to
+    UTF-8 (control characters and NUL included: BERT's normalizer drops them) and refuse the rest with a
+    TypeError: a str holding a lone surrogate (U+D800-U+DFFF, which "\\ud800" in JSON produces) has no
+    UTF-8 form."""
+    if not isinstance(t, str):
+        return f"is a {type(t).__name__}, expected str"
+    if t.isascii():
+        return None
+    try:
+        t.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return (f"holds a lone surrogate U+{ord(t[e.start]):04X} at character {e.start}: it is not valid Unicode "
+                f"text (a surrogate escape such as \\ud83d must be followed by its low half)")
+    return None
 
 
 @dataclass(frozen=True)
@@ -253,6 +292,8 @@ class TextEncoder:
         bt.enable_truncation(max_len)
         self.tokenizer = bt
         self._full = getattr(bt, "encode_batch_fast", bt.encode_batch)
+        self._untruncated = None
+        self._count_lock = threading.Lock()
         conf = json.loads(bt.to_str())
         post = conf.get("post_processor")
         # types_zero: a single text's type ids are all 0 (what the template says), so none need reading back
@@ -274,6 +315,18 @@ class TextEncoder:
         self._special = re.compile("|".join(map(re.escape, raw))) if raw else None
         self._lower = norm.get("lowercase", True) is not False
         self._ascii = getattr(fast, "encode_batch_fast", fast.encode_batch)
+
+    def count_tokens(self, texts: list) -> list[int]:
+        """Token counts without truncation (special tokens included), from a copy of the tokenizer without
+        truncation, made on first use (only texts that were cut are counted again: rejected ones)."""
+        with self._count_lock:
+            if self._untruncated is None:
+                from tokenizers import Tokenizer
+
+                t = Tokenizer.from_str(self.tokenizer.to_str())
+                t.no_truncation()
+                self._untruncated = t
+        return [len(e.ids) for e in self._untruncated.encode_batch(texts)]
 
     @property
     def has_fast_path(self) -> bool:
@@ -323,8 +376,9 @@ class Embedder:
     max_batch_size: rows per engine batch (default and maximum: the profile's batch max).
     max_seq_len: tokens per text (default: the profile's sequence max, capped by the sentence-transformers
         max_seq_length and the tokenizer's model_max_length where those exist).
-    truncation: "truncate" (cut longer texts, reported in EmbedResult.truncated) or "reject"
-        (InputTooLongError).
+    truncation: "reject" (default, as OpenAI's API: a text over max_seq_len tokens raises InputTooLongError
+        with its token count and the limit) or "truncate" (cut longer texts, reported in
+        EmbedResult.truncated).
     backend: "auto" (GPU runtime where usable, else the numpy reference backend), "gpu", "reference".
     gemm_cache: a GEMM cache file (trtrun.runtime.save_gemm_cache) whose choices the GPU contexts take.
     gemm_search: how the GPU contexts choose a GEMM algorithm for a shape they meet for the first time
@@ -339,7 +393,7 @@ class Embedder:
     def __init__(self, plan_or_onnx: Any, tokenizer_dir=None, *, pooling: str | None = None,
                  normalize: bool = True, contexts: int = DEFAULT_CONTEXTS,
                  max_tokens_per_batch: int | None = None, max_batch_size: int | None = None,
-                 max_seq_len: int | None = None, truncation: str = "truncate", backend: str = "auto",
+                 max_seq_len: int | None = None, truncation: str = "reject", backend: str = "auto",
                  precision: str = "hybrid", profile: dict | None = None, device: int = 0,
                  output: str | None = None, progress=None, gemm_cache=None, gemm_search: str = "heuristic"):
         if pooling is not None and pooling not in POOLINGS:
@@ -600,15 +654,20 @@ class Embedder:
     # ---------------------------------------------------------------- tokenize
     @staticmethod
     def check_texts(texts) -> list[str]:
-        """A str is one text; otherwise a sequence of str. Raises InputError naming the bad element."""
+        """A str is one text; otherwise a sequence of str. Raises InvalidTextError (an InputError) naming the
+        first element the tokenizer cannot take (see text_problem), so that no bad text joins a batch."""
         if isinstance(texts, str):
-            return [texts]
-        if isinstance(texts, (bytes, bytearray)) or not isinstance(texts, Sequence):
+            texts = [texts]
+        elif isinstance(texts, (bytes, bytearray)) or not isinstance(texts, Sequence):
             raise InputError(f"texts must be a str or a list of str, got {type(texts).__name__}")
-        texts = list(texts)
-        for i, t in enumerate(texts):
-            if not isinstance(t, str):
-                raise InputError(f"text {i} is a {type(t).__name__}, expected str")
+        else:
+            texts = list(texts)
+        bad = [i for i, t in enumerate(texts) if not (type(t) is str and t.isascii()) and text_problem(t)]
+        if bad:
+            i = bad[0]
+            more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+            why = text_problem(texts[i])
+            raise InvalidTextError(f"text {i} {why}{more}", bad, why)
         return texts
 
     def tokenize(self, texts) -> Encoded:
@@ -638,16 +697,25 @@ class Embedder:
             raise InputError(f"text {int(empty[0])} ({texts[empty[0]][:40]!r}) gives no token")
         return Encoded(ids, types, truncated, lengths)
 
-    def _too_long(self, enc: Encoded, offset: int = 0) -> InputTooLongError | None:
-        bad = np.flatnonzero(enc.truncated)
-        if not bad.size:
+    def count_tokens(self, texts) -> list[int]:
+        """Token counts of texts without truncation (special tokens included): what a text would need."""
+        texts = self.check_texts(texts)
+        if self._encoder is not None:
+            return self._encoder.count_tokens(texts)
+        with self._tok_lock:
+            return [len(x) for x in self.tokenizer(texts, truncation=False, add_special_tokens=True)["input_ids"]]
+
+    def _too_long(self, enc: Encoded, texts: Sequence[str]) -> InputTooLongError | None:
+        bad = [int(i) for i in np.flatnonzero(enc.truncated)]
+        if not bad:
             return None
-        first = [int(i) + offset for i in bad[:5]]
-        more = f" (and {bad.size - 5} more)" if bad.size > 5 else ""
+        counts = self.count_tokens([texts[i] for i in bad])  # only the rejected texts are counted again
+        first = ", ".join(f"text {i} has {n} tokens" for i, n in zip(bad[:5], counts))
+        more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
         return InputTooLongError(
-            f"text{'s' if bad.size > 1 else ''} {', '.join(map(str, first))}{more} "
-            f"{'are' if bad.size > 1 else 'is'} longer than {self.max_seq_len} tokens ({self.max_seq_len_source}); "
-            f"truncation='reject'", [int(i) for i in bad])
+            f"{first}{more}, more than the limit of {self.max_seq_len} tokens per text ({self.max_seq_len_source}); "
+            f"shorten {'them' if len(bad) > 1 else 'it'}, or pass truncation='truncate' to cut long texts",
+            bad, counts, self.max_seq_len)
 
     # ---------------------------------------------------------------- run
     def _run_batch(self, enc: Encoded, rows: list[int], observer: BatchObserver | None) -> np.ndarray:
@@ -707,9 +775,10 @@ class Embedder:
 
     def embed_result(self, texts) -> EmbedResult:
         """Embed texts -> EmbedResult (embeddings in the caller's order, truncated flags, token counts)."""
+        texts = self.check_texts(texts)
         enc = self.tokenize(texts)
         if self.truncation == "reject":
-            err = self._too_long(enc)
+            err = self._too_long(enc, texts)
             if err is not None:
                 raise err
         return EmbedResult(self.run_encoded(enc), enc.truncated, enc.lengths)
@@ -726,8 +795,41 @@ class Embedder:
 
         Tokenizes everything in one call, applies the truncation policy per group (a rejected group gets
         its InputTooLongError, the others still run), packs all surviving texts together and splits the
-        rows back. The micro-batcher's worker calls this.
+        rows back. The micro-batcher's worker calls this. A group's failure is its own: a group with a text
+        the tokenizer refuses gets that error, and if the shared run fails anyway (the tokenizer or the
+        engine raised for a reason no check foresaw), every group is run again alone, so only the group
+        that causes the failure gets it. Never raises (but for BaseExceptions such as KeyboardInterrupt).
         """
+        try:
+            return self._embed_shared(groups, observer)
+        except Exception as e:  # noqa: BLE001 - whose was it? each group alone says
+            if len(groups) == 1:
+                return [e]
+        return [self._embed_alone(g, observer) for g in groups]
+
+    def _embed_alone(self, texts: Sequence[str], observer: BatchObserver | None) -> EmbedResult | BaseException:
+        try:
+            return self._embed_shared([texts], observer)[0]
+        except Exception as e:  # noqa: BLE001 - answered to this group's caller
+            return e
+
+    def _tokenize_group(self, texts: Sequence[str]) -> Encoded:
+        """tokenize() for one group; a tokenizer failure that no check foresaw becomes an InputError naming the
+        text (found by tokenizing the group's texts one at a time)."""
+        try:
+            return self.tokenize(texts)
+        except InputError:
+            raise
+        except Exception as e:  # noqa: BLE001 - the tokenizers library raises TypeError/Exception
+            for i, t in enumerate(texts):
+                try:
+                    self.tokenize([t])
+                except Exception as e1:  # noqa: BLE001
+                    raise InvalidTextError(f"text {i} cannot be tokenized: {type(e1).__name__}: {e1}", [i]) from e1
+            raise TrtrunError(f"the tokenizer failed on these texts: {type(e).__name__}: {e}") from e
+
+    def _embed_shared(self, groups: Sequence[Sequence[str]], observer: BatchObserver | None
+                      ) -> list[EmbedResult | BaseException]:
         results: list[EmbedResult | BaseException | None] = [None] * len(groups)
         flat = [t for g in groups for t in g]
         spans = []  # (group, first, end) in flat
@@ -737,17 +839,17 @@ class Embedder:
             at += len(g)
         try:
             enc = self.tokenize(flat)
-        except InputError:  # find which group(s) it was: tokenize them alone
+        except Exception:  # noqa: BLE001 - find which group(s) it was: tokenize them alone
             enc = None
         if enc is None:
             parts = []
             for gi, g in enumerate(groups):
                 try:
-                    parts.append((gi, self.tokenize(g)))
-                except InputError as e:
+                    parts.append((gi, self._tokenize_group(g)))
+                except TrtrunError as e:
                     results[gi] = e
             if self.truncation == "reject":
-                parts = self._reject_long(parts, results)
+                parts = self._reject_long(parts, results, groups)
             if not parts:
                 return results  # type: ignore[return-value]
             keep = [gi for gi, _ in parts]
@@ -760,7 +862,7 @@ class Embedder:
             # the common case: one tokenizer call and one engine run for the whole window, split by slicing
             keep, sizes, run = [gi for gi, _, _ in spans], [b - a for _, a, b in spans], enc
             if self.truncation == "reject" and enc.truncated.any():
-                parts = self._reject_long([(gi, enc.take(range(a, b))) for gi, a, b in spans], results)
+                parts = self._reject_long([(gi, enc.take(range(a, b))) for gi, a, b in spans], results, groups)
                 if not parts:
                     return results  # type: ignore[return-value]
                 kept = {gi for gi, _ in parts}
@@ -774,12 +876,12 @@ class Embedder:
             at += k
         return results  # type: ignore[return-value]
 
-    def _reject_long(self, parts: list, results: list) -> list:
+    def _reject_long(self, parts: list, results: list, groups: Sequence[Sequence[str]]) -> list:
         """truncation="reject": groups (index, Encoded) with a text over the limit get their InputTooLongError
         in results; the others are returned."""
         keep = []
         for gi, e in parts:
-            err = self._too_long(e)
+            err = self._too_long(e, groups[gi])
             if err is not None:
                 results[gi] = err
             else:

@@ -40,8 +40,10 @@ class _Stopped(Exception):
 @click.option("--pooling", type=click.Choice(["mean", "cls", "max", "mean_sqrt_len"]), default=None,
               help="default: the model folder's sentence-transformers pooling config, else mean")
 @click.option("--no-normalize", is_flag=True, help="do not L2-normalize the embeddings")
-@click.option("--truncation", type=click.Choice(["truncate", "reject"]), default="truncate", show_default=True,
-              help="texts longer than the model's maximum tokens: cut them, or answer 400")
+@click.option("--truncation", type=click.Choice(["reject", "truncate"]), default="reject", show_default=True,
+              help="texts longer than the model's maximum tokens: answer 400 with the token count and the limit "
+                   "(as OpenAI's API), or cut them (the response's X-Truncated-Inputs header and "
+                   "\"truncated\": true items say which)")
 @click.option("--max-wait-ms", type=click.FloatRange(min=0), default=0.5, show_default=True,
               help="micro-batching: how long a request may wait for others to share its batch")
 @click.option("--max-batch-tokens", type=click.IntRange(min=1), default=None,
@@ -56,6 +58,20 @@ class _Stopped(Exception):
               help="request body size (more: 413)")
 @click.option("--max-queue", type=click.IntRange(min=1), default=4096, show_default=True,
               help="waiting requests (more: 503)")
+@click.option("--max-connections", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="open connections per server process; more get a quick 503 (lowered to fit the open-file "
+                   "limit, ulimit -n)")
+@click.option("--header-timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+              help="seconds a client has to send a request's head (more: 408 and the connection is closed)")
+@click.option("--body-timeout", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
+              help="seconds a client has to send a request's body, after its head (more: 408, closed)")
+@click.option("--keep-alive-timeout", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
+              help="seconds an idle keep-alive connection stays open")
+@click.option("--api-key", envvar="TRTRUN_API_KEY", default=None, show_envvar=True,
+              help="require 'Authorization: Bearer KEY' on every request (401 otherwise); better given as the "
+                   "environment variable, so that it does not show in the process list")
+@click.option("--public-health", is_flag=True,
+              help="with --api-key: /health and /metrics answer without the key (for probes and scrapers)")
 @click.option("--model-name", default=None, help="model name in responses (default: the plan's file name)")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "hybrid"]), default="hybrid", show_default=True,
               help="for an .onnx MODEL: the plan to build (cached beside it)")
@@ -66,15 +82,17 @@ class _Stopped(Exception):
 @click.option("--access-log", is_flag=True, help="log every request (slower)")
 @quiet_option
 def command(model, tokenizer, host, port, backend, contexts, workers, shared_engine, gemm_cache, gemm_search, pooling, no_normalize, truncation, max_wait_ms,
-            max_batch_tokens, no_batching, max_inputs, max_chars, max_body_bytes, max_queue, model_name,
+            max_batch_tokens, no_batching, max_inputs, max_chars, max_body_bytes, max_queue, max_connections,
+            header_timeout, body_timeout, keep_alive_timeout, api_key, public_health, model_name,
             precision, graceful_timeout, log_level, access_log, quiet):
     """Serve embeddings of MODEL (a .plan, or an .onnx built to a plan on first use) over HTTP.
 
     \b
     POST /v1/embeddings  {"input": "text" | ["text", ...]}  (OpenAI's request and response)
     POST /embed          {"inputs": "text" | ["text", ...]} -> [[...], ...]
-    GET  /health, GET /metrics (Prometheus)
+    GET  /v1/models, GET /health, GET /metrics (Prometheus)
     Concurrent requests share engine batches (micro-batching; --max-wait-ms, --max-batch-tokens).
+    A bad input (too long, not valid Unicode) fails only its own request: 400 naming its index.
     --workers N: N processes on one port (SO_REUSEPORT), for more requests/s than one Python process serves.
     --shared-engine: the N processes only speak HTTP; one engine process batches all their requests.
     SIGTERM or Ctrl-C: stop accepting, finish the requests in flight, exit.
@@ -86,6 +104,10 @@ def command(model, tokenizer, host, port, backend, contexts, workers, shared_eng
     except ImportError as e:
         raise click.ClickException(f"trtrun serve needs {e.name}: pip install 'trtrun[serve]' "
                                    f"(starlette, uvicorn, prometheus-client)") from None
+    if api_key is not None and not api_key.strip():
+        raise click.BadParameter("the API key is empty", param_hint="--api-key / TRTRUN_API_KEY")
+    if public_health and api_key is None:
+        raise click.BadParameter("needs --api-key (or TRTRUN_API_KEY)", param_hint="--public-health")
     from ..embedder import Embedder
     from ..serve.app import ServeConfig, run_server
 
@@ -100,19 +122,25 @@ def command(model, tokenizer, host, port, backend, contexts, workers, shared_eng
         status(f"note: {emb.backend_reason}; using the reference backend (slow: for testing)", quiet)
     cfg = ServeConfig(model_name=model_name, max_inputs=max_inputs, max_chars=max_chars,
                       max_body_bytes=max_body_bytes, max_wait_ms=max_wait_ms, max_batch_tokens=max_batch_tokens,
-                      batching=not no_batching, max_queue=max_queue)
+                      batching=not no_batching, max_queue=max_queue, max_connections=max_connections,
+                      header_timeout=header_timeout, body_timeout=body_timeout, keep_alive_timeout=keep_alive_timeout,
+                      api_key=api_key, public_health=public_health)
     d = emb.describe()
-    where = f"http://{host}:{port}" + (f" with {workers} worker processes" if workers > 1 else "")
-    if shared_engine:
-        where += " and a shared engine process"
-    status(f"serving {d['model']} ({d['precision']}, {d['backend']}, {contexts} context(s), dim {d['dim']}, "
-           f"pooling {d['pooling']}, max {d['max_seq_len']} tokens/text) on {where} "
-           f"[{'micro-batching, max wait ' + str(max_wait_ms) + ' ms' if not no_batching else 'no batching'}]",
-           quiet)
+
+    def announce(address: str) -> None:
+        """Said once the socket is bound (a port in use is an error instead)."""
+        where = address + (f" with {workers} worker processes" if workers > 1 else "")
+        if shared_engine:
+            where += " and a shared engine process"
+        status(f"serving {d['model']} ({d['precision']}, {d['backend']}, {contexts} context(s), dim {d['dim']}, "
+               f"pooling {d['pooling']}, max {d['max_seq_len']} tokens/text, {d['truncation']} longer) on {where} "
+               f"[{'micro-batching, max wait ' + str(max_wait_ms) + ' ms' if not no_batching else 'no batching'}"
+               f"{', API key required' if api_key else ''}]", quiet)
+
     if workers > 1 or shared_engine:
         return _serve_workers(emb, tokenizer, pooling, cfg, workers=workers, host=host, port=port, quiet=quiet,
                               log_level="warning" if quiet else log_level, access_log=access_log,
-                              graceful_timeout=graceful_timeout, shared_engine=shared_engine)
+                              graceful_timeout=graceful_timeout, shared_engine=shared_engine, announce=announce)
 
     def on_term(signum, frame):
         raise _Stopped()
@@ -120,7 +148,7 @@ def command(model, tokenizer, host, port, backend, contexts, workers, shared_eng
     old = signal.signal(signal.SIGTERM, on_term)  # uvicorn re-raises SIGTERM after its graceful shutdown
     try:
         run_server(emb, cfg, host=host, port=port, log_level="warning" if quiet else log_level,
-                   access_log=access_log, graceful_timeout=graceful_timeout)
+                   access_log=access_log, graceful_timeout=graceful_timeout, on_started=announce)
     except (_Stopped, KeyboardInterrupt):
         pass
     finally:
@@ -131,7 +159,7 @@ def command(model, tokenizer, host, port, backend, contexts, workers, shared_eng
 
 
 def _serve_workers(emb, tokenizer, pooling, cfg, *, workers, host, port, quiet, log_level, access_log, graceful_timeout,
-                   shared_engine=False):
+                   shared_engine=False, announce=None):
     """--workers N: the Embedder built here was the check (a plan built from an ONNX file, tokenizer and
     pooling found, backend usable); each worker builds its own from the same resolved settings."""
     import functools
@@ -148,9 +176,15 @@ def _serve_workers(emb, tokenizer, pooling, cfg, *, workers, host, port, quiet, 
         socks = bind_sockets(host, port, workers)  # a port in use fails here, before any worker starts
     finally:
         emb.close()  # its engine and contexts: the workers have their own
+    h, p = socks[0].getsockname()[:2]
+    address = f"http://[{h}]:{p}" if ":" in h else f"http://{h}:{p}"
+
+    def on_ready(pids):
+        if announce is not None:
+            announce(address)
+        status(f"{len(pids)} workers serving (pids {', '.join(map(str, pids))})", quiet)
+
     rc = run_workers(make, cfg, workers=workers, sockets=socks, log_level=log_level, access_log=access_log,
-                     graceful_timeout=graceful_timeout, shared_engine=shared_engine,
-                     on_ready=lambda pids: status(f"{len(pids)} workers serving (pids {', '.join(map(str, pids))})",
-                                                  quiet))
+                     graceful_timeout=graceful_timeout, shared_engine=shared_engine, on_ready=on_ready)
     status("server stopped" if rc == 0 else "server stopped; a worker did not exit cleanly (see the log)", quiet)
     return rc

@@ -5,17 +5,28 @@ Endpoints
                          -> {"object": "list", "data": [{"object": "embedding", "index", "embedding"}],
                              "model", "usage": {"prompt_tokens", "total_tokens"}}
     POST /embed          {"inputs": str | [str]} -> [[float, ...], ...]  (Text Embeddings Inference's shape)
+    GET  /v1/models      OpenAI shape: {"object": "list", "data": [{"id", "object": "model", "created", "owned_by"}]}
+    GET  /v1/models/{id} that model, or 404
     GET  /health         200 {"status": "ok", ...} while serving, 503 before start / after shutdown
     GET  /metrics        Prometheus text (trtrun_* counters and histograms)
 
-Errors are JSON, {"error": {"message", "type", "code"}}, with these status codes:
-    400  body is not JSON / not UTF-8 / empty; an input longer than --max-chars characters, or (with
-         truncation "reject") longer than the model's maximum tokens
+Every error, whatever its status, is JSON, {"error": {"message", "type", "code"}}:
+    400  body is not JSON / not UTF-8 / empty / nested deeper than max_json_depth; an input longer than
+         --max-chars characters, or (truncation "reject", the default) longer than the model's maximum
+         tokens (the message says its token count and the limit); an input that is not valid Unicode
+         (a lone surrogate); a malformed HTTP request. The message names the input's index.
+    401  --api-key set and the request lacks "Authorization: Bearer <key>" (or has another key)
+    404, 405  no such path, or not that method there
+    408  the request head or body did not arrive within --header-timeout / --body-timeout
     413  body larger than --max-body-bytes (refused while reading, so a huge body is never held)
     422  valid JSON of the wrong shape: not an object, a missing field, wrong types, an empty list or
          empty string, more than --max-inputs inputs, an unknown encoding_format
-    503  queue full (overloaded), or shutting down
+    503  queue full (overloaded), more than --max-connections connections, or shutting down
     500  an engine failure (the message says what); the server keeps serving
+With truncation "truncate", a response whose inputs were cut says which: the header X-Truncated-Inputs
+(their indices, comma-separated), and in /v1/embeddings "truncated": true on those items.
+The connection limits and read timeouts live in the HTTP protocol (protocol.py says why uvicorn's own
+settings do not cover them).
 Graceful shutdown is uvicorn's: on SIGTERM/SIGINT it stops accepting connections, lets requests in
 flight finish, then the lifespan hook drains the batcher.
 """
@@ -29,11 +40,11 @@ import logging
 import os
 import time
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ..embedder import InputTooLongError
+from ..embedder import InputTooLongError, InvalidTextError, text_problem
 from ..errors import InputError, TrtrunError
 from .batcher import BatcherClosedError, MicroBatcher, QueueFullError
 from .metrics import ServerMetrics
@@ -56,14 +67,27 @@ class ServeConfig:
     max_batch_tokens: int | None = None  # micro-batch token budget (default: the Embedder's)
     batching: bool = True  # False: every request is its own engine call (max batch 1 request)
     max_queue: int = 4096  # waiting requests beyond which requests get 503
+    max_json_depth: int = 32  # nesting of a request's JSON (a request needs 2: an object holding a list)
+    # Connections and timeouts (enforced by the HTTP protocol, protocol.py; per server process)
+    max_connections: int = 1000  # open connections; beyond, a quick 503 (capped below the file-descriptor limit)
+    header_timeout: float = 10.0  # seconds for a request head to arrive
+    body_timeout: float = 30.0  # seconds for a request body to arrive, after its head
+    keep_alive_timeout: float = 5.0  # seconds an idle keep-alive connection stays open (uvicorn's)
+    api_key: str | None = field(default=None, repr=False)  # Bearer token every request must carry
+    public_health: bool = False  # with api_key: /health and /metrics answer without it
 
     def __post_init__(self):
-        for name in ("max_inputs", "max_chars", "max_body_bytes", "max_queue"):
+        for name in ("max_inputs", "max_chars", "max_body_bytes", "max_queue", "max_json_depth", "max_connections"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
         if self.max_wait_ms < 0:
             raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
+        for name in ("header_timeout", "body_timeout", "keep_alive_timeout"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0 seconds, got {getattr(self, name)!r}")
+        if self.api_key is not None and (not isinstance(self.api_key, str) or not self.api_key.strip()):
+            raise ValueError("api_key must be a non-empty string (or None for no key)")
 
 
 class ApiError(Exception):
@@ -85,15 +109,37 @@ except ImportError:
     _orjson = None
 
 
-def _loads(body: bytes):
-    """Parse a request body. orjson where installed (~7x faster on small bodies); a body it refuses goes to
-    json, which gives the error message (and accepts what json always accepted: NaN, huge integers)."""
+class _TooDeep(ValueError):
+    pass
+
+
+def json_depth(body: bytes, limit: int) -> int:
+    """The nesting depth of JSON text, or a bound of it that is <= limit when the depth is (cheap first: the
+    number of opening brackets bounds the depth; only a body with more than `limit` of them is scanned, with
+    its strings removed, at C speed by re and numpy)."""
+    n = body.count(b"[") + body.count(b"{")
+    if n <= limit:
+        return n
+    import re
+
+    bare = np.frombuffer(re.sub(rb'"(?:[^"\\]|\\.)*"', b"", body), np.uint8)
+    step = (np.isin(bare, (0x5B, 0x7B)).astype(np.int32) - np.isin(bare, (0x5D, 0x7D)).astype(np.int32))
+    return int(np.cumsum(step).max(initial=0))
+
+
+def _loads(body: bytes, max_depth: int = 32):
+    """Parse a request body: UTF-8 only (json.loads would also take UTF-16 and UTF-32), at most max_depth
+    levels of nesting (json's parser recurses: 1,500 levels raised RecursionError). orjson where installed
+    (~7x faster on small bodies); a body it refuses goes to json, which gives the error message (and accepts
+    what json always accepted: NaN, huge integers)."""
+    if json_depth(body, max_depth) > max_depth:
+        raise _TooDeep(f"request JSON is nested deeper than {max_depth} levels")
     if _orjson is not None:
         try:
             return _orjson.loads(body)
         except ValueError:
             pass
-    return json.loads(body)
+    return json.loads(body.decode("utf-8"))
 
 
 def _dumps(obj) -> bytes:
@@ -119,8 +165,13 @@ def _app_class():
 
     class App(Starlette):
         _hot: dict = {}
+        _auth = None  # with an API key: scope -> whether the request may pass (_bearer_check)
 
         async def __call__(self, scope, receive, send):
+            if self._auth is not None and scope["type"] == "http" and not self._auth(scope):
+                await send({"type": "http.response.start", "status": 401, "headers": _UNAUTHORIZED[0]})
+                await send({"type": "http.response.body", "body": _UNAUTHORIZED[1]})
+                return
             if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
                 handler = self._hot.get(scope["path"])
                 if handler is not None:
@@ -146,6 +197,56 @@ class _Asgi:
 
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 _RETRY_HEADERS = [(b"retry-after", b"1")]
+_UNAUTHORIZED_BODY = json.dumps({"error": {
+    "message": "this server needs an API key: send the header 'Authorization: Bearer <key>'",
+    "type": "invalid_api_key", "code": 401}}).encode()
+_UNAUTHORIZED = ([(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer"),
+                  (b"content-length", str(len(_UNAUTHORIZED_BODY)).encode())], _UNAUTHORIZED_BODY)
+
+
+def _bearer_check(api_key: str, open_paths=()):
+    """scope -> True when the request carries "Authorization: Bearer <api_key>" (or asks for an open path).
+    The key is compared in constant time (hmac.compare_digest), so the time taken says nothing of how much
+    of a guess was right."""
+    import hmac
+
+    want = api_key.encode("utf-8")
+    open_paths = frozenset(open_paths)
+
+    def allowed(scope) -> bool:
+        if open_paths and scope["path"] in open_paths:
+            return True
+        for k, v in scope["headers"]:
+            if k == b"authorization":
+                scheme, _, token = v.strip().partition(b" ")
+                return hmac.compare_digest(token.strip(), want) and scheme.lower() == b"bearer"
+        return False
+
+    return allowed
+
+
+def quiet_accept_errors(loop) -> None:
+    """At the file-descriptor limit, asyncio's accept loop reports "socket.accept() out of system resource"
+    with a traceback for every failed accept (up to the listen backlog, 2048, per loop turn): 197 MB of log
+    in 30 s was seen. --max-connections keeps a server below the limit; should it be reached anyway (other
+    files, several servers in one process), these reports become one warning line every few seconds."""
+    from .protocol import _RateLog
+
+    prev = loop.get_exception_handler()
+    rate = _RateLog("could not accept")
+
+    def handler(lp, context):
+        if context.get("message") == "socket.accept() out of system resource":
+            exc = context.get("exception")
+            rate.hit(f"{exc.strerror if isinstance(exc, OSError) else exc}; lower --max-connections or raise "
+                     f"the open-file limit (ulimit -n)")
+            return
+        if prev is not None:
+            prev(lp, context)
+        else:
+            lp.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
 
 
 def create_app(embedder, config: ServeConfig | None = None):
@@ -207,9 +308,13 @@ def create_app(embedder, config: ServeConfig | None = None):
         if not body.strip():
             raise ApiError(400, "request body is empty; send a JSON object")
         try:
-            return _loads(body)
+            return _loads(body, cfg.max_json_depth)
         except UnicodeDecodeError as e:
             raise ApiError(400, f"request body is not UTF-8 text: {e}") from None
+        except _TooDeep as e:
+            raise ApiError(400, str(e)) from None
+        except RecursionError:
+            raise ApiError(400, f"request JSON is nested too deeply (at most {cfg.max_json_depth} levels)") from None
         except ValueError as e:
             raise ApiError(400, f"request body is not valid JSON: {e}") from None
 
@@ -241,9 +346,35 @@ def create_app(embedder, config: ServeConfig | None = None):
             if len(t) > cfg.max_chars:
                 raise ApiError(400, f"{where} has {len(t)} characters; at most {cfg.max_chars} per input "
                                     f"(--max-chars)", "input_too_long")
+            if not t.isascii():
+                why = text_problem(t)
+                if why is not None:
+                    raise ApiError(400, f"{where} {why}", "invalid_input")
         return texts
 
-    async def embed(texts):
+    def input_error(e: InputError, key: str, single: bool) -> ApiError:
+        """400/422 for an input problem found past the request checks (in the Embedder or the engine process),
+        naming the input by its place in the request."""
+        def where(i):
+            return f"'{key}'" if single else f"'{key}[{i}]'"
+
+        if isinstance(e, InputTooLongError):
+            if e.token_counts is not None and e.limit is not None:
+                parts = [f"{where(i)} has {n} tokens" for i, n in zip(e.indices[:5], e.token_counts)]
+                more = f" (and {len(e.indices) - 5} more)" if len(e.indices) > 5 else ""
+                msg = (f"{', '.join(parts)}{more}, more than this model's limit of {e.limit} tokens per input; "
+                       f"shorten {'them' if len(e.indices) > 1 else 'it'} (this server rejects long inputs: "
+                       f"--truncation reject)")
+            else:
+                msg = str(e)
+            return ApiError(400, msg, "input_too_long")
+        if isinstance(e, InvalidTextError):
+            if e.indices and e.reason:
+                return ApiError(400, f"{where(e.indices[0])} {e.reason}", "invalid_input")
+            return ApiError(400, str(e), "invalid_input")
+        return ApiError(422, str(e))
+
+    async def embed(texts, key: str = "input", single: bool = False):
         batcher: MicroBatcher | None = live["batcher"]
         if batcher is None or not live["accepting"]:
             raise ApiError(503, "the server is not running (starting up or shutting down)", "unavailable")
@@ -254,17 +385,15 @@ def create_app(embedder, config: ServeConfig | None = None):
         except BatcherClosedError:
             raise ApiError(503, "the server is shutting down", "unavailable") from None
         except InputError as e:
-            raise ApiError(422, str(e)) from None
+            raise input_error(e, key, single) from None
         try:
             res = await fut
         except QueueFullError as e:  # (from a shared engine process: its queue is full)
             raise ApiError(503, f"server overloaded: {e}; retry later", "overloaded") from None
         except BatcherClosedError as e:  # (shared engine process: stopping, or restarting after a crash)
             raise ApiError(503, str(e), "unavailable") from None
-        except InputTooLongError as e:
-            raise ApiError(400, str(e), "input_too_long") from None
         except InputError as e:
-            raise ApiError(422, str(e)) from None
+            raise input_error(e, key, single) from None
         except TrtrunError as e:
             log.error("engine error: %s", e)
             raise ApiError(500, f"engine error: {e}", "server_error") from None
@@ -287,8 +416,8 @@ def create_app(embedder, config: ServeConfig | None = None):
             status = "cancelled"
             try:
                 try:
-                    code, body = await fn(scope, receive)
-                    headers = _JSON_HEADERS
+                    code, body, *more = await fn(scope, receive)
+                    headers = _JSON_HEADERS + more[0] if more else _JSON_HEADERS
                 except ApiError as e:
                     code, body, extra = error_parts(e)
                     headers = _JSON_HEADERS + extra
@@ -308,6 +437,12 @@ def create_app(embedder, config: ServeConfig | None = None):
             await send({"type": "http.response.body", "body": body})
         return handler
 
+    def truncated_header(res) -> list:
+        """X-Truncated-Inputs: the indices of the inputs that were cut (truncation "truncate"), or nothing."""
+        if not res.any_truncated:
+            return []
+        return [(b"x-truncated-inputs", ",".join(map(str, np.flatnonzero(res.truncated).tolist())).encode())]
+
     async def openai_embeddings(scope, receive):
         obj = await read_json(scope, receive)
         texts = get_texts(obj, "input")
@@ -320,24 +455,41 @@ def create_app(embedder, config: ServeConfig | None = None):
         if dims is not None and (not isinstance(dims, int) or isinstance(dims, bool) or dims != embedder.dim):
             raise ApiError(422, f"'dimensions' {dims!r} is not supported: this model makes {embedder.dim}-dimensional "
                                 f"embeddings")
-        res = await embed(texts)
+        res = await embed(texts, "input", isinstance(obj["input"], str))
         if fmt == "float":
             vecs = list(np.ascontiguousarray(res.embeddings, dtype=np.float32))  # rows, serialized by _dumps
         else:
             vecs = [base64.b64encode(row.astype("<f4").tobytes()).decode("ascii") for row in res.embeddings]
         n = res.total_tokens
+        data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vecs)]
+        if res.any_truncated:
+            for i in np.flatnonzero(res.truncated).tolist():
+                data[i]["truncated"] = True
         return 200, _dumps({
             "object": "list",
-            "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vecs)],
+            "data": data,
             "model": model_name,
             "usage": {"prompt_tokens": n, "total_tokens": n},
-        })
+        }), truncated_header(res)
 
     async def tei_embed(scope, receive):
         obj = await read_json(scope, receive)
         texts = get_texts(obj, "inputs")
-        res = await embed(texts)
-        return 200, _dumps(np.ascontiguousarray(res.embeddings, dtype=np.float32))
+        res = await embed(texts, "inputs", isinstance(obj["inputs"], str))
+        return 200, _dumps(np.ascontiguousarray(res.embeddings, dtype=np.float32)), truncated_header(res)
+
+    created = int(time.time())
+    model_card = {"id": model_name, "object": "model", "created": created, "owned_by": "trtrun"}
+
+    async def list_models(request):
+        return json_response({"object": "list", "data": [model_card]})
+
+    async def get_model(request):
+        mid = request.path_params["model"]
+        if mid != model_name:
+            raise ApiError(404, f"the model {mid!r} does not exist here; this server serves {model_name!r}",
+                           "not_found")
+        return json_response(model_card)
 
     async def health(request):
         batcher = live["batcher"]
@@ -357,8 +509,31 @@ def create_app(embedder, config: ServeConfig | None = None):
         data, ctype = metrics.render()
         return Response(data, media_type=ctype.split(";")[0], headers={"Content-Type": ctype})
 
+    async def api_error(request, exc: ApiError):
+        status, body, extra = error_parts(exc)
+        return Response(body, status_code=status, media_type="application/json", headers=dict(
+            (k.decode(), v.decode()) for k, v in extra))
+
+    async def http_error(request, exc):
+        """Starlette's own errors (404 no route, 405 wrong method, ...) in the JSON error shape."""
+        status = int(getattr(exc, "status_code", 500))
+        phrase = {404: f"no such path: {request.method} {request.url.path} (the endpoints: POST /v1/embeddings, "
+                       f"POST /embed, GET /v1/models, GET /health, GET /metrics)",
+                  405: f"method {request.method} is not allowed on {request.url.path}"}.get(status)
+        kind = {404: "not_found", 405: "method_not_allowed"}.get(status, "invalid_request_error")
+        status, body, extra = error_parts(ApiError(status, phrase or str(getattr(exc, "detail", "")) or "error", kind))
+        headers = dict(getattr(exc, "headers", None) or {})
+        headers.update((k.decode(), v.decode()) for k, v in extra)
+        return Response(body, status_code=status, media_type="application/json", headers=headers)
+
+    async def server_error(request, exc):
+        log.error("internal error in %s %s: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
+        _, body, _ = error_parts(ApiError(500, f"internal error: {type(exc).__name__}: {exc}", "server_error"))
+        return Response(body, status_code=500, media_type="application/json")
+
     @asynccontextmanager
     async def lifespan(app):
+        quiet_accept_errors(asyncio.get_running_loop())
         make_batcher = getattr(embedder, "make_batcher", None)
         if make_batcher is not None:  # a front of a shared engine process (engine_proc.RemoteEmbedder)
             batcher = make_batcher(cfg)
@@ -378,19 +553,25 @@ def create_app(embedder, config: ServeConfig | None = None):
             await asyncio.get_running_loop().run_in_executor(None, batcher.close)
             metrics.flush()
 
+    from starlette.exceptions import HTTPException
+
     hot = {"/v1/embeddings": endpoint("/v1/embeddings", openai_embeddings),
            "/embed": endpoint("/embed", tei_embed)}
     app = _app_class()(routes=[
         Route("/v1/embeddings", _Asgi(hot["/v1/embeddings"]), methods=["POST"]),
         Route("/embed", _Asgi(hot["/embed"]), methods=["POST"]),
+        Route("/v1/models", list_models, methods=["GET"]),
+        Route("/v1/models/{model:path}", get_model, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
-    ], lifespan=lifespan)
+    ], lifespan=lifespan, exception_handlers={ApiError: api_error, HTTPException: http_error, Exception: server_error})
     app._hot = hot
+    if cfg.api_key is not None:
+        app._auth = _bearer_check(cfg.api_key, open_paths=("/health", "/metrics") if cfg.public_health else ())
     app.state.batcher = None
     app.state.accepting = False
     app.state.metrics = metrics
-    app.state.config = asdict(cfg)
+    app.state.config = {k: v for k, v in asdict(cfg).items() if k != "api_key"}
     return app
 
 
@@ -446,15 +627,87 @@ def tune_process() -> None:
     gc.set_threshold(max(g0, GC_GEN0_THRESHOLD), g1, g2)
 
 
-def run_server(embedder, config: ServeConfig | None = None, *, host: str = "127.0.0.1", port: int = 8080,
-               log_level: str = "info", access_log: bool = False, graceful_timeout: float = 30.0) -> None:
-    """Serve until SIGTERM/SIGINT (then stop accepting, finish requests in flight, drain, return)."""
+# File descriptors a server process keeps beside its connections: what it holds at start (libraries, the
+# engine, the metrics files; measured from /proc where there is one), refused connections while they linger
+# (protocol.MAX_LINGERING), and a margin for files opened later.
+FD_MARGIN = 32
+
+
+def connection_budget(max_connections: int) -> tuple[int, str | None]:
+    """(connections this process may hold open, a note when that is fewer than asked). The soft open-file
+    limit is raised towards the hard one where needed (as servers do); if it still does not leave room for
+    max_connections beside the process's own files, the limit is lowered, so that accept() never fails with
+    "Too many open files" (at that point the server stops accepting and asyncio floods the log)."""
+    from .protocol import MAX_LINGERING
+
+    try:
+        import resource
+    except ImportError:  # not a POSIX system
+        return max_connections, None
+    try:
+        own = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        own = 64
+    reserve = own + MAX_LINGERING + FD_MARGIN
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    inf = resource.RLIM_INFINITY
+    need = max_connections + reserve
+    if soft != inf and soft < need:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (need if hard == inf else min(need, hard), hard))
+            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        except (ValueError, OSError):
+            pass
+    if soft != inf and soft < need:
+        n = max(1, soft - reserve)
+        return n, (f"--max-connections {max_connections} lowered to {n}: the open-file limit (ulimit -n) is {soft} "
+                   f"and {reserve} are kept for the server's own files")
+    return max_connections, None
+
+
+def uvicorn_server(app, config: ServeConfig, *, on_started=None, **uvicorn_options):
+    """A uvicorn.Server for `app` with this config's connection limits and timeouts: uvicorn's own settings
+    where it has them (timeout_keep_alive; the listen backlog and the request-head size limit stay at
+    uvicorn's defaults), the rest in the protocol (protocol.py says why). on_started(server): called on the
+    event loop once the listening sockets are bound."""
     import uvicorn
 
-    app = create_app(embedder, config)
-    uconf = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=access_log,
-                           lifespan="on", timeout_graceful_shutdown=graceful_timeout)
-    server = uvicorn.Server(uconf)
+    from .protocol import Guard, guarded_protocol
+
+    n, note = connection_budget(config.max_connections)
+    if note:
+        log.warning("%s", note)
+    guard = Guard(n, config.header_timeout, config.body_timeout)
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets=None):
+            await super().startup(sockets=sockets)
+            if self.started and on_started is not None:
+                on_started(self)
+
+    uconf = uvicorn.Config(app, lifespan="on", http=guarded_protocol(guard),
+                           timeout_keep_alive=config.keep_alive_timeout, **uvicorn_options)
+    server = Server(uconf)
+    server.guard = guard
+    return server
+
+
+def bound_address(server) -> str:
+    """http://host:port of a started uvicorn server's first listening socket."""
+    host, port = server.servers[0].sockets[0].getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def run_server(embedder, config: ServeConfig | None = None, *, host: str = "127.0.0.1", port: int = 8080,
+               log_level: str = "info", access_log: bool = False, graceful_timeout: float = 30.0,
+               on_started=None) -> None:
+    """Serve until SIGTERM/SIGINT (then stop accepting, finish requests in flight, drain, return).
+    on_started(address): called once the socket is bound and the server accepts connections."""
+    cfg = config or ServeConfig()
+    app = create_app(embedder, cfg)
+    server = uvicorn_server(app, cfg, host=host, port=port, log_level=log_level, access_log=access_log,
+                            timeout_graceful_shutdown=graceful_timeout,
+                            on_started=(lambda srv: on_started(bound_address(srv))) if on_started else None)
     tune_process()
     try:
         server.run()

@@ -15,7 +15,9 @@ request body:  u64 request id | u32 n | n x u32 UTF-8 byte lengths | the texts' 
 response body: u64 request id | u8 status |
     status OK:    u32 rows | u32 dim | rows*dim float32 | rows int64 tokens | rows uint8 truncated
     status HELLO: u32 the engine process's pid (request id 0: the first frame on every connection)
-    otherwise:    u32 message length | message (UTF-8) | u32 k | k x int32 (the too-long texts' indices)
+    otherwise:    u32 message length | message (UTF-8) | u32 k | k x int32 (the too-long or invalid texts'
+                  indices) | status TOO_LONG: k x int32 token counts | int32 limit (-1: unknown);
+                  status BAD_TEXT: u32 reason length | reason (UTF-8)
 Request ids are the front's; answers come in any order. Texts travel as `surrogatepass` UTF-8, so a lone
 surrogate that JSON let through reaches the tokenizer exactly as in a single-process server.
 
@@ -38,7 +40,7 @@ import sys
 
 import numpy as np
 
-from ..embedder import EmbedResult, InputTooLongError
+from ..embedder import EmbedResult, InputTooLongError, InvalidTextError
 from ..errors import InputError, TrtrunError
 from .batcher import BatcherClosedError, MicroBatcher, QueueFullError
 
@@ -50,7 +52,7 @@ _RESP = struct.Struct("<QB")  # request id, status
 _DIMS = struct.Struct("<II")  # rows, dim
 MAX_FRAME = 1 << 30  # a frame longer than this is taken for garbage (requests are limited to a few MB)
 
-OK, E_INPUT, E_TOO_LONG, E_QUEUE_FULL, E_CLOSED, E_ENGINE, HELLO = range(7)
+OK, E_INPUT, E_TOO_LONG, E_QUEUE_FULL, E_CLOSED, E_ENGINE, HELLO, E_BAD_TEXT = range(8)
 _ERRORS = {E_INPUT: InputError, E_QUEUE_FULL: QueueFullError, E_CLOSED: BatcherClosedError, E_ENGINE: TrtrunError}
 
 
@@ -97,8 +99,16 @@ def encode_result(rid: int, res: EmbedResult) -> bytes:
 
 
 def encode_error(rid: int, exc: BaseException) -> bytes:
+    tail = b""
     if isinstance(exc, InputTooLongError):
         kind, idx = E_TOO_LONG, list(exc.indices)
+        counts = exc.token_counts if exc.token_counts is not None and len(exc.token_counts) == len(idx) \
+            else [-1] * len(idx)
+        tail = struct.pack(f"<{len(idx)}ii", *counts, exc.limit if exc.limit is not None else -1)
+    elif isinstance(exc, InvalidTextError):
+        kind, idx = E_BAD_TEXT, list(exc.indices)
+        rb = (exc.reason or "").encode("utf-8", "replace")
+        tail = _LEN.pack(len(rb)) + rb
     else:
         idx = []
         kind = (E_QUEUE_FULL if isinstance(exc, QueueFullError) else E_CLOSED if isinstance(exc, BatcherClosedError)
@@ -106,7 +116,7 @@ def encode_error(rid: int, exc: BaseException) -> bytes:
     msg = str(exc) if isinstance(exc, TrtrunError) else f"{type(exc).__name__}: {exc}"
     mb = msg.encode("utf-8", "replace")
     body = b"".join((_RESP.pack(rid, kind), _LEN.pack(len(mb)), mb, _LEN.pack(len(idx)),
-                     struct.pack(f"<{len(idx)}i", *idx)))
+                     struct.pack(f"<{len(idx)}i", *idx), tail))
     return _LEN.pack(len(body)) + body
 
 
@@ -133,10 +143,17 @@ def decode_response(body: bytes) -> tuple[int, EmbedResult | BaseException | int
         off += mlen
         (k,) = _LEN.unpack_from(body, off)
         idx = list(struct.unpack_from(f"<{k}i", body, off + 4))
+        off += 4 + 4 * k
+        if status == E_TOO_LONG:
+            *counts, limit = struct.unpack_from(f"<{k}ii", body, off)
+            return rid, InputTooLongError(msg, idx, None if any(c < 0 for c in counts) else counts,
+                                          None if limit < 0 else limit)
+        if status == E_BAD_TEXT:
+            (rlen,) = _LEN.unpack_from(body, off)
+            reason = body[off + 4:off + 4 + rlen].decode("utf-8", "replace")
+            return rid, InvalidTextError(msg, idx, reason or None)
     except struct.error as e:
         raise FrameError(f"answer frame of {len(body)} bytes is too short: {e}") from None
-    if status == E_TOO_LONG:
-        return rid, InputTooLongError(msg, idx)
     if status not in _ERRORS:
         raise FrameError(f"answer frame with unknown status {status}")
     return rid, _ERRORS[status](msg)

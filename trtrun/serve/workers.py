@@ -116,11 +116,10 @@ def _worker(index: int, make_embedder, config, sock: socket.socket, uv: dict, ev
     try:
         if stop_asked:
             return
-        import uvicorn
+        from .app import ServeConfig, create_app, tune_process, uvicorn_server
 
-        from .app import create_app, tune_process
-
-        server = uvicorn.Server(uvicorn.Config(create_app(emb, config), lifespan="on", **uv))
+        config = config or ServeConfig()
+        server = uvicorn_server(create_app(emb, config), config, **uv)
         tune_process()
         done = threading.Event()
 

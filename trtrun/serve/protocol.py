@@ -1,0 +1,228 @@
+"""What uvicorn's HTTP protocols leave open to slow or too many clients, closed at the connection.
+
+Checked in uvicorn's source (0.55; the h11 and httptools protocols behave the same):
+- `timeout_keep_alive` is armed only after a response is complete, and any byte received cancels it. A
+  connection that sends nothing, or trickles a request head or body a byte at a time, is never timed out:
+  uvicorn has no header or body read timeout.
+- `limit_concurrency` is checked only once a complete request head has arrived, so a trickling connection
+  is never refused and keeps its file descriptor; the 503 it sends is plain text, and it logs a warning per
+  refused request (a log flood under exactly the load it is for).
+- At the file-descriptor limit, asyncio's accept loop logs "socket.accept() out of system resource" with a
+  traceback for every try (up to `backlog` per loop turn) and stops accepting for a second each time.
+- `h11_max_incomplete_event_size` (default 16 KiB) bounds a request head; uvicorn answers a head over it
+  (or any malformed request) with a plain-text 400.
+
+So `guarded_protocol` makes a subclass of uvicorn's protocol class (httptools where installed, else h11:
+what uvicorn's "auto" picks) that
+- refuses a connection beyond `max_connections` open ones at once, with a JSON 503 and `Connection: close`
+  (the file descriptor is held only for a short linger while the client's request is drained, and not at
+  all once many refused connections linger), and logs refusals at most once per LOG_EVERY_S seconds;
+- gives every request `header_timeout` seconds for its head (from the connection's start, or from its first
+  byte after the previous response) and `body_timeout` seconds for its body (from the end of its head);
+  past that the client gets a JSON 408 and the connection is closed (an idle connection that never sent a
+  byte is closed quietly);
+- answers uvicorn's own 400 (malformed request, head over the size limit) in the JSON error shape.
+uvicorn's `timeout_keep_alive` still closes idle keep-alive connections; `limit_concurrency` is not used.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+log = logging.getLogger("trtrun.serve")
+
+LOG_EVERY_S = 10.0  # refusals and timeouts are logged as counts, at most this often
+LINGER_S = 0.5  # a refused connection stays open this long at most, to read the request it may be sending
+MAX_LINGERING = 64  # refused connections open at once; beyond, they are closed at once (no fd held)
+
+
+def error_bytes(status: int, reason: str, message: str, kind: str, extra: list[tuple[str, str]] = ()) -> bytes:
+    """A complete HTTP/1.1 response in the server's JSON error shape, closing the connection."""
+    body = json.dumps({"error": {"message": message, "type": kind, "code": status}}).encode()
+    head = [f"HTTP/1.1 {status} {reason}", "content-type: application/json", f"content-length: {len(body)}",
+            "connection: close", *(f"{k}: {v}" for k, v in extra)]
+    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
+
+
+class _RateLog:
+    """Counts events and logs them at most once per LOG_EVERY_S (the first one at once)."""
+
+    def __init__(self, what: str):
+        self.what = what
+        self.count = 0
+        self.total = 0
+        self.last = 0.0
+
+    def hit(self, detail: str) -> None:
+        self.count += 1
+        self.total += 1
+        now = time.monotonic()
+        if now - self.last >= LOG_EVERY_S:
+            if self.last == 0.0:
+                log.warning("%s a connection (%s); more are reported as counts, at most every %.0f s",
+                            self.what, detail, LOG_EVERY_S)
+            else:
+                log.warning("%s %d connection(s) in the last %.0f s (%s; %d in all)", self.what, self.count,
+                            now - self.last, detail, self.total)
+            self.count = 0
+            self.last = now
+
+
+class Guard:
+    """The limits of one server process, shared by its connections (and counted for /metrics)."""
+
+    def __init__(self, max_connections: int, header_timeout: float, body_timeout: float):
+        self.max_connections = int(max_connections)
+        self.header_timeout = float(header_timeout)
+        self.body_timeout = float(body_timeout)
+        self.lingering = 0
+        self.refused = _RateLog("refused")
+        self.timed_out = _RateLog("closed")
+        self.busy = error_bytes(503, "Service Unavailable",
+                                f"too many connections (more than {self.max_connections} open); retry later",
+                                "overloaded", [("retry-after", "1")])
+        self.head_late = error_bytes(408, "Request Timeout",
+                                     f"the request head did not arrive within {self.header_timeout:g} s "
+                                     f"(--header-timeout)", "request_timeout")
+        self.body_late = error_bytes(408, "Request Timeout",
+                                     f"the request body did not arrive within {self.body_timeout:g} s "
+                                     f"(--body-timeout)", "request_timeout")
+
+
+def _base_protocol():
+    """The protocol class uvicorn's http="auto" uses."""
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    return AutoHTTPProtocol
+
+
+def guarded_protocol(guard: Guard, base=None):
+    """A subclass of uvicorn's HTTP protocol (base, default what http="auto" picks) enforcing `guard`."""
+    base = base or _base_protocol()
+
+    class Guarded(base):
+        _guard = guard
+
+        def connection_made(self, transport) -> None:
+            g = self._guard
+            self._refused = False
+            self._timer = None
+            self._phase = "head"  # head: waiting for a request head; body: for its body; app: neither
+            self._seen = False  # a byte of the current request head has arrived
+            self._timed_cycle = None
+            self._lingering = False
+            if len(self.server_state.connections) >= g.max_connections:
+                self._refused = True
+                self.transport = transport
+                g.refused.hit(f"--max-connections {g.max_connections}")
+                transport.write(g.busy)
+                if g.lingering >= MAX_LINGERING:
+                    transport.close()
+                    return
+                # Read and drop what the client sends for a moment, so that closing does not reset the
+                # connection (and lose the 503) while its request is still arriving.
+                g.lingering += 1
+                self._lingering = True
+                try:
+                    transport.write_eof()
+                except (OSError, NotImplementedError, RuntimeError):
+                    pass
+                self._timer = self.loop.call_later(LINGER_S, transport.close)
+                return
+            super().connection_made(transport)
+            self._arm(g.header_timeout)
+
+        def connection_lost(self, exc) -> None:
+            self._disarm()
+            if self._refused:
+                if self._lingering:
+                    self._lingering = False
+                    self._guard.lingering -= 1
+                return
+            super().connection_lost(exc)
+
+        def eof_received(self):
+            if self._refused:
+                self.transport.close()
+                return None
+            return super().eof_received()
+
+        def data_received(self, data: bytes) -> None:
+            if self._refused:
+                return
+            if self._phase == "idle":  # the first byte of the next request on a kept-alive connection
+                self._phase = "head"
+                self._arm(self._guard.header_timeout)
+            self._seen = True
+            super().data_received(data)
+            self._progress()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if self.transport is None or self.transport.is_closing():
+                return
+            if self.cycle is not None and self.cycle is not self._timed_cycle and not self.cycle.response_complete:
+                self._progress()  # a pipelined request was taken up
+                return
+            self._disarm()  # uvicorn's keep-alive timeout covers the idle time
+            self._phase, self._seen = "idle", False
+
+        def send_400_response(self, msg: str) -> None:
+            self._disarm()
+            self.transport.write(error_bytes(400, "Bad Request", f"invalid HTTP request ({msg.rstrip('.')}: "
+                                                                  "malformed, or a request head over the size limit)",
+                                             "invalid_request_error"))
+            self.transport.close()
+
+        # ------------------------------------------------------------ timers
+        def _progress(self) -> None:
+            cyc = self.cycle
+            if cyc is None or self.transport is None or self.transport.is_closing():
+                return
+            if cyc is not self._timed_cycle and not cyc.response_complete:  # a new request's head is complete
+                self._timed_cycle = cyc
+                if cyc.more_body:
+                    self._phase = "body"
+                    self._arm(self._guard.body_timeout)
+                else:
+                    self._phase = "app"
+                    self._disarm()
+            elif self._phase == "body" and not cyc.more_body:
+                self._phase = "app"
+                self._disarm()
+
+        def _arm(self, seconds: float) -> None:
+            self._disarm()
+            self._timer = self.loop.call_later(seconds, self._expired)
+
+        def _disarm(self) -> None:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+        def _expired(self) -> None:
+            self._timer = None
+            t = self.transport
+            if t is None or t.is_closing():
+                return
+            g = self._guard
+            if self._phase == "body":
+                cyc = self.cycle
+                g.timed_out.hit(f"request body not complete within --body-timeout {g.body_timeout:g} s")
+                if cyc is not None and not cyc.response_started:
+                    cyc.disconnected = True  # the app's receive() now says http.disconnect; its send() is a no-op
+                    cyc.message_event.set()
+                    t.write(g.body_late)
+            elif self._phase == "head":
+                if self._seen:
+                    g.timed_out.hit(f"request head not complete within --header-timeout {g.header_timeout:g} s")
+                    t.write(g.head_late)
+                # (a connection that never sent a byte is closed quietly)
+            else:
+                return
+            t.close()
+
+    Guarded.__name__ = Guarded.__qualname__ = f"Guarded{base.__name__}"
+    return Guarded
