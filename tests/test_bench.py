@@ -336,14 +336,17 @@ def test_bad_model_and_plan_profile(swept, tmp_path, capsys):
         (["bench", plan, "--batch", "1,4", "--seq", "8"], "--batch 4 is outside the plan's profile"),
         (["bench", plan, "--batch", "1", "--seq", "32"], "--seq 32 is outside the plan's profile"),
         (["bench", plan, "--precision", "fp16", "--batch", "1", "--seq", "8"], "is a hybrid plan"),
-        (["bench", str(tmp_path / "nope.onnx")], "no such file"),
-        (["bench", "bert-large"], "not a named architecture"),
         (["bench", "gpt2", "--backend", "gpu", "--baselines", "none"], "--backend gpu"),
     ]
     for args, message in cases:
         rc = main(args + ["--out", str(tmp_path / "o"), "-q"])
         err = capsys.readouterr().err
         assert rc == 1 and message in err and "Traceback" not in err, (args, err)
+    # a MODEL that is neither a file nor a named architecture is a bad command line (docs/cli.md): exit 2
+    for args in (["bench", str(tmp_path / "nope.onnx")], ["bench", "bert-large"]):
+        rc = main(args + ["--out", str(tmp_path / "o"), "-q"])
+        err = capsys.readouterr().err
+        assert rc == 2 and "does not exist, and is not a named architecture" in err, (args, err)
 
 
 def test_plan_input_without_torch_source(swept, tmp_path):

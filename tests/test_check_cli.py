@@ -132,13 +132,42 @@ def test_random_data_and_bad_inputs(models, capsys, tmp_path):
     s = (tmp_path / "s.md").read_text()
     assert "| tiny | random |" in s and "## fp16 against hybrid" in s and "gone" not in s
 
-    code, so, se = run(capsys, "check", tmp_path / "nope.onnx", "-o", tmp_path / "x")
-    assert code == 1 and "trtrun: error:" in se and "nope.onnx" in se and "Traceback" not in se
-    code, so, se = run(capsys, "check", models["tiny"], "--precision", "fp16", "--gate", "hybrid", "-o", tmp_path / "x")
-    assert code == 1 and "--gate hybrid" in se
-    code, so, se = run(capsys, "check", models["tiny"], "--data", "nosuchset", "-o", tmp_path / "x",
-                       "--backend", "reference")
-    assert code == 1 and "nosuchset" in se
+
+
+def test_bad_command_lines_refused_before_any_work(models, capsys, tmp_path, monkeypatch):
+    """A missing MODEL, a --data that names nothing, contradicting --gate/--precision: exit code 2 (a bad
+    command line, docs/cli.md), before anything is exported or built (`--data nope` used to build two plans
+    first, then exit 1)."""
+    import trtrun.builder
+
+    built = []
+    monkeypatch.setattr(trtrun.builder, "build", lambda *a, **k: built.append(a))
+    for args, needle in (([tmp_path / "nope.onnx"], "nope.onnx"),
+                         ([models["tiny"], "--precision", "fp16", "--gate", "hybrid"], "--gate hybrid"),
+                         ([models["tiny"], "--data", "nosuchset"], "nosuchset"),
+                         ([models["tiny"], "--data", "rt,sst2"], "sst2"),
+                         ([models["tiny"], "--tokenizer", tmp_path / "no-tokenizer"], "no-tokenizer")):
+        code, so, se = run(capsys, "check", *args, "-o", tmp_path / "x", "--backend", "reference")
+        assert code == 2 and se.count("trtrun: error:") == 1 and needle in se and "Traceback" not in se, (args, se)
+    assert built == [] and not (tmp_path / "x").exists()
+
+
+def test_run_check_refuses_missing_data_before_building(models, tmp_path, monkeypatch):
+    """The library checks its data before the export and the builds: a data set not in the data folder is a
+    DataError saying how to fetch it (exit 1 on the command line: the environment, not the command line)."""
+    import trtrun.builder
+    from trtrun.check import CheckOptions, run_check
+    from trtrun.data import DataError
+    from trtrun.errors import InputError
+
+    built = []
+    monkeypatch.setattr(trtrun.builder, "build", lambda *a, **k: built.append(a))
+    with pytest.raises(InputError, match="nosuchset"):
+        run_check(CheckOptions(model=str(models["tiny"]), out_dir=tmp_path, data="nosuchset"))
+    monkeypatch.setenv("TRTRUN_DATA", str(tmp_path / "empty"))
+    with pytest.raises(DataError, match="rt_polarity.tsv is missing; fetch it"):
+        run_check(CheckOptions(model=str(models["tiny"]), out_dir=tmp_path, data="rt,wiki"))
+    assert built == []
 
 
 @needs_data
@@ -172,6 +201,39 @@ def test_downstream_classifier_on_tiny_model(models, capsys, tmp_path):
         lo, hi = r["wilson95"]
         assert lo <= r["accuracy"] <= hi and r["n"] == 60
     assert c["results"]["hybrid"]["flipped_to_wrong"] + c["results"]["hybrid"]["flipped_to_right"] <= 60
+
+
+@needs_data
+def test_downstream_scales_with_n_shows_progress_and_its_accuracies(models, capsys, tmp_path):
+    """Without --downstream-train/--downstream-test the head's sizes follow -n (here max(256, 16 x 2) train and
+    max(128, 4 x 2) test sentences, not all 8,530 sentences embedded four times); stderr says what it will
+    embed and shows progress; the terminal summary carries the accuracies."""
+    code, so, se = run(capsys, "check", models["tiny"], "--data", "rt", "-n", 2, "--backend", "reference",
+                       "-o", tmp_path / "d", "--no-random", "--no-plots", "--downstream", "on")
+    assert code == 0, se
+    c = json.loads((tmp_path / "d" / "report.json").read_text())["downstream"]["classification"]
+    assert c["split"]["train"] == 256 and c["split"]["test"] == 128 and c["split"]["of"] == 8530
+    assert "downstream: Rotten Tomatoes head on 256 train and 128 test sentences (of 8530): 640 embeddings" in se
+    assert "sizes scale with -n" in se
+    for line in ("downstream fp32, train: 256/256 sentences", "downstream fp32, test: 128/128 sentences",
+                 "downstream hybrid, test: 128/128 sentences"):
+        assert line in se
+    assert "head trained on 256 fp32 embeddings, accuracy on 128 test sentences" in so
+    for name in ("fp32", "fp16", "hybrid"):
+        r = c["results"][name]
+        lo, hi = r["wilson95"]
+        assert f"    {name:6s} {r['accuracy']:.4f} [{lo:.4f}, {hi:.4f}]" in so
+    assert f"{c['results']['hybrid']['flipped_to_wrong']} flipped to wrong" in so
+
+
+def test_downstream_sizes():
+    from trtrun.check.core import CheckOptions, downstream_sizes
+
+    size = lambda **k: downstream_sizes(CheckOptions(model="m", out_dir=Path("."), **k))  # noqa: E731
+    assert size(max_samples=8) == (256, 128)
+    assert size(max_samples=256) == (4096, 1024)
+    assert size(max_samples=2000) == (32000, 8000)     # beyond the split: all 6,824 / 1,706 are used
+    assert size(max_samples=8, downstream_train=100, downstream_test=50) == (100, 50)
 
 
 def test_backend_without_capture_reruns_headroom_on_a_subset(models, monkeypatch, tmp_path):

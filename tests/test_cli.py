@@ -189,7 +189,7 @@ def test_build_not_onnx(capsys, tmp_path):
 def test_export_bad_source(capsys, tmp_path):
     _needs("torch")
     code, _, err = cli(capsys, "export", tmp_path / "no-model-here", "-o", tmp_path / "x.onnx")
-    assert_clean_error(code, err, 1, "no-model-here")
+    assert_clean_error(code, err, 2, "no-model-here", "does not exist")  # a path that is not there: exit 2
     code, _, err = cli(capsys, "export", "bert-base", "--opset", "9", "-o", tmp_path / "x.onnx")
     assert_clean_error(code, err, 1, "opset")
 
@@ -391,7 +391,7 @@ def test_run_bad_inputs(capsys, tiny, tmp_path):
     code, _, err = cli(capsys, "run", tiny["plan"], "--backend", "reference", "--text", "a", "-o", tmp_path / "y.csv")
     assert_clean_error(code, err, 2, ".npy, .npz or .json")
     code, _, err = cli(capsys, "run", tiny["plan"], "--backend", "reference", "--data", "sst2")
-    assert_clean_error(code, err, 1, "sst2")
+    assert_clean_error(code, err, 2, "sst2")
 
 
 def test_run_text_without_transformers_says_what_to_install(capsys, tiny, monkeypatch):
@@ -403,6 +403,37 @@ def test_run_text_without_transformers_says_what_to_install(capsys, tiny, monkey
     code, _, err = cli(capsys, "run", tiny["plan"], "--backend", "reference", "--text", "a fine film",
                        "--tokenizer", data_dir() / "minilm")
     assert_clean_error(code, err, 1, "tokenizing text needs transformers", "pip install 'trtrun[text]'")
+
+
+@pytest.mark.parametrize("args", [
+    ["run", "{plan}", "--text-file", "{tmp}/missing.txt"],        # was 1
+    ["run", "{plan}", "--ids", "{tmp}/missing.npy"],               # was 1
+    ["run", "{plan}", "--text", "a", "--tokenizer", "{tmp}/no-tokenizer"],
+    ["run", "{plan}", "--text", "a", "--compare", "{tmp}/missing.onnx"],
+    ["inspect", "{tmp}/missing.plan"],                              # was 1
+    ["export", "{tmp}/missing-folder"],                             # was 1
+    ["bench", "{tmp}/missing.onnx", "--out", "{tmp}/o"],           # was 1
+    ["bench", "gpt2", "--config", "{tmp}/missing.toml", "--out", "{tmp}/o"],
+    ["check", "{tmp}/missing.onnx"],                                # was 1
+])
+def test_a_missing_file_on_the_command_line_is_exit_code_2_everywhere(capsys, tiny, tmp_path, args):
+    """docs/cli.md's rule: a file or folder named on the command line that does not exist is a bad command line
+    (2, click's convention for click.Path(exists=True)), in every command; nothing is read or written."""
+    args = [a.format(plan=tiny["plan"], tmp=tmp_path) for a in args]
+    code, _, err = cli(capsys, *args)
+    assert_clean_error(code, err, 2, "missing" if "missing" in " ".join(args) else "no-tokenizer", "does not exist")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_name_lists_match_the_library():
+    """options.py spells the data sets and named architectures without importing numpy-heavy modules."""
+    from trtrun import data, export
+    from trtrun.bench import models
+    from trtrun.check import core
+    from trtrun.cli import options
+
+    assert set(options.TEXT_SETS) == set(data.TEXT_SETS)
+    assert options.NAMED_ARCHS == export.NAMED_ARCHS == core.NAMED_ARCHS == models.NAMED
 
 
 def test_run_gpu_backend_without_gpu(capsys, tiny, tmp_path):

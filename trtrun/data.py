@@ -94,15 +94,20 @@ def _sample(items: list, n: int | None, seed: int, what: str) -> list:
     return [items[i] for i in idx]
 
 
+def text_set_file(name: str) -> Path:
+    """The file of data set `name` ('rt', 'wiki', 'imdb'); DataError (how to fetch it) where it is missing."""
+    if name not in _TEXT_FILES:
+        raise ValueError(f"unknown data set {name!r}; known: {', '.join(TEXT_SETS)}")
+    return _data_file(_TEXT_FILES[name])
+
+
 def load_texts(name: str, n: int | None = None, seed: int = 0) -> list[str]:
     """Texts of data set `name` ('rt', 'wiki', 'imdb').
 
     n=None: every text, in file order. Otherwise n texts drawn without replacement by a generator
     seeded with `seed` (same n and seed, same texts), so samples mix lengths and sources.
     """
-    if name not in _TEXT_FILES:
-        raise ValueError(f"unknown data set {name!r}; known: {', '.join(TEXT_SETS)}")
-    path = _data_file(_TEXT_FILES[name])
+    path = text_set_file(name)
     if name == "wiki":
         texts = [line for line in _read_lines(path) if line.strip()]
     else:

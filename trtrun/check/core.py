@@ -16,9 +16,14 @@ from ..errors import InputError, TrtrunError
 from . import metrics
 from .backends import OnnxRuntimeFp32, ReferencePlan, choose_backend, plan_runner
 from .headroom import HeadroomAccumulator, why_hybrid_is_safe
-from .inputs import SampleSet, batches, random_like, random_samples, real_samples
+from .inputs import SampleSet, batches, check_data_spec, random_like, random_samples, real_samples
 
 NAMED_ARCHS = ("bert-base", "gpt2")
+# The downstream head's default sizes scale with --max-samples (N): max(256, 16 N) train and max(128, 4 N)
+# test sentences, so `-n 8` embeds 256 + 128 per precision rather than all 8,530 Rotten Tomatoes sentences,
+# and from N = 427 on the whole 80/20 split is used (6,824 train, 1,706 test).
+DOWNSTREAM_TRAIN_PER_SAMPLE, DOWNSTREAM_TRAIN_MIN = 16, 256
+DOWNSTREAM_TEST_PER_SAMPLE, DOWNSTREAM_TEST_MIN = 4, 128
 
 
 class BudgetError(TrtrunError):
@@ -125,6 +130,14 @@ def _onnx_word_table(onnx_path: Path, vocab: int, hidden: int) -> np.ndarray | N
 
 # ------------------------------------------------------------------------------------------- helpers
 
+def downstream_sizes(opts: CheckOptions) -> tuple[int, int]:
+    """(train, test) caps of the downstream head: the options' when given, else scaled with max_samples."""
+    n = int(opts.max_samples)
+    train = opts.downstream_train or max(DOWNSTREAM_TRAIN_MIN, DOWNSTREAM_TRAIN_PER_SAMPLE * n)
+    test = opts.downstream_test or max(DOWNSTREAM_TEST_MIN, DOWNSTREAM_TEST_PER_SAMPLE * n)
+    return int(train), int(test)
+
+
 def _profile_for(opts: CheckOptions) -> dict | None:
     prof = {}
     if opts.max_length:
@@ -199,6 +212,8 @@ def run_check(opts: CheckOptions, log=None) -> dict:
         raise InputError(f"--gate {','.join(bad_gate)}: not among the checked precisions {','.join(precisions)}")
     if opts.max_samples < 1:
         raise InputError("--max-samples must be >= 1")
+    # before the export and the builds (minutes): inputs that name nothing, or data not fetched
+    check_data_spec(opts.data)
 
     tmp = None
     if opts.work_dir is None:
@@ -218,6 +233,7 @@ def _run(opts, precisions, gate, work, log, timing, t_start) -> dict:
     from .. import data
     from ..builder import build
 
+    given_tokenizer = data.load_tokenizer(opts.tokenizer) if opts.tokenizer else None  # its errors before any work
     t = time.perf_counter()
     onnx_path, model_desc, tok_dir = resolve_model(opts.model, work, opts.overrides, opts.seed, log)
     timing["export_s"] = round(time.perf_counter() - t, 2)
@@ -249,8 +265,8 @@ def _run(opts, precisions, gate, work, log, timing, t_start) -> dict:
     tokenizer = None
     tok_note = None
     try:
-        if opts.tokenizer:
-            tokenizer = data.load_tokenizer(opts.tokenizer)
+        if given_tokenizer is not None:
+            tokenizer = given_tokenizer
         elif tok_dir is not None and data.is_tokenizer_dir(tok_dir):
             tokenizer = data.load_tokenizer(tok_dir)
         else:
@@ -389,11 +405,13 @@ def _run(opts, precisions, gate, work, log, timing, t_start) -> dict:
             from .downstream import classification_check
 
             t = time.perf_counter()
+            n_train, n_test = downstream_sizes(opts)
             try:
                 cls = classification_check(
                     tokenizer, ref.run, {p: r.run for p, r in runners.items()}, max_len=min(max_len, 128),
-                    batch_size=bs, seq_min=smin, batch_min=bmin, max_train=opts.downstream_train,
-                    max_test=opts.downstream_test, fit_feeds=fit, log=log)
+                    batch_size=bs, seq_min=smin, batch_min=bmin, max_train=n_train,
+                    max_test=n_test, fit_feeds=fit, log=log,
+                    scaled=not (opts.downstream_train and opts.downstream_test))
                 if not real_weights:
                     cls["note"] = ("the model has RANDOM weights: these accuracies say nothing about a trained "
                                    "model; only the differences between precisions carry information")
@@ -472,7 +490,8 @@ def _run(opts, precisions, gate, work, log, timing, t_start) -> dict:
         "settings": {"data": opts.data, "max_samples": opts.max_samples, "batch_size": bs, "max_length": max_len,
                      "profile": plan0.profile, "seed": opts.seed, "min_cosine": opts.min_cosine,
                      "max_nan_rate": opts.max_nan_rate, "gate": gate, "compare_random": opts.compare_random,
-                     "headroom_samples": opts.headroom_samples, "downstream": opts.downstream},
+                     "headroom_samples": opts.headroom_samples, "downstream": opts.downstream,
+                     "downstream_train": opts.downstream_train, "downstream_test": opts.downstream_test},
         "data": {sn: _length_summary(s) for sn, s in sets.items()},
         "results": results,
         "random_vs_real": rvr,

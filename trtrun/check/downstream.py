@@ -10,6 +10,7 @@ tied embedding matrix the plan's Embedding op holds.
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 
@@ -37,9 +38,11 @@ def mean_pool(hidden: np.ndarray, mask: np.ndarray, normalize: bool = True) -> n
 
 
 def embed(run, samples: SampleSet, *, batch_size: int, seq_min: int = 1, batch_min: int = 1,
-          output: str | None = None) -> np.ndarray:
-    """Mean-pooled normalized embeddings [N, hidden] of every sample, in sample order."""
+          output: str | None = None, progress=None) -> np.ndarray:
+    """Mean-pooled normalized embeddings [N, hidden] of every sample, in sample order.
+    progress(done, total) is called after each batch."""
     out = None
+    done = 0
     for idx, feeds in batches(samples, batch_size, seq_min=seq_min, batch_min=batch_min):
         res = run(feeds)
         h = res[output] if output else next(iter(res.values()))
@@ -47,7 +50,24 @@ def embed(run, samples: SampleSet, *, batch_size: int, seq_min: int = 1, batch_m
         if out is None:
             out = np.empty((samples.n, pooled.shape[1]))
         out[idx] = pooled
+        done += len(idx)
+        if progress is not None:
+            progress(done, samples.n)
     return out
+
+
+def _progress_lines(log, what: str, every_s: float = 10.0):
+    """A progress(done, total) callback that logs `what: done/total sentences, Ns` every `every_s` seconds
+    and at the end (the check's status lines are plain lines, for terminals and logs alike)."""
+    t0 = t_said = time.perf_counter()
+
+    def progress(done, total):
+        nonlocal t_said
+        now = time.perf_counter()
+        if now - t_said >= every_s or done >= total:
+            t_said = now
+            log(f"  {what}: {done}/{total} sentences, {now - t0:.0f}s")
+    return progress
 
 
 # ------------------------------------------------------------------------------------------- classifier
@@ -119,10 +139,11 @@ def rt_split(n: int, seed: int = SPLIT_SEED, test_fraction: float = TEST_FRACTIO
 
 def classification_check(tokenizer, fp32_run, runs: dict, *, max_len: int, batch_size: int,
                          seq_min: int = 1, batch_min: int = 1, max_train: int | None = None,
-                         max_test: int | None = None, fit_feeds=None, log=None) -> dict:
+                         max_test: int | None = None, fit_feeds=None, log=None, scaled: bool = False) -> dict:
     """Train the head on fp32 embeddings of the RT train split; accuracy of every precision on the test
     split, with a Wilson interval each and, against fp32, the paired difference (bootstrap interval),
-    the flipped predictions and McNemar's exact p."""
+    the flipped predictions and McNemar's exact p. scaled: the caps were derived from --max-samples (the
+    status line says how to change them)."""
     from .. import data
 
     texts, labels = data.load_rt_labeled()
@@ -141,9 +162,13 @@ def classification_check(tokenizer, fp32_run, runs: dict, *, max_len: int, batch
 
     kw = dict(batch_size=batch_size, seq_min=seq_min, batch_min=batch_min)
     train_set, test_set = samples(tr), samples(te)
-    if log:
-        log(f"downstream: embedding {len(tr)} train sentences with the fp32 reference")
-    Xtr = embed(fp32_run, train_set, **kw)
+    log = log or (lambda msg: None)
+    n_all = len(tr) + len(te) * (1 + len(runs))
+    log(f"downstream: Rotten Tomatoes head on {len(tr)} train and {len(te)} test sentences (of {len(texts)}): "
+        f"{n_all} embeddings"
+        + ("; sizes scale with -n, --downstream-train/--downstream-test set them, --downstream off skips this"
+           if scaled else ""))
+    Xtr = embed(fp32_run, train_set, progress=_progress_lines(log, "downstream fp32, train"), **kw)
     head = LogisticHead().fit(Xtr, labels[tr])
     y = labels[te]
     res = {"task": "Rotten Tomatoes sentence polarity (binary)",
@@ -154,9 +179,7 @@ def classification_check(tokenizer, fp32_run, runs: dict, *, max_len: int, batch
     correct = {}
     pooled = {}
     for name, run in [("fp32", fp32_run)] + list(runs.items()):
-        if log:
-            log(f"downstream: embedding {len(te)} test sentences with {name}")
-        X = embed(run, test_set, **kw)
+        X = embed(run, test_set, progress=_progress_lines(log, f"downstream {name}, test"), **kw)
         pooled[name] = X
         pred = head.predict(X)
         c = (pred == y).astype(int)

@@ -49,6 +49,24 @@ def _left_aligned(mask: np.ndarray) -> bool:
     return bool(np.array_equal(mask.astype(bool), cols < lengths[:, None]))
 
 
+def check_data_spec(spec: str, *, present: bool = True) -> None:
+    """Refuse a --data SPEC that names nothing before any slow work: it must be 'random', an existing file,
+    or a comma list of data sets (rt, wiki, imdb). present=True also asks that those sets' files are in the
+    data folder (DataError with how to fetch them)."""
+    from .. import data
+
+    if spec == "random" or Path(spec).is_file():
+        return
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    bad = [s for s in names if s not in data.TEXT_SETS]
+    if not names or bad:
+        raise InputError(f"--data {spec!r}: not a file, and {bad or [spec]} not among the data sets "
+                         f"{', '.join(data.TEXT_SETS)} (or 'random')")
+    if present:
+        for name in names:
+            data.text_set_file(name)
+
+
 def real_samples(spec: str, n: int, *, tokenizer, max_len: int, seed: int = 0) -> SampleSet:
     """Real inputs: spec is a comma list of data sets (rt, wiki, imdb; n split evenly among them, a
     seeded draw from each), a text file (one text a line), or an ids file (.npy/.npz/.json)."""
@@ -72,11 +90,8 @@ def real_samples(spec: str, n: int, *, tokenizer, max_len: int, seed: int = 0) -
         sources = [p.name] * len(texts)
         note = f"{len(texts)} texts from {p.name}"
     else:
+        check_data_spec(spec, present=False)
         names = [s.strip() for s in spec.split(",") if s.strip()]
-        bad = [s for s in names if s not in data.TEXT_SETS]
-        if not names or bad:
-            raise InputError(f"--data {spec!r}: not a file, and {bad or [spec]} not among the data sets "
-                             f"{', '.join(data.TEXT_SETS)} (or 'random')")
         texts, sources = [], []
         for i, name in enumerate(names):
             k = n // len(names) + (1 if i < n % len(names) else 0)

@@ -11,7 +11,8 @@ from pathlib import Path
 import click
 
 from ._ui import status
-from .options import model_size_options, parse_choice_list, parse_int_list, quiet_option
+from .options import (EXISTING_DIR, EXISTING_FILE, model_size_options, model_source, parse_choice_list,
+                      parse_int_list, quiet_option)
 
 DEFAULT_BATCH = "1,2,4,8,16,32"
 DEFAULT_SEQ = "32,64,128,256,384,512"
@@ -40,16 +41,17 @@ def _tokens(ctx, p, values):
     out = {}
     for v in values:
         name, sep, path = v.partition("=")
-        if sep:
-            out[name] = path
-        else:
-            out["*"] = v
+        if not sep:
+            name, path = "*", v
+        if not Path(path).is_file():
+            raise click.BadParameter(f"file {path!r} does not exist", ctx, p)
+        out[name] = path
     return out
 
 
 @click.command("bench")
-@click.argument("models", nargs=-1, metavar="[MODEL]...")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+@click.argument("models", nargs=-1, metavar="[MODEL]...", callback=model_source("an ONNX file or a .plan"))
+@click.option("--config", "config_file", type=EXISTING_FILE, default=None,
               help="a sweep configuration (.toml or .json), e.g. bench/paper.toml; options given here override it")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
               help="folder for results.jsonl, results.csv, summary.md, plots/ (and cache/ unless --cache-dir)")
@@ -95,7 +97,7 @@ def _tokens(ctx, p, values):
               help="onnxruntime threads for the CPU baseline  [default: every host core]")
 @click.option("--tokens", "tokens", multiple=True, callback=_tokens, metavar="[MODEL=]FILE.npz",
               help="real token ids to use (bench/tokens/*.npz) instead of tokenizing the data folder's text")
-@click.option("--torch-model", type=click.Path(file_okay=False), default=None,
+@click.option("--torch-model", type=EXISTING_DIR, default=None,
               help="Hugging Face folder the ONNX/plan came from (the torch baselines' weights)")
 @model_size_options
 @click.option("--seed", type=int, default=None, help="named architectures: weight seed; also input sampling")

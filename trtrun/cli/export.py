@@ -8,11 +8,11 @@ from pathlib import Path
 import click
 
 from ._ui import human_bytes, status
-from .options import model_size_options, quiet_option
+from .options import model_size_options, model_source, quiet_option
 
 
 @click.command("export")
-@click.argument("source")
+@click.argument("source", callback=model_source("a Hugging Face model folder"))
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="ONNX file to write (default: <source name>.onnx in the current folder)")
 @click.option("--exporter", type=click.Choice(["torchscript", "dynamo"]), default="torchscript", show_default=True,

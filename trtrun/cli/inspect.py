@@ -6,11 +6,11 @@ import json
 
 import click
 
-from .options import json_option
+from .options import EXISTING_FILE, json_option
 
 
 @click.command("inspect")
-@click.argument("plan_path", metavar="PLAN", type=click.Path(dir_okay=False))
+@click.argument("plan_path", metavar="PLAN", type=EXISTING_FILE)
 @json_option
 def command(plan_path, as_json):
     """Show PLAN's ops with their precision, inputs and outputs, shape profile and weight bytes.

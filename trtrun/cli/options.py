@@ -13,6 +13,14 @@ import click
 
 PRECISIONS = ("fp32", "fp16", "hybrid")
 BACKENDS = ("auto", "gpu", "reference")
+TEXT_SETS = ("rt", "wiki", "imdb")  # trtrun.data.TEXT_SETS (not imported here: numpy)
+NAMED_ARCHS = ("bert-base", "gpt2")  # trtrun.export.NAMED_ARCHS
+
+# A file or folder named on the command line that does not exist is a bad command line (exit code 2, as
+# click.Path(exists=True) has it), like any other value that is wrong before anything is read; an input that
+# exists but is wrong (not ONNX, a damaged plan, ids beyond the vocabulary) is bad input (exit code 1).
+EXISTING_FILE = click.Path(exists=True, dir_okay=False)
+EXISTING_DIR = click.Path(exists=True, file_okay=False)
 
 # Sizes `trtrun export` may override, as (option, config key, help). Keys are BERT's config names;
 # trtrun.export maps them to GPT-2's (n_embd, n_layer, ...).
@@ -71,6 +79,20 @@ def parse_choice_list(text: str, choices, what: str = "value") -> list[str]:
     if not vals or bad:
         raise click.BadParameter(f"{what}: unknown {bad or [text]}; choose from {', '.join(choices)}")
     return vals
+
+
+def model_source(kinds: str = "an ONNX file or a Hugging Face model folder"):
+    """Callback for a MODEL/SOURCE argument: a named architecture or an existing path (one value or a tuple)."""
+    from pathlib import Path
+
+    def check(ctx, param, value):
+        for v in (value if isinstance(value, tuple) else (value,)):
+            if v is not None and v not in NAMED_ARCHS and not Path(v).exists():
+                raise click.BadParameter(f"{v!r} does not exist, and is not a named architecture "
+                                         f"({', '.join(NAMED_ARCHS)}); expected {kinds}", ctx, param)
+        return value
+
+    return check
 
 
 class PairType(click.ParamType):
@@ -165,13 +187,13 @@ def backend_option(f):
 
 text_input_options = compose(
     click.option("--text", "texts", multiple=True, metavar="TEXT", help="a text to embed (repeatable)"),
-    click.option("--text-file", type=click.Path(dir_okay=False), help="texts, one a line (.tsv: text after the last tab)"),
-    click.option("--data", "data_set", metavar="NAME", help="real texts from the data folder: rt, wiki or imdb"),
+    click.option("--text-file", type=EXISTING_FILE, help="texts, one a line (.tsv: text after the last tab)"),
+    click.option("--data", "data_set", type=click.Choice(TEXT_SETS), help="real texts from the data folder"),
     click.option("--max-samples", "-n", type=click.IntRange(min=1), default=None, metavar="N",
                  help="with --data: how many texts (a seeded sample; default 8)"),
-    click.option("--ids", "ids_file", type=click.Path(dir_okay=False),
+    click.option("--ids", "ids_file", type=EXISTING_FILE,
                  help="token ids instead of text: .npy [B,S], .npz (input_ids, attention_mask, ...) or .json"),
-    click.option("--tokenizer", type=click.Path(file_okay=False),
+    click.option("--tokenizer", type=EXISTING_DIR,
                  help="tokenizer folder (default: beside the source model, or by vocabulary size in the data folder)"),
     click.option("--max-length", type=click.IntRange(min=1), default=None, metavar="TOKENS",
                  help="truncate texts to this many tokens (default: the plan's largest sequence)"),
