@@ -1,6 +1,7 @@
 """The builder: an ONNX transformer in, a trtrun Plan out.
 
-    load -> simplify -> probe -> remove no-op layout ops
+    load -> [other producers' forms: upcast fp16 -> dequantize int8 -> lower com.microsoft ops]
+         -> simplify -> select outputs -> probe -> remove no-op layout ops
          -> fuse LayerNorm -> fuse Linear (+bias, +GELU) -> fuse attention (+ merged QKV Linear)
          -> fuse embeddings (+LayerNorm) -> fuse residual Adds into LayerNorm
          -> check only IR ops are left -> pin precision -> lower to a Plan
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from ..errors import BuildError, TrtrunError
 from .check import check_supported
+from .dequantize import dequantize
 from .fuse_attention import fuse_attention
 from .fuse_embedding import fuse_embedding
 from .fuse_layernorm import fuse_layernorm
@@ -23,15 +25,25 @@ from .fuse_residual import fuse_residual
 from .gelu_form import GELU_CHOICES, choose_gelu_form
 from .load import default_opset, load_model
 from .lower import lower, resolve_profile
+from .lower_contrib import lower_contrib
 from .precision import LN_INPUTS, PRECISIONS, pin_precision
 from .probe import probe
 from .save_onnx import precision_onnx
+from .select_outputs import select_outputs
 from .simplify import decouple_shapes, remove_noop_layout, simplify
+from .upcast_fp16 import upcast_fp16
 
-__all__ = ["build", "load_model", "simplify", "probe", "decouple_shapes", "remove_noop_layout", "fuse_layernorm",
+__all__ = ["build", "load_model", "upcast_fp16", "dequantize", "lower_contrib", "simplify", "select_outputs", "probe", "decouple_shapes", "remove_noop_layout", "fuse_layernorm",
            "fuse_linear", "fuse_attention", "fuse_embedding", "fuse_residual", "check_supported",
            "pin_precision", "lower", "precision_onnx", "resolve_profile", "PRECISIONS"]
 
+# Other producers' spellings, rewritten into what a plain fp32 export would be before anything else runs
+# (each one a graph pass: gs graph in, counts of what it rewrote out; skipped when the file has none).
+PRODUCER_PASSES = (
+    ("upcast_fp16", upcast_fp16),
+    ("dequantize", dequantize),
+    ("lower_contrib", lower_contrib),
+)
 FUSIONS = (
     ("fuse_layernorm", fuse_layernorm),
     ("fuse_linear", fuse_linear),
@@ -39,12 +51,12 @@ FUSIONS = (
     ("fuse_embedding", fuse_embedding),
     ("fuse_residual", fuse_residual),
 )
-STEPS = ("load", "simplify", "probe", "decouple_shapes+remove_noop_layout", *(n for n, _ in FUSIONS),
+STEPS = ("load", "producer forms", "simplify", "select_outputs", "probe", "decouple_shapes+remove_noop_layout", *(n for n, _ in FUSIONS),
          "check_supported", "pin_precision", "lower", "plan")
 
 
 def build(onnx_path, *, precision: str = "hybrid", profile=None, save_onnx=None, progress=None,
-          gelu: str = "auto", tf32: bool = False, ln_input: str = "fp16"):
+          gelu: str = "auto", tf32: bool = False, ln_input: str = "fp16", outputs=None):
     """Build a Plan from an ONNX model.
 
     precision: "fp32", "fp16" or "hybrid" (docs/plan-format.md says what each means).
@@ -61,6 +73,8 @@ def build(onnx_path, *, precision: str = "hybrid", profile=None, save_onnx=None,
         LayerNorm (BERT's attention and FFN outputs). fp16 is what an fp16 linear layer writes (TensorRT, and
         the save_onnx graph); fp32 keeps one rounding fewer for 2 more bytes an element written and read.
         The LayerNorm computes in fp32 either way. See docs/plan-format.md.
+    outputs: names of the model's graph outputs to keep (default: all of them); the others, and whatever
+        only they need, are dropped before anything is fused. An unknown name is a ValueError.
     Raises ModelError (unreadable or malformed model), UnsupportedOpError (an op the IR cannot
     express, named with its node), BuildError (a pattern that could not be lowered), ValueError
     (bad arguments). Nothing is written on error.
@@ -75,6 +89,10 @@ def build(onnx_path, *, precision: str = "hybrid", profile=None, save_onnx=None,
         raise ValueError(f"gelu must be one of {', '.join(GELU_CHOICES)}, got {gelu!r}")
     if profile is not None:
         resolve_profile(profile, 1 << 30)  # argument errors before any work
+    if outputs is not None:
+        if isinstance(outputs, str) or not all(isinstance(o, str) and o for o in outputs) or not outputs:
+            raise ValueError(f"outputs must be a non-empty list of output names, got {outputs!r}")
+        outputs = list(dict.fromkeys(outputs))
     if save_onnx is not None and same_file(onnx_path, save_onnx):
         raise ValueError(f"save_onnx {save_onnx} is the source model itself: writing the rewritten graph there "
                          f"would replace {onnx_path}; choose another path")
@@ -92,16 +110,22 @@ def build(onnx_path, *, precision: str = "hybrid", profile=None, save_onnx=None,
     opset = default_opset(model)
     producer = " ".join(x for x in (model.producer_name, model.producer_version) if x)
     step("load")
+    model, conversions = producer_forms(model)
+    passes = ["load"] + [name for name, _ in PRODUCER_PASSES if name in conversions]
+    step("producer forms")
     graph = simplify(model)
     del model
     step("simplify")
+    kept = select_outputs(graph, outputs)
+    passes += ["simplify", "select_outputs"]
+    step("select_outputs")
     facts = probe(graph, progress=(lambda s, d, t: progress(s + " (onnxruntime)", d, t)) if progress else None)
     step("probe")
     decouple_shapes(graph, facts)
     remove_noop_layout(graph, facts)
     simplified = graph.copy() if save_onnx is not None else None
     step("decouple_shapes+remove_noop_layout")
-    passes = ["load", "simplify", "probe", "decouple_shapes", "remove_noop_layout"]
+    passes += ["probe", "decouple_shapes", "remove_noop_layout"]
     for name, fn in FUSIONS:
         fn(graph, facts)
         passes.append(name)
@@ -119,6 +143,7 @@ def build(onnx_path, *, precision: str = "hybrid", profile=None, save_onnx=None,
                             passes=passes + ["lower"],
                             progress=(lambda s, d, t: progress("lower (weights)", d, t)) if progress else None)
     header["tf32"] = bool(tf32)
+    header["source"].update(source_notes(conversions))
     step("lower")
     try:
         plan = Plan.from_parts(header, weights)
@@ -129,6 +154,64 @@ def build(onnx_path, *, precision: str = "hybrid", profile=None, save_onnx=None,
         _save_model(rewritten, save_onnx)
     step("plan")
     return plan
+
+
+def producer_forms(model):
+    """Run PRODUCER_PASSES on the model if it holds any of their forms -> (model, {pass: counts}).
+
+    A plain fp32 export is returned as it is (no copy, no re-serialization)."""
+    if not _needs_producer_passes(model):
+        return model, {}
+    from . import _graph as G
+
+    keep = {k: getattr(model, k) for k in ("producer_name", "producer_version")}
+    graph = G.gs().import_onnx(model)
+    conversions = {}
+    for name, fn in PRODUCER_PASSES:
+        done = fn(graph)
+        if done:
+            conversions[name] = done
+    out = G.gs().export_onnx(graph)
+    del out.opset_import[:]
+    out.opset_import.extend(o for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    for k, v in keep.items():
+        setattr(out, k, v)
+    return out, conversions
+
+
+def _needs_producer_passes(model) -> bool:
+    import onnx
+
+    quant = {"DequantizeLinear", "QuantizeLinear", "DynamicQuantizeLinear", "MatMulInteger"}
+    if any(n.domain == "com.microsoft" or n.op_type in quant or
+           (n.op_type == "Cast" and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT16 for a in n.attribute))
+           for n in model.graph.node):
+        return True
+    return any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer)
+
+
+def source_notes(conversions: dict) -> dict:
+    """What the plan's header.source says about a file that was not a plain fp32 export."""
+    notes = []
+    weights = "float32"
+    if "upcast_fp16" in conversions:
+        weights = "float16"
+        notes.append(f"fp16 file: {conversions['upcast_fp16'].get('fp16_weights', 0)} fp16 weights read as the fp32 "
+                     f"numbers they hold, then stored at the plan's precision")
+    if "dequantize" in conversions:
+        weights = "int8"
+        what = ", ".join(f"{v} {k}" for k, v in sorted(conversions["dequantize"].items()))
+        notes.append(f"int8 file dequantized at build time ({what}); run-time activation quantization is not "
+                     f"reproduced")
+    if "lower_contrib" in conversions:
+        what = ", ".join(f"{v} {k}" for k, v in sorted(conversions["lower_contrib"].items()))
+        notes.append(f"onnxruntime com.microsoft ops lowered to IR ops ({what})")
+    out = {}
+    if weights != "float32":
+        out["weights"] = weights
+    if notes:
+        out["conversions"] = notes
+    return out
 
 
 def same_file(a, b) -> bool:

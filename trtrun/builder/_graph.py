@@ -139,7 +139,18 @@ def replace_uses(graph, old, new) -> None:
         # The graph output keeps its name: re-point new's producer at the old tensor instead.
         p = producer(new)
         if p is None:
-            raise BuildError(f"cannot make {new.name!r} the graph output {old.name!r}")
+            # a graph input passed through (or a constant): the output becomes that tensor itself, under
+            # its own name, since no op can write the input's value under another
+            if new.__class__.__name__ == "Constant":
+                raise BuildError(f"graph output {old.name!r} is the constant {new.name!r}: a plan output must be "
+                                 f"computed from the inputs")
+            outs = []
+            for o in graph.outputs:
+                o = new if o is old else o
+                if all(o is not k for k in outs):
+                    outs.append(o)
+            graph.outputs = outs
+            return
         for n in list(new.outputs):
             n.inputs = [old if x is new else x for x in n.inputs]
         for q in list(old.inputs):

@@ -126,6 +126,7 @@ def _match(graph, node, facts):
         if p is None or p.op != "Reshape" or not _is_bs(facts, p.inputs[0], K):
             return None
         x = p.inputs[0] if facts.rank(p.inputs[0]) == 3 else _reshape_bsk(graph, facts, p.inputs[0], K)
+        b, out = _bias(out, b, N)  # a Gemm split into MatMul + Add (e.g. by a quantizer) on [B*S, K] rows
         back = _single(out, "Reshape")
         if back is None or not _is_bs(facts, back.outputs[0], N):
             return None
@@ -140,7 +141,14 @@ def _match(graph, node, facts):
         return None
     if not all(v.shape[-1] == K for v in facts.get(x)):
         return None
-    # bias
+    b, out = _bias(out, b, N)
+    pre = out
+    act, y = _match_gelu(pre, facts)
+    return x, W, b, pre, act, y, None
+
+
+def _bias(out, b, N):
+    """A constant bias Add reading `out` only -> (bias so far plus it, the Add's output); else (b, out)."""
     add = _single(out, "Add")
     if add is not None:
         other = add.inputs[1] if add.inputs[0] is out else add.inputs[0]
@@ -148,11 +156,8 @@ def _match(graph, node, facts):
         if c is not None and c.dtype.kind == "f" and c.size in (1, N) and (c.size == 1 or c.shape[-1] == N) \
                 and c.ndim <= 3:
             cb = np.broadcast_to(c.astype(np.float64).reshape(-1), (N,))
-            b = cb if b is None else b + cb
-            out = add.outputs[0]
-    pre = out
-    act, y = _match_gelu(pre, facts)
-    return x, W, b, pre, act, y, None
+            return (cb if b is None else b + cb), add.outputs[0]
+    return b, out
 
 
 def _is_bs(facts, t, width) -> bool:

@@ -39,10 +39,11 @@ def load_model(path):
     if not head:
         raise ModelError(f"{p}: empty file, not an ONNX model")
     try:
-        model = onnx.load(str(p))
-    except Exception as e:  # protobuf DecodeError, external data missing, ...
+        model = onnx.load(str(p), load_external_data=False)
+    except Exception as e:  # protobuf DecodeError, ...
         raise ModelError(f"{p}: not an ONNX model: cannot parse it ({type(e).__name__}: {e})"
                          f"{_looks_like(head)}") from None
+    load_external_data(model, p)
     # A protobuf parser accepts many byte strings as an (odd) message; a real model has these.
     if model.ir_version <= 0 or not model.opset_import or not model.graph.node:
         raise ModelError(f"{p}: not an ONNX model (no IR version, opset or graph nodes)"
@@ -69,6 +70,34 @@ def load_model(path):
     check_inputs(model, p)
     check_ops(model)
     return model
+
+
+def load_external_data(model, p) -> None:
+    """Read weights kept in external data files, which must lie in the model's own folder (or below it).
+
+    A location is a path the file names; one that leads elsewhere (absolute, `..`, a symlink out of the
+    folder) would let a downloaded model make the builder read any file on the machine, so it is refused.
+    """
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    folder = p.resolve().parent
+    tensors = [t for t in model.graph.initializer if uses_external_data(t)]
+    tensors += [a.t for n in model.graph.node for a in n.attribute
+                if a.type == onnx.AttributeProto.TENSOR and uses_external_data(a.t)]
+    for t in tensors:
+        loc = ExternalDataInfo(t).location
+        target = (folder / loc).resolve()
+        if Path(loc).is_absolute() or not target.is_relative_to(folder):
+            raise ModelError(f"{p}: tensor {t.name!r}: external data location {loc!r} lies outside the model's "
+                             f"folder {folder}; keep external data files beside the model")
+        if not target.is_file():
+            raise ModelError(f"{p}: tensor {t.name!r}: external data file {loc!r} is missing (looked in {folder})")
+    if tensors:
+        try:
+            onnx.load_external_data_for_model(model, str(folder))
+        except Exception as e:
+            raise ModelError(f"{p}: cannot read external data: {type(e).__name__}: {e}") from None
 
 
 def check_opset(model, p) -> None:
@@ -118,10 +147,13 @@ def check_inputs(model, p) -> None:
 
 
 def check_ops(model) -> None:
-    """Every node must be a standard ONNX op (the builder runs the graph in onnxruntime to probe it)."""
+    """Every node must be a standard ONNX op or one of onnxruntime's com.microsoft ops (the builder runs the
+    graph in onnxruntime to probe it)."""
     import onnx
 
     for n in model.graph.node:
+        if n.domain == "com.microsoft":
+            continue  # onnxruntime's fused ops: lower_contrib lowers them or names what it cannot
         if n.domain not in ("", "ai.onnx") or not onnx.defs.has(n.op_type):
             dom = n.domain or "ai.onnx"
             raise UnsupportedOpError(n.op_type, n.name or "(unnamed)",

@@ -133,18 +133,34 @@ def make_feeds(graph, seed: int = 0) -> list[dict]:
 
 def probe(graph, progress=None) -> Facts:
     """Run the graph in onnxruntime on the probe inputs, keeping every tensor's value."""
+    feeds = make_feeds(graph)
+    values = []
+    for k, (f, v) in enumerate(zip(feeds, run_graph(graph, feeds))):
+        v.update(f)
+        for t in graph.tensors().values():
+            c = G.const_value(t)
+            if c is not None:
+                v[t.name] = c
+        values.append(v)
+        if progress:
+            progress("probe", k + 1, len(feeds))
+    return Facts(feeds, values)
+
+
+def run_graph(graph, feeds: list[dict], names=None):
+    """Run a gs graph in onnxruntime (CPU, no graph optimizations) on each feed; yield {tensor: value}.
+
+    names: the tensors to return (default: every node output)."""
     import onnx
     import onnxruntime as ort
 
-    feeds = make_feeds(graph)
     model = G.gs().export_onnx(graph.copy())
     del model.graph.output[:]
-    names = []
-    for n in model.graph.node:
-        for o in n.output:
-            if o:
-                names.append(o)
-                model.graph.output.append(onnx.ValueInfoProto(name=o))
+    if names is None:
+        names = [o for n in model.graph.node for o in n.output if o]
+    names = list(dict.fromkeys(names))
+    for o in names:
+        model.graph.output.append(onnx.ValueInfoProto(name=o))
     del model.graph.value_info[:]
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -156,24 +172,15 @@ def probe(graph, progress=None) -> Facts:
     try:
         sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     except Exception as e:
-        raise BuildError(f"onnxruntime cannot load the simplified graph to probe it: {e}") from None
-    values = []
+        raise BuildError(f"onnxruntime cannot load the graph to probe it: {e}") from None
+    del model
     for k, f in enumerate(feeds):
         try:
             outs = sess.run(names, f)
         except Exception as e:
             raise BuildError(f"onnxruntime failed running the graph on a probe input of shape "
-                             f"{PROBE_SHAPES[k]}: {e}") from None
-        v = dict(zip(names, outs))
-        v.update(f)
-        for t in graph.tensors().values():
-            c = G.const_value(t)
-            if c is not None:
-                v[t.name] = c
-        values.append(v)
-        if progress:
-            progress("probe", k + 1, len(feeds))
-    return Facts(feeds, values)
+                             f"{f['input_ids'].shape}: {e}") from None
+        yield dict(zip(names, outs))
 
 
 def agree(ours, theirs, rtol: float = 1e-4) -> bool:
