@@ -301,8 +301,9 @@ def test_run_ids_to_npy_and_json(capsys, tiny, tmp_path):
     ids = rng.integers(1000, 30000, size=(3, 9), dtype=np.int64)
     np.save(tmp_path / "ids.npy", ids)
     code, out, err = cli(capsys, "run", tiny["plan"], "--backend", "reference", "--ids", tmp_path / "ids.npy",
-                         "-o", tmp_path / "y.npy")
+                         "--pooling", "none", "-o", tmp_path / "y.npy")
     assert code == 0, err
+    assert "wrote" in err and "last_hidden_state [3, 9, 32] float32 (token states)" in err
     y = np.load(tmp_path / "y.npy")
     sess = ort.InferenceSession(str(tiny["onnx"]), providers=["CPUExecutionProvider"])
     feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
@@ -314,21 +315,72 @@ def test_run_ids_to_npy_and_json(capsys, tiny, tmp_path):
 
     (tmp_path / "ids.json").write_text(json.dumps([[101, 2000, 3000, 102], [101, 102]]))
     code, out, err = cli(capsys, "run", tiny["plan"], "--backend", "reference", "--ids", tmp_path / "ids.json",
-                         "-o", tmp_path / "y.json")
+                         "--pooling", "none", "-o", tmp_path / "y.json")
     assert code == 0, err
     doc = json.loads((tmp_path / "y.json").read_text())
     assert doc["backend"] == "reference" and doc["inputs"]["attention_mask"] == [[1, 1, 1, 1], [1, 1, 0, 0]]
-    assert doc["outputs"]["last_hidden_state"]["shape"] == [2, 4, 32]
+    assert doc["outputs"]["last_hidden_state"]["shape"] == [2, 4, 32] and "embeddings" not in doc
 
     # the file is written where -o says, whatever the suffix's case (np.save alone appends ".npy" to ".NPY")
     for name in ("y2.NPY", "y2.NPZ"):
         code, out, err = cli(capsys, "run", tiny["plan"], "--backend", "reference", "--ids", tmp_path / "ids.npy",
-                             "-o", tmp_path / name)
+                             "--pooling", "none", "-o", tmp_path / name)
         assert code == 0, err
         got = np.load(tmp_path / name)
         got = got if name.endswith("NPY") else got["last_hidden_state"]
         np.testing.assert_array_equal(got, y)
     assert not list(tmp_path.glob("y2.NP?.np?"))
+
+
+def test_run_writes_one_vector_a_text_by_default(capsys, tiny, tmp_path):
+    """An encoder's `-o emb.npy` holds one L2-normalized mean-pooled vector a text (the tiny model's folder has
+    no sentence-transformers config: mean), over each text's own tokens, padding excluded; the status line
+    says what was written. .npz and .json carry the vectors as "embeddings" beside the token states."""
+    import onnxruntime as ort
+
+    texts = ["a fine film", "dull", "the rock is destined to be the 21st century's new conan"]
+    args = ["run", tiny["plan"], "--backend", "reference", "--max-length", "16"]
+    for t in texts:
+        args += ["--text", t]
+    code, out, err = cli(capsys, *args, "-o", tmp_path / "emb.npy")
+    assert code == 0, err
+    emb = np.load(tmp_path / "emb.npy")
+    assert emb.shape == (3, 32) and emb.dtype == np.float32
+    assert "wrote" in err and "embeddings [3, 32] float32: one vector a text, mean-pooled over its tokens, " \
+        "L2-normalized" in err and "--pooling none writes the token states" in err
+
+    # the reference: onnxruntime fp32 on the same padded batch, pooled here over the valid tokens in float64
+    code, out, err = cli(capsys, *args, "--pooling", "none", "-o", tmp_path / "all.npz")
+    assert code == 0, err
+    code, out, err = cli(capsys, *args, "-o", tmp_path / "both.npz")
+    assert code == 0, err
+    both = np.load(tmp_path / "both.npz")
+    mask = both["attention_mask"]
+    assert sorted(both.files) == ["attention_mask", "embeddings", "last_hidden_state"]
+    assert mask.shape[0] == 3 and mask.sum(1).min() < mask.shape[1]  # padded: the short texts have masked tokens
+    ids = both["last_hidden_state"]  # the plan's token states, as --pooling none wrote them
+    np.testing.assert_array_equal(ids, np.load(tmp_path / "all.npz")["last_hidden_state"])
+    sess = ort.InferenceSession(str(tiny["onnx"]), providers=["CPUExecutionProvider"])
+    from trtrun.data import encode, tokenizer_for
+    from trtrun.plan import load_plan
+
+    tok = tokenizer_for(load_plan(tiny["plan"]))
+    feeds = encode(tok, texts, 16)
+    ref = sess.run(None, {i.name: feeds[i.name] for i in sess.get_inputs()})[0].astype(np.float64)
+    m = feeds["attention_mask"][..., None].astype(np.float64)
+    want = (ref * m).sum(1) / m.sum(1)
+    want /= np.linalg.norm(want, axis=1, keepdims=True)
+    # fp32 plan vs onnxruntime fp32 (~1e-6 relative), pooled: cosine >= 0.99999 as for the token states; and a
+    # pooling that took the padding in would differ from the short texts' vectors far more than that
+    cos = (emb.astype(np.float64) * want).sum(1) / np.linalg.norm(emb, axis=1)
+    assert cos.min() >= 0.99999 and abs(np.linalg.norm(emb, axis=1) - 1).max() < 1e-5
+    np.testing.assert_array_equal(both["embeddings"], emb)
+
+    code, out, err = cli(capsys, *args, "--pooling", "cls", "--no-normalize", "-o", tmp_path / "cls.json")
+    assert code == 0, err
+    doc = json.loads((tmp_path / "cls.json").read_text())
+    np.testing.assert_allclose(np.array(doc["embeddings"]), ids[:, 0, :], rtol=1e-6)
+    assert doc["pooling"] == {"mode": "cls", "normalized": False, "why": "--pooling cls"}
 
 
 def test_run_text_against_onnxruntime(capsys, tiny):
@@ -340,6 +392,50 @@ def test_run_text_against_onnxruntime(capsys, tiny):
     code, out, err = cli(capsys, *args)
     assert code == 0, err
     assert "in 2 runs" in out and "cosine vs onnxruntime fp32" in out and "NaN 0" in out
+
+
+def _graph(path, inputs, nodes, out_shape, inits=()):
+    """A small ONNX graph of int64 [B,S] inputs and one float output, written to path."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph(nodes, "unrelated", [helper.make_tensor_value_info(n, TensorProto.INT64, ["B", "S"])
+                                                for n in inputs],
+                          [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, out_shape)],
+                          initializer=list(inits))
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+@pytest.mark.parametrize("case, needle", [
+    ("text", "not an ONNX model onnxruntime can load"),
+    ("shape", "its output has shape [2, 4, 1], the plan's last_hidden_state [2, 4, 32]: not the model"),
+    ("inputs", "it needs inputs the plan does not take (position_ids)"),
+    ("fails", "onnxruntime cannot run it on these inputs"),
+])
+def test_run_compare_with_a_file_that_is_not_the_model(capsys, tiny, tmp_path, case, needle):
+    """--compare with a non-ONNX file or an unrelated model: one line saying so, exit 1 (was onnxruntime's
+    InvalidProtobuf as an internal error, or numpy's broadcast error)."""
+    from onnx import helper, numpy_helper
+
+    f = tmp_path / f"{case}.onnx"
+    if case == "text":
+        f.write_text("not a model\n")
+    elif case == "shape":  # output [B, S, 1]: another model entirely
+        _graph(f, ["input_ids", "attention_mask"], [
+            helper.make_node("Cast", ["input_ids"], ["x"], to=1),
+            helper.make_node("Unsqueeze", ["x", "axes"], ["last_hidden_state"])], ["B", "S", 1],
+            [numpy_helper.from_array(np.array([-1], np.int64), "axes")])
+    elif case == "inputs":
+        _graph(f, ["input_ids", "position_ids"], [helper.make_node("Cast", ["position_ids"], ["last_hidden_state"],
+                                                                    to=1)], ["B", "S"])
+    else:  # a 10-row table: the ids are beyond it, onnxruntime refuses at run time
+        _graph(f, ["input_ids"], [helper.make_node("Gather", ["table", "input_ids"], ["last_hidden_state"])],
+               ["B", "S", 32], [numpy_helper.from_array(np.ones((10, 32), np.float32), "table")])
+    code, out, err = cli(capsys, "run", tiny["plan"], "--backend", "reference", "--ids", _ids_file(tmp_path, 2, 4),
+                         "--compare", f, "-q")
+    assert_clean_error(code, err, 1, f.name, needle)
+    assert len(err.strip().splitlines()) == 1, err
 
 
 def test_run_real_data_sample(capsys, tiny):

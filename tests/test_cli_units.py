@@ -110,3 +110,23 @@ def test_gpu_unavailable_reason_is_one_short_line(monkeypatch):
     other = "this build's kernels do not run on sm_80 (built for sm_90)"  # any other problem: as the runtime said
     monkeypatch.setattr(rt, "_load_extension", lambda: FakeExt(other))
     assert rt.gpu_available() == (False, other)
+
+
+def test_run_pooling_choice(tmp_path):
+    """`trtrun run -o`: auto pools an encoder's output (the sentence-transformers config where one is found,
+    else mean) and keeps a decoder's token states; an explicit --pooling wins."""
+    import json
+    from types import SimpleNamespace
+
+    from trtrun.cli.run import resolve_pooling
+
+    enc = SimpleNamespace(header={"model": {"arch": "encoder"}})
+    dec = SimpleNamespace(header={"model": {"arch": "decoder"}})
+    st = tmp_path / "st"
+    (st / "1_Pooling").mkdir(parents=True)
+    (st / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_cls_token": True}))
+    assert resolve_pooling(enc, "auto", 3, [None, tmp_path / "missing", st])[0] == "cls"
+    assert resolve_pooling(enc, "auto", 3, [tmp_path])[0] == "mean"
+    assert resolve_pooling(dec, "auto", 3, [st])[0] == "none"
+    assert resolve_pooling(enc, "auto", 2, [st])[0] == "none"
+    assert resolve_pooling(dec, "max", 3, [st]) == ("max", "--pooling max")

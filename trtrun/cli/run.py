@@ -13,6 +13,7 @@ from ._ui import status
 from .options import backend_option, quiet_option, text_input_options
 
 DEFAULT_SAMPLES = 8
+POOLING_CHOICES = ("auto", "mean", "cls", "max", "mean_sqrt_len", "none")  # trtrun.embedder.POOLINGS + auto, none
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -61,6 +62,51 @@ def per_sample_cosine(out, ref, mask):
     return cos
 
 
+def _first_line(e: BaseException, limit: int = 160) -> str:
+    text = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def compare_reference(plan, onnx_path, chunks, n_rows, out_name: str, quiet: bool):
+    """The original graph's output on the same batches, by onnxruntime (fp32, CPU). A file onnxruntime
+    cannot load, a model taking other inputs or failing on these ones is a TrtrunError in one line (was
+    onnxruntime's or numpy's own message)."""
+    import hashlib
+
+    import numpy as np
+    import onnxruntime as ort
+
+    from ..errors import TrtrunError
+
+    try:
+        sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own classes (InvalidProtobuf, Fail, ...)
+        raise TrtrunError(f"--compare {onnx_path}: not an ONNX model onnxruntime can load "
+                          f"({_first_line(e)})") from None
+    want = {i.name for i in sess.get_inputs()}
+    missing = want - set(chunks[0])
+    if missing:
+        raise TrtrunError(f"--compare {onnx_path}: it needs inputs the plan does not take ({', '.join(sorted(missing))}): "
+                          f"not the model this plan was built from")
+    src = (plan.header.get("source") or {}).get("sha256")
+    if src:
+        h = hashlib.sha256()
+        with open(onnx_path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        if h.hexdigest() != src:
+            status(f"note: --compare {onnx_path} is not the file this plan was built from (its SHA-256 differs "
+                   f"from the one the plan records); comparing anyway", quiet)
+    try:
+        ref = [sess.run(None, {k: v for k, v in c.items() if k in want}) for c in chunks]
+    except Exception as e:  # noqa: BLE001 - onnxruntime's own classes
+        raise TrtrunError(f"--compare {onnx_path}: onnxruntime cannot run it on these inputs ({_first_line(e)}): "
+                          f"is it the model this plan was built from?") from None
+    out_names = [o.name for o in sess.get_outputs()]
+    j = out_names.index(out_name) if out_name in out_names else 0
+    return np.concatenate([r[j][:n] for r, n in zip(ref, n_rows)])
+
+
 def select_backend(plan, plan_path: str, backend: str, quiet: bool):
     """-> (name, runner) where runner(feeds) -> outputs dict: the GPU runtime, or the reference backend."""
     from ..errors import RuntimeUnavailableError
@@ -87,6 +133,26 @@ def select_backend(plan, plan_path: str, backend: str, quiet: bool):
     return "reference", ReferenceBackend(plan).run
 
 
+def resolve_pooling(plan, pooling: str, out_ndim: int, dirs) -> tuple[str, str]:
+    """(pooling, why) for what -o writes: "none" keeps the token states. auto: an encoder's
+    sentence-transformers pooling config in one of `dirs` (tokenizer, source model folder), else mean; a
+    decoder (or an output that is not [B, S, N]) keeps its token states."""
+    from ..embedder import read_st_pooling
+
+    if pooling != "auto":
+        return pooling, "--pooling " + pooling
+    if out_ndim != 3:
+        return "none", f"the output has {out_ndim} dimensions, not [batch, sequence, hidden]"
+    if (plan.header.get("model") or {}).get("arch") != "encoder":
+        return "none", "a decoder's token states (--pooling mean|cls|max for one vector a text)"
+    for d in dirs:
+        if d is not None and Path(d).is_dir():
+            mode, where = read_st_pooling(d)
+            if mode is not None:
+                return mode, f"from {where}"
+    return "mean", "an encoder's default (no sentence-transformers pooling config beside the model or tokenizer)"
+
+
 def _texts_from_options(texts, text_file, data_set, max_samples):
     from .. import data
 
@@ -100,28 +166,42 @@ def _texts_from_options(texts, text_file, data_set, max_samples):
     return None
 
 
-def _write_output(path: Path, outputs: dict, feeds: dict, meta: dict) -> None:
+def _write_output(path: Path, outputs: dict, feeds: dict, meta: dict, embeddings=None) -> str:
+    """Write -o; returns what was written, for the status line. With `embeddings` (pooled [B, N]): .npy holds
+    them alone, .npz and .json hold them as "embeddings" beside the outputs; without, the outputs."""
     import numpy as np
 
     suffix = path.suffix.lower()
     path.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".npy":
-        if len(outputs) != 1:
+        if embeddings is None and len(outputs) != 1:
             raise click.UsageError(f"the plan has {len(outputs)} outputs ({', '.join(outputs)}); write them to a .npz")
+        arr = embeddings if embeddings is not None else next(iter(outputs.values()))
         with open(path, "wb") as f:  # a file object: np.save would append ".npy" to "out.NPY"
-            np.save(f, next(iter(outputs.values())))
+            np.save(f, arr)
+        what = (f"embeddings {list(arr.shape)} {arr.dtype}" if embeddings is not None else
+                f"{next(iter(outputs))} {list(arr.shape)} {arr.dtype} (token states)")
     elif suffix == ".npz":
+        arrays = dict(outputs)
+        if embeddings is not None:
+            arrays = {"embeddings": embeddings, **arrays, "attention_mask": feeds["attention_mask"]}
         with open(path, "wb") as f:
-            np.savez(f, **outputs)
+            np.savez(f, **arrays)
+        what = ", ".join(f"{k} {list(v.shape)}" for k, v in arrays.items())
     elif suffix == ".json":
         doc = dict(meta)
         doc["inputs"] = {k: v.tolist() for k, v in feeds.items()}
+        if embeddings is not None:
+            doc["embeddings"] = embeddings.tolist()
         doc["outputs"] = {k: {"shape": list(v.shape), "dtype": str(v.dtype), "data": v.tolist()}
                           for k, v in outputs.items()}
         with open(path, "w", encoding="utf-8") as f:
             json.dump(doc, f)
+        what = (f"embeddings {list(embeddings.shape)}, " if embeddings is not None else "") + \
+            ", ".join(f"{k} {list(v.shape)}" for k, v in outputs.items()) + ", inputs, settings"
     else:
         raise click.UsageError(f"-o {path}: the output file must end in .npy, .npz or .json")
+    return what
 
 
 @click.command("run")
@@ -129,14 +209,22 @@ def _write_output(path: Path, outputs: dict, feeds: dict, meta: dict) -> None:
 @backend_option
 @text_input_options
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
-              help="write the outputs: .npy (the output), .npz (all outputs) or .json (with inputs)")
+              help="write the results: .npy (one vector a text, or the token states with --pooling none), "
+                   ".npz (the vectors as 'embeddings', every output, the attention mask) or .json (also the inputs)")
+@click.option("--pooling", type=click.Choice(POOLING_CHOICES), default="auto", show_default=True,
+              help="what -o holds: one vector a text pooled over its tokens (mean, cls, max, mean_sqrt_len), or "
+                   "none: the token states [batch, sequence, hidden] as the plan outputs them, padding included. "
+                   "auto: for an encoder the sentence-transformers pooling config beside the tokenizer or the "
+                   "source model, else mean; for a decoder none")
+@click.option("--no-normalize", is_flag=True, help="pooled vectors are not L2-normalized (default: they are, as "
+                                                    "sentence-transformers' Normalize does)")
 @click.option("--compare", "compare_onnx", type=click.Path(exists=True, dir_okay=False), default=None,
               help="also run this ONNX in onnxruntime (fp32, CPU) and print per-sample cosine similarity")
 @click.option("--min-cosine", type=float, default=None,
               help="with --compare: fail (exit 1) if any sample's cosine is below this or NaN")
 @quiet_option
 def command(plan_path, backend, texts, text_file, data_set, max_samples, ids_file, tokenizer, max_length,
-            output, compare_onnx, min_cosine, quiet):
+            output, pooling, no_normalize, compare_onnx, min_cosine, quiet):
     """Run PLAN on texts or token ids and print (or write) the outputs.
 
     \b
@@ -170,6 +258,7 @@ def command(plan_path, backend, texts, text_file, data_set, max_samples, ids_fil
     (bmin, _, bmax), (smin, _, smax) = plan_limits(plan)
 
     sample_texts = None
+    tok_dir = None
     if ids_file:
         if tokenizer or max_length:
             raise click.UsageError("--tokenizer/--max-length apply to text input, not --ids")
@@ -179,6 +268,7 @@ def command(plan_path, backend, texts, text_file, data_set, max_samples, ids_fil
     else:
         sample_texts = _texts_from_options(texts, text_file, data_set, max_samples)
         tok = data.load_tokenizer(tokenizer) if tokenizer else data.tokenizer_for(plan)
+        tok_dir = tokenizer or getattr(tok, "name_or_path", None)
         feeds = fit_feeds(plan, data.encode(tok, sample_texts, max_length or smax))
         feeds = pad_to(feeds, seq=smin)
         chunks, n_rows = [], []
@@ -199,18 +289,11 @@ def command(plan_path, backend, texts, text_file, data_set, max_samples, ids_fil
 
     cos = None
     if compare_onnx:
-        import onnxruntime as ort
-
-        sess = ort.InferenceSession(str(compare_onnx), providers=["CPUExecutionProvider"])
-        want = {i.name for i in sess.get_inputs()}
-        missing = want - set(chunks[0])
-        if missing:
-            raise TrtrunError(f"--compare {compare_onnx}: it needs inputs the plan does not take: {sorted(missing)}")
-        ref = [sess.run(None, {k: v for k, v in c.items() if k in want}) for c in chunks]
-        out_names = [o.name for o in sess.get_outputs()]
+        ref0 = compare_reference(plan, compare_onnx, chunks, n_rows, next(iter(outputs)), quiet)
         first = next(iter(outputs))
-        j = out_names.index(first) if first in out_names else 0
-        ref0 = np.concatenate([r[j][:n] for r, n in zip(ref, n_rows)])
+        if ref0.shape != outputs[first].shape:
+            raise TrtrunError(f"--compare {compare_onnx}: its output has shape {list(ref0.shape)}, the plan's "
+                              f"{first} {list(outputs[first].shape)}: not the model this plan was built from")
         cos = per_sample_cosine(outputs[first], ref0, mask)
 
     meta = {"plan": str(plan_path), "precision": plan.header.get("precision"), "backend": name,
@@ -220,8 +303,27 @@ def command(plan_path, backend, texts, text_file, data_set, max_samples, ids_fil
     if cos is not None:
         meta["cosine_vs_onnxruntime_fp32"] = [float(c) for c in cos]
     if output:
-        _write_output(Path(output), outputs, used, meta)
-        status(f"wrote {output}", quiet)
+        first = next(iter(outputs))
+        src = (plan.header.get("source") or {}).get("path")
+        how, why = resolve_pooling(plan, pooling, outputs[first].ndim,
+                                   [tok_dir, Path(src).parent if src else None, Path(plan_path).parent])
+        emb = None
+        if how != "none":
+            if outputs[first].ndim != 3:
+                raise click.UsageError(f"--pooling {how}: the plan's output {first} is "
+                                       f"{list(outputs[first].shape)}, not [batch, sequence, hidden]")
+            from ..embedder import pool
+
+            emb = pool(outputs[first], mask if mask is not None else np.ones((b, s), np.int64), how,
+                       normalize=not no_normalize)
+            meta["pooling"] = {"mode": how, "normalized": not no_normalize, "why": why}
+        what = _write_output(Path(output), outputs, used, meta, embeddings=emb)
+        if emb is not None:
+            status(f"wrote {output}: {what}: one vector a text, {how}-pooled over its tokens"
+                   f"{'' if no_normalize else ', L2-normalized'} ({why}); --pooling none writes the token states",
+                   quiet)
+        else:
+            status(f"wrote {output}: {what} ({why})", quiet)
 
     click.echo(f"backend {name}, precision {meta['precision']}: {b} sample(s), batch {b} x sequence {s}"
                f"{f' in {len(chunks)} runs' if len(chunks) > 1 else ''}, {elapsed * 1e3:.1f} ms")
