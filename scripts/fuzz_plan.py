@@ -252,7 +252,8 @@ class Mutator:
             return False
         e = ws[list(ws)[rng.integers(len(ws))]]
         if not (isinstance(e, dict) and isinstance(e.get("shape"), list) and e["shape"]
-                and all(isinstance(d, int) for d in e["shape"]) and e.get("dtype") in ITEMSIZE):
+                and all(isinstance(d, int) for d in e["shape"]) and isinstance(e.get("dtype"), str)
+                and e["dtype"] in ITEMSIZE):
             return False
         shape = list(e["shape"])
         k = int(rng.integers(len(shape)))
