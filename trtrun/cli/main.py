@@ -30,6 +30,7 @@ COMMANDS = {
     "check": "check",
     "bench": "bench",
     "serve": "serve",
+    "embed": "embed",
 }
 
 EXIT_ERROR = 1
