@@ -245,6 +245,19 @@ def test_sweep_writes_results_report_and_plots(swept):
     assert all((swept.out / "plots" / n).stat().st_size > 5000 for n in plots)
 
 
+def test_reference_backend_times_are_not_called_gpu_time(swept):
+    """Without a GPU every time is the host clock's: summary.md and the terminal table say so and never call
+    them GPU time (the GPU-like records of test_summary_statements_on_gpu_like_records still do)."""
+    from trtrun.bench.report import short_table
+
+    summary = (swept.out / "summary.md").read_text()
+    assert "GPU time" not in summary
+    assert "- host-clock time: no GPU ran here" in summary and "p50 latency (ms; host-clock time, CPU" in summary
+    assert "on host-clock time)" in summary  # the CPU speedup at batch 1, next to end to end
+    table = short_table(ResultStore(swept.out, resume=True))
+    assert "p50 ms (host-clock time; cpu end to end)" in table and "GPU" not in table
+
+
 def test_resume_after_kill(swept, tmp_path, monkeypatch):
     """Kill a sweep midway (Ctrl-C at the 4th point), tear the last line, resume: finished points are not
     measured again, the rest are, and every point ends up recorded exactly once."""

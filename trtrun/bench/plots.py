@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from .report import GPU_BASELINES, Index, headline, hybrid_overheads, p50
+from .report import GPU_BASELINES, Index, compute_label, headline, hybrid_overheads, p50
 from .results import ResultStore
 
 STYLE = {
@@ -97,7 +97,8 @@ def _latency(plt, idx: Index, model: str, out_dir: Path):
         ax.axis("off")
     h, lab = axes.flat[0].get_legend_handles_labels()
     fig.legend(h, lab, loc="lower center", ncol=min(len(lab), 4), fontsize=8)
-    fig.suptitle(f"{model}: p50 latency vs sequence length ({_card_title(idx)}; GPU time, CPU baseline end to end)")
+    fig.suptitle(f"{model}: p50 latency vs sequence length ({_card_title(idx)}; {compute_label(idx, model)}, "
+                 f"CPU baseline end to end)")
     fig.tight_layout(rect=(0, 0.08, 1, 0.95))
     path = out_dir / f"{_slug(model)}-latency.png"
     fig.savefig(path, dpi=110)
@@ -165,7 +166,7 @@ def _speedup(plt, idx: Index, model: str, out_dir: Path):
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False)
     for ax, (base, which, grid) in zip(axes.flat, panels):
         name = {"torch-fp32": "PyTorch fp32 eager", "torch-compile": "torch.compile fp16", "cpu": "CPU (onnxruntime fp32)"}[base]
-        _heat(ax, plt, grid, bs, ss, f"{head} speedup over {name}\n({'end to end' if which == 'e2e' else 'GPU time'} p50)",
+        _heat(ax, plt, grid, bs, ss, f"{head} speedup over {name}\n({'end to end' if which == 'e2e' else compute_label(idx, model)} p50)",
               _fmt_speedup, "RdYlGn", center=1.0, log=True)
     fig.suptitle(f"{model}: speedup ({_card_title(idx)})", fontsize=10)
     fig.tight_layout()
@@ -227,7 +228,7 @@ def _hybrid(plt, idx: Index, model: str, out_dir: Path):
     ss = sorted({x[1] for x in ho})
     for ax, g in zip(axes.flat, modes):
         grid = {(b, s): 100 * v for b, s, gg, v in ho if gg == g}
-        _heat(ax, plt, grid, bs, ss, f"hybrid over fp16, GPU time p50 (%)" + (f", graphs {g}" if g in ("on", "off") else ""),
+        _heat(ax, plt, grid, bs, ss, f"hybrid over fp16, {compute_label(idx, model)} p50 (%)" + (f", graphs {g}" if g in ("on", "off") else ""),
               lambda v: f"{v:+.1f}%", "coolwarm", center=0.0)
     fig.suptitle(f"{model}: hybrid precision's cost over fp16 ({_card_title(idx)})", fontsize=10)
     fig.tight_layout()

@@ -147,6 +147,18 @@ def slower_points(idx: Index, model: str):
     return out
 
 
+def compute_label(idx: "Index", model: str | None = None) -> str:
+    """What the non-end-to-end times of `model` (all models: None) are: "GPU time" where every one was taken
+    by CUDA events, "host-clock time" where none was (the reference backend, torch on the CPU), else both."""
+    cuda = {str(r.get("gpu_timer") or "").startswith("CUDA") for r in idx.ok
+            if r.get("engine") != "cpu" and r.get("gpu_ms") and (model is None or r["model"] == model)}
+    if cuda == {False}:
+        return "host-clock time"
+    if cuda == {True, False}:
+        return "GPU time (CUDA events; host clock where no GPU ran)"
+    return "GPU time"
+
+
 def _timer_label(r, br, which) -> str:
     if which == "e2e":
         return "end to end"
@@ -186,10 +198,15 @@ def summary_markdown(store: ResultStore, cfg=None) -> str:
     w("## How it was measured")
     w("")
     conf = (sessions[-1].get("config") if sessions else None) or {}
-    w("- GPU time: CUDA events recorded on the stream the engine runs on, around the engine's work only "
-      "(inputs already on the device, outputs into preallocated device buffers); iterations enqueued back to "
-      "back; statistics min, mean, p50, p90, p99 over the timed iterations (n is in results.jsonl). The reference "
-      "backend and torch on the CPU are timed by the host clock instead.")
+    if compute_label(idx) == "host-clock time":
+        w("- host-clock time: no GPU ran here (the numpy reference backend, torch on the CPU): each engine call "
+          "is timed by the host clock; statistics min, mean, p50, p90, p99 over the timed iterations (n is in "
+          "results.jsonl). They say nothing about trtrun's speed on a GPU.")
+    else:
+        w("- GPU time: CUDA events recorded on the stream the engine runs on, around the engine's work only "
+          "(inputs already on the device, outputs into preallocated device buffers); iterations enqueued back to "
+          "back; statistics min, mean, p50, p90, p99 over the timed iterations (n is in results.jsonl). The "
+          "reference backend and torch on the CPU are timed by the host clock instead.")
     w("- End to end: host numpy in to host numpy out through pinned host buffers (host-to-device and "
       "device-to-host copies counted), host clock, one synchronous call per sample.")
     if conf:
@@ -230,6 +247,7 @@ def _model_section(idx: Index, model: str, w) -> None:
         w("No trtrun point measured.")
         w("")
         return
+    tl = compute_label(idx, model)
     checks = [c for c in idx.checks if c["model"] == model]
     for c in checks:
         cos = c.get("cosine")
@@ -243,13 +261,13 @@ def _model_section(idx: Index, model: str, w) -> None:
         b1 = [x for x in sp if x[0] == 1]
         if b1:
             w(f"- **Speedup over the CPU baseline at batch 1** ({head} vs onnxruntime fp32): "
-              + ", ".join(f"seq {s}: {_fmt_x(e)} end to end ({_fmt_x(g)} on GPU time)" for _, s, e, g in b1) + ".")
+              + ", ".join(f"seq {s}: {_fmt_x(e)} end to end ({_fmt_x(g)} on {tl})" for _, s, e, g in b1) + ".")
         else:
             w("- Speedup over the CPU baseline at batch 1: the CPU baseline has no batch-1 point.")
         best = max((x for x in sp if x[2] is not None), key=lambda x: x[2], default=None)
         if best:
             w(f"- **Speedup over the CPU baseline at the best point**: {_fmt_x(best[2])} end to end at batch "
-              f"{best[0]}, seq {best[1]} ({head}; {_fmt_x(best[3])} on GPU time).")
+              f"{best[0]}, seq {best[1]} ({head}; {_fmt_x(best[3])} on {tl}).")
         alls = []
         for e in idx.engines(model):
             if e.startswith("trtrun-"):
@@ -269,7 +287,7 @@ def _model_section(idx: Index, model: str, w) -> None:
                 rs.append((p50(r) / p50(t), b, s))
         if rs:
             lo, hi = min(rs), max(rs)
-            w(f"- Speedup over {base} ({head}, GPU time p50, {len(rs)} shapes): median "
+            w(f"- Speedup over {base} ({head}, {tl} p50, {len(rs)} shapes): median "
               f"{_fmt_x(statistics.median(x[0] for x in rs))}, from {_fmt_x(lo[0])} (batch {lo[1]}, seq {lo[2]}) "
               f"to {_fmt_x(hi[0])} (batch {hi[1]}, seq {hi[2]}).")
     # --- hybrid overhead
@@ -277,7 +295,7 @@ def _model_section(idx: Index, model: str, w) -> None:
     if ho:
         vals = [x[3] for x in ho]
         worst = max(ho, key=lambda x: x[3])
-        w(f"- **Hybrid's overhead over fp16** (GPU time p50, {len(ho)} shapes): median {100 * statistics.median(vals):+.1f}%, "
+        w(f"- **Hybrid's overhead over fp16** ({tl} p50, {len(ho)} shapes): median {100 * statistics.median(vals):+.1f}%, "
           f"range {100 * min(vals):+.1f}% .. {100 * max(vals):+.1f}% (largest at batch {worst[0]}, seq {worst[1]}, "
           f"graphs {worst[2]}); above 10% at {sum(v > 0.10 + 1e-9 for v in vals)} of {len(vals)}.")
     else:
@@ -333,7 +351,7 @@ def _issue3_section(idx: Index, model: str, w) -> None:
         for (b, s), lim in (((1, 128), ISSUE3["b1s128"]), ((32, 128), ISSUE3["b32s128"])):
             v = h(b, s)
             if v is not None:
-                lines.append(f"| hybrid GPU time b={b} s={s} <= {lim} ms | {_fmt_ms(v)} ms | "
+                lines.append(f"| hybrid {compute_label(idx, model)} b={b} s={s} <= {lim} ms | {_fmt_ms(v)} ms | "
                              f"{'yes' if v <= lim else 'NO'} |")
     n_cmp = n_win = 0
     for b in (1, 8, 32):
@@ -365,7 +383,7 @@ def _issue3_section(idx: Index, model: str, w) -> None:
 
 
 def _tables(idx: Index, model: str, w) -> None:
-    w(f"### {model}: p50 latency (ms; GPU time, CPU baseline end to end)")
+    w(f"### {model}: p50 latency (ms; {compute_label(idx, model)}, CPU baseline end to end)")
     w("")
     for e in idx.engines(model):
         modes = sorted({r["cuda_graphs"] for r in idx.ok if r["model"] == model and r["engine"] == e})
@@ -426,7 +444,7 @@ def short_table(store: ResultStore) -> str:
     for model in idx.models:
         shapes = set(idx.shapes(model))
         cols = [m for m in marks if m in shapes] or sorted(shapes)[:4]
-        lines.append(f"{model}: p50 ms (GPU time; cpu end to end)")
+        lines.append(f"{model}: p50 ms ({compute_label(idx, model)}; cpu end to end)")
         lines.append(f"  {'engine':<15} {'points':>6} " + " ".join(f"{f'b{b} s{s}':>10}" for b, s in cols))
         for e in idx.engines(model):
             n = sum(1 for r in idx.ok if r["model"] == model and r["engine"] == e)
