@@ -11,6 +11,11 @@
    `--inputs` random texts per request (e.g. 1, or 1-4). After `--warmup` seconds, `--duration` seconds
    are measured. EVERY response is checked: HTTP 200, one item per text with index i at position i, and
    cosine(embedding, reference) >= --min-cosine for each. Anything else is a failure, counted and shown.
+   `--poison-every N`: every N-th request of each client carries one text that is not valid Unicode (a lone
+   surrogate escape, "\ud800", valid JSON) at a random position j; its answer must be HTTP 400 naming
+   `input[j]` (anything else is a failure), and it must not disturb the other requests: they are checked
+   as above, so a batch mate failed by it shows up as a failure or mismatch. Poisoned requests are not
+   counted in the throughput and latency figures.
 3. Report: requests/s, texts/s, latency p50/p90/p99/max (requests that started inside the measured
    window), failures, the lowest cosine seen, and from the server's /metrics the mean micro-batch and
    engine batch sizes; the throughput ratio of the first target to each other one. Exit code 1 if any
@@ -188,7 +193,10 @@ async def _load(spec: dict, t_go: float) -> dict:
     lat, n_in = [], []
     fails: dict[str, int] = {}
     examples: list[str] = []
-    stats = {"checked_requests": 0, "checked_inputs": 0, "min_cos": 1.0, "sent": 0}
+    stats = {"checked_requests": 0, "checked_inputs": 0, "min_cos": 1.0, "sent": 0, "poisoned": 0,
+             "poisoned_refused": 0}
+    poison_every = spec.get("poison_every") or 0
+    key = "inputs" if endpoint == "/embed" else "input"
     cpu0, wall0 = time.process_time(), time.monotonic()
 
     def fail(kind: str, detail: str) -> None:
@@ -196,14 +204,37 @@ async def _load(spec: dict, t_go: float) -> dict:
         if len(examples) < 5:
             examples.append(f"{kind}: {detail}")
 
+    async def poisoned(rng, idx) -> None:
+        """One request with a lone surrogate at a random place: it must get 400 naming that place."""
+        batch = [texts[i] for i in idx]
+        j = rng.randrange(len(batch) + 1)
+        batch.insert(j, "poison \ud800 " + batch[0][:20])
+        body = json.dumps({key: batch}).encode()  # json escapes the surrogate as \ud800 (orjson refuses it)
+        stats["poisoned"] += 1
+        try:
+            status, resp = await c.post(url + endpoint, body)
+        except Exception as e:  # noqa: BLE001
+            fail(f"poisoned: exception {type(e).__name__}", str(e)[:200])
+            return
+        want = f"'{key}[{j}]'"
+        if status == 400 and want.encode() in resp:
+            stats["poisoned_refused"] += 1
+        else:
+            fail(f"poisoned: HTTP {status}", f"expected 400 naming {want}: {resp[:200]!r}")
+
     async def client(k: int) -> None:
         rng = random.Random(spec["seed"] * 100_003 + k)  # ~10x cheaper per draw than numpy's choice
         pool = range(len(texts))
+        n = k  # the clients' poisoned requests are spread over time, not all at once
         while True:
             t0 = time.monotonic()
             if t0 >= t_end:
                 return
             idx = rng.sample(pool, rng.randint(lo, hi))
+            n += 1
+            if poison_every and n % poison_every == 0:
+                await poisoned(rng, idx)
+                continue
             stats["sent"] += 1
             try:
                 status, body = await c.post(url + endpoint, _payload(endpoint, [texts[i] for i in idx]))
@@ -337,6 +368,9 @@ def _summarize(name: str, url: str, parts: list[dict], spec: dict, m0: dict, m1:
         "checked_requests": sum(p["checked_requests"] for p in parts),
         "checked_inputs": sum(p["checked_inputs"] for p in parts),
         "failed": sum(v for k, v in fails.items() if k != "mismatch"), "mismatched": fails.get("mismatch", 0),
+        "poisoned_requests": sum(p.get("poisoned", 0) for p in parts),
+        "poisoned_refused_400": sum(p.get("poisoned_refused", 0) for p in parts),
+        "innocent_failures": sum(v for k, v in fails.items() if not k.startswith("poisoned")),
         "failures": fails, "failure_examples": [e for p in parts for e in p["examples"]][:10],
         "min_cosine": round(_min_nan(p["min_cos"] for p in parts), 7),
         "server_mean_requests_per_microbatch": ratio("trtrun_batch_requests_sum", "trtrun_batch_requests_count"),
@@ -387,6 +421,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-texts", type=int, default=2000, help="distinct texts (each gets a reference)")
     ap.add_argument("--max-chars", type=int, default=2000, help="cut texts to this many characters")
     ap.add_argument("--min-cosine", type=float, default=0.9999)
+    ap.add_argument("--poison-every", type=int, default=0, metavar="N",
+                    help="every N-th request of a client carries a text that is not valid Unicode; it must get "
+                         "400 naming its index, and the others must be unaffected (0: none)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     a = ap.parse_args(argv)
@@ -404,6 +441,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--duration must be in (0, {MAX_DURATION}] s and --warmup in [0, {MAX_DURATION}] s")
     if not 1 <= a.procs <= a.clients:
         ap.error("--procs must be 1..clients")
+    if a.poison_every < 0 or a.poison_every == 1:
+        ap.error("--poison-every must be 0 (none) or >= 2")
 
     if Path(a.texts).is_file():
         texts = [ln.rstrip("\n") for ln in open(a.texts, encoding="utf-8") if ln.strip()][: a.n_texts]
@@ -425,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, url in targets:
         spec = {"url": url, "endpoint": a.endpoint, "texts": texts, "refs": refs, "inputs": a.inputs,
                 "clients": a.clients, "warmup": a.warmup, "duration": a.duration, "min_cosine": a.min_cosine,
-                "seed": a.seed}
+                "seed": a.seed, "poison_every": a.poison_every}
         print(f"loadgen: {name}: {a.clients} clients x {a.duration:g} s (+{a.warmup:g} s warm-up), "
               f"{a.inputs[0]}-{a.inputs[1]} texts per request, {a.procs} process(es)", flush=True)
         m0 = _metrics(url)
@@ -433,7 +472,10 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(_summarize(name, url, parts, spec, m0, _metrics(url)))
         r = rows[-1]
         print(f"loadgen: {name}: {r['requests_per_s']:.0f} req/s, p50 {r['latency_ms']['p50']} ms, "
-              f"p99 {r['latency_ms']['p99']} ms, {r['failed']} failed, {r['mismatched']} mismatched", flush=True)
+              f"p99 {r['latency_ms']['p99']} ms, {r['failed']} failed, {r['mismatched']} mismatched"
+              + (f"; poisoned {r['poisoned_requests']}, refused with 400 naming the index "
+                 f"{r['poisoned_refused_400']}, innocent failures {r['innocent_failures']}" if a.poison_every else ""),
+              flush=True)
         for ex in r["failure_examples"]:
             print(f"    {ex}", flush=True)
 

@@ -18,7 +18,7 @@ import time
 import numpy as np
 import pytest
 
-from trtrun.embedder import EmbedResult, InputTooLongError
+from trtrun.embedder import EmbedResult, InputTooLongError, InvalidTextError
 from trtrun.errors import InputError, TrtrunError
 from trtrun.serve import engine_proc as ep
 from trtrun.serve.batcher import BatcherClosedError, QueueFullError
@@ -51,6 +51,9 @@ def test_result_round_trip_is_bitwise():
 
 @pytest.mark.parametrize("exc,cls", [
     (InputTooLongError("texts 0, 3 are longer than 256 tokens", [0, 3]), InputTooLongError),
+    (InputTooLongError("text 0 has 300 tokens, text 3 has 999", [0, 3], [300, 999], 256), InputTooLongError),
+    (InvalidTextError("text 2 holds a lone surrogate U+D800", [2, 5], "holds a lone surrogate U+D800"),
+     InvalidTextError),
     (InputError("text 1 gives no token"), InputError),
     (QueueFullError("4096 requests are waiting"), QueueFullError),
     (BatcherClosedError("the batcher is shutting down"), BatcherClosedError),
@@ -61,8 +64,11 @@ def test_errors_come_back_as_the_same_kind_with_their_message(exc, cls):
     rid, got = ep.decode_response(_one(ep.encode_error(3, exc)))
     assert rid == 3 and type(got) is cls
     assert str(exc) in str(got)
-    if cls is InputTooLongError:
+    if cls is InputTooLongError:  # the counts and the limit too, for the front's message naming each input
         assert got.indices == [0, 3]
+        assert (got.token_counts, got.limit) == ((exc.token_counts, exc.limit) if exc.limit else (None, None))
+    if cls is InvalidTextError:
+        assert got.indices == [2, 5] and got.reason == "holds a lone surrogate U+D800"
 
 
 def test_frames_cut_anywhere_come_out_whole_and_in_order():
@@ -212,7 +218,7 @@ def test_errors_found_in_the_engine_process_are_the_same_4xx(tiny_embed_model, t
                        "--log-level", "warning") as proc:
         r = httpx.post(url + "/v1/embeddings", json={"input": ["fine", "word " * 3000]}, timeout=30)
         assert r.status_code == 400 and r.json()["error"]["type"] == "input_too_long", r.text
-        assert "text 1 is longer than" in r.json()["error"]["message"], r.text
+        assert "'input[1]' has 3002 tokens, more than this model's limit of 32" in r.json()["error"]["message"], r.text
         r = httpx.post(url + "/embed", json={"inputs": ["a fine film", "dull"]}, timeout=30)
         assert r.status_code == 200, r.text
         np.testing.assert_allclose(np.array(r.json(), np.float32), tiny_emb.embed(["a fine film", "dull"]), atol=ATOL)

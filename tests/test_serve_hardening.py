@@ -1,0 +1,415 @@
+"""The embedding server against hostile and careless clients, on the CPU path (reference backend, tiny BERT):
+a bad text fails only its own request (also when it shares a micro-batch), bodies that are not UTF-8 or are
+nested too deep, every error status in the JSON shape, /v1/models, the API key, long inputs rejected by
+default, and the connection guards: trickling heads and bodies closed within their timeouts while normal
+requests are answered, a quick 503 beyond the connection limit with the log kept short, "serving on" only
+once bound. Bounded: short timeouts, a few connections, seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import select
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("starlette", reason="trtrun serve needs starlette (pip install 'trtrun[serve]')")
+pytest.importorskip("uvicorn", reason="trtrun serve needs uvicorn (pip install 'trtrun[serve]')")
+pytest.importorskip("prometheus_client", reason="trtrun serve needs prometheus-client")
+httpx = pytest.importorskip("httpx", reason="the tests' HTTP client (and TestClient) need httpx")
+
+from conftest import free_port, serve_process, wait_healthy  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+# Same plan and numpy backend on both sides; only BLAS summation order differs with the batch shape
+# (test_embedder.py): 1e-5 on unit vectors. JSON carries float32 values exactly.
+ATOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def emb(tiny_embed_model):
+    from trtrun.embedder import Embedder
+
+    e = Embedder(tiny_embed_model["plan"], tiny_embed_model["tok"], backend="reference", contexts=2,
+                 truncation="truncate")
+    yield e
+    e.close()
+
+
+@pytest.fixture(scope="module")
+def client(emb):
+    from starlette.testclient import TestClient
+
+    from trtrun.serve import ServeConfig, create_app
+
+    with TestClient(create_app(emb, ServeConfig(model_name="tiny"))) as c:
+        yield c
+
+
+def _err(r, status):
+    assert r.status_code == status, (r.status_code, r.text[:300])
+    assert r.headers["content-type"].startswith("application/json"), r.headers
+    e = r.json()["error"]
+    assert e["code"] == status and e["message"] and e["type"], e
+    return e["message"]
+
+
+class _Server:
+    """A real uvicorn server (the one run_server makes: guarded protocol, timeouts) in a thread."""
+
+    def __init__(self, emb, **cfg):
+        from trtrun.serve import ServeConfig, create_app
+        from trtrun.serve.app import uvicorn_server
+
+        self.config = ServeConfig(**cfg)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn_server(create_app(emb, self.config), self.config, host="127.0.0.1", port=self.port,
+                                     log_level="warning")
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        wait_healthy(self.url)
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(30)
+        assert not self.thread.is_alive()
+
+
+# ------------------------------------------------------------------------------------------ bad text
+
+def test_lone_surrogate_is_a_400_naming_its_index(client, emb, texts):
+    """A lone surrogate escape is valid JSON and becomes a str the tokenizer refuses (TypeError: a 500 before)."""
+    r = client.post("/v1/embeddings", content=b'{"input": ["fine", "x\\ud800y"]}')
+    assert "'input[1]' holds a lone surrogate U+D800" in _err(r, 400)
+    r = client.post("/embed", content=b'{"inputs": "\\udfff"}')
+    assert "'inputs' holds a lone surrogate U+DFFF" in _err(r, 400)
+    r = client.post("/v1/embeddings", content=b'{"input": ["smile \\ud83d\\ude00", "ok"]}')  # a proper pair
+    assert r.status_code == 200 and len(r.json()["data"]) == 2
+
+
+def test_a_poisoned_request_in_a_shared_batch_fails_alone(emb, texts):
+    """12 good requests and one with a lone surrogate arrive within one 300 ms micro-batch window over real
+    HTTP: the poisoned one gets 400 naming the index, every good one its own right vectors (before: the
+    window's TypeError gave its batch mates 500)."""
+    with _Server(emb, max_wait_ms=300) as srv:
+        out: dict = {}
+        start = threading.Barrier(13)
+
+        def call(i):
+            body = {"input": [texts[i], "x\ud800y"]} if i == 12 else {"input": [texts[i], texts[i + 12]]}
+            with httpx.Client() as c:
+                start.wait()
+                out[i] = c.post(srv.url + "/v1/embeddings", content=json.dumps(body), timeout=60)
+
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(13)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert "'input[1]' holds a lone surrogate" in _err(out[12], 400)
+        for i in range(12):
+            assert out[i].status_code == 200, out[i].text
+            got = np.array([d["embedding"] for d in out[i].json()["data"]], np.float32)
+            np.testing.assert_allclose(got, emb.embed([texts[i], texts[i + 12]]), atol=ATOL)
+        m = httpx.get(srv.url + "/metrics").text
+        windows = float([ln for ln in m.splitlines() if ln.startswith("trtrun_batch_requests_count")][0].split()[-1])
+        assert windows < 12, f"{windows} windows for 12 concurrent requests: they did not share"
+
+
+# ------------------------------------------------------------------------------------------ bodies, errors, routes
+
+def test_non_utf8_and_deeply_nested_bodies_are_400(client, emb, texts):
+    utf16 = json.dumps({"input": "a fine film"}).encode("utf-16")  # json.loads(bytes) would take it
+    assert "not UTF-8" in _err(client.post("/v1/embeddings", content=utf16), 400)
+    latin1 = '{"input": "caf\xe9"}'.encode("latin-1")
+    assert "not UTF-8" in _err(client.post("/embed", content=latin1), 400)
+    deep = b'{"input": ' + b"[" * 1500 + b'"a"' + b"]" * 1500 + b"}"  # RecursionError: a 500 before
+    assert "nested deeper than 32 levels" in _err(client.post("/v1/embeddings", content=deep), 400)
+    deep_obj = b'{"a":' * 2000 + b"1" + b"}" * 2000
+    assert "nested deeper" in _err(client.post("/embed", content=deep_obj), 400)
+    # brackets inside strings are text, not nesting
+    r = client.post("/v1/embeddings", json={"input": ["[[[[" * 20 + "{{" * 20, "ok"]})
+    assert r.status_code == 200, r.text
+    r = client.post("/v1/embeddings", json={"input": texts[:1]})
+    assert r.status_code == 200
+
+
+def test_every_error_status_is_json(client):
+    msg = _err(client.get("/nope"), 404)
+    assert "no such path: GET /nope" in msg
+    r = client.get("/v1/embeddings")
+    assert "method GET is not allowed" in _err(r, 405) and r.headers["allow"] == "POST"
+    assert "not allowed" in _err(client.post("/health"), 405)
+    assert "does not exist" in _err(client.get("/v1/models/other"), 404)
+
+
+def test_v1_models_lists_the_model_in_openai_shape(client):
+    r = client.get("/v1/models")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["object"] == "list" and len(body["data"]) == 1
+    m = body["data"][0]
+    assert m["id"] == "tiny" and m["object"] == "model" and m["owned_by"] == "trtrun"
+    assert isinstance(m["created"], int) and m["created"] > 1_600_000_000
+    assert client.get("/v1/models/tiny").json() == m
+
+
+@pytest.mark.parametrize("public_health", [False, True])
+def test_api_key(emb, texts, public_health):
+    from starlette.testclient import TestClient
+
+    from trtrun.serve import ServeConfig, create_app
+
+    app = create_app(emb, ServeConfig(api_key="s3cret-key", public_health=public_health))
+    assert "s3cret" not in json.dumps(app.state.config) and "s3cret" not in repr(ServeConfig(api_key="s3cret"))
+    with TestClient(app) as c:
+        for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": "Basic s3cret-key"},
+                        {"authorization": "Bearer s3cret-key-and-more"}, {"authorization": "s3cret-key"}):
+            r = c.post("/v1/embeddings", json={"input": "a"}, headers=headers)
+            assert "API key" in _err(r, 401) and r.headers["www-authenticate"] == "Bearer", headers
+        assert c.get("/nope").status_code == 401  # nothing is told to a client without the key
+        ok = {"authorization": "Bearer s3cret-key"}
+        r = c.post("/v1/embeddings", json={"input": texts[:2]}, headers=ok)
+        assert r.status_code == 200
+        np.testing.assert_allclose(np.array([d["embedding"] for d in r.json()["data"]], np.float32),
+                                   emb.embed(texts[:2]), atol=ATOL)
+        assert c.get("/v1/models", headers={"authorization": "bearer s3cret-key"}).status_code == 200
+        for path in ("/health", "/metrics"):
+            assert c.get(path).status_code == (200 if public_health else 401)
+            assert c.get(path, headers=ok).status_code == 200
+    with pytest.raises(ValueError, match="api_key must be a non-empty string"):
+        ServeConfig(api_key=" ")
+
+
+# ------------------------------------------------------------------------------------------ long inputs
+
+def test_long_inputs_rejected_by_default_and_truncation_reported(tiny_embed_model, texts):
+    from starlette.testclient import TestClient
+    from tokenizers import Tokenizer
+
+    from trtrun.embedder import Embedder
+    from trtrun.serve import create_app
+
+    long_text = "a fine film, " * 30
+    ref = Tokenizer.from_file(str(tiny_embed_model["tok"] / "tokenizer.json"))
+    ref.no_truncation()
+    ref.no_padding()
+    n = len(ref.encode(long_text).ids)
+    with Embedder(tiny_embed_model["plan"], tiny_embed_model["tok"], backend="reference", contexts=1) as e, \
+            TestClient(create_app(e)) as c:
+        r = c.post("/v1/embeddings", json={"input": ["fine", long_text]})
+        msg = _err(r, 400)
+        assert f"'input[1]' has {n} tokens, more than this model's limit of 32 tokens" in msg
+        r = c.post("/v1/embeddings", json={"input": ["fine", "dull"]})
+        assert r.status_code == 200 and "x-truncated-inputs" not in r.headers
+        assert all("truncated" not in d for d in r.json()["data"])
+    with Embedder(tiny_embed_model["plan"], tiny_embed_model["tok"], backend="reference", contexts=1,
+                  truncation="truncate") as e, TestClient(create_app(e)) as c:
+        r = c.post("/v1/embeddings", json={"input": ["fine", long_text, "dull"]})
+        assert r.status_code == 200 and r.headers["x-truncated-inputs"] == "1"
+        data = r.json()["data"]
+        assert [d.get("truncated", False) for d in data] == [False, True, False]
+        assert r.json()["usage"]["prompt_tokens"] == 3 + 32 + 3
+        r = c.post("/embed", json={"inputs": [long_text, "fine", long_text]})
+        assert r.status_code == 200 and r.headers["x-truncated-inputs"] == "0,2"
+
+
+# ------------------------------------------------------------------------------------------ slow and many clients
+
+def _read_all(sock: socket.socket, limit: float) -> tuple[bytes, float]:
+    """Everything the server sends until it closes (or `limit` s pass), and when it closed."""
+    t0 = time.monotonic()
+    sock.settimeout(limit)
+    data = b""
+    try:
+        while True:
+            d = sock.recv(65536)
+            if not d:
+                break
+            data += d
+    except (socket.timeout, ConnectionResetError):
+        pass
+    return data, time.monotonic() - t0
+
+
+def test_trickling_clients_are_cut_off_while_others_are_served(emb, texts, caplog):
+    """Header timeout 0.6 s, body timeout 0.8 s: 6 connections trickle a request head a byte every 0.1 s, 6
+    send a head and then trickle the body, 2 connect and send nothing; meanwhile a client sends normal
+    requests and every one is answered right. Each trickling connection gets a JSON 408 and is closed
+    within its timeout (plus 0.5 s of scheduling slack); the silent ones are closed quietly. The log holds
+    one line about it, not one per connection."""
+    head_t, body_t = 0.6, 0.8
+    caplog.set_level(logging.WARNING, logger="trtrun.serve")
+    with _Server(emb, header_timeout=head_t, body_timeout=body_t, max_wait_ms=1) as srv:
+        body = json.dumps({"input": "a fine film"}).encode()
+        head = (f"POST /v1/embeddings HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                f"content-length: {len(body)}\r\n\r\n").encode()
+        stop = threading.Event()
+        results: dict = {}
+
+        def trickle(i):
+            s = socket.create_connection(("127.0.0.1", srv.port))
+            t0 = time.monotonic()
+            kind = "head" if i < 6 else "body" if i < 12 else "silent"
+            try:
+                if kind == "body":
+                    s.sendall(head)
+                    todo = body
+                else:
+                    todo = head if kind == "head" else b""
+                for b in todo:  # a byte every 0.1 s until the server answers (or closes)
+                    if stop.is_set() or select.select([s], [], [], 0)[0]:
+                        break
+                    try:
+                        s.sendall(bytes([b]))
+                    except OSError:
+                        break
+                    time.sleep(0.1)
+                data, _ = _read_all(s, 5)
+                results[i] = (kind, data, time.monotonic() - t0)
+            finally:
+                s.close()
+
+        threads = [threading.Thread(target=trickle, args=(i,)) for i in range(14)]
+        for t in threads:
+            t.start()
+        served = []
+        with httpx.Client(base_url=srv.url, timeout=30) as c:
+            t_end = time.monotonic() + 2.0
+            k = 0
+            while time.monotonic() < t_end:
+                r = c.post("/v1/embeddings", json={"input": [texts[k % 24]]})
+                assert r.status_code == 200, r.text
+                np.testing.assert_allclose(r.json()["data"][0]["embedding"], emb.embed([texts[k % 24]])[0], atol=ATOL)
+                served.append(k)
+                k += 1
+        for t in threads:
+            t.join(10)
+        stop.set()
+        assert len(served) >= 5, served
+        assert len(results) == 14
+        for i, (kind, data, took) in results.items():
+            limit = head_t if kind in ("head", "silent") else head_t + body_t
+            assert took < limit + 0.5, (i, kind, took)
+            if kind == "silent":
+                assert data == b"", (i, data)
+                continue
+            assert data.startswith(b"HTTP/1.1 408 "), (i, kind, data[:200])
+            hdr, _, payload = data.partition(b"\r\n\r\n")
+            assert b"connection: close" in hdr.lower()
+            err = json.loads(payload)["error"]
+            assert err["code"] == 408 and ("--header-timeout" if kind == "head" else "--body-timeout") in err["message"]
+    lines = [r for r in caplog.records if r.name == "trtrun.serve" and "connection" in r.getMessage()]
+    assert 1 <= len(lines) <= 2, [r.getMessage() for r in lines]
+
+
+def test_beyond_the_connection_limit_a_quick_503_and_a_short_log(emb, texts, caplog):
+    """max_connections 6: 6 idle connections are held open; 40 more requests each get a JSON 503 with
+    Retry-After within a second, the log has one line about them (not 40), and once the 6 close a request
+    is served again."""
+    caplog.set_level(logging.WARNING, logger="trtrun.serve")
+    with _Server(emb, max_connections=6, header_timeout=30) as srv:
+        held = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(6)]
+        time.sleep(0.2)
+        times = []
+        for _ in range(40):
+            t0 = time.monotonic()
+            r = httpx.post(srv.url + "/v1/embeddings", json={"input": "a"}, timeout=5)
+            times.append(time.monotonic() - t0)
+            assert "too many connections (more than 6 open)" in _err(r, 503)
+            assert r.headers["retry-after"] == "1"
+        assert max(times) < 1.0, max(times)
+        for s in held:
+            s.close()
+        time.sleep(0.3)
+        r = httpx.post(srv.url + "/v1/embeddings", json={"input": texts[:1]}, timeout=30)
+        assert r.status_code == 200
+        np.testing.assert_allclose(r.json()["data"][0]["embedding"], emb.embed(texts[:1])[0], atol=ATOL)
+    lines = [r.getMessage() for r in caplog.records if r.name == "trtrun.serve" and "refused" in r.getMessage()]
+    assert len(lines) == 1 and "--max-connections 6" in lines[0], lines
+
+
+def test_connection_limit_fits_the_open_file_limit():
+    """With an open-file limit too small for max_connections beside the process's own files, the limit is
+    lowered (so accept() never runs out of descriptors) and a note says so."""
+    code = ("import resource; from trtrun.serve.app import connection_budget\n"
+            "resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))\n"
+            "n, note = connection_budget(1000); print(n); print(note)\n"
+            "print(*connection_budget(10))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    n, note, small = r.stdout.splitlines()
+    assert 0 < int(n) < 256 - 64 and "lowered to" in note and "ulimit -n" in note and "256" in note
+    assert small == "10 None"
+
+
+# ------------------------------------------------------------------------------------------ the command
+
+def test_serving_is_announced_only_once_bound_with_the_bound_port(tiny_embed_model):
+    """`--port 0`: the line names the port the system chose (it was ':0' before, printed before binding); a
+    port in use gives the error and no 'serving' line."""
+    proc = subprocess.Popen([sys.executable, "-m", "trtrun", "serve", str(tiny_embed_model["plan"]), "--tokenizer",
+                             str(tiny_embed_model["tok"]), "--backend", "reference", "--port", "0",
+                             "--log-level", "warning"], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        line = ""
+        end = time.time() + 90
+        while time.time() < end and "serving" not in line:
+            line = proc.stderr.readline()
+            if not line and proc.poll() is not None:
+                break
+        assert "serving" in line and ":0 " not in line, line
+        url = line.split(" on ")[1].split()[0]
+        assert httpx.get(url + "/health", timeout=5).status_code == 200  # it answers at once
+    finally:
+        proc.kill()
+        proc.wait()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "trtrun", "serve", str(tiny_embed_model["plan"]), "--tokenizer",
+                            str(tiny_embed_model["tok"]), "--backend", "reference", "--port", str(port)],
+                           cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "could not start" in r.stderr and "serving" not in r.stderr, r.stderr
+
+
+def test_workers_and_shared_engine_have_the_guards_and_the_key(tiny_embed_model, texts, monkeypatch):
+    """`--workers 2 --shared-engine` with the key from TRTRUN_API_KEY (not in the command line): the fronts
+    answer 401 without it, a lone surrogate with 400 naming the index, a too-long text with the engine's token
+    count, and cut off a trickling head with 408 within the timeout."""
+    from trtrun.embedder import Embedder
+
+    monkeypatch.setenv("TRTRUN_API_KEY", "k-123")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    ok = {"authorization": "Bearer k-123"}
+    with Embedder(tiny_embed_model["plan"], tiny_embed_model["tok"], backend="reference", contexts=1) as ref, \
+            serve_process(tiny_embed_model, port, "--workers", "2", "--shared-engine", "--contexts", "1",
+                          "--header-timeout", "0.7", "--public-health", "--log-level", "warning") as proc:
+        assert "k-123" not in " ".join(proc.args)
+        assert httpx.post(url + "/embed", json={"inputs": "a"}, timeout=5).status_code == 401
+        r = httpx.post(url + "/embed", json={"inputs": ["fine", "dull"]}, headers=ok, timeout=30)
+        assert r.status_code == 200
+        np.testing.assert_allclose(np.array(r.json(), np.float32), ref.embed(["fine", "dull"]), atol=ATOL)
+        r = httpx.post(url + "/embed", content=b'{"inputs": ["a", "b", "\\ud800"]}', headers=ok, timeout=30)
+        assert "'inputs[2]' holds a lone surrogate" in _err(r, 400)
+        r = httpx.post(url + "/v1/embeddings", json={"input": ["ok", "a fine film, " * 30]}, headers=ok, timeout=30)
+        assert "'input[1]' has 122 tokens, more than this model's limit of 32" in _err(r, 400)
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(b"POST /embed HTTP/1.1\r\nhost: x\r\n")
+        data, took = _read_all(s, 5)
+        s.close()
+        assert data.startswith(b"HTTP/1.1 408 ") and took < 0.7 + 0.5, (data[:100], took)
