@@ -83,7 +83,13 @@ OP_SCHEMAS: dict[str, dict[str, Any]] = {
         "outputs": (("y", True), ("sum", False)),
         "weights": {"gamma": True, "beta": True},
     },
+    "Pool": {
+        "inputs": (("x", True), ("attention_mask", False)),
+        "outputs": (("y", True),),
+        "weights": {},
+    },
 }
+POOL_MODES = ("mean", "cls")
 OP_TYPES = tuple(OP_SCHEMAS)
 
 
@@ -471,6 +477,10 @@ class Plan:
             if src.get("opset") is not None:
                 bits.append(f"opset {src['opset']}")
             lines.append("  source: " + ", ".join(bits))
+            if src.get("weights"):
+                lines.append(f"  source weights: {src['weights']}, converted at build time to the plan's precision")
+            for c in src.get("conversions") or []:
+                lines.append(f"  source conversion: {c}")
         m = d["model"] or {}
         if m:
             lines.append("  model: " + ", ".join(f"{k} {v}" for k, v in m.items()))
@@ -491,6 +501,8 @@ class Plan:
             extra = ""
             if o["type"] == "Linear" and o["attrs"].get("activation", "none") != "none":
                 extra = f"  [{o['attrs']['activation']}]"
+            elif o["type"] == "Pool":
+                extra = f"  [{o['attrs'].get('mode')}" + (", L2-normalized]" if o["attrs"].get("normalize") else "]")
             elif o["type"] == "Attention":
                 a = o["attrs"]
                 extra = f"  [heads {a.get('num_heads')} x {a.get('head_size')}" + \
@@ -529,6 +541,7 @@ OP_ATTRS = {
     "Linear": ("activation",),
     "Attention": ("num_heads", "head_size", "scale", "causal"),
     "LayerNorm": ("epsilon",),
+    "Pool": ("mode", "normalize"),
 }
 # Graph inputs an op slot may read, where the slot indexes a table or masks (checked at run time by
 # Plan.check_feeds against exactly these tables and values)
@@ -536,7 +549,10 @@ OP_INPUT_NAMES = {
     ("Embedding", 0): ("input_ids",),
     ("Embedding", 1): ("token_type_ids",),
     ("Attention", 1): ("attention_mask",),
+    ("Pool", 1): ("attention_mask",),
 }
+# header.source.weights: the dtype the source file stored its weights in, where not float32
+SOURCE_WEIGHTS = ("float16", "int8")
 
 
 def _type_name(v) -> str:
@@ -590,6 +606,11 @@ def _validate_header(h: Any, where: str, blob_nbytes: int | None) -> None:
             err(f"header.source.{key}", f"must be a string, got {_short(src[key])}")
     if "opset" in src and src["opset"] is not None:
         need_int(src["opset"], "header.source.opset", 0, INT32_MAX)
+    if "weights" in src and src["weights"] not in SOURCE_WEIGHTS:
+        err("header.source.weights", f"{_short(src['weights'])} is not one of {', '.join(SOURCE_WEIGHTS)}")
+    if "conversions" in src and not (isinstance(src["conversions"], list)
+                                     and all(isinstance(c, str) for c in src["conversions"])):
+        err("header.source.conversions", f"must be a list of strings, got {_short(src['conversions'])}")
     model = h.get("model", {})
     if "arch" in model and model["arch"] not in ARCHS:
         err("header.model.arch", f"{_short(model['arch'])} is not one of {', '.join(ARCHS)}")
@@ -611,8 +632,11 @@ def _validate_header(h: Any, where: str, blob_nbytes: int | None) -> None:
     if extra:
         err("header.profile", f"unknown keys {_short(extra)} (expected batch, seq)")
 
-    # tensors: every activation is [B, S, inner dims...] (what the runtime allocates per batch and sequence)
+    # tensors: every activation is [B, S, inner dims...] (what the runtime allocates per batch and sequence),
+    # except a Pool op's output, [B, N]
     tensors = h["tensors"]
+    pooled = {o["outputs"][0] for o in h["ops"] if isinstance(o, dict) and o.get("type") == "Pool"
+              and isinstance(o.get("outputs"), list) and o["outputs"] and isinstance(o["outputs"][0], str)}
     for name, t in tensors.items():
         f = f"header.tensors.{_nm(name)}"
         if not name:
@@ -622,8 +646,11 @@ def _validate_header(h: Any, where: str, blob_nbytes: int | None) -> None:
         if t.get("dtype") not in DTYPES:
             err(f + ".dtype", f"{_short(t.get('dtype'))} is not one of {', '.join(DTYPES)}")
         shp = t.get("shape")
-        if not (isinstance(shp, list) and 2 <= len(shp) <= MAX_RANK and shp[0] == "B" and shp[1] == "S"
-                and all(_is_int(d) and 1 <= d <= INT32_MAX for d in shp[2:])):
+        if name in pooled and isinstance(shp, list) and len(shp) == 2 and shp[0] == "B" and _is_int(shp[1]) \
+                and 1 <= shp[1] <= INT32_MAX:
+            pass
+        elif not (isinstance(shp, list) and 2 <= len(shp) <= MAX_RANK and shp[0] == "B" and shp[1] == "S"
+                  and all(_is_int(d) and 1 <= d <= INT32_MAX for d in shp[2:])):
             err(f + ".shape", f"must be [B, S, ...] with at most {MAX_RANK} dims, the others integers in "
                               f"[1, {INT32_MAX}]; got {_short(shp)}")
 
@@ -898,6 +925,20 @@ def _validate_op(op, f, tensors, weights, prof, err) -> None:
         need_shape(f"output {_nm(outs[0])!r}", T(outs[0])["shape"], [q[0], q[1], H * D])
         if ins[1]:
             need_shape(f"attention_mask {_nm(ins[1])!r}", T(ins[1])["shape"], q[:2])
+    elif typ == "Pool":
+        need_dtype("inputs[0]", ins[0], FLOAT_DTYPES)
+        need_dtype("inputs[1]", ins[1], INT_DTYPES)
+        need_dtype("outputs[0]", outs[0], FLOAT_DTYPES)
+        x = T(ins[0])["shape"]
+        if len(x) != 3 or x[:2] != ["B", "S"]:
+            err(f, f"input {ins[0]!r} must be [B, S, N], got {_fmt_shape(x)}")
+        need_shape(f"output {outs[0]!r}", T(outs[0])["shape"], ["B", x[2]])
+        if ins[1]:
+            need_shape(f"attention_mask {ins[1]!r}", T(ins[1])["shape"], ["B", "S"])
+        if attrs.get("mode") not in POOL_MODES:
+            err(f + ".attrs.mode", f"{attrs.get('mode')!r} is not one of {', '.join(POOL_MODES)}")
+        if not isinstance(attrs.get("normalize", False), bool):
+            err(f + ".attrs.normalize", f"must be true or false, got {attrs['normalize']!r}")
     elif typ == "LayerNorm":
         need_dtype("inputs[0]", ins[0], FLOAT_DTYPES)
         need_dtype("inputs[1]", ins[1], FLOAT_DTYPES)

@@ -332,6 +332,31 @@ def ref_embedding(input_ids: np.ndarray, token_type_ids: np.ndarray | None = Non
     return y
 
 
+@_quiet
+def ref_pool(x: np.ndarray, attention_mask: np.ndarray | None = None, *, mode: str = "mean",
+             normalize: bool = False, precision: str = "fp32", out_dtype=F32) -> np.ndarray:
+    """Pool token states x [B, S, N] -> [B, N] in `out_dtype`, computed in float32 in every precision (a
+    tail op on the plan's fp32 output path, as the sentence-transformers modules it stands for compute it).
+
+    mean: sum_j m_j x_j / max(sum_j m_j, 1e-9), m = attention_mask != 0 (all ones without a mask);
+    cls: x[:, 0]. normalize: y / max(|y|_2, 1e-12).
+    """
+    _check_precision(precision)
+    x = np.asarray(x).astype(F32)
+    if mode == "mean":
+        B, S = x.shape[:2]
+        m = np.ones((B, S), F32) if attention_mask is None else (np.asarray(attention_mask) != 0).astype(F32)
+        y = np.einsum("bsn,bs->bn", x, m, dtype=F32) / np.maximum(m.sum(1, dtype=F32), F32(1e-9))[:, None]
+    elif mode == "cls":
+        y = x[:, 0].copy()
+    else:
+        raise ValueError(f"pool mode must be mean or cls, got {mode!r}")
+    if normalize:
+        norm = np.sqrt(np.add.reduce(y * y, axis=-1, dtype=F32, keepdims=True))
+        y = y / np.maximum(norm, F32(1e-12))
+    return y.astype(out_dtype)
+
+
 # ----------------------------------------------------------------------------- the backend
 class ReferenceBackend:
     """Runs a plan op by op in numpy. `run(feeds)` -> {output name: float32 array}.
@@ -381,6 +406,9 @@ class ReferenceBackend:
             y, s = ref_layernorm(ins[0], ins[1], self._w(op, "gamma"), self._w(op, "beta"),
                                  epsilon=a["epsilon"], precision=prec, out_dtype=odt, sum_dtype=sdt)
             return [y, s] if len(outs) > 1 and outs[1] else [y]
+        if typ == "Pool":
+            return [ref_pool(ins[0], ins[1], mode=a["mode"], normalize=a.get("normalize", False), precision=prec,
+                             out_dtype=odt)]
         raise PlanError(f"op {op['name']!r}: unknown op type {typ!r}")  # validate() prevents this
 
     def run(self, feeds: Mapping[str, np.ndarray], capture: bool = False):
@@ -401,5 +429,7 @@ class ReferenceBackend:
                 for t in op["inputs"]:
                     if t and self._last_use.get(t) == i and t not in self._keep:
                         env.pop(t, None)
-        outputs = {o["name"]: np.asarray(env[o["name"]], dtype=F32) for o in plan.outputs}
+        # float outputs as float32; an input passed through keeps its integer dtype
+        outputs = {o["name"]: np.asarray(env[o["name"]], dtype=F32 if o["dtype"] in ("float32", "float16")
+                                         else np.int64) for o in plan.outputs}
         return (outputs, env) if capture else outputs

@@ -3,7 +3,7 @@
     load -> [other producers' forms: upcast fp16 -> dequantize int8 -> lower com.microsoft ops]
          -> simplify -> select outputs -> probe -> remove no-op layout ops
          -> fuse LayerNorm -> fuse Linear (+bias, +GELU) -> fuse attention (+ merged QKV Linear)
-         -> fuse embeddings (+LayerNorm) -> fuse residual Adds into LayerNorm
+         -> fuse embeddings (+LayerNorm) -> fuse residual Adds into LayerNorm -> fuse pooled outputs
          -> check only IR ops are left -> pin precision -> lower to a Plan
 
 Each graph pass is one function taking (graph, facts), ending in cleanup().toposort(). See
@@ -21,6 +21,7 @@ from .fuse_attention import fuse_attention
 from .fuse_embedding import fuse_embedding
 from .fuse_layernorm import fuse_layernorm
 from .fuse_linear import fuse_linear
+from .fuse_pooling import fuse_pooling
 from .fuse_residual import fuse_residual
 from .gelu_form import GELU_CHOICES, choose_gelu_form
 from .load import default_opset, load_model
@@ -34,7 +35,7 @@ from .simplify import decouple_shapes, remove_noop_layout, simplify
 from .upcast_fp16 import upcast_fp16
 
 __all__ = ["build", "load_model", "upcast_fp16", "dequantize", "lower_contrib", "simplify", "select_outputs", "probe", "decouple_shapes", "remove_noop_layout", "fuse_layernorm",
-           "fuse_linear", "fuse_attention", "fuse_embedding", "fuse_residual", "check_supported",
+           "fuse_linear", "fuse_attention", "fuse_embedding", "fuse_residual", "fuse_pooling", "check_supported",
            "pin_precision", "lower", "precision_onnx", "resolve_profile", "PRECISIONS"]
 
 # Other producers' spellings, rewritten into what a plain fp32 export would be before anything else runs
@@ -50,6 +51,7 @@ FUSIONS = (
     ("fuse_attention", fuse_attention),
     ("fuse_embedding", fuse_embedding),
     ("fuse_residual", fuse_residual),
+    ("fuse_pooling", fuse_pooling),
 )
 STEPS = ("load", "producer forms", "simplify", "select_outputs", "probe", "decouple_shapes+remove_noop_layout", *(n for n, _ in FUSIONS),
          "check_supported", "pin_precision", "lower", "plan")

@@ -20,6 +20,7 @@ OP_SLOTS = {
     "Linear": (("x",), ("weight", "bias"), ("y",)),
     "Attention": (("qkv", "attention_mask"), (), ("y",)),
     "LayerNorm": (("x", "residual"), ("gamma", "beta"), ("y", "sum")),
+    "Pool": (("x", "attention_mask"), (), ("y",)),
 }
 
 

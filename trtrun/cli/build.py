@@ -60,8 +60,11 @@ def _fmt_profile(profile) -> str:
               help="hybrid: dtype of a Linear output read by a post-norm LayerNorm (BERT). fp16 is what an "
                    "fp16 linear layer writes; fp32 keeps one rounding fewer and moves 2 more bytes an element. "
                    "The LayerNorm computes in fp32 either way; see docs/plan-format.md")
+@click.option("--outputs", "outputs", default=None, metavar="NAME[,NAME]",
+              help="keep only these graph outputs (default: every output the model has); the others, and what "
+                   "only they need, are dropped before fusion (as Polygraphy's --onnx-outputs)")
 @quiet_option
-def command(onnx_path, output, precision, profile, save_onnx, tf32, gelu, ln_input, quiet):
+def command(onnx_path, output, precision, profile, save_onnx, tf32, gelu, ln_input, outputs, quiet):
     """Build an engine plan from MODEL.onnx.
 
     \b
@@ -94,12 +97,17 @@ def command(onnx_path, output, precision, profile, save_onnx, tf32, gelu, ln_inp
             raise InputError(f"--max sequence {profile['seq'][2]} exceeds the model's {rows} positions "
                              f"(its position-embedding table has {rows} rows)")
 
+    if outputs is not None:
+        outputs = [o.strip() for o in outputs.split(",") if o.strip()]
+        if not outputs:
+            raise click.UsageError("--outputs needs at least one output name")
+
     status(f"building {src} -> {out} (precision {precision}"
            + (f", profile {_fmt_profile(profile)}" if profile else "") + ")", quiet)
     progress = Progress(enabled=not quiet)
     try:
         plan = build(src, precision=precision, profile=profile, save_onnx=save_onnx, progress=progress,
-                     gelu=gelu, tf32=tf32, ln_input=ln_input)
+                     gelu=gelu, tf32=tf32, ln_input=ln_input, outputs=outputs)
     finally:
         elapsed = progress.close()
 
@@ -110,5 +118,13 @@ def command(onnx_path, output, precision, profile, save_onnx, tf32, gelu, ln_inp
     status(f"wrote {out}: {len(plan.header.get('ops', []))} ops, precision {plan.header.get('precision', precision)}, "
            f"profile {_fmt_profile(plan.header.get('profile'))}, weights {human_bytes(weights)}, "
            f"file {human_bytes(out.stat().st_size)}, built in {elapsed:.1f}s", quiet)
+    for c in plan.source.get("conversions", []):
+        status(f"note: {c}", quiet)
+    pooled = [o["outputs"][0] for o in plan.ops if o["type"] == "Pool"]
+    if pooled:
+        rest = [o["name"] for o in plan.outputs if o["name"] not in pooled]
+        status(f"note: output(s) {', '.join(pooled)} come from a Pool op, which the reference backend runs but the "
+               f"GPU runtime does not yet" + (f"; for the GPU build with --outputs {','.join(rest)}" if rest else ""),
+               quiet)
     if save_onnx:
         status(f"wrote {save_onnx} (rewritten ONNX)", quiet)

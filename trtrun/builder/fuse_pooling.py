@@ -1,0 +1,104 @@
+"""Fuse pooled sentence vectors: a graph output [B, N] computed from token states [B, S, N] -> trtrun Pool.
+
+Sentence-embedding exports (sentence-transformers' Pooling + Normalize modules, Optimum's
+`--library sentence_transformers`) return, beside the token states, a [batch, hidden] vector computed in
+the graph: the mean over the tokens attention_mask keeps (sum(x * m) / max(sum(m), 1e-9)), or the first
+token's state (CLS), then optionally an L2 normalization (y / max(|y|, 1e-12)). Exporters spell these in
+many ways (ReduceSum or ReduceMean, Clip or Max, ReduceL2 or Pow/Sqrt, Expand, Casts), so this pass matches
+by value, as the others confirm: for a graph output of probe shape [B, N] that is not yet an IR op's
+output, the one [B, S, N] IR-op output it is computed from (walking back through non-IR nodes; the rest of
+its inputs may be attention_mask and shapes only) is pooled in each supported way, and the one that
+reproduces the output's probe values (probe.agree) is written as a `Pool` op. An output that matches none is
+left for check_supported, which names it; `--outputs` can leave it out.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _graph as G
+from .probe import agree
+
+MODES = ("mean", "cls")
+
+
+def reference_pool(x, mask, mode: str, normalize: bool):
+    """The IR's Pool formula in float64 (docs/plan-format.md), for checking matches."""
+    x = np.asarray(x, np.float64)
+    if mode == "mean":
+        m = np.ones(x.shape[:2]) if mask is None else (np.asarray(mask) != 0).astype(np.float64)
+        y = (x * m[..., None]).sum(1) / np.maximum(m.sum(1), 1e-9)[:, None]
+    elif mode == "cls":
+        y = x[:, 0]
+    else:
+        raise ValueError(f"pool mode must be one of {MODES}, got {mode!r}")
+    if normalize:
+        y = y / np.maximum(np.linalg.norm(y, axis=-1, keepdims=True), 1e-12)
+    return y
+
+
+def fuse_pooling(graph, facts) -> int:
+    count = 0
+    mask = next((i for i in graph.inputs if i.name == "attention_mask"), None)
+    for t in list(graph.outputs):
+        p = G.producer(t)
+        if p is None or G.is_trtrun(p):
+            continue
+        try:
+            if facts.sym_shape(t)[0] != "B" or len(facts.sym_shape(t)) != 2:
+                continue
+        except Exception:
+            continue
+        x = _source(graph, t, facts)
+        if x is None:
+            continue
+        found = None
+        for mode in MODES:
+            for normalize in (False, True):
+                ours = [reference_pool(a, f.get("attention_mask"), mode, normalize)
+                        for a, f in zip(facts.get(x), facts.feeds)]
+                if agree(ours, facts.get(t)):
+                    found = (mode, normalize)
+                    break
+            if found:
+                break
+        if found is None:
+            continue
+        mode, normalize = found
+        use_mask = mode == "mean" and mask is not None
+        G.add_trtrun_node(graph, "Pool", t.name.strip("/").replace("/", ".") + ".pool",
+                          inputs={"x": x, "attention_mask": mask if use_mask else None}, weights={}, outputs=[t],
+                          attrs={"mode": mode, "normalize": bool(normalize)})
+        count += 1
+    G.finish(graph)
+    return count
+
+
+def _source(graph, t, facts):
+    """The single [B, S, N] IR-op output t is computed from, if its other inputs are attention_mask and
+    shapes only; else None."""
+    inputs = {i.name for i in graph.inputs}
+    seen, stack, sources = set(), [t], []
+    while stack:
+        u = stack.pop()
+        if id(u) in seen:
+            continue
+        seen.add(id(u))
+        p = G.producer(u)
+        if p is None:
+            if u.name in inputs and u.name != "attention_mask":
+                return None  # token ids' values do not pool
+            continue
+        if G.is_trtrun(p):
+            sources.append(u)
+            continue
+        if p.op in ("Shape", "Size"):
+            continue
+        stack.extend(i for i in p.inputs if not i.is_empty())
+    if len(sources) != 1:
+        return None
+    try:
+        sym = facts.sym_shape(sources[0])
+    except Exception:
+        return None
+    return sources[0] if len(sym) == 3 and sym[:2] == ["B", "S"] else None
