@@ -2,9 +2,11 @@
 """Mutational fuzzer for the plan loader (trtrun.plan.load_plan) and the reference backend.
 
 Each execution takes a valid seed plan, mutates it, writes it to a file and loads it; a file that loads
-is then run by the reference backend on a tiny input (batch <= 2, sequence <= 4). Anything but PlanError
-from the load, or PlanError/InputError from the run, is a crash: the input is saved under --crashes and
-its path printed. An execution that takes longer than --exec-timeout seconds is a hang (saved the same way).
+is then described (Plan.summary/to_dict, what `trtrun inspect` prints), lowered for the GPU runtime
+(trtrun.runtime._lower_plan, pure Python) and run by the reference backend on a tiny input (batch <= 2,
+sequence <= 4). Anything but PlanError from the load, or PlanError/InputError from the run, is a crash:
+the input is saved under --crashes and its path printed. An execution that takes longer than
+--exec-timeout seconds is a hang (saved the same way).
 
 Mutations (seeded, reproducible for a given --seed and --jobs):
   structured  1-4 edits of the header's JSON tree (wrong types, huge/negative/NaN numbers, missing and
@@ -342,12 +344,17 @@ def execute(path: Path, data: bytes) -> str:
     from trtrun.errors import InputError, PlanError
     from trtrun.plan import load_plan
     from trtrun.reference import ReferenceBackend
+    from trtrun.runtime import _lower_plan
 
     _overwrite(path, data)
     try:
         plan = load_plan(path)
     except PlanError as e:
         return "PlanError " + _stage(str(e), str(path))
+    # what else reads a loaded header: `trtrun inspect` and the GPU runtime's lowering (pure Python)
+    plan.summary()
+    plan.to_dict()
+    _lower_plan(plan)
     try:
         with warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("ignore")
