@@ -130,3 +130,15 @@ def test_run_pooling_choice(tmp_path):
     assert resolve_pooling(dec, "auto", 3, [st])[0] == "none"
     assert resolve_pooling(enc, "auto", 2, [st])[0] == "none"
     assert resolve_pooling(dec, "max", 3, [st]) == ("max", "--pooling max")
+
+
+def test_info_names_the_extra_of_a_missing_package(monkeypatch):
+    from trtrun.cli import info
+
+    real = info._version
+    monkeypatch.setattr(info, "_version", lambda d: None if d in ("onnxscript", "scikit-learn") else real(d))
+    monkeypatch.setattr(info, "_gpu_runtime", lambda: {"built": False, "usable": False, "reason": "r", "gpu": None})
+    from click.testing import CliRunner
+
+    out = CliRunner().invoke(info.command, []).output
+    assert "missing: onnxscript ('trtrun[export]'), scikit-learn ('trtrun[check]')" in out

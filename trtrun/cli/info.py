@@ -14,8 +14,16 @@ import click
 from .options import json_option
 
 # distributions whose versions matter to trtrun (read from metadata: nothing is imported)
-PACKAGES = ("numpy", "onnx", "onnx-graphsurgeon", "onnxruntime", "click", "torch", "transformers",
-            "matplotlib", "pybind11", "nvidia-cublas")
+PACKAGES = ("numpy", "onnx", "onnx-graphsurgeon", "onnxruntime", "click", "torch", "transformers", "onnxscript",
+            "matplotlib", "scikit-learn", "starlette", "uvicorn", "pybind11", "nvidia-cublas")
+
+
+def _missing(dist: str) -> str:
+    """A missing distribution, with the extra that installs it where one does."""
+    from .._optional import EXTRAS
+
+    extra = {d: e for d, e in EXTRAS.values()}.get(dist)
+    return f"{dist} ('trtrun[{extra}]')" if extra else dist
 
 
 def _version(dist: str) -> str | None:
@@ -95,7 +103,7 @@ def command(as_json: bool):
         f"trtrun {info['trtrun']} ({info['location']})",
         f"python {info['python']} on {info['platform']}",
         "packages: " + ", ".join(f"{k} {v}" for k, v in info["packages"].items() if v)
-        + ("; missing: " + ", ".join(k for k, v in info["packages"].items() if not v)
+        + ("; missing: " + ", ".join(_missing(k) for k, v in info["packages"].items() if not v)
            if any(v is None for v in info["packages"].values()) else ""),
         "GPU runtime: " + ("extension built, " if g["built"] else "extension not built, ")
         + ("usable" if g["usable"] else "not usable") + (f" ({g['reason']})" if g["reason"] else ""),
