@@ -74,6 +74,9 @@ class BadRowError(InputError):
         self.row, self.id, self.reason = row, id_, reason
         super().__init__(f"row {row}{_id_text(row, id_)}: {reason}")
 
+    def __reduce__(self):  # (it crosses processes: a Ray actor raises it, the driver reports it)
+        return (type(self), (self.row, self.id, self.reason))
+
 
 def stopped_by(e: BadRowError, job, written: int) -> BadRowError:
     """The error that ends a job at a bad row (on_error "fail"), saying what was kept and how to go on."""
@@ -116,6 +119,10 @@ class ShardRows:
     ids: list
     texts: list
     errors: list
+    rows: Sequence[int] | None = None  # row numbers (default: the whole shard, in order)
+
+    def row_numbers(self) -> Sequence[int]:
+        return self.rows if self.rows is not None else range(self.shard.start, self.shard.end)
 
 
 class CorpusInput:
@@ -294,6 +301,12 @@ class CorpusInput:
         t = obj[self.text_column]
         if not isinstance(t, str):
             return id_, None, f"field {self.text_column!r} is {_json_type(t)}, expected a string"
+        if not t.isascii():
+            try:  # JSON's \ud800 escapes make strs that no tokenizer (nor Arrow) takes
+                t.encode("utf-8")
+            except UnicodeEncodeError as e:
+                return id_, None, (f"field {self.text_column!r} holds a lone surrogate U+{ord(t[e.start]):04X} at "
+                                   f"character {e.start}: not valid Unicode text")
         return id_, t, None
 
     def _read_parquet(self, shard: Shard) -> ShardRows:
@@ -348,6 +361,7 @@ class ShardResult:
     num_tokens: np.ndarray
     truncated: np.ndarray
     bad: list
+    rows: list = field(default_factory=list)  # the good rows' row numbers
 
     @property
     def tokens(self) -> int:
@@ -411,16 +425,26 @@ def embed_shard(emb, rows: ShardRows, *, chunk_rows: int = DEFAULT_CHUNK_ROWS, o
     for i, (t, err) in enumerate(zip(rows.texts, rows.errors)):
         if err is not None or t == "":
             bad[i] = err if err is not None else "is an empty text"
-    for c in range(0, n, chunk_rows):
-        span = range(c, min(n, c + chunk_rows))
+    nums = rows.row_numbers()
+    # chunks by row number within the shard, so that a shard's rows are chunked alike wherever they are
+    # embedded (a Ray actor handed part of a shard cuts the same chunks)
+    spans, at = [], 0
+    while at < n:
+        key = (nums[at] - shard.start) // chunk_rows
+        end = at + 1
+        while end < n and (nums[end] - shard.start) // chunk_rows == key:
+            end += 1
+        spans.append(range(at, end))
+        at = end
+    for span in spans:
         first = next((i for i in span if i in bad), None)
         if first is not None and on_error == "fail":
-            raise BadRowError(shard.start + first, rows.ids[first], bad[first])
+            raise BadRowError(nums[first], rows.ids[first], bad[first])
         local = [i for i in span if i not in bad]
         kept, res, refused = embed_texts_checked(emb, [rows.texts[i] for i in local]) if local else ([], None, {})
         if refused and on_error == "fail":
             j = min(refused)
-            raise BadRowError(shard.start + local[j], rows.ids[local[j]], refused[j])
+            raise BadRowError(nums[local[j]], rows.ids[local[j]], refused[j])
         for j, why in refused.items():
             bad[local[j]] = why
         if res is not None:
@@ -429,14 +453,14 @@ def embed_shard(emb, rows: ShardRows, *, chunk_rows: int = DEFAULT_CHUNK_ROWS, o
             ntok.append(res.num_tokens)
             trunc.append(res.truncated)
         if on_chunk is not None:
-            on_chunk(min(n, c + chunk_rows) - c, int(res.num_tokens.sum()) if res is not None else 0)
+            on_chunk(len(span), int(res.num_tokens.sum()) if res is not None else 0)
     dim = emb.dim
     return ShardResult(
         shard, [rows.ids[i] for i in keep],
         np.concatenate(parts) if parts else np.zeros((0, dim), np.float32),
         np.concatenate(ntok).astype(np.int32) if ntok else np.zeros(0, np.int32),
         np.concatenate(trunc) if trunc else np.zeros(0, bool),
-        [(shard.start + i, rows.ids[i], bad[i]) for i in sorted(bad)])
+        [(nums[i], rows.ids[i], bad[i]) for i in sorted(bad)], [nums[i] for i in keep])
 
 
 # ------------------------------------------------------------------------------------------------ output
@@ -765,7 +789,10 @@ def embed_corpus(input_path, output, *, model=None, embedder=None, tokenizer=Non
         job = plan_job(input_path, output, embedder, fmt=fmt, text_column=text_column, id_column=id_column,
                        shard_rows=shard_rows, chunk_rows=chunk_rows, on_error=on_error)
         if ray is not None:
-            from .ray_job import run_ray
+            try:
+                from .ray_job import run_ray
+            except ImportError as e:
+                raise TrtrunError(str(e)) from None
 
             opts = dict(ray_options or {})
             opts.setdefault("backend", backend)
