@@ -19,7 +19,8 @@ Mutations (seeded, reproducible for a given --seed and --jobs):
   truncate    the file cut short, or grown with trailing bytes
   splice      one seed's header over another's blob
 
-Seed plans default to tests/test_plan.py's hand-made tiny plans (encoder and decoder, fp32/fp16/hybrid);
+Seed plans default to tests/test_plan.py's hand-made tiny plans (encoder and decoder, fp32/fp16/hybrid,
+one with a Pool output);
 --plan adds plan files of your own.
 
     python scripts/fuzz_plan.py --execs 1000000 --jobs 2 --seed 1 --crashes fuzz-crashes
@@ -89,7 +90,7 @@ FLOATS = [0.0, -0.0, 1e-45, 1e-12, 0.5, 1.5, 16.5, -1.0, 3.4e38, 3.5e38, 1e308, 
           float("-inf")]
 ITEMSIZE = {"float32": 4, "float16": 2, "int64": 8, "int32": 4}
 STRINGS = ["", "B", "S", "x", "float32", "float16", "int64", "int8", "bfloat16", "fp16", "hybrid", "gelu_erf",
-           "relu", "Linear", "Embedding", "Attention", "LayerNorm", "input_ids", "attention_mask",
+           "relu", "Linear", "Embedding", "Attention", "LayerNorm", "Pool", "mean", "cls", "input_ids", "attention_mask",
            "token_type_ids", "last_hidden_state", "\x1b[2J", "\ud800", "n" * 5000]
 
 
@@ -354,17 +355,21 @@ def execute(path: Path, data: bytes) -> str:
     # what else reads a loaded header: `trtrun inspect` and the GPU runtime's lowering (pure Python)
     plan.summary()
     plan.to_dict()
-    _lower_plan(plan)
+    lowered = ""
+    try:
+        _lower_plan(plan)
+    except PlanError:  # an op the GPU runtime does not run (a valid plan may hold one)
+        lowered = ", not lowerable"
     try:
         with warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("ignore")
             out = ReferenceBackend(plan).run(tiny_feeds(plan))
         assert all(isinstance(v, np.ndarray) for v in out.values())
-        return "loaded, ran"
+        return "loaded, ran" + lowered
     except InputError:
-        return "loaded, run InputError"
+        return "loaded, run InputError" + lowered
     except PlanError:
-        return "loaded, run PlanError"
+        return "loaded, run PlanError" + lowered
 
 
 def default_seeds() -> list[bytes]:
@@ -372,8 +377,18 @@ def default_seeds() -> list[bytes]:
     sys.path.insert(0, str(REPO / "tests"))
     from test_plan import tiny_plan
 
+    from trtrun.plan import Plan
+
     prof = {"batch": [1, 1, 2], "seq": [1, 4, 8]}
+    pooled = tiny_plan("fp32", "encoder", hidden=8, heads=2, layers=1, vocab=16, max_pos=8, profile=prof, seed=3)
+    hdr = json.loads(json.dumps({k: v for k, v in pooled.header.items() if k != "weights"}))
+    hdr["ops"].append({"type": "Pool", "name": "pool", "inputs": ["last_hidden_state", "attention_mask"],
+                       "outputs": ["pooled"], "weights": {}, "attrs": {"mode": "mean", "normalize": True},
+                       "precision": "fp32"})
+    hdr["tensors"]["pooled"] = {"dtype": "float32", "shape": ["B", 8]}
+    hdr["outputs"].append({"name": "pooled", "dtype": "float32", "shape": ["B", 8]})
     plans = [tiny_plan("fp32", "encoder", hidden=8, heads=2, layers=1, vocab=16, max_pos=8, profile=prof),
+             Plan.from_parts(hdr, pooled.weights),
              tiny_plan("hybrid", "encoder", hidden=8, heads=2, layers=1, vocab=16, max_pos=8, profile=prof,
                        seed=1),
              tiny_plan("fp16", "decoder", hidden=8, heads=2, layers=1, vocab=16, max_pos=8, profile=prof,

@@ -56,7 +56,7 @@ def test_op_type_not_a_string(plan_file, bad):
     _, path = plan_file
     _rewrite(path, lambda h: _op(h, "l0.fc1").update(type=bad))
     with pytest.raises(PlanError, match=r"header\.ops\[5\] \('l0.fc1'\)\.type: must be a string naming an op "
-                                        r"type \(Embedding, Linear, Attention, LayerNorm\)"):
+                                        r"type \(Embedding, Linear, Attention, LayerNorm, Pool\)"):
         load_plan(path)
 
 
@@ -329,3 +329,26 @@ def test_saved_plans_still_load(plan_file):
                 f.pop("token_type_ids")
             a, b = ReferenceBackend(plan).run(f), ReferenceBackend(back).run(f)
             np.testing.assert_array_equal(a["last_hidden_state"], b["last_hidden_state"])
+
+
+def test_lowering_names_ops_the_runtime_lacks():
+    """A valid plan may hold ops only the reference backend runs (Pool): lowering it for the GPU runtime says
+    so as a PlanError (it was a KeyError), and a plan of runtime ops lowers as before."""
+    import json
+
+    from trtrun.plan import Plan
+    from trtrun.runtime import _lower_plan
+
+    base = tiny_plan("fp32", layers=1)
+    low = _lower_plan(base)
+    assert [o["name"] for o in base.ops] == [o["name"] for o in low["ops"]]
+    hdr = json.loads(json.dumps({k: v for k, v in base.header.items() if k != "weights"}))
+    hdr["ops"].append({"type": "Pool", "name": "pool", "inputs": ["last_hidden_state", "attention_mask"],
+                       "outputs": ["pooled"], "weights": {}, "attrs": {"mode": "cls"}, "precision": "fp32"})
+    hdr["tensors"]["pooled"] = {"dtype": "float32", "shape": ["B", 16]}
+    hdr["outputs"].append({"name": "pooled", "dtype": "float32", "shape": ["B", 16]})
+    plan = Plan.from_parts(hdr, base.weights)
+    with pytest.raises(PlanError, match=r"op 'pool': the GPU runtime does not run Pool ops yet"):
+        _lower_plan(plan)
+    out = ReferenceBackend(plan).run(_feeds())
+    np.testing.assert_array_equal(out["pooled"], out["last_hidden_state"][:, 0])

@@ -931,14 +931,14 @@ def _validate_op(op, f, tensors, weights, prof, err) -> None:
         need_dtype("outputs[0]", outs[0], FLOAT_DTYPES)
         x = T(ins[0])["shape"]
         if len(x) != 3 or x[:2] != ["B", "S"]:
-            err(f, f"input {ins[0]!r} must be [B, S, N], got {_fmt_shape(x)}")
-        need_shape(f"output {outs[0]!r}", T(outs[0])["shape"], ["B", x[2]])
+            err(f, f"input {_nm(ins[0])!r} must be [B, S, N], got {_fmt_shape(x)}")
+        need_shape(f"output {_nm(outs[0])!r}", T(outs[0])["shape"], ["B", x[2]])
         if ins[1]:
-            need_shape(f"attention_mask {ins[1]!r}", T(ins[1])["shape"], ["B", "S"])
+            need_shape(f"attention_mask {_nm(ins[1])!r}", T(ins[1])["shape"], ["B", "S"])
         if attrs.get("mode") not in POOL_MODES:
-            err(f + ".attrs.mode", f"{attrs.get('mode')!r} is not one of {', '.join(POOL_MODES)}")
+            err(f + ".attrs.mode", f"{_short(attrs.get('mode'))} is not one of {', '.join(POOL_MODES)}")
         if not isinstance(attrs.get("normalize", False), bool):
-            err(f + ".attrs.normalize", f"must be true or false, got {attrs['normalize']!r}")
+            err(f + ".attrs.normalize", f"must be true or false, got {_short(attrs['normalize'])}")
     elif typ == "LayerNorm":
         need_dtype("inputs[0]", ins[0], FLOAT_DTYPES)
         need_dtype("inputs[1]", ins[1], FLOAT_DTYPES)

@@ -22,7 +22,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .errors import DeviceError, InputError, RuntimeUnavailableError, ShapeError
+from .errors import DeviceError, InputError, PlanError, RuntimeUnavailableError, ShapeError
 
 __all__ = ["Engine", "Context", "DeviceArray", "gpu_available", "bucket_seq"]
 
@@ -205,6 +205,10 @@ def _lower_plan(plan) -> dict:
     operands the same way), a fp16 bias to fp32 when the output is fp32 (exact), embedding tables and
     gamma/beta to a common type (fp32 when they differ; exact).
     """
+    for op in plan.ops:  # a valid plan may hold ops only the reference backend runs (Pool)
+        if op["type"] not in _OP:
+            raise PlanError(f"op {op['name']!r}: the GPU runtime does not run {op['type']} ops yet (the reference "
+                            f"backend does); build the plan without the outputs that need it (--outputs)")
     tensors = plan.tensors
     names = list(tensors)
     tindex = {n: i for i, n in enumerate(names)}
