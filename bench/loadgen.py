@@ -11,7 +11,7 @@
    `--inputs` random texts per request (e.g. 1, or 1-4). After `--warmup` seconds, `--duration` seconds
    are measured. EVERY response is checked: HTTP 200, one item per text with index i at position i, and
    cosine(embedding, reference) >= --min-cosine for each. Anything else is a failure, counted and shown.
-   `--poison-every N`: every N-th request of each client carries one text that is not valid Unicode (a lone
+   `--poison-every N`: every N-th request (counted over all clients of a process) carries one text that is not valid Unicode (a lone
    surrogate escape, "\ud800", valid JSON) at a random position j; its answer must be HTTP 400 naming
    `input[j]` (anything else is a failure), and it must not disturb the other requests: they are checked
    as above, so a batch mate failed by it shows up as a failure or mismatch. Poisoned requests are not
@@ -193,7 +193,7 @@ async def _load(spec: dict, t_go: float) -> dict:
     lat, n_in = [], []
     fails: dict[str, int] = {}
     examples: list[str] = []
-    stats = {"checked_requests": 0, "checked_inputs": 0, "min_cos": 1.0, "sent": 0, "poisoned": 0,
+    stats = {"checked_requests": 0, "checked_inputs": 0, "min_cos": 1.0, "sent": 0, "issued": 0, "poisoned": 0,
              "poisoned_refused": 0}
     poison_every = spec.get("poison_every") or 0
     key = "inputs" if endpoint == "/embed" else "input"
@@ -225,14 +225,13 @@ async def _load(spec: dict, t_go: float) -> dict:
     async def client(k: int) -> None:
         rng = random.Random(spec["seed"] * 100_003 + k)  # ~10x cheaper per draw than numpy's choice
         pool = range(len(texts))
-        n = k  # the clients' poisoned requests are spread over time, not all at once
         while True:
             t0 = time.monotonic()
             if t0 >= t_end:
                 return
             idx = rng.sample(pool, rng.randint(lo, hi))
-            n += 1
-            if poison_every and n % poison_every == 0:
+            stats["issued"] += 1
+            if poison_every and stats["issued"] % poison_every == 0:
                 await poisoned(rng, idx)
                 continue
             stats["sent"] += 1
@@ -422,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-chars", type=int, default=2000, help="cut texts to this many characters")
     ap.add_argument("--min-cosine", type=float, default=0.9999)
     ap.add_argument("--poison-every", type=int, default=0, metavar="N",
-                    help="every N-th request of a client carries a text that is not valid Unicode; it must get "
+                    help="every N-th request carries a text that is not valid Unicode; it must get "
                          "400 naming its index, and the others must be unaffected (0: none)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")

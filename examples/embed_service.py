@@ -27,6 +27,7 @@ def build_app(embedder, corpus: list[str], *, max_wait_ms: float = 2.0):
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
+    from trtrun.errors import InputError
     from trtrun.serve import MicroBatcher
 
     vectors = embedder.embed(corpus)  # [n, dim] float32, row i for corpus[i]
@@ -45,7 +46,10 @@ def build_app(embedder, corpus: list[str], *, max_wait_ms: float = 2.0):
                 raise ValueError
         except (ValueError, KeyError, TypeError):
             return JSONResponse({"error": 'send {"query": "non-empty text", "k": 1..100}'}, status_code=422)
-        result = await asyncio.wrap_future(request.app.state.batcher.submit([query]))
+        try:  # a query the tokenizer cannot take (not valid Unicode) fails alone, before it joins a batch
+            result = await asyncio.wrap_future(request.app.state.batcher.submit([query]))
+        except InputError as e:
+            return JSONResponse({"error": str(e)}, status_code=400)
         scores = vectors @ result.embeddings[0]
         top = np.argsort(-scores)[:k]
         return JSONResponse({"query": query, "truncated": bool(result.truncated[0]),
@@ -68,7 +72,9 @@ def main() -> None:
     from trtrun import Embedder
     from trtrun.data import load_texts
 
-    embedder = Embedder(a.model, a.tokenizer)  # GPU where usable, else the numpy reference backend
+    # GPU where usable, else the numpy reference backend; a long query is cut (the answer says so) rather
+    # than refused, the Embedder's default
+    embedder = Embedder(a.model, a.tokenizer, truncation="truncate")
     print(embedder)
     app = build_app(embedder, load_texts("rt", n=a.corpus_size, seed=0))
     try:

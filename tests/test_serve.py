@@ -350,6 +350,8 @@ def test_example_service_answers_and_uses_the_batcher(emb, texts):
         hits = r.json()["hits"]
         assert len(hits) == 3 and hits[0]["text"] == corpus[4] and abs(hits[0]["score"] - 1.0) < 1e-4
         assert c.post("/search", json={"k": 3}).status_code == 422
+        r = c.post("/search", content=b'{"query": "x\\ud800y"}')
+        assert r.status_code == 400 and "lone surrogate" in r.json()["error"]
 
 
 class _StubEmbedder:
