@@ -497,6 +497,18 @@ def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
         raise
 
 
+def node_local_file(name: str, data) -> Path:
+    """A file in this machine's temporary folder holding `data` (bytes or a buffer), written once (atomically)
+    and then reused: how a Ray actor keeps the plan it was shipped, one copy a node."""
+    import tempfile
+
+    path = Path(tempfile.gettempdir()) / "trtrun-ray" / name
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(path, lambda f: f.write(memoryview(data)))
+    return path
+
+
 def write_shard(out_dir: Path, shard: Shard, table, bad: list) -> None:
     """Write a shard: its bad rows (if any) first, then its part file (whose existence marks it done)."""
     import pyarrow.parquet as pq

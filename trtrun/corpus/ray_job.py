@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -34,8 +32,8 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import TrtrunError
-from .job import (ERRORS_DIR, BadRowError, Job, JobProgress, JobSummary, Shard, ShardRows, embed_shard, shard_table,
-                  stopped_by, write_shard)
+from .job import (ERRORS_DIR, BadRowError, Job, JobProgress, JobSummary, Shard, ShardRows, embed_shard,
+                  node_local_file, shard_table, stopped_by, write_shard)
 
 try:
     import ray
@@ -47,10 +45,6 @@ except ImportError as _e:  # the caller says what to install
 # CPUs a read or write task asks for. Parsing a shard and writing its Parquet take a small fraction of the
 # time embedding it takes, and asking less than one CPU lets them run beside actors that hold the cores.
 IO_TASK_CPUS = 0.25
-
-
-def need_ray_message() -> str:
-    return "--ray needs Ray Data and pyarrow: pip install 'trtrun[ray]' (ray[data,serve] and pyarrow)"
 
 
 # ------------------------------------------------------------------------------------------------ read
@@ -94,18 +88,6 @@ class ShardSource(Datasource):
 
 # ------------------------------------------------------------------------------------------------ embed
 
-def _local_copy(name: str, data) -> Path:
-    """A file in this node's temporary folder with these bytes, written once (atomically) per node."""
-    path = Path(tempfile.gettempdir()) / "trtrun-ray" / name
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            f.write(memoryview(data))
-        os.replace(tmp, path)
-    return path
-
-
 class EmbedActor:
     """A Ray Data actor holding one Embedder; called with blocks of whole shards (Arrow tables)."""
 
@@ -114,12 +96,12 @@ class EmbedActor:
 
         blob = ray.get(shipped["ref"])  # {"plan": uint8 array, "tokenizer": {name: bytes}} (fetched once a node)
         sha = settings["plan_sha256"][:16]
-        plan_path = _local_copy(f"{sha}.plan", blob["plan"])
+        plan_path = node_local_file(f"{sha}.plan", blob["plan"])
         tok_dir = None
         if blob["tokenizer"]:
             tok_sha = (settings["tokenizer_sha256"] or "none")[:16]
             for name, data in blob["tokenizer"].items():
-                _local_copy(f"tok-{tok_sha}/{name}", data)
+                node_local_file(f"tok-{tok_sha}/{name}", data)
             tok_dir = plan_path.parent / f"tok-{tok_sha}"
         self.s = settings
         self.emb = Embedder(plan_path, tok_dir, pooling=settings["pooling"], normalize=settings["normalize"],
