@@ -79,7 +79,8 @@ class Guard:
         self.body_timeout = float(body_timeout)
         self.lingering = 0
         self.refused = _RateLog("refused")
-        self.timed_out = _RateLog("closed")
+        self.head_timeouts = _RateLog("closed")
+        self.body_timeouts = _RateLog("closed")
         self.busy = error_bytes(503, "Service Unavailable",
                                 f"too many connections (more than {self.max_connections} open); retry later",
                                 "overloaded", [("retry-after", "1")])
@@ -210,14 +211,14 @@ def guarded_protocol(guard: Guard, base=None):
             g = self._guard
             if self._phase == "body":
                 cyc = self.cycle
-                g.timed_out.hit(f"request body not complete within --body-timeout {g.body_timeout:g} s")
+                g.body_timeouts.hit(f"request body not complete within --body-timeout {g.body_timeout:g} s")
                 if cyc is not None and not cyc.response_started:
                     cyc.disconnected = True  # the app's receive() now says http.disconnect; its send() is a no-op
                     cyc.message_event.set()
                     t.write(g.body_late)
             elif self._phase == "head":
                 if self._seen:
-                    g.timed_out.hit(f"request head not complete within --header-timeout {g.header_timeout:g} s")
+                    g.head_timeouts.hit(f"request head not complete within --header-timeout {g.header_timeout:g} s")
                     t.write(g.head_late)
                 # (a connection that never sent a byte is closed quietly)
             else:
