@@ -45,7 +45,8 @@ TRAILER_BYTES = 32  # SHA-256
 MIN_FILE_BYTES = 64  # preamble + trailer: nothing shorter can be a plan
 
 # Bounds the loader enforces before it trusts a number (docs/plan-format.md, "Hostile plan files")
-MAX_HEADER_BYTES = 16 << 20  # real headers are tens to hundreds of KiB; json.loads may take ~10x in objects
+# real headers take ~5 KiB a layer (MiniLM's 29 KiB); json.loads may build ~25x a header's size in objects
+MAX_HEADER_BYTES = 4 << 20
 MAX_JSON_DEPTH = 64  # real headers nest 4 deep; json.loads recurses once a level
 MAX_RANK = 8
 INT32_MAX = 2 ** 31 - 1  # the runtime's int: profile values, inner dimensions, heads, offsets
@@ -973,30 +974,40 @@ def _looks_like(head: bytes) -> str:
         return ""
 
 
-def _json_depth(raw: bytes) -> int:
-    """The deepest nesting of [ and { outside strings, in linear time and without recursion.
+def _json_depth(raw: bytes, chunk: int = 1 << 18) -> int:
+    """The deepest nesting of [ and { outside strings, in linear time, without recursion, a chunk at a time
+    (a few MiB of work arrays whatever the header's size).
 
     A quote ends a string unless an odd run of backslashes precedes it. Where the text is not JSON this
     count may be off, but only after the point where the parser would stop with an error, so what it says
     about the part the parser walks is exact.
     """
-    a = np.frombuffer(raw, np.uint8)
-    n = a.size
-    if n == 0:
-        return 0
-    idx = np.arange(n, dtype=np.int64)
-    backslash = a == 0x5C
-    last_other = np.maximum.accumulate(np.where(backslash, -1, idx))  # last non-backslash at or before i
-    quote = a == 0x22
-    run_before = np.zeros(n, np.int64)  # backslashes directly before i
-    run_before[1:] = idx[:-1] - last_other[:-1]
-    real_quote = quote & (run_before % 2 == 0)
-    inside = (np.cumsum(real_quote) - real_quote) % 2 == 1  # inside a string (an opening quote is not)
-    step = np.zeros(n, np.int8)
-    step[(a == 0x5B) | (a == 0x7B)] = 1
-    step[(a == 0x5D) | (a == 0x7D)] = -1
-    step[inside | quote] = 0
-    return int(np.cumsum(step, dtype=np.int64).max(initial=0))
+    deepest = depth = 0
+    inside = False  # within a string at the end of the previous chunk
+    run = 0  # backslashes ending the previous chunk
+    for start in range(0, len(raw), chunk):
+        a = np.frombuffer(raw, np.uint8, count=min(chunk, len(raw) - start), offset=start)
+        n = a.size
+        idx = np.arange(n, dtype=np.int32)
+        backslash = a == 0x5C
+        last_other = np.maximum.accumulate(np.where(backslash, np.int32(-1), idx))  # last non-backslash <= i
+        before = np.empty(n, np.int64)  # backslashes directly before i (those ending the last chunk too)
+        before[0] = run
+        before[1:] = idx[:-1] - last_other[:-1]
+        before[1:][last_other[:-1] < 0] += run
+        quote = a == 0x22
+        real = quote & (before % 2 == 0)
+        opened = np.cumsum(real, dtype=np.int64) - real + inside
+        step = np.zeros(n, np.int8)
+        step[(a == 0x5B) | (a == 0x7B)] = 1
+        step[(a == 0x5D) | (a == 0x7D)] = -1
+        step[(opened % 2 == 1) | quote] = 0
+        levels = np.cumsum(step, dtype=np.int64) + depth
+        deepest = max(deepest, int(levels.max()))
+        depth = int(levels[-1])
+        inside = bool((int(real.sum()) + inside) % 2)
+        run = run + n if last_other[-1] < 0 else int(n - 1 - last_other[-1])
+    return deepest
 
 
 def _open_regular(p: Path, where: str) -> tuple[int, int]:
