@@ -30,7 +30,7 @@ from .lower_contrib import lower_contrib
 from .precision import LN_INPUTS, PRECISIONS, pin_precision
 from .probe import probe
 from .save_onnx import precision_onnx
-from .select_outputs import select_outputs
+from .select_outputs import drop_passthrough, select_outputs
 from .simplify import decouple_shapes, remove_noop_layout, simplify
 from .upcast_fp16 import upcast_fp16
 
@@ -132,6 +132,7 @@ def build(onnx_path, *, precision: str = "hybrid", profile=None, save_onnx=None,
         fn(graph, facts)
         passes.append(name)
         step(name)
+    passthrough = drop_passthrough(graph)
     check_supported(graph)
     passes.append("check_supported")
     step("check_supported")
@@ -145,7 +146,7 @@ def build(onnx_path, *, precision: str = "hybrid", profile=None, save_onnx=None,
                             passes=passes + ["lower"],
                             progress=(lambda s, d, t: progress("lower (weights)", d, t)) if progress else None)
     header["tf32"] = bool(tf32)
-    header["source"].update(source_notes(conversions))
+    header["source"].update(source_notes(conversions, passthrough))
     step("lower")
     try:
         plan = Plan.from_parts(header, weights)
@@ -192,7 +193,7 @@ def _needs_producer_passes(model) -> bool:
     return any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer)
 
 
-def source_notes(conversions: dict) -> dict:
+def source_notes(conversions: dict, notes_extra=()) -> dict:
     """What the plan's header.source says about a file that was not a plain fp32 export."""
     notes = []
     weights = "float32"
@@ -208,6 +209,7 @@ def source_notes(conversions: dict) -> dict:
     if "lower_contrib" in conversions:
         what = ", ".join(f"{v} {k}" for k, v in sorted(conversions["lower_contrib"].items()))
         notes.append(f"onnxruntime com.microsoft ops lowered to IR ops ({what})")
+    notes += list(notes_extra)
     out = {}
     if weights != "float32":
         out["weights"] = weights

@@ -141,10 +141,12 @@ def replace_uses(graph, old, new) -> None:
         p = producer(new)
         if p is None:
             # a graph input passed through (or a constant): the output becomes that tensor itself, under
-            # its own name, since no op can write the input's value under another
+            # its own name, since no op can write the input's value under another (select_outputs.
+            # drop_passthrough then leaves it out of the plan, whose outputs are what ops write)
             if new.__class__.__name__ == "Constant":
                 raise BuildError(f"graph output {old.name!r} is the constant {new.name!r}: a plan output must be "
                                  f"computed from the inputs")
+            graph.__dict__.setdefault("_trtrun_passthrough", {})[old.name] = new.name
             outs = []
             for o in graph.outputs:
                 o = new if o is old else o

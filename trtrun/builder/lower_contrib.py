@@ -61,6 +61,11 @@ def lower_contrib(graph) -> dict:
         if n.op not in _LOWER:
             why = _REFUSED.get(n.op, "an onnxruntime contrib op trtrun does not lower")
             raise UnsupportedOpError(n.op, n.name, f"domain {DOMAIN!r}: {why}")
+    for n in nodes:  # what attributes and inputs alone refuse, before onnxruntime runs anything
+        try:
+            _static_refusal(n)
+        except _Refuse as e:
+            raise UnsupportedOpError(n.op, n.name, f"domain {DOMAIN!r}: {e}") from None
     opset = graph.opset
     feeds = make_feeds(graph)
     # their inputs and outputs, and the inputs of what computes their inputs (a mask's source)
@@ -81,6 +86,22 @@ def lower_contrib(graph) -> dict:
     G.finish(graph)
     _check(graph, feeds, before, checks, ctx.right_padded_only)
     return counts
+
+
+def _static_refusal(n):
+    if n.op == "Attention":
+        for i, what in ((4, "past state"), (5, "attention_bias"), (6, "past_sequence_length")):
+            if _present(n, i) is not None:
+                raise _Refuse(f"its {what} input is not supported (IR attention: padding/causal masks, no cache)")
+        if int(n.attrs.get("do_rotary", 0)):
+            raise _Refuse("do_rotary=1: rotary position embeddings are not in the IR")
+        sizes = list(n.attrs.get("qkv_hidden_sizes", []) or [])
+        if sizes and len(set(sizes)) != 1:
+            raise _Refuse(f"qkv_hidden_sizes {sizes}: query, key and value of different widths are not in the IR")
+    elif n.op == "MultiHeadAttention":
+        if any(_present(n, i) is not None for i in range(5, len(n.inputs))):
+            raise _Refuse("attention_bias, past state and cache inputs are not supported "
+                          "(IR attention: padding/causal masks, no cache)")
 
 
 # ---------------------------------------------------------------------- helpers

@@ -21,3 +21,25 @@ def select_outputs(graph, names=None) -> list[str]:
     graph.outputs = [by[n] for n in names]
     G.finish(graph)
     return list(names)
+
+
+def drop_passthrough(graph) -> list[str]:
+    """Leave out graph outputs that are graph inputs passed through; returns notes saying which.
+
+    A plan's outputs are what its ops write (float tensors the runtime fills); an output whose value is an
+    input (an export that returns input_ids beside the hidden states) needs no computing: the caller holds
+    it already. Raises BuildError if no other output is left."""
+    from ..errors import BuildError
+
+    inputs = {i.name for i in graph.inputs}
+    alias = graph.__dict__.get("_trtrun_passthrough", {})
+    dropped = [t.name for t in graph.outputs if t.name in inputs]
+    if not dropped:
+        return []
+    keep = [t for t in graph.outputs if t.name not in inputs]
+    names = {v: k for k, v in alias.items()}
+    if not keep:
+        raise BuildError(f"every graph output is an input passed through ({', '.join(dropped)}): nothing to compute")
+    graph.outputs = keep
+    return [f"graph output {names.get(d, d)!r} is the input {d!r} passed through: left out of the plan "
+            f"(its value is the input)" for d in dropped]

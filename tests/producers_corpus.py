@@ -1,0 +1,169 @@
+"""The producer corpus: ONNX files as other public tools write them, made from a plain torch.onnx export.
+
+Each variant is one function (src: the plain fp32 export, dst: where to write, arch: "bert" | "gpt2" |
+"minilm") calling the tool a user would call:
+
+- onnxruntime's transformer optimizer (`optimize_model`), as Optimum's O1-O4 levels drive it: O1/O2 = its
+  fusions at opt_level 1/2, O3 = O2 + GELU approximation (FastGelu), O4 = O3 for the GPU + fp16
+  (`convert_float_to_float16(keep_io_types=True)`); beside them the fusion options that change the op forms
+  (raw attention mask, MultiHeadAttention, no EmbedLayerNormalization). Optimum itself (optimum-onnx 0.1.0,
+  the only release) pins transformers < 4.58 and cannot be installed beside transformers 5, so its levels
+  are reproduced through the same onnxruntime calls;
+- onnxruntime's fp16 converter with and without fp32 inputs/outputs;
+- onnxruntime.quantization: dynamic int8 (`quantize_dynamic`) and static QDQ (`quantize_static`);
+- the same model with its weights in an external data file;
+- sentence-transformers (encoders): its SentenceTransformer module (Transformer + mean Pooling + Normalize)
+  exported by torch.onnx, outputs token_embeddings and sentence_embedding.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+HEADS = {"bert": 4, "gpt2": 4, "minilm": 12}
+HIDDEN = {"bert": 128, "gpt2": 128, "minilm": 384}
+
+
+def _model_type(arch):
+    return "gpt2" if arch == "gpt2" else "bert"
+
+
+def _optimize(src, dst, arch, opt_level=1, use_gpu=False, fp16=False, **fusion):
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    fo = FusionOptions(_model_type(arch))
+    if fusion.pop("raw_mask", False):
+        fo.use_raw_attention_mask(True)
+    for k, v in fusion.items():
+        setattr(fo, k, v)
+    m = optimize_model(str(src), model_type=_model_type(arch), num_heads=HEADS[arch], hidden_size=HIDDEN[arch],
+                       optimization_options=fo, opt_level=opt_level, use_gpu=use_gpu)
+    if fp16:
+        m.convert_float_to_float16(keep_io_types=True)
+    m.save_model_to_file(str(dst))
+
+
+def _fp16(src, dst, arch, keep_io_types):
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    onnx.save(convert_float_to_float16(onnx.load(str(src)), keep_io_types=keep_io_types), str(dst))
+
+
+def _int8_dynamic(src, dst, arch):
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+
+
+def _int8_qdq(src, dst, arch):
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    names = [i.name for i in onnx.load(str(src), load_external_data=False).graph.input]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            rng = np.random.default_rng(0)
+            self.it = iter([{n: (rng.integers(0, 1000, (2, 16)) if n == "input_ids" else
+                                 np.ones((2, 16), np.int64) if n == "attention_mask" else
+                                 np.zeros((2, 16), np.int64)) for n in names} for _ in range(4)])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ,
+                    op_types_to_quantize=["MatMul", "Gemm"])
+
+
+def _external(src, dst, arch):
+    import onnx
+
+    m = onnx.load(str(src))
+    onnx.save(m, str(dst), save_as_external_data=True, all_tensors_to_one_file=True,
+              location=Path(dst).name + ".data", size_threshold=1024)
+
+
+def sentence_transformers_export(model_dir, dst, tokenizer_dir=None):
+    """A SentenceTransformer (Transformer + mean Pooling + Normalize) exported by torch.onnx."""
+    import warnings
+
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer import modules as models
+
+    model_dir = Path(model_dir)
+    if (model_dir / "modules.json").exists():
+        st = SentenceTransformer(str(model_dir), device="cpu", model_kwargs={"attn_implementation": "eager"})
+    else:
+        tr = models.Transformer(str(model_dir), model_args={"attn_implementation": "eager"},
+                                tokenizer_name_or_path=str(tokenizer_dir or model_dir))
+        st = SentenceTransformer(modules=[tr, models.Pooling(tr.get_embedding_dimension(), "mean"),
+                                          models.Normalize()], device="cpu")
+    st.eval()
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, input_ids, attention_mask):
+            out = self.m({"input_ids": input_ids, "attention_mask": attention_mask})
+            return out["token_embeddings"], out["sentence_embedding"]
+
+    ids = torch.randint(0, 1000, (2, 8))
+    mask = torch.ones(2, 8, dtype=torch.long)
+    dyn = {"input_ids": {0: "b", 1: "s"}, "attention_mask": {0: "b", 1: "s"},
+           "token_embeddings": {0: "b", 1: "s"}, "sentence_embedding": {0: "b"}}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Wrapper(st), (ids, mask), str(dst), input_names=["input_ids", "attention_mask"],
+                          output_names=["token_embeddings", "sentence_embedding"], opset_version=17,
+                          dynamo=False, dynamic_axes=dyn)
+
+
+# variant -> (function(src, dst, arch), archs it applies to)
+VARIANTS = {
+    "ort-O1": (lambda s, d, a: _optimize(s, d, a, opt_level=1), ("bert", "gpt2", "minilm")),
+    "ort-O2": (lambda s, d, a: _optimize(s, d, a, opt_level=2), ("bert", "gpt2", "minilm")),
+    "ort-O3": (lambda s, d, a: _optimize(s, d, a, opt_level=2, enable_gelu_approximation=True),
+               ("bert", "gpt2", "minilm")),
+    "ort-O4": (lambda s, d, a: _optimize(s, d, a, opt_level=2, use_gpu=True, fp16=True,
+                                         enable_gelu_approximation=True), ("bert", "gpt2", "minilm")),
+    "ort-raw-mask": (lambda s, d, a: _optimize(s, d, a, raw_mask=True), ("bert", "minilm")),
+    "ort-no-embed-ln": (lambda s, d, a: _optimize(s, d, a, enable_embed_layer_norm=False), ("bert", "minilm")),
+    "ort-mha": (lambda s, d, a: _optimize(s, d, a, use_multi_head_attention=True), ("bert", "minilm")),
+    "fp16": (lambda s, d, a: _fp16(s, d, a, keep_io_types=False), ("bert", "gpt2", "minilm")),
+    "fp16-io32": (lambda s, d, a: _fp16(s, d, a, keep_io_types=True), ("bert", "gpt2", "minilm")),
+    "int8-dynamic": (_int8_dynamic, ("bert", "gpt2", "minilm")),
+    "int8-qdq": (_int8_qdq, ("bert", "gpt2", "minilm")),
+    "external-data": (_external, ("bert", "gpt2", "minilm")),
+}
+INT8 = ("int8-dynamic", "int8-qdq")
+
+
+def make_variant(variant: str, src, dst, arch: str) -> Path:
+    import logging
+    import warnings
+
+    fn, archs = VARIANTS[variant]
+    if arch not in archs:
+        raise ValueError(f"variant {variant} does not apply to {arch}")
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    logging.getLogger("onnxruntime").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fn(Path(src), dst, arch)
+    return dst
+
+
+def tokenizer_files(src_dir, dst_dir):
+    """Copy a tokenizer's files (for a random-weight model saved without one)."""
+    for f in Path(src_dir).iterdir():
+        if f.name.startswith(("tokenizer", "vocab", "special_tokens", "merges")):
+            shutil.copy(f, Path(dst_dir) / f.name)
