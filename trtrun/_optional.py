@@ -24,6 +24,8 @@ EXTRAS = {
     "uvicorn": ("uvicorn", "serve"),
     "prometheus_client": ("prometheus-client", "serve"),
     "httpx": ("httpx", "test"),
+    "pyarrow": ("pyarrow", "embed"),
+    "ray": ("ray", "ray"),
 }
 
 
