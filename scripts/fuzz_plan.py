@@ -249,7 +249,8 @@ class Mutator:
 
     def _reshape_weight(self, rng, h) -> bool:
         """A weight's shape changed with its byte count kept consistent (so the edit gets past the
-        entry's own checks to the ops that index the table): a dim set to 0, 1, one less or a few more."""
+        entry's own checks to the ops that index the table): a dim set to 0, 1, one less or a few more,
+        or (in an extra weight nothing uses) to 0 beside a huge one."""
         ws = h.get("weights")
         if not isinstance(ws, dict) or not ws:
             return False
@@ -261,6 +262,10 @@ class Mutator:
         shape = list(e["shape"])
         k = int(rng.integers(len(shape)))
         shape[k] = max(0, int(rng.choice([0, 1, shape[k] - 1, shape[k] + 1, shape[k] + 3])))
+        if rng.random() < 0.3:  # an extra, unused empty weight with huge other dims (0 bytes)
+            shape[k] = 0
+            shape.insert(int(rng.integers(len(shape) + 1)), int(rng.choice([2 ** 31, 2 ** 40, 2 ** 62])))
+            e = ws.setdefault("extra.weight", dict(e))
         e["shape"] = shape
         e["nbytes"] = int(np.prod(shape, dtype=object)) * ITEMSIZE[e["dtype"]]
         return True

@@ -285,6 +285,8 @@ HOSTILE = {
     "tensor extra key": (lambda h: h["tensors"]["l0.h1"].update(strides=[1]), r"tensors\.l0\.h1: unknown key 'strides'"),
     "weight rank 40": (lambda h: h["weights"]["emb.beta"].update(shape=[1] * 39 + [16]), r"weights\.emb\.beta\.shape: must be a list of at most 8"),
     "weight dim negative": (lambda h: h["weights"]["emb.beta"].update(shape=[-16]), r"weights\.emb\.beta\.shape: must be a list of at most 8"),
+    "empty weight, huge dims": (lambda h: h["weights"].update(extra={"dtype": "float16", "shape": [0, 2 ** 62], "offset": 0, "nbytes": 0}),
+                                r"weights\.extra\.shape: \[0, 4611686018427387904\] spans more than 2\^62 bytes"),
     "weight nbytes a float": (lambda h: h["weights"]["emb.beta"].update(nbytes=64.0), r"weights\.emb\.beta\.nbytes: must be a non-negative int"),
     "weight offset huge": (lambda h: h["weights"]["emb.beta"].update(offset=2 ** 70), r"weights\.emb\.beta\.offset: must be a non-negative multiple of 256"),
     "weight entry a string": (lambda h: h["weights"].update({"emb.beta": "x"}), r"weights\.emb\.beta: must be a JSON object \{dtype, shape, offset, nbytes\}, got str"),

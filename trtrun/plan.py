@@ -713,9 +713,12 @@ def _validate_header(h: Any, where: str, blob_nbytes: int | None) -> None:
             err(f + ".offset", f"must be a non-negative multiple of {ALIGN} (at most 2^62), got {_short(off)}")
         if not _is_int(nb) or not 0 <= nb <= MAX_WEIGHT_DIM:
             err(f + ".nbytes", f"must be a non-negative int (at most 2^62), got {_short(nb)}")
-        expect = math.prod(shp) * np.dtype(e["dtype"]).itemsize  # Python ints: no int64 wrap-around
+        itemsize = np.dtype(e["dtype"]).itemsize
+        expect = math.prod(shp) * itemsize  # Python ints: no int64 wrap-around
         if nb != expect:
             err(f + ".nbytes", f"is {nb} but {e['dtype']}{_fmt_shape(shp)} takes {expect} bytes")
+        if math.prod(max(d, 1) for d in shp) * itemsize > MAX_WEIGHT_DIM:  # numpy refuses such a shape even empty
+            err(f + ".shape", f"{_fmt_shape(shp)} spans more than 2^62 bytes (beside its zero dims)")
         if blob_nbytes is not None and off + nb > blob_nbytes:
             err(f, f"bytes [{off}, {off + nb}) lie outside the weights blob ({blob_nbytes} bytes)")
         if nb:
