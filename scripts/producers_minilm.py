@@ -1,0 +1,116 @@
+"""The real all-MiniLM-L6-v2 in every producer variant: `trtrun build` + the Embedder on real text, against
+onnxruntime fp32 on the fp32 original (and, for int8 files, onnxruntime on that same file).
+
+    python scripts/producers_minilm.py [--precision hybrid] [--rt 256] [--wiki 128] [--work DIR] [--json OUT]
+
+Variants are made by the public tools in tests/producers_corpus.py from `trtrun export .data/minilm`.
+Per variant it prints the worst and mean per-text cosine of the Embedder's (mean-pooled, normalized)
+vectors against the same pooling of onnxruntime's token states, and the NaN count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+
+def ort_embeddings(path, tok, texts, max_len, batch=32):
+    import onnxruntime as ort
+
+    s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [i.name for i in s.get_inputs()]
+    out = []
+    for i in range(0, len(texts), batch):
+        enc = tok(texts[i:i + batch], padding=True, truncation=True, max_length=max_len, return_tensors="np")
+        feeds = {k: np.asarray(v, np.int64) for k, v in enc.items() if k in names}
+        h = s.run(None, feeds)[0].astype(np.float64)
+        m = feeds["attention_mask"][..., None].astype(np.float64)
+        e = (h * m).sum(1) / np.maximum(m.sum(1), 1e-9)
+        out.append(e / np.linalg.norm(e, axis=1, keepdims=True))
+    return np.concatenate(out)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--precision", default="hybrid")
+    ap.add_argument("--rt", type=int, default=256, help="Rotten Tomatoes sentences")
+    ap.add_argument("--wiki", type=int, default=128, help="Wikipedia paragraphs")
+    ap.add_argument("--max-len", type=int, default=256)
+    ap.add_argument("--work", default=None)
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--variants", default=None, help="comma-separated subset")
+    a = ap.parse_args(argv)
+
+    import trtrun
+    from producers_corpus import INT8, VARIANTS, make_variant, sentence_transformers_export
+    from trtrun.data import data_dir, load_texts, load_tokenizer
+    from trtrun.export import export_model
+
+    minilm = data_dir() / "minilm"
+    work = Path(a.work or tempfile.mkdtemp(prefix="minilm-producers-"))
+    work.mkdir(parents=True, exist_ok=True)
+    tok = load_tokenizer(minilm)
+    texts = load_texts("rt", a.rt, seed=0) + load_texts("wiki", a.wiki, seed=0)
+    src = work / "plain" / "model.onnx"
+    if not src.exists():
+        src.parent.mkdir(parents=True, exist_ok=True)
+        export_model(minilm, src)
+    ref = ort_embeddings(src, tok, texts, a.max_len)
+    variants = {"torchscript": None, "dynamo": None, **{v: None for v, (_, archs) in VARIANTS.items()
+                                                        if "minilm" in archs}, "sentence-transformers": None}
+    if a.variants:
+        variants = {v: None for v in a.variants.split(",")}
+    results = {}
+    for v in variants:
+        path = work / v / "model.onnx"
+        t0 = time.time()
+        if not path.exists():
+            if v == "torchscript":
+                path = src
+            elif v == "dynamo":
+                path.parent.mkdir(parents=True, exist_ok=True)
+                export_model(minilm, path, exporter="dynamo")
+            elif v == "sentence-transformers":
+                path.parent.mkdir(parents=True, exist_ok=True)
+                sentence_transformers_export(minilm, path)
+            else:
+                make_variant(v, src, path, "minilm")
+        try:
+            plan = trtrun.build(path, precision=a.precision)
+            plan_path = path.with_suffix(f".{a.precision}.plan")
+            plan.save(plan_path)
+            emb = trtrun.Embedder(plan_path, minilm, backend="reference", max_seq_len=a.max_len,
+                                  truncation="truncate").embed(texts).astype(np.float64)
+        except Exception as e:  # noqa: BLE001 - a report, every variant gets its line
+            results[v] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0]}"}
+            print(f"{v:>18}: FAILED {results[v]['error']}", flush=True)
+            continue
+        cos = (emb * ref).sum(1) / np.linalg.norm(emb, axis=1)
+        r = {"worst": float(cos.min()), "mean": float(cos.mean()), "nan": int(np.isnan(emb).sum()),
+             "n": len(texts), "seconds": round(time.time() - t0, 1)}
+        if v in INT8:
+            same = ort_embeddings(path, tok, texts, a.max_len)
+            c2 = (emb * same).sum(1) / np.linalg.norm(emb, axis=1)
+            c3 = (same * ref).sum(1)
+            r.update(worst_vs_same_file=float(c2.min()), ort_int8_worst_vs_original=float(c3.min()))
+        results[v] = r
+        print(f"{v:>18}: worst {r['worst']:.7f} mean {r['mean']:.7f} NaN {r['nan']}"
+              + (f" | vs the int8 file in onnxruntime {r['worst_vs_same_file']:.7f} (onnxruntime int8 vs fp32 "
+                 f"original {r['ort_int8_worst_vs_original']:.7f})" if v in INT8 else "")
+              + f" ({r['seconds']} s)", flush=True)
+    if a.json:
+        Path(a.json).write_text(json.dumps({"precision": a.precision, "texts": len(texts), "results": results},
+                                           indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
