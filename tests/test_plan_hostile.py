@@ -225,7 +225,7 @@ def test_big_file_that_is_no_plan(tmp_path):
     allocator noise) and it returns at once."""
     p = _sparse(tmp_path / "zeros.plan", 1 << 30)
     msg, kb, secs = _peak_delta(p)
-    assert "magic: not a trtrun plan" in msg, msg
+    assert "magic: not a trtrun plan" in msg and "text file" not in msg, msg  # zero bytes are no text
     assert kb < 16 * 1024, f"load_plan used {kb} kB more on a 1 GiB non-plan"
     # a valid magic with lying sizes: refused on the lengths before anything large is read
     head = struct.pack("<8sIIQQ", b"TRTRUNPL", 1, 0, 1000, 1 << 40)

@@ -971,10 +971,10 @@ def _looks_like(head: bytes) -> str:
     if head[:4] == b"PK\x03\x04":
         return " (it looks like a zip archive, e.g. a PyTorch checkpoint)"
     try:
-        head.decode("utf-8")
-        return " (it looks like a text file)"
+        text = head.decode("utf-8")
     except UnicodeDecodeError:
         return ""
+    return " (it looks like a text file)" if text and all(c.isprintable() or c in "\t\r\n" for c in text) else ""
 
 
 def _json_depth(raw: bytes, chunk: int = 1 << 18) -> int:
