@@ -210,7 +210,7 @@ class Mutator:
             c = rng.random()
             if c < 0.5:
                 return INTS[rng.integers(len(INTS))]
-            return int(old + rng.choice([-256, -2, -1, 1, 2, 256])) if c < 0.8 else -old
+            return old + int(rng.choice([-256, -2, -1, 1, 2, 256])) if c < 0.8 else -old  # Python ints
         if isinstance(old, float):
             return FLOATS[rng.integers(len(FLOATS))] if rng.random() < 0.7 else -old
         if isinstance(old, str):
@@ -425,9 +425,14 @@ def fuzz(seeds: list[bytes], *, execs: int, seed, time_budget: float | None = No
     n = 0
     try:
         while n < execs and (time_budget is None or time.perf_counter() - t0 < time_budget):
-            kind, data = mut.mutate(rng)
-            kinds[kind] += 1
             n += 1
+            try:
+                kind, data = mut.mutate(rng)
+            except Exception:  # noqa: BLE001 - a bug of the fuzzer itself: say so, keep a long run going
+                outcomes["FUZZER ERROR (mutation)"] += 1
+                print(f"{label}fuzzer error at execution {n}:\n{traceback.format_exc()[-2000:]}", file=out, flush=True)
+                continue
+            kinds[kind] += 1
             try:
                 if use_alarm:
                     signal.setitimer(signal.ITIMER_REAL, exec_timeout)
@@ -519,7 +524,7 @@ def main(argv=None) -> int:
     print(f"crashes: {len(crashes)}, hangs: {len(hangs)}")
     for c in crashes + hangs:
         print(f"  {c}")
-    return 1 if crashes or hangs else 0
+    return 1 if crashes or hangs or any(k.startswith("FUZZER ERROR") for k in outcomes) else 0
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ def test_fuzz_5000_mutated_plans(fuzz_plan, tmp_path):
     assert not r["crashes"] and not r["hangs"], out.getvalue()[-5000:]
     outcomes = r["outcomes"]
     unexpected = {k: v for k, v in outcomes.items() if not k.startswith(("PlanError", "loaded, "))}
-    assert not unexpected, (unexpected, out.getvalue()[-5000:])
+    assert not unexpected, (unexpected, out.getvalue()[-5000:])  # incl. FUZZER ERROR: the mutator's own bugs
     # the mutants reach every stage: the preamble checks, the checksum, the JSON parser and depth limit,
     # the schema (ops, tensors, weights), and files that load and run
     for stage in ("PlanError lengths", "PlanError checksum", "PlanError header JSON", "PlanError header.ops",
