@@ -51,7 +51,7 @@ def test_bench_gpu_small_sweep(gpu_ready, tmp_path):
         assert 0 < p["gpu_ms"]["min"] <= p["gpu_ms"]["p50"] <= p["gpu_ms"]["p99"]
         # Same order only: on this 2-layer model even a graph replay is host-bound (the events then measure the
         # host's launch cadence, as the end-to-end clock does, in a separate loop). Seen on an H200
-        # (2026-11-26): eager e2e p50 0.205 ms below an events min of 0.224 ms; graphs 0.117 below 0.146.
+        # (H200): eager e2e p50 0.205 ms below an events min of 0.224 ms; graphs 0.117 below 0.146.
         assert p["e2e_ms"]["p50"] > 0.5 * p["gpu_ms"]["p50"]
         assert p["peak_mem_bytes"] > 0
         if p["engine"].startswith("trtrun-"):

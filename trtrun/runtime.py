@@ -27,7 +27,7 @@ from .errors import DeviceError, InputError, PlanError, RuntimeUnavailableError,
 __all__ = ["Engine", "Context", "DeviceArray", "gpu_available", "bucket_seq"]
 
 # codes shared with csrc/ (runtime_common.h: ElemType, OpType, Precision, Activation)
-# Context defaults (csrc/context.h has the same; bench/NOTES.md has the measurements behind them)
+# Context defaults (csrc/context.h has the same; docs/performance.md has the measurements behind them)
 DEFAULT_WORKSPACE_BYTES = 4 << 20  # cuBLASLt workspace: the fastest algorithms here need <= 768 KiB
 DEFAULT_FFN_CHUNKS = 2  # feed-forward row chunks at the largest shapes (halves the FFN intermediate)
 DEFAULT_FUSE_RESIDUAL_MIN_ROWS = 2048  # residual add in the GEMM epilogue from this many rows on
@@ -373,7 +373,7 @@ class Engine:
             L2-resident, its activations are): 3-5 s for the first shape in a process (cuBLASLt loads the
             kernels), up to ~2 s for each later one. On an H200 BERT-base hybrid ran 2-4% faster at 1x128,
             8x128 and 32x128 than with "heuristic"; on H100s 1-4.5% faster at 1x128, but 2-5% slower at 8x128
-            in two processes of three (bench/NOTES.md, session 9). "exhaustive": every tile x
+            in two processes of three (docs/performance.md, "GEMMs"). "exhaustive": every tile x
             cluster-shape x custom-option configuration cuBLASLt accepts for the heuristic's algorithms (about a
             minute for the first shape, seconds after). save_gemm_cache / load_gemm_cache keep the choices
             across processes.

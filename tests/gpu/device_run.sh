@@ -7,7 +7,7 @@
 #   foreign    a second build for sm_80 only (80-real, no PTX), for test_build_for_another_architecture
 #   racecheck  (not in the default) compute-sanitizer racecheck on the plugin kernels' tests: the attention
 #              kernel in every forced configuration and with query tiles sharing K/V, layernorm, embedding.
-#              Shared-memory hazards that memcheck does not see (session 5 found one report this way);
+#              Shared-memory hazards that memcheck does not see (one was found this way);
 #              RACE_TIMEOUT (default 300)
 # Logs go to $OUT (the device tool's folder) or ./out. Carried along: .whl/ (wheels missing there, e.g.
 # onnx-graphsurgeon) and .gpudata/ (data folder: MiniLM, texts), both ignored by git.

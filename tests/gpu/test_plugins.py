@@ -735,7 +735,7 @@ def test_attention_concurrent_configurations_from_threads():
     """Threads launching attention at shapes that pick different launch configurations (so different dynamic
     shared-memory sizes) on their own streams: every launch succeeds and gives the single-threaded bits.
     Regression: the per-kernel shared-memory limit was set per launch, so one thread could lower it between
-    another's setting and launch (cudaErrorInvalidValue under the serve load test on an H200, 2026-11-26)."""
+    another's setting and launch (cudaErrorInvalidValue under the serve load test on an H200)."""
     import threading
 
     torch = _torch()

@@ -584,15 +584,15 @@ _STATUS = {c: str(c) for c in (200, 400, 413, 422, 500, 503)}
 # live young object and promoting them to be walked again in the older generations: ~14 us of CPU per
 # request before the hot endpoints left Starlette's stack, ~3.5 us after (measured with gc.callbacks on the
 # stub server). A request makes no reference cycles in steady state (no pass ran at all at 10,000:
-# bench/NOTES-serve.md), so a larger threshold costs no memory there.
+# docs/performance.md, "Serving"), so a larger threshold costs no memory there.
 GC_GEN0_THRESHOLD = 10_000
 
 
 # The GIL's switch interval in serving processes (Python's default is 5 ms). A thread that comes back from
 # GIL-free work (the GPU run, the tokenizer) waits for the GIL until its holder lets go, or at most this long
 # before the holder is asked to: in a busy process (event loop, gatherer, batch workers) those waits were most
-# of an engine call's time (H200 host, 2026-11-26, shared engine, 64 clients: 2.61 -> 2.43 ms a call at 5 -> 0.5
-# ms, bench/NOTES-serve.md, session 6). TRTRUN_SWITCH_INTERVAL_MS overrides it (0: Python's own).
+# of an engine call's time (H200 host, shared engine, 64 clients: 2.61 -> 2.43 ms a call at 5 -> 0.5
+# ms; results/serve-h200/README.md). TRTRUN_SWITCH_INTERVAL_MS overrides it (0: Python's own).
 SWITCH_INTERVAL_MS = 0.5
 
 

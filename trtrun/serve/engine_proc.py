@@ -1,7 +1,7 @@
 """One engine process shared by N HTTP worker processes: `trtrun serve --workers N --shared-engine`.
 
 Why: a server process is capped by the Python work per request under its one GIL (HTTP, JSON, asyncio:
-~90 us a request on the event loop, bench/NOTES-serve.md), long before a small encoder keeps the GPU busy.
+~90 us a request on the event loop, docs/performance.md, "Serving"), long before a small encoder keeps the GPU busy.
 `--workers N` multiplies the processes, but each one then has its own engine and batcher, so the clients are
 split N ways, every micro-batch is N times smaller, and N processes' CUDA contexts take turns on the GPU.
 With `--shared-engine` the N worker processes ("fronts") only speak HTTP: parse and check the request,
