@@ -2,6 +2,7 @@
 
     python scripts/models_matrix.py                 # run the corpus tests, write docs/models.md
     python scripts/models_matrix.py --from R.json   # render results a run already wrote (TRTRUN_MATRIX_OUT)
+    ... --minilm M.json                             # add scripts/producers_minilm.py's real-text section
 
 Each cell is one test: the variant built at that precision, run on the reference backend and compared with
 onnxruntime fp32 on the original export (worst per-token cosine), or the one-line reason it failed.
@@ -42,6 +43,26 @@ be installed beside transformers 5 (optimum-onnx 0.1.0 pins transformers < 4.58)
 reproduced through the same onnxruntime calls. sentence-transformers exports (a pooled, normalized
 `sentence_embedding` output beside `token_embeddings`) are tested separately (Pool op).
 """
+
+
+def render_minilm(doc: dict) -> str:
+    """The section scripts/producers_minilm.py's JSON gives: real MiniLM, Embedder on real text."""
+    lines = [f"\n## all-MiniLM-L6-v2 through the Embedder on real text ({doc['precision']})\n",
+             f"`python scripts/producers_minilm.py --json R.json` ({doc['texts']} texts: Rotten Tomatoes sentences "
+             f"and Wikipedia paragraphs), reference backend: per-text cosine of the Embedder's mean-pooled, "
+             f"normalized vectors against the same pooling of onnxruntime fp32 on the fp32 original. For int8 "
+             f"files also against onnxruntime running that file, and onnxruntime's own int8 run against the "
+             f"original (the int8 weights' cost, which no runtime of the file avoids).\n",
+             "| producer | worst | mean | NaN | vs the int8 file | onnxruntime int8 vs original |",
+             "|---|---|---|---|---|---|"]
+    for v, r in doc["results"].items():
+        if "error" in r:
+            lines.append(f"| {v} | fails: {r['error']} | | | | |")
+            continue
+        extra = (f"{r['worst_vs_same_file']:.7f} | {r['ort_int8_worst_vs_original']:.7f}"
+                 if "worst_vs_same_file" in r else " | ")
+        lines.append(f"| {v} | {r['worst']:.7f} | {r['mean']:.7f} | {r['nan']} | {extra} |")
+    return "\n".join(lines) + "\n"
 
 
 def render(results: dict) -> str:
@@ -94,6 +115,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--from", dest="source", default=None, help="a results JSON written by the tests")
     ap.add_argument("-o", "--output", default=str(ROOT / "docs" / "models.md"))
+    ap.add_argument("--minilm", default=None, help="also render scripts/producers_minilm.py's JSON")
     a = ap.parse_args(argv)
     if a.source:
         results = json.loads(Path(a.source).read_text())
@@ -107,7 +129,10 @@ def main(argv=None) -> int:
                 print("no results were written (did the tests run?)", file=sys.stderr)
                 return 1
             results = json.loads(out.read_text())
-    Path(a.output).write_text(render(_order(results)))
+    text = render(_order(results))
+    if a.minilm:
+        text += render_minilm(json.loads(Path(a.minilm).read_text()))
+    Path(a.output).write_text(text)
     print(f"wrote {a.output} ({len(results)} cells)")
     return 0
 
