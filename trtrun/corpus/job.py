@@ -58,13 +58,10 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 
 def _pa():
-    try:
-        import pyarrow
-        import pyarrow.parquet  # noqa: F401
-    except ImportError:
-        raise TrtrunError("trtrun embed writes Parquet with pyarrow, which is not installed: "
-                          "pip install pyarrow (or 'trtrun[ray]', which has it)") from None
-    return pyarrow
+    from .._optional import require
+
+    require("pyarrow.parquet", "trtrun embed (its output is Parquet)")
+    return require("pyarrow", "trtrun embed (its output is Parquet)")
 
 
 class BadRowError(InputError):
@@ -801,10 +798,10 @@ def embed_corpus(input_path, output, *, model=None, embedder=None, tokenizer=Non
         job = plan_job(input_path, output, embedder, fmt=fmt, text_column=text_column, id_column=id_column,
                        shard_rows=shard_rows, chunk_rows=chunk_rows, on_error=on_error)
         if ray is not None:
-            try:
-                from .ray_job import run_ray
-            except ImportError as e:
-                raise TrtrunError(str(e)) from None
+            from .._optional import require
+
+            require("ray.data", "trtrun embed --ray")
+            from .ray_job import run_ray
 
             opts = dict(ray_options or {})
             opts.setdefault("backend", backend)

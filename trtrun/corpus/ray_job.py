@@ -22,6 +22,7 @@ tasks run on any node, so both must be at the same path on every node (NFS or th
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import threading
@@ -331,6 +332,7 @@ def _run(job, *, backend, contexts, actors, cpus_per_actor, progress, on_bad_row
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # the job's own line reports progress
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+    ctx.raise_original_map_exception = True  # an actor's BadRowError reaches the driver as itself
     ds = ray.data.read_datasource(ShardSource(job.input, todo), override_num_blocks=len(todo),
                                   num_cpus=IO_TASK_CPUS)
     # batch_size=None: a block (one shard) is one call, so the actor embeds whole shards
@@ -340,19 +342,34 @@ def _run(job, *, backend, contexts, actors, cpus_per_actor, progress, on_bad_row
     sink = ShardSink(job.output, settings["shard_rows"], job.rows_total, job.input.id_type, emb.dim,
                      ident["plan_sha256"][:16])
     watcher = _Watcher(job, todo, prog, progress, on_bad_row, t0)
+    err = None
+    data_log = logging.getLogger("ray.data")
+    level = data_log.level
+    # Ray Data logs a failed task's whole traceback; the error raised below says what failed in one line
+    # (--debug shows the traceback)
+    data_log.setLevel(logging.CRITICAL)
     try:
         ds.write_datasink(sink, ray_remote_args={"num_cpus": IO_TASK_CPUS})
     except Exception as e:  # noqa: BLE001 - Ray wraps what the actors raised
         watcher.close()
         written = len(job.done) + prog.shards_done
         bad = _cause(e, (BadRowError,))
-        if bad is not None:
-            raise stopped_by(BadRowError(bad.row, bad.id, bad.reason), job, written) from None
         cause = _cause(e, (TrtrunError,))
-        if cause is not None:
-            raise TrtrunError(f"the Ray job failed: {cause} ({written} of {len(job.shards)} shards are written; "
-                              f"a rerun goes on from there)") from e
-        raise
+        if bad is not None:
+            err = stopped_by(BadRowError(bad.row, bad.id, bad.reason), job, written)
+        elif cause is not None:
+            err = TrtrunError(f"the Ray job failed: {cause} ({written} of {len(job.shards)} shards are written; "
+                              f"a rerun goes on from there)")
+        else:
+            raise
+    finally:
+        data_log.setLevel(level)
+    if err is not None:
+        # The failed execution's actors hold their CPUs/GPUs until its objects are collected: free them now, so
+        # that a rerun in this process finds the resources (else its read tasks wait for them for ever).
+        del ds
+        gc.collect()
+        raise err
     watcher.close()
     rows_embedded = sum(r[1] for r in sink.results)
     return JobSummary(str(job.output), job.rows_total, rows_embedded, prog.rows_resumed,

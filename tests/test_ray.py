@@ -1,0 +1,191 @@
+"""trtrun on Ray (a local Ray of 2 CPUs, reference backend): `trtrun embed --ray` against the in-process job,
+resumption after a failed Ray job, and the Ray Serve deployment against `trtrun serve`.
+
+One ray.init for the module (Ray's start-up costs seconds). Skipped where Ray is not installed.
+
+Why the vectors match exactly: the Ray actors embed the same shards with the same function (the same chunks,
+so the same engine batches) and run 1 BLAS thread each (their CPU count); the in-process run compared with
+them runs with OMP_NUM_THREADS=1 too. OpenBLAS rounds differently at another thread count, which hybrid's
+fp16 rounding turns into ~1e-4 (docs/ray.md), so the thread count is part of "the same computation".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'trtrun[ray]')")
+pytest.importorskip("ray.data", reason="Ray Data is not installed (pip install 'trtrun[ray]')")
+pa = pytest.importorskip("pyarrow")
+
+from trtrun import data  # noqa: E402
+
+from conftest import free_port, serve_process  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="warning",
+             runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
+    yield
+    try:
+        from ray import serve
+
+        serve.shutdown()
+    except Exception:  # noqa: BLE001
+        pass
+    ray.shutdown()
+
+
+def _vectors(table) -> np.ndarray:
+    return np.stack(table.column("embedding").to_numpy(zero_copy_only=False)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def minilm_plan(exported, tmp_path_factory):
+    from trtrun.builder import build
+
+    d = tmp_path_factory.mktemp("minilm-ray")
+    return build(exported("minilm"), precision="hybrid",
+                 profile={"batch": (1, 32, 64), "seq": (1, 32, 64)}).save(d / "minilm.hybrid.plan")
+
+
+def test_ray_corpus_job_gives_the_in_process_vectors_on_2000_real_texts(ray_local, minilm_plan, tmp_path):
+    """2,000 real texts (1,000 Rotten Tomatoes sentences, 1,000 Wikipedia paragraphs cut at 32 tokens) through
+    Ray (2 actors) and in-process (`trtrun embed` with 2 contexts): the same ids, token counts and vectors."""
+    from trtrun.corpus import embed_corpus, read_output
+
+    texts = data.load_texts("rt", n=1000, seed=22) + data.load_texts("wiki", n=1000, seed=22)
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("".join(json.dumps({"doc": f"t{i}", "text": t}) + "\n" for i, t in enumerate(texts)))
+    tok = data.data_dir() / "minilm"
+    common = dict(tokenizer=tok, id_column="doc", shard_rows=250, max_seq_len=32, truncation="truncate",
+                  backend="reference")
+    local = subprocess.run(
+        [sys.executable, "-m", "trtrun", "embed", str(path), "-o", str(tmp_path / "local"), "-m", str(minilm_plan),
+         "--tokenizer", str(tok), "--id-column", "doc", "--shard-rows", "250", "--max-seq-len", "32",
+         "--truncation", "truncate", "--backend", "reference", "--contexts", "2", "-q"],
+        cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1"), capture_output=True,
+        text=True, timeout=300)
+    assert local.returncode == 0, local.stderr
+    s = embed_corpus(path, tmp_path / "ray", model=minilm_plan, ray="", contexts=1,
+                     ray_options={"actors": 2, "cpus_per_actor": 0.75}, **common)
+    assert s.where.startswith("ray (2 reference actor(s)") and (s.rows_embedded, s.shards_written) == (2000, 8)
+    a, b = read_output(tmp_path / "local"), read_output(tmp_path / "ray")
+    assert b.column("id").to_pylist() == [f"t{i}" for i in range(2000)] == a.column("id").to_pylist()
+    assert b.column("num_tokens").to_pylist() == a.column("num_tokens").to_pylist()
+    assert b.column("truncated").to_pylist() == a.column("truncated").to_pylist()
+    assert sum(b.column("truncated").to_pylist()) > 500  # the wiki paragraphs
+    diff = float(np.abs(_vectors(a) - _vectors(b)).max())
+    assert diff <= 1e-6, diff
+    assert np.allclose(np.linalg.norm(_vectors(b), axis=1), 1, atol=1e-5)  # real vectors, not zeros
+    assert s.tokens == int(np.sum(a.column("num_tokens").to_numpy()))
+
+
+def test_a_failed_ray_job_reruns_only_its_unfinished_shards(ray_local, tiny_embed_model, tmp_path):
+    """A bad row in the last shard stops the Ray job (--on-error fail) after the shards before it are written;
+    the rerun (--on-error skip) embeds only the others and leaves the written ones untouched."""
+    from trtrun.corpus import embed_corpus, read_output
+    from trtrun.corpus.job import BadRowError
+
+    texts = data.load_texts("rt", n=120, seed=23)
+    rows = [{"text": t} for t in texts]
+    rows[115] = {"text": ""}
+    path = tmp_path / "c.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    opts = dict(model=tiny_embed_model["plan"], tokenizer=tiny_embed_model["tok"], shard_rows=20,
+                truncation="truncate", backend="reference", ray="", contexts=1,
+                ray_options={"actors": 1, "cpus_per_actor": 1.0})
+    with pytest.raises(BadRowError, match=r"row 115: is an empty text.*of 6 shards are written"):
+        embed_corpus(path, out, on_error="fail", **opts)
+    first = {p.name: (p.stat().st_mtime_ns, p.stat().st_ino) for p in out.glob("part-*.parquet")}
+    assert "part-00005.parquet" not in first and len(first) >= 1, first  # one actor takes the shards in order
+    s = embed_corpus(path, out, on_error="skip", **opts)
+    assert s.shards_skipped == len(first) and s.shards_written == 6 - len(first)
+    assert s.rows_embedded + s.bad_rows == 120 - 20 * len(first) and s.bad_rows == 1
+    assert {n: (p.stat().st_mtime_ns, p.stat().st_ino) for n in first for p in [out / n]} == first
+    t = read_output(out)
+    assert t.column("id").to_pylist() == [i for i in range(120) if i != 115]
+    from trtrun.embedder import Embedder
+
+    with Embedder(tiny_embed_model["plan"], tiny_embed_model["tok"], backend="reference", contexts=1,
+                  truncation="truncate") as e:
+        want = e.embed([t for i, t in enumerate(texts) if i != 115])
+    # fp32 tiny model, another process and batch mates: rounding of differently shaped GEMMs only
+    np.testing.assert_allclose(_vectors(t), want, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------ Ray Serve
+
+BAD_REQUESTS = [
+    b"",
+    b"{not json",
+    b"\xff\xfe",
+    b"[1, 2]",
+    b'{"inputs": ["x"]}',
+    b'{"input": []}',
+    b'{"input": [1, 2]}',
+    b'{"input": ""}',
+    b'{"input": ["a", "b", "c", "d", "e"]}',
+    b'{"input": "x", "encoding_format": "hex"}',
+    b'{"input": "x", "dimensions": 7}',
+    json.dumps({"input": "y" * 301}).encode(),
+]
+
+
+def test_ray_serve_answers_like_trtrun_serve(ray_local, tiny_embed_model, monkeypatch):
+    """The Ray Serve deployment (one CPU replica) and `trtrun serve` with the same limits: the same vectors for
+    real texts and the same status and error for each bad request."""
+    import httpx
+    from ray import serve
+
+    from trtrun.embedder import Embedder
+    from trtrun.serve import ray_serve
+    from trtrun.serve.app import ServeConfig
+
+    texts = data.load_texts("rt", n=6, seed=24)
+    limits = ["--max-inputs", "4", "--max-chars", "300", "--truncation", "truncate", "--contexts", "1"]
+    cfg = ServeConfig(max_inputs=4, max_chars=300)
+    port = free_port()
+    with Embedder(tiny_embed_model["plan"], tiny_embed_model["tok"], backend="reference", contexts=1,
+                  truncation="truncate") as emb:
+        d = ray_serve.start(emb, cfg, backend="reference", contexts=1, replicas=1, port=port)
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the replica's BLAS threads (see the module doc)
+        with serve_process(tiny_embed_model, free_port(), *limits) as proc:
+            plain = proc.args[proc.args.index("--port") + 1]
+            urls = {"ray": d["url"], "serve": f"http://127.0.0.1:{plain}"}
+            got = {}
+            for name, url in urls.items():
+                r = httpx.post(url + "/v1/embeddings", json={"input": texts[:4]}, timeout=60)
+                assert r.status_code == 200, r.text
+                body = r.json()
+                got[name] = (np.array([x["embedding"] for x in body["data"]], np.float32), body["usage"])
+                one = httpx.post(url + "/embed", json={"inputs": texts[4]}, timeout=60)
+                assert one.status_code == 200
+                got[name + "/embed"] = np.array(one.json(), np.float32)
+                got[name + "/bad"] = [(r.status_code, r.json()["error"]["message"]) for r in
+                                      (httpx.post(url + "/v1/embeddings", content=b, timeout=60) for b in BAD_REQUESTS)]
+            assert got["ray"][1] == got["serve"][1]
+            diff = float(np.abs(got["ray"][0] - got["serve"][0]).max())
+            assert diff <= 1e-6, diff
+            assert np.abs(got["ray/embed"] - got["serve/embed"]).max() <= 1e-6
+            assert got["ray/bad"] == got["serve/bad"]
+            assert {s for s, _ in got["ray/bad"]} == {400, 422}
+            h = httpx.get(urls["ray"] + "/health", timeout=30)
+            assert h.status_code == 200 and h.json()["backend"] == "reference"
+            m = httpx.get(urls["ray"] + "/metrics", timeout=30).text
+            assert "trtrun_requests_total" in m
+    finally:
+        serve.delete(ray_serve.APP_NAME)
