@@ -18,6 +18,8 @@ EXTRAS = {
     "tokenizers": ("tokenizers", "text"),
     "onnxscript": ("onnxscript", "export"),
     "onnx_ir": ("onnxscript", "export"),
+    "gguf": ("gguf", "export"),
+    "accelerate": ("accelerate", "export"),
     "matplotlib": ("matplotlib", "bench"),
     "sklearn": ("scikit-learn", "check"),
     "starlette": ("starlette", "serve"),

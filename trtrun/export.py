@@ -1,9 +1,10 @@
-"""Export a Hugging Face transformer (BERT-family encoder or GPT-2 decoder) to ONNX.
+"""Export a Hugging Face transformer (encoder or decoder) to ONNX.
 
-`export_model` takes a model directory (config.json + weights) or a named architecture with random
-weights (`bert-base`, `gpt2`, with size overrides for small test models) and writes an ONNX graph with
-inputs `input_ids`, `attention_mask` (+ `token_type_ids` for BERT-like models), output
-`last_hidden_state`, and dynamic batch and sequence axes.
+`export_model` takes a model directory (config.json + weights), a GGUF file (or a folder holding one:
+transformers dequantizes its weights to fp32 with the `gguf` package), or a named architecture with random
+weights (`bert-base`, `gpt2`, `llama`, `qwen2`, `gpt-neox`, `mpnet`, `deberta-v2`, with size overrides for
+small test models) and writes an ONNX graph with inputs `input_ids`, `attention_mask` (+ `token_type_ids`
+for BERT-like models), output `last_hidden_state`, and dynamic batch and sequence axes.
 
 torch and transformers are optional dependencies, imported only inside the functions here.
 """
@@ -17,7 +18,8 @@ from pathlib import Path
 
 from .errors import ModelError
 
-NAMED_ARCHS = ("bert-base", "gpt2")
+NAMED_ARCHS = ("bert-base", "gpt2")  # named by trtrun check and bench too
+EXPORT_ARCHS = NAMED_ARCHS + ("llama", "qwen2", "gpt-neox", "mpnet", "deberta-v2")  # what export_model takes
 EXPORTERS = ("torchscript", "dynamo")
 # torch's TorchScript exporter: opsets we accept here. 14 is the first with the ops our graphs need
 # (Trilu for causal masks etc.), 20 the newest we check.
@@ -42,6 +44,46 @@ def _import_torch():
     return require("torch", "exporting"), require("transformers", "exporting")
 
 
+# The newer named architectures: their config class, the shape of a real model of the family (the default,
+# so `trtrun export llama` is a model people run), and the config keys an override may set beyond the sizes.
+_FAMILIES = {
+    # SmolLM2-135M's shape (issue 20's real decoder)
+    "llama": ("LlamaConfig", dict(hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+                                  intermediate_size=1536, vocab_size=49152, max_position_embeddings=8192,
+                                  rms_norm_eps=1e-5, rope_theta=100000.0, tie_word_embeddings=True)),
+    # Qwen2-0.5B's shape
+    "qwen2": ("Qwen2Config", dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
+                                  intermediate_size=4864, vocab_size=151936, max_position_embeddings=32768,
+                                  rms_norm_eps=1e-6, rope_theta=1000000.0, tie_word_embeddings=True)),
+    # pythia-160m's shape
+    "gpt-neox": ("GPTNeoXConfig", dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                                       intermediate_size=3072, vocab_size=50304, max_position_embeddings=2048,
+                                       rotary_pct=0.25, use_parallel_residual=True)),
+    # all-mpnet-base-v2's shape
+    "mpnet": ("MPNetConfig", dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                                  vocab_size=30527, max_position_embeddings=514)),
+    # deberta-v3-small's shape
+    "deberta-v2": ("DebertaV2Config", dict(hidden_size=768, num_hidden_layers=6, num_attention_heads=12,
+                                           intermediate_size=3072, vocab_size=128100, max_position_embeddings=512,
+                                           relative_attention=True, position_buckets=256, max_relative_positions=-1,
+                                           pos_att_type=["p2c", "c2p"], position_biased_input=False,
+                                           norm_rel_ebd="layer_norm", share_att_key=True, type_vocab_size=0)),
+}
+_SIZE_KEYS = {"hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size",
+              "max_position_embeddings"}
+_FAMILY_KEYS = {
+    "llama": {"num_key_value_heads", "rope_theta", "rope_scaling", "rms_norm_eps", "hidden_act", "attention_bias",
+              "mlp_bias", "head_dim"},
+    "qwen2": {"num_key_value_heads", "rope_theta", "rope_scaling", "rms_norm_eps", "hidden_act"},
+    "gpt-neox": {"rotary_pct", "rope_theta", "rope_scaling", "use_parallel_residual", "hidden_act", "layer_norm_eps"},
+    "mpnet": {"relative_attention_num_buckets", "layer_norm_eps", "hidden_act"},
+    "deberta-v2": {"relative_attention", "position_buckets", "pos_att_type", "type_vocab_size"},
+}
+# rope variants whose frequencies are fixed at load time (what a plan holds); "dynamic" and "longrope" change
+# them with the sequence length at run time
+STATIC_ROPE = ("default", "linear", "yarn", "llama3")
+
+
 def _make_config(transformers, source: str, overrides: dict):
     if source == "bert-base":
         bad = set(overrides) - _BERT_KEYS
@@ -63,7 +105,36 @@ def _make_config(transformers, source: str, overrides: dict):
             kw.setdefault("bos_token_id", kw["vocab_size"] - 1)
             kw.setdefault("eos_token_id", kw["vocab_size"] - 1)
         return transformers.GPT2Config(**kw)
+    if source in _FAMILIES:
+        cls, defaults = _FAMILIES[source]
+        known = _SIZE_KEYS | _FAMILY_KEYS[source]
+        bad = set(overrides) - known
+        if bad:
+            raise ValueError(f"unknown override(s) for {source}: {sorted(bad)}; known: {sorted(known)}")
+        kw = {**defaults, **overrides}
+        if "num_attention_heads" in overrides and "num_key_value_heads" in defaults \
+                and "num_key_value_heads" not in overrides:
+            kw["num_key_value_heads"] = kw["num_attention_heads"]  # a head count given alone: plain multi-head
+        if "vocab_size" in overrides:  # keep the special tokens inside a shrunken vocabulary
+            for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+                kw.setdefault(key, min(1, kw["vocab_size"] - 1))
+        return getattr(transformers, cls)(**kw)
     raise AssertionError(source)
+
+
+def check_rope(config, source) -> None:
+    """Refuse a config whose rotary frequencies change with the sequence length at run time, naming its
+    rope_type (a plan holds one frequency table)."""
+    rp = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    if isinstance(rp, dict) and "rope_type" not in rp and all(isinstance(v, dict) for v in rp.values()):
+        kinds = [v.get("rope_type", v.get("type", "default")) for v in rp.values()]  # per attention type
+    else:
+        kinds = [rp.get("rope_type", rp.get("type", "default"))] if isinstance(rp, dict) else ["default"]
+    for kind in kinds:
+        if kind not in STATIC_ROPE:
+            raise ModelError(f"{source}: rope_type {kind!r} is not supported: its rotary frequencies depend on the "
+                             f"sequence length at run time, and a plan holds one frequency table (supported: "
+                             f"{', '.join(STATIC_ROPE)})")
 
 
 def _randomize(torch, model, seed):
@@ -80,7 +151,7 @@ def _randomize(torch, model, seed):
             noise = torch.randn(p.shape, generator=g, dtype=torch.float32)
             low = name.lower()
             is_ln = ("layernorm" in low or ".ln_" in low or low.startswith("ln_")
-                     or "layer_norm" in low or ".ln" in low)
+                     or "layer_norm" in low or ".ln" in low or "norm." in low)
             if is_ln and name.endswith("weight"):
                 p.copy_(1.0 + 0.1 * noise)
             elif is_ln and name.endswith("bias"):
@@ -91,29 +162,57 @@ def _randomize(torch, model, seed):
 
 def _load_model(torch, transformers, source, overrides, seed):
     attn = {"attn_implementation": "eager"}
-    if str(source) in NAMED_ARCHS:
+    if str(source) in EXPORT_ARCHS:
         config = _make_config(transformers, str(source), overrides or {})
+        check_rope(config, source)
         torch.manual_seed(seed)
         model = transformers.AutoModel.from_config(config, **attn)
         _randomize(torch, model, seed)
         return model.float().eval(), config
     path = Path(source)
-    if not path.is_dir() or not (path / "config.json").is_file():
+    gguf = gguf_file(path)
+    if gguf is None and (not path.is_dir() or not (path / "config.json").is_file()):
         raise ModelError(
-            f"{source}: not a named architecture ({', '.join(NAMED_ARCHS)}) nor a Hugging Face model "
-            "directory with a config.json")
+            f"{source}: not a named architecture ({', '.join(EXPORT_ARCHS)}), a Hugging Face model "
+            "directory with a config.json, nor a GGUF file")
     if overrides:
         # a folder's sizes are its weights' shapes: an override either fails to load (hidden size),
         # silently adds randomly initialized layers (more layers), or is a typo nobody reads
         raise ValueError(f"{source}: size overrides ({', '.join(sorted(overrides))}) apply to the named "
-                         f"architectures ({', '.join(NAMED_ARCHS)}), not to a model folder, whose sizes come "
+                         f"architectures ({', '.join(EXPORT_ARCHS)}), not to a model folder, whose sizes come "
                          f"from its config.json and weights")
     try:
-        config = transformers.AutoConfig.from_pretrained(str(path))
-        model = transformers.AutoModel.from_pretrained(str(path), config=config, **attn)
+        if gguf is not None:
+            from ._optional import require
+
+            require("gguf", "reading GGUF files")
+            kw = {"gguf_file": gguf.name}
+            config = transformers.AutoConfig.from_pretrained(str(gguf.parent), **kw)
+            check_rope(config, source)
+            model = transformers.AutoModel.from_pretrained(str(gguf.parent), config=config, dtype=torch.float32,
+                                                           **kw, **attn)
+        else:
+            config = transformers.AutoConfig.from_pretrained(str(path))
+            check_rope(config, source)
+            model = transformers.AutoModel.from_pretrained(str(path), config=config, **attn)
     except (OSError, ValueError) as e:
         raise ModelError(f"{source}: cannot load the model: {e}") from e
     return model.float().eval(), config
+
+
+def gguf_file(path: Path) -> Path | None:
+    """The GGUF file `path` names, or the one GGUF file in the folder `path` (without a config.json), or None.
+    ModelError for a folder with several."""
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        return path
+    if path.is_dir() and not (path / "config.json").is_file():
+        found = sorted(path.glob("*.gguf"))
+        if len(found) > 1:
+            raise ModelError(f"{path}: holds {len(found)} GGUF files ({', '.join(f.name for f in found[:4])}); "
+                             f"name the one to export")
+        if found:
+            return found[0]
+    return None
 
 
 def load_torch_model(source, *, overrides: dict | None = None, seed: int = 0):

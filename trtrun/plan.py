@@ -60,14 +60,14 @@ FLOAT_DTYPES = ("float32", "float16")
 INT_DTYPES = ("int64", "int32")
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 SYMBOLS = ("B", "S")
-ACTIVATIONS = ("none", "gelu_erf", "gelu_tanh")
+ACTIVATIONS = ("none", "gelu_erf", "gelu_tanh", "silu")
 
 # Per op type: inputs (slot name, required), outputs (slot name, required), weight roles (role: required).
 OP_SCHEMAS: dict[str, dict[str, Any]] = {
     "Embedding": {
         "inputs": (("input_ids", True), ("token_type_ids", False)),
         "outputs": (("y", True),),
-        "weights": {"word": True, "position": True, "token_type": False, "gamma": False, "beta": False},
+        "weights": {"word": True, "position": False, "token_type": False, "gamma": False, "beta": False},
     },
     "Linear": {
         "inputs": (("x", True),),
@@ -77,7 +77,7 @@ OP_SCHEMAS: dict[str, dict[str, Any]] = {
     "Attention": {
         "inputs": (("qkv", True), ("attention_mask", False)),
         "outputs": (("y", True),),
-        "weights": {},
+        "weights": {"inv_freq": False, "relative_bias": False},
     },
     "LayerNorm": {
         "inputs": (("x", True), ("residual", False)),
@@ -88,6 +88,11 @@ OP_SCHEMAS: dict[str, dict[str, Any]] = {
         "inputs": (("x", True), ("attention_mask", False)),
         "outputs": (("y", True),),
         "weights": {},
+    },
+    "RMSNorm": {
+        "inputs": (("x", True), ("residual", False)),
+        "outputs": (("y", True), ("sum", False)),
+        "weights": {"gamma": True},
     },
 }
 POOL_MODES = ("mean", "cls")
@@ -500,13 +505,17 @@ class Plan:
             ins = ", ".join(fmt(t) for t in o["inputs"] if t)
             outs = ", ".join(fmt(t) for t in o["outputs"] if t)
             extra = ""
-            if o["type"] == "Linear" and o["attrs"].get("activation", "none") != "none":
-                extra = f"  [{o['attrs']['activation']}]"
+            if o["type"] == "Linear" and (o["attrs"].get("activation", "none") != "none" or o["attrs"].get("gated")):
+                extra = f"  [{o['attrs'].get('activation', 'none')}" + (", gated]" if o["attrs"].get("gated") else "]")
             elif o["type"] == "Pool":
                 extra = f"  [{o['attrs'].get('mode')}" + (", L2-normalized]" if o["attrs"].get("normalize") else "]")
             elif o["type"] == "Attention":
                 a = o["attrs"]
                 extra = f"  [heads {a.get('num_heads')} x {a.get('head_size')}" + \
+                        (f", {a['num_kv_heads']} K/V heads" if a.get("num_kv_heads", a.get("num_heads")) !=
+                         a.get("num_heads") else "") + \
+                        (f", rotary {a['rotary_dim']}" if a.get("rotary_dim") else "") + \
+                        (", relative-position bias" if o["weights"].get("relative_bias") else "") + \
                         (", causal]" if a.get("causal") else "]")
             lines.append(f"    {i:>3}  {o['type']:<{wtype}}  {o['name']:<{wname}}  {o['precision']:<9}  "
                          f"{ins} -> {outs}{extra}")
@@ -539,10 +548,12 @@ ARCHS = ("encoder", "decoder")
 # are annotations nothing reads: tolerated when they are plain JSON scalars.
 OP_ATTRS = {
     "Embedding": ("epsilon", "position_offset"),
-    "Linear": ("activation",),
-    "Attention": ("num_heads", "head_size", "scale", "causal"),
+    "Linear": ("activation", "gated"),
+    "Attention": ("num_heads", "head_size", "scale", "causal", "num_kv_heads", "rotary_dim", "rotary_scale",
+                  "relative_max_distance", "relative_bidirectional"),
     "LayerNorm": ("epsilon",),
     "Pool": ("mode", "normalize"),
+    "RMSNorm": ("epsilon",),
 }
 # Graph inputs an op slot may read, where the slot indexes a table or masks (checked at run time by
 # Plan.check_feeds against exactly these tables and values)
@@ -880,7 +891,7 @@ def _validate_op(op, f, tensors, weights, prof, err) -> None:
         need_dtype("outputs[0]", outs[0], FLOAT_DTYPES)
         y = T(outs[0])["shape"]
         N = table("word")[1]
-        P = table("position", N)[0]
+        P = table("position", N)[0] if Wt("position") is not None else None
         need_shape(f"output {_nm(outs[0])!r}", y, list(T(ins[0])["shape"]) + [N])
         if Wt("token_type") is not None:
             table("token_type", N)
@@ -895,7 +906,7 @@ def _validate_op(op, f, tensors, weights, prof, err) -> None:
         elif "epsilon" in attrs:
             number("epsilon", positive=True)
         off = integer("position_offset", required=False) or 0
-        if prof["seq"][2] + off > P:
+        if P is not None and prof["seq"][2] + off > P:
             err("header.profile.seq", f"max sequence {prof['seq'][2]} (+ position offset {off}) exceeds the "
                                       f"{P} rows of the position table of op {_nm(op['name'])!r}")
     elif typ == "Linear":
@@ -907,7 +918,12 @@ def _validate_op(op, f, tensors, weights, prof, err) -> None:
         K, N = w
         if len(x) < 2 or x[-1] != K:
             err(f, f"input {_nm(ins[0])!r} {_fmt_shape(x)} does not match weight [K={K}, N={N}]")
-        need_shape(f"output {_nm(outs[0])!r}", y, list(x[:-1]) + [N])
+        gated = attrs.get("gated", False)
+        if not isinstance(gated, bool):
+            err(f + ".attrs.gated", f"must be true or false, got {_short(gated)}")
+        if gated and N % 2:
+            err(f + ".weights.weight", f"a gated Linear's weight [K, 2N] needs an even width, got {_fmt_shape(w)}")
+        need_shape(f"output {_nm(outs[0])!r}", y, list(x[:-1]) + [N // 2 if gated else N])
         if Wt("bias") is not None:
             need_shape(f"bias {_nm(wts['bias'])!r}", Wt("bias")["shape"], [N])
         act = attrs.get("activation", "none")
@@ -922,10 +938,34 @@ def _validate_op(op, f, tensors, weights, prof, err) -> None:
         number("scale")
         if not isinstance(attrs.get("causal", False), bool):
             err(f + ".attrs.causal", f"must be true or false, got {_short(attrs['causal'])}")
+        Hkv = integer("num_kv_heads", required=False, minimum=1) or H
+        if H % Hkv:
+            err(f + ".attrs.num_kv_heads", f"{Hkv} does not divide num_heads {H} (each K/V head serves a group "
+                                           f"of query heads)")
+        R = integer("rotary_dim", required=False) or 0
+        if R % 2 or R > D:
+            err(f + ".attrs.rotary_dim", f"must be even and at most head_size {D}, got {R}")
+        if R and Wt("inv_freq") is None:
+            err(f + ".weights.inv_freq", f"rotary_dim {R} needs an 'inv_freq' weight")
+        if Wt("inv_freq") is not None:
+            need_shape(f"inv_freq {_nm(wts['inv_freq'])!r}", Wt("inv_freq")["shape"], [R // 2])
+            if not R:
+                err(f + ".attrs.rotary_dim", "an 'inv_freq' weight needs rotary_dim > 0")
+        number("rotary_scale", required=False)
+        if Wt("relative_bias") is not None:
+            rb = Wt("relative_bias")["shape"]
+            if len(rb) != 2 or rb[0] < 1 or rb[1] != H:
+                err(f + ".weights.relative_bias", f"must be [buckets >= 1, num_heads {H}], got {_fmt_shape(rb)}")
+            integer("relative_max_distance", minimum=1)
+            if not isinstance(attrs.get("relative_bidirectional"), bool):
+                err(f + ".attrs.relative_bidirectional", f"must be true or false, got "
+                                                          f"{_short(attrs.get('relative_bidirectional'))}")
+        elif "relative_max_distance" in attrs or "relative_bidirectional" in attrs:
+            err(f + ".weights.relative_bias", "relative-position attributes need a 'relative_bias' table")
         q = T(ins[0])["shape"]
         if len(q) != 3:
-            err(f, f"qkv {_nm(ins[0])!r} must be [B, S, 3*H*D], got {_fmt_shape(q)}")
-        need_shape(f"qkv {_nm(ins[0])!r}", q, [q[0], q[1], 3 * H * D])
+            err(f, f"qkv {_nm(ins[0])!r} must be [B, S, (H+2*Hkv)*D], got {_fmt_shape(q)}")
+        need_shape(f"qkv {_nm(ins[0])!r}", q, [q[0], q[1], (H + 2 * Hkv) * D])
         need_shape(f"output {_nm(outs[0])!r}", T(outs[0])["shape"], [q[0], q[1], H * D])
         if ins[1]:
             need_shape(f"attention_mask {_nm(ins[1])!r}", T(ins[1])["shape"], q[:2])
@@ -943,7 +983,7 @@ def _validate_op(op, f, tensors, weights, prof, err) -> None:
             err(f + ".attrs.mode", f"{_short(attrs.get('mode'))} is not one of {', '.join(POOL_MODES)}")
         if not isinstance(attrs.get("normalize", False), bool):
             err(f + ".attrs.normalize", f"must be true or false, got {_short(attrs['normalize'])}")
-    elif typ == "LayerNorm":
+    elif typ in ("LayerNorm", "RMSNorm"):
         need_dtype("inputs[0]", ins[0], FLOAT_DTYPES)
         need_dtype("inputs[1]", ins[1], FLOAT_DTYPES)
         need_dtype("outputs[0]", outs[0], FLOAT_DTYPES)
@@ -954,7 +994,8 @@ def _validate_op(op, f, tensors, weights, prof, err) -> None:
             if n:
                 need_shape(f"{what} {_nm(n)!r}", T(n)["shape"], x)
         need_shape(f"gamma {_nm(wts['gamma'])!r}", Wt("gamma")["shape"], [N])
-        need_shape(f"beta {_nm(wts['beta'])!r}", Wt("beta")["shape"], [N])
+        if typ == "LayerNorm":
+            need_shape(f"beta {_nm(wts['beta'])!r}", Wt("beta")["shape"], [N])
         number("epsilon", positive=True)
 
 

@@ -98,7 +98,8 @@ def _erfc(x: np.ndarray) -> np.ndarray:
 
 
 def _gelu32(h: np.ndarray, activation: str) -> np.ndarray:
-    """GELU of float32 values, evaluated in float64 and rounded once to float32.
+    """GELU (or SiLU, x * sigmoid(x) = x / (1 + exp(-x))) of float32 values, evaluated in float64 and rounded
+    once to float32.
 
     Written without the cancellation of 1 + erf(z) / 1 + tanh(a) for negative inputs:
     0.5 x (1 + erf(x/sqrt2)) = 0.5 x erfc(-x/sqrt2) and 0.5 x (1 + tanh(a)) = x / (1 + exp(-2a)),
@@ -111,8 +112,11 @@ def _gelu32(h: np.ndarray, activation: str) -> np.ndarray:
         a = math.sqrt(2.0 / math.pi) * (x + 0.044715 * x * x * x)
         with np.errstate(over="ignore"):
             y = x / (1.0 + np.exp(-2.0 * a))
+    elif activation == "silu":
+        with np.errstate(over="ignore"):
+            y = x / (1.0 + np.exp(-x))
     else:
-        raise ValueError(f"activation must be gelu_erf or gelu_tanh, got {activation!r}")
+        raise ValueError(f"activation must be gelu_erf, gelu_tanh or silu, got {activation!r}")
     return y.astype(F32)
 
 
@@ -148,35 +152,46 @@ def ref_gelu(x: np.ndarray, activation: str = "gelu_erf", *, precision: str = "f
 
 @_quiet
 def ref_linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, *,
-               activation: str = "none", precision: str = "fp32", out_dtype=F32,
+               activation: str = "none", gated: bool = False, precision: str = "fp32", out_dtype=F32,
                tf32: bool = False) -> np.ndarray:
     """y = act(x @ weight + bias); x [..., K], weight [K, N], bias [N] -> y [..., N] in `out_dtype`.
 
-    fp32: float32 operands (TF32-rounded if `tf32`), float32 accumulation, float32 bias and GELU.
+    gated: h = x @ weight + bias is [..., 2M] = [gate | up]; y = act(gate) * up -> [..., M] (SwiGLU with
+    silu, GeGLU with a GELU).
+    fp32: float32 operands (TF32-rounded if `tf32`), float32 accumulation, float32 bias and activation.
     fp16/hybrid: operands rounded to fp16, float32 accumulation, bias added in float32, the sum rounded to
-    `out_dtype`; GELU then computed in float32 from that rounded value and rounded again.
+    `out_dtype`; the activation (and the gate's product) then computed in float32 from those rounded values
+    and rounded again.
     """
     _check_precision(precision)
     x = np.asarray(x)
     K, N = weight.shape
     if x.shape[-1] != K:
         raise ValueError(f"ref_linear: x {x.shape} does not match weight {weight.shape}")
+    if gated and N % 2:
+        raise ValueError(f"ref_linear: a gated weight needs an even width, got {weight.shape}")
     lead = x.shape[:-1]
     x2 = x.reshape(-1, K)
     M = x2.shape[0]
     w = _operands(weight, precision, tf32)
     b = None if bias is None else np.asarray(bias, dtype=F32)
-    out = np.empty((M, N), dtype=out_dtype)
+    Nout = N // 2 if gated else N
+    out = np.empty((M, Nout), dtype=out_dtype)
     for i, j in _row_chunks(M, max(K, N)):
         acc = _operands(x2[i:j], precision, tf32) @ w  # float32 accumulation
         if b is not None:
             acc += b
-        if activation == "none":
+        if activation == "none" and not gated:
             out[i:j] = acc
+            continue
+        h = acc if precision == "fp32" else acc.astype(out_dtype).astype(F32)
+        if gated:
+            g, u = h[:, :Nout], h[:, Nout:]
+            a = g if activation == "none" else _gelu32(g, activation)
+            out[i:j] = a * u  # float32 product, rounded once to out_dtype
         else:
-            h = acc if precision == "fp32" else acc.astype(out_dtype).astype(F32)
             out[i:j] = _gelu32(h, activation)
-    return out.reshape(lead + (N,))
+    return out.reshape(lead + (Nout,))
 
 
 def _ln_rows32(s: np.ndarray, gamma32: np.ndarray, beta32: np.ndarray, eps: float) -> np.ndarray:
@@ -238,6 +253,87 @@ def ref_layernorm(x: np.ndarray, residual: np.ndarray | None, gamma: np.ndarray,
     return y.reshape(x.shape), s_out.reshape(x.shape)
 
 
+@_quiet
+def ref_rmsnorm(x: np.ndarray, residual: np.ndarray | None, gamma: np.ndarray, *, epsilon: float,
+                precision: str = "fp32", out_dtype=F32, sum_dtype=None) -> tuple[np.ndarray, np.ndarray]:
+    """s = x + residual; y = s / sqrt(mean(s^2) + eps) * gamma (RMSNorm: no mean subtracted, no beta).
+
+    Returns (y in `out_dtype`, s in `sum_dtype`, default `out_dtype`).
+    fp32/hybrid: inputs upcast, the add, the mean of squares and the scaling in float32.
+    fp16: inputs rounded to fp16, the add, squares, their (tree) sum, mean, + eps, sqrt, divide and * gamma
+    each rounded to fp16 (a sum of squares beyond 65504 is inf: the row becomes 0, as naive fp16 gives).
+    """
+    _check_precision(precision)
+    x = np.asarray(x)
+    sum_dtype = out_dtype if sum_dtype is None else sum_dtype
+    n = x.shape[-1]
+    x2 = x.reshape(-1, n)
+    r2 = None if residual is None else np.asarray(residual).reshape(-1, n)
+    y = np.empty(x2.shape, out_dtype)
+    s_out = np.empty(x2.shape, sum_dtype)
+    cdt = F16 if precision == "fp16" else F32
+    g = np.asarray(gamma, cdt)
+    for i, j in _row_chunks(x2.shape[0], n):
+        s = x2[i:j].astype(cdt)
+        if r2 is not None:
+            s = s + r2[i:j].astype(cdt)
+        if precision == "fp16":
+            ms = (_tree_sum_fp16(s * s) / F16(n))[..., None]
+            y[i:j] = s / np.sqrt(ms + F16(epsilon)) * g
+        else:
+            ms = np.add.reduce(s * s, axis=-1, dtype=F32, keepdims=True) / F32(n)
+            y[i:j] = s / np.sqrt(ms + F32(epsilon)) * g
+        s_out[i:j] = s
+    return y.reshape(x.shape), s_out.reshape(x.shape)
+
+
+def rotary_tables(S: int, inv_freq: np.ndarray, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """(cos, sin) [S, R/2] float32 for positions 0..S-1: angle = float32(s) * inv_freq rounded to float32
+    (Hugging Face's float32 outer product), cos/sin evaluated in float64 and rounded to float32, then times
+    `scale` in float32 (the rope variants' attention scaling)."""
+    ang = np.arange(S, dtype=F32)[:, None] * np.asarray(inv_freq, F32)[None, :]
+    c = np.cos(ang.astype(F64)).astype(F32)
+    s = np.sin(ang.astype(F64)).astype(F32)
+    if scale != 1.0:
+        c, s = c * F32(scale), s * F32(scale)
+    return c, s
+
+
+def rotate(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """Rotary embedding of x [S, heads, D] (float32 or float16; computed in that dtype, each product and sum
+    rounded to it): with h = R/2 for the tables' R/2 columns, x'[:h] = x[:h] c - x[h:R] s and
+    x'[h:R] = x[h:R] c + x[:h] s; columns from R on pass unchanged (partial rotary)."""
+    h = cos.shape[-1]
+    c, s = cos[:, None, :].astype(x.dtype), sin[:, None, :].astype(x.dtype)
+    out = x.copy()
+    x1, x2 = x[..., :h], x[..., h:2 * h]
+    out[..., :h] = x1 * c - x2 * s
+    out[..., h:2 * h] = x2 * c + x1 * s
+    return out
+
+
+def relative_buckets(S: int, num_buckets: int, max_distance: int, bidirectional: bool) -> np.ndarray:
+    """T5's relative-position buckets [S, S] (query i, key j; relative position j - i), as MPNet and T5
+    compute them: exact buckets for small distances, log-spaced up to max_distance, the log part in float32
+    as torch does."""
+    rel = np.arange(S)[None, :] - np.arange(S)[:, None]
+    ret = np.zeros((S, S), np.int64)
+    nb = int(num_buckets)
+    if bidirectional:
+        nb //= 2
+        ret += (rel > 0).astype(np.int64) * nb
+        n = np.abs(rel)
+    else:
+        n = -np.minimum(rel, 0)
+    max_exact = nb // 2
+    with np.errstate(divide="ignore"):
+        large = np.log(n.astype(F32) / F32(max_exact)) / F32(math.log(max_distance / max_exact)) \
+            * F32(nb - max_exact)
+    large = max_exact + np.where(np.isfinite(large), large, 0).astype(np.int64)
+    large = np.minimum(large, nb - 1)
+    return ret + np.where(n < max_exact, n, large)
+
+
 def _softmax32(s: np.ndarray) -> np.ndarray:
     m = s.max(axis=-1, keepdims=True)
     e = np.exp(s - m)
@@ -255,31 +351,50 @@ def _softmax16(s: np.ndarray) -> np.ndarray:
 @_quiet
 def ref_attention(qkv: np.ndarray, attention_mask: np.ndarray | None = None, *, num_heads: int,
                   head_size: int, scale: float, causal: bool = False, precision: str = "fp32",
-                  out_dtype=F32, tf32: bool = False) -> np.ndarray:
-    """Multi-head attention on a packed qkv [B, S, 3*H*D] -> y [B, S, H*D] in `out_dtype`.
+                  out_dtype=F32, tf32: bool = False, num_kv_heads: int | None = None,
+                  inv_freq: np.ndarray | None = None, rotary_scale: float = 1.0,
+                  score_bias: np.ndarray | None = None) -> np.ndarray:
+    """Multi-head attention on a packed qkv [B, S, (H + 2*Hkv)*D] -> y [B, S, H*D] in `out_dtype`.
 
-    Q = qkv[..., :HD], K = [HD:2HD], V = [2HD:]; head h is columns h*D:(h+1)*D of each.
-    scores = scale * Q_h K_h^T; key j masked when attention_mask[b, j] == 0, and for causal when j > i;
-    masked scores replaced by the dtype's minimum (uniform rows when all keys are masked); P = softmax;
-    y_h = P V_h. Precision as in the module docstring.
+    Q = qkv[..., :HD], K = [HD:HD+HkvD], V = [HD+HkvD:]; head h is columns h*D:(h+1)*D of each; query head h
+    reads K/V head h // (H / Hkv) (grouped-query attention; Hkv = H by default). With `inv_freq` [R/2], the
+    first R dims of every Q and K head are rotated by position (rotary_tables, rotate) before the scores.
+    scores = scale * Q_h K_h^T (+ score_bias [H, S, S]); key j masked when attention_mask[b, j] == 0, and for
+    causal when j > i; masked scores replaced by the dtype's minimum (uniform rows when all keys are masked);
+    P = softmax; y_h = P V_h. Precision as in the module docstring; the rotation is computed in float32 on
+    the tensor's values (fp16 mode: in fp16), before Q and K are rounded as GEMM operands.
     """
     _check_precision(precision)
     qkv = np.asarray(qkv)
     B, S, C = qkv.shape
     H, D = int(num_heads), int(head_size)
-    HD = H * D
-    if C != 3 * HD:
-        raise ValueError(f"ref_attention: qkv last dim {C} != 3 * {H} heads * {D}")
+    Hkv = H if num_kv_heads is None else int(num_kv_heads)
+    if H % Hkv:
+        raise ValueError(f"ref_attention: num_kv_heads {Hkv} does not divide num_heads {H}")
+    HD, KD = H * D, Hkv * D
+    if C != HD + 2 * KD:
+        raise ValueError(f"ref_attention: qkv last dim {C} != ({H} + 2 * {Hkv}) heads * {D}")
+    rep = H // Hkv
     out = np.empty((B, S, HD), out_dtype)
     causal_mask = np.triu(np.ones((S, S), bool), k=1) if causal else None
     low = F16(np.finfo(F16).min) if precision == "fp16" else F32(np.finfo(F32).min)
+    rot = None if inv_freq is None else rotary_tables(S, inv_freq, rotary_scale)
+    bias = None
+    if score_bias is not None:
+        bias = np.asarray(score_bias).astype(F16 if precision == "fp16" else F32)
     for b in range(B):
-        x = _operands(qkv[b], precision, tf32)  # [S, 3HD] float32 values
-        # contiguous [H, S, D] blocks: numpy's stacked matmul only reaches BLAS for contiguous operands
-        q = np.ascontiguousarray(x[:, :HD].reshape(S, H, D).transpose(1, 0, 2))
-        kt = np.ascontiguousarray(x[:, HD:2 * HD].reshape(S, H, D).transpose(1, 2, 0))  # [H, D, S]
-        v = np.ascontiguousarray(x[:, 2 * HD:].reshape(S, H, D).transpose(1, 0, 2))
-        scores = np.matmul(q, kt)  # [H, S, S] float32 accumulation
+        x = np.asarray(qkv[b])
+        q, k, v = x[:, :HD].reshape(S, H, D), x[:, HD:HD + KD].reshape(S, Hkv, D), x[:, HD + KD:]
+        if rot is not None:
+            cdt = F16 if precision == "fp16" else F32
+            q, k = rotate(q.astype(cdt), *rot), rotate(k.astype(cdt), *rot)
+        q, k, v = (_operands(a, precision, tf32) for a in (q, k, v))  # float32 values
+        # contiguous [Hkv, rep, S, D] / [Hkv, D, S] blocks: numpy's stacked matmul reaches BLAS only for
+        # contiguous operands; a group's query heads share their K/V block (no copy per head)
+        qg = np.ascontiguousarray(q.reshape(S, Hkv, rep, D).transpose(1, 2, 0, 3))
+        kt = np.ascontiguousarray(k.transpose(1, 2, 0))[:, None]  # [Hkv, 1, D, S]
+        vv = np.ascontiguousarray(v.reshape(S, Hkv, D).transpose(1, 0, 2))[:, None]  # [Hkv, 1, S, D]
+        scores = np.matmul(qg, kt).reshape(H, S, S)  # float32 accumulation
         scores *= F32(scale)
         masked = np.zeros((S, S), bool)
         if attention_mask is not None:
@@ -288,27 +403,32 @@ def ref_attention(qkv: np.ndarray, attention_mask: np.ndarray | None = None, *, 
             masked |= causal_mask
         if precision == "fp16":
             scores = scores.astype(F16)
+            if bias is not None:
+                scores = scores + bias
             np.copyto(scores, low, where=masked[None])
             p = _softmax16(scores).astype(F32)
         else:
+            if bias is not None:
+                scores += bias
             np.copyto(scores, low, where=masked[None])
             p = _softmax32(scores)
             if precision == "hybrid":
                 p = _f16_values(p)
             elif tf32:
                 p = _tf32_values(p)
-        y = np.matmul(p, v)  # [H, S, D] float32 accumulation
-        out[b] = y.transpose(1, 0, 2).reshape(S, HD)
+        y = np.matmul(p.reshape(Hkv, rep, S, S), vv)  # [Hkv, rep, S, D] float32 accumulation
+        out[b] = y.reshape(H, S, D).transpose(1, 0, 2).reshape(S, HD)
     return out
 
 
 @_quiet
 def ref_embedding(input_ids: np.ndarray, token_type_ids: np.ndarray | None = None, *, word: np.ndarray,
-                  position: np.ndarray, token_type: np.ndarray | None = None,
+                  position: np.ndarray | None = None, token_type: np.ndarray | None = None,
                   gamma: np.ndarray | None = None, beta: np.ndarray | None = None,
                   epsilon: float | None = None, position_offset: int = 0, precision: str = "fp32",
                   out_dtype=F32) -> np.ndarray:
     """e = word[ids] + position[s + offset] + token_type[tt or 0]; y = LayerNorm(e) if gamma else e.
+    Without a position table (rotary or relative positions, applied in attention) the term is absent.
 
     Sums in float32 (fp32/hybrid: tables upcast) or fp16 (fp16 mode: each addition rounded to fp16);
     the LayerNorm follows ref_layernorm's precision rules. Returns y [B, S, N] in `out_dtype`.
@@ -320,7 +440,8 @@ def ref_embedding(input_ids: np.ndarray, token_type_ids: np.ndarray | None = Non
     off = int(position_offset)
     with np.errstate(over="ignore"):
         e = np.asarray(word)[ids].astype(cdt)
-        e = e + np.asarray(position)[off:off + S].astype(cdt)[None]
+        if position is not None:
+            e = e + np.asarray(position)[off:off + S].astype(cdt)[None]
         if token_type is not None:
             tt = np.zeros_like(ids) if token_type_ids is None else np.asarray(token_type_ids)
             e = e + np.asarray(token_type)[tt].astype(cdt)
@@ -377,6 +498,22 @@ class ReferenceBackend:
                     self._last_use[t] = i
         self._keep = {o["name"] for o in plan.outputs}
         self._dtypes = {n: np.dtype(t["dtype"]) for n, t in plan.tensors.items()}
+        self._bias_cache: dict = {}
+
+    def _score_bias(self, op: dict, S: int):
+        """The [H, S, S] relative-position bias of an Attention op with a `relative_bias` table: computed once
+        per sequence length and table, shared by every layer that names the same table (as the model
+        computes it once in its encoder)."""
+        name = op.get("weights", {}).get("relative_bias")
+        if not name:
+            return None
+        a = op["attrs"]
+        key = (name, S, a["relative_max_distance"], a["relative_bidirectional"])
+        if key not in self._bias_cache:
+            table = np.asarray(self.plan.weights[name], F32)
+            idx = relative_buckets(S, table.shape[0], a["relative_max_distance"], a["relative_bidirectional"])
+            self._bias_cache = {key: np.ascontiguousarray(table[idx].transpose(2, 0, 1))}  # [H, S, S]
+        return self._bias_cache[key]
 
     def _w(self, op: dict, role: str):
         name = op.get("weights", {}).get(role)
@@ -395,16 +532,22 @@ class ReferenceBackend:
                                   position_offset=a.get("position_offset", 0), precision=prec, out_dtype=odt)]
         if typ == "Linear":
             return [ref_linear(ins[0], self._w(op, "weight"), self._w(op, "bias"),
-                               activation=a.get("activation", "none"), precision=prec, out_dtype=odt,
-                               tf32=tf32)]
+                               activation=a.get("activation", "none"), gated=a.get("gated", False),
+                               precision=prec, out_dtype=odt, tf32=tf32)]
         if typ == "Attention":
             return [ref_attention(ins[0], ins[1], num_heads=a["num_heads"], head_size=a["head_size"],
                                   scale=a["scale"], causal=a.get("causal", False), precision=prec,
-                                  out_dtype=odt, tf32=tf32)]
-        if typ == "LayerNorm":
+                                  out_dtype=odt, tf32=tf32, num_kv_heads=a.get("num_kv_heads"),
+                                  inv_freq=self._w(op, "inv_freq"), rotary_scale=a.get("rotary_scale", 1.0),
+                                  score_bias=self._score_bias(op, ins[0].shape[1]))]
+        if typ in ("LayerNorm", "RMSNorm"):
             sdt = self._dtypes[outs[1]] if len(outs) > 1 and outs[1] else odt
-            y, s = ref_layernorm(ins[0], ins[1], self._w(op, "gamma"), self._w(op, "beta"),
-                                 epsilon=a["epsilon"], precision=prec, out_dtype=odt, sum_dtype=sdt)
+            if typ == "LayerNorm":
+                y, s = ref_layernorm(ins[0], ins[1], self._w(op, "gamma"), self._w(op, "beta"),
+                                     epsilon=a["epsilon"], precision=prec, out_dtype=odt, sum_dtype=sdt)
+            else:
+                y, s = ref_rmsnorm(ins[0], ins[1], self._w(op, "gamma"), epsilon=a["epsilon"], precision=prec,
+                                   out_dtype=odt, sum_dtype=sdt)
             return [y, s] if len(outs) > 1 and outs[1] else [y]
         if typ == "Pool":
             return [ref_pool(ins[0], ins[1], mode=a["mode"], normalize=a.get("normalize", False), precision=prec,

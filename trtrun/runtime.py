@@ -197,6 +197,27 @@ def bucket_seq(seq: int, seq_max: int) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ lowering
+def _gpu_missing(op) -> str | None:
+    """What of a known op type the GPU runtime's kernels lack (attributes the IR grew for Llama-family and
+    relative-position models, which the reference backend runs), or None."""
+    a, w = op.get("attrs", {}), op.get("weights", {})
+    if op["type"] == "Embedding" and not w.get("position"):
+        return "no position table (rotary or relative positions)"
+    if op["type"] == "Linear":
+        if a.get("activation", "none") not in _ACT:
+            return f"activation {a['activation']!r}"
+        if a.get("gated"):
+            return "a gated epilogue (SwiGLU/GeGLU)"
+    if op["type"] == "Attention":
+        if a.get("num_kv_heads", a.get("num_heads")) != a.get("num_heads"):
+            return "grouped-query K/V heads (num_kv_heads)"
+        if a.get("rotary_dim") or w.get("inv_freq"):
+            return "rotary position embeddings"
+        if w.get("relative_bias"):
+            return "a relative-position score bias"
+    return None
+
+
 def _lower_plan(plan) -> dict:
     """The plan as simple lists for _C.Engine: tensors, ops (dicts of codes), weights (name, array).
 
@@ -207,8 +228,14 @@ def _lower_plan(plan) -> dict:
     """
     for op in plan.ops:  # a valid plan may hold ops only the reference backend runs (Pool)
         if op["type"] not in _OP:
+            hint = ("build the plan without the outputs that need it (--outputs)" if op["type"] == "Pool"
+                    else "run it on the reference backend")
             raise PlanError(f"op {op['name']!r}: the GPU runtime does not run {op['type']} ops yet (the reference "
-                            f"backend does); build the plan without the outputs that need it (--outputs)")
+                            f"backend does); {hint}")
+        missing = _gpu_missing(op)
+        if missing:
+            raise PlanError(f"op {op['name']!r}: the GPU runtime does not run {op['type']} ops with {missing} yet "
+                            f"(the reference backend does)")
     tensors = plan.tensors
     names = list(tensors)
     tindex = {n: i for i, n in enumerate(names)}

@@ -2,8 +2,9 @@
 
     load -> [other producers' forms: upcast fp16 -> dequantize int8 -> lower com.microsoft ops]
          -> simplify -> select outputs -> probe -> remove no-op layout ops
-         -> fuse LayerNorm -> fuse Linear (+bias, +GELU) -> fuse attention (+ merged QKV Linear)
-         -> fuse embeddings (+LayerNorm) -> fuse residual Adds into LayerNorm -> fuse pooled outputs
+         -> fuse LayerNorm -> fuse RMSNorm -> fuse Linear (+bias, +GELU/SiLU) -> fuse gated MLPs
+         -> fuse attention (+ merged QKV Linear, rotary, grouped K/V heads)
+         -> fuse embeddings (+LayerNorm) -> fuse residual Adds into LayerNorm/RMSNorm -> fuse pooled outputs
          -> check only IR ops are left -> pin precision -> lower to a Plan
 
 Each graph pass is one function taking (graph, facts), ending in cleanup().toposort(). See
@@ -19,10 +20,12 @@ from .check import check_supported
 from .dequantize import dequantize
 from .fuse_attention import fuse_attention
 from .fuse_embedding import fuse_embedding
+from .fuse_gated import fuse_gated
 from .fuse_layernorm import fuse_layernorm
 from .fuse_linear import fuse_linear
 from .fuse_pooling import fuse_pooling
 from .fuse_residual import fuse_residual
+from .fuse_rmsnorm import fuse_rmsnorm
 from .gelu_form import GELU_CHOICES, choose_gelu_form
 from .load import default_opset, load_model
 from .lower import lower, resolve_profile
@@ -35,7 +38,7 @@ from .simplify import decouple_shapes, remove_noop_layout, simplify
 from .upcast_fp16 import upcast_fp16
 
 __all__ = ["build", "load_model", "upcast_fp16", "dequantize", "lower_contrib", "simplify", "select_outputs", "probe", "decouple_shapes", "remove_noop_layout", "fuse_layernorm",
-           "fuse_linear", "fuse_attention", "fuse_embedding", "fuse_residual", "fuse_pooling", "check_supported",
+           "fuse_rmsnorm", "fuse_linear", "fuse_gated", "fuse_attention", "fuse_embedding", "fuse_residual", "fuse_pooling", "check_supported",
            "pin_precision", "lower", "precision_onnx", "resolve_profile", "PRECISIONS"]
 
 # Other producers' spellings, rewritten into what a plain fp32 export would be before anything else runs
@@ -47,7 +50,9 @@ PRODUCER_PASSES = (
 )
 FUSIONS = (
     ("fuse_layernorm", fuse_layernorm),
+    ("fuse_rmsnorm", fuse_rmsnorm),
     ("fuse_linear", fuse_linear),
+    ("fuse_gated", fuse_gated),
     ("fuse_attention", fuse_attention),
     ("fuse_embedding", fuse_embedding),
     ("fuse_residual", fuse_residual),

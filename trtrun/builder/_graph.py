@@ -18,10 +18,12 @@ OP_SLOTS = {
     "Embedding": (("input_ids", "token_type_ids"), ("word", "position", "token_type", "gamma", "beta"),
                   ("y",)),
     "Linear": (("x",), ("weight", "bias"), ("y",)),
-    "Attention": (("qkv", "attention_mask"), (), ("y",)),
+    "Attention": (("qkv", "attention_mask"), ("inv_freq", "relative_bias"), ("y",)),
     "LayerNorm": (("x", "residual"), ("gamma", "beta"), ("y", "sum")),
+    "RMSNorm": (("x", "residual"), ("gamma",), ("y", "sum")),
     "Pool": (("x", "attention_mask"), (), ("y",)),
 }
+NORMS = ("LayerNorm", "RMSNorm")
 
 
 def gs():

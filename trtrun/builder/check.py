@@ -13,9 +13,9 @@ PATTERN_OPS = {
     "Shape", "Where", "Cast", "Expand", "LayerNormalization", "Range", "ConstantOfShape", "Equal",
     "And", "Or", "Not", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Flatten", "GatherND",
     "Max", "Min", "Identity", "Dropout", "Constant", "Reciprocal", "Neg", "Trilu", "Size",
-    "ReduceSum", "ReduceL2", "Clip",
+    "ReduceSum", "ReduceL2", "Clip", "Sigmoid", "Cos", "Sin", "RMSNormalization",
 }
-IR_OPS = "IR ops: Embedding, LayerNorm, Linear, Attention, Pool"
+IR_OPS = "IR ops: Embedding, LayerNorm, RMSNorm, Linear, Attention, Pool"
 
 
 def check_supported(graph) -> None:
@@ -29,8 +29,8 @@ def check_supported(graph) -> None:
         # every leftover is an op our patterns use: report the first one on the value path
         n = _first_on_value_path(graph, leftover)
         _uncomputable_output(graph, n)
-        raise UnsupportedOpError(n.op, n.name, "not part of a recognized LayerNorm, Linear, GELU, "
-                                               "attention or embedding pattern")
+        raise UnsupportedOpError(n.op, n.name, "not part of a recognized LayerNorm, RMSNorm, Linear, GELU/SiLU, "
+                                               "gated MLP, attention (rotary, grouped-query) or embedding pattern")
     for t in graph.outputs:
         p = G.producer(t)
         if p is None and all(t is not i for i in graph.inputs):  # an input passed through is an output

@@ -32,9 +32,12 @@ import numpy as np
 from ..errors import BuildError
 from . import _graph as G
 from .probe import agree
+from .rotary import NotRotary, apply_rotary, match_rotary, value_deps
 
+# Expand: grouped-query attention's repeat of each K/V head over its group of query heads (the columns are
+# read by value, so a repeat is seen as such)
 _LAYOUT = {"Transpose", "Reshape", "Split", "Slice", "Squeeze", "Unsqueeze", "Gather", "Identity",
-           "Flatten", "Cast"}
+           "Flatten", "Cast", "Expand"}
 # how far below the unmasked logit a masked one lies, at least: HF uses finfo.min or -1e4 (older
 # models); real logits differ from scale*scores by rounding only (~1e-6 relative).
 _MASKED_BELOW = -1e3
@@ -46,9 +49,10 @@ class _NoMatch(Exception):
 
 def fuse_attention(graph, facts) -> int:
     count = 0
+    ctx = {"deps": value_deps(graph), "order": {id(n): i for i, n in enumerate(graph.nodes)}}
     for sm in [n for n in graph.nodes if n.op == "Softmax"]:
         try:
-            m = _match(graph, sm, facts)
+            m = _match(graph, sm, facts, ctx)
         except _NoMatch:
             continue  # left for check_supported to report
         _replace(graph, sm, facts, m)
@@ -58,7 +62,7 @@ def fuse_attention(graph, facts) -> int:
 
 
 # ---------------------------------------------------------------------- matching
-def _match(graph, sm, facts) -> dict:
+def _match(graph, sm, facts, ctx) -> dict:
     logits = sm.inputs[0]
     r = facts.rank(logits)
     if r != 4 or int(sm.attrs.get("axis", -1)) not in (-1, 3):
@@ -78,21 +82,30 @@ def _match(graph, sm, facts) -> dict:
             raise BuildError(f"Softmax node {sm.name!r}: the attention logits are combined with "
                              f"{side.name!r}, which depends on the values of {sorted(bad)}; only a "
                              f"mask built from attention_mask (and shapes) is supported")
-    q_src, q_scale = _trace_source(Q4)
-    k_src, k_scale = _trace_source(KT4)
-    v_src, v_scale = _trace_source(V4)
-    if v_scale != 1.0:
+    q_src, q_scale, q_rot = _trace_source(graph, facts, Q4, ctx)
+    k_src, k_scale, k_rot = _trace_source(graph, facts, KT4, ctx)
+    v_src, v_scale, v_rot = _trace_source(graph, facts, V4, ctx)
+    if v_scale != 1.0 or v_rot is not None:
         raise _NoMatch
+    rot = _same_rotary(sm, q_rot, k_rot)
     qs = facts.get(Q4)
     if any(a.ndim != 4 for a in qs):
         raise _NoMatch
     _, H, _, D = qs[0].shape
     HD = H * D
+    kts = [np.transpose(a, (0, 1, 3, 2)) for a in facts.get(KT4)]  # [B, H, S, D]
+    if any(a.shape[-1] != D for a in kts):
+        raise _NoMatch
+    if rot is not None:  # the columns are read off the values before the rotation
+        qs = [apply_rotary(a, rot, 2, inverse=True) for a in qs]
+        kts = [apply_rotary(a, rot, 2, inverse=True) for a in kts]
     # columns: target [b, s, h*D + d] taken from source [b, s, col]
     q_cols = _column_map(facts, q_src, [np.transpose(a, (0, 2, 1, 3)) / q_scale for a in qs], sm, "query")
-    k_cols = _column_map(facts, k_src,
-                         [np.transpose(a, (0, 3, 1, 2)) / k_scale for a in facts.get(KT4)], sm, "key")
-    v_cols = _column_map(facts, v_src, [np.transpose(a, (0, 2, 1, 3)) for a in facts.get(V4)], sm, "value")
+    k_cols = _column_map(facts, k_src, [np.transpose(a, (0, 2, 1, 3)) / k_scale for a in kts], sm, "key",
+                         shared=True)
+    v_cols = _column_map(facts, v_src, [np.transpose(a, (0, 2, 1, 3)) for a in facts.get(V4)], sm, "value",
+                         shared=True)
+    Hkv, k_cols, v_cols = _kv_heads(sm, k_cols, v_cols, H, D)
     scale = chain_scale * q_scale * k_scale
 
     # output: O4 [B,H,S,D] forward through layout ops to [B,S,H*D]
@@ -101,8 +114,45 @@ def _match(graph, sm, facts) -> dict:
         raise _NoMatch
 
     causal, use_mask = _mask_semantics(graph, sm, facts, qk, logits, chain_scale)
-    return dict(H=H, D=D, scale=scale, causal=causal, use_mask=use_mask, y=y,
+    return dict(H=H, D=D, Hkv=Hkv, rot=rot, scale=scale, causal=causal, use_mask=use_mask, y=y,
                 srcs=(q_src, k_src, v_src), cols=(q_cols, k_cols, v_cols))
+
+
+def _same_rotary(sm, q_rot, k_rot):
+    """The one rotary both Q and K carry (or None); anything else is no attention the IR can express."""
+    if q_rot is None and k_rot is None:
+        return None
+    if q_rot is None or k_rot is None:
+        raise BuildError(f"Softmax node {sm.name!r}: a rotary position embedding on the "
+                         f"{'query' if k_rot is None else 'key'} only; the IR rotates both or neither")
+    same = q_rot["dim"] == k_rot["dim"] and abs(q_rot["scale"] - k_rot["scale"]) <= 1e-6 * q_rot["scale"] and \
+        np.allclose(q_rot["inv_freq"], k_rot["inv_freq"], rtol=0, atol=1e-6)
+    if not same:
+        raise BuildError(f"Softmax node {sm.name!r}: the query and key are rotated differently (rotary dims "
+                         f"{q_rot['dim']} and {k_rot['dim']}); the IR applies one rotary to both")
+    return q_rot
+
+
+def _kv_heads(sm, k_cols, v_cols, H, D):
+    """(Hkv, K columns [Hkv*D], V columns [Hkv*D]): grouped-query attention's query heads h read K/V head
+    h // (H / Hkv). Distinct columns per head is Hkv = H; a head repeated otherwise is refused."""
+    groups = []
+    for what, cols in (("key", k_cols), ("value", v_cols)):
+        blocks = [tuple(cols[h * D:(h + 1) * D].tolist()) for h in range(H)]
+        uniq = list(dict.fromkeys(blocks))
+        if len(uniq) == H:
+            groups.append((H, cols))
+            continue
+        Hkv = len(uniq)
+        rep = H // Hkv if H % Hkv == 0 else 0
+        if not rep or any(blocks[h] != uniq[h // rep] for h in range(H)) or \
+                len(set(c for b in uniq for c in b)) != Hkv * D:
+            raise BuildError(f"Softmax node {sm.name!r}: the {what} heads are shared among the {H} query heads "
+                             f"in a way other than grouped-query attention (consecutive groups of H / Hkv)")
+        groups.append((Hkv, np.array([c for b in uniq for c in b])))
+    if groups[0][0] != groups[1][0]:
+        raise BuildError(f"Softmax node {sm.name!r}: {groups[0][0]} key heads but {groups[1][0]} value heads")
+    return groups[0][0], groups[0][1], groups[1][1]
 
 
 def _only_consumer(t):
@@ -180,15 +230,23 @@ def _fold_scalar_scale(p, scale):
     raise _NoMatch
 
 
-def _trace_source(t):
-    """Walk back from Q4/KT4/V4 through layout ops and scalar scales to a Linear output."""
+def _trace_source(graph, facts, t, ctx):
+    """Walk back from Q4/KT4/V4 through layout ops, scalar scales and (once) a rotary position embedding to a
+    Linear output -> (that output, the scale, the rotary or None)."""
     scale = 1.0
+    rot = None
     for _ in range(32):
         p = G.producer(t)
         if p is None:
             raise _NoMatch
         if G.is_trtrun(p, "Linear"):
-            return t, scale
+            return t, scale, rot
+        if p.op in ("Add", "Sub", "Concat") and rot is None:
+            try:
+                t, rot = match_rotary(graph, facts, t, ctx["deps"], ctx["order"])
+            except NotRotary:
+                raise _NoMatch from None
+            continue
         if p.op in _LAYOUT:
             if p.op == "Gather" and G.const_value(p.inputs[1]) is None:
                 raise _NoMatch
@@ -201,8 +259,10 @@ def _trace_source(t):
     raise _NoMatch
 
 
-def _column_map(facts, src, targets, sm, what) -> np.ndarray:
-    """For target [B,S,H,D] arrays, the src column that each (h, d) equals, as an int array [H*D]."""
+def _column_map(facts, src, targets, sm, what, shared: bool = False) -> np.ndarray:
+    """For target [B,S,H,D] arrays, the src column that each (h, d) equals, as an int array [H*D].
+
+    shared: heads may repeat source columns (grouped-query K/V, sorted out by _kv_heads)."""
     srcs = facts.get(src)
     if any(s.ndim != 3 for s in srcs) or any(t.shape[:2] != s.shape[:2] for t, s in zip(targets, srcs)):
         raise _NoMatch
@@ -214,7 +274,7 @@ def _column_map(facts, src, targets, sm, what) -> np.ndarray:
     if not agree([sv[:, cols]], [tv]):
         raise BuildError(f"Softmax node {sm.name!r}: the {what} tensor is not a rearrangement of the "
                          f"columns of {src.name!r}")
-    if len(set(cols.tolist())) != len(cols):
+    if len(set(cols.tolist())) != len(cols) and not shared:
         raise BuildError(f"Softmax node {sm.name!r}: the {what} columns of {src.name!r} are ambiguous")
     return cols
 
@@ -270,23 +330,40 @@ def _hypothesis(feed, shape, causal, use_mask):
 
 # ---------------------------------------------------------------------- rewriting
 def _replace(graph, sm, facts, m):
-    H, D = m["H"], m["D"]
-    HD = H * D
-    qkv = _qkv_tensor(graph, facts, sm, m["srcs"], m["cols"], HD)
+    H, D, Hkv, rot = m["H"], m["D"], m["Hkv"], m["rot"]
+    qkv = _qkv_tensor(graph, facts, sm, m["srcs"], m["cols"], H * D, Hkv * D)
     mask = next((i for i in graph.inputs if i.name == "attention_mask"), None) if m["use_mask"] else None
     y = m["y"]
     # check the rebuilt op on the probe values before touching the graph
     ours = [reference_attention(q, f.get("attention_mask") if m["use_mask"] else None, H, D,
-                                m["scale"], m["causal"])
+                                m["scale"], m["causal"], Hkv=Hkv, rot=rot)
             for q, f in zip(facts.get(qkv), facts.feeds)]
     if not agree(ours, facts.get(y)):
         raise BuildError(f"Softmax node {sm.name!r}: the attention rebuilt from it (heads {H} x {D}, "
-                         f"scale {m['scale']:.6g}, causal {m['causal']}) does not reproduce the graph's "
+                         f"{Hkv} K/V heads, scale {m['scale']:.6g}, causal {m['causal']}"
+                         f"{', rotary dims %d' % rot['dim'] if rot else ''}) does not reproduce the graph's "
                          f"output {y.name!r}")
     name = _attn_name(sm)
-    G.add_trtrun_node(graph, "Attention", name, inputs={"qkv": qkv, "attention_mask": mask}, weights={},
-                      outputs=[y], attrs={"num_heads": int(H), "head_size": int(D),
-                                          "scale": float(m["scale"]), "causal": bool(m["causal"])})
+    attrs = {"num_heads": int(H), "head_size": int(D), "scale": float(m["scale"]), "causal": bool(m["causal"])}
+    weights = {}
+    if Hkv != H:
+        attrs["num_kv_heads"] = int(Hkv)
+    if rot is not None:
+        attrs["rotary_dim"] = int(rot["dim"])
+        if rot["scale"] != 1.0:
+            attrs["rotary_scale"] = float(rot["scale"])
+        weights["inv_freq"] = _shared_constant(graph, "rotary.inv_freq", np.asarray(rot["inv_freq"], np.float32))
+    G.add_trtrun_node(graph, "Attention", name, inputs={"qkv": qkv, "attention_mask": mask}, weights=weights,
+                      outputs=[y], attrs=attrs)
+
+
+def _shared_constant(graph, name, values):
+    """One graph constant per distinct value (the layers' rotary frequencies are one table in the plan)."""
+    cache = graph.__dict__.setdefault("_trtrun_shared", {})
+    key = (name, values.dtype.str, values.shape, values.tobytes())
+    if key not in cache:
+        cache[key] = G.new_constant(graph, name, values)
+    return cache[key]
 
 
 def _attn_name(sm) -> str:
@@ -296,13 +373,13 @@ def _attn_name(sm) -> str:
     return n.replace("/", ".") or "attention"
 
 
-def _qkv_tensor(graph, facts, sm, srcs, cols, HD):
+def _qkv_tensor(graph, facts, sm, srcs, cols, HD, KD):
     q_src, k_src, v_src = srcs
     q_cols, k_cols, v_cols = cols
     if q_src is k_src is v_src:
         width = facts.get(q_src)[0].shape[-1]
         full = np.concatenate([q_cols, k_cols, v_cols])
-        if width == 3 * HD and np.array_equal(full, np.arange(3 * HD)):
+        if width == HD + 2 * KD and np.array_equal(full, np.arange(HD + 2 * KD)):
             return q_src
     # build one Linear from the selected columns of the q, k and v Linears
     lins = [G.producer(s) for s in srcs]
@@ -323,9 +400,10 @@ def _qkv_tensor(graph, facts, sm, srcs, cols, HD):
     b = np.concatenate(bs)
     name = _attn_name(sm) + ".qkv"
     out = G.new_variable(graph, name, np.float32)
-    G.add_trtrun_node(graph, "Linear", name, inputs={"x": xs[0]},
-                      weights={"weight": G.new_constant(graph, name + ".weight", W),
-                               "bias": G.new_constant(graph, name + ".bias", b)},
+    weights = {"weight": G.new_constant(graph, name + ".weight", W)}
+    if any(G.slot(n, "bias") is not None for n in lins):  # bias-free projections (Llama) stay bias-free
+        weights["bias"] = G.new_constant(graph, name + ".bias", b)
+    G.add_trtrun_node(graph, "Linear", name, inputs={"x": xs[0]}, weights=weights,
                       outputs=[out], attrs={"activation": "none"})
     # its probe values: the selected source columns (exactly what the new Linear computes)
     facts.put(out.name, [np.concatenate([q[..., cols[0]], k[..., cols[1]], v[..., cols[2]]], -1)
@@ -333,15 +411,21 @@ def _qkv_tensor(graph, facts, sm, srcs, cols, HD):
     return out
 
 
-def reference_attention(qkv, mask, H, D, scale, causal):
+def reference_attention(qkv, mask, H, D, scale, causal, Hkv=None, rot=None, bias=None):
     """The IR's Attention formula in float64 (docs/plan-format.md), for checking matches."""
     qkv = np.asarray(qkv, np.float64)
     B, S, _ = qkv.shape
-    HD = H * D
+    Hkv = Hkv or H
+    HD, KD = H * D, Hkv * D
     q = qkv[..., :HD].reshape(B, S, H, D).transpose(0, 2, 1, 3)
-    k = qkv[..., HD:2 * HD].reshape(B, S, H, D).transpose(0, 2, 1, 3)
-    v = qkv[..., 2 * HD:].reshape(B, S, H, D).transpose(0, 2, 1, 3)
+    k = qkv[..., HD:HD + KD].reshape(B, S, Hkv, D).transpose(0, 2, 1, 3)
+    v = qkv[..., HD + KD:].reshape(B, S, Hkv, D).transpose(0, 2, 1, 3)
+    if rot is not None:
+        q, k = apply_rotary(q, rot, 2), apply_rotary(k, rot, 2)
+    k, v = np.repeat(k, H // Hkv, axis=1), np.repeat(v, H // Hkv, axis=1)
     s = scale * q @ k.transpose(0, 1, 3, 2)
+    if bias is not None:
+        s = s + bias
     masked = np.zeros((B, 1, S, S), bool)
     if mask is not None:
         masked |= (np.asarray(mask) == 0)[:, None, None, :]

@@ -6,7 +6,8 @@ table's role is read off the probe values of its indices: equal to input_ids -> 
 token_type_ids -> token type, all zeros (a model exported without token_type_ids) -> token type
 with no input, equal to arange(S) + offset on every row -> position (with `position_offset`).
 Anything else (e.g. RoBERTa's positions counted from the padding) stops the build with a clear
-error. If the sum's only reader is a LayerNorm without residual, it is folded in.
+error. A model without a position table (rotary or relative positions, which the Attention op applies)
+gets an Embedding without one. If the sum's only reader is a LayerNorm without residual, it is folded in.
 """
 
 from __future__ import annotations
@@ -106,9 +107,7 @@ def _fuse_one(graph, facts, word, ids, tts):
         raise BuildError(f"Gather node {g.name!r}: an embedding table indexed by something that is "
                          f"neither input_ids, token_type_ids nor the position s + constant (probe "
                          f"indices {vals[0].tolist()})")
-    if "position" not in roles:
-        raise BuildError(f"Gather node {word.name!r}: word embeddings without position embeddings "
-                         f"(rotary or relative positions are not in the IR)")
+    # no position table: positions enter in attention (rotary, relative-position bias) or nowhere
     y = e
     gamma = beta = None
     eps = None
@@ -124,7 +123,9 @@ def _fuse_one(graph, facts, word, ids, tts):
     ours = []
     for f in facts.feeds:
         S = f["input_ids"].shape[1]
-        s = tables["word"][f["input_ids"]].astype(np.float64) + tables["position"][np.arange(S) + offset]
+        s = tables["word"][f["input_ids"]].astype(np.float64)
+        if "position" in tables:
+            s = s + tables["position"][np.arange(S) + offset]
         if "token_type" in tables:
             s = s + tables["token_type"][f["token_type_ids"] if tt_input is not None else 0]
         if gamma is not None:

@@ -3,11 +3,11 @@
     x [B,S,K] -> MatMul(x, W[K,N])                                  -> (+ bias[N]) -> (GELU) -> y
     x [B,S,K] -> Reshape [B*S,K] -> Gemm(., W, C, alpha, beta, transB) -> Reshape [B,S,N] -> ...
 
-GELU is recognized by its semantics, not one exporter's node order: starting at the Linear's
-output t, take the largest set of elementwise nodes (Add/Sub/Mul/Div/Pow/Erf/Tanh/Sqrt) that read
+GELU and SiLU are recognized by their semantics, not one exporter's node order: starting at the Linear's
+output t, take the largest set of elementwise nodes (Add/Sub/Mul/Div/Pow/Erf/Tanh/Sqrt/Sigmoid) that read
 only t, scalar constants and each other, with exactly one tensor leaving the set. If the set holds
-one Erf it must compute gelu_erf(t), one Tanh gelu_tanh(t) (checked on the probe values); opset 20's
-`Gelu` op is taken as it is. A set without Erf/Tanh (e.g. q * 1/sqrt(d)) is not an activation and
+one Erf it must compute gelu_erf(t), one Tanh gelu_tanh(t), one Sigmoid silu(t) = t * sigmoid(t) (checked
+on the probe values); opset 20's `Gelu` op is taken as it is. A set without Erf/Tanh (e.g. q * 1/sqrt(d)) is not an activation and
 is left alone for the attention pass.
 """
 
@@ -21,7 +21,8 @@ from ..errors import BuildError
 from . import _graph as G
 from .probe import agree
 
-_ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Pow", "Erf", "Tanh", "Sqrt"}
+_ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Pow", "Erf", "Tanh", "Sqrt", "Sigmoid"}
+_KINDS = {"Erf": "gelu_erf", "Tanh": "gelu_tanh", "Sigmoid": "silu"}
 
 
 def _erf(z):
@@ -42,7 +43,14 @@ def gelu_tanh(x):
     return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
 
 
-ACTIVATIONS = {"gelu_erf": gelu_erf, "gelu_tanh": gelu_tanh, "none": lambda x: np.asarray(x, np.float64)}
+def silu(x):
+    x = np.asarray(x, np.float64)
+    with np.errstate(over="ignore"):
+        return x / (1.0 + np.exp(-x))
+
+
+ACTIVATIONS = {"gelu_erf": gelu_erf, "gelu_tanh": gelu_tanh, "silu": silu,
+               "none": lambda x: np.asarray(x, np.float64)}
 
 
 def fuse_linear(graph, facts) -> int:
@@ -210,7 +218,7 @@ def _match_gelu(t, facts):
                 members.append(n)
                 inside.update(id(o) for o in n.outputs)
                 changed = True
-    kinds = [n.op for n in members if n.op in ("Erf", "Tanh")]
+    kinds = [n.op for n in members if n.op in _KINDS]
     if len(kinds) != 1:
         return "none", t
     # exactly one tensor may leave the set, and t must be read only inside it
@@ -221,7 +229,7 @@ def _match_gelu(t, facts):
     if len(leaving) != 1:
         return "none", t
     y = leaving[0]
-    act = "gelu_erf" if kinds[0] == "Erf" else "gelu_tanh"
+    act = _KINDS[kinds[0]]
     # Tight check: both sides start from the same fp32 t, so only a few ulps separate them, while
     # gelu_erf and gelu_tanh differ by ~1e-4 at |t| ~ 1.
     xs, ys = facts.get(t), facts.get(y)
@@ -229,5 +237,5 @@ def _match_gelu(t, facts):
         ref = ACTIVATIONS[act](xv)
         if not np.all(np.abs(ref - yv) <= 1e-5 * (1 + np.abs(ref))):
             raise BuildError(f"the elementwise subgraph after {t.name!r} with an {kinds[0]} looks like "
-                             f"GELU but does not compute {act}")
+                             f"an activation but does not compute {act}")
     return act, y

@@ -1,4 +1,4 @@
-"""Fold the residual Add into the LayerNorm that reads it: LN(Add(a, b)) -> LayerNorm(x=a, residual=b).
+"""Fold the residual Add into the norm that reads it: LN(Add(a, b)) -> LayerNorm(x=a, residual=b) (RMSNorm alike).
 
 If the sum is also read elsewhere (the pre-LN residual stream of GPT-2), the LayerNorm writes it as
 its second output. `x` is the operand a Linear wrote (the branch), `residual` the other (the stream),
@@ -12,7 +12,7 @@ from . import _graph as G
 
 def fuse_residual(graph, facts) -> int:
     count = 0
-    for ln in [n for n in graph.nodes if G.is_trtrun(n, "LayerNorm")]:
+    for ln in [n for n in graph.nodes if G.is_trtrun(n) and n.op in G.NORMS]:
         if G.slot(ln, "residual") is not None:
             continue
         s = G.slot(ln, "x")
@@ -33,8 +33,9 @@ def fuse_residual(graph, facts) -> int:
         if others or s in graph.outputs:
             outputs.append(s)
         name = G.rename_node(graph, ln, ln.name + ".unfused")
-        G.add_trtrun_node(graph, "LayerNorm", name, inputs={"x": a, "residual": b},
-                          weights={"gamma": G.slot(ln, "gamma"), "beta": G.slot(ln, "beta")},
+        roles = G.OP_SLOTS[ln.op][1]
+        G.add_trtrun_node(graph, ln.op, name, inputs={"x": a, "residual": b},
+                          weights={r: G.slot(ln, r) for r in roles},
                           outputs=outputs, attrs=dict(ln.attrs))
         # the old LayerNorm lost its output; it and the Add (unless still read) are now dead
         ln.inputs.clear()

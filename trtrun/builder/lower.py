@@ -14,6 +14,7 @@ from . import _graph as G
 
 DEFAULT_BATCH = (1, 8, 32)
 DEFAULT_SEQ = (1, 128, 512)
+NO_POSITION_LIMIT = 2 ** 31 - 1  # header.model.max_position of a model without a position table
 
 
 def sha256_file(path) -> str:
@@ -130,8 +131,10 @@ def lower(graph, facts, tensor_dtypes, weight_dtypes, *, precision, profile, sou
     if len(emb) != 1:
         raise BuildError(f"expected one Embedding op after fusion, found {len(emb)}")
     word = G.const_value(G.slot(emb[0], "word"))
-    pos = G.const_value(G.slot(emb[0], "position"))
-    max_position = int(pos.shape[0]) - int(emb[0].attrs.get("position_offset", 0))
+    pos = G.slot(emb[0], "position")
+    # without a position table (rotary or relative positions) no table bounds the sequence length
+    max_position = NO_POSITION_LIMIT if pos is None else \
+        int(G.const_value(pos).shape[0]) - int(emb[0].attrs.get("position_offset", 0))
     model = {
         "arch": "decoder" if any(a.attrs["causal"] for a in attn) else "encoder",
         "hidden": int(word.shape[1]),

@@ -19,17 +19,17 @@ def _uses(graph) -> dict[str, set]:
             t = G.slot(n, s)
             if t is None:
                 continue
-            kind = "gemm" if (n.op, s) in _GEMM_USES else "residual" if (n.op, s) == ("LayerNorm", "residual") \
+            kind = "gemm" if (n.op, s) in _GEMM_USES else "residual" if n.op in G.NORMS and s == "residual" \
                 else "other"
             uses.setdefault(t.name, set()).add(kind)
     return uses
 
 
 def _bounded(graph) -> set[str]:
-    """Outputs normalized by construction: LayerNorm y, Embedding y when it includes the LayerNorm."""
+    """Outputs normalized by construction: LayerNorm/RMSNorm y, Embedding y when it includes the LayerNorm."""
     out = set()
     for n in graph.nodes:
-        if n.op == "LayerNorm" or (n.op == "Embedding" and G.slot(n, "gamma") is not None):
+        if n.op in G.NORMS or (n.op == "Embedding" and G.slot(n, "gamma") is not None):
             out.add(G.slot(n, "y").name)
     return out
 
@@ -50,7 +50,7 @@ def _postnorm_ln_inputs(graph, fp16_residual) -> set[str]:
             continue
         y = G.slot(n, "y")
         c = consumers.get(y.name, [])
-        if len(c) != 1 or c[0][1] != "x" or c[0][0].op != "LayerNorm":
+        if len(c) != 1 or c[0][1] != "x" or c[0][0].op not in G.NORMS:
             continue
         ln = c[0][0]
         if G.slot(ln, "sum") is not None:
@@ -105,7 +105,10 @@ def pin_precision(graph, precision: str, ln_input: str = "fp16") -> tuple[dict[s
                 dt = "float32"
             elif precision == "fp16":
                 dt = "float16"
-            else:  # hybrid: GEMM weights and tables fp16, LayerNorm parameters fp32
-                dt = "float32" if r in ("gamma", "beta") else "float16"
+            else:  # hybrid: GEMM weights and tables fp16; norm parameters and what attention computes in fp32
+                # (rotary frequencies: angles up to thousands of radians; the score bias: added before softmax)
+                dt = "float32" if r in ("gamma", "beta", "inv_freq", "relative_bias") else "float16"
+            if r == "inv_freq":  # an angle's error is position x the frequency's: fp32 in every precision
+                dt = "float32"
             weights[w.name] = dt
     return tensors, weights

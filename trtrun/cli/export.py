@@ -8,11 +8,11 @@ from pathlib import Path
 import click
 
 from ._ui import human_bytes, status
-from .options import model_size_options, model_source, quiet_option
+from .options import EXPORT_ARCHS, model_size_options, model_source, quiet_option
 
 
 @click.command("export")
-@click.argument("source", callback=model_source("a Hugging Face model folder"))
+@click.argument("source", callback=model_source("a Hugging Face model folder or a GGUF file", EXPORT_ARCHS))
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="ONNX file to write (default: <source name>.onnx in the current folder)")
 @click.option("--exporter", type=click.Choice(["torchscript", "dynamo"]), default="torchscript", show_default=True,
@@ -24,10 +24,12 @@ from .options import model_size_options, model_source, quiet_option
 def command(source, output, exporter, opset, seed, overrides, quiet):
     """Export SOURCE to ONNX with dynamic batch and sequence axes.
 
-    SOURCE is a Hugging Face model folder (config.json + weights, e.g. .data/minilm) or a named
-    architecture with random weights: bert-base, gpt2 (sizes overridable, e.g. --hidden-size 128
-    --layers 2 --heads 2). Inputs input_ids, attention_mask (+ token_type_ids for BERT); output
-    last_hidden_state. Needs torch and transformers (pip install 'trtrun[export]').
+    SOURCE is a Hugging Face model folder (config.json + weights, e.g. .data/minilm), a GGUF file (or a
+    folder holding one; its weights are dequantized to fp32, needs the gguf package), or a named
+    architecture with random weights: bert-base, gpt2, llama, qwen2, gpt-neox, mpnet, deberta-v2 (sizes
+    overridable, e.g. --hidden-size 128 --layers 2 --heads 2 --kv-heads 1). Inputs input_ids,
+    attention_mask (+ token_type_ids for BERT); output last_hidden_state. Needs torch and transformers
+    (pip install 'trtrun[export]').
     """
     from ..export import export_model
 

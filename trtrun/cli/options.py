@@ -15,6 +15,7 @@ PRECISIONS = ("fp32", "fp16", "hybrid")
 BACKENDS = ("auto", "gpu", "reference")
 TEXT_SETS = ("rt", "wiki", "imdb")  # trtrun.data.TEXT_SETS (not imported here: numpy)
 NAMED_ARCHS = ("bert-base", "gpt2")  # trtrun.export.NAMED_ARCHS
+EXPORT_ARCHS = NAMED_ARCHS + ("llama", "qwen2", "gpt-neox", "mpnet", "deberta-v2")  # trtrun.export.EXPORT_ARCHS
 
 # A file or folder named on the command line that does not exist is a bad command line (exit code 2, as
 # click.Path(exists=True) has it), like any other value that is wrong before anything is read; an input that
@@ -28,6 +29,7 @@ MODEL_SIZE_OPTIONS = (
     ("--hidden-size", "hidden_size", "hidden size N"),
     ("--layers", "num_hidden_layers", "number of transformer layers"),
     ("--heads", "num_attention_heads", "number of attention heads"),
+    ("--kv-heads", "num_key_value_heads", "key/value heads of grouped-query attention (llama, qwen2)"),
     ("--vocab-size", "vocab_size", "vocabulary size"),
     ("--intermediate-size", "intermediate_size", "MLP inner size (default 4N)"),
     ("--max-position", "max_position_embeddings", "maximum sequence length (position table size)"),
@@ -81,15 +83,15 @@ def parse_choice_list(text: str, choices, what: str = "value") -> list[str]:
     return vals
 
 
-def model_source(kinds: str = "an ONNX file or a Hugging Face model folder"):
+def model_source(kinds: str = "an ONNX file or a Hugging Face model folder", names=NAMED_ARCHS):
     """Callback for a MODEL/SOURCE argument: a named architecture or an existing path (one value or a tuple)."""
     from pathlib import Path
 
     def check(ctx, param, value):
         for v in (value if isinstance(value, tuple) else (value,)):
-            if v is not None and v not in NAMED_ARCHS and not Path(v).exists():
+            if v is not None and v not in names and not Path(v).exists():
                 raise click.BadParameter(f"{v!r} does not exist, and is not a named architecture "
-                                         f"({', '.join(NAMED_ARCHS)}); expected {kinds}", ctx, param)
+                                         f"({', '.join(names)}); expected {kinds}", ctx, param)
         return value
 
     return check
