@@ -229,3 +229,35 @@ def test_rotary_positions_from_the_mask_are_refused(decoder):
     with pytest.raises(BuildError, match="rotary position embedding whose positions depend on the values of "
                                          r"\['attention_mask'\]"):
         build(path, precision="fp32")
+
+
+# ------------------------------------------------------------------ decoder embeddings: pooling="last"
+def test_pool_last_takes_each_rows_last_valid_token():
+    from trtrun.embedder import pool
+
+    h = np.arange(2 * 5 * 3, dtype=np.float32).reshape(2, 5, 3)
+    mask = np.array([[1, 1, 1, 0, 0], [0, 0, 1, 1, 1]])  # right- and left-padded
+    np.testing.assert_array_equal(pool(h, mask, "last", normalize=False), h[[0, 1], [2, 4]])
+    v = pool(h, mask, "last", normalize=True)
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, rtol=1e-6)
+
+
+def test_embedder_last_pooling_on_a_decoder(decoder, tokenizer_of, tmp_path):
+    """The Embedder's last-token vectors of a tiny Llama equal PyTorch's last valid hidden state per text
+    (fp32 plan: cosine >= 0.99999, the fp32 bound), whatever batch the text lands in."""
+    from trtrun.data import data_dir
+    from trtrun.embedder import Embedder
+
+    tok_dir = data_dir() / "gpt2-tokenizer"
+    if not tok_dir.exists():
+        pytest.skip(f"{tok_dir} missing; fetch it with ../shared/data/get-data.sh")
+    tok = tokenizer_of("gpt2")
+    plan = build(decoder("llama"), precision="fp32", profile={"batch": (1, 4, 8), "seq": (1, 32, 64)})
+    texts = ["a fine film", "the plot drags on and on, and nothing in it holds together", "dull"]
+    with Embedder(plan, tok_dir, pooling="last", normalize=False, backend="reference") as e:
+        assert e.pooling == "last"
+        got = e.embed(texts)
+    for text, v in zip(texts, got):
+        ids = np.array([tok(text)["input_ids"]], np.int64)
+        want = _torch_run("llama", {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0, -1]
+        assert v @ want / (np.linalg.norm(v) * np.linalg.norm(want)) >= FP32_COS, text

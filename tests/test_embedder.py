@@ -205,9 +205,9 @@ def test_pooling_from_sentence_transformers_config(tiny, tmp_path, texts):
         assert e.pooling == "cls"
         np.testing.assert_allclose(e.embed([texts[0]])[0], _direct(tiny["plan"], tiny["tok"], texts[0], pooling="cls"),
                                    atol=ATOL)
-    conf.update(pooling_mode_cls_token=False, pooling_mode_lasttoken=True)
+    conf.update(pooling_mode_cls_token=False, pooling_mode_weightedmean_tokens=True)
     cfg.write_text(json.dumps(conf))
-    with pytest.raises(TrtrunError, match="pooling_mode_lasttoken is not supported"):
+    with pytest.raises(TrtrunError, match="pooling_mode_weightedmean_tokens is not supported"):
         Embedder(tiny["plan"], tok_dir, backend="reference")
     with Embedder(tiny["plan"], tok_dir, backend="reference", pooling="mean") as e:  # given wins
         assert e.pooling == "mean" and e.pooling_source == "given"

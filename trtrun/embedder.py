@@ -50,7 +50,7 @@ import numpy as np
 
 from .errors import InputError, RuntimeUnavailableError, ShapeError, TrtrunError
 
-POOLINGS = ("mean", "cls", "max", "mean_sqrt_len")
+POOLINGS = ("mean", "cls", "max", "mean_sqrt_len", "last")
 TRUNCATIONS = ("truncate", "reject")
 BACKENDS = ("auto", "gpu", "reference")
 DEFAULT_CONTEXTS = 2
@@ -63,8 +63,9 @@ _ST_POOLING_KEYS = {
     "pooling_mode_mean_tokens": "mean",
     "pooling_mode_max_tokens": "max",
     "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len",
+    "pooling_mode_lasttoken": "last",
 }
-_ST_UNSUPPORTED = ("pooling_mode_weightedmean_tokens", "pooling_mode_lasttoken")
+_ST_UNSUPPORTED = ("pooling_mode_weightedmean_tokens",)
 
 # observer(rows, seq_len, real_tokens, seconds): called after every engine batch (metrics)
 BatchObserver = Callable[[int, int, int, float], None]
@@ -191,7 +192,7 @@ def read_st_pooling(directory) -> tuple[str | None, str]:
         bad = [k for k in _ST_UNSUPPORTED if conf.get(k)]
         modes = [name for key, name in _ST_POOLING_KEYS.items() if conf.get(key)]
         if isinstance(conf.get("pooling_mode"), str) and not modes:  # newer single-key form
-            m = conf["pooling_mode"].replace("mean_sqrt_len_tokens", "mean_sqrt_len")
+            m = conf["pooling_mode"].replace("mean_sqrt_len_tokens", "mean_sqrt_len").replace("lasttoken", "last")
             modes = [m] if m in POOLINGS else []
             if not modes:
                 bad.append(f"pooling_mode={conf['pooling_mode']!r}")
@@ -243,6 +244,9 @@ def pack_batches(lengths: Sequence[int], *, max_tokens: int, max_rows: int, min_
 def pool(hidden: np.ndarray, mask: np.ndarray, pooling: str, normalize: bool) -> np.ndarray:
     """Pool hidden states [b, S, N] over the valid (mask = 1) tokens -> float32 [b, N].
 
+    last: the state of each row's last valid token (decoder embedders such as Qwen3-Embedding, whose causal
+    attention lets only that token see the whole text), whichever side the padding is on.
+
     Mean pooling is one batched float32 matrix product (mask row x hidden states: BLAS, which releases the
     GIL, so pooling does not stall a server's other threads). Its accumulation error is ~sqrt(S) fp32
     ulps, ~1e-6 relative at S = 256: a cosine change of ~1e-12, nothing beside the 2e-4 our accuracy bound
@@ -252,6 +256,10 @@ def pool(hidden: np.ndarray, mask: np.ndarray, pooling: str, normalize: bool) ->
     m32 = (mask != 0).astype(np.float32)
     if pooling == "cls":
         v = hidden[:, 0, :].astype(np.float64)
+    elif pooling == "last":
+        S = mask.shape[1]
+        last = S - 1 - np.argmax(m32[:, ::-1] != 0, axis=1)  # a row without a valid token takes its last
+        v = hidden[np.arange(hidden.shape[0]), last, :].astype(np.float64)
     elif pooling == "max":
         h = np.where(m32[:, :, None] != 0, hidden, -np.inf)
         v = h.max(axis=1).astype(np.float64)

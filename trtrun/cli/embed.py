@@ -81,7 +81,7 @@ class _RateLine:
                    "(flagged in the truncated column)")
 @click.option("--max-seq-len", type=click.IntRange(min=2), default=None,
               help="tokens per text (default: the plan's profile, capped by the model's own limit)")
-@click.option("--pooling", type=click.Choice(["mean", "cls", "max", "mean_sqrt_len"]), default=None,
+@click.option("--pooling", type=click.Choice(["mean", "cls", "max", "mean_sqrt_len", "last"]), default=None,
               help="default: the model folder's sentence-transformers pooling config, else mean")
 @click.option("--no-normalize", is_flag=True, help="do not L2-normalize the embeddings")
 @backend_option

@@ -37,7 +37,7 @@ class _Stopped(Exception):
               help="how a GPU context chooses the GEMM algorithm of a shape it meets first (in a request, which "
                    "waits for it): heuristic ~0.1 s a shape; focused up to 3-5 s, 1-4% faster on H200s: pair it with "
                    "--gemm-cache tuned before")
-@click.option("--pooling", type=click.Choice(["mean", "cls", "max", "mean_sqrt_len"]), default=None,
+@click.option("--pooling", type=click.Choice(["mean", "cls", "max", "mean_sqrt_len", "last"]), default=None,
               help="default: the model folder's sentence-transformers pooling config, else mean")
 @click.option("--no-normalize", is_flag=True, help="do not L2-normalize the embeddings")
 @click.option("--truncation", type=click.Choice(["reject", "truncate"]), default="reject", show_default=True,
