@@ -261,3 +261,72 @@ def test_embedder_last_pooling_on_a_decoder(decoder, tokenizer_of, tmp_path):
         ids = np.array([tok(text)["input_ids"]], np.int64)
         want = _torch_run("llama", {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0, -1]
         assert v @ want / (np.linalg.norm(v) * np.linalg.norm(want)) >= FP32_COS, text
+
+
+# ------------------------------------------------------------------ MPNet: a relative-position score bias
+TINY_MPNET = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96, vocab_size=30527,
+                  max_position_embeddings=514)
+
+
+@pytest.fixture(scope="module")
+def mpnet(tmp_path_factory):
+    pytest.importorskip("transformers")
+    from trtrun.export import export_model
+
+    cache = {}
+
+    def get(exporter="torchscript"):
+        if exporter not in cache:
+            cache[exporter] = export_model("mpnet", tmp_path_factory.mktemp("mpnet") / f"mpnet-{exporter}.onnx",
+                                           exporter=exporter, overrides=TINY_MPNET, seed=4)
+        return cache[exporter]
+
+    return get
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_mpnet_relative_bias_matches_onnxruntime_and_torch(mpnet, real_text_batches, exporter):
+    """MPNet's [heads, S, S] bias from its 32-bucket table becomes one shared table on every Attention; at 300
+    tokens (past max_distance 128: the log-spaced and saturated buckets) and on real text (the MiniLM
+    tokenizer's ids, inside MPNet's vocabulary) fp32 and hybrid plans meet the bounds."""
+    import torch
+
+    from trtrun.export import load_torch_model
+
+    path = mpnet(exporter)
+    plans = {p: build(path, precision=p, profile={"batch": (1, 4, 8), "seq": (1, 128, 300)})
+             for p in ("fp32", "hybrid")}
+    attn = [o for o in plans["fp32"].ops if o["type"] == "Attention"]
+    assert len(attn) == 2 and len({o["weights"]["relative_bias"] for o in attn}) == 1
+    assert attn[0]["attrs"]["relative_max_distance"] == 128 and attn[0]["attrs"]["relative_bidirectional"]
+    model = load_torch_model("mpnet", overrides=TINY_MPNET, seed=4)
+    feeds = random_feeds(path, batch=2, seq=300, vocab=30000, seed=3)
+    feeds["input_ids"] = np.where(feeds["input_ids"] == 1, 2, feeds["input_ids"])  # id 1 is MPNet's padding
+    for what, f in [("300 random ids", feeds)] + [(f"real text {i}", b) for i, b in
+                                                   enumerate(real_text_batches("minilm"))]:
+        f = {k: f[k] for k in ("input_ids", "attention_mask")}
+        ref = onnxruntime_run(path, f)
+        with torch.no_grad():
+            t = model(**{k: torch.from_numpy(v) for k, v in f.items()}).last_hidden_state.numpy()
+        for p, plan in plans.items():
+            out = ReferenceBackend(plan).run(f)["last_hidden_state"]
+            _check(out, ref, f["attention_mask"], p, f"mpnet/{exporter} {p} vs onnxruntime, {what}")
+            _check(out, t, f["attention_mask"], p, f"mpnet/{exporter} {p} vs torch, {what}")
+
+
+def test_deberta_v2_is_refused_in_one_line(tmp_path):
+    pytest.importorskip("transformers")
+    from trtrun.export import export_model
+
+    path = export_model("deberta-v2", tmp_path / "deberta.onnx", overrides=dict(
+        hidden_size=64, num_hidden_layers=1, num_attention_heads=4, intermediate_size=96, vocab_size=1000,
+        max_position_embeddings=128))
+    with pytest.raises(BuildError, match=r"disentangled attention \(DeBERTa-v2/v3.*is not in the IR"):
+        build(path, precision="fp32")
+
+
+def test_gpu_lowering_refuses_a_relative_bias(mpnet):
+    from trtrun.runtime import _lower_plan
+
+    with pytest.raises(PlanError, match="does not run Attention ops with a relative-position score bias"):
+        _lower_plan(build(mpnet(), precision="hybrid"))

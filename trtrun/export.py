@@ -191,6 +191,8 @@ def _load_model(torch, transformers, source, overrides, seed):
             check_rope(config, source)
             model = transformers.AutoModel.from_pretrained(str(gguf.parent), config=config, dtype=torch.float32,
                                                            **kw, **attn)
+            # dequantized to fp32 already; transformers marks it quantized and refuses .float()
+            return model.eval(), config
         else:
             config = transformers.AutoConfig.from_pretrained(str(path))
             check_rope(config, source)

@@ -312,12 +312,12 @@ def rotate(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
     return out
 
 
-def relative_buckets(S: int, num_buckets: int, max_distance: int, bidirectional: bool) -> np.ndarray:
-    """T5's relative-position buckets [S, S] (query i, key j; relative position j - i), as MPNet and T5
-    compute them: exact buckets for small distances, log-spaced up to max_distance, the log part in float32
-    as torch does."""
-    rel = np.arange(S)[None, :] - np.arange(S)[:, None]
-    ret = np.zeros((S, S), np.int64)
+def relative_bucket(rel: np.ndarray, num_buckets: int, max_distance: int, bidirectional: bool) -> np.ndarray:
+    """T5's relative-position bucket of each relative position `rel` = key - query (MPNet's and T5's
+    function): exact buckets for small distances, log-spaced up to max_distance, the log part in float32 as
+    torch computes it; with `bidirectional`, half the buckets for keys after the query."""
+    rel = np.asarray(rel, np.int64)
+    ret = np.zeros(rel.shape, np.int64)
     nb = int(num_buckets)
     if bidirectional:
         nb //= 2
@@ -325,13 +325,18 @@ def relative_buckets(S: int, num_buckets: int, max_distance: int, bidirectional:
         n = np.abs(rel)
     else:
         n = -np.minimum(rel, 0)
-    max_exact = nb // 2
-    with np.errstate(divide="ignore"):
+    max_exact = max(nb // 2, 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
         large = np.log(n.astype(F32) / F32(max_exact)) / F32(math.log(max_distance / max_exact)) \
             * F32(nb - max_exact)
     large = max_exact + np.where(np.isfinite(large), large, 0).astype(np.int64)
     large = np.minimum(large, nb - 1)
     return ret + np.where(n < max_exact, n, large)
+
+
+def relative_buckets(S: int, num_buckets: int, max_distance: int, bidirectional: bool) -> np.ndarray:
+    """relative_bucket of every (query i, key j) pair -> [S, S]."""
+    return relative_bucket(np.arange(S)[None, :] - np.arange(S)[:, None], num_buckets, max_distance, bidirectional)
 
 
 def _softmax32(s: np.ndarray) -> np.ndarray:

@@ -151,7 +151,7 @@ def build(onnx_path, *, precision: str = "hybrid", profile=None, save_onnx=None,
                             passes=passes + ["lower"],
                             progress=(lambda s, d, t: progress("lower (weights)", d, t)) if progress else None)
     header["tf32"] = bool(tf32)
-    header["source"].update(source_notes(conversions, passthrough))
+    header["source"].update(source_notes(conversions, passthrough + graph.__dict__.get("_trtrun_notes", [])))
     step("lower")
     try:
         plan = Plan.from_parts(header, weights)

@@ -54,6 +54,7 @@ def fuse_attention(graph, facts) -> int:
         try:
             m = _match(graph, sm, facts, ctx)
         except _NoMatch:
+            _refuse_disentangled(sm)
             continue  # left for check_supported to report
         _replace(graph, sm, facts, m)
         count += 1
@@ -76,12 +77,19 @@ def _match(graph, sm, facts, ctx) -> dict:
     # score chain: logits back to the QK MatMul
     chain_scale, qk, sides = _walk_scores(logits)
     Q4, KT4 = qk.inputs[0], qk.inputs[1]
+    bias_sides = []
     for side in sides:
-        bad = facts.value_inputs(graph, side) - {"attention_mask"}
+        vi = facts.value_inputs(graph, side)
+        bad = vi - {"attention_mask"}
         if bad:
             raise BuildError(f"Softmax node {sm.name!r}: the attention logits are combined with "
                              f"{side.name!r}, which depends on the values of {sorted(bad)}; only a "
                              f"mask built from attention_mask (and shapes) is supported")
+        if not vi and _is_score_bias(facts, side):
+            bias_sides.append(side)
+    if len(bias_sides) > 1:
+        raise BuildError(f"Softmax node {sm.name!r}: {len(bias_sides)} score biases are added to the attention "
+                         f"logits; the IR has one (a relative-position bias)")
     q_src, q_scale, q_rot = _trace_source(graph, facts, Q4, ctx)
     k_src, k_scale, k_rot = _trace_source(graph, facts, KT4, ctx)
     v_src, v_scale, v_rot = _trace_source(graph, facts, V4, ctx)
@@ -107,15 +115,106 @@ def _match(graph, sm, facts, ctx) -> dict:
                          shared=True)
     Hkv, k_cols, v_cols = _kv_heads(sm, k_cols, v_cols, H, D)
     scale = chain_scale * q_scale * k_scale
+    rel = _relative_bias(graph, facts, sm, bias_sides[0], H, ctx) if bias_sides else None
 
     # output: O4 [B,H,S,D] forward through layout ops to [B,S,H*D]
     y = _walk_output(O4, facts, HD)
     if y is None:
         raise _NoMatch
 
-    causal, use_mask = _mask_semantics(graph, sm, facts, qk, logits, chain_scale)
-    return dict(H=H, D=D, Hkv=Hkv, rot=rot, scale=scale, causal=causal, use_mask=use_mask, y=y,
+    causal, use_mask = _mask_semantics(graph, sm, facts, qk, logits, chain_scale,
+                                       rel["values"] if rel else None)
+    return dict(H=H, D=D, Hkv=Hkv, rot=rot, rel=rel, scale=scale, causal=causal, use_mask=use_mask, y=y,
                 srcs=(q_src, k_src, v_src), cols=(q_cols, k_cols, v_cols))
+
+
+def _is_score_bias(facts, side) -> bool:
+    """A tensor added to the logits that depends on shapes only and holds moderate values (a position bias),
+    not a mask's 0 / very negative fill."""
+    vals = facts.get(side)
+    return all(np.isfinite(v).all() and float(v.min()) > _MASKED_BELOW for v in vals) and \
+        any(float(np.abs(v).max()) > 0 for v in vals)
+
+
+# the sequence length the bias subgraph is evaluated at to read its buckets: past MPNet's and T5's
+# max_distance (128) several times, so the log-spaced buckets and their saturation are all seen
+_BIAS_PROBE_LEN = 1024
+
+
+def _relative_bias(graph, facts, sm, side, H, ctx):
+    """A score bias read as T5-style relative-position buckets over a [buckets, H] table -> dict(table,
+    buckets, max_distance, bidirectional, values [per probe: [H, S, S] float64]); BuildError otherwise."""
+    from ..reference import relative_bucket
+    from .probe import run_graph
+
+    def fail(why):
+        raise BuildError(f"Softmax node {sm.name!r}: a score bias {side.name!r} is added to the attention logits "
+                         f"and {why}; the IR's score bias is a relative-position bucket table (MPNet, T5)")
+
+    tables, seen, stack = [], set(), [side]
+    while stack:
+        t = stack.pop()
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        p = G.producer(t)
+        if p is None:
+            continue
+        if p.op == "Gather":
+            v = G.const_value(p.inputs[0])
+            if v is not None and v.ndim == 2 and v.dtype.kind == "f" and v.shape[1] == H:
+                tables.append(p.inputs[0])
+                continue
+        stack.extend(i for i in p.inputs if not i.is_empty())
+    tables = list({id(t): t for t in tables}.values())
+    if len(tables) != 1:
+        fail(f"is computed from {len(tables)} [buckets, {H}] tables, not one")
+    table_t = tables[0]
+    table = np.asarray(G.const_value(table_t), np.float64)
+    cache = ctx.setdefault("bias", {})
+    if side.name not in cache:  # the layers share one bias tensor: its buckets are read once
+        L = _BIAS_PROBE_LEN
+        g2 = graph.copy()
+        t2 = g2.tensors()[side.name]
+        g2.outputs = [t2]
+        g2.cleanup()
+        feeds = [{i.name: (np.ones if i.name == "attention_mask" else np.zeros)((1, L), np.dtype(i.dtype or np.int64))
+                  for i in g2.inputs}]
+        if any(G.is_trtrun(n) for n in g2.nodes):
+            fail("depends on hidden states")
+        long = np.asarray(next(run_graph(g2, feeds, names=[side.name]))[side.name], np.float64)
+        if long.ndim != 4 or long.shape[1:] != (H, L, L):
+            fail(f"has shape {list(long.shape)} at sequence length {L}, not [1, {H}, {L}, {L}]")
+        long = long[0]
+        rel = np.arange(-(L - 1), L)
+        i = np.maximum(0, -rel)
+        vecs = long[:, i, i + rel].T  # [2L-1, H]: the bias of each relative position
+        d2 = (vecs ** 2).sum(1)[:, None] + (table ** 2).sum(1)[None] - 2 * vecs @ table.T
+        seen_b = np.argmin(d2, 1)
+        if not np.allclose(table[seen_b], vecs, rtol=1e-5, atol=1e-6):
+            fail("its values are not rows of that table")
+        found = None
+        for bidir in (True, False):
+            for maxd in range(1, 4 * L):
+                b = relative_bucket(rel, table.shape[0], maxd, bidir)
+                if b.min() >= 0 and b.max() < table.shape[0] and np.array_equal(table[b], table[seen_b]):
+                    found = (maxd, bidir)
+                    break
+            if found:
+                break
+        if found is None:
+            fail("its buckets are not T5's relative-position buckets")
+        cache[side.name] = found
+    maxd, bidir = cache[side.name]
+    from ..reference import relative_buckets
+
+    values = []
+    for v in facts.get(side):
+        S = v.shape[-1]
+        values.append(table[relative_buckets(S, table.shape[0], maxd, bidir)].transpose(2, 0, 1))
+    if not agree([np.broadcast_to(b[None], v.shape) for b, v in zip(values, facts.get(side))], facts.get(side)):
+        fail("recomputing it from the buckets does not reproduce its values")
+    return {"table": table_t, "max_distance": int(maxd), "bidirectional": bool(bidir), "values": values}
 
 
 def _same_rotary(sm, q_rot, k_rot):
@@ -153,6 +252,26 @@ def _kv_heads(sm, k_cols, v_cols, H, D):
     if groups[0][0] != groups[1][0]:
         raise BuildError(f"Softmax node {sm.name!r}: {groups[0][0]} key heads but {groups[1][0]} value heads")
     return groups[0][0], groups[0][1], groups[1][1]
+
+
+def _refuse_disentangled(sm) -> None:
+    """DeBERTa-v2/v3's attention adds content-to-position and position-to-content scores, gathered per
+    relative position from products of the hidden states with relative position embeddings (GatherElements
+    near the scores): say so in one line rather than name an op of its position arithmetic."""
+    seen, stack = set(), [(sm.inputs[0], 0)]
+    while stack:
+        t, depth = stack.pop()
+        p = G.producer(t)
+        if p is None or id(p) in seen or depth > 12:
+            continue
+        seen.add(id(p))
+        if p.op == "GatherElements":
+            raise BuildError(f"Softmax node {sm.name!r}: disentangled attention (DeBERTa-v2/v3: content-to-position "
+                             f"and position-to-content scores gathered by relative position, node {p.name!r}) is "
+                             f"not in the IR, whose Attention adds only a padding/causal mask, rotary positions or "
+                             f"a relative-position bias table")
+        if p.op != "MatMul":
+            stack.extend((i, depth + 1) for i in p.inputs if not i.is_empty())
 
 
 def _only_consumer(t):
@@ -292,11 +411,14 @@ def _walk_output(O4, facts, HD):
     return None
 
 
-def _mask_semantics(graph, sm, facts, qk, logits, chain_scale):
-    """(causal, uses attention_mask) from where the probe logits are pushed far below the scores."""
+def _mask_semantics(graph, sm, facts, qk, logits, chain_scale, bias=None):
+    """(causal, uses attention_mask) from where the probe logits are pushed far below the scores (plus the
+    score bias, if any)."""
     masked_sets = []
-    for raw, lg in zip(facts.get(qk.outputs[0]), facts.get(logits)):
+    for k, (raw, lg) in enumerate(zip(facts.get(qk.outputs[0]), facts.get(logits))):
         base = raw.astype(np.float64) * chain_scale
+        if bias is not None:
+            base = base + bias[k][None]
         lg = lg.astype(np.float64)
         lgb = np.broadcast_to(lg, np.broadcast_shapes(lg.shape, base.shape))
         diff = lgb - base
@@ -335,9 +457,10 @@ def _replace(graph, sm, facts, m):
     mask = next((i for i in graph.inputs if i.name == "attention_mask"), None) if m["use_mask"] else None
     y = m["y"]
     # check the rebuilt op on the probe values before touching the graph
+    rel = m["rel"]
     ours = [reference_attention(q, f.get("attention_mask") if m["use_mask"] else None, H, D,
-                                m["scale"], m["causal"], Hkv=Hkv, rot=rot)
-            for q, f in zip(facts.get(qkv), facts.feeds)]
+                                m["scale"], m["causal"], Hkv=Hkv, rot=rot, bias=rel["values"][k] if rel else None)
+            for k, (q, f) in enumerate(zip(facts.get(qkv), facts.feeds))]
     if not agree(ours, facts.get(y)):
         raise BuildError(f"Softmax node {sm.name!r}: the attention rebuilt from it (heads {H} x {D}, "
                          f"{Hkv} K/V heads, scale {m['scale']:.6g}, causal {m['causal']}"
@@ -353,6 +476,11 @@ def _replace(graph, sm, facts, m):
         if rot["scale"] != 1.0:
             attrs["rotary_scale"] = float(rot["scale"])
         weights["inv_freq"] = _shared_constant(graph, "rotary.inv_freq", np.asarray(rot["inv_freq"], np.float32))
+    if rel is not None:
+        attrs["relative_max_distance"] = rel["max_distance"]
+        attrs["relative_bidirectional"] = rel["bidirectional"]
+        weights["relative_bias"] = _shared_constant(graph, "relative_attention_bias",
+                                                    np.asarray(G.const_value(rel["table"]), np.float32))
     G.add_trtrun_node(graph, "Attention", name, inputs={"qkv": qkv, "attention_mask": mask}, weights=weights,
                       outputs=[y], attrs=attrs)
 

@@ -87,6 +87,7 @@ def _fuse_one(graph, facts, word, ids, tts):
     roles = {"word": word}
     tt_input = None
     offset = 0
+    pos_idx = None
     for g in leaves[1:]:
         table = G.const_value(g.inputs[0])
         idx = g.inputs[1]
@@ -102,7 +103,14 @@ def _fuse_one(graph, facts, word, ids, tts):
             continue
         off = _position_offset(vals, facts)
         if off is not None and "position" not in roles:
-            roles["position"], offset = g, off
+            roles["position"], offset, pos_idx = g, off, vals
+            continue
+        pad = _padding_positions(vals, facts)
+        if pad is not None and "position" not in roles:
+            roles["position"], offset, pos_idx = g, pad + 1, vals
+            graph.__dict__.setdefault("_trtrun_notes", []).append(
+                f"positions counted past the padding id {pad} (RoBERTa/MPNet) taken as s + {pad + 1}: the same "
+                f"wherever token id {pad} occurs only as trailing padding (what a tokenizer writes)")
             continue
         raise BuildError(f"Gather node {g.name!r}: an embedding table indexed by something that is "
                          f"neither input_ids, token_type_ids nor the position s + constant (probe "
@@ -124,8 +132,8 @@ def _fuse_one(graph, facts, word, ids, tts):
     for f in facts.feeds:
         S = f["input_ids"].shape[1]
         s = tables["word"][f["input_ids"]].astype(np.float64)
-        if "position" in tables:
-            s = s + tables["position"][np.arange(S) + offset]
+        if "position" in tables:  # the graph's own position indices (they differ from s + offset only at pads)
+            s = s + tables["position"][pos_idx[len(ours)]]
         if "token_type" in tables:
             s = s + tables["token_type"][f["token_type_ids"] if tt_input is not None else 0]
         if gamma is not None:
@@ -145,6 +153,26 @@ def _fuse_one(graph, facts, word, ids, tts):
         attrs["epsilon"] = eps
     G.add_trtrun_node(graph, "Embedding", name, inputs={"input_ids": ids, "token_type_ids": tt_input},
                       weights=weights, outputs=[y], attrs=attrs)
+
+
+def _padding_positions(vals, facts) -> int | None:
+    """p if the indices are RoBERTa's positions, cumsum(ids != p) + p where ids != p and p where ids == p (the
+    padding id p), on every probe; else None."""
+    lows = {int(np.min(v)) for v in vals}
+    for p in sorted({lo for lo in lows} | {lo - 1 for lo in lows}):
+        if p < 0:
+            continue
+        ok = True
+        for v, f in zip(vals, facts.feeds):
+            ids = np.asarray(f["input_ids"])
+            keep = ids != p
+            want = np.where(keep, np.cumsum(keep, axis=1) + p, p)
+            if v.shape != want.shape or not np.array_equal(v, want):
+                ok = False
+                break
+        if ok:
+            return p
+    return None
 
 
 def _position_offset(vals, facts) -> int | None:
