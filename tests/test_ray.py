@@ -128,6 +128,9 @@ def test_a_failed_ray_job_reruns_only_its_unfinished_shards(ray_local, tiny_embe
 
 # ------------------------------------------------------------------------------------------------ Ray Serve
 
+# Ray Serve's HTTP proxy keeps the port of the first serve.start in the cluster: both serve tests use it
+SERVE_PORT = free_port()
+
 BAD_REQUESTS = [
     b"",
     b"{not json",
@@ -157,7 +160,7 @@ def test_ray_serve_answers_like_trtrun_serve(ray_local, tiny_embed_model, monkey
     texts = data.load_texts("rt", n=6, seed=24)
     limits = ["--max-inputs", "4", "--max-chars", "300", "--truncation", "truncate", "--contexts", "1"]
     cfg = ServeConfig(max_inputs=4, max_chars=300)
-    port = free_port()
+    port = SERVE_PORT
     with Embedder(tiny_embed_model["plan"], tiny_embed_model["tok"], backend="reference", contexts=1,
                   truncation="truncate") as emb:
         d = ray_serve.start(emb, cfg, backend="reference", contexts=1, replicas=1, port=port)
@@ -189,3 +192,46 @@ def test_ray_serve_answers_like_trtrun_serve(ray_local, tiny_embed_model, monkey
             assert "trtrun_requests_total" in m
     finally:
         serve.delete(ray_serve.APP_NAME)
+
+
+def test_trtrun_serve_ray_deploys_serves_and_stops_on_sigterm(ray_local, tiny_embed_model):
+    """`trtrun serve PLAN --ray ADDRESS` (a process connecting to this module's Ray): healthy, right vectors,
+    SIGTERM deletes the app and exits 0."""
+    import signal
+
+    import httpx
+
+    gcs = ray.get_runtime_context().gcs_address
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trtrun", "serve", str(tiny_embed_model["plan"]), "--tokenizer",
+         str(tiny_embed_model["tok"]), "--backend", "reference", "--contexts", "1", "--truncation", "truncate",
+         "--port", str(SERVE_PORT), "--ray", gcs, "--ray-replicas", "1"],
+        cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    url = f"http://127.0.0.1:{SERVE_PORT}"
+    try:
+        from conftest import wait_healthy
+
+        wait_healthy(url, proc, timeout=120)
+        texts = data.load_texts("rt", n=3, seed=25)
+        r = httpx.post(url + "/v1/embeddings", json={"input": texts}, timeout=60)
+        assert r.status_code == 200, r.text
+        got = np.array([x["embedding"] for x in r.json()["data"]], np.float32)
+        from trtrun.embedder import Embedder
+
+        with Embedder(tiny_embed_model["plan"], tiny_embed_model["tok"], backend="reference", contexts=1,
+                      truncation="truncate") as e:
+            want = e.embed(texts)
+        np.testing.assert_allclose(got, want, atol=1e-6)  # fp32: another BLAS thread count changes ~1e-7
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+        err = proc.stderr.read()
+        assert "on Ray Serve at" in err and "server stopped" in err, err
+        try:  # the app is gone (and with it the proxy, where that process started Ray Serve)
+            assert httpx.get(url + "/health", timeout=10).status_code != 200
+        except httpx.ConnectError:
+            pass
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -8,6 +8,7 @@ import click
 
 from ._ui import Progress, status
 from .options import backend_option, quiet_option
+from .ray_options import ray_serve_options
 
 
 class _Stopped(Exception):
@@ -81,10 +82,11 @@ class _Stopped(Exception):
               default="info", show_default=True)
 @click.option("--access-log", is_flag=True, help="log every request (slower)")
 @quiet_option
+@ray_serve_options
 def command(model, tokenizer, host, port, backend, contexts, workers, shared_engine, gemm_cache, gemm_search, pooling, no_normalize, truncation, max_wait_ms,
             max_batch_tokens, no_batching, max_inputs, max_chars, max_body_bytes, max_queue, max_connections,
             header_timeout, body_timeout, keep_alive_timeout, api_key, public_health, model_name,
-            precision, graceful_timeout, log_level, access_log, quiet):
+            precision, graceful_timeout, log_level, access_log, quiet, **ray):
     """Serve embeddings of MODEL (a .plan, or an .onnx built to a plan on first use) over HTTP.
 
     \b
@@ -125,6 +127,9 @@ def command(model, tokenizer, host, port, backend, contexts, workers, shared_eng
                       batching=not no_batching, max_queue=max_queue, max_connections=max_connections,
                       header_timeout=header_timeout, body_timeout=body_timeout, keep_alive_timeout=keep_alive_timeout,
                       api_key=api_key, public_health=public_health)
+    if ray.get("ray_address") is not None:  # Ray Serve replicas instead of this machine's processes
+        from ..serve.ray_serve import serve_on_ray
+        return serve_on_ray(emb, cfg, host=host, port=port, backend=backend, contexts=contexts, quiet=quiet, **ray)
     d = emb.describe()
 
     def announce(address: str) -> None:

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Packs Ray (ray[data,serve]) and what it needs beyond the GPU machine's Python into one xz archive small enough
+# for a GPU run to carry (64 MiB), or in parts when it is not.
+#   bash scripts/pack_ray.sh [OUT_DIR]       (default: .ray-pack; needs the package registry: run it here)
+# Environment: PY_VERSION (312: the GPU machine's python3), RAY_VERSION (2.60.0), RAY_EXTRAS (data,serve; "serve"
+# alone, for Ray Serve without the corpus job, leaves out pyarrow and pandas), PART_MB (60).
+#
+# Why: the Ray wheel alone is ~79 MB, and the GPU machine has no network. Its zip compression is weak, and
+# much of it is never used by trtrun (the Java jars, RLlib, the dashboard's web client, tests), so the wheels'
+# files are installed into a folder for the GPU machine's Python, that ballast is dropped, and the folder is
+# compressed with xz -9e. On the GPU machine:
+#   tar -xJf ray-site.tar.xz -C /tmp && export PYTHONPATH=/tmp/ray-site:$PYTHONPATH
+# (parts: cat ray-site.tar.xz.part-* > ray-site.tar.xz first, after the runs that carried them; docs/ray.md).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-.ray-pack}
+pyv=${PY_VERSION:-312}
+rayv=${RAY_VERSION:-2.60.0}
+extras=${RAY_EXTRAS:-data,serve}
+part_mb=${PART_MB:-60}
+py=${PYTHON:-python3}
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+site="$out/ray-site"
+rm -rf "$site" "$out"/wheels "$out"/ray-site.tar.xz*
+# What the GPU machine has already (../shared/GPU.md): left out, so that its own builds are the ones used.
+have="numpy torch transformers tokenizers huggingface-hub safetensors onnx onnxruntime click pytest matplotlib
+  cupy cuda-bindings pybind11 cmake ninja setuptools filelock jinja2 markupsafe fsspec sympy mpmath networkx
+  typing-extensions packaging pyyaml regex tqdm pillow"
+# wheels for the GPU machine's Python (manylinux x86_64), with their dependencies
+"$py" -m pip download -q --disable-pip-version-check --only-binary=:all: --python-version "$pyv" \
+  --implementation cp --abi "cp$pyv" --abi abi3 --abi none --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 \
+  --platform manylinux_2_17_x86_64 --platform any -d "$out/wheels" "ray[$extras]==$rayv" $([[ ",$extras," == *",data,"* ]] && echo "pyarrow>=17")
+keep=()
+for w in "$out"/wheels/*.whl; do
+  name=$(basename "$w" | cut -d- -f1 | tr '_' '-' | tr 'A-Z' 'a-z')
+  skip=0
+  for h in $have; do [[ "$name" == "$h" ]] && skip=1; done
+  [[ $skip == 0 ]] && keep+=("$w")
+done
+"$py" -m pip install -q --disable-pip-version-check --no-deps --no-compile --only-binary=:all: \
+  --python-version "$pyv" --implementation cp --abi "cp$pyv" --abi abi3 --abi none --platform manylinux_2_28_x86_64 \
+  --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform any \
+  --target "$site" "${keep[@]}"
+# ballast trtrun never loads
+rm -rf "$site"/ray/jars "$site"/ray/rllib "$site"/ray/dashboard/client/build "$site"/bin "$site"/pyarrow/include
+# pyarrow's Arrow Flight (RPC) and Substrait libraries: only their own modules load them
+rm -f "$site"/pyarrow/libarrow_flight.so* "$site"/pyarrow/_flight*.so "$site"/pyarrow/libarrow_substrait.so* \
+  "$site"/pyarrow/_substrait*.so "$site"/pyarrow/*.pyx "$site"/pyarrow/*.pxd
+find "$site" -type d \( -name tests -o -name __pycache__ \) -prune -exec rm -rf {} +
+find "$site" -name '*.js.map' -delete
+tar -C "$out" -cf - ray-site | xz -9e -T0 > "$out/ray-site.tar.xz"
+size=$(stat -c %s "$out/ray-site.tar.xz")
+echo "pack_ray: ${#keep[@]} wheels, $(du -sm "$site" | cut -f1) MiB unpacked -> ray-site.tar.xz $((size / 1048576)) MiB ($size bytes)"
+if (( size > part_mb * 1048576 )); then
+  split -b "${part_mb}M" -d "$out/ray-site.tar.xz" "$out/ray-site.tar.xz.part-"
+  echo "pack_ray: over ${part_mb} MiB: split into $(ls "$out"/ray-site.tar.xz.part-* | wc -l) parts (ray-site.tar.xz.part-*)"
+fi
