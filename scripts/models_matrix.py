@@ -42,6 +42,11 @@ approximation; O4: O3 for the GPU + fp16 with fp32 inputs/outputs); `ort-raw-mas
 be installed beside transformers 5 (optimum-onnx 0.1.0 pins transformers < 4.58), so its levels are
 reproduced through the same onnxruntime calls. sentence-transformers exports (a pooled, normalized
 `sentence_embedding` output beside `token_embeddings`) are tested separately (Pool op).
+
+The newer architectures (Llama, Qwen2, GPT-NeoX, MPNet, DeBERTa-v2) are `trtrun export`'s named architectures
+at the same tiny size with a 32000-token vocabulary (MPNet its own 30527); an architecture the IR does not
+express shows its one-line refusal. SmolLM2-135M with its real weights: `scripts/smollm2_fidelity.py`
+(docs/builder.md).
 """
 
 
@@ -74,8 +79,13 @@ def render(results: dict) -> str:
         archs.setdefault(arch, {}).setdefault(variant, {})[prec] = r
     lines = [HEAD]
     names = {"bert": "BERT (tiny, random weights)", "gpt2": "GPT-2 (tiny, random weights)",
-             "minilm": "all-MiniLM-L6-v2 (real weights)"}
-    for arch in ("bert", "gpt2", "minilm"):
+             "minilm": "all-MiniLM-L6-v2 (real weights)",
+             "llama": "Llama (tiny, random weights: RMSNorm, rotary, SwiGLU, 4 query heads on 2 K/V heads)",
+             "qwen2": "Qwen2 (tiny, random weights: as Llama, with q/k/v biases)",
+             "gpt-neox": "GPT-NeoX (tiny, random weights: partial rotary, parallel residual)",
+             "mpnet": "MPNet (tiny, random weights: relative-position bias)",
+             "deberta-v2": "DeBERTa-v2 (tiny, random weights: disentangled attention)"}
+    for arch in ("bert", "gpt2", "minilm", "llama", "qwen2", "gpt-neox", "mpnet", "deberta-v2"):
         if arch not in archs:
             continue
         lines.append(f"\n## {names[arch]}\n")

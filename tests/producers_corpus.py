@@ -138,12 +138,34 @@ VARIANTS = {
     "ort-no-embed-ln": (lambda s, d, a: _optimize(s, d, a, enable_embed_layer_norm=False), ("bert", "minilm")),
     "ort-mha": (lambda s, d, a: _optimize(s, d, a, use_multi_head_attention=True), ("bert", "minilm")),
     "fp16": (lambda s, d, a: _fp16(s, d, a, keep_io_types=False), ("bert", "gpt2", "minilm")),
-    "fp16-io32": (lambda s, d, a: _fp16(s, d, a, keep_io_types=True), ("bert", "gpt2", "minilm")),
-    "int8-dynamic": (_int8_dynamic, ("bert", "gpt2", "minilm")),
+    "fp16-io32": (lambda s, d, a: _fp16(s, d, a, keep_io_types=True), ("bert", "gpt2", "minilm", "llama")),
+    "int8-dynamic": (_int8_dynamic, ("bert", "gpt2", "minilm", "llama")),
     "int8-qdq": (_int8_qdq, ("bert", "gpt2", "minilm")),
     "external-data": (_external, ("bert", "gpt2", "minilm")),
 }
 INT8 = ("int8-dynamic", "int8-qdq")
+
+# The newer architectures (issue 20), tiny random-weight configs of `trtrun export`'s named architectures:
+# hidden 128, 2 layers, 4 heads (Llama/Qwen2: 2 K/V heads), a 32000-token vocabulary (MPNet its own 30527).
+# torch.onnx's two exporters for each; `fp16-io32` and `int8-dynamic` for Llama. `REFUSED`: architectures the
+# IR does not express, with the words their one-line refusal must contain.
+NEW_ARCHS = {
+    "llama": ("llama", dict(num_key_value_heads=2, vocab_size=32000)),
+    "qwen2": ("qwen2", dict(num_key_value_heads=2, vocab_size=32000)),
+    "gpt-neox": ("gpt-neox", dict(vocab_size=32000)),  # partial rotary (a quarter of each head), parallel residual
+    "mpnet": ("mpnet", dict(vocab_size=30527, max_position_embeddings=514)),
+    "deberta-v2": ("deberta-v2", dict(vocab_size=32000, max_position_embeddings=512)),
+}
+REFUSED = {"deberta-v2": "disentangled attention"}
+
+
+def export_new_arch(arch: str, dst, exporter: str = "torchscript") -> Path:
+    """A tiny random-weight export of one of NEW_ARCHS (seed 0)."""
+    from trtrun.export import export_model
+
+    name, extra = NEW_ARCHS[arch]
+    sizes = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256)
+    return export_model(name, dst, exporter=exporter, overrides={**sizes, **extra}, seed=0)
 
 
 def make_variant(variant: str, src, dst, arch: str) -> Path:

@@ -284,7 +284,8 @@ def mpnet(tmp_path_factory):
     return get
 
 
-@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+# the dynamo export is in the producer corpus (tests/test_producers.py), against onnxruntime
+@pytest.mark.parametrize("exporter", ["torchscript"])
 def test_mpnet_relative_bias_matches_onnxruntime_and_torch(mpnet, real_text_batches, exporter):
     """MPNet's [heads, S, S] bias from its 32-bucket table becomes one shared table on every Attention; at 300
     tokens (past max_distance 128: the log-spaced and saturated buckets) and on real text (the MiniLM
@@ -330,3 +331,40 @@ def test_gpu_lowering_refuses_a_relative_bias(mpnet):
 
     with pytest.raises(PlanError, match="does not run Attention ops with a relative-position score bias"):
         _lower_plan(build(mpnet(), precision="hybrid"))
+
+
+# ------------------------------------------------------------------ GPT-NeoX: partial rotary, parallel residual
+@pytest.mark.parametrize("exporter", ["torchscript"])  # dynamo: in the producer corpus
+def test_gpt_neox_partial_rotary_and_parallel_residual(tmp_path, exporter):
+    """GPT-NeoX (pythia): rotary on the first quarter of each head, x + attn(ln1(x)) + mlp(ln2(x)): the
+    branches' sum is the MLP output Linear's residual input; fp32 and hybrid against onnxruntime and torch."""
+    pytest.importorskip("transformers")
+    import torch
+
+    from trtrun.export import export_model, load_torch_model
+
+    ov = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96, vocab_size=VOCAB,
+              max_position_embeddings=512)
+    path = export_model("gpt-neox", tmp_path / "neox.onnx", exporter=exporter, overrides=ov, seed=5)
+    plans = {p: build(path, precision=p) for p in ("fp32", "hybrid")}
+    attn = [o for o in plans["fp32"].ops if o["type"] == "Attention"]
+    assert all(o["attrs"]["rotary_dim"] == 4 and o["attrs"]["causal"] for o in attn)  # 0.25 of 16
+    assert sum(1 for o in plans["fp32"].ops if o["type"] == "Linear" and len(o["inputs"]) > 1) == 2
+    feeds = random_feeds(path, seq=29, vocab=VOCAB, seed=12)
+    ref = onnxruntime_run(path, feeds)
+    with torch.no_grad():
+        t = load_torch_model("gpt-neox", overrides=ov, seed=5)(
+            **{k: torch.from_numpy(v) for k, v in feeds.items()}).last_hidden_state.numpy()
+    for p, plan in plans.items():
+        out = ReferenceBackend(plan).run(feeds)["last_hidden_state"]
+        _check(out, ref, feeds["attention_mask"], p, f"gpt-neox/{exporter} {p} vs onnxruntime")
+        _check(out, t, feeds["attention_mask"], p, f"gpt-neox/{exporter} {p} vs torch")
+
+
+def test_ref_linear_residual():
+    rng = np.random.default_rng(4)
+    x, W, r = rng.normal(size=(2, 3, 8)), 0.3 * rng.normal(size=(8, 5)), rng.normal(size=(2, 3, 5))
+    y = ref_linear(x.astype(np.float32), W.astype(np.float32), residual=r.astype(np.float32), activation="gelu_erf")
+    from trtrun.builder.fuse_linear import gelu_erf
+
+    assert np.abs(y - (gelu_erf(x @ W) + r)).max() < 1e-5

@@ -70,7 +70,7 @@ OP_SCHEMAS: dict[str, dict[str, Any]] = {
         "weights": {"word": True, "position": False, "token_type": False, "gamma": False, "beta": False},
     },
     "Linear": {
-        "inputs": (("x", True),),
+        "inputs": (("x", True), ("residual", False)),
         "outputs": (("y", True),),
         "weights": {"weight": True, "bias": False},
     },
@@ -924,6 +924,9 @@ def _validate_op(op, f, tensors, weights, prof, err) -> None:
         if gated and N % 2:
             err(f + ".weights.weight", f"a gated Linear's weight [K, 2N] needs an even width, got {_fmt_shape(w)}")
         need_shape(f"output {_nm(outs[0])!r}", y, list(x[:-1]) + [N // 2 if gated else N])
+        need_dtype("inputs[1]", ins[1], FLOAT_DTYPES)
+        if ins[1]:
+            need_shape(f"residual {_nm(ins[1])!r}", T(ins[1])["shape"], y)
         if Wt("bias") is not None:
             need_shape(f"bias {_nm(wts['bias'])!r}", Wt("bias")["shape"], [N])
         act = attrs.get("activation", "none")

@@ -153,11 +153,12 @@ def ref_gelu(x: np.ndarray, activation: str = "gelu_erf", *, precision: str = "f
 @_quiet
 def ref_linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, *,
                activation: str = "none", gated: bool = False, precision: str = "fp32", out_dtype=F32,
-               tf32: bool = False) -> np.ndarray:
+               tf32: bool = False, residual: np.ndarray | None = None) -> np.ndarray:
     """y = act(x @ weight + bias); x [..., K], weight [K, N], bias [N] -> y [..., N] in `out_dtype`.
 
     gated: h = x @ weight + bias is [..., 2M] = [gate | up]; y = act(gate) * up -> [..., M] (SwiGLU with
-    silu, GeGLU with a GELU).
+    silu, GeGLU with a GELU). residual [..., N out]: added to the result in float32 (GPT-NeoX's parallel
+    attention + MLP branches), rounded once with it.
     fp32: float32 operands (TF32-rounded if `tf32`), float32 accumulation, float32 bias and activation.
     fp16/hybrid: operands rounded to fp16, float32 accumulation, bias added in float32, the sum rounded to
     `out_dtype`; the activation (and the gate's product) then computed in float32 from those rounded values
@@ -177,20 +178,24 @@ def ref_linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None
     b = None if bias is None else np.asarray(bias, dtype=F32)
     Nout = N // 2 if gated else N
     out = np.empty((M, Nout), dtype=out_dtype)
+    r2 = None if residual is None else np.asarray(residual).reshape(-1, Nout)
     for i, j in _row_chunks(M, max(K, N)):
         acc = _operands(x2[i:j], precision, tf32) @ w  # float32 accumulation
         if b is not None:
             acc += b
         if activation == "none" and not gated:
-            out[i:j] = acc
-            continue
-        h = acc if precision == "fp32" else acc.astype(out_dtype).astype(F32)
-        if gated:
-            g, u = h[:, :Nout], h[:, Nout:]
-            a = g if activation == "none" else _gelu32(g, activation)
-            out[i:j] = a * u  # float32 product, rounded once to out_dtype
+            y = acc
         else:
-            out[i:j] = _gelu32(h, activation)
+            h = acc if precision == "fp32" else acc.astype(out_dtype).astype(F32)
+            if gated:
+                g, u = h[:, :Nout], h[:, Nout:]
+                a = g if activation == "none" else _gelu32(g, activation)
+                y = a * u  # float32 product, rounded once to out_dtype
+            else:
+                y = _gelu32(h, activation)
+        if r2 is not None:
+            y = y + r2[i:j].astype(F32)
+        out[i:j] = y
     return out.reshape(lead + (Nout,))
 
 
@@ -538,7 +543,7 @@ class ReferenceBackend:
         if typ == "Linear":
             return [ref_linear(ins[0], self._w(op, "weight"), self._w(op, "bias"),
                                activation=a.get("activation", "none"), gated=a.get("gated", False),
-                               precision=prec, out_dtype=odt, tf32=tf32)]
+                               precision=prec, out_dtype=odt, tf32=tf32, residual=ins[1])]
         if typ == "Attention":
             return [ref_attention(ins[0], ins[1], num_heads=a["num_heads"], head_size=a["head_size"],
                                   scale=a["scale"], causal=a.get("causal", False), precision=prec,

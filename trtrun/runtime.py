@@ -208,6 +208,8 @@ def _gpu_missing(op) -> str | None:
             return f"activation {a['activation']!r}"
         if a.get("gated"):
             return "a gated epilogue (SwiGLU/GeGLU)"
+        if len(op["inputs"]) > 1 and op["inputs"][1]:
+            return "a residual input (parallel attention and MLP branches)"
     if op["type"] == "Attention":
         if a.get("num_kv_heads", a.get("num_heads")) != a.get("num_heads"):
             return "grouped-query K/V heads (num_kv_heads)"

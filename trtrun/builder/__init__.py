@@ -4,7 +4,8 @@
          -> simplify -> select outputs -> probe -> remove no-op layout ops
          -> fuse LayerNorm -> fuse RMSNorm -> fuse Linear (+bias, +GELU/SiLU) -> fuse gated MLPs
          -> fuse attention (+ merged QKV Linear, rotary, grouped K/V heads)
-         -> fuse embeddings (+LayerNorm) -> fuse residual Adds into LayerNorm/RMSNorm -> fuse pooled outputs
+         -> fuse embeddings (+LayerNorm) -> fuse residual Adds into LayerNorm/RMSNorm
+         -> fuse the Adds left of a Linear's output into its residual input -> fuse pooled outputs
          -> check only IR ops are left -> pin precision -> lower to a Plan
 
 Each graph pass is one function taking (graph, facts), ending in cleanup().toposort(). See
@@ -23,6 +24,7 @@ from .fuse_embedding import fuse_embedding
 from .fuse_gated import fuse_gated
 from .fuse_layernorm import fuse_layernorm
 from .fuse_linear import fuse_linear
+from .fuse_linear_residual import fuse_linear_residual
 from .fuse_pooling import fuse_pooling
 from .fuse_residual import fuse_residual
 from .fuse_rmsnorm import fuse_rmsnorm
@@ -38,7 +40,7 @@ from .simplify import decouple_shapes, remove_noop_layout, simplify
 from .upcast_fp16 import upcast_fp16
 
 __all__ = ["build", "load_model", "upcast_fp16", "dequantize", "lower_contrib", "simplify", "select_outputs", "probe", "decouple_shapes", "remove_noop_layout", "fuse_layernorm",
-           "fuse_rmsnorm", "fuse_linear", "fuse_gated", "fuse_attention", "fuse_embedding", "fuse_residual", "fuse_pooling", "check_supported",
+           "fuse_rmsnorm", "fuse_linear", "fuse_gated", "fuse_attention", "fuse_embedding", "fuse_residual", "fuse_linear_residual", "fuse_pooling", "check_supported",
            "pin_precision", "lower", "precision_onnx", "resolve_profile", "PRECISIONS"]
 
 # Other producers' spellings, rewritten into what a plain fp32 export would be before anything else runs
@@ -56,6 +58,7 @@ FUSIONS = (
     ("fuse_attention", fuse_attention),
     ("fuse_embedding", fuse_embedding),
     ("fuse_residual", fuse_residual),
+    ("fuse_linear_residual", fuse_linear_residual),
     ("fuse_pooling", fuse_pooling),
 )
 STEPS = ("load", "producer forms", "simplify", "select_outputs", "probe", "decouple_shapes+remove_noop_layout", *(n for n, _ in FUSIONS),

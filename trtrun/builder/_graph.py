@@ -17,7 +17,7 @@ DOMAIN = "trtrun"
 OP_SLOTS = {
     "Embedding": (("input_ids", "token_type_ids"), ("word", "position", "token_type", "gamma", "beta"),
                   ("y",)),
-    "Linear": (("x",), ("weight", "bias"), ("y",)),
+    "Linear": (("x", "residual"), ("weight", "bias"), ("y",)),
     "Attention": (("qkv", "attention_mask"), ("inv_freq", "relative_bias"), ("y",)),
     "LayerNorm": (("x", "residual"), ("gamma", "beta"), ("y", "sum")),
     "RMSNorm": (("x", "residual"), ("gamma",), ("y", "sum")),
