@@ -153,17 +153,20 @@ def test_ray_serve_answers_like_trtrun_serve(ray_local, tiny_embed_model, monkey
     import httpx
     from ray import serve
 
-    from trtrun.embedder import Embedder
     from trtrun.serve import ray_serve
     from trtrun.serve.app import ServeConfig
 
     texts = data.load_texts("rt", n=6, seed=24)
     limits = ["--max-inputs", "4", "--max-chars", "300", "--truncation", "truncate", "--contexts", "1"]
     cfg = ServeConfig(max_inputs=4, max_chars=300)
-    port = SERVE_PORT
-    with Embedder(tiny_embed_model["plan"], tiny_embed_model["tok"], backend="reference", contexts=1,
-                  truncation="truncate") as emb:
-        d = ray_serve.start(emb, cfg, backend="reference", contexts=1, replicas=1, port=port)
+    # deployed as a Ray Serve config file does it (app_builder with paths); `trtrun serve --ray`'s way (the plan
+    # shipped through the object store) is the next test's
+    app = ray_serve.app_builder({"model": str(tiny_embed_model["plan"]), "tokenizer": str(tiny_embed_model["tok"]),
+                                 "backend": "reference", "contexts": 1, "truncation": "truncate", "replicas": 1,
+                                 "max_inputs": cfg.max_inputs, "max_chars": cfg.max_chars})
+    serve.start(http_options={"host": "127.0.0.1", "port": SERVE_PORT})
+    serve.run(app, name=ray_serve.APP_NAME, route_prefix="/")
+    d = {"url": f"http://127.0.0.1:{SERVE_PORT}"}
     try:
         monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the replica's BLAS threads (see the module doc)
         with serve_process(tiny_embed_model, free_port(), *limits) as proc:

@@ -124,7 +124,7 @@ def app_builder(args: dict):
     backend = a.pop("backend", "gpu")
     gpu = backend == "gpu"
     settings = {"pooling": a.pop("pooling", None), "normalize": bool(a.pop("normalize", True)),
-                "contexts": int(a.pop("contexts", 2)), "max_tokens_per_batch": a.pop("max_batch_tokens", None),
+                "contexts": int(a.pop("contexts", 2)), "max_tokens_per_batch": a.get("max_batch_tokens"),
                 "max_seq_len": a.pop("max_seq_len", None), "truncation": a.pop("truncation", "reject"),
                 "backend": backend}
     dep = {k: a.pop(k) for k in ("replicas", "max_replicas", "cpus_per_replica", "max_ongoing", "target_ongoing")
