@@ -154,6 +154,20 @@ def test_dynamic_rope_is_refused(tmp_path):
             "rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0}})
 
 
+def test_sliding_window_is_refused(tmp_path):
+    """Mistral-style sliding windows (here a Qwen2 config that turns its window on) would be invisible to the
+    builder's short probes: refused at export, naming the window."""
+    pytest.importorskip("transformers")
+    from trtrun.export import check_rope
+
+    import transformers
+
+    cfg = transformers.Qwen2Config(use_sliding_window=True, sliding_window=64)
+    with pytest.raises(ModelError, match="sliding-window attention \\(window 64\\) is not supported"):
+        check_rope(cfg, "qwen2-window")
+    check_rope(transformers.Qwen2Config(), "qwen2")  # the window is off by default
+
+
 def test_gpu_lowering_refuses_what_it_lacks(decoder):
     from trtrun.runtime import _lower_plan
 

@@ -124,12 +124,17 @@ def _make_config(transformers, source: str, overrides: dict):
 
 def check_rope(config, source) -> None:
     """Refuse a config whose rotary frequencies change with the sequence length at run time, naming its
-    rope_type (a plan holds one frequency table)."""
+    rope_type (a plan holds one frequency table), or whose attention has a sliding window."""
     rp = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
     if isinstance(rp, dict) and "rope_type" not in rp and all(isinstance(v, dict) for v in rp.values()):
         kinds = [v.get("rope_type", v.get("type", "default")) for v in rp.values()]  # per attention type
     else:
         kinds = [rp.get("rope_type", rp.get("type", "default"))] if isinstance(rp, dict) else ["default"]
+    window = getattr(config, "sliding_window", None)
+    if window and getattr(config, "use_sliding_window", True):
+        # the builder reads masks off short probes, where a window of thousands of tokens is invisible
+        raise ModelError(f"{source}: sliding-window attention (window {window}) is not supported: the IR's masks "
+                         f"are padding and causal only")
     for kind in kinds:
         if kind not in STATIC_ROPE:
             raise ModelError(f"{source}: rope_type {kind!r} is not supported: its rotary frequencies depend on the "
