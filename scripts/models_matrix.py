@@ -3,6 +3,7 @@
     python scripts/models_matrix.py                 # run the corpus tests, write docs/models.md
     python scripts/models_matrix.py --from R.json   # render results a run already wrote (TRTRUN_MATRIX_OUT)
     ... --minilm M.json                             # add scripts/producers_minilm.py's real-text section
+    ... --smollm2 S.json                            # add scripts/smollm2_fidelity.py's real-weights section
 
 Each cell is one test: the variant built at that precision, run on the reference backend and compared with
 onnxruntime fp32 on the original export (worst per-token cosine), or the one-line reason it failed.
@@ -70,6 +71,26 @@ def render_minilm(doc: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_smollm2(doc: dict) -> str:
+    """The section scripts/smollm2_fidelity.py's JSON gives: SmolLM2-135M's real weights against PyTorch fp32."""
+    lines = [f"\n## SmolLM2-135M-Instruct (real weights, Q4_1 GGUF dequantized to fp32) on real text\n",
+             f"`python scripts/smollm2_fidelity.py --json R.json`: {doc['texts']} Wikipedia paragraphs of up to "
+             f"{doc['seq_max']} tokens ({doc['positions']} token positions), exported by `trtrun export` (TorchScript), "
+             f"reference backend against PyTorch fp32 on the same dequantized model: worst per-text cosine of the "
+             f"final hidden states and of the logits (tied embedding table), top-1 next-token agreement over every "
+             f"position.\n",
+             "| precision | hidden cos worst | hidden cos mean | logits cos worst | top-1 agreement | NaN | inf |",
+             "|---|---|---|---|---|---|---|"]
+    fmt = lambda v: "n/a" if v != v else f"{v:.7f}"  # noqa: E731
+    for p, r in doc["precisions"].items():
+        lines.append(f"| {p} | {fmt(r['hidden_cos_vs_torch_worst'])} | {fmt(r['hidden_cos_vs_torch_mean'])} | "
+                     f"{fmt(r['logits_cos_vs_torch_worst'])} | {100 * r['top1_agreement']:.2f}% of "
+                     f"{r['top1_positions']} | {r['nan']} | {r.get('inf', 0)} |")
+    lines.append("\nfp16 is the naive full-fp16 mode: the residual stream's squares overflow fp16 in the RMSNorm sums, "
+                 "whose rows become zeros (the cosine is undefined, n/a); hybrid keeps them in fp32.")
+    return "\n".join(lines) + "\n"
+
+
 def render(results: dict) -> str:
     from producers_corpus import INT8
 
@@ -126,6 +147,7 @@ def main(argv=None) -> int:
     ap.add_argument("--from", dest="source", default=None, help="a results JSON written by the tests")
     ap.add_argument("-o", "--output", default=str(ROOT / "docs" / "models.md"))
     ap.add_argument("--minilm", default=None, help="also render scripts/producers_minilm.py's JSON")
+    ap.add_argument("--smollm2", default=None, help="also render scripts/smollm2_fidelity.py's JSON")
     a = ap.parse_args(argv)
     if a.source:
         results = json.loads(Path(a.source).read_text())
@@ -142,6 +164,8 @@ def main(argv=None) -> int:
     text = render(_order(results))
     if a.minilm:
         text += render_minilm(json.loads(Path(a.minilm).read_text()))
+    if a.smollm2:
+        text += render_smollm2(json.loads(Path(a.smollm2).read_text()))
     Path(a.output).write_text(text)
     print(f"wrote {a.output} ({len(results)} cells)")
     return 0
