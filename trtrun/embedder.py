@@ -49,10 +49,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .errors import InputError, RuntimeUnavailableError, ShapeError, TrtrunError
+from .types import BACKEND_CHOICES as BACKENDS, POOLINGS, TRUNCATIONS
 
-POOLINGS = ("mean", "cls", "max", "mean_sqrt_len", "last")
-TRUNCATIONS = ("truncate", "reject")
-BACKENDS = ("auto", "gpu", "reference")
 DEFAULT_CONTEXTS = 2
 # Text Embeddings Inference's default --max-batch-tokens; capped by what the plan's profile can hold.
 DEFAULT_MAX_TOKENS_PER_BATCH = 16384

@@ -17,9 +17,8 @@ import warnings
 from pathlib import Path
 
 from .errors import ModelError
+from .types import EXPORT_ARCHS, NAMED_ARCHS  # named by trtrun check and bench too; what export_model takes
 
-NAMED_ARCHS = ("bert-base", "gpt2")  # named by trtrun check and bench too
-EXPORT_ARCHS = NAMED_ARCHS + ("llama", "qwen2", "gpt-neox", "mpnet", "deberta-v2")  # what export_model takes
 EXPORTERS = ("torchscript", "dynamo")
 # torch's TorchScript exporter: opsets we accept here. 14 is the first with the ops our graphs need
 # (Trilu for causal masks etc.), 20 the newest we check.

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError, PlanError, ShapeError
+from .types import PRECISIONS
 
 MAGIC = b"TRTRUNPL"
 FORMAT_VERSION = 1
@@ -54,7 +55,6 @@ MAX_WEIGHT_DIM = 2 ** 62  # weight dims, offsets, byte counts: int64 on the runt
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # attributes are float32 in the kernels
 READ_CHUNK = 1 << 20  # bytes hashed a read while streaming a file whose header did not validate
 
-PRECISIONS = ("fp32", "fp16", "hybrid")
 DTYPES = ("float32", "float16", "int64", "int32")
 FLOAT_DTYPES = ("float32", "float16")
 INT_DTYPES = ("int64", "int32")

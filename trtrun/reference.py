@@ -38,7 +38,7 @@ from .errors import PlanError
 from .plan import Plan
 
 F16, F32, F64 = np.float16, np.float32, np.float64
-PRECISIONS = ("fp32", "fp16", "hybrid")
+from .types import PRECISIONS
 _CHUNK_ELEMS = 1 << 22  # elements per row chunk in Linear/LayerNorm (16 MiB of float32)
 
 

@@ -15,12 +15,7 @@ from typing import Any
 
 from ..errors import TrtrunError
 from ..runtime import DEFAULT_GEMM_SEARCH, GEMM_SEARCHES  # (the CUDA extension loads lazily: nothing is loaded here)
-
-PRECISIONS = ("fp32", "fp16", "hybrid")
-BASELINES = ("torch-fp32", "torch-fp16", "torch-compile", "cpu")
-CUDA_GRAPHS = ("on", "off", "both")
-BACKENDS = ("gpu", "reference")
-GRID_MODES = ("subset", "full")
+from ..types import BACKENDS, BASELINES, CUDA_GRAPHS, GRID_MODES, NAMED_ARCHS, PRECISIONS
 
 DEFAULT_BATCH = (1, 2, 4, 8, 16, 32)
 DEFAULT_SEQ = (32, 64, 128, 256, 384, 512)
@@ -243,7 +238,7 @@ def read_config_file(path) -> dict:
         kw["torch_model"] = str((p.parent / kw["torch_model"]).resolve())
     if "models" in kw:
         # a model that names a file is relative to the config file; named architectures stay as they are
-        kw["models"] = [m if (m in ("bert-base", "gpt2") or Path(m).is_absolute()
+        kw["models"] = [m if (m in NAMED_ARCHS or Path(m).is_absolute()
                               or not (p.parent / m).exists()) else str((p.parent / m).resolve())
                         for m in kw["models"]]
     kw["config_file"] = str(p)

@@ -17,9 +17,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..types import NAMED_ARCHS as NAMED
 from .config import BenchConfig, BenchConfigError
 
-NAMED = ("bert-base", "gpt2")
 # positions of the named architectures' default configs (BertConfig 512, GPT2Config 1024)
 _NAMED_POSITIONS = {"bert-base": 512, "gpt2": 1024}
 # size overrides in a model's result name: bert-base-h64-l1 (hidden 64, 1 layer)

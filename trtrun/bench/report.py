@@ -17,6 +17,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+from ..types import NAMED_ARCHS
 from .results import ENGINE_ORDER, ResultStore
 
 SUMMARY = "summary.md"
@@ -342,7 +343,7 @@ def _model_section(idx: Index, model: str, w) -> None:
 
 def _issue3_section(idx: Index, model: str, w) -> None:
     """The speed targets of issue 3 (BERT-base / GPT-2), where the sweep measured them."""
-    if model not in ("bert-base", "gpt2"):  # full-size named architectures only
+    if model not in NAMED_ARCHS:  # full-size named architectures only
         return
     base = model
     lines = []

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from ..types import PRECISIONS
 from . import _graph as G
 
-PRECISIONS = ("fp32", "fp16", "hybrid")
 LN_INPUTS = ("fp16", "fp32")
 
 # (op, input slot) pairs that read a tensor only as a GEMM operand

@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError, TrtrunError
+from ..types import NAMED_ARCHS
 from . import metrics
 from .backends import OnnxRuntimeFp32, ReferencePlan, choose_backend, plan_runner
 from .headroom import HeadroomAccumulator, why_hybrid_is_safe
 from .inputs import SampleSet, batches, check_data_spec, random_like, random_samples, real_samples
 
-NAMED_ARCHS = ("bert-base", "gpt2")
 # The downstream head's default sizes scale with --max-samples (N): max(256, 16 N) train and max(128, 4 N)
 # test sentences, so `-n 8` embeds 256 + 128 per precision rather than all 8,530 Rotten Tomatoes sentences,
 # and from N = 427 on the whole 80/20 split is used (6,824 train, 1,706 test).

@@ -10,14 +10,13 @@ from pathlib import Path
 
 import click
 
+from ..types import BACKENDS, BASELINES, CUDA_GRAPHS, GRID_MODES, PRECISIONS
 from ._ui import status
 from .options import (EXISTING_DIR, EXISTING_FILE, model_size_options, model_source, parse_choice_list,
                       parse_int_list, quiet_option)
 
 DEFAULT_BATCH = "1,2,4,8,16,32"
 DEFAULT_SEQ = "32,64,128,256,384,512"
-PRECISIONS = ("fp32", "fp16", "hybrid")
-BASELINES = ("torch-fp32", "torch-fp16", "torch-compile", "cpu")
 DEFAULT_BASELINES = ",".join(BASELINES)
 
 
@@ -63,9 +62,9 @@ def _tokens(ctx, p, values):
               help="trtrun precisions: fp32, fp16, hybrid  [default: all three; a plan: its own]")
 @click.option("--baselines", default=None, callback=_baselines, metavar="NAME,...",
               help=f"baselines, or none  [default: {DEFAULT_BASELINES}]")
-@click.option("--cuda-graphs", type=click.Choice(["on", "off", "both"]), default=None,
+@click.option("--cuda-graphs", type=click.Choice(CUDA_GRAPHS), default=None,
               help="trtrun with CUDA graphs on, off, or both (two points per shape)  [default: on]")
-@click.option("--backend", type=click.Choice(["gpu", "reference"]), default=None,
+@click.option("--backend", type=click.Choice(BACKENDS), default=None,
               help="gpu: trtrun's CUDA runtime (CUDA events); reference: the numpy backend on the CPU (host clock; "
                    "for testing the tool)  [default: gpu]")
 @click.option("--gemm-search", type=click.Choice(["heuristic", "focused", "exhaustive"]), default=None,
@@ -88,10 +87,10 @@ def _tokens(ctx, p, values):
               help="cap on each timed phase of a point (fewer iterations for slow points)  [default: 1.0]")
 @click.option("--input-sets", type=click.IntRange(min=1), default=None,
               help="sets of real token ids rotated between iterations  [default: 4]")
-@click.option("--compile-grid", type=click.Choice(["subset", "full"]), default=None,
+@click.option("--compile-grid", type=click.Choice(GRID_MODES), default=None,
               help="torch.compile on batch {1,8,32} x seq {32,128,512} only (compiling takes 10-30 s a shape) or "
                    "on every point  [default: subset]")
-@click.option("--cpu-grid", type=click.Choice(["subset", "full"]), default=None,
+@click.option("--cpu-grid", type=click.Choice(GRID_MODES), default=None,
               help="CPU baseline on batch {1,8,32} x seq {32,128,512} only, or every point  [default: subset]")
 @click.option("--cpu-threads", type=click.IntRange(min=1), default=None,
               help="onnxruntime threads for the CPU baseline  [default: every host core]")

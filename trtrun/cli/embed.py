@@ -8,6 +8,7 @@ import time
 
 import click
 
+from ..types import CORPUS_FORMATS, ON_ERROR, POOLINGS, PRECISIONS, TRUNCATIONS
 from ._ui import Progress, status
 from .options import backend_option, quiet_option
 
@@ -67,21 +68,21 @@ class _RateLine:
               help="a .plan, or an .onnx built to a hybrid plan on first use (cached beside it)")
 @click.option("--tokenizer", type=click.Path(file_okay=False), default=None,
               help="tokenizer folder (default: beside the source model, or by vocabulary size in the data folder)")
-@click.option("--format", "fmt", type=click.Choice(["jsonl", "parquet", "text"]), default=None,
+@click.option("--format", "fmt", type=click.Choice(CORPUS_FORMATS), default=None,
               help="input format (default: from the suffix: .jsonl/.ndjson/.json, .parquet/.pq, .txt)")
 @click.option("--text-column", default="text", show_default=True, help="JSON field or Parquet column of the text")
 @click.option("--id-column", default=None,
               help="JSON field or Parquet column of the row's id (default: the row number, from 0)")
-@click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
+@click.option("--on-error", type=click.Choice(ON_ERROR), default="fail", show_default=True,
               help="a bad row (not a string, empty, invalid text, too long under --truncation reject, a line "
                    "that is not JSON): stop the job (shards written so far are kept), or skip it and list it "
                    "in OUTPUT/_errors/")
-@click.option("--truncation", type=click.Choice(["reject", "truncate"]), default="reject", show_default=True,
+@click.option("--truncation", type=click.Choice(sorted(TRUNCATIONS)), default="reject", show_default=True,
               help="texts longer than the model's maximum tokens: a bad row (as trtrun serve answers 400), or cut "
                    "(flagged in the truncated column)")
 @click.option("--max-seq-len", type=click.IntRange(min=2), default=None,
               help="tokens per text (default: the plan's profile, capped by the model's own limit)")
-@click.option("--pooling", type=click.Choice(["mean", "cls", "max", "mean_sqrt_len", "last"]), default=None,
+@click.option("--pooling", type=click.Choice(POOLINGS), default=None,
               help="default: the model folder's sentence-transformers pooling config, else mean")
 @click.option("--no-normalize", is_flag=True, help="do not L2-normalize the embeddings")
 @backend_option
@@ -89,7 +90,7 @@ class _RateLine:
               help="engine contexts (in-process: of this process; with --ray: of each actor)")
 @click.option("--max-batch-tokens", type=click.IntRange(min=1), default=None,
               help="padded tokens per engine batch (default 16384, capped by the profile)")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "hybrid"]), default="hybrid", show_default=True,
+@click.option("--precision", type=click.Choice(PRECISIONS), default="hybrid", show_default=True,
               help="for an .onnx MODEL: the plan to build (cached beside it)")
 @click.option("--shard-rows", type=click.IntRange(min=1), default=4096, show_default=True,
               help="rows per shard: the unit written at once and skipped by a rerun")

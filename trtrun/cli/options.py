@@ -2,7 +2,7 @@
 
 Each group is one decorator: `@precision_option()`, `@profile_options`, `@text_input_options`, ...
 so `build`, `run`, and later `bench`/`check`/`serve` spell the same option the same way. Nothing here
-imports more than click and the standard library.
+imports more than click, the standard library and trtrun.types (where the choices are named).
 """
 
 from __future__ import annotations
@@ -11,11 +11,7 @@ import functools
 
 import click
 
-PRECISIONS = ("fp32", "fp16", "hybrid")
-BACKENDS = ("auto", "gpu", "reference")
-TEXT_SETS = ("rt", "wiki", "imdb")  # trtrun.data.TEXT_SETS (not imported here: numpy)
-NAMED_ARCHS = ("bert-base", "gpt2")  # trtrun.export.NAMED_ARCHS
-EXPORT_ARCHS = NAMED_ARCHS + ("llama", "qwen2", "gpt-neox", "mpnet", "deberta-v2")  # trtrun.export.EXPORT_ARCHS
+from ..types import BACKEND_CHOICES as BACKENDS, EXPORT_ARCHS, NAMED_ARCHS, PRECISIONS, TEXT_SETS
 
 # A file or folder named on the command line that does not exist is a bad command line (exit code 2, as
 # click.Path(exists=True) has it), like any other value that is wrong before anything is read; an input that

@@ -6,6 +6,7 @@ import signal
 
 import click
 
+from ..types import POOLINGS, PRECISIONS, TRUNCATIONS
 from ._ui import Progress, status
 from .options import backend_option, quiet_option
 from .ray_options import ray_serve_options
@@ -38,10 +39,10 @@ class _Stopped(Exception):
               help="how a GPU context chooses the GEMM algorithm of a shape it meets first (in a request, which "
                    "waits for it): heuristic ~0.1 s a shape; focused up to 3-5 s, 1-4% faster on H200s: pair it with "
                    "--gemm-cache tuned before")
-@click.option("--pooling", type=click.Choice(["mean", "cls", "max", "mean_sqrt_len", "last"]), default=None,
+@click.option("--pooling", type=click.Choice(POOLINGS), default=None,
               help="default: the model folder's sentence-transformers pooling config, else mean")
 @click.option("--no-normalize", is_flag=True, help="do not L2-normalize the embeddings")
-@click.option("--truncation", type=click.Choice(["reject", "truncate"]), default="reject", show_default=True,
+@click.option("--truncation", type=click.Choice(sorted(TRUNCATIONS)), default="reject", show_default=True,
               help="texts longer than the model's maximum tokens: answer 400 with the token count and the limit "
                    "(as OpenAI's API), or cut them (the response's X-Truncated-Inputs header and "
                    "\"truncated\": true items say which)")
@@ -74,7 +75,7 @@ class _Stopped(Exception):
 @click.option("--public-health", is_flag=True,
               help="with --api-key: /health and /metrics answer without the key (for probes and scrapers)")
 @click.option("--model-name", default=None, help="model name in responses (default: the plan's file name)")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "hybrid"]), default="hybrid", show_default=True,
+@click.option("--precision", type=click.Choice(PRECISIONS), default="hybrid", show_default=True,
               help="for an .onnx MODEL: the plan to build (cached beside it)")
 @click.option("--graceful-timeout", type=click.FloatRange(min=0), default=30.0, show_default=True,
               help="seconds to let requests in flight finish on SIGTERM/SIGINT")

@@ -34,9 +34,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..errors import InputError, TrtrunError
+from ..types import CORPUS_FORMATS as FORMATS, ON_ERROR
 
-FORMATS = ("jsonl", "parquet", "text")
-ON_ERROR = ("fail", "skip")
 # Rows per shard: the unit of resumption and of Ray's work items. 4096 texts are seconds of work on one GPU
 # (so a killed job loses little) and a few MB of vectors (well under Ray Data's block size, so a shard stays
 # one block from its read task to its write task).

@@ -1,0 +1,50 @@
+"""The package's structure: each setting's names defined once (trtrun.types), and no import cycle."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from trtrun import types
+
+PKG = Path(__file__).resolve().parents[1] / "trtrun"
+
+
+def test_each_choice_tuple_is_defined_once():
+    # a tuple literal of a setting's names written anywhere but trtrun/types.py is a second home for it
+    names = {"PRECISIONS", "BACKENDS", "BACKEND_CHOICES", "POOLINGS", "TRUNCATIONS", "NAMED_ARCHS", "EXPORT_ARCHS",
+             "BASELINES", "CUDA_GRAPHS", "GRID_MODES", "CORPUS_FORMATS", "ON_ERROR"}
+    values = {getattr(types, n) for n in names}
+    found = []
+    for path in PKG.rglob("*.py"):
+        if path.name == "types.py" and path.parent == PKG:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, (ast.Tuple, ast.List)) and node.elts and all(
+                    isinstance(e, ast.Constant) and isinstance(e.value, str) for e in node.elts):
+                if tuple(e.value for e in node.elts) in values:
+                    found.append(f"{path.relative_to(PKG)}:{node.lineno}")
+    assert found == []
+
+
+def test_modules_share_the_one_definition():
+    from trtrun import embedder, export, plan, reference
+    from trtrun.bench import config, models
+    from trtrun.builder import precision
+    from trtrun.check import core
+    from trtrun.cli import bench, options
+    from trtrun.corpus import job
+
+    for mod in (plan, reference, precision, options, bench, config):
+        assert mod.PRECISIONS is types.PRECISIONS
+    assert embedder.BACKENDS is options.BACKENDS is types.BACKEND_CHOICES
+    assert config.BACKENDS is types.BACKENDS
+    assert export.NAMED_ARCHS is core.NAMED_ARCHS is models.NAMED is options.NAMED_ARCHS is types.NAMED_ARCHS
+    assert job.FORMATS is types.CORPUS_FORMATS and job.ON_ERROR is types.ON_ERROR
+
+
+def test_text_sets_match_the_data_files():
+    from trtrun import data
+
+    # data.TEXT_SETS is the key view of its file table (its error message lists them in that table's order)
+    assert set(data.TEXT_SETS) == set(types.TEXT_SETS)
