@@ -39,7 +39,8 @@ transformer optimizer as Optimum's optimization levels call it (O1/O2: fusions a
 approximation; O4: O3 for the GPU + fp16 with fp32 inputs/outputs); `ort-raw-mask`, `ort-no-embed-ln`,
 `ort-mha`: its fusion options that change the op forms. `fp16`, `fp16-io32`: onnxruntime's
 `convert_float_to_float16` without / with `keep_io_types`. `int8-dynamic`: `quantize_dynamic`; `int8-qdq`:
-`quantize_static` in QDQ format. `external-data`: weights in a file beside the model. Optimum itself cannot
+`quantize_static` in QDQ format. `external-data`: weights in a file beside the model. `renamed-inputs`: graph
+inputs renamed by `onnx.compose.add_prefix` (matched by role). Optimum itself cannot
 be installed beside transformers 5 (optimum-onnx 0.1.0 pins transformers < 4.58), so its levels are
 reproduced through the same onnxruntime calls. sentence-transformers exports (a pooled, normalized
 `sentence_embedding` output beside `token_embeddings`) are tested separately (Pool op).

@@ -12,6 +12,7 @@ Each variant is one function (src: the plain fp32 export, dst: where to write, a
 - onnxruntime's fp16 converter with and without fp32 inputs/outputs;
 - onnxruntime.quantization: dynamic int8 (`quantize_dynamic`) and static QDQ (`quantize_static`);
 - the same model with its weights in an external data file;
+- the same model with its graph inputs renamed by onnx.compose.add_prefix (inputs matched by role);
 - sentence-transformers (encoders): its SentenceTransformer module (Transformer + mean Pooling + Normalize)
   exported by torch.onnx, outputs token_embeddings and sentence_embedding.
 """
@@ -88,6 +89,16 @@ def _external(src, dst, arch):
               location=Path(dst).name + ".data", size_threshold=1024)
 
 
+def _renamed_inputs(src, dst, arch):
+    """onnx's own renaming tool: every graph input gets a prefix (roles then come from the graph, not names)."""
+    import onnx
+    from onnx.compose import add_prefix
+
+    m = add_prefix(onnx.load(str(src)), "model.", rename_nodes=False, rename_edges=False, rename_inputs=True,
+                   rename_outputs=False, rename_initializers=False, rename_value_infos=False, rename_functions=False)
+    onnx.save(m, str(dst))
+
+
 def sentence_transformers_export(model_dir, dst, tokenizer_dir=None):
     """A SentenceTransformer (Transformer + mean Pooling + Normalize) exported by torch.onnx."""
     import warnings
@@ -142,6 +153,7 @@ VARIANTS = {
     "int8-dynamic": (_int8_dynamic, ("bert", "gpt2", "minilm", "llama")),
     "int8-qdq": (_int8_qdq, ("bert", "gpt2", "minilm")),
     "external-data": (_external, ("bert", "gpt2", "minilm")),
+    "renamed-inputs": (_renamed_inputs, ("bert", "gpt2")),
 }
 INT8 = ("int8-dynamic", "int8-qdq")
 

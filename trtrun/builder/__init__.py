@@ -1,6 +1,6 @@
 """The builder: an ONNX transformer in, a trtrun Plan out.
 
-    load -> [other producers' forms: upcast fp16 -> dequantize int8 -> lower com.microsoft ops]
+    load -> inputs by role (+ position_ids as arange, fixed dims made symbolic) -> [other producers' forms: upcast fp16 -> dequantize int8 -> lower com.microsoft ops]
          -> simplify -> select outputs -> probe -> remove no-op layout ops
          -> fuse LayerNorm -> fuse RMSNorm -> fuse Linear (+bias, +GELU/SiLU) -> fuse gated MLPs
          -> fuse attention (+ merged QKV Linear, rotary, grouped K/V heads)
@@ -29,6 +29,7 @@ from .fuse_pooling import fuse_pooling
 from .fuse_residual import fuse_residual
 from .fuse_rmsnorm import fuse_rmsnorm
 from .gelu_form import GELU_CHOICES, choose_gelu_form
+from .input_roles import assign_input_roles, fixed_dims, reexport_hint
 from .load import default_opset, load_model
 from .lower import lower, resolve_profile
 from .lower_contrib import lower_contrib
@@ -119,6 +120,8 @@ def build(onnx_path, *, precision: str = "hybrid", profile=None, save_onnx=None,
     model = load_model(onnx_path)
     opset = default_opset(model)
     producer = " ".join(x for x in (model.producer_name, model.producer_version) if x)
+    input_notes = assign_input_roles(model, onnx_path)
+    fixed = fixed_dims(model, onnx_path)
     step("load")
     model, conversions = producer_forms(model)
     passes = ["load"] + [name for name, _ in PRODUCER_PASSES if name in conversions]
@@ -129,17 +132,24 @@ def build(onnx_path, *, precision: str = "hybrid", profile=None, save_onnx=None,
     kept = select_outputs(graph, outputs)
     passes += ["simplify", "select_outputs"]
     step("select_outputs")
-    facts = probe(graph, progress=(lambda s, d, t: progress(s + " (onnxruntime)", d, t)) if progress else None)
-    step("probe")
-    decouple_shapes(graph, facts)
-    remove_noop_layout(graph, facts)
-    simplified = graph.copy() if save_onnx is not None else None
-    step("decouple_shapes+remove_noop_layout")
-    passes += ["probe", "decouple_shapes", "remove_noop_layout"]
-    for name, fn in FUSIONS:
-        fn(graph, facts)
-        passes.append(name)
-        step(name)
+    try:
+        facts = probe(graph, progress=(lambda s, d, t: progress(s + " (onnxruntime)", d, t)) if progress else None)
+        step("probe")
+        decouple_shapes(graph, facts)
+        remove_noop_layout(graph, facts)
+        simplified = graph.copy() if save_onnx is not None else None
+        step("decouple_shapes+remove_noop_layout")
+        passes += ["probe", "decouple_shapes", "remove_noop_layout"]
+        for name, fn in FUSIONS:
+            fn(graph, facts)
+            passes.append(name)
+            step(name)
+    except BuildError as e:
+        if not fixed:
+            raise
+        # the probes run at other sizes than the file's fixed ones: a graph with those sizes baked into its
+        # reshapes fails here, and only a re-export helps
+        raise BuildError(f"{reexport_hint(fixed)} ({str(e).splitlines()[0]})") from e
     passthrough = drop_passthrough(graph)
     check_supported(graph)
     passes.append("check_supported")
@@ -154,7 +164,9 @@ def build(onnx_path, *, precision: str = "hybrid", profile=None, save_onnx=None,
                             passes=passes + ["lower"],
                             progress=(lambda s, d, t: progress("lower (weights)", d, t)) if progress else None)
     header["tf32"] = bool(tf32)
-    header["source"].update(source_notes(conversions, passthrough + graph.__dict__.get("_trtrun_notes", [])))
+    input_notes += clamp_profile(header["profile"], fixed, profile)
+    header["source"].update(source_notes(conversions, input_notes + passthrough +
+                                         graph.__dict__.get("_trtrun_notes", [])))
     step("lower")
     try:
         plan = Plan.from_parts(header, weights)
@@ -165,6 +177,21 @@ def build(onnx_path, *, precision: str = "hybrid", profile=None, save_onnx=None,
         _save_model(rewritten, save_onnx)
     step("plan")
     return plan
+
+
+def clamp_profile(prof: dict, fixed: dict, asked) -> list[str]:
+    """Clamp the plan's profile (in place) to the file's fixed dims -> notes. ValueError when the profile the
+    caller asked for excludes them."""
+    notes = []
+    for axis, n in fixed.items():
+        lo, _, hi = prof[axis]
+        if asked is not None and axis in asked and not lo <= n <= hi:
+            raise ValueError(f"profile {axis} {prof[axis]} excludes the file's fixed {axis} {n}")
+        if prof[axis] != [n, n, n]:
+            prof[axis] = [n, n, n]
+        notes.append(f"the file fixes {'the batch' if axis == 'batch' else 'the sequence length'} at {n}: "
+                     f"profile {axis} clamped to [{n}, {n}, {n}]")
+    return notes
 
 
 def producer_forms(model):
