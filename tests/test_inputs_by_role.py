@@ -171,3 +171,43 @@ def test_static_export_is_refused_with_how_to_reexport(tmp_path):
                         with_positions=False, dynamic=False, B=1, S=16)
     with pytest.raises(trtrun.BuildError, match=r"fixed batch 1 and sequence 16 .*re-export with dynamic axes"):
         trtrun.build(path)
+
+
+def test_llama_position_ids_input_feeds_rotary(tmp_path):
+    """A decoder exported with position_ids (rotary cos/sin computed from them): arange, as transformers' default."""
+    import torch
+
+    import trtrun
+    from trtrun.export import load_torch_model
+    from trtrun.reference import ReferenceBackend
+
+    over = dict(hidden_size=64, num_hidden_layers=1, num_attention_heads=4, intermediate_size=128,
+                num_key_value_heads=2, vocab_size=1000)
+    model = load_torch_model("llama", overrides=over, seed=0)
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, ids, mask, position_ids):
+            return self.m(input_ids=ids, attention_mask=mask, position_ids=position_ids,
+                          use_cache=False).last_hidden_state
+
+    B, S = 2, 8
+    args = (torch.randint(0, 1000, (B, S)), torch.ones(B, S, dtype=torch.long), torch.arange(S).expand(B, S))
+    names = ["ids", "mask", "position_ids"]
+    dyn = {n: {0: "b", 1: "s"} for n in names + ["out"]}
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Wrapper(model).eval(), args, str(tmp_path / "l.onnx"), input_names=names,
+                          output_names=["out"], dynamic_axes=dyn, opset_version=17, dynamo=False)
+    plan = trtrun.build(tmp_path / "l.onnx", precision="fp32")
+    assert [i["name"] for i in plan.inputs] == ["input_ids", "attention_mask"]
+    assert any("'position_ids' is taken as arange(S)" in c for c in plan.source["conversions"])
+    ids, mask = _feeds(B=2, S=11)
+    mask[:] = 1  # a decoder's rows: the positions arange is right for unpadded and right-padded rows
+    mask[1, 7:] = 0
+    out = ReferenceBackend(plan).run({"input_ids": ids, "attention_mask": mask})["out"]
+    ref = _ort(tmp_path / "l.onnx", {"ids": ids, "mask": mask, "position_ids": np.broadcast_to(np.arange(11), (2, 11)).copy()})
+    assert _worst_cos(out, ref, mask) >= 0.99999  # fp32 vs fp32, rounding only
