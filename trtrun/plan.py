@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from ._io import atomic_write
 from .errors import InputError, PlanError, ShapeError
 from .types import PRECISIONS
 
@@ -77,7 +78,7 @@ OP_SCHEMAS: dict[str, dict[str, Any]] = {
     "Attention": {
         "inputs": (("qkv", True), ("attention_mask", False)),
         "outputs": (("y", True),),
-        "weights": {"inv_freq": False, "relative_bias": False},
+        "weights": {"inv_freq": False, "relative_bias": False, "alibi_slopes": False},
     },
     "LayerNorm": {
         "inputs": (("x", True), ("residual", False)),
@@ -306,36 +307,28 @@ class Plan:
         blob_start = _align(PREAMBLE.size + len(hjson))
         entries = sorted(self.header["weights"].items(), key=lambda kv: kv[1]["offset"])
         W = self.blob_nbytes
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
         sha = hashlib.sha256()
-        try:
-            with open(tmp, "xb") as f:
-                def put(b):
-                    sha.update(b)
-                    f.write(b)
-                put(PREAMBLE.pack(MAGIC, FORMAT_VERSION, 0, len(hjson), W))
-                put(hjson)
-                put(b"\0" * (blob_start - PREAMBLE.size - len(hjson)))
-                pos = 0
-                for name, e in entries:
-                    if e["offset"] > pos:
-                        put(b"\0" * (e["offset"] - pos))
-                    a = np.ascontiguousarray(self.weights[name])
-                    if a.dtype.name != e["dtype"] or a.nbytes != e["nbytes"]:
-                        raise PlanError(f"{self._where()}: weights.{name}: array {a.dtype.name}"
-                                        f"{_fmt_shape(a.shape)} does not match its header entry")
-                    put(memoryview(a.astype(a.dtype.newbyteorder("<"), copy=False)).cast("B"))
-                    pos = e["offset"] + e["nbytes"]
-                f.write(sha.digest())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+
+        def write(f):
+            def put(b):
+                sha.update(b)
+                f.write(b)
+            put(PREAMBLE.pack(MAGIC, FORMAT_VERSION, 0, len(hjson), W))
+            put(hjson)
+            put(b"\0" * (blob_start - PREAMBLE.size - len(hjson)))
+            pos = 0
+            for name, e in entries:
+                if e["offset"] > pos:
+                    put(b"\0" * (e["offset"] - pos))
+                a = np.ascontiguousarray(self.weights[name])
+                if a.dtype.name != e["dtype"] or a.nbytes != e["nbytes"]:
+                    raise PlanError(f"{self._where()}: weights.{name}: array {a.dtype.name}"
+                                    f"{_fmt_shape(a.shape)} does not match its header entry")
+                put(memoryview(a.astype(a.dtype.newbyteorder("<"), copy=False)).cast("B"))
+                pos = e["offset"] + e["nbytes"]
+            f.write(sha.digest())
+
+        atomic_write(path, write, fsync=True)
         self.path = path
         return path
 
@@ -550,7 +543,7 @@ OP_ATTRS = {
     "Embedding": ("epsilon", "position_offset"),
     "Linear": ("activation", "gated"),
     "Attention": ("num_heads", "head_size", "scale", "causal", "num_kv_heads", "rotary_dim", "rotary_scale",
-                  "relative_max_distance", "relative_bidirectional"),
+                  "relative_max_distance", "relative_bidirectional", "alibi_symmetric"),
     "LayerNorm": ("epsilon",),
     "Pool": ("mode", "normalize"),
     "RMSNorm": ("epsilon",),
@@ -965,6 +958,15 @@ def _validate_op(op, f, tensors, weights, prof, err) -> None:
                                                           f"{_short(attrs.get('relative_bidirectional'))}")
         elif "relative_max_distance" in attrs or "relative_bidirectional" in attrs:
             err(f + ".weights.relative_bias", "relative-position attributes need a 'relative_bias' table")
+        if Wt("alibi_slopes") is not None:
+            need_shape(f"alibi_slopes {_nm(wts['alibi_slopes'])!r}", Wt("alibi_slopes")["shape"], [H])
+            if Wt("relative_bias") is not None:
+                err(f + ".weights.alibi_slopes", "an Attention has one score bias: a relative_bias table or "
+                                                 "ALiBi slopes, not both")
+            if not isinstance(attrs.get("alibi_symmetric", False), bool):
+                err(f + ".attrs.alibi_symmetric", f"must be true or false, got {_short(attrs['alibi_symmetric'])}")
+        elif "alibi_symmetric" in attrs:
+            err(f + ".weights.alibi_slopes", "alibi_symmetric needs an 'alibi_slopes' weight")
         q = T(ins[0])["shape"]
         if len(q) != 3:
             err(f, f"qkv {_nm(ins[0])!r} must be [B, S, (H+2*Hkv)*D], got {_fmt_shape(q)}")

@@ -22,6 +22,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ._io import atomic_write
 from .errors import DeviceError, InputError, PlanError, RuntimeUnavailableError, ShapeError
 
 __all__ = ["Engine", "Context", "DeviceArray", "gpu_available", "bucket_seq"]
@@ -149,7 +150,6 @@ def save_gemm_cache(path) -> int:
     key), so one file can serve several machines. Returns the number of entries written. The file is replaced
     atomically; an existing file that is not a valid GEMM cache raises InputError and is left alone."""
     import datetime
-    import os
 
     path = Path(path)
     old = _read_gemm_cache(path) if path.exists() else []  # before anything: a bad file stops the save
@@ -159,12 +159,9 @@ def save_gemm_cache(path) -> int:
     doc = {"format": GEMM_CACHE_FORMAT, "version": 1,
            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "entries": entries}
-    tmp = path.with_name(path.name + ".tmp")
     try:
-        tmp.write_text(json.dumps(doc, indent=None, separators=(",", ":")) + "\n")
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(doc, indent=None, separators=(",", ":")) + "\n")
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise InputError(f"cannot write the GEMM cache {path}: {e.strerror or e}") from None
     return len(entries)
 
@@ -217,6 +214,8 @@ def _gpu_missing(op) -> str | None:
             return "rotary position embeddings"
         if w.get("relative_bias"):
             return "a relative-position score bias"
+        if w.get("alibi_slopes"):
+            return "an ALiBi score bias (alibi_slopes)"
     return None
 
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .._io import atomic_path
 from ..types import NAMED_ARCHS as NAMED
 from .config import BenchConfig, BenchConfigError
 
@@ -143,10 +143,6 @@ def grid_profile(cfg: BenchConfig) -> dict:
     return {"batch": (1, min(8, bmax), bmax), "seq": (1, min(128, smax), smax)}
 
 
-def _atomic(path: Path):
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
 def ensure_onnx(spec: ModelSpec, cfg: BenchConfig, log=None) -> Path:
     """The fp32 ONNX of `spec`, exporting a named architecture (once; cached)."""
     if spec.onnx is not None:
@@ -162,13 +158,8 @@ def ensure_onnx(spec: ModelSpec, cfg: BenchConfig, log=None) -> Path:
         if log:
             log(f"exporting {spec.source} (random weights, seed {spec.seed}"
                 f"{', ' + str(spec.overrides) if spec.overrides else ''}) to {path}")
-        tmp = _atomic(path).with_suffix(".onnx")
-        try:
+        with atomic_path(path, suffix=".onnx") as tmp:
             export_model(spec.source, tmp, overrides=spec.overrides or None, seed=spec.seed)
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
     spec.onnx = path
     return path
 

@@ -17,6 +17,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+from .._io import atomic_write
 from ..types import NAMED_ARCHS
 from .results import ENGINE_ORDER, ResultStore
 
@@ -423,9 +424,7 @@ def write_report(store: ResultStore, cfg=None, *, plots: bool = True, log=None) 
     out = Path(store.out)
     text = summary_markdown(store, cfg)
     path = out / SUMMARY
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    atomic_write(path, text)
     paths = [path]
     if plots:
         try:

@@ -22,6 +22,7 @@ import json
 import os
 from pathlib import Path
 
+from .._io import atomic_write
 from .config import BenchConfigError
 
 RESULTS = "results.jsonl"
@@ -125,15 +126,15 @@ class ResultStore:
 
     def write_csv(self) -> Path:
         path = self.out / CSV
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
+
+        def write(f):
             f.write(header_block(self.sessions))
             w = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
             w.writeheader()
             for r in sorted(self.points, key=_sort_key):
                 w.writerow(csv_row(r))
-        os.replace(tmp, path)
-        return path
+
+        return atomic_write(path, write, text=True, newline="")
 
 
 def _json_default(o):

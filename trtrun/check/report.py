@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
+from .._io import atomic_write
 from .headroom import FP16_MAX
 
 LN_QUANTITIES = ("sum", "row_sum", "dev_sq", "var_sum")
@@ -39,12 +39,11 @@ def _clean(o):
 
 
 def write_json(report: dict, path: Path) -> Path:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    def write(f):
         json.dump(_clean(report), f, indent=1, allow_nan=False)
         f.write("\n")
-    os.replace(tmp, path)
-    return path
+
+    return atomic_write(path, write, text=True)
 
 
 # ------------------------------------------------------------------------------------------- formatting

@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +31,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .._io import atomic_write
 from ..errors import InputError, TrtrunError
 from ..types import CORPUS_FORMATS as FORMATS, ON_ERROR
 
@@ -478,21 +477,6 @@ def shard_table(ids: list, vectors: np.ndarray, num_tokens: np.ndarray, truncate
     return table
 
 
-def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
-    """write(file object) into a temporary file beside `path`, flushed to disk, then renamed over it: a
-    reader or a rerun sees the whole file or none."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def node_local_file(name: str, data) -> Path:
     """A file in this machine's temporary folder holding `data` (bytes or a buffer), written once (atomically)
     and then reused: how a Ray actor keeps the plan it was shipped, one copy a node."""
@@ -501,7 +485,7 @@ def node_local_file(name: str, data) -> Path:
     path = Path(tempfile.gettempdir()) / "trtrun-ray" / name
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, lambda f: f.write(memoryview(data)))
+        atomic_write(path, memoryview(data), fsync=True)
     return path
 
 
@@ -513,8 +497,8 @@ def write_shard(out_dir: Path, shard: Shard, table, bad: list) -> None:
     if bad:
         (out_dir / ERRORS_DIR).mkdir(exist_ok=True)
         lines = "".join(json.dumps({"row": r, "id": i, "error": why}, default=str) + "\n" for r, i, why in bad)
-        _atomic_write(out_dir / ERRORS_DIR / f"{shard.name}.jsonl", lambda f: f.write(lines.encode("utf-8")))
-    _atomic_write(out_dir / f"{shard.name}.parquet", lambda f: pq.write_table(table, f))
+        atomic_write(out_dir / ERRORS_DIR / f"{shard.name}.jsonl", lines.encode("utf-8"), fsync=True)
+    atomic_write(out_dir / f"{shard.name}.parquet", lambda f: pq.write_table(table, f), fsync=True)
 
 
 def read_output(out_dir):
@@ -587,7 +571,7 @@ def open_output(out_dir: Path, manifest: dict) -> set[int]:
                              f"trtrun embed job; use a new or empty folder")
         out_dir.mkdir(parents=True, exist_ok=True)
         text = json.dumps(manifest, indent=1, default=str).encode("utf-8")
-        _atomic_write(mpath, lambda f: f.write(text))
+        atomic_write(mpath, text, fsync=True)
     for p in out_dir.glob(".*.tmp"):
         p.unlink(missing_ok=True)
     return {int(p.stem.split("-")[1]) for p in out_dir.glob("part-*.parquet") if p.stem.split("-")[1].isdigit()}
