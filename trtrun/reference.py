@@ -511,13 +511,21 @@ class ReferenceBackend:
         self._bias_cache: dict = {}
 
     def _score_bias(self, op: dict, S: int):
-        """The [H, S, S] relative-position bias of an Attention op with a `relative_bias` table: computed once
+        """The [H, S, S] score bias of an Attention op (a `relative_bias` table, or ALiBi `alibi_slopes`): computed once
         per sequence length and table, shared by every layer that names the same table (as the model
         computes it once in its encoder)."""
+        a = op["attrs"]
+        slopes = op.get("weights", {}).get("alibi_slopes")
+        if slopes:  # ALiBi: slope_h * (j - i), or -slope_h * |j - i|
+            key = (slopes, S, bool(a.get("alibi_symmetric", False)))
+            if key not in self._bias_cache:
+                rel = (np.arange(S)[None, :] - np.arange(S)[:, None]).astype(F32)
+                rel = -np.abs(rel) if key[2] else rel
+                self._bias_cache = {key: np.asarray(self.plan.weights[slopes], F32)[:, None, None] * rel[None]}
+            return self._bias_cache[key]
         name = op.get("weights", {}).get("relative_bias")
         if not name:
             return None
-        a = op["attrs"]
         key = (name, S, a["relative_max_distance"], a["relative_bidirectional"])
         if key not in self._bias_cache:
             table = np.asarray(self.plan.weights[name], F32)

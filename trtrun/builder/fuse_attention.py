@@ -123,7 +123,7 @@ def _match(graph, sm, facts, ctx) -> dict:
         raise _NoMatch
 
     causal, use_mask = _mask_semantics(graph, sm, facts, qk, logits, chain_scale,
-                                       rel["values"] if rel else None)
+                                       rel.get("graph_values", rel["values"]) if rel else None)
     return dict(H=H, D=D, Hkv=Hkv, rot=rot, rel=rel, scale=scale, causal=causal, use_mask=use_mask, y=y,
                 srcs=(q_src, k_src, v_src), cols=(q_cols, k_cols, v_cols))
 
@@ -167,6 +167,8 @@ def _relative_bias(graph, facts, sm, side, H, ctx):
                 continue
         stack.extend(i for i in p.inputs if not i.is_empty())
     tables = list({id(t): t for t in tables}.values())
+    if not tables:
+        return _alibi(graph, facts, sm, side, H, ctx, fail)
     if len(tables) != 1:
         fail(f"is computed from {len(tables)} [buckets, {H}] tables, not one")
     table_t = tables[0]
@@ -215,6 +217,56 @@ def _relative_bias(graph, facts, sm, side, H, ctx):
     if not agree([np.broadcast_to(b[None], v.shape) for b, v in zip(values, facts.get(side))], facts.get(side)):
         fail("recomputing it from the buckets does not reproduce its values")
     return {"table": table_t, "max_distance": int(maxd), "bidirectional": bool(bidir), "values": values}
+
+
+def _alibi_bias(S: int, slopes, symmetric: bool):
+    """The IR's ALiBi bias [H, S, S]: slope_h * (j - i), or -slope_h * |j - i| (symmetric)."""
+    rel = (np.arange(S)[None, :] - np.arange(S)[:, None]).astype(np.float64)
+    rel = -np.abs(rel) if symmetric else rel
+    return np.asarray(slopes, np.float64)[:, None, None] * rel[None]
+
+
+def _alibi(graph, facts, sm, side, H, ctx, fail):
+    """A score bias computed from shapes only, linear in the distance between key and query with one slope per
+    head (ALiBi): slope_h * (j - i) as MPT/BLOOM add it (any per-query constant added as well, such as MPT's
+    slope * (j - (S-1)), cancels in the softmax), or -slope_h * |j - i| (bidirectional encoders). Read at the
+    bias probe length (1024 tokens) so the linear form is seen far beyond the probes; -> dict(slopes,
+    symmetric, values (IR bias per probe), graph_values (the graph's bias per probe))."""
+    from .probe import run_graph
+
+    cache = ctx.setdefault("alibi", {})
+    if side.name not in cache:
+        L = _BIAS_PROBE_LEN
+        g2 = graph.copy()
+        g2.outputs = [g2.tensors()[side.name]]
+        g2.cleanup()
+        if any(G.is_trtrun(n) for n in g2.nodes):
+            fail("depends on hidden states")
+        feeds = [{i.name: (np.ones if i.name == "attention_mask" else np.zeros)((1, L), np.dtype(i.dtype or np.int64))
+                  for i in g2.inputs}]
+        long = np.asarray(next(run_graph(g2, feeds, names=[side.name]))[side.name], np.float64)
+        if long.ndim != 4 or long.shape[0] != 1 or long.shape[1] not in (1, H) or long.shape[3] != L:
+            fail(f"has shape {list(long.shape)} at sequence length {L}, not [1, {H}, {L} or 1, {L}]")
+        long = np.broadcast_to(long[0], (H, L, L))
+        d = long - np.diagonal(long, axis1=1, axis2=2)[:, :, None]  # per-query constants removed
+        found = None
+        for symmetric in (False, True):
+            slopes = -d[:, 1, 0] if not symmetric else -d[:, 0, 1]  # the bias one key to the left / right
+            if np.all(slopes == 0):
+                continue
+            if agree([_alibi_bias(L, slopes, symmetric)], [d], rtol=1e-5):
+                found = (slopes.astype(np.float32), symmetric)
+                break
+        if found is None:
+            fail("it is neither a relative-position bucket table nor linear in the key-query distance (ALiBi)")
+        cache[side.name] = found
+    slopes, symmetric = cache[side.name]
+    values, graph_values = [], []
+    for v, f in zip(facts.get(side), facts.feeds):
+        B, S = np.asarray(f["input_ids"]).shape
+        values.append(_alibi_bias(S, slopes, symmetric))
+        graph_values.append(np.broadcast_to(np.asarray(v, np.float64), (B, H, S, S)))
+    return {"alibi": True, "slopes": slopes, "symmetric": symmetric, "values": values, "graph_values": graph_values}
 
 
 def _same_rotary(sm, q_rot, k_rot):
@@ -418,7 +470,7 @@ def _mask_semantics(graph, sm, facts, qk, logits, chain_scale, bias=None):
     for k, (raw, lg) in enumerate(zip(facts.get(qk.outputs[0]), facts.get(logits))):
         base = raw.astype(np.float64) * chain_scale
         if bias is not None:
-            base = base + bias[k][None]
+            base = base + (bias[k] if bias[k].ndim == 4 else bias[k][None])
         lg = lg.astype(np.float64)
         lgb = np.broadcast_to(lg, np.broadcast_shapes(lg.shape, base.shape))
         diff = lgb - base
@@ -476,7 +528,10 @@ def _replace(graph, sm, facts, m):
         if rot["scale"] != 1.0:
             attrs["rotary_scale"] = float(rot["scale"])
         weights["inv_freq"] = _shared_constant(graph, "rotary.inv_freq", np.asarray(rot["inv_freq"], np.float32))
-    if rel is not None:
+    if rel is not None and rel.get("alibi"):
+        attrs["alibi_symmetric"] = bool(rel["symmetric"])
+        weights["alibi_slopes"] = _shared_constant(graph, "alibi_slopes", np.asarray(rel["slopes"], np.float32))
+    elif rel is not None:
         attrs["relative_max_distance"] = rel["max_distance"]
         attrs["relative_bidirectional"] = rel["bidirectional"]
         weights["relative_bias"] = _shared_constant(graph, "relative_attention_bias",

@@ -108,7 +108,7 @@ def pin_precision(graph, precision: str, ln_input: str = "fp16") -> tuple[dict[s
             else:  # hybrid: GEMM weights and tables fp16; norm parameters and what attention computes in fp32
                 # (rotary frequencies: angles up to thousands of radians; the score bias: added before softmax)
                 dt = "float32" if r in ("gamma", "beta", "inv_freq", "relative_bias") else "float16"
-            if r == "inv_freq":  # an angle's error is position x the frequency's: fp32 in every precision
+            if r in ("inv_freq", "alibi_slopes"):  # angles / biases of position x the value: fp32 in every precision
                 dt = "float32"
             weights[w.name] = dt
     return tensors, weights
