@@ -48,7 +48,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .errors import InputError, RuntimeUnavailableError, ShapeError, TrtrunError
+from .backends import choose_backend
+from .errors import InputError, ShapeError, TrtrunError
 from .types import BACKEND_CHOICES as BACKENDS, POOLINGS, TRUNCATIONS
 
 DEFAULT_CONTEXTS = 2
@@ -609,19 +610,10 @@ class Embedder:
             self._tok_lock = threading.Lock()
 
     def _pick_backend(self, backend: str, device: int) -> tuple[str, str]:
-        if backend == "reference":
-            return "reference", "asked for"
-        try:
-            from . import runtime
-
-            ok, reason = runtime.gpu_available(device)
-        except ImportError as e:
-            ok, reason = False, f"trtrun.runtime cannot be imported: {e}"
-        if ok:
-            return "gpu", reason
-        if backend == "gpu":
-            raise RuntimeUnavailableError(f"backend='gpu': the GPU runtime is not usable: {reason}")
-        return "reference", f"GPU runtime not usable: {reason}"
+        name, reason = choose_backend(backend, device, option="backend='gpu'")
+        if name == "reference" and backend != "reference":
+            reason = f"GPU runtime not usable: {reason}"
+        return name, reason
 
     def _plan_file(self) -> Path:
         if self.plan_path is not None and Path(self.plan_path).is_file():

@@ -160,13 +160,9 @@ class TrtrunRunner:
             self.engine = None
             return
         from .. import runtime
+        from ..backends import choose_backend
 
-        ok, why = runtime.gpu_available(device)
-        if not ok:
-            from ..errors import RuntimeUnavailableError
-
-            raise RuntimeUnavailableError(f"--backend gpu: the GPU runtime is not usable: {why} "
-                                          f"(use --backend reference to time the numpy backend)")
+        choose_backend("gpu", device, hint=" (use --backend reference to time the numpy backend)")
         self.torch = torch = _torch_or_none()
         free = _mem_free(torch, device)
         self.engine = engine if engine is not None else runtime.Engine(self.plan, device)

@@ -252,17 +252,9 @@ def run_sweep(cfg: BenchConfig, *, log=None, progress: bool = True) -> SweepOutc
     if len(set(names)) != len(names):
         raise BenchConfigError(f"two MODELs have the same name {names}: rename one file")
     if cfg.backend == "gpu":
-        from ..errors import RuntimeUnavailableError
+        from ..backends import choose_backend
 
-        try:
-            from .. import runtime
-
-            ok, why = runtime.gpu_available(cfg.device)
-        except ImportError as e:
-            ok, why = False, f"trtrun.runtime cannot be imported: {e}"
-        if not ok:
-            raise RuntimeUnavailableError(f"--backend gpu: the GPU runtime is not usable: {why} "
-                                          f"(--backend reference times the numpy backend on the CPU)")
+        choose_backend("gpu", cfg.device, hint=" (--backend reference times the numpy backend on the CPU)")
     store = ResultStore(cfg.out, resume=cfg.resume, overwrite=cfg.overwrite)
     if store.torn:
         log(f"{store.path}: the last line was cut off (a killed run); dropped it")

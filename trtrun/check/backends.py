@@ -7,7 +7,8 @@ import inspect
 
 import numpy as np
 
-from ..errors import RuntimeUnavailableError, TrtrunError
+from .. import backends
+from ..errors import TrtrunError
 
 
 class OnnxRuntimeFp32:
@@ -81,30 +82,15 @@ class GpuPlan:
         return self.ctx.run(feeds)
 
 
-def gpu_status() -> tuple[bool, str]:
-    try:
-        from .. import runtime
-    except ImportError as e:
-        return False, f"trtrun.runtime cannot be imported: {e}"
-    try:
-        return runtime.gpu_available()
-    except Exception as e:  # noqa: BLE001 - any failure to ask means: not usable, and why
-        return False, f"{type(e).__name__}: {e}"
-
-
 def choose_backend(backend: str) -> tuple[str, str]:
-    """'gpu' | 'reference' | 'auto' -> (the backend to use, why). --backend gpu without a usable GPU is an
-    error; auto falls back to the reference backend and says why."""
-    if backend not in ("gpu", "reference", "auto"):
-        raise ValueError(f"backend must be gpu, reference or auto, got {backend!r}")
-    if backend == "reference":
-        return "reference", "asked for"
-    ok, why = gpu_status()
-    if ok:
+    """'gpu' | 'reference' | 'auto' -> (the backend to use, why), by trtrun.backends.choose_backend. --backend
+    gpu without a usable GPU is an error; auto falls back to the reference backend and says why."""
+    name, why = backends.choose_backend(backend)
+    if name == "gpu":
         return "gpu", why or "GPU runtime usable"
-    if backend == "gpu":
-        raise RuntimeUnavailableError(f"--backend gpu: the GPU runtime is not usable: {why}")
-    return "reference", f"GPU runtime not usable ({why})"
+    if backend != "reference":
+        return "reference", f"GPU runtime not usable ({why})"
+    return name, why
 
 
 def plan_runner(plan, backend: str):

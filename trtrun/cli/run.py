@@ -109,24 +109,18 @@ def compare_reference(plan, onnx_path, chunks, n_rows, out_name: str, quiet: boo
 
 def select_backend(plan, plan_path: str, backend: str, quiet: bool):
     """-> (name, runner) where runner(feeds) -> outputs dict: the GPU runtime, or the reference backend."""
-    from ..errors import RuntimeUnavailableError
+    from ..backends import choose_backend
 
-    reason = ""
-    if backend in ("auto", "gpu"):
-        try:
-            from .. import runtime
+    name, reason = choose_backend(backend)
+    if name == "gpu":
+        from .. import runtime
 
-            ok, reason = runtime.gpu_available()
-        except ImportError as e:
-            ok, reason = False, f"trtrun.runtime cannot be imported: {e}"
-        if ok:
-            engine = runtime.Engine.load(plan_path, device=0)
-            # one run: cuBLASLt's proposals, timed (~0.1 s), not the default focused search (3-5 s of tuning
-            # on first use, which only pays off over many runs; docs/runtime.md)
-            ctx = engine.create_context(gemm_search="heuristic")
-            return "gpu", ctx.run
-        if backend == "gpu":
-            raise RuntimeUnavailableError(f"--backend gpu: the GPU runtime is not usable: {reason}")
+        engine = runtime.Engine.load(plan_path, device=0)
+        # one run: cuBLASLt's proposals, timed (~0.1 s), not the default focused search (3-5 s of tuning
+        # on first use, which only pays off over many runs; docs/runtime.md)
+        ctx = engine.create_context(gemm_search="heuristic")
+        return "gpu", ctx.run
+    if backend != "reference":
         status(f"GPU runtime not usable ({reason}); using the reference backend", quiet)
     from ..reference import ReferenceBackend
 

@@ -32,6 +32,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..backends import choose_cluster_backend
 from ..errors import TrtrunError
 from .job import (ERRORS_DIR, BadRowError, Job, JobProgress, JobSummary, Shard, ShardRows, embed_shard,
                   node_local_file, shard_table, stopped_by, write_shard)
@@ -277,9 +278,7 @@ def actor_resources(backend: str, actors: int | None, cpus_per_actor: float) -> 
     """-> (the actors' Embedder backend, how many actors, their Ray resources) for this cluster."""
     res = ray.cluster_resources()
     gpus, cpus = int(res.get("GPU", 0)), float(res.get("CPU", 0))
-    if backend == "gpu" or (backend == "auto" and gpus > 0):
-        if gpus < 1:
-            raise TrtrunError("--backend gpu: the Ray cluster has no GPU (ray.cluster_resources() lists none)")
+    if choose_cluster_backend(backend, gpus) == "gpu":
         n = actors or gpus
         return "gpu", n, {"num_gpus": 1, "num_cpus": cpus_per_actor}
     # numpy's BLAS (OpenBLAS) rounds differently with another thread count, and hybrid's fp16 rounding after it

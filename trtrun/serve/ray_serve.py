@@ -24,6 +24,7 @@ import signal
 import threading
 from pathlib import Path
 
+from ..backends import choose_cluster_backend
 from ..errors import TrtrunError
 
 try:
@@ -168,9 +169,7 @@ def start(emb, config, *, backend: str = "auto", contexts: int = 2, replicas: in
     -> a description (replicas, backend, url). Returns when the replicas serve."""
     res = ray.cluster_resources()
     gpus = int(res.get("GPU", 0))
-    gpu = backend == "gpu" or (backend == "auto" and gpus > 0)
-    if gpu and gpus < 1:
-        raise TrtrunError("--backend gpu: the Ray cluster has no GPU (ray.cluster_resources() lists none)")
+    gpu = choose_cluster_backend(backend, gpus) == "gpu"
     n = replicas or (gpus if gpu else 1)
     model = ship(emb)
     app = deployment(model, _settings(emb, "gpu" if gpu else "reference", contexts), config, gpu=gpu, replicas=n,

@@ -1,0 +1,66 @@
+"""trtrun.backends: the one backend chooser (auto, gpu, reference) every entry point uses."""
+
+from __future__ import annotations
+
+import pytest
+
+from trtrun import backends, runtime
+from trtrun.errors import RuntimeUnavailableError, TrtrunError
+
+
+@pytest.fixture
+def gpu(monkeypatch):
+    """Set what runtime.gpu_available answers (the machine's real answer is not needed to test the choice)."""
+    def set_(ok, why):
+        monkeypatch.setattr(runtime, "gpu_available", lambda device=0: (ok, why))
+    return set_
+
+
+def test_auto_takes_the_gpu_where_usable_else_the_reference(gpu):
+    gpu(True, "NVIDIA H200; trtrun._C built for sm_90")
+    assert backends.choose_backend("auto") == ("gpu", "NVIDIA H200; trtrun._C built for sm_90")
+    gpu(False, "no NVIDIA GPU or driver on this machine: cudaErrorNoDevice")
+    assert backends.choose_backend("auto") == ("reference", "no NVIDIA GPU or driver on this machine: cudaErrorNoDevice")
+
+
+def test_reference_asks_the_gpu_nothing(monkeypatch):
+    def boom(device=0):
+        raise AssertionError("asked the GPU")
+    monkeypatch.setattr(runtime, "gpu_available", boom)
+    assert backends.choose_backend("reference") == ("reference", "asked for")
+
+
+def test_gpu_without_a_gpu_is_an_error_naming_the_option_and_the_hint(gpu):
+    gpu(False, "the CUDA extension trtrun._C is not built")
+    with pytest.raises(RuntimeUnavailableError, match=r"^--backend gpu: the GPU runtime is not usable: the CUDA "
+                       r"extension trtrun._C is not built \(use --backend reference\)$"):
+        backends.choose_backend("gpu", hint=" (use --backend reference)")
+    with pytest.raises(RuntimeUnavailableError, match=r"^backend='gpu': "):
+        backends.choose_backend("gpu", option="backend='gpu'")
+    with pytest.raises(ValueError, match="auto, gpu, reference"):
+        backends.choose_backend("cuda")
+
+
+def test_a_failing_probe_counts_as_not_usable(monkeypatch):
+    def broken(device=0):
+        raise OSError("driver gone")
+    monkeypatch.setattr(runtime, "gpu_available", broken)
+    assert backends.choose_backend("auto") == ("reference", "OSError: driver gone")
+
+
+def test_entry_points_word_the_fallback_as_before(gpu):
+    from trtrun.check.backends import choose_backend as check_choose
+
+    gpu(False, "no GPU")
+    assert check_choose("auto") == ("reference", "GPU runtime not usable (no GPU)")
+    assert check_choose("reference") == ("reference", "asked for")
+    gpu(True, "")
+    assert check_choose("gpu") == ("gpu", "GPU runtime usable")
+
+
+def test_cluster_backend():
+    assert backends.choose_cluster_backend("auto", 2) == "gpu"
+    assert backends.choose_cluster_backend("auto", 0) == "reference"
+    assert backends.choose_cluster_backend("reference", 4) == "reference"
+    with pytest.raises(TrtrunError, match="the Ray cluster has no GPU"):
+        backends.choose_cluster_backend("gpu", 0)
