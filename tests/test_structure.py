@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 from pathlib import Path
 
+import pytest
+
 from trtrun import types
+from trtrun.errors import InputError
 
 PKG = Path(__file__).resolve().parents[1] / "trtrun"
 
@@ -48,3 +52,26 @@ def test_text_sets_match_the_data_files():
 
     # data.TEXT_SETS is the key view of its file table (its error message lists them in that table's order)
     assert set(data.TEXT_SETS) == set(types.TEXT_SETS)
+
+
+def test_gemm_search_defaults_are_one_table():
+    import inspect
+
+    from trtrun import embedder, runtime
+    from trtrun.bench import config
+    from trtrun.cli import serve
+
+    d = types.GEMM_SEARCH_DEFAULTS
+    # the documented per-entry-point choices: tuning pays off over a bench's many runs; a service's first
+    # shapes are met in requests
+    assert d == {"runtime": "focused", "bench": "focused", "embedder": "heuristic", "serve": "heuristic",
+                 "run": "heuristic"}
+    bench_default = next(f.default for f in dataclasses.fields(config.BenchConfig) if f.name == "gemm_search")
+    assert runtime.DEFAULT_GEMM_SEARCH == "focused" and bench_default == "focused"
+    assert inspect.signature(embedder.Embedder).parameters["gemm_search"].default == "heuristic"
+    assert inspect.signature(runtime.Engine.create_context).parameters["gemm_search"].default == "focused"
+    opt = next(p for p in serve.command.params if p.name == "gemm_search")
+    assert opt.default == "heuristic" and tuple(opt.type.choices) == types.GEMM_SEARCHES
+    assert types.check_gemm_search("exhaustive") == "exhaustive"
+    with pytest.raises(InputError, match="gemm_search must be one of heuristic, focused, exhaustive, got 'fast'"):
+        types.check_gemm_search("fast", InputError)

@@ -50,7 +50,7 @@ import numpy as np
 
 from .backends import choose_backend
 from .errors import InputError, ShapeError, TrtrunError
-from .types import BACKEND_CHOICES as BACKENDS, POOLINGS, TRUNCATIONS
+from .types import BACKEND_CHOICES as BACKENDS, GEMM_SEARCH_DEFAULTS, POOLINGS, TRUNCATIONS, check_gemm_search
 
 DEFAULT_CONTEXTS = 2
 # Text Embeddings Inference's default --max-batch-tokens; capped by what the plan's profile can hold.
@@ -402,7 +402,8 @@ class Embedder:
                  max_tokens_per_batch: int | None = None, max_batch_size: int | None = None,
                  max_seq_len: int | None = None, truncation: str = "reject", backend: str = "auto",
                  precision: str = "hybrid", profile: dict | None = None, device: int = 0,
-                 output: str | None = None, progress=None, gemm_cache=None, gemm_search: str = "heuristic"):
+                 output: str | None = None, progress=None, gemm_cache=None,
+                 gemm_search: str = GEMM_SEARCH_DEFAULTS["embedder"]):
         if pooling is not None and pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {', '.join(POOLINGS)} or None, got {pooling!r}")
         if truncation not in TRUNCATIONS:
@@ -411,11 +412,7 @@ class Embedder:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         if not isinstance(contexts, int) or contexts < 1:
             raise ValueError(f"contexts must be a positive integer, got {contexts!r}")
-        from .runtime import GEMM_SEARCHES  # (the CUDA extension loads lazily: nothing is loaded here)
-
-        if gemm_search not in GEMM_SEARCHES:
-            raise ValueError(f"gemm_search must be one of {', '.join(GEMM_SEARCHES)}, got {gemm_search!r}")
-        self.gemm_search = gemm_search
+        self.gemm_search = check_gemm_search(gemm_search)
 
         self.plan, self.plan_path, self.from_onnx = self._resolve_plan(plan_or_onnx, precision, profile, progress)
         plan = self.plan

@@ -24,6 +24,7 @@ import numpy as np
 
 from ._io import atomic_write
 from .errors import DeviceError, InputError, PlanError, RuntimeUnavailableError, ShapeError
+from .types import GEMM_SEARCH_DEFAULTS, GEMM_SEARCHES, check_gemm_search  # noqa: F401 - GEMM_SEARCHES: named here too
 
 __all__ = ["Engine", "Context", "DeviceArray", "gpu_available", "bucket_seq"]
 
@@ -35,8 +36,7 @@ DEFAULT_FUSE_RESIDUAL_MIN_ROWS = 2048  # residual add in the GEMM epilogue from 
 DEFAULT_FFN_CHUNK_MIN_ROWS = 4096  # feed-forward row chunks only where a chunk has this many rows
 DEFAULT_SPLIT_LN_MAX_ROWS = 384  # Linear -> LayerNorm split into K slices at runs of at most this many tokens
 DEFAULT_SPLIT_LN_SLICE = 768  # ...slices of this depth (K = 3072: 4 slices; K = 768: not split)
-GEMM_SEARCHES = ("heuristic", "focused", "exhaustive")  # Context gemm_search (csrc/gemm.h, GemmSearch)
-DEFAULT_GEMM_SEARCH = "focused"
+DEFAULT_GEMM_SEARCH = GEMM_SEARCH_DEFAULTS["runtime"]  # Context gemm_search (csrc/gemm.h, GemmSearch)
 
 _ELEM = {"float32": 0, "float16": 1, "int32": 2, "int64": 2}  # integer inputs live as int32 on the device
 _OP = {"Embedding": 0, "Linear": 1, "Attention": 2, "LayerNorm": 3}
@@ -216,6 +216,8 @@ def _gpu_missing(op) -> str | None:
             return "a relative-position score bias"
         if w.get("alibi_slopes"):
             return "an ALiBi score bias (alibi_slopes)"
+        if a.get("window") is not None:
+            return "a sliding attention window (window)"
     return None
 
 
@@ -517,8 +519,7 @@ class Context:
                  fuse_residual_min_rows: int = DEFAULT_FUSE_RESIDUAL_MIN_ROWS,
                  ffn_chunk_min_rows: int = DEFAULT_FFN_CHUNK_MIN_ROWS, gemm_search: str = DEFAULT_GEMM_SEARCH,
                  split_ln_max_rows: int = DEFAULT_SPLIT_LN_MAX_ROWS, split_ln_slice: int = DEFAULT_SPLIT_LN_SLICE):
-        if gemm_search not in GEMM_SEARCHES:
-            raise InputError(f"gemm_search must be one of {', '.join(GEMM_SEARCHES)}, got {gemm_search!r}")
+        check_gemm_search(gemm_search, InputError)
         if isinstance(ffn_chunks, bool) or not isinstance(ffn_chunks, int) or ffn_chunks < 1:
             raise InputError(f"ffn_chunks must be an integer >= 1, got {ffn_chunks!r}")
         if isinstance(fuse_residual_min_rows, bool) or not isinstance(fuse_residual_min_rows, int) \

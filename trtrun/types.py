@@ -16,7 +16,7 @@ POOLINGS = ("mean", "cls", "max", "mean_sqrt_len", "last")  # the Embedder's sen
 TRUNCATIONS = ("truncate", "reject")  # what the Embedder does with a text longer than the plan's profile
 
 NAMED_ARCHS = ("bert-base", "gpt2")  # full-size architectures built from a default config (export, check, bench)
-EXPORT_ARCHS = NAMED_ARCHS + ("llama", "qwen2", "gpt-neox", "mpnet", "deberta-v2")  # what export_model takes
+EXPORT_ARCHS = NAMED_ARCHS + ("llama", "qwen2", "gpt-neox", "mpnet", "deberta-v2", "modernbert")  # what export_model takes
 
 TEXT_SETS = ("rt", "wiki", "imdb")  # bundled text sets (trtrun.data has their files)
 
@@ -27,3 +27,20 @@ ON_ERROR = ("fail", "skip")  # what `trtrun embed` does with a bad row
 
 CUDA_GRAPHS = ("on", "off", "both")  # `trtrun bench`: trtrun's GPU runs with CUDA graphs on, off, or both
 GRID_MODES = ("subset", "full")  # `trtrun bench`: the shapes a slow baseline (torch.compile, the CPU) runs
+
+# How a GPU context chooses the cuBLASLt algorithm of a GEMM shape it meets first; handed to the extension by
+# name (csrc/gemm.h's GemmSearch parses it), so this order is no code. docs/runtime.md has what each costs.
+GEMM_SEARCHES = ("heuristic", "focused", "exhaustive")
+# Each entry point's default, chosen for how often it runs a shape: "focused" times 3-5 s for a process's first
+# shape and pays off over many runs (the runtime's contexts, as the binding's own default, and `trtrun bench`);
+# "heuristic" (~0.1 s a shape) where someone waits for the first run (the Embedder and with it `trtrun serve`
+# and `trtrun embed`, and `trtrun run`'s single run).
+GEMM_SEARCH_DEFAULTS = {"runtime": "focused", "bench": "focused", "embedder": "heuristic", "serve": "heuristic",
+                        "run": "heuristic"}
+
+
+def check_gemm_search(value: str, error: type[Exception] = ValueError) -> str:
+    """`value` if it names a GEMM search; else `error` saying which ones do."""
+    if value not in GEMM_SEARCHES:
+        raise error(f"gemm_search must be one of {', '.join(GEMM_SEARCHES)}, got {value!r}")
+    return value

@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TrtrunError
-from ..runtime import DEFAULT_GEMM_SEARCH, GEMM_SEARCHES  # (the CUDA extension loads lazily: nothing is loaded here)
-from ..types import BACKENDS, BASELINES, CUDA_GRAPHS, GRID_MODES, NAMED_ARCHS, PRECISIONS
+from ..types import (BACKENDS, BASELINES, CUDA_GRAPHS, GEMM_SEARCH_DEFAULTS, GEMM_SEARCHES, GRID_MODES, NAMED_ARCHS,
+                     PRECISIONS)
+
+DEFAULT_GEMM_SEARCH = GEMM_SEARCH_DEFAULTS["bench"]
 
 DEFAULT_BATCH = (1, 2, 4, 8, 16, 32)
 DEFAULT_SEQ = (32, 64, 128, 256, 384, 512)

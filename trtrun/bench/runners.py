@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..runtime import DEFAULT_GEMM_SEARCH  # (the CUDA extension loads lazily)
+from .config import DEFAULT_GEMM_SEARCH
 from .stats import iterations_for, summarize
 
 

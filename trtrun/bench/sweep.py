@@ -13,8 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..runtime import DEFAULT_GEMM_SEARCH
-from .config import BenchConfig, BenchConfigError, PRECISIONS, engine_name
+from .config import DEFAULT_GEMM_SEARCH, BenchConfig, BenchConfigError, PRECISIONS, engine_name
 from .inputs import make_sets, token_stream
 from .models import ModelSpec, ensure_onnx, ensure_plan, load_torch_model, plan_cache_path, resolve_model
 from .progress import ProgressBar

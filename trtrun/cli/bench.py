@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from ..types import BACKENDS, BASELINES, CUDA_GRAPHS, GRID_MODES, PRECISIONS
+from ..types import BACKENDS, BASELINES, CUDA_GRAPHS, GEMM_SEARCHES, GRID_MODES, PRECISIONS
 from ._ui import status
 from .options import (EXISTING_DIR, EXISTING_FILE, model_size_options, model_source, parse_choice_list,
                       parse_int_list, quiet_option)
@@ -67,7 +67,7 @@ def _tokens(ctx, p, values):
 @click.option("--backend", type=click.Choice(BACKENDS), default=None,
               help="gpu: trtrun's CUDA runtime (CUDA events); reference: the numpy backend on the CPU (host clock; "
                    "for testing the tool)  [default: gpu]")
-@click.option("--gemm-search", type=click.Choice(["heuristic", "focused", "exhaustive"]), default=None,
+@click.option("--gemm-search", type=click.Choice(GEMM_SEARCHES), default=None,
               help="how trtrun's GPU contexts choose each GEMM algorithm: heuristic (cuBLASLt's top 8, timed), "
                    "focused (those and ~300 tile/cluster/option configurations of the heuristic's algorithm, timed "
                    "after an L2 flush: 3-5 s for the first shape in a process, up to ~2 s for later ones) or exhaustive "

@@ -110,6 +110,7 @@ def compare_reference(plan, onnx_path, chunks, n_rows, out_name: str, quiet: boo
 def select_backend(plan, plan_path: str, backend: str, quiet: bool):
     """-> (name, runner) where runner(feeds) -> outputs dict: the GPU runtime, or the reference backend."""
     from ..backends import choose_backend
+    from ..types import GEMM_SEARCH_DEFAULTS
 
     name, reason = choose_backend(backend)
     if name == "gpu":
@@ -118,7 +119,7 @@ def select_backend(plan, plan_path: str, backend: str, quiet: bool):
         engine = runtime.Engine.load(plan_path, device=0)
         # one run: cuBLASLt's proposals, timed (~0.1 s), not the default focused search (3-5 s of tuning
         # on first use, which only pays off over many runs; docs/runtime.md)
-        ctx = engine.create_context(gemm_search="heuristic")
+        ctx = engine.create_context(gemm_search=GEMM_SEARCH_DEFAULTS["run"])
         return "gpu", ctx.run
     if backend != "reference":
         status(f"GPU runtime not usable ({reason}); using the reference backend", quiet)

@@ -6,7 +6,7 @@ import signal
 
 import click
 
-from ..types import POOLINGS, PRECISIONS, TRUNCATIONS
+from ..types import GEMM_SEARCH_DEFAULTS, GEMM_SEARCHES, POOLINGS, PRECISIONS, TRUNCATIONS
 from ._ui import Progress, status
 from .options import backend_option, quiet_option
 from .ray_options import ray_serve_options
@@ -34,7 +34,7 @@ class _Stopped(Exception):
 @click.option("--gemm-cache", type=click.Path(exists=True, dir_okay=False), default=None,
               help="GEMM algorithms tuned before (trtrun.runtime.save_gemm_cache), taken by every engine process "
                    "before its first run (GPU backend)")
-@click.option("--gemm-search", type=click.Choice(["heuristic", "focused", "exhaustive"]), default="heuristic",
+@click.option("--gemm-search", type=click.Choice(GEMM_SEARCHES), default=GEMM_SEARCH_DEFAULTS["serve"],
               show_default=True,
               help="how a GPU context chooses the GEMM algorithm of a shape it meets first (in a request, which "
                    "waits for it): heuristic ~0.1 s a shape; focused up to 3-5 s, 1-4% faster on H200s: pair it with "
