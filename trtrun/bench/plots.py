@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from .report import GPU_BASELINES, Index, compute_label, headline, hybrid_overheads, p50
+from .analysis import GPU_BASELINES, Index, compute_label, headline, hybrid_overheads, p50
 from .results import ResultStore
 
 STYLE = {

@@ -11,8 +11,9 @@ shards, so a job started one way can be finished the other. docs/ray.md describe
 
 from __future__ import annotations
 
-from .job import (DEFAULT_CHUNK_ROWS, DEFAULT_SHARD_ROWS, FORMATS, ON_ERROR, CorpusInput, JobProgress,
-                  JobSummary, embed_corpus, read_output)
+from .embed import embed_corpus
+from .job import (DEFAULT_CHUNK_ROWS, DEFAULT_SHARD_ROWS, FORMATS, ON_ERROR, CorpusInput, JobProgress, JobSummary,
+                  read_output)
 
 __all__ = ["embed_corpus", "read_output", "CorpusInput", "JobProgress", "JobSummary", "FORMATS", "ON_ERROR",
            "DEFAULT_SHARD_ROWS", "DEFAULT_CHUNK_ROWS"]

@@ -43,6 +43,7 @@ import numpy as np
 from ..embedder import EmbedResult, InputTooLongError, InvalidTextError
 from ..errors import InputError, TrtrunError
 from .batcher import BatcherClosedError, MicroBatcher, QueueFullError
+from .child import child_signals
 
 log = logging.getLogger("trtrun.serve")
 
@@ -307,8 +308,6 @@ async def _serve(batcher: MicroBatcher, path: str, on_ready, stop_asked: list, m
 
 def engine_main(make_embedder, config, path: str, events, index: int, startup_failed: int) -> None:
     """The engine process (started by run_workers with shared_engine=True)."""
-    from .workers import child_signals
-
     stop_asked = child_signals()  # (until _serve's event loop takes the signals over)
     try:
         emb = make_embedder()

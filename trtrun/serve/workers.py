@@ -40,6 +40,7 @@ import threading
 import time
 
 from ..errors import TrtrunError
+from .child import child_signals
 from .metrics import MULTIPROC_ENV
 
 log = logging.getLogger("trtrun.serve")
@@ -82,27 +83,6 @@ def _forget_gauges(pid: int) -> None:
         multiprocess.mark_process_dead(pid)
     except Exception:  # noqa: BLE001 - metrics housekeeping must not stop the supervisor
         pass
-
-
-def child_signals() -> list:
-    """In a process the supervisor started: SIGTERM/SIGINT are noted (in the list returned) until the process's
-    own server takes them over, and on Linux the supervisor's death (even by SIGKILL) sends this process a
-    SIGTERM, so it stops gracefully too."""
-    stop_asked: list = []
-
-    def early_stop(signum, frame):
-        stop_asked.append(signum)
-
-    signal.signal(signal.SIGTERM, early_stop)
-    signal.signal(signal.SIGINT, early_stop)
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
-    return stop_asked
 
 
 def _worker(index: int, make_embedder, config, sock: socket.socket, uv: dict, events) -> None:
