@@ -167,6 +167,8 @@ NEW_ARCHS = {
     "gpt-neox": ("gpt-neox", dict(vocab_size=32000)),  # partial rotary (a quarter of each head), parallel residual
     "mpnet": ("mpnet", dict(vocab_size=30527, max_position_embeddings=514)),
     "deberta-v2": ("deberta-v2", dict(vocab_size=32000, max_position_embeddings=512)),
+    # layers global, local; a local window of 16 (keys within 8 of the query) that the probes (5, 7) cannot see
+    "modernbert": ("modernbert", dict(vocab_size=32000, local_attention=16, global_attn_every_n_layers=2)),
 }
 REFUSED = {"deberta-v2": "disentangled attention"}
 

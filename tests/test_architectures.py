@@ -155,15 +155,16 @@ def test_dynamic_rope_is_refused(tmp_path):
 
 
 def test_sliding_window_is_refused(tmp_path):
-    """Mistral-style sliding windows (here a Qwen2 config that turns its window on) would be invisible to the
-    builder's short probes: refused at export, naming the window."""
+    """Mistral-style sliding windows of thousands of tokens (here a Qwen2 config that turns its window on) are
+    beyond what the builder reads off the mask (1024 tokens): refused at export, naming the window."""
     pytest.importorskip("transformers")
     from trtrun.export import check_rope
 
     import transformers
 
-    cfg = transformers.Qwen2Config(use_sliding_window=True, sliding_window=64)
-    with pytest.raises(ModelError, match="sliding-window attention \\(window 64\\) is not supported"):
+    cfg = transformers.Qwen2Config(use_sliding_window=True, sliding_window=4096)
+    with pytest.raises(ModelError, match="sliding-window attention \\(window 4096\\) is not supported: the builder "
+                                         "reads windows of at most 512"):
         check_rope(cfg, "qwen2-window")
     check_rope(transformers.Qwen2Config(), "qwen2")  # the window is off by default
 
@@ -475,3 +476,44 @@ def test_alibi_matches_onnxruntime_and_torch_beyond_the_probes(tmp_path, symmetr
             cos = (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
             assert cos.min() >= want, (precision, cos.min())
     assert _gpu_missing(att[0]) == "an ALiBi score bias (alibi_slopes)"
+
+
+# ------------------------------------------------------------------ ModernBERT: local and global attention windows
+TINY_MODERNBERT = dict(hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=96, vocab_size=1000,
+                       local_attention=32, global_attn_every_n_layers=3)  # layers: global, local, local
+
+
+@pytest.mark.parametrize("exporter", ["torchscript"])
+def test_modernbert_windows_beyond_the_probes(tmp_path, exporter):
+    """A local window of 32 tokens (keys within 16 of the query): the probes (5, 7 tokens) cannot see it, so the
+    builder reads it off the mask at 1024 tokens; checked at 120 tokens, where it masks most keys."""
+    torch = pytest.importorskip("torch")
+    from trtrun.export import export_model, load_torch_model
+    from trtrun.runtime import _gpu_missing
+
+    path = export_model("modernbert", tmp_path / "mb.onnx", exporter=exporter, overrides=TINY_MODERNBERT, seed=0)
+    model = load_torch_model("modernbert", overrides=TINY_MODERNBERT, seed=0)
+    rng = np.random.default_rng(3)
+    ids = rng.integers(3, 1000, (2, 120))
+    mask = np.ones((2, 120), np.int64)
+    mask[1, 90:] = 0
+    with torch.no_grad():
+        ref_torch = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).last_hidden_state.numpy()
+    ref_ort = onnxruntime_run(path, {"input_ids": ids, "attention_mask": mask})
+    keep = mask != 0
+    for precision, want in (("fp32", 0.99999), ("hybrid", 0.9998)):
+        plan = build(path, precision=precision)
+        att = [o for o in plan.ops if o["type"] == "Attention"]
+        assert [o["attrs"].get("window") for o in att] == [None, 16, 16]
+        assert all(not o["attrs"]["causal"] and o["attrs"]["rotary_dim"] == 16 for o in att)
+        gated = [o for o in plan.ops if o["type"] == "Linear" and o["attrs"].get("gated")]
+        assert len(gated) == 3 and all(o["attrs"]["activation"].startswith("gelu") for o in gated)
+        assert not any(o["weights"].get("bias") for o in plan.ops if o["type"] == "Linear")  # bias-free
+        y = ReferenceBackend(plan).run({"input_ids": ids, "attention_mask": mask})["last_hidden_state"]
+        # per token: fp32 differs by rounding only (issue 20's 0.99999); hybrid's fp16 GEMM operands (0.9998)
+        for ref in (ref_ort, ref_torch):
+            a, b = y[keep].astype(np.float64), ref[keep].astype(np.float64)
+            cos = (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+            assert cos.min() >= want, (precision, cos.min())
+    plain = dict(att[1], attrs={k: v for k, v in att[1]["attrs"].items() if k != "rotary_dim"}, weights={})
+    assert _gpu_missing(plain) == "a sliding attention window (window)"

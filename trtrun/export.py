@@ -67,6 +67,10 @@ _FAMILIES = {
                                            relative_attention=True, position_buckets=256, max_relative_positions=-1,
                                            pos_att_type=["p2c", "c2p"], position_biased_input=False,
                                            norm_rel_ebd="layer_norm", share_att_key=True, type_vocab_size=0)),
+    # ModernBERT-base's shape: local (128-token window) and global attention alternating, rotary, GeGLU, no biases
+    "modernbert": ("ModernBertConfig", dict(hidden_size=768, num_hidden_layers=22, num_attention_heads=12,
+                                            intermediate_size=1152, vocab_size=50368, max_position_embeddings=8192,
+                                            local_attention=128, global_attn_every_n_layers=3)),
 }
 _SIZE_KEYS = {"hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size",
               "max_position_embeddings"}
@@ -77,7 +81,12 @@ _FAMILY_KEYS = {
     "gpt-neox": {"rotary_pct", "rope_theta", "rope_scaling", "use_parallel_residual", "hidden_act", "layer_norm_eps"},
     "mpnet": {"relative_attention_num_buckets", "layer_norm_eps", "hidden_act"},
     "deberta-v2": {"relative_attention", "position_buckets", "pos_att_type", "type_vocab_size"},
+    "modernbert": {"local_attention", "global_attn_every_n_layers", "global_rope_theta", "local_rope_theta",
+                   "hidden_activation", "norm_eps"},
 }
+# the builder reads a sliding window off the mask at this many tokens (builder/fuse_attention.py): a window of
+# at most half of it is seen whole
+WINDOW_READABLE = 512
 # rope variants whose frequencies are fixed at load time (what a plan holds); "dynamic" and "longrope" change
 # them with the sequence length at run time
 STATIC_ROPE = ("default", "linear", "yarn", "llama3")
@@ -115,7 +124,8 @@ def _make_config(transformers, source: str, overrides: dict):
                 and "num_key_value_heads" not in overrides:
             kw["num_key_value_heads"] = kw["num_attention_heads"]  # a head count given alone: plain multi-head
         if "vocab_size" in overrides:  # keep the special tokens inside a shrunken vocabulary
-            for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            for key in ("bos_token_id", "eos_token_id", "pad_token_id") + \
+                    (("cls_token_id", "sep_token_id") if source == "modernbert" else ()):
                 kw.setdefault(key, min(1, kw["vocab_size"] - 1))
         return getattr(transformers, cls)(**kw)
     raise AssertionError(source)
@@ -123,17 +133,18 @@ def _make_config(transformers, source: str, overrides: dict):
 
 def check_rope(config, source) -> None:
     """Refuse a config whose rotary frequencies change with the sequence length at run time, naming its
-    rope_type (a plan holds one frequency table), or whose attention has a sliding window."""
+    rope_type (a plan holds one frequency table), or whose attention has a sliding window longer than the
+    builder can read off the mask (WINDOW_READABLE)."""
     rp = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
     if isinstance(rp, dict) and "rope_type" not in rp and all(isinstance(v, dict) for v in rp.values()):
         kinds = [v.get("rope_type", v.get("type", "default")) for v in rp.values()]  # per attention type
     else:
         kinds = [rp.get("rope_type", rp.get("type", "default"))] if isinstance(rp, dict) else ["default"]
     window = getattr(config, "sliding_window", None)
-    if window and getattr(config, "use_sliding_window", True):
-        # the builder reads masks off short probes, where a window of thousands of tokens is invisible
-        raise ModelError(f"{source}: sliding-window attention (window {window}) is not supported: the IR's masks "
-                         f"are padding and causal only")
+    if window and getattr(config, "use_sliding_window", True) and window > WINDOW_READABLE:
+        # the builder reads a window off the mask at 1024 tokens; one of thousands of tokens it cannot see
+        raise ModelError(f"{source}: sliding-window attention (window {window}) is not supported: the builder reads "
+                         f"windows of at most {WINDOW_READABLE} tokens off the mask")
     for kind in kinds:
         if kind not in STATIC_ROPE:
             raise ModelError(f"{source}: rope_type {kind!r} is not supported: its rotary frequencies depend on the "

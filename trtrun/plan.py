@@ -543,7 +543,7 @@ OP_ATTRS = {
     "Embedding": ("epsilon", "position_offset"),
     "Linear": ("activation", "gated"),
     "Attention": ("num_heads", "head_size", "scale", "causal", "num_kv_heads", "rotary_dim", "rotary_scale",
-                  "relative_max_distance", "relative_bidirectional", "alibi_symmetric"),
+                  "relative_max_distance", "relative_bidirectional", "alibi_symmetric", "window"),
     "LayerNorm": ("epsilon",),
     "Pool": ("mode", "normalize"),
     "RMSNorm": ("epsilon",),
@@ -935,6 +935,7 @@ def _validate_op(op, f, tensors, weights, prof, err) -> None:
         if not isinstance(attrs.get("causal", False), bool):
             err(f + ".attrs.causal", f"must be true or false, got {_short(attrs['causal'])}")
         Hkv = integer("num_kv_heads", required=False, minimum=1) or H
+        integer("window", required=False)  # sliding window: keys with |i - j| > window are masked
         if H % Hkv:
             err(f + ".attrs.num_kv_heads", f"{Hkv} does not divide num_heads {H} (each K/V head serves a group "
                                            f"of query heads)")

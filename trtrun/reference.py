@@ -220,6 +220,17 @@ def _ln_rows16(s: np.ndarray, gamma16: np.ndarray, beta16: np.ndarray, eps: floa
         return d / np.sqrt(var + F16(eps)) * gamma16 + beta16
 
 
+def _norm_rows(x: np.ndarray, residual, out_dtype, sum_dtype):
+    """A norm's operands as rows: (x [R, N], residual [R, N] or None, y and s to fill: [R, N] in out_dtype
+    and in sum_dtype, default out_dtype)."""
+    n = x.shape[-1]
+    x2 = x.reshape(-1, n)
+    r2 = None if residual is None else np.asarray(residual).reshape(-1, n)
+    y = np.empty(x2.shape, out_dtype)
+    s_out = np.empty(x2.shape, out_dtype if sum_dtype is None else sum_dtype)
+    return x2, r2, y, s_out
+
+
 @_quiet
 def ref_layernorm(x: np.ndarray, residual: np.ndarray | None, gamma: np.ndarray, beta: np.ndarray, *,
                   epsilon: float, precision: str = "fp32", out_dtype=F32,
@@ -232,12 +243,8 @@ def ref_layernorm(x: np.ndarray, residual: np.ndarray | None, gamma: np.ndarray,
     """
     _check_precision(precision)
     x = np.asarray(x)
-    sum_dtype = out_dtype if sum_dtype is None else sum_dtype
     n = x.shape[-1]
-    x2 = x.reshape(-1, n)
-    r2 = None if residual is None else np.asarray(residual).reshape(-1, n)
-    y = np.empty(x2.shape, out_dtype)
-    s_out = np.empty(x2.shape, sum_dtype)
+    x2, r2, y, s_out = _norm_rows(x, residual, out_dtype, sum_dtype)
     if precision == "fp16":
         g, b = np.asarray(gamma, F16), np.asarray(beta, F16)
     else:
@@ -270,12 +277,8 @@ def ref_rmsnorm(x: np.ndarray, residual: np.ndarray | None, gamma: np.ndarray, *
     """
     _check_precision(precision)
     x = np.asarray(x)
-    sum_dtype = out_dtype if sum_dtype is None else sum_dtype
     n = x.shape[-1]
-    x2 = x.reshape(-1, n)
-    r2 = None if residual is None else np.asarray(residual).reshape(-1, n)
-    y = np.empty(x2.shape, out_dtype)
-    s_out = np.empty(x2.shape, sum_dtype)
+    x2, r2, y, s_out = _norm_rows(x, residual, out_dtype, sum_dtype)
     cdt = F16 if precision == "fp16" else F32
     g = np.asarray(gamma, cdt)
     for i, j in _row_chunks(x2.shape[0], n):
@@ -363,14 +366,14 @@ def ref_attention(qkv: np.ndarray, attention_mask: np.ndarray | None = None, *, 
                   head_size: int, scale: float, causal: bool = False, precision: str = "fp32",
                   out_dtype=F32, tf32: bool = False, num_kv_heads: int | None = None,
                   inv_freq: np.ndarray | None = None, rotary_scale: float = 1.0,
-                  score_bias: np.ndarray | None = None) -> np.ndarray:
+                  score_bias: np.ndarray | None = None, window: int | None = None) -> np.ndarray:
     """Multi-head attention on a packed qkv [B, S, (H + 2*Hkv)*D] -> y [B, S, H*D] in `out_dtype`.
 
     Q = qkv[..., :HD], K = [HD:HD+HkvD], V = [HD+HkvD:]; head h is columns h*D:(h+1)*D of each; query head h
     reads K/V head h // (H / Hkv) (grouped-query attention; Hkv = H by default). With `inv_freq` [R/2], the
     first R dims of every Q and K head are rotated by position (rotary_tables, rotate) before the scores.
     scores = scale * Q_h K_h^T (+ score_bias [H, S, S]); key j masked when attention_mask[b, j] == 0, and for
-    causal when j > i; masked scores replaced by the dtype's minimum (uniform rows when all keys are masked);
+    causal when j > i, and with a sliding `window` when |i - j| > window; masked scores replaced by the dtype's minimum (uniform rows when all keys are masked);
     P = softmax; y_h = P V_h. Precision as in the module docstring; the rotation is computed in float32 on
     the tensor's values (fp16 mode: in fp16), before Q and K are rounded as GEMM operands.
     """
@@ -387,6 +390,9 @@ def ref_attention(qkv: np.ndarray, attention_mask: np.ndarray | None = None, *, 
     rep = H // Hkv
     out = np.empty((B, S, HD), out_dtype)
     causal_mask = np.triu(np.ones((S, S), bool), k=1) if causal else None
+    if window is not None:
+        far = np.abs(np.arange(S)[None, :] - np.arange(S)[:, None]) > int(window)
+        causal_mask = far if causal_mask is None else causal_mask | far
     low = F16(np.finfo(F16).min) if precision == "fp16" else F32(np.finfo(F32).min)
     rot = None if inv_freq is None else rotary_tables(S, inv_freq, rotary_scale)
     bias = None
@@ -557,7 +563,7 @@ class ReferenceBackend:
                                   scale=a["scale"], causal=a.get("causal", False), precision=prec,
                                   out_dtype=odt, tf32=tf32, num_kv_heads=a.get("num_kv_heads"),
                                   inv_freq=self._w(op, "inv_freq"), rotary_scale=a.get("rotary_scale", 1.0),
-                                  score_bias=self._score_bias(op, ins[0].shape[1]))]
+                                  score_bias=self._score_bias(op, ins[0].shape[1]), window=a.get("window"))]
         if typ in ("LayerNorm", "RMSNorm"):
             sdt = self._dtypes[outs[1]] if len(outs) > 1 and outs[1] else odt
             if typ == "LayerNorm":

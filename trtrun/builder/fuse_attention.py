@@ -122,9 +122,10 @@ def _match(graph, sm, facts, ctx) -> dict:
     if y is None:
         raise _NoMatch
 
+    window = _window(graph, sm, [t for t in sides if t not in bias_sides], ctx)
     causal, use_mask = _mask_semantics(graph, sm, facts, qk, logits, chain_scale,
-                                       rel.get("graph_values", rel["values"]) if rel else None)
-    return dict(H=H, D=D, Hkv=Hkv, rot=rot, rel=rel, scale=scale, causal=causal, use_mask=use_mask, y=y,
+                                       rel.get("graph_values", rel["values"]) if rel else None, window)
+    return dict(H=H, D=D, Hkv=Hkv, rot=rot, rel=rel, scale=scale, causal=causal, use_mask=use_mask, y=y, window=window,
                 srcs=(q_src, k_src, v_src), cols=(q_cols, k_cols, v_cols))
 
 
@@ -463,7 +464,62 @@ def _walk_output(O4, facts, HD):
     return None
 
 
-def _mask_semantics(graph, sm, facts, qk, logits, chain_scale, bias=None):
+def _window_mask(S: int, window: int) -> np.ndarray:
+    """[S, S]: key j outside query i's sliding window (|i - j| > window)."""
+    d = np.arange(S)[None, :] - np.arange(S)[:, None]
+    return np.abs(d) > window
+
+
+def _window(graph, sm, mask_sides, ctx):
+    """A sliding attention window read off the additive mask tensors at _BIAS_PROBE_LEN tokens (all keys valid):
+    the probes (5 and 7 tokens) see no window of 128 (ModernBERT's local layers). -> the window W (a key j is
+    masked for query i when |i - j| > W; with causal also when j > i) or None. A masked set at that length that
+    is neither nothing, causal, a window nor both is a BuildError."""
+    from .probe import run_graph
+
+    floats = [t for t in mask_sides if t.dtype is not None and np.dtype(t.dtype).kind == "f"]
+    if not floats:
+        return None
+    L = _BIAS_PROBE_LEN
+    cache = ctx.setdefault("window", {})
+    key = tuple(t.name for t in floats)
+    if key not in cache:
+        g2 = graph.copy()
+        g2.outputs = [g2.tensors()[n] for n in key]
+        g2.cleanup()
+        if any(G.is_trtrun(n) for n in g2.nodes):
+            cache[key] = None  # a mask computed from hidden states: the probes' reading stands
+            return None
+        feeds = [{i.name: (np.ones if i.name == "attention_mask" else np.zeros)((1, L), np.dtype(i.dtype or np.int64))
+                  for i in g2.inputs}]
+        try:
+            vals = next(run_graph(g2, feeds, names=list(key)))
+        except BuildError:
+            cache[key] = None  # a mask subgraph that cannot run at that length (a shorter causal buffer)
+            return None
+        masked = np.zeros((L, L), bool)
+        for n in key:
+            v = np.asarray(vals[n])
+            if v.ndim != 4 or v.shape[-1] != L:
+                cache[key] = None
+                return None
+            masked |= np.broadcast_to((v < _MASKED_BELOW).any(axis=(0, 1)), (L, L))
+        d = np.arange(L)[None, :] - np.arange(L)[:, None]  # j - i
+        causal = bool(masked[d > 0].all())
+        kept = ~masked & (d <= 0 if causal else True)
+        W = int(np.abs(d[kept]).max()) if kept.any() else 0
+        if W >= L - 1:
+            window = None  # nothing beyond padding and causal
+        elif np.array_equal(masked, _window_mask(L, W) | ((d > 0) if causal else False)):
+            window = W
+        else:
+            raise BuildError(f"Softmax node {sm.name!r}: at {L} tokens the attention mask is neither padding, causal, "
+                             f"nor a sliding window (|i - j| > W)")
+        cache[key] = window
+    return cache[key]
+
+
+def _mask_semantics(graph, sm, facts, qk, logits, chain_scale, bias=None, window=None):
     """(causal, uses attention_mask) from where the probe logits are pushed far below the scores (plus the
     score bias, if any)."""
     masked_sets = []
@@ -485,16 +541,18 @@ def _mask_semantics(graph, sm, facts, qk, logits, chain_scale, bias=None):
     has_mask_input = any(i.name == "attention_mask" for i in graph.inputs)
     for causal in (False, True):
         for use_mask in ((False, True) if has_mask_input else (False,)):
-            if all(np.array_equal(m, _hypothesis(f, m.shape, causal, use_mask))
+            if all(np.array_equal(m, _hypothesis(f, m.shape, causal, use_mask, window))
                    for f, m in zip(facts.feeds, masked_sets)):
                 return causal, use_mask
     raise BuildError(f"Softmax node {sm.name!r}: the attention mask is neither padding from "
                      f"attention_mask, causal, nor both (probed with padded and causal patterns)")
 
 
-def _hypothesis(feed, shape, causal, use_mask):
+def _hypothesis(feed, shape, causal, use_mask, window=None):
     B, _, S, _ = shape
     m = np.zeros((B, 1, S, S), bool)
+    if window is not None:
+        m |= _window_mask(S, window)[None, None]
     if use_mask:
         m |= (np.asarray(feed["attention_mask"]) == 0)[:, None, None, :]
     if causal:
@@ -511,7 +569,8 @@ def _replace(graph, sm, facts, m):
     # check the rebuilt op on the probe values before touching the graph
     rel = m["rel"]
     ours = [reference_attention(q, f.get("attention_mask") if m["use_mask"] else None, H, D,
-                                m["scale"], m["causal"], Hkv=Hkv, rot=rot, bias=rel["values"][k] if rel else None)
+                                m["scale"], m["causal"], Hkv=Hkv, rot=rot, bias=rel["values"][k] if rel else None,
+                                window=m["window"])
             for k, (q, f) in enumerate(zip(facts.get(qkv), facts.feeds))]
     if not agree(ours, facts.get(y)):
         raise BuildError(f"Softmax node {sm.name!r}: the attention rebuilt from it (heads {H} x {D}, "
@@ -523,6 +582,8 @@ def _replace(graph, sm, facts, m):
     weights = {}
     if Hkv != H:
         attrs["num_kv_heads"] = int(Hkv)
+    if m["window"] is not None:
+        attrs["window"] = int(m["window"])
     if rot is not None:
         attrs["rotary_dim"] = int(rot["dim"])
         if rot["scale"] != 1.0:
@@ -594,7 +655,7 @@ def _qkv_tensor(graph, facts, sm, srcs, cols, HD, KD):
     return out
 
 
-def reference_attention(qkv, mask, H, D, scale, causal, Hkv=None, rot=None, bias=None):
+def reference_attention(qkv, mask, H, D, scale, causal, Hkv=None, rot=None, bias=None, window=None):
     """The IR's Attention formula in float64 (docs/plan-format.md), for checking matches."""
     qkv = np.asarray(qkv, np.float64)
     B, S, _ = qkv.shape
@@ -614,6 +675,8 @@ def reference_attention(qkv, mask, H, D, scale, causal, Hkv=None, rot=None, bias
         masked |= (np.asarray(mask) == 0)[:, None, None, :]
     if causal:
         masked |= np.triu(np.ones((S, S), bool), 1)[None, None]
+    if window is not None:
+        masked |= _window_mask(S, window)[None, None]
     s = np.where(masked, np.finfo(np.float32).min, s)
     s = s - s.max(-1, keepdims=True)
     p = np.exp(s)
