@@ -40,6 +40,17 @@ def _slug(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
 
 
+def _save(plt, fig, path: Path, rect=None) -> Path:
+    """Lay `fig` out (within `rect`, if given), write it to `path` and free it."""
+    if rect is None:
+        fig.tight_layout()
+    else:
+        fig.tight_layout(rect=rect)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _card_title(idx: Index) -> str:
     cards = sorted({str(s.get("card")) for s in idx.sessions.values() if s.get("card")})
     return ", ".join(cards) if cards else "CPU (reference backend)"
@@ -99,11 +110,7 @@ def _latency(plt, idx: Index, model: str, out_dir: Path):
     fig.legend(h, lab, loc="lower center", ncol=min(len(lab), 4), fontsize=8)
     fig.suptitle(f"{model}: p50 latency vs sequence length ({_card_title(idx)}; {compute_label(idx, model)}, "
                  f"CPU baseline end to end)")
-    fig.tight_layout(rect=(0, 0.08, 1, 0.95))
-    path = out_dir / f"{_slug(model)}-latency.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, out_dir / f"{_slug(model)}-latency.png", rect=(0, 0.08, 1, 0.95))
 
 
 def _heat(ax, plt, grid, bs, ss, title, fmt, cmap, center=None, log=False):
@@ -169,11 +176,7 @@ def _speedup(plt, idx: Index, model: str, out_dir: Path):
         _heat(ax, plt, grid, bs, ss, f"{head} speedup over {name}\n({'end to end' if which == 'e2e' else compute_label(idx, model)} p50)",
               _fmt_speedup, "RdYlGn", center=1.0, log=True)
     fig.suptitle(f"{model}: speedup ({_card_title(idx)})", fontsize=10)
-    fig.tight_layout()
-    path = out_dir / f"{_slug(model)}-speedup.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, out_dir / f"{_slug(model)}-speedup.png")
 
 
 def _memory(plt, idx: Index, model: str, out_dir: Path):
@@ -211,11 +214,7 @@ def _memory(plt, idx: Index, model: str, out_dir: Path):
     ax2.legend(fontsize=7)
     fig.suptitle(f"{model}: peak device memory ({_card_title(idx)}; trtrun: weights + arena + workspace; "
                  f"torch: parameters + max_memory_allocated growth)", fontsize=9)
-    fig.tight_layout()
-    path = out_dir / f"{_slug(model)}-memory.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, out_dir / f"{_slug(model)}-memory.png")
 
 
 def _hybrid(plt, idx: Index, model: str, out_dir: Path):
@@ -231,11 +230,7 @@ def _hybrid(plt, idx: Index, model: str, out_dir: Path):
         _heat(ax, plt, grid, bs, ss, f"hybrid over fp16, {compute_label(idx, model)} p50 (%)" + (f", graphs {g}" if g in ("on", "off") else ""),
               lambda v: f"{v:+.1f}%", "coolwarm", center=0.0)
     fig.suptitle(f"{model}: hybrid precision's cost over fp16 ({_card_title(idx)})", fontsize=10)
-    fig.tight_layout()
-    path = out_dir / f"{_slug(model)}-hybrid-overhead.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, out_dir / f"{_slug(model)}-hybrid-overhead.png")
 
 
 __all__ = ["write_plots", "GPU_BASELINES"]
