@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from trtrun.types import GEMM_SEARCHES
+
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -36,7 +38,7 @@ def main() -> int:
     ap.add_argument("--no-fuse-residual", action="store_true", help="Context fuse_residual=False")
     ap.add_argument("--ln-input", default="fp16", choices=["fp16", "fp32"],
                     help="build option ln_input (hybrid: dtype of Linear outputs read by post-norm LayerNorms)")
-    ap.add_argument("--gemm-search", default=None, choices=["heuristic", "focused", "exhaustive"],
+    ap.add_argument("--gemm-search", default=None, choices=GEMM_SEARCHES,
                     help="Context gemm_search (default: the runtime's)")
     ap.add_argument("--gemm-cache", default=None, help="load_gemm_cache(FILE) first (fixed GEMM choices for A/B runs)")
     ap.add_argument("--variant", action="append", default=None,
