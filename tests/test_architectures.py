@@ -517,3 +517,36 @@ def test_modernbert_windows_beyond_the_probes(tmp_path, exporter):
             assert cos.min() >= want, (precision, cos.min())
     plain = dict(att[1], attrs={k: v for k, v in att[1]["attrs"].items() if k != "rotary_dim"}, weights={})
     assert _gpu_missing(plain) == "a sliding attention window (window)"
+
+
+def test_bloom_alibi_from_the_mask_is_refused_in_one_line(tmp_path):
+    """transformers' BLOOM counts its ALiBi positions from the attention mask (CumSum: a key's rank among the row's
+    valid keys), which is not slope * (j - i) where a row has holes: refused naming that node."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    import warnings
+
+    from trtrun.errors import TrtrunError
+
+    cfg = transformers.BloomConfig(hidden_size=64, n_layer=1, n_head=4, vocab_size=1000)
+    torch.manual_seed(0)
+    model = transformers.BloomModel._from_config(cfg, attn_implementation="eager").eval()
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, input_ids, attention_mask):
+            return self.m(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+
+    ids, mask = torch.randint(0, 1000, (2, 8)), torch.ones(2, 8, dtype=torch.long)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Wrapper(model), (ids, mask), str(tmp_path / "bloom.onnx"),
+                          input_names=["input_ids", "attention_mask"], output_names=["y"],
+                          dynamic_axes={n: {0: "b", 1: "s"} for n in ("input_ids", "attention_mask", "y")},
+                          opset_version=17, dynamo=False)
+    with pytest.raises(TrtrunError, match="'CumSum' at node") as e:
+        build(tmp_path / "bloom.onnx", precision="fp32")
+    assert len(str(e.value).splitlines()) == 1
