@@ -8,9 +8,9 @@ import time
 
 import click
 
-from ..types import CORPUS_FORMATS, ON_ERROR, POOLINGS, PRECISIONS, TRUNCATIONS
+from ..types import CORPUS_FORMATS, ON_ERROR, TRUNCATIONS
 from ._ui import Progress, status
-from .options import backend_option, quiet_option
+from .options import backend_option, onnx_precision_option, pooling_options, quiet_option
 
 # bad rows printed one a line before the rest are only counted (all of them are in OUTPUT/_errors/)
 MAX_BAD_ROWS_SHOWN = 20
@@ -82,16 +82,13 @@ class _RateLine:
                    "(flagged in the truncated column)")
 @click.option("--max-seq-len", type=click.IntRange(min=2), default=None,
               help="tokens per text (default: the plan's profile, capped by the model's own limit)")
-@click.option("--pooling", type=click.Choice(POOLINGS), default=None,
-              help="default: the model folder's sentence-transformers pooling config, else mean")
-@click.option("--no-normalize", is_flag=True, help="do not L2-normalize the embeddings")
+@pooling_options
 @backend_option
 @click.option("--contexts", type=click.IntRange(min=1), default=2, show_default=True,
               help="engine contexts (in-process: of this process; with --ray: of each actor)")
 @click.option("--max-batch-tokens", type=click.IntRange(min=1), default=None,
               help="padded tokens per engine batch (default 16384, capped by the profile)")
-@click.option("--precision", type=click.Choice(PRECISIONS), default="hybrid", show_default=True,
-              help="for an .onnx MODEL: the plan to build (cached beside it)")
+@onnx_precision_option
 @click.option("--shard-rows", type=click.IntRange(min=1), default=4096, show_default=True,
               help="rows per shard: the unit written at once and skipped by a rerun")
 @click.option("--chunk-rows", type=click.IntRange(min=1), default=1024, show_default=True,

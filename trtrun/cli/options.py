@@ -11,7 +11,7 @@ import functools
 
 import click
 
-from ..types import BACKEND_CHOICES as BACKENDS, EXPORT_ARCHS, NAMED_ARCHS, PRECISIONS, TEXT_SETS
+from ..types import BACKEND_CHOICES as BACKENDS, EXPORT_ARCHS, NAMED_ARCHS, POOLINGS, PRECISIONS, TEXT_SETS
 
 # A file or folder named on the command line that does not exist is a bad command line (exit code 2, as
 # click.Path(exists=True) has it), like any other value that is wrong before anything is read; an input that
@@ -213,6 +213,18 @@ def model_size_options(f):
 
 def json_option(f):
     return click.option("--json", "as_json", is_flag=True, help="print JSON instead of text")(f)
+
+
+# the Embedder's pooling, as `trtrun embed` and `trtrun serve` take it
+pooling_options = compose(
+    click.option("--pooling", type=click.Choice(POOLINGS), default=None,
+                 help="default: the model folder's sentence-transformers pooling config, else mean"),
+    click.option("--no-normalize", is_flag=True, help="do not L2-normalize the embeddings"),
+)
+
+# the plan an Embedder builds from an .onnx MODEL (`trtrun embed`, `trtrun serve`)
+onnx_precision_option = click.option("--precision", type=click.Choice(PRECISIONS), default="hybrid",
+                                     show_default=True, help="for an .onnx MODEL: the plan to build (cached beside it)")
 
 
 def quiet_option(f):

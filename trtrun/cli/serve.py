@@ -6,9 +6,9 @@ import signal
 
 import click
 
-from ..types import GEMM_SEARCH_DEFAULTS, GEMM_SEARCHES, POOLINGS, PRECISIONS, TRUNCATIONS
+from ..types import GEMM_SEARCH_DEFAULTS, GEMM_SEARCHES, TRUNCATIONS
 from ._ui import Progress, status
-from .options import backend_option, quiet_option
+from .options import backend_option, onnx_precision_option, pooling_options, quiet_option
 from .ray_options import ray_serve_options
 
 
@@ -39,9 +39,7 @@ class _Stopped(Exception):
               help="how a GPU context chooses the GEMM algorithm of a shape it meets first (in a request, which "
                    "waits for it): heuristic ~0.1 s a shape; focused up to 3-5 s, 1-4% faster on H200s: pair it with "
                    "--gemm-cache tuned before")
-@click.option("--pooling", type=click.Choice(POOLINGS), default=None,
-              help="default: the model folder's sentence-transformers pooling config, else mean")
-@click.option("--no-normalize", is_flag=True, help="do not L2-normalize the embeddings")
+@pooling_options
 @click.option("--truncation", type=click.Choice(sorted(TRUNCATIONS)), default="reject", show_default=True,
               help="texts longer than the model's maximum tokens: answer 400 with the token count and the limit "
                    "(as OpenAI's API), or cut them (the response's X-Truncated-Inputs header and "
@@ -75,8 +73,7 @@ class _Stopped(Exception):
 @click.option("--public-health", is_flag=True,
               help="with --api-key: /health and /metrics answer without the key (for probes and scrapers)")
 @click.option("--model-name", default=None, help="model name in responses (default: the plan's file name)")
-@click.option("--precision", type=click.Choice(PRECISIONS), default="hybrid", show_default=True,
-              help="for an .onnx MODEL: the plan to build (cached beside it)")
+@onnx_precision_option
 @click.option("--graceful-timeout", type=click.FloatRange(min=0), default=30.0, show_default=True,
               help="seconds to let requests in flight finish on SIGTERM/SIGINT")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]),
