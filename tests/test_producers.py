@@ -17,8 +17,8 @@ import pytest
 
 from producers_corpus import (INT8, NEW_ARCHS, REFUSED, VARIANTS, export_new_arch, make_variant,
                               sentence_transformers_export, tokenizer_files)
+from trtrun.types import PRECISIONS
 
-PRECISIONS = ("fp32", "fp16", "hybrid")
 _RESULTS: dict = {}
 _PLAIN_OPS: dict = {}
 
