@@ -16,7 +16,8 @@ POOLINGS = ("mean", "cls", "max", "mean_sqrt_len", "last")  # the Embedder's sen
 TRUNCATIONS = ("truncate", "reject")  # what the Embedder does with a text longer than the plan's profile
 
 NAMED_ARCHS = ("bert-base", "gpt2")  # full-size architectures built from a default config (export, check, bench)
-EXPORT_ARCHS = NAMED_ARCHS + ("llama", "qwen2", "gpt-neox", "mpnet", "deberta-v2", "modernbert")  # what export_model takes
+# what export_model takes by name
+EXPORT_ARCHS = NAMED_ARCHS + ("llama", "qwen2", "gpt-neox", "mpnet", "deberta-v2", "modernbert")
 
 TEXT_SETS = ("rt", "wiki", "imdb")  # bundled text sets (trtrun.data has their files)
 
