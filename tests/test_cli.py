@@ -382,6 +382,13 @@ def test_run_writes_one_vector_a_text_by_default(capsys, tiny, tmp_path):
     np.testing.assert_allclose(np.array(doc["embeddings"]), ids[:, 0, :], rtol=1e-6)
     assert doc["pooling"] == {"mode": "cls", "normalized": False, "why": "--pooling cls"}
 
+    # last (decoder embedders): each text's last valid token, read off the token states at the mask's last 1
+    code, out, err = cli(capsys, *args, "--pooling", "last", "--no-normalize", "-o", tmp_path / "last.npy")
+    assert code == 0, err
+    last = mask.shape[1] - 1 - np.argmax(mask[:, ::-1] != 0, axis=1)
+    assert (last < mask.shape[1] - 1).any()  # a padded row: its last valid token is not the last column
+    np.testing.assert_array_equal(np.load(tmp_path / "last.npy"), ids[np.arange(3), last])
+
 
 def test_run_text_against_onnxruntime(capsys, tiny):
     # 6 texts > the profile's batch 4: the CLI splits them into two runs; fp32 plan, so cosine >= 0.99999

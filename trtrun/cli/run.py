@@ -10,10 +10,11 @@ from pathlib import Path
 import click
 
 from ._ui import status
+from ..types import POOLINGS
 from .options import backend_option, quiet_option, text_input_options
 
 DEFAULT_SAMPLES = 8
-POOLING_CHOICES = ("auto", "mean", "cls", "max", "mean_sqrt_len", "none")  # trtrun.embedder.POOLINGS + auto, none
+POOLING_CHOICES = ("auto", *POOLINGS, "none")  # the Embedder's poolings, plus auto and none (the token states)
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -139,7 +140,7 @@ def resolve_pooling(plan, pooling: str, out_ndim: int, dirs) -> tuple[str, str]:
     if out_ndim != 3:
         return "none", f"the output has {out_ndim} dimensions, not [batch, sequence, hidden]"
     if (plan.header.get("model") or {}).get("arch") != "encoder":
-        return "none", "a decoder's token states (--pooling mean|cls|max for one vector a text)"
+        return "none", "a decoder's token states (--pooling last|mean for one vector a text)"
     for d in dirs:
         if d is not None and Path(d).is_dir():
             mode, where = read_st_pooling(d)
@@ -207,8 +208,8 @@ def _write_output(path: Path, outputs: dict, feeds: dict, meta: dict, embeddings
               help="write the results: .npy (one vector a text, or the token states with --pooling none), "
                    ".npz (the vectors as 'embeddings', every output, the attention mask) or .json (also the inputs)")
 @click.option("--pooling", type=click.Choice(POOLING_CHOICES), default="auto", show_default=True,
-              help="what -o holds: one vector a text pooled over its tokens (mean, cls, max, mean_sqrt_len), or "
-                   "none: the token states [batch, sequence, hidden] as the plan outputs them, padding included. "
+              help="what -o holds: one vector a text pooled over its tokens (mean, cls, max, mean_sqrt_len; last: the last valid token, "
+                   "for decoder embedders), or none: the token states [batch, sequence, hidden] as the plan outputs them, padding included. "
                    "auto: for an encoder the sentence-transformers pooling config beside the tokenizer or the "
                    "source model, else mean; for a decoder none")
 @click.option("--no-normalize", is_flag=True, help="pooled vectors are not L2-normalized (default: they are, as "
