@@ -613,3 +613,28 @@ def test_summary_and_to_dict(plan_file):
     ln = next(o for o in d["ops"] if o["name"] == "l0.ln1")
     assert ln["outputs"][0]["dtype"] == "float16" and ln["inputs"][0]["dtype"] == "float32"
     assert ln["weights"]["gamma"]["dtype"] == "float32"
+
+
+@pytest.mark.parametrize("buckets,max_distance,bidirectional", [(32, 2, True), (32, 8, True), (1, 128, True),
+                                                                 (32, 16, False)])
+def test_relative_bias_max_distance_within_the_exact_buckets_is_refused(buckets, max_distance, bidirectional):
+    """T5's bucket function gives negative indices (which numpy would wrap to the table's last rows) when
+    max_distance is at or below the exact buckets, or a bidirectional table has 1 bucket: the validator refuses."""
+    from trtrun.reference import relative_buckets
+
+    p = tiny_plan(max_pos=40)
+    h, w = copy.deepcopy(p.header), dict(p.weights)
+    for op in h["ops"]:
+        if op["type"] == "Attention":
+            op["weights"]["relative_bias"] = "rb"
+            op["attrs"].update(relative_max_distance=max_distance, relative_bidirectional=bidirectional)
+    w["rb"] = np.ones((buckets, 2), np.float32)
+    with pytest.raises(PlanError, match=r"'l0.attn'.*relative_max_distance.*does not fit"):
+        Plan.from_parts(h, w)
+    # a table that fits (MPNet's and T5's 32 buckets, max distance 128) has only valid indices at any length
+    for op in h["ops"]:
+        if op["type"] == "Attention":
+            op["attrs"].update(relative_max_distance=128, relative_bidirectional=True)
+    w["rb"] = np.ones((32, 2), np.float32)
+    Plan.from_parts(h, w)
+    assert 0 <= relative_buckets(40, 32, 128, True).min() and relative_buckets(1000, 32, 128, True).max() < 32

@@ -953,10 +953,18 @@ def _validate_op(op, f, tensors, weights, prof, err) -> None:
             rb = Wt("relative_bias")["shape"]
             if len(rb) != 2 or rb[0] < 1 or rb[1] != H:
                 err(f + ".weights.relative_bias", f"must be [buckets >= 1, num_heads {H}], got {_fmt_shape(rb)}")
-            integer("relative_max_distance", minimum=1)
+            md = integer("relative_max_distance", minimum=1)
             if not isinstance(attrs.get("relative_bidirectional"), bool):
                 err(f + ".attrs.relative_bidirectional", f"must be true or false, got "
                                                           f"{_short(attrs.get('relative_bidirectional'))}")
+            # T5's bucket function (reference.relative_bucket): exact buckets below max_exact, log-spaced from
+            # there to max_distance; a max_distance at or below max_exact (or no buckets left per direction)
+            # gives negative bucket indices that would silently wrap around the table
+            nb = rb[0] // 2 if attrs["relative_bidirectional"] else rb[0]
+            if nb < 1 or md <= max(nb // 2, 1):
+                err(f + ".attrs.relative_max_distance",
+                    f"{md} does not fit the {rb[0]}-bucket table: it needs at least 1 bucket per direction and a "
+                    f"max distance above its {max(nb // 2, 1)} exact buckets (negative bucket indices otherwise)")
         elif "relative_max_distance" in attrs or "relative_bidirectional" in attrs:
             err(f + ".weights.relative_bias", "relative-position attributes need a 'relative_bias' table")
         if Wt("alibi_slopes") is not None:
