@@ -413,3 +413,28 @@ def test_workers_and_shared_engine_have_the_guards_and_the_key(tiny_embed_model,
         data, took = _read_all(s, 5)
         s.close()
         assert data.startswith(b"HTTP/1.1 408 ") and took < 0.7 + 0.5, (data[:100], took)
+
+
+def test_a_pipelined_request_whose_body_stalls_still_gets_its_408(emb, texts):
+    """A client pipelines a complete request and then the head and half the body of a second one, and sends
+    nothing more. The first is answered; the second, now running and waiting for its body, must get the
+    body timeout's JSON 408 and the connection closed, not hold the connection (and a request task) open
+    for ever."""
+    body_t = 0.6
+    with _Server(emb, header_timeout=5, body_timeout=body_t, keep_alive_timeout=5, max_wait_ms=1) as srv:
+        body = json.dumps({"input": texts[0]}).encode()
+        head = (f"POST /v1/embeddings HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                f"content-length: {len(body)}\r\n\r\n").encode()
+        s = socket.create_connection(("127.0.0.1", srv.port))
+        try:
+            t0 = time.monotonic()
+            s.sendall(head + body + head + body[: len(body) // 2])
+            data, _ = _read_all(s, 4)
+            took = time.monotonic() - t0
+        finally:
+            s.close()
+        first, _, rest = data.partition(b"HTTP/1.1 408 ")
+        assert first.startswith(b"HTTP/1.1 200 "), data[:200]
+        assert rest, data[-300:]
+        assert json.loads(rest.partition(b"\r\n\r\n")[2])["error"]["code"] == 408
+        assert took < body_t + 1.0, took

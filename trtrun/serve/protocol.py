@@ -164,8 +164,11 @@ def guarded_protocol(guard: Guard, base=None):
             super().on_response_complete()
             if self.transport is None or self.transport.is_closing():
                 return
-            if self.cycle is not None and self.cycle is not self._timed_cycle and not self.cycle.response_complete:
-                self._progress()  # a pipelined request was taken up
+            if self.cycle is not None and not self.cycle.response_complete:
+                # A pipelined request is taken up: time it if its head was not seen yet; one already timed
+                # (its head came with the previous request) keeps its body timer.
+                if self.cycle is not self._timed_cycle:
+                    self._progress()
                 return
             self._disarm()  # uvicorn's keep-alive timeout covers the idle time
             self._phase, self._seen = "idle", False
