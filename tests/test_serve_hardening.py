@@ -438,3 +438,28 @@ def test_a_pipelined_request_whose_body_stalls_still_gets_its_408(emb, texts):
         assert rest, data[-300:]
         assert json.loads(rest.partition(b"\r\n\r\n")[2])["error"]["code"] == 408
         assert took < body_t + 1.0, took
+
+
+def test_a_pipelined_body_is_timed_only_once_its_request_runs(emb, texts):
+    """The first of two pipelined requests takes longer than the body timeout (a 1.2 s micro-batch window);
+    the second's body is held back by the server while the first runs (uvicorn stops reading). The first
+    must still get its 200 first; the second's body timer starts only when it is taken up, so it gets its
+    408 only after that (before: its timer ran out during the first, and a 408 was sent in place of the
+    first's answer)."""
+    body_t, window = 0.5, 1.2
+    with _Server(emb, header_timeout=5, body_timeout=body_t, keep_alive_timeout=5, max_wait_ms=window * 1000) as srv:
+        body = json.dumps({"input": texts[0]}).encode()
+        head = (f"POST /v1/embeddings HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                f"content-length: {len(body)}\r\n\r\n").encode()
+        s = socket.create_connection(("127.0.0.1", srv.port))
+        try:
+            s.sendall(head + body + head + body[: len(body) // 2])
+            data, _ = _read_all(s, 6)
+        finally:
+            s.close()
+        assert data.startswith(b"HTTP/1.1 200 "), data[:300]
+        hdr, _, rest = data.partition(b"\r\n\r\n")
+        n = int([ln.split(b":")[1] for ln in hdr.split(b"\r\n") if ln.lower().startswith(b"content-length")][0])
+        got = np.array(json.loads(rest[:n])["data"][0]["embedding"], np.float32)
+        np.testing.assert_allclose(got, emb.embed(texts[:1])[0], atol=ATOL)
+        assert rest[n:].startswith(b"HTTP/1.1 408 "), rest[n:n + 200]

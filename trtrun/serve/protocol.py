@@ -110,7 +110,8 @@ def guarded_protocol(guard: Guard, base=None):
             g = self._guard
             self._refused = False
             self._timer = None
-            self._phase = "head"  # head: waiting for a request head; body: for its body; app: neither
+            self._phase = "head"  # head: waiting for a request head; body: for its body; queued: its
+            # body waits behind a running pipelined request; app: neither
             self._seen = False  # a byte of the current request head has arrived
             self._timed_cycle = None
             self._lingering = False
@@ -166,9 +167,12 @@ def guarded_protocol(guard: Guard, base=None):
                 return
             if self.cycle is not None and not self.cycle.response_complete:
                 # A pipelined request is taken up: time it if its head was not seen yet; one already timed
-                # (its head came with the previous request) keeps its body timer.
+                # (its head came with the previous request) keeps its body timer, or starts it if it was queued.
                 if self.cycle is not self._timed_cycle:
                     self._progress()
+                elif self._phase == "queued":
+                    self._phase = "body"
+                    self._arm(self._guard.body_timeout)
                 return
             self._disarm()  # uvicorn's keep-alive timeout covers the idle time
             self._phase, self._seen = "idle", False
@@ -187,13 +191,17 @@ def guarded_protocol(guard: Guard, base=None):
                 return
             if cyc is not self._timed_cycle and not cyc.response_complete:  # a new request's head is complete
                 self._timed_cycle = cyc
-                if cyc.more_body:
+                if cyc.more_body and any(c is cyc for c, _ in getattr(self, "pipeline", ())):
+                    # Queued behind a running request, with reading paused: its body cannot arrive yet, and
+                    # a 408 now would go out in place of the running request's answer.
+                    self._phase = "queued"
+                elif cyc.more_body:
                     self._phase = "body"
                     self._arm(self._guard.body_timeout)
                 else:
                     self._phase = "app"
                     self._disarm()
-            elif self._phase == "body" and not cyc.more_body:
+            elif self._phase in ("body", "queued") and not cyc.more_body:
                 self._phase = "app"
                 self._disarm()
 
