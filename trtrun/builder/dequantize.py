@@ -160,10 +160,14 @@ def _matmul_integer(graph, n) -> bool:
 def _contrib_matmul(graph, n):
     if n.op == "DynamicQuantizeMatMul":  # A float, B int8, b_scale, b_zero_point?, bias?
         x = n.inputs[0]
-        Wq, _, Ws, Wz, b = _const_inputs(n, 5)
+        _, Wq, Ws, Wz, b = _const_inputs(n, 5)
     else:  # MatMulIntegerToFloat: A quantized, B, a_scale, b_scale, a_zp?, b_zp?, bias?
-        x, _ = _dynamic_source(graph, n.inputs[0])
-        Wq, _, _, Ws, _, Wz, b = _const_inputs(n, 7)
+        x, dql = _dynamic_source(graph, n.inputs[0])
+        _, Wq, _, Ws, _, Wz, b = _const_inputs(n, 7)
+        # x @ W only where A's scale and zero point are the ones DynamicQuantizeLinear quantized x with
+        if x is not None and (n.inputs[2] is not dql.outputs[1]
+                              or len(n.inputs) < 5 or n.inputs[4] is not dql.outputs[2]):
+            x = None
     if x is None or Wq is None or Ws is None or Wq.ndim != 2:
         raise UnsupportedOpError(n.op, n.name, "only constant int8 weights applied to a float (or dynamically "
                                                "quantized) input can be dequantized")
