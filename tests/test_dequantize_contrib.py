@@ -61,3 +61,27 @@ def test_matmul_integer_to_float_without_the_inputs_zero_point_is_refused():
     m.graph.node[1].input[4] = ""
     with pytest.raises(UnsupportedOpError, match="MatMulIntegerToFloat.*'mm'"):
         DQ.dequantize(G.gs().import_onnx(m))
+
+
+def test_matmul_integer_without_the_inputs_zero_point_is_not_dequantized():
+    """MatMulInteger(xq, Wq) without xq's zero point is not x @ W: the form is left (and named) as it is."""
+    DQ = importlib.import_module("trtrun.builder.dequantize")
+    G = importlib.import_module("trtrun.builder._graph")
+    from trtrun.errors import UnsupportedOpError
+
+    inits = [numpy_helper.from_array(np.ones((4, 5), np.int8), "Wq"),
+             numpy_helper.from_array(np.zeros((), np.int8), "zp"),
+             numpy_helper.from_array(np.full((), 0.02, np.float32), "s")]
+    nodes = [helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xz"], name="dql"),
+             helper.make_node("MatMulInteger", ["xq", "Wq", "", "zp"], ["yi"], name="mmi"),
+             helper.make_node("Cast", ["yi"], ["yf"], to=TensorProto.FLOAT, name="cast"),
+             helper.make_node("Mul", ["xs", "s"], ["sc"], name="scale"),
+             helper.make_node("Mul", ["yf", "sc"], ["y"], name="mul")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3, 5])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(UnsupportedOpError, match="cannot dequantize"):
+        DQ.dequantize(G.gs().import_onnx(m))
+    m.graph.node[1].input[2] = "xz"  # with it, the same graph is x @ W
+    graph = G.gs().import_onnx(m)
+    assert DQ.dequantize(graph) == {"MatMulInteger weights": 1}

@@ -135,8 +135,8 @@ def _dynamic_source(graph, t):
 def _matmul_integer(graph, n) -> bool:
     x, dql = _dynamic_source(graph, n.inputs[0])
     _, Wq, _, Wz = _const_inputs(n, 4)
-    if x is None or Wq is None or Wq.ndim != 2:
-        return False
+    if x is None or Wq is None or Wq.ndim != 2 or len(n.inputs) < 3 or n.inputs[2] is not dql.outputs[2]:
+        return False  # x @ W only where xq's zero point is the one DynamicQuantizeLinear gave it
     cast = _only(n.outputs[0], "Cast")
     mul = _only(cast.outputs[0], "Mul") if cast is not None else None
     if mul is None:
