@@ -463,3 +463,27 @@ def test_a_pipelined_body_is_timed_only_once_its_request_runs(emb, texts):
         got = np.array(json.loads(rest[:n])["data"][0]["embedding"], np.float32)
         np.testing.assert_allclose(got, emb.embed(texts[:1])[0], atol=ATOL)
         assert rest[n:].startswith(b"HTTP/1.1 408 "), rest[n:n + 200]
+
+
+def test_the_rest_of_a_body_answered_early_is_not_taken_for_a_late_request_head(emb):
+    """A POST without the API key is answered 401 at once, while its 200 kB body is still arriving; the client
+    sends the rest at normal speed and then keeps the connection idle. The server drains that body and
+    closes the connection quietly within the body timeout: the client must read the 401 and nothing else (before: the rest of
+    the body started the request-head timer, and a stray 408 "request head did not arrive" followed the
+    401, which a client reusing the connection would take for its next request's answer)."""
+    with _Server(emb, api_key="k", public_health=True, header_timeout=0.5, body_timeout=1.0, keep_alive_timeout=5) as srv:
+        n = 200_000
+        head = (f"POST /v1/embeddings HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                f"content-length: {n}\r\n\r\n").encode()
+        s = socket.create_connection(("127.0.0.1", srv.port))
+        try:
+            s.sendall(head + b" " * 1000)
+            s.settimeout(5)
+            first = s.recv(65536)
+            assert first.startswith(b"HTTP/1.1 401 "), first[:200]
+            s.sendall(b" " * (n - 1000))
+            data, took = _read_all(s, 5)
+        finally:
+            s.close()
+        assert data == b"", data[:300]
+        assert took < 1.0 + 0.5, took  # the body timeout, plus scheduling slack

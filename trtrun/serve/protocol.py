@@ -111,7 +111,8 @@ def guarded_protocol(guard: Guard, base=None):
             self._refused = False
             self._timer = None
             self._phase = "head"  # head: waiting for a request head; body: for its body; queued: its
-            # body waits behind a running pipelined request; app: neither
+            # body waits behind a running pipelined request; drain: the rest of a body answered early;
+            # app: neither
             self._seen = False  # a byte of the current request head has arrived
             self._timed_cycle = None
             self._lingering = False
@@ -154,10 +155,19 @@ def guarded_protocol(guard: Guard, base=None):
         def data_received(self, data: bytes) -> None:
             if self._refused:
                 return
-            if self._phase == "idle":  # the first byte of the next request on a kept-alive connection
+            cyc = self.cycle
+            if self._phase == "idle" and cyc is not None and cyc.response_complete and cyc.more_body:
+                # The rest of a body whose request was answered early (413, 401), which uvicorn discards:
+                # not a new request head. uvicorn does not say when it has all arrived (and the data
+                # cancelled its keep-alive timer), so the connection is closed quietly after the body
+                # timeout unless a new request's head completes by then.
+                self._phase = "drain"
+                self._arm(self._guard.body_timeout)
+            elif self._phase == "idle":  # the first byte of the next request on a kept-alive connection
                 self._phase = "head"
                 self._arm(self._guard.header_timeout)
-            self._seen = True
+            if self._phase != "drain":
+                self._seen = True
             super().data_received(data)
             self._progress()
 
@@ -232,7 +242,7 @@ def guarded_protocol(guard: Guard, base=None):
                     g.head_timeouts.hit(f"request head not complete within --header-timeout {g.header_timeout:g} s")
                     t.write(g.head_late)
                 # (a connection that never sent a byte is closed quietly)
-            else:
+            elif self._phase != "drain":  # (a body answered early that does not arrive: closed quietly)
                 return
             t.close()
 
