@@ -550,3 +550,21 @@ def test_bloom_alibi_from_the_mask_is_refused_in_one_line(tmp_path):
     with pytest.raises(TrtrunError, match="'CumSum' at node") as e:
         build(tmp_path / "bloom.onnx", precision="fp32")
     assert len(str(e.value).splitlines()) == 1
+
+
+def test_mpnet_positions_past_the_padding_refuse_left_padding(mpnet):
+    """MPNet counts positions past its padding id 1 (cumsum(ids != 1) + 1): the plan's s + 2 is the same only
+    while id 1 is trailing padding, so a left-padded row (where the model's positions shift) is refused rather
+    than computed with other positions; right padding runs."""
+    from trtrun.errors import InputError
+
+    plan = build(mpnet(), precision="fp32")
+    emb = next(o for o in plan.ops if o["type"] == "Embedding")
+    assert emb["attrs"]["position_offset"] == 2 and emb["attrs"]["padding_id"] == 1
+    ids = np.random.default_rng(0).integers(5, 30000, (2, 12))
+    mask = np.ones((2, 12), np.int64)
+    ids[1, 8:], mask[1, 8:] = 1, 0
+    ReferenceBackend(plan).run({"input_ids": ids, "attention_mask": mask})
+    ids[1], mask[1] = np.roll(ids[1], 4), np.roll(mask[1], 4)  # the same row padded on the left
+    with pytest.raises(InputError, match=r"\[1, 4\].*after padding id 1.*'embeddings'"):
+        ReferenceBackend(plan).run({"input_ids": ids, "attention_mask": mask})

@@ -383,6 +383,16 @@ class Plan:
             bad = (ids < 0) | (ids >= V)
             if bad.any():
                 first_bad("input_ids", ids, bad, f"token ids must lie in [0, {V}) (the vocabulary size)")
+        for op in self.ops:
+            pad = op.get("attrs", {}).get("padding_id") if op["type"] == "Embedding" else None
+            if pad is not None:
+                # the model counts positions past its padding id; the plan's s + offset is the same only where
+                # that id is trailing padding (no other token after it in a row)
+                bad = np.maximum.accumulate(ids == pad, axis=1) & (ids != pad)
+                if bad.any():
+                    first_bad("input_ids", ids, bad, f"a token after padding id {pad} in its row: op {op['name']!r} "
+                                                     f"counts positions past the padding, so this plan takes "
+                                                     f"padding on the right only")
         if "attention_mask" in arrays:
             m = arrays["attention_mask"]
             bad = (m != 0) & (m != 1)
@@ -540,7 +550,7 @@ ARCHS = ("encoder", "decoder")
 # What the runtime reads from each op's attrs. Other attributes (e.g. the builder's `source_activation`)
 # are annotations nothing reads: tolerated when they are plain JSON scalars.
 OP_ATTRS = {
-    "Embedding": ("epsilon", "position_offset"),
+    "Embedding": ("epsilon", "position_offset", "padding_id"),
     "Linear": ("activation", "gated"),
     "Attention": ("num_heads", "head_size", "scale", "causal", "num_kv_heads", "rotary_dim", "rotary_scale",
                   "relative_max_distance", "relative_bidirectional", "alibi_symmetric", "window"),
@@ -899,6 +909,7 @@ def _validate_op(op, f, tensors, weights, prof, err) -> None:
         elif "epsilon" in attrs:
             number("epsilon", positive=True)
         off = integer("position_offset", required=False) or 0
+        integer("padding_id", required=False)  # token id that may only occur as trailing padding (check_feeds)
         if P is not None and prof["seq"][2] + off > P:
             err("header.profile.seq", f"max sequence {prof['seq'][2]} (+ position offset {off}) exceeds the "
                                       f"{P} rows of the position table of op {_nm(op['name'])!r}")

@@ -147,6 +147,16 @@ def _fuse_one(graph, facts, word, ids, tts):
     name = "embeddings"
     weights = {r: G.new_constant(graph, f"{name}.{r}", tables[r]) for r in tables}
     attrs = {"position_offset": int(offset)}
+    if "position" in roles:
+        from .rotary import value_deps
+
+        if "input_ids" in value_deps(graph).get(roles["position"].inputs[1].name, ()):
+            # positions counted from the token ids (RoBERTa/MPNet: past the padding id, offset - 1): s + offset
+            # only while that id is trailing padding, which Plan.check_feeds then requires of every run
+            if offset < 1:
+                raise BuildError(f"Gather node {roles['position'].name!r}: position indices computed from the "
+                                 f"token ids, but not as positions past a padding id (offset {offset})")
+            attrs["padding_id"] = int(offset - 1)
     if gamma is not None:
         weights["gamma"] = G.new_constant(graph, f"{name}.gamma", gamma.astype(np.float32))
         weights["beta"] = G.new_constant(graph, f"{name}.beta", beta.astype(np.float32))
