@@ -568,3 +568,21 @@ def test_mpnet_positions_past_the_padding_refuse_left_padding(mpnet):
     ids[1], mask[1] = np.roll(ids[1], 4), np.roll(mask[1], 4)  # the same row padded on the left
     with pytest.raises(InputError, match=r"\[1, 4\].*after padding id 1.*'embeddings'"):
         ReferenceBackend(plan).run({"input_ids": ids, "attention_mask": mask})
+
+
+def test_relative_bias_max_distance_beyond_the_bias_probe_is_refused(tmp_path, monkeypatch):
+    """Buckets read at 1024 tokens fit max distance 2996 as well as the model's 3000 (they part at 1429 tokens):
+    a max distance past what the builder reads is refused, naming the Softmax, not guessed."""
+    pytest.importorskip("transformers")
+    import transformers.models.mpnet.modeling_mpnet as mp
+
+    from trtrun.export import export_model
+
+    orig = mp.MPNetEncoder.relative_position_bucket
+    monkeypatch.setattr(mp.MPNetEncoder, "relative_position_bucket",
+                        staticmethod(lambda rp, num_buckets=32, max_distance=128: orig(rp, num_buckets, 3000)))
+    path = export_model("mpnet", tmp_path / "mpnet-far.onnx", overrides=dict(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=48, vocab_size=30527,
+        max_position_embeddings=514), seed=4)
+    with pytest.raises(BuildError, match=r"Softmax node .*max distance \(about 2996\) is beyond the 1024 tokens"):
+        build(path, precision="fp32")

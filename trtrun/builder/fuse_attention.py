@@ -207,6 +207,8 @@ def _relative_bias(graph, facts, sm, side, H, ctx):
                 break
         if found is None:
             fail("its buckets are not T5's relative-position buckets")
+        if found[0] >= L:  # the log-spaced buckets past L tokens are unseen: several max distances fit them
+            fail(f"its max distance (about {found[0]}) is beyond the {L} tokens the builder reads its buckets at")
         cache[side.name] = found
     maxd, bidir = cache[side.name]
     from ..reference import relative_buckets
