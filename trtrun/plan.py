@@ -17,7 +17,7 @@ JSON, schema. Every failure is a `PlanError` whose message starts with the file 
 Loaded weights are read-only numpy views into one 256-byte-aligned buffer holding the whole file.
 
 `Plan.check_feeds` validates a run's inputs (names, integer dtype, rank, the shape profile, token-id
-range) and returns contiguous int64 arrays; both backends call it before running anything.
+range, padding on the right where an Embedding has a padding_id) and returns contiguous int64 arrays; both backends call it before running anything.
 """
 
 from __future__ import annotations
@@ -338,7 +338,8 @@ class Plan:
 
         input_ids is required; attention_mask defaults to all ones and token_type_ids to zeros when the
         plan takes them and they are not given (as Hugging Face models do). Raises InputError (unknown or
-        missing names, non-integer dtype, ids out of range, a mask not 0/1) or ShapeError (rank, inputs of
+        missing names, non-integer dtype, ids out of range, a token after an Embedding's padding_id, a mask
+        not 0/1) or ShapeError (rank, inputs of
         different shapes, batch or sequence outside the profile).
         """
         if not isinstance(feeds, Mapping):
