@@ -487,3 +487,24 @@ def test_the_rest_of_a_body_answered_early_is_not_taken_for_a_late_request_head(
             s.close()
         assert data == b"", data[:300]
         assert took < 1.0 + 0.5, took  # the body timeout, plus scheduling slack
+
+
+def test_depth_check_is_linear_on_an_unterminated_string_of_escaped_quotes(client):
+    """A body with more brackets than the depth limit and then an unterminated string of escaped quotes
+    ('"\\"\\"\\"...'): the string-stripping scan tried a match at every escaped quote and ran each to the end
+    (quadratic: a 32 kB body held the event loop 2 s, a 2 MB one would for hours). Now 200 kB takes well
+    under a second (a linear scan of it takes milliseconds; the bound leaves room for a slow CI machine),
+    the depth is still right where strings are closed, and the request is a 400."""
+    from trtrun.serve.app import json_depth
+
+    body = b"[" * 40 + b'"' + b'\\"' * 100_000
+    t0 = time.perf_counter()
+    json_depth(body, 32)
+    assert time.perf_counter() - t0 < 0.5
+    def depth(v):  # the reference: the nesting of the parsed value
+        return 1 + max(map(depth, v.values() if isinstance(v, dict) else v), default=0) \
+            if isinstance(v, (dict, list)) else 0
+
+    closed = b'[[["]]]]\\"[[[", "a\\\\"], {"b": [1]}]]' + b" " * 40
+    assert json_depth(closed, 1) == depth(json.loads(closed)) == 4
+    assert "nested deeper" in _err(client.post("/embed", content=body), 400)
