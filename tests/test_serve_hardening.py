@@ -508,3 +508,18 @@ def test_depth_check_is_linear_on_an_unterminated_string_of_escaped_quotes(clien
     closed = b'[[["]]]]\\"[[[", "a\\\\"], {"b": [1]}]]' + b" " * 40
     assert json_depth(closed, 1) == depth(json.loads(closed)) == 4
     assert "nested deeper" in _err(client.post("/embed", content=body), 400)
+
+
+def test_an_api_key_with_a_trailing_newline_still_matches(emb, texts):
+    """A key read from a file or a secret often ends in a newline (TRTRUN_API_KEY="$(<file)" strips it,
+    a mounted secret does not). An HTTP header value cannot carry surrounding whitespace, so such a key
+    could never match: every request got 401. The key is taken without it."""
+    from starlette.testclient import TestClient
+
+    from trtrun.serve import ServeConfig, create_app
+
+    with TestClient(create_app(emb, ServeConfig(api_key="s3cret-key\n"))) as c:
+        r = c.post("/v1/embeddings", json={"input": texts[:1]}, headers={"authorization": "Bearer s3cret-key"})
+        assert r.status_code == 200, r.text
+        np.testing.assert_allclose(r.json()["data"][0]["embedding"], emb.embed(texts[:1])[0], atol=ATOL)
+        assert _err(c.post("/v1/embeddings", json={"input": "a"}, headers={"authorization": "Bearer s3cret"}), 401)

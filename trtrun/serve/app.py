@@ -212,7 +212,7 @@ def _bearer_check(api_key: str, open_paths=()):
     of a guess was right."""
     import hmac
 
-    want = api_key.encode("utf-8")
+    want = api_key.strip().encode("utf-8")  # (a header value has no surrounding whitespace: a key's own never matches)
     open_paths = frozenset(open_paths)
 
     def allowed(scope) -> bool:
