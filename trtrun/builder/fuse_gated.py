@@ -38,23 +38,7 @@ def fuse_gated(graph, facts) -> int:
         b = None if bg is None and bu is None else np.concatenate([
             bg if bg is not None else np.zeros(Wg.shape[1], np.float32),
             bu if bu is not None else np.zeros(Wu.shape[1], np.float32)])
-        y = mul.outputs[0]
-        rows = 8  # as fuse_linear: the first rows of each probe catch a wrong weight or activation
-        N = Wg.shape[1]
-        ours = []
-        for a in facts.get(x):
-            h = np.asarray(a, np.float32).reshape(-1, W.shape[0])[:rows] @ W
-            h = h.astype(np.float64) + (0 if b is None else b)
-            ours.append(ACTIVATIONS[act](h[:, :N]) * h[:, N:])
-        if not agree(ours, [np.asarray(v).reshape(-1, N)[:rows] for v in facts.get(y)]):
-            raise BuildError(f"{G.node_desc(mul)}: looks like a gated MLP ({act}(gate) * up) but its values do not "
-                             f"match one")
-        name = gate.name + ".gated"
-        weights = {"weight": G.new_constant(graph, name + ".weight", W)}
-        if b is not None:
-            weights["bias"] = G.new_constant(graph, name + ".bias", b.astype(np.float32))
-        G.add_trtrun_node(graph, "Linear", name, inputs={"x": x}, weights=weights, outputs=[y],
-                          attrs={"activation": act, "gated": True})
+        _replace(graph, facts, mul, gate.name, x, W, b, act, f"a gated MLP ({act}(gate) * up)")
         count += 1
     G.finish(graph)
     return count
@@ -106,24 +90,31 @@ def _fuse_split_gated(graph, facts) -> int:
         if not first:
             W = np.concatenate([W[:, N:], W[:, :N]], 1)
             b = None if b is None else np.concatenate([b[N:], b[:N]])
-        x, y = G.slot(lin, "x"), mul.outputs[0]
-        ours = []
-        for a in facts.get(x):
-            hh = np.asarray(a, np.float32).reshape(-1, W.shape[0])[:8] @ W
-            hh = hh.astype(np.float64) + (0 if b is None else b)
-            ours.append(ACTIVATIONS[act](hh[:, :N]) * hh[:, N:])
-        if not agree(ours, [np.asarray(v).reshape(-1, N)[:8] for v in facts.get(y)]):
-            raise BuildError(f"{G.node_desc(mul)}: looks like a gated MLP ({act}(half) * other half of one "
-                             f"projection) but its values do not match one")
-        name = lin.name + ".gated"
-        weights = {"weight": G.new_constant(graph, name + ".weight", W)}
-        if b is not None:
-            weights["bias"] = G.new_constant(graph, name + ".bias", b.astype(np.float32))
-        G.add_trtrun_node(graph, "Linear", name, inputs={"x": x}, weights=weights, outputs=[y],
-                          attrs={"activation": act, "gated": True})
+        _replace(graph, facts, mul, lin.name, G.slot(lin, "x"), W, b, act,
+                 f"a gated MLP ({act}(half) * other half of one projection)")
         count += 1
     G.finish(graph)
     return count
+
+
+def _replace(graph, facts, mul, base, x, W, b, act, what) -> None:
+    """Check act(h[:, :N]) * h[:, N:] with h = x @ W + b against the probe values of `mul`'s output, then
+    replace it by one gated Linear named after `base` (both forms of the pattern end here)."""
+    rows = 8  # as fuse_linear: the first rows of each probe catch a wrong weight or activation
+    y, N = mul.outputs[0], W.shape[1] // 2
+    ours = []
+    for a in facts.get(x):
+        h = np.asarray(a, np.float32).reshape(-1, W.shape[0])[:rows] @ W
+        h = h.astype(np.float64) + (0 if b is None else b)
+        ours.append(ACTIVATIONS[act](h[:, :N]) * h[:, N:])
+    if not agree(ours, [np.asarray(v).reshape(-1, N)[:rows] for v in facts.get(y)]):
+        raise BuildError(f"{G.node_desc(mul)}: looks like {what} but its values do not match one")
+    name = base + ".gated"
+    weights = {"weight": G.new_constant(graph, name + ".weight", W)}
+    if b is not None:
+        weights["bias"] = G.new_constant(graph, name + ".bias", b.astype(np.float32))
+    G.add_trtrun_node(graph, "Linear", name, inputs={"x": x}, weights=weights, outputs=[y],
+                      attrs={"activation": act, "gated": True})
 
 
 def _bias(node, n):
