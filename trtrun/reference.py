@@ -38,14 +38,14 @@ from .errors import PlanError
 from .plan import Plan
 
 F16, F32, F64 = np.float16, np.float32, np.float64
-from .types import PRECISIONS
+from .types import OP_PRECISIONS, PRECISIONS  # noqa: F401 (PRECISIONS: the classic three, re-exported)
 _CHUNK_ELEMS = 1 << 22  # elements per row chunk in Linear/LayerNorm (16 MiB of float32)
 
 
 # ----------------------------------------------------------------------------- helpers
 def _check_precision(precision: str) -> None:
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision not in OP_PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(OP_PRECISIONS)}, got {precision!r}")
 
 
 def _f16_values(a: np.ndarray) -> np.ndarray:
@@ -153,7 +153,8 @@ def ref_gelu(x: np.ndarray, activation: str = "gelu_erf", *, precision: str = "f
 @_quiet
 def ref_linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, *,
                activation: str = "none", gated: bool = False, precision: str = "fp32", out_dtype=F32,
-               tf32: bool = False, residual: np.ndarray | None = None) -> np.ndarray:
+               tf32: bool = False, residual: np.ndarray | None = None, weight_scale: np.ndarray | None = None,
+               x_scale: np.ndarray | None = None) -> np.ndarray:
     """y = act(x @ weight + bias); x [..., K], weight [K, N], bias [N] -> y [..., N] in `out_dtype`.
 
     gated: h = x @ weight + bias is [..., 2M] = [gate | up]; y = act(gate) * up -> [..., M] (SwiGLU with
@@ -163,6 +164,8 @@ def ref_linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None
     fp16/hybrid: operands rounded to fp16, float32 accumulation, bias added in float32, the sum rounded to
     `out_dtype`; the activation (and the gate's product) then computed in float32 from those rounded values
     and rounded again.
+    fp8: `weight` float8_e4m3fn with its `weight_scale` ([N] or [1]); x quantized to fp8 with the static
+    `x_scale` [1] or per token (None); the GEMM as trtrun.fp8.fp8_gemm says, the rest as hybrid.
     """
     _check_precision(precision)
     x = np.asarray(x)
@@ -174,13 +177,22 @@ def ref_linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None
     lead = x.shape[:-1]
     x2 = x.reshape(-1, K)
     M = x2.shape[0]
-    w = _operands(weight, precision, tf32)
+    if precision == "fp8":
+        if weight_scale is None:
+            raise ValueError("ref_linear: an fp8 Linear needs its weight_scale")
+        from .fp8 import fp8_gemm
+        w = weight
+    else:
+        w = _operands(weight, precision, tf32)
     b = None if bias is None else np.asarray(bias, dtype=F32)
     Nout = N // 2 if gated else N
     out = np.empty((M, Nout), dtype=out_dtype)
     r2 = None if residual is None else np.asarray(residual).reshape(-1, Nout)
     for i, j in _row_chunks(M, max(K, N)):
-        acc = _operands(x2[i:j], precision, tf32) @ w  # float32 accumulation
+        if precision == "fp8":
+            acc = fp8_gemm(x2[i:j], w, weight_scale, x_scale)
+        else:
+            acc = _operands(x2[i:j], precision, tf32) @ w  # float32 accumulation
         if b is not None:
             acc += b
         if activation == "none" and not gated:
@@ -557,7 +569,8 @@ class ReferenceBackend:
         if typ == "Linear":
             return [ref_linear(ins[0], self._w(op, "weight"), self._w(op, "bias"),
                                activation=a.get("activation", "none"), gated=a.get("gated", False),
-                               precision=prec, out_dtype=odt, tf32=tf32, residual=ins[1])]
+                               precision=prec, out_dtype=odt, tf32=tf32, residual=ins[1],
+                               weight_scale=self._w(op, "weight_scale"), x_scale=self._w(op, "x_scale"))]
         if typ == "Attention":
             return [ref_attention(ins[0], ins[1], num_heads=a["num_heads"], head_size=a["head_size"],
                                   scale=a["scale"], causal=a.get("causal", False), precision=prec,

@@ -8,6 +8,15 @@ extension stay in trtrun.runtime, keyed by these names.
 from __future__ import annotations
 
 PRECISIONS = ("fp32", "fp16", "hybrid")  # a plan's (and an op's) precision: docs/plan-format.md
+# fp8 (E4M3 Linear layers, the rest as hybrid: docs/precision.md) is an op's and a plan's precision too, kept
+# apart from PRECISIONS since only the reference backend runs it yet; "mixed" is the plan a precision search
+# (`--precision auto`) writes, each Linear with its own precision; "auto" asks the builder for one.
+FP8 = "fp8"
+OP_PRECISIONS = PRECISIONS + (FP8,)
+PLAN_PRECISIONS = OP_PRECISIONS + ("mixed",)
+BUILD_PRECISIONS = OP_PRECISIONS + ("auto",)
+FP8_WEIGHT_SCALES = ("channel", "tensor")  # one scale per output channel, or one for the whole weight
+FP8_ACTIVATION_SCALES = ("dynamic", "static")  # per token at run time, or calibrated on text at build time
 
 BACKENDS = ("gpu", "reference")  # what runs a plan: the CUDA runtime, or the numpy reference on the CPU
 BACKEND_CHOICES = ("auto",) + BACKENDS  # auto: the GPU runtime where usable, else the reference backend
@@ -17,7 +26,7 @@ TRUNCATIONS = ("truncate", "reject")  # what the Embedder does with a text longe
 
 NAMED_ARCHS = ("bert-base", "gpt2")  # full-size architectures built from a default config (export, check, bench)
 # what export_model takes by name
-EXPORT_ARCHS = NAMED_ARCHS + ("llama", "qwen2", "gpt-neox", "mpnet", "deberta-v2", "modernbert")
+EXPORT_ARCHS = NAMED_ARCHS + ("llama", "qwen2", "mistral", "qwen3", "gpt-neox", "mpnet", "deberta-v2", "modernbert")
 
 TEXT_SETS = ("rt", "wiki", "imdb")  # bundled text sets (trtrun.data has their files)
 
