@@ -361,7 +361,7 @@ def test_json_depth_matches_the_parser():
     brackets inside strings, also when the text is cut into small chunks (state carried across them)."""
     import json
 
-    from trtrun.plan import _json_depth
+    from trtrun.plan.io import json_depth
 
     rng = np.random.default_rng(5)
 
@@ -382,4 +382,4 @@ def test_json_depth_matches_the_parser():
         o = gen(0)
         raw = json.dumps(o).encode()
         for chunk in (1, 3, 1 << 20):
-            assert _json_depth(raw, chunk) == depth(o), (raw, chunk)
+            assert json_depth(raw, chunk) == depth(o), (raw, chunk)

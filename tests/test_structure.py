@@ -32,14 +32,16 @@ def test_each_choice_tuple_is_defined_once():
 
 
 def test_modules_share_the_one_definition():
-    from trtrun import embedder, export, plan, reference
+    from trtrun import embedder, export, reference
     from trtrun.bench import config, models
     from trtrun.builder import precision
     from trtrun.check import core
     from trtrun.cli import bench, options
     from trtrun.corpus import job
 
-    for mod in (plan, reference, precision, options, bench, config):
+    from trtrun.plan import validate as plan_validate
+
+    for mod in (plan_validate, reference, precision, options, bench, config):
         assert mod.PRECISIONS is types.PRECISIONS
     assert embedder.BACKENDS is options.BACKENDS is types.BACKEND_CHOICES
     assert config.BACKENDS is types.BACKENDS

@@ -1,0 +1,141 @@
+"""The plan format's constants: the file layout, the loader's limits, dtypes, op schemas and attributes, and the
+integer codes the GPU runtime takes for dtypes, op types, precisions and activations (each defined once here).
+
+docs/plan-format.md is the contract. In short, a plan file is
+
+    offset 0   8 bytes   magic b"TRTRUNPL"
+           8   u32 LE    format version (1)
+          12   u32 LE    reserved, 0
+          16   u64 LE    header length H (bytes of UTF-8 JSON)
+          24   u64 LE    blob length W
+          32   H bytes   header JSON
+               zero pad to a multiple of 256
+               W bytes   weights blob (each weight at its `offset`, offsets multiples of 256)
+               32 bytes  SHA-256 of every byte before it
+
+
+Setting names (PRECISIONS, ...) live in trtrun.types; what validates against them imports them from there.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MAGIC = b"TRTRUNPL"
+FORMAT_VERSION = 1
+FORMAT_NAME = "trtrun-plan"
+ALIGN = 256
+PREAMBLE = struct.Struct("<8sIIQQ")  # magic, version, reserved, header length, blob length: 32 bytes
+TRAILER_BYTES = 32  # SHA-256
+MIN_FILE_BYTES = 64  # preamble + trailer: nothing shorter can be a plan
+
+# Bounds the loader enforces before it trusts a number (docs/plan-format.md, "Hostile plan files")
+# real headers take ~5 KiB a layer (MiniLM's 29 KiB); json.loads may build ~25x a header's size in objects
+MAX_HEADER_BYTES = 4 << 20
+MAX_JSON_DEPTH = 64  # real headers nest 4 deep; json.loads recurses once a level
+MAX_RANK = 8
+INT32_MAX = 2 ** 31 - 1  # the runtime's int: profile values, inner dimensions, heads, offsets
+MAX_WEIGHT_DIM = 2 ** 62  # weight dims, offsets, byte counts: int64 on the runtime's side
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # attributes are float32 in the kernels
+READ_CHUNK = 1 << 20  # bytes hashed a read while streaming a file whose header did not validate
+
+DTYPES = ("float32", "float16", "int64", "int32")
+FLOAT_DTYPES = ("float32", "float16")
+INT_DTYPES = ("int64", "int32")
+INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+SYMBOLS = ("B", "S")
+ACTIVATIONS = ("none", "gelu_erf", "gelu_tanh", "silu")
+
+# Per op type: inputs (slot name, required), outputs (slot name, required), weight roles (role: required).
+OP_SCHEMAS: dict[str, dict[str, Any]] = {
+    "Embedding": {
+        "inputs": (("input_ids", True), ("token_type_ids", False)),
+        "outputs": (("y", True),),
+        "weights": {"word": True, "position": False, "token_type": False, "gamma": False, "beta": False},
+    },
+    "Linear": {
+        "inputs": (("x", True), ("residual", False)),
+        "outputs": (("y", True),),
+        "weights": {"weight": True, "bias": False},
+    },
+    "Attention": {
+        "inputs": (("qkv", True), ("attention_mask", False)),
+        "outputs": (("y", True),),
+        "weights": {"inv_freq": False, "relative_bias": False, "alibi_slopes": False},
+    },
+    "LayerNorm": {
+        "inputs": (("x", True), ("residual", False)),
+        "outputs": (("y", True), ("sum", False)),
+        "weights": {"gamma": True, "beta": True},
+    },
+    "Pool": {
+        "inputs": (("x", True), ("attention_mask", False)),
+        "outputs": (("y", True),),
+        "weights": {},
+    },
+    "RMSNorm": {
+        "inputs": (("x", True), ("residual", False)),
+        "outputs": (("y", True), ("sum", False)),
+        "weights": {"gamma": True},
+    },
+}
+POOL_MODES = ("mean", "cls")
+OP_TYPES = tuple(OP_SCHEMAS)
+
+HEADER_KEYS = ("format", "version", "precision", "tf32", "profile", "source", "model", "inputs", "outputs",
+               "tensors", "weights", "ops", "builder")
+OP_KEYS = ("type", "name", "inputs", "outputs", "weights", "attrs", "precision")
+MODEL_INTS = ("hidden", "num_heads", "num_layers", "vocab_size", "max_position")
+ARCHS = ("encoder", "decoder")
+# What the runtime reads from each op's attrs. Other attributes (e.g. the builder's `source_activation`)
+# are annotations nothing reads: tolerated when they are plain JSON scalars.
+OP_ATTRS = {
+    "Embedding": ("epsilon", "position_offset", "padding_id"),
+    "Linear": ("activation", "gated"),
+    "Attention": ("num_heads", "head_size", "scale", "causal", "num_kv_heads", "rotary_dim", "rotary_scale",
+                  "relative_max_distance", "relative_bidirectional", "alibi_symmetric", "window"),
+    "LayerNorm": ("epsilon",),
+    "Pool": ("mode", "normalize"),
+    "RMSNorm": ("epsilon",),
+}
+# Graph inputs an op slot may read, where the slot indexes a table or masks (checked at run time by
+# Plan.check_feeds against exactly these tables and values)
+OP_INPUT_NAMES = {
+    ("Embedding", 0): ("input_ids",),
+    ("Embedding", 1): ("token_type_ids",),
+    ("Attention", 1): ("attention_mask",),
+    ("Pool", 1): ("attention_mask",),
+}
+# header.source.weights: the dtype the source file stored its weights in, where not float32
+SOURCE_WEIGHTS = ("float16", "int8")
+
+# Integer codes of the GPU runtime's enums (csrc/runtime_common.h: ElemType, OpType, Activation; plugins/common/
+# common.h: Precision).
+# An op type or activation without a code has no GPU kernel yet (trtrun.runtime.lower refuses it by name).
+ELEM_CODES = {"float32": 0, "float16": 1, "int32": 2, "int64": 2}  # integer inputs live as int32 on the device
+OP_CODES = {"Embedding": 0, "Linear": 1, "Attention": 2, "LayerNorm": 3}
+PRECISION_CODES = {"fp32": 0, "fp16": 1, "hybrid": 2}
+ACTIVATION_CODES = {"none": 0, "gelu_erf": 1, "gelu_tanh": 2}
+
+
+def align(n: int, a: int = ALIGN) -> int:
+    return (n + a - 1) // a * a
+
+
+def json_default(o):
+    # Builders naturally hand us numpy scalars and tuples; JSON gets plain Python values.
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.bool_):
+        return bool(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"{type(o).__name__} is not JSON serializable")

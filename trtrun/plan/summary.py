@@ -1,0 +1,125 @@
+"""What `trtrun inspect` shows of a plan: a JSON-able description (`--json`) and the human-readable summary."""
+
+from __future__ import annotations
+
+from .format import FORMAT_NAME, FORMAT_VERSION
+from .validate import fmt_shape
+
+
+def fmt_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def weight_stats(header: dict) -> dict:
+    """Weight tensors and bytes, in all and by dtype."""
+    by: dict[str, dict[str, int]] = {}
+    total = 0
+    for e in header["weights"].values():
+        d = by.setdefault(e["dtype"], {"count": 0, "bytes": 0})
+        d["count"] += 1
+        d["bytes"] += e["nbytes"]
+        total += e["nbytes"]
+    return {"count": len(header["weights"]), "bytes": total, "by_dtype": by}
+
+
+def _tensor_desc(plan, name: str) -> dict:
+    t = plan.tensors[name]
+    return {"name": name, "dtype": t["dtype"], "shape": list(t["shape"])}
+
+
+def plan_dict(plan) -> dict:
+    """A JSON-able description (what `trtrun inspect --json` prints); no weight values."""
+    ops = []
+    for op in plan.ops:
+        ops.append({
+            "type": op["type"], "name": op["name"], "precision": op["precision"],
+            "inputs": [_tensor_desc(plan, t) if t else None for t in op["inputs"]],
+            "outputs": [_tensor_desc(plan, t) if t else None for t in op["outputs"]],
+            "weights": {role: {"name": w, "dtype": plan.header["weights"][w]["dtype"],
+                               "shape": list(plan.header["weights"][w]["shape"])}
+                        for role, w in op.get("weights", {}).items() if w},
+            "attrs": op.get("attrs", {}),
+        })
+    counts: dict[str, int] = {}
+    for op in plan.ops:
+        counts[op["precision"]] = counts.get(op["precision"], 0) + 1
+    return {
+        "path": str(plan.path) if plan.path else None,
+        "format": FORMAT_NAME, "version": plan.header.get("version", FORMAT_VERSION),
+        "precision": plan.precision, "tf32": plan.tf32,
+        "profile": plan.profile, "model": plan.model, "source": plan.source,
+        "inputs": plan.inputs, "outputs": plan.outputs,
+        "ops": ops, "ops_by_precision": counts,
+        "weights": weight_stats(plan.header),
+        "builder": plan.header.get("builder", {}),
+    }
+
+
+def summary_text(plan) -> str:
+    """Human-readable description for `trtrun inspect`."""
+    d = plan_dict(plan)
+    lines = []
+    title = f"trtrun plan {d['path']}" if d["path"] else "trtrun plan (in memory)"
+    lines.append(title)
+    lines.append(f"  format version {d['version']}, precision {d['precision']}, "
+                 f"tf32 {'on' if d['tf32'] else 'off'}")
+    src = d["source"] or {}
+    if src:
+        sha = src.get("sha256") or ""
+        bits = [f"{src.get('path', '?')}"]
+        if sha:
+            bits.append(f"sha256 {sha[:16]}…")
+        if src.get("producer"):
+            bits.append(f"producer {src['producer']}")
+        if src.get("opset") is not None:
+            bits.append(f"opset {src['opset']}")
+        lines.append("  source: " + ", ".join(bits))
+        if src.get("weights"):
+            lines.append(f"  source weights: {src['weights']}, converted at build time to the plan's precision")
+        for c in src.get("conversions") or []:
+            lines.append(f"  source conversion: {c}")
+    m = d["model"] or {}
+    if m:
+        lines.append("  model: " + ", ".join(f"{k} {v}" for k, v in m.items()))
+    p = d["profile"]
+    lines.append(f"  profile: batch min {p['batch'][0]} / opt {p['batch'][1]} / max {p['batch'][2]}, "
+                 f"seq min {p['seq'][0]} / opt {p['seq'][1]} / max {p['seq'][2]}")
+    fmt = lambda t: f"{t['name']} {t['dtype']}{fmt_shape(t['shape'])}"  # noqa: E731
+    lines.append("  inputs:  " + ", ".join(fmt(t) for t in d["inputs"]))
+    lines.append("  outputs: " + ", ".join(fmt(t) for t in d["outputs"]))
+    counts = ", ".join(f"{n} {p}" for p, n in d["ops_by_precision"].items())
+    lines.append(f"  ops: {len(d['ops'])} ({counts})")
+    wtype = max([len(o["type"]) for o in d["ops"]] + [4])
+    wname = max([len(o["name"]) for o in d["ops"]] + [4])
+    lines.append(f"    {'#':>3}  {'type':<{wtype}}  {'name':<{wname}}  {'precision':<9}  inputs -> outputs")
+    for i, o in enumerate(d["ops"]):
+        ins = ", ".join(fmt(t) for t in o["inputs"] if t)
+        outs = ", ".join(fmt(t) for t in o["outputs"] if t)
+        extra = ""
+        if o["type"] == "Linear" and (o["attrs"].get("activation", "none") != "none" or o["attrs"].get("gated")):
+            extra = f"  [{o['attrs'].get('activation', 'none')}" + (", gated]" if o["attrs"].get("gated") else "]")
+        elif o["type"] == "Pool":
+            extra = f"  [{o['attrs'].get('mode')}" + (", L2-normalized]" if o["attrs"].get("normalize") else "]")
+        elif o["type"] == "Attention":
+            a = o["attrs"]
+            extra = f"  [heads {a.get('num_heads')} x {a.get('head_size')}" + \
+                    (f", {a['num_kv_heads']} K/V heads" if a.get("num_kv_heads", a.get("num_heads")) !=
+                     a.get("num_heads") else "") + \
+                    (f", rotary {a['rotary_dim']}" if a.get("rotary_dim") else "") + \
+                    (", relative-position bias" if o["weights"].get("relative_bias") else "") + \
+                    (", causal]" if a.get("causal") else "]")
+        lines.append(f"    {i:>3}  {o['type']:<{wtype}}  {o['name']:<{wname}}  {o['precision']:<9}  "
+                     f"{ins} -> {outs}{extra}")
+    ws = d["weights"]
+    per = ", ".join(f"{dt}: {fmt_bytes(v['bytes'])} in {v['count']}" for dt, v in sorted(ws["by_dtype"].items()))
+    lines.append(f"  weights: {ws['count']} tensors, {fmt_bytes(ws['bytes'])} ({ws['bytes']} bytes)"
+                 + (f"; {per}" if per else ""))
+    b = d["builder"] or {}
+    if b:
+        lines.append("  builder: " + ", ".join(
+            f"{k} {', '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in b.items()))
+    return "\n".join(lines)
