@@ -44,6 +44,9 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)  # attributes are float32 in the k
 READ_CHUNK = 1 << 20  # bytes hashed a read while streaming a file whose header did not validate
 
 DTYPES = ("float32", "float16", "int64", "int32")
+# fp8 Linear weights (docs/precision.md) are stored as float8_e4m3fn bytes; no activation tensor is fp8
+FP8_DTYPE = "float8_e4m3fn"
+WEIGHT_DTYPES = DTYPES + (FP8_DTYPE,)
 FLOAT_DTYPES = ("float32", "float16")
 INT_DTYPES = ("int64", "int32")
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
@@ -60,7 +63,8 @@ OP_SCHEMAS: dict[str, dict[str, Any]] = {
     "Linear": {
         "inputs": (("x", True), ("residual", False)),
         "outputs": (("y", True),),
-        "weights": {"weight": True, "bias": False},
+        # weight_scale ([N] or [1], float32) and x_scale ([1], float32, a static activation scale): fp8 only
+        "weights": {"weight": True, "bias": False, "weight_scale": False, "x_scale": False},
     },
     "Attention": {
         "inputs": (("qkv", True), ("attention_mask", False)),
@@ -120,6 +124,15 @@ ELEM_CODES = {"float32": 0, "float16": 1, "int32": 2, "int64": 2}  # integer inp
 OP_CODES = {"Embedding": 0, "Linear": 1, "Attention": 2, "LayerNorm": 3}
 PRECISION_CODES = {"fp32": 0, "fp16": 1, "hybrid": 2}
 ACTIVATION_CODES = {"none": 0, "gelu_erf": 1, "gelu_tanh": 2}
+
+
+def np_dtype(name: str) -> np.dtype:
+    """numpy's little-endian dtype for a plan dtype name (float8_e4m3fn from ml_dtypes, which numpy lacks)."""
+    if name == FP8_DTYPE:
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.float8_e4m3fn)
+    return np.dtype(name).newbyteorder("<")
 
 
 def align(n: int, a: int = ALIGN) -> int:

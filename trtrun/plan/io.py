@@ -29,6 +29,7 @@ from .format import (
     TRAILER_BYTES,
     align,
     json_default,
+    np_dtype,
 )
 from .validate import fmt_shape, validate_header
 
@@ -57,7 +58,8 @@ def write_plan_file(path: Path, header: dict, weights: dict[str, np.ndarray], bl
             if a.dtype.name != e["dtype"] or a.nbytes != e["nbytes"]:
                 raise PlanError(f"{where}: weights.{name}: array {a.dtype.name}"
                                 f"{fmt_shape(a.shape)} does not match its header entry")
-            put(memoryview(a.astype(a.dtype.newbyteorder("<"), copy=False)).cast("B"))
+            # the bytes through a uint8 view: float8 (ml_dtypes) has no buffer-protocol format to cast from
+            put(memoryview(a.astype(a.dtype.newbyteorder("<"), copy=False).reshape(-1).view(np.uint8)))
             pos = e["offset"] + e["nbytes"]
         f.write(sha.digest())
 
@@ -260,7 +262,7 @@ def read_plan_file(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]
     blob.flags.writeable = False
     weights = {}
     for name, e in header["weights"].items():
-        dt = np.dtype(e["dtype"]).newbyteorder("<")
+        dt = np_dtype(e["dtype"])
         weights[name] = blob[e["offset"]:e["offset"] + e["nbytes"]].view(dt).reshape(e["shape"])
     return header, weights
 

@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, PlanError, ShapeError
-from .format import DTYPES, FORMAT_NAME, FORMAT_VERSION, align, json_default
+from .format import FORMAT_NAME, FORMAT_VERSION, WEIGHT_DTYPES, align, json_default
 from .io import read_plan_file, write_plan_file
 from .summary import plan_dict, summary_text, weight_stats
-from .validate import check_arrays, is_int, validate_header
+from .validate import check_arrays, check_scales, is_int, validate_header
 
 
 class Plan:
@@ -56,10 +56,10 @@ class Plan:
         cursor = 0
         for name, w in weights.items():
             a = np.asarray(w)
-            if a.dtype.name not in DTYPES:
+            if a.dtype.name not in WEIGHT_DTYPES:
                 raise PlanError(
                     f"plan (in memory): weights.{name}: dtype {a.dtype.name} is not storable "
-                    f"(plans hold {', '.join(DTYPES)})")
+                    f"(plans hold {', '.join(WEIGHT_DTYPES)})")
             a = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<"))
             offset = align(cursor)
             entries[name] = {"dtype": a.dtype.name, "shape": list(a.shape), "offset": offset,
@@ -279,4 +279,5 @@ def load_plan(path: str | os.PathLike) -> Plan:
     field on any problem."""
     p = Path(path)
     header, weights = read_plan_file(p)
+    check_scales(header, weights, str(p))  # values, which the header cannot vouch for: only once the blob is read
     return Plan(header, weights, path=p)

@@ -44,6 +44,8 @@ def plan_dict(plan) -> dict:
                         for role, w in op.get("weights", {}).items() if w},
             "attrs": op.get("attrs", {}),
         })
+        if op["precision"] == "fp8":
+            ops[-1]["fp8_scales"] = fp8_scales(plan.header, op)
     counts: dict[str, int] = {}
     for op in plan.ops:
         counts[op["precision"]] = counts.get(op["precision"], 0) + 1
@@ -57,6 +59,36 @@ def plan_dict(plan) -> dict:
         "weights": weight_stats(plan.header),
         "builder": plan.header.get("builder", {}),
     }
+
+
+def fp8_scales(header: dict, op: dict) -> dict:
+    """An fp8 Linear's scale kinds, read off its weight roles: {"weight": "channel"|"tensor",
+    "activation": "static"|"dynamic"}."""
+    ws = op.get("weights", {}).get("weight_scale")
+    per_tensor = bool(ws) and list(header["weights"][ws]["shape"]) == [1]
+    return {"weight": "tensor" if per_tensor else "channel",
+            "activation": "static" if op.get("weights", {}).get("x_scale") else "dynamic"}
+
+
+def _builder_lines(b: dict) -> list[str]:
+    """The fp8 settings and the precision search's outcome, as `trtrun build` recorded them."""
+    lines = []
+    f = b.get("fp8")
+    if isinstance(f, dict):
+        cal = f.get("calibration") if isinstance(f.get("calibration"), dict) else None
+        lines.append(f"  fp8: weight scales per {f.get('weight_scale')}, activation scales {f.get('activation_scale')}"
+                     + (f" (calibrated on {cal.get('text')}, {cal.get('samples')} samples)" if cal else ""))
+    s = b.get("precision_search")
+    if isinstance(s, dict):
+        c = s.get("counts") or {}
+        lines.append(f"  precision search: min cosine {s.get('min_cosine')} on held-apart {s.get('heldout_text')} "
+                     f"({s.get('heldout_samples')} samples), measured worst-sample cosine {s.get('measured_worst_cos')}; "
+                     f"Linears {c.get('fp8', 0)} fp8, {c.get('hybrid', 0)} fp16, {c.get('fp32', 0)} fp32"
+                     + (f" (fell back to all {s['fallback']})" if s.get("fallback") else ""))
+        us = lambda v: f"{v:.1f}" if isinstance(v, (int, float)) else repr(v)[:40]  # noqa: E731 (builder is free-form)
+        lines.append(f"  precision search cost: {us(s.get('cost_us'))} us against {us(s.get('cost_us_all_hybrid'))} "
+                     f"us all-hybrid ({'ESTIMATE' if s.get('cost_estimated') else 'measured'}: {s.get('cost_model')})")
+    return lines
 
 
 def summary_text(plan) -> str:
@@ -102,6 +134,8 @@ def summary_text(plan) -> str:
         extra = ""
         if o["type"] == "Linear" and (o["attrs"].get("activation", "none") != "none" or o["attrs"].get("gated")):
             extra = f"  [{o['attrs'].get('activation', 'none')}" + (", gated]" if o["attrs"].get("gated") else "]")
+        if "fp8_scales" in o:
+            extra += f"  [fp8 scales: weight per {o['fp8_scales']['weight']}, activation {o['fp8_scales']['activation']}]"
         elif o["type"] == "Pool":
             extra = f"  [{o['attrs'].get('mode')}" + (", L2-normalized]" if o["attrs"].get("normalize") else "]")
         elif o["type"] == "Attention":
@@ -121,5 +155,7 @@ def summary_text(plan) -> str:
     b = d["builder"] or {}
     if b:
         lines.append("  builder: " + ", ".join(
-            f"{k} {', '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in b.items()))
+            f"{k} {', '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in b.items()
+            if k not in ("fp8", "precision_search")))
+        lines += _builder_lines(b)
     return "\n".join(lines)

@@ -13,12 +13,15 @@ from typing import Any
 import numpy as np
 
 from ..errors import PlanError
-from ..types import PRECISIONS
+from ..types import FP8, OP_PRECISIONS, PLAN_PRECISIONS
 from .format import (
     ACTIVATIONS,
     ALIGN,
     ARCHS,
     DTYPES,
+    FP8_DTYPE,
+    WEIGHT_DTYPES,
+    np_dtype,
     FLOAT32_MAX,
     FLOAT_DTYPES,
     FORMAT_NAME,
@@ -107,8 +110,8 @@ def validate_header(h: Any, where: str, blob_nbytes: int | None) -> None:
     for key in ("source", "model", "builder"):
         if key in h:
             need_obj(h[key], f"header.{key}")
-    if h["precision"] not in PRECISIONS:
-        err("header.precision", f"{short(h['precision'])} is not one of {', '.join(PRECISIONS)}")
+    if h["precision"] not in PLAN_PRECISIONS:
+        err("header.precision", f"{short(h['precision'])} is not one of {', '.join(PLAN_PRECISIONS)}")
     if not isinstance(h.get("tf32", False), bool):
         err("header.tf32", f"must be true or false, got {short(h['tf32'])}")
 
@@ -214,8 +217,8 @@ def validate_header(h: Any, where: str, blob_nbytes: int | None) -> None:
             err("header.weights", "a weight name must be a non-empty string")
         need_obj(e, f, " {dtype, shape, offset, nbytes}")
         only_keys(e, f, ("dtype", "shape", "offset", "nbytes"))
-        if e.get("dtype") not in DTYPES:
-            err(f + ".dtype", f"{short(e.get('dtype'))} is not one of {', '.join(DTYPES)}")
+        if e.get("dtype") not in WEIGHT_DTYPES:
+            err(f + ".dtype", f"{short(e.get('dtype'))} is not one of {', '.join(WEIGHT_DTYPES)}")
         shp = e.get("shape")
         if not (isinstance(shp, list) and len(shp) <= MAX_RANK
                 and all(is_int(d) and 0 <= d <= MAX_WEIGHT_DIM for d in shp)):
@@ -225,7 +228,7 @@ def validate_header(h: Any, where: str, blob_nbytes: int | None) -> None:
             err(f + ".offset", f"must be a non-negative multiple of {ALIGN} (at most 2^62), got {short(off)}")
         if not is_int(nb) or not 0 <= nb <= MAX_WEIGHT_DIM:
             err(f + ".nbytes", f"must be a non-negative int (at most 2^62), got {short(nb)}")
-        itemsize = np.dtype(e["dtype"]).itemsize
+        itemsize = np_dtype(e["dtype"]).itemsize
         expect = math.prod(shp) * itemsize  # Python ints: no int64 wrap-around
         if nb != expect:
             err(f + ".nbytes", f"is {nb} but {e['dtype']}{fmt_shape(shp)} takes {expect} bytes")
@@ -263,8 +266,10 @@ def validate_header(h: Any, where: str, blob_nbytes: int | None) -> None:
         if typ not in OP_SCHEMAS:
             err(f + ".type", f"unknown op type {nm(typ)!r} (known: {', '.join(OP_TYPES)})")
         sch = OP_SCHEMAS[typ]
-        if op.get("precision") not in PRECISIONS:
-            err(f + ".precision", f"{short(op.get('precision'))} is not one of {', '.join(PRECISIONS)}")
+        if op.get("precision") not in OP_PRECISIONS:
+            err(f + ".precision", f"{short(op.get('precision'))} is not one of {', '.join(OP_PRECISIONS)}")
+        if op["precision"] == FP8 and typ != "Linear":
+            err(f + ".precision", f"fp8 is a Linear op's precision; a {typ} op computes as hybrid in fp8 plans")
         ins, outs = op.get("inputs"), op.get("outputs")
         wts, attrs = op.get("weights", {}), op.get("attrs", {})
         if not isinstance(ins, list) or not all(isinstance(x, str) for x in ins):
@@ -382,9 +387,18 @@ def _validate_op(op, f, tensors, weights, prof, err) -> None:
             need_shape(f"{role} table {nm(wts[role])!r}", e["shape"], [e["shape"][0], n_cols])
         return e["shape"]
 
+    fp8 = op["precision"] == FP8
     for role, w in wts.items():
-        if w and weights[w]["dtype"] not in FLOAT_DTYPES:
+        if fp8 and role == "weight":
+            if weights[w]["dtype"] != FP8_DTYPE:
+                err(f + ".weights.weight", f"an fp8 Linear's weight must be {FP8_DTYPE}, got {nm(weights[w]['dtype'])}")
+        elif w and weights[w]["dtype"] not in FLOAT_DTYPES:
             err(f + f".weights.{role}", f"weight {nm(w)!r} is {weights[w]['dtype']}, expected a float dtype")
+        if role in ("weight_scale", "x_scale"):
+            if not fp8:
+                err(f + f".weights.{role}", f"only an fp8 Linear has a {role!r} (this op is {op['precision']})")
+            if weights[w]["dtype"] != "float32":
+                err(f + f".weights.{role}", f"weight {nm(w)!r} is {weights[w]['dtype']}, a scale is float32")
 
     if typ == "Embedding":
         need_dtype("inputs[0]", ins[0], INT_DTYPES)
@@ -431,6 +445,14 @@ def _validate_op(op, f, tensors, weights, prof, err) -> None:
             need_shape(f"residual {nm(ins[1])!r}", T(ins[1])["shape"], y)
         if Wt("bias") is not None:
             need_shape(f"bias {nm(wts['bias'])!r}", Wt("bias")["shape"], [N])
+        if fp8:
+            if not wts.get("weight_scale"):
+                err(f + ".weights.weight_scale", "an fp8 Linear needs its weight_scale ([N] or [1], float32)")
+            if Wt("weight_scale")["shape"] not in ([N], [1]):
+                err(f + ".weights.weight_scale", f"must be [N={N}] (per output channel) or [1] (per tensor), got "
+                                                 f"{fmt_shape(Wt('weight_scale')['shape'])}")
+            if Wt("x_scale") is not None and Wt("x_scale")["shape"] != [1]:
+                err(f + ".weights.x_scale", f"a static activation scale is [1], got {fmt_shape(Wt('x_scale')['shape'])}")
         act = attrs.get("activation", "none")
         if act not in ACTIVATIONS:
             err(f + ".attrs.activation", f"{short(act)} is not one of {', '.join(ACTIVATIONS)}")
@@ -537,3 +559,22 @@ def check_arrays(header: dict, weights: dict, where: str) -> None:
     extra = sorted(set(weights) - set(entries))
     if extra:
         raise PlanError(f"{where}: weights: arrays without a header entry: {', '.join(extra)}")
+    check_scales(header, weights, where)
+
+
+def check_scales(header: dict, weights: dict, where: str) -> None:
+    """fp8 scales are positive finite float32 numbers: a run divides by x_scale and multiplies by both (a zero
+    or NaN scale would make every output of the layer NaN or zero without a word)."""
+    for op in header["ops"]:
+        if op["precision"] != FP8:
+            continue
+        for role in ("weight_scale", "x_scale"):
+            w = op.get("weights", {}).get(role)
+            if not w:
+                continue
+            v = np.asarray(weights[w], np.float32)
+            bad = ~(np.isfinite(v) & (v > 0) & (v <= FLOAT32_MAX))
+            if bad.any():
+                i = int(np.argmax(bad.ravel()))
+                raise PlanError(f"{where}: weights.{nm(w)}: op {nm(op['name'])!r}'s {role} must be positive and "
+                                f"finite, got {v.ravel()[i]!r} at [{i}]")
