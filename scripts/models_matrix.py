@@ -45,7 +45,7 @@ be installed beside transformers 5 (optimum-onnx 0.1.0 pins transformers < 4.58)
 reproduced through the same onnxruntime calls. sentence-transformers exports (a pooled, normalized
 `sentence_embedding` output beside `token_embeddings`) are tested separately (Pool op).
 
-The newer architectures (Llama, Qwen2, GPT-NeoX, MPNet, DeBERTa-v2, ModernBERT) are `trtrun export`'s named architectures
+The newer architectures (Llama, Qwen2, Mistral, Qwen3, GPT-NeoX, MPNet, DeBERTa-v2, ModernBERT) are `trtrun export`'s named architectures
 at the same tiny size with a 32000-token vocabulary (MPNet its own 30527); an architecture the IR does not
 express shows its one-line refusal. SmolLM2-135M with its real weights: `scripts/smollm2_fidelity.py`
 (docs/builder.md).
@@ -104,12 +104,15 @@ def render(results: dict) -> str:
              "minilm": "all-MiniLM-L6-v2 (real weights)",
              "llama": "Llama (tiny, random weights: RMSNorm, rotary, SwiGLU, 4 query heads on 2 K/V heads)",
              "qwen2": "Qwen2 (tiny, random weights: as Llama, with q/k/v biases)",
+             "mistral": "Mistral (tiny, random weights: as Llama, with an 8-token sliding window)",
+             "qwen3": "Qwen3 (tiny, random weights: as Llama, with an RMSNorm on each query and key head)",
              "gpt-neox": "GPT-NeoX (tiny, random weights: partial rotary, parallel residual)",
              "mpnet": "MPNet (tiny, random weights: relative-position bias)",
              "deberta-v2": "DeBERTa-v2 (tiny, random weights: disentangled attention)",
              "modernbert": "ModernBERT (tiny, random weights: global and 16-token local attention, rotary, GeGLU, "
                            "no biases)"}
-    for arch in ("bert", "gpt2", "minilm", "llama", "qwen2", "gpt-neox", "mpnet", "deberta-v2", "modernbert"):
+    for arch in ("bert", "gpt2", "minilm", "llama", "qwen2", "mistral", "qwen3", "gpt-neox", "mpnet", "deberta-v2",
+                 "modernbert"):
         if arch not in archs:
             continue
         lines.append(f"\n## {names[arch]}\n")

@@ -158,19 +158,23 @@ VARIANTS = {
 INT8 = ("int8-dynamic", "int8-qdq")
 
 # The newer architectures (issue 20), tiny random-weight configs of `trtrun export`'s named architectures:
-# hidden 128, 2 layers, 4 heads (Llama/Qwen2: 2 K/V heads), a 32000-token vocabulary (MPNet its own 30527).
+# hidden 128, 2 layers, 4 heads (Llama/Qwen2/Mistral/Qwen3: 2 K/V heads), a 32000-token vocabulary (MPNet its own 30527).
 # torch.onnx's two exporters for each; `fp16-io32` and `int8-dynamic` for Llama. `REFUSED`: architectures the
 # IR does not express, with the words their one-line refusal must contain.
 NEW_ARCHS = {
     "llama": ("llama", dict(num_key_value_heads=2, vocab_size=32000)),
     "qwen2": ("qwen2", dict(num_key_value_heads=2, vocab_size=32000)),
+    # a causal window of 8 tokens (keys at most 7 behind the query): the 3 x 11 test batch crosses it, the probes
+    # (5, 7 tokens) do not
+    "mistral": ("mistral", dict(num_key_value_heads=2, vocab_size=32000, sliding_window=8)),
+    "qwen3": ("qwen3", dict(num_key_value_heads=2, vocab_size=32000, head_dim=32)),  # RMSNorm on each q/k head
     "gpt-neox": ("gpt-neox", dict(vocab_size=32000)),  # partial rotary (a quarter of each head), parallel residual
     "mpnet": ("mpnet", dict(vocab_size=30527, max_position_embeddings=514)),
     "deberta-v2": ("deberta-v2", dict(vocab_size=32000, max_position_embeddings=512)),
     # layers global, local; a local window of 16 (keys within 8 of the query) that the probes (5, 7) cannot see
     "modernbert": ("modernbert", dict(vocab_size=32000, local_attention=16, global_attn_every_n_layers=2)),
 }
-REFUSED = {"deberta-v2": "disentangled attention"}
+REFUSED = {"deberta-v2": "disentangled attention", "qwen3": "has no per-head q/k norm"}
 
 
 def export_new_arch(arch: str, dst, exporter: str = "torchscript") -> Path:

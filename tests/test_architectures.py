@@ -155,25 +155,26 @@ def test_dynamic_rope_is_refused(tmp_path):
 
 
 def test_sliding_window_is_refused(tmp_path):
-    """Mistral-style sliding windows of thousands of tokens (here a Qwen2 config that turns its window on) are
-    beyond what the builder reads off the mask (1024 tokens): refused at export, naming the window."""
+    """A sliding window longer than the builder reads off the mask (WINDOW_MAX tokens; here a Qwen2 config that
+    turns a 16384-token window on) is refused at export, naming the window; Mistral's 4096 is taken."""
     pytest.importorskip("transformers")
     from trtrun.export import check_rope
 
     import transformers
 
-    cfg = transformers.Qwen2Config(use_sliding_window=True, sliding_window=4096)
-    with pytest.raises(ModelError, match="sliding-window attention \\(window 4096\\) is not supported: the builder "
-                                         "reads windows of at most 512"):
+    cfg = transformers.Qwen2Config(use_sliding_window=True, sliding_window=16384)
+    with pytest.raises(ModelError, match="sliding-window attention \\(window 16384\\) is not supported: the builder "
+                                         "reads windows of at most 8192"):
         check_rope(cfg, "qwen2-window")
     check_rope(transformers.Qwen2Config(), "qwen2")  # the window is off by default
+    check_rope(transformers.Qwen2Config(use_sliding_window=True, sliding_window=4096), "qwen2-window")
 
 
 def test_gpu_lowering_refuses_what_it_lacks(decoder):
-    from trtrun.runtime import _lower_plan
+    from trtrun.runtime.lower import lower_plan
 
     with pytest.raises(PlanError, match=r"does not run (RMSNorm ops|Embedding ops with no position table)"):
-        _lower_plan(build(decoder("llama"), precision="hybrid"))
+        lower_plan(build(decoder("llama"), precision="hybrid"))
 
 
 # ------------------------------------------------------------------ the reference ops against plain formulas
@@ -342,10 +343,10 @@ def test_deberta_v2_is_refused_in_one_line(tmp_path):
 
 
 def test_gpu_lowering_refuses_a_relative_bias(mpnet):
-    from trtrun.runtime import _lower_plan
+    from trtrun.runtime.lower import lower_plan
 
     with pytest.raises(PlanError, match="does not run Attention ops with a relative-position score bias"):
-        _lower_plan(build(mpnet(), precision="hybrid"))
+        lower_plan(build(mpnet(), precision="hybrid"))
 
 
 # ------------------------------------------------------------------ GPT-NeoX: partial rotary, parallel residual
@@ -442,7 +443,7 @@ def test_alibi_matches_onnxruntime_and_torch_beyond_the_probes(tmp_path, symmetr
     torch = pytest.importorskip("torch")
     import warnings
 
-    from trtrun.runtime import _gpu_missing
+    from trtrun.runtime.lower import gpu_missing
 
     model = _alibi_model(symmetric)
     path = tmp_path / "alibi.onnx"
@@ -475,7 +476,7 @@ def test_alibi_matches_onnxruntime_and_torch_beyond_the_probes(tmp_path, symmetr
             a, b = y[keep].astype(np.float64), ref[keep].astype(np.float64)
             cos = (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
             assert cos.min() >= want, (precision, cos.min())
-    assert _gpu_missing(att[0]) == "an ALiBi score bias (alibi_slopes)"
+    assert gpu_missing(att[0]) == "an ALiBi score bias (alibi_slopes)"
 
 
 # ------------------------------------------------------------------ ModernBERT: local and global attention windows
@@ -489,7 +490,7 @@ def test_modernbert_windows_beyond_the_probes(tmp_path, exporter):
     builder reads it off the mask at 1024 tokens; checked at 120 tokens, where it masks most keys."""
     torch = pytest.importorskip("torch")
     from trtrun.export import export_model, load_torch_model
-    from trtrun.runtime import _gpu_missing
+    from trtrun.runtime.lower import gpu_missing
 
     path = export_model("modernbert", tmp_path / "mb.onnx", exporter=exporter, overrides=TINY_MODERNBERT, seed=0)
     model = load_torch_model("modernbert", overrides=TINY_MODERNBERT, seed=0)
@@ -516,7 +517,76 @@ def test_modernbert_windows_beyond_the_probes(tmp_path, exporter):
             cos = (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
             assert cos.min() >= want, (precision, cos.min())
     plain = dict(att[1], attrs={k: v for k, v in att[1]["attrs"].items() if k != "rotary_dim"}, weights={})
-    assert _gpu_missing(plain) == "a sliding attention window (window)"
+    assert gpu_missing(plain) == "a sliding attention window (window)"
+
+
+@pytest.mark.parametrize("local_attention", [128, 2048])
+def test_modernbert_long_windows_at_their_edge(tmp_path, local_attention):
+    """Local windows of 128 and 2048 tokens (keys within W = 64 and 1024 of the query). A window of 1023 or more
+    masks nothing at the 1024 tokens the mask is first read at (it read as "no window"): the builder then reads it
+    at the length the mask subgraph's constant names. Checked against PyTorch at W + 1 tokens (the window masks
+    nothing yet) and W + 3 (the first and last two tokens lose one or two keys).
+
+    Tolerance: the fp32 plan differs from PyTorch by rounding, <= 3.2e-7 of each token's largest value (measured
+    at both sizes); a plan without the window is off by 6.9e-4 (W = 64) and 3.9e-5 (W = 1024) at W + 3 tokens,
+    where one key in 66 (1026) is wrongly kept. 3e-6 is ten times the rounding and 13 times under the smaller
+    miss."""
+    torch = pytest.importorskip("torch")
+    from trtrun.export import export_model, load_torch_model
+
+    W = local_attention // 2
+    over = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96, vocab_size=1000,
+                local_attention=local_attention, global_attn_every_n_layers=2)  # layers: global, local
+    path = export_model("modernbert", tmp_path / "mb.onnx", overrides=over, seed=0)
+    plan = build(path, precision="fp32", profile={"batch": (1, 1, 1), "seq": (1, W + 1, W + 3)})
+    assert [o["attrs"].get("window") for o in plan.ops if o["type"] == "Attention"] == [None, W]
+    model = load_torch_model("modernbert", overrides=over, seed=0)
+    rng = np.random.default_rng(1)
+    for S in (W + 1, W + 3):
+        ids, mask = rng.integers(3, 1000, (1, S)), np.ones((1, S), np.int64)
+        with torch.no_grad():
+            ref = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).last_hidden_state[0].numpy()
+        y = ReferenceBackend(plan).run({"input_ids": ids, "attention_mask": mask})["last_hidden_state"][0]
+        rel = np.abs(y - ref).max(-1) / np.abs(ref).max(-1)
+        assert rel.max() <= 3e-6, (S, float(rel.max()))
+
+
+def test_mistral_long_causal_window(decoder):
+    """Mistral's causal window (`kv > q - sliding_window`: keys at most sliding_window - 1 behind) of 1500 tokens,
+    past the 1024 the mask is first read at: read at the constant's length, checked against PyTorch at 1502
+    tokens, where the last token loses key 0. Same tolerance as test_modernbert_long_windows_at_their_edge (a
+    plan without the window keeps one key in 1502 too many)."""
+    torch = pytest.importorskip("torch")
+
+    plan = build(decoder("mistral", sliding_window=1500), precision="fp32",
+                 profile={"batch": (1, 1, 1), "seq": (1, 128, 1502)})
+    assert [(o["attrs"].get("window"), o["attrs"]["causal"]) for o in plan.ops if o["type"] == "Attention"] == \
+        [(1499, True)] * 2
+    ids, mask = np.random.default_rng(2).integers(3, VOCAB, (1, 1502)), np.ones((1, 1502), np.int64)
+    ref = _torch_run("mistral", {"input_ids": ids, "attention_mask": mask}, sliding_window=1500)[0]
+    y = ReferenceBackend(plan).run({"input_ids": ids, "attention_mask": mask})["last_hidden_state"][0]
+    rel = np.abs(y - ref).max(-1) / np.abs(ref).max(-1)
+    assert rel.max() <= 3e-6, float(rel.max())
+
+
+def test_window_past_what_the_builder_reads_is_refused(tmp_path, monkeypatch):
+    """A window whose constant lies past WINDOW_MAX cannot be read off the mask (its [L, L] tensors grow with it):
+    one line naming the Softmax and the constant, rather than a plan that attends to keys the model masks."""
+    pytest.importorskip("transformers")
+    import importlib
+
+    from trtrun.export import export_model
+
+    fa = importlib.import_module("trtrun.builder.fuse_attention")  # the package's name `fuse_attention` is the pass
+
+    path = export_model("modernbert", tmp_path / "mb.onnx", overrides=dict(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48, vocab_size=1000,
+        local_attention=2048, global_attn_every_n_layers=2), seed=0)
+    monkeypatch.setattr(fa, "WINDOW_MAX", 1000)
+    with pytest.raises(BuildError, match=r"Softmax node .*holds the constant 1024, which may be a sliding window of "
+                                         r"about 1024 tokens; the builder reads windows of at most 1000") as e:
+        build(path, precision="fp32")
+    assert len(str(e.value).splitlines()) == 1
 
 
 def test_bloom_alibi_from_the_mask_is_refused_in_one_line(tmp_path):

@@ -2,8 +2,8 @@
 
 `export_model` takes a model directory (config.json + weights), a GGUF file (or a folder holding one:
 transformers dequantizes its weights to fp32 with the `gguf` package), or a named architecture with random
-weights (`bert-base`, `gpt2`, `llama`, `qwen2`, `gpt-neox`, `mpnet`, `deberta-v2`, with size overrides for
-small test models) and writes an ONNX graph with inputs `input_ids`, `attention_mask` (+ `token_type_ids`
+weights (`bert-base`, `gpt2`, `llama`, `qwen2`, `mistral`, `qwen3`, `gpt-neox`, `mpnet`, `deberta-v2`,
+`modernbert`, with size overrides for small test models) and writes an ONNX graph with inputs `input_ids`, `attention_mask` (+ `token_type_ids`
 for BERT-like models), output `last_hidden_state`, and dynamic batch and sequence axes.
 
 torch and transformers are optional dependencies, imported only inside the functions here.
@@ -67,6 +67,15 @@ _FAMILIES = {
                                            relative_attention=True, position_buckets=256, max_relative_positions=-1,
                                            pos_att_type=["p2c", "c2p"], position_biased_input=False,
                                            norm_rel_ebd="layer_norm", share_att_key=True, type_vocab_size=0)),
+    # Mistral-7B-v0.1's shape: Llama with a sliding attention window of 4096 tokens
+    "mistral": ("MistralConfig", dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+                                      intermediate_size=14336, vocab_size=32000, max_position_embeddings=32768,
+                                      rms_norm_eps=1e-5, rope_theta=10000.0, sliding_window=4096)),
+    # Qwen3-0.6B's shape (Qwen3-Embedding-0.6B's too): Qwen2 without q/k/v biases, with an RMSNorm on each head's
+    # query and key
+    "qwen3": ("Qwen3Config", dict(hidden_size=1024, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
+                                  head_dim=128, intermediate_size=3072, vocab_size=151936, max_position_embeddings=40960,
+                                  rms_norm_eps=1e-6, rope_theta=1000000.0, tie_word_embeddings=True)),
     # ModernBERT-base's shape: local (128-token window) and global attention alternating, rotary, GeGLU, no biases
     "modernbert": ("ModernBertConfig", dict(hidden_size=768, num_hidden_layers=22, num_attention_heads=12,
                                             intermediate_size=1152, vocab_size=50368, max_position_embeddings=8192,
@@ -78,15 +87,16 @@ _FAMILY_KEYS = {
     "llama": {"num_key_value_heads", "rope_theta", "rope_scaling", "rms_norm_eps", "hidden_act", "attention_bias",
               "mlp_bias", "head_dim"},
     "qwen2": {"num_key_value_heads", "rope_theta", "rope_scaling", "rms_norm_eps", "hidden_act"},
+    "mistral": {"num_key_value_heads", "rope_theta", "rope_scaling", "rms_norm_eps", "hidden_act", "head_dim",
+                "sliding_window"},
+    "qwen3": {"num_key_value_heads", "rope_theta", "rope_scaling", "rms_norm_eps", "hidden_act", "head_dim",
+              "attention_bias"},
     "gpt-neox": {"rotary_pct", "rope_theta", "rope_scaling", "use_parallel_residual", "hidden_act", "layer_norm_eps"},
     "mpnet": {"relative_attention_num_buckets", "layer_norm_eps", "hidden_act"},
     "deberta-v2": {"relative_attention", "position_buckets", "pos_att_type", "type_vocab_size"},
     "modernbert": {"local_attention", "global_attn_every_n_layers", "global_rope_theta", "local_rope_theta",
                    "hidden_activation", "norm_eps"},
 }
-# the builder reads a sliding window off the mask at this many tokens (builder/fuse_attention.py): a window of
-# at most half of it is seen whole
-WINDOW_READABLE = 512
 # rope variants whose frequencies are fixed at load time (what a plan holds); "dynamic" and "longrope" change
 # them with the sequence length at run time
 STATIC_ROPE = ("default", "linear", "yarn", "llama3")
@@ -134,17 +144,19 @@ def _make_config(transformers, source: str, overrides: dict):
 def check_rope(config, source) -> None:
     """Refuse a config whose rotary frequencies change with the sequence length at run time, naming its
     rope_type (a plan holds one frequency table), or whose attention has a sliding window longer than the
-    builder can read off the mask (WINDOW_READABLE)."""
+    builder reads off the mask (builder.fuse_attention.WINDOW_MAX)."""
     rp = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
     if isinstance(rp, dict) and "rope_type" not in rp and all(isinstance(v, dict) for v in rp.values()):
         kinds = [v.get("rope_type", v.get("type", "default")) for v in rp.values()]  # per attention type
     else:
         kinds = [rp.get("rope_type", rp.get("type", "default"))] if isinstance(rp, dict) else ["default"]
+    from .builder.fuse_attention import WINDOW_MAX
+
     window = getattr(config, "sliding_window", None)
-    if window and getattr(config, "use_sliding_window", True) and window > WINDOW_READABLE:
-        # the builder reads a window off the mask at 1024 tokens; one of thousands of tokens it cannot see
+    if window and getattr(config, "use_sliding_window", True) and window > WINDOW_MAX:
+        # the builder reads a window off the mask at the window's length; past WINDOW_MAX that costs too much
         raise ModelError(f"{source}: sliding-window attention (window {window}) is not supported: the builder reads "
-                         f"windows of at most {WINDOW_READABLE} tokens off the mask")
+                         f"windows of at most {WINDOW_MAX} tokens off the mask")
     for kind in kinds:
         if kind not in STATIC_ROPE:
             raise ModelError(f"{source}: rope_type {kind!r} is not supported: its rotary frequencies depend on the "

@@ -51,6 +51,7 @@ def fuse_attention(graph, facts) -> int:
     count = 0
     ctx = {"deps": value_deps(graph), "order": {id(n): i for i, n in enumerate(graph.nodes)}}
     for sm in [n for n in graph.nodes if n.op == "Softmax"]:
+        ctx["softmax"] = repr(sm.name)
         try:
             m = _match(graph, sm, facts, ctx)
         except _NoMatch:
@@ -415,6 +416,13 @@ def _trace_source(graph, facts, t, ctx):
             raise _NoMatch
         if G.is_trtrun(p, "Linear"):
             return t, scale, rot
+        if G.is_trtrun(p, "RMSNorm") or G.is_trtrun(p, "LayerNorm"):
+            # Qwen3's (and OLMo-2's, Gemma-3's) q_norm/k_norm: a norm over each head's query or key between the
+            # projection and the scores, which the IR's Attention (Q/K/V straight from one QKV Linear) lacks
+            raise BuildError(f"Softmax node {ctx['softmax']}: the query or key is normalized per head ({p.op} "
+                             f"node {p.name!r}, as Qwen3's q_norm/k_norm) before the attention scores; the IR's "
+                             f"Attention takes Q, K and V straight from the QKV projection and has no per-head "
+                             f"q/k norm")
         if p.op in ("Add", "Sub", "Concat") and rot is None:
             try:
                 t, rot = match_rotary(graph, facts, t, ctx["deps"], ctx["order"])
@@ -472,17 +480,27 @@ def _window_mask(S: int, window: int) -> np.ndarray:
     return np.abs(d) > window
 
 
-def _window(graph, sm, mask_sides, ctx):
-    """A sliding attention window read off the additive mask tensors at _BIAS_PROBE_LEN tokens (all keys valid):
-    the probes (5 and 7 tokens) see no window of 128 (ModernBERT's local layers). -> the window W (a key j is
-    masked for query i when |i - j| > W; with causal also when j > i) or None. A masked set at that length that
-    is neither nothing, causal, a window nor both is a BuildError."""
-    from .probe import run_graph
+# The longest sliding window the builder reads: a window W is seen only on a mask of more than W + 1 tokens,
+# and the mask subgraph holds [L, L] tensors (float and int64) at that length: at 8195 tokens ~0.5 GB each.
+# Real windows: ModernBERT 64, Gemma-3 1023, Phi-3 2047, Mistral and Gemma-2 4095.
+WINDOW_MAX = 8192
 
+
+def _window(graph, sm, mask_sides, ctx):
+    """A sliding attention window read off the additive mask tensors at long lengths (all keys valid): the probes
+    (5 and 7 tokens) see no window of 128 (ModernBERT's local layers). -> the window W (a key j is masked for
+    query i when |i - j| > W; with causal also when j > i) or None.
+
+    First read at _BIAS_PROBE_LEN tokens, which shows any window under 1023. A longer one masks nothing there:
+    the mask subgraph's integer constants of 1022 or more (the window as the model's config gives it:
+    transformers writes `abs(q - kv) <= W` or `kv > q - (W + 1)` with the number as a constant) are each tried
+    as a window, by reading the mask again at that length + 3 tokens (so W - 1 .. W + 1 are all seen); what
+    is read there is the window, the constant only says where to look. A candidate past WINDOW_MAX is a
+    BuildError (it cannot be read; guessing "no window" would attend to keys the model masks). A masked set
+    that is neither nothing, causal, a window nor both is a BuildError."""
     floats = [t for t in mask_sides if t.dtype is not None and np.dtype(t.dtype).kind == "f"]
     if not floats:
         return None
-    L = _BIAS_PROBE_LEN
     cache = ctx.setdefault("window", {})
     key = tuple(t.name for t in floats)
     if key not in cache:
@@ -492,33 +510,70 @@ def _window(graph, sm, mask_sides, ctx):
         if any(G.is_trtrun(n) for n in g2.nodes):
             cache[key] = None  # a mask computed from hidden states: the probes' reading stands
             return None
-        feeds = [{i.name: (np.ones if i.name == "attention_mask" else np.zeros)((1, L), np.dtype(i.dtype or np.int64))
-                  for i in g2.inputs}]
-        try:
-            vals = next(run_graph(g2, feeds, names=list(key)))
-        except BuildError:
-            cache[key] = None  # a mask subgraph that cannot run at that length (a shorter causal buffer)
-            return None
-        masked = np.zeros((L, L), bool)
-        for n in key:
-            v = np.asarray(vals[n])
-            if v.ndim != 4 or v.shape[-1] != L:
-                cache[key] = None
-                return None
-            masked |= np.broadcast_to((v < _MASKED_BELOW).any(axis=(0, 1)), (L, L))
-        d = np.arange(L)[None, :] - np.arange(L)[:, None]  # j - i
-        causal = bool(masked[d > 0].all())
-        kept = ~masked & (d <= 0 if causal else True)
-        W = int(np.abs(d[kept]).max()) if kept.any() else 0
-        if W >= L - 1:
-            window = None  # nothing beyond padding and causal
-        elif np.array_equal(masked, _window_mask(L, W) | ((d > 0) if causal else False)):
-            window = W
-        else:
-            raise BuildError(f"Softmax node {sm.name!r}: at {L} tokens the attention mask is neither padding, causal, "
-                             f"nor a sliding window (|i - j| > W)")
+        window = _read_window(g2, sm, key, _BIAS_PROBE_LEN)
+        if window is _UNREADABLE:
+            window = None
+        elif window is None:
+            for c in _window_candidates(g2, _BIAS_PROBE_LEN - 2):
+                if c > WINDOW_MAX:
+                    raise BuildError(f"Softmax node {sm.name!r}: its mask subgraph holds the constant {c}, which may "
+                                     f"be a sliding window of about {c} tokens; the builder reads windows of at most "
+                                     f"{WINDOW_MAX} tokens off the mask")
+                found = _read_window(g2, sm, key, c + 3)
+                if found is not _UNREADABLE and found is not None:
+                    window = found
+                    break
         cache[key] = window
     return cache[key]
+
+
+_UNREADABLE = object()
+
+
+def _read_window(g2, sm, key, L):
+    """The window of the mask subgraph g2 (outputs `key`) run at L tokens: W, None (nothing beyond padding and
+    causal within L tokens), or _UNREADABLE (it cannot run at that length, or is not [.., L, L])."""
+    from .probe import run_graph
+
+    feeds = [{i.name: (np.ones if i.name == "attention_mask" else np.zeros)((1, L), np.dtype(i.dtype or np.int64))
+              for i in g2.inputs}]
+    try:
+        vals = next(run_graph(g2, feeds, names=list(key)))
+    except BuildError:
+        return _UNREADABLE  # a mask subgraph that cannot run at that length (a shorter causal buffer)
+    masked = np.zeros((L, L), bool)
+    for n in key:
+        v = np.asarray(vals[n])
+        if v.ndim != 4 or v.shape[-1] != L:
+            return _UNREADABLE
+        masked |= np.broadcast_to((v < _MASKED_BELOW).any(axis=(0, 1)), (L, L))
+    del vals
+    d = np.arange(L)[None, :] - np.arange(L)[:, None]  # j - i
+    causal = bool(masked[d > 0].all())
+    kept = ~masked & (d <= 0 if causal else True)
+    W = int(np.abs(d[kept]).max()) if kept.any() else 0
+    if W >= L - 1:
+        return None  # nothing beyond padding and causal
+    if np.array_equal(masked, _window_mask(L, W) | ((d > 0) if causal else False)):
+        return W
+    raise BuildError(f"Softmax node {sm.name!r}: at {L} tokens the attention mask is neither padding, causal, "
+                     f"nor a sliding window (|i - j| > W)")
+
+
+def _window_candidates(g2, least: int) -> list[int]:
+    """The distinct integer-valued scalar constants of at least `least` (and below 2^31: int64 max as a Slice's
+    end is no window) in the mask subgraph g2, ascending."""
+    found = set()
+    for t in g2.tensors().values():
+        if t.__class__.__name__ != "Constant" or int(np.prod(t.shape or ())) != 1:
+            continue
+        v = G.const_value(t)
+        if v.dtype.kind not in "iuf":
+            continue
+        x = float(v.reshape(-1)[0])
+        if np.isfinite(x) and x == int(x) and least <= x < 2 ** 31:
+            found.add(int(x))
+    return sorted(found)
 
 
 def _mask_semantics(graph, sm, facts, qk, logits, chain_scale, bias=None, window=None):
