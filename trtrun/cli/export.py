@@ -26,7 +26,8 @@ def command(source, output, exporter, opset, seed, overrides, quiet):
 
     SOURCE is a Hugging Face model folder (config.json + weights, e.g. .data/minilm), a GGUF file (or a
     folder holding one; its weights are dequantized to fp32, needs the gguf package), or a named
-    architecture with random weights: bert-base, gpt2, llama, qwen2, gpt-neox, mpnet, deberta-v2, modernbert (sizes
+    architecture with random weights: bert-base, gpt2, llama, qwen2, mistral, qwen3, gpt-neox, mpnet, deberta-v2,
+    modernbert (sizes
     overridable, e.g. --hidden-size 128 --layers 2 --heads 2 --kv-heads 1). Inputs input_ids,
     attention_mask (+ token_type_ids for BERT); output last_hidden_state. Needs torch and transformers
     (pip install 'trtrun[export]').
