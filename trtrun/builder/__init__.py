@@ -67,10 +67,22 @@ STEPS = ("load", "producer forms", "simplify", "select_outputs", "probe", "decou
 
 
 def build(onnx_path, *, precision: str = "hybrid", profile=None, save_onnx=None, progress=None,
-          gelu: str = "auto", tf32: bool = False, ln_input: str = "fp16", outputs=None):
+          gelu: str = "auto", tf32: bool = False, ln_input: str = "fp16", outputs=None, fp8_weights: str = "channel",
+          fp8_activations: str = "dynamic", calib=None, calib_name=None, holdout=None, holdout_name=None,
+          min_cosine=None, cost_table=None, log=None):
     """Build a Plan from an ONNX model.
 
-    precision: "fp32", "fp16" or "hybrid" (docs/plan-format.md says what each means).
+    precision: "fp32", "fp16" or "hybrid" (docs/plan-format.md says what each means), "fp8" (every Linear fp8
+        E4M3, the rest as hybrid) or "auto" (each Linear fp8, fp16 or fp32 by a search under min_cosine); both
+        described in docs/precision.md.
+    fp8_weights: "channel" or "tensor" (fp8/auto: one weight scale per output channel, or one per weight).
+    fp8_activations: "dynamic" (per-token scales at run time) or "static" (calibrated on `calib`).
+    calib, holdout: lists of token-id batches (dicts as trtrun.data.encode gives): the calibration text (static
+        scales; the search's sensitivities) and the held-apart text the search's choice is checked on;
+        calib_name, holdout_name say what they are in the plan's builder record.
+    min_cosine: auto only: the worst-sample cosine against the fp32 plan the chosen plan must reach on holdout.
+    cost_table: auto only: a cost table file (builder/cost_model.py) or CostModel; default a FLOP estimate.
+    log: callable(str) for the fp8 calibration's and the search's progress lines.
     profile: {"batch": (min, opt, max), "seq": (min, opt, max)}; default batch (1, 8, 32) and
         seq (1, 128, 512) capped by the model's positions.
     save_onnx: also write the precision-pinned graph in standard ONNX ops (with Casts) there; it
@@ -91,9 +103,17 @@ def build(onnx_path, *, precision: str = "hybrid", profile=None, save_onnx=None,
     (bad arguments). Nothing is written on error.
     """
     from ..plan import Plan
+    from ..types import BUILD_PRECISIONS
 
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision not in BUILD_PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(BUILD_PRECISIONS)}, got {precision!r}")
+    mixed = precision in ("fp8", "auto")
+    if mixed or calib is not None or min_cosine is not None or cost_table is not None:
+        from .precision_search import check_options
+        cost_table = check_options(precision, fp8_weights, fp8_activations, calib, holdout, min_cosine, cost_table)
+        if save_onnx is not None:
+            raise ValueError(f"save_onnx: the rewritten ONNX has no {precision} form (it would be the hybrid graph); "
+                             f"build a hybrid plan for it")
     if ln_input not in LN_INPUTS:
         raise ValueError(f"ln_input must be one of {', '.join(LN_INPUTS)}, got {ln_input!r}")
     if gelu not in GELU_CHOICES:
@@ -154,12 +174,17 @@ def build(onnx_path, *, precision: str = "hybrid", profile=None, save_onnx=None,
     check_supported(graph)
     passes.append("check_supported")
     step("check_supported")
-    tensor_dtypes, weight_dtypes = pin_precision(graph, precision, ln_input)
+    pinned = "hybrid" if mixed else precision  # fp8/auto: a hybrid plan whose Linears then get their precision
+    if mixed:  # the fp32 lowering: the reference the search measures against, and the weights fp8 quantizes
+        t32, w32 = pin_precision(graph, "fp32", ln_input)
+        header32, weights32 = lower(graph, facts, t32, w32, precision="fp32", profile=profile, source_path=onnx_path,
+                                    opset=opset, producer=producer, passes=passes + ["lower"])
+    tensor_dtypes, weight_dtypes = pin_precision(graph, pinned, ln_input)
     passes.append("pin_precision")
-    if choose_gelu_form(graph, precision, gelu):
+    if choose_gelu_form(graph, pinned, gelu):
         passes.append("gelu_tanh")
     step("pin_precision")
-    header, weights = lower(graph, facts, tensor_dtypes, weight_dtypes, precision=precision,
+    header, weights = lower(graph, facts, tensor_dtypes, weight_dtypes, precision=pinned,
                             profile=profile, source_path=onnx_path, opset=opset, producer=producer,
                             passes=passes + ["lower"],
                             progress=(lambda s, d, t: progress("lower (weights)", d, t)) if progress else None)
@@ -167,13 +192,26 @@ def build(onnx_path, *, precision: str = "hybrid", profile=None, save_onnx=None,
     input_notes += clamp_profile(header["profile"], fixed, profile)
     header["source"].update(source_notes(conversions, input_notes + passthrough +
                                          graph.__dict__.get("_trtrun_notes", [])))
+    if mixed:
+        from .precision_search import finish_fp8, search
+
+        header32["profile"], header32["source"] = header["profile"], header["source"]
+        if precision == "fp8":
+            header, weights = finish_fp8(header, weights, weights32, weight_scale=fp8_weights,
+                                         activations=fp8_activations, calib=calib, calib_name=calib_name, log=log)
+        else:
+            header, weights = search(header, weights, header32, weights32, min_cosine=min_cosine, calib=calib,
+                                     holdout=holdout, weight_scale=fp8_weights, activations=fp8_activations,
+                                     cost_model=cost_table, calib_name=calib_name, holdout_name=holdout_name, log=log)
+        header["builder"]["passes"] = header["builder"]["passes"] + [f"precision_{precision}"]
+        del header32, weights32
     step("lower")
     try:
         plan = Plan.from_parts(header, weights)
     except TrtrunError as e:
         raise BuildError(f"the lowered plan is not valid (a builder bug): {e}") from e
     if save_onnx is not None:
-        rewritten = precision_onnx(simplified, precision)
+        rewritten = precision_onnx(simplified, pinned)
         _save_model(rewritten, save_onnx)
     step("plan")
     return plan
