@@ -3,7 +3,7 @@
 
 Each execution takes a valid seed plan, mutates it, writes it to a file and loads it; a file that loads
 is then described (Plan.summary/to_dict, what `trtrun inspect` prints), lowered for the GPU runtime
-(trtrun.runtime._lower_plan, pure Python) and run by the reference backend on a tiny input (batch <= 2,
+(trtrun.runtime.lower.lower_plan, pure Python) and run by the reference backend on a tiny input (batch <= 2,
 sequence <= 4). Anything but PlanError from the load, or PlanError/InputError from the run, is a crash:
 the input is saved under --crashes and its path printed. An execution that takes longer than
 --exec-timeout seconds is a hang (saved the same way).
@@ -350,7 +350,7 @@ def execute(path: Path, data: bytes) -> str:
     from trtrun.errors import InputError, PlanError
     from trtrun.plan import load_plan
     from trtrun.reference import ReferenceBackend
-    from trtrun.runtime import _lower_plan
+    from trtrun.runtime.lower import lower_plan
 
     _overwrite(path, data)
     try:
@@ -362,7 +362,7 @@ def execute(path: Path, data: bytes) -> str:
     plan.to_dict()
     lowered = ""
     try:
-        _lower_plan(plan)
+        lower_plan(plan)
     except PlanError:  # an op the GPU runtime does not run (a valid plan may hold one)
         lowered = ", not lowerable"
     try:

@@ -90,6 +90,7 @@ def test_gpu_unavailable_reason_is_one_short_line(monkeypatch):
     """The CUDA runtime's words for a machine without a GPU or driver are long and nested; the reason trtrun
     gives (trtrun info, run's fallback note) is one short line that still names the error code."""
     import trtrun.runtime as rt
+    from trtrun.runtime import extension
 
     class FakeExt:
         def __init__(self, problem):
@@ -103,12 +104,12 @@ def test_gpu_unavailable_reason_is_one_short_line(monkeypatch):
     for problem, code in ((long, "cudaErrorInsufficientDriver"),
                           ("no usable CUDA device: cudaGetDeviceCount failed with cudaErrorNoDevice (no CUDA-capable "
                            "device is detected)", "cudaErrorNoDevice")):
-        monkeypatch.setattr(rt, "_load_extension", lambda p=problem: FakeExt(p))
+        monkeypatch.setattr(extension, "load_extension", lambda p=problem: FakeExt(p))
         ok, why = rt.gpu_available()
         assert not ok and why == f"no NVIDIA GPU or driver on this machine: {code}"
         assert len(why) < 80 and "\n" not in why
     other = "this build's kernels do not run on sm_80 (built for sm_90)"  # any other problem: as the runtime said
-    monkeypatch.setattr(rt, "_load_extension", lambda: FakeExt(other))
+    monkeypatch.setattr(extension, "load_extension", lambda: FakeExt(other))
     assert rt.gpu_available() == (False, other)
 
 

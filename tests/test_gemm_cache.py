@@ -65,10 +65,10 @@ def test_save_refuses_to_replace_a_file_it_cannot_read(tmp_path):
 def test_split_is_optional_and_kept(tmp_path):
     """Files written before the split field existed hold unsplit GEMMs: an entry without it reads as split 1;
     one with split 4 (a Linear whose K slices its LayerNorm sums) is read as it is."""
-    from trtrun.runtime import _read_gemm_cache
+    from trtrun.runtime import read_gemm_cache
 
     path = tmp_path / "gemm.json"
     path.write_text(json.dumps({"format": GEMM_CACHE_FORMAT, "version": 1,
                                 "entries": [dict(GOOD), dict(GOOD, k=3072, out_t=0, epilogue=0, split=4)]}))
-    a, b = _read_gemm_cache(path)
+    a, b = read_gemm_cache(path)
     assert a["split"] == 1 and b["split"] == 4

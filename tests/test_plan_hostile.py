@@ -339,10 +339,10 @@ def test_lowering_names_ops_the_runtime_lacks():
     import json
 
     from trtrun.plan import Plan
-    from trtrun.runtime import _lower_plan
+    from trtrun.runtime.lower import lower_plan
 
     base = tiny_plan("fp32", layers=1)
-    low = _lower_plan(base)
+    low = lower_plan(base)
     assert [o["name"] for o in base.ops] == [o["name"] for o in low["ops"]]
     hdr = json.loads(json.dumps({k: v for k, v in base.header.items() if k != "weights"}))
     hdr["ops"].append({"type": "Pool", "name": "pool", "inputs": ["last_hidden_state", "attention_mask"],
@@ -351,7 +351,7 @@ def test_lowering_names_ops_the_runtime_lacks():
     hdr["outputs"].append({"name": "pooled", "dtype": "float32", "shape": ["B", 16]})
     plan = Plan.from_parts(hdr, base.weights)
     with pytest.raises(PlanError, match=r"op 'pool': the GPU runtime does not run Pool ops yet"):
-        _lower_plan(plan)
+        lower_plan(plan)
     out = ReferenceBackend(plan).run(_feeds())
     np.testing.assert_array_equal(out["pooled"], out["last_hidden_state"][:, 0])
 

@@ -69,9 +69,8 @@ def test_gemm_search_defaults_are_one_table():
     assert d == {"runtime": "focused", "bench": "focused", "embedder": "heuristic", "serve": "heuristic",
                  "run": "heuristic"}
     bench_default = next(f.default for f in dataclasses.fields(config.BenchConfig) if f.name == "gemm_search")
-    assert runtime.DEFAULT_GEMM_SEARCH == "focused" and bench_default == "focused"
+    assert runtime.ContextOptions().gemm_search == "focused" and bench_default == "focused"
     assert inspect.signature(embedder.Embedder).parameters["gemm_search"].default == "heuristic"
-    assert inspect.signature(runtime.Engine.create_context).parameters["gemm_search"].default == "focused"
     opt = next(p for p in serve.command.params if p.name == "gemm_search")
     assert opt.default == "heuristic" and tuple(opt.type.choices) == types.GEMM_SEARCHES
     assert types.check_gemm_search("exhaustive") == "exhaustive"

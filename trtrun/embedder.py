@@ -490,7 +490,7 @@ class Embedder:
             if self.backend == "gpu":
                 self.gemm_cache_entries = runtime.load_gemm_cache(gemm_cache)
             else:
-                runtime._read_gemm_cache(Path(gemm_cache))
+                runtime.read_gemm_cache(gemm_cache)
         if self.backend == "gpu":
             from . import runtime
 

@@ -62,10 +62,10 @@ def test_arena_plan_never_overlaps_live_buffers():
 
 
 def test_lower_plan_converts_weights_exactly():
-    from trtrun.runtime import _lower_plan
+    from trtrun.runtime.lower import lower_plan
 
     plan = h.handmade_plan(precision="hybrid", bias32_out16=True)
-    low = _lower_plan(plan)
+    low = lower_plan(plan)
     names = {n: a for n, a in low["weights"]}
     # an fp16 bias feeding an fp32 output is widened (exactly) so cuBLASLt's epilogue adds it
     assert names["bp (as float32)"].dtype == np.float32

@@ -222,7 +222,8 @@ def test_gemm_search_beyond_the_heuristic(built, variant, precision, search):
     if precision != "hybrid" and variant == "x32-bias32-nomask":
         pytest.skip("fp32 inputs/biases into fp16 GEMMs are hybrid-plan situations")
     from trtrun.reference import ReferenceBackend
-    from trtrun.runtime import GEMM_SEARCHES, _load_extension
+    from trtrun.runtime import GEMM_SEARCHES
+    from trtrun.runtime.extension import load_extension
 
     plan, engine = built(variant, precision)
     ref = ReferenceBackend(plan)
@@ -241,7 +242,7 @@ def test_gemm_search_beyond_the_heuristic(built, variant, precision, search):
     # takes an exhaustive choice made earlier in the process for the same shape instead of tuning it again
     assert set(GEMM_SEARCHES) == {"heuristic", "exhaustive", "focused"}
     served_by = {"exhaustive": {1}, "focused": {1, 2}}[search]
-    assert any(e["search"] in served_by for e in _load_extension().gemm_cache_export())
+    assert any(e["search"] in served_by for e in load_extension().gemm_cache_export())
     with pytest.raises(InputError, match="gemm_search"):
         engine.create_context(gemm_search="fastest")
 

@@ -1,0 +1,156 @@
+"""The plan as the GPU runtime takes it: ops as integer codes (trtrun.plan.format), weights in the dtype each
+kernel reads, and what of a plan the runtime's kernels cannot run yet (refused by name)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..errors import PlanError
+from ..plan.format import ACTIVATION_CODES, ELEM_CODES, OP_CODES, PRECISION_CODES
+
+
+def bucket_seq(seq: int, seq_max: int) -> int:
+    """The padded sequence length a run at `seq` executes at (so that few CUDA graphs serve all lengths).
+
+    The step is a quarter of the largest power of two below `seq` (at least 8): 8 up to 64, 16 up to 128,
+    32 up to 256, 64 up to 512, ...: four buckets per octave (20 up to 512), padding below 25% beyond 32
+    tokens; never above the profile's maximum. Powers of two are their own buckets.
+    """
+    seq = int(seq)
+    step = max(8, (1 << max(0, (seq - 1).bit_length() - 1)) // 4)
+    return min(-(-seq // step) * step, seq_max)
+
+
+def gpu_missing(op) -> str | None:
+    """What of a known op type the GPU runtime's kernels lack (attributes the IR grew for Llama-family and
+    relative-position models, which the reference backend runs), or None."""
+    a, w = op.get("attrs", {}), op.get("weights", {})
+    if op["type"] == "Embedding" and not w.get("position"):
+        return "no position table (rotary or relative positions)"
+    if op["type"] == "Linear":
+        if a.get("activation", "none") not in ACTIVATION_CODES:
+            return f"activation {a['activation']!r}"
+        if a.get("gated"):
+            return "a gated epilogue (SwiGLU/GeGLU)"
+        if len(op["inputs"]) > 1 and op["inputs"][1]:
+            return "a residual input (parallel attention and MLP branches)"
+    if op["type"] == "Attention":
+        if a.get("num_kv_heads", a.get("num_heads")) != a.get("num_heads"):
+            return "grouped-query K/V heads (num_kv_heads)"
+        if a.get("rotary_dim") or w.get("inv_freq"):
+            return "rotary position embeddings"
+        if w.get("relative_bias"):
+            return "a relative-position score bias"
+        if w.get("alibi_slopes"):
+            return "an ALiBi score bias (alibi_slopes)"
+        if a.get("window") is not None:
+            return "a sliding attention window (window)"
+    return None
+
+
+def lower_plan(plan) -> dict:
+    """The plan as simple lists for _C.Engine: tensors, ops (dicts of codes), weights (name, array).
+
+    Weights are converted where the kernels need one dtype per op (exactly what the reference computes):
+    Linear weights to the GEMM operand type (fp32 for fp32 ops, fp16 otherwise; the reference rounds
+    operands the same way), a fp16 bias to fp32 when the output is fp32 (exact), embedding tables and
+    gamma/beta to a common type (fp32 when they differ; exact).
+    """
+    for op in plan.ops:  # a valid plan may hold ops only the reference backend runs (Pool)
+        if op["type"] not in OP_CODES:
+            hint = ("build the plan without the outputs that need it (--outputs)" if op["type"] == "Pool"
+                    else "run it on the reference backend")
+            raise PlanError(f"op {op['name']!r}: the GPU runtime does not run {op['type']} ops yet (the reference "
+                            f"backend does); {hint}")
+        missing = gpu_missing(op)
+        if missing:
+            raise PlanError(f"op {op['name']!r}: the GPU runtime does not run {op['type']} ops with {missing} yet "
+                            f"(the reference backend does)")
+    tensors = plan.tensors
+    names = list(tensors)
+    tindex = {n: i for i, n in enumerate(names)}
+    tlist = []
+    for n in names:
+        t = tensors[n]
+        dims = [-1 if d == "B" else -2 if d == "S" else int(d) for d in t["shape"]]
+        tlist.append((n, ELEM_CODES[t["dtype"]], dims))
+
+    weights: list[tuple[str, np.ndarray]] = []
+    windex: dict[tuple[str, str], int] = {}
+
+    def weight(name: str, dtype: str) -> int:
+        key = (name, dtype)
+        if key not in windex:
+            a = np.asarray(plan.weights[name])
+            label = name
+            if a.dtype.name != dtype:
+                a = a.astype(dtype)
+                label = f"{name} (as {dtype})"
+            windex[key] = len(weights)
+            weights.append((label, np.ascontiguousarray(a)))
+        return windex[key]
+
+    def common(*names_):
+        dts = {plan.weights[n].dtype.name for n in names_ if n}
+        return dts.pop() if len(dts) == 1 else "float32"
+
+    ops = []
+    for op in plan.ops:
+        attrs = op.get("attrs", {})
+        w = {k: v for k, v in op.get("weights", {}).items() if v}
+        d: dict[str, Any] = {
+            "type": OP_CODES[op["type"]],
+            "name": op["name"],
+            "inputs": [tindex[t] if t else -1 for t in op["inputs"]],
+            "outputs": [tindex[t] if t else -1 for t in op["outputs"]],
+            "precision": PRECISION_CODES[op["precision"]],
+        }
+        wmap: dict[str, int] = {}
+        typ = op["type"]
+        if typ == "Embedding":
+            tdt = common(w["word"], w["position"], w.get("token_type"))
+            for role in ("word", "position", "token_type"):
+                if role in w:
+                    wmap[role] = weight(w[role], tdt)
+            if "gamma" in w:
+                pdt = common(w["gamma"], w["beta"])
+                wmap["gamma"] = weight(w["gamma"], pdt)
+                wmap["beta"] = weight(w["beta"], pdt)
+                d["epsilon"] = float(attrs["epsilon"])
+            d["position_offset"] = int(attrs.get("position_offset", 0))
+        elif typ == "Linear":
+            operand = "float32" if op["precision"] == "fp32" else "float16"
+            wmap["weight"] = weight(w["weight"], operand)
+            if "bias" in w:
+                y_dt = tensors[op["outputs"][0]]["dtype"]
+                b_dt = plan.weights[w["bias"]].dtype.name
+                # same type as y: fused into cuBLASLt's epilogue; fp16 bias for fp32 y: widened (exact);
+                # fp32 bias for fp16 y: kept, the runtime adds it in its own fp32 epilogue kernel
+                wmap["bias"] = weight(w["bias"], "float32" if y_dt == "float32" else b_dt)
+            d["activation"] = ACTIVATION_CODES[attrs.get("activation", "none")]
+        elif typ == "Attention":
+            d["num_heads"] = int(attrs["num_heads"])
+            d["head_size"] = int(attrs["head_size"])
+            d["scale"] = float(attrs["scale"])
+            d["causal"] = bool(attrs.get("causal", False))
+        elif typ == "LayerNorm":
+            pdt = common(w["gamma"], w["beta"])
+            wmap["gamma"] = weight(w["gamma"], pdt)
+            wmap["beta"] = weight(w["beta"], pdt)
+            d["epsilon"] = float(attrs["epsilon"])
+        d["weights"] = wmap
+        ops.append(d)
+
+    prof = plan.profile
+    return {
+        "tensors": tlist,
+        "ops": ops,
+        "weights": weights,
+        "inputs": [tindex[i["name"]] for i in plan.inputs],
+        "outputs": [tindex[o["name"]] for o in plan.outputs],
+        "batch_max": int(prof["batch"][2]),
+        "seq_max": int(prof["seq"][2]),
+        "tf32": bool(plan.tf32),
+    }
