@@ -6,8 +6,24 @@ from pathlib import Path
 
 import click
 
+from ..types import BUILD_PRECISIONS, FP8_ACTIVATION_SCALES, FP8_WEIGHT_SCALES
 from ._ui import Progress, human_bytes, status
 from .options import precision_option, profile_options, quiet_option
+
+FP8_HELP = ("; fp8: Linear layers in fp8 E4M3 (fp32 accumulation), the rest as hybrid; auto: each Linear fp8, "
+            "fp16 or fp32, the fastest choice meeting --min-cosine (docs/precision.md)")
+
+
+def _min_cosine(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        v = float(value)
+    except ValueError:
+        raise click.BadParameter(f"must be a number in (0, 1), e.g. 0.9995; got {value!r}") from None
+    if not 0 < v < 1:
+        raise click.BadParameter(f"must be a number in (0, 1) (a worst-sample cosine), e.g. 0.9995; got {value!r}")
+    return v
 
 
 def _position_rows(onnx_path) -> int | None:
@@ -48,7 +64,7 @@ def _fmt_profile(profile) -> str:
 @click.argument("onnx_path", metavar="MODEL.onnx", type=click.Path(exists=True, dir_okay=False))
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="plan file to write (default: MODEL.<precision>.plan beside the ONNX file)")
-@precision_option(default="hybrid")
+@precision_option(default="hybrid", choices=BUILD_PRECISIONS, extra_help=FP8_HELP)
 @profile_options
 @click.option("--save-onnx", type=click.Path(dir_okay=False), default=None,
               help="also write the rewritten ONNX (fused ops, explicit Casts); runs in onnxruntime")
@@ -63,13 +79,39 @@ def _fmt_profile(profile) -> str:
 @click.option("--outputs", "outputs", default=None, metavar="NAME[,NAME]",
               help="keep only these graph outputs (default: every output the model has); the others, and what "
                    "only they need, are dropped before fusion (as Polygraphy's --onnx-outputs)")
+@click.option("--fp8-weights", type=click.Choice(FP8_WEIGHT_SCALES), default="channel", show_default=True,
+              help="fp8/auto: one weight scale per output channel, or one per weight tensor")
+@click.option("--fp8-activations", type=click.Choice(FP8_ACTIVATION_SCALES), default=None,
+              help="fp8/auto: activation scales per token at run time (dynamic) or calibrated on --calib text (static) "
+                   "[default: fp8: static with --calib, else dynamic; auto: dynamic]")
+@click.option("--calib", default=None, metavar="rt|wiki|imdb|FILE",
+              help="fp8/auto: calibration text (fp8: static activation scales; auto: also each Linear's "
+                   "sensitivity) [auto's default: rt]")
+@click.option("--calib-samples", type=click.IntRange(min=1), default=64, show_default=True,
+              help="texts drawn from --calib")
+@click.option("--holdout", default=None, metavar="rt|wiki|imdb|FILE",
+              help="auto: held-apart text the chosen plan is checked on [default: other texts of --calib's set]")
+@click.option("--holdout-samples", type=click.IntRange(min=1), default=None, help="texts drawn from --holdout "
+              "[default: --calib-samples]")
+@click.option("--min-cosine", callback=_min_cosine, default=None, metavar="X",
+              help="auto: the worst-sample cosine against fp32 the plan must keep on the held-apart text")
+@click.option("--cost-table", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="auto: per-GEMM timings (JSON, docs/precision.md) [default: an estimate from FLOPs and "
+                   "Hopper's rates, labelled so]")
+@click.option("--tokenizer", type=click.Path(exists=True, file_okay=False), default=None,
+              help="fp8/auto: tokenizer for the calibration text [default: beside the model, else the data "
+                   "folder's for its vocabulary]")
 @quiet_option
-def command(onnx_path, output, precision, profile, save_onnx, tf32, gelu, ln_input, outputs, quiet):
+def command(onnx_path, output, precision, profile, save_onnx, tf32, gelu, ln_input, outputs, fp8_weights,
+            fp8_activations, calib, calib_samples, holdout, holdout_samples, min_cosine, cost_table, tokenizer, quiet):
     """Build an engine plan from MODEL.onnx.
 
     \b
     Precision: fp32 (all fp32), fp16 (naive full fp16: shows where fp16 overflows), hybrid (fp16
     GEMMs with fp32 accumulation; LayerNorm and softmax in fp32; fp32 outputs).
+    fp8 (every Linear in fp8 E4M3, the rest as hybrid) and auto (each Linear fp8, fp16 or fp32: the
+    fastest assignment whose worst-sample cosine against fp32 on held-apart text meets --min-cosine)
+    run on the reference backend only for now; docs/precision.md.
     Profile: --min/--opt/--max BATCH,SEQ (default batch 1/8/32, sequence 1/128/512 capped by the
     model's positions); a run outside it is refused. Nothing is written if the build fails.
     """
@@ -88,6 +130,8 @@ def command(onnx_path, output, precision, profile, save_onnx, tf32, gelu, ln_inp
         raise click.UsageError(f"--save-onnx {save_onnx} and the plan output {out} are the same file")
     if ln_input != "fp16" and precision != "hybrid":
         status(f"note: --ln-input only affects hybrid plans; the {precision} plan ignores it", quiet)
+    fp8_kw = _fp8_options(precision, fp8_weights, fp8_activations, calib, calib_samples, holdout, holdout_samples,
+                          min_cosine, cost_table, tokenizer, save_onnx)
     if tf32 and precision != "fp32":
         status(f"note: --tf32 only affects fp32 GEMMs; the {precision} plan records it but uses no fp32 GEMM", quiet)
 
@@ -106,8 +150,11 @@ def command(onnx_path, output, precision, profile, save_onnx, tf32, gelu, ln_inp
            + (f", profile {_fmt_profile(profile)}" if profile else "") + ")", quiet)
     progress = Progress(enabled=not quiet)
     try:
+        if fp8_kw:
+            fp8_kw.update(_text_batches(src, fp8_kw, profile, quiet))
+            fp8_kw["log"] = lambda m: (progress.close(), status(m, quiet))
         plan = build(src, precision=precision, profile=profile, save_onnx=save_onnx, progress=progress,
-                     gelu=gelu, tf32=tf32, ln_input=ln_input, outputs=outputs)
+                     gelu=gelu, tf32=tf32, ln_input=ln_input, outputs=outputs, **fp8_kw)
     finally:
         elapsed = progress.close()
 
@@ -128,3 +175,70 @@ def command(onnx_path, output, precision, profile, save_onnx, tf32, gelu, ln_inp
                quiet)
     if save_onnx:
         status(f"wrote {save_onnx} (rewritten ONNX)", quiet)
+    for line in _precision_lines(plan):
+        status(line, quiet)
+
+
+def _fp8_options(precision, fp8_weights, fp8_activations, calib, calib_samples, holdout, holdout_samples,
+                 min_cosine, cost_table, tokenizer, save_onnx) -> dict:
+    """The fp8/auto options as build() takes them (before the text is read); UsageError for those that do not
+    fit --precision."""
+    if precision not in ("fp8", "auto"):
+        given = [o for o, v in (("--calib", calib), ("--holdout", holdout), ("--min-cosine", min_cosine),
+                                ("--cost-table", cost_table), ("--fp8-activations", fp8_activations),
+                                ("--holdout-samples", holdout_samples)) if v is not None]
+        if fp8_weights != "channel":
+            given.append("--fp8-weights")
+        if given:
+            raise click.UsageError(f"{given[0]} applies to --precision fp8 or auto, not {precision}")
+        return {}
+    if save_onnx:
+        raise click.UsageError(f"--save-onnx: the rewritten ONNX has no {precision} form; build a hybrid plan for it")
+    if precision == "fp8":
+        for o, v in (("--min-cosine", min_cosine), ("--cost-table", cost_table), ("--holdout", holdout),
+                     ("--holdout-samples", holdout_samples)):
+            if v is not None:
+                raise click.UsageError(f"{o} belongs to --precision auto (the search), not fp8")
+        act = fp8_activations or ("static" if calib else "dynamic")
+        if act == "static" and not calib:
+            raise click.UsageError("--fp8-activations static needs calibration text: --calib rt|wiki|imdb|FILE")
+        if act == "dynamic" and calib:
+            raise click.UsageError("--calib sets static activation scales; dynamic ones need no calibration text")
+    else:
+        if min_cosine is None:
+            raise click.UsageError("--precision auto needs --min-cosine X (the worst-sample cosine to keep)")
+        act = fp8_activations or "dynamic"
+        calib = calib or "rt"
+    return {"fp8_weights": fp8_weights, "fp8_activations": act, "min_cosine": min_cosine, "cost_table": cost_table,
+            "_calib": calib, "_n": calib_samples, "_holdout": (holdout or "same") if precision == "auto" else None,
+            "_n_holdout": holdout_samples, "_tokenizer": tokenizer}
+
+
+def _text_batches(src, kw, profile, quiet) -> dict:
+    """Reads and tokenizes the calibration (and held-apart) text named in kw's private keys -> build() kwargs."""
+    from .. import calibration as C
+
+    calib, n, holdout = kw.pop("_calib"), kw.pop("_n"), kw.pop("_holdout")
+    n_hold, tok_dir = kw.pop("_n_holdout"), kw.pop("_tokenizer")
+    if calib is None:
+        return {}
+    tok = C.tokenizer_for_onnx(src, tok_dir)
+    seq_max = profile["seq"][2] if profile else 512
+    max_len = min(seq_max, (profile["seq"][1] if profile else 128))
+    cal_t, hold_t = C.text_sets(calib, n, holdout, n_hold)
+    out = {"calib": C.batches(tok, cal_t, max_len), "calib_name": f"{calib} ({len(cal_t)} texts, seed {C.SEED})"}
+    msg = f"calibration text: {len(cal_t)} texts of {calib}, at most {max_len} tokens"
+    if hold_t is not None:
+        hname = calib if holdout in ("same", calib) else holdout
+        out.update(holdout=C.batches(tok, hold_t, max_len),
+                   holdout_name=f"{hname} ({len(hold_t)} texts{', none of them calibration texts' if hname == calib else ''})")
+        msg += f"; held-apart: {out['holdout_name']}"
+    status(msg, quiet)
+    return out
+
+
+def _precision_lines(plan) -> list[str]:
+    """What the build chose: the fp8 settings and the search's outcome (the plan's builder record)."""
+    from ..plan.summary import _builder_lines
+
+    return [line.strip() for line in _builder_lines(plan.header.get("builder", {}))]

@@ -110,13 +110,13 @@ PAIR = PairType()
 
 # ------------------------------------------------------------------------------------------ option groups
 
-def precision_option(default: str = "hybrid", multiple: bool = False):
-    """--precision fp32|fp16|hybrid (or a comma list when multiple=True), plus --hybrid as a shorthand."""
+def precision_option(default: str = "hybrid", multiple: bool = False, choices=PRECISIONS, extra_help: str = ""):
+    """--precision fp32|fp16|hybrid (or `choices`; a comma list when multiple=True), plus --hybrid as a shorthand."""
     if multiple:
         return click.option(
             "--precision", "precision", default=default, show_default=True,
-            callback=lambda ctx, p, v: parse_choice_list(v, PRECISIONS, "--precision"),
-            help="comma-separated precisions: " + ", ".join(PRECISIONS),
+            callback=lambda ctx, p, v: parse_choice_list(v, choices, "--precision"),
+            help="comma-separated precisions: " + ", ".join(choices) + extra_help,
         )
 
     def decorator(f):
@@ -128,9 +128,9 @@ def precision_option(default: str = "hybrid", multiple: bool = False):
 
         wrapper = click.option("--hybrid", is_flag=True, help="short for --precision hybrid")(wrapper)
         wrapper = click.option(
-            "--precision", type=click.Choice(PRECISIONS), default=None,
+            "--precision", type=click.Choice(choices), default=None,
             help=f"fp32: all fp32; fp16: naive full fp16; hybrid: fp16 GEMMs with fp32 accumulation, "
-                 f"fp32 LayerNorm and softmax  [default: {default}]",
+                 f"fp32 LayerNorm and softmax{extra_help}  [default: {default}]",
         )(wrapper)
         return wrapper
 

@@ -87,7 +87,7 @@ def _builder_lines(b: dict) -> list[str]:
                      + (f" (fell back to all {s['fallback']})" if s.get("fallback") else ""))
         us = lambda v: f"{v:.1f}" if isinstance(v, (int, float)) else repr(v)[:40]  # noqa: E731 (builder is free-form)
         lines.append(f"  precision search cost: {us(s.get('cost_us'))} us against {us(s.get('cost_us_all_hybrid'))} "
-                     f"us all-hybrid ({'ESTIMATE' if s.get('cost_estimated') else 'measured'}: {s.get('cost_model')})")
+                     f"us all-hybrid (cost model: {s.get('cost_model')})")
     return lines
 
 

@@ -64,6 +64,9 @@ def lower_plan(plan) -> dict:
                     else "run it on the reference backend")
             raise PlanError(f"op {op['name']!r}: the GPU runtime does not run {op['type']} ops yet (the reference "
                             f"backend does); {hint}")
+        if op["precision"] not in PRECISION_CODES:  # fp8: no cuBLASLt fp8 GEMM path in the runtime yet
+            raise PlanError(f"op {op['name']!r}: precision {op['precision']}: the GPU runtime has no "
+                            f"{op['precision']} path yet; run this plan on the reference backend (--backend reference)")
         missing = gpu_missing(op)
         if missing:
             raise PlanError(f"op {op['name']!r}: the GPU runtime does not run {op['type']} ops with {missing} yet "

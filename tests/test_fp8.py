@@ -1,0 +1,384 @@
+"""fp8 (E4M3) Linear layers: the quantization against an independent numpy computation, the builder's fp8 plans
+(round trip, hostile fields, calibration), the GPU lowering's refusal, and `trtrun build`'s fp8 options."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import numpy as np
+import pytest
+
+from trtrun.errors import InputError, PlanError
+from trtrun.fp8 import E4M3_MAX, e4m3_dtype, quantize_activation, quantize_e4m3, quantize_weight
+from trtrun.reference import ref_linear
+
+F32, F64 = np.float32, np.float64
+
+
+# ------------------------------------------------------------------------------------------ independent E4M3
+def e4m3_round(v) -> np.ndarray:
+    """float64 values of round-to-nearest-even onto the E4M3 grid (1 sign, 4 exponent bits with bias 7,
+    3 mantissa bits; subnormals below 2^-6 in steps of 2^-9), saturated at +-448; NaN stays NaN. Written from
+    the format's definition with frexp, sharing nothing with ml_dtypes."""
+    v = np.asarray(v, F64)
+    a = np.minimum(np.abs(v), 448.0)
+    _, e = np.frexp(a)  # a = m 2^e, m in [0.5, 1): the leading bit is 2^(e-1)
+    exp = np.maximum(e - 1, -6)  # below the smallest normal 2^-6 the step stays that of the subnormals
+    step = np.ldexp(1.0, exp - 3)
+    q = np.round(a / step) * step  # numpy rounds half to even
+    return np.where(np.isnan(v), np.nan, np.sign(v) * np.minimum(q, 448.0))
+
+
+def hard_values(rng, n):
+    """Random values over E4M3's whole range and past it: beyond 448, subnormal-sized, exact ties, zeros."""
+    mag = np.exp2(rng.uniform(-14, 12, n))  # 6e-5 .. 4096: underflow to 0, subnormals, normals, saturation
+    v = mag * rng.choice([-1.0, 1.0], n)
+    grid = np.array([0.0, 2.0 ** -9, 1.5 * 2 ** -9, 2.0 ** -10, 464.0, 465.0, 448.0, 1e6, -1e6, 17.0, 1.0625, 0.5])
+    return np.concatenate([v, grid, -grid]).astype(F32)
+
+
+def test_quantize_matches_the_format_definition():
+    rng = np.random.default_rng(1)
+    v = np.concatenate([hard_values(rng, 20000), np.array([np.nan], F32)])
+    got = quantize_e4m3(v)
+    assert got.dtype == e4m3_dtype()
+    want = e4m3_round(v.astype(F64))
+    g = got.astype(F64)
+    assert np.array_equal(np.isnan(g), np.isnan(want))
+    assert np.array_equal(g[~np.isnan(g)], want[~np.isnan(want)])  # bit-exact: both are the same grid points
+    assert np.abs(g[np.isfinite(g)]).max() == 448.0  # saturated, never NaN from a large finite value
+    assert (g[(np.abs(v) > 0) & (np.abs(v) < 2.0 ** -10)] == 0).all()  # below half the smallest subnormal
+    # ties go to the even mantissa: 1.0625 lies between 1 and 1.125 -> 1; 464 between 448 and (NaN) 480 -> 448
+    assert quantize_e4m3(np.array([1.0625, 464.0, 1.5 * 2 ** -9], F32)).astype(F64).tolist() == [1.0, 448.0, 2 ** -8]
+
+
+def independent_linear(x, w32, bias, kind, x_scale):
+    """The fp8 Linear from its definition, in float64 after the fp32 scale arithmetic the spec fixes:
+    s = float32(amax) / float32(448), q = E4M3(float32(v) / s), y = sum_k (q_x s_x)(q_w s_w) + bias."""
+    x32, w32 = np.asarray(x, F32), np.asarray(w32, F32)
+    amax_w = np.abs(w32).max(axis=0) if kind == "channel" else np.full(w32.shape[1], np.abs(w32).max(), F32)
+    s_w = np.where(amax_w == 0, F32(1), amax_w / F32(448))
+    q_w = e4m3_round(w32 / s_w[None, :])
+    if x_scale is None:
+        amax_x = np.abs(x32).max(axis=1)
+        s_x = np.where(amax_x == 0, F32(1), amax_x / F32(448))[:, None]
+    else:
+        s_x = np.full((x32.shape[0], 1), F32(x_scale))
+    q_x = e4m3_round(x32 / s_x)
+    y = (q_x * s_x.astype(F64)) @ (q_w * s_w.astype(F64)[None, :])
+    bound = (np.abs(q_x) @ np.abs(q_w)) * (s_x.astype(F64) * s_w.astype(F64)[None, :])
+    return y + np.asarray(bias, F64)[None, :], bound
+
+
+@pytest.mark.parametrize("kind", ["channel", "tensor"])
+@pytest.mark.parametrize("static", [False, True])
+def test_fp8_linear_matches_independent_numpy(kind, static):
+    rng = np.random.default_rng(2 + static + 2 * (kind == "tensor"))
+    M, K, N = 64, 96, 48
+    x = rng.normal(0, 1, (M, K)).astype(F32)
+    x[3, 5] = 900.0  # past the static range: saturates at 448 x s_x
+    x[7] = rng.normal(0, 1e-6, K)  # a row of tiny values: per-token scales keep them, a static one flushes them
+    x[9] = 0.0  # an all-zero row: its dynamic scale is 1, not 0/0
+    w = rng.normal(0, 0.05, (K, N)).astype(F32)
+    w[:, 4] *= 300.0  # one channel far larger than the rest: per-tensor scales lose the small ones
+    w[:, 6] = 0.0
+    b = rng.normal(0, 0.1, N).astype(F32)
+    x_scale = F32(4.0) / F32(448) if static else None  # calibrated amax 4
+    q, s = quantize_weight(w, kind)
+    got = ref_linear(x, q, b, precision="fp8", out_dtype=F32, weight_scale=s,
+                     x_scale=None if x_scale is None else np.array([x_scale], F32))
+    want, bound = independent_linear(x, w, b, kind, x_scale)
+    # fp32 accumulation of K exact fp8 products: |error| <= gamma_K sum_k |terms| (Higham, gamma_K = K u / (1 - K u),
+    # u = 2^-24), plus 3 roundings of the scale products and the bias add, each half an ulp of the result
+    u = 2.0 ** -24
+    tol = (K * u / (1 - K * u)) * bound + 3 * u * (np.abs(want) + np.abs(b)[None, :]) + 1e-30
+    err = np.abs(got.astype(F64) - want)
+    assert (err <= tol).all(), float((err / tol).max())
+    if static:
+        assert np.isclose(got[7] - b, 0, atol=1e-6).all()  # 1e-6 / s_x ~ 1e-4: below E4M3's smallest subnormal
+    else:
+        assert np.abs(got[7] - b).max() > 0  # kept by its own scale
+    assert np.allclose(got[9], b)
+
+
+def test_fp8_linear_rounds_its_output_as_hybrid():
+    # the epilogue of an fp8 Linear is hybrid's: the accumulator (+ bias) rounded to the fp16 output, GELU from it
+    rng = np.random.default_rng(5)
+    x = rng.normal(0, 1, (16, 32)).astype(np.float16)
+    w = rng.normal(0, 0.2, (32, 24)).astype(F32)
+    q, s = quantize_weight(w)
+    h = ref_linear(x, q, None, precision="fp8", out_dtype=np.float16, weight_scale=s)
+    g = ref_linear(x, q, None, precision="fp8", out_dtype=np.float16, weight_scale=s, activation="gelu_tanh")
+    from trtrun.reference import ref_gelu
+    assert np.array_equal(g, ref_gelu(h, "gelu_tanh", out_dtype=np.float16))
+
+
+def test_quantize_weight_refuses_bad_input():
+    with pytest.raises(ValueError, match="channel, tensor"):
+        quantize_weight(np.ones((2, 2), F32), "row")
+    with pytest.raises(ValueError, match="K, N"):
+        quantize_weight(np.ones(4, F32))
+    q, s = quantize_activation(np.full((2, 3), 1e30, F32), np.array([1.0], F32))
+    assert (q.astype(F32) == E4M3_MAX).all()  # saturates rather than NaN
+
+
+# ------------------------------------------------------------------------------------------ plans
+@pytest.fixture(scope="module")
+def tiny(exported, real_text_batches):
+    """The tiny random BERT: onnx path, real-text batches (8 RT sentences, 3 Wikipedia paragraphs)."""
+    return exported("bert"), real_text_batches("bert")
+
+
+@pytest.fixture(scope="module")
+def fp8_plans(tiny):
+    from trtrun.builder import build
+
+    onnx, batches = tiny
+    return {"fp32": build(onnx, precision="fp32"),
+            "dynamic": build(onnx, precision="fp8"),
+            "static": build(onnx, precision="fp8", fp8_activations="static", calib=batches[:1], calib_name="rt"),
+            "tensor": build(onnx, precision="fp8", fp8_weights="tensor")}
+
+
+def test_fp8_plan_ops_and_fidelity(fp8_plans, tiny):
+    from trtrun.builder.precision_search import run_outputs, sample_cosines, worst
+
+    _, batches = tiny
+    ref = run_outputs(fp8_plans["fp32"], batches)
+    for key in ("dynamic", "static", "tensor"):
+        plan = fp8_plans[key]
+        assert plan.precision == "fp8"
+        lin = [op for op in plan.ops if op["type"] == "Linear"]
+        assert lin and all(op["precision"] == "fp8" for op in lin)
+        assert all(op["precision"] == "hybrid" for op in plan.ops if op["type"] != "Linear")
+        for op in lin:
+            assert plan.weights[op["weights"]["weight"]].dtype == e4m3_dtype()
+            assert plan.weights[op["weights"]["weight_scale"]].shape == ((1,) if key == "tensor" else
+                                                                         (plan.weights[op["weights"]["weight"]].shape[1],))
+            assert ("x_scale" in op["weights"]) == (key == "static")
+        cos = sample_cosines(run_outputs(plan, batches), ref, batches)
+        # fp8 keeps 3 mantissa bits (relative step 2^-4): per-layer errors of a few percent of a Linear's output;
+        # over two layers the hidden states stay well correlated with fp32 but far from hybrid's 0.9999+
+        assert 0.98 < worst(cos) < 0.99999, (key, worst(cos))
+
+
+def test_fp8_plan_round_trip(fp8_plans, tiny, tmp_path):
+    from trtrun.plan import load_plan
+    from trtrun.reference import ReferenceBackend
+
+    _, batches = tiny
+    plan = fp8_plans["static"]
+    path = plan.save(tmp_path / "s.plan")
+    back = load_plan(path)
+    assert back.header["ops"] == plan.header["ops"]
+    for name, a in plan.weights.items():
+        assert back.weights[name].dtype == a.dtype
+        assert np.array_equal(back.weights[name].view(np.uint8), np.ascontiguousarray(a).view(np.uint8))
+    a = ReferenceBackend(plan).run(batches[1])
+    b = ReferenceBackend(back).run(batches[1])
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    text = back.summary()
+    assert "precision fp8" in text and "fp8 scales: weight per channel, activation static" in text
+    assert "fp8: weight scales per channel, activation scales static (calibrated on rt" in text
+    d = back.to_dict()
+    assert {o["fp8_scales"]["activation"] for o in d["ops"] if o["precision"] == "fp8"} == {"static"}
+
+
+def _first_linear(plan):
+    return next(i for i, op in enumerate(plan.ops) if op["type"] == "Linear")
+
+
+def _remade(plan, edit):
+    """plan's header and weights after edit(header, weights) -> Plan.from_parts (validation) of the result."""
+    from trtrun.plan import Plan
+
+    h = copy.deepcopy(plan.header)
+    h.pop("weights")
+    w = dict(plan.weights)
+    edit(h, w)
+    return Plan.from_parts(h, w)
+
+
+@pytest.mark.parametrize("case, match", [
+    ("fp8 on a LayerNorm", "fp8 is a Linear op's precision"),
+    ("fp16 weight", "must be float8_e4m3fn"),
+    ("fp8 weight in a hybrid op", "expected a float dtype"),
+    ("no weight_scale", "needs its weight_scale"),
+    ("weight_scale too long", "per output channel"),
+    ("weight_scale fp16", "a scale is float32"),
+    ("x_scale [2]", "static activation scale is \\[1\\]"),
+    ("scale on a hybrid op", "only an fp8 Linear has"),
+    ("zero scale", "positive and finite"),
+    ("NaN x_scale", "positive and finite"),
+    ("negative scale", "positive and finite"),
+    ("plan precision fp9", "header.precision"),
+    ("op precision fp4", "is not one of fp32, fp16, hybrid, fp8"),
+])
+def test_hostile_fp8_fields_refused(fp8_plans, case, match):
+    plan = fp8_plans["static"]
+    i = _first_linear(plan)
+
+    def edit(h, w):
+        op = h["ops"][i]
+        ws = op["weights"]
+        if case == "fp8 on a LayerNorm":
+            next(o for o in h["ops"] if o["type"] == "LayerNorm")["precision"] = "fp8"
+        elif case == "fp16 weight":
+            w[ws["weight"]] = w[ws["weight"]].astype(F32).astype(np.float16)
+        elif case == "fp8 weight in a hybrid op":
+            op["precision"] = "hybrid"
+            del ws["weight_scale"], ws["x_scale"]
+        elif case == "no weight_scale":
+            del ws["weight_scale"]
+        elif case == "weight_scale too long":
+            w[ws["weight_scale"]] = np.ones(w[ws["weight_scale"]].shape[0] + 1, F32)
+        elif case == "weight_scale fp16":
+            w[ws["weight_scale"]] = w[ws["weight_scale"]].astype(np.float16)
+        elif case == "x_scale [2]":
+            w[ws["x_scale"]] = np.ones(2, F32)
+        elif case == "scale on a hybrid op":
+            op["precision"] = "hybrid"
+            w[ws["weight"]] = w[ws["weight"]].astype(F32).astype(np.float16)
+        elif case == "zero scale":
+            a = np.array(w[ws["weight_scale"]])
+            a[3] = 0
+            w[ws["weight_scale"]] = a
+        elif case == "NaN x_scale":
+            w[ws["x_scale"]] = np.array([np.nan], F32)
+        elif case == "negative scale":
+            w[ws["x_scale"]] = np.array([-1.0], F32)
+        elif case == "plan precision fp9":
+            h["precision"] = "fp9"
+        elif case == "op precision fp4":
+            op["precision"] = "fp4"
+
+    with pytest.raises(PlanError, match=match):
+        _remade(plan, edit)
+
+
+def test_hostile_scale_in_a_file_refused_on_load(fp8_plans, tmp_path):
+    # the header cannot vouch for a value in the blob: a file whose scale is 0 (fresh checksum) fails to load
+    from trtrun.plan import load_plan
+    from trtrun.plan.io import write_plan_file
+
+    plan = fp8_plans["static"]
+    op = plan.ops[_first_linear(plan)]
+    w = dict(plan.weights)
+    w[op["weights"]["x_scale"]] = np.zeros(1, F32)
+    path = tmp_path / "bad.plan"
+    write_plan_file(path, plan.header, w, plan.blob_nbytes, str(path))
+    with pytest.raises(PlanError, match=f"{op['name']}.*x_scale must be positive and finite"):
+        load_plan(path)
+    dtype_lie = copy.deepcopy(plan.header)  # a tensor may not be fp8: only weights are
+    t = op["outputs"][0]
+    dtype_lie["tensors"][t]["dtype"] = "float8_e4m3fn"
+    write_plan_file(path, dtype_lie, plan.weights, plan.blob_nbytes, str(path))
+    with pytest.raises(PlanError, match="dtype"):
+        load_plan(path)
+
+
+def test_calibration_is_deterministic(fp8_plans, tiny):
+    from trtrun.builder import build
+    from trtrun.builder.quantize_fp8 import calibrate
+
+    onnx, batches = tiny
+    hybrid = build(onnx, precision="hybrid")
+    a = calibrate(hybrid, batches)
+    b = calibrate(hybrid, batches[::-1])
+    assert a == b and all(v > 0 for v in a.values())
+    # one batch's maxima are at most both batches' (a max over more tokens); the scales are amax / 448
+    one = calibrate(hybrid, batches[:1])
+    assert all(one[k] <= a[k] for k in a)
+    again = build(onnx, precision="fp8", fp8_activations="static", calib=batches[:1], calib_name="rt")
+    plan = fp8_plans["static"]
+    for op in plan.ops:
+        if op["type"] == "Linear":
+            xs = op["weights"]["x_scale"]
+            assert again.weights[xs].tobytes() == plan.weights[xs].tobytes()
+            assert math.isclose(float(plan.weights[xs][0]), one[op["name"]] / 448, rel_tol=1e-7)
+
+
+def test_gpu_lowering_refuses_fp8_by_name(fp8_plans):
+    from trtrun.runtime.lower import lower_plan
+
+    plan = fp8_plans["dynamic"]
+    first = plan.ops[_first_linear(plan)]["name"]
+    with pytest.raises(PlanError, match=f"op '{first}': precision fp8: the GPU runtime has no fp8 path yet; run "
+                                        f"this plan on the reference backend"):
+        lower_plan(plan)
+
+
+def test_build_argument_errors(tiny):
+    from trtrun.builder import build
+
+    onnx, batches = tiny
+    for kw, match in [({"precision": "hybrid", "calib": batches}, "fp8 or auto only"),
+                      ({"precision": "fp8", "fp8_activations": "static"}, "need calibration text"),
+                      ({"precision": "fp8", "fp8_weights": "row"}, "channel, tensor"),
+                      ({"precision": "fp8", "min_cosine": 0.9}, "belong to precision auto"),
+                      ({"precision": "auto", "calib": batches, "holdout": batches}, "needs min_cosine"),
+                      ({"precision": "auto", "min_cosine": 1.5, "calib": batches, "holdout": batches}, r"\(0, 1\)"),
+                      ({"precision": "auto", "min_cosine": 0.99, "calib": batches}, "held-apart"),
+                      ({"precision": "fp8", "save_onnx": "x.onnx"}, "no fp8 form")]:
+        with pytest.raises(ValueError, match=match):
+            build(onnx, **kw)
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def trtrun_cli(capsys, *args):
+    """`trtrun ARGS` in-process -> (exit code, stdout, stderr), through the console script's error handling."""
+    from trtrun.cli.main import main
+
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_fp8_build_and_inspect(tiny, tmp_path, capsys):
+    onnx, _ = tiny
+    out = tmp_path / "t.fp8.plan"
+    code, _, err = trtrun_cli(capsys, "build", onnx, "--precision", "fp8", "--calib", "rt", "--calib-samples", 8,
+                              "--fp8-weights", "tensor", "--max", "8,64", "-o", out)
+    assert code == 0, err
+    assert "calibration text: 8 texts of rt" in err
+    assert "fp8: weight scales per tensor, activation scales static (calibrated on rt (8 texts" in err
+    code, text, _ = trtrun_cli(capsys, "inspect", out)
+    assert code == 0 and "[fp8 scales: weight per tensor, activation static]" in text
+    code, text, _ = trtrun_cli(capsys, "inspect", "--json", out)
+    d = json.loads(text)
+    assert d["precision"] == "fp8" and d["weights"]["by_dtype"]["float8_e4m3fn"]["count"] == 8
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--calib", "rt"], "--calib applies to --precision fp8 or auto, not hybrid"),
+    (["--precision", "fp16", "--min-cosine", "0.9"], "--min-cosine applies to --precision fp8 or auto"),
+    (["--precision", "auto"], "needs --min-cosine"),
+    (["--precision", "auto", "--min-cosine", "1.2"], "must be a number in \\(0, 1\\)"),
+    (["--precision", "auto", "--min-cosine", "high"], "must be a number in \\(0, 1\\)"),
+    (["--precision", "fp8", "--min-cosine", "0.99"], "belongs to --precision auto"),
+    (["--precision", "fp8", "--fp8-activations", "static"], "needs calibration text"),
+    (["--precision", "fp8", "--calib", "rt", "--fp8-activations", "dynamic"], "need no calibration text"),
+    (["--precision", "fp8", "--save-onnx", "x.onnx"], "no fp8 form"),
+    (["--precision", "fp8", "--calib-samples", "0", "--calib", "rt"], "x>=1"),
+])
+def test_cli_fp8_usage_errors(tiny, tmp_path, capsys, args, match):
+    import re
+
+    onnx, _ = tiny
+    code, _, err = trtrun_cli(capsys, "build", onnx, "-o", tmp_path / "x.plan", *args)
+    assert code == 2, err
+    assert re.search(match, err), err
+    assert not (tmp_path / "x.plan").exists()
+
+
+def test_cli_bad_calibration_file(tiny, tmp_path, capsys):
+    onnx, _ = tiny
+    code, _, err = trtrun_cli(capsys, "build", onnx, "--precision", "fp8", "--calib", tmp_path / "none.txt",
+                              "-o", tmp_path / "x.plan")
+    assert code == 1 and "not one of rt, wiki, imdb and no such file" in err, err
+    assert "Traceback" not in err
+    from trtrun.calibration import text_sets
+    with pytest.raises(InputError, match="--calib-samples"):
+        text_sets("rt", 0)
