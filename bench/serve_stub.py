@@ -37,7 +37,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent))
 
-from trtrun.embedder import Embedder  # noqa: E402
+from trtrun.embed import Embedder  # noqa: E402
 
 
 class StubEmbedder(Embedder):

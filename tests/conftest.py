@@ -177,7 +177,7 @@ def tiny_embed_model(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny_emb(tiny_embed_model):
     """An Embedder of the tiny model on the reference backend, one context: the servers' expected answers."""
-    from trtrun.embedder import Embedder
+    from trtrun.embed import Embedder
 
     e = Embedder(tiny_embed_model["plan"], tiny_embed_model["tok"], backend="reference", contexts=1)
     yield e

@@ -249,7 +249,7 @@ def test_rotary_positions_from_the_mask_are_refused(decoder):
 
 # ------------------------------------------------------------------ decoder embeddings: pooling="last"
 def test_pool_last_takes_each_rows_last_valid_token():
-    from trtrun.embedder import pool
+    from trtrun.embed import pool
 
     h = np.arange(2 * 5 * 3, dtype=np.float32).reshape(2, 5, 3)
     mask = np.array([[1, 1, 1, 0, 0], [0, 0, 1, 1, 1]])  # right- and left-padded
@@ -262,7 +262,7 @@ def test_embedder_last_pooling_on_a_decoder(decoder, tokenizer_of, tmp_path):
     """The Embedder's last-token vectors of a tiny Llama equal PyTorch's last valid hidden state per text
     (fp32 plan: cosine >= 0.99999, the fp32 bound), whatever batch the text lands in."""
     from trtrun.data import data_dir
-    from trtrun.embedder import Embedder
+    from trtrun.embed import Embedder
 
     tok_dir = data_dir() / "gpt2-tokenizer"
     if not tok_dir.exists():

@@ -23,7 +23,7 @@ ATOL = 1e-6
 
 @pytest.fixture(scope="module")
 def emb(tiny_embed_model):
-    from trtrun.embedder import Embedder
+    from trtrun.embed import Embedder
 
     e = Embedder(tiny_embed_model["plan"], tiny_embed_model["tok"], backend="reference", contexts=1,
                  truncation="truncate")
@@ -96,7 +96,7 @@ def _bad_corpus(tmp_path, corpus, short):
 def test_bad_rows_are_skipped_and_listed_or_stop_the_job(tmp_path, tiny_embed_model, corpus, short):
     from trtrun.corpus import embed_corpus, read_output
     from trtrun.corpus.job import BadRowError
-    from trtrun.embedder import Embedder
+    from trtrun.embed import Embedder
 
     path = _bad_corpus(tmp_path, corpus, short)
     with Embedder(tiny_embed_model["plan"], tiny_embed_model["tok"], backend="reference", contexts=1,
@@ -177,7 +177,7 @@ def test_a_failed_job_reruns_only_its_unfinished_shards(tmp_path, emb, corpus, m
 
 def test_a_rerun_with_another_model_or_input_refuses(tmp_path, tiny_embed_model, emb, corpus):
     from trtrun.corpus import embed_corpus
-    from trtrun.embedder import Embedder
+    from trtrun.embed import Embedder
 
     path = tmp_path / "c.txt"
     path.write_text("\n".join(corpus[:20]) + "\n", encoding="utf-8")

@@ -43,7 +43,7 @@ def tiny(tiny_embed_model):
 
 @pytest.fixture(scope="module")
 def emb(tiny):
-    from trtrun.embedder import Embedder
+    from trtrun.embed import Embedder
 
     e = Embedder(tiny["plan"], tiny["tok"], backend="reference", contexts=2, truncation="truncate")
     yield e
@@ -104,7 +104,7 @@ def test_packing_gives_one_at_a_time_vectors_and_order_follows_input(emb, texts)
 
 
 def test_pack_batches_respects_budget_and_pads_little():
-    from trtrun.embedder import pack_batches
+    from trtrun.embed import pack_batches
 
     rng = np.random.default_rng(1)
     lengths = rng.integers(3, 120, size=500)
@@ -124,7 +124,7 @@ def test_pack_batches_respects_budget_and_pads_little():
 
 
 def test_engine_batches_stay_inside_the_profile(tiny, texts):
-    from trtrun.embedder import Embedder
+    from trtrun.embed import Embedder
 
     seen = []
     with Embedder(tiny["plan"], tiny["tok"], backend="reference", max_tokens_per_batch=64, contexts=1) as e:
@@ -134,7 +134,7 @@ def test_engine_batches_stay_inside_the_profile(tiny, texts):
 
 
 def test_truncation_policy(tiny, texts):
-    from trtrun.embedder import Embedder, InputTooLongError
+    from trtrun.embed import Embedder, InputTooLongError
 
     long_text = texts[22]
     assert long_text.startswith("a fine film")
@@ -167,7 +167,7 @@ def test_truncation_policy(tiny, texts):
 
 
 def test_profile_bounds_give_clear_errors(tiny):
-    from trtrun.embedder import Embedder
+    from trtrun.embed import Embedder
 
     with pytest.raises(ShapeError, match=r"max_batch_size 9 is outside the plan's profile batch range \[1, 8\]"):
         Embedder(tiny["plan"], tiny["tok"], backend="reference", max_batch_size=9)
@@ -191,7 +191,7 @@ def test_bad_texts_and_empty_input(emb):
 
 
 def test_pooling_from_sentence_transformers_config(tiny, tmp_path, texts):
-    from trtrun.embedder import Embedder
+    from trtrun.embed import Embedder
 
     tok_dir = tmp_path / "tok"
     shutil.copytree(tiny["tok"], tok_dir, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
@@ -244,7 +244,7 @@ def test_concurrent_threads_each_get_their_own_rows(emb, texts):
 
 
 def test_onnx_path_builds_a_cached_hybrid_plan(tiny, tmp_path):
-    from trtrun.embedder import Embedder
+    from trtrun.embed import Embedder
 
     onnx_path = tmp_path / "m.onnx"
     shutil.copy(tiny["onnx"], onnx_path)
@@ -260,7 +260,7 @@ def test_onnx_path_builds_a_cached_hybrid_plan(tiny, tmp_path):
 
 def test_gpu_backend_refused_clearly_without_a_gpu(tiny):
     from trtrun import runtime
-    from trtrun.embedder import Embedder
+    from trtrun.embed import Embedder
     from trtrun.errors import RuntimeUnavailableError
 
     ok, _ = runtime.gpu_available()
@@ -277,7 +277,7 @@ def test_minilm_hybrid_matches_pytorch_mean_pooling(tmp_path_factory):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     from trtrun.builder import build
-    from trtrun.embedder import Embedder
+    from trtrun.embed import Embedder
     from trtrun.export import export_model
 
     d = _minilm_dir()
@@ -352,7 +352,7 @@ def test_microbatcher_wait_cap_and_batching_off(emb, texts):
 
 
 def test_microbatcher_rejects_only_the_too_long_caller(tiny, texts):
-    from trtrun.embedder import Embedder, InputTooLongError
+    from trtrun.embed import Embedder, InputTooLongError
     from trtrun.serve import MicroBatcher
 
     with Embedder(tiny["plan"], tiny["tok"], backend="reference", truncation="reject") as e, \
@@ -376,10 +376,10 @@ class _SlowEmbedder:
         self.go = threading.Event()
         self.calls = []
 
-    check_texts = staticmethod(lambda texts: __import__("trtrun.embedder").embedder.Embedder.check_texts(texts))
+    check_texts = staticmethod(lambda texts: __import__("trtrun.embed").embed.Embedder.check_texts(texts))
 
     def embed_groups(self, groups, observer=None):
-        from trtrun.embedder import EmbedResult
+        from trtrun.embed import EmbedResult
 
         self.go.wait(30)
         self.calls.append([list(g) for g in groups])
@@ -444,7 +444,7 @@ def test_ascii_fast_path_gives_the_full_tokenizers_ids():
     newlines, control characters, accents, CJK, words over the 100-character WordPiece limit, truncation."""
     from tokenizers import Tokenizer
 
-    from trtrun.embedder import TextEncoder
+    from trtrun.embed import TextEncoder
 
     path = str(_minilm_dir() / "tokenizer.json")
     max_len = 512
@@ -483,7 +483,7 @@ def test_gemm_cache_is_checked_on_every_backend(tiny, tmp_path, texts):
     (the GPU backend takes the entries: tests/gpu/test_runtime_models.py::test_embedder_takes_a_gemm_cache)."""
     import json
 
-    from trtrun.embedder import Embedder
+    from trtrun.embed import Embedder
     from trtrun.errors import InputError
     from trtrun.runtime import GEMM_CACHE_FORMAT
 
@@ -505,7 +505,7 @@ def test_gemm_cache_is_checked_on_every_backend(tiny, tmp_path, texts):
 
 def test_gemm_search_is_checked(tiny):
     """Embedder(gemm_search=...): one of the runtime's searches, else ValueError naming them; kept in describe()."""
-    from trtrun.embedder import Embedder
+    from trtrun.embed import Embedder
 
     with pytest.raises(ValueError, match="gemm_search must be one of heuristic, focused, exhaustive, got 'fast'"):
         Embedder(tiny["plan"], tiny["tok"], backend="reference", gemm_search="fast")
@@ -520,7 +520,7 @@ def test_text_the_tokenizer_refuses_is_an_input_error_naming_its_index(emb):
     "\\ud800" escape makes one) and for non-str items; the Embedder refuses them first, with InputError naming
     the index. NUL and other control characters it takes (BERT's normalizer drops them): those stay accepted,
     and give the vector of the text without them (the same token ids)."""
-    from trtrun.embedder import InvalidTextError
+    from trtrun.embed import InvalidTextError
 
     for bad in ("x\ud800y", "\udfff", "ok \ud83d"):
         with pytest.raises(InvalidTextError, match=r"text 1 holds a lone surrogate U\+D[89A-F][0-9A-F]{2}") as ei:
@@ -540,7 +540,7 @@ def test_a_bad_group_fails_alone_in_a_shared_window(emb, texts):
     """embed_groups (what the micro-batcher calls for a window) with a group the checks did not see (a lone
     surrogate that reached it directly): that group gets an InputError naming its text, the others their
     own right rows. Before, the tokenizer's TypeError failed the whole window."""
-    from trtrun.embedder import EmbedResult
+    from trtrun.embed import EmbedResult
 
     groups = [texts[:2], ["fine", "x\ud800y"], texts[2:5]]
     out = emb.embed_groups(groups)
@@ -554,7 +554,7 @@ def test_an_engine_failure_in_a_shared_batch_is_retried_alone(tiny, texts):
     """A runner that fails on any batch holding one token id (standing for an engine failure only one
     caller's text triggers): the window fails, each group is run again alone, and only the group with that
     text gets the error; the others get the vectors they get alone."""
-    from trtrun.embedder import EmbedResult, Embedder
+    from trtrun.embed import EmbedResult, Embedder
 
     with Embedder(tiny["plan"], tiny["tok"], backend="reference", contexts=1, truncation="truncate") as e:
         poison = e.tokenize(["zebra"]).ids[0][1]  # the id of "zebra" (after [CLS])

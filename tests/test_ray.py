@@ -117,7 +117,7 @@ def test_a_failed_ray_job_reruns_only_its_unfinished_shards(ray_local, tiny_embe
     assert {n: (p.stat().st_mtime_ns, p.stat().st_ino) for n in first for p in [out / n]} == first
     t = read_output(out)
     assert t.column("id").to_pylist() == [i for i in range(120) if i != 115]
-    from trtrun.embedder import Embedder
+    from trtrun.embed import Embedder
 
     with Embedder(tiny_embed_model["plan"], tiny_embed_model["tok"], backend="reference", contexts=1,
                   truncation="truncate") as e:
@@ -220,7 +220,7 @@ def test_trtrun_serve_ray_deploys_serves_and_stops_on_sigterm(ray_local, tiny_em
         r = httpx.post(url + "/v1/embeddings", json={"input": texts}, timeout=60)
         assert r.status_code == 200, r.text
         got = np.array([x["embedding"] for x in r.json()["data"]], np.float32)
-        from trtrun.embedder import Embedder
+        from trtrun.embed import Embedder
 
         with Embedder(tiny_embed_model["plan"], tiny_embed_model["tok"], backend="reference", contexts=1,
                       truncation="truncate") as e:

@@ -41,7 +41,7 @@ def tiny(tiny_embed_model):
 
 @pytest.fixture(scope="module")
 def emb(tiny):
-    from trtrun.embedder import Embedder
+    from trtrun.embed import Embedder
 
     e = Embedder(tiny["plan"], tiny["tok"], backend="reference", contexts=2, truncation="truncate")
     yield e
@@ -188,7 +188,7 @@ def test_unknown_route_and_method(client, emb, texts):
 def test_too_long_input_with_reject_policy_is_400(tiny, texts):
     from starlette.testclient import TestClient
 
-    from trtrun.embedder import Embedder
+    from trtrun.embed import Embedder
     from trtrun.serve import create_app
 
     with Embedder(tiny["plan"], tiny["tok"], backend="reference", truncation="reject") as e, \
@@ -362,7 +362,7 @@ class _StubEmbedder:
 
     @staticmethod
     def check_texts(texts):
-        from trtrun.embedder import Embedder
+        from trtrun.embed import Embedder
 
         return Embedder.check_texts(texts)
 
@@ -370,7 +370,7 @@ class _StubEmbedder:
         return {"dim": self.dim}
 
     def embed_groups(self, groups, observer=None):
-        from trtrun.embedder import EmbedResult
+        from trtrun.embed import EmbedResult
 
         out = []
         for g in groups:

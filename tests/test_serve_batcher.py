@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from trtrun.embedder import EmbedResult, Embedder
+from trtrun.embed import EmbedResult, Embedder
 from trtrun.serve import MicroBatcher
 
 

@@ -18,7 +18,7 @@ import time
 import numpy as np
 import pytest
 
-from trtrun.embedder import EmbedResult, InputTooLongError, InvalidTextError
+from trtrun.embed import EmbedResult, InputTooLongError, InvalidTextError
 from trtrun.errors import InputError, TrtrunError
 from trtrun.serve import engine_proc as ep
 from trtrun.serve.batcher import BatcherClosedError, QueueFullError
@@ -109,7 +109,7 @@ linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO
 def tiny_emb(tiny_embed_model):
     """The expected answers: the servers here run with --truncation truncate (the real sentences run past the
     tiny model's 32 tokens)."""
-    from trtrun.embedder import Embedder
+    from trtrun.embed import Embedder
 
     e = Embedder(tiny_embed_model["plan"], tiny_embed_model["tok"], backend="reference", contexts=1,
                  truncation="truncate")
@@ -245,7 +245,7 @@ def test_engine_process_answers_what_it_holds_when_stopped(tiny_embed_model, tin
     import multiprocessing as mp
     import socket as sk
 
-    from trtrun.embedder import Embedder
+    from trtrun.embed import Embedder
     from trtrun.serve.app import ServeConfig
 
     ctx = mp.get_context("spawn")
@@ -307,7 +307,7 @@ def test_health_says_when_the_engine_is_not_reachable(tmp_path):
 
 
 def test_an_engine_that_cannot_start_stops_everything(tmp_path):
-    from trtrun.embedder import Embedder
+    from trtrun.embed import Embedder
     from trtrun.serve.workers import run_workers
 
     make = functools.partial(Embedder, str(tmp_path / "missing.plan"), backend="reference")

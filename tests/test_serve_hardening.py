@@ -36,7 +36,7 @@ ATOL = 1e-5
 
 @pytest.fixture(scope="module")
 def emb(tiny_embed_model):
-    from trtrun.embedder import Embedder
+    from trtrun.embed import Embedder
 
     e = Embedder(tiny_embed_model["plan"], tiny_embed_model["tok"], backend="reference", contexts=2,
                  truncation="truncate")
@@ -199,7 +199,7 @@ def test_long_inputs_rejected_by_default_and_truncation_reported(tiny_embed_mode
     from starlette.testclient import TestClient
     from tokenizers import Tokenizer
 
-    from trtrun.embedder import Embedder
+    from trtrun.embed import Embedder
     from trtrun.serve import create_app
 
     long_text = "a fine film, " * 30
@@ -390,7 +390,7 @@ def test_workers_and_shared_engine_have_the_guards_and_the_key(tiny_embed_model,
     """`--workers 2 --shared-engine` with the key from TRTRUN_API_KEY (not in the command line): the fronts
     answer 401 without it, a lone surrogate with 400 naming the index, a too-long text with the engine's token
     count, and cut off a trickling head with 408 within the timeout."""
-    from trtrun.embedder import Embedder
+    from trtrun.embed import Embedder
 
     monkeypatch.setenv("TRTRUN_API_KEY", "k-123")
     port = free_port()

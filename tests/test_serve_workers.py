@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def tiny_emb(tiny_embed_model):
     """The expected answers: the servers here run with --truncation truncate (the real sentences run past the
     tiny model's 32 tokens)."""
-    from trtrun.embedder import Embedder
+    from trtrun.embed import Embedder
 
     e = Embedder(tiny_embed_model["plan"], tiny_embed_model["tok"], backend="reference", contexts=1,
                  truncation="truncate")
@@ -117,7 +117,7 @@ def test_port_taken_with_so_reuseport_is_refused_too():
 
 
 def test_a_worker_that_cannot_start_stops_everything(tmp_path):
-    from trtrun.embedder import Embedder
+    from trtrun.embed import Embedder
     from trtrun.errors import TrtrunError
     from trtrun.serve.workers import run_workers
 

@@ -32,16 +32,15 @@ def test_each_choice_tuple_is_defined_once():
 
 
 def test_modules_share_the_one_definition():
-    from trtrun import embedder, export, reference
+    from trtrun import export, reference
     from trtrun.bench import config, models
     from trtrun.builder import precision
     from trtrun.check import core
     from trtrun.cli import bench, options
     from trtrun.corpus import job
+    from trtrun.embed import embedder
 
-    from trtrun.plan import validate as plan_validate
-
-    for mod in (plan_validate, reference, precision, options, bench, config):
+    for mod in (reference, precision, options, bench, config):
         assert mod.PRECISIONS is types.PRECISIONS
     assert embedder.BACKENDS is options.BACKENDS is types.BACKEND_CHOICES
     assert config.BACKENDS is types.BACKENDS
@@ -59,7 +58,8 @@ def test_text_sets_match_the_data_files():
 def test_gemm_search_defaults_are_one_table():
     import inspect
 
-    from trtrun import embedder, runtime
+    from trtrun import runtime
+    from trtrun.embed import embedder
     from trtrun.bench import config
     from trtrun.cli import serve
 

@@ -36,10 +36,10 @@ _LAZY = {
     "tokenizer_for": "data",
     "encode": "data",
     "data_dir": "data",
-    "Embedder": "embedder",
+    "Embedder": "embed",
 }
 # submodules reachable as attributes without an explicit import (trtrun.plan, trtrun.data, ...)
-_SUBMODULES = {"builder", "cli", "data", "embedder", "errors", "export", "plan", "reference", "runtime", "serve"}
+_SUBMODULES = {"builder", "cli", "data", "embed", "errors", "export", "plan", "reference", "runtime", "serve"}
 
 __all__ = [
     "__version__",

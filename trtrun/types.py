@@ -2,7 +2,7 @@
 
 Standard library only: the command line builds its options from these before numpy or the extension loads.
 The plan format (trtrun.plan) validates against the same tuples; the integer codes handed to the C++
-extension stay in trtrun.runtime, keyed by these names.
+extension are in trtrun.plan.format, keyed by these names.
 """
 
 from __future__ import annotations

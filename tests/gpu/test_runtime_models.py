@@ -134,7 +134,7 @@ def test_embedder_takes_a_gemm_cache(tmp_path):
 
     h.need_runtime()
     from trtrun import data
-    from trtrun.embedder import Embedder
+    from trtrun.embed import Embedder
     from trtrun.runtime import save_gemm_cache
 
     tok = data.data_dir() / "minilm"
@@ -150,7 +150,7 @@ def test_embedder_takes_a_gemm_cache(tmp_path):
     np.save(tmp_path / "texts.npy", np.array(texts, dtype=object), allow_pickle=True)
     code = (
         "import json, sys, numpy as np\n"
-        "from trtrun.embedder import Embedder\n"
+        "from trtrun.embed import Embedder\n"
         "texts = list(np.load(sys.argv[3], allow_pickle=True))\n"
         "with Embedder(sys.argv[1], sys.argv[2], backend='gpu', contexts=1, gemm_cache=sys.argv[4]) as e:\n"
         "    np.save(sys.argv[5], e.embed(texts))\n"

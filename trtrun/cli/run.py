@@ -133,7 +133,7 @@ def resolve_pooling(plan, pooling: str, out_ndim: int, dirs) -> tuple[str, str]:
     """(pooling, why) for what -o writes: "none" keeps the token states. auto: an encoder's
     sentence-transformers pooling config in one of `dirs` (tokenizer, source model folder), else mean; a
     decoder (or an output that is not [B, S, N]) keeps its token states."""
-    from ..embedder import read_st_pooling
+    from ..embed import read_st_pooling
 
     if pooling != "auto":
         return pooling, "--pooling " + pooling
@@ -308,7 +308,7 @@ def command(plan_path, backend, texts, text_file, data_set, max_samples, ids_fil
             if outputs[first].ndim != 3:
                 raise click.UsageError(f"--pooling {how}: the plan's output {first} is "
                                        f"{list(outputs[first].shape)}, not [batch, sequence, hidden]")
-            from ..embedder import pool
+            from ..embed import pool
 
             emb = pool(outputs[first], mask if mask is not None else np.ones((b, s), np.int64), how,
                        normalize=not no_normalize)

@@ -108,7 +108,7 @@ def command(model, tokenizer, host, port, backend, contexts, workers, shared_eng
         raise click.BadParameter("the API key is empty", param_hint="--api-key / TRTRUN_API_KEY")
     if public_health and api_key is None:
         raise click.BadParameter("needs --api-key (or TRTRUN_API_KEY)", param_hint="--public-health")
-    from ..embedder import Embedder
+    from ..embed import Embedder
     from ..serve.app import ServeConfig, run_server
 
     progress = Progress(enabled=not quiet)
@@ -167,7 +167,7 @@ def _serve_workers(emb, tokenizer, pooling, cfg, *, workers, host, port, quiet, 
     pooling found, backend usable); each worker builds its own from the same resolved settings."""
     import functools
 
-    from ..embedder import Embedder
+    from ..embed import Embedder
     from ..serve.workers import bind_sockets, run_workers
 
     make = functools.partial(

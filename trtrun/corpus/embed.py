@@ -22,7 +22,7 @@ def embed_corpus(input_path, output, *, model=None, embedder=None, tokenizer=Non
     "HOST:PORT", "ray://...", or "" for ray.init()'s default) runs on a Ray cluster
     (trtrun.corpus.ray_job.run_ray; ray_options: actors, cpus_per_actor, ...). Returns a JobSummary.
     """
-    from ..embedder import Embedder
+    from ..embed import Embedder
 
     own = embedder is None
     if own:

@@ -372,7 +372,7 @@ def embed_texts_checked(emb, texts: Sequence[str]) -> tuple[list[int], Any, dict
     """Embed texts, setting aside the ones the Embedder refuses -> (kept indices, EmbedResult of those in
     order, {index: reason} of the others). Refusals: an empty text, a text the tokenizer cannot take, a text
     over the token limit with truncation "reject". Anything else (an engine failure) raises."""
-    from ..embedder import InputTooLongError
+    from ..embed import InputTooLongError
 
     bad: dict[int, str] = {i: "is an empty text" for i, t in enumerate(texts) if t == ""}
     cand = [i for i in range(len(texts)) if i not in bad]

@@ -94,7 +94,7 @@ class EmbedActor:
     """A Ray Data actor holding one Embedder; called with blocks of whole shards (Arrow tables)."""
 
     def __init__(self, shipped: dict, settings: dict):
-        from ..embedder import Embedder
+        from ..embed import Embedder
 
         blob = ray.get(shipped["ref"])  # {"plan": uint8 array, "tokenizer": {name: bytes}} (fetched once a node)
         sha = settings["plan_sha256"][:16]

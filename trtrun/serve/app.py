@@ -44,7 +44,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ..embedder import InputTooLongError, InvalidTextError, text_problem
+from ..embed import InputTooLongError, InvalidTextError, text_problem
 from ..errors import InputError, TrtrunError
 from .batcher import BatcherClosedError, MicroBatcher, QueueFullError
 from .metrics import ServerMetrics

@@ -153,7 +153,7 @@ class MicroBatcher:
 
     def _enqueue(self, texts: list, fut, loop) -> None:
         if not texts:
-            from ..embedder import EmbedResult
+            from ..embed import EmbedResult
 
             fut.set_result(EmbedResult.empty(self.embedder.dim))
             return

@@ -40,7 +40,7 @@ import sys
 
 import numpy as np
 
-from ..embedder import EmbedResult, InputTooLongError, InvalidTextError
+from ..embed import EmbedResult, InputTooLongError, InvalidTextError
 from ..errors import InputError, TrtrunError
 from .batcher import BatcherClosedError, MicroBatcher, QueueFullError
 from .child import child_signals
@@ -419,7 +419,7 @@ class EngineClient:
         return len(self._pending)
 
     def submit_async(self, texts) -> asyncio.Future:
-        from ..embedder import Embedder
+        from ..embed import Embedder
 
         texts = Embedder.check_texts(texts)
         if self._closing:

@@ -51,7 +51,7 @@ class EmbeddingService:
     """One replica: an Embedder and trtrun's Starlette app around it."""
 
     def __init__(self, model: dict, settings: dict, config):
-        from ..embedder import Embedder
+        from ..embed import Embedder
 
         if "ref" in model:  # shipped through the object store (trtrun serve --ray)
             from ..corpus.job import node_local_file as _local_copy

@@ -33,11 +33,9 @@ it calls `embed_groups`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import queue
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -48,67 +46,21 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .backends import choose_backend
-from .errors import InputError, ShapeError, TrtrunError
-from .types import BACKEND_CHOICES as BACKENDS, GEMM_SEARCH_DEFAULTS, POOLINGS, TRUNCATIONS, check_gemm_search
+from ..backends import choose_backend
+from ..errors import InputError, ShapeError, TrtrunError
+from ..runtime.options import ContextOptions
+from ..types import BACKEND_CHOICES as BACKENDS, GEMM_SEARCH_DEFAULTS, POOLINGS, TRUNCATIONS
+from .batching import pack_batches
+from .plans import plan_for_onnx
+from .pooling import pool, read_st_pooling, st_max_seq_length
+from .text import InputTooLongError, InvalidTextError, TextEncoder, check_texts
 
 DEFAULT_CONTEXTS = 2
 # Text Embeddings Inference's default --max-batch-tokens; capped by what the plan's profile can hold.
 DEFAULT_MAX_TOKENS_PER_BATCH = 16384
 
-# sentence-transformers' pooling config keys -> our pooling names
-_ST_POOLING_KEYS = {
-    "pooling_mode_cls_token": "cls",
-    "pooling_mode_mean_tokens": "mean",
-    "pooling_mode_max_tokens": "max",
-    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len",
-    "pooling_mode_lasttoken": "last",
-}
-_ST_UNSUPPORTED = ("pooling_mode_weightedmean_tokens",)
-
 # observer(rows, seq_len, real_tokens, seconds): called after every engine batch (metrics)
 BatchObserver = Callable[[int, int, int, float], None]
-
-
-class InputTooLongError(InputError):
-    """truncation="reject" and a text has more tokens than the plan (or the model) takes.
-
-    indices: the texts over the limit (in the caller's list); token_counts: their token counts (special
-    tokens included), in the same order, where known; limit: the most tokens a text may have."""
-
-    def __init__(self, message: str, indices: Sequence[int], token_counts: Sequence[int] | None = None,
-                 limit: int | None = None):
-        super().__init__(message)
-        self.indices = list(indices)
-        self.token_counts = list(token_counts) if token_counts is not None else None
-        self.limit = limit
-
-
-class InvalidTextError(InputError):
-    """A text the tokenizer cannot take: not a str, or a str that is not valid Unicode (a lone surrogate).
-    indices: the bad texts (in the caller's list); the message names the first."""
-
-    def __init__(self, message: str, indices: Sequence[int], reason: str | None = None):
-        super().__init__(message)
-        self.indices = list(indices)
-        self.reason = reason  # what is wrong with the first one ("holds a lone surrogate ...")
-
-
-def text_problem(t) -> str | None:
-    """Why the tokenizer cannot take t, or None. The Hugging Face tokenizers take any str that encodes to
-    UTF-8 (control characters and NUL included: BERT's normalizer drops them) and refuse the rest with a
-    TypeError: a str holding a lone surrogate (U+D800-U+DFFF, which "\\ud800" in JSON produces) has no
-    UTF-8 form."""
-    if not isinstance(t, str):
-        return f"is a {type(t).__name__}, expected str"
-    if t.isascii():
-        return None
-    try:
-        t.encode("utf-8")
-    except UnicodeEncodeError as e:
-        return (f"holds a lone surrogate U+{ord(t[e.start]):04X} at character {e.start}: it is not valid Unicode "
-                f"text (a surrogate escape such as \\ud83d must be followed by its low half)")
-    return None
 
 
 @dataclass(frozen=True)
@@ -153,218 +105,6 @@ class Encoded:
                        self.truncated[idx], self.lengths[idx])
 
 
-# ------------------------------------------------------------------------------------------------ helpers
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def read_st_pooling(directory) -> tuple[str | None, str]:
-    """(pooling, where it was read) from a sentence-transformers folder, or (None, reason) if it has none.
-
-    modules.json names the Pooling module's folder (usually 1_Pooling); its config.json says the mode.
-    Modes we cannot compute (weighted mean, last token, several at once) raise a TrtrunError.
-    """
-    d = Path(directory)
-    cands = []
-    modules = d / "modules.json"
-    if modules.is_file():
-        try:
-            mods = json.loads(modules.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise TrtrunError(f"{modules}: cannot read sentence-transformers modules: {e}") from e
-        for m in mods if isinstance(mods, list) else []:
-            if isinstance(m, dict) and str(m.get("type", "")).endswith(".Pooling"):
-                cands.append(d / str(m.get("path", "")) / "config.json")
-    cands.append(d / "1_Pooling" / "config.json")
-    for cfg in cands:
-        if not cfg.is_file():
-            continue
-        try:
-            conf = json.loads(cfg.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise TrtrunError(f"{cfg}: cannot read the pooling config: {e}") from e
-        bad = [k for k in _ST_UNSUPPORTED if conf.get(k)]
-        modes = [name for key, name in _ST_POOLING_KEYS.items() if conf.get(key)]
-        if isinstance(conf.get("pooling_mode"), str) and not modes:  # newer single-key form
-            m = conf["pooling_mode"].replace("mean_sqrt_len_tokens", "mean_sqrt_len").replace("lasttoken", "last")
-            modes = [m] if m in POOLINGS else []
-            if not modes:
-                bad.append(f"pooling_mode={conf['pooling_mode']!r}")
-        if bad:
-            raise TrtrunError(f"{cfg}: pooling {', '.join(bad)} is not supported (supported: {', '.join(POOLINGS)})")
-        if len(modes) != 1:
-            raise TrtrunError(f"{cfg}: expected exactly one pooling mode, found {modes or 'none'} "
-                              f"(sentence-transformers concatenates several; trtrun does not)")
-        return modes[0], str(cfg)
-    return None, f"no sentence-transformers pooling config in {d}"
-
-
-def _st_max_seq_length(directory) -> int | None:
-    cfg = Path(directory) / "sentence_bert_config.json"
-    if not cfg.is_file():
-        return None
-    try:
-        v = json.loads(cfg.read_text(encoding="utf-8")).get("max_seq_length")
-    except (OSError, ValueError):
-        return None
-    return int(v) if isinstance(v, int) and v > 0 else None
-
-
-def pack_batches(lengths: Sequence[int], *, max_tokens: int, max_rows: int, min_seq: int = 1) -> list[list[int]]:
-    """Indices of texts grouped into engine batches, longest texts first.
-
-    A batch's cost is rows x its longest text (what the engine computes, padding included); a batch grows
-    while that stays <= max_tokens and rows <= max_rows. Sorting first makes texts of similar length share
-    a batch, so padding is small. A text longer than max_tokens still gets a batch of its own.
-    """
-    lengths = np.asarray(lengths, dtype=np.int64)
-    order = np.argsort(-lengths, kind="stable")
-    batches: list[list[int]] = []
-    cur: list[int] = []
-    width = 0
-    for i in order.tolist():
-        n = max(int(lengths[i]), min_seq)
-        if cur and ((len(cur) + 1) * width > max_tokens or len(cur) + 1 > max_rows):
-            batches.append(cur)
-            cur = []
-        if not cur:
-            width = n
-        cur.append(i)
-    if cur:
-        batches.append(cur)
-    return batches
-
-
-def pool(hidden: np.ndarray, mask: np.ndarray, pooling: str, normalize: bool) -> np.ndarray:
-    """Pool hidden states [b, S, N] over the valid (mask = 1) tokens -> float32 [b, N].
-
-    last: the state of each row's last valid token (decoder embedders such as Qwen3-Embedding, whose causal
-    attention lets only that token see the whole text), whichever side the padding is on.
-
-    Mean pooling is one batched float32 matrix product (mask row x hidden states: BLAS, which releases the
-    GIL, so pooling does not stall a server's other threads). Its accumulation error is ~sqrt(S) fp32
-    ulps, ~1e-6 relative at S = 256: a cosine change of ~1e-12, nothing beside the 2e-4 our accuracy bound
-    allows the engine. The division and the normalization run in float64 on [b, N]. Zero-norm vectors stay
-    zero (F.normalize's eps).
-    """
-    m32 = (mask != 0).astype(np.float32)
-    if pooling == "cls":
-        v = hidden[:, 0, :].astype(np.float64)
-    elif pooling == "last":
-        S = mask.shape[1]
-        last = S - 1 - np.argmax(m32[:, ::-1] != 0, axis=1)  # a row without a valid token takes its last
-        v = hidden[np.arange(hidden.shape[0]), last, :].astype(np.float64)
-    elif pooling == "max":
-        h = np.where(m32[:, :, None] != 0, hidden, -np.inf)
-        v = h.max(axis=1).astype(np.float64)
-    else:
-        s = np.matmul(m32[:, None, :], hidden.astype(np.float32, copy=False))[:, 0, :].astype(np.float64)
-        cnt = np.maximum(m32.sum(axis=1, keepdims=True, dtype=np.float64), 1e-9)
-        v = s / (np.sqrt(cnt) if pooling == "mean_sqrt_len" else cnt)
-    if normalize:
-        v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
-    return v.astype(np.float32)
-
-
-class TextEncoder:
-    """A Hugging Face `tokenizers.Tokenizer` configured once (no padding, truncation at max_len; the
-    Embedder's own copy, only read afterwards, so threads may share it), with a cheaper path to the same ids
-    for printable-ASCII texts where the tokenizer allows one.
-
-    The fast path: BERT's normalizer (BertNormalizer: drop control characters, map whitespace to spaces,
-    space out CJK characters, strip accents, lowercase) is ~1/3 of the tokenizer's CPU per text, and on a
-    text of printable ASCII characters (0x20-0x7E) every one of its steps but lowercasing leaves the text as
-    it is: no control characters, the only whitespace is the space, no CJK, and NFD changes no ASCII
-    character. For such a text str.lower() (ASCII lowercasing, as Rust's to_lowercase on ASCII) is the
-    normalized text, and a copy of the tokenizer without the normalizer gives the same ids (checked on every
-    Rotten Tomatoes and wiki text and 2,000 IMDB reviews in tests/test_embedder.py). A text holding the text
-    of an added token that is matched before normalization (like "[MASK]") takes the full tokenizer, since
-    lowercasing first would hide it; so do all texts of a tokenizer with any other normalizer.
-    encode_batch_fast (tokenizers >= 0.20) skips the character offsets we never read: the same ids, ~25% less
-    CPU per text. Both paths release the GIL while they work.
-    """
-
-    def __init__(self, tokenizer, max_len: int):
-        import re
-
-        from tokenizers import Tokenizer
-
-        bt = tokenizer
-        bt.no_padding()
-        bt.enable_truncation(max_len)
-        self.tokenizer = bt
-        self._full = getattr(bt, "encode_batch_fast", bt.encode_batch)
-        self._untruncated = None
-        self._count_lock = threading.Lock()
-        conf = json.loads(bt.to_str())
-        post = conf.get("post_processor")
-        # types_zero: a single text's type ids are all 0 (what the template says), so none need reading back
-        if post is None:
-            self.types_zero = True
-        elif post.get("type") == "TemplateProcessing":
-            self.types_zero = all(v.get("type_id", 0) == 0 for item in post.get("single", [])
-                                  for v in item.values() if isinstance(v, dict))
-        else:
-            self.types_zero = post.get("type") in ("BertProcessing", "RobertaProcessing")
-        self._ascii = None
-        norm = conf.get("normalizer")
-        if not (isinstance(norm, dict) and norm.get("type") == "BertNormalizer"
-                and set(norm) <= {"type", "clean_text", "handle_chinese_chars", "strip_accents", "lowercase"}):
-            return
-        fast = Tokenizer.from_str(bt.to_str())  # the same truncation and padding settings
-        fast.normalizer = None
-        raw = [t["content"] for t in conf.get("added_tokens", []) if not t.get("normalized", True) and t.get("content")]
-        self._special = re.compile("|".join(map(re.escape, raw))) if raw else None
-        self._lower = norm.get("lowercase", True) is not False
-        self._ascii = getattr(fast, "encode_batch_fast", fast.encode_batch)
-
-    def count_tokens(self, texts: list) -> list[int]:
-        """Token counts without truncation (special tokens included), from a copy of the tokenizer without
-        truncation, made on first use (only texts that were cut are counted again: rejected ones)."""
-        with self._count_lock:
-            if self._untruncated is None:
-                from tokenizers import Tokenizer
-
-                t = Tokenizer.from_str(self.tokenizer.to_str())
-                t.no_truncation()
-                self._untruncated = t
-        return [len(e.ids) for e in self._untruncated.encode_batch(texts)]
-
-    @property
-    def has_fast_path(self) -> bool:
-        return self._ascii is not None
-
-    def fast_path_applies(self, text: str) -> bool:
-        """This text goes through the normalizer-free copy."""
-        return (self._ascii is not None and text.isascii() and text.isprintable()
-                and (self._special is None or self._special.search(text) is None))
-
-    def encode(self, texts: list) -> list:
-        """The tokenizer's Encodings of texts (a list of str), in order."""
-        if self._ascii is None:
-            return self._full(texts)
-        lower = self._lower
-        easy = [self.fast_path_applies(t) for t in texts]
-        if all(easy):
-            return self._ascii([t.lower() for t in texts] if lower else texts)
-        if not any(easy):
-            return self._full(texts)
-        out = [None] * len(texts)
-        idx_a = [i for i, e in enumerate(easy) if e]
-        idx_b = [i for i, e in enumerate(easy) if not e]
-        for i, e in zip(idx_a, self._ascii([texts[i].lower() if lower else texts[i] for i in idx_a])):
-            out[i] = e
-        for i, e in zip(idx_b, self._full([texts[i] for i in idx_b])):
-            out[i] = e
-        return out
-
-
-# ------------------------------------------------------------------------------------------------ embedder
 
 class Embedder:
     """Sentence embeddings from an encoder plan (or an ONNX file, built to a hybrid plan on first use).
@@ -412,7 +152,9 @@ class Embedder:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         if not isinstance(contexts, int) or contexts < 1:
             raise ValueError(f"contexts must be a positive integer, got {contexts!r}")
-        self.gemm_search = check_gemm_search(gemm_search)
+        # the GPU contexts' options, checked here on every backend (InputError naming a bad one)
+        self.context_options = ContextOptions(gemm_search=gemm_search)
+        self.gemm_search = self.context_options.gemm_search
 
         self.plan, self.plan_path, self.from_onnx = self._resolve_plan(plan_or_onnx, precision, profile, progress)
         plan = self.plan
@@ -447,7 +189,7 @@ class Embedder:
         self.max_batch_size = max_batch_size
         limit, why = s_hi, f"the plan's profile sequence max {s_hi}"
         for d in self._model_dirs():
-            st = _st_max_seq_length(d)
+            st = st_max_seq_length(d)
             if st is not None and st < limit:
                 limit, why = st, f"sentence-transformers max_seq_length {st} ({d})"
                 break
@@ -485,22 +227,22 @@ class Embedder:
         # path is an error at once), used only by the GPU one.
         self.gemm_cache, self.gemm_cache_entries = (str(gemm_cache) if gemm_cache is not None else None), None
         if gemm_cache is not None:
-            from . import runtime
+            from .. import runtime
 
             if self.backend == "gpu":
                 self.gemm_cache_entries = runtime.load_gemm_cache(gemm_cache)
             else:
                 runtime.read_gemm_cache(gemm_cache)
         if self.backend == "gpu":
-            from . import runtime
+            from .. import runtime
 
-            self._engine = runtime.Engine.load(self._plan_file(), device=device)
+            self._engine = runtime.Engine(plan, device=device)  # the plan in memory: no file written or read again
             for _ in range(contexts):
-                ctx = self._engine.create_context(gemm_search=gemm_search)
+                ctx = self._engine.create_context(self.context_options)
                 self._closers.append(getattr(ctx, "close", None))
                 self._pool.put(ctx.run)
         else:
-            from .reference import ReferenceBackend
+            from ..reference import ReferenceBackend
 
             for _ in range(contexts):
                 self._pool.put(ReferenceBackend(plan).run)
@@ -511,7 +253,7 @@ class Embedder:
     # ---------------------------------------------------------------- setup
     @staticmethod
     def _resolve_plan(obj, precision, profile, progress):
-        from .plan import Plan, load_plan
+        from ..plan import Plan, load_plan
 
         if isinstance(obj, Plan):
             return obj, obj.path, False
@@ -521,7 +263,7 @@ class Embedder:
         if not p.exists():
             raise InputError(f"{p}: no such file")
         if p.suffix.lower() == ".onnx":
-            return (*_plan_for_onnx(p, precision, profile, progress), True)
+            return (*plan_for_onnx(p, precision, profile, progress), True)
         plan = load_plan(p)
         return plan, p, False
 
@@ -562,7 +304,7 @@ class Embedder:
         tokenizer wraps; the same ids, checked on 9,000 texts), which spares importing transformers and
         torch: seconds at every server start. Otherwise transformers loads it (trtrun.data).
         """
-        from . import data
+        from .. import data
 
         self._backend_tok_src = None
         if tokenizer_dir is not None:
@@ -612,14 +354,6 @@ class Embedder:
             reason = f"GPU runtime not usable: {reason}"
         return name, reason
 
-    def _plan_file(self) -> Path:
-        if self.plan_path is not None and Path(self.plan_path).is_file():
-            return Path(self.plan_path)
-        d = Path(tempfile.mkdtemp(prefix="trtrun-embedder-"))
-        path = d / "model.plan"
-        self.plan.save(path)
-        return path
-
     @property
     def model_name(self) -> str:
         p = self.plan_path or (self.plan.header.get("source") or {}).get("path") or "model"
@@ -647,23 +381,8 @@ class Embedder:
                 f"pooling {d['pooling']}, max_seq_len {d['max_seq_len']}, contexts {d['contexts']}>")
 
     # ---------------------------------------------------------------- tokenize
-    @staticmethod
-    def check_texts(texts) -> list[str]:
-        """A str is one text; otherwise a sequence of str. Raises InvalidTextError (an InputError) naming the
-        first element the tokenizer cannot take (see text_problem), so that no bad text joins a batch."""
-        if isinstance(texts, str):
-            texts = [texts]
-        elif isinstance(texts, (bytes, bytearray)) or not isinstance(texts, Sequence):
-            raise InputError(f"texts must be a str or a list of str, got {type(texts).__name__}")
-        else:
-            texts = list(texts)
-        bad = [i for i, t in enumerate(texts) if not (type(t) is str and t.isascii()) and text_problem(t)]
-        if bad:
-            i = bad[0]
-            more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-            why = text_problem(texts[i])
-            raise InvalidTextError(f"text {i} {why}{more}", bad, why)
-        return texts
+    check_texts = staticmethod(check_texts)
+
 
     def tokenize(self, texts) -> Encoded:
         """Token ids per text (special tokens added, cut to max_seq_len), unpadded; no policy applied."""
@@ -903,42 +622,3 @@ class Embedder:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-# ------------------------------------------------------------------------------------------------ ONNX -> plan
-
-def _plan_for_onnx(onnx_path: Path, precision: str, profile: dict | None, progress):
-    """Build (or reuse a cached) plan for an ONNX file -> (plan, plan path)."""
-    from .plan import load_plan
-
-    sha = _sha256(onnx_path)
-    beside = onnx_path.with_name(f"{onnx_path.stem}.{precision}.plan")
-    in_tmp = Path(tempfile.gettempdir()) / "trtrun-plans" / f"{onnx_path.stem}-{sha[:16]}.{precision}.plan"
-
-    def usable(p: Path) -> bool:
-        if not p.is_file():
-            return False
-        try:
-            plan = load_plan(p)
-        except TrtrunError:
-            return False
-        if (plan.header.get("source") or {}).get("sha256") != sha or plan.precision != precision:
-            return False
-        if profile is not None:
-            want = {k: [int(x) for x in v] for k, v in profile.items()}
-            if any(list(plan.profile.get(k, [])) != v for k, v in want.items()):
-                return False
-        return True
-
-    for cand in (beside, in_tmp):
-        if usable(cand):
-            return load_plan(cand), cand
-    from .builder import build
-
-    plan = build(onnx_path, precision=precision, profile=profile, progress=progress)
-    target = in_tmp
-    if not beside.exists() and os.access(beside.parent, os.W_OK):
-        target = beside
-    target.parent.mkdir(parents=True, exist_ok=True)
-    plan.save(target)  # atomic: concurrent builders each rename a complete file into place
-    return load_plan(target), target
