@@ -2,7 +2,7 @@
 
 The precision search (builder/precision_search.py) needs each Linear's time in fp8, fp16 (hybrid) and fp32.
 Those are GPU timings; without a GPU the default is an estimate, labelled so wherever it is shown: the GEMM's
-2*M*K*N FLOPs at Hopper's dense tensor-core peak rates (H100 SXM datasheet: fp8 1979, fp16 989 TFLOP/s) and
+2*M*K*N FLOPs at Hopper's dense tensor-core peak rates (H100 SXM datasheet: fp8 1979, fp16 989.5 TFLOP/s) and
 fp32 without tensor cores (67 TFLOP/s, TF32 being off in trtrun's fp32), M = the profile's opt batch x opt
 sequence. It ignores memory traffic, the activation quantization and the epilogues, so it flatters fp8 on
 small GEMMs; a table measured on the card replaces it.
@@ -26,8 +26,8 @@ from .quantize_fp8 import LINEAR_CHOICES
 
 COST_TABLE_FORMAT = "trtrun-cost-table"
 # dense peak TFLOP/s, H100 SXM (NVIDIA's datasheet): the rate ratios are what matter (fp8 = 2 x fp16)
-HOPPER_TFLOPS = {"fp8": 1979.0, "hybrid": 989.0, "fp32": 67.0}
-ESTIMATE_NOTE = ("estimate, not measured: GEMM FLOPs at H100 SXM dense peak (fp8 1979, fp16 989, fp32 67 "
+HOPPER_TFLOPS = {"fp8": 1979.0, "hybrid": 989.5, "fp32": 67.0}
+ESTIMATE_NOTE = ("estimate, not measured: GEMM FLOPs at H100 SXM dense peak (fp8 1979, fp16 989.5, fp32 67 "
                  "TFLOP/s), no memory traffic or quantization cost; a GPU-measured --cost-table replaces it")
 MAX_TABLE_BYTES = 16 << 20
 
