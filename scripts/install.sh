@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Installs trtrun (editable) and everything it needs, on a clean machine like ours or on one that has it all.
-#   bash scripts/install.sh [EXTRAS]        EXTRAS: comma list of pyproject extras (default: export,bench,check,serve,test)
+#   bash scripts/install.sh [EXTRAS]        EXTRAS: comma list of pyproject extras (default: export,bench,check,serve,gpu,test)
 # Installs only what is missing, so it also works offline where the dependencies are present already
 # (the GPU machine: see ../shared/GPU.md). Environment: PYTHON (default: the first python3 on PATH; an
 # activated virtual environment's, if any). One line a step on stdout, so a slow step is never silent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-extras=${1:-export,bench,check,serve,test}
+extras=${1:-export,bench,check,serve,gpu,test}
 py=${PYTHON:-python3}
 t_all=$SECONDS
 say() { echo "install: $*"; }

@@ -46,13 +46,13 @@ def _run(tmp_path, missing="", extras=None):
 def test_everything_present_installs_only_trtrun_and_says_each_step(tmp_path):
     lines, pip = _run(tmp_path)
     assert lines[0] == ("install: into /fake/venv/bin/python3 (Python 3.11.7, virtual environment /fake/venv), "
-                        "extras [export,bench,check,serve,test]")
+                        "extras [export,bench,check,serve,gpu,test]")
     for what in ("torch: present (2.13.0+cpu)", "onnx-graphsurgeon: present", "setuptools >= 70.1: present",
                  "pybind11: present", "cmake >= 3.24: present"):
         assert f"install: {what}" in lines
-    assert any(ln.startswith("install: trtrun, editable, with extras [export,bench,check,serve,test]") for ln in lines)
+    assert any(ln.startswith("install: trtrun, editable, with extras [export,bench,check,serve,gpu,test]") for ln in lines)
     assert lines[-1].startswith("install: done in ") and "trtrun info" in lines[-1]
-    assert len(pip) == 1 and pip[0].endswith("--no-build-isolation -e .[export,bench,check,serve,test]")
+    assert len(pip) == 1 and pip[0].endswith("--no-build-isolation -e .[export,bench,check,serve,gpu,test]")
 
 
 def test_missing_packages_are_installed_with_a_line_each_and_torch_pinned(tmp_path):

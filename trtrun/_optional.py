@@ -28,6 +28,7 @@ EXTRAS = {
     "httpx": ("httpx", "test"),
     "pyarrow": ("pyarrow", "embed"),
     "ray": ("ray", "ray"),
+    "cuda": ("cuda-bindings", "gpu"),
 }
 
 

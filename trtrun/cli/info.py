@@ -15,7 +15,7 @@ from .options import json_option
 
 # distributions whose versions matter to trtrun (read from metadata: nothing is imported)
 PACKAGES = ("numpy", "onnx", "onnx-graphsurgeon", "onnxruntime", "click", "torch", "transformers", "onnxscript",
-            "matplotlib", "scikit-learn", "starlette", "uvicorn", "pybind11", "nvidia-cublas")
+            "matplotlib", "scikit-learn", "starlette", "uvicorn", "pybind11", "nvidia-cublas", "cuda-bindings")
 
 
 def _missing(dist: str) -> str:
@@ -48,6 +48,21 @@ def _gpu_runtime() -> dict:
     if ok:  # gpu_available's description: "<device name>; trtrun._C built for sm_XX"
         out["gpu"] = str(reason).split(";")[0]
     return out
+
+
+def _driver() -> dict:
+    """What the CUDA driver says through cuda-python (cards, compute capability, memory), without the extension."""
+    from ..runtime.device import driver_facts
+
+    return driver_facts().as_dict()
+
+
+def _driver_line(d: dict) -> str | None:
+    if not d["available"]:
+        return None
+    cards = "; ".join(f"cuda:{g['index']} {g['name']} (compute capability {g['compute_capability']}, "
+                      f"{g['memory_bytes'] / 2 ** 30:.0f} GiB)" for g in d["gpus"])
+    return f"{cards}; driver supports CUDA {d['driver_cuda']}"
 
 
 def _nvidia_smi() -> str | None:
@@ -84,6 +99,7 @@ def collect() -> dict:
         "platform": platform.platform(),
         "packages": {p: _version(p) for p in PACKAGES},
         "gpu_runtime": _gpu_runtime(),
+        "driver": _driver(),
         "nvidia_smi": _nvidia_smi(),
         "data": _data(),
     }
@@ -93,7 +109,8 @@ def collect() -> dict:
 @click.command("info")
 @json_option
 def command(as_json: bool):
-    """Versions, whether the GPU runtime is built and usable (and why not), the GPU, the data folder."""
+    """Versions, whether the GPU runtime is built and usable (and why not), the GPUs the driver sees, the data
+    folder."""
     info = collect()
     if as_json:
         click.echo(json.dumps(info, indent=2))
@@ -107,7 +124,8 @@ def command(as_json: bool):
            if any(v is None for v in info["packages"].values()) else ""),
         "GPU runtime: " + ("extension built, " if g["built"] else "extension not built, ")
         + ("usable" if g["usable"] else "not usable") + (f" ({g['reason']})" if g["reason"] else ""),
-        "GPU: " + (g["gpu"] or info["nvidia_smi"] or "none found (no nvidia-smi, or it lists no GPU)"),
+        "GPU: " + (_driver_line(info["driver"]) or g["gpu"] or info["nvidia_smi"]
+                   or f"none found ({info['driver']['reason']})"),
         f"data folder: {info['data']['dir']}"
         + (f" (missing: {', '.join(info['data']['missing'])}; fetch with ../shared/data/get-data.sh DEST)"
            if info["data"]["missing"] else " (complete)"),

@@ -143,14 +143,30 @@ def _describe(name: str, x) -> dict:
 
 
 def _stream_handle(stream) -> int:
-    if isinstance(stream, (int, np.integer)):
+    """The cudaStream_t of `stream`: an int, or any object that names one.
+
+    The CUDA stream protocol (`__cuda_stream__()` -> (version, handle): cuda-python's cuda.core Stream and
+    cuda.bindings' CUstream, and libraries that adopt it) is asked first; then torch's `.cuda_stream`, cupy's
+    `.ptr`, and a `.handle` that is an int or itself speaks the protocol.
+    """
+    if isinstance(stream, (int, np.integer)) and not isinstance(stream, bool):
         return int(stream)
+    proto = getattr(stream, "__cuda_stream__", None)
+    if callable(proto):
+        try:
+            version, handle = proto()
+            return int(handle)
+        except (TypeError, ValueError) as e:
+            raise InputError(f"stream {type(stream).__name__}: __cuda_stream__() must return (version, handle), "
+                             f"got an error: {e}") from None
     for attr in ("cuda_stream", "ptr", "handle"):  # torch.cuda.Stream, cupy Stream, others
         v = getattr(stream, attr, None)
-        if isinstance(v, (int, np.integer)):
+        if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
             return int(v)
-    raise InputError(f"stream must be an int (cudaStream_t) or a stream object with .cuda_stream/.ptr, got "
-                     f"{type(stream).__name__}")
+        if v is not None and callable(getattr(v, "__cuda_stream__", None)):
+            return _stream_handle(v)
+    raise InputError(f"stream must be an int (cudaStream_t) or a stream object (__cuda_stream__, "
+                     f".cuda_stream, .ptr), got {type(stream).__name__}")
 
 
 # ------------------------------------------------------------------------------------------------ context
@@ -243,8 +259,8 @@ class Context:
         outputs_dev: name -> preallocated contiguous [batch, seq, ...] tensors of the output's dtype (any
         missing ones are allocated: torch/cupy like the inputs, else DeviceArray).
         stream: None runs on the context's own stream and waits for the result; otherwise a cudaStream_t
-        (int, 0 = legacy default stream) or a stream object (torch.cuda.Stream, cupy Stream): the work is
-        enqueued on it after the work already there, and the call returns without waiting.
+        (int, 0 = legacy default stream) or a stream object (torch.cuda.Stream, cupy Stream, cuda-python's
+        cuda.core Stream or cuda.bindings CUstream: anything with __cuda_stream__): the work is enqueued on it after the work already there, and the call returns without waiting.
 
         Token ids are checked on the device: an id outside the vocabulary is replaced by 0 and reported
         as InputError by this call (stream=None) or by the next synchronize().
