@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from ..types import OP_PRECISIONS
 from ._ui import status
 from .options import (EXISTING_DIR, backend_option, model_size_options, model_source, parse_choice_list,
                       precision_option, quiet_option)
@@ -28,7 +29,9 @@ def _data_spec(ctx, param, value):
 
 @click.command("check")
 @click.argument("model", metavar="MODEL", callback=model_source("an .onnx file or a Hugging Face model folder"))
-@precision_option(default="fp16,hybrid", multiple=True)
+@precision_option(default="fp16,hybrid", multiple=True, choices=OP_PRECISIONS,
+                  extra_help=" (fp8: Linear layers in fp8 with per-token scales, on the reference backend; "
+                             "docs/precision.md)")
 @click.option("--data", "data_spec", default="rt,wiki", show_default=True, metavar="SPEC", callback=_data_spec,
               help="random, or real inputs: data sets rt, wiki, imdb (comma list: samples split evenly), a text "
                    "file (one text a line) or token ids (.npy/.npz/.json)")
@@ -83,9 +86,8 @@ def command(model, precision, data_spec, max_samples, backend, out_dir, min_cosi
     --min-cosine or --max-nan-rate budget breaks (the reports are written first).
     """
     from ..check import CheckOptions, run_check, write_reports
-    from .options import PRECISIONS
 
-    gate_list = parse_choice_list(gate, PRECISIONS, "--gate") if gate else None
+    gate_list = parse_choice_list(gate, OP_PRECISIONS, "--gate") if gate else None
     if gate_list and set(gate_list) - set(precision):
         raise click.UsageError(f"--gate {','.join(g for g in gate_list if g not in precision)}: not among the "
                                f"checked precisions (--precision {','.join(precision)})")
