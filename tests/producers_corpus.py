@@ -10,7 +10,8 @@ Each variant is one function (src: the plain fp32 export, dst: where to write, a
   the only release) pins transformers < 4.58 and cannot be installed beside transformers 5, so its levels
   are reproduced through the same onnxruntime calls;
 - onnxruntime's fp16 converter with and without fp32 inputs/outputs;
-- onnxruntime.quantization: dynamic int8 (`quantize_dynamic`) and static QDQ (`quantize_static`);
+- onnxruntime.quantization: dynamic int8 (`quantize_dynamic`, also of the optimizer's O2 output: QAttention,
+  QEmbedLayerNormalization) and static (`quantize_static`) in QDQ and QOperator format;
 - the same model with its weights in an external data file;
 - the same model with its graph inputs renamed by onnx.compose.add_prefix (inputs matched by role);
 - sentence-transformers (encoders): its SentenceTransformer module (Transformer + mean Pooling + Normalize)
@@ -61,7 +62,19 @@ def _int8_dynamic(src, dst, arch):
     quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
 
 
-def _int8_qdq(src, dst, arch):
+def _int8_optimized(src, dst, arch):
+    """onnxruntime's optimizer (O2) then quantize_dynamic: its fused ops become QEmbedLayerNormalization and
+    QAttention. The quantizer's shape inference cannot type the contrib ops' outputs; DefaultTensorType is the
+    setting its error message names for that."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    _optimize(src, dst, arch, opt_level=2)
+    quantize_dynamic(str(dst), str(dst), weight_type=QuantType.QInt8,
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+
+
+def _int8_qdq(src, dst, arch, quant_format="QDQ"):
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
 
@@ -77,8 +90,11 @@ def _int8_qdq(src, dst, arch):
         def get_next(self):
             return next(self.it, None)
 
-    quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ,
-                    op_types_to_quantize=["MatMul", "Gemm"])
+    if quant_format == "QDQ":
+        quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ,
+                        op_types_to_quantize=["MatMul", "Gemm"])
+    else:  # every op the quantizer has a QOperator form for: QLinearMatMul, QLinearAdd, QLinearMul, QLinearSoftmax
+        quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QOperator)
 
 
 def _external(src, dst, arch):
@@ -152,10 +168,13 @@ VARIANTS = {
     "fp16-io32": (lambda s, d, a: _fp16(s, d, a, keep_io_types=True), ("bert", "gpt2", "minilm", "llama")),
     "int8-dynamic": (_int8_dynamic, ("bert", "gpt2", "minilm", "llama")),
     "int8-qdq": (_int8_qdq, ("bert", "gpt2", "minilm")),
+    # GPT-2's QOperator file also has QGemm and a Split of quantized values: refused in one line (not a row)
+    "int8-qoperator": (lambda s, d, a: _int8_qdq(s, d, a, "QOperator"), ("bert", "minilm")),
+    "ort-O2-int8-dynamic": (_int8_optimized, ("bert", "gpt2", "minilm")),
     "external-data": (_external, ("bert", "gpt2", "minilm")),
     "renamed-inputs": (_renamed_inputs, ("bert", "gpt2")),
 }
-INT8 = ("int8-dynamic", "int8-qdq")
+INT8 = ("int8-dynamic", "int8-qdq", "int8-qoperator", "ort-O2-int8-dynamic")
 
 # The newer architectures (issue 20), tiny random-weight configs of `trtrun export`'s named architectures:
 # hidden 128, 2 layers, 4 heads (Llama/Qwen2/Mistral/Qwen3: 2 K/V heads), a 32000-token vocabulary (MPNet its own 30527).

@@ -152,7 +152,7 @@ def _write_matrix():
 
 
 # ---------------------------------------------------------------------- the real MiniLM, hybrid
-@pytest.mark.parametrize("variant", ["ort-O2", "fp16-io32", "int8-dynamic"])
+@pytest.mark.parametrize("variant", ["ort-O2", "fp16-io32", "int8-dynamic", "ort-O2-int8-dynamic"])
 def test_minilm_variants(exported, tmp_path, variant):
     import trtrun
     from trtrun.reference import ReferenceBackend
@@ -346,3 +346,19 @@ def test_cli_outputs(st_tiny, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no output 'nope'" in err[0]
     assert not (tmp_path / "q.plan").exists()
+
+
+def test_qattention_needs_the_dynamic_quantization_of_its_input(corpus, tmp_path):
+    """QAttention's input is x quantized by DynamicQuantizeLinear; dequantizing its weight alone is x @ W only
+    with that op's own scale and zero point: another scale (here a constant) is refused naming the node."""
+    import onnx
+    from onnx import helper, numpy_helper
+    import trtrun
+
+    m = onnx.load(str(corpus("bert", "ort-O2-int8-dynamic")))
+    n = next(n for n in m.graph.node if n.op_type == "QAttention")
+    m.graph.initializer.append(numpy_helper.from_array(np.array(0.05, np.float32), "other_scale"))
+    n.input[3] = "other_scale"
+    onnx.save(m, str(tmp_path / "q.onnx"))
+    with pytest.raises(trtrun.UnsupportedOpError, match=f"'QAttention' at node '{n.name}'.*dynamically quantized"):
+        trtrun.build(tmp_path / "q.onnx")

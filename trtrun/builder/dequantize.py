@@ -7,7 +7,14 @@ Two producers' spellings (onnxruntime.quantization):
   `DynamicQuantizeMatMul`, `MatMulIntegerToFloat` and `QAttention` become MatMul / Attention on dequantized
   weights (lower_contrib lowers the Attention);
 - QDQ (`quantize_static`, QuantFormat.QDQ): `DequantizeLinear` of a constant is folded into that constant;
-  `QuantizeLinear -> DequantizeLinear` on an activation (fake quantization) is removed.
+  `QuantizeLinear -> DequantizeLinear` on an activation (fake quantization) is removed;
+- QOperator (`quantize_static`, QuantFormat.QOperator): each `QLinearMatMul`, `QLinearAdd`, `QLinearMul`,
+  `QLinearSoftmax` (uint8 in and out) is first written as its QDQ equivalent, `DequantizeLinear` of each input,
+  the float op, `QuantizeLinear` of its output, and a `QuantizeLinear` of a constant (a scale or mask value
+  the file quantizes at run time) folded into the quantized constant, so the QDQ rules above apply;
+- onnxruntime's transformer optimizer's fused files quantized (`QEmbedLayerNormalization`, whose tables, gamma
+  and beta are uint8 per tensor): the `EmbedLayerNormalization` of the dequantized constants (lower_contrib
+  lowers it).
 
 The weights are then exactly the file's dequantized values, stored at the plan's precision (fp16 in hybrid
 and fp16 plans: int8 times a scale fits fp16's 11-bit significand up to the scale's own rounding). The
@@ -34,6 +41,16 @@ def dequantize(graph) -> dict:
         counts[key] = counts.get(key, 0) + 1
 
     for n in list(graph.nodes):
+        if n.op in _QOPERATOR and (n.domain or "") in _QOPERATOR[n.op][0]:
+            _qoperator_to_qdq(graph, n)
+            count(f"{n.op} ops as QDQ")
+        elif n.op == "QEmbedLayerNormalization" and n.domain == _MS:
+            _qembed_layernorm(graph, n)
+            count("QEmbedLayerNormalization tables")
+    for n in list(graph.nodes):
+        if n.op == "QuantizeLinear" and _fold_constant_q(graph, n):
+            count("constants quantized at run time")
+    for n in list(graph.nodes):
         if n.op == "DequantizeLinear" and (n.domain or "") in ("", "ai.onnx", _MS):
             if _fold_constant_dq(graph, n):
                 count("DequantizeLinear weights")
@@ -50,14 +67,100 @@ def dequantize(graph) -> dict:
         elif n.domain == _MS and n.op == "QAttention":
             _qattention(graph, n)
             count("QAttention weights")
+    graph.__dict__.pop("_trtrun_dequantized_tables", None)
     G.finish(graph)
     left = [n for n in graph.nodes if n.op in ("DequantizeLinear", "QuantizeLinear", "DynamicQuantizeLinear",
-                                                  "MatMulInteger", "ConvInteger", "QLinearMatMul")]
+                                                  "MatMulInteger", "ConvInteger", *_QOPERATOR)]
     if left:
         n = left[0]
         raise UnsupportedOpError(n.op, n.name, "a quantization form trtrun cannot dequantize at build time "
-                                               "(it takes int8 weights from quantize_dynamic and QDQ files)")
+                                               "(it takes int8 weights from quantize_dynamic, QDQ and QOperator files)")
     return counts
+
+
+# QOperator ops: domains, the float op, its attributes kept, the (x, scale, zero point) input positions of
+# each quantized operand, the (scale, zero point) positions of the output's quantization
+_QOPERATOR = {
+    "QLinearMatMul": (("", "ai.onnx"), "MatMul", (), ((0, 1, 2), (3, 4, 5)), (6, 7)),
+    "QLinearAdd": ((_MS,), "Add", (), ((0, 1, 2), (3, 4, 5)), (6, 7)),
+    "QLinearMul": ((_MS,), "Mul", (), ((0, 1, 2), (3, 4, 5)), (6, 7)),
+    "QLinearSoftmax": ((_MS,), "Softmax", ("axis",), ((0, 1, 2),), (3, 4)),
+}
+
+
+def _qoperator_to_qdq(graph, n):
+    """A QOperator op -> DequantizeLinear of its quantized inputs, the float op, QuantizeLinear of its output."""
+    domains, op, keep, operands, (ys, yz) = _QOPERATOR[n.op]
+    ins = list(n.inputs) + [None] * 8
+
+    def opt(i):
+        return None if ins[i] is None or ins[i].is_empty() else ins[i]
+
+    if n.op == "QLinearSoftmax" and int(n.attrs.get("opset", 13)) < 13:
+        # opset < 13's Softmax flattens everything from `axis` on; over the last axis it is the same as 13's
+        raise UnsupportedOpError(n.op, n.name, "a QLinearSoftmax of opset < 13 (coerced 2-D) is not supported")
+    floats = []
+    for x, sc, zp in operands:
+        if opt(x) is None or opt(sc) is None:
+            raise UnsupportedOpError(n.op, n.name, "a quantized operand without its scale")
+        f = G.new_variable(graph, ins[x].name + ".dequantized")
+        graph.nodes.append(G.gs().Node("DequantizeLinear", G.unique_name(graph, n.name + ".dq"),
+                                       inputs=[ins[x], ins[sc]] + ([ins[zp]] if opt(zp) is not None else []),
+                                       outputs=[f]))
+        floats.append(f)
+    y = G.new_variable(graph, n.name + ".float")
+    graph.nodes.append(G.gs().Node(op, G.unique_name(graph, n.name + ".float"), inputs=floats, outputs=[y],
+                                   attrs={k: v for k, v in n.attrs.items() if k in keep}))
+    out = n.outputs[0]
+    n.outputs.clear()
+    n.inputs.clear()  # its operands are read by the DequantizeLinears now, not by the node left to cleanup
+    graph.nodes.append(G.gs().Node("QuantizeLinear", G.unique_name(graph, n.name + ".q"),
+                                   inputs=[y, ins[ys]] + ([ins[yz]] if opt(yz) is not None else []), outputs=[out]))
+
+
+def _fold_constant_q(graph, n) -> bool:
+    """QuantizeLinear of a constant -> the quantized constant (what the file computes at run time: round half to
+    even, saturated to the zero point's integer type)."""
+    x, sc, zp = _const_inputs(n, 3)
+    if x is None or sc is None or (len(n.inputs) > 2 and not n.inputs[2].is_empty() and zp is None):
+        return False
+    dt = np.dtype(zp.dtype) if zp is not None else np.dtype(np.uint8)
+    if dt.kind not in "iu" or dt.itemsize != 1 or sc.size != 1:
+        return False
+    info = np.iinfo(dt)
+    z = 0.0 if zp is None else float(zp.reshape(-1)[0])
+    q = np.clip(np.rint(np.asarray(x, np.float32) / np.float32(sc.reshape(-1)[0])) + z, info.min, info.max).astype(dt)
+    G.replace_uses(graph, n.outputs[0], G.new_constant(graph, n.outputs[0].name + ".folded", q))
+    n.outputs.clear()
+    return True
+
+
+def _qembed_layernorm(graph, n):
+    """QEmbedLayerNormalization(ids, seg?, word_q, pos_q, seg_q?, gamma_q, beta_q, mask?, 5 scales, 5 zero points)
+    -> EmbedLayerNormalization(ids, seg?, word, pos, seg?, gamma, beta, mask?) of the dequantized constants."""
+    vals = _const_inputs(n, 18)
+    ins = list(n.inputs) + [None] * 18
+    new_ins = [ins[0], ins[1] if ins[1] is not None else G.empty()]
+    for k, name in zip(range(2, 7), ("word table", "position table", "segment table", "gamma", "beta")):
+        present = ins[k] is not None and not ins[k].is_empty()
+        if not present:
+            if k == 4:  # no segment table
+                new_ins.append(G.empty())
+                continue
+            raise UnsupportedOpError(n.op, n.name, f"its {name} is missing")
+        q, sc, zp = vals[k], vals[k + 6], vals[k + 11]
+        if q is None or sc is None or (ins[k + 11] is not None and not ins[k + 11].is_empty() and zp is None):
+            raise UnsupportedOpError(n.op, n.name, f"its {name} is not a constant with a constant scale and zero "
+                                                   f"point, so it cannot be dequantized at build time")
+        new_ins.append(G.new_constant(graph, ins[k].name + ".dequantized", _dq_value(q, sc, zp)))
+    new_ins.append(ins[7] if ins[7] is not None else G.empty())
+    while new_ins and new_ins[-1].is_empty():
+        new_ins.pop()
+    outs = list(n.outputs)
+    n.outputs.clear()
+    n.inputs.clear()
+    graph.nodes.append(G.gs().Node("EmbedLayerNormalization", G.unique_name(graph, n.name + ".dequantized"),
+                                   attrs=dict(n.attrs), inputs=new_ins, outputs=outs, domain=_MS))
 
 
 def _dq_value(q, scale, zp, axis=None):
@@ -93,29 +196,65 @@ def _fold_constant_dq(graph, n) -> bool:
 
 def _gather_dq(graph, n) -> bool:
     g = G.producer(n.inputs[0])
-    if g is None or g.op != "Gather" or int(g.attrs.get("axis", 0)) != 0 or len(n.inputs[0].outputs) != 1:
+    # every reader of the gathered integers dequantizes them (QOperator files: one DequantizeLinear per op)
+    if g is None or g.op != "Gather" or int(g.attrs.get("axis", 0)) != 0 or \
+            any(c.op != "DequantizeLinear" for c in n.inputs[0].outputs):
         return False
     table = G.const_value(g.inputs[0])
     _, s, z = _const_inputs(n, 3)
     if table is None or s is None or s.size != 1 or (z is not None and z.size != 1):
         return False
-    deq = G.new_constant(graph, g.inputs[0].name + ".dequantized", _dq_value(table, s, z))
+    key = (g.inputs[0].name, float(s.reshape(-1)[0]), None if z is None else float(z.reshape(-1)[0]))
+    tables = graph.__dict__.setdefault("_trtrun_dequantized_tables", {})  # one float table for its readers
+    if key not in tables:
+        tables[key] = G.new_constant(graph, g.inputs[0].name + ".dequantized", _dq_value(table, s, z))
+    deq = tables[key]
     out = n.outputs[0]
     n.outputs.clear()
+    n.inputs.clear()
     graph.nodes.append(G.gs().Node("Gather", G.unique_name(graph, g.name + ".dequantized"), attrs={"axis": 0},
                                    inputs=[deq, g.inputs[1]], outputs=[out]))
     return True
 
 
+# ops that move uint8 activations without computing on them (onnxruntime's QOperator files keep the quantized
+# tensor through these between a QuantizeLinear and the next op's DequantizeLinear)
+_Q8_LAYOUT = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity"}
+
+
 def _fake_quant(graph, n) -> bool:
-    q = G.producer(n.inputs[0])
+    """QuantizeLinear(x) -> [layout ops] -> DequantizeLinear, x an activation -> x through the same layout ops.
+
+    Every reader of the QuantizeLinear's output (through the layout ops) must be such a DequantizeLinear, so no
+    op is left reading the integers; the tensors between become float (the layout ops' values are the same
+    numbers before dequantizing as after, with per-tensor scales)."""
+    path = []
+    t = n.inputs[0]
+    q = G.producer(t)
+    while q is not None and q.op in _Q8_LAYOUT and len(t.outputs) == 1:
+        path.append(q)
+        t = q.inputs[0]
+        q = G.producer(t)
     if q is None or q.op != "QuantizeLinear" or G.const_value(q.inputs[0]) is not None:
         return False
+    for sc in (q.inputs[1:3] if len(q.inputs) > 1 else []):
+        if not sc.is_empty() and (G.const_value(sc) is None or G.const_value(sc).size != 1):
+            return False  # per-axis activation scales would not commute with the layout ops
     x = q.inputs[0]
     out = n.outputs[0]
     n.outputs.clear()
-    graph.nodes.append(G.gs().Node("Identity", G.unique_name(graph, n.name + ".unquantized"), inputs=[x],
-                                   outputs=[out]))
+    n.inputs.clear()
+    if not path:
+        graph.nodes.append(G.gs().Node("Identity", G.unique_name(graph, n.name + ".unquantized"), inputs=[x],
+                                       outputs=[out]))
+        return True
+    # a float copy of the layout chain, reading x and writing the DequantizeLinear's output
+    src = x
+    for k, op in enumerate(reversed(path)):
+        dst = out if k == len(path) - 1 else G.new_variable(graph, op.outputs[0].name + ".float")
+        graph.nodes.append(G.gs().Node(op.op, G.unique_name(graph, op.name + ".float"), attrs=dict(op.attrs),
+                                       inputs=[src] + list(op.inputs[1:]), outputs=[dst]))
+        src = dst
     return True
 
 
@@ -186,9 +325,12 @@ def _contrib_matmul(graph, n):
 
 def _qattention(graph, n):
     # input, weight, bias, input_scale, weight_scale, mask_index?, input_zero_point?, weight_zero_point?, past?
-    x, _ = _dynamic_source(graph, n.inputs[0])
+    x, dql = _dynamic_source(graph, n.inputs[0])
     vals = _const_inputs(n, 8)
     Wq, Ws, Wz = vals[1], vals[4], vals[7]
+    # x @ W only where the input's scale and zero point are the ones DynamicQuantizeLinear quantized x with
+    if x is not None and (n.inputs[3] is not dql.outputs[1] or len(n.inputs) < 7 or n.inputs[6] is not dql.outputs[2]):
+        x = None
     if x is None or Wq is None or Ws is None:
         raise UnsupportedOpError(n.op, n.name, "only constant int8 weights applied to a dynamically quantized "
                                                "input can be dequantized")
