@@ -150,7 +150,8 @@ def test_config_files(tmp_path):
     pts = plan_points(cfg, [resolve_model(m, cfg) for m in cfg.models])
     assert len(pts) >= 360  # the paper's "more than 360 configurations"
     engines = {p.engine for p in pts}
-    assert engines == {"trtrun-fp32", "trtrun-fp16", "trtrun-hybrid", "torch-fp32", "torch-fp16", "torch-compile", "cpu"}
+    assert engines == {"trtrun-fp32", "trtrun-fp16", "trtrun-hybrid", "trtrun-fp8", "torch-fp32", "torch-fp16",
+                       "torch-compile", "cpu"}
     assert all(Path(f).is_file() for f in cfg.tokens.values())
     bad = tmp_path / "bad.toml"
     bad.write_text('models = ["gpt2"]\nbatchs = [1]\n')

@@ -382,3 +382,17 @@ def test_cli_bad_calibration_file(tiny, tmp_path, capsys):
     from trtrun.calibration import text_sets
     with pytest.raises(InputError, match="--calib-samples"):
         text_sets("rt", 0)
+
+
+def test_bench_fp8_points_on_the_gpu_are_unavailable_with_the_reason(tmp_path):
+    from trtrun.bench.config import BenchConfig
+    from trtrun.bench.models import resolve_model
+    from trtrun.bench.runners import Unavailable
+    from trtrun.bench.sweep import _ModelState, plan_points
+
+    cfg = BenchConfig(out=tmp_path, models=["bert-base"], batch=[1], seq=[32], precisions=["fp8"], baselines=[],
+                      backend="gpu").validate()
+    spec = resolve_model("bert-base", cfg)
+    (pt,) = [p for p in plan_points(cfg, [spec]) if p.engine == "trtrun-fp8"][:1]
+    with pytest.raises(Unavailable, match="fp8: the GPU runtime has no fp8 GEMM path yet"):
+        _ModelState(spec, cfg, log=lambda m: None).runner(pt)

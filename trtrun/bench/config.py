@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import TrtrunError
 from ..types import (BACKENDS, BASELINES, CUDA_GRAPHS, GEMM_SEARCH_DEFAULTS, GEMM_SEARCHES, GRID_MODES, NAMED_ARCHS,
-                     PRECISIONS)
+                     OP_PRECISIONS, PRECISIONS)
 
 DEFAULT_GEMM_SEARCH = GEMM_SEARCH_DEFAULTS["bench"]
 
@@ -107,10 +107,10 @@ class BenchConfig:
             _positive_ints(getattr(self, name), name.replace("_", "-"), allow_empty=True)
         if self.precisions is not None:
             if not self.precisions:
-                raise BenchConfigError("--precision: empty list; choose from " + ", ".join(PRECISIONS))
-            bad = [p for p in self.precisions if p not in PRECISIONS]
+                raise BenchConfigError("--precision: empty list; choose from " + ", ".join(OP_PRECISIONS))
+            bad = [p for p in self.precisions if p not in OP_PRECISIONS]  # fp8: reference backend only for now
             if bad:
-                raise BenchConfigError(f"--precision: unknown {bad}; choose from {', '.join(PRECISIONS)}")
+                raise BenchConfigError(f"--precision: unknown {bad}; choose from {', '.join(OP_PRECISIONS)}")
         bad = [b for b in self.baselines if b not in BASELINES]
         if bad:
             raise BenchConfigError(f"--baselines: unknown baseline {', '.join(map(repr, bad))}; choose from "

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from ..types import BACKENDS, BASELINES, CUDA_GRAPHS, GEMM_SEARCHES, GRID_MODES, PRECISIONS
+from ..types import BACKENDS, BASELINES, CUDA_GRAPHS, GEMM_SEARCHES, GRID_MODES, OP_PRECISIONS, PRECISIONS
 from ._ui import status
 from .options import (EXISTING_DIR, EXISTING_FILE, model_size_options, model_source, parse_choice_list,
                       parse_int_list, quiet_option)
@@ -33,7 +33,7 @@ def _baselines(ctx, p, v):
 
 
 def _precisions(ctx, p, v):
-    return None if v is None else parse_choice_list(v, PRECISIONS, "--precision")
+    return None if v is None else parse_choice_list(v, OP_PRECISIONS, "--precision")
 
 
 def _tokens(ctx, p, values):
@@ -59,7 +59,8 @@ def _tokens(ctx, p, values):
 @click.option("--seq", default=None, callback=_ints("--seq"), metavar="S,S,...",
               help=f"sequence lengths  [default: {DEFAULT_SEQ}]")
 @click.option("--precision", "precisions", default=None, callback=_precisions, metavar="P,P,...",
-              help="trtrun precisions: fp32, fp16, hybrid  [default: all three; a plan: its own]")
+              help=f"trtrun precisions: {', '.join(OP_PRECISIONS)} (fp8 runs on the reference backend only: on the "
+                   f"GPU its points are skipped with the reason)  [default: {', '.join(PRECISIONS)}; a plan: its own]")
 @click.option("--baselines", default=None, callback=_baselines, metavar="NAME,...",
               help=f"baselines, or none  [default: {DEFAULT_BASELINES}]")
 @click.option("--cuda-graphs", type=click.Choice(CUDA_GRAPHS), default=None,

@@ -1,0 +1,137 @@
+"""fp8 on all-MiniLM-L6-v2 (real weights): fidelity against fp32 and hybrid, downstream accuracy, and the precision
+search, all on the numpy reference backend (CPU; speed awaits the GPU path).
+
+    python scripts/fp8_fidelity.py [--model .data/minilm] [--rt 256] [--wiki 128] [--calib 64] [--json R.json]
+
+Texts: Rotten Tomatoes sentences and Wikipedia paragraphs (at most --max-len tokens), each set shuffled once with
+a fixed seed; the first --rt / --wiki texts are measured, the next --calib of each set calibrate (so no
+measured text is a calibration text). Plans: fp32 (the reference), hybrid, fp8 with per-channel or per-tensor
+weight scales and dynamic (per-token) or static activation scales calibrated on rt or on wiki, and
+`--precision auto --min-cosine X` calibrated on one set with the other set's calibration texts held apart.
+Per plan and set: the worst and the 1st-percentile sample cosine against fp32 and against hybrid (each sample's
+valid token states flattened), and the worst sentence-embedding cosine (mean-pooled, normalized, as the model is
+used); downstream: the Rotten Tomatoes head of `trtrun check` trained on fp32 embeddings, accuracy per plan.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default=".data/minilm")
+    ap.add_argument("--onnx", default=None, help="where the exported ONNX is kept (default: a temporary folder)")
+    ap.add_argument("--rt", type=int, default=256)
+    ap.add_argument("--wiki", type=int, default=128)
+    ap.add_argument("--calib", type=int, default=64)
+    ap.add_argument("--max-len", type=int, default=128)
+    ap.add_argument("--min-cosine", default="0.9995", help="comma list of budgets for auto")
+    ap.add_argument("--downstream-train", type=int, default=1024)
+    ap.add_argument("--downstream-test", type=int, default=512)
+    ap.add_argument("--skip-downstream", action="store_true")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+
+    import tempfile
+
+    from trtrun import calibration as C
+    from trtrun import data
+    from trtrun.builder import build
+    from trtrun.builder.precision_search import run_outputs, sample_cosines, worst
+    from trtrun.check.downstream import classification_check, mean_pool
+    from trtrun.export import export_model
+    from trtrun.reference import ReferenceBackend
+
+    tmp = tempfile.TemporaryDirectory()
+    onnx = Path(args.onnx) if args.onnx else Path(tmp.name) / "minilm.onnx"
+    if not onnx.exists():
+        export_model(Path(args.model), onnx)
+    tok = data.load_tokenizer(args.model)
+    sets, calib = {}, {}
+    for name, n in (("rt", args.rt), ("wiki", args.wiki)):
+        texts = data.load_texts(name, n=n + args.calib, seed=20)
+        sets[name] = C.batches(tok, texts[:n], args.max_len)
+        calib[name] = C.batches(tok, texts[n:], args.max_len)
+    print(f"measured: {args.rt} rt, {args.wiki} wiki texts; calibration: {args.calib} other texts of each; "
+          f"at most {args.max_len} tokens", flush=True)
+
+    plans, notes = {}, {}
+
+    def timed_build(key, **kw):
+        t = time.perf_counter()
+        plans[key] = build(onnx, **kw)
+        notes[key] = {"build_s": round(time.perf_counter() - t, 1)}
+        print(f"built {key} in {notes[key]['build_s']}s", flush=True)
+
+    timed_build("fp32", precision="fp32")
+    timed_build("hybrid", precision="hybrid")
+    for w in ("channel", "tensor"):
+        timed_build(f"fp8 dynamic, {w}", precision="fp8", fp8_weights=w)
+        for c in ("rt", "wiki"):
+            timed_build(f"fp8 static ({c}), {w}", precision="fp8", fp8_weights=w, fp8_activations="static",
+                        calib=calib[c], calib_name=c)
+    for x in [float(v) for v in args.min_cosine.split(",")]:
+        for c, h in (("rt", "wiki"), ("wiki", "rt")):
+            key = f"auto {x} (calib {c}, held apart {h})"
+            timed_build(key, precision="auto", min_cosine=x, calib=calib[c], holdout=calib[h], calib_name=c,
+                        holdout_name=h)
+            s = plans[key].header["builder"]["precision_search"]
+            notes[key].update({k: s[k] for k in ("counts", "measured_worst_cos", "cost_us", "cost_us_all_hybrid",
+                                                 "cost_us_all_fp8", "rounds", "other_ops_loss")})
+
+    outs = {}
+    for key, plan in plans.items():
+        t = time.perf_counter()
+        outs[key] = {sn: run_outputs(plan, b) for sn, b in sets.items()}
+        print(f"ran {key} in {time.perf_counter() - t:.1f}s", flush=True)
+
+    def emb_cos(a, b, batches):
+        out = []
+        for oa, ob, f in zip(a, b, batches):
+            pa = mean_pool(next(iter(oa.values())), f["attention_mask"])
+            pb = mean_pool(next(iter(ob.values())), f["attention_mask"])
+            out += list((pa * pb).sum(1))
+        return float(np.min(out))
+
+    results = {}
+    for key in plans:
+        r = {}
+        for sn, b in sets.items():
+            c32 = sample_cosines(outs[key][sn], outs["fp32"][sn], b)
+            ch = sample_cosines(outs[key][sn], outs["hybrid"][sn], b)
+            r[sn] = {"worst_cos_vs_fp32": worst(c32), "p1_cos_vs_fp32": float(np.percentile(c32, 1)),
+                     "worst_cos_vs_hybrid": worst(ch),
+                     "worst_embedding_cos_vs_fp32": emb_cos(outs[key][sn], outs["fp32"][sn], b)}
+        results[key] = {**r, **notes[key]}
+        print(f"{key:44s} " + "  ".join(f"{sn}: worst {r[sn]['worst_cos_vs_fp32']:.6f} (p1 {r[sn]['p1_cos_vs_fp32']:.6f},"
+                                         f" vs hybrid {r[sn]['worst_cos_vs_hybrid']:.6f}, emb {r[sn]['worst_embedding_cos_vs_fp32']:.7f})"
+                                         for sn in sets), flush=True)
+
+    if not args.skip_downstream:
+        keep = ["hybrid", "fp8 dynamic, channel", "fp8 dynamic, tensor", "fp8 static (rt), channel",
+                "fp8 static (wiki), channel"] + [k for k in plans if k.startswith("auto")]
+        runs = {k: ReferenceBackend(plans[k]).run for k in keep}
+        t = time.perf_counter()
+        ds = classification_check(tok, ReferenceBackend(plans["fp32"]).run, runs, max_len=args.max_len, batch_size=16,
+                                  max_train=args.downstream_train, max_test=args.downstream_test, log=print)
+        print(f"downstream in {time.perf_counter() - t:.0f}s", flush=True)
+        for k, v in ds["results"].items():
+            print(f"downstream {k:44s} accuracy {v['accuracy']:.4f} ({v['correct']}/{v['n']})"
+                  + (f", vs fp32 {v['diff_vs_fp32']:+.4f} [{v['diff_bootstrap95'][0]:+.4f}, {v['diff_bootstrap95'][1]:+.4f}],"
+                     f" flipped {v['flipped_to_wrong']} wrong / {v['flipped_to_right']} right" if k != "fp32" else ""),
+                  flush=True)
+        results["downstream"] = ds
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
