@@ -1,12 +1,129 @@
-"""trtrun.runtime.Context refuses bad options with an InputError naming the option, before the GPU runtime or
-the engine is touched (so these run without a GPU; the GPU tests check the same errors on a real engine)."""
+"""A GPU context's options (trtrun.runtime.ContextOptions): checked once, before the GPU runtime or the engine is
+touched, and handed to the extension in the order its binding takes them. A recording stand-in for trtrun._C
+shows what reaches the extension without a GPU (the GPU tests run the same calls on the real one)."""
 
 from __future__ import annotations
 
+import dataclasses
+import re
+from pathlib import Path
+
+import numpy as np
 import pytest
 
 from trtrun.errors import InputError
-from trtrun.runtime import Context
+from trtrun.runtime import Context, ContextOptions, Engine, extension
+from trtrun.runtime.options import NATIVE_ORDER
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# The defaults as docs/runtime.md states them, in the order of csrc/bind_context.cpp's Context(engine, ...)
+DEFAULT_NATIVE = (True, 4 << 20, 256, 2, True, 2048, 4096, "focused", 384, 768)
+
+
+class RecordingExtension:
+    """Stands in for trtrun._C: records the arguments of Engine(...), Context(...) and run_host(...)."""
+
+    cuda_architectures = "90"
+
+    def __init__(self):
+        self.calls = []
+        ext = self
+
+        class Engine_:
+            def __init__(self, *args):
+                ext.calls.append(("Engine", args))
+                self.names = [args[0][i][0] for i in args[3]]
+                self.weight_bytes = sum(a.nbytes for _, a in args[2])
+
+            def input_info(self):
+                return [(i, True, n == "attention_mask", 0) for i, n in enumerate(self.names)]
+
+        class Context_:
+            def __init__(self, engine, *args):
+                assert isinstance(engine, Engine_)
+                ext.calls.append(("Context", args))
+                self.ins = [np.zeros(1 << 12, np.int32) for _ in engine.names]
+                self.outs = [np.zeros(1 << 20, np.uint8) for _ in range(4)]
+
+            def host_input(self, i):
+                return self.ins[i]
+
+            def host_output(self, i):
+                return self.outs[i]
+
+            def run_host(self, B, S, Sb):
+                ext.calls.append(("run_host", (B, S, Sb)))
+
+        self.Engine, self.Context = Engine_, Context_
+
+    def device_count(self):
+        return 1
+
+    def device_problem(self, device):
+        return ""
+
+    def device_name(self, device):
+        return "stand-in GPU"
+
+    def of(self, kind):
+        return [args for k, args in self.calls if k == kind]
+
+
+@pytest.fixture
+def ext(monkeypatch):
+    rec = RecordingExtension()
+    monkeypatch.setattr(extension, "_ext", rec)  # load_extension() answers it from now on
+    return rec
+
+
+@pytest.fixture(scope="module")
+def plan(tiny_embed_model):
+    from trtrun.plan import load_plan
+
+    return load_plan(tiny_embed_model["plan"])
+
+
+def test_the_native_order_is_the_bindings():
+    """NATIVE_ORDER, read against the keyword names csrc/bind_context.cpp gives _C.Context's arguments: a
+    reordering on either side fails here, without a GPU."""
+    src = (ROOT / "csrc" / "bind_context.cpp").read_text()
+    block = src[src.index('py::arg("engine")'):]
+    block = block[:block.index(")\n")]
+    names = re.findall(r'py::arg\("(\w+)"\)', block)
+    assert names[0] == "engine" and tuple(names[1:]) == NATIVE_ORDER
+    fields = [f.name for f in dataclasses.fields(ContextOptions)]
+    assert len(fields) == 11 and set(fields) == set(NATIVE_ORDER) | {"bucket"}  # bucket is Python's own
+
+
+def test_defaults_reach_the_extension_in_order(ext, plan):
+    ctx = Engine(plan).create_context()
+    (args,) = ext.of("Context")
+    assert args == DEFAULT_NATIVE
+    assert [type(a) for a in args] == [bool, int, int, int, bool, int, int, str, int, int]
+    assert ctx.options == ContextOptions() and ctx.bucket is True and ctx.gemm_search == "focused"
+    ctx.run({"input_ids": np.ones((2, 5), np.int64)})
+    assert ext.of("run_host") == [(2, 5, 8)]  # bucketed: 5 tokens run at 8 (bucket_seq)
+
+
+def test_overrides_reach_the_extension_in_order(ext, plan):
+    eng = Engine(plan)
+    eng.create_context(gemm_search="heuristic", use_graphs=False)
+    every = dict(use_graphs=False, bucket=False, workspace_bytes=1 << 20, max_graphs=8, ffn_chunks=3,
+                 fuse_residual=False, fuse_residual_min_rows=7, ffn_chunk_min_rows=9, gemm_search="exhaustive",
+                 split_ln_max_rows=0, split_ln_slice=256)
+    ctx = eng.create_context(**every)
+    base = ContextOptions(gemm_search="heuristic", max_graphs=16)
+    eng.create_context(base, ffn_chunks=1)  # an options object, one field overridden
+    Context(eng, base)
+    assert ext.of("Context") == [
+        (False, 4 << 20, 256, 2, True, 2048, 4096, "heuristic", 384, 768),
+        (False, 1 << 20, 8, 3, False, 7, 9, "exhaustive", 0, 256),
+        (True, 4 << 20, 16, 1, True, 2048, 4096, "heuristic", 384, 768),
+        (True, 4 << 20, 16, 2, True, 2048, 4096, "heuristic", 384, 768),
+    ]
+    ctx.run({"input_ids": np.ones((2, 5), np.int64)})
+    assert ext.of("run_host") == [(2, 5, 5)]  # bucket=False: the exact length
 
 
 @pytest.mark.parametrize("kw, needle", [
@@ -14,13 +131,55 @@ from trtrun.runtime import Context
     ({"split_ln_max_rows": True}, "split_ln_max_rows must be an integer >= 0, got True"),
     ({"split_ln_slice": 12}, "split_ln_slice must be a multiple of 8 (>= 8), got 12"),
     ({"split_ln_slice": 0}, "split_ln_slice must be a multiple of 8 (>= 8), got 0"),
-    ({"split_ln_slice": 768.0}, "split_ln_slice must be a multiple of 8"),
-    ({"ffn_chunks": 0}, "ffn_chunks must be an integer >= 1"),
-    ({"fuse_residual_min_rows": 0}, "fuse_residual_min_rows must be an integer >= 1"),
-    ({"workspace_bytes": -1}, "workspace_bytes must be an integer >= 0"),
-    ({"gemm_search": "fast"}, "gemm_search must be one of heuristic, focused, exhaustive"),
+    ({"split_ln_slice": 768.0}, "split_ln_slice must be a multiple of 8 (>= 8), got 768.0"),
+    ({"ffn_chunks": 0}, "ffn_chunks must be an integer >= 1, got 0"),
+    ({"fuse_residual_min_rows": 0}, "fuse_residual_min_rows must be an integer >= 1, got 0"),
+    ({"ffn_chunk_min_rows": 2.5}, "ffn_chunk_min_rows must be an integer >= 1, got 2.5"),
+    ({"workspace_bytes": -1}, "workspace_bytes must be an integer >= 0, got -1"),
+    ({"gemm_search": "fast"}, "gemm_search must be one of heuristic, focused, exhaustive, got 'fast'"),
 ])
-def test_bad_context_options(kw, needle):
-    with pytest.raises(InputError) as err:
-        Context(object(), **kw)  # the engine is not reached: the options are checked first
-    assert needle in str(err.value)
+def test_bad_context_options(kw, needle, ext):
+    (name,) = kw
+    for make in (lambda: ContextOptions(**kw), lambda: Context(object(), **kw),  # the engine is not reached
+                 lambda: ContextOptions().replace(**kw)):
+        with pytest.raises(InputError) as err:
+            make()
+        assert str(err.value) == needle and str(err.value).count(name) == 1
+    assert ext.calls == []  # refused before the extension saw anything
+
+
+def test_unknown_option_is_a_type_error(ext):
+    with pytest.raises(TypeError, match="use_graph"):
+        Context(object(), use_graph=False)
+    with pytest.raises(InputError, match="options must be a ContextOptions, got dict"):
+        Context(object(), {"use_graphs": False})
+    assert ext.calls == []
+
+
+def test_embedder_hands_its_plan_in_memory_and_its_options(ext, plan, tiny_embed_model, monkeypatch):
+    """Embedder(backend="gpu"): the Engine gets the plan as lowered from memory (no plan file is written to be
+    read back) and each context the Embedder's gemm_search; a bad gemm_search is the options' one InputError."""
+    from trtrun.embed import Embedder
+    from trtrun.plan import Plan, load_plan
+    from trtrun.runtime.lower import lower_plan
+
+    in_memory = Plan.from_parts({k: v for k, v in plan.header.items() if k != "weights"}, plan.weights)
+
+    def no_save(self, path):
+        raise AssertionError(f"the Embedder wrote the plan to {path}")
+
+    monkeypatch.setattr(Plan, "save", no_save)
+    with Embedder(in_memory, tiny_embed_model["tok"], backend="gpu", contexts=2) as e:
+        assert e.backend == "gpu" and e.gemm_search == "heuristic"
+    (engine_args,) = ext.of("Engine")
+    low = lower_plan(load_plan(tiny_embed_model["plan"]))
+    assert engine_args[:2] == (low["tensors"], low["ops"])
+    assert [n for n, _ in engine_args[2]] == [n for n, _ in low["weights"]]
+    for (_, a), (_, b) in zip(engine_args[2], low["weights"]):
+        np.testing.assert_array_equal(a, b)  # the same bytes as from the file: exact
+    assert engine_args[3:] == (low["inputs"], low["outputs"], low["batch_max"], low["seq_max"], low["tf32"], 0)
+    assert ext.of("Context") == [DEFAULT_NATIVE[:7] + ("heuristic",) + DEFAULT_NATIVE[8:]] * 2
+    n = len(ext.calls)
+    with pytest.raises(InputError, match=r"^gemm_search must be one of heuristic, focused, exhaustive, got 'fast'$"):
+        Embedder(in_memory, tiny_embed_model["tok"], backend="gpu", gemm_search="fast")
+    assert len(ext.calls) == n

@@ -13,6 +13,7 @@ import json
 import shutil
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -243,17 +244,24 @@ def test_concurrent_threads_each_get_their_own_rows(emb, texts):
         np.testing.assert_allclose(got[j], expected[idx], atol=ATOL)
 
 
-def test_onnx_path_builds_a_cached_hybrid_plan(tiny, tmp_path):
+def test_onnx_path_builds_a_cached_hybrid_plan(tiny, tmp_path, monkeypatch):
+    import trtrun.plan
     from trtrun.embed import Embedder
 
+    reads = []
+    real_load = trtrun.plan.load_plan
+    monkeypatch.setattr(trtrun.plan, "load_plan", lambda p: (reads.append(Path(p)), real_load(p))[1])
     onnx_path = tmp_path / "m.onnx"
     shutil.copy(tiny["onnx"], onnx_path)
     with Embedder(onnx_path, tiny["tok"], backend="reference") as e:
         assert e.plan_path == tmp_path / "m.hybrid.plan" and e.plan.precision == "hybrid"
+        assert e.plan.path == e.plan_path and tmp_path / "m.hybrid.plan" not in reads  # built: not read back
         v = e.embed(["a fine film"])
     mtime = (tmp_path / "m.hybrid.plan").stat().st_mtime_ns
+    reads.clear()
     with Embedder(onnx_path, tiny["tok"], backend="reference") as e:  # reused, not rebuilt
         assert e.plan_path == tmp_path / "m.hybrid.plan"
+        assert reads == [tmp_path / "m.hybrid.plan"]  # read once: checked and kept
         np.testing.assert_array_equal(e.embed(["a fine film"]), v)
     assert (tmp_path / "m.hybrid.plan").stat().st_mtime_ns == mtime
 

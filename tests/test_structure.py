@@ -108,3 +108,18 @@ def test_the_cycle_finder_sees_a_lazy_cycle(tmp_path):
     (pkg / "e.py").write_text("from . import a\n")  # a one-way edge: no cycle
     tool = _import_cycles_tool()
     assert tool.cycles(tool.import_graph(pkg)) == [["p.a", "p.b"], ["p.d", "p.sub.c"]]
+
+
+def test_no_module_reaches_into_the_runtimes_private_names():
+    # outside trtrun/runtime/, the GPU runtime is used through its public names (GEMM caches, context options)
+    found = []
+    for path in PKG.rglob("*.py"):
+        if path.parent.name == "runtime" and path.parent.parent == PKG:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and "runtime" in (node.module or "").split("."):
+                found += [f"{path.relative_to(PKG)}:{node.lineno} {a.name}" for a in node.names if a.name.startswith("_")]
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "runtime" \
+                    and node.attr.startswith("_"):
+                found.append(f"{path.relative_to(PKG)}:{node.lineno} runtime.{node.attr}")
+    assert found == []
