@@ -241,24 +241,96 @@ def _with_extra_output(src, dst, make):
     return dst
 
 
-def test_input_passed_through_is_kept(exported, tmp_path):
-    """The failure the issue quotes: an output that is an input passed through."""
+def _export_with_mask_out(path, exporter):
+    """A tiny random BERT whose torch.onnx export returns its attention_mask beside the token states (as some
+    exports do): both exporters write the second output as Identity(attention_mask) named mask_out."""
+    import warnings
+
+    import torch
+
+    from conftest import TINY
+    from trtrun.export import load_torch_model
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, input_ids, attention_mask):
+            return self.m(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state, attention_mask
+
+    model = Wrapper(load_torch_model("bert-base", overrides=dict(TINY), seed=0)).eval()
+    ids, mask = torch.randint(0, 1000, (2, 8)), torch.ones(2, 8, dtype=torch.long)
+    names = ["input_ids", "attention_mask"]
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if exporter == "torchscript":
+            torch.onnx.export(model, (ids, mask), str(path), input_names=names,
+                              output_names=["last_hidden_state", "mask_out"], opset_version=17, dynamo=False,
+                              dynamic_axes={n: {0: "b", 1: "s"} for n in names + ["last_hidden_state", "mask_out"]})
+        else:
+            dim = {0: torch.export.Dim("b", min=1, max=64), 1: torch.export.Dim("s", min=2, max=512)}
+            torch.onnx.export(model, (ids, mask), input_names=names, output_names=["last_hidden_state", "mask_out"],
+                              dynamic_shapes={n: dim for n in names}, dynamo=True, verbose=False).save(str(path))
+    return path
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_input_passed_through_is_kept(tmp_path, exporter):
+    """The failure the issue quotes: an output that is an input passed through. It is a plan output under the
+    model's name, with "input" naming the input (no op writes it, the GPU lowering gives it no buffer), and the
+    backends return the input's value: the same int64 array onnxruntime returns, exactly."""
+    pytest.importorskip("transformers")
+    if exporter == "dynamo":
+        pytest.importorskip("onnxscript")
     import onnx
-    from onnx import helper
+    import onnxruntime as ort
 
     import trtrun
     from trtrun.reference import ReferenceBackend
+    from trtrun.runtime.lower import lower_plan
 
-    path = _with_extra_output(exported("bert"), tmp_path / "m.onnx", lambda last: (
-        [helper.make_node("Identity", ["input_ids"], ["ids_out"])],
-        [helper.make_tensor_value_info("ids_out", onnx.TensorProto.INT64, ["b", "s"])]))
-    plan = trtrun.build(path, precision="hybrid")  # was: cannot make 'input_ids' the graph output 'ids_out'
-    # a plan's outputs are what its ops write: the pass-through is left out, and the plan says so
-    assert [o["name"] for o in plan.outputs] == ["last_hidden_state"]
-    assert any("'ids_out' is the input 'input_ids' passed through" in c for c in plan.source["conversions"])
-    feeds, mask = _feeds(["input_ids", "attention_mask", "token_type_ids"])
+    path = _export_with_mask_out(tmp_path / "m.onnx", exporter)
+    assert any(n.op_type == "Identity" and list(n.input) == ["attention_mask"] for n in onnx.load(str(path)).graph.node)
+    plan = trtrun.build(path, precision="hybrid")  # was: left out of the plan (and before that, refused)
+    assert plan.outputs[1] == {"name": "mask_out", "dtype": "int64", "shape": ["B", "S"], "input": "attention_mask"}
+    assert [o["name"] for o in plan.outputs] == ["last_hidden_state", "mask_out"]
+    plan.save(tmp_path / "m.plan")
+    plan = trtrun.load_plan(tmp_path / "m.plan")  # the format takes it back
+    assert len(lower_plan(plan)["outputs"]) == 1  # the GPU runtime computes the states only
+    feeds, mask = _feeds(["input_ids", "attention_mask"])
     out = ReferenceBackend(plan).run(feeds)
-    assert worst_token_cosine(out["last_hidden_state"], _ort(exported("bert"), feeds), mask) >= 0.9999
+    ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)
+    assert out["mask_out"].dtype == ref[1].dtype == np.int64 and np.array_equal(out["mask_out"], ref[1])
+    assert out["mask_out"] is not feeds["attention_mask"]  # a copy: the caller's array stays the caller's
+    assert worst_token_cosine(out["last_hidden_state"], ref[0], mask) >= 0.9999  # hybrid, as the matrix
+
+    # --outputs names it as the model does, in the order asked
+    plan = trtrun.build(path, precision="fp32", outputs=["mask_out", "last_hidden_state"])
+    assert [o["name"] for o in plan.outputs] == ["mask_out", "last_hidden_state"]
+    plan = trtrun.build(path, precision="fp32", outputs=["last_hidden_state"])
+    assert [o["name"] for o in plan.outputs] == ["last_hidden_state"]
+    with pytest.raises(trtrun.BuildError, match="every graph output is an input passed through"):
+        trtrun.build(path, precision="fp32", outputs=["mask_out"])
+    with pytest.raises(ValueError, match="no output 'nope'.*last_hidden_state, mask_out"):
+        trtrun.build(path, precision="fp32", outputs=["nope"])
+
+
+def test_passthrough_output_fields_are_checked(tmp_path):
+    """A plan output's "input" must name a graph input, and its name must not also be a tensor of the plan."""
+    import copy
+
+    import trtrun
+
+    path = _export_with_mask_out(tmp_path / "m.onnx", "torchscript")
+    plan = trtrun.build(path, precision="fp32")
+    for change, words in ((dict(input="nope"), "must name a graph input"),
+                          (dict(name="input_ids"), "also a tensor of the plan"),
+                          (dict(dtype="float32"), "here but int64")):
+        h = copy.deepcopy(plan.header)
+        h["outputs"][1].update(change)
+        with pytest.raises(trtrun.PlanError, match=words):
+            trtrun.Plan.from_parts(h, plan.weights)
 
 
 def test_uncomputable_output_is_named(exported, tmp_path):

@@ -524,7 +524,7 @@ class ReferenceBackend:
             for t in op["inputs"]:
                 if t:
                     self._last_use[t] = i
-        self._keep = {o["name"] for o in plan.outputs}
+        self._keep = {o.get("input", o["name"]) for o in plan.outputs}
         self._dtypes = {n: np.dtype(t["dtype"]) for n, t in plan.tensors.items()}
         self._bias_cache: dict = {}
 
@@ -611,5 +611,8 @@ class ReferenceBackend:
                         env.pop(t, None)
         # float outputs as float32; an input passed through keeps its integer dtype
         outputs = {o["name"]: np.asarray(env[o["name"]], dtype=F32 if o["dtype"] in ("float32", "float16")
-                                         else np.int64) for o in plan.outputs}
+                                         else np.int64) for o in plan.outputs if "input" not in o}
+        # an output that is a graph input passed through ("input"): a copy, so it is not the caller's own array
+        outputs = {o["name"]: outputs[o["name"]] if "input" not in o else np.array(env[o["input"]], dtype=np.int64)
+                   for o in plan.outputs}
         return (outputs, env) if capture else outputs

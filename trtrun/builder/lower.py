@@ -49,6 +49,21 @@ def resolve_profile(profile, max_position: int) -> dict:
     return out
 
 
+def _outputs(graph, input_names, rename, tensors) -> list[dict]:
+    """header.outputs: what ops write, and graph inputs passed through (under each name the model gives them,
+    with "input" naming the input: no op, no buffer)."""
+    from .select_outputs import passthrough_names
+
+    out = []
+    for t in graph.outputs:
+        if t.name not in input_names:
+            out.append({"name": rename[t.name], **tensors[rename[t.name]]})
+            continue
+        for n in passthrough_names(graph, t):
+            out.append({"name": n, **tensors[t.name], "input": t.name})
+    return out
+
+
 def _clean(name: str) -> str:
     return name.strip("/").replace("/", ".")
 
@@ -152,7 +167,7 @@ def lower(graph, facts, tensor_dtypes, weight_dtypes, *, precision, profile, sou
                    "producer": producer, "opset": opset},
         "model": model,
         "inputs": [{"name": n, "dtype": "int64", "shape": ["B", "S"]} for n in input_names],
-        "outputs": [{"name": rename[t.name], **tensors[rename[t.name]]} for t in graph.outputs],
+        "outputs": _outputs(graph, input_names, rename, tensors),
         "tensors": tensors,
         "ops": ops,
         "builder": {"trtrun": __version__,

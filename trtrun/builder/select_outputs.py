@@ -11,35 +11,51 @@ from . import _graph as G
 
 
 def select_outputs(graph, names=None) -> list[str]:
-    """Keep the outputs named (all if None); returns the kept names. ValueError for an unknown name."""
+    """Keep the outputs named (all if None); returns the kept names. ValueError for an unknown name.
+
+    An output that passes an input through is named as the model names it, though the simplified graph holds
+    the input tensor itself there (passthrough_names)."""
     if names is None:
         return [t.name for t in graph.outputs]
-    by = {t.name: t for t in graph.outputs}
+    by = {n: t for t in graph.outputs for n in passthrough_names(graph, t)}
     unknown = [n for n in names if n not in by]
     if unknown:
         raise ValueError(f"outputs: the model has no output {unknown[0]!r} (its outputs: {', '.join(by)})")
-    graph.outputs = [by[n] for n in names]
+    keep = []
+    for n in names:
+        if all(by[n] is not k for k in keep):
+            keep.append(by[n])
+    alias = graph.__dict__.get("_trtrun_passthrough")
+    if alias:  # the aliases of inputs passed through that were not asked for are dropped with them
+        for k in [k for k in alias if k not in names]:
+            del alias[k]
+    inputs = {i.name for i in graph.inputs}
+    if all(t.name in inputs for t in keep):  # checked before the probes, which need something to compute
+        from ..errors import BuildError
+
+        raise BuildError(f"every graph output is an input passed through ({', '.join(names)}): nothing to compute")
+    graph.outputs = keep
     G.finish(graph)
     return list(names)
 
 
-def drop_passthrough(graph) -> list[str]:
-    """Leave out graph outputs that are graph inputs passed through; returns notes saying which.
+def passthrough_names(graph, t) -> list[str]:
+    """The model's names for graph output t: the input's aliases (Identity outputs the simplified graph replaced
+    by the input itself, _graph.replace_uses records them), else t's own name."""
+    alias = graph.__dict__.get("_trtrun_passthrough", {})
+    return [k for k, v in alias.items() if v == t.name] or [t.name]
 
-    A plan's outputs are what its ops write (float tensors the runtime fills); an output whose value is an
-    input (an export that returns input_ids beside the hidden states) needs no computing: the caller holds
-    it already. Raises BuildError if no other output is left."""
+
+def drop_passthrough(graph) -> list[str]:
+    """Outputs that are graph inputs passed through stay outputs (the plan returns the input under the output's
+    name: plan-format.md, "input"); returns notes saying which. Raises BuildError if every output is one."""
     from ..errors import BuildError
 
     inputs = {i.name for i in graph.inputs}
-    alias = graph.__dict__.get("_trtrun_passthrough", {})
-    dropped = [t.name for t in graph.outputs if t.name in inputs]
-    if not dropped:
+    passed = [t.name for t in graph.outputs if t.name in inputs]
+    if not passed:
         return []
-    keep = [t for t in graph.outputs if t.name not in inputs]
-    names = {v: k for k, v in alias.items()}
-    if not keep:
-        raise BuildError(f"every graph output is an input passed through ({', '.join(dropped)}): nothing to compute")
-    graph.outputs = keep
-    return [f"graph output {names.get(d, d)!r} is the input {d!r} passed through: left out of the plan "
-            f"(its value is the input)" for d in dropped]
+    if len(passed) == len(graph.outputs):
+        raise BuildError(f"every graph output is an input passed through ({', '.join(passed)}): nothing to compute")
+    return [f"graph output {n!r} is the input {d!r} passed through: the plan returns the input's value"
+            for d in passed for n in passthrough_names(graph, graph.tensors()[d])]

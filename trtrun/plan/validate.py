@@ -176,16 +176,24 @@ def validate_header(h: Any, where: str, blob_nbytes: int | None) -> None:
         for i, io in enumerate(h[kind]):
             f = f"header.{kind}[{i}]"
             need_obj(io, f, " {name, dtype, shape}")
-            only_keys(io, f, ("name", "dtype", "shape"))
+            only_keys(io, f, ("name", "dtype", "shape") + (("input",) if kind == "outputs" else ()))
             name = io.get("name")
             if not isinstance(name, str):
                 err(f + ".name", f"must be a tensor name (a string), got {short(name)}")
             if name in seen:
                 err(f, f"{nm(name)!r} listed twice")
             seen.add(name)
-            if name not in tensors:
-                err(f, f"tensor {nm(name)!r} is not in header.tensors")
-            t = tensors[name]
+            if "input" in io:  # an output that is a graph input passed through, under its own name (no buffer)
+                src = io["input"]
+                if not (isinstance(src, str) and src in in_names):
+                    err(f + ".input", f"must name a graph input (the one this output passes through), got {short(src)}")
+                if name != src and (name in tensors or name in in_names):
+                    err(f, f"{nm(name)!r} passes the input {nm(src)!r} through, but is also a tensor of the plan")
+                t = tensors[src]
+            else:
+                if name not in tensors:
+                    err(f, f"tensor {nm(name)!r} is not in header.tensors")
+                t = tensors[name]
             if io.get("dtype") != t["dtype"] or io.get("shape") != t["shape"]:
                 err(f, f"{nm(name)!r} is {short(io.get('dtype'))} {short(io.get('shape'))} here but "
                        f"{t['dtype']}{fmt_shape(t['shape'])} in header.tensors")
@@ -193,6 +201,7 @@ def validate_header(h: Any, where: str, blob_nbytes: int | None) -> None:
 
     in_names = check_io("inputs")
     out_names = check_io("outputs")
+    passed = {io["name"] for io in h["outputs"] if "input" in io}
     if "input_ids" not in in_names:
         err("header.inputs", "must include input_ids")
     for i, io in enumerate(h["inputs"]):
@@ -202,7 +211,7 @@ def validate_header(h: Any, where: str, blob_nbytes: int | None) -> None:
             err(f"header.inputs[{i}]", f"{io['name']!r} must be int64 or int32 with shape [B, S], "
                                        f"got {io['dtype']}{fmt_shape(io['shape'])}")
     for i, io in enumerate(h["outputs"]):
-        if io["dtype"] not in FLOAT_DTYPES:
+        if io["dtype"] not in FLOAT_DTYPES and "input" not in io:
             err(f"header.outputs[{i}]", f"{nm(io['name'])!r} must be a float tensor (what an op writes), "
                                         f"got {io['dtype']}")
     if not out_names:
@@ -321,7 +330,7 @@ def validate_header(h: Any, where: str, blob_nbytes: int | None) -> None:
                 err(f"{f}.attrs.{nm(key)}", f"an unknown attribute must be a string, number, bool or null "
                                              f"(nothing reads it), got {short(v)}")
         _validate_op(op, f, tensors, weights, prof, err)
-    for name in out_names:
+    for name in out_names - passed:
         if name not in produced:
             err("header.outputs", f"output {nm(name)!r} is not produced by any op nor a graph input")
 

@@ -36,7 +36,11 @@ class Engine:
         self._inputs = [(i["name"], bool(used), bool(is_mask))
                         for i, (_, used, is_mask, _) in zip(plan.inputs, info)]
         self._outputs = []
+        # outputs that pass a graph input through (no kernel writes them): name -> (input, dtype)
+        self._passthrough = {o["name"]: (o["input"], np.dtype(o["dtype"])) for o in plan.outputs if "input" in o}
         for o in plan.outputs:
+            if "input" in o:
+                continue
             inner = tuple(int(d) for d in o["shape"][2:])
             self._outputs.append((o["name"], np.dtype(o["dtype"]), inner))
         # which attention kinds read the mask (padding exactness, see Context._bucket)
@@ -247,7 +251,11 @@ class Context:
             for slot, (name, dtype, inner) in enumerate(self.engine._outputs):
                 n = B * S * int(np.prod(inner, dtype=np.int64)) * dtype.itemsize
                 out[name] = self._out_views[slot][:n].view(dtype).reshape((B, S) + inner).copy()
-        return out
+        # the graph's output is its input (ONNX Identity): the array check_feeds gave the run, at the output's
+        # declared dtype (int64 from int32 is exact), holds the same values the run read
+        for name, (src, dtype) in self.engine._passthrough.items():
+            out[name] = np.array(arrays[src], dtype=dtype)
+        return {o["name"]: out[o["name"]] for o in plan.outputs}
 
     # ---------------------------------------------------------------- device arrays
     def run_device(self, feeds_dev: Mapping[str, Any], outputs_dev: Mapping[str, Any] | None = None,
@@ -308,6 +316,14 @@ class Context:
                 feeds.append((d["ptr"], d["dtype"] == "int64", int(d["strides"][0]) if B > 1 else S))
 
         outputs = dict(outputs_dev or {})
+        given = [k for k in outputs if k in eng._passthrough]
+        if given:
+            raise InputError(f"output {given[0]!r} is the input {eng._passthrough[given[0]][0]!r} passed through: "
+                             f"nothing writes it on the device; its value is the tensor fed as that input")
+        missing = [(k, src) for k, (src, _) in eng._passthrough.items() if src not in feeds_dev]
+        if missing:
+            raise InputError(f"output {missing[0][0]!r} passes the input {missing[0][1]!r} through: feed it (on the "
+                             f"device it is returned as the tensor fed)")
         unknown = [k for k in outputs if k not in [o[0] for o in eng._outputs]]
         if unknown:
             raise InputError(f"unknown output {unknown[0]!r}: this plan produces "
@@ -335,6 +351,8 @@ class Context:
         with self._lock:
             self._c.run_device(B, S, Sb, feeds, out_ptrs, handle, handle is None)
         del keep
+        for name, (src, _) in eng._passthrough.items():
+            outputs[name] = feeds_dev[src]  # the graph's output is its input: the very tensor fed, no copy
         return outputs
 
     def _allocate(self, like, like_desc: dict, shape, dtype: np.dtype):

@@ -152,7 +152,8 @@ def lower_plan(plan) -> dict:
         "ops": ops,
         "weights": weights,
         "inputs": [tindex[i["name"]] for i in plan.inputs],
-        "outputs": [tindex[o["name"]] for o in plan.outputs],
+        # an output passing a graph input through needs no kernel and no buffer: Context returns the fed array
+        "outputs": [tindex[o["name"]] for o in plan.outputs if "input" not in o],
         "batch_max": int(prof["batch"][2]),
         "seq_max": int(prof["seq"][2]),
         "tf32": bool(plan.tf32),
