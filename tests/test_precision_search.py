@@ -113,3 +113,27 @@ def test_search_refuses_a_budget_nothing_meets(tiny):
     # every assignment of the Linears
     with pytest.raises(BuildError, match=r"--min-cosine 0.999999999999: no assignment meets it .* every Linear in fp32"):
         build(onnx, precision="auto", min_cosine=0.999999999999, calib=[cal], holdout=[hold])
+
+
+def test_suffix_runs_equal_full_runs(tiny):
+    # the sensitivity runs start at the changed Linear's input producer, from the all-fp32 base's tensors: that
+    # must give exactly what running the whole variant gives
+    from trtrun.builder import build
+    from trtrun.builder.precision_search import SuffixRunner, _plan, run_outputs
+    from trtrun.builder.quantize_fp8 import assign_precisions, linear_ops
+
+    onnx, (cal, hold) = tiny
+    h32, h = build(onnx, precision="fp32"), build(onnx, precision="hybrid")
+    w32, wh = dict(h32.weights), dict(h.weights)
+    # the fp32 plan's Linear weights under the hybrid plan's names (the two lowerings name weights alike)
+    assert set(w32) == set(wh)
+    hh = {k: v for k, v in h.header.items() if k != "weights"}
+    names = [op["name"] for op in linear_ops(hh)]
+    base = _plan(*assign_precisions(hh, wh, w32, {n: "fp32" for n in names}))
+    suffix = SuffixRunner(base, [cal, hold])
+    for k in (0, len(names) // 2, len(names) - 1):
+        variant = _plan(*assign_precisions(hh, wh, w32, {**{n: "fp32" for n in names}, names[k]: "fp8"}))
+        x = next(op for op in variant.ops if op["name"] == names[k])["inputs"][0]
+        start = next(i for i, op in enumerate(variant.ops) if x in op["outputs"])
+        got, want = suffix.run(variant, start), run_outputs(variant, [cal, hold])
+        assert all(np.array_equal(g[n], w[n]) for g, w in zip(got, want) for n in w)
