@@ -396,3 +396,15 @@ def test_bench_fp8_points_on_the_gpu_are_unavailable_with_the_reason(tmp_path):
     (pt,) = [p for p in plan_points(cfg, [spec]) if p.engine == "trtrun-fp8"][:1]
     with pytest.raises(Unavailable, match="fp8: the GPU runtime has no fp8 GEMM path yet"):
         _ModelState(spec, cfg, log=lambda m: None).runner(pt)
+
+
+def test_check_takes_fp8(tiny, tmp_path, capsys):
+    onnx, _ = tiny
+    out = tmp_path / "c"
+    code, _, err = trtrun_cli(capsys, "check", onnx, "--precision", "fp8,hybrid", "--data", "rt", "-n", 4,
+                              "--backend", "reference", "--no-random", "--downstream", "off", "--headroom-samples", 1,
+                              "--no-plots", "-o", out, "--min-cosine", "0.99", "--gate", "fp8")
+    assert code == 0, err
+    rep = json.loads((out / "report.json").read_text())
+    fp8, hyb = rep["results"]["fp8"]["real"]["cos"], rep["results"]["hybrid"]["real"]["cos"]
+    assert fp8["n"] == 4 and 0.99 <= fp8["min"] < hyb["min"]  # fp8 moves the output more than hybrid does
