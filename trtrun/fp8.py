@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .types import FP8_ACTIVATION_SCALES as ACTIVATION_SCALES, FP8_WEIGHT_SCALES as WEIGHT_SCALES
+from .types import FP8_WEIGHT_SCALES as WEIGHT_SCALES
 
 F32 = np.float32
 E4M3_MAX = 448.0  # the largest finite float8_e4m3fn (S.1111.110 = 1.75 x 2^8); no infinities

@@ -137,16 +137,3 @@ def assign_precisions(header_h: dict, weights_h: dict, weights_32: dict, choice:
     header["precision"] = kinds.pop() if len(kinds) == 1 and kinds <= {FP8, "hybrid"} else "mixed"
     return header, out
 
-
-def describe_op(op: dict, weights: dict) -> str:
-    """'fp8 (weights per channel, activations static)' and the like: an op's precision and scale kinds, from
-    its weight roles (the plan stores no second copy of them)."""
-    p = op["precision"]
-    if p != FP8:
-        return p
-    ws = op.get("weights", {}).get("weight_scale")
-    shape = weights[ws]["shape"] if ws and isinstance(weights.get(ws), dict) else \
-        list(np.shape(weights[ws])) if ws else None
-    kind = "tensor" if shape == [1] else "channel"
-    act = "static" if op.get("weights", {}).get("x_scale") else "dynamic"
-    return f"fp8 (weight scale per {kind}, activation scale {act})"
