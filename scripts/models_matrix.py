@@ -5,6 +5,9 @@
     ... --minilm M.json                             # add scripts/producers_minilm.py's real-text section
     ... --smollm2 S.json                            # add scripts/smollm2_fidelity.py's real-weights section
 
+Without --minilm / --smollm2, their sections are carried over from the existing output file as they are (they
+come from longer runs on real weights, which the corpus tests do not repeat).
+
 Each cell is one test: the variant built at that precision, run on the reference backend and compared with
 onnxruntime fp32 on the original export (worst per-token cosine), or the one-line reason it failed.
 """
@@ -39,10 +42,13 @@ transformer optimizer as Optimum's optimization levels call it (O1/O2: fusions a
 approximation; O4: O3 for the GPU + fp16 with fp32 inputs/outputs); `ort-raw-mask`, `ort-no-embed-ln`,
 `ort-mha`: its fusion options that change the op forms. `fp16`, `fp16-io32`: onnxruntime's
 `convert_float_to_float16` without / with `keep_io_types`. `int8-dynamic`: `quantize_dynamic`; `int8-qdq`:
-`quantize_static` in QDQ format. `external-data`: weights in a file beside the model. `renamed-inputs`: graph
-inputs renamed by `onnx.compose.add_prefix` (matched by role). Optimum itself cannot
-be installed beside transformers 5 (optimum-onnx 0.1.0 pins transformers < 4.58), so its levels are
-reproduced through the same onnxruntime calls. sentence-transformers exports (a pooled, normalized
+`quantize_static` in QDQ format; `int8-qoperator`: in QOperator format (QLinearMatMul, QLinearAdd, QLinearMul,
+QLinearSoftmax; GPT-2's file adds QGemm and is refused); `ort-O2-int8-dynamic`: `quantize_dynamic` of the
+ort-O2 file (QAttention, QEmbedLayerNormalization). `external-data`: weights in a file beside the model.
+`renamed-inputs`: graph inputs renamed by `onnx.compose.add_prefix` (matched by role). Optimum itself cannot
+be installed beside transformers 5 (optimum-onnx 0.1.0, its only ONNX exporter for optimum 2, pins
+transformers < 4.58; optimum 1.27's own exporter pins < 4.54 and does not import under transformers 5), so
+its levels are reproduced through the same onnxruntime calls. sentence-transformers exports (a pooled, normalized
 `sentence_embedding` output beside `token_embeddings`) are tested separately (Pool op).
 
 The newer architectures (Llama, Qwen2, Mistral, Qwen3, GPT-NeoX, MPNet, DeBERTa-v2, ModernBERT) are `trtrun export`'s named architectures
@@ -90,6 +96,24 @@ def render_smollm2(doc: dict) -> str:
     lines.append("\nfp16 is the naive full-fp16 mode: the residual stream's squares overflow fp16 in the RMSNorm sums, "
                  "whose rows become zeros (the cosine is undefined, n/a); hybrid keeps them in fp32.")
     return "\n".join(lines) + "\n"
+
+
+MINILM_TITLE = "## all-MiniLM-L6-v2 through the Embedder on real text"
+SMOLLM2_TITLE = "## SmolLM2-135M-Instruct (real weights"
+
+
+def _sections(path: Path) -> dict:
+    """The real-weights sections of an existing models.md: title prefix -> its text (blank line before it)."""
+    if not path.exists():
+        return {}
+    out, text = {}, path.read_text()
+    for title in (MINILM_TITLE, SMOLLM2_TITLE):
+        i = text.find("\n" + title)
+        if i < 0:
+            continue
+        j = text.find("\n## ", i + 1)
+        out[title] = "\n" + text[i + 1:j + 1 if j >= 0 else len(text)].rstrip("\n") + "\n"
+    return out
 
 
 def render(results: dict) -> str:
@@ -168,10 +192,15 @@ def main(argv=None) -> int:
                 return 1
             results = json.loads(out.read_text())
     text = render(_order(results))
+    kept = _sections(Path(a.output))
     if a.minilm:
         text += render_minilm(json.loads(Path(a.minilm).read_text()))
+    elif MINILM_TITLE in kept:
+        text += kept[MINILM_TITLE]
     if a.smollm2:
         text += render_smollm2(json.loads(Path(a.smollm2).read_text()))
+    elif SMOLLM2_TITLE in kept:
+        text += kept[SMOLLM2_TITLE]
     Path(a.output).write_text(text)
     print(f"wrote {a.output} ({len(results)} cells)")
     return 0
