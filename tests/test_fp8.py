@@ -408,3 +408,30 @@ def test_check_takes_fp8(tiny, tmp_path, capsys):
     rep = json.loads((out / "report.json").read_text())
     fp8, hyb = rep["results"]["fp8"]["real"]["cos"], rep["results"]["hybrid"]["real"]["cos"]
     assert fp8["n"] == 4 and 0.99 <= fp8["min"] < hyb["min"]  # fp8 moves the output more than hybrid does
+
+
+def test_fp8_plans_are_format_version_2(fp8_plans, tmp_path):
+    # a plan is written at the version it needs: fp8 plans at 2 (an older trtrun says "newer version", not a
+    # field error), every other plan still at 1
+    import struct
+
+    from trtrun.plan import load_plan
+    from trtrun.plan.io import write_plan_file
+
+    p8 = fp8_plans["dynamic"].save(tmp_path / "a.plan")
+    p32 = fp8_plans["fp32"].save(tmp_path / "b.plan")
+    assert struct.unpack_from("<I", p8.read_bytes(), 8)[0] == 2 and load_plan(p8).header["version"] == 2
+    assert struct.unpack_from("<I", p32.read_bytes(), 8)[0] == 1 and load_plan(p32).header["version"] == 1
+    plan = fp8_plans["dynamic"]
+    lie = copy.deepcopy(plan.header)
+    lie["version"] = 1  # fp8 content declared as version 1
+    write_plan_file(tmp_path / "c.plan", lie, plan.weights, plan.blob_nbytes, "c")
+    with pytest.raises(PlanError, match="header.version: is 1, expected 2 .*fp8 ops and weights need it"):
+        load_plan(tmp_path / "c.plan")
+    raw = bytearray(p8.read_bytes())  # preamble 1, header 2: the checksum made fresh
+    struct.pack_into("<I", raw, 8, 1)
+    import hashlib
+    raw[-32:] = hashlib.sha256(bytes(raw[:-32])).digest()
+    (tmp_path / "d.plan").write_bytes(bytes(raw))
+    with pytest.raises(PlanError, match="the preamble says format version 1, the header 2"):
+        load_plan(tmp_path / "d.plan")

@@ -312,10 +312,10 @@ def test_foreign_text_file(tmp_path):
 def test_future_version(plan_file):
     _, path = plan_file
     hdr, blob = split_file(path)
-    write_raw(path, hdr, blob, version=2)
+    write_raw(path, hdr, blob, version=3)
     with pytest.raises(PlanError) as e:
         load_plan(path)
-    assert str(e.value) == (f"{path}: version: plan format version 2 is newer than this trtrun supports (1): "
+    assert str(e.value) == (f"{path}: version: plan format version 3 is newer than this trtrun supports (2): "
                             f"rebuild the plan or upgrade trtrun")
 
 

@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 
 MAGIC = b"TRTRUNPL"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest this trtrun reads and writes; a plan is written at the version it needs
+FP8_FORMAT_VERSION = 2  # fp8 ops and float8 weights: a trtrun that reads version 1 only says "newer", not "bad field"
 FORMAT_NAME = "trtrun-plan"
 ALIGN = 256
 PREAMBLE = struct.Struct("<8sIIQQ")  # magic, version, reserved, header length, blob length: 32 bytes
@@ -133,6 +134,17 @@ def np_dtype(name: str) -> np.dtype:
 
         return np.dtype(ml_dtypes.float8_e4m3fn)
     return np.dtype(name).newbyteorder("<")
+
+
+def required_version(header) -> int:
+    """The format version a header needs: 2 with an fp8 op or a float8 weight, else 1 (older trtruns read
+    those). Defensive: the header may be a hostile file's, not yet validated."""
+    ops = header.get("ops") if isinstance(header, dict) else None
+    weights = header.get("weights") if isinstance(header, dict) else None
+    fp8 = isinstance(ops, list) and any(isinstance(o, dict) and o.get("precision") == "fp8" for o in ops)
+    fp8 = fp8 or (isinstance(weights, dict) and any(isinstance(e, dict) and e.get("dtype") == FP8_DTYPE
+                                                    for e in weights.values()))
+    return FP8_FORMAT_VERSION if fp8 else 1
 
 
 def align(n: int, a: int = ALIGN) -> int:

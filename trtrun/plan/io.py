@@ -47,7 +47,7 @@ def write_plan_file(path: Path, header: dict, weights: dict[str, np.ndarray], bl
         def put(b):
             sha.update(b)
             f.write(b)
-        put(PREAMBLE.pack(MAGIC, FORMAT_VERSION, 0, len(hjson), W))
+        put(PREAMBLE.pack(MAGIC, header["version"], 0, len(hjson), W))
         put(hjson)
         put(b"\0" * (blob_start - PREAMBLE.size - len(hjson)))
         pos = 0
@@ -206,7 +206,7 @@ def read_plan_file(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]
             raise PlanError(f"{where}: version: plan format version {version} is not valid "
                             f"(this trtrun reads version {FORMAT_VERSION})")
         if reserved != 0:
-            raise PlanError(f"{where}: reserved: must be 0 in format version 1, got {reserved} (corrupted file?)")
+            raise PlanError(f"{where}: reserved: must be 0, got {reserved} (corrupted file?)")
         blob_start = align(PREAMBLE.size + H)
         expected = blob_start + W + TRAILER_BYTES
         if expected != size:
@@ -236,6 +236,9 @@ def read_plan_file(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]
             if not isinstance(header, dict):
                 raise PlanError(f"{where}: header: must be a JSON object, got {type(header).__name__}")
             validate_header(header, where, W)
+            if header["version"] != version:
+                raise PlanError(f"{where}: version: the preamble says format version {version}, the header "
+                                f"{header['version']}")
         except PlanError as e:
             problem = e
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, PlanError, ShapeError
-from .format import FORMAT_NAME, FORMAT_VERSION, WEIGHT_DTYPES, align, json_default
+from .format import FORMAT_NAME, WEIGHT_DTYPES, align, json_default, required_version
 from .io import read_plan_file, write_plan_file
 from .summary import plan_dict, summary_text, weight_stats
 from .validate import check_arrays, check_scales, is_int, validate_header
@@ -49,7 +49,6 @@ class Plan:
         if not isinstance(hdr, dict):
             raise PlanError("plan (in memory): header: must be a JSON object (dict)")
         hdr["format"] = FORMAT_NAME
-        hdr["version"] = FORMAT_VERSION
         hdr.setdefault("tf32", False)
         arrays: dict[str, np.ndarray] = {}
         entries: dict[str, dict] = {}
@@ -67,6 +66,7 @@ class Plan:
             arrays[name] = a
             cursor = offset + a.nbytes
         hdr["weights"] = entries
+        hdr["version"] = required_version(hdr)  # 1 unless the plan holds fp8 (format.FP8_FORMAT_VERSION)
         plan = cls(hdr, arrays)
         plan.validate()
         return plan

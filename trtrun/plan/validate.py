@@ -19,13 +19,11 @@ from .format import (
     ALIGN,
     ARCHS,
     DTYPES,
-    FP8_DTYPE,
-    WEIGHT_DTYPES,
-    np_dtype,
     FLOAT32_MAX,
     FLOAT_DTYPES,
     FORMAT_NAME,
-    FORMAT_VERSION,
+    FP8_DTYPE,
+    FP8_FORMAT_VERSION,
     HEADER_KEYS,
     INPUT_NAMES,
     INT32_MAX,
@@ -40,6 +38,9 @@ from .format import (
     OP_TYPES,
     POOL_MODES,
     SOURCE_WEIGHTS,
+    WEIGHT_DTYPES,
+    np_dtype,
+    required_version,
 )
 
 
@@ -97,8 +98,10 @@ def validate_header(h: Any, where: str, blob_nbytes: int | None) -> None:
         err("header", f"must be a JSON object, got {type_name(h)}")
     if h.get("format") != FORMAT_NAME:
         err("header.format", f"is {short(h.get('format'))}, expected {FORMAT_NAME!r}")
-    if not (is_int(h.get("version")) and h["version"] == FORMAT_VERSION):
-        err("header.version", f"is {short(h.get('version'))}, expected {FORMAT_VERSION} (the file's format version)")
+    need = required_version(h)
+    if not (is_int(h.get("version")) and h["version"] == need):
+        err("header.version", f"is {short(h.get('version'))}, expected {need} (the file's format version"
+                              + (": fp8 ops and weights need it)" if need == FP8_FORMAT_VERSION else ")"))
     for key, typ in (("precision", str), ("profile", dict), ("inputs", list), ("outputs", list),
                      ("tensors", dict), ("weights", dict), ("ops", list)):
         if key not in h:
