@@ -343,7 +343,7 @@ def test_cli_fp8_build_and_inspect(tiny, tmp_path, capsys):
                               "--fp8-weights", "tensor", "--max", "8,64", "-o", out)
     assert code == 0, err
     assert "calibration text: 8 texts of rt" in err
-    assert "fp8: weight scales per tensor, activation scales static (calibrated on rt (8 texts" in err
+    assert "fp8: weight scales per tensor, activation scales static (calibrated on rt (seed 0), 8 samples)" in err
     code, text, _ = trtrun_cli(capsys, "inspect", out)
     assert code == 0 and "[fp8 scales: weight per tensor, activation static]" in text
     code, text, _ = trtrun_cli(capsys, "inspect", "--json", out)

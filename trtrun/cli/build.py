@@ -226,13 +226,13 @@ def _text_batches(src, kw, profile, quiet) -> dict:
     seq_max = profile["seq"][2] if profile else 512
     max_len = min(seq_max, (profile["seq"][1] if profile else 128))
     cal_t, hold_t = C.text_sets(calib, n, holdout, n_hold)
-    out = {"calib": C.batches(tok, cal_t, max_len), "calib_name": f"{calib} ({len(cal_t)} texts, seed {C.SEED})"}
+    out = {"calib": C.batches(tok, cal_t, max_len), "calib_name": f"{calib} (seed {C.SEED})"}
     msg = f"calibration text: {len(cal_t)} texts of {calib}, at most {max_len} tokens"
     if hold_t is not None:
         hname = calib if holdout in ("same", calib) else holdout
         out.update(holdout=C.batches(tok, hold_t, max_len),
-                   holdout_name=f"{hname} ({len(hold_t)} texts{', none of them calibration texts' if hname == calib else ''})")
-        msg += f"; held-apart: {out['holdout_name']}"
+                   holdout_name=hname + (" (none of them calibration texts)" if hname == calib else ""))
+        msg += f"; held-apart: {len(hold_t)} texts of {out['holdout_name']}"
     status(msg, quiet)
     return out
 

@@ -81,8 +81,10 @@ def _builder_lines(b: dict) -> list[str]:
     s = b.get("precision_search")
     if isinstance(s, dict):
         c = s.get("counts") or {}
+        cos = s.get("measured_worst_cos")
+        cos = f"{cos:.7f}" if isinstance(cos, float) else repr(cos)[:40]
         lines.append(f"  precision search: min cosine {s.get('min_cosine')} on held-apart {s.get('heldout_text')} "
-                     f"({s.get('heldout_samples')} samples), measured worst-sample cosine {s.get('measured_worst_cos')}; "
+                     f"({s.get('heldout_samples')} samples), measured worst-sample cosine {cos}; "
                      f"Linears {c.get('fp8', 0)} fp8, {c.get('hybrid', 0)} fp16, {c.get('fp32', 0)} fp32"
                      + (f" (fell back to all {s['fallback']})" if s.get("fallback") else ""))
         us = lambda v: f"{v:.1f}" if isinstance(v, (int, float)) else repr(v)[:40]  # noqa: E731 (builder is free-form)
