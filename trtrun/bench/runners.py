@@ -205,6 +205,8 @@ class TrtrunRunner:
             dsets = [{k: torch.from_numpy(v).to(dev) for k, v in s.items()} for s in sets]
             outs = {}
             for o in self.plan.outputs:
+                if "input" in o:  # an input passed through: run_device returns the tensor fed, no buffer
+                    continue
                 inner = tuple(int(d) for d in o["shape"][2:])
                 outs[o["name"]] = torch.empty((batch, seq) + inner, dtype=getattr(torch, o["dtype"]), device=dev)
             stream = torch.cuda.Stream(dev)
