@@ -435,3 +435,44 @@ def test_fp8_plans_are_format_version_2(fp8_plans, tmp_path):
     (tmp_path / "d.plan").write_bytes(bytes(raw))
     with pytest.raises(PlanError, match="the preamble says format version 1, the header 2"):
         load_plan(tmp_path / "d.plan")
+
+
+def test_fuzzed_fp8_plans_raise_only_plan_errors(tmp_path):
+    """scripts/fuzz_plan.py's mutator on tiny fp8 plans (static per-channel and dynamic per-tensor scales): loading
+    raises nothing but PlanError, and a mutant that loads runs on a tiny input raising nothing but PlanError or
+    InputError (NaN outputs are allowed: a crafted weight may hold anything)."""
+    import importlib.util
+    import io
+    import sys
+    from pathlib import Path
+
+    from trtrun.builder.quantize_fp8 import assign_precisions, linear_ops
+    from trtrun.plan import Plan
+
+    repo = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("fuzz_plan_fp8", repo / "scripts" / "fuzz_plan.py")
+    fz = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fz)
+    sys.path.insert(0, str(repo / "tests"))
+    from test_plan import tiny_plan
+
+    prof = {"batch": [1, 1, 2], "seq": [1, 4, 8]}
+    seeds = []
+    for i, (kind, static) in enumerate((("channel", True), ("tensor", False))):
+        h = tiny_plan("hybrid", "encoder", hidden=8, heads=2, layers=1, vocab=16, max_pos=8, profile=prof, seed=4 + i)
+        hdr = {k: v for k, v in h.header.items() if k != "weights"}
+        w32 = {k: np.asarray(v, F32) for k, v in h.weights.items()}
+        amax = {op["name"]: 3.0 for op in linear_ops(hdr)} if static else None
+        choice = {op["name"]: "fp8" for op in linear_ops(hdr)}
+        p = Plan.from_parts(*assign_precisions(hdr, dict(h.weights), w32, choice, weight_scale=kind, x_amax=amax))
+        seeds.append(p.save(tmp_path / f"seed{i}.plan").read_bytes())
+    orig = fz.build_file
+    # the mutator writes preamble version 1 unless it mutates the version: fp8 plans are version 2
+    fz.build_file = lambda header, blob, *, version=1, **kw: orig(header, blob, version=2 if version == 1 else version,
+                                                                  **kw)
+    out = io.StringIO()
+    r = fz.fuzz(seeds, execs=1500, seed=24, crashes=tmp_path / "crashes", exec_timeout=20.0, out=out)
+    assert r["execs"] == 1500 and not r["crashes"] and not r["hangs"], out.getvalue()[-3000:]
+    unexpected = {k: v for k, v in r["outcomes"].items() if not k.startswith(("PlanError", "loaded, "))}
+    assert not unexpected, (unexpected, out.getvalue()[-3000:])
+    assert sum(v for k, v in r["outcomes"].items() if k.startswith("loaded, ")) >= 50  # mutants that run the fp8 path
