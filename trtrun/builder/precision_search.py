@@ -149,6 +149,11 @@ def finish_fp8(header_h, weights_h, weights_32, *, weight_scale="channel", activ
     return header, weights
 
 
+def _json_num(v: float):
+    """v for the plan's JSON header, None for NaN (a round whose plan wrote NaN; JSON has no NaN)."""
+    return None if v is None or math.isnan(v) else v
+
+
 def _samples(batches) -> int:
     return int(sum(np.asarray(f["input_ids"]).shape[0] for f in batches))
 
@@ -256,14 +261,14 @@ def search(header_h, weights_h, header_32, weights_32, *, min_cosine: float, cal
     for r in range(MAX_ROUNDS):
         pick = knapsack(loss, cost, budget) if budget > 0 else None
         if pick is None:
-            rounds.append({"budget": budget, "found": False})
+            rounds.append({"budget": float(f"{budget:.4g}"), "found": False})
             break
         header, weights = make(dict(zip(names, pick)))
         cos = sample_cosines(run_outputs(_plan(header, weights), holdout), ref_hold, holdout)
         measured = worst(cos)
         predicted = d0 + sum(loss[i][p] for i, p in enumerate(pick))
         rounds.append({"budget": float(f"{budget:.4g}"), "predicted_worst_cos": float(f"{1 - predicted:.7f}"),
-                       "measured_worst_cos": measured, "cost_us": total_cost(pick),
+                       "measured_worst_cos": _json_num(measured), "cost_us": total_cost(pick),
                        "counts": {p: pick.count(p) for p in LINEAR_CHOICES}})
         log(f"search round {r + 1}: {pick.count(FP8)} fp8, {pick.count('hybrid')} fp16, {pick.count('fp32')} fp32 "
             f"Linears; predicted worst cos {1 - predicted:.6f}, measured on held-apart text {measured:.6f}")
@@ -279,7 +284,7 @@ def search(header_h, weights_h, header_32, weights_32, *, min_cosine: float, cal
             pick = [p] * len(names)
             header, weights = make(dict(zip(names, pick)))
             measured = worst(sample_cosines(run_outputs(_plan(header, weights), holdout), ref_hold, holdout))
-            rounds.append({"fallback": p, "measured_worst_cos": measured, "cost_us": total_cost(pick)})
+            rounds.append({"fallback": p, "measured_worst_cos": _json_num(measured), "cost_us": total_cost(pick)})
             if not math.isnan(measured) and measured >= min_cosine:
                 chosen, fallback = pick, p
                 break
