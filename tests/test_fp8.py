@@ -317,6 +317,7 @@ def test_build_argument_errors(tiny):
     for kw, match in [({"precision": "hybrid", "calib": batches}, "fp8 or auto only"),
                       ({"precision": "fp8", "fp8_activations": "static"}, "need calibration text"),
                       ({"precision": "fp8", "fp8_weights": "row"}, "channel, tensor"),
+                      ({"precision": "fp8", "calib": batches}, "dynamic ones need none"),
                       ({"precision": "fp8", "min_cosine": 0.9}, "belong to precision auto"),
                       ({"precision": "auto", "calib": batches, "holdout": batches}, "needs min_cosine"),
                       ({"precision": "auto", "min_cosine": 1.5, "calib": batches, "holdout": batches}, r"\(0, 1\)"),

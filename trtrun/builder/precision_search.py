@@ -329,6 +329,8 @@ def check_options(precision, fp8_weights, fp8_activations, calib, holdout, min_c
         raise ValueError("min_cosine and cost_table belong to precision auto (the search), not fp8")
     if fp8_activations == "static" and not calib:
         raise ValueError("static fp8 activation scales need calibration text (calib)")
+    if precision == FP8 and fp8_activations == "dynamic" and calib:
+        raise ValueError("calib is for static fp8 activation scales (fp8_activations='static'); dynamic ones need none")
     if precision == "auto":
         if min_cosine is None:
             raise ValueError("precision auto needs min_cosine (the worst-sample cosine to keep against fp32)")
