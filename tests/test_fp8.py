@@ -477,3 +477,29 @@ def test_fuzzed_fp8_plans_raise_only_plan_errors(tmp_path):
     unexpected = {k: v for k, v in r["outcomes"].items() if not k.startswith(("PlanError", "loaded, "))}
     assert not unexpected, (unexpected, out.getvalue()[-3000:])
     assert sum(v for k, v in r["outcomes"].items() if k.startswith("loaded, ")) >= 50  # mutants that run the fp8 path
+
+
+def test_gpu_lowering_refuses_a_mixed_plan_without_fp8(fp8_plans):
+    # --precision auto may keep no fp8 Linear (fp16 and fp32 ones side by side): a combination the GPU runtime
+    # has never run, so it is refused by the plan's precision rather than lowered untested
+    from trtrun.runtime.lower import lower_plan
+
+    plan = fp8_plans["dynamic"]
+    d = copy.deepcopy(plan.header)
+    d["precision"] = "mixed"
+    for op in d["ops"]:
+        if op["precision"] == "fp8":
+            op["precision"] = "fp32"
+    with pytest.raises(PlanError, match="plan precision mixed: the GPU runtime does not run mixed plans yet"):
+        lower_plan(SimpleMixed(plan, d))
+
+
+class SimpleMixed:
+    """The plan's own tensors and weights under a changed header (precision and op precisions only)."""
+
+    def __init__(self, plan, header):
+        self._plan, self.header = plan, header
+        self.precision, self.ops = header["precision"], header["ops"]
+
+    def __getattr__(self, name):
+        return getattr(self._plan, name)

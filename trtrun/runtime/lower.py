@@ -71,6 +71,11 @@ def lower_plan(plan) -> dict:
         if missing:
             raise PlanError(f"op {op['name']!r}: the GPU runtime does not run {op['type']} ops with {missing} yet "
                             f"(the reference backend does)")
+    if plan.precision not in PRECISION_CODES:
+        # a "mixed" plan (--precision auto) puts fp32 and fp16 Linears side by side in one residual stream, a
+        # combination the GPU runtime's buffers and fusions have never been run with
+        raise PlanError(f"plan precision {plan.precision}: the GPU runtime does not run {plan.precision} plans yet; "
+                        f"run this plan on the reference backend (--backend reference)")
     tensors = plan.tensors
     names = list(tensors)
     tindex = {n: i for i, n in enumerate(names)}
