@@ -19,7 +19,7 @@ Mutations (seeded, reproducible for a given --seed and --jobs):
   truncate    the file cut short, or grown with trailing bytes
   splice      one seed's header over another's blob
 
-Seed plans default to tests/test_plan.py's hand-made tiny plans (encoder and decoder, fp32/fp16/hybrid,
+Seed plans default to the hand-made tiny plans of tests/handmade_plans.py (encoder and decoder, fp32/fp16/hybrid,
 one with a Pool output);
 --plan adds plan files of your own.
 
@@ -378,9 +378,9 @@ def execute(path: Path, data: bytes) -> str:
 
 
 def default_seeds() -> list[bytes]:
-    """tests/test_plan.py's tiny plans, small enough that a run takes about a millisecond."""
+    """tests/handmade_plans.py's tiny plans, small enough that a run takes about a millisecond."""
     sys.path.insert(0, str(REPO / "tests"))
-    from test_plan import tiny_plan
+    from handmade_plans import tiny_plan
 
     from trtrun.plan import Plan
 
@@ -493,7 +493,7 @@ def main(argv=None) -> int:
     ap.add_argument("--exec-timeout", type=float, default=10.0, help="seconds before an execution is a hang")
     ap.add_argument("--progress", type=float, default=30.0, help="seconds between progress lines (0: none)")
     ap.add_argument("--plan", type=Path, action="append", default=[],
-                    help="a seed plan file (repeatable); default: tests/test_plan.py's tiny plans")
+                    help="a seed plan file (repeatable); default: tests/handmade_plans.py's tiny plans")
     a = ap.parse_args(argv)
     seeds = [p.read_bytes() for p in a.plan] or default_seeds()
     jobs = max(1, a.jobs)

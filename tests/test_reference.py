@@ -30,7 +30,7 @@ from trtrun.reference import (ReferenceBackend, ref_attention, ref_embedding, re
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
-from test_plan import tiny_plan  # noqa: E402  (hand-made plans shared with test_plan.py)
+from handmade_plans import tiny_plan  # noqa: E402  (tests/handmade_plans.py)
 
 U32 = 2.0 ** -24
 U16 = 2.0 ** -11

@@ -123,3 +123,14 @@ def test_no_module_reaches_into_the_runtimes_private_names():
                     and node.attr.startswith("_"):
                 found.append(f"{path.relative_to(PKG)}:{node.lineno} runtime.{node.attr}")
     assert found == []
+
+
+def test_tests_are_arranged_like_the_package():
+    # a test folder names the package folder it tests (gpu: the GPU runtime's tests, tools: tools/'s scripts);
+    # test files of modules at trtrun's top level stay at tests/'s root
+    tests = Path(__file__).resolve().parent
+    folders = {p.name for p in tests.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))}
+    packages = {p.name for p in PKG.iterdir() if (p / "__init__.py").exists()}
+    assert folders - packages - {"gpu", "tools"} == set()
+    for f in folders - {"gpu"}:
+        assert any((tests / f).glob("test_*.py")), f"tests/{f}/ holds no tests"

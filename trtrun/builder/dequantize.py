@@ -20,7 +20,7 @@ The weights are then exactly the file's dequantized values, stored at the plan's
 and fp16 plans: int8 times a scale fits fp16's 11-bit significand up to the scale's own rounding). The
 quantization of *activations* at run time (uint8 per tensor) is not reproduced: the plan computes its
 Linear layers in its own precision from the float activations, so it is closer to the fp32 model the file
-was quantized from than onnxruntime running the int8 file is (measured in tests/test_producers.py).
+was quantized from than onnxruntime running the int8 file is (measured in tests/builder/test_producers.py).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ BERT-family models use the exact GELU, 0.5 x (1 + erf(x / sqrt 2)). cuBLASLt's G
 only the tanh form, 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))); keeping erf costs a separate pass
 over the [tokens, 4*hidden] activation after every FFN GEMM (about 0.75 ms of 8 ms for BERT-base at
 batch 32, sequence 512 on an H200; docs/performance.md). The two forms differ by at most 4.7e-4 in
-absolute value (at |x| ~ 2; computed in tests/test_gelu_form.py), smaller than one fp16 rounding step of
+absolute value (at |x| ~ 2; computed in tests/builder/test_gelu_form.py), smaller than one fp16 rounding step of
 an activation near 2 (9.8e-4), so in fp16 and hybrid plans, whose Linear outputs are rounded to fp16
 anyway, the tanh form costs no accuracy that the plan's precision keeps. TensorRT's BERT GELU plugin makes
 the same choice. fp32 plans keep the exact form: there the difference would be the largest error left.

@@ -1,7 +1,7 @@
 """Fidelity metrics of one output against its fp32 reference, and the statistics `trtrun check` reports.
 
 Everything here is plain numpy in float64 and knows nothing about plans or backends, so each function can
-be tested on hand-made arrays with known answers (tests/test_check_metrics.py).
+be tested on hand-made arrays with known answers (tests/check/test_check_metrics.py).
 
 Conventions (docs/check.md says the same for users):
 - Only valid tokens count (attention_mask == 1); padded positions are never compared.

@@ -86,7 +86,7 @@ class TextEncoder:
     it is: no control characters, the only whitespace is the space, no CJK, and NFD changes no ASCII
     character. For such a text str.lower() (ASCII lowercasing, as Rust's to_lowercase on ASCII) is the
     normalized text, and a copy of the tokenizer without the normalizer gives the same ids (checked on every
-    Rotten Tomatoes and wiki text and 2,000 IMDB reviews in tests/test_embedder.py). A text holding the text
+    Rotten Tomatoes and wiki text and 2,000 IMDB reviews in tests/embed/test_embedder.py). A text holding the text
     of an added token that is matched before normalization (like "[MASK]") takes the full tokenizer, since
     lowercasing first would hide it; so do all texts of a tokenizer with any other normalizer.
     encode_batch_fast (tokenizers >= 0.20) skips the character offsets we never read: the same ids, ~25% less

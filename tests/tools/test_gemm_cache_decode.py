@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "tools" / "gemm_cache_decode.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "tools" / "gemm_cache_decode.py"
 # One entry of a GEMM cache file written on an NVIDIA H200 (the exhaustive search, cuBLASLt 13.1): BERT-base's
 # QKV GEMM at 32 x 128 tokens. Its fields, as cuBLASLt 13.1 reads them: algorithm 66, tile 128x144, cluster 2x1x1,
 # custom option 1 (the choice docs/performance.md, "GEMMs", discusses).

@@ -22,7 +22,7 @@ from trtrun.bench.runners import Timing, _measure
 from trtrun.bench.stats import iterations_for, percentile, summarize, throughput
 from trtrun.cli.main import main
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 TOKENS = REPO / "bench" / "tokens" / "wiki-bert-base-uncased.npz"
 TINY = ["--hidden-size", "64", "--layers", "1", "--heads", "2", "--intermediate-size", "128",
         "--max-position", "64"]

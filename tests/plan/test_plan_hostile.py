@@ -2,7 +2,7 @@
 authenticate), non-regular paths, and huge files that are no plan. Every one must give a PlanError naming
 what is wrong, at once and with bounded memory; a plan that loads must run without IndexError & co.
 
-Plans are tests/test_plan.py's hand-made `tiny_plan`, written back by its independent `write_raw`.
+Plans are tests/handmade_plans.py's `tiny_plan`, written back by its independent `write_raw`.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_plan import split_file, tiny_plan, write_raw  # noqa: E402  (hand-made plans shared with test_plan.py)
+from handmade_plans import split_file, tiny_plan, write_raw  # noqa: E402  (tests/handmade_plans.py)
 from trtrun.errors import InputError, PlanError
 from trtrun.plan import load_plan
 from trtrun.reference import ReferenceBackend
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from trtrun.errors import InputError
 from trtrun.runtime import Context, ContextOptions, Engine, extension
 from trtrun.runtime.options import NATIVE_ORDER
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # The defaults as docs/runtime.md states them, in the order of csrc/bind_context.cpp's Context(engine, ...)
 DEFAULT_NATIVE = (True, 4 << 20, 256, 2, True, 2048, 4096, "focused", 384, 768)

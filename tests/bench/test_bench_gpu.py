@@ -13,7 +13,7 @@ import pytest
 
 from trtrun.cli.main import main
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.gpu
 
 

@@ -132,7 +132,7 @@ def test_malformed_model(exported, tmp_path):
 
 
 def test_unknown_graph_input(exported, tmp_path):
-    """Another name is matched by role (tests/test_inputs_by_role.py has the refusals of unknown roles)."""
+    """Another name is matched by role (tests/builder/test_inputs_by_role.py has the refusals of unknown roles)."""
     m = onnx.load(str(exported("bert")))
     m.graph.input[2].name = "segment_ids"
     _rewire(m, "token_type_ids", "segment_ids")

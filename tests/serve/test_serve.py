@@ -27,7 +27,7 @@ httpx = pytest.importorskip("httpx", reason="the tests' HTTP client (and TestCli
 
 from conftest import free_port, requests_across_a_signal, serve_process, wait_healthy  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 # Same plan and numpy backend on both sides; only BLAS summation order differs with the batch shape
 # (see test_embedder.py): 1e-5 on unit vectors. JSON carries float32 values exactly (repr of a double).
 ATOL = 1e-5

@@ -450,12 +450,12 @@ def test_fuzzed_fp8_plans_raise_only_plan_errors(tmp_path):
     from trtrun.builder.quantize_fp8 import assign_precisions, linear_ops
     from trtrun.plan import Plan
 
-    repo = Path(__file__).resolve().parent.parent
+    repo = Path(__file__).resolve().parents[2]
     spec = importlib.util.spec_from_file_location("fuzz_plan_fp8", repo / "scripts" / "fuzz_plan.py")
     fz = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(fz)
     sys.path.insert(0, str(repo / "tests"))
-    from test_plan import tiny_plan
+    from handmade_plans import tiny_plan
 
     prof = {"batch": [1, 1, 2], "seq": [1, 4, 8]}
     seeds = []

@@ -21,7 +21,7 @@ pytest.importorskip("prometheus_client")
 pytest.importorskip("aiohttp", reason="the load generator's client (httpx also works, aiohttp is the default)")
 httpx = pytest.importorskip("httpx")
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _module(name: str):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TOOLS = sorted(p for p in (ROOT / "tools" / "cuda").iterdir() if p.suffix in (".cu", ".cpp"))
 
 

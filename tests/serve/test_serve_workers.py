@@ -25,7 +25,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO
 
 from conftest import free_port, requests_across_a_signal, serve_process  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def tiny_emb(tiny_embed_model):
     """The expected answers: the servers here run with --truncation truncate (the real sentences run past the

@@ -103,7 +103,7 @@ def test_gpu_unavailable_reason_is_one_short_line(monkeypatch):
 
     def no_cuda_python():
         raise ImportError("No module named 'cuda'")
-    # the extension's own words only; what cuda-python adds is tests/test_driver_facts.py's
+    # the extension's own words only; what cuda-python adds is tests/runtime/test_driver_facts.py's
     monkeypatch.setattr(device, "_driver_module", no_cuda_python)
     long = ("no usable CUDA device: cudaGetDeviceCount failed with cudaErrorInsufficientDriver "
             "(CUDA driver version is insufficient for CUDA runtime version)")

@@ -28,7 +28,7 @@ from trtrun import data  # noqa: E402
 
 from conftest import free_port, serve_process  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """A bounded, seeded fuzz run of the plan loader in CI: scripts/fuzz_plan.py's mutator on tiny hand-made
-plans (tests/test_plan.py). Loading must raise nothing but PlanError, and a plan that loads must run on a
+plans (tests/plan/test_plan.py). Loading must raise nothing but PlanError, and a plan that loads must run on a
 tiny input raising nothing but PlanError/InputError. Long runs: `python scripts/fuzz_plan.py --help`.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _fuzz_module():

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "tools" / "gemm_space.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "tools" / "gemm_space.py"
 HEAD = "gemm,M,rank,algo,tile,stages,splitk,swizzle,cluster,custom,ws_k,quick_us,full_us,load_ms\n"
 
 

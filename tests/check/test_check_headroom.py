@@ -1,6 +1,6 @@
 """Overflow headroom on hand-made plans: an fp16 overflow planted at a known op must be found there, with
 the right quantity, in every sample; the hybrid plan with the same weights must hold those values in fp32
-and stay finite. Plans come from tests/test_plan.py's tiny_plan (3-layer BERT-like, hidden 16, 2 heads)."""
+and stay finite. Plans come from tests/plan/test_plan.py's tiny_plan (3-layer BERT-like, hidden 16, 2 heads)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from trtrun.check.headroom import FP16_MAX, HeadroomAccumulator, layer_of, why_h
 from trtrun.plan import Plan
 from trtrun.reference import ReferenceBackend
 
-from test_plan import tiny_plan  # noqa: E402  (hand-made plans shared with test_plan.py)
+from handmade_plans import tiny_plan  # noqa: E402  (tests/handmade_plans.py)
 
 N, H, LAYERS = 16, 2, 3
 

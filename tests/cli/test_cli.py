@@ -16,7 +16,7 @@ import pytest
 
 from trtrun.cli.main import main
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def cli(capsys, *args):

@@ -6,7 +6,7 @@ in fp32, fp16 and hybrid and run on the reference backend, against onnxruntime f
 PyTorch fp32 on the model itself, on random ids with right padding and on real text (Rotten Tomatoes,
 Wikipedia through the GPT-2 tokenizer).
 
-Tolerances: the issue's fp32 >= 0.99999 and hybrid >= 0.9998 per sample (tests/test_builder.py argues
+Tolerances: the issue's fp32 >= 0.99999 and hybrid >= 0.9998 per sample (tests/builder/test_builder.py argues
 them: fp32 plans differ by rounding only, 1 - cos ~ 1e-7 here; hybrid rounds GEMM operands and fp16 tensors
 to 11 bits, 1 - cos ~ 1e-6 after two layers, while a wrong rotary frequency, a K/V head read by the wrong
 group or a dropped gate costs > 1e-2). The rotary angles are the model's float32 values (the frequency
@@ -300,7 +300,7 @@ def mpnet(tmp_path_factory):
     return get
 
 
-# the dynamo export is in the producer corpus (tests/test_producers.py), against onnxruntime
+# the dynamo export is in the producer corpus (tests/builder/test_producers.py), against onnxruntime
 @pytest.mark.parametrize("exporter", ["torchscript"])
 def test_mpnet_relative_bias_matches_onnxruntime_and_torch(mpnet, real_text_batches, exporter):
     """MPNet's [heads, S, S] bias from its 32-bucket table becomes one shared table on every Attention; at 300
