@@ -64,3 +64,30 @@ def test_cluster_backend():
     assert backends.choose_cluster_backend("reference", 4) == "reference"
     with pytest.raises(TrtrunError, match="the Ray cluster has no GPU"):
         backends.choose_cluster_backend("gpu", 0)
+
+
+def test_a_plan_the_gpu_cannot_run_falls_back_under_auto(gpu):
+    # a usable GPU, but a plan with an op it has no kernel for (here a Pool op, as a sentence-transformers
+    # export's pooled output gives; fp8 and mixed plans are refused the same way): auto runs the reference
+    # backend and says why; gpu raises the lowering's own PlanError naming the op, before any engine is built
+    import copy
+    from types import SimpleNamespace
+
+    from handmade_plans import tiny_plan
+
+    from trtrun.errors import PlanError
+
+    gpu(True, "NVIDIA H200; trtrun._C built for sm_90")
+    plan = tiny_plan("hybrid", layers=1)
+    assert backends.choose_backend("auto", plan=plan)[0] == "gpu"
+    pooled = SimpleNamespace(precision=plan.precision, ops=copy.deepcopy(plan.ops) + [
+        {"type": "Pool", "name": "pool", "precision": "fp32", "inputs": [], "outputs": [], "attrs": {}}])
+    name, why = backends.choose_backend("auto", plan=pooled)
+    assert name == "reference" and why.startswith("this plan: op 'pool': the GPU runtime does not run Pool ops")
+    with pytest.raises(PlanError, match="op 'pool': the GPU runtime does not run Pool ops"):
+        backends.choose_backend("gpu", plan=pooled)
+    mixed = SimpleNamespace(precision="mixed", ops=copy.deepcopy(plan.ops))
+    assert backends.choose_backend("auto", plan=mixed)[1].startswith("this plan: plan precision mixed")
+    gpu(False, "no NVIDIA GPU or driver on this machine: cudaErrorNoDevice")  # no GPU: the plan is not asked about
+    assert backends.choose_backend("auto", plan=pooled) == ("reference",
+                                                            "no NVIDIA GPU or driver on this machine: cudaErrorNoDevice")

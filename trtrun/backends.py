@@ -26,18 +26,30 @@ def gpu_status(device: int = 0) -> tuple[bool, str]:
 
 
 def choose_backend(backend: str, device: int = 0, *, option: str = "--backend gpu",
-                   hint: str = "") -> tuple[str, str]:
+                   hint: str = "", plan=None) -> tuple[str, str]:
     """'auto' | 'gpu' | 'reference' -> (the backend to run: 'gpu' or 'reference', why).
 
     why is the GPU's description when the GPU runtime is chosen, "asked for" for 'reference', and why the GPU
     runtime is not usable when 'auto' falls back. 'gpu' without a usable GPU raises RuntimeUnavailableError
     "{option}: the GPU runtime is not usable: {why}{hint}" (option names the setting as the caller's user
-    wrote it; hint says what to do instead)."""
+    wrote it; hint says what to do instead). Given the `plan` to run, a plan the GPU runtime cannot run (an
+    op or precision it has no kernels for: fp8, Pool, ...) counts as not usable too: 'auto' falls back with
+    that reason, 'gpu' raises the PlanError naming the op."""
     if backend not in BACKEND_CHOICES:
         raise ValueError(f"backend must be one of {', '.join(BACKEND_CHOICES)}, got {backend!r}")
     if backend == "reference":
         return "reference", "asked for"
     ok, why = gpu_status(device)
+    if ok and plan is not None:
+        from .errors import PlanError
+        from .runtime.lower import check_gpu_support
+
+        try:
+            check_gpu_support(plan)
+        except PlanError as e:
+            if backend == "gpu":
+                raise
+            return "reference", f"this plan: {e}"
     if ok:
         return "gpu", why
     if backend == "gpu":

@@ -113,7 +113,7 @@ def select_backend(plan, plan_path: str, backend: str, quiet: bool):
     from ..backends import choose_backend
     from ..types import GEMM_SEARCH_DEFAULTS
 
-    name, reason = choose_backend(backend)
+    name, reason = choose_backend(backend, plan=plan)
     if name == "gpu":
         from .. import runtime
 

@@ -218,7 +218,7 @@ class Embedder:
 
         # runners
         self.contexts = contexts
-        self.backend, self.backend_reason = self._pick_backend(backend, device)
+        self.backend, self.backend_reason = self._pick_backend(backend, device, plan)
         self._pool: queue.SimpleQueue = queue.SimpleQueue()
         self._closers: list = []
         self._engine = None
@@ -348,8 +348,8 @@ class Embedder:
         else:  # a slow tokenizer: its Python calls are serialized
             self._tok_lock = threading.Lock()
 
-    def _pick_backend(self, backend: str, device: int) -> tuple[str, str]:
-        name, reason = choose_backend(backend, device, option="backend='gpu'")
+    def _pick_backend(self, backend: str, device: int, plan) -> tuple[str, str]:
+        name, reason = choose_backend(backend, device, option="backend='gpu'", plan=plan)
         if name == "reference" and backend != "reference":
             reason = f"GPU runtime not usable: {reason}"
         return name, reason

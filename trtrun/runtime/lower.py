@@ -50,13 +50,11 @@ def gpu_missing(op) -> str | None:
     return None
 
 
-def lower_plan(plan) -> dict:
-    """The plan as simple lists for _C.Engine: tensors, ops (dicts of codes), weights (name, array).
+def check_gpu_support(plan) -> None:
+    """PlanError naming the first op (or the plan's precision) the GPU runtime cannot run; None when it can.
 
-    Weights are converted where the kernels need one dtype per op (exactly what the reference computes):
-    Linear weights to the GEMM operand type (fp32 for fp32 ops, fp16 otherwise; the reference rounds
-    operands the same way), a fp16 bias to fp32 when the output is fp32 (exact), embedding tables and
-    gamma/beta to a common type (fp32 when they differ; exact).
+    Reads only the plan's header: nothing is converted and the extension is not loaded, so a caller can choose
+    the backend before it builds an engine (trtrun.backends.choose_backend).
     """
     for op in plan.ops:  # a valid plan may hold ops only the reference backend runs (Pool)
         if op["type"] not in OP_CODES:
@@ -76,6 +74,17 @@ def lower_plan(plan) -> dict:
         # combination the GPU runtime's buffers and fusions have never been run with
         raise PlanError(f"plan precision {plan.precision}: the GPU runtime does not run {plan.precision} plans yet; "
                         f"run this plan on the reference backend (--backend reference)")
+
+
+def lower_plan(plan) -> dict:
+    """The plan as simple lists for _C.Engine: tensors, ops (dicts of codes), weights (name, array).
+
+    Weights are converted where the kernels need one dtype per op (exactly what the reference computes):
+    Linear weights to the GEMM operand type (fp32 for fp32 ops, fp16 otherwise; the reference rounds
+    operands the same way), a fp16 bias to fp32 when the output is fp32 (exact), embedding tables and
+    gamma/beta to a common type (fp32 when they differ; exact).
+    """
+    check_gpu_support(plan)
     tensors = plan.tensors
     names = list(tensors)
     tindex = {n: i for i, n in enumerate(names)}
