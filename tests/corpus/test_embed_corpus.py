@@ -217,3 +217,98 @@ def test_embed_command_writes_shards_and_reports_rate(tmp_path, tiny_embed_model
     assert main(["embed", str(path), "-o", str(tmp_path / "o2"), "-m", str(tiny_embed_model["plan"]),
                  "--id-column", "x"]) == 1
     assert "a plain-text input has no columns" in capsys.readouterr().err
+
+
+# A corpus job that stops in the middle of shard 2 (16-row shards, 8-row chunks: the 5th chunk; shard 0 is
+# written by then and shard 1 is being written by the writer thread) and waits there holding the output
+# folder's lock, as a long job would, until the test kills it.
+_PAUSED_JOB = """
+import sys
+from trtrun.corpus import embed_corpus
+from trtrun.embed import Embedder
+
+plan, tok, path, out = sys.argv[1:5]
+emb = Embedder(plan, tok, backend="reference", contexts=1, truncation="truncate")
+real, calls = emb.embed_result, []
+
+def paused(texts):
+    calls.append(len(texts))
+    if len(calls) == 5:
+        print("paused", flush=True)
+        sys.stdin.readline()  # (the test kills this process instead of writing a line)
+    return real(texts)
+
+emb.embed_result = paused
+embed_corpus(path, out, embedder=emb, shard_rows=16, chunk_rows=8)
+"""
+
+
+def test_one_job_per_output_folder_and_a_killed_jobs_folder_resumes(tmp_path, tiny_embed_model, emb, corpus,
+                                                                   capsys):
+    """A job (another process) is in the middle of writing OUTPUT. A second job on the same folder fails at
+    once, in one line naming the folder and the first job's pid, and touches nothing there: not the first
+    job's temporary files (before: it deleted them as leftovers of a killed run, and both jobs wrote the same
+    shards at once). Then the first job is killed (SIGKILL: no clean-up of its own runs); the OS has dropped
+    its lock, so a rerun takes the folder, skips the shards it finished and embeds only the rest."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from trtrun.cli.main import main
+    from trtrun.corpus import embed_corpus, read_output
+    from trtrun.corpus.job import LOCK_NAME, OutputLockedError
+
+    path = tmp_path / "c.txt"
+    path.write_text("\n".join(corpus) + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-c", _PAUSED_JOB, str(tiny_embed_model["plan"]),
+                             str(tiny_embed_model["tok"]), str(path), str(out)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "paused"
+        end = time.monotonic() + 30
+        while not (out / "part-00001.parquet").is_file() and time.monotonic() < end:
+            time.sleep(0.05)
+        assert (out / "part-00000.parquet").is_file() and not (out / "part-00002.parquet").exists()
+        in_flight = out / ".part-00002.parquet.1.feed.tmp"  # as atomic_write names a shard being written
+        in_flight.write_bytes(b"half a shard")
+        before = sorted(p.name for p in out.iterdir())
+
+        t0 = time.monotonic()
+        with pytest.raises(OutputLockedError) as e:
+            embed_corpus(path, out, embedder=emb, shard_rows=16, chunk_rows=8)
+        took = time.monotonic() - t0
+        assert f"{out}: another trtrun embed (pid {proc.pid}) is writing this folder" in str(e.value)
+        assert took < 1.0, took  # at once: no waiting for the lock, no hashing of the input first
+        args = ["embed", str(path), "-o", str(out), "-m", str(tiny_embed_model["plan"]), "--tokenizer",
+                str(tiny_embed_model["tok"]), "--backend", "reference", "--shard-rows", "16", "--chunk-rows", "8"]
+        assert main(args) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"pid {proc.pid}" in err and str(out) in err, err
+        assert sorted(p.name for p in out.iterdir()) == before and in_flight.read_bytes() == b"half a shard"
+        assert json.loads((out / LOCK_NAME).read_text())["pid"] == proc.pid
+    finally:
+        proc.kill()  # SIGKILL: a crash, not a clean exit
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    finished = {p.name: p.stat().st_ino for p in out.glob("part-*.parquet")}
+    assert sorted(finished) == ["part-00000.parquet", "part-00001.parquet"]
+
+    calls = []
+    real = emb.embed_result
+    emb_calls = lambda texts: (calls.append(len(texts)), real(texts))[1]  # noqa: E731
+    try:
+        emb.embed_result = emb_calls
+        s = embed_corpus(path, out, embedder=emb, shard_rows=16, chunk_rows=8)
+    finally:
+        del emb.embed_result
+    assert (s.shards_skipped, s.shards_written) == (len(finished), 4 - len(finished))
+    assert sum(calls) == 60 - 16 * len(finished) == s.rows_embedded
+    assert {n: (out / n).stat().st_ino for n in finished} == finished  # the finished shards were not rewritten
+    assert not list(out.glob(".*.tmp"))  # the killed job's temporary files are gone
+    np.testing.assert_allclose(_vectors(read_output(out)), emb.embed(corpus), atol=ATOL)
+    assert json.loads((out / LOCK_NAME).read_text())["pid"] == os.getpid()  # the rerun held it
+    s = embed_corpus(path, out, embedder=emb, shard_rows=16, chunk_rows=8)  # and released it when it ended
+    assert s.shards_skipped == 4

@@ -126,6 +126,40 @@ def test_a_failed_ray_job_reruns_only_its_unfinished_shards(ray_local, tiny_embe
     np.testing.assert_allclose(_vectors(t), want, atol=1e-6)
 
 
+def test_ray_write_tasks_write_only_under_their_jobs_lock(tmp_path):
+    """The Ray driver holds OUTPUT's job lock; the shards are written by write tasks in other processes, which
+    check before each shard that the lock is held by their own job (its token). A task whose job no longer
+    holds it (another job took the folder, or its driver has ended and nobody holds it) writes nothing.
+    (The sink alone, as a write task calls it: no Ray cluster is needed.)"""
+    from trtrun.corpus.job import OutputLock
+    from trtrun.corpus.ray_job import ShardSink
+    from trtrun.errors import TrtrunError
+
+    vec = np.array([[0.6, 0.8], [1.0, 0.0]], np.float32)
+    block = pa.table({
+        "shard": pa.array([0, 0], pa.int32()), "row": pa.array([0, 1], pa.int64()), "id": pa.array([0, 1], pa.int64()),
+        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vec.reshape(-1), pa.float32()), 2),
+        "num_tokens": pa.array([3, 4], pa.int32()), "truncated": pa.array([False, False]),
+        "error": pa.array([None, None], pa.string()), "backend": pa.array(["reference"] * 2)})
+    out = tmp_path / "out"
+    part = out / "part-00000.parquet"
+    with OutputLock(out) as lock:
+        stale = ShardSink(out, 2, 2, pa.int64(), 2, "m", lock_token="a-job-that-ended")
+        with pytest.raises(TrtrunError, match=rf"another job \(pid {os.getpid()}\) holds the folder's lock now; "
+                                              r"shard 0 was not written"):
+            stale.write([block], None)
+        assert not part.exists()
+        sink = ShardSink(out, 2, 2, pa.int64(), 2, "m", lock_token=lock.token)
+        assert sink.write([block], None) == [(0, 2, 0, 7)]
+        from trtrun.corpus import read_output
+
+        np.testing.assert_array_equal(_vectors(read_output(out)), vec)
+    part.unlink()
+    with pytest.raises(TrtrunError, match="no job holds the folder's lock any more"):
+        sink.write([block], None)
+    assert not part.exists()
+
+
 # ------------------------------------------------------------------------------------------------ Ray Serve
 
 # Ray Serve's HTTP proxy keeps the port of the first serve.start in the cluster: both serve tests use it

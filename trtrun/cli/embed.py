@@ -63,7 +63,8 @@ class _RateLine:
 @click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
               help="output folder: Parquet shards part-NNNNN.parquet (id, embedding, num_tokens, truncated) and "
-                   "_manifest.json; an existing one of the same job is resumed")
+                   "_manifest.json; an existing one of the same job is resumed. Locked while the job runs: a "
+                   "second job on it fails at once naming the pid of the first")
 @click.option("-m", "--model", required=True, type=click.Path(exists=True, dir_okay=False),
               help="a .plan, or an .onnx built to a hybrid plan on first use (cached beside it)")
 @click.option("--tokenizer", type=click.Path(file_okay=False), default=None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from .job import DEFAULT_CHUNK_ROWS, DEFAULT_SHARD_ROWS, JobProgress, JobSummary, plan_job, run_local
+from .job import DEFAULT_CHUNK_ROWS, DEFAULT_SHARD_ROWS, JobProgress, JobSummary, OutputLock, plan_job, run_local
 
 
 def embed_corpus(input_path, output, *, model=None, embedder=None, tokenizer=None, fmt: str | None = None,
@@ -21,23 +21,33 @@ def embed_corpus(input_path, output, *, model=None, embedder=None, tokenizer=Non
     model: a .plan or .onnx (or pass a ready `embedder`). ray: None runs in-process; an address ("auto",
     "HOST:PORT", "ray://...", or "" for ray.init()'s default) runs on a Ray cluster
     (trtrun.corpus.ray_job.run_ray; ray_options: actors, cpus_per_actor, ...). Returns a JobSummary.
-    """
-    from ..embed import Embedder
 
+    This process holds `output`'s job lock (job.OutputLock) from the start, before a plan is built, until it
+    returns: another job on the same folder raises OutputLockedError at once. On Ray too: the driver holds
+    it, and the write tasks check it before each shard.
+    """
+    from pathlib import Path
+
+    from ..embed import Embedder
+    from ..errors import InputError
+
+    if embedder is None and model is None:
+        raise ValueError("embed_corpus needs model= (a .plan or .onnx file) or embedder=")
+    if not Path(input_path).is_file():  # (before the output folder is made for its lock)
+        raise InputError(f"{input_path}: no such file")
+    lock = OutputLock(output).acquire()
     own = embedder is None
-    if own:
-        if model is None:
-            raise ValueError("embed_corpus needs model= (a .plan or .onnx file) or embedder=")
-        # On Ray the driver's Embedder only resolves the settings (plan built, tokenizer, pooling, limits):
-        # the actors run the model, so it takes the reference backend and one context here.
-        embedder = Embedder(model, tokenizer, pooling=pooling, normalize=normalize,
-                            contexts=1 if ray is not None else contexts,
-                            max_tokens_per_batch=max_tokens_per_batch, max_seq_len=max_seq_len,
-                            truncation=truncation, backend="reference" if ray is not None else backend,
-                            precision=precision, progress=build_progress)
     try:
+        if own:
+            # On Ray the driver's Embedder only resolves the settings (plan built, tokenizer, pooling, limits):
+            # the actors run the model, so it takes the reference backend and one context here.
+            embedder = Embedder(model, tokenizer, pooling=pooling, normalize=normalize,
+                                contexts=1 if ray is not None else contexts,
+                                max_tokens_per_batch=max_tokens_per_batch, max_seq_len=max_seq_len,
+                                truncation=truncation, backend="reference" if ray is not None else backend,
+                                precision=precision, progress=build_progress)
         job = plan_job(input_path, output, embedder, fmt=fmt, text_column=text_column, id_column=id_column,
-                       shard_rows=shard_rows, chunk_rows=chunk_rows, on_error=on_error)
+                       shard_rows=shard_rows, chunk_rows=chunk_rows, on_error=on_error, lock=lock)
         if ray is not None:
             from .._optional import require
 
@@ -50,5 +60,6 @@ def embed_corpus(input_path, output, *, model=None, embedder=None, tokenizer=Non
             return run_ray(job, ray, progress=progress, on_bad_row=on_bad_row, **opts)
         return run_local(job, progress, on_bad_row)
     finally:
-        if own:
+        if own and embedder is not None:
             embedder.close()
+        lock.release()

@@ -17,13 +17,23 @@ A bad row (its text is not a string, is empty, is not valid text for the tokeniz
 limit with truncation "reject"; a line that is not UTF-8 or not a JSON object; a missing id) is reported
 with its row number and id. on_error="fail" stops the job at the first one (the shards written so far are
 kept); "skip" leaves it out of the shard and lists it in OUTPUT/_errors/part-<k>.jsonl.
+
+One job at a time per output folder: the process that runs the job (in-process, or the Ray driver) holds an
+exclusive flock on OUTPUT/.trtrun-embed.lock from before it reads the folder until the job ends (OutputLock);
+a second job on the folder fails at once naming the holder's pid. The OS drops the lock when the holder
+exits, however it exits, so a killed job's rerun takes it and resumes. Ray's write tasks run in other
+processes: each checks, before it writes a shard, that the lock is still held by its own job (its token in
+the lock file), so a task of a job whose driver is gone does not write into a folder another job now owns.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import socket
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +54,9 @@ DEFAULT_SHARD_ROWS = 4096
 DEFAULT_CHUNK_ROWS = 1024
 MANIFEST_NAME = "_manifest.json"
 ERRORS_DIR = "_errors"
+# Hidden (Parquet readers skip names starting with "."), and kept after a job: removing a flock's file on
+# release lets a process that opened the old file lock it while a third locks a new one of the same name.
+LOCK_NAME = ".trtrun-embed.lock"
 MANIFEST_VERSION = 1
 
 _SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".pq": "parquet",
@@ -546,13 +559,138 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def open_output(out_dir: Path, manifest: dict) -> set[int]:
-    """Create OUTPUT (and its manifest), or check an existing one was made from the same input and model;
-    -> the indices of finished shards. Leftover temporary files of a killed run are removed."""
-    out_dir = Path(out_dir)
-    mpath = out_dir / MANIFEST_NAME
+class OutputLockedError(TrtrunError):
+    """Another process holds an output folder's job lock (another trtrun embed is writing it)."""
+
+
+def _check_output_folder(out_dir: Path) -> None:
+    """OUTPUT must be a folder that is new, empty, or the output of a trtrun embed job."""
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"{out_dir}: exists and is not a folder (the output is a folder of Parquet shards)")
+    if out_dir.is_dir() and not (out_dir / MANIFEST_NAME).is_file() and \
+            any(p.name not in (ERRORS_DIR, LOCK_NAME) for p in out_dir.iterdir()):
+        raise InputError(f"{out_dir}: the folder is not empty and has no {MANIFEST_NAME}: not the output of a "
+                         f"trtrun embed job; use a new or empty folder")
+
+
+def _read_holder(fd: int) -> dict:
+    try:
+        info = json.loads(os.pread(fd, 4096, 0).decode("utf-8") or "{}")
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def _holder_text(info: dict) -> str:
+    pid, host = info.get("pid"), info.get("host")
+    if pid is None:
+        return "a process whose pid it has not written yet"
+    return f"pid {pid}" + (f" on {host}" if host and host != socket.gethostname() else "")
+
+
+# Output folders whose lock this process holds (resolved paths): open_output refuses to touch one it does not.
+_HELD: set[str] = set()
+
+
+class OutputLock:
+    """The job lock of an output folder: an exclusive flock(2) on OUTPUT/.trtrun-embed.lock, taken without
+    waiting (a second job fails at once with OutputLockedError naming the holder's pid and host, written in
+    the file) and held by this process until release() or its exit: the OS drops a flock when the last
+    descriptor of the open file goes, so a job killed by a signal or a crash leaves the folder unlocked.
+    The descriptor is close-on-exec, so processes this one starts (Ray's) do not keep the lock alive.
+
+    flock rather than fcntl's POSIX record locks: those belong to the process (a second job in the same
+    process would get the lock too, and closing any descriptor of the file would drop it), a flock to the
+    open file. By hand rather than through the filelock package: it opens the lock file with O_TRUNC before
+    trying the lock, which would erase the holder's pid that the refusal names.
+    """
+
+    def __init__(self, out_dir):
+        self.out_dir = Path(out_dir)
+        self.path = self.out_dir / LOCK_NAME
+        self.token = uuid.uuid4().hex  # what this job's Ray write tasks check the lock file for
+        self._fd: int | None = None
+
+    def acquire(self) -> "OutputLock":
+        import fcntl
+
+        _check_output_folder(self.out_dir)  # before a lock file is left in a folder that is not ours
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            info = _read_holder(fd)
+            if not info:  # it has the lock but has not written itself yet: a moment later it has
+                time.sleep(0.05)
+                info = _read_holder(fd)
+            os.close(fd)
+            raise OutputLockedError(f"{self.out_dir}: another trtrun embed ({_holder_text(info)}) is writing this "
+                                    f"folder; wait for it to end (a rerun then goes on from where it stopped), or "
+                                    f"use another output folder") from None
+        except OSError as e:
+            os.close(fd)
+            raise TrtrunError(f"{self.path}: cannot lock the output folder ({e.strerror or e}); its file system "
+                              f"may not support locks: use a local folder") from None
+        info = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "token": self.token}) + "\n"
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, info.encode("utf-8"), 0)
+        self._fd = fd
+        _HELD.add(str(self.out_dir.resolve()))
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            _HELD.discard(str(self.out_dir.resolve()))
+            os.close(self._fd)  # (closing the only descriptor releases the flock)
+            self._fd = None
+
+    def __enter__(self) -> "OutputLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def check_lock_owner(out_dir, token: str, what: str) -> None:
+    """Raise unless OUTPUT's job lock is held now, by the job whose OutputLock has `token` (in a Ray write
+    task, before it writes `what`). A shared flock that can be taken means no job holds the lock: the
+    driver that started this task has ended."""
+    import fcntl
+
+    path = Path(out_dir) / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise TrtrunError(f"{path}: the job lock is gone ({e.strerror or e}); {what} was not written") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            held = True
+        else:
+            held = False
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        info = _read_holder(fd)
+    finally:
+        os.close(fd)
+    if not held:
+        raise TrtrunError(f"{out_dir}: no job holds the folder's lock any more (the job that started this write "
+                          f"has ended); {what} was not written")
+    if info.get("token") != token:
+        raise TrtrunError(f"{out_dir}: another job ({_holder_text(info)}) holds the folder's lock now; {what} was "
+                          f"not written")
+
+
+def open_output(out_dir: Path, manifest: dict) -> set[int]:
+    """Create OUTPUT (and its manifest), or check an existing one was made from the same input and model;
+    -> the indices of finished shards. Leftover temporary files of a killed run are removed (safe only
+    under the folder's job lock: a running job's temporary files are its shards being written)."""
+    out_dir = Path(out_dir)
+    if str(out_dir.resolve()) not in _HELD:
+        raise TrtrunError(f"{out_dir}: open_output needs the folder's job lock (take OutputLock first)")
+    mpath = out_dir / MANIFEST_NAME
+    _check_output_folder(out_dir)
     if mpath.is_file():
         try:
             old = json.loads(mpath.read_text(encoding="utf-8"))
@@ -566,9 +704,6 @@ def open_output(out_dir: Path, manifest: dict) -> set[int]:
             raise TrtrunError(f"{out_dir} holds shards of another job ({shown}); refusing to mix them: use a new "
                               f"output folder, or delete that one to start over")
     else:
-        if out_dir.is_dir() and any(p.name != ERRORS_DIR for p in out_dir.iterdir()):
-            raise InputError(f"{out_dir}: the folder is not empty and has no {MANIFEST_NAME}: not the output of a "
-                             f"trtrun embed job; use a new or empty folder")
         out_dir.mkdir(parents=True, exist_ok=True)
         text = json.dumps(manifest, indent=1, default=str).encode("utf-8")
         atomic_write(mpath, text, fsync=True)
@@ -648,6 +783,7 @@ class Job:
     tokenizer_files: dict
     chunk_rows: int
     on_error: str
+    lock_token: str | None = None  # the OutputLock's token (what Ray's write tasks check the lock for)
 
     @property
     def todo(self) -> list:
@@ -663,8 +799,9 @@ class Job:
 
 def plan_job(input_path, output, emb, *, fmt: str | None = None, text_column: str = "text",
              id_column: str | None = None, shard_rows: int = DEFAULT_SHARD_ROWS,
-             chunk_rows: int = DEFAULT_CHUNK_ROWS, on_error: str = "fail") -> Job:
-    """Read the input's shape, check or create OUTPUT's manifest, list the finished shards."""
+             chunk_rows: int = DEFAULT_CHUNK_ROWS, on_error: str = "fail", lock: OutputLock | None = None) -> Job:
+    """Read the input's shape, check or create OUTPUT's manifest, list the finished shards. Call it under
+    OUTPUT's OutputLock (`lock`), held until the job has run."""
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error must be one of {', '.join(ON_ERROR)}, got {on_error!r}")
     if not isinstance(chunk_rows, int) or chunk_rows < 1:
@@ -691,7 +828,8 @@ def plan_job(input_path, output, emb, *, fmt: str | None = None, text_column: st
     manifest["model"] = manifest["identity"]["model"]
     done = open_output(Path(output), manifest)
     done &= {s.index for s in shards}
-    return Job(inp, Path(output), emb, shards, done, manifest, plan_bytes, tok, chunk_rows, on_error)
+    return Job(inp, Path(output), emb, shards, done, manifest, plan_bytes, tok, chunk_rows, on_error,
+               lock.token if lock is not None else None)
 
 
 def run_local(job: Job, progress: Callable[[JobProgress], None] | None = None,

@@ -5,7 +5,8 @@
     map_batches(EmbedActor)        one actor per GPU (num_gpus=1; or CPU actors on the reference backend),
                                    each with an Embedder; embeds a block with the in-process function
                                    (embed_shard: the same chunks, so the same engine batches and vectors)
-    write_datasink(ShardSink)      writes each shard's part file atomically (write_shard, as in-process)
+    write_datasink(ShardSink)      writes each shard's part file atomically (write_shard, as in-process),
+                                   after checking that the driver still holds OUTPUT's job lock
 
 Why a datasource and a datasink of our own rather than read_json/read_parquet/write_parquet: Ray's file
 readers give rows no global row number and cut blocks where they like, and its writers name files per write
@@ -18,6 +19,13 @@ ray.put, every actor gets the reference; Ray copies the object once to each node
 the first actor on a node writes it to a local temporary file that the node's other actors reuse. So the
 plan needs no shared filesystem. INPUT and OUTPUT do on a cluster of several hosts: read tasks and write
 tasks run on any node, so both must be at the same path on every node (NFS or the like).
+
+The job lock (job.OutputLock) is the driver's: it holds OUTPUT/.trtrun-embed.lock for the whole job, so a
+second job on the folder, with or without Ray, fails at once. The writing happens in the write tasks, in
+Ray's worker processes, which cannot hold the driver's flock; each checks before every shard that the lock
+is held and carries its job's token (check_lock_owner). Ray ends a job's tasks when its driver exits, but
+not at the same instant: the check keeps a task of a killed driver from writing into a folder that a newer
+job has locked (or that nobody holds any more).
 """
 
 from __future__ import annotations
@@ -34,8 +42,8 @@ import numpy as np
 
 from ..backends import choose_cluster_backend
 from ..errors import TrtrunError
-from .job import (ERRORS_DIR, BadRowError, Job, JobProgress, JobSummary, Shard, ShardRows, embed_shard,
-                  node_local_file, shard_table, stopped_by, write_shard)
+from .job import (ERRORS_DIR, BadRowError, Job, JobProgress, JobSummary, Shard, ShardRows, check_lock_owner,
+                  embed_shard, node_local_file, shard_table, stopped_by, write_shard)
 
 try:
     import ray
@@ -154,9 +162,11 @@ class EmbedActor:
 class ShardSink(Datasink):
     """Writes each shard it is given as OUTPUT/part-K.parquet (+ _errors/part-K.jsonl), atomically."""
 
-    def __init__(self, out_dir: Path, shard_rows: int, rows_total: int, id_type, dim: int, model: str):
+    def __init__(self, out_dir: Path, shard_rows: int, rows_total: int, id_type, dim: int, model: str,
+                 lock_token: str | None = None):
         self.out_dir, self.shard_rows, self.rows_total = Path(out_dir), shard_rows, rows_total
         self.id_type, self.dim, self.model = id_type, dim, model
+        self.lock_token = lock_token  # the driver's OutputLock token (None: a job planned without one)
         self.results: list = []
 
     def write(self, blocks, ctx):
@@ -190,6 +200,8 @@ class ShardSink(Datasink):
             rows_col = part.column("row").to_pylist()
             ids_all = part.column("id").to_pylist()
             bad = [(r, i, e) for r, i, e in zip(rows_col, ids_all, errors) if e is not None]
+            if self.lock_token is not None:
+                check_lock_owner(self.out_dir, self.lock_token, f"shard {shard.index}")
             write_shard(self.out_dir, shard, out, bad)
             done.append((shard.index, g.num_rows, len(bad), int(np.asarray(g.column("num_tokens")).sum())))
         return done
@@ -339,7 +351,7 @@ def _run(job, *, backend, contexts, actors, cpus_per_actor, progress, on_bad_row
                         batch_size=None, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=n_actors),
                         **resources)
     sink = ShardSink(job.output, settings["shard_rows"], job.rows_total, job.input.id_type, emb.dim,
-                     ident["plan_sha256"][:16])
+                     ident["plan_sha256"][:16], job.lock_token)
     watcher = _Watcher(job, todo, prog, progress, on_bad_row, t0)
     err = None
     data_log = logging.getLogger("ray.data")
