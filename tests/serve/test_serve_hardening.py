@@ -341,6 +341,68 @@ def test_beyond_the_connection_limit_a_quick_503_and_a_short_log(emb, texts, cap
     assert len(lines) == 1 and "--max-connections 6" in lines[0], lines
 
 
+def _refusals(metrics_text: str) -> dict:
+    """{(reason, status): count} of trtrun_refused_total in Prometheus text."""
+    out = {}
+    for ln in metrics_text.splitlines():
+        if ln.startswith("trtrun_refused_total{"):
+            labels, value = ln[len("trtrun_refused_total{"):].rsplit("} ", 1)
+            kv = dict(part.split("=", 1) for part in labels.split(","))
+            out[(kv["reason"].strip('"'), kv["status"].strip('"'))] = float(value)
+    return out
+
+
+def test_every_refusal_is_counted_in_metrics_by_reason(emb, texts):
+    """Each way the server refuses a connection or request before an endpoint embeds anything shows in
+    /metrics as trtrun_refused_total{reason,status}, counted exactly (before: the connection-level ones were
+    counted nowhere, a 401 nowhere, and a 413 or a bad body only as one status among others): 2 connections
+    over the limit (503), a request without the key (401), a body over the limit (413), two bodies that are
+    not JSON or not UTF-8 (400), a request that is not HTTP (400), a trickled head and a trickled body (408),
+    a connection that sends nothing (closed). A 422 and a 200 are not refusals."""
+    with _Server(emb, max_connections=3, header_timeout=1.0, body_timeout=1.0, api_key="k", public_health=True,
+                 max_body_bytes=1000) as srv:
+        assert set(_refusals(httpx.get(srv.url + "/metrics").text).values()) == {0.0}  # all there, at 0
+        time.sleep(0.2)
+        held = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(3)]
+        time.sleep(0.2)
+        for _ in range(2):
+            with socket.create_connection(("127.0.0.1", srv.port)) as s:
+                assert _read_all(s, 5)[0].startswith(b"HTTP/1.1 503 ")
+        for s in held:
+            s.close()
+        time.sleep(0.3)
+        ok = {"authorization": "Bearer k"}
+        url = srv.url + "/v1/embeddings"
+        _err(httpx.post(url, json={"input": "a"}, timeout=30), 401)
+        _err(httpx.post(url, content=b"[" + b" " * 2000 + b"]", headers=ok, timeout=30), 413)
+        _err(httpx.post(url, content=b"{not json", headers=ok, timeout=30), 400)
+        _err(httpx.post(url, content=b'{"input": "caf\xe9"}', headers=ok, timeout=30), 400)
+        _err(httpx.post(url, json={"input": 5}, headers=ok, timeout=30), 422)
+        assert httpx.post(url, json={"input": texts[:1]}, headers=ok, timeout=30).status_code == 200
+
+        def raw(send: bytes) -> bytes:
+            with socket.create_connection(("127.0.0.1", srv.port)) as s:
+                if send:
+                    s.sendall(send)
+                return _read_all(s, 5)[0]
+
+        got = {}
+        sends = {"bad": b"NOT HTTP AT ALL\r\n\r\n", "head": b"POST /embed HTTP/1.1\r\nhost: x\r\n",
+                 "body": b"POST /embed HTTP/1.1\r\nhost: x\r\nauthorization: Bearer k\r\ncontent-length: 50\r\n\r\n{",
+                 "idle": b""}
+        threads = [threading.Thread(target=lambda k=k: got.__setitem__(k, raw(sends[k]))) for k in sends]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        assert got["bad"].startswith(b"HTTP/1.1 400 ") and got["head"].startswith(b"HTTP/1.1 408 ")
+        assert got["body"].startswith(b"HTTP/1.1 408 ") and got["idle"] == b"", got
+        counts = _refusals(httpx.get(srv.url + "/metrics").text)
+    assert counts == {("connections", "503"): 2, ("header_timeout", "408"): 1, ("body_timeout", "408"): 1,
+                      ("idle_timeout", "none"): 1, ("bad_http", "400"): 1, ("api_key", "401"): 1,
+                      ("body_too_large", "413"): 1, ("bad_json", "400"): 2}, counts
+
+
 def test_connection_limit_fits_the_open_file_limit():
     """With an open-file limit too small for max_connections beside the process's own files, the limit is
     lowered (so accept() never runs out of descriptors) and a note says so."""
@@ -389,7 +451,8 @@ def test_serving_is_announced_only_once_bound_with_the_bound_port(tiny_embed_mod
 def test_workers_and_shared_engine_have_the_guards_and_the_key(tiny_embed_model, texts, monkeypatch):
     """`--workers 2 --shared-engine` with the key from TRTRUN_API_KEY (not in the command line): the fronts
     answer 401 without it, a lone surrogate with 400 naming the index, a too-long text with the engine's token
-    count, and cut off a trickling head with 408 within the timeout."""
+    count, and cut off a trickling head with 408 within the timeout. /metrics, whichever front answers, counts
+    the refusals of both (8 requests without the key on 8 connections, spread over the fronts by the kernel)."""
     from trtrun.embed import Embedder
 
     monkeypatch.setenv("TRTRUN_API_KEY", "k-123")
@@ -400,7 +463,8 @@ def test_workers_and_shared_engine_have_the_guards_and_the_key(tiny_embed_model,
             serve_process(tiny_embed_model, port, "--workers", "2", "--shared-engine", "--contexts", "1",
                           "--header-timeout", "0.7", "--public-health", "--log-level", "warning") as proc:
         assert "k-123" not in " ".join(proc.args)
-        assert httpx.post(url + "/embed", json={"inputs": "a"}, timeout=5).status_code == 401
+        for _ in range(8):
+            assert httpx.post(url + "/embed", json={"inputs": "a"}, timeout=5).status_code == 401
         r = httpx.post(url + "/embed", json={"inputs": ["fine", "dull"]}, headers=ok, timeout=30)
         assert r.status_code == 200
         np.testing.assert_allclose(np.array(r.json(), np.float32), ref.embed(["fine", "dull"]), atol=ATOL)
@@ -413,6 +477,9 @@ def test_workers_and_shared_engine_have_the_guards_and_the_key(tiny_embed_model,
         data, took = _read_all(s, 5)
         s.close()
         assert data.startswith(b"HTTP/1.1 408 ") and took < 0.7 + 0.5, (data[:100], took)
+        for _ in range(6):  # fresh connections: each may reach either front
+            counts = _refusals(httpx.get(url + "/metrics", timeout=5).text)
+            assert counts[("api_key", "401")] == 8 and counts[("header_timeout", "408")] == 1, counts
 
 
 def test_a_pipelined_request_whose_body_stalls_still_gets_its_408(emb, texts):

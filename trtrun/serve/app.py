@@ -168,9 +168,11 @@ def _app_class():
     class App(Starlette):
         _hot: dict = {}
         _auth = None  # with an API key: scope -> whether the request may pass (_bearer_check)
+        _refuse = None  # ServerMetrics.refuse
 
         async def __call__(self, scope, receive, send):
             if self._auth is not None and scope["type"] == "http" and not self._auth(scope):
+                self._refuse("api_key")
                 await send({"type": "http.response.start", "status": 401, "headers": _UNAUTHORIZED[0]})
                 await send({"type": "http.response.body", "body": _UNAUTHORIZED[1]})
                 return
@@ -272,16 +274,21 @@ def create_app(embedder, config: ServeConfig | None = None):
         body = _dumps({"error": {"message": e.message, "type": e.kind, "code": e.status}})
         return e.status, body, _RETRY_HEADERS if e.status == 503 else []
 
+    def refused(reason: str, status: int, message: str, kind: str = "invalid_request_error") -> ApiError:
+        """The error of a request refused while its body is read, counted by reason (metrics.REFUSALS)."""
+        metrics.refuse(reason)
+        return ApiError(status, message, kind)
+
     async def read_json(scope, receive):
         for k, v in scope["headers"]:
             if k == b"content-length":
                 try:
                     n = int(v)
                 except ValueError:
-                    raise ApiError(400, f"Content-Length {v.decode('latin-1')!r} is not a number") from None
+                    raise refused("bad_http", 400, f"Content-Length {v.decode('latin-1')!r} is not a number") from None
                 if n > drain_cap:
-                    raise ApiError(413, f"request body of {n} bytes is larger than the limit of "
-                                        f"{max_body} bytes (--max-body-bytes)", "payload_too_large")
+                    raise refused("body_too_large", 413, f"request body of {n} bytes is larger than the limit of "
+                                                         f"{max_body} bytes (--max-body-bytes)", "payload_too_large")
                 break
         body, chunks, size = b"", None, 0
         while True:
@@ -303,22 +310,24 @@ def create_app(embedder, config: ServeConfig | None = None):
             if not msg.get("more_body", False):
                 break
         if size > max_body:
-            raise ApiError(413, f"request body of {size}{'+' if size > drain_cap else ''} bytes is larger than "
-                                f"the limit of {max_body} bytes (--max-body-bytes)", "payload_too_large")
+            raise refused("body_too_large", 413, f"request body of {size}{'+' if size > drain_cap else ''} bytes is "
+                                                 f"larger than the limit of {max_body} bytes (--max-body-bytes)",
+                          "payload_too_large")
         if chunks is not None:
             body = b"".join(chunks)
         if not body.strip():
-            raise ApiError(400, "request body is empty; send a JSON object")
+            raise refused("bad_json", 400, "request body is empty; send a JSON object")
         try:
             return _loads(body, cfg.max_json_depth)
         except UnicodeDecodeError as e:
-            raise ApiError(400, f"request body is not UTF-8 text: {e}") from None
+            raise refused("bad_json", 400, f"request body is not UTF-8 text: {e}") from None
         except _TooDeep as e:
-            raise ApiError(400, str(e)) from None
+            raise refused("bad_json", 400, str(e)) from None
         except RecursionError:
-            raise ApiError(400, f"request JSON is nested too deeply (at most {cfg.max_json_depth} levels)") from None
+            raise refused("bad_json", 400, f"request JSON is nested too deeply (at most {cfg.max_json_depth} "
+                                           f"levels)") from None
         except ValueError as e:
-            raise ApiError(400, f"request body is not valid JSON: {e}") from None
+            raise refused("bad_json", 400, f"request body is not valid JSON: {e}") from None
 
     def get_texts(obj, key: str) -> list[str]:
         if not isinstance(obj, dict):
@@ -568,6 +577,7 @@ def create_app(embedder, config: ServeConfig | None = None):
         Route("/metrics", metrics_endpoint, methods=["GET"]),
     ], lifespan=lifespan, exception_handlers={ApiError: api_error, HTTPException: http_error, Exception: server_error})
     app._hot = hot
+    app._refuse = metrics.refuse
     if cfg.api_key is not None:
         app._auth = _bearer_check(cfg.api_key, open_paths=("/health", "/metrics") if cfg.public_health else ())
     app.state.batcher = None
@@ -679,7 +689,9 @@ def uvicorn_server(app, config: ServeConfig, *, on_started=None, **uvicorn_optio
     n, note = connection_budget(config.max_connections)
     if note:
         log.warning("%s", note)
-    guard = Guard(n, config.header_timeout, config.body_timeout)
+    metrics = getattr(getattr(app, "state", None), "metrics", None)  # create_app's: refusals count in /metrics
+    guard = Guard(n, config.header_timeout, config.body_timeout,
+                  on_refused=metrics.refuse if metrics is not None else None)
 
     class Server(uvicorn.Server):
         async def startup(self, sockets=None):

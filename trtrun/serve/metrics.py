@@ -21,6 +21,19 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02
 SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 192, 256, 384, 512, 1024)
 TOKEN_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
 
+# Why a connection or request was refused before an endpoint embedded anything, and the status it was
+# answered with ("none": closed without an answer). The first four happen in the HTTP protocol
+# (protocol.py: a request that never reaches the app), api_key in front of the app, the last two while
+# the endpoint reads the body (those requests are also in trtrun_requests_total, by status).
+REFUSALS = (("connections", "503"),  # more than --max-connections open
+            ("header_timeout", "408"),  # a request head not complete within --header-timeout
+            ("body_timeout", "408"),  # a body not complete within --body-timeout
+            ("idle_timeout", "none"),  # a connection that sent nothing within --header-timeout
+            ("bad_http", "400"),  # not HTTP, or a request head over uvicorn's size limit
+            ("api_key", "401"),  # --api-key set and the request lacks it
+            ("body_too_large", "413"),  # a body over --max-body-bytes
+            ("bad_json", "400"))  # a body that is empty, not UTF-8, not JSON, or nested too deep
+
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Per-request counts and latencies are recorded in bulk (see ServerMetrics.request_done): at the latest after
 # this many seconds or requests while others are still in flight, at once when none is.
@@ -93,6 +106,11 @@ class ServerMetrics:
         self.padding = Counter("trtrun_padding_tokens", "padding tokens computed in engine batches", registry=r)
         self.truncated = Counter("trtrun_truncated_inputs", "texts cut to the maximum sequence length",
                                  registry=r)
+        self.refused = Counter("trtrun_refused", "connections and requests refused before an endpoint embedded "
+                               "anything, by reason and the status answered (none: closed without an answer)",
+                               ["reason", "status"], registry=r)
+        # every reason from the start (at 0), so that a rate over them exists before the first refusal
+        self._refusals = {reason: self.refused.labels(reason, status) for reason, status in REFUSALS}
         self.cpu = Counter("trtrun_process_cpu_seconds", "CPU time (user + system) of the server process(es), "
                            "all threads (for CPU cost per request: divide by trtrun_requests_total)", registry=r)
         self.queue_depth = Gauge("trtrun_queue_depth", "requests waiting for a micro-batch", registry=r, **gauge_mode)
@@ -109,6 +127,10 @@ class ServerMetrics:
         self._cpu_seen = time.process_time()
         self.queue_depth_fn = None  # set by the app: () -> requests waiting
         self._t_refresh = time.monotonic()
+
+    def refuse(self, reason: str) -> None:
+        """One connection or request refused, for `reason` (one of REFUSALS)."""
+        self._refusals[reason].inc()
 
     def request_done(self, endpoint: str, status: str, seconds: float) -> None:
         """One HTTP request answered (called on the event loop, after requests_in_flight was decremented).

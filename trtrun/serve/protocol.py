@@ -71,9 +71,11 @@ class _RateLog:
 
 
 class Guard:
-    """The limits of one server process, shared by its connections (and counted for /metrics)."""
+    """The limits of one server process, shared by its connections (and counted for /metrics: on_refused(reason)
+    for each refusal, reason as in metrics.REFUSALS)."""
 
-    def __init__(self, max_connections: int, header_timeout: float, body_timeout: float):
+    def __init__(self, max_connections: int, header_timeout: float, body_timeout: float, on_refused=None):
+        self.on_refused = on_refused
         self.max_connections = int(max_connections)
         self.header_timeout = float(header_timeout)
         self.body_timeout = float(body_timeout)
@@ -90,6 +92,10 @@ class Guard:
         self.body_late = error_bytes(408, "Request Timeout",
                                      f"the request body did not arrive within {self.body_timeout:g} s "
                                      f"(--body-timeout)", "request_timeout")
+
+    def count(self, reason: str) -> None:
+        if self.on_refused is not None:
+            self.on_refused(reason)
 
 
 def _base_protocol():
@@ -120,6 +126,7 @@ def guarded_protocol(guard: Guard, base=None):
                 self._refused = True
                 self.transport = transport
                 g.refused.hit(f"--max-connections {g.max_connections}")
+                g.count("connections")
                 transport.write(g.busy)
                 if g.lingering >= MAX_LINGERING:
                     transport.close()
@@ -189,6 +196,7 @@ def guarded_protocol(guard: Guard, base=None):
 
         def send_400_response(self, msg: str) -> None:
             self._disarm()
+            self._guard.count("bad_http")
             self.transport.write(error_bytes(400, "Bad Request", f"invalid HTTP request ({msg.rstrip('.')}: "
                                                                   "malformed, or a request head over the size limit)",
                                              "invalid_request_error"))
@@ -237,11 +245,14 @@ def guarded_protocol(guard: Guard, base=None):
                     cyc.disconnected = True  # the app's receive() now says http.disconnect; its send() is a no-op
                     cyc.message_event.set()
                     t.write(g.body_late)
+                    g.count("body_timeout")
             elif self._phase == "head":
                 if self._seen:
                     g.head_timeouts.hit(f"request head not complete within --header-timeout {g.header_timeout:g} s")
                     t.write(g.head_late)
-                # (a connection that never sent a byte is closed quietly)
+                    g.count("header_timeout")
+                else:  # a connection that never sent a byte is closed quietly
+                    g.count("idle_timeout")
             elif self._phase != "drain":  # (a body answered early that does not arrive: closed quietly)
                 return
             t.close()
