@@ -37,7 +37,14 @@ def main(argv=None) -> int:
     ap.add_argument("--downstream-test", type=int, default=512)
     ap.add_argument("--skip-downstream", action="store_true")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--worst-vs-n", type=int, default=None, metavar="POOL",
+                    help="instead: how the worst sample falls with the sample count. fp8 and auto --min-cosine (calibrated "
+                         "on --calib wiki texts, held apart on --calib rt texts) against fp32 on POOL other rt and "
+                         "--wiki other wiki texts; per-sample cosines to --raw, expected worst of n = 16..512 to --json")
+    ap.add_argument("--raw", default=None, help="--worst-vs-n: write the per-sample cosines here (.npz)")
     args = ap.parse_args(argv)
+    if args.worst_vs_n:
+        return worst_vs_n(args)
 
     import tempfile
 
@@ -130,6 +137,52 @@ def main(argv=None) -> int:
         results["downstream"] = ds
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1, default=str) + "\n")
+    return 0
+
+
+def worst_vs_n(args) -> int:
+    """The expected worst-sample cosine of n texts drawn from a pool, for n = 16..512, for the fp8 plan and the
+    plan `--precision auto` chooses (docs/precision.md, "How the worst sample falls with the sample count")."""
+    import tempfile
+
+    from trtrun import calibration as C
+    from trtrun import data
+    from trtrun.builder import build
+    from trtrun.builder.precision_search import expected_worst_loss, run_outputs, sample_cosines
+
+    tmp = tempfile.TemporaryDirectory()
+    onnx = Path(args.onnx) if args.onnx else Path(tmp.name) / "minilm.onnx"
+    if not onnx.exists():
+        from trtrun.export import export_model
+        export_model(Path(args.model), onnx)
+    tok = data.load_tokenizer(args.model)
+    rt = data.load_texts("rt", n=args.worst_vs_n + args.calib, seed=20)
+    wiki = data.load_texts("wiki", n=args.wiki + args.calib, seed=20)
+    pools = {"rt": C.batches(tok, rt[:args.worst_vs_n], args.max_len), "wiki": C.batches(tok, wiki[:args.wiki], args.max_len)}
+    hold, cal = C.batches(tok, rt[args.worst_vs_n:], args.max_len), C.batches(tok, wiki[args.wiki:], args.max_len)
+    x = float(args.min_cosine.split(",")[0])
+    plans = {"fp32": build(onnx, precision="fp32"), "fp8": build(onnx, precision="fp8")}
+    t = time.perf_counter()
+    plans["auto"] = build(onnx, precision="auto", min_cosine=x, calib=cal, holdout=hold, calib_name="wiki",
+                          holdout_name="rt", log=print)
+    s = plans["auto"].header["builder"]["precision_search"]
+    print(f"auto {x} (calib wiki, held apart rt) built in {time.perf_counter() - t:.0f}s: {s['counts']}", flush=True)
+    raw, res = {}, {"min_cosine": x, "auto_counts": s["counts"], "auto_heldout_worst": s["measured_worst_cos"],
+                    "pool": {k: len(v) for k, v in (("rt", rt[:args.worst_vs_n]), ("wiki", wiki[:args.wiki]))}, "curves": {}}
+    for sn, b in pools.items():
+        ref = run_outputs(plans["fp32"], b)
+        for key in ("fp8", "auto"):
+            cos = sample_cosines(run_outputs(plans[key], b), ref, b)
+            raw[f"{key}_{sn}"] = cos
+            loss = 1.0 - cos
+            ns = [n for n in (16, 32, 64, 128, 256, 512, 1024) if n <= len(loss)]
+            res["curves"][f"{key} on {sn}"] = {str(n): 1.0 - expected_worst_loss(loss, n) for n in ns}
+            print(f"{key:5s} on {sn}: expected worst cosine of n texts: "
+                  + ", ".join(f"n={n} {1.0 - expected_worst_loss(loss, n):.6f}" for n in ns), flush=True)
+    if args.raw:
+        np.savez(args.raw, **raw)
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=1) + "\n")
     return 0
 
 

@@ -49,7 +49,16 @@ def main(argv=None) -> int:
     ap.add_argument("--precisions", default="fp32,hybrid,fp16")
     ap.add_argument("--onnx", default=None, help="where to keep the exported ONNX (default: a temporary folder)")
     ap.add_argument("--json", default=None, help="write the results here")
+    ap.add_argument("--min-top1", type=float, default=None, metavar="X",
+                    help="instead: `--precision auto --min-top1 X` on the model with its LM head (add_lm_head), calibrated "
+                         "on --calib wiki paragraphs, held apart on --holdout others, then measured on --texts other "
+                         "wiki paragraphs and --rt Rotten Tomatoes sentences against the fp32 plan")
+    ap.add_argument("--calib", type=int, default=8)
+    ap.add_argument("--holdout", type=int, default=16)
+    ap.add_argument("--rt", type=int, default=64)
     args = ap.parse_args(argv)
+    if args.min_top1 is not None:
+        return search_top1(args)
 
     import onnxruntime as ort
     import torch
@@ -131,6 +140,97 @@ def main(argv=None) -> int:
               f"{100 * agree / total:.2f}%; NaN {nan}, inf {inf}; build {tb:.1f}s, run {tr:.1f}s", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1, default=str) + "\n")
+    return 0
+
+
+def add_lm_head(src, dst) -> None:
+    """Write `src` (output last_hidden_state [B, S, N], as `trtrun export` gives) with the tied LM head appended:
+    logits = last_hidden_state @ word_table^T, the only output. SmolLM2 ties its LM head to the embedding
+    table (tie_word_embeddings), so this is the model's own logits; the table is the graph's largest rank-2
+    initializer [vocab, N]."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    m = onnx.load(str(src))
+    g = m.graph
+    table = max((t for t in g.initializer if len(t.dims) == 2), key=lambda t: t.dims[0])
+    w = numpy_helper.to_array(table)
+    hidden = next(o for o in g.output if o.name == "last_hidden_state")
+    g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w.T), "lm_head.weight"))
+    g.node.append(helper.make_node("MatMul", [hidden.name, "lm_head.weight"], ["logits"], name="lm_head"))
+    del g.output[:]
+    g.output.append(helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["batch", "sequence", w.shape[0]]))
+    onnx.save(m, str(dst), save_as_external_data=True, location=Path(dst).name + ".data")
+
+
+def search_top1(args) -> int:
+    """`--precision auto --min-top1 X` on SmolLM2 with its LM head (reference backend): what it chose, predicted
+    against measured top-1, the FLOP-estimate cost against hybrid, wall time; then top-1 agreement with the fp32
+    plan on texts used neither to calibrate nor to check, for fp32, hybrid, fp8 and the chosen plan."""
+    import trtrun
+    from trtrun.builder.precision_search import run_outputs, top1_agreement
+    from trtrun.data import encode, load_texts, load_tokenizer
+    from trtrun.export import export_model, gguf_file
+
+    gguf = gguf_file(Path(args.model))
+    if gguf is None:
+        print(f"{args.model}: no GGUF file there; fetch it with ../shared/data/get-data.sh .data smollm2",
+              file=sys.stderr)
+        return 1
+    tmp = tempfile.TemporaryDirectory()
+    base = Path(args.onnx) if args.onnx else Path(tmp.name) / "smollm2.onnx"
+    lm_path = base.with_name(base.stem + "-lm.onnx")
+    if not lm_path.exists():
+        if not base.exists():
+            export_model(gguf, base)
+        add_lm_head(base, lm_path)
+    import transformers
+
+    tok = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "right"
+    wiki = load_texts("wiki", n=args.calib + args.holdout + args.texts, seed=20)
+    rt = load_texts("rt", n=args.rt, seed=20)
+
+    def batches(texts):
+        return [encode(tok, texts[i:i + args.batch], args.seq) for i in range(0, len(texts), args.batch)]
+
+    cal, hold = batches(wiki[:args.calib]), batches(wiki[args.calib:args.calib + args.holdout])
+    sets = {"wiki": batches(wiki[args.calib + args.holdout:]), "rt": batches(rt)}
+    profile = {"batch": (1, args.batch, args.batch), "seq": (1, args.seq, args.seq)}
+    t = time.perf_counter()
+    auto = trtrun.build(lm_path, precision="auto", min_top1=args.min_top1, calib=cal, holdout=hold, profile=profile,
+                        calib_name=f"{args.calib} wiki paragraphs", holdout_name=f"{args.holdout} other wiki paragraphs",
+                        log=lambda m: print(m, flush=True))
+    build_s = time.perf_counter() - t
+    s = auto.header["builder"]["precision_search"]
+    # the naive prediction beside the margin model: base's disagreement plus each Linear's own flips
+    chosen = {op["name"]: op["precision"] for op in auto.ops if op["type"] == "Linear"}
+    naive = s["other_ops_loss"] + sum(s["ops"][n]["flips"].get(p, 0) for n, p in chosen.items()) / s["calibration_positions"]
+    res = {"min_top1": args.min_top1, "build_s": round(build_s, 1), "counts": s["counts"], "predicted_top1": s["predicted"],
+           "naive_predicted_top1": 1.0 - naive, "heldout_top1": s["measured_top1"], "heldout_positions": s["positions"],
+           "calibration_positions": s["calibration_positions"], "cost_us": s["cost_us"],
+           "cost_us_all_hybrid": s["cost_us_all_hybrid"], "cost_us_all_fp8": s["cost_us_all_fp8"], "rounds": s["rounds"],
+           "fp8_linears": sorted(n for n, p in chosen.items() if p == "fp8"),
+           "fp32_linears": sorted(n for n, p in chosen.items() if p == "fp32"), "measured": {}}
+    print(f"auto --min-top1 {args.min_top1}: {s['counts']} in {build_s:.0f}s; predicted top-1 {s['predicted']:.5f} "
+          f"(naive sum of flips {1 - naive:.5f}), held-apart {s['measured_top1']:.5f} ({s['agree']}/{s['positions']}); "
+          f"cost {s['cost_us']:.1f} us vs {s['cost_us_all_hybrid']:.1f} all-hybrid, {s['cost_us_all_fp8']:.1f} all-fp8 "
+          f"(FLOP estimate)", flush=True)
+    plans = {"fp32": trtrun.build(lm_path, precision="fp32", profile=profile),
+             "hybrid": trtrun.build(lm_path, precision="hybrid", profile=profile),
+             "fp8": trtrun.build(lm_path, precision="fp8", profile=profile), "auto": auto}
+    for sn, b in sets.items():
+        ref = run_outputs(plans["fp32"], b)
+        for key in ("hybrid", "fp8", "auto"):
+            t = time.perf_counter()
+            a, n = top1_agreement(run_outputs(plans[key], b), ref, b, "logits")
+            res["measured"].setdefault(sn, {})[key] = {"top1": a / n, "agree": a, "positions": n}
+            print(f"{sn}: {key:6s} top-1 agreement with the fp32 plan {a}/{n} = {a / n:.5f} "
+                  f"({time.perf_counter() - t:.0f}s)", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=1, default=str) + "\n")
     return 0
 
 

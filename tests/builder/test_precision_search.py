@@ -137,3 +137,180 @@ def test_suffix_runs_equal_full_runs(tiny):
         start = next(i for i, op in enumerate(variant.ops) if x in op["outputs"])
         got, want = suffix.run(variant, start), run_outputs(variant, [cal, hold])
         assert all(np.array_equal(g[n], w[n]) for g, w in zip(got, want) for n in w)
+
+
+# ----------------------------------------------------------------------------------------------- worst of n
+def test_expected_worst_loss_is_the_order_statistic_mean():
+    from trtrun.builder.precision_search import expected_worst_loss
+
+    x = np.random.default_rng(3).random(9)
+    for n in (1, 2, 4, 9):
+        # every n-subset equally likely: the mean of their maxima, enumerated
+        want = np.mean([max(c) for c in itertools.combinations(x, n)])
+        assert expected_worst_loss(x, n) == pytest.approx(want, rel=1e-12)
+    with pytest.raises(ValueError, match=r"n must be in \[1, 9\]"):
+        expected_worst_loss(x, 10)
+
+
+def test_worst_of_n_extrapolation_follows_the_tail():
+    # the margin rule: from n held-apart losses, the worst expected among N >> n such texts. Checked against the
+    # exact expectation for two tails: exponential (E[max of N] = scale * H_N, the harmonic number, what a line
+    # in ln N continues) and half-normal (lighter: the line over-predicts, so the rule stays conservative)
+    from trtrun.builder.precision_search import extrapolated_worst_loss
+
+    rng = np.random.default_rng(0)
+    n, N, trials = 64, 1000, 400
+    h = float(np.sum(1.0 / np.arange(1, N + 1)))
+    exp_pred = np.mean([extrapolated_worst_loss(rng.exponential(1e-4, n), N) for _ in range(trials)])
+    # 400 trials: the mean's standard error is ~2% of it; the line in ln n is exact for the exponential's
+    # expected maximum only asymptotically (H_n - ln n -> Euler's gamma), hence 10%
+    assert exp_pred == pytest.approx(1e-4 * h, rel=0.10)
+    half = np.abs(rng.standard_normal((20000, N))).max(axis=1).mean()  # E[max of N |N(0,1)|], by simulation
+    norm_pred = np.mean([extrapolated_worst_loss(np.abs(rng.standard_normal(n)), N) for _ in range(trials)])
+    assert norm_pred > half  # conservative for a lighter tail
+    losses = rng.exponential(1e-4, n)
+    assert extrapolated_worst_loss(losses, N) >= losses.max()  # never below what was measured
+    assert extrapolated_worst_loss(losses, n) == pytest.approx(losses.max())
+    assert extrapolated_worst_loss(np.array([1e-4, np.nan]), N) == math.inf
+
+
+def test_search_judges_the_extrapolated_worst(tiny):
+    from trtrun.builder import build
+    from trtrun.builder.precision_search import extrapolated_worst_loss, run_outputs, sample_cosines
+
+    onnx, (cal, hold) = tiny
+    # held apart: both batches (11 texts), so there is a trend to extrapolate; a loose budget so fp8 Linears fit
+    plan = build(onnx, precision="auto", min_cosine=0.995, calib=[cal], holdout=[cal, hold], worst_of=500)
+    s = plan.header["builder"]["precision_search"]
+    cos = sample_cosines(run_outputs(plan, [cal, hold]), run_outputs(build(onnx, precision="fp32"), [cal, hold]),
+                         [cal, hold])
+    ext = 1.0 - extrapolated_worst_loss(1.0 - cos, 500)
+    assert s["worst_of"] == 500 and s["heldout_samples"] == 11
+    assert s["extrapolated_worst_cos"] == pytest.approx(ext, abs=1e-12) and ext >= 0.995
+    assert ext <= s["measured_worst_cos"] == pytest.approx(cos.min(), abs=1e-12)
+    assert "extrapolated to the worst of 500 such texts" in plan.summary()
+
+
+# ----------------------------------------------------------------------------------------------- top-1
+def _with_lm_head(src, dst):
+    """The exported decoder with its tied LM head appended: logits = last_hidden_state @ wte^T."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    m = onnx.load(str(src))
+    g = m.graph
+    wte = max((t for t in g.initializer if len(t.dims) == 2), key=lambda t: t.dims[0])
+    w = numpy_helper.to_array(wte)
+    g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w.T), "lm_head.weight"))
+    g.node.append(helper.make_node("MatMul", [g.output[0].name, "lm_head.weight"], ["logits"], name="lm_head"))
+    del g.output[:]
+    g.output.append(helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["batch", "seq", w.shape[0]]))
+    onnx.save(m, str(dst))
+    return dst
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(exported, real_text_batches, tmp_path_factory):
+    """The tiny random GPT-2 with its LM head (output logits [B, S, 50257]) and real-text batches."""
+    return _with_lm_head(exported("gpt2"), tmp_path_factory.mktemp("lm") / "gpt2-lm.onnx"), real_text_batches("gpt2")
+
+
+def test_top1_agreement_against_numpy():
+    from trtrun.builder.precision_search import Top1Model, top1_agreement
+
+    rng = np.random.default_rng(1)
+    B, S, V = 3, 7, 50
+    mask = np.ones((B, S), np.int64)
+    mask[1, 5:] = 0
+    mask[2, 2:] = 0
+    batches = [{"input_ids": np.zeros((B, S), np.int64), "attention_mask": mask}]
+    ref = rng.standard_normal((B, S, V)).astype(np.float32)
+    other = ref + 0.3 * rng.standard_normal((B, S, V)).astype(np.float32)
+    other[2, 4] = np.nan  # a padded position: not counted
+    agree = total = 0  # independently: position by position
+    for b in range(B):
+        for s in range(S):
+            if mask[b, s]:
+                total += 1
+                agree += int(max(range(V), key=lambda v: other[b, s, v]) == max(range(V), key=lambda v: ref[b, s, v]))
+    assert top1_agreement([{"logits": other}], [{"logits": ref}], batches, "logits") == (agree, total)
+    assert 0 < agree < total == 14
+    bad = other.copy()
+    bad[0, 0, 3] = np.inf
+    assert top1_agreement([{"logits": bad}], [{"logits": ref}], batches, "logits")[0] == agree - int(
+        other[0, 0].argmax() == ref[0, 0].argmax())
+    # the margin model: without noise it is base's own agreement (here base = `near`, whose argmax is among ref's
+    # top 4 everywhere), and one position's keep probability with margin m and variance v is Phi(m / sqrt(v))
+    near = ref + 0.05 * rng.standard_normal((B, S, V)).astype(np.float32)
+    model = Top1Model([{"logits": ref}], [{"logits": near}], batches, "logits")
+    assert model.positions == 14
+    a, t = top1_agreement([{"logits": near}], [{"logits": ref}], batches, "logits")
+    assert model.agreement(np.zeros_like(model.margin)) == pytest.approx(a / t)
+    one = Top1Model([{"logits": np.array([[[2.0, 1.0]]], np.float32)}], [{"logits": np.array([[[2.0, 1.0]]], np.float32)}],
+                    [{"input_ids": np.zeros((1, 1), np.int64)}], "logits")
+    assert one.agreement(np.array([[1.0]])) == pytest.approx(0.5 * (1 + math.erf(1 / math.sqrt(2))), rel=1e-12)
+    # a variant's variance is the square of the change it makes to each margin
+    moved = np.array([[[2.0, 1.5]]], np.float32)
+    assert one.variance([{"logits": moved}]) == pytest.approx(np.array([[0.25]]))
+
+
+def test_min_top1_refused_for_a_model_without_logits(tiny, exported, real_text_batches):
+    from trtrun.builder import build
+
+    onnx, (cal, hold) = tiny
+    with pytest.raises(BuildError, match=r"--min-top1 needs a decoder with an LM head .*not causal \(an encoder"):
+        build(onnx, precision="auto", min_top1=0.99, calib=[cal], holdout=[hold])
+    cal, hold = real_text_batches("gpt2")  # a decoder, but its output is the hidden states
+    with pytest.raises(BuildError, match=r"--min-top1 needs next-token logits \[batch, seq, 50257\] as an output.*"
+                                         r"last_hidden_state"):
+        build(exported("gpt2"), precision="auto", min_top1=0.99, calib=[cal], holdout=[hold])
+
+
+def test_the_two_budgets_exclude_each_other(tiny, tmp_path, capsys):
+    import re
+
+    from trtrun.builder import build
+    from trtrun.cli.main import main
+
+    onnx, (cal, hold) = tiny
+    for kw, match in [({"min_cosine": 0.99, "min_top1": 0.99}, "exactly one budget.*both were given"),
+                      ({}, "exactly one budget"),
+                      ({"min_top1": 1.5}, r"min_top1 must be a number in \(0, 1\)"),
+                      ({"min_top1": 0.9, "worst_of": 100}, "worst_of belongs to min_cosine"),
+                      ({"min_cosine": 0.9, "worst_of": 0}, "worst_of must be a positive integer")]:
+        with pytest.raises(ValueError, match=match):
+            build(onnx, precision="auto", calib=[cal], holdout=[hold], **kw)
+    with pytest.raises(ValueError, match="min_top1 applies to precision fp8 or auto only"):
+        build(onnx, precision="hybrid", min_top1=0.9)
+    out = tmp_path / "x.plan"
+    for args, match in [(["--precision", "auto", "--min-cosine", "0.99", "--min-top1", "0.99"], "two budgets; give one"),
+                        (["--precision", "auto", "--min-top1", "0.99", "--worst-of", "100"],
+                         "--worst-of belongs to --min-cosine"),
+                        (["--precision", "auto", "--min-top1", "2"], r"must be a number in \(0, 1\)"),
+                        (["--precision", "hybrid", "--min-top1", "0.9"], "--min-top1 applies to --precision fp8 or auto"),
+                        (["--precision", "fp8", "--worst-of", "9"], "--worst-of belongs to --precision auto")]:
+        code = main(["build", str(onnx), "-o", str(out), *args])
+        err = capsys.readouterr().err
+        assert code == 2 and re.search(match, err), err
+        assert not out.exists()
+
+
+def test_search_meets_a_top1_budget_on_held_apart_text(tiny_lm):
+    from trtrun.builder import build
+    from trtrun.builder.precision_search import run_outputs, top1_agreement
+
+    onnx, (cal, hold) = tiny_lm
+    fp32 = build(onnx, precision="fp32")
+    ref = run_outputs(fp32, [hold])
+    a8, t = top1_agreement(run_outputs(build(onnx, precision="fp8"), [hold]), ref, [hold], "logits")
+    ah, _ = top1_agreement(run_outputs(build(onnx, precision="hybrid"), [hold]), ref, [hold], "logits")
+    assert a8 < ah
+    x = (a8 + 3 * ah) / (4 * t)  # between all-fp8 and all-hybrid
+    plan = build(onnx, precision="auto", min_top1=x, calib=[cal], holdout=[hold])
+    s = plan.header["builder"]["precision_search"]
+    got, total = top1_agreement(run_outputs(plan, [hold]), ref, [hold], "logits")  # re-run, not the record
+    assert got / total >= x and (got, total) == (s["agree"], s["positions"]) and s["measured_top1"] == got / total
+    assert s["budget"] == "top1" and s["logits"] == "logits" and 0 < s["predicted"] <= 1
+    lin = [op for op in plan.ops if op["type"] == "Linear"]
+    assert {p: sum(op["precision"] == p for op in lin) for p in ("fp8", "hybrid", "fp32")} == s["counts"]
+    assert "min top-1" in plan.summary() and f"{got} of {total} positions" in plan.summary()

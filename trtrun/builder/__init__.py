@@ -69,7 +69,7 @@ STEPS = ("load", "producer forms", "simplify", "select_outputs", "probe", "decou
 def build(onnx_path, *, precision: str = "hybrid", profile=None, save_onnx=None, progress=None,
           gelu: str = "auto", tf32: bool = False, ln_input: str = "fp16", outputs=None, fp8_weights: str = "channel",
           fp8_activations: str = "dynamic", calib=None, calib_name=None, holdout=None, holdout_name=None,
-          min_cosine=None, cost_table=None, log=None):
+          min_cosine=None, cost_table=None, log=None, min_top1=None, worst_of=None):
     """Build a Plan from an ONNX model.
 
     precision: "fp32", "fp16" or "hybrid" (docs/plan-format.md says what each means), "fp8" (every Linear fp8
@@ -80,7 +80,10 @@ def build(onnx_path, *, precision: str = "hybrid", profile=None, save_onnx=None,
     calib, holdout: lists of token-id batches (dicts as trtrun.data.encode gives): the calibration text (static
         scales; the search's sensitivities) and the held-apart text the search's choice is checked on;
         calib_name, holdout_name say what they are in the plan's builder record.
-    min_cosine: auto only: the worst-sample cosine against the fp32 plan the chosen plan must reach on holdout.
+    min_cosine: auto only: the worst-sample cosine against the fp32 plan the chosen plan must reach on holdout,
+        extrapolated to the worst of `worst_of` such texts (default precision_search.WORST_OF).
+    min_top1: auto only, instead of min_cosine, for a decoder whose output is logits: the fraction of holdout
+        positions whose argmax agrees with the fp32 plan's.
     cost_table: auto only: a cost table file (builder/cost_model.py) or CostModel; default a FLOP estimate.
     log: callable(str) for the fp8 calibration's and the search's progress lines.
     profile: {"batch": (min, opt, max), "seq": (min, opt, max)}; default batch (1, 8, 32) and
@@ -108,9 +111,10 @@ def build(onnx_path, *, precision: str = "hybrid", profile=None, save_onnx=None,
     if precision not in BUILD_PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(BUILD_PRECISIONS)}, got {precision!r}")
     mixed = precision in ("fp8", "auto")
-    if mixed or calib is not None or min_cosine is not None or cost_table is not None:
+    if mixed or calib is not None or min_cosine is not None or cost_table is not None or min_top1 is not None:
         from .precision_search import check_options
-        cost_table = check_options(precision, fp8_weights, fp8_activations, calib, holdout, min_cosine, cost_table)
+        cost_table = check_options(precision, fp8_weights, fp8_activations, calib, holdout, min_cosine, cost_table,
+                                   min_top1=min_top1, worst_of=worst_of)
         if save_onnx is not None:
             raise ValueError(f"save_onnx: the rewritten ONNX has no {precision} form (it would be the hybrid graph); "
                              f"build a hybrid plan for it")
@@ -200,8 +204,10 @@ def build(onnx_path, *, precision: str = "hybrid", profile=None, save_onnx=None,
             header, weights = finish_fp8(header, weights, weights32, weight_scale=fp8_weights,
                                          activations=fp8_activations, calib=calib, calib_name=calib_name, log=log)
         else:
+            search_kw = {"worst_of": worst_of} if worst_of is not None else {}
             header, weights = search(header, weights, header32, weights32, min_cosine=min_cosine, calib=calib,
-                                     holdout=holdout, weight_scale=fp8_weights, activations=fp8_activations,
+                                     holdout=holdout, min_top1=min_top1, **search_kw, weight_scale=fp8_weights,
+                                     activations=fp8_activations,
                                      cost_model=cost_table, calib_name=calib_name, holdout_name=holdout_name, log=log)
         header["builder"]["passes"] = header["builder"]["passes"] + [f"precision_{precision}"]
         del header32, weights32

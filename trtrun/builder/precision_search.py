@@ -37,6 +37,7 @@ from .quantize_fp8 import LINEAR_CHOICES, assign_precisions, calibrate, linear_o
 
 BUDGET_BINS = 4000
 MAX_ROUNDS = 4
+WORST_OF = 1000  # placeholder, set from measurement
 
 
 # ----------------------------------------------------------------------------------------------- measuring
@@ -120,9 +121,149 @@ def worst(cos: np.ndarray) -> float:
     return float("nan") if np.isnan(cos).any() else float(np.min(cos))
 
 
+def expected_worst_loss(losses, n: int) -> float:
+    """The expected largest of n values drawn without replacement from `losses` (exact, from the order
+    statistics: the k-th largest of N is the largest of the draw with probability C(N-1-k, n-1) / C(N, n))."""
+    x = np.sort(np.asarray(losses, np.float64))[::-1]
+    N = len(x)
+    if not 1 <= n <= N:
+        raise ValueError(f"n must be in [1, {N}] (the number of values), got {n}")
+    k = np.arange(N - n + 1)
+    lg = math.lgamma
+    logp = np.array([lg(N - kk) - lg(n) - lg(N - kk - n + 1) for kk in k]) - (lg(N + 1) - lg(n + 1) - lg(N - n + 1))
+    return float(np.exp(logp) @ x[:N - n + 1])
+
+
 def _loss(cos: np.ndarray) -> float:
     w = worst(cos)
     return math.inf if math.isnan(w) else max(0.0, 1.0 - w)
+
+
+def extrapolated_worst_loss(losses, n_target: int) -> float:
+    """The worst-sample loss (1 - cosine) expected among n_target texts like these n, from how the expected worst
+    grows with the sample count on these texts themselves: E[worst of m] for m = n/4, n/2, n (exact, from
+    the order statistics), a least-squares line in ln m, continued to n_target. A line in ln m is what an
+    exponential tail gives; a lighter (Gaussian) tail grows slower, so for it the line is conservative.
+    MiniLM's per-sample losses follow it from 16 to 512 texts (docs/precision.md). n_target <= n: the
+    expected worst of n_target of these. Never below the measured worst. nan/inf losses stay inf."""
+    x = np.asarray(losses, np.float64)
+    n = len(x)
+    if n == 0:
+        raise ValueError("no losses to extrapolate from")
+    if not np.isfinite(x).all():
+        return math.inf
+    if n_target <= n:
+        return expected_worst_loss(x, n_target)
+    worst_n = float(x.max())
+    ms = sorted({m for m in (n // 4, n // 2, n) if m >= 2})
+    if len(ms) < 2:  # too few texts to see a trend: the measured worst is all there is
+        return worst_n
+    e = np.array([expected_worst_loss(x, m) for m in ms])
+    slope = float(np.polyfit(np.log(ms), e, 1)[0])
+    return max(worst_n, float(e[-1]) + max(slope, 0.0) * math.log(n_target / n))
+
+
+# ----------------------------------------------------------------------------------------------- top-1
+TOP1_CANDIDATES = 4  # the fp32 top-1 and its 3 runners-up: a flip to a token beyond them needs an error larger
+                     # than the margin to the 4th, which the runner-up margins already rule out in practice
+
+
+def logits_output(header: dict, weights: dict) -> str:
+    """The name of the plan's next-token logits output: a decoder (causal attention) whose output is
+    [batch, seq, vocab], vocab the rows of its Embedding op's word table. BuildError naming what the
+    model outputs otherwise (top-1 agreement needs logits)."""
+    ops = header["ops"]
+    outs = ", ".join(f"{o['name']} {list(o.get('shape', []))}" for o in header["outputs"])
+    causal = any(op["type"] == "Attention" and op.get("attrs", {}).get("causal") for op in ops)
+    if not causal:
+        raise BuildError(f"--min-top1 needs a decoder with an LM head (next-token logits); this model's attention "
+                         f"is not causal (an encoder; outputs {outs}): use --min-cosine")
+    emb = next((op for op in ops if op["type"] == "Embedding"), None)
+    word = weights.get(emb.get("weights", {}).get("word")) if emb else None
+    vocab = int(word.shape[0]) if word is not None else None
+    cands = [o["name"] for o in header["outputs"] if len(o.get("shape", [])) == 3 and vocab is not None
+             and o["shape"][2] == vocab and np.dtype(o["dtype"]).kind == "f"]
+    if len(cands) != 1:
+        raise BuildError(f"--min-top1 needs next-token logits [batch, seq, {vocab or 'vocab'}] as an output (a decoder "
+                         f"with an LM head); this model outputs {outs}" + ("" if not cands else " (several such)"))
+    return cands[0]
+
+
+def _logit_rows(outs: list[dict], batches, name: str):
+    """Each batch's logits at its valid positions (attention_mask 1): [positions, vocab] float32."""
+    for o, f in zip(outs, batches):
+        ids = np.asarray(f["input_ids"])
+        mask = np.asarray(f.get("attention_mask", np.ones_like(ids))).astype(bool)
+        yield np.asarray(o[name], np.float32)[mask]
+
+
+def top1_agreement(outs: list[dict], ref_outs: list[dict], batches, name: str) -> tuple[int, int]:
+    """(positions whose argmax over `name` agrees with ref's, valid positions). A non-finite row disagrees."""
+    agree = total = 0
+    for a, r in zip(_logit_rows(outs, batches, name), _logit_rows(ref_outs, batches, name)):
+        ok = np.isfinite(a).all(axis=-1)
+        agree += int(((a.argmax(-1) == r.argmax(-1)) & ok).sum())
+        total += a.shape[0]
+    return agree, total
+
+
+_erfc = np.vectorize(math.erfc, otypes=[np.float64])
+
+
+def _phi_upper(z: np.ndarray) -> np.ndarray:
+    """P(N(0, 1) > z)."""
+    return 0.5 * _erfc(z / math.sqrt(2.0))
+
+
+class Top1Model:
+    """The margin-aware model of top-1 agreement with the fp32 plan (module docstring, step 2).
+
+    Per valid position p of the calibration text: the fp32 plan's top-1 token and its runners-up j
+    (TOP1_CANDIDATES in all), base's margins m_pj = z_top1 - z_j (base's own error already in them), and
+    per Linear and precision the change of each margin, delta_ipj, that Linear alone makes. Independent
+    rounding errors add as variances, so an assignment's margin noise is V_pj = sum_i delta_ipj^2 and p
+    keeps fp32's token with probability prod_j P(m_pj + N(0, V_pj) > 0). A step function on each position
+    becomes a smooth one: a Linear that flips no token on the calibration text still counts by how close
+    it pushes the near-ties."""
+
+    def __init__(self, ref_outs, base_outs, batches, name: str, k: int = TOP1_CANDIDATES):
+        self.name, self.batches = name, batches
+        self.idx, self.base = [], []
+        for r, b in zip(_logit_rows(ref_outs, batches, name), _logit_rows(base_outs, batches, name)):
+            kk = min(k, r.shape[1])
+            top = np.argsort(-r, axis=1, kind="stable")[:, :kk]
+            self.idx.append(top)
+            self.base.append(self._margins(b, top))
+        self.margin = np.concatenate(self.base) if self.base else np.zeros((0, k - 1))
+        self.positions = self.margin.shape[0]
+
+    @staticmethod
+    def _margins(z, top):
+        g = np.take_along_axis(np.asarray(z, np.float64), top, axis=1)
+        return g[:, :1] - g[:, 1:]
+
+    def variance(self, outs) -> np.ndarray:
+        """delta^2 of a variant's outputs against base, [positions, runners-up]. A non-finite row: inf."""
+        d = np.concatenate([self._margins(z, top) for z, top in zip(_logit_rows(outs, self.batches, self.name),
+                                                                         self.idx)]) - self.margin
+        return np.where(np.isfinite(d), d * d, np.inf)
+
+    def agreement(self, V: np.ndarray) -> float:
+        """Predicted fraction of positions keeping fp32's token, with margin noise variances V."""
+        m = self.margin
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = np.where(V > 0, m / np.sqrt(V), np.where(m > 0, np.inf, -np.inf))
+        keep = np.prod(1.0 - _phi_upper(z), axis=1)
+        return float(keep.mean()) if len(keep) else 1.0
+
+    def weights(self, V: np.ndarray) -> np.ndarray:
+        """d(predicted disagreement)/dV_pj at noise V, per position: what a little more variance at p costs
+        there (the knapsack's linear loss, module docstring)."""
+        m = np.maximum(self.margin, 0.0)
+        Vs = np.maximum(V, 1e-30)
+        with np.errstate(over="ignore", invalid="ignore"):
+            w = np.exp(-m * m / (2 * Vs)) / math.sqrt(2 * math.pi) * m / (2 * Vs ** 1.5)
+        return np.where(np.isfinite(w), w, 0.0) / max(self.positions, 1)
 
 
 # ----------------------------------------------------------------------------------------------- fp8
@@ -202,17 +343,34 @@ def knapsack(loss: list[dict], cost: list[dict], budget: float, bins: int = BUDG
     return out[::-1]
 
 
-def search(header_h, weights_h, header_32, weights_32, *, min_cosine: float, calib, holdout,
-           weight_scale="channel", activations="dynamic", cost_model: CostModel | None = None,
-           calib_name=None, holdout_name=None, log=None) -> tuple[dict, dict]:
-    """(header, weights) of the cheapest assignment found whose worst-sample cosine against the fp32 plan on
-    `holdout` is at least `min_cosine` (module docstring). The header's builder.precision_search records the
-    sensitivities, the prediction, the measured fidelity and the costs."""
+def _budget(min_cosine, min_top1) -> tuple[str, float]:
+    """("cosine" | "top1", X) from the two budgets, exactly one of which is given; ValueError otherwise."""
+    if (min_cosine is None) == (min_top1 is None):
+        raise ValueError("precision auto needs exactly one budget: min_cosine (worst-sample cosine, any model) or "
+                         "min_top1 (top-1 next-token agreement, a decoder with an LM head)"
+                         + ("; both were given" if min_cosine is not None else ""))
+    kind, x = ("cosine", min_cosine) if min_cosine is not None else ("top1", min_top1)
+    what = "min_cosine" if kind == "cosine" else "min_top1"
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or not 0 < x < 1:
+        raise ValueError(f"{what} must be a number in (0, 1), got {x!r}")
+    return kind, float(x)
+
+
+def search(header_h, weights_h, header_32, weights_32, *, min_cosine: float | None = None, calib, holdout,
+           min_top1: float | None = None, worst_of: int = WORST_OF, weight_scale="channel", activations="dynamic",
+           cost_model: CostModel | None = None, calib_name=None, holdout_name=None, log=None) -> tuple[dict, dict]:
+    """(header, weights) of the cheapest assignment found that meets the budget against the fp32 plan on
+    `holdout` (module docstring): min_cosine, the worst-sample cosine extrapolated to `worst_of` texts like the
+    held-apart ones, or min_top1, the fraction of held-apart positions whose argmax over the logits agrees with
+    the fp32 plan's. The header's builder.precision_search records the sensitivities, the prediction, what was
+    measured on how many samples, and the costs."""
     log = log or (lambda m: None)
-    if not (isinstance(min_cosine, (int, float)) and not isinstance(min_cosine, bool) and 0 < min_cosine < 1):
-        raise ValueError(f"min_cosine must be a number in (0, 1), got {min_cosine!r}")
+    kind, x = _budget(min_cosine, min_top1)
+    if isinstance(worst_of, bool) or not isinstance(worst_of, int) or worst_of < 1:
+        raise ValueError(f"worst_of must be a positive integer (texts), got {worst_of!r}")
     if not calib or not holdout:
         raise ValueError("the precision search needs calibration text and held-apart text (calib, holdout)")
+    logits = logits_output(header_h, weights_h) if kind == "top1" else None
     cm = cost_model or CostModel()
     t0 = time.perf_counter()
     linears = linear_ops(header_h)
@@ -220,6 +378,7 @@ def search(header_h, weights_h, header_32, weights_32, *, min_cosine: float, cal
     plan32 = _plan(header_32, weights_32)
     ref_cal = run_outputs(plan32, calib)
     ref_hold = run_outputs(plan32, holdout)
+    n_hold = _samples(holdout)
 
     x_amax = calibrate(_plan(header_h, weights_h), calib) if activations == "static" else None
 
@@ -230,82 +389,159 @@ def search(header_h, weights_h, header_32, weights_32, *, min_cosine: float, cal
     base = _plan(*make(all32))
     suffix = SuffixRunner(base, calib)
     out_base = suffix.run(base, len(base.ops))
-    d0 = _loss(sample_cosines(out_base, ref_cal, calib))
+    if kind == "cosine":
+        d0 = _loss(sample_cosines(out_base, ref_cal, calib))
+    else:
+        model = Top1Model(ref_cal, out_base, calib, logits)
+        a, t = top1_agreement(out_base, ref_cal, calib, logits)
+        d0 = 1.0 - a / t
+        var = []  # per Linear: {precision: delta^2 [positions, runners-up]}
     index = {op["name"]: i for i, op in enumerate(base.ops)}
     loss, cost, per_op = [], [], {}
     for k, op in enumerate(linears):
         shape = gemm_shape(op, header_h["profile"], weights_32)
         c = {p: cm.cost(*shape, p) for p in LINEAR_CHOICES}
         d = {"fp32": 0.0}
+        v = {"fp32": 0.0}
+        flips = {}
         for p in (FP8, "hybrid"):
             variant = _plan(*make({**all32, op["name"]: p}))
             # from the op that writes this Linear's input on: in the variant that input may be fp16 (rounded by
             # its producer), everything before it is base's
             start = min(index[o["name"]] for o in base.ops if op["inputs"][0] in o["outputs"]) \
                 if any(op["inputs"][0] in o["outputs"] for o in base.ops) else 0
-            d[p] = _loss(sample_cosines(suffix.run(variant, start), out_base, calib))
+            out = suffix.run(variant, start)
+            if kind == "cosine":
+                d[p] = _loss(sample_cosines(out, out_base, calib))
+            else:
+                v[p] = model.variance(out)
+                a, t = top1_agreement(out, out_base, calib, logits)
+                flips[p] = t - a
+        if kind == "top1":
+            var.append(v)
         loss.append(d)
         cost.append(c)
         del variant
-        per_op[op["name"]] = {"mnk": list(shape), "loss": {p: float(f"{v:.3g}") for p, v in d.items()},
-                              "cost_us": {p: float(f"{v:.4g}") for p, v in c.items()}}
-        log(f"sensitivity {k + 1}/{len(linears)} {op['name']}: 1-cos fp8 {d[FP8]:.2e}, fp16 {d['hybrid']:.2e}")
+        per_op[op["name"]] = {"mnk": list(shape), "cost_us": {p: float(f"{v:.4g}") for p, v in c.items()}}
+        if kind == "cosine":
+            per_op[op["name"]]["loss"] = {p: float(f"{v:.3g}") for p, v in d.items()}
+            log(f"sensitivity {k + 1}/{len(linears)} {op['name']}: 1-cos fp8 {d[FP8]:.2e}, fp16 {d['hybrid']:.2e}")
+        else:
+            per_op[op["name"]]["margin_var"] = {p: float(f"{float(np.mean(v[p])):.3g}") for p in (FP8, "hybrid")}
+            per_op[op["name"]]["flips"] = flips
+            log(f"sensitivity {k + 1}/{len(linears)} {op['name']}: mean margin variance fp8 "
+                f"{float(np.mean(v[FP8])):.2e} ({flips[FP8]} flips), fp16 {float(np.mean(v['hybrid'])):.2e} "
+                f"({flips['hybrid']} flips) of {model.positions} positions")
 
     def total_cost(choice_list):
         return float(sum(cost[i][p] for i, p in enumerate(choice_list)))
 
-    budget = 1.0 - float(min_cosine) - d0
+    if kind == "top1":
+        # the knapsack's loss: each Linear's variance weighted by what variance costs at each position, at the
+        # noise of every Linear in fp8 (a noise level at which the near-ties are seen; at base's, zero weight)
+        V8 = sum(vv[FP8] for vv in var)
+        w = model.weights(V8)
+        for i, vv in enumerate(var):
+            loss[i] = {p: (0.0 if p == "fp32" else float(np.sum(w * np.where(np.isfinite(vv[p]), vv[p], 1e300))))
+                       for p in LINEAR_CHOICES}
+
+        def predict(pick):  # predicted disagreement with fp32 (1 - top-1)
+            V = sum((var[i][p] for i, p in enumerate(pick) if p != "fp32"), np.zeros_like(model.margin))
+            return 1.0 - model.agreement(V)
+
+        def choose(target):
+            """The cheapest knapsack pick whose predicted disagreement meets target: bisection on the knapsack's
+            linear budget (the prediction is not additive; the knapsack's linear loss is its tangent)."""
+            lo, hi = 0.0, float(sum(max(l[p] for p in (FP8, "hybrid")) for l in loss)) * 1.01 + 1e-300
+            best = knapsack(loss, cost, 0.0)
+            if best is None or predict(best) > target:
+                return None
+            for _ in range(40):
+                mid = 0.5 * (lo + hi)
+                pick = knapsack(loss, cost, mid)
+                if pick is not None and predict(pick) <= target:
+                    lo, best = mid, pick
+                else:
+                    hi = mid
+            return best
+    else:
+        def predict(pick):
+            return d0 + sum(loss[i][p] for i, p in enumerate(pick))
+
+        def choose(target):
+            return knapsack(loss, cost, target - d0) if target - d0 > 0 else None
+
+    def measure(pick):
+        """(metric measured on the held-apart text, the loss the budget is judged by, its record)."""
+        out = run_outputs(_plan(*make(dict(zip(names, pick)))), holdout)
+        if kind == "cosine":
+            cos = sample_cosines(out, ref_hold, holdout)
+            w_ = worst(cos)
+            ext = extrapolated_worst_loss(1.0 - cos, worst_of) if not math.isnan(w_) else math.inf
+            return w_, ext, {"measured_worst_cos": _json_num(w_),
+                             "extrapolated_worst_cos": _json_num(1.0 - ext) if math.isfinite(ext) else None}
+        a_, t_ = top1_agreement(out, ref_hold, holdout, logits)
+        return a_ / t_, 1.0 - a_ / t_, {"measured_top1": a_ / t_, "agree": a_, "positions": t_}
+
+    target = 1.0 - x
     rounds = []
     chosen = None
     measured = None
     for r in range(MAX_ROUNDS):
-        pick = knapsack(loss, cost, budget) if budget > 0 else None
+        pick = choose(target) if target > 0 else None
         if pick is None:
-            rounds.append({"budget": float(f"{budget:.4g}"), "found": False})
+            rounds.append({"budget": float(f"{target:.4g}"), "found": False})
             break
-        header, weights = make(dict(zip(names, pick)))
-        cos = sample_cosines(run_outputs(_plan(header, weights), holdout), ref_hold, holdout)
-        measured = worst(cos)
-        predicted = d0 + sum(loss[i][p] for i, p in enumerate(pick))
-        rounds.append({"budget": float(f"{budget:.4g}"), "predicted_worst_cos": float(f"{1 - predicted:.7f}"),
-                       "measured_worst_cos": _json_num(measured), "cost_us": total_cost(pick),
-                       "counts": {p: pick.count(p) for p in LINEAR_CHOICES}})
+        predicted = predict(pick)
+        measured, judged, rec = measure(pick)
+        rounds.append({"budget": float(f"{target:.4g}"), "predicted": float(f"{1 - predicted:.7f}"), **rec,
+                       "cost_us": total_cost(pick), "counts": {p: pick.count(p) for p in LINEAR_CHOICES}})
         log(f"search round {r + 1}: {pick.count(FP8)} fp8, {pick.count('hybrid')} fp16, {pick.count('fp32')} fp32 "
-            f"Linears; predicted worst cos {1 - predicted:.6f}, measured on held-apart text {measured:.6f}")
-        if not math.isnan(measured) and measured >= min_cosine:
+            f"Linears; " + _round_text(kind, predicted, rec, n_hold, worst_of))
+        if math.isfinite(judged) and judged <= 1.0 - x:
             chosen = pick
             break
-        miss = 1.0 - measured if not math.isnan(measured) else math.inf
-        shrink = (predicted - d0) / (miss - d0) if miss > d0 and math.isfinite(miss) else 0.5
-        budget = (budget * min(shrink, 1.0) * 0.9) if budget > 0 else budget
+        # the prediction was optimistic by predicted/judged (beyond what the other ops cost): shrink the target by
+        # that ratio and 10% more
+        shrink = (predicted - d0) / (judged - d0) if judged > d0 and math.isfinite(judged) else 0.5
+        target = d0 + (target - d0) * min(shrink, 1.0) * 0.9
     fallback = None
     if chosen is None:
         for p in ("hybrid", "fp32"):
             pick = [p] * len(names)
-            header, weights = make(dict(zip(names, pick)))
-            measured = worst(sample_cosines(run_outputs(_plan(header, weights), holdout), ref_hold, holdout))
-            rounds.append({"fallback": p, "measured_worst_cos": _json_num(measured), "cost_us": total_cost(pick)})
-            if not math.isnan(measured) and measured >= min_cosine:
+            measured, judged, rec = measure(pick)
+            rounds.append({"fallback": p, **rec, "cost_us": total_cost(pick)})
+            if math.isfinite(judged) and judged <= 1.0 - x:
                 chosen, fallback = pick, p
                 break
     if chosen is None:
-        raise BuildError(f"--min-cosine {min_cosine}: no assignment meets it on the held-apart text; with every "
-                         f"Linear in fp32 (the other ops as in hybrid) the worst-sample cosine is {measured:.7f}")
+        got = (f"the worst-sample cosine is {measured:.7f}" + (f" (extrapolated to {worst_of} texts "
+               f"{rec['extrapolated_worst_cos']})" if worst_of > n_hold else "")) if kind == "cosine" else \
+            f"top-1 agreement is {measured:.5f} ({rec['agree']} of {rec['positions']} positions)"
+        raise BuildError(f"--min-{'cosine' if kind == 'cosine' else 'top1'} {x}: no assignment meets it on the "
+                         f"held-apart text; with every Linear in fp32 (the other ops as in hybrid) {got}")
+    header, weights = make(dict(zip(names, chosen)))
     hybrid_cost = total_cost(["hybrid"] * len(names))
     info = {
-        "min_cosine": float(min_cosine),
+        "budget": kind, ("min_cosine" if kind == "cosine" else "min_top1"): x,
         "calibration_text": calib_name or "given batches", "calibration_samples": _samples(calib),
-        "heldout_text": holdout_name or "given batches", "heldout_samples": _samples(holdout),
+        "heldout_text": holdout_name or "given batches", "heldout_samples": n_hold,
         "fp8": {"weight_scale": weight_scale, "activation_scale": activations},
         "other_ops_loss": float(f"{d0:.3g}"),
         "cost_model": cm.source, "cost_estimated": cm.estimated,
         "cost_us": total_cost(chosen), "cost_us_all_hybrid": hybrid_cost,
         "cost_us_all_fp8": total_cost([FP8] * len(names)),
-        "measured_worst_cos": measured, "fallback": fallback,
+        "predicted": float(f"{1 - predict(chosen):.7f}"),
+        **rec, "fallback": fallback,
         "counts": {p: chosen.count(p) for p in LINEAR_CHOICES},
         "rounds": rounds, "seconds": round(time.perf_counter() - t0, 1),
         "ops": per_op,
     }
+    if kind == "cosine":
+        info["worst_of"] = worst_of
+    else:
+        info["logits"] = logits
+        info["calibration_positions"] = model.positions
     header.setdefault("builder", {})["precision_search"] = info
     if activations == "static":
         header["builder"]["fp8"] = {"weight_scale": weight_scale, "activation_scale": activations,
@@ -314,7 +550,18 @@ def search(header_h, weights_h, header_32, weights_32, *, min_cosine: float, cal
     return header, weights
 
 
-def check_options(precision, fp8_weights, fp8_activations, calib, holdout, min_cosine, cost_table):
+def _round_text(kind, predicted, rec, n_hold, worst_of) -> str:
+    if kind == "top1":
+        return (f"predicted top-1 {1 - predicted:.5f}, measured on held-apart text {rec['measured_top1']:.5f} "
+                f"({rec['agree']} of {rec['positions']} positions)")
+    m, e = rec["measured_worst_cos"], rec["extrapolated_worst_cos"]
+    f = lambda v: "nan" if v is None else f"{v:.6f}"  # noqa: E731
+    return (f"predicted worst cos {1 - predicted:.6f}, measured on {n_hold} held-apart texts {f(m)}"
+            + (f", extrapolated to the worst of {worst_of} {f(e)}" if worst_of > n_hold else ""))
+
+
+def check_options(precision, fp8_weights, fp8_activations, calib, holdout, min_cosine, cost_table, min_top1=None,
+                  worst_of=None):
     """ValueError (before any work) for fp8/auto settings that do not fit together -> the CostModel to use."""
     from ..types import FP8_ACTIVATION_SCALES, FP8_WEIGHT_SCALES
 
@@ -322,20 +569,25 @@ def check_options(precision, fp8_weights, fp8_activations, calib, holdout, min_c
         raise ValueError(f"fp8_weights must be one of {', '.join(FP8_WEIGHT_SCALES)}, got {fp8_weights!r}")
     if fp8_activations not in FP8_ACTIVATION_SCALES:
         raise ValueError(f"fp8_activations must be one of {', '.join(FP8_ACTIVATION_SCALES)}, got {fp8_activations!r}")
+    search_only = (("min_cosine", min_cosine), ("min_top1", min_top1), ("cost_table", cost_table),
+                   ("worst_of", worst_of))
     if precision not in (FP8, "auto"):
-        what = "calib" if calib is not None else "min_cosine" if min_cosine is not None else "cost_table"
+        what = "calib" if calib is not None else next(k for k, v in search_only if v is not None)
         raise ValueError(f"{what} applies to precision fp8 or auto only, not {precision}")
-    if precision == FP8 and (min_cosine is not None or cost_table is not None):
-        raise ValueError("min_cosine and cost_table belong to precision auto (the search), not fp8")
+    if precision == FP8 and any(v is not None for _, v in search_only):
+        raise ValueError(f"{next(k for k, v in search_only if v is not None)} belongs to precision auto (the search), "
+                         f"not fp8")
     if fp8_activations == "static" and not calib:
         raise ValueError("static fp8 activation scales need calibration text (calib)")
     if precision == FP8 and fp8_activations == "dynamic" and calib:
         raise ValueError("calib is for static fp8 activation scales (fp8_activations='static'); dynamic ones need none")
     if precision == "auto":
-        if min_cosine is None:
-            raise ValueError("precision auto needs min_cosine (the worst-sample cosine to keep against fp32)")
-        if isinstance(min_cosine, bool) or not isinstance(min_cosine, (int, float)) or not 0 < min_cosine < 1:
-            raise ValueError(f"min_cosine must be a number in (0, 1), got {min_cosine!r}")
+        kind, _ = _budget(min_cosine, min_top1)
+        if worst_of is not None:
+            if kind != "cosine":
+                raise ValueError("worst_of belongs to min_cosine (a worst sample); min_top1 is a mean over positions")
+            if isinstance(worst_of, bool) or not isinstance(worst_of, int) or worst_of < 1:
+                raise ValueError(f"worst_of must be a positive integer (texts), got {worst_of!r}")
         if not calib or not holdout:
             raise ValueError("precision auto needs calibration text and held-apart text (calib, holdout)")
     if cost_table is None or isinstance(cost_table, CostModel):

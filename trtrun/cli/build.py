@@ -14,16 +14,22 @@ FP8_HELP = ("; fp8: Linear layers in fp8 E4M3 (fp32 accumulation), the rest as h
             "fp16 or fp32, the fastest choice meeting --min-cosine (docs/precision.md)")
 
 
-def _min_cosine(ctx, param, value):
-    if value is None:
-        return None
-    try:
-        v = float(value)
-    except ValueError:
-        raise click.BadParameter(f"must be a number in (0, 1), e.g. 0.9995; got {value!r}") from None
-    if not 0 < v < 1:
-        raise click.BadParameter(f"must be a number in (0, 1) (a worst-sample cosine), e.g. 0.9995; got {value!r}")
-    return v
+def _fraction(what, example):
+    def check(ctx, param, value):
+        if value is None:
+            return None
+        try:
+            v = float(value)
+        except ValueError:
+            raise click.BadParameter(f"must be a number in (0, 1), e.g. {example}; got {value!r}") from None
+        if not 0 < v < 1:
+            raise click.BadParameter(f"must be a number in (0, 1) ({what}), e.g. {example}; got {value!r}")
+        return v
+    return check
+
+
+_min_cosine = _fraction("a worst-sample cosine", "0.9995")
+_min_top1 = _fraction("a fraction of token positions", "0.99")
 
 
 def _position_rows(onnx_path) -> int | None:
@@ -94,7 +100,14 @@ def _fmt_profile(profile) -> str:
 @click.option("--holdout-samples", type=click.IntRange(min=1), default=None, help="texts drawn from --holdout "
               "[default: --calib-samples]")
 @click.option("--min-cosine", callback=_min_cosine, default=None, metavar="X",
-              help="auto: the worst-sample cosine against fp32 the plan must keep on the held-apart text")
+              help="auto: the worst-sample cosine against fp32 the plan must keep on the held-apart text, "
+                   "extrapolated to the worst of --worst-of such texts")
+@click.option("--worst-of", type=click.IntRange(min=1), default=None, metavar="N",
+              help="auto with --min-cosine: the budget holds for the worst of N texts like the held-apart ones, "
+                   "extrapolated from how their worst falls with the sample count [default: 1000]")
+@click.option("--min-top1", callback=_min_top1, default=None, metavar="X",
+              help="auto, instead of --min-cosine, for a decoder whose output is logits (an LM head): the fraction "
+                   "of held-apart token positions whose top-1 next token agrees with the fp32 plan's")
 @click.option("--cost-table", type=click.Path(exists=True, dir_okay=False), default=None,
               help="auto: per-GEMM timings (JSON, docs/precision.md) [default: an estimate from FLOPs and "
                    "Hopper's rates, labelled so]")
@@ -103,14 +116,16 @@ def _fmt_profile(profile) -> str:
                    "folder's for its vocabulary]")
 @quiet_option
 def command(onnx_path, output, precision, profile, save_onnx, tf32, gelu, ln_input, outputs, fp8_weights,
-            fp8_activations, calib, calib_samples, holdout, holdout_samples, min_cosine, cost_table, tokenizer, quiet):
+            fp8_activations, calib, calib_samples, holdout, holdout_samples, min_cosine, worst_of, min_top1, cost_table,
+            tokenizer, quiet):
     """Build an engine plan from MODEL.onnx.
 
     \b
     Precision: fp32 (all fp32), fp16 (naive full fp16: shows where fp16 overflows), hybrid (fp16
     GEMMs with fp32 accumulation; LayerNorm and softmax in fp32; fp32 outputs).
     fp8 (every Linear in fp8 E4M3, the rest as hybrid) and auto (each Linear fp8, fp16 or fp32: the
-    fastest assignment whose worst-sample cosine against fp32 on held-apart text meets --min-cosine)
+    fastest assignment whose worst-sample cosine against fp32 on held-apart text meets --min-cosine,
+    or whose top-1 next-token agreement meets --min-top1)
     run on the reference backend only for now; docs/precision.md.
     Profile: --min/--opt/--max BATCH,SEQ (default batch 1/8/32, sequence 1/128/512 capped by the
     model's positions); a run outside it is refused. Nothing is written if the build fails.
@@ -131,7 +146,7 @@ def command(onnx_path, output, precision, profile, save_onnx, tf32, gelu, ln_inp
     if ln_input != "fp16" and precision != "hybrid":
         status(f"note: --ln-input only affects hybrid plans; the {precision} plan ignores it", quiet)
     fp8_kw = _fp8_options(precision, fp8_weights, fp8_activations, calib, calib_samples, holdout, holdout_samples,
-                          min_cosine, cost_table, tokenizer, save_onnx)
+                          min_cosine, cost_table, tokenizer, save_onnx, min_top1=min_top1, worst_of=worst_of)
     if tf32 and precision != "fp32":
         status(f"note: --tf32 only affects fp32 GEMMs; the {precision} plan records it but uses no fp32 GEMM", quiet)
 
@@ -180,11 +195,12 @@ def command(onnx_path, output, precision, profile, save_onnx, tf32, gelu, ln_inp
 
 
 def _fp8_options(precision, fp8_weights, fp8_activations, calib, calib_samples, holdout, holdout_samples,
-                 min_cosine, cost_table, tokenizer, save_onnx) -> dict:
+                 min_cosine, cost_table, tokenizer, save_onnx, min_top1=None, worst_of=None) -> dict:
     """The fp8/auto options as build() takes them (before the text is read); UsageError for those that do not
     fit --precision."""
     if precision not in ("fp8", "auto"):
         given = [o for o, v in (("--calib", calib), ("--holdout", holdout), ("--min-cosine", min_cosine),
+                                ("--min-top1", min_top1), ("--worst-of", worst_of),
                                 ("--cost-table", cost_table), ("--fp8-activations", fp8_activations),
                                 ("--holdout-samples", holdout_samples)) if v is not None]
         if fp8_weights != "channel":
@@ -195,8 +211,8 @@ def _fp8_options(precision, fp8_weights, fp8_activations, calib, calib_samples, 
     if save_onnx:
         raise click.UsageError(f"--save-onnx: the rewritten ONNX has no {precision} form; build a hybrid plan for it")
     if precision == "fp8":
-        for o, v in (("--min-cosine", min_cosine), ("--cost-table", cost_table), ("--holdout", holdout),
-                     ("--holdout-samples", holdout_samples)):
+        for o, v in (("--min-cosine", min_cosine), ("--min-top1", min_top1), ("--worst-of", worst_of),
+                     ("--cost-table", cost_table), ("--holdout", holdout), ("--holdout-samples", holdout_samples)):
             if v is not None:
                 raise click.UsageError(f"{o} belongs to --precision auto (the search), not fp8")
         act = fp8_activations or ("static" if calib else "dynamic")
@@ -205,11 +221,19 @@ def _fp8_options(precision, fp8_weights, fp8_activations, calib, calib_samples, 
         if act == "dynamic" and calib:
             raise click.UsageError("--calib sets static activation scales; dynamic ones need no calibration text")
     else:
-        if min_cosine is None:
-            raise click.UsageError("--precision auto needs --min-cosine X (the worst-sample cosine to keep)")
+        if min_cosine is not None and min_top1 is not None:
+            raise click.UsageError("--min-cosine and --min-top1 are two budgets; give one (--min-top1 for a decoder's "
+                                   "logits, --min-cosine for any model)")
+        if min_cosine is None and min_top1 is None:
+            raise click.UsageError("--precision auto needs --min-cosine X (the worst-sample cosine to keep) "
+                                   "or --min-top1 X (top-1 next-token agreement, a decoder with an LM head)")
+        if worst_of is not None and min_cosine is None:
+            raise click.UsageError("--worst-of belongs to --min-cosine (a worst sample); --min-top1 is a mean over "
+                                   "token positions")
         act = fp8_activations or "dynamic"
         calib = calib or "rt"
-    return {"fp8_weights": fp8_weights, "fp8_activations": act, "min_cosine": min_cosine, "cost_table": cost_table,
+    extra = {k: v for k, v in (("min_top1", min_top1), ("worst_of", worst_of)) if v is not None}
+    return {**extra, "fp8_weights": fp8_weights, "fp8_activations": act, "min_cosine": min_cosine, "cost_table": cost_table,
             "_calib": calib, "_n": calib_samples, "_holdout": (holdout or "same") if precision == "auto" else None,
             "_n_holdout": holdout_samples, "_tokenizer": tokenizer}
 

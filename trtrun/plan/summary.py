@@ -81,10 +81,18 @@ def _builder_lines(b: dict) -> list[str]:
     s = b.get("precision_search")
     if isinstance(s, dict):
         c = s.get("counts") or {}
-        cos = s.get("measured_worst_cos")
-        cos = f"{cos:.7f}" if isinstance(cos, float) else repr(cos)[:40]
-        lines.append(f"  precision search: min cosine {s.get('min_cosine')} on held-apart {s.get('heldout_text')} "
-                     f"({s.get('heldout_samples')} samples), measured worst-sample cosine {cos}; "
+        num = lambda v, d: f"{v:.{d}f}" if isinstance(v, float) else repr(v)[:40]  # noqa: E731
+        if s.get("budget") == "top1":
+            what = (f"min top-1 {s.get('min_top1')} on held-apart {s.get('heldout_text')} ({s.get('heldout_samples')} "
+                    f"samples), measured top-1 agreement with fp32 {num(s.get('measured_top1'), 5)} "
+                    f"({s.get('agree')} of {s.get('positions')} positions; predicted {num(s.get('predicted'), 5)})")
+        else:
+            ext = (f", extrapolated to the worst of {s['worst_of']} such texts "
+                   f"{num(s.get('extrapolated_worst_cos'), 7)}" if s.get("worst_of") else "")
+            what = (f"min cosine {s.get('min_cosine')} on held-apart {s.get('heldout_text')} "
+                    f"({s.get('heldout_samples')} samples), measured worst-sample cosine "
+                    f"{num(s.get('measured_worst_cos'), 7)}{ext}")
+        lines.append(f"  precision search: {what}; "
                      f"Linears {c.get('fp8', 0)} fp8, {c.get('hybrid', 0)} fp16, {c.get('fp32', 0)} fp32"
                      + (f" (fell back to all {s['fallback']})" if s.get("fallback") else ""))
         us = lambda v: f"{v:.1f}" if isinstance(v, (int, float)) else repr(v)[:40]  # noqa: E731 (builder is free-form)
