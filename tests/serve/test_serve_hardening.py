@@ -341,6 +341,60 @@ def test_beyond_the_connection_limit_a_quick_503_and_a_short_log(emb, texts, cap
     assert len(lines) == 1 and "--max-connections 6" in lines[0], lines
 
 
+def test_a_flood_past_the_connection_limit_reads_every_503_while_others_are_served(emb, texts):
+    """The limit (8) is held by idle connections and one keep-alive client; then 200 more clients connect at
+    once, each sending its request head, then (0.1 s later, as an HTTP client writing a body) its body, and
+    reading the answer. Every one must read the JSON 503 and then the end of the connection, not a reset:
+    before, only the first 64 refused connections were kept open to read their request, the others were
+    closed at once with the request unread, which makes the kernel answer with a reset (and a client's next
+    write fails with it before it reads anything). Meanwhile the keep-alive client keeps getting right
+    answers, and /metrics counts the 200 refusals."""
+    with _Server(emb, max_connections=8, header_timeout=30, keep_alive_timeout=30, max_wait_ms=1) as srv:
+        keep = httpx.Client(base_url=srv.url, timeout=30)
+        assert keep.post("/v1/embeddings", json={"input": "a"}).status_code == 200
+        held = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(7)]
+        time.sleep(0.2)
+        body = json.dumps({"input": "a fine film"}).encode()
+        head = (f"POST /v1/embeddings HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                f"content-length: {len(body)}\r\n\r\n").encode()
+        got: dict = {}
+        start = threading.Barrier(200)
+
+        def over(i):
+            start.wait()
+            try:
+                with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
+                    s.sendall(head)
+                    time.sleep(0.1)
+                    s.sendall(body)
+                    got[i] = _read_all(s, 10)[0]
+            except OSError as e:  # a reset on the write or the read: no answer read
+                got[i] = type(e).__name__
+
+        threads = [threading.Thread(target=over, args=(i,)) for i in range(200)]
+        for t in threads:
+            t.start()
+        served = 0
+        while served < 3 or any(t.is_alive() for t in threads):
+            k = served % 24
+            r = keep.post("/v1/embeddings", json={"input": [texts[k]]})
+            assert r.status_code == 200, r.text
+            np.testing.assert_allclose(r.json()["data"][0]["embedding"], emb.embed([texts[k]])[0], atol=ATOL)
+            served += 1
+        for t in threads:
+            t.join(15)
+        read = [i for i, d in got.items() if isinstance(d, bytes) and d.startswith(b"HTTP/1.1 503 ")
+                and json.loads(d.partition(b"\r\n\r\n")[2])["error"]["code"] == 503]
+        others = sorted({d if isinstance(d, str) else d[:12].decode("latin-1") for i, d in got.items()
+                         if i not in read})
+        assert len(read) == 200, f"{len(read)} of 200 read their 503; the others: {others}"
+        counts = _refusals(keep.get("/metrics").text)
+        assert counts[("connections", "503")] == 200, counts
+        keep.close()
+        for s in held:
+            s.close()
+
+
 def _refusals(metrics_text: str) -> dict:
     """{(reason, status): count} of trtrun_refused_total in Prometheus text."""
     out = {}
@@ -408,13 +462,16 @@ def test_connection_limit_fits_the_open_file_limit():
     lowered (so accept() never runs out of descriptors) and a note says so."""
     code = ("import resource; from trtrun.serve.app import connection_budget\n"
             "resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))\n"
-            "n, note = connection_budget(1000); print(n); print(note)\n"
-            "print(*connection_budget(10))\n")
+            "n, lingering, note = connection_budget(1000); print(n); print(lingering); print(note)\n"
+            "n, lingering, note = connection_budget(10); print(n, lingering, note)\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert r.returncode == 0, r.stderr
-    n, note, small = r.stdout.splitlines()
+    n, lingering, note, small = r.stdout.splitlines()
     assert 0 < int(n) < 256 - 64 and "lowered to" in note and "ulimit -n" in note and "256" in note
-    assert small == "10 None"
+    assert int(lingering) == 64 and int(n) + 64 < 256  # room for the fewest lingering refused connections too
+    n, lingering, note = small.split()
+    # 10 connections fit, and as many lingering refused ones as the rest of the limit holds (fewer than 1024)
+    assert n == "10" and note == "None" and 64 < int(lingering) < 256 - 10
 
 
 # ------------------------------------------------------------------------------------------ the command

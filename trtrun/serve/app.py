@@ -68,8 +68,9 @@ class ServeConfig:
     batching: bool = True  # False: every request is its own engine call (max batch 1 request)
     max_queue: int = 4096  # waiting requests beyond which requests get 503
     max_json_depth: int = 32  # nesting of a request's JSON (a request needs 2: an object holding a list)
-    # Connections and timeouts (enforced by the HTTP protocol, protocol.py; per server process)
-    max_connections: int = 1000  # open connections; beyond, a quick 503 (capped below the file-descriptor limit)
+    # Connections and timeouts (enforced by the HTTP protocol, protocol.py; per worker process)
+    max_connections: int = 1000  # open connections of one process (--workers N: N times this in all); beyond, a
+    # quick 503 (capped below the file-descriptor limit)
     header_timeout: float = 10.0  # seconds for a request head to arrive
     body_timeout: float = 30.0  # seconds for a request body to arrive, after its head
     keep_alive_timeout: float = 5.0  # seconds an idle keep-alive connection stays open (uvicorn's)
@@ -641,40 +642,46 @@ def tune_process() -> None:
 
 # File descriptors a server process keeps beside its connections: what it holds at start (libraries, the
 # engine, the metrics files; measured from /proc where there is one), refused connections while they linger
-# (protocol.MAX_LINGERING), and a margin for files opened later.
+# (protocol.MAX_LINGERING, fewer where the open-file limit is tight), and a margin for files opened later.
 FD_MARGIN = 32
 
 
-def connection_budget(max_connections: int) -> tuple[int, str | None]:
-    """(connections this process may hold open, a note when that is fewer than asked). The soft open-file
-    limit is raised towards the hard one where needed (as servers do); if it still does not leave room for
-    max_connections beside the process's own files, the limit is lowered, so that accept() never fails with
-    "Too many open files" (at that point the server stops accepting and asyncio floods the log)."""
-    from .protocol import MAX_LINGERING
+def connection_budget(max_connections: int) -> tuple[int, int, str | None]:
+    """(connections this process may hold open, refused connections it may keep lingering, a note when the
+    connections are fewer than asked). The soft open-file limit is raised towards the hard one where needed
+    (as servers do); if it still does not leave room for max_connections and protocol.MAX_LINGERING beside
+    the process's own files, fewer refused connections linger (down to protocol.MIN_LINGERING), and then
+    the connection limit is lowered, so that accept() never fails with "Too many open files" (at that point
+    the server stops accepting and asyncio floods the log)."""
+    from .protocol import MAX_LINGERING, MIN_LINGERING
 
     try:
         import resource
     except ImportError:  # not a POSIX system
-        return max_connections, None
+        return max_connections, MAX_LINGERING, None
     try:
         own = len(os.listdir("/proc/self/fd"))
     except OSError:
         own = 64
-    reserve = own + MAX_LINGERING + FD_MARGIN
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     inf = resource.RLIM_INFINITY
-    need = max_connections + reserve
+    need = max_connections + own + MAX_LINGERING + FD_MARGIN
     if soft != inf and soft < need:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (need if hard == inf else min(need, hard), hard))
             soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         except (ValueError, OSError):
             pass
-    if soft != inf and soft < need:
-        n = max(1, soft - reserve)
-        return n, (f"--max-connections {max_connections} lowered to {n}: the open-file limit (ulimit -n) is {soft} "
-                   f"and {reserve} are kept for the server's own files")
-    return max_connections, None
+    if soft == inf or soft >= need:
+        return max_connections, MAX_LINGERING, None
+    spare = soft - own - FD_MARGIN - max_connections
+    if spare >= MIN_LINGERING:
+        return max_connections, spare, None
+    reserve = own + MIN_LINGERING + FD_MARGIN
+    n = max(1, soft - reserve)
+    return n, MIN_LINGERING, (f"--max-connections {max_connections} lowered to {n}: the open-file limit (ulimit -n) "
+                              f"is {soft} and {reserve} are kept for the server's own files and for answering "
+                              f"refused connections")
 
 
 def uvicorn_server(app, config: ServeConfig, *, on_started=None, **uvicorn_options):
@@ -686,12 +693,12 @@ def uvicorn_server(app, config: ServeConfig, *, on_started=None, **uvicorn_optio
 
     from .protocol import Guard, guarded_protocol
 
-    n, note = connection_budget(config.max_connections)
+    n, lingering, note = connection_budget(config.max_connections)
     if note:
         log.warning("%s", note)
     metrics = getattr(getattr(app, "state", None), "metrics", None)  # create_app's: refusals count in /metrics
     guard = Guard(n, config.header_timeout, config.body_timeout,
-                  on_refused=metrics.refuse if metrics is not None else None)
+                  on_refused=metrics.refuse if metrics is not None else None, max_lingering=lingering)
 
     class Server(uvicorn.Server):
         async def startup(self, sockets=None):

@@ -15,8 +15,14 @@ Checked in uvicorn's source (0.55; the h11 and httptools protocols behave the sa
 So `guarded_protocol` makes a subclass of uvicorn's protocol class (httptools where installed, else h11:
 what uvicorn's "auto" picks) that
 - refuses a connection beyond `max_connections` open ones at once, with a JSON 503 and `Connection: close`
-  (the file descriptor is held only for a short linger while the client's request is drained, and not at
-  all once many refused connections linger), and logs refusals at most once per LOG_EVERY_S seconds;
+  followed at once by the end of the stream (a FIN), then keeps it open, reading and dropping what the
+  client still sends, until the client closes it or goes quiet for LINGER_S (the lingering refused
+  connections are bounded: past `max_lingering`, the one heard from least recently is closed), and logs
+  refusals at most once per LOG_EVERY_S seconds. Why linger: a socket closed while data it received is
+  unread is reset by the kernel instead of closed (Linux, as RFC 2525 2.17 says TCP should), which
+  discards the 503 where it is not delivered yet and fails the client's next write before it reads
+  anything; an HTTP client writes its whole request first. So a refused connection is closed only with
+  nothing unread (drain_socket) and once its client has stopped sending;
 - gives every request `header_timeout` seconds for its head (from the connection's start, or from its first
   byte after the previous response) and `body_timeout` seconds for its body (from the end of its head);
   past that the client gets a JSON 408 and the connection is closed (an idle connection that never sent a
@@ -34,8 +40,37 @@ import time
 log = logging.getLogger("trtrun.serve")
 
 LOG_EVERY_S = 10.0  # refusals and timeouts are logged as counts, at most this often
-LINGER_S = 0.5  # a refused connection stays open this long at most, to read the request it may be sending
-MAX_LINGERING = 64  # refused connections open at once; beyond, they are closed at once (no fd held)
+# A refused connection is closed once its client has sent nothing for LINGER_S (it has its whole request
+# out; an HTTP client then reads the answer), after at most the body timeout, or after LINGER_MAX_BYTES.
+LINGER_S = 1.0
+LINGER_MAX_BYTES = 16 << 20  # (as an accepted request's body is read and dropped past its limit: app.py)
+# Refused connections lingering at once, where the open-file limit has room for them beside max_connections
+# (app.connection_budget), never fewer than MIN_LINGERING. A flood of refused connections faster than this
+# many per LINGER_S closes the ones heard from least recently sooner.
+MAX_LINGERING = 1024
+MIN_LINGERING = 64
+
+
+def drain_socket(transport, limit: int = 1 << 20) -> None:
+    """Read and drop what the transport's socket has received and nobody read yet, without blocking (on a
+    duplicate of its descriptor, with MSG_DONTWAIT), so that closing it sends a FIN rather than a reset."""
+    import os
+    import socket
+
+    sock = transport.get_extra_info("socket")
+    try:
+        fd = sock.fileno() if sock is not None else -1
+        if fd < 0:
+            return
+        with socket.socket(fileno=os.dup(fd)) as s:
+            got = 0
+            while got < limit:
+                data = s.recv(65536, socket.MSG_DONTWAIT)
+                if not data:
+                    return
+                got += len(data)
+    except OSError:  # nothing more has arrived (EAGAIN), or the connection is gone
+        return
 
 
 def error_bytes(status: int, reason: str, message: str, kind: str, extra: list[tuple[str, str]] = ()) -> bytes:
@@ -74,12 +109,15 @@ class Guard:
     """The limits of one server process, shared by its connections (and counted for /metrics: on_refused(reason)
     for each refusal, reason as in metrics.REFUSALS)."""
 
-    def __init__(self, max_connections: int, header_timeout: float, body_timeout: float, on_refused=None):
+    def __init__(self, max_connections: int, header_timeout: float, body_timeout: float, on_refused=None,
+                 max_lingering: int = MIN_LINGERING):
         self.on_refused = on_refused
         self.max_connections = int(max_connections)
         self.header_timeout = float(header_timeout)
         self.body_timeout = float(body_timeout)
-        self.lingering = 0
+        self.max_lingering = max(1, int(max_lingering))
+        # refused connections open now, the one heard from least recently first (dicts keep insertion order)
+        self.lingering: dict = {}
         self.refused = _RateLog("refused")
         self.head_timeouts = _RateLog("closed")
         self.body_timeouts = _RateLog("closed")
@@ -96,6 +134,12 @@ class Guard:
     def count(self, reason: str) -> None:
         if self.on_refused is not None:
             self.on_refused(reason)
+
+    def linger(self, proto) -> None:
+        """A refused connection starts lingering; at the bound, the one heard from least recently ends."""
+        while len(self.lingering) >= self.max_lingering:
+            next(iter(self.lingering))._end_linger()
+        self.lingering[proto] = None
 
 
 def _base_protocol():
@@ -121,25 +165,22 @@ def guarded_protocol(guard: Guard, base=None):
             # app: neither
             self._seen = False  # a byte of the current request head has arrived
             self._timed_cycle = None
-            self._lingering = False
             if len(self.server_state.connections) >= g.max_connections:
                 self._refused = True
                 self.transport = transport
                 g.refused.hit(f"--max-connections {g.max_connections}")
                 g.count("connections")
+                # The answer and the end of the stream at once: the client has all of it whatever follows.
+                # Then read and drop what it still sends (the module doc says why) until it is done.
                 transport.write(g.busy)
-                if g.lingering >= MAX_LINGERING:
-                    transport.close()
-                    return
-                # Read and drop what the client sends for a moment, so that closing does not reset the
-                # connection (and lose the 503) while its request is still arriving.
-                g.lingering += 1
-                self._lingering = True
                 try:
                     transport.write_eof()
                 except (OSError, NotImplementedError, RuntimeError):
                     pass
-                self._timer = self.loop.call_later(LINGER_S, transport.close)
+                self._refused_at = self._heard = self.loop.time()
+                self._dropped = 0
+                g.linger(self)
+                self._timer = self.loop.call_later(LINGER_S, self._linger_check)
                 return
             super().connection_made(transport)
             self._arm(g.header_timeout)
@@ -147,20 +188,43 @@ def guarded_protocol(guard: Guard, base=None):
         def connection_lost(self, exc) -> None:
             self._disarm()
             if self._refused:
-                if self._lingering:
-                    self._lingering = False
-                    self._guard.lingering -= 1
+                self._guard.lingering.pop(self, None)
                 return
             super().connection_lost(exc)
 
         def eof_received(self):
-            if self._refused:
-                self.transport.close()
+            if self._refused:  # the client is done (it has read the 503, or gave up)
+                self._end_linger()
                 return None
             return super().eof_received()
 
+        # ------------------------------------------------------------ a refused connection
+        def _linger_check(self) -> None:
+            self._timer = None
+            now = self.loop.time()
+            quiet = now - self._heard
+            if quiet >= LINGER_S or now - self._refused_at >= self._guard.body_timeout:
+                self._end_linger()
+            else:
+                self._timer = self.loop.call_later(LINGER_S - quiet, self._linger_check)
+
+        def _end_linger(self) -> None:
+            self._guard.lingering.pop(self, None)
+            self._disarm()
+            t = self.transport
+            if t is not None and not t.is_closing():
+                drain_socket(t)
+                t.close()
+
         def data_received(self, data: bytes) -> None:
             if self._refused:
+                g = self._guard
+                if g.lingering.pop(self, 0) is None:  # (still lingering: it is now the one heard from last)
+                    g.lingering[self] = None
+                self._heard = self.loop.time()
+                self._dropped += len(data)
+                if self._dropped > LINGER_MAX_BYTES:
+                    self._end_linger()
                 return
             cyc = self.cycle
             if self._phase == "idle" and cyc is not None and cyc.response_complete and cyc.more_body:
