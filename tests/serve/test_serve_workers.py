@@ -84,6 +84,37 @@ def test_workers_share_the_port_sum_metrics_and_stop_gracefully(tiny_embed_model
         assert not Path(f"/proc/{p}").exists() or "zombie" in Path(f"/proc/{p}/status").read_text().lower()
 
 
+def test_max_connections_is_per_worker_process_as_its_help_says(tiny_embed_model):
+    """`--workers 2 --max-connections 2`: 20 idle connections at once; exactly 4 (2 per worker) are held, the
+    other 16 get the JSON 503 at once. The help text says so (it said "per server process", which reads as
+    the whole server). 20 connections leave both workers at least 2 unless the kernel's hash sends 19 of 20
+    to one of them (a chance of 2 x 21 / 2^20)."""
+    import select
+
+    from click.testing import CliRunner
+
+    from trtrun.cli.serve import command
+
+    help_text = " ".join(CliRunner().invoke(command, ["--help"]).output.split())
+    assert "open connections per worker process (with --workers N, up to N times this in all;" in help_text
+    port = free_port()
+    with serve_process(tiny_embed_model, port, "--workers", "2", "--max-connections", "2", "--contexts", "1",
+                       "--header-timeout", "30", "--log-level", "warning"):
+        time.sleep(0.3)  # the health checks' connections are gone
+        socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(20)]
+        try:
+            time.sleep(0.5)
+            answered = [s for s in socks if select.select([s], [], [], 0)[0]]
+            assert len(socks) - len(answered) == 4, f"{20 - len(answered)} connections held open"
+            for s in answered:
+                s.settimeout(5)
+                data = s.recv(65536)
+                assert data.startswith(b"HTTP/1.1 503 ") and b"more than 2 open" in data, data[:200]
+        finally:
+            for s in socks:
+                s.close()
+
+
 def test_workers_port_in_use_is_one_clear_error(tiny_embed_model):
     tiny = tiny_embed_model
     with socket.socket() as s:

@@ -59,8 +59,10 @@ class _Stopped(Exception):
 @click.option("--max-queue", type=click.IntRange(min=1), default=4096, show_default=True,
               help="waiting requests (more: 503)")
 @click.option("--max-connections", type=click.IntRange(min=1), default=1000, show_default=True,
-              help="open connections per server process; more get a quick 503 (lowered to fit the open-file "
-                   "limit, ulimit -n)")
+              help="open connections per worker process (with --workers N, up to N times this in all; the kernel "
+                   "spreads connections over the workers by their addresses, not their load, so one worker may "
+                   "refuse while another has room); one more gets a quick JSON 503. Lowered to fit the open-file "
+                   "limit, ulimit -n")
 @click.option("--header-timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
               help="seconds a client has to send a request's head (more: 408 and the connection is closed)")
 @click.option("--body-timeout", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
