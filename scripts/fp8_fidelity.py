@@ -1,13 +1,15 @@
 """fp8 on all-MiniLM-L6-v2 (real weights): fidelity against fp32 and hybrid, downstream accuracy, and the precision
 search, all on the numpy reference backend (CPU; speed awaits the GPU path).
 
-    python scripts/fp8_fidelity.py [--model .data/minilm] [--rt 256] [--wiki 128] [--calib 64] [--json R.json]
+    python scripts/fp8_fidelity.py [--model .data/minilm] [--rt 256] [--wiki 128] [--calib 64] [--holdout 256]
+                                   [--auto-only] [--json R.json]
+    python scripts/fp8_fidelity.py --worst-vs-n 1024 [--raw R.npz] [--json R.json]
 
 Texts: Rotten Tomatoes sentences and Wikipedia paragraphs (at most --max-len tokens), each set shuffled once with
 a fixed seed; the first --rt / --wiki texts are measured, the next --calib of each set calibrate (so no
-measured text is a calibration text). Plans: fp32 (the reference), hybrid, fp8 with per-channel or per-tensor
-weight scales and dynamic (per-token) or static activation scales calibrated on rt or on wiki, and
-`--precision auto --min-cosine X` calibrated on one set with the other set's calibration texts held apart.
+measured text is a calibration text), and the next --holdout are `--precision auto`'s held-apart text (so no
+measured text is one either). Plans: fp32 (the reference), hybrid, fp8 with per-channel or per-tensor weight scales and dynamic (per-token) or static activation scales calibrated on rt or on wiki, and
+`--precision auto --min-cosine X` calibrated on one set with the other set's held-apart texts.
 Per plan and set: the worst and the 1st-percentile sample cosine against fp32 and against hybrid (each sample's
 valid token states flattened), and the worst sentence-embedding cosine (mean-pooled, normalized, as the model is
 used); downstream: the Rotten Tomatoes head of `trtrun check` trained on fp32 embeddings, accuracy per plan.
@@ -31,6 +33,9 @@ def main(argv=None) -> int:
     ap.add_argument("--rt", type=int, default=256)
     ap.add_argument("--wiki", type=int, default=128)
     ap.add_argument("--calib", type=int, default=64)
+    ap.add_argument("--holdout", type=int, default=256, help="held-apart texts of each set for auto (default 256)")
+    ap.add_argument("--worst-of", type=int, default=None, help="auto: --worst-of (default the builder's)")
+    ap.add_argument("--auto-only", action="store_true", help="build fp32, hybrid and the auto plans only")
     ap.add_argument("--max-len", type=int, default=128)
     ap.add_argument("--min-cosine", default="0.9995", help="comma list of budgets for auto")
     ap.add_argument("--downstream-train", type=int, default=1024)
@@ -61,13 +66,14 @@ def main(argv=None) -> int:
     if not onnx.exists():
         export_model(Path(args.model), onnx)
     tok = data.load_tokenizer(args.model)
-    sets, calib = {}, {}
+    sets, calib, hold = {}, {}, {}
     for name, n in (("rt", args.rt), ("wiki", args.wiki)):
-        texts = data.load_texts(name, n=n + args.calib, seed=20)
+        texts = data.load_texts(name, n=n + args.calib + args.holdout, seed=20)
         sets[name] = C.batches(tok, texts[:n], args.max_len)
-        calib[name] = C.batches(tok, texts[n:], args.max_len)
-    print(f"measured: {args.rt} rt, {args.wiki} wiki texts; calibration: {args.calib} other texts of each; "
-          f"at most {args.max_len} tokens", flush=True)
+        calib[name] = C.batches(tok, texts[n:n + args.calib], args.max_len)
+        hold[name] = C.batches(tok, texts[n + args.calib:], args.max_len)
+    print(f"measured: {args.rt} rt, {args.wiki} wiki texts; calibration: {args.calib} other texts of each; held apart "
+          f"for auto: {args.holdout} others of each; at most {args.max_len} tokens", flush=True)
 
     plans, notes = {}, {}
 
@@ -79,7 +85,7 @@ def main(argv=None) -> int:
 
     timed_build("fp32", precision="fp32")
     timed_build("hybrid", precision="hybrid")
-    for w in ("channel", "tensor"):
+    for w in () if args.auto_only else ("channel", "tensor"):
         timed_build(f"fp8 dynamic, {w}", precision="fp8", fp8_weights=w)
         for c in ("rt", "wiki"):
             timed_build(f"fp8 static ({c}), {w}", precision="fp8", fp8_weights=w, fp8_activations="static",
@@ -87,11 +93,13 @@ def main(argv=None) -> int:
     for x in [float(v) for v in args.min_cosine.split(",")]:
         for c, h in (("rt", "wiki"), ("wiki", "rt")):
             key = f"auto {x} (calib {c}, held apart {h})"
-            timed_build(key, precision="auto", min_cosine=x, calib=calib[c], holdout=calib[h], calib_name=c,
-                        holdout_name=h)
+            kw = {"worst_of": args.worst_of} if args.worst_of else {}
+            timed_build(key, precision="auto", min_cosine=x, calib=calib[c], holdout=hold[h], calib_name=c,
+                        holdout_name=h, log=print, **kw)
             s = plans[key].header["builder"]["precision_search"]
-            notes[key].update({k: s[k] for k in ("counts", "measured_worst_cos", "cost_us", "cost_us_all_hybrid",
-                                                 "cost_us_all_fp8", "rounds", "other_ops_loss")})
+            notes[key].update({k: s.get(k) for k in ("counts", "measured_worst_cos", "extrapolated_worst_cos",
+                                                     "worst_of", "heldout_samples", "cost_us", "cost_us_all_hybrid",
+                                                     "cost_us_all_fp8", "rounds", "other_ops_loss")})
 
     outs = {}
     for key, plan in plans.items():
@@ -121,7 +129,7 @@ def main(argv=None) -> int:
                                          f" vs hybrid {r[sn]['worst_cos_vs_hybrid']:.6f}, emb {r[sn]['worst_embedding_cos_vs_fp32']:.7f})"
                                          for sn in sets), flush=True)
 
-    if not args.skip_downstream:
+    if not (args.skip_downstream or args.auto_only):
         keep = ["hybrid", "fp8 dynamic, channel", "fp8 dynamic, tensor", "fp8 static (rt), channel",
                 "fp8 static (wiki), channel"] + [k for k in plans if k.startswith("auto")]
         runs = {k: ReferenceBackend(plans[k]).run for k in keep}

@@ -2,7 +2,7 @@
 
 `--calib rt|wiki|imdb|FILE --calib-samples N` names the calibration text; the precision search also needs
 held-apart text (`--holdout`, default: other texts of the calibration set, none of them among the calibration
-ones). Texts are drawn by trtrun.data.load_texts' seeded sampling (same set, count and seed: the same texts),
+ones; `--holdout-samples`, default HOLDOUT_SAMPLES). Texts are drawn by trtrun.data.load_texts' seeded sampling (same set, count and seed: the same texts),
 tokenized by the model's tokenizer, right-padded, in batches of BATCH at most `max_len` tokens.
 """
 
@@ -15,6 +15,10 @@ from .types import TEXT_SETS
 
 BATCH = 16
 SEED = 0
+# The search's check runs the chosen plan once a round on these texts, cheap next to the sensitivity runs (two a
+# Linear on the calibration text); a worst sample read off 256 texts is nearer the population's tail than one off
+# 64 (docs/precision.md: MiniLM's worst of 64 met a budget its worst of 256 missed)
+HOLDOUT_SAMPLES = 256
 
 
 def _texts(spec: str, n: int, seed: int) -> list[str]:
@@ -31,12 +35,13 @@ def _texts(spec: str, n: int, seed: int) -> list[str]:
 
 def text_sets(calib: str, n: int, holdout: str | None = None, n_holdout: int | None = None, seed: int = SEED):
     """(calibration texts, held-apart texts or None). holdout None: none; "same" (or the calibration set's own
-    name): the next n_holdout texts of the calibration set's seeded draw, disjoint from the calibration ones."""
+    name): the next n_holdout texts (default HOLDOUT_SAMPLES) of the calibration set's seeded draw, disjoint from
+    the calibration ones."""
     if not isinstance(n, int) or n < 1:
         raise InputError(f"--calib-samples must be a positive integer, got {n!r}")
     if holdout is None:
         return _texts(calib, n, seed), None
-    m = n_holdout or n
+    m = n_holdout or HOLDOUT_SAMPLES
     if holdout in ("same", calib):
         allt = _texts(calib, None, seed)
         if len(allt) < n + m:

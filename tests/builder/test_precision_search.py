@@ -153,25 +153,35 @@ def test_expected_worst_loss_is_the_order_statistic_mean():
 
 
 def test_worst_of_n_extrapolation_follows_the_tail():
-    # the margin rule: from n held-apart losses, the worst expected among N >> n such texts. Checked against the
-    # exact expectation for two tails: exponential (E[max of N] = scale * H_N, the harmonic number, what a line
-    # in ln N continues) and half-normal (lighter: the line over-predicts, so the rule stays conservative)
+    # the margin rule: from n held-apart losses, the worst expected among N >> n such texts, a power law in the
+    # sample count. Checked against the expectation for three tails: Pareto (a power law), exponential and
+    # half-normal (lighter). The rule must be conservative on average for each, and not by a factor that would
+    # waste the budget
     from trtrun.builder.precision_search import extrapolated_worst_loss
 
     rng = np.random.default_rng(0)
-    n, N, trials = 64, 1000, 400
-    h = float(np.sum(1.0 / np.arange(1, N + 1)))
-    exp_pred = np.mean([extrapolated_worst_loss(rng.exponential(1e-4, n), N) for _ in range(trials)])
-    # 400 trials: the mean's standard error is ~2% of it; the line in ln n is exact for the exponential's
-    # expected maximum only asymptotically (H_n - ln n -> Euler's gamma), hence 10%
-    assert exp_pred == pytest.approx(1e-4 * h, rel=0.10)
-    half = np.abs(rng.standard_normal((20000, N))).max(axis=1).mean()  # E[max of N |N(0,1)|], by simulation
-    norm_pred = np.mean([extrapolated_worst_loss(np.abs(rng.standard_normal(n)), N) for _ in range(trials)])
-    assert norm_pred > half  # conservative for a lighter tail
-    losses = rng.exponential(1e-4, n)
+    n, N, trials = 256, 1024, 200
+
+    def truth(draw):  # E[max of N draws], by simulation: 4,000 x 1024 draws, standard error well under 1%
+        return float(np.mean(draw((4000, N)).max(axis=1)))
+
+    def rule(draw):  # the rule's mean over `trials` held-apart sets of n
+        return float(np.mean([extrapolated_worst_loss(draw(n), N) for _ in range(trials)]))
+
+    pareto = lambda size: 1e-4 * (1 + rng.pareto(5.0, size))  # noqa: E731 - tail index 5, as heavy as MiniLM's
+    expo = lambda size: rng.exponential(1e-4, size)  # noqa: E731
+    half = lambda size: np.abs(rng.standard_normal(size))  # noqa: E731
+    # 200 trials: the rule's mean has a standard error of ~1.5% of it. On the Pareto tail the fitted exponent is
+    # noisy and N^slope convex in it, so the mean lands above the truth (measured +6.5%); the lighter tails grow
+    # slower than a power, so it lands above theirs too
+    for draw in (pareto, expo, half):
+        t = truth(draw)
+        assert t < rule(draw) < 1.3 * t
+    losses = expo(n)
     assert extrapolated_worst_loss(losses, N) >= losses.max()  # never below what was measured
     assert extrapolated_worst_loss(losses, n) == pytest.approx(losses.max())
     assert extrapolated_worst_loss(np.array([1e-4, np.nan]), N) == math.inf
+    assert extrapolated_worst_loss(np.zeros(8), N) == 0.0
 
 
 def test_search_judges_the_extrapolated_worst(tiny):

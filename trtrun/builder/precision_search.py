@@ -37,7 +37,10 @@ from .quantize_fp8 import LINEAR_CHOICES, assign_precisions, calibrate, linear_o
 
 BUDGET_BINS = 4000
 MAX_ROUNDS = 4
-WORST_OF = 1000  # placeholder, set from measurement
+# --min-cosine's promise: the worst of this many texts like the held-apart ones (extrapolated_worst_loss). A worst
+# sample depends on how many were drawn; 1000 is about four times the default held-apart count, as far as the
+# power law was checked on MiniLM (docs/precision.md)
+WORST_OF = 1000
 
 
 # ----------------------------------------------------------------------------------------------- measuring
@@ -141,11 +144,13 @@ def _loss(cos: np.ndarray) -> float:
 
 def extrapolated_worst_loss(losses, n_target: int) -> float:
     """The worst-sample loss (1 - cosine) expected among n_target texts like these n, from how the expected worst
-    grows with the sample count on these texts themselves: E[worst of m] for m = n/4, n/2, n (exact, from
-    the order statistics), a least-squares line in ln m, continued to n_target. A line in ln m is what an
-    exponential tail gives; a lighter (Gaussian) tail grows slower, so for it the line is conservative.
-    MiniLM's per-sample losses follow it from 16 to 512 texts (docs/precision.md). n_target <= n: the
-    expected worst of n_target of these. Never below the measured worst. nan/inf losses stay inf."""
+    grows with the sample count on these texts themselves: E[worst of m] for m = n/4, n/2, n (exact, from the
+    order statistics), a least-squares line in ln E against ln m (a power law), continued to n_target.
+    Measured on MiniLM (docs/precision.md): the fp8 plan's worst follows a power law from 16 to 512 texts; the
+    mixed plan's grows faster than one at small n, so a line through 64..256 texts (the default held-apart
+    count) over-predicts its worst of 1024 by 4%, while one through 16..64 under-predicts it by 11%. An
+    exponential or Gaussian tail grows slower than any power, so for them the rule is conservative. n_target
+    <= n: the expected worst of n_target of these. Never below the measured worst; a non-finite loss: inf."""
     x = np.asarray(losses, np.float64)
     n = len(x)
     if n == 0:
@@ -156,11 +161,11 @@ def extrapolated_worst_loss(losses, n_target: int) -> float:
         return expected_worst_loss(x, n_target)
     worst_n = float(x.max())
     ms = sorted({m for m in (n // 4, n // 2, n) if m >= 2})
-    if len(ms) < 2:  # too few texts to see a trend: the measured worst is all there is
+    if len(ms) < 2 or worst_n <= 0:  # too few texts to see a trend, or nothing lost: what was measured is all
         return worst_n
     e = np.array([expected_worst_loss(x, m) for m in ms])
-    slope = float(np.polyfit(np.log(ms), e, 1)[0])
-    return max(worst_n, float(e[-1]) + max(slope, 0.0) * math.log(n_target / n))
+    slope = float(np.polyfit(np.log(ms), np.log(np.maximum(e, worst_n * 1e-12)), 1)[0])
+    return max(worst_n, float(e[-1]) * (n_target / n) ** max(slope, 0.0))
 
 
 # ----------------------------------------------------------------------------------------------- top-1

@@ -98,7 +98,7 @@ def _fmt_profile(profile) -> str:
 @click.option("--holdout", default=None, metavar="rt|wiki|imdb|FILE",
               help="auto: held-apart text the chosen plan is checked on [default: other texts of --calib's set]")
 @click.option("--holdout-samples", type=click.IntRange(min=1), default=None, help="texts drawn from --holdout "
-              "[default: --calib-samples]")
+              "[default: 256]")
 @click.option("--min-cosine", callback=_min_cosine, default=None, metavar="X",
               help="auto: the worst-sample cosine against fp32 the plan must keep on the held-apart text, "
                    "extrapolated to the worst of --worst-of such texts")
