@@ -8,8 +8,9 @@ search, all on the numpy reference backend (CPU; speed awaits the GPU path).
 Texts: Rotten Tomatoes sentences and Wikipedia paragraphs (at most --max-len tokens), each set shuffled once with
 a fixed seed; the first --rt / --wiki texts are measured, the next --calib of each set calibrate (so no
 measured text is a calibration text), and the next --holdout are `--precision auto`'s held-apart text (so no
-measured text is one either). Plans: fp32 (the reference), hybrid, fp8 with per-channel or per-tensor weight scales and dynamic (per-token) or static activation scales calibrated on rt or on wiki, and
-`--precision auto --min-cosine X` calibrated on one set with the other set's held-apart texts.
+measured text is one either). Plans: fp32 (the reference), hybrid, fp8 with per-channel or per-tensor weight
+scales and dynamic (per-token) or static activation scales calibrated on rt or on wiki, and `--precision auto
+--min-cosine X` calibrated on one set with the other set's held-apart texts.
 Per plan and set: the worst and the 1st-percentile sample cosine against fp32 and against hybrid (each sample's
 valid token states flattened), and the worst sentence-embedding cosine (mean-pooled, normalized, as the model is
 used); downstream: the Rotten Tomatoes head of `trtrun check` trained on fp32 embeddings, accuracy per plan.
@@ -47,7 +48,14 @@ def main(argv=None) -> int:
                          "on --calib wiki texts, held apart on --calib rt texts) against fp32 on POOL other rt and "
                          "--wiki other wiki texts; per-sample cosines to --raw, expected worst of n = 16..512 to --json")
     ap.add_argument("--raw", default=None, help="--worst-vs-n: write the per-sample cosines here (.npz)")
+    ap.add_argument("--from-raw", default=None, metavar="R.npz",
+                    help="--worst-vs-n's analysis again from its --raw file, without running anything")
     args = ap.parse_args(argv)
+    if args.from_raw:
+        res = worst_vs_n_analysis(dict(np.load(args.from_raw)))
+        if args.json:
+            Path(args.json).write_text(json.dumps(res, indent=1) + "\n")
+        return 0
     if args.worst_vs_n:
         return worst_vs_n(args)
 
@@ -148,6 +156,36 @@ def main(argv=None) -> int:
     return 0
 
 
+def worst_vs_n_analysis(raw: dict) -> dict:
+    """Per pool of per-sample cosines: the expected worst of n = 16..1024 texts (exact, from the order
+    statistics), and the margin rule (extrapolated_worst_loss) checked on it: from 200 random held-apart sets of
+    n_h texts, the worst of 4 n_h extrapolated, against the pool's expected worst of 4 n_h."""
+    from trtrun.builder.precision_search import expected_worst_loss, extrapolated_worst_loss
+
+    res = {"curves": {}, "rule": {}}
+    rng = np.random.default_rng(0)
+    for key, cos in raw.items():
+        loss = 1.0 - np.asarray(cos, np.float64)
+        ns = [n for n in (16, 32, 64, 128, 256, 512, 1024) if n <= len(loss)]
+        res["curves"][key] = {str(n): 1.0 - expected_worst_loss(loss, n) for n in ns}
+        print(f"{key:9s} ({len(loss)} texts): expected worst cosine of n texts: "
+              + ", ".join(f"n={n} {1.0 - expected_worst_loss(loss, n):.6f}" for n in ns), flush=True)
+        for nh in (16, 32, 64, 128):
+            if 4 * nh > len(loss):
+                continue
+            truth = expected_worst_loss(loss, 4 * nh)
+            ext = np.array([extrapolated_worst_loss(rng.choice(loss, nh, replace=False), 4 * nh) for _ in range(200)])
+            meas = np.array([rng.choice(loss, nh, replace=False).max() for _ in range(200)])
+            r = {"n_heldout": nh, "n_target": 4 * nh, "true_worst_cos": 1.0 - truth,
+                 "extrapolated_mean_cos": 1.0 - float(ext.mean()), "extrapolated_ge_truth": float((ext >= truth).mean()),
+                 "measured_worst_ge_truth": float((meas >= truth).mean())}
+            res["rule"][f"{key} {nh}->{4 * nh}"] = r
+            print(f"  rule {nh}->{4 * nh}: true expected worst {1 - truth:.6f}; extrapolated (mean of 200 draws) "
+                  f"{r['extrapolated_mean_cos']:.6f}, at or below the truth in {100 * r['extrapolated_ge_truth']:.0f}% "
+                  f"of draws (the measured worst of {nh} alone: {100 * r['measured_worst_ge_truth']:.0f}%)", flush=True)
+    return res
+
+
 def worst_vs_n(args) -> int:
     """The expected worst-sample cosine of n texts drawn from a pool, for n = 16..512, for the fp8 plan and the
     plan `--precision auto` chooses (docs/precision.md, "How the worst sample falls with the sample count")."""
@@ -175,20 +213,15 @@ def worst_vs_n(args) -> int:
                           holdout_name="rt", log=print)
     s = plans["auto"].header["builder"]["precision_search"]
     print(f"auto {x} (calib wiki, held apart rt) built in {time.perf_counter() - t:.0f}s: {s['counts']}", flush=True)
-    raw, res = {}, {"min_cosine": x, "auto_counts": s["counts"], "auto_heldout_worst": s["measured_worst_cos"],
-                    "pool": {k: len(v) for k, v in (("rt", rt[:args.worst_vs_n]), ("wiki", wiki[:args.wiki]))}, "curves": {}}
+    raw = {}
     for sn, b in pools.items():
         ref = run_outputs(plans["fp32"], b)
         for key in ("fp8", "auto"):
-            cos = sample_cosines(run_outputs(plans[key], b), ref, b)
-            raw[f"{key}_{sn}"] = cos
-            loss = 1.0 - cos
-            ns = [n for n in (16, 32, 64, 128, 256, 512, 1024) if n <= len(loss)]
-            res["curves"][f"{key} on {sn}"] = {str(n): 1.0 - expected_worst_loss(loss, n) for n in ns}
-            print(f"{key:5s} on {sn}: expected worst cosine of n texts: "
-                  + ", ".join(f"n={n} {1.0 - expected_worst_loss(loss, n):.6f}" for n in ns), flush=True)
+            raw[f"{key}_{sn}"] = sample_cosines(run_outputs(plans[key], b), ref, b)
     if args.raw:
         np.savez(args.raw, **raw)
+    res = {"min_cosine": x, "auto_counts": s["counts"], "auto_heldout_worst": s["measured_worst_cos"],
+           **worst_vs_n_analysis(raw)}
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1) + "\n")
     return 0

@@ -3,10 +3,10 @@
 `finish_fp8` turns the hybrid lowering into an fp8 plan (every Linear fp8; static activation scales
 calibrated on text, or per-token scales). `search` assigns each Linear fp8, hybrid (fp16 operands) or fp32:
 
-1. Sensitivity, on the calibration text: `base` is the hybrid plan with every Linear in fp32. For each
-   Linear i alone in fp8, then alone in hybrid, d_i(p) = 1 - the worst-sample cosine of the final outputs
-   against `base`; d_0 = 1 - the worst-sample cosine of `base` against the fp32 plan (what the other ops' hybrid
-   arithmetic costs). 2 runs a Linear, plus two.
+1. Sensitivity, on the calibration text (for min_cosine; min_top1 below): `base` is the hybrid plan with every
+   Linear in fp32. For each Linear i alone in fp8, then alone in hybrid, d_i(p) = 1 - the worst-sample cosine of
+   the final outputs against `base`; d_0 = 1 - the worst-sample cosine of `base` against the fp32 plan (what
+   the other ops' hybrid arithmetic costs). 2 runs a Linear, plus two.
 2. The model: the assignment's worst-sample 1 - cosine is predicted as d_0 + sum_i d_i(p_i). For small
    errors 1 - cos(y + e, y) ~ |e_perp|^2 / (2 |y|^2), and the squared norms of independent errors add; adding
    each layer's *worst* sample is the sum's upper bound where the worst samples differ. Both make it a
@@ -16,11 +16,23 @@ calibrated on text, or per-token scales). `search` assigns each Linear fp8, hybr
    optimum (a costly layer that buys little fidelity beside a cheap one that buys much); a dynamic programme
    over the loss budget cut into BUDGET_BINS steps is exact up to that step, each loss rounded *up* to a
    step, so its answer also meets the unrounded budget. L layers x 3 choices x BUDGET_BINS: milliseconds.
-4. The check: the chosen plan runs on the held-apart text against the fp32 plan. If its worst-sample cosine
-   misses X, the prediction was optimistic by the ratio measured/predicted: the budget shrinks by that ratio
-   (and 10% more) and the search runs again, at most MAX_ROUNDS times; then the plan with every Linear hybrid,
-   then every Linear fp32, is tried. Only a budget that no assignment meets (not even all-fp32 Linears) is a
-   BuildError, naming the cosine that plan reached.
+4. The check: the chosen plan runs on the held-apart text against the fp32 plan. A worst sample depends on how
+   many samples were drawn (the worst of 256 texts is lower than the worst of 64), so the budget is judged on
+   the worst expected among `worst_of` texts like the held-apart ones, extrapolated from them
+   (extrapolated_worst_loss: a power law in the sample count, fitted on the held-apart texts). If it misses X,
+   the prediction was optimistic by the ratio measured/predicted: the budget shrinks by that ratio (and 10%
+   more) and the search runs again, at most MAX_ROUNDS times; then the plan with every Linear hybrid, then
+   every Linear fp32, is tried. Only a budget that no assignment meets (not even all-fp32 Linears) is a
+   BuildError, naming what that plan reached.
+
+A top-1 budget (min_top1, for a decoder whose output is next-token logits) is the fraction of held-apart token
+positions whose argmax agrees with the fp32 plan's: a mean, not a worst, so it is judged as measured. Its
+sensitivities are measured in a currency that predicts it (Top1Model): per Linear and position, how much the
+Linear moves the margins between the fp32 top-1 token and its runners-up; an assignment's margin noise is the
+sum of those squares, and a position keeps its token with the Gaussian probability of its margin surviving
+that noise. The prediction is not additive, so the knapsack takes its tangent (each Linear's squared margin
+changes weighted by what noise costs at each position, at all-fp8's noise level) and a bisection on the
+knapsack's budget finds the cheapest pick whose full prediction meets the target.
 """
 
 from __future__ import annotations
