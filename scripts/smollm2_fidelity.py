@@ -56,6 +56,7 @@ def main(argv=None) -> int:
     ap.add_argument("--calib", type=int, default=8)
     ap.add_argument("--holdout", type=int, default=16)
     ap.add_argument("--rt", type=int, default=64)
+    ap.add_argument("--compare", default="hybrid,fp8", help="--min-top1: plans measured beside the chosen one")
     args = ap.parse_args(argv)
     if args.min_top1 is not None:
         return search_top1(args)
@@ -218,12 +219,12 @@ def search_top1(args) -> int:
           f"(naive sum of flips {1 - naive:.5f}), held-apart {s['measured_top1']:.5f} ({s['agree']}/{s['positions']}); "
           f"cost {s['cost_us']:.1f} us vs {s['cost_us_all_hybrid']:.1f} all-hybrid, {s['cost_us_all_fp8']:.1f} all-fp8 "
           f"(FLOP estimate)", flush=True)
+    compare = [c for c in args.compare.split(",") if c]
     plans = {"fp32": trtrun.build(lm_path, precision="fp32", profile=profile),
-             "hybrid": trtrun.build(lm_path, precision="hybrid", profile=profile),
-             "fp8": trtrun.build(lm_path, precision="fp8", profile=profile), "auto": auto}
+             **{c: trtrun.build(lm_path, precision=c, profile=profile) for c in compare}, "auto": auto}
     for sn, b in sets.items():
         ref = run_outputs(plans["fp32"], b)
-        for key in ("hybrid", "fp8", "auto"):
+        for key in (*compare, "auto"):
             t = time.perf_counter()
             a, n = top1_agreement(run_outputs(plans[key], b), ref, b, "logits")
             res["measured"].setdefault(sn, {})[key] = {"top1": a / n, "agree": a, "positions": n}
