@@ -321,6 +321,33 @@ def test_search_meets_a_top1_budget_on_held_apart_text(tiny_lm):
     got, total = top1_agreement(run_outputs(plan, [hold]), ref, [hold], "logits")  # re-run, not the record
     assert got / total >= x and (got, total) == (s["agree"], s["positions"]) and s["measured_top1"] == got / total
     assert s["budget"] == "top1" and s["logits"] == "logits" and 0 < s["predicted"] <= 1
+    assert s["stderr"] == pytest.approx(math.sqrt(got / total * (1 - got / total) / total), rel=0.05)  # 2 digits
     lin = [op for op in plan.ops if op["type"] == "Linear"]
     assert {p: sum(op["precision"] == p for op in lin) for p in ("fp8", "hybrid", "fp32")} == s["counts"]
     assert "min top-1" in plan.summary() and f"{got} of {total} positions" in plan.summary()
+
+
+def test_rounds_bisect_back_after_an_over_shrunk_target():
+    # a model that predicts each fp8 Linear at 1e-4 while the held-apart judge measures 2.4 times that: the first
+    # pick (5 fp8) misses, the shrunken target's (1 fp8) meets with room to spare, and the rounds left bisect
+    # between the two targets to 2 fp8, the most that meet 5e-4 (3 would be judged 7.2e-4)
+    from trtrun.builder.precision_search import knapsack, settle
+
+    L = 10
+    loss = [{"fp8": 1e-4, "hybrid": 0.0, "fp32": 0.0}] * L
+    cost = [{"fp8": 1.0, "hybrid": 2.0, "fp32": 29.0}] * L
+
+    def predict(pick):
+        return sum(loss[i][p] for i, p in enumerate(pick))
+
+    def measure(pick):
+        judged = 2.4 * predict(pick)
+        return 1 - judged, judged, {"measured_worst_cos": 1 - judged}
+
+    total = lambda pick: sum(cost[i][p] for i, p in enumerate(pick))  # noqa: E731
+    chosen, (metric, rec), rounds, _, _ = settle(lambda t: knapsack(loss, cost, t), predict, measure, total, 5e-4, 0.0)
+    assert [r["counts"]["fp8"] for r in rounds] == [5, 1, 3, 2]
+    assert chosen.count("fp8") == 2 and rec["measured_worst_cos"] == pytest.approx(1 - 4.8e-4)
+    # met at the first try: one round, as before
+    chosen, _, rounds, _, _ = settle(lambda t: knapsack(loss, cost, t), predict, lambda p: (1, 0.0, {}), total, 5e-4, 0)
+    assert len(rounds) == 1 and chosen.count("fp8") == 5

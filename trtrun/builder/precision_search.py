@@ -498,30 +498,16 @@ def search(header_h, weights_h, header_32, weights_32, *, min_cosine: float | No
             return w_, ext, {"measured_worst_cos": _json_num(w_),
                              "extrapolated_worst_cos": _json_num(1.0 - ext) if math.isfinite(ext) else None}
         a_, t_ = top1_agreement(out, ref_hold, holdout, logits)
-        return a_ / t_, 1.0 - a_ / t_, {"measured_top1": a_ / t_, "agree": a_, "positions": t_}
+        # a mean over positions: its binomial standard error says how far the population's may lie from it
+        f_ = a_ / t_
+        return f_, 1.0 - f_, {"measured_top1": f_, "agree": a_, "positions": t_,
+                              "stderr": float(f"{math.sqrt(f_ * (1 - f_) / t_):.2g}")}
 
-    target = 1.0 - x
-    rounds = []
-    chosen = None
-    measured = None
-    for r in range(MAX_ROUNDS):
-        pick = choose(target) if target > 0 else None
-        if pick is None:
-            rounds.append({"budget": float(f"{target:.4g}"), "found": False})
-            break
-        predicted = predict(pick)
-        measured, judged, rec = measure(pick)
-        rounds.append({"budget": float(f"{target:.4g}"), "predicted": float(f"{1 - predicted:.7f}"), **rec,
-                       "cost_us": total_cost(pick), "counts": {p: pick.count(p) for p in LINEAR_CHOICES}})
+    def log_round(r, pick, predicted, rec):
         log(f"search round {r + 1}: {pick.count(FP8)} fp8, {pick.count('hybrid')} fp16, {pick.count('fp32')} fp32 "
             f"Linears; " + _round_text(kind, predicted, rec, n_hold, worst_of))
-        if math.isfinite(judged) and judged <= 1.0 - x:
-            chosen = pick
-            break
-        # the prediction was optimistic by predicted/judged (beyond what the other ops cost): shrink the target by
-        # that ratio and 10% more
-        shrink = (predicted - d0) / (judged - d0) if judged > d0 and math.isfinite(judged) else 0.5
-        target = d0 + (target - d0) * min(shrink, 1.0) * 0.9
+
+    chosen, chosen_rec, rounds, measured, rec = settle(choose, predict, measure, total_cost, 1.0 - x, d0, log_round)
     fallback = None
     if chosen is None:
         for p in ("hybrid", "fp32"):
@@ -567,10 +553,59 @@ def search(header_h, weights_h, header_32, weights_32, *, min_cosine: float | No
     return header, weights
 
 
+def settle(choose, predict, measure, total_cost, budget: float, d0: float, log_round=None):
+    """The rounds of the check (module docstring, step 4): choose(target) -> a pick or None, predict(pick) -> its
+    predicted loss, measure(pick) -> (metric, judged loss, record), budget the loss allowed (1 - X). A miss shrinks
+    the target by predicted/judged (and 10% more); once a shrunken target has met the budget, the rounds left
+    bisect between it and the smallest target that missed, for a cheaper pick that still meets it.
+    -> (cheapest pick that met the budget or None, its (metric, record), the rounds' records, the last metric
+    and record measured)."""
+    target = budget
+    rounds = []
+    chosen = chosen_rec = None
+    measured = rec = None
+    failed = hit = None  # the smallest target whose pick missed the budget, the largest whose pick met it
+    tried = set()
+    for r in range(MAX_ROUNDS):
+        pick = choose(target) if target > 0 else None
+        if pick is None:
+            rounds.append({"budget": float(f"{target:.4g}"), "found": False})
+            break
+        if tuple(pick) in tried:  # the target between a miss and a hit picks what was already measured
+            break
+        tried.add(tuple(pick))
+        predicted = predict(pick)
+        measured, judged, rec = measure(pick)
+        rounds.append({"budget": float(f"{target:.4g}"), "predicted": float(f"{1 - predicted:.7f}"), **rec,
+                       "cost_us": total_cost(pick), "counts": {p: pick.count(p) for p in LINEAR_CHOICES}})
+        if log_round:
+            log_round(r, pick, predicted, rec)
+        if math.isfinite(judged) and judged <= budget:
+            if chosen is None or total_cost(pick) < total_cost(chosen):
+                chosen, chosen_rec = pick, (measured, rec)
+            hit = target if hit is None else max(hit, target)
+        else:
+            failed = target if failed is None else min(failed, target)
+        if failed is None:  # met at the first try
+            break
+        if hit is not None:
+            # a shrunken target met the budget, perhaps with room to spare: the cheapest pick lies between it and
+            # the smallest target that missed; the rounds left bisect there (geometric mean: targets span decades)
+            target = math.sqrt(hit * failed)
+            continue
+        # the prediction was optimistic by predicted/judged (beyond what the other ops cost): shrink the target by
+        # that ratio and 10% more
+        shrink = (predicted - d0) / (judged - d0) if judged > d0 and math.isfinite(judged) else 0.5
+        target = d0 + (target - d0) * min(shrink, 1.0) * 0.9
+    if chosen is not None:
+        measured, rec = chosen_rec
+    return chosen, chosen_rec, rounds, measured, rec
+
+
 def _round_text(kind, predicted, rec, n_hold, worst_of) -> str:
     if kind == "top1":
         return (f"predicted top-1 {1 - predicted:.5f}, measured on held-apart text {rec['measured_top1']:.5f} "
-                f"({rec['agree']} of {rec['positions']} positions)")
+                f"+- {rec['stderr']:.2g} ({rec['agree']} of {rec['positions']} positions)")
     m, e = rec["measured_worst_cos"], rec["extrapolated_worst_cos"]
     f = lambda v: "nan" if v is None else f"{v:.6f}"  # noqa: E731
     return (f"predicted worst cos {1 - predicted:.6f}, measured on {n_hold} held-apart texts {f(m)}"

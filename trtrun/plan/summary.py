@@ -85,7 +85,8 @@ def _builder_lines(b: dict) -> list[str]:
         if s.get("budget") == "top1":
             what = (f"min top-1 {s.get('min_top1')} on held-apart {s.get('heldout_text')} ({s.get('heldout_samples')} "
                     f"samples), measured top-1 agreement with fp32 {num(s.get('measured_top1'), 5)} "
-                    f"({s.get('agree')} of {s.get('positions')} positions; predicted {num(s.get('predicted'), 5)})")
+                    f"+- {s.get('stderr')} ({s.get('agree')} of {s.get('positions')} positions; predicted "
+                    f"{num(s.get('predicted'), 5)})")
         else:
             ext = (f", extrapolated to the worst of {s['worst_of']} such texts "
                    f"{num(s.get('extrapolated_worst_cos'), 7)}" if s.get("worst_of") else "")
