@@ -362,10 +362,11 @@ def knapsack(loss: list[dict], cost: list[dict], budget: float, bins: int = BUDG
 
 def _budget(min_cosine, min_top1) -> tuple[str, float]:
     """("cosine" | "top1", X) from the two budgets, exactly one of which is given; ValueError otherwise."""
-    if (min_cosine is None) == (min_top1 is None):
-        raise ValueError("precision auto needs exactly one budget: min_cosine (worst-sample cosine, any model) or "
-                         "min_top1 (top-1 next-token agreement, a decoder with an LM head)"
-                         + ("; both were given" if min_cosine is not None else ""))
+    if min_cosine is None and min_top1 is None:
+        raise ValueError("precision auto needs min_cosine (the worst-sample cosine to keep against fp32, any model) "
+                         "or min_top1 (top-1 next-token agreement, a decoder with an LM head)")
+    if min_cosine is not None and min_top1 is not None:
+        raise ValueError("precision auto takes one budget, min_cosine or min_top1; both were given")
     kind, x = ("cosine", min_cosine) if min_cosine is not None else ("top1", min_top1)
     what = "min_cosine" if kind == "cosine" else "min_top1"
     if isinstance(x, bool) or not isinstance(x, (int, float)) or not 0 < x < 1:
@@ -627,8 +628,7 @@ def check_options(precision, fp8_weights, fp8_activations, calib, holdout, min_c
         what = "calib" if calib is not None else next(k for k, v in search_only if v is not None)
         raise ValueError(f"{what} applies to precision fp8 or auto only, not {precision}")
     if precision == FP8 and any(v is not None for _, v in search_only):
-        raise ValueError(f"{next(k for k, v in search_only if v is not None)} belongs to precision auto (the search), "
-                         f"not fp8")
+        raise ValueError("min_cosine, min_top1, worst_of and cost_table belong to precision auto (the search), not fp8")
     if fp8_activations == "static" and not calib:
         raise ValueError("static fp8 activation scales need calibration text (calib)")
     if precision == FP8 and fp8_activations == "dynamic" and calib:
