@@ -606,7 +606,7 @@ def settle(choose, predict, measure, total_cost, budget: float, d0: float, log_r
 def _round_text(kind, predicted, rec, n_hold, worst_of) -> str:
     if kind == "top1":
         return (f"predicted top-1 {1 - predicted:.5f}, measured on held-apart text {rec['measured_top1']:.5f} "
-                f"+- {rec['stderr']:.2g} ({rec['agree']} of {rec['positions']} positions)")
+                f"({rec['agree']} of {rec['positions']} positions, standard error {rec['stderr']:.2g})")
     m, e = rec["measured_worst_cos"], rec["extrapolated_worst_cos"]
     f = lambda v: "nan" if v is None else f"{v:.6f}"  # noqa: E731
     return (f"predicted worst cos {1 - predicted:.6f}, measured on {n_hold} held-apart texts {f(m)}"

@@ -85,7 +85,7 @@ def _builder_lines(b: dict) -> list[str]:
         if s.get("budget") == "top1":
             what = (f"min top-1 {s.get('min_top1')} on held-apart {s.get('heldout_text')} ({s.get('heldout_samples')} "
                     f"samples), measured top-1 agreement with fp32 {num(s.get('measured_top1'), 5)} "
-                    f"+- {s.get('stderr')} ({s.get('agree')} of {s.get('positions')} positions; predicted "
+                    f"({s.get('agree')} of {s.get('positions')} positions, standard error {s.get('stderr')}; predicted "
                     f"{num(s.get('predicted'), 5)})")
         else:
             ext = (f", extrapolated to the worst of {s['worst_of']} such texts "
