@@ -89,7 +89,8 @@ def _builder_lines(b: dict) -> list[str]:
                     f"{num(s.get('predicted'), 5)})")
         else:
             ext = (f", extrapolated to the worst of {s['worst_of']} such texts "
-                   f"{num(s.get('extrapolated_worst_cos'), 7)}" if s.get("worst_of") else "")
+                   f"{num(s.get('extrapolated_worst_cos'), 7)}, judged with margin {s.get('margin')} "
+                   f"{num(s.get('judged_worst_cos'), 7)}" if s.get("worst_of") and s.get("margin") else "")
             what = (f"min cosine {s.get('min_cosine')} on held-apart {s.get('heldout_text')} "
                     f"({s.get('heldout_samples')} samples), measured worst-sample cosine "
                     f"{num(s.get('measured_worst_cos'), 7)}{ext}")
