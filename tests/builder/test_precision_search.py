@@ -184,6 +184,26 @@ def test_worst_of_n_extrapolation_follows_the_tail():
     assert extrapolated_worst_loss(np.zeros(8), N) == 0.0
 
 
+def test_extrapolation_margin_grows_with_the_tail():
+    # the margin the judge multiplies the extrapolated worst loss by: how far extrapolating from quarters of the
+    # held-apart texts falls short of their own worst. A heavy tail (Pareto, index 1.5: a few texts far worse than
+    # the rest) must get a larger margin than a light one (exponential), and both at least 1
+    from trtrun.builder.precision_search import extrapolated_worst_loss, extrapolation_margin
+
+    rng = np.random.default_rng(4)
+    light = [extrapolation_margin(rng.exponential(1e-4, 256), seed=k) for k in range(20)]
+    heavy = [extrapolation_margin(1e-4 * (1 + rng.pareto(1.5, 256)), seed=k) for k in range(20)]
+    assert min(light) >= 1.0 and min(heavy) >= 1.0
+    assert np.median(heavy) > 1.3 * np.median(light)
+    # by its definition: the 90th percentile of worst / extrapolated-from-a-quarter, recomputed here
+    x = rng.exponential(1e-4, 64)
+    sub = np.random.default_rng(0)
+    r = [x.max() / extrapolated_worst_loss(sub.choice(x, 16, replace=False), 64) for _ in range(200)]
+    assert extrapolation_margin(x) == pytest.approx(max(1.0, float(np.quantile(r, 0.9))), rel=1e-12)
+    assert extrapolation_margin(x[:31]) == 1.0  # quarters under 8 texts: nothing to learn from
+    assert extrapolation_margin(np.zeros(64)) == 1.0
+
+
 def test_search_judges_the_extrapolated_worst(tiny):
     from trtrun.builder import build
     from trtrun.builder.precision_search import extrapolated_worst_loss, run_outputs, sample_cosines
@@ -196,9 +216,29 @@ def test_search_judges_the_extrapolated_worst(tiny):
                          [cal, hold])
     ext = 1.0 - extrapolated_worst_loss(1.0 - cos, 500)
     assert s["worst_of"] == 500 and s["heldout_samples"] == 11
+    assert s["margin"] == 1.0  # 11 texts: too few to measure the extrapolation's shortfall on
     assert s["extrapolated_worst_cos"] == pytest.approx(ext, abs=1e-12) and ext >= 0.995
+    assert s["judged_worst_cos"] == pytest.approx(ext, abs=1e-12)
     assert ext <= s["measured_worst_cos"] == pytest.approx(cos.min(), abs=1e-12)
     assert "extrapolated to the worst of 500 such texts" in plan.summary()
+
+
+def test_search_judges_with_the_margin_of_its_held_apart_tail(tiny, tokenizer_of):
+    from trtrun.builder import build
+    from trtrun.builder.precision_search import (extrapolated_worst_loss, extrapolation_margin, run_outputs,
+                                                 sample_cosines)
+    from trtrun.data import encode, load_texts
+
+    onnx, (cal, _) = tiny
+    texts = load_texts("rt", n=48, seed=3)  # 48 held-apart sentences: quarters of 12, a margin to measure
+    hold = [encode(tokenizer_of("bert"), texts[i:i + 16], 48) for i in range(0, 48, 16)]
+    plan = build(onnx, precision="auto", min_cosine=0.99, calib=[cal], holdout=hold, worst_of=1000)
+    s = plan.header["builder"]["precision_search"]
+    cos = sample_cosines(run_outputs(plan, hold), run_outputs(build(onnx, precision="fp32"), hold), hold)
+    ext, m = extrapolated_worst_loss(1.0 - cos, 1000), extrapolation_margin(1.0 - cos)
+    assert s["heldout_samples"] == 48 and m >= 1.0 and s["margin"] == round(m, 3)
+    assert s["judged_worst_cos"] == pytest.approx(1.0 - ext * m, abs=1e-12) and s["judged_worst_cos"] >= 0.99
+    assert "judged with margin" in plan.summary()
 
 
 # ----------------------------------------------------------------------------------------------- top-1
