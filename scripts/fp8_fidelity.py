@@ -160,7 +160,7 @@ def worst_vs_n_analysis(raw: dict) -> dict:
     """Per pool of per-sample cosines: the expected worst of n = 16..1024 texts (exact, from the order
     statistics), and the margin rule (extrapolated_worst_loss) checked on it: from 200 random held-apart sets of
     n_h texts, the worst of 4 n_h extrapolated, against the pool's expected worst of 4 n_h."""
-    from trtrun.builder.precision_search import expected_worst_loss, extrapolated_worst_loss
+    from trtrun.builder.precision_search import expected_worst_loss, extrapolated_worst_loss, extrapolation_margin
 
     res = {"curves": {}, "rule": {}}
     rng = np.random.default_rng(0)
@@ -174,15 +174,19 @@ def worst_vs_n_analysis(raw: dict) -> dict:
             if 4 * nh > len(loss):
                 continue
             truth = expected_worst_loss(loss, 4 * nh)
-            ext = np.array([extrapolated_worst_loss(rng.choice(loss, nh, replace=False), 4 * nh) for _ in range(200)])
-            meas = np.array([rng.choice(loss, nh, replace=False).max() for _ in range(200)])
+            draws = [rng.choice(loss, nh, replace=False) for _ in range(200)]
+            ext = np.array([extrapolated_worst_loss(d, 4 * nh) for d in draws])
+            judged = ext * np.array([extrapolation_margin(d) for d in draws])
+            meas = np.array([d.max() for d in draws])
             r = {"n_heldout": nh, "n_target": 4 * nh, "true_worst_cos": 1.0 - truth,
                  "extrapolated_mean_cos": 1.0 - float(ext.mean()), "extrapolated_ge_truth": float((ext >= truth).mean()),
+                 "judged_mean_cos": 1.0 - float(judged.mean()), "judged_ge_truth": float((judged >= truth).mean()),
                  "measured_worst_ge_truth": float((meas >= truth).mean())}
             res["rule"][f"{key} {nh}->{4 * nh}"] = r
             print(f"  rule {nh}->{4 * nh}: true expected worst {1 - truth:.6f}; extrapolated (mean of 200 draws) "
                   f"{r['extrapolated_mean_cos']:.6f}, at or below the truth in {100 * r['extrapolated_ge_truth']:.0f}% "
-                  f"of draws (the measured worst of {nh} alone: {100 * r['measured_worst_ge_truth']:.0f}%)", flush=True)
+                  f"of draws; with the margin {r['judged_mean_cos']:.6f}, {100 * r['judged_ge_truth']:.0f}% (the "
+                  f"measured worst of {nh} alone: {100 * r['measured_worst_ge_truth']:.0f}%)", flush=True)
     return res
 
 
