@@ -104,7 +104,8 @@ def _fmt_profile(profile) -> str:
                    "extrapolated to the worst of --worst-of such texts")
 @click.option("--worst-of", type=click.IntRange(min=1), default=None, metavar="N",
               help="auto with --min-cosine: the budget holds for the worst of N texts like the held-apart ones, "
-                   "extrapolated from how their worst falls with the sample count [default: 1000]")
+                   "extrapolated from how their worst falls with the sample count and judged with a margin "
+                   "measured on their own tail [default: 1000]")
 @click.option("--min-top1", callback=_min_top1, default=None, metavar="X",
               help="auto, instead of --min-cosine, for a decoder whose output is logits (an LM head): the fraction "
                    "of held-apart token positions whose top-1 next token agrees with the fp32 plan's")
