@@ -2,7 +2,7 @@
 
 docs/plan-format.md is the contract this package implements:
 
-    format.py    the file layout, the loader's limits, dtypes, op schemas and attributes, the GPU runtime's codes
+    format.py    the file layout, the loader's limits, dtypes, op schemas and attributes, what the GPU runtime runs
     io.py        writing a plan file and reading one back (preamble, file checks, checksum, JSON depth scan)
     validate.py  the header's and each op's validation (PlanError naming the field)
     summary.py   what `trtrun inspect` prints

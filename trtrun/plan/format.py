@@ -1,5 +1,5 @@
 """The plan format's constants: the file layout, the loader's limits, dtypes, op schemas and attributes, and the
-integer codes the GPU runtime takes for dtypes, op types, precisions and activations (each defined once here).
+names of what the GPU runtime's kernels run (each defined once here).
 
 docs/plan-format.md is the contract. In short, a plan file is
 
@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ..types import PRECISIONS
 
 MAGIC = b"TRTRUNPL"
 FORMAT_VERSION = 2  # the newest this trtrun reads and writes; a plan is written at the version it needs
@@ -118,13 +120,13 @@ OP_INPUT_NAMES = {
 # header.source.weights: the dtype the source file stored its weights in, where not float32
 SOURCE_WEIGHTS = ("float16", "int8")
 
-# Integer codes of the GPU runtime's enums (csrc/runtime_common.h: ElemType, OpType, Activation; plugins/common/
-# common.h: Precision).
-# An op type or activation without a code has no GPU kernel yet (trtrun.runtime.lower refuses it by name).
-ELEM_CODES = {"float32": 0, "float16": 1, "int32": 2, "int64": 2}  # integer inputs live as int32 on the device
-OP_CODES = {"Embedding": 0, "Linear": 1, "Attention": 2, "LayerNorm": 3}
-PRECISION_CODES = {"fp32": 0, "fp16": 1, "hybrid": 2}
-ACTIVATION_CODES = {"none": 0, "gelu_erf": 1, "gelu_tanh": 2}
+# What the GPU runtime's kernels run, by the plan's own names: the extension parses them (native/core/types.cpp,
+# which keeps each name's integer value); trtrun.runtime.lower refuses anything else by name before the extension
+# is asked.
+GPU_OP_TYPES = ("Embedding", "Linear", "Attention", "LayerNorm")
+GPU_ACTIVATIONS = ("none", "gelu_erf", "gelu_tanh")
+GPU_PRECISIONS = PRECISIONS  # fp8 ops run on the reference backend only (no fp8 GEMM path in the runtime yet)
+DEVICE_DTYPES = {"int64": "int32"}  # a tensor's dtype on the device, where not its plan dtype: integer inputs
 
 
 def np_dtype(name: str) -> np.dtype:

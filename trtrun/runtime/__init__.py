@@ -12,8 +12,8 @@ Nothing here imports torch or cupy (device tensors are read through __cuda_array
 nothing touches the GPU at import time. docs/runtime.md describes the design. The package:
 
     extension.py   loading trtrun._C; gpu_available and why the GPU runtime is missing
-    options.py     ContextOptions: a context's options, their defaults and checks, and their order for _C
-    lower.py       the plan as the extension takes it (codes from trtrun.plan.format); bucket_seq
+    options.py     ContextOptions: a context's options, their defaults and checks, handed to _C by name
+    lower.py       the plan as the extension takes it (by name; trtrun.plan.format's GPU_* names); bucket_seq
     engine.py      Engine, Context, DeviceArray; device arrays and streams handed in
     gemm_cache.py  GEMM cache files (save_gemm_cache, load_gemm_cache, read_gemm_cache)
 """
@@ -23,9 +23,9 @@ from __future__ import annotations
 from ..types import GEMM_SEARCHES
 from .engine import Context, DeviceArray, Engine
 from .extension import gpu_available
-from .gemm_cache import GEMM_CACHE_FORMAT, load_gemm_cache, read_gemm_cache, save_gemm_cache
+from .gemm_cache import GEMM_CACHE_FORMAT, GEMM_CACHE_VERSION, load_gemm_cache, read_gemm_cache, save_gemm_cache
 from .lower import bucket_seq
 from .options import ContextOptions
 
 __all__ = ["Engine", "Context", "ContextOptions", "DeviceArray", "gpu_available", "bucket_seq", "save_gemm_cache",
-           "load_gemm_cache", "read_gemm_cache", "GEMM_CACHE_FORMAT", "GEMM_SEARCHES"]
+           "load_gemm_cache", "read_gemm_cache", "GEMM_CACHE_FORMAT", "GEMM_CACHE_VERSION", "GEMM_SEARCHES"]

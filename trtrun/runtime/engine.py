@@ -11,7 +11,7 @@ import numpy as np
 from ..errors import InputError, RuntimeUnavailableError, ShapeError
 from . import extension
 from .lower import bucket_seq, lower_plan
-from .options import ContextOptions, native_args
+from .options import ContextOptions, native_options
 
 
 class Engine:
@@ -190,7 +190,7 @@ class Context:
         self.bucket = options.bucket
         self.workspace_bytes = options.workspace_bytes
         self._lock = threading.Lock()
-        self._c = c.Context(engine._c, *native_args(options))
+        self._c = c.Context(engine._c, native_options(options, c))
         self.gemm_search = options.gemm_search
         self._in_views = [self._c.host_input(i) for i in range(len(engine._inputs))]
         self._out_views = [self._c.host_output(i) for i in range(len(engine._outputs))]

@@ -11,8 +11,11 @@ from ..errors import InputError
 from . import extension
 
 GEMM_CACHE_FORMAT = "trtrun-gemm-cache"
-_GEMM_CACHE_FIELDS = {"device": str, "cc": int, "cublaslt": int, "m": int, "n": int, "k": int, "operand_t": int,
-                      "out_t": int, "epilogue": int, "tf32": bool, "add_c": bool, "workspace": int, "search": int,
+# Version 2 names its enums (operand_t, out_t, epilogue, search: "float16", "bias", "focused", ...; _C parses them).
+# Version 1 stored them as integer codes whose search order differed from GEMM_SEARCHES: refused, not converted.
+GEMM_CACHE_VERSION = 2
+_GEMM_CACHE_FIELDS = {"device": str, "cc": int, "cublaslt": int, "m": int, "n": int, "k": int, "operand_t": str,
+                      "out_t": str, "epilogue": str, "tf32": bool, "add_c": bool, "workspace": int, "search": str,
                       "algo": list, "algo_workspace": int}
 
 
@@ -34,8 +37,11 @@ def read_gemm_cache(path) -> list[dict]:
         raise InputError(f"GEMM cache {path} is not JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
     if not isinstance(doc, dict) or doc.get("format") != GEMM_CACHE_FORMAT:
         raise InputError(f"{path} is not a trtrun GEMM cache (field 'format' is not {GEMM_CACHE_FORMAT!r})")
-    if doc.get("version") != 1:
-        raise InputError(f"GEMM cache {path}: version {doc.get('version')!r} is not supported (1 is)")
+    if doc.get("version") != GEMM_CACHE_VERSION:
+        hint = ("; it stores its choices by integer code: delete it and tune again (trtrun bench --gemm-cache "
+                "writes a new one)" if doc.get("version") == 1 else "")
+        raise InputError(f"GEMM cache {path}: version {doc.get('version')!r} is not supported "
+                         f"({GEMM_CACHE_VERSION} is){hint}")
     entries = doc.get("entries")
     if not isinstance(entries, list):
         raise InputError(f"GEMM cache {path}: field 'entries' must be a list")
@@ -73,7 +79,7 @@ def save_gemm_cache(path) -> int:
     entries = list(extension.load_extension().gemm_cache_export())
     mine = {tuple(e[f] for f in _GEMM_CACHE_IDENTITY) for e in entries}
     entries += [e for e in old if tuple(e[f] for f in _GEMM_CACHE_IDENTITY) not in mine]
-    doc = {"format": GEMM_CACHE_FORMAT, "version": 1,
+    doc = {"format": GEMM_CACHE_FORMAT, "version": GEMM_CACHE_VERSION,
            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "entries": entries}
     try:
@@ -94,6 +100,6 @@ def load_gemm_cache(path) -> int:
     entries = read_gemm_cache(path)
     try:
         return int(extension.load_extension().gemm_cache_import(entries))
-    except InputError as e:  # the extension's own checks (m, n, k > 0, enum ranges)
+    except InputError as e:  # the extension's own checks (m, n, k > 0, enum names)
         raise InputError(f"GEMM cache {path}: {e}") from None
 

@@ -1,5 +1,6 @@
-"""The plan as the GPU runtime takes it: ops as integer codes (trtrun.plan.format), weights in the dtype each
-kernel reads, and what of a plan the runtime's kernels cannot run yet (refused by name)."""
+"""The plan as the GPU runtime takes it: ops, dtypes, precisions and activations by the plan's names (the
+extension parses them: native/core/types.cpp), weights in the dtype each kernel reads, and what of a plan the
+runtime's kernels cannot run yet (refused by name, against trtrun.plan.format's GPU_* names)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import PlanError
-from ..plan.format import ACTIVATION_CODES, ELEM_CODES, OP_CODES, PRECISION_CODES
+from ..plan.format import DEVICE_DTYPES, GPU_ACTIVATIONS, GPU_OP_TYPES, GPU_PRECISIONS
 
 
 def bucket_seq(seq: int, seq_max: int) -> int:
@@ -30,7 +31,7 @@ def gpu_missing(op) -> str | None:
     if op["type"] == "Embedding" and not w.get("position"):
         return "no position table (rotary or relative positions)"
     if op["type"] == "Linear":
-        if a.get("activation", "none") not in ACTIVATION_CODES:
+        if a.get("activation", "none") not in GPU_ACTIVATIONS:
             return f"activation {a['activation']!r}"
         if a.get("gated"):
             return "a gated epilogue (SwiGLU/GeGLU)"
@@ -57,19 +58,19 @@ def check_gpu_support(plan) -> None:
     the backend before it builds an engine (trtrun.backends.choose_backend).
     """
     for op in plan.ops:  # a valid plan may hold ops only the reference backend runs (Pool)
-        if op["type"] not in OP_CODES:
+        if op["type"] not in GPU_OP_TYPES:
             hint = ("build the plan without the outputs that need it (--outputs)" if op["type"] == "Pool"
                     else "run it on the reference backend")
             raise PlanError(f"op {op['name']!r}: the GPU runtime does not run {op['type']} ops yet (the reference "
                             f"backend does); {hint}")
-        if op["precision"] not in PRECISION_CODES:  # fp8: no cuBLASLt fp8 GEMM path in the runtime yet
+        if op["precision"] not in GPU_PRECISIONS:  # fp8: no cuBLASLt fp8 GEMM path in the runtime yet
             raise PlanError(f"op {op['name']!r}: precision {op['precision']}: the GPU runtime has no "
                             f"{op['precision']} path yet; run this plan on the reference backend (--backend reference)")
         missing = gpu_missing(op)
         if missing:
             raise PlanError(f"op {op['name']!r}: the GPU runtime does not run {op['type']} ops with {missing} yet "
                             f"(the reference backend does)")
-    if plan.precision not in PRECISION_CODES:
+    if plan.precision not in GPU_PRECISIONS:
         # a "mixed" plan (--precision auto) puts fp32 and fp16 Linears side by side in one residual stream, a
         # combination the GPU runtime's buffers and fusions have never been run with
         raise PlanError(f"plan precision {plan.precision}: the GPU runtime does not run {plan.precision} plans yet; "
@@ -77,7 +78,8 @@ def check_gpu_support(plan) -> None:
 
 
 def lower_plan(plan) -> dict:
-    """The plan as simple lists for _C.Engine: tensors, ops (dicts of codes), weights (name, array).
+    """The plan as simple lists for _C.Engine: tensors, ops (dicts; types, dtypes, precisions and activations by
+    name), weights (name, array).
 
     Weights are converted where the kernels need one dtype per op (exactly what the reference computes):
     Linear weights to the GEMM operand type (fp32 for fp32 ops, fp16 otherwise; the reference rounds
@@ -92,7 +94,7 @@ def lower_plan(plan) -> dict:
     for n in names:
         t = tensors[n]
         dims = [-1 if d == "B" else -2 if d == "S" else int(d) for d in t["shape"]]
-        tlist.append((n, ELEM_CODES[t["dtype"]], dims))
+        tlist.append((n, DEVICE_DTYPES.get(t["dtype"], t["dtype"]), dims))
 
     weights: list[tuple[str, np.ndarray]] = []
     windex: dict[tuple[str, str], int] = {}
@@ -118,11 +120,11 @@ def lower_plan(plan) -> dict:
         attrs = op.get("attrs", {})
         w = {k: v for k, v in op.get("weights", {}).items() if v}
         d: dict[str, Any] = {
-            "type": OP_CODES[op["type"]],
+            "type": op["type"],
             "name": op["name"],
             "inputs": [tindex[t] if t else -1 for t in op["inputs"]],
             "outputs": [tindex[t] if t else -1 for t in op["outputs"]],
-            "precision": PRECISION_CODES[op["precision"]],
+            "precision": op["precision"],
         }
         wmap: dict[str, int] = {}
         typ = op["type"]
@@ -146,7 +148,7 @@ def lower_plan(plan) -> dict:
                 # same type as y: fused into cuBLASLt's epilogue; fp16 bias for fp32 y: widened (exact);
                 # fp32 bias for fp16 y: kept, the runtime adds it in its own fp32 epilogue kernel
                 wmap["bias"] = weight(w["bias"], "float32" if y_dt == "float32" else b_dt)
-            d["activation"] = ACTIVATION_CODES[attrs.get("activation", "none")]
+            d["activation"] = attrs.get("activation", "none")
         elif typ == "Attention":
             d["num_heads"] = int(attrs["num_heads"])
             d["head_size"] = int(attrs["head_size"])

@@ -4,7 +4,8 @@ that hands them to the extension.
 Everything that makes a context (Engine.create_context, the Embedder, `trtrun run`, `trtrun serve`, `trtrun bench`)
 takes its defaults and its checks from ContextOptions; an entry point that wants another default (the
 Embedder's gemm_search) says so by value, from trtrun.types.GEMM_SEARCH_DEFAULTS. The measurements behind the
-defaults are in docs/performance.md.
+defaults are in docs/performance.md; native/include/trtrun/context_options.h states the same defaults for C++
+callers (tests/runtime/test_native_host.py checks they agree).
 """
 
 from __future__ import annotations
@@ -84,11 +85,11 @@ class ContextOptions:
         return dataclasses.replace(self, **overrides) if overrides else self
 
 
-# The order in which _C.Context takes the options after the engine (csrc/bind_context.cpp); `bucket` stays in Python
-NATIVE_ORDER = ("use_graphs", "workspace_bytes", "max_graphs", "ffn_chunks", "fuse_residual", "fuse_residual_min_rows",
-                "ffn_chunk_min_rows", "gemm_search", "split_ln_max_rows", "split_ln_slice")
+# The options the extension's Context takes (trtrun._C.ContextOptions, native/include/trtrun/context_options.h),
+# set there by name: every field but `bucket`, which is Python's own (Context pads to the bucket before the run).
+NATIVE_FIELDS = tuple(f.name for f in dataclasses.fields(ContextOptions) if f.name != "bucket")
 
 
-def native_args(options: ContextOptions) -> tuple:
-    """The options as _C.Context's positional arguments after the engine, in NATIVE_ORDER."""
-    return tuple(getattr(options, name) for name in NATIVE_ORDER)
+def native_options(options: ContextOptions, ext):
+    """The options as the extension `ext` (trtrun._C) takes them: its ContextOptions, each field set by name."""
+    return ext.ContextOptions(**{name: getattr(options, name) for name in NATIVE_FIELDS})

@@ -1,0 +1,77 @@
+// native/include/trtrun/plan.h: the plan as the runtime takes it (Engine's input), already validated by
+// trtrun.plan and lowered by trtrun/runtime/lower.py (lower_plan); the Python binding fills these structs from names.
+// No CUDA and no Python in here.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "trtrun/types.h"
+
+namespace trtrun {
+
+// A dimension is a fixed size (> 0) or a symbol: DIM_B (batch) or DIM_S (sequence).
+constexpr int64_t DIM_B = -1;
+constexpr int64_t DIM_S = -2;
+
+struct TensorDesc {
+  std::string name;
+  DType type = DType::F32;  // on the device: graph inputs of int64 are stored as I32
+  std::vector<int64_t> dims;
+  // Elements at a given (batch, seq); throws on overflow.
+  size_t numel(int64_t batch, int64_t seq) const;
+};
+
+constexpr int NO_TENSOR = -1;
+constexpr int NO_WEIGHT = -1;
+
+struct OpDesc {
+  OpType type = OpType::Linear;
+  std::string name;
+  std::vector<int> inputs;   // tensor indices, NO_TENSOR for an absent optional input
+  std::vector<int> outputs;  // tensor indices, NO_TENSOR for an absent optional output
+  std::map<std::string, int> weights;  // role -> weight index
+  Precision precision = Precision::HYBRID;
+  // attributes (the ones an op type does not use stay at their defaults)
+  Activation activation = Activation::None;
+  float epsilon = 1e-5f;
+  int position_offset = 0;
+  int num_heads = 0;
+  int head_size = 0;
+  float scale = 1.0f;
+  bool causal = false;
+
+  int weight(const std::string& role) const {
+    auto it = weights.find(role);
+    return it == weights.end() ? NO_WEIGHT : it->second;
+  }
+};
+
+struct WeightDesc {
+  std::string name;
+  DType type = DType::F32;
+  std::vector<int64_t> shape;
+  const void* host = nullptr;  // valid only while the Engine is being built
+  size_t nbytes = 0;
+};
+
+struct EngineDesc {
+  std::vector<TensorDesc> tensors;
+  std::vector<OpDesc> ops;
+  std::vector<WeightDesc> weights;
+  std::vector<int> inputs;   // graph inputs (tensor indices)
+  std::vector<int> outputs;  // graph outputs (tensor indices)
+  int64_t batch_max = 1;
+  int64_t seq_max = 1;       // the largest sequence (bucket) a context must hold
+  bool tf32 = false;
+};
+
+// Overflow-checked arithmetic for sizes computed from user shapes (InputError on overflow).
+size_t checked_mul(size_t a, size_t b, const char* what);
+size_t checked_add(size_t a, size_t b, const char* what);
+inline size_t align_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
+
+}  // namespace trtrun

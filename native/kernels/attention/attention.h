@@ -1,0 +1,31 @@
+// native/kernels/attention/attention.h: fused multi-head attention (docs/plan-format.md, Attention op).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "trtrun/errors.h"
+#include "trtrun/types.h"
+
+#include <string>
+
+namespace trtrun {
+
+// qkv [batch, seq, 3*heads*head_size] (Q | K | V, head h at columns h*D:(h+1)*D of each), in qkv_t;
+// mask int32 [batch, seq] (0 = key masked) or null; y [batch, seq, heads*head_size] in y_t.
+// scores = scale * Q K^T; masked keys (mask == 0, or j > i when causal) get the float32 minimum, so a
+// fully masked row is uniform over all keys; softmax over keys; y = P V. Never writes the seq x seq
+// scores to memory (flash-attention style online softmax).
+// prec HYBRID: QK^T and PV on tensor cores (fp16 operands, fp32 accumulation), softmax in fp32, P
+//   rounded to fp16 for PV. FP16: same products, scores rounded to fp16 after scaling, softmax in fp16
+//   (masked scores saturate to the fp16 minimum, -65504). FP32: everything in fp32 FFMA, no tensor cores.
+// head_size must be 32, 64 or 128; qkv and y 16-byte aligned. Throws std::invalid_argument / CudaError.
+void launch_attention(const void* qkv, DType qkv_t, const int32_t* mask /*[B,S] nullable*/,
+                      void* y, DType y_t, int batch, int seq, int heads, int head_size,
+                      float scale, bool causal, Precision prec, cudaStream_t stream);
+
+// The configuration launch_attention takes for these sizes on the current device, as text ("fp32", or
+// "mt=M nw=N ks=K qb=Q": 16*M query rows a warp, N warps a key group, K key groups a block, Q query tiles a block
+// over K/V staged once), with the TRTRUN_ATTN_CFG / TRTRUN_ATTN_QB overrides applied. For tests and tuning.
+std::string attention_config(int batch, int seq, int heads, int head_size, bool causal, Precision prec);
+
+}  // namespace trtrun

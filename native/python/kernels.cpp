@@ -1,0 +1,145 @@
+// native/python/kernels.cpp: each kernel launcher (native/kernels/<name>/) callable from Python as
+// trtrun._C.plugins.<name>, so GPU tests and tools can run a kernel alone on torch/cupy device buffers. Pointers
+// and streams cross as ints (0 = null pointer / default stream); dtypes ("float32", "float16") and precisions
+// ("fp32", "fp16", "hybrid") as names, parsed by native/core/types.cpp. A bad argument raises InputError
+// (a ValueError); a launch failure trtrun::CudaError, which the module calling bind_kernels maps.
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <string>
+
+#include "bindings.h"
+#include "kernels/attention/attention.h"
+#include "kernels/embedding/embedding.h"
+#include "kernels/gelu/gelu.h"
+#include "kernels/layernorm/layernorm.h"
+#include "trtrun/errors.h"
+#include "trtrun/types.h"
+
+namespace py = pybind11;
+
+namespace trtrun {
+
+namespace {
+
+template <typename T = void>
+T* ptr(std::uintptr_t p) {
+  return reinterpret_cast<T*>(p);
+}
+cudaStream_t stream_of(std::uintptr_t s) { return reinterpret_cast<cudaStream_t>(s); }
+// The launchers check that a dtype is a float type; these only turn names into values, naming the kernel and the
+// argument ("layernorm: y_dtype must be one of ...") when one is not a name.
+DType dt(const std::string& v, const char* op, const char* arg) {
+  return from_string<DType>(v, std::string(op) + ": " + arg + "_dtype");
+}
+Precision pr(const std::string& v, const char* op) {
+  return from_string<Precision>(v, std::string(op) + ": precision");
+}
+
+}  // namespace
+
+void bind_kernels(py::module_& m) {
+  py::module_ p = m.def_submodule("plugins", "trtrun's CUDA kernels, callable alone on device pointers (tests)");
+  // The names the launchers take, as attributes (P.F16, P.HYBRID) for callers that spell them so.
+  p.attr("F32") = to_string(DType::F32);
+  p.attr("F16") = to_string(DType::F16);
+  p.attr("FP32") = to_string(Precision::FP32);
+  p.attr("FP16") = to_string(Precision::FP16);
+  p.attr("HYBRID") = to_string(Precision::HYBRID);
+
+  p.def(
+      "layernorm",
+      [](std::uintptr_t x, const std::string& x_t, std::uintptr_t residual, const std::string& r_t,
+         std::uintptr_t gamma, std::uintptr_t beta, const std::string& param_t, std::uintptr_t y,
+         const std::string& y_t, std::uintptr_t sum_out, const std::string& sum_t, int rows, int n, float eps,
+         const std::string& prec, std::uintptr_t stream) {
+        const char* op = "layernorm";
+        const DType xd = dt(x_t, op, "x"), rd = dt(r_t, op, "residual"), pd = dt(param_t, op, "param");
+        const DType yd = dt(y_t, op, "y"), sd = dt(sum_t, op, "sum");
+        launch_layernorm(ptr(x), xd, ptr(residual), rd, ptr(gamma), ptr(beta), pd, ptr(y), yd, ptr(sum_out), sd, rows,
+                         n, eps, pr(prec, op), stream_of(stream));
+      },
+      py::arg("x"), py::arg("x_dtype"), py::arg("residual"), py::arg("residual_dtype"), py::arg("gamma"),
+      py::arg("beta"), py::arg("param_dtype"), py::arg("y"), py::arg("y_dtype"), py::arg("sum_out"),
+      py::arg("sum_dtype"), py::arg("rows"), py::arg("n"), py::arg("eps"), py::arg("precision"),
+      py::arg("stream") = 0, py::call_guard<py::gil_scoped_release>(),
+      "s = x (+ residual); y = LN(s) * gamma + beta; sum_out = s (0 = absent). Enqueues on `stream`.");
+
+  p.def(
+      "layernorm_parts",
+      [](std::uintptr_t parts, int n_parts, long long part_stride, std::uintptr_t bias, const std::string& bias_t,
+         std::uintptr_t residual, const std::string& r_t, std::uintptr_t gamma, std::uintptr_t beta,
+         const std::string& param_t, std::uintptr_t y, const std::string& y_t, std::uintptr_t sum_out,
+         const std::string& sum_t, int rows, int n, float eps, const std::string& prec, std::uintptr_t stream) {
+        const char* op = "layernorm_parts";
+        const DType bd = dt(bias_t, op, "bias"), rd = dt(r_t, op, "residual"), pd = dt(param_t, op, "param");
+        const DType yd = dt(y_t, op, "y"), sd = dt(sum_t, op, "sum");
+        launch_layernorm_parts(ptr<const float>(parts), n_parts, part_stride, ptr(bias), bd, ptr(residual), rd,
+                               ptr(gamma), ptr(beta), pd, ptr(y), yd, ptr(sum_out), sd, rows, n, eps, pr(prec, op),
+                               stream_of(stream));
+      },
+      py::arg("parts"), py::arg("n_parts"), py::arg("part_stride"), py::arg("bias"), py::arg("bias_dtype"),
+      py::arg("residual"), py::arg("residual_dtype"), py::arg("gamma"), py::arg("beta"), py::arg("param_dtype"),
+      py::arg("y"), py::arg("y_dtype"), py::arg("sum_out"), py::arg("sum_dtype"), py::arg("rows"), py::arg("n"),
+      py::arg("eps"), py::arg("precision"), py::arg("stream") = 0, py::call_guard<py::gil_scoped_release>(),
+      "x = sum of n_parts fp32 slices (part_stride elements apart) + bias; then as layernorm. Enqueues on `stream`.");
+
+  p.def(
+      "attention",
+      [](std::uintptr_t qkv, const std::string& qkv_t, std::uintptr_t mask, std::uintptr_t y, const std::string& y_t,
+         int batch, int seq, int heads, int head_size, float scale, bool causal, const std::string& prec,
+         std::uintptr_t stream) {
+        const char* op = "attention";
+        launch_attention(ptr(qkv), dt(qkv_t, op, "qkv"), ptr<const int32_t>(mask), ptr(y), dt(y_t, op, "y"), batch, seq,
+                         heads, head_size, scale, causal, pr(prec, op), stream_of(stream));
+      },
+      py::arg("qkv"), py::arg("qkv_dtype"), py::arg("mask"), py::arg("y"), py::arg("y_dtype"), py::arg("batch"),
+      py::arg("seq"), py::arg("heads"), py::arg("head_size"), py::arg("scale"), py::arg("causal"),
+      py::arg("precision"), py::arg("stream") = 0, py::call_guard<py::gil_scoped_release>(),
+      "Fused attention on packed qkv [B,S,3HD] -> y [B,S,HD]; mask int32 [B,S] (0 = absent).");
+  p.def(
+      "attention_config",
+      [](int batch, int seq, int heads, int head_size, bool causal, const std::string& prec) {
+        return attention_config(batch, seq, heads, head_size, causal, pr(prec, "attention_config"));
+      },
+      py::arg("batch"), py::arg("seq"), py::arg("heads"), py::arg("head_size"), py::arg("causal"),
+      py::arg("precision"),
+      "The launch configuration attention() takes for these sizes here ('fp32' or 'mt=.. nw=.. ks=.. qb=..').");
+
+  p.def(
+      "embedding",
+      [](std::uintptr_t ids, std::uintptr_t token_types, std::uintptr_t word, std::uintptr_t position,
+         std::uintptr_t type_table, const std::string& table_t, std::uintptr_t gamma, std::uintptr_t beta,
+         const std::string& param_t, std::uintptr_t y, const std::string& y_t, int batch, int seq, int n,
+         int position_offset, float eps, const std::string& prec, std::uintptr_t stream) {
+        const char* op = "embedding";
+        const DType td = dt(table_t, op, "table"), pd = dt(param_t, op, "param"), yd = dt(y_t, op, "y");
+        launch_embedding(ptr<const int32_t>(ids), ptr<const int32_t>(token_types), ptr(word), ptr(position),
+                         ptr(type_table), td, ptr(gamma), ptr(beta), pd, ptr(y), yd, batch, seq, n, position_offset,
+                         eps, pr(prec, op), stream_of(stream));
+      },
+      py::arg("ids"), py::arg("token_types"), py::arg("word"), py::arg("position"), py::arg("type_table"),
+      py::arg("table_dtype"), py::arg("gamma"), py::arg("beta"), py::arg("param_dtype"), py::arg("y"),
+      py::arg("y_dtype"), py::arg("batch"), py::arg("seq"), py::arg("n"), py::arg("position_offset"),
+      py::arg("eps"), py::arg("precision"), py::arg("stream") = 0, py::call_guard<py::gil_scoped_release>(),
+      "word[ids] + position[s+offset] + type[tt or 0], then LayerNorm when gamma != 0. ids/tt int32.");
+
+  p.def(
+      "gelu",
+      [](std::uintptr_t y, const std::string& y_t, long long count, bool tanh_approx, std::uintptr_t stream) {
+        launch_gelu(ptr(y), dt(y_t, "gelu", "y"), count, tanh_approx, stream_of(stream));
+      },
+      py::arg("y"), py::arg("y_dtype"), py::arg("count"), py::arg("tanh"), py::arg("stream") = 0,
+      py::call_guard<py::gil_scoped_release>(), "GELU in place (erf, or tanh form), fp32 math.");
+}
+
+}  // namespace trtrun
+
+#ifdef TRTRUN_PLUGINS_STANDALONE
+// A module holding only the kernels, for kernel tests before/without the full extension (tools/kernels_build.py):
+//   nvcc ... native/kernels/*/*.cu native/core/types.cpp native/python/kernels.cpp -DTRTRUN_PLUGINS_STANDALONE
+PYBIND11_MODULE(_trtrun_plugins, m) {
+  py::register_exception<trtrun::CudaError>(m, "CudaError", PyExc_RuntimeError);
+  trtrun::bind_kernels(m);
+}
+#endif

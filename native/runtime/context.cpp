@@ -1,0 +1,764 @@
+// native/runtime/context.cpp: see context.h.
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+#include "trtrun/context.h"
+
+#include "runtime/gemm.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <limits>
+
+#include "runtime/runtime_ops.h"
+#include "trtrun/memory_plan.h"
+
+#if __has_include("kernels/embedding/embedding.h")
+#include "kernels/embedding/embedding.h"
+#define TRTRUN_HAVE_EMBEDDING 1
+#endif
+#if __has_include("kernels/layernorm/layernorm.h")
+#include "kernels/layernorm/layernorm.h"
+#define TRTRUN_HAVE_LAYERNORM 1
+#endif
+#if __has_include("kernels/attention/attention.h")
+#include "kernels/attention/attention.h"
+#define TRTRUN_HAVE_ATTENTION 1
+#endif
+#if __has_include("kernels/gelu/gelu.h")
+#include "kernels/gelu/gelu.h"
+#define TRTRUN_HAVE_GELU 1
+#endif
+
+namespace trtrun {
+
+namespace {
+constexpr size_t kNone = SIZE_MAX;
+
+// The dtype a kernel is launched with for a tensor or weight the Engine checked to be float (F16 stays F16,
+// anything else reads as F32, as the kernels' own dtype set had it).
+DType float_dtype(DType t) { return t == DType::F16 ? DType::F16 : DType::F32; }
+
+int64_t inner_elems(const TensorDesc& t) {
+  int64_t n = 1;
+  for (size_t i = 2; i < t.dims.size(); ++i) n *= t.dims[i];
+  return n;
+}
+
+[[noreturn]] void missing_plugin(const OpDesc& op, const char* plugin) {
+  throw DeviceError("op '" + op.name + "': this build has no " + plugin + " plugin (native/kernels/" + plugin + "/)");
+}
+
+// The epilogue cuBLASLt can fuse for a Linear op, or None + unfused when the bias type differs from y's.
+struct LinearChoice {
+  GemmEpilogue epilogue = GemmEpilogue::None;
+  bool fusable = true;     // false: GEMM into an fp32 accumulator, then the runtime's bias/activation kernel
+  bool gelu_after = false; // gelu_erf: bias epilogue, then the gelu plugin in place on y (plan-format "hybrid")
+};
+
+LinearChoice choose_linear(const OpDesc& op, const EngineDesc& d) {
+  LinearChoice c;
+  const int bias = op.weight("bias");
+  const DType y_t = d.tensors[op.outputs[0]].type;
+  const bool has_bias = bias != NO_WEIGHT;
+  if (has_bias && d.weights[bias].type != y_t) c.fusable = false;
+  switch (op.activation) {
+    case Activation::None: c.epilogue = has_bias ? GemmEpilogue::Bias : GemmEpilogue::None; break;
+    // cuBLASLt's GELU epilogue is the tanh form, applied to the fp32 accumulator (allowed by plan-format.md)
+    case Activation::GeluTanh: c.epilogue = has_bias ? GemmEpilogue::GeluBias : GemmEpilogue::Gelu; break;
+    case Activation::GeluErf:
+      c.epilogue = has_bias ? GemmEpilogue::Bias : GemmEpilogue::None;
+      c.gelu_after = true;
+      break;
+  }
+  return c;
+}
+
+GemmKey linear_key(const OpDesc& op, const EngineDesc& d, int64_t rows, const LinearChoice& c, bool unfused) {
+  const WeightDesc& w = d.weights[op.weight("weight")];
+  GemmKey k;
+  k.m = rows;
+  k.k = w.shape[0];
+  k.n = w.shape[1];
+  k.operand_t = w.type;
+  k.out_t = unfused ? DType::F32 : d.tensors[op.outputs[0]].type;
+  k.epilogue = unfused ? GemmEpilogue::None : c.epilogue;
+  k.tf32 = d.tf32;
+  return k;
+}
+
+// The GEMM of a Linear run split into `split` K slices (fp16 operands, unsummed fp32 slices out): one key for
+// the plan-time check (m = the planned rows) and the run (m = the run's rows).
+GemmKey split_linear_key(int64_t m, const WeightDesc& w, int split) {
+  GemmKey key;
+  key.m = m;
+  key.n = w.shape[1];
+  key.k = w.shape[0];
+  key.operand_t = DType::F16;
+  key.out_t = DType::F32;
+  key.split = split;
+  return key;
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------------------------------------ construction
+Context::Context(std::shared_ptr<const Engine> engine, ContextOptions options)
+    : engine_(std::move(engine)), options_(options), device_(engine_->device()), graphs_on_(options.use_graphs) {
+  DeviceGuard guard(device_);
+  const char* sep = std::getenv("TRTRUN_STAGE_SEPARATE");
+  separate_staging_ = sep != nullptr && sep[0] == '1';
+  try {
+    init();
+  } catch (...) {
+    // the destructor does not run for a constructor that throws: release the raw CUDA handles here (the
+    // members that own memory free it themselves), so a failed context (out of memory) leaks nothing
+    release_handles();
+    throw;
+  }
+}
+
+void Context::release_handles() noexcept {
+  for (auto& kv : graphs_) TRTRUN_CUDA_IGNORE(cudaGraphExecDestroy(kv.second.first));
+  graphs_.clear();
+  lru_.clear();
+  gemm_.reset();
+  if (done_) TRTRUN_CUDA_IGNORE(cudaEventDestroy(done_));
+  if (stream_) TRTRUN_CUDA_IGNORE(cudaStreamDestroy(stream_));
+  done_ = nullptr;
+  stream_ = nullptr;
+}
+
+void Context::init() {
+  const EngineDesc& d = engine_->desc();
+  const int64_t B = d.batch_max, S = d.seq_max;
+  const int n_ops = static_cast<int>(d.ops.size());
+  stage_jobs_.reserve(engine_->input_info().size() + 1);  // the inputs and the valid-column mask
+
+  TRTRUN_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  TRTRUN_CUDA_CHECK(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming));
+  gemm_ = std::make_unique<GemmRunner>(options_.workspace_bytes, options_.gemm_search);
+
+  // ---- lifetimes of every tensor and scratch buffer, in op steps (-1: staged before the first op)
+  std::vector<BufferLife> lives;
+  std::vector<int> first(d.tensors.size(), std::numeric_limits<int>::max()), last(d.tensors.size(), -2);
+  for (int t : d.inputs) first[t] = -1, last[t] = std::max(last[t], -1);
+  for (int i = 0; i < n_ops; ++i) {
+    for (int t : d.ops[i].inputs)
+      if (t != NO_TENSOR) last[t] = std::max(last[t], i);
+    for (int t : d.ops[i].outputs)
+      if (t != NO_TENSOR) first[t] = std::min(first[t], i), last[t] = std::max(last[t], i);
+  }
+  for (int t : d.outputs) last[t] = n_ops;
+  tensor_offset_.assign(d.tensors.size(), kNone);
+
+  std::vector<int64_t> rows_cap(d.tensors.size(), -1);  // per tensor: rows planned (-1: all; chunks, caps)
+  // Rows of Linear `op` at the profile's maxima when it takes the fused cuBLASLt path with no operand cast and
+  // no separate GELU pass (with add_c: the residual added in the epilogue too), else -1.
+  auto plain_rows = [&](const OpDesc& op, bool add_c) -> int64_t {
+    const WeightDesc& w = d.weights[op.weight("weight")];
+    const TensorDesc& x = d.tensors[op.inputs[0]];
+    if (x.type != w.type) return -1;
+    LinearChoice c = choose_linear(op, d);
+    if (!c.fusable || c.gelu_after) return -1;
+    const int64_t rows = static_cast<int64_t>(x.numel(B, S) / static_cast<size_t>(w.shape[0]));
+    GemmKey key = linear_key(op, d, std::min<int64_t>(rows, 4096), c, false);
+    key.add_c = add_c;
+    return gemm_->prepare(key) ? rows : -1;
+  };
+  // ---- Linear -> LayerNorm residual fusion (see context.h, resid_dst_)
+  std::vector<int> uses(d.tensors.size(), 0);
+  for (const OpDesc& op : d.ops)
+    for (int t : op.inputs)
+      if (t != NO_TENSOR) ++uses[t];
+  for (int t : d.outputs) ++uses[t];
+  resid_dst_.assign(n_ops, -1);
+  if (options_.fuse_residual) {
+    for (int i = 0; i + 1 < n_ops; ++i) {
+      const OpDesc& a = d.ops[i];
+      const OpDesc& ln = d.ops[i + 1];
+      if (a.type != OpType::Linear || ln.type != OpType::LayerNorm || a.outputs.empty() || ln.inputs.size() < 2)
+        continue;
+      const int t = a.outputs[0], r = ln.inputs[1];
+      if (t == NO_TENSOR || ln.inputs[0] != t || r == NO_TENSOR || r == t || uses[t] != 1) continue;
+      if (ln.precision == Precision::FP16) continue;  // fp16 statistics round x and r before adding: not this
+      const int sum = ln.outputs.size() > 1 ? ln.outputs[1] : NO_TENSOR;
+      if (d.tensors[t].type != DType::F32 || d.tensors[r].type != DType::F32 ||
+          (sum != NO_TENSOR && d.tensors[sum].type != DType::F32))
+        continue;
+      if (a.activation != Activation::None) continue;
+      if (d.weights[a.weight("weight")].type != DType::F16) continue;  // fp32 GEMMs: measured slower (BERT-base
+                                                                          // fp32 32x128 +1%)
+      const int64_t rows = plain_rows(a, true);
+      if (rows < 0) continue;  // e.g. no out-of-place algorithm: the plain path
+      resid_dst_[i] = sum != NO_TENSOR ? sum : t;
+      if (sum != NO_TENSOR) {
+        first[sum] = std::min(first[sum], i);  // the sum is written by the GEMM at op i, not at op i+1
+        // the Linear's own output is written only by the unfused runs (fewer than min_rows rows)
+        const int64_t cap = std::max<int64_t>(options_.fuse_residual_min_rows - 1, 0);
+        if (cap == 0) last[t] = -2;  // never: no arena space
+        else rows_cap[t] = std::min(cap, rows);
+      }
+      // the residual is read by the GEMM at op i now (it was read at op i+1): it is live from before op i anyway
+    }
+  }
+
+  // ---- Linear -> LayerNorm pairs split into K slices at few rows (ContextOptions::split_ln_max_rows)
+  split_.assign(n_ops, 0);
+  split_offset_.assign(n_ops, kNone);
+  std::vector<std::pair<int, size_t>> split_bytes;  // (op, bytes) planned below
+  if (options_.split_ln_max_rows > 0 && options_.split_ln_slice > 0) {
+    for (int i = 0; i + 1 < n_ops; ++i) {
+      const OpDesc& a = d.ops[i];
+      const OpDesc& ln = d.ops[i + 1];
+      if (a.type != OpType::Linear || ln.type != OpType::LayerNorm || a.outputs.empty() || ln.inputs.empty()) continue;
+      const int t = a.outputs[0];
+      if (t == NO_TENSOR || ln.inputs[0] != t || uses[t] != 1) continue;  // only the LayerNorm reads it
+      if (ln.precision == Precision::FP16 || a.activation != Activation::None) continue;
+      const WeightDesc& w = d.weights[a.weight("weight")];
+      if (w.type != DType::F16 || d.tensors[a.inputs[0]].type != DType::F16) continue;
+      const int bias = a.weight("bias");
+      if (bias != NO_WEIGHT && !is_float(d.weights[bias].type)) continue;
+      const int64_t k = w.shape[0], n = w.shape[1], slice = options_.split_ln_slice;
+      if (k % slice != 0 || k / slice < 2 || slice % 8 != 0) continue;
+      const int64_t rows = static_cast<int64_t>(d.tensors[a.inputs[0]].numel(B, S) / static_cast<size_t>(k));
+      const int64_t cap = std::min(rows, options_.split_ln_max_rows);
+      const GemmKey key = split_linear_key(cap, w, static_cast<int>(k / slice));
+      if (!gemm_->prepare(key)) continue;
+      split_[i] = key.split;
+      split_bytes.emplace_back(i, checked_mul(checked_mul(static_cast<size_t>(key.split), static_cast<size_t>(cap),
+                                                          "split slices"),
+                                              checked_mul(static_cast<size_t>(n), 4, "split slices"), "split slices"));
+    }
+  }
+
+  // ---- feed-forward pairs run in row chunks (ContextOptions::ffn_chunks): op i and i+1 are Linears, op i's
+  // output feeds only op i+1 and is no graph output, and both take the fused cuBLASLt path with no cast and
+  // no separate GELU pass. The intermediate is then planned at chunk size.
+  ffn_first_.assign(n_ops, 0);
+  if (options_.ffn_chunks > 1) {
+    for (int i = 0; i + 1 < n_ops; ++i) {
+      const OpDesc& a = d.ops[i];
+      const OpDesc& b = d.ops[i + 1];
+      if (a.type != OpType::Linear || b.type != OpType::Linear || a.outputs.empty() || b.inputs.empty()) continue;
+      const int t = a.outputs[0];
+      if (t == NO_TENSOR || b.inputs[0] != t || uses[t] != 1) continue;
+      const int64_t rows = plain_rows(a, false);
+      if (rows < 0 || plain_rows(b, false) < 0) continue;
+      const int64_t chunk = (rows + options_.ffn_chunks - 1) / options_.ffn_chunks;
+      if (chunk < options_.ffn_chunk_min_rows) continue;  // small chunks: slower GEMMs for little memory
+      if (ffn_chunk_rows_ != 0 && ffn_chunk_rows_ != chunk) continue;  // one chunk size per context
+      ffn_chunk_rows_ = chunk;
+      ffn_first_[i] = 1;
+      rows_cap[t] = chunk;
+      // the first Linear reads its input while the second one writes (chunk by chunk): the input must live
+      // through op i+1, or the planner may place op i+1's output over it (seen on an H200: GPT-2's pre-norm
+      // FFN input dies at c_fc, and chunk 2 read rows that chunk 1's c_proj had overwritten)
+      last[a.inputs[0]] = std::max(last[a.inputs[0]], i + 1);
+      ++i;  // pairs do not overlap
+    }
+  }
+
+  std::vector<std::pair<int, int>> owners;  // (kind, index): 0 tensor, 1 cast scratch, 2 acc scratch, 3 mask,
+                                            // 4 split slices
+  for (size_t t = 0; t < d.tensors.size(); ++t) {
+    if (last[t] < -1) continue;  // untouched
+    size_t elems = d.tensors[t].numel(B, S);
+    if (rows_cap[t] >= 0) elems = checked_mul(static_cast<size_t>(rows_cap[t]),
+                                              static_cast<size_t>(inner_elems(d.tensors[t])), "chunk elements");
+    lives.push_back({checked_mul(elems, elem_size(d.tensors[t].type), "activation bytes"), first[t], last[t]});
+    owners.emplace_back(0, static_cast<int>(t));
+  }
+  cast_offset_.assign(n_ops, kNone);
+  acc_offset_.assign(n_ops, kNone);
+  bool need_valid_mask = false;
+  for (int i = 0; i < n_ops; ++i) {
+    const OpDesc& op = d.ops[i];
+    if (op.type == OpType::Linear) {
+      const WeightDesc& w = d.weights[op.weight("weight")];
+      const TensorDesc& x = d.tensors[op.inputs[0]];
+      const int64_t rows = static_cast<int64_t>(x.numel(B, S) / static_cast<size_t>(w.shape[0]));
+      if (x.type != w.type) {  // GEMM operands in the weight's type (fp16 in hybrid/fp16, fp32 in fp32)
+        lives.push_back({checked_mul(x.numel(B, S), elem_size(w.type), "cast scratch"), i, i});
+        owners.emplace_back(1, i);
+      }
+      LinearChoice c = choose_linear(op, d);
+      // The fused epilogue is used when cuBLASLt offers it for this dtype combination (asked at a typical row
+      // count: support depends on the types and the epilogue, and asking at an absurd profile's row count
+      // would fail for the wrong reason); otherwise an fp32 accumulator is planned for the unfused path.
+      bool fused = c.fusable && gemm_->prepare(linear_key(op, d, std::min<int64_t>(rows, 4096), c, false));
+      if (!fused) {
+        lives.push_back({checked_mul(checked_mul(static_cast<size_t>(rows), static_cast<size_t>(w.shape[1]), "acc"),
+                                     4, "accumulator scratch"), i, i});
+        owners.emplace_back(2, i);
+      }
+    } else if (op.type == OpType::Attention) {
+      if ((op.inputs.size() < 2 || op.inputs[1] == NO_TENSOR) && !op.causal) need_valid_mask = true;
+    }
+  }
+  if (need_valid_mask) {
+    lives.push_back({checked_mul(static_cast<size_t>(B * S), 4, "mask bytes"), -1, n_ops});
+    owners.emplace_back(3, 0);
+  }
+  for (const auto& sb : split_bytes) {  // written by the Linear at op i, summed by the LayerNorm at op i+1
+    lives.push_back({sb.second, sb.first, sb.first + 1});
+    owners.emplace_back(4, sb.first);
+  }
+  ArenaPlan plan = plan_arena(lives, 256);
+  arena_naive_bytes_ = plan.naive_total;
+  for (size_t j = 0; j < owners.size(); ++j) {
+    const auto& o = owners[j];
+    if (o.first == 0) tensor_offset_[o.second] = plan.offsets[j];
+    else if (o.first == 1) cast_offset_[o.second] = plan.offsets[j];
+    else if (o.first == 2) acc_offset_[o.second] = plan.offsets[j];
+    else if (o.first == 4) split_offset_[o.second] = plan.offsets[j];
+    else valid_mask_offset_ = plan.offsets[j];
+  }
+  arena_ = DeviceBuffer(std::max<size_t>(plan.total, 256), "the activation arena (at the profile's maximum shapes)");
+
+  // ---- pinned host staging: int32 inputs [B, S] and outputs [B, S, ...]
+  const auto& info = engine_->input_info();
+  host_in_.resize(info.size());
+  for (size_t i = 0; i < info.size(); ++i)
+    if (info[i].used)
+      host_in_[i] = PinnedBuffer(checked_mul(static_cast<size_t>(B * S), 4, "input bytes"), "pinned input buffer");
+  host_out_.resize(d.outputs.size());
+  for (size_t i = 0; i < d.outputs.size(); ++i) {
+    const TensorDesc& t = d.tensors[d.outputs[i]];
+    host_out_[i] = PinnedBuffer(checked_mul(t.numel(B, S), elem_size(t.type), "output bytes"), "pinned output buffer");
+  }
+  input_flag_ = PinnedBuffer(sizeof(int32_t), "input flag", cudaHostAllocMapped);
+  *static_cast<int32_t*>(input_flag_.get()) = 0;
+  TRTRUN_CUDA_CHECK(cudaHostGetDevicePointer(reinterpret_cast<void**>(&input_flag_dev_), input_flag_.get(), 0));
+}
+
+Context::~Context() {
+  // Never throws: wait for work still in flight (on any stream) before freeing what it uses.
+  int previous = -1;
+  if (cudaGetDevice(&previous) != cudaSuccess) previous = -1;
+  TRTRUN_CUDA_IGNORE(cudaSetDevice(device_));
+  if (done_ && have_done_) TRTRUN_CUDA_IGNORE(cudaEventSynchronize(done_));
+  if (stream_) TRTRUN_CUDA_IGNORE(cudaStreamSynchronize(stream_));
+  release_handles();
+  arena_ = DeviceBuffer();
+  host_in_.clear();
+  host_out_.clear();
+  input_flag_ = PinnedBuffer();
+  if (previous >= 0 && previous != device_) TRTRUN_CUDA_IGNORE(cudaSetDevice(previous));
+}
+
+// ------------------------------------------------------------------------------------------------ accessors
+int32_t* Context::host_input(size_t slot) const {
+  return static_cast<int32_t*>(host_in_.at(slot).get());
+}
+size_t Context::host_input_elems(size_t slot) const { return host_in_.at(slot).size() / sizeof(int32_t); }
+void* Context::host_output(size_t slot) const { return host_out_.at(slot).get(); }
+size_t Context::host_output_bytes(size_t slot) const { return host_out_.at(slot).size(); }
+size_t Context::graph_count() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return graphs_.size();
+}
+size_t Context::gemm_plans() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return gemm_->cached();
+}
+// Whether Linear op i adds its LayerNorm's residual at a run of `rows` tokens (batch x sequence bucket).
+bool Context::resid_fused_at(size_t i, int64_t rows) const {
+  return resid_dst_[i] >= 0 && rows >= options_.fuse_residual_min_rows && !split_at(i, rows);
+}
+
+// Whether Linear op i runs split into K slices summed by its LayerNorm at a run of `rows` tokens.
+bool Context::split_at(size_t i, int64_t rows) const {
+  if (split_[i] == 0 || rows > options_.split_ln_max_rows) return false;
+  return !(i > 0 && ffn_first_[i - 1] && rows > ffn_chunk_rows_);  // the chunked FFN pair runs its own GEMMs
+}
+
+size_t Context::split_linears() const {
+  return static_cast<size_t>(std::count_if(split_.begin(), split_.end(), [](int v) { return v > 0; }));
+}
+
+size_t Context::fused_residuals() const {
+  return static_cast<size_t>(std::count_if(resid_dst_.begin(), resid_dst_.end(), [](int t) { return t >= 0; }));
+}
+std::string Context::graph_note() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return graph_note_;
+}
+char* Context::tensor_ptr(int t) const {
+  if (t == NO_TENSOR) return nullptr;
+  size_t off = tensor_offset_.at(static_cast<size_t>(t));
+  if (off == kNone) throw std::logic_error("tensor without arena space");
+  return static_cast<char*>(arena_.get()) + off;
+}
+
+// ------------------------------------------------------------------------------------------------ runs
+void Context::check_shape(int batch, int seq, int seq_bucket) const {
+  const EngineDesc& d = engine_->desc();
+  if (batch < 1 || batch > d.batch_max)
+    throw ShapeError("batch " + std::to_string(batch) + " is outside [1, " + std::to_string(d.batch_max) + "]");
+  if (seq < 1 || seq_bucket < seq || seq_bucket > d.seq_max)
+    throw ShapeError("sequence " + std::to_string(seq) + " (bucket " + std::to_string(seq_bucket) +
+                     ") is outside [1, " + std::to_string(d.seq_max) + "]");
+}
+
+void Context::begin(cudaStream_t s) {
+  // order after this context's previous run, whichever stream it was on (the arena is reused)
+  if (have_done_) TRTRUN_CUDA_CHECK(cudaStreamWaitEvent(s, done_, 0));
+}
+
+void Context::finish(cudaStream_t s) {
+  TRTRUN_CUDA_CHECK(cudaEventRecord(done_, s));
+  have_done_ = true;
+}
+
+void Context::stage_common(int batch, int seq, int seq_bucket, cudaStream_t s) {
+  std::vector<StageJob>& jobs = stage_jobs_;
+  if (valid_mask_offset_ != kNone) {
+    StageJob j;
+    j.dst = reinterpret_cast<int32_t*>(static_cast<char*>(arena_.get()) + valid_mask_offset_);
+    j.kind = StageKind::ValidMask;
+    jobs.push_back(j);
+  }
+  // one launch for all (TRTRUN_STAGE_SEPARATE=1 at context creation: one launch each, to measure the difference)
+  const size_t per = separate_staging_ ? 1 : static_cast<size_t>(kMaxStageJobs);
+  for (size_t i = 0; i < jobs.size(); i += per)
+    launch_stage_inputs(jobs.data() + i, static_cast<int>(std::min(per, jobs.size() - i)), batch, seq, seq_bucket,
+                        input_flag_dev_, s);
+}
+
+void Context::run_host(int batch, int seq, int seq_bucket) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  DeviceGuard guard(device_);
+  check_shape(batch, seq, seq_bucket);
+  const EngineDesc& d = engine_->desc();
+  const auto& info = engine_->input_info();
+  cudaStream_t s = stream_;
+  begin(s);
+  stage_jobs_.clear();  // the host path copies its inputs as they are: only the valid-column mask is staged
+  for (size_t i = 0; i < info.size(); ++i) {
+    if (!info[i].used) continue;
+    TRTRUN_CUDA_CHECK(cudaMemcpyAsync(tensor_ptr(info[i].tensor), host_in_[i].get(),
+                                      static_cast<size_t>(batch) * seq_bucket * sizeof(int32_t),
+                                      cudaMemcpyHostToDevice, s));
+  }
+  stage_common(batch, seq, seq_bucket, s);
+  execute(batch, seq_bucket, s);
+  for (size_t i = 0; i < d.outputs.size(); ++i) {
+    const TensorDesc& t = d.tensors[d.outputs[i]];
+    const size_t row = static_cast<size_t>(inner_elems(t)) * elem_size(t.type);
+    TRTRUN_CUDA_CHECK(cudaMemcpy2DAsync(host_out_[i].get(), row * seq, tensor_ptr(d.outputs[i]), row * seq_bucket,
+                                        row * seq, batch, cudaMemcpyDeviceToHost, s));
+  }
+  finish(s);
+  TRTRUN_CUDA_CHECK(cudaStreamSynchronize(s));
+}
+
+void Context::run_device(int batch, int seq, int seq_bucket, const std::vector<Feed>& feeds,
+                         const std::vector<void*>& outputs, cudaStream_t stream, bool own_stream, bool sync) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  DeviceGuard guard(device_);
+  check_shape(batch, seq, seq_bucket);
+  const EngineDesc& d = engine_->desc();
+  const auto& info = engine_->input_info();
+  if (feeds.size() != info.size()) throw InputError("run_device: wrong number of inputs");
+  if (outputs.size() != d.outputs.size()) throw InputError("run_device: wrong number of outputs");
+  for (size_t i = 0; i < info.size(); ++i)
+    if (info[i].used && feeds[i].ptr != nullptr && feeds[i].row_stride < seq)
+      throw InputError("run_device: input '" + d.tensors[info[i].tensor].name + "' has a row stride below seq");
+  for (void* p : outputs)
+    if (p == nullptr) throw InputError("run_device: null output pointer");
+  cudaStream_t s = own_stream ? stream_ : stream;
+  begin(s);
+  std::vector<StageJob>& jobs = stage_jobs_;
+  jobs.clear();
+  for (size_t i = 0; i < info.size(); ++i) {
+    if (!info[i].used) continue;
+    StageJob j;
+    j.dst = reinterpret_cast<int32_t*>(tensor_ptr(info[i].tensor));
+    if (feeds[i].ptr == nullptr) {  // not given: a mask of ones (zero padding), or token types 0
+      j.kind = info[i].is_mask ? StageKind::ValidMask : StageKind::Zeros;
+    } else {
+      j.src = feeds[i].ptr;
+      j.src_is_int64 = feeds[i].is_int64;
+      j.src_row_stride = feeds[i].row_stride;
+      j.kind = info[i].is_mask ? StageKind::Mask : StageKind::Ids;
+      j.limit = info[i].limit;
+    }
+    jobs.push_back(j);
+  }
+  stage_common(batch, seq, seq_bucket, s);
+  execute(batch, seq_bucket, s);
+  for (size_t i = 0; i < d.outputs.size(); ++i) {
+    const TensorDesc& t = d.tensors[d.outputs[i]];
+    const size_t row = static_cast<size_t>(inner_elems(t)) * elem_size(t.type);
+    TRTRUN_CUDA_CHECK(cudaMemcpy2DAsync(outputs[i], row * seq, tensor_ptr(d.outputs[i]), row * seq_bucket, row * seq,
+                                        batch, cudaMemcpyDeviceToDevice, s));
+  }
+  finish(s);
+  if (sync) {
+    TRTRUN_CUDA_CHECK(cudaEventSynchronize(done_));
+    check_input_flag();
+  }
+}
+
+void Context::synchronize() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  DeviceGuard guard(device_);
+  if (have_done_) TRTRUN_CUDA_CHECK(cudaEventSynchronize(done_));
+  TRTRUN_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  check_input_flag();
+}
+
+void Context::check_input_flag() {
+  volatile int32_t* flag = static_cast<volatile int32_t*>(input_flag_.get());
+  if (*flag != 0) {
+    *flag = 0;
+    throw InputError(
+        "a device-side input held a token id outside the vocabulary (or a token type outside the type table); "
+        "those positions were computed with id 0: check the ids passed to run_device");
+  }
+}
+
+// ------------------------------------------------------------------------------------------------ execution
+void Context::execute(int batch, int seq_bucket, cudaStream_t s) {
+  if (!graphs_on_) {
+    enqueue_ops(batch, seq_bucket, s);
+    return;
+  }
+  const GraphKey key{batch, seq_bucket};
+  auto it = graphs_.find(key);
+  if (it != graphs_.end()) {
+    lru_.splice(lru_.begin(), lru_, it->second.second);
+    TRTRUN_CUDA_CHECK(cudaGraphLaunch(it->second.first, s));
+    return;
+  }
+  // First run at this shape: eagerly (this also runs cuBLASLt's heuristics and loads kernels outside any
+  // capture), then capture the same sequence into a graph for the next runs. Capturing records, runs nothing.
+  enqueue_ops(batch, seq_bucket, s);
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  TRTRUN_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+  try {
+    enqueue_ops(batch, seq_bucket, stream_);
+  } catch (const std::exception& e) {
+    cudaGraph_t partial = nullptr;
+    TRTRUN_CUDA_IGNORE(cudaStreamEndCapture(stream_, &partial));
+    if (partial) TRTRUN_CUDA_IGNORE(cudaGraphDestroy(partial));
+    graphs_on_ = false;
+    graph_note_ = std::string("CUDA graph capture failed, running without graphs: ") + e.what();
+    return;
+  }
+  cudaError_t e = cudaStreamEndCapture(stream_, &graph);
+  if (e == cudaSuccess) e = cudaGraphInstantiate(&exec, graph, 0);
+  if (graph) TRTRUN_CUDA_IGNORE(cudaGraphDestroy(graph));
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();
+    graphs_on_ = false;
+    graph_note_ = std::string("CUDA graph capture failed, running without graphs: ") + cudaGetErrorName(e) + ": " +
+                  cudaGetErrorString(e);
+    return;
+  }
+  if (graphs_.size() >= options_.max_graphs && !lru_.empty()) {
+    auto victim = graphs_.find(lru_.back());
+    TRTRUN_CUDA_IGNORE(cudaGraphExecDestroy(victim->second.first));
+    graphs_.erase(victim);
+    lru_.pop_back();
+  }
+  lru_.push_front(key);
+  graphs_.emplace(key, std::make_pair(exec, lru_.begin()));
+}
+
+void Context::enqueue_ops(int batch, int seq_bucket, cudaStream_t s) {
+  const EngineDesc& d = engine_->desc();
+  const Engine& E = *engine_;
+  const int rows = batch * seq_bucket;
+  for (size_t i = 0; i < d.ops.size(); ++i) {
+    const OpDesc& op = d.ops[i];
+    auto in = [&](size_t j) { return j < op.inputs.size() ? op.inputs[j] : NO_TENSOR; };
+    auto out = [&](size_t j) { return j < op.outputs.size() ? op.outputs[j] : NO_TENSOR; };
+    auto dt = [&](int t) { return t == NO_TENSOR ? DType::F32 : float_dtype(d.tensors[t].type); };
+    auto wt = [&](const char* role) {
+      int w = op.weight(role);
+      return w == NO_WEIGHT ? DType::F32 : float_dtype(d.weights[w].type);
+    };
+    switch (op.type) {
+      case OpType::Embedding: {
+#ifdef TRTRUN_HAVE_EMBEDDING
+        const WeightDesc& word = d.weights[op.weight("word")];
+        launch_embedding(reinterpret_cast<const int32_t*>(tensor_ptr(in(0))),
+                         reinterpret_cast<const int32_t*>(tensor_ptr(in(1))), E.weight(op.weight("word")),
+                         E.weight(op.weight("position")), E.weight(op.weight("token_type")), float_dtype(word.type),
+                         E.weight(op.weight("gamma")), E.weight(op.weight("beta")), wt("gamma"),
+                         tensor_ptr(out(0)), dt(out(0)), batch, seq_bucket, static_cast<int>(word.shape[1]),
+                         op.position_offset, op.epsilon, op.precision, s);
+#else
+        missing_plugin(op, "embedding");
+#endif
+        break;
+      }
+      case OpType::Linear:
+        if (split_at(i, rows)) {
+          const WeightDesc& w = d.weights[op.weight("weight")];
+          const GemmKey key = split_linear_key(
+              static_cast<int64_t>(d.tensors[in(0)].numel(batch, seq_bucket) / static_cast<size_t>(w.shape[0])), w,
+              split_[i]);
+          if (!gemm_->prepare(key))
+            throw DeviceError("op '" + op.name + "': cuBLASLt offers no algorithm for this split GEMM (" +
+                              std::to_string(key.m) + "x" + std::to_string(key.n) + "x" + std::to_string(key.k) +
+                              " in " + std::to_string(key.split) + " slices)");
+          gemm_->run(key, tensor_ptr(in(0)), E.weight(op.weight("weight")), nullptr,
+                     static_cast<char*>(arena_.get()) + split_offset_[i], s);
+        } else if (ffn_first_[i] && rows > ffn_chunk_rows_) {
+          enqueue_ffn_chunked(i, batch, seq_bucket, s);
+          ++i;  // the pair's second Linear ran too
+        } else if (resid_fused_at(i, rows)) {
+          const int64_t k = d.weights[op.weight("weight")].shape[0];
+          const int64_t r = static_cast<int64_t>(d.tensors[in(0)].numel(batch, seq_bucket) / static_cast<size_t>(k));
+          enqueue_linear_rows(i, tensor_ptr(in(0)), tensor_ptr(resid_dst_[i]), r, s,
+                              tensor_ptr(d.ops[i + 1].inputs[1]));
+        } else {
+          enqueue_linear(i, batch, seq_bucket, s);
+        }
+        break;
+      case OpType::Attention: {
+#ifdef TRTRUN_HAVE_ATTENTION
+        const int32_t* mask = nullptr;
+        if (in(1) != NO_TENSOR)
+          mask = reinterpret_cast<const int32_t*>(tensor_ptr(in(1)));
+        else if (!op.causal)
+          mask = reinterpret_cast<const int32_t*>(static_cast<char*>(arena_.get()) + valid_mask_offset_);
+        launch_attention(tensor_ptr(in(0)), dt(in(0)), mask, tensor_ptr(out(0)), dt(out(0)), batch, seq_bucket,
+                         op.num_heads, op.head_size, op.scale, op.causal, op.precision, s);
+#else
+        missing_plugin(op, "attention");
+#endif
+        break;
+      }
+      case OpType::LayerNorm: {
+#ifdef TRTRUN_HAVE_LAYERNORM
+        const int n = static_cast<int>(d.tensors[in(0)].dims.back());
+        const int ln_rows = static_cast<int>(d.tensors[in(0)].numel(batch, seq_bucket) / static_cast<size_t>(n));
+        if (i > 0 && split_at(i - 1, rows)) {  // the GEMM before wrote its unsummed K slices
+          const OpDesc& lin = d.ops[i - 1];
+          const int b = lin.weight("bias");
+          launch_layernorm_parts(reinterpret_cast<const float*>(static_cast<char*>(arena_.get()) + split_offset_[i - 1]),
+                                 split_[i - 1], static_cast<long long>(ln_rows) * n, E.weight(b),
+                                 b == NO_WEIGHT ? DType::F32 : float_dtype(d.weights[b].type), tensor_ptr(in(1)),
+                                 dt(in(1)), E.weight(op.weight("gamma")), E.weight(op.weight("beta")), wt("gamma"),
+                                 tensor_ptr(out(0)), dt(out(0)), tensor_ptr(out(1)), dt(out(1)), ln_rows, n,
+                                 op.epsilon, op.precision, s);
+          break;
+        }
+        if (i > 0 && resid_fused_at(i - 1, rows)) {  // the GEMM before wrote x + residual to resid_dst_
+          launch_layernorm(tensor_ptr(resid_dst_[i - 1]), DType::F32, nullptr, DType::F32,
+                           E.weight(op.weight("gamma")), E.weight(op.weight("beta")), wt("gamma"), tensor_ptr(out(0)),
+                           dt(out(0)), nullptr, DType::F32, ln_rows, n, op.epsilon, op.precision, s);
+          break;
+        }
+        launch_layernorm(tensor_ptr(in(0)), dt(in(0)), tensor_ptr(in(1)), dt(in(1)), E.weight(op.weight("gamma")),
+                         E.weight(op.weight("beta")), wt("gamma"), tensor_ptr(out(0)), dt(out(0)),
+                         tensor_ptr(out(1)), dt(out(1)), ln_rows, n, op.epsilon, op.precision, s);
+#else
+        missing_plugin(op, "layernorm");
+#endif
+        break;
+      }
+    }
+    (void)rows;
+  }
+}
+
+void Context::enqueue_linear_rows(size_t i, const void* x, void* y, int64_t rows, cudaStream_t s, const void* c_in) {
+  const EngineDesc& d = engine_->desc();
+  const OpDesc& op = d.ops[i];
+  LinearChoice c = choose_linear(op, d);
+  GemmKey key = linear_key(op, d, rows, c, false);
+  key.add_c = c_in != nullptr;
+  if (!gemm_->prepare(key))
+    throw DeviceError("op '" + op.name + "': cuBLASLt offers no algorithm for this GEMM (" + std::to_string(key.m) +
+                      "x" + std::to_string(key.n) + "x" + std::to_string(key.k) + ")");
+  gemm_->run(key, x, engine_->weight(op.weight("weight")), engine_->weight(op.weight("bias")), y, s, c_in);
+}
+
+// The feed-forward pair (op i, op i+1) over row chunks of at most ffn_chunk_rows_ rows: chunk c of the first
+// Linear's output (in the intermediate's chunk-sized buffer) is consumed by the second Linear before chunk c+1
+// overwrites it (stream order). Row r of the result depends on row r of the input only, so this is the
+// unchunked computation, row for row.
+void Context::enqueue_ffn_chunked(size_t i, int batch, int seq_bucket, cudaStream_t s) {
+  const EngineDesc& d = engine_->desc();
+  const OpDesc& a = d.ops[i];
+  const OpDesc& b = d.ops[i + 1];
+  const TensorDesc& xt = d.tensors[a.inputs[0]];
+  const TensorDesc& yt = d.tensors[b.outputs[0]];
+  const int64_t k1 = d.weights[a.weight("weight")].shape[0];
+  const int64_t rows = static_cast<int64_t>(xt.numel(batch, seq_bucket) / static_cast<size_t>(k1));
+  const size_t x_row = static_cast<size_t>(k1) * elem_size(xt.type);
+  const size_t y_row = static_cast<size_t>(inner_elems(yt)) * elem_size(yt.type);
+  const char* x = tensor_ptr(a.inputs[0]);
+  char* mid = tensor_ptr(a.outputs[0]);
+  // the second Linear may add the next LayerNorm's residual in its epilogue (resid_dst_): then it writes the sum
+  const bool add = resid_fused_at(i + 1, batch * seq_bucket);
+  char* y = add ? tensor_ptr(resid_dst_[i + 1]) : tensor_ptr(b.outputs[0]);
+  const char* res = add ? tensor_ptr(d.ops[i + 2].inputs[1]) : nullptr;
+  for (int64_t r0 = 0; r0 < rows; r0 += ffn_chunk_rows_) {
+    const int64_t m = std::min<int64_t>(ffn_chunk_rows_, rows - r0);
+    const size_t yo = static_cast<size_t>(r0) * y_row;
+    enqueue_linear_rows(i, x + static_cast<size_t>(r0) * x_row, mid, m, s);
+    enqueue_linear_rows(i + 1, mid, y + yo, m, s, add ? res + yo : nullptr);
+  }
+}
+
+void Context::enqueue_linear(size_t i, int batch, int seq_bucket, cudaStream_t s) {
+  const EngineDesc& d = engine_->desc();
+  const OpDesc& op = d.ops[i];
+  const TensorDesc& xt = d.tensors[op.inputs[0]];
+  const TensorDesc& yt = d.tensors[op.outputs[0]];
+  const int wi = op.weight("weight"), bi = op.weight("bias");
+  const WeightDesc& w = d.weights[wi];
+  const size_t x_elems = xt.numel(batch, seq_bucket);
+  const int64_t rows = static_cast<int64_t>(x_elems / static_cast<size_t>(w.shape[0]));
+  const void* x = tensor_ptr(op.inputs[0]);
+  void* y = tensor_ptr(op.outputs[0]);
+  if (xt.type != w.type) {  // operands in the weight's type: x rounded to fp16 (hybrid/fp16) or widened (fp32)
+    void* xc = static_cast<char*>(arena_.get()) + cast_offset_[i];
+    launch_cast(x, xt.type, xc, w.type, x_elems, s);
+    x = xc;
+  }
+  const void* bias = engine_->weight(bi);
+  LinearChoice c = choose_linear(op, d);
+  bool fused = false;
+  if (c.fusable) {
+    GemmKey key = linear_key(op, d, rows, c, false);
+    // acc scratch absent means the fused path was available at the largest shape; it must be here too
+    fused = gemm_->prepare(key) || acc_offset_[i] == kNone;
+    if (fused) {
+      if (!gemm_->prepare(key))
+        throw DeviceError("op '" + op.name + "': cuBLASLt offers no algorithm for this GEMM (" +
+                          std::to_string(key.m) + "x" + std::to_string(key.n) + "x" + std::to_string(key.k) + ")");
+      gemm_->run(key, x, engine_->weight(wi), bias, y, s);
+      if (c.gelu_after) {
+#ifdef TRTRUN_HAVE_GELU
+        launch_gelu(y, float_dtype(yt.type), static_cast<long long>(yt.numel(batch, seq_bucket)), false, s);
+#else
+        missing_plugin(op, "gelu");
+#endif
+      }
+    }
+  }
+  if (!fused) {
+    if (acc_offset_[i] == kNone) throw std::logic_error("unfused Linear without an accumulator");
+    float* acc = reinterpret_cast<float*>(static_cast<char*>(arena_.get()) + acc_offset_[i]);
+    GemmKey key = linear_key(op, d, rows, c, true);
+    if (!gemm_->prepare(key))
+      throw DeviceError("op '" + op.name + "': cuBLASLt offers no algorithm for this GEMM (" + std::to_string(key.m) +
+                        "x" + std::to_string(key.n) + "x" + std::to_string(key.k) + ")");
+    gemm_->run(key, x, engine_->weight(wi), nullptr, acc, s);
+    launch_bias_act(acc, bias, bi == NO_WEIGHT ? DType::F32 : d.weights[bi].type, y, yt.type, rows, w.shape[1],
+                    op.activation, s);
+  }
+}
+
+}  // namespace trtrun

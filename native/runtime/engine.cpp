@@ -1,0 +1,199 @@
+// native/runtime/engine.cpp: see engine.h.
+#include <string>
+#include <utility>
+#include <vector>
+#include "trtrun/engine.h"
+
+#include <algorithm>
+#include <limits>
+
+namespace trtrun {
+
+namespace {
+std::string where(const OpDesc& op) { return "op '" + op.name + "'"; }
+}  // namespace
+
+const void* Engine::weight(int index) const {
+  if (index == NO_WEIGHT) return nullptr;
+  return static_cast<const char*>(weights_.get()) + offsets_.at(static_cast<size_t>(index));
+}
+
+// The Python side validated the plan (trtrun.plan); these checks guard the kernels against a description that
+// would make them read out of bounds, and name what the runtime cannot run.
+void Engine::check() {
+  const auto& T = desc_.tensors;
+  const auto& W = desc_.weights;
+  auto tensor_ok = [&](int t) { return t >= 0 && static_cast<size_t>(t) < T.size(); };
+  auto weight_ok = [&](int w) { return w >= 0 && static_cast<size_t>(w) < W.size(); };
+  if (desc_.batch_max < 1 || desc_.seq_max < 1) throw InputError("profile maxima must be >= 1");
+  if (desc_.batch_max > std::numeric_limits<int>::max() || desc_.seq_max > std::numeric_limits<int>::max())
+    throw ShapeError("profile maxima exceed 2^31-1");
+  for (const auto& t : T) {
+    if (t.dims.size() < 2 || t.dims[0] != DIM_B || t.dims[1] != DIM_S)
+      throw InputError("tensor '" + t.name + "': the runtime needs every activation shaped [B, S, ...]");
+    for (size_t i = 2; i < t.dims.size(); ++i)
+      if (t.dims[i] <= 0) throw InputError("tensor '" + t.name + "': inner dimensions must be positive");
+  }
+  for (const auto& w : W) {
+    size_t n = elem_size(w.type);
+    for (int64_t d : w.shape) {
+      if (d < 0) throw InputError("weight '" + w.name + "': negative dimension");
+      n = checked_mul(n, static_cast<size_t>(d), w.name.c_str());
+    }
+    if (n != w.nbytes) throw InputError("weight '" + w.name + "': byte count does not match dtype and shape");
+    if (!is_float(w.type)) throw InputError("weight '" + w.name + "': must be float32 or float16");
+  }
+  for (int t : desc_.inputs)
+    if (!tensor_ok(t) || T[t].type != DType::I32)
+      throw InputError("graph inputs must be integer tensors (stored as int32 on the device)");
+  for (int t : desc_.outputs)
+    if (!tensor_ok(t) || !is_float(T[t].type)) throw InputError("graph outputs must be float tensors");
+
+  auto inner = [&](int t) -> int64_t {  // product of the dims after [B, S]
+    int64_t n = 1;
+    for (size_t i = 2; i < T[t].dims.size(); ++i) n *= T[t].dims[i];
+    return n;
+  };
+  auto need_float = [&](const OpDesc& op, int t, const char* what) {
+    if (!tensor_ok(t) || !is_float(T[t].type))
+      throw InputError(where(op) + ": " + what + " must be a float tensor");
+  };
+  auto need_weight = [&](const OpDesc& op, const char* role, std::vector<int64_t> shape) {
+    int w = op.weight(role);
+    if (!weight_ok(w)) throw InputError(where(op) + ": missing weight '" + role + "'");
+    if (W[w].shape != shape) throw InputError(where(op) + ": weight '" + role + "' (" + W[w].name + ") has the wrong shape");
+    return w;
+  };
+
+  input_info_.assign(desc_.inputs.size(), InputInfo{});
+  for (size_t i = 0; i < desc_.inputs.size(); ++i) input_info_[i].tensor = desc_.inputs[i];
+  auto mark_input = [&](const OpDesc& op, int t, bool is_mask, int64_t limit) {
+    for (auto& info : input_info_) {
+      if (info.tensor != t) continue;
+      if (info.used && info.is_mask != is_mask)
+        throw InputError(where(op) + ": input '" + T[t].name + "' is used both as ids and as a mask");
+      info.limit = info.used ? std::min(info.limit, limit) : limit;
+      info.used = true;
+      info.is_mask = is_mask;
+      return;
+    }
+    throw InputError(where(op) + ": integer input '" + T[t].name + "' is not a graph input");
+  };
+
+  for (const auto& op : desc_.ops) {
+    auto in = [&](size_t j) { return j < op.inputs.size() ? op.inputs[j] : NO_TENSOR; };
+    auto out = [&](size_t j) { return j < op.outputs.size() ? op.outputs[j] : NO_TENSOR; };
+    for (int t : op.inputs)
+      if (t != NO_TENSOR && !tensor_ok(t)) throw InputError(where(op) + ": input index out of range");
+    for (int t : op.outputs)
+      if (t != NO_TENSOR && !tensor_ok(t)) throw InputError(where(op) + ": output index out of range");
+    for (const auto& kv : op.weights)
+      if (kv.second != NO_WEIGHT && !weight_ok(kv.second)) throw InputError(where(op) + ": weight index out of range");
+    need_float(op, out(0), "output");
+    switch (op.type) {
+      case OpType::Embedding: {
+        int word = op.weight("word");
+        if (!weight_ok(word) || W[word].shape.size() != 2) throw InputError(where(op) + ": word table must be 2-D");
+        const int64_t V = W[word].shape[0], N = W[word].shape[1];
+        int pos = op.weight("position");
+        if (!weight_ok(pos) || W[pos].shape.size() != 2 || W[pos].shape[1] != N)
+          throw InputError(where(op) + ": position table must be [P, N]");
+        if (desc_.seq_max + op.position_offset > W[pos].shape[0])
+          throw ShapeError(where(op) + ": max sequence + position offset exceeds the position table");
+        int tt = op.weight("token_type");
+        if (tt != NO_WEIGHT && (W[tt].shape.size() != 2 || W[tt].shape[1] != N || W[tt].shape[0] < 1))
+          throw InputError(where(op) + ": token_type table must be [T, N]");
+        if (W[pos].type != W[word].type || (tt != NO_WEIGHT && W[tt].type != W[word].type))
+          throw InputError(where(op) + ": embedding tables must share one dtype");
+        int g = op.weight("gamma"), b = op.weight("beta");
+        if ((g == NO_WEIGHT) != (b == NO_WEIGHT)) throw InputError(where(op) + ": gamma and beta come together");
+        if (g != NO_WEIGHT) {
+          need_weight(op, "gamma", {N});
+          need_weight(op, "beta", {N});
+          if (W[g].type != W[b].type) throw InputError(where(op) + ": gamma and beta must share one dtype");
+        }
+        if (!tensor_ok(in(0))) throw InputError(where(op) + ": needs input_ids");
+        mark_input(op, in(0), false, V);
+        if (in(1) != NO_TENSOR) {
+          if (tt == NO_WEIGHT) throw InputError(where(op) + ": token_type_ids given without a token_type table");
+          mark_input(op, in(1), false, W[tt].shape[0]);
+        }
+        if (inner(out(0)) != N) throw InputError(where(op) + ": output must be [B, S, N]");
+        if (N > std::numeric_limits<int>::max()) throw InputError(where(op) + ": hidden size too large");
+        break;
+      }
+      case OpType::Linear: {
+        need_float(op, in(0), "input x");
+        int w = op.weight("weight");
+        if (!weight_ok(w) || W[w].shape.size() != 2) throw InputError(where(op) + ": weight must be [K, N]");
+        const int64_t K = W[w].shape[0], N = W[w].shape[1];
+        if (inner(in(0)) % K != 0 || T[in(0)].dims.back() != K)
+          throw InputError(where(op) + ": input's last dimension must be K");
+        if (T[out(0)].dims.back() != N || inner(out(0)) / N != inner(in(0)) / K)
+          throw InputError(where(op) + ": output must be [..., N]");
+        const DType want = op.precision == Precision::FP32 ? DType::F32 : DType::F16;
+        if (W[w].type != want)
+          throw InputError(where(op) + ": weight must be " + to_string(want) + " for precision " +
+                           to_string(op.precision));
+        if (op.weight("bias") != NO_WEIGHT) need_weight(op, "bias", {N});
+        break;
+      }
+      case OpType::Attention: {
+        need_float(op, in(0), "qkv");
+        if (op.num_heads < 1 || op.head_size < 1) throw InputError(where(op) + ": num_heads/head_size must be >= 1");
+        const int64_t hd = static_cast<int64_t>(op.num_heads) * op.head_size;
+        if (inner(in(0)) != 3 * hd) throw InputError(where(op) + ": qkv must be [B, S, 3*H*D]");
+        if (inner(out(0)) != hd) throw InputError(where(op) + ": output must be [B, S, H*D]");
+        if (in(1) != NO_TENSOR) {
+          if (!tensor_ok(in(1)) || T[in(1)].type != DType::I32 || inner(in(1)) != 1)
+            throw InputError(where(op) + ": attention_mask must be an integer [B, S] input");
+          mark_input(op, in(1), true, 0);
+        }
+        break;
+      }
+      case OpType::LayerNorm: {
+        need_float(op, in(0), "input x");
+        int g = op.weight("gamma"), b = op.weight("beta");
+        const int64_t N = T[in(0)].dims.back();
+        need_weight(op, "gamma", {N});
+        need_weight(op, "beta", {N});
+        if (W[g].type != W[b].type) throw InputError(where(op) + ": gamma and beta must share one dtype");
+        if (in(1) != NO_TENSOR) {
+          need_float(op, in(1), "residual");
+          if (T[in(1)].dims != T[in(0)].dims) throw InputError(where(op) + ": residual must match x");
+        }
+        if (T[out(0)].dims != T[in(0)].dims) throw InputError(where(op) + ": output must match x");
+        if (out(1) != NO_TENSOR) {
+          need_float(op, out(1), "sum output");
+          if (T[out(1)].dims != T[in(0)].dims) throw InputError(where(op) + ": sum output must match x");
+        }
+        break;
+      }
+    }
+  }
+}
+
+Engine::Engine(EngineDesc desc, int device) : desc_(std::move(desc)), device_(device) {
+  check();
+  require_usable_device(device_);
+  DeviceGuard guard(device_);
+  // one allocation for every weight, each at a 256-byte aligned offset (cuBLASLt and vector loads want it)
+  size_t total = 0;
+  offsets_.resize(desc_.weights.size());
+  for (size_t i = 0; i < desc_.weights.size(); ++i) {
+    offsets_[i] = total;
+    total = checked_add(total, align_up(desc_.weights[i].nbytes, 256), "weight bytes");
+  }
+  weights_ = DeviceBuffer(std::max<size_t>(total, 256), "the plan's weights");
+  for (size_t i = 0; i < desc_.weights.size(); ++i) {
+    auto& w = desc_.weights[i];
+    if (w.nbytes > 0) {
+      if (w.host == nullptr) throw InputError("weight '" + w.name + "': no data");
+      TRTRUN_CUDA_CHECK(cudaMemcpy(static_cast<char*>(weights_.get()) + offsets_[i], w.host, w.nbytes,
+                                   cudaMemcpyHostToDevice));
+    }
+    w.host = nullptr;  // the host copy belongs to the caller
+  }
+}
+
+}  // namespace trtrun
