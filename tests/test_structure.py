@@ -31,6 +31,26 @@ def test_each_choice_tuple_is_defined_once():
     assert found == []
 
 
+def test_the_gpu_runtimes_names_are_defined_once():
+    # what the GPU lowering lets through (the extension parses these names) lives in trtrun/plan/format.py only
+    from trtrun.plan import format as plan_format
+    from trtrun.runtime import lower
+
+    values = {plan_format.GPU_OP_TYPES, plan_format.GPU_ACTIVATIONS}
+    found = []
+    for path in PKG.rglob("*.py"):
+        if path == PKG / "plan" / "format.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, (ast.Tuple, ast.List)) and node.elts and all(
+                    isinstance(e, ast.Constant) and isinstance(e.value, str) for e in node.elts):
+                if tuple(e.value for e in node.elts) in values:
+                    found.append(f"{path.relative_to(PKG)}:{node.lineno}")
+    assert found == []
+    assert plan_format.GPU_PRECISIONS is types.PRECISIONS
+    assert lower.GPU_OP_TYPES is plan_format.GPU_OP_TYPES and lower.GPU_ACTIVATIONS is plan_format.GPU_ACTIVATIONS
+
+
 def test_modules_share_the_one_definition():
     from trtrun import export, reference
     from trtrun.bench import config, models

@@ -493,7 +493,7 @@ def test_gemm_cache_is_checked_on_every_backend(tiny, tmp_path, texts):
 
     from trtrun.embed import Embedder
     from trtrun.errors import InputError
-    from trtrun.runtime import GEMM_CACHE_FORMAT
+    from trtrun.runtime import GEMM_CACHE_FORMAT, GEMM_CACHE_VERSION
 
     bad = tmp_path / "bad.json"
     bad.write_text('{"format": "something else"}')
@@ -502,7 +502,7 @@ def test_gemm_cache_is_checked_on_every_backend(tiny, tmp_path, texts):
     with pytest.raises(InputError, match=r"missing\.json does not exist"):
         Embedder(tiny["plan"], tiny["tok"], backend="reference", gemm_cache=tmp_path / "missing.json")
     good = tmp_path / "good.json"
-    good.write_text(json.dumps({"format": GEMM_CACHE_FORMAT, "version": 1, "entries": []}))
+    good.write_text(json.dumps({"format": GEMM_CACHE_FORMAT, "version": GEMM_CACHE_VERSION, "entries": []}))
     with Embedder(tiny["plan"], tiny["tok"], backend="reference", gemm_cache=good, truncation="truncate") as e:
         d = e.describe()
         assert d["gemm_cache"] == str(good) and d["gemm_cache_entries_taken"] is None  # not used off the GPU

@@ -1,6 +1,6 @@
 """A GPU context's options (trtrun.runtime.ContextOptions): checked once, before the GPU runtime or the engine is
-touched, and handed to the extension in the order its binding takes them. A recording stand-in for trtrun._C
-shows what reaches the extension without a GPU (the GPU tests run the same calls on the real one)."""
+touched, and handed to the extension by name, as its ContextOptions. A recording stand-in for trtrun._C shows what
+reaches the extension without a GPU (the GPU tests run the same calls on the real one)."""
 
 from __future__ import annotations
 
@@ -13,16 +13,29 @@ import pytest
 
 from trtrun.errors import InputError
 from trtrun.runtime import Context, ContextOptions, Engine, extension
-from trtrun.runtime.options import NATIVE_ORDER
+from trtrun.runtime.options import NATIVE_FIELDS
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# The defaults as docs/runtime.md states them, in the order of csrc/bind_context.cpp's Context(engine, ...)
-DEFAULT_NATIVE = (True, 4 << 20, 256, 2, True, 2048, 4096, "focused", 384, 768)
+# The defaults as docs/runtime.md states them, by the names _C.ContextOptions takes
+DEFAULT_NATIVE = {"use_graphs": True, "workspace_bytes": 4 << 20, "max_graphs": 256, "ffn_chunks": 2,
+                  "fuse_residual": True, "fuse_residual_min_rows": 2048, "ffn_chunk_min_rows": 4096,
+                  "gemm_search": "focused", "split_ln_max_rows": 384, "split_ln_slice": 768}
+BINDING = ROOT / "native" / "python" / "context.cpp"
+
+
+def binding_option_names() -> list[str]:
+    """The names _C.ContextOptions(**options) accepts: the binding's kOptionNames table (any other name is its
+    InputError)."""
+    src = BINDING.read_text()
+    table = re.search(r"kOptionNames\[\] = \{(.*?)\};", src, re.S)
+    assert table, f"no kOptionNames table in {BINDING}"
+    return re.findall(r'"(\w+)"', table.group(1))
 
 
 class RecordingExtension:
-    """Stands in for trtrun._C: records the arguments of Engine(...), Context(...) and run_host(...)."""
+    """Stands in for trtrun._C: records the arguments of Engine(...), the options of Context(engine, options) and
+    run_host(...). Its ContextOptions takes the binding's names only, as the real one does."""
 
     cuda_architectures = "90"
 
@@ -39,10 +52,18 @@ class RecordingExtension:
             def input_info(self):
                 return [(i, True, n == "attention_mask", 0) for i, n in enumerate(self.names)]
 
+        names = binding_option_names()
+
+        class ContextOptions_:
+            def __init__(self, **options):
+                unknown = set(options) - set(names)
+                assert not unknown, f"_C.ContextOptions refuses {sorted(unknown)}"
+                self.options = options
+
         class Context_:
-            def __init__(self, engine, *args):
-                assert isinstance(engine, Engine_)
-                ext.calls.append(("Context", args))
+            def __init__(self, engine, options):
+                assert isinstance(engine, Engine_) and isinstance(options, ContextOptions_)
+                ext.calls.append(("Context", options.options))
                 self.ins = [np.zeros(1 << 12, np.int32) for _ in engine.names]
                 self.outs = [np.zeros(1 << 20, np.uint8) for _ in range(4)]
 
@@ -55,7 +76,7 @@ class RecordingExtension:
             def run_host(self, B, S, Sb):
                 ext.calls.append(("run_host", (B, S, Sb)))
 
-        self.Engine, self.Context = Engine_, Context_
+        self.Engine, self.Context, self.ContextOptions = Engine_, Context_, ContextOptions_
 
     def device_count(self):
         return 1
@@ -84,29 +105,28 @@ def plan(tiny_embed_model):
     return load_plan(tiny_embed_model["plan"])
 
 
-def test_the_native_order_is_the_bindings():
-    """NATIVE_ORDER, read against the keyword names csrc/bind_context.cpp gives _C.Context's arguments: a
-    reordering on either side fails here, without a GPU."""
-    src = (ROOT / "csrc" / "bind_context.cpp").read_text()
-    block = src[src.index('py::arg("engine")'):]
-    block = block[:block.index(")\n")]
-    names = re.findall(r'py::arg\("(\w+)"\)', block)
-    assert names[0] == "engine" and tuple(names[1:]) == NATIVE_ORDER
+def test_the_native_fields_are_the_bindings():
+    """NATIVE_FIELDS, read against the names native/python/context.cpp's ContextOptions accepts and exposes: an
+    option added or renamed on one side only fails here, without a GPU. Order plays no part (set by name)."""
+    names = binding_option_names()
+    assert len(names) == len(set(names)) and set(names) == set(NATIVE_FIELDS)
+    exposed = re.findall(r'\.def_(?:readwrite|property)\(\s*"(\w+)"', BINDING.read_text())
+    assert sorted(exposed) == sorted(NATIVE_FIELDS)
     fields = [f.name for f in dataclasses.fields(ContextOptions)]
-    assert len(fields) == 11 and set(fields) == set(NATIVE_ORDER) | {"bucket"}  # bucket is Python's own
+    assert len(fields) == 11 and set(fields) == set(NATIVE_FIELDS) | {"bucket"}  # bucket is Python's own
 
 
-def test_defaults_reach_the_extension_in_order(ext, plan):
+def test_defaults_reach_the_extension_by_name(ext, plan):
     ctx = Engine(plan).create_context()
-    (args,) = ext.of("Context")
-    assert args == DEFAULT_NATIVE
-    assert [type(a) for a in args] == [bool, int, int, int, bool, int, int, str, int, int]
+    (options,) = ext.of("Context")
+    assert options == DEFAULT_NATIVE
+    assert {k: type(v) for k, v in options.items()} == {k: type(v) for k, v in DEFAULT_NATIVE.items()}
     assert ctx.options == ContextOptions() and ctx.bucket is True and ctx.gemm_search == "focused"
     ctx.run({"input_ids": np.ones((2, 5), np.int64)})
     assert ext.of("run_host") == [(2, 5, 8)]  # bucketed: 5 tokens run at 8 (bucket_seq)
 
 
-def test_overrides_reach_the_extension_in_order(ext, plan):
+def test_overrides_reach_the_extension_by_name(ext, plan):
     eng = Engine(plan)
     eng.create_context(gemm_search="heuristic", use_graphs=False)
     every = dict(use_graphs=False, bucket=False, workspace_bytes=1 << 20, max_graphs=8, ffn_chunks=3,
@@ -117,10 +137,10 @@ def test_overrides_reach_the_extension_in_order(ext, plan):
     eng.create_context(base, ffn_chunks=1)  # an options object, one field overridden
     Context(eng, base)
     assert ext.of("Context") == [
-        (False, 4 << 20, 256, 2, True, 2048, 4096, "heuristic", 384, 768),
-        (False, 1 << 20, 8, 3, False, 7, 9, "exhaustive", 0, 256),
-        (True, 4 << 20, 16, 1, True, 2048, 4096, "heuristic", 384, 768),
-        (True, 4 << 20, 16, 2, True, 2048, 4096, "heuristic", 384, 768),
+        dict(DEFAULT_NATIVE, use_graphs=False, gemm_search="heuristic"),
+        {k: v for k, v in every.items() if k != "bucket"},
+        dict(DEFAULT_NATIVE, max_graphs=16, ffn_chunks=1, gemm_search="heuristic"),
+        dict(DEFAULT_NATIVE, max_graphs=16, gemm_search="heuristic"),
     ]
     ctx.run({"input_ids": np.ones((2, 5), np.int64)})
     assert ext.of("run_host") == [(2, 5, 5)]  # bucket=False: the exact length
@@ -178,7 +198,7 @@ def test_embedder_hands_its_plan_in_memory_and_its_options(ext, plan, tiny_embed
     for (_, a), (_, b) in zip(engine_args[2], low["weights"]):
         np.testing.assert_array_equal(a, b)  # the same bytes as from the file: exact
     assert engine_args[3:] == (low["inputs"], low["outputs"], low["batch_max"], low["seq_max"], low["tf32"], 0)
-    assert ext.of("Context") == [DEFAULT_NATIVE[:7] + ("heuristic",) + DEFAULT_NATIVE[8:]] * 2
+    assert ext.of("Context") == [dict(DEFAULT_NATIVE, gemm_search="heuristic")] * 2
     n = len(ext.calls)
     with pytest.raises(InputError, match=r"^gemm_search must be one of heuristic, focused, exhaustive, got 'fast'$"):
         Embedder(in_memory, tiny_embed_model["tok"], backend="gpu", gemm_search="fast")

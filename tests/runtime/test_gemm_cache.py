@@ -9,27 +9,33 @@ import json
 import pytest
 
 from trtrun.errors import InputError
-from trtrun.runtime import GEMM_CACHE_FORMAT, load_gemm_cache, save_gemm_cache
+from trtrun.runtime import GEMM_CACHE_FORMAT, GEMM_CACHE_VERSION, load_gemm_cache, save_gemm_cache
 
-GOOD = {"device": "NVIDIA H200", "cc": 90, "cublaslt": 130100, "m": 128, "n": 768, "k": 768, "operand_t": 1,
-        "out_t": 1, "epilogue": 1, "tf32": False, "add_c": False, "workspace": 4194304, "search": 1,
+GOOD = {"device": "NVIDIA H200", "cc": 90, "cublaslt": 130100, "m": 128, "n": 768, "k": 768, "operand_t": "float16",
+        "out_t": "float16", "epilogue": "bias", "tf32": False, "add_c": False, "workspace": 4194304,
+        "search": "exhaustive",
         "algo": [66, 1, 2, 3, 4, 5, 6, 7], "algo_workspace": 0}
 
 
 def _doc(**changes):
     e = dict(GOOD)
     e.update(changes)
-    return {"format": GEMM_CACHE_FORMAT, "version": 1, "entries": [e]}
+    return {"format": GEMM_CACHE_FORMAT, "version": GEMM_CACHE_VERSION, "entries": [e]}
 
 
 @pytest.mark.parametrize("content, needle", [
     (None, "does not exist"),
     (b"{not json", "is not JSON (line 1"),
     (b"\xff\xfe\x00", "cannot read"),
-    ({"format": "trtrun-plan", "version": 1, "entries": []}, "is not a trtrun GEMM cache"),
-    ({"format": GEMM_CACHE_FORMAT, "version": 7, "entries": []}, "version 7"),
-    ({"format": GEMM_CACHE_FORMAT, "version": 1, "entries": {}}, "'entries' must be a list"),
-    ({"format": GEMM_CACHE_FORMAT, "version": 1, "entries": [3]}, "entries[0] must be an object"),
+    ({"format": "trtrun-plan", "version": GEMM_CACHE_VERSION, "entries": []}, "is not a trtrun GEMM cache"),
+    ({"format": GEMM_CACHE_FORMAT, "version": 7, "entries": []}, "version 7 is not supported (2 is)"),
+    # version 1 stored the enums as integer codes (its search order differed from trtrun.types.GEMM_SEARCHES)
+    ({"format": GEMM_CACHE_FORMAT, "version": 1, "entries": []}, "version 1 is not supported (2 is); it stores its "
+                                                                 "choices by integer code: delete it and tune again"),
+    (_doc(search=1), "entries[0].search must be str, got 1"),
+    (_doc(operand_t=1), "entries[0].operand_t must be str, got 1"),
+    ({"format": GEMM_CACHE_FORMAT, "version": GEMM_CACHE_VERSION, "entries": {}}, "'entries' must be a list"),
+    ({"format": GEMM_CACHE_FORMAT, "version": GEMM_CACHE_VERSION, "entries": [3]}, "entries[0] must be an object"),
     (_doc(m="128"), "entries[0].m must be int, got '128'"),
     (_doc(tf32=1), "entries[0].tf32 must be bool"),
     (_doc(cc=True), "entries[0].cc must be int, got True"),
@@ -40,8 +46,8 @@ def _doc(**changes):
     (_doc(split=0), "entries[0].split must be an integer >= 1 dividing k, got 0"),
     (_doc(split=5), "entries[0].split must be an integer >= 1 dividing k, got 5"),   # k = 768
     (_doc(split=True), "entries[0].split must be an integer"),
-    ({"format": GEMM_CACHE_FORMAT, "version": 1, "entries": [{k: v for k, v in GOOD.items() if k != "search"}]},
-     "entries[0].search must be int, got None"),
+    ({"format": GEMM_CACHE_FORMAT, "version": GEMM_CACHE_VERSION,
+      "entries": [{k: v for k, v in GOOD.items() if k != "search"}]}, "entries[0].search must be str, got None"),
 ])
 def test_bad_gemm_cache_files(tmp_path, content, needle):
     path = tmp_path / "gemm.json"
@@ -68,7 +74,8 @@ def test_split_is_optional_and_kept(tmp_path):
     from trtrun.runtime import read_gemm_cache
 
     path = tmp_path / "gemm.json"
-    path.write_text(json.dumps({"format": GEMM_CACHE_FORMAT, "version": 1,
-                                "entries": [dict(GOOD), dict(GOOD, k=3072, out_t=0, epilogue=0, split=4)]}))
+    path.write_text(json.dumps({"format": GEMM_CACHE_FORMAT, "version": GEMM_CACHE_VERSION,
+                                "entries": [dict(GOOD),
+                                            dict(GOOD, k=3072, out_t="float32", epilogue="none", split=4)]}))
     a, b = read_gemm_cache(path)
     assert a["split"] == 1 and b["split"] == 4

@@ -12,9 +12,10 @@ import pytest
 SCRIPT = Path(__file__).resolve().parents[2] / "tools" / "gemm_cache_decode.py"
 # One entry of a GEMM cache file written on an NVIDIA H200 (the exhaustive search, cuBLASLt 13.1): BERT-base's
 # QKV GEMM at 32 x 128 tokens. Its fields, as cuBLASLt 13.1 reads them: algorithm 66, tile 128x144, cluster 2x1x1,
-# custom option 1 (the choice docs/performance.md, "GEMMs", discusses).
-ENTRY = {"device": "NVIDIA H200", "cc": 90, "cublaslt": 130100, "m": 4096, "n": 2304, "k": 768, "operand_t": 1,
-         "out_t": 1, "epilogue": 1, "tf32": False, "add_c": False, "workspace": 4194304, "search": 1,
+# custom option 1 (the choice docs/performance.md, "GEMMs", discusses). Its enums by name, as format 2 stores them.
+ENTRY = {"device": "NVIDIA H200", "cc": 90, "cublaslt": 130100, "m": 4096, "n": 2304, "k": 768,
+         "operand_t": "float16", "out_t": "float16", "epilogue": "bias", "tf32": False, "add_c": False,
+         "workspace": 4194304, "search": "exhaustive",
          "algo": [1743756722242, 4294967331, 0, 844424930131969, 558775245209601, 8589934594, 292057907202, 0],
          "algo_workspace": 4}
 
@@ -42,7 +43,7 @@ def _need_cublaslt():
 def test_decodes_a_stored_algorithm(tmp_path):
     _need_cublaslt()
     f = tmp_path / "cache.json"
-    f.write_text(json.dumps({"format": "trtrun-gemm-cache", "version": 1, "entries": [ENTRY, dict(ENTRY, m=128)]}))
+    f.write_text(json.dumps({"format": "trtrun-gemm-cache", "version": 2, "entries": [ENTRY, dict(ENTRY, m=128)]}))
     r = _run(f, "--m", 4096)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()

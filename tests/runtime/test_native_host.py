@@ -1,0 +1,213 @@
+"""The native code's enum names and options, without a GPU.
+
+- tests/runtime/host_types.cpp, compiled here with the host C++ compiler against native/core (no CUDA): every enum
+  value's name parses back to it, the int each name maps to is the one the code before the names had (the old
+  integer codes of trtrun/plan/format.py and the old C++ enums, written out below as they were), a bad name is an
+  error naming it and the valid ones, and ContextOptions' defaults are trtrun.runtime.ContextOptions'.
+- The built extension (where it is importable): the Engine, ContextOptions, GEMM cache and kernel entry points
+  take those names and refuse others with trtrun's InputError, before any device work.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from trtrun import runtime
+from trtrun.errors import DeviceError, InputError
+from trtrun.plan import format as plan_format
+from trtrun.runtime import ContextOptions
+from trtrun.runtime.extension import load_extension
+from trtrun.runtime.lower import lower_plan
+
+REPO = Path(__file__).resolve().parents[2]
+from handmade_plans import tiny_plan  # noqa: E402  (tests/handmade_plans.py)
+
+# The codes the native code used before its enums crossed by name: trtrun/plan/format.py's ELEM_CODES, OP_CODES,
+# PRECISION_CODES and ACTIVATION_CODES, csrc/runtime_common.h's ElemType (I64 = 3 for int64 weights),
+# csrc/bind_context.cpp's gemm_search parse with csrc/gemm.h's GemmSearch, and csrc/gemm.h's GemmEpilogue (GEMM cache
+# files of version 1 stored these).
+OLD_ELEM = {"float32": 0, "float16": 1, "int32": 2, "int64": 2}  # Python: int64 inputs lowered to int32 (2)
+OLD_ELEM_CPP = {"float32": 0, "float16": 1, "int32": 2, "int64": 3}
+OLD_OP = {"Embedding": 0, "Linear": 1, "Attention": 2, "LayerNorm": 3}
+OLD_PREC = {"fp32": 0, "fp16": 1, "hybrid": 2}
+OLD_ACT = {"none": 0, "gelu_erf": 1, "gelu_tanh": 2}
+OLD_GEMM_SEARCH = {"heuristic": 0, "exhaustive": 1, "focused": 2}
+OLD_GEMM_EPILOGUE = {"none": 0, "bias": 1, "gelu": 2, "gelu_bias": 3}
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory):
+    """What tests/runtime/host_types.cpp prints: {"enum": {Enum: {name: int}}, "error": {Enum: msg}, ...}."""
+    cxx = shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
+    if cxx is None:
+        pytest.skip("no host C++ compiler (g++, c++ or clang++) on PATH")
+    exe = tmp_path_factory.mktemp("native") / "host_types"
+    native = REPO / "native"
+    # -Werror: no warning under CMakeLists.txt's flags for the C++ core (-Wall), nor under -Wextra
+    cmd = [cxx, "-std=c++17", "-O1", "-Wall", "-Wextra", "-Werror", f"-I{native / 'include'}",
+           str(REPO / "tests" / "runtime" / "host_types.cpp"), str(native / "core" / "types.cpp"),
+           str(native / "core" / "context_options.cpp"), "-o", str(exe)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([str(exe)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out: dict = {"enum": {}, "error": {}, "invalid": {}, "option": {}, "options_error": None}
+    for line in r.stdout.splitlines():
+        kind, rest = line.split(" ", 1)
+        if kind == "enum":
+            enum, name, value = rest.split(" ")
+            out["enum"].setdefault(enum, {})[name] = int(value)
+        elif kind in ("error", "invalid"):
+            enum, msg = rest.split(" ", 1)
+            out[kind][enum] = msg
+        elif kind == "option":
+            name, value = rest.split(" ", 1)
+            out["option"][name] = value
+        else:
+            out["options_error"] = rest
+    return out
+
+
+def test_every_name_maps_to_the_old_code(host):
+    e = host["enum"]
+    assert e["OpType"] == OLD_OP and e["Precision"] == OLD_PREC and e["Activation"] == OLD_ACT
+    assert e["DType"] == OLD_ELEM_CPP
+    assert e["GemmSearch"] == OLD_GEMM_SEARCH and e["GemmEpilogue"] == OLD_GEMM_EPILOGUE
+    # the lowering names a tensor's device dtype; the int C++ parses it to is the one the old Python map gave
+    for name, code in OLD_ELEM.items():
+        assert e["DType"][plan_format.DEVICE_DTYPES.get(name, name)] == code, name
+    # the op types, precisions and activations the lowering lets through are exactly those C++ has names for
+    assert set(plan_format.GPU_OP_TYPES) == set(e["OpType"])
+    assert set(plan_format.GPU_PRECISIONS) == set(e["Precision"])
+    assert set(plan_format.GPU_ACTIVATIONS) == set(e["Activation"])
+    # GEMM searches: the names Python offers (errors list them in Python's order: the next test)
+    assert set(e["GemmSearch"]) == set(runtime.GEMM_SEARCHES)
+
+
+def test_bad_names_are_errors_naming_the_valid_ones(host):
+    assert host["error"]["Precision"] == "the Precision must be one of fp32, fp16, hybrid; got 'no-such-name'"
+    assert host["error"]["GemmSearch"] == (f"the GemmSearch must be one of {', '.join(runtime.GEMM_SEARCHES)}; "
+                                           "got 'no-such-name'")
+    assert host["error"]["DType"].startswith("the DType must be one of float32, float16, int32, int64;")
+    assert host["invalid"]["Activation"] == "<invalid Activation 7>"  # a bad cast is named, not a crash
+
+
+def test_context_option_defaults_are_the_runtimes(host):
+    from trtrun.runtime.options import NATIVE_FIELDS
+
+    d = ContextOptions()  # C++ prints the switches as 0/1
+    want = {k: int(v) if isinstance(v, bool) else v for k in NATIVE_FIELDS for v in [getattr(d, k)]}
+    assert host["option"] == {k: str(v) for k, v in want.items()}
+    assert host["options_error"] == "ffn_chunks must be >= 1, got 0"
+
+
+# ---------------------------------------------------------------------------------------------- the extension
+def _ext():
+    try:
+        return load_extension()
+    except Exception as e:  # RuntimeUnavailableError: not built here
+        pytest.skip(f"the CUDA extension is not importable: {e}")
+
+
+def _engine_args(low):
+    return (low["tensors"], low["ops"], low["weights"], low["inputs"], low["outputs"], low["batch_max"],
+            low["seq_max"], low["tf32"], 0)
+
+
+def test_engine_takes_the_lowered_names():
+    """The lowered plan (names throughout) passes the Engine's description checks: on a machine without a GPU the
+    first error is the device's, after them; a name the native code does not know is an InputError naming the op
+    or tensor, the bad name and the valid ones, raised before the device is asked."""
+    c = _ext()
+    for precision in ("fp32", "fp16", "hybrid"):
+        low = lower_plan(tiny_plan(precision, layers=1, activation="gelu_tanh"))
+        assert {o["precision"] for o in low["ops"]} == {precision}
+        assert any(o.get("activation") == "gelu_tanh" for o in low["ops"])
+        assert {t[1] for t in low["tensors"]} <= {"float32", "float16", "int32"}
+        if c.device_count() == 0:
+            with pytest.raises(DeviceError):
+                c.Engine(*_engine_args(low))
+    low = lower_plan(tiny_plan("hybrid", layers=1))
+    op = low["ops"][1]
+    for field, bad, needle in [
+            ("type", "Conv", "type must be one of Embedding, Linear, Attention, LayerNorm; got 'Conv'"),
+            ("precision", "int8", "precision must be one of fp32, fp16, hybrid; got 'int8'"),
+            ("activation", "relu", "activation must be one of none, gelu_erf, gelu_tanh; got 'relu'")]:
+        bad_low = json.loads(json.dumps({k: v for k, v in low.items() if k != "weights"}))
+        bad_low["ops"][1][field] = bad
+        with pytest.raises(InputError) as err:
+            c.Engine(*_engine_args(dict(bad_low, weights=low["weights"])))
+        assert str(err.value) == f"op '{op['name']}': {needle}"
+    tensors = [list(t) for t in low["tensors"]]
+    tensors[0][1] = "bfloat16"
+    with pytest.raises(InputError, match=rf"tensor {tensors[0][0]}: dtype must be one of float32, float16, int32, "
+                                         rf"int64; got 'bfloat16'"):
+        c.Engine(*_engine_args(dict(low, tensors=[tuple(t) for t in tensors])))
+
+
+def test_context_options_by_name():
+    c = _ext()
+    o, d = c.ContextOptions(), ContextOptions()
+    assert (o.gemm_search, o.ffn_chunks, o.split_ln_slice) == (d.gemm_search, d.ffn_chunks, d.split_ln_slice)
+    o = c.ContextOptions(gemm_search="exhaustive", ffn_chunks=3, use_graphs=False)
+    assert (o.gemm_search, o.ffn_chunks, o.use_graphs, o.max_graphs) == ("exhaustive", 3, False, 256)
+    with pytest.raises(InputError, match="gemm_search must be one of heuristic, focused, exhaustive; got 'fast'"):
+        c.ContextOptions(gemm_search="fast")
+    with pytest.raises(InputError, match="unknown option 'chunks'; the options are use_graphs, "):
+        c.ContextOptions(chunks=2)
+
+
+def test_the_runtimes_options_reach_the_binding_by_name():
+    """trtrun.runtime's one hand-over (options.native_options) sets every field of the real _C.ContextOptions by
+    name, with the binding's types (switches, sizes, the search by name): none left at its default."""
+    from trtrun.runtime.options import NATIVE_FIELDS, native_options
+
+    c = _ext()
+    every = ContextOptions(use_graphs=False, workspace_bytes=1 << 20, max_graphs=8, ffn_chunks=3, fuse_residual=False,
+                           fuse_residual_min_rows=7, ffn_chunk_min_rows=9, gemm_search="exhaustive",
+                           split_ln_max_rows=0, split_ln_slice=256)
+    o = native_options(every, c)
+    assert {k: getattr(o, k) for k in NATIVE_FIELDS} == {k: getattr(every, k) for k in NATIVE_FIELDS}
+    d = c.ContextOptions()
+    assert all(getattr(o, k) != getattr(d, k) for k in NATIVE_FIELDS)
+
+
+def test_gemm_cache_entries_by_name(tmp_path):
+    """A version-2 entry names its enums; a name the native code does not know is refused naming the file, the
+    entry and the field (the file's other checks are tests/runtime/test_gemm_cache.py's)."""
+    _ext()
+    entry = {"device": "NVIDIA H200", "cc": 90, "cublaslt": 130100, "m": 128, "n": 768, "k": 768,
+             "operand_t": "float16", "out_t": "float16", "epilogue": "bias", "tf32": False, "add_c": False,
+             "workspace": 4194304, "search": "exhaustive", "algo": [66, 1, 2, 3, 4, 5, 6, 7], "algo_workspace": 0}
+    for field, bad, needle in [("search", "fastest", "search must be one of heuristic, focused, exhaustive; got "
+                                                     "'fastest'"),
+                               ("epilogue", "relu", "epilogue must be one of none, bias, gelu, gelu_bias; got 'relu'"),
+                               ("out_t", "int32", "out_t must be float32 or float16, got 'int32'")]:
+        path = tmp_path / f"{field}.json"
+        path.write_text(json.dumps({"format": runtime.GEMM_CACHE_FORMAT, "version": runtime.GEMM_CACHE_VERSION,
+                                    "entries": [entry, dict(entry, **{field: bad})]}))
+        with pytest.raises(InputError) as err:
+            runtime.load_gemm_cache(path)
+        assert str(err.value) == f"GEMM cache {path}: entry 1: {needle}"
+
+
+def test_kernel_entry_points_take_names():
+    """_C.plugins parses dtype and precision names before its launchers run (which check their pointers first:
+    null pointers here, so nothing reaches a device)."""
+    p = _ext().plugins
+    assert (p.F32, p.F16, p.FP32, p.FP16, p.HYBRID) == ("float32", "float16", "fp32", "fp16", "hybrid")
+    with pytest.raises(InputError, match="gelu: y must not be null"):
+        p.gelu(0, "float16", 8, False, 0)
+    with pytest.raises(InputError, match="gelu: y_dtype must be one of float32, float16, int32, int64; got 'half'"):
+        p.gelu(0, "half", 8, False, 0)
+    with pytest.raises(InputError, match="gelu: y dtype must be float32 or float16, got int32"):
+        p.gelu(0, "int32", 8, False, 0)
+    with pytest.raises(InputError, match="attention_config: precision must be one of fp32, fp16, hybrid; got 'tf32'"):
+        p.attention_config(1, 128, 12, 64, False, "tf32")
+    with pytest.raises(InputError, match="layernorm: x, gamma, beta and y must not be null"):
+        p.layernorm(0, "float32", 0, "float32", 0, 0, "float32", 0, "float16", 0, "float32", 4, 64, 1e-5, "hybrid", 0)
