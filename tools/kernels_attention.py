@@ -80,7 +80,7 @@ def bench_case(torch, P, B, S, Hh, D, causal, masked, prec, per_graph, reps, wit
         mask = (torch.arange(S, device="cuda")[None, :] < lens[:, None]).to(torch.int32).contiguous()
     scale = 1.0 / math.sqrt(D)
     code = {"fp32": P.FP32, "fp16": P.FP16, "hybrid": P.HYBRID}[prec]
-    dcode = 0 if dt == torch.float32 else 1
+    dcode = P.F32 if dt == torch.float32 else P.F16
 
     def ours(i):
         k = i % nbuf

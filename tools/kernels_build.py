@@ -3,7 +3,8 @@ microbenchmarks before (or without) the full extension trtrun._C.
 
     python3 tools/kernels_build.py [--out build/plugins_standalone] [--sass FILE] [--arch 90]
 
-Compiles plugins/*/*.cu and csrc/bind_plugins.cpp (with TRTRUN_PLUGINS_STANDALONE) with nvcc in parallel,
+Compiles native/kernels/*/*.cu, native/core/types.cpp (the enum names the entry points parse) and
+native/python/kernels.cpp (with TRTRUN_PLUGINS_STANDALONE) with nvcc in parallel,
 prints each kernel's registers / spills / stack from ptxas, and with --sass writes a per-kernel count of
 the instructions that matter (HMMA tensor-core ops, LDSM, LDGSTS cp.async, MUFU.EX2, local-memory LDL/STL).
 tests/gpu/test_plugins.py finds the module through env TRTRUN_PLUGINS_DIR (default: the --out folder).
@@ -51,21 +52,25 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     nvcc = nvcc_path()
     gencode = f"-gencode=arch=compute_{args.arch},code=sm_{args.arch}"
-    extra = []
-    sources = sorted((REPO / "plugins").glob("*/*.cu"))
+    native = REPO / "native"
+    extra = [f"-I{native / 'include'}", f"-I{native}"]  # the include roots CMakeLists.txt gives the core
+    sources = sorted((native / "kernels").glob("*/*.cu"))
     procs = []
     for src in sources:
         obj = out / (src.stem + ".o")
-        cmd = [nvcc, "-std=c++17", gencode, *extra, "-O3", "-lineinfo", "-Xptxas", "-v", "-Xcompiler", "-fPIC",
-               "-c", str(src), "-o", str(obj)]
+        # --expt-relaxed-constexpr as CMakeLists.txt gives it: attention.cu's kernels call constexpr host helpers
+        cmd = [nvcc, "-std=c++17", gencode, *extra, "-O3", "-lineinfo", "--expt-relaxed-constexpr", "-Xptxas", "-v",
+               "-Xcompiler", "-fPIC", "-c", str(src), "-o", str(obj)]
         procs.append((src, obj, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)))
     import pybind11
 
-    bind_obj = out / "bind_plugins.o"
-    inc = [f"-I{pybind11.get_include()}", f"-I{sysconfig.get_paths()['include']}"]
-    bind = subprocess.Popen([nvcc, "-std=c++17", "-O2", "-Xcompiler", "-fPIC,-fvisibility=hidden",
-                             "-DTRTRUN_PLUGINS_STANDALONE", *inc, "-c", str(REPO / "csrc" / "bind_plugins.cpp"),
-                             "-o", str(bind_obj)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    inc = [*extra, f"-I{pybind11.get_include()}", f"-I{sysconfig.get_paths()['include']}"]
+    host = []  # (object, process) of the host-only sources
+    for src, obj in [(native / "python" / "kernels.cpp", out / "bind_kernels.o"),
+                     (native / "core" / "types.cpp", out / "types.o")]:
+        host.append((obj, subprocess.Popen([nvcc, "-std=c++17", "-O2", "-Xcompiler", "-fPIC,-fvisibility=hidden",
+                                            "-DTRTRUN_PLUGINS_STANDALONE", *inc, "-c", str(src), "-o", str(obj)],
+                                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)))
     ok = True
     for src, obj, p in procs:
         log = p.communicate()[0]
@@ -87,14 +92,15 @@ def main() -> int:
             if m and name:
                 print(f"  {src.stem:10s} regs {m.group(1):>4s} stack {stack:>4s} spill {spill:>4s}  {demangle(name)[:100]}")
                 name = None
-    log = bind.communicate()[0]
-    if bind.returncode != 0:
-        print(log)
-        ok = False
+    for _, p in host:
+        log = p.communicate()[0]
+        if p.returncode != 0:
+            print(log)
+            ok = False
     if not ok:
         return 1
     target = out / ("_trtrun_plugins" + sysconfig.get_config_var("EXT_SUFFIX"))
-    objs = [str(obj) for _, obj, _ in procs] + [str(bind_obj)]
+    objs = [str(obj) for _, obj, _ in procs] + [str(obj) for obj, _ in host]
     subprocess.run([nvcc, "-shared", "-o", str(target), *objs], check=True)
     print(f"built {target}")
     if args.sass:

@@ -62,8 +62,8 @@ def main() -> int:
 
         def ours(i, k=None):
             k = i % nb
-            P.layernorm(xs[k].data_ptr(), 0, rs[k].data_ptr(), 1, g.data_ptr(), bt.data_ptr(), 0, ys[k].data_ptr(), 1,
-                        ss[k].data_ptr(), 0, rows, n, 1e-5, P.HYBRID, st())
+            P.layernorm(xs[k].data_ptr(), P.F32, rs[k].data_ptr(), P.F16, g.data_ptr(), bt.data_ptr(), P.F32,
+                        ys[k].data_ptr(), P.F16, ss[k].data_ptr(), P.F32, rows, n, 1e-5, P.HYBRID, st())
 
         def theirs(i):
             k = i % nb
@@ -84,8 +84,8 @@ def main() -> int:
 
         def ours(i):
             k = i % nb
-            P.layernorm(xs[k].data_ptr(), 1, rs[k].data_ptr(), 1, g.data_ptr(), bt.data_ptr(), 0, ys[k].data_ptr(), 1,
-                        0, 0, rows, n, 1e-12, P.HYBRID, st())
+            P.layernorm(xs[k].data_ptr(), P.F16, rs[k].data_ptr(), P.F16, g.data_ptr(), bt.data_ptr(), P.F32,
+                        ys[k].data_ptr(), P.F16, 0, P.F32, rows, n, 1e-12, P.HYBRID, st())
 
         def theirs(i):
             k = i % nb
@@ -107,8 +107,8 @@ def main() -> int:
 
         def ours(i):
             k = i % nb
-            P.embedding(ids[k].data_ptr(), tts[k].data_ptr(), word.data_ptr(), pos.data_ptr(), typ.data_ptr(), 1,
-                        g.data_ptr(), bt.data_ptr(), 0, ys[k].data_ptr(), 1, B, S, n, 0, 1e-12, P.HYBRID, st())
+            P.embedding(ids[k].data_ptr(), tts[k].data_ptr(), word.data_ptr(), pos.data_ptr(), typ.data_ptr(), P.F16,
+                        g.data_ptr(), bt.data_ptr(), P.F32, ys[k].data_ptr(), P.F16, B, S, n, 0, 1e-12, P.HYBRID, st())
 
         def theirs(i):
             k = i % nb
@@ -122,7 +122,7 @@ def main() -> int:
         ys = [torch.randn(count, device="cuda").half() for _ in range(nb)]
 
         def ours(i):
-            P.gelu(ys[i % nb].data_ptr(), 1, count, False, st())
+            P.gelu(ys[i % nb].data_ptr(), P.F16, count, False, st())
 
         def theirs(i):  # out of place (torch has no in-place functional GELU): same bytes moved
             F.gelu(ys[i % nb])

@@ -1,5 +1,5 @@
 """Helpers of the GPU runtime tests (tests/gpu/test_runtime_*.py): skip reasons, model and plan factories
-(cached for the session), hand-made plans that reach every branch of csrc/, feeds and comparisons.
+(cached for the session), hand-made plans that reach every branch of native/runtime/, feeds and comparisons.
 
 Models:
   "bert-base": BertConfig() (hidden 768, 12 layers, 12 heads, vocab 30522, 512 positions), random weights

@@ -1,4 +1,4 @@
-"""GPU tests of each plugin kernel alone (plugins/*): layernorm, attention, embedding, gelu.
+"""GPU tests of each kernel alone (native/kernels/*): layernorm, attention, embedding, gelu.
 
 Every kernel runs on fresh random inputs (never zeros; outputs poisoned with NaN first, so an unwritten
 element shows) and is compared with
@@ -11,7 +11,7 @@ Acceptance (issue 3): the kernel's error against float64 is at most twice the ba
 L2 and max-abs/max norms), plus a floor of a fraction of an ulp of the output dtype so that a baseline that
 lands exactly does not demand the impossible.
 
-The helpers at the top are also used by bench/kernels_*.py. The binding is found as the kernels' Python binding: `trtrun._C.plugins` (the full extension) or, before/without it, the
+The helpers at the top are also used by tools/kernels_*.py. The binding is found as the kernels' Python binding: `trtrun._C.plugins` (the full extension) or, before/without it, the
 standalone module `_trtrun_plugins` that tools/kernels_build.py builds (folder: env TRTRUN_PLUGINS_DIR,
 default <repo>/build/plugins_standalone). Device buffers are torch CUDA tensors.
 """
@@ -63,14 +63,18 @@ def gpu_reason():
     return None
 
 
-def dtype_code(t) -> int:
+def dtype_name(t) -> str:
+    """The kernels' name of a float dtype (the entry points take dtypes and precisions by name)."""
     import torch
 
     if t in (torch.float32, np.float32):
-        return 0
+        return "float32"
     if t in (torch.float16, np.float16):
-        return 1
+        return "float16"
     raise ValueError(f"no plugin dtype for {t}")
+
+
+F16, F32 = "float16", "float32"
 
 
 def ptr(t) -> int:
@@ -129,7 +133,6 @@ pytestmark = [
     pytest.mark.skipif(_GPU_WHY_NOT is not None, reason=str(_GPU_WHY_NOT)),
     pytest.mark.skipif(PLUGINS is None, reason=f"plugin kernels not built: {_WHY_NOT}"),
 ]
-PREC = {"fp32": 0, "fp16": 1, "hybrid": 2}
 
 
 def _reference():
@@ -210,9 +213,9 @@ def test_layernorm(prec, n, xt, rt, pt, yt, st, rows):
     tdt = {np.float32: torch.float32, np.float16: torch.float16}
     y = torch.full((rows, n), float("nan"), dtype=tdt[yt], device="cuda")
     sm = None if st is None else torch.full((rows, n), float("nan"), dtype=tdt[st], device="cuda")
-    PLUGINS.layernorm(ptr(dx), dtype_code(xt), ptr(dr), dtype_code(rt or np.float32), ptr(dg), ptr(db),
-                      dtype_code(pt), ptr(y), dtype_code(yt), ptr(sm), dtype_code(st or np.float32), rows, n, eps,
-                      PREC[prec], 0)
+    PLUGINS.layernorm(ptr(dx), dtype_name(xt), ptr(dr), dtype_name(rt or np.float32), ptr(dg), ptr(db),
+                      dtype_name(pt), ptr(y), dtype_name(yt), ptr(sm), dtype_name(st or np.float32), rows, n, eps,
+                      prec, 0)
     torch.cuda.synchronize()
     ours = _np(y)
 
@@ -271,9 +274,9 @@ def test_layernorm_parts(prec, n, parts, bt, rt, yt, st, rows):
     tdt = {np.float32: torch.float32, np.float16: torch.float16}
     y = torch.full((rows, n), float("nan"), dtype=tdt[yt], device="cuda")
     sm = None if st is None else torch.full((rows, n), float("nan"), dtype=tdt[st], device="cuda")
-    PLUGINS.layernorm_parts(ptr(dp), parts, stride, ptr(dbias), dtype_code(bt or np.float32), ptr(dr),
-                            dtype_code(rt or np.float32), ptr(dg), ptr(db), dtype_code(np.float32), ptr(y),
-                            dtype_code(yt), ptr(sm), dtype_code(st or np.float32), rows, n, eps, PREC[prec], 0)
+    PLUGINS.layernorm_parts(ptr(dp), parts, stride, ptr(dbias), dtype_name(bt or np.float32), ptr(dr),
+                            dtype_name(rt or np.float32), ptr(dg), ptr(db), dtype_name(np.float32), ptr(y),
+                            dtype_name(yt), ptr(sm), dtype_name(st or np.float32), rows, n, eps, prec, 0)
     torch.cuda.synchronize()
     ours = _np(y)
     s32 = sl[0].copy()
@@ -292,8 +295,8 @@ def test_layernorm_parts(prec, n, parts, bt, rt, yt, st, rows):
     if sm is not None:
         np.testing.assert_array_equal(_np(sm), s32.astype(st).astype(np.float32))
     with pytest.raises(Exception, match="fp32 statistics"):
-        PLUGINS.layernorm_parts(ptr(dp), parts, stride, 0, 0, 0, 0, ptr(dg), ptr(db), 0, ptr(y), dtype_code(yt),
-                                0, 0, rows, n, eps, PREC["fp16"], 0)
+        PLUGINS.layernorm_parts(ptr(dp), parts, stride, 0, "float32", 0, "float32", ptr(dg), ptr(db), "float32", ptr(y),
+                                dtype_name(yt), 0, "float32", rows, n, eps, "fp16", 0)
 
 
 def test_layernorm_fp16_overflow_shows():
@@ -310,7 +313,7 @@ def test_layernorm_fp16_overflow_shows():
     b = rng.normal(0, 0.5, n).astype(np.float16)
     dx, dg, db = _dev(x, torch), _dev(g, torch), _dev(b, torch)
     y = torch.full((4, n), float("nan"), dtype=torch.float16, device="cuda")
-    PLUGINS.layernorm(ptr(dx), 1, 0, 1, ptr(dg), ptr(db), 1, ptr(y), 1, 0, 1, 4, n, 1e-5, PREC["fp16"], 0)
+    PLUGINS.layernorm(ptr(dx), F16, 0, F16, ptr(dg), ptr(db), F16, ptr(y), F16, 0, F16, 4, n, 1e-5, "fp16", 0)
     torch.cuda.synchronize()
     ours = _np(y)
     ref_y, _ = ref.ref_layernorm(x, None, g, b, epsilon=1e-5, precision="fp16", out_dtype=np.float16)
@@ -320,7 +323,7 @@ def test_layernorm_fp16_overflow_shows():
     np.testing.assert_array_equal(ours[2], b.astype(np.float32))
     assert np.isfinite(ours[[0, 3]]).all()
     # same kernel in hybrid: fp32 statistics, all finite
-    PLUGINS.layernorm(ptr(dx), 1, 0, 1, ptr(dg), ptr(db), 1, ptr(y), 1, 0, 1, 4, n, 1e-5, PREC["hybrid"], 0)
+    PLUGINS.layernorm(ptr(dx), F16, 0, F16, ptr(dg), ptr(db), F16, ptr(y), F16, 0, F16, 4, n, 1e-5, "hybrid", 0)
     torch.cuda.synchronize()
     assert np.isfinite(_np(y)).all()
 
@@ -377,8 +380,8 @@ def _run_attention(torch, qkv, mask, H, D, scale, causal, prec, yt):
     dm = None if mask is None else _dev(mask, torch)
     tdt = {np.float32: torch.float32, np.float16: torch.float16}
     y = torch.full((B, S, H * D), float("nan"), dtype=tdt[yt], device="cuda")
-    PLUGINS.attention(ptr(dq), dtype_code(qkv.dtype.type), ptr(dm), ptr(y), dtype_code(yt), B, S, H, D, scale,
-                      causal, PREC[prec], 0)
+    PLUGINS.attention(ptr(dq), dtype_name(qkv.dtype.type), ptr(dm), ptr(y), dtype_name(yt), B, S, H, D, scale,
+                      causal, prec, 0)
     torch.cuda.synchronize()
     return _np(y), dq
 
@@ -573,7 +576,7 @@ def test_attention_query_tiles_share_kv(prec, B, S, H, D, causal, mkind, qt, cfg
     allowed = not causal and nkt <= (1 if D >= 128 else 2)
     expect = min(int(qb), nqt) if allowed else 1
     monkeypatch.setenv("TRTRUN_ATTN_QB", qb)
-    got = PLUGINS.attention_config(B, S, H, D, causal, PREC[prec])
+    got = PLUGINS.attention_config(B, S, H, D, causal, prec)
     assert got == f"mt={mt} nw={nw} ks=1 qb={expect}", got
     _check_attention(prec, B, S, H, D, causal, mkind, qt, np.float16, 1.0 / math.sqrt(D))
     rng = np.random.default_rng(S + D)
@@ -581,7 +584,7 @@ def test_attention_query_tiles_share_kv(prec, B, S, H, D, causal, mkind, qt, cfg
     mask = _make_mask(rng, B, S, mkind)
     shared, _ = _run_attention(torch, qkv, mask, H, D, 0.125, causal, prec, np.float32)
     monkeypatch.setenv("TRTRUN_ATTN_QB", "1")
-    assert PLUGINS.attention_config(B, S, H, D, causal, PREC[prec]).endswith(" qb=1")
+    assert PLUGINS.attention_config(B, S, H, D, causal, prec).endswith(" qb=1")
     single, _ = _run_attention(torch, qkv, mask, H, D, 0.125, causal, prec, np.float32)
     assert np.isfinite(shared).all()
     np.testing.assert_array_equal(shared, single)
@@ -590,11 +593,11 @@ def test_attention_query_tiles_share_kv(prec, B, S, H, D, causal, mkind, qt, cfg
 def test_attention_shares_kv_where_one_tile_a_block_takes_two_waves(monkeypatch):
     """The launcher's own rule (no overrides): two query tiles a block at BERT-base's 32 x 128 (768 blocks of one
     tile = two waves on a 132-multiprocessor Hopper), one at 16 x 128 (one wave), never with a causal mask or
-    more key tiles than the ring holds. Measured in plugins/attention/README.md."""
+    more key tiles than the ring holds. Measured in native/kernels/attention/README.md."""
     torch = _torch()
     monkeypatch.delenv("TRTRUN_ATTN_CFG", raising=False)
     monkeypatch.delenv("TRTRUN_ATTN_QB", raising=False)
-    hyb = PREC["hybrid"]
+    hyb = "hybrid"
     assert PLUGINS.attention_config(32, 128, 12, 64, True, hyb).endswith(" qb=1")
     assert PLUGINS.attention_config(32, 512, 12, 64, False, hyb).endswith(" qb=1")
     assert PLUGINS.attention_config(1, 128, 12, 64, False, hyb).endswith(" qb=1")
@@ -608,14 +611,14 @@ def test_attention_shares_kv_where_one_tile_a_block_takes_two_waves(monkeypatch)
 
 def test_attention_config_reports_the_launcher():
     """attention_config answers for every precision and refuses what launch_attention refuses."""
-    assert PLUGINS.attention_config(2, 128, 12, 64, False, PREC["fp32"]) == "fp32"
+    assert PLUGINS.attention_config(2, 128, 12, 64, False, "fp32") == "fp32"
     for prec in ("hybrid", "fp16"):
-        got = PLUGINS.attention_config(32, 128, 12, 64, False, PREC[prec])
+        got = PLUGINS.attention_config(32, 128, 12, 64, False, prec)
         assert got.startswith("mt=") and " qb=" in got, got
     with pytest.raises(Exception, match="head_size"):
-        PLUGINS.attention_config(1, 128, 12, 48, False, PREC["hybrid"])
+        PLUGINS.attention_config(1, 128, 12, 48, False, "hybrid")
     with pytest.raises(Exception, match="batch, seq and heads"):
-        PLUGINS.attention_config(0, 128, 12, 64, False, PREC["hybrid"])
+        PLUGINS.attention_config(0, 128, 12, 64, False, "hybrid")
 
 
 # ------------------------------------------------------------------------------------- embedding
@@ -655,8 +658,8 @@ def test_embedding(prec, n, tt, yt, has_type, give_tt, ln, off):
     tdt = {np.float32: torch.float32, np.float16: torch.float16}
     y = torch.full((B, S, n), float("nan"), dtype=tdt[yt], device="cuda")
     PLUGINS.embedding(ptr(d["ids"]), ptr(d["tts"]), ptr(d["word"]), ptr(d["pos"]), ptr(d["typ"]),
-                      dtype_code(tt), ptr(d["g"]), ptr(d["b"]), dtype_code(pt), ptr(y), dtype_code(yt), B, S, n,
-                      off, eps, PREC[prec], 0)
+                      dtype_name(tt), ptr(d["g"]), ptr(d["b"]), dtype_name(pt), ptr(y), dtype_name(yt), B, S, n,
+                      off, eps, prec, 0)
     torch.cuda.synchronize()
     ours = _np(y)
 
@@ -693,7 +696,7 @@ def test_gelu(yt, tanh, count, offset):
     x[offset:offset + 4] = [-12, 12, -0.0, 1e-3]
     buf = _dev(x, torch)
     view = buf[offset:]  # offset 1: a pointer not 16-byte aligned -> the scalar path
-    PLUGINS.gelu(ptr(view), dtype_code(yt), count, tanh, 0)
+    PLUGINS.gelu(ptr(view), dtype_name(yt), count, tanh, 0)
     torch.cuda.synchronize()
     ours = _np(view)
     xs = x[offset:]
@@ -714,19 +717,19 @@ def test_bad_arguments_raise_valueerror_and_kernels_keep_working():
     q = torch.randn(1, 8, 3 * 64, device="cuda", dtype=torch.float16)
     y = torch.empty(1, 8, 64, device="cuda", dtype=torch.float16)
     with pytest.raises(ValueError, match="head_size must be 32, 64 or 128, got 48"):
-        PLUGINS.attention(ptr(q), 1, 0, ptr(y), 1, 1, 8, 1, 48, 0.1, False, 2, 0)
+        PLUGINS.attention(ptr(q), F16, 0, ptr(y), F16, 1, 8, 1, 48, 0.1, False, "hybrid", 0)
     with pytest.raises(ValueError, match="precision"):
-        PLUGINS.attention(ptr(q), 1, 0, ptr(y), 1, 1, 8, 1, 64, 0.1, False, 7, 0)
+        PLUGINS.attention(ptr(q), F16, 0, ptr(y), F16, 1, 8, 1, 64, 0.1, False, "fp8", 0)
     with pytest.raises(ValueError, match="16-byte aligned"):
-        PLUGINS.attention(ptr(q) + 2, 1, 0, ptr(y), 1, 1, 8, 1, 64, 0.1, False, 2, 0)
+        PLUGINS.attention(ptr(q) + 2, F16, 0, ptr(y), F16, 1, 8, 1, 64, 0.1, False, "hybrid", 0)
     with pytest.raises(ValueError, match="n \\(hidden size\\) must be >= 1"):
-        PLUGINS.layernorm(ptr(q), 1, 0, 1, ptr(q), ptr(q), 1, ptr(y), 1, 0, 1, 4, 0, 1e-5, 2, 0)
+        PLUGINS.layernorm(ptr(q), F16, 0, F16, ptr(q), ptr(q), F16, ptr(y), F16, 0, F16, 4, 0, 1e-5, "hybrid", 0)
     with pytest.raises(ValueError, match="dtype"):
-        PLUGINS.gelu(ptr(y), 3, 10, False, 0)
+        PLUGINS.gelu(ptr(y), "int64", 10, False, 0)
     with pytest.raises(ValueError, match="batch and seq"):
-        PLUGINS.embedding(ptr(q), 0, ptr(q), ptr(q), 0, 1, 0, 0, 0, ptr(y), 1, -1, 8, 64, 0, 1e-5, 2, 0)
+        PLUGINS.embedding(ptr(q), 0, ptr(q), ptr(q), 0, F16, 0, 0, F32, ptr(y), F16, -1, 8, 64, 0, 1e-5, "hybrid", 0)
     # nothing was launched, nothing is broken: a valid call runs and gives finite output
-    PLUGINS.attention(ptr(q), 1, 0, ptr(y), 1, 1, 8, 1, 64, 0.125, False, 2, 0)
+    PLUGINS.attention(ptr(q), F16, 0, ptr(y), F16, 1, 8, 1, 64, 0.125, False, "hybrid", 0)
     torch.cuda.synchronize()
     assert torch.isfinite(y).all()
 
@@ -758,8 +761,8 @@ def test_attention_concurrent_configurations_from_threads():
                 dq, dm, want, B, S = cases[i]
                 with torch.cuda.stream(stream):  # the poison fill on the kernel's stream, ordered before it
                     y = torch.full((B, S, H * D), float("nan"), dtype=torch.float16, device="cuda")
-                PLUGINS.attention(ptr(dq), dtype_code(np.float16), ptr(dm), ptr(y), dtype_code(np.float16), B, S,
-                                  H, D, 0.125, False, PREC["hybrid"], stream.cuda_stream)
+                PLUGINS.attention(ptr(dq), dtype_name(np.float16), ptr(dm), ptr(y), dtype_name(np.float16), B, S,
+                                  H, D, 0.125, False, "hybrid", stream.cuda_stream)
                 stream.synchronize()
                 if not np.array_equal(_np(y), want):
                     mismatches.append((B, S))

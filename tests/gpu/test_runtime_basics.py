@@ -73,7 +73,9 @@ def test_lower_plan_converts_weights_exactly():
     # an fp32 bias with an fp16 output stays fp32 (the runtime's own epilogue kernel adds it in fp32)
     assert names["bfc"].dtype == np.float32
     ops = {o["name"]: o for o in low["ops"]}
-    assert ops["fc"]["activation"] == 1 and ops["attn"]["num_heads"] == 2
+    # enums cross by name (native/core/types.cpp parses them)
+    assert ops["fc"]["activation"] == "gelu_erf" and ops["fc"]["precision"] == "hybrid"
+    assert ops["attn"]["num_heads"] == 2
     assert low["batch_max"] == 8 and low["seq_max"] == 160
 
 

@@ -1,4 +1,4 @@
-"""The runtime on hand-made one-layer plans that reach each branch of csrc/ (fused and unfused GEMM
+"""The runtime on hand-made one-layer plans that reach each branch of native/runtime/ (fused and unfused GEMM
 epilogues, operand casts, gelu erf/tanh, attention with and without a mask input, causal, position offsets,
 token types, tf32), against trtrun.reference on the same plan. Small: also the compute-sanitizer target."""
 
@@ -215,7 +215,7 @@ def test_split_ln_close_to_unsplit(built, variant, precision, splits):
 @pytest.mark.parametrize("variant", ["plain", "prenorm-res32", "x32-bias32-nomask"])
 def test_gemm_search_beyond_the_heuristic(built, variant, precision, search):
     """gemm_search="exhaustive" and "focused" time cuBLASLt configurations the heuristic does not propose (other
-    tiles, cluster shapes, custom options; csrc/gemm.cpp add_configs, add_focus_tiles/variants). Whatever they
+    tiles, cluster shapes, custom options; native/runtime/gemm.cpp add_configs, add_focus_tiles/variants). Whatever they
     pick must compute the same GEMMs: against the reference with the bounds of test_handmade_vs_reference
     (out-of-place +C epilogues included: prenorm-res32 fuses the residual add at >= 2048 rows only, so
     fuse_residual_min_rows=1 here). The choices are kept under their search (what save_gemm_cache writes)."""
@@ -238,10 +238,10 @@ def test_gemm_search_beyond_the_heuristic(built, variant, precision, search):
         assert h.cosine_per_sample(got, want, h.valid_mask(feeds)).min() >= h.COS_MIN[precision], (B, S)
         tol = 2e-5 if precision == "fp32" else 3e-3 if precision == "hybrid" else 1e-2
         assert h.rel_l2(got, want, h.valid_mask(feeds)) < tol, (variant, precision, B, S)
-    # choices are stored under their search (csrc/gemm.h GemmSearch: 1 exhaustive, 2 focused); a focused context
-    # takes an exhaustive choice made earlier in the process for the same shape instead of tuning it again
+    # choices are stored under their search, by name; a focused context takes an exhaustive choice made earlier in
+    # the process for the same shape instead of tuning it again
     assert set(GEMM_SEARCHES) == {"heuristic", "exhaustive", "focused"}
-    served_by = {"exhaustive": {1}, "focused": {1, 2}}[search]
+    served_by = {"exhaustive": {"exhaustive"}, "focused": {"exhaustive", "focused"}}[search]
     assert any(e["search"] in served_by for e in load_extension().gemm_cache_export())
     with pytest.raises(InputError, match="gemm_search"):
         engine.create_context(gemm_search="fastest")
@@ -278,6 +278,7 @@ def test_gemm_cache_roundtrip(built, tmp_path):
     from pathlib import Path
 
     from trtrun.reference import ReferenceBackend
+    from trtrun.runtime import GEMM_CACHE_FORMAT, GEMM_CACHE_VERSION
 
     plan, _ = built("plain", "hybrid")
     plan_path = tmp_path / "plain.plan"
@@ -295,7 +296,8 @@ def test_gemm_cache_roundtrip(built, tmp_path):
     # b.json already holds an entry of another GPU: saving keeps it beside this process's choices
     a = json.loads((tmp_path / "a.json").read_text())["entries"]
     foreign = dict(a[0], device="Another GPU")
-    (tmp_path / "b.json").write_text(json.dumps({"format": "trtrun-gemm-cache", "version": 1, "entries": [foreign]}))
+    (tmp_path / "b.json").write_text(json.dumps({"format": GEMM_CACHE_FORMAT, "version": GEMM_CACHE_VERSION,
+                                                 "entries": [foreign]}))
     second = run(tmp_path / "a.json", tmp_path / "b.json", tmp_path / "b.npy")
     assert second["taken"] == first["saved"] and second["saved"] == first["saved"] + 1
     b = json.loads((tmp_path / "b.json").read_text())["entries"]
