@@ -3,7 +3,7 @@
 Reads the table `gemm_explore --configs --dump FILE` writes (one line per timed configuration: algorithm, tile,
 stages, split-K, swizzle, cluster shape, custom option, quick-pass time) and, for each (GEMM, rows) group, prints
 how close the best configuration of a candidate subset comes to the best of all, and how many configurations
-the subset holds. That is how the runtime's "focused" search (csrc/gemm.cpp) was chosen: a subset small enough
+the subset holds. That is how the runtime's "focused" search (native/runtime/gemm.cpp) was chosen: a subset small enough
 to time on a shape's first run, whose best is near the exhaustive best.
 
     python3 tools/gemm_space.py configs.csv

@@ -1,8 +1,8 @@
 """The names trtrun's settings take, each defined once; every module and option imports them from here.
 
 Standard library only: the command line builds its options from these before numpy or the extension loads.
-The plan format (trtrun.plan) validates against the same tuples; the integer codes handed to the C++
-extension are in trtrun.plan.format, keyed by these names.
+The plan format (trtrun.plan) validates against the same tuples; the C++ extension takes these names too (what
+of them its kernels run: trtrun.plan.format's GPU_* names).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ CUDA_GRAPHS = ("on", "off", "both")  # `trtrun bench`: trtrun's GPU runs with CU
 GRID_MODES = ("subset", "full")  # `trtrun bench`: the shapes a slow baseline (torch.compile, the CPU) runs
 
 # How a GPU context chooses the cuBLASLt algorithm of a GEMM shape it meets first; handed to the extension by
-# name (csrc/gemm.h's GemmSearch parses it), so this order is no code. docs/runtime.md has what each costs.
+# name (native/core/types.cpp parses it), so this order is no code. docs/runtime.md has what each costs.
 GEMM_SEARCHES = ("heuristic", "focused", "exhaustive")
 # Each entry point's default, chosen for how often it runs a shape: "focused" times 3-5 s for a process's first
 # shape and pays off over many runs (the runtime's contexts, as the binding's own default, and `trtrun bench`);

@@ -46,7 +46,7 @@ void translate(std::exception_ptr p) {
     set_trtrun_error("DeviceError", msg.c_str());
   } catch (const trtrun::CublasError& e) {
     set_trtrun_error("DeviceError", e.what());
-  } catch (const std::invalid_argument& e) {  // what std:: code throws for bad arguments (plan_arena)
+  } catch (const std::invalid_argument& e) {  // a bad argument thrown by std:: code
     set_trtrun_error("InputError", e.what());
   }
 }

@@ -4,6 +4,8 @@
 #include <vector>
 #include "trtrun/memory_plan.h"
 
+#include "trtrun/errors.h"
+
 #include <algorithm>
 #include <numeric>
 #include <stdexcept>
@@ -16,7 +18,7 @@ ArenaPlan plan_arena(const std::vector<BufferLife>& buffers, size_t alignment) {
   plan.offsets.assign(n, 0);
   std::vector<size_t> size(n);
   for (size_t i = 0; i < n; ++i) {
-    if (buffers[i].last < buffers[i].first) throw std::invalid_argument("plan_arena: lifetime ends before it starts");
+    if (buffers[i].last < buffers[i].first) throw InputError("plan_arena: lifetime ends before it starts");
     size[i] = (buffers[i].bytes + alignment - 1) / alignment * alignment;
     plan.naive_total += size[i];
   }

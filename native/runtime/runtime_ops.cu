@@ -1,4 +1,4 @@
-// native/runtime/runtime_ops.cu: the runtime's own small kernels (see kernels.h).
+// native/runtime/runtime_ops.cu: the runtime's own small kernels (see runtime_ops.h).
 #include <cuda_fp16.h>
 
 #include <cmath>
@@ -146,7 +146,7 @@ void launch_bias_act(const float* acc, const void* bias, DType bias_t, void* y, 
 void launch_stage_inputs(const StageJob* jobs, int n_jobs, int batch, int seq, int seq_bucket, int32_t* error_flag,
                          cudaStream_t stream) {
   if (n_jobs < 0 || n_jobs > kMaxStageJobs)
-    throw std::invalid_argument("launch_stage_inputs: " + std::to_string(n_jobs) + " jobs (at most " +
+    throw InputError("launch_stage_inputs: " + std::to_string(n_jobs) + " jobs (at most " +
                                 std::to_string(kMaxStageJobs) + ")");
   const size_t count = (size_t)batch * (size_t)seq_bucket;
   if (count == 0 || n_jobs == 0) return;
@@ -154,7 +154,7 @@ void launch_stage_inputs(const StageJob* jobs, int n_jobs, int batch, int seq, i
   for (int j = 0; j < n_jobs; ++j) {
     if (jobs[j].dst == nullptr || ((jobs[j].kind == StageKind::Ids || jobs[j].kind == StageKind::Mask) &&
                                    (jobs[j].src == nullptr || jobs[j].src_row_stride < seq)))
-      throw std::invalid_argument("launch_stage_inputs: job " + std::to_string(j) +
+      throw InputError("launch_stage_inputs: job " + std::to_string(j) +
                                   " has a null buffer or a row stride below seq");
     js.job[j] = jobs[j];
   }

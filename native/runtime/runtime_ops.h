@@ -38,7 +38,7 @@ struct StageJob {
   int64_t limit = 0;  // Ids: valid ids are [0, limit)
 };
 constexpr int kMaxStageJobs = 8;
-// jobs: at most kMaxStageJobs (more: std::invalid_argument). Out-of-range ids set *error_flag as above.
+// jobs: at most kMaxStageJobs (more: InputError). Out-of-range ids set *error_flag as above.
 void launch_stage_inputs(const StageJob* jobs, int n_jobs, int batch, int seq, int seq_bucket, int32_t* error_flag,
                          cudaStream_t stream);
 

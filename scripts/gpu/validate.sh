@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Everything that must pass on the GPU machine before a change to csrc/, plugins/ or the GPU path lands:
+# Everything that must pass on the GPU machine before a change to native/ or the GPU path lands:
 # build, the runtime tests (tests/gpu/device_run.sh: tests + the foreign-architecture build), the plugin
 # kernel tests, the bench GPU smoke test, then compute-sanitizer memcheck on a subset. Logs under $OUT.
 # Carry .whl (onnx-graphsurgeon wheel) and .gpudata (MiniLM, texts) with the call.

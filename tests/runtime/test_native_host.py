@@ -1,9 +1,8 @@
 """The native code's enum names and options, without a GPU.
 
 - tests/runtime/host_types.cpp, compiled here with the host C++ compiler against native/core (no CUDA): every enum
-  value's name parses back to it, the int each name maps to is the one the code before the names had (the old
-  integer codes of trtrun/plan/format.py and the old C++ enums, written out below as they were), a bad name is an
-  error naming it and the valid ones, and ContextOptions' defaults are trtrun.runtime.ContextOptions'.
+  value's name parses back to it, each name keeps its integer value (below), a bad name is an error naming it and
+  the valid ones, and ContextOptions' defaults are trtrun.runtime.ContextOptions'.
 - The built extension (where it is importable): the Engine, ContextOptions, GEMM cache and kernel entry points
   take those names and refuse others with trtrun's InputError, before any device work.
 """
@@ -27,17 +26,16 @@ from trtrun.runtime.lower import lower_plan
 REPO = Path(__file__).resolve().parents[2]
 from handmade_plans import tiny_plan  # noqa: E402  (tests/handmade_plans.py)
 
-# The codes the native code used before its enums crossed by name: trtrun/plan/format.py's ELEM_CODES, OP_CODES,
-# PRECISION_CODES and ACTIVATION_CODES, csrc/runtime_common.h's ElemType (I64 = 3 for int64 weights),
-# csrc/bind_context.cpp's gemm_search parse with csrc/gemm.h's GemmSearch, and csrc/gemm.h's GemmEpilogue (GEMM cache
-# files of version 1 stored these).
-OLD_ELEM = {"float32": 0, "float16": 1, "int32": 2, "int64": 2}  # Python: int64 inputs lowered to int32 (2)
-OLD_ELEM_CPP = {"float32": 0, "float16": 1, "int32": 2, "int64": 3}
-OLD_OP = {"Embedding": 0, "Linear": 1, "Attention": 2, "LayerNorm": 3}
-OLD_PREC = {"fp32": 0, "fp16": 1, "hybrid": 2}
-OLD_ACT = {"none": 0, "gelu_erf": 1, "gelu_tanh": 2}
-OLD_GEMM_SEARCH = {"heuristic": 0, "exhaustive": 1, "focused": 2}
-OLD_GEMM_EPILOGUE = {"none": 0, "bias": 1, "gelu": 2, "gelu_bias": 3}
+# The integer value of each name, fixed (docs/runtime.md lists them): GEMM cache files of format 1 stored the
+# dtypes, epilogues and searches as these codes, and C++ callers of the runtime's API see them. Integer graph
+# inputs (int64 too) live on the device as int32.
+CODES_DEVICE_DTYPE = {"float32": 0, "float16": 1, "int32": 2, "int64": 2}  # as lowered
+CODES_DTYPE = {"float32": 0, "float16": 1, "int32": 2, "int64": 3}
+CODES_OP = {"Embedding": 0, "Linear": 1, "Attention": 2, "LayerNorm": 3}
+CODES_PREC = {"fp32": 0, "fp16": 1, "hybrid": 2}
+CODES_ACT = {"none": 0, "gelu_erf": 1, "gelu_tanh": 2}
+CODES_GEMM_SEARCH = {"heuristic": 0, "exhaustive": 1, "focused": 2}
+CODES_GEMM_EPILOGUE = {"none": 0, "bias": 1, "gelu": 2, "gelu_bias": 3}
 
 
 @pytest.fixture(scope="module")
@@ -73,13 +71,13 @@ def host(tmp_path_factory):
     return out
 
 
-def test_every_name_maps_to_the_old_code(host):
+def test_every_name_keeps_its_code(host):
     e = host["enum"]
-    assert e["OpType"] == OLD_OP and e["Precision"] == OLD_PREC and e["Activation"] == OLD_ACT
-    assert e["DType"] == OLD_ELEM_CPP
-    assert e["GemmSearch"] == OLD_GEMM_SEARCH and e["GemmEpilogue"] == OLD_GEMM_EPILOGUE
-    # the lowering names a tensor's device dtype; the int C++ parses it to is the one the old Python map gave
-    for name, code in OLD_ELEM.items():
+    assert e["OpType"] == CODES_OP and e["Precision"] == CODES_PREC and e["Activation"] == CODES_ACT
+    assert e["DType"] == CODES_DTYPE
+    assert e["GemmSearch"] == CODES_GEMM_SEARCH and e["GemmEpilogue"] == CODES_GEMM_EPILOGUE
+    # the lowering names a tensor's device dtype; C++ parses it to the device dtype's code
+    for name, code in CODES_DEVICE_DTYPE.items():
         assert e["DType"][plan_format.DEVICE_DTYPES.get(name, name)] == code, name
     # the op types, precisions and activations the lowering lets through are exactly those C++ has names for
     assert set(plan_format.GPU_OP_TYPES) == set(e["OpType"])

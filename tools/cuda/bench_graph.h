@@ -75,7 +75,7 @@ float graph_ms_per_launch(cudaStream_t st, int n, Body body) {
 }
 
 // cuBLASLt for y[m, n] = x[m, k] @ w[k, n] (+ bias, GELU), row-major, fp16 in and out, fp32 accumulation, as
-// csrc/gemm.cpp sets it up (column-major y^T = w^T x^T): the best of the heuristic's top 8, each timed in a graph
+// native/runtime/gemm.cpp sets it up (column-major y^T = w^T x^T): the best of the heuristic's top 8, each timed in a graph
 // over the weight copies w[0..].
 struct LtBest {
   cublasLtMatmulDesc_t op = nullptr;

@@ -17,7 +17,7 @@
 // find offline which part of the configuration space the winners come from (tools/gemm_space.py reads it).
 // --gemms a,b: only these of qkv, attn_out, ffn1_gelu, ffn2.
 //
-// Same layout as csrc/gemm.cpp: row-major y[m,n] = x[m,k] @ w[k,n] (+bias, GELU) as column-major
+// Same layout as native/runtime/gemm.cpp: row-major y[m,n] = x[m,k] @ w[k,n] (+bias, GELU) as column-major
 // y^T = w^T x^T, fp16 operands, fp32 accumulation, output fp16 or fp32. The weights are rotated over enough
 // copies to exceed the 50-60 MB L2 (a forward pass reads 170 MB of distinct weights, so a GEMM in it never
 // finds its weights in L2); inputs are random, never zeros. Time per GEMM = median over 15 samples of a loop of

@@ -18,7 +18,7 @@ namespace trtrun {
 // prec HYBRID: QK^T and PV on tensor cores (fp16 operands, fp32 accumulation), softmax in fp32, P
 //   rounded to fp16 for PV. FP16: same products, scores rounded to fp16 after scaling, softmax in fp16
 //   (masked scores saturate to the fp16 minimum, -65504). FP32: everything in fp32 FFMA, no tensor cores.
-// head_size must be 32, 64 or 128; qkv and y 16-byte aligned. Throws std::invalid_argument / CudaError.
+// head_size must be 32, 64 or 128; qkv and y 16-byte aligned. Throws InputError / CudaError.
 void launch_attention(const void* qkv, DType qkv_t, const int32_t* mask /*[B,S] nullable*/,
                       void* y, DType y_t, int batch, int seq, int heads, int head_size,
                       float scale, bool causal, Precision prec, cudaStream_t stream);
