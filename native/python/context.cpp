@@ -23,11 +23,10 @@ namespace trtrun {
 
 namespace {
 
-// The option names ContextOptions(**kwargs) takes, in the struct's order.
-constexpr const char* kOptionNames[] = {"use_graphs",         "workspace_bytes",        "max_graphs",
-                                        "ffn_chunks",         "ffn_chunk_min_rows",     "fuse_residual",
-                                        "fuse_residual_min_rows", "gemm_search",        "split_ln_max_rows",
-                                        "split_ln_slice"};
+// The option names ContextOptions(**kwargs) takes: the fields bound below, in the struct's order.
+constexpr const char* kOptionNames[] = {
+    "use_graphs",    "workspace_bytes", "max_graphs",        "ffn_chunks",    "ffn_chunk_min_rows",
+    "fuse_residual", "fuse_residual_min_rows", "gemm_search", "split_ln_max_rows", "split_ln_slice"};
 
 std::string option_names() {
   std::string s;
