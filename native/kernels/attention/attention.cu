@@ -11,6 +11,7 @@
 
 #include "kernels/common/device.cuh"
 
+#include <cstdint>
 #include <algorithm>
 #include <cfloat>
 #include <cmath>

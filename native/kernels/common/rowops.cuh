@@ -9,6 +9,7 @@
 
 #include "kernels/common/device.cuh"
 
+#include <cstdint>
 #include <type_traits>
 
 namespace trtrun {

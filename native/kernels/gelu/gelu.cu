@@ -3,6 +3,7 @@
 
 #include "kernels/common/device.cuh"
 
+#include <cstdint>
 #include <algorithm>
 #include <string>
 
