@@ -21,11 +21,14 @@ constexpr Name<DType> kDTypes[] = {
 constexpr Name<OpType> kOpTypes[] = {{OpType::Embedding, "Embedding"},
                                      {OpType::Linear, "Linear"},
                                      {OpType::Attention, "Attention"},
-                                     {OpType::LayerNorm, "LayerNorm"}};
+                                     {OpType::LayerNorm, "LayerNorm"},
+                                     {OpType::RMSNorm, "RMSNorm"}};
 constexpr Name<Precision> kPrecisions[] = {
     {Precision::FP32, "fp32"}, {Precision::FP16, "fp16"}, {Precision::HYBRID, "hybrid"}};
-constexpr Name<Activation> kActivations[] = {
-    {Activation::None, "none"}, {Activation::GeluErf, "gelu_erf"}, {Activation::GeluTanh, "gelu_tanh"}};
+constexpr Name<Activation> kActivations[] = {{Activation::None, "none"},
+                                             {Activation::GeluErf, "gelu_erf"},
+                                             {Activation::GeluTanh, "gelu_tanh"},
+                                             {Activation::Silu, "silu"}};
 // Listed by cost, as trtrun.types.GEMM_SEARCHES lists them.
 constexpr Name<GemmSearch> kGemmSearches[] = {
     {GemmSearch::Heuristic, "heuristic"}, {GemmSearch::Focused, "focused"}, {GemmSearch::Exhaustive, "exhaustive"}};

@@ -44,6 +44,9 @@ OpDesc op_from_dict(const py::dict& d) {
   op.head_size = get<int>(d, "head_size", 0);
   op.scale = get<float>(d, "scale", 1.0f);
   op.causal = get<bool>(d, "causal", false);
+  op.gated = get<bool>(d, "gated", false);
+  op.num_kv_heads = get<int>(d, "num_kv_heads", 0);
+  op.rotary_dim = get<int>(d, "rotary_dim", 0);
   return op;
 }
 

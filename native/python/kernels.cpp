@@ -11,8 +11,11 @@
 #include "bindings.h"
 #include "kernels/attention/attention.h"
 #include "kernels/embedding/embedding.h"
+#include "kernels/epilogue/epilogue.h"
 #include "kernels/gelu/gelu.h"
 #include "kernels/layernorm/layernorm.h"
+#include "kernels/rmsnorm/rmsnorm.h"
+#include "kernels/rotary/rotary.h"
 #include "trtrun/errors.h"
 #include "trtrun/types.h"
 
@@ -131,6 +134,70 @@ void bind_kernels(py::module_& m) {
       },
       py::arg("y"), py::arg("y_dtype"), py::arg("count"), py::arg("tanh"), py::arg("stream") = 0,
       py::call_guard<py::gil_scoped_release>(), "GELU in place (erf, or tanh form), fp32 math.");
+
+  // Llama-family kernels (native/kernels/rmsnorm, epilogue, rotary; grouped-query attention)
+  p.def(
+      "rmsnorm",
+      [](std::uintptr_t x, const std::string& x_t, std::uintptr_t residual, const std::string& r_t,
+         std::uintptr_t gamma, const std::string& gamma_t, std::uintptr_t y, const std::string& y_t,
+         std::uintptr_t sum_out, const std::string& sum_t, int rows, int n, float eps, const std::string& prec,
+         std::uintptr_t stream) {
+        const char* op = "rmsnorm";
+        const DType xd = dt(x_t, op, "x"), rd = dt(r_t, op, "residual"), gd = dt(gamma_t, op, "gamma");
+        const DType yd = dt(y_t, op, "y"), sd = dt(sum_t, op, "sum");
+        launch_rmsnorm(ptr(x), xd, ptr(residual), rd, ptr(gamma), gd, ptr(y), yd, ptr(sum_out), sd, rows, n, eps,
+                       pr(prec, op), stream_of(stream));
+      },
+      py::arg("x"), py::arg("x_dtype"), py::arg("residual"), py::arg("residual_dtype"), py::arg("gamma"),
+      py::arg("gamma_dtype"), py::arg("y"), py::arg("y_dtype"), py::arg("sum_out"), py::arg("sum_dtype"),
+      py::arg("rows"), py::arg("n"), py::arg("eps"), py::arg("precision"), py::arg("stream") = 0,
+      py::call_guard<py::gil_scoped_release>(),
+      "s = x (+ residual); y = s / sqrt(mean(s^2) + eps) * gamma; sum_out = s (0 = absent). Enqueues on `stream`.");
+  p.def(
+      "linear_epilogue",
+      [](std::uintptr_t src, const std::string& src_t, std::uintptr_t bias, const std::string& bias_t,
+         std::uintptr_t residual, const std::string& r_t, std::uintptr_t y, const std::string& y_t, long long rows,
+         int m, bool gated, const std::string& act, bool round_h, std::uintptr_t stream) {
+        const char* op = "linear_epilogue";
+        const DType sd = dt(src_t, op, "src"), bd = dt(bias_t, op, "bias"), rd = dt(r_t, op, "residual");
+        const DType yd = dt(y_t, op, "y");
+        launch_linear_epilogue(ptr(src), sd, ptr(bias), bd, ptr(residual), rd, ptr(y), yd, rows, m, gated,
+                               from_string<Activation>(act, std::string(op) + ": activation"), round_h,
+                               stream_of(stream));
+      },
+      py::arg("src"), py::arg("src_dtype"), py::arg("bias"), py::arg("bias_dtype"), py::arg("residual"),
+      py::arg("residual_dtype"), py::arg("y"), py::arg("y_dtype"), py::arg("rows"), py::arg("m"), py::arg("gated"),
+      py::arg("activation"), py::arg("round_h"), py::arg("stream") = 0, py::call_guard<py::gil_scoped_release>(),
+      "y = act(h[:, :m]) * h[:, m:] (gated) or act(h) (+ residual); h = src (+ bias), rounded to y's dtype with "
+      "round_h. activation: 'none', 'gelu_erf', 'gelu_tanh' or 'silu'.");
+  p.def(
+      "rotary",
+      [](std::uintptr_t src, const std::string& src_t, std::uintptr_t dst, const std::string& dst_t,
+         std::uintptr_t cos, std::uintptr_t sin, int batch, int seq, int heads, int kv_heads, int head_size,
+         int rotary_dim, bool half_math, std::uintptr_t stream) {
+        const char* op = "rotary";
+        launch_rotary(ptr(src), dt(src_t, op, "src"), ptr(dst), dt(dst_t, op, "dst"), ptr<const float>(cos),
+                      ptr<const float>(sin), batch, seq, heads, kv_heads, head_size, rotary_dim, half_math,
+                      stream_of(stream));
+      },
+      py::arg("src"), py::arg("src_dtype"), py::arg("dst"), py::arg("dst_dtype"), py::arg("cos"), py::arg("sin"),
+      py::arg("batch"), py::arg("seq"), py::arg("heads"), py::arg("kv_heads"), py::arg("head_size"),
+      py::arg("rotary_dim"), py::arg("half_math"), py::arg("stream") = 0, py::call_guard<py::gil_scoped_release>(),
+      "Rotary embedding of the Q and K heads of packed qkv [B,S,(H+2Hkv)D]; cos/sin fp32 [>=S, R/2]. In place when "
+      "dst == src.");
+  p.def(
+      "attention_gqa",
+      [](std::uintptr_t qkv, const std::string& qkv_t, std::uintptr_t mask, std::uintptr_t y, const std::string& y_t,
+         int batch, int seq, int heads, int kv_heads, int head_size, float scale, bool causal,
+         const std::string& prec, std::uintptr_t stream) {
+        const char* op = "attention_gqa";
+        launch_attention_gqa(ptr(qkv), dt(qkv_t, op, "qkv"), ptr<const int32_t>(mask), ptr(y), dt(y_t, op, "y"),
+                             batch, seq, heads, kv_heads, head_size, scale, causal, pr(prec, op), stream_of(stream));
+      },
+      py::arg("qkv"), py::arg("qkv_dtype"), py::arg("mask"), py::arg("y"), py::arg("y_dtype"), py::arg("batch"),
+      py::arg("seq"), py::arg("heads"), py::arg("kv_heads"), py::arg("head_size"), py::arg("scale"), py::arg("causal"),
+      py::arg("precision"), py::arg("stream") = 0, py::call_guard<py::gil_scoped_release>(),
+      "Fused attention with grouped-query K/V heads on packed qkv [B,S,(H+2Hkv)D] -> y [B,S,HD].");
 }
 
 }  // namespace trtrun

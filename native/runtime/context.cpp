@@ -32,6 +32,18 @@
 #include "kernels/gelu/gelu.h"
 #define TRTRUN_HAVE_GELU 1
 #endif
+#if __has_include("kernels/rmsnorm/rmsnorm.h")
+#include "kernels/rmsnorm/rmsnorm.h"
+#define TRTRUN_HAVE_RMSNORM 1
+#endif
+#if __has_include("kernels/epilogue/epilogue.h")
+#include "kernels/epilogue/epilogue.h"
+#define TRTRUN_HAVE_EPILOGUE 1
+#endif
+#if __has_include("kernels/rotary/rotary.h")
+#include "kernels/rotary/rotary.h"
+#define TRTRUN_HAVE_ROTARY 1
+#endif
 
 namespace trtrun {
 
@@ -59,8 +71,18 @@ struct LinearChoice {
   bool gelu_after = false; // gelu_erf: bias epilogue, then the gelu plugin in place on y (plan-format "hybrid")
 };
 
+// A Linear that cuBLASLt's epilogues cannot finish: a gate (y = act(gate) * up, SwiGLU/GeGLU), silu, or a residual
+// input. Its GEMM writes h and kernels/epilogue finishes y (linear_post); none of the fused paths below takes it.
+bool needs_post(const OpDesc& op) {
+  return op.gated || op.activation == Activation::Silu || (op.inputs.size() > 1 && op.inputs[1] != NO_TENSOR);
+}
+
 LinearChoice choose_linear(const OpDesc& op, const EngineDesc& d) {
   LinearChoice c;
+  if (needs_post(op)) {  // plain_rows and the fusions read this: not fusable, the post path runs it
+    c.fusable = false;
+    return c;
+  }
   const int bias = op.weight("bias");
   const DType y_t = d.tensors[op.outputs[0]].type;
   const bool has_bias = bias != NO_WEIGHT;
@@ -73,6 +95,7 @@ LinearChoice choose_linear(const OpDesc& op, const EngineDesc& d) {
       c.epilogue = has_bias ? GemmEpilogue::Bias : GemmEpilogue::None;
       c.gelu_after = true;
       break;
+    case Activation::Silu: break;  // needs_post: not reached
   }
   return c;
 }
@@ -101,6 +124,48 @@ GemmKey split_linear_key(int64_t m, const WeightDesc& w, int split) {
   key.out_t = DType::F32;
   key.split = split;
   return key;
+}
+
+// How the GEMM of a needs_post Linear writes h, so that launch_linear_epilogue sees what trtrun.reference.ref_linear
+// computes: h = x @ W + bias in fp32, rounded to y's dtype before an activation or gate reads it in fp16/hybrid ops;
+// not rounded in fp32 ops, nor where only a residual follows (added before the one rounding). Direct: cuBLASLt's
+// bias epilogue produces exactly that h (in y's dtype, or fp32), into y itself when not gated (the epilogue then runs
+// in place) or into an [rows, 2m] scratch when gated. Otherwise the GEMM writes a plain fp32 accumulator and the
+// epilogue kernel adds the bias and rounds. cuBLASLt has no gated epilogue, so a gate always costs the h scratch's
+// write and read: one elementwise pass, instead of a second GEMM's worth of traffic for separate gate and up outputs.
+LinearPost linear_post(const OpDesc& op, const EngineDesc& d) {
+  LinearPost p;
+  if (!needs_post(op)) return p;
+  p.on = true;
+  const DType y_t = d.tensors[op.outputs[0]].type;
+  const bool h_rounded = (op.gated || op.activation != Activation::None) && op.precision != Precision::FP32;
+  const DType ht = h_rounded ? y_t : DType::F32;
+  const int bias = op.weight("bias");
+  p.direct = (bias == NO_WEIGHT || d.weights[bias].type == ht) && (op.gated || ht == y_t);
+  p.h_t = p.direct ? ht : DType::F32;
+  p.round_h = h_rounded && !p.direct;
+  return p;
+}
+
+GemmKey post_key(const OpDesc& op, const EngineDesc& d, int64_t rows, const LinearPost& p) {
+  const WeightDesc& w = d.weights[op.weight("weight")];
+  GemmKey k;
+  k.m = rows;
+  k.k = w.shape[0];
+  k.n = w.shape[1];
+  k.operand_t = w.type;
+  k.out_t = p.h_t;
+  k.epilogue = p.direct && op.weight("bias") != NO_WEIGHT ? GemmEpilogue::Bias : GemmEpilogue::None;
+  k.tf32 = d.tf32;
+  return k;
+}
+
+// The dtype the rotated copy of an Attention's qkv has: fp32 ops on an fp16 qkv rotate in fp32 and keep fp32 operands
+// (the reference's rotate on float32), so that copy is fp32; otherwise the qkv's own dtype (the attention kernel
+// rounds to fp16 where the reference does).
+DType rotary_type(const OpDesc& op, const EngineDesc& d) {
+  const DType q = d.tensors[op.inputs[0]].type;
+  return op.precision == Precision::FP32 && q == DType::F16 ? DType::F32 : q;
 }
 
 }  // namespace
@@ -217,7 +282,7 @@ void Context::init() {
       if (a.type != OpType::Linear || ln.type != OpType::LayerNorm || a.outputs.empty() || ln.inputs.empty()) continue;
       const int t = a.outputs[0];
       if (t == NO_TENSOR || ln.inputs[0] != t || uses[t] != 1) continue;  // only the LayerNorm reads it
-      if (ln.precision == Precision::FP16 || a.activation != Activation::None) continue;
+      if (ln.precision == Precision::FP16 || a.activation != Activation::None || needs_post(a)) continue;
       const WeightDesc& w = d.weights[a.weight("weight")];
       if (w.type != DType::F16 || d.tensors[a.inputs[0]].type != DType::F16) continue;
       const int bias = a.weight("bias");
@@ -263,7 +328,7 @@ void Context::init() {
   }
 
   std::vector<std::pair<int, int>> owners;  // (kind, index): 0 tensor, 1 cast scratch, 2 acc scratch, 3 mask,
-                                            // 4 split slices
+                                            // 4 split slices, 5 rotated qkv copy
   for (size_t t = 0; t < d.tensors.size(); ++t) {
     if (last[t] < -1) continue;  // untouched
     size_t elems = d.tensors[t].numel(B, S);
@@ -274,6 +339,8 @@ void Context::init() {
   }
   cast_offset_.assign(n_ops, kNone);
   acc_offset_.assign(n_ops, kNone);
+  post_.assign(n_ops, LinearPost{});
+  rotary_offset_.assign(n_ops, kNone);
   bool need_valid_mask = false;
   for (int i = 0; i < n_ops; ++i) {
     const OpDesc& op = d.ops[i];
@@ -284,6 +351,20 @@ void Context::init() {
       if (x.type != w.type) {  // GEMM operands in the weight's type (fp16 in hybrid/fp16, fp32 in fp32)
         lives.push_back({checked_mul(x.numel(B, S), elem_size(w.type), "cast scratch"), i, i});
         owners.emplace_back(1, i);
+      }
+      if (needs_post(op)) {  // h scratch for a gate, or an fp32 accumulator (linear_post)
+        LinearPost p = linear_post(op, d);
+        if (p.direct && !gemm_->prepare(post_key(op, d, std::min<int64_t>(rows, 4096), p))) {
+          p = LinearPost{true, false, DType::F32,
+                         (op.gated || op.activation != Activation::None) && op.precision != Precision::FP32};
+        }
+        post_[i] = p;
+        if (op.gated || !p.direct) {
+          lives.push_back({checked_mul(checked_mul(static_cast<size_t>(rows), static_cast<size_t>(w.shape[1]), "h"),
+                                       elem_size(p.h_t), "linear epilogue scratch"), i, i});
+          owners.emplace_back(2, i);
+        }
+        continue;
       }
       LinearChoice c = choose_linear(op, d);
       // The fused epilogue is used when cuBLASLt offers it for this dtype combination (asked at a typical row
@@ -297,6 +378,13 @@ void Context::init() {
       }
     } else if (op.type == OpType::Attention) {
       if ((op.inputs.size() < 2 || op.inputs[1] == NO_TENSOR) && !op.causal) need_valid_mask = true;
+      // rotary in place where this op is the qkv's only reader and keeps its dtype; else into a copy
+      const int q = op.inputs[0];
+      const bool output = std::find(d.outputs.begin(), d.outputs.end(), q) != d.outputs.end();
+      if (op.rotary_dim > 0 && (uses[q] != 1 || output || rotary_type(op, d) != d.tensors[q].type)) {
+        lives.push_back({checked_mul(d.tensors[q].numel(B, S), elem_size(rotary_type(op, d)), "rotary copy"), i, i});
+        owners.emplace_back(5, i);
+      }
     }
   }
   if (need_valid_mask) {
@@ -315,6 +403,7 @@ void Context::init() {
     else if (o.first == 1) cast_offset_[o.second] = plan.offsets[j];
     else if (o.first == 2) acc_offset_[o.second] = plan.offsets[j];
     else if (o.first == 4) split_offset_[o.second] = plan.offsets[j];
+    else if (o.first == 5) rotary_offset_[o.second] = plan.offsets[j];
     else valid_mask_offset_ = plan.offsets[j];
   }
   arena_ = DeviceBuffer(std::max<size_t>(plan.total, 256), "the activation arena (at the profile's maximum shapes)");
@@ -630,10 +719,41 @@ void Context::enqueue_ops(int batch, int seq_bucket, cudaStream_t s) {
           mask = reinterpret_cast<const int32_t*>(tensor_ptr(in(1)));
         else if (!op.causal)
           mask = reinterpret_cast<const int32_t*>(static_cast<char*>(arena_.get()) + valid_mask_offset_);
-        launch_attention(tensor_ptr(in(0)), dt(in(0)), mask, tensor_ptr(out(0)), dt(out(0)), batch, seq_bucket,
-                         op.num_heads, op.head_size, op.scale, op.causal, op.precision, s);
+        const int kv_heads = op.num_kv_heads > 0 ? op.num_kv_heads : op.num_heads;
+        const void* qkv = tensor_ptr(in(0));
+        DType qkv_t = dt(in(0));
+        if (op.rotary_dim > 0) {
+#ifdef TRTRUN_HAVE_ROTARY
+          // rotated in place, or into the op's own copy (Context::rotary_offset_), positions 0..seq_bucket-1 (pad
+          // positions come after the valid ones, so the valid tokens' angles are the reference's)
+          void* dst = rotary_offset_[i] == kNone ? tensor_ptr(in(0))
+                                                 : static_cast<char*>(arena_.get()) + rotary_offset_[i];
+          const DType dst_t = float_dtype(rotary_type(op, d));
+          launch_rotary(qkv, qkv_t, dst, dst_t, static_cast<const float*>(E.weight(op.weight("rotary_cos"))),
+                        static_cast<const float*>(E.weight(op.weight("rotary_sin"))), batch, seq_bucket, op.num_heads,
+                        kv_heads, op.head_size, op.rotary_dim, op.precision == Precision::FP16, s);
+          qkv = dst;
+          qkv_t = dst_t;
+#else
+          missing_plugin(op, "rotary");
+#endif
+        }
+        launch_attention_gqa(qkv, qkv_t, mask, tensor_ptr(out(0)), dt(out(0)), batch, seq_bucket, op.num_heads,
+                             kv_heads, op.head_size, op.scale, op.causal, op.precision, s);
 #else
         missing_plugin(op, "attention");
+#endif
+        break;
+      }
+      case OpType::RMSNorm: {
+#ifdef TRTRUN_HAVE_RMSNORM
+        const int n = static_cast<int>(d.tensors[in(0)].dims.back());
+        const int norm_rows = static_cast<int>(d.tensors[in(0)].numel(batch, seq_bucket) / static_cast<size_t>(n));
+        launch_rmsnorm(tensor_ptr(in(0)), dt(in(0)), tensor_ptr(in(1)), dt(in(1)), E.weight(op.weight("gamma")),
+                       wt("gamma"), tensor_ptr(out(0)), dt(out(0)), tensor_ptr(out(1)), dt(out(1)), norm_rows, n,
+                       op.epsilon, op.precision, s);
+#else
+        missing_plugin(op, "rmsnorm");
 #endif
         break;
       }
@@ -728,6 +848,27 @@ void Context::enqueue_linear(size_t i, int batch, int seq_bucket, cudaStream_t s
     x = xc;
   }
   const void* bias = engine_->weight(bi);
+  if (post_[i].on) {  // gate, silu or residual input: GEMM into h, then kernels/epilogue (linear_post)
+#ifdef TRTRUN_HAVE_EPILOGUE
+    const LinearPost& p = post_[i];
+    const bool into_y = p.direct && !op.gated;
+    void* h = into_y ? y : static_cast<char*>(arena_.get()) + acc_offset_[i];
+    const GemmKey key = post_key(op, d, rows, p);
+    if (!gemm_->prepare(key))
+      throw DeviceError("op '" + op.name + "': cuBLASLt offers no algorithm for this GEMM (" + std::to_string(key.m) +
+                        "x" + std::to_string(key.n) + "x" + std::to_string(key.k) + ")");
+    gemm_->run(key, x, engine_->weight(wi), p.direct ? bias : nullptr, h, s);
+    const int r = op.inputs.size() > 1 ? op.inputs[1] : NO_TENSOR;
+    launch_linear_epilogue(h, float_dtype(p.h_t), p.direct ? nullptr : bias,
+                           bi == NO_WEIGHT ? DType::F32 : float_dtype(d.weights[bi].type), tensor_ptr(r),
+                           r == NO_TENSOR ? DType::F32 : float_dtype(d.tensors[r].type), y, float_dtype(yt.type), rows,
+                           static_cast<int>(op.gated ? w.shape[1] / 2 : w.shape[1]), op.gated, op.activation,
+                           p.round_h, s);
+#else
+    missing_plugin(op, "epilogue");
+#endif
+    return;
+  }
   LinearChoice c = choose_linear(op, d);
   bool fused = false;
   if (c.fusable) {

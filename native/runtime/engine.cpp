@@ -95,15 +95,17 @@ void Engine::check() {
         int word = op.weight("word");
         if (!weight_ok(word) || W[word].shape.size() != 2) throw InputError(where(op) + ": word table must be 2-D");
         const int64_t V = W[word].shape[0], N = W[word].shape[1];
-        int pos = op.weight("position");
-        if (!weight_ok(pos) || W[pos].shape.size() != 2 || W[pos].shape[1] != N)
-          throw InputError(where(op) + ": position table must be [P, N]");
-        if (desc_.seq_max + op.position_offset > W[pos].shape[0])
-          throw ShapeError(where(op) + ": max sequence + position offset exceeds the position table");
+        int pos = op.weight("position");  // absent: rotary or relative positions, applied in attention
+        if (pos != NO_WEIGHT) {
+          if (!weight_ok(pos) || W[pos].shape.size() != 2 || W[pos].shape[1] != N)
+            throw InputError(where(op) + ": position table must be [P, N]");
+          if (desc_.seq_max + op.position_offset > W[pos].shape[0])
+            throw ShapeError(where(op) + ": max sequence + position offset exceeds the position table");
+        }
         int tt = op.weight("token_type");
         if (tt != NO_WEIGHT && (W[tt].shape.size() != 2 || W[tt].shape[1] != N || W[tt].shape[0] < 1))
           throw InputError(where(op) + ": token_type table must be [T, N]");
-        if (W[pos].type != W[word].type || (tt != NO_WEIGHT && W[tt].type != W[word].type))
+        if ((pos != NO_WEIGHT && W[pos].type != W[word].type) || (tt != NO_WEIGHT && W[tt].type != W[word].type))
           throw InputError(where(op) + ": embedding tables must share one dtype");
         int g = op.weight("gamma"), b = op.weight("beta");
         if ((g == NO_WEIGHT) != (b == NO_WEIGHT)) throw InputError(where(op) + ": gamma and beta come together");
@@ -129,8 +131,14 @@ void Engine::check() {
         const int64_t K = W[w].shape[0], N = W[w].shape[1];
         if (inner(in(0)) % K != 0 || T[in(0)].dims.back() != K)
           throw InputError(where(op) + ": input's last dimension must be K");
-        if (T[out(0)].dims.back() != N || inner(out(0)) / N != inner(in(0)) / K)
-          throw InputError(where(op) + ": output must be [..., N]");
+        if (op.gated && N % 2 != 0) throw InputError(where(op) + ": a gated weight needs an even width N");
+        const int64_t n_out = op.gated ? N / 2 : N;  // gated: [gate | up] -> act(gate) * up
+        if (T[out(0)].dims.back() != n_out || inner(out(0)) / n_out != inner(in(0)) / K)
+          throw InputError(where(op) + (op.gated ? ": output must be [..., N/2]" : ": output must be [..., N]"));
+        if (in(1) != NO_TENSOR) {  // residual added to the result (GPT-NeoX's parallel branches)
+          need_float(op, in(1), "residual");
+          if (T[in(1)].dims != T[out(0)].dims) throw InputError(where(op) + ": residual must match the output");
+        }
         const DType want = op.precision == Precision::FP32 ? DType::F32 : DType::F16;
         if (W[w].type != want)
           throw InputError(where(op) + ": weight must be " + to_string(want) + " for precision " +
@@ -141,8 +149,21 @@ void Engine::check() {
       case OpType::Attention: {
         need_float(op, in(0), "qkv");
         if (op.num_heads < 1 || op.head_size < 1) throw InputError(where(op) + ": num_heads/head_size must be >= 1");
+        const int kvh = op.num_kv_heads > 0 ? op.num_kv_heads : op.num_heads;
+        if (op.num_heads % kvh != 0) throw InputError(where(op) + ": num_kv_heads must divide num_heads");
         const int64_t hd = static_cast<int64_t>(op.num_heads) * op.head_size;
-        if (inner(in(0)) != 3 * hd) throw InputError(where(op) + ": qkv must be [B, S, 3*H*D]");
+        if (inner(in(0)) != hd + 2LL * kvh * op.head_size)
+          throw InputError(where(op) + ": qkv must be [B, S, (H + 2*Hkv)*D]");
+        if (op.rotary_dim != 0) {
+          if (op.rotary_dim < 0 || op.rotary_dim % 2 != 0 || op.rotary_dim > op.head_size)
+            throw InputError(where(op) + ": rotary_dim must be even and at most head_size");
+          for (const char* role : {"rotary_cos", "rotary_sin"}) {
+            const int w = op.weight(role);
+            if (!weight_ok(w) || W[w].type != DType::F32 || W[w].shape.size() != 2 ||
+                W[w].shape[1] != op.rotary_dim / 2 || W[w].shape[0] < desc_.seq_max)
+              throw InputError(where(op) + ": weight '" + role + "' must be float32 [>= max sequence, rotary_dim/2]");
+          }
+        }
         if (inner(out(0)) != hd) throw InputError(where(op) + ": output must be [B, S, H*D]");
         if (in(1) != NO_TENSOR) {
           if (!tensor_ok(in(1)) || T[in(1)].type != DType::I32 || inner(in(1)) != 1)
@@ -151,13 +172,16 @@ void Engine::check() {
         }
         break;
       }
-      case OpType::LayerNorm: {
+      case OpType::LayerNorm:
+      case OpType::RMSNorm: {
         need_float(op, in(0), "input x");
-        int g = op.weight("gamma"), b = op.weight("beta");
         const int64_t N = T[in(0)].dims.back();
         need_weight(op, "gamma", {N});
-        need_weight(op, "beta", {N});
-        if (W[g].type != W[b].type) throw InputError(where(op) + ": gamma and beta must share one dtype");
+        if (op.type == OpType::LayerNorm) {
+          need_weight(op, "beta", {N});
+          if (W[op.weight("gamma")].type != W[op.weight("beta")].type)
+            throw InputError(where(op) + ": gamma and beta must share one dtype");
+        }
         if (in(1) != NO_TENSOR) {
           need_float(op, in(1), "residual");
           if (T[in(1)].dims != T[in(0)].dims) throw InputError(where(op) + ": residual must match x");

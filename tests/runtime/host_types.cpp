@@ -47,9 +47,9 @@ void check_enum(const char* enum_name, int count) {
 
 int main() {
   check_enum<DType>("DType", 4);
-  check_enum<OpType>("OpType", 4);
+  check_enum<OpType>("OpType", 5);
   check_enum<Precision>("Precision", 3);
-  check_enum<Activation>("Activation", 3);
+  check_enum<Activation>("Activation", 4);
   check_enum<GemmSearch>("GemmSearch", 3);
   check_enum<GemmEpilogue>("GemmEpilogue", 4);
 

@@ -32,6 +32,15 @@ namespace trtrun {
 class GemmRunner;  // native/runtime/gemm.h
 struct StageJob;   // native/runtime/runtime_ops.h
 
+// How a Linear that kernels/epilogue finishes (gate product, silu, residual input) runs: its GEMM writes h = x @ W
+// (+ bias) and launch_linear_epilogue makes y from it (context.cpp, linear_post).
+struct LinearPost {
+  bool on = false;      // this Linear runs GEMM + launch_linear_epilogue
+  bool direct = false;  // the GEMM's bias epilogue writes h exactly as the reference rounds it (else an fp32 acc)
+  DType h_t = DType::F32;
+  bool round_h = false;  // the epilogue kernel rounds h to y's dtype before the activation/gate
+};
+
 class Context {
  public:
   Context(std::shared_ptr<const Engine> engine, ContextOptions options);
@@ -121,6 +130,11 @@ class Context {
   // (0: not split) and the arena offset of its [split, rows, n] fp32 slices.
   std::vector<int> split_;
   std::vector<size_t> split_offset_;
+  // Linear ops finished by kernels/epilogue (LinearPost); the h scratch (gated, or h in fp32) lives at acc_offset_.
+  std::vector<LinearPost> post_;
+  // Attention ops with rotary embeddings whose qkv another op also reads (or fp32 ops on fp16 qkv): the rotated
+  // copy's arena offset (SIZE_MAX: rotated in place, the attention op being the qkv tensor's only reader).
+  std::vector<size_t> rotary_offset_;
 
   std::vector<PinnedBuffer> host_in_;
   std::vector<PinnedBuffer> host_out_;

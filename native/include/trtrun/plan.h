@@ -43,6 +43,11 @@ struct OpDesc {
   int head_size = 0;
   float scale = 1.0f;
   bool causal = false;
+  // Llama-family attributes (Linear: gated = [gate | up] halves, y = act(gate) * up; Attention: grouped-query K/V
+  // heads, 0 = num_heads; rotary_dim: leading dims of each Q/K head rotated by the rotary_cos/rotary_sin tables)
+  bool gated = false;
+  int num_kv_heads = 0;
+  int rotary_dim = 0;
 
   int weight(const std::string& role) const {
     auto it = weights.find(role);

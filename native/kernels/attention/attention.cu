@@ -372,8 +372,8 @@ __device__ __forceinline__ void softmax_tile(float (&s)[NB][4], float (&o)[DB][4
 template <int D, int MT, bool HALF_SOFTMAX, int KS, bool SHARE_KV = false>
 __global__ void __launch_bounds__(128 * KS, MT == 2 ? 2 : (SHARE_KV && D <= 64 ? 3 : 1))
     attention_tc_kernel(const void* __restrict__ qkv, bool in_half, const int32_t* __restrict__ mask,
-                        void* __restrict__ y, bool out_half, int H, int S, float scale, bool causal, int nqt,
-                        int nqb) {
+                        void* __restrict__ y, bool out_half, int H, int Hkv, int S, float scale, bool causal,
+                        int nqt, int nqb) {
   static_assert(KS == 1 || (KS == 2 && MT == 1 && !HALF_SOFTMAX), "key groups: MT = 1, fp32 softmax");
   static_assert(!SHARE_KV || KS == 1, "query tiles sharing K/V: one key group");
   if constexpr (!SHARE_KV) nqb = 1;
@@ -416,7 +416,10 @@ __global__ void __launch_bounds__(128 * KS, MT == 2 ? 2 : (SHARE_KV && D <= 64 ?
   const int nq_here = SHARE_KV ? min(nqb, nqt - qt0) : 1;  // a constant 1 keeps the usual kernel as it was
   const int b = bh / H, h = bh % H;
   const long long HD = static_cast<long long>(H) * D;
-  const long long row_stride = 3 * HD;
+  // grouped-query attention: query head h reads K/V head h / (H / Hkv), at its columns of the K and V parts
+  const long long row_stride = HD + 2LL * Hkv * D;
+  const long long k_col = HD + static_cast<long long>(h / (H / Hkv)) * D;
+  const long long v_col = k_col + static_cast<long long>(Hkv) * D;
   const long long tok_base = static_cast<long long>(b) * S;
 
   load_rows_f16<D, LD>(Qs, qkv, in_half, tok_base, qt0 * BQ, nq_here * BQ, S, row_stride, h * D, threadIdx.x,
@@ -433,9 +436,9 @@ __global__ void __launch_bounds__(128 * KS, MT == 2 ? 2 : (SHARE_KV && D <= 64 ?
   // Key tile `tile` into ring slot `slot`: K and V rows and the mask values, all asynchronous.
   auto stage = [&](int slot, int tile) {
     const int j = tile * BK;
-    load_rows_f16<D, LD>(Ks + slot * BK * LD, qkv, in_half, tok_base, j, BK, S, row_stride, HD + h * D, gtid,
+    load_rows_f16<D, LD>(Ks + slot * BK * LD, qkv, in_half, tok_base, j, BK, S, row_stride, static_cast<int>(k_col), gtid,
                          gthreads);
-    load_rows_f16<D, LD>(Vs + slot * BK * LD, qkv, in_half, tok_base, j, BK, S, row_stride, 2 * HD + h * D, gtid,
+    load_rows_f16<D, LD>(Vs + slot * BK * LD, qkv, in_half, tok_base, j, BK, S, row_stride, static_cast<int>(v_col), gtid,
                          gthreads);
     if (!kr.dense) stage_mask(mraw + slot * BK, mask, b, S, j, BK, gtid, gthreads);
   };
@@ -646,8 +649,8 @@ constexpr int F_WARPS = 4;
 template <int D>
 __global__ void __launch_bounds__(128) attention_f32_kernel(const void* __restrict__ qkv, bool in_half,
                                                             const int32_t* __restrict__ mask,
-                                                            void* __restrict__ y, bool out_half, int H, int S,
-                                                            float scale, bool causal, int nqt) {
+                                                            void* __restrict__ y, bool out_half, int H, int Hkv,
+                                                            int S, float scale, bool causal, int nqt) {
   constexpr int BQ = F_WARPS * F_ROWS;
   constexpr int KD = D / 32;  // output columns per lane
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -663,7 +666,10 @@ __global__ void __launch_bounds__(128) attention_f32_kernel(const void* __restri
   const int b = bh / H, h = bh % H;
   const int q0 = qt * BQ;
   const long long HD = static_cast<long long>(H) * D;
-  const long long row_stride = 3 * HD;
+  // grouped-query attention: query head h reads K/V head h / (H / Hkv)
+  const long long row_stride = HD + 2LL * Hkv * D;
+  const long long k_col = HD + static_cast<long long>(h / (H / Hkv)) * D;
+  const long long v_col = k_col + static_cast<long long>(Hkv) * D;
   const long long tok_base = static_cast<long long>(b) * S;
 
   auto load_elem = [&](long long off) -> float {
@@ -700,9 +706,9 @@ __global__ void __launch_bounds__(128) attention_f32_kernel(const void* __restri
       const int r = i / D, c = i % D;
       const int tok = j0 + r;
       const bool valid = tok < S;
-      const long long off = (tok_base + (valid ? tok : 0)) * row_stride + h * D + c;
-      Ks[r * (D + 1) + c] = valid ? load_elem(off + HD) : 0.f;
-      Vs[r * D + c] = valid ? load_elem(off + 2 * HD) : 0.f;
+      const long long off = (tok_base + (valid ? tok : 0)) * row_stride + c;
+      Ks[r * (D + 1) + c] = valid ? load_elem(off + k_col) : 0.f;
+      Vs[r * D + c] = valid ? load_elem(off + v_col) : 0.f;
     }
     load_flags(flags, mask, b, S, j0, F_BK);
     __syncthreads();
@@ -823,7 +829,7 @@ bool can_share_kv(int D, int S, bool causal, int KS) {
 // nw warps per key group, KS key groups a block, nqb query tiles a block.
 template <int D, int MT, bool HALF_SOFTMAX, int KS>
 void launch_tc_cfg(int nw, const void* qkv, bool in_half, const int32_t* mask, void* y, bool out_half, int B, int S,
-                   int H, float scale, bool causal, cudaStream_t stream, int nqb = 1) {
+                   int H, int Hkv, float scale, bool causal, cudaStream_t stream, int nqb = 1) {
   const int BQ = 16 * MT * nw;
   const int nqt = (S + BQ - 1) / BQ;
   require(nqb == 1 || can_share_kv(D, S, causal, KS), "attention",
@@ -836,8 +842,8 @@ void launch_tc_cfg(int nw, const void* qkv, bool in_half, const int32_t* mask, v
   auto kern = nqb > 1 ? attention_tc_kernel<D, MT, HALF_SOFTMAX, KS, KS == 1>
                        : attention_tc_kernel<D, MT, HALF_SOFTMAX, KS>;
   ensure_dynamic_smem(kern, smem);
-  kern<<<static_cast<unsigned>(blocks), 32 * nw * KS, smem, stream>>>(qkv, in_half, mask, y, out_half, H, S, scale,
-                                                                       causal, nqt, nqb);
+  kern<<<static_cast<unsigned>(blocks), 32 * nw * KS, smem, stream>>>(qkv, in_half, mask, y, out_half, H, Hkv, S,
+                                                                       scale, causal, nqt, nqb);
   TRTRUN_LAUNCH_CHECK();
 }
 
@@ -957,25 +963,25 @@ TcConfig choose_tc(int B, int S, int H, bool causal) {
 
 template <int D, bool HALF_SOFTMAX>
 void launch_tc(const void* qkv, bool in_half, const int32_t* mask, void* y, bool out_half, int B, int S, int H,
-               float scale, bool causal, cudaStream_t stream) {
+               int Hkv, float scale, bool causal, cudaStream_t stream) {
   constexpr int MT2 = TcTraits<D, HALF_SOFTMAX>::MT2;
   constexpr bool kHasKS2 = TcTraits<D, HALF_SOFTMAX>::kHasKS2;
   const TcConfig c = choose_tc<D, HALF_SOFTMAX>(B, S, H, causal);
   if (c.mt == 2) {
-    launch_tc_cfg<D, MT2, HALF_SOFTMAX, 1>(c.nw, qkv, in_half, mask, y, out_half, B, S, H, scale, causal, stream,
+    launch_tc_cfg<D, MT2, HALF_SOFTMAX, 1>(c.nw, qkv, in_half, mask, y, out_half, B, S, H, Hkv, scale, causal, stream,
                                            c.nqb);
   } else if (c.ks == 2) {
-    launch_tc_cfg<D, 1, HALF_SOFTMAX, kHasKS2 ? 2 : 1>(c.nw, qkv, in_half, mask, y, out_half, B, S, H, scale, causal,
-                                                        stream);
+    launch_tc_cfg<D, 1, HALF_SOFTMAX, kHasKS2 ? 2 : 1>(c.nw, qkv, in_half, mask, y, out_half, B, S, H, Hkv, scale,
+                                                        causal, stream);
   } else {
-    launch_tc_cfg<D, 1, HALF_SOFTMAX, 1>(c.nw, qkv, in_half, mask, y, out_half, B, S, H, scale, causal, stream,
+    launch_tc_cfg<D, 1, HALF_SOFTMAX, 1>(c.nw, qkv, in_half, mask, y, out_half, B, S, H, Hkv, scale, causal, stream,
                                          c.nqb);
   }
 }
 
 template <int D>
 void launch_f32(const void* qkv, bool in_half, const int32_t* mask, void* y, bool out_half, int B, int S, int H,
-                float scale, bool causal, cudaStream_t stream) {
+                int Hkv, float scale, bool causal, cudaStream_t stream) {
   constexpr int BQ = F_WARPS * F_ROWS;
   const int nqt = (S + BQ - 1) / BQ;
   const long long blocks = static_cast<long long>(B) * H * nqt;
@@ -984,19 +990,21 @@ void launch_f32(const void* qkv, bool in_half, const int32_t* mask, void* y, boo
       sizeof(float) * (BQ * D + F_BK * (D + 1) + F_BK * D + F_WARPS * F_ROWS * F_BK) + F_BK * sizeof(int);
   auto kern = attention_f32_kernel<D>;
   ensure_dynamic_smem(kern, smem);
-  kern<<<static_cast<unsigned>(blocks), 32 * F_WARPS, smem, stream>>>(qkv, in_half, mask, y, out_half, H, S, scale,
-                                                                       causal, nqt);
+  kern<<<static_cast<unsigned>(blocks), 32 * F_WARPS, smem, stream>>>(qkv, in_half, mask, y, out_half, H, Hkv, S,
+                                                                       scale, causal, nqt);
   TRTRUN_LAUNCH_CHECK();
 }
 
 template <int D>
 void dispatch(const void* qkv, bool in_half, const int32_t* mask, void* y, bool out_half, int B, int S, int H,
-              float scale, bool causal, Precision prec, cudaStream_t stream) {
+              int Hkv, float scale, bool causal, Precision prec, cudaStream_t stream) {
   switch (prec) {
-    case Precision::FP32: launch_f32<D>(qkv, in_half, mask, y, out_half, B, S, H, scale, causal, stream); break;
-    case Precision::FP16: launch_tc<D, true>(qkv, in_half, mask, y, out_half, B, S, H, scale, causal, stream); break;
+    case Precision::FP32: launch_f32<D>(qkv, in_half, mask, y, out_half, B, S, H, Hkv, scale, causal, stream); break;
+    case Precision::FP16:
+      launch_tc<D, true>(qkv, in_half, mask, y, out_half, B, S, H, Hkv, scale, causal, stream);
+      break;
     case Precision::HYBRID:
-      launch_tc<D, false>(qkv, in_half, mask, y, out_half, B, S, H, scale, causal, stream);
+      launch_tc<D, false>(qkv, in_half, mask, y, out_half, B, S, H, Hkv, scale, causal, stream);
       break;
   }
 }
@@ -1031,9 +1039,17 @@ std::string attention_config(int batch, int seq, int heads, int head_size, bool 
 
 void launch_attention(const void* qkv, DType qkv_t, const int32_t* mask, void* y, DType y_t, int batch, int seq,
                       int heads, int head_size, float scale, bool causal, Precision prec, cudaStream_t stream) {
+  launch_attention_gqa(qkv, qkv_t, mask, y, y_t, batch, seq, heads, heads, head_size, scale, causal, prec, stream);
+}
+
+void launch_attention_gqa(const void* qkv, DType qkv_t, const int32_t* mask, void* y, DType y_t, int batch, int seq,
+                          int heads, int kv_heads, int head_size, float scale, bool causal, Precision prec,
+                          cudaStream_t stream) {
   const char* op = "attention";
   check_head_size(head_size, op);
   require(heads >= 1, op, "num_heads must be >= 1, got " + std::to_string(heads));
+  require(kv_heads >= 1 && heads % kv_heads == 0, op,
+          "num_kv_heads must divide num_heads " + std::to_string(heads) + ", got " + std::to_string(kv_heads));
   require(batch >= 0 && seq >= 0, op,
           "batch and seq must be >= 0, got batch=" + std::to_string(batch) + " seq=" + std::to_string(seq));
   require(std::isfinite(scale), op, "scale must be finite");
@@ -1046,9 +1062,15 @@ void launch_attention(const void* qkv, DType qkv_t, const int32_t* mask, void* y
           "qkv and y must be 16-byte aligned");
   const bool in_half = qkv_t == DType::F16, out_half = y_t == DType::F16;
   switch (head_size) {
-    case 32: dispatch<32>(qkv, in_half, mask, y, out_half, batch, seq, heads, scale, causal, prec, stream); break;
-    case 64: dispatch<64>(qkv, in_half, mask, y, out_half, batch, seq, heads, scale, causal, prec, stream); break;
-    default: dispatch<128>(qkv, in_half, mask, y, out_half, batch, seq, heads, scale, causal, prec, stream); break;
+    case 32:
+      dispatch<32>(qkv, in_half, mask, y, out_half, batch, seq, heads, kv_heads, scale, causal, prec, stream);
+      break;
+    case 64:
+      dispatch<64>(qkv, in_half, mask, y, out_half, batch, seq, heads, kv_heads, scale, causal, prec, stream);
+      break;
+    default:
+      dispatch<128>(qkv, in_half, mask, y, out_half, batch, seq, heads, kv_heads, scale, causal, prec, stream);
+      break;
   }
 }
 

@@ -23,6 +23,13 @@ void launch_attention(const void* qkv, DType qkv_t, const int32_t* mask /*[B,S] 
                       void* y, DType y_t, int batch, int seq, int heads, int head_size,
                       float scale, bool causal, Precision prec, cudaStream_t stream);
 
+// The same with grouped-query attention: qkv [batch, seq, (heads + 2*kv_heads)*head_size] (Q | K | V), query head h
+// reading K/V head h / (heads / kv_heads) where they lie (no copy per head); kv_heads must divide heads.
+// launch_attention is this with kv_heads = heads.
+void launch_attention_gqa(const void* qkv, DType qkv_t, const int32_t* mask /*[B,S] nullable*/, void* y, DType y_t,
+                          int batch, int seq, int heads, int kv_heads, int head_size, float scale, bool causal,
+                          Precision prec, cudaStream_t stream);
+
 // The configuration launch_attention takes for these sizes on the current device, as text ("fp32", or
 // "mt=M nw=N ks=K qb=Q": 16*M query rows a warp, N warps a key group, K key groups a block, Q query tiles a block
 // over K/V staged once), with the TRTRUN_ATTN_CFG / TRTRUN_ATTN_QB overrides applied. For tests and tuning.

@@ -45,17 +45,20 @@ __global__ void embedding_kernel(const int32_t* __restrict__ ids, const int32_t*
     if (idx < n) {
       float p[VEC], q[VEC];
       load_vec<VEC>(word, table_t, wrow + idx, &v[c * VEC]);
-      load_vec<VEC>(position, table_t, prow + idx, p);
+      // no position table (rotary or relative positions, applied in attention): the term is absent, not + 0
+      if (position != nullptr) load_vec<VEC>(position, table_t, prow + idx, p);
       if (trow >= 0) load_vec<VEC>(type_table, table_t, trow + idx, q);
 #pragma unroll
       for (int k = 0; k < VEC; ++k) {
         if constexpr (HALF_MATH) {
           // word + position, rounded; + type, rounded (left to right, as the formula reads)
-          __half e = __hadd(__float2half_rn(v[c * VEC + k]), __float2half_rn(p[k]));
+          __half e = __float2half_rn(v[c * VEC + k]);
+          if (position != nullptr) e = __hadd(e, __float2half_rn(p[k]));
           if (trow >= 0) e = __hadd(e, __float2half_rn(q[k]));
           v[c * VEC + k] = __half2float(e);
         } else {
-          float e = v[c * VEC + k] + p[k];
+          float e = v[c * VEC + k];
+          if (position != nullptr) e += p[k];
           if (trow >= 0) e += q[k];
           v[c * VEC + k] = e;
         }
@@ -87,8 +90,7 @@ void launch_embedding(const int32_t* ids, const int32_t* token_types, const void
   require(n >= 1 && n <= MAX_N, op,
           "n (hidden size) must be in [1, " + std::to_string(MAX_N) + "], got " + std::to_string(n));
   require(position_offset >= 0, op, "position_offset must be >= 0, got " + std::to_string(position_offset));
-  require(ids != nullptr && word != nullptr && position != nullptr && y != nullptr, op,
-          "ids, word, position and y must not be null");
+  require(ids != nullptr && word != nullptr && y != nullptr, op, "ids, word and y must not be null");
   require(gamma == nullptr || beta != nullptr, op, "beta must be given with gamma");
   check_dtype(table_t, op, "table");
   check_dtype(y_t, op, "y");

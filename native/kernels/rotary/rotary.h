@@ -1,0 +1,27 @@
+// native/kernels/rotary/rotary.h: rotary position embeddings applied to the Q and K heads of a packed qkv tensor
+// (docs/plan-format.md, Attention: inv_freq / rotary_dim / rotary_scale), before the attention kernel reads them.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "trtrun/errors.h"
+#include "trtrun/types.h"
+
+namespace trtrun {
+
+// src, dst: [batch, seq, (heads + 2*kv_heads) * head_size] (Q heads, then K heads, then V heads; head h at columns
+// h*D:(h+1)*D of its part). For every token (b, s), every Q and K head and i < R/2 (R = rotary_dim, h2 = R/2):
+//   x1 = x[i], x2 = x[h2 + i], c = cos[s, i], n = sin[s, i]
+//   x'[i] = x1 c - x2 n,  x'[h2 + i] = x2 c + x1 n
+// Columns from R on (partial rotary, GPT-NeoX) and the V heads pass unchanged. cos/sin: fp32 [>= seq, R/2] (the
+// rope variant's scaling and attention factor already in them: trtrun.reference.rotary_tables).
+// half_math false: fp32 arithmetic on the values as stored (each product and sum rounded to fp32, nothing contracted
+// into an fma), as trtrun.reference.rotate on float32; true (Precision::FP16): x, c and n rounded to fp16 and each
+// product and sum an fp16 operation. The result is stored in dst_t.
+// In place (dst == src, same dtype): only the rotated columns are written. Otherwise every
+// other column is copied (converted to dst_t) too. Throws trtrun::InputError / trtrun::CudaError.
+void launch_rotary(const void* src, DType src_t, void* dst, DType dst_t, const float* cos, const float* sin,
+                   int batch, int seq, int heads, int kv_heads, int head_size, int rotary_dim, bool half_math,
+                   cudaStream_t stream);
+
+}  // namespace trtrun
