@@ -31,9 +31,9 @@ from handmade_plans import tiny_plan  # noqa: E402  (tests/handmade_plans.py)
 # inputs (int64 too) live on the device as int32.
 CODES_DEVICE_DTYPE = {"float32": 0, "float16": 1, "int32": 2, "int64": 2}  # as lowered
 CODES_DTYPE = {"float32": 0, "float16": 1, "int32": 2, "int64": 3}
-CODES_OP = {"Embedding": 0, "Linear": 1, "Attention": 2, "LayerNorm": 3}
+CODES_OP = {"Embedding": 0, "Linear": 1, "Attention": 2, "LayerNorm": 3, "RMSNorm": 4}
 CODES_PREC = {"fp32": 0, "fp16": 1, "hybrid": 2}
-CODES_ACT = {"none": 0, "gelu_erf": 1, "gelu_tanh": 2}
+CODES_ACT = {"none": 0, "gelu_erf": 1, "gelu_tanh": 2, "silu": 3}
 CODES_GEMM_SEARCH = {"heuristic": 0, "exhaustive": 1, "focused": 2}
 CODES_GEMM_EPILOGUE = {"none": 0, "bias": 1, "gelu": 2, "gelu_bias": 3}
 
@@ -92,7 +92,7 @@ def test_bad_names_are_errors_naming_the_valid_ones(host):
     assert host["error"]["GemmSearch"] == (f"the GemmSearch must be one of {', '.join(runtime.GEMM_SEARCHES)}; "
                                            "got 'no-such-name'")
     assert host["error"]["DType"].startswith("the DType must be one of float32, float16, int32, int64;")
-    assert host["invalid"]["Activation"] == "<invalid Activation 7>"  # a bad cast is named, not a crash
+    assert host["invalid"]["Activation"] == "<invalid Activation 8>"  # a bad cast (4 past the end): named, no crash
 
 
 def test_context_option_defaults_are_the_runtimes(host):
@@ -133,9 +133,9 @@ def test_engine_takes_the_lowered_names():
     low = lower_plan(tiny_plan("hybrid", layers=1))
     op = low["ops"][1]
     for field, bad, needle in [
-            ("type", "Conv", "type must be one of Embedding, Linear, Attention, LayerNorm; got 'Conv'"),
+            ("type", "Conv", "type must be one of Embedding, Linear, Attention, LayerNorm, RMSNorm; got 'Conv'"),
             ("precision", "int8", "precision must be one of fp32, fp16, hybrid; got 'int8'"),
-            ("activation", "relu", "activation must be one of none, gelu_erf, gelu_tanh; got 'relu'")]:
+            ("activation", "relu", "activation must be one of none, gelu_erf, gelu_tanh, silu; got 'relu'")]:
         bad_low = json.loads(json.dumps({k: v for k, v in low.items() if k != "weights"}))
         bad_low["ops"][1][field] = bad
         with pytest.raises(InputError) as err:
@@ -209,3 +209,94 @@ def test_kernel_entry_points_take_names():
         p.attention_config(1, 128, 12, 64, False, "tf32")
     with pytest.raises(InputError, match="layernorm: x, gamma, beta and y must not be null"):
         p.layernorm(0, "float32", 0, "float32", 0, 0, "float32", 0, "float16", 0, "float32", 4, 64, 1e-5, "hybrid", 0)
+
+
+# ---------------------------------------------------------------------------------------- Llama-family ops
+def test_decoder_kernel_entry_points_take_names():
+    """The Llama-family kernels' entry points (rmsnorm, linear_epilogue, rotary, attention_gqa) parse dtype,
+    precision and activation names before their launchers run; the launchers' own checks come next (null pointers
+    here, so nothing reaches a device)."""
+    p = _ext().plugins
+    with pytest.raises(InputError, match="rmsnorm: x, gamma and y must not be null"):
+        p.rmsnorm(0, "float16", 0, "float32", 0, "float32", 0, "float16", 0, "float32", 4, 64, 1e-5, "hybrid", 0)
+    with pytest.raises(InputError, match="rmsnorm: precision must be one of fp32, fp16, hybrid; got 'bf16'"):
+        p.rmsnorm(0, "float16", 0, "float32", 0, "float32", 0, "float16", 0, "float32", 4, 64, 1e-5, "bf16", 0)
+    with pytest.raises(InputError, match="linear_epilogue: activation must be one of none, gelu_erf, gelu_tanh, "
+                                         "silu; got 'relu'"):
+        p.linear_epilogue(0, "float16", 0, "float32", 0, "float32", 0, "float16", 4, 8, True, "relu", True, 0)
+    with pytest.raises(InputError, match="linear_epilogue: src and y must not be null"):
+        p.linear_epilogue(0, "float16", 0, "float32", 0, "float32", 0, "float16", 4, 8, True, "silu", True, 0)
+    with pytest.raises(InputError, match="rotary: dst_dtype must be one of float32, float16, int32, int64; got 'f16'"):
+        p.rotary(0, "float16", 0, "f16", 0, 0, 1, 4, 4, 2, 32, 32, False, 0)
+    with pytest.raises(InputError, match="rotary: src, dst, cos and sin must not be null"):
+        p.rotary(0, "float16", 0, "float16", 0, 0, 1, 4, 4, 2, 32, 32, False, 0)
+    with pytest.raises(InputError, match="attention: num_kv_heads must divide num_heads 4, got 3"):
+        p.attention_gqa(0, "float16", 0, 0, "float16", 1, 4, 4, 3, 32, 0.17, True, "hybrid", 0)
+    with pytest.raises(InputError, match="attention: qkv and y must not be null"):
+        p.attention_gqa(0, "float16", 0, 0, "float16", 1, 4, 4, 2, 32, 0.17, True, "hybrid", 0)
+
+
+@pytest.fixture(scope="module")
+def decoder_plans(tmp_path_factory):
+    """Hybrid plans of tiny random Llama (grouped K/V heads, full rotary, gated silu MLP) and GPT-NeoX (partial
+    rotary, the parallel branches' residual-input Linear) exports."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from trtrun.builder import build
+    from trtrun.export import export_model
+
+    size = dict(hidden_size=128, num_hidden_layers=1, num_attention_heads=4, intermediate_size=192, vocab_size=300,
+                max_position_embeddings=128)
+    root = tmp_path_factory.mktemp("decoders")
+    plans = {}
+    for arch, extra in (("llama", dict(num_key_value_heads=2)), ("gpt-neox", dict(rotary_pct=0.25))):
+        path = export_model(arch, root / f"{arch}.onnx", overrides={**size, **extra}, seed=0)
+        plans[arch] = build(path, precision="hybrid", profile={"batch": (1, 2, 4), "seq": (1, 16, 64)})
+    return plans
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt-neox"])
+def test_engine_takes_the_decoder_ops(decoder_plans, arch):
+    """A lowered Llama or GPT-NeoX plan passes the Engine's description checks (RMSNorm and silu by name, gated and
+    residual-input Linears, grouped K/V heads, rotary tables): without a GPU the first error is the device's. Broken
+    copies are InputErrors naming the op, raised before the device is asked: a rotary table shorter than the
+    profile's longest sequence, K/V heads that do not divide the query heads, a gate on a weight of odd width."""
+    c = _ext()
+    low = lower_plan(decoder_plans[arch])
+    att = next(o for o in low["ops"] if o["type"] == "Attention")
+    assert att["rotary_dim"] == (32 if arch == "llama" else 8) and att["num_kv_heads"] == (2 if arch == "llama" else 4)
+    if c.device_count() == 0:
+        with pytest.raises(DeviceError):
+            c.Engine(*_engine_args(low))
+
+    def broken(change):
+        bad = {k: v for k, v in low.items() if k != "weights"}
+        bad = json.loads(json.dumps(bad))
+        weights = list(low["weights"])
+        change(bad, weights)
+        with pytest.raises(InputError) as err:
+            c.Engine(*_engine_args(dict(bad, weights=weights)))
+        return str(err.value)
+
+    def short_table(bad, weights):
+        i = att["weights"]["rotary_cos"]
+        weights[i] = (weights[i][0], weights[i][1][:-1].copy())
+
+    assert broken(short_table) == (f"op '{att['name']}': weight 'rotary_cos' must be float32 [>= max sequence, "
+                                   f"rotary_dim/2]")
+
+    def kv_heads(bad, weights):
+        next(o for o in bad["ops"] if o["name"] == att["name"])["num_kv_heads"] = 3
+
+    assert broken(kv_heads) == f"op '{att['name']}': num_kv_heads must divide num_heads"
+    if arch == "llama":
+        lin = next(o for o in low["ops"] if o["type"] == "Linear" and o.get("gated"))
+        assert lin["activation"] == "silu"
+
+        def odd_gate(bad, weights):
+            i = lin["weights"]["weight"]
+            weights[i] = (weights[i][0], weights[i][1][:, :-1].copy())
+
+        assert broken(odd_gate) == f"op '{lin['name']}': a gated weight needs an even width N"
+    else:
+        assert any(o["type"] == "Linear" and len([i for i in o["inputs"] if i >= 0]) == 2 for o in low["ops"])

@@ -123,8 +123,8 @@ SOURCE_WEIGHTS = ("float16", "int8")
 # What the GPU runtime's kernels run, by the plan's own names: the extension parses them (native/core/types.cpp,
 # which keeps each name's integer value); trtrun.runtime.lower refuses anything else by name before the extension
 # is asked.
-GPU_OP_TYPES = ("Embedding", "Linear", "Attention", "LayerNorm")
-GPU_ACTIVATIONS = ("none", "gelu_erf", "gelu_tanh")
+GPU_OP_TYPES = ("Embedding", "Linear", "Attention", "LayerNorm", "RMSNorm")  # Pool runs on the reference only
+GPU_ACTIVATIONS = ACTIVATIONS  # every one: silu, and gates, in native/kernels/epilogue
 GPU_PRECISIONS = PRECISIONS  # fp8 ops run on the reference backend only (no fp8 GEMM path in the runtime yet)
 DEVICE_DTYPES = {"int64": "int32"}  # a tensor's dtype on the device, where not its plan dtype: integer inputs
 

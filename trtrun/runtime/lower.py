@@ -25,23 +25,15 @@ def bucket_seq(seq: int, seq_max: int) -> int:
 
 
 def gpu_missing(op) -> str | None:
-    """What of a known op type the GPU runtime's kernels lack (attributes the IR grew for Llama-family and
-    relative-position models, which the reference backend runs), or None."""
+    """What of a known op type the GPU runtime's kernels lack (attributes the IR grew for relative-position and
+    windowed models, which the reference backend runs), or None. Llama-family ops (RMSNorm, silu and gated
+    Linears, Linear residual inputs, grouped-query and rotary attention, embeddings without positions) have
+    kernels: native/kernels/rmsnorm, epilogue, rotary and attention."""
     a, w = op.get("attrs", {}), op.get("weights", {})
-    if op["type"] == "Embedding" and not w.get("position"):
-        return "no position table (rotary or relative positions)"
     if op["type"] == "Linear":
         if a.get("activation", "none") not in GPU_ACTIVATIONS:
             return f"activation {a['activation']!r}"
-        if a.get("gated"):
-            return "a gated epilogue (SwiGLU/GeGLU)"
-        if len(op["inputs"]) > 1 and op["inputs"][1]:
-            return "a residual input (parallel attention and MLP branches)"
     if op["type"] == "Attention":
-        if a.get("num_kv_heads", a.get("num_heads")) != a.get("num_heads"):
-            return "grouped-query K/V heads (num_kv_heads)"
-        if a.get("rotary_dim") or w.get("inv_freq"):
-            return "rotary position embeddings"
         if w.get("relative_bias"):
             return "a relative-position score bias"
         if w.get("alibi_slopes"):
@@ -111,6 +103,23 @@ def lower_plan(plan) -> dict:
             weights.append((label, np.ascontiguousarray(a)))
         return windex[key]
 
+    seq_max = int(plan.profile["seq"][2])
+    rotary_index: dict[tuple[str, float], tuple[int, int]] = {}
+
+    def rotary(inv_freq: str, scale: float) -> tuple[int, int]:
+        """Weight indices of the fp32 cos/sin tables [seq_max, R/2] of one inv_freq and scale, made once per
+        engine by the reference's own function (so the angles and the scaling are its values, bit for bit) and
+        shared by every layer naming the same table."""
+        key = (inv_freq, scale)
+        if key not in rotary_index:
+            from ..reference import rotary_tables
+
+            cos, sin = rotary_tables(seq_max, np.asarray(plan.weights[inv_freq]), scale)
+            rotary_index[key] = (len(weights), len(weights) + 1)
+            weights.append((f"{inv_freq} (rotary cos, scale {scale:g})", np.ascontiguousarray(cos, np.float32)))
+            weights.append((f"{inv_freq} (rotary sin, scale {scale:g})", np.ascontiguousarray(sin, np.float32)))
+        return rotary_index[key]
+
     def common(*names_):
         dts = {plan.weights[n].dtype.name for n in names_ if n}
         return dts.pop() if len(dts) == 1 else "float32"
@@ -129,7 +138,7 @@ def lower_plan(plan) -> dict:
         wmap: dict[str, int] = {}
         typ = op["type"]
         if typ == "Embedding":
-            tdt = common(w["word"], w["position"], w.get("token_type"))
+            tdt = common(w["word"], w.get("position"), w.get("token_type"))  # no position table: rotary models
             for role in ("word", "position", "token_type"):
                 if role in w:
                     wmap[role] = weight(w[role], tdt)
@@ -149,15 +158,24 @@ def lower_plan(plan) -> dict:
                 # fp32 bias for fp16 y: kept, the runtime adds it in its own fp32 epilogue kernel
                 wmap["bias"] = weight(w["bias"], "float32" if y_dt == "float32" else b_dt)
             d["activation"] = attrs.get("activation", "none")
+            d["gated"] = bool(attrs.get("gated", False))
         elif typ == "Attention":
             d["num_heads"] = int(attrs["num_heads"])
             d["head_size"] = int(attrs["head_size"])
             d["scale"] = float(attrs["scale"])
             d["causal"] = bool(attrs.get("causal", False))
+            d["num_kv_heads"] = int(attrs.get("num_kv_heads") or attrs["num_heads"])
+            if "inv_freq" in w:
+                d["rotary_dim"] = int(attrs["rotary_dim"])
+                cos_i, sin_i = rotary(w["inv_freq"], float(attrs.get("rotary_scale", 1.0)))
+                wmap["rotary_cos"], wmap["rotary_sin"] = cos_i, sin_i
         elif typ == "LayerNorm":
             pdt = common(w["gamma"], w["beta"])
             wmap["gamma"] = weight(w["gamma"], pdt)
             wmap["beta"] = weight(w["beta"], pdt)
+            d["epsilon"] = float(attrs["epsilon"])
+        elif typ == "RMSNorm":
+            wmap["gamma"] = weight(w["gamma"], plan.weights[w["gamma"]].dtype.name)
             d["epsilon"] = float(attrs["epsilon"])
         d["weights"] = wmap
         ops.append(d)
