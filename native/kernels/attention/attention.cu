@@ -436,10 +436,10 @@ __global__ void __launch_bounds__(128 * KS, MT == 2 ? 2 : (SHARE_KV && D <= 64 ?
   // Key tile `tile` into ring slot `slot`: K and V rows and the mask values, all asynchronous.
   auto stage = [&](int slot, int tile) {
     const int j = tile * BK;
-    load_rows_f16<D, LD>(Ks + slot * BK * LD, qkv, in_half, tok_base, j, BK, S, row_stride, static_cast<int>(k_col), gtid,
-                         gthreads);
-    load_rows_f16<D, LD>(Vs + slot * BK * LD, qkv, in_half, tok_base, j, BK, S, row_stride, static_cast<int>(v_col), gtid,
-                         gthreads);
+    load_rows_f16<D, LD>(Ks + slot * BK * LD, qkv, in_half, tok_base, j, BK, S, row_stride, static_cast<int>(k_col),
+                         gtid, gthreads);
+    load_rows_f16<D, LD>(Vs + slot * BK * LD, qkv, in_half, tok_base, j, BK, S, row_stride, static_cast<int>(v_col),
+                         gtid, gthreads);
     if (!kr.dense) stage_mask(mraw + slot * BK, mask, b, S, j, BK, gtid, gthreads);
   };
   // Prologue: tiles tb .. tb+NST-2 in flight (one commit group each; this thread's part of Q travels in the first).
@@ -968,14 +968,14 @@ void launch_tc(const void* qkv, bool in_half, const int32_t* mask, void* y, bool
   constexpr bool kHasKS2 = TcTraits<D, HALF_SOFTMAX>::kHasKS2;
   const TcConfig c = choose_tc<D, HALF_SOFTMAX>(B, S, H, causal);
   if (c.mt == 2) {
-    launch_tc_cfg<D, MT2, HALF_SOFTMAX, 1>(c.nw, qkv, in_half, mask, y, out_half, B, S, H, Hkv, scale, causal, stream,
-                                           c.nqb);
+    launch_tc_cfg<D, MT2, HALF_SOFTMAX, 1>(c.nw, qkv, in_half, mask, y, out_half, B, S, H, Hkv, scale, causal,
+                                           stream, c.nqb);
   } else if (c.ks == 2) {
     launch_tc_cfg<D, 1, HALF_SOFTMAX, kHasKS2 ? 2 : 1>(c.nw, qkv, in_half, mask, y, out_half, B, S, H, Hkv, scale,
                                                         causal, stream);
   } else {
-    launch_tc_cfg<D, 1, HALF_SOFTMAX, 1>(c.nw, qkv, in_half, mask, y, out_half, B, S, H, Hkv, scale, causal, stream,
-                                         c.nqb);
+    launch_tc_cfg<D, 1, HALF_SOFTMAX, 1>(c.nw, qkv, in_half, mask, y, out_half, B, S, H, Hkv, scale, causal,
+                                         stream, c.nqb);
   }
 }
 
