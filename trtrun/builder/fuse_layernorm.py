@@ -103,6 +103,26 @@ def _other(node, t):
     return b if a is t else a if b is t else None
 
 
+def _eps_sqrt(t):
+    """Sqrt(Add(t, eps)) as t's only consumers, eps a non-negative scalar: (eps, the Sqrt's output), else None."""
+    add = _only(t, "Add")
+    if add is None:
+        return None
+    eps = G.scalar_const(_other(add, t))
+    if eps is None or eps < 0:
+        return None
+    sqrt = _only(add.outputs[0], "Sqrt")
+    return None if sqrt is None else (eps, sqrt.outputs[0])
+
+
+def _scaled(y, n: int):
+    """(gamma, output) of an optional Mul(y, gamma) after y, gamma a constant broadcastable to [n]; without
+    one, (ones, y)."""
+    mul = _only(y, "Mul")
+    g = _vector(_other(mul, y), n) if mul is not None else None
+    return (g, mul.outputs[0]) if g is not None else (np.ones(n, np.float32), y)
+
+
 def _match_onnx(node, facts):
     x = node.inputs[0]
     y = node.outputs[0]
@@ -145,16 +165,10 @@ def _match_decomposed(rm1, facts):
     rm2 = _only(square.outputs[0], "ReduceMean")
     if rm2 is None or not _last_axis(rm2, facts):
         return None
-    add = _only(rm2.outputs[0], "Add")
-    if add is None:
+    m = _eps_sqrt(rm2.outputs[0])
+    if m is None:
         return None
-    eps = G.scalar_const(_other(add, rm2.outputs[0]))
-    if eps is None or eps < 0:
-        return None
-    sqrt = _only(add.outputs[0], "Sqrt")
-    if sqrt is None:
-        return None
-    std = sqrt.outputs[0]
+    eps, std = m
     # n = d / std, or d * (1 / std)
     if norm.op == "Div" and norm.inputs[0] is d and norm.inputs[1] is std and len(std.outputs) == 1:
         pass
@@ -170,13 +184,8 @@ def _match_decomposed(rm1, facts):
         return None
     N = facts.get(x)[0].shape[-1]
     y = norm.outputs[0]
-    gamma = np.ones(N, np.float32)
+    gamma, y = _scaled(y, N)
     beta = np.zeros(N, np.float32)
-    mul = _only(y, "Mul")
-    if mul is not None:
-        g = _vector(_other(mul, y), N)
-        if g is not None:
-            gamma, y = g, mul.outputs[0]
     add2 = _only(y, "Add")
     if add2 is not None:
         b = _vector(_other(add2, y), N)

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import BuildError
 from . import _graph as G
-from .fuse_layernorm import _last_axis, _only, _other, _vector
+from .fuse_layernorm import _eps_sqrt, _last_axis, _only, _other, _scaled, _vector
 from .probe import agree
 
 
@@ -86,16 +86,10 @@ def _match_decomposed(rm, facts):
         x = sq.inputs[0]
     else:
         return None
-    add = _only(rm.outputs[0], "Add")
-    if add is None:
+    m = _eps_sqrt(rm.outputs[0])
+    if m is None:
         return None
-    eps = G.scalar_const(_other(add, rm.outputs[0]))
-    if eps is None or eps < 0:
-        return None
-    sqrt = _only(add.outputs[0], "Sqrt")
-    if sqrt is None:
-        return None
-    r = sqrt.outputs[0]
+    eps, r = m
     cs = G.consumers(r)
     if len(cs) != 1:
         return None
@@ -111,11 +105,5 @@ def _match_decomposed(rm, facts):
     else:
         return None
     N = facts.get(x)[0].shape[-1]
-    gamma = np.ones(N, np.float32)
-    y = n
-    mul = _only(n, "Mul")
-    if mul is not None:
-        g = _vector(_other(mul, n), N)
-        if g is not None:
-            gamma, y = g, mul.outputs[0]
+    gamma, y = _scaled(n, N)
     return x, y, gamma, eps, rm
