@@ -10,7 +10,7 @@
 #              Shared-memory hazards that memcheck does not see (one was found this way);
 #              RACE_TIMEOUT (default 300)
 # Logs go to $OUT (the device tool's folder) or ./out. Carried along: .whl/ (wheels missing there, e.g.
-# onnx-graphsurgeon) and .gpudata/ (data folder: MiniLM, texts), both ignored by git.
+# onnx-graphsurgeon) and .gpudata/ (data folder: MiniLM, texts; tools/gpudata.py writes it), both ignored by git.
 # Environment: TEST_FILES ("name:seconds ..."), SAN_TIMEOUT (default 200), PYTEST_ARGS (extra pytest args).
 set -uo pipefail
 cd "$(dirname "$0")/../.."

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Same-run A/B of the GPU runtime of two source trees on the GPU machine: the checkout (built with
+# `pip install -e .`) against OLD_TREE (built with CMake into /tmp/ab-old), timing the same points with each
+# in turn, ROUNDS times alternated, so clock and thermal drift hit both alike. Timing is tools/profile_point.py's
+# (CUDA events around graph replays, random ids, random weights: right for speed only).
+#   here:   rm -rf .ab/old && mkdir -p .ab/old && git archive REF | tar -x -C .ab/old   (.ab ignored, carried)
+#   there:  bash tools/ab_builds.sh .ab/old            (device: carry [".ab"]; logs under $OUT)
+# Environment: MODELS ("bert-base gpt2"), POINTS ("1x128 32x128"), ROUNDS (3), ITERS (300), PRECISION (hybrid).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+old=$(cd "${1:?usage: tools/ab_builds.sh OLD_TREE}" && pwd)
+OUT=${OUT:-$PWD/out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-12}
+t0=$SECONDS
+log() { echo "== +$((SECONDS - t0))s $*"; }
+
+log "build new (pip install -e .) and old (cmake, $old)"
+(python3 -m pip install -q --no-build-isolation --no-deps -e . >"$OUT/build-new.log" 2>&1) &
+pnew=$!
+(cmake -S "$old" -B /tmp/ab-old -DPython_EXECUTABLE="$(command -v python3)" >"$OUT/build-old.log" 2>&1 \
+  && cmake --build /tmp/ab-old -j 6 >>"$OUT/build-old.log" 2>&1) &
+pold=$!
+wait $pnew || { tail -30 "$OUT/build-new.log"; echo "NEW BUILD FAILED"; exit 2; }
+wait $pold || { tail -30 "$OUT/build-old.log"; echo "OLD BUILD FAILED"; exit 2; }
+so=$(ls /tmp/ab-old/_C*.so | head -1) && cp "$so" /tmp/ab-old/_build_info.json "$old/trtrun/" || { echo "no _C in /tmp/ab-old"; exit 2; }
+log "builds done"
+
+points=()
+for p in ${POINTS:-1x128 32x128}; do points+=(--point "$p"); done
+for r in $(seq "${ROUNDS:-3}"); do
+  for m in ${MODELS:-bert-base gpt2}; do
+    for side in old new; do
+      dir=$PWD; [ $side = old ] && dir=$old
+      # the old tree first on the path: its own trtrun package and _C, not the editable install's
+      (cd "$dir" && PYTHONPATH="$dir" python3 tools/profile_point.py --model "$m" --precision "${PRECISION:-hybrid}" \
+        "${points[@]}" --iters "${ITERS:-300}" --cache /tmp/ab-cache 2>&1) \
+        | sed "s/^/$side r$r: /" | tee -a "$OUT/ab.log" | grep -E "POINT|Error|error" 
+    done
+  done
+done
+log "A/B done"
+echo "---- p50 by side and point (ms)"
+python3 - "$OUT/ab.log" <<'PY'
+import re, sys, statistics
+rows = {}
+for line in open(sys.argv[1]):
+    m = re.match(r"(old|new) r\d+: POINT (\S+) (\S+) (\S+) .*p50 ([\d.]+) ms", line)
+    if m:
+        rows.setdefault((m[2], m[3], m[4]), {}).setdefault(m[1], []).append(float(m[5]))
+for (model, prec, pt), d in sorted(rows.items()):
+    o, n = d.get("old", []), d.get("new", [])
+    if o and n:
+        print(f"{model:9s} {prec:6s} {pt:7s} old {statistics.median(o):.4f}  new {statistics.median(n):.4f}  "
+              f"new/old {statistics.median(n) / statistics.median(o):.3f}   (rounds: old {o}, new {n})")
+PY
