@@ -17,14 +17,15 @@ struct Name {
 
 // One table per enum: to_string, from_string and valid_names read only these.
 constexpr Name<DType> kDTypes[] = {
-    {DType::F32, "float32"}, {DType::F16, "float16"}, {DType::I32, "int32"}, {DType::I64, "int64"}};
+    {DType::F32, "float32"}, {DType::F16, "float16"}, {DType::I32, "int32"}, {DType::I64, "int64"},
+    {DType::F8E4M3, "float8_e4m3fn"}};
 constexpr Name<OpType> kOpTypes[] = {{OpType::Embedding, "Embedding"},
                                      {OpType::Linear, "Linear"},
                                      {OpType::Attention, "Attention"},
                                      {OpType::LayerNorm, "LayerNorm"},
                                      {OpType::RMSNorm, "RMSNorm"}};
 constexpr Name<Precision> kPrecisions[] = {
-    {Precision::FP32, "fp32"}, {Precision::FP16, "fp16"}, {Precision::HYBRID, "hybrid"}};
+    {Precision::FP32, "fp32"}, {Precision::FP16, "fp16"}, {Precision::HYBRID, "hybrid"}, {Precision::FP8, "fp8"}};
 constexpr Name<Activation> kActivations[] = {{Activation::None, "none"},
                                              {Activation::GeluErf, "gelu_erf"},
                                              {Activation::GeluTanh, "gelu_tanh"},
@@ -36,6 +37,8 @@ constexpr Name<GemmEpilogue> kGemmEpilogues[] = {{GemmEpilogue::None, "none"},
                                                  {GemmEpilogue::Bias, "bias"},
                                                  {GemmEpilogue::Gelu, "gelu"},
                                                  {GemmEpilogue::GeluBias, "gelu_bias"}};
+constexpr Name<GemmScale> kGemmScales[] = {
+    {GemmScale::None, "none"}, {GemmScale::Scalar, "scalar"}, {GemmScale::OuterVec, "outer_vec"}};
 
 template <typename E> struct Table;
 template <> struct Table<DType> {
@@ -61,6 +64,10 @@ template <> struct Table<GemmSearch> {
 template <> struct Table<GemmEpilogue> {
   static constexpr const auto& names = kGemmEpilogues;
   static constexpr const char* enum_name = "GemmEpilogue";
+};
+template <> struct Table<GemmScale> {
+  static constexpr const auto& names = kGemmScales;
+  static constexpr const char* enum_name = "GemmScale";
 };
 
 template <typename E>
@@ -98,6 +105,7 @@ template std::string valid_names<Precision>();
 template std::string valid_names<Activation>();
 template std::string valid_names<GemmSearch>();
 template std::string valid_names<GemmEpilogue>();
+template std::string valid_names<GemmScale>();
 
 const char* to_string(DType v) { return name_of(v); }
 const char* to_string(OpType v) { return name_of(v); }
@@ -105,6 +113,7 @@ const char* to_string(Precision v) { return name_of(v); }
 const char* to_string(Activation v) { return name_of(v); }
 const char* to_string(GemmSearch v) { return name_of(v); }
 const char* to_string(GemmEpilogue v) { return name_of(v); }
+const char* to_string(GemmScale v) { return name_of(v); }
 
 template <> DType from_string<DType>(const std::string& name, const std::string& what) {
   return value_of<DType>(name, what);
@@ -123,6 +132,9 @@ template <> GemmSearch from_string<GemmSearch>(const std::string& name, const st
 }
 template <> GemmEpilogue from_string<GemmEpilogue>(const std::string& name, const std::string& what) {
   return value_of<GemmEpilogue>(name, what);
+}
+template <> GemmScale from_string<GemmScale>(const std::string& name, const std::string& what) {
+  return value_of<GemmScale>(name, what);
 }
 
 }  // namespace trtrun

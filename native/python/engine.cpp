@@ -65,7 +65,7 @@ std::shared_ptr<Engine> make_engine(const py::list& tensors, const py::list& ops
   for (const auto& item : ops) d.ops.push_back(op_from_dict(item.cast<py::dict>()));
   std::vector<py::array> keep;  // the arrays stay referenced while the engine uploads them
   for (const auto& item : weights) {
-    auto t = item.cast<py::tuple>();  // (name, C-contiguous float32/float16 numpy array)
+    auto t = item.cast<py::tuple>();  // (name, C-contiguous float32/float16/float8_e4m3fn numpy array)
     WeightDesc wd;
     wd.name = t[0].cast<std::string>();
     py::array a = t[1].cast<py::array>();
@@ -74,7 +74,10 @@ std::shared_ptr<Engine> make_engine(const py::list& tensors, const py::list& ops
     const auto itemsize = a.dtype().itemsize();
     if (kind == 'f' && itemsize == 4) wd.type = DType::F32;
     else if (kind == 'f' && itemsize == 2) wd.type = DType::F16;
-    else throw InputError("weight '" + wd.name + "': must be float32 or float16");
+    // ml_dtypes' float8_e4m3fn is numpy's kind 'V': known by its name (an fp8 Linear's weight, lower_plan)
+    else if (itemsize == 1 && py::str(a.dtype().attr("name")).cast<std::string>() == to_string(DType::F8E4M3))
+      wd.type = DType::F8E4M3;
+    else throw InputError("weight '" + wd.name + "': must be float32, float16 or float8_e4m3fn");
     for (py::ssize_t i = 0; i < a.ndim(); ++i) wd.shape.push_back(a.shape(i));
     wd.host = a.data();
     wd.nbytes = static_cast<size_t>(a.nbytes());
@@ -100,7 +103,7 @@ void bind_engine(py::module_& m) {
            "tensors: [(name, dtype name on the device, dims with -1 = batch, -2 = sequence)]; ops: [dict(type, name, "
            "inputs, outputs, weights {role: index}, precision, and the attributes activation, epsilon, "
            "position_offset, num_heads, head_size, scale, causal)] with type, precision and activation by name; "
-           "weights: [(name, C-contiguous float32/float16 array)]; inputs, outputs: tensor indices. Checks the "
+           "weights: [(name, C-contiguous float32/float16/float8_e4m3fn array)]; inputs, outputs: tensor indices. Checks the "
            "description (InputError naming what is wrong), then the device (DeviceError), then uploads the weights.")
       .def_property_readonly("device", &Engine::device)
       .def_property_readonly("weight_bytes", &Engine::weight_bytes, "device bytes of the uploaded weights")

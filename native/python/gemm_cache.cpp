@@ -41,6 +41,7 @@ py::list export_entries() {
     d["tf32"] = e.key.tf32;
     d["add_c"] = e.key.add_c;
     d["split"] = e.key.split;
+    d["scale"] = to_string(e.key.scale);
     d["workspace"] = e.workspace;
     d["search"] = to_string(e.search);
     py::list algo;
@@ -52,9 +53,11 @@ py::list export_entries() {
   return out;
 }
 
-DType float_type(const py::dict& d, const char* field, const std::string& where) {
+DType float_type(const py::dict& d, const char* field, const std::string& where, bool fp8 = false) {
   const DType t = from_string<DType>(d[field].cast<std::string>(), where + ": " + field);
-  if (!is_float(t)) throw InputError(where + ": " + field + " must be float32 or float16, got '" + to_string(t) + "'");
+  if (!is_float(t) && !(fp8 && t == DType::F8E4M3))
+    throw InputError(where + ": " + field + (fp8 ? " must be float32, float16 or float8_e4m3fn" : " must be float32 or float16") +
+                     ", got '" + to_string(t) + "'");
   return t;
 }
 
@@ -73,13 +76,19 @@ size_t import_entries(const py::list& entries) {
       e.key.n = d["n"].cast<int64_t>();
       e.key.k = d["k"].cast<int64_t>();
       if (e.key.m <= 0 || e.key.n <= 0 || e.key.k <= 0) throw InputError(where + ": m, n, k must be > 0");
-      e.key.operand_t = float_type(d, "operand_t", where);
+      e.key.operand_t = float_type(d, "operand_t", where, true);
       e.key.out_t = float_type(d, "out_t", where);
       e.key.epilogue = from_string<GemmEpilogue>(d["epilogue"].cast<std::string>(), where + ": epilogue");
       e.key.tf32 = d["tf32"].cast<bool>();
       e.key.add_c = d["add_c"].cast<bool>();
       e.key.split = d.contains("split") ? d["split"].cast<int>() : 1;  // absent: an unsplit GEMM
       if (e.key.split < 1 || e.key.k % e.key.split != 0) throw InputError(where + ": split must be >= 1 and divide k");
+      // absent: a file written before fp8 GEMMs, whose GEMMs have no scales
+      e.key.scale = d.contains("scale") ? from_string<GemmScale>(d["scale"].cast<std::string>(), where + ": scale")
+                                        : GemmScale::None;
+      if ((e.key.scale != GemmScale::None || e.key.operand_t == DType::F8E4M3) &&
+          (e.key.operand_t != DType::F8E4M3 || e.key.split != 1 || e.key.add_c))
+        throw InputError(where + ": scale and operand_t float8_e4m3fn go together, unsplit and without add_c");
       e.workspace = d["workspace"].cast<size_t>();
       e.search = from_string<GemmSearch>(d["search"].cast<std::string>(), where + ": search");
       auto algo = d["algo"].cast<std::vector<uint64_t>>();
@@ -101,8 +110,9 @@ size_t import_entries(const py::list& entries) {
 
 void bind_gemm_cache(py::module_& m) {
   m.def("gemm_cache_export", &export_entries,
-        "every tuned GEMM choice of this process, as dicts with the enums by name (operand_t, out_t: 'float32' or "
-        "'float16'; epilogue: 'none', 'bias', 'gelu', 'gelu_bias'; search: 'heuristic', 'focused', 'exhaustive'); "
+        "every tuned GEMM choice of this process, as dicts with the enums by name (operand_t: 'float32', 'float16' or "
+        "'float8_e4m3fn'; out_t: 'float32' or 'float16'; epilogue: 'none', 'bias', 'gelu', 'gelu_bias'; scale: "
+        "'none', 'scalar', 'outer_vec'; search: 'heuristic', 'focused', 'exhaustive'); "
         "trtrun.runtime.save_gemm_cache writes them");
   m.def("gemm_cache_import", &import_entries, py::arg("entries"),
         "take tuned GEMM choices made elsewhere, as gemm_cache_export gives them (trtrun.runtime.load_gemm_cache); "

@@ -14,6 +14,7 @@
 #include "kernels/epilogue/epilogue.h"
 #include "kernels/gelu/gelu.h"
 #include "kernels/layernorm/layernorm.h"
+#include "kernels/quantize/quantize.h"
 #include "kernels/rmsnorm/rmsnorm.h"
 #include "kernels/rotary/rotary.h"
 #include "trtrun/errors.h"
@@ -134,6 +135,30 @@ void bind_kernels(py::module_& m) {
       },
       py::arg("y"), py::arg("y_dtype"), py::arg("count"), py::arg("tanh"), py::arg("stream") = 0,
       py::call_guard<py::gil_scoped_release>(), "GELU in place (erf, or tanh form), fp32 math.");
+
+  // fp8 Linears (native/kernels/quantize)
+  p.def(
+      "quantize_fp8",
+      [](std::uintptr_t x, const std::string& x_t, std::uintptr_t x_scale, std::uintptr_t q, std::uintptr_t scales,
+         long long rows, int k, std::uintptr_t stream) {
+        launch_quantize_fp8(ptr(x), dt(x_t, "quantize_fp8", "x"), ptr<const float>(x_scale), ptr(q),
+                            ptr<float>(scales), rows, k, stream_of(stream));
+      },
+      py::arg("x"), py::arg("x_dtype"), py::arg("x_scale"), py::arg("q"), py::arg("scales"), py::arg("rows"),
+      py::arg("k"), py::arg("stream") = 0, py::call_guard<py::gil_scoped_release>(),
+      "x [rows, k] -> q [rows, k] float8_e4m3fn codes (uint8) and scales [rows] float32: the static x_scale (one "
+      "float32; 0 = per token: row amax / 448, 1 for a zero row), q = e4m3(x / s) saturated. scales 0: not written "
+      "(static only).");
+  p.def(
+      "fp8_rescale",
+      [](std::uintptr_t acc, std::uintptr_t sx, std::uintptr_t sw, bool per_channel, long long rows, int n,
+         std::uintptr_t stream) {
+        launch_fp8_rescale(ptr<float>(acc), ptr<const float>(sx), ptr<const float>(sw), per_channel, rows, n,
+                           stream_of(stream));
+      },
+      py::arg("acc"), py::arg("sx"), py::arg("sw"), py::arg("per_channel"), py::arg("rows"), py::arg("n"),
+      py::arg("stream") = 0, py::call_guard<py::gil_scoped_release>(),
+      "acc [rows, n] float32 in place: acc *= sx[r] * sw[c] (sw[0] unless per_channel).");
 
   // Llama-family kernels (native/kernels/rmsnorm, epilogue, rotary; grouped-query attention)
   p.def(

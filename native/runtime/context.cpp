@@ -40,6 +40,10 @@
 #include "kernels/epilogue/epilogue.h"
 #define TRTRUN_HAVE_EPILOGUE 1
 #endif
+#if __has_include("kernels/quantize/quantize.h")
+#include "kernels/quantize/quantize.h"
+#define TRTRUN_HAVE_QUANTIZE 1
+#endif
 #if __has_include("kernels/rotary/rotary.h")
 #include "kernels/rotary/rotary.h"
 #define TRTRUN_HAVE_ROTARY 1
@@ -62,6 +66,27 @@ int64_t inner_elems(const TensorDesc& t) {
 
 [[noreturn]] void missing_plugin(const OpDesc& op, const char* plugin) {
   throw DeviceError("op '" + op.name + "': this build has no " + plugin + " plugin (native/kernels/" + plugin + "/)");
+}
+
+bool is_fp8(const OpDesc& op) { return op.type == OpType::Linear && op.precision == Precision::FP8; }
+
+// The GEMM of an fp8 Linear (gemm.h): E4M3 x and w, w uploaded transposed as [N, K], with these scales.
+GemmKey fp8_key(const OpDesc& op, const EngineDesc& d, int64_t rows, DType out_t, GemmEpilogue epilogue,
+                GemmScale scale) {
+  const WeightDesc& w = d.weights[op.weight("weight")];
+  GemmKey k;
+  k.m = rows;
+  k.n = w.shape[0];
+  k.k = w.shape[1];
+  k.operand_t = DType::F8E4M3;
+  k.out_t = out_t;
+  k.epilogue = epilogue;
+  k.scale = scale;
+  return k;
+}
+
+std::string shape_text(const GemmKey& k) {
+  return std::to_string(k.m) + "x" + std::to_string(k.n) + "x" + std::to_string(k.k);
 }
 
 // The epilogue cuBLASLt can fuse for a Linear op, or None + unfused when the bias type differs from y's.
@@ -224,6 +249,7 @@ void Context::init() {
   // Rows of Linear `op` at the profile's maxima when it takes the fused cuBLASLt path with no operand cast and
   // no separate GELU pass (with add_c: the residual added in the epilogue too), else -1.
   auto plain_rows = [&](const OpDesc& op, bool add_c) -> int64_t {
+    if (is_fp8(op)) return -1;  // quantized first, its own GEMM: no chunking, splitting or residual fusion
     const WeightDesc& w = d.weights[op.weight("weight")];
     const TensorDesc& x = d.tensors[op.inputs[0]];
     if (x.type != w.type) return -1;
@@ -328,7 +354,7 @@ void Context::init() {
   }
 
   std::vector<std::pair<int, int>> owners;  // (kind, index): 0 tensor, 1 cast scratch, 2 acc scratch, 3 mask,
-                                            // 4 split slices, 5 rotated qkv copy
+                                            // 4 split slices, 5 rotated qkv copy, 6 fp8 codes and scales
   for (size_t t = 0; t < d.tensors.size(); ++t) {
     if (last[t] < -1) continue;  // untouched
     size_t elems = d.tensors[t].numel(B, S);
@@ -340,10 +366,66 @@ void Context::init() {
   cast_offset_.assign(n_ops, kNone);
   acc_offset_.assign(n_ops, kNone);
   post_.assign(n_ops, LinearPost{});
+  fp8_.assign(n_ops, Fp8Linear{});
   rotary_offset_.assign(n_ops, kNone);
   bool need_valid_mask = false;
   for (int i = 0; i < n_ops; ++i) {
     const OpDesc& op = d.ops[i];
+    if (is_fp8(op)) {
+#ifndef TRTRUN_HAVE_QUANTIZE
+      missing_plugin(op, "quantize");
+#endif
+      // The scales cuBLASLt applies: scalar for a per-tensor weight scale with a static activation scale (the
+      // Engine allows weight_scale [1] only then), else outer vectors (a weight scale per output channel, the
+      // lowering broadcasting a per-tensor one; an activation scale per row). Without a scaled algorithm (cuBLAS
+      // before 12.9 has no outer vectors) the GEMM of the codes into fp32 and launch_fp8_rescale. Asked at a
+      // typical row count, as for the fused epilogues below.
+      const WeightDesc& w = d.weights[op.weight("weight")];
+      const int64_t k = w.shape[1], n = w.shape[0];
+      const int64_t rows = static_cast<int64_t>(d.tensors[op.inputs[0]].numel(B, S) / static_cast<size_t>(k));
+      const int64_t probe = std::min<int64_t>(rows, 4096);
+      Fp8Linear f;
+      f.on = true;
+      f.scale = d.weights[op.weight("weight_scale")].shape[0] == 1 ? GemmScale::Scalar : GemmScale::OuterVec;
+      if (!gemm_->prepare(fp8_key(op, d, probe, DType::F32, GemmEpilogue::None, f.scale))) {
+        f.scale = GemmScale::None;
+        const GemmKey plain = fp8_key(op, d, probe, DType::F32, GemmEpilogue::None, GemmScale::None);
+        if (!gemm_->prepare(plain))
+          throw DeviceError("op '" + op.name + "': cuBLASLt offers no fp8 (E4M3) GEMM for " + shape_text(plain) +
+                            " on this GPU (fp8 GEMMs need compute capability 8.9 or 9.0+)");
+      }
+      const size_t q_bytes = align_up(checked_mul(static_cast<size_t>(rows), static_cast<size_t>(k), "fp8 codes"), 256);
+      f.scales_at = q_bytes;
+      lives.push_back({checked_add(q_bytes, checked_mul(static_cast<size_t>(rows), 4, "fp8 scales"), "fp8 scratch"),
+                       i, i});
+      owners.emplace_back(6, i);
+      const int bias = op.weight("bias");
+      if (needs_post(op)) {
+        LinearPost p = linear_post(op, d);
+        if (p.direct && (f.scale == GemmScale::None ||
+                         !gemm_->prepare(fp8_key(op, d, probe, p.h_t,
+                                                 bias != NO_WEIGHT ? GemmEpilogue::Bias : GemmEpilogue::None,
+                                                 f.scale))))
+          p = LinearPost{true, false, DType::F32, op.gated || op.activation != Activation::None};
+        post_[i] = p;
+        if (op.gated || !p.direct) {
+          lives.push_back({checked_mul(checked_mul(static_cast<size_t>(rows), static_cast<size_t>(n), "h"),
+                                       elem_size(p.h_t), "linear epilogue scratch"), i, i});
+          owners.emplace_back(2, i);
+        }
+      } else {
+        const LinearChoice c = choose_linear(op, d);
+        f.fused = f.scale != GemmScale::None && c.fusable &&
+                  gemm_->prepare(fp8_key(op, d, probe, d.tensors[op.outputs[0]].type, c.epilogue, f.scale));
+        if (!f.fused) {
+          lives.push_back({checked_mul(checked_mul(static_cast<size_t>(rows), static_cast<size_t>(n), "acc"), 4,
+                                       "accumulator scratch"), i, i});
+          owners.emplace_back(2, i);
+        }
+      }
+      fp8_[i] = f;
+      continue;
+    }
     if (op.type == OpType::Linear) {
       const WeightDesc& w = d.weights[op.weight("weight")];
       const TensorDesc& x = d.tensors[op.inputs[0]];
@@ -404,6 +486,7 @@ void Context::init() {
     else if (o.first == 2) acc_offset_[o.second] = plan.offsets[j];
     else if (o.first == 4) split_offset_[o.second] = plan.offsets[j];
     else if (o.first == 5) rotary_offset_[o.second] = plan.offsets[j];
+    else if (o.first == 6) fp8_[o.second].offset = plan.offsets[j];
     else valid_mask_offset_ = plan.offsets[j];
   }
   arena_ = DeviceBuffer(std::max<size_t>(plan.total, 256), "the activation arena (at the profile's maximum shapes)");
@@ -832,6 +915,10 @@ void Context::enqueue_ffn_chunked(size_t i, int batch, int seq_bucket, cudaStrea
 }
 
 void Context::enqueue_linear(size_t i, int batch, int seq_bucket, cudaStream_t s) {
+  if (fp8_[i].on) {
+    enqueue_linear_fp8(i, batch, seq_bucket, s);
+    return;
+  }
   const EngineDesc& d = engine_->desc();
   const OpDesc& op = d.ops[i];
   const TensorDesc& xt = d.tensors[op.inputs[0]];
@@ -900,6 +987,88 @@ void Context::enqueue_linear(size_t i, int batch, int seq_bucket, cudaStream_t s
     launch_bias_act(acc, bias, bi == NO_WEIGHT ? DType::F32 : d.weights[bi].type, y, yt.type, rows, w.shape[1],
                     op.activation, s);
   }
+}
+
+}  // namespace trtrun
+
+namespace trtrun {
+
+// An fp8 Linear (Fp8Linear): x quantized to E4M3 codes with per-row scales, then the fp8 GEMM, finished as a hybrid
+// Linear would be (docs/plan-format.md "fp8"): the fused epilogue into y, or an fp32 accumulator and the bias /
+// activation kernel, or h and kernels/epilogue for a gate, silu or residual.
+void Context::enqueue_linear_fp8(size_t i, int batch, int seq_bucket, cudaStream_t s) {
+#ifdef TRTRUN_HAVE_QUANTIZE
+  const EngineDesc& d = engine_->desc();
+  const Engine& E = *engine_;
+  const OpDesc& op = d.ops[i];
+  const Fp8Linear& f = fp8_[i];
+  const TensorDesc& xt = d.tensors[op.inputs[0]];
+  const TensorDesc& yt = d.tensors[op.outputs[0]];
+  const int wi = op.weight("weight"), bi = op.weight("bias"), wsi = op.weight("weight_scale");
+  const WeightDesc& w = d.weights[wi];
+  const int64_t k = w.shape[1], n = w.shape[0];
+  const int64_t rows = static_cast<int64_t>(xt.numel(batch, seq_bucket) / static_cast<size_t>(k));
+  char* q = static_cast<char*>(arena_.get()) + f.offset;
+  float* sx = reinterpret_cast<float*>(q + f.scales_at);
+  const float* x_scale = static_cast<const float*>(E.weight(op.weight("x_scale")));  // null: per token
+  const float* sw = static_cast<const float*>(E.weight(wsi));
+  const bool scalar = f.scale == GemmScale::Scalar;  // cuBLASLt reads x_scale itself: no per-row copy needed
+  launch_quantize_fp8(tensor_ptr(op.inputs[0]), float_dtype(xt.type), x_scale, q, scalar ? nullptr : sx, rows,
+                      static_cast<int>(k), s);
+  const bool scaled = f.scale != GemmScale::None;
+  auto gemm = [&](DType out_t, GemmEpilogue epi, const void* bias, void* out) {
+    const GemmKey key = fp8_key(op, d, rows, out_t, epi, f.scale);
+    if (!gemm_->prepare(key))
+      throw DeviceError("op '" + op.name + "': cuBLASLt offers no algorithm for this fp8 GEMM (" + shape_text(key) +
+                        ", scales " + to_string(key.scale) + ")");
+    gemm_->run(key, q, E.weight(wi), bias, out, s, nullptr, scaled ? sw : nullptr,
+               scaled ? (scalar ? x_scale : sx) : nullptr);
+  };
+  // the unscaled product of the codes (no scaled algorithm here): acc * (sx * sw), as trtrun/fp8.py fp8_gemm
+  auto rescale = [&](void* acc) {
+    if (!scaled)
+      launch_fp8_rescale(static_cast<float*>(acc), sx, sw, d.weights[wsi].shape[0] != 1, rows, static_cast<int>(n), s);
+  };
+  const void* bias = E.weight(bi);
+  void* y = tensor_ptr(op.outputs[0]);
+  if (post_[i].on) {  // gate, silu or residual input: h, then kernels/epilogue (linear_post)
+#ifdef TRTRUN_HAVE_EPILOGUE
+    const LinearPost& p = post_[i];
+    void* h = p.direct && !op.gated ? y : static_cast<char*>(arena_.get()) + acc_offset_[i];
+    gemm(p.h_t, p.direct && bi != NO_WEIGHT ? GemmEpilogue::Bias : GemmEpilogue::None, p.direct ? bias : nullptr, h);
+    rescale(h);  // unscaled: p is the fp32 accumulator path (planned so)
+    const int r = op.inputs.size() > 1 ? op.inputs[1] : NO_TENSOR;
+    launch_linear_epilogue(h, float_dtype(p.h_t), p.direct ? nullptr : bias,
+                           bi == NO_WEIGHT ? DType::F32 : float_dtype(d.weights[bi].type), tensor_ptr(r),
+                           r == NO_TENSOR ? DType::F32 : float_dtype(d.tensors[r].type), y, float_dtype(yt.type), rows,
+                           static_cast<int>(op.gated ? n / 2 : n), op.gated, op.activation, p.round_h, s);
+#else
+    missing_plugin(op, "epilogue");
+#endif
+    return;
+  }
+  const LinearChoice c = choose_linear(op, d);
+  if (f.fused) {
+    gemm(yt.type, c.epilogue, bias, y);
+    if (c.gelu_after) {
+#ifdef TRTRUN_HAVE_GELU
+      launch_gelu(y, float_dtype(yt.type), static_cast<long long>(yt.numel(batch, seq_bucket)), false, s);
+#else
+      missing_plugin(op, "gelu");
+#endif
+    }
+    return;
+  }
+  float* acc = reinterpret_cast<float*>(static_cast<char*>(arena_.get()) + acc_offset_[i]);
+  gemm(DType::F32, GemmEpilogue::None, nullptr, acc);
+  rescale(acc);
+  launch_bias_act(acc, bias, bi == NO_WEIGHT ? DType::F32 : d.weights[bi].type, y, yt.type, rows, n, op.activation, s);
+#else
+  (void)batch;
+  (void)seq_bucket;
+  (void)s;
+  missing_plugin(engine_->desc().ops[i], "quantize");
+#endif
 }
 
 }  // namespace trtrun

@@ -41,7 +41,8 @@ void Engine::check() {
       n = checked_mul(n, static_cast<size_t>(d), w.name.c_str());
     }
     if (n != w.nbytes) throw InputError("weight '" + w.name + "': byte count does not match dtype and shape");
-    if (!is_float(w.type)) throw InputError("weight '" + w.name + "': must be float32 or float16");
+    if (!is_float(w.type) && w.type != DType::F8E4M3)
+      throw InputError("weight '" + w.name + "': must be float32, float16 or float8_e4m3fn");
   }
   for (int t : desc_.inputs)
     if (!tensor_ok(t) || T[t].type != DType::I32)
@@ -90,6 +91,14 @@ void Engine::check() {
     for (const auto& kv : op.weights)
       if (kv.second != NO_WEIGHT && !weight_ok(kv.second)) throw InputError(where(op) + ": weight index out of range");
     need_float(op, out(0), "output");
+    // float8 weights are an fp8 Linear's weight only (no other kernel reads them), and only a Linear is fp8
+    const bool fp8 = op.type == OpType::Linear && op.precision == Precision::FP8;
+    if (op.precision == Precision::FP8 && op.type != OpType::Linear)
+      throw InputError(where(op) + ": precision fp8 is a Linear's only");
+    for (const auto& kv : op.weights)
+      if (kv.second != NO_WEIGHT && W[kv.second].type == DType::F8E4M3 && !(fp8 && kv.first == "weight"))
+        throw InputError(where(op) + ": weight '" + kv.first + "' (" + W[kv.second].name +
+                         ") is float8_e4m3fn, which only an fp8 Linear's weight may be");
     switch (op.type) {
       case OpType::Embedding: {
         int word = op.weight("word");
@@ -127,8 +136,10 @@ void Engine::check() {
       case OpType::Linear: {
         need_float(op, in(0), "input x");
         int w = op.weight("weight");
-        if (!weight_ok(w) || W[w].shape.size() != 2) throw InputError(where(op) + ": weight must be [K, N]");
-        const int64_t K = W[w].shape[0], N = W[w].shape[1];
+        if (!weight_ok(w) || W[w].shape.size() != 2)
+          throw InputError(where(op) + (fp8 ? ": weight must be [N, K] (transposed)" : ": weight must be [K, N]"));
+        // fp8: uploaded transposed, [N, K] (native/runtime/gemm.cpp: cuBLASLt's fp8 GEMMs take A transposed)
+        const int64_t K = W[w].shape[fp8 ? 1 : 0], N = W[w].shape[fp8 ? 0 : 1];
         if (inner(in(0)) % K != 0 || T[in(0)].dims.back() != K)
           throw InputError(where(op) + ": input's last dimension must be K");
         if (op.gated && N % 2 != 0) throw InputError(where(op) + ": a gated weight needs an even width N");
@@ -139,11 +150,25 @@ void Engine::check() {
           need_float(op, in(1), "residual");
           if (T[in(1)].dims != T[out(0)].dims) throw InputError(where(op) + ": residual must match the output");
         }
-        const DType want = op.precision == Precision::FP32 ? DType::F32 : DType::F16;
+        const DType want = op.precision == Precision::FP32 ? DType::F32
+                           : fp8                             ? DType::F8E4M3
+                                                             : DType::F16;
         if (W[w].type != want)
           throw InputError(where(op) + ": weight must be " + to_string(want) + " for precision " +
                            to_string(op.precision));
         if (op.weight("bias") != NO_WEIGHT) need_weight(op, "bias", {N});
+        if (fp8) {
+          // weight_scale [N] (one per output channel, or a per-tensor scale broadcast by the lowering) or [1] with
+          // a static x_scale [1]: the GEMM's scales (gemm.h), read by no other kernel
+          const int ws = op.weight("weight_scale"), xs = op.weight("x_scale");
+          if (!weight_ok(ws) || W[ws].type != DType::F32 || W[ws].shape.size() != 1 ||
+              !(W[ws].shape[0] == N || (W[ws].shape[0] == 1 && xs != NO_WEIGHT)))
+            throw InputError(where(op) + ": weight_scale must be float32 [N], or [1] with an x_scale");
+          if (xs != NO_WEIGHT && (!weight_ok(xs) || W[xs].type != DType::F32 || W[xs].shape != std::vector<int64_t>{1}))
+            throw InputError(where(op) + ": x_scale must be float32 [1]");
+        } else if (op.weight("weight_scale") != NO_WEIGHT || op.weight("x_scale") != NO_WEIGHT) {
+          throw InputError(where(op) + ": weight_scale and x_scale belong to fp8 Linears");
+        }
         break;
       }
       case OpType::Attention: {

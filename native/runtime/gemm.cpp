@@ -7,6 +7,15 @@
 // Precision (docs/plan-format.md): fp16 operands always accumulate in fp32 (CUBLAS_COMPUTE_32F, fp32 alpha/beta,
 // bias added to the fp32 accumulator before the single rounding to y's type). fp32 operands use
 // CUBLAS_COMPUTE_32F (true fp32 FMA) unless the plan's tf32 flag asks for CUBLAS_COMPUTE_32F_FAST_TF32.
+//
+// fp8 (E4M3 x and w, CUBLAS_COMPUTE_32F): cuBLASLt's fp8 GEMMs on Hopper take only the "TN" form, A transposed
+// and B not, so the weight is uploaded transposed (w^T [n, k] row-major = the column-major [k, n] matrix A, ld k,
+// used as op(A) = A^T [n, k]) and x is B as before. FAST_ACCUM stays off: the tensor cores' partial sums are then
+// promoted to fp32 at intervals, the closest cuBLASLt comes to the reference's fp32 accumulation. The scales are
+// cuBLASLt's A/B scale pointers: scalar (per-tensor weight scale with a static activation scale) or, from cuBLAS
+// 12.9 on, outer vectors (CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F: D[i, j] = sw[i] sx[j] sum_l A[i, l] B[l, j],
+// one scale per output channel and one per token); the product (sw sx) acc is then the reference's acc (sx sw) up
+// to the order of two fp32 multiplications.
 #include <memory>
 #include <string>
 #include <utility>
@@ -25,6 +34,7 @@ cudaDataType_t cuda_type(DType t) {
   switch (t) {
     case DType::F32: return CUDA_R_32F;
     case DType::F16: return CUDA_R_16F;
+    case DType::F8E4M3: return CUDA_R_8F_E4M3;
     default: throw InputError(std::string("GEMM: unsupported element type ") + to_string(t));
   }
 }
@@ -100,6 +110,14 @@ std::pair<std::string, int> device_identity(int device) {
 }
 }  // namespace
 
+bool outer_vec_scaling() {
+#if CUBLAS_VERSION >= 120900
+  return cublasLtGetVersion() >= 120900;  // the library loaded, not only the header compiled against
+#else
+  return false;
+#endif
+}
+
 GemmRunner::GemmRunner(size_t workspace_bytes, GemmSearch search)
     : search_(search), workspace_(workspace_bytes, "cuBLASLt workspace") {
   const char* tune = std::getenv("TRTRUN_GEMM_TUNE");  // "0": keep cuBLASLt's first heuristic choice
@@ -116,15 +134,33 @@ bool GemmRunner::prepare(const GemmKey& key) {
   auto it = plans_.find(key);
   if (it != plans_.end()) return it->second->ok;
   if (key.m <= 0 || key.n <= 0 || key.k <= 0) throw InputError("GEMM: empty shape");
+  const bool fp8 = key.operand_t == DType::F8E4M3;
+  if (key.out_t == DType::F8E4M3) throw InputError("GEMM: the output cannot be float8_e4m3fn");
+  if (fp8 && (key.split > 1 || key.add_c))
+    throw std::logic_error("GEMM: an fp8 GEMM is neither split nor adds c");
+  if (!fp8 && key.scale != GemmScale::None) throw std::logic_error("GEMM: scales are an fp8 GEMM's only");
   auto p = std::make_unique<Plan>();
+  if (key.scale == GemmScale::OuterVec && !outer_vec_scaling()) {  // before cuBLAS 12.9: no such mode here
+    p->key = key;
+    plans_.emplace(key, std::move(p));
+    return false;
+  }
   const cudaDataType_t ab = cuda_type(key.operand_t);
   const cudaDataType_t dt = cuda_type(key.out_t);
   cublasComputeType_t compute = CUBLAS_COMPUTE_32F;
   if (key.operand_t == DType::F32 && key.tf32) compute = CUBLAS_COMPUTE_32F_FAST_TF32;
   TRTRUN_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p->op, compute, CUDA_R_32F));
-  cublasOperation_t opn = CUBLAS_OP_N;
-  TRTRUN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &opn, sizeof(opn)));
+  cublasOperation_t opn = CUBLAS_OP_N, opt = CUBLAS_OP_T;
+  TRTRUN_CUBLAS_CHECK(
+      cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, fp8 ? &opt : &opn, sizeof(opn)));
   TRTRUN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &opn, sizeof(opn)));
+#if CUBLAS_VERSION >= 120900
+  if (key.scale == GemmScale::OuterVec) {
+    const int32_t mode = CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
+    TRTRUN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &mode, sizeof(mode)));
+    TRTRUN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &mode, sizeof(mode)));
+  }
+#endif
   cublasLtEpilogue_t epi = lt_epilogue(key.epilogue);
   TRTRUN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
   if (has_bias(key.epilogue)) {
@@ -149,6 +185,10 @@ bool GemmRunner::prepare(const GemmKey& key) {
       TRTRUN_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET,
                                                            &stride, sizeof(stride)));
     }
+  } else if (fp8) {  // A = w^T stored [n, k] row-major: the column-major [k, n] (ld k) that TRANSA = T reads
+    TRTRUN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->a, ab, key.k, key.n, key.k));
+    TRTRUN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->b, ab, key.k, key.m, key.k));
+    TRTRUN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->d, dt, key.n, key.m, key.n));
   } else {
     TRTRUN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->a, ab, key.n, key.k, key.n));
     TRTRUN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->b, ab, key.k, key.m, key.k));
@@ -186,12 +226,20 @@ bool GemmRunner::prepare(const GemmKey& key) {
 }
 
 void GemmRunner::run(const GemmKey& key, const void* x, const void* w, const void* bias, void* y,
-                     cudaStream_t stream, const void* c) {
+                     cudaStream_t stream, const void* c, const float* w_scale, const float* x_scale) {
   auto it = plans_.find(key);
   if (it == plans_.end() || !it->second->ok) throw std::logic_error("GEMM run before a successful prepare");
   if (key.add_c && (c == nullptr || c == y)) throw std::logic_error("GEMM add_c needs a c distinct from y");
   if (!key.add_c) c = y;
   Plan& p = *it->second;
+  if (key.scale != GemmScale::None) {
+    if (w_scale == nullptr || x_scale == nullptr) throw std::logic_error("fp8 GEMM with scales needs both pointers");
+    // like the bias pointer: in the descriptor, set per call (host only; a captured graph keeps the values)
+    TRTRUN_CUBLAS_CHECK(
+        cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &w_scale, sizeof(w_scale)));
+    TRTRUN_CUBLAS_CHECK(
+        cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &x_scale, sizeof(x_scale)));
+  }
   if (has_bias(key.epilogue)) {
     // The bias pointer lives in the descriptor: set per call (cheap, host only; a captured graph keeps it).
     TRTRUN_CUBLAS_CHECK(

@@ -34,6 +34,9 @@ namespace trtrun {
 //     after an L2 flush as in Exhaustive. ~300 configurations a shape instead of ~7,000: on an H200 its best
 //     was within 0-1.3% of the exhaustive best at BERT-base's GEMMs of 128 and 4096 rows (quick-pass times of
 //     tools/cuda/gemm_explore --dump read by tools/gemm_space.py; docs/performance.md).
+// Whether this build and the cuBLASLt it loaded have outer-vector fp8 scaling (cuBLAS 12.9 and later).
+bool outer_vec_scaling();
+
 class GemmRunner {
  public:
   GemmRunner(size_t workspace_bytes, GemmSearch search = GemmSearch::Heuristic);
@@ -46,8 +49,10 @@ class GemmRunner {
   bool prepare(const GemmKey& key);
   // Enqueues the GEMM (prepare(key) must have returned true). No allocation, no sync: capturable.
   // key.add_c: c must be given (and differ from y); otherwise c is ignored.
+  // fp8 keys with a scale: w_scale (the weight's, cuBLASLt's A scale: one float32, or [n] with OuterVec) and
+  // x_scale (the activation's, B scale: one float32, or [m]) device pointers, both given.
   void run(const GemmKey& key, const void* x, const void* w, const void* bias, void* y, cudaStream_t stream,
-           const void* c = nullptr);
+           const void* c = nullptr, const float* w_scale = nullptr, const float* x_scale = nullptr);
   size_t cached() const { return plans_.size(); }
   // Time cuBLASLt's top candidates on the first run of each shape (default on; TRTRUN_GEMM_TUNE=0 turns it off).
   void set_tuning(bool on) { tune_enabled_ = on; }

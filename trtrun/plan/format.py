@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ..types import PRECISIONS
+from ..types import OP_PRECISIONS, PLAN_PRECISIONS, PRECISIONS
 
 MAGIC = b"TRTRUNPL"
 FORMAT_VERSION = 2  # the newest this trtrun reads and writes; a plan is written at the version it needs
@@ -125,7 +125,8 @@ SOURCE_WEIGHTS = ("float16", "int8")
 # is asked.
 GPU_OP_TYPES = ("Embedding", "Linear", "Attention", "LayerNorm", "RMSNorm")  # Pool runs on the reference only
 GPU_ACTIVATIONS = ACTIVATIONS  # every one: silu, and gates, in native/kernels/epilogue
-GPU_PRECISIONS = PRECISIONS  # fp8 ops run on the reference backend only (no fp8 GEMM path in the runtime yet)
+GPU_PRECISIONS = OP_PRECISIONS  # fp8 Linears through cuBLASLt's fp8 GEMMs (native/kernels/quantize makes x's codes)
+GPU_PLAN_PRECISIONS = PLAN_PRECISIONS  # "mixed" too: each Linear runs in its own op's precision
 DEVICE_DTYPES = {"int64": "int32"}  # a tensor's dtype on the device, where not its plan dtype: integer inputs
 
 

@@ -20,7 +20,7 @@ _GEMM_CACHE_FIELDS = {"device": str, "cc": int, "cublaslt": int, "m": int, "n": 
 
 
 _GEMM_CACHE_IDENTITY = ("device", "cc", "cublaslt", "m", "n", "k", "operand_t", "out_t", "epilogue", "tf32", "add_c",
-                        "split", "workspace", "search")
+                        "split", "scale", "workspace", "search")
 
 
 def read_gemm_cache(path) -> list[dict]:
@@ -56,6 +56,10 @@ def read_gemm_cache(path) -> list[dict]:
         split = e.setdefault("split", 1)  # optional: files written before it existed hold unsplit GEMMs only
         if isinstance(split, bool) or not isinstance(split, int) or split < 1 or e["k"] % split != 0:
             raise InputError(f"GEMM cache {path}: entries[{i}].split must be an integer >= 1 dividing k, got {split!r}")
+        # optional: files written before fp8 GEMMs hold unscaled GEMMs only ("scalar", "outer_vec": fp8 scales)
+        scale = e.setdefault("scale", "none")
+        if not isinstance(scale, str):
+            raise InputError(f"GEMM cache {path}: entries[{i}].scale must be str, got {scale!r}")
         if len(e["algo"]) != 8 or not all(isinstance(a, int) and not isinstance(a, bool) and 0 <= a < 2**64
                                           for a in e["algo"]):
             raise InputError(f"GEMM cache {path}: entries[{i}].algo must be 8 unsigned 64-bit integers")

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import PlanError
-from ..plan.format import DEVICE_DTYPES, GPU_ACTIVATIONS, GPU_OP_TYPES, GPU_PRECISIONS
+from ..plan.format import DEVICE_DTYPES, GPU_ACTIVATIONS, GPU_OP_TYPES, GPU_PLAN_PRECISIONS, GPU_PRECISIONS
 
 
 def bucket_seq(seq: int, seq_max: int) -> int:
@@ -55,16 +55,14 @@ def check_gpu_support(plan) -> None:
                     else "run it on the reference backend")
             raise PlanError(f"op {op['name']!r}: the GPU runtime does not run {op['type']} ops yet (the reference "
                             f"backend does); {hint}")
-        if op["precision"] not in GPU_PRECISIONS:  # fp8: no cuBLASLt fp8 GEMM path in the runtime yet
+        if op["precision"] not in GPU_PRECISIONS:
             raise PlanError(f"op {op['name']!r}: precision {op['precision']}: the GPU runtime has no "
                             f"{op['precision']} path yet; run this plan on the reference backend (--backend reference)")
         missing = gpu_missing(op)
         if missing:
             raise PlanError(f"op {op['name']!r}: the GPU runtime does not run {op['type']} ops with {missing} yet "
                             f"(the reference backend does)")
-    if plan.precision not in GPU_PRECISIONS:
-        # a "mixed" plan (--precision auto) puts fp32 and fp16 Linears side by side in one residual stream, a
-        # combination the GPU runtime's buffers and fusions have never been run with
+    if plan.precision not in GPU_PLAN_PRECISIONS:
         raise PlanError(f"plan precision {plan.precision}: the GPU runtime does not run {plan.precision} plans yet; "
                         f"run this plan on the reference backend (--backend reference)")
 
@@ -77,6 +75,11 @@ def lower_plan(plan) -> dict:
     Linear weights to the GEMM operand type (fp32 for fp32 ops, fp16 otherwise; the reference rounds
     operands the same way), a fp16 bias to fp32 when the output is fp32 (exact), embedding tables and
     gamma/beta to a common type (fp32 when they differ; exact).
+
+    An fp8 Linear's weight keeps its E4M3 codes, transposed once here to [N, K] (cuBLASLt's fp8 GEMMs on Hopper
+    take the weight as the transposed operand: native/runtime/gemm.cpp); its `weight_scale` goes as it is, except
+    that a per-tensor [1] scale without a static `x_scale` is broadcast to [N] (the GEMM then takes both scales as
+    outer vectors, one per output channel and one per token: the same products); `x_scale` [1] as it is.
     """
     check_gpu_support(plan)
     tensors = plan.tensors
@@ -101,6 +104,24 @@ def lower_plan(plan) -> dict:
                 label = f"{name} (as {dtype})"
             windex[key] = len(weights)
             weights.append((label, np.ascontiguousarray(a)))
+        return windex[key]
+
+    def fp8_weight(name: str) -> int:
+        """The E4M3 codes of an fp8 Linear's weight [K, N] as [N, K] row-major (bytes moved, never re-rounded)."""
+        key = (name, "fp8 [N, K]")
+        if key not in windex:
+            a = np.asarray(plan.weights[name])
+            windex[key] = len(weights)
+            weights.append((f"{name} (fp8, transposed to [N, K])", np.ascontiguousarray(a.T)))
+        return windex[key]
+
+    def broadcast_scale(name: str, n: int) -> int:
+        """A per-tensor weight scale [1] as [n] equal values (outer-vector scaling takes one per channel)."""
+        key = (name, f"float32 [{n}]")
+        if key not in windex:
+            windex[key] = len(weights)
+            v = np.full(n, np.asarray(plan.weights[name], np.float32).reshape(-1)[0], np.float32)
+            weights.append((f"{name} (broadcast to [{n}])", v))
         return windex[key]
 
     seq_max = int(plan.profile["seq"][2])
@@ -149,8 +170,17 @@ def lower_plan(plan) -> dict:
                 d["epsilon"] = float(attrs["epsilon"])
             d["position_offset"] = int(attrs.get("position_offset", 0))
         elif typ == "Linear":
-            operand = "float32" if op["precision"] == "fp32" else "float16"
-            wmap["weight"] = weight(w["weight"], operand)
+            if op["precision"] == "fp8":
+                wmap["weight"] = fp8_weight(w["weight"])
+                n = int(plan.weights[w["weight"]].shape[1])
+                scale = np.asarray(plan.weights[w["weight_scale"]])
+                wmap["weight_scale"] = (weight(w["weight_scale"], "float32") if scale.size == n or "x_scale" in w
+                                        else broadcast_scale(w["weight_scale"], n))
+                if "x_scale" in w:
+                    wmap["x_scale"] = weight(w["x_scale"], "float32")
+            else:
+                operand = "float32" if op["precision"] == "fp32" else "float16"
+                wmap["weight"] = weight(w["weight"], operand)
             if "bias" in w:
                 y_dt = tensors[op["outputs"][0]]["dtype"]
                 b_dt = plan.weights[w["bias"]].dtype.name

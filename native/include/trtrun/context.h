@@ -41,6 +41,19 @@ struct LinearPost {
   bool round_h = false;  // the epilogue kernel rounds h to y's dtype before the activation/gate
 };
 
+// How an fp8 Linear runs (context.cpp, fp8 planning): native/kernels/quantize makes x's E4M3 codes and per-row
+// scales in an arena scratch, then cuBLASLt's fp8 GEMM. With `scale` Scalar or OuterVec cuBLASLt applies the scales
+// (and, when `fused`, the bias/GELU epilogue into y); with None (no scaled algorithm offered: cuBLAS before 12.9)
+// the GEMM writes the codes' product into an fp32 accumulator, launch_fp8_rescale scales it, and the runtime's
+// bias/activation kernels finish it.
+struct Fp8Linear {
+  bool on = false;
+  GemmScale scale = GemmScale::None;
+  bool fused = false;      // the GEMM writes y with its epilogue (not gated/silu/residual ones: LinearPost)
+  size_t offset = SIZE_MAX;  // arena: q [rows, k] float8 codes, then (at scales_at) the per-row scales [rows] fp32
+  size_t scales_at = 0;
+};
+
 class Context {
  public:
   Context(std::shared_ptr<const Engine> engine, ContextOptions options);
@@ -95,6 +108,7 @@ class Context {
   void execute(int batch, int seq_bucket, cudaStream_t s);
   void enqueue_ops(int batch, int seq_bucket, cudaStream_t s);
   void enqueue_linear(size_t op_index, int batch, int seq_bucket, cudaStream_t s);
+  void enqueue_linear_fp8(size_t op_index, int batch, int seq_bucket, cudaStream_t s);
   // A fused Linear (no cast, no unfused epilogue, no GELU pass) on `rows` rows from x into y.
   void enqueue_linear_rows(size_t op_index, const void* x, void* y, int64_t rows, cudaStream_t s,
                            const void* c = nullptr);
@@ -132,6 +146,7 @@ class Context {
   std::vector<size_t> split_offset_;
   // Linear ops finished by kernels/epilogue (LinearPost); the h scratch (gated, or h in fp32) lives at acc_offset_.
   std::vector<LinearPost> post_;
+  std::vector<Fp8Linear> fp8_;  // per op: how an fp8 Linear runs (on = false for every other op)
   // Attention ops with rotary embeddings whose qkv another op also reads (or fp32 ops on fp16 qkv): the rotated
   // copy's arena offset (SIZE_MAX: rotated in place, the attention op being the qkv tensor's only reader).
   std::vector<size_t> rotary_offset_;

@@ -15,6 +15,8 @@
 namespace trtrun {
 
 // A GEMM shape: y[m, n] = epilogue(x[m, k] @ w[k, n] (+ bias[n])), all row-major, contiguous.
+// fp8 (operand_t F8E4M3): w is stored transposed, w^T [n, k] row-major (the layout cuBLASLt's fp8 GEMMs take on
+// Hopper: A transposed, B not), and y = (sx * sw) * (x @ w) (+ bias) with the scales `scale` says.
 struct GemmKey {
   int64_t m = 0, n = 0, k = 0;
   DType operand_t = DType::F16;  // x and w
@@ -26,9 +28,11 @@ struct GemmKey {
   // y[s] = x[:, s*k/split : (s+1)*k/split] @ w[s*k/split : (s+1)*k/split, :], y = [split, m, n] contiguous,
   // left unsummed (the reader sums them: launch_layernorm_parts). No epilogue, no add_c.
   int split = 1;
+  // fp8 only: None (the product of the E4M3 codes), Scalar (sw, sx one float32 each) or OuterVec (sw [n], sx [m]).
+  GemmScale scale = GemmScale::None;
   bool operator<(const GemmKey& o) const {
-    return std::tie(m, n, k, operand_t, out_t, epilogue, tf32, add_c, split) <
-           std::tie(o.m, o.n, o.k, o.operand_t, o.out_t, o.epilogue, o.tf32, o.add_c, o.split);
+    return std::tie(m, n, k, operand_t, out_t, epilogue, tf32, add_c, split, scale) <
+           std::tie(o.m, o.n, o.k, o.operand_t, o.out_t, o.epilogue, o.tf32, o.add_c, o.split, o.scale);
   }
 };
 

@@ -14,9 +14,11 @@ inline void check_dtype(DType t, const char* op, const char* what) {
           std::string(what) + " dtype must be float32 or float16, got " + to_string(t));
 }
 
+// The precisions these kernels compute in: fp8 is a Linear's only (its GEMM is cuBLASLt's; native/kernels/quantize
+// makes its operand), so a kernel handed it says so.
 inline void check_precision(Precision p, const char* op) {
   require(p == Precision::FP32 || p == Precision::FP16 || p == Precision::HYBRID, op,
-          "precision must be " + valid_names<Precision>() + ", got " + to_string(p));
+          std::string("precision must be fp32, fp16 or hybrid (fp8 is a Linear's only), got ") + to_string(p));
 }
 
 }  // namespace trtrun
