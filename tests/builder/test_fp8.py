@@ -1,5 +1,5 @@
 """fp8 (E4M3) Linear layers: the quantization against an independent numpy computation, the builder's fp8 plans
-(round trip, hostile fields, calibration), the GPU lowering's refusal, and `trtrun build`'s fp8 options."""
+(round trip, hostile fields, calibration), their lowering for the GPU runtime, and `trtrun build`'s fp8 options."""
 
 from __future__ import annotations
 
@@ -300,14 +300,122 @@ def test_calibration_is_deterministic(fp8_plans, tiny):
             assert math.isclose(float(plan.weights[xs][0]), one[op["name"]] / 448, rel_tol=1e-7)
 
 
-def test_gpu_lowering_refuses_fp8_by_name(fp8_plans):
+def test_gpu_lowering_of_fp8_plans(fp8_plans, hybrid):
+    """lower_plan hands the runtime each fp8 Linear's E4M3 codes transposed to [N, K] (cuBLASLt's fp8 GEMMs take
+    the weight as the transposed operand: native/runtime/gemm.cpp), the codes themselves unchanged; its weight
+    scale as the plan has it, except a per-tensor [1] without a static x_scale, broadcast to [N] (outer-vector
+    scaling takes one per channel); x_scale [1] as it is; the rest as the hybrid plan's."""
+    from trtrun.runtime.lower import check_gpu_support, lower_plan
+
+    for key in ("dynamic", "static", "tensor"):
+        plan = fp8_plans[key]
+        check_gpu_support(plan)  # no longer refused
+        low = lower_plan(plan)
+        lw = low["weights"]
+        by_name = {op["name"]: op for op in plan.ops}
+        lin = [o for o in low["ops"] if o["type"] == "Linear"]
+        assert lin and {o["precision"] for o in lin} == {"fp8"}
+        assert {o["precision"] for o in low["ops"] if o["type"] != "Linear"} == {"hybrid"}
+        for o in lin:
+            pw = by_name[o["name"]]["weights"]
+            q = np.asarray(plan.weights[pw["weight"]])
+            K, N = q.shape
+            name, arr = lw[o["weights"]["weight"]]
+            assert arr.dtype == e4m3_dtype() and arr.shape == (N, K) and arr.flags["C_CONTIGUOUS"], name
+            assert arr.view(np.uint8).tobytes() == np.ascontiguousarray(q.T).view(np.uint8).tobytes()
+            s = np.asarray(plan.weights[pw["weight_scale"]], F32)
+            _, ls = lw[o["weights"]["weight_scale"]]
+            assert ls.dtype == F32
+            if key == "tensor":  # dynamic activation scales: the per-tensor scale as N equal ones
+                assert s.shape == (1,) and ls.shape == (N,) and (ls == s[0]).all()
+            else:
+                assert s.shape == (N,) and ls.tobytes() == s.tobytes()
+            assert ("x_scale" in o["weights"]) == (key == "static")
+            if key == "static":
+                _, lx = lw[o["weights"]["x_scale"]]
+                assert lx.dtype == F32 and lx.tobytes() == np.asarray(plan.weights[pw["x_scale"]], F32).tobytes()
+            y_dt = plan.tensors[by_name[o["name"]]["outputs"][0]]["dtype"]
+            _, lb = lw[o["weights"]["bias"]]
+            assert lb.dtype == (F32 if y_dt == "float32" else np.float16)
+    # per-tensor weight scale with a static activation scale: both scalars, kept [1] (cuBLASLt's scalar scales)
+    from trtrun.builder.quantize_fp8 import assign_precisions, linear_ops
+    from trtrun.plan import Plan
+
+    hdr = {k: v for k, v in hybrid.header.items() if k != "weights"}
+    w32 = {k: np.asarray(v, F32) for k, v in fp8_plans["fp32"].weights.items()}
+    choice = {op["name"]: "fp8" for op in linear_ops(hdr)}
+    p = Plan.from_parts(*assign_precisions(hdr, dict(hybrid.weights), w32, choice, weight_scale="tensor",
+                                           x_amax={name: 2.0 for name in choice}))
+    low = lower_plan(p)
+    for o in (o for o in low["ops"] if o["type"] == "Linear"):
+        assert low["weights"][o["weights"]["weight_scale"]][1].shape == (1,)
+        assert low["weights"][o["weights"]["x_scale"]][1].shape == (1,)
+    _engine_description_checks(low)
+
+
+@pytest.fixture(scope="module")
+def hybrid(tiny):
+    """The tiny BERT's hybrid plan (what assign_precisions gives each Linear its precision in)."""
+    from trtrun.builder import build
+
+    return build(tiny[0], precision="hybrid")
+
+
+def test_gpu_lowering_of_a_mixed_plan(fp8_plans, hybrid):
+    """A mixed plan (--precision auto's: fp8, hybrid and fp32 Linears in one plan) lowers with each Linear in its
+    own op's precision: fp8 codes transposed, fp16 weights for hybrid ones, fp32 weights (and fp32 x, y) for fp32
+    ones; the Engine's description checks take it (on a machine without a GPU they pass before the device error)."""
+    from trtrun.builder.quantize_fp8 import assign_precisions, linear_ops
+    from trtrun.plan import Plan
     from trtrun.runtime.lower import lower_plan
 
-    plan = fp8_plans["dynamic"]
-    first = plan.ops[_first_linear(plan)]["name"]
-    with pytest.raises(PlanError, match=f"op '{first}': precision fp8: the GPU runtime has no fp8 path yet; run "
-                                        f"this plan on the reference backend"):
-        lower_plan(plan)
+    hyb = hybrid
+    hdr = {k: v for k, v in hyb.header.items() if k != "weights"}
+    w32 = {k: np.asarray(v, F32) for k, v in fp8_plans["fp32"].weights.items()}
+    kinds = ("fp8", "hybrid", "fp32")
+    choice = {op["name"]: kinds[i % 3] for i, op in enumerate(linear_ops(hdr))}
+    plan = Plan.from_parts(*assign_precisions(hdr, dict(hyb.weights), w32, choice))
+    assert plan.precision == "mixed"
+    low = lower_plan(plan)
+    want = {"fp8": e4m3_dtype(), "hybrid": np.dtype(np.float16), "fp32": np.dtype(F32)}
+    seen = set()
+    for o in low["ops"]:
+        if o["type"] != "Linear":
+            continue
+        assert o["precision"] == choice[o["name"]]
+        assert low["weights"][o["weights"]["weight"]][1].dtype == want[o["precision"]]
+        assert ("weight_scale" in o["weights"]) == (o["precision"] == "fp8")
+        if o["precision"] == "fp32":
+            assert {low["tensors"][o["inputs"][0]][1], low["tensors"][o["outputs"][0]][1]} == {"float32"}
+        seen.add(o["precision"])
+    assert seen == set(kinds)
+    _engine_description_checks(low)
+
+
+def _engine_description_checks(low):
+    """_C.Engine on the lowered plan: where the extension is importable but no GPU is usable, its description
+    checks pass and the first error is the device's; a float8 weight in another role is an InputError naming it."""
+    try:
+        from trtrun.runtime.extension import load_extension
+
+        c = load_extension()
+    except Exception:
+        return  # the extension is not built here: the lowering alone is checked
+    from trtrun.errors import DeviceError
+
+    args = lambda lw: (low["tensors"], low["ops"], lw, low["inputs"], low["outputs"], low["batch_max"],  # noqa: E731
+                       low["seq_max"], low["tf32"], 0)
+    if c.device_count() == 0:
+        with pytest.raises(DeviceError):
+            c.Engine(*args(low["weights"]))
+    ln = next(o for o in low["ops"] if o["type"] == "LayerNorm")
+    fp8w = next(low["weights"][o["weights"]["weight"]][1] for o in low["ops"] if o["precision"] == "fp8")
+    bad = list(low["weights"])
+    g = ln["weights"]["gamma"]
+    bad[g] = (bad[g][0], np.ascontiguousarray(fp8w.reshape(-1)[:bad[g][1].size]))
+    with pytest.raises(InputError, match=f"op '{ln['name']}': weight 'gamma' .* is float8_e4m3fn, which only an "
+                                         f"fp8 Linear's weight may be"):
+        c.Engine(*args(bad))
 
 
 def test_build_argument_errors(tiny):
@@ -383,20 +491,6 @@ def test_cli_bad_calibration_file(tiny, tmp_path, capsys):
     from trtrun.calibration import text_sets
     with pytest.raises(InputError, match="--calib-samples"):
         text_sets("rt", 0)
-
-
-def test_bench_fp8_points_on_the_gpu_are_unavailable_with_the_reason(tmp_path):
-    from trtrun.bench.config import BenchConfig
-    from trtrun.bench.models import resolve_model
-    from trtrun.bench.runners import Unavailable
-    from trtrun.bench.sweep import _ModelState, plan_points
-
-    cfg = BenchConfig(out=tmp_path, models=["bert-base"], batch=[1], seq=[32], precisions=["fp8"], baselines=[],
-                      backend="gpu").validate()
-    spec = resolve_model("bert-base", cfg)
-    (pt,) = [p for p in plan_points(cfg, [spec]) if p.engine == "trtrun-fp8"][:1]
-    with pytest.raises(Unavailable, match="fp8: the GPU runtime has no fp8 GEMM path yet"):
-        _ModelState(spec, cfg, log=lambda m: None).runner(pt)
 
 
 def test_check_takes_fp8(tiny, tmp_path, capsys):
@@ -477,29 +571,3 @@ def test_fuzzed_fp8_plans_raise_only_plan_errors(tmp_path):
     unexpected = {k: v for k, v in r["outcomes"].items() if not k.startswith(("PlanError", "loaded, "))}
     assert not unexpected, (unexpected, out.getvalue()[-3000:])
     assert sum(v for k, v in r["outcomes"].items() if k.startswith("loaded, ")) >= 50  # mutants that run the fp8 path
-
-
-def test_gpu_lowering_refuses_a_mixed_plan_without_fp8(fp8_plans):
-    # --precision auto may keep no fp8 Linear (fp16 and fp32 ones side by side): a combination the GPU runtime
-    # has never run, so it is refused by the plan's precision rather than lowered untested
-    from trtrun.runtime.lower import lower_plan
-
-    plan = fp8_plans["dynamic"]
-    d = copy.deepcopy(plan.header)
-    d["precision"] = "mixed"
-    for op in d["ops"]:
-        if op["precision"] == "fp8":
-            op["precision"] = "fp32"
-    with pytest.raises(PlanError, match="plan precision mixed: the GPU runtime does not run mixed plans yet"):
-        lower_plan(SimpleMixed(plan, d))
-
-
-class SimpleMixed:
-    """The plan's own tensors and weights under a changed header (precision and op precisions only)."""
-
-    def __init__(self, plan, header):
-        self._plan, self.header = plan, header
-        self.precision, self.ops = header["precision"], header["ops"]
-
-    def __getattr__(self, name):
-        return getattr(self._plan, name)

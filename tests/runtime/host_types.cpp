@@ -46,12 +46,13 @@ void check_enum(const char* enum_name, int count) {
 }  // namespace
 
 int main() {
-  check_enum<DType>("DType", 4);
+  check_enum<DType>("DType", 5);
   check_enum<OpType>("OpType", 5);
-  check_enum<Precision>("Precision", 3);
+  check_enum<Precision>("Precision", 4);
   check_enum<Activation>("Activation", 4);
   check_enum<GemmSearch>("GemmSearch", 3);
   check_enum<GemmEpilogue>("GemmEpilogue", 4);
+  check_enum<GemmScale>("GemmScale", 3);
 
   const ContextOptions o;
   std::printf("option use_graphs %d\n", o.use_graphs ? 1 : 0);

@@ -30,12 +30,13 @@ from handmade_plans import tiny_plan  # noqa: E402  (tests/handmade_plans.py)
 # dtypes, epilogues and searches as these codes, and C++ callers of the runtime's API see them. Integer graph
 # inputs (int64 too) live on the device as int32.
 CODES_DEVICE_DTYPE = {"float32": 0, "float16": 1, "int32": 2, "int64": 2}  # as lowered
-CODES_DTYPE = {"float32": 0, "float16": 1, "int32": 2, "int64": 3}
+CODES_DTYPE = {"float32": 0, "float16": 1, "int32": 2, "int64": 3, "float8_e4m3fn": 4}
 CODES_OP = {"Embedding": 0, "Linear": 1, "Attention": 2, "LayerNorm": 3, "RMSNorm": 4}
-CODES_PREC = {"fp32": 0, "fp16": 1, "hybrid": 2}
+CODES_PREC = {"fp32": 0, "fp16": 1, "hybrid": 2, "fp8": 3}
 CODES_ACT = {"none": 0, "gelu_erf": 1, "gelu_tanh": 2, "silu": 3}
 CODES_GEMM_SEARCH = {"heuristic": 0, "exhaustive": 1, "focused": 2}
 CODES_GEMM_EPILOGUE = {"none": 0, "bias": 1, "gelu": 2, "gelu_bias": 3}
+CODES_GEMM_SCALE = {"none": 0, "scalar": 1, "outer_vec": 2}
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +77,7 @@ def test_every_name_keeps_its_code(host):
     assert e["OpType"] == CODES_OP and e["Precision"] == CODES_PREC and e["Activation"] == CODES_ACT
     assert e["DType"] == CODES_DTYPE
     assert e["GemmSearch"] == CODES_GEMM_SEARCH and e["GemmEpilogue"] == CODES_GEMM_EPILOGUE
+    assert e["GemmScale"] == CODES_GEMM_SCALE
     # the lowering names a tensor's device dtype; C++ parses it to the device dtype's code
     for name, code in CODES_DEVICE_DTYPE.items():
         assert e["DType"][plan_format.DEVICE_DTYPES.get(name, name)] == code, name
@@ -88,10 +90,10 @@ def test_every_name_keeps_its_code(host):
 
 
 def test_bad_names_are_errors_naming_the_valid_ones(host):
-    assert host["error"]["Precision"] == "the Precision must be one of fp32, fp16, hybrid; got 'no-such-name'"
+    assert host["error"]["Precision"] == "the Precision must be one of fp32, fp16, hybrid, fp8; got 'no-such-name'"
     assert host["error"]["GemmSearch"] == (f"the GemmSearch must be one of {', '.join(runtime.GEMM_SEARCHES)}; "
                                            "got 'no-such-name'")
-    assert host["error"]["DType"].startswith("the DType must be one of float32, float16, int32, int64;")
+    assert host["error"]["DType"].startswith("the DType must be one of float32, float16, int32, int64, float8_e4m3fn;")
     assert host["invalid"]["Activation"] == "<invalid Activation 8>"  # a bad cast (4 past the end): named, no crash
 
 
@@ -134,7 +136,7 @@ def test_engine_takes_the_lowered_names():
     op = low["ops"][1]
     for field, bad, needle in [
             ("type", "Conv", "type must be one of Embedding, Linear, Attention, LayerNorm, RMSNorm; got 'Conv'"),
-            ("precision", "int8", "precision must be one of fp32, fp16, hybrid; got 'int8'"),
+            ("precision", "int8", "precision must be one of fp32, fp16, hybrid, fp8; got 'int8'"),
             ("activation", "relu", "activation must be one of none, gelu_erf, gelu_tanh, silu; got 'relu'")]:
         bad_low = json.loads(json.dumps({k: v for k, v in low.items() if k != "weights"}))
         bad_low["ops"][1][field] = bad
@@ -144,7 +146,7 @@ def test_engine_takes_the_lowered_names():
     tensors = [list(t) for t in low["tensors"]]
     tensors[0][1] = "bfloat16"
     with pytest.raises(InputError, match=rf"tensor {tensors[0][0]}: dtype must be one of float32, float16, int32, "
-                                         rf"int64; got 'bfloat16'"):
+                                         rf"int64, float8_e4m3fn; got 'bfloat16'"):
         c.Engine(*_engine_args(dict(low, tensors=[tuple(t) for t in tensors])))
 
 
@@ -185,13 +187,29 @@ def test_gemm_cache_entries_by_name(tmp_path):
     for field, bad, needle in [("search", "fastest", "search must be one of heuristic, focused, exhaustive; got "
                                                      "'fastest'"),
                                ("epilogue", "relu", "epilogue must be one of none, bias, gelu, gelu_bias; got 'relu'"),
-                               ("out_t", "int32", "out_t must be float32 or float16, got 'int32'")]:
+                               ("out_t", "int32", "out_t must be float32 or float16, got 'int32'"),
+                               ("out_t", "float8_e4m3fn", "out_t must be float32 or float16, got 'float8_e4m3fn'"),
+                               ("scale", "vector", "scale must be one of none, scalar, outer_vec; got 'vector'"),
+                               # an fp8 GEMM's scale mode on fp16 operands: no GEMM has that key
+                               ("scale", "outer_vec", "scale and operand_t float8_e4m3fn go together, unsplit and "
+                                                      "without add_c")]:
         path = tmp_path / f"{field}.json"
         path.write_text(json.dumps({"format": runtime.GEMM_CACHE_FORMAT, "version": runtime.GEMM_CACHE_VERSION,
                                     "entries": [entry, dict(entry, **{field: bad})]}))
         with pytest.raises(InputError) as err:
             runtime.load_gemm_cache(path)
         assert str(err.value) == f"GEMM cache {path}: entry 1: {needle}"
+    # fp8 entries (operand float8_e4m3fn with a scale mode) and entries written before them (no scale: none) are
+    # taken; on a machine without a GPU the import stops at the device count, after the field checks
+    fp8 = dict(entry, operand_t="float8_e4m3fn", scale="outer_vec")
+    path = tmp_path / "fp8.json"
+    path.write_text(json.dumps({"format": runtime.GEMM_CACHE_FORMAT, "version": runtime.GEMM_CACHE_VERSION,
+                                "entries": [entry, fp8]}))
+    assert [e["scale"] for e in runtime.read_gemm_cache(path)] == ["none", "outer_vec"]
+    try:
+        runtime.load_gemm_cache(path)
+    except DeviceError:
+        pass
 
 
 def test_kernel_entry_points_take_names():
@@ -201,11 +219,11 @@ def test_kernel_entry_points_take_names():
     assert (p.F32, p.F16, p.FP32, p.FP16, p.HYBRID) == ("float32", "float16", "fp32", "fp16", "hybrid")
     with pytest.raises(InputError, match="gelu: y must not be null"):
         p.gelu(0, "float16", 8, False, 0)
-    with pytest.raises(InputError, match="gelu: y_dtype must be one of float32, float16, int32, int64; got 'half'"):
+    with pytest.raises(InputError, match="gelu: y_dtype must be one of float32, float16, int32, int64, float8_e4m3fn; got 'half'"):
         p.gelu(0, "half", 8, False, 0)
     with pytest.raises(InputError, match="gelu: y dtype must be float32 or float16, got int32"):
         p.gelu(0, "int32", 8, False, 0)
-    with pytest.raises(InputError, match="attention_config: precision must be one of fp32, fp16, hybrid; got 'tf32'"):
+    with pytest.raises(InputError, match="attention_config: precision must be one of fp32, fp16, hybrid, fp8; got 'tf32'"):
         p.attention_config(1, 128, 12, 64, False, "tf32")
     with pytest.raises(InputError, match="layernorm: x, gamma, beta and y must not be null"):
         p.layernorm(0, "float32", 0, "float32", 0, 0, "float32", 0, "float16", 0, "float32", 4, 64, 1e-5, "hybrid", 0)
@@ -219,14 +237,14 @@ def test_decoder_kernel_entry_points_take_names():
     p = _ext().plugins
     with pytest.raises(InputError, match="rmsnorm: x, gamma and y must not be null"):
         p.rmsnorm(0, "float16", 0, "float32", 0, "float32", 0, "float16", 0, "float32", 4, 64, 1e-5, "hybrid", 0)
-    with pytest.raises(InputError, match="rmsnorm: precision must be one of fp32, fp16, hybrid; got 'bf16'"):
+    with pytest.raises(InputError, match="rmsnorm: precision must be one of fp32, fp16, hybrid, fp8; got 'bf16'"):
         p.rmsnorm(0, "float16", 0, "float32", 0, "float32", 0, "float16", 0, "float32", 4, 64, 1e-5, "bf16", 0)
     with pytest.raises(InputError, match="linear_epilogue: activation must be one of none, gelu_erf, gelu_tanh, "
                                          "silu; got 'relu'"):
         p.linear_epilogue(0, "float16", 0, "float32", 0, "float32", 0, "float16", 4, 8, True, "relu", True, 0)
     with pytest.raises(InputError, match="linear_epilogue: src and y must not be null"):
         p.linear_epilogue(0, "float16", 0, "float32", 0, "float32", 0, "float16", 4, 8, True, "silu", True, 0)
-    with pytest.raises(InputError, match="rotary: dst_dtype must be one of float32, float16, int32, int64; got 'f16'"):
+    with pytest.raises(InputError, match="rotary: dst_dtype must be one of float32, float16, int32, int64, float8_e4m3fn; got 'f16'"):
         p.rotary(0, "float16", 0, "f16", 0, 0, 1, 4, 4, 2, 32, 32, False, 0)
     with pytest.raises(InputError, match="rotary: src, dst, cos and sin must not be null"):
         p.rotary(0, "float16", 0, "float16", 0, 0, 1, 4, 4, 2, 32, 32, False, 0)
@@ -234,6 +252,19 @@ def test_decoder_kernel_entry_points_take_names():
         p.attention_gqa(0, "float16", 0, 0, "float16", 1, 4, 4, 3, 32, 0.17, True, "hybrid", 0)
     with pytest.raises(InputError, match="attention: qkv and y must not be null"):
         p.attention_gqa(0, "float16", 0, 0, "float16", 1, 4, 4, 2, 32, 0.17, True, "hybrid", 0)
+    # fp8 activation quantization: checked before any pointer is read
+    with pytest.raises(InputError, match="quantize_fp8: x_dtype must be one of float32, .*; got 'bfloat16'"):
+        p.quantize_fp8(0, "bfloat16", 0, 0, 0, 4, 8, 0)
+    with pytest.raises(InputError, match="quantize_fp8: x dtype must be float32 or float16, got float8_e4m3fn"):
+        p.quantize_fp8(0, "float8_e4m3fn", 0, 0, 0, 4, 8, 0)
+    with pytest.raises(InputError, match=r"quantize_fp8: per-token scales \(no x_scale\) need a scales buffer"):
+        p.quantize_fp8(0, "float16", 0, 0, 0, 4, 8, 0)
+    with pytest.raises(InputError, match="quantize_fp8: k must be >= 1, got 0"):
+        p.quantize_fp8(0, "float16", 0, 0, 8, 4, 0, 0)
+    with pytest.raises(InputError, match="quantize_fp8: x and q must not be null"):
+        p.quantize_fp8(0, "float16", 0, 0, 8, 4, 8, 0)
+    with pytest.raises(InputError, match="fp8_rescale: acc, sx and sw must not be null"):
+        p.fp8_rescale(0, 0, 0, True, 4, 8, 0)
 
 
 @pytest.fixture(scope="module")

@@ -108,7 +108,7 @@ class BenchConfig:
         if self.precisions is not None:
             if not self.precisions:
                 raise BenchConfigError("--precision: empty list; choose from " + ", ".join(OP_PRECISIONS))
-            bad = [p for p in self.precisions if p not in OP_PRECISIONS]  # fp8: reference backend only for now
+            bad = [p for p in self.precisions if p not in OP_PRECISIONS]
             if bad:
                 raise BenchConfigError(f"--precision: unknown {bad}; choose from {', '.join(OP_PRECISIONS)}")
         bad = [b for b in self.baselines if b not in BASELINES]

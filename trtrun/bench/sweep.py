@@ -142,9 +142,6 @@ class _ModelState:
         cfg, spec = self.cfg, self.spec
         try:
             if pt.engine.startswith("trtrun-"):
-                if pt.precision == "fp8" and cfg.backend == "gpu":
-                    raise Unavailable("fp8: the GPU runtime has no fp8 GEMM path yet (the reference backend runs "
-                                      "fp8 plans)")
                 plan = ensure_plan(spec, pt.precision, cfg, self.log)
                 shared = self.engines.get(pt.precision)
                 r = TrtrunRunner(plan, pt.precision, pt.cuda_graphs, cfg.backend, cfg.device, engine=shared,

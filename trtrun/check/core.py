@@ -287,10 +287,7 @@ def _run(opts, precisions, gate, work, log, timing, t_start) -> dict:
         fp32_names = {i["name"] for i in plans["fp32"].inputs}
     runners = {}
     for p in precisions:
-        # an fp8 plan runs on the reference backend: the GPU runtime has no fp8 path yet
-        runners[p] = plan_runner(plans[p], "reference" if p == "fp8" else backend)
-        if p == "fp8" and backend == "gpu":
-            log("fp8: the GPU runtime has no fp8 path yet; the fp8 plan runs on the reference backend")
+        runners[p] = plan_runner(plans[p], backend)
     names = fp32_names | {i["name"] for i in plan0.inputs}
     fit = _feed_fitter(names)
 

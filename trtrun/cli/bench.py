@@ -59,8 +59,7 @@ def _tokens(ctx, p, values):
 @click.option("--seq", default=None, callback=_ints("--seq"), metavar="S,S,...",
               help=f"sequence lengths  [default: {DEFAULT_SEQ}]")
 @click.option("--precision", "precisions", default=None, callback=_precisions, metavar="P,P,...",
-              help=f"trtrun precisions: {', '.join(OP_PRECISIONS)} (fp8 runs on the reference backend only: on the "
-                   f"GPU its points are skipped with the reason)  [default: {', '.join(PRECISIONS)}; a plan: its own]")
+              help=f"trtrun precisions: {', '.join(OP_PRECISIONS)}  [default: {', '.join(PRECISIONS)}; a plan: its own]")
 @click.option("--baselines", default=None, callback=_baselines, metavar="NAME,...",
               help=f"baselines, or none  [default: {DEFAULT_BASELINES}]")
 @click.option("--cuda-graphs", type=click.Choice(CUDA_GRAPHS), default=None,

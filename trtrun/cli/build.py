@@ -126,8 +126,7 @@ def command(onnx_path, output, precision, profile, save_onnx, tf32, gelu, ln_inp
     GEMMs with fp32 accumulation; LayerNorm and softmax in fp32; fp32 outputs).
     fp8 (every Linear in fp8 E4M3, the rest as hybrid) and auto (each Linear fp8, fp16 or fp32: the
     fastest assignment whose worst-sample cosine against fp32 on held-apart text meets --min-cosine,
-    or whose top-1 next-token agreement meets --min-top1)
-    run on the reference backend only for now; docs/precision.md.
+    or whose top-1 next-token agreement meets --min-top1); docs/precision.md.
     Profile: --min/--opt/--max BATCH,SEQ (default batch 1/8/32, sequence 1/128/512 capped by the
     model's positions); a run outside it is refused. Nothing is written if the build fails.
     """
