@@ -47,7 +47,9 @@ def test_the_gpu_runtimes_names_are_defined_once():
                 if tuple(e.value for e in node.elts) in values:
                     found.append(f"{path.relative_to(PKG)}:{node.lineno}")
     assert found == []
-    assert plan_format.GPU_PRECISIONS is types.PRECISIONS
+    # every op precision (fp8 Linears too) and every plan precision ("mixed" too) runs on the GPU runtime
+    assert plan_format.GPU_PRECISIONS is types.OP_PRECISIONS
+    assert plan_format.GPU_PLAN_PRECISIONS is types.PLAN_PRECISIONS
     assert lower.GPU_OP_TYPES is plan_format.GPU_OP_TYPES and lower.GPU_ACTIVATIONS is plan_format.GPU_ACTIVATIONS
 
 
