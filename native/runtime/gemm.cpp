@@ -217,7 +217,11 @@ bool GemmRunner::prepare(const GemmKey& key) {
     p->workspace = p->candidates[0].workspaceSize;
     p->tuned = (p->candidates.size() == 1 && search_ == GemmSearch::Heuristic) || !tune_enabled_;
     p->ok = true;
-  } else if (st != CUBLAS_STATUS_SUCCESS && st != CUBLAS_STATUS_NOT_SUPPORTED) {
+  } else if (st != CUBLAS_STATUS_SUCCESS && st != CUBLAS_STATUS_NOT_SUPPORTED &&
+             !(fp8 && st == CUBLAS_STATUS_INVALID_VALUE)) {
+    // cuBLASLt answers an fp8 combination it has no kernel for (outer-vector scales with an fp32 D, an fp8 bias
+    // epilogue into fp32; seen on an H200 with cuBLAS 13) with INVALID_VALUE rather than NOT_SUPPORTED: for
+    // fp8 keys that means "not offered", and the caller takes its unscaled or unfused path
     TRTRUN_CUBLAS_CHECK(st);  // a real failure (no device, out of memory, ...): report it
   }
   bool ok = p->ok;
