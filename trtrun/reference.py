@@ -378,11 +378,15 @@ def ref_attention(qkv: np.ndarray, attention_mask: np.ndarray | None = None, *, 
                   head_size: int, scale: float, causal: bool = False, precision: str = "fp32",
                   out_dtype=F32, tf32: bool = False, num_kv_heads: int | None = None,
                   inv_freq: np.ndarray | None = None, rotary_scale: float = 1.0,
-                  score_bias: np.ndarray | None = None, window: int | None = None) -> np.ndarray:
+                  score_bias: np.ndarray | None = None, window: int | None = None,
+                  q_norm: np.ndarray | None = None, k_norm: np.ndarray | None = None,
+                  qk_norm_epsilon: float = 1e-6) -> np.ndarray:
     """Multi-head attention on a packed qkv [B, S, (H + 2*Hkv)*D] -> y [B, S, H*D] in `out_dtype`.
 
     Q = qkv[..., :HD], K = [HD:HD+HkvD], V = [HD+HkvD:]; head h is columns h*D:(h+1)*D of each; query head h
-    reads K/V head h // (H / Hkv) (grouped-query attention; Hkv = H by default). With `inv_freq` [R/2], the
+    reads K/V head h // (H / Hkv) (grouped-query attention; Hkv = H by default). With `q_norm`/`k_norm` [D]
+    (Qwen3), every Q and K head is RMS-normalized over its D values first (ref_rmsnorm's rules for the
+    precision, epsilon `qk_norm_epsilon`). With `inv_freq` [R/2], the
     first R dims of every Q and K head are rotated by position (rotary_tables, rotate) before the scores.
     scores = scale * Q_h K_h^T (+ score_bias [H, S, S]); key j masked when attention_mask[b, j] == 0, and for
     causal when j > i, and with a sliding `window` when |i - j| > window; masked scores replaced by the dtype's minimum (uniform rows when all keys are masked);
@@ -413,8 +417,11 @@ def ref_attention(qkv: np.ndarray, attention_mask: np.ndarray | None = None, *, 
     for b in range(B):
         x = np.asarray(qkv[b])
         q, k, v = x[:, :HD].reshape(S, H, D), x[:, HD:HD + KD].reshape(S, Hkv, D), x[:, HD + KD:]
+        cdt = F16 if precision == "fp16" else F32
+        if q_norm is not None:
+            q = ref_rmsnorm(q, None, q_norm, epsilon=qk_norm_epsilon, precision=precision, out_dtype=cdt)[0]
+            k = ref_rmsnorm(k, None, k_norm, epsilon=qk_norm_epsilon, precision=precision, out_dtype=cdt)[0]
         if rot is not None:
-            cdt = F16 if precision == "fp16" else F32
             q, k = rotate(q.astype(cdt), *rot), rotate(k.astype(cdt), *rot)
         q, k, v = (_operands(a, precision, tf32) for a in (q, k, v))  # float32 values
         # contiguous [Hkv, rep, S, D] / [Hkv, D, S] blocks: numpy's stacked matmul reaches BLAS only for
@@ -576,7 +583,9 @@ class ReferenceBackend:
                                   scale=a["scale"], causal=a.get("causal", False), precision=prec,
                                   out_dtype=odt, tf32=tf32, num_kv_heads=a.get("num_kv_heads"),
                                   inv_freq=self._w(op, "inv_freq"), rotary_scale=a.get("rotary_scale", 1.0),
-                                  score_bias=self._score_bias(op, ins[0].shape[1]), window=a.get("window"))]
+                                  score_bias=self._score_bias(op, ins[0].shape[1]), window=a.get("window"),
+                                  q_norm=self._w(op, "q_norm"), k_norm=self._w(op, "k_norm"),
+                                  qk_norm_epsilon=a.get("qk_norm_epsilon", 1e-6))]
         if typ in ("LayerNorm", "RMSNorm"):
             sdt = self._dtypes[outs[1]] if len(outs) > 1 and outs[1] else odt
             if typ == "LayerNorm":

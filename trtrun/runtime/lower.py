@@ -40,6 +40,8 @@ def gpu_missing(op) -> str | None:
             return "an ALiBi score bias (alibi_slopes)"
         if a.get("window") is not None:
             return "a sliding attention window (window)"
+        if w.get("q_norm"):
+            return "a per-head query/key RMSNorm (q_norm, k_norm)"
     return None
 
 
