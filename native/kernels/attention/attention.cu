@@ -1012,7 +1012,8 @@ TcConfig choose_tc(int B, int S, int H, bool causal, bool extra) {
   const int sms = sm_count();
   // resident blocks of the instantiation that will run (with a score bias or window: the EXTRA one)
   auto resident = [&](int mt, int nw, int nqb) {
-    if (extra) return mt == 2 ? resident_blocks<D, MT2, HALF_SOFTMAX, true>(nw) : resident_blocks<D, 1, HALF_SOFTMAX, true>(nw);
+    if (extra)
+      return mt == 2 ? resident_blocks<D, MT2, HALF_SOFTMAX, true>(nw) : resident_blocks<D, 1, HALF_SOFTMAX, true>(nw);
     return mt == 2 ? resident_blocks<D, MT2, HALF_SOFTMAX>(nw, nqb) : resident_blocks<D, 1, HALF_SOFTMAX>(nw, nqb);
   };
   int best_mt = 1, best_nw = 4, best_ks = 1;
@@ -1099,8 +1100,10 @@ void launch_tc(const void* qkv, bool in_half, const int32_t* mask, void* y, bool
                int Hkv, float scale, bool causal, cudaStream_t stream, Extras ex) {
   const bool extra = ex.bias != nullptr || ex.window >= 0;
   const TcConfig c = choose_tc<D, HALF_SOFTMAX>(B, S, H, causal, extra);
-  if (extra) launch_tc_as<D, HALF_SOFTMAX, true>(c, qkv, in_half, mask, y, out_half, B, S, H, Hkv, scale, causal, stream, ex);
-  else launch_tc_as<D, HALF_SOFTMAX, false>(c, qkv, in_half, mask, y, out_half, B, S, H, Hkv, scale, causal, stream, ex);
+  if (extra)
+    launch_tc_as<D, HALF_SOFTMAX, true>(c, qkv, in_half, mask, y, out_half, B, S, H, Hkv, scale, causal, stream, ex);
+  else
+    launch_tc_as<D, HALF_SOFTMAX, false>(c, qkv, in_half, mask, y, out_half, B, S, H, Hkv, scale, causal, stream, ex);
 }
 
 template <int D>
