@@ -359,6 +359,24 @@ def relative_buckets(S: int, num_buckets: int, max_distance: int, bidirectional:
     return relative_bucket(np.arange(S)[None, :] - np.arange(S)[:, None], num_buckets, max_distance, bidirectional)
 
 
+def distance_bias(rel: np.ndarray, *, relative_bias: np.ndarray | None = None, max_distance: int | None = None,
+                  bidirectional: bool | None = None, alibi_slopes: np.ndarray | None = None,
+                  alibi_symmetric: bool = False) -> np.ndarray:
+    """An Attention's score bias [H, *rel.shape] (float32) at relative positions `rel` = key - query: a T5/MPNet
+    `relative_bias` table [buckets, H] looked up at relative_bucket(rel), or ALiBi `alibi_slopes` [H] times rel
+    (times -|rel| when symmetric), one float32 product. Both depend on the distance alone, so the [H, S, S] bias
+    (rel = j - i) and a runtime's per-distance table [H, 2*Smax - 1] (rel = -(Smax-1)..Smax-1) hold the same
+    values wherever they meet."""
+    rel = np.asarray(rel, np.int64)
+    if alibi_slopes is not None:
+        r = rel.astype(F32)
+        r = -np.abs(r) if alibi_symmetric else r
+        return np.asarray(alibi_slopes, F32).reshape((-1,) + (1,) * rel.ndim) * r[None]
+    table = np.asarray(relative_bias, F32)
+    idx = relative_bucket(rel, table.shape[0], max_distance, bidirectional)
+    return np.ascontiguousarray(np.moveaxis(table[idx], -1, 0))
+
+
 def _softmax32(s: np.ndarray) -> np.ndarray:
     m = s.max(axis=-1, keepdims=True)
     e = np.exp(s - m)
@@ -540,22 +558,22 @@ class ReferenceBackend:
         per sequence length and table, shared by every layer that names the same table (as the model
         computes it once in its encoder)."""
         a = op["attrs"]
-        slopes = op.get("weights", {}).get("alibi_slopes")
+        w = op.get("weights", {})
+        slopes, name = w.get("alibi_slopes"), w.get("relative_bias")
         if slopes:  # ALiBi: slope_h * (j - i), or -slope_h * |j - i|
             key = (slopes, S, bool(a.get("alibi_symmetric", False)))
-            if key not in self._bias_cache:
-                rel = (np.arange(S)[None, :] - np.arange(S)[:, None]).astype(F32)
-                rel = -np.abs(rel) if key[2] else rel
-                self._bias_cache = {key: np.asarray(self.plan.weights[slopes], F32)[:, None, None] * rel[None]}
-            return self._bias_cache[key]
-        name = op.get("weights", {}).get("relative_bias")
-        if not name:
+        elif name:
+            key = (name, S, a["relative_max_distance"], a["relative_bidirectional"])
+        else:
             return None
-        key = (name, S, a["relative_max_distance"], a["relative_bidirectional"])
         if key not in self._bias_cache:
-            table = np.asarray(self.plan.weights[name], F32)
-            idx = relative_buckets(S, table.shape[0], a["relative_max_distance"], a["relative_bidirectional"])
-            self._bias_cache = {key: np.ascontiguousarray(table[idx].transpose(2, 0, 1))}  # [H, S, S]
+            rel = np.arange(S)[None, :] - np.arange(S)[:, None]
+            if slopes:
+                bias = distance_bias(rel, alibi_slopes=self.plan.weights[slopes], alibi_symmetric=key[2])
+            else:
+                bias = distance_bias(rel, relative_bias=self.plan.weights[name], max_distance=key[2],
+                                     bidirectional=key[3])
+            self._bias_cache = {key: bias}  # [H, S, S]
         return self._bias_cache[key]
 
     def _w(self, op: dict, role: str):
