@@ -41,6 +41,27 @@ def _cos_rows(a, b):
     return float((a * b).sum() / (na * nb))
 
 
+def _gguf_or_none(model: str):
+    """The GGUF file `model` names (a file, or a folder holding one), or None after saying how to fetch it."""
+    from trtrun.export import gguf_file
+
+    gguf = gguf_file(Path(model))
+    if gguf is None:
+        print(f"{model}: no GGUF file there; fetch it with ../shared/data/get-data.sh .data smollm2", file=sys.stderr)
+    return gguf
+
+
+def _tokenizer(gguf):
+    """The GGUF file's own tokenizer, right padding (with EOS as the pad token where it has none)."""
+    import transformers
+
+    tok = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "right"
+    return tok
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=".data/smollm2", help="the GGUF file or its folder")
@@ -71,13 +92,11 @@ def main(argv=None) -> int:
     import trtrun
     from trtrun.backends import choose_backend
     from trtrun.data import encode, load_texts
-    from trtrun.export import export_model, gguf_file
+    from trtrun.export import export_model
     from trtrun.reference import ReferenceBackend
 
-    gguf = gguf_file(Path(args.model))
+    gguf = _gguf_or_none(args.model)
     if gguf is None:
-        print(f"{args.model}: no GGUF file there; fetch it with ../shared/data/get-data.sh .data smollm2",
-              file=sys.stderr)
         return 1
     tmp = tempfile.TemporaryDirectory()
     onnx_path = Path(args.onnx) if args.onnx else Path(tmp.name) / "smollm2.onnx"
@@ -87,10 +106,7 @@ def main(argv=None) -> int:
     print(f"export: {time.perf_counter() - t0:.1f}s -> {onnx_path}", flush=True)
 
     kw = {"gguf_file": gguf.name}
-    tok = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), **kw)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    tok.padding_side = "right"
+    tok = _tokenizer(gguf)
     lm = transformers.AutoModelForCausalLM.from_pretrained(str(gguf.parent), dtype=torch.float32,
                                                            attn_implementation="eager", **kw).eval()
     table = lm.get_output_embeddings().weight.detach().numpy().astype(np.float64)  # [V, N], tied
@@ -182,12 +198,10 @@ def search_top1(args) -> int:
     import trtrun
     from trtrun.builder.precision_search import run_outputs, top1_agreement
     from trtrun.data import encode, load_texts, load_tokenizer
-    from trtrun.export import export_model, gguf_file
+    from trtrun.export import export_model
 
-    gguf = gguf_file(Path(args.model))
+    gguf = _gguf_or_none(args.model)
     if gguf is None:
-        print(f"{args.model}: no GGUF file there; fetch it with ../shared/data/get-data.sh .data smollm2",
-              file=sys.stderr)
         return 1
     tmp = tempfile.TemporaryDirectory()
     base = Path(args.onnx) if args.onnx else Path(tmp.name) / "smollm2.onnx"
@@ -196,12 +210,7 @@ def search_top1(args) -> int:
         if not base.exists():
             export_model(gguf, base)
         add_lm_head(base, lm_path)
-    import transformers
-
-    tok = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    tok.padding_side = "right"
+    tok = _tokenizer(gguf)
     wiki = load_texts("wiki", n=args.calib + args.holdout + args.texts, seed=20)
     rt = load_texts("rt", n=args.rt, seed=20)
 
