@@ -4,8 +4,9 @@
 
 The Q4_1 GGUF file (`../shared/data/get-data.sh .data smollm2`) is read by transformers, which dequantizes it
 to fp32: that fp32 model is the reference, and the same model is exported (`trtrun export`, torch.onnx
-TorchScript) and built in each precision. Every plan runs on the numpy reference backend (CPU) over right-padded
-batches of real text; per text, over its tokens:
+TorchScript) and built in each precision. Every plan runs on the backend --backend names (default auto: the GPU
+runtime where it is usable and runs the plan, else the numpy reference backend; the result says which) over
+right-padded batches of real text; per text, over its tokens:
 - the cosine of the final hidden states (after the last RMSNorm) to PyTorch fp32, and to onnxruntime fp32 on
   the exported graph;
 - the cosine of the logits (hidden states times the tied embedding table, in float64 for both sides);
@@ -40,6 +41,27 @@ def _cos_rows(a, b):
     return float((a * b).sum() / (na * nb))
 
 
+def _gguf_or_none(model: str):
+    """The GGUF file `model` names (a file, or a folder holding one), or None after saying how to fetch it."""
+    from trtrun.export import gguf_file
+
+    gguf = gguf_file(Path(model))
+    if gguf is None:
+        print(f"{model}: no GGUF file there; fetch it with ../shared/data/get-data.sh .data smollm2", file=sys.stderr)
+    return gguf
+
+
+def _tokenizer(gguf):
+    """The GGUF file's own tokenizer, right padding (with EOS as the pad token where it has none)."""
+    import transformers
+
+    tok = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "right"
+    return tok
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=".data/smollm2", help="the GGUF file or its folder")
@@ -49,6 +71,8 @@ def main(argv=None) -> int:
     ap.add_argument("--precisions", default="fp32,hybrid,fp16")
     ap.add_argument("--onnx", default=None, help="where to keep the exported ONNX (default: a temporary folder)")
     ap.add_argument("--json", default=None, help="write the results here")
+    ap.add_argument("--backend", default="auto", choices=["auto", "gpu", "reference"],
+                    help="where the plans run (default auto: the GPU runtime where usable)")
     ap.add_argument("--min-top1", type=float, default=None, metavar="X",
                     help="instead: `--precision auto --min-top1 X` on the model with its LM head (add_lm_head), calibrated "
                          "on --calib wiki paragraphs, held apart on --holdout others, then measured on --texts other "
@@ -66,14 +90,13 @@ def main(argv=None) -> int:
     import transformers
 
     import trtrun
+    from trtrun.backends import choose_backend
     from trtrun.data import encode, load_texts
-    from trtrun.export import export_model, gguf_file
+    from trtrun.export import export_model
     from trtrun.reference import ReferenceBackend
 
-    gguf = gguf_file(Path(args.model))
+    gguf = _gguf_or_none(args.model)
     if gguf is None:
-        print(f"{args.model}: no GGUF file there; fetch it with ../shared/data/get-data.sh .data smollm2",
-              file=sys.stderr)
         return 1
     tmp = tempfile.TemporaryDirectory()
     onnx_path = Path(args.onnx) if args.onnx else Path(tmp.name) / "smollm2.onnx"
@@ -83,10 +106,7 @@ def main(argv=None) -> int:
     print(f"export: {time.perf_counter() - t0:.1f}s -> {onnx_path}", flush=True)
 
     kw = {"gguf_file": gguf.name}
-    tok = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), **kw)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    tok.padding_side = "right"
+    tok = _tokenizer(gguf)
     lm = transformers.AutoModelForCausalLM.from_pretrained(str(gguf.parent), dtype=torch.float32,
                                                            attn_implementation="eager", **kw).eval()
     table = lm.get_output_embeddings().weight.detach().numpy().astype(np.float64)  # [V, N], tied
@@ -113,7 +133,14 @@ def main(argv=None) -> int:
         t = time.perf_counter()
         plan = trtrun.build(onnx_path, precision=prec, profile=profile)
         tb = time.perf_counter() - t
-        be = ReferenceBackend(plan)
+        backend, why = choose_backend(args.backend, plan=plan)
+        if backend == "gpu":
+            from trtrun.runtime import Engine
+
+            be = Engine(plan).create_context()
+        else:
+            be = ReferenceBackend(plan)
+        print(f"{prec}: {backend} backend ({why})", flush=True)
         hid_t, hid_o, log_c, agree, total, nan, inf = [], [], [], 0, 0, 0, 0
         t = time.perf_counter()
         for f, th, oh in zip(batches, torch_h, ort_h):
@@ -133,7 +160,7 @@ def main(argv=None) -> int:
         r = {"hidden_cos_vs_torch_worst": worst(hid_t), "hidden_cos_vs_torch_mean": float(np.mean(hid_t)),
              "hidden_cos_vs_onnxruntime_worst": worst(hid_o), "logits_cos_vs_torch_worst": worst(log_c),
              "top1_agreement": agree / total, "top1_positions": total, "nan": nan, "inf": inf,
-             "build_s": round(tb, 1), "run_s": round(tr, 1)}
+             "build_s": round(tb, 1), "run_s": round(tr, 1), "backend": backend, "backend_why": why}
         results["precisions"][prec] = r
         print(f"{prec:6s} hidden cos vs torch worst {r['hidden_cos_vs_torch_worst']:.7f} "
               f"(mean {r['hidden_cos_vs_torch_mean']:.7f}), vs onnxruntime worst {r['hidden_cos_vs_onnxruntime_worst']:.7f}; "
@@ -171,12 +198,10 @@ def search_top1(args) -> int:
     import trtrun
     from trtrun.builder.precision_search import run_outputs, top1_agreement
     from trtrun.data import encode, load_texts, load_tokenizer
-    from trtrun.export import export_model, gguf_file
+    from trtrun.export import export_model
 
-    gguf = gguf_file(Path(args.model))
+    gguf = _gguf_or_none(args.model)
     if gguf is None:
-        print(f"{args.model}: no GGUF file there; fetch it with ../shared/data/get-data.sh .data smollm2",
-              file=sys.stderr)
         return 1
     tmp = tempfile.TemporaryDirectory()
     base = Path(args.onnx) if args.onnx else Path(tmp.name) / "smollm2.onnx"
@@ -185,12 +210,7 @@ def search_top1(args) -> int:
         if not base.exists():
             export_model(gguf, base)
         add_lm_head(base, lm_path)
-    import transformers
-
-    tok = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    tok.padding_side = "right"
+    tok = _tokenizer(gguf)
     wiki = load_texts("wiki", n=args.calib + args.holdout + args.texts, seed=20)
     rt = load_texts("rt", n=args.rt, seed=20)
 

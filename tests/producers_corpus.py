@@ -193,7 +193,7 @@ NEW_ARCHS = {
     # layers global, local; a local window of 16 (keys within 8 of the query) that the probes (5, 7) cannot see
     "modernbert": ("modernbert", dict(vocab_size=32000, local_attention=16, global_attn_every_n_layers=2)),
 }
-REFUSED = {"deberta-v2": "disentangled attention", "qwen3": "has no per-head q/k norm"}
+REFUSED = {"deberta-v2": "disentangled attention"}
 
 
 def export_new_arch(arch: str, dst, exporter: str = "torchscript") -> Path:

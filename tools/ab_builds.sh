@@ -4,7 +4,7 @@
 # in turn, ROUNDS times alternated, so clock and thermal drift hit both alike. Timing is tools/profile_point.py's
 # (CUDA events around graph replays, random ids, random weights: right for speed only).
 #   here:   rm -rf .ab/old && mkdir -p .ab/old && git archive REF | tar -x -C .ab/old   (.ab ignored, carried)
-#   there:  bash tools/ab_builds.sh .ab/old            (device: carry [".ab"]; logs under $OUT)
+#   there:  bash tools/ab_builds.sh .ab/old            (device: carry [".ab", ".whl"]; logs under $OUT)
 # Environment: MODELS ("bert-base gpt2"), POINTS ("1x128 32x128"), ROUNDS (3), ITERS (300), PRECISION (hybrid).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +15,11 @@ export PYTHONUNBUFFERED=1 CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVE
 t0=$SECONDS
 log() { echo "== +$((SECONDS - t0))s $*"; }
 
+# the wheels the GPU machine lacks (carried .whl/: onnx-graphsurgeon, which the builder imports), as device_run.sh
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
 log "build new (pip install -e .) and old (cmake, $old)"
 (python3 -m pip install -q --no-build-isolation --no-deps -e . >"$OUT/build-new.log" 2>&1) &
 pnew=$!
@@ -33,7 +38,7 @@ for r in $(seq "${ROUNDS:-3}"); do
     for side in old new; do
       dir=$PWD; [ $side = old ] && dir=$old
       # the old tree first on the path: its own trtrun package and _C, not the editable install's
-      (cd "$dir" && PYTHONPATH="$dir" python3 tools/profile_point.py --model "$m" --precision "${PRECISION:-hybrid}" \
+      (cd "$dir" && PYTHONPATH="$dir${PYTHONPATH:+:$PYTHONPATH}" python3 tools/profile_point.py --model "$m" --precision "${PRECISION:-hybrid}" \
         "${points[@]}" --iters "${ITERS:-300}" --cache /tmp/ab-cache 2>&1) \
         | sed "s/^/$side r$r: /" | tee -a "$OUT/ab.log" | grep -E "POINT|Error|error" 
     done

@@ -359,6 +359,24 @@ def relative_buckets(S: int, num_buckets: int, max_distance: int, bidirectional:
     return relative_bucket(np.arange(S)[None, :] - np.arange(S)[:, None], num_buckets, max_distance, bidirectional)
 
 
+def distance_bias(rel: np.ndarray, *, relative_bias: np.ndarray | None = None, max_distance: int | None = None,
+                  bidirectional: bool | None = None, alibi_slopes: np.ndarray | None = None,
+                  alibi_symmetric: bool = False) -> np.ndarray:
+    """An Attention's score bias [H, *rel.shape] (float32) at relative positions `rel` = key - query: a T5/MPNet
+    `relative_bias` table [buckets, H] looked up at relative_bucket(rel), or ALiBi `alibi_slopes` [H] times rel
+    (times -|rel| when symmetric), one float32 product. Both depend on the distance alone, so the [H, S, S] bias
+    (rel = j - i) and a runtime's per-distance table [H, 2*Smax - 1] (rel = -(Smax-1)..Smax-1) hold the same
+    values wherever they meet."""
+    rel = np.asarray(rel, np.int64)
+    if alibi_slopes is not None:
+        r = rel.astype(F32)
+        r = -np.abs(r) if alibi_symmetric else r
+        return np.asarray(alibi_slopes, F32).reshape((-1,) + (1,) * rel.ndim) * r[None]
+    table = np.asarray(relative_bias, F32)
+    idx = relative_bucket(rel, table.shape[0], max_distance, bidirectional)
+    return np.ascontiguousarray(np.moveaxis(table[idx], -1, 0))
+
+
 def _softmax32(s: np.ndarray) -> np.ndarray:
     m = s.max(axis=-1, keepdims=True)
     e = np.exp(s - m)
@@ -378,11 +396,15 @@ def ref_attention(qkv: np.ndarray, attention_mask: np.ndarray | None = None, *, 
                   head_size: int, scale: float, causal: bool = False, precision: str = "fp32",
                   out_dtype=F32, tf32: bool = False, num_kv_heads: int | None = None,
                   inv_freq: np.ndarray | None = None, rotary_scale: float = 1.0,
-                  score_bias: np.ndarray | None = None, window: int | None = None) -> np.ndarray:
+                  score_bias: np.ndarray | None = None, window: int | None = None,
+                  q_norm: np.ndarray | None = None, k_norm: np.ndarray | None = None,
+                  qk_norm_epsilon: float = 1e-6) -> np.ndarray:
     """Multi-head attention on a packed qkv [B, S, (H + 2*Hkv)*D] -> y [B, S, H*D] in `out_dtype`.
 
     Q = qkv[..., :HD], K = [HD:HD+HkvD], V = [HD+HkvD:]; head h is columns h*D:(h+1)*D of each; query head h
-    reads K/V head h // (H / Hkv) (grouped-query attention; Hkv = H by default). With `inv_freq` [R/2], the
+    reads K/V head h // (H / Hkv) (grouped-query attention; Hkv = H by default). With `q_norm`/`k_norm` [D]
+    (Qwen3), every Q and K head is RMS-normalized over its D values first (ref_rmsnorm's rules for the
+    precision, epsilon `qk_norm_epsilon`). With `inv_freq` [R/2], the
     first R dims of every Q and K head are rotated by position (rotary_tables, rotate) before the scores.
     scores = scale * Q_h K_h^T (+ score_bias [H, S, S]); key j masked when attention_mask[b, j] == 0, and for
     causal when j > i, and with a sliding `window` when |i - j| > window; masked scores replaced by the dtype's minimum (uniform rows when all keys are masked);
@@ -413,8 +435,11 @@ def ref_attention(qkv: np.ndarray, attention_mask: np.ndarray | None = None, *, 
     for b in range(B):
         x = np.asarray(qkv[b])
         q, k, v = x[:, :HD].reshape(S, H, D), x[:, HD:HD + KD].reshape(S, Hkv, D), x[:, HD + KD:]
+        cdt = F16 if precision == "fp16" else F32
+        if q_norm is not None:
+            q = ref_rmsnorm(q, None, q_norm, epsilon=qk_norm_epsilon, precision=precision, out_dtype=cdt)[0]
+            k = ref_rmsnorm(k, None, k_norm, epsilon=qk_norm_epsilon, precision=precision, out_dtype=cdt)[0]
         if rot is not None:
-            cdt = F16 if precision == "fp16" else F32
             q, k = rotate(q.astype(cdt), *rot), rotate(k.astype(cdt), *rot)
         q, k, v = (_operands(a, precision, tf32) for a in (q, k, v))  # float32 values
         # contiguous [Hkv, rep, S, D] / [Hkv, D, S] blocks: numpy's stacked matmul reaches BLAS only for
@@ -533,22 +558,22 @@ class ReferenceBackend:
         per sequence length and table, shared by every layer that names the same table (as the model
         computes it once in its encoder)."""
         a = op["attrs"]
-        slopes = op.get("weights", {}).get("alibi_slopes")
+        w = op.get("weights", {})
+        slopes, name = w.get("alibi_slopes"), w.get("relative_bias")
         if slopes:  # ALiBi: slope_h * (j - i), or -slope_h * |j - i|
             key = (slopes, S, bool(a.get("alibi_symmetric", False)))
-            if key not in self._bias_cache:
-                rel = (np.arange(S)[None, :] - np.arange(S)[:, None]).astype(F32)
-                rel = -np.abs(rel) if key[2] else rel
-                self._bias_cache = {key: np.asarray(self.plan.weights[slopes], F32)[:, None, None] * rel[None]}
-            return self._bias_cache[key]
-        name = op.get("weights", {}).get("relative_bias")
-        if not name:
+        elif name:
+            key = (name, S, a["relative_max_distance"], a["relative_bidirectional"])
+        else:
             return None
-        key = (name, S, a["relative_max_distance"], a["relative_bidirectional"])
         if key not in self._bias_cache:
-            table = np.asarray(self.plan.weights[name], F32)
-            idx = relative_buckets(S, table.shape[0], a["relative_max_distance"], a["relative_bidirectional"])
-            self._bias_cache = {key: np.ascontiguousarray(table[idx].transpose(2, 0, 1))}  # [H, S, S]
+            rel = np.arange(S)[None, :] - np.arange(S)[:, None]
+            if slopes:
+                bias = distance_bias(rel, alibi_slopes=self.plan.weights[slopes], alibi_symmetric=key[2])
+            else:
+                bias = distance_bias(rel, relative_bias=self.plan.weights[name], max_distance=key[2],
+                                     bidirectional=key[3])
+            self._bias_cache = {key: bias}  # [H, S, S]
         return self._bias_cache[key]
 
     def _w(self, op: dict, role: str):
@@ -576,7 +601,9 @@ class ReferenceBackend:
                                   scale=a["scale"], causal=a.get("causal", False), precision=prec,
                                   out_dtype=odt, tf32=tf32, num_kv_heads=a.get("num_kv_heads"),
                                   inv_freq=self._w(op, "inv_freq"), rotary_scale=a.get("rotary_scale", 1.0),
-                                  score_bias=self._score_bias(op, ins[0].shape[1]), window=a.get("window"))]
+                                  score_bias=self._score_bias(op, ins[0].shape[1]), window=a.get("window"),
+                                  q_norm=self._w(op, "q_norm"), k_norm=self._w(op, "k_norm"),
+                                  qk_norm_epsilon=a.get("qk_norm_epsilon", 1e-6))]
         if typ in ("LayerNorm", "RMSNorm"):
             sdt = self._dtypes[outs[1]] if len(outs) > 1 and outs[1] else odt
             if typ == "LayerNorm":

@@ -47,6 +47,7 @@ OpDesc op_from_dict(const py::dict& d) {
   op.gated = get<bool>(d, "gated", false);
   op.num_kv_heads = get<int>(d, "num_kv_heads", 0);
   op.rotary_dim = get<int>(d, "rotary_dim", 0);
+  op.window = get<int>(d, "window", -1);
   return op;
 }
 

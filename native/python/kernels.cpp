@@ -103,12 +103,13 @@ void bind_kernels(py::module_& m) {
       "Fused attention on packed qkv [B,S,3HD] -> y [B,S,HD]; mask int32 [B,S] (0 = absent).");
   p.def(
       "attention_config",
-      [](int batch, int seq, int heads, int head_size, bool causal, const std::string& prec) {
-        return attention_config(batch, seq, heads, head_size, causal, pr(prec, "attention_config"));
+      [](int batch, int seq, int heads, int head_size, bool causal, const std::string& prec, bool extras) {
+        return attention_config(batch, seq, heads, head_size, causal, pr(prec, "attention_config"), extras);
       },
       py::arg("batch"), py::arg("seq"), py::arg("heads"), py::arg("head_size"), py::arg("causal"),
-      py::arg("precision"),
-      "The launch configuration attention() takes for these sizes here ('fp32' or 'mt=.. nw=.. ks=.. qb=..').");
+      py::arg("precision"), py::arg("extras") = false,
+      "The launch configuration attention() takes for these sizes here ('fp32' or 'mt=.. nw=.. ks=.. qb=..'); "
+      "extras: with a score bias or a window.");
 
   p.def(
       "embedding",
@@ -214,15 +215,23 @@ void bind_kernels(py::module_& m) {
       "attention_gqa",
       [](std::uintptr_t qkv, const std::string& qkv_t, std::uintptr_t mask, std::uintptr_t y, const std::string& y_t,
          int batch, int seq, int heads, int kv_heads, int head_size, float scale, bool causal,
-         const std::string& prec, std::uintptr_t stream) {
+         const std::string& prec, std::uintptr_t stream, std::uintptr_t bias, int bias_max_seq, int window) {
         const char* op = "attention_gqa";
+        AttentionExtras extras;
+        extras.bias = ptr<const float>(bias);
+        extras.bias_max_seq = bias_max_seq;
+        extras.window = window;
         launch_attention_gqa(ptr(qkv), dt(qkv_t, op, "qkv"), ptr<const int32_t>(mask), ptr(y), dt(y_t, op, "y"),
-                             batch, seq, heads, kv_heads, head_size, scale, causal, pr(prec, op), stream_of(stream));
+                             batch, seq, heads, kv_heads, head_size, scale, causal, pr(prec, op), stream_of(stream),
+                             extras);
       },
       py::arg("qkv"), py::arg("qkv_dtype"), py::arg("mask"), py::arg("y"), py::arg("y_dtype"), py::arg("batch"),
       py::arg("seq"), py::arg("heads"), py::arg("kv_heads"), py::arg("head_size"), py::arg("scale"), py::arg("causal"),
-      py::arg("precision"), py::arg("stream") = 0, py::call_guard<py::gil_scoped_release>(),
-      "Fused attention with grouped-query K/V heads on packed qkv [B,S,(H+2Hkv)D] -> y [B,S,HD].");
+      py::arg("precision"), py::arg("stream") = 0, py::arg("bias") = 0, py::arg("bias_max_seq") = 0,
+      py::arg("window") = -1, py::call_guard<py::gil_scoped_release>(),
+      "Fused attention with grouped-query K/V heads on packed qkv [B,S,(H+2Hkv)D] -> y [B,S,HD]; bias: fp32 "
+      "[heads, 2*bias_max_seq - 1] added by distance j - i (entry j - i + bias_max_seq - 1), 0 for none; window: keys "
+      "with |i - j| > window masked, -1 for none.");
 }
 
 }  // namespace trtrun

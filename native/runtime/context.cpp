@@ -821,8 +821,14 @@ void Context::enqueue_ops(int batch, int seq_bucket, cudaStream_t s) {
           missing_plugin(op, "rotary");
 #endif
         }
+        AttentionExtras extras;  // the bias by distance serves the bucket's length as the valid one's
+        if (op.weight("score_bias") != NO_WEIGHT) {
+          extras.bias = static_cast<const float*>(E.weight(op.weight("score_bias")));
+          extras.bias_max_seq = static_cast<int>(d.seq_max);
+        }
+        extras.window = op.window;
         launch_attention_gqa(qkv, qkv_t, mask, tensor_ptr(out(0)), dt(out(0)), batch, seq_bucket, op.num_heads,
-                             kv_heads, op.head_size, op.scale, op.causal, op.precision, s);
+                             kv_heads, op.head_size, op.scale, op.causal, op.precision, s, extras);
 #else
         missing_plugin(op, "attention");
 #endif

@@ -189,6 +189,14 @@ void Engine::check() {
               throw InputError(where(op) + ": weight '" + role + "' must be float32 [>= max sequence, rotary_dim/2]");
           }
         }
+        if (op.weight("score_bias") != NO_WEIGHT) {  // the bias by distance j - i, -(seq_max-1) .. seq_max-1
+          const int w = op.weight("score_bias");
+          if (W[w].type != DType::F32 || W[w].shape != std::vector<int64_t>{op.num_heads, 2 * desc_.seq_max - 1})
+            throw InputError(where(op) + ": weight 'score_bias' (" + W[w].name + ") must be float32 [num_heads " +
+                             std::to_string(op.num_heads) + ", 2 * max sequence - 1 = " +
+                             std::to_string(2 * desc_.seq_max - 1) + "]");
+        }
+        if (op.window < -1) throw InputError(where(op) + ": window must be >= 0, or -1 for none");
         if (inner(out(0)) != hd) throw InputError(where(op) + ": output must be [B, S, H*D]");
         if (in(1) != NO_TENSOR) {
           if (!tensor_ok(in(1)) || T[in(1)].type != DType::I32 || inner(in(1)) != 1)

@@ -20,7 +20,7 @@ import pytest
 
 from conftest import cosine_per_sample, onnxruntime_run, random_feeds
 from trtrun.builder import build
-from trtrun.errors import BuildError, ModelError, PlanError
+from trtrun.errors import BuildError, ModelError
 from trtrun.reference import ReferenceBackend, ref_attention, ref_linear, ref_rmsnorm, rotary_tables, rotate
 
 FP32_COS = 0.99999
@@ -104,6 +104,31 @@ def test_decoder_matches_onnxruntime_and_torch(decoder, real_text_batches, arch,
         _check(outs["hybrid"], ref, m, "hybrid", f"{arch}/{exporter} hybrid vs onnxruntime, {what}")
         # fp16: no bound in the issue (it shows overflow honestly); these small models stay finite and close
         assert cosine_per_sample(outs["fp16"], ref, m).min() > 0.999, what
+
+
+def test_qwen3_per_head_qk_norm(decoder, real_text_batches):
+    """Qwen3 (and Qwen3-Embedding) RMS-normalize each query and key head over its D values before the rotary:
+    the builder takes the two norms into the Attention op (q_norm, k_norm, qk_norm_epsilon; one pair per layer),
+    fp32 and hybrid plans meet the bounds against onnxruntime and torch on random ids and real text, and the
+    GPU lowering refuses the op by name (no kernel for it yet) so the backend choice falls back to the reference."""
+    from trtrun.runtime.lower import gpu_missing
+
+    path = decoder("qwen3", head_dim=16)
+    plans = {p: build(path, precision=p) for p in ("fp32", "hybrid")}
+    attn = [o for o in plans["fp32"].ops if o["type"] == "Attention"]
+    assert len(attn) == 2 and all(a["attrs"]["qk_norm_epsilon"] > 0 for a in attn)
+    assert len({a["weights"]["q_norm"] for a in attn} | {a["weights"]["k_norm"] for a in attn}) == 4
+    assert [o["type"] for o in plans["fp32"].ops].count("RMSNorm") == 5  # the q/k norms are inside the Attention
+    assert plans["hybrid"].weights[attn[0]["weights"]["q_norm"]].dtype == np.float32  # statistics' gains in fp32
+    assert gpu_missing(attn[0]) == "a per-head query/key RMSNorm (q_norm, k_norm)"
+    batches = [("random ids", random_feeds(path, seq=29, vocab=VOCAB, seed=11))] + \
+        [(f"real text {i}", b) for i, b in enumerate(real_text_batches("gpt2"))]
+    for what, feeds in batches:
+        ref, torch_ref, m = onnxruntime_run(path, feeds), _torch_run("qwen3", feeds, head_dim=16), feeds["attention_mask"]
+        for p, plan in plans.items():
+            out = ReferenceBackend(plan).run(feeds)["last_hidden_state"]
+            _check(out, ref, m, p, f"qwen3 {p} vs onnxruntime, {what}")
+            _check(out, torch_ref, m, p, f"qwen3 {p} vs torch, {what}")
 
 
 def test_hybrid_dtypes(decoder):
@@ -346,11 +371,15 @@ def test_deberta_v2_is_refused_in_one_line(tmp_path):
         build(path, precision="fp32")
 
 
-def test_gpu_lowering_refuses_a_relative_bias(mpnet):
+def test_gpu_lowering_shares_mpnets_relative_bias(mpnet):
+    """Every layer names MPNet's one relative-bias table: the GPU lowering uploads one per-distance table for all
+    (tests/runtime/test_lower_attention_extras.py holds its values to the reference's)."""
     from trtrun.runtime.lower import lower_plan
 
-    with pytest.raises(PlanError, match="does not run Attention ops with a relative-position score bias"):
-        lower_plan(build(mpnet(), precision="hybrid"))
+    low = lower_plan(build(mpnet(), precision="hybrid", profile={"batch": (1, 2, 4), "seq": (1, 16, 64)}))
+    tables = {d["weights"]["score_bias"] for d in low["ops"] if d["type"] == "Attention"}
+    assert len(tables) == 1
+    assert low["weights"][tables.pop()][1].shape == (TINY_MPNET["num_attention_heads"], 2 * 64 - 1)
 
 
 # ------------------------------------------------------------------ GPT-NeoX: partial rotary, parallel residual
@@ -480,7 +509,7 @@ def test_alibi_matches_onnxruntime_and_torch_beyond_the_probes(tmp_path, symmetr
             a, b = y[keep].astype(np.float64), ref[keep].astype(np.float64)
             cos = (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
             assert cos.min() >= want, (precision, cos.min())
-    assert gpu_missing(att[0]) == "an ALiBi score bias (alibi_slopes)"
+    assert gpu_missing(att[0]) is None  # the GPU runtime has the kernel (tests/gpu/test_runtime_encoders.py)
 
 
 # ------------------------------------------------------------------ ModernBERT: local and global attention windows
@@ -521,7 +550,7 @@ def test_modernbert_windows_beyond_the_probes(tmp_path, exporter):
             cos = (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
             assert cos.min() >= want, (precision, cos.min())
     plain = dict(att[1], attrs={k: v for k, v in att[1]["attrs"].items() if k != "rotary_dim"}, weights={})
-    assert gpu_missing(plain) == "a sliding attention window (window)"
+    assert gpu_missing(plain) is None  # the GPU runtime has the kernel (tests/gpu/test_runtime_encoders.py)
 
 
 @pytest.mark.parametrize("local_attention", [128, 2048])

@@ -11,7 +11,7 @@
 #              RACE_TIMEOUT (default 300)
 # Logs go to $OUT (the device tool's folder) or ./out. Carried along: .whl/ (wheels missing there, e.g.
 # onnx-graphsurgeon) and .gpudata/ (data folder: MiniLM, texts; tools/gpudata.py writes it), both ignored by git.
-# Environment: TEST_FILES ("name:seconds ..."), SAN_TIMEOUT (default 200), PYTEST_ARGS (extra pytest args).
+# Environment: TEST_FILES ("name:seconds ..."; the default list takes longer than one 10-minute device call: split it), SAN_TIMEOUT (default 200), PYTEST_ARGS (extra pytest args).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-$PWD/out}
@@ -53,7 +53,7 @@ if [[ " $steps " == *" tests "* ]]; then
   export TRTRUN_REPORT_DIR=$OUT/report
   export TRTRUN_TEST_CACHE=/tmp/trtrun-test-cache  # models and plans shared by the pytest processes below
   # one pytest process per file (a crash in one loses only that file), each under its own time limit
-  for spec in ${TEST_FILES:-basics:30 handmade:450 device:50 errors:50 stress:80 models:240}; do
+  for spec in ${TEST_FILES:-basics:30 handmade:450 device:50 errors:50 stress:80 models:240 decoders:400 encoders:600 fp8:300}; do
     f=tests/gpu/test_runtime_${spec%%:*}.py
     timeout "${spec##*:}" python3 -m pytest -p no:cacheprovider -q -rs --durations=5 "$f" ${PYTEST_ARGS:-} \
       >>"$OUT/pytest.log" 2>&1

@@ -483,3 +483,50 @@ def test_relative_bias_max_distance_within_the_exact_buckets_is_refused(buckets,
     w["rb"] = np.ones((32, 2), np.float32)
     Plan.from_parts(h, w)
     assert 0 <= relative_buckets(40, 32, 128, True).min() and relative_buckets(1000, 32, 128, True).max() < 32
+
+
+def test_per_head_qk_norm_weights_are_validated():
+    """q_norm and k_norm ([head_size] each, with qk_norm_epsilon) come as a pair; the validator names what is off,
+    and a valid pair passes and runs on the reference backend."""
+    from trtrun.reference import ReferenceBackend
+
+    p = tiny_plan(max_pos=40)
+    att = next(o for o in p.header["ops"] if o["type"] == "Attention")
+    D = att["attrs"]["head_size"]
+
+    def with_norm(**change):
+        h, w = copy.deepcopy(p.header), dict(p.weights)
+        for op in h["ops"]:
+            if op["type"] == "Attention":
+                op["weights"].update(q_norm="qn", k_norm="kn")
+                op["attrs"]["qk_norm_epsilon"] = 1e-6
+        w["qn"] = np.linspace(0.5, 1.5, D, dtype=np.float32)
+        w["kn"] = np.linspace(1.5, 0.5, D, dtype=np.float32)
+        for k, v in change.items():
+            if k in ("qn", "kn"):
+                w[k] = v
+            for op in h["ops"]:
+                if op["type"] == "Attention" and k == "drop_k":
+                    del op["weights"]["k_norm"]
+                if op["type"] == "Attention" and k == "drop_both":
+                    del op["weights"]["k_norm"], op["weights"]["q_norm"]
+                if op["type"] == "Attention" and k == "eps":
+                    op["attrs"]["qk_norm_epsilon"] = v
+        return h, w
+
+    with pytest.raises(PlanError, match=r"'l0.attn'.*needs both 'q_norm' and 'k_norm'"):
+        Plan.from_parts(*with_norm(drop_k=True))
+    with pytest.raises(PlanError, match=r"k_norm 'kn'.*"):
+        Plan.from_parts(*with_norm(kn=np.ones(D + 1, np.float32)))
+    with pytest.raises(PlanError, match=r"qk_norm_epsilon.*>= 0"):
+        Plan.from_parts(*with_norm(eps=-1.0))
+    with pytest.raises(PlanError, match=r"qk_norm_epsilon needs 'q_norm' and 'k_norm'"):
+        Plan.from_parts(*with_norm(drop_both=True))
+    plan = Plan.from_parts(*with_norm())
+    rng = np.random.default_rng(0)
+    feeds = {"input_ids": rng.integers(0, 50, (2, 9)), "attention_mask": np.ones((2, 9), np.int64)}
+    with_n = ReferenceBackend(plan).run(feeds)
+    without = ReferenceBackend(p).run(feeds)
+    # the norm changes the scores (gamma far from 1): a plan that ignored the weights would give the same output
+    name = next(iter(with_n))
+    assert np.isfinite(with_n[name]).all() and not np.allclose(with_n[name], without[name], atol=1e-3)

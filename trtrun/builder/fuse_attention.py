@@ -91,12 +91,13 @@ def _match(graph, sm, facts, ctx) -> dict:
     if len(bias_sides) > 1:
         raise BuildError(f"Softmax node {sm.name!r}: {len(bias_sides)} score biases are added to the attention "
                          f"logits; the IR has one (a relative-position bias)")
-    q_src, q_scale, q_rot = _trace_source(graph, facts, Q4, ctx)
-    k_src, k_scale, k_rot = _trace_source(graph, facts, KT4, ctx)
-    v_src, v_scale, v_rot = _trace_source(graph, facts, V4, ctx)
-    if v_scale != 1.0 or v_rot is not None:
+    q_src, q_scale, q_rot, q_norm = _trace_source(graph, facts, Q4, ctx)
+    k_src, k_scale, k_rot, k_norm = _trace_source(graph, facts, KT4, ctx)
+    v_src, v_scale, v_rot, v_norm = _trace_source(graph, facts, V4, ctx)
+    if v_scale != 1.0 or v_rot is not None or v_norm is not None:
         raise _NoMatch
     rot = _same_rotary(sm, q_rot, k_rot)
+    qk_norm = _same_norm(sm, q_norm, k_norm)
     qs = facts.get(Q4)
     if any(a.ndim != 4 for a in qs):
         raise _NoMatch
@@ -108,10 +109,14 @@ def _match(graph, sm, facts, ctx) -> dict:
     if rot is not None:  # the columns are read off the values before the rotation
         qs = [apply_rotary(a, rot, 2, inverse=True) for a in qs]
         kts = [apply_rotary(a, rot, 2, inverse=True) for a in kts]
-    # columns: target [b, s, h*D + d] taken from source [b, s, col]
-    q_cols = _column_map(facts, q_src, [np.transpose(a, (0, 2, 1, 3)) / q_scale for a in qs], sm, "query")
-    k_cols = _column_map(facts, k_src, [np.transpose(a, (0, 2, 1, 3)) / k_scale for a in kts], sm, "key",
-                         shared=True)
+    # columns: target [b, s, h*D + d] taken from source [b, s, col]; with a per-head norm, read before it
+    if qk_norm is not None:
+        q_t, k_t = _head_values(facts, q_norm, H, sm, "query"), _head_values(facts, k_norm, H, sm, "key")
+    else:
+        q_t = [np.transpose(a, (0, 2, 1, 3)) / q_scale for a in qs]
+        k_t = [np.transpose(a, (0, 2, 1, 3)) / k_scale for a in kts]
+    q_cols = _column_map(facts, q_src, q_t, sm, "query")
+    k_cols = _column_map(facts, k_src, k_t, sm, "key", shared=True)
     v_cols = _column_map(facts, v_src, [np.transpose(a, (0, 2, 1, 3)) for a in facts.get(V4)], sm, "value",
                          shared=True)
     Hkv, k_cols, v_cols = _kv_heads(sm, k_cols, v_cols, H, D)
@@ -127,7 +132,7 @@ def _match(graph, sm, facts, ctx) -> dict:
     causal, use_mask = _mask_semantics(graph, sm, facts, qk, logits, chain_scale,
                                        rel.get("graph_values", rel["values"]) if rel else None, window)
     return dict(H=H, D=D, Hkv=Hkv, rot=rot, rel=rel, scale=scale, causal=causal, use_mask=use_mask, y=y, window=window,
-                srcs=(q_src, k_src, v_src), cols=(q_cols, k_cols, v_cols))
+                srcs=(q_src, k_src, v_src), cols=(q_cols, k_cols, v_cols), qk_norm=qk_norm)
 
 
 def _is_score_bias(facts, side) -> bool:
@@ -288,6 +293,19 @@ def _same_rotary(sm, q_rot, k_rot):
     return q_rot
 
 
+def _same_norm(sm, q_norm, k_norm):
+    """(q_norm gamma, k_norm gamma, epsilon) of a per-head query/key norm on both, or None on neither."""
+    if q_norm is None and k_norm is None:
+        return None
+    if q_norm is None or k_norm is None:
+        raise BuildError(f"Softmax node {sm.name!r}: a per-head RMSNorm on the {'query' if k_norm is None else 'key'}"
+                         f" only; the IR's Attention normalizes both or neither")
+    if q_norm["gamma"].size != k_norm["gamma"].size or abs(q_norm["eps"] - k_norm["eps"]) > 1e-6 * max(q_norm["eps"], 1e-30):
+        raise BuildError(f"Softmax node {sm.name!r}: the query's and key's per-head RMSNorms differ in size or "
+                         f"epsilon ({q_norm['eps']:g}, {k_norm['eps']:g}); the IR has one epsilon for both")
+    return q_norm["gamma"], k_norm["gamma"], q_norm["eps"]
+
+
 def _kv_heads(sm, k_cols, v_cols, H, D):
     """(Hkv, K columns [Hkv*D], V columns [Hkv*D]): grouped-query attention's query heads h read K/V head
     h // (H / Hkv). Distinct columns per head is Hkv = H; a head repeated otherwise is refused."""
@@ -406,23 +424,38 @@ def _fold_scalar_scale(p, scale):
 
 
 def _trace_source(graph, facts, t, ctx):
-    """Walk back from Q4/KT4/V4 through layout ops, scalar scales and (once) a rotary position embedding to a
-    Linear output -> (that output, the scale, the rotary or None)."""
+    """Walk back from Q4/KT4/V4 through layout ops, scalar scales, (once) a rotary position embedding and
+    (once, before the rotary) an RMSNorm over each head's values to a Linear output -> (that output, the scale
+    applied after the norm, the rotary or None, the norm or None: dict(x, gamma, eps, node))."""
     scale = 1.0
-    rot = None
+    rot = norm = None
     for _ in range(32):
         p = G.producer(t)
         if p is None:
             raise _NoMatch
         if G.is_trtrun(p, "Linear"):
-            return t, scale, rot
+            return t, scale, rot, norm
         if G.is_trtrun(p, "RMSNorm") or G.is_trtrun(p, "LayerNorm"):
-            # Qwen3's (and OLMo-2's, Gemma-3's) q_norm/k_norm: a norm over each head's query or key between the
-            # projection and the scores, which the IR's Attention (Q/K/V straight from one QKV Linear) lacks
-            raise BuildError(f"Softmax node {ctx['softmax']}: the query or key is normalized per head ({p.op} "
-                             f"node {p.name!r}, as Qwen3's q_norm/k_norm) before the attention scores; the IR's "
-                             f"Attention takes Q, K and V straight from the QKV projection and has no per-head "
-                             f"q/k norm")
+            # Qwen3's (and Gemma-3's) q_norm/k_norm: an RMSNorm over each head's D values of the query and key,
+            # after the projection and before the rotary. A LayerNorm there, a norm over all heads at once
+            # (OLMo-2's), or one after the rotary is no form the IR's per-head q/k norm expresses.
+            x = G.slot(p, "x")
+            gamma = G.const_value(G.slot(p, "gamma"))
+            per_head = G.is_trtrun(p, "RMSNorm") and norm is None and G.slot(p, "residual") is None and \
+                facts.rank(x) == 4 and gamma is not None and gamma.size == facts.get(x)[0].shape[-1]
+            if not per_head:
+                raise BuildError(f"Softmax node {ctx['softmax']}: the query or key is normalized ({p.op} node "
+                                 f"{p.name!r}) before the attention scores in a form the IR's Attention lacks: "
+                                 f"it takes Q, K and V from the QKV projection with at most an RMSNorm over "
+                                 f"each head's values (Qwen3's q_norm/k_norm) before the rotary")
+            norm = {"x": x, "gamma": np.asarray(gamma, np.float32).reshape(-1), "eps": float(p.attrs["epsilon"]),
+                    "node": p}
+            t = x
+            continue
+        if p.op in ("Add", "Sub", "Concat") and rot is None and norm is not None:
+            raise BuildError(f"Softmax node {ctx['softmax']}: the query or key is normalized per head after "
+                             f"the rotary position embedding (RMSNorm node {norm['node'].name!r}); the IR "
+                             f"normalizes before rotating")
         if p.op in ("Add", "Sub", "Concat") and rot is None:
             try:
                 t, rot = match_rotary(graph, facts, t, ctx["deps"], ctx["order"])
@@ -435,10 +468,28 @@ def _trace_source(graph, facts, t, ctx):
             t = p.inputs[0]
             continue
         if p.op in ("Mul", "Div"):
+            if norm is not None:  # a scale before a norm is normalized away (but for epsilon): not the IR's
+                raise _NoMatch
             scale, t = _fold_scalar_scale(p, scale)
             continue
         raise _NoMatch
     raise _NoMatch
+
+
+def _head_values(facts, norm, H, sm, what):
+    """The [B, S, H, D] values a per-head norm reads (its input [B, S, h, D] or [B, h, S, D]; grouped-query K's
+    h heads repeated over their groups), for reading the columns off the projection before the norm."""
+    out = []
+    for a, f in zip(facts.get(norm["x"]), facts.feeds):
+        S = np.asarray(f["input_ids"]).shape[1]
+        if a.shape[1] != S and a.shape[2] == S:
+            a = np.transpose(a, (0, 2, 1, 3))
+        heads = a.shape[2]
+        if a.shape[1] != S or heads == 0 or H % heads:
+            raise BuildError(f"Softmax node {sm.name!r}: the {what}'s per-head norm {norm['node'].name!r} reads "
+                             f"shape {list(a.shape)}, not [batch, {S}, heads dividing {H}, head_size]")
+        out.append(np.repeat(a, H // heads, axis=2))
+    return out
 
 
 def _column_map(facts, src, targets, sm, what, shared: bool = False) -> np.ndarray:
@@ -627,12 +678,13 @@ def _replace(graph, sm, facts, m):
     rel = m["rel"]
     ours = [reference_attention(q, f.get("attention_mask") if m["use_mask"] else None, H, D,
                                 m["scale"], m["causal"], Hkv=Hkv, rot=rot, bias=rel["values"][k] if rel else None,
-                                window=m["window"])
+                                window=m["window"], qk_norm=m["qk_norm"])
             for k, (q, f) in enumerate(zip(facts.get(qkv), facts.feeds))]
     if not agree(ours, facts.get(y)):
         raise BuildError(f"Softmax node {sm.name!r}: the attention rebuilt from it (heads {H} x {D}, "
                          f"{Hkv} K/V heads, scale {m['scale']:.6g}, causal {m['causal']}"
-                         f"{', rotary dims %d' % rot['dim'] if rot else ''}) does not reproduce the graph's "
+                         f"{', rotary dims %d' % rot['dim'] if rot else ''}"
+                         f"{', per-head q/k norm' if m['qk_norm'] is not None else ''}) does not reproduce the graph's "
                          f"output {y.name!r}")
     name = _attn_name(sm)
     attrs = {"num_heads": int(H), "head_size": int(D), "scale": float(m["scale"]), "causal": bool(m["causal"])}
@@ -646,6 +698,11 @@ def _replace(graph, sm, facts, m):
         if rot["scale"] != 1.0:
             attrs["rotary_scale"] = float(rot["scale"])
         weights["inv_freq"] = _shared_constant(graph, "rotary.inv_freq", np.asarray(rot["inv_freq"], np.float32))
+    if m["qk_norm"] is not None:
+        gq, gk, eps = m["qk_norm"]
+        attrs["qk_norm_epsilon"] = float(eps)
+        weights["q_norm"] = G.new_constant(graph, name + ".q_norm", gq)
+        weights["k_norm"] = G.new_constant(graph, name + ".k_norm", gk)
     if rel is not None and rel.get("alibi"):
         attrs["alibi_symmetric"] = bool(rel["symmetric"])
         weights["alibi_slopes"] = _shared_constant(graph, "alibi_slopes", np.asarray(rel["slopes"], np.float32))
@@ -712,8 +769,9 @@ def _qkv_tensor(graph, facts, sm, srcs, cols, HD, KD):
     return out
 
 
-def reference_attention(qkv, mask, H, D, scale, causal, Hkv=None, rot=None, bias=None, window=None):
-    """The IR's Attention formula in float64 (docs/plan-format.md), for checking matches."""
+def reference_attention(qkv, mask, H, D, scale, causal, Hkv=None, rot=None, bias=None, window=None, qk_norm=None):
+    """The IR's Attention formula in float64 (docs/plan-format.md), for checking matches. qk_norm: (q gamma,
+    k gamma, epsilon) of a per-head RMSNorm of Q and K before the rotary."""
     qkv = np.asarray(qkv, np.float64)
     B, S, _ = qkv.shape
     Hkv = Hkv or H
@@ -721,6 +779,10 @@ def reference_attention(qkv, mask, H, D, scale, causal, Hkv=None, rot=None, bias
     q = qkv[..., :HD].reshape(B, S, H, D).transpose(0, 2, 1, 3)
     k = qkv[..., HD:HD + KD].reshape(B, S, Hkv, D).transpose(0, 2, 1, 3)
     v = qkv[..., HD + KD:].reshape(B, S, Hkv, D).transpose(0, 2, 1, 3)
+    if qk_norm is not None:
+        gq, gk, eps = qk_norm
+        q = q / np.sqrt((q * q).mean(-1, keepdims=True) + eps) * np.asarray(gq, np.float64)
+        k = k / np.sqrt((k * k).mean(-1, keepdims=True) + eps) * np.asarray(gk, np.float64)
     if rot is not None:
         q, k = apply_rotary(q, rot, 2), apply_rotary(k, rot, 2)
     k, v = np.repeat(k, H // Hkv, axis=1), np.repeat(v, H // Hkv, axis=1)

@@ -72,7 +72,7 @@ OP_SCHEMAS: dict[str, dict[str, Any]] = {
     "Attention": {
         "inputs": (("qkv", True), ("attention_mask", False)),
         "outputs": (("y", True),),
-        "weights": {"inv_freq": False, "relative_bias": False, "alibi_slopes": False},
+        "weights": {"inv_freq": False, "relative_bias": False, "alibi_slopes": False, "q_norm": False, "k_norm": False},
     },
     "LayerNorm": {
         "inputs": (("x", True), ("residual", False)),

@@ -519,6 +519,17 @@ def _validate_op(op, f, tensors, weights, prof, err) -> None:
                 err(f + ".attrs.alibi_symmetric", f"must be true or false, got {short(attrs['alibi_symmetric'])}")
         elif "alibi_symmetric" in attrs:
             err(f + ".weights.alibi_slopes", "alibi_symmetric needs an 'alibi_slopes' weight")
+        # per-head query/key RMSNorm (Qwen3's q_norm/k_norm): both or neither, over each head's D values
+        if (Wt("q_norm") is None) != (Wt("k_norm") is None):
+            err(f + ".weights", "a per-head query/key norm needs both 'q_norm' and 'k_norm'")
+        if Wt("q_norm") is not None and Wt("k_norm") is not None:
+            need_shape(f"q_norm {nm(wts['q_norm'])!r}", Wt("q_norm")["shape"], [D])
+            need_shape(f"k_norm {nm(wts['k_norm'])!r}", Wt("k_norm")["shape"], [D])
+            eps = number("qk_norm_epsilon")
+            if is_number(eps) and eps < 0:
+                err(f + ".attrs.qk_norm_epsilon", f"must be >= 0, got {eps}")
+        elif "qk_norm_epsilon" in attrs:
+            err(f + ".weights", "qk_norm_epsilon needs 'q_norm' and 'k_norm' weights")
         q = T(ins[0])["shape"]
         if len(q) != 3:
             err(f, f"qkv {nm(ins[0])!r} must be [B, S, (H+2*Hkv)*D], got {fmt_shape(q)}")

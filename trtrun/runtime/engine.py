@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import InputError, RuntimeUnavailableError, ShapeError
 from . import extension
-from .lower import bucket_seq, lower_plan
+from .lower import bucket_seq, has_fully_masked_rows, lower_plan
 from .options import ContextOptions, native_options
 
 
@@ -44,10 +44,10 @@ class Engine:
             inner = tuple(int(d) for d in o["shape"][2:])
             self._outputs.append((o["name"], np.dtype(o["dtype"]), inner))
         # which attention kinds read the mask (padding exactness, see Context._bucket)
-        self._mask_causal = any(op["type"] == "Attention" and len(op["inputs"]) > 1 and op["inputs"][1]
-                                and op.get("attrs", {}).get("causal", False) for op in plan.ops)
-        self._mask_bidir = any(op["type"] == "Attention" and len(op["inputs"]) > 1 and op["inputs"][1]
-                               and not op.get("attrs", {}).get("causal", False) for op in plan.ops)
+        # (causal, window) of each kind of Attention that reads the mask
+        self._mask_rules = sorted({(bool(op.get("attrs", {}).get("causal", False)), op.get("attrs", {}).get("window"))
+                                   for op in plan.ops if op["type"] == "Attention" and len(op["inputs"]) > 1
+                                   and op["inputs"][1]}, key=repr)
 
     @classmethod
     def load(cls, path, device: int = 0) -> "Engine":
@@ -207,9 +207,9 @@ class Context:
         if Sb > S and mask is not None:
             # A query row whose keys are all masked is uniform over *all* keys, so its output depends on
             # the padded length: run such batches at the exact length (only pad positions are affected).
-            if self.engine._mask_bidir and (~mask.any(axis=1)).any():
-                return S
-            if self.engine._mask_causal and (mask[:, 0] == 0).any():
+            # Bidirectional: a sample with an all-zero mask; causal: one whose first key is masked; a window: a
+            # row whose keys within the window are all masked (padding longer than the window).
+            if any(has_fully_masked_rows(mask, causal, window) for causal, window in self.engine._mask_rules):
                 return S
         return Sb
 

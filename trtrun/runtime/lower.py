@@ -25,22 +25,52 @@ def bucket_seq(seq: int, seq_max: int) -> int:
 
 
 def gpu_missing(op) -> str | None:
-    """What of a known op type the GPU runtime's kernels lack (attributes the IR grew for relative-position and
-    windowed models, which the reference backend runs), or None. Llama-family ops (RMSNorm, silu and gated
-    Linears, Linear residual inputs, grouped-query and rotary attention, embeddings without positions) have
-    kernels: native/kernels/rmsnorm, epilogue, rotary and attention."""
-    a, w = op.get("attrs", {}), op.get("weights", {})
+    """What of a known op type the GPU runtime's kernels lack, or None. Llama-family ops (RMSNorm, silu and gated
+    Linears, Linear residual inputs, grouped-query and rotary attention, embeddings without positions) and the
+    Attention's score biases (relative-position tables, ALiBi) and sliding windows have kernels: native/kernels/
+    rmsnorm, epilogue, rotary and attention. A per-head query/key norm (Qwen3) has none yet."""
+    a = op.get("attrs", {})
     if op["type"] == "Linear":
         if a.get("activation", "none") not in GPU_ACTIVATIONS:
             return f"activation {a['activation']!r}"
     if op["type"] == "Attention":
-        if w.get("relative_bias"):
-            return "a relative-position score bias"
-        if w.get("alibi_slopes"):
-            return "an ALiBi score bias (alibi_slopes)"
-        if a.get("window") is not None:
-            return "a sliding attention window (window)"
+        if op.get("weights", {}).get("q_norm"):
+            return "a per-head query/key RMSNorm (q_norm, k_norm)"
     return None
+
+
+def distance_table(plan, op, seq_max: int) -> np.ndarray:
+    """An Attention's score bias as the GPU kernel reads it: float32 [H, 2*seq_max - 1], entry d + seq_max - 1 the
+    bias at distance d = j - i (key - query). Made by the reference's own function (trtrun.reference.distance_bias),
+    so the kernel adds the reference's values bit for bit; a relative or ALiBi bias depends on the distance alone,
+    so one table serves every sequence length up to seq_max, padded to a bucket or not."""
+    from ..reference import distance_bias
+
+    a, w = op.get("attrs", {}), op.get("weights", {})
+    rel = np.arange(-(seq_max - 1), seq_max)
+    if w.get("alibi_slopes"):
+        t = distance_bias(rel, alibi_slopes=plan.weights[w["alibi_slopes"]],
+                          alibi_symmetric=bool(a.get("alibi_symmetric", False)))
+    else:
+        t = distance_bias(rel, relative_bias=plan.weights[w["relative_bias"]], max_distance=a["relative_max_distance"],
+                          bidirectional=bool(a["relative_bidirectional"]))
+    return np.ascontiguousarray(t, np.float32)
+
+
+def has_fully_masked_rows(mask: np.ndarray, causal: bool = False, window: int | None = None) -> bool:
+    """Whether some query row of a [B, S] attention mask has every key masked under an Attention's rules (padding,
+    `causal`: keys after the query, `window`: keys further than `window` from it). Such a row is uniform over all
+    keys (docs/plan-format.md), so its output depends on the length the runtime pads a run to."""
+    m = np.asarray(mask) != 0
+    B, S = m.shape
+    if window is None and not causal:
+        return bool((~m.any(axis=1)).any())
+    W = S if window is None else min(int(window), S)
+    csum = np.concatenate([np.zeros((B, 1), np.int64), np.cumsum(m, axis=1)], axis=1)  # csum[:, k] = keys < k
+    i = np.arange(S)
+    lo = np.maximum(i - W, 0)
+    hi = i + 1 if causal else np.minimum(i + W + 1, S)  # keys [lo, hi) are the row's own
+    return bool(((csum[:, hi] - csum[:, lo]) == 0).any())
 
 
 def check_gpu_support(plan) -> None:
@@ -141,6 +171,22 @@ def lower_plan(plan) -> dict:
             weights.append((f"{inv_freq} (rotary sin, scale {scale:g})", np.ascontiguousarray(sin, np.float32)))
         return rotary_index[key]
 
+    bias_index: dict[tuple, int] = {}
+
+    def bias_table(op) -> int:
+        """Weight index of an Attention's per-distance score bias (distance_table), made once per engine for each
+        table and its attributes: layers naming the same relative_bias table (MPNet: all of them) or the same
+        slopes share one device table."""
+        a, w = op.get("attrs", {}), op.get("weights", {})
+        if w.get("alibi_slopes"):
+            key = ("alibi", w["alibi_slopes"], bool(a.get("alibi_symmetric", False)))
+        else:
+            key = ("relative", w["relative_bias"], int(a["relative_max_distance"]), bool(a["relative_bidirectional"]))
+        if key not in bias_index:
+            bias_index[key] = len(weights)
+            weights.append((f"{key[1]} (score bias by distance, {key[0]})", distance_table(plan, op, seq_max)))
+        return bias_index[key]
+
     def common(*names_):
         dts = {plan.weights[n].dtype.name for n in names_ if n}
         return dts.pop() if len(dts) == 1 else "float32"
@@ -199,6 +245,10 @@ def lower_plan(plan) -> dict:
                 d["rotary_dim"] = int(attrs["rotary_dim"])
                 cos_i, sin_i = rotary(w["inv_freq"], float(attrs.get("rotary_scale", 1.0)))
                 wmap["rotary_cos"], wmap["rotary_sin"] = cos_i, sin_i
+            if w.get("relative_bias") or w.get("alibi_slopes"):
+                wmap["score_bias"] = bias_table(op)
+            # -1: no window; a window of S - 1 or more masks nothing (the kernel's launcher treats it so too)
+            d["window"] = -1 if attrs.get("window") is None else min(int(attrs["window"]), seq_max)
         elif typ == "LayerNorm":
             pdt = common(w["gamma"], w["beta"])
             wmap["gamma"] = weight(w["gamma"], pdt)

@@ -48,6 +48,9 @@ struct OpDesc {
   bool gated = false;
   int num_kv_heads = 0;
   int rotary_dim = 0;
+  // Attention: keys further than `window` from the query masked (< 0: none); a relative-position or ALiBi bias
+  // comes as the "score_bias" weight, fp32 [num_heads, 2*seq_max - 1] by distance (trtrun/runtime/lower.py)
+  int window = -1;
 
   int weight(const std::string& role) const {
     auto it = weights.find(role);

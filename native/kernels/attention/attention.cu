@@ -7,6 +7,8 @@
 // m16n8k16 (fp16 x fp16 -> fp32), mask, online softmax (running max m and sum l per row), P rounded to fp16
 // and fed from registers straight into O += P V (mma.sync again). The seq x seq score matrix never leaves registers.
 // FP32 kernel: the same online softmax with plain FFMA (no tensor cores, so no TF32).
+// Score biases by distance (relative-position tables, ALiBi) and sliding windows: the EXTRA instantiations of the
+// tensor-core kernel (the usual ones compile as before) and run-time arguments of the FP32 kernel.
 #include "attention.h"
 
 #include "kernels/common/device.cuh"
@@ -82,6 +84,42 @@ __device__ __forceinline__ uint32_t pack_half2(float a, float b) {
   return *reinterpret_cast<uint32_t*>(&h);
 }
 __device__ __forceinline__ uint32_t as_u32(__half2 h) { return *reinterpret_cast<uint32_t*>(&h); }
+
+// ------------------------------------------------------------------------------------------------
+// Score bias by distance and sliding window (AttentionExtras), as the kernels take them: `bias` points at distance 0
+// of head 0 (the table + bias_max_seq - 1), heads `bias_stride` floats apart, or is null; `window` < 0: none.
+struct Extras {
+  const float* bias;
+  int bias_stride;
+  int window;
+};
+
+// Bias of query i and key j = i + d of one head (bh: its distance-0 entry). d is clamped to the run's distances
+// [-(S-1), S-1]: only keys j >= S (scores replaced by -inf after) and query rows i >= S (never stored) reach past them,
+// and the table holds at least those (bias_max_seq >= S).
+__device__ __forceinline__ float bias_at(const float* bh, int d, int S) {
+  return __ldg(bh + min(max(d, 1 - S), S - 1));
+}
+
+// Is some query row q0..qe (< S) without an unmasked key within `window` (>= 0) of it (before it only, when causal)?
+// The mask row's unmasked keys lie in [first, last]. Each thread scans its rows' windows outward from the diagonal,
+// stopping at the first unmasked key (one or two reads unless the row sits in a hole). Block-uniform result; every
+// thread of the block must call it.
+__device__ __forceinline__ bool rows_without_key(const int32_t* mrow, int S, int q0, int qe, bool causal, int window,
+                                                 int first, int last) {
+  bool none = false;
+  for (int i = q0 + static_cast<int>(threadIdx.x); i <= qe; i += blockDim.x) {
+    const int lo = max(max(0, i - window), first), hi = min(causal ? i : min(S - 1, i + window), last);
+    bool found = false;
+    int a = min(i, hi), c = max(i + 1, lo);  // keys [lo, i] downward, [i + 1, hi] upward, alternately
+    while (!found && (a >= lo || c <= hi)) {
+      if (a >= lo) found = mrow[a--] != 0;
+      if (!found && c <= hi) found = mrow[c++] != 0;
+    }
+    none |= !found;
+  }
+  return __syncthreads_or(none) != 0;
+}
 
 // ------------------------------------------------------------------------------------------------
 // Shared pieces of both kernels
@@ -184,12 +222,19 @@ struct KeyRange {
   int first, last;
 };
 
+// With a window (>= 0), only tiles within `window` of some row of the block can hold an attended key; a row is fully
+// masked when no unmasked key lies within its window (one run of unmasked keys: its ends say; otherwise a scan).
 __device__ __forceinline__ KeyRange key_range(const int32_t* mask, int b, int S, int q0, int BQ, int bk,
-                                              bool causal, int* red /* 3 ints of shared memory */) {
+                                              bool causal, int window, int* red /* 3 ints of shared memory */) {
   const int nkt_all = (S + bk - 1) / bk;
+  const int qe = min(q0 + BQ, S) - 1;  // the block's last query row inside the sequence
   KeyRange kr{0, nkt_all, false, false, 0, -1};
-  if (causal) kr.end = min(nkt_all, (min(q0 + BQ, S) - 1) / bk + 1);
-  if (mask == nullptr) {
+  if (causal) kr.end = min(nkt_all, qe / bk + 1);
+  if (window >= 0) {
+    kr.begin = max(0, q0 - window) / bk;
+    if (!causal) kr.end = min(kr.end, min(S - 1, qe + window) / bk + 1);
+  }
+  if (mask == nullptr) {  // every row attends at least its own key
     kr.dense = true;  // every key valid
     kr.last = S - 1;
     return kr;
@@ -222,9 +267,13 @@ __device__ __forceinline__ KeyRange key_range(const int32_t* mask, int b, int S,
   kr.first = first;
   kr.last = last;
   kr.dense = last >= first && red[2] == last - first + 1;
-  const bool rows_live = causal ? (q0 >= first) : (first < S);
+  bool rows_live;
+  if (window < 0) rows_live = causal ? (q0 >= first) : (first < S);
+  else if (last < first) rows_live = false;  // no unmasked key at all
+  else if (kr.dense) rows_live = q0 >= (causal ? first : first - window) && qe - window <= last;
+  else rows_live = !rows_without_key(mrow, S, q0, qe, causal, window, first, last);
   if (rows_live) {
-    kr.begin = first / bk;
+    kr.begin = window >= 0 ? max(kr.begin, first / bk) : first / bk;
     kr.end = min(kr.end, last / bk + 1);
   } else {
     kr.begin = 0;
@@ -238,15 +287,33 @@ __device__ __forceinline__ KeyRange key_range(const int32_t* mask, int b, int S,
 // s holds the raw scores (fp32 accumulators of Q K^T) and becomes the fp16 P fragments pf; o (the output
 // accumulators), the running max m and the thread-partial sums l are rescaled. HALF_SOFTMAX: the FP16 mode
 // (scores rounded to fp16 after scaling, max/exp/sum in fp16); else fp32 (hybrid), see `folded` below.
-template <int NB, int DB, bool HALF_SOFTMAX>
+// EXTRA: bh (this head's distance-0 bias entry, or null) is added to the scaled scores before masking, and keys
+// further than `window` (>= 0) from the query are masked like causal ones.
+template <int NB, int DB, bool HALF_SOFTMAX, bool EXTRA>
 __device__ __forceinline__ void softmax_tile(float (&s)[NB][4], float (&o)[DB][4], float (&m_f)[2], float (&l_f)[2],
                                              __half (&m_h)[2], __half (&l_h)[2], uint32_t (&pf)[NB / 2][4],
                                              bool need_mask, const TileFlags& ft, int j0, int qm0, int g, int t4,
                                              bool causal, bool folded, float sl2, float mult, float masked_val,
-                                             float scale) {
+                                             float scale, const float* bh, int S, int window) {
+  // key j0 + jl masked for query qi by causality or the window (the padding flags are the caller's)
+  auto masked_at = [&](int jl, int qi) {
+    if constexpr (EXTRA) return (causal && j0 + jl > qi) || (window >= 0 && abs(j0 + jl - qi) > window);
+    else return causal && j0 + jl > qi;
+  };
   if constexpr (!HALF_SOFTMAX) {
     // ---- fp32 softmax
-    if (!folded) {
+    if (EXTRA && bh != nullptr) {
+      // the contract's order: scores scaled (one fp32 rounding), then the bias added (another); no fma contraction.
+      // The kernel then runs unfolded: mult = log2(e), see the kernel.
+#pragma unroll
+      for (int i = 0; i < NB; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int jl = i * 8 + 2 * t4 + (e & 1);
+          const int qi = qm0 + g + (e >> 1) * 8;
+          s[i][e] = __fadd_rn(__fmul_rn(s[i][e], scale), bias_at(bh, j0 + jl - qi, S));
+        }
+    } else if (!folded) {
 #pragma unroll
       for (int i = 0; i < NB; ++i)
 #pragma unroll
@@ -261,7 +328,7 @@ __device__ __forceinline__ void softmax_tile(float (&s)[NB][4], float (&o)[DB][4
           const int qi = qm0 + g + (e >> 1) * 8;
           const int f = ft(jl);
           if (f == FLAG_OUT) s[i][e] = -INFINITY;
-          else if (f == FLAG_MASKED || (causal && j0 + jl > qi)) s[i][e] = masked_val;
+          else if (f == FLAG_MASKED || masked_at(jl, qi)) s[i][e] = masked_val;
         }
     }
 #pragma unroll
@@ -307,6 +374,15 @@ __device__ __forceinline__ void softmax_tile(float (&s)[NB][4], float (&o)[DB][4
 #pragma unroll
       for (int r = 0; r < 2; ++r)
         sh[i][r] = __floats2half2_rn(s[i][2 * r] * scale, s[i][2 * r + 1] * scale);
+    if (EXTRA && bh != nullptr) {  // the bias rounded to fp16 and added in fp16, as the contract says
+#pragma unroll
+      for (int i = 0; i < NB; ++i)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const int d = j0 + i * 8 + 2 * t4 - (qm0 + g + r * 8);
+          sh[i][r] = __hadd2(sh[i][r], __floats2half2_rn(bias_at(bh, d, S), bias_at(bh, d + 1, S)));
+        }
+    }
     if (need_mask) {
       const __half hmin = __ushort_as_half(0xFBFFu);   // -65504: float32 min saturated to fp16
       const __half hninf = __ushort_as_half(0xFC00u);  // -inf
@@ -319,9 +395,9 @@ __device__ __forceinline__ void softmax_tile(float (&s)[NB][4], float (&o)[DB][4
           const int jl = i * 8 + 2 * t4;
           const int fa = ft(jl), fb = ft(jl + 1);
           if (fa == FLAG_OUT) lo = hninf;
-          else if (fa == FLAG_MASKED || (causal && j0 + jl > qi)) lo = hmin;
+          else if (fa == FLAG_MASKED || masked_at(jl, qi)) lo = hmin;
           if (fb == FLAG_OUT) hi = hninf;
-          else if (fb == FLAG_MASKED || (causal && j0 + jl + 1 > qi)) hi = hmin;
+          else if (fb == FLAG_MASKED || masked_at(jl + 1, qi)) hi = hmin;
           sh[i][r] = __halves2half2(lo, hi);
         }
     }
@@ -369,13 +445,16 @@ __device__ __forceinline__ void softmax_tile(float (&s)[NB][4], float (&o)[DB][4
 // group 0 merges the other group's running max, sum and output at the end (the online softmax's own rescaling).
 // Used where the grid has fewer blocks than the GPU has multiprocessors: each block's chain of key tiles,
 // its time, halves.
-template <int D, int MT, bool HALF_SOFTMAX, int KS, bool SHARE_KV = false>
+// EXTRA: with a score bias by distance and/or a sliding window (ex); window tiles outside every row's reach are
+// skipped like the causal ones. Never with SHARE_KV.
+template <int D, int MT, bool HALF_SOFTMAX, int KS, bool SHARE_KV = false, bool EXTRA = false>
 __global__ void __launch_bounds__(128 * KS, MT == 2 ? 2 : (SHARE_KV && D <= 64 ? 3 : 1))
     attention_tc_kernel(const void* __restrict__ qkv, bool in_half, const int32_t* __restrict__ mask,
                         void* __restrict__ y, bool out_half, int H, int Hkv, int S, float scale, bool causal,
-                        int nqt, int nqb) {
+                        int nqt, int nqb, Extras ex) {
   static_assert(KS == 1 || (KS == 2 && MT == 1 && !HALF_SOFTMAX), "key groups: MT = 1, fp32 softmax");
   static_assert(!SHARE_KV || KS == 1, "query tiles sharing K/V: one key group");
+  static_assert(!SHARE_KV || !EXTRA, "query tiles sharing K/V: no bias or window");
   if constexpr (!SHARE_KV) nqb = 1;
   constexpr int LD = D + 8;  // +16 bytes per row: the 8 rows of an ldmatrix fall in distinct banks
   constexpr int KC = D / 16;  // k-steps of QK^T
@@ -421,11 +500,14 @@ __global__ void __launch_bounds__(128 * KS, MT == 2 ? 2 : (SHARE_KV && D <= 64 ?
   const long long k_col = HD + static_cast<long long>(h / (H / Hkv)) * D;
   const long long v_col = k_col + static_cast<long long>(Hkv) * D;
   const long long tok_base = static_cast<long long>(b) * S;
+  // a constant -1 and null without EXTRA: the usual kernel compiles as before
+  const int window = EXTRA ? ex.window : -1;
+  const float* hbias = EXTRA && ex.bias != nullptr ? ex.bias + static_cast<long long>(h) * ex.bias_stride : nullptr;
 
   load_rows_f16<D, LD>(Qs, qkv, in_half, tok_base, qt0 * BQ, nq_here * BQ, S, row_stride, h * D, threadIdx.x,
                        blockDim.x);
-  // (with nqb > 1 there is no causal mask, and the range does not depend on the query rows)
-  const KeyRange kr = key_range(mask, b, S, qt0 * BQ, BQ, BK, causal, red);
+  // (with nqb > 1 there is no causal mask and no window, and the range does not depend on the query rows)
+  const KeyRange kr = key_range(mask, b, S, qt0 * BQ, BQ, BK, causal, window, red);
   // This group's key tiles [tb, te): group 0 the first ceil(n / KS) of the block's n, group 1 the rest.
   int tb = kr.begin, te = kr.end;
   if constexpr (KS == 2) {
@@ -458,10 +540,13 @@ __global__ void __launch_bounds__(128 * KS, MT == 2 ? 2 : (SHARE_KV && D <= 64 ?
   // a power of two, so MASKED_RAW*mult is exact and a fully masked row gets exp2(0) = 1 for every key
   // (uniform, as the contract's float32 minimum gives); for 2^-40 <= mult <= 2^40 it lies > 2^24 below
   // any real score, so a masked key's weight is exactly 0 beside an unmasked one. Any other scale: scores
-  // are multiplied first (mult becomes 1, masked -2^100), the contract's arithmetic step by step.
+  // are multiplied first (mult becomes 1, masked -2^100), the contract's arithmetic step by step. With a score bias
+  // the scores are scaled and biased first (softmax_tile), so mult = log2(e) and masked -2^100 (a power of two:
+  // exact times mult, far below any scaled and biased score).
   const float sl2 = scale * 1.4426950408889634f;
-  const bool folded = sl2 >= 0x1p-40f && sl2 <= 0x1p40f;
-  const float mult = folded ? sl2 : 1.f;
+  const bool biased = hbias != nullptr;
+  const bool folded = !biased && sl2 >= 0x1p-40f && sl2 <= 0x1p40f;
+  const float mult = biased ? 1.4426950408889634f : folded ? sl2 : 1.f;
   const float masked_val = folded ? -0x1p64f : -0x1p100f;
 
   for (int qi = 0; qi < nq_here; ++qi) {  // the block's query tiles (one unless nqb > 1)
@@ -511,9 +596,11 @@ __global__ void __launch_bounds__(128 * KS, MT == 2 ? 2 : (SHARE_KV && D <= 64 ?
       const int f0 = ft(lane), f1 = ft(lane + 32);
       const bool tile_all_valid = __all_sync(0xffffffffu, f0 == FLAG_VALID && f1 == FLAG_VALID);
       const bool tile_any_valid = __any_sync(0xffffffffu, f0 == FLAG_VALID || f1 == FLAG_VALID);
-      // A tile adds exactly zero to this warp's rows when it is wholly above their causal diagonal or holds
-      // no unmasked key, unless fully masked rows need every key (walk_all).
-      const bool skip = !kr.walk_all && ((causal && j0 > qw0 + WR - 1) || !tile_any_valid);
+      // A tile adds exactly zero to this warp's rows when it is wholly above their causal diagonal, wholly outside
+      // their windows or holds no unmasked key, unless fully masked rows need every key (walk_all).
+      bool skip = !kr.walk_all && ((causal && j0 > qw0 + WR - 1) || !tile_any_valid);
+      if constexpr (EXTRA)  // (kept apart: the usual kernel's code, and its registers, stay as they were)
+        skip = skip || (!kr.walk_all && window >= 0 && (j0 > qw0 + WR - 1 + window || j0 + BK - 1 < qw0 - window));
       if (!skip) {
         const __half* Kt = Ks + buf * BK * LD;
         const __half* Vt = Vs + buf * BK * LD;
@@ -538,14 +625,17 @@ __global__ void __launch_bounds__(128 * KS, MT == 2 ? 2 : (SHARE_KV && D <= 64 ?
             }
           }
         }
-        const bool need_mask = !tile_all_valid || (causal && j0 + BK - 1 > qw0);
+        bool need_mask = !tile_all_valid || (causal && j0 + BK - 1 > qw0);
+        if constexpr (EXTRA)
+          need_mask = need_mask || (window >= 0 && (qw0 + WR - 1 - j0 > window || j0 + BK - 1 - qw0 > window));
         uint32_t pf[MT][BK / 16][4];  // P as mma A-fragments (fp16)
 
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) {
           const int qm0 = qw0 + mt * 16;  // first row of this m-tile
-          softmax_tile<NB, DB, HALF_SOFTMAX>(s[mt], o[mt], m_f[mt], l_f[mt], m_h[mt], l_h[mt], pf[mt], need_mask, ft,
-                                             j0, qm0, g, t4, causal, folded, sl2, mult, masked_val, scale);
+          softmax_tile<NB, DB, HALF_SOFTMAX, EXTRA>(s[mt], o[mt], m_f[mt], l_f[mt], m_h[mt], l_h[mt], pf[mt],
+                                                    need_mask, ft, j0, qm0, g, t4, causal, folded, sl2, mult,
+                                                    masked_val, scale, hbias, S, window);
         }
         // ---- O += P V (fp16 operands, fp32 accumulation); each V fragment feeds MT m-tiles
 #pragma unroll
@@ -569,8 +659,9 @@ __global__ void __launch_bounds__(128 * KS, MT == 2 ? 2 : (SHARE_KV && D <= 64 ?
     if constexpr (KS == 2) {
       // ---- merge: group 1 leaves its running max, partial sums and output in a scratch area of its own (after
       // the mask values; no ldmatrix ever reads it); group 0 rescales both to the larger max, as the online
-      // softmax does between tiles. Group 0's first tile holds a key every one of its rows attends (or walk_all),
-      // so its max is finite; group 1's is -inf if it visited nothing, and then weighs exactly 0.
+      // softmax does between tiles. A group that visited nothing for a warp has max -inf and weighs exactly 0 (group
+      // 0 too, with a window whose keys lie in group 1's tiles); a row of the sequence has an attended key in one of
+      // the two groups' visited tiles (or walk_all), so at least one max is finite.
       // (The first version put the scratch over group 0's idle K ring, after the same block-wide barrier: correct
       // by the barrier, and the SASS has the stores after it, but compute-sanitizer racecheck reported hazards
       // against that ring's ldmatrix reads. A separate area costs 18 KB at D = 64 and removes the
@@ -646,11 +737,13 @@ constexpr int F_ROWS = 8;   // query rows per warp
 constexpr int F_BK = 32;    // keys per tile (one per lane)
 constexpr int F_WARPS = 4;
 
-template <int D>
+// EXTRA: with a score bias by distance (added after the scale, before masking) and/or a window (ex), as the
+// tensor-core kernel.
+template <int D, bool EXTRA>
 __global__ void __launch_bounds__(128) attention_f32_kernel(const void* __restrict__ qkv, bool in_half,
                                                             const int32_t* __restrict__ mask,
                                                             void* __restrict__ y, bool out_half, int H, int Hkv,
-                                                            int S, float scale, bool causal, int nqt) {
+                                                            int S, float scale, bool causal, int nqt, Extras ex) {
   constexpr int BQ = F_WARPS * F_ROWS;
   constexpr int KD = D / 32;  // output columns per lane
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -682,10 +775,22 @@ __global__ void __launch_bounds__(128) attention_f32_kernel(const void* __restri
   }
 
   const int nkt_all = (S + F_BK - 1) / F_BK;
-  int nkt = nkt_all;
-  if (causal) {
-    nkt = min(nkt_all, (min(q0 + BQ, S) - 1) / F_BK + 1);
-    if (mask != nullptr && nkt < nkt_all && block_has_fully_masked_rows(mask, b, S, q0)) nkt = nkt_all;
+  const int qe = min(q0 + BQ, S) - 1;
+  const int window = EXTRA ? ex.window : -1;  // constants without EXTRA: the usual kernel compiles as before
+  const float* hbias = EXTRA && ex.bias != nullptr ? ex.bias + static_cast<long long>(h) * ex.bias_stride : nullptr;
+  int kt0 = 0, nkt = nkt_all;  // key tiles [kt0, nkt)
+  if (causal) nkt = min(nkt_all, qe / F_BK + 1);
+  if (window >= 0) {
+    kt0 = max(0, q0 - window) / F_BK;
+    if (!causal) nkt = min(nkt, min(S - 1, qe + window) / F_BK + 1);
+    // fully masked rows (no unmasked key within the window) are uniform over all keys: every tile
+    if (mask != nullptr &&
+        rows_without_key(mask + static_cast<long long>(b) * S, S, q0, qe, causal, window, 0, S - 1)) {
+      kt0 = 0;
+      nkt = nkt_all;
+    }
+  } else if (causal && mask != nullptr && nkt < nkt_all && block_has_fully_masked_rows(mask, b, S, q0)) {
+    nkt = nkt_all;
   }
 
   float o[F_ROWS][KD], m[F_ROWS], l[F_ROWS];
@@ -699,7 +804,7 @@ __global__ void __launch_bounds__(128) attention_f32_kernel(const void* __restri
   const float* Qw = Qs + warp * F_ROWS * D;
   float* Pw = Ps + warp * F_ROWS * F_BK;
 
-  for (int it = 0; it < nkt; ++it) {
+  for (int it = kt0; it < nkt; ++it) {
     const int j0 = it * F_BK;
     __syncthreads();  // previous tile fully consumed (and Qs written, on the first pass)
     for (int i = threadIdx.x; i < F_BK * D; i += blockDim.x) {
@@ -735,8 +840,10 @@ __global__ void __launch_bounds__(128) attention_f32_kernel(const void* __restri
     for (int r = 0; r < F_ROWS; ++r) {
       const int qi = q0 + warp * F_ROWS + r;
       float x = s[r] * scale;
+      if (hbias != nullptr) x = __fadd_rn(x, bias_at(hbias, j0 + lane - qi, S));  // after the scale's rounding, unfused
       if (f == FLAG_OUT) x = -INFINITY;
-      else if (f == FLAG_MASKED || (causal && j0 + lane > qi)) x = -FLT_MAX;
+      else if (f == FLAG_MASKED || (causal && j0 + lane > qi) || (window >= 0 && abs(j0 + lane - qi) > window))
+        x = -FLT_MAX;
       float mx = x;
 #pragma unroll
       for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
@@ -821,35 +928,39 @@ int sm_count() {
 }
 
 // Whether a block may walk several query tiles over K/V tiles staged once (nqb > 1): no causal mask (the key
-// range would depend on the query rows), one key group, and every key tile of the sequence in the ring at once.
-bool can_share_kv(int D, int S, bool causal, int KS) {
-  return !causal && KS == 1 && (S + BK - 1) / BK <= ring_depth(D) - 1;
+// range would depend on the query rows), no score bias or window (no such instantiation), one key group, and every
+// key tile of the sequence in the ring at once.
+bool can_share_kv(int D, int S, bool causal, int KS, bool extra) {
+  return !causal && !extra && KS == 1 && (S + BK - 1) / BK <= ring_depth(D) - 1;
 }
 
-// nw warps per key group, KS key groups a block, nqb query tiles a block.
-template <int D, int MT, bool HALF_SOFTMAX, int KS>
+// nw warps per key group, KS key groups a block, nqb query tiles a block; EXTRA: the kernel with a score bias and/or
+// a window (ex).
+template <int D, int MT, bool HALF_SOFTMAX, int KS, bool EXTRA>
 void launch_tc_cfg(int nw, const void* qkv, bool in_half, const int32_t* mask, void* y, bool out_half, int B, int S,
-                   int H, int Hkv, float scale, bool causal, cudaStream_t stream, int nqb = 1) {
+                   int H, int Hkv, float scale, bool causal, cudaStream_t stream, Extras ex, int nqb = 1) {
   const int BQ = 16 * MT * nw;
   const int nqt = (S + BQ - 1) / BQ;
-  require(nqb == 1 || can_share_kv(D, S, causal, KS), "attention",
+  require(nqb == 1 || can_share_kv(D, S, causal, KS, EXTRA), "attention",
           "internal: query tiles sharing K/V not allowed here");
   nqb = std::max(1, std::min(nqb, nqt));
   const int nqg = (nqt + nqb - 1) / nqb;
   const long long blocks = static_cast<long long>(B) * H * nqg;
   require(blocks <= 0x7fffffffLL, "attention", "batch * heads * query tiles too large");
   const size_t smem = tc_smem_bytes(D, BQ, KS, nqb);
-  auto kern = nqb > 1 ? attention_tc_kernel<D, MT, HALF_SOFTMAX, KS, KS == 1>
-                       : attention_tc_kernel<D, MT, HALF_SOFTMAX, KS>;
+  auto kern = attention_tc_kernel<D, MT, HALF_SOFTMAX, KS, false, EXTRA>;
+  if constexpr (!EXTRA) {
+    if (nqb > 1) kern = attention_tc_kernel<D, MT, HALF_SOFTMAX, KS, KS == 1>;
+  }
   ensure_dynamic_smem(kern, smem);
   kern<<<static_cast<unsigned>(blocks), 32 * nw * KS, smem, stream>>>(qkv, in_half, mask, y, out_half, H, Hkv, S,
-                                                                       scale, causal, nqt, nqb);
+                                                                       scale, causal, nqt, nqb, ex);
   TRTRUN_LAUNCH_CHECK();
 }
 
 // Resident blocks per multiprocessor of one configuration, nqb query tiles a block (cached per device and
-// configuration).
-template <int D, int MT, bool HALF_SOFTMAX>
+// configuration); EXTRA: of the kernel with a score bias or window (its registers may differ).
+template <int D, int MT, bool HALF_SOFTMAX, bool EXTRA = false>
 int resident_blocks(int nw, int nqb = 1) {
   static std::mutex mu;
   static std::map<std::tuple<int, int, int>, int> cache;
@@ -858,7 +969,10 @@ int resident_blocks(int nw, int nqb = 1) {
   std::lock_guard<std::mutex> lock(mu);
   auto it = cache.find({dev, nw, nqb});
   if (it != cache.end()) return it->second;
-  auto kern = nqb > 1 ? attention_tc_kernel<D, MT, HALF_SOFTMAX, 1, true> : attention_tc_kernel<D, MT, HALF_SOFTMAX, 1>;
+  auto kern = attention_tc_kernel<D, MT, HALF_SOFTMAX, 1, false, EXTRA>;
+  if constexpr (!EXTRA) {
+    if (nqb > 1) kern = attention_tc_kernel<D, MT, HALF_SOFTMAX, 1, true>;
+  }
   const size_t smem = tc_smem_bytes(D, 16 * MT * nw, 1, nqb);
   ensure_dynamic_smem(kern, smem);
   int n = 0;
@@ -884,7 +998,7 @@ struct TcTraits {
 };
 
 template <int D, bool HALF_SOFTMAX>
-TcConfig choose_tc(int B, int S, int H, bool causal) {
+TcConfig choose_tc(int B, int S, int H, bool causal, bool extra) {
   // Candidates: (rows per warp 16*MT, warps per block nw). A model of the time: full waves of blocks over
   // the multiprocessors times the work of one block's warp (MT=2 reuses each K/V fragment twice, so a
   // 32-row warp takes about kMT2Cost times as long as a 16-row one). Ties go to the larger block.
@@ -896,6 +1010,12 @@ TcConfig choose_tc(int B, int S, int H, bool causal) {
   constexpr int MT2 = T::MT2;
   constexpr double kMT2Cost = 1.15;  // measured: H200 (tools/kernels_attention.py --sweep)
   const int sms = sm_count();
+  // resident blocks of the instantiation that will run (with a score bias or window: the EXTRA one)
+  auto resident = [&](int mt, int nw, int nqb) {
+    if (extra)
+      return mt == 2 ? resident_blocks<D, MT2, HALF_SOFTMAX, true>(nw) : resident_blocks<D, 1, HALF_SOFTMAX, true>(nw);
+    return mt == 2 ? resident_blocks<D, MT2, HALF_SOFTMAX>(nw, nqb) : resident_blocks<D, 1, HALF_SOFTMAX>(nw, nqb);
+  };
   int best_mt = 1, best_nw = 4, best_ks = 1;
   const char* forced = std::getenv("TRTRUN_ATTN_CFG");
   int fmt = 0, fnw = 0, fks = 1;
@@ -912,7 +1032,7 @@ TcConfig choose_tc(int B, int S, int H, bool causal) {
       for (int nw = 4; nw >= 1; nw /= 2) {
         const int bq = 16 * mt * nw;
         const long long blocks = bhs * ((S + bq - 1) / bq);
-        const int res = (mt == 2) ? resident_blocks<D, MT2, HALF_SOFTMAX>(nw) : resident_blocks<D, 1, HALF_SOFTMAX>(nw);
+        const int res = resident(mt, nw, 1);
         const long long waves = (blocks + static_cast<long long>(res) * sms - 1) / (static_cast<long long>(res) * sms);
         const double cost = static_cast<double>(waves) * (mt == 2 ? kMT2Cost : 1.0) * (1.0 + 0.02 * (4 / nw));
         if (cost < best * 0.999) {
@@ -947,13 +1067,10 @@ TcConfig choose_tc(int B, int S, int H, bool causal) {
   const int nqt = (S + 16 * best_mt * best_nw - 1) / (16 * best_mt * best_nw);
   int nqb = 1;
   if (const char* fq = std::getenv("TRTRUN_ATTN_QB"); fq != nullptr) {
-    if (can_share_kv(D, S, causal, best_ks)) nqb = std::max(1, std::atoi(fq));
-  } else if (nf < 2 && nqt >= 2 && can_share_kv(D, S, causal, best_ks)) {
+    if (can_share_kv(D, S, causal, best_ks, extra)) nqb = std::max(1, std::atoi(fq));
+  } else if (nf < 2 && nqt >= 2 && can_share_kv(D, S, causal, best_ks, extra)) {
     const long long bhs = static_cast<long long>(B) * H;
-    const int res1 = best_mt == 2 ? resident_blocks<D, MT2, HALF_SOFTMAX>(best_nw)
-                                  : resident_blocks<D, 1, HALF_SOFTMAX>(best_nw);
-    const int res2 = best_mt == 2 ? resident_blocks<D, MT2, HALF_SOFTMAX>(best_nw, 2)
-                                  : resident_blocks<D, 1, HALF_SOFTMAX>(best_nw, 2);
+    const int res1 = resident(best_mt, best_nw, 1), res2 = resident(best_mt, best_nw, 2);
     const double waves1 = static_cast<double>(bhs * nqt) / (static_cast<double>(res1) * sms);
     const double waves2 = static_cast<double>(bhs * ((nqt + 1) / 2)) / (static_cast<double>(res2) * sms);
     if (waves1 > 1.0 && kQB2Cost * std::max(1.0, waves2) < waves1) nqb = 2;
@@ -961,59 +1078,71 @@ TcConfig choose_tc(int B, int S, int H, bool causal) {
   return TcConfig{best_mt, best_nw, best_ks, std::min(nqb, std::max(nqt, 1))};
 }
 
-template <int D, bool HALF_SOFTMAX>
-void launch_tc(const void* qkv, bool in_half, const int32_t* mask, void* y, bool out_half, int B, int S, int H,
-               int Hkv, float scale, bool causal, cudaStream_t stream) {
+template <int D, bool HALF_SOFTMAX, bool EXTRA>
+void launch_tc_as(const TcConfig& c, const void* qkv, bool in_half, const int32_t* mask, void* y, bool out_half, int B,
+                  int S, int H, int Hkv, float scale, bool causal, cudaStream_t stream, Extras ex) {
   constexpr int MT2 = TcTraits<D, HALF_SOFTMAX>::MT2;
   constexpr bool kHasKS2 = TcTraits<D, HALF_SOFTMAX>::kHasKS2;
-  const TcConfig c = choose_tc<D, HALF_SOFTMAX>(B, S, H, causal);
   if (c.mt == 2) {
-    launch_tc_cfg<D, MT2, HALF_SOFTMAX, 1>(c.nw, qkv, in_half, mask, y, out_half, B, S, H, Hkv, scale, causal,
-                                           stream, c.nqb);
+    launch_tc_cfg<D, MT2, HALF_SOFTMAX, 1, EXTRA>(c.nw, qkv, in_half, mask, y, out_half, B, S, H, Hkv, scale, causal,
+                                                  stream, ex, c.nqb);
   } else if (c.ks == 2) {
-    launch_tc_cfg<D, 1, HALF_SOFTMAX, kHasKS2 ? 2 : 1>(c.nw, qkv, in_half, mask, y, out_half, B, S, H, Hkv, scale,
-                                                        causal, stream);
+    launch_tc_cfg<D, 1, HALF_SOFTMAX, kHasKS2 ? 2 : 1, EXTRA>(c.nw, qkv, in_half, mask, y, out_half, B, S, H, Hkv,
+                                                               scale, causal, stream, ex);
   } else {
-    launch_tc_cfg<D, 1, HALF_SOFTMAX, 1>(c.nw, qkv, in_half, mask, y, out_half, B, S, H, Hkv, scale, causal,
-                                         stream, c.nqb);
+    launch_tc_cfg<D, 1, HALF_SOFTMAX, 1, EXTRA>(c.nw, qkv, in_half, mask, y, out_half, B, S, H, Hkv, scale, causal,
+                                                stream, ex, c.nqb);
   }
+}
+
+template <int D, bool HALF_SOFTMAX>
+void launch_tc(const void* qkv, bool in_half, const int32_t* mask, void* y, bool out_half, int B, int S, int H,
+               int Hkv, float scale, bool causal, cudaStream_t stream, Extras ex) {
+  const bool extra = ex.bias != nullptr || ex.window >= 0;
+  const TcConfig c = choose_tc<D, HALF_SOFTMAX>(B, S, H, causal, extra);
+  if (extra)
+    launch_tc_as<D, HALF_SOFTMAX, true>(c, qkv, in_half, mask, y, out_half, B, S, H, Hkv, scale, causal, stream, ex);
+  else
+    launch_tc_as<D, HALF_SOFTMAX, false>(c, qkv, in_half, mask, y, out_half, B, S, H, Hkv, scale, causal, stream, ex);
 }
 
 template <int D>
 void launch_f32(const void* qkv, bool in_half, const int32_t* mask, void* y, bool out_half, int B, int S, int H,
-                int Hkv, float scale, bool causal, cudaStream_t stream) {
+                int Hkv, float scale, bool causal, cudaStream_t stream, Extras ex) {
   constexpr int BQ = F_WARPS * F_ROWS;
   const int nqt = (S + BQ - 1) / BQ;
   const long long blocks = static_cast<long long>(B) * H * nqt;
   require(blocks <= 0x7fffffffLL, "attention", "batch * heads * query tiles too large");
   const size_t smem =
       sizeof(float) * (BQ * D + F_BK * (D + 1) + F_BK * D + F_WARPS * F_ROWS * F_BK) + F_BK * sizeof(int);
-  auto kern = attention_f32_kernel<D>;
+  auto kern = ex.bias != nullptr || ex.window >= 0 ? attention_f32_kernel<D, true> : attention_f32_kernel<D, false>;
   ensure_dynamic_smem(kern, smem);
   kern<<<static_cast<unsigned>(blocks), 32 * F_WARPS, smem, stream>>>(qkv, in_half, mask, y, out_half, H, Hkv, S,
-                                                                       scale, causal, nqt);
+                                                                       scale, causal, nqt, ex);
   TRTRUN_LAUNCH_CHECK();
 }
 
 template <int D>
 void dispatch(const void* qkv, bool in_half, const int32_t* mask, void* y, bool out_half, int B, int S, int H,
-              int Hkv, float scale, bool causal, Precision prec, cudaStream_t stream) {
+              int Hkv, float scale, bool causal, Precision prec, cudaStream_t stream, Extras ex) {
   switch (prec) {
-    case Precision::FP32: launch_f32<D>(qkv, in_half, mask, y, out_half, B, S, H, Hkv, scale, causal, stream); break;
+    case Precision::FP32:
+      launch_f32<D>(qkv, in_half, mask, y, out_half, B, S, H, Hkv, scale, causal, stream, ex);
+      break;
     case Precision::FP16:
-      launch_tc<D, true>(qkv, in_half, mask, y, out_half, B, S, H, Hkv, scale, causal, stream);
+      launch_tc<D, true>(qkv, in_half, mask, y, out_half, B, S, H, Hkv, scale, causal, stream, ex);
       break;
     case Precision::HYBRID:
-      launch_tc<D, false>(qkv, in_half, mask, y, out_half, B, S, H, Hkv, scale, causal, stream);
+      launch_tc<D, false>(qkv, in_half, mask, y, out_half, B, S, H, Hkv, scale, causal, stream, ex);
       break;
   }
 }
 
 template <int D>
-std::string config_of(int B, int S, int H, bool causal, Precision prec) {
+std::string config_of(int B, int S, int H, bool causal, Precision prec, bool extra) {
   if (prec == Precision::FP32) return "fp32";
-  const TcConfig c =
-      prec == Precision::FP16 ? choose_tc<D, true>(B, S, H, causal) : choose_tc<D, false>(B, S, H, causal);
+  const TcConfig c = prec == Precision::FP16 ? choose_tc<D, true>(B, S, H, causal, extra)
+                                             : choose_tc<D, false>(B, S, H, causal, extra);
   return "mt=" + std::to_string(c.mt) + " nw=" + std::to_string(c.nw) + " ks=" + std::to_string(c.ks) +
          " qb=" + std::to_string(c.nqb);
 }
@@ -1025,15 +1154,15 @@ void check_head_size(int head_size, const char* op) {
 
 }  // namespace
 
-std::string attention_config(int batch, int seq, int heads, int head_size, bool causal, Precision prec) {
+std::string attention_config(int batch, int seq, int heads, int head_size, bool causal, Precision prec, bool extras) {
   const char* op = "attention";
   check_head_size(head_size, op);
   require(batch >= 1 && seq >= 1 && heads >= 1, op, "batch, seq and heads must be >= 1");
   check_precision(prec, op);
   switch (head_size) {
-    case 32: return config_of<32>(batch, seq, heads, causal, prec);
-    case 64: return config_of<64>(batch, seq, heads, causal, prec);
-    default: return config_of<128>(batch, seq, heads, causal, prec);
+    case 32: return config_of<32>(batch, seq, heads, causal, prec, extras);
+    case 64: return config_of<64>(batch, seq, heads, causal, prec, extras);
+    default: return config_of<128>(batch, seq, heads, causal, prec, extras);
   }
 }
 
@@ -1044,7 +1173,7 @@ void launch_attention(const void* qkv, DType qkv_t, const int32_t* mask, void* y
 
 void launch_attention_gqa(const void* qkv, DType qkv_t, const int32_t* mask, void* y, DType y_t, int batch, int seq,
                           int heads, int kv_heads, int head_size, float scale, bool causal, Precision prec,
-                          cudaStream_t stream) {
+                          cudaStream_t stream, const AttentionExtras& extras) {
   const char* op = "attention";
   check_head_size(head_size, op);
   require(heads >= 1, op, "num_heads must be >= 1, got " + std::to_string(heads));
@@ -1056,20 +1185,34 @@ void launch_attention_gqa(const void* qkv, DType qkv_t, const int32_t* mask, voi
   check_dtype(qkv_t, op, "qkv");
   check_dtype(y_t, op, "y");
   check_precision(prec, op);
+  if (extras.bias != nullptr) {
+    // 2 * max_seq - 1 table entries a head must fit an int
+    require(extras.bias_max_seq >= seq && extras.bias_max_seq >= 1 && extras.bias_max_seq <= (1 << 30), op,
+            "a score bias table [heads, 2*bias_max_seq - 1] needs 1 <= seq " + std::to_string(seq) +
+                " <= bias_max_seq <= 2^30, got bias_max_seq=" + std::to_string(extras.bias_max_seq));
+    require((reinterpret_cast<uintptr_t>(extras.bias) & 3u) == 0, op, "the score bias table must be 4-byte aligned");
+  }
   if (batch == 0 || seq == 0) return;
   require(qkv != nullptr && y != nullptr, op, "qkv and y must not be null");
   require((reinterpret_cast<uintptr_t>(qkv) & 15u) == 0 && (reinterpret_cast<uintptr_t>(y) & 15u) == 0, op,
           "qkv and y must be 16-byte aligned");
   const bool in_half = qkv_t == DType::F16, out_half = y_t == DType::F16;
+  Extras ex{nullptr, 0, -1};
+  if (extras.bias != nullptr) {
+    ex.bias = extras.bias + (extras.bias_max_seq - 1);  // distance 0 of head 0
+    ex.bias_stride = 2 * extras.bias_max_seq - 1;
+  }
+  // a window of seq - 1 or more masks nothing: the kernels without one
+  if (extras.window >= 0 && extras.window < seq - 1) ex.window = extras.window;
   switch (head_size) {
     case 32:
-      dispatch<32>(qkv, in_half, mask, y, out_half, batch, seq, heads, kv_heads, scale, causal, prec, stream);
+      dispatch<32>(qkv, in_half, mask, y, out_half, batch, seq, heads, kv_heads, scale, causal, prec, stream, ex);
       break;
     case 64:
-      dispatch<64>(qkv, in_half, mask, y, out_half, batch, seq, heads, kv_heads, scale, causal, prec, stream);
+      dispatch<64>(qkv, in_half, mask, y, out_half, batch, seq, heads, kv_heads, scale, causal, prec, stream, ex);
       break;
     default:
-      dispatch<128>(qkv, in_half, mask, y, out_half, batch, seq, heads, kv_heads, scale, causal, prec, stream);
+      dispatch<128>(qkv, in_half, mask, y, out_half, batch, seq, heads, kv_heads, scale, causal, prec, stream, ex);
       break;
   }
 }

@@ -23,16 +23,31 @@ void launch_attention(const void* qkv, DType qkv_t, const int32_t* mask /*[B,S] 
                       void* y, DType y_t, int batch, int seq, int heads, int head_size,
                       float scale, bool causal, Precision prec, cudaStream_t stream);
 
+// What an Attention adds by distance (docs/plan-format.md: relative_bias, alibi_slopes, window).
+// bias: fp32 device table [heads, 2*bias_max_seq - 1], null for none: bias[h][j - i + bias_max_seq - 1] is added to
+//   the scaled score of query i and key j before masking (HYBRID and FP32 in fp32; FP16 rounds it to fp16 and adds in
+//   fp16); bias_max_seq >= seq. A relative-position or ALiBi bias depends on j - i alone, so one table serves every
+//   sequence length up to bias_max_seq.
+// window: key j masked for query i when |i - j| > window, on top of the mask and causal; < 0 for none. A row whose
+//   keys are then all masked is uniform over all seq keys, as any fully masked row.
+struct AttentionExtras {
+  const float* bias = nullptr;
+  int bias_max_seq = 0;
+  int window = -1;
+};
+
 // The same with grouped-query attention: qkv [batch, seq, (heads + 2*kv_heads)*head_size] (Q | K | V), query head h
 // reading K/V head h / (heads / kv_heads) where they lie (no copy per head); kv_heads must divide heads.
 // launch_attention is this with kv_heads = heads.
 void launch_attention_gqa(const void* qkv, DType qkv_t, const int32_t* mask /*[B,S] nullable*/, void* y, DType y_t,
                           int batch, int seq, int heads, int kv_heads, int head_size, float scale, bool causal,
-                          Precision prec, cudaStream_t stream);
+                          Precision prec, cudaStream_t stream, const AttentionExtras& extras = {});
 
 // The configuration launch_attention takes for these sizes on the current device, as text ("fp32", or
 // "mt=M nw=N ks=K qb=Q": 16*M query rows a warp, N warps a key group, K key groups a block, Q query tiles a block
-// over K/V staged once), with the TRTRUN_ATTN_CFG / TRTRUN_ATTN_QB overrides applied. For tests and tuning.
-std::string attention_config(int batch, int seq, int heads, int head_size, bool causal, Precision prec);
+// over K/V staged once), with the TRTRUN_ATTN_CFG / TRTRUN_ATTN_QB overrides applied; `extras`: with a score bias or a
+// window (never query tiles sharing K/V). For tests and tuning.
+std::string attention_config(int batch, int seq, int heads, int head_size, bool causal, Precision prec,
+                             bool extras = false);
 
 }  // namespace trtrun

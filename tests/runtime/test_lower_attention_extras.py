@@ -1,0 +1,255 @@
+"""The Attention's score biases (relative-position tables, ALiBi) and sliding windows as the GPU runtime takes them
+(trtrun/runtime/lower.py), on the host: no GPU needed.
+
+The kernel adds bias[h][j - i + Smax - 1] from one fp32 table per distinct (table, attributes) of shape
+[H, 2*Smax - 1], Smax the profile's longest sequence. These tests hold that table to the reference backend's own
+[H, S, S] bias at every (i, j) for several S <= Smax (bit for bit: the same function makes both), check which layers
+share a table, how the window reaches the Engine, what lowering still refuses, the Engine's and the kernel entry
+point's checks of the new arguments, and the host-side rule that runs a batch at its exact length when a window
+leaves some row without a key (its output would depend on the padded length).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+from handmade_plans import tiny_plan
+
+from trtrun.errors import DeviceError, InputError, PlanError
+from trtrun.plan import Plan
+from trtrun.reference import ReferenceBackend
+from trtrun.runtime.extension import load_extension
+from trtrun.runtime.lower import check_gpu_support, has_fully_masked_rows, lower_plan
+
+SMAX = 40  # the hand-made plans' profile: seq [1, 16, 40]
+KINDS = ["relative-bidirectional", "relative-unidirectional", "alibi", "alibi-symmetric"]
+
+
+def _extras_plan(kind: str | None, *, precision="hybrid", layers=2, window=None, seed=0, other_table=False,
+                 hidden=16, heads=2) -> Plan:
+    """tiny_plan with a score bias of `kind` on every Attention (one table shared by the layers, or with
+    other_table a second table for the last layer) and/or a sliding window."""
+    base = tiny_plan(precision, layers=layers, seed=seed, hidden=hidden, heads=heads)
+    rng = np.random.default_rng(seed + 17)
+    hdr = copy.deepcopy({k: v for k, v in base.header.items() if k != "weights"})
+    w = dict(base.weights)
+    att = [o for o in hdr["ops"] if o["type"] == "Attention"]
+    for n, op in enumerate(att):
+        if kind is not None and kind.startswith("relative"):
+            name = "rel_b" if other_table and n == len(att) - 1 else "rel"
+            # 32 buckets, max distance 20: exact, log-spaced and saturated buckets all occur below Smax = 40
+            w.setdefault(name, rng.normal(0, 1, (32, heads)).astype(np.float32))
+            op["weights"]["relative_bias"] = name
+            op["attrs"].update(relative_max_distance=20, relative_bidirectional=kind.endswith("bidirectional"))
+        elif kind is not None:
+            name = "slopes_b" if other_table and n == len(att) - 1 else "slopes"
+            w.setdefault(name, rng.uniform(0.01, 1.0, heads).astype(np.float32))
+            op["weights"]["alibi_slopes"] = name
+            op["attrs"]["alibi_symmetric"] = kind.endswith("symmetric")
+        if window is not None:
+            op["attrs"]["window"] = window
+    return Plan.from_parts(hdr, w)
+
+
+def _dense(table: np.ndarray, S: int, smax: int) -> np.ndarray:
+    """[H, S, S] from the per-distance table: entry (i, j) at column j - i + smax - 1."""
+    d = np.arange(S)[None, :] - np.arange(S)[:, None]
+    return table[:, d + smax - 1]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_distance_table_is_the_references_bias_at_every_query_and_key(kind):
+    plan = _extras_plan(kind)
+    low = lower_plan(plan)
+    ref = ReferenceBackend(plan)
+    by_name = {o["name"]: o for o in plan.ops}
+    att = [d for d in low["ops"] if d["type"] == "Attention"]
+    assert len(att) == 2
+    for d in att:
+        table = low["weights"][d["weights"]["score_bias"]][1]
+        assert table.dtype == np.float32 and table.shape == (2, 2 * SMAX - 1) and table.flags.c_contiguous
+        assert d["window"] == -1
+        for S in (1, 2, 7, 16, 33, SMAX):
+            want = ref._score_bias(by_name[d["name"]], S)
+            got = _dense(table, S, SMAX)
+            assert want.shape == got.shape == (2, S, S)
+            np.testing.assert_array_equal(got, want, err_msg=f"{kind} S={S}")
+    # the layers name one table: one device table
+    assert len({d["weights"]["score_bias"] for d in att}) == 1
+
+
+def test_distance_tables_vary_along_both_directions():
+    """The tables are not trivially symmetric or constant where the model's bias is not (so the equality above
+    would catch a transposed or mirrored index): a bidirectional relative table and ALiBi differ between j - i = d
+    and -d; a unidirectional one is constant for keys after the query (bucket 0), as T5's decoder has it."""
+    for kind, mirrored in (("relative-bidirectional", False), ("alibi", False), ("alibi-symmetric", True)):
+        low = lower_plan(_extras_plan(kind))
+        t = low["weights"][next(d for d in low["ops"] if d["type"] == "Attention")["weights"]["score_bias"]][1]
+        assert np.array_equal(t, t[:, ::-1]) == mirrored, kind
+    low = lower_plan(_extras_plan("relative-unidirectional"))
+    t = low["weights"][next(d for d in low["ops"] if d["type"] == "Attention")["weights"]["score_bias"]][1]
+    assert (t[:, SMAX - 1:] == t[:, SMAX - 1:SMAX]).all() and not (t[:, :SMAX] == t[:, SMAX - 1:SMAX]).all()
+
+
+@pytest.mark.parametrize("kind", ["relative-bidirectional", "alibi"])
+def test_layers_naming_another_table_get_their_own(kind):
+    low = lower_plan(_extras_plan(kind, layers=3, other_table=True))
+    idx = [d["weights"]["score_bias"] for d in low["ops"] if d["type"] == "Attention"]
+    assert idx[0] == idx[1] != idx[2]
+    assert not np.array_equal(low["weights"][idx[0]][1], low["weights"][idx[2]][1])
+
+
+def test_alibi_symmetric_and_not_are_two_tables_of_one_slope_weight():
+    """The attributes are part of what a table is: the same slopes, once causal-style and once symmetric."""
+    plan = _extras_plan("alibi")
+    hdr = copy.deepcopy({k: v for k, v in plan.header.items() if k != "weights"})
+    next(o for o in reversed(hdr["ops"]) if o["type"] == "Attention")["attrs"]["alibi_symmetric"] = True
+    low = lower_plan(Plan.from_parts(hdr, plan.weights))
+    idx = [d["weights"]["score_bias"] for d in low["ops"] if d["type"] == "Attention"]
+    assert idx[0] != idx[1]
+    np.testing.assert_array_equal(low["weights"][idx[1]][1], -np.abs(low["weights"][idx[0]][1]))
+
+
+@pytest.mark.parametrize("window,want", [(None, -1), (0, 0), (5, 5), (39, 39), (10_000, SMAX)])
+def test_window_reaches_the_engine(window, want):
+    """-1 for none; a window at or past the profile's longest sequence masks nothing at any run length and is
+    capped there (the kernel's launcher treats any window >= S - 1 as none)."""
+    low = lower_plan(_extras_plan(None, window=window))
+    for d in low["ops"]:
+        if d["type"] == "Attention":
+            assert d["window"] == want and "score_bias" not in d["weights"]
+
+
+def test_plans_with_biases_and_windows_lower_and_the_rest_is_still_refused():
+    """check_gpu_support takes every kind (it refused each by name before); a Pool op is still refused with its
+    own message, also beside a score bias."""
+    for kind in KINDS:
+        check_gpu_support(_extras_plan(kind, window=4))
+    plan = _extras_plan("relative-bidirectional", precision="fp32")
+    hdr = json.loads(json.dumps({k: v for k, v in plan.header.items() if k != "weights"}))
+    hdr["ops"].append({"type": "Pool", "name": "pool", "inputs": ["last_hidden_state", "attention_mask"],
+                       "outputs": ["pooled"], "weights": {}, "attrs": {"mode": "cls"}, "precision": "fp32"})
+    hdr["tensors"]["pooled"] = {"dtype": "float32", "shape": ["B", 16]}
+    hdr["outputs"].append({"name": "pooled", "dtype": "float32", "shape": ["B", 16]})
+    with pytest.raises(PlanError, match=r"op 'pool': the GPU runtime does not run Pool ops yet"):
+        lower_plan(Plan.from_parts(hdr, plan.weights))
+
+
+# ---------------------------------------------------------------------------------------------- bucketing rule
+def _brute(mask: np.ndarray, causal: bool, window: int | None) -> bool:
+    B, S = mask.shape
+    for b in range(B):
+        for i in range(S):
+            keys = [j for j in range(S) if mask[b, j] and not (causal and j > i)
+                    and not (window is not None and abs(i - j) > window)]
+            if not keys:
+                return True
+    return False
+
+
+def test_fully_masked_rows_by_rule():
+    """has_fully_masked_rows (Context._seq_bucket runs such batches at their exact length) against a row by row
+    count, on random masks, right and left padding and holes, with and without causal and windows of 0..S."""
+    rng = np.random.default_rng(5)
+    seen = set()
+    for trial in range(300):
+        B, S = int(rng.integers(1, 4)), int(rng.integers(1, 24))
+        kind = trial % 4
+        m = np.ones((B, S), np.int64)
+        for b in range(B):
+            if kind == 0:
+                m[b, int(rng.integers(0, S + 1)):] = 0  # right padding (possibly all)
+            elif kind == 1:
+                m[b, :int(rng.integers(0, S + 1))] = 0  # left padding
+            elif kind == 2:
+                m[b] = rng.random(S) < 0.5
+            else:
+                a = int(rng.integers(0, S))
+                m[b, a:a + int(rng.integers(1, S + 1))] = 0  # a hole
+        causal = bool(rng.integers(0, 2))
+        window = None if trial % 5 == 0 else int(rng.integers(0, S + 2))
+        want = _brute(m, causal, window)
+        assert has_fully_masked_rows(m, causal, window) == want, (m, causal, window)
+        seen.add(want)
+    assert seen == {True, False}
+    # the rules the bucketing had before windows: an all-zero sample (bidirectional), a masked first key (causal)
+    assert has_fully_masked_rows(np.array([[1, 1, 0], [0, 0, 0]]))
+    assert not has_fully_masked_rows(np.array([[0, 1, 0], [1, 0, 0]]))
+    assert has_fully_masked_rows(np.array([[0, 1, 1]]), causal=True)
+    assert not has_fully_masked_rows(np.array([[1, 0, 1]]), causal=True)
+    # right padding longer than the window: the last pad rows see no valid key (ModernBERT's local layers)
+    pad = np.array([[1] * 5 + [0] * 11])
+    assert has_fully_masked_rows(pad, window=4) and not has_fully_masked_rows(pad, window=11)
+
+
+# ---------------------------------------------------------------------------------------------- the extension
+def _ext():
+    try:
+        return load_extension()
+    except Exception as e:  # RuntimeUnavailableError: not built here
+        pytest.skip(f"the CUDA extension is not importable: {e}")
+
+
+def _engine_args(low):
+    return (low["tensors"], low["ops"], low["weights"], low["inputs"], low["outputs"], low["batch_max"],
+            low["seq_max"], low["tf32"], 0)
+
+
+def test_engine_takes_the_bias_table_and_window():
+    """A lowered plan with a shared score-bias table and a window passes the Engine's description checks (without a
+    GPU the first error is the device's); a table of the wrong shape or dtype, or a window below -1, is an InputError
+    naming the op, raised before the device is asked."""
+    c = _ext()
+    low = lower_plan(_extras_plan("relative-bidirectional", window=6, hidden=64))
+    att = next(d for d in low["ops"] if d["type"] == "Attention")
+    if c.device_count() == 0:
+        with pytest.raises(DeviceError):
+            c.Engine(*_engine_args(low))
+
+    def broken(change):
+        bad = json.loads(json.dumps({k: v for k, v in low.items() if k != "weights"}))
+        weights = list(low["weights"])
+        change(bad, weights)
+        with pytest.raises(InputError) as err:
+            c.Engine(*_engine_args(dict(bad, weights=weights)))
+        return str(err.value)
+
+    def short(bad, weights):
+        i = att["weights"]["score_bias"]
+        weights[i] = (weights[i][0], weights[i][1][:, :-1].copy())
+
+    def half(bad, weights):
+        i = att["weights"]["score_bias"]
+        weights[i] = (weights[i][0], weights[i][1].astype(np.float16))
+
+    for change in (short, half):
+        msg = broken(change)
+        assert msg.startswith(f"op '{att['name']}': weight 'score_bias' (") and \
+            msg.endswith(f") must be float32 [num_heads 2, 2 * max sequence - 1 = {2 * SMAX - 1}]"), msg
+
+    def bad_window(bad, weights):
+        next(o for o in bad["ops"] if o["name"] == att["name"])["window"] = -2
+
+    assert broken(bad_window) == f"op '{att['name']}': window must be >= 0, or -1 for none"
+
+
+def test_attention_entry_point_checks_the_bias_arguments():
+    """_C.plugins.attention_gqa takes the table and window as keywords; the launcher refuses a table shorter than the
+    run or misaligned before it touches a device (null qkv here, so nothing reaches one), and attention_config
+    takes `extras`."""
+    p = _ext().plugins
+    with pytest.raises(InputError, match=r"attention: a score bias table \[heads, 2\*bias_max_seq - 1\] needs "
+                                         r"1 <= seq 40 <= bias_max_seq <= 2\^30, got bias_max_seq=39"):
+        p.attention_gqa(0, "float16", 0, 0, "float16", 1, 40, 4, 4, 32, 0.17, False, "hybrid", 0, bias=256,
+                        bias_max_seq=39)
+    with pytest.raises(InputError, match="attention: the score bias table must be 4-byte aligned"):
+        p.attention_gqa(0, "float16", 0, 0, "float16", 1, 40, 4, 4, 32, 0.17, False, "hybrid", 0, bias=258,
+                        bias_max_seq=40)
+    with pytest.raises(InputError, match="attention: qkv and y must not be null"):
+        p.attention_gqa(0, "float16", 0, 0, "float16", 1, 40, 4, 4, 32, 0.17, False, "hybrid", 0, bias=256,
+                        bias_max_seq=40, window=3)
+    with pytest.raises(InputError, match="attention_config: precision must be one of fp32, fp16, hybrid(, fp8)?; got 'x'"):
+        p.attention_config(1, 128, 12, 64, False, "x", extras=True)
