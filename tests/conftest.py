@@ -184,6 +184,22 @@ def tiny_emb(tiny_embed_model):
     e.close()
 
 
+def native_extension():
+    """trtrun._C, or a skip saying why it cannot be imported (not built on this machine)."""
+    from trtrun.runtime.extension import load_extension
+
+    try:
+        return load_extension()
+    except Exception as e:  # RuntimeUnavailableError: not built here
+        pytest.skip(f"the CUDA extension is not importable: {e}")
+
+
+def engine_args(low) -> tuple:
+    """_C.Engine's positional arguments for a lowered plan (trtrun.runtime.lower.lower_plan), device 0."""
+    return (low["tensors"], low["ops"], low["weights"], low["inputs"], low["outputs"], low["batch_max"],
+            low["seq_max"], low["tf32"], 0)
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on now."""
     import socket

@@ -16,12 +16,12 @@ import json
 
 import numpy as np
 import pytest
+from conftest import engine_args, native_extension
 from handmade_plans import tiny_plan
 
 from trtrun.errors import DeviceError, InputError, PlanError
 from trtrun.plan import Plan
 from trtrun.reference import ReferenceBackend
-from trtrun.runtime.extension import load_extension
 from trtrun.runtime.lower import check_gpu_support, has_fully_masked_rows, lower_plan
 
 SMAX = 40  # the hand-made plans' profile: seq [1, 16, 40]
@@ -186,35 +186,23 @@ def test_fully_masked_rows_by_rule():
 
 
 # ---------------------------------------------------------------------------------------------- the extension
-def _ext():
-    try:
-        return load_extension()
-    except Exception as e:  # RuntimeUnavailableError: not built here
-        pytest.skip(f"the CUDA extension is not importable: {e}")
-
-
-def _engine_args(low):
-    return (low["tensors"], low["ops"], low["weights"], low["inputs"], low["outputs"], low["batch_max"],
-            low["seq_max"], low["tf32"], 0)
-
-
 def test_engine_takes_the_bias_table_and_window():
     """A lowered plan with a shared score-bias table and a window passes the Engine's description checks (without a
     GPU the first error is the device's); a table of the wrong shape or dtype, or a window below -1, is an InputError
     naming the op, raised before the device is asked."""
-    c = _ext()
+    c = native_extension()
     low = lower_plan(_extras_plan("relative-bidirectional", window=6, hidden=64))
     att = next(d for d in low["ops"] if d["type"] == "Attention")
     if c.device_count() == 0:
         with pytest.raises(DeviceError):
-            c.Engine(*_engine_args(low))
+            c.Engine(*engine_args(low))
 
     def broken(change):
         bad = json.loads(json.dumps({k: v for k, v in low.items() if k != "weights"}))
         weights = list(low["weights"])
         change(bad, weights)
         with pytest.raises(InputError) as err:
-            c.Engine(*_engine_args(dict(bad, weights=weights)))
+            c.Engine(*engine_args(dict(bad, weights=weights)))
         return str(err.value)
 
     def short(bad, weights):
@@ -240,7 +228,7 @@ def test_attention_entry_point_checks_the_bias_arguments():
     """_C.plugins.attention_gqa takes the table and window as keywords; the launcher refuses a table shorter than the
     run or misaligned before it touches a device (null qkv here, so nothing reaches one), and attention_config
     takes `extras`."""
-    p = _ext().plugins
+    p = native_extension().plugins
     with pytest.raises(InputError, match=r"attention: a score bias table \[heads, 2\*bias_max_seq - 1\] needs "
                                          r"1 <= seq 40 <= bias_max_seq <= 2\^30, got bias_max_seq=39"):
         p.attention_gqa(0, "float16", 0, 0, "float16", 1, 40, 4, 4, 32, 0.17, False, "hybrid", 0, bias=256,

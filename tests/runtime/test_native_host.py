@@ -20,10 +20,10 @@ from trtrun import runtime
 from trtrun.errors import DeviceError, InputError
 from trtrun.plan import format as plan_format
 from trtrun.runtime import ContextOptions
-from trtrun.runtime.extension import load_extension
 from trtrun.runtime.lower import lower_plan
 
 REPO = Path(__file__).resolve().parents[2]
+from conftest import engine_args, native_extension  # noqa: E402  (tests/conftest.py)
 from handmade_plans import tiny_plan  # noqa: E402  (tests/handmade_plans.py)
 
 # The integer value of each name, fixed (docs/runtime.md lists them): GEMM cache files of format 1 stored the
@@ -107,23 +107,11 @@ def test_context_option_defaults_are_the_runtimes(host):
 
 
 # ---------------------------------------------------------------------------------------------- the extension
-def _ext():
-    try:
-        return load_extension()
-    except Exception as e:  # RuntimeUnavailableError: not built here
-        pytest.skip(f"the CUDA extension is not importable: {e}")
-
-
-def _engine_args(low):
-    return (low["tensors"], low["ops"], low["weights"], low["inputs"], low["outputs"], low["batch_max"],
-            low["seq_max"], low["tf32"], 0)
-
-
 def test_engine_takes_the_lowered_names():
     """The lowered plan (names throughout) passes the Engine's description checks: on a machine without a GPU the
     first error is the device's, after them; a name the native code does not know is an InputError naming the op
     or tensor, the bad name and the valid ones, raised before the device is asked."""
-    c = _ext()
+    c = native_extension()
     for precision in ("fp32", "fp16", "hybrid"):
         low = lower_plan(tiny_plan(precision, layers=1, activation="gelu_tanh"))
         assert {o["precision"] for o in low["ops"]} == {precision}
@@ -131,7 +119,7 @@ def test_engine_takes_the_lowered_names():
         assert {t[1] for t in low["tensors"]} <= {"float32", "float16", "int32"}
         if c.device_count() == 0:
             with pytest.raises(DeviceError):
-                c.Engine(*_engine_args(low))
+                c.Engine(*engine_args(low))
     low = lower_plan(tiny_plan("hybrid", layers=1))
     op = low["ops"][1]
     for field, bad, needle in [
@@ -141,17 +129,17 @@ def test_engine_takes_the_lowered_names():
         bad_low = json.loads(json.dumps({k: v for k, v in low.items() if k != "weights"}))
         bad_low["ops"][1][field] = bad
         with pytest.raises(InputError) as err:
-            c.Engine(*_engine_args(dict(bad_low, weights=low["weights"])))
+            c.Engine(*engine_args(dict(bad_low, weights=low["weights"])))
         assert str(err.value) == f"op '{op['name']}': {needle}"
     tensors = [list(t) for t in low["tensors"]]
     tensors[0][1] = "bfloat16"
     with pytest.raises(InputError, match=rf"tensor {tensors[0][0]}: dtype must be one of float32, float16, int32, "
                                          rf"int64, float8_e4m3fn; got 'bfloat16'"):
-        c.Engine(*_engine_args(dict(low, tensors=[tuple(t) for t in tensors])))
+        c.Engine(*engine_args(dict(low, tensors=[tuple(t) for t in tensors])))
 
 
 def test_context_options_by_name():
-    c = _ext()
+    c = native_extension()
     o, d = c.ContextOptions(), ContextOptions()
     assert (o.gemm_search, o.ffn_chunks, o.split_ln_slice) == (d.gemm_search, d.ffn_chunks, d.split_ln_slice)
     o = c.ContextOptions(gemm_search="exhaustive", ffn_chunks=3, use_graphs=False)
@@ -167,7 +155,7 @@ def test_the_runtimes_options_reach_the_binding_by_name():
     name, with the binding's types (switches, sizes, the search by name): none left at its default."""
     from trtrun.runtime.options import NATIVE_FIELDS, native_options
 
-    c = _ext()
+    c = native_extension()
     every = ContextOptions(use_graphs=False, workspace_bytes=1 << 20, max_graphs=8, ffn_chunks=3, fuse_residual=False,
                            fuse_residual_min_rows=7, ffn_chunk_min_rows=9, gemm_search="exhaustive",
                            split_ln_max_rows=0, split_ln_slice=256)
@@ -180,7 +168,7 @@ def test_the_runtimes_options_reach_the_binding_by_name():
 def test_gemm_cache_entries_by_name(tmp_path):
     """A version-2 entry names its enums; a name the native code does not know is refused naming the file, the
     entry and the field (the file's other checks are tests/runtime/test_gemm_cache.py's)."""
-    _ext()
+    native_extension()
     entry = {"device": "NVIDIA H200", "cc": 90, "cublaslt": 130100, "m": 128, "n": 768, "k": 768,
              "operand_t": "float16", "out_t": "float16", "epilogue": "bias", "tf32": False, "add_c": False,
              "workspace": 4194304, "search": "exhaustive", "algo": [66, 1, 2, 3, 4, 5, 6, 7], "algo_workspace": 0}
@@ -215,7 +203,7 @@ def test_gemm_cache_entries_by_name(tmp_path):
 def test_kernel_entry_points_take_names():
     """_C.plugins parses dtype and precision names before its launchers run (which check their pointers first:
     null pointers here, so nothing reaches a device)."""
-    p = _ext().plugins
+    p = native_extension().plugins
     assert (p.F32, p.F16, p.FP32, p.FP16, p.HYBRID) == ("float32", "float16", "fp32", "fp16", "hybrid")
     with pytest.raises(InputError, match="gelu: y must not be null"):
         p.gelu(0, "float16", 8, False, 0)
@@ -234,7 +222,7 @@ def test_decoder_kernel_entry_points_take_names():
     """The Llama-family kernels' entry points (rmsnorm, linear_epilogue, rotary, attention_gqa) parse dtype,
     precision and activation names before their launchers run; the launchers' own checks come next (null pointers
     here, so nothing reaches a device)."""
-    p = _ext().plugins
+    p = native_extension().plugins
     with pytest.raises(InputError, match="rmsnorm: x, gamma and y must not be null"):
         p.rmsnorm(0, "float16", 0, "float32", 0, "float32", 0, "float16", 0, "float32", 4, 64, 1e-5, "hybrid", 0)
     with pytest.raises(InputError, match="rmsnorm: precision must be one of fp32, fp16, hybrid, fp8; got 'bf16'"):
@@ -292,13 +280,13 @@ def test_engine_takes_the_decoder_ops(decoder_plans, arch):
     residual-input Linears, grouped K/V heads, rotary tables): without a GPU the first error is the device's. Broken
     copies are InputErrors naming the op, raised before the device is asked: a rotary table shorter than the
     profile's longest sequence, K/V heads that do not divide the query heads, a gate on a weight of odd width."""
-    c = _ext()
+    c = native_extension()
     low = lower_plan(decoder_plans[arch])
     att = next(o for o in low["ops"] if o["type"] == "Attention")
     assert att["rotary_dim"] == (32 if arch == "llama" else 8) and att["num_kv_heads"] == (2 if arch == "llama" else 4)
     if c.device_count() == 0:
         with pytest.raises(DeviceError):
-            c.Engine(*_engine_args(low))
+            c.Engine(*engine_args(low))
 
     def broken(change):
         bad = {k: v for k, v in low.items() if k != "weights"}
@@ -306,7 +294,7 @@ def test_engine_takes_the_decoder_ops(decoder_plans, arch):
         weights = list(low["weights"])
         change(bad, weights)
         with pytest.raises(InputError) as err:
-            c.Engine(*_engine_args(dict(bad, weights=weights)))
+            c.Engine(*engine_args(dict(bad, weights=weights)))
         return str(err.value)
 
     def short_table(bad, weights):
