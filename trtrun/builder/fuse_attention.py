@@ -452,15 +452,15 @@ def _trace_source(graph, facts, t, ctx):
                     "node": p}
             t = x
             continue
-        if p.op in ("Add", "Sub", "Concat") and rot is None and norm is not None:
-            raise BuildError(f"Softmax node {ctx['softmax']}: the query or key is normalized per head after "
-                             f"the rotary position embedding (RMSNorm node {norm['node'].name!r}); the IR "
-                             f"normalizes before rotating")
         if p.op in ("Add", "Sub", "Concat") and rot is None:
             try:
                 t, rot = match_rotary(graph, facts, t, ctx["deps"], ctx["order"])
             except NotRotary:
                 raise _NoMatch from None
+            if norm is not None:  # met walking back: the rotary comes first in the graph
+                raise BuildError(f"Softmax node {ctx['softmax']}: the query or key is normalized per head after "
+                                 f"the rotary position embedding (RMSNorm node {norm['node'].name!r}); the IR "
+                                 f"normalizes before rotating")
             continue
         if p.op in _LAYOUT:
             if p.op == "Gather" and G.const_value(p.inputs[1]) is None:
