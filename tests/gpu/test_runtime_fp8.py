@@ -18,12 +18,17 @@ Tolerances:
   2^-9: a GEMM on other codes (a wrong scale or layout, an unsaturated cast) is off by E4M3's relative step,
   2^-4, thirty times that.
 - Whole plans: a difference before a quantization (the rounding order of a LayerNorm or softmax, ~1 fp16 ulp on
-  some elements, or an ulp of a per-token scale) flips the E4M3 rounding of the few values lying that close to a
-  midpoint (~2^-11 / 2^-4 of them), each by a whole E4M3 step; so the GPU and the reference differ by a small
-  fraction of what fp8 quantization itself changes. The bound: the GPU's relative L2 distance to the reference
-  fp8 run at most half the reference fp8 run's distance to the reference fp32 plan (a GPU that quantized
-  differently, or ran hybrid instead, would sit at about that whole distance). Plus no NaN, and CUDA graph replays
-  equal to the eager run.
+  some elements, or the fp8 tensor cores' shorter partial sums) flips the E4M3 rounding of the values lying that
+  close to a midpoint, each by a whole E4M3 step, and every later quantization re-rounds what that changed: in a
+  tiny model two correct fp8 runs land a sizeable fraction of fp8's own distance from fp32 apart. The measure: the
+  GPU's relative L2 distance to the reference fp8 run, as a ratio to the reference fp8 run's distance from the
+  fp32 plan. tools/fp8_plan_noise.py measures it on the reference for correct runs (those differences injected)
+  and for wrong ones (another plan's reference: other scales, static for dynamic, some Linears not in fp8,
+  hybrid), on these models, plans, shapes and feeds. Pooled over the shapes: correct <= 0.53 (GPT-2, whose
+  fp8 distance is 12x BERT's, 0.47-0.53; BERT <= 0.26), wrong >= 0.87; so at most 0.7. Per shape the 7-token
+  one is noisy (correct up to 0.58-0.70 with other random flips, wrong >= 0.81), so each shape gets only a
+  gross bound, 0.9 (hybrid sits at 1.0, other scales at >= 1.2). Plus no NaN, and CUDA graph replays equal to
+  the eager run.
 """
 
 from __future__ import annotations
@@ -309,6 +314,7 @@ def test_fp8_plan_vs_reference(kind, variant):
     ctx = Engine(plan).create_context()
     ref8, ref32 = ReferenceBackend(plan), ReferenceBackend(plans["fp32"])
     out = plan.outputs[0]["name"]
+    num = den = 0.0
     for i, (B, S, padded) in enumerate(SHAPES):
         feeds = h.random_feeds(plan, B, S, padded=padded, seed=500 + i)
         got = ctx.run(feeds)[out]
@@ -322,7 +328,13 @@ def test_fp8_plan_vs_reference(kind, variant):
         cos = h.cosine_per_sample(got, want, mask)
         h.report("fp8", f"{kind:9s} {variant:20s} B={B} S={S:3d}: rel L2 to the reference {d_gpu:.2e}, the "
                         f"reference's to fp32 {d_fp8:.2e} (ratio {d_gpu / d_fp8:.3f}), min cos {cos.min():.6f}")
-        assert d_gpu <= 0.5 * d_fp8, (kind, variant, B, S, d_gpu, d_fp8)
+        assert d_gpu <= 0.9 * d_fp8, (kind, variant, B, S, d_gpu, d_fp8)
+        m = mask.astype(bool)
+        num += float(np.sum((got[m].astype(F64) - want[m]) ** 2))
+        den += float(np.sum((want[m].astype(F64) - base[m]) ** 2))
+    pooled = (num / den) ** 0.5
+    h.report("fp8", f"{kind:9s} {variant:20s} pooled over the shapes: ratio {pooled:.3f}")
+    assert pooled <= 0.7, (kind, variant, pooled)
 
 
 @pytest.mark.gpu
