@@ -808,3 +808,22 @@ def test_an_api_key_with_a_trailing_newline_still_matches(emb, texts):
         assert r.status_code == 200, r.text
         np.testing.assert_allclose(r.json()["data"][0]["embedding"], emb.embed(texts[:1])[0], atol=ATOL)
         assert _err(c.post("/v1/embeddings", json={"input": "a"}, headers={"authorization": "Bearer s3cret"}), 401)
+
+
+def test_a_uvicorn_without_the_guarded_protocol_methods_is_refused_at_start():
+    """The connection guard overrides and calls uvicorn's protocol internals: a uvicorn whose protocol lacks one
+    is refused when the server is set up, naming what is missing, not on a live connection."""
+    pytest.importorskip("uvicorn")
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    from trtrun.errors import TrtrunError
+    from trtrun.serve.protocol import Guard, guarded_protocol
+
+    g = Guard(4, 1.0, 1.0)
+    assert issubclass(guarded_protocol(g, H11Protocol), H11Protocol)
+
+    class Older(H11Protocol):
+        _unset_keepalive_if_required = None
+
+    with pytest.raises(TrtrunError, match="_unset_keepalive_if_required"):
+        guarded_protocol(g, Older)

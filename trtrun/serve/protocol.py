@@ -39,6 +39,8 @@ import json
 import logging
 import time
 
+from ..errors import TrtrunError
+
 log = logging.getLogger("trtrun.serve")
 
 LOG_EVERY_S = 10.0  # refusals and timeouts are logged as counts, at most this often
@@ -156,6 +158,16 @@ def _base_protocol():
 def guarded_protocol(guard: Guard, base=None):
     """A subclass of uvicorn's HTTP protocol (base, default what http="auto" picks) enforcing `guard`."""
     base = base or _base_protocol()
+    # The uvicorn internals the guard overrides or calls (the module doc says where they were checked): a
+    # uvicorn without one would fail on a live connection, so it is refused when the server starts.
+    missing = [m for m in ("send_400_response", "on_response_complete", "_unset_keepalive_if_required",
+                           "data_received", "eof_received", "connection_lost") if not callable(getattr(base, m, None))]
+    if missing:
+        import uvicorn
+
+        raise TrtrunError(
+            f"trtrun serve's connection guard needs uvicorn's HTTP protocol methods {', '.join(missing)}, which "
+            f"{base.__name__} of uvicorn {uvicorn.__version__} lacks; install a uvicorn that has them (checked: 0.55)")
 
     class Guarded(base):
         _guard = guard
