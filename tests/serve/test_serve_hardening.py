@@ -35,16 +35,6 @@ ATOL = 1e-5
 
 
 @pytest.fixture(scope="module")
-def emb(tiny_embed_model):
-    from trtrun.embed import Embedder
-
-    e = Embedder(tiny_embed_model["plan"], tiny_embed_model["tok"], backend="reference", contexts=2,
-                 truncation="truncate")
-    yield e
-    e.close()
-
-
-@pytest.fixture(scope="module")
 def client(emb):
     from starlette.testclient import TestClient
 
