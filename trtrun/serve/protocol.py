@@ -374,11 +374,11 @@ def guarded_protocol(guard: Guard, base=None):
                 g.count("idle_timeout")
                 t.close()
             elif self._phase == "drain":
-                # The rest of a body answered early (413, 401) did not all arrive, or the connection stayed
+                # The rest of a body answered early (401, 413, 404) did not all arrive, or the connection stayed
                 # silent after it, within the body timeout. The answer went out whole; the end of the stream
                 # follows and the client's remaining body is read and dropped, so a client still writing it
-                # reads the answer rather than meeting a reset. Not counted again: the request was counted
-                # (as 401 or 413) when it was answered.
+                # reads the answer rather than meeting a reset. Not counted here: the answer was the app's (a
+                # 401 or 413 is counted as a refusal where it is sent).
                 self._linger()
 
     Guarded.__name__ = Guarded.__qualname__ = f"Guarded{base.__name__}"
