@@ -349,9 +349,10 @@ def summary(results: dict) -> str:
     if ov:
         L.append("")
         for basis, o in ov.items():
-            L.append(f"- Ray's overhead ({basis} time): in-process {o['inproc_texts_per_s']:,} texts/s, Ray "
-                     f"{o['ray_texts_per_s']:,} texts/s: {o['overhead_pct']:+.1f}% "
-                     f"({'within' if o['within_10pct'] else 'NOT within'} 10%)")
+            L.append(f"- Ray's overhead ({basis} time): Ray {o['ray_texts_per_s']:,} texts/s against in-process "
+                     f"{o['inproc_texts_per_s']:,}: {abs(o['overhead_pct']):.1f}% "
+                     f"{'fewer' if o['overhead_pct'] >= 0 else 'more'} ("
+                     f"{'within' if o['within_10pct'] else 'NOT within'} the 10% allowed)")
     v = results.get("vectors", {})
     if v:
         L += ["", "| vectors | rows | identical | max abs diff | min cosine |", "|---|---|---|---|---|"]
