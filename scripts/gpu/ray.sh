@@ -26,7 +26,7 @@
 # Budget: BUDGET seconds (540, inside the device tool's 600) from the start; every step says its elapsed time,
 # runs under a limit of the time left, and a step that would not fit is skipped with a line saying so.
 # Expected on an H100/H200: unpack ~15 s, build ~40 s (35 s seen on an H200), model ~30 s, each embed run
-# ~20-45 s (25,000 reviews, ~5.5M tokens: the GPU part is ~1 s, the rest is tokenizing, pooling on the host,
+# ~20-45 s (25,000 reviews, 5.3M tokens: the GPU part is under 1 s, the rest is tokenizing, pooling on the host,
 # Parquet and process start; Ray adds its start and the actor's), PyTorch ~30 s, serving ~2 min.
 #
 # RAY_SH_DRY=1: the same steps on this (GPU-less) machine, on the reference backend at a tiny size (300 reviews,
