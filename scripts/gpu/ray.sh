@@ -35,8 +35,8 @@
 # built; OMP_NUM_THREADS=1, so that in-process and Ray vectors are bit-identical (docs/ray.md, "Same vectors").
 #   PYTHON=/work/venv/bin/python RAY_SH_DRY=1 bash scripts/gpu/ray.sh
 # Environment: OUT (out/ray), BUDGET, LOAD_SECONDS (20), CLIENTS (64), PROCS (8), N_TEXTS (all 25,000),
-# ALLOW_NO_RAY=1 (run the steps that need no Ray when the pack is missing; default: stop at once, since a rerun
-# of both calls is the fix), KEEP_WORK=1 (keep the scratch folder /tmp/raysh.*).
+# KEEP_WORK=1 (keep the scratch folder /tmp/raysh.*). Without the whole pack it stops at once (exit 3): the
+# machine has no Ray, pyarrow, starlette or uvicorn of its own, and making both calls again is the fix.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -71,7 +71,6 @@ fi
 export ROOT DRY OUT W RES PY BACKEND MAX_SEQ PROFILE SHARD_ROWS N_TEXTS TINY
 ACCEPT="$PY $ROOT/scripts/gpu/ray_accept.py --results $RES"
 export ACCEPT
-HAVE_RAY=1
 
 log() { echo "== +$((SECONDS - T0))s $*"; }
 left() { echo $((BUDGET - RESERVE - (SECONDS - T0))); }
@@ -126,16 +125,19 @@ $ACCEPT set mode "\"$([ "$DRY" = 1 ] && echo 'dry run (CPU, reference backend)' 
 assemble() {  # the parts, from .ray-pack/ (this call's) or /tmp/ray-parts/ (where call 1 left its own)
   local sums=.ray-pack/ray-site.tar.xz.sha256 parts=() names
   [ -f "$sums" ] || { echo "ray.sh: $sums is missing (carry it: scripts/gpu/ray-prep.sh)"; return 3; }
-  if [ -f .ray-pack/ray-site.tar.xz ]; then
+  names=$(ls .ray-pack/ /tmp/ray-parts/ 2>/dev/null | grep -E '^ray-site\.tar\.xz\.part-[0-9]+$' | sort -u)
+  for n in $names; do
+    if [ -f ".ray-pack/$n" ]; then parts+=(".ray-pack/$n"); else parts+=("/tmp/ray-parts/$n"); fi
+  done
+  if ((${#parts[@]})); then
+    echo "parts: ${parts[*]}"
+    cat "${parts[@]}" > "$W/ray-site.tar.xz"
+  elif [ -f .ray-pack/ray-site.tar.xz ]; then  # a pack small enough to travel whole (RAY_EXTRAS=serve)
+    parts=(.ray-pack/ray-site.tar.xz)
     cp .ray-pack/ray-site.tar.xz "$W/ray-site.tar.xz"
   else
-    names=$(ls .ray-pack/ /tmp/ray-parts/ 2>/dev/null | grep -E '^ray-site\.tar\.xz\.part-[0-9]+$' | sort -u)
-    for n in $names; do
-      if [ -f ".ray-pack/$n" ]; then parts+=(".ray-pack/$n"); else parts+=("/tmp/ray-parts/$n"); fi
-    done
-    echo "parts: ${parts[*]:-none}"
-    ((${#parts[@]})) || { echo "ray.sh: no part of the Ray pack on this machine"; return 3; }
-    cat "${parts[@]}" > "$W/ray-site.tar.xz"
+    echo "ray.sh: no part of the Ray pack on this machine (.ray-pack/ or /tmp/ray-parts/)"
+    return 3
   fi
   local want got
   want=$(cut -d' ' -f1 "$sums")
@@ -174,26 +176,18 @@ if [ "$DRY" = 1 ]; then
   fi
   log "dry run: no unpacking, installing or building; Ray, pyarrow and trtrun from $PY (PYTHONPATH=$ROOT)"
 else
-  step assemble 10 90 assemble
-  rc=$?
-  if ((rc == 0)); then
-    step unpack 20 150 unpack || HAVE_RAY=0
-  else
-    HAVE_RAY=0
-  fi
-  if ((HAVE_RAY == 0)) && [ "${ALLOW_NO_RAY:-0}" != 1 ]; then
-    log "no Ray on this machine: stopping (ALLOW_NO_RAY=1 runs the steps without Ray)"
-    finish 3
-  fi
+  # without the pack there is no Ray, pyarrow, starlette or uvicorn here: nothing of the acceptance can run
+  step assemble 10 90 assemble || finish 3
+  step unpack 20 150 unpack || finish 3
   step install 5 60 install_wheels || finish 2
   step build 45 300 build || finish 2
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-  ((HAVE_RAY)) && export PYTHONPATH=$PYTHONPATH:/tmp/ray-site
 fi
-if ((HAVE_RAY)); then
-  $PY -c "import ray, ray.data, ray.serve, pyarrow; print('ray', ray.__version__, 'pyarrow', pyarrow.__version__, 'from', ray.__file__)" \
-    || { log "Ray does not import"; HAVE_RAY=0; [ "${ALLOW_NO_RAY:-0}" = 1 ] || finish 3; }
-fi
+# The Ray folder brings its own versions of packages the machine has (protobuf, aiohttp, requests, ...): the
+# steps that need neither Ray nor pyarrow (the model's export and build, the PyTorch baseline) run without it
+NORAY_PYTHONPATH=${PYTHONPATH:-}
+export NORAY_PYTHONPATH
+WITH_RAY() { [ "$DRY" = 1 ] || export PYTHONPATH=$NORAY_PYTHONPATH${NORAY_PYTHONPATH:+:}/tmp/ray-site; }
 $PY -m trtrun info 2>&1 | head -8
 
 # ------------------------------------------------------------------------------------------------ 2. data, model, plan
@@ -213,6 +207,9 @@ prepare() {
 }
 export -f prepare
 step prepare 30 240 prepare || finish 2
+WITH_RAY
+$PY -c "import ray, ray.data, ray.serve, pyarrow; print('ray', ray.__version__, 'pyarrow', pyarrow.__version__, 'from', ray.__file__)" \
+  || { log "Ray does not import with PYTHONPATH=${PYTHONPATH:-}"; finish 3; }
 $ACCEPT set settings "$($PY -c 'import json,sys; print(json.dumps(dict(zip(sys.argv[1::2], sys.argv[2::2]))))' \
   plan "hybrid, $PROFILE" backend "$BACKEND" max_seq_len "$MAX_SEQ" truncation truncate contexts 2 \
   max_batch_tokens "16384 (default)" shard_rows "$SHARD_ROWS" chunk_rows "1024 (default)" \
@@ -225,7 +222,6 @@ EST_EMBED=$([ "$DRY" = 1 ] && echo 20 || echo 40)
 for run in inproc-1 ray-1 inproc-2 ray-2; do
   extra=""
   if [[ $run == ray-* ]]; then
-    ((HAVE_RAY)) || { skip "$run" "no Ray"; continue; }
     extra="--ray${RAY_ADDRESS:+=$RAY_ADDRESS}"  # last: a bare --ray would take the next word as its address
   fi
   # shellcheck disable=SC2086
@@ -240,7 +236,7 @@ step "compare vectors" 10 90 $ACCEPT compare
 # ------------------------------------------------------------------------------------------------ 5. PyTorch baseline
 batches=""; for b in $PT_BATCHES; do batches="$batches --batch $b"; done
 # shellcheck disable=SC2086
-step "pytorch baseline" 40 200 $ACCEPT baseline --model "$W/model" --corpus "$W/imdb.jsonl" $batches \
+step "pytorch baseline" 40 200 env PYTHONPATH="$NORAY_PYTHONPATH" $ACCEPT baseline --model "$W/model" --corpus "$W/imdb.jsonl" $batches \
   --max-seq-len "$MAX_SEQ" --device "$PT_DEVICE" --dtype "$PT_DTYPE" --vectors "$W/pytorch.npy" \
   && step "compare PyTorch's vectors" 10 90 $ACCEPT compare --baseline-vectors "$W/pytorch.npy"
 
@@ -315,7 +311,7 @@ PY
 }
 export -f serve_all free_port
 export CLIENTS PROCS WARMUP N_LOAD_TEXTS
-SERVE_TARGETS=$( ((HAVE_RAY)) && echo ray; for n in $SERVE_WORKERS; do echo "w$n"; done)
+SERVE_TARGETS=$(echo ray; for n in $SERVE_WORKERS; do echo "w$n"; done)
 SERVE_TARGETS=$(echo $SERVE_TARGETS)
 # what a serving round costs besides the load: starting (Ray and its replica ~30 s), the reference embeddings,
 # stopping; then WARMUP + LOAD_S per target. LOAD_S shrinks to what is left, and the 4-process server goes

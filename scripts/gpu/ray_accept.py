@@ -330,8 +330,9 @@ def summary(results: dict) -> str:
     c = results.get("corpus")
     if c:
         L.append(f"- corpus: {c['texts']:,} IMDB reviews, {c['chars']:,} characters")
-    L += ["", "| run | where | job s | wall s | texts | tokens | texts/s (job) | tokens/s (job) | texts/s (steady) | "
-          "tokens/s (steady) | texts/s (wall) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    if results.get("embed") or results.get("baseline"):
+        L += ["", "| run | where | job s | wall s | texts | tokens | texts/s (job) | tokens/s (job) | texts/s (steady) | "
+              "tokens/s (steady) | texts/s (wall) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results.get("embed", []):
         if r.get("rc") != 0:
             L.append(f"| {r['name']} | failed (exit {r.get('rc')}): {r.get('error', '')[:120]} | | {_f(r.get('wall_s'))} "
