@@ -571,3 +571,27 @@ def test_fuzzed_fp8_plans_raise_only_plan_errors(tmp_path):
     unexpected = {k: v for k, v in r["outcomes"].items() if not k.startswith(("PlanError", "loaded, "))}
     assert not unexpected, (unexpected, out.getvalue()[-3000:])
     assert sum(v for k, v in r["outcomes"].items() if k.startswith("loaded, ")) >= 50  # mutants that run the fp8 path
+
+
+def test_gpu_lowering_refuses_fp8_shapes_cublaslt_cannot_take(fp8_plans):
+    """cuBLASLt's fp8 GEMMs need K and N multiples of 16: a plan with another fp8 weight shape is refused at
+    lowering, naming the op and the shape (so --backend auto runs it on the reference backend), not at context
+    creation. check_gpu_support reads the header only, so a header with one weight's shape changed stands in."""
+    import copy
+    import types
+
+    from trtrun.errors import PlanError
+    from trtrun.runtime.lower import check_gpu_support
+
+    plan = fp8_plans["dynamic"]
+    lin = next(op for op in plan.ops if op["type"] == "Linear")
+    for change in ((0, 8), (1, 8), (0, 0)):
+        header = copy.deepcopy(plan.header)
+        shape = header["weights"][lin["weights"]["weight"]]["shape"]
+        shape[change[0]] += change[1]
+        fake = types.SimpleNamespace(ops=plan.ops, header=header, precision=plan.precision, profile=plan.profile)
+        if change[1] == 0:
+            check_gpu_support(fake)
+            continue
+        with pytest.raises(PlanError, match=rf"op '{lin['name']}'.*fp8 weight of {shape[0]} x {shape[1]}.*multiples of 16"):
+            check_gpu_support(fake)

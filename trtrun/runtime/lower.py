@@ -89,6 +89,11 @@ def check_gpu_support(plan) -> None:
             raise PlanError(f"op {op['name']!r}: precision {op['precision']}: the GPU runtime has no "
                             f"{op['precision']} path yet; run this plan on the reference backend (--backend reference)")
         missing = gpu_missing(op)
+        if not missing and op["type"] == "Linear" and op["precision"] == "fp8":
+            # cuBLASLt's fp8 GEMMs need 16-byte leading dimensions (docs/runtime.md "fp8 Linears")
+            K, N = (int(d) for d in plan.header["weights"][op["weights"]["weight"]]["shape"])
+            if K % 16 or N % 16:
+                missing = f"an fp8 weight of {K} x {N} (cuBLASLt's fp8 GEMMs need both multiples of 16)"
         if missing:
             raise PlanError(f"op {op['name']!r}: the GPU runtime does not run {op['type']} ops with {missing} yet "
                             f"(the reference backend does)")
