@@ -582,22 +582,52 @@ def check_arrays(header: dict, weights: dict, where: str) -> None:
     extra = sorted(set(weights) - set(entries))
     if extra:
         raise PlanError(f"{where}: weights: arrays without a header entry: {', '.join(extra)}")
-    check_scales(header, weights, where)
+    check_values(header, weights, where)
 
 
-def check_scales(header: dict, weights: dict, where: str) -> None:
-    """fp8 scales are positive finite float32 numbers: a run divides by x_scale and multiplies by both (a zero
-    or NaN scale would make every output of the layer NaN or zero without a word)."""
+def check_values(header: dict, weights: dict, where: str) -> None:
+    """The values of the small per-op parameters that reach every output of their op, checked once the blob is read
+    (the header cannot vouch for them):
+
+    - fp8 scales are positive finite float32 numbers: a run divides by x_scale and multiplies by both (a zero or NaN
+      scale would make every output of the layer NaN or zero without a word);
+    - an Attention's inv_freq, alibi_slopes, relative_bias, q_norm and k_norm are finite (one NaN there reaches every
+      position's angle, every score of a head or every normalised head), and the float32 products a run forms from
+      the first two, position * inv_freq (the rotary angle) and slope * distance (the ALiBi bias), stay finite up to
+      the profile's longest sequence (an infinite angle or bias is a NaN in the softmax).
+    """
+    seq_max = header["profile"]["seq"][2]
+    reach = float(np.float32(seq_max - 1))  # the largest position / distance, as the float32 a run multiplies by
+
+    def refuse(w, op, role, what, v, i):
+        raise PlanError(f"{where}: weights.{nm(w)}: op {nm(op['name'])!r}'s {role} must be {what}, got {float(v)!r} "
+                        f"at [{i}]")
+
     for op in header["ops"]:
-        if op["precision"] != FP8:
+        wts = op.get("weights", {})
+        if op["precision"] == FP8:
+            for role in ("weight_scale", "x_scale"):
+                w = wts.get(role)
+                if not w:
+                    continue
+                v = np.asarray(weights[w], np.float32)
+                bad = ~(np.isfinite(v) & (v > 0) & (v <= FLOAT32_MAX))
+                if bad.any():
+                    i = int(np.argmax(bad.ravel()))
+                    refuse(w, op, role, "positive and finite", v.ravel()[i], i)
+        if op["type"] != "Attention":
             continue
-        for role in ("weight_scale", "x_scale"):
-            w = op.get("weights", {}).get(role)
+        for role in ("inv_freq", "alibi_slopes", "relative_bias", "q_norm", "k_norm"):
+            w = wts.get(role)
             if not w:
                 continue
-            v = np.asarray(weights[w], np.float32)
-            bad = ~(np.isfinite(v) & (v > 0) & (v <= FLOAT32_MAX))
+            v = np.asarray(weights[w], np.float32).ravel()  # float16 widens exactly
+            bad = ~np.isfinite(v)
             if bad.any():
-                i = int(np.argmax(bad.ravel()))
-                raise PlanError(f"{where}: weights.{nm(w)}: op {nm(op['name'])!r}'s {role} must be positive and "
-                                f"finite, got {v.ravel()[i]!r} at [{i}]")
+                i = int(np.argmax(bad))
+                refuse(w, op, role, "finite", v[i], i)
+            if role in ("inv_freq", "alibi_slopes") and v.size and float(np.abs(v).max()) * reach > FLOAT32_MAX:
+                i = int(np.argmax(np.abs(v)))
+                what = "rotary angle position * inv_freq" if role == "inv_freq" else "ALiBi bias slope * distance"
+                raise PlanError(f"{where}: weights.{nm(w)}: op {nm(op['name'])!r}'s {role} holds {float(v[i])!r} at "
+                                f"[{i}]: the {what} overflows float32 within the profile's max sequence {seq_max}")
