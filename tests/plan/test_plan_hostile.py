@@ -485,6 +485,9 @@ EXTRAS = {
                         r"weights\.x_scale: a static activation scale is \[1\], got \[2\]"),
     "fp8 no weight_scale": ("fp8", lambda h, w: _lin(h)["weights"].pop("weight_scale"),
                             r"weights\.weight_scale: an fp8 Linear needs its weight_scale"),
+    # found by scripts/fuzz_plan.py: an empty weight name in a scale role was looked up (KeyError)
+    "fp8 weight_scale named ''": ("fp8", lambda h, w: _lin(h)["weights"].update(weight_scale=""),
+                                  r"weights\.weight_scale: an fp8 Linear needs its weight_scale"),
     "fp8 weight on a hybrid Linear": ("fp8", lambda h, w: (_lin(h).update(precision="hybrid"),
                                                           _lin(h)["weights"].pop("weight_scale")),
                                       r"\('l0\.qkv'\)\.weights\.weight: weight 'l0\.qkv\.weight' is float8_e4m3fn, "
@@ -618,6 +621,7 @@ BOUNDED = {
     "subnormal fp8 weight_scale": ("fp8", lambda h, w: _set(w, _lin(h)["weights"]["weight_scale"], 4, 1e-40)),
     "subnormal fp8 x_scale": ("fp8-static", lambda h, w: _set(w, _lin(h)["weights"]["x_scale"], 0, 1e-40)),
     "largest fp8 x_scale": ("fp8-static", lambda h, w: _set(w, _lin(h)["weights"]["x_scale"], 0, 3.4e38)),
+    "fp8 x_scale named '' (absent)": ("fp8", lambda h, w: _lin(h)["weights"].update(x_scale="")),
     "window 0": ("hybrid", _edit_att(window=0)),
     "window 2^31-1": ("hybrid", _edit_att(window=2 ** 31 - 1)),
     "relative_max_distance 2^31-1": ("hybrid", lambda h, w: _relative(h, w, max_distance=2 ** 31 - 1)),

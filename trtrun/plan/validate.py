@@ -409,7 +409,7 @@ def _validate_op(op, f, tensors, weights, prof, err) -> None:
         if role in ("weight_scale", "x_scale"):
             if not fp8:
                 err(f + f".weights.{role}", f"only an fp8 Linear has a {role!r} (this op is {op['precision']})")
-            if weights[w]["dtype"] != "float32":
+            if w and weights[w]["dtype"] != "float32":  # "" is an absent weight (the fp8 checks below say so)
                 err(f + f".weights.{role}", f"weight {nm(w)!r} is {weights[w]['dtype']}, a scale is float32")
 
     if typ == "Embedding":
