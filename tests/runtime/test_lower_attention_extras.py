@@ -293,7 +293,7 @@ def test_tables_of_a_huge_profile_are_refused_before_they_are_made(kind, tmp_pat
     assert r.returncode == 0, r.stderr[-2000:]
     what = "rotary cos/sin" if kind == "rotary" else "score bias"
     assert r.stdout.startswith(f"PlanError: op 'l0.attn': the GPU runtime's fp32 tables by position ({what} "), r.stdout
-    assert "at the profile's max sequence 2,147,483,647, more than the 1,024 MiB lowering makes; build the plan for " \
+    assert "at the profile's max sequence 2,147,483,647, more than the 256 MiB lowering makes; build the plan for " \
            "shorter sequences (trtrun build --max BATCH,SEQ)" in r.stdout, r.stdout
 
 

@@ -14,10 +14,11 @@ from ..plan.format import DEVICE_DTYPES, GPU_ACTIVATIONS, GPU_OP_TYPES, GPU_PREC
 # The fp32 tables lowering makes for the runtime (rotary cos/sin [seq_max, R/2] per inv_freq and scale, a score bias
 # [H, 2*seq_max - 1] per relative table or slopes) grow with the profile's longest sequence, which nothing in a plan
 # file bounds where no position table does (rotary, relative and ALiBi models). Real plans need megabytes (a
-# 131,072-token Llama 3 profile: 64 MiB of rotary tables); a crafted profile of 2^31 - 1 tokens would ask tens of GiB
-# of host memory before the Engine could refuse anything. Lowering refuses tables over this, in all, before it makes
-# any (making one briefly takes a few times its size).
-MAX_TABLE_BYTES = 1 << 30
+# 131,072-token Llama 3 profile: 64 MiB of rotary tables; 524,288 tokens: 256 MiB); a crafted profile of 2^31 - 1
+# tokens would ask tens of GiB of host memory before the Engine could refuse anything. Lowering refuses tables over
+# this, in all, before it makes any: making rotary tables takes about 3 times their size for a while (float64 cos and
+# sin) and 10 s a GiB on one core.
+MAX_TABLE_BYTES = 256 << 20
 
 
 def bucket_seq(seq: int, seq_max: int) -> int:
