@@ -305,6 +305,15 @@ HOSTILE = {
                                 r"header\.outputs\[1\]: 'input_ids' must be a float tensor"),
     "name with escapes": (lambda h: h["tensors"].update({"\x1b[2J" + "n" * 500: {"dtype": "int64", "shape": 3}}),
                           r"header\.tensors\.'\\x1b\[2Jn+…\.shape: must be \[B, S"),
+    # found by scripts/fuzz_plan.py: JSON's "\ud800" parses to a str no codec encodes; such an op name loaded, and the
+    # Engine's binding failed on it with pybind11's RuntimeError ("Unable to cast Python instance of type str")
+    "op name a lone surrogate": (lambda h: _op(h, "l0.fc1").update(name="fc\ud800"),
+                                 r"header\.ops\[5\]\.name: holds a lone UTF-16 surrogate \(a \\ud800-\\udfff escape "
+                                 r"without its pair\): not text"),
+    "tensor key a lone surrogate": (lambda h: h["tensors"].update({"\udc00": {"dtype": "int64", "shape": ["B", "S"]}}),
+                                    r"header\.tensors\.'\\udc00' \(the key\): holds a lone UTF-16 surrogate"),
+    "source path a lone surrogate": (lambda h: h["source"].update(path="/m/\udfff.onnx"),
+                                     r"header\.source\.path: holds a lone UTF-16 surrogate"),
 }
 
 
@@ -648,3 +657,13 @@ def test_edge_values_of_the_newer_fields_load_and_run(tmp_path, case):
     f["input_ids"][1] = [4, 5, 6]
     out = ReferenceBackend(plan).run(f)["last_hidden_state"]
     assert out.shape == (2, 3, 64) and np.isfinite(out).all()
+
+
+def test_names_beyond_the_bmp_load(plan_file):
+    """An escaped surrogate pair ("\\ud83d\\ude00", how json.dumps writes 😀) is text: such a name loads and runs."""
+    _, path = plan_file
+    _rewrite(path, lambda h: _op(h, "l0.fc1").update(name="fc😀"))
+    assert b"\\ud83d\\ude00" in path.read_bytes()
+    plan = load_plan(path)
+    assert any(op["name"] == "fc😀" for op in plan.ops)
+    ReferenceBackend(plan).run(_feeds())

@@ -7,6 +7,7 @@ backend and lowered for the runtime without IndexError & co. Every failure is a 
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -76,9 +77,44 @@ def type_name(v) -> str:
     return type(v).__name__
 
 
+def surrogate_path(h: Any) -> str | None:
+    """The path (header.ops[3].name, ...) of the first string, key or value, holding a lone UTF-16 surrogate, or None.
+
+    JSON's \\ud800 escape parses to such a string: it is no Unicode text, so nothing can encode it (UTF-8 for the
+    runtime's names, a terminal for `trtrun inspect`). Walked with an explicit stack (the depth is bounded anyway)."""
+    stack = [("header", h)]
+    while stack:
+        path, v = stack.pop()
+        if isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                return path
+        elif isinstance(v, dict):
+            for k, x in reversed(list(v.items())):
+                p = f"{path}.{nm(k)}"
+                try:
+                    k.encode("utf-8")
+                except UnicodeEncodeError:
+                    return p + " (the key)"
+                stack.append((p, x))
+        elif isinstance(v, list):
+            stack.extend((f"{path}[{i}]", x) for i, x in reversed(list(enumerate(v))))
+    return None
+
+
 def validate_header(h: Any, where: str, blob_nbytes: int | None) -> None:
     def err(field: str, msg: str):
         raise PlanError(f"{where}: {field}: {msg}")
+
+    try:  # one C-level pass for the usual header; the walk only to name the field of a bad one
+        json.dumps(h, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        bad = surrogate_path(h)
+        if bad is not None:
+            err(bad, "holds a lone UTF-16 surrogate (a \\ud800-\\udfff escape without its pair): not text")
+    except (TypeError, ValueError):
+        pass  # not JSON data: the checks below name what is wrong
 
     def need_obj(v, field: str, what: str = ""):
         if not isinstance(v, dict):
