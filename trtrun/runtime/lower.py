@@ -65,16 +65,16 @@ def bias_key(op) -> tuple:
 def check_table_bytes(plan) -> None:
     """PlanError naming the op whose position tables (rotary_key, bias_key) take the lowering past MAX_TABLE_BYTES;
     reads only the header, so it runs before any table is made."""
-    seq_max = int(plan.profile["seq"][2])
     seen: set = set()
     total = 0
     for op in plan.ops:
-        if op["type"] != "Attention":
-            continue
         w = op.get("weights", {})
+        if op["type"] != "Attention" or not (w.get("inv_freq") or w.get("alibi_slopes") or w.get("relative_bias")):
+            continue
+        seq_max = int(plan.profile["seq"][2])
         tables = []
-        if w.get("inv_freq"):  # cos and sin [seq_max, R/2]
-            tables.append((("rotary",) + rotary_key(op), 2 * seq_max * int(plan.weights[w["inv_freq"]].size) * 4,
+        if w.get("inv_freq"):  # cos and sin [seq_max, R/2] (the validated inv_freq holds R/2 values)
+            tables.append((("rotary",) + rotary_key(op), 2 * seq_max * (int(op["attrs"]["rotary_dim"]) // 2) * 4,
                            "rotary cos/sin [max seq, rotary_dim/2] x 2"))
         if w.get("alibi_slopes") or w.get("relative_bias"):
             tables.append((bias_key(op), int(op["attrs"]["num_heads"]) * (2 * seq_max - 1) * 4,
