@@ -73,12 +73,12 @@ def test_a_plan_the_gpu_cannot_run_falls_back_under_auto(gpu):
     import copy
     from types import SimpleNamespace
 
-    from handmade_plans import tiny_plan
+    from handmade_plans import GPU_TINY, tiny_plan
 
     from trtrun.errors import PlanError
 
     gpu(True, "NVIDIA H200; trtrun._C built for sm_90")
-    plan = tiny_plan("hybrid", layers=1)
+    plan = tiny_plan("hybrid", layers=1, **GPU_TINY)
     assert backends.choose_backend("auto", plan=plan)[0] == "gpu"
     pooled = SimpleNamespace(precision=plan.precision, ops=copy.deepcopy(plan.ops) + [
         {"type": "Pool", "name": "pool", "precision": "fp32", "inputs": [], "outputs": [], "attrs": {}}])
