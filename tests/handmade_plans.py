@@ -17,6 +17,11 @@ from trtrun.plan import Plan
 # Hand-made tiny plans
 # ---------------------------------------------------------------------------------------------
 
+# tiny_plan's sizes for a plan that is lowered for the GPU runtime (trtrun.runtime.lower): one head of 32, the smallest
+# head size its attention kernels take (GPU_HEAD_SIZES), where the default's heads of 8 are refused by name. Tests that
+# need several heads pass hidden=64, heads=2 instead.
+GPU_TINY = {"hidden": 32, "heads": 1}
+
 
 def _assign_dtypes(ops, outputs, precision):
     """Tensor dtypes by docs/plan-format.md "Tensor dtypes the builder chooses" (an independent

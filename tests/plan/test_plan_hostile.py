@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from handmade_plans import split_file, tiny_plan, write_raw  # noqa: E402  (tests/handmade_plans.py)
+from handmade_plans import GPU_TINY, split_file, tiny_plan, write_raw  # noqa: E402  (tests/handmade_plans.py)
 from trtrun.errors import InputError, PlanError
 from trtrun.plan import load_plan
 from trtrun.reference import ReferenceBackend
@@ -350,14 +350,15 @@ def test_lowering_names_ops_the_runtime_lacks():
     from trtrun.plan import Plan
     from trtrun.runtime.lower import lower_plan
 
-    base = tiny_plan("fp32", layers=1)
+    base = tiny_plan("fp32", layers=1, **GPU_TINY)
     low = lower_plan(base)
     assert [o["name"] for o in base.ops] == [o["name"] for o in low["ops"]]
     hdr = json.loads(json.dumps({k: v for k, v in base.header.items() if k != "weights"}))
     hdr["ops"].append({"type": "Pool", "name": "pool", "inputs": ["last_hidden_state", "attention_mask"],
                        "outputs": ["pooled"], "weights": {}, "attrs": {"mode": "cls"}, "precision": "fp32"})
-    hdr["tensors"]["pooled"] = {"dtype": "float32", "shape": ["B", 16]}
-    hdr["outputs"].append({"name": "pooled", "dtype": "float32", "shape": ["B", 16]})
+    N = GPU_TINY["hidden"]
+    hdr["tensors"]["pooled"] = {"dtype": "float32", "shape": ["B", N]}
+    hdr["outputs"].append({"name": "pooled", "dtype": "float32", "shape": ["B", N]})
     plan = Plan.from_parts(hdr, base.weights)
     with pytest.raises(PlanError, match=r"op 'pool': the GPU runtime does not run Pool ops yet"):
         lower_plan(plan)

@@ -29,9 +29,10 @@ KINDS = ["relative-bidirectional", "relative-unidirectional", "alibi", "alibi-sy
 
 
 def _extras_plan(kind: str | None, *, precision="hybrid", layers=2, window=None, seed=0, other_table=False,
-                 hidden=16, heads=2) -> Plan:
+                 hidden=64, heads=2) -> Plan:
     """tiny_plan with a score bias of `kind` on every Attention (one table shared by the layers, or with
-    other_table a second table for the last layer) and/or a sliding window."""
+    other_table a second table for the last layer) and/or a sliding window. Two heads of 32: the tables' head axis
+    has two rows to tell apart, at the smallest head size the GPU runtime lowers."""
     base = tiny_plan(precision, layers=layers, seed=seed, hidden=hidden, heads=heads)
     rng = np.random.default_rng(seed + 17)
     hdr = copy.deepcopy({k: v for k, v in base.header.items() if k != "weights"})
@@ -132,8 +133,8 @@ def test_plans_with_biases_and_windows_lower_and_the_rest_is_still_refused():
     hdr = json.loads(json.dumps({k: v for k, v in plan.header.items() if k != "weights"}))
     hdr["ops"].append({"type": "Pool", "name": "pool", "inputs": ["last_hidden_state", "attention_mask"],
                        "outputs": ["pooled"], "weights": {}, "attrs": {"mode": "cls"}, "precision": "fp32"})
-    hdr["tensors"]["pooled"] = {"dtype": "float32", "shape": ["B", 16]}
-    hdr["outputs"].append({"name": "pooled", "dtype": "float32", "shape": ["B", 16]})
+    hdr["tensors"]["pooled"] = {"dtype": "float32", "shape": ["B", 64]}
+    hdr["outputs"].append({"name": "pooled", "dtype": "float32", "shape": ["B", 64]})
     with pytest.raises(PlanError, match=r"op 'pool': the GPU runtime does not run Pool ops yet"):
         lower_plan(Plan.from_parts(hdr, plan.weights))
 

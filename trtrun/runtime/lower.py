@@ -19,6 +19,9 @@ from ..plan.format import DEVICE_DTYPES, GPU_ACTIVATIONS, GPU_OP_TYPES, GPU_PREC
 # this, in all, before it makes any: making rotary tables takes about 3 times their size for a while (float64 cos and
 # sin) and 10 s a GiB on one core.
 MAX_TABLE_BYTES = 256 << 20
+# The head sizes native/kernels/attention is instantiated for (attention.h). The Engine does not check them: the
+# attention launcher refuses any other at the first run, naming no op, so lowering refuses them by op beforehand.
+GPU_HEAD_SIZES = (32, 64, 128)
 
 
 def bucket_seq(seq: int, seq_max: int) -> int:
@@ -37,12 +40,16 @@ def gpu_missing(op) -> str | None:
     """What of a known op type the GPU runtime's kernels lack, or None. Llama-family ops (RMSNorm, silu and gated
     Linears, Linear residual inputs, grouped-query and rotary attention, embeddings without positions) and the
     Attention's score biases (relative-position tables, ALiBi) and sliding windows have kernels: native/kernels/
-    rmsnorm, epilogue, rotary and attention. A per-head query/key norm (Qwen3) has none yet."""
+    rmsnorm, epilogue, rotary and attention. The attention kernels take head sizes 32, 64 and 128 only
+    (GPU_HEAD_SIZES): an Attention of another (phi-2's 80, Gemma's 256, ...) is refused with its head size. A
+    per-head query/key norm (Qwen3) has no kernel yet."""
     a = op.get("attrs", {})
     if op["type"] == "Linear":
         if a.get("activation", "none") not in GPU_ACTIVATIONS:
             return f"activation {a['activation']!r}"
     if op["type"] == "Attention":
+        if int(a.get("head_size", 0)) not in GPU_HEAD_SIZES:
+            return f"head size {a.get('head_size')} (the attention kernels take {', '.join(map(str, GPU_HEAD_SIZES))})"
         if op.get("weights", {}).get("q_norm"):
             return "a per-head query/key RMSNorm (q_norm, k_norm)"
     return None
