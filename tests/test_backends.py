@@ -91,7 +91,9 @@ def test_a_plan_the_gpu_cannot_run_falls_back_under_auto(gpu):
     for op in ops:
         if op["type"] == "Linear":
             op["precision"] = "fp8"
-    assert backends.choose_backend("auto", plan=SimpleNamespace(precision="mixed", ops=ops))[0] == "gpu"
+    mixed = SimpleNamespace(precision="mixed", ops=ops, header=plan.header, profile=plan.profile)  # (weight shapes:
+    # the header's, multiples of 16 as cuBLASLt's fp8 GEMMs need)
+    assert backends.choose_backend("auto", plan=mixed)[0] == "gpu"
     gpu(False, "no NVIDIA GPU or driver on this machine: cudaErrorNoDevice")  # no GPU: the plan is not asked about
     assert backends.choose_backend("auto", plan=pooled) == ("reference",
                                                             "no NVIDIA GPU or driver on this machine: cudaErrorNoDevice")
