@@ -12,6 +12,10 @@ from ..errors import PlanError
 from ..plan.format import DEVICE_DTYPES, GPU_ACTIVATIONS, GPU_OP_TYPES, GPU_PRECISIONS
 
 
+# The largest head_size the rotary pass's per-head query/key RMSNorm takes (native/kernels/rotary: kQkNormMaxHead)
+QK_NORM_MAX_HEAD = 256
+
+
 def bucket_seq(seq: int, seq_max: int) -> int:
     """The padded sequence length a run at `seq` executes at (so that few CUDA graphs serve all lengths).
 
@@ -26,16 +30,17 @@ def bucket_seq(seq: int, seq_max: int) -> int:
 
 def gpu_missing(op) -> str | None:
     """What of a known op type the GPU runtime's kernels lack, or None. Llama-family ops (RMSNorm, silu and gated
-    Linears, Linear residual inputs, grouped-query and rotary attention, embeddings without positions) and the
-    Attention's score biases (relative-position tables, ALiBi) and sliding windows have kernels: native/kernels/
-    rmsnorm, epilogue, rotary and attention. A per-head query/key norm (Qwen3) has none yet."""
+    Linears, Linear residual inputs, grouped-query and rotary attention, Qwen3's per-head query/key RMSNorm,
+    embeddings without positions) and the Attention's score biases (relative-position tables, ALiBi) and sliding
+    windows have kernels: native/kernels/rmsnorm, epilogue, rotary and attention."""
     a = op.get("attrs", {})
     if op["type"] == "Linear":
         if a.get("activation", "none") not in GPU_ACTIVATIONS:
             return f"activation {a['activation']!r}"
-    if op["type"] == "Attention":
-        if op.get("weights", {}).get("q_norm"):
-            return "a per-head query/key RMSNorm (q_norm, k_norm)"
+    if op["type"] == "Attention" and op.get("weights", {}).get("q_norm"):
+        D = int(a.get("head_size", 0))
+        if D > QK_NORM_MAX_HEAD:  # one warp of the rotary pass holds a head
+            return f"a per-head query/key RMSNorm (q_norm, k_norm) over heads of {D} > {QK_NORM_MAX_HEAD} values"
     return None
 
 
@@ -105,8 +110,8 @@ def lower_plan(plan) -> dict:
 
     Weights are converted where the kernels need one dtype per op (exactly what the reference computes):
     Linear weights to the GEMM operand type (fp32 for fp32 ops, fp16 otherwise; the reference rounds
-    operands the same way), a fp16 bias to fp32 when the output is fp32 (exact), embedding tables and
-    gamma/beta to a common type (fp32 when they differ; exact).
+    operands the same way), a fp16 bias to fp32 when the output is fp32 (exact), embedding tables,
+    gamma/beta and an Attention's q_norm/k_norm to a common type (fp32 when they differ; exact).
     """
     check_gpu_support(plan)
     tensors = plan.tensors
@@ -215,6 +220,10 @@ def lower_plan(plan) -> dict:
                 d["rotary_dim"] = int(attrs["rotary_dim"])
                 cos_i, sin_i = rotary(w["inv_freq"], float(attrs.get("rotary_scale", 1.0)))
                 wmap["rotary_cos"], wmap["rotary_sin"] = cos_i, sin_i
+            if w.get("q_norm"):  # Qwen3: both gains in one dtype (the kernel reads them alike; widening is exact)
+                ndt = common(w["q_norm"], w["k_norm"])
+                wmap["q_norm"], wmap["k_norm"] = weight(w["q_norm"], ndt), weight(w["k_norm"], ndt)
+                d["qk_norm_epsilon"] = float(attrs.get("qk_norm_epsilon", 1e-6))  # the reference's default
             if w.get("relative_bias") or w.get("alibi_slopes"):
                 wmap["score_bias"] = bias_table(op)
             # -1: no window; a window of S - 1 or more masks nothing (the kernel's launcher treats it so too)
