@@ -3,8 +3,9 @@
 
 Lowering hands the two gains to the Engine as weights of the Attention (one dtype for both: the kernel reads them
 alike) and the epsilon as an attribute; the Engine refuses a description that would make the kernel read a gain out
-of bounds before it asks for a device; the kernel's entry point checks its arguments before it touches one. The
-kernel itself runs in tests/gpu/test_runtime_decoders.py (test_rotary_qk_norm, and the tiny Qwen3 end to end).
+of bounds before it asks for a device; the kernel's entry point checks its arguments before it touches one; the
+kernel's fp16 sum order, emulated here, is the reference's tree. The kernel itself runs in
+tests/gpu/test_runtime_decoders.py (test_rotary_qk_norm, and the tiny Qwen3 end to end).
 """
 
 from __future__ import annotations
@@ -200,3 +201,28 @@ def test_qk_norm_entry_point_checks_its_arguments():
             p.rotary_qk_norm(**{**args, **change})
         assert str(err.value).startswith(msg), (change, str(err.value))
     p.rotary_qk_norm(**{**args, "batch": 0})  # nothing to do: returns before the pointers matter
+
+
+def test_fp16_sum_order_is_the_references_tree():
+    """native/kernels/rotary's fp16 sum of squares, in its order (lane l holds elements l, 32 + l, ... in 8 slots;
+    the slots are halved, then the warp's xor tree over 16, 8, 4, 2, 1 lanes), is ref_rmsnorm's pairwise fp16 tree
+    (_tree_sum_fp16) bit for bit for every power-of-two head size, and not for others: what the kernel's README and
+    test_rotary_qk_norm's one-ulp bound rely on. numpy float16 additions round each step as the kernel's do."""
+    from trtrun.reference import _tree_sum_fp16
+
+    rng = np.random.default_rng(4)
+    for D, same in ((16, True), (32, True), (64, True), (128, True), (256, True), (96, False)):
+        x = (rng.normal(0, 2, (500, D)) * rng.uniform(0.1, 4, (500, 1))).astype(np.float16)
+        sq = x * x
+        slots = np.zeros((500, 8, 32), np.float16)
+        slots.reshape(500, 256)[:, :D] = sq  # slot c, lane l: element 32c + l
+        w = 4
+        while w >= 1:
+            slots[:, :w] = slots[:, :w] + slots[:, w:2 * w]
+            w //= 2
+        lanes = slots[:, 0]
+        for o in (16, 8, 4, 2, 1):
+            lanes = lanes + lanes[:, np.arange(32) ^ o]
+        assert (lanes == lanes[:, :1]).all()  # every lane ends with the total
+        equal = lanes[:, 0].view(np.uint16) == _tree_sum_fp16(sq).view(np.uint16)
+        assert equal.all() if same else not equal.all(), D
