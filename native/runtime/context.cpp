@@ -736,19 +736,19 @@ void Context::enqueue_ops(int batch, int seq_bucket, cudaStream_t s) {
           void* dst = rotary_offset_[i] == kNone ? tensor_ptr(in(0))
                                                  : static_cast<char*>(arena_.get()) + rotary_offset_[i];
           const DType dst_t = float_dtype(rotary_type(op, d));
-          const auto* cos = static_cast<const float*>(E.weight(op.weight("rotary_cos")));  // null without rotary
-          const auto* sin = static_cast<const float*>(E.weight(op.weight("rotary_sin")));
+          const auto* cos_tab = static_cast<const float*>(E.weight(op.weight("rotary_cos")));  // null without rotary
+          const auto* sin_tab = static_cast<const float*>(E.weight(op.weight("rotary_sin")));
           if (has_qk_norm(op)) {  // each Q and K head RMS-normalised, then rotated, in one pass
             QkNorm norm;
             norm.q_gamma = E.weight(op.weight("q_norm"));
             norm.k_gamma = E.weight(op.weight("k_norm"));
             norm.gamma_t = float_dtype(d.weights[op.weight("q_norm")].type);
             norm.eps = op.qk_norm_epsilon;
-            launch_rotary_qk_norm(qkv, qkv_t, dst, dst_t, cos, sin, norm, batch, seq_bucket, op.num_heads, kv_heads,
-                                  op.head_size, op.rotary_dim, op.precision == Precision::FP16, s);
+            launch_rotary_qk_norm(qkv, qkv_t, dst, dst_t, cos_tab, sin_tab, norm, batch, seq_bucket, op.num_heads,
+                                  kv_heads, op.head_size, op.rotary_dim, op.precision == Precision::FP16, s);
           } else {
-            launch_rotary(qkv, qkv_t, dst, dst_t, cos, sin, batch, seq_bucket, op.num_heads, kv_heads, op.head_size,
-                          op.rotary_dim, op.precision == Precision::FP16, s);
+            launch_rotary(qkv, qkv_t, dst, dst_t, cos_tab, sin_tab, batch, seq_bucket, op.num_heads, kv_heads,
+                          op.head_size, op.rotary_dim, op.precision == Precision::FP16, s);
           }
           qkv = dst;
           qkv_t = dst_t;

@@ -624,7 +624,8 @@ def test_qk_norm_without_rotary_vs_reference(precision):
         want = refb.run(feeds)["last_hidden_state"]
         assert not np.isnan(got).any(), (precision, B, S)
         cos = h.cosine_per_sample(got, want, h.valid_mask(feeds))
-        h.report("decoders", f"qwen3 no-rotary layer {precision:6s} vs reference B={B} S={S:3d} min cos {cos.min():.8f}")
+        h.report("decoders", f"qwen3 no-rotary layer {precision:6s} vs reference B={B} S={S:3d} "
+                             f"min cos {cos.min():.8f}")
         assert cos.min() >= h.COS_MIN[precision], (precision, B, S, cos.min())
 
 

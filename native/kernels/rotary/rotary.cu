@@ -135,7 +135,8 @@ __global__ void __launch_bounds__(kNormWarps * 32)
       // The division and the sqrt as numpy's float16 computes them: in fp32, rounded once to fp16 (correctly rounded
       // fp16 results; __hdiv and hsqrt go through approximate fp32 instructions and can miss by an ulp).
       const float total = __half2float(dev::warp_sum_h(sq[0]));
-      const __half ms = __float2half_rn(__fdiv_rn(total, static_cast<float>(head_size)));  // D <= 256: exact in fp16
+      // D exact in fp16 (<= 256), so this is the reference's division by float16(n)
+      const __half ms = __float2half_rn(__fdiv_rn(total, static_cast<float>(head_size)));
       const float sd = __half2float(__float2half_rn(__fsqrt_rn(__half2float(__hadd_rn(ms, __float2half_rn(eps))))));
 #pragma unroll
       for (int c = 0; c < kNormSlots; ++c) {
@@ -164,7 +165,8 @@ __global__ void __launch_bounds__(kNormWarps * 32)
           o = i < h2 ? __half2float(__hsub_rn(__hmul_rn(a, ch), __hmul_rn(b, nh)))
                      : __half2float(__hadd_rn(__hmul_rn(b, ch), __hmul_rn(a, nh)));
         } else {
-          o = i < h2 ? __fsub_rn(__fmul_rn(x1, cs), __fmul_rn(x2, sn)) : __fadd_rn(__fmul_rn(x2, cs), __fmul_rn(x1, sn));
+          o = i < h2 ? __fsub_rn(__fmul_rn(x1, cs), __fmul_rn(x2, sn))
+                     : __fadd_rn(__fmul_rn(x2, cs), __fmul_rn(x1, sn));
         }
       }
       store_f(dst, dst_t, base + i, o);
@@ -237,7 +239,8 @@ void launch_rotary_qk_norm(const void* src, DType src_t, void* dst, DType dst_t,
   if (tokens == 0) return;
   require(src != nullptr && dst != nullptr && norm.q_gamma != nullptr && norm.k_gamma != nullptr, op,
           "src, dst, q_gamma and k_gamma must not be null");
-  require(rotary_dim == 0 || (cos != nullptr && sin != nullptr), op, "cos and sin must not be null when rotary_dim > 0");
+  require(rotary_dim == 0 || (cos != nullptr && sin != nullptr), op,
+          "cos and sin must not be null when rotary_dim > 0");
   require(src != dst || src_t == dst_t, op, "in place needs one dtype for src and dst");
   const int qk = heads + kv_heads;
   const long long rows = tokens * qk;
