@@ -135,3 +135,69 @@ def test_export_is_deterministic(tmp_path, exporter):
     a = export_model("gpt2", tmp_path / "a.onnx", exporter=exporter, overrides=small, seed=3)
     b = export_model("gpt2", tmp_path / "b.onnx", exporter=exporter, overrides=small, seed=3)
     assert a.read_bytes() == b.read_bytes()
+
+
+def test_parameter_estimate_matches_the_tiny_export(tmp_path):
+    """estimate_parameters (the model built on the meta device from the config alone) against a real tiny
+    Mistral export: equal to the PyTorch model's parameter count, and within 1% of the weights the ONNX file
+    holds (its initializers: the same tensors, some stored transposed; 1% leaves room for small constants an
+    exporter may add)."""
+    import onnx
+
+    from trtrun.export import estimate_parameters, export_model, load_torch_model
+
+    tiny = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                intermediate_size=96, vocab_size=1000, sliding_window=8)
+    n = estimate_parameters("mistral", tiny)
+    assert n == sum(p.numel() for p in load_torch_model("mistral", overrides=tiny, seed=1).parameters())
+    path = export_model("mistral", tmp_path / "m.onnx", overrides=tiny, seed=1)
+    held = sum(int(np.prod(t.dims)) for t in onnx.load(str(path)).graph.initializer)
+    assert abs(held - n) <= 0.01 * n, (held, n)
+    # the defaults: every named architecture's own shape is exported without asking (4 GiB of fp32 weights)
+    from trtrun.export import MAX_RANDOM_WEIGHT_BYTES
+    from trtrun.types import EXPORT_ARCHS
+
+    sizes = {a: estimate_parameters(a) for a in EXPORT_ARCHS}
+    assert max(sizes.values()) * 4 <= MAX_RANDOM_WEIGHT_BYTES, sizes
+    assert 100e6 < sizes["mistral"] < 200e6, sizes["mistral"]  # a small model's shape, not Mistral-7B's
+
+
+def test_a_large_shape_is_refused_before_any_allocation(tmp_path, monkeypatch):
+    """Mistral-7B's shape (7.1B parameters, 26.5 GiB of fp32 weights) is refused at once with an InputError naming
+    the size, the shape and how to shrink or allow it; nothing but meta-device tensors (no storage) is made on
+    the way, and no file is written. With allow_large the check lets it through (checked on the check alone:
+    exporting 7B here would take the machine)."""
+    import transformers
+
+    import trtrun.export as ex
+    from trtrun.errors import InputError
+
+    import torch
+
+    made = []
+    real = transformers.AutoModel.from_config
+
+    def spy(config, **kw):
+        if torch.get_default_device().type != "meta":  # (before it is built: this one would take 28 GB)
+            pytest.fail("a model with storage was built")
+        model = real(config, **kw)
+        made.append({p.device.type for p in model.parameters()})
+        return model
+
+    monkeypatch.setattr(transformers.AutoModel, "from_config", spy)
+    monkeypatch.setattr(ex, "_randomize", lambda *a: pytest.fail("weights were allocated"))
+    big = dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+               intermediate_size=14336)
+    with pytest.raises(InputError) as err:
+        ex.export_model("mistral", tmp_path / "x.onnx", overrides=big)
+    msg = str(err.value)
+    for needle in ("mistral: 7.11B parameters (hidden 4096, layers 32, intermediate 14336, vocabulary 32000)",
+                   "26.5 GiB of fp32 weights", "over the 4 GiB", "--hidden-size", "--layers", "--allow-large"):
+        assert needle in msg, msg
+    with pytest.raises(InputError, match="7.11B parameters"):
+        ex.load_torch_model("mistral", overrides=big)
+    assert made and all(d == {"meta"} for d in made), made
+    assert not (tmp_path / "x.onnx").exists()
+    config = ex._make_config(transformers, "mistral", big)
+    ex.check_size(torch, transformers, config, "mistral", allow_large=True)
+    ex.check_size(torch, transformers, ex._make_config(transformers, "mistral", {}), "mistral")  # the default

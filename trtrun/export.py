@@ -16,7 +16,7 @@ import os
 import warnings
 from pathlib import Path
 
-from .errors import ModelError
+from .errors import InputError, ModelError
 from .types import EXPORT_ARCHS, NAMED_ARCHS  # named by trtrun check and bench too; what export_model takes
 
 EXPORTERS = ("torchscript", "dynamo")
@@ -67,9 +67,12 @@ _FAMILIES = {
                                            relative_attention=True, position_buckets=256, max_relative_positions=-1,
                                            pos_att_type=["p2c", "c2p"], position_biased_input=False,
                                            norm_rel_ebd="layer_norm", share_att_key=True, type_vocab_size=0)),
-    # Mistral-7B-v0.1's shape: Llama with a sliding attention window of 4096 tokens
-    "mistral": ("MistralConfig", dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
-                                      intermediate_size=14336, vocab_size=32000, max_position_embeddings=32768,
+    # There is no small official Mistral (transformers' docs name Mistral-7B-v0.1, 28 GB of fp32 weights): the
+    # sizes of SmolLM2-135M (the llama default's) with the rest of Mistral-7B-v0.1's config, its vocabulary, rope
+    # theta, positions and the sliding attention window of 4096 tokens that makes the family
+    "mistral": ("MistralConfig", dict(hidden_size=576, num_hidden_layers=30, num_attention_heads=9,
+                                      num_key_value_heads=3, intermediate_size=1536, vocab_size=32000,
+                                      max_position_embeddings=32768,
                                       rms_norm_eps=1e-5, rope_theta=10000.0, sliding_window=4096)),
     # Qwen3-0.6B's shape (Qwen3-Embedding-0.6B's too): Qwen2 without q/k/v biases, with an RMSNorm on each head's
     # query and key
@@ -97,6 +100,14 @@ _FAMILY_KEYS = {
     "modernbert": {"local_attention", "global_attn_every_n_layers", "global_rope_theta", "local_rope_theta",
                    "hidden_activation", "norm_eps"},
 }
+# A named architecture is built in memory with random fp32 weights and then exported: a shape whose weights
+# exceed this is refused unless allowed (allow_large, `trtrun export --allow-large`), so that a 7B-class shape
+# asked for by mistake fails at once instead of filling the RAM and the disk. 4 GiB is ~1.07e9 parameters; the
+# torchscript export of the llama default (0.5 GiB of weights) peaked at 2.3 GiB over the interpreter's own
+# memory, ~4.6 times the weights, so 4 GiB of weights already asks ~18 GiB of RAM. The largest default shape
+# (qwen3, Qwen3-0.6B's) has 2.2 GiB.
+MAX_RANDOM_WEIGHT_BYTES = 4 << 30
+
 # rope variants whose frequencies are fixed at load time (what a plan holds); "dynamic" and "longrope" change
 # them with the sequence length at run time
 STATIC_ROPE = ("default", "linear", "yarn", "llama3")
@@ -164,6 +175,39 @@ def check_rope(config, source) -> None:
                              f"{', '.join(STATIC_ROPE)})")
 
 
+def _parameter_count(torch, transformers, config) -> int:
+    """The parameters of the model `config` describes, built on PyTorch's meta device (shapes, no storage):
+    exact for every family, and nothing the size of the weights is allocated."""
+    with torch.device("meta"):
+        model = transformers.AutoModel.from_config(config, attn_implementation="eager")
+    return sum(p.numel() for p in model.parameters())
+
+
+def estimate_parameters(source: str, overrides: dict | None = None) -> int:
+    """The parameter count of the named architecture `source` with `overrides` (4 bytes each in fp32), from
+    its config alone, allocating no weights."""
+    if str(source) not in EXPORT_ARCHS:
+        raise ValueError(f"{source}: not a named architecture ({', '.join(EXPORT_ARCHS)})")
+    torch, transformers = _import_torch()
+    return _parameter_count(torch, transformers, _make_config(transformers, str(source), overrides or {}))
+
+
+def check_size(torch, transformers, config, source, allow_large: bool = False) -> None:
+    """Refuse (InputError) a named architecture whose random fp32 weights exceed MAX_RANDOM_WEIGHT_BYTES, before
+    they are allocated, naming the size, the shape and how to shrink it, unless allow_large."""
+    n = _parameter_count(torch, transformers, config)
+    if allow_large or 4 * n <= MAX_RANDOM_WEIGHT_BYTES:
+        return
+    sizes = (("hidden", "hidden_size"), ("layers", "num_hidden_layers"), ("intermediate", "intermediate_size"),
+             ("vocabulary", "vocab_size"))
+    shape = ", ".join(f"{label} {getattr(config, key)}" for label, key in sizes
+                      if isinstance(getattr(config, key, None), int))
+    raise InputError(f"{source}: {n / 1e9:.2f}B parameters ({shape}) are {4 * n / 2**30:.1f} GiB of fp32 weights to "
+                     f"build in memory and write, over the {MAX_RANDOM_WEIGHT_BYTES >> 30} GiB allowed without "
+                     f"asking: shrink the shape (trtrun export --hidden-size, --layers, --intermediate-size, "
+                     f"--vocab-size; overrides= in Python) or allow it (--allow-large; allow_large=True)")
+
+
 def _randomize(torch, model, seed):
     """Give every parameter a non-trivial random value.
 
@@ -187,11 +231,12 @@ def _randomize(torch, model, seed):
                 p.copy_(0.02 * noise)
 
 
-def _load_model(torch, transformers, source, overrides, seed):
+def _load_model(torch, transformers, source, overrides, seed, allow_large=False):
     attn = {"attn_implementation": "eager"}
     if str(source) in EXPORT_ARCHS:
         config = _make_config(transformers, str(source), overrides or {})
         check_rope(config, source)
+        check_size(torch, transformers, config, source, allow_large)
         torch.manual_seed(seed)
         model = transformers.AutoModel.from_config(config, **attn)
         _randomize(torch, model, seed)
@@ -244,26 +289,27 @@ def gguf_file(path: Path) -> Path | None:
     return None
 
 
-def load_torch_model(source, *, overrides: dict | None = None, seed: int = 0):
+def load_torch_model(source, *, overrides: dict | None = None, seed: int = 0, allow_large: bool = False):
     """The PyTorch model `export_model` would export (fp32, eval mode, eager attention).
 
     The same weights for the same (source, overrides, seed): tests and the GPU baseline compare
-    against it.
+    against it. allow_large: as for export_model.
     """
     torch, transformers = _import_torch()
-    model, _ = _load_model(torch, transformers, source, overrides, seed)
+    model, _ = _load_model(torch, transformers, source, overrides, seed, allow_large)
     return model
 
 
 def export_model(source, out_path, *, exporter: str = "torchscript", opset: int | None = None,
-                 overrides: dict | None = None, seed: int = 0) -> Path:
+                 overrides: dict | None = None, seed: int = 0, allow_large: bool = False) -> Path:
     """Export `source` to ONNX at `out_path`, in fp32, and return the path.
 
-    source: a Hugging Face model directory or "bert-base" / "gpt2" (random weights from `seed`;
+    source: a Hugging Face model directory or a named architecture (random weights from `seed`;
     `overrides` such as hidden_size=128, num_hidden_layers=2 set the size; for gpt2 they map to
-    n_embd/n_layer/n_head/n_inner). exporter: "torchscript" (torch.onnx.export(dynamo=False), opset 17
-    by default, 14..20 accepted) or "dynamo" (torch.export with dynamic batch and sequence Dims;
-    opset 18 by default).
+    n_embd/n_layer/n_head/n_inner). A named architecture whose fp32 weights would exceed
+    MAX_RANDOM_WEIGHT_BYTES (4 GiB) is refused with an InputError before they are allocated, unless
+    allow_large. exporter: "torchscript" (torch.onnx.export(dynamo=False), opset 17 by default, 14..20
+    accepted) or "dynamo" (torch.export with dynamic batch and sequence Dims; opset 18 by default).
     """
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
@@ -280,7 +326,7 @@ def export_model(source, out_path, *, exporter: str = "torchscript", opset: int 
         raise missing("onnxscript", "the dynamo exporter (--exporter dynamo)")
     torch, transformers = _import_torch()
 
-    model, config = _load_model(torch, transformers, source, overrides, seed)
+    model, config = _load_model(torch, transformers, source, overrides, seed, allow_large)
     has_tt = getattr(config, "type_vocab_size", 0) and config.model_type != "gpt2"
     # Inputs passed positionally to the wrapper, then by keyword to the HF model (positional use
     # maps them onto other parameters), with use_cache=False so no past-key-values are returned.

@@ -194,6 +194,41 @@ def test_export_bad_source(capsys, tmp_path):
     assert_clean_error(code, err, 1, "opset")
 
 
+def test_export_refuses_a_large_random_shape_unless_allowed(capsys, tmp_path, monkeypatch):
+    """Mistral-7B's shape by its size options: one clean error naming the size and the options that shrink it or
+    allow it, no file; --allow-large reaches the export with allow_large=True (the export itself stubbed: 7B
+    would take the machine)."""
+    _needs("torch")
+    import torch
+    import transformers
+
+    real = transformers.AutoModel.from_config
+
+    def meta_only(config, **kw):  # the size check builds the model on the meta device only; 7B would take 28 GB
+        assert torch.get_default_device().type == "meta", "a model with storage was built"
+        return real(config, **kw)
+
+    monkeypatch.setattr(transformers.AutoModel, "from_config", meta_only)
+    big = ["mistral", "--hidden-size", "4096", "--layers", "32", "--heads", "32", "--kv-heads", "8",
+           "--intermediate-size", "14336", "-o", tmp_path / "x.onnx", "-q"]
+    code, _, err = cli(capsys, "export", *big)
+    assert_clean_error(code, err, 1, "7.11B parameters", "26.5 GiB", "--hidden-size", "--allow-large")
+    assert not (tmp_path / "x.onnx").exists()
+    import trtrun.export
+
+    seen = {}
+
+    def fake(source, out, **kw):
+        seen.update(kw)
+        out.write_bytes(b"onnx")
+        return out
+
+    monkeypatch.setattr(trtrun.export, "export_model", fake)
+    code, _, err = cli(capsys, "export", *big, "--allow-large")
+    assert code == 0 and seen["allow_large"] is True, err
+    assert cli(capsys, "export", "--help")[1].count("--allow-large") == 1
+
+
 @pytest.mark.parametrize("module, args, needles", [
     ("onnxscript", ["export", "gpt2", "--exporter", "dynamo"], ["onnxscript", "pip install 'trtrun[export]'"]),
     ("torch", ["export", "bert-base"], ["exporting needs torch", "pip install 'trtrun[export]'", "torch==2.13.0"]),

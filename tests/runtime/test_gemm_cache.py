@@ -79,3 +79,23 @@ def test_split_is_optional_and_kept(tmp_path):
                                             dict(GOOD, k=3072, out_t="float32", epilogue="none", split=4)]}))
     a, b = read_gemm_cache(path)
     assert a["split"] == 1 and b["split"] == 4
+
+
+def test_an_oversized_gemm_cache_is_refused(tmp_path):
+    """A GEMM cache file has a size bound, as a cost table has (trtrun._io.read_json_file): a valid cache padded
+    past MAX_GEMM_CACHE_BYTES (64 MiB, ~160,000 entries) is refused naming the file and the bound, by the
+    reader, the loader and the saver (which leaves it as it is), before any of it is decoded; one within the
+    bound is read."""
+    from trtrun.runtime import read_gemm_cache
+    from trtrun.runtime.gemm_cache import MAX_GEMM_CACHE_BYTES
+
+    path = tmp_path / "gemm.json"
+    doc = json.dumps(_doc()).encode()
+    path.write_bytes(doc.ljust(MAX_GEMM_CACHE_BYTES))
+    assert read_gemm_cache(path)[0]["m"] == GOOD["m"]
+    path.write_bytes(doc.ljust(MAX_GEMM_CACHE_BYTES + 1))
+    for fn in (read_gemm_cache, load_gemm_cache, save_gemm_cache):
+        with pytest.raises(InputError) as err:
+            fn(path)
+        assert f"GEMM cache {path} is larger than 64 MiB" in str(err.value), (fn.__name__, str(err.value))
+    assert path.stat().st_size == MAX_GEMM_CACHE_BYTES + 1

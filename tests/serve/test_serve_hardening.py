@@ -406,6 +406,167 @@ def _refusals(metrics_text: str) -> dict:
     return out
 
 
+def _send_then_read(port: int, first: bytes, more: bytes = b"", until: float = 0.0, every: float = 0.05):
+    """A client that writes its whole request before it reads, as HTTP clients do: `first`, then `more` every
+    `every` s until `until` s after connecting, then everything the server sends until it ends the stream.
+    (error, data): error None when every write went through and the read ended with the server's FIN, else
+    the name of the OSError that cut it short (a reset: the answer, if any, is lost)."""
+    data = b""
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    t0 = time.monotonic()
+    try:
+        s.sendall(first)
+        while time.monotonic() - t0 < until:
+            time.sleep(every)
+            s.sendall(more)
+        while True:
+            d = s.recv(65536)
+            if not d:
+                return None, data
+            data += d
+    except OSError as e:
+        return type(e).__name__, data
+    finally:
+        s.close()
+
+
+def _json_answer(data: bytes, status: int) -> str:
+    """The message of a complete JSON error answer (all of its Content-Length there, closing the connection)."""
+    assert data.startswith(f"HTTP/1.1 {status} ".encode()), data[:200]
+    hdr, _, payload = data.partition(b"\r\n\r\n")
+    headers = dict(ln.split(b": ", 1) for ln in hdr.lower().split(b"\r\n")[1:])
+    assert headers[b"connection"] == b"close" and int(headers[b"content-length"]) == len(payload), data
+    err = json.loads(payload)["error"]
+    assert err["code"] == status, err
+    return err["message"]
+
+
+@pytest.mark.parametrize("http", ["httptools", "h11"])
+def test_a_408_or_400_is_read_by_a_client_still_sending(emb, texts, http, monkeypatch):
+    """Answers of the guarded protocol to a client that is still sending must reach it, as the 503 does: two
+    clients trickle a 1 MB body for 0.5 s past the body timeout, then read; one sends a malformed request and
+    then more bytes for 0.5 s; one sends a malformed request and 2 MB after it in one write (more than the
+    socket buffers hold). Each must read its complete JSON 408 or 400 and then the end of the stream (before,
+    the connection was closed right after the answer: the kernel answered the client's next bytes, or the
+    bytes still unread, with a reset, and the client's write or read failed with it). While the two 408s
+    linger they no longer hold places of --max-connections (2 here): a new client is served. Both of
+    uvicorn's HTTP protocols (httptools, what "auto" picks where installed, and h11)."""
+    if http == "h11":
+        from uvicorn.protocols.http.h11_impl import H11Protocol
+
+        monkeypatch.setattr("trtrun.serve.protocol._base_protocol", lambda: H11Protocol)
+    else:
+        pytest.importorskip("httptools")
+    body_t = 1.0
+    with _Server(emb, max_connections=2, header_timeout=5, body_timeout=body_t, max_wait_ms=1) as srv:
+        guard, conns = srv.server.guard, srv.server.server_state.connections
+        want = {"httptools": "GuardedHttpToolsProtocol", "h11": "GuardedH11Protocol"}[http]
+        assert srv.server.config.http_protocol_class.__name__ == want
+        head = (b"POST /v1/embeddings HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                b"content-length: 1000000\r\n\r\n{")
+        bad = b"NOT HTTP AT ALL\r\n\r\n"
+        got: dict = {}
+
+        def client(key, *args):
+            got[key] = _send_then_read(srv.port, *args)
+
+        slow = [threading.Thread(target=client, args=(i, head, b" " * 1000, body_t + 0.5)) for i in range(2)]
+        t0 = time.monotonic()
+        for t in slow:
+            t.start()
+        time.sleep(max(0.0, t0 + body_t + 0.15 - time.monotonic()))  # the 408s are out, the clients still send
+        assert len(guard.lingering) == 2 and len(conns) == 0, (len(guard.lingering), len(conns))
+        r = httpx.post(srv.url + "/v1/embeddings", json={"input": texts[:1]}, timeout=5)  # a third connection
+        assert r.status_code == 200, r.text
+        np.testing.assert_allclose(r.json()["data"][0]["embedding"], emb.embed(texts[:1])[0], atol=ATOL)
+        for t in slow:
+            t.join(10)
+        late = [threading.Thread(target=client, args=("trickle", bad, b"x" * 1000, 0.5)),
+                threading.Thread(target=client, args=("bulk", bad + b"x" * 2_000_000))]
+        for t in late:
+            t.start()
+        for t in late:
+            t.join(10)
+        for key in (0, 1):
+            error, data = got[key]
+            assert error is None, (key, error, data[:200])
+            assert "--body-timeout" in _json_answer(data, 408)
+        for key in ("trickle", "bulk"):
+            error, data = got[key]
+            assert error is None, (key, error, data[:200])
+            assert "invalid HTTP request" in _json_answer(data, 400)
+        counts = _refusals(httpx.get(srv.url + "/metrics", timeout=5).text)
+        assert counts[("body_timeout", "408")] == 2 and counts[("bad_http", "400")] == 2, counts
+        end = time.monotonic() + 5
+        while guard.lingering and time.monotonic() < end:
+            time.sleep(0.05)
+        assert not guard.lingering
+
+
+def test_a_flood_of_clients_still_sending_after_their_408_or_400_lingers_within_the_bound(emb, texts):
+    """20 clients trickle a body past the body timeout and 20 send a malformed request and then more bytes,
+    all at once, with the lingering bound lowered to 4: at no time do more than 4 connections linger (the ones
+    past it, heard from least recently, are closed), at least 4 clients read their whole answer, every other
+    one its whole answer or a reset (never a partial or wrong one), a keep-alive client gets right answers
+    throughout, and afterwards nothing lingers and only the keep-alive connection is open."""
+    body_t, bound = 1.0, 4
+    with _Server(emb, header_timeout=5, body_timeout=body_t, keep_alive_timeout=30, max_wait_ms=1) as srv:
+        guard, conns = srv.server.guard, srv.server.server_state.connections
+        guard.max_lingering = bound
+        keep = httpx.Client(base_url=srv.url, timeout=30)
+        assert keep.post("/v1/embeddings", json={"input": "a"}).status_code == 200
+        head = (b"POST /v1/embeddings HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                b"content-length: 1000000\r\n\r\n{")
+        got: dict = {}
+        start = threading.Barrier(40)
+
+        def client(i):
+            start.wait()
+            if i % 2:
+                got[i] = _send_then_read(srv.port, head, b" " * 500, body_t + 0.4)
+            else:
+                got[i] = _send_then_read(srv.port, b"GET / HTTP/1.1\r\nbad header\r\n\r\n", b"x" * 500, 0.4)
+
+        most = [0]
+        done = threading.Event()
+
+        def sample():
+            while not done.is_set():
+                most[0] = max(most[0], len(guard.lingering))
+                time.sleep(0.002)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(40)]
+        for t in threads:
+            t.start()
+        served = 0
+        while served < 3 or any(t.is_alive() for t in threads):
+            k = served % 24
+            r = keep.post("/v1/embeddings", json={"input": [texts[k]]})
+            assert r.status_code == 200, r.text
+            np.testing.assert_allclose(r.json()["data"][0]["embedding"], emb.embed([texts[k]])[0], atol=ATOL)
+            served += 1
+        for t in threads:
+            t.join(15)
+        end = time.monotonic() + 5
+        while guard.lingering and time.monotonic() < end:
+            time.sleep(0.05)
+        done.set()
+        sampler.join(5)
+        assert 1 <= most[0] <= bound, most[0]
+        assert not guard.lingering and len(conns) == 1, (len(guard.lingering), len(conns))
+        whole = 0
+        for i, (error, data) in got.items():
+            if error is None:
+                _json_answer(data, 408 if i % 2 else 400)
+                whole += 1
+            else:  # closed past the bound while still sending
+                assert error in ("ConnectionResetError", "BrokenPipeError"), (i, error)
+        assert whole >= bound, {i: e for i, (e, _) in got.items()}
+        keep.close()
+
+
 def test_every_refusal_is_counted_in_metrics_by_reason(emb, texts):
     """Each way the server refuses a connection or request before an endpoint embeds anything shows in
     /metrics as trtrun_refused_total{reason,status}, counted exactly (before: the connection-level ones were
@@ -647,3 +808,22 @@ def test_an_api_key_with_a_trailing_newline_still_matches(emb, texts):
         assert r.status_code == 200, r.text
         np.testing.assert_allclose(r.json()["data"][0]["embedding"], emb.embed(texts[:1])[0], atol=ATOL)
         assert _err(c.post("/v1/embeddings", json={"input": "a"}, headers={"authorization": "Bearer s3cret"}), 401)
+
+
+def test_a_uvicorn_without_the_guarded_protocol_methods_is_refused_at_start():
+    """The connection guard overrides and calls uvicorn's protocol internals: a uvicorn whose protocol lacks one
+    is refused when the server is set up, naming what is missing, not on a live connection."""
+    pytest.importorskip("uvicorn")
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    from trtrun.errors import TrtrunError
+    from trtrun.serve.protocol import Guard, guarded_protocol
+
+    g = Guard(4, 1.0, 1.0)
+    assert issubclass(guarded_protocol(g, H11Protocol), H11Protocol)
+
+    class Older(H11Protocol):
+        _unset_keepalive_if_required = None
+
+    with pytest.raises(TrtrunError, match="_unset_keepalive_if_required"):
+        guarded_protocol(g, Older)

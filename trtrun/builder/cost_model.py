@@ -17,14 +17,15 @@ keyed by the GEMM's shape (m, k, n) and the Linear's precision (fp8, hybrid, fp3
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
+from .._io import read_json_file
 from ..errors import InputError
 from .quantize_fp8 import LINEAR_CHOICES
 
 COST_TABLE_FORMAT = "trtrun-cost-table"
+COST_TABLE_VERSION = 1
 # dense peak TFLOP/s, H100 SXM (NVIDIA's datasheet): the rate ratios are what matter (fp8 = 2 x fp16)
 HOPPER_TFLOPS = {"fp8": 1979.0, "hybrid": 989.5, "fp32": 67.0}
 ESTIMATE_NOTE = ("estimate, not measured: GEMM FLOPs at H100 SXM dense peak (fp8 1979, fp16 989.5, fp32 67 "
@@ -64,18 +65,8 @@ class CostModel:
         """Read a cost table file; InputError naming the file and the field when it is not one."""
         p = Path(path)
         where = f"cost table {p}"
-        try:
-            if p.stat().st_size > MAX_TABLE_BYTES:
-                raise InputError(f"{where}: larger than {MAX_TABLE_BYTES >> 20} MiB; a cost table takes kilobytes")
-            doc = json.loads(p.read_text(encoding="utf-8"))
-        except OSError as e:
-            raise InputError(f"{where}: cannot read: {e.strerror or e}") from None
-        except (UnicodeDecodeError, ValueError) as e:
-            raise InputError(f"{where}: not JSON: {str(e)[:120]}") from None
-        if not isinstance(doc, dict) or doc.get("format") != COST_TABLE_FORMAT:
-            raise InputError(f"{where}: format: expected a JSON object with \"format\": \"{COST_TABLE_FORMAT}\"")
-        if doc.get("version") != 1:
-            raise InputError(f"{where}: version: {str(doc.get('version'))[:20]!r} is not 1")
+        doc = read_json_file(p, what="cost table", format=COST_TABLE_FORMAT, version=COST_TABLE_VERSION,
+                             max_bytes=MAX_TABLE_BYTES, size_hint="a cost table takes kilobytes")
         entries = doc.get("entries")
         if not isinstance(entries, list) or not entries:
             raise InputError(f"{where}: entries: must be a non-empty list")

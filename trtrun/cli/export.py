@@ -19,9 +19,12 @@ from .options import EXPORT_ARCHS, model_size_options, model_source, quiet_optio
               help="torch.onnx.export(dynamo=False) or the torch.export-based dynamo exporter")
 @click.option("--opset", type=int, default=None, help="ONNX opset (default 17 torchscript, 18 dynamo; 14..20)")
 @click.option("--seed", type=int, default=0, show_default=True, help="seed of the random weights (named architectures)")
+@click.option("--allow-large", is_flag=True,
+              help="export a named architecture whose random fp32 weights exceed 4 GiB (refused otherwise: the "
+                   "export needs that much RAM several times over, and the disk)")
 @model_size_options
 @quiet_option
-def command(source, output, exporter, opset, seed, overrides, quiet):
+def command(source, output, exporter, opset, seed, allow_large, overrides, quiet):
     """Export SOURCE to ONNX with dynamic batch and sequence axes.
 
     SOURCE is a Hugging Face model folder (config.json + weights, e.g. .data/minilm), a GGUF file (or a
@@ -38,6 +41,7 @@ def command(source, output, exporter, opset, seed, overrides, quiet):
     t0 = time.perf_counter()
     status(f"exporting {source} with the {exporter} exporter"
            + (f" (overrides: {', '.join(f'{k}={v}' for k, v in overrides.items())})" if overrides else ""), quiet)
-    path = export_model(source, out, exporter=exporter, opset=opset, overrides=overrides or None, seed=seed)
+    path = export_model(source, out, exporter=exporter, opset=opset, overrides=overrides or None, seed=seed,
+                        allow_large=allow_large)
     path = Path(path)
     status(f"wrote {path} ({human_bytes(path.stat().st_size)}) in {time.perf_counter() - t0:.1f}s", quiet)

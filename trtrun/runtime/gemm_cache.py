@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .._io import atomic_write
+from .._io import atomic_write, read_json_file
 from ..errors import InputError
 from . import extension
 
@@ -14,6 +14,12 @@ GEMM_CACHE_FORMAT = "trtrun-gemm-cache"
 # Version 2 names its enums (operand_t, out_t, epilogue, search: "float16", "bias", "focused", ...; _C parses them).
 # Version 1 stored them as integer codes whose search order differed from GEMM_SEARCHES: refused, not converted.
 GEMM_CACHE_VERSION = 2
+_GEMM_CACHE_VERSION_HINTS = {1: "it stores its choices by integer code: delete it and tune again (trtrun bench "
+                                "--gemm-cache writes a new one)"}
+# An entry is at most ~410 bytes of JSON; 64 MiB holds ~160,000, more than every (batch, sequence bucket) GEMM
+# shape of a large profile's dozen distinct Linear shapes on several GPUs, while a wrong file (a plan, a model)
+# is refused before json builds it in memory (several times its size as Python objects).
+MAX_GEMM_CACHE_BYTES = 64 << 20
 _GEMM_CACHE_FIELDS = {"device": str, "cc": int, "cublaslt": int, "m": int, "n": int, "k": int, "operand_t": str,
                       "out_t": str, "epilogue": str, "tf32": bool, "add_c": bool, "workspace": int, "search": str,
                       "algo": list, "algo_workspace": int}
@@ -27,21 +33,9 @@ def read_gemm_cache(path) -> list[dict]:
     """The entries of a GEMM cache file, every field checked; InputError naming the file and the field. Needs no
     GPU: a caller without one can still refuse a bad file at once."""
     path = Path(path)
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(f"GEMM cache {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"cannot read the GEMM cache {path}: {e}") from None
-    except json.JSONDecodeError as e:
-        raise InputError(f"GEMM cache {path} is not JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
-    if not isinstance(doc, dict) or doc.get("format") != GEMM_CACHE_FORMAT:
-        raise InputError(f"{path} is not a trtrun GEMM cache (field 'format' is not {GEMM_CACHE_FORMAT!r})")
-    if doc.get("version") != GEMM_CACHE_VERSION:
-        hint = ("; it stores its choices by integer code: delete it and tune again (trtrun bench --gemm-cache "
-                "writes a new one)" if doc.get("version") == 1 else "")
-        raise InputError(f"GEMM cache {path}: version {doc.get('version')!r} is not supported "
-                         f"({GEMM_CACHE_VERSION} is){hint}")
+    doc = read_json_file(path, what="GEMM cache", format=GEMM_CACHE_FORMAT, version=GEMM_CACHE_VERSION,
+                         max_bytes=MAX_GEMM_CACHE_BYTES, size_hint="a GEMM cache takes ~300 bytes an entry",
+                         version_hints=_GEMM_CACHE_VERSION_HINTS)
     entries = doc.get("entries")
     if not isinstance(entries, list):
         raise InputError(f"GEMM cache {path}: field 'entries' must be a list")

@@ -641,16 +641,17 @@ def tune_process() -> None:
 
 
 # File descriptors a server process keeps beside its connections: what it holds at start (libraries, the
-# engine, the metrics files; measured from /proc where there is one), refused connections while they linger
-# (protocol.MAX_LINGERING, fewer where the open-file limit is tight), and a margin for files opened later.
+# engine, the metrics files; measured from /proc where there is one), connections answered with a 503, 408 or
+# 400 while they linger (protocol.MAX_LINGERING, fewer where the open-file limit is tight), and a margin for
+# files opened later.
 FD_MARGIN = 32
 
 
 def connection_budget(max_connections: int) -> tuple[int, int, str | None]:
-    """(connections this process may hold open, refused connections it may keep lingering, a note when the
+    """(connections this process may hold open, answered ones it may keep lingering, a note when the
     connections are fewer than asked). The soft open-file limit is raised towards the hard one where needed
     (as servers do); if it still does not leave room for max_connections and protocol.MAX_LINGERING beside
-    the process's own files, fewer refused connections linger (down to protocol.MIN_LINGERING), and then
+    the process's own files, fewer answered connections linger (down to protocol.MIN_LINGERING), and then
     the connection limit is lowered, so that accept() never fails with "Too many open files" (at that point
     the server stops accepting and asyncio floods the log)."""
     from .protocol import MAX_LINGERING, MIN_LINGERING
@@ -680,8 +681,8 @@ def connection_budget(max_connections: int) -> tuple[int, int, str | None]:
     reserve = own + MIN_LINGERING + FD_MARGIN
     n = max(1, soft - reserve)
     return n, MIN_LINGERING, (f"--max-connections {max_connections} lowered to {n}: the open-file limit (ulimit -n) "
-                              f"is {soft} and {reserve} are kept for the server's own files and for answering "
-                              f"refused connections")
+                              f"is {soft} and {reserve} are kept for the server's own files and for "
+                              f"connections being answered with an error")
 
 
 def uvicorn_server(app, config: ServeConfig, *, on_started=None, **uvicorn_options):

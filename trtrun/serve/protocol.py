@@ -14,20 +14,22 @@ Checked in uvicorn's source (0.55; the h11 and httptools protocols behave the sa
 
 So `guarded_protocol` makes a subclass of uvicorn's protocol class (httptools where installed, else h11:
 what uvicorn's "auto" picks) that
-- refuses a connection beyond `max_connections` open ones at once, with a JSON 503 and `Connection: close`
-  followed at once by the end of the stream (a FIN), then keeps it open, reading and dropping what the
-  client still sends, until the client closes it or goes quiet for LINGER_S (the lingering refused
-  connections are bounded: past `max_lingering`, the one heard from least recently is closed), and logs
-  refusals at most once per LOG_EVERY_S seconds. Why linger: a socket closed while data it received is
-  unread is reset by the kernel instead of closed (Linux, as RFC 2525 2.17 says TCP should), which
-  discards the 503 where it is not delivered yet and fails the client's next write before it reads
-  anything; an HTTP client writes its whole request first. So a refused connection is closed only with
-  nothing unread (drain_socket) and once its client has stopped sending;
+- refuses a connection beyond `max_connections` open ones at once, with a JSON 503, and logs refusals at
+  most once per LOG_EVERY_S seconds;
 - gives every request `header_timeout` seconds for its head (from the connection's start, or from its first
   byte after the previous response) and `body_timeout` seconds for its body (from the end of its head);
-  past that the client gets a JSON 408 and the connection is closed (an idle connection that never sent a
-  byte is closed quietly);
+  past that the client gets a JSON 408 (an idle connection that never sent a byte is closed quietly);
 - answers uvicorn's own 400 (malformed request, head over the size limit) in the JSON error shape.
+Each of these three answers ends its connection the same way ("lingering", `_linger`): the answer, with
+`Connection: close`, and at once the end of the stream (a FIN); then the connection is kept open, reading and
+dropping what the client still sends, until the client closes it or goes quiet for LINGER_S (at most the body
+timeout, or LINGER_MAX_BYTES). Lingering connections are bounded (past `max_lingering`, the one heard from
+least recently is closed) and no longer count towards `max_connections`. Why linger: a socket closed while
+data it received is unread, or that receives data once closed, is reset by the kernel instead of closed
+(Linux, as RFC 2525 2.17 says TCP should), which discards the answer where it is not delivered yet and fails
+the client's next write before it reads anything; an HTTP client writes its whole request first, a client
+answered 408 is one still sending it, and a malformed request may be followed by more. So an answered
+connection is closed only with nothing unread (drain_socket) and once its client has stopped sending.
 uvicorn's `timeout_keep_alive` still closes idle keep-alive connections; `limit_concurrency` is not used.
 """
 
@@ -37,15 +39,18 @@ import json
 import logging
 import time
 
+from ..errors import TrtrunError
+
 log = logging.getLogger("trtrun.serve")
 
 LOG_EVERY_S = 10.0  # refusals and timeouts are logged as counts, at most this often
-# A refused connection is closed once its client has sent nothing for LINGER_S (it has its whole request
-# out; an HTTP client then reads the answer), after at most the body timeout, or after LINGER_MAX_BYTES.
+# An answered connection (503, 408, 400) is closed once its client has sent nothing for LINGER_S (it has its
+# whole request out; an HTTP client then reads the answer), after at most the body timeout, or after
+# LINGER_MAX_BYTES.
 LINGER_S = 1.0
 LINGER_MAX_BYTES = 16 << 20  # (as an accepted request's body is read and dropped past its limit: app.py)
-# Refused connections lingering at once, where the open-file limit has room for them beside max_connections
-# (app.connection_budget), never fewer than MIN_LINGERING. A flood of refused connections faster than this
+# Answered connections lingering at once, where the open-file limit has room for them beside max_connections
+# (app.connection_budget), never fewer than MIN_LINGERING. A flood of answered connections faster than this
 # many per LINGER_S closes the ones heard from least recently sooner.
 MAX_LINGERING = 1024
 MIN_LINGERING = 64
@@ -116,7 +121,7 @@ class Guard:
         self.header_timeout = float(header_timeout)
         self.body_timeout = float(body_timeout)
         self.max_lingering = max(1, int(max_lingering))
-        # refused connections open now, the one heard from least recently first (dicts keep insertion order)
+        # answered connections lingering now, the one heard from least recently first (dicts keep insertion order)
         self.lingering: dict = {}
         self.refused = _RateLog("refused")
         self.head_timeouts = _RateLog("closed")
@@ -136,7 +141,8 @@ class Guard:
             self.on_refused(reason)
 
     def linger(self, proto) -> None:
-        """A refused connection starts lingering; at the bound, the one heard from least recently ends."""
+        """An answered connection (503, 408, 400) starts lingering; at the bound, the one heard from least
+        recently ends."""
         while len(self.lingering) >= self.max_lingering:
             next(iter(self.lingering))._end_linger()
         self.lingering[proto] = None
@@ -152,13 +158,24 @@ def _base_protocol():
 def guarded_protocol(guard: Guard, base=None):
     """A subclass of uvicorn's HTTP protocol (base, default what http="auto" picks) enforcing `guard`."""
     base = base or _base_protocol()
+    # The uvicorn internals the guard overrides or calls (the module doc says where they were checked): a
+    # uvicorn without one would fail on a live connection, so it is refused when the server starts.
+    missing = [m for m in ("send_400_response", "on_response_complete", "_unset_keepalive_if_required",
+                           "data_received", "eof_received", "connection_lost") if not callable(getattr(base, m, None))]
+    if missing:
+        import uvicorn
+
+        raise TrtrunError(
+            f"trtrun serve's connection guard needs uvicorn's HTTP protocol methods {', '.join(missing)}, which "
+            f"{base.__name__} of uvicorn {uvicorn.__version__} lacks; install a uvicorn that has them (checked: 0.55)")
 
     class Guarded(base):
         _guard = guard
 
         def connection_made(self, transport) -> None:
             g = self._guard
-            self._refused = False
+            self._lingering = False  # answered (503, 408, 400) and waiting for the client to be done
+            self._registered = False  # in uvicorn's server_state.connections until it lingers
             self._timer = None
             self._phase = "head"  # head: waiting for a request head; body: for its body; queued: its
             # body waits behind a running pipelined request; drain: the rest of a body answered early;
@@ -166,44 +183,69 @@ def guarded_protocol(guard: Guard, base=None):
             self._seen = False  # a byte of the current request head has arrived
             self._timed_cycle = None
             if len(self.server_state.connections) >= g.max_connections:
-                self._refused = True
+                # Refused before uvicorn ever sees it (so it takes no place in server_state.connections).
                 self.transport = transport
                 g.refused.hit(f"--max-connections {g.max_connections}")
                 g.count("connections")
-                # The answer and the end of the stream at once: the client has all of it whatever follows.
-                # Then read and drop what it still sends (the module doc says why) until it is done.
-                transport.write(g.busy)
-                try:
-                    transport.write_eof()
-                except (OSError, NotImplementedError, RuntimeError):
-                    pass
-                self._refused_at = self._heard = self.loop.time()
-                self._dropped = 0
-                g.linger(self)
-                self._timer = self.loop.call_later(LINGER_S, self._linger_check)
+                self._linger(g.busy)
                 return
             super().connection_made(transport)
+            self._registered = True
             self._arm(g.header_timeout)
 
         def connection_lost(self, exc) -> None:
             self._disarm()
-            if self._refused:
+            if self._lingering:
                 self._guard.lingering.pop(self, None)
-                return
-            super().connection_lost(exc)
+            if self._registered:  # uvicorn's own clean-up (idempotent where _linger did part of it)
+                super().connection_lost(exc)
 
         def eof_received(self):
-            if self._refused:  # the client is done (it has read the 503, or gave up)
+            if self._lingering:  # the client is done (it has read the answer, or gave up)
                 self._end_linger()
                 return None
             return super().eof_received()
 
-        # ------------------------------------------------------------ a refused connection
+        # ------------------------------------------------------------ an answered connection lingering
+        def _linger(self, answer: bytes) -> None:
+            """Send `answer` (an error closing the connection) and the end of the stream at once, so the client
+            has all of it whatever follows; then read and drop what it still sends (the module doc says why)
+            until it is done, bounded by Guard.linger."""
+            g = self._guard
+            self._disarm()
+            self._lingering = True
+            if self._registered:
+                # Released from uvicorn now, as its connection_lost would: it no longer counts towards
+                # --max-connections (lingering ones have their own bound and file-descriptor budget), and a
+                # request in flight is told the client is gone, so the app writes nothing after the end of the
+                # stream (its send() is a no-op) and awaits no more body. The rest of uvicorn's clean-up runs
+                # in connection_lost.
+                self.server_state.connections.discard(self)
+                self._unset_keepalive_if_required()
+                cyc = self.cycle
+                if cyc is not None and not cyc.response_complete:
+                    cyc.disconnected = True
+                    cyc.waiting_for_100_continue = False  # (receive() would write "100 Continue")
+                    cyc.message_event.set()
+                if self.flow is not None:
+                    self.flow.resume_writing()
+                    self.flow.resume_reading()  # (paused for a pipelined request or a large body)
+            t = self.transport
+            t.write(answer)
+            try:
+                t.write_eof()
+            except (OSError, NotImplementedError, RuntimeError):
+                pass
+            self._linger_from = self._heard = self.loop.time()
+            self._dropped = 0
+            g.linger(self)
+            self._timer = self.loop.call_later(LINGER_S, self._linger_check)
+
         def _linger_check(self) -> None:
             self._timer = None
             now = self.loop.time()
             quiet = now - self._heard
-            if quiet >= LINGER_S or now - self._refused_at >= self._guard.body_timeout:
+            if quiet >= LINGER_S or now - self._linger_from >= self._guard.body_timeout:
                 self._end_linger()
             else:
                 self._timer = self.loop.call_later(LINGER_S - quiet, self._linger_check)
@@ -217,7 +259,7 @@ def guarded_protocol(guard: Guard, base=None):
                 t.close()
 
         def data_received(self, data: bytes) -> None:
-            if self._refused:
+            if self._lingering:
                 g = self._guard
                 if g.lingering.pop(self, 0) is None:  # (still lingering: it is now the one heard from last)
                     g.lingering[self] = None
@@ -240,11 +282,11 @@ def guarded_protocol(guard: Guard, base=None):
             if self._phase != "drain":
                 self._seen = True
             super().data_received(data)
-            self._progress()
+            self._progress()  # (nothing once the data was a malformed request: send_400_response)
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
-            if self.transport is None or self.transport.is_closing():
+            if self.transport is None or self.transport.is_closing() or self._lingering:
                 return
             if self.cycle is not None and not self.cycle.response_complete:
                 # A pipelined request is taken up: time it if its head was not seen yet; one already timed
@@ -259,17 +301,16 @@ def guarded_protocol(guard: Guard, base=None):
             self._phase, self._seen = "idle", False
 
         def send_400_response(self, msg: str) -> None:
-            self._disarm()
+            # (uvicorn's parser has stopped: what the client still sends is dropped while it lingers)
             self._guard.count("bad_http")
-            self.transport.write(error_bytes(400, "Bad Request", f"invalid HTTP request ({msg.rstrip('.')}: "
-                                                                  "malformed, or a request head over the size limit)",
-                                             "invalid_request_error"))
-            self.transport.close()
+            self._linger(error_bytes(400, "Bad Request", f"invalid HTTP request ({msg.rstrip('.')}: "
+                                                         "malformed, or a request head over the size limit)",
+                                     "invalid_request_error"))
 
         # ------------------------------------------------------------ timers
         def _progress(self) -> None:
             cyc = self.cycle
-            if cyc is None or self.transport is None or self.transport.is_closing():
+            if cyc is None or self.transport is None or self.transport.is_closing() or self._lingering:
                 return
             if cyc is not self._timed_cycle and not cyc.response_complete:  # a new request's head is complete
                 self._timed_cycle = cyc
@@ -306,17 +347,18 @@ def guarded_protocol(guard: Guard, base=None):
                 cyc = self.cycle
                 g.body_timeouts.hit(f"request body not complete within --body-timeout {g.body_timeout:g} s")
                 if cyc is not None and not cyc.response_started:
-                    cyc.disconnected = True  # the app's receive() now says http.disconnect; its send() is a no-op
-                    cyc.message_event.set()
-                    t.write(g.body_late)
+                    # (the app's receive() now says http.disconnect; its send() is a no-op: _linger)
                     g.count("body_timeout")
+                    self._linger(g.body_late)
+                    return
             elif self._phase == "head":
                 if self._seen:
                     g.head_timeouts.hit(f"request head not complete within --header-timeout {g.header_timeout:g} s")
-                    t.write(g.head_late)
                     g.count("header_timeout")
-                else:  # a connection that never sent a byte is closed quietly
-                    g.count("idle_timeout")
+                    self._linger(g.head_late)
+                    return
+                # a connection that never sent a byte is closed quietly
+                g.count("idle_timeout")
             elif self._phase != "drain":  # (a body answered early that does not arrive: closed quietly)
                 return
             t.close()
