@@ -3,21 +3,25 @@
 # for a GPU run to carry (64 MiB), or in parts when it is not.
 #   bash scripts/pack_ray.sh [OUT_DIR]       (default: .ray-pack; needs the package registry: run it here)
 # Environment: PY_VERSION (312: the GPU machine's python3), RAY_VERSION (2.60.0), RAY_EXTRAS (data,serve; "serve"
-# alone, for Ray Serve without the corpus job, leaves out pyarrow and pandas), PART_MB (60).
+# alone, for Ray Serve without the corpus job, leaves out pyarrow and pandas), PART_MB (48).
+# PART_MB: a GPU call carries the checkout (tracked files, ~4.6 MiB) beside what it names in carry, 64 MiB in all;
+# 48 leaves room for the checkout and for the data that scripts/gpu/ray.sh's call carries beside the last part
+# (docs/ray.md, "Ray on the GPU machine": the bytes of each call).
 #
 # Why: the Ray wheel alone is ~79 MB, and the GPU machine has no network. Its zip compression is weak, and
 # much of it is never used by trtrun (the Java jars, RLlib, the dashboard's web client, tests), so the wheels'
 # files are installed into a folder for the GPU machine's Python, that ballast is dropped, and the folder is
 # compressed with xz -9e. On the GPU machine:
 #   tar -xJf ray-site.tar.xz -C /tmp && export PYTHONPATH=/tmp/ray-site:$PYTHONPATH
-# (parts: cat ray-site.tar.xz.part-* > ray-site.tar.xz first, after the runs that carried them; docs/ray.md).
+# (parts: cat ray-site.tar.xz.part-* > ray-site.tar.xz first, after the runs that carried them, and check it
+# against ray-site.tar.xz.sha256; scripts/gpu/ray.sh does both; docs/ray.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-.ray-pack}
 pyv=${PY_VERSION:-312}
 rayv=${RAY_VERSION:-2.60.0}
 extras=${RAY_EXTRAS:-data,serve}
-part_mb=${PART_MB:-60}
+part_mb=${PART_MB:-48}
 py=${PYTHON:-python3}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
@@ -51,8 +55,11 @@ find "$site" -type d \( -name tests -o -name __pycache__ \) -prune -exec rm -rf 
 find "$site" -name '*.js.map' -delete
 tar -C "$out" -cf - ray-site | xz -9e -T0 > "$out/ray-site.tar.xz"
 size=$(stat -c %s "$out/ray-site.tar.xz")
+# the parts travel in separate calls: the checksum says that what was put together there is what was packed here
+(cd "$out" && sha256sum ray-site.tar.xz > ray-site.tar.xz.sha256)
 echo "pack_ray: ${#keep[@]} wheels, $(du -sm "$site" | cut -f1) MiB unpacked -> ray-site.tar.xz $((size / 1048576)) MiB ($size bytes)"
 if (( size > part_mb * 1048576 )); then
   split -b "${part_mb}M" -d "$out/ray-site.tar.xz" "$out/ray-site.tar.xz.part-"
   echo "pack_ray: over ${part_mb} MiB: split into $(ls "$out"/ray-site.tar.xz.part-* | wc -l) parts (ray-site.tar.xz.part-*)"
+  stat -c '  %n %s bytes' "$out"/ray-site.tar.xz.part-*
 fi

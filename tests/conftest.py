@@ -175,11 +175,14 @@ def tiny_embed_model(tmp_path_factory):
 
 # ---------------------------------------------------------------------------------------- HTTP servers
 @pytest.fixture(scope="module")
-def tiny_emb(tiny_embed_model):
-    """An Embedder of the tiny model on the reference backend, one context: the servers' expected answers."""
+def emb(tiny_embed_model):
+    """An Embedder of the tiny model on the reference backend (two contexts, long texts truncated: real
+    sentences run past the tiny model's 32 tokens): the embedding, corpus and serve tests' expected answers, and
+    the servers' own configuration (--truncation truncate)."""
     from trtrun.embed import Embedder
 
-    e = Embedder(tiny_embed_model["plan"], tiny_embed_model["tok"], backend="reference", contexts=1)
+    e = Embedder(tiny_embed_model["plan"], tiny_embed_model["tok"], backend="reference", contexts=2,
+                 truncation="truncate")
     yield e
     e.close()
 

@@ -15,6 +15,7 @@ from .errors import (
     DeviceError,
     InputError,
     ModelError,
+    ModelTooLargeError,
     PlanError,
     RuntimeUnavailableError,
     ShapeError,
@@ -44,7 +45,7 @@ _SUBMODULES = {"builder", "cli", "data", "embed", "errors", "export", "plan", "r
 __all__ = [
     "__version__",
     "TrtrunError", "ModelError", "UnsupportedOpError", "BuildError", "PlanError",
-    "InputError", "ShapeError", "RuntimeUnavailableError", "DeviceError",
+    "InputError", "ShapeError", "ModelTooLargeError", "RuntimeUnavailableError", "DeviceError",
     *_LAZY,
 ]
 

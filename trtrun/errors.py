@@ -47,3 +47,25 @@ class RuntimeUnavailableError(TrtrunError):
 
 class DeviceError(TrtrunError):
     """A CUDA/cuBLAS failure or out-of-memory on the device; the engine stays usable."""
+
+
+class ModelTooLargeError(InputError):
+    """A named architecture refused for the size of its random fp32 weights (trtrun.export.check_size).
+    `size` says what was refused; the message adds how to shrink or allow it: with the options of the `trtrun`
+    command that was run where one is named (`command`, e.g. "trtrun check"; for_command), else in both the
+    command line's and Python's terms."""
+
+    def __init__(self, size: str, command: str | None = None):
+        self.size = size
+        self.command = command
+        if command:
+            how = (f"shrink the shape ({command} --hidden-size, --layers, --intermediate-size, --vocab-size) or "
+                   f"allow it ({command} --allow-large)")
+        else:
+            how = ("shrink the shape (--hidden-size, --layers, --intermediate-size, --vocab-size; overrides= in "
+                   "Python) or allow it (--allow-large; allow_large=True)")
+        super().__init__(f"{size}: {how}")
+
+    def for_command(self, command: str) -> "ModelTooLargeError":
+        """The same refusal, its advice in the options of `command`."""
+        return ModelTooLargeError(self.size, command)

@@ -16,7 +16,7 @@ import os
 import warnings
 from pathlib import Path
 
-from .errors import InputError, ModelError
+from .errors import ModelError, ModelTooLargeError
 from .types import EXPORT_ARCHS, NAMED_ARCHS  # named by trtrun check and bench too; what export_model takes
 
 EXPORTERS = ("torchscript", "dynamo")
@@ -193,8 +193,9 @@ def estimate_parameters(source: str, overrides: dict | None = None) -> int:
 
 
 def check_size(torch, transformers, config, source, allow_large: bool = False) -> None:
-    """Refuse (InputError) a named architecture whose random fp32 weights exceed MAX_RANDOM_WEIGHT_BYTES, before
-    they are allocated, naming the size, the shape and how to shrink it, unless allow_large."""
+    """Refuse (ModelTooLargeError, an InputError) a named architecture whose random fp32 weights exceed
+    MAX_RANDOM_WEIGHT_BYTES, before they are allocated, naming the size, the shape and how to shrink it, unless
+    allow_large."""
     n = _parameter_count(torch, transformers, config)
     if allow_large or 4 * n <= MAX_RANDOM_WEIGHT_BYTES:
         return
@@ -202,10 +203,10 @@ def check_size(torch, transformers, config, source, allow_large: bool = False) -
              ("vocabulary", "vocab_size"))
     shape = ", ".join(f"{label} {getattr(config, key)}" for label, key in sizes
                       if isinstance(getattr(config, key, None), int))
-    raise InputError(f"{source}: {n / 1e9:.2f}B parameters ({shape}) are {4 * n / 2**30:.1f} GiB of fp32 weights to "
-                     f"build in memory and write, over the {MAX_RANDOM_WEIGHT_BYTES >> 30} GiB allowed without "
-                     f"asking: shrink the shape (trtrun export --hidden-size, --layers, --intermediate-size, "
-                     f"--vocab-size; overrides= in Python) or allow it (--allow-large; allow_large=True)")
+    # (the command-line layer restates the advice in the options of the command that was run: for_command)
+    raise ModelTooLargeError(f"{source}: {n / 1e9:.2f}B parameters ({shape}) are {4 * n / 2**30:.1f} GiB of fp32 "
+                             f"weights to build in memory and write, over the {MAX_RANDOM_WEIGHT_BYTES >> 30} GiB "
+                             f"allowed without asking")
 
 
 def _randomize(torch, model, seed):
@@ -307,8 +308,8 @@ def export_model(source, out_path, *, exporter: str = "torchscript", opset: int 
     source: a Hugging Face model directory or a named architecture (random weights from `seed`;
     `overrides` such as hidden_size=128, num_hidden_layers=2 set the size; for gpt2 they map to
     n_embd/n_layer/n_head/n_inner). A named architecture whose fp32 weights would exceed
-    MAX_RANDOM_WEIGHT_BYTES (4 GiB) is refused with an InputError before they are allocated, unless
-    allow_large. exporter: "torchscript" (torch.onnx.export(dynamo=False), opset 17 by default, 14..20
+    MAX_RANDOM_WEIGHT_BYTES (4 GiB) is refused with a ModelTooLargeError (an InputError) before they are
+    allocated, unless allow_large. exporter: "torchscript" (torch.onnx.export(dynamo=False), opset 17 by default, 14..20
     accepted) or "dynamo" (torch.export with dynamic batch and sequence Dims; opset 18 by default).
     """
     if exporter not in EXPORTERS:

@@ -171,6 +171,42 @@ def test_config_files(tmp_path):
         read_config_file(good)
 
 
+def test_allow_large_reaches_the_export_and_the_torch_baseline(tmp_path, monkeypatch):
+    """--allow-large (or `allow_large = true` in a config file) is carried by a named architecture's ModelSpec to
+    both places that build its random weights: the ONNX export and the PyTorch model of the torch baselines
+    (both stubbed: only the flag they get matters). Without it, both get allow_large=False."""
+    import trtrun.export
+    from trtrun.bench.models import ensure_onnx, load_torch_model, resolve_model
+
+    f = tmp_path / "big.toml"
+    f.write_text('models = ["gpt2"]\nallow_large = true\n[model_size]\nhidden_size = 8192\n')
+    kw = read_config_file(f)
+    assert kw["allow_large"] is True
+    f.write_text('models = ["gpt2"]\nallow_large = "yes"\n')
+    with pytest.raises(BenchConfigError, match="allow_large` has the wrong type"):
+        read_config_file(f)
+    seen = []
+
+    def export_stub(source, out, **k):
+        seen.append(("export", k["allow_large"]))
+        raise RuntimeError("stub")
+
+    def load_stub(torch, transformers, source, overrides, seed, allow_large=False):
+        seen.append(("torch", allow_large))
+        raise RuntimeError("stub")
+
+    monkeypatch.setattr(trtrun.export, "export_model", export_stub)
+    monkeypatch.setattr(trtrun.export, "_load_model", load_stub)
+    monkeypatch.setattr(trtrun.export, "_import_torch", lambda: (None, None))
+    for allow in (True, False):
+        cfg = BenchConfig(out=tmp_path / str(allow), **{**kw, "allow_large": allow}).validate()
+        spec = resolve_model("gpt2", cfg)
+        for step in (lambda: ensure_onnx(spec, cfg), lambda: load_torch_model(spec)):
+            with pytest.raises(RuntimeError, match="stub"):
+                step()
+    assert seen == [("export", True), ("torch", True), ("export", False), ("torch", False)], seen
+
+
 # ------------------------------------------------------------------------------------------ results store
 def test_store_torn_line_and_resume_rules(tmp_path):
     st = ResultStore(tmp_path, resume=False)

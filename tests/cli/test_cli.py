@@ -5,6 +5,7 @@ a user sees. Models are tiny (hidden 32, one layer) so the module costs seconds.
 """
 
 import json
+import re
 import struct
 import subprocess
 import sys
@@ -198,21 +199,12 @@ def test_export_refuses_a_large_random_shape_unless_allowed(capsys, tmp_path, mo
     """Mistral-7B's shape by its size options: one clean error naming the size and the options that shrink it or
     allow it, no file; --allow-large reaches the export with allow_large=True (the export itself stubbed: 7B
     would take the machine)."""
-    _needs("torch")
-    import torch
-    import transformers
-
-    real = transformers.AutoModel.from_config
-
-    def meta_only(config, **kw):  # the size check builds the model on the meta device only; 7B would take 28 GB
-        assert torch.get_default_device().type == "meta", "a model with storage was built"
-        return real(config, **kw)
-
-    monkeypatch.setattr(transformers.AutoModel, "from_config", meta_only)
+    _meta_only(monkeypatch)
     big = ["mistral", "--hidden-size", "4096", "--layers", "32", "--heads", "32", "--kv-heads", "8",
            "--intermediate-size", "14336", "-o", tmp_path / "x.onnx", "-q"]
     code, _, err = cli(capsys, "export", *big)
-    assert_clean_error(code, err, 1, "7.11B parameters", "26.5 GiB", "--hidden-size", "--allow-large")
+    assert_clean_error(code, err, 1, "7.11B parameters", "26.5 GiB", "trtrun export --hidden-size",
+                       "(trtrun export --allow-large)")
     assert not (tmp_path / "x.onnx").exists()
     import trtrun.export
 
@@ -227,6 +219,68 @@ def test_export_refuses_a_large_random_shape_unless_allowed(capsys, tmp_path, mo
     code, _, err = cli(capsys, "export", *big, "--allow-large")
     assert code == 0 and seen["allow_large"] is True, err
     assert cli(capsys, "export", "--help")[1].count("--allow-large") == 1
+
+
+def _meta_only(monkeypatch) -> None:
+    """Fail the test if a model with storage is built: the size check builds one on the meta device only (the
+    shapes refused here would take tens of GB)."""
+    _needs("torch")
+    import torch
+    import transformers
+
+    real = transformers.AutoModel.from_config
+
+    def meta_only(config, **kw):
+        assert torch.get_default_device().type == "meta", "a model with storage was built"
+        return real(config, **kw)
+
+    monkeypatch.setattr(transformers.AutoModel, "from_config", meta_only)
+
+
+@pytest.mark.parametrize("command, fast", [
+    ("check", ["--data", "random", "-n", "1", "--precision", "fp16", "--backend", "reference", "--downstream", "off",
+               "--no-random", "--no-plots"]),
+    ("bench", ["--backend", "reference", "--baselines", "none", "--precision", "fp32", "--batch", "1", "--seq", "8",
+               "--iters", "1", "--warmup", "0", "--min-iters", "1", "--no-plots"]),
+])
+@pytest.mark.parametrize("arch", ["bert-base", "gpt2"])
+def test_check_and_bench_refuse_a_large_random_shape_in_their_own_options_unless_allowed(
+        capsys, tmp_path, monkeypatch, command, fast, arch):
+    """`trtrun check` and `trtrun bench` export a named architecture too, with the same size options as
+    `trtrun export` (one option group): a shape over 4 GiB of fp32 weights (8192 wide, 4 layers: 1.6B parameters
+    and 5.9 GiB for bert-base, 3.6B and 13.6 GiB for gpt2) is refused before any weight is allocated, in one clean error that names the command's
+    own options (`trtrun check --allow-large`, not export's), and nothing is written; with --allow-large, now
+    theirs too, allow_large=True reaches export_model (stubbed there: 6 to 14 GiB would take the machine). Before,
+    neither took --allow-large, the refusal named `trtrun export`, and bench recorded it as a failed point, for
+    every point, and exited 0."""
+    _meta_only(monkeypatch)
+    big = [arch, "--hidden-size", "8192", "--layers", "4", "--heads", "64", *fast, "-q"]
+    out = ["--out" if command == "bench" else "-o", tmp_path / "out"]
+    code, _, err = cli(capsys, command, *big, *out)
+    assert_clean_error(code, err, 1, f"{arch}: ", "B parameters (hidden 8192, layers 4", "GiB of fp32 weights",
+                       "over the 4 GiB", f"(trtrun {command} --hidden-size, --layers",
+                       f"(trtrun {command} --allow-large)")
+    assert "trtrun export" not in err and "allow_large=" not in err, err
+    assert not list((tmp_path / "out").rglob("*.onnx")), list((tmp_path / "out").rglob("*"))
+    # (bench: its session record only, no point measured or failed)
+    assert all('"status"' not in p.read_text() for p in (tmp_path / "out").rglob("results.jsonl"))
+    import trtrun.export
+    from trtrun.errors import InputError
+
+    seen = {}
+
+    def stub(source, out_path, **kw):
+        seen.update(kw, source=source)
+        raise InputError("stubbed: not exported")
+
+    monkeypatch.setattr(trtrun.export, "export_model", stub)
+    out = [out[0], tmp_path / "allowed"]
+    code, stdout, err = cli(capsys, command, *big, *out, "--allow-large")
+    assert seen.get("allow_large") is True and seen["source"] == arch, (seen, err)
+    assert seen["overrides"] == {"hidden_size": 8192, "num_hidden_layers": 4, "num_attention_heads": 64}, seen
+    assert "stubbed: not exported" in err + stdout + "".join(  # (bench records it with the point)
+        p.read_text() for p in (tmp_path / "allowed").rglob("results.jsonl"))
+    assert len(re.findall(r"^ +--allow-large ", cli(capsys, command, "--help")[1], re.M)) == 1
 
 
 @pytest.mark.parametrize("module, args, needles", [

@@ -22,16 +22,6 @@ ATOL = 1e-6
 
 
 @pytest.fixture(scope="module")
-def emb(tiny_embed_model):
-    from trtrun.embed import Embedder
-
-    e = Embedder(tiny_embed_model["plan"], tiny_embed_model["tok"], backend="reference", contexts=1,
-                 truncation="truncate")
-    yield e
-    e.close()
-
-
-@pytest.fixture(scope="module")
 def corpus():
     return data.load_texts("rt", n=50, seed=5) + data.load_texts("wiki", n=10, seed=5)
 

@@ -43,15 +43,6 @@ def tiny(tiny_embed_model):
 
 
 @pytest.fixture(scope="module")
-def emb(tiny):
-    from trtrun.embed import Embedder
-
-    e = Embedder(tiny["plan"], tiny["tok"], backend="reference", contexts=2, truncation="truncate")
-    yield e
-    e.close()
-
-
-@pytest.fixture(scope="module")
 def texts():
     t = data.load_texts("rt", n=40, seed=7)
     # a mix of lengths: very short, empty-ish, and one far over SEQ_MAX tokens

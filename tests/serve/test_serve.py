@@ -40,15 +40,6 @@ def tiny(tiny_embed_model):
 
 
 @pytest.fixture(scope="module")
-def emb(tiny):
-    from trtrun.embed import Embedder
-
-    e = Embedder(tiny["plan"], tiny["tok"], backend="reference", contexts=2, truncation="truncate")
-    yield e
-    e.close()
-
-
-@pytest.fixture(scope="module")
 def client(emb):
     from starlette.testclient import TestClient
 

@@ -105,18 +105,6 @@ httpx = pytest.importorskip("httpx", reason="the tests' HTTP client needs httpx"
 from conftest import free_port, requests_across_a_signal, serve_process  # noqa: E402
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_REUSEPORT load spreading is Linux's")
-@pytest.fixture(scope="module")
-def tiny_emb(tiny_embed_model):
-    """The expected answers: the servers here run with --truncation truncate (the real sentences run past the
-    tiny model's 32 tokens)."""
-    from trtrun.embed import Embedder
-
-    e = Embedder(tiny_embed_model["plan"], tiny_embed_model["tok"], backend="reference", contexts=1,
-                 truncation="truncate")
-    yield e
-    e.close()
-
-
 ATOL = 1e-5  # as in test_serve.py: same plan and numpy backend, only BLAS summation order differs
 
 
@@ -128,7 +116,7 @@ def _metric(text: str, name: str) -> float:
 
 
 @linux_only
-def test_fronts_share_one_engine_and_its_batches_and_stop_gracefully(tiny_embed_model, tiny_emb, texts):
+def test_fronts_share_one_engine_and_its_batches_and_stop_gracefully(tiny_embed_model, emb, texts):
     """Two fronts and one engine process; 8 requests over fresh connections (both fronts) within one 1.5 s
     window all land in ONE micro-batch of the engine; answers are right; SIGTERM while 8 more wait in a window:
     every one is answered right, then everything exits 0."""
@@ -161,7 +149,7 @@ def test_fronts_share_one_engine_and_its_batches_and_stop_gracefully(tiny_embed_
             t.join(60)
         for i in range(8):
             assert out[i].status_code == 200, out[i].text
-            np.testing.assert_allclose(np.array(out[i].json(), np.float32), tiny_emb.embed([texts[i]]), atol=ATOL)
+            np.testing.assert_allclose(np.array(out[i].json(), np.float32), emb.embed([texts[i]]), atol=ATOL)
         m = httpx.get(url + "/metrics", timeout=5).text
         assert _metric(m, 'trtrun_requests_total{endpoint="/embed",status="200"}') == 8.0, m
         # one window of 8 requests (the engine process's histogram): the fronts' requests were batched together
@@ -174,14 +162,14 @@ def test_fronts_share_one_engine_and_its_batches_and_stop_gracefully(tiny_embed_
         assert httpx.post(url + "/embed", json={"inputs": [1, 2]}, timeout=5).status_code == 422
         for _ in range(20):  # and both fronts took some of them
             seen_fronts.add(httpx.get(url + "/health", timeout=5).json()["pid"])
-        err = requests_across_a_signal(proc, url, texts, 8, signal.SIGTERM, settle=0.6, after=0.5, emb=tiny_emb, atol=ATOL)
+        err = requests_across_a_signal(proc, url, texts, 8, signal.SIGTERM, settle=0.6, after=0.5, emb=emb, atol=ATOL)
     assert "shared engine process" in err and "2 workers serving" in err, err
     for p in fronts | engines:
         assert not os.path.exists(f"/proc/{p}") or "zombie" in open(f"/proc/{p}/status").read().lower()
 
 
 @linux_only
-def test_an_engine_that_dies_is_replaced_and_nothing_is_answered_wrong(tiny_embed_model, tiny_emb, texts):
+def test_an_engine_that_dies_is_replaced_and_nothing_is_answered_wrong(tiny_embed_model, emb, texts):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with serve_process(tiny_embed_model, port, "--workers", "2", "--shared-engine", "--contexts", "1",
@@ -193,7 +181,7 @@ def test_an_engine_that_dies_is_replaced_and_nothing_is_answered_wrong(tiny_embe
             r = httpx.post(url + "/embed", json={"inputs": [texts[1]]}, timeout=30)
             codes.append(r.status_code)
             if r.status_code == 200:
-                np.testing.assert_allclose(np.array(r.json(), np.float32), tiny_emb.embed([texts[1]]), atol=ATOL)
+                np.testing.assert_allclose(np.array(r.json(), np.float32), emb.embed([texts[1]]), atol=ATOL)
                 new = httpx.get(url + "/health", timeout=5).json()["engine_pid"]
                 if new != victim:
                     break
@@ -208,7 +196,7 @@ def test_an_engine_that_dies_is_replaced_and_nothing_is_answered_wrong(tiny_embe
     assert f"engine process (pid {victim}) died" in err and "starting it again" in err, err
 
 
-def test_errors_found_in_the_engine_process_are_the_same_4xx(tiny_embed_model, tiny_emb, texts):
+def test_errors_found_in_the_engine_process_are_the_same_4xx(tiny_embed_model, emb, texts):
     """A text over the model's tokens with truncation "reject" is refused by the Embedder in the engine process;
     its kind (and the texts' indices) cross the socket, so the answer is the same 400 as from one process, and
     the server keeps serving."""
@@ -221,7 +209,7 @@ def test_errors_found_in_the_engine_process_are_the_same_4xx(tiny_embed_model, t
         assert "'input[1]' has 3002 tokens, more than this model's limit of 32" in r.json()["error"]["message"], r.text
         r = httpx.post(url + "/embed", json={"inputs": ["a fine film", "dull"]}, timeout=30)
         assert r.status_code == 200, r.text
-        np.testing.assert_allclose(np.array(r.json(), np.float32), tiny_emb.embed(["a fine film", "dull"]), atol=ATOL)
+        np.testing.assert_allclose(np.array(r.json(), np.float32), emb.embed(["a fine film", "dull"]), atol=ATOL)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0, proc.stderr.read()
 
@@ -239,7 +227,7 @@ def test_socket_folder_stays_short_under_a_deep_tmpdir(tmp_path, monkeypatch):
         os.rmdir(d)
 
 
-def test_engine_process_answers_what_it_holds_when_stopped(tiny_embed_model, tiny_emb, texts, tmp_path):
+def test_engine_process_answers_what_it_holds_when_stopped(tiny_embed_model, emb, texts, tmp_path):
     """The engine process alone, spoken to over its socket: requests waiting in a 1.5 s window when it gets
     SIGTERM are still answered (right rows, in any order, matched by request id), then it exits 0."""
     import multiprocessing as mp
@@ -257,7 +245,7 @@ def test_engine_process_answers_what_it_holds_when_stopped(tiny_embed_model, tin
     p.start()
     try:
         kind, _, pid, info = events.get(timeout=120)
-        assert kind == "ready" and pid == p.pid and info["dim"] == tiny_emb.dim, (kind, info)
+        assert kind == "ready" and pid == p.pid and info["dim"] == emb.dim, (kind, info)
         c = sk.socket(sk.AF_UNIX)
         c.connect(path)
         c.sendall(b"".join(ep.encode_request(10 + i, [texts[i], texts[i + 5]]) for i in range(5)))
@@ -281,7 +269,7 @@ def test_engine_process_answers_what_it_holds_when_stopped(tiny_embed_model, tin
     for i in range(5):
         res = got[10 + i]
         assert isinstance(res, EmbedResult), res
-        np.testing.assert_allclose(res.embeddings, tiny_emb.embed([texts[i], texts[i + 5]]), atol=ATOL)
+        np.testing.assert_allclose(res.embeddings, emb.embed([texts[i], texts[i + 5]]), atol=ATOL)
 
 
 def test_health_says_when_the_engine_is_not_reachable(tmp_path):

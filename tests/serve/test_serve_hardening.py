@@ -35,16 +35,6 @@ ATOL = 1e-5
 
 
 @pytest.fixture(scope="module")
-def emb(tiny_embed_model):
-    from trtrun.embed import Embedder
-
-    e = Embedder(tiny_embed_model["plan"], tiny_embed_model["tok"], backend="reference", contexts=2,
-                 truncation="truncate")
-    yield e
-    e.close()
-
-
-@pytest.fixture(scope="module")
 def client(emb):
     from starlette.testclient import TestClient
 
@@ -65,15 +55,15 @@ def _err(r, status):
 class _Server:
     """A real uvicorn server (the one run_server makes: guarded protocol, timeouts) in a thread."""
 
-    def __init__(self, emb, **cfg):
+    def __init__(self, emb, app=None, **cfg):
         from trtrun.serve import ServeConfig, create_app
         from trtrun.serve.app import uvicorn_server
 
         self.config = ServeConfig(**cfg)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn_server(create_app(emb, self.config), self.config, host="127.0.0.1", port=self.port,
-                                     log_level="warning")
+        self.server = uvicorn_server(app or create_app(emb, self.config), self.config, host="127.0.0.1",
+                                     port=self.port, log_level="warning")
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self):
@@ -430,15 +420,32 @@ def _send_then_read(port: int, first: bytes, more: bytes = b"", until: float = 0
         s.close()
 
 
-def _json_answer(data: bytes, status: int) -> str:
-    """The message of a complete JSON error answer (all of its Content-Length there, closing the connection)."""
+def _json_answer(data: bytes, status: int, closing: bool = True) -> str:
+    """The message of a complete JSON error answer (all of its Content-Length there, and nothing after it;
+    `closing`: saying it closes the connection)."""
     assert data.startswith(f"HTTP/1.1 {status} ".encode()), data[:200]
     hdr, _, payload = data.partition(b"\r\n\r\n")
     headers = dict(ln.split(b": ", 1) for ln in hdr.lower().split(b"\r\n")[1:])
-    assert headers[b"connection"] == b"close" and int(headers[b"content-length"]) == len(payload), data
+    assert int(headers[b"content-length"]) == len(payload), data
+    assert headers.get(b"connection") == b"close" or not closing, data
     err = json.loads(payload)["error"]
     assert err["code"] == status, err
     return err["message"]
+
+
+def _use_http(http: str, monkeypatch) -> None:
+    """Servers made from now on use uvicorn's `http` protocol ("httptools": what "auto" picks where installed)."""
+    if http == "h11":
+        from uvicorn.protocols.http.h11_impl import H11Protocol
+
+        monkeypatch.setattr("trtrun.serve.protocol._base_protocol", lambda: H11Protocol)
+    else:
+        pytest.importorskip("httptools")
+
+
+def _assert_http(srv, http: str) -> None:
+    want = {"httptools": "GuardedHttpToolsProtocol", "h11": "GuardedH11Protocol"}[http]
+    assert srv.server.config.http_protocol_class.__name__ == want
 
 
 @pytest.mark.parametrize("http", ["httptools", "h11"])
@@ -451,17 +458,11 @@ def test_a_408_or_400_is_read_by_a_client_still_sending(emb, texts, http, monkey
     bytes still unread, with a reset, and the client's write or read failed with it). While the two 408s
     linger they no longer hold places of --max-connections (2 here): a new client is served. Both of
     uvicorn's HTTP protocols (httptools, what "auto" picks where installed, and h11)."""
-    if http == "h11":
-        from uvicorn.protocols.http.h11_impl import H11Protocol
-
-        monkeypatch.setattr("trtrun.serve.protocol._base_protocol", lambda: H11Protocol)
-    else:
-        pytest.importorskip("httptools")
+    _use_http(http, monkeypatch)
     body_t = 1.0
     with _Server(emb, max_connections=2, header_timeout=5, body_timeout=body_t, max_wait_ms=1) as srv:
         guard, conns = srv.server.guard, srv.server.server_state.connections
-        want = {"httptools": "GuardedHttpToolsProtocol", "h11": "GuardedH11Protocol"}[http]
-        assert srv.server.config.http_protocol_class.__name__ == want
+        _assert_http(srv, http)
         head = (b"POST /v1/embeddings HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
                 b"content-length: 1000000\r\n\r\n{")
         bad = b"NOT HTTP AT ALL\r\n\r\n"
@@ -772,6 +773,137 @@ def test_the_rest_of_a_body_answered_early_is_not_taken_for_a_late_request_head(
             s.close()
         assert data == b"", data[:300]
         assert took < 1.0 + 0.5, took  # the body timeout, plus scheduling slack
+
+
+@pytest.mark.parametrize("http", ["httptools", "h11"])
+def test_a_client_still_writing_a_body_answered_early_reads_its_answer_past_the_body_timeout(emb, texts, http,
+                                                                                              monkeypatch):
+    """Two POSTs are answered before their body is read: a 401 (no API key) and a 413 (a Content-Length over
+    the hard cap of 16 MiB). Both clients go on writing their body 0.6 s past the body timeout, and then read.
+    Each must read its whole JSON answer and then the end of the stream (before: at the body timeout the
+    connection was closed at once while the client still wrote; its next write met a reset and it never read
+    its answer). While they linger they hold no place of --max-connections (a third client is served), and the
+    two are counted once each, as 401 and 413, and not as body timeouts."""
+    _use_http(http, monkeypatch)
+    body_t = 0.8
+    with _Server(emb, max_connections=2, api_key="k", public_health=True, header_timeout=5, body_timeout=body_t,
+                 keep_alive_timeout=5, max_body_bytes=1000) as srv:
+        guard, conns = srv.server.guard, srv.server.server_state.connections
+        _assert_http(srv, http)
+        heads = {401: b"POST /v1/embeddings HTTP/1.1\r\nhost: x\r\ncontent-length: 1000000\r\n\r\n{",
+                 413: b"POST /v1/embeddings HTTP/1.1\r\nhost: x\r\nauthorization: Bearer k\r\n"
+                      b"content-length: 20000000\r\n\r\n{"}
+        got: dict = {}
+        threads = [threading.Thread(target=lambda k=k: got.__setitem__(
+            k, _send_then_read(srv.port, heads[k], b" " * 1000, body_t + 0.6))) for k in heads]
+        t0 = time.monotonic()
+        for t in threads:
+            t.start()
+        # the bodies' timers start with their first byte after the answer (0.05 s in); the clients still send
+        time.sleep(max(0.0, t0 + body_t + 0.3 - time.monotonic()))
+        assert len(guard.lingering) == 2 and len(conns) == 0, (len(guard.lingering), len(conns))
+        r = httpx.post(srv.url + "/v1/embeddings", json={"input": texts[:1]}, headers={"authorization": "Bearer k"},
+                       timeout=5)
+        assert r.status_code == 200, r.text
+        np.testing.assert_allclose(r.json()["data"][0]["embedding"], emb.embed(texts[:1])[0], atol=ATOL)
+        for t in threads:
+            t.join(10)
+        for status, (error, data) in got.items():
+            assert error is None, (status, error, data[:200])
+        assert "API key" in _json_answer(got[401][1], 401, closing=False)
+        assert "--max-body-bytes" in _json_answer(got[413][1], 413, closing=False)
+        counts = _refusals(httpx.get(srv.url + "/metrics", timeout=5).text)
+        assert counts[("api_key", "401")] == 1 and counts[("body_too_large", "413")] == 1, counts
+        assert counts[("body_timeout", "408")] == 0, counts
+        end = time.monotonic() + 5
+        while guard.lingering and time.monotonic() < end:
+            time.sleep(0.05)
+        assert not guard.lingering
+
+
+def _answer_before_the_body_app(seen: list):
+    """A raw ASGI app that begins its answer to a POST before reading the body (as a streaming handler may):
+    the head and the first 500 of 1,000 bytes, framed by Content-Length (path /length) or chunked (/chunked);
+    the rest once the whole request body has arrived. What receive() says instead of the body goes to `seen`.
+    /health answers 200 (for _Server)."""
+    part = b"x" * 500
+
+    async def app(scope, receive, send):
+        if scope["type"] == "lifespan":
+            while True:
+                kind = (await receive())["type"]
+                await send({"type": kind + ".complete"})
+                if kind == "lifespan.shutdown":
+                    return
+        if scope["path"] == "/health":
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+            await send({"type": "http.response.body", "body": b"ok"})
+            return
+        framing = [(b"content-length", b"1000")] if scope["path"] == "/length" else []  # (uvicorn: else chunked)
+        await send({"type": "http.response.start", "status": 200, "headers": framing})
+        await send({"type": "http.response.body", "body": part, "more_body": True})
+        while True:
+            msg = await receive()
+            if msg["type"] != "http.request":
+                seen.append(msg["type"])
+                return
+            if not msg.get("more_body", False):
+                break
+        await send({"type": "http.response.body", "body": part})
+
+    return app
+
+
+@pytest.mark.parametrize("http", ["httptools", "h11"])
+def test_a_body_timeout_after_the_response_began_ends_it_short_not_with_a_reset(emb, http, monkeypatch):
+    """An app begins its answer (head and half the body, framed by Content-Length or chunked) before reading the
+    request body; two clients go on writing their body 0.6 s past the body timeout, and then read. A 408 can no
+    longer be sent (it would land inside the begun response). Each client must read what was sent, the end of
+    the stream, and no reset on its writes (before: the connection was closed at once while it still wrote); an
+    HTTP parser (h11, httpx's) must find the response incomplete, not take it for a whole one. The app is told
+    the client is gone (http.disconnect), and nothing is counted as a refusal (no 408 was answered)."""
+    import h11
+
+    _use_http(http, monkeypatch)
+    body_t = 0.8
+    seen: list = []
+    with _Server(emb, app=_answer_before_the_body_app(seen), max_connections=2, header_timeout=5,
+                 body_timeout=body_t) as srv:
+        guard, conns = srv.server.guard, srv.server.server_state.connections
+        _assert_http(srv, http)
+        counted: list = []
+        guard.on_refused = counted.append
+        got: dict = {}
+
+        def client(path):
+            head = f"POST {path} HTTP/1.1\r\nhost: x\r\ncontent-length: 1000000\r\n\r\n{{".encode()
+            got[path] = _send_then_read(srv.port, head, b" " * 1000, body_t + 0.6)
+
+        threads = [threading.Thread(target=client, args=(p,)) for p in ("/length", "/chunked")]
+        t0 = time.monotonic()
+        for t in threads:
+            t.start()
+        time.sleep(max(0.0, t0 + body_t + 0.3 - time.monotonic()))
+        assert len(guard.lingering) == 2 and len(conns) == 0, (len(guard.lingering), len(conns))
+        for t in threads:
+            t.join(10)
+        for path, (error, data) in got.items():
+            assert error is None, (path, error, data[:200])
+            conn = h11.Connection(h11.CLIENT)
+            conn.send(h11.Request(method="POST", target=path, headers=[("host", "x"), ("content-length", "1")]))
+            conn.receive_data(data)
+            conn.receive_data(b"")  # the end of the stream
+            events = []
+            with pytest.raises(h11.RemoteProtocolError, match="without sending complete message body"):
+                while (ev := conn.next_event()) is not h11.NEED_DATA:
+                    events.append(ev)
+            assert isinstance(events[0], h11.Response) and events[0].status_code == 200, (path, events)
+            assert b"".join(e.data for e in events if isinstance(e, h11.Data)) == b"x" * 500, (path, data[-200:])
+        assert seen == ["http.disconnect"] * 2 and counted == [], (seen, counted)
+        end = time.monotonic() + 5
+        while guard.lingering and time.monotonic() < end:
+            time.sleep(0.05)
+        assert not guard.lingering
 
 
 def test_depth_check_is_linear_on_an_unterminated_string_of_escaped_quotes(client):

@@ -26,18 +26,6 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO
 from conftest import free_port, requests_across_a_signal, serve_process  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-@pytest.fixture(scope="module")
-def tiny_emb(tiny_embed_model):
-    """The expected answers: the servers here run with --truncation truncate (the real sentences run past the
-    tiny model's 32 tokens)."""
-    from trtrun.embed import Embedder
-
-    e = Embedder(tiny_embed_model["plan"], tiny_embed_model["tok"], backend="reference", contexts=1,
-                 truncation="truncate")
-    yield e
-    e.close()
-
-
 ATOL = 1e-5  # as in test_serve.py: same plan and numpy backend, only BLAS summation order differs
 
 
@@ -48,7 +36,7 @@ ATOL = 1e-5  # as in test_serve.py: same plan and numpy backend, only BLAS summa
 
 
 
-def test_workers_share_the_port_sum_metrics_and_stop_gracefully(tiny_embed_model, tiny_emb, texts):
+def test_workers_share_the_port_sum_metrics_and_stop_gracefully(tiny_embed_model, emb, texts):
     """Two workers; requests wait 1.5 s in micro-batch windows in both when SIGTERM reaches the supervisor:
     every one still gets its right rows, new connections are refused, every process exits, rc 0."""
     tiny = tiny_embed_model
@@ -77,7 +65,7 @@ def test_workers_share_the_port_sum_metrics_and_stop_gracefully(tiny_embed_model
 
         # all eight wait inside micro-batch windows (1.5 s) of both workers when SIGTERM comes; afterwards no
         # worker, nor the supervisor, takes new connections
-        err = requests_across_a_signal(proc, url, texts, 8, signal.SIGTERM, settle=0.6, after=0.5, emb=tiny_emb,
+        err = requests_across_a_signal(proc, url, texts, 8, signal.SIGTERM, settle=0.6, after=0.5, emb=emb,
                                        atol=ATOL)
     assert "2 workers serving" in err, err
     for p in pids:  # the workers are gone too

@@ -66,6 +66,7 @@ class BenchConfig:
     cpu_min_iters: int = 3
     cpu_threads: int | None = None  # None: every host core
     overrides: dict = field(default_factory=dict)  # named architectures: hidden_size=..., ...
+    allow_large: bool = False  # named architectures over 4 GiB of fp32 weights (trtrun.export.export_model)
     seed: int = 0
     tokens: dict = field(default_factory=dict)  # model name -> token-id file (.npz), else the data folder
     torch_model: str | None = None  # HF model folder the ONNX came from (torch baselines for ONNX/plan input)
@@ -155,8 +156,8 @@ def _positive_ints(vals, what: str, allow_empty: bool) -> None:
 # `model_size`); unknown keys are errors, so a typo does not silently run the defaults.
 _FILE_KEYS = {"models", "batch", "seq", "precision", "precisions", "baselines", "cuda_graphs", "backend", "warmup",
               "gemm_search", "gemm_cache",
-              "iters", "min_iters", "max_time", "input_sets", "compile", "cpu", "tokens", "model_size", "seed",
-              "torch_model", "description"}
+              "iters", "min_iters", "max_time", "input_sets", "compile", "cpu", "tokens", "model_size", "allow_large",
+              "seed", "torch_model", "description"}
 
 
 def read_config_file(path) -> dict:
@@ -210,6 +211,7 @@ def read_config_file(path) -> dict:
     for k in ("warmup", "iters", "min_iters", "input_sets", "seed"):
         take(k, types=(int,))
     take("max_time", types=(int, float))
+    take("allow_large", types=(bool,))
     take("torch_model", types=(str,))
     for table, prefix in (("compile", "compile"), ("cpu", "cpu")):
         if table in raw:

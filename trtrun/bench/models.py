@@ -38,6 +38,7 @@ class ModelSpec:
     plan_path: Path | None = None  # kind == "plan": the plan file
     plan_precision: str | None = None  # kind == "plan": its precision
     overrides: dict = field(default_factory=dict)
+    allow_large: bool = False  # kind == "arch": over 4 GiB of fp32 weights is allowed (export, torch baselines)
     seed: int = 0
     max_positions: int | None = None
     profile: dict | None = None  # kind == "plan": the plan's profile
@@ -71,8 +72,8 @@ def resolve_model(source: str, cfg: BenchConfig) -> ModelSpec:
         name = src if not overrides else f"{src}-" + "-".join(
             f"{_SHORT.get(k, k)}{v}" for k, v in sorted(overrides.items()))
         spec = ModelSpec(name=name, kind="arch", source=src, overrides=overrides, seed=cfg.seed,
-                         max_positions=int(positions), tag=_hash([src, overrides, cfg.seed]),
-                         arch="encoder" if src == "bert-base" else "decoder")
+                         allow_large=cfg.allow_large, max_positions=int(positions),
+                         tag=_hash([src, overrides, cfg.seed]), arch="encoder" if src == "bert-base" else "decoder")
         spec.torch_source = ("arch", src, overrides, cfg.seed)
         _check_positions(spec, cfg)
         return spec
@@ -159,7 +160,8 @@ def ensure_onnx(spec: ModelSpec, cfg: BenchConfig, log=None) -> Path:
             log(f"exporting {spec.source} (random weights, seed {spec.seed}"
                 f"{', ' + str(spec.overrides) if spec.overrides else ''}) to {path}")
         with atomic_path(path, suffix=".onnx") as tmp:
-            export_model(spec.source, tmp, overrides=spec.overrides or None, seed=spec.seed)
+            export_model(spec.source, tmp, overrides=spec.overrides or None, seed=spec.seed,
+                         allow_large=spec.allow_large)
     spec.onnx = path
     return path
 
@@ -214,7 +216,7 @@ def load_torch_model(spec: ModelSpec):
     kind = spec.torch_source[0]
     if kind == "arch":
         _, src, overrides, seed = spec.torch_source
-        model, _ = _load_model(torch, transformers, src, overrides or None, seed)
+        model, _ = _load_model(torch, transformers, src, overrides or None, seed, spec.allow_large)
     else:
         model, _ = _load_model(torch, transformers, spec.torch_source[1], None, 0)
     model = model.float().eval()

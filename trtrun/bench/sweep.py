@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import ModelTooLargeError
 from .config import DEFAULT_GEMM_SEARCH, BenchConfig, BenchConfigError, PRECISIONS, engine_name
 from .inputs import make_sets, token_stream
 from .models import ModelSpec, ensure_onnx, ensure_plan, load_torch_model, plan_cache_path, resolve_model
@@ -168,7 +169,7 @@ class _ModelState:
         except Unavailable as e:
             self.unavailable[k] = str(e)
             raise
-        except (BenchConfigError, KeyboardInterrupt):
+        except (BenchConfigError, ModelTooLargeError, KeyboardInterrupt):  # (a named shape refused for its size)
             raise
         except ImportError as e:
             self.unavailable[k] = f"{type(e).__name__}: {e}"
@@ -336,7 +337,7 @@ def run_sweep(cfg: BenchConfig, *, log=None, progress: bool = True) -> SweepOutc
                 timer, mem_source = runner.timer, runner.mem_source
             except Unavailable as e:
                 status, note = "unavailable", str(e)
-            except (KeyboardInterrupt, BenchConfigError):
+            except (KeyboardInterrupt, BenchConfigError, ModelTooLargeError):  # every point of the model would fail
                 raise
             except _SetupFailed as e:
                 status, note = "error", str(e)[:2000]
@@ -424,5 +425,6 @@ def _config_doc(cfg: BenchConfig) -> dict:
             "compile_grid": cfg.compile_grid, "compile_batch": cfg.compile_batch, "compile_seq": cfg.compile_seq,
             "cpu_grid": cfg.cpu_grid, "cpu_batch": cfg.cpu_batch, "cpu_seq": cfg.cpu_seq,
             "cpu_min_iters": cfg.cpu_min_iters, "cpu_threads": cfg.cpu_threads, "overrides": cfg.overrides,
+            "allow_large": cfg.allow_large,
             "gemm_search": cfg.gemm_search, "gemm_cache": str(cfg.gemm_cache) if cfg.gemm_cache else None,
             "seed": cfg.seed, "tokens": cfg.tokens, "config_file": cfg.config_file}

@@ -55,6 +55,7 @@ class CheckOptions:
     max_length: int | None = None
     tokenizer: str | None = None
     overrides: dict | None = None
+    allow_large: bool = False              # a named architecture over 4 GiB of fp32 weights (export_model)
     seed: int = 0
     work_dir: Path | None = None
     plots: bool = True
@@ -63,9 +64,10 @@ class CheckOptions:
 
 # ------------------------------------------------------------------------------------------- model
 
-def resolve_model(model: str, work: Path, overrides: dict | None, seed: int, log) -> tuple[Path, dict, Path | None]:
+def resolve_model(model: str, work: Path, overrides: dict | None, seed: int, log,
+                  allow_large: bool = False) -> tuple[Path, dict, Path | None]:
     """(ONNX path, description, tokenizer folder or None): an .onnx is used as it is; a Hugging Face model
-    folder or a named architecture is exported first (trtrun.export.export_model)."""
+    folder or a named architecture is exported first (trtrun.export.export_model, with allow_large)."""
     p = Path(model)
     if p.suffix.lower() == ".onnx":
         if not p.is_file():
@@ -83,7 +85,7 @@ def resolve_model(model: str, work: Path, overrides: dict | None, seed: int, log
         out = work / f"{name}.onnx"
         log(f"exporting {model} to {out}" + (f" (overrides {overrides})" if overrides else ""))
         t = time.perf_counter()
-        export_model(model, out, overrides=overrides or None, seed=seed)
+        export_model(model, out, overrides=overrides or None, seed=seed, allow_large=allow_large)
         desc = {"source": model, "kind": "named architecture" if model in NAMED_ARCHS else "model folder",
                 "weights": f"random (seed {seed})" if model in NAMED_ARCHS else "real (from the folder)",
                 "overrides": overrides or {}, "export_s": round(time.perf_counter() - t, 2)}
@@ -235,7 +237,8 @@ def _run(opts, precisions, gate, work, log, timing, t_start) -> dict:
 
     given_tokenizer = data.load_tokenizer(opts.tokenizer) if opts.tokenizer else None  # its errors before any work
     t = time.perf_counter()
-    onnx_path, model_desc, tok_dir = resolve_model(opts.model, work, opts.overrides, opts.seed, log)
+    onnx_path, model_desc, tok_dir = resolve_model(opts.model, work, opts.overrides, opts.seed, log,
+                                                   opts.allow_large)
     timing["export_s"] = round(time.perf_counter() - t, 2)
 
     backend, why = choose_backend(opts.backend)

@@ -76,14 +76,15 @@ def _data_spec(ctx, param, value):
 @quiet_option
 def command(model, precision, data_spec, max_samples, backend, out_dir, min_cosine, max_nan_rate, gate,
             compare_random, headroom_samples, downstream, downstream_train, downstream_test, fp32, batch_size,
-            max_length, tokenizer, overrides, seed, work_dir, plots, per_sample, quiet):
+            max_length, tokenizer, overrides, allow_large, seed, work_dir, plots, per_sample, quiet):
     """Check MODEL's fp16 and hybrid plans against fp32 on real text and random ids.
 
     \b
     MODEL: an .onnx file (built per precision), a Hugging Face model folder or a named
-    architecture (bert-base, gpt2; random weights, sizes via --hidden-size, --layers, ...),
-    exported first. Writes OUT/report.json, OUT/report.md and plots. Exit code 3 when a
-    --min-cosine or --max-nan-rate budget breaks (the reports are written first).
+    architecture (bert-base, gpt2; random weights, sizes via --hidden-size, --layers, ...;
+    over 4 GiB of weights with --allow-large), exported first. Writes OUT/report.json,
+    OUT/report.md and plots. Exit code 3 when a --min-cosine or --max-nan-rate budget breaks
+    (the reports are written first).
     """
     from ..check import CheckOptions, run_check, write_reports
 
@@ -96,7 +97,7 @@ def command(model, precision, data_spec, max_samples, backend, out_dir, min_cosi
         backend=backend, min_cosine=min_cosine, max_nan_rate=max_nan_rate, gate=gate_list,
         compare_random=compare_random, headroom_samples=headroom_samples, downstream=downstream,
         downstream_train=downstream_train, downstream_test=downstream_test, fp32=fp32, batch_size=batch_size,
-        max_length=max_length, tokenizer=tokenizer, overrides=overrides or None, seed=seed,
+        max_length=max_length, tokenizer=tokenizer, overrides=overrides or None, allow_large=allow_large, seed=seed,
         work_dir=Path(work_dir) if work_dir else None, plots=plots, per_sample=per_sample)
     report = run_check(opts, log=lambda m: status(m, quiet))
     files = write_reports(report, opts.out_dir, plots=plots)

@@ -19,9 +19,6 @@ from .options import EXPORT_ARCHS, model_size_options, model_source, quiet_optio
               help="torch.onnx.export(dynamo=False) or the torch.export-based dynamo exporter")
 @click.option("--opset", type=int, default=None, help="ONNX opset (default 17 torchscript, 18 dynamo; 14..20)")
 @click.option("--seed", type=int, default=0, show_default=True, help="seed of the random weights (named architectures)")
-@click.option("--allow-large", is_flag=True,
-              help="export a named architecture whose random fp32 weights exceed 4 GiB (refused otherwise: the "
-                   "export needs that much RAM several times over, and the disk)")
 @model_size_options
 @quiet_option
 def command(source, output, exporter, opset, seed, allow_large, overrides, quiet):

@@ -2,7 +2,7 @@
 
 Each group is one decorator: `@precision_option()`, `@profile_options`, `@text_input_options`, ...
 so `build`, `run`, and later `bench`/`check`/`serve` spell the same option the same way. Nothing here
-imports more than click, the standard library and trtrun.types (where the choices are named).
+imports more than click, the standard library, trtrun.types (where the choices are named) and trtrun.errors.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import functools
 
 import click
 
+from ..errors import ModelTooLargeError
 from ..types import BACKEND_CHOICES as BACKENDS, EXPORT_ARCHS, NAMED_ARCHS, POOLINGS, PRECISIONS, TEXT_SETS
 
 # A file or folder named on the command line that does not exist is a bad command line (exit code 2, as
@@ -19,8 +20,8 @@ from ..types import BACKEND_CHOICES as BACKENDS, EXPORT_ARCHS, NAMED_ARCHS, POOL
 EXISTING_FILE = click.Path(exists=True, dir_okay=False)
 EXISTING_DIR = click.Path(exists=True, file_okay=False)
 
-# Sizes `trtrun export` may override, as (option, config key, help). Keys are BERT's config names;
-# trtrun.export maps them to GPT-2's (n_embd, n_layer, ...).
+# Sizes of a named architecture a command may override (model_size_options), as (option, config key, help).
+# Keys are BERT's config names; trtrun.export maps them to GPT-2's (n_embd, n_layer, ...).
 MODEL_SIZE_OPTIONS = (
     ("--hidden-size", "hidden_size", "hidden size N"),
     ("--layers", "num_hidden_layers", "number of transformer layers"),
@@ -199,13 +200,25 @@ text_input_options = compose(
 
 
 def model_size_options(f):
-    """--hidden-size/--layers/... -> overrides={config key: int} (only the ones given)."""
+    """The size of a named architecture built with random weights, for every command that exports one
+    (export, check, bench): --hidden-size/--layers/... -> overrides={config key: int} (only the ones given),
+    and --allow-large -> allow_large (for trtrun.export.export_model). A shape refused for its size
+    (ModelTooLargeError) is told in the options of the command that was run."""
 
     @functools.wraps(f)
     def wrapper(*args, **kw):
         overrides = {key: kw.pop(key) for _, key, _ in MODEL_SIZE_OPTIONS}
-        return f(*args, overrides={k: v for k, v in overrides.items() if v is not None}, **kw)
+        try:
+            return f(*args, overrides={k: v for k, v in overrides.items() if v is not None}, **kw)
+        except ModelTooLargeError as e:
+            if e.command is not None:
+                raise
+            raise e.for_command(click.get_current_context().command_path) from e
 
+    wrapper = click.option(
+        "--allow-large", is_flag=True,
+        help="build a named architecture whose random fp32 weights exceed 4 GiB (refused otherwise: exporting it "
+             "needs that much RAM several times over, and the disk)")(wrapper)
     for opt, key, helptext in reversed(MODEL_SIZE_OPTIONS):
         wrapper = click.option(opt, key, type=click.IntRange(min=1), default=None, help=helptext)(wrapper)
     return wrapper

@@ -46,21 +46,14 @@ def pad_to(feeds: dict, seq: int | None = None, batch: int | None = None) -> dic
 
 
 def per_sample_cosine(out, ref, mask):
-    """Cosine similarity per sample over its valid (mask = 1) tokens, in float64; NaN where either side has NaN."""
+    """Cosine similarity per sample over its valid (mask = 1) tokens, with trtrun.check.metrics.cosine's
+    conventions (float64; NaN where either side has a NaN or Inf; two all-zero vectors agree)."""
     import numpy as np
 
-    cos = np.empty(out.shape[0])
-    for b in range(out.shape[0]):
-        keep = mask[b].astype(bool) if mask is not None else slice(None)
-        a = np.asarray(out[b][keep], dtype=np.float64).ravel()
-        r = np.asarray(ref[b][keep], dtype=np.float64).ravel()
-        if not (np.isfinite(a).all() and np.isfinite(r).all()):
-            cos[b] = np.nan
-            continue
-        denom = np.linalg.norm(a) * np.linalg.norm(r)
-        # two all-zero vectors agree; one all-zero vector against a non-zero one does not
-        cos[b] = float(a @ r / denom) if denom > 0 else (1.0 if not a.any() and not r.any() else 0.0)
-    return cos
+    from ..check.metrics import cosine
+
+    keep = [slice(None) if mask is None else np.asarray(mask[b]).astype(bool) for b in range(out.shape[0])]
+    return np.array([cosine(out[b][k], ref[b][k]) for b, k in enumerate(keep)])
 
 
 def _first_line(e: BaseException, limit: int = 160) -> str:

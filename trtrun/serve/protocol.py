@@ -30,6 +30,11 @@ data it received is unread, or that receives data once closed, is reset by the k
 the client's next write before it reads anything; an HTTP client writes its whole request first, a client
 answered 408 is one still sending it, and a malformed request may be followed by more. So an answered
 connection is closed only with nothing unread (drain_socket) and once its client has stopped sending.
+Two body timeouts end the connection the same way with nothing more to write: a request answered early
+(413, 401: the app answers before reading the body) whose remaining body does not arrive within the body
+timeout (its answer is already out whole), and a request whose response had already begun when its body
+timed out (no 408 can follow a begun response; what was written goes out, then the FIN, so the client reads
+a response cut short of its length, an error it can tell, rather than a reset that may discard even that).
 uvicorn's `timeout_keep_alive` still closes idle keep-alive connections; `limit_concurrency` is not used.
 """
 
@@ -44,9 +49,9 @@ from ..errors import TrtrunError
 log = logging.getLogger("trtrun.serve")
 
 LOG_EVERY_S = 10.0  # refusals and timeouts are logged as counts, at most this often
-# An answered connection (503, 408, 400) is closed once its client has sent nothing for LINGER_S (it has its
-# whole request out; an HTTP client then reads the answer), after at most the body timeout, or after
-# LINGER_MAX_BYTES.
+# An answered connection (503, 408, 400; or one ended at a body timeout with nothing more to answer) is
+# closed once its client has sent nothing for LINGER_S (it has its whole request out; an HTTP client then
+# reads the answer), after at most the body timeout, or after LINGER_MAX_BYTES.
 LINGER_S = 1.0
 LINGER_MAX_BYTES = 16 << 20  # (as an accepted request's body is read and dropped past its limit: app.py)
 # Answered connections lingering at once, where the open-file limit has room for them beside max_connections
@@ -141,8 +146,8 @@ class Guard:
             self.on_refused(reason)
 
     def linger(self, proto) -> None:
-        """An answered connection (503, 408, 400) starts lingering; at the bound, the one heard from least
-        recently ends."""
+        """An answered connection (503, 408, 400, or ended at a body timeout) starts lingering; at the bound,
+        the one heard from least recently ends."""
         while len(self.lingering) >= self.max_lingering:
             next(iter(self.lingering))._end_linger()
         self.lingering[proto] = None
@@ -174,7 +179,8 @@ def guarded_protocol(guard: Guard, base=None):
 
         def connection_made(self, transport) -> None:
             g = self._guard
-            self._lingering = False  # answered (503, 408, 400) and waiting for the client to be done
+            # answered (503, 408, 400) or ended at a body timeout, and waiting for the client to be done
+            self._lingering = False
             self._registered = False  # in uvicorn's server_state.connections until it lingers
             self._timer = None
             self._phase = "head"  # head: waiting for a request head; body: for its body; queued: its
@@ -207,10 +213,10 @@ def guarded_protocol(guard: Guard, base=None):
             return super().eof_received()
 
         # ------------------------------------------------------------ an answered connection lingering
-        def _linger(self, answer: bytes) -> None:
-            """Send `answer` (an error closing the connection) and the end of the stream at once, so the client
-            has all of it whatever follows; then read and drop what it still sends (the module doc says why)
-            until it is done, bounded by Guard.linger."""
+        def _linger(self, answer: bytes = b"") -> None:
+            """Send `answer` (an error closing the connection; none where the response was already sent or has
+            begun) and the end of the stream at once, so the client has all of it whatever follows; then read
+            and drop what it still sends (the module doc says why) until it is done, bounded by Guard.linger."""
             g = self._guard
             self._disarm()
             self._lingering = True
@@ -231,7 +237,8 @@ def guarded_protocol(guard: Guard, base=None):
                     self.flow.resume_writing()
                     self.flow.resume_reading()  # (paused for a pipelined request or a large body)
             t = self.transport
-            t.write(answer)
+            if answer:
+                t.write(answer)
             try:
                 t.write_eof()
             except (OSError, NotImplementedError, RuntimeError):
@@ -272,8 +279,8 @@ def guarded_protocol(guard: Guard, base=None):
             if self._phase == "idle" and cyc is not None and cyc.response_complete and cyc.more_body:
                 # The rest of a body whose request was answered early (413, 401), which uvicorn discards:
                 # not a new request head. uvicorn does not say when it has all arrived (and the data
-                # cancelled its keep-alive timer), so the connection is closed quietly after the body
-                # timeout unless a new request's head completes by then.
+                # cancelled its keep-alive timer), so the connection is ended after the body timeout (with
+                # nothing more to answer: _expired) unless a new request's head completes by then.
                 self._phase = "drain"
                 self._arm(self._guard.body_timeout)
             elif self._phase == "idle":  # the first byte of the next request on a kept-alive connection
@@ -351,17 +358,28 @@ def guarded_protocol(guard: Guard, base=None):
                     g.count("body_timeout")
                     self._linger(g.body_late)
                     return
+                # The app began its response before reading the whole body: a 408 written now would land inside
+                # it. The app is told the client is gone (_linger), what it wrote goes out and then the end of the
+                # stream, so the client reads a response short of its Content-Length (or of its last chunk), which
+                # it can tell from a whole one, and its writes meet no reset. Not a refusal (the app answered):
+                # logged above, not counted in refused_total.
+                self._linger()
             elif self._phase == "head":
                 if self._seen:
                     g.head_timeouts.hit(f"request head not complete within --header-timeout {g.header_timeout:g} s")
                     g.count("header_timeout")
                     self._linger(g.head_late)
                     return
-                # a connection that never sent a byte is closed quietly
+                # a connection that never sent a byte is closed quietly (nothing unread: a FIN, not a reset)
                 g.count("idle_timeout")
-            elif self._phase != "drain":  # (a body answered early that does not arrive: closed quietly)
-                return
-            t.close()
+                t.close()
+            elif self._phase == "drain":
+                # The rest of a body answered early (401, 413, 404) did not all arrive, or the connection stayed
+                # silent after it, within the body timeout. The answer went out whole; the end of the stream
+                # follows and the client's remaining body is read and dropped, so a client still writing it
+                # reads the answer rather than meeting a reset. Not counted here: the answer was the app's (a
+                # 401 or 413 is counted as a refusal where it is sent).
+                self._linger()
 
     Guarded.__name__ = Guarded.__qualname__ = f"Guarded{base.__name__}"
     return Guarded
