@@ -378,25 +378,27 @@ def execute(path: Path, data: bytes) -> str:
 
 
 def default_seeds() -> list[bytes]:
-    """tests/handmade_plans.py's tiny plans, small enough that a run takes about a millisecond."""
+    """tests/handmade_plans.py's tiny plans, small enough that a run takes about a millisecond, with one head of 32
+    (GPU_TINY): the GPU runtime's lowering refuses smaller heads, and mutants of lowerable seeds reach the rest of it."""
     sys.path.insert(0, str(REPO / "tests"))
-    from handmade_plans import tiny_plan
+    from handmade_plans import GPU_TINY, tiny_plan
 
     from trtrun.plan import Plan
 
     prof = {"batch": [1, 1, 2], "seq": [1, 4, 8]}
-    pooled = tiny_plan("fp32", "encoder", hidden=8, heads=2, layers=1, vocab=16, max_pos=8, profile=prof, seed=3)
+    N = GPU_TINY["hidden"]
+    pooled = tiny_plan("fp32", "encoder", **GPU_TINY, layers=1, vocab=16, max_pos=8, profile=prof, seed=3)
     hdr = json.loads(json.dumps({k: v for k, v in pooled.header.items() if k != "weights"}))
     hdr["ops"].append({"type": "Pool", "name": "pool", "inputs": ["last_hidden_state", "attention_mask"],
                        "outputs": ["pooled"], "weights": {}, "attrs": {"mode": "mean", "normalize": True},
                        "precision": "fp32"})
-    hdr["tensors"]["pooled"] = {"dtype": "float32", "shape": ["B", 8]}
-    hdr["outputs"].append({"name": "pooled", "dtype": "float32", "shape": ["B", 8]})
-    plans = [tiny_plan("fp32", "encoder", hidden=8, heads=2, layers=1, vocab=16, max_pos=8, profile=prof),
+    hdr["tensors"]["pooled"] = {"dtype": "float32", "shape": ["B", N]}
+    hdr["outputs"].append({"name": "pooled", "dtype": "float32", "shape": ["B", N]})
+    plans = [tiny_plan("fp32", "encoder", **GPU_TINY, layers=1, vocab=16, max_pos=8, profile=prof),
              Plan.from_parts(hdr, pooled.weights),
-             tiny_plan("hybrid", "encoder", hidden=8, heads=2, layers=1, vocab=16, max_pos=8, profile=prof,
+             tiny_plan("hybrid", "encoder", **GPU_TINY, layers=1, vocab=16, max_pos=8, profile=prof,
                        seed=1),
-             tiny_plan("fp16", "decoder", hidden=8, heads=2, layers=1, vocab=16, max_pos=8, profile=prof,
+             tiny_plan("fp16", "decoder", **GPU_TINY, layers=1, vocab=16, max_pos=8, profile=prof,
                        seed=2)]
     out = []
     with tempfile.TemporaryDirectory() as d:

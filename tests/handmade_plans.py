@@ -17,6 +17,11 @@ from trtrun.plan import Plan
 # Hand-made tiny plans
 # ---------------------------------------------------------------------------------------------
 
+# tiny_plan's sizes for a plan that is lowered for the GPU runtime (trtrun.runtime.lower): one head of 32, the smallest
+# head size its attention kernels take (GPU_HEAD_SIZES), where the default's heads of 8 are refused by name. Tests that
+# need several heads pass hidden=64, heads=2 instead.
+GPU_TINY = {"hidden": 32, "heads": 1}
+
 
 def _assign_dtypes(ops, outputs, precision):
     """Tensor dtypes by docs/plan-format.md "Tensor dtypes the builder chooses" (an independent
@@ -169,3 +174,23 @@ def split_file(path):
     H, W = struct.unpack_from("<QQ", data, 16)
     start = (32 + H + 255) // 256 * 256
     return json.loads(data[32:32 + H]), data[start:start + W]
+
+
+def write_parts(path, header: dict, arrays: dict, *, version=None):
+    """A plan file of `header` (its `weights` entries made here) and `arrays`, laid out as docs/plan-format.md says
+    (each weight at the next 256-byte offset) and written by write_raw: no validation on the way, so a test can
+    write what Plan.from_parts would refuse. The version is `version`, else the one the plan needs (2 with a float8
+    weight or an fp8 op, else 1)."""
+    hdr = json.loads(json.dumps({k: v for k, v in header.items() if k != "weights"}, allow_nan=True))
+    entries, blob = {}, bytearray()
+    for name, a in arrays.items():
+        a = np.ascontiguousarray(a)
+        blob += b"\0" * ((-len(blob)) % 256)
+        entries[name] = {"dtype": a.dtype.name, "shape": list(a.shape), "offset": len(blob), "nbytes": int(a.nbytes)}
+        blob += a.reshape(-1).view(np.uint8).tobytes()
+    fp8 = any(e["dtype"] == "float8_e4m3fn" for e in entries.values()) or any(
+        op.get("precision") == "fp8" for op in hdr.get("ops", []))
+    hdr["weights"] = entries
+    hdr["format"] = "trtrun-plan"
+    hdr["version"] = version if version is not None else 2 if fp8 else 1
+    return write_raw(path, json.dumps(hdr, allow_nan=True).encode(), bytes(blob), version=hdr["version"])

@@ -110,10 +110,12 @@ def test_qwen3_per_head_qk_norm(decoder, real_text_batches):
     """Qwen3 (and Qwen3-Embedding) RMS-normalize each query and key head over its D values before the rotary:
     the builder takes the two norms into the Attention op (q_norm, k_norm, qk_norm_epsilon; one pair per layer),
     fp32 and hybrid plans meet the bounds against onnxruntime and torch on random ids and real text, and the GPU
-    lowering takes the op (native/kernels/rotary's normed pass; tests/runtime/test_lower_qk_norm.py)."""
+    lowering takes the op (native/kernels/rotary's normed pass; tests/runtime/test_lower_qk_norm.py). Two query
+    heads of 32 sharing one K/V head: a head size the GPU runtime takes."""
     from trtrun.runtime.lower import gpu_missing
 
-    path = decoder("qwen3", head_dim=16)
+    qwen3 = dict(num_attention_heads=2, num_key_value_heads=1, head_dim=32)
+    path = decoder("qwen3", **qwen3)
     plans = {p: build(path, precision=p) for p in ("fp32", "hybrid")}
     attn = [o for o in plans["fp32"].ops if o["type"] == "Attention"]
     assert len(attn) == 2 and all(a["attrs"]["qk_norm_epsilon"] > 0 for a in attn)
@@ -124,7 +126,7 @@ def test_qwen3_per_head_qk_norm(decoder, real_text_batches):
     batches = [("random ids", random_feeds(path, seq=29, vocab=VOCAB, seed=11))] + \
         [(f"real text {i}", b) for i, b in enumerate(real_text_batches("gpt2"))]
     for what, feeds in batches:
-        ref, torch_ref, m = onnxruntime_run(path, feeds), _torch_run("qwen3", feeds, head_dim=16), feeds["attention_mask"]
+        ref, torch_ref, m = onnxruntime_run(path, feeds), _torch_run("qwen3", feeds, **qwen3), feeds["attention_mask"]
         for p, plan in plans.items():
             out = ReferenceBackend(plan).run(feeds)["last_hidden_state"]
             _check(out, ref, m, p, f"qwen3 {p} vs onnxruntime, {what}")
@@ -198,12 +200,14 @@ def test_sliding_window_is_refused(tmp_path):
 def test_gpu_lowering_takes_llama(decoder):
     """Llama's ops (RMSNorm, rotary and grouped-query attention, the gated silu MLP, embeddings without positions)
     have GPU kernels now (tests/gpu/test_runtime_decoders.py runs them); what still has none is refused by name
-    (test_gpu_lowering_refuses_a_relative_bias, the ALiBi and window tests below)."""
+    (test_gpu_lowering_refuses_a_relative_bias, the ALiBi and window tests below). Two query heads of 32 sharing one
+    K/V head: TINY_LLAMA's heads of 16 are a size the attention kernels do not take."""
     from trtrun.runtime.lower import lower_plan
 
-    low = lower_plan(build(decoder("llama"), precision="hybrid"))
+    low = lower_plan(build(decoder("llama", num_attention_heads=2, num_key_value_heads=1), precision="hybrid"))
     assert {op["type"] for op in low["ops"]} == {"Embedding", "Linear", "Attention", "RMSNorm"}
-    assert any(op["type"] == "Attention" and op["num_kv_heads"] == 2 and op["rotary_dim"] == 16 for op in low["ops"])
+    assert any(op["type"] == "Attention" and op["num_heads"] == 2 and op["num_kv_heads"] == 1 and op["head_size"] == 32
+               and op["rotary_dim"] == 32 for op in low["ops"])
 
 
 # ------------------------------------------------------------------ the reference ops against plain formulas
@@ -320,11 +324,12 @@ def mpnet(tmp_path_factory):
 
     cache = {}
 
-    def get(exporter="torchscript"):
-        if exporter not in cache:
-            cache[exporter] = export_model("mpnet", tmp_path_factory.mktemp("mpnet") / f"mpnet-{exporter}.onnx",
-                                           exporter=exporter, overrides=TINY_MPNET, seed=4)
-        return cache[exporter]
+    def get(exporter="torchscript", **extra):
+        key = (exporter, tuple(sorted(extra.items())))
+        if key not in cache:
+            cache[key] = export_model("mpnet", tmp_path_factory.mktemp("mpnet") / f"mpnet-{exporter}.onnx",
+                                      exporter=exporter, overrides={**TINY_MPNET, **extra}, seed=4)
+        return cache[key]
 
     return get
 
@@ -373,13 +378,15 @@ def test_deberta_v2_is_refused_in_one_line(tmp_path):
 
 def test_gpu_lowering_shares_mpnets_relative_bias(mpnet):
     """Every layer names MPNet's one relative-bias table: the GPU lowering uploads one per-distance table for all
-    (tests/runtime/test_lower_attention_extras.py holds its values to the reference's)."""
+    (tests/runtime/test_lower_attention_extras.py holds its values to the reference's). Two heads of 32: TINY_MPNET's
+    heads of 16 are a size the attention kernels do not take."""
     from trtrun.runtime.lower import lower_plan
 
-    low = lower_plan(build(mpnet(), precision="hybrid", profile={"batch": (1, 2, 4), "seq": (1, 16, 64)}))
+    path = mpnet(num_attention_heads=2)
+    low = lower_plan(build(path, precision="hybrid", profile={"batch": (1, 2, 4), "seq": (1, 16, 64)}))
     tables = {d["weights"]["score_bias"] for d in low["ops"] if d["type"] == "Attention"}
     assert len(tables) == 1
-    assert low["weights"][tables.pop()][1].shape == (TINY_MPNET["num_attention_heads"], 2 * 64 - 1)
+    assert low["weights"][tables.pop()][1].shape == (2, 2 * 64 - 1)
 
 
 # ------------------------------------------------------------------ GPT-NeoX: partial rotary, parallel residual
@@ -509,7 +516,9 @@ def test_alibi_matches_onnxruntime_and_torch_beyond_the_probes(tmp_path, symmetr
             a, b = y[keep].astype(np.float64), ref[keep].astype(np.float64)
             cos = (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
             assert cos.min() >= want, (precision, cos.min())
-    assert gpu_missing(att[0]) is None  # the GPU runtime has the kernel (tests/gpu/test_runtime_encoders.py)
+    # the GPU runtime has the kernel (tests/gpu/test_runtime_encoders.py); what it lacks is this model's heads of 16
+    assert gpu_missing(att[0]) == "head size 16 (the attention kernels take 32, 64, 128)"
+    assert gpu_missing(dict(att[0], attrs=dict(att[0]["attrs"], head_size=32))) is None
 
 
 # ------------------------------------------------------------------ ModernBERT: local and global attention windows
@@ -549,8 +558,11 @@ def test_modernbert_windows_beyond_the_probes(tmp_path, exporter):
             a, b = y[keep].astype(np.float64), ref[keep].astype(np.float64)
             cos = (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
             assert cos.min() >= want, (precision, cos.min())
-    plain = dict(att[1], attrs={k: v for k, v in att[1]["attrs"].items() if k != "rotary_dim"}, weights={})
-    assert gpu_missing(plain) is None  # the GPU runtime has the kernel (tests/gpu/test_runtime_encoders.py)
+    # the GPU runtime has the kernel (tests/gpu/test_runtime_encoders.py); what it lacks is this model's heads of 16
+    assert gpu_missing(att[1]) == "head size 16 (the attention kernels take 32, 64, 128)"
+    plain = dict(att[1], attrs={k: v for k, v in att[1]["attrs"].items() if k != "rotary_dim"} | {"head_size": 32},
+                 weights={})
+    assert gpu_missing(plain) is None
 
 
 @pytest.mark.parametrize("local_attention", [128, 2048])

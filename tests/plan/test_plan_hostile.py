@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from handmade_plans import split_file, tiny_plan, write_raw  # noqa: E402  (tests/handmade_plans.py)
+from handmade_plans import GPU_TINY, split_file, tiny_plan, write_raw  # noqa: E402  (tests/handmade_plans.py)
 from trtrun.errors import InputError, PlanError
 from trtrun.plan import load_plan
 from trtrun.reference import ReferenceBackend
@@ -305,6 +305,15 @@ HOSTILE = {
                                 r"header\.outputs\[1\]: 'input_ids' must be a float tensor"),
     "name with escapes": (lambda h: h["tensors"].update({"\x1b[2J" + "n" * 500: {"dtype": "int64", "shape": 3}}),
                           r"header\.tensors\.'\\x1b\[2Jn+…\.shape: must be \[B, S"),
+    # found by scripts/fuzz_plan.py: JSON's "\ud800" parses to a str no codec encodes; such an op name loaded, and the
+    # Engine's binding failed on it with pybind11's RuntimeError ("Unable to cast Python instance of type str")
+    "op name a lone surrogate": (lambda h: _op(h, "l0.fc1").update(name="fc\ud800"),
+                                 r"header\.ops\[5\]\.name: holds a lone UTF-16 surrogate \(a \\ud800-\\udfff escape "
+                                 r"without its pair\): not text"),
+    "tensor key a lone surrogate": (lambda h: h["tensors"].update({"\udc00": {"dtype": "int64", "shape": ["B", "S"]}}),
+                                    r"header\.tensors\.'\\udc00' \(the key\): holds a lone UTF-16 surrogate"),
+    "source path a lone surrogate": (lambda h: h["source"].update(path="/m/\udfff.onnx"),
+                                     r"header\.source\.path: holds a lone UTF-16 surrogate"),
 }
 
 
@@ -341,14 +350,15 @@ def test_lowering_names_ops_the_runtime_lacks():
     from trtrun.plan import Plan
     from trtrun.runtime.lower import lower_plan
 
-    base = tiny_plan("fp32", layers=1)
+    base = tiny_plan("fp32", layers=1, **GPU_TINY)
     low = lower_plan(base)
     assert [o["name"] for o in base.ops] == [o["name"] for o in low["ops"]]
     hdr = json.loads(json.dumps({k: v for k, v in base.header.items() if k != "weights"}))
     hdr["ops"].append({"type": "Pool", "name": "pool", "inputs": ["last_hidden_state", "attention_mask"],
                        "outputs": ["pooled"], "weights": {}, "attrs": {"mode": "cls"}, "precision": "fp32"})
-    hdr["tensors"]["pooled"] = {"dtype": "float32", "shape": ["B", 16]}
-    hdr["outputs"].append({"name": "pooled", "dtype": "float32", "shape": ["B", 16]})
+    N = GPU_TINY["hidden"]
+    hdr["tensors"]["pooled"] = {"dtype": "float32", "shape": ["B", N]}
+    hdr["outputs"].append({"name": "pooled", "dtype": "float32", "shape": ["B", N]})
     plan = Plan.from_parts(hdr, base.weights)
     with pytest.raises(PlanError, match=r"op 'pool': the GPU runtime does not run Pool ops yet"):
         lower_plan(plan)
@@ -383,3 +393,278 @@ def test_json_depth_matches_the_parser():
         raw = json.dumps(o).encode()
         for chunk in (1, 3, 1 << 20):
             assert json_depth(raw, chunk) == depth(o), (raw, chunk)
+
+
+# ----------------------------------------------------------------- the newer fields: fp8 Linears, Attention extras
+def _parts(kind: str) -> tuple[dict, dict]:
+    """(header, arrays) of a tiny hand-made plan (hidden 64, 2 heads of 32, 1 layer, sequences up to 40) to edit:
+    "hybrid", "fp8" (every Linear fp8, per-channel weight scales, per-token activation scales) or "fp8-static"
+    (per-tensor weight scales, static activation scales)."""
+    import copy
+
+    from trtrun.builder.quantize_fp8 import assign_precisions, linear_ops
+
+    plan = tiny_plan("hybrid", hidden=64, heads=2, layers=1)
+    hdr = copy.deepcopy({k: v for k, v in plan.header.items() if k not in ("weights", "format", "version")})
+    w = dict(plan.weights)
+    if kind == "hybrid":
+        return hdr, w
+    w32 = dict(tiny_plan("fp32", hidden=64, heads=2, layers=1).weights)  # the same seed: the same values in fp32
+    choice = {op["name"]: "fp8" for op in linear_ops(hdr)}
+    static = kind == "fp8-static"
+    return assign_precisions(hdr, w, w32, choice, weight_scale="tensor" if static else "channel",
+                             x_amax={n: 2.0 for n in choice} if static else None)
+
+
+def _att(h):
+    return next(op for op in h["ops"] if op["type"] == "Attention")
+
+
+def _lin(h):
+    return next(op for op in h["ops"] if op["type"] == "Linear")  # l0.qkv: K = 64, N = 192
+
+
+def _set(w, name, i, value):
+    a = np.array(w[name])
+    a.reshape(-1)[i] = value
+    w[name] = a
+
+
+def _qk(h, w, D=32, eps=1e-6):
+    _att(h)["weights"].update(q_norm="qn", k_norm="kn")
+    _att(h)["attrs"]["qk_norm_epsilon"] = eps
+    w["qn"], w["kn"] = np.linspace(0.5, 1.5, D).astype(np.float32), np.linspace(1.5, 0.5, D).astype(np.float32)
+
+
+def _rotary(h, w, R=32, n=None):
+    _att(h)["attrs"]["rotary_dim"] = R
+    _att(h)["weights"]["inv_freq"] = "inv_freq"
+    w["inv_freq"] = (1.0 / 10000 ** (np.arange(0, 2 * (n if n is not None else R // 2), 2) / R)).astype(np.float32)
+
+
+def _relative(h, w, buckets=32, heads=2, max_distance=20, bidirectional=True):
+    _att(h)["weights"]["relative_bias"] = "rel"
+    _att(h)["attrs"].update(relative_max_distance=max_distance, relative_bidirectional=bidirectional)
+    w["rel"] = np.random.default_rng(3).normal(0, 1, (buckets, heads)).astype(np.float32)
+
+
+def _alibi(h, w, n=2):
+    _att(h)["weights"]["alibi_slopes"] = "slopes"
+    w["slopes"] = np.linspace(0.0625, 0.5, n).astype(np.float32)
+
+
+def _edit_att(**attrs):
+    return lambda h, w: _att(h)["attrs"].update(attrs)
+
+
+def _both(*edits):
+    def run(h, w):
+        for e in edits:
+            e(h, w)
+    return run
+
+
+# each case: the plan it edits, the edit, the PlanError expected on load (the field named). Cases marked * loaded
+# before: NaN and infinite Attention parameters ran to NaN outputs without a word, and qk_norm_epsilon, missing
+# from the Attention's known attributes, was refused as "an unknown attribute" (nothing reads it) when not finite.
+EXTRAS = {
+    # fp8 Linears
+    "fp8 weight_scale NaN": ("fp8", lambda h, w: _set(w, _lin(h)["weights"]["weight_scale"], 5, np.nan),
+                             r"weights\.l0\.qkv\.weight\.scale: op 'l0\.qkv''s weight_scale must be positive and "
+                             r"finite, got nan at \[5\]"),
+    "fp8 weight_scale inf": ("fp8", lambda h, w: _set(w, _lin(h)["weights"]["weight_scale"], 0, np.inf),
+                             r"weight_scale must be positive and finite, got inf at \[0\]"),
+    "fp8 weight_scale zero": ("fp8", lambda h, w: _set(w, _lin(h)["weights"]["weight_scale"], 191, 0.0),
+                              r"weight_scale must be positive and finite, got 0\.0 at \[191\]"),
+    "fp8 weight_scale negative": ("fp8-static", lambda h, w: _set(w, _lin(h)["weights"]["weight_scale"], 0, -0.5),
+                                  r"weight_scale must be positive and finite, got -0\.5 at \[0\]"),
+    "fp8 x_scale NaN": ("fp8-static", lambda h, w: _set(w, _lin(h)["weights"]["x_scale"], 0, np.nan),
+                        r"x_scale must be positive and finite, got nan at \[0\]"),
+    "fp8 weight_scale [5]": ("fp8", lambda h, w: w.update({_lin(h)["weights"]["weight_scale"]: np.ones(5, np.float32)}),
+                             r"\('l0\.qkv'\)\.weights\.weight_scale: must be \[N=192\] \(per output channel\) or \[1\] "
+                             r"\(per tensor\), got \[5\]"),
+    "fp8 weight_scale [1, N]": ("fp8", lambda h, w: w.update({_lin(h)["weights"]["weight_scale"]:
+                                                             np.ones((1, 192), np.float32)}),
+                                r"weights\.weight_scale: must be \[N=192\] .* got \[1, 192\]"),
+    "fp8 weight_scale empty": ("fp8", lambda h, w: w.update({_lin(h)["weights"]["weight_scale"]: np.ones(0, np.float32)}),
+                               r"weights\.weight_scale: must be \[N=192\] .* got \[0\]"),
+    "fp8 weight_scale float16": ("fp8", lambda h, w: w.update({_lin(h)["weights"]["weight_scale"]:
+                                                              np.ones(192, np.float16)}),
+                                 r"weights\.weight_scale: weight 'l0\.qkv\.weight\.scale' is float16, a scale is float32"),
+    "fp8 x_scale [2]": ("fp8-static", lambda h, w: w.update({_lin(h)["weights"]["x_scale"]: np.ones(2, np.float32)}),
+                        r"weights\.x_scale: a static activation scale is \[1\], got \[2\]"),
+    "fp8 no weight_scale": ("fp8", lambda h, w: _lin(h)["weights"].pop("weight_scale"),
+                            r"weights\.weight_scale: an fp8 Linear needs its weight_scale"),
+    # found by scripts/fuzz_plan.py: an empty weight name in a scale role was looked up (KeyError)
+    "fp8 weight_scale named ''": ("fp8", lambda h, w: _lin(h)["weights"].update(weight_scale=""),
+                                  r"weights\.weight_scale: an fp8 Linear needs its weight_scale"),
+    "fp8 weight on a hybrid Linear": ("fp8", lambda h, w: (_lin(h).update(precision="hybrid"),
+                                                          _lin(h)["weights"].pop("weight_scale")),
+                                      r"\('l0\.qkv'\)\.weights\.weight: weight 'l0\.qkv\.weight' is float8_e4m3fn, "
+                                      r"expected a float dtype"),
+    "fp8 weight as a bias": ("fp8", lambda h, w: w.update({_lin(h)["weights"]["bias"]: w[_lin(h)["weights"]["weight"]][0]}),
+                             r"\('l0\.qkv'\)\.weights\.bias: weight 'l0\.qkv\.bias' is float8_e4m3fn"),
+    "fp8 weight as a gamma": ("fp8", lambda h, w: w.update({"l0.ln1.gamma": w[_lin(h)["weights"]["weight"]][0]}),
+                              r"\('l0\.ln1'\)\.weights\.gamma: weight 'l0\.ln1\.gamma' is float8_e4m3fn"),
+    "fp16 weight on an fp8 Linear": ("fp8", lambda h, w: w.update({_lin(h)["weights"]["weight"]: np.ones((64, 192),
+                                                                                                       np.float16)}),
+                                     r"weights\.weight: an fp8 Linear's weight must be float8_e4m3fn, got float16"),
+    "weight_scale on a hybrid Linear": ("hybrid", lambda h, w: (_lin(h)["weights"].update(weight_scale="s"),
+                                                               w.update(s=np.ones(192, np.float32))),
+                                        r"weights\.weight_scale: only an fp8 Linear has a 'weight_scale' \(this op is "
+                                        r"hybrid\)"),
+    "fp8 on an Attention": ("fp8", lambda h, w: _att(h).update(precision="fp8"),
+                            r"\('l0\.attn'\)\.precision: fp8 is a Linear op's precision"),
+    # per-head query/key norm
+    "qk_norm_epsilon NaN*": ("hybrid", _both(_qk, _edit_att(qk_norm_epsilon=float("nan"))),
+                             r"\('l0\.attn'\)\.attrs\.qk_norm_epsilon: must be a finite number \(float32\), got nan"),
+    "qk_norm_epsilon inf*": ("hybrid", _both(_qk, _edit_att(qk_norm_epsilon=float("inf"))),
+                             r"attrs\.qk_norm_epsilon: must be a finite number \(float32\), got inf"),
+    "qk_norm_epsilon a list*": ("hybrid", _both(_qk, _edit_att(qk_norm_epsilon=[1e-6])),
+                                r"attrs\.qk_norm_epsilon: must be a finite number \(float32\), got \[1e-06\]"),
+    "qk_norm_epsilon a string": ("hybrid", _both(_qk, _edit_att(qk_norm_epsilon="1e-6")),
+                                 r"attrs\.qk_norm_epsilon: must be a finite number \(float32\), got '1e-6'"),
+    "qk_norm_epsilon negative": ("hybrid", _both(_qk, _edit_att(qk_norm_epsilon=-1e-6)),
+                                 r"attrs\.qk_norm_epsilon: must be >= 0, got -1e-06"),
+    "qk_norm_epsilon missing": ("hybrid", _both(_qk, lambda h, w: _att(h)["attrs"].pop("qk_norm_epsilon")),
+                                r"attrs\.qk_norm_epsilon: missing"),
+    "qk_norm_epsilon without norms": ("hybrid", _edit_att(qk_norm_epsilon=1e-6),
+                                      r"\('l0\.attn'\)\.weights: qk_norm_epsilon needs 'q_norm' and 'k_norm' weights"),
+    "q_norm without k_norm": ("hybrid", _both(_qk, lambda h, w: _att(h)["weights"].pop("k_norm")),
+                              r"weights: a per-head query/key norm needs both 'q_norm' and 'k_norm'"),
+    "k_norm [31]": ("hybrid", _both(_qk, lambda h, w: w.update(kn=np.ones(31, np.float32))),
+                    r"\('l0\.attn'\): k_norm 'kn' has shape \[31\], expected \[32\]"),
+    "q_norm int32": ("hybrid", _both(_qk, lambda h, w: w.update(qn=np.ones(32, np.int32))),
+                     r"weights\.q_norm: weight 'qn' is int32, expected a float dtype"),
+    "q_norm NaN*": ("hybrid", _both(_qk, lambda h, w: _set(w, "qn", 7, np.nan)),
+                    r"weights\.qn: op 'l0\.attn''s q_norm must be finite, got nan at \[7\]"),
+    "k_norm -inf with rotary*": ("hybrid", _both(_qk, _rotary, lambda h, w: _set(w, "kn", 0, -np.inf)),
+                                 r"weights\.kn: op 'l0\.attn''s k_norm must be finite, got -inf at \[0\]"),
+    # rotary
+    "rotary_dim odd": ("hybrid", _both(_rotary, _edit_att(rotary_dim=31)),
+                       r"attrs\.rotary_dim: must be even and at most head_size 32, got 31"),
+    "rotary_dim > head_size": ("hybrid", lambda h, w: _rotary(h, w, R=34),
+                               r"attrs\.rotary_dim: must be even and at most head_size 32, got 34"),
+    "inv_freq [15] for rotary_dim 32": ("hybrid", lambda h, w: _rotary(h, w, n=15),
+                                        r"inv_freq 'inv_freq' has shape \[15\], expected \[16\]"),
+    "inv_freq without rotary_dim": ("hybrid", _both(_rotary, lambda h, w: _att(h)["attrs"].pop("rotary_dim")),
+                                    r"inv_freq 'inv_freq' has shape \[16\], expected \[0\]"),
+    "inv_freq NaN*": ("hybrid", _both(_rotary, lambda h, w: _set(w, "inv_freq", 3, np.nan)),
+                      r"weights\.inv_freq: op 'l0\.attn''s inv_freq must be finite, got nan at \[3\]"),
+    "inv_freq whose angle overflows*": ("hybrid", _both(_rotary, lambda h, w: _set(w, "inv_freq", 1, 1e37)),
+                                        r"weights\.inv_freq: op 'l0\.attn''s inv_freq holds 9\.99.*e\+36 at \[1\]: the "
+                                        r"rotary angle position \* inv_freq overflows float32 within the profile's max "
+                                        r"sequence 40"),
+    # grouped-query heads
+    "num_kv_heads 3 of 2": ("hybrid", _edit_att(num_kv_heads=3), r"attrs\.num_kv_heads: 3 does not divide num_heads 2"),
+    "num_kv_heads 0": ("hybrid", _edit_att(num_kv_heads=0), r"attrs\.num_kv_heads: must be an integer in \[1, "),
+    # sliding window
+    "window -1": ("hybrid", _edit_att(window=-1), r"attrs\.window: must be an integer in \[0, 2147483647\], got -1"),
+    "window -5": ("hybrid", _edit_att(window=-5), r"attrs\.window: must be an integer in \[0, 2147483647\], got -5"),
+    "window 2^40": ("hybrid", _edit_att(window=2 ** 40), r"attrs\.window: must be an integer in \[0, 2147483647\]"),
+    "window null": ("hybrid", _edit_att(window=None), r"attrs\.window: must be an integer .* got None"),
+    "window 4.0": ("hybrid", _edit_att(window=4.0), r"attrs\.window: must be an integer .* got 4\.0"),
+    # relative-position tables
+    "relative_bias [32, 3] for 2 heads": ("hybrid", lambda h, w: _relative(h, w, heads=3),
+                                          r"weights\.relative_bias: must be \[buckets >= 1, num_heads 2\], got \[32, 3\]"),
+    "relative_bias 1-D": ("hybrid", _both(_relative, lambda h, w: w.update(rel=w["rel"].reshape(-1))),
+                          r"weights\.relative_bias: must be \[buckets >= 1, num_heads 2\], got \[64\]"),
+    "relative_bias 1 bucket, bidirectional": ("hybrid", lambda h, w: _relative(h, w, buckets=1),
+                                              r"attrs\.relative_max_distance: 20 does not fit the 1-bucket table"),
+    "relative_max_distance at the exact buckets": ("hybrid", lambda h, w: _relative(h, w, max_distance=8),
+                                                   r"attrs\.relative_max_distance: 8 does not fit the 32-bucket table"),
+    "relative_max_distance missing": ("hybrid", _both(_relative, lambda h, w: _att(h)["attrs"].pop("relative_max_distance")),
+                                      r"attrs\.relative_max_distance: missing"),
+    "relative_max_distance 2^31": ("hybrid", lambda h, w: _relative(h, w, max_distance=2 ** 31),
+                                   r"attrs\.relative_max_distance: must be an integer in \[1, 2147483647\]"),
+    "relative_bidirectional missing": ("hybrid", _both(_relative, lambda h, w: _att(h)["attrs"].pop("relative_bidirectional")),
+                                       r"attrs\.relative_bidirectional: must be true or false, got None"),
+    "relative_bias NaN*": ("hybrid", _both(_relative, lambda h, w: _set(w, "rel", 9, np.nan)),
+                           r"weights\.rel: op 'l0\.attn''s relative_bias must be finite, got nan at \[9\]"),
+    "relative_bias and alibi_slopes": ("hybrid", _both(_relative, _alibi),
+                                       r"weights\.alibi_slopes: an Attention has one score bias"),
+    # ALiBi
+    "alibi_slopes [3] for 2 heads": ("hybrid", lambda h, w: _alibi(h, w, n=3),
+                                     r"alibi_slopes 'slopes' has shape \[3\], expected \[2\]"),
+    "alibi_slopes NaN*": ("hybrid", _both(_alibi, lambda h, w: _set(w, "slopes", 1, np.nan)),
+                          r"weights\.slopes: op 'l0\.attn''s alibi_slopes must be finite, got nan at \[1\]"),
+    "alibi_slopes inf*": ("hybrid", _both(_alibi, lambda h, w: _set(w, "slopes", 0, np.inf)),
+                          r"alibi_slopes must be finite, got inf at \[0\]"),
+    "alibi_slopes whose bias overflows*": ("hybrid", _both(_alibi, lambda h, w: _set(w, "slopes", 0, -3e37)),
+                                           r"weights\.slopes: op 'l0\.attn''s alibi_slopes holds -3\.0.*e\+37 at \[0\]: the "
+                                           r"ALiBi bias slope \* distance overflows float32"),
+    "alibi_symmetric 1": ("hybrid", _both(_alibi, _edit_att(alibi_symmetric=1)),
+                          r"attrs\.alibi_symmetric: must be true or false, got 1"),
+    "alibi_symmetric without slopes": ("hybrid", _edit_att(alibi_symmetric=True),
+                                       r"weights\.alibi_slopes: alibi_symmetric needs an 'alibi_slopes' weight"),
+}
+
+
+@pytest.mark.parametrize("case", list(EXTRAS))
+def test_hostile_newer_fields(tmp_path, case):
+    """A crafted file with a bad fp8 or Attention field (fresh checksum) is a PlanError naming the op and field, on
+    load, before anything runs or lowers it."""
+    from handmade_plans import write_parts
+
+    kind, edit, pattern = EXTRAS[case]
+    h, w = _parts(kind)
+    edit(h, w)
+    path = write_parts(tmp_path / "x.plan", h, w)
+    with pytest.raises(PlanError, match=pattern) as e:
+        load_plan(path)
+    assert str(e.value).startswith(f"{path}: ")
+    assert len(str(e.value)) < 600
+
+
+def test_fp8_plan_written_as_version_1_is_refused(tmp_path):
+    """An fp8 plan needs format version 2, so a trtrun that reads only version 1 says "newer": a file claiming 1 is
+    refused by its version field."""
+    from handmade_plans import write_parts
+
+    h, w = _parts("fp8")
+    with pytest.raises(PlanError, match=r"header\.version: is 1, expected 2 \(the file's format version: fp8 ops"):
+        load_plan(write_parts(tmp_path / "v1.plan", h, w, version=1))
+
+
+BOUNDED = {
+    # values at the edges of what the schema allows: they load, and the reference runs them to finite outputs
+    "subnormal fp8 weight_scale": ("fp8", lambda h, w: _set(w, _lin(h)["weights"]["weight_scale"], 4, 1e-40)),
+    "subnormal fp8 x_scale": ("fp8-static", lambda h, w: _set(w, _lin(h)["weights"]["x_scale"], 0, 1e-40)),
+    "largest fp8 x_scale": ("fp8-static", lambda h, w: _set(w, _lin(h)["weights"]["x_scale"], 0, 3.4e38)),
+    "fp8 x_scale named '' (absent)": ("fp8", lambda h, w: _lin(h)["weights"].update(x_scale="")),
+    "window 0": ("hybrid", _edit_att(window=0)),
+    "window 2^31-1": ("hybrid", _edit_att(window=2 ** 31 - 1)),
+    "relative_max_distance 2^31-1": ("hybrid", lambda h, w: _relative(h, w, max_distance=2 ** 31 - 1)),
+    "relative_bias 2 buckets, bidirectional": ("hybrid", lambda h, w: _relative(h, w, buckets=2, max_distance=2)),
+    "relative_bias 3 buckets, causal": ("hybrid", lambda h, w: _relative(h, w, buckets=3, max_distance=2,
+                                                                         bidirectional=False)),
+    "qk_norm_epsilon 0, q_norm float16": ("hybrid", _both(lambda h, w: _qk(h, w, eps=0.0),
+                                                          lambda h, w: w.update(qn=w["qn"].astype(np.float16)))),
+    "q/k norm with a partial rotary": ("hybrid", _both(_qk, lambda h, w: _rotary(h, w, R=8))),
+    "inv_freq just within float32": ("hybrid", _both(_rotary, lambda h, w: _set(w, "inv_freq", 1, 8e36))),
+    "alibi_slopes float16": ("hybrid", _both(_alibi, lambda h, w: w.update(slopes=w["slopes"].astype(np.float16)))),
+}
+
+
+@pytest.mark.parametrize("case", list(BOUNDED))
+def test_edge_values_of_the_newer_fields_load_and_run(tmp_path, case):
+    from handmade_plans import write_parts
+
+    kind, edit = BOUNDED[case]
+    h, w = _parts(kind)
+    edit(h, w)
+    plan = load_plan(write_parts(tmp_path / "x.plan", h, w))
+    f = _feeds(2, 3)
+    f["input_ids"][1] = [4, 5, 6]
+    out = ReferenceBackend(plan).run(f)["last_hidden_state"]
+    assert out.shape == (2, 3, 64) and np.isfinite(out).all()
+
+
+def test_names_beyond_the_bmp_load(plan_file):
+    """An escaped surrogate pair ("\\ud83d\\ude00", how json.dumps writes 😀) is text: such a name loads and runs."""
+    _, path = plan_file
+    _rewrite(path, lambda h: _op(h, "l0.fc1").update(name="fc😀"))
+    assert b"\\ud83d\\ude00" in path.read_bytes()
+    plan = load_plan(path)
+    assert any(op["name"] == "fc😀" for op in plan.ops)
+    ReferenceBackend(plan).run(_feeds())

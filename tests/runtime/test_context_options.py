@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import EMBED_PROFILE, EMBED_TINY
 
 from trtrun.errors import InputError
 from trtrun.runtime import Context, ContextOptions, Engine, extension
@@ -99,10 +100,23 @@ def ext(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def plan(tiny_embed_model):
+def gpu_model(tiny_embed_model, tmp_path_factory):
+    """{"plan", "tok"}: the shared tiny BERT (tiny_embed_model) with one head of 32 in place of two of 16, built the
+    same way, and the shared tokenizer: the GPU runtime lowers only the head sizes its attention kernels take."""
+    from trtrun.builder import build
+    from trtrun.export import export_model
+
+    d = tmp_path_factory.mktemp("embed-tiny-gpu")
+    onnx_path = export_model("bert-base", d / "tiny.onnx", overrides=dict(EMBED_TINY, num_attention_heads=1), seed=3)
+    plan_path = build(onnx_path, precision="fp32", profile=EMBED_PROFILE).save(d / "tiny.fp32.plan")
+    return {"plan": plan_path, "tok": tiny_embed_model["tok"]}
+
+
+@pytest.fixture(scope="module")
+def plan(gpu_model):
     from trtrun.plan import load_plan
 
-    return load_plan(tiny_embed_model["plan"])
+    return load_plan(gpu_model["plan"])
 
 
 def test_the_native_fields_are_the_bindings():
@@ -176,7 +190,7 @@ def test_unknown_option_is_a_type_error(ext):
     assert ext.calls == []
 
 
-def test_embedder_hands_its_plan_in_memory_and_its_options(ext, plan, tiny_embed_model, monkeypatch):
+def test_embedder_hands_its_plan_in_memory_and_its_options(ext, plan, gpu_model, monkeypatch):
     """Embedder(backend="gpu"): the Engine gets the plan as lowered from memory (no plan file is written to be
     read back) and each context the Embedder's gemm_search; a bad gemm_search is the options' one InputError."""
     from trtrun.embed import Embedder
@@ -189,10 +203,10 @@ def test_embedder_hands_its_plan_in_memory_and_its_options(ext, plan, tiny_embed
         raise AssertionError(f"the Embedder wrote the plan to {path}")
 
     monkeypatch.setattr(Plan, "save", no_save)
-    with Embedder(in_memory, tiny_embed_model["tok"], backend="gpu", contexts=2) as e:
+    with Embedder(in_memory, gpu_model["tok"], backend="gpu", contexts=2) as e:
         assert e.backend == "gpu" and e.gemm_search == "heuristic"
     (engine_args,) = ext.of("Engine")
-    low = lower_plan(load_plan(tiny_embed_model["plan"]))
+    low = lower_plan(load_plan(gpu_model["plan"]))
     assert engine_args[:2] == (low["tensors"], low["ops"])
     assert [n for n, _ in engine_args[2]] == [n for n, _ in low["weights"]]
     for (_, a), (_, b) in zip(engine_args[2], low["weights"]):
@@ -201,5 +215,5 @@ def test_embedder_hands_its_plan_in_memory_and_its_options(ext, plan, tiny_embed
     assert ext.of("Context") == [dict(DEFAULT_NATIVE, gemm_search="heuristic")] * 2
     n = len(ext.calls)
     with pytest.raises(InputError, match=r"^gemm_search must be one of heuristic, focused, exhaustive, got 'fast'$"):
-        Embedder(in_memory, tiny_embed_model["tok"], backend="gpu", gemm_search="fast")
+        Embedder(in_memory, gpu_model["tok"], backend="gpu", gemm_search="fast")
     assert len(ext.calls) == n

@@ -29,9 +29,10 @@ KINDS = ["relative-bidirectional", "relative-unidirectional", "alibi", "alibi-sy
 
 
 def _extras_plan(kind: str | None, *, precision="hybrid", layers=2, window=None, seed=0, other_table=False,
-                 hidden=16, heads=2) -> Plan:
+                 hidden=64, heads=2) -> Plan:
     """tiny_plan with a score bias of `kind` on every Attention (one table shared by the layers, or with
-    other_table a second table for the last layer) and/or a sliding window."""
+    other_table a second table for the last layer) and/or a sliding window. Two heads of 32: the tables' head axis
+    has two rows to tell apart, at the smallest head size the GPU runtime lowers."""
     base = tiny_plan(precision, layers=layers, seed=seed, hidden=hidden, heads=heads)
     rng = np.random.default_rng(seed + 17)
     hdr = copy.deepcopy({k: v for k, v in base.header.items() if k != "weights"})
@@ -132,8 +133,8 @@ def test_plans_with_biases_and_windows_lower_and_the_rest_is_still_refused():
     hdr = json.loads(json.dumps({k: v for k, v in plan.header.items() if k != "weights"}))
     hdr["ops"].append({"type": "Pool", "name": "pool", "inputs": ["last_hidden_state", "attention_mask"],
                        "outputs": ["pooled"], "weights": {}, "attrs": {"mode": "cls"}, "precision": "fp32"})
-    hdr["tensors"]["pooled"] = {"dtype": "float32", "shape": ["B", 16]}
-    hdr["outputs"].append({"name": "pooled", "dtype": "float32", "shape": ["B", 16]})
+    hdr["tensors"]["pooled"] = {"dtype": "float32", "shape": ["B", 64]}
+    hdr["outputs"].append({"name": "pooled", "dtype": "float32", "shape": ["B", 64]})
     with pytest.raises(PlanError, match=r"op 'pool': the GPU runtime does not run Pool ops yet"):
         lower_plan(Plan.from_parts(hdr, plan.weights))
 
@@ -241,3 +242,77 @@ def test_attention_entry_point_checks_the_bias_arguments():
                         bias_max_seq=40, window=3)
     with pytest.raises(InputError, match="attention_config: precision must be one of fp32, fp16, hybrid; got 'x'"):
         p.attention_config(1, 128, 12, 64, False, "x", extras=True)
+
+
+# ---------------------------------------------------------------------------------------------- table sizes
+def _long_plan(kind: str, seq_max: int, *, layers=2, other_table=False) -> Plan:
+    """_extras_plan (or, for "rotary", rotary tables of width 4 on every layer) without a position table, so that
+    nothing in the file bounds the profile's longest sequence, which is then `seq_max`."""
+    plan = _extras_plan(None if kind == "rotary" else kind, layers=layers, other_table=other_table)
+    hdr = copy.deepcopy({k: v for k, v in plan.header.items() if k != "weights"})
+    w = dict(plan.weights)
+    del next(o for o in hdr["ops"] if o["type"] == "Embedding")["weights"]["position"], w["emb.position"]
+    hdr["model"]["max_position"] = 2 ** 31 - 1
+    hdr["profile"]["seq"] = [1, 16, seq_max]
+    if kind == "rotary":
+        w["inv_freq"] = np.array([1.0, 0.01], np.float32)
+        for op in hdr["ops"]:
+            if op["type"] == "Attention":
+                op["attrs"]["rotary_dim"] = 4
+                op["weights"]["inv_freq"] = "inv_freq"
+    return Plan.from_parts(hdr, w)
+
+
+@pytest.mark.parametrize("kind", ["relative-bidirectional", "alibi", "rotary"])
+def test_tables_of_a_huge_profile_are_refused_before_they_are_made(kind, tmp_path):
+    """A profile of 2^31 - 1 tokens with no position table validates (the reference backend runs any length it is
+    given); its fp32 tables by position would take 32 GiB (a score bias of 2 heads, or rotary cos and sin 2 wide):
+    lowering used to start making them (MemoryError, or the kernel's OOM killer where memory overcommits). It is a PlanError
+    naming the op now, from check_gpu_support (so 'auto' falls back to the reference backend), before any table is
+    made: a child process with 3 GiB of address space shows it."""
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    path = _long_plan(kind, 2 ** 31 - 1).save(tmp_path / "long.plan")
+    code = textwrap.dedent(f"""
+        import resource
+        resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+        from trtrun.errors import PlanError
+        from trtrun.plan import load_plan
+        from trtrun.runtime.lower import lower_plan
+        plan = load_plan({str(path)!r})
+        try:
+            lower_plan(plan)
+            print("LOWERED")
+        except PlanError as e:
+            print("PlanError:", e)
+    """)
+    repo = Path(__file__).resolve().parents[2]
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=repo)
+    assert r.returncode == 0, r.stderr[-2000:]
+    what = "rotary cos/sin" if kind == "rotary" else "score bias"
+    assert r.stdout.startswith(f"PlanError: op 'l0.attn': the GPU runtime's fp32 tables by position ({what} "), r.stdout
+    assert "at the profile's max sequence 2,147,483,647, more than the 256 MiB lowering makes; build the plan for " \
+           "shorter sequences (trtrun build --max BATCH,SEQ)" in r.stdout, r.stdout
+
+
+def test_table_limit_counts_each_shared_table_once(monkeypatch):
+    """The limit is on what lowering makes: layers sharing a table (one relative table, one inv_freq) count it once, a
+    second table counts again; at the limit the plan lowers."""
+    import trtrun.runtime.lower as lower
+
+    bias = 2 * (2 * 1000 - 1) * 4  # [2 heads, 2 * 1000 - 1] float32
+    monkeypatch.setattr(lower, "MAX_TABLE_BYTES", bias)
+    low = lower_plan(_long_plan("relative-bidirectional", 1000, layers=3))
+    assert len({d["weights"]["score_bias"] for d in low["ops"] if d["type"] == "Attention"}) == 1
+    with pytest.raises(PlanError, match=r"op 'l2\.attn': the GPU runtime's fp32 tables by position \(score bias "
+                                        r"\[num_heads, 2 \* max seq - 1\] here\) would take "):
+        lower_plan(_long_plan("relative-bidirectional", 1000, layers=3, other_table=True))
+    rotary = 2 * 1000 * 2 * 4  # cos and sin [1000, 2]
+    monkeypatch.setattr(lower, "MAX_TABLE_BYTES", rotary)
+    lower_plan(_long_plan("rotary", 1000, layers=3))
+    monkeypatch.setattr(lower, "MAX_TABLE_BYTES", rotary - 1)
+    with pytest.raises(PlanError, match=r"op 'l0\.attn': .* \(rotary cos/sin \[max seq, rotary_dim/2\] x 2 here\)"):
+        lower_plan(_long_plan("rotary", 1000, layers=3))

@@ -19,7 +19,9 @@ from conftest import engine_args, native_extension
 
 from trtrun.errors import DeviceError, InputError, PlanError
 from trtrun.plan import Plan
-from trtrun.runtime.lower import QK_NORM_MAX_HEAD, check_gpu_support, gpu_missing, lower_plan
+from trtrun.runtime.lower import GPU_HEAD_SIZES, check_gpu_support, gpu_missing, lower_plan
+
+QK_NORM_MAX_HEAD = 256  # one warp of the rotary pass holds a head (native/kernels/rotary: kQkNormMaxHead)
 
 # a tiny Qwen3: 2 query heads of 32 sharing 1 K/V head, two layers (each with its own q_norm/k_norm)
 QWEN3 = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=32,
@@ -109,17 +111,18 @@ def test_a_norm_without_rotary_lowers(qwen3_plan):
 
 
 def test_heads_beyond_the_kernel_are_refused_by_name():
-    """One warp of the rotary pass holds a head: a normed head of more than QK_NORM_MAX_HEAD values is refused at
-    lowering, naming the op and the limit (the Engine and the launcher refuse it too)."""
+    """A normed head is refused at lowering where the attention kernels do not take its size (naming the op and
+    the size): every size they take (32, 64, 128) is within the rotary pass's one-warp limit, which its launcher
+    checks itself (test_qk_norm_entry_point_checks_its_arguments)."""
+    assert max(GPU_HEAD_SIZES) <= QK_NORM_MAX_HEAD
     att = {"type": "Attention", "name": "big", "inputs": ["qkv", ""], "outputs": ["y"], "precision": "hybrid",
            "attrs": {"num_heads": 2, "head_size": 2 * QK_NORM_MAX_HEAD, "scale": 0.1, "causal": True,
                      "qk_norm_epsilon": 1e-6}, "weights": {"q_norm": "qn", "k_norm": "kn"}}
-    assert gpu_missing(att) == (f"a per-head query/key RMSNorm (q_norm, k_norm) over heads of {2 * QK_NORM_MAX_HEAD} "
-                                f"> {QK_NORM_MAX_HEAD} values")
-    assert gpu_missing(dict(att, attrs=dict(att["attrs"], head_size=QK_NORM_MAX_HEAD))) is None
-    plan = type("P", (), {"ops": [att], "precision": "hybrid"})()
-    with pytest.raises(PlanError, match=r"op 'big': the GPU runtime does not run Attention ops with a per-head "
-                                        r"query/key RMSNorm .* over heads of 512 > 256 values yet"):
+    assert gpu_missing(att) == "head size 512 (the attention kernels take 32, 64, 128)"
+    for D in GPU_HEAD_SIZES:
+        assert gpu_missing(dict(att, attrs=dict(att["attrs"], head_size=D))) is None
+    plan = type("P", (), {"ops": [att], "precision": "hybrid", "header": {"weights": {}}, "profile": None})()
+    with pytest.raises(PlanError, match=r"op 'big': the GPU runtime does not run Attention ops with head size 512"):
         check_gpu_support(plan)
 
 

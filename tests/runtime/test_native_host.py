@@ -24,7 +24,7 @@ from trtrun.runtime.lower import lower_plan
 
 REPO = Path(__file__).resolve().parents[2]
 from conftest import engine_args, native_extension  # noqa: E402  (tests/conftest.py)
-from handmade_plans import tiny_plan  # noqa: E402  (tests/handmade_plans.py)
+from handmade_plans import GPU_TINY, tiny_plan  # noqa: E402  (tests/handmade_plans.py)
 
 # The integer value of each name, fixed (docs/runtime.md lists them): GEMM cache files of format 1 stored the
 # dtypes, epilogues and searches as these codes, and C++ callers of the runtime's API see them. Integer graph
@@ -111,14 +111,14 @@ def test_engine_takes_the_lowered_names():
     or tensor, the bad name and the valid ones, raised before the device is asked."""
     c = native_extension()
     for precision in ("fp32", "fp16", "hybrid"):
-        low = lower_plan(tiny_plan(precision, layers=1, activation="gelu_tanh"))
+        low = lower_plan(tiny_plan(precision, layers=1, activation="gelu_tanh", **GPU_TINY))
         assert {o["precision"] for o in low["ops"]} == {precision}
         assert any(o.get("activation") == "gelu_tanh" for o in low["ops"])
         assert {t[1] for t in low["tensors"]} <= {"float32", "float16", "int32"}
         if c.device_count() == 0:
             with pytest.raises(DeviceError):
                 c.Engine(*engine_args(low))
-    low = lower_plan(tiny_plan("hybrid", layers=1))
+    low = lower_plan(tiny_plan("hybrid", layers=1, **GPU_TINY))
     op = low["ops"][1]
     for field, bad, needle in [
             ("type", "Conv", "type must be one of Embedding, Linear, Attention, LayerNorm, RMSNorm; got 'Conv'"),

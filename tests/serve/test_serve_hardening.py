@@ -362,17 +362,7 @@ def test_a_flood_past_the_connection_limit_reads_every_503_while_others_are_serv
                 got[i] = type(e).__name__
 
         threads = [threading.Thread(target=over, args=(i,)) for i in range(200)]
-        for t in threads:
-            t.start()
-        served = 0
-        while served < 3 or any(t.is_alive() for t in threads):
-            k = served % 24
-            r = keep.post("/v1/embeddings", json={"input": [texts[k]]})
-            assert r.status_code == 200, r.text
-            np.testing.assert_allclose(r.json()["data"][0]["embedding"], emb.embed([texts[k]])[0], atol=ATOL)
-            served += 1
-        for t in threads:
-            t.join(15)
+        _serve_meanwhile(keep, threads, texts, emb)
         read = [i for i, d in got.items() if isinstance(d, bytes) and d.startswith(b"HTTP/1.1 503 ")
                 and json.loads(d.partition(b"\r\n\r\n")[2])["error"]["code"] == 503]
         others = sorted({d if isinstance(d, str) else d[:12].decode("latin-1") for i, d in got.items()
@@ -539,17 +529,7 @@ def test_a_flood_of_clients_still_sending_after_their_408_or_400_lingers_within_
         sampler = threading.Thread(target=sample)
         sampler.start()
         threads = [threading.Thread(target=client, args=(i,)) for i in range(40)]
-        for t in threads:
-            t.start()
-        served = 0
-        while served < 3 or any(t.is_alive() for t in threads):
-            k = served % 24
-            r = keep.post("/v1/embeddings", json={"input": [texts[k]]})
-            assert r.status_code == 200, r.text
-            np.testing.assert_allclose(r.json()["data"][0]["embedding"], emb.embed([texts[k]])[0], atol=ATOL)
-            served += 1
-        for t in threads:
-            t.join(15)
+        _serve_meanwhile(keep, threads, texts, emb)
         end = time.monotonic() + 5
         while guard.lingering and time.monotonic() < end:
             time.sleep(0.05)
@@ -959,3 +939,19 @@ def test_a_uvicorn_without_the_guarded_protocol_methods_is_refused_at_start():
 
     with pytest.raises(TrtrunError, match="_unset_keepalive_if_required"):
         guarded_protocol(g, Older)
+
+
+def _serve_meanwhile(keep, threads, texts, emb):
+    """Start `threads` (hostile clients) and, until they are done, keep asking the kept-alive client `keep` for
+    real embeddings, each checked: other users' requests are answered right throughout. Then join them."""
+    for t in threads:
+        t.start()
+    served = 0
+    while served < 3 or any(t.is_alive() for t in threads):
+        k = served % 24
+        r = keep.post("/v1/embeddings", json={"input": [texts[k]]})
+        assert r.status_code == 200, r.text
+        np.testing.assert_allclose(r.json()["data"][0]["embedding"], emb.embed([texts[k]])[0], atol=ATOL)
+        served += 1
+    for t in threads:
+        t.join(15)

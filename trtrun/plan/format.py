@@ -104,7 +104,7 @@ OP_ATTRS = {
     "Embedding": ("epsilon", "position_offset", "padding_id"),
     "Linear": ("activation", "gated"),
     "Attention": ("num_heads", "head_size", "scale", "causal", "num_kv_heads", "rotary_dim", "rotary_scale",
-                  "relative_max_distance", "relative_bidirectional", "alibi_symmetric", "window"),
+                  "relative_max_distance", "relative_bidirectional", "alibi_symmetric", "window", "qk_norm_epsilon"),
     "LayerNorm": ("epsilon",),
     "Pool": ("mode", "normalize"),
     "RMSNorm": ("epsilon",),

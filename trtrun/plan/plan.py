@@ -19,7 +19,7 @@ from ..errors import InputError, PlanError, ShapeError
 from .format import FORMAT_NAME, WEIGHT_DTYPES, align, json_default, required_version
 from .io import read_plan_file, write_plan_file
 from .summary import plan_dict, summary_text, weight_stats
-from .validate import check_arrays, check_scales, is_int, validate_header
+from .validate import check_arrays, check_values, is_int, validate_header
 
 
 class Plan:
@@ -279,5 +279,5 @@ def load_plan(path: str | os.PathLike) -> Plan:
     field on any problem."""
     p = Path(path)
     header, weights = read_plan_file(p)
-    check_scales(header, weights, str(p))  # values, which the header cannot vouch for: only once the blob is read
+    check_values(header, weights, str(p))  # values, which the header cannot vouch for: only once the blob is read
     return Plan(header, weights, path=p)

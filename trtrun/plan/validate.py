@@ -7,6 +7,7 @@ backend and lowered for the runtime without IndexError & co. Every failure is a 
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -76,9 +77,44 @@ def type_name(v) -> str:
     return type(v).__name__
 
 
+def surrogate_path(h: Any) -> str | None:
+    """The path (header.ops[3].name, ...) of the first string, key or value, holding a lone UTF-16 surrogate, or None.
+
+    JSON's \\ud800 escape parses to such a string: it is no Unicode text, so nothing can encode it (UTF-8 for the
+    runtime's names, a terminal for `trtrun inspect`). Walked with an explicit stack (the depth is bounded anyway)."""
+    stack = [("header", h)]
+    while stack:
+        path, v = stack.pop()
+        if isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                return path
+        elif isinstance(v, dict):
+            for k, x in reversed(list(v.items())):
+                p = f"{path}.{nm(k)}"
+                try:
+                    k.encode("utf-8")
+                except UnicodeEncodeError:
+                    return p + " (the key)"
+                stack.append((p, x))
+        elif isinstance(v, list):
+            stack.extend((f"{path}[{i}]", x) for i, x in reversed(list(enumerate(v))))
+    return None
+
+
 def validate_header(h: Any, where: str, blob_nbytes: int | None) -> None:
     def err(field: str, msg: str):
         raise PlanError(f"{where}: {field}: {msg}")
+
+    try:  # one C-level pass for the usual header; the walk only to name the field of a bad one
+        json.dumps(h, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        bad = surrogate_path(h)
+        if bad is not None:
+            err(bad, "holds a lone UTF-16 surrogate (a \\ud800-\\udfff escape without its pair): not text")
+    except (TypeError, ValueError):
+        pass  # not JSON data: the checks below name what is wrong
 
     def need_obj(v, field: str, what: str = ""):
         if not isinstance(v, dict):
@@ -409,7 +445,7 @@ def _validate_op(op, f, tensors, weights, prof, err) -> None:
         if role in ("weight_scale", "x_scale"):
             if not fp8:
                 err(f + f".weights.{role}", f"only an fp8 Linear has a {role!r} (this op is {op['precision']})")
-            if weights[w]["dtype"] != "float32":
+            if w and weights[w]["dtype"] != "float32":  # "" is an absent weight (the fp8 checks below say so)
                 err(f + f".weights.{role}", f"weight {nm(w)!r} is {weights[w]['dtype']}, a scale is float32")
 
     if typ == "Embedding":
@@ -582,22 +618,52 @@ def check_arrays(header: dict, weights: dict, where: str) -> None:
     extra = sorted(set(weights) - set(entries))
     if extra:
         raise PlanError(f"{where}: weights: arrays without a header entry: {', '.join(extra)}")
-    check_scales(header, weights, where)
+    check_values(header, weights, where)
 
 
-def check_scales(header: dict, weights: dict, where: str) -> None:
-    """fp8 scales are positive finite float32 numbers: a run divides by x_scale and multiplies by both (a zero
-    or NaN scale would make every output of the layer NaN or zero without a word)."""
+def check_values(header: dict, weights: dict, where: str) -> None:
+    """The values of the small per-op parameters that reach every output of their op, checked once the blob is read
+    (the header cannot vouch for them):
+
+    - fp8 scales are positive finite float32 numbers: a run divides by x_scale and multiplies by both (a zero or NaN
+      scale would make every output of the layer NaN or zero without a word);
+    - an Attention's inv_freq, alibi_slopes, relative_bias, q_norm and k_norm are finite (one NaN there reaches every
+      position's angle, every score of a head or every normalised head), and the float32 products a run forms from
+      the first two, position * inv_freq (the rotary angle) and slope * distance (the ALiBi bias), stay finite up to
+      the profile's longest sequence (an infinite angle or bias is a NaN in the softmax).
+    """
+    seq_max = header["profile"]["seq"][2]
+    reach = float(np.float32(seq_max - 1))  # the largest position / distance, as the float32 a run multiplies by
+
+    def refuse(w, op, role, what, v, i):
+        raise PlanError(f"{where}: weights.{nm(w)}: op {nm(op['name'])!r}'s {role} must be {what}, got {float(v)!r} "
+                        f"at [{i}]")
+
     for op in header["ops"]:
-        if op["precision"] != FP8:
+        wts = op.get("weights", {})
+        if op["precision"] == FP8:
+            for role in ("weight_scale", "x_scale"):
+                w = wts.get(role)
+                if not w:
+                    continue
+                v = np.asarray(weights[w], np.float32)
+                bad = ~(np.isfinite(v) & (v > 0) & (v <= FLOAT32_MAX))
+                if bad.any():
+                    i = int(np.argmax(bad.ravel()))
+                    refuse(w, op, role, "positive and finite", v.ravel()[i], i)
+        if op["type"] != "Attention":
             continue
-        for role in ("weight_scale", "x_scale"):
-            w = op.get("weights", {}).get(role)
+        for role in ("inv_freq", "alibi_slopes", "relative_bias", "q_norm", "k_norm"):
+            w = wts.get(role)
             if not w:
                 continue
-            v = np.asarray(weights[w], np.float32)
-            bad = ~(np.isfinite(v) & (v > 0) & (v <= FLOAT32_MAX))
+            v = np.asarray(weights[w], np.float32).ravel()  # float16 widens exactly
+            bad = ~np.isfinite(v)
             if bad.any():
-                i = int(np.argmax(bad.ravel()))
-                raise PlanError(f"{where}: weights.{nm(w)}: op {nm(op['name'])!r}'s {role} must be positive and "
-                                f"finite, got {v.ravel()[i]!r} at [{i}]")
+                i = int(np.argmax(bad))
+                refuse(w, op, role, "finite", v[i], i)
+            if role in ("inv_freq", "alibi_slopes") and v.size and float(np.abs(v).max()) * reach > FLOAT32_MAX:
+                i = int(np.argmax(np.abs(v)))
+                what = "rotary angle position * inv_freq" if role == "inv_freq" else "ALiBi bias slope * distance"
+                raise PlanError(f"{where}: weights.{nm(w)}: op {nm(op['name'])!r}'s {role} holds {float(v[i])!r} at "
+                                f"[{i}]: the {what} overflows float32 within the profile's max sequence {seq_max}")

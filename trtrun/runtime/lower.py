@@ -11,9 +11,17 @@ import numpy as np
 from ..errors import PlanError
 from ..plan.format import DEVICE_DTYPES, GPU_ACTIVATIONS, GPU_OP_TYPES, GPU_PRECISIONS
 
-
-# The largest head_size the rotary pass's per-head query/key RMSNorm takes (native/kernels/rotary: kQkNormMaxHead)
-QK_NORM_MAX_HEAD = 256
+# The fp32 tables lowering makes for the runtime (rotary cos/sin [seq_max, R/2] per inv_freq and scale, a score bias
+# [H, 2*seq_max - 1] per relative table or slopes) grow with the profile's longest sequence, which nothing in a plan
+# file bounds where no position table does (rotary, relative and ALiBi models). Real plans need megabytes (a
+# 131,072-token Llama 3 profile: 64 MiB of rotary tables; 524,288 tokens: 256 MiB); a crafted profile of 2^31 - 1
+# tokens would ask tens of GiB of host memory before the Engine could refuse anything. Lowering refuses tables over
+# this, in all, before it makes any: making rotary tables takes about 3 times their size for a while (float64 cos and
+# sin) and 10 s a GiB on one core.
+MAX_TABLE_BYTES = 256 << 20
+# The head sizes native/kernels/attention is instantiated for (attention.h). The Engine does not check them: the
+# attention launcher refuses any other at the first run, naming no op, so lowering refuses them by op beforehand.
+GPU_HEAD_SIZES = (32, 64, 128)
 
 
 def bucket_seq(seq: int, seq_max: int) -> int:
@@ -32,16 +40,60 @@ def gpu_missing(op) -> str | None:
     """What of a known op type the GPU runtime's kernels lack, or None. Llama-family ops (RMSNorm, silu and gated
     Linears, Linear residual inputs, grouped-query and rotary attention, Qwen3's per-head query/key RMSNorm,
     embeddings without positions) and the Attention's score biases (relative-position tables, ALiBi) and sliding
-    windows have kernels: native/kernels/rmsnorm, epilogue, rotary and attention."""
+    windows have kernels: native/kernels/rmsnorm, epilogue, rotary and attention. The attention kernels take head
+    sizes 32, 64 and 128 only (GPU_HEAD_SIZES): an Attention of another (phi-2's 80, Gemma's 256, ...) is refused
+    with its head size (which also keeps a q/k-normed head within the rotary pass's one warp, 256 values)."""
     a = op.get("attrs", {})
     if op["type"] == "Linear":
         if a.get("activation", "none") not in GPU_ACTIVATIONS:
             return f"activation {a['activation']!r}"
-    if op["type"] == "Attention" and op.get("weights", {}).get("q_norm"):
-        D = int(a.get("head_size", 0))
-        if D > QK_NORM_MAX_HEAD:  # one warp of the rotary pass holds a head
-            return f"a per-head query/key RMSNorm (q_norm, k_norm) over heads of {D} > {QK_NORM_MAX_HEAD} values"
+    if op["type"] == "Attention":
+        if int(a.get("head_size", 0)) not in GPU_HEAD_SIZES:
+            return f"head size {a.get('head_size')} (the attention kernels take {', '.join(map(str, GPU_HEAD_SIZES))})"
     return None
+
+
+def rotary_key(op) -> tuple[str, float]:
+    """What makes an Attention's rotary tables: its inv_freq weight and rotary_scale (layers sharing both share them)."""
+    return op["weights"]["inv_freq"], float(op.get("attrs", {}).get("rotary_scale", 1.0))
+
+
+def bias_key(op) -> tuple:
+    """What makes an Attention's score-bias table: its slopes or relative table with the attributes read with it (layers
+    naming the same table and attributes share one device table)."""
+    a, w = op.get("attrs", {}), op.get("weights", {})
+    if w.get("alibi_slopes"):
+        return "alibi", w["alibi_slopes"], bool(a.get("alibi_symmetric", False))
+    return "relative", w["relative_bias"], int(a["relative_max_distance"]), bool(a["relative_bidirectional"])
+
+
+def check_table_bytes(plan) -> None:
+    """PlanError naming the op whose position tables (rotary_key, bias_key) take the lowering past MAX_TABLE_BYTES;
+    reads only the header, so it runs before any table is made."""
+    seen: set = set()
+    total = 0
+    for op in plan.ops:
+        w = op.get("weights", {})
+        if op["type"] != "Attention" or not (w.get("inv_freq") or w.get("alibi_slopes") or w.get("relative_bias")):
+            continue
+        seq_max = int(plan.profile["seq"][2])
+        tables = []
+        if w.get("inv_freq"):  # cos and sin [seq_max, R/2] (the validated inv_freq holds R/2 values)
+            tables.append((("rotary",) + rotary_key(op), 2 * seq_max * (int(op["attrs"]["rotary_dim"]) // 2) * 4,
+                           "rotary cos/sin [max seq, rotary_dim/2] x 2"))
+        if w.get("alibi_slopes") or w.get("relative_bias"):
+            tables.append((bias_key(op), int(op["attrs"]["num_heads"]) * (2 * seq_max - 1) * 4,
+                           "score bias [num_heads, 2 * max seq - 1]"))
+        for key, nbytes, what in tables:
+            if key in seen:
+                continue
+            seen.add(key)
+            total += nbytes
+            if total > MAX_TABLE_BYTES:
+                raise PlanError(f"op {op['name']!r}: the GPU runtime's fp32 tables by position ({what} here) would take "
+                                f"{total / 2 ** 20:,.0f} MiB at the profile's max sequence {seq_max:,}, more than the "
+                                f"{MAX_TABLE_BYTES >> 20:,} MiB lowering makes; build the plan for shorter sequences "
+                                f"(trtrun build --max BATCH,SEQ) or run it on the reference backend")
 
 
 def distance_table(plan, op, seq_max: int) -> np.ndarray:
@@ -102,6 +154,7 @@ def check_gpu_support(plan) -> None:
         # combination the GPU runtime's buffers and fusions have never been run with
         raise PlanError(f"plan precision {plan.precision}: the GPU runtime does not run {plan.precision} plans yet; "
                         f"run this plan on the reference backend (--backend reference)")
+    check_table_bytes(plan)
 
 
 def lower_plan(plan) -> dict:
@@ -161,11 +214,7 @@ def lower_plan(plan) -> dict:
         """Weight index of an Attention's per-distance score bias (distance_table), made once per engine for each
         table and its attributes: layers naming the same relative_bias table (MPNet: all of them) or the same
         slopes share one device table."""
-        a, w = op.get("attrs", {}), op.get("weights", {})
-        if w.get("alibi_slopes"):
-            key = ("alibi", w["alibi_slopes"], bool(a.get("alibi_symmetric", False)))
-        else:
-            key = ("relative", w["relative_bias"], int(a["relative_max_distance"]), bool(a["relative_bidirectional"]))
+        key = bias_key(op)
         if key not in bias_index:
             bias_index[key] = len(weights)
             weights.append((f"{key[1]} (score bias by distance, {key[0]})", distance_table(plan, op, seq_max)))
@@ -218,7 +267,7 @@ def lower_plan(plan) -> dict:
             d["num_kv_heads"] = int(attrs.get("num_kv_heads") or attrs["num_heads"])
             if "inv_freq" in w:
                 d["rotary_dim"] = int(attrs["rotary_dim"])
-                cos_i, sin_i = rotary(w["inv_freq"], float(attrs.get("rotary_scale", 1.0)))
+                cos_i, sin_i = rotary(*rotary_key(op))
                 wmap["rotary_cos"], wmap["rotary_sin"] = cos_i, sin_i
             if w.get("q_norm"):  # Qwen3: both gains in one dtype (the kernel reads them alike; widening is exact)
                 ndt = common(w["q_norm"], w["k_norm"])
