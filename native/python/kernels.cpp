@@ -212,6 +212,28 @@ void bind_kernels(py::module_& m) {
       "Rotary embedding of the Q and K heads of packed qkv [B,S,(H+2Hkv)D]; cos/sin fp32 [>=S, R/2]. In place when "
       "dst == src.");
   p.def(
+      "rotary_qk_norm",
+      [](std::uintptr_t src, const std::string& src_t, std::uintptr_t dst, const std::string& dst_t,
+         std::uintptr_t cos, std::uintptr_t sin, std::uintptr_t q_gamma, std::uintptr_t k_gamma,
+         const std::string& gamma_t, float eps, int batch, int seq, int heads, int kv_heads, int head_size,
+         int rotary_dim, bool half_math, std::uintptr_t stream) {
+        const char* op = "rotary_qk_norm";
+        QkNorm norm;
+        norm.q_gamma = ptr(q_gamma);
+        norm.k_gamma = ptr(k_gamma);
+        norm.gamma_t = dt(gamma_t, op, "gamma");
+        norm.eps = eps;
+        launch_rotary_qk_norm(ptr(src), dt(src_t, op, "src"), ptr(dst), dt(dst_t, op, "dst"), ptr<const float>(cos),
+                              ptr<const float>(sin), norm, batch, seq, heads, kv_heads, head_size, rotary_dim,
+                              half_math, stream_of(stream));
+      },
+      py::arg("src"), py::arg("src_dtype"), py::arg("dst"), py::arg("dst_dtype"), py::arg("cos"), py::arg("sin"),
+      py::arg("q_gamma"), py::arg("k_gamma"), py::arg("gamma_dtype"), py::arg("eps"), py::arg("batch"),
+      py::arg("seq"), py::arg("heads"), py::arg("kv_heads"), py::arg("head_size"), py::arg("rotary_dim"),
+      py::arg("half_math"), py::arg("stream") = 0, py::call_guard<py::gil_scoped_release>(),
+      "Qwen3's per-head query/key RMSNorm (q_gamma, k_gamma [D], one dtype) of packed qkv [B,S,(H+2Hkv)D], then the "
+      "rotary of its first rotary_dim columns (0: none; cos/sin fp32 [>=S, R/2]). In place when dst == src.");
+  p.def(
       "attention_gqa",
       [](std::uintptr_t qkv, const std::string& qkv_t, std::uintptr_t mask, std::uintptr_t y, const std::string& y_t,
          int batch, int seq, int heads, int kv_heads, int head_size, float scale, bool causal,

@@ -193,6 +193,11 @@ DType rotary_type(const OpDesc& op, const EngineDesc& d) {
   return op.precision == Precision::FP32 && q == DType::F16 ? DType::F32 : q;
 }
 
+// Whether an Attention rewrites Q and K before its kernel reads them: a rotary, a per-head query/key RMSNorm (Qwen3's
+// q_norm/k_norm, applied by the same pass before the rotation), or both.
+bool has_qk_norm(const OpDesc& op) { return op.weight("q_norm") != NO_WEIGHT; }
+bool rewrites_qk(const OpDesc& op) { return op.rotary_dim > 0 || has_qk_norm(op); }
+
 }  // namespace
 
 // ------------------------------------------------------------------------------------------------ construction
@@ -460,10 +465,12 @@ void Context::init() {
       }
     } else if (op.type == OpType::Attention) {
       if ((op.inputs.size() < 2 || op.inputs[1] == NO_TENSOR) && !op.causal) need_valid_mask = true;
-      // rotary in place where this op is the qkv's only reader and keeps its dtype; else into a copy
+      // rotary (and q/k norm) in place where this op is the qkv's only reader and keeps its dtype; else into a copy.
+      // The normed pass overwrites every Q and K column, not only the rotated ones: in place that is still only this
+      // op's own input (a warp reads its whole head before writing it; V is never written).
       const int q = op.inputs[0];
       const bool output = std::find(d.outputs.begin(), d.outputs.end(), q) != d.outputs.end();
-      if (op.rotary_dim > 0 && (uses[q] != 1 || output || rotary_type(op, d) != d.tensors[q].type)) {
+      if (rewrites_qk(op) && (uses[q] != 1 || output || rotary_type(op, d) != d.tensors[q].type)) {
         lives.push_back({checked_mul(d.tensors[q].numel(B, S), elem_size(rotary_type(op, d)), "rotary copy"), i, i});
         owners.emplace_back(5, i);
       }
@@ -805,16 +812,27 @@ void Context::enqueue_ops(int batch, int seq_bucket, cudaStream_t s) {
         const int kv_heads = op.num_kv_heads > 0 ? op.num_kv_heads : op.num_heads;
         const void* qkv = tensor_ptr(in(0));
         DType qkv_t = dt(in(0));
-        if (op.rotary_dim > 0) {
+        if (rewrites_qk(op)) {
 #ifdef TRTRUN_HAVE_ROTARY
           // rotated in place, or into the op's own copy (Context::rotary_offset_), positions 0..seq_bucket-1 (pad
           // positions come after the valid ones, so the valid tokens' angles are the reference's)
           void* dst = rotary_offset_[i] == kNone ? tensor_ptr(in(0))
                                                  : static_cast<char*>(arena_.get()) + rotary_offset_[i];
           const DType dst_t = float_dtype(rotary_type(op, d));
-          launch_rotary(qkv, qkv_t, dst, dst_t, static_cast<const float*>(E.weight(op.weight("rotary_cos"))),
-                        static_cast<const float*>(E.weight(op.weight("rotary_sin"))), batch, seq_bucket, op.num_heads,
-                        kv_heads, op.head_size, op.rotary_dim, op.precision == Precision::FP16, s);
+          const auto* cos_tab = static_cast<const float*>(E.weight(op.weight("rotary_cos")));  // null without rotary
+          const auto* sin_tab = static_cast<const float*>(E.weight(op.weight("rotary_sin")));
+          if (has_qk_norm(op)) {  // each Q and K head RMS-normalised, then rotated, in one pass
+            QkNorm norm;
+            norm.q_gamma = E.weight(op.weight("q_norm"));
+            norm.k_gamma = E.weight(op.weight("k_norm"));
+            norm.gamma_t = float_dtype(d.weights[op.weight("q_norm")].type);
+            norm.eps = op.qk_norm_epsilon;
+            launch_rotary_qk_norm(qkv, qkv_t, dst, dst_t, cos_tab, sin_tab, norm, batch, seq_bucket, op.num_heads,
+                                  kv_heads, op.head_size, op.rotary_dim, op.precision == Precision::FP16, s);
+          } else {
+            launch_rotary(qkv, qkv_t, dst, dst_t, cos_tab, sin_tab, batch, seq_bucket, op.num_heads, kv_heads,
+                          op.head_size, op.rotary_dim, op.precision == Precision::FP16, s);
+          }
           qkv = dst;
           qkv_t = dst_t;
 #else

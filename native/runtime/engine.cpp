@@ -4,7 +4,10 @@
 #include <vector>
 #include "trtrun/engine.h"
 
+#include "kernels/rotary/rotary.h"  // kQkNormMaxHead: the largest head its normed pass takes
+
 #include <algorithm>
+#include <cmath>
 #include <limits>
 
 namespace trtrun {
@@ -197,6 +200,26 @@ void Engine::check() {
                              std::to_string(2 * desc_.seq_max - 1) + "]");
         }
         if (op.window < -1) throw InputError(where(op) + ": window must be >= 0, or -1 for none");
+        const int qn = op.weight("q_norm"), kn = op.weight("k_norm");
+        if ((qn == NO_WEIGHT) != (kn == NO_WEIGHT))
+          throw InputError(where(op) + ": a per-head query/key norm needs both 'q_norm' and 'k_norm'");
+        if (qn != NO_WEIGHT) {  // Qwen3: one warp of the rotary pass holds a head (native/kernels/rotary)
+          for (const char* role : {"q_norm", "k_norm"}) {
+            const WeightDesc& g = W[op.weight(role)];
+            if (g.shape != std::vector<int64_t>{op.head_size}) {
+              std::string got;
+              for (int64_t v : g.shape) got += (got.empty() ? "" : ", ") + std::to_string(v);
+              throw InputError(where(op) + ": weight '" + role + "' (" + g.name + ") must be [head_size " +
+                               std::to_string(op.head_size) + "], got [" + got + "]");
+            }
+          }
+          if (W[qn].type != W[kn].type) throw InputError(where(op) + ": q_norm and k_norm must share one dtype");
+          if (op.head_size > kQkNormMaxHead)
+            throw InputError(where(op) + ": a per-head query/key norm needs head_size <= " +
+                             std::to_string(kQkNormMaxHead) + ", got " + std::to_string(op.head_size));
+          if (!(op.qk_norm_epsilon >= 0.f) || !std::isfinite(op.qk_norm_epsilon))
+            throw InputError(where(op) + ": qk_norm_epsilon must be finite and >= 0");
+        }
         if (inner(out(0)) != hd) throw InputError(where(op) + ": output must be [B, S, H*D]");
         if (in(1) != NO_TENSOR) {
           if (!tensor_ok(in(1)) || T[in(1)].type != DType::I32 || inner(in(1)) != 1)

@@ -109,9 +109,9 @@ def test_decoder_matches_onnxruntime_and_torch(decoder, real_text_batches, arch,
 def test_qwen3_per_head_qk_norm(decoder, real_text_batches):
     """Qwen3 (and Qwen3-Embedding) RMS-normalize each query and key head over its D values before the rotary:
     the builder takes the two norms into the Attention op (q_norm, k_norm, qk_norm_epsilon; one pair per layer),
-    fp32 and hybrid plans meet the bounds against onnxruntime and torch on random ids and real text, and the
-    GPU lowering refuses the op by name (no kernel for it yet) so the backend choice falls back to the reference.
-    Two query heads of 32 sharing one K/V head: a head size the GPU runtime takes, so the q/k norm is what it lacks."""
+    fp32 and hybrid plans meet the bounds against onnxruntime and torch on random ids and real text, and the GPU
+    lowering takes the op (native/kernels/rotary's normed pass; tests/runtime/test_lower_qk_norm.py). Two query
+    heads of 32 sharing one K/V head: a head size the GPU runtime takes."""
     from trtrun.runtime.lower import gpu_missing
 
     qwen3 = dict(num_attention_heads=2, num_key_value_heads=1, head_dim=32)
@@ -122,7 +122,7 @@ def test_qwen3_per_head_qk_norm(decoder, real_text_batches):
     assert len({a["weights"]["q_norm"] for a in attn} | {a["weights"]["k_norm"] for a in attn}) == 4
     assert [o["type"] for o in plans["fp32"].ops].count("RMSNorm") == 5  # the q/k norms are inside the Attention
     assert plans["hybrid"].weights[attn[0]["weights"]["q_norm"]].dtype == np.float32  # statistics' gains in fp32
-    assert gpu_missing(attn[0]) == "a per-head query/key RMSNorm (q_norm, k_norm)"
+    assert gpu_missing(attn[0]) is None
     batches = [("random ids", random_feeds(path, seq=29, vocab=VOCAB, seed=11))] + \
         [(f"real text {i}", b) for i, b in enumerate(real_text_batches("gpt2"))]
     for what, feeds in batches:

@@ -1,8 +1,10 @@
 """Llama-family ops on the GPU runtime (issue 20, "On the GPU"): RMSNorm (native/kernels/rmsnorm), the Linear's
-gate, silu and residual epilogue (native/kernels/epilogue), rotary Q/K (native/kernels/rotary), grouped-query
-attention (native/kernels/attention) and embeddings without a position table, each kernel alone against
-trtrun.reference on fresh random inputs, then tiny exported Llama, Qwen2 and GPT-NeoX models (trtrun.export, random
-weights, hidden 128 = 4 heads of 32, 2 K/V heads) end to end against the reference backend and PyTorch fp32, with CUDA graphs and from several threads.
+gate, silu and residual epilogue (native/kernels/epilogue), rotary Q/K and Qwen3's per-head query/key RMSNorm before
+it (native/kernels/rotary), grouped-query attention (native/kernels/attention) and embeddings without a position
+table, each kernel alone against trtrun.reference on fresh random inputs, then tiny exported Llama, Qwen2, Qwen3 and
+GPT-NeoX models (trtrun.export, random weights, hidden 128 = 4 heads of 32, 2 K/V heads; Qwen3 with 4 heads of 64,
+as Qwen3's heads are wider than hidden / heads) end to end against the reference backend and PyTorch fp32, with CUDA
+graphs and from several threads.
 
 The lowering tests at the top need no GPU and run in CI; the rest are marked gpu and skip without one. Run on the
 GPU machine with: TEST_FILES="decoders:400" bash tests/gpu/device_run.sh tests
@@ -28,7 +30,8 @@ F16, F32 = np.float16, np.float32
 # hidden 128 with 4 heads of 32 (the attention kernel takes head sizes 32, 64, 128) sharing 2 K/V heads
 DECODER = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=192, vocab_size=1000,
                max_position_embeddings=512)
-ARCHS = {"llama": dict(num_key_value_heads=2), "qwen2": dict(num_key_value_heads=2), "gpt-neox": dict(rotary_pct=0.25)}
+ARCHS = {"llama": dict(num_key_value_heads=2), "qwen2": dict(num_key_value_heads=2), "gpt-neox": dict(rotary_pct=0.25),
+         "qwen3": dict(num_key_value_heads=2, head_dim=64)}
 PROFILE = {"batch": (1, 4, 8), "seq": (1, 64, 256)}
 
 
@@ -86,6 +89,12 @@ def test_lowering_takes_the_decoder_ops(arch):
         elif op["type"] == "Attention":
             assert d["num_kv_heads"] == (a.get("num_kv_heads") or a["num_heads"])
             assert d["rotary_dim"] == a["rotary_dim"] > 0
+            if arch == "qwen3":  # the per-head q/k norm's gains (the plan's own fp32 arrays) and epsilon
+                assert d["qk_norm_epsilon"] == a["qk_norm_epsilon"] > 0 and d["head_size"] == 64
+                for role in ("q_norm", "k_norm"):
+                    np.testing.assert_array_equal(weights[d["weights"][role]][1], plan.weights[op["weights"][role]])
+            else:
+                assert "q_norm" not in d["weights"] and "qk_norm_epsilon" not in d
             cos, sin = rotary_tables(PROFILE["seq"][2], plan.weights[op["weights"]["inv_freq"]],
                                      a.get("rotary_scale", 1.0))
             np.testing.assert_array_equal(weights[d["weights"]["rotary_cos"]][1], cos)
@@ -118,6 +127,9 @@ def test_lowering_takes_every_attention_kind():
     assert gpu_missing(dict(att, weights={"alibi_slopes": "s"})) is None
     gqa_rope = dict(att, attrs=dict(att["attrs"], num_kv_heads=2, rotary_dim=32), weights={"inv_freq": "f"})
     assert gpu_missing(gqa_rope) is None
+    qwen3 = dict(gqa_rope, attrs=dict(gqa_rope["attrs"], qk_norm_epsilon=1e-6),
+                 weights=dict(gqa_rope["weights"], q_norm="qn", k_norm="kn"))
+    assert gpu_missing(qwen3) is None
     lin = {"type": "Linear", "name": "l", "inputs": ["x", "r"], "outputs": ["y"], "precision": "hybrid",
            "attrs": {"activation": "silu", "gated": True}, "weights": {"weight": "w"}}
     assert gpu_missing(lin) is None
@@ -131,7 +143,7 @@ def _plugins():
         pytest.skip(tp._GPU_WHY_NOT)
     if tp.PLUGINS is None:
         pytest.skip(f"plugin kernels not built: {tp._WHY_NOT}")
-    for name in ("rmsnorm", "linear_epilogue", "rotary", "attention_gqa"):
+    for name in ("rmsnorm", "linear_epilogue", "rotary", "rotary_qk_norm", "attention_gqa"):
         if not hasattr(tp.PLUGINS, name):
             pytest.skip(f"this build of the plugins has no {name} (rebuild the extension)")
     return tp
@@ -331,6 +343,91 @@ def test_rotary(prec, H, Hkv, D, R, qt, copy_t):
         np.testing.assert_array_equal(ours, want)
 
 
+QKN_CASES = [
+    # precision, H, Hkv, D, R (0: no rotary), qkv dtype, out of place (dst dtype), gains' dtype
+    ("hybrid", 4, 2, 64, 64, F16, None, F32),     # the tiny Qwen3's heads: in place on the GEMM's fp16 qkv
+    ("hybrid", 16, 8, 128, 128, F16, None, F32),  # Qwen3-0.6B's heads
+    ("hybrid", 4, 2, 128, 32, F16, F16, F32),     # partial rotary, into a copy of the same dtype
+    ("hybrid", 4, 4, 64, 0, F16, None, F32),      # the norm alone (the IR allows it without a rotary)
+    ("hybrid", 3, 1, 96, 64, F32, None, F16),     # D not a power of two, one K/V head, fp32 qkv, fp16 gains
+    ("fp32", 4, 2, 64, 64, F32, None, F32),
+    ("fp32", 4, 2, 64, 64, F16, F32, F32),        # fp32 ops on an fp16 qkv: normed into an fp32 copy
+    ("fp16", 4, 2, 64, 64, F16, None, F16),       # every step in fp16
+    ("fp16", 2, 1, 128, 96, F32, None, F32),      # fp16 math on fp32 storage, partial rotary
+    ("fp16", 2, 2, 96, 96, F16, F16, F16),        # fp16 with D not a power of two: another order of the fp16 sum
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("prec,H,Hkv,D,R,qt,copy_t,gt", QKN_CASES)
+def test_rotary_qk_norm(prec, H, Hkv, D, R, qt, copy_t, gt):
+    """Qwen3's per-head q/k RMSNorm then the rotary (launch_rotary_qk_norm) against ref_rmsnorm + rotate as
+    ref_attention applies them, and against float64 (the norm and the rotation of the values the kernel reads:
+    rounded to fp16 first in fp16 mode, as the reference does), under test_plugins' acceptance rule: the kernel's error
+    at most twice the reference emulation's own, in relative L2 and max norm. What may differ is the order of the sum
+    of squares only (fp32: fmaf and a warp tree against numpy's pairwise sum, a few fp32 ulps of the row's norm, which
+    the rule's factor 2 covers as in test_rmsnorm); every later step is the reference's rounding.
+    fp16 mode with D a power of two: the kernel adds the squares in the reference's pairwise tree and divides and
+    takes the sqrt as numpy's float16 does (fp32, rounded once), so it is the reference's, at most one fp16 ulp off
+    (test_rotary's allowance for the fp16 rotation) and equal almost everywhere; a wrong order would change ~1/3 of
+    the rows' norms (measured on the host). Rows have scales from 0.1 to 4 (an RMSNorm that ignored its row's own
+    scale shows), distinct q and k gains (a swap shows), V untouched in place and copied exactly out of place."""
+    tp = _plugins()
+    torch = tp._torch()
+    ref = tp._reference()
+    B, S = 3, 77
+    rng = np.random.default_rng(H * 1000 + D * 10 + R + (qt == F32))
+    HD, KD = H * D, Hkv * D
+    scale = rng.uniform(0.1, 4.0, (B, S, H + 2 * Hkv, 1))  # per (token, head): |x| up to ~16, fp16 squares' sums fit
+    qkv = (rng.normal(0, 1, (B, S, H + 2 * Hkv, D)) * scale).reshape(B, S, -1).astype(qt)
+    qg, kg = rng.uniform(0.5, 1.5, D).astype(gt), rng.uniform(0.5, 1.5, D).astype(gt)
+    eps = 1e-6
+    cos = sin = None
+    if R:
+        inv_freq = (1.0 / (1000000.0 ** (np.arange(0, R, 2, dtype=np.float32) / R))).astype(F32)  # Qwen3's theta
+        inv_freq[-1] = 0.9  # one fast frequency too: angles of many turns over 77 positions
+        cos, sin = ref.rotary_tables(S + 5, inv_freq, 1.0)  # a longer table than the run, as the engine's
+    dq = tp._dev(qkv, torch)
+    dc, ds = (None, None) if cos is None else (tp._dev(cos, torch), tp._dev(sin, torch))
+    dqg, dkg = tp._dev(qg, torch), tp._dev(kg, torch)
+    tdt = {F32: torch.float32, F16: torch.float16}
+    out_t = qt if copy_t is None else copy_t
+    dst = dq if copy_t is None else torch.full(qkv.shape, float("nan"), dtype=tdt[copy_t], device="cuda")
+    tp.PLUGINS.rotary_qk_norm(tp.ptr(dq), tp.dtype_name(qt), tp.ptr(dst), tp.dtype_name(out_t), tp.ptr(dc),
+                              tp.ptr(ds), tp.ptr(dqg), tp.ptr(dkg), tp.dtype_name(gt), eps, B, S, H, Hkv, D, R,
+                              prec == "fp16", 0)
+    torch.cuda.synchronize()
+    ours = tp._np(dst)
+    assert np.isfinite(ours).all()
+    cdt = F16 if prec == "fp16" else F32
+    want = qkv.astype(out_t).astype(np.float32)  # V as stored (converted where copied)
+    truth = want.astype(np.float64)
+    for b in range(B):
+        for lo, n, g in ((0, H, qg), (HD, Hkv, kg)):
+            x = qkv[b, :, lo:lo + n * D].reshape(S, n, D)
+            # the reference: ref_attention's two steps
+            y = ref.ref_rmsnorm(x, None, g, epsilon=eps, precision=prec, out_dtype=cdt)[0]
+            if R:
+                y = ref.rotate(y.astype(cdt), cos[:S], sin[:S])
+            want[b, :, lo:lo + n * D] = y.reshape(S, -1).astype(out_t)
+            # float64 from the values the kernel reads (fp16 mode: x and the gain rounded to fp16 first)
+            x64 = x.astype(cdt).astype(np.float64)
+            y64 = x64 / np.sqrt((x64 * x64).mean(-1, keepdims=True) + eps) * g.astype(cdt).astype(np.float64)
+            if R:
+                h2 = R // 2
+                c64, s64 = cos[:S, None, :].astype(np.float64), sin[:S, None, :].astype(np.float64)
+                x1, x2 = y64[..., :h2].copy(), y64[..., h2:R].copy()
+                y64[..., :h2], y64[..., h2:R] = x1 * c64 - x2 * s64, x2 * c64 + x1 * s64
+            truth[b, :, lo:lo + n * D] = y64.reshape(S, -1)
+    qk = np.s_[..., :HD + KD]
+    np.testing.assert_array_equal(ours[..., HD + KD:], want[..., HD + KD:])  # V untouched / copied exactly
+    tp.assert_within_twice(f"rotary_qk_norm {prec} H{H}/{Hkv} D{D} R{R}", ours[qk], want[qk], truth[qk], out_t)
+    if prec == "fp16" and D & (D - 1) == 0:
+        ulp = np.spacing(np.abs(want[qk]).astype(F16)).astype(np.float32)
+        assert (np.abs(ours[qk] - want[qk]) <= ulp).all(), float(np.max(np.abs(ours[qk] - want[qk]) / ulp))
+        assert np.mean(ours[qk] != want[qk]) < 0.01
+
+
 GQA_CASES = [
     # precision, B, S, H, Hkv, D, causal, mask kind, qkv dtype, y dtype
     ("hybrid", 2, 129, 4, 2, 64, True, "right", F16, F16),
@@ -482,19 +579,54 @@ def test_decoder_vs_torch_fp32(arch, precision):
 
 
 @pytest.mark.gpu
-def test_decoder_graphs_replay_the_eager_run():
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_decoder_graphs_replay_the_eager_run(arch):
     """The first run at a shape is eager, the next ones replay its CUDA graph: bit-identical outputs (same kernels,
-    same GEMM algorithms, rotary in place on a qkv the graph rewrites each run), and the context holds the graph."""
+    same GEMM algorithms, rotary, and Qwen3's q/k norm with it, in place on a qkv the graph rewrites each run), and the
+    context holds the graph."""
     h.need_runtime()
-    plan = _plan_of("llama", "hybrid")
-    ctx = _engine("llama", "hybrid").create_context(use_graphs=True)
+    plan = _plan_of(arch, "hybrid")
+    ctx = _engine(arch, "hybrid").create_context(use_graphs=True)
     feeds = h.random_feeds(plan, 4, 100, padded=True, seed=7)
     first = ctx.run(feeds)["last_hidden_state"]
     for _ in range(3):
         np.testing.assert_array_equal(ctx.run(feeds)["last_hidden_state"], first)
     assert ctx.stats()["graph_count"] >= 1 and not ctx.stats()["graph_note"]
-    eager = _engine("llama", "hybrid").create_context(use_graphs=False)
+    eager = _engine(arch, "hybrid").create_context(use_graphs=False)
     np.testing.assert_array_equal(eager.run(feeds)["last_hidden_state"], first)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp32", "hybrid", "fp16"])
+def test_qk_norm_without_rotary_vs_reference(precision):
+    """The tiny Qwen3's plan with the rotary taken off its first layer (the IR allows q_norm/k_norm alone, and the
+    reference then normalises without rotating): the GPU runs that layer's pass with rotary_dim 0 and matches the
+    reference backend on the same plan within test_decoder_vs_reference's bounds (rounding order only); the second
+    layer keeps its rotary, so both kinds of pass run in one engine."""
+    h.need_runtime()
+    import copy
+
+    from trtrun.plan import Plan
+    from trtrun.reference import ReferenceBackend
+    from trtrun.runtime import Engine
+
+    base = _plan_of("qwen3", precision)
+    hdr = copy.deepcopy({k: v for k, v in base.header.items() if k != "weights"})
+    first = next(o for o in hdr["ops"] if o["type"] == "Attention")
+    del first["weights"]["inv_freq"], first["attrs"]["rotary_dim"]
+    first["attrs"].pop("rotary_scale", None)
+    plan = Plan.from_parts(hdr, dict(base.weights))
+    ctx = Engine(plan).create_context()
+    refb = ReferenceBackend(plan)
+    for i, (B, S, padded) in enumerate(SHAPES[:3]):
+        feeds = h.random_feeds(plan, B, S, padded=padded, seed=600 + i)
+        got = ctx.run(feeds)["last_hidden_state"]
+        want = refb.run(feeds)["last_hidden_state"]
+        assert not np.isnan(got).any(), (precision, B, S)
+        cos = h.cosine_per_sample(got, want, h.valid_mask(feeds))
+        h.report("decoders", f"qwen3 no-rotary layer {precision:6s} vs reference B={B} S={S:3d} "
+                             f"min cos {cos.min():.8f}")
+        assert cos.min() >= h.COS_MIN[precision], (precision, B, S, cos.min())
 
 
 @pytest.mark.gpu

@@ -38,11 +38,11 @@ def bucket_seq(seq: int, seq_max: int) -> int:
 
 def gpu_missing(op) -> str | None:
     """What of a known op type the GPU runtime's kernels lack, or None. Llama-family ops (RMSNorm, silu and gated
-    Linears, Linear residual inputs, grouped-query and rotary attention, embeddings without positions) and the
-    Attention's score biases (relative-position tables, ALiBi) and sliding windows have kernels: native/kernels/
-    rmsnorm, epilogue, rotary and attention. The attention kernels take head sizes 32, 64 and 128 only
-    (GPU_HEAD_SIZES): an Attention of another (phi-2's 80, Gemma's 256, ...) is refused with its head size. A
-    per-head query/key norm (Qwen3) has no kernel yet."""
+    Linears, Linear residual inputs, grouped-query and rotary attention, Qwen3's per-head query/key RMSNorm,
+    embeddings without positions) and the Attention's score biases (relative-position tables, ALiBi) and sliding
+    windows have kernels: native/kernels/rmsnorm, epilogue, rotary and attention. The attention kernels take head
+    sizes 32, 64 and 128 only (GPU_HEAD_SIZES): an Attention of another (phi-2's 80, Gemma's 256, ...) is refused
+    with its head size (which also keeps a q/k-normed head within the rotary pass's one warp, 256 values)."""
     a = op.get("attrs", {})
     if op["type"] == "Linear":
         if a.get("activation", "none") not in GPU_ACTIVATIONS:
@@ -50,8 +50,6 @@ def gpu_missing(op) -> str | None:
     if op["type"] == "Attention":
         if int(a.get("head_size", 0)) not in GPU_HEAD_SIZES:
             return f"head size {a.get('head_size')} (the attention kernels take {', '.join(map(str, GPU_HEAD_SIZES))})"
-        if op.get("weights", {}).get("q_norm"):
-            return "a per-head query/key RMSNorm (q_norm, k_norm)"
     return None
 
 
@@ -168,8 +166,8 @@ def lower_plan(plan) -> dict:
 
     Weights are converted where the kernels need one dtype per op (exactly what the reference computes):
     Linear weights to the GEMM operand type (fp32 for fp32 ops, fp16 otherwise; the reference rounds
-    operands the same way), a fp16 bias to fp32 when the output is fp32 (exact), embedding tables and
-    gamma/beta to a common type (fp32 when they differ; exact).
+    operands the same way), a fp16 bias to fp32 when the output is fp32 (exact), embedding tables,
+    gamma/beta and an Attention's q_norm/k_norm to a common type (fp32 when they differ; exact).
 
     An fp8 Linear's weight keeps its E4M3 codes, transposed once here to [N, K] (cuBLASLt's fp8 GEMMs on Hopper
     take the weight as the transposed operand: native/runtime/gemm.cpp); its `weight_scale` goes as it is, except
@@ -306,6 +304,10 @@ def lower_plan(plan) -> dict:
                 d["rotary_dim"] = int(attrs["rotary_dim"])
                 cos_i, sin_i = rotary(*rotary_key(op))
                 wmap["rotary_cos"], wmap["rotary_sin"] = cos_i, sin_i
+            if w.get("q_norm"):  # Qwen3: both gains in one dtype (the kernel reads them alike; widening is exact)
+                ndt = common(w["q_norm"], w["k_norm"])
+                wmap["q_norm"], wmap["k_norm"] = weight(w["q_norm"], ndt), weight(w["k_norm"], ndt)
+                d["qk_norm_epsilon"] = float(attrs.get("qk_norm_epsilon", 1e-6))  # the reference's default
             if w.get("relative_bias") or w.get("alibi_slopes"):
                 wmap["score_bias"] = bias_table(op)
             # -1: no window; a window of S - 1 or more masks nothing (the kernel's launcher treats it so too)

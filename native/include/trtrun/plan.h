@@ -51,6 +51,9 @@ struct OpDesc {
   // Attention: keys further than `window` from the query masked (< 0: none); a relative-position or ALiBi bias
   // comes as the "score_bias" weight, fp32 [num_heads, 2*seq_max - 1] by distance (trtrun/runtime/lower.py)
   int window = -1;
+  // Attention with the "q_norm" and "k_norm" weights ([head_size] each; Qwen3): every Q and K head RMS-normalised over
+  // its head_size values with this epsilon before the rotary
+  float qk_norm_epsilon = 1e-6f;
 
   int weight(const std::string& role) const {
     auto it = weights.find(role);

@@ -4,6 +4,7 @@
 #include "kernels/common/device.cuh"
 
 #include <algorithm>
+#include <cmath>
 #include <string>
 
 namespace trtrun {
@@ -68,6 +69,112 @@ unsigned grid_for(long long work) {
   return static_cast<unsigned>(std::max(1LL, std::min((work + kThreads - 1) / kThreads, kMaxBlocks)));
 }
 
+// ---- the normed pass (Qwen3's q_norm / k_norm): one warp per (token, Q or K head) row, lane l holding the row's
+// elements l, 32 + l, 64 + l, ... (kNormSlots of them, zeros past D), so a head of up to kQkNormMaxHead values is
+// read once, reduced in registers and written once.
+constexpr int kNormWarps = 4;  // rows per 128-thread block
+constexpr int kNormSlots = kQkNormMaxHead / 32;
+static_assert(kNormSlots == 8, "the fp16 sum below halves 8 slots");
+
+template <bool HALF>
+__global__ void __launch_bounds__(kNormWarps * 32)
+    rotary_qk_norm_kernel(const void* src, DType src_t, void* dst, DType dst_t, const float* __restrict__ cos,
+                          const float* __restrict__ sin, const void* __restrict__ q_gamma,
+                          const void* __restrict__ k_gamma, DType gamma_t, float eps, long long rows, int seq,
+                          int heads, int qk_heads, int row_width, int head_size, int h2) {
+  // The normalised row: the rotation pairs column i with column i +- R/2, which another lane holds.
+  __shared__ float normed[kNormWarps][kQkNormMaxHead];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  float* y = normed[warp];
+  const long long step = static_cast<long long>(gridDim.x) * kNormWarps;
+  // r is the same for the warp's 32 lanes: the loop, the shuffles and __syncwarp are warp-uniform
+  for (long long r = static_cast<long long>(blockIdx.x) * kNormWarps + warp; r < rows; r += step) {
+    const int head = static_cast<int>(r % qk_heads);
+    const long long tok = r / qk_heads;
+    const int s = static_cast<int>(tok % seq);
+    const long long base = tok * row_width + static_cast<long long>(head) * head_size;
+    const void* gamma = head < heads ? q_gamma : k_gamma;
+    float v[kNormSlots];
+#pragma unroll
+    for (int c = 0; c < kNormSlots; ++c) {
+      const int i = c * 32 + lane;
+      v[c] = i < head_size ? load_f(src, src_t, base + i) : 0.f;
+    }
+    if constexpr (!HALF) {
+      // fp32 statistics as the rmsnorm kernel's (and its contract with ref_rmsnorm): the sum of squares by fmaf and
+      // the warp's xor tree (another order than numpy's pairwise sum: a few ulps of the row's norm), the mean by a
+      // true division, sqrt correctly rounded, then s / d * gamma in the reference's order, each step rounded.
+      float q = 0.f;
+#pragma unroll
+      for (int c = 0; c < kNormSlots; ++c) q = fmaf(v[c], v[c], q);  // the zeros past D add nothing
+      const float ms = __fdiv_rn(dev::warp_sum(q), static_cast<float>(head_size));
+      const float d = __fsqrt_rn(__fadd_rn(ms, eps));
+#pragma unroll
+      for (int c = 0; c < kNormSlots; ++c) {
+        const int i = c * 32 + lane;
+        if (i < head_size) y[i] = __fmul_rn(__fdiv_rn(v[c], d), load_f(gamma, gamma_t, i));
+      }
+    } else {
+      // Every step in fp16 (ref_rmsnorm's fp16 mode): x rounded, each square, the sum, the mean (/ half(D)), + eps,
+      // sqrt, the division and * gamma. The sum is the reference's pairwise tree (_tree_sum_fp16: halves added)
+      // wherever D is a power of two >= 16: the slots halve first (slot c + slot c + w: elements 32c + l and
+      // 32(c + w) + l, the reference's first levels), then the warp's xor tree halves the 32 lanes; adding the zero
+      // slots past D is exact. Other D: another order of the same fp16 additions.
+      __half sq[kNormSlots];
+#pragma unroll
+      for (int c = 0; c < kNormSlots; ++c) {
+        const __half x = __float2half_rn(v[c]);
+        v[c] = __half2float(x);
+        sq[c] = __hmul_rn(x, x);
+      }
+#pragma unroll
+      for (int w = kNormSlots / 2; w >= 1; w >>= 1) {
+#pragma unroll
+        for (int c = 0; c < w; ++c) sq[c] = __hadd_rn(sq[c], sq[c + w]);
+      }
+      // The division and the sqrt as numpy's float16 computes them: in fp32, rounded once to fp16 (correctly rounded
+      // fp16 results; __hdiv and hsqrt go through approximate fp32 instructions and can miss by an ulp).
+      const float total = __half2float(dev::warp_sum_h(sq[0]));
+      // D exact in fp16 (<= 256), so this is the reference's division by float16(n)
+      const __half ms = __float2half_rn(__fdiv_rn(total, static_cast<float>(head_size)));
+      const float sd = __half2float(__float2half_rn(__fsqrt_rn(__half2float(__hadd_rn(ms, __float2half_rn(eps))))));
+#pragma unroll
+      for (int c = 0; c < kNormSlots; ++c) {
+        const int i = c * 32 + lane;
+        if (i < head_size) {
+          const __half g = __float2half_rn(load_f(gamma, gamma_t, i));
+          y[i] = __half2float(__hmul_rn(__float2half_rn(__fdiv_rn(v[c], sd)), g));
+        }
+      }
+    }
+    __syncwarp();
+    // The rotation of the normalised values, as rotary_kernel computes it (the same products and sums, rounded the
+    // same way); columns from R on pass as normalised.
+#pragma unroll
+    for (int c = 0; c < kNormSlots; ++c) {
+      const int i = c * 32 + lane;
+      if (i >= head_size) continue;
+      float o = y[i];
+      if (i < 2 * h2) {
+        const int j = i < h2 ? i : i - h2;  // the table column; the pair is (j, h2 + j)
+        const float x1 = y[j], x2 = y[h2 + j];
+        const float cs = cos[static_cast<long long>(s) * h2 + j], sn = sin[static_cast<long long>(s) * h2 + j];
+        if constexpr (HALF) {
+          const __half a = __float2half_rn(x1), b = __float2half_rn(x2);
+          const __half ch = __float2half_rn(cs), nh = __float2half_rn(sn);
+          o = i < h2 ? __half2float(__hsub_rn(__hmul_rn(a, ch), __hmul_rn(b, nh)))
+                     : __half2float(__hadd_rn(__hmul_rn(b, ch), __hmul_rn(a, nh)));
+        } else {
+          o = i < h2 ? __fsub_rn(__fmul_rn(x1, cs), __fmul_rn(x2, sn))
+                     : __fadd_rn(__fmul_rn(x2, cs), __fmul_rn(x1, sn));
+        }
+      }
+      store_f(dst, dst_t, base + i, o);
+    }
+    __syncwarp();  // y is this warp's next row's
+  }
+}
+
 }  // namespace
 
 void launch_rotary(const void* src, DType src_t, void* dst, DType dst_t, const float* cos, const float* sin,
@@ -102,6 +209,52 @@ void launch_rotary(const void* src, DType src_t, void* dst, DType dst_t, const f
   if (src != dst) {
     rotary_copy_rest_kernel<<<grid_for(tokens * width), kThreads, 0, stream>>>(
         src, src_t, dst, dst_t, tokens, qk, static_cast<int>(width), head_size, rotary_dim);
+    TRTRUN_LAUNCH_CHECK();
+  }
+}
+
+
+void launch_rotary_qk_norm(const void* src, DType src_t, void* dst, DType dst_t, const float* cos, const float* sin,
+                           const QkNorm& norm, int batch, int seq, int heads, int kv_heads, int head_size,
+                           int rotary_dim, bool half_math, cudaStream_t stream) {
+  const char* op = "rotary_qk_norm";
+  require(batch >= 0 && seq >= 0, op,
+          "batch and seq must be >= 0, got batch=" + std::to_string(batch) + " seq=" + std::to_string(seq));
+  require(heads >= 1 && kv_heads >= 1 && heads % kv_heads == 0, op,
+          "heads must be a multiple of kv_heads (both >= 1), got heads=" + std::to_string(heads) +
+              " kv_heads=" + std::to_string(kv_heads));
+  require(head_size >= 1 && head_size <= kQkNormMaxHead, op,
+          "head_size must be 1.." + std::to_string(kQkNormMaxHead) + " (one warp holds a head), got " +
+              std::to_string(head_size));
+  require(rotary_dim == 0 || (rotary_dim >= 2 && rotary_dim % 2 == 0 && rotary_dim <= head_size), op,
+          "rotary_dim must be 0 (no rotation) or even, >= 2 and at most head_size " + std::to_string(head_size) +
+              ", got " + std::to_string(rotary_dim));
+  require(std::isfinite(norm.eps) && norm.eps >= 0.f, op, "epsilon must be finite and >= 0");
+  check_dtype(src_t, op, "src");
+  check_dtype(dst_t, op, "dst");
+  check_dtype(norm.gamma_t, op, "gamma");
+  const long long width = static_cast<long long>(heads + 2 * kv_heads) * head_size;
+  require(width <= 0x7fffffffLL, op, "row too wide");
+  const long long tokens = static_cast<long long>(batch) * seq;
+  if (tokens == 0) return;
+  require(src != nullptr && dst != nullptr && norm.q_gamma != nullptr && norm.k_gamma != nullptr, op,
+          "src, dst, q_gamma and k_gamma must not be null");
+  require(rotary_dim == 0 || (cos != nullptr && sin != nullptr), op,
+          "cos and sin must not be null when rotary_dim > 0");
+  require(src != dst || src_t == dst_t, op, "in place needs one dtype for src and dst");
+  const int qk = heads + kv_heads;
+  const long long rows = tokens * qk;
+  const unsigned blocks = static_cast<unsigned>(std::max(1LL, std::min((rows + kNormWarps - 1) / kNormWarps,
+                                                                       kMaxBlocks * (kThreads / (kNormWarps * 32)))));
+  TRTRUN_BOOL_SWITCH(half_math, HALF, [&] {
+    rotary_qk_norm_kernel<HALF><<<blocks, kNormWarps * 32, 0, stream>>>(
+        src, src_t, dst, dst_t, cos, sin, norm.q_gamma, norm.k_gamma, norm.gamma_t, norm.eps, rows, seq, heads, qk,
+        static_cast<int>(width), head_size, rotary_dim / 2);
+    TRTRUN_LAUNCH_CHECK();
+  });
+  if (src != dst) {  // V: every Q and K column was written above
+    rotary_copy_rest_kernel<<<grid_for(tokens * width), kThreads, 0, stream>>>(
+        src, src_t, dst, dst_t, tokens, qk, static_cast<int>(width), head_size, head_size);
     TRTRUN_LAUNCH_CHECK();
   }
 }

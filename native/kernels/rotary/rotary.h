@@ -24,4 +24,28 @@ void launch_rotary(const void* src, DType src_t, void* dst, DType dst_t, const f
                    int batch, int seq, int heads, int kv_heads, int head_size, int rotary_dim, bool half_math,
                    cudaStream_t stream);
 
+// Qwen3's per-head query/key RMSNorm (docs/plan-format.md, Attention: q_norm / k_norm / qk_norm_epsilon): every Q
+// head RMS-normalised over its D values and scaled by q_gamma [D], every K head likewise with k_gamma [D], then
+// rotated as launch_rotary does (rotary_dim 0: no rotation, cos/sin unused). V passes unchanged.
+struct QkNorm {
+  const void* q_gamma = nullptr;  // [head_size], shared by every Q head
+  const void* k_gamma = nullptr;  // [head_size], shared by every K head
+  DType gamma_t = DType::F32;     // one dtype for both
+  float eps = 1e-6f;
+};
+
+// The largest head the normed pass takes: one warp holds a (token, head) row, 8 values a lane.
+constexpr int kQkNormMaxHead = 256;
+
+// The normed pass of launch_rotary: per (token, Q or K head) row x [D],
+//   y = x / sqrt(mean(x^2) + eps) * gamma           (trtrun.reference.ref_rmsnorm's precision rules)
+// then y's first rotary_dim columns rotated by the formula above, on the normalised values (never rounded in between
+// where the reference keeps them in fp32). half_math false: fp32 statistics and arithmetic (sum of squares by fmaf and
+// a warp tree, sqrtf, true divisions); true (Precision::FP16): every step an fp16 operation. Every Q and K column is
+// written (in place: the whole Q and K parts; out of place: V copied too). head_size <= kQkNormMaxHead.
+// Throws trtrun::InputError / trtrun::CudaError.
+void launch_rotary_qk_norm(const void* src, DType src_t, void* dst, DType dst_t, const float* cos, const float* sin,
+                           const QkNorm& norm, int batch, int seq, int heads, int kv_heads, int head_size,
+                           int rotary_dim, bool half_math, cudaStream_t stream);
+
 }  // namespace trtrun
