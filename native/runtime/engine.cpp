@@ -4,7 +4,8 @@
 #include <vector>
 #include "trtrun/engine.h"
 
-#include "kernels/rotary/rotary.h"  // kQkNormMaxHead: the largest head its normed pass takes
+#include "kernels/attention/attention.h"  // attention_takes_head_size, kAttentionBiasMaxSeq
+#include "kernels/rotary/rotary.h"        // kQkNormMaxHead: the largest head its normed pass takes
 
 #include <algorithm>
 #include <cmath>
@@ -53,10 +54,13 @@ void Engine::check() {
   for (int t : desc_.outputs)
     if (!tensor_ok(t) || !is_float(T[t].type)) throw InputError("graph outputs must be float tensors");
 
-  auto inner = [&](int t) -> int64_t {  // product of the dims after [B, S]
-    int64_t n = 1;
-    for (size_t i = 2; i < T[t].dims.size(); ++i) n *= T[t].dims[i];
-    return n;
+  auto inner = [&](int t) -> int64_t {  // product of the dims after [B, S]; dims are positive (checked above)
+    size_t n = 1;
+    const std::string what = "the inner size of tensor '" + T[t].name + "'";
+    for (size_t i = 2; i < T[t].dims.size(); ++i) n = checked_mul(n, static_cast<size_t>(T[t].dims[i]), what.c_str());
+    if (n > static_cast<size_t>(std::numeric_limits<int64_t>::max()))
+      throw InputError("tensor '" + T[t].name + "': inner dimensions too large");
+    return static_cast<int64_t>(n);
   };
   auto need_float = [&](const OpDesc& op, int t, const char* what) {
     if (!tensor_ok(t) || !is_float(T[t].type))
@@ -108,6 +112,7 @@ void Engine::check() {
         if (!weight_ok(word) || W[word].shape.size() != 2) throw InputError(where(op) + ": word table must be 2-D");
         const int64_t V = W[word].shape[0], N = W[word].shape[1];
         int pos = op.weight("position");  // absent: rotary or relative positions, applied in attention
+        if (op.position_offset < 0) throw InputError(where(op) + ": position_offset must be >= 0");
         if (pos != NO_WEIGHT) {
           if (!weight_ok(pos) || W[pos].shape.size() != 2 || W[pos].shape[1] != N)
             throw InputError(where(op) + ": position table must be [P, N]");
@@ -143,6 +148,14 @@ void Engine::check() {
           throw InputError(where(op) + (fp8 ? ": weight must be [N, K] (transposed)" : ": weight must be [K, N]"));
         // fp8: uploaded transposed, [N, K] (native/runtime/gemm.cpp: cuBLASLt's fp8 GEMMs take A transposed)
         const int64_t K = W[w].shape[fp8 ? 1 : 0], N = W[w].shape[fp8 ? 0 : 1];
+        if (K < 1 || N < 1) throw InputError(where(op) + ": weight must have K >= 1 and N >= 1");
+        // cuBLASLt's fp8 GEMMs take 16-byte aligned leading dimensions of the E4M3 operands (K bytes a row of x's codes
+        // and of the transposed weight) and refuse other shapes; the runtime asks K and N multiples of 16, as
+        // docs/runtime.md says (PyTorch's scaled_mm asks the same)
+        if (fp8 && (K % 16 != 0 || N % 16 != 0))
+          throw InputError(where(op) + ": an fp8 Linear needs K and N multiples of 16 (cuBLASLt's fp8 GEMMs), got K=" +
+                           std::to_string(K) + " N=" + std::to_string(N) +
+                           "; build this Linear in another precision or run the plan on the reference backend");
         if (inner(in(0)) % K != 0 || T[in(0)].dims.back() != K)
           throw InputError(where(op) + ": input's last dimension must be K");
         if (op.gated && N % 2 != 0) throw InputError(where(op) + ": a gated weight needs an even width N");
@@ -177,6 +190,9 @@ void Engine::check() {
       case OpType::Attention: {
         need_float(op, in(0), "qkv");
         if (op.num_heads < 1 || op.head_size < 1) throw InputError(where(op) + ": num_heads/head_size must be >= 1");
+        if (!attention_takes_head_size(op.head_size))
+          throw InputError(where(op) + ": the attention kernel takes head_size 32, 64 or 128, got " +
+                           std::to_string(op.head_size) + "; run this plan on the reference backend");
         const int kvh = op.num_kv_heads > 0 ? op.num_kv_heads : op.num_heads;
         if (op.num_heads % kvh != 0) throw InputError(where(op) + ": num_kv_heads must divide num_heads");
         const int64_t hd = static_cast<int64_t>(op.num_heads) * op.head_size;
@@ -194,6 +210,9 @@ void Engine::check() {
         }
         if (op.weight("score_bias") != NO_WEIGHT) {  // the bias by distance j - i, -(seq_max-1) .. seq_max-1
           const int w = op.weight("score_bias");
+          if (desc_.seq_max > kAttentionBiasMaxSeq)
+            throw InputError(where(op) + ": a score bias serves sequences up to 2^30, the profile's maximum is " +
+                             std::to_string(desc_.seq_max));
           if (W[w].type != DType::F32 || W[w].shape != std::vector<int64_t>{op.num_heads, 2 * desc_.seq_max - 1})
             throw InputError(where(op) + ": weight 'score_bias' (" + W[w].name + ") must be float32 [num_heads " +
                              std::to_string(op.num_heads) + ", 2 * max sequence - 1 = " +

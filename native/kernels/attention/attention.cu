@@ -1148,7 +1148,7 @@ std::string config_of(int B, int S, int H, bool causal, Precision prec, bool ext
 }
 
 void check_head_size(int head_size, const char* op) {
-  require(head_size == 32 || head_size == 64 || head_size == 128, op,
+  require(attention_takes_head_size(head_size), op,
           "head_size must be 32, 64 or 128, got " + std::to_string(head_size));
 }
 
@@ -1187,7 +1187,7 @@ void launch_attention_gqa(const void* qkv, DType qkv_t, const int32_t* mask, voi
   check_precision(prec, op);
   if (extras.bias != nullptr) {
     // 2 * max_seq - 1 table entries a head must fit an int
-    require(extras.bias_max_seq >= seq && extras.bias_max_seq >= 1 && extras.bias_max_seq <= (1 << 30), op,
+    require(extras.bias_max_seq >= seq && extras.bias_max_seq >= 1 && extras.bias_max_seq <= kAttentionBiasMaxSeq, op,
             "a score bias table [heads, 2*bias_max_seq - 1] needs 1 <= seq " + std::to_string(seq) +
                 " <= bias_max_seq <= 2^30, got bias_max_seq=" + std::to_string(extras.bias_max_seq));
     require((reinterpret_cast<uintptr_t>(extras.bias) & 3u) == 0, op, "the score bias table must be 4-byte aligned");
