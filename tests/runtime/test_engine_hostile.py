@@ -38,7 +38,7 @@ def _engine(low, change=None):
         c.Engine(*engine_args(dict(desc, weights=weights)))
     except Exception as e:  # noqa: BLE001 - the test inspects whatever came
         return e
-    raise AssertionError("the Engine took the description")  # no GPU here, and with one the checks come first
+    raise AssertionError("the Engine took the description")  # without a GPU the device refuses it; with one, built
 
 
 def _refused(low, change) -> str:
@@ -51,11 +51,18 @@ def _plan(**kw) -> Plan:
     return tiny_plan("hybrid", **{"hidden": 64, "heads": 2, "layers": 1, **kw})
 
 
+def _accepted(low) -> None:
+    """The description passes the checks: without a GPU the device's DeviceError follows them, with one it is built."""
+    c = native_extension()
+    if c.device_count() == 0:
+        with pytest.raises(DeviceError):
+            c.Engine(*engine_args(low))
+    else:
+        c.Engine(*engine_args(low))
+
+
 def test_a_valid_description_reaches_the_device():
-    native_extension()
-    low = lower_plan(_plan())
-    if native_extension().device_count() == 0:
-        assert isinstance(_engine(low), DeviceError)
+    _accepted(lower_plan(_plan()))
 
 
 @pytest.mark.parametrize("dim", ["K", "N"])
@@ -111,17 +118,13 @@ def _fp8_low(inter: int, fp8_ops) -> dict:
 def test_fp8_linear_shapes_cublaslt_refuses():
     """cuBLASLt's fp8 GEMMs need K and N multiples of 16: such a Linear reached context creation, whose error blamed the
     GPU ("fp8 GEMMs need compute capability 8.9 or 9.0+"). The Engine names the op and the shape now."""
-    ok = _fp8_low(128, ["l0.qkv", "l0.fc1", "l0.fc2"])  # K, N in {64, 128, 192}
-    if native_extension().device_count() == 0:
-        assert isinstance(_engine(ok), DeviceError)
+    _accepted(_fp8_low(128, ["l0.qkv", "l0.fc1", "l0.fc2"]))  # K, N in {64, 128, 192}
     tail = "; build this Linear in another precision or run the plan on the reference backend"
     assert _refused(_fp8_low(72, ["l0.fc1"]), None) == (
         f"op 'l0.fc1': an fp8 Linear needs K and N multiples of 16 (cuBLASLt's fp8 GEMMs), got K=64 N=72{tail}")
     assert _refused(_fp8_low(72, ["l0.fc2"]), None) == (
         f"op 'l0.fc2': an fp8 Linear needs K and N multiples of 16 (cuBLASLt's fp8 GEMMs), got K=72 N=64{tail}")
-    # the same shapes in hybrid: fp16 GEMMs take them
-    if native_extension().device_count() == 0:
-        assert isinstance(_engine(lower_plan(_plan(inter=72))), DeviceError)
+    _accepted(lower_plan(_plan(inter=72)))  # the same shapes in hybrid: fp16 GEMMs take them
 
 
 @pytest.mark.parametrize("hidden,heads,D", [(16, 2, 8), (96, 2, 48), (160, 2, 80), (512, 2, 256)])
