@@ -73,6 +73,12 @@ void Engine::check() {
     return w;
   };
 
+  // the normalisations' launchers refuse it at the first run otherwise (a NaN epsilon is no number >= 0)
+  auto need_epsilon = [&](const OpDesc& op) {
+    if (!(op.epsilon >= 0.f) || !std::isfinite(op.epsilon))
+      throw InputError(where(op) + ": epsilon must be finite and >= 0");
+  };
+
   input_info_.assign(desc_.inputs.size(), InputInfo{});
   for (size_t i = 0; i < desc_.inputs.size(); ++i) input_info_[i].tensor = desc_.inputs[i];
   auto mark_input = [&](const OpDesc& op, int t, bool is_mask, int64_t limit) {
@@ -127,6 +133,7 @@ void Engine::check() {
         int g = op.weight("gamma"), b = op.weight("beta");
         if ((g == NO_WEIGHT) != (b == NO_WEIGHT)) throw InputError(where(op) + ": gamma and beta come together");
         if (g != NO_WEIGHT) {
+          need_epsilon(op);
           need_weight(op, "gamma", {N});
           need_weight(op, "beta", {N});
           if (W[g].type != W[b].type) throw InputError(where(op) + ": gamma and beta must share one dtype");
@@ -250,6 +257,7 @@ void Engine::check() {
       case OpType::LayerNorm:
       case OpType::RMSNorm: {
         need_float(op, in(0), "input x");
+        need_epsilon(op);
         const int64_t N = T[in(0)].dims.back();
         need_weight(op, "gamma", {N});
         if (op.type == OpType::LayerNorm) {

@@ -173,3 +173,15 @@ def test_negative_position_offset():
         ops["emb"]["position_offset"] = -1
 
     assert _refused(low, negative) == "op 'emb': position_offset must be >= 0"
+
+
+@pytest.mark.parametrize("op,eps", [("l0.ln1", float("nan")), ("l0.ln2", -1e-5), ("emb", float("inf"))])
+def test_normalisation_epsilon(op, eps):
+    """A NaN, negative or infinite epsilon of a LayerNorm or an Embedding's LayerNorm passed the Engine and the context
+    and was refused by the launcher at the first run (found by scripts/fuzz_plan.py's edited descriptions)."""
+    low = lower_plan(_plan())
+
+    def bad(ops, weights, desc):
+        ops[op]["epsilon"] = eps
+
+    assert _refused(low, bad) == f"op '{op}': epsilon must be finite and >= 0"
