@@ -29,21 +29,31 @@ def fuzz_plan():
 
 
 def test_fuzz_5000_mutated_plans(fuzz_plan, tmp_path):
-    """5,000 mutants (about 45% structured header edits with a fresh checksum), seeded: ~3-5 s on CI's cores."""
+    """5,000 mutants (about 45% structured header edits with a fresh checksum, 10% edits of the fp8 and Attention
+    fields, 4% Engine descriptions), seeded: ~5-6 s on CI's cores."""
     out = io.StringIO()
     r = fuzz_plan.fuzz(fuzz_plan.default_seeds(), execs=5000, seed=18, crashes=tmp_path / "crashes",
                        exec_timeout=20.0, out=out)
     assert r["execs"] == 5000
     assert not r["crashes"] and not r["hangs"], out.getvalue()[-5000:]
     outcomes = r["outcomes"]
-    unexpected = {k: v for k, v in outcomes.items() if not k.startswith(("PlanError", "loaded, "))}
+    unexpected = {k: v for k, v in outcomes.items()
+                  if not k.startswith(("PlanError", "loaded, ", "engine description: "))}
     assert not unexpected, (unexpected, out.getvalue()[-5000:])  # incl. FUZZER ERROR: the mutator's own bugs
+
+    def count(prefix):
+        return sum(v for k, v in outcomes.items() if k.startswith(prefix))
+
     # the mutants reach every stage: the preamble checks, the checksum, the JSON parser and depth limit,
-    # the schema (ops, tensors, weights), and files that load and run
+    # the schema (ops, tensors, weights), the values of scales and Attention parameters, and files that load and run
     for stage in ("PlanError lengths", "PlanError checksum", "PlanError header JSON", "PlanError header.ops",
                   "PlanError header.tensors", "PlanError header.weights", "loaded, ran"):
-        assert outcomes[stage] >= 20, (stage, dict(outcomes))
-    assert r["kinds"]["structured"] >= 2000
+        assert count(stage) >= 20, (stage, dict(outcomes))
+    assert count("PlanError weights") >= 5, dict(outcomes)  # check_values: NaN/inf/zero scales, slopes, ...
+    assert r["kinds"]["structured"] >= 2000 and r["kinds"]["fields"] >= 400 and r["kinds"]["engine"] >= 150
+    if fuzz_plan.native_engine() is not None:  # the Engine's description checks, passed and refused
+        assert count("loaded, ran, engine ok") >= 20 and count("loaded, ran, engine refused") >= 20, dict(outcomes)
+        assert count("engine description: refused") >= 50, dict(outcomes)
 
 
 def test_fuzz_is_reproducible(fuzz_plan):
