@@ -105,14 +105,25 @@ def test_inner_dimensions_that_overflow():
     assert msg == "size overflow computing the inner size of tensor 'l0.ctx'", msg
 
 
+def _lower_unchecked(plan) -> dict:
+    """lower_plan without check_gpu_support's refusals (which name head sizes and fp8 shapes first): the description
+    a caller building it by hand could give the Engine, whose own checks are the subject here."""
+    from unittest import mock
+
+    from trtrun.runtime import lower
+
+    with mock.patch.object(lower, "check_gpu_support", lambda plan: None):
+        return lower.lower_plan(plan)
+
+
 def _fp8_low(inter: int, fp8_ops) -> dict:
     from trtrun.builder.quantize_fp8 import assign_precisions
 
     h = _plan(inter=inter)
     w32 = tiny_plan("fp32", hidden=64, heads=2, layers=1, inter=inter).weights
     hdr = {k: v for k, v in h.header.items() if k != "weights"}
-    return lower_plan(Plan.from_parts(*assign_precisions(hdr, dict(h.weights), dict(w32),
-                                                         {n: "fp8" for n in fp8_ops})))
+    return _lower_unchecked(Plan.from_parts(*assign_precisions(hdr, dict(h.weights), dict(w32),
+                                                               {n: "fp8" for n in fp8_ops})))
 
 
 def test_fp8_linear_shapes_cublaslt_refuses():
@@ -131,21 +142,21 @@ def test_fp8_linear_shapes_cublaslt_refuses():
 def test_head_sizes_the_attention_kernel_lacks(hidden, heads, D):
     """The attention kernel is built for heads of 32, 64 and 128; another head size passed the Engine and the context
     and failed at the first run, inside the launcher ("attention: head_size must be ..."), naming no op."""
-    low = lower_plan(_plan(hidden=hidden, heads=heads))
+    low = _lower_unchecked(_plan(hidden=hidden, heads=heads))
     assert _refused(low, None) == (f"op 'l0.attn': the attention kernel takes head_size 32, 64 or 128, got {D}; run "
                                    f"this plan on the reference backend")
 
 
 def test_qk_norm_within_its_limit_but_not_the_attentions():
-    """Qwen3's q/k norm takes heads up to 256, the attention kernel up to 128: a normed head of 256 passes lowering
-    (gpu_missing checks the norm's limit) and the Engine names the attention's."""
+    """Qwen3's q/k norm takes heads up to 256, the attention kernel up to 128: a normed head of 256 in a description
+    built by hand (lowering refuses it by head size first) is refused by the Engine naming the attention's limit."""
     plan = _plan(hidden=512, heads=2)
     hdr = json.loads(json.dumps({k: v for k, v in plan.header.items() if k != "weights"}))
     att = next(o for o in hdr["ops"] if o["type"] == "Attention")
     att["weights"].update(q_norm="qn", k_norm="kn")
     att["attrs"]["qk_norm_epsilon"] = 1e-6
     w = dict(plan.weights, qn=np.ones(256, np.float32), kn=np.ones(256, np.float32))
-    low = lower_plan(Plan.from_parts(hdr, w))
+    low = _lower_unchecked(Plan.from_parts(hdr, w))
     assert _refused(low, None).startswith("op 'l0.attn': the attention kernel takes head_size 32, 64 or 128, got 256")
 
 

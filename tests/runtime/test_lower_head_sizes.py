@@ -27,17 +27,15 @@ def _refusal(op: str, head_size: int) -> str:
 
 
 def test_the_sizes_are_the_launchers():
-    """GPU_HEAD_SIZES is what the attention launcher accepts (check_head_size in attention.cu, as attention.h says):
-    a size added or dropped on one side only fails here."""
+    """GPU_HEAD_SIZES is what the attention kernels take (attention_takes_head_size in attention.h, which the launcher
+    and the Engine both ask): a size added or dropped on one side only fails here."""
     import re
     from pathlib import Path
 
-    src = (Path(__file__).resolve().parents[2] / "native" / "kernels" / "attention" / "attention.cu").read_text()
-    body = re.search(r"void check_head_size\(int head_size, const char\* op\) \{(.*?)\n\}", src, re.S)
-    assert body, "no check_head_size in native/kernels/attention/attention.cu"
-    accepted = re.search(r"require\((.*?), op,", body.group(1), re.S)
-    assert accepted
-    assert tuple(int(n) for n in re.findall(r"head_size == (\d+)", accepted.group(1))) == GPU_HEAD_SIZES
+    src = (Path(__file__).resolve().parents[2] / "native" / "kernels" / "attention" / "attention.h").read_text()
+    body = re.search(r"bool attention_takes_head_size\(int head_size\) \{(.*?)\n\}", src, re.S)
+    assert body, "no attention_takes_head_size in native/kernels/attention/attention.h"
+    assert tuple(int(n) for n in re.findall(r"head_size == (\d+)", body.group(1))) == GPU_HEAD_SIZES
 
 
 @pytest.mark.parametrize("head_size", [80, 96, 256, 16])
