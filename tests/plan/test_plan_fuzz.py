@@ -52,7 +52,9 @@ def test_fuzz_5000_mutated_plans(fuzz_plan, tmp_path):
     assert count("PlanError weights") >= 5, dict(outcomes)  # check_values: NaN/inf/zero scales, slopes, ...
     assert r["kinds"]["structured"] >= 2000 and r["kinds"]["fields"] >= 400 and r["kinds"]["engine"] >= 150
     if fuzz_plan.native_engine() is not None:  # the Engine's description checks, passed and refused
-        assert count("loaded, ran, engine ok") >= 20 and count("loaded, ran, engine refused") >= 20, dict(outcomes)
+        # (what lowers, the Engine takes: lowering refuses the head sizes and fp8 shapes the kernels lack first, by
+        # op; the Engine's own refusals are reached through the edited descriptions below)
+        assert count("loaded, ran, engine ok") >= 20 and count("loaded, ran, not lowerable") >= 20, dict(outcomes)
         assert count("engine description: refused") >= 50, dict(outcomes)
 
 
