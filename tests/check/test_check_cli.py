@@ -249,7 +249,7 @@ def test_backend_without_capture_reruns_headroom_on_a_subset(models, monkeypatch
             assert not capture, "a runner without capture was asked to capture"
             return super().run(feeds)
 
-    monkeypatch.setattr(core, "choose_backend", lambda b: ("gpu", "simulated"))
+    monkeypatch.setattr(core, "choose_backend", lambda b, plan=None: ("gpu", "simulated"))
     monkeypatch.setattr(core, "plan_runner", lambda plan, backend: NoCapture(plan))
     monkeypatch.setattr(core, "_device_name", lambda: "simulated GPU")
     rep = core.run_check(core.CheckOptions(model=str(models["tiny"]), out_dir=tmp_path, data="random",
@@ -281,3 +281,20 @@ def test_headroom_sample_choice():
     assert (got == _pick_headroom(s, 7, worst, seed=0)).all()   # seeded
     assert _pick_headroom(s, 50, worst, seed=0).tolist() == list(range(10))
     assert len(_pick_headroom(s, 5, None, seed=1)) == 5
+
+
+def test_auto_falls_back_for_a_plan_the_gpu_cannot_run(models, tmp_path, monkeypatch):
+    """With a usable GPU, --backend auto still runs the reference backend where the built plans hold what the GPU
+    runtime lacks (here the tiny model's heads of 16: the attention kernels take 32, 64, 128), and says why; the
+    backend is chosen after the build, from the plans (before, it was chosen from the machine alone and the run
+    failed at lowering)."""
+    from trtrun import runtime
+    from trtrun.check import core
+
+    monkeypatch.setattr(runtime, "gpu_available", lambda device=0: (True, "simulated GPU"))
+    lines = []
+    rep = core.run_check(core.CheckOptions(model=str(models["tiny"]), out_dir=tmp_path, data="random", max_samples=4,
+                                           headroom_samples=0, downstream="off"), log=lines.append)
+    assert rep["backend"]["name"] == "reference"
+    said = [x for x in lines if x.startswith("backend: ")]
+    assert said and "head size 16" in said[0] and "this plan: op " in said[0], lines

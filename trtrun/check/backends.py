@@ -82,10 +82,11 @@ class GpuPlan:
         return self.ctx.run(feeds)
 
 
-def choose_backend(backend: str) -> tuple[str, str]:
+def choose_backend(backend: str, plan=None) -> tuple[str, str]:
     """'gpu' | 'reference' | 'auto' -> (the backend to use, why), by trtrun.backends.choose_backend. --backend
-    gpu without a usable GPU is an error; auto falls back to the reference backend and says why."""
-    name, why = backends.choose_backend(backend)
+    gpu without a usable GPU (or for a `plan` the GPU runtime cannot run) is an error; auto falls back to the
+    reference backend and says why."""
+    name, why = backends.choose_backend(backend, plan=plan)
     if name == "gpu":
         return "gpu", why or "GPU runtime usable"
     if backend != "reference":

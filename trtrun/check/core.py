@@ -241,8 +241,7 @@ def _run(opts, precisions, gate, work, log, timing, t_start) -> dict:
                                                    opts.allow_large)
     timing["export_s"] = round(time.perf_counter() - t, 2)
 
-    backend, why = choose_backend(opts.backend)
-    log(f"backend: {backend} ({why})")
+    backend, why = choose_backend(opts.backend)  # (no usable GPU for --backend gpu: said before any build)
 
     need = list(precisions)
     if opts.fp32 == "plan" and "fp32" not in need:
@@ -254,6 +253,11 @@ def _run(opts, precisions, gate, work, log, timing, t_start) -> dict:
         log(f"building the {p} plan")
         plans[p] = build(onnx_path, precision=p, profile=profile)
     timing["build_s"] = round(time.perf_counter() - t, 2)
+    for plan in plans.values():  # a plan the GPU runtime cannot run (an op, head size, ...): auto takes the reference
+        if backend != "gpu":
+            break
+        backend, why = choose_backend(opts.backend, plan=plan)
+    log(f"backend: {backend} ({why})")
     plan0 = plans[precisions[0]]
     mdl = plan0.header["model"]
     arch = mdl["arch"]
