@@ -203,6 +203,22 @@ def engine_args(low) -> tuple:
             low["seq_max"], low["tf32"], 0)
 
 
+def engine_refusal(c, low, change) -> str:
+    """The InputError message _C.Engine (extension `c`) gives for a copy of the lowered plan `low` that
+    change(description, weights) edited in place (the weights a list of (name, array)); the test fails if the
+    Engine takes it."""
+    import json
+
+    from trtrun.errors import InputError
+
+    bad = json.loads(json.dumps({k: v for k, v in low.items() if k != "weights"}))
+    weights = list(low["weights"])
+    change(bad, weights)
+    with pytest.raises(InputError) as err:
+        c.Engine(*engine_args(dict(bad, weights=weights)))
+    return str(err.value)
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on now."""
     import socket

@@ -16,7 +16,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import engine_args, native_extension
+from conftest import engine_args, engine_refusal, native_extension
 from handmade_plans import tiny_plan
 
 from trtrun.errors import DeviceError, InputError, PlanError
@@ -199,12 +199,7 @@ def test_engine_takes_the_bias_table_and_window():
             c.Engine(*engine_args(low))
 
     def broken(change):
-        bad = json.loads(json.dumps({k: v for k, v in low.items() if k != "weights"}))
-        weights = list(low["weights"])
-        change(bad, weights)
-        with pytest.raises(InputError) as err:
-            c.Engine(*engine_args(dict(bad, weights=weights)))
-        return str(err.value)
+        return engine_refusal(c, low, change)
 
     def short(bad, weights):
         i = att["weights"]["score_bias"]

@@ -23,7 +23,7 @@ from trtrun.runtime import ContextOptions
 from trtrun.runtime.lower import lower_plan
 
 REPO = Path(__file__).resolve().parents[2]
-from conftest import engine_args, native_extension  # noqa: E402  (tests/conftest.py)
+from conftest import engine_args, engine_refusal, native_extension  # noqa: E402  (tests/conftest.py)
 from handmade_plans import GPU_TINY, tiny_plan  # noqa: E402  (tests/handmade_plans.py)
 
 # The integer value of each name, fixed (docs/runtime.md lists them): GEMM cache files of format 1 stored the
@@ -289,13 +289,7 @@ def test_engine_takes_the_decoder_ops(decoder_plans, arch):
             c.Engine(*engine_args(low))
 
     def broken(change):
-        bad = {k: v for k, v in low.items() if k != "weights"}
-        bad = json.loads(json.dumps(bad))
-        weights = list(low["weights"])
-        change(bad, weights)
-        with pytest.raises(InputError) as err:
-            c.Engine(*engine_args(dict(bad, weights=weights)))
-        return str(err.value)
+        return engine_refusal(c, low, change)
 
     def short_table(bad, weights):
         i = att["weights"]["rotary_cos"]
