@@ -30,12 +30,15 @@ def simplify(model):
     remove_identities(graph)
     graph.fold_constants(fold_shapes=True, error_ok=True)
     G.finish(graph)
+    if fold_static_shape_values(graph):
+        graph.fold_constants(fold_shapes=True, error_ok=True)
+        G.finish(graph)
     remove_noop_casts(graph)
     return G.finish(graph)
 
 
 def infer_shapes(model, max_const_elems: int = 1024) -> None:
-    """ONNX shape inference (with data propagation), its value_info added to `model` in place.
+    """ONNX shape inference (with data propagation), its value_info written into `model` in place.
 
     Inference runs on a copy whose large initializers (the weights) are declared as typed graph
     inputs instead: shapes need only their types and dims, and serializing hundreds of MB of weights
@@ -52,7 +55,6 @@ def infer_shapes(model, max_const_elems: int = 1024) -> None:
     g.node.extend(model.graph.node)
     g.input.extend(model.graph.input)
     g.output.extend(model.graph.output)
-    g.value_info.extend(model.graph.value_info)
     declared = {i.name for i in model.graph.input}
     for init in model.graph.initializer:
         n = 1
@@ -66,10 +68,13 @@ def infer_shapes(model, max_const_elems: int = 1024) -> None:
         inferred = onnx.shape_inference.infer_shapes(light, data_prop=True)
     except Exception:
         return
-    known = {v.name for v in model.graph.value_info}
-    for v in inferred.graph.value_info:
-        if v.name not in known:
-            model.graph.value_info.append(v)
+    # what inference finds replaces the file's own value_info: a producer's placeholder dims there (onnxruntime's
+    # quantizer writes "unk__N" for every dim it could not work out) would otherwise stand where inference sees
+    # a static one, e.g. the head size an attention scale is computed from
+    found = {v.name: v for v in inferred.graph.value_info}
+    kept = [v for v in model.graph.value_info if v.name not in found]
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(kept + list(found.values()))
 
 
 def remove_identities(graph) -> int:
@@ -86,6 +91,95 @@ def remove_identities(graph) -> int:
             n_removed += 1
     G.finish(graph)
     return n_removed
+
+
+_MAX_SHAPE_ELEMS = 64
+
+
+def fold_static_shape_values(graph) -> int:
+    """Shape arithmetic whose result depends on static dims only, whatever path it takes -> constants.
+
+    onnx-graphsurgeon folds Shape -> Gather/Slice when the dims picked are static at that step; a path that
+    first gathers dynamic dims too (onnxruntime's transpose optimizer permutes a Shape with a Gather, then the
+    exporter's Slice takes the static head size: the attention scale 1/sqrt(D)) is not folded. Here each
+    integer tensor computed from a Shape carries its elements as known ints or None (dynamic) through
+    Gather, Slice, Concat, Squeeze, Unsqueeze, Identity and Cast; a tensor whose every element is known
+    becomes a constant, and the folding that follows does the rest.
+    """
+    gs = G.gs()
+    known: dict[int, list] = {}  # id(tensor) -> elements (int or None), 1-D or 0-d (one element, scalar=True)
+    scalar: set[int] = set()
+
+    def elems(t):
+        c = G.const_value(t)
+        if c is not None and c.dtype.kind in "iu" and c.ndim <= 1 and c.size <= _MAX_SHAPE_ELEMS:
+            if c.ndim == 0:
+                scalar.add(id(t))
+            return [int(v) for v in c.reshape(-1)]
+        return known.get(id(t))
+
+    def ints(t):
+        c = G.const_value(t)
+        ok = c is not None and c.dtype.kind in "iu" and c.size <= _MAX_SHAPE_ELEMS
+        return [int(v) for v in c.reshape(-1)] if ok else None
+
+    replaced = 0
+    for node in graph.nodes:  # topological order
+        out = node.outputs[0] if len(node.outputs) == 1 else None
+        if out is None:
+            continue
+        ins = [elems(i) for i in node.inputs]
+        val = None
+        if node.op == "Shape":
+            shape = node.inputs[0].shape
+            if shape is None:
+                continue
+            dims = [d if isinstance(d, int) and d >= 0 else None for d in shape]
+            start, end = int(node.attrs.get("start", 0)), node.attrs.get("end")
+            val = dims[start:None if end is None else int(end)]
+        elif node.op == "Gather" and ins[0] is not None and int(node.attrs.get("axis", 0)) == 0 \
+                and id(node.inputs[0]) not in scalar and ints(node.inputs[1]) is not None \
+                and G.const_value(node.inputs[1]).ndim <= 1:
+            idx, n = ints(node.inputs[1]), len(ins[0])
+            if any(not -n <= i < n for i in idx):
+                continue
+            val = [ins[0][i] for i in idx]
+            if G.const_value(node.inputs[1]).ndim == 0:
+                scalar.add(id(out))
+        elif node.op == "Slice" and ins[0] is not None and id(node.inputs[0]) not in scalar:
+            args = [ints(i) for i in node.inputs[1:]]
+            if any(a is None for a in args) or (len(args) > 2 and args[2] not in ([0], [-1])):
+                continue
+            step = args[3][0] if len(args) > 3 else 1
+            if step <= 0:
+                continue
+            val = ins[0][slice(args[0][0], args[1][0], step)]
+        elif node.op == "Concat" and all(v is not None for v in ins):
+            val = [e for v in ins for e in v]
+        elif node.op in ("Squeeze", "Unsqueeze", "Identity") and ins[0] is not None:
+            val = ins[0]
+            if node.op == "Squeeze" and len(val) == 1:
+                scalar.add(id(out))
+            elif node.op == "Identity" and id(node.inputs[0]) in scalar:
+                scalar.add(id(out))
+        elif node.op == "Cast" and ins[0] is not None:
+            to = node.attrs.get("to")
+            import onnx
+            if to is None or onnx.helper.tensor_dtype_to_np_dtype(int(to)).kind not in "iu":
+                continue  # a cast to float is folded by the constant folding once its input is a constant
+            val = ins[0]
+            if id(node.inputs[0]) in scalar:
+                scalar.add(id(out))
+        if val is None or len(val) > _MAX_SHAPE_ELEMS:  # shape vectors are short; a crafted Concat chain is not
+            continue
+        known[id(out)] = val
+        if node.op != "Shape" and all(v is not None for v in val) and out not in graph.outputs:
+            arr = np.array(val, np.int64)
+            arr = arr.reshape(()) if id(out) in scalar else arr
+            G.replace_uses(graph, out, gs.Constant(G.unique_name(graph, out.name + ".static"), arr))
+            replaced += 1
+    G.finish(graph)
+    return replaced
 
 
 def remove_noop_casts(graph) -> int:
