@@ -443,6 +443,33 @@ def test_outputs_subset_and_unknown(st_tiny):
         trtrun.build(st_tiny, outputs=["nope"])
 
 
+def test_keep_outputs(st_tiny, tmp_path):
+    """Plan.keep_outputs: a built plan narrowed to some of its outputs computes them exactly as before, with the
+    ops and weights they need only (the Embedder drops a Pool this way)."""
+    import trtrun
+    from trtrun.reference import ReferenceBackend
+
+    plan = trtrun.build(st_tiny, precision="hybrid")
+    feeds, _ = _feeds(["input_ids", "attention_mask"])
+    full = ReferenceBackend(plan).run(feeds)
+    tokens = plan.keep_outputs(["token_embeddings"])
+    assert [o["name"] for o in tokens.outputs] == ["token_embeddings"]
+    assert [op["type"] for op in tokens.ops] == [op["type"] for op in plan.ops if op["type"] != "Pool"]
+    assert np.array_equal(ReferenceBackend(tokens).run(feeds)["token_embeddings"], full["token_embeddings"])
+    pooled = plan.keep_outputs(["sentence_embedding"])
+    assert np.array_equal(ReferenceBackend(pooled).run(feeds)["sentence_embedding"], full["sentence_embedding"])
+    assert plan.keep_outputs(["token_embeddings", "sentence_embedding"]) is plan
+    tokens.save(tmp_path / "t.plan")
+    assert trtrun.load_plan(tmp_path / "t.plan").weight_stats() == tokens.weight_stats()
+    with pytest.raises(ValueError, match="no output 'nope'"):
+        plan.keep_outputs(["nope"])
+
+    passthrough = trtrun.build(_export_with_mask_out(tmp_path / "m.onnx", "torchscript"), precision="fp32")
+    with pytest.raises(ValueError, match="input passed through"):
+        passthrough.keep_outputs(["mask_out"])
+    assert [o["name"] for o in passthrough.keep_outputs(["last_hidden_state"]).outputs] == ["last_hidden_state"]
+
+
 def _with_extra_output(src, dst, make):
     import onnx
     from onnx import helper
