@@ -70,6 +70,15 @@ def test_rms_forms_and_quick_gelu_as_silu(tmp_path):
     assert any("SimplifiedLayerNormalization" in c for c in plan.source["conversions"])
 
 
+def test_simplified_layernormalization_alone(tmp_path):
+    """A file whose only onnxruntime op is SimplifiedLayerNormalization (ONNX domain): still lowered."""
+    w = _weights(np.random.default_rng(0))
+    nodes = [helper.make_node("SimplifiedLayerNormalization", ["x", "g1"], ["y"], name="rms", axis=-1, epsilon=1e-6)]
+    plan, err = _build_and_compare(tmp_path, _token_model(nodes, w, 17))
+    assert [o["type"] for o in plan.ops] == ["Embedding", "RMSNorm"]
+    assert err < 1e-4
+
+
 def test_layernormalization_below_opset_17(tmp_path):
     """onnxruntime's optimizer fuses LayerNorm into LayerNormalization also at opsets below 17, where ONNX has
     no such op (onnxruntime registers its own): lowered like its contrib ops, then fused as usual."""
@@ -138,3 +147,68 @@ def test_static_shape_values_stay_small():
     folded = S.fold_static_shape_values(graph)
     assert time.perf_counter() - t0 < 5  # 2^40 elements would never end
     assert folded == 4  # 8, 16, 32, 64 elements; 128 is past the bound
+
+
+def _torch_export_at(arch, path, opset):
+    """The corpus's tiny `arch` through torch.onnx at an old opset (trtrun export writes 14..20 only)."""
+    import warnings
+
+    import torch
+
+    from conftest import TINY
+    from trtrun.export import load_torch_model
+
+    model = load_torch_model({"bert": "bert-base", "gpt2": "gpt2"}[arch], overrides=dict(TINY), seed=0)
+    names = ["input_ids", "attention_mask"] + (["token_type_ids"] if arch == "bert" else [])
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, *xs):
+            return self.m(**dict(zip(names, xs))).last_hidden_state
+
+    ids = torch.randint(0, 1000, (2, 8))
+    xs = (ids, torch.ones_like(ids), torch.zeros_like(ids))[:len(names)]
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Wrapper(model).eval(), xs, str(path), input_names=names, output_names=["y"],
+                          opset_version=opset, dynamo=False, dynamic_axes={n: {0: "b", 1: "s"} for n in names + ["y"]})
+    return path
+
+
+@pytest.mark.parametrize("opset", [11, 12])
+@pytest.mark.parametrize("arch", ["bert", "gpt2"])
+def test_old_opsets_are_converted(tmp_path, arch, opset):
+    """Files of opsets 11 and 12 (older exporters' defaults) are converted to 14 by onnx's version converter;
+    their Softmax (over flattened trailing axes before 13) comes back as Flatten/Softmax/Reshape, read as the
+    softmax of the last axis. The plan matches onnxruntime on the original file, and says it was converted."""
+    pytest.importorskip("torch")
+    import trtrun
+    from trtrun.reference import ReferenceBackend
+
+    path = _torch_export_at(arch, tmp_path / "m.onnx", opset)
+    plan = trtrun.build(path, precision="fp32")
+    assert any(f"opset {opset} converted to 14" in c for c in plan.source["conversions"])
+    assert [o["type"] for o in plan.ops].count("Attention") == 2
+    rng = np.random.default_rng(2)
+    ids = rng.integers(0, 1000, (3, 9))
+    mask = np.ones((3, 9), np.int64)
+    mask[1, 6:] = 0
+    feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+    names = {i["name"] for i in plan.inputs}
+    got = ReferenceBackend(plan).run({k: v for k, v in feeds.items() if k in names})["y"]
+    s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    want = s.run(None, {i.name: feeds[i.name] for i in s.get_inputs()})[0]
+    m = mask.astype(bool)
+    assert np.abs(got[m] - want[m]).max() < 1e-4  # fp32 both ways, unpadded tokens
+
+
+def test_opset_older_than_the_converter_takes_is_refused(tmp_path):
+    import trtrun
+
+    m = _token_model([helper.make_node("Identity", ["x"], ["y"], name="id")], {"E": np.ones((V, H), np.float32)}, 8)
+    onnx.save(m, str(tmp_path / "m.onnx"))
+    with pytest.raises(trtrun.ModelError, match="opset 8 is older than 9; re-export with opset 13 or newer"):
+        trtrun.build(tmp_path / "m.onnx")

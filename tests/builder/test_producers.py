@@ -80,6 +80,16 @@ def corpus(exported, tmp_path_factory):
     return get
 
 
+def _minilm_dir():
+    """The real MiniLM's sentence-transformers folder in the data folder, or a skip saying how to fetch it."""
+    from conftest import _data_dir
+
+    d = _data_dir() / "minilm"
+    if not (d / "modules.json").exists():
+        pytest.skip(f"MiniLM is not in the data folder ({d}); fetch it with ../shared/data/get-data.sh")
+    return d
+
+
 def _optimum_env():
     env = optimum_env()
     if env is None:
@@ -218,13 +228,16 @@ def _write_matrix():
 
 
 # ---------------------------------------------------------------------- the real MiniLM, hybrid
-@pytest.mark.parametrize("variant", ["ort-O2", "fp16-io32", "int8-dynamic", "ort-O2-int8-dynamic"])
-def test_minilm_variants(exported, tmp_path, variant):
+@pytest.mark.parametrize("variant", ["ort-O2", "fp16-io32", "int8-dynamic", "ort-O2-int8-dynamic", *ST_ONNX_VARIANTS])
+def test_minilm_variants(exported, tmp_path, request, variant):
     import trtrun
     from trtrun.reference import ReferenceBackend
 
     src = exported("minilm")
-    path = make_variant(variant, src, tmp_path / "model.onnx", "minilm")
+    if variant in ST_ONNX_VARIANTS:
+        path = request.getfixturevalue("minilm_st_onnx")[variant]
+    else:
+        path = make_variant(variant, src, tmp_path / "model.onnx", "minilm")
     plan = trtrun.build(path, precision="hybrid")
     feeds, mask = _feeds([i["name"] for i in plan.inputs], vocab=30000)
     y = ReferenceBackend(plan).run(feeds)[plan.outputs[0]["name"]]
@@ -233,7 +246,7 @@ def test_minilm_variants(exported, tmp_path, variant):
     _RESULTS[f"minilm|{variant}|hybrid"] = {"ok": True, "cos": cos, "nan": int(np.isnan(y).sum())}
     assert not np.isnan(y).any()
     assert _gpu_program(plan) == _gpu_program(trtrun.build(src, precision="hybrid"))  # the same kernels as the plain export
-    if variant not in INT8:
+    if variant not in INT8 and "qint8" not in variant:
         assert cos >= 0.9999  # real weights: hybrid on a plain export reaches 0.99999+ per token
         return
     # int8 weights move MiniLM's token states by themselves: onnxruntime on the int8 file reaches only ~0.88
@@ -249,13 +262,7 @@ def test_minilm_variants(exported, tmp_path, variant):
 def minilm_optimum(tmp_path_factory):
     """The real MiniLM folder through Optimum (which exports it as a sentence-transformers model, from its
     modules.json: token_embeddings and the pooled, normalized sentence_embedding) and its O1-O3 levels."""
-    from conftest import _data_dir
-
-    env = _optimum_env()
-    d = _data_dir() / "minilm"
-    if not (d / "config.json").exists():
-        pytest.skip(f"MiniLM is not in the data folder ({d}); fetch it with ../shared/data/get-data.sh")
-    return optimum_export(d, tmp_path_factory.mktemp("minilm-optimum"), env=env)
+    return optimum_export(_minilm_dir(), tmp_path_factory.mktemp("minilm-optimum"), env=_optimum_env())
 
 
 @pytest.mark.parametrize("variant", OPTIMUM_VARIANTS)
@@ -293,39 +300,7 @@ def test_minilm_optimum(exported, minilm_optimum, variant):
 def minilm_st_onnx(tmp_path_factory):
     """The real MiniLM through sentence-transformers' own ONNX backend: its model.onnx and its dynamic int8
     file for avx512_vnni (which also quantizes attention's two activation MatMuls), as the Hub carries them."""
-    from conftest import _data_dir
-
-    env = _optimum_env()
-    d = _data_dir() / "minilm"
-    if not (d / "modules.json").exists():
-        pytest.skip(f"MiniLM is not in the data folder ({d}); fetch it with ../shared/data/get-data.sh")
-    return st_onnx_export(d, tmp_path_factory.mktemp("minilm-st-onnx"), env=env)
-
-
-@pytest.mark.parametrize("variant", ST_ONNX_VARIANTS)
-def test_minilm_st_onnx(exported, minilm_st_onnx, variant):
-    import trtrun
-    from trtrun.reference import ReferenceBackend
-
-    src, path = exported("minilm"), minilm_st_onnx[variant]
-    plan = trtrun.build(path, precision="hybrid")
-    feeds, mask = _feeds([i["name"] for i in plan.inputs], vocab=30000)
-    y = ReferenceBackend(plan).run(feeds)[plan.outputs[0]["name"]]
-    ref = _ort(src, feeds)
-    cos = worst_token_cosine(y, ref, mask)
-    _RESULTS[f"minilm|{variant}|hybrid"] = {"ok": True, "cos": cos, "nan": int(np.isnan(y).sum())}
-    assert not np.isnan(y).any()
-    assert _gpu_program(plan) == _gpu_program(trtrun.build(src, precision="hybrid"))
-    if "qint8" not in variant:
-        assert cos >= 0.9999
-        return
-    # as for the other int8 files (test_minilm_variants): at least as close to the fp32 original as onnxruntime
-    # running the file, and near that run (the rest is its run-time activation quantization, here also of
-    # attention's scores and probabilities, which the plan does not do)
-    same = _ort(path, feeds)
-    assert cos >= worst_token_cosine(same, ref, mask) - 1e-3
-    assert worst_token_cosine(y, same, mask) >= 0.98
-    assert plan.source["weights"] == "int8"
+    return st_onnx_export(_minilm_dir(), tmp_path_factory.mktemp("minilm-st-onnx"), env=_optimum_env())
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ from ..errors import ModelError, UnsupportedOpError
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 MIN_OPSET = 13  # Softmax before opset 13 normalizes over flattened trailing axes, another op.
+OLDEST_OPSET, UPGRADE_OPSET = 9, 14  # older files are converted (upgrade_opset) from as far back as OLDEST
 
 
 def _looks_like(head: bytes) -> str:
@@ -22,8 +23,9 @@ def _looks_like(head: bytes) -> str:
         return ""
 
 
-def load_model(path):
-    """Read and check an ONNX model. ModelError names the file and what is wrong with it."""
+def load_model(path, notes: list | None = None):
+    """Read and check an ONNX model. ModelError names the file and what is wrong with it. A model of an opset
+    older than MIN_OPSET is converted to UPGRADE_OPSET (upgrade_opset); `notes` gets a line saying so."""
     import onnx
 
     p = Path(path)
@@ -69,7 +71,7 @@ def load_model(path):
     except Exception as e:
         msg = str(e).strip().splitlines()
         raise ModelError(f"{p}: malformed ONNX model: {msg[0] if msg else type(e).__name__}") from None
-    check_opset(model, p)
+    model = upgrade_opset(model, p, notes)
     check_inputs(model, p)
     check_ops(model)
     return model
@@ -139,13 +141,33 @@ def load_external_data(model, p) -> None:
             raise ModelError(f"{p}: cannot read external data: {type(e).__name__}: {e}") from None
 
 
-def check_opset(model, p) -> None:
+def upgrade_opset(model, p, notes: list | None = None):
+    """The model at UPGRADE_OPSET if its opset is older than MIN_OPSET (older exporters and tools wrote 11 and
+    12), by onnx's version converter; the model itself otherwise. ModelError for no default opset, one older
+    than OLDEST_OPSET, or a model the converter cannot take."""
     opset = default_opset(model)
     if opset is None:
         raise ModelError(f"{p}: opset_import: the model imports no default ('' / ai.onnx) opset")
-    if opset < MIN_OPSET:
-        raise ModelError(f"{p}: opset_import: opset {opset} is older than {MIN_OPSET}; re-export with "
-                         f"opset {MIN_OPSET} or newer")
+    if opset >= MIN_OPSET:
+        return model
+    redo = f"re-export with opset {MIN_OPSET} or newer"
+    if opset < OLDEST_OPSET:
+        raise ModelError(f"{p}: opset_import: opset {opset} is older than {OLDEST_OPSET}; {redo}")
+    import onnx
+    from onnx import version_converter
+
+    try:
+        up = version_converter.convert_version(model, UPGRADE_OPSET)
+        onnx.checker.check_model(up)
+    except Exception as e:  # the converter's C++ errors come as RuntimeError, ValueError, ...
+        msg = str(e).strip().splitlines()
+        raise ModelError(f"{p}: opset {opset} could not be converted to {UPGRADE_OPSET} by onnx's version converter "
+                         f"({msg[0] if msg else type(e).__name__}); {redo}") from None
+    for key in ("producer_name", "producer_version"):
+        setattr(up, key, getattr(model, key))
+    if notes is not None:
+        notes.append(f"opset {opset} converted to {UPGRADE_OPSET} by onnx's version converter")
+    return up
 
 
 def default_opset(model) -> int | None:

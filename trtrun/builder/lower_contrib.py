@@ -214,27 +214,34 @@ def _need_unused(node, names_idx: dict):
 
 
 # ---------------------------------------------------------------------- the ops
-def _skip_layernorm(ctx, n):
-    x, skip, gamma = n.inputs[0], n.inputs[1], n.inputs[2]
-    beta, bias = _present(n, 3), _present(n, 4)
-    _need_unused(n, {1: "mean", 2: "inv_std_var"})
-    if ctx.shape(skip) != ctx.shape(x):
-        raise _Refuse(f"a skip input of shape {list(ctx.shape(skip))} broadcast over the input "
-                      f"{list(ctx.shape(x))} is not a residual")
-    eps = float(n.attrs.get("epsilon", 1e-12))
-    outs = _take_outputs(ctx, n)
-    name = n.name or "skip_layernorm"
-    if bias is not None:
-        x = _add(ctx, name + ".bias", x, bias)
-    s_out = outs[3] if len(outs) > 3 and not outs[3].is_empty() else None
-    s = _add(ctx, name + ".skip", x, skip, s_out)
-    _layernorm(ctx, name, s, gamma, beta, eps, outs[0])
-    return [outs[0]] + ([s_out] if s_out is not None else [])
+def _skip_norm(rms: bool):
+    """SkipLayerNormalization(x, skip, gamma, beta?, bias?) -> LayerNorm(x + bias + skip), or with rms
+    SkipSimplifiedLayerNormalization(x, skip, gamma, bias?) -> RMSNorm(x + bias + skip); the sum is output 3."""
+    def lower(ctx, n):
+        x, skip, gamma = n.inputs[0], n.inputs[1], n.inputs[2]
+        beta, bias = (None, _present(n, 3)) if rms else (_present(n, 3), _present(n, 4))
+        _need_unused(n, {1: "mean", 2: "inv_std_var"})
+        if ctx.shape(skip) != ctx.shape(x):
+            raise _Refuse(f"a skip input of shape {list(ctx.shape(skip))} broadcast over the input "
+                          f"{list(ctx.shape(x))} is not a residual")
+        eps = float(n.attrs.get("epsilon", 1e-12))
+        outs = _take_outputs(ctx, n)
+        name = n.name or ("skip_simplified_layernorm" if rms else "skip_layernorm")
+        if bias is not None:
+            x = _add(ctx, name + ".bias", x, bias)
+        s_out = outs[3] if len(outs) > 3 and not outs[3].is_empty() else None
+        s = _add(ctx, name + ".skip", x, skip, s_out)
+        if rms:
+            _rmsnorm(ctx, name, s, gamma, eps, outs[0])
+        else:
+            _layernorm(ctx, name, s, gamma, beta, eps, outs[0])
+        return [outs[0]] + ([s_out] if s_out is not None else [])
+    return lower
 
 
 def _simplified_layernorm(ctx, n):
     """SimplifiedLayerNormalization(x, gamma): RMSNorm over the last axis (onnxruntime registers it in the
-    ONNX domain; load_model moves it here). Its statistics outputs must be unused."""
+    ONNX domain). Its statistics outputs must be unused."""
     x, gamma = n.inputs[0], n.inputs[1]
     _need_unused(n, {1: "inv_std_var"})
     if int(n.attrs.get("axis", -1)) not in (-1, ctx.rank(x) - 1):
@@ -244,26 +251,9 @@ def _simplified_layernorm(ctx, n):
     return [outs[0]]
 
 
-def _skip_simplified_layernorm(ctx, n):
-    """SkipSimplifiedLayerNormalization(x, skip, gamma, bias?): RMSNorm(x + bias + skip), and the sum."""
-    x, skip, gamma, bias = n.inputs[0], n.inputs[1], n.inputs[2], _present(n, 3)
-    _need_unused(n, {1: "mean", 2: "inv_std_var"})
-    if ctx.shape(skip) != ctx.shape(x):
-        raise _Refuse(f"a skip input of shape {list(ctx.shape(skip))} broadcast over the input "
-                      f"{list(ctx.shape(x))} is not a residual")
-    outs = _take_outputs(ctx, n)
-    name = n.name or "skip_simplified_layernorm"
-    if bias is not None:
-        x = _add(ctx, name + ".bias", x, bias)
-    s_out = outs[3] if len(outs) > 3 and not outs[3].is_empty() else None
-    s = _add(ctx, name + ".skip", x, skip, s_out)
-    _rmsnorm(ctx, name, s, gamma, float(n.attrs.get("epsilon", 1e-12)), outs[0])
-    return [outs[0]] + ([s_out] if s_out is not None else [])
-
-
 def _layernorm_op(ctx, n):
-    """LayerNormalization below opset 17, as onnxruntime registers it in the ONNX domain (load_model moves it
-    here): the same formula as ONNX's, with its statistics outputs unused."""
+    """LayerNormalization below opset 17, as onnxruntime registers it in the ONNX domain: the same formula as
+    ONNX's, with its statistics outputs unused."""
     x, gamma, beta = n.inputs[0], n.inputs[1], _present(n, 2)
     _need_unused(n, {1: "mean", 2: "inv_std_var"})
     if int(n.attrs.get("axis", -1)) not in (-1, ctx.rank(x) - 1):
@@ -542,8 +532,8 @@ def _fused_matmul(ctx, n):
 
 
 _LOWER = {
-    "SkipLayerNormalization": _skip_layernorm,
-    "SkipSimplifiedLayerNormalization": _skip_simplified_layernorm,
+    "SkipLayerNormalization": _skip_norm(rms=False),
+    "SkipSimplifiedLayerNormalization": _skip_norm(rms=True),
     "SimplifiedLayerNormalization": _simplified_layernorm,
     "LayerNormalization": _layernorm_op,
     "QuickGelu": _quick_gelu,

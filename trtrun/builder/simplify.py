@@ -34,7 +34,36 @@ def simplify(model):
         graph.fold_constants(fold_shapes=True, error_ok=True)
         G.finish(graph)
     remove_noop_casts(graph)
+    unflatten_softmax(graph)
     return G.finish(graph)
+
+
+def unflatten_softmax(graph) -> int:
+    """Reshape(Softmax(Flatten(x, axis=r-1)), Shape(x)) -> Softmax(x, axis=-1).
+
+    A Softmax of an opset before 13 normalizes over the trailing axes flattened from its axis on; onnx's version
+    converter writes it as this Flatten/Softmax/Reshape. Over the last axis alone that is the softmax of each
+    row, the form the attention pass reads."""
+    gs = G.gs()
+    n_done = 0
+    for sm in [n for n in graph.nodes if n.op == "Softmax"]:
+        flat = G.producer(sm.inputs[0])
+        cs = G.consumers(sm.outputs[0])
+        if flat is None or flat.op != "Flatten" or len(cs) != 1 or cs[0].op != "Reshape":
+            continue
+        x, reshape = flat.inputs[0], cs[0]
+        shape = G.producer(reshape.inputs[1])
+        rank = len(x.shape) if x.shape is not None else None
+        if (rank is None or int(flat.attrs.get("axis", 1)) not in (rank - 1, -1) or int(sm.attrs.get("axis", -1))
+                not in (1, -1) or shape is None or shape.op != "Shape" or shape.inputs[0] is not x or shape.attrs):
+            continue
+        y = reshape.outputs[0]
+        reshape.outputs.clear()
+        graph.nodes.append(gs.Node("Softmax", G.unique_name(graph, sm.name or "softmax"), attrs={"axis": -1},
+                                   inputs=[x], outputs=[y]))
+        n_done += 1
+    G.finish(graph)
+    return n_done
 
 
 def infer_shapes(model, max_const_elems: int = 1024) -> None:
@@ -207,7 +236,8 @@ def remove_noop_casts(graph) -> int:
 
 
 def remove_noop_layout(graph, facts) -> int:
-    """Reshape/Expand/Squeeze/Unsqueeze/Flatten/Cast whose output equals its input in every probe.
+    """Reshape/Expand/Squeeze/Unsqueeze/Flatten/Cast (or a Concat whose other inputs are empty) whose output
+    equals its input in every probe.
 
     Exporters write e.g. input_ids.view(-1, S) on a [B, S] input, or a final Reshape back to the
     [B, S, N] the tensor already has. Two probes of different batch and sequence sizes make a
@@ -215,12 +245,17 @@ def remove_noop_layout(graph, facts) -> int:
     """
     n_removed = 0
     for node in list(graph.nodes):
-        if node.op not in _NOOP_IF_SAME_SHAPE and not (
+        x = None
+        if node.op == "Concat" and node.outputs:
+            # a concatenation with empty tensors only besides one input: an exporter's empty key/value past
+            rest = [t for t in node.inputs if not (facts.has(t.name) and all(a.size == 0 for a in facts.get(t)))]
+            x = rest[0] if len(rest) == 1 else None
+        elif node.op in _NOOP_IF_SAME_SHAPE or (
                 node.op == "Transpose" and list(node.attrs.get("perm", [])) == sorted(node.attrs.get("perm", [0]))):
+            x = node.inputs[0] if node.inputs and node.outputs else None
+        if x is None:
             continue
-        if not node.inputs or not node.outputs:
-            continue
-        x, y = node.inputs[0], node.outputs[0]
+        y = node.outputs[0]
         if not (facts.has(x.name) and facts.has(y.name)):
             continue
         xs, ys = facts.get(x), facts.get(y)
