@@ -37,7 +37,12 @@ why it fails. int8 cells also give (after /) the worst cosine against onnxruntim
 itself, which additionally quantizes activations at run time (the plan does not). What the builder does
 with each producer's forms is in [builder.md](builder.md#other-producers).
 
-Producers: `torchscript` / `dynamo`: `trtrun export` (torch.onnx). `ort-O1`..`ort-O4`: onnxruntime's
+Producers: `torchscript` / `dynamo`: `trtrun export` (torch.onnx, eager attention). `sdpa` / `sdpa-dynamo`: the
+same with transformers' default attention, torch's scaled_dot_product_attention (`--attention sdpa`; MPNet has
+none). `optimum`: Hugging Face Optimum's own export (`optimum-cli export onnx`, optimum-onnx 0.1.0 with
+transformers 4.55 in an environment of its own: scripts/optimum-env.sh) of the same model's folder;
+`optimum-O1`..`optimum-O3`: its ORTOptimizer at those levels on that export (O4 exports only on a CUDA device;
+Qwen2/Qwen3 have no levels in Optimum). `ort-O1`..`ort-O4`: onnxruntime's
 transformer optimizer as Optimum's optimization levels call it (O1/O2: fusions at opt_level 1/2; O3: + GELU
 approximation; O4: O3 for the GPU + fp16 with fp32 inputs/outputs); `ort-raw-mask`, `ort-no-embed-ln`,
 `ort-mha`: its fusion options that change the op forms. `fp16`, `fp16-io32`: onnxruntime's
@@ -45,11 +50,12 @@ approximation; O4: O3 for the GPU + fp16 with fp32 inputs/outputs); `ort-raw-mas
 `quantize_static` in QDQ format; `int8-qoperator`: in QOperator format (QLinearMatMul, QLinearAdd, QLinearMul,
 QLinearSoftmax; GPT-2's file adds QGemm and is refused); `ort-O2-int8-dynamic`: `quantize_dynamic` of the
 ort-O2 file (QAttention, QEmbedLayerNormalization). `external-data`: weights in a file beside the model.
-`renamed-inputs`: graph inputs renamed by `onnx.compose.add_prefix` (matched by role). Optimum itself cannot
-be installed beside transformers 5 (optimum-onnx 0.1.0, its only ONNX exporter for optimum 2, pins
-transformers < 4.58; optimum 1.27's own exporter pins < 4.54 and does not import under transformers 5), so
-its levels are reproduced through the same onnxruntime calls. sentence-transformers exports (a pooled, normalized
-`sentence_embedding` output beside `token_embeddings`) are tested separately (Pool op).
+`renamed-inputs`: graph inputs renamed by `onnx.compose.add_prefix` (matched by role). sentence-transformers
+exports (a pooled, normalized `sentence_embedding` output beside `token_embeddings`) are tested separately (Pool
+op); Optimum writes one for the real MiniLM (its folder has a modules.json), whose rows below compare the token
+states. `st-onnx`, `st-qint8-avx512_vnni`: sentence-transformers' own ONNX backend (`SentenceTransformer(...,
+backend="onnx")`) and its `export_dynamic_quantized_onnx_model`, the files the Hugging Face Hub carries beside
+sentence-transformers models (the int8 one also quantizes attention's two activation MatMuls at run time).
 
 The newer architectures (Llama, Qwen2, Mistral, Qwen3, GPT-NeoX, MPNet, DeBERTa-v2, ModernBERT) are `trtrun export`'s named architectures
 at the same tiny size with a 32000-token vocabulary (MPNet its own 30527); an architecture the IR does not
@@ -134,9 +140,12 @@ def render(results: dict) -> str:
              "mpnet": "MPNet (tiny, random weights: relative-position bias)",
              "deberta-v2": "DeBERTa-v2 (tiny, random weights: disentangled attention)",
              "modernbert": "ModernBERT (tiny, random weights: global and 16-token local attention, rotary, GeGLU, "
-                           "no biases)"}
+                           "no biases)",
+             **{a: f"{n} (tiny, random weights; against onnxruntime on its eager torch.onnx export)"
+                for a, n in (("roberta", "RoBERTa"), ("xlm-roberta", "XLM-RoBERTa"), ("distilbert", "DistilBERT"),
+                             ("electra", "ELECTRA"), ("albert", "ALBERT"))}}
     for arch in ("bert", "gpt2", "minilm", "llama", "qwen2", "mistral", "qwen3", "gpt-neox", "mpnet", "deberta-v2",
-                 "modernbert"):
+                 "modernbert", "roberta", "xlm-roberta", "distilbert", "electra", "albert"):
         if arch not in archs:
             continue
         lines.append(f"\n## {names[arch]}\n")
@@ -163,9 +172,9 @@ def render(results: dict) -> str:
 
 
 def _order(results: dict) -> dict:
-    from producers_corpus import VARIANTS
+    from producers_corpus import OPTIMUM_VARIANTS, SDPA_VARIANTS, ST_ONNX_VARIANTS, VARIANTS
 
-    order = ["torchscript", "dynamo", *VARIANTS]
+    order = ["torchscript", "dynamo", *SDPA_VARIANTS, *OPTIMUM_VARIANTS, *ST_ONNX_VARIANTS, *VARIANTS]
     return dict(sorted(results.items(), key=lambda kv: (kv[0].split("|")[0],
                                                         order.index(kv[0].split("|")[1])
                                                         if kv[0].split("|")[1] in order else 99,

@@ -50,7 +50,8 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
 
     import trtrun
-    from producers_corpus import INT8, VARIANTS, make_variant, sentence_transformers_export
+    from producers_corpus import (INT8, OPTIMUM_VARIANTS, VARIANTS, make_variant, optimum_env, optimum_export,
+                                  sentence_transformers_export)
     from trtrun.data import data_dir, load_texts, load_tokenizer
     from trtrun.export import export_model
 
@@ -66,9 +67,13 @@ def main(argv=None) -> int:
     ref = ort_embeddings(src, tok, texts, a.max_len)
     variants = {"torchscript": None, "dynamo": None, **{v: None for v, (_, archs) in VARIANTS.items()
                                                         if "minilm" in archs}, "sentence-transformers": None}
+    if optimum_env() is not None:  # Optimum's own files (scripts/optimum-env.sh)
+        variants.update({v: None for v in OPTIMUM_VARIANTS})
+    else:
+        print("Optimum's environment is missing (bash scripts/optimum-env.sh): its variants are left out", flush=True)
     if a.variants:
         variants = {v: None for v in a.variants.split(",")}
-    results = {}
+    results, optimum_files = {}, None
     for v in variants:
         path = work / v / "model.onnx"
         t0 = time.time()
@@ -81,6 +86,9 @@ def main(argv=None) -> int:
             elif v == "sentence-transformers":
                 path.parent.mkdir(parents=True, exist_ok=True)
                 sentence_transformers_export(minilm, path)
+            elif v in OPTIMUM_VARIANTS:  # one export writes them all
+                optimum_files = optimum_files or optimum_export(minilm, work / "optimum")
+                path = optimum_files[v]
             else:
                 make_variant(v, src, path, "minilm")
         try:

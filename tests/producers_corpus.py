@@ -15,12 +15,20 @@ Each variant is one function (src: the plain fp32 export, dst: where to write, a
 - the same model with its weights in an external data file;
 - the same model with its graph inputs renamed by onnx.compose.add_prefix (inputs matched by role);
 - sentence-transformers (encoders): its SentenceTransformer module (Transformer + mean Pooling + Normalize)
-  exported by torch.onnx, outputs token_embeddings and sentence_embedding.
+  exported by torch.onnx, outputs token_embeddings and sentence_embedding;
+- Hugging Face Optimum itself (`optimum-cli export onnx`, then its ORTOptimizer at O1-O3), run by
+  tests/optimum_run.py in its own environment (scripts/optimum-env.sh: Optimum's ONNX exporter needs
+  transformers < 4.58, trtrun's environment has transformers 5). Its exports use transformers' default
+  scaled-dot-product attention, unlike `trtrun export`'s eager one. O4 needs a CUDA device to export.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -196,13 +204,159 @@ NEW_ARCHS = {
 REFUSED = {"deberta-v2": "disentangled attention"}
 
 
+def new_arch_model(arch: str):
+    """(trtrun export's name, size overrides) of one of NEW_ARCHS at the corpus's tiny size."""
+    name, extra = NEW_ARCHS[arch]
+    sizes = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256)
+    return name, {**sizes, **extra}
+
+
 def export_new_arch(arch: str, dst, exporter: str = "torchscript") -> Path:
     """A tiny random-weight export of one of NEW_ARCHS (seed 0)."""
     from trtrun.export import export_model
 
-    name, extra = NEW_ARCHS[arch]
-    sizes = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256)
-    return export_model(name, dst, exporter=exporter, overrides={**sizes, **extra}, seed=0)
+    name, overrides = new_arch_model(arch)
+    return export_model(name, dst, exporter=exporter, overrides=overrides, seed=0)
+
+
+# ---------------------------------------------------------------------- Optimum
+OPTIMUM_LEVELS = ("O1", "O2", "O3")
+OPTIMUM_VARIANTS = ("optimum", *(f"optimum-{lv}" for lv in OPTIMUM_LEVELS))
+# Optimum's ORTOptimizer refuses these model types ("ONNX Runtime doesn't support the graph optimization of
+# qwen2 yet"): their export only
+OPTIMUM_NO_LEVELS = ("qwen2", "qwen3")
+_OPTIMUM_PIN = Path(__file__).resolve().parents[1] / "scripts" / "optimum-env.txt"
+
+
+# torch.onnx exports of transformers' default attention (scaled_dot_product_attention); MPNet has none
+SDPA_VARIANTS = ("sdpa", "sdpa-dynamo")
+SDPA_NONE = ("mpnet",)
+
+
+def model_args(arch: str):
+    """(trtrun export's source name, size overrides) of a corpus architecture (seed 0 gives its weights)."""
+    if arch in NEW_ARCHS:
+        return new_arch_model(arch)
+    from conftest import TINY
+
+    return {"bert": "bert-base", "gpt2": "gpt2"}[arch], dict(TINY)
+
+
+# The rest of the BERT family, tiny random configs straight from transformers (trtrun export names none of
+# them): their own folders are what torch.onnx (eager, sdpa) and Optimum export.
+BERT_FAMILY = {
+    "roberta": ("RobertaConfig", dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                      intermediate_size=256)),
+    "xlm-roberta": ("XLMRobertaConfig", dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                             intermediate_size=256)),
+    "distilbert": ("DistilBertConfig", dict(dim=128, n_layers=2, n_heads=4, hidden_dim=256)),
+    "electra": ("ElectraConfig", dict(embedding_size=64, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                      intermediate_size=256)),
+    "albert": ("AlbertConfig", dict(embedding_size=64, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                    intermediate_size=256)),
+}
+
+
+def bert_family_dir(arch: str, dst) -> Path:
+    """A tiny random-weight `arch` of BERT_FAMILY (vocabulary 1000, seed 0) as a Hugging Face folder."""
+    import torch
+    import transformers
+
+    from trtrun.export import _randomize
+
+    cls, sizes = BERT_FAMILY[arch]
+    torch.manual_seed(0)
+    model = transformers.AutoModel.from_config(getattr(transformers, cls)(vocab_size=1000, **sizes))
+    _randomize(torch, model, 0)
+    return save_model_dir(model.eval(), dst)
+
+
+def optimum_variants(arch: str) -> tuple:
+    return OPTIMUM_VARIANTS[:1] if arch in OPTIMUM_NO_LEVELS else OPTIMUM_VARIANTS
+
+
+def optimum_env() -> Path | None:
+    """The folder scripts/optimum-env.sh installed Optimum into ($TRTRUN_OPTIMUM_ENV, else .optimum-env in the
+    repository), if it is there and complete."""
+    env = Path(os.environ.get("TRTRUN_OPTIMUM_ENV") or Path(__file__).resolve().parents[1] / ".optimum-env")
+    marker = env / ".trtrun-pins"
+    if marker.exists() and marker.read_text() == _OPTIMUM_PIN.read_text():
+        return env
+    return None
+
+
+def _v4_config(model_dir) -> None:
+    """Write the rotary settings of a transformers-5 config.json also where transformers 4 reads them (v5 keeps
+    them in rope_parameters; v4 would take its defaults and build another model than the torch.onnx export)."""
+    p = Path(model_dir) / "config.json"
+    c = json.loads(p.read_text())
+    rope = c.get("rope_parameters") or {}
+    if "rope_theta" in rope:
+        c.setdefault("rope_theta", rope["rope_theta"])
+    if "partial_rotary_factor" in rope:
+        c.setdefault("rotary_pct", rope["partial_rotary_factor"])
+    for kind, key in (("full_attention", "global_rope_theta"), ("sliding_attention", "local_rope_theta")):
+        if "rope_theta" in rope.get(kind, {}):
+            c.setdefault(key, rope[kind]["rope_theta"])
+    p.write_text(json.dumps(c, indent=1))
+
+
+def save_model_dir(model, dst) -> Path:
+    """A torch model as the Hugging Face folder Optimum reads."""
+    dst = Path(dst)
+    model.save_pretrained(dst)
+    _v4_config(dst)
+    return dst
+
+
+def _run_optimum(spec: dict, env: Path | None) -> None:
+    env = env or optimum_env()
+    if env is None:
+        raise RuntimeError("Optimum's environment is missing: bash scripts/optimum-env.sh")
+    run_env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(env), os.environ.get("PYTHONPATH", "")]))
+    r = subprocess.run([sys.executable, str(Path(__file__).with_name("optimum_run.py")), json.dumps(spec)],
+                       env=run_env, capture_output=True, text=True, timeout=900)
+    if r.returncode != 0:
+        raise RuntimeError(f"Optimum's export of {spec['model']} failed:\n{r.stderr[-3000:]}")
+
+
+def causal_lm_dir(arch: str, dst) -> Path:
+    """The corpus model `arch` (seed 0) with a language-model head, as a Hugging Face folder: what Optimum's
+    text-generation tasks export (the head's own weights are transformers' seeded initialization, or tied)."""
+    import torch
+    import transformers
+
+    from trtrun.export import load_torch_model
+
+    name, overrides = model_args(arch)
+    base = load_torch_model(name, overrides=overrides, seed=0)
+    torch.manual_seed(0)
+    lm = transformers.AutoModelForCausalLM.from_config(base.config, attn_implementation="eager")
+    lm.base_model.load_state_dict(base.state_dict())
+    return save_model_dir(lm.float().eval(), dst)
+
+
+def optimum_export(model_dir, out_dir, levels=OPTIMUM_LEVELS, env: Path | None = None,
+                   task: str = "feature-extraction") -> dict:
+    """Optimum's export of a Hugging Face folder (and its ORTOptimizer levels): {variant: model.onnx path}.
+    The library (transformers or sentence_transformers) is Optimum's own choice from the folder."""
+    out_dir = Path(out_dir)
+    _run_optimum({"model": str(model_dir), "out": str(out_dir), "levels": list(levels), "task": task}, env)
+    return {"optimum": out_dir / "plain" / "model.onnx",
+            **{f"optimum-{lv}": out_dir / lv / "model.onnx" for lv in levels}}
+
+
+# sentence-transformers' own ONNX backend (through Optimum) and its dynamic int8 export for a CPU configuration
+ST_ONNX_VARIANTS = ("st-onnx", "st-qint8-avx512_vnni")
+
+
+def st_onnx_export(model_dir, out_dir, env: Path | None = None) -> dict:
+    """sentence-transformers' ONNX files of a sentence-transformers folder: {variant: path}."""
+    out_dir = Path(out_dir)
+    configs = [v.split("st-qint8-")[1] for v in ST_ONNX_VARIANTS if v.startswith("st-qint8-")]
+    _run_optimum({"model": str(model_dir), "out": str(out_dir), "sentence_transformers": configs}, env)
+    onnx_dir = out_dir / "st" / "onnx"
+    return {"st-onnx": onnx_dir / "model.onnx", **{f"st-qint8-{c}": onnx_dir / f"model_qint8_{c}.onnx" for c in configs}}
 
 
 def make_variant(variant: str, src, dst, arch: str) -> Path:

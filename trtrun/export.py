@@ -232,8 +232,13 @@ def _randomize(torch, model, seed):
                 p.copy_(0.02 * noise)
 
 
-def _load_model(torch, transformers, source, overrides, seed, allow_large=False):
-    attn = {"attn_implementation": "eager"}
+ATTENTION = ("eager", "sdpa")
+
+
+def _load_model(torch, transformers, source, overrides, seed, allow_large=False, attention="eager"):
+    if attention not in ATTENTION:
+        raise ValueError(f"attention must be one of {ATTENTION}, got {attention!r}")
+    attn = {"attn_implementation": attention}
     if str(source) in EXPORT_ARCHS:
         config = _make_config(transformers, str(source), overrides or {})
         check_rope(config, source)
@@ -290,19 +295,21 @@ def gguf_file(path: Path) -> Path | None:
     return None
 
 
-def load_torch_model(source, *, overrides: dict | None = None, seed: int = 0, allow_large: bool = False):
-    """The PyTorch model `export_model` would export (fp32, eval mode, eager attention).
+def load_torch_model(source, *, overrides: dict | None = None, seed: int = 0, allow_large: bool = False,
+                     attention: str = "eager"):
+    """The PyTorch model `export_model` would export (fp32, eval mode).
 
     The same weights for the same (source, overrides, seed): tests and the GPU baseline compare
-    against it. allow_large: as for export_model.
+    against it. allow_large, attention: as for export_model.
     """
     torch, transformers = _import_torch()
-    model, _ = _load_model(torch, transformers, source, overrides, seed, allow_large)
+    model, _ = _load_model(torch, transformers, source, overrides, seed, allow_large, attention)
     return model
 
 
 def export_model(source, out_path, *, exporter: str = "torchscript", opset: int | None = None,
-                 overrides: dict | None = None, seed: int = 0, allow_large: bool = False) -> Path:
+                 overrides: dict | None = None, seed: int = 0, allow_large: bool = False,
+                 attention: str = "eager") -> Path:
     """Export `source` to ONNX at `out_path`, in fp32, and return the path.
 
     source: a Hugging Face model directory or a named architecture (random weights from `seed`;
@@ -311,6 +318,9 @@ def export_model(source, out_path, *, exporter: str = "torchscript", opset: int 
     MAX_RANDOM_WEIGHT_BYTES (4 GiB) is refused with a ModelTooLargeError (an InputError) before they are
     allocated, unless allow_large. exporter: "torchscript" (torch.onnx.export(dynamo=False), opset 17 by default, 14..20
     accepted) or "dynamo" (torch.export with dynamic batch and sequence Dims; opset 18 by default).
+    attention: the attention implementation transformers traces: "eager" (explicit matmul, softmax, matmul) or
+    "sdpa" (torch's scaled_dot_product_attention, transformers' default and so what most other exports hold;
+    not every architecture has it). The builder takes both.
     """
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
@@ -327,7 +337,7 @@ def export_model(source, out_path, *, exporter: str = "torchscript", opset: int 
         raise missing("onnxscript", "the dynamo exporter (--exporter dynamo)")
     torch, transformers = _import_torch()
 
-    model, config = _load_model(torch, transformers, source, overrides, seed, allow_large)
+    model, config = _load_model(torch, transformers, source, overrides, seed, allow_large, attention)
     has_tt = getattr(config, "type_vocab_size", 0) and config.model_type != "gpt2"
     # Inputs passed positionally to the wrapper, then by keyword to the HF model (positional use
     # maps them onto other parameters), with use_cache=False so no past-key-values are returned.

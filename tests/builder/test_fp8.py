@@ -592,3 +592,34 @@ def test_gpu_lowering_refuses_fp8_shapes_cublaslt_cannot_take(fp8_plans):
             continue
         with pytest.raises(PlanError, match=rf"op '{lin['name']}'.*fp8 weight of {shape[0]} x {shape[1]}.*multiples of 16"):
             check_gpu_support(fake)
+
+
+def test_linears_cuBLASLt_cannot_run_in_fp8_stay_hybrid(tmp_path, real_text_batches):
+    """cuBLASLt's fp8 GEMMs need K and N multiples of 16: with an MLP 200 wide (200 = 12 * 16 + 8), `--precision
+    fp8` keeps the two MLP Linears hybrid, names them and why, and the plan is mixed; the precision search never
+    gives them fp8. The GPU lowering would refuse them in fp8 (docs/runtime.md)."""
+    pytest.importorskip("transformers")
+    from conftest import TINY
+    from trtrun.builder import build
+    from trtrun.export import export_model
+
+    path = export_model("bert-base", tmp_path / "m.onnx", overrides={**TINY, "intermediate_size": 200}, seed=0)
+    logs = []
+    plan = build(path, precision="fp8", log=logs.append)
+    lin = {op["name"]: op for op in plan.ops if op["type"] == "Linear"}
+    narrow = {n for n, op in lin.items() if 200 in plan.weights[op["weights"]["weight"]].shape}
+    assert len(narrow) == 4  # two layers, up and down projections
+    assert all(lin[n]["precision"] == "hybrid" for n in narrow)
+    assert all(op["precision"] == "fp8" for n, op in lin.items() if n not in narrow)
+    assert plan.precision == "mixed"
+    kept = plan.header["builder"]["fp8"]["kept_hybrid"]
+    assert set(kept) == narrow and all("multiples of 16" in why for why in kept.values())
+    assert any("kept hybrid" in line for line in logs)
+
+    batches = real_text_batches("bert")
+    plan = build(path, precision="auto", min_cosine=0.5, calib=batches[:1], holdout=batches[1:], log=logs.append)
+    lin = {op["name"]: op for op in plan.ops if op["type"] == "Linear"}
+    assert all(lin[n]["precision"] != "fp8" for n in narrow)
+    assert any(op["precision"] == "fp8" for op in lin.values())  # a loose budget: the others take fp8
+    per_op = plan.header["builder"]["precision_search"]["ops"]
+    assert all("multiples of 16" in per_op[n]["no_fp8"] for n in narrow)

@@ -15,8 +15,10 @@ import os
 import numpy as np
 import pytest
 
-from producers_corpus import (INT8, NEW_ARCHS, REFUSED, VARIANTS, export_new_arch, make_variant,
-                              sentence_transformers_export, tokenizer_files)
+from producers_corpus import (BERT_FAMILY, INT8, NEW_ARCHS, OPTIMUM_NO_LEVELS, OPTIMUM_VARIANTS, REFUSED, SDPA_NONE,
+                              SDPA_VARIANTS, VARIANTS, export_new_arch, make_variant, model_args, optimum_env,
+                              ST_ONNX_VARIANTS, optimum_export, optimum_variants, save_model_dir,
+                              sentence_transformers_export, st_onnx_export, tokenizer_files)
 from trtrun.types import PRECISIONS
 
 _RESULTS: dict = {}
@@ -25,8 +27,11 @@ _PLAIN_OPS: dict = {}
 
 def _cells():
     for arch in ("bert", "gpt2", *NEW_ARCHS):
-        for variant in ("torchscript", "dynamo", *VARIANTS):
+        for variant in ("torchscript", "dynamo", *SDPA_VARIANTS, *OPTIMUM_VARIANTS, *VARIANTS):
             if variant in VARIANTS and arch not in VARIANTS[variant][1]:
+                continue
+            if (variant in SDPA_VARIANTS and arch in SDPA_NONE) or \
+                    (variant in OPTIMUM_VARIANTS and variant not in optimum_variants(arch)):
                 continue
             if (arch in REFUSED or arch == "qwen2") and variant != "torchscript":
                 continue  # refused before the exporter matters; Qwen2's graphs are Llama's (+ q/k/v biases)
@@ -43,8 +48,25 @@ def corpus(exported, tmp_path_factory):
 
     def get(arch, variant):
         key = (arch, variant)
+        if key not in cache and variant in OPTIMUM_VARIANTS:
+            env = _optimum_env()
+            from trtrun.export import load_torch_model
+
+            name, overrides = model_args(arch)
+            hf = save_model_dir(load_torch_model(name, overrides=overrides, seed=0), root / arch / "hf")
+            levels = () if arch in OPTIMUM_NO_LEVELS else tuple(v.split("-")[1] for v in OPTIMUM_VARIANTS[1:])
+            for v, path in optimum_export(hf, root / arch / "optimum", levels, env).items():
+                cache[(arch, v)] = path
         if key not in cache:
-            if arch in NEW_ARCHS and variant in ("torchscript", "dynamo"):
+            if variant in SDPA_VARIANTS:
+                pytest.importorskip("transformers")
+                from trtrun.export import export_model
+
+                name, overrides = model_args(arch)
+                exporter = "dynamo" if variant == "sdpa-dynamo" else "torchscript"
+                cache[key] = export_model(name, root / arch / variant / "model.onnx", exporter=exporter,
+                                          overrides=overrides, seed=0, attention="sdpa")
+            elif arch in NEW_ARCHS and variant in ("torchscript", "dynamo"):
                 pytest.importorskip("transformers")
                 cache[key] = export_new_arch(arch, root / arch / variant / "model.onnx", variant)
             elif variant in ("torchscript", "dynamo"):
@@ -56,6 +78,23 @@ def corpus(exported, tmp_path_factory):
         return cache[key]
 
     return get
+
+
+def _minilm_dir():
+    """The real MiniLM's sentence-transformers folder in the data folder, or a skip saying how to fetch it."""
+    from conftest import _data_dir
+
+    d = _data_dir() / "minilm"
+    if not (d / "modules.json").exists():
+        pytest.skip(f"MiniLM is not in the data folder ({d}); fetch it with ../shared/data/get-data.sh")
+    return d
+
+
+def _optimum_env():
+    env = optimum_env()
+    if env is None:
+        pytest.skip("Optimum's environment is missing: bash scripts/optimum-env.sh (CI installs it)")
+    return env
 
 
 def _feeds(names, vocab=1000):
@@ -131,9 +170,10 @@ def test_producer_matrix(corpus, exported, arch, variant, precision):
         assert any("com.microsoft" in c for c in plan.source["conversions"])
     if variant != "torchscript":
         # Other exporters' files and fused, converted and quantized ones reach the same GPU program as the plain
-        # torchscript export (the same ops in the same order with the same kernel-choosing attributes, operands
-        # and weight dtypes): that they then run at the same speed rests on this. Architectures the GPU runtime
-        # does not run yet (gpu_missing) have no program to compare.
+        # torchscript export (the same ops with the same kernel-choosing attributes, operands and weight dtypes;
+        # independent ops, as GPT-NeoX's parallel attention and MLP, may come in another order): that they then
+        # run at the same speed rests on this. Architectures the GPU runtime does not run yet (gpu_missing) have
+        # no program to compare.
         if (arch, precision) not in _PLAIN_OPS:
             try:
                 _PLAIN_OPS[(arch, precision)] = _gpu_program(trtrun.build(corpus(arch, "torchscript"),
@@ -143,14 +183,22 @@ def test_producer_matrix(corpus, exported, arch, variant, precision):
         if _PLAIN_OPS[(arch, precision)] is None:
             return
         got, want = _gpu_program(plan), _PLAIN_OPS[(arch, precision)]
-        if variant in ("ort-O3", "ort-O4"):  # their files approximate GELU by tanh: another epilogue, same cost
-            got, want = (repr(p).replace("'gelu_erf'", "'gelu_tanh'") for p in (got, want))
+        if variant in _TANH_GELU:
+            got, want = _tanh(got), _tanh(want)
         assert got == want
 
 
-def _gpu_program(plan) -> list:
-    """What the GPU runtime is given to run, names aside: each lowered op's attributes, which operands it has,
-    and its weights' roles, dtypes and shapes."""
+_TANH_GELU = ("ort-O3", "ort-O4", "optimum-O3")  # files approximating GELU by tanh: another epilogue, same cost
+
+
+def _tanh(program):
+    return sorted(op.replace("'gelu_erf'", "'gelu_tanh'") for op in program)
+
+
+def _gpu_program(plan, token_types: bool = True) -> list:
+    """What the GPU runtime is given to run, names aside, as a sorted list (a multiset) of its ops: each lowered
+    op's attributes, which operands it has, and its weights' roles, dtypes and shapes. token_types=False: not
+    whether the Embedding reads token_type_ids (without them it adds the table's row 0: the same kernel)."""
     from trtrun.runtime.lower import lower_plan
 
     low = lower_plan(plan)
@@ -158,10 +206,11 @@ def _gpu_program(plan) -> list:
     def attr(v):  # float attributes are data (an fp16 file holds its epsilon rounded to fp16), not the kernel
         return f"{v:.3g}" if isinstance(v, float) else str(v)
 
-    return [(sorted((k, attr(v)) for k, v in op.items() if k not in ("name", "inputs", "outputs", "weights")),
-             [i >= 0 for i in op["inputs"]], [o >= 0 for o in op["outputs"]],
-             sorted((role, arrays[j].dtype.name, arrays[j].shape) for role, j in op["weights"].items()))
-            for op in low["ops"]]
+    return sorted(repr((sorted((k, attr(v)) for k, v in op.items() if k not in ("name", "inputs", "outputs", "weights")),
+                        [i >= 0 for i in op["inputs"]][:None if token_types or op["type"] != "Embedding" else 1],
+                        [o >= 0 for o in op["outputs"]],
+                        sorted((role, arrays[j].dtype.name, arrays[j].shape) for role, j in op["weights"].items())))
+                  for op in low["ops"])
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -179,13 +228,16 @@ def _write_matrix():
 
 
 # ---------------------------------------------------------------------- the real MiniLM, hybrid
-@pytest.mark.parametrize("variant", ["ort-O2", "fp16-io32", "int8-dynamic", "ort-O2-int8-dynamic"])
-def test_minilm_variants(exported, tmp_path, variant):
+@pytest.mark.parametrize("variant", ["ort-O2", "fp16-io32", "int8-dynamic", "ort-O2-int8-dynamic", *ST_ONNX_VARIANTS])
+def test_minilm_variants(exported, tmp_path, request, variant):
     import trtrun
     from trtrun.reference import ReferenceBackend
 
     src = exported("minilm")
-    path = make_variant(variant, src, tmp_path / "model.onnx", "minilm")
+    if variant in ST_ONNX_VARIANTS:
+        path = request.getfixturevalue("minilm_st_onnx")[variant]
+    else:
+        path = make_variant(variant, src, tmp_path / "model.onnx", "minilm")
     plan = trtrun.build(path, precision="hybrid")
     feeds, mask = _feeds([i["name"] for i in plan.inputs], vocab=30000)
     y = ReferenceBackend(plan).run(feeds)[plan.outputs[0]["name"]]
@@ -194,7 +246,7 @@ def test_minilm_variants(exported, tmp_path, variant):
     _RESULTS[f"minilm|{variant}|hybrid"] = {"ok": True, "cos": cos, "nan": int(np.isnan(y).sum())}
     assert not np.isnan(y).any()
     assert _gpu_program(plan) == _gpu_program(trtrun.build(src, precision="hybrid"))  # the same kernels as the plain export
-    if variant not in INT8:
+    if variant not in INT8 and "qint8" not in variant:
         assert cos >= 0.9999  # real weights: hybrid on a plain export reaches 0.99999+ per token
         return
     # int8 weights move MiniLM's token states by themselves: onnxruntime on the int8 file reaches only ~0.88
@@ -204,6 +256,116 @@ def test_minilm_variants(exported, tmp_path, variant):
     same = _ort(path, feeds)
     assert cos >= worst_token_cosine(same, ref, mask) - 1e-3
     assert worst_token_cosine(y, same, mask) >= 0.98
+
+
+@pytest.fixture(scope="module")
+def minilm_optimum(tmp_path_factory):
+    """The real MiniLM folder through Optimum (which exports it as a sentence-transformers model, from its
+    modules.json: token_embeddings and the pooled, normalized sentence_embedding) and its O1-O3 levels."""
+    return optimum_export(_minilm_dir(), tmp_path_factory.mktemp("minilm-optimum"), env=_optimum_env())
+
+
+@pytest.mark.parametrize("variant", OPTIMUM_VARIANTS)
+def test_minilm_optimum(exported, minilm_optimum, variant):
+    """Real MiniLM as Optimum writes it: the token states against onnxruntime fp32 on the plain export, the
+    pooled output against onnxruntime on the same file, and the same GPU program as the plain export."""
+    import trtrun
+    from trtrun.reference import ReferenceBackend
+
+    src, path = exported("minilm"), minilm_optimum[variant]
+    plan = trtrun.build(path, precision="hybrid")
+    assert [o["name"] for o in plan.outputs] == ["token_embeddings", "sentence_embedding"]
+    feeds, mask = _feeds(["input_ids", "attention_mask", "token_type_ids"], vocab=30000)  # the export has all 3
+    out = ReferenceBackend(plan).run({i["name"]: feeds[i["name"]] for i in plan.inputs})
+    y = out["token_embeddings"]
+    cos = worst_token_cosine(y, _ort(src, feeds), mask)
+    _RESULTS[f"minilm|{variant}|hybrid"] = {"ok": True, "cos": cos, "nan": int(np.isnan(y).sum())}
+    assert not np.isnan(y).any()
+    assert cos >= 0.9999  # as the other MiniLM variants: hybrid on real weights reaches 0.99999+ per token
+    import onnxruntime as ort
+
+    s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    ref = s.run(["sentence_embedding"], {k: v for k, v in feeds.items() if k in {i.name for i in s.get_inputs()}})[0]
+    a, b = out["sentence_embedding"].astype(np.float64), ref.astype(np.float64)
+    assert ((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).min() >= 0.9999
+    tokens = trtrun.build(path, precision="hybrid", outputs=["token_embeddings"])
+    # Optimum's sentence-transformers export has no token_type_ids input
+    got, want = _gpu_program(tokens, False), _gpu_program(trtrun.build(src, precision="hybrid"), False)
+    if variant in _TANH_GELU:
+        got, want = _tanh(got), _tanh(want)
+    assert got == want
+
+
+@pytest.fixture(scope="module")
+def minilm_st_onnx(tmp_path_factory):
+    """The real MiniLM through sentence-transformers' own ONNX backend: its model.onnx and its dynamic int8
+    file for avx512_vnni (which also quantizes attention's two activation MatMuls), as the Hub carries them."""
+    return st_onnx_export(_minilm_dir(), tmp_path_factory.mktemp("minilm-st-onnx"), env=_optimum_env())
+
+
+@pytest.fixture(scope="module")
+def bert_family(tmp_path_factory):
+    """bert_family(arch) -> {variant: path}: torch.onnx with eager and sdpa attention, and Optimum's O2."""
+    from producers_corpus import bert_family_dir
+    from trtrun.export import export_model
+
+    root, cache = tmp_path_factory.mktemp("bert-family"), {}
+
+    def get(arch):
+        if arch not in cache:
+            hf = bert_family_dir(arch, root / arch / "hf")
+            cache[arch] = {a: export_model(hf, root / arch / f"{a}.onnx", attention=a) for a in ("eager", "sdpa")}
+            if optimum_env() is not None:
+                cache[arch]["optimum-O2"] = optimum_export(hf, root / arch / "optimum", ("O2",))["optimum-O2"]
+        return cache[arch]
+
+    return get
+
+
+@pytest.mark.parametrize("variant", ["sdpa", "optimum-O2"])
+@pytest.mark.parametrize("arch", list(BERT_FAMILY))
+def test_bert_family_producers(bert_family, arch, variant):
+    """RoBERTa, XLM-R, DistilBERT, ELECTRA and ALBERT as users' tools write them: transformers' default (sdpa)
+    attention through torch.onnx, and Optimum's O2 file, against onnxruntime on the eager export; hybrid, and
+    the same GPU program as the eager export."""
+    import trtrun
+    from trtrun.reference import ReferenceBackend
+
+    files = bert_family(arch)
+    if variant not in files:
+        _optimum_env()
+    plan = trtrun.build(files[variant], precision="hybrid")
+    feeds, mask = _feeds(["input_ids", "attention_mask", "token_type_ids"])
+    y = ReferenceBackend(plan).run({i["name"]: feeds[i["name"]] for i in plan.inputs})[plan.outputs[0]["name"]]
+    cos = worst_token_cosine(y, _ort(files["eager"], feeds), mask)
+    _RESULTS[f"{arch}|{variant}|hybrid"] = {"ok": True, "cos": cos, "nan": int(np.isnan(y).sum())}
+    assert cos >= 0.9999  # hybrid, as the matrix
+    assert _gpu_program(plan, False) == _gpu_program(trtrun.build(files["eager"], precision="hybrid"), False)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_optimum_decoder_tasks(tmp_path, arch):
+    """Decoders as Optimum exports them for generation: `text-generation` (logits from the LM head) builds and
+    matches onnxruntime on the file; `text-generation-with-past` (its default: a key/value cache in and out) is
+    refused in one line that says how to export without the cache."""
+    import trtrun
+    from producers_corpus import causal_lm_dir
+    from trtrun.reference import ReferenceBackend
+
+    env = _optimum_env()
+    hf = causal_lm_dir(arch, tmp_path / "hf")
+    path = optimum_export(hf, tmp_path / "lm", levels=(), env=env, task="text-generation")["optimum"]
+    plan = trtrun.build(path, precision="hybrid")
+    assert [o["name"] for o in plan.outputs] == ["logits"]
+    feeds, mask = _feeds([i["name"] for i in plan.inputs])
+    y = ReferenceBackend(plan).run(feeds)["logits"]
+    positions = np.broadcast_to(np.arange(mask.shape[1]), mask.shape).astype(np.int64)
+    ref = _ort(path, {**feeds, "position_ids": positions})  # the plan's positions: arange, as transformers'
+    assert y.shape == ref.shape and y.shape[-1] > 30000
+    assert worst_token_cosine(y, ref, mask) >= 0.9999  # hybrid, as the token states
+    cached = optimum_export(hf, tmp_path / "past", levels=(), env=env, task="text-generation-with-past")["optimum"]
+    with pytest.raises(trtrun.ModelError, match="key/value cache.*--task text-generation"):
+        trtrun.build(cached)
 
 
 # ---------------------------------------------------------------------- outputs
@@ -254,6 +416,33 @@ def test_outputs_subset_and_unknown(st_tiny):
     assert not any(o["type"] == "Pool" for o in plan.ops)
     with pytest.raises(ValueError, match="no output 'nope'.*token_embeddings, sentence_embedding"):
         trtrun.build(st_tiny, outputs=["nope"])
+
+
+def test_keep_outputs(st_tiny, tmp_path):
+    """Plan.keep_outputs: a built plan narrowed to some of its outputs computes them exactly as before, with the
+    ops and weights they need only (the Embedder drops a Pool this way)."""
+    import trtrun
+    from trtrun.reference import ReferenceBackend
+
+    plan = trtrun.build(st_tiny, precision="hybrid")
+    feeds, _ = _feeds(["input_ids", "attention_mask"])
+    full = ReferenceBackend(plan).run(feeds)
+    tokens = plan.keep_outputs(["token_embeddings"])
+    assert [o["name"] for o in tokens.outputs] == ["token_embeddings"]
+    assert [op["type"] for op in tokens.ops] == [op["type"] for op in plan.ops if op["type"] != "Pool"]
+    assert np.array_equal(ReferenceBackend(tokens).run(feeds)["token_embeddings"], full["token_embeddings"])
+    pooled = plan.keep_outputs(["sentence_embedding"])
+    assert np.array_equal(ReferenceBackend(pooled).run(feeds)["sentence_embedding"], full["sentence_embedding"])
+    assert plan.keep_outputs(["token_embeddings", "sentence_embedding"]) is plan
+    tokens.save(tmp_path / "t.plan")
+    assert trtrun.load_plan(tmp_path / "t.plan").weight_stats() == tokens.weight_stats()
+    with pytest.raises(ValueError, match="no output 'nope'"):
+        plan.keep_outputs(["nope"])
+
+    passthrough = trtrun.build(_export_with_mask_out(tmp_path / "m.onnx", "torchscript"), precision="fp32")
+    with pytest.raises(ValueError, match="input passed through"):
+        passthrough.keep_outputs(["mask_out"])
+    assert [o["name"] for o in passthrough.keep_outputs(["last_hidden_state"]).outputs] == ["last_hidden_state"]
 
 
 def _with_extra_output(src, dst, make):

@@ -576,3 +576,37 @@ def test_an_engine_failure_in_a_shared_batch_is_retried_alone(tiny, texts):
             assert isinstance(out[gi], EmbedResult), out[gi]
             np.testing.assert_allclose(out[gi].embeddings, e.embed(groups[gi]), atol=ATOL)
         assert len(calls) == 5  # the shared batch (7 rows), then each of the 4 groups alone
+
+
+def test_pooled_outputs_the_embedder_does_not_read_are_dropped(tiny, tmp_path, texts):
+    """A sentence-transformers export (token_embeddings and a pooled, normalized sentence_embedding, as Optimum
+    writes for such a folder): the Embedder reads the token states and pools them itself, so its plan keeps that
+    output only, and the Pool op, which the GPU runtime lacks, no longer keeps the plan off the GPU. Its vectors
+    are the plan's own sentence_embedding."""
+    pytest.importorskip("sentence_transformers")
+    from conftest import EMBED_PROFILE, EMBED_TINY
+    from producers_corpus import sentence_transformers_export, tokenizer_files
+    from trtrun.builder import build
+    from trtrun.embed import Embedder
+    from trtrun.export import load_torch_model
+    from trtrun.reference import ReferenceBackend
+    from trtrun.runtime.lower import check_gpu_support
+
+    heads = {**EMBED_TINY, "num_attention_heads": 1}  # a head size of 32: one the GPU kernels take
+    load_torch_model("bert-base", overrides=heads, seed=3).save_pretrained(tmp_path / "hf")
+    tokenizer_files(tiny["tok"], tmp_path / "hf")
+    sentence_transformers_export(tmp_path / "hf", tmp_path / "st.onnx")
+    full = build(tmp_path / "st.onnx", precision="fp32", profile=EMBED_PROFILE)
+    assert [o["name"] for o in full.outputs] == ["token_embeddings", "sentence_embedding"]
+    with pytest.raises(TrtrunError, match="Pool"):
+        check_gpu_support(full)
+    emb = Embedder(full.save(tmp_path / "st.plan"), tiny["tok"], backend="reference", truncation="truncate")
+    assert [o["name"] for o in emb.plan.outputs] == ["token_embeddings"]
+    assert not any(op["type"] == "Pool" for op in emb.plan.ops)
+    check_gpu_support(emb.plan)  # the GPU runtime takes it now
+    got = emb.embed(texts[:6])
+    ref, tok = ReferenceBackend(full), data.load_tokenizer(tiny["tok"])
+    for text, vec in zip(texts[:6], got):
+        feeds = data.encode(tok, [text], SEQ_MAX)
+        want = ref.run({k: v for k, v in feeds.items() if k in {i["name"] for i in full.inputs}})["sentence_embedding"]
+        np.testing.assert_allclose(vec, want[0], atol=ATOL)

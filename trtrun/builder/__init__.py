@@ -30,7 +30,7 @@ from .fuse_residual import fuse_residual
 from .fuse_rmsnorm import fuse_rmsnorm
 from .gelu_form import GELU_CHOICES, choose_gelu_form
 from .input_roles import assign_input_roles, fixed_dims, reexport_hint
-from .load import default_opset, load_model
+from .load import default_opset, is_ort_onnx_op, load_model
 from .lower import lower, resolve_profile
 from .lower_contrib import lower_contrib
 from .precision import LN_INPUTS, PRECISIONS, pin_precision
@@ -141,10 +141,11 @@ def build(onnx_path, *, precision: str = "hybrid", profile=None, save_onnx=None,
         if progress:
             progress(name, done, total)
 
-    model = load_model(onnx_path)
+    load_notes = []
+    model = load_model(onnx_path, notes=load_notes)
     opset = default_opset(model)
     producer = " ".join(x for x in (model.producer_name, model.producer_version) if x)
-    input_notes = assign_input_roles(model, onnx_path)
+    input_notes = load_notes + assign_input_roles(model, onnx_path)
     fixed = fixed_dims(model, onnx_path)
     step("load")
     model, conversions = producer_forms(model)
@@ -265,7 +266,8 @@ def _needs_producer_passes(model) -> bool:
     import onnx
 
     quant = {"DequantizeLinear", "QuantizeLinear", "DynamicQuantizeLinear", "MatMulInteger"}
-    if any(n.domain == "com.microsoft" or n.op_type in quant or
+    opset = default_opset(model)
+    if any(n.domain == "com.microsoft" or n.op_type in quant or is_ort_onnx_op(n, opset) or
            (n.op_type == "Cast" and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT16 for a in n.attribute))
            for n in model.graph.node):
         return True

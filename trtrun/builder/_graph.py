@@ -41,7 +41,8 @@ def producer(t):
 
 
 def consumers(t) -> list:
-    return list(t.outputs)
+    """The nodes that read t, each once (gs lists a node once per input slot: Mul(t, t) twice)."""
+    return list({id(n): n for n in t.outputs}.values())
 
 
 def const_value(t):

@@ -2,7 +2,9 @@
 
 Two producers' spellings (onnxruntime.quantization):
 - dynamic (`quantize_dynamic`): `DynamicQuantizeLinear(x) -> MatMulInteger(xq, Wq, x_zp, W_zp) -> Cast(float)
-  -> Mul(., x_scale * W_scale)` becomes `MatMul(x, (Wq - W_zp) * W_scale)`; a quantized embedding table read
+  -> Mul(., x_scale * W_scale)` becomes `MatMul(x, (Wq - W_zp) * W_scale)`, and where both operands are
+  activations quantized at run time (attention's two MatMuls, in Optimum's avx512/arm64 configurations)
+  `MatMul(x, y)`; a quantized embedding table read
   by `Gather` then `DequantizeLinear` becomes a Gather from the dequantized table; onnxruntime's contrib
   `DynamicQuantizeMatMul`, `MatMulIntegerToFloat` and `QAttention` become MatMul / Attention on dequantized
   weights (lower_contrib lowers the Attention);
@@ -59,8 +61,9 @@ def dequantize(graph) -> dict:
             elif _fake_quant(graph, n):
                 count("activation QuantizeLinear/DequantizeLinear pairs removed")
         elif n.op == "MatMulInteger":
-            if _matmul_integer(graph, n):
-                count("MatMulInteger weights")
+            kind = _matmul_integer(graph, n)
+            if kind:
+                count(f"MatMulInteger {kind}")
         elif n.domain == _MS and n.op in ("DynamicQuantizeMatMul", "MatMulIntegerToFloat"):
             _contrib_matmul(graph, n)
             count(f"{n.op} weights")
@@ -271,29 +274,38 @@ def _dynamic_source(graph, t):
     return p.inputs[0], p
 
 
-def _matmul_integer(graph, n) -> bool:
+def _matmul_integer(graph, n) -> str | None:
+    """MatMulInteger(xq, Wq) -> Cast -> Mul(x_scale * W_scale) as MatMul(x, W): "weights". With the second
+    operand an activation quantized at run time too (Optimum's and sentence-transformers' avx512/arm64 files
+    quantize attention's Q.K^T and P.V so), MatMul(x, y): "activations". None where the form differs."""
     x, dql = _dynamic_source(graph, n.inputs[0])
-    _, Wq, _, Wz = _const_inputs(n, 4)
-    if x is None or Wq is None or Wq.ndim != 2 or len(n.inputs) < 3 or n.inputs[2] is not dql.outputs[2]:
-        return False  # x @ W only where xq's zero point is the one DynamicQuantizeLinear gave it
+    if x is None or len(n.inputs) < 3 or n.inputs[2] is not dql.outputs[2]:
+        return None  # x @ W only where xq's zero point is the one DynamicQuantizeLinear gave it
+    y, dql_y = _dynamic_source(graph, n.inputs[1])
     cast = _only(n.outputs[0], "Cast")
     mul = _only(cast.outputs[0], "Mul") if cast is not None else None
     if mul is None:
-        return False
+        return None
     other = mul.inputs[1] if mul.inputs[0] is cast.outputs[0] else mul.inputs[0]
     sm = G.producer(other)
     if sm is None or sm.op != "Mul" or dql.outputs[1] not in sm.inputs:
-        return False
-    Ws = G.const_value(sm.inputs[1] if sm.inputs[0] is dql.outputs[1] else sm.inputs[0])
-    if Ws is None:
-        return False
-    W = _dq_value(Wq, Ws, Wz, axis=1)
+        return None
+    second = sm.inputs[1] if sm.inputs[0] is dql.outputs[1] else sm.inputs[0]
+    if dql_y is not None:
+        if len(n.inputs) < 4 or n.inputs[3] is not dql_y.outputs[2] or second is not dql_y.outputs[1]:
+            return None
+        rhs, kind = y, "activations"
+    else:
+        _, Wq, _, Wz = _const_inputs(n, 4)
+        Ws = G.const_value(second)
+        if Wq is None or Wq.ndim != 2 or Ws is None:
+            return None
+        rhs, kind = G.new_constant(graph, n.inputs[1].name + ".dequantized", _dq_value(Wq, Ws, Wz, axis=1)), "weights"
     out = mul.outputs[0]
     mul.outputs.clear()
-    graph.nodes.append(G.gs().Node("MatMul", G.unique_name(graph, n.name + ".dequantized"),
-                                   inputs=[x, G.new_constant(graph, n.inputs[1].name + ".dequantized", W)],
+    graph.nodes.append(G.gs().Node("MatMul", G.unique_name(graph, n.name + ".dequantized"), inputs=[x, rhs],
                                    outputs=[out]))
-    return True
+    return kind
 
 
 def _contrib_matmul(graph, n):

@@ -69,7 +69,7 @@ def _match(graph, sm, facts, ctx) -> dict:
     r = facts.rank(logits)
     if r != 4 or int(sm.attrs.get("axis", -1)) not in (-1, 3):
         raise _NoMatch
-    P = sm.outputs[0]
+    P = _past_nan_guard(sm.outputs[0])
     pv = _only_consumer(P)
     if pv is None or pv.op != "MatMul" or pv.inputs[0] is not P:
         raise _NoMatch
@@ -132,7 +132,35 @@ def _match(graph, sm, facts, ctx) -> dict:
     causal, use_mask = _mask_semantics(graph, sm, facts, qk, logits, chain_scale,
                                        rel.get("graph_values", rel["values"]) if rel else None, window)
     return dict(H=H, D=D, Hkv=Hkv, rot=rot, rel=rel, scale=scale, causal=causal, use_mask=use_mask, y=y, window=window,
-                srcs=(q_src, k_src, v_src), cols=(q_cols, k_cols, v_cols), qk_norm=qk_norm)
+                srcs=(q_src, k_src, v_src), cols=(q_cols, k_cols, v_cols), qk_norm=qk_norm,
+                nan_guard=P is not sm.outputs[0])
+
+
+def _past_nan_guard(P):
+    """Where(IsNaN(P), 0, P) after the softmax P, else P. torch.onnx writes this guard after
+    scaled_dot_product_attention with a boolean mask (-inf where masked), for the rows in which every key is
+    masked (0/0) and makes them 0. The IR masks with the dtype's finite minimum, so those rows come out
+    uniform instead (as they do in the graph where its mask is finite too). Rows with a visible key are the
+    same either way, and an empty row's output never reaches a visible one: its token is a masked key for
+    every query. docs/builder.md says so."""
+    cs = G.consumers(P)
+    if len(cs) != 2:
+        return P
+    isnan = next((c for c in cs if c.op == "IsNaN"), None)
+    where = next((c for c in cs if c.op == "Where"), None)
+    if isnan is None or where is None or len(where.inputs) != 3 or where.inputs[2] is not P:
+        return P
+    cond, zero = where.inputs[0], G.const_value(where.inputs[1])
+    if cond is not isnan.outputs[0] or len(cond.outputs) != 1 or zero is None or zero.size != 1 or zero.item() != 0:
+        return P
+    return where.outputs[0]
+
+
+def _empty_rows(feed, shape, m) -> np.ndarray:
+    """[B, S, 1]: query rows in which every key is masked, under the matched semantics."""
+    B, S = shape[0], shape[1]
+    hidden = _hypothesis(feed, (B, 1, S, S), m["causal"], m["use_mask"], m["window"])
+    return hidden.all(-1)[:, 0, :, None]
 
 
 def _is_score_bias(facts, side) -> bool:
@@ -680,6 +708,8 @@ def _replace(graph, sm, facts, m):
                                 m["scale"], m["causal"], Hkv=Hkv, rot=rot, bias=rel["values"][k] if rel else None,
                                 window=m["window"], qk_norm=m["qk_norm"])
             for k, (q, f) in enumerate(zip(facts.get(qkv), facts.feeds))]
+    if m["nan_guard"]:  # rows with no visible key: 0 in the graph (-inf mask) or uniform (finite), not compared
+        ours = [np.where(_empty_rows(f, o.shape, m), g, o) for o, g, f in zip(ours, facts.get(y), facts.feeds)]
     if not agree(ours, facts.get(y)):
         raise BuildError(f"Softmax node {sm.name!r}: the attention rebuilt from it (heads {H} x {D}, "
                          f"{Hkv} K/V heads, scale {m['scale']:.6g}, causal {m['causal']}"

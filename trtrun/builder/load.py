@@ -8,6 +8,7 @@ from ..errors import ModelError, UnsupportedOpError
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 MIN_OPSET = 13  # Softmax before opset 13 normalizes over flattened trailing axes, another op.
+OLDEST_OPSET, UPGRADE_OPSET = 9, 14  # older files are converted (upgrade_opset) from as far back as OLDEST
 
 
 def _looks_like(head: bytes) -> str:
@@ -22,8 +23,9 @@ def _looks_like(head: bytes) -> str:
         return ""
 
 
-def load_model(path):
-    """Read and check an ONNX model. ModelError names the file and what is wrong with it."""
+def load_model(path, notes: list | None = None):
+    """Read and check an ONNX model. ModelError names the file and what is wrong with it. A model of an opset
+    older than MIN_OPSET is converted to UPGRADE_OPSET (upgrade_opset); `notes` gets a line saying so."""
     import onnx
 
     p = Path(path)
@@ -52,7 +54,10 @@ def load_model(path):
         try:
             # from the path: the C++ checker reads the file itself (no second serialization of
             # hundreds of MB of weights); full_check=False: shape inference runs in simplify
-            onnx.checker.check_model(str(p))
+            if any(is_ort_onnx_op(n, default_opset(model)) for n in model.graph.node):
+                _check_with_ort_ops(model)
+            else:
+                onnx.checker.check_model(str(p))
         except onnx.checker.ValidationError as e:
             if "topologically sorted" not in str(e):
                 raise
@@ -66,10 +71,46 @@ def load_model(path):
     except Exception as e:
         msg = str(e).strip().splitlines()
         raise ModelError(f"{p}: malformed ONNX model: {msg[0] if msg else type(e).__name__}") from None
-    check_opset(model, p)
+    model = upgrade_opset(model, p, notes)
     check_inputs(model, p)
     check_ops(model)
     return model
+
+
+# Ops onnxruntime registers in the ONNX domain that ONNX itself does not have (at the model's opset), with
+# the opset from which ONNX has its own: its optimizer writes them there (SimplifiedLayerNormalization is
+# RMSNorm; LayerNormalization below opset 17). lower_contrib lowers them with its com.microsoft ops.
+_ORT_ONNX_DOMAIN = {"SimplifiedLayerNormalization": None, "LayerNormalization": 17}
+
+
+def is_ort_onnx_op(node, opset) -> bool:
+    """An onnxruntime op written in the ONNX domain (a NodeProto or a gs.Node)."""
+    op = getattr(node, "op_type", None) or getattr(node, "op", None)
+    if node.domain not in ("", "ai.onnx") or op not in _ORT_ONNX_DOMAIN:
+        return False
+    since = _ORT_ONNX_DOMAIN[op]
+    return since is None or (opset or 0) < since
+
+
+def _check_with_ort_ops(model) -> None:
+    """onnx's checker rejects onnxruntime's ONNX-domain ops as unregistered: check with them moved to
+    com.microsoft (which it does not check), then put them back (onnxruntime runs them where they are)."""
+    import onnx
+
+    opset = default_opset(model)
+    moved = [n for n in model.graph.node if is_ort_onnx_op(n, opset)]
+    added = not any(o.domain == "com.microsoft" for o in model.opset_import)
+    for n in moved:
+        n.domain = "com.microsoft"
+    if added:
+        model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+    try:
+        onnx.checker.check_model(model)
+    finally:
+        for n in moved:
+            n.domain = ""
+        if added:
+            del model.opset_import[-1]
 
 
 def load_external_data(model, p) -> None:
@@ -100,13 +141,33 @@ def load_external_data(model, p) -> None:
             raise ModelError(f"{p}: cannot read external data: {type(e).__name__}: {e}") from None
 
 
-def check_opset(model, p) -> None:
+def upgrade_opset(model, p, notes: list | None = None):
+    """The model at UPGRADE_OPSET if its opset is older than MIN_OPSET (older exporters and tools wrote 11 and
+    12), by onnx's version converter; the model itself otherwise. ModelError for no default opset, one older
+    than OLDEST_OPSET, or a model the converter cannot take."""
     opset = default_opset(model)
     if opset is None:
         raise ModelError(f"{p}: opset_import: the model imports no default ('' / ai.onnx) opset")
-    if opset < MIN_OPSET:
-        raise ModelError(f"{p}: opset_import: opset {opset} is older than {MIN_OPSET}; re-export with "
-                         f"opset {MIN_OPSET} or newer")
+    if opset >= MIN_OPSET:
+        return model
+    redo = f"re-export with opset {MIN_OPSET} or newer"
+    if opset < OLDEST_OPSET:
+        raise ModelError(f"{p}: opset_import: opset {opset} is older than {OLDEST_OPSET}; {redo}")
+    import onnx
+    from onnx import version_converter
+
+    try:
+        up = version_converter.convert_version(model, UPGRADE_OPSET)
+        onnx.checker.check_model(up)
+    except Exception as e:  # the converter's C++ errors come as RuntimeError, ValueError, ...
+        msg = str(e).strip().splitlines()
+        raise ModelError(f"{p}: opset {opset} could not be converted to {UPGRADE_OPSET} by onnx's version converter "
+                         f"({msg[0] if msg else type(e).__name__}); {redo}") from None
+    for key in ("producer_name", "producer_version"):
+        setattr(up, key, getattr(model, key))
+    if notes is not None:
+        notes.append(f"opset {opset} converted to {UPGRADE_OPSET} by onnx's version converter")
+    return up
 
 
 def default_opset(model) -> int | None:
@@ -125,6 +186,12 @@ def check_inputs(model, p) -> None:
         if i.name in inits:
             continue
         tt = i.type.tensor_type
+        if "past" in i.name.lower() and tt.elem_type not in (onnx.TensorProto.INT64, onnx.TensorProto.INT32):
+            # Optimum's text-generation-with-past (its default for decoders) and other exports for generation
+            raise ModelError(f"{p}: graph input {i.name!r} is a key/value cache: trtrun runs whole sequences "
+                             f"(embedding, scoring), not token-by-token generation; export without the cache "
+                             f"(optimum-cli export onnx --task text-generation or feature-extraction; torch.onnx "
+                             f"with use_cache=False; trtrun export)")
         if tt.elem_type not in (onnx.TensorProto.INT64, onnx.TensorProto.INT32):
             raise ModelError(f"{p}: graph input {i.name!r} has element type "
                              f"{onnx.TensorProto.DataType.Name(tt.elem_type)}; token ids and masks are "
@@ -142,7 +209,7 @@ def check_ops(model) -> None:
     import onnx
 
     for n in model.graph.node:
-        if n.domain == "com.microsoft":
+        if n.domain == "com.microsoft" or is_ort_onnx_op(n, default_opset(model)):
             continue  # onnxruntime's fused ops: lower_contrib lowers them or names what it cannot
         if n.domain not in ("", "ai.onnx") or not onnx.defs.has(n.op_type):
             dom = n.domain or "ai.onnx"

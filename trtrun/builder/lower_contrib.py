@@ -11,6 +11,13 @@ then turn into the same IR ops (and the same kernels and precision rules) as a p
     Attention(x, W, bias?, mask_index?)                   -> MatMul + bias, Split, heads, Softmax, MatMul
     MultiHeadAttention(q, k, v, bias?, key_padding_mask?) (or packed QKV [B,S,H,3,D]) -> the same
     BiasGelu, Gelu, FastGelu, GemmFastGelu, BiasAdd, FusedMatMul -> their elementwise formulas
+    SimplifiedLayerNormalization(x, gamma), SkipSimplifiedLayerNormalization(x, skip, gamma, bias?)
+                                                         -> RMSNorm (of x + bias + skip, + the sum output)
+    LayerNormalization below opset 17                     -> the LayerNorm decomposition
+    QuickGelu with alpha 1                                -> x * Sigmoid(x) (SiLU)
+
+SimplifiedLayerNormalization and (below opset 17) LayerNormalization are onnxruntime ops it registers in the
+ONNX domain; load_model lets them through its check, and they are lowered here with the com.microsoft ones.
 
 Semantics follow onnxruntime's contrib-op schemas: SkipLayerNormalization's epsilon defaults to 1e-12,
 Attention's scale to 1/sqrt(head size) and its mask_filter_value to -10000; `unidirectional=1` is a causal
@@ -21,7 +28,7 @@ key lengths describe, the two agree; for others trtrun follows the original mode
 Confirmed by values: onnxruntime runs the graph before and after the rewrite on the probe inputs, and
 every rewritten node's outputs must agree (probe.agree) on the batch rows whose mask is right-padded (all
 rows when no key-length mask is involved). Forms the IR cannot express (past state, attention bias,
-rotary, RMS normalization, QuickGelu's sigmoid, cross-attention, 3-D masks) stop the build with an
+rotary, QuickGelu's sigmoid with alpha other than 1, cross-attention, 3-D masks) stop the build with an
 UnsupportedOpError naming the node and what is unsupported.
 """
 
@@ -33,15 +40,14 @@ import numpy as np
 
 from ..errors import BuildError, UnsupportedOpError
 from . import _graph as G
+from .load import is_ort_onnx_op
 from .probe import agree, make_feeds, run_graph
 
 DOMAIN = "com.microsoft"
 _MASK_FILTER = -10000.0
 # what each refused op is, for its one-line error
 _REFUSED = {
-    "SkipSimplifiedLayerNormalization": "RMS normalization (no mean subtraction) is not an IR op",
-    "SimplifiedLayerNormalization": "RMS normalization (no mean subtraction) is not an IR op",
-    "QuickGelu": "x * sigmoid(alpha * x) is not an IR activation (IR: gelu_erf, gelu_tanh)",
+    "QuickGelu": "x * sigmoid(alpha * x) with alpha != 1 is not an IR activation (IR: gelu_erf, gelu_tanh, silu)",
     "RotaryEmbedding": "rotary position embeddings are not in the IR",
     "GroupQueryAttention": "grouped-query attention with a KV cache is not in the IR",
     "BiasSplitGelu": "a split-GELU gate is not an IR activation",
@@ -54,18 +60,18 @@ class _Refuse(Exception):
 
 def lower_contrib(graph) -> dict:
     """Rewrite every com.microsoft node; returns {op type: count} of what was lowered."""
-    nodes = [n for n in graph.nodes if n.domain == DOMAIN]
+    nodes = [n for n in graph.nodes if n.domain == DOMAIN or is_ort_onnx_op(n, graph.opset)]
     if not nodes:
         return {}
     for n in nodes:
         if n.op not in _LOWER:
             why = _REFUSED.get(n.op, "an onnxruntime contrib op trtrun does not lower")
-            raise UnsupportedOpError(n.op, n.name, f"domain {DOMAIN!r}: {why}")
+            raise UnsupportedOpError(n.op, n.name, f"domain {n.domain or DOMAIN!r}: {why}")
     for n in nodes:  # what attributes and inputs alone refuse, before onnxruntime runs anything
         try:
             _static_refusal(n)
         except _Refuse as e:
-            raise UnsupportedOpError(n.op, n.name, f"domain {DOMAIN!r}: {e}") from None
+            raise UnsupportedOpError(n.op, n.name, f"domain {n.domain or DOMAIN!r}: {e}") from None
     opset = graph.opset
     feeds = make_feeds(graph)
     # their inputs and outputs, and the inputs of what computes their inputs (a mask's source)
@@ -80,7 +86,7 @@ def lower_contrib(graph) -> dict:
         try:
             outs = _LOWER[n.op](ctx, n)
         except _Refuse as e:
-            raise UnsupportedOpError(n.op, n.name, f"domain {DOMAIN!r}: {e}") from None
+            raise UnsupportedOpError(n.op, n.name, f"domain {n.domain or DOMAIN!r}: {e}") from None
         checks.append((n, outs))
         counts[n.op] = counts.get(n.op, 0) + 1
     G.finish(graph)
@@ -190,6 +196,17 @@ def _gelu(ctx, name, x, form, out):
     return ctx.op("Mul", name + ".half", [h, _float_const(ctx, name + ".05", np.float32(0.5))], out)
 
 
+def _rmsnorm(ctx, name, x, gamma, eps, out):
+    """The RMSNorm decomposition fuse_rmsnorm recognizes: x / sqrt(mean(x * x) + eps) * gamma."""
+    sq = ctx.op("Mul", name + ".sq", [x, x])
+    ms = ctx.op("ReduceMean", name + ".ms", [sq], attrs={"axes": [-1], "keepdims": 1}) if ctx.opset < 18 else \
+        ctx.op("ReduceMean", name + ".ms", [sq, ctx.const(name + ".axes", np.array([-1], np.int64))],
+               attrs={"keepdims": 1})
+    r = ctx.op("Sqrt", name + ".sqrt", [ctx.op("Add", name + ".eps", [ms, _float_const(ctx, name + ".epsilon",
+                                                                                     np.float32(eps))])])
+    return ctx.op("Mul", name + ".gamma", [ctx.op("Div", name + ".div", [x, r]), gamma], out)
+
+
 def _need_unused(node, names_idx: dict):
     for i, what in names_idx.items():
         if i < len(node.outputs) and not node.outputs[i].is_empty() and node.outputs[i].outputs:
@@ -197,22 +214,66 @@ def _need_unused(node, names_idx: dict):
 
 
 # ---------------------------------------------------------------------- the ops
-def _skip_layernorm(ctx, n):
-    x, skip, gamma = n.inputs[0], n.inputs[1], n.inputs[2]
-    beta, bias = _present(n, 3), _present(n, 4)
-    _need_unused(n, {1: "mean", 2: "inv_std_var"})
-    if ctx.shape(skip) != ctx.shape(x):
-        raise _Refuse(f"a skip input of shape {list(ctx.shape(skip))} broadcast over the input "
-                      f"{list(ctx.shape(x))} is not a residual")
-    eps = float(n.attrs.get("epsilon", 1e-12))
+def _skip_norm(rms: bool):
+    """SkipLayerNormalization(x, skip, gamma, beta?, bias?) -> LayerNorm(x + bias + skip), or with rms
+    SkipSimplifiedLayerNormalization(x, skip, gamma, bias?) -> RMSNorm(x + bias + skip); the sum is output 3."""
+    def lower(ctx, n):
+        x, skip, gamma = n.inputs[0], n.inputs[1], n.inputs[2]
+        beta, bias = (None, _present(n, 3)) if rms else (_present(n, 3), _present(n, 4))
+        _need_unused(n, {1: "mean", 2: "inv_std_var"})
+        if ctx.shape(skip) != ctx.shape(x):
+            raise _Refuse(f"a skip input of shape {list(ctx.shape(skip))} broadcast over the input "
+                          f"{list(ctx.shape(x))} is not a residual")
+        eps = float(n.attrs.get("epsilon", 1e-12))
+        outs = _take_outputs(ctx, n)
+        name = n.name or ("skip_simplified_layernorm" if rms else "skip_layernorm")
+        if bias is not None:
+            x = _add(ctx, name + ".bias", x, bias)
+        s_out = outs[3] if len(outs) > 3 and not outs[3].is_empty() else None
+        s = _add(ctx, name + ".skip", x, skip, s_out)
+        if rms:
+            _rmsnorm(ctx, name, s, gamma, eps, outs[0])
+        else:
+            _layernorm(ctx, name, s, gamma, beta, eps, outs[0])
+        return [outs[0]] + ([s_out] if s_out is not None else [])
+    return lower
+
+
+def _simplified_layernorm(ctx, n):
+    """SimplifiedLayerNormalization(x, gamma): RMSNorm over the last axis (onnxruntime registers it in the
+    ONNX domain). Its statistics outputs must be unused."""
+    x, gamma = n.inputs[0], n.inputs[1]
+    _need_unused(n, {1: "inv_std_var"})
+    if int(n.attrs.get("axis", -1)) not in (-1, ctx.rank(x) - 1):
+        raise _Refuse(f"axis {n.attrs.get('axis')}: only the last axis is an IR RMSNorm")
     outs = _take_outputs(ctx, n)
-    name = n.name or "skip_layernorm"
-    if bias is not None:
-        x = _add(ctx, name + ".bias", x, bias)
-    s_out = outs[3] if len(outs) > 3 and not outs[3].is_empty() else None
-    s = _add(ctx, name + ".skip", x, skip, s_out)
-    _layernorm(ctx, name, s, gamma, beta, eps, outs[0])
-    return [outs[0]] + ([s_out] if s_out is not None else [])
+    _rmsnorm(ctx, n.name or "simplified_layernorm", x, gamma, float(n.attrs.get("epsilon", 1e-5)), outs[0])
+    return [outs[0]]
+
+
+def _layernorm_op(ctx, n):
+    """LayerNormalization below opset 17, as onnxruntime registers it in the ONNX domain: the same formula as
+    ONNX's, with its statistics outputs unused."""
+    x, gamma, beta = n.inputs[0], n.inputs[1], _present(n, 2)
+    _need_unused(n, {1: "mean", 2: "inv_std_var"})
+    if int(n.attrs.get("axis", -1)) not in (-1, ctx.rank(x) - 1):
+        raise _Refuse(f"axis {n.attrs.get('axis')}: only the last axis is an IR LayerNorm")
+    outs = _take_outputs(ctx, n)
+    _layernorm(ctx, n.name or "layernorm", x, gamma, beta, float(n.attrs.get("epsilon", 1e-5)), outs[0])
+    return [outs[0]]
+
+
+def _quick_gelu(ctx, n):
+    """QuickGelu(x) = x * sigmoid(alpha * x). onnxruntime's optimizer writes it with alpha 1 for SiLU (Llama's
+    MLP), which is an IR activation; CLIP's 1.702 is not."""
+    alpha = float(n.attrs.get("alpha", 1.702))
+    if alpha != 1.0:
+        raise _Refuse(f"alpha {alpha:g}: x * sigmoid(alpha * x) is an IR activation (silu) only for alpha 1")
+    x = n.inputs[0]
+    outs = _take_outputs(ctx, n)
+    name = n.name or "quick_gelu"
+    ctx.op("Mul", name + ".silu", [x, ctx.op("Sigmoid", name + ".sigmoid", [x])], outs[0])
+    return [outs[0]]
 
 
 def _embed_layernorm(ctx, n):
@@ -471,7 +532,11 @@ def _fused_matmul(ctx, n):
 
 
 _LOWER = {
-    "SkipLayerNormalization": _skip_layernorm,
+    "SkipLayerNormalization": _skip_norm(rms=False),
+    "SkipSimplifiedLayerNormalization": _skip_norm(rms=True),
+    "SimplifiedLayerNormalization": _simplified_layernorm,
+    "LayerNormalization": _layernorm_op,
+    "QuickGelu": _quick_gelu,
     "EmbedLayerNormalization": _embed_layernorm,
     "Attention": _attention,
     "MultiHeadAttention": _multihead_attention,

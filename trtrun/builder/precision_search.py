@@ -45,7 +45,7 @@ import numpy as np
 from ..errors import BuildError
 from ..types import FP8
 from .cost_model import CostModel, gemm_shape
-from .quantize_fp8 import LINEAR_CHOICES, assign_precisions, calibrate, linear_ops
+from .quantize_fp8 import LINEAR_CHOICES, assign_precisions, calibrate, fp8_refusal, linear_ops
 
 BUDGET_BINS = 4000
 MAX_ROUNDS = 4
@@ -319,7 +319,12 @@ def finish_fp8(header_h, weights_h, weights_32, *, weight_scale="channel", activ
         if log:
             log(f"calibrated {len(x_amax)} activation scales on {_samples(calib)} samples of "
                 f"{calib_name or 'text'} in {time.perf_counter() - t:.1f}s")
-    choice = {op["name"]: FP8 for op in linear_ops(header_h)}
+    kept = {op["name"]: why for op in linear_ops(header_h) if (why := fp8_refusal(op, weights_32))}
+    choice = {op["name"]: "hybrid" if op["name"] in kept else FP8 for op in linear_ops(header_h)}
+    if kept:
+        info["kept_hybrid"] = kept
+        if log:
+            log(f"{len(kept)} Linear(s) kept hybrid (fp16): " + "; ".join(f"{k}: {v}" for k, v in kept.items()))
     header, weights = assign_precisions(header_h, weights_h, weights_32, choice, weight_scale=weight_scale,
                                         x_amax=x_amax)
     header.setdefault("builder", {})["fp8"] = info
@@ -355,8 +360,10 @@ def knapsack(loss: list[dict], cost: list[dict], budget: float, bins: int = BUDG
         keys = list(loss[i])
         for j, p in enumerate(keys):
             d = loss[i][p]
+            if not math.isfinite(d):  # no such choice for this layer (an fp8 GEMM cuBLASLt cannot run)
+                continue
             q = 0 if d <= 0 else (math.ceil(d / step - 1e-9) if budget > 0 else bins + 1)
-            if q > bins or not math.isfinite(d):
+            if q > bins:
                 continue
             cand = np.full(bins + 1, INF)
             cand[q:] = best[:bins + 1 - q] + cost[i][p]
@@ -434,14 +441,15 @@ def search(header_h, weights_h, header_32, weights_32, *, min_cosine: float | No
         d0 = 1.0 - a / t
         var = []  # per Linear: {precision: delta^2 [positions, runners-up]}
     index = {op["name"]: i for i, op in enumerate(base.ops)}
-    loss, cost, per_op = [], [], {}
+    loss, cost, per_op, no_fp8_ops = [], [], {}, {}
     for k, op in enumerate(linears):
         shape = gemm_shape(op, header_h["profile"], weights_32)
         c = {p: cm.cost(*shape, p) for p in LINEAR_CHOICES}
         d = {"fp32": 0.0}
         v = {"fp32": 0.0}
         flips = {}
-        for p in (FP8, "hybrid"):
+        no_fp8 = fp8_refusal(op, weights_32)
+        for p in ("hybrid",) if no_fp8 else (FP8, "hybrid"):
             variant = _plan(*make({**all32, op["name"]: p}))
             # from the op that writes this Linear's input on: in the variant that input may be fp16 (rounded by
             # its producer), everything before it is base's
@@ -454,14 +462,19 @@ def search(header_h, weights_h, header_32, weights_32, *, min_cosine: float | No
                 v[p] = model.variance(out)
                 a, t = top1_agreement(out, out_base, calib, logits)
                 flips[p] = t - a
+        if no_fp8:  # no fp8 candidate: its fp8 entries are the hybrid ones, and the knapsack's loss is inf
+            d[FP8], v[FP8], flips[FP8] = math.inf, v.get("hybrid", 0.0), flips.get("hybrid", 0)
+            no_fp8_ops[op["name"]] = no_fp8
         if kind == "top1":
             var.append(v)
         loss.append(d)
         cost.append(c)
         del variant
         per_op[op["name"]] = {"mnk": list(shape), "cost_us": {p: float(f"{v:.4g}") for p, v in c.items()}}
+        if no_fp8:
+            per_op[op["name"]]["no_fp8"] = no_fp8
         if kind == "cosine":
-            per_op[op["name"]]["loss"] = {p: float(f"{v:.3g}") for p, v in d.items()}
+            per_op[op["name"]]["loss"] = {p: float(f"{v:.3g}") for p, v in d.items() if math.isfinite(v)}
             log(f"sensitivity {k + 1}/{len(linears)} {op['name']}: 1-cos fp8 {d[FP8]:.2e}, fp16 {d['hybrid']:.2e}")
         else:
             per_op[op["name"]]["margin_var"] = {p: float(f"{float(np.mean(v[p])):.3g}") for p in (FP8, "hybrid")}
@@ -481,6 +494,8 @@ def search(header_h, weights_h, header_32, weights_32, *, min_cosine: float | No
         for i, vv in enumerate(var):
             loss[i] = {p: (0.0 if p == "fp32" else float(np.sum(w * np.where(np.isfinite(vv[p]), vv[p], 1e300))))
                        for p in LINEAR_CHOICES}
+            if names[i] in no_fp8_ops:
+                loss[i][FP8] = math.inf
 
         def predict(pick):  # predicted disagreement with fp32 (1 - top-1)
             V = sum((var[i][p] for i, p in enumerate(pick) if p != "fp32"), np.zeros_like(model.margin))
@@ -559,7 +574,7 @@ def search(header_h, weights_h, header_32, weights_32, *, min_cosine: float | No
         "other_ops_loss": float(f"{d0:.3g}"),
         "cost_model": cm.source, "cost_estimated": cm.estimated,
         "cost_us": total_cost(chosen), "cost_us_all_hybrid": hybrid_cost,
-        "cost_us_all_fp8": total_cost([FP8] * len(names)),
+        "cost_us_all_fp8": total_cost(["hybrid" if n in no_fp8_ops else FP8 for n in names]),
         "predicted": float(f"{1 - predict(chosen):.7f}"),
         **rec, "fallback": fallback,
         "counts": {p: chosen.count(p) for p in LINEAR_CHOICES},

@@ -33,6 +33,16 @@ def linear_ops(header: dict) -> list[dict]:
     return [op for op in header["ops"] if op["type"] == "Linear"]
 
 
+def fp8_refusal(op: dict, weights: dict) -> str | None:
+    """Why this Linear cannot be fp8 on the GPU, or None: cuBLASLt's fp8 GEMMs need 16-byte leading dimensions,
+    so its weight's K and N must be multiples of 16 (a vocabulary projection of 50257 columns is not). Such a
+    Linear stays hybrid in fp8 plans and is no fp8 candidate for the precision search."""
+    k, n = (int(d) for d in weights[op["weights"]["weight"]].shape)
+    if k % 16 or n % 16:
+        return f"its weight is {k} x {n}: cuBLASLt's fp8 GEMMs need both multiples of 16"
+    return None
+
+
 def calibrate(plan, batches) -> dict[str, float]:
     """{Linear op name: amax of |x|} over the valid tokens (attention_mask 1) of every batch, running `plan`
     on the reference backend. Batches are dicts of token-id arrays (trtrun.data.encode's). The maximum over

@@ -30,12 +30,44 @@ def simplify(model):
     remove_identities(graph)
     graph.fold_constants(fold_shapes=True, error_ok=True)
     G.finish(graph)
+    if fold_static_shape_values(graph):
+        graph.fold_constants(fold_shapes=True, error_ok=True)
+        G.finish(graph)
     remove_noop_casts(graph)
+    unflatten_softmax(graph)
     return G.finish(graph)
 
 
+def unflatten_softmax(graph) -> int:
+    """Reshape(Softmax(Flatten(x, axis=r-1)), Shape(x)) -> Softmax(x, axis=-1).
+
+    A Softmax of an opset before 13 normalizes over the trailing axes flattened from its axis on; onnx's version
+    converter writes it as this Flatten/Softmax/Reshape. Over the last axis alone that is the softmax of each
+    row, the form the attention pass reads."""
+    gs = G.gs()
+    n_done = 0
+    for sm in [n for n in graph.nodes if n.op == "Softmax"]:
+        flat = G.producer(sm.inputs[0])
+        cs = G.consumers(sm.outputs[0])
+        if flat is None or flat.op != "Flatten" or len(cs) != 1 or cs[0].op != "Reshape":
+            continue
+        x, reshape = flat.inputs[0], cs[0]
+        shape = G.producer(reshape.inputs[1])
+        rank = len(x.shape) if x.shape is not None else None
+        if (rank is None or int(flat.attrs.get("axis", 1)) not in (rank - 1, -1) or int(sm.attrs.get("axis", -1))
+                not in (1, -1) or shape is None or shape.op != "Shape" or shape.inputs[0] is not x or shape.attrs):
+            continue
+        y = reshape.outputs[0]
+        reshape.outputs.clear()
+        graph.nodes.append(gs.Node("Softmax", G.unique_name(graph, sm.name or "softmax"), attrs={"axis": -1},
+                                   inputs=[x], outputs=[y]))
+        n_done += 1
+    G.finish(graph)
+    return n_done
+
+
 def infer_shapes(model, max_const_elems: int = 1024) -> None:
-    """ONNX shape inference (with data propagation), its value_info added to `model` in place.
+    """ONNX shape inference (with data propagation), its value_info written into `model` in place.
 
     Inference runs on a copy whose large initializers (the weights) are declared as typed graph
     inputs instead: shapes need only their types and dims, and serializing hundreds of MB of weights
@@ -52,7 +84,6 @@ def infer_shapes(model, max_const_elems: int = 1024) -> None:
     g.node.extend(model.graph.node)
     g.input.extend(model.graph.input)
     g.output.extend(model.graph.output)
-    g.value_info.extend(model.graph.value_info)
     declared = {i.name for i in model.graph.input}
     for init in model.graph.initializer:
         n = 1
@@ -66,10 +97,13 @@ def infer_shapes(model, max_const_elems: int = 1024) -> None:
         inferred = onnx.shape_inference.infer_shapes(light, data_prop=True)
     except Exception:
         return
-    known = {v.name for v in model.graph.value_info}
-    for v in inferred.graph.value_info:
-        if v.name not in known:
-            model.graph.value_info.append(v)
+    # what inference finds replaces the file's own value_info: a producer's placeholder dims there (onnxruntime's
+    # quantizer writes "unk__N" for every dim it could not work out) would otherwise stand where inference sees
+    # a static one, e.g. the head size an attention scale is computed from
+    found = {v.name: v for v in inferred.graph.value_info}
+    kept = [v for v in model.graph.value_info if v.name not in found]
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(kept + list(found.values()))
 
 
 def remove_identities(graph) -> int:
@@ -86,6 +120,95 @@ def remove_identities(graph) -> int:
             n_removed += 1
     G.finish(graph)
     return n_removed
+
+
+_MAX_SHAPE_ELEMS = 64
+
+
+def fold_static_shape_values(graph) -> int:
+    """Shape arithmetic whose result depends on static dims only, whatever path it takes -> constants.
+
+    onnx-graphsurgeon folds Shape -> Gather/Slice when the dims picked are static at that step; a path that
+    first gathers dynamic dims too (onnxruntime's transpose optimizer permutes a Shape with a Gather, then the
+    exporter's Slice takes the static head size: the attention scale 1/sqrt(D)) is not folded. Here each
+    integer tensor computed from a Shape carries its elements as known ints or None (dynamic) through
+    Gather, Slice, Concat, Squeeze, Unsqueeze, Identity and Cast; a tensor whose every element is known
+    becomes a constant, and the folding that follows does the rest.
+    """
+    gs = G.gs()
+    known: dict[int, list] = {}  # id(tensor) -> elements (int or None), 1-D or 0-d (one element, scalar=True)
+    scalar: set[int] = set()
+
+    def elems(t):
+        c = G.const_value(t)
+        if c is not None and c.dtype.kind in "iu" and c.ndim <= 1 and c.size <= _MAX_SHAPE_ELEMS:
+            if c.ndim == 0:
+                scalar.add(id(t))
+            return [int(v) for v in c.reshape(-1)]
+        return known.get(id(t))
+
+    def ints(t):
+        c = G.const_value(t)
+        ok = c is not None and c.dtype.kind in "iu" and c.size <= _MAX_SHAPE_ELEMS
+        return [int(v) for v in c.reshape(-1)] if ok else None
+
+    replaced = 0
+    for node in graph.nodes:  # topological order
+        out = node.outputs[0] if len(node.outputs) == 1 else None
+        if out is None:
+            continue
+        ins = [elems(i) for i in node.inputs]
+        val = None
+        if node.op == "Shape":
+            shape = node.inputs[0].shape
+            if shape is None:
+                continue
+            dims = [d if isinstance(d, int) and d >= 0 else None for d in shape]
+            start, end = int(node.attrs.get("start", 0)), node.attrs.get("end")
+            val = dims[start:None if end is None else int(end)]
+        elif node.op == "Gather" and ins[0] is not None and int(node.attrs.get("axis", 0)) == 0 \
+                and id(node.inputs[0]) not in scalar and ints(node.inputs[1]) is not None \
+                and G.const_value(node.inputs[1]).ndim <= 1:
+            idx, n = ints(node.inputs[1]), len(ins[0])
+            if any(not -n <= i < n for i in idx):
+                continue
+            val = [ins[0][i] for i in idx]
+            if G.const_value(node.inputs[1]).ndim == 0:
+                scalar.add(id(out))
+        elif node.op == "Slice" and ins[0] is not None and id(node.inputs[0]) not in scalar:
+            args = [ints(i) for i in node.inputs[1:]]
+            if any(a is None for a in args) or (len(args) > 2 and args[2] not in ([0], [-1])):
+                continue
+            step = args[3][0] if len(args) > 3 else 1
+            if step <= 0:
+                continue
+            val = ins[0][slice(args[0][0], args[1][0], step)]
+        elif node.op == "Concat" and all(v is not None for v in ins):
+            val = [e for v in ins for e in v]
+        elif node.op in ("Squeeze", "Unsqueeze", "Identity") and ins[0] is not None:
+            val = ins[0]
+            if node.op == "Squeeze" and len(val) == 1:
+                scalar.add(id(out))
+            elif node.op == "Identity" and id(node.inputs[0]) in scalar:
+                scalar.add(id(out))
+        elif node.op == "Cast" and ins[0] is not None:
+            to = node.attrs.get("to")
+            import onnx
+            if to is None or onnx.helper.tensor_dtype_to_np_dtype(int(to)).kind not in "iu":
+                continue  # a cast to float is folded by the constant folding once its input is a constant
+            val = ins[0]
+            if id(node.inputs[0]) in scalar:
+                scalar.add(id(out))
+        if val is None or len(val) > _MAX_SHAPE_ELEMS:  # shape vectors are short; a crafted Concat chain is not
+            continue
+        known[id(out)] = val
+        if node.op != "Shape" and all(v is not None for v in val) and out not in graph.outputs:
+            arr = np.array(val, np.int64)
+            arr = arr.reshape(()) if id(out) in scalar else arr
+            G.replace_uses(graph, out, gs.Constant(G.unique_name(graph, out.name + ".static"), arr))
+            replaced += 1
+    G.finish(graph)
+    return replaced
 
 
 def remove_noop_casts(graph) -> int:
@@ -113,7 +236,8 @@ def remove_noop_casts(graph) -> int:
 
 
 def remove_noop_layout(graph, facts) -> int:
-    """Reshape/Expand/Squeeze/Unsqueeze/Flatten/Cast whose output equals its input in every probe.
+    """Reshape/Expand/Squeeze/Unsqueeze/Flatten/Cast (or a Concat whose other inputs are empty) whose output
+    equals its input in every probe.
 
     Exporters write e.g. input_ids.view(-1, S) on a [B, S] input, or a final Reshape back to the
     [B, S, N] the tensor already has. Two probes of different batch and sequence sizes make a
@@ -121,12 +245,17 @@ def remove_noop_layout(graph, facts) -> int:
     """
     n_removed = 0
     for node in list(graph.nodes):
-        if node.op not in _NOOP_IF_SAME_SHAPE and not (
+        x = None
+        if node.op == "Concat" and node.outputs:
+            # a concatenation with empty tensors only besides one input: an exporter's empty key/value past
+            rest = [t for t in node.inputs if not (facts.has(t.name) and all(a.size == 0 for a in facts.get(t)))]
+            x = rest[0] if len(rest) == 1 else None
+        elif node.op in _NOOP_IF_SAME_SHAPE or (
                 node.op == "Transpose" and list(node.attrs.get("perm", [])) == sorted(node.attrs.get("perm", [0]))):
+            x = node.inputs[0] if node.inputs and node.outputs else None
+        if x is None:
             continue
-        if not node.inputs or not node.outputs:
-            continue
-        x, y = node.inputs[0], node.outputs[0]
+        y = node.outputs[0]
         if not (facts.has(x.name) and facts.has(y.name)):
             continue
         xs, ys = facts.get(x), facts.get(y)

@@ -186,8 +186,9 @@ def command(onnx_path, output, precision, profile, save_onnx, tf32, gelu, ln_inp
     if pooled:
         rest = [o["name"] for o in plan.outputs if o["name"] not in pooled]
         status(f"note: output(s) {', '.join(pooled)} come from a Pool op, which the reference backend runs but the "
-               f"GPU runtime does not yet" + (f"; for the GPU build with --outputs {','.join(rest)}" if rest else ""),
-               quiet)
+               f"GPU runtime does not yet" + (f"; the Embedder and trtrun serve read {rest[0]} and pool it "
+                                             f"themselves (on the GPU too); for other GPU runs build with --outputs "
+                                             f"{','.join(rest)}" if rest else ""), quiet)
     if save_onnx:
         status(f"wrote {save_onnx} (rewritten ONNX)", quiet)
     for line in _precision_lines(plan):

@@ -18,10 +18,13 @@ from .options import EXPORT_ARCHS, model_size_options, model_source, quiet_optio
 @click.option("--exporter", type=click.Choice(["torchscript", "dynamo"]), default="torchscript", show_default=True,
               help="torch.onnx.export(dynamo=False) or the torch.export-based dynamo exporter")
 @click.option("--opset", type=int, default=None, help="ONNX opset (default 17 torchscript, 18 dynamo; 14..20)")
+@click.option("--attention", type=click.Choice(["eager", "sdpa"]), default="eager", show_default=True,
+              help="attention transformers traces: eager (matmul, softmax, matmul) or sdpa (torch's "
+                   "scaled_dot_product_attention, transformers' default, so what most other exports hold)")
 @click.option("--seed", type=int, default=0, show_default=True, help="seed of the random weights (named architectures)")
 @model_size_options
 @quiet_option
-def command(source, output, exporter, opset, seed, allow_large, overrides, quiet):
+def command(source, output, exporter, opset, attention, seed, allow_large, overrides, quiet):
     """Export SOURCE to ONNX with dynamic batch and sequence axes.
 
     SOURCE is a Hugging Face model folder (config.json + weights, e.g. .data/minilm), a GGUF file (or a
@@ -39,6 +42,6 @@ def command(source, output, exporter, opset, seed, allow_large, overrides, quiet
     status(f"exporting {source} with the {exporter} exporter"
            + (f" (overrides: {', '.join(f'{k}={v}' for k, v in overrides.items())})" if overrides else ""), quiet)
     path = export_model(source, out, exporter=exporter, opset=opset, overrides=overrides or None, seed=seed,
-                        allow_large=allow_large)
+                        allow_large=allow_large, attention=attention)
     path = Path(path)
     status(f"wrote {path} ({human_bytes(path.stat().st_size)}) in {time.perf_counter() - t0:.1f}s", quiet)

@@ -157,8 +157,10 @@ class Embedder:
         self.gemm_search = self.context_options.gemm_search
 
         self.plan, self.plan_path, self.from_onnx = self._resolve_plan(plan_or_onnx, precision, profile, progress)
-        plan = self.plan
-        self.output = self._pick_output(plan, output)
+        self.output = self._pick_output(self.plan, output)
+        # the Embedder pools the token states itself: outputs it does not read (a pooled sentence_embedding, for
+        # which the GPU runtime has no op) are dropped, so they neither cost time nor keep the plan off the GPU
+        self.plan = plan = self.plan.keep_outputs([self.output])
         self.dim = int(self._out_shape[2])
         self.input_names = [i["name"] for i in plan.inputs]
 

@@ -256,6 +256,39 @@ class Plan:
                     f"input {name!r} has shape {(int(batch), int(seq))}: {what} {n} is outside the plan's "
                     f"profile {axis} range [{lo}, {hi}] (opt {opt}); rebuild the plan with a wider profile")
 
+    def keep_outputs(self, names) -> "Plan":
+        """This plan computing only the outputs `names` (in that order): the ops they need, the tensors and
+        weights those ops read; the inputs stay. Dropping a pooled output that way leaves the token states the
+        GPU runtime computes (it has no Pool op). The plan itself when nothing is dropped; ValueError for a name
+        that is not an output."""
+        import copy
+
+        outs = {o["name"]: o for o in self.outputs}
+        names = list(dict.fromkeys(names))
+        unknown = [n for n in names if n not in outs]
+        if unknown or not names:
+            raise ValueError(f"the plan has no output {unknown[0]!r} (it has {', '.join(outs)})" if unknown
+                             else "keep_outputs needs at least one output name")
+        if names == list(outs):
+            return self
+        need = {outs[n].get("input") or n for n in names}  # an input passed through is that input
+        ops = []
+        for op in reversed(self.ops):
+            if any(t in need for t in op["outputs"]):
+                ops.append(op)
+                need.update(t for t in op["inputs"] if t)
+        ops.reverse()
+        if not ops:
+            raise ValueError(f"outputs {', '.join(names)}: every one is an input passed through; nothing to compute")
+        header = copy.deepcopy({k: v for k, v in self.header.items() if k not in ("weights", "ops")})
+        header["ops"] = copy.deepcopy(ops)
+        header["outputs"] = [copy.deepcopy(outs[n]) for n in names]
+        used = {t for op in ops for t in (*op["inputs"], *op["outputs"]) if t}
+        used |= {i["name"] for i in self.inputs} | {o["name"] for o in header["outputs"]}
+        header["tensors"] = {t: v for t, v in header["tensors"].items() if t in used}
+        read = {w for op in ops for w in op["weights"].values()}
+        return Plan.from_parts(header, {w: a for w, a in self.weights.items() if w in read})
+
     # ------------------------------------------------------------------ inspection
     def weight_stats(self) -> dict:
         """{"count", "bytes", "by_dtype": {dtype: {"count", "bytes"}}} of the weights."""
