@@ -180,7 +180,7 @@ def render(results: dict) -> str:
 def _order(results: dict) -> dict:
     from producers_corpus import OPTIMUM_VARIANTS, SDPA_VARIANTS, ST_ONNX_VARIANTS, VARIANTS
 
-    order = ["torchscript", "dynamo", *SDPA_VARIANTS, *OPTIMUM_VARIANTS, *ST_ONNX_VARIANTS, *VARIANTS]
+    order = ["torchscript", "dynamo", "eager", *SDPA_VARIANTS, *OPTIMUM_VARIANTS, *ST_ONNX_VARIANTS, *VARIANTS]
     return dict(sorted(results.items(), key=lambda kv: (kv[0].split("|")[0],
                                                         order.index(kv[0].split("|")[1])
                                                         if kv[0].split("|")[1] in order else 99,
