@@ -110,7 +110,8 @@ FAMILY_NAMES = {"roberta": "RoBERTa", "xlm-roberta": "XLM-RoBERTa", "distilbert"
                 "phi": "Phi: partial rotary, parallel attention and MLP, LayerNorm",
                 "stablelm": "StableLM: partial rotary, LayerNorm", "olmo": "OLMo: LayerNorm without parameters",
                 "falcon": "Falcon: multi-query attention, parallel attention and MLP",
-                "starcoder2": "StarCoder2: grouped-query attention with biases, LayerNorm"}
+                "starcoder2": "StarCoder2: grouped-query attention with biases, LayerNorm",
+                "gptj": "GPT-J: partial rotary on interleaved pairs", "codegen": "CodeGen: as GPT-J, fused QKV"}
 MINILM_TITLE = "## all-MiniLM-L6-v2 through the Embedder on real text"
 SMOLLM2_TITLE = "## SmolLM2-135M-Instruct (real weights"
 

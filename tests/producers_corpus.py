@@ -246,7 +246,7 @@ def model_args(arch: str):
 # seed 0), their own folders exported by torch.onnx (eager and sdpa attention) and, for the BERT family, Optimum:
 # the rest of the BERT family, and decoders whose forms the named architectures do not cover (Gemma's and
 # Granite's scalar multipliers, Phi's and StableLM's partial rotary with LayerNorm, OLMo's LayerNorm without
-# parameters, Falcon's multi-query attention, StarCoder2's biased GQA).
+# parameters, Falcon's multi-query attention, StarCoder2's biased GQA, GPT-J's and CodeGen's interleaved rotary).
 _S = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256)
 FAMILY = {
     "roberta": ("RobertaConfig", _S),
@@ -263,6 +263,8 @@ FAMILY = {
     "falcon": ("FalconConfig", dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, multi_query=True,
                                     new_decoder_architecture=False)),
     "starcoder2": ("Starcoder2Config", dict(_S, num_key_value_heads=2)),
+    "gptj": ("GPTJConfig", dict(n_embd=128, n_layer=2, n_head=4, rotary_dim=16)),  # interleaved rotary pairs
+    "codegen": ("CodeGenConfig", dict(n_embd=128, n_layer=2, n_head=4, rotary_dim=16)),
 }
 BERT_FAMILY = ("roberta", "xlm-roberta", "distilbert", "electra", "albert")
 
