@@ -104,6 +104,14 @@ def render_smollm2(doc: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+FAMILY_NAMES = {"roberta": "RoBERTa", "xlm-roberta": "XLM-RoBERTa", "distilbert": "DistilBERT", "electra": "ELECTRA",
+                "albert": "ALBERT", "gemma": "Gemma: embeddings scaled by sqrt(hidden), GeGLU, RMSNorm (1 + w)",
+                "granite": "Granite: embedding, residual and attention multipliers",
+                "phi": "Phi: partial rotary, parallel attention and MLP, LayerNorm",
+                "stablelm": "StableLM: partial rotary, LayerNorm", "olmo": "OLMo: LayerNorm without parameters",
+                "falcon": "Falcon: multi-query attention, parallel attention and MLP",
+                "starcoder2": "StarCoder2: grouped-query attention with biases, LayerNorm",
+                "gptj": "GPT-J: partial rotary on interleaved pairs", "codegen": "CodeGen: as GPT-J, fused QKV"}
 MINILM_TITLE = "## all-MiniLM-L6-v2 through the Embedder on real text"
 SMOLLM2_TITLE = "## SmolLM2-135M-Instruct (real weights"
 
@@ -142,10 +150,9 @@ def render(results: dict) -> str:
              "modernbert": "ModernBERT (tiny, random weights: global and 16-token local attention, rotary, GeGLU, "
                            "no biases)",
              **{a: f"{n} (tiny, random weights; against onnxruntime on its eager torch.onnx export)"
-                for a, n in (("roberta", "RoBERTa"), ("xlm-roberta", "XLM-RoBERTa"), ("distilbert", "DistilBERT"),
-                             ("electra", "ELECTRA"), ("albert", "ALBERT"))}}
+                for a, n in FAMILY_NAMES.items()}}
     for arch in ("bert", "gpt2", "minilm", "llama", "qwen2", "mistral", "qwen3", "gpt-neox", "mpnet", "deberta-v2",
-                 "modernbert", "roberta", "xlm-roberta", "distilbert", "electra", "albert"):
+                 "modernbert", *FAMILY_NAMES):
         if arch not in archs:
             continue
         lines.append(f"\n## {names[arch]}\n")
@@ -174,7 +181,7 @@ def render(results: dict) -> str:
 def _order(results: dict) -> dict:
     from producers_corpus import OPTIMUM_VARIANTS, SDPA_VARIANTS, ST_ONNX_VARIANTS, VARIANTS
 
-    order = ["torchscript", "dynamo", *SDPA_VARIANTS, *OPTIMUM_VARIANTS, *ST_ONNX_VARIANTS, *VARIANTS]
+    order = ["torchscript", "dynamo", "eager", *SDPA_VARIANTS, *OPTIMUM_VARIANTS, *ST_ONNX_VARIANTS, *VARIANTS]
     return dict(sorted(results.items(), key=lambda kv: (kv[0].split("|")[0],
                                                         order.index(kv[0].split("|")[1])
                                                         if kv[0].split("|")[1] in order else 99,

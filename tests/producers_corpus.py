@@ -242,31 +242,47 @@ def model_args(arch: str):
     return {"bert": "bert-base", "gpt2": "gpt2"}[arch], dict(TINY)
 
 
-# The rest of the BERT family, tiny random configs straight from transformers (trtrun export names none of
-# them): their own folders are what torch.onnx (eager, sdpa) and Optimum export.
-BERT_FAMILY = {
-    "roberta": ("RobertaConfig", dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
-                                      intermediate_size=256)),
-    "xlm-roberta": ("XLMRobertaConfig", dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
-                                             intermediate_size=256)),
+# Architectures `trtrun export` names none of, tiny random configs straight from transformers (vocabulary 1000,
+# seed 0), their own folders exported by torch.onnx (eager and sdpa attention) and, for the BERT family, Optimum:
+# the rest of the BERT family, and decoders whose forms the named architectures do not cover (Gemma's and
+# Granite's scalar multipliers, Phi's and StableLM's partial rotary with LayerNorm, OLMo's LayerNorm without
+# parameters, Falcon's multi-query attention, StarCoder2's biased GQA, GPT-J's and CodeGen's interleaved rotary).
+_S = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256)
+FAMILY = {
+    "roberta": ("RobertaConfig", _S),
+    "xlm-roberta": ("XLMRobertaConfig", _S),
     "distilbert": ("DistilBertConfig", dict(dim=128, n_layers=2, n_heads=4, hidden_dim=256)),
-    "electra": ("ElectraConfig", dict(embedding_size=64, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
-                                      intermediate_size=256)),
-    "albert": ("AlbertConfig", dict(embedding_size=64, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
-                                    intermediate_size=256)),
+    "electra": ("ElectraConfig", dict(_S, embedding_size=64)),
+    "albert": ("AlbertConfig", dict(_S, embedding_size=64)),
+    "gemma": ("GemmaConfig", dict(_S, num_key_value_heads=2, head_dim=32)),
+    "granite": ("GraniteConfig", dict(_S, num_key_value_heads=2, embedding_multiplier=12.0, residual_multiplier=0.22,
+                                      attention_multiplier=0.0078125)),
+    "phi": ("PhiConfig", dict(_S, partial_rotary_factor=0.5)),
+    "stablelm": ("StableLmConfig", dict(_S, num_key_value_heads=4)),
+    "olmo": ("OlmoConfig", _S),
+    "falcon": ("FalconConfig", dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, multi_query=True,
+                                    new_decoder_architecture=False)),
+    "starcoder2": ("Starcoder2Config", dict(_S, num_key_value_heads=2)),
+    "gptj": ("GPTJConfig", dict(n_embd=128, n_layer=2, n_head=4, rotary_dim=16)),  # interleaved rotary pairs
+    "codegen": ("CodeGenConfig", dict(n_embd=128, n_layer=2, n_head=4, rotary_dim=16)),
 }
+BERT_FAMILY = ("roberta", "xlm-roberta", "distilbert", "electra", "albert")
 
 
-def bert_family_dir(arch: str, dst) -> Path:
-    """A tiny random-weight `arch` of BERT_FAMILY (vocabulary 1000, seed 0) as a Hugging Face folder."""
+def family_dir(arch: str, dst) -> Path:
+    """A tiny random-weight `arch` of FAMILY as a Hugging Face folder."""
     import torch
     import transformers
 
     from trtrun.export import _randomize
 
-    cls, sizes = BERT_FAMILY[arch]
+    cls, sizes = FAMILY[arch]
     torch.manual_seed(0)
-    model = transformers.AutoModel.from_config(getattr(transformers, cls)(vocab_size=1000, **sizes))
+    config = getattr(transformers, cls)(vocab_size=1000, **sizes)
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):  # some defaults lie past a vocabulary of 1000
+        if isinstance(getattr(config, key, None), int) and getattr(config, key) >= 1000:
+            setattr(config, key, 0)
+    model = transformers.AutoModel.from_config(config)
     _randomize(torch, model, 0)
     return save_model_dir(model.eval(), dst)
 

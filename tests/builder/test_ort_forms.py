@@ -1,6 +1,7 @@
-"""Forms onnxruntime's optimizer and torch's exporters write that the builder rewrites before fusing:
-onnxruntime's ONNX-domain ops (SimplifiedLayerNormalization; LayerNormalization below opset 17), its RMS and
-SiLU contrib ops, and shape arithmetic that reaches a static dim through a permutation of a Shape."""
+"""Forms onnxruntime's optimizer, torch's exporters and some architectures write that the builder rewrites
+before fusing: onnxruntime's ONNX-domain ops (SimplifiedLayerNormalization; LayerNormalization below opset 17),
+its RMS and SiLU contrib ops, shape arithmetic that reaches a static dim through a permutation of a Shape, old
+opsets, and scalar multipliers on embeddings and Linear outputs."""
 
 from __future__ import annotations
 
@@ -212,3 +213,38 @@ def test_opset_older_than_the_converter_takes_is_refused(tmp_path):
     onnx.save(m, str(tmp_path / "m.onnx"))
     with pytest.raises(trtrun.ModelError, match="opset 8 is older than 9; re-export with opset 13 or newer"):
         trtrun.build(tmp_path / "m.onnx")
+
+
+def test_constant_scales_fold_into_tables_and_weights():
+    """Gather(table) * c, MatMul(x, W) * c and (MatMul(x, W) + b) / c become the same ops on scaled constants
+    (Gemma's sqrt(hidden) embedding scale, Granite's multipliers); a table another op also reads keeps its
+    value there, and a scale on a MatMul of two activations (attention's) is left alone."""
+    G = importlib.import_module("trtrun.builder._graph")
+    S = importlib.import_module("trtrun.builder.simplify")
+    gs = G.gs()
+    rng = np.random.default_rng(0)
+    E, W, b = (rng.normal(size=s).astype(np.float32) for s in ((V, H), (H, H), (H,)))
+    ids = gs.Variable("ids", np.int64, ["B", "S"])
+    table, w, bias = gs.Constant("E", E), gs.Constant("W", W), gs.Constant("b", b)
+    t = {n: gs.Variable(n, np.float32) for n in ("e", "es", "m", "ms", "a", "as", "tied", "qk", "qks")}
+    c = lambda n, v: gs.Constant(n, np.array(v, np.float32))  # noqa: E731
+    nodes = [gs.Node("Gather", "g", inputs=[table, ids], outputs=[t["e"]]),
+             gs.Node("Mul", "g_scale", inputs=[t["e"], c("c1", 11.3)], outputs=[t["es"]]),
+             gs.Node("MatMul", "mm", inputs=[t["es"], w], outputs=[t["m"]]),
+             gs.Node("Mul", "mm_scale", inputs=[c("c2", 0.25), t["m"]], outputs=[t["ms"]]),
+             gs.Node("MatMul", "mm2", inputs=[t["ms"], w], outputs=[t["a"]]),
+             gs.Node("Add", "bias", inputs=[t["a"], bias], outputs=[t["as"]]),
+             gs.Node("Div", "div", inputs=[t["as"], c("c3", 4.0)], outputs=[t["tied"]]),
+             gs.Node("MatMul", "lm_head", inputs=[t["tied"], gs.Constant("ET", E.T.copy())], outputs=[t["qk"]]),
+             gs.Node("MatMul", "scores", inputs=[t["qk"], t["qk"]], outputs=[gs.Variable("sc", np.float32)])]
+    nodes.append(gs.Node("Mul", "score_scale", inputs=[nodes[-1].outputs[0], c("c4", 0.125)], outputs=[t["qks"]]))
+    nodes.append(gs.Node("Gather", "g2", inputs=[table, ids], outputs=[gs.Variable("other", np.float32)]))
+    graph = gs.Graph(nodes=nodes, inputs=[ids], outputs=[t["qks"], nodes[-1].outputs[0]])
+    assert S.fold_constant_scales(graph) == 3
+    ops = {n.name: n for n in graph.nodes}
+    assert "g_scale" not in ops and "mm_scale" not in ops and "div" not in ops and "score_scale" in ops
+    np.testing.assert_allclose(G.const_value(ops["g"].inputs[0]), E * np.float32(11.3), rtol=1e-6)
+    np.testing.assert_allclose(G.const_value(ops["mm"].inputs[1]), W * 0.25, rtol=1e-6)
+    np.testing.assert_allclose(G.const_value(ops["mm2"].inputs[1]), W / 4, rtol=1e-6)
+    np.testing.assert_allclose(G.const_value(ops["bias"].inputs[1]), b / 4, rtol=1e-6)
+    assert np.array_equal(G.const_value(ops["g2"].inputs[0]), E)  # the table's other reader: unscaled

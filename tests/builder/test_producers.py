@@ -15,9 +15,9 @@ import os
 import numpy as np
 import pytest
 
-from producers_corpus import (BERT_FAMILY, INT8, NEW_ARCHS, OPTIMUM_NO_LEVELS, OPTIMUM_VARIANTS, REFUSED, SDPA_NONE,
-                              SDPA_VARIANTS, VARIANTS, export_new_arch, make_variant, model_args, optimum_env,
-                              ST_ONNX_VARIANTS, optimum_export, optimum_variants, save_model_dir,
+from producers_corpus import (BERT_FAMILY, FAMILY, INT8, NEW_ARCHS, OPTIMUM_NO_LEVELS, OPTIMUM_VARIANTS, REFUSED,
+                              SDPA_NONE, SDPA_VARIANTS, ST_ONNX_VARIANTS, VARIANTS, export_new_arch, make_variant,
+                              model_args, optimum_env, optimum_export, optimum_variants, save_model_dir,
                               sentence_transformers_export, st_onnx_export, tokenizer_files)
 from trtrun.types import PRECISIONS
 
@@ -304,34 +304,35 @@ def minilm_st_onnx(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def bert_family(tmp_path_factory):
-    """bert_family(arch) -> {variant: path}: torch.onnx with eager and sdpa attention, and Optimum's O2."""
-    from producers_corpus import bert_family_dir
+def family(tmp_path_factory):
+    """family(arch) -> {variant: path}: torch.onnx with eager and sdpa attention, and for the BERT family
+    Optimum's O2."""
+    from producers_corpus import family_dir
     from trtrun.export import export_model
 
-    root, cache = tmp_path_factory.mktemp("bert-family"), {}
+    root, cache = tmp_path_factory.mktemp("family"), {}
 
     def get(arch):
         if arch not in cache:
-            hf = bert_family_dir(arch, root / arch / "hf")
+            hf = family_dir(arch, root / arch / "hf")
             cache[arch] = {a: export_model(hf, root / arch / f"{a}.onnx", attention=a) for a in ("eager", "sdpa")}
-            if optimum_env() is not None:
+            if arch in BERT_FAMILY and optimum_env() is not None:
                 cache[arch]["optimum-O2"] = optimum_export(hf, root / arch / "optimum", ("O2",))["optimum-O2"]
         return cache[arch]
 
     return get
 
 
-@pytest.mark.parametrize("variant", ["sdpa", "optimum-O2"])
-@pytest.mark.parametrize("arch", list(BERT_FAMILY))
-def test_bert_family_producers(bert_family, arch, variant):
-    """RoBERTa, XLM-R, DistilBERT, ELECTRA and ALBERT as users' tools write them: transformers' default (sdpa)
-    attention through torch.onnx, and Optimum's O2 file, against onnxruntime on the eager export; hybrid, and
-    the same GPU program as the eager export."""
+@pytest.mark.parametrize("arch,variant", [(a, v) for a in FAMILY
+                                          for v in (("sdpa", "optimum-O2") if a in BERT_FAMILY else ("eager", "sdpa"))])
+def test_family_producers(family, arch, variant):
+    """Architectures `trtrun export` does not name, as users' tools write them: the BERT family through
+    transformers' default (sdpa) attention and Optimum's O2; decoders through eager and sdpa torch.onnx. Against
+    onnxruntime on the eager export, hybrid; the same GPU program as the eager export's (where the GPU runs it)."""
     import trtrun
     from trtrun.reference import ReferenceBackend
 
-    files = bert_family(arch)
+    files = family(arch)
     if variant not in files:
         _optimum_env()
     plan = trtrun.build(files[variant], precision="hybrid")
@@ -340,7 +341,11 @@ def test_bert_family_producers(bert_family, arch, variant):
     cos = worst_token_cosine(y, _ort(files["eager"], feeds), mask)
     _RESULTS[f"{arch}|{variant}|hybrid"] = {"ok": True, "cos": cos, "nan": int(np.isnan(y).sum())}
     assert cos >= 0.9999  # hybrid, as the matrix
-    assert _gpu_program(plan, False) == _gpu_program(trtrun.build(files["eager"], precision="hybrid"), False)
+    try:
+        want = _gpu_program(trtrun.build(files["eager"], precision="hybrid"), False)
+    except trtrun.PlanError:
+        return  # a form the GPU runtime does not run yet (gpu_missing)
+    assert _gpu_program(plan, False) == want
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])

@@ -32,7 +32,7 @@ import numpy as np
 from ..errors import BuildError
 from . import _graph as G
 from .probe import agree
-from .rotary import NotRotary, apply_rotary, match_rotary, value_deps
+from .rotary import NotRotary, apply_rotary, interleave_perm, match_rotary, value_deps
 
 # Expand: grouped-query attention's repeat of each K/V head over its group of query heads (the columns are
 # read by value, so a repeat is seen as such)
@@ -109,6 +109,16 @@ def _match(graph, sm, facts, ctx) -> dict:
     if rot is not None:  # the columns are read off the values before the rotation
         qs = [apply_rotary(a, rot, 2, inverse=True) for a in qs]
         kts = [apply_rotary(a, rot, 2, inverse=True) for a in kts]
+        if rot["interleaved"]:
+            # GPT-J's pairs (2i, 2i + 1): the IR's half-split rotary of the query and key columns taken in
+            # interleave_perm order is the same rotation with the same dims permuted on both sides, and the
+            # scores, dot products over all dims, do not change
+            if qk_norm is not None:
+                raise BuildError(f"Softmax node {sm.name!r}: an interleaved rotary after a per-head q/k norm is "
+                                 f"not supported")
+            perm = interleave_perm(D, rot["dim"])
+            qs, kts = [a[..., perm] for a in qs], [a[..., perm] for a in kts]
+        rot = {**rot, "interleaved": False}  # what the IR then applies
     # columns: target [b, s, h*D + d] taken from source [b, s, col]; with a per-head norm, read before it
     if qk_norm is not None:
         q_t, k_t = _head_values(facts, q_norm, H, sm, "query"), _head_values(facts, k_norm, H, sm, "key")
@@ -314,7 +324,8 @@ def _same_rotary(sm, q_rot, k_rot):
         raise BuildError(f"Softmax node {sm.name!r}: a rotary position embedding on the "
                          f"{'query' if k_rot is None else 'key'} only; the IR rotates both or neither")
     same = q_rot["dim"] == k_rot["dim"] and abs(q_rot["scale"] - k_rot["scale"]) <= 1e-6 * q_rot["scale"] and \
-        np.allclose(q_rot["inv_freq"], k_rot["inv_freq"], rtol=0, atol=1e-6)
+        np.allclose(q_rot["inv_freq"], k_rot["inv_freq"], rtol=0, atol=1e-6) and \
+        q_rot["interleaved"] == k_rot["interleaved"]
     if not same:
         raise BuildError(f"Softmax node {sm.name!r}: the query and key are rotated differently (rotary dims "
                          f"{q_rot['dim']} and {k_rot['dim']}); the IR applies one rotary to both")

@@ -11,7 +11,8 @@ tensor t over such ops to the one activation u they rotate (the tables are whate
 values), then reads the rotation off the probe values: the dims that are not copied give R; for every
 position s and frequency i, the least-squares (c, s) of the pair rotation of (u_i, u_{i+R/2}) give the
 angle, whose value at s = 1 is inv_freq_i (every rope variant keeps inv_freq in (0, 1], so the angle at
-s = 1 is not wrapped) and whose length is the attention scaling. inv_freq is then taken exactly from the
+s = 1 is not wrapped) and whose length is the attention scaling. GPT-J and CodeGen rotate the pairs
+(u_2i, u_2i+1) instead: when the half-split fit finds no rotation, that one is tried (interleave_perm). inv_freq is then taken exactly from the
 graph's own constant when one in the tables' subgraph equals it (the model's float32 buffer), so angles at
 long positions are the model's to the last bit. The result is confirmed by recomputing t from u.
 """
@@ -85,7 +86,13 @@ def match_rotary(graph, facts, t, deps, order) -> tuple:
     u = min(cands, key=lambda x: order.get(id(G.producer(x)), -1))
     if u is t:
         raise NotRotary
-    rot = fit_rotary(facts.get(u), facts.get(t), t.name)
+    try:
+        rot = fit_rotary(facts.get(u), facts.get(t), t.name)
+    except BuildError as e:  # not a rotation of the half-split pairs: of the interleaved ones?
+        try:
+            rot = fit_rotary(facts.get(u), facts.get(t), t.name, interleaved=True)
+        except (BuildError, NotRotary):
+            raise e from None
     rot["inv_freq"] = _exact_inv_freq(tables, rot["inv_freq"])
     rot["axes"] = [_seq_axis(a, k) for k, a in enumerate(facts.get(u))]
     ours = [apply_rotary(a, rot, ax) for a, ax in zip(facts.get(u), rot["axes"])]
@@ -112,8 +119,15 @@ def _to_msd(a, axis):
     return a.reshape(-1, a.shape[-2], a.shape[-1])
 
 
-def fit_rotary(us, ts, name) -> dict:
-    """Read R, inv_freq and the scaling off u and t = rotary(u) (probe values)."""
+def interleave_perm(D: int, R: int) -> np.ndarray:
+    """The column order that makes GPT-J's interleaved rotary pairs (0, 1), (2, 3), ... of the first R of D dims
+    the half-split pairs (i, i + R/2) the IR rotates: [0, 2, ..., R-2, 1, 3, ..., R-1, R, ..., D-1]."""
+    return np.concatenate([np.arange(0, R, 2), np.arange(1, R, 2), np.arange(R, D)])
+
+
+def fit_rotary(us, ts, name, interleaved: bool = False) -> dict:
+    """Read R, inv_freq and the scaling off u and t = rotary(u) (probe values); interleaved: rotating the pairs
+    (2i, 2i + 1) (GPT-J, CodeGen) instead of (i, i + R/2)."""
     axes = [_seq_axis(u, k) for k, u in enumerate(us)]
     if [_seq_axis(t, k) for k, t in enumerate(ts)] != axes:
         raise NotRotary
@@ -127,6 +141,9 @@ def fit_rotary(us, ts, name) -> dict:
     R = int(np.nonzero(changed)[0].max()) + 1
     R += R % 2
     h = R // 2
+    if interleaved:
+        perm = interleave_perm(D, R)
+        us, ts = [np.asarray(u)[..., perm] for u in us], [np.asarray(t)[..., perm] for t in ts]
     Smax = max(u.shape[ax] for u, ax in zip(us, axes))
     num_c, num_s, den = (np.zeros((Smax, h)) for _ in range(3))
     for u, t, ax in zip(us, ts, axes):
@@ -151,7 +168,7 @@ def fit_rotary(us, ts, name) -> dict:
                          f"not a rotary embedding the IR can express")
     if abs(m - 1.0) < 1e-5:
         m = 1.0
-    return {"dim": R, "inv_freq": inv.astype(np.float32), "scale": float(np.float32(m))}
+    return {"dim": R, "inv_freq": inv.astype(np.float32), "scale": float(np.float32(m)), "interleaved": interleaved}
 
 
 def _exact_inv_freq(tables, fitted):
@@ -176,10 +193,17 @@ def _exact_inv_freq(tables, fitted):
 
 
 def apply_rotary(u, rot, axis: int, inverse: bool = False):
-    """rotary(u) in float64, positions along `axis`, rotated dims last; inverse=True undoes it."""
+    """rotary(u) in float64, positions along `axis`, rotated dims last; inverse=True undoes it. With
+    rot["interleaved"], the pairs (2i, 2i + 1) are rotated (the IR's half-split rotary between two column
+    permutations)."""
     from ..reference import rotary_tables
 
     u = np.asarray(u, np.float64)
+    if rot.get("interleaved"):
+        perm = interleave_perm(u.shape[-1], rot["dim"])
+        out = np.empty_like(u)
+        out[..., perm] = apply_rotary(u[..., perm], {**rot, "interleaved": False}, axis, inverse)
+        return out
     S = u.shape[axis]
     c, s = (a.astype(np.float64) for a in rotary_tables(S, rot["inv_freq"], rot["scale"]))
     if inverse:

@@ -35,7 +35,51 @@ def simplify(model):
         G.finish(graph)
     remove_noop_casts(graph)
     unflatten_softmax(graph)
+    fold_constant_scales(graph)
     return G.finish(graph)
+
+
+def fold_constant_scales(graph) -> int:
+    """A scalar constant multiplying (or dividing) the output of a constant-table Gather or of a MatMul by a
+    constant weight (+ a constant bias) goes into those constants: Gemma scales its embeddings by sqrt(hidden),
+    Granite its embeddings and each residual branch by a multiplier. The scaled values are new constants (a
+    tied table keeps its other readers); each product is computed in float64 and rounded once."""
+    gs = G.gs()
+    n_done = 0
+    for node in list(graph.nodes):
+        if node.op not in ("Mul", "Div") or len(node.inputs) != 2:
+            continue
+        ci = 1 if G.scalar_const(node.inputs[1]) is not None else 0 if node.op == "Mul" else None
+        if ci is None or G.scalar_const(node.inputs[ci]) is None:
+            continue
+        c = G.scalar_const(node.inputs[ci])
+        t = node.inputs[1 - ci]
+        if (node.op == "Div" and c == 0.0) or not np.isfinite(c) or len(G.consumers(t)) != 1 or t in graph.outputs:
+            continue
+        f = c if node.op == "Mul" else 1.0 / c
+        p = G.producer(t)
+        scaled = []  # (node, input index) whose constant is replaced by f times it
+        if p is not None and p.op == "Gather" and int(p.attrs.get("axis", 0)) == 0 and \
+                G.const_value(p.inputs[0]) is not None:
+            scaled = [(p, 0)]
+        elif p is not None and p.op == "Add":
+            bi = 1 if G.const_value(p.inputs[1]) is not None else 0
+            mm = G.producer(p.inputs[1 - bi])
+            if G.const_value(p.inputs[bi]) is not None and mm is not None and mm.op == "MatMul" and \
+                    G.const_value(mm.inputs[1]) is not None and len(G.consumers(mm.outputs[0])) == 1:
+                scaled = [(p, bi), (mm, 1)]
+        elif p is not None and p.op == "MatMul" and G.const_value(p.inputs[1]) is not None:
+            scaled = [(p, 1)]
+        if not scaled or any(G.const_value(n.inputs[i]).dtype.kind != "f" for n, i in scaled):
+            continue
+        for n, i in scaled:
+            v = G.const_value(n.inputs[i])
+            n.inputs[i] = gs.Constant(G.unique_name(graph, n.inputs[i].name + ".scaled"),
+                                      (v.astype(np.float64) * f).astype(v.dtype))
+        G.replace_uses(graph, node.outputs[0], t)
+        n_done += 1
+    G.finish(graph)
+    return n_done
 
 
 def unflatten_softmax(graph) -> int:
