@@ -411,6 +411,19 @@ def test_sentence_embedding_output_is_pooled(st_tiny):
     assert np.allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)  # normalized in the plan
 
 
+def test_check_takes_a_pooled_output(st_tiny, tmp_path):
+    """`trtrun check` on a file with a pooled output: its headroom pass reads every op's output per token, and a
+    Pool's [B, N] has no token axis (it failed with a numpy broadcast error)."""
+    from conftest import _data_dir
+    from trtrun.cli.main import main
+
+    tok = _data_dir() / "minilm"
+    assert main(["check", str(st_tiny), "--tokenizer", str(tok), "--max-samples", "4", "--downstream", "off",
+                 "--out", str(tmp_path / "report"), "-q"]) == 0
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["verdict"] == "pass"
+
+
 def test_outputs_subset_and_unknown(st_tiny):
     import trtrun
 
