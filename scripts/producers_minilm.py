@@ -2,6 +2,7 @@
 onnxruntime fp32 on the fp32 original (and, for int8 files, onnxruntime on that same file).
 
     python scripts/producers_minilm.py [--precision hybrid] [--rt 256] [--wiki 128] [--work DIR] [--json OUT]
+                                       [--backend reference|gpu|auto]
 
 Variants are made by the public tools in tests/producers_corpus.py from `trtrun export .data/minilm`.
 Per variant it prints the worst and mean per-text cosine of the Embedder's (mean-pooled, normalized)
@@ -47,6 +48,8 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default=None)
     ap.add_argument("--json", default=None)
     ap.add_argument("--variants", default=None, help="comma-separated subset")
+    ap.add_argument("--backend", default="reference", choices=["reference", "gpu", "auto"],
+                    help="the Embedder's backend (the acceptance on the GPU machine: gpu)")
     a = ap.parse_args(argv)
 
     import trtrun
@@ -95,15 +98,16 @@ def main(argv=None) -> int:
             plan = trtrun.build(path, precision=a.precision)
             plan_path = path.with_suffix(f".{a.precision}.plan")
             plan.save(plan_path)
-            emb = trtrun.Embedder(plan_path, minilm, backend="reference", max_seq_len=a.max_len,
-                                  truncation="truncate").embed(texts).astype(np.float64)
+            embedder = trtrun.Embedder(plan_path, minilm, backend=a.backend, max_seq_len=a.max_len,
+                                       truncation="truncate")
+            emb = embedder.embed(texts).astype(np.float64)
         except Exception as e:  # noqa: BLE001 - a report, every variant gets its line
             results[v] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0]}"}
             print(f"{v:>18}: FAILED {results[v]['error']}", flush=True)
             continue
         cos = (emb * ref).sum(1) / np.linalg.norm(emb, axis=1)
         r = {"worst": float(cos.min()), "mean": float(cos.mean()), "nan": int(np.isnan(emb).sum()),
-             "n": len(texts), "seconds": round(time.time() - t0, 1)}
+             "n": len(texts), "seconds": round(time.time() - t0, 1), "backend": embedder.backend}
         if v in INT8:
             same = ort_embeddings(path, tok, texts, a.max_len)
             c2 = (emb * same).sum(1) / np.linalg.norm(emb, axis=1)

@@ -274,10 +274,17 @@ def _load_model(torch, transformers, source, overrides, seed, allow_large=False,
         else:
             config = transformers.AutoConfig.from_pretrained(str(path))
             check_rope(config, source)
-            model = transformers.AutoModel.from_pretrained(str(path), config=config, **attn)
+            model = _model_class(transformers, config).from_pretrained(str(path), config=config, **attn)
     except (OSError, ValueError) as e:
         raise ModelError(f"{source}: cannot load the model: {e}") from e
     return model.float().eval(), config
+
+
+def _model_class(transformers, config):
+    """AutoModel, or for a T5-family folder (encoder-decoder) its encoder alone: what sentence-t5, GTR and
+    Instructor embed with (trtrun runs an encoder or a decoder, not the pair)."""
+    encoder = {"t5": "T5EncoderModel", "mt5": "MT5EncoderModel", "umt5": "UMT5EncoderModel"}.get(config.model_type)
+    return getattr(transformers, encoder, transformers.AutoModel) if encoder else transformers.AutoModel
 
 
 def gguf_file(path: Path) -> Path | None:

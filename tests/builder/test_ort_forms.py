@@ -248,3 +248,26 @@ def test_constant_scales_fold_into_tables_and_weights():
     np.testing.assert_allclose(G.const_value(ops["mm2"].inputs[1]), W / 4, rtol=1e-6)
     np.testing.assert_allclose(G.const_value(ops["bias"].inputs[1]), b / 4, rtol=1e-6)
     assert np.array_equal(G.const_value(ops["g2"].inputs[0]), E)  # the table's other reader: unscaled
+
+
+def test_constant_scales_copy_at_most_the_weights_once():
+    """Scaled copies are shared per (constant, factor) and bounded by the weights' own size: 40 Gathers of one
+    table scaled 40 ways fold until the copies would outweigh the weights, then stay Muls."""
+    G = importlib.import_module("trtrun.builder._graph")
+    S = importlib.import_module("trtrun.builder.simplify")
+    gs = G.gs()
+    ids = gs.Variable("ids", np.int64, ["B", "S"])
+    table = gs.Constant("E", np.ones((V, H), np.float32))
+    nodes, outs = [], []
+    for k in range(40):
+        e, y = gs.Variable(f"e{k}", np.float32), gs.Variable(f"y{k}", np.float32)
+        factor = 2.0 if k < 20 else 3.0 + k  # 20 readers share one copy, 20 want their own
+        nodes += [gs.Node("Gather", f"g{k}", inputs=[table, ids], outputs=[e]),
+                  gs.Node("Mul", f"m{k}", inputs=[e, gs.Constant(f"c{k}", np.array(factor, np.float32))], outputs=[y])]
+        outs.append(y)
+    graph = gs.Graph(nodes=nodes, inputs=[ids], outputs=outs)
+    folded = S.fold_constant_scales(graph)
+    left = sum(n.op == "Mul" for n in graph.nodes)
+    assert folded + left == 40 and left > 0
+    copies = {id(n.inputs[0]) for n in graph.nodes if n.op == "Gather" and n.inputs[0] is not table}
+    assert len(copies) * table.values.nbytes <= table.values.nbytes + 40 * 4  # the budget: the weights' size

@@ -348,6 +348,45 @@ def test_family_producers(family, arch, variant):
     assert _gpu_program(plan, False) == want
 
 
+def _t5_encoder(path, ffn):
+    """A tiny random T5 folder (encoder-decoder, as published) through `trtrun export`, which exports its encoder
+    (sentence-t5, GTR, Instructor embed with it)."""
+    import torch
+    import transformers
+
+    from trtrun.export import _randomize, export_model
+
+    cfg = transformers.T5Config(vocab_size=1000, d_model=128, d_kv=32, d_ff=256, num_layers=2, num_heads=4,
+                                feed_forward_proj=ffn)
+    torch.manual_seed(0)
+    model = transformers.T5Model(cfg)
+    _randomize(torch, model, 0)
+    model.save_pretrained(path.with_suffix(""))
+    return export_model(path.with_suffix(""), path)
+
+
+def test_t5_encoder(tmp_path):
+    """T5 hands every layer one tensor: its relative-position bias with the padding mask folded in
+    (Where(mask, bias, min)). The bias is read as the relative-bucket table, the mask by its effect, as for
+    MPNet. v1.1's gated-GELU MLP builds and matches onnxruntime; v1.0's ReLU MLP is refused naming the Relu."""
+    pytest.importorskip("transformers")
+    import trtrun
+    from trtrun.reference import ReferenceBackend
+
+    path = _t5_encoder(tmp_path / "t5.onnx", "gated-gelu")
+    plan = trtrun.build(path, precision="hybrid")
+    attn = [op for op in plan.ops if op["type"] == "Attention"]
+    assert len(attn) == 2 and all(op["weights"].get("relative_bias") for op in attn)
+    assert all(op["attrs"]["scale"] == 1.0 and not op["attrs"]["causal"] for op in attn)  # T5 does not scale
+    feeds, mask = _feeds(["input_ids", "attention_mask"])
+    y = ReferenceBackend(plan).run(feeds)["last_hidden_state"]
+    cos = worst_token_cosine(y, _ort(path, feeds), mask)
+    _RESULTS["t5|torchscript|hybrid"] = {"ok": True, "cos": cos, "nan": int(np.isnan(y).sum())}
+    assert cos >= 0.9999  # hybrid, as the matrix
+    with pytest.raises(trtrun.UnsupportedOpError, match="'Relu' at node"):
+        trtrun.build(_t5_encoder(tmp_path / "t5-relu.onnx", "relu"))
+
+
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_optimum_decoder_tasks(tmp_path, arch):
     """Decoders as Optimum exports them for generation: `text-generation` (logits from the LM head) builds and
@@ -409,6 +448,19 @@ def test_sentence_embedding_output_is_pooled(st_tiny):
     cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert cos.min() >= 0.9999  # hybrid vs fp32, as for the token states above
     assert np.allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)  # normalized in the plan
+
+
+def test_check_takes_a_pooled_output(st_tiny, tmp_path):
+    """`trtrun check` on a file with a pooled output: its headroom pass reads every op's output per token, and a
+    Pool's [B, N] has no token axis (it failed with a numpy broadcast error)."""
+    from conftest import _data_dir
+    from trtrun.cli.main import main
+
+    tok = _data_dir() / "minilm"
+    assert main(["check", str(st_tiny), "--tokenizer", str(tok), "--max-samples", "4", "--downstream", "off",
+                 "--out", str(tmp_path / "report"), "-q"]) == 0
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["verdict"] == "pass"
 
 
 def test_outputs_subset_and_unknown(st_tiny):

@@ -77,6 +77,7 @@ def _match(graph, sm, facts, ctx) -> dict:
 
     # score chain: logits back to the QK MatMul
     chain_scale, qk, sides = _walk_scores(logits)
+    sides = [part for side in sides for part in _mask_and_bias(graph, facts, side)]
     Q4, KT4 = qk.inputs[0], qk.inputs[1]
     bias_sides = []
     for side in sides:
@@ -171,6 +172,28 @@ def _empty_rows(feed, shape, m) -> np.ndarray:
     B, S = shape[0], shape[1]
     hidden = _hypothesis(feed, (B, 1, S, S), m["causal"], m["use_mask"], m["window"])
     return hidden.all(-1)[:, 0, :, None]
+
+
+def _mask_and_bias(graph, facts, side) -> list:
+    """[side], or the two terms of a side that is a score bias plus a mask (T5 adds the padding mask into its
+    relative-position bias once and hands the sum to every layer): each is then read on its own."""
+    p = G.producer(side)
+    if p is not None and p.op == "Where" and len(p.inputs) == 3:
+        # Where(mask, bias, fill) (T5 in transformers 5): the bias, and the Where itself as the mask side
+        terms = [t for t in p.inputs[1:] if G.const_value(t) is None]
+        if len(terms) == 1 and not facts.value_inputs(graph, terms[0]) and _is_score_bias(facts, terms[0]) \
+                and facts.value_inputs(graph, p.inputs[0]):
+            return [terms[0], side]
+        return [side]
+    if p is None or p.op != "Add" or len(p.inputs) != 2 or any(G.const_value(i) is not None for i in p.inputs):
+        return [side]
+    deps = [facts.value_inputs(graph, i) for i in p.inputs]
+    if sorted(map(bool, deps)) != [False, True]:
+        return [side]
+    bias = p.inputs[deps.index(set())]
+    if not _is_score_bias(facts, bias):
+        return [side]
+    return list(p.inputs)
 
 
 def _is_score_bias(facts, side) -> bool:

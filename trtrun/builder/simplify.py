@@ -46,6 +46,10 @@ def fold_constant_scales(graph) -> int:
     tied table keeps its other readers); each product is computed in float64 and rounded once."""
     gs = G.gs()
     n_done = 0
+    # the copies may add at most the weights' own size (a crafted file scaling one large table a thousand ways
+    # is left with its Muls, which the build then names)
+    budget = sum(t.values.nbytes for t in graph.tensors().values() if t.__class__.__name__ == "Constant")
+    cache = {}  # (constant name, factor) -> its scaled copy
     for node in list(graph.nodes):
         if node.op not in ("Mul", "Div") or len(node.inputs) != 2:
             continue
@@ -72,10 +76,17 @@ def fold_constant_scales(graph) -> int:
             scaled = [(p, 1)]
         if not scaled or any(G.const_value(n.inputs[i]).dtype.kind != "f" for n, i in scaled):
             continue
+        new = [G.const_value(n.inputs[i]).nbytes for n, i in scaled if (n.inputs[i].name, f) not in cache]
+        if sum(new) > budget:
+            continue
+        budget -= sum(new)
         for n, i in scaled:
-            v = G.const_value(n.inputs[i])
-            n.inputs[i] = gs.Constant(G.unique_name(graph, n.inputs[i].name + ".scaled"),
-                                      (v.astype(np.float64) * f).astype(v.dtype))
+            key = (n.inputs[i].name, f)
+            if key not in cache:
+                v = G.const_value(n.inputs[i])
+                cache[key] = gs.Constant(G.unique_name(graph, n.inputs[i].name + ".scaled"),
+                                         (v.astype(np.float64) * f).astype(v.dtype))
+            n.inputs[i] = cache[key]
         G.replace_uses(graph, node.outputs[0], t)
         n_done += 1
     G.finish(graph)

@@ -168,9 +168,11 @@ class HeadroomAccumulator:
             for t in op["outputs"]:
                 if not t:
                     continue
-                a = tensors[t][:B]
-                vals[self._index[(op["name"], f"output:{t}")]] = _absmax_rows(a, valid)
-                nf = _nonfinite_rows(a, valid)
+                a, v_ = tensors[t][:B], valid
+                if typ == "Pool":  # one vector per sample: no token axis to mask
+                    a, v_ = a[:, None], np.ones((B, 1), bool)
+                vals[self._index[(op["name"], f"output:{t}")]] = _absmax_rows(a, v_)
+                nf = _nonfinite_rows(a, v_)
                 first_nf = np.where((first_nf < 0) & nf, i, first_nf)
         first_of = np.full(B, -1, np.int64)
         for k, p in enumerate(self.points):
