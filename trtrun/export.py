@@ -17,9 +17,8 @@ import warnings
 from pathlib import Path
 
 from .errors import ModelError, ModelTooLargeError
-from .types import EXPORT_ARCHS, NAMED_ARCHS  # named by trtrun check and bench too; what export_model takes
+from .types import ATTENTIONS, EXPORT_ARCHS, EXPORTERS, NAMED_ARCHS  # named by check and bench too
 
-EXPORTERS = ("torchscript", "dynamo")
 # torch's TorchScript exporter: opsets we accept here. 14 is the first with the ops our graphs need
 # (Trilu for causal masks etc.), 20 the newest we check.
 OPSET_RANGE = (14, 20)
@@ -232,12 +231,9 @@ def _randomize(torch, model, seed):
                 p.copy_(0.02 * noise)
 
 
-ATTENTION = ("eager", "sdpa")
-
-
 def _load_model(torch, transformers, source, overrides, seed, allow_large=False, attention="eager"):
-    if attention not in ATTENTION:
-        raise ValueError(f"attention must be one of {ATTENTION}, got {attention!r}")
+    if attention not in ATTENTIONS:
+        raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
     attn = {"attn_implementation": attention}
     if str(source) in EXPORT_ARCHS:
         config = _make_config(transformers, str(source), overrides or {})

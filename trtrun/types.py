@@ -28,6 +28,9 @@ NAMED_ARCHS = ("bert-base", "gpt2")  # full-size architectures built from a defa
 # what export_model takes by name
 EXPORT_ARCHS = NAMED_ARCHS + ("llama", "qwen2", "mistral", "qwen3", "gpt-neox", "mpnet", "deberta-v2", "modernbert")
 
+EXPORTERS = ("torchscript", "dynamo")  # torch.onnx.export(dynamo=False), or the torch.export-based exporter
+ATTENTIONS = ("eager", "sdpa")  # the attention transformers traces for `trtrun export` (eager: the default)
+
 TEXT_SETS = ("rt", "wiki", "imdb")  # bundled text sets (trtrun.data has their files)
 
 BASELINES = ("torch-fp32", "torch-fp16", "torch-compile", "cpu")  # what `trtrun bench` compares against

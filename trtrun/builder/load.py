@@ -54,7 +54,8 @@ def load_model(path, notes: list | None = None):
         try:
             # from the path: the C++ checker reads the file itself (no second serialization of
             # hundreds of MB of weights); full_check=False: shape inference runs in simplify
-            if any(is_ort_onnx_op(n, default_opset(model)) for n in model.graph.node):
+            opset = default_opset(model)
+            if any(is_ort_onnx_op(n, opset) for n in model.graph.node):
                 _check_with_ort_ops(model)
             else:
                 onnx.checker.check_model(str(p))
@@ -98,17 +99,17 @@ def _check_with_ort_ops(model) -> None:
     import onnx
 
     opset = default_opset(model)
-    moved = [n for n in model.graph.node if is_ort_onnx_op(n, opset)]
+    moved = [(n, n.domain) for n in model.graph.node if is_ort_onnx_op(n, opset)]
     added = not any(o.domain == "com.microsoft" for o in model.opset_import)
-    for n in moved:
+    for n, _ in moved:
         n.domain = "com.microsoft"
     if added:
         model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
     try:
         onnx.checker.check_model(model)
     finally:
-        for n in moved:
-            n.domain = ""
+        for n, domain in moved:
+            n.domain = domain
         if added:
             del model.opset_import[-1]
 
@@ -208,8 +209,9 @@ def check_ops(model) -> None:
     graph in onnxruntime to probe it)."""
     import onnx
 
+    opset = default_opset(model)
     for n in model.graph.node:
-        if n.domain == "com.microsoft" or is_ort_onnx_op(n, default_opset(model)):
+        if n.domain == "com.microsoft" or is_ort_onnx_op(n, opset):
             continue  # onnxruntime's fused ops: lower_contrib lowers them or names what it cannot
         if n.domain not in ("", "ai.onnx") or not onnx.defs.has(n.op_type):
             dom = n.domain or "ai.onnx"

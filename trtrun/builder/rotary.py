@@ -12,9 +12,10 @@ values), then reads the rotation off the probe values: the dims that are not cop
 position s and frequency i, the least-squares (c, s) of the pair rotation of (u_i, u_{i+R/2}) give the
 angle, whose value at s = 1 is inv_freq_i (every rope variant keeps inv_freq in (0, 1], so the angle at
 s = 1 is not wrapped) and whose length is the attention scaling. GPT-J and CodeGen rotate the pairs
-(u_2i, u_2i+1) instead: when the half-split fit finds no rotation, that one is tried (interleave_perm). inv_freq is then taken exactly from the
-graph's own constant when one in the tables' subgraph equals it (the model's float32 buffer), so angles at
-long positions are the model's to the last bit. The result is confirmed by recomputing t from u.
+(u_2i, u_2i+1) instead: when the half-split fit finds no rotation, that one is tried (interleave_perm).
+inv_freq is then taken exactly from the graph's own constant when one in the tables' subgraph equals it (the
+model's float32 buffer), so angles at long positions are the model's to the last bit. The result is confirmed
+by recomputing t from u.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from ._ui import human_bytes, status
+from ..types import ATTENTIONS, EXPORTERS
 from .options import EXPORT_ARCHS, model_size_options, model_source, quiet_option
 
 
@@ -15,10 +16,10 @@ from .options import EXPORT_ARCHS, model_size_options, model_source, quiet_optio
 @click.argument("source", callback=model_source("a Hugging Face model folder or a GGUF file", EXPORT_ARCHS))
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="ONNX file to write (default: <source name>.onnx in the current folder)")
-@click.option("--exporter", type=click.Choice(["torchscript", "dynamo"]), default="torchscript", show_default=True,
+@click.option("--exporter", type=click.Choice(EXPORTERS), default="torchscript", show_default=True,
               help="torch.onnx.export(dynamo=False) or the torch.export-based dynamo exporter")
 @click.option("--opset", type=int, default=None, help="ONNX opset (default 17 torchscript, 18 dynamo; 14..20)")
-@click.option("--attention", type=click.Choice(["eager", "sdpa"]), default="eager", show_default=True,
+@click.option("--attention", type=click.Choice(ATTENTIONS), default="eager", show_default=True,
               help="attention transformers traces: eager (matmul, softmax, matmul) or sdpa (torch's "
                    "scaled_dot_product_attention, transformers' default, so what most other exports hold)")
 @click.option("--seed", type=int, default=0, show_default=True, help="seed of the random weights (named architectures)")
