@@ -18,14 +18,15 @@ enum class OpType : int { Embedding = 0, Linear = 1, Attention = 2, LayerNorm = 
 // How an op computes inside (docs/plan-format.md "Precision").
 enum class Precision : int { FP32 = 0, FP16 = 1, HYBRID = 2 };
 // A Linear op's activation (plan attribute `activation`).
-enum class Activation : int { None = 0, GeluErf = 1, GeluTanh = 2, Silu = 3 };
+enum class Activation : int { None = 0, GeluErf = 1, GeluTanh = 2, Silu = 3, Relu = 4 };
 // How a GEMM shape's cuBLASLt algorithm is chosen on its first run (native/runtime/gemm.h says what each does).
 enum class GemmSearch : int { Heuristic = 0, Exhaustive = 1, Focused = 2 };
 // What cuBLASLt adds to a GEMM's product (Gelu is cuBLASLt's tanh form).
 enum class GemmEpilogue : int { None = 0, Bias = 1, Gelu = 2, GeluBias = 3 };
 
 // The name of each value: DType "float32" "float16" "int32" "int64"; OpType "Embedding" "Linear" "Attention"
-// "LayerNorm" "RMSNorm"; Precision "fp32" "fp16" "hybrid"; Activation "none" "gelu_erf" "gelu_tanh" "silu"; GemmSearch
+// "LayerNorm" "RMSNorm"; Precision "fp32" "fp16" "hybrid"; Activation "none" "gelu_erf" "gelu_tanh" "silu"
+// "relu"; GemmSearch
 // "heuristic" "focused" "exhaustive"; GemmEpilogue "none" "bias" "gelu" "gelu_bias". A value outside the enum
 // (a cast from a bad int) reads "<invalid DType 7>".
 const char* to_string(DType v);
