@@ -112,8 +112,8 @@ FAMILY_NAMES = {"roberta": "RoBERTa", "xlm-roberta": "XLM-RoBERTa", "distilbert"
                 "falcon": "Falcon: multi-query attention, parallel attention and MLP",
                 "starcoder2": "StarCoder2: grouped-query attention with biases, LayerNorm",
                 "gptj": "GPT-J: partial rotary on interleaved pairs", "codegen": "CodeGen: as GPT-J, fused QKV",
-                "t5": "T5 encoder (v1.1: gated GELU; v1.0's ReLU is refused): relative-position bias with the mask "
-                      "folded in"}
+                "t5": "T5 encoder v1.1 (gated GELU): relative-position bias with the mask folded in",
+                "t5-relu": "T5 encoder v1.0 (ReLU MLP: t5-base, sentence-t5): as v1.1"}
 MINILM_TITLE = "## all-MiniLM-L6-v2 through the Embedder on real text"
 SMOLLM2_TITLE = "## SmolLM2-135M-Instruct (real weights"
 

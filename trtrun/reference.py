@@ -98,7 +98,7 @@ def _erfc(x: np.ndarray) -> np.ndarray:
 
 
 def _gelu32(h: np.ndarray, activation: str) -> np.ndarray:
-    """GELU (or SiLU, x * sigmoid(x) = x / (1 + exp(-x))) of float32 values, evaluated in float64 and rounded
+    """GELU (or SiLU, x * sigmoid(x) = x / (1 + exp(-x)), or ReLU) of float32 values, evaluated in float64 and rounded
     once to float32.
 
     Written without the cancellation of 1 + erf(z) / 1 + tanh(a) for negative inputs:
@@ -115,8 +115,10 @@ def _gelu32(h: np.ndarray, activation: str) -> np.ndarray:
     elif activation == "silu":
         with np.errstate(over="ignore"):
             y = x / (1.0 + np.exp(-x))
+    elif activation == "relu":
+        y = np.maximum(x, 0.0)
     else:
-        raise ValueError(f"activation must be gelu_erf, gelu_tanh or silu, got {activation!r}")
+        raise ValueError(f"activation must be gelu_erf, gelu_tanh, silu or relu, got {activation!r}")
     return y.astype(F32)
 
 

@@ -29,7 +29,8 @@ constexpr Name<Precision> kPrecisions[] = {
 constexpr Name<Activation> kActivations[] = {{Activation::None, "none"},
                                              {Activation::GeluErf, "gelu_erf"},
                                              {Activation::GeluTanh, "gelu_tanh"},
-                                             {Activation::Silu, "silu"}};
+                                             {Activation::Silu, "silu"},
+                                             {Activation::Relu, "relu"}};
 // Listed by cost, as trtrun.types.GEMM_SEARCHES lists them.
 constexpr Name<GemmSearch> kGemmSearches[] = {
     {GemmSearch::Heuristic, "heuristic"}, {GemmSearch::Focused, "focused"}, {GemmSearch::Exhaustive, "exhaustive"}};

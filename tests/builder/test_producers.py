@@ -365,26 +365,30 @@ def _t5_encoder(path, ffn):
     return export_model(path.with_suffix(""), path)
 
 
-def test_t5_encoder(tmp_path):
+@pytest.mark.parametrize("ffn", ["gated-gelu", "relu"])
+def test_t5_encoder(tmp_path, ffn):
     """T5 hands every layer one tensor: its relative-position bias with the padding mask folded in
     (Where(mask, bias, min)). The bias is read as the relative-bucket table, the mask by its effect, as for
-    MPNet. v1.1's gated-GELU MLP builds and matches onnxruntime; v1.0's ReLU MLP is refused naming the Relu."""
+    MPNet. v1.1's gated-GELU MLP and v1.0's ReLU MLP (t5-base, sentence-t5) build and match onnxruntime."""
     pytest.importorskip("transformers")
     import trtrun
     from trtrun.reference import ReferenceBackend
 
-    path = _t5_encoder(tmp_path / "t5.onnx", "gated-gelu")
-    plan = trtrun.build(path, precision="hybrid")
-    attn = [op for op in plan.ops if op["type"] == "Attention"]
-    assert len(attn) == 2 and all(op["weights"].get("relative_bias") for op in attn)
-    assert all(op["attrs"]["scale"] == 1.0 and not op["attrs"]["causal"] for op in attn)  # T5 does not scale
-    feeds, mask = _feeds(["input_ids", "attention_mask"])
-    y = ReferenceBackend(plan).run(feeds)["last_hidden_state"]
-    cos = worst_token_cosine(y, _ort(path, feeds), mask)
-    _RESULTS["t5|torchscript|hybrid"] = {"ok": True, "cos": cos, "nan": int(np.isnan(y).sum())}
-    assert cos >= 0.9999  # hybrid, as the matrix
-    with pytest.raises(trtrun.UnsupportedOpError, match="'Relu' at node"):
-        trtrun.build(_t5_encoder(tmp_path / "t5-relu.onnx", "relu"))
+    path = _t5_encoder(tmp_path / "t5.onnx", ffn)
+    for precision in PRECISIONS:
+        plan = trtrun.build(path, precision=precision)
+        attn = [op for op in plan.ops if op["type"] == "Attention"]
+        assert len(attn) == 2 and all(op["weights"].get("relative_bias") for op in attn)
+        assert all(op["attrs"]["scale"] == 1.0 and not op["attrs"]["causal"] for op in attn)  # T5 does not scale
+        fc = [op for op in plan.ops if op["type"] == "Linear" and op["attrs"].get("activation", "none") != "none"]
+        assert len(fc) == 2 and all(op["attrs"]["activation"] == ("relu" if ffn == "relu" else "gelu_tanh")
+                                    and op["attrs"].get("gated", False) == (ffn != "relu") for op in fc)
+        feeds, mask = _feeds(["input_ids", "attention_mask"])
+        y = ReferenceBackend(plan).run(feeds)["last_hidden_state"]
+        cos = worst_token_cosine(y, _ort(path, feeds), mask)
+        family = "t5-relu" if ffn == "relu" else "t5"
+        _RESULTS[f"{family}|torchscript|{precision}"] = {"ok": True, "cos": cos, "nan": int(np.isnan(y).sum())}
+        assert cos >= _threshold("torchscript", precision), (ffn, precision, cos)
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])

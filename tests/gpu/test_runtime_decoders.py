@@ -230,6 +230,9 @@ EPI_CASES = [
     ("fp32", True, "silu", F32, None, F32, True),
     ("fp32", False, "none", None, F32, F32, True),
     ("fp16", True, "silu", F16, None, F16, True),
+    ("hybrid", False, "relu", F16, None, F16, True),       # T5 v1.0, OPT: in place on y
+    ("fp32", False, "relu", F32, None, F32, False),
+    ("hybrid", True, "relu", F32, None, F16, False),       # ReGLU
 ]
 
 

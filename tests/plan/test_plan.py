@@ -295,7 +295,7 @@ SCHEMA_CASES = {
     "attention heads mismatch": (lambda h: _op(h, "l0.attn")["attrs"].update(num_heads=3),
                                  r"qkv 'l0.qkv_out' has shape \[B, S, 48\], expected \[B, S, 72\]"),
     "missing epsilon": (lambda h: _op(h, "l0.ln1")["attrs"].pop("epsilon"), r"\('l0.ln1'\)\.attrs\.epsilon: missing"),
-    "bad activation": (lambda h: _op(h, "l0.fc1")["attrs"].update(activation="relu"), r"attrs\.activation: 'relu'"),
+    "bad activation": (lambda h: _op(h, "l0.fc1")["attrs"].update(activation="mish"), r"attrs\.activation: 'mish'"),
     "too many inputs": (lambda h: _op(h, "l0.fc1")["inputs"].extend(["l0.h1", "l0.h1"]),
                         r"Linear takes at most 2 inputs"),
     "unknown graph input": (lambda h: (h["inputs"].append({"name": "pixels", "dtype": "int64", "shape": ["B", "S"]}),

@@ -33,7 +33,7 @@ CODES_DEVICE_DTYPE = {"float32": 0, "float16": 1, "int32": 2, "int64": 2}  # as 
 CODES_DTYPE = {"float32": 0, "float16": 1, "int32": 2, "int64": 3, "float8_e4m3fn": 4}
 CODES_OP = {"Embedding": 0, "Linear": 1, "Attention": 2, "LayerNorm": 3, "RMSNorm": 4}
 CODES_PREC = {"fp32": 0, "fp16": 1, "hybrid": 2, "fp8": 3}
-CODES_ACT = {"none": 0, "gelu_erf": 1, "gelu_tanh": 2, "silu": 3}
+CODES_ACT = {"none": 0, "gelu_erf": 1, "gelu_tanh": 2, "silu": 3, "relu": 4}
 CODES_GEMM_SEARCH = {"heuristic": 0, "exhaustive": 1, "focused": 2}
 CODES_GEMM_EPILOGUE = {"none": 0, "bias": 1, "gelu": 2, "gelu_bias": 3}
 CODES_GEMM_SCALE = {"none": 0, "scalar": 1, "outer_vec": 2}
@@ -125,7 +125,7 @@ def test_engine_takes_the_lowered_names():
     for field, bad, needle in [
             ("type", "Conv", "type must be one of Embedding, Linear, Attention, LayerNorm, RMSNorm; got 'Conv'"),
             ("precision", "int8", "precision must be one of fp32, fp16, hybrid, fp8; got 'int8'"),
-            ("activation", "relu", "activation must be one of none, gelu_erf, gelu_tanh, silu; got 'relu'")]:
+            ("activation", "mish", "activation must be one of none, gelu_erf, gelu_tanh, silu, relu; got 'mish'")]:
         bad_low = json.loads(json.dumps({k: v for k, v in low.items() if k != "weights"}))
         bad_low["ops"][1][field] = bad
         with pytest.raises(InputError) as err:
@@ -228,8 +228,8 @@ def test_decoder_kernel_entry_points_take_names():
     with pytest.raises(InputError, match="rmsnorm: precision must be one of fp32, fp16, hybrid, fp8; got 'bf16'"):
         p.rmsnorm(0, "float16", 0, "float32", 0, "float32", 0, "float16", 0, "float32", 4, 64, 1e-5, "bf16", 0)
     with pytest.raises(InputError, match="linear_epilogue: activation must be one of none, gelu_erf, gelu_tanh, "
-                                         "silu; got 'relu'"):
-        p.linear_epilogue(0, "float16", 0, "float32", 0, "float32", 0, "float16", 4, 8, True, "relu", True, 0)
+                                         "silu, relu; got 'mish'"):
+        p.linear_epilogue(0, "float16", 0, "float32", 0, "float32", 0, "float16", 4, 8, True, "mish", True, 0)
     with pytest.raises(InputError, match="linear_epilogue: src and y must not be null"):
         p.linear_epilogue(0, "float16", 0, "float32", 0, "float32", 0, "float16", 4, 8, True, "silu", True, 0)
     with pytest.raises(InputError, match="rotary: dst_dtype must be one of float32, float16, int32, int64, float8_e4m3fn; got 'f16'"):

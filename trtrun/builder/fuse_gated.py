@@ -62,7 +62,7 @@ def _halves(facts, h, N2):
 
 
 def _fuse_split_gated(graph, facts) -> int:
-    from .fuse_linear import _match_gelu
+    from .fuse_linear import _match_activation
 
     count = 0
     for lin in [n for n in graph.nodes if G.is_trtrun(n, "Linear")]:
@@ -75,7 +75,7 @@ def _fuse_split_gated(graph, facts) -> int:
         halves = _halves(facts, h, W.shape[1])
         if halves is None:
             continue
-        (act0, y0), (act1, y1) = _match_gelu(halves[0], facts), _match_gelu(halves[1], facts)
+        (act0, y0), (act1, y1) = _match_activation(halves[0], facts), _match_activation(halves[1], facts)
         if (act0 == "none") == (act1 == "none"):
             continue
         first = act0 != "none"  # the activation on the first half: columns as they are

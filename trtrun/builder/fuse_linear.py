@@ -1,4 +1,4 @@
-"""Fuse Linear: MatMul or Gemm with a constant weight, its bias Add, and a GELU after it.
+"""Fuse Linear: MatMul or Gemm with a constant weight, its bias Add, and an activation after it.
 
     x [B,S,K] -> MatMul(x, W[K,N])                                  -> (+ bias[N]) -> (GELU) -> y
     x [B,S,K] -> Reshape [B*S,K] -> Gemm(., W, C, alpha, beta, transB) -> Reshape [B,S,N] -> ...
@@ -7,7 +7,7 @@ GELU and SiLU are recognized by their semantics, not one exporter's node order: 
 output t, take the largest set of elementwise nodes (Add/Sub/Mul/Div/Pow/Erf/Tanh/Sqrt/Sigmoid) that read
 only t, scalar constants and each other, with exactly one tensor leaving the set. If the set holds
 one Erf it must compute gelu_erf(t), one Tanh gelu_tanh(t), one Sigmoid silu(t) = t * sigmoid(t) (checked
-on the probe values); opset 20's `Gelu` op is taken as it is. A set without Erf/Tanh (e.g. q * 1/sqrt(d)) is not an activation and
+on the probe values); opset 20's `Gelu` op and `Relu` are taken as they are. A set without Erf/Tanh (e.g. q * 1/sqrt(d)) is not an activation and
 is left alone for the attention pass.
 """
 
@@ -49,7 +49,11 @@ def silu(x):
         return x / (1.0 + np.exp(-x))
 
 
-ACTIVATIONS = {"gelu_erf": gelu_erf, "gelu_tanh": gelu_tanh, "silu": silu,
+def relu(x):
+    return np.maximum(np.asarray(x, np.float64), 0.0)
+
+
+ACTIVATIONS = {"gelu_erf": gelu_erf, "gelu_tanh": gelu_tanh, "silu": silu, "relu": relu,
                "none": lambda x: np.asarray(x, np.float64)}
 
 
@@ -151,7 +155,7 @@ def _match(graph, node, facts):
         return None
     b, out = _bias(out, b, N)
     pre = out
-    act, y = _match_gelu(pre, facts)
+    act, y = _match_activation(pre, facts)
     return x, W, b, pre, act, y, None
 
 
@@ -196,13 +200,15 @@ def _single(t, op):
     return None
 
 
-def _match_gelu(t, facts):
+def _match_activation(t, facts):
     """(activation, output tensor) of the activation applied to t; ("none", t) if there is none."""
     cs = G.consumers(t)
     if len(cs) == 1 and cs[0].op == "Gelu":
         approx = cs[0].attrs.get("approximate", "none")
         act = "gelu_tanh" if approx == "tanh" else "gelu_erf"
         return act, cs[0].outputs[0]
+    if len(cs) == 1 and cs[0].op == "Relu":  # T5 v1.0, OPT: one op in every exporter's output
+        return "relu", cs[0].outputs[0]
     # grow the closed elementwise set
     members: list = []
     inside = {id(t)}

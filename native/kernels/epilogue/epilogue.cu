@@ -1,4 +1,4 @@
-// native/kernels/epilogue/epilogue.cu: the Linear's elementwise tail after a GEMM (gate product, silu, residual).
+// native/kernels/epilogue/epilogue.cu: the Linear's elementwise tail after a GEMM (gate product, silu, relu, residual).
 #include "epilogue.h"
 
 #include "kernels/common/rowops.cuh"
@@ -19,6 +19,7 @@ __device__ __forceinline__ float round_to(float v, DType t) {
 __device__ __forceinline__ float activate(float x, Activation act) {
   switch (act) {
     case Activation::Silu: return x / (1.0f + expf(-x));
+    case Activation::Relu: return fmaxf(x, 0.0f);
     case Activation::GeluErf: return 0.5f * x * erfcf(-x * 0.70710678118654752f);
     case Activation::GeluTanh: {
       const float a = 0.79788456080286536f * (x + 0.044715f * x * x * x);
