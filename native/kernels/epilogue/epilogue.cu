@@ -97,7 +97,7 @@ void launch_linear_epilogue(const void* src, DType src_t, const void* bias, DTyp
   require(rows >= 0, op, "rows must be >= 0, got " + std::to_string(rows));
   require(m >= 1, op, "m (output width) must be >= 1, got " + std::to_string(m));
   require(act == Activation::None || act == Activation::GeluErf || act == Activation::GeluTanh ||
-              act == Activation::Silu,
+              act == Activation::Silu || act == Activation::Relu,
           op, "activation must be " + valid_names<Activation>() + ", got " + to_string(act));
   require(src != nullptr && y != nullptr, op, "src and y must not be null");
   require(!gated || src != y, op, "a gated epilogue reads [rows, 2m] and writes [rows, m]: src and y must differ");
