@@ -92,7 +92,7 @@ def test_bad_names_are_errors_naming_the_valid_ones(host):
     assert host["error"]["GemmSearch"] == (f"the GemmSearch must be one of {', '.join(runtime.GEMM_SEARCHES)}; "
                                            "got 'no-such-name'")
     assert host["error"]["DType"].startswith("the DType must be one of float32, float16, int32, int64;")
-    assert host["invalid"]["Activation"] == "<invalid Activation 8>"  # a bad cast (4 past the end): named, no crash
+    assert host["invalid"]["Activation"] == "<invalid Activation 9>"  # a bad cast (4 past the end): named, no crash
 
 
 def test_context_option_defaults_are_the_runtimes(host):
