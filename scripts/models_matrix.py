@@ -113,7 +113,9 @@ FAMILY_NAMES = {"roberta": "RoBERTa", "xlm-roberta": "XLM-RoBERTa", "distilbert"
                 "starcoder2": "StarCoder2: grouped-query attention with biases, LayerNorm",
                 "gptj": "GPT-J: partial rotary on interleaved pairs", "codegen": "CodeGen: as GPT-J, fused QKV",
                 "t5": "T5 encoder v1.1 (gated GELU): relative-position bias with the mask folded in",
-                "t5-relu": "T5 encoder v1.0 (ReLU MLP: t5-base, sentence-t5): as v1.1"}
+                "t5-relu": "T5 encoder v1.0 (ReLU MLP: t5-base, sentence-t5): as v1.1",
+                "opt": "OPT: positions counted along the attention mask, ReLU MLP on flattened rows",
+                "opt-350m": "OPT-350m: as OPT, post-LayerNorm, word embeddings projected to the hidden size"}
 MINILM_TITLE = "## all-MiniLM-L6-v2 through the Embedder on real text"
 SMOLLM2_TITLE = "## SmolLM2-135M-Instruct (real weights"
 

@@ -265,6 +265,12 @@ FAMILY = {
     "starcoder2": ("Starcoder2Config", dict(_S, num_key_value_heads=2)),
     "gptj": ("GPTJConfig", dict(n_embd=128, n_layer=2, n_head=4, rotary_dim=16)),  # interleaved rotary pairs
     "codegen": ("CodeGenConfig", dict(n_embd=128, n_layer=2, n_head=4, rotary_dim=16)),
+    # positions counted along the attention mask, the MLP on flattened [B*S, H] rows, ReLU
+    "opt": ("OPTConfig", dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, ffn_dim=256,
+                              word_embed_proj_dim=128, max_position_embeddings=256)),
+    # as OPT-350m: post-LayerNorm, word embeddings projected up to the hidden size and the output down again
+    "opt-350m": ("OPTConfig", dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, ffn_dim=256,
+                                   word_embed_proj_dim=64, max_position_embeddings=256, do_layer_norm_before=False)),
 }
 BERT_FAMILY = ("roberta", "xlm-roberta", "distilbert", "electra", "albert")
 

@@ -685,6 +685,32 @@ def test_mpnet_positions_past_the_padding_refuse_left_padding(mpnet):
         ReferenceBackend(plan).run({"input_ids": ids, "attention_mask": mask})
 
 
+def test_opt_positions_along_the_mask_refuse_left_padding(tmp_path):
+    """OPT counts positions along the attention mask (cumsum(mask) - 1 + 2): the plan's s + 2 is the same only
+    while each row's mask is ones then zeros, so a left-padded row is refused naming the Embedding; right
+    padding runs and matches onnxruntime."""
+    pytest.importorskip("transformers")
+    import onnxruntime as ort
+    from producers_corpus import family_dir
+
+    from trtrun.errors import InputError
+    from trtrun.export import export_model
+
+    path = export_model(family_dir("opt", tmp_path / "hf"), tmp_path / "opt.onnx")
+    plan = build(path, precision="fp32")
+    emb = next(o for o in plan.ops if o["type"] == "Embedding")
+    assert emb["attrs"]["position_offset"] == 2 and emb["attrs"]["mask_positions"] is True
+    ids = np.random.default_rng(0).integers(5, 1000, (2, 12))
+    mask = np.ones((2, 12), np.int64)
+    mask[1, 8:] = 0
+    got = ReferenceBackend(plan).run({"input_ids": ids, "attention_mask": mask})["last_hidden_state"]
+    want = ort.InferenceSession(str(path)).run(None, {"input_ids": ids, "attention_mask": mask})[0]
+    assert cosine_per_sample(got, want, mask).min() >= 0.99999  # fp32, as the other architectures
+    mask[1] = np.roll(mask[1], 4)  # the same row padded on the left
+    with pytest.raises(InputError, match=r"attention_mask.*\[1, 4\].*a 1 after a 0.*'embeddings'"):
+        ReferenceBackend(plan).run({"input_ids": ids, "attention_mask": mask})
+
+
 def test_relative_bias_max_distance_beyond_the_bias_probe_is_refused(tmp_path, monkeypatch):
     """Buckets read at 1024 tokens fit max distance 2996 as well as the model's 3000 (they part at 1429 tokens):
     a max distance past what the builder reads is refused, naming the Softmax, not guessed."""

@@ -271,3 +271,66 @@ def test_constant_scales_copy_at_most_the_weights_once():
     assert folded + left == 40 and left > 0
     copies = {id(n.inputs[0]) for n in graph.nodes if n.op == "Gather" and n.inputs[0] is not table}
     assert len(copies) * table.values.nbytes <= table.values.nbytes + 40 * 4  # the budget: the weights' size
+
+
+def _flattened_mlp(tail=()):
+    """OPT's decoder-layer form: the token states flattened to [B*S, H], LayerNorm, Gemm (transB, alpha, beta),
+    ReLU, MatMul and the residual Add on those rows, then a Reshape back to Shape(x)."""
+    return [helper.make_node("Shape", ["x"], ["xs"], name="shape"),
+            helper.make_node("Constant", [], ["flat"], name="flat_shape",
+                             value=numpy_helper.from_array(np.array([-1, H], np.int64))),
+            helper.make_node("Reshape", ["x", "flat"], ["x2"], name="flatten"),
+            helper.make_node("LayerNormalization", ["x2", "g1", "b2"], ["n"], name="ln", axis=-1, epsilon=1e-5),
+            helper.make_node("Gemm", ["n", "W1t", "c1"], ["h"], name="fc1", transB=1, alpha=0.5, beta=2.0),
+            helper.make_node("Relu", ["h"], ["a"], name="relu"),
+            helper.make_node("MatMul", ["a", "W2"], ["m"], name="fc2"),
+            helper.make_node("Add", ["m", "x2"], ["r"], name="residual"),
+            *tail,
+            helper.make_node("Reshape", ["r2" if tail else "r", "xs"], ["y"], name="unflatten")]
+
+
+def _flattened_weights():
+    w = _weights(np.random.default_rng(2))
+    w["W1t"] = np.ascontiguousarray(w.pop("W1").T)
+    w["c1"] = (0.1 * np.random.default_rng(3).normal(size=2 * H)).astype(np.float32)
+    return w
+
+
+def test_rows_flattened_around_the_mlp(tmp_path):
+    """The flattened region is computed on [B, S, H]: LayerNorm, a Linear with its ReLU (Gemm's alpha, beta and
+    transB folded into its weights), a Linear, the residual; the same numbers as onnxruntime."""
+    plan, err = _build_and_compare(tmp_path, _token_model(_flattened_mlp(), _flattened_weights(), 17))
+    ops = [(o["type"], o["attrs"].get("activation")) for o in plan.ops]
+    assert ops[:4] == [("Embedding", None), ("LayerNorm", None), ("Linear", "relu"), ("Linear", "none")], ops
+    assert "unflatten_rows" in plan.header["builder"]["passes"]
+    assert err < 1e-4  # fp32 both ways: rounding only (outputs of order 1)
+
+
+def test_rows_flattened_into_another_op_stay_flat(tmp_path):
+    """A flattened region that reaches an op not working on rows alone (a Transpose) is left as it is: the
+    build names what it cannot lower instead of computing something else."""
+    import trtrun
+
+    tail = [helper.make_node("Transpose", ["r"], ["rt"], name="transpose", perm=[1, 0]),
+            helper.make_node("Transpose", ["rt"], ["r2"], name="transpose_back", perm=[1, 0])]
+    path = tmp_path / "m.onnx"
+    onnx.save(_token_model(_flattened_mlp(tail), _flattened_weights(), 17), str(path))
+    with pytest.raises(trtrun.UnsupportedOpError, match="unsupported op '(Relu|Reshape|Transpose|Gemm)'"):
+        trtrun.build(path, precision="fp32")
+
+
+def test_embedding_projection_folds_into_the_table(tmp_path):
+    """Gather(E) -> MatMul(P) (OPT-350m's project_in) becomes one table E @ P; where the product would outgrow the
+    file's weights (a 4-wide table projected to 64) it stays a Linear after a narrow Embedding. Both match
+    onnxruntime."""
+    rng = np.random.default_rng(4)
+    for E, expect_linear in ((24, False), (2, True)):
+        w = {"E": rng.normal(size=(V, E)).astype(np.float32),
+             "P": (0.3 * rng.normal(size=(E, H))).astype(np.float32)}
+        nodes = [helper.make_node("MatMul", ["x", "P"], ["y"], name="project_in")]
+        g = _token_model(nodes, w, 17)
+        plan, err = _build_and_compare(tmp_path, g)
+        types = [o["type"] for o in plan.ops]
+        assert types == (["Embedding", "Linear"] if expect_linear else ["Embedding"]), types
+        assert ("fold_embedding_projection" in plan.header["builder"]["passes"]) != expect_linear
+        assert err < 1e-4

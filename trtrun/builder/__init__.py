@@ -2,7 +2,8 @@
 
     load -> inputs by role (+ position_ids as arange, fixed dims made symbolic) -> [other producers' forms: upcast fp16 -> dequantize int8 -> lower com.microsoft ops]
          -> simplify -> select outputs -> probe -> remove no-op layout ops
-         -> fuse LayerNorm -> fuse RMSNorm -> fuse Linear (+bias, +GELU/SiLU) -> fuse gated MLPs
+         -> fold embedding projections -> unflatten [B*S, H] row regions
+         -> fuse LayerNorm -> fuse RMSNorm -> fuse Linear (+bias, +GELU/SiLU/ReLU) -> fuse gated MLPs
          -> fuse attention (+ merged QKV Linear, rotary, grouped K/V heads)
          -> fuse embeddings (+LayerNorm) -> fuse residual Adds into LayerNorm/RMSNorm
          -> fuse the Adds left of a Linear's output into its residual input -> fuse pooled outputs
@@ -37,10 +38,11 @@ from .precision import LN_INPUTS, PRECISIONS, pin_precision
 from .probe import probe
 from .save_onnx import precision_onnx
 from .select_outputs import drop_passthrough, select_outputs
-from .simplify import decouple_shapes, remove_noop_layout, simplify
+from .simplify import decouple_shapes, fold_embedding_projection, remove_noop_layout, simplify
+from .unflatten_rows import unflatten_rows
 from .upcast_fp16 import upcast_fp16
 
-__all__ = ["build", "load_model", "upcast_fp16", "dequantize", "lower_contrib", "simplify", "select_outputs", "probe", "decouple_shapes", "remove_noop_layout", "fuse_layernorm",
+__all__ = ["build", "load_model", "upcast_fp16", "dequantize", "lower_contrib", "simplify", "select_outputs", "probe", "decouple_shapes", "remove_noop_layout", "fold_embedding_projection", "unflatten_rows", "fuse_layernorm",
            "fuse_rmsnorm", "fuse_linear", "fuse_gated", "fuse_attention", "fuse_embedding", "fuse_residual", "fuse_linear_residual", "fuse_pooling", "check_supported",
            "pin_precision", "lower", "precision_onnx", "resolve_profile", "PRECISIONS"]
 
@@ -162,9 +164,14 @@ def build(onnx_path, *, precision: str = "hybrid", profile=None, save_onnx=None,
         step("probe")
         decouple_shapes(graph, facts)
         remove_noop_layout(graph, facts)
+        passes += ["probe", "decouple_shapes", "remove_noop_layout"]
+        if fold_embedding_projection(graph, facts):
+            passes.append("fold_embedding_projection")
+        if unflatten_rows(graph, facts):
+            remove_noop_layout(graph, facts)  # the Reshapes back to [B, S, H] are no-ops now
+            passes.append("unflatten_rows")
         simplified = graph.copy() if save_onnx is not None else None
         step("decouple_shapes+remove_noop_layout")
-        passes += ["probe", "decouple_shapes", "remove_noop_layout"]
         for name, fn in FUSIONS:
             fn(graph, facts)
             passes.append(name)

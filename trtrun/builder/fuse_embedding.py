@@ -5,8 +5,9 @@ through Adds whose other operand is another Gather from a constant table (or a s
 table's role is read off the probe values of its indices: equal to input_ids -> word, equal to
 token_type_ids -> token type, all zeros (a model exported without token_type_ids) -> token type
 with no input, equal to arange(S) + offset on every row -> position (with `position_offset`).
-Anything else (e.g. RoBERTa's positions counted from the padding) stops the build with a clear
-error. A model without a position table (rotary or relative positions, which the Attention op applies)
+Positions counted past the padding id (RoBERTa, MPNet) or along attention_mask (OPT) are taken as
+s + offset, which they equal under right padding; the plan then refuses other padding (Plan.check_feeds).
+Anything else stops the build with a clear error. A model without a position table (rotary or relative positions, which the Attention op applies)
 gets an Embedding without one. If the sum's only reader is a LayerNorm without residual, it is folded in.
 """
 
@@ -88,6 +89,7 @@ def _fuse_one(graph, facts, word, ids, tts):
     tt_input = None
     offset = 0
     pos_idx = None
+    mask_positions = False
     for g in leaves[1:]:
         table = G.const_value(g.inputs[0])
         idx = g.inputs[1]
@@ -111,6 +113,14 @@ def _fuse_one(graph, facts, word, ids, tts):
             graph.__dict__.setdefault("_trtrun_notes", []).append(
                 f"positions counted past the padding id {pad} (RoBERTa/MPNet) taken as s + {pad + 1}: the same "
                 f"wherever token id {pad} occurs only as trailing padding (what a tokenizer writes)")
+            continue
+        off = _mask_positions(vals, facts)
+        if off is not None and "position" not in roles:
+            roles["position"], offset, pos_idx = g, off, vals
+            mask_positions = True
+            graph.__dict__.setdefault("_trtrun_notes", []).append(
+                f"positions counted along attention_mask (OPT) taken as s + {off}: the same wherever the mask is "
+                f"ones then zeros (padding on the right)")
             continue
         raise BuildError(f"Gather node {g.name!r}: an embedding table indexed by something that is "
                          f"neither input_ids, token_type_ids nor the position s + constant (probe "
@@ -157,6 +167,8 @@ def _fuse_one(graph, facts, word, ids, tts):
                 raise BuildError(f"Gather node {roles['position'].name!r}: position indices computed from the "
                                  f"token ids, but not as positions past a padding id (offset {offset})")
             attrs["padding_id"] = int(offset - 1)
+        if mask_positions:  # Plan.check_feeds requires every run's mask to be ones then zeros
+            attrs["mask_positions"] = True
     if gamma is not None:
         weights["gamma"] = G.new_constant(graph, f"{name}.gamma", gamma.astype(np.float32))
         weights["beta"] = G.new_constant(graph, f"{name}.beta", beta.astype(np.float32))
@@ -183,6 +195,26 @@ def _padding_positions(vals, facts) -> int | None:
         if ok:
             return p
     return None
+
+
+def _mask_positions(vals, facts) -> int | None:
+    """c if the indices count along the attention mask, cumsum(mask) - 1 + c where the mask is 1 (OPT: c = 2;
+    its padded positions read c - 1, any value is taken there), on every probe; else None."""
+    offs = set()
+    for v, f in zip(vals, facts.feeds):
+        m = f.get("attention_mask")
+        if m is None or v.shape != m.shape:
+            return None
+        m = np.asarray(m) != 0
+        if not m.any():
+            continue
+        first = np.argwhere(m)[0]
+        c = int(v[tuple(first)]) - int(np.cumsum(m, axis=1)[tuple(first)]) + 1
+        want = np.cumsum(m, axis=1) - 1 + c
+        if c < 0 or not np.array_equal(v[m], want[m]):
+            return None
+        offs.add(c)
+    return offs.pop() if len(offs) == 1 else None
 
 
 def _position_offset(vals, facts) -> int | None:

@@ -93,6 +93,42 @@ def fold_constant_scales(graph) -> int:
     return n_done
 
 
+def fold_embedding_projection(graph, facts) -> int:
+    """Gather(table [V, E], ids) -> MatMul(P [E, N]) with no other reader: Gather(table @ P, ids). OPT-350m
+    projects its 512-wide word embeddings to the 1024-wide hidden size before adding positions; with the product
+    folded the sum is the usual one of gathered tables. The product is computed in float64 and rounded once; a
+    table that would grow past the file's weights size in all is left as it is (a crafted file). After
+    decouple_shapes, so that Shape readers of the gathered rows no longer count."""
+    gs = G.gs()
+    n_done = 0
+    budget = sum(t.values.nbytes for t in graph.tensors().values() if t.__class__.__name__ == "Constant")
+    for node in list(graph.nodes):
+        if node.op != "Gather" or int(node.attrs.get("axis", 0)) != 0 or len(node.inputs) != 2:
+            continue
+        table = G.const_value(node.inputs[0])
+        t = node.outputs[0] if node.outputs else None
+        if table is None or table.ndim != 2 or table.dtype.kind != "f" or t is None or t in graph.outputs:
+            continue
+        cs = G.consumers(t)
+        if len(cs) != 1 or cs[0].op != "MatMul" or cs[0].inputs[0] is not t:
+            continue
+        w = G.const_value(cs[0].inputs[1])
+        if w is None or w.ndim != 2 or w.shape[0] != table.shape[1] or w.dtype.kind != "f":
+            continue
+        size = table.shape[0] * w.shape[1] * table.dtype.itemsize
+        if size > budget:
+            continue
+        budget -= size
+        folded = gs.Constant(G.unique_name(graph, node.inputs[0].name + ".projected"),
+                             (table.astype(np.float64) @ w.astype(np.float64)).astype(table.dtype))
+        node.inputs[0] = folded
+        facts.put(t.name, facts.get(cs[0].outputs[0]))
+        G.replace_uses(graph, cs[0].outputs[0], t)
+        n_done += 1
+    G.finish(graph)
+    return n_done
+
+
 def unflatten_softmax(graph) -> int:
     """Reshape(Softmax(Flatten(x, axis=r-1)), Shape(x)) -> Softmax(x, axis=-1).
 

@@ -169,7 +169,7 @@ class Plan:
         input_ids is required; attention_mask defaults to all ones and token_type_ids to zeros when the
         plan takes them and they are not given (as Hugging Face models do). Raises InputError (unknown or
         missing names, non-integer dtype, ids out of range, a token after an Embedding's padding_id, a mask
-        not 0/1) or ShapeError (rank, inputs of
+        not 0/1 or, where an Embedding counts positions along it, not ones then zeros) or ShapeError (rank, inputs of
         different shapes, batch or sequence outside the profile).
         """
         if not isinstance(feeds, Mapping):
@@ -229,6 +229,16 @@ class Plan:
             bad = (m != 0) & (m != 1)
             if bad.any():
                 first_bad("attention_mask", m, bad, "attention_mask must be 0 or 1")
+            counted = [op["name"] for op in self.ops
+                       if op["type"] == "Embedding" and op.get("attrs", {}).get("mask_positions")]
+            if counted:
+                # the model counts positions along the mask; the plan's s + offset is the same only where each
+                # row's mask is ones then zeros
+                bad = np.maximum.accumulate(m == 0, axis=1) & (m != 0)
+                if bad.any():
+                    first_bad("attention_mask", m, bad, f"a 1 after a 0 in its row: op {counted[0]!r} counts "
+                                                        f"positions along the mask, so this plan takes padding "
+                                                        f"on the right only")
         if "token_type_ids" in arrays:
             t = arrays["token_type_ids"]
             T = self.type_vocab_size or 1
