@@ -140,7 +140,9 @@ FAMILY_NAMES = {"roberta": "RoBERTa", "xlm-roberta": "XLM-RoBERTa", "distilbert"
                 "t5": "T5 encoder v1.1 (gated GELU): relative-position bias with the mask folded in",
                 "t5-relu": "T5 encoder v1.0 (ReLU MLP: t5-base, sentence-t5): as v1.1",
                 "opt": "OPT: positions counted along the attention mask, ReLU MLP on flattened rows",
-                "opt-350m": "OPT-350m: as OPT, post-LayerNorm, word embeddings projected to the hidden size"}
+                "opt-350m": "OPT-350m: as OPT, post-LayerNorm, word embeddings projected to the hidden size",
+                "mpt": "MPT: ALiBi as a [heads, 1, S] bias",
+                "gemma2": "Gemma 2 without soft-capping: alternating 8-token sliding-window and global layers"}
 MINILM_TITLE = "## all-MiniLM-L6-v2 through the Embedder on real text"
 MINILM_GPU_TITLE = "## all-MiniLM-L6-v2 on the GPU"
 SMOLLM2_TITLE = "## SmolLM2-135M-Instruct (real weights"
