@@ -3,6 +3,7 @@
     python scripts/models_matrix.py                 # run the corpus tests, write docs/models.md
     python scripts/models_matrix.py --from R.json   # render results a run already wrote (TRTRUN_MATRIX_OUT)
     ... --minilm M.json                             # add scripts/producers_minilm.py's real-text section
+    ... --minilm-gpu G.json                         # and its GPU run (--backend gpu --time BxS)
     ... --smollm2 S.json                            # add scripts/smollm2_fidelity.py's real-weights section
 
 Without --minilm / --smollm2, their sections are carried over from the existing output file as they are (they
@@ -84,6 +85,30 @@ def render_minilm(doc: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_minilm_gpu(doc: dict) -> str:
+    """The section scripts/producers_minilm.py --backend gpu --time BxS gives: the same fidelity on the GPU
+    runtime, and every variant's plan timed beside the plain export's in the same run."""
+    card = doc.get("device", "an unnamed card")
+    lines = [f"\n{MINILM_GPU_TITLE}: the Embedder and each producer's plan ({doc['precision']}, {card})\n",
+             f"`python scripts/producers_minilm.py --backend gpu --time {doc['timing']['shape'][0]}x"
+             f"{doc['timing']['shape'][1]} --json R.json` on the GPU machine ({doc['texts']} texts), cosines as "
+             f"above. The p50 is Context.run (inputs in, outputs out, CUDA graphs) at that shape with cuBLASLt's "
+             f"first proposal for every GEMM (TRTRUN_GEMM_TUNE=0), the plans taken in turn over rounds in one "
+             f"process; the ratio is against the plain export's plan.\n",
+             "| producer | worst | mean | NaN | vs the int8 file | p50 ms | vs plain |",
+             "|---|---|---|---|---|---|---|"]
+    p50 = doc["timing"]["p50_ms"]
+    base = next(iter(p50.values()))
+    for v, r in doc["results"].items():
+        if "error" in r:
+            lines.append(f"| {v} | fails: {r['error']} | | | | | |")
+            continue
+        same = f"{r['worst_vs_same_file']:.7f}" if "worst_vs_same_file" in r else ""
+        t = f"{p50[v]:.3f} | {p50[v] / base:.3f}x" if v in p50 else " | "
+        lines.append(f"| {v} | {r['worst']:.7f} | {r['mean']:.7f} | {r['nan']} | {same} | {t} |")
+    return "\n".join(lines) + "\n"
+
+
 def render_smollm2(doc: dict) -> str:
     """The section scripts/smollm2_fidelity.py's JSON gives: SmolLM2-135M's real weights against PyTorch fp32."""
     lines = [f"\n## SmolLM2-135M-Instruct (real weights, Q4_1 GGUF dequantized to fp32) on real text\n",
@@ -115,8 +140,11 @@ FAMILY_NAMES = {"roberta": "RoBERTa", "xlm-roberta": "XLM-RoBERTa", "distilbert"
                 "t5": "T5 encoder v1.1 (gated GELU): relative-position bias with the mask folded in",
                 "t5-relu": "T5 encoder v1.0 (ReLU MLP: t5-base, sentence-t5): as v1.1",
                 "opt": "OPT: positions counted along the attention mask, ReLU MLP on flattened rows",
-                "opt-350m": "OPT-350m: as OPT, post-LayerNorm, word embeddings projected to the hidden size"}
+                "opt-350m": "OPT-350m: as OPT, post-LayerNorm, word embeddings projected to the hidden size",
+                "mpt": "MPT: ALiBi as a [heads, 1, S] bias",
+                "gemma2": "Gemma 2 without soft-capping: alternating 8-token sliding-window and global layers"}
 MINILM_TITLE = "## all-MiniLM-L6-v2 through the Embedder on real text"
+MINILM_GPU_TITLE = "## all-MiniLM-L6-v2 on the GPU"
 SMOLLM2_TITLE = "## SmolLM2-135M-Instruct (real weights"
 
 
@@ -125,7 +153,7 @@ def _sections(path: Path) -> dict:
     if not path.exists():
         return {}
     out, text = {}, path.read_text()
-    for title in (MINILM_TITLE, SMOLLM2_TITLE):
+    for title in (MINILM_TITLE, MINILM_GPU_TITLE, SMOLLM2_TITLE):
         i = text.find("\n" + title)
         if i < 0:
             continue
@@ -197,6 +225,7 @@ def main(argv=None) -> int:
     ap.add_argument("--from", dest="source", default=None, help="a results JSON written by the tests")
     ap.add_argument("-o", "--output", default=str(ROOT / "docs" / "models.md"))
     ap.add_argument("--minilm", default=None, help="also render scripts/producers_minilm.py's JSON")
+    ap.add_argument("--minilm-gpu", default=None, help="also render producers_minilm.py --backend gpu --time's JSON")
     ap.add_argument("--smollm2", default=None, help="also render scripts/smollm2_fidelity.py's JSON")
     a = ap.parse_args(argv)
     if a.source:
@@ -217,6 +246,10 @@ def main(argv=None) -> int:
         text += render_minilm(json.loads(Path(a.minilm).read_text()))
     elif MINILM_TITLE in kept:
         text += kept[MINILM_TITLE]
+    if a.minilm_gpu:
+        text += render_minilm_gpu(json.loads(Path(a.minilm_gpu).read_text()))
+    elif MINILM_GPU_TITLE in kept:
+        text += kept[MINILM_GPU_TITLE]
     if a.smollm2:
         text += render_smollm2(json.loads(Path(a.smollm2).read_text()))
     elif SMOLLM2_TITLE in kept:

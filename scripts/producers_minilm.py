@@ -133,8 +133,12 @@ def main(argv=None) -> int:
               + f" ({r['seconds']} s)", flush=True)
     timing = time_plans(plans, tb, ts, a.rounds) if a.time is not None and plans else None
     if a.json:
-        Path(a.json).write_text(json.dumps({"precision": a.precision, "texts": len(texts), "results": results,
-                                            "timing": timing}, indent=1))
+        doc = {"precision": a.precision, "texts": len(texts), "results": results, "timing": timing}
+        if any(r.get("backend") == "gpu" for r in results.values()):
+            from trtrun.runtime import gpu_available
+
+            doc["device"] = gpu_available()[1].split(" (")[0]  # the card's name, as the driver gives it
+        Path(a.json).write_text(json.dumps(doc, indent=1))
     return 0
 
 
@@ -164,7 +168,7 @@ def time_plans(plans: dict, B: int, S: int, rounds: int, iters: int = 50) -> dic
     print(f"Context.run p50 at {B}x{S} ({rounds} rounds x {iters} runs each, plans in turn):", flush=True)
     for v, ms in out.items():
         print(f"{v:>18}: {ms:.3f} ms ({ms / out[base]:.3f}x {base})", flush=True)
-    return {"shape": [B, S], "p50_ms": out}
+    return {"shape": [B, S], "rounds": rounds, "iters": iters, "p50_ms": out}
 
 
 if __name__ == "__main__":

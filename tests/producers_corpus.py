@@ -268,11 +268,24 @@ FAMILY = {
     # positions counted along the attention mask, the MLP on flattened [B*S, H] rows, ReLU
     "opt": ("OPTConfig", dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, ffn_dim=256,
                               word_embed_proj_dim=128, max_position_embeddings=256)),
+    # ALiBi with the bias as [heads, 1, S] (broadcast over batch and queries)
+    "mpt": ("MptConfig", dict(d_model=128, n_layers=2, n_heads=4, expansion_ratio=2)),
+    # alternating sliding-window and global layers, pre- and post-norms, GeGLU; soft-capping off (the IR has none)
+    "gemma2": ("Gemma2Config", dict(_S, num_key_value_heads=2, head_dim=32, sliding_window=8,
+                                    attn_logit_softcapping=None, final_logit_softcapping=None)),
     # as OPT-350m: post-LayerNorm, word embeddings projected up to the hidden size and the output down again
     "opt-350m": ("OPTConfig", dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, ffn_dim=256,
                                    word_embed_proj_dim=64, max_position_embeddings=256, do_layer_norm_before=False)),
 }
 BERT_FAMILY = ("roberta", "xlm-roberta", "distilbert", "electra", "albert")
+NO_SDPA = ("mpt", "gemma2")  # transformers implements only eager attention for these
+
+
+def family_variants(arch: str) -> tuple:
+    """The exports test_family_producers takes of FAMILY's `arch`."""
+    if arch in BERT_FAMILY:
+        return ("sdpa", "optimum-O2")
+    return ("eager",) if arch in NO_SDPA else ("eager", "sdpa")
 
 
 def family_dir(arch: str, dst) -> Path:

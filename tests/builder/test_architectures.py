@@ -711,6 +711,34 @@ def test_opt_positions_along_the_mask_refuse_left_padding(tmp_path):
         ReferenceBackend(plan).run({"input_ids": ids, "attention_mask": mask})
 
 
+def _tiny_export(tmp_path, cls, **sizes):
+    import torch
+    import transformers
+    from producers_corpus import save_model_dir
+
+    from trtrun.export import _randomize, export_model
+
+    torch.manual_seed(0)
+    model = transformers.AutoModel.from_config(getattr(transformers, cls)(vocab_size=1000, **sizes))
+    _randomize(torch, model, 0)
+    return export_model(save_model_dir(model.eval(), tmp_path / "hf"), tmp_path / "m.onnx")
+
+
+@pytest.mark.parametrize("cls,sizes,needle", [
+    ("Gemma2Config", dict(hidden_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                          head_dim=32, intermediate_size=128),
+     r"Tanh node .*soft-capped .*Gemma 2.*no soft cap"),
+    ("XGLMConfig", dict(d_model=64, num_layers=1, attention_heads=2, ffn_dim=128),
+     r"Softmax node .*heads folded into the batch \(\[B\*H, S, S\] scores.*reads attention on \[B, H, S, S\]")])
+def test_attention_forms_outside_the_ir_are_named(tmp_path, cls, sizes, needle):
+    """Gemma 2's soft-capped scores and XGLM's attention on [B*H, S, S] are refused in one line naming the node and
+    the form (before, both ended at an unrelated mask node left over)."""
+    pytest.importorskip("transformers")
+    with pytest.raises(BuildError, match=needle) as e:
+        build(_tiny_export(tmp_path, cls, **sizes), precision="fp32")
+    assert len(str(e.value).splitlines()) == 1
+
+
 def test_relative_bias_max_distance_beyond_the_bias_probe_is_refused(tmp_path, monkeypatch):
     """Buckets read at 1024 tokens fit max distance 2996 as well as the model's 3000 (they part at 1429 tokens):
     a max distance past what the builder reads is refused, naming the Softmax, not guessed."""

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from producers_corpus import (BERT_FAMILY, FAMILY, INT8, NEW_ARCHS, OPTIMUM_NO_LEVELS, OPTIMUM_VARIANTS, REFUSED,
-                              SDPA_NONE, SDPA_VARIANTS, ST_ONNX_VARIANTS, VARIANTS, export_new_arch, make_variant,
+                              SDPA_NONE, SDPA_VARIANTS, ST_ONNX_VARIANTS, VARIANTS, export_new_arch, family_variants,
+                              make_variant,
                               model_args, optimum_env, optimum_export, optimum_variants, save_model_dir,
                               sentence_transformers_export, st_onnx_export, tokenizer_files)
 from trtrun.types import PRECISIONS
@@ -315,7 +316,8 @@ def family(tmp_path_factory):
     def get(arch):
         if arch not in cache:
             hf = family_dir(arch, root / arch / "hf")
-            cache[arch] = {a: export_model(hf, root / arch / f"{a}.onnx", attention=a) for a in ("eager", "sdpa")}
+            cache[arch] = {a: export_model(hf, root / arch / f"{a}.onnx", attention=a)
+                           for a in ("eager", "sdpa") if a == "eager" or a in family_variants(arch)}
             if arch in BERT_FAMILY and optimum_env() is not None:
                 cache[arch]["optimum-O2"] = optimum_export(hf, root / arch / "optimum", ("O2",))["optimum-O2"]
         return cache[arch]
@@ -323,8 +325,7 @@ def family(tmp_path_factory):
     return get
 
 
-@pytest.mark.parametrize("arch,variant", [(a, v) for a in FAMILY
-                                          for v in (("sdpa", "optimum-O2") if a in BERT_FAMILY else ("eager", "sdpa"))])
+@pytest.mark.parametrize("arch,variant", [(a, v) for a in FAMILY for v in family_variants(a)])
 def test_family_producers(family, arch, variant):
     """Architectures `trtrun export` does not name, as users' tools write them: the BERT family through
     transformers' default (sdpa) attention and Optimum's O2; decoders through eager and sdpa torch.onnx. Against

@@ -67,6 +67,9 @@ def fuse_attention(graph, facts) -> int:
 def _match(graph, sm, facts, ctx) -> dict:
     logits = sm.inputs[0]
     r = facts.rank(logits)
+    if r == 3 and int(sm.attrs.get("axis", -1)) in (-1, 2) and _heads_in_batch(facts, logits):
+        raise BuildError(f"Softmax node {sm.name!r}: attention with the heads folded into the batch ([B*H, S, S] "
+                         f"scores, as BLOOM and XGLM compute it); the builder reads attention on [B, H, S, S]")
     if r != 4 or int(sm.attrs.get("axis", -1)) not in (-1, 3):
         raise _NoMatch
     P = _past_nan_guard(sm.outputs[0])
@@ -145,6 +148,17 @@ def _match(graph, sm, facts, ctx) -> dict:
     return dict(H=H, D=D, Hkv=Hkv, rot=rot, rel=rel, scale=scale, causal=causal, use_mask=use_mask, y=y, window=window,
                 srcs=(q_src, k_src, v_src), cols=(q_cols, k_cols, v_cols), qk_norm=qk_norm,
                 nan_guard=P is not sm.outputs[0])
+
+
+def _heads_in_batch(facts, t) -> bool:
+    """t is [B*H, S, S] in every probe, for one H > 1 (attention scores with the heads in the batch)."""
+    hs = set()
+    for v, f in zip(facts.get(t), facts.feeds):
+        B, S = f["input_ids"].shape
+        if v.shape[1:] != (S, S) or v.shape[0] % B:
+            return False
+        hs.add(v.shape[0] // B)
+    return len(hs) == 1 and hs.pop() > 1
 
 
 def _past_nan_guard(P):
@@ -315,7 +329,10 @@ def _alibi(graph, facts, sm, side, H, ctx, fail):
         feeds = [{i.name: (np.ones if i.name == "attention_mask" else np.zeros)((1, L), np.dtype(i.dtype or np.int64))
                   for i in g2.inputs}]
         long = np.asarray(next(run_graph(g2, feeds, names=[side.name]))[side.name], np.float64)
-        if long.ndim != 4 or long.shape[0] != 1 or long.shape[1] not in (1, H) or long.shape[3] != L:
+        if 1 <= long.ndim < 4:  # added to [B, H, S, S] scores, [H, 1, S] (MPT) broadcasts as [1, H, 1, S]
+            long = long.reshape((1,) * (4 - long.ndim) + long.shape)
+        if long.ndim != 4 or long.shape[0] != 1 or long.shape[1] not in (1, H) or long.shape[2] not in (1, L) \
+                or long.shape[3] != L:
             fail(f"has shape {list(long.shape)} at sequence length {L}, not [1, {H}, {L} or 1, {L}]")
         long = np.broadcast_to(long[0], (H, L, L))
         d = long - np.diagonal(long, axis1=1, axis2=2)[:, :, None]  # per-query constants removed
@@ -426,7 +443,7 @@ def _reaches_qk(t, depth=0) -> bool:
         return False
     if _is_qk_matmul(p):
         return True
-    if p.op in ("Mul", "Div", "Add", "Sub", "Cast", "Identity"):
+    if p.op in ("Mul", "Div", "Add", "Sub", "Cast", "Identity", "Tanh") or _is_floor_clamp(p):
         return any(_reaches_qk(i, depth + 1) for i in p.inputs if G.const_value(i) is None)
     if p.op == "Where":
         return any(_reaches_qk(i, depth + 1) for i in p.inputs[1:] if G.const_value(i) is None)
@@ -445,6 +462,12 @@ def _walk_scores(logits):
         if p.op in ("Cast", "Identity"):
             t = p.inputs[0]
             continue
+        if _is_floor_clamp(p):  # max(scores, finfo.min) (XGLM): only -inf changes, to the float minimum
+            t = next(i for i in p.inputs if G.const_value(i) is None)
+            continue
+        if p.op == "Tanh" and _reaches_qk(p.inputs[0]):
+            raise BuildError(f"Tanh node {p.name!r}: the attention scores are soft-capped (cap * tanh(scores / "
+                             f"cap), Gemma 2); the IR's Attention has no soft cap")
         if p.op in ("Mul", "Div"):
             scale, t = _fold_scalar_scale(p, scale)
             continue
@@ -471,6 +494,16 @@ def _walk_scores(logits):
             continue
         raise _NoMatch
     raise _NoMatch
+
+
+def _is_floor_clamp(p) -> bool:
+    """Max(scores, c) with c a scalar at most -1e30: XGLM clamps masked scores at the float minimum. It changes
+    nothing but -inf (to a finite minimum), and the softmax gives such keys no weight either way; a row with every
+    key masked becomes uniform, as the IR defines that row."""
+    if p.op != "Max" or len(p.inputs) != 2:
+        return False
+    consts = [G.scalar_const(i) for i in p.inputs]
+    return sum(c is not None for c in consts) == 1 and next(c for c in consts if c is not None) <= -1e30
 
 
 def _fold_scalar_scale(p, scale):
