@@ -100,7 +100,8 @@ def _match(graph, sm, facts, ctx) -> dict:
     v_src, v_scale, v_rot, v_norm = _trace_source(graph, facts, V4, ctx)
     if v_scale != 1.0 or v_rot is not None or v_norm is not None:
         raise _NoMatch
-    rot = _same_rotary(sm, q_rot, k_rot)
+    rot, q_ratio = _same_rotary(sm, q_rot, k_rot)
+    q_scale *= q_ratio
     qk_norm = _same_norm(sm, q_norm, k_norm)
     qs = facts.get(Q4)
     if any(a.ndim != 4 for a in qs):
@@ -357,19 +358,23 @@ def _alibi(graph, facts, sm, side, H, ctx, fail):
 
 
 def _same_rotary(sm, q_rot, k_rot):
-    """The one rotary both Q and K carry (or None); anything else is no attention the IR can express."""
+    """(the one rotary both Q and K carry, or None; the query's extra factor). A rotation is linear, so a scalar
+    on the query alone (ESM scales it by 1/sqrt(D) before rotating, and the fit reads that as the rotary's own
+    scale) leaves the key's rotary for both and the ratio for the score scale. Anything else is no attention
+    the IR can express."""
     if q_rot is None and k_rot is None:
-        return None
+        return None, 1.0
     if q_rot is None or k_rot is None:
         raise BuildError(f"Softmax node {sm.name!r}: a rotary position embedding on the "
                          f"{'query' if k_rot is None else 'key'} only; the IR rotates both or neither")
-    same = q_rot["dim"] == k_rot["dim"] and abs(q_rot["scale"] - k_rot["scale"]) <= 1e-6 * q_rot["scale"] and \
+    same = q_rot["dim"] == k_rot["dim"] and q_rot["scale"] > 0 and k_rot["scale"] > 0 and \
         np.allclose(q_rot["inv_freq"], k_rot["inv_freq"], rtol=0, atol=1e-6) and \
         q_rot["interleaved"] == k_rot["interleaved"]
     if not same:
         raise BuildError(f"Softmax node {sm.name!r}: the query and key are rotated differently (rotary dims "
                          f"{q_rot['dim']} and {k_rot['dim']}); the IR applies one rotary to both")
-    return q_rot
+    ratio = q_rot["scale"] / k_rot["scale"]
+    return k_rot, (1.0 if abs(ratio - 1.0) <= 1e-6 else float(ratio))
 
 
 def _same_norm(sm, q_norm, k_norm):
