@@ -215,6 +215,8 @@ def _is_score_bias(facts, side) -> bool:
     """A tensor added to the logits that depends on shapes only and holds moderate values (a position bias),
     not a mask's 0 / very negative fill."""
     vals = facts.get(side)
+    if any(v.dtype == np.bool_ for v in vals):  # a Where's condition (GPT-Neo's local window from a buffer)
+        return False
     return all(np.isfinite(v).all() and float(v.min()) > _MASKED_BELOW for v in vals) and \
         any(float(np.abs(v).max()) > 0 for v in vals)
 
@@ -648,8 +650,10 @@ def _window(graph, sm, mask_sides, ctx):
     as a window, by reading the mask again at that length + 3 tokens (so W - 1 .. W + 1 are all seen); what
     is read there is the window, the constant only says where to look. A candidate past WINDOW_MAX is a
     BuildError (it cannot be read; guessing "no window" would attend to keys the model masks). A masked set
-    that is neither nothing, causal, a window nor both is a BuildError."""
-    floats = [t for t in mask_sides if t.dtype is not None and np.dtype(t.dtype).kind == "f"]
+    that is neither nothing, causal, a window nor both is a BuildError. A boolean side is a Where's condition
+    (GPT-Neo's causal or local window, sliced from a buffer): masked where it excludes the diagonal's value, since
+    every query sees itself."""
+    floats = [t for t in mask_sides if t.dtype is not None and np.dtype(t.dtype).kind in "fb"]
     if not floats:
         return None
     cache = ctx.setdefault("window", {})
@@ -697,7 +701,14 @@ def _read_window(g2, sm, key, L):
         v = np.asarray(vals[n])
         if v.ndim != 4 or v.shape[-1] != L:
             return _UNREADABLE
-        masked |= np.broadcast_to((v < _MASKED_BELOW).any(axis=(0, 1)), (L, L))
+        if v.dtype == np.bool_:
+            diag = np.diagonal(np.broadcast_to(v, v.shape[:2] + (L, L)), axis1=2, axis2=3)
+            if not (diag.all() or not diag.any()):
+                return _UNREADABLE
+            v_masked = ~v if diag.all() else v
+        else:
+            v_masked = v < _MASKED_BELOW
+        masked |= np.broadcast_to(v_masked.any(axis=(0, 1)), (L, L))
     del vals
     d = np.arange(L)[None, :] - np.arange(L)[:, None]  # j - i
     causal = bool(masked[d > 0].all())
@@ -780,8 +791,10 @@ def _replace(graph, sm, facts, m):
                                 m["scale"], m["causal"], Hkv=Hkv, rot=rot, bias=rel["values"][k] if rel else None,
                                 window=m["window"], qk_norm=m["qk_norm"])
             for k, (q, f) in enumerate(zip(facts.get(qkv), facts.feeds))]
-    if m["nan_guard"]:  # rows with no visible key: 0 in the graph (-inf mask) or uniform (finite), not compared
-        ours = [np.where(_empty_rows(f, o.shape, m), g, o) for o, g, f in zip(ours, facts.get(y), facts.feeds)]
+    # rows with no visible key are not compared: the graph makes them 0 (sdpa's NaN guard), uniform (a finite
+    # mask, as the IR) or anything its fills add up to (GPT-Neo adds finfo.min twice); their token is a masked
+    # key for every query, so they reach no visible output
+    ours = [np.where(_empty_rows(f, o.shape, m), g, o) for o, g, f in zip(ours, facts.get(y), facts.feeds)]
     if not agree(ours, facts.get(y)):
         raise BuildError(f"Softmax node {sm.name!r}: the attention rebuilt from it (heads {H} x {D}, "
                          f"{Hkv} K/V heads, scale {m['scale']:.6g}, causal {m['causal']}"
