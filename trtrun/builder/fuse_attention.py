@@ -147,8 +147,7 @@ def _match(graph, sm, facts, ctx) -> dict:
     causal, use_mask = _mask_semantics(graph, sm, facts, qk, logits, chain_scale,
                                        rel.get("graph_values", rel["values"]) if rel else None, window)
     return dict(H=H, D=D, Hkv=Hkv, rot=rot, rel=rel, scale=scale, causal=causal, use_mask=use_mask, y=y, window=window,
-                srcs=(q_src, k_src, v_src), cols=(q_cols, k_cols, v_cols), qk_norm=qk_norm,
-                nan_guard=P is not sm.outputs[0])
+                srcs=(q_src, k_src, v_src), cols=(q_cols, k_cols, v_cols), qk_norm=qk_norm)
 
 
 def _heads_in_batch(facts, t) -> bool:
@@ -653,11 +652,11 @@ def _window(graph, sm, mask_sides, ctx):
     that is neither nothing, causal, a window nor both is a BuildError. A boolean side is a Where's condition
     (GPT-Neo's causal or local window, sliced from a buffer): masked where it excludes the diagonal's value, since
     every query sees itself."""
-    floats = [t for t in mask_sides if t.dtype is not None and np.dtype(t.dtype).kind in "fb"]
-    if not floats:
+    masks = [t for t in mask_sides if t.dtype is not None and np.dtype(t.dtype).kind in "fb"]
+    if not masks:
         return None
     cache = ctx.setdefault("window", {})
-    key = tuple(t.name for t in floats)
+    key = tuple(t.name for t in masks)
     if key not in cache:
         g2 = graph.copy()
         g2.outputs = [g2.tensors()[n] for n in key]
