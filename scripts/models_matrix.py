@@ -141,6 +141,8 @@ FAMILY_NAMES = {"roberta": "RoBERTa", "xlm-roberta": "XLM-RoBERTa", "distilbert"
                 "t5-relu": "T5 encoder v1.0 (ReLU MLP: t5-base, sentence-t5): as v1.1",
                 "opt": "OPT: positions counted along the attention mask, ReLU MLP on flattened rows",
                 "opt-350m": "OPT-350m: as OPT, post-LayerNorm, word embeddings projected to the hidden size",
+                "roformer": "RoFormer: an encoder's rotary from a sinusoidal table, interleaved pairs",
+                "gpt-neo": "GPT-Neo: global and 8-token local layers, masks sliced from boolean buffers",
                 "mpt": "MPT: ALiBi as a [heads, 1, S] bias",
                 "gemma2": "Gemma 2 without soft-capping: alternating 8-token sliding-window and global layers"}
 MINILM_TITLE = "## all-MiniLM-L6-v2 through the Embedder on real text"

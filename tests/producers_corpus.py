@@ -268,6 +268,11 @@ FAMILY = {
     # positions counted along the attention mask, the MLP on flattened [B*S, H] rows, ReLU
     "opt": ("OPTConfig", dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, ffn_dim=256,
                               word_embed_proj_dim=128, max_position_embeddings=256)),
+    # rotary from a sinusoidal table on interleaved pairs, in an encoder
+    "roformer": ("RoFormerConfig", dict(_S, embedding_size=128)),
+    # global and local (8-token window) layers, both masks sliced from boolean buffers; no score scale
+    "gpt-neo": ("GPTNeoConfig", dict(hidden_size=128, num_layers=2, num_heads=4, intermediate_size=256,
+                                     attention_types=[[["global", "local"], 1]], window_size=8)),
     # ALiBi with the bias as [heads, 1, S] (broadcast over batch and queries)
     "mpt": ("MptConfig", dict(d_model=128, n_layers=2, n_heads=4, expansion_ratio=2)),
     # alternating sliding-window and global layers, pre- and post-norms, GeGLU; soft-capping off (the IR has none)
@@ -278,7 +283,7 @@ FAMILY = {
                                    word_embed_proj_dim=64, max_position_embeddings=256, do_layer_norm_before=False)),
 }
 BERT_FAMILY = ("roberta", "xlm-roberta", "distilbert", "electra", "albert")
-NO_SDPA = ("mpt", "gemma2")  # transformers implements only eager attention for these
+NO_SDPA = ("mpt", "gemma2", "roformer", "gpt-neo")  # transformers implements only eager attention for these
 
 
 def family_variants(arch: str) -> tuple:

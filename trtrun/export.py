@@ -214,11 +214,14 @@ def _randomize(torch, model, seed):
     Hugging Face's init leaves biases at 0 and LayerNorm gains at 1; a graph with those values hides
     bugs (a bias dropped, gamma and beta swapped) and lets exporters deduplicate the constants.
     Scales stay close to a trained model's: weights N(0, 0.02) as HF's init, biases N(0, 0.02),
-    gains 1 + N(0, 0.1), LayerNorm shifts N(0, 0.05).
+    gains 1 + N(0, 0.1), LayerNorm shifts N(0, 0.05). Frozen parameters keep their values: they are computed,
+    not learned (RoFormer's sinusoidal position table, from which its rotary is read).
     """
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for name, p in model.named_parameters():
+            if not p.requires_grad:
+                continue
             noise = torch.randn(p.shape, generator=g, dtype=torch.float32)
             low = name.lower()
             is_ln = ("layernorm" in low or ".ln_" in low or low.startswith("ln_")

@@ -172,6 +172,38 @@ def test_cli_export_names_match_the_library():
     assert options.EXPORT_ARCHS == export.EXPORT_ARCHS
 
 
+def test_query_scaled_before_the_rotary(tmp_path, monkeypatch):
+    """A scalar on the query before the rotation (ESM scales by 1/sqrt(D) there, not on the scores): the rotation
+    is linear, so the plan rotates with the key's rotary and puts the factor in the score scale. Llama patched to
+    compute its attention that way builds and matches onnxruntime in fp32."""
+    pytest.importorskip("transformers")
+    import transformers.models.llama.modeling_llama as ml
+
+    from trtrun.export import export_model
+
+    rotate, init = ml.apply_rotary_pos_emb, ml.LlamaAttention.__init__
+
+    def scaled_first(q, k, cos, sin, *args, **kwargs):
+        return rotate(q * q.shape[-1] ** -0.5, k, cos, sin, *args, **kwargs)
+
+    def unscaled(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self.scaling = 1.0
+
+    monkeypatch.setattr(ml, "apply_rotary_pos_emb", scaled_first)
+    monkeypatch.setattr(ml.LlamaAttention, "__init__", unscaled)
+    path = export_model("llama", tmp_path / "q-scaled.onnx", overrides=TINY_LLAMA, seed=0)
+    plan = build(path, precision="fp32")
+    attn = [o for o in plan.ops if o["type"] == "Attention"]
+    D = TINY_LLAMA["hidden_size"] // TINY_LLAMA["num_attention_heads"]
+    assert all(abs(o["attrs"]["scale"] - D ** -0.5) < 1e-6 and o["attrs"].get("rotary_scale", 1.0) == 1.0
+               for o in attn), [o["attrs"] for o in attn]
+    feeds = random_feeds(path, seq=29, vocab=VOCAB, seed=5)
+    out = ReferenceBackend(plan).run(feeds)["last_hidden_state"]
+    ref = onnxruntime_run(path, feeds)
+    assert cosine_per_sample(out, ref, feeds["attention_mask"]).min() >= 0.99999  # fp32
+
+
 def test_dynamic_rope_is_refused(tmp_path):
     pytest.importorskip("transformers")
     from trtrun.export import export_model

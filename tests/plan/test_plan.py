@@ -296,6 +296,8 @@ SCHEMA_CASES = {
                                  r"qkv 'l0.qkv_out' has shape \[B, S, 48\], expected \[B, S, 72\]"),
     "missing epsilon": (lambda h: _op(h, "l0.ln1")["attrs"].pop("epsilon"), r"\('l0.ln1'\)\.attrs\.epsilon: missing"),
     "bad activation": (lambda h: _op(h, "l0.fc1")["attrs"].update(activation="mish"), r"attrs\.activation: 'mish'"),
+    "bad mask_positions": (lambda h: _op(h, "emb")["attrs"].update(mask_positions="yes"),
+                           r"\('emb'\)\.attrs\.mask_positions: must be true or false, got 'yes'"),
     "too many inputs": (lambda h: _op(h, "l0.fc1")["inputs"].extend(["l0.h1", "l0.h1"]),
                         r"Linear takes at most 2 inputs"),
     "unknown graph input": (lambda h: (h["inputs"].append({"name": "pixels", "dtype": "int64", "shape": ["B", "S"]}),

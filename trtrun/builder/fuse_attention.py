@@ -100,7 +100,8 @@ def _match(graph, sm, facts, ctx) -> dict:
     v_src, v_scale, v_rot, v_norm = _trace_source(graph, facts, V4, ctx)
     if v_scale != 1.0 or v_rot is not None or v_norm is not None:
         raise _NoMatch
-    rot = _same_rotary(sm, q_rot, k_rot)
+    rot, q_ratio = _same_rotary(sm, q_rot, k_rot)
+    q_scale *= q_ratio
     qk_norm = _same_norm(sm, q_norm, k_norm)
     qs = facts.get(Q4)
     if any(a.ndim != 4 for a in qs):
@@ -146,8 +147,7 @@ def _match(graph, sm, facts, ctx) -> dict:
     causal, use_mask = _mask_semantics(graph, sm, facts, qk, logits, chain_scale,
                                        rel.get("graph_values", rel["values"]) if rel else None, window)
     return dict(H=H, D=D, Hkv=Hkv, rot=rot, rel=rel, scale=scale, causal=causal, use_mask=use_mask, y=y, window=window,
-                srcs=(q_src, k_src, v_src), cols=(q_cols, k_cols, v_cols), qk_norm=qk_norm,
-                nan_guard=P is not sm.outputs[0])
+                srcs=(q_src, k_src, v_src), cols=(q_cols, k_cols, v_cols), qk_norm=qk_norm)
 
 
 def _heads_in_batch(facts, t) -> bool:
@@ -214,6 +214,8 @@ def _is_score_bias(facts, side) -> bool:
     """A tensor added to the logits that depends on shapes only and holds moderate values (a position bias),
     not a mask's 0 / very negative fill."""
     vals = facts.get(side)
+    if any(v.dtype == np.bool_ for v in vals):  # a Where's condition (GPT-Neo's local window from a buffer)
+        return False
     return all(np.isfinite(v).all() and float(v.min()) > _MASKED_BELOW for v in vals) and \
         any(float(np.abs(v).max()) > 0 for v in vals)
 
@@ -357,19 +359,23 @@ def _alibi(graph, facts, sm, side, H, ctx, fail):
 
 
 def _same_rotary(sm, q_rot, k_rot):
-    """The one rotary both Q and K carry (or None); anything else is no attention the IR can express."""
+    """(the one rotary both Q and K carry, or None; the query's extra factor). A rotation is linear, so a scalar
+    on the query alone (ESM scales it by 1/sqrt(D) before rotating, and the fit reads that as the rotary's own
+    scale) leaves the key's rotary for both and the ratio for the score scale. Anything else is no attention
+    the IR can express."""
     if q_rot is None and k_rot is None:
-        return None
+        return None, 1.0
     if q_rot is None or k_rot is None:
         raise BuildError(f"Softmax node {sm.name!r}: a rotary position embedding on the "
                          f"{'query' if k_rot is None else 'key'} only; the IR rotates both or neither")
-    same = q_rot["dim"] == k_rot["dim"] and abs(q_rot["scale"] - k_rot["scale"]) <= 1e-6 * q_rot["scale"] and \
+    same = q_rot["dim"] == k_rot["dim"] and q_rot["scale"] > 0 and k_rot["scale"] > 0 and \
         np.allclose(q_rot["inv_freq"], k_rot["inv_freq"], rtol=0, atol=1e-6) and \
         q_rot["interleaved"] == k_rot["interleaved"]
     if not same:
         raise BuildError(f"Softmax node {sm.name!r}: the query and key are rotated differently (rotary dims "
                          f"{q_rot['dim']} and {k_rot['dim']}); the IR applies one rotary to both")
-    return q_rot
+    ratio = q_rot["scale"] / k_rot["scale"]
+    return k_rot, (1.0 if abs(ratio - 1.0) <= 1e-6 else float(ratio))
 
 
 def _same_norm(sm, q_norm, k_norm):
@@ -643,12 +649,14 @@ def _window(graph, sm, mask_sides, ctx):
     as a window, by reading the mask again at that length + 3 tokens (so W - 1 .. W + 1 are all seen); what
     is read there is the window, the constant only says where to look. A candidate past WINDOW_MAX is a
     BuildError (it cannot be read; guessing "no window" would attend to keys the model masks). A masked set
-    that is neither nothing, causal, a window nor both is a BuildError."""
-    floats = [t for t in mask_sides if t.dtype is not None and np.dtype(t.dtype).kind == "f"]
-    if not floats:
+    that is neither nothing, causal, a window nor both is a BuildError. A boolean side is a Where's condition
+    (GPT-Neo's causal or local window, sliced from a buffer): masked where it excludes the diagonal's value, since
+    every query sees itself."""
+    masks = [t for t in mask_sides if t.dtype is not None and np.dtype(t.dtype).kind in "fb"]
+    if not masks:
         return None
     cache = ctx.setdefault("window", {})
-    key = tuple(t.name for t in floats)
+    key = tuple(t.name for t in masks)
     if key not in cache:
         g2 = graph.copy()
         g2.outputs = [g2.tensors()[n] for n in key]
@@ -692,7 +700,14 @@ def _read_window(g2, sm, key, L):
         v = np.asarray(vals[n])
         if v.ndim != 4 or v.shape[-1] != L:
             return _UNREADABLE
-        masked |= np.broadcast_to((v < _MASKED_BELOW).any(axis=(0, 1)), (L, L))
+        if v.dtype == np.bool_:
+            diag = np.diagonal(np.broadcast_to(v, v.shape[:2] + (L, L)), axis1=2, axis2=3)
+            if not (diag.all() or not diag.any()):
+                return _UNREADABLE
+            v_masked = ~v if diag.all() else v
+        else:
+            v_masked = v < _MASKED_BELOW
+        masked |= np.broadcast_to(v_masked.any(axis=(0, 1)), (L, L))
     del vals
     d = np.arange(L)[None, :] - np.arange(L)[:, None]  # j - i
     causal = bool(masked[d > 0].all())
@@ -775,8 +790,10 @@ def _replace(graph, sm, facts, m):
                                 m["scale"], m["causal"], Hkv=Hkv, rot=rot, bias=rel["values"][k] if rel else None,
                                 window=m["window"], qk_norm=m["qk_norm"])
             for k, (q, f) in enumerate(zip(facts.get(qkv), facts.feeds))]
-    if m["nan_guard"]:  # rows with no visible key: 0 in the graph (-inf mask) or uniform (finite), not compared
-        ours = [np.where(_empty_rows(f, o.shape, m), g, o) for o, g, f in zip(ours, facts.get(y), facts.feeds)]
+    # rows with no visible key are not compared: the graph makes them 0 (sdpa's NaN guard), uniform (a finite
+    # mask, as the IR) or anything its fills add up to (GPT-Neo adds finfo.min twice); their token is a masked
+    # key for every query, so they reach no visible output
+    ours = [np.where(_empty_rows(f, o.shape, m), g, o) for o, g, f in zip(ours, facts.get(y), facts.feeds)]
     if not agree(ours, facts.get(y)):
         raise BuildError(f"Softmax node {sm.name!r}: the attention rebuilt from it (heads {H} x {D}, "
                          f"{Hkv} K/V heads, scale {m['scale']:.6g}, causal {m['causal']}"
