@@ -42,9 +42,11 @@ from .simplify import decouple_shapes, fold_embedding_projection, remove_noop_la
 from .unflatten_rows import unflatten_rows
 from .upcast_fp16 import upcast_fp16
 
-__all__ = ["build", "load_model", "upcast_fp16", "dequantize", "lower_contrib", "simplify", "select_outputs", "probe", "decouple_shapes", "remove_noop_layout", "fold_embedding_projection", "unflatten_rows", "fuse_layernorm",
-           "fuse_rmsnorm", "fuse_linear", "fuse_gated", "fuse_attention", "fuse_embedding", "fuse_residual", "fuse_linear_residual", "fuse_pooling", "check_supported",
-           "pin_precision", "lower", "precision_onnx", "resolve_profile", "PRECISIONS"]
+__all__ = ["build", "load_model", "upcast_fp16", "dequantize", "lower_contrib", "simplify", "select_outputs",
+           "probe", "decouple_shapes", "remove_noop_layout", "fold_embedding_projection", "unflatten_rows",
+           "fuse_layernorm", "fuse_rmsnorm", "fuse_linear", "fuse_gated", "fuse_attention", "fuse_embedding",
+           "fuse_residual", "fuse_linear_residual", "fuse_pooling", "check_supported", "pin_precision", "lower",
+           "precision_onnx", "resolve_profile", "PRECISIONS"]
 
 # Other producers' spellings, rewritten into what a plain fp32 export would be before anything else runs
 # (each one a graph pass: gs graph in, counts of what it rewrote out; skipped when the file has none).

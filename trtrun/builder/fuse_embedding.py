@@ -7,8 +7,9 @@ token_type_ids -> token type, all zeros (a model exported without token_type_ids
 with no input, equal to arange(S) + offset on every row -> position (with `position_offset`).
 Positions counted past the padding id (RoBERTa, MPNet) or along attention_mask (OPT) are taken as
 s + offset, which they equal under right padding; the plan then refuses other padding (Plan.check_feeds).
-Anything else stops the build with a clear error. A model without a position table (rotary or relative positions, which the Attention op applies)
-gets an Embedding without one. If the sum's only reader is a LayerNorm without residual, it is folded in.
+Anything else stops the build with a clear error. A model without a position table (rotary or relative
+positions, which the Attention op applies) gets an Embedding without one. If the sum's only reader is a
+LayerNorm without residual, it is folded in.
 """
 
 from __future__ import annotations

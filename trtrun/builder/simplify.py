@@ -39,6 +39,12 @@ def simplify(model):
     return G.finish(graph)
 
 
+def _constant_bytes(graph) -> int:
+    """The bytes of the graph's constants: the budget of a fold that adds new ones, so that a crafted file
+    cannot make it grow without bound."""
+    return sum(t.values.nbytes for t in graph.tensors().values() if t.__class__.__name__ == "Constant")
+
+
 def fold_constant_scales(graph) -> int:
     """A scalar constant multiplying (or dividing) the output of a constant-table Gather or of a MatMul by a
     constant weight (+ a constant bias) goes into those constants: Gemma scales its embeddings by sqrt(hidden),
@@ -48,7 +54,7 @@ def fold_constant_scales(graph) -> int:
     n_done = 0
     # the copies may add at most the weights' own size (a crafted file scaling one large table a thousand ways
     # is left with its Muls, which the build then names)
-    budget = sum(t.values.nbytes for t in graph.tensors().values() if t.__class__.__name__ == "Constant")
+    budget = _constant_bytes(graph)
     cache = {}  # (constant name, factor) -> its scaled copy
     for node in list(graph.nodes):
         if node.op not in ("Mul", "Div") or len(node.inputs) != 2:
@@ -101,7 +107,7 @@ def fold_embedding_projection(graph, facts) -> int:
     decouple_shapes, so that Shape readers of the gathered rows no longer count."""
     gs = G.gs()
     n_done = 0
-    budget = sum(t.values.nbytes for t in graph.tensors().values() if t.__class__.__name__ == "Constant")
+    budget = _constant_bytes(graph)
     for node in list(graph.nodes):
         if node.op != "Gather" or int(node.attrs.get("axis", 0)) != 0 or len(node.inputs) != 2:
             continue
