@@ -596,7 +596,12 @@ EXTRAS = {
     "alibi_symmetric 1": ("hybrid", _both(_alibi, _edit_att(alibi_symmetric=1)),
                           r"attrs\.alibi_symmetric: must be true or false, got 1"),
     "alibi_symmetric without slopes": ("hybrid", _edit_att(alibi_symmetric=True),
-                                       r"weights\.alibi_slopes: alibi_symmetric needs an 'alibi_slopes' weight"),
+                                       r"weights\.alibi_slopes: alibi_symmetric and mask_positions need an "
+                                       r"'alibi_slopes' weight"),
+    "attention mask_positions 1": ("hybrid", _both(_alibi, _edit_att(mask_positions=1)),
+                                   r"attrs\.mask_positions: must be true or false, got 1"),
+    "attention mask_positions without slopes": ("hybrid", _edit_att(mask_positions=True),
+                                                r"weights\.alibi_slopes: alibi_symmetric and mask_positions need"),
 }
 
 

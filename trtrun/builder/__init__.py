@@ -2,7 +2,7 @@
 
     load -> inputs by role (+ position_ids as arange, fixed dims made symbolic) -> [other producers' forms: upcast fp16 -> dequantize int8 -> lower com.microsoft ops]
          -> simplify -> select outputs -> probe -> remove no-op layout ops
-         -> fold embedding projections -> unflatten [B*S, H] row regions
+         -> fold embedding projections -> unflatten [B*S, H] row regions -> unflatten [B*H, S, *] attention
          -> fuse LayerNorm -> fuse RMSNorm -> fuse Linear (+bias, +GELU/SiLU/ReLU) -> fuse gated MLPs
          -> fuse attention (+ merged QKV Linear, rotary, grouped K/V heads)
          -> fuse embeddings (+LayerNorm) -> fuse residual Adds into LayerNorm/RMSNorm
@@ -39,11 +39,13 @@ from .probe import probe
 from .save_onnx import precision_onnx
 from .select_outputs import drop_passthrough, select_outputs
 from .simplify import decouple_shapes, fold_embedding_projection, remove_noop_layout, simplify
+from .unflatten_heads import unflatten_heads
 from .unflatten_rows import unflatten_rows
 from .upcast_fp16 import upcast_fp16
 
 __all__ = ["build", "load_model", "upcast_fp16", "dequantize", "lower_contrib", "simplify", "select_outputs",
            "probe", "decouple_shapes", "remove_noop_layout", "fold_embedding_projection", "unflatten_rows",
+           "unflatten_heads",
            "fuse_layernorm", "fuse_rmsnorm", "fuse_linear", "fuse_gated", "fuse_attention", "fuse_embedding",
            "fuse_residual", "fuse_linear_residual", "fuse_pooling", "check_supported", "pin_precision", "lower",
            "precision_onnx", "resolve_profile", "PRECISIONS"]
@@ -172,6 +174,10 @@ def build(onnx_path, *, precision: str = "hybrid", profile=None, save_onnx=None,
         if unflatten_rows(graph, facts):
             remove_noop_layout(graph, facts)  # the Reshapes back to [B, S, H] are no-ops now
             passes.append("unflatten_rows")
+        if unflatten_heads(graph, facts):
+            decouple_shapes(graph, facts)  # the sizes read off the lifted tensors, now [B, H, S, *]
+            remove_noop_layout(graph, facts)
+            passes.append("unflatten_heads")
         simplified = graph.copy() if save_onnx is not None else None
         step("decouple_shapes+remove_noop_layout")
         for name, fn in FUSIONS:

@@ -56,6 +56,8 @@ def fuse_attention(graph, facts) -> int:
             m = _match(graph, sm, facts, ctx)
         except _NoMatch:
             _refuse_disentangled(sm)
+            if "_trtrun_heads_refused" in graph.__dict__:
+                raise BuildError(graph.__dict__["_trtrun_heads_refused"]) from None
             continue  # left for check_supported to report
         _replace(graph, sm, facts, m)
         count += 1
@@ -68,6 +70,8 @@ def _match(graph, sm, facts, ctx) -> dict:
     logits = sm.inputs[0]
     r = facts.rank(logits)
     if r == 3 and int(sm.attrs.get("axis", -1)) in (-1, 2) and _heads_in_batch(facts, logits):
+        if "_trtrun_heads_refused" in graph.__dict__:
+            raise BuildError(graph.__dict__["_trtrun_heads_refused"])
         raise BuildError(f"Softmax node {sm.name!r}: attention with the heads folded into the batch ([B*H, S, S] "
                          f"scores, as BLOOM and XGLM compute it); the builder reads attention on [B, H, S, S]")
     if r != 4 or int(sm.attrs.get("axis", -1)) not in (-1, 3):
@@ -82,7 +86,7 @@ def _match(graph, sm, facts, ctx) -> dict:
     chain_scale, qk, sides = _walk_scores(logits)
     sides = [part for side in sides for part in _mask_and_bias(graph, facts, side)]
     Q4, KT4 = qk.inputs[0], qk.inputs[1]
-    bias_sides = []
+    bias_sides, counted = [], set()
     for side in sides:
         vi = facts.value_inputs(graph, side)
         bad = vi - {"attention_mask"}
@@ -91,6 +95,12 @@ def _match(graph, sm, facts, ctx) -> dict:
                              f"{side.name!r}, which depends on the values of {sorted(bad)}; only a "
                              f"mask built from attention_mask (and shapes) is supported")
         if not vi and _is_score_bias(facts, side):
+            bias_sides.append(side)
+        elif vi and _is_score_bias(facts, side) and all(float(np.abs(v).max()) < -_MASKED_BELOW
+                                                        for v in facts.get(side)):
+            # moderate values (no mask fill of either sign) that move with the mask: a bias over positions
+            # counted along it (BLOOM)
+            counted.add(side.name)
             bias_sides.append(side)
     if len(bias_sides) > 1:
         raise BuildError(f"Softmax node {sm.name!r}: {len(bias_sides)} score biases are added to the attention "
@@ -137,6 +147,11 @@ def _match(graph, sm, facts, ctx) -> dict:
     Hkv, k_cols, v_cols = _kv_heads(sm, k_cols, v_cols, H, D)
     scale = chain_scale * q_scale * k_scale
     rel = _relative_bias(graph, facts, sm, bias_sides[0], H, ctx) if bias_sides else None
+    if rel is not None and bias_sides[0].name in counted:
+        if not rel.get("alibi"):
+            raise BuildError(f"Softmax node {sm.name!r}: the score bias {bias_sides[0].name!r} depends on "
+                             f"attention_mask and is not ALiBi over positions counted along the mask")
+        rel["mask_positions"] = True
 
     # output: O4 [B,H,S,D] forward through layout ops to [B,S,H*D]
     y = _walk_output(O4, facts, HD)
@@ -186,6 +201,12 @@ def _empty_rows(feed, shape, m) -> np.ndarray:
     B, S = shape[0], shape[1]
     hidden = _hypothesis(feed, (B, 1, S, S), m["causal"], m["use_mask"], m["window"])
     return hidden.all(-1)[:, 0, :, None]
+
+
+def _right_padded(feed) -> np.ndarray:
+    """[B]: rows whose attention_mask is ones then zeros."""
+    m = np.asarray(feed["attention_mask"]) != 0
+    return ~(np.maximum.accumulate(~m, axis=1) & m).any(1)
 
 
 def _mask_and_bias(graph, facts, side) -> list:
@@ -794,6 +815,11 @@ def _replace(graph, sm, facts, m):
     # mask, as the IR) or anything its fills add up to (GPT-Neo adds finfo.min twice); their token is a masked
     # key for every query, so they reach no visible output
     ours = [np.where(_empty_rows(f, o.shape, m), g, o) for o, g, f in zip(ours, facts.get(y), facts.feeds)]
+    if rel is not None and rel.get("mask_positions"):
+        # the IR's ALiBi distance is j - i; the graph's counts positions along the mask, the same in the rows
+        # whose mask is ones then zeros, which is all Plan.check_feeds lets such a plan run (the probes have
+        # others too: those rows are not compared)
+        ours = [np.where(_right_padded(f)[:, None, None], o, g) for o, g, f in zip(ours, facts.get(y), facts.feeds)]
     if not agree(ours, facts.get(y)):
         raise BuildError(f"Softmax node {sm.name!r}: the attention rebuilt from it (heads {H} x {D}, "
                          f"{Hkv} K/V heads, scale {m['scale']:.6g}, causal {m['causal']}"
@@ -819,6 +845,8 @@ def _replace(graph, sm, facts, m):
         weights["k_norm"] = G.new_constant(graph, name + ".k_norm", gk)
     if rel is not None and rel.get("alibi"):
         attrs["alibi_symmetric"] = bool(rel["symmetric"])
+        if rel.get("mask_positions"):
+            attrs["mask_positions"] = True
         weights["alibi_slopes"] = _shared_constant(graph, "alibi_slopes", np.asarray(rel["slopes"], np.float32))
     elif rel is not None:
         attrs["relative_max_distance"] = rel["max_distance"]

@@ -1,9 +1,11 @@
 """Unflatten rows: row-wise work on [B*S, H] views done on the [B, S, H] tensor itself.
 
     x [B,S,H] -> Reshape [B*S,H] -> LayerNorm / Gemm / MatMul / Relu / Add ... -> Reshape [B,S,...]
+    ids [B,S] -> Reshape [B*S] -> Gather(table) [B*S,H] -> Reshape [B,S,H]
 
 Some models flatten the token states before a block and restore them after it (OPT's decoder layer runs
-its LayerNorm, both MLP Linears, the activation and the residual Add on [B*S, H]). Every op in such a
+its LayerNorm, both MLP Linears, the activation and the residual Add on [B*S, H]; XGLM looks its sinusoidal
+positions up at indices flattened to [B*S] and views the rows as [B, S, H] again). Every op in such a
 region works on the last axis only, so the region computes the same on [B, S, H]; the fusions, which work
 on [B, S, ...] tensors, then see the usual forms. A region is rewritten only when all of it is of that
 kind: from the flattening Reshape, ops whose other inputs are constants (a scalar or a vector over the
@@ -29,7 +31,14 @@ def unflatten_rows(graph, facts) -> int:
         if node.op != "Reshape" or not node.inputs or not node.outputs:
             continue
         x, y = node.inputs[0], node.outputs[0]
-        if not (facts.has(x.name) and facts.has(y.name)) or not _flattens(facts, x, y):
+        if not (facts.has(x.name) and facts.has(y.name)):
+            continue
+        lookup = _flat_lookup(facts, x, y)
+        if lookup is not None:
+            _rewrite_lookup(graph, facts, x, *lookup)
+            count += 1
+            continue
+        if not _flattens(facts, x, y):
             continue
         region = _region(graph, facts, y)
         if region is None:
@@ -48,6 +57,36 @@ def _flattens(facts, x, y) -> bool:
         if a.ndim != 3 or a.shape[:2] != (B, S) or b.shape != (B * S, a.shape[2]):
             return False
     return True
+
+
+def _flat_lookup(facts, x, y):
+    """(Gather, Reshape) where y is x ([B, S] or [1, S] indices) flattened, read only by a Gather of rows of a
+    constant table, read only by a Reshape back to x's shape + [N] (XGLM's positions: its sinusoidal table
+    looked up at flattened indices); else None."""
+    cs = G.consumers(y)
+    if len(cs) != 1 or cs[0].op != "Gather" or int(cs[0].attrs.get("axis", 0)) != 0 or cs[0].inputs[1] is not y:
+        return None
+    gather = cs[0]
+    table = G.const_value(gather.inputs[0])
+    rs = G.consumers(gather.outputs[0])
+    if table is None or table.ndim != 2 or len(rs) != 1 or rs[0].op != "Reshape" or \
+            rs[0].inputs[0] is not gather.outputs[0] or not facts.has(rs[0].outputs[0].name):
+        return None
+    for a, b, r, f in zip(facts.get(x), facts.get(y), facts.get(rs[0].outputs[0]), facts.feeds):
+        B, S = f["input_ids"].shape
+        if a.ndim != 2 or a.shape[0] not in (1, B) or a.shape[1] != S or b.shape != (a.size,) or \
+                r.shape != a.shape + table.shape[1:]:
+            return None
+    return gather, rs[0]
+
+
+def _rewrite_lookup(graph, facts, x, gather, reshape) -> None:
+    """The Gather reads x itself: its rows come out in x's shape, as the Reshape after it made them."""
+    out = gather.outputs[0]
+    facts.put(out.name, facts.get(reshape.outputs[0]))
+    out.shape = None
+    gather.inputs = [gather.inputs[0], x]
+    G.replace_uses(graph, reshape.outputs[0], out)
 
 
 def _bs_again(facts, t) -> bool:

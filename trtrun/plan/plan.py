@@ -230,10 +230,10 @@ class Plan:
             if bad.any():
                 first_bad("attention_mask", m, bad, "attention_mask must be 0 or 1")
             counted = [op["name"] for op in self.ops
-                       if op["type"] == "Embedding" and op.get("attrs", {}).get("mask_positions")]
+                       if op.get("attrs", {}).get("mask_positions")]
             if counted:
-                # the model counts positions along the mask; the plan's s + offset is the same only where each
-                # row's mask is ones then zeros
+                # the model counts positions along the mask; the plan's s + offset (an Embedding's) or j - i
+                # (an ALiBi Attention's) is the same only where each row's mask is ones then zeros
                 bad = np.maximum.accumulate(m == 0, axis=1) & (m != 0)
                 if bad.any():
                     first_bad("attention_mask", m, bad, f"a 1 after a 0 in its row: op {counted[0]!r} counts "

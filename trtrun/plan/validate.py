@@ -553,10 +553,11 @@ def _validate_op(op, f, tensors, weights, prof, err) -> None:
             if Wt("relative_bias") is not None:
                 err(f + ".weights.alibi_slopes", "an Attention has one score bias: a relative_bias table or "
                                                  "ALiBi slopes, not both")
-            if not isinstance(attrs.get("alibi_symmetric", False), bool):
-                err(f + ".attrs.alibi_symmetric", f"must be true or false, got {short(attrs['alibi_symmetric'])}")
-        elif "alibi_symmetric" in attrs:
-            err(f + ".weights.alibi_slopes", "alibi_symmetric needs an 'alibi_slopes' weight")
+            for a in ("alibi_symmetric", "mask_positions"):  # mask_positions: the mask must be ones then zeros
+                if not isinstance(attrs.get(a, False), bool):
+                    err(f + ".attrs." + a, f"must be true or false, got {short(attrs[a])}")
+        elif "alibi_symmetric" in attrs or "mask_positions" in attrs:
+            err(f + ".weights.alibi_slopes", "alibi_symmetric and mask_positions need an 'alibi_slopes' weight")
         # per-head query/key RMSNorm (Qwen3's q_norm/k_norm): both or neither, over each head's D values
         if (Wt("q_norm") is None) != (Wt("k_norm") is None):
             err(f + ".weights", "a per-head query/key norm needs both 'q_norm' and 'k_norm'")
