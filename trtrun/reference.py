@@ -400,7 +400,7 @@ def ref_attention(qkv: np.ndarray, attention_mask: np.ndarray | None = None, *, 
                   inv_freq: np.ndarray | None = None, rotary_scale: float = 1.0,
                   score_bias: np.ndarray | None = None, window: int | None = None,
                   q_norm: np.ndarray | None = None, k_norm: np.ndarray | None = None,
-                  qk_norm_epsilon: float = 1e-6) -> np.ndarray:
+                  qk_norm_epsilon: float = 1e-6, softcap: float | None = None) -> np.ndarray:
     """Multi-head attention on a packed qkv [B, S, (H + 2*Hkv)*D] -> y [B, S, H*D] in `out_dtype`.
 
     Q = qkv[..., :HD], K = [HD:HD+HkvD], V = [HD+HkvD:]; head h is columns h*D:(h+1)*D of each; query head h
@@ -408,7 +408,8 @@ def ref_attention(qkv: np.ndarray, attention_mask: np.ndarray | None = None, *, 
     (Qwen3), every Q and K head is RMS-normalized over its D values first (ref_rmsnorm's rules for the
     precision, epsilon `qk_norm_epsilon`). With `inv_freq` [R/2], the
     first R dims of every Q and K head are rotated by position (rotary_tables, rotate) before the scores.
-    scores = scale * Q_h K_h^T (+ score_bias [H, S, S]); key j masked when attention_mask[b, j] == 0, and for
+    scores = scale * Q_h K_h^T, soft-capped to softcap * tanh(scores / softcap) when `softcap` is given (Gemma 2;
+    on the float32 scores in every precision, before the bias and the fp16 rounding) (+ score_bias [H, S, S]); key j masked when attention_mask[b, j] == 0, and for
     causal when j > i, and with a sliding `window` when |i - j| > window; masked scores replaced by the dtype's minimum (uniform rows when all keys are masked);
     P = softmax; y_h = P V_h. Precision as in the module docstring; the rotation is computed in float32 on
     the tensor's values (fp16 mode: in fp16), before Q and K are rounded as GEMM operands.
@@ -451,6 +452,8 @@ def ref_attention(qkv: np.ndarray, attention_mask: np.ndarray | None = None, *, 
         vv = np.ascontiguousarray(v.reshape(S, Hkv, D).transpose(1, 0, 2))[:, None]  # [Hkv, 1, S, D]
         scores = np.matmul(qg, kt).reshape(H, S, S)  # float32 accumulation
         scores *= F32(scale)
+        if softcap is not None:
+            scores = (F32(softcap) * np.tanh(scores / F32(softcap))).astype(F32)
         masked = np.zeros((S, S), bool)
         if attention_mask is not None:
             masked |= (np.asarray(attention_mask[b]) == 0)[None, :]
@@ -605,7 +608,7 @@ class ReferenceBackend:
                                   inv_freq=self._w(op, "inv_freq"), rotary_scale=a.get("rotary_scale", 1.0),
                                   score_bias=self._score_bias(op, ins[0].shape[1]), window=a.get("window"),
                                   q_norm=self._w(op, "q_norm"), k_norm=self._w(op, "k_norm"),
-                                  qk_norm_epsilon=a.get("qk_norm_epsilon", 1e-6))]
+                                  qk_norm_epsilon=a.get("qk_norm_epsilon", 1e-6), softcap=a.get("softcap"))]
         if typ in ("LayerNorm", "RMSNorm"):
             sdt = self._dtypes[outs[1]] if len(outs) > 1 and outs[1] else odt
             if typ == "LayerNorm":

@@ -598,6 +598,7 @@ EXTRAS = {
     "alibi_symmetric without slopes": ("hybrid", _edit_att(alibi_symmetric=True),
                                        r"weights\.alibi_slopes: alibi_symmetric and mask_positions need an "
                                        r"'alibi_slopes' weight"),
+    "softcap 0": ("hybrid", _edit_att(softcap=0.0), r"attrs\.softcap: must be a finite positive number"),
     "attention mask_positions 1": ("hybrid", _both(_alibi, _edit_att(mask_positions=1)),
                                    r"attrs\.mask_positions: must be true or false, got 1"),
     "attention mask_positions without slopes": ("hybrid", _edit_att(mask_positions=True),

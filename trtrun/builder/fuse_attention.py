@@ -83,7 +83,7 @@ def _match(graph, sm, facts, ctx) -> dict:
     V4, O4 = pv.inputs[1], pv.outputs[0]
 
     # score chain: logits back to the QK MatMul
-    chain_scale, qk, sides = _walk_scores(logits)
+    chain_scale, qk, sides, softcap = _walk_scores(logits)
     sides = [part for side in sides for part in _mask_and_bias(graph, facts, side)]
     Q4, KT4 = qk.inputs[0], qk.inputs[1]
     bias_sides, counted = [], set()
@@ -159,10 +159,10 @@ def _match(graph, sm, facts, ctx) -> dict:
         raise _NoMatch
 
     window = _window(graph, sm, [t for t in sides if t not in bias_sides], ctx)
-    causal, use_mask = _mask_semantics(graph, sm, facts, qk, logits, chain_scale,
+    causal, use_mask = _mask_semantics(graph, sm, facts, qk, logits, chain_scale, softcap,
                                        rel.get("graph_values", rel["values"]) if rel else None, window)
     return dict(H=H, D=D, Hkv=Hkv, rot=rot, rel=rel, scale=scale, causal=causal, use_mask=use_mask, y=y, window=window,
-                srcs=(q_src, k_src, v_src), cols=(q_cols, k_cols, v_cols), qk_norm=qk_norm)
+                srcs=(q_src, k_src, v_src), cols=(q_cols, k_cols, v_cols), qk_norm=qk_norm, softcap=softcap)
 
 
 def _heads_in_batch(facts, t) -> bool:
@@ -478,14 +478,15 @@ def _reaches_qk(t, depth=0) -> bool:
 
 
 def _walk_scores(logits):
-    """(scale, qk MatMul, mask-side tensors) of the chain between the QK MatMul and the Softmax."""
-    scale, sides, t = 1.0, [], logits
+    """(scale, qk MatMul, mask-side tensors, softcap or None) of the chain between the QK MatMul and the Softmax:
+    logits = softcap * tanh(scale * qk / softcap) + sides (without a soft cap: scale * qk + sides)."""
+    scale, sides, t, softcap = 1.0, [], logits, None
     for _ in range(16):
         p = G.producer(t)
         if p is None:
             raise _NoMatch
         if _is_qk_matmul(p):
-            return scale, p, sides
+            return (scale if softcap is None else scale * softcap), p, sides, softcap
         if p.op in ("Cast", "Identity"):
             t = p.inputs[0]
             continue
@@ -493,8 +494,16 @@ def _walk_scores(logits):
             t = next(i for i in p.inputs if G.const_value(i) is None)
             continue
         if p.op == "Tanh" and _reaches_qk(p.inputs[0]):
-            raise BuildError(f"Tanh node {p.name!r}: the attention scores are soft-capped (cap * tanh(scores / "
-                             f"cap), Gemma 2); the IR's Attention has no soft cap")
+            # soft-capped scores (Gemma 2: cap * tanh(scores / cap)); the scale met so far is the cap
+            if softcap is not None or scale <= 0:
+                raise BuildError(f"Tanh node {p.name!r}: the attention scores pass a tanh times {scale:.6g}"
+                                 f"{' a second time' if softcap is not None else ''}; the IR's soft cap is one "
+                                 f"cap * tanh(scores / cap) with cap > 0")
+            softcap, scale, t = scale, 1.0, p.inputs[0]
+            continue
+        if softcap is not None and p.op in ("Add", "Sub", "Where"):
+            raise BuildError(f"{G.node_desc(p)}: a mask or bias is applied to the attention scores inside their "
+                             f"soft cap (tanh); the IR adds them to the capped scores")
         if p.op in ("Mul", "Div"):
             scale, t = _fold_scalar_scale(p, scale)
             continue
@@ -758,12 +767,14 @@ def _window_candidates(g2, least: int) -> list[int]:
     return sorted(found)
 
 
-def _mask_semantics(graph, sm, facts, qk, logits, chain_scale, bias=None, window=None):
+def _mask_semantics(graph, sm, facts, qk, logits, chain_scale, softcap, bias=None, window=None):
     """(causal, uses attention_mask) from where the probe logits are pushed far below the scores (plus the
     score bias, if any)."""
     masked_sets = []
     for k, (raw, lg) in enumerate(zip(facts.get(qk.outputs[0]), facts.get(logits))):
         base = raw.astype(np.float64) * chain_scale
+        if softcap is not None:
+            base = softcap * np.tanh(base / softcap)
         if bias is not None:
             base = base + (bias[k] if bias[k].ndim == 4 else bias[k][None])
         lg = lg.astype(np.float64)
@@ -809,7 +820,7 @@ def _replace(graph, sm, facts, m):
     rel = m["rel"]
     ours = [reference_attention(q, f.get("attention_mask") if m["use_mask"] else None, H, D,
                                 m["scale"], m["causal"], Hkv=Hkv, rot=rot, bias=rel["values"][k] if rel else None,
-                                window=m["window"], qk_norm=m["qk_norm"])
+                                window=m["window"], qk_norm=m["qk_norm"], softcap=m["softcap"])
             for k, (q, f) in enumerate(zip(facts.get(qkv), facts.feeds))]
     # rows with no visible key are not compared: the graph makes them 0 (sdpa's NaN guard), uniform (a finite
     # mask, as the IR) or anything its fills add up to (GPT-Neo adds finfo.min twice); their token is a masked
@@ -824,7 +835,9 @@ def _replace(graph, sm, facts, m):
         raise BuildError(f"Softmax node {sm.name!r}: the attention rebuilt from it (heads {H} x {D}, "
                          f"{Hkv} K/V heads, scale {m['scale']:.6g}, causal {m['causal']}"
                          f"{', rotary dims %d' % rot['dim'] if rot else ''}"
-                         f"{', per-head q/k norm' if m['qk_norm'] is not None else ''}) does not reproduce the graph's "
+                         f"{', per-head q/k norm' if m['qk_norm'] is not None else ''}"
+                         f"{', soft cap %.6g' % m['softcap'] if m['softcap'] is not None else ''}) does not reproduce "
+                         f"the graph's "
                          f"output {y.name!r}")
     name = _attn_name(sm)
     attrs = {"num_heads": int(H), "head_size": int(D), "scale": float(m["scale"]), "causal": bool(m["causal"])}
@@ -833,6 +846,8 @@ def _replace(graph, sm, facts, m):
         attrs["num_kv_heads"] = int(Hkv)
     if m["window"] is not None:
         attrs["window"] = int(m["window"])
+    if m["softcap"] is not None:
+        attrs["softcap"] = float(m["softcap"])
     if rot is not None:
         attrs["rotary_dim"] = int(rot["dim"])
         if rot["scale"] != 1.0:
@@ -911,7 +926,8 @@ def _qkv_tensor(graph, facts, sm, srcs, cols, HD, KD):
     return out
 
 
-def reference_attention(qkv, mask, H, D, scale, causal, Hkv=None, rot=None, bias=None, window=None, qk_norm=None):
+def reference_attention(qkv, mask, H, D, scale, causal, Hkv=None, rot=None, bias=None, window=None, qk_norm=None,
+                        softcap=None):
     """The IR's Attention formula in float64 (docs/plan-format.md), for checking matches. qk_norm: (q gamma,
     k gamma, epsilon) of a per-head RMSNorm of Q and K before the rotary."""
     qkv = np.asarray(qkv, np.float64)
@@ -929,6 +945,8 @@ def reference_attention(qkv, mask, H, D, scale, causal, Hkv=None, rot=None, bias
         q, k = apply_rotary(q, rot, 2), apply_rotary(k, rot, 2)
     k, v = np.repeat(k, H // Hkv, axis=1), np.repeat(v, H // Hkv, axis=1)
     s = scale * q @ k.transpose(0, 1, 3, 2)
+    if softcap is not None:
+        s = softcap * np.tanh(s / softcap)
     if bias is not None:
         s = s + bias
     masked = np.zeros((B, 1, S, S), bool)

@@ -105,7 +105,7 @@ OP_ATTRS = {
     "Linear": ("activation", "gated"),
     "Attention": ("num_heads", "head_size", "scale", "causal", "num_kv_heads", "rotary_dim", "rotary_scale",
                   "relative_max_distance", "relative_bidirectional", "alibi_symmetric", "mask_positions", "window",
-                  "qk_norm_epsilon"),
+                  "qk_norm_epsilon", "softcap"),
     "LayerNorm": ("epsilon",),
     "Pool": ("mode", "normalize"),
     "RMSNorm": ("epsilon",),

@@ -530,6 +530,7 @@ def _validate_op(op, f, tensors, weights, prof, err) -> None:
             if not R:
                 err(f + ".attrs.rotary_dim", "an 'inv_freq' weight needs rotary_dim > 0")
         number("rotary_scale", required=False)
+        number("softcap", required=False, positive=True)  # scores = softcap * tanh(scores / softcap) (Gemma 2)
         if Wt("relative_bias") is not None:
             rb = Wt("relative_bias")["shape"]
             if len(rb) != 2 or rb[0] < 1 or rb[1] != H:

@@ -42,7 +42,7 @@ def gpu_missing(op) -> str | None:
     Attention's score biases (relative-position tables, ALiBi) and sliding windows have kernels: native/kernels/
     rmsnorm, epilogue, rotary and attention. The attention kernels take head sizes 32, 64 and 128 only
     (GPU_HEAD_SIZES): an Attention of another (phi-2's 80, Gemma's 256, ...) is refused with its head size. A
-    per-head query/key norm (Qwen3) has no kernel yet."""
+    per-head query/key norm (Qwen3) and soft-capped scores (Gemma 2) have no kernel yet."""
     a = op.get("attrs", {})
     if op["type"] == "Linear":
         if a.get("activation", "none") not in GPU_ACTIVATIONS:
@@ -52,6 +52,8 @@ def gpu_missing(op) -> str | None:
             return f"head size {a.get('head_size')} (the attention kernels take {', '.join(map(str, GPU_HEAD_SIZES))})"
         if op.get("weights", {}).get("q_norm"):
             return "a per-head query/key RMSNorm (q_norm, k_norm)"
+        if "softcap" in a:
+            return "soft-capped scores (softcap)"
     return None
 
 
