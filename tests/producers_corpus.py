@@ -284,6 +284,8 @@ FAMILY = {
     # as published: attention scores soft-capped at 50 (the GPU runtime has no soft cap yet)
     "gemma2-softcap": ("Gemma2Config", dict(_S, num_key_value_heads=2, head_dim=32, sliding_window=8,
                                             final_logit_softcapping=None)),
+    # query and key RMSNorms over the whole projection (grouped K), each block's output normalized, then added
+    "olmo2": ("Olmo2Config", dict(_S, num_key_value_heads=2)),
     # attention with the heads folded into the batch ([B*H, S, S]); ALiBi over positions counted along the mask
     "bloom": ("BloomConfig", dict(hidden_size=128, n_layer=2, n_head=4)),
     # the same folded attention; sinusoidal positions looked up at flattened [B*S] indices

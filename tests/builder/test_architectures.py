@@ -122,7 +122,7 @@ def test_qwen3_per_head_qk_norm(decoder, real_text_batches):
     assert len({a["weights"]["q_norm"] for a in attn} | {a["weights"]["k_norm"] for a in attn}) == 4
     assert [o["type"] for o in plans["fp32"].ops].count("RMSNorm") == 5  # the q/k norms are inside the Attention
     assert plans["hybrid"].weights[attn[0]["weights"]["q_norm"]].dtype == np.float32  # statistics' gains in fp32
-    assert gpu_missing(attn[0]) == "a per-head query/key RMSNorm (q_norm, k_norm)"
+    assert gpu_missing(attn[0]) == "a query/key RMSNorm (q_norm, k_norm)"
     batches = [("random ids", random_feeds(path, seq=29, vocab=VOCAB, seed=11))] + \
         [(f"real text {i}", b) for i, b in enumerate(real_text_batches("gpt2"))]
     for what, feeds in batches:
@@ -798,6 +798,33 @@ def _tiny_export(tmp_path, cls, **sizes):
     model = transformers.AutoModel.from_config(getattr(transformers, cls)(vocab_size=1000, **sizes))
     _randomize(torch, model, 0)
     return export_model(save_model_dir(model.eval(), tmp_path / "hf"), tmp_path / "m.onnx")
+
+
+def test_olmo2_whole_projection_qk_norm_and_residual_after_the_norm(tmp_path):
+    """OLMo-2 normalizes the whole query and key projections (RMSNorm over H*D and Hkv*D values, before the
+    rotary) and adds each block's normalized output to the stream: Attention q_norm [H*D] / k_norm [Hkv*D] (gammas
+    in the IR's head order) and norms with residual_after. Every precision against onnxruntime at the models'
+    acceptance (fp16: the producers matrix's 0.999); the GPU runtime refuses both forms by name."""
+    pytest.importorskip("transformers")
+    from trtrun.errors import PlanError
+    from trtrun.runtime.lower import check_gpu_support
+
+    path = _tiny_export(tmp_path, "Olmo2Config", hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=2, intermediate_size=256)
+    f = random_feeds(path, batch=3, seq=13, seed=5, vocab=1000)
+    want = onnxruntime_run(path, f)
+    for precision in ("fp16", "fp32", "hybrid"):
+        plan = build(path, precision=precision)
+        atts = [op for op in plan.ops if op["type"] == "Attention"]
+        assert [list(plan.header["weights"][op["weights"]["q_norm"]]["shape"]) for op in atts] == [[128], [128]]
+        assert [list(plan.header["weights"][op["weights"]["k_norm"]]["shape"]) for op in atts] == [[64], [64]]
+        after = [op for op in plan.ops if op["type"] == "RMSNorm" and op["attrs"].get("residual_after")]
+        assert len(after) == 3  # attention and MLP outputs; the last one is the final norm's residual input
+        got = ReferenceBackend(plan).run(f)["last_hidden_state"]
+        assert cosine_per_sample(got, want, f["attention_mask"]).min() >= {"fp32": 0.99999, "hybrid": 0.9998,
+                                                                          "fp16": 0.999}[precision]
+    with pytest.raises(PlanError, match=r"RMSNorm ops with the residual added after the norm|query/key RMSNorm"):
+        check_gpu_support(plan)
 
 
 def test_gemma2_soft_capped_scores(tmp_path):

@@ -134,17 +134,25 @@ def _match(graph, sm, facts, ctx) -> dict:
             perm = interleave_perm(D, rot["dim"])
             qs, kts = [a[..., perm] for a in qs], [a[..., perm] for a in kts]
         rot = {**rot, "interleaved": False}  # what the IR then applies
-    # columns: target [b, s, h*D + d] taken from source [b, s, col]; with a per-head norm, read before it
-    if qk_norm is not None:
+    # columns: target [b, s, h*D + d] taken from source [b, s, col]; with a per-head norm, read before it; with
+    # a whole-projection norm, read off its output, whose columns are the projection's
+    whole = qk_norm is not None and q_norm["whole"]
+    if qk_norm is not None and not whole:
         q_t, k_t = _head_values(facts, q_norm, H, sm, "query"), _head_values(facts, k_norm, H, sm, "key")
     else:
         q_t = [np.transpose(a, (0, 2, 1, 3)) / q_scale for a in qs]
         k_t = [np.transpose(a, (0, 2, 1, 3)) / k_scale for a in kts]
-    q_cols = _column_map(facts, q_src, q_t, sm, "query")
-    k_cols = _column_map(facts, k_src, k_t, sm, "key", shared=True)
+    q_cols = _column_map(facts, q_norm["y"] if whole else q_src, q_t, sm, "query")
+    k_cols = _column_map(facts, k_norm["y"] if whole else k_src, k_t, sm, "key", shared=True)
     v_cols = _column_map(facts, v_src, [np.transpose(a, (0, 2, 1, 3)) for a in facts.get(V4)], sm, "value",
                          shared=True)
     Hkv, k_cols, v_cols = _kv_heads(sm, k_cols, v_cols, H, D)
+    if whole:  # the norms sum over every column of their projection: the IR's Q and K must be all of them
+        for what, cols, n in (("query", q_cols, q_norm), ("key", k_cols, k_norm)):
+            if sorted(cols.tolist()) != list(range(n["gamma"].size)):
+                raise BuildError(f"Softmax node {sm.name!r}: the {what}'s RMSNorm {n['node'].name!r} spans "
+                                 f"{n['gamma'].size} columns, not exactly the {len(cols)} the attention reads")
+        qk_norm = (q_norm["gamma"][q_cols], k_norm["gamma"][k_cols], qk_norm[2])
     scale = chain_scale * q_scale * k_scale
     rel = _relative_bias(graph, facts, sm, bias_sides[0], H, ctx) if bias_sides else None
     if rel is not None and bias_sides[0].name in counted:
@@ -406,9 +414,10 @@ def _same_norm(sm, q_norm, k_norm):
     if q_norm is None or k_norm is None:
         raise BuildError(f"Softmax node {sm.name!r}: a per-head RMSNorm on the {'query' if k_norm is None else 'key'}"
                          f" only; the IR's Attention normalizes both or neither")
-    if q_norm["gamma"].size != k_norm["gamma"].size or abs(q_norm["eps"] - k_norm["eps"]) > 1e-6 * max(q_norm["eps"], 1e-30):
-        raise BuildError(f"Softmax node {sm.name!r}: the query's and key's per-head RMSNorms differ in size or "
-                         f"epsilon ({q_norm['eps']:g}, {k_norm['eps']:g}); the IR has one epsilon for both")
+    if q_norm["whole"] != k_norm["whole"] or (not q_norm["whole"] and q_norm["gamma"].size != k_norm["gamma"].size) \
+            or abs(q_norm["eps"] - k_norm["eps"]) > 1e-6 * max(q_norm["eps"], 1e-30):
+        raise BuildError(f"Softmax node {sm.name!r}: the query's and key's RMSNorms differ in kind, size or "
+                         f"epsilon ({q_norm['eps']:g}, {k_norm['eps']:g}); the IR has one kind and epsilon for both")
     return q_norm["gamma"], k_norm["gamma"], q_norm["eps"]
 
 
@@ -568,19 +577,24 @@ def _trace_source(graph, facts, t, ctx):
             return t, scale, rot, norm
         if G.is_trtrun(p, "RMSNorm") or G.is_trtrun(p, "LayerNorm"):
             # Qwen3's (and Gemma-3's) q_norm/k_norm: an RMSNorm over each head's D values of the query and key,
-            # after the projection and before the rotary. A LayerNorm there, a norm over all heads at once
-            # (OLMo-2's), or one after the rotary is no form the IR's per-head q/k norm expresses.
+            # after the projection and before the rotary; OLMo-2's: an RMSNorm over the whole projection output
+            # (all heads at once). A LayerNorm there or a norm after the rotary is no form the IR expresses.
             x = G.slot(p, "x")
             gamma = G.const_value(G.slot(p, "gamma"))
-            per_head = G.is_trtrun(p, "RMSNorm") and norm is None and G.slot(p, "residual") is None and \
-                facts.rank(x) == 4 and gamma is not None and gamma.size == facts.get(x)[0].shape[-1]
-            if not per_head:
+            ok = G.is_trtrun(p, "RMSNorm") and norm is None and G.slot(p, "residual") is None and \
+                facts.rank(x) in (3, 4) and gamma is not None and gamma.size == facts.get(x)[0].shape[-1]
+            whole = ok and facts.rank(x) == 3
+            if ok and whole:
+                xp = G.producer(x)
+                ok = xp is not None and G.is_trtrun(xp, "Linear")  # its columns are the projection's own
+            if not ok:
                 raise BuildError(f"Softmax node {ctx['softmax']}: the query or key is normalized ({p.op} node "
                                  f"{p.name!r}) before the attention scores in a form the IR's Attention lacks: "
                                  f"it takes Q, K and V from the QKV projection with at most an RMSNorm over "
-                                 f"each head's values (Qwen3's q_norm/k_norm) before the rotary")
+                                 f"each head's values (Qwen3's q_norm/k_norm) or over a projection's whole "
+                                 f"output (OLMo-2's) before the rotary")
             norm = {"x": x, "gamma": np.asarray(gamma, np.float32).reshape(-1), "eps": float(p.attrs["epsilon"]),
-                    "node": p}
+                    "node": p, "whole": whole, "y": G.slot(p, "y")}
             t = x
             continue
         if p.op in ("Add", "Sub", "Concat") and rot is None:
@@ -939,8 +953,12 @@ def reference_attention(qkv, mask, H, D, scale, causal, Hkv=None, rot=None, bias
     v = qkv[..., HD + KD:].reshape(B, S, Hkv, D).transpose(0, 2, 1, 3)
     if qk_norm is not None:
         gq, gk, eps = qk_norm
-        q = q / np.sqrt((q * q).mean(-1, keepdims=True) + eps) * np.asarray(gq, np.float64)
-        k = k / np.sqrt((k * k).mean(-1, keepdims=True) + eps) * np.asarray(gk, np.float64)
+        if np.asarray(gq).size == D:  # per head
+            q = q / np.sqrt((q * q).mean(-1, keepdims=True) + eps) * np.asarray(gq, np.float64)
+            k = k / np.sqrt((k * k).mean(-1, keepdims=True) + eps) * np.asarray(gk, np.float64)
+        else:  # over every head of the token at once; gammas in head order [H*D], [Hkv*D]
+            q = q / np.sqrt((q * q).mean((1, 3), keepdims=True) + eps) * np.asarray(gq, np.float64).reshape(1, H, 1, D)
+            k = k / np.sqrt((k * k).mean((1, 3), keepdims=True) + eps) * np.asarray(gk, np.float64).reshape(1, Hkv, 1, D)
     if rot is not None:
         q, k = apply_rotary(q, rot, 2), apply_rotary(k, rot, 2)
     k, v = np.repeat(k, H // Hkv, axis=1), np.repeat(v, H // Hkv, axis=1)

@@ -42,16 +42,19 @@ def gpu_missing(op) -> str | None:
     Attention's score biases (relative-position tables, ALiBi) and sliding windows have kernels: native/kernels/
     rmsnorm, epilogue, rotary and attention. The attention kernels take head sizes 32, 64 and 128 only
     (GPU_HEAD_SIZES): an Attention of another (phi-2's 80, Gemma's 256, ...) is refused with its head size. A
-    per-head query/key norm (Qwen3) and soft-capped scores (Gemma 2) have no kernel yet."""
+    query/key norm (Qwen3's per head, OLMo-2's over all heads), soft-capped scores (Gemma 2) and a norm with the
+    residual added after it (OLMo-2) have no kernel yet."""
     a = op.get("attrs", {})
     if op["type"] == "Linear":
         if a.get("activation", "none") not in GPU_ACTIVATIONS:
             return f"activation {a['activation']!r}"
+    if op["type"] in ("LayerNorm", "RMSNorm") and a.get("residual_after"):
+        return "the residual added after the norm (residual_after)"
     if op["type"] == "Attention":
         if int(a.get("head_size", 0)) not in GPU_HEAD_SIZES:
             return f"head size {a.get('head_size')} (the attention kernels take {', '.join(map(str, GPU_HEAD_SIZES))})"
         if op.get("weights", {}).get("q_norm"):
-            return "a per-head query/key RMSNorm (q_norm, k_norm)"
+            return "a query/key RMSNorm (q_norm, k_norm)"
         if "softcap" in a:
             return "soft-capped scores (softcap)"
     return None
