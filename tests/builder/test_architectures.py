@@ -800,6 +800,53 @@ def _tiny_export(tmp_path, cls, **sizes):
     return export_model(save_model_dir(model.eval(), tmp_path / "hf"), tmp_path / "m.onnx")
 
 
+def test_multi_query_kv_broadcast_by_the_matmul(tmp_path):
+    """One K/V head that the score and output MatMuls broadcast over the query heads ([B, 1, S, D] against
+    [B, H, S, D], as transformers 4's Falcon exports multi-query attention) is num_kv_heads 1. A tiny hand-written
+    pre-norm decoder block, exported by torch.onnx, against onnxruntime."""
+    torch = pytest.importorskip("torch")
+    import warnings
+
+    H, D, N = 4, 32, 128
+
+    class MQA(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.word, self.pos = torch.nn.Embedding(1000, N), torch.nn.Embedding(64, N)
+            self.ln1, self.ln2 = torch.nn.LayerNorm(N), torch.nn.LayerNorm(N)
+            self.qkv, self.out = torch.nn.Linear(N, N + 2 * D), torch.nn.Linear(N, N)
+
+        def forward(self, input_ids, attention_mask):
+            B, S = input_ids.shape
+            x = self.word(input_ids) + self.pos(torch.arange(S))
+            q, k, v = self.qkv(self.ln1(x)).split([N, D, D], dim=-1)
+            q = q.view(B, S, H, D).transpose(1, 2)
+            k, v = k.view(B, S, 1, D).transpose(1, 2), v.view(B, S, 1, D).transpose(1, 2)
+            scores = q @ k.transpose(-1, -2) / D ** 0.5  # [B, H, S, S] from [B, 1, D, S]
+            causal = torch.triu(torch.ones(S, S, dtype=torch.bool), 1)
+            pad = (attention_mask == 0)[:, None, None, :]
+            scores = scores.masked_fill(causal | pad, torch.finfo(torch.float32).min)
+            y = (scores.softmax(-1) @ v).transpose(1, 2).reshape(B, S, N)
+            return self.ln2(x + self.out(y))
+
+    torch.manual_seed(0)
+    model = MQA().eval()
+    ids, mask = torch.randint(0, 1000, (2, 8)), torch.ones(2, 8, dtype=torch.long)
+    path = tmp_path / "mqa.onnx"
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (ids, mask), str(path), input_names=["input_ids", "attention_mask"],
+                          output_names=["y"], opset_version=17, dynamo=False,
+                          dynamic_axes={n: {0: "b", 1: "s"} for n in ("input_ids", "attention_mask", "y")})
+    f = random_feeds(path, batch=3, seq=13, seed=2, vocab=1000)
+    want = onnxruntime_run(path, f)
+    plan = build(path, precision="fp32")
+    att = next(op for op in plan.ops if op["type"] == "Attention")
+    assert att["attrs"]["num_kv_heads"] == 1 and att["attrs"]["causal"] is True
+    got = ReferenceBackend(plan).run(f)["y"]
+    assert cosine_per_sample(got, want, f["attention_mask"]).min() >= 0.99999
+
+
 def test_olmo2_whole_projection_qk_norm_and_residual_after_the_norm(tmp_path):
     """OLMo-2 normalizes the whole query and key projections (RMSNorm over H*D and Hkv*D values, before the
     rotary) and adds each block's normalized output to the stream: Attention q_norm [H*D] / k_norm [Hkv*D] (gammas

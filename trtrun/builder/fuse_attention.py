@@ -118,8 +118,11 @@ def _match(graph, sm, facts, ctx) -> dict:
         raise _NoMatch
     _, H, _, D = qs[0].shape
     HD = H * D
-    kts = [np.transpose(a, (0, 1, 3, 2)) for a in facts.get(KT4)]  # [B, H, S, D]
-    if any(a.shape[-1] != D for a in kts):
+    # [B, H, S, D]; one K or V head broadcast over the query heads by the MatMul itself (multi-query attention as
+    # transformers 4's Falcon computes it) is that head read by every query head
+    kts = [_heads_broadcast(np.transpose(a, (0, 1, 3, 2)), H) for a in facts.get(KT4)]
+    vs = [_heads_broadcast(a, H) for a in facts.get(V4)]
+    if any(a.shape[-1] != D or a.shape[1] != H for a in kts + vs):
         raise _NoMatch
     if rot is not None:  # the columns are read off the values before the rotation
         qs = [apply_rotary(a, rot, 2, inverse=True) for a in qs]
@@ -144,8 +147,7 @@ def _match(graph, sm, facts, ctx) -> dict:
         k_t = [np.transpose(a, (0, 2, 1, 3)) / k_scale for a in kts]
     q_cols = _column_map(facts, q_norm["y"] if whole else q_src, q_t, sm, "query")
     k_cols = _column_map(facts, k_norm["y"] if whole else k_src, k_t, sm, "key", shared=True)
-    v_cols = _column_map(facts, v_src, [np.transpose(a, (0, 2, 1, 3)) for a in facts.get(V4)], sm, "value",
-                         shared=True)
+    v_cols = _column_map(facts, v_src, [np.transpose(a, (0, 2, 1, 3)) for a in vs], sm, "value", shared=True)
     Hkv, k_cols, v_cols = _kv_heads(sm, k_cols, v_cols, H, D)
     if whole:  # the norms sum over every column of their projection: the IR's Q and K must be all of them
         for what, cols, n in (("query", q_cols, q_norm), ("key", k_cols, k_norm)):
@@ -171,6 +173,11 @@ def _match(graph, sm, facts, ctx) -> dict:
                                        rel.get("graph_values", rel["values"]) if rel else None, window)
     return dict(H=H, D=D, Hkv=Hkv, rot=rot, rel=rel, scale=scale, causal=causal, use_mask=use_mask, y=y, window=window,
                 srcs=(q_src, k_src, v_src), cols=(q_cols, k_cols, v_cols), qk_norm=qk_norm, softcap=softcap)
+
+
+def _heads_broadcast(a, H):
+    """[B, 1, S, D] -> [B, H, S, D] (a MatMul broadcasts a single head over H); other shapes as they are."""
+    return np.repeat(a, H, axis=1) if a.ndim == 4 and a.shape[1] == 1 and H > 1 else a
 
 
 def _heads_in_batch(facts, t) -> bool:
