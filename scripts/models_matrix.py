@@ -144,7 +144,11 @@ FAMILY_NAMES = {"roberta": "RoBERTa", "xlm-roberta": "XLM-RoBERTa", "distilbert"
                 "roformer": "RoFormer: an encoder's rotary from a sinusoidal table, interleaved pairs",
                 "gpt-neo": "GPT-Neo: global and 8-token local layers, masks sliced from boolean buffers",
                 "mpt": "MPT: ALiBi as a [heads, 1, S] bias",
-                "gemma2": "Gemma 2 without soft-capping: alternating 8-token sliding-window and global layers"}
+                "gemma2": "Gemma 2 without soft-capping: alternating 8-token sliding-window and global layers",
+                "gemma2-softcap": "Gemma 2 as published: scores soft-capped at 50 (cap * tanh(scores / cap))",
+                "olmo2": "OLMo-2: query/key RMSNorms over the whole projection, block outputs normalized then added",
+                "bloom": "BLOOM: attention on [B*H, S, S], ALiBi over positions counted along the mask",
+                "xglm": "XGLM: attention on [B*H, S, S], sinusoidal positions looked up at flattened indices"}
 MINILM_TITLE = "## all-MiniLM-L6-v2 through the Embedder on real text"
 MINILM_GPU_TITLE = "## all-MiniLM-L6-v2 on the GPU"
 SMOLLM2_TITLE = "## SmolLM2-135M-Instruct (real weights"
@@ -237,7 +241,7 @@ def main(argv=None) -> int:
             out = Path(d) / "matrix.json"
             env = dict(os.environ, TRTRUN_MATRIX_OUT=str(out))
             subprocess.run([sys.executable, "-m", "pytest", "-q", "tests/builder/test_producers.py", "-k",
-                            "matrix or minilm"], cwd=ROOT, env=env, check=False)
+                            "matrix or minilm or family or t5_encoder"], cwd=ROOT, env=env, check=False)
             if not out.exists():
                 print("no results were written (did the tests run?)", file=sys.stderr)
                 return 1

@@ -281,13 +281,19 @@ FAMILY = {
     # as OPT-350m: post-LayerNorm, word embeddings projected up to the hidden size and the output down again
     "opt-350m": ("OPTConfig", dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, ffn_dim=256,
                                    word_embed_proj_dim=64, max_position_embeddings=256, do_layer_norm_before=False)),
+    # as published: attention scores soft-capped at 50 (the GPU runtime has no soft cap yet)
+    "gemma2-softcap": ("Gemma2Config", dict(_S, num_key_value_heads=2, head_dim=32, sliding_window=8,
+                                            final_logit_softcapping=None)),
+    # query and key RMSNorms over the whole projection (grouped K), each block's output normalized, then added
+    "olmo2": ("Olmo2Config", dict(_S, num_key_value_heads=2)),
     # attention with the heads folded into the batch ([B*H, S, S]); ALiBi over positions counted along the mask
     "bloom": ("BloomConfig", dict(hidden_size=128, n_layer=2, n_head=4)),
     # the same folded attention; sinusoidal positions looked up at flattened [B*S] indices
     "xglm": ("XGLMConfig", dict(d_model=128, num_layers=2, attention_heads=4, ffn_dim=256)),
 }
 BERT_FAMILY = ("roberta", "xlm-roberta", "distilbert", "electra", "albert")
-NO_SDPA = ("mpt", "gemma2", "roformer", "gpt-neo", "bloom", "xglm")  # transformers implements only eager attention for these
+# transformers implements only eager attention for these
+NO_SDPA = ("mpt", "gemma2", "gemma2-softcap", "roformer", "gpt-neo", "bloom", "xglm")
 
 
 def family_variants(arch: str) -> tuple:

@@ -400,15 +400,17 @@ def ref_attention(qkv: np.ndarray, attention_mask: np.ndarray | None = None, *, 
                   inv_freq: np.ndarray | None = None, rotary_scale: float = 1.0,
                   score_bias: np.ndarray | None = None, window: int | None = None,
                   q_norm: np.ndarray | None = None, k_norm: np.ndarray | None = None,
-                  qk_norm_epsilon: float = 1e-6) -> np.ndarray:
+                  qk_norm_epsilon: float = 1e-6, softcap: float | None = None) -> np.ndarray:
     """Multi-head attention on a packed qkv [B, S, (H + 2*Hkv)*D] -> y [B, S, H*D] in `out_dtype`.
 
     Q = qkv[..., :HD], K = [HD:HD+HkvD], V = [HD+HkvD:]; head h is columns h*D:(h+1)*D of each; query head h
     reads K/V head h // (H / Hkv) (grouped-query attention; Hkv = H by default). With `q_norm`/`k_norm` [D]
-    (Qwen3), every Q and K head is RMS-normalized over its D values first (ref_rmsnorm's rules for the
-    precision, epsilon `qk_norm_epsilon`). With `inv_freq` [R/2], the
+    (Qwen3), every Q and K head is RMS-normalized over its D values first; with `q_norm` [H*D] and `k_norm`
+    [Hkv*D] (OLMo-2), the whole Q and the whole K of each token are (ref_rmsnorm's rules for the precision,
+    epsilon `qk_norm_epsilon`). With `inv_freq` [R/2], the
     first R dims of every Q and K head are rotated by position (rotary_tables, rotate) before the scores.
-    scores = scale * Q_h K_h^T (+ score_bias [H, S, S]); key j masked when attention_mask[b, j] == 0, and for
+    scores = scale * Q_h K_h^T, soft-capped to softcap * tanh(scores / softcap) when `softcap` is given (Gemma 2;
+    on the float32 scores in every precision, before the bias and the fp16 rounding) (+ score_bias [H, S, S]); key j masked when attention_mask[b, j] == 0, and for
     causal when j > i, and with a sliding `window` when |i - j| > window; masked scores replaced by the dtype's minimum (uniform rows when all keys are masked);
     P = softmax; y_h = P V_h. Precision as in the module docstring; the rotation is computed in float32 on
     the tensor's values (fp16 mode: in fp16), before Q and K are rounded as GEMM operands.
@@ -439,8 +441,12 @@ def ref_attention(qkv: np.ndarray, attention_mask: np.ndarray | None = None, *, 
         q, k, v = x[:, :HD].reshape(S, H, D), x[:, HD:HD + KD].reshape(S, Hkv, D), x[:, HD + KD:]
         cdt = F16 if precision == "fp16" else F32
         if q_norm is not None:
-            q = ref_rmsnorm(q, None, q_norm, epsilon=qk_norm_epsilon, precision=precision, out_dtype=cdt)[0]
-            k = ref_rmsnorm(k, None, k_norm, epsilon=qk_norm_epsilon, precision=precision, out_dtype=cdt)[0]
+            whole = np.asarray(q_norm).size != D  # over all heads at once: rows [S, H*D]
+            qr, kr = (q.reshape(S, HD), k.reshape(S, KD)) if whole else (q, k)
+            q = ref_rmsnorm(qr, None, q_norm, epsilon=qk_norm_epsilon, precision=precision,
+                            out_dtype=cdt)[0].reshape(S, H, D)
+            k = ref_rmsnorm(kr, None, k_norm, epsilon=qk_norm_epsilon, precision=precision,
+                            out_dtype=cdt)[0].reshape(S, Hkv, D)
         if rot is not None:
             q, k = rotate(q.astype(cdt), *rot), rotate(k.astype(cdt), *rot)
         q, k, v = (_operands(a, precision, tf32) for a in (q, k, v))  # float32 values
@@ -451,6 +457,8 @@ def ref_attention(qkv: np.ndarray, attention_mask: np.ndarray | None = None, *, 
         vv = np.ascontiguousarray(v.reshape(S, Hkv, D).transpose(1, 0, 2))[:, None]  # [Hkv, 1, S, D]
         scores = np.matmul(qg, kt).reshape(H, S, S)  # float32 accumulation
         scores *= F32(scale)
+        if softcap is not None:
+            scores = (F32(softcap) * np.tanh(scores / F32(softcap))).astype(F32)
         masked = np.zeros((S, S), bool)
         if attention_mask is not None:
             masked |= (np.asarray(attention_mask[b]) == 0)[None, :]
@@ -605,15 +613,21 @@ class ReferenceBackend:
                                   inv_freq=self._w(op, "inv_freq"), rotary_scale=a.get("rotary_scale", 1.0),
                                   score_bias=self._score_bias(op, ins[0].shape[1]), window=a.get("window"),
                                   q_norm=self._w(op, "q_norm"), k_norm=self._w(op, "k_norm"),
-                                  qk_norm_epsilon=a.get("qk_norm_epsilon", 1e-6))]
+                                  qk_norm_epsilon=a.get("qk_norm_epsilon", 1e-6), softcap=a.get("softcap"))]
         if typ in ("LayerNorm", "RMSNorm"):
             sdt = self._dtypes[outs[1]] if len(outs) > 1 and outs[1] else odt
+            after = a.get("residual_after", False)
+            x, r = ins[0], (None if after else ins[1])
+            ndt = (F16 if prec == "fp16" else F32) if after else odt  # the norm's value before the add
             if typ == "LayerNorm":
-                y, s = ref_layernorm(ins[0], ins[1], self._w(op, "gamma"), self._w(op, "beta"),
-                                     epsilon=a["epsilon"], precision=prec, out_dtype=odt, sum_dtype=sdt)
+                y, s = ref_layernorm(x, r, self._w(op, "gamma"), self._w(op, "beta"),
+                                     epsilon=a["epsilon"], precision=prec, out_dtype=ndt, sum_dtype=sdt)
             else:
-                y, s = ref_rmsnorm(ins[0], ins[1], self._w(op, "gamma"), epsilon=a["epsilon"], precision=prec,
-                                   out_dtype=odt, sum_dtype=sdt)
+                y, s = ref_rmsnorm(x, r, self._w(op, "gamma"), epsilon=a["epsilon"], precision=prec,
+                                   out_dtype=ndt, sum_dtype=sdt)
+            if after:  # y = residual + norm(x), added in the statistics' precision (fp16 mode: fp16)
+                with np.errstate(over="ignore"):
+                    y = (y + np.asarray(ins[1]).astype(ndt)).astype(odt)
             return [y, s] if len(outs) > 1 and outs[1] else [y]
         if typ == "Pool":
             return [ref_pool(ins[0], ins[1], mode=a["mode"], normalize=a.get("normalize", False), precision=prec,

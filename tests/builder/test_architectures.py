@@ -800,15 +800,139 @@ def _tiny_export(tmp_path, cls, **sizes):
     return export_model(save_model_dir(model.eval(), tmp_path / "hf"), tmp_path / "m.onnx")
 
 
-@pytest.mark.parametrize("cls,sizes,needle", [
-    ("Gemma2Config", dict(hidden_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-                          head_dim=32, intermediate_size=128),
-     r"Tanh node .*soft-capped .*Gemma 2.*no soft cap")])
-def test_attention_forms_outside_the_ir_are_named(tmp_path, cls, sizes, needle):
-    """Gemma 2's soft-capped scores are refused in one line naming the node and the form."""
+def test_multi_query_kv_broadcast_by_the_matmul(tmp_path):
+    """One K/V head that the score and output MatMuls broadcast over the query heads ([B, 1, S, D] against
+    [B, H, S, D], as transformers 4's Falcon exports multi-query attention) is num_kv_heads 1. A tiny hand-written
+    pre-norm decoder block, exported by torch.onnx, against onnxruntime."""
+    torch = pytest.importorskip("torch")
+    import warnings
+
+    H, D, N = 4, 32, 128
+
+    class MQA(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.word, self.pos = torch.nn.Embedding(1000, N), torch.nn.Embedding(64, N)
+            self.ln1, self.ln2 = torch.nn.LayerNorm(N), torch.nn.LayerNorm(N)
+            self.qkv, self.out = torch.nn.Linear(N, N + 2 * D), torch.nn.Linear(N, N)
+
+        def forward(self, input_ids, attention_mask):
+            B, S = input_ids.shape
+            x = self.word(input_ids) + self.pos(torch.arange(S))
+            q, k, v = self.qkv(self.ln1(x)).split([N, D, D], dim=-1)
+            q = q.view(B, S, H, D).transpose(1, 2)
+            k, v = k.view(B, S, 1, D).transpose(1, 2), v.view(B, S, 1, D).transpose(1, 2)
+            scores = q @ k.transpose(-1, -2) / D ** 0.5  # [B, H, S, S] from [B, 1, D, S]
+            causal = torch.triu(torch.ones(S, S, dtype=torch.bool), 1)
+            pad = (attention_mask == 0)[:, None, None, :]
+            scores = scores.masked_fill(causal | pad, torch.finfo(torch.float32).min)
+            y = (scores.softmax(-1) @ v).transpose(1, 2).reshape(B, S, N)
+            return self.ln2(x + self.out(y))
+
+    torch.manual_seed(0)
+    model = MQA().eval()
+    ids, mask = torch.randint(0, 1000, (2, 8)), torch.ones(2, 8, dtype=torch.long)
+    path = tmp_path / "mqa.onnx"
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (ids, mask), str(path), input_names=["input_ids", "attention_mask"],
+                          output_names=["y"], opset_version=17, dynamo=False,
+                          dynamic_axes={n: {0: "b", 1: "s"} for n in ("input_ids", "attention_mask", "y")})
+    f = random_feeds(path, batch=3, seq=13, seed=2, vocab=1000)
+    want = onnxruntime_run(path, f)
+    plan = build(path, precision="fp32")
+    att = next(op for op in plan.ops if op["type"] == "Attention")
+    assert att["attrs"]["num_kv_heads"] == 1 and att["attrs"]["causal"] is True
+    got = ReferenceBackend(plan).run(f)["y"]
+    assert cosine_per_sample(got, want, f["attention_mask"]).min() >= 0.99999
+
+
+def test_olmo2_whole_projection_qk_norm_and_residual_after_the_norm(tmp_path):
+    """OLMo-2 normalizes the whole query and key projections (RMSNorm over H*D and Hkv*D values, before the
+    rotary) and adds each block's normalized output to the stream: Attention q_norm [H*D] / k_norm [Hkv*D] (gammas
+    in the IR's head order) and norms with residual_after. Every precision against onnxruntime at the models'
+    acceptance (fp16: the producers matrix's 0.999); the GPU runtime refuses both forms by name."""
     pytest.importorskip("transformers")
-    with pytest.raises(BuildError, match=needle) as e:
-        build(_tiny_export(tmp_path, cls, **sizes), precision="fp32")
+    from trtrun.errors import PlanError
+    from trtrun.runtime.lower import check_gpu_support
+
+    path = _tiny_export(tmp_path, "Olmo2Config", hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=2, intermediate_size=256)
+    f = random_feeds(path, batch=3, seq=13, seed=5, vocab=1000)
+    want = onnxruntime_run(path, f)
+    for precision in ("fp16", "fp32", "hybrid"):
+        plan = build(path, precision=precision)
+        atts = [op for op in plan.ops if op["type"] == "Attention"]
+        assert [list(plan.header["weights"][op["weights"]["q_norm"]]["shape"]) for op in atts] == [[128], [128]]
+        assert [list(plan.header["weights"][op["weights"]["k_norm"]]["shape"]) for op in atts] == [[64], [64]]
+        after = [op for op in plan.ops if op["type"] == "RMSNorm" and op["attrs"].get("residual_after")]
+        assert len(after) == 3  # attention and MLP outputs; the last one is the final norm's residual input
+        got = ReferenceBackend(plan).run(f)["last_hidden_state"]
+        assert cosine_per_sample(got, want, f["attention_mask"]).min() >= {"fp32": 0.99999, "hybrid": 0.9998,
+                                                                          "fp16": 0.999}[precision]
+    with pytest.raises(PlanError, match=r"RMSNorm ops with the residual added after the norm|query/key RMSNorm"):
+        check_gpu_support(plan)
+
+
+def test_gemma2_soft_capped_scores(tmp_path):
+    """Gemma 2's cap * tanh(scores / cap) becomes the Attention's softcap. The cap here (2) is small enough that
+    the tanh bends the scores (queries and keys scaled up), so the comparison with onnxruntime would fail without
+    it: the same plan with softcap dropped gives 0.96 (measured), the plan 0.9999999999. The GPU runtime refuses the op by name. A cap of the
+    wrong sign is refused naming the Tanh."""
+    pytest.importorskip("transformers")
+    import onnx
+
+    from trtrun.errors import PlanError
+    from trtrun.runtime.lower import check_gpu_support
+
+    import torch
+    import transformers
+    from producers_corpus import save_model_dir
+
+    from trtrun.export import _randomize, export_model
+
+    torch.manual_seed(0)
+    model = transformers.AutoModel.from_config(transformers.Gemma2Config(
+        vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+        head_dim=32, intermediate_size=128, sliding_window=8, attn_logit_softcapping=2.0,
+        final_logit_softcapping=None))
+    _randomize(torch, model, 0)
+    with torch.no_grad():  # scores of several caps and attention outputs that matter beside the residual
+        for layer in model.layers:
+            layer.self_attn.q_proj.weight.mul_(6.0)
+            layer.self_attn.k_proj.weight.mul_(6.0)
+            layer.self_attn.o_proj.weight.mul_(4.0)
+    path = export_model(save_model_dir(model.eval(), tmp_path / "hf"), tmp_path / "m.onnx")
+    f = random_feeds(path, batch=3, seq=13, seed=3, vocab=1000)
+    want = onnxruntime_run(path, f)
+    for precision in ("fp32", "hybrid"):
+        plan = build(path, precision=precision)
+        atts = [op for op in plan.ops if op["type"] == "Attention"]
+        assert [op["attrs"]["softcap"] for op in atts] == pytest.approx([2.0, 2.0])
+        got = ReferenceBackend(plan).run(f)["last_hidden_state"]
+        assert cosine_per_sample(got, want, f["attention_mask"]).min() >= (0.99999 if precision == "fp32" else 0.9998)
+    with pytest.raises(PlanError, match=r"soft-capped scores \(softcap\)"):
+        check_gpu_support(plan)
+    uncapped = build(path, precision="fp32")
+    for op in uncapped.ops:
+        op.get("attrs", {}).pop("softcap", None)
+    off = ReferenceBackend(uncapped).run(f)["last_hidden_state"]
+    assert cosine_per_sample(off, want, f["attention_mask"]).min() < 0.9999
+
+    m = onnx.load(str(path))
+    tanh = next(n for n in m.graph.node if n.op_type == "Tanh")
+    mul = next(n for n in m.graph.node if n.op_type == "Mul" and tanh.output[0] in n.input)
+    const = next(i for i in mul.input if i != tanh.output[0])
+    init = next((t for t in m.graph.initializer if t.name == const), None)
+    node = next((n for n in m.graph.node if const in n.output), None)
+    value = -onnx.numpy_helper.to_array(init if init is not None else node.attribute[0].t)
+    if init is not None:
+        init.CopyFrom(onnx.numpy_helper.from_array(value, const))
+    else:
+        node.attribute[0].t.CopyFrom(onnx.numpy_helper.from_array(value, const))
+    onnx.save(m, str(tmp_path / "negative-cap.onnx"))
+    with pytest.raises(BuildError, match=r"Tanh node .*cap \* tanh\(scores / cap\) with cap > 0") as e:
+        build(tmp_path / "negative-cap.onnx", precision="fp32")
     assert len(str(e.value).splitlines()) == 1
 
 

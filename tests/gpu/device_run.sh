@@ -79,7 +79,10 @@ if [[ " $steps " == *" sanitizer "* ]]; then
 fi
 if [[ " $steps " == *" racecheck "* ]]; then
   log "compute-sanitizer racecheck (plugin kernels)"
+  # --kernel-name-exclude: PyTorch's cuDNN attention (the tests' same-precision baseline) draws hazards of its own
+  # (81 reported in its wgmma/TMA kernels on an H100, none in ours); the report is about our kernels
   timeout "${RACE_TIMEOUT:-300}" compute-sanitizer --tool racecheck --error-exitcode 3 --print-limit 10 \
+    --kernel-name-exclude kns=cudnn \
     python3 -m pytest -p no:cacheprovider -q tests/gpu/test_plugins.py \
     -k "every_configuration or share_kv or test_layernorm or test_embedding" >"$OUT/racecheck.log" 2>&1
   echo "racecheck exit code $? (3: hazards; 1: a test failed; 4: pytest usage)"

@@ -453,6 +453,16 @@ def _alibi(h, w, n=2):
     w["slopes"] = np.linspace(0.0625, 0.5, n).astype(np.float32)
 
 
+def _norm(h):
+    return next(op for op in h["ops"] if op["type"] in ("LayerNorm", "RMSNorm"))
+
+
+def _no_residual_after(h, w):
+    op = _norm(h)
+    op["inputs"] = op["inputs"][:1]
+    op["attrs"]["residual_after"] = True
+
+
 def _edit_att(**attrs):
     return lambda h, w: _att(h)["attrs"].update(attrs)
 
@@ -598,6 +608,13 @@ EXTRAS = {
     "alibi_symmetric without slopes": ("hybrid", _edit_att(alibi_symmetric=True),
                                        r"weights\.alibi_slopes: alibi_symmetric and mask_positions need an "
                                        r"'alibi_slopes' weight"),
+    "whole q_norm with a per-head k_norm": ("hybrid", _both(_qk, lambda h, w: w.update(qn=np.ones(64, np.float32))),
+                                             r"k_norm 'kn' has shape \[32\], expected \[64\]"),
+    "residual_after 1": ("hybrid", lambda h, w: _norm(h)["attrs"].update(residual_after=1),
+                         r"attrs\.residual_after: must be true or false, got 1"),
+    "residual_after without a residual": ("hybrid", _no_residual_after,
+                                          r"attrs\.residual_after: needs a residual input and no sum output"),
+    "softcap 0": ("hybrid", _edit_att(softcap=0.0), r"attrs\.softcap: must be a finite positive number"),
     "attention mask_positions 1": ("hybrid", _both(_alibi, _edit_att(mask_positions=1)),
                                    r"attrs\.mask_positions: must be true or false, got 1"),
     "attention mask_positions without slopes": ("hybrid", _edit_att(mask_positions=True),

@@ -83,7 +83,7 @@ def _match(graph, sm, facts, ctx) -> dict:
     V4, O4 = pv.inputs[1], pv.outputs[0]
 
     # score chain: logits back to the QK MatMul
-    chain_scale, qk, sides = _walk_scores(logits)
+    chain_scale, qk, sides, softcap = _walk_scores(logits)
     sides = [part for side in sides for part in _mask_and_bias(graph, facts, side)]
     Q4, KT4 = qk.inputs[0], qk.inputs[1]
     bias_sides, counted = [], set()
@@ -118,8 +118,11 @@ def _match(graph, sm, facts, ctx) -> dict:
         raise _NoMatch
     _, H, _, D = qs[0].shape
     HD = H * D
-    kts = [np.transpose(a, (0, 1, 3, 2)) for a in facts.get(KT4)]  # [B, H, S, D]
-    if any(a.shape[-1] != D for a in kts):
+    # [B, H, S, D]; one K or V head broadcast over the query heads by the MatMul itself (multi-query attention as
+    # transformers 4's Falcon computes it) is that head read by every query head
+    kts = [_heads_broadcast(np.transpose(a, (0, 1, 3, 2)), H) for a in facts.get(KT4)]
+    vs = [_heads_broadcast(a, H) for a in facts.get(V4)]
+    if any(a.shape[-1] != D or a.shape[1] != H for a in kts + vs):
         raise _NoMatch
     if rot is not None:  # the columns are read off the values before the rotation
         qs = [apply_rotary(a, rot, 2, inverse=True) for a in qs]
@@ -134,17 +137,24 @@ def _match(graph, sm, facts, ctx) -> dict:
             perm = interleave_perm(D, rot["dim"])
             qs, kts = [a[..., perm] for a in qs], [a[..., perm] for a in kts]
         rot = {**rot, "interleaved": False}  # what the IR then applies
-    # columns: target [b, s, h*D + d] taken from source [b, s, col]; with a per-head norm, read before it
-    if qk_norm is not None:
+    # columns: target [b, s, h*D + d] taken from source [b, s, col]; with a per-head norm, read before it; with
+    # a whole-projection norm, read off its output, whose columns are the projection's
+    whole = qk_norm is not None and q_norm["whole"]
+    if qk_norm is not None and not whole:
         q_t, k_t = _head_values(facts, q_norm, H, sm, "query"), _head_values(facts, k_norm, H, sm, "key")
     else:
         q_t = [np.transpose(a, (0, 2, 1, 3)) / q_scale for a in qs]
         k_t = [np.transpose(a, (0, 2, 1, 3)) / k_scale for a in kts]
-    q_cols = _column_map(facts, q_src, q_t, sm, "query")
-    k_cols = _column_map(facts, k_src, k_t, sm, "key", shared=True)
-    v_cols = _column_map(facts, v_src, [np.transpose(a, (0, 2, 1, 3)) for a in facts.get(V4)], sm, "value",
-                         shared=True)
+    q_cols = _column_map(facts, q_norm["y"] if whole else q_src, q_t, sm, "query")
+    k_cols = _column_map(facts, k_norm["y"] if whole else k_src, k_t, sm, "key", shared=True)
+    v_cols = _column_map(facts, v_src, [np.transpose(a, (0, 2, 1, 3)) for a in vs], sm, "value", shared=True)
     Hkv, k_cols, v_cols = _kv_heads(sm, k_cols, v_cols, H, D)
+    if whole:  # the norms sum over every column of their projection: the IR's Q and K must be all of them
+        for what, cols, n in (("query", q_cols, q_norm), ("key", k_cols, k_norm)):
+            if sorted(cols.tolist()) != list(range(n["gamma"].size)):
+                raise BuildError(f"Softmax node {sm.name!r}: the {what}'s RMSNorm {n['node'].name!r} spans "
+                                 f"{n['gamma'].size} columns, not exactly the {len(cols)} the attention reads")
+        qk_norm = (q_norm["gamma"][q_cols], k_norm["gamma"][k_cols], qk_norm[2])
     scale = chain_scale * q_scale * k_scale
     rel = _relative_bias(graph, facts, sm, bias_sides[0], H, ctx) if bias_sides else None
     if rel is not None and bias_sides[0].name in counted:
@@ -159,10 +169,15 @@ def _match(graph, sm, facts, ctx) -> dict:
         raise _NoMatch
 
     window = _window(graph, sm, [t for t in sides if t not in bias_sides], ctx)
-    causal, use_mask = _mask_semantics(graph, sm, facts, qk, logits, chain_scale,
+    causal, use_mask = _mask_semantics(graph, sm, facts, qk, logits, chain_scale, softcap,
                                        rel.get("graph_values", rel["values"]) if rel else None, window)
     return dict(H=H, D=D, Hkv=Hkv, rot=rot, rel=rel, scale=scale, causal=causal, use_mask=use_mask, y=y, window=window,
-                srcs=(q_src, k_src, v_src), cols=(q_cols, k_cols, v_cols), qk_norm=qk_norm)
+                srcs=(q_src, k_src, v_src), cols=(q_cols, k_cols, v_cols), qk_norm=qk_norm, softcap=softcap)
+
+
+def _heads_broadcast(a, H):
+    """[B, 1, S, D] -> [B, H, S, D] (a MatMul broadcasts a single head over H); other shapes as they are."""
+    return np.repeat(a, H, axis=1) if a.ndim == 4 and a.shape[1] == 1 and H > 1 else a
 
 
 def _heads_in_batch(facts, t) -> bool:
@@ -406,9 +421,10 @@ def _same_norm(sm, q_norm, k_norm):
     if q_norm is None or k_norm is None:
         raise BuildError(f"Softmax node {sm.name!r}: a per-head RMSNorm on the {'query' if k_norm is None else 'key'}"
                          f" only; the IR's Attention normalizes both or neither")
-    if q_norm["gamma"].size != k_norm["gamma"].size or abs(q_norm["eps"] - k_norm["eps"]) > 1e-6 * max(q_norm["eps"], 1e-30):
-        raise BuildError(f"Softmax node {sm.name!r}: the query's and key's per-head RMSNorms differ in size or "
-                         f"epsilon ({q_norm['eps']:g}, {k_norm['eps']:g}); the IR has one epsilon for both")
+    if q_norm["whole"] != k_norm["whole"] or (not q_norm["whole"] and q_norm["gamma"].size != k_norm["gamma"].size) \
+            or abs(q_norm["eps"] - k_norm["eps"]) > 1e-6 * max(q_norm["eps"], 1e-30):
+        raise BuildError(f"Softmax node {sm.name!r}: the query's and key's RMSNorms differ in kind, size or "
+                         f"epsilon ({q_norm['eps']:g}, {k_norm['eps']:g}); the IR has one kind and epsilon for both")
     return q_norm["gamma"], k_norm["gamma"], q_norm["eps"]
 
 
@@ -478,14 +494,15 @@ def _reaches_qk(t, depth=0) -> bool:
 
 
 def _walk_scores(logits):
-    """(scale, qk MatMul, mask-side tensors) of the chain between the QK MatMul and the Softmax."""
-    scale, sides, t = 1.0, [], logits
+    """(scale, qk MatMul, mask-side tensors, softcap or None) of the chain between the QK MatMul and the Softmax:
+    logits = softcap * tanh(scale * qk / softcap) + sides (without a soft cap: scale * qk + sides)."""
+    scale, sides, t, softcap = 1.0, [], logits, None
     for _ in range(16):
         p = G.producer(t)
         if p is None:
             raise _NoMatch
         if _is_qk_matmul(p):
-            return scale, p, sides
+            return (scale if softcap is None else scale * softcap), p, sides, softcap
         if p.op in ("Cast", "Identity"):
             t = p.inputs[0]
             continue
@@ -493,8 +510,16 @@ def _walk_scores(logits):
             t = next(i for i in p.inputs if G.const_value(i) is None)
             continue
         if p.op == "Tanh" and _reaches_qk(p.inputs[0]):
-            raise BuildError(f"Tanh node {p.name!r}: the attention scores are soft-capped (cap * tanh(scores / "
-                             f"cap), Gemma 2); the IR's Attention has no soft cap")
+            # soft-capped scores (Gemma 2: cap * tanh(scores / cap)); the scale met so far is the cap
+            if softcap is not None or scale <= 0:
+                raise BuildError(f"Tanh node {p.name!r}: the attention scores pass a tanh times {scale:.6g}"
+                                 f"{' a second time' if softcap is not None else ''}; the IR's soft cap is one "
+                                 f"cap * tanh(scores / cap) with cap > 0")
+            softcap, scale, t = scale, 1.0, p.inputs[0]
+            continue
+        if softcap is not None and p.op in ("Add", "Sub", "Where"):
+            raise BuildError(f"{G.node_desc(p)}: a mask or bias is applied to the attention scores inside their "
+                             f"soft cap (tanh); the IR adds them to the capped scores")
         if p.op in ("Mul", "Div"):
             scale, t = _fold_scalar_scale(p, scale)
             continue
@@ -559,19 +584,24 @@ def _trace_source(graph, facts, t, ctx):
             return t, scale, rot, norm
         if G.is_trtrun(p, "RMSNorm") or G.is_trtrun(p, "LayerNorm"):
             # Qwen3's (and Gemma-3's) q_norm/k_norm: an RMSNorm over each head's D values of the query and key,
-            # after the projection and before the rotary. A LayerNorm there, a norm over all heads at once
-            # (OLMo-2's), or one after the rotary is no form the IR's per-head q/k norm expresses.
+            # after the projection and before the rotary; OLMo-2's: an RMSNorm over the whole projection output
+            # (all heads at once). A LayerNorm there or a norm after the rotary is no form the IR expresses.
             x = G.slot(p, "x")
             gamma = G.const_value(G.slot(p, "gamma"))
-            per_head = G.is_trtrun(p, "RMSNorm") and norm is None and G.slot(p, "residual") is None and \
-                facts.rank(x) == 4 and gamma is not None and gamma.size == facts.get(x)[0].shape[-1]
-            if not per_head:
+            ok = G.is_trtrun(p, "RMSNorm") and norm is None and G.slot(p, "residual") is None and \
+                facts.rank(x) in (3, 4) and gamma is not None and gamma.size == facts.get(x)[0].shape[-1]
+            whole = ok and facts.rank(x) == 3
+            if ok and whole:
+                xp = G.producer(x)
+                ok = xp is not None and G.is_trtrun(xp, "Linear")  # its columns are the projection's own
+            if not ok:
                 raise BuildError(f"Softmax node {ctx['softmax']}: the query or key is normalized ({p.op} node "
                                  f"{p.name!r}) before the attention scores in a form the IR's Attention lacks: "
                                  f"it takes Q, K and V from the QKV projection with at most an RMSNorm over "
-                                 f"each head's values (Qwen3's q_norm/k_norm) before the rotary")
+                                 f"each head's values (Qwen3's q_norm/k_norm) or over a projection's whole "
+                                 f"output (OLMo-2's) before the rotary")
             norm = {"x": x, "gamma": np.asarray(gamma, np.float32).reshape(-1), "eps": float(p.attrs["epsilon"]),
-                    "node": p}
+                    "node": p, "whole": whole, "y": G.slot(p, "y")}
             t = x
             continue
         if p.op in ("Add", "Sub", "Concat") and rot is None:
@@ -758,12 +788,14 @@ def _window_candidates(g2, least: int) -> list[int]:
     return sorted(found)
 
 
-def _mask_semantics(graph, sm, facts, qk, logits, chain_scale, bias=None, window=None):
+def _mask_semantics(graph, sm, facts, qk, logits, chain_scale, softcap, bias=None, window=None):
     """(causal, uses attention_mask) from where the probe logits are pushed far below the scores (plus the
     score bias, if any)."""
     masked_sets = []
     for k, (raw, lg) in enumerate(zip(facts.get(qk.outputs[0]), facts.get(logits))):
         base = raw.astype(np.float64) * chain_scale
+        if softcap is not None:
+            base = softcap * np.tanh(base / softcap)
         if bias is not None:
             base = base + (bias[k] if bias[k].ndim == 4 else bias[k][None])
         lg = lg.astype(np.float64)
@@ -809,7 +841,7 @@ def _replace(graph, sm, facts, m):
     rel = m["rel"]
     ours = [reference_attention(q, f.get("attention_mask") if m["use_mask"] else None, H, D,
                                 m["scale"], m["causal"], Hkv=Hkv, rot=rot, bias=rel["values"][k] if rel else None,
-                                window=m["window"], qk_norm=m["qk_norm"])
+                                window=m["window"], qk_norm=m["qk_norm"], softcap=m["softcap"])
             for k, (q, f) in enumerate(zip(facts.get(qkv), facts.feeds))]
     # rows with no visible key are not compared: the graph makes them 0 (sdpa's NaN guard), uniform (a finite
     # mask, as the IR) or anything its fills add up to (GPT-Neo adds finfo.min twice); their token is a masked
@@ -824,7 +856,9 @@ def _replace(graph, sm, facts, m):
         raise BuildError(f"Softmax node {sm.name!r}: the attention rebuilt from it (heads {H} x {D}, "
                          f"{Hkv} K/V heads, scale {m['scale']:.6g}, causal {m['causal']}"
                          f"{', rotary dims %d' % rot['dim'] if rot else ''}"
-                         f"{', per-head q/k norm' if m['qk_norm'] is not None else ''}) does not reproduce the graph's "
+                         f"{', per-head q/k norm' if m['qk_norm'] is not None else ''}"
+                         f"{', soft cap %.6g' % m['softcap'] if m['softcap'] is not None else ''}) does not reproduce "
+                         f"the graph's "
                          f"output {y.name!r}")
     name = _attn_name(sm)
     attrs = {"num_heads": int(H), "head_size": int(D), "scale": float(m["scale"]), "causal": bool(m["causal"])}
@@ -833,6 +867,8 @@ def _replace(graph, sm, facts, m):
         attrs["num_kv_heads"] = int(Hkv)
     if m["window"] is not None:
         attrs["window"] = int(m["window"])
+    if m["softcap"] is not None:
+        attrs["softcap"] = float(m["softcap"])
     if rot is not None:
         attrs["rotary_dim"] = int(rot["dim"])
         if rot["scale"] != 1.0:
@@ -911,7 +947,8 @@ def _qkv_tensor(graph, facts, sm, srcs, cols, HD, KD):
     return out
 
 
-def reference_attention(qkv, mask, H, D, scale, causal, Hkv=None, rot=None, bias=None, window=None, qk_norm=None):
+def reference_attention(qkv, mask, H, D, scale, causal, Hkv=None, rot=None, bias=None, window=None, qk_norm=None,
+                        softcap=None):
     """The IR's Attention formula in float64 (docs/plan-format.md), for checking matches. qk_norm: (q gamma,
     k gamma, epsilon) of a per-head RMSNorm of Q and K before the rotary."""
     qkv = np.asarray(qkv, np.float64)
@@ -923,12 +960,18 @@ def reference_attention(qkv, mask, H, D, scale, causal, Hkv=None, rot=None, bias
     v = qkv[..., HD + KD:].reshape(B, S, Hkv, D).transpose(0, 2, 1, 3)
     if qk_norm is not None:
         gq, gk, eps = qk_norm
-        q = q / np.sqrt((q * q).mean(-1, keepdims=True) + eps) * np.asarray(gq, np.float64)
-        k = k / np.sqrt((k * k).mean(-1, keepdims=True) + eps) * np.asarray(gk, np.float64)
+        if np.asarray(gq).size == D:  # per head
+            q = q / np.sqrt((q * q).mean(-1, keepdims=True) + eps) * np.asarray(gq, np.float64)
+            k = k / np.sqrt((k * k).mean(-1, keepdims=True) + eps) * np.asarray(gk, np.float64)
+        else:  # over every head of the token at once; gammas in head order [H*D], [Hkv*D]
+            q = q / np.sqrt((q * q).mean((1, 3), keepdims=True) + eps) * np.asarray(gq, np.float64).reshape(1, H, 1, D)
+            k = k / np.sqrt((k * k).mean((1, 3), keepdims=True) + eps) * np.asarray(gk, np.float64).reshape(1, Hkv, 1, D)
     if rot is not None:
         q, k = apply_rotary(q, rot, 2), apply_rotary(k, rot, 2)
     k, v = np.repeat(k, H // Hkv, axis=1), np.repeat(v, H // Hkv, axis=1)
     s = scale * q @ k.transpose(0, 1, 3, 2)
+    if softcap is not None:
+        s = softcap * np.tanh(s / softcap)
     if bias is not None:
         s = s + bias
     masked = np.zeros((B, 1, S, S), bool)

@@ -26,10 +26,12 @@ def _uses(graph) -> dict[str, set]:
 
 
 def _bounded(graph) -> set[str]:
-    """Outputs normalized by construction: LayerNorm/RMSNorm y, Embedding y when it includes the LayerNorm."""
+    """Outputs normalized by construction: LayerNorm/RMSNorm y (but where the residual is added after the norm),
+    Embedding y when it includes the LayerNorm."""
     out = set()
     for n in graph.nodes:
-        if n.op in G.NORMS or (n.op == "Embedding" and G.slot(n, "gamma") is not None):
+        if (n.op in G.NORMS and not n.attrs.get("residual_after")) or \
+                (n.op == "Embedding" and G.slot(n, "gamma") is not None):
             out.add(G.slot(n, "y").name)
     return out
 

@@ -105,10 +105,10 @@ OP_ATTRS = {
     "Linear": ("activation", "gated"),
     "Attention": ("num_heads", "head_size", "scale", "causal", "num_kv_heads", "rotary_dim", "rotary_scale",
                   "relative_max_distance", "relative_bidirectional", "alibi_symmetric", "mask_positions", "window",
-                  "qk_norm_epsilon"),
-    "LayerNorm": ("epsilon",),
+                  "qk_norm_epsilon", "softcap"),
+    "LayerNorm": ("epsilon", "residual_after"),
     "Pool": ("mode", "normalize"),
-    "RMSNorm": ("epsilon",),
+    "RMSNorm": ("epsilon", "residual_after"),
 }
 # Graph inputs an op slot may read, where the slot indexes a table or masks (checked at run time by
 # Plan.check_feeds against exactly these tables and values)

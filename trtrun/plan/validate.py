@@ -530,6 +530,7 @@ def _validate_op(op, f, tensors, weights, prof, err) -> None:
             if not R:
                 err(f + ".attrs.rotary_dim", "an 'inv_freq' weight needs rotary_dim > 0")
         number("rotary_scale", required=False)
+        number("softcap", required=False, positive=True)  # scores = softcap * tanh(scores / softcap) (Gemma 2)
         if Wt("relative_bias") is not None:
             rb = Wt("relative_bias")["shape"]
             if len(rb) != 2 or rb[0] < 1 or rb[1] != H:
@@ -558,12 +559,14 @@ def _validate_op(op, f, tensors, weights, prof, err) -> None:
                     err(f + ".attrs." + a, f"must be true or false, got {short(attrs[a])}")
         elif "alibi_symmetric" in attrs or "mask_positions" in attrs:
             err(f + ".weights.alibi_slopes", "alibi_symmetric and mask_positions need an 'alibi_slopes' weight")
-        # per-head query/key RMSNorm (Qwen3's q_norm/k_norm): both or neither, over each head's D values
+        # query/key RMSNorm: both or neither, over each head's D values (Qwen3's q_norm/k_norm: gammas [D]) or
+        # over the whole query and key (OLMo-2's: gammas [H*D] and [Hkv*D])
         if (Wt("q_norm") is None) != (Wt("k_norm") is None):
-            err(f + ".weights", "a per-head query/key norm needs both 'q_norm' and 'k_norm'")
+            err(f + ".weights", "a query/key norm needs both 'q_norm' and 'k_norm'")
         if Wt("q_norm") is not None and Wt("k_norm") is not None:
-            need_shape(f"q_norm {nm(wts['q_norm'])!r}", Wt("q_norm")["shape"], [D])
-            need_shape(f"k_norm {nm(wts['k_norm'])!r}", Wt("k_norm")["shape"], [D])
+            whole = list(Wt("q_norm")["shape"]) != [D]
+            need_shape(f"q_norm {nm(wts['q_norm'])!r}", Wt("q_norm")["shape"], [H * D] if whole else [D])
+            need_shape(f"k_norm {nm(wts['k_norm'])!r}", Wt("k_norm")["shape"], [Hkv * D] if whole else [D])
             eps = number("qk_norm_epsilon")
             if is_number(eps) and eps < 0:
                 err(f + ".attrs.qk_norm_epsilon", f"must be >= 0, got {eps}")
@@ -604,6 +607,11 @@ def _validate_op(op, f, tensors, weights, prof, err) -> None:
         if typ == "LayerNorm":
             need_shape(f"beta {nm(wts['beta'])!r}", Wt("beta")["shape"], [N])
         number("epsilon", positive=True)
+        after = attrs.get("residual_after", False)  # y = residual + norm(x) (OLMo-2's post-norm blocks)
+        if not isinstance(after, bool):
+            err(f + ".attrs.residual_after", f"must be true or false, got {short(after)}")
+        elif after and (not ins[1] or outs[1]):
+            err(f + ".attrs.residual_after", "needs a residual input and no sum output (y is the sum)")
 
 
 

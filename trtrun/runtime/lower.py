@@ -42,14 +42,20 @@ def gpu_missing(op) -> str | None:
     embeddings without positions) and the Attention's score biases (relative-position tables, ALiBi) and sliding
     windows have kernels: native/kernels/rmsnorm, epilogue, rotary and attention. The attention kernels take head
     sizes 32, 64 and 128 only (GPU_HEAD_SIZES): an Attention of another (phi-2's 80, Gemma's 256, ...) is refused
-    with its head size (which also keeps a q/k-normed head within the rotary pass's one warp, 256 values)."""
+    with its head size (which also keeps a q/k-normed head within the rotary pass's one warp, 256 values).
+    OLMo-2's query/key norm over all heads (check_gpu_support reads its size), soft-capped scores (Gemma 2) and a
+    norm with the residual added after it (OLMo-2) have no kernel yet."""
     a = op.get("attrs", {})
     if op["type"] == "Linear":
         if a.get("activation", "none") not in GPU_ACTIVATIONS:
             return f"activation {a['activation']!r}"
+    if op["type"] in ("LayerNorm", "RMSNorm") and a.get("residual_after"):
+        return "the residual added after the norm (residual_after)"
     if op["type"] == "Attention":
         if int(a.get("head_size", 0)) not in GPU_HEAD_SIZES:
             return f"head size {a.get('head_size')} (the attention kernels take {', '.join(map(str, GPU_HEAD_SIZES))})"
+        if "softcap" in a:
+            return "soft-capped scores (softcap)"
     return None
 
 
@@ -146,6 +152,10 @@ def check_gpu_support(plan) -> None:
             raise PlanError(f"op {op['name']!r}: precision {op['precision']}: the GPU runtime has no "
                             f"{op['precision']} path yet; run this plan on the reference backend (--backend reference)")
         missing = gpu_missing(op)
+        if not missing and op["type"] == "Attention" and op.get("weights", {}).get("q_norm"):
+            q = [int(d) for d in plan.header["weights"][op["weights"]["q_norm"]]["shape"]]
+            if q != [int(op["attrs"]["head_size"])]:  # the rotary pass normalizes each head on its own
+                missing = f"a query/key RMSNorm over all heads (q_norm of {q[0]} values, OLMo-2's)"
         if not missing and op["type"] == "Linear" and op["precision"] == "fp8":
             # cuBLASLt's fp8 GEMMs need 16-byte leading dimensions (docs/runtime.md "fp8 Linears")
             K, N = (int(d) for d in plan.header["weights"][op["weights"]["weight"]]["shape"])
