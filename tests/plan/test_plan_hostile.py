@@ -541,7 +541,7 @@ EXTRAS = {
     "qk_norm_epsilon without norms": ("hybrid", _edit_att(qk_norm_epsilon=1e-6),
                                       r"\('l0\.attn'\)\.weights: qk_norm_epsilon needs 'q_norm' and 'k_norm' weights"),
     "q_norm without k_norm": ("hybrid", _both(_qk, lambda h, w: _att(h)["weights"].pop("k_norm")),
-                              r"weights: a per-head query/key norm needs both 'q_norm' and 'k_norm'"),
+                              r"weights: a query/key norm needs both 'q_norm' and 'k_norm'"),
     "k_norm [31]": ("hybrid", _both(_qk, lambda h, w: w.update(kn=np.ones(31, np.float32))),
                     r"\('l0\.attn'\): k_norm 'kn' has shape \[31\], expected \[32\]"),
     "q_norm int32": ("hybrid", _both(_qk, lambda h, w: w.update(qn=np.ones(32, np.int32))),
