@@ -146,6 +146,7 @@ FAMILY_NAMES = {"roberta": "RoBERTa", "xlm-roberta": "XLM-RoBERTa", "distilbert"
                 "mpt": "MPT: ALiBi as a [heads, 1, S] bias",
                 "gemma2": "Gemma 2 without soft-capping: alternating 8-token sliding-window and global layers",
                 "gemma2-softcap": "Gemma 2 as published: scores soft-capped at 50 (cap * tanh(scores / cap))",
+                "nemotron": "Nemotron: squared ReLU MLP, partial rotary, LayerNorm (1 + w)",
                 "olmo2": "OLMo-2: query/key RMSNorms over the whole projection, block outputs normalized then added",
                 "bloom": "BLOOM: attention on [B*H, S, S], ALiBi over positions counted along the mask",
                 "xglm": "XGLM: attention on [B*H, S, S], sinusoidal positions looked up at flattened indices"}

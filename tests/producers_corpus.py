@@ -286,6 +286,8 @@ FAMILY = {
                                             final_logit_softcapping=None)),
     # query and key RMSNorms over the whole projection (grouped K), each block's output normalized, then added
     "olmo2": ("Olmo2Config", dict(_S, num_key_value_heads=2)),
+    # squared ReLU MLP (no GPU kernel yet), partial rotary, LayerNorm with (1 + w) gains
+    "nemotron": ("NemotronConfig", dict(_S, num_key_value_heads=2)),
     # attention with the heads folded into the batch ([B*H, S, S]); ALiBi over positions counted along the mask
     "bloom": ("BloomConfig", dict(hidden_size=128, n_layer=2, n_head=4)),
     # the same folded attention; sinusoidal positions looked up at flattened [B*S] indices

@@ -117,8 +117,10 @@ def _gelu32(h: np.ndarray, activation: str) -> np.ndarray:
             y = x / (1.0 + np.exp(-x))
     elif activation == "relu":
         y = np.maximum(x, 0.0)
+    elif activation == "relu2":  # squared ReLU (Nemotron, Primer)
+        y = np.square(np.maximum(x, 0.0))
     else:
-        raise ValueError(f"activation must be gelu_erf, gelu_tanh, silu or relu, got {activation!r}")
+        raise ValueError(f"activation must be gelu_erf, gelu_tanh, silu, relu or relu2, got {activation!r}")
     return y.astype(F32)
 
 

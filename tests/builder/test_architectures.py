@@ -874,6 +874,36 @@ def test_olmo2_whole_projection_qk_norm_and_residual_after_the_norm(tmp_path):
         check_gpu_support(plan)
 
 
+def test_nemotron_squared_relu(tmp_path):
+    """Nemotron's MLP squares its ReLU (torch.square: Mul(r, r); Pow(r, 2) is read the same): activation relu2,
+    against onnxruntime at every precision's acceptance. The GPU runtime has no relu2 case and refuses it by name."""
+    pytest.importorskip("transformers")
+    import onnx
+    from onnx import numpy_helper
+
+    from trtrun.errors import PlanError
+    from trtrun.runtime.lower import check_gpu_support
+
+    path = _tiny_export(tmp_path, "NemotronConfig", hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=2, intermediate_size=256)
+    m = onnx.load(str(path))
+    for n in [n for n in m.graph.node if n.op_type == "Mul" and len(set(n.input)) == 1]:  # the square, as a Pow
+        n.op_type, n.input[1] = "Pow", n.name + ".two"
+        m.graph.initializer.append(numpy_helper.from_array(np.array(2.0, np.float32), n.name + ".two"))
+    onnx.save(m, str(tmp_path / "pow.onnx"))
+    f = random_feeds(path, batch=3, seq=13, seed=4, vocab=1000)
+    want = onnxruntime_run(path, f)
+    for src in (path, tmp_path / "pow.onnx"):
+        for precision, bound in (("fp32", 0.99999), ("hybrid", 0.9998), ("fp16", 0.999)):
+            plan = build(src, precision=precision)
+            acts = [op["attrs"].get("activation") for op in plan.ops if op["type"] == "Linear"]
+            assert acts.count("relu2") == 2, acts
+            got = ReferenceBackend(plan).run(f)["last_hidden_state"]
+            assert cosine_per_sample(got, want, f["attention_mask"]).min() >= bound, (src.name, precision)
+    with pytest.raises(PlanError, match=r"activation 'relu2'"):
+        check_gpu_support(plan)
+
+
 def test_gemma2_soft_capped_scores(tmp_path):
     """Gemma 2's cap * tanh(scores / cap) becomes the Attention's softcap. The cap here (2) is small enough that
     the tanh bends the scores (queries and keys scaled up), so the comparison with onnxruntime would fail without

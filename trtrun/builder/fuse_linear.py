@@ -53,7 +53,11 @@ def relu(x):
     return np.maximum(np.asarray(x, np.float64), 0.0)
 
 
-ACTIVATIONS = {"gelu_erf": gelu_erf, "gelu_tanh": gelu_tanh, "silu": silu, "relu": relu,
+def relu2(x):
+    return np.square(relu(x))
+
+
+ACTIVATIONS = {"gelu_erf": gelu_erf, "gelu_tanh": gelu_tanh, "silu": silu, "relu": relu, "relu2": relu2,
                "none": lambda x: np.asarray(x, np.float64)}
 
 
@@ -208,7 +212,12 @@ def _match_activation(t, facts):
         act = "gelu_tanh" if approx == "tanh" else "gelu_erf"
         return act, cs[0].outputs[0]
     if len(cs) == 1 and cs[0].op == "Relu":  # T5 v1.0, OPT: one op in every exporter's output
-        return "relu", cs[0].outputs[0]
+        r = cs[0].outputs[0]
+        sq = G.consumers(r)
+        if len(sq) == 1 and ((sq[0].op == "Mul" and list(sq[0].inputs) == [r, r]) or
+                             (sq[0].op == "Pow" and sq[0].inputs[0] is r and G.scalar_const(sq[0].inputs[1]) == 2.0)):
+            return "relu2", sq[0].outputs[0]  # squared ReLU (Nemotron): torch.square(relu(x))
+        return "relu", r
     # grow the closed elementwise set
     members: list = []
     inside = {id(t)}

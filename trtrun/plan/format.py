@@ -54,7 +54,7 @@ FLOAT_DTYPES = ("float32", "float16")
 INT_DTYPES = ("int64", "int32")
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 SYMBOLS = ("B", "S")
-ACTIVATIONS = ("none", "gelu_erf", "gelu_tanh", "silu", "relu")
+ACTIVATIONS = ("none", "gelu_erf", "gelu_tanh", "silu", "relu", "relu2")
 
 # Per op type: inputs (slot name, required), outputs (slot name, required), weight roles (role: required).
 OP_SCHEMAS: dict[str, dict[str, Any]] = {
@@ -125,7 +125,8 @@ SOURCE_WEIGHTS = ("float16", "int8")
 # which keeps each name's integer value); trtrun.runtime.lower refuses anything else by name before the extension
 # is asked.
 GPU_OP_TYPES = ("Embedding", "Linear", "Attention", "LayerNorm", "RMSNorm")  # Pool runs on the reference only
-GPU_ACTIVATIONS = ACTIVATIONS  # every one: silu, relu and gates in native/kernels/epilogue
+# silu, relu and gates in native/kernels/epilogue; squared ReLU (relu2) has no kernel case yet
+GPU_ACTIVATIONS = ("none", "gelu_erf", "gelu_tanh", "silu", "relu")
 GPU_PRECISIONS = OP_PRECISIONS  # fp8 Linears through cuBLASLt's fp8 GEMMs (native/kernels/quantize makes x's codes)
 GPU_PLAN_PRECISIONS = PLAN_PRECISIONS  # "mixed" too: each Linear runs in its own op's precision
 DEVICE_DTYPES = {"int64": "int32"}  # a tensor's dtype on the device, where not its plan dtype: integer inputs
