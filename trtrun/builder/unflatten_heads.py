@@ -14,7 +14,8 @@ form fuse_attention reads. The rewrite:
 - other operands: constants and tensors that broadcast over the leading axis (rank 2 or less, or a leading
   1) as they are; a [B*H, ...] tensor from outside the region (BLOOM's ALiBi bias) viewed as [B, H, ...];
 - exits: a Reshape of a region tensor to [B, H, ...] is dropped, its readers read the 4-D tensor; a Shape of
-  a region tensor reads a [B*H, ...] view of it.
+  a region tensor still gives the [B*H, ...] sizes, computed from the 4-D tensor's Shape (which decouple_shapes
+  then reads off input_ids).
 All regions are rewritten, or none: where an op reached from an entry is of another kind (or writes a graph
 output), the graph is left as it is, and if the entries meet in a MatMul (attention) fuse_attention's error
 names that op. The probe values of the region's tensors are reshaped along.
