@@ -298,11 +298,18 @@ BERT_FAMILY = ("roberta", "xlm-roberta", "distilbert", "electra", "albert")
 NO_SDPA = ("mpt", "gemma2", "gemma2-softcap", "roformer", "gpt-neo", "bloom", "xglm")
 
 
+# decoders whose Optimum export (transformers 4, as Optimum pins it) differs in form from transformers 5's: Falcon's
+# one K/V head broadcast by the MatMuls, Gemma 2's embedding scale on a tensor whose shape is read too, OLMo-2's and
+# BLOOM's own forms
+OPTIMUM_DECODERS = ("falcon", "gemma2", "olmo2", "bloom")
+
+
 def family_variants(arch: str) -> tuple:
     """The exports test_family_producers takes of FAMILY's `arch`."""
     if arch in BERT_FAMILY:
         return ("sdpa", "optimum-O2")
-    return ("eager",) if arch in NO_SDPA else ("eager", "sdpa")
+    torch_onnx = ("eager",) if arch in NO_SDPA else ("eager", "sdpa")
+    return torch_onnx + (("optimum",) if arch in OPTIMUM_DECODERS else ())
 
 
 def family_dir(arch: str, dst) -> Path:

@@ -306,8 +306,8 @@ def minilm_st_onnx(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def family(tmp_path_factory):
-    """family(arch) -> {variant: path}: torch.onnx with eager and sdpa attention, and for the BERT family
-    Optimum's O2."""
+    """family(arch) -> {variant: path}: torch.onnx with eager and sdpa attention, for the BERT family Optimum's
+    O2, for OPTIMUM_DECODERS Optimum's plain export."""
     from producers_corpus import family_dir
     from trtrun.export import export_model
 
@@ -320,6 +320,8 @@ def family(tmp_path_factory):
                            for a in ("eager", "sdpa") if a == "eager" or a in family_variants(arch)}
             if arch in BERT_FAMILY and optimum_env() is not None:
                 cache[arch]["optimum-O2"] = optimum_export(hf, root / arch / "optimum", ("O2",))["optimum-O2"]
+            elif "optimum" in family_variants(arch) and optimum_env() is not None:
+                cache[arch]["optimum"] = optimum_export(hf, root / arch / "optimum", ())["optimum"]
         return cache[arch]
 
     return get

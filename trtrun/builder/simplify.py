@@ -49,7 +49,8 @@ def fold_constant_scales(graph) -> int:
     """A scalar constant multiplying (or dividing) the output of a constant-table Gather or of a MatMul by a
     constant weight (+ a constant bias) goes into those constants: Gemma scales its embeddings by sqrt(hidden),
     Granite its embeddings and each residual branch by a multiplier. The scaled values are new constants (a
-    tied table keeps its other readers); each product is computed in float64 and rounded once."""
+    tied table keeps its other readers); each product is computed in float64 and rounded once. The scaled
+    output may have other readers only of its shape."""
     gs = G.gs()
     n_done = 0
     # the copies may add at most the weights' own size (a crafted file scaling one large table a thousand ways
@@ -64,7 +65,9 @@ def fold_constant_scales(graph) -> int:
             continue
         c = G.scalar_const(node.inputs[ci])
         t = node.inputs[1 - ci]
-        if (node.op == "Div" and c == 0.0) or not np.isfinite(c) or len(G.consumers(t)) != 1 or t in graph.outputs:
+        # readers of t's shape alone (transformers 4's Gemma 2 reads the embeddings' shape) see no change
+        values_read = [n for n in G.consumers(t) if n.op not in ("Shape", "Size")]
+        if (node.op == "Div" and c == 0.0) or not np.isfinite(c) or len(values_read) != 1 or t in graph.outputs:
             continue
         f = c if node.op == "Mul" else 1.0 / c
         p = G.producer(t)
