@@ -299,9 +299,9 @@ NO_SDPA = ("mpt", "gemma2", "gemma2-softcap", "roformer", "gpt-neo", "bloom", "x
 
 
 # decoders whose Optimum export (transformers 4, as Optimum pins it) differs in form from transformers 5's: Falcon's
-# one K/V head broadcast by the MatMuls, Gemma 2's embedding scale on a tensor whose shape is read too, OLMo-2's and
-# BLOOM's own forms
-OPTIMUM_DECODERS = ("falcon", "gemma2", "olmo2", "bloom")
+# one K/V head broadcast by the MatMuls, Gemma 2's embedding scale on a tensor whose shape is read too, Nemotron's
+# Q and K scaled by sqrt(1 / sqrt(head_dim)) computed from a Shape, OLMo-2's and BLOOM's own forms
+OPTIMUM_DECODERS = ("falcon", "gemma2", "nemotron", "olmo2", "bloom")
 
 
 def family_variants(arch: str) -> tuple:

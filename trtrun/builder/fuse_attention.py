@@ -558,13 +558,15 @@ def _is_floor_clamp(p) -> bool:
     return sum(c is not None for c in consts) == 1 and next(c for c in consts if c is not None) <= -1e30
 
 
-def _fold_scalar_scale(p, scale):
-    """A Mul/Div node by a scalar constant -> (scale with it folded in, the non-constant input)."""
+def _fold_scalar_scale(p, scale, scalar=None):
+    """A Mul/Div node by a scalar constant (or what `scalar` reads as one) -> (scale with it folded in, the other
+    input)."""
     a, b = p.inputs[0], p.inputs[1]
-    cb = G.scalar_const(b)
-    if cb is not None:
+    read = (lambda x: G.scalar_const(x) if G.scalar_const(x) is not None else (scalar(x) if scalar else None))
+    cb = read(b)
+    if cb is not None and (p.op == "Mul" or cb != 0.0):
         return (scale * cb if p.op == "Mul" else scale / cb), a
-    ca = G.scalar_const(a) if p.op == "Mul" else None
+    ca = read(a) if p.op == "Mul" else None
     if ca is not None:
         return scale * ca, b
     raise _NoMatch
@@ -622,10 +624,38 @@ def _trace_source(graph, facts, t, ctx):
         if p.op in ("Mul", "Div"):
             if norm is not None:  # a scale before a norm is normalized away (but for epsilon): not the IR's
                 raise _NoMatch
-            scale, t = _fold_scalar_scale(p, scale)
+            scale, t = _fold_scalar_scale(p, scale, lambda x: _size_scalar(graph, facts, x, ctx))
             continue
         raise _NoMatch
     raise _NoMatch
+
+
+def _size_scalar(graph, facts, t, ctx) -> float | None:
+    """The value of t if it is one number computed from fixed sizes alone, else None. torch.onnx's decomposition
+    of scaled_dot_product_attention (transformers 4's Nemotron) scales Q and K by sqrt(1 / sqrt(head_dim)) with
+    head_dim read off a Shape: the same in every probe, depending on no input's values, and the same again at
+    the bias probe length (so not a function of the batch or sequence sizes)."""
+    cache = ctx.setdefault("size_scalars", {})
+    if t.name in cache:
+        return cache[t.name]
+    from .probe import run_graph
+
+    value = None
+    vals = facts.get(t) if facts.has(t.name) else []
+    if vals and all(np.size(v) == 1 and np.asarray(v).dtype.kind == "f" for v in vals) and \
+            len({float(np.asarray(v).reshape(())) for v in vals}) == 1 and not facts.value_inputs(graph, t):
+        g2 = graph.copy()
+        g2.outputs = [g2.tensors()[t.name]]
+        g2.cleanup()
+        if not any(G.is_trtrun(n) for n in g2.nodes):
+            L = _BIAS_PROBE_LEN
+            feeds = [{i.name: np.ones((1, L), np.dtype(i.dtype or np.int64)) for i in g2.inputs}]
+            far = np.asarray(next(run_graph(g2, feeds, names=[t.name]))[t.name])
+            v = float(np.asarray(vals[0]).reshape(()))
+            if far.size == 1 and float(far.reshape(())) == v:
+                value = v
+    cache[t.name] = value
+    return value
 
 
 def _head_values(facts, norm, H, sm, what):
