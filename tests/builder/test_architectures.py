@@ -800,10 +800,9 @@ def _tiny_export(tmp_path, cls, **sizes):
     return export_model(save_model_dir(model.eval(), tmp_path / "hf"), tmp_path / "m.onnx")
 
 
-def test_multi_query_kv_broadcast_by_the_matmul(tmp_path):
-    """One K/V head that the score and output MatMuls broadcast over the query heads ([B, 1, S, D] against
-    [B, H, S, D], as transformers 4's Falcon exports multi-query attention) is num_kv_heads 1. A tiny hand-written
-    pre-norm decoder block, exported by torch.onnx, against onnxruntime."""
+def _mqa_export(path, q_scale=None):
+    """A tiny hand-written pre-norm decoder block with one K/V head that the MatMuls broadcast, through
+    torch.onnx; q_scale(q) scales the query heads first, if given."""
     torch = pytest.importorskip("torch")
     import warnings
 
@@ -821,6 +820,8 @@ def test_multi_query_kv_broadcast_by_the_matmul(tmp_path):
             x = self.word(input_ids) + self.pos(torch.arange(S))
             q, k, v = self.qkv(self.ln1(x)).split([N, D, D], dim=-1)
             q = q.view(B, S, H, D).transpose(1, 2)
+            if q_scale is not None:
+                q = q_scale(q)
             k, v = k.view(B, S, 1, D).transpose(1, 2), v.view(B, S, 1, D).transpose(1, 2)
             scores = q @ k.transpose(-1, -2) / D ** 0.5  # [B, H, S, S] from [B, 1, D, S]
             causal = torch.triu(torch.ones(S, S, dtype=torch.bool), 1)
@@ -832,12 +833,22 @@ def test_multi_query_kv_broadcast_by_the_matmul(tmp_path):
     torch.manual_seed(0)
     model = MQA().eval()
     ids, mask = torch.randint(0, 1000, (2, 8)), torch.ones(2, 8, dtype=torch.long)
-    path = tmp_path / "mqa.onnx"
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (ids, mask), str(path), input_names=["input_ids", "attention_mask"],
                           output_names=["y"], opset_version=17, dynamo=False,
                           dynamic_axes={n: {0: "b", 1: "s"} for n in ("input_ids", "attention_mask", "y")})
+    return path
+
+
+def test_multi_query_kv_broadcast_by_the_matmul(tmp_path):
+    """One K/V head that the score and output MatMuls broadcast over the query heads ([B, 1, S, D] against
+    [B, H, S, D], as transformers 4's Falcon exports multi-query attention) is num_kv_heads 1, against
+    onnxruntime. A query scale computed from the head size off the tensor's shape is folded into the Attention's
+    scale; one computed from the sequence length is not a scale the IR has, and the build stops in one line.
+    (Nemotron's Optimum export in the producers corpus has such a size-computed scale that only the probes show
+    to be one: fuse_attention's _size_scalar.)"""
+    path = _mqa_export(tmp_path / "mqa.onnx")
     f = random_feeds(path, batch=3, seq=13, seed=2, vocab=1000)
     want = onnxruntime_run(path, f)
     plan = build(path, precision="fp32")
@@ -845,6 +856,18 @@ def test_multi_query_kv_broadcast_by_the_matmul(tmp_path):
     assert att["attrs"]["num_kv_heads"] == 1 and att["attrs"]["causal"] is True
     got = ReferenceBackend(plan).run(f)["y"]
     assert cosine_per_sample(got, want, f["attention_mask"]).min() >= 0.99999
+
+    sized = _mqa_export(tmp_path / "sized.onnx", lambda q: q * (1.0 / q.shape[-1]) ** 0.25)
+    plan = build(sized, precision="fp32")
+    att = next(op for op in plan.ops if op["type"] == "Attention")
+    assert att["attrs"]["scale"] == pytest.approx(32 ** -0.75, rel=1e-6)  # 1/sqrt(D) on the scores times D^-1/4
+    got = ReferenceBackend(plan).run(f)["y"]
+    assert cosine_per_sample(got, onnxruntime_run(sized, f), f["attention_mask"]).min() >= 0.99999
+    from trtrun.errors import TrtrunError
+
+    with pytest.raises(TrtrunError) as e:
+        build(_mqa_export(tmp_path / "by-length.onnx", lambda q: q * (1.0 / q.shape[-2]) ** 0.25), precision="fp32")
+    assert len(str(e.value).splitlines()) == 1  # the attention stays unfused: its first leftover op is named
 
 
 def test_olmo2_whole_projection_qk_norm_and_residual_after_the_norm(tmp_path):
