@@ -30,6 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import BuildError
+from ..plan.plan import after_padding
 from . import _graph as G
 from .probe import agree
 from .rotary import NotRotary, apply_rotary, interleave_perm, match_rotary, value_deps
@@ -219,9 +220,8 @@ def _empty_rows(feed, shape, m) -> np.ndarray:
 
 
 def _right_padded(feed) -> np.ndarray:
-    """[B]: rows whose attention_mask is ones then zeros."""
-    m = np.asarray(feed["attention_mask"]) != 0
-    return ~(np.maximum.accumulate(~m, axis=1) & m).any(1)
+    """[B]: rows whose attention_mask is ones then zeros (what Plan.check_feeds lets a mask_positions plan run)."""
+    return ~after_padding(np.asarray(feed["attention_mask"]) != 0).any(1)
 
 
 def _mask_and_bias(graph, facts, side) -> list:
@@ -261,11 +261,25 @@ def _is_score_bias(facts, side) -> bool:
 _BIAS_PROBE_LEN = 1024
 
 
+def _alone_at_length(graph, name, L):
+    """Tensor `name` computed by the graph alone at sequence length L (batch 1, attention_mask all ones, other
+    inputs zeros), or None where it depends on hidden states (a trtrun op is left in its subgraph)."""
+    from .probe import run_graph
+
+    g2 = graph.copy()
+    g2.outputs = [g2.tensors()[name]]
+    g2.cleanup()
+    if any(G.is_trtrun(n) for n in g2.nodes):
+        return None
+    feeds = [{i.name: (np.ones if i.name == "attention_mask" else np.zeros)((1, L), np.dtype(i.dtype or np.int64))
+              for i in g2.inputs}]
+    return np.asarray(next(run_graph(g2, feeds, names=[name]))[name])
+
+
 def _relative_bias(graph, facts, sm, side, H, ctx):
     """A score bias read as T5-style relative-position buckets over a [buckets, H] table -> dict(table,
     buckets, max_distance, bidirectional, values [per probe: [H, S, S] float64]); BuildError otherwise."""
     from ..reference import relative_bucket
-    from .probe import run_graph
 
     def fail(why):
         raise BuildError(f"Softmax node {sm.name!r}: a score bias {side.name!r} is added to the attention logits "
@@ -296,15 +310,10 @@ def _relative_bias(graph, facts, sm, side, H, ctx):
     cache = ctx.setdefault("bias", {})
     if side.name not in cache:  # the layers share one bias tensor: its buckets are read once
         L = _BIAS_PROBE_LEN
-        g2 = graph.copy()
-        t2 = g2.tensors()[side.name]
-        g2.outputs = [t2]
-        g2.cleanup()
-        feeds = [{i.name: (np.ones if i.name == "attention_mask" else np.zeros)((1, L), np.dtype(i.dtype or np.int64))
-                  for i in g2.inputs}]
-        if any(G.is_trtrun(n) for n in g2.nodes):
+        long = _alone_at_length(graph, side.name, L)
+        if long is None:
             fail("depends on hidden states")
-        long = np.asarray(next(run_graph(g2, feeds, names=[side.name]))[side.name], np.float64)
+        long = long.astype(np.float64)
         if long.ndim != 4 or long.shape[1:] != (H, L, L):
             fail(f"has shape {list(long.shape)} at sequence length {L}, not [1, {H}, {L}, {L}]")
         long = long[0]
@@ -354,19 +363,13 @@ def _alibi(graph, facts, sm, side, H, ctx, fail):
     slope * (j - (S-1)), cancels in the softmax), or -slope_h * |j - i| (bidirectional encoders). Read at the
     bias probe length (1024 tokens) so the linear form is seen far beyond the probes; -> dict(slopes,
     symmetric, values (IR bias per probe), graph_values (the graph's bias per probe))."""
-    from .probe import run_graph
-
     cache = ctx.setdefault("alibi", {})
     if side.name not in cache:
         L = _BIAS_PROBE_LEN
-        g2 = graph.copy()
-        g2.outputs = [g2.tensors()[side.name]]
-        g2.cleanup()
-        if any(G.is_trtrun(n) for n in g2.nodes):
+        long = _alone_at_length(graph, side.name, L)
+        if long is None:
             fail("depends on hidden states")
-        feeds = [{i.name: (np.ones if i.name == "attention_mask" else np.zeros)((1, L), np.dtype(i.dtype or np.int64))
-                  for i in g2.inputs}]
-        long = np.asarray(next(run_graph(g2, feeds, names=[side.name]))[side.name], np.float64)
+        long = long.astype(np.float64)
         if 1 <= long.ndim < 4:  # added to [B, H, S, S] scores, [H, 1, S] (MPT) broadcasts as [1, H, 1, S]
             long = long.reshape((1,) * (4 - long.ndim) + long.shape)
         if long.ndim != 4 or long.shape[0] != 1 or long.shape[1] not in (1, H) or long.shape[2] not in (1, L) \
@@ -638,22 +641,14 @@ def _size_scalar(graph, facts, t, ctx) -> float | None:
     cache = ctx.setdefault("size_scalars", {})
     if t.name in cache:
         return cache[t.name]
-    from .probe import run_graph
-
     value = None
     vals = facts.get(t) if facts.has(t.name) else []
     if vals and all(np.size(v) == 1 and np.asarray(v).dtype.kind == "f" for v in vals) and \
             len({float(np.asarray(v).reshape(())) for v in vals}) == 1 and not facts.value_inputs(graph, t):
-        g2 = graph.copy()
-        g2.outputs = [g2.tensors()[t.name]]
-        g2.cleanup()
-        if not any(G.is_trtrun(n) for n in g2.nodes):
-            L = _BIAS_PROBE_LEN
-            feeds = [{i.name: np.ones((1, L), np.dtype(i.dtype or np.int64)) for i in g2.inputs}]
-            far = np.asarray(next(run_graph(g2, feeds, names=[t.name]))[t.name])
-            v = float(np.asarray(vals[0]).reshape(()))
-            if far.size == 1 and float(far.reshape(())) == v:
-                value = v
+        far = _alone_at_length(graph, t.name, _BIAS_PROBE_LEN)
+        v = float(np.asarray(vals[0]).reshape(()))
+        if far is not None and far.size == 1 and float(far.reshape(())) == v:
+            value = v
     cache[t.name] = value
     return value
 

@@ -234,7 +234,7 @@ class Plan:
             if counted:
                 # the model counts positions along the mask; the plan's s + offset (an Embedding's) or j - i
                 # (an ALiBi Attention's) is the same only where each row's mask is ones then zeros
-                bad = np.maximum.accumulate(m == 0, axis=1) & (m != 0)
+                bad = after_padding(m != 0)
                 if bad.any():
                     first_bad("attention_mask", m, bad, f"a 1 after a 0 in its row: op {counted[0]!r} counts "
                                                         f"positions along the mask, so this plan takes padding "
@@ -315,6 +315,12 @@ class Plan:
     def __repr__(self) -> str:
         return (f"Plan({self._where()}, precision={self.header.get('precision')!r}, "
                 f"ops={len(self.header.get('ops', []))}, weights={len(self.header.get('weights', {}))})")
+
+
+def after_padding(valid: np.ndarray) -> np.ndarray:
+    """[B, S] bool: the valid (true) entries that come after an invalid one in their row. A plan whose op counts
+    positions along the mask (mask_positions) takes only rows without any: ones, then zeros."""
+    return np.maximum.accumulate(~valid, axis=1) & valid
 
 
 def load_plan(path: str | os.PathLike) -> Plan:
