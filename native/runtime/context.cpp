@@ -385,23 +385,31 @@ void Context::init() {
 #endif
       // The scales cuBLASLt applies: scalar for a per-tensor weight scale with a static activation scale (the
       // Engine allows weight_scale [1] only then), else outer vectors (a weight scale per output channel, the
-      // lowering broadcasting a per-tensor one; an activation scale per row). Without a scaled algorithm (cuBLAS
-      // before 12.9 has no outer vectors) the GEMM of the codes into fp32 and launch_fp8_rescale. Asked at a
-      // typical row count, as for the fused epilogues below.
+      // lowering broadcasting a per-tensor one; an activation scale per row). Whether cuBLASLt offers a scaled
+      // algorithm depends on the output type: cuBLAS 13 on Hopper offers outer vectors into fp16 but not into an
+      // fp32 D. So each path asks with the type it writes: the fused epilogue into y (or h) with the scales, and
+      // the fp32 accumulator with the scales where offered, else the bare codes and launch_fp8_rescale (cuBLAS
+      // before 12.9 has no outer vectors at all). Asked at a typical row count, as for the fused epilogues below.
       const WeightDesc& w = d.weights[op.weight("weight")];
       const int64_t k = w.shape[1], n = w.shape[0];
       const int64_t rows = static_cast<int64_t>(d.tensors[op.inputs[0]].numel(B, S) / static_cast<size_t>(k));
       const int64_t probe = std::min<int64_t>(rows, 4096);
+      const GemmScale want =
+          d.weights[op.weight("weight_scale")].shape[0] == 1 ? GemmScale::Scalar : GemmScale::OuterVec;
+      auto offered = [&](DType out_t, GemmEpilogue epilogue, GemmScale scale) {
+        return gemm_->prepare(fp8_key(op, d, probe, out_t, epilogue, scale));
+      };
+      // the fp32 accumulator path's scale mode
+      auto acc_scale = [&]() {
+        if (offered(DType::F32, GemmEpilogue::None, want)) return want;
+        if (!offered(DType::F32, GemmEpilogue::None, GemmScale::None))
+          throw DeviceError("op '" + op.name + "': cuBLASLt offers no fp8 (E4M3) GEMM for " +
+                            shape_text(fp8_key(op, d, probe, DType::F32, GemmEpilogue::None, GemmScale::None)) +
+                            " on this GPU (fp8 GEMMs need compute capability 8.9 or 9.0+)");
+        return GemmScale::None;
+      };
       Fp8Linear f;
       f.on = true;
-      f.scale = d.weights[op.weight("weight_scale")].shape[0] == 1 ? GemmScale::Scalar : GemmScale::OuterVec;
-      if (!gemm_->prepare(fp8_key(op, d, probe, DType::F32, GemmEpilogue::None, f.scale))) {
-        f.scale = GemmScale::None;
-        const GemmKey plain = fp8_key(op, d, probe, DType::F32, GemmEpilogue::None, GemmScale::None);
-        if (!gemm_->prepare(plain))
-          throw DeviceError("op '" + op.name + "': cuBLASLt offers no fp8 (E4M3) GEMM for " + shape_text(plain) +
-                            " on this GPU (fp8 GEMMs need compute capability 8.9 or 9.0+)");
-      }
       const size_t q_bytes = align_up(checked_mul(static_cast<size_t>(rows), static_cast<size_t>(k), "fp8 codes"), 256);
       f.scales_at = q_bytes;
       lives.push_back({checked_add(q_bytes, checked_mul(static_cast<size_t>(rows), 4, "fp8 scales"), "fp8 scratch"),
@@ -410,11 +418,13 @@ void Context::init() {
       const int bias = op.weight("bias");
       if (needs_post(op)) {
         LinearPost p = linear_post(op, d);
-        if (p.direct && (f.scale == GemmScale::None ||
-                         !gemm_->prepare(fp8_key(op, d, probe, p.h_t,
-                                                 bias != NO_WEIGHT ? GemmEpilogue::Bias : GemmEpilogue::None,
-                                                 f.scale))))
+        if (p.direct &&
+            offered(p.h_t, bias != NO_WEIGHT ? GemmEpilogue::Bias : GemmEpilogue::None, want)) {
+          f.scale = want;
+        } else {
           p = LinearPost{true, false, DType::F32, op.gated || op.activation != Activation::None};
+          f.scale = acc_scale();
+        }
         post_[i] = p;
         if (op.gated || !p.direct) {
           lives.push_back({checked_mul(checked_mul(static_cast<size_t>(rows), static_cast<size_t>(n), "h"),
@@ -423,9 +433,11 @@ void Context::init() {
         }
       } else {
         const LinearChoice c = choose_linear(op, d);
-        f.fused = f.scale != GemmScale::None && c.fusable &&
-                  gemm_->prepare(fp8_key(op, d, probe, d.tensors[op.outputs[0]].type, c.epilogue, f.scale));
-        if (!f.fused) {
+        f.fused = c.fusable && offered(d.tensors[op.outputs[0]].type, c.epilogue, want);
+        if (f.fused) {
+          f.scale = want;
+        } else {
+          f.scale = acc_scale();
           lives.push_back({checked_mul(checked_mul(static_cast<size_t>(rows), static_cast<size_t>(n), "acc"), 4,
                                        "accumulator scratch"), i, i});
           owners.emplace_back(2, i);

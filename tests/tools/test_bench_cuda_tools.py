@@ -1,4 +1,4 @@
-"""The standalone CUDA measurement tools in tools/cuda/ (gemm_explore, graph_overhead, pdl_probe, smallm_stream) still
+"""The standalone CUDA measurement tools in tools/cuda/ (fp8_modes, gemm_explore, graph_overhead, pdl_probe, smallm_stream) still
 compile for sm_90. They are not part of the extension's build, so nothing else would notice one rotting; running
 them needs a GPU (tools/README.md says what each measures)."""
 import os
