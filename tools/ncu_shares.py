@@ -25,7 +25,8 @@ def family(kernel: str) -> str:
     if "nvjet" in k or "gemm" in k or "cublas" in k or "xmma" in k:
         return "cuBLASLt GEMM"
     for key, name in (("layernorm", "LayerNorm"), ("attention", "attention"), ("embedding", "embedding"),
-                      ("stage_input", "input staging")):
+                      ("stage_input", "input staging"), ("quantize", "fp8 quantize"), ("rescale", "fp8 rescale"),
+                      ("bias_act", "bias and activation")):
         if key in k:
             return name
     return "other"

@@ -28,7 +28,7 @@ from trtrun.types import GEMM_SEARCHES
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="bert-base", choices=["bert-base", "gpt2"])
-    ap.add_argument("--precision", default="hybrid", choices=["fp32", "fp16", "hybrid"])
+    ap.add_argument("--precision", default="hybrid", choices=["fp32", "fp16", "hybrid", "fp8"])
     ap.add_argument("--point", action="append", default=None, help="BxS (repeatable; default 1x128)")
     ap.add_argument("--iters", type=int, default=300)
     ap.add_argument("--ncu", action="store_true", help="profile one replay per point (cudaProfilerStart/Stop)")
@@ -45,6 +45,9 @@ def main() -> int:
                     help="NAME:key=int,...[,env.VAR=value] another context with these options (repeatable); "
                          "points alternate")
     ap.add_argument("--rounds", type=int, default=1, help="timing rounds per context and point")
+    ap.add_argument("--fp8-scales", default="channel-dynamic", choices=["channel-dynamic", "tensor-static"],
+                    help="fp8: weight scales per channel with per-token activation scales (the default), or one per "
+                         "tensor with static activation scales calibrated on random ids (cuBLASLt's scalar scales)")
     ap.add_argument("--plan", default=None, help="time this plan file instead of exporting and building --model")
     a = ap.parse_args()
     points = [tuple(int(x) for x in p.lower().split("x")) for p in (a.point or ["1x128"])]
@@ -65,11 +68,18 @@ def main() -> int:
         export_model(a.model, onnx, seed=0)
         print(f"exported {onnx} in {time.time() - t:.1f}s", flush=True)
     if not a.plan:
-        plan_path = cache / f"{a.model}.{a.precision}{'' if a.ln_input == 'fp16' else '.ln32'}.plan"
+        tag = f".{a.fp8_scales}" if a.precision == "fp8" else ""
+        plan_path = cache / f"{a.model}.{a.precision}{tag}{'' if a.ln_input == 'fp16' else '.ln32'}.plan"
     if not plan_path.exists():
         t = time.time()
+        kw = {}
+        if a.precision == "fp8" and a.fp8_scales == "tensor-static":
+            rng = np.random.default_rng(1)
+            kw = dict(fp8_weights="tensor", fp8_activations="static", calib_name="random ids",
+                      calib=[{"input_ids": rng.integers(1000, 20000, (4, 128), dtype=np.int64),
+                              "attention_mask": np.ones((4, 128), np.int64)} for _ in range(2)])
         build(onnx, precision=a.precision, profile={"batch": (1, 8, 32), "seq": (1, 128, 512)},
-              ln_input=a.ln_input).save(plan_path)
+              ln_input=a.ln_input, **kw).save(plan_path)
         print(f"built {plan_path} in {time.time() - t:.1f}s", flush=True)
 
     if a.gemm_cache:
