@@ -55,7 +55,8 @@ if [[ " $steps " == *" tests "* ]]; then
   # one pytest process per file (a crash in one loses only that file), each under its own time limit
   for spec in ${TEST_FILES:-basics:30 handmade:450 device:50 errors:50 stress:80 models:240 decoders:400 encoders:600 fp8:300}; do
     f=tests/gpu/test_runtime_${spec%%:*}.py
-    timeout "${spec##*:}" python3 -m pytest -p no:cacheprovider -q -rs --durations=5 "$f" ${PYTEST_ARGS:-} \
+    # -v: one line per test, so a file cut off by its time limit still shows which tests ran and which did not
+    timeout "${spec##*:}" python3 -m pytest -p no:cacheprovider -v -rfEs --durations=5 "$f" ${PYTEST_ARGS:-} \
       >>"$OUT/pytest.log" 2>&1
     rc=$?
     echo "$f: exit code $rc, $(grep -E '^[=]+ .*(passed|failed|error|skipped)' "$OUT/pytest.log" | tail -1)"
