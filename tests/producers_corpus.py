@@ -288,6 +288,8 @@ FAMILY = {
     "olmo2": ("Olmo2Config", dict(_S, num_key_value_heads=2)),
     # squared ReLU MLP (no GPU kernel yet), partial rotary, LayerNorm with (1 + w) gains
     "nemotron": ("NemotronConfig", dict(_S, num_key_value_heads=2)),
+    # a LayerNorm (gain and bias) over each query and key head before a partial rotary (no GPU kernel yet)
+    "persimmon": ("PersimmonConfig", _S),
     # attention with the heads folded into the batch ([B*H, S, S]); ALiBi over positions counted along the mask
     "bloom": ("BloomConfig", dict(hidden_size=128, n_layer=2, n_head=4)),
     # the same folded attention; sinusoidal positions looked up at flattened [B*S] indices

@@ -402,14 +402,16 @@ def ref_attention(qkv: np.ndarray, attention_mask: np.ndarray | None = None, *, 
                   inv_freq: np.ndarray | None = None, rotary_scale: float = 1.0,
                   score_bias: np.ndarray | None = None, window: int | None = None,
                   q_norm: np.ndarray | None = None, k_norm: np.ndarray | None = None,
-                  qk_norm_epsilon: float = 1e-6, softcap: float | None = None) -> np.ndarray:
+                  qk_norm_epsilon: float = 1e-6, softcap: float | None = None, qk_norm_kind: str = "rms",
+                  q_norm_bias: np.ndarray | None = None, k_norm_bias: np.ndarray | None = None) -> np.ndarray:
     """Multi-head attention on a packed qkv [B, S, (H + 2*Hkv)*D] -> y [B, S, H*D] in `out_dtype`.
 
     Q = qkv[..., :HD], K = [HD:HD+HkvD], V = [HD+HkvD:]; head h is columns h*D:(h+1)*D of each; query head h
     reads K/V head h // (H / Hkv) (grouped-query attention; Hkv = H by default). With `q_norm`/`k_norm` [D]
     (Qwen3), every Q and K head is RMS-normalized over its D values first; with `q_norm` [H*D] and `k_norm`
     [Hkv*D] (OLMo-2), the whole Q and the whole K of each token are (ref_rmsnorm's rules for the precision,
-    epsilon `qk_norm_epsilon`). With `inv_freq` [R/2], the
+    epsilon `qk_norm_epsilon`). With `qk_norm_kind` "layer" (Persimmon), each head is LayerNorm-ed over its D
+    values instead, with gains `q_norm`/`k_norm` [D] and biases `q_norm_bias`/`k_norm_bias` [D] (zero when absent). With `inv_freq` [R/2], the
     first R dims of every Q and K head are rotated by position (rotary_tables, rotate) before the scores.
     scores = scale * Q_h K_h^T, soft-capped to softcap * tanh(scores / softcap) when `softcap` is given (Gemma 2;
     on the float32 scores in every precision, before the bias and the fp16 rounding) (+ score_bias [H, S, S]); key j masked when attention_mask[b, j] == 0, and for
@@ -442,7 +444,13 @@ def ref_attention(qkv: np.ndarray, attention_mask: np.ndarray | None = None, *, 
         x = np.asarray(qkv[b])
         q, k, v = x[:, :HD].reshape(S, H, D), x[:, HD:HD + KD].reshape(S, Hkv, D), x[:, HD + KD:]
         cdt = F16 if precision == "fp16" else F32
-        if q_norm is not None:
+        if q_norm is not None and qk_norm_kind == "layer":  # per head, over its D values
+            zeros = np.zeros(D, F32)
+            q = ref_layernorm(q, None, q_norm, zeros if q_norm_bias is None else q_norm_bias, epsilon=qk_norm_epsilon,
+                              precision=precision, out_dtype=cdt)[0].reshape(S, H, D)
+            k = ref_layernorm(k, None, k_norm, zeros if k_norm_bias is None else k_norm_bias, epsilon=qk_norm_epsilon,
+                              precision=precision, out_dtype=cdt)[0].reshape(S, Hkv, D)
+        elif q_norm is not None:
             whole = np.asarray(q_norm).size != D  # over all heads at once: rows [S, H*D]
             qr, kr = (q.reshape(S, HD), k.reshape(S, KD)) if whole else (q, k)
             q = ref_rmsnorm(qr, None, q_norm, epsilon=qk_norm_epsilon, precision=precision,
@@ -615,7 +623,9 @@ class ReferenceBackend:
                                   inv_freq=self._w(op, "inv_freq"), rotary_scale=a.get("rotary_scale", 1.0),
                                   score_bias=self._score_bias(op, ins[0].shape[1]), window=a.get("window"),
                                   q_norm=self._w(op, "q_norm"), k_norm=self._w(op, "k_norm"),
-                                  qk_norm_epsilon=a.get("qk_norm_epsilon", 1e-6), softcap=a.get("softcap"))]
+                                  qk_norm_epsilon=a.get("qk_norm_epsilon", 1e-6), softcap=a.get("softcap"),
+                                  qk_norm_kind=a.get("qk_norm_kind", "rms"), q_norm_bias=self._w(op, "q_norm_bias"),
+                                  k_norm_bias=self._w(op, "k_norm_bias"))]
         if typ in ("LayerNorm", "RMSNorm"):
             sdt = self._dtypes[outs[1]] if len(outs) > 1 and outs[1] else odt
             after = a.get("residual_after", False)

@@ -902,6 +902,42 @@ def test_olmo2_whole_projection_qk_norm_and_residual_after_the_norm(tmp_path):
         check_gpu_support(plan)
 
 
+def test_persimmon_layernorm_per_query_and_key_head(tmp_path):
+    """Persimmon LayerNorms each query and key head over its D values (one gain and bias for all heads) before a
+    partial rotary: Attention qk_norm_kind "layer" with q_norm/k_norm [D] and q_norm_bias/k_norm_bias [D]. Every
+    precision against onnxruntime at the models' acceptance (fp16: the producers matrix's 0.999). The fields are
+    not decoration: read as RMSNorms, or without the biases, the same plan misses by far. The GPU runtime refuses
+    the form by name."""
+    pytest.importorskip("transformers")
+    from trtrun.errors import PlanError
+    from trtrun.runtime.lower import check_gpu_support
+
+    path = _tiny_export(tmp_path, "PersimmonConfig", hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=256)
+    f = random_feeds(path, batch=3, seq=13, seed=6, vocab=1000)
+    want = onnxruntime_run(path, f)
+    for precision, bound in (("fp32", 0.99999), ("hybrid", 0.9998), ("fp16", 0.999)):
+        plan = build(path, precision=precision)
+        atts = [op for op in plan.ops if op["type"] == "Attention"]
+        assert [op["attrs"].get("qk_norm_kind") for op in atts] == ["layer", "layer"]
+        for op in atts:
+            for role in ("q_norm", "k_norm", "q_norm_bias", "k_norm_bias"):
+                assert list(plan.header["weights"][op["weights"][role]]["shape"]) == [32], role
+        got = ReferenceBackend(plan).run(f)["last_hidden_state"]
+        assert cosine_per_sample(got, want, f["attention_mask"]).min() >= bound, precision
+    assert "q/k LayerNorm" in plan.summary()
+    with pytest.raises(PlanError, match=r"Attention ops with a query/key LayerNorm per head \(Persimmon's\)"):
+        check_gpu_support(plan)
+
+    plan = build(path, precision="fp32")
+    for op in plan.ops:
+        if op["type"] == "Attention":
+            op["attrs"]["qk_norm_kind"] = "rms"
+            op["weights"].pop("q_norm_bias"), op["weights"].pop("k_norm_bias")
+    as_rms = cosine_per_sample(ReferenceBackend(plan).run(f)["last_hidden_state"], want, f["attention_mask"]).min()
+    assert as_rms < 0.999, as_rms
+
+
 def test_nemotron_squared_relu(tmp_path):
     """Nemotron's MLP squares its ReLU (torch.square: Mul(r, r); Pow(r, 2) is read the same): activation relu2,
     against onnxruntime at every precision's acceptance. The GPU runtime has no relu2 case and refuses it by name."""

@@ -436,6 +436,13 @@ def _qk(h, w, D=32, eps=1e-6):
     w["qn"], w["kn"] = np.linspace(0.5, 1.5, D).astype(np.float32), np.linspace(1.5, 0.5, D).astype(np.float32)
 
 
+def _qk_layer(h, w, D=32):
+    _qk(h, w, D)
+    _att(h)["attrs"]["qk_norm_kind"] = "layer"
+    _att(h)["weights"].update(q_norm_bias="qb", k_norm_bias="kb")
+    w["qb"], w["kb"] = np.linspace(-0.5, 0.5, D).astype(np.float32), np.linspace(0.5, -0.5, D).astype(np.float32)
+
+
 def _rotary(h, w, R=32, n=None):
     _att(h)["attrs"]["rotary_dim"] = R
     _att(h)["weights"]["inv_freq"] = "inv_freq"
@@ -550,6 +557,19 @@ EXTRAS = {
                     r"weights\.qn: op 'l0\.attn''s q_norm must be finite, got nan at \[7\]"),
     "k_norm -inf with rotary*": ("hybrid", _both(_qk, _rotary, lambda h, w: _set(w, "kn", 0, -np.inf)),
                                  r"weights\.kn: op 'l0\.attn''s k_norm must be finite, got -inf at \[0\]"),
+    # per-head query/key LayerNorm (Persimmon's)
+    "qk_norm_kind unknown": ("hybrid", _both(_qk, _edit_att(qk_norm_kind="group")),
+                             r"\('l0\.attn'\)\.attrs\.qk_norm_kind: must be 'rms' or 'layer', got 'group'"),
+    "qk_norm_kind layer without norms": ("hybrid", _edit_att(qk_norm_kind="layer"),
+                                         r"attrs\.qk_norm_kind: 'layer' needs 'q_norm' and 'k_norm' weights"),
+    "qk_norm_kind layer without biases": ("hybrid", _both(_qk, _edit_att(qk_norm_kind="layer")),
+                                          r"weights: qk_norm_kind 'layer' needs a 'q_norm_bias' weight"),
+    "q_norm_bias [31]": ("hybrid", _both(_qk_layer, lambda h, w: w.update(qb=np.ones(31, np.float32))),
+                         r"q_norm_bias 'qb' has shape \[31\], expected \[32\]"),
+    "norm biases without layer": ("hybrid", _both(_qk_layer, lambda h, w: _att(h)["attrs"].pop("qk_norm_kind")),
+                                  r"weights\.q_norm_bias: a query/key norm bias needs qk_norm_kind 'layer'"),
+    "q_norm_bias NaN*": ("hybrid", _both(_qk_layer, lambda h, w: _set(w, "qb", 3, np.nan)),
+                         r"weights\.qb: op 'l0\.attn''s q_norm_bias must be finite, got nan at \[3\]"),
     # rotary
     "rotary_dim odd": ("hybrid", _both(_rotary, _edit_att(rotary_dim=31)),
                        r"attrs\.rotary_dim: must be even and at most head_size 32, got 31"),

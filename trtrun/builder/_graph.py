@@ -18,7 +18,7 @@ OP_SLOTS = {
     "Embedding": (("input_ids", "token_type_ids"), ("word", "position", "token_type", "gamma", "beta"),
                   ("y",)),
     "Linear": (("x", "residual"), ("weight", "bias"), ("y",)),
-    "Attention": (("qkv", "attention_mask"), ("inv_freq", "relative_bias", "alibi_slopes", "q_norm", "k_norm"), ("y",)),
+    "Attention": (("qkv", "attention_mask"), ("inv_freq", "relative_bias", "alibi_slopes", "q_norm", "k_norm", "q_norm_bias", "k_norm_bias"), ("y",)),
     "LayerNorm": (("x", "residual"), ("gamma", "beta"), ("y", "sum")),
     "RMSNorm": (("x", "residual"), ("gamma",), ("y", "sum")),
     "Pool": (("x", "attention_mask"), (), ("y",)),

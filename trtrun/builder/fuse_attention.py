@@ -155,7 +155,7 @@ def _match(graph, sm, facts, ctx) -> dict:
             if sorted(cols.tolist()) != list(range(n["gamma"].size)):
                 raise BuildError(f"Softmax node {sm.name!r}: the {what}'s RMSNorm {n['node'].name!r} spans "
                                  f"{n['gamma'].size} columns, not exactly the {len(cols)} the attention reads")
-        qk_norm = (q_norm["gamma"][q_cols], k_norm["gamma"][k_cols], qk_norm[2])
+        qk_norm = {**qk_norm, "q": q_norm["gamma"][q_cols], "k": k_norm["gamma"][k_cols]}
     scale = chain_scale * q_scale * k_scale
     rel = _relative_bias(graph, facts, sm, bias_sides[0], H, ctx) if bias_sides else None
     if rel is not None and bias_sides[0].name in counted:
@@ -418,17 +418,21 @@ def _same_rotary(sm, q_rot, k_rot):
 
 
 def _same_norm(sm, q_norm, k_norm):
-    """(q_norm gamma, k_norm gamma, epsilon) of a per-head query/key norm on both, or None on neither."""
+    """The query/key norm on both as dict(q, k: gammas, eps, kind "rms" or "layer", q_bias, k_bias: LayerNorm
+    biases or None), or None on neither."""
     if q_norm is None and k_norm is None:
         return None
     if q_norm is None or k_norm is None:
         raise BuildError(f"Softmax node {sm.name!r}: a per-head RMSNorm on the {'query' if k_norm is None else 'key'}"
                          f" only; the IR's Attention normalizes both or neither")
-    if q_norm["whole"] != k_norm["whole"] or (not q_norm["whole"] and q_norm["gamma"].size != k_norm["gamma"].size) \
+    if q_norm["whole"] != k_norm["whole"] or q_norm["kind"] != k_norm["kind"] \
+            or (not q_norm["whole"] and q_norm["gamma"].size != k_norm["gamma"].size) \
             or abs(q_norm["eps"] - k_norm["eps"]) > 1e-6 * max(q_norm["eps"], 1e-30):
-        raise BuildError(f"Softmax node {sm.name!r}: the query's and key's RMSNorms differ in kind, size or "
-                         f"epsilon ({q_norm['eps']:g}, {k_norm['eps']:g}); the IR has one kind and epsilon for both")
-    return q_norm["gamma"], k_norm["gamma"], q_norm["eps"]
+        raise BuildError(f"Softmax node {sm.name!r}: the query's and key's norms differ in kind, size or "
+                         f"epsilon ({q_norm['kind']} {q_norm['eps']:g}, {k_norm['kind']} {k_norm['eps']:g}); the IR "
+                         f"has one kind and epsilon for both")
+    return {"q": q_norm["gamma"], "k": k_norm["gamma"], "eps": q_norm["eps"], "kind": q_norm["kind"],
+            "q_bias": q_norm["beta"], "k_bias": k_norm["beta"]}
 
 
 def _kv_heads(sm, k_cols, v_cols, H, D):
@@ -590,11 +594,15 @@ def _trace_source(graph, facts, t, ctx):
         if G.is_trtrun(p, "RMSNorm") or G.is_trtrun(p, "LayerNorm"):
             # Qwen3's (and Gemma-3's) q_norm/k_norm: an RMSNorm over each head's D values of the query and key,
             # after the projection and before the rotary; OLMo-2's: an RMSNorm over the whole projection output
-            # (all heads at once). A LayerNorm there or a norm after the rotary is no form the IR expresses.
+            # (all heads at once); Persimmon's: a LayerNorm over each head's D values (one gain and bias for all
+            # heads). A LayerNorm over the whole projection, or a norm after the rotary, is no form the IR expresses.
             x = G.slot(p, "x")
+            layer = G.is_trtrun(p, "LayerNorm")
             gamma = G.const_value(G.slot(p, "gamma"))
-            ok = G.is_trtrun(p, "RMSNorm") and norm is None and G.slot(p, "residual") is None and \
-                facts.rank(x) in (3, 4) and gamma is not None and gamma.size == facts.get(x)[0].shape[-1]
+            beta = G.const_value(G.slot(p, "beta")) if layer else None
+            ok = norm is None and G.slot(p, "residual") is None and \
+                facts.rank(x) in ((4,) if layer else (3, 4)) and gamma is not None and \
+                gamma.size == facts.get(x)[0].shape[-1] and (not layer or (beta is not None and beta.size == gamma.size))
             whole = ok and facts.rank(x) == 3
             if ok and whole:
                 xp = G.producer(x)
@@ -604,9 +612,11 @@ def _trace_source(graph, facts, t, ctx):
                                  f"{p.name!r}) before the attention scores in a form the IR's Attention lacks: "
                                  f"it takes Q, K and V from the QKV projection with at most an RMSNorm over "
                                  f"each head's values (Qwen3's q_norm/k_norm) or over a projection's whole "
-                                 f"output (OLMo-2's) before the rotary")
+                                 f"output (OLMo-2's), or a LayerNorm over each head's values (Persimmon's), "
+                                 f"before the rotary")
             norm = {"x": x, "gamma": np.asarray(gamma, np.float32).reshape(-1), "eps": float(p.attrs["epsilon"]),
-                    "node": p, "whole": whole, "y": G.slot(p, "y")}
+                    "node": p, "whole": whole, "y": G.slot(p, "y"), "kind": "layer" if layer else "rms",
+                    "beta": None if beta is None else np.asarray(beta, np.float32).reshape(-1)}
             t = x
             continue
         if p.op in ("Add", "Sub", "Concat") and rot is None:
@@ -881,7 +891,7 @@ def _replace(graph, sm, facts, m):
         raise BuildError(f"Softmax node {sm.name!r}: the attention rebuilt from it (heads {H} x {D}, "
                          f"{Hkv} K/V heads, scale {m['scale']:.6g}, causal {m['causal']}"
                          f"{', rotary dims %d' % rot['dim'] if rot else ''}"
-                         f"{', per-head q/k norm' if m['qk_norm'] is not None else ''}"
+                         f"{', q/k norm (%s)' % m['qk_norm']['kind'] if m['qk_norm'] is not None else ''}"
                          f"{', soft cap %.6g' % m['softcap'] if m['softcap'] is not None else ''}) does not reproduce "
                          f"the graph's "
                          f"output {y.name!r}")
@@ -900,10 +910,14 @@ def _replace(graph, sm, facts, m):
             attrs["rotary_scale"] = float(rot["scale"])
         weights["inv_freq"] = _shared_constant(graph, "rotary.inv_freq", np.asarray(rot["inv_freq"], np.float32))
     if m["qk_norm"] is not None:
-        gq, gk, eps = m["qk_norm"]
-        attrs["qk_norm_epsilon"] = float(eps)
-        weights["q_norm"] = G.new_constant(graph, name + ".q_norm", gq)
-        weights["k_norm"] = G.new_constant(graph, name + ".k_norm", gk)
+        n = m["qk_norm"]
+        attrs["qk_norm_epsilon"] = float(n["eps"])
+        weights["q_norm"] = G.new_constant(graph, name + ".q_norm", n["q"])
+        weights["k_norm"] = G.new_constant(graph, name + ".k_norm", n["k"])
+        if n["kind"] == "layer":
+            attrs["qk_norm_kind"] = "layer"
+            weights["q_norm_bias"] = G.new_constant(graph, name + ".q_norm_bias", n["q_bias"])
+            weights["k_norm_bias"] = G.new_constant(graph, name + ".k_norm_bias", n["k_bias"])
     if rel is not None and rel.get("alibi"):
         attrs["alibi_symmetric"] = bool(rel["symmetric"])
         if rel.get("mask_positions"):
@@ -974,8 +988,8 @@ def _qkv_tensor(graph, facts, sm, srcs, cols, HD, KD):
 
 def reference_attention(qkv, mask, H, D, scale, causal, Hkv=None, rot=None, bias=None, window=None, qk_norm=None,
                         softcap=None):
-    """The IR's Attention formula in float64 (docs/plan-format.md), for checking matches. qk_norm: (q gamma,
-    k gamma, epsilon) of a per-head RMSNorm of Q and K before the rotary."""
+    """The IR's Attention formula in float64 (docs/plan-format.md), for checking matches. qk_norm: _same_norm's
+    dict, the query/key norm before the rotary."""
     qkv = np.asarray(qkv, np.float64)
     B, S, _ = qkv.shape
     Hkv = Hkv or H
@@ -984,8 +998,14 @@ def reference_attention(qkv, mask, H, D, scale, causal, Hkv=None, rot=None, bias
     k = qkv[..., HD:HD + KD].reshape(B, S, Hkv, D).transpose(0, 2, 1, 3)
     v = qkv[..., HD + KD:].reshape(B, S, Hkv, D).transpose(0, 2, 1, 3)
     if qk_norm is not None:
-        gq, gk, eps = qk_norm
-        if np.asarray(gq).size == D:  # per head
+        gq, gk, eps = qk_norm["q"], qk_norm["k"], qk_norm["eps"]
+        if qk_norm["kind"] == "layer":  # per head: (x - mean) / sqrt(var + eps) * gamma + beta
+            def ln(x, g, b):
+                c = x - x.mean(-1, keepdims=True)
+                return c / np.sqrt((c * c).mean(-1, keepdims=True) + eps) * np.asarray(g, np.float64) + \
+                    np.asarray(b, np.float64)
+            q, k = ln(q, gq, qk_norm["q_bias"]), ln(k, gk, qk_norm["k_bias"])
+        elif np.asarray(gq).size == D:  # per head
             q = q / np.sqrt((q * q).mean(-1, keepdims=True) + eps) * np.asarray(gq, np.float64)
             k = k / np.sqrt((k * k).mean(-1, keepdims=True) + eps) * np.asarray(gk, np.float64)
         else:  # over every head of the token at once; gammas in head order [H*D], [Hkv*D]

@@ -109,7 +109,8 @@ def pin_precision(graph, precision: str, ln_input: str = "fp16") -> tuple[dict[s
                 dt = "float16"
             else:  # hybrid: GEMM weights and tables fp16; norm parameters and what attention computes in fp32
                 # (rotary frequencies: angles up to thousands of radians; the score bias: added before softmax)
-                dt = "float32" if r in ("gamma", "beta", "q_norm", "k_norm", "inv_freq", "relative_bias") else "float16"
+                dt = "float32" if r in ("gamma", "beta", "q_norm", "k_norm", "q_norm_bias", "k_norm_bias", "inv_freq",
+                                        "relative_bias") else "float16"
             if r in ("inv_freq", "alibi_slopes"):  # angles / biases of position x the value: fp32 in every precision
                 dt = "float32"
             weights[w.name] = dt

@@ -72,7 +72,8 @@ OP_SCHEMAS: dict[str, dict[str, Any]] = {
     "Attention": {
         "inputs": (("qkv", True), ("attention_mask", False)),
         "outputs": (("y", True),),
-        "weights": {"inv_freq": False, "relative_bias": False, "alibi_slopes": False, "q_norm": False, "k_norm": False},
+        "weights": {"inv_freq": False, "relative_bias": False, "alibi_slopes": False, "q_norm": False, "k_norm": False,
+                    "q_norm_bias": False, "k_norm_bias": False},
     },
     "LayerNorm": {
         "inputs": (("x", True), ("residual", False)),
@@ -105,7 +106,7 @@ OP_ATTRS = {
     "Linear": ("activation", "gated"),
     "Attention": ("num_heads", "head_size", "scale", "causal", "num_kv_heads", "rotary_dim", "rotary_scale",
                   "relative_max_distance", "relative_bidirectional", "alibi_symmetric", "mask_positions", "window",
-                  "qk_norm_epsilon", "softcap"),
+                  "qk_norm_epsilon", "qk_norm_kind", "softcap"),
     "LayerNorm": ("epsilon", "residual_after"),
     "Pool": ("mode", "normalize"),
     "RMSNorm": ("epsilon", "residual_after"),

@@ -572,6 +572,26 @@ def _validate_op(op, f, tensors, weights, prof, err) -> None:
                 err(f + ".attrs.qk_norm_epsilon", f"must be >= 0, got {eps}")
         elif "qk_norm_epsilon" in attrs:
             err(f + ".weights", "qk_norm_epsilon needs 'q_norm' and 'k_norm' weights")
+        # the norm's kind: RMSNorm (the default) or a LayerNorm over each head's D values (Persimmon's), whose
+        # biases [D] come with it and only with it
+        kind = attrs.get("qk_norm_kind", "rms")
+        if kind not in ("rms", "layer"):
+            err(f + ".attrs.qk_norm_kind", f"must be 'rms' or 'layer', got {short(kind)}")
+        elif kind == "layer":
+            if Wt("q_norm") is None or Wt("k_norm") is None:
+                err(f + ".attrs.qk_norm_kind", "'layer' needs 'q_norm' and 'k_norm' weights")
+            elif list(Wt("q_norm")["shape"]) != [D]:
+                err(f + ".attrs.qk_norm_kind", f"'layer' normalizes each head: q_norm must be [{D}], got "
+                                               f"{fmt_shape(Wt('q_norm')['shape'])}")
+            for role in ("q_norm_bias", "k_norm_bias"):
+                if Wt(role) is None:
+                    err(f + ".weights", f"qk_norm_kind 'layer' needs a '{role}' weight")
+                else:
+                    need_shape(f"{role} {nm(wts[role])!r}", Wt(role)["shape"], [D])
+        if kind != "layer":
+            for role in ("q_norm_bias", "k_norm_bias"):
+                if Wt(role) is not None:
+                    err(f + ".weights." + role, "a query/key norm bias needs qk_norm_kind 'layer'")
         q = T(ins[0])["shape"]
         if len(q) != 3:
             err(f, f"qkv {nm(ins[0])!r} must be [B, S, (H+2*Hkv)*D], got {fmt_shape(q)}")
@@ -664,7 +684,7 @@ def check_values(header: dict, weights: dict, where: str) -> None:
                     refuse(w, op, role, "positive and finite", v.ravel()[i], i)
         if op["type"] != "Attention":
             continue
-        for role in ("inv_freq", "alibi_slopes", "relative_bias", "q_norm", "k_norm"):
+        for role in ("inv_freq", "alibi_slopes", "relative_bias", "q_norm", "k_norm", "q_norm_bias", "k_norm_bias"):
             w = wts.get(role)
             if not w:
                 continue
