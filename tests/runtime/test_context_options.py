@@ -171,6 +171,13 @@ def test_overrides_reach_the_extension_by_name(ext, plan):
     ({"ffn_chunk_min_rows": 2.5}, "ffn_chunk_min_rows must be an integer >= 1, got 2.5"),
     ({"workspace_bytes": -1}, "workspace_bytes must be an integer >= 0, got -1"),
     ({"gemm_search": "fast"}, "gemm_search must be one of heuristic, focused, exhaustive, got 'fast'"),
+    # past the C++ field (an int, else 64 bits): this error, not the binding's type mismatch
+    ({"ffn_chunks": 2**31}, "ffn_chunks must be at most 2147483647, got 2147483648"),
+    ({"max_graphs": 2**63}, "max_graphs must be at most 9223372036854775807, got 9223372036854775808"),
+    ({"split_ln_slice": 2**70}, "split_ln_slice must be at most 9223372036854775807, got 1180591620717411303424"),
+    ({"max_graphs": -1}, "max_graphs must be an integer >= 0, got -1"),
+    ({"max_graphs": 1.5}, "max_graphs must be an integer >= 0, got 1.5"),
+    ({"max_graphs": "16"}, "max_graphs must be an integer >= 0, got '16'"),
 ])
 def test_bad_context_options(kw, needle, ext):
     (name,) = kw
@@ -180,6 +187,12 @@ def test_bad_context_options(kw, needle, ext):
             make()
         assert str(err.value) == needle and str(err.value).count(name) == 1
     assert ext.calls == []  # refused before the extension saw anything
+
+
+def test_numpy_integers_are_taken_as_ints():
+    o = ContextOptions(max_graphs=np.int64(16), ffn_chunks=np.int32(3), split_ln_slice=np.int64(256))
+    assert (o.max_graphs, o.ffn_chunks, o.split_ln_slice) == (16, 3, 256)
+    assert all(type(v) is int for v in (o.max_graphs, o.ffn_chunks, o.split_ln_slice))
 
 
 def test_unknown_option_is_a_type_error(ext):

@@ -11,10 +11,14 @@ callers (tests/runtime/test_native_host.py checks they agree).
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from dataclasses import dataclass
 
 from ..errors import InputError
 from ..types import GEMM_SEARCH_DEFAULTS, check_gemm_search
+
+
+_INT32_MAX, _INT64_MAX = 2**31 - 1, 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -67,18 +71,26 @@ class ContextOptions:
 
     def __post_init__(self):
         check_gemm_search(self.gemm_search, InputError)
-        for name, lo in (("ffn_chunks", 1), ("fuse_residual_min_rows", 1), ("ffn_chunk_min_rows", 1),
-                         ("workspace_bytes", 0), ("split_ln_max_rows", 0)):
+        # each integer within its C++ field's range (native/include/trtrun/context_options.h: ffn_chunks an int,
+        # the others 64-bit), so a huge value is this error rather than the binding's type mismatch
+        for name, lo, hi in (("ffn_chunks", 1, _INT32_MAX), ("fuse_residual_min_rows", 1, _INT64_MAX),
+                             ("ffn_chunk_min_rows", 1, _INT64_MAX), ("workspace_bytes", 0, _INT64_MAX),
+                             ("split_ln_max_rows", 0, _INT64_MAX), ("max_graphs", 0, _INT64_MAX)):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo:
                 raise InputError(f"{name} must be an integer >= {lo}, got {v!r}")
+            if v > hi:
+                raise InputError(f"{name} must be at most {hi}, got {v!r}")
+            object.__setattr__(self, name, int(v))  # numpy integers as Python's
         v = self.split_ln_slice
-        if isinstance(v, bool) or not isinstance(v, int) or v < 8 or v % 8:
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 8 or v % 8:
             raise InputError(f"split_ln_slice must be a multiple of 8 (>= 8), got {v!r}")
-        # the switches and max_graphs are taken as the extension's bool and int
+        if v > _INT64_MAX:
+            raise InputError(f"split_ln_slice must be at most {_INT64_MAX}, got {v!r}")
+        object.__setattr__(self, "split_ln_slice", int(v))
+        # the switches are taken as the extension's bool
         for name in ("use_graphs", "bucket", "fuse_residual"):
             object.__setattr__(self, name, bool(getattr(self, name)))
-        object.__setattr__(self, "max_graphs", int(self.max_graphs))
 
     def replace(self, **overrides) -> "ContextOptions":
         """These options with some changed (checked again); TypeError for a name that is no option."""
