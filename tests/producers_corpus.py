@@ -288,6 +288,9 @@ FAMILY = {
     "olmo2": ("Olmo2Config", dict(_S, num_key_value_heads=2)),
     # squared ReLU MLP (no GPU kernel yet), partial rotary, LayerNorm with (1 + w) gains
     "nemotron": ("NemotronConfig", dict(_S, num_key_value_heads=2)),
+    # ESM-2: rotary encoder, embeddings times the mask and token dropout's 0.88 / (1 - share of <mask>) (id 2)
+    "esm": ("EsmConfig", dict(_S, position_embedding_type="rotary", pad_token_id=1, mask_token_id=2,
+                              token_dropout=True)),
     # a LayerNorm (gain and bias) over each query and key head before a partial rotary (no GPU kernel yet)
     "persimmon": ("PersimmonConfig", _S),
     # attention with the heads folded into the batch ([B*H, S, S]); ALiBi over positions counted along the mask

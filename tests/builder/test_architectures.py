@@ -938,6 +938,47 @@ def test_persimmon_layernorm_per_query_and_key_head(tmp_path):
     assert as_rms < 0.999, as_rms
 
 
+@pytest.mark.parametrize("token_dropout", [True, False])
+def test_esm_token_dropout_and_masked_embeddings(tmp_path, token_dropout):
+    """ESM (rotary, as ESM-2) multiplies its embeddings by the attention mask, and with token_dropout (ESM-2's
+    checkpoints) zeroes the <mask> rows and rescales each sequence by 0.88 / (1 - its share of <mask> tokens). On
+    sequences without <mask> that is the constant 0.88, folded into the word table; the Embedding's refused_id
+    makes the plan refuse <mask> in input_ids with an error naming it. Padding rows (zeroed by the mask) are read
+    by no unpadded token. Every precision against onnxruntime at the models' acceptance; without the fold the
+    plan is off."""
+    pytest.importorskip("transformers")
+    from trtrun.errors import InputError
+
+    mask_id = 32
+    path = _tiny_export(tmp_path, "EsmConfig", hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=256, position_embedding_type="rotary", pad_token_id=1,
+                        mask_token_id=mask_id, token_dropout=token_dropout)
+    f = random_feeds(path, batch=3, seq=13, seed=7, vocab=1000)
+    f["input_ids"][f["input_ids"] == mask_id] = mask_id + 1
+    want = onnxruntime_run(path, f)
+    for precision, bound in (("fp32", 0.99999), ("hybrid", 0.9998), ("fp16", 0.999)):
+        plan = build(path, precision=precision)
+        emb = next(op for op in plan.ops if op["type"] == "Embedding")
+        assert emb["attrs"].get("refused_id") == (mask_id if token_dropout else None)
+        got = ReferenceBackend(plan).run(f)["last_hidden_state"]
+        assert cosine_per_sample(got, want, f["attention_mask"]).min() >= bound, precision
+    if not token_dropout:
+        return
+    bad = {k: v.copy() for k, v in f.items()}
+    bad["input_ids"][1, 4] = mask_id
+    with pytest.raises(InputError, match=r"input 'input_ids' has value 32 at position \[1, 4\]: token id 32 is "
+                                         r"refused by op 'embeddings'"):
+        ReferenceBackend(plan).run(bad)
+    # the fold is not decoration: the word table without the 0.88 gives another function
+    plan = build(path, precision="fp32")
+    w = plan.weights[next(op for op in plan.ops if op["type"] == "Embedding")["weights"]["word"]]
+    w /= np.float32(0.88)
+    got = ReferenceBackend(plan).run(f)["last_hidden_state"]
+    m = f["attention_mask"] != 0
+    off = np.linalg.norm((got - want)[m]) / np.linalg.norm(want[m])
+    assert off > 1e-2, off
+
+
 def test_nemotron_squared_relu(tmp_path):
     """Nemotron's MLP squares its ReLU (torch.square: Mul(r, r); Pow(r, 2) is read the same): activation relu2,
     against onnxruntime at every precision's acceptance. The GPU runtime has no relu2 case and refuses it by name."""

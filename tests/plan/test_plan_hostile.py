@@ -420,6 +420,10 @@ def _att(h):
     return next(op for op in h["ops"] if op["type"] == "Attention")
 
 
+def _emb(h):
+    return next(op for op in h["ops"] if op["type"] == "Embedding")
+
+
 def _lin(h):
     return next(op for op in h["ops"] if op["type"] == "Linear")  # l0.qkv: K = 64, N = 192
 
@@ -570,6 +574,13 @@ EXTRAS = {
                                   r"weights\.q_norm_bias: a query/key norm bias needs qk_norm_kind 'layer'"),
     "q_norm_bias NaN*": ("hybrid", _both(_qk_layer, lambda h, w: _set(w, "qb", 3, np.nan)),
                          r"weights\.qb: op 'l0\.attn''s q_norm_bias must be finite, got nan at \[3\]"),
+    # a token id the embeddings refuse (ESM's <mask> under token dropout)
+    "refused_id -1": ("hybrid", lambda h, w: _emb(h)["attrs"].update(refused_id=-1),
+                      r"\('emb'\)\.attrs\.refused_id: must be an integer in \[0, 2147483647\], got -1"),
+    "refused_id 2.0": ("hybrid", lambda h, w: _emb(h)["attrs"].update(refused_id=2.0),
+                       r"attrs\.refused_id: must be an integer in \[0, 2147483647\], got 2\.0"),
+    "refused_id a list": ("hybrid", lambda h, w: _emb(h)["attrs"].update(refused_id=[2]),
+                          r"attrs\.refused_id: must be an integer in \[0, 2147483647\], got \[2\]"),
     # rotary
     "rotary_dim odd": ("hybrid", _both(_rotary, _edit_att(rotary_dim=31)),
                        r"attrs\.rotary_dim: must be even and at most head_size 32, got 31"),

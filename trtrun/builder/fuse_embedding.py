@@ -10,6 +10,12 @@ s + offset, which they equal under right padding; the plan then refuses other pa
 Anything else stops the build with a clear error. A model without a position table (rotary or relative
 positions, which the Attention op applies) gets an Embedding without one. If the sum's only reader is a
 LayerNorm without residual, it is folded in.
+
+A row factor computed from the inputs alone, applied right after the word lookup or after the sum (and its
+LayerNorm), is folded too (_row_factor): the attention-mask product (zeroed padding rows, which no unpadded token
+reads) and ESM's token dropout, which rescales each row by 0.88 / (1 - the sequence's share of <mask> tokens) and
+zeroes the <mask> rows. On sequences without <mask> that factor is the constant 0.88: it goes into the tables, and
+the Embedding's `refused_id` makes Plan.check_feeds refuse an input holding <mask>.
 """
 
 from __future__ import annotations
@@ -74,6 +80,9 @@ def _gather_leaves(t):
 def _fuse_one(graph, facts, word, ids, tts):
     leaves = [word]
     e = word.outputs[0]
+    word_factor = _row_factor(graph, facts, e)  # before the position and token type tables are added
+    if word_factor is not None:
+        e = word_factor["y"]
     while True:
         cs = G.consumers(e)
         if len(cs) != 1 or cs[0].op != "Add":
@@ -138,7 +147,25 @@ def _fuse_one(graph, facts, word, ids, tts):
         beta = G.const_value(G.slot(ln, "beta"))
         eps = float(ln.attrs["epsilon"])
         y = G.slot(ln, "y")
+    sum_factor = _row_factor(graph, facts, y)  # on the sum (after its LayerNorm)
+    if sum_factor is not None:
+        y = sum_factor["y"]
     tables = {r: G.const_value(n.inputs[0]).astype(np.float32) for r, n in roles.items()}
+    refused = None
+    if word_factor is not None:
+        tables["word"] = (tables["word"] * np.float32(word_factor["c"])).astype(np.float32)
+        refused = word_factor["refused"]
+    if sum_factor is not None and sum_factor["c"] != 1.0:
+        c = np.float32(sum_factor["c"])
+        if gamma is not None:
+            gamma, beta = np.asarray(gamma, np.float32) * c, np.asarray(beta, np.float32) * c
+        else:
+            tables = {r: (t * c).astype(np.float32) for r, t in tables.items()}
+    if sum_factor is not None and sum_factor["refused"] is not None:
+        if refused is not None and refused != sum_factor["refused"]:
+            raise BuildError(f"Gather node {word.name!r}: two token ids rescale the embeddings "
+                             f"({refused}, {sum_factor['refused']}); the IR's Embedding refuses one")
+        refused = sum_factor["refused"]
     ours = []
     for f in facts.feeds:
         S = f["input_ids"].shape[1]
@@ -152,7 +179,12 @@ def _fuse_one(graph, facts, word, ids, tts):
             var = ((s - mu) ** 2).mean(-1, keepdims=True)
             s = (s - mu) / np.sqrt(var + eps) * gamma + beta
         ours.append(s)
-    if not agree(ours, facts.get(y)):
+    theirs = facts.get(y)
+    if word_factor is not None or sum_factor is not None:
+        # compared where the fold holds: unpadded tokens of sequences without the refused id
+        keep = [_kept_rows(f, refused) for f in facts.feeds]
+        ours, theirs = [o[k] for o, k in zip(ours, keep)], [t[k] for t, k in zip(theirs, keep)]
+    if not agree(ours, theirs):
         raise BuildError(f"Gather node {word.name!r}: the embedding sum rebuilt from its tables does not "
                          f"reproduce {y.name!r}")
     name = "embeddings"
@@ -170,6 +202,12 @@ def _fuse_one(graph, facts, word, ids, tts):
             attrs["padding_id"] = int(offset - 1)
         if mask_positions:  # Plan.check_feeds requires every run's mask to be ones then zeros
             attrs["mask_positions"] = True
+    if refused is not None:  # Plan.check_feeds refuses input_ids holding it
+        attrs["refused_id"] = int(refused)
+        graph.__dict__.setdefault("_trtrun_notes", []).append(
+            f"the embeddings are rescaled by each sequence's count of token {refused} (ESM's token dropout): folded "
+            f"as the constant factor of sequences without it ({word_factor['c'] if word_factor else sum_factor['c']:.6g});"
+            f" input_ids holding token {refused} are refused")
     if gamma is not None:
         weights["gamma"] = G.new_constant(graph, f"{name}.gamma", gamma.astype(np.float32))
         weights["beta"] = G.new_constant(graph, f"{name}.beta", beta.astype(np.float32))
@@ -232,3 +270,94 @@ def _position_offset(vals, facts) -> int | None:
             return None
         offs.add(c)
     return offs.pop() if len(offs) == 1 else None
+
+
+_ROW_OPS = ("Where", "Mul", "Div", "Cast")
+
+
+def _kept_rows(feed, refused):
+    """[B, S] bool: the tokens a folded row factor is exact for (unpadded, in a sequence without `refused`)."""
+    ids = np.asarray(feed["input_ids"])
+    keep = np.asarray(feed["attention_mask"]) != 0 if "attention_mask" in feed else np.ones(ids.shape, bool)
+    if refused is not None:
+        keep &= ~(ids == refused).any(axis=1, keepdims=True)
+    return keep
+
+
+def _row_factor(graph, facts, t):
+    """Follow t [B, S, N] through Where/Mul/Div/Cast ops whose other operands come from the inputs alone, each
+    value one per token or per sequence (no column varies): y = r * t with r [B, S] a row factor. Returns
+    dict(y, c, refused) when r is one constant c on every unpadded token of every probe sequence without the
+    `refused` token id (an Equal(input_ids, id) among those operands' sources, or None), else None (nothing
+    to fold: t is left as it is). Padding rows take any factor: no unpadded token reads them."""
+    from .rotary import value_deps
+
+    deps = None
+    y, steps, sides = t, 0, []
+    while True:
+        cs = G.consumers(y)
+        if len(cs) != 1 or cs[0].op not in _ROW_OPS:
+            break
+        n = cs[0]
+        if n.op == "Cast":
+            if int(n.attrs.get("to", 0)) not in (1, 10, 11, 16):  # float, float16, double, bfloat16
+                break
+        else:
+            others = [i for i in n.inputs if i is not y]
+            if n.op == "Where":
+                if len(n.inputs) != 3 or n.inputs[0] is y:
+                    break
+                branch = n.inputs[2] if n.inputs[1] is y else n.inputs[1]
+                zero = G.const_value(branch)
+                if zero is None or np.any(zero != 0):
+                    break
+            elif n.op == "Div" and n.inputs[0] is not y:
+                break
+            if deps is None:
+                deps = value_deps(graph)
+            if any(not deps.get(o.name, frozenset()) <= {"input_ids", "attention_mask"} for o in others):
+                break
+            if any(facts.rank(o) > 0 and facts.get(o)[0].shape[-1] != 1 for o in others if G.const_value(o) is None):
+                break
+            sides += others
+        y = n.outputs[0]
+        steps += 1
+    if steps == 0:
+        return None
+    refused = _refused_ids(sides)
+    if len(refused) > 1:
+        return None
+    refused = refused[0] if refused else None
+    cs = []
+    for a, b, f in zip(facts.get(t), facts.get(y), facts.feeds):
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        if a.shape != b.shape or a.ndim != 3:
+            return None
+        den = (a * a).sum(-1)
+        r = np.where(den > 0, (a * b).sum(-1) / np.where(den > 0, den, 1.0), 0.0)
+        if not agree([r[..., None] * a], [b]):
+            return None  # not a factor per row
+        keep = _kept_rows(f, refused)
+        cs += r[keep].tolist()
+    if not cs or max(cs) - min(cs) > 1e-6 * max(abs(max(cs)), abs(min(cs)), 1e-30):
+        return None
+    return {"y": y, "c": float(np.mean(cs)), "refused": refused}
+
+
+def _refused_ids(sides) -> list:
+    """Token ids that Equal(input_ids, id) compares with, among the sources of these tensors."""
+    found, seen, stack = set(), set(), list(sides)
+    while stack:
+        x = stack.pop()
+        if id(x) in seen:
+            continue
+        seen.add(id(x))
+        p = G.producer(x)
+        if p is None:
+            continue
+        if p.op == "Equal" and any(i.name == "input_ids" for i in p.inputs):
+            v = next((G.const_value(i) for i in p.inputs if i.name != "input_ids"), None)
+            if v is not None and np.asarray(v).size == 1:
+                found.add(int(np.asarray(v).reshape(-1)[0]))
+        stack += [i for i in p.inputs if not i.is_empty()]
+    return sorted(found)

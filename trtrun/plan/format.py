@@ -102,7 +102,7 @@ ARCHS = ("encoder", "decoder")
 # What the runtime reads from each op's attrs. Other attributes (e.g. the builder's `source_activation`)
 # are annotations nothing reads: tolerated when they are plain JSON scalars.
 OP_ATTRS = {
-    "Embedding": ("epsilon", "position_offset", "padding_id", "mask_positions"),
+    "Embedding": ("epsilon", "position_offset", "padding_id", "mask_positions", "refused_id"),
     "Linear": ("activation", "gated"),
     "Attention": ("num_heads", "head_size", "scale", "causal", "num_kv_heads", "rotary_dim", "rotary_scale",
                   "relative_max_distance", "relative_bidirectional", "alibi_symmetric", "mask_positions", "window",

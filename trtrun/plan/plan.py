@@ -215,6 +215,16 @@ class Plan:
             if bad.any():
                 first_bad("input_ids", ids, bad, f"token ids must lie in [0, {V}) (the vocabulary size)")
         for op in self.ops:
+            refused = op.get("attrs", {}).get("refused_id") if op["type"] == "Embedding" else None
+            if refused is not None:
+                # the model rescales each sequence's embeddings by its count of this token (ESM's token dropout on
+                # <mask>); the plan holds the factor of sequences without it
+                bad = ids == refused
+                if bad.any():
+                    first_bad("input_ids", ids, bad, f"token id {refused} is refused by op {op['name']!r}: the model "
+                                                     f"rescales its embeddings by each sequence's count of that "
+                                                     f"token (ESM's token dropout on <mask>), and this plan holds "
+                                                     f"the factor of sequences without it")
             pad = op.get("attrs", {}).get("padding_id") if op["type"] == "Embedding" else None
             if pad is not None:
                 # the model counts positions past its padding id; the plan's s + offset is the same only where

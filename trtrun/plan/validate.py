@@ -470,6 +470,7 @@ def _validate_op(op, f, tensors, weights, prof, err) -> None:
             number("epsilon", positive=True)
         off = integer("position_offset", required=False) or 0
         integer("padding_id", required=False)  # token id that may only occur as trailing padding (check_feeds)
+        integer("refused_id", required=False)  # token id no input may hold (check_feeds): ESM's <mask>
         if not isinstance(attrs.get("mask_positions", False), bool):  # the mask must be ones then zeros
             err(f + ".attrs.mask_positions", f"must be true or false, got {short(attrs['mask_positions'])}")
         if P is not None and prof["seq"][2] + off > P:

@@ -271,7 +271,9 @@ class Context:
         cuda.core Stream or cuda.bindings CUstream: anything with __cuda_stream__): the work is enqueued on it after the work already there, and the call returns without waiting.
 
         Token ids are checked on the device: an id outside the vocabulary is replaced by 0 and reported
-        as InputError by this call (stream=None) or by the next synchronize().
+        as InputError by this call (stream=None) or by the next synchronize(). The rules that read the ids' and
+        the mask's values on the host (an Embedding's padding_id and refused_id, ones-then-zeros masks for
+        mask_positions: Plan.check_feeds) are run() checks only: here the caller keeps them.
         Sequence bucketing: outputs at positions whose attention row is entirely masked (a sample whose
         mask is all zeros; left padding in a causal model) are computed over the padded length; pass a
         Context made with bucket=False for exact unpadded semantics there. Valid positions are unaffected.
