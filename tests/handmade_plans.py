@@ -179,8 +179,11 @@ def split_file(path):
 def write_parts(path, header: dict, arrays: dict, *, version=None):
     """A plan file of `header` (its `weights` entries made here) and `arrays`, laid out as docs/plan-format.md says
     (each weight at the next 256-byte offset) and written by write_raw: no validation on the way, so a test can
-    write what Plan.from_parts would refuse. The version is `version`, else the one the plan needs (2 with a float8
-    weight or an fp8 op, else 1)."""
+    write what Plan.from_parts would refuse. The version is `version`, else the one the plan needs
+    (trtrun.plan.format.required_version: 3 with an attribute older readers would ignore, 2 with a float8 weight or
+    an fp8 op, else 1)."""
+    from trtrun.plan.format import required_version
+
     hdr = json.loads(json.dumps({k: v for k, v in header.items() if k != "weights"}, allow_nan=True))
     entries, blob = {}, bytearray()
     for name, a in arrays.items():
@@ -188,9 +191,7 @@ def write_parts(path, header: dict, arrays: dict, *, version=None):
         blob += b"\0" * ((-len(blob)) % 256)
         entries[name] = {"dtype": a.dtype.name, "shape": list(a.shape), "offset": len(blob), "nbytes": int(a.nbytes)}
         blob += a.reshape(-1).view(np.uint8).tobytes()
-    fp8 = any(e["dtype"] == "float8_e4m3fn" for e in entries.values()) or any(
-        op.get("precision") == "fp8" for op in hdr.get("ops", []))
     hdr["weights"] = entries
     hdr["format"] = "trtrun-plan"
-    hdr["version"] = version if version is not None else 2 if fp8 else 1
+    hdr["version"] = version if version is not None else required_version(hdr)
     return write_raw(path, json.dumps(hdr, allow_nan=True).encode(), bytes(blob), version=hdr["version"])

@@ -157,10 +157,10 @@ def test_foreign_text_file(tmp_path):
 def test_future_version(plan_file):
     _, path = plan_file
     hdr, blob = split_file(path)
-    write_raw(path, hdr, blob, version=3)
+    write_raw(path, hdr, blob, version=4)
     with pytest.raises(PlanError) as e:
         load_plan(path)
-    assert str(e.value) == (f"{path}: version: plan format version 3 is newer than this trtrun supports (2): "
+    assert str(e.value) == (f"{path}: version: plan format version 4 is newer than this trtrun supports (3): "
                             f"rebuild the plan or upgrade trtrun")
 
 

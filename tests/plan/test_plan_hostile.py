@@ -669,6 +669,27 @@ def test_hostile_newer_fields(tmp_path, case):
     assert len(str(e.value)) < 600
 
 
+@pytest.mark.parametrize("attr, value", [("softcap", 30.0), ("qk_norm_kind", "layer"), ("refused_id", 2),
+                                         ("residual_after", True)])
+def test_meaning_changing_attribute_needs_version_3(tmp_path, attr, value):
+    """A trtrun reading versions 1 and 2 takes an unknown scalar attribute for an annotation: given a plan with
+    softcap, qk_norm_kind, refused_id or residual_after it would compute without it. Such a plan is version 3, which
+    that trtrun refuses as newer; a file claiming 2 is refused by its version field (before any other field)."""
+    from handmade_plans import write_parts
+
+    from trtrun.plan.format import required_version
+
+    h, w = _parts("hybrid")
+    op = _emb(h) if attr == "refused_id" else _norm(h) if attr == "residual_after" else _att(h)
+    op["attrs"][attr] = value
+    assert required_version(h) == 3
+    with pytest.raises(PlanError, match=r"header\.version: is 2, expected 3 \(the file's format version: softcap, "
+                                        r"residual_after, qk_norm_kind, refused_id need it\)"):
+        load_plan(write_parts(tmp_path / "v2.plan", h, w, version=2))
+    op["attrs"][attr] = {"softcap": None, "qk_norm_kind": "rms", "refused_id": None, "residual_after": False}[attr]
+    assert required_version(h) == 1  # the value that means "absent" needs nothing newer
+
+
 def test_fp8_plan_written_as_version_1_is_refused(tmp_path):
     """An fp8 plan needs format version 2, so a trtrun that reads only version 1 says "newer": a file claiming 1 is
     refused by its version field."""

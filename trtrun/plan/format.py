@@ -28,8 +28,12 @@ import numpy as np
 from ..types import OP_PRECISIONS, PLAN_PRECISIONS, PRECISIONS
 
 MAGIC = b"TRTRUNPL"
-FORMAT_VERSION = 2  # the newest this trtrun reads and writes; a plan is written at the version it needs
+FORMAT_VERSION = 3  # the newest this trtrun reads and writes; a plan is written at the version it needs
 FP8_FORMAT_VERSION = 2  # fp8 ops and float8 weights: a trtrun that reads version 1 only says "newer", not "bad field"
+# Attributes that change what an op computes and that a trtrun reading versions 1 and 2 would take for annotations
+# (it tolerates unknown scalar attributes) and silently compute without: a plan using one is version 3, which such
+# a trtrun refuses as newer. (attribute, its value that means "absent")
+V3_ATTRS = (("softcap", None), ("residual_after", False), ("qk_norm_kind", "rms"), ("refused_id", None))
 FORMAT_NAME = "trtrun-plan"
 ALIGN = 256
 PREAMBLE = struct.Struct("<8sIIQQ")  # magic, version, reserved, header length, blob length: 32 bytes
@@ -143,10 +147,13 @@ def np_dtype(name: str) -> np.dtype:
 
 
 def required_version(header) -> int:
-    """The format version a header needs: 2 with an fp8 op or a float8 weight, else 1 (older trtruns read
-    those). Defensive: the header may be a hostile file's, not yet validated."""
+    """The format version a header needs: 3 with an attribute of V3_ATTRS, else 2 with an fp8 op or a float8
+    weight, else 1 (older trtruns read those). Defensive: the header may be a hostile file's, not yet validated."""
     ops = header.get("ops") if isinstance(header, dict) else None
     weights = header.get("weights") if isinstance(header, dict) else None
+    if isinstance(ops, list) and any(isinstance(o, dict) and isinstance(o.get("attrs"), dict) and
+                                     o["attrs"].get(a, absent) != absent for o in ops for a, absent in V3_ATTRS):
+        return 3
     fp8 = isinstance(ops, list) and any(isinstance(o, dict) and o.get("precision") == "fp8" for o in ops)
     fp8 = fp8 or (isinstance(weights, dict) and any(isinstance(e, dict) and e.get("dtype") == FP8_DTYPE
                                                     for e in weights.values()))

@@ -66,7 +66,7 @@ class Plan:
             arrays[name] = a
             cursor = offset + a.nbytes
         hdr["weights"] = entries
-        hdr["version"] = required_version(hdr)  # 1 unless the plan holds fp8 (format.FP8_FORMAT_VERSION)
+        hdr["version"] = required_version(hdr)  # the lowest that holds it (format.required_version)
         plan = cls(hdr, arrays)
         plan.validate()
         return plan

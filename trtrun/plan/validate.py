@@ -42,6 +42,7 @@ from .format import (
     WEIGHT_DTYPES,
     np_dtype,
     required_version,
+    V3_ATTRS,
 )
 
 
@@ -136,8 +137,9 @@ def validate_header(h: Any, where: str, blob_nbytes: int | None) -> None:
         err("header.format", f"is {short(h.get('format'))}, expected {FORMAT_NAME!r}")
     need = required_version(h)
     if not (is_int(h.get("version")) and h["version"] == need):
-        err("header.version", f"is {short(h.get('version'))}, expected {need} (the file's format version"
-                              + (": fp8 ops and weights need it)" if need == FP8_FORMAT_VERSION else ")"))
+        why = {FP8_FORMAT_VERSION: ": fp8 ops and weights need it)",
+               3: ": " + ", ".join(a for a, _ in V3_ATTRS) + " need it)"}.get(need, ")")
+        err("header.version", f"is {short(h.get('version'))}, expected {need} (the file's format version" + why)
     for key, typ in (("precision", str), ("profile", dict), ("inputs", list), ("outputs", list),
                      ("tensors", dict), ("weights", dict), ("ops", list)):
         if key not in h:
