@@ -112,6 +112,51 @@ def test_export_errors(tmp_path):
     assert not (tmp_path / "x.onnx").exists()
 
 
+def test_an_export_that_runs_only_at_the_traced_shape_is_refused(tmp_path):
+    """torch.onnx's torchscript exporter bakes a traced size into Cohere's graph (its interleaved rotary): the file
+    fails at any other shape. The export runs what it wrote at another shape before keeping it, and says so, with
+    the exporter that works; no file is left behind."""
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    from producers_corpus import save_model_dir
+    from trtrun.export import _randomize, export_model
+
+    cfg = transformers.CohereConfig(vocab_size=1000, hidden_size=128, num_hidden_layers=1, num_attention_heads=4,
+                                    num_key_value_heads=2, intermediate_size=256)
+    torch.manual_seed(0)
+    model = transformers.AutoModel.from_config(cfg)
+    _randomize(torch, model, 0)
+    d = save_model_dir(model.eval(), tmp_path / "hf")
+    with pytest.raises(ModelError, match=r"the torchscript export runs only at the traced shape \(batch 2, sequence "
+                                         r"8\): onnxruntime fails at batch 3, sequence 5: .*; export with --exporter "
+                                         r"dynamo"):
+        export_model(d, tmp_path / "x.onnx")
+    assert not (tmp_path / "x.onnx").exists() and not list(tmp_path.glob(".x.onnx*"))
+
+
+def test_an_export_that_computes_another_function_is_refused(tmp_path, monkeypatch):
+    """The other-shape check compares values too: a file that runs but gives other numbers is refused."""
+    import onnxruntime
+
+    from trtrun.export import export_model
+
+    real = onnxruntime.InferenceSession
+
+    class Off:
+        def __init__(self, *a, **k):
+            self._s = real(*a, **k)
+
+        def run(self, *a, **k):
+            return [o * 1.01 for o in self._s.run(*a, **k)]
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", Off)
+    small = {"hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 128}
+    with pytest.raises(ModelError, match=r"the torchscript export computes another function at batch 3, sequence 5"):
+        export_model("bert-base", tmp_path / "x.onnx", overrides=small)
+    assert not (tmp_path / "x.onnx").exists()
+
+
 def test_model_folder_refuses_size_overrides(tmp_path):
     """A real model's sizes are its weights' shapes: more layers would be silently random, a typo ignored."""
     from trtrun.data import data_dir
