@@ -979,6 +979,31 @@ def test_esm_token_dropout_and_masked_embeddings(tmp_path, token_dropout):
     assert off > 1e-2, off
 
 
+def test_cohere_through_the_dynamo_exporter(tmp_path):
+    """Cohere (parallel attention and MLP on one LayerNorm without bias, rotary on interleaved pairs, grouped-query
+    attention) exports only through torch.export (torchscript bakes a traced size: tests/test_export.py). That file
+    builds and matches onnxruntime at the models' acceptance."""
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("onnxscript")
+    import torch
+
+    from producers_corpus import save_model_dir
+    from trtrun.export import _randomize, export_model
+
+    cfg = transformers.CohereConfig(vocab_size=1000, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                    num_key_value_heads=2, intermediate_size=256)
+    torch.manual_seed(0)
+    model = transformers.AutoModel.from_config(cfg)
+    _randomize(torch, model, 0)
+    path = export_model(save_model_dir(model.eval(), tmp_path / "hf"), tmp_path / "m.onnx", exporter="dynamo")
+    f = random_feeds(path, batch=3, seq=13, seed=8, vocab=1000)
+    want = onnxruntime_run(path, f)
+    for precision, bound in (("fp32", 0.99999), ("hybrid", 0.9998)):
+        plan = build(path, precision=precision)
+        got = ReferenceBackend(plan).run(f)[plan.outputs[0]["name"]]
+        assert cosine_per_sample(got, want, f["attention_mask"]).min() >= bound, precision
+
+
 def test_nemotron_squared_relu(tmp_path):
     """Nemotron's MLP squares its ReLU (torch.square: Mul(r, r); Pow(r, 2) is read the same): activation relu2,
     against onnxruntime at every precision's acceptance. The GPU runtime has no relu2 case and refuses it by name."""
