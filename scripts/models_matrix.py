@@ -148,6 +148,9 @@ FAMILY_NAMES = {"roberta": "RoBERTa", "xlm-roberta": "XLM-RoBERTa", "distilbert"
                 "gemma2-softcap": "Gemma 2 as published: scores soft-capped at 50 (cap * tanh(scores / cap))",
                 "nemotron": "Nemotron: squared ReLU MLP, partial rotary, LayerNorm (1 + w)",
                 "olmo2": "OLMo-2: query/key RMSNorms over the whole projection, block outputs normalized then added",
+                "persimmon": "Persimmon: a LayerNorm over each query and key head, partial rotary",
+                "stablelm2-qk": "StableLM-2 with qk_layernorm: one LayerNorm (own gain) per query and key head",
+                "esm": "ESM-2: rotary encoder, token dropout's <mask> rescale folded (<mask> refused)",
                 "bloom": "BLOOM: attention on [B*H, S, S], ALiBi over positions counted along the mask",
                 "xglm": "XGLM: attention on [B*H, S, S], sinusoidal positions looked up at flattened indices"}
 MINILM_TITLE = "## all-MiniLM-L6-v2 through the Embedder on real text"

@@ -293,6 +293,8 @@ FAMILY = {
                               token_dropout=True)),
     # a LayerNorm (gain and bias) over each query and key head before a partial rotary (no GPU kernel yet)
     "persimmon": ("PersimmonConfig", _S),
+    # StableLM-2's qk_layernorm: query and key heads split apart, one LayerNorm (own gain) each (no GPU kernel yet)
+    "stablelm2-qk": ("StableLmConfig", dict(_S, num_key_value_heads=2, qk_layernorm=True)),
     # attention with the heads folded into the batch ([B*H, S, S]); ALiBi over positions counted along the mask
     "bloom": ("BloomConfig", dict(hidden_size=128, n_layer=2, n_head=4)),
     # the same folded attention; sinusoidal positions looked up at flattened [B*S] indices

@@ -410,8 +410,9 @@ def ref_attention(qkv: np.ndarray, attention_mask: np.ndarray | None = None, *, 
     reads K/V head h // (H / Hkv) (grouped-query attention; Hkv = H by default). With `q_norm`/`k_norm` [D]
     (Qwen3), every Q and K head is RMS-normalized over its D values first; with `q_norm` [H*D] and `k_norm`
     [Hkv*D] (OLMo-2), the whole Q and the whole K of each token are (ref_rmsnorm's rules for the precision,
-    epsilon `qk_norm_epsilon`). With `qk_norm_kind` "layer" (Persimmon), each head is LayerNorm-ed over its D
-    values instead, with gains `q_norm`/`k_norm` [D] and biases `q_norm_bias`/`k_norm_bias` [D] (zero when absent). With `inv_freq` [R/2], the
+    epsilon `qk_norm_epsilon`). With `qk_norm_kind` "layer", each head is LayerNorm-ed over its D values instead,
+    with gains `q_norm`/`k_norm` and biases `q_norm_bias`/`k_norm_bias` (zero when absent) of D values for all
+    heads (Persimmon) or D values for each ([H*D] and [Hkv*D], StableLM-2). With `inv_freq` [R/2], the
     first R dims of every Q and K head are rotated by position (rotary_tables, rotate) before the scores.
     scores = scale * Q_h K_h^T, soft-capped to softcap * tanh(scores / softcap) when `softcap` is given (Gemma 2;
     on the float32 scores in every precision, before the bias and the fp16 rounding) (+ score_bias [H, S, S]); key j masked when attention_mask[b, j] == 0, and for
@@ -445,11 +446,15 @@ def ref_attention(qkv: np.ndarray, attention_mask: np.ndarray | None = None, *, 
         q, k, v = x[:, :HD].reshape(S, H, D), x[:, HD:HD + KD].reshape(S, Hkv, D), x[:, HD + KD:]
         cdt = F16 if precision == "fp16" else F32
         if q_norm is not None and qk_norm_kind == "layer":  # per head, over its D values
-            zeros = np.zeros(D, F32)
-            q = ref_layernorm(q, None, q_norm, zeros if q_norm_bias is None else q_norm_bias, epsilon=qk_norm_epsilon,
-                              precision=precision, out_dtype=cdt)[0].reshape(S, H, D)
-            k = ref_layernorm(k, None, k_norm, zeros if k_norm_bias is None else k_norm_bias, epsilon=qk_norm_epsilon,
-                              precision=precision, out_dtype=cdt)[0].reshape(S, Hkv, D)
+            def per_head(a, g, b, heads):  # one gain and bias for all heads [D], or one each [heads * D]
+                g = np.asarray(g).reshape(-1, D)
+                b = np.zeros_like(g) if b is None else np.asarray(b).reshape(-1, D)
+                if len(g) == 1:
+                    return ref_layernorm(a, None, g[0], b[0], epsilon=qk_norm_epsilon, precision=precision,
+                                         out_dtype=cdt)[0].reshape(S, heads, D)
+                return np.stack([ref_layernorm(a[:, h], None, g[h], b[h], epsilon=qk_norm_epsilon,
+                                               precision=precision, out_dtype=cdt)[0] for h in range(heads)], 1)
+            q, k = per_head(q, q_norm, q_norm_bias, H), per_head(k, k_norm, k_norm_bias, Hkv)
         elif q_norm is not None:
             whole = np.asarray(q_norm).size != D  # over all heads at once: rows [S, H*D]
             qr, kr = (q.reshape(S, HD), k.reshape(S, KD)) if whole else (q, k)

@@ -926,7 +926,7 @@ def test_persimmon_layernorm_per_query_and_key_head(tmp_path):
         got = ReferenceBackend(plan).run(f)["last_hidden_state"]
         assert cosine_per_sample(got, want, f["attention_mask"]).min() >= bound, precision
     assert "q/k LayerNorm" in plan.summary()
-    with pytest.raises(PlanError, match=r"Attention ops with a query/key LayerNorm per head \(Persimmon's\)"):
+    with pytest.raises(PlanError, match=r"Attention ops with a query/key LayerNorm per head \(Persimmon's"):
         check_gpu_support(plan)
 
     plan = build(path, precision="fp32")
@@ -936,6 +936,36 @@ def test_persimmon_layernorm_per_query_and_key_head(tmp_path):
             op["weights"].pop("q_norm_bias"), op["weights"].pop("k_norm_bias")
     as_rms = cosine_per_sample(ReferenceBackend(plan).run(f)["last_hidden_state"], want, f["attention_mask"]).min()
     assert as_rms < 0.999, as_rms
+
+
+def test_stablelm2_one_layernorm_per_query_and_key_head(tmp_path):
+    """StableLM-2's qk_layernorm: the query and key heads split apart, one LayerNorm (own gain, no bias) each, and
+    concatenated again, before a partial rotary and grouped-query attention: Attention qk_norm_kind "layer" with
+    q_norm [H*D] and k_norm [Hkv*D], one gain a head. Every precision against onnxruntime; read with one head's
+    gain for all heads, the plan misses."""
+    pytest.importorskip("transformers")
+    path = _tiny_export(tmp_path, "StableLmConfig", hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=2, intermediate_size=256, qk_layernorm=True)
+    f = random_feeds(path, batch=3, seq=13, seed=9, vocab=1000)
+    want = onnxruntime_run(path, f)
+    for precision, bound in (("fp32", 0.99999), ("hybrid", 0.9998), ("fp16", 0.999)):
+        plan = build(path, precision=precision)
+        atts = [op for op in plan.ops if op["type"] == "Attention"]
+        assert [op["attrs"].get("qk_norm_kind") for op in atts] == ["layer", "layer"]
+        shapes = {role: [list(plan.header["weights"][op["weights"][role]]["shape"]) for op in atts]
+                  for role in ("q_norm", "k_norm", "q_norm_bias", "k_norm_bias")}
+        assert shapes == {"q_norm": [[128]] * 2, "k_norm": [[64]] * 2, "q_norm_bias": [[128]] * 2,
+                          "k_norm_bias": [[64]] * 2}
+        got = ReferenceBackend(plan).run(f)["last_hidden_state"]
+        assert cosine_per_sample(got, want, f["attention_mask"]).min() >= bound, precision
+    plan = build(path, precision="fp32")
+    for op in plan.ops:
+        if op["type"] == "Attention":
+            for role in ("q_norm", "k_norm"):
+                g = plan.weights[op["weights"][role]]
+                g[:] = np.tile(g[:32], len(g) // 32)  # the first head's gain for every head
+    off = cosine_per_sample(ReferenceBackend(plan).run(f)["last_hidden_state"], want, f["attention_mask"]).min()
+    assert off < 0.999, off
 
 
 @pytest.mark.parametrize("token_dropout", [True, False])

@@ -426,7 +426,8 @@ def _same_norm(sm, q_norm, k_norm):
         raise BuildError(f"Softmax node {sm.name!r}: a per-head RMSNorm on the {'query' if k_norm is None else 'key'}"
                          f" only; the IR's Attention normalizes both or neither")
     if q_norm["whole"] != k_norm["whole"] or q_norm["kind"] != k_norm["kind"] \
-            or (not q_norm["whole"] and q_norm["gamma"].size != k_norm["gamma"].size) \
+            or ("heads" in q_norm) != ("heads" in k_norm) \
+            or (not q_norm["whole"] and "heads" not in q_norm and q_norm["gamma"].size != k_norm["gamma"].size) \
             or abs(q_norm["eps"] - k_norm["eps"]) > 1e-6 * max(q_norm["eps"], 1e-30):
         raise BuildError(f"Softmax node {sm.name!r}: the query's and key's norms differ in kind, size or "
                          f"epsilon ({q_norm['kind']} {q_norm['eps']:g}, {k_norm['kind']} {k_norm['eps']:g}); the IR "
@@ -619,6 +620,11 @@ def _trace_source(graph, facts, t, ctx):
                     "beta": None if beta is None else np.asarray(beta, np.float32).reshape(-1)}
             t = x
             continue
+        per_head = _per_head_norms(p, facts) if p.op == "Concat" and norm is None else None
+        if per_head is not None:  # StableLM-2's q/k LayerNorm: one LayerNorm a head, each with its own gain
+            norm = per_head
+            t = per_head["x"]
+            continue
         if p.op in ("Add", "Sub", "Concat") and rot is None:
             try:
                 t, rot = match_rotary(graph, facts, t, ctx["deps"], ctx["order"])
@@ -661,6 +667,34 @@ def _size_scalar(graph, facts, t, ctx) -> float | None:
             value = v
     cache[t.name] = value
     return value
+
+
+def _per_head_norms(concat, facts):
+    """A per-head query/key norm written as one LayerNorm a head (StableLM-2's qk_layernorm): Concat along the head
+    axis of trtrun LayerNorms, in order, of the one-head pieces of one Split along that axis, one epsilon. -> the
+    norm dict of _trace_source with the gains and biases of every head in head order ([heads * D]), or None."""
+    ins = list(concat.inputs)
+    if len(ins) < 2 or any(G.producer(i) is None or not G.is_trtrun(G.producer(i), "LayerNorm") for i in ins):
+        return None
+    lns = [G.producer(i) for i in ins]
+    xs = [G.slot(n, "x") for n in lns]
+    split = G.producer(xs[0])
+    if split is None or split.op != "Split" or list(split.outputs) != xs or facts.rank(xs[0]) != 4:
+        return None
+    axis = int(concat.attrs.get("axis", 0)) % 4
+    if int(split.attrs.get("axis", 0)) % 4 != axis or axis not in (1, 2) or \
+            any(facts.get(x)[0].shape[axis] != 1 for x in xs):
+        return None
+    gammas = [G.const_value(G.slot(n, "gamma")) for n in lns]
+    betas = [G.const_value(G.slot(n, "beta")) for n in lns]
+    D = facts.get(xs[0])[0].shape[-1]
+    eps = {float(n.attrs["epsilon"]) for n in lns}
+    if any(g is None or b is None or g.size != D or b.size != D for g, b in zip(gammas, betas)) or len(eps) != 1 or \
+            any(G.slot(n, "residual") is not None for n in lns):
+        return None
+    return {"x": split.inputs[0], "gamma": np.concatenate([np.asarray(g, np.float32).reshape(-1) for g in gammas]),
+            "beta": np.concatenate([np.asarray(b, np.float32).reshape(-1) for b in betas]), "eps": eps.pop(),
+            "node": lns[0], "whole": False, "y": concat.outputs[0], "kind": "layer", "heads": len(lns)}
 
 
 def _head_values(facts, norm, H, sm, what):
@@ -1000,10 +1034,10 @@ def reference_attention(qkv, mask, H, D, scale, causal, Hkv=None, rot=None, bias
     if qk_norm is not None:
         gq, gk, eps = qk_norm["q"], qk_norm["k"], qk_norm["eps"]
         if qk_norm["kind"] == "layer":  # per head: (x - mean) / sqrt(var + eps) * gamma + beta
-            def ln(x, g, b):
+            def ln(x, g, b):  # gains and biases [D], or [heads * D]: one of each a head (StableLM-2)
                 c = x - x.mean(-1, keepdims=True)
-                return c / np.sqrt((c * c).mean(-1, keepdims=True) + eps) * np.asarray(g, np.float64) + \
-                    np.asarray(b, np.float64)
+                g, b = (np.asarray(v, np.float64).reshape(-1, D)[None, :, None, :] for v in (g, b))
+                return c / np.sqrt((c * c).mean(-1, keepdims=True) + eps) * g + b
             q, k = ln(q, gq, qk_norm["q_bias"]), ln(k, gk, qk_norm["k_bias"])
         elif np.asarray(gq).size == D:  # per head
             q = q / np.sqrt((q * q).mean(-1, keepdims=True) + eps) * np.asarray(gq, np.float64)

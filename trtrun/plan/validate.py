@@ -580,17 +580,14 @@ def _validate_op(op, f, tensors, weights, prof, err) -> None:
         kind = attrs.get("qk_norm_kind", "rms")
         if kind not in ("rms", "layer"):
             err(f + ".attrs.qk_norm_kind", f"must be 'rms' or 'layer', got {short(kind)}")
-        elif kind == "layer":
+        elif kind == "layer":  # each head over its D values: gains and biases [D] for all heads, or one each
             if Wt("q_norm") is None or Wt("k_norm") is None:
                 err(f + ".attrs.qk_norm_kind", "'layer' needs 'q_norm' and 'k_norm' weights")
-            elif list(Wt("q_norm")["shape"]) != [D]:
-                err(f + ".attrs.qk_norm_kind", f"'layer' normalizes each head: q_norm must be [{D}], got "
-                                               f"{fmt_shape(Wt('q_norm')['shape'])}")
-            for role in ("q_norm_bias", "k_norm_bias"):
+            for role, size in (("q_norm_bias", Wt("q_norm")["shape"]), ("k_norm_bias", Wt("k_norm")["shape"])):
                 if Wt(role) is None:
                     err(f + ".weights", f"qk_norm_kind 'layer' needs a '{role}' weight")
                 else:
-                    need_shape(f"{role} {nm(wts[role])!r}", Wt(role)["shape"], [D])
+                    need_shape(f"{role} {nm(wts[role])!r}", Wt(role)["shape"], list(size))
         if kind != "layer":
             for role in ("q_norm_bias", "k_norm_bias"):
                 if Wt(role) is not None:

@@ -154,10 +154,10 @@ def check_gpu_support(plan) -> None:
         missing = gpu_missing(op)
         if not missing and op["type"] == "Attention" and op.get("weights", {}).get("q_norm"):
             q = [int(d) for d in plan.header["weights"][op["weights"]["q_norm"]]["shape"]]
-            if q != [int(op["attrs"]["head_size"])]:  # the rotary pass normalizes each head on its own
+            if op["attrs"].get("qk_norm_kind", "rms") != "rms":  # its kernel is an RMSNorm
+                missing = "a query/key LayerNorm per head (Persimmon's, StableLM-2's)"
+            elif q != [int(op["attrs"]["head_size"])]:  # the rotary pass normalizes each head on its own
                 missing = f"a query/key RMSNorm over all heads (q_norm of {q[0]} values, OLMo-2's)"
-            elif op["attrs"].get("qk_norm_kind", "rms") != "rms":  # its kernel is an RMSNorm
-                missing = "a query/key LayerNorm per head (Persimmon's)"
         if not missing and op["type"] == "Linear" and op["precision"] == "fp8":
             # cuBLASLt's fp8 GEMMs need 16-byte leading dimensions (docs/runtime.md "fp8 Linears")
             K, N = (int(d) for d in plan.header["weights"][op["weights"]["weight"]]["shape"])
