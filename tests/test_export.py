@@ -135,6 +135,28 @@ def test_an_export_that_runs_only_at_the_traced_shape_is_refused(tmp_path):
     assert not (tmp_path / "x.onnx").exists() and not list(tmp_path.glob(".x.onnx*"))
 
 
+def test_an_exporter_failure_is_a_model_error_naming_the_other_exporter(tmp_path):
+    """torch.onnx's torchscript exporter fails on GLM inside its own passes (an AssertionError): that is a ModelError
+    saying which exporter failed and how, and suggesting the other; no file is left behind."""
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    from producers_corpus import save_model_dir
+    from trtrun.export import _randomize, export_model
+
+    cfg = transformers.GlmConfig(vocab_size=1000, hidden_size=128, num_hidden_layers=1, num_attention_heads=4,
+                                 num_key_value_heads=2, head_dim=32, intermediate_size=256, pad_token_id=0,
+                                 bos_token_id=0, eos_token_id=0)
+    torch.manual_seed(0)
+    model = transformers.AutoModel.from_config(cfg)
+    _randomize(torch, model, 0)
+    d = save_model_dir(model.eval(), tmp_path / "hf")
+    with pytest.raises(ModelError, match=r"torch\.onnx's torchscript exporter failed on this model \(AssertionError: "
+                                         r".*\); try --exporter dynamo"):
+        export_model(d, tmp_path / "x.onnx")
+    assert not (tmp_path / "x.onnx").exists() and not list(tmp_path.glob(".x.onnx*"))
+
+
 def test_an_export_that_computes_another_function_is_refused(tmp_path, monkeypatch):
     """The other-shape check compares values too: a file that runs but gives other numbers is refused."""
     import onnxruntime

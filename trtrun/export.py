@@ -386,7 +386,15 @@ def export_model(source, out_path, *, exporter: str = "torchscript", opset: int 
     # written beside the target and renamed, so a failed or interrupted export leaves an existing file intact
     tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
     try:
-        _export(torch, wrapper, args, names, config, exporter, opset, tmp)
+        try:
+            _export(torch, wrapper, args, names, config, exporter, opset, tmp)
+        except (MemoryError, ModelError):
+            raise
+        except Exception as e:  # torch.onnx's own failures (assertions inside its passes) have no common class
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            other = "dynamo" if exporter == "torchscript" else "torchscript"
+            raise ModelError(f"torch.onnx's {exporter} exporter failed on this model ({type(e).__name__}: "
+                             f"{first[:300]}); try --exporter {other}") from e
         _check_other_shape(torch, wrapper, names, vocab, has_tt, tmp, exporter, seed)
         os.replace(tmp, out_path)
     finally:
