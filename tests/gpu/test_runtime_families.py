@@ -1,5 +1,6 @@
 """The architectures trtrun export does not name (tests/producers_corpus.py FAMILY: the BERT family, Gemma, Granite,
-Phi, StableLM, OLMo, Falcon, StarCoder2, GPT-J, CodeGen, OPT, RoFormer, GPT-Neo, MPT, Gemma 2, BLOOM, XGLM) and the
+Phi, StableLM, OLMo, Falcon, StarCoder2, GPT-J, CodeGen, OPT, RoFormer, GPT-Neo, MPT, Gemma 2, OLMo-2, Nemotron,
+ESM-2, Persimmon, StableLM-2 with qk_layernorm, BLOOM, XGLM) and the
 T5 encoders (gated-GELU and ReLU), end to end on the GPU runtime: each tiny random-weight model (hidden 128, 2
 layers, 4 heads of 32) exported eager by torch.onnx, built in fp32 and hybrid, run on right-padded random ids and
 compared per token with onnxruntime fp32 on the same file. CI checks that each builds and matches onnxruntime on
