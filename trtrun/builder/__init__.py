@@ -90,7 +90,8 @@ def build(onnx_path, *, precision: str = "hybrid", profile=None, save_onnx=None,
         extrapolated to the worst of `worst_of` such texts (default precision_search.WORST_OF).
     min_top1: auto only, instead of min_cosine, for a decoder whose output is logits: the fraction of holdout
         positions whose argmax agrees with the fp32 plan's.
-    cost_table: auto only: a cost table file (builder/cost_model.py) or CostModel; default a FLOP estimate.
+    cost_table: auto only: a cost table file (builder/cost_model.py) or CostModel; default a roofline estimate of
+        the runtime's kernels on an H100.
     log: callable(str) for the fp8 calibration's and the search's progress lines.
     profile: {"batch": (min, opt, max), "seq": (min, opt, max)}; default batch (1, 8, 32) and
         seq (1, 128, 512) capped by the model's positions.

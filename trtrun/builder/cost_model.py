@@ -1,11 +1,15 @@
 """What a Linear costs in each precision: a measured table, or an estimate from its FLOPs.
 
 The precision search (builder/precision_search.py) needs each Linear's time in fp8, fp16 (hybrid) and fp32.
-Those are GPU timings; without a GPU the default is an estimate, labelled so wherever it is shown: the GEMM's
-2*M*K*N FLOPs at Hopper's dense tensor-core peak rates (H100 SXM datasheet: fp8 1979, fp16 989.5 TFLOP/s) and
-fp32 without tensor cores (67 TFLOP/s, TF32 being off in trtrun's fp32), M = the profile's opt batch x opt
-sequence. It ignores memory traffic, the activation quantization and the epilogues, so it flatters fp8 on
-small GEMMs; a table measured on the card replaces it.
+Those are GPU timings; without a GPU the default is an estimate, labelled so wherever it is shown: a roofline of
+the kernels the GPU runtime runs for the Linear on Hopper, each the longer of its FLOPs at the dense peak rate
+(H100 SXM datasheet: fp8 1979, fp16 989.5 TFLOP/s; fp32 without tensor cores 67, TF32 being off in trtrun's fp32)
+and its bytes at the HBM bandwidth (3.35 TB/s), M = the profile's opt batch x opt sequence. An fp8 Linear is
+what the runtime runs on Hopper, where cuBLASLt offers no per-channel or per-token scales (docs/precision.md,
+"Measured: speed on an H100"): the activation quantization, the GEMM into an fp32 accumulator, then the rescale
+and bias passes over it. On an H100 that made BERT-base's fp8 Linears 3.2x slower than hybrid's at 32 x 128 (3.1x in the roofline)
+says so too; fp8 wins in it only for deep GEMMs (K beyond ~4000). The "flops" estimate (FLOPs alone, what the
+search used before) is kept for tests of the search's mechanics. A table measured on the card replaces both.
 
 A cost table is a JSON file (what a GPU run writes; docs/precision.md):
 
@@ -26,10 +30,31 @@ from .quantize_fp8 import LINEAR_CHOICES
 
 COST_TABLE_FORMAT = "trtrun-cost-table"
 COST_TABLE_VERSION = 1
-# dense peak TFLOP/s, H100 SXM (NVIDIA's datasheet): the rate ratios are what matter (fp8 = 2 x fp16)
+# dense peak TFLOP/s and HBM bandwidth, H100 SXM (NVIDIA's datasheet)
 HOPPER_TFLOPS = {"fp8": 1979.0, "hybrid": 989.5, "fp32": 67.0}
-ESTIMATE_NOTE = ("estimate, not measured: GEMM FLOPs at H100 SXM dense peak (fp8 1979, fp16 989.5, fp32 67 "
-                 "TFLOP/s), no memory traffic or quantization cost; a GPU-measured --cost-table replaces it")
+HOPPER_HBM_TBS = 3.35
+ESTIMATES = ("roofline", "flops")
+ESTIMATE_NOTE = ("estimate, not measured: a roofline of the runtime's kernels on an H100 SXM (FLOPs at fp8 1979, "
+                 "fp16 989.5, fp32 67 TFLOP/s; bytes at 3.35 TB/s; fp8 with its quantization, fp32 accumulator, "
+                 "rescale and bias passes); a GPU-measured --cost-table replaces it")
+FLOPS_NOTE = ("estimate, not measured: GEMM FLOPs at H100 SXM dense peak (fp8 1979, fp16 989.5, fp32 67 TFLOP/s), "
+              "no memory traffic or quantization cost")
+
+
+def roofline_us(m: int, k: int, n: int, precision: str) -> float:
+    """The roofline estimate of one Linear [m, k] x [k, n] in `precision`, in microseconds (module docstring)."""
+    def kernel(flops, nbytes, tflops=None):
+        return max(flops / (tflops * 1e12) if tflops else 0.0, nbytes / (HOPPER_HBM_TBS * 1e12)) * 1e6
+
+    flops = 2.0 * m * k * n
+    if precision == "hybrid":  # fp16 x and w, the epilogue fused, fp16 y
+        return kernel(flops, 2.0 * (m * k + k * n + m * n), HOPPER_TFLOPS["hybrid"])
+    if precision == "fp32":
+        return kernel(flops, 4.0 * (m * k + k * n + m * n), HOPPER_TFLOPS["fp32"])
+    quantize = kernel(0, 2.0 * m * k + m * k + 4.0 * m)  # fp16 x in; E4M3 codes and a scale per row out
+    gemm = kernel(flops, m * k + k * n + 4.0 * m * n, HOPPER_TFLOPS["fp8"])  # into the fp32 accumulator
+    passes = kernel(0, 8.0 * m * n) + kernel(0, 6.0 * m * n)  # rescale in place; bias/activation to fp16 y
+    return quantize + gemm + passes
 MAX_TABLE_BYTES = 16 << 20
 
 
@@ -43,9 +68,13 @@ def gemm_shape(op: dict, profile: dict, weights: dict) -> tuple[int, int, int]:
 class CostModel:
     """cost(m, k, n, precision) -> microseconds; `source` says where the numbers come from."""
 
-    def __init__(self, table: dict | None = None, source: str = ESTIMATE_NOTE, device: str | None = None):
+    def __init__(self, table: dict | None = None, source: str | None = None, device: str | None = None,
+                 estimate: str = "roofline"):
+        if estimate not in ESTIMATES:
+            raise ValueError(f"estimate must be one of {', '.join(ESTIMATES)}, got {estimate!r}")
         self.table = table
-        self.source = source
+        self.estimate = estimate
+        self.source = source or (ESTIMATE_NOTE if estimate == "roofline" else FLOPS_NOTE)
         self.device = device
         self.estimated = table is None
 
@@ -53,6 +82,8 @@ class CostModel:
         if precision not in LINEAR_CHOICES:
             raise ValueError(f"precision must be one of {', '.join(LINEAR_CHOICES)}, got {precision!r}")
         if self.table is None:
+            if self.estimate == "roofline":
+                return roofline_us(m, k, n, precision)
             return 2.0 * m * k * n / (HOPPER_TFLOPS[precision] * 1e12) * 1e6
         key = (m, k, n, precision)
         if key not in self.table:
