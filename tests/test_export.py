@@ -112,22 +112,29 @@ def test_export_errors(tmp_path):
     assert not (tmp_path / "x.onnx").exists()
 
 
-def test_an_export_that_runs_only_at_the_traced_shape_is_refused(tmp_path):
-    """torch.onnx's torchscript exporter bakes a traced size into Cohere's graph (its interleaved rotary): the file
-    fails at any other shape. The export runs what it wrote at another shape before keeping it, and says so, with
-    the exporter that works; no file is left behind."""
+def _random_folder(tmp_path, cls, **extra):
+    """A one-layer random-weight transformers model of config class `cls` saved as a folder."""
     transformers = pytest.importorskip("transformers")
     import torch
 
     from producers_corpus import save_model_dir
-    from trtrun.export import _randomize, export_model
+    from trtrun.export import _randomize
 
-    cfg = transformers.CohereConfig(vocab_size=1000, hidden_size=128, num_hidden_layers=1, num_attention_heads=4,
-                                    num_key_value_heads=2, intermediate_size=256)
+    cfg = getattr(transformers, cls)(vocab_size=1000, hidden_size=128, num_hidden_layers=1, num_attention_heads=4,
+                                     num_key_value_heads=2, intermediate_size=256, **extra)
     torch.manual_seed(0)
     model = transformers.AutoModel.from_config(cfg)
     _randomize(torch, model, 0)
-    d = save_model_dir(model.eval(), tmp_path / "hf")
+    return save_model_dir(model.eval(), tmp_path / "hf")
+
+
+def test_an_export_that_runs_only_at_the_traced_shape_is_refused(tmp_path):
+    """torch.onnx's torchscript exporter bakes a traced size into Cohere's graph (its interleaved rotary): the file
+    fails at any other shape. The export runs what it wrote at another shape before keeping it, and says so, with
+    the exporter that works; no file is left behind."""
+    from trtrun.export import export_model
+
+    d = _random_folder(tmp_path, "CohereConfig")
     with pytest.raises(ModelError, match=r"the torchscript export runs only at the traced shape \(batch 2, sequence "
                                          r"8\): onnxruntime fails at batch 3, sequence 5: .*; export with --exporter "
                                          r"dynamo"):
@@ -138,19 +145,9 @@ def test_an_export_that_runs_only_at_the_traced_shape_is_refused(tmp_path):
 def test_an_exporter_failure_is_a_model_error_naming_the_other_exporter(tmp_path):
     """torch.onnx's torchscript exporter fails on GLM inside its own passes (an AssertionError): that is a ModelError
     saying which exporter failed and how, and suggesting the other; no file is left behind."""
-    transformers = pytest.importorskip("transformers")
-    import torch
+    from trtrun.export import export_model
 
-    from producers_corpus import save_model_dir
-    from trtrun.export import _randomize, export_model
-
-    cfg = transformers.GlmConfig(vocab_size=1000, hidden_size=128, num_hidden_layers=1, num_attention_heads=4,
-                                 num_key_value_heads=2, head_dim=32, intermediate_size=256, pad_token_id=0,
-                                 bos_token_id=0, eos_token_id=0)
-    torch.manual_seed(0)
-    model = transformers.AutoModel.from_config(cfg)
-    _randomize(torch, model, 0)
-    d = save_model_dir(model.eval(), tmp_path / "hf")
+    d = _random_folder(tmp_path, "GlmConfig", head_dim=32, pad_token_id=0, bos_token_id=0, eos_token_id=0)
     with pytest.raises(ModelError, match=r"torch\.onnx's torchscript exporter failed on this model \(AssertionError: "
                                          r".*\); try --exporter dynamo"):
         export_model(d, tmp_path / "x.onnx")

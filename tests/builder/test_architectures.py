@@ -787,7 +787,7 @@ def test_opt_positions_along_the_mask_refuse_left_padding(tmp_path):
         ReferenceBackend(plan).run({"input_ids": ids, "attention_mask": mask})
 
 
-def _tiny_export(tmp_path, cls, **sizes):
+def _tiny_export(tmp_path, cls, exporter="torchscript", **sizes):
     import torch
     import transformers
     from producers_corpus import save_model_dir
@@ -797,7 +797,7 @@ def _tiny_export(tmp_path, cls, **sizes):
     torch.manual_seed(0)
     model = transformers.AutoModel.from_config(getattr(transformers, cls)(vocab_size=1000, **sizes))
     _randomize(torch, model, 0)
-    return export_model(save_model_dir(model.eval(), tmp_path / "hf"), tmp_path / "m.onnx")
+    return export_model(save_model_dir(model.eval(), tmp_path / "hf"), tmp_path / "m.onnx", exporter=exporter)
 
 
 def _mqa_export(path, q_scale=None):
@@ -902,6 +902,23 @@ def test_olmo2_whole_projection_qk_norm_and_residual_after_the_norm(tmp_path):
         check_gpu_support(plan)
 
 
+def _layer_qk_norm_plans(path, f, want, q_size, k_size):
+    """Build `path` (two layers) at each precision: both Attentions take a per-head q/k LayerNorm whose gains and
+    biases have q_size and k_size values, and the plan matches onnxruntime's `want` at the models' acceptance
+    (fp16: the producers matrix's 0.999). Returns the last plan."""
+    for precision, bound in (("fp32", 0.99999), ("hybrid", 0.9998), ("fp16", 0.999)):
+        plan = build(path, precision=precision)
+        atts = [op for op in plan.ops if op["type"] == "Attention"]
+        assert [op["attrs"].get("qk_norm_kind") for op in atts] == ["layer", "layer"]
+        shapes = {role: [list(plan.header["weights"][op["weights"][role]]["shape"]) for op in atts]
+                  for role in ("q_norm", "k_norm", "q_norm_bias", "k_norm_bias")}
+        assert shapes == {"q_norm": [[q_size]] * 2, "k_norm": [[k_size]] * 2, "q_norm_bias": [[q_size]] * 2,
+                          "k_norm_bias": [[k_size]] * 2}
+        got = ReferenceBackend(plan).run(f)["last_hidden_state"]
+        assert cosine_per_sample(got, want, f["attention_mask"]).min() >= bound, precision
+    return plan
+
+
 def test_persimmon_layernorm_per_query_and_key_head(tmp_path):
     """Persimmon LayerNorms each query and key head over its D values (one gain and bias for all heads) before a
     partial rotary: Attention qk_norm_kind "layer" with q_norm/k_norm [D] and q_norm_bias/k_norm_bias [D]. Every
@@ -916,15 +933,7 @@ def test_persimmon_layernorm_per_query_and_key_head(tmp_path):
                         intermediate_size=256)
     f = random_feeds(path, batch=3, seq=13, seed=6, vocab=1000)
     want = onnxruntime_run(path, f)
-    for precision, bound in (("fp32", 0.99999), ("hybrid", 0.9998), ("fp16", 0.999)):
-        plan = build(path, precision=precision)
-        atts = [op for op in plan.ops if op["type"] == "Attention"]
-        assert [op["attrs"].get("qk_norm_kind") for op in atts] == ["layer", "layer"]
-        for op in atts:
-            for role in ("q_norm", "k_norm", "q_norm_bias", "k_norm_bias"):
-                assert list(plan.header["weights"][op["weights"][role]]["shape"]) == [32], role
-        got = ReferenceBackend(plan).run(f)["last_hidden_state"]
-        assert cosine_per_sample(got, want, f["attention_mask"]).min() >= bound, precision
+    plan = _layer_qk_norm_plans(path, f, want, q_size=32, k_size=32)
     assert "q/k LayerNorm" in plan.summary()
     with pytest.raises(PlanError, match=r"Attention ops with a query/key LayerNorm per head \(Persimmon's"):
         check_gpu_support(plan)
@@ -948,16 +957,7 @@ def test_stablelm2_one_layernorm_per_query_and_key_head(tmp_path):
                         num_key_value_heads=2, intermediate_size=256, qk_layernorm=True)
     f = random_feeds(path, batch=3, seq=13, seed=9, vocab=1000)
     want = onnxruntime_run(path, f)
-    for precision, bound in (("fp32", 0.99999), ("hybrid", 0.9998), ("fp16", 0.999)):
-        plan = build(path, precision=precision)
-        atts = [op for op in plan.ops if op["type"] == "Attention"]
-        assert [op["attrs"].get("qk_norm_kind") for op in atts] == ["layer", "layer"]
-        shapes = {role: [list(plan.header["weights"][op["weights"][role]]["shape"]) for op in atts]
-                  for role in ("q_norm", "k_norm", "q_norm_bias", "k_norm_bias")}
-        assert shapes == {"q_norm": [[128]] * 2, "k_norm": [[64]] * 2, "q_norm_bias": [[128]] * 2,
-                          "k_norm_bias": [[64]] * 2}
-        got = ReferenceBackend(plan).run(f)["last_hidden_state"]
-        assert cosine_per_sample(got, want, f["attention_mask"]).min() >= bound, precision
+    _layer_qk_norm_plans(path, f, want, q_size=128, k_size=64)
     plan = build(path, precision="fp32")
     for op in plan.ops:
         if op["type"] == "Attention":
@@ -1015,21 +1015,11 @@ def test_through_the_dynamo_exporter(tmp_path, cls):
     attention) and GLM (partial rotary on interleaved pairs, fused gate-up MLP) export only through torch.export
     (torchscript bakes a traced size into Cohere and fails on GLM: tests/test_export.py). Those files build and
     match onnxruntime at the models' acceptance."""
-    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("transformers")
     pytest.importorskip("onnxscript")
-    import torch
-
-    from producers_corpus import save_model_dir
-    from trtrun.export import _randomize, export_model
-
-    cfg = getattr(transformers, cls)(vocab_size=1000, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
-                                     num_key_value_heads=2, intermediate_size=256,
-                                     **({"head_dim": 32, "pad_token_id": 0, "bos_token_id": 0, "eos_token_id": 0}
-                                        if cls == "GlmConfig" else {}))
-    torch.manual_seed(0)
-    model = transformers.AutoModel.from_config(cfg)
-    _randomize(torch, model, 0)
-    path = export_model(save_model_dir(model.eval(), tmp_path / "hf"), tmp_path / "m.onnx", exporter="dynamo")
+    extra = {"head_dim": 32, "pad_token_id": 0, "bos_token_id": 0, "eos_token_id": 0} if cls == "GlmConfig" else {}
+    path = _tiny_export(tmp_path, cls, exporter="dynamo", hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=2, intermediate_size=256, **extra)
     f = random_feeds(path, batch=3, seq=13, seed=8, vocab=1000)
     want = onnxruntime_run(path, f)
     for precision, bound in (("fp32", 0.99999), ("hybrid", 0.9998)):
