@@ -610,3 +610,42 @@ def test_pooled_outputs_the_embedder_does_not_read_are_dropped(tiny, tmp_path, t
         feeds = data.encode(tok, [text], SEQ_MAX)
         want = ref.run({k: v for k, v in feeds.items() if k in {i["name"] for i in full.inputs}})["sentence_embedding"]
         np.testing.assert_allclose(vec, want[0], atol=ATOL)
+
+
+def test_protein_embeddings_from_an_esm2_folder(tmp_path):
+    """ESM-2, as protein-embedding users hold it: a model folder with its slow EsmTokenizer (vocab.txt only; no
+    tokenizer.json) and token dropout on. Exported, built and embedded through the Embedder on the reference
+    backend: mean-pooled, normalized vectors against PyTorch fp32 on the same sequences (hybrid: the models'
+    0.9998 bound). A sequence holding <mask> is refused naming the token and why (the plan folds token dropout's
+    factor for sequences without it)."""
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    from trtrun.embed import Embedder
+    from trtrun.export import _randomize, export_model
+
+    d = tmp_path / "hf"
+    d.mkdir()
+    vocab = ["<cls>", "<pad>", "<eos>", "<unk>", *"LAGVSERTIDPKQNFYMHWCXBUZO.-", "<null_1>", "<mask>"]
+    (d / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tok = transformers.EsmTokenizer(str(d / "vocab.txt"))
+    tok.save_pretrained(str(d))
+    cfg = transformers.EsmConfig(vocab_size=len(vocab), hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                 intermediate_size=256, position_embedding_type="rotary", pad_token_id=1,
+                                 mask_token_id=vocab.index("<mask>"), token_dropout=True)
+    torch.manual_seed(0)
+    model = transformers.EsmModel(cfg, add_pooling_layer=False).eval()
+    _randomize(torch, model, 0)
+    model.save_pretrained(str(d))
+    emb = Embedder(str(export_model(d, tmp_path / "m.onnx")), d, pooling="mean", backend="reference")
+    seqs = ["MKTAYIAKQRQISFVKSHFSRQ", "MLSDEDFKAVFGMTRSAFANLPLWKQQNLKKEKGLF", "MKV"]
+    got = emb.embed(seqs)
+    enc = tok(seqs, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        h = model(**enc).last_hidden_state
+    m = enc["attention_mask"].unsqueeze(-1).float()
+    want = torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1).numpy()
+    assert (got * want).sum(-1).min() >= 0.9998
+    with pytest.raises(InputError, match=r"token id 32 is refused by op 'embeddings': the model rescales its "
+                                         r"embeddings by each sequence's count of that token \(ESM's token dropout"):
+        emb.embed(["MKT<mask>AYI"])
