@@ -305,10 +305,10 @@ BERT_FAMILY = ("roberta", "xlm-roberta", "distilbert", "electra", "albert")
 NO_SDPA = ("mpt", "gemma2", "gemma2-softcap", "roformer", "gpt-neo", "bloom", "xglm")
 
 
-# decoders whose Optimum export (transformers 4, as Optimum pins it) differs in form from transformers 5's: Falcon's
+# families whose Optimum export (transformers 4, as Optimum pins it) differs in form from transformers 5's: Falcon's
 # one K/V head broadcast by the MatMuls, Gemma 2's embedding scale on a tensor whose shape is read too, Nemotron's
-# Q and K scaled by sqrt(1 / sqrt(head_dim)) computed from a Shape, OLMo-2's and BLOOM's own forms
-OPTIMUM_DECODERS = ("falcon", "gemma2", "nemotron", "olmo2", "bloom")
+# Q and K scaled by sqrt(1 / sqrt(head_dim)) computed from a Shape, OLMo-2's, BLOOM's and ESM-2's own forms
+OPTIMUM_FAMILIES = ("falcon", "gemma2", "nemotron", "olmo2", "bloom", "esm")
 
 
 def family_variants(arch: str) -> tuple:
@@ -316,7 +316,7 @@ def family_variants(arch: str) -> tuple:
     if arch in BERT_FAMILY:
         return ("sdpa", "optimum-O2")
     torch_onnx = ("eager",) if arch in NO_SDPA else ("eager", "sdpa")
-    return torch_onnx + (("optimum",) if arch in OPTIMUM_DECODERS else ())
+    return torch_onnx + (("optimum",) if arch in OPTIMUM_FAMILIES else ())
 
 
 def family_dir(arch: str, dst) -> Path:

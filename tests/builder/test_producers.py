@@ -307,7 +307,7 @@ def minilm_st_onnx(tmp_path_factory):
 @pytest.fixture(scope="module")
 def family(tmp_path_factory):
     """family(arch) -> {variant: path}: torch.onnx with eager and sdpa attention, for the BERT family Optimum's
-    O2, for OPTIMUM_DECODERS Optimum's plain export."""
+    O2, for OPTIMUM_FAMILIES Optimum's plain export."""
     from producers_corpus import family_dir
     from trtrun.export import export_model
 
