@@ -57,8 +57,9 @@ def fuse_attention(graph, facts) -> int:
             m = _match(graph, sm, facts, ctx)
         except _NoMatch:
             _refuse_disentangled(sm)
-            if "_trtrun_heads_refused" in graph.__dict__:
-                raise BuildError(graph.__dict__["_trtrun_heads_refused"]) from None
+            refused = _heads_refused(graph, sm)
+            if refused:
+                raise BuildError(refused) from None
             continue  # left for check_supported to report
         _replace(graph, sm, facts, m)
         count += 1
@@ -67,12 +68,32 @@ def fuse_attention(graph, facts) -> int:
 
 
 # ---------------------------------------------------------------------- matching
+def _heads_refused(graph, sm) -> str | None:
+    """unflatten_heads' refusal if this Softmax reads the head-folded attention region it could not lift: a node
+    of that region among the Softmax's sources up to the IR ops (the projections) that feed the attention."""
+    why, region = graph.__dict__.get("_trtrun_heads_refused", (None, frozenset()))
+    if why is None:
+        return None
+    seen, stack = set(), list(sm.inputs)
+    while stack and len(seen) < 4096:
+        t = stack.pop()
+        p = G.producer(t)
+        if p is None or id(p) in seen or G.is_trtrun(p):
+            continue
+        if p.name in region:
+            return why
+        seen.add(id(p))
+        stack += [i for i in p.inputs if not i.is_empty()]
+    return None
+
+
 def _match(graph, sm, facts, ctx) -> dict:
     logits = sm.inputs[0]
     r = facts.rank(logits)
     if r == 3 and int(sm.attrs.get("axis", -1)) in (-1, 2) and _heads_in_batch(facts, logits):
-        if "_trtrun_heads_refused" in graph.__dict__:
-            raise BuildError(graph.__dict__["_trtrun_heads_refused"])
+        refused = _heads_refused(graph, sm)
+        if refused:
+            raise BuildError(refused)
         raise BuildError(f"Softmax node {sm.name!r}: attention with the heads folded into the batch ([B*H, S, S] "
                          f"scores, as BLOOM and XGLM compute it); the builder reads attention on [B, H, S, S]")
     if r != 4 or int(sm.attrs.get("axis", -1)) not in (-1, 3):

@@ -38,7 +38,7 @@ def unflatten_heads(graph, facts) -> int:
     """Rewrite every [B*H, S, *] attention region on [B, H, S, *]; the number of entries rewritten (0: none
     found, and the graph is unchanged). Where an attention region (one with a product of two head-folded
     tensors) reaches an op that does not keep the heads' axis a batch, nothing is rewritten and the graph keeps
-    a message naming that op for fuse_attention to raise."""
+    a message naming that op, and the region's nodes, for fuse_attention to raise at a Softmax they feed."""
     entries = {}
     for n in graph.nodes:
         h = _entry_heads(facts, n)
@@ -54,7 +54,7 @@ def unflatten_heads(graph, facts) -> int:
         graph.__dict__["_trtrun_heads_refused"] = (
             f"{G.node_desc(n)}: attention computed with the heads folded into the batch ([B*H, S, *] tensors, as "
             f"BLOOM and XGLM compute it) reaches this op, which {why}; the builder reads such attention only "
-            f"through ops that keep that axis a batch")
+            f"through ops that keep that axis a batch", frozenset([n.name, *(m.name for m in nodes)]))
         return 0
     _rewrite(graph, facts, entries, lifted, nodes, exits, shapes, foreign)
     G.finish(graph)
