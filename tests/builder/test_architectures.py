@@ -994,6 +994,7 @@ def test_esm_token_dropout_and_masked_embeddings(tmp_path, token_dropout):
         assert cosine_per_sample(got, want, f["attention_mask"]).min() >= bound, precision
     if not token_dropout:
         return
+    assert f"[token {mask_id} refused]" in plan.summary()  # what `trtrun inspect` shows
     bad = {k: v.copy() for k, v in f.items()}
     bad["input_ids"][1, 4] = mask_id
     with pytest.raises(InputError, match=r"input 'input_ids' has value 32 at position \[1, 4\]: token id 32 is "

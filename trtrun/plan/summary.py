@@ -150,6 +150,11 @@ def summary_text(plan) -> str:
             extra += f"  [fp8 scales: weight per {o['fp8_scales']['weight']}, activation {o['fp8_scales']['activation']}]"
         elif o["type"] == "Pool":
             extra = f"  [{o['attrs'].get('mode')}" + (", L2-normalized]" if o["attrs"].get("normalize") else "]")
+        elif o["type"] == "Embedding":  # the input rules Plan.check_feeds enforces for it
+            rules = ([f"padding id {o['attrs']['padding_id']} only trailing"] if "padding_id" in o["attrs"] else []) + \
+                    (["mask ones then zeros"] if o["attrs"].get("mask_positions") else []) + \
+                    ([f"token {o['attrs']['refused_id']} refused"] if "refused_id" in o["attrs"] else [])
+            extra = f"  [{', '.join(rules)}]" if rules else ""
         elif o["type"] == "Attention":
             a = o["attrs"]
             extra = f"  [heads {a.get('num_heads')} x {a.get('head_size')}" + \
