@@ -581,7 +581,7 @@ def _validate_op(op, f, tensors, weights, prof, err) -> None:
         if kind not in ("rms", "layer"):
             err(f + ".attrs.qk_norm_kind", f"must be 'rms' or 'layer', got {short(kind)}")
         elif kind == "layer":  # each head over its D values: gains and biases [D] for all heads, or one each
-            if Wt("q_norm") is None or Wt("k_norm") is None:
+            if Wt("q_norm") is None or Wt("k_norm") is None:  # err raises: the shapes below exist
                 err(f + ".attrs.qk_norm_kind", "'layer' needs 'q_norm' and 'k_norm' weights")
             for role, size in (("q_norm_bias", Wt("q_norm")["shape"]), ("k_norm_bias", Wt("k_norm")["shape"])):
                 if Wt(role) is None:
