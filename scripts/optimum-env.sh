@@ -5,6 +5,8 @@
 # the pinned packages of scripts/optimum-env.txt go into DEST without their dependencies, and the tests run
 # Optimum in a subprocess with DEST first on PYTHONPATH: transformers, tokenizers and huggingface_hub come
 # from DEST, torch, onnx and onnxruntime from trtrun's environment. A DEST already holding these pins is kept.
+# tqdm is pinned too: huggingface_hub 0.x imports it, and the huggingface_hub 1.x and later that trtrun's
+# environment has no longer brings it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dest=${1:-${TRTRUN_OPTIMUM_ENV:-.optimum-env}}
