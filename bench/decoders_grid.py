@@ -1,7 +1,8 @@
 """The decoders' speed grid on one GPU (issue 20's speed acceptance): SmolLM2-135M-shaped (trtrun.export's "llama"
 default: hidden 576, 30 layers, 9 heads, 3 K/V heads) and ModernBERT-base-shaped models (random weights), batch
 {1, 8, 32} x sequence {128, 512}: trtrun hybrid beside torch.compile(mode="reduce-overhead") fp16 of the same
-model, in one process on one card. GPU time per forward pass by CUDA events around each call on torch's current
+model, in one process on one card. The torch model's attention is transformers' default, SDPA (--torch-attention
+eager times the explicit matmul-softmax-matmul form instead: slower at 512 tokens, so a weaker baseline). GPU time per forward pass by CUDA events around each call on torch's current
 stream (trtrun through run_device with CUDA graphs on), p50 of --iters calls after --warmup. Random token ids, no
 padding.
 
@@ -52,6 +53,8 @@ def main(argv=None) -> int:
     ap.add_argument("--iters", type=int, default=100)
     ap.add_argument("--work", default="/tmp/decoders-grid", help="exported models and plans (reused when present)")
     ap.add_argument("--out", default=None, help="JSON file of every point")
+    ap.add_argument("--torch-attention", default="sdpa", choices=["sdpa", "eager"],
+                    help="the torch baseline's attention implementation (default sdpa, transformers' own default)")
     args = ap.parse_args(argv)
 
     import torch
@@ -80,14 +83,14 @@ def main(argv=None) -> int:
             ctx, refused = Engine(plan).create_context(), None
         except PlanError as e:
             ctx, refused = None, str(e)
-        model = load_torch_model(arch, seed=0).half().cuda().eval()
+        model = load_torch_model(arch, seed=0, attention=args.torch_attention).half().cuda().eval()
         compiled = torch.compile(model, mode="reduce-overhead")
         for B in BATCH:
             for S in SEQ:
                 rng = np.random.default_rng(B * 1000 + S)
                 ids = torch.from_numpy(rng.integers(1, vocab, (B, S))).cuda()
                 mask = torch.ones_like(ids)
-                row = {"model": arch, "card": card, "batch": B, "seq": S}
+                row = {"model": arch, "card": card, "batch": B, "seq": S, "torch_attention": args.torch_attention}
                 if ctx is not None:
                     feeds = {"input_ids": ids, "attention_mask": mask}
                     # no buffer for an output that passes an input through: run_device returns the tensor fed
