@@ -5,9 +5,13 @@
     ... --minilm M.json                             # add scripts/producers_minilm.py's real-text section
     ... --minilm-gpu G.json                         # and its GPU run (--backend gpu --time BxS)
     ... --smollm2 S.json                            # add scripts/smollm2_fidelity.py's real-weights section
+    ... --smollm2-gpu S.json                        # and its GPU run (--backend gpu)
+    python scripts/models_matrix.py --sections-only --smollm2-gpu S.json   # keep the matrix, replace one section
 
-Without --minilm / --smollm2, their sections are carried over from the existing output file as they are (they
-come from longer runs on real weights, which the corpus tests do not repeat).
+Without --minilm / --smollm2 and their -gpu forms, their sections are carried over from the existing output file
+as they are (they come from longer runs on real weights, which the corpus tests do not repeat). --sections-only
+keeps the existing file's matrix too (it was rendered from test results already) and re-renders only the
+sections named.
 
 Each cell is one test: the variant built at that precision, run on the reference backend and compared with
 onnxruntime fp32 on the original export (worst per-token cosine), or the one-line reason it failed.
@@ -109,12 +113,23 @@ def render_minilm_gpu(doc: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_smollm2(doc: dict) -> str:
-    """The section scripts/smollm2_fidelity.py's JSON gives: SmolLM2-135M's real weights against PyTorch fp32."""
-    lines = [f"\n## SmolLM2-135M-Instruct (real weights, Q4_1 GGUF dequantized to fp32) on real text\n",
-             f"`python scripts/smollm2_fidelity.py --json R.json`: {doc['texts']} Wikipedia paragraphs of up to "
+def render_smollm2(doc: dict, gpu: bool = False) -> str:
+    """The section scripts/smollm2_fidelity.py's JSON gives: SmolLM2-135M's real weights against PyTorch fp32
+    (gpu: its --backend gpu run, with the card the run named)."""
+    if gpu:
+        backends = {r.get("backend") for r in doc["precisions"].values()}
+        if backends != {"gpu"}:
+            raise SystemExit(f"--smollm2-gpu: the JSON's plans ran on {sorted(map(str, backends))}, not the GPU")
+        card = next(iter(doc["precisions"].values())).get("backend_why", "an unnamed card")
+        title, cmd, where = (f"{SMOLLM2_GPU_TITLE} ({card})", "--backend gpu --json R.json",
+                             "the GPU runtime")
+    else:
+        title, cmd, where = (f"{SMOLLM2_TITLE}, Q4_1 GGUF dequantized to fp32) on real text", "--json R.json",
+                             "reference backend")
+    lines = [f"\n{title}\n",
+             f"`python scripts/smollm2_fidelity.py {cmd}`: {doc['texts']} Wikipedia paragraphs of up to "
              f"{doc['seq_max']} tokens ({doc['positions']} token positions), exported by `trtrun export` (TorchScript), "
-             f"reference backend against PyTorch fp32 on the same dequantized model: worst per-text cosine of the "
+             f"{where} against PyTorch fp32 on the same dequantized model: worst per-text cosine of the "
              f"final hidden states and of the logits (tied embedding table), top-1 next-token agreement over every "
              f"position.\n",
              "| precision | hidden cos worst | hidden cos mean | logits cos worst | top-1 agreement | NaN | inf |",
@@ -125,7 +140,8 @@ def render_smollm2(doc: dict) -> str:
                      f"{fmt(r['logits_cos_vs_torch_worst'])} | {100 * r['top1_agreement']:.2f}% of "
                      f"{r['top1_positions']} | {r['nan']} | {r.get('inf', 0)} |")
     lines.append("\nfp16 is the naive full-fp16 mode: the residual stream's squares overflow fp16 in the RMSNorm sums, "
-                 "whose rows become zeros (the cosine is undefined, n/a); hybrid keeps them in fp32.")
+                 "whose rows become zeros (a zero vector's cosine is undefined: n/a, or 0 in runs that count it as no "
+                 "agreement); hybrid keeps them in fp32.")
     return "\n".join(lines) + "\n"
 
 
@@ -156,6 +172,8 @@ FAMILY_NAMES = {"roberta": "RoBERTa", "xlm-roberta": "XLM-RoBERTa", "distilbert"
 MINILM_TITLE = "## all-MiniLM-L6-v2 through the Embedder on real text"
 MINILM_GPU_TITLE = "## all-MiniLM-L6-v2 on the GPU"
 SMOLLM2_TITLE = "## SmolLM2-135M-Instruct (real weights"
+SMOLLM2_GPU_TITLE = "## SmolLM2-135M-Instruct on the GPU"
+SECTIONS = (MINILM_TITLE, MINILM_GPU_TITLE, SMOLLM2_TITLE, SMOLLM2_GPU_TITLE)
 
 
 def _sections(path: Path) -> dict:
@@ -163,7 +181,7 @@ def _sections(path: Path) -> dict:
     if not path.exists():
         return {}
     out, text = {}, path.read_text()
-    for title in (MINILM_TITLE, MINILM_GPU_TITLE, SMOLLM2_TITLE):
+    for title in SECTIONS:
         i = text.find("\n" + title)
         if i < 0:
             continue
@@ -237,8 +255,18 @@ def main(argv=None) -> int:
     ap.add_argument("--minilm", default=None, help="also render scripts/producers_minilm.py's JSON")
     ap.add_argument("--minilm-gpu", default=None, help="also render producers_minilm.py --backend gpu --time's JSON")
     ap.add_argument("--smollm2", default=None, help="also render scripts/smollm2_fidelity.py's JSON")
+    ap.add_argument("--smollm2-gpu", default=None, help="also render smollm2_fidelity.py --backend gpu's JSON")
+    ap.add_argument("--sections-only", action="store_true",
+                    help="keep the output file's matrix as it is; re-render only the sections named")
     a = ap.parse_args(argv)
-    if a.source:
+    if a.sections_only:
+        old = Path(a.output)
+        if not old.exists():
+            ap.error(f"--sections-only: {old} does not exist yet (render the matrix first)")
+        body = old.read_text()
+        cut = min([i for i in (body.find("\n" + t) for t in SECTIONS) if i >= 0] or [len(body)])
+        text, results = body[:cut].rstrip("\n") + "\n", None
+    elif a.source:
         results = json.loads(Path(a.source).read_text())
     else:
         with tempfile.TemporaryDirectory() as d:
@@ -250,7 +278,8 @@ def main(argv=None) -> int:
                 print("no results were written (did the tests run?)", file=sys.stderr)
                 return 1
             results = json.loads(out.read_text())
-    text = render(_order(results))
+    if results is not None:
+        text = render(_order(results))
     kept = _sections(Path(a.output))
     if a.minilm:
         text += render_minilm(json.loads(Path(a.minilm).read_text()))
@@ -264,8 +293,12 @@ def main(argv=None) -> int:
         text += render_smollm2(json.loads(Path(a.smollm2).read_text()))
     elif SMOLLM2_TITLE in kept:
         text += kept[SMOLLM2_TITLE]
+    if a.smollm2_gpu:
+        text += render_smollm2(json.loads(Path(a.smollm2_gpu).read_text()), gpu=True)
+    elif SMOLLM2_GPU_TITLE in kept:
+        text += kept[SMOLLM2_GPU_TITLE]
     Path(a.output).write_text(text)
-    print(f"wrote {a.output} ({len(results)} cells)")
+    print(f"wrote {a.output}" + (f" ({len(results)} cells)" if results is not None else " (matrix kept)"))
     return 0
 
 
