@@ -65,8 +65,8 @@ def main(argv=None) -> int:
             ap.error("--time measures the GPU runtime: use --backend gpu")
 
     import trtrun
-    from producers_corpus import (INT8, OPTIMUM_VARIANTS, VARIANTS, make_variant, optimum_env, optimum_export,
-                                  sentence_transformers_export)
+    from producers_corpus import (INT8, OPTIMUM_VARIANTS, ST_ONNX_VARIANTS, VARIANTS, make_variant, optimum_env,
+                                  optimum_export, sentence_transformers_export, st_onnx_export)
     from trtrun.data import data_dir, load_texts, load_tokenizer
     from trtrun.export import export_model
 
@@ -82,13 +82,14 @@ def main(argv=None) -> int:
     ref = ort_embeddings(src, tok, texts, a.max_len)
     variants = {"torchscript": None, "dynamo": None, **{v: None for v, (_, archs) in VARIANTS.items()
                                                         if "minilm" in archs}, "sentence-transformers": None}
-    if optimum_env() is not None:  # Optimum's own files (scripts/optimum-env.sh)
-        variants.update({v: None for v in OPTIMUM_VARIANTS})
+    if optimum_env() is not None:  # Optimum's own files (scripts/optimum-env.sh), and sentence-transformers' through it
+        variants.update({v: None for v in (*OPTIMUM_VARIANTS, *ST_ONNX_VARIANTS)})
     else:
         print("Optimum's environment is missing (bash scripts/optimum-env.sh): its variants are left out", flush=True)
     if a.variants:
         variants = {v: None for v in a.variants.split(",")}
-    results, optimum_files, plans = {}, None, {}
+    results, optimum_files, st_files, plans = {}, None, None, {}
+    int8 = (*INT8, *(v for v in ST_ONNX_VARIANTS if "qint8" in v))
     for v in variants:
         path = work / v / "model.onnx"
         t0 = time.time()
@@ -105,6 +106,9 @@ def main(argv=None) -> int:
                 elif v in OPTIMUM_VARIANTS:  # one export writes them all
                     optimum_files = optimum_files or optimum_export(minilm, work / "optimum")
                     path = optimum_files[v]
+                elif v in ST_ONNX_VARIANTS:  # sentence-transformers' ONNX backend: one export, plain and int8
+                    st_files = st_files or st_onnx_export(minilm, work / "st")
+                    path = st_files[v]
                 else:
                     make_variant(v, src, path, "minilm")
             plan = trtrun.build(path, precision=a.precision)
@@ -121,7 +125,7 @@ def main(argv=None) -> int:
         cos = (emb * ref).sum(1) / np.linalg.norm(emb, axis=1)
         r = {"worst": float(cos.min()), "mean": float(cos.mean()), "nan": int(np.isnan(emb).sum()),
              "n": len(texts), "seconds": round(time.time() - t0, 1), "backend": embedder.backend}
-        if v in INT8:
+        if v in int8:
             same = ort_embeddings(path, tok, texts, a.max_len)
             c2 = (emb * same).sum(1) / np.linalg.norm(emb, axis=1)
             c3 = (same * ref).sum(1)
@@ -129,7 +133,7 @@ def main(argv=None) -> int:
         results[v] = r
         print(f"{v:>18}: worst {r['worst']:.7f} mean {r['mean']:.7f} NaN {r['nan']}"
               + (f" | vs the int8 file in onnxruntime {r['worst_vs_same_file']:.7f} (onnxruntime int8 vs fp32 "
-                 f"original {r['ort_int8_worst_vs_original']:.7f})" if v in INT8 else "")
+                 f"original {r['ort_int8_worst_vs_original']:.7f})" if v in int8 else "")
               + f" ({r['seconds']} s)", flush=True)
     timing = time_plans(plans, tb, ts, a.rounds) if a.time is not None and plans else None
     if a.json:
