@@ -211,3 +211,49 @@ def test_llama_position_ids_input_feeds_rotary(tmp_path):
     out = ReferenceBackend(plan).run({"input_ids": ids, "attention_mask": mask})["out"]
     ref = _ort(tmp_path / "l.onnx", {"ids": ids, "mask": mask, "position_ids": np.broadcast_to(np.arange(11), (2, 11)).copy()})
     assert _worst_cos(out, ref, mask) >= 0.99999  # fp32 vs fp32, rounding only
+
+
+def test_position_ids_given_to_a_run_are_checked_against_the_arange(own_names):
+    """A plan whose file took position_ids takes them from a caller (transformers' users pass them): the arange on
+    every unmasked token is accepted (padded tokens may hold anything, as transformers writes 1 there), other
+    positions are refused by row and place; a plan whose file had no such input refuses the name."""
+    import trtrun
+    from trtrun.errors import InputError, ShapeError
+    from trtrun.reference import ReferenceBackend
+
+    plan = trtrun.build(own_names, precision="fp32")
+    assert plan.header["source"]["position_ids"] == "arange"
+    ids, mask = _feeds()
+    B, S = ids.shape
+    base = {"input_ids": ids, "attention_mask": mask}
+    want = ReferenceBackend(plan).run(base)["out"]
+    pos = np.broadcast_to(np.arange(S), (B, S)).copy()
+    pos[mask == 0] = 1  # transformers' masked_fill for padded tokens
+    got = ReferenceBackend(plan).run({**base, "position_ids": pos})["out"]
+    np.testing.assert_array_equal(got, want)  # the same run: the positions are checked, not fed
+
+    left = pos.copy()
+    r = int(np.argmin(mask.sum(1)))  # a padded row, shifted as left padding would number it
+    n = int(mask[r].sum())
+    left[r] = np.concatenate([np.zeros(S - n, np.int64), np.arange(n)])
+    with pytest.raises(InputError, match=rf"'position_ids' has \d+ at position \[{r}, \d+\] where this plan computes"):
+        ReferenceBackend(plan).run({**base, "position_ids": left})
+    with pytest.raises(ShapeError, match="'position_ids' has shape"):
+        plan.check_feeds({**base, "position_ids": pos[:, :-1]})
+    with pytest.raises(InputError, match="'position_ids' has dtype float"):
+        plan.check_feeds({**base, "position_ids": pos.astype(np.float32)})
+
+    header = dict(plan.header, source={k: v for k, v in plan.header["source"].items() if k != "position_ids"})
+    other = trtrun.Plan(header, plan.weights)
+    with pytest.raises(InputError, match="unknown input 'position_ids'"):
+        other.check_feeds({**base, "position_ids": pos})
+
+
+def test_plan_refuses_another_position_rule(own_names):
+    import trtrun
+    from trtrun.errors import PlanError
+
+    plan = trtrun.build(own_names, precision="fp32")
+    header = dict(plan.header, source=dict(plan.header["source"], position_ids="zeros"))
+    with pytest.raises(PlanError, match=r'header.source.position_ids.*not "arange"'):
+        trtrun.Plan(header, plan.weights).validate()

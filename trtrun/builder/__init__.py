@@ -30,7 +30,7 @@ from .fuse_pooling import fuse_pooling
 from .fuse_residual import fuse_residual
 from .fuse_rmsnorm import fuse_rmsnorm
 from .gelu_form import GELU_CHOICES, choose_gelu_form
-from .input_roles import assign_input_roles, fixed_dims, reexport_hint
+from .input_roles import assign_input_roles, fixed_dims, had_positions, reexport_hint
 from .load import default_opset, is_ort_onnx_op, load_model
 from .lower import lower, resolve_profile
 from .lower_contrib import lower_contrib
@@ -213,6 +213,8 @@ def build(onnx_path, *, precision: str = "hybrid", profile=None, save_onnx=None,
     input_notes += clamp_profile(header["profile"], fixed, profile)
     header["source"].update(source_notes(conversions, input_notes + passthrough +
                                          graph.__dict__.get("_trtrun_notes", [])))
+    if had_positions(input_notes):
+        header["source"]["position_ids"] = "arange"  # Plan.check_feeds checks given positions against it
     if mixed:
         from .precision_search import finish_fp8, search
 

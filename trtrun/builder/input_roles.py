@@ -12,8 +12,9 @@ token_type_ids, what the Embedder and the runtime feed):
 - the standard names are taken at their word.
 
 `position_ids` as a graph input is replaced by arange(S) on every row computed from input_ids' shape: the
-positions transformers uses when given none. A plan has no position input, so a caller who passes other
-positions is not served; the plan says so in header.source.conversions.
+positions transformers uses when given none. The plan's header.source.position_ids ("arange") records it, and
+Plan.check_feeds takes position_ids from a caller who passes them (as such files' users do) where they are
+those positions on every unmasked token, and refuses other positions (left padding) by row.
 
 Fixed input dims (a file exported without dynamic axes, or fixed by onnxruntime's make_dynamic_shape_fixed)
 are made symbolic so the probes can run; `fixed_dims` says what they were, and build() clamps the profile to
@@ -28,6 +29,7 @@ ROLES = ("input_ids", "attention_mask", "token_type_ids")
 POSITION = "position_ids"
 TYPE_ROWS = 16  # token-type tables have 1-2 rows (BERT), position and word tables hundreds or more
 _LAYOUT = {"Cast", "Unsqueeze", "Squeeze", "Reshape", "Identity", "Flatten"}
+_ARANGE_NOTE = "graph input 'position_ids' is taken as arange(S)"
 # onnxruntime fused ops: input slot -> role
 _CONTRIB_SLOTS = {"EmbedLayerNormalization": {0: "input_ids", 1: "token_type_ids", 7: "attention_mask",
                                               8: POSITION},
@@ -121,6 +123,11 @@ def assign_input_roles(model, p) -> list[str]:
     return notes
 
 
+def had_positions(notes) -> bool:
+    """Whether assign_input_roles replaced a position_ids graph input (its notes say so)."""
+    return any(n.startswith(_ARANGE_NOTE) for n in notes)
+
+
 def _rename(model, rename: dict) -> None:
     if not rename:
         return
@@ -158,8 +165,8 @@ def _positions_as_arange(model, p) -> str:
     old = list(model.graph.node)
     del model.graph.node[:]
     model.graph.node.extend(nodes + old)
-    return ("graph input 'position_ids' is taken as arange(S) on every row (the positions transformers uses when "
-            "given none); the plan has no position input, so other positions cannot be passed")
+    return (_ARANGE_NOTE + " on every row (the positions transformers uses when given none); the plan checks "
+            "position_ids given to a run against them and takes no others")
 
 
 def fixed_dims(model, p) -> dict:

@@ -167,7 +167,8 @@ class Plan:
         """Validate a run's inputs; return them as contiguous int64 arrays, in the plan's input order.
 
         input_ids is required; attention_mask defaults to all ones and token_type_ids to zeros when the
-        plan takes them and they are not given (as Hugging Face models do). Raises InputError (unknown or
+        plan takes them and they are not given (as Hugging Face models do). position_ids are taken, checked and
+        dropped where the plan's source had them (header.source.position_ids). Raises InputError (unknown or
         missing names, non-integer dtype, ids out of range, a token after an Embedding's padding_id, a mask
         not 0/1 or, where an Embedding counts positions along it, not ones then zeros) or ShapeError (rank, inputs of
         different shapes, batch or sequence outside the profile).
@@ -175,6 +176,10 @@ class Plan:
         if not isinstance(feeds, Mapping):
             raise InputError(f"inputs must be a dict of name -> array, got {type(feeds).__name__}")
         names = [i["name"] for i in self.inputs]
+        positions = None
+        if "position_ids" in feeds and self.header.get("source", {}).get("position_ids") == "arange":
+            feeds = dict(feeds)
+            positions = feeds.pop("position_ids")
         unknown = [k for k in feeds if k not in names]
         if unknown:
             raise InputError(f"unknown input {unknown[0]!r}: this plan takes {', '.join(names)}")
@@ -201,6 +206,8 @@ class Plan:
                     f"input {name!r} has shape {tuple(a.shape)} but input_ids has {tuple(shape)}; "
                     f"all inputs must have the same [batch, sequence] shape")
         self.check_shape(*shape)
+        if positions is not None:
+            self._check_positions(positions, shape, arrays.get("attention_mask"))
 
         def first_bad(name, a, bad, what):
             idx = tuple(int(i) for i in np.argwhere(bad)[0])
@@ -264,6 +271,28 @@ class Plan:
             else:  # token_type_ids
                 out[name] = np.zeros(shape, np.int64)
         return out
+
+    @staticmethod
+    def _check_positions(positions, shape, mask) -> None:
+        """position_ids a caller passed to a plan whose source took them (header.source.position_ids "arange"):
+        the plan computes 0..S-1 on every row, so they must be those on every unmasked token (what padded
+        tokens hold does not matter: their outputs are not read)."""
+        try:
+            pos = np.asarray(positions)
+        except Exception as e:  # noqa: BLE001 - ragged lists and the like
+            raise InputError(f"input 'position_ids' cannot be read as an array: {e}") from None
+        if pos.dtype.kind not in "iu":
+            raise InputError(f"input 'position_ids' has dtype {pos.dtype}; positions must be integers")
+        if pos.shape != tuple(shape):
+            raise ShapeError(f"input 'position_ids' has shape {tuple(pos.shape)} but input_ids has {tuple(shape)}")
+        valid = np.ones(shape, bool) if mask is None else np.asarray(mask) != 0
+        bad = valid & (pos != np.arange(shape[1])[None, :])
+        if bad.any():
+            b, s = (int(i) for i in np.argwhere(bad)[0])
+            raise InputError(f"input 'position_ids' has {int(pos[b, s])} at position [{b}, {s}] where this plan "
+                             f"computes {s}: the plan takes positions 0..S-1 on every row (the file's position_ids "
+                             f"input became that arange at build time), so pad on the right and pass these "
+                             f"positions, or none")
 
     def check_shape(self, batch: int, seq: int, name: str = "input_ids") -> None:
         """Raise ShapeError unless [batch, seq] lies inside the profile (for callers holding device

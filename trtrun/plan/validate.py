@@ -165,6 +165,8 @@ def validate_header(h: Any, where: str, blob_nbytes: int | None) -> None:
         need_int(src["opset"], "header.source.opset", 0, INT32_MAX)
     if "weights" in src and src["weights"] not in SOURCE_WEIGHTS:
         err("header.source.weights", f"{short(src['weights'])} is not one of {', '.join(SOURCE_WEIGHTS)}")
+    if "position_ids" in src and src["position_ids"] != "arange":
+        err("header.source.position_ids", f"{short(src['position_ids'])} is not \"arange\"")
     if "conversions" in src and not (isinstance(src["conversions"], list)
                                      and all(isinstance(c, str) for c in src["conversions"])):
         err("header.source.conversions", f"must be a list of strings, got {short(src['conversions'])}")
