@@ -191,6 +191,14 @@ def estimate_parameters(source: str, overrides: dict | None = None) -> int:
     return _parameter_count(torch, transformers, _make_config(transformers, str(source), overrides or {}))
 
 
+def named_config(source: str, overrides: dict | None = None):
+    """The transformers config of the named architecture `source` with `overrides`, allocating no weights."""
+    if str(source) not in EXPORT_ARCHS:
+        raise ValueError(f"{source}: not a named architecture ({', '.join(EXPORT_ARCHS)})")
+    _, transformers = _import_torch()
+    return _make_config(transformers, str(source), overrides or {})
+
+
 def check_size(torch, transformers, config, source, allow_large: bool = False) -> None:
     """Refuse (ModelTooLargeError, an InputError) a named architecture whose random fp32 weights exceed
     MAX_RANDOM_WEIGHT_BYTES, before they are allocated, naming the size, the shape and how to shrink it, unless

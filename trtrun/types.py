@@ -27,6 +27,7 @@ TRUNCATIONS = ("truncate", "reject")  # what the Embedder does with a text longe
 NAMED_ARCHS = ("bert-base", "gpt2")  # full-size architectures built from a default config (export, check, bench)
 # what export_model takes by name
 EXPORT_ARCHS = NAMED_ARCHS + ("llama", "qwen2", "mistral", "qwen3", "gpt-neox", "mpnet", "deberta-v2", "modernbert")
+ENCODER_ARCHS = ("bert-base", "mpnet", "deberta-v2", "modernbert")  # of EXPORT_ARCHS: bidirectional; the rest causal
 
 EXPORTERS = ("torchscript", "dynamo")  # torch.onnx.export(dynamo=False), or the torch.export-based exporter
 ATTENTIONS = ("eager", "sdpa")  # the attention transformers traces for `trtrun export` (eager: the default)

@@ -530,3 +530,62 @@ def test_no_model_is_a_clear_error(tmp_path, capsys):
     assert main(["bench", "--out", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err
     assert "no MODEL given" in err and "internal error" not in err
+
+
+@pytest.mark.parametrize("arch, extra, encoder", [
+    ("llama", ["--kv-heads", "1"], False),  # RMSNorm, rotary, SwiGLU, grouped-query attention, causal
+    ("modernbert", [], True),  # global and local attention, rotary, GeGLU, no biases, bidirectional
+])
+def test_named_architectures_beyond_bert_and_gpt2(tmp_path, arch, extra, encoder):
+    """Every architecture `trtrun export` names is a bench MODEL: exported at the size given, built, timed beside
+    the torch baseline rebuilt from the same seed and config, and the cross-engine check says both compute the
+    same function (fp32 against fp32: rounding only, as for BERT above)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from trtrun.plan import load_plan
+
+    out = tmp_path / "out"
+    rc = main(["bench", arch, *TINY, *extra, *FAST, "--batch", "1,2", "--seq", "8,16",
+               "--precision", "fp32,hybrid", "--baselines", "torch-fp32", "--cache-dir", str(tmp_path / "cache"),
+               "--out", str(out)])
+    assert rc == 0
+    pts = _points(out)
+    assert {p["engine"] for p in pts if p["status"] == "ok"} == {"trtrun-fp32", "trtrun-hybrid", "torch-fp32"}
+    assert len(pts) == 4 * 3
+    checks = [json.loads(l) for l in open(out / "results.jsonl") if '"type": "check"' in l]
+    fp32 = [c for c in checks if {c["a"], c["b"]} == {"torch-fp32", "trtrun-fp32"}]
+    assert fp32 and min(c["cosine"] for c in fp32) > 0.99999
+    plan = load_plan(next((tmp_path / "cache").glob(f"{arch}-*/fp32-*.plan")))
+    assert plan.model["arch"] == ("encoder" if encoder else "decoder")
+
+
+def test_named_architecture_positions_come_from_its_config(tmp_path):
+    """A sequence past a named architecture's positions is refused before anything is built, for the
+    architectures whose limit only their config knows (MPNet's 514 rows hold 512 tokens)."""
+    from trtrun.bench.config import BenchConfig, BenchConfigError
+    from trtrun.bench.models import resolve_model
+
+    cfg = BenchConfig(models=["mpnet"], out=tmp_path, backend="reference", seq=[512]).validate()
+    assert resolve_model("mpnet", cfg).max_positions == 512
+    with pytest.raises(BenchConfigError, match="above mpnet's 512 positions"):
+        resolve_model("mpnet", BenchConfig(models=["mpnet"], out=tmp_path, backend="reference", seq=[513]).validate())
+    spec = resolve_model("llama", BenchConfig(models=["llama"], out=tmp_path, backend="reference", seq=[64]).validate())
+    assert spec.max_positions == 8192 and spec.arch == "decoder"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "bench").glob("*.toml")))
+def test_every_shipped_config_plans_its_grid(tmp_path, name):
+    """Each sweep config in bench/ reads, validates, resolves its models (named architectures without building
+    anything) and plans its points; its token files are there and fit each model's vocabulary."""
+    from trtrun.bench.models import resolve_model
+    from trtrun.bench.sweep import plan_points
+    from trtrun.export import named_config
+    from trtrun.types import EXPORT_ARCHS
+
+    cfg = BenchConfig(out=tmp_path, **read_config_file(REPO / "bench" / name)).validate()
+    pts = plan_points(cfg, [resolve_model(m, cfg) for m in cfg.models])
+    assert {p.spec.source for p in pts} == set(cfg.models) and len(pts) >= len(cfg.batch) * len(cfg.seq)
+    for model, f in cfg.tokens.items():
+        ids = np.load(f)["ids"]
+        if model in EXPORT_ARCHS:
+            assert int(ids.max()) < named_config(model, cfg.overrides).vocab_size, (name, model)

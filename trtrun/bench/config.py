@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TrtrunError
-from ..types import (BACKENDS, BASELINES, CUDA_GRAPHS, GEMM_SEARCH_DEFAULTS, GEMM_SEARCHES, GRID_MODES, NAMED_ARCHS,
+from ..types import (BACKENDS, BASELINES, CUDA_GRAPHS, EXPORT_ARCHS, GEMM_SEARCH_DEFAULTS, GEMM_SEARCHES, GRID_MODES,
                      OP_PRECISIONS, PRECISIONS)
 
 DEFAULT_GEMM_SEARCH = GEMM_SEARCH_DEFAULTS["bench"]
@@ -96,7 +96,7 @@ class BenchConfig:
 
     def validate(self) -> "BenchConfig":
         if not self.models:
-            raise BenchConfigError("no MODEL given (an ONNX file, a .plan, or bert-base / gpt2), "
+            raise BenchConfigError("no MODEL given (an ONNX file, a .plan, or a named architecture such as bert-base), "
                                    "neither on the command line nor in the config file's `models`")
         for name in ("batch", "seq"):
             vals = getattr(self, name)
@@ -242,7 +242,7 @@ def read_config_file(path) -> dict:
         kw["torch_model"] = str((p.parent / kw["torch_model"]).resolve())
     if "models" in kw:
         # a model that names a file is relative to the config file; named architectures stay as they are
-        kw["models"] = [m if (m in NAMED_ARCHS or Path(m).is_absolute()
+        kw["models"] = [m if (m in EXPORT_ARCHS or Path(m).is_absolute()
                               or not (p.parent / m).exists()) else str((p.parent / m).resolve())
                         for m in kw["models"]]
     kw["config_file"] = str(p)

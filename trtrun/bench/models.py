@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .._io import atomic_path
-from ..types import NAMED_ARCHS as NAMED
+from ..types import ENCODER_ARCHS, EXPORT_ARCHS as NAMED
 from .config import BenchConfig, BenchConfigError
 
-# positions of the named architectures' default configs (BertConfig 512, GPT2Config 1024)
+# positions of the two oldest named architectures' default configs (BertConfig 512, GPT2Config 1024), known
+# without importing transformers; the others' come from their config (trtrun.export.named_config)
 _NAMED_POSITIONS = {"bert-base": 512, "gpt2": 1024}
 # size overrides in a model's result name: bert-base-h64-l1 (hidden 64, 1 layer)
 _SHORT = {"hidden_size": "h", "num_hidden_layers": "l", "num_attention_heads": "a", "intermediate_size": "i",
@@ -68,12 +69,14 @@ def resolve_model(source: str, cfg: BenchConfig) -> ModelSpec:
     src = str(source)
     if src in NAMED:
         overrides = dict(cfg.overrides)
-        positions = overrides.get("max_position_embeddings", _NAMED_POSITIONS[src])
+        positions = overrides.get("max_position_embeddings", _NAMED_POSITIONS.get(src))
+        if positions is None:
+            positions = _config_positions(src, overrides)
         name = src if not overrides else f"{src}-" + "-".join(
             f"{_SHORT.get(k, k)}{v}" for k, v in sorted(overrides.items()))
         spec = ModelSpec(name=name, kind="arch", source=src, overrides=overrides, seed=cfg.seed,
                          allow_large=cfg.allow_large, max_positions=int(positions),
-                         tag=_hash([src, overrides, cfg.seed]), arch="encoder" if src == "bert-base" else "decoder")
+                         tag=_hash([src, overrides, cfg.seed]), arch="encoder" if src in ENCODER_ARCHS else "decoder")
         spec.torch_source = ("arch", src, overrides, cfg.seed)
         _check_positions(spec, cfg)
         return spec
@@ -117,6 +120,19 @@ def resolve_model(source: str, cfg: BenchConfig) -> ModelSpec:
         _torch_from_flag(spec, cfg, "an ONNX file")
         return spec
     raise BenchConfigError(f"MODEL {src!r}: expected an .onnx or .plan file, or one of {', '.join(NAMED)}")
+
+
+def _config_positions(src: str, overrides: dict) -> int:
+    from ..export import named_config
+
+    try:
+        config = named_config(src, overrides)
+    except ValueError as e:  # an override the architecture does not know
+        raise BenchConfigError(str(e)) from None
+    n = int(config.max_position_embeddings)
+    if src == "mpnet":  # positions counted from padding_idx + 1, as RoBERTa's: 514 rows hold 512 tokens
+        n -= int(config.pad_token_id) + 1
+    return n
 
 
 def _torch_from_flag(spec: ModelSpec, cfg: BenchConfig, what: str) -> None:

@@ -12,7 +12,7 @@ import click
 
 from ..types import BACKENDS, BASELINES, CUDA_GRAPHS, GEMM_SEARCHES, GRID_MODES, OP_PRECISIONS, PRECISIONS
 from ._ui import status
-from .options import (EXISTING_DIR, EXISTING_FILE, model_size_options, model_source, parse_choice_list,
+from .options import (EXISTING_DIR, EXISTING_FILE, EXPORT_ARCHS, model_size_options, model_source, parse_choice_list,
                       parse_int_list, quiet_option)
 
 DEFAULT_BATCH = "1,2,4,8,16,32"
@@ -49,7 +49,7 @@ def _tokens(ctx, p, values):
 
 
 @click.command("bench")
-@click.argument("models", nargs=-1, metavar="[MODEL]...", callback=model_source("an ONNX file or a .plan"))
+@click.argument("models", nargs=-1, metavar="[MODEL]...", callback=model_source("an ONNX file or a .plan", EXPORT_ARCHS))
 @click.option("--config", "config_file", type=EXISTING_FILE, default=None,
               help="a sweep configuration (.toml or .json), e.g. bench/paper.toml; options given here override it")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
@@ -112,8 +112,9 @@ def command(ctx, models, config_file, out_dir, overrides, tokens, report_only, n
     """Measure trtrun against PyTorch and the CPU on a batch x sequence grid, and report.
 
     \b
-    MODEL: an ONNX file, a .plan, or a named architecture (bert-base, gpt2: random weights, exported
-    and built per precision, cached in the out folder). Several may be given.
+    MODEL: an ONNX file, a .plan, or a named architecture (bert-base, gpt2, llama, qwen2, mistral, qwen3,
+    gpt-neox, mpnet, deberta-v2, modernbert: random weights at the shape `trtrun export` gives it, exported and
+    built per precision, cached in the out folder; torch baselines on the same weights). Several may be given.
     \b
     Examples:
       trtrun bench bert-base --out out/bench-bert
