@@ -66,7 +66,8 @@ def test_modules_share_the_one_definition():
         assert mod.PRECISIONS is types.PRECISIONS
     assert embedder.BACKENDS is options.BACKENDS is types.BACKEND_CHOICES
     assert config.BACKENDS is types.BACKENDS
-    assert export.NAMED_ARCHS is core.NAMED_ARCHS is models.NAMED is options.NAMED_ARCHS is types.NAMED_ARCHS
+    assert export.NAMED_ARCHS is core.NAMED_ARCHS is options.NAMED_ARCHS is types.NAMED_ARCHS
+    assert models.NAMED is export.EXPORT_ARCHS is options.EXPORT_ARCHS is types.EXPORT_ARCHS
     assert job.FORMATS is types.CORPUS_FORMATS and job.ON_ERROR is types.ON_ERROR
 
 
