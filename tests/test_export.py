@@ -265,3 +265,19 @@ def test_a_large_shape_is_refused_before_any_allocation(tmp_path, monkeypatch):
     config = ex._make_config(transformers, "mistral", big)
     ex.check_size(torch, transformers, config, "mistral", allow_large=True)
     ex.check_size(torch, transformers, ex._make_config(transformers, "mistral", {}), "mistral")  # the default
+
+
+@pytest.mark.parametrize("arch, overrides, message", [
+    ("llama", dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=3),
+     r"num_attention_heads 4 \(--heads\) is not a multiple of num_key_value_heads 3 \(--kv-heads\)"),
+    ("qwen2", dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=0), "not a multiple of num_key_value_heads 0"),
+    ("llama", dict(hidden_size=64, num_attention_heads=5),
+     r"llama: these sizes do not make a valid LlamaConfig: .*hidden size \(64\) is not a multiple"),
+])
+def test_sizes_that_make_no_model_are_a_value_error(arch, overrides, message):
+    """Size options that cannot make a model are refused as a ValueError naming them (the command line's one-line
+    error), before any weight exists: neither transformers' own validation classes nor a failure inside the export."""
+    from trtrun.export import named_config
+
+    with pytest.raises(ValueError, match=message):
+        named_config(arch, dict(num_hidden_layers=1, **overrides))

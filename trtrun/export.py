@@ -147,8 +147,23 @@ def _make_config(transformers, source: str, overrides: dict):
             for key in ("bos_token_id", "eos_token_id", "pad_token_id") + \
                     (("cls_token_id", "sep_token_id") if source == "modernbert" else ()):
                 kw.setdefault(key, min(1, kw["vocab_size"] - 1))
-        return getattr(transformers, cls)(**kw)
+        return _checked_config(getattr(transformers, cls), source, kw)
     raise AssertionError(source)
+
+
+def _checked_config(cls, source: str, kw: dict):
+    """cls(**kw), with sizes that cannot make a model refused as ValueError naming the sizes, rather than as
+    transformers' own validation errors (not ValueErrors in every version) or a failure deep inside the export."""
+    heads, kv = kw.get("num_attention_heads"), kw.get("num_key_value_heads")
+    if isinstance(heads, int) and isinstance(kv, int) and (kv < 1 or heads % kv):
+        raise ValueError(f"{source}: num_attention_heads {heads} (--heads) is not a multiple of num_key_value_heads "
+                         f"{kv} (--kv-heads): each key/value head serves a whole group of query heads")
+    try:
+        return cls(**kw)
+    except Exception as e:  # noqa: BLE001 - transformers' config validators raise several classes
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        why = next((ln for ln in lines if "Error:" in ln), lines[-1] if lines else type(e).__name__)
+        raise ValueError(f"{source}: these sizes do not make a valid {cls.__name__}: {why}") from None
 
 
 def check_rope(config, source) -> None:
