@@ -285,7 +285,9 @@ def _needs_producer_passes(model) -> bool:
 
     quant = {"DequantizeLinear", "QuantizeLinear", "DynamicQuantizeLinear", "MatMulInteger"}
     opset = default_opset(model)
+    onnx_fused = {"Attention", "RotaryEmbedding"}  # ONNX's own (opset 23+), lowered with onnxruntime's
     if any(n.domain == "com.microsoft" or n.op_type in quant or is_ort_onnx_op(n, opset) or
+           (n.domain in ("", "ai.onnx") and n.op_type in onnx_fused) or
            (n.op_type == "Cast" and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT16 for a in n.attribute))
            for n in model.graph.node):
         return True
@@ -306,8 +308,13 @@ def source_notes(conversions: dict, notes_extra=()) -> dict:
         notes.append(f"int8 file dequantized at build time ({what}); run-time activation quantization is not "
                      f"reproduced")
     if "lower_contrib" in conversions:
-        what = ", ".join(f"{v} {k}" for k, v in sorted(conversions["lower_contrib"].items()))
-        notes.append(f"onnxruntime com.microsoft ops lowered to IR ops ({what})")
+        done = conversions["lower_contrib"]
+        ort = ", ".join(f"{v} {k}" for k, v in sorted(done.items()) if not k.startswith("ONNX "))
+        own = ", ".join(f"{v} {k[5:]}" for k, v in sorted(done.items()) if k.startswith("ONNX "))
+        if ort:
+            notes.append(f"onnxruntime com.microsoft ops lowered to IR ops ({ort})")
+        if own:
+            notes.append(f"ONNX's fused ops lowered to IR ops ({own})")
     notes += list(notes_extra)
     out = {}
     if weights != "float32":

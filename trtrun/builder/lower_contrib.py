@@ -16,6 +16,12 @@ then turn into the same IR ops (and the same kernels and precision rules) as a p
     LayerNormalization below opset 17                     -> the LayerNorm decomposition
     QuickGelu with alpha 1                                -> x * Sigmoid(x) (SiLU)
 
+ONNX's own Attention (opset 23 and later: torch's dynamo exporter writes it for scaled_dot_product_attention
+when asked for opset 23 or newer) is lowered the same way, in the form torch's TorchScript exporter gives
+SDPA: MatMul(Q, K^T) * scale, a boolean mask as Where(mask, 0, float32's lowest) added (a float mask added as it is),
+is_causal as the causal Where, Softmax, MatMul V; 3-D inputs through their heads. Q and K/V of different head
+counts, softcap, a KV cache and the qk_matmul output are refused by name; so is ONNX's RotaryEmbedding.
+
 SimplifiedLayerNormalization and (below opset 17) LayerNormalization are onnxruntime ops it registers in the
 ONNX domain; load_model lets them through its check, and they are lowered here with the com.microsoft ones.
 
@@ -45,6 +51,7 @@ from .probe import agree, make_feeds, run_graph
 
 DOMAIN = "com.microsoft"
 _MASK_FILTER = -10000.0
+_LOWEST = np.finfo(np.float32).min
 # what each refused op is, for its one-line error
 _REFUSED = {
     "QuickGelu": "x * sigmoid(alpha * x) with alpha != 1 is not an IR activation (IR: gelu_erf, gelu_tanh, silu)",
@@ -58,20 +65,39 @@ class _Refuse(Exception):
     pass
 
 
+def _onnx_fused(n, opset) -> bool:
+    """One of ONNX's own fused ops (not onnxruntime's), which this pass lowers too."""
+    return (n.domain or "") in ("", "ai.onnx") and n.op in _ONNX_LOWER and not is_ort_onnx_op(n, opset)
+
+
+def _where(n, opset) -> str:
+    return "ONNX domain" if _onnx_fused(n, opset) else f"domain {n.domain or DOMAIN!r}"
+
+
+def _lowering(n, opset):
+    return _ONNX_LOWER[n.op] if _onnx_fused(n, opset) else _LOWER[n.op]
+
+
 def lower_contrib(graph) -> dict:
-    """Rewrite every com.microsoft node; returns {op type: count} of what was lowered."""
-    nodes = [n for n in graph.nodes if n.domain == DOMAIN or is_ort_onnx_op(n, graph.opset)]
+    """Rewrite every com.microsoft node (and ONNX's own fused ops); returns {op type: count} of what was lowered."""
+    nodes = [n for n in graph.nodes if n.domain == DOMAIN or is_ort_onnx_op(n, graph.opset)
+             or _onnx_fused(n, graph.opset)]
     if not nodes:
         return {}
     for n in nodes:
-        if n.op not in _LOWER:
+        if n.op not in _LOWER and not _onnx_fused(n, graph.opset):
             why = _REFUSED.get(n.op, "an onnxruntime contrib op trtrun does not lower")
-            raise UnsupportedOpError(n.op, n.name, f"domain {n.domain or DOMAIN!r}: {why}")
+            raise UnsupportedOpError(n.op, n.name, f"{_where(n, graph.opset)}: {why}")
     for n in nodes:  # what attributes and inputs alone refuse, before onnxruntime runs anything
         try:
-            _static_refusal(n)
+            if not _onnx_fused(n, graph.opset):
+                _static_refusal(n)
+            elif n.op == "RotaryEmbedding":
+                raise _Refuse("ONNX's RotaryEmbedding is not lowered yet (torch's dynamo exporter writes it at opset "
+                              "23 and later): export at opset 18-22 (`trtrun export --exporter dynamo` uses 18), "
+                              "where the rotary is spelled out")
         except _Refuse as e:
-            raise UnsupportedOpError(n.op, n.name, f"domain {n.domain or DOMAIN!r}: {e}") from None
+            raise UnsupportedOpError(n.op, n.name, f"{_where(n, graph.opset)}: {e}") from None
     opset = graph.opset
     feeds = make_feeds(graph)
     # their inputs and outputs, and the inputs of what computes their inputs (a mask's source)
@@ -84,11 +110,12 @@ def lower_contrib(graph) -> dict:
     checks = []
     for n in nodes:
         try:
-            outs = _LOWER[n.op](ctx, n)
+            outs = _lowering(n, opset)(ctx, n)
         except _Refuse as e:
-            raise UnsupportedOpError(n.op, n.name, f"domain {n.domain or DOMAIN!r}: {e}") from None
+            raise UnsupportedOpError(n.op, n.name, f"{_where(n, opset)}: {e}") from None
         checks.append((n, outs))
-        counts[n.op] = counts.get(n.op, 0) + 1
+        key = f"ONNX {n.op}" if _onnx_fused(n, opset) else n.op
+        counts[key] = counts.get(key, 0) + 1
     G.finish(graph)
     _check(graph, feeds, before, checks, ctx.right_padded_only)
     return counts
@@ -474,6 +501,73 @@ def _multihead_attention(ctx, n):
     return [outs[0]]
 
 
+def _onnx_attention(ctx, n):
+    """ONNX's Attention (opset 23+): Q, K, V as [B, H, S, D] (or [B, S, H*D] with q_num_heads/kv_num_heads), an
+    optional boolean or additive mask broadcastable to [B, H, S, S], is_causal, scale (default 1/sqrt(D))."""
+    q, k, v, mask = n.inputs[0], n.inputs[1], n.inputs[2], _present(n, 3)
+    for i in range(4, len(n.inputs)):
+        if _present(n, i) is not None:
+            raise _Refuse("past key/value (a KV cache) and sequence-length inputs are not supported "
+                          "(IR attention: whole sequences, padding/causal masks)")
+    _need_unused(n, {1: "present_key", 2: "present_value", 3: "qk_matmul_output"})
+    if float(n.attrs.get("softcap", 0.0) or 0.0) != 0.0:
+        raise _Refuse(f"softcap={n.attrs['softcap']}: soft-capped scores through ONNX's Attention are not lowered yet")
+    r = ctx.rank(q)
+    if r not in (3, 4) or ctx.rank(k) != r or ctx.rank(v) != r:
+        raise _Refuse(f"query, key and value of ranks {ctx.rank(q)}, {ctx.rank(k)}, {ctx.rank(v)}: expected all 4-D "
+                      f"[batch, heads, sequence, head size] or all 3-D [batch, sequence, hidden]")
+    if r == 4:
+        Hq, Hkv, D, Dv = ctx.shape(q)[1], ctx.shape(k)[1], ctx.shape(q)[3], ctx.shape(v)[3]
+    else:
+        if "q_num_heads" not in n.attrs or "kv_num_heads" not in n.attrs:
+            raise _Refuse("3-D query, key and value without q_num_heads and kv_num_heads")
+        Hq, Hkv = int(n.attrs["q_num_heads"]), int(n.attrs["kv_num_heads"])
+        D, Dv = ctx.shape(q)[2] // Hq, ctx.shape(v)[2] // Hkv
+    if Hq != Hkv:
+        raise _Refuse(f"{Hq} query heads on {Hkv} key/value heads: grouped K/V heads through ONNX's Attention are not "
+                      f"lowered yet")
+    if D != Dv or ctx.shape(q)[-2 if r == 4 else 1] != ctx.shape(k)[-2 if r == 4 else 1]:
+        raise _Refuse("keys of another length than the queries, or values of another head size (cross-attention) "
+                      "are not in the IR")
+    scale = float(n.attrs.get("scale", 0.0) or 0.0) or 1.0 / math.sqrt(D)
+    if mask is not None or int(n.attrs.get("is_causal", 0)):
+        # a query whose every key is masked (a left-padded row's first tokens under a causal mask) is zeros in
+        # onnxruntime's kernel and an average of V here; no valid token reads it, so the check compares the batch
+        # rows that are right-padded, where no such query exists
+        ctx.right_padded_only = True
+    name = n.name or "onnx_attention"
+    outs = _take_outputs(ctx, n)
+    if r == 3:
+        q4 = _heads(ctx, name + ".q", q, Hq, D, [0, 2, 1, 3])
+        kt = _heads(ctx, name + ".k", k, Hq, D, [0, 2, 3, 1])
+        v4 = _heads(ctx, name + ".v", v, Hq, D, [0, 2, 1, 3])
+    else:
+        q4, v4 = q, v
+        kt = ctx.op("Transpose", name + ".k.perm", [k], attrs={"perm": [0, 1, 3, 2]})
+    s = ctx.op("MatMul", name + ".scores", [q4, kt])
+    s = ctx.op("Mul", name + ".scale", [s, _float_const(ctx, name + ".scale_value", np.float32(scale))])
+    if mask is not None:
+        m = mask
+        mv = G.const_value(mask)
+        if (mv if mv is not None else ctx.values[0][mask.name]).dtype == np.bool_:
+            # float32's lowest rather than -inf: a row with every key masked then averages V (onnxruntime's
+            # kernel, and transformers' eager masks) instead of becoming NaN
+            m = ctx.op("Where", name + ".mask_bias", [mask, _float_const(ctx, name + ".zero", np.float32(0.0)),
+                                                      _float_const(ctx, name + ".lowest", _LOWEST)])
+        s = _add(ctx, name + ".masked", s, m)
+    if int(n.attrs.get("is_causal", 0)):
+        s = _causal(ctx, name, s, _ids_input(ctx), _LOWEST)
+    p = ctx.op("Softmax", name + ".softmax", [s], attrs={"axis": -1})
+    if r == 4:
+        ctx.op("MatMul", name + ".context", [p, v4], outs[0])
+    else:
+        o = ctx.op("MatMul", name + ".context", [p, v4])
+        o = ctx.op("Transpose", name + ".context.perm", [o], attrs={"perm": [0, 2, 1, 3]})
+        ctx.op("Reshape", name + ".merge", [o, ctx.const(name + ".merge_shape", np.array([0, 0, Hq * D], np.int64))],
+               outs[0])
+    return [outs[0]]
+
+
 def _bias_gelu(form, with_bias=True):
     def lower(ctx, n):
         x, bias = n.inputs[0], (_present(n, 1) if with_bias else None)
@@ -546,6 +640,14 @@ _LOWER = {
     "GemmFastGelu": _gemm_fast_gelu,
     "BiasAdd": _bias_add,
     "FusedMatMul": _fused_matmul,
+}
+
+
+# ONNX's own fused ops (domain "", by op type; onnxruntime's ONNX-domain ops above take precedence where the
+# opset makes the name theirs). RotaryEmbedding is refused before anything runs (lower_contrib).
+_ONNX_LOWER = {
+    "Attention": _onnx_attention,
+    "RotaryEmbedding": None,
 }
 
 
