@@ -303,9 +303,10 @@ def source_notes(conversions: dict, notes_extra=()) -> dict:
         notes.append(f"fp16 file: {conversions['upcast_fp16'].get('fp16_weights', 0)} fp16 weights read as the fp32 "
                      f"numbers they hold, then stored at the plan's precision")
     if "dequantize" in conversions:
-        weights = "int8"
-        what = ", ".join(f"{v} {k}" for k, v in sorted(conversions["dequantize"].items()))
-        notes.append(f"int8 file dequantized at build time ({what}); run-time activation quantization is not "
+        done = conversions["dequantize"]
+        weights = "int4" if any(k.startswith("MatMulNBits 4-bit") for k in done) else "int8"
+        what = ", ".join(f"{v} {k}" for k, v in sorted(done.items()))
+        notes.append(f"{weights} file dequantized at build time ({what}); run-time activation quantization is not "
                      f"reproduced")
     if "lower_contrib" in conversions:
         done = conversions["lower_contrib"]

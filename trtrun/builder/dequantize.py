@@ -17,6 +17,9 @@ Two producers' spellings (onnxruntime.quantization):
 - onnxruntime's transformer optimizer's fused files quantized (`QEmbedLayerNormalization`, whose tables, gamma
   and beta are uint8 per tensor): the `EmbedLayerNormalization` of the dequantized constants (lower_contrib
   lowers it).
+- block-quantized weights (`MatMulNBits`, com.microsoft: onnxruntime's `MatMulNBitsQuantizer`, the int4 form of
+  onnxruntime-genai's and Olive's decoder files): 4- or 8-bit codes packed low bits first, one scale (and zero
+  point, default 2^(bits-1)) per block of `block_size` values along K, become `MatMul(x, W^T)` (+ its bias).
 
 The weights are then exactly the file's dequantized values, stored at the plan's precision (fp16 in hybrid
 and fp16 plans: int8 times a scale fits fp16's 11-bit significand up to the scale's own rounding). The
@@ -70,6 +73,8 @@ def dequantize(graph) -> dict:
         elif n.domain == _MS and n.op == "QAttention":
             _qattention(graph, n)
             count("QAttention weights")
+        elif n.domain == _MS and n.op == "MatMulNBits":
+            count(f"MatMulNBits {_matmul_nbits(graph, n)}-bit weights")
     graph.__dict__.pop("_trtrun_dequantized_tables", None)
     G.finish(graph)
     left = [n for n in graph.nodes if n.op in ("DequantizeLinear", "QuantizeLinear", "DynamicQuantizeLinear",
@@ -333,6 +338,61 @@ def _contrib_matmul(graph, n):
     graph.nodes.append(G.gs().Node("Add", G.unique_name(graph, n.name + ".bias"),
                                    inputs=[h, G.new_constant(graph, n.name + ".bias", np.asarray(b, np.float32))],
                                    outputs=[out]))
+
+
+def nbits_weight(packed, scales, zero_points, K: int, N: int, bits: int, block_size: int) -> np.ndarray:
+    """MatMulNBits' weight as float32 [N, K]: B uint8 [N, blocks, block_size * bits / 8] holds each block's codes
+    packed low bits first; scales [N * blocks] (or [N, blocks]); zero points None (2^(bits-1)), the scales' float
+    type ([N * blocks]) or uint8 packed like B, each row's blocks in ceil(blocks * bits / 8) bytes."""
+    blocks = -(-K // block_size)
+    per = 8 // bits
+    q = np.asarray(packed, np.uint8).reshape(N, blocks, block_size // per)
+    codes = np.stack([(q >> (bits * i)) & ((1 << bits) - 1) for i in range(per)], axis=-1).reshape(N, blocks, block_size)
+    sc = np.asarray(scales, np.float32).reshape(N, blocks)
+    if zero_points is None:
+        zp = np.full((N, blocks), float(1 << (bits - 1)), np.float32)
+    elif np.asarray(zero_points).dtype == np.uint8:
+        z = np.asarray(zero_points, np.uint8).reshape(N, -1)
+        zp = np.stack([(z >> (bits * i)) & ((1 << bits) - 1) for i in range(per)], axis=-1).reshape(N, -1)[:, :blocks]
+        zp = zp.astype(np.float32)
+    else:
+        zp = np.asarray(zero_points, np.float32).reshape(N, blocks)
+    w = (codes.astype(np.float32) - zp[..., None]) * sc[..., None]
+    return w.reshape(N, blocks * block_size)[:, :K]
+
+
+def _matmul_nbits(graph, n) -> int:
+    """MatMulNBits(A, B, scales, zero_points?, g_idx?, bias?) -> MatMul(A, W^T) (+ bias); returns its bits."""
+    bits, bs = int(n.attrs.get("bits", 4)), int(n.attrs.get("block_size", 0))
+    K, N = int(n.attrs.get("K", 0)), int(n.attrs.get("N", 0))
+    B, sc, zp, g_idx, bias = _const_inputs(n, 6)[1:]
+    if bits not in (4, 8) or bs < 16 or bs & (bs - 1) or K < 1 or N < 1:
+        raise UnsupportedOpError(n.op, n.name, f"bits {bits}, block_size {bs}, K {K}, N {N}: trtrun dequantizes "
+                                               f"4- and 8-bit blocks of a power of two >= 16 values")
+    if len(n.inputs) > 4 and not n.inputs[4].is_empty():
+        raise UnsupportedOpError(n.op, n.name, "a g_idx input (act-order group indices) is not supported")
+    if B is None or sc is None or (len(n.inputs) > 3 and not n.inputs[3].is_empty() and zp is None) \
+            or (len(n.inputs) > 5 and not n.inputs[5].is_empty() and bias is None):
+        raise UnsupportedOpError(n.op, n.name, "only constant packed weights, scales, zero points and bias can be "
+                                               "dequantized")
+    blocks = -(-K // bs)
+    if B.size != N * blocks * bs * bits // 8 or sc.size != N * blocks:
+        raise UnsupportedOpError(n.op, n.name, f"packed weights of {B.size} bytes and {sc.size} scales do not fit "
+                                               f"K {K}, N {N} in blocks of {bs}")
+    w = nbits_weight(B, sc, zp, K, N, bits, bs)
+    W = G.new_constant(graph, n.name + ".weight", np.ascontiguousarray(w.T))
+    out = n.outputs[0]
+    n.outputs.clear()
+    x = n.inputs[0]
+    if bias is None:
+        graph.nodes.append(G.gs().Node("MatMul", G.unique_name(graph, n.name), inputs=[x, W], outputs=[out]))
+        return bits
+    h = G.new_variable(graph, n.name + ".matmul")
+    graph.nodes.append(G.gs().Node("MatMul", G.unique_name(graph, n.name), inputs=[x, W], outputs=[h]))
+    graph.nodes.append(G.gs().Node("Add", G.unique_name(graph, n.name + ".bias"),
+                                   inputs=[h, G.new_constant(graph, n.name + ".bias", np.asarray(bias, np.float32))],
+                                   outputs=[out]))
+    return bits
 
 
 def _qattention(graph, n):

@@ -124,7 +124,7 @@ OP_INPUT_NAMES = {
     ("Pool", 1): ("attention_mask",),
 }
 # header.source.weights: the dtype the source file stored its weights in, where not float32
-SOURCE_WEIGHTS = ("float16", "int8")
+SOURCE_WEIGHTS = ("float16", "int8", "int4")
 
 # What the GPU runtime's kernels run, by the plan's own names: the extension parses them (native/core/types.cpp,
 # which keeps each name's integer value); trtrun.runtime.lower refuses anything else by name before the extension
