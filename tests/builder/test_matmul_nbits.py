@@ -121,3 +121,70 @@ def test_inconsistent_or_unsupported_blocks_are_refused_by_name(tmp_path, llama_
         onnx.save(m, str(path))
         with pytest.raises(UnsupportedOpError, match=rf"MatMulNBits.*{node.name}.*{message}"):
             trtrun.build(path, precision="hybrid")
+
+
+@pytest.fixture(scope="module")
+def llama_dynamo(tmp_path_factory):
+    """The same model through the dynamo exporter (opset 18): the quantizer's QDQ and Gather forms move a file to
+    opset 21, which an opset-17 file's ReduceMean attributes do not survive."""
+    pytest.importorskip("onnxscript")
+    from producers_corpus import export_new_arch
+
+    return export_new_arch("llama", tmp_path_factory.mktemp("nbits-dyn") / "llama.onnx", exporter="dynamo")
+
+
+def _fp32_plan_vs_ort(path, optimized=True):
+    import onnxruntime as ort
+
+    import trtrun
+    from trtrun.reference import ReferenceBackend
+
+    so = ort.SessionOptions()
+    if not optimized:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(4)
+    ids = rng.integers(1, 1000, (3, 13))
+    mask = np.ones_like(ids)
+    mask[2, 6:] = 0
+    names = [i.name for i in sess.get_inputs()]
+    want = sess.run(None, {k: v for k, v in {"input_ids": ids, "attention_mask": mask}.items() if k in names})[0]
+    plan = trtrun.build(path, precision="fp32")
+    got = ReferenceBackend(plan).run({"input_ids": ids, "attention_mask": mask})["last_hidden_state"]
+    return plan, _worst_cos(got, want, mask)
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_int4_embedding_table_gather_block_quantized(tmp_path, llama_dynamo, symmetric):
+    """The quantizer's Gather form (GatherBlockQuantized: the embedding table in uint4 blocks) beside MatMulNBits:
+    the table is dequantized into a Gather, and the fp32 plan computes what onnxruntime computes on the file."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    q = MatMulNBitsQuantizer(onnx.load(str(llama_dynamo)), bits=4, block_size=32, is_symmetric=symmetric,
+                             op_types_to_quantize=("MatMul", "Gather"), quant_axes=(("MatMul", 0), ("Gather", 1)))
+    q.process()
+    path = tmp_path / "g.onnx"
+    q.model.save_model_to_file(str(path), use_external_data_format=False)
+    assert any(n.op_type == "GatherBlockQuantized" for n in onnx.load(str(path)).graph.node)
+    plan, cos = _fp32_plan_vs_ort(path)
+    assert any("1 GatherBlockQuantized 4-bit tables" in c for c in plan.source["conversions"])
+    assert plan.source["weights"] == "int4" and cos >= 0.9999999
+
+
+def test_int4_qdq_blocked_dequantize_linear(tmp_path, llama_dynamo):
+    """The quantizer's QDQ form: DequantizeLinear of int4 constants with block_size (opset 21) folded into float
+    weights. Against onnxruntime with its graph optimizations off (its default fuses DequantizeLinear + MatMul
+    into MatMulNBits that quantizes activations to int8, ~1e-5 in cosine away from the file as written)."""
+    import onnx
+    from onnxruntime.quantization import QuantFormat
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    q = MatMulNBitsQuantizer(onnx.load(str(llama_dynamo)), bits=4, block_size=32, is_symmetric=True,
+                             quant_format=QuantFormat.QDQ)
+    q.process()
+    path = tmp_path / "qdq.onnx"
+    q.model.save_model_to_file(str(path), use_external_data_format=False)
+    plan, cos = _fp32_plan_vs_ort(path, optimized=False)
+    assert any("DequantizeLinear 4-bit weights" in c for c in plan.source["conversions"])
+    assert plan.source["weights"] == "int4" and cos >= 0.9999999

@@ -304,7 +304,7 @@ def source_notes(conversions: dict, notes_extra=()) -> dict:
                      f"numbers they hold, then stored at the plan's precision")
     if "dequantize" in conversions:
         done = conversions["dequantize"]
-        weights = "int4" if any(k.startswith("MatMulNBits 4-bit") for k in done) else "int8"
+        weights = "int4" if any("4-bit" in k for k in done) else "int8"
         what = ", ".join(f"{v} {k}" for k, v in sorted(done.items()))
         notes.append(f"{weights} file dequantized at build time ({what}); run-time activation quantization is not "
                      f"reproduced")

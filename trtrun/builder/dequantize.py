@@ -20,6 +20,8 @@ Two producers' spellings (onnxruntime.quantization):
 - block-quantized weights (`MatMulNBits`, com.microsoft: onnxruntime's `MatMulNBitsQuantizer`, the int4 form of
   onnxruntime-genai's and Olive's decoder files): 4- or 8-bit codes packed low bits first, one scale (and zero
   point, default 2^(bits-1)) per block of `block_size` values along K, become `MatMul(x, W^T)` (+ its bias).
+  Its Gather form (`GatherBlockQuantized`, an embedding table in blocks) becomes a Gather from the dequantized
+  table; its QDQ form is `DequantizeLinear` with opset 21's `block_size`, folded with the QDQ rules below.
 
 The weights are then exactly the file's dequantized values, stored at the plan's precision (fp16 in hybrid
 and fp16 plans: int8 times a scale fits fp16's 11-bit significand up to the scale's own rounding). The
@@ -57,8 +59,9 @@ def dequantize(graph) -> dict:
             count("constants quantized at run time")
     for n in list(graph.nodes):
         if n.op == "DequantizeLinear" and (n.domain or "") in ("", "ai.onnx", _MS):
-            if _fold_constant_dq(graph, n):
-                count("DequantizeLinear weights")
+            folded = _fold_constant_dq(graph, n)
+            if folded:
+                count("DequantizeLinear 4-bit weights" if folded in ("int4", "uint4") else "DequantizeLinear weights")
             elif _gather_dq(graph, n):
                 count("quantized embedding tables")
             elif _fake_quant(graph, n):
@@ -73,8 +76,10 @@ def dequantize(graph) -> dict:
         elif n.domain == _MS and n.op == "QAttention":
             _qattention(graph, n)
             count("QAttention weights")
+        elif n.domain == _MS and n.op == "GatherBlockQuantized":
+            count(f"GatherBlockQuantized {_gather_block_quantized(graph, n)}-bit tables")
         elif n.domain == _MS and n.op == "MatMulNBits":
-            count(f"MatMulNBits {_matmul_nbits(graph, n)}-bit weights")
+            count(f"MatMulNBits {_matmul_nbits(graph, n)}-bit weights")  # "4-bit" makes the file int4
     graph.__dict__.pop("_trtrun_dequantized_tables", None)
     G.finish(graph)
     left = [n for n in graph.nodes if n.op in ("DequantizeLinear", "QuantizeLinear", "DynamicQuantizeLinear",
@@ -190,16 +195,29 @@ def _const_inputs(n, k):
     return vals
 
 
-def _fold_constant_dq(graph, n) -> bool:
+def _fold_constant_dq(graph, n):
+    """DequantizeLinear of constants -> the float constant; returns the quantized type's name (False: not folded)."""
     q, s, z = _const_inputs(n, 3)
     if q is None or s is None or (len(n.inputs) > 2 and not n.inputs[2].is_empty() and z is None) \
             or n.outputs[0] in graph.outputs:
         return False
-    axis = int(n.attrs.get("axis", 1))
-    c = G.new_constant(graph, n.outputs[0].name + ".dequantized", _dq_value(q, s, z, axis % max(q.ndim, 1)))
+    axis = int(n.attrs.get("axis", 1)) % max(np.ndim(q), 1)
+    bs = int(n.attrs.get("block_size", 0) or 0)
+    if bs > 0:  # blocked quantization (opset 21): one scale (and zero point) per block_size values along axis
+        if np.ndim(s) != np.ndim(q) or s.shape[axis] != -(-q.shape[axis] // bs):
+            raise UnsupportedOpError(n.op, n.name, f"scales of shape {list(np.shape(s))} do not block {list(q.shape)} "
+                                                   f"by {bs} along axis {axis}")
+        s = np.repeat(s, bs, axis=axis).take(range(q.shape[axis]), axis=axis)
+        z = None if z is None else np.repeat(z, bs, axis=axis).take(range(q.shape[axis]), axis=axis)
+    try:
+        value = _dq_value(q, s, z, None if bs > 0 else axis)
+    except ValueError:  # numpy's broadcast error: scales that fit neither the tensor nor its axis
+        raise UnsupportedOpError(n.op, n.name, f"scales of shape {list(np.shape(s))} fit neither {list(q.shape)} "
+                                               f"nor its axis {axis}") from None
+    c = G.new_constant(graph, n.outputs[0].name + ".dequantized", value)
     G.replace_uses(graph, n.outputs[0], c)
     n.outputs.clear()
-    return True
+    return np.asarray(q).dtype.name
 
 
 def _gather_dq(graph, n) -> bool:
@@ -359,6 +377,52 @@ def nbits_weight(packed, scales, zero_points, K: int, N: int, bits: int, block_s
         zp = np.asarray(zero_points, np.float32).reshape(N, blocks)
     w = (codes.astype(np.float32) - zp[..., None]) * sc[..., None]
     return w.reshape(N, blocks * block_size)[:, :K]
+
+
+def _gather_block_quantized(graph, n) -> int:
+    """GatherBlockQuantized(data, indices, scales, zero_points?) -> Gather from the dequantized table; its bits.
+    data: int4/uint4 (or uint8 holding two 4-bit codes a byte, low first, along the last axis), one scale (and
+    zero point; default 0 for int4, 2^(bits-1) otherwise) per block_size values along quantize_axis."""
+    bits, bs = int(n.attrs.get("bits", 4)), int(n.attrs.get("block_size", 128))
+    data, _, sc, zp = _const_inputs(n, 4)
+    if data is None or sc is None or (len(n.inputs) > 3 and not n.inputs[3].is_empty() and zp is None):
+        raise UnsupportedOpError(n.op, n.name, "only a constant quantized table, scales and zero points can be "
+                                               "dequantized")
+    data = np.asarray(data)
+    qaxis = int(n.attrs.get("quantize_axis", data.ndim - 1)) % data.ndim
+    gaxis = int(n.attrs.get("gather_axis", 0)) % data.ndim
+
+    def unpack(a):
+        a = np.asarray(a)
+        if a.dtype != np.uint8 or bits == 8:
+            return a.astype(np.float32)
+        lo, hi = a & 0x0F, a >> 4  # two 4-bit codes a byte along the last axis, low first
+        return np.stack([lo, hi], axis=-1).reshape(*a.shape[:-1], a.shape[-1] * 2).astype(np.float32)
+
+    codes = unpack(data)
+    size = codes.shape[qaxis]
+    blocks = -(-size // bs)
+    if bits not in (4, 8) or np.ndim(sc) != codes.ndim or np.shape(sc)[qaxis] != blocks:
+        raise UnsupportedOpError(n.op, n.name, f"bits {bits}, scales of shape {list(np.shape(sc))} for a table of "
+                                               f"{list(codes.shape)} in blocks of {bs} along axis {qaxis}")
+    if zp is None:
+        z = np.zeros_like(np.asarray(sc, np.float32)) + (0.0 if data.dtype.name == "int4" else float(1 << (bits - 1)))
+    else:
+        z = unpack(zp)
+        if z.shape[qaxis] < blocks:
+            raise UnsupportedOpError(n.op, n.name, f"zero points of shape {list(np.shape(zp))} for {blocks} blocks")
+        z = z.take(range(blocks), axis=qaxis)
+
+    def expand(a):
+        return np.repeat(np.asarray(a, np.float32), bs, axis=qaxis).take(range(size), axis=qaxis)
+
+    table = (codes - expand(z)) * expand(sc)
+    out = n.outputs[0]
+    n.outputs.clear()
+    graph.nodes.append(G.gs().Node("Gather", G.unique_name(graph, n.name + ".dequantized"), attrs={"axis": gaxis},
+                                   inputs=[G.new_constant(graph, n.name + ".table", table.astype(np.float32)),
+                                           n.inputs[1]], outputs=[out]))
+    return bits
 
 
 def _matmul_nbits(graph, n) -> int:
