@@ -38,8 +38,8 @@ Each producer variant is made by the public tool named (tests/producers_corpus.p
 export of a small random-weight model (hidden 128, 2 layers, 4 heads; real vocabularies), built at each
 precision, run on the numpy reference backend and compared with onnxruntime fp32 running the *original fp32
 export*: a cell shows the worst cosine over every unpadded token of a 3 x 11 batch (right-padded rows), or
-why it fails. int8 cells also give (after /) the worst cosine against onnxruntime running the int8 file
-itself, which additionally quantizes activations at run time (the plan does not). What the builder does
+why it fails. int8 and int4 cells also give (after /) the worst cosine against onnxruntime running the quantized
+file itself, which for int8 additionally quantizes activations at run time (the plan does not). What the builder does
 with each producer's forms is in [builder.md](builder.md#other-producers).
 
 Producers: `torchscript` / `dynamo`: `trtrun export` (torch.onnx, eager attention). `sdpa` / `sdpa-dynamo`: the
@@ -54,7 +54,10 @@ approximation; O4: O3 for the GPU + fp16 with fp32 inputs/outputs); `ort-raw-mas
 `convert_float_to_float16` without / with `keep_io_types`. `int8-dynamic`: `quantize_dynamic`; `int8-qdq`:
 `quantize_static` in QDQ format; `int8-qoperator`: in QOperator format (QLinearMatMul, QLinearAdd, QLinearMul,
 QLinearSoftmax; GPT-2's file adds QGemm and is refused); `ort-O2-int8-dynamic`: `quantize_dynamic` of the
-ort-O2 file (QAttention, QEmbedLayerNormalization). `external-data`: weights in a file beside the model.
+ort-O2 file (QAttention, QEmbedLayerNormalization). `int4-nbits`: onnxruntime's `MatMulNBitsQuantizer` (4-bit
+asymmetric blocks of 32; MatMulNBits, the form of onnxruntime-genai's decoder files; GPT-2's Gemms it does not
+quantize); `int4-gather`: the same with the embedding tables (GatherBlockQuantized); `int4-qdq`: its QDQ form
+(blocked int4 DequantizeLinear, opset 21). `external-data`: weights in a file beside the model.
 `renamed-inputs`: graph inputs renamed by `onnx.compose.add_prefix` (matched by role). sentence-transformers
 exports (a pooled, normalized `sentence_embedding` output beside `token_embeddings`) are tested separately (Pool
 op); Optimum writes one for the real MiniLM (its folder has a modules.json), whose rows below compare the token
@@ -191,7 +194,7 @@ def _sections(path: Path) -> dict:
 
 
 def render(results: dict) -> str:
-    from producers_corpus import INT8
+    from producers_corpus import QUANTIZED
 
     archs = {}
     for key, r in results.items():
@@ -229,7 +232,7 @@ def render(results: dict) -> str:
                     row.append("fails: " + r.get("why", "?").replace("|", "\\|"))
                 else:
                     s = f"works {r['cos']:.7f}"
-                    if variant in INT8 and "cos_same_file" in r:
+                    if variant in QUANTIZED and "cos_same_file" in r:
                         s += f" / {r['cos_same_file']:.7f}"
                     if r.get("nan"):
                         s += f", {r['nan']} NaN"

@@ -65,7 +65,7 @@ def main(argv=None) -> int:
             ap.error("--time measures the GPU runtime: use --backend gpu")
 
     import trtrun
-    from producers_corpus import (INT8, OPTIMUM_VARIANTS, ST_ONNX_VARIANTS, VARIANTS, make_variant, optimum_env,
+    from producers_corpus import (OPTIMUM_VARIANTS, QUANTIZED, ST_ONNX_VARIANTS, VARIANTS, make_variant, optimum_env,
                                   optimum_export, sentence_transformers_export, st_onnx_export)
     from trtrun.data import data_dir, load_texts, load_tokenizer
     from trtrun.export import export_model
@@ -89,7 +89,7 @@ def main(argv=None) -> int:
     if a.variants:
         variants = {v: None for v in a.variants.split(",")}
     results, optimum_files, st_files, plans = {}, None, None, {}
-    int8 = (*INT8, *(v for v in ST_ONNX_VARIANTS if "qint8" in v))
+    int8 = (*QUANTIZED, *(v for v in ST_ONNX_VARIANTS if "qint8" in v))  # compared with their own file too
     for v in variants:
         path = work / v / "model.onnx"
         t0 = time.time()

@@ -70,6 +70,24 @@ def _int8_dynamic(src, dst, arch):
     quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
 
 
+def _int4(src, dst, arch, form="nbits"):
+    """onnxruntime's MatMulNBitsQuantizer (4-bit blocks of 32, asymmetric): `nbits` its default MatMulNBits ops,
+    `gather` the embedding tables too (GatherBlockQuantized), `qdq` its QDQ form (blocked DequantizeLinear of int4
+    constants, opset 21)."""
+    import logging
+
+    import onnx
+    from onnxruntime.quantization import QuantFormat
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
+    kw = {"nbits": {}, "qdq": {"quant_format": QuantFormat.QDQ},
+          "gather": {"op_types_to_quantize": ("MatMul", "Gather"), "quant_axes": (("MatMul", 0), ("Gather", 1))}}[form]
+    q = MatMulNBitsQuantizer(onnx.load(str(src)), bits=4, block_size=32, is_symmetric=False, **kw)
+    q.process()
+    q.model.save_model_to_file(str(dst), use_external_data_format=False)
+
+
 def _int8_optimized(src, dst, arch):
     """onnxruntime's optimizer (O2) then quantize_dynamic: its fused ops become QEmbedLayerNormalization and
     QAttention. The quantizer's shape inference cannot type the contrib ops' outputs; DefaultTensorType is the
@@ -179,10 +197,18 @@ VARIANTS = {
     # GPT-2's QOperator file also has QGemm and a Split of quantized values: refused in one line (not a row)
     "int8-qoperator": (lambda s, d, a: _int8_qdq(s, d, a, "QOperator"), ("bert", "minilm")),
     "ort-O2-int8-dynamic": (_int8_optimized, ("bert", "gpt2", "minilm")),
+    # the int4 quantizer takes MatMuls only (GPT-2's export has Gemms: it would quantize nothing); its qdq and
+    # gather forms raise a file to opset 21, which an opset-17 export's ReduceMean attributes (Llama's RMSNorm) do
+    # not survive: those two for the LayerNorm models
+    "int4-nbits": (_int4, ("bert", "minilm", "llama")),
+    "int4-gather": (lambda s, d, a: _int4(s, d, a, "gather"), ("bert", "minilm")),
+    "int4-qdq": (lambda s, d, a: _int4(s, d, a, "qdq"), ("bert", "minilm")),
     "external-data": (_external, ("bert", "gpt2", "minilm")),
     "renamed-inputs": (_renamed_inputs, ("bert", "gpt2")),
 }
 INT8 = ("int8-dynamic", "int8-qdq", "int8-qoperator", "ort-O2-int8-dynamic")
+INT4 = ("int4-nbits", "int4-gather", "int4-qdq")
+QUANTIZED = INT8 + INT4  # compared with onnxruntime on the quantized file too
 
 # The newer architectures (issue 20), tiny random-weight configs of `trtrun export`'s named architectures:
 # hidden 128, 2 layers, 4 heads (Llama/Qwen2/Mistral/Qwen3: 2 K/V heads), a 32000-token vocabulary (MPNet its own 30527).
