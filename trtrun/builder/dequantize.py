@@ -345,16 +345,21 @@ def _contrib_matmul(graph, n):
     if x is None or Wq is None or Ws is None or Wq.ndim != 2:
         raise UnsupportedOpError(n.op, n.name, "only constant int8 weights applied to a float (or dynamically "
                                                "quantized) input can be dequantized")
-    W = G.new_constant(graph, n.name + ".weight", _dq_value(Wq, Ws, Wz, axis=1))
+    _matmul_in_place_of(graph, n, x, _dq_value(Wq, Ws, Wz, axis=1), b)
+
+
+def _matmul_in_place_of(graph, n, x, weight, bias):
+    """n's output computed as MatMul(x, weight) (+ bias) by standard ops; n is left to cleanup."""
+    W = G.new_constant(graph, n.name + ".weight", np.asarray(weight, np.float32))
     out = n.outputs[0]
     n.outputs.clear()
-    if b is None:
+    if bias is None:
         graph.nodes.append(G.gs().Node("MatMul", G.unique_name(graph, n.name), inputs=[x, W], outputs=[out]))
         return
     h = G.new_variable(graph, n.name + ".matmul")
     graph.nodes.append(G.gs().Node("MatMul", G.unique_name(graph, n.name), inputs=[x, W], outputs=[h]))
     graph.nodes.append(G.gs().Node("Add", G.unique_name(graph, n.name + ".bias"),
-                                   inputs=[h, G.new_constant(graph, n.name + ".bias", np.asarray(b, np.float32))],
+                                   inputs=[h, G.new_constant(graph, n.name + ".bias", np.asarray(bias, np.float32))],
                                    outputs=[out]))
 
 
@@ -443,19 +448,7 @@ def _matmul_nbits(graph, n) -> int:
     if B.size != N * blocks * bs * bits // 8 or sc.size != N * blocks:
         raise UnsupportedOpError(n.op, n.name, f"packed weights of {B.size} bytes and {sc.size} scales do not fit "
                                                f"K {K}, N {N} in blocks of {bs}")
-    w = nbits_weight(B, sc, zp, K, N, bits, bs)
-    W = G.new_constant(graph, n.name + ".weight", np.ascontiguousarray(w.T))
-    out = n.outputs[0]
-    n.outputs.clear()
-    x = n.inputs[0]
-    if bias is None:
-        graph.nodes.append(G.gs().Node("MatMul", G.unique_name(graph, n.name), inputs=[x, W], outputs=[out]))
-        return bits
-    h = G.new_variable(graph, n.name + ".matmul")
-    graph.nodes.append(G.gs().Node("MatMul", G.unique_name(graph, n.name), inputs=[x, W], outputs=[h]))
-    graph.nodes.append(G.gs().Node("Add", G.unique_name(graph, n.name + ".bias"),
-                                   inputs=[h, G.new_constant(graph, n.name + ".bias", np.asarray(bias, np.float32))],
-                                   outputs=[out]))
+    _matmul_in_place_of(graph, n, n.inputs[0], np.ascontiguousarray(nbits_weight(B, sc, zp, K, N, bits, bs).T), bias)
     return bits
 
 

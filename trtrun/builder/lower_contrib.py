@@ -550,8 +550,8 @@ def _onnx_attention(ctx, n):
         m = mask
         mv = G.const_value(mask)
         if (mv if mv is not None else ctx.values[0][mask.name]).dtype == np.bool_:
-            # float32's lowest rather than -inf: a row with every key masked then averages V (onnxruntime's
-            # kernel, and transformers' eager masks) instead of becoming NaN
+            # float32's lowest rather than -inf, as transformers' eager masks: a query with every key masked then
+            # averages V instead of becoming NaN (onnxruntime's kernel writes zeros there; see right_padded_only)
             m = ctx.op("Where", name + ".mask_bias", [mask, _float_const(ctx, name + ".zero", np.float32(0.0)),
                                                       _float_const(ctx, name + ".lowest", _LOWEST)])
         s = _add(ctx, name + ".masked", s, m)
@@ -647,7 +647,7 @@ _LOWER = {
 # opset makes the name theirs). RotaryEmbedding is refused before anything runs (lower_contrib).
 _ONNX_LOWER = {
     "Attention": _onnx_attention,
-    "RotaryEmbedding": None,
+    "RotaryEmbedding": None,  # never called: refused with its reason before onnxruntime runs (lower_contrib)
 }
 
 
