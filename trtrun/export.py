@@ -22,6 +22,8 @@ from .types import ATTENTIONS, EXPORT_ARCHS, EXPORTERS, NAMED_ARCHS  # named by 
 # torch's TorchScript exporter: opsets we accept here. 14 is the first with the ops our graphs need
 # (Trilu for causal masks etc.), 20 the newest we check.
 OPSET_RANGE = (14, 20)
+# the dynamo exporter reaches opset 23, where it writes SDPA as ONNX's own Attention op (the builder lowers it)
+DYNAMO_OPSET_MAX = 23
 
 # Names of overrides users may pass, and their GPT-2 config spelling.
 _GPT2_KEYS = {
@@ -355,8 +357,9 @@ def export_model(source, out_path, *, exporter: str = "torchscript", opset: int 
         raise ValueError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
     if opset is None:
         opset = 17 if exporter == "torchscript" else 18
-    if not OPSET_RANGE[0] <= opset <= OPSET_RANGE[1]:
-        raise ValueError(f"opset {opset} outside the supported range {OPSET_RANGE[0]}..{OPSET_RANGE[1]}")
+    top = DYNAMO_OPSET_MAX if exporter == "dynamo" else OPSET_RANGE[1]
+    if not OPSET_RANGE[0] <= opset <= top:
+        raise ValueError(f"opset {opset} outside the {exporter} exporter's supported range {OPSET_RANGE[0]}..{top}")
     if exporter == "dynamo" and opset < 18:
         raise ValueError("the dynamo exporter writes opset 18 or newer")
     if exporter == "dynamo" and importlib.util.find_spec("onnxscript") is None:

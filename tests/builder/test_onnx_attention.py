@@ -54,9 +54,10 @@ def _worst_cos_vs_ort(plan, path):
     mask = np.ones_like(ids)
     mask[1, 9:] = 0
     mask[2, 4:] = 0
-    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
-        None, {"input_ids": ids, "attention_mask": mask})[0]
-    got = ReferenceBackend(plan).run({"input_ids": ids, "attention_mask": mask})["last_hidden_state"]
+    feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    want = sess.run(None, {i.name: feeds[i.name] for i in sess.get_inputs()})[0]
+    got = ReferenceBackend(plan).run({i["name"]: feeds[i["name"]] for i in plan.inputs})["last_hidden_state"]
     v = mask != 0
     a, b = got[v].astype(np.float64), want[v].astype(np.float64)
     return float(((a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)).min())
@@ -101,3 +102,21 @@ def test_what_is_not_lowered_is_refused_by_name(tmp_path):
     llama = _export_opset23("llama", tmp_path / "l.onnx", num_key_value_heads=2)
     with pytest.raises(UnsupportedOpError, match=r"RotaryEmbedding.*export at opset 18-22"):
         trtrun.build(llama, precision="hybrid")
+
+
+def test_trtrun_export_writes_the_opset_23_form_it_builds(tmp_path):
+    """`trtrun export --exporter dynamo --opset 23 --attention sdpa` writes ONNX's Attention; the build reads it
+    back (the torchscript exporter stops at opset 20)."""
+    import onnx
+
+    import trtrun
+    from trtrun.export import export_model
+
+    path = export_model("bert-base", tmp_path / "b.onnx", exporter="dynamo", opset=23, attention="sdpa",
+                        overrides=dict(TINY, num_hidden_layers=1))
+    assert any(n.op_type == "Attention" for n in onnx.load(str(path)).graph.node)
+    plan = trtrun.build(path, precision="hybrid")
+    assert "ONNX's fused ops lowered to IR ops (1 Attention)" in plan.source["conversions"]
+    assert _worst_cos_vs_ort(plan, path) >= 0.9999
+    with pytest.raises(ValueError, match="torchscript exporter's supported range 14..20"):
+        export_model("bert-base", tmp_path / "t.onnx", opset=23, overrides=TINY)

@@ -18,7 +18,7 @@ from .options import EXPORT_ARCHS, model_size_options, model_source, quiet_optio
               help="ONNX file to write (default: <source name>.onnx in the current folder)")
 @click.option("--exporter", type=click.Choice(EXPORTERS), default="torchscript", show_default=True,
               help="torch.onnx.export(dynamo=False) or the torch.export-based dynamo exporter")
-@click.option("--opset", type=int, default=None, help="ONNX opset (default 17 torchscript, 18 dynamo; 14..20)")
+@click.option("--opset", type=int, default=None, help="ONNX opset (default 17 torchscript, 18 dynamo; 14..20, dynamo 18..23)")
 @click.option("--attention", type=click.Choice(ATTENTIONS), default="eager", show_default=True,
               help="attention transformers traces: eager (matmul, softmax, matmul) or sdpa (torch's "
                    "scaled_dot_product_attention, transformers' default, so what most other exports hold)")
