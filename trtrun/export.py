@@ -202,10 +202,8 @@ def _parameter_count(torch, transformers, config) -> int:
 def estimate_parameters(source: str, overrides: dict | None = None) -> int:
     """The parameter count of the named architecture `source` with `overrides` (4 bytes each in fp32), from
     its config alone, allocating no weights."""
-    if str(source) not in EXPORT_ARCHS:
-        raise ValueError(f"{source}: not a named architecture ({', '.join(EXPORT_ARCHS)})")
     torch, transformers = _import_torch()
-    return _parameter_count(torch, transformers, _make_config(transformers, str(source), overrides or {}))
+    return _parameter_count(torch, transformers, named_config(source, overrides))
 
 
 def named_config(source: str, overrides: dict | None = None):

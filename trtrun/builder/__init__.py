@@ -30,7 +30,7 @@ from .fuse_pooling import fuse_pooling
 from .fuse_residual import fuse_residual
 from .fuse_rmsnorm import fuse_rmsnorm
 from .gelu_form import GELU_CHOICES, choose_gelu_form
-from .input_roles import assign_input_roles, fixed_dims, had_positions, reexport_hint
+from .input_roles import assign_input_roles, fixed_dims, reexport_hint
 from .load import default_opset, is_ort_onnx_op, load_model
 from .lower import lower, resolve_profile
 from .lower_contrib import lower_contrib
@@ -152,7 +152,8 @@ def build(onnx_path, *, precision: str = "hybrid", profile=None, save_onnx=None,
     model = load_model(onnx_path, notes=load_notes)
     opset = default_opset(model)
     producer = " ".join(x for x in (model.producer_name, model.producer_version) if x)
-    input_notes = load_notes + assign_input_roles(model, onnx_path)
+    role_notes, took_positions = assign_input_roles(model, onnx_path)
+    input_notes = load_notes + role_notes
     fixed = fixed_dims(model, onnx_path)
     step("load")
     model, conversions = producer_forms(model)
@@ -213,7 +214,7 @@ def build(onnx_path, *, precision: str = "hybrid", profile=None, save_onnx=None,
     input_notes += clamp_profile(header["profile"], fixed, profile)
     header["source"].update(source_notes(conversions, input_notes + passthrough +
                                          graph.__dict__.get("_trtrun_notes", [])))
-    if had_positions(input_notes):
+    if took_positions:
         header["source"]["position_ids"] = "arange"  # Plan.check_feeds checks given positions against it
     if mixed:
         from .precision_search import finish_fp8, search

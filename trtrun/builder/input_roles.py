@@ -29,7 +29,6 @@ ROLES = ("input_ids", "attention_mask", "token_type_ids")
 POSITION = "position_ids"
 TYPE_ROWS = 16  # token-type tables have 1-2 rows (BERT), position and word tables hundreds or more
 _LAYOUT = {"Cast", "Unsqueeze", "Squeeze", "Reshape", "Identity", "Flatten"}
-_ARANGE_NOTE = "graph input 'position_ids' is taken as arange(S)"
 # onnxruntime fused ops: input slot -> role
 _CONTRIB_SLOTS = {"EmbedLayerNormalization": {0: "input_ids", 1: "token_type_ids", 7: "attention_mask",
                                               8: POSITION},
@@ -70,10 +69,9 @@ def _uses(model, name, tables):
     return rows, slots, bool(readers.get(name))
 
 
-def assign_input_roles(model, p) -> list[str]:
-    """Rename the model's graph inputs to their roles (in place); returns notes for header.source.
-
-    position_ids is replaced by the arange it must be. ModelError names an input whose role cannot be
+def assign_input_roles(model, p) -> tuple[list[str], bool]:
+    """Rename the model's graph inputs to their roles (in place); returns (notes for header.source, whether a
+    position_ids input was replaced by the arange it must be). ModelError names an input whose role cannot be
     determined, or two inputs claiming one role."""
     inits = {i.name for i in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in inits]
@@ -120,12 +118,7 @@ def assign_input_roles(model, p) -> list[str]:
     _rename(model, rename)
     if POSITION in by_role:
         notes.append(_positions_as_arange(model, p))
-    return notes
-
-
-def had_positions(notes) -> bool:
-    """Whether assign_input_roles replaced a position_ids graph input (its notes say so)."""
-    return any(n.startswith(_ARANGE_NOTE) for n in notes)
+    return notes, POSITION in by_role
 
 
 def _rename(model, rename: dict) -> None:
@@ -165,8 +158,8 @@ def _positions_as_arange(model, p) -> str:
     old = list(model.graph.node)
     del model.graph.node[:]
     model.graph.node.extend(nodes + old)
-    return (_ARANGE_NOTE + " on every row (the positions transformers uses when given none); the plan checks "
-            "position_ids given to a run against them and takes no others")
+    return ("graph input 'position_ids' is taken as arange(S) on every row (the positions transformers uses when "
+            "given none); the plan checks position_ids given to a run against them and takes no others")
 
 
 def fixed_dims(model, p) -> dict:
