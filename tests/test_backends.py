@@ -67,36 +67,47 @@ def test_cluster_backend():
 
 
 def test_a_plan_the_gpu_cannot_run_falls_back_under_auto(gpu):
-    # a usable GPU, but a plan with an op it has no kernel for (here a Pool op, as a sentence-transformers
-    # export's pooled output gives): auto runs the reference
-    # backend and says why; gpu raises the lowering's own PlanError naming the op, before any engine is built
+    # a usable GPU, but a plan with an op it has no kernel for (here a squared-ReLU Linear, Nemotron's): auto runs
+    # the reference backend and says why; gpu raises the lowering's own PlanError naming the op, before any engine
+    # is built. A Pool at the end (a sentence-transformers export's pooled output) is the host tail: the GPU's.
     import copy
+    import json
     from types import SimpleNamespace
 
     from handmade_plans import GPU_TINY, tiny_plan
 
     from trtrun.errors import PlanError
+    from trtrun.plan import Plan
 
     gpu(True, "NVIDIA H200; trtrun._C built for sm_90")
     plan = tiny_plan("hybrid", layers=1, **GPU_TINY)
     assert backends.choose_backend("auto", plan=plan)[0] == "gpu"
-    pooled = SimpleNamespace(precision=plan.precision, ops=copy.deepcopy(plan.ops) + [
-        {"type": "Pool", "name": "pool", "precision": "fp32", "inputs": [], "outputs": [], "attrs": {}}])
-    name, why = backends.choose_backend("auto", plan=pooled)
-    assert name == "reference" and why.startswith("this plan: op 'pool': the GPU runtime does not run Pool ops")
-    with pytest.raises(PlanError, match="op 'pool': the GPU runtime does not run Pool ops"):
-        backends.choose_backend("gpu", plan=pooled)
+    ops = copy.deepcopy(plan.ops)
+    lin = next(op for op in ops if op["type"] == "Linear")
+    lin["attrs"]["activation"] = "relu2"
+    relu2 = SimpleNamespace(precision=plan.precision, ops=ops, tensors=plan.tensors, header=plan.header)
+    name, why = backends.choose_backend("auto", plan=relu2)
+    want = f"op {lin['name']!r}: the GPU runtime does not run Linear ops with activation 'relu2' yet"
+    assert name == "reference" and why == f"this plan: {want} (the reference backend does)"
+    with pytest.raises(PlanError, match=want):
+        backends.choose_backend("gpu", plan=relu2)
+    hdr = json.loads(json.dumps({k: v for k, v in plan.header.items() if k != "weights"}))
+    hdr["ops"].append({"type": "Pool", "name": "pool", "inputs": ["last_hidden_state", "attention_mask"],
+                       "outputs": ["pooled"], "weights": {}, "attrs": {"mode": "mean"}, "precision": "fp32"})
+    hdr["tensors"]["pooled"] = {"dtype": "float32", "shape": ["B", GPU_TINY["hidden"]]}
+    hdr["outputs"] = [{"name": "pooled", "dtype": "float32", "shape": ["B", GPU_TINY["hidden"]]}]
+    assert backends.choose_backend("auto", plan=Plan.from_parts(hdr, plan.weights))[0] == "gpu"
     # fp8 Linears and mixed plans (--precision auto) run on the GPU runtime: auto takes it for them
     ops = copy.deepcopy(plan.ops)
     for op in ops:
         if op["type"] == "Linear":
             op["precision"] = "fp8"
-    mixed = SimpleNamespace(precision="mixed", ops=ops, header=plan.header, profile=plan.profile)  # (weight shapes:
-    # the header's, multiples of 16 as cuBLASLt's fp8 GEMMs need)
+    # (weight shapes: the header's, multiples of 16 as cuBLASLt's fp8 GEMMs need)
+    mixed = SimpleNamespace(precision="mixed", ops=ops, header=plan.header, profile=plan.profile, tensors=plan.tensors)
     assert backends.choose_backend("auto", plan=mixed)[0] == "gpu"
     gpu(False, "no NVIDIA GPU or driver on this machine: cudaErrorNoDevice")  # no GPU: the plan is not asked about
-    assert backends.choose_backend("auto", plan=pooled) == ("reference",
-                                                            "no NVIDIA GPU or driver on this machine: cudaErrorNoDevice")
+    assert backends.choose_backend("auto", plan=relu2) == ("reference",
+                                                           "no NVIDIA GPU or driver on this machine: cudaErrorNoDevice")
 
 
 @pytest.mark.parametrize("head_size", [80, 96, 256, 16])

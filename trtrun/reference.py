@@ -119,8 +119,10 @@ def _gelu32(h: np.ndarray, activation: str) -> np.ndarray:
         y = np.maximum(x, 0.0)
     elif activation == "relu2":  # squared ReLU (Nemotron, Primer)
         y = np.square(np.maximum(x, 0.0))
+    elif activation == "tanh":  # BERT's pooler, RoBERTa's classification head
+        y = np.tanh(x)
     else:
-        raise ValueError(f"activation must be gelu_erf, gelu_tanh, silu, relu or relu2, got {activation!r}")
+        raise ValueError(f"activation must be gelu_erf, gelu_tanh, silu, relu, relu2 or tanh, got {activation!r}")
     return y.astype(F32)
 
 
@@ -605,7 +607,9 @@ class ReferenceBackend:
         name = op.get("weights", {}).get(role)
         return self.plan.weights[name] if name else None
 
-    def _run_op(self, op: dict, env: dict) -> list[np.ndarray]:
+    def run_op(self, op: dict, env: dict) -> list[np.ndarray]:
+        """One op of this plan on `env` (tensor name -> array in its plan dtype; graph inputs as check_feeds gives
+        them): its outputs in order."""
         typ, a, prec = op["type"], op.get("attrs", {}), op["precision"]
         ins = [env[t] if t else None for t in op["inputs"]] + [None, None]
         outs = op["outputs"]
@@ -656,7 +660,7 @@ class ReferenceBackend:
         env: dict[str, np.ndarray] = dict(plan.check_feeds(feeds))
         B, S = env["input_ids"].shape
         for i, op in enumerate(plan.ops):
-            results = self._run_op(op, env)
+            results = self.run_op(op, env)
             for name, arr in zip(op["outputs"], results):
                 if not name:
                     continue

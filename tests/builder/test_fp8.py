@@ -586,7 +586,8 @@ def test_gpu_lowering_refuses_fp8_shapes_cublaslt_cannot_take(fp8_plans):
         header = copy.deepcopy(plan.header)
         shape = header["weights"][lin["weights"]["weight"]]["shape"]
         shape[change[0]] += change[1]
-        fake = types.SimpleNamespace(ops=plan.ops, header=header, precision=plan.precision, profile=plan.profile)
+        fake = types.SimpleNamespace(ops=plan.ops, header=header, precision=plan.precision, profile=plan.profile,
+                                     tensors=plan.tensors)
         if change[1] == 0:
             check_gpu_support(fake)
             continue

@@ -53,7 +53,7 @@ if [[ " $steps " == *" tests "* ]]; then
   export TRTRUN_REPORT_DIR=$OUT/report
   export TRTRUN_TEST_CACHE=/tmp/trtrun-test-cache  # models and plans shared by the pytest processes below
   # one pytest process per file (a crash in one loses only that file), each under its own time limit
-  for spec in ${TEST_FILES:-basics:30 handmade:450 device:50 errors:50 stress:80 models:240 decoders:400 encoders:600 fp8:300}; do
+  for spec in ${TEST_FILES:-basics:30 handmade:450 device:50 errors:50 stress:80 models:240 heads:120 decoders:400 encoders:600 fp8:300}; do
     f=tests/gpu/test_runtime_${spec%%:*}.py
     # -v: one line per test, so a file cut off by its time limit still shows which tests ran and which did not
     timeout "${spec##*:}" python3 -m pytest -p no:cacheprovider -v -rfEs --durations=5 "$f" ${PYTEST_ARGS:-} \

@@ -342,9 +342,9 @@ def test_saved_plans_still_load(plan_file):
             np.testing.assert_array_equal(a["last_hidden_state"], b["last_hidden_state"])
 
 
-def test_lowering_names_ops_the_runtime_lacks():
-    """A valid plan may hold ops only the reference backend runs (Pool): lowering it for the GPU runtime says
-    so as a PlanError (it was a KeyError), and a plan of runtime ops lowers as before."""
+def test_lowering_names_the_host_tail():
+    """A valid plan may end in ops the GPU runtime leaves to the host (Pool): lowering the whole plan names the op as
+    a PlanError (it was a KeyError), the device part split off lowers, and a plan of runtime ops lowers as before."""
     import json
 
     from trtrun.plan import Plan
@@ -360,8 +360,12 @@ def test_lowering_names_ops_the_runtime_lacks():
     hdr["tensors"]["pooled"] = {"dtype": "float32", "shape": ["B", N]}
     hdr["outputs"].append({"name": "pooled", "dtype": "float32", "shape": ["B", N]})
     plan = Plan.from_parts(hdr, base.weights)
-    with pytest.raises(PlanError, match=r"op 'pool': the GPU runtime does not run Pool ops yet"):
+    with pytest.raises(PlanError, match=r"op 'pool' belongs to the plan's host tail"):
         lower_plan(plan)
+    from trtrun.runtime.tail import split_host_tail
+
+    device, tail = split_host_tail(plan)
+    assert [op["name"] for op in tail] == ["pool"] and len(lower_plan(device)["ops"]) == len(base.ops)
     out = ReferenceBackend(plan).run(_feeds())
     np.testing.assert_array_equal(out["pooled"], out["last_hidden_state"][:, 0])
 

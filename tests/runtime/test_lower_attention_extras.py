@@ -23,6 +23,7 @@ from trtrun.errors import DeviceError, InputError, PlanError
 from trtrun.plan import Plan
 from trtrun.reference import ReferenceBackend
 from trtrun.runtime.lower import check_gpu_support, has_fully_masked_rows, lower_plan
+from trtrun.runtime.tail import split_host_tail
 
 SMAX = 40  # the hand-made plans' profile: seq [1, 16, 40]
 KINDS = ["relative-bidirectional", "relative-unidirectional", "alibi", "alibi-symmetric"]
@@ -124,9 +125,10 @@ def test_window_reaches_the_engine(window, want):
             assert d["window"] == want and "score_bias" not in d["weights"]
 
 
-def test_plans_with_biases_and_windows_lower_and_the_rest_is_still_refused():
-    """check_gpu_support takes every kind (it refused each by name before); a Pool op is still refused with its
-    own message, also beside a score bias."""
+def test_plans_with_biases_and_windows_lower_and_a_pool_is_left_to_the_host():
+    """check_gpu_support takes every kind (it refused each by name before); a Pool op beside a score bias passes
+    it too: it is the plan's host tail, which lower_plan refuses by name and split_host_tail takes off (the device
+    part lowers with the pooled state's input as its output)."""
     for kind in KINDS:
         check_gpu_support(_extras_plan(kind, window=4))
     plan = _extras_plan("relative-bidirectional", precision="fp32")
@@ -135,8 +137,15 @@ def test_plans_with_biases_and_windows_lower_and_the_rest_is_still_refused():
                        "outputs": ["pooled"], "weights": {}, "attrs": {"mode": "cls"}, "precision": "fp32"})
     hdr["tensors"]["pooled"] = {"dtype": "float32", "shape": ["B", 64]}
     hdr["outputs"].append({"name": "pooled", "dtype": "float32", "shape": ["B", 64]})
-    with pytest.raises(PlanError, match=r"op 'pool': the GPU runtime does not run Pool ops yet"):
-        lower_plan(Plan.from_parts(hdr, plan.weights))
+    pooled = Plan.from_parts(hdr, plan.weights)
+    check_gpu_support(pooled)
+    with pytest.raises(PlanError, match=r"op 'pool' belongs to the plan's host tail"):
+        lower_plan(pooled)
+    device, tail = split_host_tail(pooled)
+    assert [op["name"] for op in tail] == ["pool"]
+    assert [o["name"] for o in device.outputs] == ["last_hidden_state"]
+    low = lower_plan(device)
+    assert [d["type"] for d in low["ops"]] == [op["type"] for op in plan.ops]
 
 
 # ---------------------------------------------------------------------------------------------- bucketing rule

@@ -121,7 +121,8 @@ def test_heads_beyond_the_kernel_are_refused_by_name():
     assert gpu_missing(att) == "head size 512 (the attention kernels take 32, 64, 128)"
     for D in GPU_HEAD_SIZES:
         assert gpu_missing(dict(att, attrs=dict(att["attrs"], head_size=D))) is None
-    plan = type("P", (), {"ops": [att], "precision": "hybrid", "header": {"weights": {}}, "profile": None})()
+    plan = type("P", (), {"ops": [att], "precision": "hybrid", "header": {"weights": {}}, "profile": None,
+                          "tensors": {"y": {"dtype": "float16", "shape": ["B", "S", 1024]}}})()
     with pytest.raises(PlanError, match=r"op 'big': the GPU runtime does not run Attention ops with head size 512"):
         check_gpu_support(plan)
 

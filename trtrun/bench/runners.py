@@ -197,7 +197,7 @@ class TrtrunRunner:
             res["peak_mem_bytes"] = None
             return res
         torch = self.torch
-        if torch is None:
+        if torch is None or self.ctx.engine.host_ops:  # a host tail (trtrun.runtime.tail): run() times it too
             res = _measure(host_call=lambda i: self.ctx.run(sets[i]), n_sets=len(sets), timing=timing,
                            device_timer=False)
         else:

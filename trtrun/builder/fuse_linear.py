@@ -2,12 +2,14 @@
 
     x [B,S,K] -> MatMul(x, W[K,N])                                  -> (+ bias[N]) -> (GELU) -> y
     x [B,S,K] -> Reshape [B*S,K] -> Gemm(., W, C, alpha, beta, transB) -> Reshape [B,S,N] -> ...
+    x [B,K]   -> MatMul or Gemm -> ...      (one vector a sample: a pooled state in a classification head)
 
 GELU and SiLU are recognized by their semantics, not one exporter's node order: starting at the Linear's
 output t, take the largest set of elementwise nodes (Add/Sub/Mul/Div/Pow/Erf/Tanh/Sqrt/Sigmoid) that read
 only t, scalar constants and each other, with exactly one tensor leaving the set. If the set holds
 one Erf it must compute gelu_erf(t), one Tanh gelu_tanh(t), one Sigmoid silu(t) = t * sigmoid(t) (checked
-on the probe values); opset 20's `Gelu` op and `Relu` are taken as they are. A set without Erf/Tanh (e.g. q * 1/sqrt(d)) is not an activation and
+on the probe values); opset 20's `Gelu` op and `Relu` are taken as they are, and a lone Tanh is tanh (BERT's
+pooler, RoBERTa's classification head). A set without Erf/Tanh (e.g. q * 1/sqrt(d)) is not an activation and
 is left alone for the attention pass.
 """
 
@@ -58,7 +60,7 @@ def relu2(x):
 
 
 ACTIVATIONS = {"gelu_erf": gelu_erf, "gelu_tanh": gelu_tanh, "silu": silu, "relu": relu, "relu2": relu2,
-               "none": lambda x: np.asarray(x, np.float64)}
+               "tanh": lambda x: np.tanh(np.asarray(x, np.float64)), "none": lambda x: np.asarray(x, np.float64)}
 
 
 def fuse_linear(graph, facts) -> int:
@@ -137,6 +139,10 @@ def _match(graph, node, facts):
     # [B*S, N], is reshaped back to [B, S, ...]).
     ra = facts.rank(a)
     x = a
+    if ra == 2 and _sym(facts, a) == ["B", K]:  # one vector a sample (a pooled state: a classification head)
+        b, out = _bias(out, b, N)
+        act, y = _match_activation(out, facts)
+        return x, W, b, out, act, y, None
     if ra == 2:
         p = G.producer(a)
         if p is None or p.op != "Reshape" or not _is_bs(facts, p.inputs[0], K):
@@ -197,6 +203,13 @@ def _reshape_bsk(graph, facts, u, K):
     return x
 
 
+def _sym(facts, t):
+    try:
+        return facts.sym_shape(t)
+    except BuildError:
+        return None
+
+
 def _single(t, op):
     cs = G.consumers(t)
     if len(cs) == 1 and cs[0].op == op:
@@ -233,6 +246,8 @@ def _match_activation(t, facts):
                 members.append(n)
                 inside.update(id(o) for o in n.outputs)
                 changed = True
+    if len(members) == 1 and members[0].op == "Tanh" and len(G.consumers(t)) == 1:  # tanh alone (BERT's pooler), not GELU's tanh form
+        return "tanh", members[0].outputs[0]
     kinds = [n.op for n in members if n.op in _KINDS]
     if len(kinds) != 1:
         return "none", t

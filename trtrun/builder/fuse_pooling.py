@@ -1,12 +1,13 @@
-"""Fuse pooled sentence vectors: a graph output [B, N] computed from token states [B, S, N] -> trtrun Pool.
+"""Fuse pooled sentence vectors: a [B, N] tensor computed from token states [B, S, N] -> trtrun Pool.
 
 Sentence-embedding exports (sentence-transformers' Pooling + Normalize modules, Optimum's
 `--library sentence_transformers`) return, beside the token states, a [batch, hidden] vector computed in
 the graph: the mean over the tokens attention_mask keeps (sum(x * m) / max(sum(m), 1e-9)), or the first
 token's state (CLS), then optionally an L2 normalization (y / max(|y|, 1e-12)). Exporters spell these in
 many ways (ReduceSum or ReduceMean, Clip or Max, ReduceL2 or Pow/Sqrt, Expand, Casts), so this pass matches
-by value, as the others confirm: for a graph output of probe shape [B, N] that is not yet an IR op's
-output, the one [B, S, N] IR-op output it is computed from (walking back through non-IR nodes; the rest of
+by value, as the others confirm: for a graph output, or a tensor an IR op reads (the pooled state a
+classification head's Linears take: BERT's pooler, RoBERTa's head), of probe shape [B, N] that is not yet an IR
+op's output, the one [B, S, N] IR-op output it is computed from (walking back through non-IR nodes; the rest of
 its inputs may be attention_mask and shapes only) is pooled in each supported way, and the one that
 reproduces the output's probe values (probe.agree) is written as a `Pool` op. An output that matches none is
 left for check_supported, which names it; `--outputs` can leave it out.
@@ -40,7 +41,7 @@ def reference_pool(x, mask, mode: str, normalize: bool):
 def fuse_pooling(graph, facts) -> int:
     count = 0
     mask = next((i for i in graph.inputs if i.name == "attention_mask"), None)
-    for t in list(graph.outputs):
+    for t in _candidates(graph):
         p = G.producer(t)
         if p is None or G.is_trtrun(p):
             continue
@@ -72,6 +73,17 @@ def fuse_pooling(graph, facts) -> int:
         count += 1
     G.finish(graph)
     return count
+
+
+def _candidates(graph) -> list:
+    """Graph outputs, then the tensors IR ops read that a non-IR node writes (a classification head's pooled
+    state: BERT's pooler and RoBERTa's head read the first token's state, taken by a Gather)."""
+    out, seen = [], set()
+    for t in list(graph.outputs) + [i for n in graph.nodes if G.is_trtrun(n) for i in n.inputs]:
+        if id(t) not in seen and not t.is_empty():
+            seen.add(id(t))
+            out.append(t)
+    return out
 
 
 def _source(graph, t, facts):

@@ -97,7 +97,7 @@ class SuffixRunner:
                     if t and t in env and t in plan.tensors and env[t].dtype != np.dtype(plan.tensors[t]["dtype"]):
                         env[t] = env[t].astype(plan.tensors[t]["dtype"])
             for op in ops[start:]:
-                for name, arr in zip(op["outputs"], be._run_op(op, env)):
+                for name, arr in zip(op["outputs"], be.run_op(op, env)):
                     if name:
                         env[name] = arr
             outs.append({o["name"]: np.asarray(env[o["name"]], np.float32) for o in plan.outputs})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import click
@@ -182,13 +183,13 @@ def command(onnx_path, output, precision, profile, save_onnx, tf32, gelu, ln_inp
            f"file {human_bytes(out.stat().st_size)}, built in {elapsed:.1f}s", quiet)
     for c in plan.source.get("conversions", []):
         status(f"note: {c}", quiet)
-    pooled = [o["outputs"][0] for o in plan.ops if o["type"] == "Pool"]
-    if pooled:
-        rest = [o["name"] for o in plan.outputs if o["name"] not in pooled]
-        status(f"note: output(s) {', '.join(pooled)} come from a Pool op, which the reference backend runs but the "
-               f"GPU runtime does not yet" + (f"; the Embedder and trtrun serve read {rest[0]} and pool it "
-                                             f"themselves (on the GPU too); for other GPU runs build with --outputs "
-                                             f"{','.join(rest)}" if rest else ""), quiet)
+    from ..runtime.tail import is_sentence_tensor
+
+    tail = [o for o in plan.ops if any(t and is_sentence_tensor(plan, t) for t in o["outputs"])]
+    if tail:
+        kinds = ", ".join(f"{n} {t}" for t, n in sorted(Counter(o["type"] for o in tail).items()))
+        status(f"note: {kinds} op(s) after the token states work on one vector a sample; the GPU runtime runs "
+               f"them on the host, after copying the token states back (docs/runtime.md, \"The host tail\")", quiet)
     if save_onnx:
         status(f"wrote {save_onnx} (rewritten ONNX)", quiet)
     for line in _precision_lines(plan):

@@ -58,7 +58,7 @@ FLOAT_DTYPES = ("float32", "float16")
 INT_DTYPES = ("int64", "int32")
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 SYMBOLS = ("B", "S")
-ACTIVATIONS = ("none", "gelu_erf", "gelu_tanh", "silu", "relu", "relu2")
+ACTIVATIONS = ("none", "gelu_erf", "gelu_tanh", "silu", "relu", "relu2", "tanh")
 
 # Per op type: inputs (slot name, required), outputs (slot name, required), weight roles (role: required).
 OP_SCHEMAS: dict[str, dict[str, Any]] = {
@@ -96,6 +96,9 @@ OP_SCHEMAS: dict[str, dict[str, Any]] = {
     },
 }
 POOL_MODES = ("mean", "cls")
+# ops that may write one vector a sample, [B, N] (a tensor without the sequence axis): Pool, and the row ops that
+# may follow it (a classification head: BERT's pooler, RoBERTa's and ModernBERT's heads)
+SENTENCE_OPS = ("Pool", "Linear", "LayerNorm", "RMSNorm")
 OP_TYPES = tuple(OP_SCHEMAS)
 
 HEADER_KEYS = ("format", "version", "precision", "tf32", "profile", "source", "model", "inputs", "outputs",
@@ -129,7 +132,7 @@ SOURCE_WEIGHTS = ("float16", "int8", "int4")
 # What the GPU runtime's kernels run, by the plan's own names: the extension parses them (native/core/types.cpp,
 # which keeps each name's integer value); trtrun.runtime.lower refuses anything else by name before the extension
 # is asked.
-GPU_OP_TYPES = ("Embedding", "Linear", "Attention", "LayerNorm", "RMSNorm")  # Pool runs on the reference only
+GPU_OP_TYPES = ("Embedding", "Linear", "Attention", "LayerNorm", "RMSNorm")  # Pool: on the host (runtime.tail)
 # silu, relu and gates in native/kernels/epilogue; squared ReLU (relu2) has no kernel case yet
 GPU_ACTIVATIONS = ("none", "gelu_erf", "gelu_tanh", "silu", "relu")
 GPU_PRECISIONS = OP_PRECISIONS  # fp8 Linears through cuBLASLt's fp8 GEMMs (native/kernels/quantize makes x's codes)

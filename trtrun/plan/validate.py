@@ -38,6 +38,7 @@ from .format import (
     OP_SCHEMAS,
     OP_TYPES,
     POOL_MODES,
+    SENTENCE_OPS,
     SOURCE_WEIGHTS,
     WEIGHT_DTYPES,
     np_dtype,
@@ -192,9 +193,10 @@ def validate_header(h: Any, where: str, blob_nbytes: int | None) -> None:
         err("header.profile", f"unknown keys {short(extra)} (expected batch, seq)")
 
     # tensors: every activation is [B, S, inner dims...] (what the runtime allocates per batch and sequence),
-    # except a Pool op's output, [B, N]
+    # except one vector a sample, [B, N]: a Pool op's output and what the row ops after it write (a classification
+    # head's Linears and norms); the ops' own checks tie each [B, N] tensor back to a Pool
     tensors = h["tensors"]
-    pooled = {o["outputs"][0] for o in h["ops"] if isinstance(o, dict) and o.get("type") == "Pool"
+    pooled = {o["outputs"][0] for o in h["ops"] if isinstance(o, dict) and o.get("type") in SENTENCE_OPS
               and isinstance(o.get("outputs"), list) and o["outputs"] and isinstance(o["outputs"][0], str)}
     for name, t in tensors.items():
         f = f"header.tensors.{nm(name)}"

@@ -11,6 +11,7 @@ import numpy as np
 from ..errors import InputError, RuntimeUnavailableError, ShapeError
 from . import extension
 from .lower import bucket_seq, has_fully_masked_rows, lower_plan
+from .tail import HostTail, split_host_tail
 from .options import ContextOptions, native_options
 
 
@@ -27,7 +28,10 @@ class Engine:
             raise RuntimeUnavailableError(f"device {device} does not exist ({n} CUDA device(s) visible)")
         self.plan = plan
         self.device = device
-        low = lower_plan(plan)
+        # the ops after the token states (one vector a sample: Pool, a classification head) run on the host
+        device_plan, host_ops = split_host_tail(plan)
+        self._tail = HostTail(plan, host_ops) if host_ops else None
+        low = lower_plan(device_plan)
         # _C.Engine checks the device (architecture of this build vs the GPU) and raises DeviceError
         self._c = c.Engine(low["tensors"], low["ops"], low["weights"], low["inputs"], low["outputs"],
                            low["batch_max"], low["seq_max"], low["tf32"], device)
@@ -38,7 +42,7 @@ class Engine:
         self._outputs = []
         # outputs that pass a graph input through (no kernel writes them): name -> (input, dtype)
         self._passthrough = {o["name"]: (o["input"], np.dtype(o["dtype"])) for o in plan.outputs if "input" in o}
-        for o in plan.outputs:
+        for o in device_plan.outputs:
             if "input" in o:
                 continue
             inner = tuple(int(d) for d in o["shape"][2:])
@@ -70,9 +74,16 @@ class Engine:
         """
         return Context(self, options, **overrides)
 
+    @property
+    def host_ops(self) -> list[str]:
+        """Names of the ops run on the host after the device's part (Pool and a classification head after it:
+        trtrun.runtime.tail); empty when the device runs every op."""
+        return [op["name"] for op in self._tail.ops] if self._tail else []
+
     def __repr__(self) -> str:
+        tail = f", {len(self._tail.ops)} on the host" if self._tail else ""
         return (f"<trtrun.runtime.Engine {self.plan.precision} on cuda:{self.device}, "
-                f"{len(self.plan.ops)} ops, {self.weight_bytes / 2**20:.1f} MiB of weights>")
+                f"{len(self.plan.ops)} ops{tail}, {self.weight_bytes / 2**20:.1f} MiB of weights>")
 
 
 # ------------------------------------------------------------------------------------------------ device arrays
@@ -229,7 +240,9 @@ class Context:
 
         Inputs are checked by Plan.check_feeds (names, dtypes, rank, profile -> ShapeError, id ranges ->
         InputError), converted to int32 into pinned buffers, padded to the sequence bucket, copied in,
-        run (CUDA graph after the first run at a shape), copied out; the call waits for the result.
+        run (CUDA graph after the first run at a shape), copied out; the call waits for the result. A plan ending
+        in one vector a sample (Pool, a classification head) runs those ops on the host after the copy
+        (trtrun.runtime.tail; Engine.host_ops names them).
         """
         plan = self.engine.plan
         self._require_open()
@@ -255,6 +268,8 @@ class Context:
         # declared dtype (int64 from int32 is exact), holds the same values the run read
         for name, (src, dtype) in self.engine._passthrough.items():
             out[name] = np.array(arrays[src], dtype=dtype)
+        if self.engine._tail is not None:  # outside the lock: host arithmetic on this call's own arrays
+            out = self.engine._tail.run({**arrays, **out})
         return {o["name"]: out[o["name"]] for o in plan.outputs}
 
     # ---------------------------------------------------------------- device arrays
@@ -280,6 +295,10 @@ class Context:
         """
         eng = self.engine
         self._require_open()
+        if eng._tail is not None:
+            raise InputError(f"this plan ends in ops the runtime runs on the host ({', '.join(eng._tail.types)}: one "
+                             f"vector a sample, after the token states), which run_device does not do; use run(), "
+                             f"or build the plan with --outputs naming token-state outputs only")
         if not isinstance(feeds_dev, Mapping):
             raise InputError(f"inputs must be a dict of name -> device array, got {type(feeds_dev).__name__}")
         names = [n for n, _, _ in eng._inputs]

@@ -140,14 +140,17 @@ def check_gpu_support(plan) -> None:
     """PlanError naming the first op (or the plan's precision) the GPU runtime cannot run; None when it can.
 
     Reads only the plan's header: nothing is converted and the extension is not loaded, so a caller can choose
-    the backend before it builds an engine (trtrun.backends.choose_backend).
+    the backend before it builds an engine (trtrun.backends.choose_backend). The host tail's ops (one vector a
+    sample: Pool and a classification head, trtrun.runtime.tail) are not the device's to run and pass.
     """
-    for op in plan.ops:  # a valid plan may hold ops only the reference backend runs (Pool)
+    from .tail import is_sentence_tensor
+
+    for op in plan.ops:
+        if any(t and is_sentence_tensor(plan, t) for t in op["outputs"]):
+            continue  # the host tail (Pool and the head after it): runs on the host (trtrun.runtime.tail)
         if op["type"] not in GPU_OP_TYPES:
-            hint = ("build the plan without the outputs that need it (--outputs)" if op["type"] == "Pool"
-                    else "run it on the reference backend")
             raise PlanError(f"op {op['name']!r}: the GPU runtime does not run {op['type']} ops yet (the reference "
-                            f"backend does); {hint}")
+                            f"backend does); run it on the reference backend")
         if op["precision"] not in GPU_PRECISIONS:
             raise PlanError(f"op {op['name']!r}: precision {op['precision']}: the GPU runtime has no "
                             f"{op['precision']} path yet; run this plan on the reference backend (--backend reference)")
@@ -187,6 +190,12 @@ def lower_plan(plan) -> dict:
     outer vectors, one per output channel and one per token: the same products); `x_scale` [1] as it is.
     """
     check_gpu_support(plan)
+    from .tail import is_sentence_tensor
+
+    tail = [op["name"] for op in plan.ops if any(t and is_sentence_tensor(plan, t) for t in op["outputs"])]
+    if tail:
+        raise PlanError(f"op {tail[0]!r} belongs to the plan's host tail (one vector a sample): lower the device part "
+                        f"that trtrun.runtime.tail.split_host_tail returns")
     tensors = plan.tensors
     names = list(tensors)
     tindex = {n: i for i, n in enumerate(names)}

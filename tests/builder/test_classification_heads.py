@@ -1,0 +1,151 @@
+"""Sequence-classification files (cross-encoders, sentiment and NLI models: `*ForSequenceClassification` exported to
+ONNX with its `logits` output): the pooled state (first token, or ModernBERT's masked mean) becomes a Pool op and the
+head after it Linears on one vector a sample ([B, N]), with tanh (BERT's pooler, RoBERTa's, ALBERT's and MPNet's
+heads), ReLU (DistilBERT), GELU (ELECTRA) and a LayerNorm (ModernBERT). Tiny random-weight models exported by
+torch.onnx, checked against onnxruntime fp32 on the same file with padded rows; the host tail the GPU runtime runs
+after the token states (trtrun.runtime.tail) is checked to compute what the whole plan computes."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("onnxruntime")
+
+# heads of 32: a size the GPU attention kernels take (the host-tail test checks the plan is the GPU runtime's)
+C = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128, vocab_size=1000)
+
+# arch -> (Pool mode, the head's Linear activations in order, whether a LayerNorm is in the head)
+HEADS = {
+    "bert": ("cls", ["tanh", "none"], False),
+    "bert-1-label": ("cls", ["tanh", "none"], False),  # a cross-encoder's single relevance score
+    "roberta": ("cls", ["tanh", "none"], False),
+    "distilbert": ("cls", ["relu", "none"], False),
+    "electra": ("cls", ["gelu_erf", "none"], False),
+    "albert": ("cls", ["tanh", "none"], False),
+    "mpnet": ("cls", ["tanh", "none"], False),
+    "modernbert-cls": ("cls", ["gelu_erf", "none"], True),
+    "modernbert-mean": ("mean", ["gelu_erf", "none"], True),
+}
+
+
+def _model(arch: str):
+    import torch
+    import transformers as T
+
+    torch.manual_seed(0)
+    labels = 1 if arch == "bert-1-label" else 3
+    if arch in ("bert", "bert-1-label"):
+        m = T.BertForSequenceClassification(T.BertConfig(num_labels=labels, **C))
+    elif arch == "roberta":
+        m = T.RobertaForSequenceClassification(T.RobertaConfig(num_labels=labels, **C))
+    elif arch == "distilbert":
+        m = T.DistilBertForSequenceClassification(T.DistilBertConfig(dim=64, n_layers=2, n_heads=2, hidden_dim=128,
+                                                                     vocab_size=1000, num_labels=labels))
+    elif arch == "electra":
+        m = T.ElectraForSequenceClassification(T.ElectraConfig(embedding_size=64, num_labels=labels, **C))
+    elif arch == "albert":
+        m = T.AlbertForSequenceClassification(T.AlbertConfig(embedding_size=32, num_labels=labels, **C))
+    elif arch == "mpnet":
+        m = T.MPNetForSequenceClassification(T.MPNetConfig(num_labels=labels, **C))
+    else:
+        m = T.ModernBertForSequenceClassification(T.ModernBertConfig(
+            classifier_pooling=arch.split("-")[1], pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1,
+            sep_token_id=2, global_attn_every_n_layers=2, local_attention=8, num_labels=labels, **C))
+    # non-trivial head weights: the classifier's default init (std 0.02, zero bias) keeps tanh near linear
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if any(k in name for k in ("pooler", "classifier", "pre_classifier", "head")):
+                p.copy_(torch.randn_like(p) * (0.3 if p.ndim > 1 else 0.5))
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    import torch
+
+    d = tmp_path_factory.mktemp("seqcls")
+    cache = {}
+
+    def get(arch):
+        if arch not in cache:
+            path = d / f"{arch}.onnx"
+            ids = torch.randint(5, 100, (2, 16))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(_model(arch), (ids, torch.ones_like(ids)), str(path), dynamo=False,
+                                  opset_version=17, input_names=["input_ids", "attention_mask"],
+                                  output_names=["logits"],
+                                  dynamic_axes={"input_ids": {0: "b", 1: "s"}, "attention_mask": {0: "b", 1: "s"},
+                                                "logits": {0: "b"}})
+            cache[arch] = path
+        return cache[arch]
+
+    return get
+
+
+def _feeds(seed=3):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(5, 1000, (4, 21))
+    mask = np.ones_like(ids)
+    mask[1, 14:] = 0
+    mask[3, 3:] = 0  # a short row: mean pooling over 3 tokens
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+@pytest.mark.parametrize("arch", list(HEADS))
+def test_sequence_classification_heads_build_and_match_onnxruntime(exported, arch):
+    import onnxruntime as ort
+
+    import trtrun
+    from trtrun.reference import ReferenceBackend
+
+    path = exported(arch)
+    feeds = _feeds()
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)[0].astype(np.float64)
+    mode, acts, has_ln = HEADS[arch]
+    scale = np.abs(want).max()
+    assert scale > 0.1  # the head's weights were made non-trivial: the logits are not ~0
+    # fp32: rounding only (~1e-7 relative); hybrid: fp16 GEMM operands (2^-11 relative each) through two layers and
+    # the head, observed ~1e-3 of the logits' scale. A wrong pooling mode or activation moves the logits by their
+    # own size (tanh vs none at these weights, cls vs mean), far outside either bound.
+    for precision, bound in (("fp32", 1e-5), ("hybrid", 1e-2)):
+        plan = trtrun.build(path, precision=precision)
+        tail = plan.ops[-(len(acts) + 1 + has_ln):]
+        assert tail[0]["type"] == "Pool" and tail[0]["attrs"]["mode"] == mode
+        # GELU's form: the builder may take the tanh form where it is as accurate (builder/gelu_form.py)
+        got_acts = [op["attrs"]["activation"] for op in tail if op["type"] == "Linear"]
+        assert [a.split("_")[0] for a in got_acts] == [a.split("_")[0] for a in acts]
+        assert ("LayerNorm" in [op["type"] for op in tail]) == has_ln
+        assert [o["name"] for o in plan.outputs] == ["logits"] and plan.outputs[0]["shape"][0] == "B"
+        got = ReferenceBackend(plan).run(feeds)["logits"].astype(np.float64)
+        assert got.shape == want.shape
+        err = np.abs(got - want).max() / scale
+        assert err <= bound, (arch, precision, err)
+
+
+@pytest.mark.parametrize("arch", ["bert", "modernbert-mean"])
+def test_the_host_tail_computes_what_the_whole_plan_computes(exported, arch):
+    """The GPU runtime's split: the device part (token-state ops, run here by the reference backend as the GPU
+    would run them) and the host tail (Pool and the head) give the whole plan's logits bit for bit."""
+    import trtrun
+    from trtrun.reference import ReferenceBackend
+    from trtrun.runtime.lower import check_gpu_support, lower_plan
+    from trtrun.runtime.tail import HostTail, is_sentence_tensor, split_host_tail
+
+    plan = trtrun.build(exported(arch), precision="hybrid")
+    check_gpu_support(plan)  # the head's tanh/Pool are the host's: the plan is the GPU runtime's
+    device, host = split_host_tail(plan)
+    assert [op["type"] for op in host][0] == "Pool" and len(device.ops) + len(host) == len(plan.ops)
+    assert not any(is_sentence_tensor(device, t) for t in device.tensors)
+    lower_plan(device)  # the device part lowers as any token-state plan
+    feeds = _feeds(seed=11)
+    want = ReferenceBackend(plan).run(feeds)["logits"]
+    _, env = ReferenceBackend(device).run(feeds, capture=True)
+    env = HostTail(plan, host).run({**plan.check_feeds(feeds), **{o["name"]: env[o["name"]] for o in device.outputs}})
+    np.testing.assert_array_equal(env["logits"].astype(np.float32), want)
+

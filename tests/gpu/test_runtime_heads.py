@@ -1,0 +1,106 @@
+"""Sequence-classification plans on the GPU runtime: the token states on the device, the host tail (Pool and the
+classification head, trtrun.runtime.tail) on the host after the copy. A BERT-base-shaped classifier (4 layers, 12
+heads of 64, random weights with a non-trivial head) and a small ModernBERT one with mean pooling, exported by
+torch.onnx, built fp32 and hybrid; on real text (Rotten Tomatoes through all-MiniLM-L6-v2's BERT tokenizer, when the
+data folder has them; random ids otherwise) padded to a batch, against the reference backend on the same plan and
+onnxruntime fp32 on the file.
+
+Bounds, relative to the logits' largest magnitude: GPU against the reference on the same plan, 1e-3 in fp32 (the
+same formulas, summed in another order: ~1e-6 a token state, a few layers deep) and 1e-2 in hybrid (fp16 GEMM
+operands round alike on both sides, but the fp16 values they round differ by a unit now and then); the fp32 plan
+against onnxruntime fp32, 1e-3. A wrong pooling mode, activation or head weight moves the logits by their own size.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+import rt_helpers as h
+
+pytestmark = pytest.mark.gpu
+
+BOUND = {"fp32": 1e-3, "hybrid": 1e-2}
+
+
+def _export(arch: str) -> str:
+    path = h._CACHE / f"seqcls-{arch}.onnx"
+    if path.exists():
+        return str(path)
+    import torch
+    import transformers as T
+
+    torch.manual_seed(0)
+    if arch == "bert":
+        m = T.BertForSequenceClassification(T.BertConfig(num_hidden_layers=4, num_labels=3))
+    else:
+        m = T.ModernBertForSequenceClassification(T.ModernBertConfig(
+            hidden_size=256, num_hidden_layers=3, num_attention_heads=4, intermediate_size=512, vocab_size=30522,
+            classifier_pooling="mean", pad_token_id=0, bos_token_id=101, eos_token_id=102, cls_token_id=101,
+            sep_token_id=102, global_attn_every_n_layers=3, local_attention=16, num_labels=3))
+    with torch.no_grad():  # a head far from its near-zero init: tanh and the pooling matter
+        for name, p in m.named_parameters():
+            if any(k in name for k in ("pooler", "classifier", "head")):
+                p.copy_(torch.randn_like(p) * (0.05 if p.ndim > 1 else 0.5))
+    ids = torch.randint(1000, 2000, (2, 16))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(m.eval(), (ids, torch.ones_like(ids)), str(path), dynamo=False, opset_version=17,
+                          input_names=["input_ids", "attention_mask"], output_names=["logits"],
+                          dynamic_axes={"input_ids": {0: "b", 1: "s"}, "attention_mask": {0: "b", 1: "s"},
+                                        "logits": {0: "b"}})
+    return str(path)
+
+
+def _text_feeds(n: int = 24, max_len: int = 64) -> dict:
+    """Rotten Tomatoes sentences through MiniLM's (BERT-uncased) tokenizer, padded to the longest; random ids of the
+    same vocabulary with padded rows where the data folder lacks them."""
+    from trtrun.data import data_dir, encode, load_texts, load_tokenizer
+    from trtrun.errors import TrtrunError
+
+    try:
+        tok = load_tokenizer(data_dir() / "minilm")
+        return encode(tok, load_texts("rt", n=n, seed=4), max_len)
+    except (TrtrunError, OSError, ImportError):  # no data folder here: still a real-length, padded batch
+        rng = np.random.default_rng(4)
+        ids = rng.integers(1000, 30000, (n, max_len))
+        mask = (np.arange(max_len)[None] < rng.integers(5, max_len + 1, (n, 1))).astype(np.int64)
+        return {"input_ids": ids * mask, "attention_mask": mask}
+
+
+@pytest.mark.parametrize("precision", ["fp32", "hybrid"])
+@pytest.mark.parametrize("arch", ["bert", "modernbert"])
+def test_classifier_logits_on_the_gpu(arch, precision):
+    h.need_runtime()
+    import onnxruntime as ort
+
+    import trtrun
+    from trtrun.errors import InputError
+    from trtrun.reference import ReferenceBackend
+    from trtrun.runtime import Engine
+
+    path = _export(arch)
+    plan = trtrun.build(path, precision=precision)
+    eng = Engine(plan)
+    assert eng.host_ops and plan.ops[-len(eng.host_ops)]["type"] == "Pool"
+    feeds = {k: v for k, v in _text_feeds().items() if k in {i["name"] for i in plan.inputs}}
+    with eng.create_context() as ctx:
+        got = ctx.run(feeds)["logits"].astype(np.float64)
+        again = ctx.run(feeds)["logits"].astype(np.float64)  # the CUDA graph's replay
+        with pytest.raises(InputError, match="run_device does not do"):
+            ctx.run_device({"input_ids": feeds["input_ids"]})
+    ref = ReferenceBackend(plan).run(feeds)["logits"].astype(np.float64)
+    scale = np.abs(ref).max()
+    assert np.isfinite(got).all() and scale > 0.1
+    np.testing.assert_array_equal(got, again)
+    err = np.abs(got - ref).max() / scale
+    h.report("heads", f"{arch:10s} {precision:6s} GPU vs reference: max |diff| / max |logit| = {err:.2e}")
+    assert err <= BOUND[precision], (arch, precision, err)
+    if precision == "fp32":
+        want = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, feeds)[0].astype(np.float64)
+        err_ort = np.abs(got - want).max() / np.abs(want).max()
+        h.report("heads", f"{arch:10s} fp32   GPU vs onnxruntime fp32: {err_ort:.2e}")
+        assert err_ort <= 1e-3, (arch, err_ort)
+        assert (got.argmax(-1) == want.argmax(-1)).mean() >= 0.9  # labels, allowing a near tie or two

@@ -1,0 +1,81 @@
+"""A plan's host tail: the ops after the token states, one vector a sample ([B, N]), which the GPU runtime leaves
+to the host.
+
+A sentence-embedding or classification plan ends in a Pool (mean or first token, [B, S, N] -> [B, N]) and, for a
+classification head, a few row ops on the pooled vectors: BERT's pooler (Linear + tanh), RoBERTa's head (Linear +
+tanh, Linear), DistilBERT's (Linear + ReLU, Linear), ModernBERT's (Linear + GELU, LayerNorm, Linear). The GPU
+runtime's kernels take [B, S, ...] tensors, so the Engine runs the plan up to the token states these ops read on
+the device (`split_host_tail`: a plan of the device ops whose outputs are the plan's own outputs there plus those
+token states) and the tail on the host, op by op, with the reference backend's functions: the same formulas and
+roundings per op precision (a hybrid head's Linears: fp16 operands, fp32 sums), on a handful of rows (B x N x N
+multiply-adds a Linear; the token states' copy to the host costs more than the arithmetic).
+"""
+
+from __future__ import annotations
+
+import copy
+
+from ..errors import PlanError
+from ..plan import Plan
+
+
+def is_sentence_tensor(plan, name: str) -> bool:
+    """Whether a plan tensor holds one vector a sample ([B, N], no sequence axis)."""
+    shape = plan.tensors[name]["shape"]
+    return len(shape) >= 1 and (len(shape) < 2 or shape[1] != "S")
+
+
+def split_host_tail(plan) -> tuple[Plan, list[dict]]:
+    """(the plan of the ops the device runs, the host tail's ops in plan order); (plan, []) when there is no tail.
+
+    The tail is every op whose output has no sequence axis; the device plan keeps the other ops, the plan's outputs
+    they write (or pass through), and adds as outputs the token states the tail reads. PlanError if a device op
+    reads a tail op's output (no valid plan does: the GPU kernels' inputs are [B, S, ...]).
+    """
+    host = [op for op in plan.ops if any(t and is_sentence_tensor(plan, t) for t in op["outputs"])]
+    if not host:
+        return plan, []
+    host_ids = {id(op) for op in host}
+    device = [op for op in plan.ops if id(op) not in host_ids]
+    written_on_host = {t for op in host for t in op["outputs"] if t}
+    for op in device:
+        bad = [t for t in op["inputs"] if t in written_on_host]
+        if bad:
+            raise PlanError(f"op {op['name']!r} reads {bad[0]!r}, one vector a sample, which only ops after the token "
+                            f"states write; the GPU runtime's kernels take [B, S, ...] tensors")
+    inputs = {i["name"] for i in plan.inputs}
+    outputs = [copy.deepcopy(o) for o in plan.outputs if "input" in o or o["name"] not in written_on_host]
+    have = {o["name"] for o in outputs}
+    for op in host:
+        for t in op["inputs"]:
+            if t and t not in inputs and t not in written_on_host and t not in have:
+                have.add(t)
+                outputs.append({"name": t, **copy.deepcopy(plan.tensors[t])})
+    if not device or not any("input" not in o for o in outputs):
+        raise PlanError("the plan computes nothing on the device before its one-vector-a-sample ops")
+    header = copy.deepcopy({k: v for k, v in plan.header.items() if k not in ("weights", "ops")})
+    header["ops"] = copy.deepcopy(device)
+    header["outputs"] = outputs
+    used = {t for op in device for t in (*op["inputs"], *op["outputs"]) if t} | inputs | have
+    header["tensors"] = {t: v for t, v in header["tensors"].items() if t in used}
+    read = {w for op in device for w in op.get("weights", {}).values() if w}
+    return Plan.from_parts(header, {w: a for w, a in plan.weights.items() if w in read}), host
+
+
+class HostTail:
+    """Runs a plan's host tail on numpy arrays: `run(env)` adds the tail's tensors to `env` (name -> array: the
+    device part's outputs and the checked feeds) and returns it."""
+
+    def __init__(self, plan, ops: list[dict]):
+        from ..reference import ReferenceBackend
+
+        self.ops = ops
+        self.types = sorted({op["type"] for op in ops})
+        self._ref = ReferenceBackend(plan)
+
+    def run(self, env: dict) -> dict:
+        for op in self.ops:
+            for name, arr in zip(op["outputs"], self._ref.run_op(op, env)):
+                if name:
+                    env[name] = arr
+        return env
