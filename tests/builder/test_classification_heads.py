@@ -149,3 +149,32 @@ def test_the_host_tail_computes_what_the_whole_plan_computes(exported, arch):
     env = HostTail(plan, host).run({**plan.check_feeds(feeds), **{o["name"]: env[o["name"]] for o in device.outputs}})
     np.testing.assert_array_equal(env["logits"].astype(np.float32), want)
 
+
+
+@pytest.mark.parametrize("arch", ["bert", "distilbert"])
+def test_optimum_text_classification_exports(tmp_path, arch):
+    """The files a user gets from `optimum-cli export onnx --task text-classification` and Optimum's ORTOptimizer at
+    O1-O3 (fused attention, SkipLayerNormalization, FastGelu around the same head): each builds, its head as above,
+    and matches onnxruntime on the file within the bounds argued above."""
+    import onnxruntime as ort
+    from producers_corpus import optimum_env, optimum_export, save_model_dir
+
+    import trtrun
+    from trtrun.reference import ReferenceBackend
+
+    if optimum_env() is None:
+        pytest.skip("Optimum's environment is missing: bash scripts/optimum-env.sh (CI installs it)")
+    files = optimum_export(save_model_dir(_model(arch), tmp_path / "hf"), tmp_path / "optimum",
+                           task="text-classification")
+    feeds = _feeds(seed=5)
+    for variant, path in files.items():
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        names = [i.name for i in sess.get_inputs()]
+        full = {**feeds, "token_type_ids": np.zeros_like(feeds["input_ids"])}
+        want = sess.run(None, {k: full[k] for k in names})[0].astype(np.float64)
+        for precision, bound in (("fp32", 1e-5), ("hybrid", 1e-2)):
+            plan = trtrun.build(path, precision=precision)
+            assert [op["type"] for op in plan.ops[-3:]] == ["Pool", "Linear", "Linear"], variant
+            got = ReferenceBackend(plan).run({k: full[k] for k in (i["name"] for i in plan.inputs)})["logits"]
+            err = np.abs(got - want).max() / np.abs(want).max()
+            assert err <= bound, (variant, precision, err)
