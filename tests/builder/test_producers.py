@@ -405,8 +405,8 @@ def test_t5_encoder(tmp_path, ffn):
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_optimum_decoder_tasks(tmp_path, arch):
     """Decoders as Optimum exports them for generation: `text-generation` (logits from the LM head) builds and
-    matches onnxruntime on the file; `text-generation-with-past` (its default: a key/value cache in and out) is
-    refused in one line that says how to export without the cache."""
+    matches onnxruntime on the file (`text-generation-with-past`, its default, with a key/value cache in and out:
+    tests/builder/test_prefill.py)."""
     import trtrun
     from producers_corpus import causal_lm_dir
     from trtrun.reference import ReferenceBackend
@@ -422,9 +422,6 @@ def test_optimum_decoder_tasks(tmp_path, arch):
     ref = _ort(path, {**feeds, "position_ids": positions})  # the plan's positions: arange, as transformers'
     assert y.shape == ref.shape and y.shape[-1] > 30000
     assert worst_token_cosine(y, ref, mask) >= 0.9999  # hybrid, as the token states
-    cached = optimum_export(hf, tmp_path / "past", levels=(), env=env, task="text-generation-with-past")["optimum"]
-    with pytest.raises(trtrun.ModelError, match="key/value cache.*--task text-generation"):
-        trtrun.build(cached)
 
 
 # ---------------------------------------------------------------------- outputs

@@ -1,6 +1,6 @@
 """The builder: an ONNX transformer in, a trtrun Plan out.
 
-    load -> inputs by role (+ position_ids as arange, fixed dims made symbolic) -> [other producers' forms: upcast fp16 -> dequantize int8 -> lower com.microsoft ops]
+    load (+ an empty key/value cache) -> inputs by role (+ position_ids as arange, fixed dims made symbolic) -> [other producers' forms: upcast fp16 -> dequantize int8 -> lower com.microsoft ops]
          -> simplify -> select outputs -> probe -> remove no-op layout ops
          -> fold embedding projections -> unflatten [B*S, H] row regions -> unflatten [B*H, S, *] attention
          -> fuse LayerNorm -> fuse RMSNorm -> fuse Linear (+bias, +GELU/SiLU/ReLU) -> fuse gated MLPs

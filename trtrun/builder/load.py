@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ModelError, UnsupportedOpError
+from .prefill import prefill_only
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 MIN_OPSET = 13  # Softmax before opset 13 normalizes over flattened trailing axes, another op.
@@ -73,6 +74,7 @@ def load_model(path, notes: list | None = None):
         msg = str(e).strip().splitlines()
         raise ModelError(f"{p}: malformed ONNX model: {msg[0] if msg else type(e).__name__}") from None
     model = upgrade_opset(model, p, notes)
+    model = prefill_only(model, notes)  # a generation export's key/value cache, taken as empty
     check_inputs(model, p)
     check_ops(model)
     return model

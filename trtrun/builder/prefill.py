@@ -1,0 +1,110 @@
+"""Read a file exported for token-by-token generation as the whole-sequence model it also is (the prefill).
+
+Optimum's default export of a decoder (`--task text-generation-with-past`) and other generation exports take the
+key/value cache as graph inputs (`past_key_values.{i}.key/value`, [batch, kv_heads, past, head_size]) and return the
+updated cache (`present.*`): each layer appends its new keys and values to the cache's along the past axis
+(`Concat(past, new, axis=-2)`), then attends over the result. With an empty cache the file computes exactly what the
+same model exported without one computes, and that is what trtrun runs (embedding, scoring: whole sequences). So,
+on the ONNX model before anything else reads it:
+
+- each `Concat(past, new)` on a cache input is replaced by `new` (what it is with an empty past), and the cache
+  outputs it wrote (`present.*`) are dropped from the graph's outputs;
+- a cache input still read elsewhere (the past length, taken with Shape for the positions and the mask) becomes an
+  empty tensor of its shape, [batch, ..., 0, ...], made from input_ids' batch size in the graph, so the graph stays
+  one onnxruntime runs when the builder probes it;
+- the attention mask is then [batch, sequence] (it is [batch, past + sequence]).
+
+A cache input of another form (not float, or with a dimension other than the batch and the past left unknown) keeps
+the refusal load.check_inputs gives, which says how to export without the cache.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def cache_inputs(model) -> list:
+    """The graph inputs that hold a key/value cache: float inputs named like one (`past_key_values.*`, `past.*`)."""
+    import onnx
+
+    inits = {i.name for i in model.graph.initializer}
+    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+    return [i for i in model.graph.input if i.name not in inits and "past" in i.name.lower()
+            and i.type.tensor_type.elem_type in floats]
+
+
+def prefill_only(model, notes: list | None = None):
+    """The model with its key/value cache taken as empty (module docstring); the model itself when it has none, or
+    when a cache input's shape is not one this can make empty (load.check_inputs then refuses it by name)."""
+    import onnx
+    from onnx import helper
+
+    cache = cache_inputs(model)
+    if not cache:
+        return model
+    ids = next((i for i in model.graph.input if i.name == "input_ids"), None)
+    if ids is None:
+        return model
+    shapes = {}
+    for i in cache:
+        dims = list(i.type.tensor_type.shape.dim)
+        past = [k for k, d in enumerate(dims) if "past" in d.dim_param.lower()]
+        fixed = [d.dim_value for k, d in enumerate(dims) if k != 0 and k not in past]
+        if len(past) != 1 or past[0] == 0 or any(v <= 0 for v in fixed):
+            return model
+        shapes[i.name] = (dims, past[0])
+
+    g = model.graph
+    names = set(shapes)
+    drop_out: set[str] = set()
+    rename: dict[str, str] = {}
+    keep = []
+    for n in g.node:
+        if n.op_type == "Concat" and len(n.input) == 2 and n.input[0] in names:
+            rename[n.output[0]] = n.input[1]
+            drop_out.add(n.output[0])
+            continue
+        keep.append(n)
+    for n in keep:
+        for k, x in enumerate(n.input):
+            while x in rename:
+                x = rename[x]
+            n.input[k] = x
+    still_read = {x for n in keep for x in n.input} & names
+    empty = []
+    if still_read:
+        shape_of = helper.make_node("Shape", ["input_ids"], ["prefill.ids_shape"], name="prefill.ids_shape")
+        batch = helper.make_node("Slice", ["prefill.ids_shape", "prefill.zero", "prefill.one"], ["prefill.batch"],
+                                 name="prefill.batch")
+        empty += [helper.make_node("Constant", [], ["prefill.zero"], name="prefill.zero",
+                                   value=onnx.numpy_helper.from_array(np.array([0], np.int64))),
+                  helper.make_node("Constant", [], ["prefill.one"], name="prefill.one",
+                                   value=onnx.numpy_helper.from_array(np.array([1], np.int64))),
+                  shape_of, batch]
+        for name in sorted(still_read):
+            dims, past = shapes[name]
+            rest = np.array([0 if k == past else d.dim_value for k, d in enumerate(dims)][1:], np.int64)
+            elem = next(i for i in cache if i.name == name).type.tensor_type.elem_type
+            zero = onnx.numpy_helper.from_array(np.zeros(1, onnx.helper.tensor_dtype_to_np_dtype(elem)))
+            empty += [helper.make_node("Constant", [], [f"{name}.prefill_rest"], name=f"{name}.prefill_rest",
+                                       value=onnx.numpy_helper.from_array(rest)),
+                      helper.make_node("Concat", ["prefill.batch", f"{name}.prefill_rest"], [f"{name}.prefill_shape"],
+                                       name=f"{name}.prefill_shape", axis=0),
+                      helper.make_node("ConstantOfShape", [f"{name}.prefill_shape"], [name], name=f"{name}.prefill",
+                                       value=zero)]
+    del g.node[:]
+    g.node.extend(empty + keep)
+    outputs = [o for o in g.output if o.name not in drop_out]
+    del g.output[:]
+    g.output.extend(outputs)
+    inputs = [i for i in g.input if i.name not in names]
+    del g.input[:]
+    g.input.extend(inputs)
+    for i in g.input:  # [batch, past + sequence] with an empty past: [batch, sequence]
+        if i.name == "attention_mask" and len(i.type.tensor_type.shape.dim) == 2:
+            i.type.tensor_type.shape.dim[1].dim_param = ids.type.tensor_type.shape.dim[1].dim_param or "sequence"
+    onnx.checker.check_model(model)
+    if notes is not None:
+        notes.append(f"a key/value cache ({len(names)} inputs) taken as empty and its {len(drop_out)} updated outputs "
+                     f"dropped: the plan computes whole sequences, as the model without a cache (the prefill)")
+    return model
