@@ -310,8 +310,6 @@ class Plan:
         weights those ops read; the inputs stay. Dropping a pooled output that way leaves the token states the
         GPU runtime computes (it has no Pool op). The plan itself when nothing is dropped; ValueError for a name
         that is not an output."""
-        import copy
-
         outs = {o["name"]: o for o in self.outputs}
         names = list(dict.fromkeys(names))
         unknown = [n for n in names if n not in outs]
@@ -329,13 +327,21 @@ class Plan:
         ops.reverse()
         if not ops:
             raise ValueError(f"outputs {', '.join(names)}: every one is an input passed through; nothing to compute")
+        return self.subplan(ops, [outs[n] for n in names])
+
+    def subplan(self, ops: list[dict], outputs: list[dict]) -> "Plan":
+        """A plan of some of this plan's ops (in order) with the given output entries ({name, dtype, shape}, or
+        {name, dtype, shape, input}): the same inputs, profile and source; the tensors and weights those ops read or
+        write. PlanError if the result is not a valid plan."""
+        import copy
+
         header = copy.deepcopy({k: v for k, v in self.header.items() if k not in ("weights", "ops")})
         header["ops"] = copy.deepcopy(ops)
-        header["outputs"] = [copy.deepcopy(outs[n]) for n in names]
+        header["outputs"] = copy.deepcopy(outputs)
         used = {t for op in ops for t in (*op["inputs"], *op["outputs"]) if t}
         used |= {i["name"] for i in self.inputs} | {o["name"] for o in header["outputs"]}
         header["tensors"] = {t: v for t, v in header["tensors"].items() if t in used}
-        read = {w for op in ops for w in op["weights"].values()}
+        read = {w for op in ops for w in op.get("weights", {}).values() if w}
         return Plan.from_parts(header, {w: a for w, a in self.weights.items() if w in read})
 
     # ------------------------------------------------------------------ inspection

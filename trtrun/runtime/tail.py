@@ -13,10 +13,7 @@ multiply-adds a Linear; the token states' copy to the host costs more than the a
 
 from __future__ import annotations
 
-import copy
-
 from ..errors import PlanError
-from ..plan import Plan
 
 
 def is_sentence_tensor(plan, name: str) -> bool:
@@ -25,7 +22,7 @@ def is_sentence_tensor(plan, name: str) -> bool:
     return len(shape) >= 1 and (len(shape) < 2 or shape[1] != "S")
 
 
-def split_host_tail(plan) -> tuple[Plan, list[dict]]:
+def split_host_tail(plan) -> tuple:
     """(the plan of the ops the device runs, the host tail's ops in plan order); (plan, []) when there is no tail.
 
     The tail is every op whose output has no sequence axis; the device plan keeps the other ops, the plan's outputs
@@ -44,22 +41,16 @@ def split_host_tail(plan) -> tuple[Plan, list[dict]]:
             raise PlanError(f"op {op['name']!r} reads {bad[0]!r}, one vector a sample, which only ops after the token "
                             f"states write; the GPU runtime's kernels take [B, S, ...] tensors")
     inputs = {i["name"] for i in plan.inputs}
-    outputs = [copy.deepcopy(o) for o in plan.outputs if "input" in o or o["name"] not in written_on_host]
+    outputs = [o for o in plan.outputs if "input" in o or o["name"] not in written_on_host]
     have = {o["name"] for o in outputs}
     for op in host:
         for t in op["inputs"]:
             if t and t not in inputs and t not in written_on_host and t not in have:
                 have.add(t)
-                outputs.append({"name": t, **copy.deepcopy(plan.tensors[t])})
+                outputs.append({"name": t, **plan.tensors[t]})
     if not device or not any("input" not in o for o in outputs):
         raise PlanError("the plan computes nothing on the device before its one-vector-a-sample ops")
-    header = copy.deepcopy({k: v for k, v in plan.header.items() if k not in ("weights", "ops")})
-    header["ops"] = copy.deepcopy(device)
-    header["outputs"] = outputs
-    used = {t for op in device for t in (*op["inputs"], *op["outputs"]) if t} | inputs | have
-    header["tensors"] = {t: v for t, v in header["tensors"].items() if t in used}
-    read = {w for op in device for w in op.get("weights", {}).values() if w}
-    return Plan.from_parts(header, {w: a for w, a in plan.weights.items() if w in read}), host
+    return plan.subplan(device, outputs), host
 
 
 class HostTail:
