@@ -187,11 +187,30 @@ def _dq_value(q, scale, zp, axis=None):
     return ((q.astype(np.float32) - z) * s).astype(np.float32)
 
 
+def _node_const(t):
+    """The value of a constant, or of a Constant node's output (value attribute), else None."""
+    v = G.const_value(t)
+    p = G.producer(t) if v is None else None
+    if p is not None and p.op == "Constant" and "value" in p.attrs:
+        v = G.const_value(p.attrs["value"])
+    return v
+
+
 def _const_inputs(n, k):
+    """The constant values of n's first k inputs (None where absent or not constant); a Reshape of a constant to a
+    constant shape counts as the reshaped constant (onnxruntime-genai shares the lm_head's int4 codes with the
+    embedding table that way)."""
     vals = []
     for i in range(k):
         t = n.inputs[i] if i < len(n.inputs) and not n.inputs[i].is_empty() else None
-        vals.append(None if t is None else G.const_value(t))
+        v = None if t is None else G.const_value(t)
+        p = None if t is None or v is not None else G.producer(t)
+        if p is not None and p.op == "Reshape" and len(p.inputs) == 2:
+            a, shape = G.const_value(p.inputs[0]), _node_const(p.inputs[1])
+            if a is not None and shape is not None and shape.ndim == 1 and (shape > 0).all() \
+                    and int(np.prod(shape)) == a.size:
+                v = a.reshape(shape)
+        vals.append(v)
     return vals
 
 

@@ -10,6 +10,8 @@ then turn into the same IR ops (and the same kernels and precision rules) as a p
                                                          -> Gather + Gather + Gather, Add, LayerNorm
     Attention(x, W, bias?, mask_index?)                   -> MatMul + bias, Split, heads, Softmax, MatMul
     MultiHeadAttention(q, k, v, bias?, key_padding_mask?) (or packed QKV [B,S,H,3,D]) -> the same
+    GroupQueryAttention(qkv or q, k, v, empty cache, ..., cos_cache, sin_cache) (onnxruntime-genai's decoders)
+                                                         -> heads, rotary, K/V heads expanded, causal + padding masks
     BiasGelu, Gelu, FastGelu, GemmFastGelu, BiasAdd, FusedMatMul -> their elementwise formulas
     SimplifiedLayerNormalization(x, gamma), SkipSimplifiedLayerNormalization(x, skip, gamma, bias?)
                                                          -> RMSNorm (of x + bias + skip, + the sum output)
@@ -56,7 +58,6 @@ _LOWEST = np.finfo(np.float32).min
 _REFUSED = {
     "QuickGelu": "x * sigmoid(alpha * x) with alpha != 1 is not an IR activation (IR: gelu_erf, gelu_tanh, silu)",
     "RotaryEmbedding": "rotary position embeddings are not in the IR",
-    "GroupQueryAttention": "grouped-query attention with a KV cache is not in the IR",
     "BiasSplitGelu": "a split-GELU gate is not an IR activation",
 }
 
@@ -131,6 +132,8 @@ def _static_refusal(n):
         sizes = list(n.attrs.get("qkv_hidden_sizes", []) or [])
         if sizes and len(set(sizes)) != 1:
             raise _Refuse(f"qkv_hidden_sizes {sizes}: query, key and value of different widths are not in the IR")
+    elif n.op == "GroupQueryAttention":
+        _gqa_refusal(n)
     elif n.op == "MultiHeadAttention":
         if any(_present(n, i) is not None for i in range(5, len(n.inputs))):
             raise _Refuse("attention_bias, past state and cache inputs are not supported "
@@ -625,6 +628,111 @@ def _fused_matmul(ctx, n):
     return [outs[0]]
 
 
+def _slice(ctx, name, x, start, end, axis=-1):
+    return ctx.op("Slice", name, [x, ctx.const(name + ".starts", np.array([start], np.int64)),
+                                  ctx.const(name + ".ends", np.array([end], np.int64)),
+                                  ctx.const(name + ".axes", np.array([axis], np.int64))])
+
+
+def _rotate(ctx, name, x4, cos_cache, sin_cache, D, ids_like):
+    """x4 [B, S, h, D] rotated at positions 0..S-1 by cos/sin tables [positions, R/2] (rotate_half: the first and second
+    halves of the first R dims paired, as Llama's), the spelling the rotary pass reads by value."""
+    R = 2 * int(ctx.shape(cos_cache)[1])
+    shape = ctx.op("Shape", name + ".shape", [ids_like], dtype=np.int64)
+    S = ctx.op("Gather", name + ".seq", [shape, ctx.const(name + ".axis1", np.int64(1))], attrs={"axis": 0},
+               dtype=np.int64)
+    pos = ctx.op("Range", name + ".positions", [ctx.const(name + ".zero", np.int64(0)), S,
+                                                ctx.const(name + ".step", np.int64(1))], dtype=np.int64)
+    tables = []
+    for what, cache in (("cos", cos_cache), ("sin", sin_cache)):
+        t = ctx.op("Gather", f"{name}.{what}", [cache, pos], attrs={"axis": 0})
+        t = ctx.op("Concat", f"{name}.{what}2", [t, t], attrs={"axis": -1})
+        tables.append(ctx.op("Unsqueeze", f"{name}.{what}3", [t, ctx.const(f"{name}.{what}.axes",
+                                                                             np.array([1], np.int64))]))
+    xr = x4 if R == D else _slice(ctx, name + ".rot_part", x4, 0, R)
+    x1, x2 = _slice(ctx, name + ".x1", xr, 0, R // 2), _slice(ctx, name + ".x2", xr, R // 2, R)
+    half = ctx.op("Concat", name + ".rotate_half", [ctx.op("Neg", name + ".neg", [x2]), x1], attrs={"axis": -1})
+    y = _add(ctx, name + ".rotated", ctx.op("Mul", name + ".mul_cos", [xr, tables[0]]),
+             ctx.op("Mul", name + ".mul_sin", [half, tables[1]]))
+    if R < D:
+        y = ctx.op("Concat", name + ".with_pass", [y, _slice(ctx, name + ".pass", x4, R, D)], attrs={"axis": -1})
+    return y
+
+
+def _gqa_refusal(n):
+    a = n.attrs
+    if int(a.get("local_window_size", -1)) != -1:
+        raise _Refuse(f"local_window_size={a['local_window_size']}: a sliding window through GroupQueryAttention is "
+                      f"not lowered yet")
+    if float(a.get("softcap", 0.0) or 0.0) != 0.0:
+        raise _Refuse(f"softcap={a['softcap']}: soft-capped scores through GroupQueryAttention are not lowered yet")
+    if int(a.get("do_rotary", 0)) and int(a.get("rotary_interleaved", 0)):
+        raise _Refuse("rotary_interleaved=1: rotary on interleaved pairs through GroupQueryAttention is not lowered "
+                      "yet")
+    if int(a.get("smooth_softmax", 0)):
+        raise _Refuse("smooth_softmax=1 (a softmax with an extra zero logit) is not in the IR")
+    for i, what in ((9, "position_ids"), (10, "attention_bias"), (11, "head_sink")):
+        if _present(n, i) is not None:
+            raise _Refuse(f"its {what} input is not supported (IR attention: positions 0..S-1, padding/causal masks)")
+
+
+def _group_query_attention(ctx, n):
+    """onnxruntime's GroupQueryAttention, as onnxruntime-genai's decoder files hold it, over a whole sequence: its KV
+    cache empty (builder/prefill.py makes it so), query/key/value packed in the query or apart, rotary from its
+    cos/sin tables at positions 0..S-1, causal, keys past each row's length masked (the raw attention mask: the
+    same for right-padded rows, which the check compares), each K/V head repeated over its group of query heads."""
+    _gqa_refusal(n)
+    q, k, v = n.inputs[0], _present(n, 1), _present(n, 2)
+    for i in (3, 4):
+        p = _present(n, i)
+        if p is not None and ctx.shape(p)[2] != 0:
+            raise _Refuse("a key/value cache that is not empty (trtrun runs whole sequences: the prefill)")
+    _need_unused(n, {1: "present_key", 2: "present_value"})
+    H, Hkv = int(n.attrs["num_heads"]), int(n.attrs["kv_num_heads"])
+    if H % Hkv:
+        raise _Refuse(f"num_heads {H} is not a multiple of kv_num_heads {Hkv}")
+    width = ctx.shape(q)[-1]
+    D = width // (H + 2 * Hkv) if k is None else width // H
+    if (k is None and width != (H + 2 * Hkv) * D) or (k is not None and (width != H * D or v is None)):
+        raise _Refuse(f"a query of width {width} is not {H} heads (+ 2 x {Hkv} packed K/V heads) of one size")
+    scale = float(n.attrs.get("scale", 0.0) or 0.0) or 1.0 / math.sqrt(D)
+    name = n.name or "group_query_attention"
+    ids = _ids_input(ctx)
+    mask = next((i for i in ctx.graph.inputs if i.name == "attention_mask"), None)
+    rotary = int(n.attrs.get("do_rotary", 0))
+    cos_cache, sin_cache = _present(n, 7), _present(n, 8)
+    if rotary and (cos_cache is None or sin_cache is None or G.const_value(cos_cache) is None):
+        raise _Refuse("do_rotary=1 without constant cos_cache/sin_cache tables")
+    ctx.right_padded_only = True  # its key lengths (seqlens_k) describe right-padded rows only
+    outs = _take_outputs(ctx, n)
+    if k is None:
+        split = [G.new_variable(ctx.graph, f"{name}.{p}") for p in "qkv"]
+        ctx.graph.nodes.append(G.gs().Node(
+            "Split", G.unique_name(ctx.graph, name + ".split"), attrs={"axis": -1},
+            inputs=[q, ctx.const(name + ".split_sizes", np.array([H * D, Hkv * D, Hkv * D], np.int64))],
+            outputs=split))
+        q, k, v = split
+
+    def heads(t, h, what, rotate):
+        t4 = ctx.op("Reshape", f"{name}.{what}.heads", [t, ctx.const(f"{name}.{what}.shape",
+                                                                      np.array([0, 0, h, D], np.int64))])
+        if rotate:
+            t4 = _rotate(ctx, f"{name}.{what}.rotary", t4, cos_cache, sin_cache, D, ids)
+        if h != H:  # [B, S, Hkv, D] -> [B, S, Hkv, H/Hkv, D]: each K/V head over its group of query heads
+            t4 = ctx.op("Unsqueeze", f"{name}.{what}.group", [t4, ctx.const(f"{name}.{what}.group_axis",
+                                                                             np.array([3], np.int64))])
+            t4 = ctx.op("Expand", f"{name}.{what}.repeat", [t4, ctx.const(f"{name}.{what}.repeat_shape",
+                                                                           np.array([1, 1, 1, H // h, 1], np.int64))])
+        return ctx.op("Reshape", f"{name}.{what}.merge", [t4, ctx.const(f"{name}.{what}.merge_shape",
+                                                                         np.array([0, 0, H * D], np.int64))])
+
+    q = heads(q, H, "q", rotary)
+    k = heads(k, Hkv, "k", rotary)
+    v = heads(v, Hkv, "v", False)
+    _attention_core(ctx, n, name, q, k, v, H, D, scale, mask, True, _LOWEST, outs[0], ids)
+    return [outs[0]]
+
+
 _LOWER = {
     "SkipLayerNormalization": _skip_norm(rms=False),
     "SkipSimplifiedLayerNormalization": _skip_norm(rms=True),
@@ -634,6 +742,7 @@ _LOWER = {
     "EmbedLayerNormalization": _embed_layernorm,
     "Attention": _attention,
     "MultiHeadAttention": _multihead_attention,
+    "GroupQueryAttention": _group_query_attention,
     "BiasGelu": _bias_gelu("erf"),
     "Gelu": _bias_gelu("erf", with_bias=False),
     "FastGelu": _bias_gelu("tanh"),

@@ -33,6 +33,52 @@ def cache_inputs(model) -> list:
             and i.type.tensor_type.elem_type in floats]
 
 
+def _gqa_cache_dims(model) -> dict:
+    """{cache input: (kv_heads, head_size)} for the caches onnxruntime's GroupQueryAttention reads (onnxruntime-genai's
+    files, whose cache inputs leave the head size symbolic): the heads are the op's kv_num_heads; the head size is
+    the query's width (a MatMul by a constant weight or a MatMulNBits, plus a bias) over the heads it holds (num_heads, and twice
+    kv_num_heads when the key and value are packed into it)."""
+    from onnx import helper
+
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+
+    def width(t):
+        for _ in range(4):
+            n = producer.get(t)
+            if n is None:
+                return None
+            if n.op_type == "MatMul" and n.input[1] in inits:
+                dims = list(inits[n.input[1]].dims)
+                return int(dims[-1]) if len(dims) == 2 else None
+            if n.op_type == "MatMulNBits":  # int4 weights (onnxruntime-genai's int4 files): N output features
+                return next((int(helper.get_attribute_value(x)) for x in n.attribute if x.name == "N"), None)
+            if n.op_type == "Add":
+                t = n.input[0] if n.input[1] in inits else n.input[1] if n.input[0] in inits else None
+                if t is None:
+                    return None
+                continue
+            return None
+        return None
+
+    out = {}
+    for n in g.node:
+        if n.op_type != "GroupQueryAttention" or n.domain != "com.microsoft" or len(n.input) < 5:
+            continue
+        a = {x.name: helper.get_attribute_value(x) for x in n.attribute}
+        H, Hkv = int(a.get("num_heads", 0)), int(a.get("kv_num_heads", 0))
+        packed = len(n.input) < 2 or not n.input[1]
+        w = width(n.input[0])
+        heads = H + 2 * Hkv if packed else H
+        if not (H > 0 and Hkv > 0 and w and w % heads == 0):
+            continue
+        for t in n.input[3:5]:
+            if t:
+                out[t] = (Hkv, w // heads)
+    return out
+
+
 def prefill_only(model, notes: list | None = None):
     """The model with its key/value cache taken as empty (module docstring); the model itself when it has none, or
     when a cache input's shape is not one this can make empty (load.check_inputs then refuses it by name)."""
@@ -46,13 +92,17 @@ def prefill_only(model, notes: list | None = None):
     if ids is None:
         return model
     shapes = {}
+    gqa_dims = _gqa_cache_dims(model)
     for i in cache:
         dims = list(i.type.tensor_type.shape.dim)
         past = [k for k, d in enumerate(dims) if "past" in d.dim_param.lower()]
-        fixed = [d.dim_value for k, d in enumerate(dims) if k != 0 and k not in past]
-        if len(past) != 1 or past[0] == 0 or any(v <= 0 for v in fixed):
+        sizes = [d.dim_value for d in dims]
+        if i.name in gqa_dims and len(dims) == 4:  # [batch, kv_heads, past, head_size], sizes from the op
+            sizes[1:2] = [gqa_dims[i.name][0]]
+            sizes[3:4] = [gqa_dims[i.name][1]]
+        if len(past) != 1 or past[0] == 0 or any(v <= 0 for k, v in enumerate(sizes) if k != 0 and k not in past):
             return model
-        shapes[i.name] = (dims, past[0])
+        shapes[i.name] = (sizes, past[0])
 
     g = model.graph
     names = set(shapes)
@@ -70,6 +120,9 @@ def prefill_only(model, notes: list | None = None):
             while x in rename:
                 x = rename[x]
             n.input[k] = x
+    for n in keep:  # GroupQueryAttention's updated cache (its outputs 1 and 2), where it read the cache
+        if n.op_type == "GroupQueryAttention" and any(x in names for x in n.input[3:5]):
+            drop_out.update(o for o in n.output[1:3] if o)
     still_read = {x for n in keep for x in n.input} & names
     empty = []
     if still_read:
@@ -82,8 +135,8 @@ def prefill_only(model, notes: list | None = None):
                                    value=onnx.numpy_helper.from_array(np.array([1], np.int64))),
                   shape_of, batch]
         for name in sorted(still_read):
-            dims, past = shapes[name]
-            rest = np.array([0 if k == past else d.dim_value for k, d in enumerate(dims)][1:], np.int64)
+            sizes, past = shapes[name]
+            rest = np.array([0 if k == past else v for k, v in enumerate(sizes)][1:], np.int64)
             elem = next(i for i in cache if i.name == name).type.tensor_type.elem_type
             zero = onnx.numpy_helper.from_array(np.zeros(1, onnx.helper.tensor_dtype_to_np_dtype(elem)))
             empty += [helper.make_node("Constant", [], [f"{name}.prefill_rest"], name=f"{name}.prefill_rest",
@@ -103,7 +156,6 @@ def prefill_only(model, notes: list | None = None):
     for i in g.input:  # [batch, past + sequence] with an empty past: [batch, sequence]
         if i.name == "attention_mask" and len(i.type.tensor_type.shape.dim) == 2:
             i.type.tensor_type.shape.dim[1].dim_param = ids.type.tensor_type.shape.dim[1].dim_param or "sequence"
-    onnx.checker.check_model(model)
     if notes is not None:
         notes.append(f"a key/value cache ({len(names)} inputs) taken as empty and its {len(drop_out)} updated outputs "
                      f"dropped: the plan computes whole sequences, as the model without a cache (the prefill)")
