@@ -41,6 +41,8 @@ def _model(arch: str):
     labels = 1 if arch == "bert-1-label" else 3
     if arch in ("bert", "bert-1-label"):
         m = T.BertForSequenceClassification(T.BertConfig(num_labels=labels, **C))
+    elif arch == "bert-uncased-vocab":  # BERT's own vocabulary: real text through MiniLM's (BERT-uncased) tokenizer
+        m = T.BertForSequenceClassification(T.BertConfig(num_labels=labels, **{**C, "vocab_size": 30522}))
     elif arch == "roberta":
         m = T.RobertaForSequenceClassification(T.RobertaConfig(num_labels=labels, **C))
     elif arch == "distilbert":
@@ -178,3 +180,30 @@ def test_optimum_text_classification_exports(tmp_path, arch):
             got = ReferenceBackend(plan).run({k: full[k] for k in (i["name"] for i in plan.inputs)})["logits"]
             err = np.abs(got - want).max() / np.abs(want).max()
             assert err <= bound, (variant, precision, err)
+
+
+def test_run_and_check_read_a_classifier(exported, tmp_path):
+    """`trtrun run` prints a classifier's logits (and its top label) and compares them with onnxruntime as one vector
+    a sample; `trtrun check` measures them the same way (no token axis), on real text."""
+    from click.testing import CliRunner
+
+    from trtrun.cli.main import cli
+    from trtrun.data import data_dir
+
+    tok = data_dir() / "minilm"
+    if not (tok / "tokenizer.json").exists() or not (data_dir() / "rt_polarity.tsv").exists():
+        pytest.skip(f"MiniLM's tokenizer and Rotten Tomatoes are not in the data folder ({data_dir()})")
+    path = exported("bert-uncased-vocab")
+    plan = tmp_path / "bert.plan"
+    r = CliRunner().invoke(cli, ["build", str(path), "--precision", "fp32", "-o", str(plan), "-q"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(cli, ["run", str(plan), "--backend", "reference", "--tokenizer", str(tok), "--text",
+                                 "a gripping, funny film", "--text", "dull", "--compare", str(path)])
+    assert r.exit_code == 0, r.output
+    assert "logits: shape [2, 3] float32, NaN 0, Inf 0" in r.output and " top " in r.output
+    line = next(x for x in r.output.splitlines() if x.startswith("cosine vs onnxruntime fp32"))
+    assert float(line.split("min ")[1].split(",")[0]) >= 0.99999  # fp32: rounding only
+    r = CliRunner().invoke(cli, ["check", str(path), "--tokenizer", str(tok), "-n", "4", "--downstream", "off",
+                                 "--out", str(tmp_path / "report")])
+    assert r.exit_code == 0, r.output
+    assert "verdict: pass" in r.output

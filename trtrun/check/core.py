@@ -265,6 +265,7 @@ def _run(opts, precisions, gate, work, log, timing, t_start) -> dict:
     bs = max(bmin, min(opts.batch_size, bmax))
     max_len = min(opts.max_length or smax, smax)
     out_name = plan0.outputs[0]["name"]
+    sentence_output = len(plan0.outputs[0]["shape"]) < 2 or plan0.outputs[0]["shape"][1] != "S"  # [B, N]
     model_desc.update({"onnx": str(onnx_path), "arch": arch, "hidden": mdl["hidden"], "layers": mdl["num_layers"],
                        "heads": mdl["num_heads"], "vocab_size": mdl["vocab_size"],
                        "max_position": mdl["max_position"], "output": out_name})
@@ -370,7 +371,10 @@ def _run(opts, precisions, gate, work, log, timing, t_start) -> dict:
                     o = run.run(feeds)
                 o = o[out_name][:nb]
                 outs[p] = o
-                for j, m in zip(idx, metrics.compare_batch(o, r, mask)):
+                # one vector a sample ([B, N]: a classifier's logits, a pooled embedding) is compared whole
+                whole = sentence_output
+                cmp = metrics.compare_batch(o[:, None], r[:, None]) if whole else metrics.compare_batch(o, r, mask)
+                for j, m in zip(idx, cmp):
                     per_sample[sn][p][j] = m
             if lm is not None and sn == lm_set:
                 lm.update(feeds["input_ids"][:nb], mask, r, outs)

@@ -26,12 +26,16 @@ TEST_FRACTION = 0.2
 
 def mean_pool(hidden: np.ndarray, mask: np.ndarray, normalize: bool = True) -> np.ndarray:
     """Mean of each sample's valid token vectors (float64), L2-normalized as all-MiniLM-L6-v2's own
-    pipeline does (Transformer -> mean Pooling -> Normalize); non-finite values propagate."""
+    pipeline does (Transformer -> mean Pooling -> Normalize); non-finite values propagate. An output of one vector a
+    sample ([B, N]: a pooled embedding, a classifier's logits) is that vector."""
     m = np.asarray(mask, dtype=F64)[..., None]
     h = np.asarray(hidden, dtype=F64)
     with np.errstate(invalid="ignore", over="ignore"):
-        h = np.where(m > 0, h, 0.0)
-        pooled = h.sum(axis=1) / np.maximum(m.sum(axis=1), 1.0)
+        if h.ndim == 2:
+            pooled = h
+        else:
+            h = np.where(m > 0, h, 0.0)
+            pooled = h.sum(axis=1) / np.maximum(m.sum(axis=1), 1.0)
         if normalize:
             pooled = pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
     return pooled

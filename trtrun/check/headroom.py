@@ -147,7 +147,8 @@ class HeadroomAccumulator:
                 x = ins[0].astype(F64)
                 if len(ins) > 1 and ins[1] is not None:
                     x = x + ins[1].astype(F64)
-                for q, v in _ln_stats(x, valid).items():
+                x, v_ = (x[:, None], np.ones((B, 1), bool)) if x.ndim == 2 else (x, valid)  # one vector a sample
+                for q, v in _ln_stats(x, v_).items():
                     vals[self._index[(op["name"], q)]] = v
             elif typ == "Embedding":
                 ids = np.asarray(feeds["input_ids"])[:B]
@@ -169,7 +170,7 @@ class HeadroomAccumulator:
                 if not t:
                     continue
                 a, v_ = tensors[t][:B], valid
-                if typ == "Pool":  # one vector per sample: no token axis to mask
+                if a.ndim == 2:  # one vector a sample (a Pool, a classification head): no token axis to mask
                     a, v_ = a[:, None], np.ones((B, 1), bool)
                 vals[self._index[(op["name"], f"output:{t}")]] = _absmax_rows(a, v_)
                 nf = _nonfinite_rows(a, v_)

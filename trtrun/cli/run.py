@@ -46,13 +46,15 @@ def pad_to(feeds: dict, seq: int | None = None, batch: int | None = None) -> dic
 
 
 def per_sample_cosine(out, ref, mask):
-    """Cosine similarity per sample over its valid (mask = 1) tokens, with trtrun.check.metrics.cosine's
-    conventions (float64; NaN where either side has a NaN or Inf; two all-zero vectors agree)."""
+    """Cosine similarity per sample over its valid (mask = 1) tokens (one vector a sample, [B, N]: over all of it),
+    with trtrun.check.metrics.cosine's conventions (float64; NaN where either side has a NaN or Inf; two all-zero
+    vectors agree)."""
     import numpy as np
 
     from ..check.metrics import cosine
 
-    keep = [slice(None) if mask is None else np.asarray(mask[b]).astype(bool) for b in range(out.shape[0])]
+    per_token = mask is not None and out.ndim >= 3
+    keep = [np.asarray(mask[b]).astype(bool) if per_token else slice(None) for b in range(out.shape[0])]
     return np.array([cosine(out[b][k], ref[b][k]) for b, k in enumerate(keep)])
 
 
@@ -324,8 +326,13 @@ def command(plan_path, backend, texts, text_file, data_set, max_samples, ids_fil
     for i in range(show):
         n_tok = int(mask[i].sum()) if mask is not None else s
         m = mask[i].astype(bool) if mask is not None else slice(None)
-        pooled = first[i][m].astype(np.float64).mean(axis=0) if first.ndim == 3 else first[i]
-        line = f"  {f'[{i}]':>{len(str(show - 1)) + 2}} tokens {n_tok:4d}  mean-pooled norm {np.linalg.norm(pooled):9.4f}"
+        line = f"  {f'[{i}]':>{len(str(show - 1)) + 2}} tokens {n_tok:4d}  "
+        if first.ndim == 2 and first.shape[1] <= 8:  # a classifier's logits (or a score): the values and the top one
+            vals = " ".join(f"{x:9.4f}" for x in first[i])
+            line += f"{vals}  top {int(np.argmax(first[i]))}" if first.shape[1] > 1 else vals
+        else:  # token states: mean over the valid tokens; one vector a sample: itself
+            pooled = first[i][m].astype(np.float64).mean(axis=0) if first.ndim == 3 else first[i]
+            line += f"{'mean-pooled ' if first.ndim == 3 else ''}norm {np.linalg.norm(pooled):9.4f}"
         if cos is not None:
             line += f"  cosine {cos[i]:.7f}"
         if sample_texts is not None:
