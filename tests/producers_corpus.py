@@ -141,8 +141,10 @@ def _renamed_inputs(src, dst, arch):
     onnx.save(m, str(dst))
 
 
-def sentence_transformers_export(model_dir, dst, tokenizer_dir=None):
-    """A SentenceTransformer (Transformer + mean Pooling + Normalize) exported by torch.onnx."""
+def sentence_transformers_export(model_dir, dst, tokenizer_dir=None, pooling="mean", dense=None):
+    """A SentenceTransformer (Transformer + Pooling (mean) + Normalize) exported by torch.onnx. dense: a Dense module
+    after the pooling, as LaBSE ("tanh": CLS pooling, a tanh Dense) and sentence-T5/GTR ("identity": a projection
+    without bias) have: (activation, out_features)."""
     import warnings
 
     import torch
@@ -155,8 +157,13 @@ def sentence_transformers_export(model_dir, dst, tokenizer_dir=None):
     else:
         tr = models.Transformer(str(model_dir), model_args={"attn_implementation": "eager"},
                                 tokenizer_name_or_path=str(tokenizer_dir or model_dir))
-        st = SentenceTransformer(modules=[tr, models.Pooling(tr.get_embedding_dimension(), "mean"),
-                                          models.Normalize()], device="cpu")
+        mods = [tr, models.Pooling(tr.get_embedding_dimension(), pooling)]
+        if dense is not None:
+            act, width = dense
+            torch.manual_seed(0)
+            mods.append(models.Dense(tr.get_embedding_dimension(), width, bias=act != "identity",
+                                     activation_function=torch.nn.Tanh() if act == "tanh" else torch.nn.Identity()))
+        st = SentenceTransformer(modules=mods + [models.Normalize()], device="cpu")
     st.eval()
 
     class Wrapper(torch.nn.Module):

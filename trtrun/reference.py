@@ -558,6 +558,16 @@ def ref_pool(x: np.ndarray, attention_mask: np.ndarray | None = None, *, mode: s
     return y.astype(out_dtype)
 
 
+@_quiet
+def ref_normalize(x: np.ndarray, *, epsilon: float = 1e-12, precision: str = "fp32", out_dtype=F32) -> np.ndarray:
+    """L2-normalize one vector a sample, x [B, N] -> x / max(|x|_2, epsilon), in float32 in every precision (as
+    sentence-transformers' Normalize module and Pool's `normalize` compute it)."""
+    _check_precision(precision)
+    y = np.asarray(x).astype(F32)
+    norm = np.sqrt(np.add.reduce(y * y, axis=-1, dtype=F32, keepdims=True))
+    return (y / np.maximum(norm, F32(epsilon))).astype(out_dtype)
+
+
 # ----------------------------------------------------------------------------- the backend
 class ReferenceBackend:
     """Runs a plan op by op in numpy. `run(feeds)` -> {output name: float32 array}.
@@ -650,6 +660,8 @@ class ReferenceBackend:
                 with np.errstate(over="ignore"):
                     y = (y + np.asarray(ins[1]).astype(ndt)).astype(odt)
             return [y, s] if len(outs) > 1 and outs[1] else [y]
+        if typ == "Normalize":
+            return [ref_normalize(ins[0], epsilon=a.get("epsilon", 1e-12), precision=prec, out_dtype=odt)]
         if typ == "Pool":
             return [ref_pool(ins[0], ins[1], mode=a["mode"], normalize=a.get("normalize", False), precision=prec,
                              out_dtype=odt)]

@@ -648,3 +648,36 @@ def test_protein_embeddings_from_an_esm2_folder(tmp_path):
     with pytest.raises(InputError, match=r"token id 32 is refused by op 'embeddings': the model rescales its "
                                          r"embeddings by each sequence's count of that token \(ESM's token dropout"):
         emb.embed(["MKT<mask>AYI"])
+
+
+@pytest.mark.parametrize("dense", [("identity", 24), ("tanh", 32)])
+def test_a_dense_module_after_the_pooling_is_the_plans(tiny, tmp_path, texts, dense):
+    """sentence-T5 / GTR (a projection without bias) and LaBSE-style (tanh) sentence-transformers models: mean
+    pooling, then a Dense module, then Normalize. The plan holds Pool -> Linear -> Normalize (format version 4) and
+    the Embedder gives that output (pooling the token states itself would skip the Dense), equal to onnxruntime's
+    sentence_embedding on the file (fp32 plan: rounding only)."""
+    pytest.importorskip("sentence_transformers")
+    import onnxruntime as ort
+    from conftest import EMBED_PROFILE, EMBED_TINY
+    from producers_corpus import sentence_transformers_export, tokenizer_files
+    from trtrun.builder import build
+    from trtrun.embed import Embedder
+    from trtrun.export import load_torch_model
+
+    load_torch_model("bert-base", overrides={**EMBED_TINY, "num_attention_heads": 1}, seed=3).save_pretrained(
+        tmp_path / "hf")
+    tokenizer_files(tiny["tok"], tmp_path / "hf")
+    sentence_transformers_export(tmp_path / "hf", tmp_path / "st.onnx", dense=dense)
+    plan = build(tmp_path / "st.onnx", precision="fp32", profile=EMBED_PROFILE)
+    assert [op["type"] for op in plan.ops[-3:]] == ["Pool", "Linear", "Normalize"]
+    assert plan.header["version"] == 4 and plan.ops[-2]["attrs"]["activation"] == ("tanh" if dense[0] == "tanh"
+                                                                                    else "none")
+    emb = Embedder(plan.save(tmp_path / "st.plan"), tiny["tok"], backend="reference", truncation="truncate")
+    assert emb.output == "sentence_embedding" and emb.pooling == "plan" and emb.dim == dense[1]
+    got = emb.embed(texts[:6])
+    sess, tok = ort.InferenceSession(str(tmp_path / "st.onnx"), providers=["CPUExecutionProvider"]), \
+        data.load_tokenizer(tiny["tok"])
+    for text, vec in zip(texts[:6], got):
+        feeds = data.encode(tok, [text], SEQ_MAX)
+        want = sess.run(["sentence_embedding"], {k: feeds[k] for k in ("input_ids", "attention_mask")})[0][0]
+        np.testing.assert_allclose(vec, want, atol=ATOL)

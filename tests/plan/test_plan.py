@@ -157,11 +157,14 @@ def test_foreign_text_file(tmp_path):
 def test_future_version(plan_file):
     _, path = plan_file
     hdr, blob = split_file(path)
-    write_raw(path, hdr, blob, version=4)
+    from trtrun.plan import FORMAT_VERSION
+
+    future = FORMAT_VERSION + 1
+    write_raw(path, hdr, blob, version=future)
     with pytest.raises(PlanError) as e:
         load_plan(path)
-    assert str(e.value) == (f"{path}: version: plan format version 4 is newer than this trtrun supports (3): "
-                            f"rebuild the plan or upgrade trtrun")
+    assert str(e.value) == (f"{path}: version: plan format version {future} is newer than this trtrun supports "
+                            f"({FORMAT_VERSION}): rebuild the plan or upgrade trtrun")
 
 
 def test_version_zero_and_reserved(plan_file):

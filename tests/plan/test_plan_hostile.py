@@ -56,7 +56,7 @@ def test_op_type_not_a_string(plan_file, bad):
     _, path = plan_file
     _rewrite(path, lambda h: _op(h, "l0.fc1").update(type=bad))
     with pytest.raises(PlanError, match=r"header\.ops\[5\] \('l0.fc1'\)\.type: must be a string naming an op "
-                                        r"type \(Embedding, Linear, Attention, LayerNorm, Pool, RMSNorm\)"):
+                                        r"type \(Embedding, Linear, Attention, LayerNorm, Pool, RMSNorm, Normalize\)"):
         load_plan(path)
 
 

@@ -22,6 +22,7 @@ OP_SLOTS = {
     "LayerNorm": (("x", "residual"), ("gamma", "beta"), ("y", "sum")),
     "RMSNorm": (("x", "residual"), ("gamma",), ("y", "sum")),
     "Pool": (("x", "attention_mask"), (), ("y",)),
+    "Normalize": (("x",), (), ("y",)),
 }
 NORMS = ("LayerNorm", "RMSNorm")
 

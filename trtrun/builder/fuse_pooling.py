@@ -9,8 +9,9 @@ by value, as the others confirm: for a graph output, or a tensor an IR op reads 
 classification head's Linears take: BERT's pooler, RoBERTa's head), of probe shape [B, N] that is not yet an IR
 op's output, the one [B, S, N] IR-op output it is computed from (walking back through non-IR nodes; the rest of
 its inputs may be attention_mask and shapes only) is pooled in each supported way, and the one that
-reproduces the output's probe values (probe.agree) is written as a `Pool` op. An output that matches none is
-left for check_supported, which names it; `--outputs` can leave it out.
+reproduces the output's probe values (probe.agree) is written as a `Pool` op. A graph output that L2-normalizes one
+vector a sample an IR op wrote (sentence-transformers' Normalize after a Dense module) becomes a `Normalize` op the
+same way. An output that matches none is left for check_supported, which names it; `--outputs` can leave it out.
 """
 
 from __future__ import annotations
@@ -72,6 +73,33 @@ def fuse_pooling(graph, facts) -> int:
                           attrs={"mode": mode, "normalize": bool(normalize)})
         count += 1
     G.finish(graph)
+    count += _fuse_normalize(graph, facts)
+    return count
+
+
+def _fuse_normalize(graph, facts) -> int:
+    """A graph output L2-normalizing one vector a sample that an IR op wrote (sentence-transformers' Normalize after
+    a Dense: sentence-T5, GTR, LaBSE) -> trtrun Normalize, matched by value as the pooling is."""
+    count = 0
+    for t in list(graph.outputs):
+        p = G.producer(t)
+        if p is None or G.is_trtrun(p):
+            continue
+        try:
+            if facts.sym_shape(t)[0] != "B" or len(facts.sym_shape(t)) != 2:
+                continue
+        except Exception:
+            continue
+        x = _source(graph, t, facts, rank=2)
+        if x is None:
+            continue
+        ours = [reference_pool(np.asarray(a)[:, None], None, "cls", True) for a in facts.get(x)]
+        if not agree(ours, facts.get(t)):
+            continue
+        G.add_trtrun_node(graph, "Normalize", t.name.strip("/").replace("/", ".") + ".normalize", inputs={"x": x},
+                          weights={}, outputs=[t], attrs={"epsilon": 1e-12})
+        count += 1
+    G.finish(graph)
     return count
 
 
@@ -86,9 +114,9 @@ def _candidates(graph) -> list:
     return out
 
 
-def _source(graph, t, facts):
-    """The single [B, S, N] IR-op output t is computed from, if its other inputs are attention_mask and
-    shapes only; else None."""
+def _source(graph, t, facts, rank: int = 3):
+    """The single [B, S, N] IR-op output (rank 2: [B, N]) t is computed from, if its other inputs are attention_mask
+    and shapes only; else None."""
     inputs = {i.name for i in graph.inputs}
     seen, stack, sources = set(), [t], []
     while stack:
@@ -113,4 +141,6 @@ def _source(graph, t, facts):
         sym = facts.sym_shape(sources[0])
     except Exception:
         return None
+    if rank == 2:
+        return sources[0] if len(sym) == 2 and sym[0] == "B" and sym[1] != "S" else None
     return sources[0] if len(sym) == 3 and sym[:2] == ["B", "S"] else None

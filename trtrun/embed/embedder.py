@@ -52,7 +52,7 @@ from ..runtime.options import ContextOptions
 from ..types import BACKEND_CHOICES as BACKENDS, GEMM_SEARCH_DEFAULTS, POOLINGS, TRUNCATIONS
 from .batching import pack_batches
 from .plans import plan_for_onnx
-from .pooling import pool, read_st_pooling, st_max_seq_length
+from .pooling import pool, read_st_pooling, sentence_head, st_max_seq_length
 from .text import InputTooLongError, InvalidTextError, TextEncoder, check_texts
 
 DEFAULT_CONTEXTS = 2
@@ -157,11 +157,14 @@ class Embedder:
         self.gemm_search = self.context_options.gemm_search
 
         self.plan, self.plan_path, self.from_onnx = self._resolve_plan(plan_or_onnx, precision, profile, progress)
-        self.output = self._pick_output(self.plan, output)
-        # the Embedder pools the token states itself: outputs it does not read (a pooled sentence_embedding, for
-        # which the GPU runtime has no op) are dropped, so they neither cost time nor keep the plan off the GPU
+        # A plan whose sentence vector passes modules after the pooling (a sentence-transformers Dense, as in
+        # sentence-T5, GTR, LaBSE) gives that vector: pooling the token states here would skip those modules.
+        # Otherwise the Embedder pools the token states itself, and outputs it does not read (a plain pooled
+        # sentence_embedding) are dropped, so they cost no time.
+        head = sentence_head(self.plan) if output is None and pooling is None else None
+        self.output = head or self._pick_output(self.plan, output)
         self.plan = plan = self.plan.keep_outputs([self.output])
-        self.dim = int(self._out_shape[2])
+        self.dim = int(plan.outputs[0]["shape"][-1])
         self.input_names = [i["name"] for i in plan.inputs]
 
         # tokenizer
@@ -169,7 +172,10 @@ class Embedder:
 
         # pooling
         self.pooling, self.pooling_source = pooling, "given"
-        if pooling is None:
+        if head is not None:
+            tail = [op["type"] for op in plan.ops if len(plan.tensors[op["outputs"][0]]["shape"]) == 2]
+            self.pooling, self.pooling_source = "plan", f"the plan's own {head!r} ({' -> '.join(tail)})"
+        elif pooling is None:
             self.pooling, self.pooling_source = "mean", "default (no sentence-transformers pooling config found)"
             for d in self._model_dirs():
                 mode, where = read_st_pooling(d)
@@ -284,6 +290,8 @@ class Embedder:
         return out
 
     def _pick_output(self, plan, output):
+        """The token-state output [B, S, N] the Embedder pools (`output`, else last_hidden_state, else the first of
+        rank 3); InputError for an output of another shape."""
         outs = {o["name"]: o for o in plan.outputs}
         if output is not None:
             if output not in outs:
@@ -468,6 +476,11 @@ class Embedder:
             self._pool.put(runner)
         if observer is not None:
             observer(n, S, real, dt)
+        if self.pooling == "plan":  # one vector a sample already (sentence_head)
+            y = np.asarray(out[:n], np.float32)
+            if self.normalize:
+                y = y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), np.float32(1e-12))
+            return y
         return pool(out[:n], valid, self.pooling, self.normalize)
 
     def run_encoded(self, enc: Encoded, observer: BatchObserver | None = None) -> np.ndarray:

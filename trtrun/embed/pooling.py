@@ -104,3 +104,24 @@ def pool(hidden: np.ndarray, mask: np.ndarray, pooling: str, normalize: bool) ->
     if normalize:
         v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
     return v.astype(np.float32)
+
+
+def sentence_head(plan) -> str | None:
+    """The plan's output of one vector a sample that modules after the pooling compute (a Linear or Normalize after
+    its Pool: a sentence-transformers Dense), or None (no such output; a plain pooled output, which the Embedder's
+    own pooling of the token states reproduces, is None too)."""
+    writer = {t: op for op in plan.ops for t in op["outputs"] if t}
+    for o in plan.outputs:
+        op = writer.get(o["name"])
+        if op is None or len(o["shape"]) != 2 or op["type"] == "Pool":
+            continue
+        seen, stack = set(), [op]
+        while stack:  # walk back: a Pool before it means a head after the pooling
+            cur = stack.pop()
+            if cur["type"] == "Pool":
+                return o["name"]
+            for t in cur["inputs"]:
+                if t and t in writer and t not in seen and len(plan.tensors[t]["shape"]) == 2:
+                    seen.add(t)
+                    stack.append(writer[t])
+    return None

@@ -28,12 +28,16 @@ import numpy as np
 from ..types import OP_PRECISIONS, PLAN_PRECISIONS, PRECISIONS
 
 MAGIC = b"TRTRUNPL"
-FORMAT_VERSION = 3  # the newest this trtrun reads and writes; a plan is written at the version it needs
+FORMAT_VERSION = 4  # the newest this trtrun reads and writes; a plan is written at the version it needs
 FP8_FORMAT_VERSION = 2  # fp8 ops and float8 weights: a trtrun that reads version 1 only says "newer", not "bad field"
 # Attributes that change what an op computes and that a trtrun reading versions 1 and 2 would take for annotations
 # (it tolerates unknown scalar attributes) and silently compute without: a plan using one is version 3, which such
 # a trtrun refuses as newer. (attribute, its value that means "absent")
 V3_ATTRS = (("softcap", None), ("residual_after", False), ("qk_norm_kind", "rms"), ("refused_id", None))
+# Version 4: ops after the pooling (a classification head, a sentence-transformers Dense and Normalize): a Linear,
+# LayerNorm or RMSNorm writing one vector a sample, the tanh activation, the Normalize op; a trtrun reading version 3
+# refuses such a plan as newer rather than as a bad field
+HEAD_FORMAT_VERSION = 4
 FORMAT_NAME = "trtrun-plan"
 ALIGN = 256
 PREAMBLE = struct.Struct("<8sIIQQ")  # magic, version, reserved, header length, blob length: 32 bytes
@@ -94,11 +98,17 @@ OP_SCHEMAS: dict[str, dict[str, Any]] = {
         "outputs": (("y", True), ("sum", False)),
         "weights": {"gamma": True},
     },
+    "Normalize": {
+        "inputs": (("x", True),),
+        "outputs": (("y", True),),
+        "weights": {},
+    },
 }
 POOL_MODES = ("mean", "cls")
 # ops that may write one vector a sample, [B, N] (a tensor without the sequence axis): Pool, and the row ops that
-# may follow it (a classification head: BERT's pooler, RoBERTa's and ModernBERT's heads)
-SENTENCE_OPS = ("Pool", "Linear", "LayerNorm", "RMSNorm")
+# may follow it (a classification head: BERT's pooler, RoBERTa's and ModernBERT's heads; a sentence-transformers Dense
+# and Normalize)
+SENTENCE_OPS = ("Pool", "Linear", "LayerNorm", "RMSNorm", "Normalize")
 OP_TYPES = tuple(OP_SCHEMAS)
 
 HEADER_KEYS = ("format", "version", "precision", "tf32", "profile", "source", "model", "inputs", "outputs",
@@ -117,6 +127,7 @@ OP_ATTRS = {
     "LayerNorm": ("epsilon", "residual_after"),
     "Pool": ("mode", "normalize"),
     "RMSNorm": ("epsilon", "residual_after"),
+    "Normalize": ("epsilon",),
 }
 # Graph inputs an op slot may read, where the slot indexes a table or masks (checked at run time by
 # Plan.check_feeds against exactly these tables and values)
@@ -149,11 +160,26 @@ def np_dtype(name: str) -> np.dtype:
     return np.dtype(name).newbyteorder("<")
 
 
+def _after_pooling(op: dict, tensors) -> bool:
+    """A version-4 op: Normalize, a tanh activation, or a non-Pool op writing one vector a sample ([B, N])."""
+    if op.get("type") == "Normalize" or (isinstance(op.get("attrs"), dict) and op["attrs"].get("activation") == "tanh"):
+        return True
+    outs = op.get("outputs")
+    if op.get("type") == "Pool" or not isinstance(outs, list) or not outs or not isinstance(tensors, dict):
+        return False
+    t = tensors.get(outs[0]) if isinstance(outs[0], str) else None
+    shape = t.get("shape") if isinstance(t, dict) else None
+    return isinstance(shape, list) and len(shape) == 2 and shape[0] == "B" and shape[1] != "S"
+
+
 def required_version(header) -> int:
-    """The format version a header needs: 3 with an attribute of V3_ATTRS, else 2 with an fp8 op or a float8
-    weight, else 1 (older trtruns read those). Defensive: the header may be a hostile file's, not yet validated."""
+    """The format version a header needs: 4 with an op after the pooling (_after_pooling), else 3 with an attribute of
+    V3_ATTRS, else 2 with an fp8 op or a float8 weight, else 1 (older trtruns read those). Defensive: the header may be a hostile file's, not yet validated."""
     ops = header.get("ops") if isinstance(header, dict) else None
     weights = header.get("weights") if isinstance(header, dict) else None
+    tensors = header.get("tensors") if isinstance(header, dict) else None
+    if isinstance(ops, list) and any(isinstance(o, dict) and _after_pooling(o, tensors) for o in ops):
+        return HEAD_FORMAT_VERSION
     if isinstance(ops, list) and any(isinstance(o, dict) and isinstance(o.get("attrs"), dict) and
                                      o["attrs"].get(a, absent) != absent for o in ops for a, absent in V3_ATTRS):
         return 3

@@ -139,7 +139,8 @@ def validate_header(h: Any, where: str, blob_nbytes: int | None) -> None:
     need = required_version(h)
     if not (is_int(h.get("version")) and h["version"] == need):
         why = {FP8_FORMAT_VERSION: ": fp8 ops and weights need it)",
-               3: ": " + ", ".join(a for a, _ in V3_ATTRS) + " need it)"}.get(need, ")")
+               3: ": " + ", ".join(a for a, _ in V3_ATTRS) + " need it)",
+               4: ": ops after the pooling need it)"}.get(need, ")")
         err("header.version", f"is {short(h.get('version'))}, expected {need} (the file's format version" + why)
     for key, typ in (("precision", str), ("profile", dict), ("inputs", list), ("outputs", list),
                      ("tensors", dict), ("weights", dict), ("ops", list)):
@@ -617,6 +618,15 @@ def _validate_op(op, f, tensors, weights, prof, err) -> None:
             err(f + ".attrs.mode", f"{short(attrs.get('mode'))} is not one of {', '.join(POOL_MODES)}")
         if not isinstance(attrs.get("normalize", False), bool):
             err(f + ".attrs.normalize", f"must be true or false, got {short(attrs['normalize'])}")
+    elif typ == "Normalize":
+        need_dtype("inputs[0]", ins[0], FLOAT_DTYPES)
+        need_dtype("outputs[0]", outs[0], FLOAT_DTYPES)
+        x = T(ins[0])["shape"]
+        if len(x) != 2 or x[0] != "B" or x[1] == "S":
+            err(f, f"input {nm(ins[0])!r} must be one vector a sample [B, N], got {fmt_shape(x)}")
+        need_shape(f"output {nm(outs[0])!r}", T(outs[0])["shape"], x)
+        if "epsilon" in attrs:
+            number("epsilon", positive=True)
     elif typ in ("LayerNorm", "RMSNorm"):
         need_dtype("inputs[0]", ins[0], FLOAT_DTYPES)
         need_dtype("inputs[1]", ins[1], FLOAT_DTYPES)
