@@ -540,7 +540,7 @@ def ref_pool(x: np.ndarray, attention_mask: np.ndarray | None = None, *, mode: s
     tail op on the plan's fp32 output path, as the sentence-transformers modules it stands for compute it).
 
     mean: sum_j m_j x_j / max(sum_j m_j, 1e-9), m = attention_mask != 0 (all ones without a mask);
-    cls: x[:, 0]. normalize: y / max(|y|_2, 1e-12).
+    cls: x[:, 0]; first: x[b, the first j with m_j] (x[b, 0] for a row without one). normalize: y / max(|y|_2, 1e-12).
     """
     _check_precision(precision)
     x = np.asarray(x).astype(F32)
@@ -550,8 +550,12 @@ def ref_pool(x: np.ndarray, attention_mask: np.ndarray | None = None, *, mode: s
         y = np.einsum("bsn,bs->bn", x, m, dtype=F32) / np.maximum(m.sum(1, dtype=F32), F32(1e-9))[:, None]
     elif mode == "cls":
         y = x[:, 0].copy()
+    elif mode == "first":  # the first token the mask keeps (sentence-transformers' CLS pooling, left padding too)
+        first = np.zeros(x.shape[0], np.int64) if attention_mask is None else \
+            np.argmax(np.asarray(attention_mask) != 0, axis=1)
+        y = x[np.arange(x.shape[0]), first].copy()
     else:
-        raise ValueError(f"pool mode must be mean or cls, got {mode!r}")
+        raise ValueError(f"pool mode must be mean, cls or first, got {mode!r}")
     if normalize:
         norm = np.sqrt(np.add.reduce(y * y, axis=-1, dtype=F32, keepdims=True))
         y = y / np.maximum(norm, F32(1e-12))

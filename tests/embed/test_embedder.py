@@ -650,10 +650,11 @@ def test_protein_embeddings_from_an_esm2_folder(tmp_path):
         emb.embed(["MKT<mask>AYI"])
 
 
-@pytest.mark.parametrize("dense", [("identity", 24), ("tanh", 32)])
-def test_a_dense_module_after_the_pooling_is_the_plans(tiny, tmp_path, texts, dense):
-    """sentence-T5 / GTR (a projection without bias) and LaBSE-style (tanh) sentence-transformers models: mean
-    pooling, then a Dense module, then Normalize. The plan holds Pool -> Linear -> Normalize (format version 4) and
+@pytest.mark.parametrize("pooling,dense", [("mean", ("identity", 24)), ("cls", ("tanh", 32))])
+def test_a_dense_module_after_the_pooling_is_the_plans(tiny, tmp_path, texts, pooling, dense):
+    """sentence-T5 / GTR (mean pooling, a projection without bias) and LaBSE-style (CLS pooling, which
+    sentence-transformers spells as the first token the mask keeps, through ArgMax and an If; a tanh Dense)
+    sentence-transformers models, then Normalize. The plan holds Pool -> Linear -> Normalize (format version 4) and
     the Embedder gives that output (pooling the token states itself would skip the Dense), equal to onnxruntime's
     sentence_embedding on the file (fp32 plan: rounding only)."""
     pytest.importorskip("sentence_transformers")
@@ -667,9 +668,10 @@ def test_a_dense_module_after_the_pooling_is_the_plans(tiny, tmp_path, texts, de
     load_torch_model("bert-base", overrides={**EMBED_TINY, "num_attention_heads": 1}, seed=3).save_pretrained(
         tmp_path / "hf")
     tokenizer_files(tiny["tok"], tmp_path / "hf")
-    sentence_transformers_export(tmp_path / "hf", tmp_path / "st.onnx", dense=dense)
+    sentence_transformers_export(tmp_path / "hf", tmp_path / "st.onnx", pooling=pooling, dense=dense)
     plan = build(tmp_path / "st.onnx", precision="fp32", profile=EMBED_PROFILE)
     assert [op["type"] for op in plan.ops[-3:]] == ["Pool", "Linear", "Normalize"]
+    assert plan.ops[-3]["attrs"]["mode"] == ("mean" if pooling == "mean" else "first")
     assert plan.header["version"] == 4 and plan.ops[-2]["attrs"]["activation"] == ("tanh" if dense[0] == "tanh"
                                                                                     else "none")
     emb = Embedder(plan.save(tmp_path / "st.plan"), tiny["tok"], backend="reference", truncation="truncate")

@@ -21,7 +21,7 @@ import numpy as np
 from . import _graph as G
 from .probe import agree
 
-MODES = ("mean", "cls")
+MODES = ("mean", "cls", "first")
 
 
 def reference_pool(x, mask, mode: str, normalize: bool):
@@ -32,6 +32,9 @@ def reference_pool(x, mask, mode: str, normalize: bool):
         y = (x * m[..., None]).sum(1) / np.maximum(m.sum(1), 1e-9)[:, None]
     elif mode == "cls":
         y = x[:, 0]
+    elif mode == "first":
+        first = np.zeros(x.shape[0], np.int64) if mask is None else np.argmax(np.asarray(mask) != 0, axis=1)
+        y = x[np.arange(x.shape[0]), first]
     else:
         raise ValueError(f"pool mode must be one of {MODES}, got {mode!r}")
     if normalize:
@@ -67,7 +70,7 @@ def fuse_pooling(graph, facts) -> int:
         if found is None:
             continue
         mode, normalize = found
-        use_mask = mode == "mean" and mask is not None
+        use_mask = mode in ("mean", "first") and mask is not None
         G.add_trtrun_node(graph, "Pool", t.name.strip("/").replace("/", ".") + ".pool",
                           inputs={"x": x, "attention_mask": mask if use_mask else None}, weights={}, outputs=[t],
                           attrs={"mode": mode, "normalize": bool(normalize)})
@@ -103,6 +106,21 @@ def _fuse_normalize(graph, facts) -> int:
     return count
 
 
+def _outer_reads(node) -> list:
+    """Tensors an If/Loop/Scan node's branches read from the enclosing graph (sentence-transformers' CLS pooling picks
+    the first valid token inside an If)."""
+    out = []
+    for v in node.attrs.values():
+        if v.__class__.__name__ != "Graph":
+            continue
+        inner = {id(t) for n in v.nodes for t in n.outputs} | {id(t) for t in v.inputs}
+        out += [t for n in v.nodes for t in n.inputs if id(t) not in inner and not t.is_empty()
+                and t.__class__.__name__ != "Constant"]
+        for n in v.nodes:
+            out += _outer_reads(n)
+    return out
+
+
 def _candidates(graph) -> list:
     """Graph outputs, then the tensors IR ops read that a non-IR node writes (a classification head's pooled
     state: BERT's pooler and RoBERTa's head read the first token's state, taken by a Gather)."""
@@ -135,6 +153,7 @@ def _source(graph, t, facts, rank: int = 3):
         if p.op in ("Shape", "Size"):
             continue
         stack.extend(i for i in p.inputs if not i.is_empty())
+        stack.extend(_outer_reads(p))
     if len(sources) != 1:
         return None
     try:

@@ -104,7 +104,7 @@ OP_SCHEMAS: dict[str, dict[str, Any]] = {
         "weights": {},
     },
 }
-POOL_MODES = ("mean", "cls")
+POOL_MODES = ("mean", "cls", "first")  # first: the first token the mask keeps (cls where rows are right-padded)
 # ops that may write one vector a sample, [B, N] (a tensor without the sequence axis): Pool, and the row ops that
 # may follow it (a classification head: BERT's pooler, RoBERTa's and ModernBERT's heads; a sentence-transformers Dense
 # and Normalize)
@@ -161,8 +161,10 @@ def np_dtype(name: str) -> np.dtype:
 
 
 def _after_pooling(op: dict, tensors) -> bool:
-    """A version-4 op: Normalize, a tanh activation, or a non-Pool op writing one vector a sample ([B, N])."""
-    if op.get("type") == "Normalize" or (isinstance(op.get("attrs"), dict) and op["attrs"].get("activation") == "tanh"):
+    """A version-4 op: Normalize, a tanh activation, a Pool of mode first, or a non-Pool op writing one vector a sample
+    ([B, N])."""
+    attrs = op.get("attrs") if isinstance(op.get("attrs"), dict) else {}
+    if op.get("type") == "Normalize" or attrs.get("activation") == "tanh" or attrs.get("mode") == "first":
         return True
     outs = op.get("outputs")
     if op.get("type") == "Pool" or not isinstance(outs, list) or not outs or not isinstance(tensors, dict):
