@@ -4,6 +4,7 @@
     python scripts/models_matrix.py --from R.json   # render results a run already wrote (TRTRUN_MATRIX_OUT)
     ... --minilm M.json                             # add scripts/producers_minilm.py's real-text section
     ... --minilm-gpu G.json                         # and its GPU run (--backend gpu --time BxS)
+    ... --minilm-gpu-optimum O.json                 # and scripts/gpu/optimum_minilm.sh's (Optimum's own files)
     ... --smollm2 S.json                            # add scripts/smollm2_fidelity.py's real-weights section
     ... --smollm2-gpu S.json                        # and its GPU run (--backend gpu)
     python scripts/models_matrix.py --sections-only --smollm2-gpu S.json   # keep the matrix, replace one section
@@ -96,16 +97,17 @@ def render_minilm(doc: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_minilm_gpu(doc: dict) -> str:
+def render_minilm_gpu(doc: dict, title: str | None = None, note: str = "") -> str:
     """The section scripts/producers_minilm.py --backend gpu --time BxS gives: the same fidelity on the GPU
     runtime, and every variant's plan timed beside the plain export's in the same run."""
     card = doc.get("device", "an unnamed card")
-    lines = [f"\n{MINILM_GPU_TITLE}: the Embedder and each producer's plan ({doc['precision']}, {card})\n",
+    title = title or f"{MINILM_GPU_TITLE}: the Embedder and each producer's plan"
+    lines = [f"\n{title} ({doc['precision']}, {card})\n",
              f"`python scripts/producers_minilm.py --backend gpu --time {doc['timing']['shape'][0]}x"
              f"{doc['timing']['shape'][1]} --json R.json` on the GPU machine ({doc['texts']} texts), cosines as "
              f"above. The p50 is Context.run (inputs in, outputs out, CUDA graphs) at that shape with cuBLASLt's "
              f"first proposal for every GEMM (TRTRUN_GEMM_TUNE=0), the plans taken in turn over rounds in one "
-             f"process; the ratio is against the plain export's plan.\n",
+             f"process; the ratio is against the plain export's plan.{note}\n",
              "| producer | worst | mean | NaN | vs the int8 file | p50 ms | vs plain |",
              "|---|---|---|---|---|---|---|"]
     p50 = doc["timing"]["p50_ms"]
@@ -178,9 +180,10 @@ FAMILY_NAMES = {"roberta": "RoBERTa", "xlm-roberta": "XLM-RoBERTa", "distilbert"
                 "xglm": "XGLM: attention on [B*H, S, S], sinusoidal positions looked up at flattened indices"}
 MINILM_TITLE = "## all-MiniLM-L6-v2 through the Embedder on real text"
 MINILM_GPU_TITLE = "## all-MiniLM-L6-v2 on the GPU"
+MINILM_GPU_OPTIMUM_TITLE = "## all-MiniLM-L6-v2 on the GPU through Hugging Face Optimum's own files"
 SMOLLM2_TITLE = "## SmolLM2-135M-Instruct (real weights"
 SMOLLM2_GPU_TITLE = "## SmolLM2-135M-Instruct on the GPU"
-SECTIONS = (MINILM_TITLE, MINILM_GPU_TITLE, SMOLLM2_TITLE, SMOLLM2_GPU_TITLE)
+SECTIONS = (MINILM_TITLE, MINILM_GPU_TITLE, MINILM_GPU_OPTIMUM_TITLE, SMOLLM2_TITLE, SMOLLM2_GPU_TITLE)
 
 
 def _sections(path: Path) -> dict:
@@ -261,6 +264,9 @@ def main(argv=None) -> int:
     ap.add_argument("-o", "--output", default=str(ROOT / "docs" / "models.md"))
     ap.add_argument("--minilm", default=None, help="also render scripts/producers_minilm.py's JSON")
     ap.add_argument("--minilm-gpu", default=None, help="also render producers_minilm.py --backend gpu --time's JSON")
+    ap.add_argument("--minilm-gpu-optimum", default=None,
+                    help="also render producers_minilm.py --backend gpu's JSON of Optimum's files (scripts/gpu/"
+                         "optimum_minilm.sh) as a section of its own")
     ap.add_argument("--smollm2", default=None, help="also render scripts/smollm2_fidelity.py's JSON")
     ap.add_argument("--smollm2-gpu", default=None, help="also render smollm2_fidelity.py --backend gpu's JSON")
     ap.add_argument("--sections-only", action="store_true",
@@ -296,6 +302,14 @@ def main(argv=None) -> int:
         text += render_minilm_gpu(json.loads(Path(a.minilm_gpu).read_text()))
     elif MINILM_GPU_TITLE in kept:
         text += kept[MINILM_GPU_TITLE]
+    if a.minilm_gpu_optimum:
+        text += render_minilm_gpu(
+            json.loads(Path(a.minilm_gpu_optimum).read_text()), MINILM_GPU_OPTIMUM_TITLE,
+            " Made by scripts/gpu/optimum_minilm.sh: the weights rounded to fp16 to fit the device call (both sides "
+            "read the same rounded weights), Optimum's exports made on the GPU machine from that folder; "
+            "results/producers-h100/ holds the JSON.")
+    elif MINILM_GPU_OPTIMUM_TITLE in kept:
+        text += kept[MINILM_GPU_OPTIMUM_TITLE]
     if a.smollm2:
         text += render_smollm2(json.loads(Path(a.smollm2).read_text()))
     elif SMOLLM2_TITLE in kept:
