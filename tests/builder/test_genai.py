@@ -60,7 +60,7 @@ def _reference_session(path, tmp_path):
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
-@pytest.mark.parametrize("arch,precision", [("llama", "fp32"), ("qwen2", "fp32"), ("llama", "int4")])
+@pytest.mark.parametrize("arch,precision", [("llama", "fp32"), ("qwen2", "fp32"), ("qwen3", "fp32"), ("llama", "int4")])
 def test_genai_decoder_files(genai_file, tmp_path, arch, precision):
     import onnx
 

@@ -625,7 +625,11 @@ def _trace_source(graph, facts, t, ctx):
             ok = norm is None and G.slot(p, "residual") is None and \
                 facts.rank(x) in ((4,) if layer else (3, 4)) and gamma is not None and \
                 gamma.size == facts.get(x)[0].shape[-1] and (not layer or (beta is not None and beta.size == gamma.size))
-            whole = ok and facts.rank(x) == 3
+            # rank 3: the whole projection [B, S, N], or the heads laid along the rows, [B, S*h, D] (onnxruntime-
+            # genai's Qwen3 files reshape to [0, -1, head_size] around their SimplifiedLayerNormalization)
+            S0 = np.asarray(facts.feeds[0]["input_ids"]).shape[1]
+            rows = facts.get(x)[0].shape[1] if facts.rank(x) == 3 else 0
+            whole = ok and facts.rank(x) == 3 and rows == S0
             if ok and whole:
                 xp = G.producer(x)
                 ok = xp is not None and G.is_trtrun(xp, "Linear")  # its columns are the projection's own
@@ -719,11 +723,13 @@ def _per_head_norms(concat, facts):
 
 
 def _head_values(facts, norm, H, sm, what):
-    """The [B, S, H, D] values a per-head norm reads (its input [B, S, h, D] or [B, h, S, D]; grouped-query K's
+    """The [B, S, H, D] values a per-head norm reads (its input [B, S, h, D], [B, h, S, D] or [B, S*h, D]; grouped-query K's
     h heads repeated over their groups), for reading the columns off the projection before the norm."""
     out = []
     for a, f in zip(facts.get(norm["x"]), facts.feeds):
         S = np.asarray(f["input_ids"]).shape[1]
+        if a.ndim == 3 and a.shape[1] % S == 0:  # [B, S*h, D]: each row's h heads in turn
+            a = a.reshape(a.shape[0], S, a.shape[1] // S, a.shape[2])
         if a.shape[1] != S and a.shape[2] == S:
             a = np.transpose(a, (0, 2, 1, 3))
         heads = a.shape[2]

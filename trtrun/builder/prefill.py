@@ -36,19 +36,40 @@ def cache_inputs(model) -> list:
 def _gqa_cache_dims(model) -> dict:
     """{cache input: (kv_heads, head_size)} for the caches onnxruntime's GroupQueryAttention reads (onnxruntime-genai's
     files, whose cache inputs leave the head size symbolic): the heads are the op's kv_num_heads; the head size is
-    the query's width (a MatMul by a constant weight or a MatMulNBits, plus a bias) over the heads it holds (num_heads, and twice
-    kv_num_heads when the key and value are packed into it)."""
+    the query's width (read off a MatMul by a constant weight or a MatMulNBits, plus a bias, a Reshape to a constant
+    last dimension or a Split of constant sizes) over the heads it holds (num_heads, and twice kv_num_heads when the
+    key and value are packed into it), else the value's over kv_num_heads."""
+    import onnx
     from onnx import helper
 
     g = model.graph
     inits = {t.name: t for t in g.initializer}
     producer = {o: n for n in g.node for o in n.output}
 
+    def const(name):
+        if name in inits:
+            return onnx.numpy_helper.to_array(inits[name])
+        n = producer.get(name)
+        if n is not None and n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+            return onnx.numpy_helper.to_array(n.attribute[0].t)
+        return None
+
     def width(t):
         for _ in range(4):
             n = producer.get(t)
             if n is None:
                 return None
+            if n.op_type == "Reshape" and len(n.input) > 1:  # to [.., .., width]
+                shape = const(n.input[1])
+                return int(shape[-1]) if shape is not None and shape.ndim == 1 and shape[-1] > 0 else None
+            if n.op_type == "Split" and t in n.output:  # a part of a split along the last axis, of a constant size
+                sizes = const(n.input[1]) if len(n.input) > 1 and n.input[1] else None
+                if sizes is None:
+                    sizes = next((helper.get_attribute_value(x) for x in n.attribute if x.name == "split"), None)
+                axis = next((helper.get_attribute_value(x) for x in n.attribute if x.name == "axis"), 0)
+                if sizes is None or axis not in (-1, 2):
+                    return None
+                return int(list(sizes)[list(n.output).index(t)])
             if n.op_type == "MatMul" and n.input[1] in inits:
                 dims = list(inits[n.input[1]].dims)
                 return int(dims[-1]) if len(dims) == 2 else None
@@ -69,8 +90,9 @@ def _gqa_cache_dims(model) -> dict:
         a = {x.name: helper.get_attribute_value(x) for x in n.attribute}
         H, Hkv = int(a.get("num_heads", 0)), int(a.get("kv_num_heads", 0))
         packed = len(n.input) < 2 or not n.input[1]
-        w = width(n.input[0])
-        heads = H + 2 * Hkv if packed else H
+        w, heads = width(n.input[0]), H + 2 * Hkv if packed else H
+        if not packed and not w and len(n.input) > 2 and n.input[2]:  # the value's width: kv_num_heads heads
+            w, heads = width(n.input[2]), Hkv
         if not (H > 0 and Hkv > 0 and w and w % heads == 0):
             continue
         for t in n.input[3:5]:
