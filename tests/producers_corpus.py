@@ -352,8 +352,9 @@ def family_variants(arch: str) -> tuple:
     return torch_onnx + (("optimum",) if arch in OPTIMUM_FAMILIES else ())
 
 
-def family_dir(arch: str, dst) -> Path:
-    """A tiny random-weight `arch` of FAMILY as a Hugging Face folder."""
+def family_dir(arch: str, dst, causal_lm: bool = False) -> Path:
+    """A tiny random-weight `arch` of FAMILY as a Hugging Face folder (causal_lm: with its language-model head, as
+    generation exporters take it)."""
     import torch
     import transformers
 
@@ -365,9 +366,10 @@ def family_dir(arch: str, dst) -> Path:
     for key in ("bos_token_id", "eos_token_id", "pad_token_id"):  # some defaults lie past a vocabulary of 1000
         if isinstance(getattr(config, key, None), int) and getattr(config, key) >= 1000:
             setattr(config, key, 0)
-    model = transformers.AutoModel.from_config(config)
+    auto = transformers.AutoModelForCausalLM if causal_lm else transformers.AutoModel
+    model = auto.from_config(config, attn_implementation="eager") if causal_lm else auto.from_config(config)
     _randomize(torch, model, 0)
-    return save_model_dir(model.eval(), dst)
+    return save_model_dir(model.float().eval(), dst)
 
 
 def optimum_variants(arch: str) -> tuple:

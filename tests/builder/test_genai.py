@@ -18,7 +18,7 @@ pytest.importorskip("transformers")
 
 @pytest.fixture(scope="module")
 def genai_file(tmp_path_factory):
-    from producers_corpus import causal_lm_dir, tokenizer_files
+    from producers_corpus import FAMILY, causal_lm_dir, family_dir, tokenizer_files
 
     from trtrun.data import data_dir
 
@@ -31,7 +31,7 @@ def genai_file(tmp_path_factory):
         key = (arch, precision)
         if key not in made:
             d = tmp_path_factory.mktemp(f"genai-{arch}-{precision}")
-            hf = causal_lm_dir(arch, d / "hf")
+            hf = family_dir(arch, d / "hf", causal_lm=True) if arch in FAMILY else causal_lm_dir(arch, d / "hf")
             tokenizer_files(tok, hf)  # the builder saves the folder's tokenizer beside the model
             r = subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf), "-o",
                                 str(d / "out"), "-p", precision, "-e", "cpu", "-c", str(d / "cache")],
@@ -60,8 +60,13 @@ def _reference_session(path, tmp_path):
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
-@pytest.mark.parametrize("arch,precision", [("llama", "fp32"), ("qwen2", "fp32"), ("qwen3", "fp32"), ("llama", "int4")])
+# Llama, Qwen2 (q/k/v biases), Qwen3 (per-head q/k norms), Phi (partial rotary, LayerNorm, parallel blocks), Gemma
+# (scaled embeddings, GeGLU), and Llama's int4 file
+@pytest.mark.parametrize("arch,precision", [("llama", "fp32"), ("qwen2", "fp32"), ("qwen3", "fp32"), ("phi", "fp32"),
+                                            ("gemma", "fp32"), ("llama", "int4")])
 def test_genai_decoder_files(genai_file, tmp_path, arch, precision):
+    """Each file builds (its cache taken as empty, GroupQueryAttention lowered and fused back into the IR's causal,
+    rotary, grouped-query Attention) and the plan computes the file's logits."""
     import onnx
 
     import trtrun
@@ -84,8 +89,8 @@ def test_genai_decoder_files(genai_file, tmp_path, arch, precision):
             feeds[i.name] = np.zeros((B, i.shape[1], 0, att["attrs"]["head_size"]), np.float32)
     want = sess.run(["logits"], feeds)[0].astype(np.float64)
     valid = mask != 0
-    assert att["attrs"]["causal"] and att["attrs"]["num_kv_heads"] < att["attrs"]["num_heads"]
-    assert att["attrs"]["rotary_dim"] == att["attrs"]["head_size"]
+    assert att["attrs"]["causal"] and att["attrs"].get("num_kv_heads", att["attrs"]["num_heads"]) <= att["attrs"]["num_heads"]
+    assert 0 < att["attrs"]["rotary_dim"] <= att["attrs"]["head_size"]  # Phi: partial
     assert any("GroupQueryAttention" in c for c in plan.source["conversions"])
     assert any("key/value cache" in c for c in plan.source["conversions"])
     # fp32: rounding (~1e-7 of the logits' scale); hybrid: fp16 GEMM operands, 1e-2 (test_classification_heads.py)
