@@ -635,10 +635,13 @@ class ReferenceBackend:
                                   beta=self._w(op, "beta"), epsilon=a.get("epsilon"),
                                   position_offset=a.get("position_offset", 0), precision=prec, out_dtype=odt)]
         if typ == "Linear":
-            return [ref_linear(ins[0], self._w(op, "weight"), self._w(op, "bias"),
-                               activation=a.get("activation", "none"), gated=a.get("gated", False),
-                               precision=prec, out_dtype=odt, tf32=tf32, residual=ins[1],
-                               weight_scale=self._w(op, "weight_scale"), x_scale=self._w(op, "x_scale"))]
+            y = ref_linear(ins[0], self._w(op, "weight"), self._w(op, "bias"),
+                           activation=a.get("activation", "none"), gated=a.get("gated", False),
+                           precision=prec, out_dtype=odt, tf32=tf32, residual=ins[1],
+                           weight_scale=self._w(op, "weight_scale"), x_scale=self._w(op, "x_scale"))
+            if len(self.plan.tensors[outs[0]]["shape"]) == y.ndim - 1 and y.shape[-1] == 1:
+                y = y[..., 0]  # one column written squeezed, [B, S] (plan-format.md)
+            return [y]
         if typ == "Attention":
             return [ref_attention(ins[0], ins[1], num_heads=a["num_heads"], head_size=a["head_size"],
                                   scale=a["scale"], causal=a.get("causal", False), precision=prec,

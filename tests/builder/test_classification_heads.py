@@ -137,13 +137,13 @@ def test_the_host_tail_computes_what_the_whole_plan_computes(exported, arch):
     import trtrun
     from trtrun.reference import ReferenceBackend
     from trtrun.runtime.lower import check_gpu_support, lower_plan
-    from trtrun.runtime.tail import HostTail, is_sentence_tensor, split_host_tail
+    from trtrun.runtime.tail import HostTail, is_host_tensor, split_host_tail
 
     plan = trtrun.build(exported(arch), precision="hybrid")
     check_gpu_support(plan)  # the head's tanh/Pool are the host's: the plan is the GPU runtime's
     device, host = split_host_tail(plan)
     assert [op["type"] for op in host][0] == "Pool" and len(device.ops) + len(host) == len(plan.ops)
-    assert not any(is_sentence_tensor(device, t) for t in device.tensors)
+    assert not any(is_host_tensor(device, t) for op in device.ops for t in op["outputs"] if t)
     lower_plan(device)  # the device part lowers as any token-state plan
     feeds = _feeds(seed=11)
     want = ReferenceBackend(plan).run(feeds)["logits"]
@@ -207,3 +207,55 @@ def test_run_and_check_read_a_classifier(exported, tmp_path):
                                  "--out", str(tmp_path / "report")])
     assert r.exit_code == 0, r.output
     assert "verdict: pass" in r.output
+
+
+def _qa_export(arch, path):
+    import torch
+    import transformers as T
+
+    torch.manual_seed(0)
+    cls = {"bert": (T.BertForQuestionAnswering, T.BertConfig), "roberta": (T.RobertaForQuestionAnswering,
+                                                                           T.RobertaConfig)}[arch]
+    m = cls[0](cls[1](**C)).eval()
+    ids = torch.randint(5, 100, (2, 16))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(m, (ids, torch.ones_like(ids)), str(path), dynamo=False, opset_version=17,
+                          input_names=["input_ids", "attention_mask"], output_names=["start_logits", "end_logits"],
+                          dynamic_axes={k: {0: "b", 1: "s"} for k in ("input_ids", "attention_mask", "start_logits",
+                                                                      "end_logits")})
+    return path
+
+
+@pytest.mark.parametrize("arch", ["bert", "roberta"])
+def test_question_answering_heads(tmp_path, arch):
+    """Extractive QA (`*ForQuestionAnswering`): the two-column Linear whose columns the graph splits into start_logits
+    and end_logits [B, S] becomes one single-column Linear each, writing [B, S] (format 4); both match onnxruntime
+    (bounds as above), and the host tail the GPU runtime runs them as gives the whole plan's values."""
+    import onnxruntime as ort
+
+    import trtrun
+    from trtrun.reference import ReferenceBackend
+    from trtrun.runtime.tail import HostTail, split_host_tail
+
+    path = _qa_export(arch, tmp_path / "qa.onnx")
+    feeds = _feeds(seed=9)
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)
+    for precision, bound in (("fp32", 1e-5), ("hybrid", 1e-2)):
+        plan = trtrun.build(path, precision=precision)
+        assert [(o["name"], o["shape"]) for o in plan.outputs] == [("start_logits", ["B", "S"]),
+                                                                   ("end_logits", ["B", "S"])]
+        assert plan.header["version"] == 4
+        heads = [op for op in plan.ops if op["outputs"][0] in ("start_logits", "end_logits")]
+        assert [op["type"] for op in heads] == ["Linear", "Linear"]
+        got = ReferenceBackend(plan).run(feeds)
+        valid = feeds["attention_mask"] != 0
+        for name, w in zip(("start_logits", "end_logits"), want):
+            err = np.abs(got[name] - w)[valid].max() / np.abs(w)[valid].max()
+            assert err <= bound, (arch, precision, name, err)
+    device, host = split_host_tail(plan)
+    assert [op["name"] for op in host] == [op["name"] for op in heads]
+    _, env = ReferenceBackend(device).run(feeds, capture=True)
+    env = HostTail(plan, host).run({**plan.check_feeds(feeds), **{o["name"]: env[o["name"]] for o in device.outputs}})
+    for name in ("start_logits", "end_logits"):
+        np.testing.assert_array_equal(env[name].astype(np.float32), got[name])

@@ -7,6 +7,7 @@
          -> fuse attention (+ merged QKV Linear, rotary, grouped K/V heads)
          -> fuse embeddings (+LayerNorm) -> fuse residual Adds into LayerNorm/RMSNorm
          -> fuse the Adds left of a Linear's output into its residual input -> fuse pooled outputs
+         -> split per-token score columns into single-column Linears (question answering's start/end)
          -> check only IR ops are left -> pin precision -> lower to a Plan
 
 Each graph pass is one function taking (graph, facts), ending in cleanup().toposort(). See
@@ -28,6 +29,7 @@ from .fuse_linear import fuse_linear
 from .fuse_linear_residual import fuse_linear_residual
 from .fuse_pooling import fuse_pooling
 from .fuse_residual import fuse_residual
+from .fuse_token_scores import fuse_token_scores
 from .fuse_rmsnorm import fuse_rmsnorm
 from .gelu_form import GELU_CHOICES, choose_gelu_form
 from .input_roles import assign_input_roles, fixed_dims, reexport_hint
@@ -47,7 +49,7 @@ __all__ = ["build", "load_model", "upcast_fp16", "dequantize", "lower_contrib", 
            "probe", "decouple_shapes", "remove_noop_layout", "fold_embedding_projection", "unflatten_rows",
            "unflatten_heads",
            "fuse_layernorm", "fuse_rmsnorm", "fuse_linear", "fuse_gated", "fuse_attention", "fuse_embedding",
-           "fuse_residual", "fuse_linear_residual", "fuse_pooling", "check_supported", "pin_precision", "lower",
+           "fuse_residual", "fuse_linear_residual", "fuse_pooling", "fuse_token_scores", "check_supported", "pin_precision", "lower",
            "precision_onnx", "resolve_profile", "PRECISIONS"]
 
 # Other producers' spellings, rewritten into what a plain fp32 export would be before anything else runs
@@ -67,6 +69,7 @@ FUSIONS = (
     ("fuse_residual", fuse_residual),
     ("fuse_linear_residual", fuse_linear_residual),
     ("fuse_pooling", fuse_pooling),
+    ("fuse_token_scores", fuse_token_scores),
 )
 STEPS = ("load", "producer forms", "simplify", "select_outputs", "probe", "decouple_shapes+remove_noop_layout", *(n for n, _ in FUSIONS),
          "check_supported", "pin_precision", "lower", "plan")

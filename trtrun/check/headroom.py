@@ -170,7 +170,9 @@ class HeadroomAccumulator:
                 if not t:
                     continue
                 a, v_ = tensors[t][:B], valid
-                if a.ndim == 2:  # one vector a sample (a Pool, a classification head): no token axis to mask
+                if len(self.plan.tensors[t]["shape"]) == 2 and self.plan.tensors[t]["shape"][1] == "S":
+                    a = a[..., None]  # one value a token ([B, S]: question answering's scores)
+                elif a.ndim == 2:  # one vector a sample (a Pool, a classification head): no token axis to mask
                     a, v_ = a[:, None], np.ones((B, 1), bool)
                 vals[self._index[(op["name"], f"output:{t}")]] = _absmax_rows(a, v_)
                 nf = _nonfinite_rows(a, v_)

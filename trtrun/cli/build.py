@@ -183,13 +183,14 @@ def command(onnx_path, output, precision, profile, save_onnx, tf32, gelu, ln_inp
            f"file {human_bytes(out.stat().st_size)}, built in {elapsed:.1f}s", quiet)
     for c in plan.source.get("conversions", []):
         status(f"note: {c}", quiet)
-    from ..runtime.tail import is_sentence_tensor
+    from ..runtime.tail import is_host_tensor
 
-    tail = [o for o in plan.ops if any(t and is_sentence_tensor(plan, t) for t in o["outputs"])]
+    tail = [o for o in plan.ops if any(t and is_host_tensor(plan, t) for t in o["outputs"])]
     if tail:
         kinds = ", ".join(f"{n} {t}" for t, n in sorted(Counter(o["type"] for o in tail).items()))
-        status(f"note: {kinds} op(s) after the token states work on one vector a sample; the GPU runtime runs "
-               f"them on the host, after copying the token states back (docs/runtime.md, \"The host tail\")", quiet)
+        status(f"note: {kinds} op(s) after the token states write one vector a sample or one value a token; the GPU "
+               f"runtime runs them on the host, after copying the token states back (docs/runtime.md, \"The host "
+               f"tail\")", quiet)
     if save_onnx:
         status(f"wrote {save_onnx} (rewritten ONNX)", quiet)
     for line in _precision_lines(plan):

@@ -45,15 +45,15 @@ def pad_to(feeds: dict, seq: int | None = None, batch: int | None = None) -> dic
     return out
 
 
-def per_sample_cosine(out, ref, mask):
-    """Cosine similarity per sample over its valid (mask = 1) tokens (one vector a sample, [B, N]: over all of it),
-    with trtrun.check.metrics.cosine's conventions (float64; NaN where either side has a NaN or Inf; two all-zero
-    vectors agree)."""
+def per_sample_cosine(out, ref, mask, token_axis: bool | None = None):
+    """Cosine similarity per sample over its valid (mask = 1) tokens (an output without a token axis, one vector a
+    sample [B, N]: over all of it), with trtrun.check.metrics.cosine's conventions (float64; NaN where either side has
+    a NaN or Inf; two all-zero vectors agree). token_axis: whether axis 1 is the tokens (None: rank 3 or more)."""
     import numpy as np
 
     from ..check.metrics import cosine
 
-    per_token = mask is not None and out.ndim >= 3
+    per_token = mask is not None and (out.ndim >= 3 if token_axis is None else token_axis)
     keep = [np.asarray(mask[b]).astype(bool) if per_token else slice(None) for b in range(out.shape[0])]
     return np.array([cosine(out[b][k], ref[b][k]) for b, k in enumerate(keep)])
 
@@ -285,7 +285,8 @@ def command(plan_path, backend, texts, text_file, data_set, max_samples, ids_fil
         if ref0.shape != outputs[first].shape:
             raise TrtrunError(f"--compare {compare_onnx}: its output has shape {list(ref0.shape)}, the plan's "
                               f"{first} {list(outputs[first].shape)}: not the model this plan was built from")
-        cos = per_sample_cosine(outputs[first], ref0, mask)
+        shape = next(o["shape"] for o in plan.outputs if o["name"] == first)
+        cos = per_sample_cosine(outputs[first], ref0, mask, token_axis=len(shape) >= 2 and shape[1] == "S")
 
     meta = {"plan": str(plan_path), "precision": plan.header.get("precision"), "backend": name,
             "seconds": round(elapsed, 6)}
@@ -322,14 +323,19 @@ def command(plan_path, backend, texts, text_file, data_set, max_samples, ids_fil
         bad_nan, bad_inf = int(np.isnan(v).sum()), int(np.isinf(v).sum())
         click.echo(f"{k}: shape {list(v.shape)} {v.dtype}, NaN {bad_nan}, Inf {bad_inf}")
     first = next(iter(outputs.values()))
+    out0 = plan.outputs[0]["shape"]
+    token_scores = len(out0) == 2 and out0[1] == "S"  # one value a token ([B, S]: question answering's scores)
     show = min(b, 16)
     for i in range(show):
         n_tok = int(mask[i].sum()) if mask is not None else s
         m = mask[i].astype(bool) if mask is not None else slice(None)
         line = f"  {f'[{i}]':>{len(str(show - 1)) + 2}} tokens {n_tok:4d}  "
-        if first.ndim == 2 and first.shape[1] <= 8:  # a classifier's logits (or a score): the values and the top one
+        if first.ndim == 2 and first.shape[1] <= 8 and not token_scores:  # a classifier's logits: values, top one
             vals = " ".join(f"{x:9.4f}" for x in first[i])
             line += f"{vals}  top {int(np.argmax(first[i]))}" if first.shape[1] > 1 else vals
+        elif token_scores:  # the best-scoring valid token
+            row = np.where(mask[i].astype(bool), first[i], -np.inf) if mask is not None else first[i]
+            line += f"top token {int(np.argmax(row)):4d} ({float(np.max(row)):9.4f})"
         else:  # token states: mean over the valid tokens; one vector a sample: itself
             pooled = first[i][m].astype(np.float64).mean(axis=0) if first.ndim == 3 else first[i]
             line += f"{'mean-pooled ' if first.ndim == 3 else ''}norm {np.linalg.norm(pooled):9.4f}"

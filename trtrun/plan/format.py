@@ -161,8 +161,8 @@ def np_dtype(name: str) -> np.dtype:
 
 
 def _after_pooling(op: dict, tensors) -> bool:
-    """A version-4 op: Normalize, a tanh activation, a Pool of mode first, or a non-Pool op writing one vector a sample
-    ([B, N])."""
+    """A version-4 op: Normalize, a tanh activation, a Pool of mode first, or a non-Pool op writing a rank-2 tensor
+    ([B, N] one vector a sample; [B, S] a single-column Linear's squeezed scores)."""
     attrs = op.get("attrs") if isinstance(op.get("attrs"), dict) else {}
     if op.get("type") == "Normalize" or attrs.get("activation") == "tanh" or attrs.get("mode") == "first":
         return True
@@ -171,7 +171,7 @@ def _after_pooling(op: dict, tensors) -> bool:
         return False
     t = tensors.get(outs[0]) if isinstance(outs[0], str) else None
     shape = t.get("shape") if isinstance(t, dict) else None
-    return isinstance(shape, list) and len(shape) == 2 and shape[0] == "B" and shape[1] != "S"
+    return isinstance(shape, list) and len(shape) == 2 and shape[0] == "B"  # [B, N], or a squeezed [B, S] column
 
 
 def required_version(header) -> int:

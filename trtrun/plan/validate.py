@@ -497,7 +497,9 @@ def _validate_op(op, f, tensors, weights, prof, err) -> None:
             err(f + ".attrs.gated", f"must be true or false, got {short(gated)}")
         if gated and N % 2:
             err(f + ".weights.weight", f"a gated Linear's weight [K, 2N] needs an even width, got {fmt_shape(w)}")
-        need_shape(f"output {nm(outs[0])!r}", y, list(x[:-1]) + [N // 2 if gated else N])
+        # one column may write its values squeezed, [B, S] (a question-answering head's start/end scores)
+        if not (N == 1 and not gated and len(x) == 3 and y == list(x[:-1])):
+            need_shape(f"output {nm(outs[0])!r}", y, list(x[:-1]) + [N // 2 if gated else N])
         need_dtype("inputs[1]", ins[1], FLOAT_DTYPES)
         if ins[1]:
             need_shape(f"residual {nm(ins[1])!r}", T(ins[1])["shape"], y)

@@ -143,10 +143,10 @@ def check_gpu_support(plan) -> None:
     the backend before it builds an engine (trtrun.backends.choose_backend). The host tail's ops (one vector a
     sample: Pool and a classification head, trtrun.runtime.tail) are not the device's to run and pass.
     """
-    from .tail import is_sentence_tensor
+    from .tail import is_host_tensor
 
     for op in plan.ops:
-        if any(t and is_sentence_tensor(plan, t) for t in op["outputs"]):
+        if any(t and is_host_tensor(plan, t) for t in op["outputs"]):
             continue  # the host tail (Pool and the head after it): runs on the host (trtrun.runtime.tail)
         if op["type"] not in GPU_OP_TYPES:
             raise PlanError(f"op {op['name']!r}: the GPU runtime does not run {op['type']} ops yet (the reference "
@@ -190,9 +190,9 @@ def lower_plan(plan) -> dict:
     outer vectors, one per output channel and one per token: the same products); `x_scale` [1] as it is.
     """
     check_gpu_support(plan)
-    from .tail import is_sentence_tensor
+    from .tail import is_host_tensor
 
-    tail = [op["name"] for op in plan.ops if any(t and is_sentence_tensor(plan, t) for t in op["outputs"])]
+    tail = [op["name"] for op in plan.ops if any(t and is_host_tensor(plan, t) for t in op["outputs"])]
     if tail:
         raise PlanError(f"op {tail[0]!r} belongs to the plan's host tail (one vector a sample): lower the device part "
                         f"that trtrun.runtime.tail.split_host_tail returns")

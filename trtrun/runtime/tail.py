@@ -1,9 +1,10 @@
-"""A plan's host tail: the ops after the token states, one vector a sample ([B, N]), which the GPU runtime leaves
-to the host.
+"""A plan's host tail: the ops after the token states that write rank-2 tensors (one vector a sample, [B, N]; one
+value a token, [B, S]), which the GPU runtime leaves to the host.
 
 A sentence-embedding or classification plan ends in a Pool (mean or first token, [B, S, N] -> [B, N]) and, for a
 classification head, a few row ops on the pooled vectors: BERT's pooler (Linear + tanh), RoBERTa's head (Linear +
-tanh, Linear), DistilBERT's (Linear + ReLU, Linear), ModernBERT's (Linear + GELU, LayerNorm, Linear). The GPU
+tanh, Linear), DistilBERT's (Linear + ReLU, Linear), ModernBERT's (Linear + GELU, LayerNorm, Linear); an extractive
+question-answering plan in single-column Linears writing [B, S] start and end scores. The GPU
 runtime's kernels take [B, S, ...] tensors, so the Engine runs the plan up to the token states these ops read on
 the device (`split_host_tail`: a plan of the device ops whose outputs are the plan's own outputs there plus those
 token states) and the tail on the host, op by op, with the reference backend's functions: the same formulas and
@@ -16,20 +17,20 @@ from __future__ import annotations
 from ..errors import PlanError
 
 
-def is_sentence_tensor(plan, name: str) -> bool:
-    """Whether a plan tensor holds one vector a sample ([B, N], no sequence axis)."""
-    shape = plan.tensors[name]["shape"]
-    return len(shape) >= 1 and (len(shape) < 2 or shape[1] != "S")
+def is_host_tensor(plan, name: str) -> bool:
+    """Whether a plan tensor is one the host tail writes: rank 2, one vector a sample ([B, N]) or one value a token
+    ([B, S]: a question-answering head's start/end scores). The kernels write [B, S, ...] tensors."""
+    return len(plan.tensors[name]["shape"]) == 2
 
 
 def split_host_tail(plan) -> tuple:
     """(the plan of the ops the device runs, the host tail's ops in plan order); (plan, []) when there is no tail.
 
-    The tail is every op whose output has no sequence axis; the device plan keeps the other ops, the plan's outputs
+    The tail is every op writing a rank-2 tensor (is_host_tensor); the device plan keeps the other ops, the plan's outputs
     they write (or pass through), and adds as outputs the token states the tail reads. PlanError if a device op
     reads a tail op's output (no valid plan does: the GPU kernels' inputs are [B, S, ...]).
     """
-    host = [op for op in plan.ops if any(t and is_sentence_tensor(plan, t) for t in op["outputs"])]
+    host = [op for op in plan.ops if any(t and is_host_tensor(plan, t) for t in op["outputs"])]
     if not host:
         return plan, []
     host_ids = {id(op) for op in host}
