@@ -259,3 +259,31 @@ def test_question_answering_heads(tmp_path, arch):
     env = HostTail(plan, host).run({**plan.check_feeds(feeds), **{o["name"]: env[o["name"]] for o in device.outputs}})
     for name in ("start_logits", "end_logits"):
         np.testing.assert_array_equal(env[name].astype(np.float32), got[name])
+
+
+def test_optimum_question_answering_exports(tmp_path):
+    """`optimum-cli export onnx --task question-answering` and its O1-O3 levels: the start/end scores build as above and
+    match onnxruntime on each file (hybrid's bound, as argued above)."""
+    import onnxruntime as ort
+    import torch
+    import transformers as T
+    from producers_corpus import optimum_env, optimum_export, save_model_dir
+
+    import trtrun
+    from trtrun.reference import ReferenceBackend
+
+    if optimum_env() is None:
+        pytest.skip("Optimum's environment is missing: bash scripts/optimum-env.sh (CI installs it)")
+    torch.manual_seed(0)
+    files = optimum_export(save_model_dir(T.BertForQuestionAnswering(T.BertConfig(**C)).eval(), tmp_path / "hf"),
+                           tmp_path / "optimum", task="question-answering")
+    feeds = {**_feeds(seed=5), "token_type_ids": np.zeros((4, 21), np.int64)}
+    valid = feeds["attention_mask"] != 0
+    for variant, path in files.items():
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        want = sess.run(None, {i.name: feeds[i.name] for i in sess.get_inputs()})
+        plan = trtrun.build(path, precision="hybrid")
+        got = ReferenceBackend(plan).run({i["name"]: feeds[i["name"]] for i in plan.inputs})
+        for o, w in zip(sess.get_outputs(), want):
+            err = np.abs(got[o.name] - w)[valid].max() / np.abs(w)[valid].max()
+            assert err <= 1e-2, (variant, o.name, err)
