@@ -67,8 +67,9 @@ backend="onnx")`) and its `export_dynamic_quantized_onnx_model`, the files the H
 sentence-transformers models (the int8 one also quantizes attention's two activation MatMuls at run time).
 Sequence-classification files (the `logits` of BERT, RoBERTa, DistilBERT, ELECTRA, ALBERT, MPNet and ModernBERT
 `*ForSequenceClassification` models, through torch.onnx and Optimum's `--task text-classification` at O1-O3) are
-tested separately too: their pooled state and head become a Pool op and Linears on one vector a sample
-(tests/builder/test_classification_heads.py; on the GPU runtime, the host tail: docs/runtime.md).
+tested separately too: their pooled state and head become a Pool op and Linears on one vector a sample; so are
+question-answering files (start and end scores [B, S] as single-column Linears) (tests/builder/test_task_heads.py;
+on the GPU runtime, the host tail: docs/runtime.md).
 
 The newer architectures (Llama, Qwen2, Mistral, Qwen3, GPT-NeoX, MPNet, DeBERTa-v2, ModernBERT) are `trtrun export`'s named architectures
 at the same tiny size with a 32000-token vocabulary (MPNet its own 30527); an architecture the IR does not

@@ -93,7 +93,7 @@ def test_genai_decoder_files(genai_file, tmp_path, arch, precision):
     assert 0 < att["attrs"]["rotary_dim"] <= att["attrs"]["head_size"]  # Phi: partial
     assert any("GroupQueryAttention" in c for c in plan.source["conversions"])
     assert any("key/value cache" in c for c in plan.source["conversions"])
-    # fp32: rounding (~1e-7 of the logits' scale); hybrid: fp16 GEMM operands, 1e-2 (test_classification_heads.py)
+    # fp32: rounding (~1e-7 of the logits' scale); hybrid: fp16 GEMM operands, 1e-2 (test_task_heads.py)
     for precision_, bound in (("fp32", 1e-5), ("hybrid", 1e-2)):
         p = plan if precision_ == "fp32" else trtrun.build(path, precision=precision_)
         got = ReferenceBackend(p).run({"input_ids": ids, "attention_mask": mask})["logits"]

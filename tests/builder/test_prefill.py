@@ -90,7 +90,7 @@ def test_a_cache_of_unknown_shape_keeps_the_refusal(tmp_path):
 def test_optimum_text_generation_with_past(tmp_path, arch):
     """Optimum's default decoder export builds; the plan computes the file's logits with an empty cache (bounds:
     fp32 rounding, 1e-5 of the logits' scale; hybrid's fp16 GEMM operands, 1e-2, as tests/builder/
-    test_classification_heads.py argues), and takes no cache input."""
+    test_task_heads.py argues), and takes no cache input."""
     import onnxruntime as ort
     from producers_corpus import causal_lm_dir, optimum_env, optimum_export
 

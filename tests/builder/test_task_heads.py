@@ -1,9 +1,14 @@
-"""Sequence-classification files (cross-encoders, sentiment and NLI models: `*ForSequenceClassification` exported to
-ONNX with its `logits` output): the pooled state (first token, or ModernBERT's masked mean) becomes a Pool op and the
-head after it Linears on one vector a sample ([B, N]), with tanh (BERT's pooler, RoBERTa's, ALBERT's and MPNet's
-heads), ReLU (DistilBERT), GELU (ELECTRA) and a LayerNorm (ModernBERT). Tiny random-weight models exported by
-torch.onnx, checked against onnxruntime fp32 on the same file with padded rows; the host tail the GPU runtime runs
-after the token states (trtrun.runtime.tail) is checked to compute what the whole plan computes."""
+"""Task heads after the token states, as other tools export them:
+
+- sequence classification (cross-encoders, sentiment and NLI models: `*ForSequenceClassification` with its `logits`
+  output): the pooled state (first token, or ModernBERT's masked mean) becomes a Pool op and the head after it
+  Linears on one vector a sample ([B, N]), with tanh (BERT's pooler, RoBERTa's, ALBERT's and MPNet's heads), ReLU
+  (DistilBERT), GELU (ELECTRA) and a LayerNorm (ModernBERT);
+- extractive question answering (`*ForQuestionAnswering`): start and end scores [B, S] as single-column Linears.
+
+Tiny random-weight models exported by torch.onnx and Optimum, checked against onnxruntime fp32 on the same file with
+padded rows; the host tail the GPU runtime runs after the token states (trtrun.runtime.tail) is checked to compute
+what the whole plan computes."""
 
 from __future__ import annotations
 
