@@ -46,13 +46,7 @@ def fuse_pooling(graph, facts) -> int:
     count = 0
     mask = next((i for i in graph.inputs if i.name == "attention_mask"), None)
     for t in _candidates(graph):
-        p = G.producer(t)
-        if p is None or G.is_trtrun(p):
-            continue
-        try:
-            if facts.sym_shape(t)[0] != "B" or len(facts.sym_shape(t)) != 2:
-                continue
-        except Exception:
+        if not _unfused_vector(t, facts):
             continue
         x = _source(graph, t, facts)
         if x is None:
@@ -85,13 +79,7 @@ def _fuse_normalize(graph, facts) -> int:
     a Dense: sentence-T5, GTR, LaBSE) -> trtrun Normalize, matched by value as the pooling is."""
     count = 0
     for t in list(graph.outputs):
-        p = G.producer(t)
-        if p is None or G.is_trtrun(p):
-            continue
-        try:
-            if facts.sym_shape(t)[0] != "B" or len(facts.sym_shape(t)) != 2:
-                continue
-        except Exception:
+        if not _unfused_vector(t, facts):
             continue
         x = _source(graph, t, facts, rank=2)
         if x is None:
@@ -104,6 +92,18 @@ def _fuse_normalize(graph, facts) -> int:
         count += 1
     G.finish(graph)
     return count
+
+
+def _unfused_vector(t, facts) -> bool:
+    """t is one vector a sample ([B, N] on the probes) that a non-IR node writes."""
+    p = G.producer(t)
+    if p is None or G.is_trtrun(p):
+        return False
+    try:
+        sym = facts.sym_shape(t)
+    except Exception:
+        return False
+    return len(sym) == 2 and sym[0] == "B"
 
 
 def _outer_reads(node) -> list:
