@@ -746,3 +746,57 @@ def test_names_beyond_the_bmp_load(plan_file):
     plan = load_plan(path)
     assert any(op["name"] == "fc😀" for op in plan.ops)
     ReferenceBackend(plan).run(_feeds())
+
+
+def test_ops_after_the_pooling_are_checked_and_versioned():
+    """The format-4 forms refuse what they do not mean, naming the field: a Normalize of token states, a Linear of two
+    columns writing [B, S], a [B, N] tensor written by an Attention; a plan using one but saying version 3 is refused
+    as the wrong version (an older trtrun refuses version 4 as newer, rather than computing without the op)."""
+    import json
+
+    from trtrun.plan import Plan
+
+    base = tiny_plan("fp32", layers=1, **GPU_TINY)
+    N = GPU_TINY["hidden"]
+
+    def with_tail(ops, tensors, outputs, version=None):
+        hdr = json.loads(json.dumps({k: v for k, v in base.header.items() if k != "weights"}))
+        hdr["ops"] += ops
+        hdr["tensors"].update(tensors)
+        hdr["outputs"] = outputs
+        if version is not None:
+            hdr["version"] = version
+        weights = dict(base.weights, **{"w2": np.ones((N, 2), np.float32), "w1": np.ones((N, 1), np.float32)})
+        return Plan.from_parts(hdr, weights) if version is None else _validate_raw(hdr, weights)
+
+    norm = {"type": "Normalize", "name": "norm", "inputs": ["last_hidden_state"], "outputs": ["y"], "weights": {},
+            "attrs": {}, "precision": "fp32"}
+    with pytest.raises(PlanError, match=r"\('norm'\): input 'last_hidden_state' must be one vector a sample "
+                                        r"\[B, N\]"):
+        with_tail([norm], {"y": {"dtype": "float32", "shape": ["B", "S", N]}},
+                  [{"name": "y", "dtype": "float32", "shape": ["B", "S", N]}])
+    two = {"type": "Linear", "name": "qa", "inputs": ["last_hidden_state", ""], "outputs": ["s"],
+           "weights": {"weight": "w2"}, "attrs": {"activation": "none"}, "precision": "fp32"}
+    with pytest.raises(PlanError, match=r"\('qa'\).*output 's'"):
+        with_tail([two], {"s": {"dtype": "float32", "shape": ["B", "S"]}},
+                  [{"name": "s", "dtype": "float32", "shape": ["B", "S"]}])
+    one = dict(two, weights={"weight": "w1"})
+    plan = with_tail([one], {"s": {"dtype": "float32", "shape": ["B", "S"]}},
+                     [{"name": "s", "dtype": "float32", "shape": ["B", "S"]}])
+    assert plan.header["version"] == 4
+    out = ReferenceBackend(plan).run(_feeds())
+    assert out["s"].shape == _feeds()["input_ids"].shape
+    with pytest.raises(PlanError, match=r"version: is 3, expected 4 \(the file's format version: ops after the "
+                                        r"pooling need it\)"):
+        with_tail([one], {"s": {"dtype": "float32", "shape": ["B", "S"]}},
+                  [{"name": "s", "dtype": "float32", "shape": ["B", "S"]}], version=3)
+
+
+def _validate_raw(hdr, weights):
+    """Validate a header as given (its version kept), with weights laid out as from_parts lays them out."""
+    from trtrun.plan import Plan
+
+    plan = Plan.from_parts({**hdr, "version": None}, weights)  # lays the weights out (and sets version 4)
+    plan.header["version"] = hdr["version"]
+    plan.validate()
+    return plan

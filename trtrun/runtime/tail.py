@@ -26,8 +26,8 @@ def is_host_tensor(plan, name: str) -> bool:
 def split_host_tail(plan) -> tuple:
     """(the plan of the ops the device runs, the host tail's ops in plan order); (plan, []) when there is no tail.
 
-    The tail is every op writing a rank-2 tensor (is_host_tensor); the device plan keeps the other ops, the plan's outputs
-    they write (or pass through), and adds as outputs the token states the tail reads. PlanError if a device op
+    The tail is every op writing a rank-2 tensor (is_host_tensor); the device plan keeps the other ops, the plan's
+    outputs they write (or pass through), and adds as outputs the token states the tail reads. PlanError if a device op
     reads a tail op's output (no valid plan does: the GPU kernels' inputs are [B, S, ...]).
     """
     host = [op for op in plan.ops if any(t and is_host_tensor(plan, t) for t in op["outputs"])]
