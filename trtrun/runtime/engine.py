@@ -28,7 +28,7 @@ class Engine:
             raise RuntimeUnavailableError(f"device {device} does not exist ({n} CUDA device(s) visible)")
         self.plan = plan
         self.device = device
-        # the ops after the token states (one vector a sample: Pool, a classification head) run on the host
+        # the ops after the token states writing rank-2 tensors (Pool, a classification or QA head) run on the host
         device_plan, host_ops = split_host_tail(plan)
         self._tail = HostTail(plan, host_ops) if host_ops else None
         low = lower_plan(device_plan)
@@ -76,8 +76,8 @@ class Engine:
 
     @property
     def host_ops(self) -> list[str]:
-        """Names of the ops run on the host after the device's part (Pool and a classification head after it:
-        trtrun.runtime.tail); empty when the device runs every op."""
+        """Names of the ops run on the host after the device's part (Pool, a classification or question-answering
+        head: trtrun.runtime.tail); empty when the device runs every op."""
         return [op["name"] for op in self._tail.ops] if self._tail else []
 
     def __repr__(self) -> str:
@@ -241,8 +241,8 @@ class Context:
         Inputs are checked by Plan.check_feeds (names, dtypes, rank, profile -> ShapeError, id ranges ->
         InputError), converted to int32 into pinned buffers, padded to the sequence bucket, copied in,
         run (CUDA graph after the first run at a shape), copied out; the call waits for the result. A plan ending
-        in one vector a sample (Pool, a classification head) runs those ops on the host after the copy
-        (trtrun.runtime.tail; Engine.host_ops names them).
+        in ops writing rank-2 tensors (Pool, a classification or question-answering head) runs those on the host
+        after the copy (trtrun.runtime.tail; Engine.host_ops names them).
         """
         plan = self.engine.plan
         self._require_open()
@@ -296,9 +296,9 @@ class Context:
         eng = self.engine
         self._require_open()
         if eng._tail is not None:
-            raise InputError(f"this plan ends in ops the runtime runs on the host ({', '.join(eng._tail.types)}: one "
-                             f"vector a sample, after the token states), which run_device does not do; use run(), "
-                             f"or build the plan with --outputs naming token-state outputs only")
+            raise InputError(f"this plan ends in ops the runtime runs on the host ({', '.join(eng._tail.types)}, after "
+                             f"the token states), which run_device does not do; use run(), or build the plan with "
+                             f"--outputs naming token-state outputs only")
         if not isinstance(feeds_dev, Mapping):
             raise InputError(f"inputs must be a dict of name -> device array, got {type(feeds_dev).__name__}")
         names = [n for n, _, _ in eng._inputs]

@@ -10,6 +10,7 @@ import numpy as np
 
 from ..errors import PlanError
 from ..plan.format import DEVICE_DTYPES, GPU_ACTIVATIONS, GPU_OP_TYPES, GPU_PLAN_PRECISIONS, GPU_PRECISIONS
+from .tail import is_host_tensor
 
 # The fp32 tables lowering makes for the runtime (rotary cos/sin [seq_max, R/2] per inv_freq and scale, a score bias
 # [H, 2*seq_max - 1] per relative table or slopes) grow with the profile's longest sequence, which nothing in a plan
@@ -140,14 +141,12 @@ def check_gpu_support(plan) -> None:
     """PlanError naming the first op (or the plan's precision) the GPU runtime cannot run; None when it can.
 
     Reads only the plan's header: nothing is converted and the extension is not loaded, so a caller can choose
-    the backend before it builds an engine (trtrun.backends.choose_backend). The host tail's ops (one vector a
-    sample: Pool and a classification head, trtrun.runtime.tail) are not the device's to run and pass.
+    the backend before it builds an engine (trtrun.backends.choose_backend). The host tail's ops (rank-2 outputs:
+    Pool, a classification or question-answering head; trtrun.runtime.tail) are not the device's to run and pass.
     """
-    from .tail import is_host_tensor
-
     for op in plan.ops:
         if any(t and is_host_tensor(plan, t) for t in op["outputs"]):
-            continue  # the host tail (Pool and the head after it): runs on the host (trtrun.runtime.tail)
+            continue  # the host tail: runs on the host (trtrun.runtime.tail)
         if op["type"] not in GPU_OP_TYPES:
             raise PlanError(f"op {op['name']!r}: the GPU runtime does not run {op['type']} ops yet (the reference "
                             f"backend does); run it on the reference backend")
@@ -190,11 +189,9 @@ def lower_plan(plan) -> dict:
     outer vectors, one per output channel and one per token: the same products); `x_scale` [1] as it is.
     """
     check_gpu_support(plan)
-    from .tail import is_host_tensor
-
     tail = [op["name"] for op in plan.ops if any(t and is_host_tensor(plan, t) for t in op["outputs"])]
     if tail:
-        raise PlanError(f"op {tail[0]!r} belongs to the plan's host tail (one vector a sample): lower the device part "
+        raise PlanError(f"op {tail[0]!r} belongs to the plan's host tail (a rank-2 output): lower the device part "
                         f"that trtrun.runtime.tail.split_host_tail returns")
     tensors = plan.tensors
     names = list(tensors)
