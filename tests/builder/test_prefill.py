@@ -124,3 +124,23 @@ def test_optimum_text_generation_with_past(tmp_path, arch):
         got = ReferenceBackend(plan).run({i["name"]: feeds[i["name"]] for i in plan.inputs})["logits"]
         err = np.abs(got - want)[valid].max() / np.abs(want).max()
         assert err <= bound, (arch, precision, err)
+
+
+def test_a_cache_read_otherwise_keeps_the_refusal(tmp_path):
+    """A float input named like a cache but read by other ops than the append, its Shape or GroupQueryAttention
+    (here a ReduceSum of its values) is not taken as empty: zeros there would change what the model computes."""
+    import onnx
+    from onnx import helper
+
+    import trtrun
+    from trtrun.builder.prefill import prefill_only
+    from trtrun.errors import ModelError
+
+    model = _cache_graph()
+    model.graph.node.append(helper.make_node("ReduceSum", ["past_key_values.0.key"], ["psum"], keepdims=0))
+    assert prefill_only(onnx.load_from_string(model.SerializeToString())).graph.input[2].name == \
+        "past_key_values.0.key"  # unchanged
+    path = tmp_path / "read.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(ModelError, match=r"'past_key_values.0.key' is a key/value cache"):
+        trtrun.build(path)

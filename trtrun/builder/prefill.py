@@ -128,6 +128,19 @@ def prefill_only(model, notes: list | None = None):
 
     g = model.graph
     names = set(shapes)
+    # only what a cache is read by: the Concat appending to it (along its past axis), its Shape (the past length),
+    # GroupQueryAttention; anything else would compute with zeros where the model meant values: refused as before
+    for n in g.node:
+        for k, x in enumerate(n.input):
+            if x not in names:
+                continue
+            axis = next((helper.get_attribute_value(a) for a in n.attribute if a.name == "axis"), None)
+            rank = len(shapes[x][0])
+            ok = (n.op_type == "Concat" and k == 0 and len(n.input) == 2 and axis is not None
+                  and axis % rank == shapes[x][1]) or n.op_type == "Shape" or \
+                 (n.op_type == "GroupQueryAttention" and k in (3, 4))
+            if not ok:
+                return model
     drop_out: set[str] = set()
     rename: dict[str, str] = {}
     keep = []
