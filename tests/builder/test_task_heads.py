@@ -292,3 +292,17 @@ def test_optimum_question_answering_exports(tmp_path):
         for o, w in zip(sess.get_outputs(), want):
             err = np.abs(got[o.name] - w)[valid].max() / np.abs(w)[valid].max()
             assert err <= 1e-2, (variant, o.name, err)
+
+
+def test_a_classifier_is_no_embedding_model(exported, tmp_path):
+    """The Embedder refuses a classifier's plan (its logits are not an embedding) as it refused it before classifier
+    plans built: by name, saying what it needs."""
+    import trtrun
+    from trtrun.embed import Embedder
+    from trtrun.errors import InputError
+
+    plan = trtrun.build(exported("bert"), precision="fp32").save(tmp_path / "cls.plan")
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    with pytest.raises(InputError, match=r"output 'logits' has shape \['B', 3\]; embeddings need hidden states"):
+        Embedder(plan, tok, backend="reference")

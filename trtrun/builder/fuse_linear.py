@@ -246,8 +246,8 @@ def _match_activation(t, facts):
                 members.append(n)
                 inside.update(id(o) for o in n.outputs)
                 changed = True
-    if len(members) == 1 and members[0].op == "Tanh" and len(G.consumers(t)) == 1:  # tanh alone (BERT's pooler), not GELU's tanh form
-        return "tanh", members[0].outputs[0]
+    if len(members) == 1 and members[0].op == "Tanh" and len(G.consumers(t)) == 1:
+        return "tanh", members[0].outputs[0]  # tanh alone (BERT's pooler), not GELU's tanh form
     kinds = [n.op for n in members if n.op in _KINDS]
     if len(kinds) != 1:
         return "none", t

@@ -107,13 +107,15 @@ def pool(hidden: np.ndarray, mask: np.ndarray, pooling: str, normalize: bool) ->
 
 
 def sentence_head(plan) -> str | None:
-    """The plan's output of one vector a sample that modules after the pooling compute (a Linear or Normalize after
-    its Pool: a sentence-transformers Dense), or None (no such output; a plain pooled output, which the Embedder's
-    own pooling of the token states reproduces, is None too)."""
+    """The plan's sentence embedding that modules after the pooling compute (a sentence-transformers Dense between
+    its Pool and its Normalize), or None: no such output (a classifier's logits are no embedding: an output is one when
+    a Normalize writes it or it is named sentence_embedding), or a plain pooled output, which the Embedder's own
+    pooling of the token states reproduces."""
     writer = {t: op for op in plan.ops for t in op["outputs"] if t}
     for o in plan.outputs:
         op = writer.get(o["name"])
-        if op is None or len(o["shape"]) != 2 or op["type"] == "Pool":
+        if op is None or len(o["shape"]) != 2 or op["type"] == "Pool" or \
+                not (op["type"] == "Normalize" or o["name"] == "sentence_embedding"):
             continue
         seen, stack = set(), [op]
         while stack:  # walk back: a Pool before it means a head after the pooling
