@@ -183,9 +183,9 @@ def command(onnx_path, output, precision, profile, save_onnx, tf32, gelu, ln_inp
            f"file {human_bytes(out.stat().st_size)}, built in {elapsed:.1f}s", quiet)
     for c in plan.source.get("conversions", []):
         status(f"note: {c}", quiet)
-    from ..runtime.tail import is_host_tensor
+    from ..runtime.tail import on_host
 
-    tail = [o for o in plan.ops if any(t and is_host_tensor(plan, t) for t in o["outputs"])]
+    tail = [o for o in plan.ops if on_host(plan, o)]
     if tail:
         kinds = ", ".join(f"{n} {t}" for t, n in sorted(Counter(o["type"] for o in tail).items()))
         status(f"note: {kinds} op(s) after the token states write one vector a sample or one value a token; the GPU "

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import PlanError
 from ..plan.format import DEVICE_DTYPES, GPU_ACTIVATIONS, GPU_OP_TYPES, GPU_PLAN_PRECISIONS, GPU_PRECISIONS
-from .tail import is_host_tensor
+from .tail import on_host
 
 # The fp32 tables lowering makes for the runtime (rotary cos/sin [seq_max, R/2] per inv_freq and scale, a score bias
 # [H, 2*seq_max - 1] per relative table or slopes) grow with the profile's longest sequence, which nothing in a plan
@@ -145,7 +145,7 @@ def check_gpu_support(plan) -> None:
     Pool, a classification or question-answering head; trtrun.runtime.tail) are not the device's to run and pass.
     """
     for op in plan.ops:
-        if any(t and is_host_tensor(plan, t) for t in op["outputs"]):
+        if on_host(plan, op):
             continue  # the host tail: runs on the host (trtrun.runtime.tail)
         if op["type"] not in GPU_OP_TYPES:
             raise PlanError(f"op {op['name']!r}: the GPU runtime does not run {op['type']} ops yet (the reference "
@@ -189,7 +189,7 @@ def lower_plan(plan) -> dict:
     outer vectors, one per output channel and one per token: the same products); `x_scale` [1] as it is.
     """
     check_gpu_support(plan)
-    tail = [op["name"] for op in plan.ops if any(t and is_host_tensor(plan, t) for t in op["outputs"])]
+    tail = [op["name"] for op in plan.ops if on_host(plan, op)]
     if tail:
         raise PlanError(f"op {tail[0]!r} belongs to the plan's host tail (a rank-2 output): lower the device part "
                         f"that trtrun.runtime.tail.split_host_tail returns")

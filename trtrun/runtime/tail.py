@@ -23,6 +23,11 @@ def is_host_tensor(plan, name: str) -> bool:
     return len(plan.tensors[name]["shape"]) == 2
 
 
+def on_host(plan, op: dict) -> bool:
+    """Whether an op of the plan belongs to its host tail: it writes a tensor is_host_tensor names."""
+    return any(t and is_host_tensor(plan, t) for t in op["outputs"])
+
+
 def split_host_tail(plan) -> tuple:
     """(the plan of the ops the device runs, the host tail's ops in plan order); (plan, []) when there is no tail.
 
@@ -30,7 +35,7 @@ def split_host_tail(plan) -> tuple:
     outputs they write (or pass through), and adds as outputs the token states the tail reads. PlanError if a device op
     reads a tail op's output (no valid plan does: the GPU kernels' inputs are [B, S, ...]).
     """
-    host = [op for op in plan.ops if any(t and is_host_tensor(plan, t) for t in op["outputs"])]
+    host = [op for op in plan.ops if on_host(plan, op)]
     if not host:
         return plan, []
     host_ids = {id(op) for op in host}
