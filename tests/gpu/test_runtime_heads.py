@@ -104,3 +104,64 @@ def test_classifier_logits_on_the_gpu(arch, precision):
         h.report("heads", f"{arch:10s} fp32   GPU vs onnxruntime fp32: {err_ort:.2e}")
         assert err_ort <= 1e-3, (arch, err_ort)
         assert (got.argmax(-1) == want.argmax(-1)).mean() >= 0.9  # labels, allowing a near tie or two
+
+
+def _export_qa() -> str:
+    path = h._CACHE / "qa-bert.onnx"
+    if path.exists():
+        return str(path)
+    import torch
+    import transformers as T
+
+    torch.manual_seed(1)
+    m = T.BertForQuestionAnswering(T.BertConfig(num_hidden_layers=4))
+    with torch.no_grad():  # the span head far from its near-zero init
+        m.qa_outputs.weight.copy_(torch.randn_like(m.qa_outputs.weight) * 0.05)
+        m.qa_outputs.bias.copy_(torch.randn_like(m.qa_outputs.bias) * 0.5)
+    ids = torch.randint(1000, 2000, (2, 16))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(m.eval(), (ids, torch.ones_like(ids)), str(path), dynamo=False, opset_version=17,
+                          input_names=["input_ids", "attention_mask"], output_names=["start_logits", "end_logits"],
+                          dynamic_axes={n: {0: "b", 1: "s"} for n in ("input_ids", "attention_mask", "start_logits",
+                                                                       "end_logits")})
+    return str(path)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "hybrid"])
+def test_question_answering_spans_on_the_gpu(precision):
+    """A [B, S] output per head (start and end logits) from a padded batch of real sentences: GPU against the
+    reference on the same plan at the valid positions (those a span can take), bounds as the classifiers'."""
+    h.need_runtime()
+    import onnxruntime as ort
+
+    import trtrun
+    from trtrun.reference import ReferenceBackend
+    from trtrun.runtime import Engine
+
+    path = _export_qa()
+    plan = trtrun.build(path, precision=precision)
+    feeds = {k: v for k, v in _text_feeds().items() if k in {i["name"] for i in plan.inputs}}
+    valid = feeds["attention_mask"].astype(bool)
+    with Engine(plan).create_context() as ctx:
+        got = ctx.run(feeds)
+        again = ctx.run(feeds)
+    ref = ReferenceBackend(plan).run(feeds)
+    want = None
+    if precision == "fp32":
+        sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        want = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+    for name in ("start_logits", "end_logits"):
+        g, r = got[name].astype(np.float64), ref[name].astype(np.float64)
+        assert g.shape == r.shape == feeds["input_ids"].shape, (name, g.shape, r.shape)
+        np.testing.assert_array_equal(g, again[name].astype(np.float64))
+        scale = np.abs(r[valid]).max()
+        assert np.isfinite(g[valid]).all() and scale > 0.1
+        err = np.abs(g - r)[valid].max() / scale
+        h.report("heads", f"qa-bert    {precision:6s} {name}: GPU vs reference {err:.2e}")
+        assert err <= BOUND[precision], (name, precision, err)
+        if want is not None:
+            w = want[name].astype(np.float64)
+            err_ort = np.abs(g - w)[valid].max() / np.abs(w[valid]).max()
+            h.report("heads", f"qa-bert    fp32   {name}: GPU vs onnxruntime fp32 {err_ort:.2e}")
+            assert err_ort <= 1e-3, (name, err_ort)
