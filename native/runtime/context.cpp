@@ -1100,8 +1100,9 @@ void Context::enqueue_linear_fp8(size_t i, int batch, int seq_bucket, cudaStream
   }
   float* acc = reinterpret_cast<float*>(static_cast<char*>(arena_.get()) + acc_offset_[i]);
   gemm(DType::F32, GemmEpilogue::None, nullptr, acc);
-  rescale(acc);
-  launch_bias_act(acc, bias, bi == NO_WEIGHT ? DType::F32 : d.weights[bi].type, y, yt.type, rows, n, op.activation, s);
+  // the rescale fused into the bias/activation pass: one read of the accumulator instead of three passes over it
+  launch_bias_act(acc, bias, bi == NO_WEIGHT ? DType::F32 : d.weights[bi].type, y, yt.type, rows, n, op.activation, s,
+                  scaled ? nullptr : sx, scaled ? nullptr : sw, d.weights[wsi].shape[0] != 1);
 #else
   (void)batch;
   (void)seq_bucket;

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "runtime/runtime_ops.h"
 
@@ -45,17 +46,56 @@ __device__ __forceinline__ float gelu_tanh(float x) {
   return 0.5f * x * (1.0f + tanhf(0.79788456080286536f * (x + 0.044715f * x * x * x)));
 }
 
+// v = acc (times sx[r] * sw[c] for an unscaled fp8 product: the scale product first, as launch_fp8_rescale and
+// trtrun/fp8.py do), + bias, rounded to Y, activation in fp32 from that. __fmul_rn/__fadd_rn keep the multiply
+// and the add two roundings (no FMA contraction), so the fused pass gives the two separate passes' bits.
+template <typename B, typename Y>
+__device__ __forceinline__ float bias_act_one(float v, const B* __restrict__ bias, int64_t c, const float* sx,
+                                              const float* sw, bool sw_per_channel, int64_t r, int act) {
+  if (sx != nullptr) v = __fmul_rn(v, __fmul_rn(sx[r], sw[sw_per_channel ? c : 0]));
+  if (bias != nullptr) v = __fadd_rn(v, load_f32<B>(bias, static_cast<size_t>(c)));
+  v = round_to<Y>(v);
+  if (act == static_cast<int>(Activation::GeluErf)) v = gelu_erf(v);
+  else if (act == static_cast<int>(Activation::GeluTanh)) v = gelu_tanh(v);
+  return v;
+}
+
 template <typename B, typename Y>
 __global__ void bias_act_kernel(const float* __restrict__ acc, const B* __restrict__ bias, Y* __restrict__ y,
-                                int64_t rows, int64_t cols, int act) {
+                                int64_t rows, int64_t cols, int act, const float* __restrict__ sx,
+                                const float* __restrict__ sw, bool sw_per_channel) {
   size_t count = (size_t)rows * (size_t)cols;
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < count; i += (size_t)gridDim.x * blockDim.x) {
-    float v = acc[i];
-    if (bias != nullptr) v += load_f32<B>(bias, i % (size_t)cols);
-    v = round_to<Y>(v);
-    if (act == static_cast<int>(Activation::GeluErf)) v = gelu_erf(v);
-    else if (act == static_cast<int>(Activation::GeluTanh)) v = gelu_tanh(v);
-    store_f32<Y>(y, i, v);
+    const int64_t r = static_cast<int64_t>(i / (size_t)cols), c = static_cast<int64_t>(i % (size_t)cols);
+    store_f32<Y>(y, i, bias_act_one<B, Y>(acc[i], bias, c, sx, sw, sw_per_channel, r, act));
+  }
+}
+
+// Four columns a thread (cols % 4 == 0, acc 16-byte and y 8/16-byte aligned): one 16-byte load and one 8- or
+// 16-byte store, one row/column division per four values.
+template <typename B, typename Y>
+__global__ void bias_act_vec4_kernel(const float* __restrict__ acc, const B* __restrict__ bias, Y* __restrict__ y,
+                                     int64_t rows, int64_t cols, int act, const float* __restrict__ sx,
+                                     const float* __restrict__ sw, bool sw_per_channel) {
+  const size_t quads = (size_t)rows * (size_t)cols / 4;
+  const size_t qcols = (size_t)cols / 4;
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < quads; i += (size_t)gridDim.x * blockDim.x) {
+    const int64_t r = static_cast<int64_t>(i / qcols), c = static_cast<int64_t>(i % qcols) * 4;
+    const float4 a = reinterpret_cast<const float4*>(acc)[i];
+    float v[4] = {a.x, a.y, a.z, a.w};
+#pragma unroll
+    for (int j = 0; j < 4; ++j) v[j] = bias_act_one<B, Y>(v[j], bias, c + j, sx, sw, sw_per_channel, r, act);
+    if constexpr (sizeof(Y) == 4) {
+      reinterpret_cast<float4*>(y)[i] = make_float4(v[0], v[1], v[2], v[3]);
+    } else {
+      union {
+        uint2 u;
+        __half2 h[2];
+      } out;
+      out.h[0] = __floats2half2_rn(v[0], v[1]);
+      out.h[1] = __floats2half2_rn(v[2], v[3]);
+      reinterpret_cast<uint2*>(y)[i] = out.u;
+    }
   }
 }
 
@@ -117,28 +157,33 @@ void launch_cast(const void* src, DType src_t, void* dst, DType dst_t, size_t co
 }
 
 void launch_bias_act(const float* acc, const void* bias, DType bias_t, void* y, DType y_t, int64_t rows,
-                     int64_t cols, Activation act, cudaStream_t stream) {
+                     int64_t cols, Activation act, cudaStream_t stream, const float* sx, const float* sw,
+                     bool sw_per_channel) {
   require(is_float(y_t), "bias_act", "output must be float32/float16");
   require(bias == nullptr || is_float(bias_t), "bias_act", "bias must be float32/float16");
+  require((sx == nullptr) == (sw == nullptr), "bias_act", "fp8 scales come as a pair (sx and sw) or not at all");
   size_t count = (size_t)rows * (size_t)cols;
   if (count == 0) return;
   const int a = static_cast<int>(act);
-  const unsigned g = grid_for(count);
+  const auto at = [](const void* p, uintptr_t n) { return (reinterpret_cast<uintptr_t>(p) & (n - 1)) == 0; };
+  const bool vec = cols % 4 == 0 && at(acc, 16) && at(y, y_t == DType::F32 ? 16 : 8);
+  const unsigned g = grid_for(vec ? count / 4 : count);
   const bool b16 = bias != nullptr && bias_t == DType::F16;
+  auto go = [&](auto* bias_p, auto* y_p) {
+    using Bt = std::remove_const_t<std::remove_pointer_t<decltype(bias_p)>>;
+    using Yt = std::remove_pointer_t<decltype(y_p)>;
+    if (vec)
+      bias_act_vec4_kernel<Bt, Yt><<<g, kThreads, 0, stream>>>(acc, bias_p, y_p, rows, cols, a, sx, sw,
+                                                               sw_per_channel);
+    else
+      bias_act_kernel<Bt, Yt><<<g, kThreads, 0, stream>>>(acc, bias_p, y_p, rows, cols, a, sx, sw, sw_per_channel);
+  };
   if (y_t == DType::F32) {
-    if (b16)
-      bias_act_kernel<__half, float><<<g, kThreads, 0, stream>>>(acc, static_cast<const __half*>(bias),
-                                                                  static_cast<float*>(y), rows, cols, a);
-    else
-      bias_act_kernel<float, float><<<g, kThreads, 0, stream>>>(acc, static_cast<const float*>(bias),
-                                                                 static_cast<float*>(y), rows, cols, a);
+    if (b16) go(static_cast<const __half*>(bias), static_cast<float*>(y));
+    else go(static_cast<const float*>(bias), static_cast<float*>(y));
   } else {
-    if (b16)
-      bias_act_kernel<__half, __half><<<g, kThreads, 0, stream>>>(acc, static_cast<const __half*>(bias),
-                                                                   static_cast<__half*>(y), rows, cols, a);
-    else
-      bias_act_kernel<float, __half><<<g, kThreads, 0, stream>>>(acc, static_cast<const float*>(bias),
-                                                                  static_cast<__half*>(y), rows, cols, a);
+    if (b16) go(static_cast<const __half*>(bias), static_cast<__half*>(y));
+    else go(static_cast<const float*>(bias), static_cast<__half*>(y));
   }
   TRTRUN_LAUNCH_CHECK();
 }

@@ -17,8 +17,11 @@ void launch_cast(const void* src, DType src_t, void* dst, DType dst_t, size_t co
 
 // y[r, c] = act(acc[r, c] + bias[c]) following docs/plan-format.md "hybrid": the biased value is rounded to
 // y's dtype first, then GELU is computed in fp32 from that rounded value and rounded again. bias may be null.
+// With sx and sw (an fp8 Linear's unscaled product of codes): acc[r, c] * (sx[r] * sw[c]) first (sw[0] for every c
+// unless sw_per_channel), in separate fp32 roundings, so one pass gives what launch_fp8_rescale then this would.
 void launch_bias_act(const float* acc, const void* bias, DType bias_t, void* y, DType y_t, int64_t rows,
-                     int64_t cols, Activation act, cudaStream_t stream);
+                     int64_t cols, Activation act, cudaStream_t stream, const float* sx = nullptr,
+                     const float* sw = nullptr, bool sw_per_channel = false);
 
 // Device-side staging, in one kernel launch (a launch outside the CUDA graph costs ~2-3 us at batch 1:
 // docs/performance.md), of every int32 [batch, seq_bucket] buffer a run needs; columns >= seq are padding (0):
