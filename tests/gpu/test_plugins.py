@@ -424,6 +424,17 @@ ATTN_CASES = [
     ("fp32", 2, 7, 3, 32, True, "left", np.float32, np.float32),
     ("fp32", 1, 300, 2, 128, True, "random", np.float32, np.float32),
     ("fp32", 2, 1, 2, 64, False, None, np.float32, np.float32),
+    # heads of 80 (phi-2) and 96 (Phi-3): 5 and 6 k-steps of 16, 10 and 12 output blocks of 8; the fp32 kernel's
+    # last lane column partial at 80 (2.5 columns a lane)
+    ("hybrid", 2, 129, 2, 80, False, "right", np.float16, np.float16),
+    ("hybrid", 2, 300, 2, 80, True, "holes", np.float16, np.float16),
+    ("hybrid", 2, 511, 2, 96, False, "random", np.float16, np.float16),
+    ("hybrid", 1, 200, 3, 96, True, "left", np.float32, np.float32),
+    ("fp16", 2, 129, 2, 96, True, "right", np.float16, np.float16),
+    ("fp16", 2, 65, 2, 80, False, None, np.float16, np.float32),
+    ("fp32", 2, 129, 2, 80, False, "right", np.float32, np.float32),
+    ("fp32", 1, 300, 2, 80, True, "random", np.float16, np.float32),
+    ("fp32", 2, 77, 2, 96, True, "left", np.float32, np.float32),
 ]
 
 
@@ -440,6 +451,7 @@ def test_attention(prec, B, S, H, D, causal, mkind, qt, yt):
     ("fp16", 2, 129, 2, 64, False, "right", np.float16),     # 3 tiles, the last one 1 key
     ("hybrid", 3, 128, 2, 64, False, "right", np.float16),   # 2 key tiles, fewer than the ring's 3 slots
     ("hybrid", 2, 64, 3, 32, True, "left", np.float16),      # 1 key tile
+    ("hybrid", 2, 300, 2, 96, True, "right", np.float16),    # Phi-3's heads: MT = 1 only (the launcher's choice)
 ])
 def test_attention_every_configuration(prec, B, S, H, D, causal, mkind, qt, cfg, monkeypatch):
     """Every forced (rows per warp, warps per key group[, key groups]) configuration (TRTRUN_ATTN_CFG="MT,nw[,KS]";
@@ -716,7 +728,7 @@ def test_bad_arguments_raise_valueerror_and_kernels_keep_working():
     torch = _torch()
     q = torch.randn(1, 8, 3 * 64, device="cuda", dtype=torch.float16)
     y = torch.empty(1, 8, 64, device="cuda", dtype=torch.float16)
-    with pytest.raises(ValueError, match="head_size must be 32, 64 or 128, got 48"):
+    with pytest.raises(ValueError, match="head_size must be 32, 64, 80, 96 or 128, got 48"):
         PLUGINS.attention(ptr(q), F16, 0, ptr(y), F16, 1, 8, 1, 48, 0.1, False, "hybrid", 0)
     with pytest.raises(ValueError, match="precision"):
         PLUGINS.attention(ptr(q), F16, 0, ptr(y), F16, 1, 8, 1, 64, 0.1, False, "fp8", 0)

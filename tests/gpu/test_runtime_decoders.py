@@ -27,16 +27,20 @@ import pytest
 import rt_helpers as h
 
 F16, F32 = np.float16, np.float32
-# hidden 128 with 4 heads of 32 (the attention kernel takes head sizes 32, 64, 128) sharing 2 K/V heads
+# hidden 128 with 4 heads of 32 sharing 2 K/V heads; llama-d96 and gpt-neox-d80 the same families with heads of 96
+# (Phi-3's) and of 80 (phi-2's, with its partial rotary of 32 columns): the attention kernels' sizes that are not
+# powers of two
 DECODER = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=192, vocab_size=1000,
                max_position_embeddings=512)
 ARCHS = {"llama": dict(num_key_value_heads=2), "qwen2": dict(num_key_value_heads=2), "gpt-neox": dict(rotary_pct=0.25),
-         "qwen3": dict(num_key_value_heads=2, head_dim=64)}
+         "qwen3": dict(num_key_value_heads=2, head_dim=64), "llama-d96": dict(num_key_value_heads=2, head_dim=96),
+         "gpt-neox-d80": dict(hidden_size=160, num_attention_heads=2, rotary_pct=0.4)}
 PROFILE = {"batch": (1, 4, 8), "seq": (1, 64, 256)}
 
 
 def _model(arch: str) -> tuple:
-    return arch, {**DECODER, **ARCHS[arch]}
+    """(the architecture trtrun.export and load_torch_model take, its config overrides)"""
+    return arch.split("-d")[0], {**DECODER, **ARCHS[arch]}
 
 
 _onnx: dict = {}
@@ -102,12 +106,13 @@ def test_lowering_takes_the_decoder_ops(arch):
         elif op["type"] == "Embedding":
             assert "position" not in d["weights"]
     assert {"Embedding", "Linear", "Attention"} <= seen
-    if arch != "gpt-neox":
+    if not arch.startswith("gpt-neox"):
         assert "RMSNorm" in seen
         assert any(d.get("gated") and d["activation"] == "silu" for d in low["ops"])
         assert any(d.get("num_kv_heads") == 2 for d in low["ops"] if d["type"] == "Attention")
-    else:  # partial rotary (a quarter of each head) and the parallel branches' residual input
-        assert all(d["rotary_dim"] == 8 for d in low["ops"] if d["type"] == "Attention")
+    else:  # partial rotary (a quarter of each head of 32, 0.4 of each of 80) and the parallel branches' residual input
+        want = {"gpt-neox": 8, "gpt-neox-d80": 32}[arch]
+        assert all(d["rotary_dim"] == want for d in low["ops"] if d["type"] == "Attention")
         assert any(d["type"] == "Linear" and len([i for i in d["inputs"] if i >= 0]) == 2 for d in low["ops"])
     # one table pair for every layer (the layers share one inv_freq)
     tables = {(d["weights"]["rotary_cos"], d["weights"]["rotary_sin"]) for d in low["ops"] if d["type"] == "Attention"}
@@ -438,6 +443,8 @@ GQA_CASES = [
     ("hybrid", 3, 77, 8, 1, 32, False, "right", F16, F32),  # one K/V head for all (multi-query)
     ("hybrid", 1, 512, 14, 2, 64, True, None, F16, F16),   # Qwen2-0.5B's grouping
     ("hybrid", 2, 200, 4, 2, 128, True, "left", F16, F16),
+    ("hybrid", 2, 150, 8, 2, 96, True, "right", F16, F16),  # Phi-3's head size with grouped K/V
+    ("fp32", 2, 70, 4, 2, 80, True, "right", F32, F32),
     ("fp16", 2, 129, 4, 2, 64, True, "right", F16, F16),
     ("fp32", 2, 100, 4, 2, 32, True, "right", F32, F32),
     ("fp32", 1, 64, 6, 3, 64, False, None, F32, F32),

@@ -138,13 +138,13 @@ def test_fp8_linear_shapes_cublaslt_refuses():
     _accepted(lower_plan(_plan(inter=72)))  # the same shapes in hybrid: fp16 GEMMs take them
 
 
-@pytest.mark.parametrize("hidden,heads,D", [(16, 2, 8), (96, 2, 48), (160, 2, 80), (512, 2, 256)])
+@pytest.mark.parametrize("hidden,heads,D", [(16, 2, 8), (96, 2, 48), (224, 2, 112), (512, 2, 256)])
 def test_head_sizes_the_attention_kernel_lacks(hidden, heads, D):
-    """The attention kernel is built for heads of 32, 64 and 128; another head size passed the Engine and the context
+    """The attention kernel is built for heads of 32, 64, 80, 96 and 128; another head size passed the Engine and the context
     and failed at the first run, inside the launcher ("attention: head_size must be ..."), naming no op."""
     low = _lower_unchecked(_plan(hidden=hidden, heads=heads))
-    assert _refused(low, None) == (f"op 'l0.attn': the attention kernel takes head_size 32, 64 or 128, got {D}; run "
-                                   f"this plan on the reference backend")
+    assert _refused(low, None) == (f"op 'l0.attn': the attention kernel takes head_size 32, 64, 80, 96 or 128, got "
+                                   f"{D}; run this plan on the reference backend")
 
 
 def test_qk_norm_within_its_limit_but_not_the_attentions():
@@ -157,7 +157,8 @@ def test_qk_norm_within_its_limit_but_not_the_attentions():
     att["attrs"]["qk_norm_epsilon"] = 1e-6
     w = dict(plan.weights, qn=np.ones(256, np.float32), kn=np.ones(256, np.float32))
     low = _lower_unchecked(Plan.from_parts(hdr, w))
-    assert _refused(low, None).startswith("op 'l0.attn': the attention kernel takes head_size 32, 64 or 128, got 256")
+    assert _refused(low, None).startswith("op 'l0.attn': the attention kernel takes head_size 32, 64, 80, 96 or 128, "
+                                          "got 256")
 
 
 def test_score_bias_past_its_longest_sequence():

@@ -745,7 +745,7 @@ __global__ void __launch_bounds__(128) attention_f32_kernel(const void* __restri
                                                             void* __restrict__ y, bool out_half, int H, int Hkv,
                                                             int S, float scale, bool causal, int nqt, Extras ex) {
   constexpr int BQ = F_WARPS * F_ROWS;
-  constexpr int KD = D / 32;  // output columns per lane
+  constexpr int KD = (D + 31) / 32;  // output columns per lane (the last partial where D % 32 != 0: 80)
   extern __shared__ __align__(16) unsigned char smem_raw[];
   float* Qs = reinterpret_cast<float*>(smem_raw);  // [BQ][D]
   float* Ks = Qs + BQ * D;                         // [F_BK][D+1]: lane j reads row j without conflicts
@@ -863,7 +863,7 @@ __global__ void __launch_bounds__(128) attention_f32_kernel(const void* __restri
 #pragma unroll
       for (int jj = 0; jj < 4; ++jj)
 #pragma unroll
-        for (int k = 0; k < KD; ++k) v[jj][k] = Vs[(j + jj) * D + lane + 32 * k];
+        for (int k = 0; k < KD; ++k) v[jj][k] = lane + 32 * k < D ? Vs[(j + jj) * D + lane + 32 * k] : 0.f;
 #pragma unroll
       for (int r = 0; r < F_ROWS; ++r) {
         const float4 p = *reinterpret_cast<const float4*>(Pw + r * F_BK + j);
@@ -885,6 +885,7 @@ __global__ void __launch_bounds__(128) attention_f32_kernel(const void* __restri
     const long long base = (tok_base + q) * HD + h * D;
 #pragma unroll
     for (int k = 0; k < KD; ++k) {
+      if (lane + 32 * k >= D) continue;
       const float val = o[r][k] / lt;
       if (out_half) static_cast<__half*>(y)[base + lane + 32 * k] = __float2half_rn(val);
       else static_cast<float*>(y)[base + lane + 32 * k] = val;
@@ -1149,7 +1150,7 @@ std::string config_of(int B, int S, int H, bool causal, Precision prec, bool ext
 
 void check_head_size(int head_size, const char* op) {
   require(attention_takes_head_size(head_size), op,
-          "head_size must be 32, 64 or 128, got " + std::to_string(head_size));
+          "head_size must be 32, 64, 80, 96 or 128, got " + std::to_string(head_size));
 }
 
 }  // namespace
@@ -1162,6 +1163,8 @@ std::string attention_config(int batch, int seq, int heads, int head_size, bool 
   switch (head_size) {
     case 32: return config_of<32>(batch, seq, heads, causal, prec, extras);
     case 64: return config_of<64>(batch, seq, heads, causal, prec, extras);
+    case 80: return config_of<80>(batch, seq, heads, causal, prec, extras);
+    case 96: return config_of<96>(batch, seq, heads, causal, prec, extras);
     default: return config_of<128>(batch, seq, heads, causal, prec, extras);
   }
 }
@@ -1210,6 +1213,12 @@ void launch_attention_gqa(const void* qkv, DType qkv_t, const int32_t* mask, voi
       break;
     case 64:
       dispatch<64>(qkv, in_half, mask, y, out_half, batch, seq, heads, kv_heads, scale, causal, prec, stream, ex);
+      break;
+    case 80:
+      dispatch<80>(qkv, in_half, mask, y, out_half, batch, seq, heads, kv_heads, scale, causal, prec, stream, ex);
+      break;
+    case 96:
+      dispatch<96>(qkv, in_half, mask, y, out_half, batch, seq, heads, kv_heads, scale, causal, prec, stream, ex);
       break;
     default:
       dispatch<128>(qkv, in_half, mask, y, out_half, batch, seq, heads, kv_heads, scale, causal, prec, stream, ex);
