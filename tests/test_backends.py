@@ -110,9 +110,9 @@ def test_a_plan_the_gpu_cannot_run_falls_back_under_auto(gpu):
                                                            "no NVIDIA GPU or driver on this machine: cudaErrorNoDevice")
 
 
-@pytest.mark.parametrize("head_size", [256, 48, 16])
+@pytest.mark.parametrize("head_size", [48, 16, 512])
 def test_a_head_size_the_kernels_lack_falls_back_under_auto(gpu, head_size):
-    # Gemma's heads of 256, ...: the attention kernels take 32, 64, 80, 96 and 128 only. With a usable GPU, auto
+    # heads of 48, 16, 512: the attention kernels take 32, 64, 80, 96, 128 and 256 only. With a usable GPU, auto
     # runs the reference backend saying which op and head size; gpu raises that PlanError before any engine is built
     # (both used to take the GPU, whose first launch then failed naming no op)
     from handmade_plans import tiny_plan
@@ -122,7 +122,7 @@ def test_a_head_size_the_kernels_lack_falls_back_under_auto(gpu, head_size):
     gpu(True, "NVIDIA H200; trtrun._C built for sm_90")
     plan = tiny_plan("hybrid", hidden=head_size, heads=1, layers=1)
     why = (f"op 'l0.attn': the GPU runtime does not run Attention ops with head size {head_size} (the attention "
-           f"kernels take 32, 64, 80, 96, 128) yet (the reference backend does)")
+           f"kernels take 32, 64, 80, 96, 128, 256) yet (the reference backend does)")
     assert backends.choose_backend("auto", plan=plan) == ("reference", f"this plan: {why}")
     with pytest.raises(PlanError) as err:
         backends.choose_backend("gpu", plan=plan)
@@ -130,7 +130,7 @@ def test_a_head_size_the_kernels_lack_falls_back_under_auto(gpu, head_size):
     assert backends.choose_backend("reference", plan=plan) == ("reference", "asked for")
 
 
-@pytest.mark.parametrize("head_size", [32, 64, 80, 96, 128])
+@pytest.mark.parametrize("head_size", [32, 64, 80, 96, 128, 256])
 def test_the_kernels_head_sizes_take_the_gpu_under_auto(gpu, head_size):
     from handmade_plans import tiny_plan
 

@@ -198,7 +198,7 @@ void Engine::check() {
         need_float(op, in(0), "qkv");
         if (op.num_heads < 1 || op.head_size < 1) throw InputError(where(op) + ": num_heads/head_size must be >= 1");
         if (!attention_takes_head_size(op.head_size))
-          throw InputError(where(op) + ": the attention kernel takes head_size 32, 64, 80, 96 or 128, got " +
+          throw InputError(where(op) + ": the attention kernel takes head_size 32, 64, 80, 96, 128 or 256, got " +
                            std::to_string(op.head_size) + "; run this plan on the reference backend");
         const int kvh = op.num_kv_heads > 0 ? op.num_kv_heads : op.num_heads;
         if (op.num_heads % kvh != 0) throw InputError(where(op) + ": num_kv_heads must divide num_heads");

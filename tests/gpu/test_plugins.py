@@ -435,6 +435,11 @@ ATTN_CASES = [
     ("fp32", 2, 129, 2, 80, False, "right", np.float32, np.float32),
     ("fp32", 1, 300, 2, 80, True, "random", np.float16, np.float32),
     ("fp32", 2, 77, 2, 96, True, "left", np.float32, np.float32),
+    # heads of 256 (Gemma): a two-slot K/V ring, 16 k-steps, 32 output blocks (registers spill; correctness here)
+    ("hybrid", 2, 300, 2, 256, True, "right", np.float16, np.float16),
+    ("hybrid", 1, 129, 2, 256, False, "holes", np.float32, np.float16),
+    ("fp16", 2, 200, 1, 256, False, "left", np.float16, np.float16),
+    ("fp32", 2, 100, 2, 256, True, "random", np.float32, np.float32),
 ]
 
 
@@ -728,7 +733,7 @@ def test_bad_arguments_raise_valueerror_and_kernels_keep_working():
     torch = _torch()
     q = torch.randn(1, 8, 3 * 64, device="cuda", dtype=torch.float16)
     y = torch.empty(1, 8, 64, device="cuda", dtype=torch.float16)
-    with pytest.raises(ValueError, match="head_size must be 32, 64, 80, 96 or 128, got 48"):
+    with pytest.raises(ValueError, match="head_size must be 32, 64, 80, 96, 128 or 256, got 48"):
         PLUGINS.attention(ptr(q), F16, 0, ptr(y), F16, 1, 8, 1, 48, 0.1, False, "hybrid", 0)
     with pytest.raises(ValueError, match="precision"):
         PLUGINS.attention(ptr(q), F16, 0, ptr(y), F16, 1, 8, 1, 64, 0.1, False, "fp8", 0)

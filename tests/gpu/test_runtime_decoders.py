@@ -445,6 +445,7 @@ GQA_CASES = [
     ("hybrid", 2, 200, 4, 2, 128, True, "left", F16, F16),
     ("hybrid", 2, 150, 8, 2, 96, True, "right", F16, F16),  # Phi-3's head size with grouped K/V
     ("fp32", 2, 70, 4, 2, 80, True, "right", F32, F32),
+    ("hybrid", 2, 130, 8, 1, 256, True, "right", F16, F16),  # Gemma-2B's grouping: 8 heads of 256 on one K/V head
     ("fp16", 2, 129, 4, 2, 64, True, "right", F16, F16),
     ("fp32", 2, 100, 4, 2, 32, True, "right", F32, F32),
     ("fp32", 1, 64, 6, 3, 64, False, None, F32, F32),

@@ -138,27 +138,28 @@ def test_fp8_linear_shapes_cublaslt_refuses():
     _accepted(lower_plan(_plan(inter=72)))  # the same shapes in hybrid: fp16 GEMMs take them
 
 
-@pytest.mark.parametrize("hidden,heads,D", [(16, 2, 8), (96, 2, 48), (224, 2, 112), (512, 2, 256)])
+@pytest.mark.parametrize("hidden,heads,D", [(16, 2, 8), (96, 2, 48), (224, 2, 112), (1024, 2, 512)])
 def test_head_sizes_the_attention_kernel_lacks(hidden, heads, D):
-    """The attention kernel is built for heads of 32, 64, 80, 96 and 128; another head size passed the Engine and the context
+    """The attention kernel is built for heads of 32, 64, 80, 96, 128 and 256; another head size passed the Engine and the context
     and failed at the first run, inside the launcher ("attention: head_size must be ..."), naming no op."""
     low = _lower_unchecked(_plan(hidden=hidden, heads=heads))
-    assert _refused(low, None) == (f"op 'l0.attn': the attention kernel takes head_size 32, 64, 80, 96 or 128, got "
+    assert _refused(low, None) == (f"op 'l0.attn': the attention kernel takes head_size 32, 64, 80, 96, 128 or 256, got "
                                    f"{D}; run this plan on the reference backend")
 
 
-def test_qk_norm_within_its_limit_but_not_the_attentions():
-    """Qwen3's q/k norm takes heads up to 256, the attention kernel up to 128: a normed head of 256 in a description
-    built by hand (lowering refuses it by head size first) is refused by the Engine naming the attention's limit."""
-    plan = _plan(hidden=512, heads=2)
+def test_a_normed_head_past_both_limits():
+    """Qwen3's q/k norm and the attention kernel both take heads up to 256: a normed head of 512 in a description
+    built by hand (lowering refuses it by head size first) is refused by the Engine naming the attention's limit
+    (checked before the norm's)."""
+    plan = _plan(hidden=1024, heads=2)
     hdr = json.loads(json.dumps({k: v for k, v in plan.header.items() if k != "weights"}))
     att = next(o for o in hdr["ops"] if o["type"] == "Attention")
     att["weights"].update(q_norm="qn", k_norm="kn")
     att["attrs"]["qk_norm_epsilon"] = 1e-6
-    w = dict(plan.weights, qn=np.ones(256, np.float32), kn=np.ones(256, np.float32))
+    w = dict(plan.weights, qn=np.ones(512, np.float32), kn=np.ones(512, np.float32))
     low = _lower_unchecked(Plan.from_parts(hdr, w))
-    assert _refused(low, None).startswith("op 'l0.attn': the attention kernel takes head_size 32, 64, 80, 96 or 128, "
-                                          "got 256")
+    assert _refused(low, None).startswith("op 'l0.attn': the attention kernel takes head_size 32, 64, 80, 96, 128 or "
+                                          "256, got 512")
 
 
 def test_score_bias_past_its_longest_sequence():

@@ -1,7 +1,7 @@
-"""The head sizes the GPU runtime takes (trtrun.runtime.lower.GPU_HEAD_SIZES: 32, 64, 80, 96, 128, the sizes
+"""The head sizes the GPU runtime takes (trtrun.runtime.lower.GPU_HEAD_SIZES: 32, 64, 80, 96, 128, 256, the sizes
 native/kernels/attention is instantiated for), on the host: no GPU needed.
 
-A plan with another head size (Gemma's 256, 48, 16) used to pass check_gpu_support and lower, so
+A plan with another head size (48, 16, 512) used to pass check_gpu_support and lower, so
 `--backend auto` took the GPU and the run failed at the attention launcher's first launch with an error naming no op.
 check_gpu_support now refuses it as a PlanError naming the op and its head size (trtrun.backends.choose_backend's
 fallback: tests/test_backends.py), and the reference backend still runs the plan.
@@ -23,7 +23,7 @@ from trtrun.runtime.lower import GPU_HEAD_SIZES, check_gpu_support, gpu_missing,
 
 def _refusal(op: str, head_size: int) -> str:
     return (f"op '{op}': the GPU runtime does not run Attention ops with head size {head_size} (the attention kernels "
-            f"take 32, 64, 80, 96, 128) yet (the reference backend does)")
+            f"take 32, 64, 80, 96, 128, 256) yet (the reference backend does)")
 
 
 def test_the_sizes_are_the_launchers():
@@ -38,7 +38,7 @@ def test_the_sizes_are_the_launchers():
     assert tuple(int(n) for n in re.findall(r"head_size == (\d+)", body.group(1))) == GPU_HEAD_SIZES
 
 
-@pytest.mark.parametrize("head_size", [256, 48, 16])
+@pytest.mark.parametrize("head_size", [48, 16, 512])
 def test_other_head_sizes_are_refused_naming_the_op_and_the_size(head_size):
     """One head of `head_size` (fewer heads keep the plan small; the size is what is checked): check_gpu_support and
     lower_plan raise the PlanError naming the op and the size, before anything is made; the reference backend, which
@@ -46,7 +46,7 @@ def test_other_head_sizes_are_refused_naming_the_op_and_the_size(head_size):
     plan = tiny_plan("hybrid", hidden=head_size, heads=1, layers=1)
     att = next(op for op in plan.ops if op["type"] == "Attention")
     assert att["attrs"]["head_size"] == head_size
-    assert gpu_missing(att) == f"head size {head_size} (the attention kernels take 32, 64, 80, 96, 128)"
+    assert gpu_missing(att) == f"head size {head_size} (the attention kernels take 32, 64, 80, 96, 128, 256)"
     with pytest.raises(PlanError) as err:
         check_gpu_support(plan)
     assert str(err.value) == _refusal("l0.attn", head_size)

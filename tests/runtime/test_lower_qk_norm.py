@@ -112,13 +112,13 @@ def test_a_norm_without_rotary_lowers(qwen3_plan):
 
 def test_heads_beyond_the_kernel_are_refused_by_name():
     """A normed head is refused at lowering where the attention kernels do not take its size (naming the op and
-    the size): every size they take (32, 64, 80, 96, 128) is within the rotary pass's one-warp limit, which its launcher
-    checks itself (test_qk_norm_entry_point_checks_its_arguments)."""
+    the size): every size they take (32, 64, 80, 96, 128, 256) is within the rotary pass's one-warp limit, which its
+    launcher checks itself (test_qk_norm_entry_point_checks_its_arguments)."""
     assert max(GPU_HEAD_SIZES) <= QK_NORM_MAX_HEAD
     att = {"type": "Attention", "name": "big", "inputs": ["qkv", ""], "outputs": ["y"], "precision": "hybrid",
            "attrs": {"num_heads": 2, "head_size": 2 * QK_NORM_MAX_HEAD, "scale": 0.1, "causal": True,
                      "qk_norm_epsilon": 1e-6}, "weights": {"q_norm": "qn", "k_norm": "kn"}}
-    assert gpu_missing(att) == "head size 512 (the attention kernels take 32, 64, 80, 96, 128)"
+    assert gpu_missing(att) == "head size 512 (the attention kernels take 32, 64, 80, 96, 128, 256)"
     for D in GPU_HEAD_SIZES:
         assert gpu_missing(dict(att, attrs=dict(att["attrs"], head_size=D))) is None
     plan = type("P", (), {"ops": [att], "precision": "hybrid", "header": {"weights": {}}, "profile": None,

@@ -22,7 +22,7 @@ from .tail import on_host
 MAX_TABLE_BYTES = 256 << 20
 # The head sizes native/kernels/attention is instantiated for (attention.h). The Engine does not check them: the
 # attention launcher refuses any other at the first run, naming no op, so lowering refuses them by op beforehand.
-GPU_HEAD_SIZES = (32, 64, 80, 96, 128)
+GPU_HEAD_SIZES = (32, 64, 80, 96, 128, 256)
 
 
 def bucket_seq(seq: int, seq_max: int) -> int:
@@ -42,8 +42,8 @@ def gpu_missing(op) -> str | None:
     Linears, Linear residual inputs, grouped-query and rotary attention, Qwen3's per-head query/key RMSNorm,
     embeddings without positions) and the Attention's score biases (relative-position tables, ALiBi) and sliding
     windows have kernels: native/kernels/rmsnorm, epilogue, rotary and attention. The attention kernels take head
-    sizes 32, 64, 80 (phi-2), 96 (Phi-3) and 128 only (GPU_HEAD_SIZES): an Attention of another (Gemma's 256, ...)
-    is refused with its head size (which also keeps a q/k-normed head within the rotary pass's one warp, 256 values).
+    sizes 32, 64, 80 (phi-2), 96 (Phi-3), 128 and 256 (Gemma) only (GPU_HEAD_SIZES): an Attention of another is
+    refused with its head size (which also keeps a q/k-normed head within the rotary pass's one warp, 256 values).
     OLMo-2's query/key norm over all heads (check_gpu_support reads its size), soft-capped scores (Gemma 2) and a
     norm with the residual added after it (OLMo-2) have no kernel yet."""
     a = op.get("attrs", {})

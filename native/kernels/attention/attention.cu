@@ -1150,7 +1150,7 @@ std::string config_of(int B, int S, int H, bool causal, Precision prec, bool ext
 
 void check_head_size(int head_size, const char* op) {
   require(attention_takes_head_size(head_size), op,
-          "head_size must be 32, 64, 80, 96 or 128, got " + std::to_string(head_size));
+          "head_size must be 32, 64, 80, 96, 128 or 256, got " + std::to_string(head_size));
 }
 
 }  // namespace
@@ -1165,7 +1165,8 @@ std::string attention_config(int batch, int seq, int heads, int head_size, bool 
     case 64: return config_of<64>(batch, seq, heads, causal, prec, extras);
     case 80: return config_of<80>(batch, seq, heads, causal, prec, extras);
     case 96: return config_of<96>(batch, seq, heads, causal, prec, extras);
-    default: return config_of<128>(batch, seq, heads, causal, prec, extras);
+    case 128: return config_of<128>(batch, seq, heads, causal, prec, extras);
+    default: return config_of<256>(batch, seq, heads, causal, prec, extras);
   }
 }
 
@@ -1220,8 +1221,11 @@ void launch_attention_gqa(const void* qkv, DType qkv_t, const int32_t* mask, voi
     case 96:
       dispatch<96>(qkv, in_half, mask, y, out_half, batch, seq, heads, kv_heads, scale, causal, prec, stream, ex);
       break;
-    default:
+    case 128:
       dispatch<128>(qkv, in_half, mask, y, out_half, batch, seq, heads, kv_heads, scale, causal, prec, stream, ex);
+      break;
+    default:
+      dispatch<256>(qkv, in_half, mask, y, out_half, batch, seq, heads, kv_heads, scale, causal, prec, stream, ex);
       break;
   }
 }

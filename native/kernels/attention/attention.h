@@ -12,7 +12,8 @@ namespace trtrun {
 
 // The head sizes the kernels are instantiated for (the Engine refuses an Attention of another before any device work).
 constexpr bool attention_takes_head_size(int head_size) {
-  return head_size == 32 || head_size == 64 || head_size == 80 || head_size == 96 || head_size == 128;
+  return head_size == 32 || head_size == 64 || head_size == 80 || head_size == 96 || head_size == 128 ||
+         head_size == 256;
 }
 
 // The longest sequence a score-bias table serves: its 2 * bias_max_seq - 1 entries a head must fit an int.
@@ -26,7 +27,7 @@ constexpr long long kAttentionBiasMaxSeq = 1LL << 30;
 // prec HYBRID: QK^T and PV on tensor cores (fp16 operands, fp32 accumulation), softmax in fp32, P
 //   rounded to fp16 for PV. FP16: same products, scores rounded to fp16 after scaling, softmax in fp16
 //   (masked scores saturate to the fp16 minimum, -65504). FP32: everything in fp32 FFMA, no tensor cores.
-// head_size must be 32, 64, 80, 96 or 128 (attention_takes_head_size); qkv and y 16-byte aligned. Throws InputError /
+// head_size must be 32, 64, 80, 96, 128 or 256 (attention_takes_head_size); qkv and y 16-byte aligned. Throws InputError /
 // CudaError.
 void launch_attention(const void* qkv, DType qkv_t, const int32_t* mask /*[B,S] nullable*/,
                       void* y, DType y_t, int batch, int seq, int heads, int head_size,
