@@ -48,13 +48,17 @@ def test_cost_table_round_trip_and_errors(tmp_path):
     assert flops.cost(m, k, n, "hybrid") == pytest.approx(2 * flops.cost(m, k, n, "fp8"))  # fp8 2x fp16's rate
     assert flops.cost(m, k, n, "fp32") / flops.cost(m, k, n, "hybrid") == pytest.approx(
         HOPPER_TFLOPS["hybrid"] / HOPPER_TFLOPS["fp32"])
-    # the default: a roofline of the runtime's kernels. Its fp8 Linear (quantization, fp32 accumulator, rescale and
-    # bias passes) is slower than hybrid at BERT-base's shapes, as measured on an H100 (results/fp8-h100), and
-    # faster only for a deep GEMM; each kernel's time is the longer of its FLOPs and its bytes
+    # the default: a roofline of the runtime's kernels. Its fp8 Linear (quantization, fp32 accumulator, one
+    # rescale-bias pass) is slower than hybrid at BERT-base's shapes, as measured on an H100 (results/fp8-h100: the
+    # Linears of a 32 x 128 run ~1.9x hybrid's), and faster only for a deep GEMM; each kernel's time is the longer
+    # of its FLOPs and its bytes
     est = CostModel()
     assert est.estimated and "roofline" in est.source
-    for k_, n_ in ((768, 2304), (768, 768), (768, 3072), (3072, 768)):
-        assert est.cost(4096, k_, n_, "fp8") > 1.7 * est.cost(4096, k_, n_, "hybrid"), (k_, n_)
+    bert = ((768, 2304), (768, 768), (768, 3072), (3072, 768))
+    for k_, n_ in bert:
+        assert est.cost(4096, k_, n_, "fp8") > 1.2 * est.cost(4096, k_, n_, "hybrid"), (k_, n_)
+    ratio = sum(est.cost(4096, k_, n_, "fp8") for k_, n_ in bert) / sum(est.cost(4096, k_, n_, "hybrid") for k_, n_ in bert)
+    assert 1.6 < ratio < 2.3, ratio
     assert est.cost(4096, 11008, 4096, "fp8") < est.cost(4096, 11008, 4096, "hybrid")
     assert est.cost(4096, 4096, 4096, "hybrid") == pytest.approx(2 * 4096 ** 3 / 989.5e12 * 1e6)  # compute-bound
     assert est.cost(1, 768, 768, "hybrid") == pytest.approx(2 * (768 + 768 * 768 + 768) / 3.35e12 * 1e6)  # bytes

@@ -6,9 +6,8 @@ the kernels the GPU runtime runs for the Linear on Hopper, each the longer of it
 (H100 SXM datasheet: fp8 1979, fp16 989.5 TFLOP/s; fp32 without tensor cores 67, TF32 being off in trtrun's fp32)
 and its bytes at the HBM bandwidth (3.35 TB/s), M = the profile's opt batch x opt sequence. An fp8 Linear is
 what the runtime runs on Hopper, where cuBLASLt offers no per-channel or per-token scales (docs/precision.md,
-"Measured: speed on an H100"): the activation quantization, the GEMM into an fp32 accumulator, then the rescale
-and bias passes over it. On an H100 that made BERT-base's fp8 Linears 3.2x slower than hybrid's at 32 x 128 (3.1x in the roofline)
-says so too; fp8 wins in it only for deep GEMMs (K beyond ~4000). The "flops" estimate (FLOPs alone, what the
+"Measured: speed on an H100"): the activation quantization, the GEMM into an fp32 accumulator, then one pass over
+it (rescale, bias, activation, fp16 out). fp8 wins in it only for deep GEMMs. The "flops" estimate (FLOPs alone, what the
 search used before) is kept for tests of the search's mechanics. A table measured on the card replaces both.
 
 A cost table is a JSON file (what a GPU run writes; docs/precision.md):
@@ -35,8 +34,8 @@ HOPPER_TFLOPS = {"fp8": 1979.0, "hybrid": 989.5, "fp32": 67.0}
 HOPPER_HBM_TBS = 3.35
 ESTIMATES = ("roofline", "flops")
 ESTIMATE_NOTE = ("estimate, not measured: a roofline of the runtime's kernels on an H100 SXM (FLOPs at fp8 1979, "
-                 "fp16 989.5, fp32 67 TFLOP/s; bytes at 3.35 TB/s; fp8 with its quantization, fp32 accumulator, "
-                 "rescale and bias passes); a GPU-measured --cost-table replaces it")
+                 "fp16 989.5, fp32 67 TFLOP/s; bytes at 3.35 TB/s; fp8 with its quantization, fp32 accumulator "
+                 "and rescale-bias pass); a GPU-measured --cost-table replaces it")
 FLOPS_NOTE = ("estimate, not measured: GEMM FLOPs at H100 SXM dense peak (fp8 1979, fp16 989.5, fp32 67 TFLOP/s), "
               "no memory traffic or quantization cost")
 
@@ -53,8 +52,8 @@ def roofline_us(m: int, k: int, n: int, precision: str) -> float:
         return kernel(flops, 4.0 * (m * k + k * n + m * n), HOPPER_TFLOPS["fp32"])
     quantize = kernel(0, 2.0 * m * k + m * k + 4.0 * m)  # fp16 x in; E4M3 codes and a scale per row out
     gemm = kernel(flops, m * k + k * n + 4.0 * m * n, HOPPER_TFLOPS["fp8"])  # into the fp32 accumulator
-    passes = kernel(0, 8.0 * m * n) + kernel(0, 6.0 * m * n)  # rescale in place; bias/activation to fp16 y
-    return quantize + gemm + passes
+    finish = kernel(0, 6.0 * m * n)  # one pass: the accumulator rescaled, bias and activation, fp16 y
+    return quantize + gemm + finish
 MAX_TABLE_BYTES = 16 << 20
 
 
