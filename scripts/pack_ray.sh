@@ -48,9 +48,24 @@ done
   --target "$site" "${keep[@]}"
 # ballast trtrun never loads
 rm -rf "$site"/ray/jars "$site"/ray/rllib "$site"/ray/dashboard/client/build "$site"/bin "$site"/pyarrow/include
-# pyarrow's Arrow Flight (RPC) and Substrait libraries: only their own modules load them
-rm -f "$site"/pyarrow/libarrow_flight.so* "$site"/pyarrow/_flight*.so "$site"/pyarrow/libarrow_substrait.so* \
-  "$site"/pyarrow/_substrait*.so "$site"/pyarrow/*.pyx "$site"/pyarrow/*.pxd
+# pyarrow's Arrow Flight (RPC) and Substrait modules, and a library of theirs where nothing that stays links it
+# (pyarrow 26 links libarrow_substrait into libarrow_python and every module: it stays)
+rm -f "$site"/pyarrow/_flight*.so "$site"/pyarrow/libarrow_python_flight.so* "$site"/pyarrow/_substrait*.so \
+  "$site"/pyarrow/*.pyx "$site"/pyarrow/*.pxd
+needed() { find "$site" -name '*.so*' -type f -exec readelf -d {} + 2>/dev/null | sed -n 's/.*Shared library: \[\(.*\)\]/\1/p' | sort -u; }
+linked=$(needed)  # once, into a variable: `needed | grep -q` would end the pipe early and fail under pipefail
+for lib in "$site"/pyarrow/libarrow_flight.so* "$site"/pyarrow/libarrow_substrait.so*; do
+  [ -e "$lib" ] || continue
+  grep -qx "$(basename "$lib")" <<<"$linked" || rm -f "$lib"
+done
+# every library a kept one links, where the pack itself shipped it, must still be there: the GPU machine has no
+# other copy, and a missing one fails only at import there (one device call lost)
+shipped=$(cd "$site" && find . -name '*.so*' -printf '%f\n' | sort -u)
+missing=$(comm -13 <(echo "$shipped") <(needed | grep -E '^lib(arrow|parquet|ray)' || true))
+if [ -n "$missing" ]; then
+  echo "pack_ray: kept libraries link ones the pack dropped: $missing" >&2
+  exit 1
+fi
 find "$site" -type d \( -name tests -o -name __pycache__ \) -prune -exec rm -rf {} +
 find "$site" -name '*.js.map' -delete
 tar -C "$out" -cf - ray-site | xz -9e -T0 > "$out/ray-site.tar.xz"
