@@ -5,7 +5,9 @@
 # (CUDA events around graph replays, random ids, random weights: right for speed only).
 #   here:   rm -rf .ab/old && mkdir -p .ab/old && git archive REF | tar -x -C .ab/old   (.ab ignored, carried)
 #   there:  bash tools/ab_builds.sh .ab/old            (device: carry [".ab", ".whl"]; logs under $OUT)
-# Environment: MODELS ("bert-base gpt2"), POINTS ("1x128 32x128"), ROUNDS (3), ITERS (300), PRECISION (hybrid).
+# Environment: MODELS ("bert-base gpt2"; an entry ending in .plan is timed as that plan file, e.g. a ModernBERT one
+# built there with `trtrun export modernbert` and `trtrun build`), POINTS ("1x128 32x128"), ROUNDS (3), ITERS (300),
+# PRECISION (hybrid).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 old=$(cd "${1:?usage: tools/ab_builds.sh OLD_TREE}" && pwd)
@@ -38,7 +40,9 @@ for r in $(seq "${ROUNDS:-3}"); do
     for side in old new; do
       dir=$PWD; [ $side = old ] && dir=$old
       # the old tree first on the path: its own trtrun package and _C, not the editable install's
-      (cd "$dir" && PYTHONPATH="$dir${PYTHONPATH:+:$PYTHONPATH}" python3 tools/profile_point.py --model "$m" --precision "${PRECISION:-hybrid}" \
+      what=(--model "$m" --precision "${PRECISION:-hybrid}")
+      [[ "$m" == *.plan ]] && what=(--plan "$(realpath "$m")")
+      (cd "$dir" && PYTHONPATH="$dir${PYTHONPATH:+:$PYTHONPATH}" python3 tools/profile_point.py "${what[@]}" \
         "${points[@]}" --iters "${ITERS:-300}" --cache /tmp/ab-cache 2>&1) \
         | sed "s/^/$side r$r: /" | tee -a "$OUT/ab.log" | grep -E "POINT|Error|error" 
     done

@@ -177,7 +177,7 @@ def main() -> int:
                 stream.synchronize()
                 ms = np.array([e0.elapsed_time(e1) for e0, e1 in ev])
                 tag = f"{name} " if len(ctxs) > 1 else ""
-                print(f"POINT {a.model} {a.precision} {B}x{S} {tag}{vk or ''}: p50 {np.median(ms):.4f} ms  "
+                print(f"POINT {Path(a.plan).stem if a.plan else a.model} {a.precision} {B}x{S} {tag}{vk or ''}: p50 {np.median(ms):.4f} ms  "
                       f"p10 {np.quantile(ms, 0.1):.4f}  p90 {np.quantile(ms, 0.9):.4f}  (n={len(ms)}, "
                       f"graphs {ctx.stats().get('graph_count')}, 20 warm-up runs {firsts[name]:.2f} s)", flush=True)
         if a.ncu:
