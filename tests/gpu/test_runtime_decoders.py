@@ -302,7 +302,7 @@ ROT_CASES = [
     ("fp16", 2, 1, 32, 16, F32, None),       # fp16 math on fp32 storage
     ("fp32", 4, 2, 32, 32, F16, F32),        # fp32 ops on fp16 qkv: rotated into an fp32 copy
     ("hybrid", 4, 2, 32, 32, F16, F16),      # a copy of the same dtype (qkv read by another op)
-    # rotary_dim / 2 not a multiple of 4: the one-pair-a-thread path (the others take four pairs a thread)
+    # odd shapes: rotary_dim / 2 not a multiple of 4 (a kernel taking four pairs a thread must fall back for these)
     ("hybrid", 4, 2, 80, 20, F16, None),     # heads of 80, 20 of them rotated
     ("fp16", 2, 2, 32, 12, F16, None),
     ("fp32", 2, 1, 32, 12, F16, F32),
