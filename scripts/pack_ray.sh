@@ -52,7 +52,11 @@ rm -rf "$site"/ray/jars "$site"/ray/rllib "$site"/ray/dashboard/client/build "$s
 # (pyarrow 26 links libarrow_substrait into libarrow_python and every module: it stays)
 rm -f "$site"/pyarrow/_flight*.so "$site"/pyarrow/libarrow_python_flight.so* "$site"/pyarrow/_substrait*.so \
   "$site"/pyarrow/*.pyx "$site"/pyarrow/*.pxd
-needed() { find "$site" -name '*.so*' -type f -exec readelf -d {} + 2>/dev/null | sed -n 's/.*Shared library: \[\(.*\)\]/\1/p' | sort -u; }
+# (readelf fails on the odd non-ELF name matching *.so*: what it printed for the rest still counts)
+needed() {
+  { find "$site" -name '*.so*' -type f -exec readelf -d {} + 2>/dev/null || true; } \
+    | sed -n 's/.*Shared library: \[\(.*\)\]/\1/p' | sort -u
+}
 linked=$(needed)  # once, into a variable: `needed | grep -q` would end the pipe early and fail under pipefail
 for lib in "$site"/pyarrow/libarrow_flight.so* "$site"/pyarrow/libarrow_substrait.so*; do
   [ -e "$lib" ] || continue

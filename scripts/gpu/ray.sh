@@ -159,6 +159,9 @@ unpack() {
   rm -f "$W/ray-site.tar.xz"
   du -sh /tmp/ray-site
 }
+ray_imports() {  # before the build: a pack that cannot load (a library left out) fails in seconds, not minutes
+  PYTHONPATH=/tmp/ray-site python3 -c "import ray, ray.data, ray.serve, pyarrow, pyarrow.parquet; print('ray', ray.__version__, 'pyarrow', pyarrow.__version__)"
+}
 install_wheels() {
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .ray-gpu/whl/*.whl
 }
@@ -167,7 +170,7 @@ build() {  # as tests/gpu/device_run.sh builds (../shared/GPU.md); the Ray folde
     python3 -m pip install -q --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; return 2; }
   PYTHONPATH=/tmp/site python3 -c "import trtrun.runtime as r; ok, why = r.gpu_available(); print('gpu_available:', ok, why); raise SystemExit(0 if ok else 1)"
 }
-export -f assemble unpack install_wheels build
+export -f assemble unpack ray_imports install_wheels build
 if [ "$DRY" = 1 ]; then
   if ls .ray-pack/ray-site.tar.xz.sha256 >/dev/null 2>&1; then
     step assemble 5 60 assemble && rm -f "$W/ray-site.tar.xz"
@@ -179,6 +182,7 @@ else
   # without the pack there is no Ray, pyarrow, starlette or uvicorn here: nothing of the acceptance can run
   step assemble 10 90 assemble || finish 3
   step unpack 20 150 unpack || finish 3
+  step imports 5 60 ray_imports || finish 3
   step install 5 60 install_wheels || finish 2
   step build 45 300 build || finish 2
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}

@@ -371,6 +371,26 @@ def test_inspect(capsys, tiny):
     assert h["precision"] == "fp32" and h["profile"]["seq"][2] == 16 and h["weights"]["bytes"] > 0
 
 
+@pytest.mark.parametrize("hidden,heads,line", [
+    (64, 2, "  GPU runtime: takes every op"),
+    # heads of 48 have no attention kernel: the op and the size named, as `--backend gpu` would refuse it
+    (48, 1, "  GPU runtime: refused: op 'l0.attn': the GPU runtime does not run Attention ops with head size 48 (the "
+            "attention kernels take 32, 64, 80, 96, 128, 256) yet (the reference backend does)"),
+])
+def test_inspect_says_whether_the_gpu_runtime_takes_a_plan(capsys, tmp_path, hidden, heads, line):
+    """From the file alone (this machine has no GPU): the last line of the text, `gpu_runtime` in the JSON."""
+    from handmade_plans import tiny_plan
+
+    path = tiny_plan("hybrid", hidden=hidden, heads=heads).save(tmp_path / "p.plan")
+    code, out, err = cli(capsys, "inspect", path)
+    assert code == 0, err
+    assert out.rstrip("\n").splitlines()[-1] == line
+    code, out, err = cli(capsys, "inspect", path, "--json")
+    g = json.loads(out)["gpu_runtime"]
+    assert code == 0 and g["runs"] is (hidden // heads == 32) and g["host_ops"] == []
+    assert (g["why"] is None) == g["runs"] and (g["runs"] or "head size 48" in g["why"])
+
+
 def test_run_refuses_to_write_over_its_input_or_a_bad_suffix(capsys, tiny, tmp_path):
     ids = tmp_path / "ids.npy"
     np.save(ids, np.array([[101, 2000, 102]], dtype=np.int64))
@@ -694,3 +714,14 @@ def test_build_ln_input(capsys, tiny, tmp_path):
     assert dtypes == {"fp16": {"float16"}, "fp32": {"float32"}}
     code, _, err = cli(capsys, "build", tiny["onnx"], "--ln-input", "bf16")
     assert_clean_error(code, err, 2, "bf16")
+
+
+def test_inspect_names_the_host_tail():
+    """A classifier's or question-answering plan's rank-2 outputs run on the host after the device's part
+    (trtrun.runtime.tail; which ops, tests/runtime): the line names them."""
+    from trtrun.cli.inspect import gpu_text
+
+    assert gpu_text({"runs": True, "why": None, "host_ops": ["pool", "pooler.dense", "classifier"]}) == (
+        "  GPU runtime: takes it; the last 3 ops (pool, pooler.dense, classifier) run on the host after the device's "
+        "part (the host tail)")
+    assert gpu_text({"runs": True, "why": None, "host_ops": ["qa"]}).startswith("  GPU runtime: takes it; the last 1 op (qa)")
