@@ -178,7 +178,14 @@ FAMILY_NAMES = {"roberta": "RoBERTa", "xlm-roberta": "XLM-RoBERTa", "distilbert"
                 "stablelm2-qk": "StableLM-2 with qk_layernorm: one LayerNorm (own gain) per query and key head",
                 "esm": "ESM-2: rotary encoder, token dropout's <mask> rescale folded (<mask> refused)",
                 "bloom": "BLOOM: attention on [B*H, S, S], ALiBi over positions counted along the mask",
-                "xglm": "XGLM: attention on [B*H, S, S], sinusoidal positions looked up at flattened indices"}
+                "xglm": "XGLM: attention on [B*H, S, S], sinusoidal positions looked up at flattened indices",
+                "phi3": "Phi-3: fused qkv and gate-up projections",
+                "smollm3": "SmolLM3: layers without rotary (NoPE) between rotary ones",
+                "gemma3": "Gemma 3: per-head q/k RMSNorm, local and global layers with their own rotary bases",
+                "exaone4": "EXAONE 4: post-norm blocks, per-head q/k RMSNorm",
+                "cohere": "Cohere: LayerNorm without bias, parallel attention and MLP, interleaved rotary",
+                "glm": "GLM: partial rotary on interleaved pairs, fused gate-up projection",
+                "helium": "Helium: an RMSNorm epsilon the exporter leaves out"}
 MINILM_TITLE = "## all-MiniLM-L6-v2 through the Embedder on real text"
 MINILM_GPU_TITLE = "## all-MiniLM-L6-v2 on the GPU"
 MINILM_GPU_OPTIMUM_TITLE = "## all-MiniLM-L6-v2 on the GPU through Hugging Face Optimum's own files"
@@ -202,7 +209,7 @@ def _sections(path: Path) -> dict:
 
 
 def render(results: dict) -> str:
-    from producers_corpus import QUANTIZED
+    from producers_corpus import DYNAMO_FAMILIES, QUANTIZED
 
     archs = {}
     for key, r in results.items():
@@ -220,7 +227,8 @@ def render(results: dict) -> str:
              "deberta-v2": "DeBERTa-v2 (tiny, random weights: disentangled attention)",
              "modernbert": "ModernBERT (tiny, random weights: global and 16-token local attention, rotary, GeGLU, "
                            "no biases)",
-             **{a: f"{n} (tiny, random weights; against onnxruntime on its eager torch.onnx export)"
+             **{a: f"{n} (tiny, random weights; against onnxruntime on its eager torch.onnx export"
+                   f"{' by the dynamo exporter' if a in DYNAMO_FAMILIES else ''})"
                 for a, n in FAMILY_NAMES.items()}}
     for arch in ("bert", "gpt2", "minilm", "llama", "qwen2", "mistral", "qwen3", "gpt-neox", "mpnet", "deberta-v2",
                  "modernbert", *FAMILY_NAMES):

@@ -332,6 +332,20 @@ FAMILY = {
     "bloom": ("BloomConfig", dict(hidden_size=128, n_layer=2, n_head=4)),
     # the same folded attention; sinusoidal positions looked up at flattened [B*S] indices
     "xglm": ("XGLMConfig", dict(d_model=128, num_layers=2, attention_heads=4, ffn_dim=256)),
+    # fused qkv_proj and gate_up_proj split in the graph
+    "phi3": ("Phi3Config", dict(_S, num_key_value_heads=2, pad_token_id=0)),
+    # layers without rotary (NoPE) between rotary ones
+    "smollm3": ("SmolLM3Config", dict(_S, num_key_value_heads=2)),
+    # per-head q/k RMSNorm, local and global layers with their own rotary bases
+    "gemma3": ("Gemma3TextConfig", dict(_S, num_key_value_heads=2, head_dim=32, sliding_window=8)),
+    # post-norm blocks (the norm after each sublayer, then the residual) and per-head q/k RMSNorm
+    "exaone4": ("Exaone4Config", dict(_S, num_key_value_heads=2)),
+    # LayerNorm without bias, parallel attention and MLP, rotary on interleaved pairs (dynamo: DYNAMO_FAMILIES)
+    "cohere": ("CohereConfig", dict(_S, num_key_value_heads=2)),
+    # partial rotary on interleaved pairs, fused gate_up_proj (dynamo)
+    "glm": ("GlmConfig", dict(_S, num_key_value_heads=2)),
+    # RMSNorm with epsilon 1e-8, which the dynamo exporter leaves out (dynamo)
+    "helium": ("HeliumConfig", dict(_S, num_key_value_heads=2, head_dim=32)),
 }
 BERT_FAMILY = ("roberta", "xlm-roberta", "distilbert", "electra", "albert")
 # transformers implements only eager attention for these
@@ -344,12 +358,29 @@ NO_SDPA = ("mpt", "gemma2", "gemma2-softcap", "roformer", "gpt-neo", "bloom", "x
 OPTIMUM_FAMILIES = ("falcon", "gemma2", "nemotron", "olmo2", "bloom", "esm")
 
 
+# families whose torchscript export runs only at the shape it was traced at (trtrun export refuses it so, naming
+# the shape onnxruntime fails at: Cohere's and GLM's interleaved rotary, Helium's attention reshapes): their files
+# come from torch.onnx's dynamo exporter. (Mixtral and Qwen2-MoE have none at all: their expert routing fails
+# both exporters, aten::histc and a dynamo conversion error.)
+DYNAMO_FAMILIES = ("cohere", "glm", "helium")
+# the variant names of torch.onnx's exports: (attention transformers traces, exporter)
+TORCH_ONNX_EXPORTS = {"eager": ("eager", "torchscript"), "sdpa": ("sdpa", "torchscript"),
+                      "dynamo": ("eager", "dynamo"), "sdpa-dynamo": ("sdpa", "dynamo")}
+
+
 def family_variants(arch: str) -> tuple:
     """The exports test_family_producers takes of FAMILY's `arch`."""
     if arch in BERT_FAMILY:
         return ("sdpa", "optimum-O2")
+    if arch in DYNAMO_FAMILIES:
+        return ("dynamo", "sdpa-dynamo")
     torch_onnx = ("eager",) if arch in NO_SDPA else ("eager", "sdpa")
     return torch_onnx + (("optimum",) if arch in OPTIMUM_FAMILIES else ())
+
+
+def family_baseline(arch: str) -> str:
+    """The export of FAMILY's `arch` that onnxruntime runs as the reference: torch.onnx with eager attention."""
+    return "dynamo" if arch in DYNAMO_FAMILIES else "eager"
 
 
 def family_dir(arch: str, dst, causal_lm: bool = False) -> Path:

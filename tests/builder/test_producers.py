@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from producers_corpus import (BERT_FAMILY, FAMILY, INT4, INT8, NEW_ARCHS, OPTIMUM_NO_LEVELS, OPTIMUM_VARIANTS,
-                              QUANTIZED, REFUSED, SDPA_NONE, SDPA_VARIANTS, ST_ONNX_VARIANTS, VARIANTS, export_new_arch, family_variants,
-                              make_variant,
+                              QUANTIZED, REFUSED, SDPA_NONE, SDPA_VARIANTS, ST_ONNX_VARIANTS, TORCH_ONNX_EXPORTS,
+                              VARIANTS, export_new_arch, family_baseline, family_variants, make_variant,
                               model_args, optimum_env, optimum_export, optimum_variants, save_model_dir,
                               sentence_transformers_export, st_onnx_export, tokenizer_files)
 from trtrun.types import PRECISIONS
@@ -324,8 +324,9 @@ def family(tmp_path_factory):
     def get(arch):
         if arch not in cache:
             hf = family_dir(arch, root / arch / "hf")
-            cache[arch] = {a: export_model(hf, root / arch / f"{a}.onnx", attention=a)
-                           for a in ("eager", "sdpa") if a == "eager" or a in family_variants(arch)}
+            cache[arch] = {v: export_model(hf, root / arch / f"{v}.onnx", attention=att, exporter=exp)
+                           for v, (att, exp) in TORCH_ONNX_EXPORTS.items()
+                           if v == family_baseline(arch) or v in family_variants(arch)}
             if arch in BERT_FAMILY and optimum_env() is not None:
                 cache[arch]["optimum-O2"] = optimum_export(hf, root / arch / "optimum", ("O2",))["optimum-O2"]
             elif "optimum" in family_variants(arch) and optimum_env() is not None:
@@ -338,8 +339,9 @@ def family(tmp_path_factory):
 @pytest.mark.parametrize("arch,variant", [(a, v) for a in FAMILY for v in family_variants(a)])
 def test_family_producers(family, arch, variant):
     """Architectures `trtrun export` does not name, as users' tools write them: the BERT family through
-    transformers' default (sdpa) attention and Optimum's O2; decoders through eager and sdpa torch.onnx. Against
-    onnxruntime on the eager export, hybrid; the same GPU program as the eager export's (where the GPU runs it)."""
+    transformers' default (sdpa) attention and Optimum's O2; decoders through eager and sdpa torch.onnx (the
+    dynamo exporter for DYNAMO_FAMILIES). Against onnxruntime on the eager-attention export, hybrid; the same GPU
+    program as that export's (where the GPU runs it)."""
     import trtrun
     from trtrun.reference import ReferenceBackend
 
@@ -349,11 +351,12 @@ def test_family_producers(family, arch, variant):
     plan = trtrun.build(files[variant], precision="hybrid")
     feeds, mask = _feeds(["input_ids", "attention_mask", "token_type_ids"])
     y = ReferenceBackend(plan).run({i["name"]: feeds[i["name"]] for i in plan.inputs})[plan.outputs[0]["name"]]
-    cos = worst_token_cosine(y, _ort(files["eager"], feeds), mask)
+    base = files[family_baseline(arch)]
+    cos = worst_token_cosine(y, _ort(base, feeds), mask)
     _RESULTS[f"{arch}|{variant}|hybrid"] = {"ok": True, "cos": cos, "nan": int(np.isnan(y).sum())}
     assert cos >= 0.9999  # hybrid, as the matrix
     try:
-        want = _gpu_program(trtrun.build(files["eager"], precision="hybrid"), False)
+        want = _gpu_program(trtrun.build(base, precision="hybrid"), False)
     except trtrun.PlanError:
         return  # a form the GPU runtime does not run yet (gpu_missing)
     assert _gpu_program(plan, False) == want

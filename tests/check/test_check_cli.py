@@ -285,8 +285,8 @@ def test_headroom_sample_choice():
 
 def test_auto_falls_back_for_a_plan_the_gpu_cannot_run(models, tmp_path, monkeypatch):
     """With a usable GPU, --backend auto still runs the reference backend where the built plans hold what the GPU
-    runtime lacks (here the tiny model's heads of 16: the attention kernels take 32, 64, 128), and says why; the
-    backend is chosen after the build, from the plans (before, it was chosen from the machine alone and the run
+    runtime lacks (here the tiny model's heads of 16: the attention kernels take 32, 64, 80, 96, 128, 256), and says
+    why; the backend is chosen after the build, from the plans (before, it was chosen from the machine alone and the run
     failed at lowering)."""
     from trtrun import runtime
     from trtrun.check import core

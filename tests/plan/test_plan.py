@@ -535,3 +535,27 @@ def test_per_head_qk_norm_weights_are_validated():
     # the norm changes the scores (gamma far from 1): a plan that ignored the weights would give the same output
     name = next(iter(with_n))
     assert np.isfinite(with_n[name]).all() and not np.allclose(with_n[name], without[name], atol=1e-3)
+
+
+def test_an_rmsnorm_epsilon_may_be_zero_a_layernorm_epsilon_may_not():
+    """An RMSNorm computes x / sqrt(mean(x^2) + eps): a file whose exporter dropped a tiny epsilon (torch.onnx's
+    dynamo exporter on Helium's 1e-8) computes it with 0, and so does its plan. A LayerNorm's stays positive, and
+    a negative one is refused, naming the op (a NaN cannot be written: the header is strict JSON)."""
+    from trtrun.reference import ReferenceBackend
+
+    base = tiny_plan("hybrid")
+    hdr = copy.deepcopy({k: v for k, v in base.header.items() if k != "weights"})
+    ln = next(op for op in hdr["ops"] if op["type"] == "LayerNorm")
+    ln["attrs"]["epsilon"] = 0.0
+    with pytest.raises(PlanError, match=rf"\('{ln['name']}'\)\.attrs\.epsilon: must be a finite positive number"):
+        Plan.from_parts(copy.deepcopy(hdr), dict(base.weights))
+    ln["type"] = "RMSNorm"
+    del ln["weights"]["beta"]
+    plan = Plan.from_parts(copy.deepcopy(hdr), dict(base.weights))
+    ids = np.random.default_rng(0).integers(1, 50, (2, 5))
+    y = ReferenceBackend(plan).run({"input_ids": ids, "attention_mask": np.ones_like(ids),
+                                    "token_type_ids": np.zeros_like(ids)})["last_hidden_state"]
+    assert np.isfinite(y).all()
+    ln["attrs"]["epsilon"] = -1e-6
+    with pytest.raises(PlanError, match=rf"\('{ln['name']}'\)\.attrs\.epsilon: must be a finite non-negative"):
+        Plan.from_parts(copy.deepcopy(hdr), dict(base.weights))

@@ -4,7 +4,8 @@ Recognized decomposition (Llama/Qwen2/Mistral's RMSNorm as torch.onnx writes it,
 operand order of the commutative ops is free):
 
     ms  = ReduceMean(Pow(x, 2) | Mul(x, x), axes=[-1])
-    r   = Sqrt(Add(ms, eps))
+    r   = Sqrt(Add(ms, eps)) | Sqrt(ms)    (the latter epsilon 0: what torch.onnx's dynamo exporter writes for
+                                          Helium's 1e-8, the file as onnxruntime runs it)
     n   = Div(x, r) | Mul(x, Reciprocal(r)) | Mul(x, Div(1, r))
     y   = Mul(n, gamma)                   (gamma optional; Gemma's 1 + w is folded into a constant already)
 
@@ -88,7 +89,10 @@ def _match_decomposed(rm, facts):
         return None
     m = _eps_sqrt(rm.outputs[0])
     if m is None:
-        return None
+        sqrt = _only(rm.outputs[0], "Sqrt")
+        if sqrt is None:
+            return None
+        m = (0.0, sqrt.outputs[0])
     eps, r = m
     cs = G.consumers(r)
     if len(cs) != 1:

@@ -408,16 +408,16 @@ def _validate_op(op, f, tensors, weights, prof, err) -> None:
         if list(shape) != list(expect):
             err(f, f"{what} has shape {fmt_shape(shape)}, expected {fmt_shape(expect)}")
 
-    def number(key, required=True, positive=False):
+    def number(key, required=True, positive=False, nonnegative=False):
         if key not in attrs:
             if required:
                 err(f + f".attrs.{key}", "missing")
             return None
         v = attrs[key]
         # float32 in the kernels: a value beyond its range would become inf there
-        if not is_number(v) or abs(v) > FLOAT32_MAX or (positive and v <= 0):
-            err(f + f".attrs.{key}", f"must be a finite {'positive ' if positive else ''}number (float32), "
-                                     f"got {short(v)}")
+        if not is_number(v) or abs(v) > FLOAT32_MAX or (positive and v <= 0) or (nonnegative and v < 0):
+            kind = "positive " if positive else "non-negative " if nonnegative else ""
+            err(f + f".attrs.{key}", f"must be a finite {kind}number (float32), got {short(v)}")
         return v
 
     def integer(key, required=True, minimum=0):
@@ -642,7 +642,8 @@ def _validate_op(op, f, tensors, weights, prof, err) -> None:
         need_shape(f"gamma {nm(wts['gamma'])!r}", Wt("gamma")["shape"], [N])
         if typ == "LayerNorm":
             need_shape(f"beta {nm(wts['beta'])!r}", Wt("beta")["shape"], [N])
-        number("epsilon", positive=True)
+        # an RMSNorm's may be 0: a file whose exporter dropped a tiny one (the file computes without it)
+        number("epsilon", positive=typ == "LayerNorm", nonnegative=typ == "RMSNorm")
         after = attrs.get("residual_after", False)  # y = residual + norm(x) (OLMo-2's post-norm blocks)
         if not isinstance(after, bool):
             err(f + ".attrs.residual_after", f"must be true or false, got {short(after)}")
