@@ -44,8 +44,9 @@ struct LinearPost {
 // How an fp8 Linear runs (context.cpp, fp8 planning): native/kernels/quantize makes x's E4M3 codes and per-row
 // scales in an arena scratch, then cuBLASLt's fp8 GEMM. With `scale` Scalar or OuterVec cuBLASLt applies the scales
 // (and, when `fused`, the bias/GELU epilogue into y); with None (no scaled algorithm offered: cuBLAS before 12.9)
-// the GEMM writes the codes' product into an fp32 accumulator, launch_fp8_rescale scales it, and the runtime's
-// bias/activation kernels finish it.
+// the GEMM writes the codes' product into an fp32 accumulator, which the runtime's bias/activation pass scales and
+// finishes (launch_bias_act with the scales), or launch_fp8_rescale then kernels/epilogue where a gate, silu or
+// residual follows.
 struct Fp8Linear {
   bool on = false;
   GemmScale scale = GemmScale::None;
