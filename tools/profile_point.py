@@ -56,6 +56,7 @@ def main() -> int:
 
     from trtrun.builder import build
     from trtrun.export import export_model
+    from trtrun.plan import load_plan
     from trtrun.runtime import Engine
 
     cache = Path(a.cache)
@@ -87,6 +88,8 @@ def main() -> int:
 
         print(f"GEMM cache {a.gemm_cache}: took {load_gemm_cache(a.gemm_cache)} entries", flush=True)
     eng = Engine.load(plan_path)
+    # the POINT line's labels: a --plan file by its name and its own precision
+    label, prec = (plan_path.stem, load_plan(plan_path).precision) if a.plan else (a.model, a.precision)
     kw = {}
     if a.ffn_chunks is not None:
         kw["ffn_chunks"] = a.ffn_chunks
@@ -177,7 +180,7 @@ def main() -> int:
                 stream.synchronize()
                 ms = np.array([e0.elapsed_time(e1) for e0, e1 in ev])
                 tag = f"{name} " if len(ctxs) > 1 else ""
-                print(f"POINT {Path(a.plan).stem if a.plan else a.model} {a.precision} {B}x{S} {tag}{vk or ''}: p50 {np.median(ms):.4f} ms  "
+                print(f"POINT {label} {prec} {B}x{S} {tag}{vk or ''}: p50 {np.median(ms):.4f} ms  "
                       f"p10 {np.quantile(ms, 0.1):.4f}  p90 {np.quantile(ms, 0.9):.4f}  (n={len(ms)}, "
                       f"graphs {ctx.stats().get('graph_count')}, 20 warm-up runs {firsts[name]:.2f} s)", flush=True)
         if a.ncu:
