@@ -56,7 +56,6 @@ def main() -> int:
 
     from trtrun.builder import build
     from trtrun.export import export_model
-    from trtrun.plan import load_plan
     from trtrun.runtime import Engine
 
     cache = Path(a.cache)
@@ -89,7 +88,7 @@ def main() -> int:
         print(f"GEMM cache {a.gemm_cache}: took {load_gemm_cache(a.gemm_cache)} entries", flush=True)
     eng = Engine.load(plan_path)
     # the POINT line's labels: a --plan file by its name and its own precision
-    label, prec = (plan_path.stem, load_plan(plan_path).precision) if a.plan else (a.model, a.precision)
+    label, prec = (plan_path.stem, eng.plan.precision) if a.plan else (a.model, a.precision)
     kw = {}
     if a.ffn_chunks is not None:
         kw["ffn_chunks"] = a.ffn_chunks
