@@ -185,7 +185,12 @@ FAMILY_NAMES = {"roberta": "RoBERTa", "xlm-roberta": "XLM-RoBERTa", "distilbert"
                 "exaone4": "EXAONE 4: post-norm blocks, per-head q/k RMSNorm",
                 "cohere": "Cohere: LayerNorm without bias, parallel attention and MLP, interleaved rotary",
                 "glm": "GLM: partial rotary on interleaved pairs, fused gate-up projection",
-                "helium": "Helium: an RMSNorm epsilon the exporter leaves out"}
+                "helium": "Helium: an RMSNorm epsilon the exporter leaves out",
+                "seed-oss": "Seed-OSS: biased q/k/v, heads wider than hidden / heads",
+                "olmo3": "OLMo 3: OLMo-2's blocks with sliding-window layers",
+                "arcee": "Arcee: an ungated squared-ReLU MLP",
+                "ernie": "ERNIE (BERT with a task-type embedding)",
+                "ernie4_5": "ERNIE 4.5: rotary on interleaved pairs"}
 MINILM_TITLE = "## all-MiniLM-L6-v2 through the Embedder on real text"
 MINILM_GPU_TITLE = "## all-MiniLM-L6-v2 on the GPU"
 MINILM_GPU_OPTIMUM_TITLE = "## all-MiniLM-L6-v2 on the GPU through Hugging Face Optimum's own files"

@@ -346,6 +346,16 @@ FAMILY = {
     "glm": ("GlmConfig", dict(_S, num_key_value_heads=2)),
     # RMSNorm with epsilon 1e-8, which the dynamo exporter leaves out (dynamo)
     "helium": ("HeliumConfig", dict(_S, num_key_value_heads=2, head_dim=32)),
+    # Llama's blocks with biased q/k/v and heads wider than hidden / heads
+    "seed-oss": ("SeedOssConfig", dict(_S, num_key_value_heads=2, head_dim=32)),
+    # OLMo-2's blocks with sliding-window layers (the q/k norm over all heads has no GPU kernel yet)
+    "olmo3": ("Olmo3Config", dict(_S, num_key_value_heads=2, sliding_window=8)),
+    # an ungated squared-ReLU MLP on Llama's blocks (no GPU kernel for relu2 yet)
+    "arcee": ("ArceeConfig", dict(_S, num_key_value_heads=2)),
+    # BERT with an optional task-type embedding (off by default)
+    "ernie": ("ErnieConfig", _S),
+    # Llama's blocks with rotary on interleaved pairs (dynamo: DYNAMO_FAMILIES)
+    "ernie4_5": ("Ernie4_5Config", dict(_S, num_key_value_heads=2, head_dim=32)),
 }
 BERT_FAMILY = ("roberta", "xlm-roberta", "distilbert", "electra", "albert")
 # transformers implements only eager attention for these
@@ -359,10 +369,10 @@ OPTIMUM_FAMILIES = ("falcon", "gemma2", "nemotron", "olmo2", "bloom", "esm")
 
 
 # families whose torchscript export runs only at the shape it was traced at (trtrun export refuses it so, naming
-# the shape onnxruntime fails at: Cohere's and GLM's interleaved rotary, Helium's attention reshapes): their files
-# come from torch.onnx's dynamo exporter. (Mixtral and Qwen2-MoE have none at all: their expert routing fails
+# the shape onnxruntime fails at: Cohere's, GLM's and ERNIE 4.5's interleaved rotary, Helium's attention
+# reshapes): their files come from torch.onnx's dynamo exporter. (Mixtral and Qwen2-MoE have none at all: their expert routing fails
 # both exporters, aten::histc and a dynamo conversion error.)
-DYNAMO_FAMILIES = ("cohere", "glm", "helium")
+DYNAMO_FAMILIES = ("cohere", "glm", "helium", "ernie4_5")
 # the variant names of torch.onnx's exports: (attention transformers traces, exporter)
 TORCH_ONNX_EXPORTS = {"eager": ("eager", "torchscript"), "sdpa": ("sdpa", "torchscript"),
                       "dynamo": ("eager", "dynamo"), "sdpa-dynamo": ("sdpa", "dynamo")}

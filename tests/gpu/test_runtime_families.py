@@ -1,8 +1,9 @@
-"""The architectures trtrun export does not name (tests/producers_corpus.py FAMILY: the BERT family, Gemma, Granite,
-Phi, StableLM, OLMo, Falcon, StarCoder2, GPT-J, CodeGen, OPT, RoFormer, GPT-Neo, MPT, Gemma 2, OLMo-2, Nemotron,
-ESM-2, Persimmon, StableLM-2 with qk_layernorm, BLOOM, XGLM) and the
-T5 encoders (gated-GELU and ReLU), end to end on the GPU runtime: each tiny random-weight model (hidden 128, 2
-layers, 4 heads of 32) exported eager by torch.onnx, built in fp32 and hybrid, run on right-padded random ids and
+"""The architectures trtrun export does not name (tests/producers_corpus.py FAMILY: the BERT family, ERNIE, Gemma,
+Gemma 2, Gemma 3, Granite, Phi, Phi-3, StableLM, OLMo, OLMo-2, OLMo 3, Falcon, StarCoder2, GPT-J, CodeGen, OPT,
+RoFormer, GPT-Neo, MPT, Nemotron, ESM-2, Persimmon, StableLM-2 with qk_layernorm, BLOOM, XGLM, SmolLM3, EXAONE 4,
+Seed-OSS, Arcee, Cohere, GLM, ERNIE 4.5, Helium) and the T5 encoders (gated-GELU and ReLU), end to end on the GPU
+runtime: each tiny random-weight model (hidden 128, 2 layers, 4 heads of 32) exported with eager attention by
+torch.onnx (the dynamo exporter for DYNAMO_FAMILIES), built in fp32 and hybrid, run on right-padded random ids and
 compared per token with onnxruntime fp32 on the same file. CI checks that each builds and matches onnxruntime on
 the reference backend and lowers to the same GPU program as before; this runs that program.
 
@@ -24,7 +25,7 @@ import rt_helpers as h
 pytestmark = pytest.mark.gpu
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from producers_corpus import FAMILY  # noqa: E402
+from producers_corpus import FAMILY, TORCH_ONNX_EXPORTS, family_baseline  # noqa: E402
 
 ARCHS = list(FAMILY) + ["t5-gated-gelu", "t5-relu"]
 # several lengths: past GPT-Neo's and Gemma 2's 8-token windows, one query tile and more
@@ -50,9 +51,12 @@ def _export(arch: str) -> Path:
             _randomize(torch, model, 0)
             model.save_pretrained(d / "hf")
             src = d / "hf"
+            how = {}
         else:
             src = family_dir(arch, d / "hf")
-        _onnx[arch] = export_model(src, d / "model.onnx")
+            attention, exporter = TORCH_ONNX_EXPORTS[family_baseline(arch)]
+            how = {"attention": attention, "exporter": exporter}
+        _onnx[arch] = export_model(src, d / "model.onnx", **how)
     return _onnx[arch]
 
 
