@@ -139,7 +139,7 @@ def _match(graph, node, facts):
     # [B*S, N], is reshaped back to [B, S, ...]).
     ra = facts.rank(a)
     x = a
-    if ra == 2 and _sym(facts, a) == ["B", K]:  # one vector a sample (a pooled state: a classification head)
+    if ra == 2 and facts.sym_shape_or_none(a) == ["B", K]:  # one vector a sample (a pooled state: a classification head)
         b, out = _bias(out, b, N)
         act, y = _match_activation(out, facts)
         return x, W, b, out, act, y, None
@@ -202,12 +202,6 @@ def _reshape_bsk(graph, facts, u, K):
     facts.put(x.name, [v.reshape(v.shape[:2] + (K,)) for v in facts.get(u)])
     return x
 
-
-def _sym(facts, t):
-    try:
-        return facts.sym_shape(t)
-    except BuildError:
-        return None
 
 
 def _single(t, op):

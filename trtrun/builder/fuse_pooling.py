@@ -99,11 +99,8 @@ def _unfused_vector(t, facts) -> bool:
     p = G.producer(t)
     if p is None or G.is_trtrun(p):
         return False
-    try:
-        sym = facts.sym_shape(t)
-    except Exception:
-        return False
-    return len(sym) == 2 and sym[0] == "B"
+    sym = facts.sym_shape_or_none(t)
+    return sym is not None and len(sym) == 2 and sym[0] == "B"
 
 
 def _outer_reads(node) -> list:

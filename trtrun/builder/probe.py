@@ -52,6 +52,13 @@ class Facts:
     def rank(self, t) -> int:
         return self.get(t)[0].ndim
 
+    def sym_shape_or_none(self, t) -> list | None:
+        """sym_shape, or None where the tensor has no such shape (a pattern that needs one does not match)."""
+        try:
+            return self.sym_shape(t)
+        except BuildError:
+            return None
+
     def sym_shape(self, t) -> list:
         """Shape with "B"/"S" symbols (BuildError if a dim follows neither nor stays fixed)."""
         shapes = [a.shape for a in self.get(t)]

@@ -385,9 +385,8 @@ def decouple_shapes(graph, facts) -> int:
         t = node.inputs[0]
         if t in graph.inputs or not facts.has(t.name):
             continue
-        try:
-            sym = facts.sym_shape(t)
-        except Exception:
+        sym = facts.sym_shape_or_none(t)
+        if sym is None:
             continue
         start = int(node.attrs.get("start", 0))
         end = node.attrs.get("end")
