@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Same-run A/B of the GPU runtime of two source trees on the GPU machine: the checkout (built with
-# `pip install -e .`) against OLD_TREE (built with CMake into /tmp/ab-old), timing the same points with each
+# `pip install -e .`) against OLD_TREE (built with CMake into /tmp/ab-old-*), timing the same points with each
 # in turn, ROUNDS times alternated, so clock and thermal drift hit both alike. Timing is tools/profile_point.py's
 # (CUDA events around graph replays, random ids, random weights: right for speed only).
 #   here:   rm -rf .ab/old && mkdir -p .ab/old && git archive REF | tar -x -C .ab/old   (.ab ignored, carried)
@@ -22,15 +22,18 @@ if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
+tool=$PWD/tools/profile_point.py
+# a build folder per old tree: CMake refuses a folder configured for another source
+bld=/tmp/ab-old-$(printf %s "$old" | md5sum | cut -c1-8)
 log "build new (pip install -e .) and old (cmake, $old)"
 (python3 -m pip install -q --no-build-isolation --no-deps -e . >"$OUT/build-new.log" 2>&1) &
 pnew=$!
-(cmake -S "$old" -B /tmp/ab-old -DPython_EXECUTABLE="$(command -v python3)" >"$OUT/build-old.log" 2>&1 \
-  && cmake --build /tmp/ab-old -j 6 >>"$OUT/build-old.log" 2>&1) &
+(cmake -S "$old" -B "$bld" -DPython_EXECUTABLE="$(command -v python3)" >"$OUT/build-old.log" 2>&1 \
+  && cmake --build "$bld" -j 6 >>"$OUT/build-old.log" 2>&1) &
 pold=$!
 wait $pnew || { tail -30 "$OUT/build-new.log"; echo "NEW BUILD FAILED"; exit 2; }
 wait $pold || { tail -30 "$OUT/build-old.log"; echo "OLD BUILD FAILED"; exit 2; }
-so=$(ls /tmp/ab-old/_C*.so | head -1) && cp "$so" /tmp/ab-old/_build_info.json "$old/trtrun/" || { echo "no _C in /tmp/ab-old"; exit 2; }
+so=$(ls "$bld"/_C*.so | head -1) && cp "$so" "$bld/_build_info.json" "$old/trtrun/" || { echo "no _C in $bld"; exit 2; }
 log "builds done"
 
 points=()
@@ -39,11 +42,12 @@ for r in $(seq "${ROUNDS:-3}"); do
   for m in ${MODELS:-bert-base gpt2}; do
     for side in old new; do
       dir=$PWD; [ $side = old ] && dir=$old
-      # the old tree first on the path: its own trtrun package and _C, not the editable install's
+      # the old tree first on the path: its own trtrun package and _C, not the editable install's; the timing
+      # tool is always the checkout's (an old tree may predate it), so both sides are timed by the same code
       what=(--model "$m" --precision "${PRECISION:-hybrid}")
       [[ "$m" == *.plan ]] && what=(--plan "$(realpath "$m")")
-      (cd "$dir" && PYTHONPATH="$dir${PYTHONPATH:+:$PYTHONPATH}" python3 tools/profile_point.py "${what[@]}" \
-        "${points[@]}" --iters "${ITERS:-300}" --cache /tmp/ab-cache 2>&1) \
+      (cd "$dir" && PYTHONPATH="$dir${PYTHONPATH:+:$PYTHONPATH}" python3 "$tool" "${what[@]}" \
+        "${points[@]}" --iters "${ITERS:-300}" --cache "/tmp/ab-cache-$side" 2>&1) \
         | sed "s/^/$side r$r: /" | tee -a "$OUT/ab.log" | grep -E "POINT|Error|error" 
     done
   done

@@ -1,10 +1,12 @@
-// native/kernels/rotary/rotary.cu: rotary embedding of Q and K in the packed qkv tensor, one thread per rotated pair.
+// native/kernels/rotary/rotary.cu: rotary embedding of Q and K in the packed qkv tensor, four rotated pairs a thread
+// where the shapes allow (vector loads), else one.
 #include "rotary.h"
 
 #include "kernels/common/device.cuh"
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <string>
 
 namespace trtrun {
@@ -21,34 +23,80 @@ __device__ __forceinline__ void store_f(void* p, DType t, long long i, float v) 
   else static_cast<float*>(p)[i] = v;
 }
 
-// One thread step: the pair (i, h2 + i) of one Q or K head of one token.
-template <bool HALF>
+// V consecutive elements at i (V = 4: i a multiple of 4 and the address 8-byte (fp16) / 16-byte (fp32) aligned).
+template <int V>
+__device__ __forceinline__ void load_v(const void* p, DType t, long long i, float (&v)[V]) {
+  if constexpr (V == 4) {
+    if (t == DType::F16) {
+      const uint2 u = *reinterpret_cast<const uint2*>(static_cast<const __half*>(p) + i);
+      const float2 a = __half22float2(*reinterpret_cast<const __half2*>(&u.x));
+      const float2 b = __half22float2(*reinterpret_cast<const __half2*>(&u.y));
+      v[0] = a.x, v[1] = a.y, v[2] = b.x, v[3] = b.y;
+    } else {
+      const float4 f = *reinterpret_cast<const float4*>(static_cast<const float*>(p) + i);
+      v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
+    }
+  } else {
+#pragma unroll
+    for (int j = 0; j < V; ++j) v[j] = load_f(p, t, i + j);
+  }
+}
+template <int V>
+__device__ __forceinline__ void store_v(void* p, DType t, long long i, const float (&v)[V]) {
+  if constexpr (V == 4) {
+    if (t == DType::F16) {
+      union {
+        uint2 u;
+        __half2 h[2];
+      } out;
+      out.h[0] = __floats2half2_rn(v[0], v[1]);
+      out.h[1] = __floats2half2_rn(v[2], v[3]);
+      *reinterpret_cast<uint2*>(static_cast<__half*>(p) + i) = out.u;
+    } else {
+      *reinterpret_cast<float4*>(static_cast<float*>(p) + i) = make_float4(v[0], v[1], v[2], v[3]);
+    }
+  } else {
+#pragma unroll
+    for (int j = 0; j < V; ++j) store_f(p, t, i + j, v[j]);
+  }
+}
+
+// One thread step: the pairs (i + j, h2 + i + j), j < V, of one Q or K head of one token. V = 4 where h2, the head
+// size and the row width are multiples of 4 and the buffers 16-byte aligned: one vector access per operand instead
+// of four, and the index arithmetic (64-bit divisions) once per four pairs; the same arithmetic per pair.
+template <bool HALF, int V>
 __global__ void rotary_kernel(const void* src, DType src_t, void* dst, DType dst_t, const float* __restrict__ cos,
                               const float* __restrict__ sin, long long tokens, int seq, int qk_heads, int row_width,
                               int head_size, int h2) {
-  const long long pairs = tokens * qk_heads * h2;
-  for (long long e = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; e < pairs;
+  const int hv = h2 / V;
+  const long long steps = tokens * qk_heads * hv;
+  for (long long e = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; e < steps;
        e += static_cast<long long>(gridDim.x) * blockDim.x) {
-    const int i = static_cast<int>(e % h2);
-    const long long th = e / h2;
+    const int i = static_cast<int>(e % hv) * V;
+    const long long th = e / hv;
     const int head = static_cast<int>(th % qk_heads);
     const long long tok = th / qk_heads;
     const int s = static_cast<int>(tok % seq);
     const long long at = tok * row_width + static_cast<long long>(head) * head_size + i;
-    const float x1 = load_f(src, src_t, at), x2 = load_f(src, src_t, at + h2);
-    const float c = cos[static_cast<long long>(s) * h2 + i], n = sin[static_cast<long long>(s) * h2 + i];
-    float o1, o2;
-    if constexpr (HALF) {
-      const __half a = __float2half_rn(x1), b = __float2half_rn(x2);
-      const __half ch = __float2half_rn(c), nh = __float2half_rn(n);
-      o1 = __half2float(__hsub_rn(__hmul_rn(a, ch), __hmul_rn(b, nh)));
-      o2 = __half2float(__hadd_rn(__hmul_rn(b, ch), __hmul_rn(a, nh)));
-    } else {
-      o1 = __fsub_rn(__fmul_rn(x1, c), __fmul_rn(x2, n));
-      o2 = __fadd_rn(__fmul_rn(x2, c), __fmul_rn(x1, n));
+    float x1[V], x2[V], c[V], n[V], o1[V], o2[V];
+    load_v<V>(src, src_t, at, x1);
+    load_v<V>(src, src_t, at + h2, x2);
+    load_v<V>(cos, DType::F32, static_cast<long long>(s) * h2 + i, c);
+    load_v<V>(sin, DType::F32, static_cast<long long>(s) * h2 + i, n);
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+      if constexpr (HALF) {
+        const __half a = __float2half_rn(x1[j]), b = __float2half_rn(x2[j]);
+        const __half ch = __float2half_rn(c[j]), nh = __float2half_rn(n[j]);
+        o1[j] = __half2float(__hsub_rn(__hmul_rn(a, ch), __hmul_rn(b, nh)));
+        o2[j] = __half2float(__hadd_rn(__hmul_rn(b, ch), __hmul_rn(a, nh)));
+      } else {
+        o1[j] = __fsub_rn(__fmul_rn(x1[j], c[j]), __fmul_rn(x2[j], n[j]));
+        o2[j] = __fadd_rn(__fmul_rn(x2[j], c[j]), __fmul_rn(x1[j], n[j]));
+      }
     }
-    store_f(dst, dst_t, at, o1);
-    store_f(dst, dst_t, at + h2, o2);
+    store_v<V>(dst, dst_t, at, o1);
+    store_v<V>(dst, dst_t, at + h2, o2);
   }
 }
 
@@ -201,9 +249,16 @@ void launch_rotary(const void* src, DType src_t, void* dst, DType dst_t, const f
   require(width <= 0x7fffffffLL, op, "row too wide");
   const int qk = heads + kv_heads, h2 = rotary_dim / 2;
   const long long pairs = tokens * qk * h2;
+  const auto a16 = [](const void* q) { return (reinterpret_cast<uintptr_t>(q) & 15u) == 0; };
+  const bool vec = h2 % 4 == 0 && head_size % 4 == 0 && width % 4 == 0 && a16(src) && a16(dst) && a16(cos) && a16(sin);
   TRTRUN_BOOL_SWITCH(half_math, HALF, [&] {
-    rotary_kernel<HALF><<<grid_for(pairs), kThreads, 0, stream>>>(src, src_t, dst, dst_t, cos, sin, tokens, seq, qk,
-                                                                 static_cast<int>(width), head_size, h2);
+    if (vec)
+      rotary_kernel<HALF, 4><<<grid_for(pairs / 4), kThreads, 0, stream>>>(src, src_t, dst, dst_t, cos, sin, tokens,
+                                                                          seq, qk, static_cast<int>(width), head_size,
+                                                                          h2);
+    else
+      rotary_kernel<HALF, 1><<<grid_for(pairs), kThreads, 0, stream>>>(src, src_t, dst, dst_t, cos, sin, tokens, seq,
+                                                                      qk, static_cast<int>(width), head_size, h2);
     TRTRUN_LAUNCH_CHECK();
   });
   if (src != dst) {
