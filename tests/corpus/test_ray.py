@@ -62,25 +62,26 @@ def minilm_plan(exported, tmp_path_factory):
 
 def test_ray_corpus_job_gives_the_in_process_vectors_on_2000_real_texts(ray_local, minilm_plan, tmp_path):
     """2,000 real texts (1,000 Rotten Tomatoes sentences, 1,000 Wikipedia paragraphs cut at 32 tokens) through
-    Ray (2 actors) and in-process (`trtrun embed` with 2 contexts): the same ids, token counts and vectors."""
+    Ray (2 actors) and in-process (`trtrun embed` with 2 contexts): the same ids, token counts and vectors. Shards of
+    300 rows: six full ones and a short last one, which must reach an actor alone too (ray_job.map_kwargs)."""
     from trtrun.corpus import embed_corpus, read_output
 
     texts = data.load_texts("rt", n=1000, seed=22) + data.load_texts("wiki", n=1000, seed=22)
     path = tmp_path / "corpus.jsonl"
     path.write_text("".join(json.dumps({"doc": f"t{i}", "text": t}) + "\n" for i, t in enumerate(texts)))
     tok = data.data_dir() / "minilm"
-    common = dict(tokenizer=tok, id_column="doc", shard_rows=250, max_seq_len=32, truncation="truncate",
+    common = dict(tokenizer=tok, id_column="doc", shard_rows=300, max_seq_len=32, truncation="truncate",
                   backend="reference")
     local = subprocess.run(
         [sys.executable, "-m", "trtrun", "embed", str(path), "-o", str(tmp_path / "local"), "-m", str(minilm_plan),
-         "--tokenizer", str(tok), "--id-column", "doc", "--shard-rows", "250", "--max-seq-len", "32",
+         "--tokenizer", str(tok), "--id-column", "doc", "--shard-rows", "300", "--max-seq-len", "32",
          "--truncation", "truncate", "--backend", "reference", "--contexts", "2", "-q"],
         cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1"), capture_output=True,
         text=True, timeout=300)
     assert local.returncode == 0, local.stderr
     s = embed_corpus(path, tmp_path / "ray", model=minilm_plan, ray="", contexts=1,
                      ray_options={"actors": 2, "cpus_per_actor": 0.75}, **common)
-    assert s.where.startswith("ray (2 reference actor(s)") and (s.rows_embedded, s.shards_written) == (2000, 8)
+    assert s.where.startswith("ray (2 reference actor(s)") and (s.rows_embedded, s.shards_written) == (2000, 7)
     a, b = read_output(tmp_path / "local"), read_output(tmp_path / "ray")
     assert b.column("id").to_pylist() == [f"t{i}" for i in range(2000)] == a.column("id").to_pylist()
     assert b.column("num_tokens").to_pylist() == a.column("num_tokens").to_pylist()
@@ -90,6 +91,20 @@ def test_ray_corpus_job_gives_the_in_process_vectors_on_2000_real_texts(ray_loca
     assert diff <= 1e-6, diff
     assert np.allclose(np.linalg.norm(_vectors(b), axis=1), 1, atol=1e-5)  # real vectors, not zeros
     assert s.tokens == int(np.sum(a.column("num_tokens").to_numpy()))
+
+
+def test_gpu_actors_arguments_pass_ray_datas_own_checks(ray_local):
+    """Ray Data refuses map_batches(batch_size=None) for actors that ask for GPUs (a ValueError at the call, before
+    anything runs): the arguments trtrun gives GPU actors must pass it. No GPU is needed, nothing executes."""
+    import ray.data
+
+    from trtrun.corpus.ray_job import EmbedActor, map_kwargs
+
+    kw = map_kwargs({"ref": None}, {"shard_rows": 4096}, 2, {"num_cpus": 1, "num_gpus": 1})
+    assert kw["batch_size"] == 4096 and kw["num_gpus"] == 1
+    ray.data.range(8).map_batches(EmbedActor, **kw)  # raises if Ray would refuse it
+    with pytest.raises(ValueError, match="batch_size"):  # the check this guards against is Ray's, and it is live
+        ray.data.range(8).map_batches(EmbedActor, **dict(kw, batch_size=None))
 
 
 def test_a_failed_ray_job_reruns_only_its_unfinished_shards(ray_local, tiny_embed_model, tmp_path):

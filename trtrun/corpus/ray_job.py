@@ -306,6 +306,18 @@ def actor_resources(backend: str, actors: int | None, cpus_per_actor: float) -> 
     return "reference", n, {"num_cpus": cpus_per_actor, **env}
 
 
+def map_kwargs(shipped: dict, settings: dict, n_actors: int, resources: dict) -> dict:
+    """map_batches' arguments for the embedding actors. A call must get one whole shard (one read block), so that
+    the actor embeds it in the in-process chunks and a write task gets it whole. Ray bundles whole blocks until a
+    bundle holds batch_size rows, then cuts batches of batch_size rows: with batch_size = shard_rows a full shard is a
+    bundle and a batch alone, and the one short shard (the job's last) is too because blocks arrive in shard order
+    (preserve_order). Ray refuses batch_size=None where actors ask for GPUs."""
+    import ray.data
+
+    return {"fn_constructor_kwargs": {"shipped": shipped, "settings": settings}, "batch_size": settings["shard_rows"],
+            "batch_format": "pyarrow", "compute": ray.data.ActorPoolStrategy(size=n_actors), **resources}
+
+
 def run_ray(job: Job, address: str | None, *, backend: str = "auto", contexts: int = 2, actors: int | None = None,
             cpus_per_actor: float = 1.0, progress: Callable[[JobProgress], None] | None = None,
             on_bad_row: Callable[[int, Any, str], None] | None = None) -> JobSummary:
@@ -344,12 +356,11 @@ def _run(job, *, backend, contexts, actors, cpus_per_actor, progress, on_bad_row
     ctx.enable_progress_bars = False  # the job's own line reports progress
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     ctx.raise_original_map_exception = True  # an actor's BadRowError reaches the driver as itself
+    # blocks reach the actors in shard order, so that the one short shard (the last) comes last (map_kwargs)
+    ctx.execution_options.preserve_order = True
     ds = ray.data.read_datasource(ShardSource(job.input, todo), override_num_blocks=len(todo),
                                   num_cpus=IO_TASK_CPUS)
-    # batch_size=None: a block (one shard) is one call, so the actor embeds whole shards
-    ds = ds.map_batches(EmbedActor, fn_constructor_kwargs={"shipped": shipped, "settings": settings},
-                        batch_size=None, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=n_actors),
-                        **resources)
+    ds = ds.map_batches(EmbedActor, **map_kwargs(shipped, settings, n_actors, resources))
     sink = ShardSink(job.output, settings["shard_rows"], job.rows_total, job.input.id_type, emb.dim,
                      ident["plan_sha256"][:16], job.lock_token)
     watcher = _Watcher(job, todo, prog, progress, on_bad_row, t0)
