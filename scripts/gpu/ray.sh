@@ -18,8 +18,8 @@
 #      baseline: length-sorted batches of 64 = 16,384 / 256, and of 32, sentence-transformers' default, each
 #      tokenized with the same truncation; mean pooling; normalized);
 #   5. the vectors: in-process against Ray, each against its rerun (before the baseline), PyTorch against trtrun;
-#   6. Ray Serve (`trtrun serve --ray`: trtrun's deployment, one replica, num_gpus=1) beside `trtrun serve` with 1
-#      and with 4 processes, under bench/loadgen.py: 64 loopback clients, 1 Rotten Tomatoes sentence a request,
+#   6. Ray Serve (`trtrun serve --ray`: trtrun's deployment, one replica on the GPU, and four sharing it) beside
+#      `trtrun serve` with 1 and with 4 processes, under bench/loadgen.py: 64 loopback clients, 1 Rotten Tomatoes sentence a request,
 #      LOAD_SECONDS each after 5 s of warm-up, every answer checked against its single-request embedding;
 #   7. $OUT/summary.md (the table), $OUT/results.json (every number), $OUT/ray_log.txt (this log),
 #      $OUT/load.json, $OUT/servers.log, $OUT/embed.log, $OUT/build.log.
@@ -35,6 +35,7 @@
 # built; OMP_NUM_THREADS=1, so that in-process and Ray vectors are bit-identical (docs/ray.md, "Same vectors").
 #   PYTHON=/work/venv/bin/python RAY_SH_DRY=1 bash scripts/gpu/ray.sh
 # Environment: OUT (out/ray), BUDGET, LOAD_SECONDS (20), CLIENTS (64), PROCS (8), N_TEXTS (all 25,000),
+# RAY_PER_GPU ("1 4": a Ray Serve target per entry, with that many replicas sharing the GPU),
 # KEEP_WORK=1 (keep the scratch folder /tmp/raysh.*). Without the whole pack it stops at once (exit 3): the
 # machine has no Ray, pyarrow, starlette or uvicorn of its own, and making both calls again is the fix.
 set -uo pipefail
@@ -60,13 +61,13 @@ if [ "$DRY" = 1 ]; then
   BUDGET=${BUDGET:-600}; N_TEXTS=${N_TEXTS:-300}; MAX_SEQ=64; PROFILE="--min 1,1 --opt 8,64 --max 32,64"
   BACKEND=reference; SHARD_ROWS=100; PT_DEVICE=cpu; PT_DTYPE=fp32; PT_BATCHES="32"; TINY=--tiny
   LOAD_SECONDS=${LOAD_SECONDS:-3}; WARMUP=1; CLIENTS=${CLIENTS:-8}; PROCS=${PROCS:-1}; N_LOAD_TEXTS=50
-  SERVE_WORKERS="1"
+  SERVE_WORKERS="1"; RAY_PER_GPU=${RAY_PER_GPU:-1}
 else
   PY=python3
   BUDGET=${BUDGET:-540}; N_TEXTS=${N_TEXTS:-}; MAX_SEQ=256; PROFILE="--min 1,1 --opt 32,64 --max 128,256"
   BACKEND=gpu; SHARD_ROWS=4096; PT_DEVICE=cuda; PT_DTYPE=fp16; PT_BATCHES="64 32"; TINY=
   LOAD_SECONDS=${LOAD_SECONDS:-20}; WARMUP=5; CLIENTS=${CLIENTS:-64}; PROCS=${PROCS:-8}; N_LOAD_TEXTS=2000
-  SERVE_WORKERS="1 4"
+  SERVE_WORKERS="1 4"; RAY_PER_GPU=${RAY_PER_GPU:-1 4}
 fi
 export ROOT DRY OUT W RES PY BACKEND MAX_SEQ PROFILE SHARD_ROWS N_TEXTS TINY
 ACCEPT="$PY $ROOT/scripts/gpu/ray_accept.py --results $RES"
@@ -246,7 +247,7 @@ step "pytorch baseline" 40 200 env PYTHONPATH="$NORAY_PYTHONPATH" $ACCEPT baseli
 
 # ------------------------------------------------------------------------------------------------ 6. Ray Serve and trtrun serve
 free_port() { $PY -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-serve_all() {  # LOAD_S: measured seconds per target; the targets in SERVE_TARGETS ("ray w1 w4")
+serve_all() {  # LOAD_S: measured seconds per target; the targets in SERVE_TARGETS ("ray1 ray4 w1 w4")
   local pids=() names=() targets=() rc=0 n port
   stop_all() {
     for i in "${!pids[@]}"; do kill -TERM "${pids[$i]}" 2>/dev/null; done
@@ -264,11 +265,12 @@ serve_all() {  # LOAD_S: measured seconds per target; the targets in SERVE_TARGE
   common=(--tokenizer "$W/model" --backend "$BACKEND" --host 127.0.0.1 --contexts 2 --max-inputs 64 --log-level warning)
   for n in $SERVE_TARGETS; do
     port=$(free_port)
-    if [ "$n" = ray ]; then
-      # trtrun's Ray Serve deployment: a local Ray, one replica (num_gpus=1 on the GPU; a CPU replica on the
-      # reference backend), Ray Serve's proxy on the port
-      $PY -m trtrun serve "$W/model.plan" "${common[@]}" --port "$port" --ray-replicas 1 --ray > "$W/server_ray_serve.log" 2>&1 &
-      names+=(ray_serve)
+    if [[ "$n" == ray* ]]; then
+      # trtrun's Ray Serve deployment: a local Ray each, rayK = K replicas sharing the GPU (num_gpus=1/K; one CPU
+      # replica on the reference backend), Ray Serve's proxy on the port
+      k=${n#ray}; name=ray_serve; ((k > 1)) && name=ray_serve_x$k
+      $PY -m trtrun serve "$W/model.plan" "${common[@]}" --port "$port" --ray-replicas-per-gpu "$k" --ray > "$W/server_$name.log" 2>&1 &
+      names+=("$name")
     else
       $PY -m trtrun serve "$W/model.plan" "${common[@]}" --port "$port" --workers "${n#w}" > "$W/server_serve_$n.log" 2>&1 &
       names+=("serve_$n")
@@ -316,7 +318,7 @@ PY
 }
 export -f serve_all free_port
 export CLIENTS PROCS WARMUP N_LOAD_TEXTS
-SERVE_TARGETS=$(echo ray; for n in $SERVE_WORKERS; do echo "w$n"; done)
+SERVE_TARGETS=$(for k in $RAY_PER_GPU; do echo "ray$k"; done; for n in $SERVE_WORKERS; do echo "w$n"; done)
 SERVE_TARGETS=$(echo $SERVE_TARGETS)
 # what a serving round costs besides the load: starting (Ray and its replica ~30 s), the reference embeddings,
 # stopping; then WARMUP + LOAD_S per target. LOAD_S shrinks to what is left, and the 4-process server goes

@@ -246,6 +246,24 @@ def test_ray_serve_answers_like_trtrun_serve(ray_local, tiny_embed_model, monkey
         serve.delete(ray_serve.APP_NAME)
 
 
+def test_ray_serve_replicas_share_a_gpu_and_log_no_request_lines_unless_asked():
+    """--ray-replicas-per-gpu N gives each replica 1/N of a GPU (Ray Serve's work per request runs in the replica's
+    process, so more processes on one GPU take more requests); access lines only with --access-log, as in
+    `trtrun serve`. No Ray needed: the options of the bound deployment."""
+    from trtrun.errors import TrtrunError
+    from trtrun.serve import ray_serve
+    from trtrun.serve.app import ServeConfig
+
+    dep = ray_serve.deployment({"model": "m.plan"}, {}, ServeConfig(), gpu=True, replicas=8,
+                               replicas_per_gpu=4)._bound_deployment
+    assert dep.ray_actor_options["num_gpus"] == 0.25 and dep.num_replicas == 8
+    assert dep.logging_config["enable_access_log"] is False
+    dep = ray_serve.deployment({"model": "m.plan"}, {}, ServeConfig(), gpu=True, access_log=True)._bound_deployment
+    assert dep.ray_actor_options["num_gpus"] == 1 and dep.logging_config["enable_access_log"] is True
+    with pytest.raises(TrtrunError, match="replicas per GPU"):
+        ray_serve.app_builder({"model": "m.plan", "replicas_per_gpu": 0})
+
+
 def test_trtrun_serve_ray_deploys_serves_and_stops_on_sigterm(ray_local, tiny_embed_model):
     """`trtrun serve PLAN --ray ADDRESS` (a process connecting to this module's Ray): healthy, right vectors,
     SIGTERM deletes the app and exits 0."""

@@ -18,6 +18,9 @@ ray_serve_options = compose(
                  help="with --ray: autoscale between --ray-replicas and this many"),
     click.option("--ray-cpus-per-replica", type=click.FloatRange(min=0, min_open=True), default=1.0,
                  show_default=True, help="with --ray: CPUs each replica asks for"),
+    click.option("--ray-replicas-per-gpu", type=click.IntRange(min=1), default=1, show_default=True,
+                 help="with --ray: replicas sharing each GPU (num_gpus=1/N each, an engine each): Ray Serve's own "
+                      "work per request is a replica process's, so more processes take more requests (docs/ray.md)"),
     click.option("--ray-max-ongoing", type=click.IntRange(min=1), default=256, show_default=True,
                  help="with --ray: requests a replica holds at once (its micro-batches form from them)"),
 )

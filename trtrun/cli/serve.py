@@ -129,7 +129,8 @@ def command(model, tokenizer, host, port, backend, contexts, workers, shared_eng
                       api_key=api_key, public_health=public_health)
     if ray.get("ray_address") is not None:  # Ray Serve replicas instead of this machine's processes
         from ..serve.ray_serve import serve_on_ray
-        return serve_on_ray(emb, cfg, host=host, port=port, backend=backend, contexts=contexts, quiet=quiet, **ray)
+        return serve_on_ray(emb, cfg, host=host, port=port, backend=backend, contexts=contexts, quiet=quiet,
+                            access_log=access_log, **ray)
     d = emb.describe()
 
     def announce(address: str) -> None:

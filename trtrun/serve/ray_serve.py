@@ -85,15 +85,20 @@ class EmbeddingService:
 
 def deployment(model: dict, settings: dict, config, *, gpu: bool, replicas: int = 1, max_replicas: int | None = None,
                cpus_per_replica: float = 1.0, max_ongoing: int = DEFAULT_MAX_ONGOING,
-               target_ongoing: int = DEFAULT_TARGET_ONGOING):
-    """The bound Ray Serve application: EmbeddingService replicas (num_gpus=1 each with gpu), `replicas` of them,
-    or autoscaling between `replicas` and `max_replicas` around `target_ongoing` requests per replica."""
+               target_ongoing: int = DEFAULT_TARGET_ONGOING, replicas_per_gpu: int = 1, access_log: bool = False):
+    """The bound Ray Serve application: EmbeddingService replicas (num_gpus=1/replicas_per_gpu each with gpu),
+    `replicas` of them, or autoscaling between `replicas` and `max_replicas` around `target_ongoing` requests per
+    replica. access_log: Ray Serve's line per request in the replicas' logs (off, as in `trtrun serve`: it is a
+    large part of a replica's work per request, docs/ray.md)."""
+    if replicas_per_gpu < 1:
+        raise TrtrunError(f"replicas per GPU must be >= 1, got {replicas_per_gpu}")
     actor = {"num_cpus": cpus_per_replica}
     if gpu:
-        actor["num_gpus"] = 1
+        actor["num_gpus"] = 1 / replicas_per_gpu
     else:
         actor["runtime_env"] = _blas_env(cpus_per_replica)
-    opts = {"ray_actor_options": actor, "max_ongoing_requests": max_ongoing}
+    opts = {"ray_actor_options": actor, "max_ongoing_requests": max_ongoing,
+            "logging_config": {"enable_access_log": access_log}}
     if max_replicas is not None and max_replicas > replicas:
         opts["autoscaling_config"] = {"min_replicas": replicas, "max_replicas": max_replicas,
                                       "target_ongoing_requests": target_ongoing}
@@ -114,7 +119,8 @@ def _settings(emb, backend: str, contexts: int) -> dict:
 def app_builder(args: dict):
     """For a Ray Serve config file (`import_path: trtrun.serve.ray_serve:app_builder`). args: model (a .plan on
     every node), tokenizer, pooling, normalize, truncation, max_seq_len, max_batch_tokens, contexts, backend
-    (gpu: one GPU per replica), replicas, max_replicas, cpus_per_replica, max_ongoing, target_ongoing, and the
+    (gpu: one GPU per replica), replicas, max_replicas, cpus_per_replica, max_ongoing, target_ongoing, replicas_per_gpu,
+    access_log, and the
     server limits of ServeConfig (max_inputs, max_chars, max_body_bytes, max_wait_ms, max_queue, model_name, ...)."""
     from .app import ServeConfig
 
@@ -128,7 +134,8 @@ def app_builder(args: dict):
                 "contexts": int(a.pop("contexts", 2)), "max_tokens_per_batch": a.get("max_batch_tokens"),
                 "max_seq_len": a.pop("max_seq_len", None), "truncation": a.pop("truncation", "reject"),
                 "backend": backend}
-    dep = {k: a.pop(k) for k in ("replicas", "max_replicas", "cpus_per_replica", "max_ongoing", "target_ongoing")
+    dep = {k: a.pop(k) for k in ("replicas", "max_replicas", "cpus_per_replica", "max_ongoing", "target_ongoing",
+                                 "replicas_per_gpu", "access_log")
            if k in a}
     fields = set(ServeConfig.__dataclass_fields__)
     unknown = sorted(set(a) - fields)
@@ -163,19 +170,21 @@ def ship(emb) -> dict:
 
 def start(emb, config, *, backend: str = "auto", contexts: int = 2, replicas: int | None = None,
           max_replicas: int | None = None, cpus_per_replica: float = 1.0, max_ongoing: int = DEFAULT_MAX_ONGOING,
-          target_ongoing: int = DEFAULT_TARGET_ONGOING, host: str = "127.0.0.1", port: int = 8000,
-          name: str = APP_NAME) -> dict:
+          target_ongoing: int = DEFAULT_TARGET_ONGOING, replicas_per_gpu: int = 1, access_log: bool = False,
+          host: str = "127.0.0.1", port: int = 8000, name: str = APP_NAME) -> dict:
     """Deploy `emb`'s model as a Ray Serve app in the connected cluster (Ray Serve's HTTP proxy on host:port)
-    -> a description (replicas, backend, url). Returns when the replicas serve."""
+    -> a description (replicas, backend, url). Returns when the replicas serve. Replicas default to
+    replicas_per_gpu on each of the cluster's GPUs (one CPU replica on the reference backend)."""
     res = ray.cluster_resources()
     gpus = int(res.get("GPU", 0))
     gpu = choose_cluster_backend(backend, gpus) == "gpu"
-    n = replicas or (gpus if gpu else 1)
+    n = replicas or (gpus * replicas_per_gpu if gpu else 1)
     model = ship(emb)
     app = deployment(model, _settings(emb, "gpu" if gpu else "reference", contexts), config, gpu=gpu, replicas=n,
                      max_replicas=max_replicas, cpus_per_replica=cpus_per_replica, max_ongoing=max_ongoing,
+                     replicas_per_gpu=replicas_per_gpu, access_log=access_log,
                      target_ongoing=target_ongoing)
-    serve.start(http_options={"host": host, "port": port})
+    serve.start(http_options={"host": host, "port": port}, logging_config={"enable_access_log": access_log})
     serve.run(app, name=name, route_prefix="/", blocking=False)
     return {"replicas": n, "max_replicas": max_replicas, "backend": "gpu" if gpu else "reference",
             "url": f"http://{host}:{port}"}
@@ -183,7 +192,8 @@ def start(emb, config, *, backend: str = "auto", contexts: int = 2, replicas: in
 
 def serve_on_ray(emb, config, *, host: str, port: int, backend: str, contexts: int, quiet: bool = False,
                  ray_address: str | None = "", ray_replicas: int | None = None, ray_max_replicas: int | None = None,
-                 ray_cpus_per_replica: float = 1.0, ray_max_ongoing: int = DEFAULT_MAX_ONGOING, **_) -> int:
+                 ray_cpus_per_replica: float = 1.0, ray_max_ongoing: int = DEFAULT_MAX_ONGOING,
+                 ray_replicas_per_gpu: int = 1, access_log: bool = False, **_) -> int:
     """`trtrun serve PLAN --ray`: deploy on Ray Serve and stay up until SIGTERM or Ctrl-C (then delete the app,
     letting requests in flight finish, and disconnect). `emb` (built by trtrun serve) resolved the settings; its
     engine is closed here, the replicas build their own."""
@@ -196,7 +206,7 @@ def serve_on_ray(emb, config, *, host: str, port: int, backend: str, contexts: i
     try:
         d = start(emb, config, backend=backend, contexts=contexts, replicas=ray_replicas,
                   max_replicas=ray_max_replicas, cpus_per_replica=ray_cpus_per_replica, max_ongoing=ray_max_ongoing,
-                  host=host, port=port)
+                  replicas_per_gpu=ray_replicas_per_gpu, access_log=access_log, host=host, port=port)
         scale = f"{d['replicas']}" + (f"-{d['max_replicas']} (autoscaling)" if d["max_replicas"] else "")
         status(f"serving {emb.model_name} on Ray Serve at {d['url']}: {scale} {d['backend']} replica(s), "
                f"{contexts} context(s) each", quiet)
