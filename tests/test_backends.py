@@ -67,7 +67,7 @@ def test_cluster_backend():
 
 
 def test_a_plan_the_gpu_cannot_run_falls_back_under_auto(gpu):
-    # a usable GPU, but a plan with an op it has no kernel for (here a squared-ReLU Linear, Nemotron's): auto runs
+    # a usable GPU, but a plan with an op it has no kernel for (here a Linear ending in tanh, a pooler's): auto runs
     # the reference backend and says why; gpu raises the lowering's own PlanError naming the op, before any engine
     # is built. A Pool at the end (a sentence-transformers export's pooled output) is the host tail: the GPU's.
     import copy
@@ -84,13 +84,13 @@ def test_a_plan_the_gpu_cannot_run_falls_back_under_auto(gpu):
     assert backends.choose_backend("auto", plan=plan)[0] == "gpu"
     ops = copy.deepcopy(plan.ops)
     lin = next(op for op in ops if op["type"] == "Linear")
-    lin["attrs"]["activation"] = "relu2"
-    relu2 = SimpleNamespace(precision=plan.precision, ops=ops, tensors=plan.tensors, header=plan.header)
-    name, why = backends.choose_backend("auto", plan=relu2)
-    want = f"op {lin['name']!r}: the GPU runtime does not run Linear ops with activation 'relu2' yet"
+    lin["attrs"]["activation"] = "tanh"
+    unrun = SimpleNamespace(precision=plan.precision, ops=ops, tensors=plan.tensors, header=plan.header)
+    name, why = backends.choose_backend("auto", plan=unrun)
+    want = f"op {lin['name']!r}: the GPU runtime does not run Linear ops with activation 'tanh' yet"
     assert name == "reference" and why == f"this plan: {want} (the reference backend does)"
     with pytest.raises(PlanError, match=want):
-        backends.choose_backend("gpu", plan=relu2)
+        backends.choose_backend("gpu", plan=unrun)
     hdr = json.loads(json.dumps({k: v for k, v in plan.header.items() if k != "weights"}))
     hdr["ops"].append({"type": "Pool", "name": "pool", "inputs": ["last_hidden_state", "attention_mask"],
                        "outputs": ["pooled"], "weights": {}, "attrs": {"mode": "mean"}, "precision": "fp32"})
@@ -106,7 +106,7 @@ def test_a_plan_the_gpu_cannot_run_falls_back_under_auto(gpu):
     mixed = SimpleNamespace(precision="mixed", ops=ops, header=plan.header, profile=plan.profile, tensors=plan.tensors)
     assert backends.choose_backend("auto", plan=mixed)[0] == "gpu"
     gpu(False, "no NVIDIA GPU or driver on this machine: cudaErrorNoDevice")  # no GPU: the plan is not asked about
-    assert backends.choose_backend("auto", plan=relu2) == ("reference",
+    assert backends.choose_backend("auto", plan=unrun) == ("reference",
                                                            "no NVIDIA GPU or driver on this machine: cudaErrorNoDevice")
 
 

@@ -238,6 +238,8 @@ EPI_CASES = [
     ("hybrid", False, "relu", F16, None, F16, True),       # T5 v1.0, OPT: in place on y
     ("fp32", False, "relu", F32, None, F32, False),
     ("hybrid", True, "relu", F32, None, F16, False),       # ReGLU
+    ("hybrid", False, "relu2", F16, None, F16, True),      # Nemotron, Arcee: squared ReLU, in place on y
+    ("fp32", False, "relu2", F32, None, F32, False),
 ]
 
 

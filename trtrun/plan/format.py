@@ -144,8 +144,8 @@ SOURCE_WEIGHTS = ("float16", "int8", "int4")
 # which keeps each name's integer value); trtrun.runtime.lower refuses anything else by name before the extension
 # is asked.
 GPU_OP_TYPES = ("Embedding", "Linear", "Attention", "LayerNorm", "RMSNorm")  # Pool: on the host (runtime.tail)
-# silu, relu and gates in native/kernels/epilogue; squared ReLU (relu2) has no kernel case yet
-GPU_ACTIVATIONS = ("none", "gelu_erf", "gelu_tanh", "silu", "relu")
+# silu, relu, squared ReLU and gates in native/kernels/epilogue
+GPU_ACTIVATIONS = ("none", "gelu_erf", "gelu_tanh", "silu", "relu", "relu2")
 GPU_PRECISIONS = OP_PRECISIONS  # fp8 Linears through cuBLASLt's fp8 GEMMs (native/kernels/quantize makes x's codes)
 GPU_PLAN_PRECISIONS = PLAN_PRECISIONS  # "mixed" too: each Linear runs in its own op's precision
 DEVICE_DTYPES = {"int64": "int32"}  # a tensor's dtype on the device, where not its plan dtype: integer inputs

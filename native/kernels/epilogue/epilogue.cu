@@ -20,6 +20,10 @@ __device__ __forceinline__ float activate(float x, Activation act) {
   switch (act) {
     case Activation::Silu: return x / (1.0f + expf(-x));
     case Activation::Relu: return fmaxf(x, 0.0f);
+    case Activation::Relu2: {  // squared ReLU (Nemotron, Arcee)
+      const float r = fmaxf(x, 0.0f);
+      return r * r;
+    }
     case Activation::GeluErf: return 0.5f * x * erfcf(-x * 0.70710678118654752f);
     case Activation::GeluTanh: {
       const float a = 0.79788456080286536f * (x + 0.044715f * x * x * x);
@@ -97,7 +101,7 @@ void launch_linear_epilogue(const void* src, DType src_t, const void* bias, DTyp
   require(rows >= 0, op, "rows must be >= 0, got " + std::to_string(rows));
   require(m >= 1, op, "m (output width) must be >= 1, got " + std::to_string(m));
   require(act == Activation::None || act == Activation::GeluErf || act == Activation::GeluTanh ||
-              act == Activation::Silu || act == Activation::Relu,
+              act == Activation::Silu || act == Activation::Relu || act == Activation::Relu2,
           op, "activation must be " + valid_names<Activation>() + ", got " + to_string(act));
   require(src != nullptr && y != nullptr, op, "src and y must not be null");
   require(!gated || src != y, op, "a gated epilogue reads [rows, 2m] and writes [rows, m]: src and y must differ");

@@ -1,5 +1,5 @@
 // native/kernels/epilogue/epilogue.h: what a Linear does after its GEMM when cuBLASLt's epilogues cannot do it
-// (docs/plan-format.md, Linear: activation silu or relu, gated SwiGLU/GeGLU, residual input).
+// (docs/plan-format.md, Linear: activation silu, relu or relu2, gated SwiGLU/GeGLU, residual input).
 #pragma once
 
 #include <cuda_runtime.h>
