@@ -57,6 +57,22 @@ def choose_backend(backend: str, device: int = 0, *, option: str = "--backend gp
     return "reference", why
 
 
+def ray_connect(address: str | None) -> bool:
+    """ray.init unless Ray is initialized in this process already -> whether this call started it. address "" or
+    None: RAY_ADDRESS, else a running local cluster, else a new local Ray. A Ray started here has no dashboard: it
+    lives as long as this command, and the dashboard's start is most of a local Ray's start-up (a minute where its
+    web files are missing, as in a pip install without ray[default]'s client build); connecting to a running
+    cluster keeps whatever it has (Ray ignores the flag then)."""
+    import logging
+
+    import ray
+
+    if ray.is_initialized():
+        return False
+    ray.init(address=address or None, logging_level=logging.WARNING, log_to_driver=True, include_dashboard=False)
+    return True
+
+
 def choose_cluster_backend(backend: str, gpus: int) -> str:
     """The backend of the actors or replicas on a Ray cluster with `gpus` GPUs (ray.cluster_resources()): 'auto'
     takes the GPU runtime where the cluster has a GPU (the actors check it themselves), 'gpu' on a cluster

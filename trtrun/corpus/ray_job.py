@@ -40,7 +40,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..backends import choose_cluster_backend
+from ..backends import choose_cluster_backend, ray_connect
 from ..errors import TrtrunError
 from .job import (ERRORS_DIR, BadRowError, Job, JobProgress, JobSummary, Shard, ShardRows, check_lock_owner,
                   embed_shard, node_local_file, shard_table, stopped_by, write_shard)
@@ -277,15 +277,6 @@ class _Watcher:
         self.poll()
 
 
-def connect(address: str | None) -> bool:
-    """ray.init unless Ray is initialized in this process already -> whether this call started it.
-    address "" or None: RAY_ADDRESS, else a running local cluster, else a new local Ray."""
-    if ray.is_initialized():
-        return False
-    ray.init(address=address or None, logging_level=logging.WARNING, log_to_driver=True)
-    return True
-
-
 def actor_resources(backend: str, actors: int | None, cpus_per_actor: float) -> tuple[str, int, dict]:
     """-> (the actors' Embedder backend, how many actors, their Ray resources) for this cluster."""
     res = ray.cluster_resources()
@@ -324,7 +315,7 @@ def run_ray(job: Job, address: str | None, *, backend: str = "auto", contexts: i
     """Run the job's unfinished shards on Ray (connecting first where this process has not)."""
     import ray.data
 
-    started = connect(address)
+    started = ray_connect(address)
     try:
         return _run(job, backend=backend, contexts=contexts, actors=actors, cpus_per_actor=cpus_per_actor,
                     progress=progress, on_bad_row=on_bad_row)

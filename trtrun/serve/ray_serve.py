@@ -19,12 +19,11 @@ no shared filesystem. A config file names paths, which must exist on every node 
 
 from __future__ import annotations
 
-import logging
 import signal
 import threading
 from pathlib import Path
 
-from ..backends import choose_cluster_backend
+from ..backends import choose_cluster_backend, ray_connect
 from ..errors import TrtrunError
 
 try:
@@ -144,14 +143,6 @@ def app_builder(args: dict):
     return deployment(model, settings, ServeConfig(**a), gpu=gpu, **dep)
 
 
-def connect(address: str | None) -> bool:
-    """ray.init unless this process has already -> whether this call started it."""
-    if ray.is_initialized():
-        return False
-    ray.init(address=address or None, logging_level=logging.WARNING)
-    return True
-
-
 def ship(emb) -> dict:
     """The Embedder's plan and tokenizer files in Ray's object store (one ray.put): the replicas' `model`."""
     from ..corpus.job import model_identity, tokenizer_files
@@ -200,7 +191,7 @@ def serve_on_ray(emb, config, *, host: str, port: int, backend: str, contexts: i
     from ..cli._ui import status
 
     emb.close()
-    started = connect(ray_address)
+    started = ray_connect(ray_address)
     stop = threading.Event()
     old = {s: signal.signal(s, lambda *a: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
