@@ -35,7 +35,8 @@
 # built; OMP_NUM_THREADS=1, so that in-process and Ray vectors are bit-identical (docs/ray.md, "Same vectors").
 #   PYTHON=/work/venv/bin/python RAY_SH_DRY=1 bash scripts/gpu/ray.sh
 # Environment: OUT (out/ray), BUDGET, LOAD_SECONDS (20), CLIENTS (64), PROCS (8), N_TEXTS (all 25,000),
-# RAY_PER_GPU ("1 4": a Ray Serve target per entry, with that many replicas sharing the GPU),
+# RAY_PER_GPU ("1 4": a Ray Serve target per entry, with that many replicas sharing the GPU), REPEAT (1: the
+# corpus that many times over, e.g. 4 for 100,000 texts), SKIP (steps left out: "pytorch", "serve"),
 # KEEP_WORK=1 (keep the scratch folder /tmp/raysh.*). Without the whole pack it stops at once (exit 3): the
 # machine has no Ray, pyarrow, starlette or uvicorn of its own, and making both calls again is the fix.
 set -uo pipefail
@@ -204,7 +205,7 @@ prepare() {
   set -e
   mkdir -p "$W/data"
   if [[ $RT == *.xz ]]; then xz -dc "$RT" > "$W/data/rt_polarity.tsv"; else cp "$RT" "$W/data/rt_polarity.tsv"; fi
-  $ACCEPT corpus --imdb "$IMDB" --out "$W/imdb.jsonl" ${N_TEXTS:+-n $N_TEXTS}
+  $ACCEPT corpus --imdb "$IMDB" --out "$W/imdb.jsonl" ${N_TEXTS:+-n $N_TEXTS} --repeat "${REPEAT:-1}"
   $ACCEPT model --tokenizer "$TOK" --out "$W/model" $TINY
   $PY -m trtrun export "$W/model" -o "$W/model.onnx" -q
   $PY -m trtrun build "$W/model.onnx" --hybrid $PROFILE -o "$W/model.plan" -q
@@ -241,9 +242,13 @@ step "compare vectors" 10 90 $ACCEPT compare
 # ------------------------------------------------------------------------------------------------ 5. PyTorch baseline
 batches=""; for b in $PT_BATCHES; do batches="$batches --batch $b"; done
 # shellcheck disable=SC2086
-step "pytorch baseline" 40 200 env PYTHONPATH="$NORAY_PYTHONPATH" $ACCEPT baseline --model "$W/model" --corpus "$W/imdb.jsonl" $batches \
-  --max-seq-len "$MAX_SEQ" --device "$PT_DEVICE" --dtype "$PT_DTYPE" --vectors "$W/pytorch.npy" \
-  && step "compare PyTorch's vectors" 10 90 $ACCEPT compare --baseline-vectors "$W/pytorch.npy"
+if [[ " ${SKIP:-} " == *" pytorch "* ]]; then
+  skip "pytorch baseline" "SKIP"
+else
+  step "pytorch baseline" 40 200 env PYTHONPATH="$NORAY_PYTHONPATH" $ACCEPT baseline --model "$W/model" --corpus "$W/imdb.jsonl" $batches \
+    --max-seq-len "$MAX_SEQ" --device "$PT_DEVICE" --dtype "$PT_DTYPE" --vectors "$W/pytorch.npy" \
+    && step "compare PyTorch's vectors" 10 90 $ACCEPT compare --baseline-vectors "$W/pytorch.npy"
+fi
 
 # ------------------------------------------------------------------------------------------------ 6. Ray Serve and trtrun serve
 free_port() { $PY -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
@@ -332,7 +337,9 @@ if ((LOAD_S < 8)) && [[ " $SERVE_TARGETS " == *" w4 "* ]]; then
   LOAD_S=$(( (l - FIXED) / nt - WARMUP )); ((LOAD_S > LOAD_SECONDS)) && LOAD_S=$LOAD_SECONDS
 fi
 export SERVE_TARGETS LOAD_S
-if ((LOAD_S < 3)); then
+if [[ " ${SKIP:-} " == *" serve "* ]]; then
+  skip "serve" "SKIP"
+elif ((LOAD_S < 3)); then
   skip "serve" "${l}s left: not enough for a measured load"
 else
   est=$((FIXED + nt * (WARMUP + LOAD_S)))

@@ -94,21 +94,26 @@ def open_text(path: Path):
     return lzma.open(path, "rt", encoding="utf-8") if path.suffix == ".xz" else open(path, encoding="utf-8")
 
 
-def make_corpus(imdb: Path, out: Path, n: int | None) -> dict:
-    """IMDB's label<TAB>text lines -> JSON lines {"id": row, "text": review} (the first n; all when None)."""
-    rows = chars = 0
-    with open_text(imdb) as f, open(out, "w", encoding="utf-8") as g:
+def make_corpus(imdb: Path, out: Path, n: int | None, repeat: int = 1) -> dict:
+    """IMDB's label<TAB>text lines -> JSON lines {"id": row, "text": review} (the first n; all when None), the
+    whole list `repeat` times over (ids go on counting): a job long enough that a Ray actor's start and the
+    per-shard costs show apart."""
+    texts = []
+    with open_text(imdb) as f:
         for line in f:
-            if n is not None and rows >= n:
+            if n is not None and len(texts) >= n:
                 break
             line = line.rstrip("\n")
-            if not line:
-                continue
-            _, _, text = line.partition("\t")
-            g.write(json.dumps({"id": rows, "text": text}, ensure_ascii=False) + "\n")
-            rows += 1
-            chars += len(text)
-    return {"texts": rows, "chars": chars, "bytes": out.stat().st_size, "source": str(imdb)}
+            if line:
+                texts.append(line.partition("\t")[2])
+    rows = chars = 0
+    with open(out, "w", encoding="utf-8") as g:
+        for _ in range(repeat):
+            for text in texts:
+                g.write(json.dumps({"id": rows, "text": text}, ensure_ascii=False) + "\n")
+                rows += 1
+                chars += len(text)
+    return {"texts": rows, "chars": chars, "bytes": out.stat().st_size, "source": str(imdb), "repeat": repeat}
 
 
 def read_corpus(path: Path) -> list[str]:
@@ -329,7 +334,8 @@ def summary(results: dict) -> str:
                  f"{m.get('intermediate')}), {m.get('params', 0):,} parameters, weights {m.get('weights')}")
     c = results.get("corpus")
     if c:
-        L.append(f"- corpus: {c['texts']:,} IMDB reviews, {c['chars']:,} characters")
+        times = f" ({c['repeat']} times over)" if c.get("repeat", 1) > 1 else ""
+        L.append(f"- corpus: {c['texts']:,} IMDB reviews{times}, {c['chars']:,} characters")
     if results.get("embed") or results.get("baseline"):
         L += ["", "| run | where | job s | wall s | texts | tokens | texts/s (job) | tokens/s (job) | texts/s (steady) | "
               "tokens/s (steady) | texts/s (wall) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -399,6 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--imdb", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("-n", type=int, default=None)
+    p.add_argument("--repeat", type=int, default=1)
     p = sub.add_parser("embed")
     p.add_argument("--name", required=True)
     p.add_argument("--out", type=Path, required=True, help="the job's output folder (must not hold another job)")
@@ -433,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
         update(R, "model", d)
         print(json.dumps(d))
     elif a.cmd == "corpus":
-        d = make_corpus(a.imdb, a.out, a.n)
+        d = make_corpus(a.imdb, a.out, a.n, a.repeat)
         update(R, "corpus", d)
         print(json.dumps(d))
     elif a.cmd == "embed":

@@ -76,6 +76,10 @@ def test_corpus_from_imdb_tsv_xz(tmp_path):
     assert rows == [{"id": 0, "text": 'first review, with a "quote"'}, {"id": 1, "text": "second\ttab inside"},
                     {"id": 2, "text": "third é"}]
     assert acc.make_corpus(src, tmp_path / "c2.jsonl", 2)["texts"] == 2
+    d = acc.make_corpus(src, tmp_path / "c3.jsonl", 2, repeat=3)  # the list over again, ids counting on
+    rows = [json.loads(x) for x in (tmp_path / "c3.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert d["texts"] == 6 and d["repeat"] == 3 and [r["id"] for r in rows] == list(range(6))
+    assert [r["text"] for r in rows] == [rows[0]["text"], rows[1]["text"]] * 3
 
 
 def test_random_model_and_pytorch_baseline_on_the_cpu(tmp_path):
