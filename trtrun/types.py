@@ -35,6 +35,8 @@ ATTENTIONS = ("eager", "sdpa")  # the attention transformers traces for `trtrun 
 TEXT_SETS = ("rt", "wiki", "imdb")  # bundled text sets (trtrun.data has their files)
 
 BASELINES = ("torch-fp32", "torch-fp16", "torch-compile", "cpu")  # what `trtrun bench` compares against
+BENCH_BATCHES = (1, 2, 4, 8, 16, 32)  # `trtrun bench`'s default grid: batch sizes
+BENCH_SEQS = (32, 64, 128, 256, 384, 512)  # and sequence lengths
 
 CORPUS_FORMATS = ("jsonl", "parquet", "text")  # what `trtrun embed` reads
 ON_ERROR = ("fail", "skip")  # what `trtrun embed` does with a bad row

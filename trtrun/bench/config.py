@@ -14,13 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TrtrunError
-from ..types import (BACKENDS, BASELINES, CUDA_GRAPHS, EXPORT_ARCHS, GEMM_SEARCH_DEFAULTS, GEMM_SEARCHES, GRID_MODES,
-                     OP_PRECISIONS, PRECISIONS)
+from ..types import (BACKENDS, BASELINES, BENCH_BATCHES, BENCH_SEQS, CUDA_GRAPHS, EXPORT_ARCHS, GEMM_SEARCH_DEFAULTS,
+                     GEMM_SEARCHES, GRID_MODES, OP_PRECISIONS, PRECISIONS)
 
 DEFAULT_GEMM_SEARCH = GEMM_SEARCH_DEFAULTS["bench"]
 
-DEFAULT_BATCH = (1, 2, 4, 8, 16, 32)
-DEFAULT_SEQ = (32, 64, 128, 256, 384, 512)
 # torch.compile compiles once per shape (dynamic=False), 10-30 s each for BERT-base: by default only this
 # 3 x 3 subset (the shapes of issue 3's acceptance), intersected with the grid.
 DEFAULT_COMPILE_SUBSET = {"batch": (1, 8, 32), "seq": (32, 128, 512)}
@@ -41,8 +39,8 @@ def engine_name(kind: str, precision: str | None = None) -> str:
 class BenchConfig:
     models: list[str]
     out: Path
-    batch: list[int] = field(default_factory=lambda: list(DEFAULT_BATCH))
-    seq: list[int] = field(default_factory=lambda: list(DEFAULT_SEQ))
+    batch: list[int] = field(default_factory=lambda: list(BENCH_BATCHES))
+    seq: list[int] = field(default_factory=lambda: list(BENCH_SEQS))
     precisions: list[str] | None = None  # None: all three (or a plan's own precision)
     baselines: list[str] = field(default_factory=lambda: list(BASELINES))
     cuda_graphs: str = "on"

@@ -7,7 +7,6 @@ from pathlib import Path
 from ..errors import ModelError, UnsupportedOpError
 from .prefill import prefill_only
 
-INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 MIN_OPSET = 13  # Softmax before opset 13 normalizes over flattened trailing axes, another op.
 OLDEST_OPSET, UPGRADE_OPSET = 9, 14  # older files are converted (upgrade_opset) from as far back as OLDEST
 

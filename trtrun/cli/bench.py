@@ -10,13 +10,12 @@ from pathlib import Path
 
 import click
 
-from ..types import BACKENDS, BASELINES, CUDA_GRAPHS, GEMM_SEARCHES, GRID_MODES, OP_PRECISIONS, PRECISIONS
+from ..types import (BACKENDS, BASELINES, BENCH_BATCHES, BENCH_SEQS, CUDA_GRAPHS, GEMM_SEARCHES, GRID_MODES,
+                     OP_PRECISIONS, PRECISIONS)
 from ._ui import status
 from .options import (EXISTING_DIR, EXISTING_FILE, EXPORT_ARCHS, model_size_options, model_source, parse_choice_list,
                       parse_int_list, quiet_option)
 
-DEFAULT_BATCH = "1,2,4,8,16,32"
-DEFAULT_SEQ = "32,64,128,256,384,512"
 DEFAULT_BASELINES = ",".join(BASELINES)
 
 
@@ -55,9 +54,9 @@ def _tokens(ctx, p, values):
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
               help="folder for results.jsonl, results.csv, summary.md, plots/ (and cache/ unless --cache-dir)")
 @click.option("--batch", default=None, callback=_ints("--batch"), metavar="B,B,...",
-              help=f"batch sizes  [default: {DEFAULT_BATCH}]")
+              help=f"batch sizes  [default: {','.join(map(str, BENCH_BATCHES))}]")
 @click.option("--seq", default=None, callback=_ints("--seq"), metavar="S,S,...",
-              help=f"sequence lengths  [default: {DEFAULT_SEQ}]")
+              help=f"sequence lengths  [default: {','.join(map(str, BENCH_SEQS))}]")
 @click.option("--precision", "precisions", default=None, callback=_precisions, metavar="P,P,...",
               help=f"trtrun precisions: {', '.join(OP_PRECISIONS)}  [default: {', '.join(PRECISIONS)}; a plan: its own]")
 @click.option("--baselines", default=None, callback=_baselines, metavar="NAME,...",
