@@ -23,6 +23,7 @@ BACKEND_CHOICES = ("auto",) + BACKENDS  # auto: the GPU runtime where usable, el
 
 POOLINGS = ("mean", "cls", "max", "mean_sqrt_len", "last")  # the Embedder's sentence poolings
 TRUNCATIONS = ("truncate", "reject")  # what the Embedder does with a text longer than the plan's profile
+DEFAULT_CONTEXTS = 2  # the Embedder's engine runners (GPU contexts or reference backends): embed, serve, Ray
 
 NAMED_ARCHS = ("bert-base", "gpt2")  # full-size architectures built from a default config (export, check, bench)
 # what export_model takes by name

@@ -8,7 +8,7 @@ import time
 
 import click
 
-from ..types import CORPUS_FORMATS, ON_ERROR, TRUNCATIONS
+from ..types import CORPUS_FORMATS, DEFAULT_CONTEXTS, ON_ERROR, TRUNCATIONS
 from ._ui import Progress, status
 from .options import backend_option, onnx_precision_option, pooling_options, quiet_option
 
@@ -85,7 +85,7 @@ class _RateLine:
               help="tokens per text (default: the plan's profile, capped by the model's own limit)")
 @pooling_options
 @backend_option
-@click.option("--contexts", type=click.IntRange(min=1), default=2, show_default=True,
+@click.option("--contexts", type=click.IntRange(min=1), default=DEFAULT_CONTEXTS, show_default=True,
               help="engine contexts (in-process: of this process; with --ray: of each actor)")
 @click.option("--max-batch-tokens", type=click.IntRange(min=1), default=None,
               help="padded tokens per engine batch (default 16384, capped by the profile)")

@@ -6,7 +6,7 @@ import signal
 
 import click
 
-from ..types import GEMM_SEARCH_DEFAULTS, GEMM_SEARCHES, TRUNCATIONS
+from ..types import DEFAULT_CONTEXTS, GEMM_SEARCH_DEFAULTS, GEMM_SEARCHES, TRUNCATIONS
 from ._ui import Progress, status
 from .options import backend_option, onnx_precision_option, pooling_options, quiet_option
 from .ray_options import ray_serve_options
@@ -23,7 +23,7 @@ class _Stopped(Exception):
 @click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True, help="port to listen on")
 @backend_option
-@click.option("--contexts", type=click.IntRange(min=1), default=2, show_default=True,
+@click.option("--contexts", type=click.IntRange(min=1), default=DEFAULT_CONTEXTS, show_default=True,
               help="engine contexts per worker process (engine batches that may run at once)")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="server processes sharing the port, each with its own engine, batcher and event loop "

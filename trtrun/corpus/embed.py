@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from ..types import DEFAULT_CONTEXTS
 from .job import DEFAULT_CHUNK_ROWS, DEFAULT_SHARD_ROWS, JobProgress, JobSummary, OutputLock, plan_job, run_local
 
 
@@ -12,7 +13,7 @@ def embed_corpus(input_path, output, *, model=None, embedder=None, tokenizer=Non
                  text_column: str = "text", id_column: str | None = None, shard_rows: int = DEFAULT_SHARD_ROWS,
                  chunk_rows: int = DEFAULT_CHUNK_ROWS, on_error: str = "fail", truncation: str = "reject",
                  max_seq_len: int | None = None, pooling: str | None = None, normalize: bool = True,
-                 backend: str = "auto", contexts: int = 2, max_tokens_per_batch: int | None = None,
+                 backend: str = "auto", contexts: int = DEFAULT_CONTEXTS, max_tokens_per_batch: int | None = None,
                  precision: str = "hybrid", ray: str | None = None, ray_options: dict | None = None,
                  progress: Callable[[JobProgress], None] | None = None,
                  on_bad_row: Callable[[int, Any, str], None] | None = None, build_progress=None) -> JobSummary:

@@ -42,6 +42,7 @@ import numpy as np
 
 from ..backends import choose_cluster_backend, ray_connect
 from ..errors import TrtrunError
+from ..types import DEFAULT_CONTEXTS
 from .job import (ERRORS_DIR, BadRowError, Job, JobProgress, JobSummary, Shard, ShardRows, check_lock_owner,
                   embed_shard, node_local_file, shard_table, stopped_by, write_shard)
 
@@ -309,8 +310,8 @@ def map_kwargs(shipped: dict, settings: dict, n_actors: int, resources: dict) ->
             "batch_format": "pyarrow", "compute": ray.data.ActorPoolStrategy(size=n_actors), **resources}
 
 
-def run_ray(job: Job, address: str | None, *, backend: str = "auto", contexts: int = 2, actors: int | None = None,
-            cpus_per_actor: float = 1.0, progress: Callable[[JobProgress], None] | None = None,
+def run_ray(job: Job, address: str | None, *, backend: str = "auto", contexts: int = DEFAULT_CONTEXTS,
+            actors: int | None = None, cpus_per_actor: float = 1.0, progress: Callable[[JobProgress], None] | None = None,
             on_bad_row: Callable[[int, Any, str], None] | None = None) -> JobSummary:
     """Run the job's unfinished shards on Ray (connecting first where this process has not)."""
     import ray.data

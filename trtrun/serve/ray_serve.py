@@ -25,6 +25,7 @@ from pathlib import Path
 
 from ..backends import choose_cluster_backend, ray_connect
 from ..errors import TrtrunError
+from ..types import DEFAULT_CONTEXTS
 
 try:
     import ray
@@ -130,7 +131,7 @@ def app_builder(args: dict):
     backend = a.pop("backend", "gpu")
     gpu = backend == "gpu"
     settings = {"pooling": a.pop("pooling", None), "normalize": bool(a.pop("normalize", True)),
-                "contexts": int(a.pop("contexts", 2)), "max_tokens_per_batch": a.get("max_batch_tokens"),
+                "contexts": int(a.pop("contexts", DEFAULT_CONTEXTS)), "max_tokens_per_batch": a.get("max_batch_tokens"),
                 "max_seq_len": a.pop("max_seq_len", None), "truncation": a.pop("truncation", "reject"),
                 "backend": backend}
     dep = {k: a.pop(k) for k in ("replicas", "max_replicas", "cpus_per_replica", "max_ongoing", "target_ongoing",
@@ -159,7 +160,7 @@ def ship(emb) -> dict:
     return {"ref": ref, "plan_sha256": ident["plan_sha256"], "tokenizer_sha256": ident["tokenizer_sha256"] or "none"}
 
 
-def start(emb, config, *, backend: str = "auto", contexts: int = 2, replicas: int | None = None,
+def start(emb, config, *, backend: str = "auto", contexts: int = DEFAULT_CONTEXTS, replicas: int | None = None,
           max_replicas: int | None = None, cpus_per_replica: float = 1.0, max_ongoing: int = DEFAULT_MAX_ONGOING,
           target_ongoing: int = DEFAULT_TARGET_ONGOING, replicas_per_gpu: int = 1, access_log: bool = False,
           host: str = "127.0.0.1", port: int = 8000, name: str = APP_NAME) -> dict:
