@@ -24,6 +24,15 @@ BACKEND_CHOICES = ("auto",) + BACKENDS  # auto: the GPU runtime where usable, el
 POOLINGS = ("mean", "cls", "max", "mean_sqrt_len", "last")  # the Embedder's sentence poolings
 TRUNCATIONS = ("truncate", "reject")  # what the Embedder does with a text longer than the plan's profile
 DEFAULT_CONTEXTS = 2  # the Embedder's engine runners (GPU contexts or reference backends): embed, serve, Ray
+# Text Embeddings Inference's default --max-batch-tokens; the Embedder caps it by what the plan's profile can hold.
+DEFAULT_MAX_TOKENS_PER_BATCH = 16384
+# `trtrun embed`: rows per shard, the unit of resumption and of Ray's work items. 4096 texts are seconds of work on
+# one GPU (so a killed job loses little) and a few MB of vectors (well under Ray Data's block size, so a shard stays
+# one block from its read task to its write task).
+DEFAULT_SHARD_ROWS = 4096
+# Texts per Embedder call within a shard: it sorts them by length and packs engine batches; more texts pack
+# tighter, fewer bound the memory of one call.
+DEFAULT_CHUNK_ROWS = 1024
 
 NAMED_ARCHS = ("bert-base", "gpt2")  # full-size architectures built from a default config (export, check, bench)
 # what export_model takes by name

@@ -8,7 +8,8 @@ import time
 
 import click
 
-from ..types import CORPUS_FORMATS, DEFAULT_CONTEXTS, ON_ERROR, TRUNCATIONS
+from ..types import (CORPUS_FORMATS, DEFAULT_CHUNK_ROWS, DEFAULT_CONTEXTS, DEFAULT_MAX_TOKENS_PER_BATCH, DEFAULT_SHARD_ROWS,
+                     ON_ERROR, TRUNCATIONS)
 from ._ui import Progress, status
 from .options import backend_option, onnx_precision_option, pooling_options, quiet_option
 
@@ -88,11 +89,11 @@ class _RateLine:
 @click.option("--contexts", type=click.IntRange(min=1), default=DEFAULT_CONTEXTS, show_default=True,
               help="engine contexts (in-process: of this process; with --ray: of each actor)")
 @click.option("--max-batch-tokens", type=click.IntRange(min=1), default=None,
-              help="padded tokens per engine batch (default 16384, capped by the profile)")
+              help=f"padded tokens per engine batch (default {DEFAULT_MAX_TOKENS_PER_BATCH}, capped by the profile)")
 @onnx_precision_option
-@click.option("--shard-rows", type=click.IntRange(min=1), default=4096, show_default=True,
+@click.option("--shard-rows", type=click.IntRange(min=1), default=DEFAULT_SHARD_ROWS, show_default=True,
               help="rows per shard: the unit written at once and skipped by a rerun")
-@click.option("--chunk-rows", type=click.IntRange(min=1), default=1024, show_default=True,
+@click.option("--chunk-rows", type=click.IntRange(min=1), default=DEFAULT_CHUNK_ROWS, show_default=True,
               help="texts per Embedder call within a shard (packed into engine batches by length)")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
               help="run on a Ray cluster (pip install 'trtrun[ray]'): Ray Data read tasks, one embedding actor per "

@@ -6,7 +6,7 @@ import signal
 
 import click
 
-from ..types import DEFAULT_CONTEXTS, GEMM_SEARCH_DEFAULTS, GEMM_SEARCHES, TRUNCATIONS
+from ..types import DEFAULT_CONTEXTS, DEFAULT_MAX_TOKENS_PER_BATCH, GEMM_SEARCH_DEFAULTS, GEMM_SEARCHES, TRUNCATIONS
 from ._ui import Progress, status
 from .options import backend_option, onnx_precision_option, pooling_options, quiet_option
 from .ray_options import ray_serve_options
@@ -47,7 +47,8 @@ class _Stopped(Exception):
 @click.option("--max-wait-ms", type=click.FloatRange(min=0), default=0.5, show_default=True,
               help="micro-batching: how long a request may wait for others to share its batch")
 @click.option("--max-batch-tokens", type=click.IntRange(min=1), default=None,
-              help="token budget of a micro-batch and of one engine call (default 16384, capped by the profile)")
+              help=f"token budget of a micro-batch and of one engine call (default {DEFAULT_MAX_TOKENS_PER_BATCH}, "
+                   "capped by the profile)")
 @click.option("--no-batching", is_flag=True,
               help="turn micro-batching off: every request is its own engine call (for comparison)")
 @click.option("--max-inputs", type=click.IntRange(min=1), default=128, show_default=True,

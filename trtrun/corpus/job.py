@@ -43,15 +43,8 @@ import numpy as np
 
 from .._io import atomic_write
 from ..errors import InputError, TrtrunError
-from ..types import CORPUS_FORMATS as FORMATS, ON_ERROR
+from ..types import CORPUS_FORMATS as FORMATS, DEFAULT_CHUNK_ROWS, DEFAULT_SHARD_ROWS, ON_ERROR
 
-# Rows per shard: the unit of resumption and of Ray's work items. 4096 texts are seconds of work on one GPU
-# (so a killed job loses little) and a few MB of vectors (well under Ray Data's block size, so a shard stays
-# one block from its read task to its write task).
-DEFAULT_SHARD_ROWS = 4096
-# Texts per Embedder call within a shard: it sorts them by length and packs engine batches; more texts pack
-# tighter, fewer bound the memory of one call.
-DEFAULT_CHUNK_ROWS = 1024
 MANIFEST_NAME = "_manifest.json"
 ERRORS_DIR = "_errors"
 # Hidden (Parquet readers skip names starting with "."), and kept after a job: removing a flock's file on

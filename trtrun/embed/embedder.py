@@ -49,14 +49,12 @@ import numpy as np
 from ..backends import choose_backend
 from ..errors import InputError, ShapeError, TrtrunError
 from ..runtime.options import ContextOptions
-from ..types import BACKEND_CHOICES as BACKENDS, DEFAULT_CONTEXTS, GEMM_SEARCH_DEFAULTS, POOLINGS, TRUNCATIONS
+from ..types import (BACKEND_CHOICES as BACKENDS, DEFAULT_CONTEXTS, DEFAULT_MAX_TOKENS_PER_BATCH, GEMM_SEARCH_DEFAULTS,
+                     POOLINGS, TRUNCATIONS)
 from .batching import pack_batches
 from .plans import plan_for_onnx
 from .pooling import pool, read_st_pooling, sentence_head, st_max_seq_length
 from .text import InputTooLongError, InvalidTextError, TextEncoder, check_texts
-
-# Text Embeddings Inference's default --max-batch-tokens; capped by what the plan's profile can hold.
-DEFAULT_MAX_TOKENS_PER_BATCH = 16384
 
 # observer(rows, seq_len, real_tokens, seconds): called after every engine batch (metrics)
 BatchObserver = Callable[[int, int, int, float], None]
