@@ -88,8 +88,8 @@ def deployment(model: dict, settings: dict, config, *, gpu: bool, replicas: int 
                target_ongoing: int = DEFAULT_TARGET_ONGOING, replicas_per_gpu: int = 1, access_log: bool = False):
     """The bound Ray Serve application: EmbeddingService replicas (num_gpus=1/replicas_per_gpu each with gpu),
     `replicas` of them, or autoscaling between `replicas` and `max_replicas` around `target_ongoing` requests per
-    replica. access_log: Ray Serve's line per request in the replicas' logs (off, as in `trtrun serve`: it is a
-    large part of a replica's work per request, docs/ray.md)."""
+    replica. access_log: Ray Serve's line per request in the replicas' logs (off, as in `trtrun serve`: writing it
+    is part of a replica's work per request, docs/ray.md)."""
     if replicas_per_gpu < 1:
         raise TrtrunError(f"replicas per GPU must be >= 1, got {replicas_per_gpu}")
     actor = {"num_cpus": cpus_per_replica}
@@ -119,9 +119,9 @@ def _settings(emb, backend: str, contexts: int) -> dict:
 def app_builder(args: dict):
     """For a Ray Serve config file (`import_path: trtrun.serve.ray_serve:app_builder`). args: model (a .plan on
     every node), tokenizer, pooling, normalize, truncation, max_seq_len, max_batch_tokens, contexts, backend
-    (gpu: one GPU per replica), replicas, max_replicas, cpus_per_replica, max_ongoing, target_ongoing, replicas_per_gpu,
-    access_log, and the
-    server limits of ServeConfig (max_inputs, max_chars, max_body_bytes, max_wait_ms, max_queue, model_name, ...)."""
+    (gpu: one GPU per replica, or 1/replicas_per_gpu of one), replicas, max_replicas, cpus_per_replica, max_ongoing,
+    target_ongoing, replicas_per_gpu, access_log, and the server limits of ServeConfig (max_inputs, max_chars,
+    max_body_bytes, max_wait_ms, max_queue, model_name, ...)."""
     from .app import ServeConfig
 
     a = dict(args or {})
