@@ -139,7 +139,8 @@ def _match(graph, node, facts):
     # [B*S, N], is reshaped back to [B, S, ...]).
     ra = facts.rank(a)
     x = a
-    if ra == 2 and facts.sym_shape_or_none(a) == ["B", K]:  # one vector a sample (a pooled state: a classification head)
+    # one vector a sample (a pooled state: a classification head)
+    if ra == 2 and facts.sym_shape_or_none(a) == ["B", K]:
         b, out = _bias(out, b, N)
         act, y = _match_activation(out, facts)
         return x, W, b, out, act, y, None
@@ -201,7 +202,6 @@ def _reshape_bsk(graph, facts, u, K):
                                outputs=[x]))
     facts.put(x.name, [v.reshape(v.shape[:2] + (K,)) for v in facts.get(u)])
     return x
-
 
 
 def _single(t, op):
