@@ -48,6 +48,8 @@ OpDesc op_from_dict(const py::dict& d) {
   op.num_kv_heads = get<int>(d, "num_kv_heads", 0);
   op.rotary_dim = get<int>(d, "rotary_dim", 0);
   op.window = get<int>(d, "window", -1);
+  op.softcap = get<float>(d, "softcap", 0.f);
+  op.residual_after = get<bool>(d, "residual_after", false);
   op.qk_norm_epsilon = get<float>(d, "qk_norm_epsilon", 1e-6f);
   return op;
 }
@@ -105,7 +107,7 @@ void bind_engine(py::module_& m) {
            "tensors: [(name, dtype name on the device, dims with -1 = batch, -2 = sequence)]; ops: [dict(type, name, "
            "inputs, outputs, weights {role: index}, precision, and the attributes activation, epsilon, "
            "position_offset, num_heads, head_size, scale, causal, gated, num_kv_heads, rotary_dim, window, "
-           "qk_norm_epsilon)] with type, precision and activation by name; "
+           "softcap, residual_after, qk_norm_epsilon)] with type, precision and activation by name; "
            "weights: [(name, C-contiguous float32/float16/float8_e4m3fn array)]; inputs, outputs: tensor indices. Checks the "
            "description (InputError naming what is wrong), then the device (DeviceError), then uploads the weights.")
       .def_property_readonly("device", &Engine::device)

@@ -167,18 +167,19 @@ void bind_kernels(py::module_& m) {
       [](std::uintptr_t x, const std::string& x_t, std::uintptr_t residual, const std::string& r_t,
          std::uintptr_t gamma, const std::string& gamma_t, std::uintptr_t y, const std::string& y_t,
          std::uintptr_t sum_out, const std::string& sum_t, int rows, int n, float eps, const std::string& prec,
-         std::uintptr_t stream) {
+         std::uintptr_t stream, bool residual_after) {
         const char* op = "rmsnorm";
         const DType xd = dt(x_t, op, "x"), rd = dt(r_t, op, "residual"), gd = dt(gamma_t, op, "gamma");
         const DType yd = dt(y_t, op, "y"), sd = dt(sum_t, op, "sum");
         launch_rmsnorm(ptr(x), xd, ptr(residual), rd, ptr(gamma), gd, ptr(y), yd, ptr(sum_out), sd, rows, n, eps,
-                       pr(prec, op), stream_of(stream));
+                       pr(prec, op), stream_of(stream), residual_after);
       },
       py::arg("x"), py::arg("x_dtype"), py::arg("residual"), py::arg("residual_dtype"), py::arg("gamma"),
       py::arg("gamma_dtype"), py::arg("y"), py::arg("y_dtype"), py::arg("sum_out"), py::arg("sum_dtype"),
       py::arg("rows"), py::arg("n"), py::arg("eps"), py::arg("precision"), py::arg("stream") = 0,
-      py::call_guard<py::gil_scoped_release>(),
-      "s = x (+ residual); y = s / sqrt(mean(s^2) + eps) * gamma; sum_out = s (0 = absent). Enqueues on `stream`.");
+      py::arg("residual_after") = false, py::call_guard<py::gil_scoped_release>(),
+      "s = x (+ residual); y = s / sqrt(mean(s^2) + eps) * gamma; sum_out = s (0 = absent). residual_after: "
+      "y = residual + RMSNorm(x) (no sum_out). Enqueues on `stream`.");
   p.def(
       "linear_epilogue",
       [](std::uintptr_t src, const std::string& src_t, std::uintptr_t bias, const std::string& bias_t,
@@ -237,12 +238,14 @@ void bind_kernels(py::module_& m) {
       "attention_gqa",
       [](std::uintptr_t qkv, const std::string& qkv_t, std::uintptr_t mask, std::uintptr_t y, const std::string& y_t,
          int batch, int seq, int heads, int kv_heads, int head_size, float scale, bool causal,
-         const std::string& prec, std::uintptr_t stream, std::uintptr_t bias, int bias_max_seq, int window) {
+         const std::string& prec, std::uintptr_t stream, std::uintptr_t bias, int bias_max_seq, int window,
+         float softcap) {
         const char* op = "attention_gqa";
         AttentionExtras extras;
         extras.bias = ptr<const float>(bias);
         extras.bias_max_seq = bias_max_seq;
         extras.window = window;
+        extras.softcap = softcap;
         launch_attention_gqa(ptr(qkv), dt(qkv_t, op, "qkv"), ptr<const int32_t>(mask), ptr(y), dt(y_t, op, "y"),
                              batch, seq, heads, kv_heads, head_size, scale, causal, pr(prec, op), stream_of(stream),
                              extras);
@@ -250,10 +253,11 @@ void bind_kernels(py::module_& m) {
       py::arg("qkv"), py::arg("qkv_dtype"), py::arg("mask"), py::arg("y"), py::arg("y_dtype"), py::arg("batch"),
       py::arg("seq"), py::arg("heads"), py::arg("kv_heads"), py::arg("head_size"), py::arg("scale"), py::arg("causal"),
       py::arg("precision"), py::arg("stream") = 0, py::arg("bias") = 0, py::arg("bias_max_seq") = 0,
-      py::arg("window") = -1, py::call_guard<py::gil_scoped_release>(),
+      py::arg("window") = -1, py::arg("softcap") = 0.f, py::call_guard<py::gil_scoped_release>(),
       "Fused attention with grouped-query K/V heads on packed qkv [B,S,(H+2Hkv)D] -> y [B,S,HD]; bias: fp32 "
       "[heads, 2*bias_max_seq - 1] added by distance j - i (entry j - i + bias_max_seq - 1), 0 for none; window: keys "
-      "with |i - j| > window masked, -1 for none.");
+      "with |i - j| > window masked, -1 for none; softcap: scaled scores soft-capped to softcap * tanh(s / softcap) "
+      "before the bias, 0 for none.");
 }
 
 }  // namespace trtrun

@@ -862,6 +862,7 @@ void Context::enqueue_ops(int batch, int seq_bucket, cudaStream_t s) {
           extras.bias_max_seq = static_cast<int>(d.seq_max);
         }
         extras.window = op.window;
+        extras.softcap = op.softcap;
         launch_attention_gqa(qkv, qkv_t, mask, tensor_ptr(out(0)), dt(out(0)), batch, seq_bucket, op.num_heads,
                              kv_heads, op.head_size, op.scale, op.causal, op.precision, s, extras);
 #else
@@ -875,7 +876,7 @@ void Context::enqueue_ops(int batch, int seq_bucket, cudaStream_t s) {
         const int norm_rows = static_cast<int>(d.tensors[in(0)].numel(batch, seq_bucket) / static_cast<size_t>(n));
         launch_rmsnorm(tensor_ptr(in(0)), dt(in(0)), tensor_ptr(in(1)), dt(in(1)), E.weight(op.weight("gamma")),
                        wt("gamma"), tensor_ptr(out(0)), dt(out(0)), tensor_ptr(out(1)), dt(out(1)), norm_rows, n,
-                       op.epsilon, op.precision, s);
+                       op.epsilon, op.precision, s, op.residual_after);
 #else
         missing_plugin(op, "rmsnorm");
 #endif

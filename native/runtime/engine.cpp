@@ -226,6 +226,8 @@ void Engine::check() {
                              std::to_string(2 * desc_.seq_max - 1) + "]");
         }
         if (op.window < -1) throw InputError(where(op) + ": window must be >= 0, or -1 for none");
+        if (!std::isfinite(op.softcap) || op.softcap < 0.f)
+          throw InputError(where(op) + ": softcap must be a finite float > 0, or 0 for none");
         const int qn = op.weight("q_norm"), kn = op.weight("k_norm");
         if ((qn == NO_WEIGHT) != (kn == NO_WEIGHT))
           throw InputError(where(op) + ": a per-head query/key norm needs both 'q_norm' and 'k_norm'");
@@ -274,6 +276,8 @@ void Engine::check() {
           need_float(op, out(1), "sum output");
           if (T[out(1)].dims != T[in(0)].dims) throw InputError(where(op) + ": sum output must match x");
         }
+        if (op.residual_after && (op.type != OpType::RMSNorm || in(1) == NO_TENSOR || out(1) != NO_TENSOR))
+          throw InputError(where(op) + ": residual_after is an RMSNorm's, with a residual input and no sum output");
         break;
       }
     }

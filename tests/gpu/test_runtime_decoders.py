@@ -203,6 +203,43 @@ def test_rmsnorm(prec, n, xt, rt, gt, yt, st, rows):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("rows", [5, 2051])
+@pytest.mark.parametrize("prec,n,xt,rt,gt,yt", [
+    ("fp32", 576, F32, F32, F32, F32),
+    ("hybrid", 576, F16, F32, F32, F32),   # OLMo-2's post-norm block in hybrid: fp16 x, the fp32 stream
+    ("hybrid", 128, F16, F16, F32, F16),
+    ("hybrid", 4100, F32, F16, F32, F32),  # one block per row, the scalar path
+    ("fp16", 576, F16, F16, F16, F16),
+])
+def test_rmsnorm_residual_after(prec, n, xt, rt, gt, yt, rows):
+    """y = residual + RMSNorm(x) (OLMo-2, EXAONE 4) against float64 and the reference backend's op (the norm unrounded
+    in the statistics' precision, the residual added in it, one rounding): the error is at most twice the
+    reference's own, and the residual really is added after (a kernel adding it before fails by far)."""
+    tp = _plugins()
+    torch = tp._torch()
+    ref = tp._reference()
+    rng = np.random.default_rng(n * 11 + rows)
+    x = rng.normal(0.5, 2.0, (rows, n)).astype(xt)
+    r = rng.normal(0, 3.0, (rows, n)).astype(rt)
+    g = rng.uniform(0.5, 1.5, n).astype(gt)
+    eps = 1e-6
+    dx, dr, dg = tp._dev(x, torch), tp._dev(r, torch), tp._dev(g, torch)
+    y = torch.full((rows, n), float("nan"), dtype={F32: torch.float32, F16: torch.float16}[yt], device="cuda")
+    tp.PLUGINS.rmsnorm(tp.ptr(dx), tp.dtype_name(xt), tp.ptr(dr), tp.dtype_name(rt), tp.ptr(dg), tp.dtype_name(gt),
+                       tp.ptr(y), tp.dtype_name(yt), 0, "float32", rows, n, eps, prec, 0, residual_after=True)
+    torch.cuda.synchronize()
+    ours = tp._np(y)
+    cdt = F16 if prec == "fp16" else F32  # as ReferenceBackend runs an RMSNorm with residual_after
+    norm, _ = ref.ref_rmsnorm(x, None, g, epsilon=eps, precision=prec, out_dtype=cdt)
+    want = (norm + r.astype(cdt)).astype(yt).astype(np.float32)
+    x64 = (x.astype(F16) if prec == "fp16" else x).astype(np.float64)
+    y64 = x64 / np.sqrt((x64 * x64).mean(-1, keepdims=True) + eps) * g.astype(np.float64) + r.astype(np.float64)
+    tp.assert_within_twice(f"rmsnorm residual_after {prec} n={n}", ours, want, y64, yt)
+    before = ref.ref_rmsnorm(x, r, g, epsilon=eps, precision=prec, out_dtype=yt)[0].astype(np.float32)
+    assert np.abs(ours - before).max() > 0.5  # not the pre-add form
+
+
+@pytest.mark.gpu
 def test_rmsnorm_fp16_overflow_shows():
     """FP16 mode: a row whose sum of squares passes 65504 becomes 0 (s / inf), as the reference says; hybrid keeps
     the statistics in fp32 and normalises it."""

@@ -58,9 +58,10 @@ def _bias_kwargs(kind: str | None, H: int, rng) -> dict | None:
     return dict(alibi_slopes=slopes, alibi_symmetric=kind == "alibi-symmetric")
 
 
-def _attn64(qkv, mask, H, Hkv, D, scale, causal, bias, window):
-    """Float64 attention with the contract's rules: scores * scale + bias, masked (padding, causal, window) scores
-    := float32 min, so a row with every key masked is uniform over all keys. Returns (y, masked [B, 1, S, S])."""
+def _attn64(qkv, mask, H, Hkv, D, scale, causal, bias, window, softcap=None):
+    """Float64 attention with the contract's rules: scores * scale, soft-capped (softcap * tanh(s / softcap)), + bias,
+    masked (padding, causal, window) scores := float32 min, so a row with every key masked is uniform over all keys.
+    Returns (y, masked [B, 1, S, S])."""
     B, S, _ = qkv.shape
     HD, KD, rep = H * D, Hkv * D, H // Hkv
     x = qkv.astype(np.float64)
@@ -68,6 +69,8 @@ def _attn64(qkv, mask, H, Hkv, D, scale, causal, bias, window):
     k = x[..., HD:HD + KD].reshape(B, S, Hkv, D).repeat(rep, axis=2).transpose(0, 2, 1, 3)
     v = x[..., HD + KD:].reshape(B, S, Hkv, D).repeat(rep, axis=2).transpose(0, 2, 1, 3)
     s = (q @ k.transpose(0, 1, 3, 2)) * scale
+    if softcap is not None:
+        s = softcap * np.tanh(s / softcap)
     if bias is not None:
         s = s + bias.astype(np.float64)[None]
     masked = np.zeros((B, 1, S, S), bool)
@@ -98,7 +101,7 @@ def _sdpa32(torch, qkv, masked, H, Hkv, D, scale, bias):
     return y.transpose(1, 2).reshape(B, S, HD).float().cpu().numpy()
 
 
-def _run(tp, torch, qkv, mask, H, Hkv, D, scale, causal, prec, yt, table, smax, window):
+def _run(tp, torch, qkv, mask, H, Hkv, D, scale, causal, prec, yt, table, smax, window, softcap=None):
     B, S, _ = qkv.shape
     dq = tp._dev(qkv, torch)
     dm = None if mask is None else tp._dev(mask, torch)
@@ -106,15 +109,16 @@ def _run(tp, torch, qkv, mask, H, Hkv, D, scale, causal, prec, yt, table, smax, 
     y = torch.full((B, S, H * D), float("nan"), dtype={F32: torch.float32, F16: torch.float16}[yt], device="cuda")
     tp.PLUGINS.attention_gqa(tp.ptr(dq), tp.dtype_name(qkv.dtype.type), tp.ptr(dm), tp.ptr(y), tp.dtype_name(yt), B,
                              S, H, Hkv, D, scale, causal, prec, 0, bias=tp.ptr(dt), bias_max_seq=smax if dt is not None
-                             else 0, window=-1 if window is None else window)
+                             else 0, window=-1 if window is None else window, softcap=softcap or 0.0)
     torch.cuda.synchronize()
     return tp._np(y)
 
 
-def _check(prec, B, S, H, Hkv, D, causal, mkind, bkind, window, qt, yt, seed=0):
+def _check(prec, B, S, H, Hkv, D, causal, mkind, bkind, window, qt, yt, seed=0, softcap=None):
     """One case: the kernel against float64, the same-precision baseline (module docstring) and ref_attention with
     the reference's own [H, S, S] bias; fully masked rows (padding, causal and window together) equal the mean of V
-    over all S keys. The table is longer than the run (Smax = S + 13), as the engine's is at a shorter length."""
+    over all S keys. The table is longer than the run (Smax = S + 13), as the engine's is at a shorter length.
+    softcap: PyTorch's SDPA has none, so the fp32 baseline is then ref_attention, as for the other precisions."""
     tp = _plugins()
     torch = tp._torch()
     ref = tp._reference()
@@ -130,13 +134,15 @@ def _check(prec, B, S, H, Hkv, D, causal, mkind, bkind, window, qt, yt, seed=0):
     if kw is not None:
         table = ref.distance_bias(np.arange(-(smax - 1), smax), **kw)  # what lowering uploads: [H, 2*Smax - 1]
         dense = ref.distance_bias(np.arange(S)[None, :] - np.arange(S)[:, None], **kw)  # the reference's [H, S, S]
-    ours = _run(tp, torch, qkv, mask, H, Hkv, D, scale, causal, prec, yt, table, smax, window)
-    ref64, masked = _attn64(qkv, mask, H, Hkv, D, scale, causal, dense, window)
+    ours = _run(tp, torch, qkv, mask, H, Hkv, D, scale, causal, prec, yt, table, smax, window, softcap)
+    ref64, masked = _attn64(qkv, mask, H, Hkv, D, scale, causal, dense, window, softcap)
     ref_p = ref.ref_attention(qkv, mask, num_heads=H, head_size=D, scale=scale, causal=causal, precision=prec,
-                              out_dtype=yt, num_kv_heads=Hkv, score_bias=dense, window=window).astype(F32)
+                              out_dtype=yt, num_kv_heads=Hkv, score_bias=dense, window=window,
+                              softcap=softcap).astype(F32)
     live = ~masked.all(-1)[:, 0, :]  # [B, S]
-    base = _sdpa32(torch, qkv, masked, H, Hkv, D, scale, dense) if prec == "fp32" else ref_p
-    name = f"attention {prec} B{B} S{S} H{H}/{Hkv} D{D} causal={causal} mask={mkind} bias={bkind} window={window}"
+    base = _sdpa32(torch, qkv, masked, H, Hkv, D, scale, dense) if prec == "fp32" and softcap is None else ref_p
+    name = (f"attention {prec} B{B} S{S} H{H}/{Hkv} D{D} causal={causal} mask={mkind} bias={bkind} window={window} "
+            f"softcap={softcap}")
     assert np.isfinite(ours).all(), f"{name}: non-finite output"
     if live.any():
         tp.assert_within_twice(name, ours[live], base[live], ref64[live], yt)
@@ -179,6 +185,36 @@ CASES = [
 @pytest.mark.parametrize("prec,B,S,H,Hkv,D,causal,mkind,bkind,window,qt,yt", CASES)
 def test_attention_with_bias_and_window(prec, B, S, H, Hkv, D, causal, mkind, bkind, window, qt, yt):
     _check(prec, B, S, H, Hkv, D, causal, mkind, bkind, window, qt, yt)
+
+
+SOFTCAP_CASES = [
+    # precision, B, S, H, Hkv, D, causal, mask kind, bias kind, window, qkv dtype, y dtype, softcap
+    ("hybrid", 2, 129, 4, 2, 64, True, "right", None, None, F16, F16, 2.0),   # Gemma 2's form; a cap that bends
+    ("hybrid", 2, 300, 4, 2, 64, True, "right", None, 40, F16, F16, 2.0),     # with its sliding-window layers
+    ("hybrid", 1, 77, 2, 2, 256, True, None, None, None, F16, F16, 50.0),     # Gemma 2's head size 256 and cap 50
+    ("hybrid", 2, 200, 2, 2, 32, False, "holes", "relative", 30, F32, F32, 3.0),  # cap, then bias, then the masks
+    ("fp16", 2, 150, 4, 2, 64, True, "left", None, None, F16, F16, 2.0),     # capped in fp32, then rounded to fp16
+    ("fp16", 2, 129, 2, 2, 128, False, "random", "alibi-symmetric", 24, F16, F32, 5.0),
+    ("fp32", 2, 129, 4, 2, 64, True, "right", None, None, F32, F32, 2.0),
+    ("fp32", 2, 100, 2, 2, 32, False, "holes", "relative", 16, F16, F32, 3.0),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("prec,B,S,H,Hkv,D,causal,mkind,bkind,window,qt,yt,softcap", SOFTCAP_CASES)
+def test_attention_with_softcap(prec, B, S, H, Hkv, D, causal, mkind, bkind, window, qt, yt, softcap):
+    """Soft-capped scores (Gemma 2): scaled, capped to softcap * tanh(s / softcap) in fp32, then any bias and the
+    masks, in every precision. A cap of 2-5 bends most scores here (|scaled score| ~ 2); 50 is Gemma 2's."""
+    _check(prec, B, S, H, Hkv, D, causal, mkind, bkind, window, qt, yt, softcap=softcap)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cfg", ["1,4", "1,2", "1,1", "2,4", "2,2", "2,1", "1,4,2", "1,2,2", "1,1,2"])
+@pytest.mark.parametrize("prec", ["hybrid", "fp16"])
+def test_attention_with_softcap_every_configuration(prec, cfg, monkeypatch):
+    """The cap in every forced configuration (TRTRUN_ATTN_CFG), as the bias and window are."""
+    monkeypatch.setenv("TRTRUN_ATTN_CFG", cfg)
+    _check(prec, 2, 200, 2, 2, 64, True, "right", None, None, F16, F16, softcap=2.0)
 
 
 @pytest.mark.gpu

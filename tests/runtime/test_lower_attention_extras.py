@@ -30,7 +30,7 @@ KINDS = ["relative-bidirectional", "relative-unidirectional", "alibi", "alibi-sy
 
 
 def _extras_plan(kind: str | None, *, precision="hybrid", layers=2, window=None, seed=0, other_table=False,
-                 hidden=64, heads=2) -> Plan:
+                 hidden=64, heads=2, softcap=None) -> Plan:
     """tiny_plan with a score bias of `kind` on every Attention (one table shared by the layers, or with
     other_table a second table for the last layer) and/or a sliding window. Two heads of 32: the tables' head axis
     has two rows to tell apart, at the smallest head size the GPU runtime lowers."""
@@ -53,6 +53,9 @@ def _extras_plan(kind: str | None, *, precision="hybrid", layers=2, window=None,
             op["attrs"]["alibi_symmetric"] = kind.endswith("symmetric")
         if window is not None:
             op["attrs"]["window"] = window
+        if softcap is not None:
+            op["attrs"]["softcap"] = softcap
+            hdr["version"] = 3  # the plan format's version for softcap (docs/plan-format.md)
     return Plan.from_parts(hdr, w)
 
 
@@ -123,6 +126,16 @@ def test_window_reaches_the_engine(window, want):
     for d in low["ops"]:
         if d["type"] == "Attention":
             assert d["window"] == want and "score_bias" not in d["weights"]
+
+
+def test_softcap_reaches_the_engine():
+    """Gemma 2's cap goes to the Engine as the op's `softcap` (the kernel caps the scaled scores before any bias);
+    without one the attribute is absent (the Engine's default, 0: none)."""
+    for kind in (None, "alibi"):
+        low = lower_plan(_extras_plan(kind, softcap=30.0, window=4))
+        atts = [d for d in low["ops"] if d["type"] == "Attention"]
+        assert [d["softcap"] for d in atts] == [30.0, 30.0] and all(d["window"] == 4 for d in atts)
+    assert all("softcap" not in d for d in lower_plan(_extras_plan(None))["ops"])
 
 
 def test_plans_with_biases_and_windows_lower_and_a_pool_is_left_to_the_host():

@@ -44,19 +44,18 @@ def gpu_missing(op) -> str | None:
     windows have kernels: native/kernels/rmsnorm, epilogue, rotary and attention. The attention kernels take head
     sizes 32, 64, 80 (phi-2), 96 (Phi-3), 128 and 256 (Gemma) only (GPU_HEAD_SIZES): an Attention of another is
     refused with its head size (which also keeps a q/k-normed head within the rotary pass's one warp, 256 values).
-    OLMo-2's query/key norm over all heads (check_gpu_support reads its size), soft-capped scores (Gemma 2) and a
-    norm with the residual added after it (OLMo-2) have no kernel yet."""
+    Soft-capped scores (Gemma 2) are the attention kernels' too, and an RMSNorm with the residual added after it
+    (OLMo-2, EXAONE 4) the RMSNorm kernel's. OLMo-2's query/key norm over all heads (check_gpu_support reads its
+    size) and a LayerNorm with the residual after it have no kernel yet."""
     a = op.get("attrs", {})
     if op["type"] == "Linear":
         if a.get("activation", "none") not in GPU_ACTIVATIONS:
             return f"activation {a['activation']!r}"
-    if op["type"] in ("LayerNorm", "RMSNorm") and a.get("residual_after"):
-        return "the residual added after the norm (residual_after)"
+    if op["type"] == "LayerNorm" and a.get("residual_after"):
+        return "LayerNorm with the residual added after the norm (residual_after)"
     if op["type"] == "Attention":
         if int(a.get("head_size", 0)) not in GPU_HEAD_SIZES:
             return f"head size {a.get('head_size')} (the attention kernels take {', '.join(map(str, GPU_HEAD_SIZES))})"
-        if "softcap" in a:
-            return "soft-capped scores (softcap)"
     return None
 
 
@@ -330,6 +329,8 @@ def lower_plan(plan) -> dict:
                 wmap["score_bias"] = bias_table(op)
             # -1: no window; a window of S - 1 or more masks nothing (the kernel's launcher treats it so too)
             d["window"] = -1 if attrs.get("window") is None else min(int(attrs["window"]), seq_max)
+            if attrs.get("softcap") is not None:  # Gemma 2: scaled scores soft-capped before any bias
+                d["softcap"] = float(attrs["softcap"])
         elif typ == "LayerNorm":
             pdt = common(w["gamma"], w["beta"])
             wmap["gamma"] = weight(w["gamma"], pdt)
@@ -338,6 +339,8 @@ def lower_plan(plan) -> dict:
         elif typ == "RMSNorm":
             wmap["gamma"] = weight(w["gamma"], plan.weights[w["gamma"]].dtype.name)
             d["epsilon"] = float(attrs["epsilon"])
+            if attrs.get("residual_after"):  # OLMo-2, EXAONE 4: y = residual + norm(x)
+                d["residual_after"] = True
         d["weights"] = wmap
         ops.append(d)
 

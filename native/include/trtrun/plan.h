@@ -51,6 +51,10 @@ struct OpDesc {
   // Attention: keys further than `window` from the query masked (< 0: none); a relative-position or ALiBi bias
   // comes as the "score_bias" weight, fp32 [num_heads, 2*seq_max - 1] by distance (trtrun/runtime/lower.py)
   int window = -1;
+  // Attention: scaled scores soft-capped to softcap * tanh(s / softcap) before any bias (Gemma 2); 0: none
+  float softcap = 0.f;
+  // RMSNorm: y = residual + norm(x) instead of norm(x + residual) (OLMo-2's and EXAONE 4's post-norm blocks)
+  bool residual_after = false;
   // Attention with the "q_norm" and "k_norm" weights ([head_size] each; Qwen3): every Q and K head RMS-normalised over
   // its head_size values with this epsilon before the rotary
   float qk_norm_epsilon = 1e-6f;

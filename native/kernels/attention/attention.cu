@@ -92,7 +92,14 @@ struct Extras {
   const float* bias;
   int bias_stride;
   int window;
+  float softcap;  // > 0: scaled scores soft-capped to softcap * tanh(s / softcap) before the bias; 0: none
 };
+
+// The contract's order on one fp32 score: scaled (one rounding), soft-capped, then the bias added; no contraction.
+__device__ __forceinline__ float capped(float s, float scale, float cap) {
+  const float x = __fmul_rn(s, scale);
+  return cap > 0.f ? __fmul_rn(cap, tanhf(__fdiv_rn(x, cap))) : x;
+}
 
 // Bias of query i and key j = i + d of one head (bh: its distance-0 entry). d is clamped to the run's distances
 // [-(S-1), S-1]: only keys j >= S (scores replaced by -inf after) and query rows i >= S (never stored) reach past them,
@@ -294,7 +301,7 @@ __device__ __forceinline__ void softmax_tile(float (&s)[NB][4], float (&o)[DB][4
                                              __half (&m_h)[2], __half (&l_h)[2], uint32_t (&pf)[NB / 2][4],
                                              bool need_mask, const TileFlags& ft, int j0, int qm0, int g, int t4,
                                              bool causal, bool folded, float sl2, float mult, float masked_val,
-                                             float scale, const float* bh, int S, int window) {
+                                             float scale, const float* bh, int S, int window, float cap) {
   // key j0 + jl masked for query qi by causality or the window (the padding flags are the caller's)
   auto masked_at = [&](int jl, int qi) {
     if constexpr (EXTRA) return (causal && j0 + jl > qi) || (window >= 0 && abs(j0 + jl - qi) > window);
@@ -302,16 +309,17 @@ __device__ __forceinline__ void softmax_tile(float (&s)[NB][4], float (&o)[DB][4
   };
   if constexpr (!HALF_SOFTMAX) {
     // ---- fp32 softmax
-    if (EXTRA && bh != nullptr) {
-      // the contract's order: scores scaled (one fp32 rounding), then the bias added (another); no fma contraction.
-      // The kernel then runs unfolded: mult = log2(e), see the kernel.
+    if (EXTRA && (bh != nullptr || cap > 0.f)) {
+      // the contract's order: scores scaled (one fp32 rounding), soft-capped, then the bias added (another); no fma
+      // contraction. The kernel then runs unfolded: mult = log2(e), see the kernel.
 #pragma unroll
       for (int i = 0; i < NB; ++i)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int jl = i * 8 + 2 * t4 + (e & 1);
           const int qi = qm0 + g + (e >> 1) * 8;
-          s[i][e] = __fadd_rn(__fmul_rn(s[i][e], scale), bias_at(bh, j0 + jl - qi, S));
+          const float x = capped(s[i][e], scale, cap);
+          s[i][e] = bh != nullptr ? __fadd_rn(x, bias_at(bh, j0 + jl - qi, S)) : x;
         }
     } else if (!folded) {
 #pragma unroll
@@ -367,13 +375,21 @@ __device__ __forceinline__ void softmax_tile(float (&s)[NB][4], float (&o)[DB][4
       pf[kc2][3] = pack_half2(s[2 * kc2 + 1][2], s[2 * kc2 + 1][3]);
     }
   } else {
-    // ---- fp16 softmax: scores rounded to fp16 after scaling; max, exp, sum in fp16
+    // ---- fp16 softmax: scores rounded to fp16 after scaling (and soft-capping, in fp32); max, exp, sum in fp16
     __half2 sh[NB][2];  // [i][r]: the pair of row r
+    if (EXTRA && cap > 0.f) {
 #pragma unroll
-    for (int i = 0; i < NB; ++i)
+      for (int i = 0; i < NB; ++i)
 #pragma unroll
-      for (int r = 0; r < 2; ++r)
-        sh[i][r] = __floats2half2_rn(s[i][2 * r] * scale, s[i][2 * r + 1] * scale);
+        for (int r = 0; r < 2; ++r)
+          sh[i][r] = __floats2half2_rn(capped(s[i][2 * r], scale, cap), capped(s[i][2 * r + 1], scale, cap));
+    } else {
+#pragma unroll
+      for (int i = 0; i < NB; ++i)
+#pragma unroll
+        for (int r = 0; r < 2; ++r)
+          sh[i][r] = __floats2half2_rn(s[i][2 * r] * scale, s[i][2 * r + 1] * scale);
+    }
     if (EXTRA && bh != nullptr) {  // the bias rounded to fp16 and added in fp16, as the contract says
 #pragma unroll
       for (int i = 0; i < NB; ++i)
@@ -503,6 +519,7 @@ __global__ void __launch_bounds__(128 * KS, MT == 2 ? 2 : (SHARE_KV && D <= 64 ?
   // a constant -1 and null without EXTRA: the usual kernel compiles as before
   const int window = EXTRA ? ex.window : -1;
   const float* hbias = EXTRA && ex.bias != nullptr ? ex.bias + static_cast<long long>(h) * ex.bias_stride : nullptr;
+  const float cap = EXTRA ? ex.softcap : 0.f;
 
   load_rows_f16<D, LD>(Qs, qkv, in_half, tok_base, qt0 * BQ, nq_here * BQ, S, row_stride, h * D, threadIdx.x,
                        blockDim.x);
@@ -542,9 +559,9 @@ __global__ void __launch_bounds__(128 * KS, MT == 2 ? 2 : (SHARE_KV && D <= 64 ?
   // any real score, so a masked key's weight is exactly 0 beside an unmasked one. Any other scale: scores
   // are multiplied first (mult becomes 1, masked -2^100), the contract's arithmetic step by step. With a score bias
   // the scores are scaled and biased first (softmax_tile), so mult = log2(e) and masked -2^100 (a power of two:
-  // exact times mult, far below any scaled and biased score).
+  // exact times mult, far below any scaled and biased score). Soft-capped scores likewise (|score| < cap).
   const float sl2 = scale * 1.4426950408889634f;
-  const bool biased = hbias != nullptr;
+  const bool biased = hbias != nullptr || cap > 0.f;
   const bool folded = !biased && sl2 >= 0x1p-40f && sl2 <= 0x1p40f;
   const float mult = biased ? 1.4426950408889634f : folded ? sl2 : 1.f;
   const float masked_val = folded ? -0x1p64f : -0x1p100f;
@@ -635,7 +652,7 @@ __global__ void __launch_bounds__(128 * KS, MT == 2 ? 2 : (SHARE_KV && D <= 64 ?
           const int qm0 = qw0 + mt * 16;  // first row of this m-tile
           softmax_tile<NB, DB, HALF_SOFTMAX, EXTRA>(s[mt], o[mt], m_f[mt], l_f[mt], m_h[mt], l_h[mt], pf[mt],
                                                     need_mask, ft, j0, qm0, g, t4, causal, folded, sl2, mult,
-                                                    masked_val, scale, hbias, S, window);
+                                                    masked_val, scale, hbias, S, window, cap);
         }
         // ---- O += P V (fp16 operands, fp32 accumulation); each V fragment feeds MT m-tiles
 #pragma unroll
@@ -778,6 +795,7 @@ __global__ void __launch_bounds__(128) attention_f32_kernel(const void* __restri
   const int qe = min(q0 + BQ, S) - 1;
   const int window = EXTRA ? ex.window : -1;  // constants without EXTRA: the usual kernel compiles as before
   const float* hbias = EXTRA && ex.bias != nullptr ? ex.bias + static_cast<long long>(h) * ex.bias_stride : nullptr;
+  const float cap = EXTRA ? ex.softcap : 0.f;
   int kt0 = 0, nkt = nkt_all;  // key tiles [kt0, nkt)
   if (causal) nkt = min(nkt_all, qe / F_BK + 1);
   if (window >= 0) {
@@ -839,7 +857,7 @@ __global__ void __launch_bounds__(128) attention_f32_kernel(const void* __restri
 #pragma unroll
     for (int r = 0; r < F_ROWS; ++r) {
       const int qi = q0 + warp * F_ROWS + r;
-      float x = s[r] * scale;
+      float x = EXTRA ? capped(s[r], scale, cap) : s[r] * scale;
       if (hbias != nullptr) x = __fadd_rn(x, bias_at(hbias, j0 + lane - qi, S));  // after the scale's rounding, unfused
       if (f == FLAG_OUT) x = -INFINITY;
       else if (f == FLAG_MASKED || (causal && j0 + lane > qi) || (window >= 0 && abs(j0 + lane - qi) > window))
@@ -1099,7 +1117,7 @@ void launch_tc_as(const TcConfig& c, const void* qkv, bool in_half, const int32_
 template <int D, bool HALF_SOFTMAX>
 void launch_tc(const void* qkv, bool in_half, const int32_t* mask, void* y, bool out_half, int B, int S, int H,
                int Hkv, float scale, bool causal, cudaStream_t stream, Extras ex) {
-  const bool extra = ex.bias != nullptr || ex.window >= 0;
+  const bool extra = ex.bias != nullptr || ex.window >= 0 || ex.softcap > 0.f;
   const TcConfig c = choose_tc<D, HALF_SOFTMAX>(B, S, H, causal, extra);
   if (extra)
     launch_tc_as<D, HALF_SOFTMAX, true>(c, qkv, in_half, mask, y, out_half, B, S, H, Hkv, scale, causal, stream, ex);
@@ -1116,7 +1134,8 @@ void launch_f32(const void* qkv, bool in_half, const int32_t* mask, void* y, boo
   require(blocks <= 0x7fffffffLL, "attention", "batch * heads * query tiles too large");
   const size_t smem =
       sizeof(float) * (BQ * D + F_BK * (D + 1) + F_BK * D + F_WARPS * F_ROWS * F_BK) + F_BK * sizeof(int);
-  auto kern = ex.bias != nullptr || ex.window >= 0 ? attention_f32_kernel<D, true> : attention_f32_kernel<D, false>;
+  auto kern = ex.bias != nullptr || ex.window >= 0 || ex.softcap > 0.f ? attention_f32_kernel<D, true>
+                                                                        : attention_f32_kernel<D, false>;
   ensure_dynamic_smem(kern, smem);
   kern<<<static_cast<unsigned>(blocks), 32 * F_WARPS, smem, stream>>>(qkv, in_half, mask, y, out_half, H, Hkv, S,
                                                                        scale, causal, nqt, ex);
@@ -1201,7 +1220,9 @@ void launch_attention_gqa(const void* qkv, DType qkv_t, const int32_t* mask, voi
   require((reinterpret_cast<uintptr_t>(qkv) & 15u) == 0 && (reinterpret_cast<uintptr_t>(y) & 15u) == 0, op,
           "qkv and y must be 16-byte aligned");
   const bool in_half = qkv_t == DType::F16, out_half = y_t == DType::F16;
-  Extras ex{nullptr, 0, -1};
+  require(std::isfinite(extras.softcap) && extras.softcap >= 0.f, op,
+          "softcap must be a finite float >= 0 (0: none), got " + std::to_string(extras.softcap));
+  Extras ex{nullptr, 0, -1, extras.softcap};
   if (extras.bias != nullptr) {
     ex.bias = extras.bias + (extras.bias_max_seq - 1);  // distance 0 of head 0
     ex.bias_stride = 2 * extras.bias_max_seq - 1;

@@ -33,17 +33,20 @@ void launch_attention(const void* qkv, DType qkv_t, const int32_t* mask /*[B,S] 
                       void* y, DType y_t, int batch, int seq, int heads, int head_size,
                       float scale, bool causal, Precision prec, cudaStream_t stream);
 
-// What an Attention adds by distance (docs/plan-format.md: relative_bias, alibi_slopes, window).
+// What an Attention adds by distance, and the score cap (docs/plan-format.md: relative_bias, alibi_slopes, window,
+// softcap).
 // bias: fp32 device table [heads, 2*bias_max_seq - 1], null for none: bias[h][j - i + bias_max_seq - 1] is added to
 //   the scaled score of query i and key j before masking (HYBRID and FP32 in fp32; FP16 rounds it to fp16 and adds in
 //   fp16); bias_max_seq >= seq. A relative-position or ALiBi bias depends on j - i alone, so one table serves every
 //   sequence length up to bias_max_seq.
 // window: key j masked for query i when |i - j| > window, on top of the mask and causal; < 0 for none. A row whose
 //   keys are then all masked is uniform over all seq keys, as any fully masked row.
+// softcap: > 0 soft-caps the scaled scores to softcap * tanh(s / softcap) in fp32 before the bias (Gemma 2); 0 for none.
 struct AttentionExtras {
   const float* bias = nullptr;
   int bias_max_seq = 0;
   int window = -1;
+  float softcap = 0.f;
 };
 
 // The same with grouped-query attention: qkv [batch, seq, (heads + 2*kv_heads)*head_size] (Q | K | V), query head h

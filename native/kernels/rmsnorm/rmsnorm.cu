@@ -11,7 +11,8 @@ namespace {
 using namespace rowops;
 
 // CH: chunks of VEC elements a thread holds (rowops::dispatch_row_share picks them).
-template <int VEC, int CH, bool WARP_ROWS, bool HALF_STATS>
+// AFTER: the residual is added to the normalised value (y = residual + RMSNorm(x)) instead of to x before it.
+template <int VEC, int CH, bool WARP_ROWS, bool HALF_STATS, bool AFTER>
 __global__ void rmsnorm_kernel(const void* __restrict__ x, DType x_t, const void* __restrict__ residual, DType r_t,
                                const void* __restrict__ gamma, DType gamma_t, void* __restrict__ y, DType y_t,
                                void* __restrict__ sum_out, DType sum_t, long long rows, int n, float eps) {
@@ -38,7 +39,7 @@ __global__ void rmsnorm_kernel(const void* __restrict__ x, DType x_t, const void
     const int idx = item_index<VEC>(c, t, G);
     if (idx < n) load_vec<VEC>(x, x_t, base + idx, &v[c * VEC]);
   }
-  if (residual != nullptr) {
+  if (!AFTER && residual != nullptr) {
 #pragma unroll
     for (int c = 0; c < C; ++c) {
       const int idx = item_index<VEC>(c, t, G);
@@ -88,6 +89,12 @@ __global__ void rmsnorm_kernel(const void* __restrict__ x, DType x_t, const void
         load_vec<VEC>(gamma, gamma_t, idx, g);
 #pragma unroll
         for (int k = 0; k < VEC; ++k) o[k] = __fmul_rn(__fdiv_rn(v[c * VEC + k], d), g[k]);
+        if constexpr (AFTER) {  // the fp32 norm plus the residual, one fp32 add, then the one rounding to y
+          float r[VEC];
+          load_vec<VEC>(residual, r_t, base + idx, r);
+#pragma unroll
+          for (int k = 0; k < VEC; ++k) o[k] = __fadd_rn(o[k], r[k]);
+        }
         store_vec<VEC>(yrow, y_t, idx, o);
       }
     }
@@ -117,9 +124,14 @@ __global__ void rmsnorm_kernel(const void* __restrict__ x, DType x_t, const void
       if (idx < n) {
         float g[VEC], o[VEC];
         load_vec<VEC>(gamma, gamma_t, idx, g);
+        float r[VEC];
+        if constexpr (AFTER) load_vec<VEC>(residual, r_t, base + idx, r);
 #pragma unroll
-        for (int k = 0; k < VEC; ++k)
-          o[k] = __half2float(__hmul_rn(__hdiv(__float2half_rn(v[c * VEC + k]), sd), __float2half_rn(g[k])));
+        for (int k = 0; k < VEC; ++k) {
+          __half h = __hmul_rn(__hdiv(__float2half_rn(v[c * VEC + k]), sd), __float2half_rn(g[k]));
+          if constexpr (AFTER) h = __hadd_rn(h, __float2half_rn(r[k]));  // the fp16 norm plus the residual in fp16
+          o[k] = __half2float(h);
+        }
         store_vec<VEC>(yrow, y_t, idx, o);
       }
     }
@@ -130,7 +142,7 @@ __global__ void rmsnorm_kernel(const void* __restrict__ x, DType x_t, const void
 
 void launch_rmsnorm(const void* x, DType x_t, const void* residual, DType r_t, const void* gamma, DType gamma_t,
                     void* y, DType y_t, void* sum_out, DType sum_t, int rows, int n, float eps, Precision prec,
-                    cudaStream_t stream) {
+                    cudaStream_t stream, bool residual_after) {
   const char* op = "rmsnorm";
   require(rows >= 0, op, "rows must be >= 0, got " + std::to_string(rows));
   require(n >= 1, op, "n (hidden size) must be >= 1, got " + std::to_string(n));
@@ -143,6 +155,8 @@ void launch_rmsnorm(const void* x, DType x_t, const void* residual, DType r_t, c
   if (residual) check_dtype(r_t, op, "residual");
   if (sum_out) check_dtype(sum_t, op, "sum");
   check_precision(prec, op);
+  require(!residual_after || (residual != nullptr && sum_out == nullptr), op,
+          "residual_after needs a residual and no sum output");
   if (rows == 0) return;
 
   const RowLaunch L = plan_rows(rows, n);
@@ -153,9 +167,11 @@ void launch_rmsnorm(const void* x, DType x_t, const void* residual, DType r_t, c
     constexpr int V = decltype(vec_c)::value, CH = decltype(ch_c)::value;
     constexpr bool WARP_ROWS = decltype(warp_c)::value;
     TRTRUN_BOOL_SWITCH(half_stats, HALF, [&] {
-      rmsnorm_kernel<V, CH, WARP_ROWS, HALF><<<static_cast<unsigned>(L.blocks), L.threads, 0, stream>>>(
-          x, x_t, residual, r_t, gamma, gamma_t, y, y_t, sum_out, sum_t, rows, n, eps);
-      TRTRUN_LAUNCH_CHECK();
+      TRTRUN_BOOL_SWITCH(residual_after, AFTER, [&] {
+        rmsnorm_kernel<V, CH, WARP_ROWS, HALF, AFTER><<<static_cast<unsigned>(L.blocks), L.threads, 0, stream>>>(
+            x, x_t, residual, r_t, gamma, gamma_t, y, y_t, sum_out, sum_t, rows, n, eps);
+        TRTRUN_LAUNCH_CHECK();
+      });
     });
   });
 }
