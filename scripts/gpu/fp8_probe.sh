@@ -3,7 +3,7 @@
 # H100" reads the results):
 #   1. build trtrun._C and run the fp8 GPU tests (tests/gpu/test_runtime_fp8.py, device_run.sh),
 #   2. the fp8 sweep beside hybrid and torch.compile (bench/fp8.toml through scripts/gpu/bench.sh),
-#   3. BERT-base hybrid and fp8 with both scale kinds at 1x128 and 32x128 by CUDA events (tools/profile_point.py):
+#   3. BERT-base hybrid and fp8 with both scale kinds at 1x128, 32x128 and 32x512 by CUDA events (tools/profile_point.py):
 #      per-channel weight / per-token activation scales (the default, cuBLASLt's fallback on Hopper) and
 #      per-tensor weight / static activation scales (cuBLASLt's scalar scales, fused into the GEMM),
 #   4. which fp8 GEMM forms cuBLASLt offers here (tools/cuda/fp8_modes.cpp).
@@ -28,7 +28,7 @@ BENCH_NO_INSTALL=1 BENCH_CONFIG=bench/fp8.toml BENCH_BUDGET=${FP8_BENCH_BUDGET:-
   timeout $(( ${FP8_BENCH_BUDGET:-200} + 30 )) bash scripts/gpu/bench.sh | grep -A6 "p50 ms (GPU"
 log "scale kinds by CUDA events"
 for v in "hybrid" "fp8 --fp8-scales channel-dynamic" "fp8 --fp8-scales tensor-static"; do
-  timeout 120 python3 tools/profile_point.py --model bert-base --precision $v --point 1x128 --point 32x128 \
+  timeout 120 python3 tools/profile_point.py --model bert-base --precision $v --point 1x128 --point 32x128 --point 32x512 \
     --cache /tmp/fp8-probe 2>&1 | grep -E "POINT|rror"
 done
 log "cuBLASLt's fp8 forms"
