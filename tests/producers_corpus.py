@@ -348,9 +348,9 @@ FAMILY = {
     "helium": ("HeliumConfig", dict(_S, num_key_value_heads=2, head_dim=32)),
     # Llama's blocks with biased q/k/v and heads wider than hidden / heads
     "seed-oss": ("SeedOssConfig", dict(_S, num_key_value_heads=2, head_dim=32)),
-    # OLMo-2's blocks with sliding-window layers (the q/k norm over all heads has no GPU kernel yet)
+    # OLMo-2's blocks with sliding-window layers
     "olmo3": ("Olmo3Config", dict(_S, num_key_value_heads=2, sliding_window=8)),
-    # an ungated squared-ReLU MLP on Llama's blocks (no GPU kernel for relu2 yet)
+    # an ungated squared-ReLU MLP on Llama's blocks
     "arcee": ("ArceeConfig", dict(_S, num_key_value_heads=2)),
     # BERT with an optional task-type embedding (off by default)
     "ernie": ("ErnieConfig", _S),

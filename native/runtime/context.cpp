@@ -198,8 +198,8 @@ DType rotary_type(const OpDesc& op, const EngineDesc& d) {
   return op.precision == Precision::FP32 && q == DType::F16 ? DType::F32 : q;
 }
 
-// Whether an Attention rewrites Q and K before its kernel reads them: a rotary, a per-head query/key RMSNorm (Qwen3's
-// q_norm/k_norm, applied by the same pass before the rotation), or both.
+// Whether an Attention rewrites Q and K before its kernel reads them: a rotary, a query/key norm (q_norm/k_norm, applied
+// by the same launcher before the rotation), or both.
 bool has_qk_norm(const OpDesc& op) { return op.weight("q_norm") != NO_WEIGHT; }
 bool rewrites_qk(const OpDesc& op) { return op.rotary_dim > 0 || has_qk_norm(op); }
 
@@ -838,12 +838,18 @@ void Context::enqueue_ops(int batch, int seq_bucket, cudaStream_t s) {
           const DType dst_t = float_dtype(rotary_type(op, d));
           const auto* cos_tab = static_cast<const float*>(E.weight(op.weight("rotary_cos")));  // null without rotary
           const auto* sin_tab = static_cast<const float*>(E.weight(op.weight("rotary_sin")));
-          if (has_qk_norm(op)) {  // each Q and K head RMS-normalised, then rotated, in one pass
+          if (has_qk_norm(op)) {  // Q and K normalised (OpDesc::qk_norm_epsilon's forms), then rotated
             QkNorm norm;
             norm.q_gamma = E.weight(op.weight("q_norm"));
             norm.k_gamma = E.weight(op.weight("k_norm"));
+            norm.q_beta = E.weight(op.weight("q_norm_bias"));  // null without one
+            norm.k_beta = E.weight(op.weight("k_norm_bias"));
             norm.gamma_t = float_dtype(d.weights[op.weight("q_norm")].type);
             norm.eps = op.qk_norm_epsilon;
+            norm.layer = op.qk_norm_layer;
+            const bool per_column = qk_norm_per_column(op, d.weights[op.weight("q_norm")]);
+            norm.gains_per_head = per_column && op.qk_norm_layer;
+            norm.whole = per_column && !op.qk_norm_layer;
             launch_rotary_qk_norm(qkv, qkv_t, dst, dst_t, cos_tab, sin_tab, norm, batch, seq_bucket, op.num_heads,
                                   kv_heads, op.head_size, op.rotary_dim, op.precision == Precision::FP16, s);
           } else {

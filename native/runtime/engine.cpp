@@ -230,19 +230,39 @@ void Engine::check() {
           throw InputError(where(op) + ": softcap must be a finite float > 0, or 0 for none");
         const int qn = op.weight("q_norm"), kn = op.weight("k_norm");
         if ((qn == NO_WEIGHT) != (kn == NO_WEIGHT))
-          throw InputError(where(op) + ": a per-head query/key norm needs both 'q_norm' and 'k_norm'");
-        if (qn != NO_WEIGHT) {  // Qwen3: one warp of the rotary pass holds a head (native/kernels/rotary)
-          for (const char* role : {"q_norm", "k_norm"}) {
-            const WeightDesc& g = W[op.weight(role)];
-            if (g.shape != std::vector<int64_t>{op.head_size}) {
-              std::string got;
-              for (int64_t v : g.shape) got += (got.empty() ? "" : ", ") + std::to_string(v);
-              throw InputError(where(op) + ": weight '" + role + "' (" + g.name + ") must be [head_size " +
-                               std::to_string(op.head_size) + "], got [" + got + "]");
-            }
+          throw InputError(where(op) + ": a query/key norm needs both 'q_norm' and 'k_norm'");
+        if (qn == NO_WEIGHT && (op.weight("q_norm_bias") != NO_WEIGHT || op.weight("k_norm_bias") != NO_WEIGHT))
+          throw InputError(where(op) + ": q_norm_bias/k_norm_bias need q_norm and k_norm");
+        if (qn != NO_WEIGHT) {  // native/kernels/rotary: QkNorm's forms
+          if (!weight_ok(qn) || !weight_ok(kn)) throw InputError(where(op) + ": q_norm/k_norm out of range");
+          const bool per_column = qk_norm_per_column(op, W[qn]);
+          const int64_t D = op.head_size;
+          auto shape_of = [&](int w) {
+            std::string got;
+            for (int64_t v : W[w].shape) got += (got.empty() ? "" : ", ") + std::to_string(v);
+            return "[" + got + "]";
+          };
+          if (!per_column && W[qn].shape != std::vector<int64_t>{D})
+            throw InputError(where(op) + ": weight 'q_norm' (" + W[qn].name + ") must be [head_size " +
+                             std::to_string(D) + "] (shared by the heads) or [num_heads * head_size " +
+                             std::to_string(op.num_heads * D) + "] (a gain per column), got " + shape_of(qn));
+          auto need_shape = [&](const char* role, int w, int64_t n) {  // the other weights follow q_norm's form
+            if (W[w].shape != std::vector<int64_t>{n})
+              throw InputError(where(op) + ": weight '" + role + "' (" + W[w].name + ") must be [" +
+                               std::to_string(n) + "] as q_norm's " + shape_of(qn) + " says, got " + shape_of(w));
+          };
+          need_shape("k_norm", kn, per_column ? kvh * D : D);
+          for (const char* role : {"q_norm_bias", "k_norm_bias"}) {
+            const int w = op.weight(role);
+            if (w == NO_WEIGHT) continue;
+            if (!op.qk_norm_layer) throw InputError(where(op) + ": '" + role + "' belongs to a query/key LayerNorm");
+            if (!weight_ok(w)) throw InputError(where(op) + ": '" + role + "' out of range");
+            need_shape(role, w, W[role[0] == 'q' ? qn : kn].shape[0]);
+            if (W[w].type != W[qn].type)
+              throw InputError(where(op) + ": '" + role + "' must have q_norm's dtype");
           }
           if (W[qn].type != W[kn].type) throw InputError(where(op) + ": q_norm and k_norm must share one dtype");
-          if (op.head_size > kQkNormMaxHead)
+          if (!(per_column && !op.qk_norm_layer) && op.head_size > kQkNormMaxHead)
             throw InputError(where(op) + ": a per-head query/key norm needs head_size <= " +
                              std::to_string(kQkNormMaxHead) + ", got " + std::to_string(op.head_size));
           if (!(op.qk_norm_epsilon >= 0.f) || !std::isfinite(op.qk_norm_epsilon))

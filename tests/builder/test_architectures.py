@@ -874,8 +874,9 @@ def test_olmo2_whole_projection_qk_norm_and_residual_after_the_norm(tmp_path):
     """OLMo-2 normalizes the whole query and key projections (RMSNorm over H*D and Hkv*D values, before the
     rotary) and adds each block's normalized output to the stream: Attention q_norm [H*D] / k_norm [Hkv*D] (gammas
     in the IR's head order) and norms with residual_after. Every precision against onnxruntime at the models'
-    acceptance (fp16: the producers matrix's 0.999); the GPU runtime refuses the whole-projection norm by name and
-    takes the norms with the residual after them (native/kernels/rmsnorm)."""
+    acceptance (fp16: the producers matrix's 0.999). The GPU runtime lowers both (the rotary pass's whole-part
+    RMSNorm, native/kernels/rotary; residual_after, native/kernels/rmsnorm) and refuses Q and K gains of mixed forms
+    by name."""
     pytest.importorskip("transformers")
     from trtrun.errors import PlanError
     from trtrun.runtime.lower import check_gpu_support, lower_plan
@@ -894,14 +895,16 @@ def test_olmo2_whole_projection_qk_norm_and_residual_after_the_norm(tmp_path):
         got = ReferenceBackend(plan).run(f)["last_hidden_state"]
         assert cosine_per_sample(got, want, f["attention_mask"]).min() >= {"fp32": 0.99999, "hybrid": 0.9998,
                                                                           "fp16": 0.999}[precision]
-    with pytest.raises(PlanError, match=r"Attention ops with a query/key RMSNorm over all heads \(q_norm of 128 "):
-        check_gpu_support(plan)
-    for op in plan.ops:  # without the q/k norms, the norms with the residual after them lower
-        for role in ("q_norm", "k_norm"):
-            op.get("weights", {}).pop(role, None)
-    check_gpu_support(plan)
+    check_gpu_support(plan)  # the rotary pass's whole-part RMSNorm and the RMSNorm kernel's residual_after
     low = lower_plan(plan)
     assert sum(bool(d.get("residual_after")) for d in low["ops"] if d["type"] == "RMSNorm") == 3
+    for d in (d for d in low["ops"] if d["type"] == "Attention"):  # gains per column: the whole-part form
+        assert [low["weights"][d["weights"][r]][1].shape for r in ("q_norm", "k_norm")] == [(128,), (64,)]
+        assert not d.get("qk_norm_layer") and "q_norm_bias" not in d["weights"]
+    plan.weights[atts[0]["weights"]["k_norm"]] = plan.weights[atts[0]["weights"]["k_norm"]][:32]  # a mix of forms
+    plan.header["weights"][atts[0]["weights"]["k_norm"]]["shape"] = [32]
+    with pytest.raises(PlanError, match=r"query/key norm gains of different forms \(q_norm \[128\], k_norm \[32\]"):
+        check_gpu_support(plan)
 
 
 def _layer_qk_norm_plans(path, f, want, q_size, k_size):
@@ -925,11 +928,10 @@ def test_persimmon_layernorm_per_query_and_key_head(tmp_path):
     """Persimmon LayerNorms each query and key head over its D values (one gain and bias for all heads) before a
     partial rotary: Attention qk_norm_kind "layer" with q_norm/k_norm [D] and q_norm_bias/k_norm_bias [D]. Every
     precision against onnxruntime at the models' acceptance (fp16: the producers matrix's 0.999). The fields are
-    not decoration: read as RMSNorms, or without the biases, the same plan misses by far. The GPU runtime refuses
-    the form by name."""
+    not decoration: read as RMSNorms, or without the biases, the same plan misses by far. The GPU runtime lowers it
+    with the biases and the LayerNorm flag (tests/gpu/test_runtime_decoders.py runs the kernel)."""
     pytest.importorskip("transformers")
-    from trtrun.errors import PlanError
-    from trtrun.runtime.lower import check_gpu_support
+    from trtrun.runtime.lower import check_gpu_support, lower_plan
 
     path = _tiny_export(tmp_path, "PersimmonConfig", hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
                         intermediate_size=256)
@@ -937,8 +939,12 @@ def test_persimmon_layernorm_per_query_and_key_head(tmp_path):
     want = onnxruntime_run(path, f)
     plan = _layer_qk_norm_plans(path, f, want, q_size=32, k_size=32)
     assert "q/k LayerNorm" in plan.summary()
-    with pytest.raises(PlanError, match=r"Attention ops with a query/key LayerNorm per head \(Persimmon's"):
-        check_gpu_support(plan)
+    check_gpu_support(plan)  # the rotary pass's per-head LayerNorm
+    low = lower_plan(plan)
+    for d in (d for d in low["ops"] if d["type"] == "Attention"):
+        assert d["qk_norm_layer"] is True
+        assert {low["weights"][d["weights"][r]][1].shape for r in ("q_norm", "k_norm", "q_norm_bias",
+                                                                   "k_norm_bias")} == {(32,)}
 
     plan = build(path, precision="fp32")
     for op in plan.ops:

@@ -712,3 +712,96 @@ def test_decoder_contexts_in_threads():
     for t in threads:
         t.join()
     assert not errors, errors[:3]
+
+
+QKN_FORM_CASES = [
+    # form, precision, H, Hkv, D, R (0: no rotary), qkv dtype, out of place (dst dtype), gains' dtype, biases
+    ("layer", "hybrid", 4, 4, 64, 32, F16, None, F32, True),     # Persimmon: shared gains and biases, partial rotary
+    ("layer", "hybrid", 3, 3, 96, 96, F16, F16, F16, True),      # D not a power of two, into a copy, fp16 gains
+    ("layer", "fp32", 4, 2, 64, 64, F16, F32, F32, False),       # fp32 ops on fp16 qkv, no biases
+    ("layer", "fp16", 4, 2, 128, 64, F16, None, F16, True),      # every step in fp16
+    ("layer-rows", "hybrid", 4, 2, 64, 16, F16, None, F32, False),  # StableLM-2: a row of gains per head, no biases
+    ("layer-rows", "hybrid", 4, 4, 80, 20, F32, None, F32, True),   # phi-like D 80, rows of biases too
+    ("layer-rows", "fp16", 2, 1, 64, 64, F16, F16, F16, True),
+    ("whole", "hybrid", 4, 2, 64, 64, F16, None, F32, False),    # OLMo-2: one norm over each token's Q and K parts
+    ("whole", "hybrid", 16, 16, 128, 128, F16, None, F32, False),  # OLMo-2 1B's 2,048 values a part
+    ("whole", "hybrid", 3, 1, 96, 0, F32, None, F16, False),     # no rotary, one K/V head, fp32 qkv
+    ("whole", "fp32", 4, 2, 64, 64, F16, F32, F32, False),       # into an fp32 copy
+    ("whole", "fp16", 4, 2, 64, 32, F16, None, F16, False),      # fp16 statistics over 256 values
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("form,prec,H,Hkv,D,R,qt,copy_t,gt,biases", QKN_FORM_CASES)
+def test_rotary_qk_norm_forms(form, prec, H, Hkv, D, R, qt, copy_t, gt, biases):
+    """The other query/key norms of launch_rotary_qk_norm, then the rotary, against ref_attention's steps (ref_layernorm
+    per head, with shared gains or a row per head; ref_rmsnorm over each token's whole Q and K part) and float64 from
+    the values the kernel reads, under the acceptance rule of test_rotary_qk_norm (error at most twice the reference
+    emulation's own). What may differ: the order of the sums (warp and block trees, per-thread runs in the whole
+    form's fp16 mode, against numpy's pairwise sums), a few ulps of a row's statistics, which the factor 2 covers as
+    in test_rmsnorm and test_layernorm. Rows are shifted (LayerNorm's mean matters) and scaled 0.1 to 4 per head;
+    gains and biases differ between Q and K and between heads' rows (a swap or a wrong row shows)."""
+    tp = _plugins()
+    torch = tp._torch()
+    ref = tp._reference()
+    B, S = 2, 45
+    rng = np.random.default_rng(H * 1000 + D * 10 + R + len(form))
+    HD, KD = H * D, Hkv * D
+    layer, rows = form.startswith("layer"), form in ("layer-rows", "whole")
+    scale = rng.uniform(0.1, 4.0, (B, S, H + 2 * Hkv, 1))
+    shift = rng.uniform(-2.0, 2.0, (B, S, H + 2 * Hkv, 1)) if layer else 0.0
+    qkv = ((rng.normal(0, 1, (B, S, H + 2 * Hkv, D)) + shift) * scale).reshape(B, S, -1).astype(qt)
+    nq, nk = (HD, KD) if rows else (D, D)
+    qg, kg = rng.uniform(0.5, 1.5, nq).astype(gt), rng.uniform(0.5, 1.5, nk).astype(gt)
+    qb, kb = (rng.uniform(-0.5, 0.5, nq).astype(gt), rng.uniform(-0.5, 0.5, nk).astype(gt)) if biases else (None, None)
+    eps = 1e-5
+    cos = sin = None
+    if R:
+        inv_freq = (1.0 / (10000.0 ** (np.arange(0, R, 2, dtype=np.float32) / R))).astype(F32)
+        cos, sin = ref.rotary_tables(S + 3, inv_freq, 1.0)
+    dq = tp._dev(qkv, torch)
+    dc, ds = (None, None) if cos is None else (tp._dev(cos, torch), tp._dev(sin, torch))
+    dqg, dkg = tp._dev(qg, torch), tp._dev(kg, torch)
+    dqb, dkb = (None, None) if qb is None else (tp._dev(qb, torch), tp._dev(kb, torch))
+    tdt = {F32: torch.float32, F16: torch.float16}
+    out_t = qt if copy_t is None else copy_t
+    dst = dq if copy_t is None else torch.full(qkv.shape, float("nan"), dtype=tdt[copy_t], device="cuda")
+    tp.PLUGINS.rotary_qk_norm(tp.ptr(dq), tp.dtype_name(qt), tp.ptr(dst), tp.dtype_name(out_t), tp.ptr(dc),
+                              tp.ptr(ds), tp.ptr(dqg), tp.ptr(dkg), tp.dtype_name(gt), eps, B, S, H, Hkv, D, R,
+                              prec == "fp16", 0, q_beta=tp.ptr(dqb), k_beta=tp.ptr(dkb), layer=layer,
+                              gains_per_head=form == "layer-rows", whole=form == "whole")
+    torch.cuda.synchronize()
+    ours = tp._np(dst)
+    assert np.isfinite(ours).all()
+    cdt = F16 if prec == "fp16" else F32
+    want = qkv.astype(out_t).astype(np.float32)
+    truth = want.astype(np.float64)
+    for b in range(B):
+        for lo, n, g, bias in ((0, H, qg, qb), (HD, Hkv, kg, kb)):
+            x = qkv[b, :, lo:lo + n * D].reshape(S, n, D)
+            x64 = x.astype(cdt).astype(np.float64)
+            g64 = g.astype(cdt).astype(np.float64)
+            b64 = np.zeros_like(g64) if bias is None else bias.astype(cdt).astype(np.float64)
+            if form == "whole":
+                y = ref.ref_rmsnorm(x.reshape(S, n * D), None, g, epsilon=eps, precision=prec,
+                                    out_dtype=cdt)[0].reshape(S, n, D)
+                r64 = x64.reshape(S, n * D)
+                y64 = (r64 / np.sqrt((r64 * r64).mean(-1, keepdims=True) + eps) * g64).reshape(S, n, D)
+            else:
+                gr, br = g.reshape(-1, D), (np.zeros_like(g) if bias is None else bias).reshape(-1, D)
+                y = np.stack([ref.ref_layernorm(x[:, h], None, gr[h % len(gr)], br[h % len(br)], epsilon=eps,
+                                                precision=prec, out_dtype=cdt)[0] for h in range(n)], 1)
+                d64 = x64 - x64.mean(-1, keepdims=True)
+                y64 = d64 / np.sqrt((d64 * d64).mean(-1, keepdims=True) + eps) * g64.reshape(-1, D) \
+                    + b64.reshape(-1, D)
+            if R:
+                y = ref.rotate(y.astype(cdt), cos[:S], sin[:S])
+                h2 = R // 2
+                c64, s64 = cos[:S, None, :].astype(np.float64), sin[:S, None, :].astype(np.float64)
+                x1, x2 = y64[..., :h2].copy(), y64[..., h2:R].copy()
+                y64[..., :h2], y64[..., h2:R] = x1 * c64 - x2 * s64, x2 * c64 + x1 * s64
+            want[b, :, lo:lo + n * D] = y.reshape(S, -1).astype(out_t)
+            truth[b, :, lo:lo + n * D] = y64.reshape(S, -1)
+    qk = np.s_[..., :HD + KD]
+    np.testing.assert_array_equal(ours[..., HD + KD:], want[..., HD + KD:])  # V untouched / copied exactly
+    tp.assert_within_twice(f"rotary_qk_norm {form} {prec} H{H}/{Hkv} D{D} R{R}", ours[qk], want[qk], truth[qk], out_t)

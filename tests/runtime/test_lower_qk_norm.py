@@ -152,18 +152,30 @@ def test_engine_checks_the_norms(qwen3_plan):
         weights[i] = (weights[i][0], weights[i][1][:-1].copy())
 
     qname = low["weights"][att["weights"]["q_norm"]][0]
-    assert broken(short_q) == f"op '{att['name']}': weight 'q_norm' ({qname}) must be [head_size 32], got [31]"
+    assert broken(short_q) == f"op '{att['name']}': weight 'q_norm' ({qname}) must be [head_size 32] (shared by the heads) or [num_heads * head_size 64] (a gain per column), got [31]"
 
     def no_k(op, weights):
         del op["weights"]["k_norm"]
 
-    assert broken(no_k) == f"op '{att['name']}': a per-head query/key norm needs both 'q_norm' and 'k_norm'"
+    assert broken(no_k) == f"op '{att['name']}': a query/key norm needs both 'q_norm' and 'k_norm'"
 
     def half_k(op, weights):
         i = op["weights"]["k_norm"]
         weights[i] = (weights[i][0], weights[i][1].astype(np.float16))
 
     assert broken(half_k) == f"op '{att['name']}': q_norm and k_norm must share one dtype"
+
+    def bias_without_layer(op, weights):  # an RMSNorm has no bias
+        op["weights"]["q_norm_bias"] = op["weights"]["q_norm"]
+
+    assert broken(bias_without_layer) == f"op '{att['name']}': 'q_norm_bias' belongs to a query/key LayerNorm"
+
+    def long_k(op, weights):  # k_norm follows q_norm's form: [head_size] here
+        i = op["weights"]["k_norm"]
+        weights[i] = (weights[i][0], np.tile(weights[i][1], 2))
+
+    assert broken(long_k) == (f"op '{att['name']}': weight 'k_norm' ({low['weights'][att['weights']['k_norm']][0]}) "
+                              f"must be [32] as q_norm's [32] says, got [64]")
     for eps in (-1e-6, float("nan")):
         def bad_eps(op, weights, eps=eps):
             op["qk_norm_epsilon"] = eps
@@ -199,6 +211,13 @@ def test_qk_norm_entry_point_checks_its_arguments():
          "rotary_qk_norm: cos and sin must not be null when rotary_dim > 0"),
         (dict(src=256, dst=256, q_gamma=256, k_gamma=256, rotary_dim=0, dst_dtype="float32"),
          "rotary_qk_norm: in place needs one dtype for src and dst"),
+        # the other forms: whole is an RMSNorm with a gain per column; biases are the LayerNorm's; a whole part is
+        # a block's row, so it takes heads beyond the warp's 256 values
+        (dict(whole=True, layer=True), "rotary_qk_norm: the whole-part form is an RMSNorm with one gain per column"),
+        (dict(whole=True, gains_per_head=True), "rotary_qk_norm: the whole-part form is an RMSNorm"),
+        (dict(q_beta=256), "rotary_qk_norm: biases belong to the layer form"),
+        (dict(whole=True, head_size=QK_NORM_MAX_HEAD + 2, rotary_dim=0),
+         "rotary_qk_norm: src, dst, q_gamma and k_gamma must not be null"),
     ]
     for change, msg in cases:
         with pytest.raises(InputError) as err:

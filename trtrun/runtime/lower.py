@@ -39,14 +39,13 @@ def bucket_seq(seq: int, seq_max: int) -> int:
 
 def gpu_missing(op) -> str | None:
     """What of a known op type the GPU runtime's kernels lack, or None. Llama-family ops (RMSNorm, silu and gated
-    Linears, Linear residual inputs, grouped-query and rotary attention, Qwen3's per-head query/key RMSNorm,
+    Linears, Linear residual inputs, grouped-query and rotary attention, query/key norms (qk_norm_missing),
     embeddings without positions) and the Attention's score biases (relative-position tables, ALiBi) and sliding
     windows have kernels: native/kernels/rmsnorm, epilogue, rotary and attention. The attention kernels take head
     sizes 32, 64, 80 (phi-2), 96 (Phi-3), 128 and 256 (Gemma) only (GPU_HEAD_SIZES): an Attention of another is
     refused with its head size (which also keeps a q/k-normed head within the rotary pass's one warp, 256 values).
     Soft-capped scores (Gemma 2) are the attention kernels' too, and an RMSNorm with the residual added after it
-    (OLMo-2, EXAONE 4) the RMSNorm kernel's. OLMo-2's query/key norm over all heads (check_gpu_support reads its
-    size) and a LayerNorm with the residual after it have no kernel yet."""
+    (OLMo-2, EXAONE 4) the RMSNorm kernel's. A LayerNorm with the residual after it has no kernel yet."""
     a = op.get("attrs", {})
     if op["type"] == "Linear":
         if a.get("activation", "none") not in GPU_ACTIVATIONS:
@@ -136,6 +135,22 @@ def has_fully_masked_rows(mask: np.ndarray, causal: bool = False, window: int | 
     return bool(((csum[:, hi] - csum[:, lo]) == 0).any())
 
 
+def qk_norm_missing(plan: Plan, op: dict) -> str | None:
+    """What the GPU runtime lacks for an Attention's query/key norm (None: it runs it). Its forms (native/kernels/rotary,
+    QkNorm): gains of head_size values shared by the heads (RMS: Qwen3; LayerNorm: Persimmon), or a gain per column
+    of the heads, [H*D] for Q and [Hkv*D] for K (LayerNorm: a row per head, StableLM-2; RMS: one norm over each
+    token's whole Q and K part, OLMo-2). The reference backend also takes Q and K gains of different forms."""
+    a = op["attrs"]
+    H, D = int(a["num_heads"]), int(a["head_size"])
+    Hkv = int(a.get("num_kv_heads") or H)
+    shape = {r: [int(d) for d in plan.header["weights"][op["weights"][r]]["shape"]] for r in ("q_norm", "k_norm")}
+    per_column = H > 1 and shape["q_norm"] == [H * D]
+    if shape["q_norm"] != [H * D if per_column else D] or shape["k_norm"] != [Hkv * D if per_column else D]:
+        return (f"query/key norm gains of different forms (q_norm {shape['q_norm']}, k_norm {shape['k_norm']}; "
+                f"the kernel takes [{D}] for both, or [{H * D}] and [{Hkv * D}])")
+    return None  # head sizes beyond the per-head pass's 256 values are refused by gpu_missing already
+
+
 def check_gpu_support(plan) -> None:
     """PlanError naming the first op (or the plan's precision) the GPU runtime cannot run; None when it can.
 
@@ -154,11 +169,7 @@ def check_gpu_support(plan) -> None:
                             f"{op['precision']} path yet; run this plan on the reference backend (--backend reference)")
         missing = gpu_missing(op)
         if not missing and op["type"] == "Attention" and op.get("weights", {}).get("q_norm"):
-            q = [int(d) for d in plan.header["weights"][op["weights"]["q_norm"]]["shape"]]
-            if op["attrs"].get("qk_norm_kind", "rms") != "rms":  # its kernel is an RMSNorm
-                missing = "a query/key LayerNorm per head (Persimmon's, StableLM-2's)"
-            elif q != [int(op["attrs"]["head_size"])]:  # the rotary pass normalizes each head on its own
-                missing = f"a query/key RMSNorm over all heads (q_norm of {q[0]} values, OLMo-2's)"
+            missing = qk_norm_missing(plan, op)
         if not missing and op["type"] == "Linear" and op["precision"] == "fp8":
             # cuBLASLt's fp8 GEMMs need 16-byte leading dimensions (docs/runtime.md "fp8 Linears")
             K, N = (int(d) for d in plan.header["weights"][op["weights"]["weight"]]["shape"])
@@ -321,10 +332,13 @@ def lower_plan(plan) -> dict:
                 d["rotary_dim"] = int(attrs["rotary_dim"])
                 cos_i, sin_i = rotary(*rotary_key(op))
                 wmap["rotary_cos"], wmap["rotary_sin"] = cos_i, sin_i
-            if w.get("q_norm"):  # Qwen3: both gains in one dtype (the kernel reads them alike; widening is exact)
-                ndt = common(w["q_norm"], w["k_norm"])
-                wmap["q_norm"], wmap["k_norm"] = weight(w["q_norm"], ndt), weight(w["k_norm"], ndt)
+            if w.get("q_norm"):  # gains and biases in one dtype (the kernel reads them alike; widening is exact)
+                roles = [r for r in ("q_norm", "k_norm", "q_norm_bias", "k_norm_bias") if w.get(r)]
+                ndt = common(*(w[r] for r in roles))
+                wmap.update({r: weight(w[r], ndt) for r in roles})
                 d["qk_norm_epsilon"] = float(attrs.get("qk_norm_epsilon", 1e-6))  # the reference's default
+                if attrs.get("qk_norm_kind", "rms") == "layer":
+                    d["qk_norm_layer"] = True
             if w.get("relative_bias") or w.get("alibi_slopes"):
                 wmap["score_bias"] = bias_table(op)
             # -1: no window; a window of S - 1 or more masks nothing (the kernel's launcher treats it so too)

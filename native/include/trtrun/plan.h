@@ -55,9 +55,13 @@ struct OpDesc {
   float softcap = 0.f;
   // RMSNorm: y = residual + norm(x) instead of norm(x + residual) (OLMo-2's and EXAONE 4's post-norm blocks)
   bool residual_after = false;
-  // Attention with the "q_norm" and "k_norm" weights ([head_size] each; Qwen3): every Q and K head RMS-normalised over
-  // its head_size values with this epsilon before the rotary
+  // Attention with the "q_norm" and "k_norm" weights: Q and K normalised with this epsilon before the rotary, an
+  // RMSNorm, or a LayerNorm (qk_norm_layer; biases "q_norm_bias"/"k_norm_bias", optional). Gains of [head_size] are
+  // shared by the heads (Qwen3, Persimmon); gains of [num_heads * head_size] / [kv_heads * head_size]
+  // (qk_norm_per_column) are one row per head for a LayerNorm (StableLM-2) and, for an RMSNorm, one norm over each
+  // token's whole Q / K part (OLMo-2).
   float qk_norm_epsilon = 1e-6f;
+  bool qk_norm_layer = false;
 
   int weight(const std::string& role) const {
     auto it = weights.find(role);
@@ -72,6 +76,13 @@ struct WeightDesc {
   const void* host = nullptr;  // valid only while the Engine is being built
   size_t nbytes = 0;
 };
+
+// Whether an Attention's q_norm has a gain per column of its heads ([num_heads * head_size], more than one head)
+// rather than [head_size] shared by them: OpDesc::qk_norm_epsilon says what each means.
+inline bool qk_norm_per_column(const OpDesc& op, const WeightDesc& q_norm) {
+  return op.num_heads > 1 && q_norm.shape.size() == 1 &&
+         q_norm.shape[0] == static_cast<int64_t>(op.num_heads) * op.head_size;
+}
 
 struct EngineDesc {
   std::vector<TensorDesc> tensors;

@@ -1,5 +1,5 @@
 // native/kernels/rotary/rotary.cu: rotary embedding of Q and K in the packed qkv tensor, four rotated pairs a thread
-// where the shapes allow (vector loads), else one.
+// where the shapes allow (vector loads), else one; and the query/key norms that come before it.
 #include "rotary.h"
 
 #include "kernels/common/device.cuh"
@@ -117,31 +117,55 @@ unsigned grid_for(long long work) {
   return static_cast<unsigned>(std::max(1LL, std::min((work + kThreads - 1) / kThreads, kMaxBlocks)));
 }
 
-// ---- the normed pass (Qwen3's q_norm / k_norm): one warp per (token, Q or K head) row, lane l holding the row's
-// elements l, 32 + l, 64 + l, ... (kNormSlots of them, zeros past D), so a head of up to kQkNormMaxHead values is
-// read once, reduced in registers and written once.
+// ---- the per-head normed pass (q_norm / k_norm of D values, RMS or LayerNorm): one warp per (token, Q or K head)
+// row, lane l holding the row's elements l, 32 + l, 64 + l, ... (kNormSlots of them, zeros past D), so a head of up to
+// kQkNormMaxHead values is read once, reduced in registers and written once.
 constexpr int kNormWarps = 4;  // rows per 128-thread block
 constexpr int kNormSlots = kQkNormMaxHead / 32;
 static_assert(kNormSlots == 8, "the fp16 sum below halves 8 slots");
 
-template <bool HALF>
+// The fp16 sum of a warp's row as the reference's pairwise tree (_tree_sum_fp16: halves added) wherever D is a power
+// of two >= 16: the slots halve first (slot c + slot c + w: elements 32c + l and 32(c + w) + l, the reference's first
+// levels), then the warp's xor tree halves the 32 lanes; adding the zero slots past D is exact. Other D: another
+// order of the same fp16 additions. a is consumed.
+__device__ __forceinline__ float half_row_sum(__half (&a)[kNormSlots]) {
+#pragma unroll
+  for (int w = kNormSlots / 2; w >= 1; w >>= 1) {
+#pragma unroll
+    for (int c = 0; c < w; ++c) a[c] = __hadd_rn(a[c], a[c + w]);
+  }
+  return __half2float(dev::warp_sum_h(a[0]));
+}
+
+// The division, mean and sqrt as numpy's float16 computes them: in fp32, rounded once to fp16 (correctly rounded fp16
+// results; __hdiv and hsqrt go through approximate fp32 instructions and can miss by an ulp). n is exact in fp16.
+__device__ __forceinline__ __half half_div(float a, float b) { return __float2half_rn(__fdiv_rn(a, b)); }
+__device__ __forceinline__ float half_sd(__half var, float eps) {
+  return __half2float(__float2half_rn(__fsqrt_rn(__half2float(__hadd_rn(var, __float2half_rn(eps))))));
+}
+
+template <bool HALF, bool LAYER>
 __global__ void __launch_bounds__(kNormWarps * 32)
     rotary_qk_norm_kernel(const void* src, DType src_t, void* dst, DType dst_t, const float* __restrict__ cos,
-                          const float* __restrict__ sin, const void* __restrict__ q_gamma,
-                          const void* __restrict__ k_gamma, DType gamma_t, float eps, long long rows, int seq,
-                          int heads, int qk_heads, int row_width, int head_size, int h2) {
+                          const float* __restrict__ sin, QkNorm norm, long long rows, int seq, int heads,
+                          int qk_heads, int row_width, int head_size, int h2) {
   // The normalised row: the rotation pairs column i with column i +- R/2, which another lane holds.
   __shared__ float normed[kNormWarps][kQkNormMaxHead];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   float* y = normed[warp];
   const long long step = static_cast<long long>(gridDim.x) * kNormWarps;
+  const float n = static_cast<float>(head_size);
   // r is the same for the warp's 32 lanes: the loop, the shuffles and __syncwarp are warp-uniform
   for (long long r = static_cast<long long>(blockIdx.x) * kNormWarps + warp; r < rows; r += step) {
     const int head = static_cast<int>(r % qk_heads);
     const long long tok = r / qk_heads;
     const int s = static_cast<int>(tok % seq);
     const long long base = tok * row_width + static_cast<long long>(head) * head_size;
-    const void* gamma = head < heads ? q_gamma : k_gamma;
+    const bool is_q = head < heads;
+    // gains (and biases) shared by the heads, or this head's row of them
+    const long long goff = norm.gains_per_head ? static_cast<long long>(is_q ? head : head - heads) * head_size : 0;
+    const void* gamma = is_q ? norm.q_gamma : norm.k_gamma;
+    const void* beta = is_q ? norm.q_beta : norm.k_beta;
     float v[kNormSlots];
 #pragma unroll
     for (int c = 0; c < kNormSlots; ++c) {
@@ -149,49 +173,56 @@ __global__ void __launch_bounds__(kNormWarps * 32)
       v[c] = i < head_size ? load_f(src, src_t, base + i) : 0.f;
     }
     if constexpr (!HALF) {
-      // fp32 statistics as the rmsnorm kernel's (and its contract with ref_rmsnorm): the sum of squares by fmaf and
-      // the warp's xor tree (another order than numpy's pairwise sum: a few ulps of the row's norm), the mean by a
-      // true division, sqrt correctly rounded, then s / d * gamma in the reference's order, each step rounded.
+      // fp32 statistics as the rmsnorm and layernorm kernels' (their contract with ref_rmsnorm / ref_layernorm): sums
+      // by the warp's xor tree (another order than numpy's pairwise sum: a few ulps), squares by fmaf, the means by a
+      // true division, sqrt correctly rounded, then d / sd * gamma (+ beta) in the reference's order, each rounded.
+      float mean = 0.f;
+      if constexpr (LAYER) {
+        float t = 0.f;
+#pragma unroll
+        for (int c = 0; c < kNormSlots; ++c) t += v[c];  // the zeros past D add nothing
+        mean = __fdiv_rn(dev::warp_sum(t), n);
+#pragma unroll
+        for (int c = 0; c < kNormSlots; ++c) v[c] = c * 32 + lane < head_size ? __fsub_rn(v[c], mean) : 0.f;
+      }
       float q = 0.f;
 #pragma unroll
-      for (int c = 0; c < kNormSlots; ++c) q = fmaf(v[c], v[c], q);  // the zeros past D add nothing
-      const float ms = __fdiv_rn(dev::warp_sum(q), static_cast<float>(head_size));
-      const float d = __fsqrt_rn(__fadd_rn(ms, eps));
-#pragma unroll
-      for (int c = 0; c < kNormSlots; ++c) {
-        const int i = c * 32 + lane;
-        if (i < head_size) y[i] = __fmul_rn(__fdiv_rn(v[c], d), load_f(gamma, gamma_t, i));
-      }
-    } else {
-      // Every step in fp16 (ref_rmsnorm's fp16 mode): x rounded, each square, the sum, the mean (/ half(D)), + eps,
-      // sqrt, the division and * gamma. The sum is the reference's pairwise tree (_tree_sum_fp16: halves added)
-      // wherever D is a power of two >= 16: the slots halve first (slot c + slot c + w: elements 32c + l and
-      // 32(c + w) + l, the reference's first levels), then the warp's xor tree halves the 32 lanes; adding the zero
-      // slots past D is exact. Other D: another order of the same fp16 additions.
-      __half sq[kNormSlots];
-#pragma unroll
-      for (int c = 0; c < kNormSlots; ++c) {
-        const __half x = __float2half_rn(v[c]);
-        v[c] = __half2float(x);
-        sq[c] = __hmul_rn(x, x);
-      }
-#pragma unroll
-      for (int w = kNormSlots / 2; w >= 1; w >>= 1) {
-#pragma unroll
-        for (int c = 0; c < w; ++c) sq[c] = __hadd_rn(sq[c], sq[c + w]);
-      }
-      // The division and the sqrt as numpy's float16 computes them: in fp32, rounded once to fp16 (correctly rounded
-      // fp16 results; __hdiv and hsqrt go through approximate fp32 instructions and can miss by an ulp).
-      const float total = __half2float(dev::warp_sum_h(sq[0]));
-      // D exact in fp16 (<= 256), so this is the reference's division by float16(n)
-      const __half ms = __float2half_rn(__fdiv_rn(total, static_cast<float>(head_size)));
-      const float sd = __half2float(__float2half_rn(__fsqrt_rn(__half2float(__hadd_rn(ms, __float2half_rn(eps))))));
+      for (int c = 0; c < kNormSlots; ++c) q = fmaf(v[c], v[c], q);
+      const float sd = __fsqrt_rn(__fadd_rn(__fdiv_rn(dev::warp_sum(q), n), norm.eps));
 #pragma unroll
       for (int c = 0; c < kNormSlots; ++c) {
         const int i = c * 32 + lane;
         if (i < head_size) {
-          const __half g = __float2half_rn(load_f(gamma, gamma_t, i));
-          y[i] = __half2float(__hmul_rn(__float2half_rn(__fdiv_rn(v[c], sd)), g));
+          float o = __fmul_rn(__fdiv_rn(v[c], sd), load_f(gamma, norm.gamma_t, goff + i));
+          if (LAYER && beta != nullptr) o = __fadd_rn(o, load_f(beta, norm.gamma_t, goff + i));
+          y[i] = o;
+        }
+      }
+    } else {
+      // Every step in fp16 (ref_rmsnorm's / ref_layernorm's fp16 mode): x rounded, (the sum, the mean, each
+      // deviation,) each square, their sum, the mean (/ half(D)), + eps, sqrt, the division, * gamma (, + beta).
+      __half x[kNormSlots], t[kNormSlots];
+#pragma unroll
+      for (int c = 0; c < kNormSlots; ++c) x[c] = __float2half_rn(v[c]);
+      if constexpr (LAYER) {
+#pragma unroll
+        for (int c = 0; c < kNormSlots; ++c) t[c] = x[c];
+        const __half mean = half_div(half_row_sum(t), n);
+#pragma unroll
+        for (int c = 0; c < kNormSlots; ++c)
+          x[c] = c * 32 + lane < head_size ? __hsub_rn(x[c], mean) : __float2half_rn(0.f);
+      }
+#pragma unroll
+      for (int c = 0; c < kNormSlots; ++c) t[c] = __hmul_rn(x[c], x[c]);
+      const float sd = half_sd(half_div(half_row_sum(t), n), norm.eps);
+#pragma unroll
+      for (int c = 0; c < kNormSlots; ++c) {
+        const int i = c * 32 + lane;
+        if (i < head_size) {
+          const __half g = __float2half_rn(load_f(gamma, norm.gamma_t, goff + i));
+          __half o = __hmul_rn(half_div(__half2float(x[c]), sd), g);
+          if (LAYER && beta != nullptr) o = __hadd_rn(o, __float2half_rn(load_f(beta, norm.gamma_t, goff + i)));
+          y[i] = __half2float(o);
         }
       }
     }
@@ -220,6 +251,64 @@ __global__ void __launch_bounds__(kNormWarps * 32)
       store_f(dst, dst_t, base + i, o);
     }
     __syncwarp();  // y is this warp's next row's
+  }
+}
+
+// ---- the whole-part RMSNorm (OLMo-2): one block per (token, Q or K part) row of n = heads*D or kv_heads*D values,
+// read twice (the sum of squares, then the scaling; the second read mostly from L1/L2), written once into dst. The
+// rotation follows as its own pass on dst (rotary_kernel in place): it needs the normalised values of other heads'
+// threads.
+constexpr int kWholeThreads = 256;
+
+template <bool HALF>
+__global__ void __launch_bounds__(kWholeThreads)
+    qk_rms_whole_kernel(const void* src, DType src_t, void* dst, DType dst_t, QkNorm norm, int heads, int kv_heads,
+                        int row_width, int head_size) {
+  __shared__ float part_sums[kWholeThreads / 32];
+  const long long tok = blockIdx.x >> 1;
+  const bool is_q = (blockIdx.x & 1) == 0;
+  const int n = (is_q ? heads : kv_heads) * head_size;
+  const long long base = tok * row_width + (is_q ? 0 : static_cast<long long>(heads) * head_size);
+  const void* gamma = is_q ? norm.q_gamma : norm.k_gamma;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  float total;
+  if constexpr (!HALF) {
+    // fp32: squares by fmaf per thread, then the warp and block trees (another order than numpy's pairwise sum)
+    float q = 0.f;
+    for (int i = threadIdx.x; i < n; i += kWholeThreads) {
+      const float x = load_f(src, src_t, base + i);
+      q = fmaf(x, x, q);
+    }
+    q = dev::warp_sum(q);
+    if (lane == 0) part_sums[warp] = q;
+    __syncthreads();
+    total = 0.f;
+#pragma unroll
+    for (int w = 0; w < kWholeThreads / 32; ++w) total += part_sums[w];
+    const float sd = __fsqrt_rn(__fadd_rn(__fdiv_rn(total, static_cast<float>(n)), norm.eps));
+    for (int i = threadIdx.x; i < n; i += kWholeThreads)
+      store_f(dst, dst_t, base + i, __fmul_rn(__fdiv_rn(load_f(src, src_t, base + i), sd),
+                                              load_f(gamma, norm.gamma_t, i)));
+  } else {
+    // fp16: every square and every addition an fp16 operation (per thread in order, then the trees), the mean,
+    // + eps, sqrt, the division and * gamma each rounded to fp16, as the rmsnorm kernel's fp16 mode
+    __half q = __float2half_rn(0.f);
+    for (int i = threadIdx.x; i < n; i += kWholeThreads) {
+      const __half x = __float2half_rn(load_f(src, src_t, base + i));
+      q = __hadd_rn(q, __hmul_rn(x, x));
+    }
+    q = dev::warp_sum_h(q);
+    if (lane == 0) part_sums[warp] = __half2float(q);  // exact: an fp16 value
+    __syncthreads();
+    __half t = __float2half_rn(0.f);
+#pragma unroll
+    for (int w = 0; w < kWholeThreads / 32; ++w) t = __hadd_rn(t, __float2half_rn(part_sums[w]));
+    const float sd = half_sd(half_div(__half2float(t), static_cast<float>(n)), norm.eps);
+    for (int i = threadIdx.x; i < n; i += kWholeThreads) {
+      const __half x = __float2half_rn(load_f(src, src_t, base + i));
+      const __half g = __float2half_rn(load_f(gamma, norm.gamma_t, i));
+      store_f(dst, dst_t, base + i, __half2float(__hmul_rn(half_div(__half2float(x), sd), g)));
+    }
   }
 }
 
@@ -278,9 +367,15 @@ void launch_rotary_qk_norm(const void* src, DType src_t, void* dst, DType dst_t,
   require(heads >= 1 && kv_heads >= 1 && heads % kv_heads == 0, op,
           "heads must be a multiple of kv_heads (both >= 1), got heads=" + std::to_string(heads) +
               " kv_heads=" + std::to_string(kv_heads));
-  require(head_size >= 1 && head_size <= kQkNormMaxHead, op,
-          "head_size must be 1.." + std::to_string(kQkNormMaxHead) + " (one warp holds a head), got " +
-              std::to_string(head_size));
+  require(!(norm.whole && (norm.layer || norm.gains_per_head)), op,
+          "the whole-part form is an RMSNorm with one gain per column (not layer, not gains_per_head)");
+  require(norm.layer || (norm.q_beta == nullptr && norm.k_beta == nullptr), op, "biases belong to the layer form");
+  if (norm.whole)
+    require(head_size >= 1, op, "head_size must be >= 1, got " + std::to_string(head_size));
+  else
+    require(head_size >= 1 && head_size <= kQkNormMaxHead, op,
+            "head_size must be 1.." + std::to_string(kQkNormMaxHead) + " (one warp holds a head), got " +
+                std::to_string(head_size));
   require(rotary_dim == 0 || (rotary_dim >= 2 && rotary_dim % 2 == 0 && rotary_dim <= head_size), op,
           "rotary_dim must be 0 (no rotation) or even, >= 2 and at most head_size " + std::to_string(head_size) +
               ", got " + std::to_string(rotary_dim));
@@ -298,15 +393,28 @@ void launch_rotary_qk_norm(const void* src, DType src_t, void* dst, DType dst_t,
           "cos and sin must not be null when rotary_dim > 0");
   require(src != dst || src_t == dst_t, op, "in place needs one dtype for src and dst");
   const int qk = heads + kv_heads;
-  const long long rows = tokens * qk;
-  const unsigned blocks = static_cast<unsigned>(std::max(1LL, std::min((rows + kNormWarps - 1) / kNormWarps,
-                                                                       kMaxBlocks * (kThreads / (kNormWarps * 32)))));
-  TRTRUN_BOOL_SWITCH(half_math, HALF, [&] {
-    rotary_qk_norm_kernel<HALF><<<blocks, kNormWarps * 32, 0, stream>>>(
-        src, src_t, dst, dst_t, cos, sin, norm.q_gamma, norm.k_gamma, norm.gamma_t, norm.eps, rows, seq, heads, qk,
-        static_cast<int>(width), head_size, rotary_dim / 2);
-    TRTRUN_LAUNCH_CHECK();
-  });
+  if (norm.whole) {
+    require(tokens <= 0x3fffffffLL, op, "too many tokens for one block per Q and K part");
+    TRTRUN_BOOL_SWITCH(half_math, HALF, [&] {
+      qk_rms_whole_kernel<HALF><<<static_cast<unsigned>(2 * tokens), kWholeThreads, 0, stream>>>(
+          src, src_t, dst, dst_t, norm, heads, kv_heads, static_cast<int>(width), head_size);
+      TRTRUN_LAUNCH_CHECK();
+    });
+    if (rotary_dim > 0) launch_rotary(dst, dst_t, dst, dst_t, cos, sin, batch, seq, heads, kv_heads, head_size,
+                                      rotary_dim, half_math, stream);
+  } else {
+    const long long rows = tokens * qk;
+    const unsigned blocks = static_cast<unsigned>(std::max(
+        1LL, std::min((rows + kNormWarps - 1) / kNormWarps, kMaxBlocks * (kThreads / (kNormWarps * 32)))));
+    TRTRUN_BOOL_SWITCH(half_math, HALF, [&] {
+      TRTRUN_BOOL_SWITCH(norm.layer, LAYER, [&] {
+        rotary_qk_norm_kernel<HALF, LAYER><<<blocks, kNormWarps * 32, 0, stream>>>(
+            src, src_t, dst, dst_t, cos, sin, norm, rows, seq, heads, qk, static_cast<int>(width), head_size,
+            rotary_dim / 2);
+        TRTRUN_LAUNCH_CHECK();
+      });
+    });
+  }
   if (src != dst) {  // V: every Q and K column was written above
     rotary_copy_rest_kernel<<<grid_for(tokens * width), kThreads, 0, stream>>>(
         src, src_t, dst, dst_t, tokens, qk, static_cast<int>(width), head_size, head_size);
