@@ -12,10 +12,10 @@ torch and transformers are optional dependencies, imported only inside the funct
 from __future__ import annotations
 
 import importlib.util
-import os
 import warnings
 from pathlib import Path
 
+from ._io import atomic_path
 from .errors import ModelError, ModelTooLargeError
 from .types import ATTENTIONS, EXPORT_ARCHS, EXPORTERS, NAMED_ARCHS  # named by check and bench too
 
@@ -408,8 +408,7 @@ def export_model(source, out_path, *, exporter: str = "torchscript", opset: int 
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     # written beside the target and renamed, so a failed or interrupted export leaves an existing file intact
-    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(out_path) as tmp:
         try:
             _export(torch, wrapper, args, names, config, exporter, opset, tmp)
         except (MemoryError, ModelError):
@@ -420,10 +419,6 @@ def export_model(source, out_path, *, exporter: str = "torchscript", opset: int 
             raise ModelError(f"torch.onnx's {exporter} exporter failed on this model ({type(e).__name__}: "
                              f"{first[:300]}); try --exporter {other}") from e
         _check_other_shape(torch, wrapper, names, vocab, has_tt, tmp, exporter, seed)
-        os.replace(tmp, out_path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return out_path
 
 

@@ -343,19 +343,11 @@ def same_file(a, b) -> bool:
 
 
 def _save_model(model, path) -> Path:
-    import os
-
     import onnx
 
+    from .._io import atomic_path
+
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         onnx.save(model, str(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
     return path
