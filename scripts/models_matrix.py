@@ -190,7 +190,17 @@ FAMILY_NAMES = {"roberta": "RoBERTa", "xlm-roberta": "XLM-RoBERTa", "distilbert"
                 "olmo3": "OLMo 3: OLMo-2's blocks with sliding-window layers",
                 "arcee": "Arcee: an ungated squared-ReLU MLP",
                 "ernie": "ERNIE (BERT with a task-type embedding)",
-                "ernie4_5": "ERNIE 4.5: rotary on interleaved pairs"}
+                "ernie4_5": "ERNIE 4.5: rotary on interleaved pairs",
+                "nomic-bert": "NomicBERT (nomic-embed-text): BERT with rotary positions and a SwiGLU MLP",
+                "gpt-bigcode": "GPTBigCode (StarCoder 1, SantaCoder): multi-query attention in a fused c_attn",
+                "biogpt": "BioGPT: pre-norm GPT, learned positions offset by 2, scaled embeddings",
+                "megatron-bert": "Megatron-BERT: pre-norm BERT",
+                "xlm-roberta-xl": "XLM-RoBERTa-XL: pre-norm RoBERTa",
+                "glm4": "GLM-4: norms after the attention and MLP too, partial interleaved rotary",
+                "cohere2": "Cohere 2 (Command R7B): sliding-window layers with rotary, a global layer without",
+                "ministral": "Ministral: per-layer sliding-window or full attention",
+                "modernbert-decoder": "ModernBERT decoder (Ettin): ModernBERT's blocks, causal",
+                "hunyuan-dense": "HunYuan (dense): per-head q/k RMSNorm after the rotary"}
 MINILM_TITLE = "## all-MiniLM-L6-v2 through the Embedder on real text"
 MINILM_GPU_TITLE = "## all-MiniLM-L6-v2 on the GPU"
 MINILM_GPU_OPTIMUM_TITLE = "## all-MiniLM-L6-v2 on the GPU through Hugging Face Optimum's own files"

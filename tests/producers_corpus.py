@@ -356,10 +356,32 @@ FAMILY = {
     "ernie": ("ErnieConfig", _S),
     # Llama's blocks with rotary on interleaved pairs (dynamo: DYNAMO_FAMILIES)
     "ernie4_5": ("Ernie4_5Config", dict(_S, num_key_value_heads=2, head_dim=32)),
+    # nomic-embed-text's blocks: BERT with rotary positions and a SwiGLU MLP, bias-free
+    "nomic-bert": ("NomicBertConfig", _S),
+    # StarCoder 1 / SantaCoder: GPT-2's blocks with one K/V head (multi-query) in a fused c_attn
+    "gpt-bigcode": ("GPTBigCodeConfig", dict(n_embd=128, n_layer=2, n_head=4, n_inner=256, multi_query=True)),
+    # pre-norm GPT with learned positions offset by 2 and embeddings scaled by sqrt(hidden)
+    "biogpt": ("BioGptConfig", _S),
+    # pre-norm BERT (LayerNorm before each sublayer, one after the last layer)
+    "megatron-bert": ("MegatronBertConfig", _S),
+    # pre-norm RoBERTa (XLM-R XL/XXL), positions counted past the padding
+    "xlm-roberta-xl": ("XLMRobertaXLConfig", dict(_S, type_vocab_size=1)),
+    # GLM-4: norms after the attention and MLP as well as before, partial interleaved rotary (dynamo)
+    "glm4": ("Glm4Config", dict(_S, num_key_value_heads=2)),
+    # Command R7B: LayerNorm without bias, sliding-window layers with rotary and a global one without (dynamo)
+    "cohere2": ("Cohere2Config", dict(_S, num_key_value_heads=2, sliding_window=8)),
+    # Ministral: Mistral's blocks with per-layer sliding or full attention
+    "ministral": ("MinistralConfig", dict(_S, num_key_value_heads=2, head_dim=32, sliding_window=8,
+                                          layer_types=["sliding_attention", "full_attention"])),
+    # HunYuan (dense): per-head q/k RMSNorm after the rotary, not before it
+    "hunyuan-dense": ("HunYuanDenseV1Config", dict(_S, num_key_value_heads=2, head_dim=32)),
+    # the causal ModernBERT (Ettin decoders): ModernBERT's blocks with a causal mask and local/global layers
+    "modernbert-decoder": ("ModernBertDecoderConfig", dict(_S, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                                                           cls_token_id=3, sep_token_id=4)),
 }
 BERT_FAMILY = ("roberta", "xlm-roberta", "distilbert", "electra", "albert")
 # transformers implements only eager attention for these
-NO_SDPA = ("mpt", "gemma2", "gemma2-softcap", "roformer", "gpt-neo", "bloom", "xglm")
+NO_SDPA = ("mpt", "gemma2", "gemma2-softcap", "roformer", "gpt-neo", "bloom", "xglm", "megatron-bert")
 
 
 # families whose Optimum export (transformers 4, as Optimum pins it) differs in form from transformers 5's: Falcon's
@@ -372,7 +394,7 @@ OPTIMUM_FAMILIES = ("falcon", "gemma2", "nemotron", "olmo2", "bloom", "esm")
 # the shape onnxruntime fails at: Cohere's, GLM's and ERNIE 4.5's interleaved rotary, Helium's attention
 # reshapes): their files come from torch.onnx's dynamo exporter. (Mixtral and Qwen2-MoE have none at all: their expert routing fails
 # both exporters, aten::histc and a dynamo conversion error.)
-DYNAMO_FAMILIES = ("cohere", "glm", "helium", "ernie4_5")
+DYNAMO_FAMILIES = ("cohere", "glm", "helium", "ernie4_5", "glm4", "cohere2")
 # the variant names of torch.onnx's exports: (attention transformers traces, exporter)
 TORCH_ONNX_EXPORTS = {"eager": ("eager", "torchscript"), "sdpa": ("sdpa", "torchscript"),
                       "dynamo": ("eager", "dynamo"), "sdpa-dynamo": ("sdpa", "dynamo")}

@@ -405,7 +405,8 @@ def ref_attention(qkv: np.ndarray, attention_mask: np.ndarray | None = None, *, 
                   score_bias: np.ndarray | None = None, window: int | None = None,
                   q_norm: np.ndarray | None = None, k_norm: np.ndarray | None = None,
                   qk_norm_epsilon: float = 1e-6, softcap: float | None = None, qk_norm_kind: str = "rms",
-                  q_norm_bias: np.ndarray | None = None, k_norm_bias: np.ndarray | None = None) -> np.ndarray:
+                  q_norm_bias: np.ndarray | None = None, k_norm_bias: np.ndarray | None = None,
+                  qk_norm_after_rotary: bool = False) -> np.ndarray:
     """Multi-head attention on a packed qkv [B, S, (H + 2*Hkv)*D] -> y [B, S, H*D] in `out_dtype`.
 
     Q = qkv[..., :HD], K = [HD:HD+HkvD], V = [HD+HkvD:]; head h is columns h*D:(h+1)*D of each; query head h
@@ -415,7 +416,8 @@ def ref_attention(qkv: np.ndarray, attention_mask: np.ndarray | None = None, *, 
     epsilon `qk_norm_epsilon`). With `qk_norm_kind` "layer", each head is LayerNorm-ed over its D values instead,
     with gains `q_norm`/`k_norm` and biases `q_norm_bias`/`k_norm_bias` (zero when absent) of D values for all
     heads (Persimmon) or D values for each ([H*D] and [Hkv*D], StableLM-2). With `inv_freq` [R/2], the
-    first R dims of every Q and K head are rotated by position (rotary_tables, rotate) before the scores.
+    first R dims of every Q and K head are rotated by position (rotary_tables, rotate) before the scores: after
+    the norm, or with `qk_norm_after_rotary` before it (HunYuan: each head rotated, then normalized).
     scores = scale * Q_h K_h^T, soft-capped to softcap * tanh(scores / softcap) when `softcap` is given (Gemma 2;
     on the float32 scores in every precision, before the bias and the fp16 rounding) (+ score_bias [H, S, S]); key j masked when attention_mask[b, j] == 0, and for
     causal when j > i, and with a sliding `window` when |i - j| > window; masked scores replaced by the dtype's minimum (uniform rows when all keys are masked);
@@ -447,6 +449,8 @@ def ref_attention(qkv: np.ndarray, attention_mask: np.ndarray | None = None, *, 
         x = np.asarray(qkv[b])
         q, k, v = x[:, :HD].reshape(S, H, D), x[:, HD:HD + KD].reshape(S, Hkv, D), x[:, HD + KD:]
         cdt = F16 if precision == "fp16" else F32
+        if rot is not None and qk_norm_after_rotary:
+            q, k = rotate(q.astype(cdt), *rot), rotate(k.astype(cdt), *rot)
         if q_norm is not None and qk_norm_kind == "layer":  # per head, over its D values
             def per_head(a, g, b, heads):  # one gain and bias for all heads [D], or one each [heads * D]
                 g = np.asarray(g).reshape(-1, D)
@@ -464,7 +468,7 @@ def ref_attention(qkv: np.ndarray, attention_mask: np.ndarray | None = None, *, 
                             out_dtype=cdt)[0].reshape(S, H, D)
             k = ref_rmsnorm(kr, None, k_norm, epsilon=qk_norm_epsilon, precision=precision,
                             out_dtype=cdt)[0].reshape(S, Hkv, D)
-        if rot is not None:
+        if rot is not None and not qk_norm_after_rotary:
             q, k = rotate(q.astype(cdt), *rot), rotate(k.astype(cdt), *rot)
         q, k, v = (_operands(a, precision, tf32) for a in (q, k, v))  # float32 values
         # contiguous [Hkv, rep, S, D] / [Hkv, D, S] blocks: numpy's stacked matmul reaches BLAS only for
@@ -651,7 +655,8 @@ class ReferenceBackend:
                                   q_norm=self._w(op, "q_norm"), k_norm=self._w(op, "k_norm"),
                                   qk_norm_epsilon=a.get("qk_norm_epsilon", 1e-6), softcap=a.get("softcap"),
                                   qk_norm_kind=a.get("qk_norm_kind", "rms"), q_norm_bias=self._w(op, "q_norm_bias"),
-                                  k_norm_bias=self._w(op, "k_norm_bias"))]
+                                  k_norm_bias=self._w(op, "k_norm_bias"),
+                                  qk_norm_after_rotary=a.get("qk_norm_after_rotary", False))]
         if typ in ("LayerNorm", "RMSNorm"):
             sdt = self._dtypes[outs[1]] if len(outs) > 1 and outs[1] else odt
             after = a.get("residual_after", False)

@@ -955,6 +955,52 @@ def test_persimmon_layernorm_per_query_and_key_head(tmp_path):
     assert as_rms < 0.999, as_rms
 
 
+
+def test_hunyuan_qk_norm_after_the_rotary(tmp_path):
+    """HunYuan (dense) rotates each query and key head first and RMS-normalizes it after (the other families do it
+    the other way round): Attention qk_norm_after_rotary, a plan of format version 5 (a trtrun reading version 4
+    would take the attribute for an annotation and normalize first). Every precision against onnxruntime at the
+    models' acceptance; the same plan read in the other order misses even hybrid's acceptance (rotation keeps a
+    head's RMS, but the gains then scale other values); a bad value of the attribute, or the attribute without a rotary, is a PlanError
+    naming it; the GPU runtime refuses the form by name (its kernel normalizes before rotating)."""
+    pytest.importorskip("transformers")
+    from trtrun.errors import PlanError
+    from trtrun.plan.format import required_version
+    from trtrun.runtime.lower import check_gpu_support
+
+    path = _tiny_export(tmp_path, "HunYuanDenseV1Config", hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=2, intermediate_size=256, head_dim=32)
+    f = random_feeds(path, batch=3, seq=13, seed=7, vocab=1000)
+    want = onnxruntime_run(path, f)
+    for precision, bound in (("fp32", 0.99999), ("hybrid", 0.9998), ("fp16", 0.999)):
+        plan = build(path, precision=precision)
+        atts = [op for op in plan.ops if op["type"] == "Attention"]
+        assert [op["attrs"].get("qk_norm_after_rotary") for op in atts] == [True, True]
+        assert plan.header["version"] == 5
+        got = ReferenceBackend(plan).run(f)["last_hidden_state"]
+        assert cosine_per_sample(got, want, f["attention_mask"]).min() >= bound, precision
+    assert "q/k norm after the rotary" in plan.summary()
+    with pytest.raises(PlanError, match=r"Attention ops with a query/key norm after the rotary \(HunYuan's"):
+        check_gpu_support(plan)
+
+    plan = build(path, precision="fp32")
+    for op in plan.ops:
+        if op["type"] == "Attention":
+            op["attrs"].pop("qk_norm_after_rotary")
+    plan.header["version"] = required_version(plan.header)
+    before = cosine_per_sample(ReferenceBackend(plan).run(f)["last_hidden_state"], want, f["attention_mask"]).min()
+    assert before < 0.9998, before  # 0.99905 measured: below even hybrid's acceptance
+
+    plan = build(path, precision="fp32")
+    att = next(op for op in plan.ops if op["type"] == "Attention")
+    att["attrs"]["qk_norm_after_rotary"] = "yes"
+    with pytest.raises(PlanError, match=r"qk_norm_after_rotary.*must be true or false"):
+        plan.validate()
+    att["attrs"]["qk_norm_after_rotary"] = True
+    plan.header["version"] = 4
+    with pytest.raises(PlanError, match=r"version.*expected 5.*qk_norm_after_rotary needs it"):
+        plan.validate()
+
 def test_stablelm2_one_layernorm_per_query_and_key_head(tmp_path):
     """StableLM-2's qk_layernorm: the query and key heads split apart, one LayerNorm (own gain, no bias) each, and
     concatenated again, before a partial rotary and grouped-query attention: Attention qk_norm_kind "layer" with

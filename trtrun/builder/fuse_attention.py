@@ -164,6 +164,9 @@ def _match(graph, sm, facts, ctx) -> dict:
     whole = qk_norm is not None and q_norm["whole"]
     if qk_norm is not None and not whole:
         q_t, k_t = _head_values(facts, q_norm, H, sm, "query"), _head_values(facts, k_norm, H, sm, "key")
+        if qk_norm["after_rotary"]:  # the norm reads rotated values: the projection's are those unrotated
+            q_t = [apply_rotary(a, rot, 1, inverse=True) for a in q_t]
+            k_t = [apply_rotary(a, rot, 1, inverse=True) for a in k_t]
     else:
         q_t = [np.transpose(a, (0, 2, 1, 3)) / q_scale for a in qs]
         k_t = [np.transpose(a, (0, 2, 1, 3)) / k_scale for a in kts]
@@ -449,12 +452,13 @@ def _same_norm(sm, q_norm, k_norm):
     if q_norm["whole"] != k_norm["whole"] or q_norm["kind"] != k_norm["kind"] \
             or ("heads" in q_norm) != ("heads" in k_norm) \
             or (not q_norm["whole"] and "heads" not in q_norm and q_norm["gamma"].size != k_norm["gamma"].size) \
+            or q_norm.get("after_rotary", False) != k_norm.get("after_rotary", False) \
             or abs(q_norm["eps"] - k_norm["eps"]) > 1e-6 * max(q_norm["eps"], 1e-30):
-        raise BuildError(f"Softmax node {sm.name!r}: the query's and key's norms differ in kind, size or "
-                         f"epsilon ({q_norm['kind']} {q_norm['eps']:g}, {k_norm['kind']} {k_norm['eps']:g}); the IR "
-                         f"has one kind and epsilon for both")
+        raise BuildError(f"Softmax node {sm.name!r}: the query's and key's norms differ in kind, size, epsilon or "
+                         f"place ({q_norm['kind']} {q_norm['eps']:g}, {k_norm['kind']} {k_norm['eps']:g}); the IR "
+                         f"has one kind, epsilon and place (before or after the rotary) for both")
     return {"q": q_norm["gamma"], "k": k_norm["gamma"], "eps": q_norm["eps"], "kind": q_norm["kind"],
-            "q_bias": q_norm["beta"], "k_bias": k_norm["beta"]}
+            "q_bias": q_norm["beta"], "k_bias": k_norm["beta"], "after_rotary": q_norm.get("after_rotary", False)}
 
 
 def _kv_heads(sm, k_cols, v_cols, H, D):
@@ -603,8 +607,9 @@ def _fold_scalar_scale(p, scale, scalar=None):
 
 def _trace_source(graph, facts, t, ctx):
     """Walk back from Q4/KT4/V4 through layout ops, scalar scales, (once) a rotary position embedding and
-    (once, before the rotary) an RMSNorm over each head's values to a Linear output -> (that output, the scale
-    applied after the norm, the rotary or None, the norm or None: dict(x, gamma, eps, node))."""
+    (once, before or after the rotary) an RMSNorm over each head's values to a Linear output -> (that output, the
+    scale applied after the norm, the rotary or None, the norm or None: dict(x, gamma, eps, node, after_rotary when
+    the norm follows the rotary))."""
     scale = 1.0
     rot = norm = None
     for _ in range(32):
@@ -639,7 +644,7 @@ def _trace_source(graph, facts, t, ctx):
                                  f"it takes Q, K and V from the QKV projection with at most an RMSNorm over "
                                  f"each head's values (Qwen3's q_norm/k_norm) or over a projection's whole "
                                  f"output (OLMo-2's), or a LayerNorm over each head's values (Persimmon's), "
-                                 f"before the rotary")
+                                 f"before the rotary (per head, after it too)")
             norm = {"x": x, "gamma": np.asarray(gamma, np.float32).reshape(-1), "eps": float(p.attrs["epsilon"]),
                     "node": p, "whole": whole, "y": G.slot(p, "y"), "kind": "layer" if layer else "rms",
                     "beta": None if beta is None else np.asarray(beta, np.float32).reshape(-1)}
@@ -655,10 +660,12 @@ def _trace_source(graph, facts, t, ctx):
                 t, rot = match_rotary(graph, facts, t, ctx["deps"], ctx["order"])
             except NotRotary:
                 raise _NoMatch from None
-            if norm is not None:  # met walking back: the rotary comes first in the graph
-                raise BuildError(f"Softmax node {ctx['softmax']}: the query or key is normalized per head after "
-                                 f"the rotary position embedding (RMSNorm node {norm['node'].name!r}); the IR "
-                                 f"normalizes before rotating")
+            if norm is not None:  # met walking back: the rotary comes first in the graph (HunYuan's order)
+                if norm["whole"]:
+                    raise BuildError(f"Softmax node {ctx['softmax']}: the query or key is normalized over the whole "
+                                     f"projection after the rotary position embedding (node "
+                                     f"{norm['node'].name!r}); the IR normalizes after the rotary per head only")
+                norm["after_rotary"] = True
             continue
         if p.op in _LAYOUT:
             if p.op == "Gather" and G.const_value(p.inputs[1]) is None:
@@ -975,6 +982,8 @@ def _replace(graph, sm, facts, m):
         attrs["qk_norm_epsilon"] = float(n["eps"])
         weights["q_norm"] = G.new_constant(graph, name + ".q_norm", n["q"])
         weights["k_norm"] = G.new_constant(graph, name + ".k_norm", n["k"])
+        if n["after_rotary"]:
+            attrs["qk_norm_after_rotary"] = True
         if n["kind"] == "layer":
             attrs["qk_norm_kind"] = "layer"
             weights["q_norm_bias"] = G.new_constant(graph, name + ".q_norm_bias", n["q_bias"])
@@ -1050,7 +1059,7 @@ def _qkv_tensor(graph, facts, sm, srcs, cols, HD, KD):
 def reference_attention(qkv, mask, H, D, scale, causal, Hkv=None, rot=None, bias=None, window=None, qk_norm=None,
                         softcap=None):
     """The IR's Attention formula in float64 (docs/plan-format.md), for checking matches. qk_norm: _same_norm's
-    dict, the query/key norm before the rotary."""
+    dict, the query/key norm before the rotary (after it with its after_rotary)."""
     qkv = np.asarray(qkv, np.float64)
     B, S, _ = qkv.shape
     Hkv = Hkv or H
@@ -1058,6 +1067,9 @@ def reference_attention(qkv, mask, H, D, scale, causal, Hkv=None, rot=None, bias
     q = qkv[..., :HD].reshape(B, S, H, D).transpose(0, 2, 1, 3)
     k = qkv[..., HD:HD + KD].reshape(B, S, Hkv, D).transpose(0, 2, 1, 3)
     v = qkv[..., HD + KD:].reshape(B, S, Hkv, D).transpose(0, 2, 1, 3)
+    after = qk_norm is not None and qk_norm.get("after_rotary", False)
+    if rot is not None and after:
+        q, k = apply_rotary(q, rot, 2), apply_rotary(k, rot, 2)
     if qk_norm is not None:
         gq, gk, eps = qk_norm["q"], qk_norm["k"], qk_norm["eps"]
         if qk_norm["kind"] == "layer":  # per head: (x - mean) / sqrt(var + eps) * gamma + beta
@@ -1072,7 +1084,7 @@ def reference_attention(qkv, mask, H, D, scale, causal, Hkv=None, rot=None, bias
         else:  # over every head of the token at once; gammas in head order [H*D], [Hkv*D]
             q = q / np.sqrt((q * q).mean((1, 3), keepdims=True) + eps) * np.asarray(gq, np.float64).reshape(1, H, 1, D)
             k = k / np.sqrt((k * k).mean((1, 3), keepdims=True) + eps) * np.asarray(gk, np.float64).reshape(1, Hkv, 1, D)
-    if rot is not None:
+    if rot is not None and not after:
         q, k = apply_rotary(q, rot, 2), apply_rotary(k, rot, 2)
     k, v = np.repeat(k, H // Hkv, axis=1), np.repeat(v, H // Hkv, axis=1)
     s = scale * q @ k.transpose(0, 1, 3, 2)

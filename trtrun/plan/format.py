@@ -28,7 +28,7 @@ import numpy as np
 from ..types import OP_PRECISIONS, PLAN_PRECISIONS, PRECISIONS
 
 MAGIC = b"TRTRUNPL"
-FORMAT_VERSION = 4  # the newest this trtrun reads and writes; a plan is written at the version it needs
+FORMAT_VERSION = 5  # the newest this trtrun reads and writes; a plan is written at the version it needs
 FP8_FORMAT_VERSION = 2  # fp8 ops and float8 weights: a trtrun that reads version 1 only says "newer", not "bad field"
 # Attributes that change what an op computes and that a trtrun reading versions 1 and 2 would take for annotations
 # (it tolerates unknown scalar attributes) and silently compute without: a plan using one is version 3, which such
@@ -38,6 +38,10 @@ V3_ATTRS = (("softcap", None), ("residual_after", False), ("qk_norm_kind", "rms"
 # LayerNorm or RMSNorm writing one vector a sample, the tanh activation, the Normalize op; a trtrun reading version 3
 # refuses such a plan as newer rather than as a bad field
 HEAD_FORMAT_VERSION = 4
+# Version 5: a query/key norm after the rotary (HunYuan's; qk_norm_after_rotary) instead of before it: a trtrun
+# reading version 4 would take the attribute for an annotation and normalize before rotating
+V5_ATTRS = (("qk_norm_after_rotary", False),)
+QK_AFTER_FORMAT_VERSION = 5
 FORMAT_NAME = "trtrun-plan"
 ALIGN = 256
 PREAMBLE = struct.Struct("<8sIIQQ")  # magic, version, reserved, header length, blob length: 32 bytes
@@ -123,7 +127,7 @@ OP_ATTRS = {
     "Linear": ("activation", "gated"),
     "Attention": ("num_heads", "head_size", "scale", "causal", "num_kv_heads", "rotary_dim", "rotary_scale",
                   "relative_max_distance", "relative_bidirectional", "alibi_symmetric", "mask_positions", "window",
-                  "qk_norm_epsilon", "qk_norm_kind", "softcap"),
+                  "qk_norm_epsilon", "qk_norm_kind", "qk_norm_after_rotary", "softcap"),
     "LayerNorm": ("epsilon", "residual_after"),
     "Pool": ("mode", "normalize"),
     "RMSNorm": ("epsilon", "residual_after"),
@@ -175,15 +179,21 @@ def _after_pooling(op: dict, tensors) -> bool:
 
 
 def required_version(header) -> int:
-    """The format version a header needs: 4 with an op after the pooling (_after_pooling), else 3 with an attribute of
-    V3_ATTRS, else 2 with an fp8 op or a float8 weight, else 1 (older trtruns read those). Defensive: the header may be a hostile file's, not yet validated."""
+    """The format version a header needs: 5 with an attribute of V5_ATTRS, else 4 with an op after the pooling
+    (_after_pooling), else 3 with an attribute of V3_ATTRS, else 2 with an fp8 op or a float8 weight, else 1 (older trtruns read those). Defensive: the header may be a hostile file's, not yet validated."""
     ops = header.get("ops") if isinstance(header, dict) else None
     weights = header.get("weights") if isinstance(header, dict) else None
     tensors = header.get("tensors") if isinstance(header, dict) else None
+
+    def uses(attrs) -> bool:
+        return isinstance(ops, list) and any(isinstance(o, dict) and isinstance(o.get("attrs"), dict) and
+                                             o["attrs"].get(a, absent) != absent for o in ops for a, absent in attrs)
+
+    if uses(V5_ATTRS):
+        return QK_AFTER_FORMAT_VERSION
     if isinstance(ops, list) and any(isinstance(o, dict) and _after_pooling(o, tensors) for o in ops):
         return HEAD_FORMAT_VERSION
-    if isinstance(ops, list) and any(isinstance(o, dict) and isinstance(o.get("attrs"), dict) and
-                                     o["attrs"].get(a, absent) != absent for o in ops for a, absent in V3_ATTRS):
+    if uses(V3_ATTRS):
         return 3
     fp8 = isinstance(ops, list) and any(isinstance(o, dict) and o.get("precision") == "fp8" for o in ops)
     fp8 = fp8 or (isinstance(weights, dict) and any(isinstance(e, dict) and e.get("dtype") == FP8_DTYPE

@@ -164,7 +164,8 @@ def summary_text(plan) -> str:
                     (", relative-position bias" if o["weights"].get("relative_bias") else "") + \
                     (", ALiBi" if o["weights"].get("alibi_slopes") else "") + \
                     (f", window {a['window']}" if a.get("window") is not None else "") + \
-                    ((", q/k LayerNorm" if a.get("qk_norm_kind") == "layer" else ", q/k norm")
+                    ((", q/k LayerNorm" if a.get("qk_norm_kind") == "layer" else ", q/k norm") +
+                     (" after the rotary" if a.get("qk_norm_after_rotary") else "")
                      if o["weights"].get("q_norm") else "") + \
                     (", causal]" if a.get("causal") else "]")
         lines.append(f"    {i:>3}  {o['type']:<{wtype}}  {o['name']:<{wname}}  {o['precision']:<9}  "

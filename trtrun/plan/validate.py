@@ -140,7 +140,8 @@ def validate_header(h: Any, where: str, blob_nbytes: int | None) -> None:
     if not (is_int(h.get("version")) and h["version"] == need):
         why = {FP8_FORMAT_VERSION: ": fp8 ops and weights need it)",
                3: ": " + ", ".join(a for a, _ in V3_ATTRS) + " need it)",
-               4: ": ops after the pooling need it)"}.get(need, ")")
+               4: ": ops after the pooling need it)",
+               5: ": qk_norm_after_rotary needs it)"}.get(need, ")")
         err("header.version", f"is {short(h.get('version'))}, expected {need} (the file's format version" + why)
     for key, typ in (("precision", str), ("profile", dict), ("inputs", list), ("outputs", list),
                      ("tensors", dict), ("weights", dict), ("ops", list)):
@@ -599,6 +600,16 @@ def _validate_op(op, f, tensors, weights, prof, err) -> None:
             for role in ("q_norm_bias", "k_norm_bias"):
                 if Wt(role) is not None:
                     err(f + ".weights." + role, "a query/key norm bias needs qk_norm_kind 'layer'")
+        # where the norm stands: before the rotary (the default) or after it (HunYuan's), per head only
+        after = attrs.get("qk_norm_after_rotary", False)
+        if not isinstance(after, bool):
+            err(f + ".attrs.qk_norm_after_rotary", f"must be true or false, got {short(after)}")
+        if after and (Wt("q_norm") is None or not R):
+            err(f + ".attrs.qk_norm_after_rotary", "a norm after the rotary needs 'q_norm'/'k_norm' and a rotary "
+                                                   "(rotary_dim > 0)")
+        if after and list(Wt("q_norm")["shape"]) != [D] and kind == "rms":
+            err(f + ".attrs.qk_norm_after_rotary", "a norm after the rotary is over each head's values: q_norm "
+                                                   f"must be [head_size {D}]")
         q = T(ins[0])["shape"]
         if len(q) != 3:
             err(f, f"qkv {nm(ins[0])!r} must be [B, S, (H+2*Hkv)*D], got {fmt_shape(q)}")

@@ -141,6 +141,8 @@ def qk_norm_missing(plan: Plan, op: dict) -> str | None:
     of the heads, [H*D] for Q and [Hkv*D] for K (LayerNorm: a row per head, StableLM-2; RMS: one norm over each
     token's whole Q and K part, OLMo-2). The reference backend also takes Q and K gains of different forms."""
     a = op["attrs"]
+    if a.get("qk_norm_after_rotary"):
+        return "a query/key norm after the rotary (HunYuan's; the kernel normalizes before rotating)"
     H, D = int(a["num_heads"]), int(a["head_size"])
     Hkv = int(a.get("num_kv_heads") or H)
     shape = {r: [int(d) for d in plan.header["weights"][op["weights"][r]]["shape"]] for r in ("q_norm", "k_norm")}
