@@ -373,6 +373,10 @@ FAMILY = {
     # Ministral: Mistral's blocks with per-layer sliding or full attention
     "ministral": ("MinistralConfig", dict(_S, num_key_value_heads=2, head_dim=32, sliding_window=8,
                                           layer_types=["sliding_attention", "full_attention"])),
+    # EmbeddingGemma: Gemma 3's blocks with bidirectional attention, symmetric sliding windows (dynamo: the
+    # torchscript exporter fails on it)
+    "gemma3-bidirectional": ("Gemma3TextConfig", dict(_S, num_key_value_heads=2, head_dim=32, sliding_window=8,
+                                                      use_bidirectional_attention=True)),
     # HunYuan (dense): per-head q/k RMSNorm after the rotary, not before it
     "hunyuan-dense": ("HunYuanDenseV1Config", dict(_S, num_key_value_heads=2, head_dim=32)),
     # the causal ModernBERT (Ettin decoders): ModernBERT's blocks with a causal mask and local/global layers
@@ -394,7 +398,7 @@ OPTIMUM_FAMILIES = ("falcon", "gemma2", "nemotron", "olmo2", "bloom", "esm")
 # the shape onnxruntime fails at: Cohere's, GLM's and ERNIE 4.5's interleaved rotary, Helium's attention
 # reshapes): their files come from torch.onnx's dynamo exporter. (Mixtral and Qwen2-MoE have none at all: their expert routing fails
 # both exporters, aten::histc and a dynamo conversion error.)
-DYNAMO_FAMILIES = ("cohere", "glm", "helium", "ernie4_5", "glm4", "cohere2")
+DYNAMO_FAMILIES = ("cohere", "glm", "helium", "ernie4_5", "glm4", "cohere2", "gemma3-bidirectional")
 # the variant names of torch.onnx's exports: (attention transformers traces, exporter)
 TORCH_ONNX_EXPORTS = {"eager": ("eager", "torchscript"), "sdpa": ("sdpa", "torchscript"),
                       "dynamo": ("eager", "dynamo"), "sdpa-dynamo": ("sdpa", "dynamo")}
