@@ -138,7 +138,7 @@ def test_an_export_that_runs_only_at_the_traced_shape_is_refused(tmp_path):
     with pytest.raises(ModelError, match=r"the torchscript export runs only at the traced shape \(batch 2, sequence "
                                          r"8\): onnxruntime fails at batch 3, sequence 5: .*; export with --exporter "
                                          r"dynamo"):
-        export_model(d, tmp_path / "x.onnx")
+        export_model(d, tmp_path / "x.onnx", exporter="torchscript")
     assert not (tmp_path / "x.onnx").exists() and not list(tmp_path.glob(".x.onnx*"))
 
 
@@ -150,8 +150,31 @@ def test_an_exporter_failure_is_a_model_error_naming_the_other_exporter(tmp_path
     d = _random_folder(tmp_path, "GlmConfig", head_dim=32, pad_token_id=0, bos_token_id=0, eos_token_id=0)
     with pytest.raises(ModelError, match=r"torch\.onnx's torchscript exporter failed on this model \(AssertionError: "
                                          r".*\); try --exporter dynamo"):
-        export_model(d, tmp_path / "x.onnx")
+        export_model(d, tmp_path / "x.onnx", exporter="torchscript")
     assert not (tmp_path / "x.onnx").exists() and not list(tmp_path.glob(".x.onnx*"))
+
+
+@pytest.mark.parametrize("cls,sizes", [("CohereConfig", {}),
+                                       ("GlmConfig", dict(head_dim=32, pad_token_id=0, bos_token_id=0,
+                                                          eos_token_id=0))])
+def test_auto_falls_back_to_the_dynamo_exporter(tmp_path, cls, sizes):
+    """The default exporter, auto, takes the dynamo exporter where torchscript writes a file that runs only at its
+    traced shape (Cohere) or fails inside its own passes (GLM), says so, and keeps a file that onnxruntime runs at
+    another shape (checked before it is kept) and that matches the model; with an opset below 18 (torchscript
+    only) the torchscript failure stands, with its advice."""
+    pytest.importorskip("onnxscript")
+    from trtrun.export import export_model
+
+    d = _random_folder(tmp_path, cls, **sizes)
+    said = []
+    out = export_model(d, tmp_path / "x.onnx", log=said.append)
+    assert out.exists() and not list(tmp_path.glob(".x.onnx*"))
+    assert len(said) == 2 and said[0].endswith("; trying the dynamo exporter") and "torchscript" in said[0]
+    assert said[1] == "exported with the dynamo exporter"
+    import onnx
+    assert onnx.load(str(out), load_external_data=False).opset_import[0].version >= 18  # dynamo's default opset
+    with pytest.raises(ModelError, match=r"torchscript .*try --exporter dynamo|export with --exporter dynamo"):
+        export_model(d, tmp_path / "y.onnx", opset=17)
 
 
 def test_an_export_that_computes_another_function_is_refused(tmp_path, monkeypatch):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 from ._io import atomic_path
@@ -336,9 +337,9 @@ def load_torch_model(source, *, overrides: dict | None = None, seed: int = 0, al
     return model
 
 
-def export_model(source, out_path, *, exporter: str = "torchscript", opset: int | None = None,
+def export_model(source, out_path, *, exporter: str = "auto", opset: int | None = None,
                  overrides: dict | None = None, seed: int = 0, allow_large: bool = False,
-                 attention: str = "eager") -> Path:
+                 attention: str = "eager", log: Callable[[str], None] | None = None) -> Path:
     """Export `source` to ONNX at `out_path`, in fp32, and return the path.
 
     source: a Hugging Face model directory or a named architecture (random weights from `seed`;
@@ -346,21 +347,26 @@ def export_model(source, out_path, *, exporter: str = "torchscript", opset: int 
     n_embd/n_layer/n_head/n_inner). A named architecture whose fp32 weights would exceed
     MAX_RANDOM_WEIGHT_BYTES (4 GiB) is refused with a ModelTooLargeError (an InputError) before they are
     allocated, unless allow_large. exporter: "torchscript" (torch.onnx.export(dynamo=False), opset 17 by default, 14..20
-    accepted) or "dynamo" (torch.export with dynamic batch and sequence Dims; opset 18 by default).
+    accepted), "dynamo" (torch.export with dynamic batch and sequence Dims; opset 18 by default), or "auto" (the
+    default): torchscript, then dynamo where torchscript fails on the model or writes a file that runs only at the
+    shape it traced (Cohere's, GLM's, EmbeddingGemma's forms), saying so through `log`; an opset below 18 keeps it
+    to torchscript. Every file is run by onnxruntime at another shape than the traced one before it is kept.
     attention: the attention implementation transformers traces: "eager" (explicit matmul, softmax, matmul) or
     "sdpa" (torch's scaled_dot_product_attention, transformers' default and so what most other exports hold;
     not every architecture has it). The builder takes both.
     """
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
-    if opset is None:
-        opset = 17 if exporter == "torchscript" else 18
-    top = DYNAMO_OPSET_MAX if exporter == "dynamo" else OPSET_RANGE[1]
-    if not OPSET_RANGE[0] <= opset <= top:
-        raise ValueError(f"opset {opset} outside the {exporter} exporter's supported range {OPSET_RANGE[0]}..{top}")
-    if exporter == "dynamo" and opset < 18:
-        raise ValueError("the dynamo exporter writes opset 18 or newer")
-    if exporter == "dynamo" and importlib.util.find_spec("onnxscript") is None:
+    tries = [exporter]
+    if exporter == "auto":  # the exporters that can write this opset (dynamo: 18+, with onnxscript installed)
+        tries = [e for e in ("torchscript", "dynamo") if _opset_error(e, opset) is None]
+        if len(tries) == 2 and importlib.util.find_spec("onnxscript") is None:
+            tries = ["torchscript"]
+        if not tries:
+            raise ValueError(_opset_error("torchscript", opset))
+    elif _opset_error(exporter, opset):
+        raise ValueError(_opset_error(exporter, opset))
+    if tries == ["dynamo"] and importlib.util.find_spec("onnxscript") is None:
         # torch imports it only deep inside the export, after the model is built: say so before any work
         from ._optional import missing
 
@@ -407,6 +413,41 @@ def export_model(source, out_path, *, exporter: str = "torchscript", opset: int 
 
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    failed: list[str] = []
+    for exp in tries:
+        if failed and log is not None:
+            log(f"{failed[0]}; trying the dynamo exporter")
+        try:
+            _export_checked(torch, wrapper, args, names, config, exp,
+                            opset if opset is not None else (17 if exp == "torchscript" else 18), out_path, vocab,
+                            has_tt, seed, advise=len(tries) == 1)
+        except ModelError as e:
+            failed.append(str(e))
+            continue
+        if failed and log is not None:
+            log("exported with the dynamo exporter")
+        return out_path
+    if len(failed) == 1:
+        raise ModelError(failed[0])
+    raise ModelError(f"neither exporter works on this model: torchscript: {failed[0]}; dynamo: {failed[1]}")
+
+
+def _opset_error(exporter: str, opset: int | None) -> str | None:
+    """Why `exporter` cannot write `opset` (None: its default), or None."""
+    if opset is None:
+        return None
+    if exporter == "dynamo" and opset < 18:
+        return "the dynamo exporter writes opset 18 or newer"
+    top = DYNAMO_OPSET_MAX if exporter == "dynamo" else OPSET_RANGE[1]
+    if not OPSET_RANGE[0] <= opset <= top:
+        return f"opset {opset} outside the {exporter} exporter's supported range {OPSET_RANGE[0]}..{top}"
+    return None
+
+
+def _export_checked(torch, wrapper, args, names, config, exporter, opset, out_path, vocab, has_tt, seed, advise):
+    """One exporter's file at out_path, run at another shape first (_check_other_shape); ModelError naming what
+    failed (with advice naming the other exporter when `advise`), leaving any existing file intact."""
+    other = "dynamo" if exporter == "torchscript" else "torchscript"
     # written beside the target and renamed, so a failed or interrupted export leaves an existing file intact
     with atomic_path(out_path) as tmp:
         try:
@@ -415,14 +456,12 @@ def export_model(source, out_path, *, exporter: str = "torchscript", opset: int 
             raise
         except Exception as e:  # torch.onnx's own failures (assertions inside its passes) have no common class
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            other = "dynamo" if exporter == "torchscript" else "torchscript"
             raise ModelError(f"torch.onnx's {exporter} exporter failed on this model ({type(e).__name__}: "
-                             f"{first[:300]}); try --exporter {other}") from e
-        _check_other_shape(torch, wrapper, names, vocab, has_tt, tmp, exporter, seed)
-    return out_path
+                             f"{first[:300]})" + (f"; try --exporter {other}" if advise else "")) from e
+        _check_other_shape(torch, wrapper, names, vocab, has_tt, tmp, exporter, seed, advise)
 
 
-def _check_other_shape(torch, wrapper, names, vocab, has_tt, path, exporter, seed):
+def _check_other_shape(torch, wrapper, names, vocab, has_tt, path, exporter, seed, advise=True):
     """Run the written file with onnxruntime at batch 3 x sequence 5 (the trace used 2 x 8) against the model
     itself. A trace can bake a size it met into the graph (torch.onnx's torchscript exporter does for some
     architectures, e.g. Cohere's interleaved rotary): such a file fails, or computes something else, at any other
@@ -439,7 +478,7 @@ def _check_other_shape(torch, wrapper, names, vocab, has_tt, path, exporter, see
     with torch.no_grad():
         want = wrapper(*args).float().numpy()
     advice = ("; export with --exporter dynamo (torch.export keeps batch and sequence symbolic)"
-              if exporter == "torchscript" else "")
+              if exporter == "torchscript" and advise else "")
     try:
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         got = sess.run(None, {n: a.numpy() for n, a in zip(names, args)})[0]

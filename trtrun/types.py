@@ -39,7 +39,9 @@ NAMED_ARCHS = ("bert-base", "gpt2")  # full-size architectures built from a defa
 EXPORT_ARCHS = NAMED_ARCHS + ("llama", "qwen2", "mistral", "qwen3", "gpt-neox", "mpnet", "deberta-v2", "modernbert")
 ENCODER_ARCHS = ("bert-base", "mpnet", "deberta-v2", "modernbert")  # of EXPORT_ARCHS: bidirectional; the rest causal
 
-EXPORTERS = ("torchscript", "dynamo")  # torch.onnx.export(dynamo=False), or the torch.export-based exporter
+# torch.onnx.export(dynamo=False), the torch.export-based exporter, or auto: torchscript, and dynamo where torchscript
+# fails on the model or writes a file that runs only at the shape it traced
+EXPORTERS = ("auto", "torchscript", "dynamo")
 ATTENTIONS = ("eager", "sdpa")  # the attention transformers traces for `trtrun export` (eager: the default)
 
 TEXT_SETS = ("rt", "wiki", "imdb")  # bundled text sets (trtrun.data has their files)

@@ -16,9 +16,12 @@ from .options import EXPORT_ARCHS, model_size_options, model_source, quiet_optio
 @click.argument("source", callback=model_source("a Hugging Face model folder or a GGUF file", EXPORT_ARCHS))
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="ONNX file to write (default: <source name>.onnx in the current folder)")
-@click.option("--exporter", type=click.Choice(EXPORTERS), default="torchscript", show_default=True,
-              help="torch.onnx.export(dynamo=False) or the torch.export-based dynamo exporter")
-@click.option("--opset", type=int, default=None, help="ONNX opset (default 17 torchscript, 18 dynamo; 14..20, dynamo 18..23)")
+@click.option("--exporter", type=click.Choice(EXPORTERS), default="auto", show_default=True,
+              help="torchscript: torch.onnx.export(dynamo=False); dynamo: the torch.export-based exporter; auto: "
+                   "torchscript, then dynamo where torchscript fails on the model or writes a file that runs only "
+                   "at the shape it traced")
+@click.option("--opset", type=int, default=None, help="ONNX opset (default 17 torchscript, 18 dynamo; 14..20, dynamo 18..23; "
+                                                    "auto uses the exporters that write it)")
 @click.option("--attention", type=click.Choice(ATTENTIONS), default="eager", show_default=True,
               help="attention transformers traces: eager (matmul, softmax, matmul) or sdpa (torch's "
                    "scaled_dot_product_attention, transformers' default, so what most other exports hold)")
@@ -43,6 +46,6 @@ def command(source, output, exporter, opset, attention, seed, allow_large, overr
     status(f"exporting {source} with the {exporter} exporter"
            + (f" (overrides: {', '.join(f'{k}={v}' for k, v in overrides.items())})" if overrides else ""), quiet)
     path = export_model(source, out, exporter=exporter, opset=opset, overrides=overrides or None, seed=seed,
-                        allow_large=allow_large, attention=attention)
+                        allow_large=allow_large, attention=attention, log=lambda m: status(m, quiet))
     path = Path(path)
     status(f"wrote {path} ({human_bytes(path.stat().st_size)}) in {time.perf_counter() - t0:.1f}s", quiet)
