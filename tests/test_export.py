@@ -175,6 +175,9 @@ def test_auto_falls_back_to_the_dynamo_exporter(tmp_path, cls, sizes):
     assert onnx.load(str(out), load_external_data=False).opset_import[0].version >= 18  # dynamo's default opset
     with pytest.raises(ModelError, match=r"torchscript .*try --exporter dynamo|export with --exporter dynamo"):
         export_model(d, tmp_path / "y.onnx", opset=17)
+    with pytest.raises(ValueError, match=r"opset 99 is written by neither exporter \(torchscript 14\.\.20, dynamo "
+                                         r"18\.\.23\)"):
+        export_model(d, tmp_path / "y.onnx", opset=99)
 
 
 def test_an_export_that_computes_another_function_is_refused(tmp_path, monkeypatch):

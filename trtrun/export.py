@@ -363,7 +363,8 @@ def export_model(source, out_path, *, exporter: str = "auto", opset: int | None 
         if len(tries) == 2 and importlib.util.find_spec("onnxscript") is None:
             tries = ["torchscript"]
         if not tries:
-            raise ValueError(_opset_error("torchscript", opset))
+            raise ValueError(f"opset {opset} is written by neither exporter (torchscript {OPSET_RANGE[0]}.."
+                             f"{OPSET_RANGE[1]}, dynamo 18..{DYNAMO_OPSET_MAX})")
     elif _opset_error(exporter, opset):
         raise ValueError(_opset_error(exporter, opset))
     if tries == ["dynamo"] and importlib.util.find_spec("onnxscript") is None:
