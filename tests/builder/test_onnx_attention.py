@@ -119,4 +119,4 @@ def test_trtrun_export_writes_the_opset_23_form_it_builds(tmp_path):
     assert "ONNX's fused ops lowered to IR ops (1 Attention)" in plan.source["conversions"]
     assert _worst_cos_vs_ort(plan, path) >= 0.9999
     with pytest.raises(ValueError, match="torchscript exporter's supported range 14..20"):
-        export_model("bert-base", tmp_path / "t.onnx", opset=23, overrides=TINY)
+        export_model("bert-base", tmp_path / "t.onnx", exporter="torchscript", opset=23, overrides=TINY)
