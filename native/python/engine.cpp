@@ -52,6 +52,7 @@ OpDesc op_from_dict(const py::dict& d) {
   op.residual_after = get<bool>(d, "residual_after", false);
   op.qk_norm_epsilon = get<float>(d, "qk_norm_epsilon", 1e-6f);
   op.qk_norm_layer = get<bool>(d, "qk_norm_layer", false);
+  op.qk_norm_after_rotary = get<bool>(d, "qk_norm_after_rotary", false);
   return op;
 }
 
@@ -108,7 +109,7 @@ void bind_engine(py::module_& m) {
            "tensors: [(name, dtype name on the device, dims with -1 = batch, -2 = sequence)]; ops: [dict(type, name, "
            "inputs, outputs, weights {role: index}, precision, and the attributes activation, epsilon, "
            "position_offset, num_heads, head_size, scale, causal, gated, num_kv_heads, rotary_dim, window, "
-           "softcap, residual_after, qk_norm_epsilon, qk_norm_layer)] with type, precision and activation by name; "
+           "softcap, residual_after, qk_norm_epsilon, qk_norm_layer, qk_norm_after_rotary)] with type, precision and activation by name; "
            "weights: [(name, C-contiguous float32/float16/float8_e4m3fn array)]; inputs, outputs: tensor indices. Checks the "
            "description (InputError naming what is wrong), then the device (DeviceError), then uploads the weights.")
       .def_property_readonly("device", &Engine::device)

@@ -218,7 +218,7 @@ void bind_kernels(py::module_& m) {
          std::uintptr_t cos, std::uintptr_t sin, std::uintptr_t q_gamma, std::uintptr_t k_gamma,
          const std::string& gamma_t, float eps, int batch, int seq, int heads, int kv_heads, int head_size,
          int rotary_dim, bool half_math, std::uintptr_t stream, std::uintptr_t q_beta, std::uintptr_t k_beta,
-         bool layer, bool gains_per_head, bool whole) {
+         bool layer, bool gains_per_head, bool whole, bool after_rotary) {
         const char* op = "rotary_qk_norm";
         QkNorm norm;
         norm.q_gamma = ptr(q_gamma);
@@ -230,6 +230,7 @@ void bind_kernels(py::module_& m) {
         norm.layer = layer;
         norm.gains_per_head = gains_per_head;
         norm.whole = whole;
+        norm.after_rotary = after_rotary;
         launch_rotary_qk_norm(ptr(src), dt(src_t, op, "src"), ptr(dst), dt(dst_t, op, "dst"), ptr<const float>(cos),
                               ptr<const float>(sin), norm, batch, seq, heads, kv_heads, head_size, rotary_dim,
                               half_math, stream_of(stream));
@@ -239,12 +240,14 @@ void bind_kernels(py::module_& m) {
       py::arg("seq"), py::arg("heads"), py::arg("kv_heads"), py::arg("head_size"), py::arg("rotary_dim"),
       py::arg("half_math"), py::arg("stream") = 0, py::arg("q_beta") = 0, py::arg("k_beta") = 0,
       py::arg("layer") = false, py::arg("gains_per_head") = false, py::arg("whole") = false,
+      py::arg("after_rotary") = false,
       py::call_guard<py::gil_scoped_release>(),
       "A query/key norm of packed qkv [B,S,(H+2Hkv)D], then the rotary of its first rotary_dim columns (0: none; "
       "cos/sin fp32 [>=S, R/2]); in place when dst == src. RMSNorm per head with gains [D] (Qwen3); layer: "
       "LayerNorm per head, biases q_beta/k_beta optional (0), gains and biases [D] or, gains_per_head, [H*D] and "
       "[Hkv*D] (Persimmon, StableLM-2); whole: RMSNorm over each token's whole Q and K part, gains [H*D] and [Hkv*D] "
-      "(OLMo-2). Gains and biases in gamma_dtype.");
+      "(OLMo-2); after_rotary: per-head forms rotated first, normalised after (HunYuan). Gains and biases in "
+      "gamma_dtype.");
   p.def(
       "attention_gqa",
       [](std::uintptr_t qkv, const std::string& qkv_t, std::uintptr_t mask, std::uintptr_t y, const std::string& y_t,

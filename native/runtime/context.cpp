@@ -850,6 +850,7 @@ void Context::enqueue_ops(int batch, int seq_bucket, cudaStream_t s) {
             const bool per_column = qk_norm_per_column(op, d.weights[op.weight("q_norm")]);
             norm.gains_per_head = per_column && op.qk_norm_layer;
             norm.whole = per_column && !op.qk_norm_layer;
+            norm.after_rotary = op.qk_norm_after_rotary;
             launch_rotary_qk_norm(qkv, qkv_t, dst, dst_t, cos_tab, sin_tab, norm, batch, seq_bucket, op.num_heads,
                                   kv_heads, op.head_size, op.rotary_dim, op.precision == Precision::FP16, s);
           } else {

@@ -267,6 +267,10 @@ void Engine::check() {
                              std::to_string(kQkNormMaxHead) + ", got " + std::to_string(op.head_size));
           if (!(op.qk_norm_epsilon >= 0.f) || !std::isfinite(op.qk_norm_epsilon))
             throw InputError(where(op) + ": qk_norm_epsilon must be finite and >= 0");
+          if (op.qk_norm_after_rotary && (op.rotary_dim == 0 || (per_column && !op.qk_norm_layer)))
+            throw InputError(where(op) + ": a query/key norm after the rotary needs a rotary and a per-head norm");
+        } else if (op.qk_norm_after_rotary) {
+          throw InputError(where(op) + ": qk_norm_after_rotary needs 'q_norm' and 'k_norm'");
         }
         if (inner(out(0)) != hd) throw InputError(where(op) + ": output must be [B, S, H*D]");
         if (in(1) != NO_TENSOR) {

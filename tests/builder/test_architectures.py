@@ -962,11 +962,11 @@ def test_hunyuan_qk_norm_after_the_rotary(tmp_path):
     would take the attribute for an annotation and normalize first). Every precision against onnxruntime at the
     models' acceptance; the same plan read in the other order misses even hybrid's acceptance (rotation keeps a
     head's RMS, but the gains then scale other values); a bad value of the attribute, or the attribute without a rotary, is a PlanError
-    naming it; the GPU runtime refuses the form by name (its kernel normalizes before rotating)."""
+    naming it; the GPU runtime lowers it with the flag (its kernel rotates first)."""
     pytest.importorskip("transformers")
     from trtrun.errors import PlanError
     from trtrun.plan.format import required_version
-    from trtrun.runtime.lower import check_gpu_support
+    from trtrun.runtime.lower import check_gpu_support, lower_plan
 
     path = _tiny_export(tmp_path, "HunYuanDenseV1Config", hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
                         num_key_value_heads=2, intermediate_size=256, head_dim=32)
@@ -980,8 +980,8 @@ def test_hunyuan_qk_norm_after_the_rotary(tmp_path):
         got = ReferenceBackend(plan).run(f)["last_hidden_state"]
         assert cosine_per_sample(got, want, f["attention_mask"]).min() >= bound, precision
     assert "q/k norm after the rotary" in plan.summary()
-    with pytest.raises(PlanError, match=r"Attention ops with a query/key norm after the rotary \(HunYuan's"):
-        check_gpu_support(plan)
+    check_gpu_support(plan)  # the rotary pass's per-head norm, rotating first (native/kernels/rotary)
+    assert all(d.get("qk_norm_after_rotary") for d in lower_plan(plan)["ops"] if d["type"] == "Attention")
 
     plan = build(path, precision="fp32")
     for op in plan.ops:

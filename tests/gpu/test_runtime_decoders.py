@@ -728,6 +728,10 @@ QKN_FORM_CASES = [
     ("whole", "hybrid", 3, 1, 96, 0, F32, None, F16, False),     # no rotary, one K/V head, fp32 qkv
     ("whole", "fp32", 4, 2, 64, 64, F16, F32, F32, False),       # into an fp32 copy
     ("whole", "fp16", 4, 2, 64, 32, F16, None, F16, False),      # fp16 statistics over 256 values
+    ("rms-after", "hybrid", 4, 2, 128, 128, F16, None, F32, False),  # HunYuan: rotated first, normalised after
+    ("rms-after", "fp32", 4, 2, 64, 32, F16, F32, F32, False),   # partial rotary, into an fp32 copy
+    ("rms-after", "fp16", 4, 2, 64, 64, F16, None, F16, False),
+    ("layer-after", "hybrid", 4, 4, 64, 64, F16, None, F32, True),
 ]
 
 
@@ -740,14 +744,15 @@ def test_rotary_qk_norm_forms(form, prec, H, Hkv, D, R, qt, copy_t, gt, biases):
     emulation's own). What may differ: the order of the sums (warp and block trees, per-thread runs in the whole
     form's fp16 mode, against numpy's pairwise sums), a few ulps of a row's statistics, which the factor 2 covers as
     in test_rmsnorm and test_layernorm. Rows are shifted (LayerNorm's mean matters) and scaled 0.1 to 4 per head;
-    gains and biases differ between Q and K and between heads' rows (a swap or a wrong row shows)."""
+    gains and biases differ between Q and K and between heads' rows (a swap or a wrong row shows). The "-after" forms
+    rotate first and normalise after (HunYuan), against ref_attention's order with qk_norm_after_rotary."""
     tp = _plugins()
     torch = tp._torch()
     ref = tp._reference()
     B, S = 2, 45
     rng = np.random.default_rng(H * 1000 + D * 10 + R + len(form))
     HD, KD = H * D, Hkv * D
-    layer, rows = form.startswith("layer"), form in ("layer-rows", "whole")
+    layer, rows, after = form.startswith("layer"), form in ("layer-rows", "whole"), form.endswith("-after")
     scale = rng.uniform(0.1, 4.0, (B, S, H + 2 * Hkv, 1))
     shift = rng.uniform(-2.0, 2.0, (B, S, H + 2 * Hkv, 1)) if layer else 0.0
     qkv = ((rng.normal(0, 1, (B, S, H + 2 * Hkv, D)) + shift) * scale).reshape(B, S, -1).astype(qt)
@@ -769,17 +774,28 @@ def test_rotary_qk_norm_forms(form, prec, H, Hkv, D, R, qt, copy_t, gt, biases):
     tp.PLUGINS.rotary_qk_norm(tp.ptr(dq), tp.dtype_name(qt), tp.ptr(dst), tp.dtype_name(out_t), tp.ptr(dc),
                               tp.ptr(ds), tp.ptr(dqg), tp.ptr(dkg), tp.dtype_name(gt), eps, B, S, H, Hkv, D, R,
                               prec == "fp16", 0, q_beta=tp.ptr(dqb), k_beta=tp.ptr(dkb), layer=layer,
-                              gains_per_head=form == "layer-rows", whole=form == "whole")
+                              gains_per_head=form == "layer-rows", whole=form == "whole", after_rotary=after)
     torch.cuda.synchronize()
     ours = tp._np(dst)
     assert np.isfinite(ours).all()
     cdt = F16 if prec == "fp16" else F32
     want = qkv.astype(out_t).astype(np.float32)
     truth = want.astype(np.float64)
+
+    def rot64(a):  # the rotation of [S, heads, D] in float64
+        a, h2 = a.copy(), R // 2
+        c64, s64 = cos[:S, None, :].astype(np.float64), sin[:S, None, :].astype(np.float64)
+        x1, x2 = a[..., :h2].copy(), a[..., h2:R].copy()
+        a[..., :h2], a[..., h2:R] = x1 * c64 - x2 * s64, x2 * c64 + x1 * s64
+        return a
+
     for b in range(B):
         for lo, n, g, bias in ((0, H, qg, qb), (HD, Hkv, kg, kb)):
             x = qkv[b, :, lo:lo + n * D].reshape(S, n, D)
             x64 = x.astype(cdt).astype(np.float64)
+            if after:  # ref_attention's order with qk_norm_after_rotary: rotated (in cdt), then normalised
+                x = ref.rotate(x.astype(cdt), cos[:S], sin[:S])
+                x64 = rot64(x64)
             g64 = g.astype(cdt).astype(np.float64)
             b64 = np.zeros_like(g64) if bias is None else bias.astype(cdt).astype(np.float64)
             if form == "whole":
@@ -794,12 +810,9 @@ def test_rotary_qk_norm_forms(form, prec, H, Hkv, D, R, qt, copy_t, gt, biases):
                 d64 = x64 - x64.mean(-1, keepdims=True)
                 y64 = d64 / np.sqrt((d64 * d64).mean(-1, keepdims=True) + eps) * g64.reshape(-1, D) \
                     + b64.reshape(-1, D)
-            if R:
+            if R and not after:
                 y = ref.rotate(y.astype(cdt), cos[:S], sin[:S])
-                h2 = R // 2
-                c64, s64 = cos[:S, None, :].astype(np.float64), sin[:S, None, :].astype(np.float64)
-                x1, x2 = y64[..., :h2].copy(), y64[..., h2:R].copy()
-                y64[..., :h2], y64[..., h2:R] = x1 * c64 - x2 * s64, x2 * c64 + x1 * s64
+                y64 = rot64(y64)
             want[b, :, lo:lo + n * D] = y.reshape(S, -1).astype(out_t)
             truth[b, :, lo:lo + n * D] = y64.reshape(S, -1)
     qk = np.s_[..., :HD + KD]

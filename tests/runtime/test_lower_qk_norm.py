@@ -216,6 +216,7 @@ def test_qk_norm_entry_point_checks_its_arguments():
         (dict(whole=True, layer=True), "rotary_qk_norm: the whole-part form is an RMSNorm with one gain per column"),
         (dict(whole=True, gains_per_head=True), "rotary_qk_norm: the whole-part form is an RMSNorm"),
         (dict(q_beta=256), "rotary_qk_norm: biases belong to the layer form"),
+        (dict(whole=True, after_rotary=True), "rotary_qk_norm: a norm after the rotary is per head"),
         (dict(whole=True, head_size=QK_NORM_MAX_HEAD + 2, rotary_dim=0),
          "rotary_qk_norm: src, dst, q_gamma and k_gamma must not be null"),
     ]

@@ -141,8 +141,6 @@ def qk_norm_missing(plan: Plan, op: dict) -> str | None:
     of the heads, [H*D] for Q and [Hkv*D] for K (LayerNorm: a row per head, StableLM-2; RMS: one norm over each
     token's whole Q and K part, OLMo-2). The reference backend also takes Q and K gains of different forms."""
     a = op["attrs"]
-    if a.get("qk_norm_after_rotary"):
-        return "a query/key norm after the rotary (HunYuan's; the kernel normalizes before rotating)"
     H, D = int(a["num_heads"]), int(a["head_size"])
     Hkv = int(a.get("num_kv_heads") or H)
     shape = {r: [int(d) for d in plan.header["weights"][op["weights"][r]]["shape"]] for r in ("q_norm", "k_norm")}
@@ -341,6 +339,8 @@ def lower_plan(plan) -> dict:
                 d["qk_norm_epsilon"] = float(attrs.get("qk_norm_epsilon", 1e-6))  # the reference's default
                 if attrs.get("qk_norm_kind", "rms") == "layer":
                     d["qk_norm_layer"] = True
+                if attrs.get("qk_norm_after_rotary"):  # HunYuan: rotated first, normalised after
+                    d["qk_norm_after_rotary"] = True
             if w.get("relative_bias") or w.get("alibi_slopes"):
                 wmap["score_bias"] = bias_table(op)
             # -1: no window; a window of S - 1 or more masks nothing (the kernel's launcher treats it so too)

@@ -62,6 +62,7 @@ struct OpDesc {
   // token's whole Q / K part (OLMo-2).
   float qk_norm_epsilon = 1e-6f;
   bool qk_norm_layer = false;
+  bool qk_norm_after_rotary = false;  // per-head forms: rotated first, normalised after (HunYuan)
 
   int weight(const std::string& role) const {
     auto it = weights.find(role);

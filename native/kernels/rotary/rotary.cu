@@ -144,7 +144,27 @@ __device__ __forceinline__ float half_sd(__half var, float eps) {
   return __half2float(__float2half_rn(__fsqrt_rn(__half2float(__hadd_rn(var, __float2half_rn(eps))))));
 }
 
-template <bool HALF, bool LAYER>
+// Column i of a head row y (shared memory) after the rotation, as rotary_kernel computes it (the same products and
+// sums, rounded the same way); columns from 2 * h2 on pass unchanged.
+template <bool HALF>
+__device__ __forceinline__ float rotated(const float* y, int i, int h2, int s, const float* __restrict__ cos,
+                                         const float* __restrict__ sin) {
+  if (i >= 2 * h2) return y[i];
+  const int j = i < h2 ? i : i - h2;  // the table column; the pair is (j, h2 + j)
+  const float x1 = y[j], x2 = y[h2 + j];
+  const float cs = cos[static_cast<long long>(s) * h2 + j], sn = sin[static_cast<long long>(s) * h2 + j];
+  if constexpr (HALF) {
+    const __half a = __float2half_rn(x1), b = __float2half_rn(x2);
+    const __half ch = __float2half_rn(cs), nh = __float2half_rn(sn);
+    return i < h2 ? __half2float(__hsub_rn(__hmul_rn(a, ch), __hmul_rn(b, nh)))
+                  : __half2float(__hadd_rn(__hmul_rn(b, ch), __hmul_rn(a, nh)));
+  } else {
+    return i < h2 ? __fsub_rn(__fmul_rn(x1, cs), __fmul_rn(x2, sn)) : __fadd_rn(__fmul_rn(x2, cs), __fmul_rn(x1, sn));
+  }
+}
+
+// AFTER: the row rotated first and normalised after (HunYuan's order); else normalised, then rotated.
+template <bool HALF, bool LAYER, bool AFTER>
 __global__ void __launch_bounds__(kNormWarps * 32)
     rotary_qk_norm_kernel(const void* src, DType src_t, void* dst, DType dst_t, const float* __restrict__ cos,
                           const float* __restrict__ sin, QkNorm norm, long long rows, int seq, int heads,
@@ -171,6 +191,16 @@ __global__ void __launch_bounds__(kNormWarps * 32)
     for (int c = 0; c < kNormSlots; ++c) {
       const int i = c * 32 + lane;
       v[c] = i < head_size ? load_f(src, src_t, base + i) : 0.f;
+    }
+    if constexpr (AFTER) {  // the stored values rotated (rotated() reads the pair's other lane from y), then normed
+#pragma unroll
+      for (int c = 0; c < kNormSlots; ++c)
+        if (c * 32 + lane < head_size) y[c * 32 + lane] = v[c];
+      __syncwarp();
+#pragma unroll
+      for (int c = 0; c < kNormSlots; ++c)
+        if (c * 32 + lane < head_size) v[c] = rotated<HALF>(y, c * 32 + lane, h2, s, cos, sin);
+      __syncwarp();  // every lane has read y before the norm writes it
     }
     if constexpr (!HALF) {
       // fp32 statistics as the rmsnorm and layernorm kernels' (their contract with ref_rmsnorm / ref_layernorm): sums
@@ -227,28 +257,11 @@ __global__ void __launch_bounds__(kNormWarps * 32)
       }
     }
     __syncwarp();
-    // The rotation of the normalised values, as rotary_kernel computes it (the same products and sums, rounded the
-    // same way); columns from R on pass as normalised.
+    // The rotation of the normalised values (columns from R on pass as normalised), or, AFTER, those values as they are
 #pragma unroll
     for (int c = 0; c < kNormSlots; ++c) {
       const int i = c * 32 + lane;
-      if (i >= head_size) continue;
-      float o = y[i];
-      if (i < 2 * h2) {
-        const int j = i < h2 ? i : i - h2;  // the table column; the pair is (j, h2 + j)
-        const float x1 = y[j], x2 = y[h2 + j];
-        const float cs = cos[static_cast<long long>(s) * h2 + j], sn = sin[static_cast<long long>(s) * h2 + j];
-        if constexpr (HALF) {
-          const __half a = __float2half_rn(x1), b = __float2half_rn(x2);
-          const __half ch = __float2half_rn(cs), nh = __float2half_rn(sn);
-          o = i < h2 ? __half2float(__hsub_rn(__hmul_rn(a, ch), __hmul_rn(b, nh)))
-                     : __half2float(__hadd_rn(__hmul_rn(b, ch), __hmul_rn(a, nh)));
-        } else {
-          o = i < h2 ? __fsub_rn(__fmul_rn(x1, cs), __fmul_rn(x2, sn))
-                     : __fadd_rn(__fmul_rn(x2, cs), __fmul_rn(x1, sn));
-        }
-      }
-      store_f(dst, dst_t, base + i, o);
+      if (i < head_size) store_f(dst, dst_t, base + i, AFTER ? y[i] : rotated<HALF>(y, i, h2, s, cos, sin));
     }
     __syncwarp();  // y is this warp's next row's
   }
@@ -370,6 +383,7 @@ void launch_rotary_qk_norm(const void* src, DType src_t, void* dst, DType dst_t,
   require(!(norm.whole && (norm.layer || norm.gains_per_head)), op,
           "the whole-part form is an RMSNorm with one gain per column (not layer, not gains_per_head)");
   require(norm.layer || (norm.q_beta == nullptr && norm.k_beta == nullptr), op, "biases belong to the layer form");
+  require(!(norm.after_rotary && norm.whole), op, "a norm after the rotary is per head (not the whole-part form)");
   if (norm.whole)
     require(head_size >= 1, op, "head_size must be >= 1, got " + std::to_string(head_size));
   else
@@ -408,10 +422,12 @@ void launch_rotary_qk_norm(const void* src, DType src_t, void* dst, DType dst_t,
         1LL, std::min((rows + kNormWarps - 1) / kNormWarps, kMaxBlocks * (kThreads / (kNormWarps * 32)))));
     TRTRUN_BOOL_SWITCH(half_math, HALF, [&] {
       TRTRUN_BOOL_SWITCH(norm.layer, LAYER, [&] {
-        rotary_qk_norm_kernel<HALF, LAYER><<<blocks, kNormWarps * 32, 0, stream>>>(
-            src, src_t, dst, dst_t, cos, sin, norm, rows, seq, heads, qk, static_cast<int>(width), head_size,
-            rotary_dim / 2);
-        TRTRUN_LAUNCH_CHECK();
+        TRTRUN_BOOL_SWITCH(norm.after_rotary, AFTER, [&] {
+          rotary_qk_norm_kernel<HALF, LAYER, AFTER><<<blocks, kNormWarps * 32, 0, stream>>>(
+              src, src_t, dst, dst_t, cos, sin, norm, rows, seq, heads, qk, static_cast<int>(width), head_size,
+              rotary_dim / 2);
+          TRTRUN_LAUNCH_CHECK();
+        });
       });
     });
   }

@@ -43,6 +43,7 @@ struct QkNorm {
   bool layer = false;           // LayerNorm (mean subtracted, biased variance, + beta) instead of RMSNorm
   bool gains_per_head = false;  // layer: one row of gains (and biases) per head
   bool whole = false;           // RMSNorm over each token's whole Q and whole K part (not with layer)
+  bool after_rotary = false;    // per-head forms: each head rotated first, normalised after (HunYuan)
 };
 
 // The largest head the per-head forms take: one warp holds a (token, head) row, 8 values a lane.
