@@ -803,6 +803,10 @@ def test_rotary_qk_norm_forms(form, prec, H, Hkv, D, R, qt, copy_t, gt, biases):
                                     out_dtype=cdt)[0].reshape(S, n, D)
                 r64 = x64.reshape(S, n * D)
                 y64 = (r64 / np.sqrt((r64 * r64).mean(-1, keepdims=True) + eps) * g64).reshape(S, n, D)
+            elif not layer:  # rms-after: an RMSNorm over each head (HunYuan's, Qwen3's form)
+                y = np.stack([ref.ref_rmsnorm(x[:, h], None, g, epsilon=eps, precision=prec, out_dtype=cdt)[0]
+                              for h in range(n)], 1)
+                y64 = x64 / np.sqrt((x64 * x64).mean(-1, keepdims=True) + eps) * g64
             else:
                 gr, br = g.reshape(-1, D), (np.zeros_like(g) if bias is None else bias).reshape(-1, D)
                 y = np.stack([ref.ref_layernorm(x[:, h], None, gr[h % len(gr)], br[h % len(br)], epsilon=eps,
