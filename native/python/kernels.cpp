@@ -253,13 +253,16 @@ void bind_kernels(py::module_& m) {
       [](std::uintptr_t qkv, const std::string& qkv_t, std::uintptr_t mask, std::uintptr_t y, const std::string& y_t,
          int batch, int seq, int heads, int kv_heads, int head_size, float scale, bool causal,
          const std::string& prec, std::uintptr_t stream, std::uintptr_t bias, int bias_max_seq, int window,
-         float softcap) {
+         float softcap, std::uintptr_t rope_cos, std::uintptr_t rope_sin, int rotary_dim) {
         const char* op = "attention_gqa";
         AttentionExtras extras;
         extras.bias = ptr<const float>(bias);
         extras.bias_max_seq = bias_max_seq;
         extras.window = window;
         extras.softcap = softcap;
+        extras.rope_cos = ptr<const float>(rope_cos);
+        extras.rope_sin = ptr<const float>(rope_sin);
+        extras.rotary_dim = rotary_dim;
         launch_attention_gqa(ptr(qkv), dt(qkv_t, op, "qkv"), ptr<const int32_t>(mask), ptr(y), dt(y_t, op, "y"),
                              batch, seq, heads, kv_heads, head_size, scale, causal, pr(prec, op), stream_of(stream),
                              extras);
@@ -267,11 +270,13 @@ void bind_kernels(py::module_& m) {
       py::arg("qkv"), py::arg("qkv_dtype"), py::arg("mask"), py::arg("y"), py::arg("y_dtype"), py::arg("batch"),
       py::arg("seq"), py::arg("heads"), py::arg("kv_heads"), py::arg("head_size"), py::arg("scale"), py::arg("causal"),
       py::arg("precision"), py::arg("stream") = 0, py::arg("bias") = 0, py::arg("bias_max_seq") = 0,
-      py::arg("window") = -1, py::arg("softcap") = 0.f, py::call_guard<py::gil_scoped_release>(),
+      py::arg("window") = -1, py::arg("softcap") = 0.f, py::arg("rope_cos") = 0, py::arg("rope_sin") = 0,
+      py::arg("rotary_dim") = 0, py::call_guard<py::gil_scoped_release>(),
       "Fused attention with grouped-query K/V heads on packed qkv [B,S,(H+2Hkv)D] -> y [B,S,HD]; bias: fp32 "
       "[heads, 2*bias_max_seq - 1] added by distance j - i (entry j - i + bias_max_seq - 1), 0 for none; window: keys "
       "with |i - j| > window masked, -1 for none; softcap: scaled scores soft-capped to softcap * tanh(s / softcap) "
-      "before the bias, 0 for none.");
+      "before the bias, 0 for none; rope_cos/rope_sin: fp32 [>=S, R/2] tables (0 for none), Q and K rotated by their "
+      "first rotary_dim columns as the kernel loads them (fp16 qkv, hybrid/fp16), bit-identical to rotary() first.");
 }
 
 }  // namespace trtrun

@@ -201,7 +201,21 @@ DType rotary_type(const OpDesc& op, const EngineDesc& d) {
 // Whether an Attention rewrites Q and K before its kernel reads them: a rotary, a query/key norm (q_norm/k_norm, applied
 // by the same launcher before the rotation), or both.
 bool has_qk_norm(const OpDesc& op) { return op.weight("q_norm") != NO_WEIGHT; }
+
 bool rewrites_qk(const OpDesc& op) { return op.rotary_dim > 0 || has_qk_norm(op); }
+
+// Whether the attention kernel may rotate Q and K itself as it loads their tiles (AttentionExtras::rope_cos): a plain
+// rotary (no q/k norm) the kernels take (attention_takes_rotary) on an fp16 qkv in hybrid or fp16 precision.
+// Bit-identical to the separate pass (same arithmetic and rounding), which it then saves: a read and write of Q and K.
+// Whether it does at a shape is attention_rotary_pays', at run time (the rotated copy stays planned for the others).
+bool rotary_in_attention(const OpDesc& op, const EngineDesc& d) {
+#ifdef TRTRUN_HAVE_ATTENTION
+  return attention_takes_rotary(op.head_size, op.rotary_dim) && !has_qk_norm(op) && op.precision != Precision::FP32 &&
+         d.tensors[op.inputs[0]].type == DType::F16;
+#else
+  return false;
+#endif
+}
 
 }  // namespace
 
@@ -829,7 +843,21 @@ void Context::enqueue_ops(int batch, int seq_bucket, cudaStream_t s) {
         const int kv_heads = op.num_kv_heads > 0 ? op.num_kv_heads : op.num_heads;
         const void* qkv = tensor_ptr(in(0));
         DType qkv_t = dt(in(0));
-        if (rewrites_qk(op)) {
+        AttentionExtras extras;  // the bias by distance serves the bucket's length as the valid one's
+        if (op.weight("score_bias") != NO_WEIGHT) {
+          extras.bias = static_cast<const float*>(E.weight(op.weight("score_bias")));
+          extras.bias_max_seq = static_cast<int>(d.seq_max);
+        }
+        extras.window = op.window;
+        extras.softcap = op.softcap;
+        const bool rope_inside = rotary_in_attention(op, d) &&
+                                 attention_rotary_pays(batch, seq_bucket, op.num_heads, kv_heads, op.head_size,
+                                                       op.rotary_dim, op.causal, op.precision, extras);
+        if (rope_inside) {
+          extras.rope_cos = static_cast<const float*>(E.weight(op.weight("rotary_cos")));
+          extras.rope_sin = static_cast<const float*>(E.weight(op.weight("rotary_sin")));
+          extras.rotary_dim = op.rotary_dim;
+        } else if (rewrites_qk(op)) {
 #ifdef TRTRUN_HAVE_ROTARY
           // rotated in place, or into the op's own copy (Context::rotary_offset_), positions 0..seq_bucket-1 (pad
           // positions come after the valid ones, so the valid tokens' angles are the reference's)
@@ -863,13 +891,6 @@ void Context::enqueue_ops(int batch, int seq_bucket, cudaStream_t s) {
           missing_plugin(op, "rotary");
 #endif
         }
-        AttentionExtras extras;  // the bias by distance serves the bucket's length as the valid one's
-        if (op.weight("score_bias") != NO_WEIGHT) {
-          extras.bias = static_cast<const float*>(E.weight(op.weight("score_bias")));
-          extras.bias_max_seq = static_cast<int>(d.seq_max);
-        }
-        extras.window = op.window;
-        extras.softcap = op.softcap;
         launch_attention_gqa(qkv, qkv_t, mask, tensor_ptr(out(0)), dt(out(0)), batch, seq_bucket, op.num_heads,
                              kv_heads, op.head_size, op.scale, op.causal, op.precision, s, extras);
 #else

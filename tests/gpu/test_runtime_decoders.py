@@ -822,3 +822,111 @@ def test_rotary_qk_norm_forms(form, prec, H, Hkv, D, R, qt, copy_t, gt, biases):
     qk = np.s_[..., :HD + KD]
     np.testing.assert_array_equal(ours[..., HD + KD:], want[..., HD + KD:])  # V untouched / copied exactly
     tp.assert_within_twice(f"rotary_qk_norm {form} {prec} H{H}/{Hkv} D{D} R{R}", ours[qk], want[qk], truth[qk], out_t)
+
+
+ROPE_IN_ATTN_CASES = [
+    # precision, B, S, H, Hkv, D, R, causal, window, mask kind, y dtype
+    ("hybrid", 2, 129, 4, 2, 64, 64, True, -1, "right", F16),     # SmolLM2's form
+    ("hybrid", 2, 300, 6, 6, 64, 64, False, 64, "left", F16),     # ModernBERT's local layers (a window: EXTRA)
+    ("hybrid", 2, 300, 6, 6, 64, 64, False, -1, "random", F16),   # ModernBERT's global layers, holes in the mask
+    ("hybrid", 2, 200, 4, 1, 128, 128, True, -1, "left", F16),    # Llama's heads, one K/V head, causal left padding
+    ("hybrid", 3, 77, 4, 4, 64, 16, True, -1, None, F32),         # GPT-NeoX's partial rotary (a quarter), fp32 y
+    ("hybrid", 1, 1, 2, 1, 64, 64, True, -1, None, F16),          # one token
+    ("hybrid", 1, 512, 12, 12, 64, 64, False, -1, None, F16),     # one long sequence (two key groups by default)
+    ("fp16", 2, 129, 4, 2, 64, 64, True, -1, "right", F16),       # launch_rotary's half_math
+    ("fp16", 2, 150, 4, 2, 128, 32, True, 40, "right", F16),      # partial, causal with a window
+]
+# (MT, warps[, key groups]) forced for both launches, so both take one configuration (the launcher's choice may
+# differ between the kernels with and without the rotary: their registers differ). 32-row warps exist for D <= 64
+# only, two key groups for the hybrid softmax at D <= 64 only: those pairs are left out.
+ROPE_CFGS = ["1,4", "2,4", "1,1", "1,2,2"]
+ROPE_IN_ATTN_RUNS = [case + (cfg,) for case in ROPE_IN_ATTN_CASES for cfg in ROPE_CFGS
+                     if not (cfg == "2,4" and case[5] > 64)
+                     and not (cfg == "1,2,2" and (case[5] > 64 or case[0] != "hybrid"))]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("prec,B,S,H,Hkv,D,R,causal,window,mkind,yt,cfg", ROPE_IN_ATTN_RUNS)
+def test_rotary_inside_attention_is_the_pass_then_attention(prec, B, S, H, Hkv, D, R, causal, window, mkind, yt, cfg,
+                                                            monkeypatch):
+    """Q and K rotated by the attention kernel as their tiles land (AttentionExtras::rope_cos) against rotary() into a
+    copy followed by the same attention: bit-identical outputs, since the rotation is the same arithmetic on the same
+    fp16 values with the same rounding and the kernel then reads the same bits. And the kernel leaves qkv as it was.
+    Rows past the sequence (S not a multiple of 64), padding, windows, grouped K/V, partial rotary and every kind of
+    block (32-row warps, 1-4 warps, two key groups) are covered; the separate path's accuracy is test_rotary's and
+    test_attention_grouped_kv_heads'."""
+    monkeypatch.setenv("TRTRUN_ATTN_CFG", cfg)
+    tp = _plugins()
+    torch = tp._torch()
+    ref = tp._reference()
+    rng = np.random.default_rng(S * 13 + D + R + H)
+    HD, KD = H * D, Hkv * D
+    qkv = rng.normal(0, 1.5, (B, S, HD + 2 * KD)).astype(F16)
+    mask = tp._make_mask(rng, B, S, mkind)
+    inv_freq = (1.0 / (10000.0 ** (np.arange(0, R, 2, dtype=np.float32) / R))).astype(F32)
+    cos, sin = ref.rotary_tables(S + 7, inv_freq, 1.0)
+    dq, dc, ds = tp._dev(qkv, torch), tp._dev(cos, torch), tp._dev(sin, torch)
+    dm = None if mask is None else tp._dev(mask, torch)
+    tdt = {F32: torch.float32, F16: torch.float16}
+    rotated = torch.empty_like(dq)
+    tp.PLUGINS.rotary(tp.ptr(dq), "float16", tp.ptr(rotated), "float16", tp.ptr(dc), tp.ptr(ds), B, S, H, Hkv, D, R,
+                      prec == "fp16", 0)
+    scale = 1.0 / math.sqrt(D)
+    outs = []
+    for src, rope in ((rotated, False), (dq, True)):
+        y = torch.full((B, S, HD), float("nan"), dtype=tdt[yt], device="cuda")
+        tp.PLUGINS.attention_gqa(tp.ptr(src), "float16", tp.ptr(dm), tp.ptr(y), tp.dtype_name(yt), B, S, H, Hkv, D,
+                                 scale, causal, prec, 0, window=window, rope_cos=tp.ptr(dc) if rope else 0,
+                                 rope_sin=tp.ptr(ds) if rope else 0, rotary_dim=R if rope else 0)
+        outs.append(y)
+    torch.cuda.synchronize()
+    sep, fused = tp._np(outs[0]), tp._np(outs[1])
+    assert np.isfinite(sep).all()
+    np.testing.assert_array_equal(fused, sep)
+    np.testing.assert_array_equal(tp._np(dq), qkv)  # qkv not rotated in place
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("what,qt,prec,D,R,match", [
+    ("fp32 qkv", F32, "hybrid", 64, 64, "fp16 qkv in hybrid or fp16"),
+    ("fp32 precision", F16, "fp32", 64, 64, "fp16 qkv in hybrid or fp16"),
+    ("head size 80", F16, "hybrid", 80, 32, "head_size 64 or 128"),
+    ("rotary not a multiple of 16", F16, "hybrid", 64, 24, "multiple of 16"),
+])
+def test_rotary_inside_attention_refuses_what_it_does_not_take(what, qt, prec, D, R, match):
+    """The launcher names what the fused rotary does not take (the engine then rotates first: launch_rotary)."""
+    tp = _plugins()
+    torch = tp._torch()
+    ref = tp._reference()
+    B, S, H = 1, 16, 2
+    qkv = np.zeros((B, S, 3 * H * D), qt)
+    cos, sin = ref.rotary_tables(S, (1.0 / (10000.0 ** (np.arange(0, R, 2) / R))).astype(F32), 1.0)
+    dq, dc, ds = tp._dev(qkv, torch), tp._dev(cos, torch), tp._dev(sin, torch)
+    y = torch.zeros((B, S, H * D), dtype=torch.float16, device="cuda")
+    with pytest.raises(ValueError, match=match):
+        tp.PLUGINS.attention_gqa(tp.ptr(dq), tp.dtype_name(qt), 0, tp.ptr(y), "float16", B, S, H, H, D, 0.125, False,
+                                 prec, 0, rope_cos=tp.ptr(dc), rope_sin=tp.ptr(ds), rotary_dim=R)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["hybrid", "fp16"])
+@pytest.mark.parametrize("arch", ["llama", "gpt-neox"])
+def test_decoder_rotary_inside_attention_or_not_same_bits(arch, precision, monkeypatch):
+    """The engine with the rotary always inside the attention kernel (TRTRUN_ATTN_ROPE=1) and always as the separate
+    pass (=0; attention_rotary_pays decides by shape otherwise): bit-identical outputs at every shape, padded or not,
+    eager and through CUDA graphs (full rotary on grouped K/V heads; GPT-NeoX's quarter)."""
+    h.need_runtime()
+    plan = _plan_of(arch, precision)
+    got = {}
+    for force in ("1", "0"):
+        monkeypatch.setenv("TRTRUN_ATTN_ROPE", force)
+        for graphs in (False, True):
+            ctx = _engine(arch, precision).create_context(use_graphs=graphs)
+            for i, (B, S, padded) in enumerate(SHAPES):
+                feeds = h.random_feeds(plan, B, S, padded=padded, seed=500 + i)
+                for _ in range(2 if graphs else 1):  # with graphs: the capture's run, then a replay
+                    got[(force, graphs, i)] = ctx.run(feeds)["last_hidden_state"]
+    for i in range(len(SHAPES)):
+        assert np.isfinite(got[("0", False, i)]).all()
+        for key in (("1", False, i), ("1", True, i), ("0", True, i)):
+            np.testing.assert_array_equal(got[key], got[("0", False, i)], err_msg=f"{key} shape {SHAPES[i]}")

@@ -93,6 +93,12 @@ struct Extras {
   int bias_stride;
   int window;
   float softcap;  // > 0: scaled scores soft-capped to softcap * tanh(s / softcap) before the bias; 0: none
+  // Rotary of Q and K applied as their tiles land in shared memory (fp16 qkv only): fp32 cos/sin [>= S, R/2], null
+  // for none; R = rotary_dim, a multiple of 16 <= D; rope_half: launch_rotary's half_math arithmetic.
+  const float* rope_cos;
+  const float* rope_sin;
+  int rotary_dim;
+  bool rope_half;
 };
 
 // The contract's order on one fp32 score: scaled (one rounding), soft-capped, then the bias added; no contraction.
@@ -171,6 +177,74 @@ __device__ __forceinline__ void load_rows_f16(__half* dst, const void* qkv, bool
       }
       *reinterpret_cast<uint4*>(d) = out;
     }
+  }
+}
+
+// The rotary fused into the tile loads (Extras::rope_cos): launch_rotary's rotation of the pairs (i, R/2 + i), i < R/2,
+// of each row, done in shared memory by the thread that copied both halves of the pair, right after its own cp.async
+// wait (a thread's completed copies are visible to it) and before the barrier that publishes the tile, so it costs
+// no barrier of its own. The work items of a row: the R/16 chunk pairs (chunk c < R/16 with chunk c + R/16), then
+// the D/8 - R/8 chunks past the rotary, one each; load_rows_rope and rotate_rows walk the same items in the same
+// thread order, so a thread rotates exactly the pairs it loaded.
+template <int D, int LD>
+__device__ __forceinline__ void load_rows_rope(__half* dst, const void* qkv, long long tok_base, int r0, int rows,
+                                               int S, long long row_stride, int col, int R, int tid, int nthr) {
+  constexpr int CPR = D / 8;
+  const int P = R >> 4, IPR = CPR - P;
+  const int total = rows * IPR;
+  for (int i = tid; i < total; i += nthr) {
+    const int r = i / IPR, c = i % IPR;
+    const int tok = r0 + r;
+    const bool valid = tok < S;
+    const __half* src = static_cast<const __half*>(qkv) + (tok_base + (valid ? tok : 0)) * row_stride + col;
+    __half* d = dst + r * LD;
+    if (c < P) {
+      cp_async16(smem_u32(d + c * 8), src + c * 8, valid);
+      cp_async16(smem_u32(d + (c + P) * 8), src + (c + P) * 8, valid);
+    } else {
+      cp_async16(smem_u32(d + (c + P) * 8), src + (c + P) * 8, valid);
+    }
+  }
+}
+
+template <int D, int LD>
+__device__ __forceinline__ void rotate_rows(__half* dst, int r0, int rows, int S, const Extras& ex, int tid,
+                                            int nthr) {
+  constexpr int CPR = D / 8;
+  const int R = ex.rotary_dim, h2 = R >> 1;
+  const int P = R >> 4, IPR = CPR - P;
+  const int total = rows * IPR;
+  for (int i = tid; i < total; i += nthr) {
+    const int r = i / IPR, c = i % IPR;
+    const int tok = r0 + r;
+    if (c >= P || tok >= S) continue;  // past the rotary, or a zero-filled row past the sequence
+    __half* a = dst + r * LD + c * 8;
+    __half* b = a + h2;
+    const uint4 ua = *reinterpret_cast<const uint4*>(a), ub = *reinterpret_cast<const uint4*>(b);
+    const float4* cp = reinterpret_cast<const float4*>(ex.rope_cos + static_cast<long long>(tok) * h2 + c * 8);
+    const float4* sp = reinterpret_cast<const float4*>(ex.rope_sin + static_cast<long long>(tok) * h2 + c * 8);
+    const float4 c0 = __ldg(cp), c1 = __ldg(cp + 1), n0 = __ldg(sp), n1 = __ldg(sp + 1);
+    const float cs[8] = {c0.x, c0.y, c0.z, c0.w, c1.x, c1.y, c1.z, c1.w};
+    const float sn[8] = {n0.x, n0.y, n0.z, n0.w, n1.x, n1.y, n1.z, n1.w};
+    const __half* xa = reinterpret_cast<const __half*>(&ua);
+    const __half* xb = reinterpret_cast<const __half*>(&ub);
+    uint4 oa, ob;
+    __half* ya = reinterpret_cast<__half*>(&oa);
+    __half* yb = reinterpret_cast<__half*>(&ob);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      if (ex.rope_half) {  // launch_rotary's half_math: every product and sum an fp16 operation
+        const __half ch = __float2half_rn(cs[j]), nh = __float2half_rn(sn[j]);
+        ya[j] = __hsub_rn(__hmul_rn(xa[j], ch), __hmul_rn(xb[j], nh));
+        yb[j] = __hadd_rn(__hmul_rn(xb[j], ch), __hmul_rn(xa[j], nh));
+      } else {  // fp32, each product and sum rounded, nothing contracted; rounded once to fp16
+        const float x1 = __half2float(xa[j]), x2 = __half2float(xb[j]);
+        ya[j] = __float2half_rn(__fsub_rn(__fmul_rn(x1, cs[j]), __fmul_rn(x2, sn[j])));
+        yb[j] = __float2half_rn(__fadd_rn(__fmul_rn(x2, cs[j]), __fmul_rn(x1, sn[j])));
+      }
+    }
+    *reinterpret_cast<uint4*>(a) = oa;
+    *reinterpret_cast<uint4*>(b) = ob;
   }
 }
 
@@ -463,7 +537,7 @@ __device__ __forceinline__ void softmax_tile(float (&s)[NB][4], float (&o)[DB][4
 // its time, halves.
 // EXTRA: with a score bias by distance and/or a sliding window (ex); window tiles outside every row's reach are
 // skipped like the causal ones. Never with SHARE_KV.
-template <int D, int MT, bool HALF_SOFTMAX, int KS, bool SHARE_KV = false, bool EXTRA = false>
+template <int D, int MT, bool HALF_SOFTMAX, int KS, bool SHARE_KV = false, bool EXTRA = false, bool ROPE = false>
 __global__ void __launch_bounds__(128 * KS, MT == 2 ? 2 : (SHARE_KV && D <= 64 ? 3 : 1))
     attention_tc_kernel(const void* __restrict__ qkv, bool in_half, const int32_t* __restrict__ mask,
                         void* __restrict__ y, bool out_half, int H, int Hkv, int S, float scale, bool causal,
@@ -471,6 +545,7 @@ __global__ void __launch_bounds__(128 * KS, MT == 2 ? 2 : (SHARE_KV && D <= 64 ?
   static_assert(KS == 1 || (KS == 2 && MT == 1 && !HALF_SOFTMAX), "key groups: MT = 1, fp32 softmax");
   static_assert(!SHARE_KV || KS == 1, "query tiles sharing K/V: one key group");
   static_assert(!SHARE_KV || !EXTRA, "query tiles sharing K/V: no bias or window");
+  static_assert(!SHARE_KV || !ROPE, "query tiles sharing K/V: no rotary");
   if constexpr (!SHARE_KV) nqb = 1;
   constexpr int LD = D + 8;  // +16 bytes per row: the 8 rows of an ldmatrix fall in distinct banks
   constexpr int KC = D / 16;  // k-steps of QK^T
@@ -521,8 +596,12 @@ __global__ void __launch_bounds__(128 * KS, MT == 2 ? 2 : (SHARE_KV && D <= 64 ?
   const float* hbias = EXTRA && ex.bias != nullptr ? ex.bias + static_cast<long long>(h) * ex.bias_stride : nullptr;
   const float cap = EXTRA ? ex.softcap : 0.f;
 
-  load_rows_f16<D, LD>(Qs, qkv, in_half, tok_base, qt0 * BQ, nq_here * BQ, S, row_stride, h * D, threadIdx.x,
-                       blockDim.x);
+  if constexpr (ROPE)  // (the launcher allows it with fp16 qkv only)
+    load_rows_rope<D, LD>(Qs, qkv, tok_base, qt0 * BQ, nq_here * BQ, S, row_stride, h * D, ex.rotary_dim,
+                          threadIdx.x, blockDim.x);
+  else
+    load_rows_f16<D, LD>(Qs, qkv, in_half, tok_base, qt0 * BQ, nq_here * BQ, S, row_stride, h * D, threadIdx.x,
+                         blockDim.x);
   // (with nqb > 1 there is no causal mask and no window, and the range does not depend on the query rows)
   const KeyRange kr = key_range(mask, b, S, qt0 * BQ, BQ, BK, causal, window, red);
   // This group's key tiles [tb, te): group 0 the first ceil(n / KS) of the block's n, group 1 the rest.
@@ -535,8 +614,12 @@ __global__ void __launch_bounds__(128 * KS, MT == 2 ? 2 : (SHARE_KV && D <= 64 ?
   // Key tile `tile` into ring slot `slot`: K and V rows and the mask values, all asynchronous.
   auto stage = [&](int slot, int tile) {
     const int j = tile * BK;
-    load_rows_f16<D, LD>(Ks + slot * BK * LD, qkv, in_half, tok_base, j, BK, S, row_stride, static_cast<int>(k_col),
-                         gtid, gthreads);
+    if constexpr (ROPE)
+      load_rows_rope<D, LD>(Ks + slot * BK * LD, qkv, tok_base, j, BK, S, row_stride, static_cast<int>(k_col),
+                            ex.rotary_dim, gtid, gthreads);
+    else
+      load_rows_f16<D, LD>(Ks + slot * BK * LD, qkv, in_half, tok_base, j, BK, S, row_stride,
+                           static_cast<int>(k_col), gtid, gthreads);
     load_rows_f16<D, LD>(Vs + slot * BK * LD, qkv, in_half, tok_base, j, BK, S, row_stride, static_cast<int>(v_col),
                          gtid, gthreads);
     if (!kr.dense) stage_mask(mraw + slot * BK, mask, b, S, j, BK, gtid, gthreads);
@@ -549,6 +632,7 @@ __global__ void __launch_bounds__(128 * KS, MT == 2 ? 2 : (SHARE_KV && D <= 64 ?
   }
   if constexpr (KS > 1) {  // Q is read by every group: all of it landed and visible before any group starts
     cp_async_wait<NST - 2>();
+    if constexpr (ROPE) rotate_rows<D, LD>(Qs, qt0 * BQ, nq_here * BQ, S, ex, threadIdx.x, blockDim.x);
     __syncthreads();
   }
 
@@ -592,6 +676,10 @@ __global__ void __launch_bounds__(128 * KS, MT == 2 ? 2 : (SHARE_KV && D <= 64 ?
       if (qi == 0) {  // later query tiles find every key tile staged and visible (nqb > 1: see above)
         // Groups committed so far: NST - 1 + (it - tb); tile `it` is group (it - tb), so NST - 2 may pend.
         cp_async_wait<NST - 2>();
+        if constexpr (ROPE) {  // this thread's pairs of tile `it` (and, first, of Q) rotated before the barrier publishes them
+          if (KS == 1 && it == tb) rotate_rows<D, LD>(Qs, qt0 * BQ, nq_here * BQ, S, ex, threadIdx.x, blockDim.x);
+          rotate_rows<D, LD>(Ks + ((it - tb) % NST) * BK * LD, it * BK, BK, S, ex, gtid, gthreads);
+        }
         group_sync();  // tile `it` is visible to the group; its warps are done with the slot computed last iteration
         const int nxt = it + NST - 1;  // into that slot: (nxt - tb) % NST == (it - 1 - tb) % NST
         if (nxt < te) stage((nxt - tb) % NST, nxt);
@@ -955,20 +1043,20 @@ bool can_share_kv(int D, int S, bool causal, int KS, bool extra) {
 
 // nw warps per key group, KS key groups a block, nqb query tiles a block; EXTRA: the kernel with a score bias and/or
 // a window (ex).
-template <int D, int MT, bool HALF_SOFTMAX, int KS, bool EXTRA>
+template <int D, int MT, bool HALF_SOFTMAX, int KS, bool EXTRA, bool ROPE = false>
 void launch_tc_cfg(int nw, const void* qkv, bool in_half, const int32_t* mask, void* y, bool out_half, int B, int S,
                    int H, int Hkv, float scale, bool causal, cudaStream_t stream, Extras ex, int nqb = 1) {
   const int BQ = 16 * MT * nw;
   const int nqt = (S + BQ - 1) / BQ;
-  require(nqb == 1 || can_share_kv(D, S, causal, KS, EXTRA), "attention",
+  require(nqb == 1 || can_share_kv(D, S, causal, KS, EXTRA || ROPE), "attention",
           "internal: query tiles sharing K/V not allowed here");
   nqb = std::max(1, std::min(nqb, nqt));
   const int nqg = (nqt + nqb - 1) / nqb;
   const long long blocks = static_cast<long long>(B) * H * nqg;
   require(blocks <= 0x7fffffffLL, "attention", "batch * heads * query tiles too large");
   const size_t smem = tc_smem_bytes(D, BQ, KS, nqb);
-  auto kern = attention_tc_kernel<D, MT, HALF_SOFTMAX, KS, false, EXTRA>;
-  if constexpr (!EXTRA) {
+  auto kern = attention_tc_kernel<D, MT, HALF_SOFTMAX, KS, false, EXTRA, ROPE>;
+  if constexpr (!EXTRA && !ROPE) {
     if (nqb > 1) kern = attention_tc_kernel<D, MT, HALF_SOFTMAX, KS, KS == 1>;
   }
   ensure_dynamic_smem(kern, smem);
@@ -979,7 +1067,7 @@ void launch_tc_cfg(int nw, const void* qkv, bool in_half, const int32_t* mask, v
 
 // Resident blocks per multiprocessor of one configuration, nqb query tiles a block (cached per device and
 // configuration); EXTRA: of the kernel with a score bias or window (its registers may differ).
-template <int D, int MT, bool HALF_SOFTMAX, bool EXTRA = false>
+template <int D, int MT, bool HALF_SOFTMAX, bool EXTRA = false, bool ROPE = false>
 int resident_blocks(int nw, int nqb = 1) {
   static std::mutex mu;
   static std::map<std::tuple<int, int, int>, int> cache;
@@ -988,8 +1076,8 @@ int resident_blocks(int nw, int nqb = 1) {
   std::lock_guard<std::mutex> lock(mu);
   auto it = cache.find({dev, nw, nqb});
   if (it != cache.end()) return it->second;
-  auto kern = attention_tc_kernel<D, MT, HALF_SOFTMAX, 1, false, EXTRA>;
-  if constexpr (!EXTRA) {
+  auto kern = attention_tc_kernel<D, MT, HALF_SOFTMAX, 1, false, EXTRA, ROPE>;
+  if constexpr (!EXTRA && !ROPE) {
     if (nqb > 1) kern = attention_tc_kernel<D, MT, HALF_SOFTMAX, 1, true>;
   }
   const size_t smem = tc_smem_bytes(D, 16 * MT * nw, 1, nqb);
@@ -1017,7 +1105,7 @@ struct TcTraits {
 };
 
 template <int D, bool HALF_SOFTMAX>
-TcConfig choose_tc(int B, int S, int H, bool causal, bool extra) {
+TcConfig choose_tc(int B, int S, int H, bool causal, bool extra, bool rope = false) {
   // Candidates: (rows per warp 16*MT, warps per block nw). A model of the time: full waves of blocks over
   // the multiprocessors times the work of one block's warp (MT=2 reuses each K/V fragment twice, so a
   // 32-row warp takes about kMT2Cost times as long as a 16-row one). Ties go to the larger block.
@@ -1031,6 +1119,14 @@ TcConfig choose_tc(int B, int S, int H, bool causal, bool extra) {
   const int sms = sm_count();
   // resident blocks of the instantiation that will run (with a score bias or window: the EXTRA one)
   auto resident = [&](int mt, int nw, int nqb) {
+    if constexpr (attention_takes_rotary(D, 16)) {
+      if (rope && extra)
+        return mt == 2 ? resident_blocks<D, MT2, HALF_SOFTMAX, true, true>(nw)
+                       : resident_blocks<D, 1, HALF_SOFTMAX, true, true>(nw);
+      if (rope)
+        return mt == 2 ? resident_blocks<D, MT2, HALF_SOFTMAX, false, true>(nw)
+                       : resident_blocks<D, 1, HALF_SOFTMAX, false, true>(nw);
+    }
     if (extra)
       return mt == 2 ? resident_blocks<D, MT2, HALF_SOFTMAX, true>(nw) : resident_blocks<D, 1, HALF_SOFTMAX, true>(nw);
     return mt == 2 ? resident_blocks<D, MT2, HALF_SOFTMAX>(nw, nqb) : resident_blocks<D, 1, HALF_SOFTMAX>(nw, nqb);
@@ -1086,8 +1182,8 @@ TcConfig choose_tc(int B, int S, int H, bool causal, bool extra) {
   const int nqt = (S + 16 * best_mt * best_nw - 1) / (16 * best_mt * best_nw);
   int nqb = 1;
   if (const char* fq = std::getenv("TRTRUN_ATTN_QB"); fq != nullptr) {
-    if (can_share_kv(D, S, causal, best_ks, extra)) nqb = std::max(1, std::atoi(fq));
-  } else if (nf < 2 && nqt >= 2 && can_share_kv(D, S, causal, best_ks, extra)) {
+    if (can_share_kv(D, S, causal, best_ks, extra || rope)) nqb = std::max(1, std::atoi(fq));
+  } else if (nf < 2 && nqt >= 2 && can_share_kv(D, S, causal, best_ks, extra || rope)) {
     const long long bhs = static_cast<long long>(B) * H;
     const int res1 = resident(best_mt, best_nw, 1), res2 = resident(best_mt, best_nw, 2);
     const double waves1 = static_cast<double>(bhs * nqt) / (static_cast<double>(res1) * sms);
@@ -1097,20 +1193,20 @@ TcConfig choose_tc(int B, int S, int H, bool causal, bool extra) {
   return TcConfig{best_mt, best_nw, best_ks, std::min(nqb, std::max(nqt, 1))};
 }
 
-template <int D, bool HALF_SOFTMAX, bool EXTRA>
+template <int D, bool HALF_SOFTMAX, bool EXTRA, bool ROPE = false>
 void launch_tc_as(const TcConfig& c, const void* qkv, bool in_half, const int32_t* mask, void* y, bool out_half, int B,
                   int S, int H, int Hkv, float scale, bool causal, cudaStream_t stream, Extras ex) {
   constexpr int MT2 = TcTraits<D, HALF_SOFTMAX>::MT2;
   constexpr bool kHasKS2 = TcTraits<D, HALF_SOFTMAX>::kHasKS2;
   if (c.mt == 2) {
-    launch_tc_cfg<D, MT2, HALF_SOFTMAX, 1, EXTRA>(c.nw, qkv, in_half, mask, y, out_half, B, S, H, Hkv, scale, causal,
+    launch_tc_cfg<D, MT2, HALF_SOFTMAX, 1, EXTRA, ROPE>(c.nw, qkv, in_half, mask, y, out_half, B, S, H, Hkv, scale, causal,
                                                   stream, ex, c.nqb);
   } else if (c.ks == 2) {
-    launch_tc_cfg<D, 1, HALF_SOFTMAX, kHasKS2 ? 2 : 1, EXTRA>(c.nw, qkv, in_half, mask, y, out_half, B, S, H, Hkv,
+    launch_tc_cfg<D, 1, HALF_SOFTMAX, kHasKS2 ? 2 : 1, EXTRA, ROPE>(c.nw, qkv, in_half, mask, y, out_half, B, S, H, Hkv,
                                                                scale, causal, stream, ex);
   } else {
-    launch_tc_cfg<D, 1, HALF_SOFTMAX, 1, EXTRA>(c.nw, qkv, in_half, mask, y, out_half, B, S, H, Hkv, scale, causal,
-                                                stream, ex, c.nqb);
+    launch_tc_cfg<D, 1, HALF_SOFTMAX, 1, EXTRA, ROPE>(c.nw, qkv, in_half, mask, y, out_half, B, S, H, Hkv, scale,
+                                                      causal, stream, ex, c.nqb);
   }
 }
 
@@ -1118,7 +1214,17 @@ template <int D, bool HALF_SOFTMAX>
 void launch_tc(const void* qkv, bool in_half, const int32_t* mask, void* y, bool out_half, int B, int S, int H,
                int Hkv, float scale, bool causal, cudaStream_t stream, Extras ex) {
   const bool extra = ex.bias != nullptr || ex.window >= 0 || ex.softcap > 0.f;
-  const TcConfig c = choose_tc<D, HALF_SOFTMAX>(B, S, H, causal, extra);
+  const bool rope = ex.rope_cos != nullptr;
+  const TcConfig c = choose_tc<D, HALF_SOFTMAX>(B, S, H, causal, extra, rope);
+  if constexpr (attention_takes_rotary(D, 16)) {
+    if (rope && extra)
+      return launch_tc_as<D, HALF_SOFTMAX, true, true>(c, qkv, in_half, mask, y, out_half, B, S, H, Hkv, scale, causal,
+                                                       stream, ex);
+    if (rope)
+      return launch_tc_as<D, HALF_SOFTMAX, false, true>(c, qkv, in_half, mask, y, out_half, B, S, H, Hkv, scale,
+                                                        causal, stream, ex);
+  }
+  require(!rope, "attention", "internal: no rotary kernel for head_size " + std::to_string(D));
   if (extra)
     launch_tc_as<D, HALF_SOFTMAX, true>(c, qkv, in_half, mask, y, out_half, B, S, H, Hkv, scale, causal, stream, ex);
   else
@@ -1167,6 +1273,24 @@ std::string config_of(int B, int S, int H, bool causal, Precision prec, bool ext
          " qb=" + std::to_string(c.nqb);
 }
 
+// Where the rotary inside the kernel pays (attention_rotary_pays). Each block rotates its own Q rows once but every K
+// tile it visits, with CUDA-core arithmetic of the order of the tile's MMAs, so the rotation lengthens every block's
+// chain of key tiles; the separate pass costs a launch and a read and write of Q and K. Same-run A/B on an H100
+// (ModernBERT-base and SmolLM2-135M shapes, hybrid, batch {1, 8, 32} x seq {128, 512}; docs/performance.md, "Decoders
+// and ModernBERT"): inside was 1.4-1.8% faster at 1 x 128, where the grid is under one wave of blocks and a block
+// visits two key tiles, and 1.1% at SmolLM2's 8 x 128; up to 6% slower at 512 tokens and at SmolLM2's 32 x 128;
+// within 1% elsewhere. So: inside where the blocks fit the multiprocessors at once and the sequence is at most two key
+// tiles.
+template <int D>
+bool rope_pays(int B, int S, int H, bool causal, Precision prec, bool extra) {
+  if (S > 2 * BK) return false;
+  const TcConfig c = prec == Precision::FP16 ? choose_tc<D, true>(B, S, H, causal, extra, true)
+                                             : choose_tc<D, false>(B, S, H, causal, extra, true);
+  const int bq = 16 * c.mt * c.nw;
+  const long long blocks = static_cast<long long>(B) * H * ((S + bq - 1) / bq);
+  return blocks <= sm_count();
+}
+
 void check_head_size(int head_size, const char* op) {
   require(attention_takes_head_size(head_size), op,
           "head_size must be 32, 64, 80, 96, 128 or 256, got " + std::to_string(head_size));
@@ -1187,6 +1311,18 @@ std::string attention_config(int batch, int seq, int heads, int head_size, bool 
     case 128: return config_of<128>(batch, seq, heads, causal, prec, extras);
     default: return config_of<256>(batch, seq, heads, causal, prec, extras);
   }
+}
+
+bool attention_rotary_pays(int batch, int seq, int heads, int kv_heads, int head_size, int rotary_dim, bool causal,
+                           Precision prec, const AttentionExtras& extras) {
+  if (!attention_takes_rotary(head_size, rotary_dim) || prec == Precision::FP32 || batch < 1 || seq < 1 ||
+      heads < 1 || kv_heads < 1 || heads % kv_heads != 0)
+    return false;
+  if (const char* f = std::getenv("TRTRUN_ATTN_ROPE"); f != nullptr && (f[0] == '0' || f[0] == '1') && f[1] == 0)
+    return f[0] == '1';
+  const bool extra = extras.bias != nullptr || (extras.window >= 0 && extras.window < seq - 1) || extras.softcap > 0.f;
+  return head_size == 64 ? rope_pays<64>(batch, seq, heads, causal, prec, extra)
+                         : rope_pays<128>(batch, seq, heads, causal, prec, extra);
 }
 
 void launch_attention(const void* qkv, DType qkv_t, const int32_t* mask, void* y, DType y_t, int batch, int seq,
@@ -1222,7 +1358,24 @@ void launch_attention_gqa(const void* qkv, DType qkv_t, const int32_t* mask, voi
   const bool in_half = qkv_t == DType::F16, out_half = y_t == DType::F16;
   require(std::isfinite(extras.softcap) && extras.softcap >= 0.f, op,
           "softcap must be a finite float >= 0 (0: none), got " + std::to_string(extras.softcap));
-  Extras ex{nullptr, 0, -1, extras.softcap};
+  Extras ex{nullptr, 0, -1, extras.softcap, nullptr, nullptr, 0, false};
+  if (extras.rope_cos != nullptr || extras.rope_sin != nullptr) {
+    require(extras.rope_cos != nullptr && extras.rope_sin != nullptr, op, "the rotary needs both cos and sin tables");
+    require(in_half && prec != Precision::FP32, op,
+            "the rotary inside attention takes fp16 qkv in hybrid or fp16 precision (rotate first otherwise: "
+            "launch_rotary)");
+    require(attention_takes_rotary(head_size, extras.rotary_dim), op,
+            "the rotary inside attention takes head_size 64 or 128 and a rotary_dim that is a multiple of 16 and at "
+            "most head_size, got head_size " + std::to_string(head_size) + ", rotary_dim " +
+                std::to_string(extras.rotary_dim));
+    require((reinterpret_cast<uintptr_t>(extras.rope_cos) & 15u) == 0 &&
+                (reinterpret_cast<uintptr_t>(extras.rope_sin) & 15u) == 0, op,
+            "the rotary cos/sin tables must be 16-byte aligned");
+    ex.rope_cos = extras.rope_cos;
+    ex.rope_sin = extras.rope_sin;
+    ex.rotary_dim = extras.rotary_dim;
+    ex.rope_half = prec == Precision::FP16;
+  }
   if (extras.bias != nullptr) {
     ex.bias = extras.bias + (extras.bias_max_seq - 1);  // distance 0 of head 0
     ex.bias_stride = 2 * extras.bias_max_seq - 1;

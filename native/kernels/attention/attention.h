@@ -16,6 +16,13 @@ constexpr bool attention_takes_head_size(int head_size) {
          head_size == 256;
 }
 
+// Whether the tensor-core kernels rotate Q and K themselves (AttentionExtras::rope_cos) for this head size and rotary
+// width: instantiated for the head sizes of the rotary families measured (64: SmolLM2, ModernBERT, Pythia; 128: Llama,
+// Qwen, Mistral); any other takes launch_rotary first.
+constexpr bool attention_takes_rotary(int head_size, int rotary_dim) {
+  return (head_size == 64 || head_size == 128) && rotary_dim >= 16 && rotary_dim % 16 == 0 && rotary_dim <= head_size;
+}
+
 // The longest sequence a score-bias table serves: its 2 * bias_max_seq - 1 entries a head must fit an int.
 constexpr long long kAttentionBiasMaxSeq = 1LL << 30;
 
@@ -42,11 +49,18 @@ void launch_attention(const void* qkv, DType qkv_t, const int32_t* mask /*[B,S] 
 // window: key j masked for query i when |i - j| > window, on top of the mask and causal; < 0 for none. A row whose
 //   keys are then all masked is uniform over all seq keys, as any fully masked row.
 // softcap: > 0 soft-caps the scaled scores to softcap * tanh(s / softcap) in fp32 before the bias (Gemma 2); 0 for none.
+// rope_cos/rope_sin (null for none): the rotary of launch_rotary (rotary/rotary.h) applied to Q and K as the kernel
+//   loads them, with the same arithmetic and rounding (half_math in FP16 precision), so the output is bit-identical to
+//   launch_rotary followed by this launch, without the pass over qkv and without changing it. fp32 [>= seq, R/2]
+//   tables, 16-byte aligned; attention_takes_rotary(head_size, rotary_dim); fp16 qkv in HYBRID or FP16 precision.
 struct AttentionExtras {
   const float* bias = nullptr;
   int bias_max_seq = 0;
   int window = -1;
   float softcap = 0.f;
+  const float* rope_cos = nullptr;
+  const float* rope_sin = nullptr;
+  int rotary_dim = 0;
 };
 
 // The same with grouped-query attention: qkv [batch, seq, (heads + 2*kv_heads)*head_size] (Q | K | V), query head h
@@ -55,6 +69,14 @@ struct AttentionExtras {
 void launch_attention_gqa(const void* qkv, DType qkv_t, const int32_t* mask /*[B,S] nullable*/, void* y, DType y_t,
                           int batch, int seq, int heads, int kv_heads, int head_size, float scale, bool causal,
                           Precision prec, cudaStream_t stream, const AttentionExtras& extras = {});
+
+// Whether rotating Q and K inside the kernel (AttentionExtras::rope_cos) is expected to beat launch_rotary's pass
+// first, for these sizes on the current device: the kernel rotates every K tile it visits in every block, which
+// lengthens each block's chain, against the pass's launch and its read and write of Q and K. Measured to pay only for
+// short sequences whose grid fits the multiprocessors at once (attention.cu: rope_pays). False where the kernels do
+// not take the rotary (attention_takes_rotary, FP32). TRTRUN_ATTN_ROPE=0|1 forces the answer (tuning and tests only).
+bool attention_rotary_pays(int batch, int seq, int heads, int kv_heads, int head_size, int rotary_dim, bool causal,
+                           Precision prec, const AttentionExtras& extras);
 
 // The configuration launch_attention takes for these sizes on the current device, as text ("fp32", or
 // "mt=M nw=N ks=K qb=Q": 16*M query rows a warp, N warps a key group, K key groups a block, Q query tiles a block
