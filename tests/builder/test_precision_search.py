@@ -86,6 +86,40 @@ def test_cost_table_round_trip_and_errors(tmp_path):
             CostModel.load(p)
 
 
+def test_cost_of_fp8_depends_on_its_scale_kind(tmp_path):
+    """The roofline prices fp8 with one weight scale and a static activation scale (the GEMM applies both and writes
+    fp16) below the per-channel / per-token path (fp32 accumulator and a rescale pass), and the latter above hybrid at
+    BERT-base's shapes while the former falls below it at 32 x 512; a table keys fp8 entries by scale kind (default
+    channel-dynamic) and names the kind it lacks."""
+    from trtrun.builder.cost_model import CostModel, fp8_scale_kind
+
+    est = CostModel()
+    bert = [(768, 2304), (768, 768), (768, 3072), (3072, 768)]
+    for m in (4096, 16384):
+        for k, n in bert:
+            assert est.cost(m, k, n, "fp8", "tensor-static") < est.cost(m, k, n, "fp8", "channel-dynamic")
+    big = sum(est.cost(16384, k, n, "fp8", "tensor-static") for k, n in bert)
+    assert big < sum(est.cost(16384, k, n, "hybrid") for k, n in bert)
+    assert est.cost(4096, 768, 768, "hybrid", "tensor-static") == est.cost(4096, 768, 768, "hybrid")  # fp8 only
+    assert fp8_scale_kind("tensor", "static") == "tensor-static" and fp8_scale_kind() == "channel-dynamic"
+    with pytest.raises(ValueError, match="fp8_scales must be one of"):
+        est.cost(1, 16, 16, "fp8", "per-row")
+    p = tmp_path / "cost.json"
+    p.write_text(json.dumps({"format": "trtrun-cost-table", "version": 1, "entries": [
+        {"m": 64, "k": 32, "n": 48, "precision": "fp8", "us": 3.0},
+        {"m": 64, "k": 32, "n": 48, "precision": "fp8", "fp8_scales": "tensor-static", "us": 2.0},
+        {"m": 64, "k": 32, "n": 48, "precision": "hybrid", "fp8_scales": "tensor-static", "us": 2.5}]}))
+    t = CostModel.load(p)
+    assert t.cost(64, 32, 48, "fp8") == 3.0 and t.cost(64, 32, 48, "fp8", "tensor-static") == 2.0
+    assert t.cost(64, 32, 48, "hybrid") == 2.5  # the field means nothing outside fp8
+    with pytest.raises(InputError, match=r"no entry for a fp8 \(channel-static scales\) GEMM of m=64"):
+        t.cost(64, 32, 48, "fp8", "channel-static")
+    p.write_text(json.dumps({"format": "trtrun-cost-table", "version": 1, "entries": [
+        {"m": 64, "k": 32, "n": 48, "precision": "fp8", "fp8_scales": "row", "us": 3.0}]}))
+    with pytest.raises(InputError, match=r"entries\[0\]: fp8_scales 'row' is not one of"):
+        CostModel.load(p)
+
+
 @pytest.fixture(scope="module")
 def tiny(exported, real_text_batches):
     """The tiny random BERT and its real-text batches: 8 RT sentences (calibration), 3 Wikipedia paragraphs
@@ -122,6 +156,18 @@ def test_search_meets_its_budget_on_held_apart_text(tiny):
     assert plan.precision == "mixed" and any("sensitivity" in m for m in lines)
     assert all(op["precision"] == "hybrid" for op in plan.ops if op["type"] != "Linear")
     assert "precision search: min cosine" in plan.summary() and "estimate, not measured" in plan.summary()
+
+    # the search prices fp8 for the scale kind it builds: one weight scale and static activation scales here
+    asked = []
+
+    class Recording(CostModel):
+        def cost(self, m, k, n, precision, fp8_scales="channel-dynamic"):
+            asked.append((precision, fp8_scales))
+            return super().cost(m, k, n, precision, fp8_scales)
+
+    build(onnx, precision="auto", min_cosine=x, calib=[cal], holdout=[hold], fp8_weights="tensor",
+          fp8_activations="static", cost_table=Recording(estimate="flops"))
+    assert asked and {sc for p, sc in asked if p == "fp8"} == {"tensor-static"}
 
     # the default estimate prices the runtime's fp8 Linears above hybrid ones at these shapes: no fp8 is chosen,
     # the plan costs what all-hybrid does

@@ -5,17 +5,21 @@ Those are GPU timings; without a GPU the default is an estimate, labelled so whe
 the kernels the GPU runtime runs for the Linear on Hopper, each the longer of its FLOPs at the dense peak rate
 (H100 SXM datasheet: fp8 1979, fp16 989.5 TFLOP/s; fp32 without tensor cores 67, TF32 being off in trtrun's fp32)
 and its bytes at the HBM bandwidth (3.35 TB/s), M = the profile's opt batch x opt sequence. An fp8 Linear is
-what the runtime runs on Hopper, where cuBLASLt offers no per-channel or per-token scales (docs/precision.md,
-"Measured: speed on an H100"): the activation quantization, the GEMM into an fp32 accumulator, then one pass over
-it (rescale, bias, activation, fp16 out). fp8 wins in it only for deep GEMMs. The "flops" estimate (FLOPs alone, what the
+what the runtime runs on Hopper for its scale kind (docs/precision.md, "Measured: speed on an H100"): with a scale
+per weight channel or per token, which cuBLASLt does not offer, the activation quantization, the GEMM into an fp32
+accumulator, then one pass over it (rescale, bias, activation, fp16 out); with one weight scale and a static
+activation scale ("tensor-static"), the quantization and one GEMM that applies both scalars, the bias and the
+activation and writes fp16. fp8 wins in the first only for deep GEMMs. The "flops" estimate (FLOPs alone, what the
 search used before) is kept for tests of the search's mechanics. A table measured on the card replaces both.
 
-A cost table is a JSON file (what a GPU run writes; docs/precision.md):
+A cost table is a JSON file (scripts/gpu/cost_table.py writes one on the GPU machine; docs/precision.md):
 
     {"format": "trtrun-cost-table", "version": 1, "device": "NVIDIA H200",
-     "entries": [{"m": 1024, "k": 384, "n": 1152, "precision": "fp8", "us": 6.1}, ...]}
+     "entries": [{"m": 1024, "k": 384, "n": 1152, "precision": "fp8", "fp8_scales": "channel-dynamic", "us": 6.1},
+                 ...]}
 
-keyed by the GEMM's shape (m, k, n) and the Linear's precision (fp8, hybrid, fp32).
+keyed by the GEMM's shape (m, k, n), the Linear's precision (fp8, hybrid, fp32) and, for fp8, its scale kind
+(fp8_scales: FP8_SCALE_KINDS, default channel-dynamic, the builder's default).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from .._io import read_json_file
 from ..errors import InputError
 from .quantize_fp8 import LINEAR_CHOICES
 
+FP8_SCALE_KINDS = ("channel-dynamic", "channel-static", "tensor-dynamic", "tensor-static")
 COST_TABLE_FORMAT = "trtrun-cost-table"
 COST_TABLE_VERSION = 1
 # dense peak TFLOP/s and HBM bandwidth, H100 SXM (NVIDIA's datasheet)
@@ -40,7 +45,13 @@ FLOPS_NOTE = ("estimate, not measured: GEMM FLOPs at H100 SXM dense peak (fp8 19
               "no memory traffic or quantization cost")
 
 
-def roofline_us(m: int, k: int, n: int, precision: str) -> float:
+def fp8_scale_kind(weight_scale: str = "channel", activations: str = "dynamic") -> str:
+    """The cost model's name of an fp8 scale choice (FP8_SCALE_KINDS): "tensor-static" where the GEMM can apply both
+    scales itself (one per weight, a calibrated one for the activations), else the kernels' name of the choice."""
+    return f"{'tensor' if weight_scale == 'tensor' else 'channel'}-{'static' if activations == 'static' else 'dynamic'}"
+
+
+def roofline_us(m: int, k: int, n: int, precision: str, fp8_scales: str = "channel-dynamic") -> float:
     """The roofline estimate of one Linear [m, k] x [k, n] in `precision`, in microseconds (module docstring)."""
     def kernel(flops, nbytes, tflops=None):
         return max(flops / (tflops * 1e12) if tflops else 0.0, nbytes / (HOPPER_HBM_TBS * 1e12)) * 1e6
@@ -51,6 +62,8 @@ def roofline_us(m: int, k: int, n: int, precision: str) -> float:
     if precision == "fp32":
         return kernel(flops, 4.0 * (m * k + k * n + m * n), HOPPER_TFLOPS["fp32"])
     quantize = kernel(0, 2.0 * m * k + m * k + 4.0 * m)  # fp16 x in; E4M3 codes and a scale per row out
+    if fp8_scales == "tensor-static":  # scalar scales, bias and activation in the GEMM's epilogue, fp16 y
+        return quantize + kernel(flops, m * k + k * n + 2.0 * m * n, HOPPER_TFLOPS["fp8"])
     gemm = kernel(flops, m * k + k * n + 4.0 * m * n, HOPPER_TFLOPS["fp8"])  # into the fp32 accumulator
     finish = kernel(0, 6.0 * m * n)  # one pass: the accumulator rescaled, bias and activation, fp16 y
     return quantize + gemm + finish
@@ -77,17 +90,21 @@ class CostModel:
         self.device = device
         self.estimated = table is None
 
-    def cost(self, m: int, k: int, n: int, precision: str) -> float:
+    def cost(self, m: int, k: int, n: int, precision: str, fp8_scales: str = "channel-dynamic") -> float:
+        """Microseconds of one Linear [m, k] x [k, n] in `precision` (fp8: with the scale kind fp8_scales)."""
         if precision not in LINEAR_CHOICES:
             raise ValueError(f"precision must be one of {', '.join(LINEAR_CHOICES)}, got {precision!r}")
+        if fp8_scales not in FP8_SCALE_KINDS:
+            raise ValueError(f"fp8_scales must be one of {', '.join(FP8_SCALE_KINDS)}, got {fp8_scales!r}")
         if self.table is None:
             if self.estimate == "roofline":
-                return roofline_us(m, k, n, precision)
+                return roofline_us(m, k, n, precision, fp8_scales)
             return 2.0 * m * k * n / (HOPPER_TFLOPS[precision] * 1e12) * 1e6
-        key = (m, k, n, precision)
+        key = (m, k, n, precision, fp8_scales if precision == "fp8" else "")
         if key not in self.table:
-            raise InputError(f"cost table {self.source}: no entry for a {precision} GEMM of m={m}, k={k}, n={n} "
-                             f"(measure this model's shapes at the plan's opt batch x sequence)")
+            kind = f"{precision} ({fp8_scales} scales)" if precision == "fp8" else precision
+            raise InputError(f"cost table {self.source}: no entry for a {kind} GEMM of m={m}, k={k}, n={n} "
+                             f"(measure this model's shapes at the plan's opt batch x sequence, with its fp8 scales)")
         return self.table[key]
 
     @classmethod
@@ -111,9 +128,12 @@ class CostModel:
             if e.get("precision") not in LINEAR_CHOICES:
                 raise InputError(f"{f}: precision {str(e.get('precision'))[:20]!r} is not one of "
                                  f"{', '.join(LINEAR_CHOICES)}")
+            scales = e.get("fp8_scales", "channel-dynamic") if e["precision"] == "fp8" else ""
+            if e["precision"] == "fp8" and scales not in FP8_SCALE_KINDS:
+                raise InputError(f"{f}: fp8_scales {str(scales)[:20]!r} is not one of {', '.join(FP8_SCALE_KINDS)}")
             us = e.get("us")
             if isinstance(us, bool) or not isinstance(us, (int, float)) or not math.isfinite(us) or us <= 0:
                 raise InputError(f"{f}: us must be a positive finite number of microseconds, got {str(us)[:20]}")
-            table[(*dims, e["precision"])] = float(us)
+            table[(*dims, e["precision"], scales)] = float(us)
         dev = doc.get("device") if isinstance(doc.get("device"), str) else None
         return cls(table, source=f"{p}" + (f" (measured on {dev[:80]})" if dev else " (measured)"), device=dev)

@@ -44,7 +44,7 @@ import numpy as np
 
 from ..errors import BuildError
 from ..types import FP8
-from .cost_model import CostModel, gemm_shape
+from .cost_model import CostModel, fp8_scale_kind, gemm_shape
 from .quantize_fp8 import LINEAR_CHOICES, assign_precisions, calibrate, fp8_refusal, linear_ops
 
 BUDGET_BINS = 4000
@@ -416,6 +416,7 @@ def search(header_h, weights_h, header_32, weights_32, *, min_cosine: float | No
         raise ValueError("the precision search needs calibration text and held-apart text (calib, holdout)")
     logits = logits_output(header_h, weights_h) if kind == "top1" else None
     cm = cost_model or CostModel()
+    scales = fp8_scale_kind(weight_scale, activations)
     t0 = time.perf_counter()
     linears = linear_ops(header_h)
     names = [op["name"] for op in linears]
@@ -444,7 +445,7 @@ def search(header_h, weights_h, header_32, weights_32, *, min_cosine: float | No
     loss, cost, per_op, no_fp8_ops = [], [], {}, {}
     for k, op in enumerate(linears):
         shape = gemm_shape(op, header_h["profile"], weights_32)
-        c = {p: cm.cost(*shape, p) for p in LINEAR_CHOICES}
+        c = {p: cm.cost(*shape, p, fp8_scales=scales) for p in LINEAR_CHOICES}
         d = {"fp32": 0.0}
         v = {"fp32": 0.0}
         flips = {}

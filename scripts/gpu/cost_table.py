@@ -1,0 +1,200 @@
+"""Measure a cost table for `trtrun build --precision auto --cost-table FILE` (trtrun/builder/cost_model.py).
+
+    python3 scripts/gpu/cost_table.py MODEL.onnx -o cost.json [--fp8-scales channel-dynamic --fp8-scales tensor-static]
+
+Every distinct Linear shape (m, k, n) of MODEL at its plan's opt batch x sequence (m = opt batch x opt seq, what the
+search prices), timed in fp32, hybrid and fp8 with each scale kind asked. Each shape runs as a plan of its own,
+built by trtrun from a small ONNX graph (token embedding, LayerNorm, MatMul + bias: the Linear reads the fp16 (fp32)
+LayerNorm output a model's Linear reads), so it goes through the runtime's own kernels for that precision: for fp8 the
+activation quantization, the GEMM and, where the scales need it, the rescale pass. The same plan without the Linear
+is timed beside it; the entry is the difference. The Linear writes its output in fp32 there (a plan's output), as a
+hybrid model's projections before an fp32 residual stream do; those writing fp16 cost a little less in every precision.
+
+GPU (the default): CUDA graphs, CUDA events around --iters replays, median, contexts alternated --rounds times.
+--backend reference times the numpy backend on this CPU instead: for tests of the flow only (its numbers are not a
+GPU's and the file says so in its device field).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+VOCAB = 1024
+
+
+def linear_graph(path: Path, k: int, n: int | None, seed: int = 0) -> Path:
+    """input_ids -> Gather [VOCAB, k] -> LayerNormalization -> (MatMul [k, n] + bias when n) -> output."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array(rng.normal(0, 1, (VOCAB, k)).astype(np.float32), "emb"),
+             numpy_helper.from_array(rng.uniform(0.5, 1.5, k).astype(np.float32), "ln_g"),
+             numpy_helper.from_array(rng.normal(0, 0.1, k).astype(np.float32), "ln_b")]
+    nodes = [helper.make_node("Gather", ["emb", "input_ids"], ["e"], name="embed"),
+             helper.make_node("LayerNormalization", ["e", "ln_g", "ln_b"], ["h"], name="norm", axis=-1, epsilon=1e-5)]
+    out, width = "h", k
+    if n is not None:
+        inits += [numpy_helper.from_array((rng.normal(0, 1, (k, n)) / np.sqrt(k)).astype(np.float32), "w"),
+                  numpy_helper.from_array(rng.normal(0, 0.05, n).astype(np.float32), "b")]
+        nodes += [helper.make_node("MatMul", ["h", "w"], ["m"], name="linear"),
+                  helper.make_node("Add", ["m", "b"], ["y"], name="linear_bias")]
+        out, width = "y", n
+    graph = helper.make_graph(nodes, "cost", [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["B", "S"])],
+                              [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["B", "S", width])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def model_shapes(onnx_path: Path, batch: int | None, seq: int | None) -> tuple[list[tuple[int, int, int]], dict]:
+    """The distinct (m, k, n) of the model's Linears at the opt point, and the profile used."""
+    from trtrun.builder import build
+    from trtrun.builder.cost_model import gemm_shape
+    from trtrun.builder.precision_search import linear_ops
+
+    plan = build(onnx_path, precision="hybrid")
+    profile = {"batch": list(plan.header["profile"]["batch"]), "seq": list(plan.header["profile"]["seq"])}
+    if batch:
+        profile["batch"][1] = batch
+    if seq:
+        profile["seq"][1] = seq
+    shapes = sorted({gemm_shape(op, profile, plan.weights) for op in linear_ops(plan.header)})
+    return shapes, profile
+
+
+class Timer:
+    """Median time of one run of a plan at B x S, microseconds."""
+
+    def __init__(self, backend: str, iters: int):
+        self.backend, self.iters = backend, iters
+        if backend == "gpu":
+            import torch
+
+            self.torch = torch
+            self.stream = torch.cuda.Stream()
+
+    def device(self) -> str:
+        if self.backend == "gpu":
+            return self.torch.cuda.get_device_name(0)
+        return "reference backend on a CPU (not a GPU measurement: for tests of the flow only)"
+
+    def prepare(self, plan, B: int, S: int):
+        ids = np.random.default_rng(1).integers(0, VOCAB, (B, S), dtype=np.int64)
+        if self.backend == "reference":
+            from trtrun.reference import ReferenceBackend
+
+            be = ReferenceBackend(plan)
+            return lambda: be.run({"input_ids": ids})
+        from trtrun.runtime import Engine
+
+        torch = self.torch
+        ctx = Engine(plan).create_context(use_graphs=True)
+        out_name = plan.header["outputs"][0]["name"]
+        width = plan.header["outputs"][0]["shape"][-1]
+        feeds = {"input_ids": torch.from_numpy(ids).cuda()}
+        out = {out_name: torch.empty((B, S, width), dtype=torch.float32, device="cuda")}
+        for _ in range(10):  # captures the graph, tunes the GEMMs
+            ctx.run_device(feeds, out, stream=self.stream)
+        self.stream.synchronize()
+
+        def run():
+            ev = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(self.iters)]
+            with torch.cuda.stream(self.stream):
+                for e0, e1 in ev:
+                    e0.record(self.stream)
+                    ctx.run_device(feeds, out, stream=self.stream)
+                    e1.record(self.stream)
+            self.stream.synchronize()
+            return statistics.median(e0.elapsed_time(e1) for e0, e1 in ev) * 1e3
+        return run
+
+    def time(self, runners: dict, rounds: int) -> dict:
+        got = {name: [] for name in runners}
+        for _ in range(rounds):  # alternated, so drift hits all alike
+            for name, run in runners.items():
+                if self.backend == "gpu":
+                    got[name].append(run())
+                else:
+                    t = []
+                    for _ in range(self.iters):
+                        t0 = time.perf_counter()
+                        run()
+                        t.append(time.perf_counter() - t0)
+                    got[name].append(statistics.median(t) * 1e6)
+        return {name: statistics.median(v) for name, v in got.items()}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model", type=Path, help="the ONNX model whose Linears the search will price")
+    ap.add_argument("-o", "--output", type=Path, required=True, help="the cost table to write (JSON)")
+    ap.add_argument("--fp8-scales", action="append", default=None,
+                    choices=["channel-dynamic", "channel-static", "tensor-dynamic", "tensor-static"],
+                    help="fp8 scale kinds to time (repeatable; default channel-dynamic, the builder's default)")
+    ap.add_argument("--batch", type=int, default=None, help="opt batch (default: the model plan's)")
+    ap.add_argument("--seq", type=int, default=None, help="opt sequence (default: the model plan's)")
+    ap.add_argument("--backend", choices=["gpu", "reference"], default="gpu")
+    ap.add_argument("--iters", type=int, default=100)
+    ap.add_argument("--rounds", type=int, default=3)
+    a = ap.parse_args(argv)
+    from trtrun.builder import build
+    from trtrun.builder.cost_model import COST_TABLE_FORMAT, COST_TABLE_VERSION, CostModel
+    from trtrun._io import atomic_write
+
+    kinds = a.fp8_scales or ["channel-dynamic"]
+    timer = Timer(a.backend, a.iters)
+    shapes, profile = model_shapes(a.model, a.batch, a.seq)
+    ks = sorted({k for _, k, _ in shapes})
+    entries = []
+    print(f"{timer.device()}: {len(shapes)} Linear shapes of {a.model.name} at {profile['batch'][1]} x "
+          f"{profile['seq'][1]}; fp8 scales {', '.join(kinds)}", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        B, S = profile["batch"][1], profile["seq"][1]
+        prof = {"batch": (1, B, B), "seq": (1, S, S)}
+        calib = [{"input_ids": np.random.default_rng(2).integers(0, VOCAB, (1, S), dtype=np.int64)}]  # scales: any ids
+
+        def plan_of(path, precision, kind=None):
+            kw = {}
+            if precision == "fp8":
+                w, act = kind.split("-")
+                kw = {"fp8_weights": w, "fp8_activations": act, "calib": calib if act == "static" else None}
+            return build(path, precision=precision, profile=prof, **kw)
+
+        for k in ks:  # the embedding and LayerNorm alone, per width and precision
+            base = linear_graph(tmp / f"base-{k}.onnx", k, None)
+            base_run = {p: timer.prepare(plan_of(base, p), B, S) for p in ("fp32", "hybrid")}
+            base_us = timer.time(base_run, a.rounds)
+            for m, kk, n in (s for s in shapes if s[1] == k):
+                g = linear_graph(tmp / f"lin-{k}-{n}.onnx", k, n)
+                runs = {("fp32", None): plan_of(g, "fp32"), ("hybrid", None): plan_of(g, "hybrid")}
+                for kind in kinds:
+                    runs[("fp8", kind)] = plan_of(g, "fp8", kind)
+                got = timer.time({key: timer.prepare(p, B, S) for key, p in runs.items()}, a.rounds)
+                for (prec, kind), us in got.items():
+                    lin = max(us - base_us["fp32" if prec == "fp32" else "hybrid"], 1e-3)
+                    e = {"m": m, "k": k, "n": n, "precision": prec, "us": round(lin, 3)}
+                    if kind:
+                        e["fp8_scales"] = kind
+                    entries.append(e)
+                    print(f"  m={m} k={k} n={n} {prec}{' ' + kind if kind else ''}: {lin:.2f} us "
+                          f"(plan {us:.2f} - embedding and norm {base_us['fp32' if prec == 'fp32' else 'hybrid']:.2f})",
+                          flush=True)
+    doc = {"format": COST_TABLE_FORMAT, "version": COST_TABLE_VERSION, "device": timer.device(),
+           "model": a.model.name, "point": [profile["batch"][1], profile["seq"][1]], "entries": entries}
+    atomic_write(a.output, json.dumps(doc, indent=1) + "\n")
+    CostModel.load(a.output)  # what the search will read
+    print(f"wrote {a.output}: {len(entries)} entries", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
