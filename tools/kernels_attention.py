@@ -65,7 +65,7 @@ def time_graph(torch, fn, per_graph: int, reps: int) -> float:
     return statistics.median(times)
 
 
-def bench_case(torch, P, B, S, Hh, D, causal, masked, prec, per_graph, reps, with_torch=True):
+def bench_case(torch, P, B, S, Hh, D, causal, masked, prec, per_graph, reps, with_torch=True, window=-1):
     HD = Hh * D
     dt = torch.float32 if prec == "fp32" else torch.float16
     nbuf = max(2, min(8, int(2e8 // (B * S * 3 * HD * 2)) or 1))
@@ -84,6 +84,12 @@ def bench_case(torch, P, B, S, Hh, D, causal, masked, prec, per_graph, reps, wit
 
     def ours(i):
         k = i % nbuf
+        if window >= 0:  # the sliding-window (EXTRA) kernels: ModernBERT's local layers, Mistral-style windows
+            P.attention_gqa(qkvs[k].data_ptr(), "float32" if dt == torch.float32 else "float16",
+                            0 if mask is None else mask.data_ptr(), ys[k].data_ptr(),
+                            "float32" if dt == torch.float32 else "float16", B, S, Hh, Hh, D, scale, causal, prec,
+                            torch.cuda.current_stream().cuda_stream, window=window)
+            return
         P.attention(qkvs[k].data_ptr(), dcode, 0 if mask is None else mask.data_ptr(), ys[k].data_ptr(), dcode,
                     B, S, Hh, D, scale, causal, code, torch.cuda.current_stream().cuda_stream)
 
@@ -93,6 +99,12 @@ def bench_case(torch, P, B, S, Hh, D, causal, masked, prec, per_graph, reps, wit
         tmask = (mask != 0)[:, None, None, :]
         if causal:
             tmask = tmask & torch.ones(S, S, dtype=torch.bool, device="cuda").tril()[None, None]
+    if window >= 0:  # what transformers hands SDPA for a local layer: a band of |i - j| <= window
+        pos = torch.arange(S, device="cuda")
+        band = ((pos[None, :] - pos[:, None]).abs() <= window)[None, None]
+        if causal:
+            band = band & torch.ones(S, S, dtype=torch.bool, device="cuda").tril()[None, None]
+        tmask = band if tmask is None else tmask & band
 
     def theirs(i):
         q, k, v = views[i % nbuf]
@@ -133,7 +145,11 @@ def main() -> int:
                          "(causal 0|1; mask none|ones|pad)")
     ap.add_argument("--no-torch", action="store_true", help="time ours only (A/B runs of our own variants)")
     ap.add_argument("--sweep", action="store_true",
-                    help="also time each forced tensor-core configuration (TRTRUN_ATTN_CFG=MT,warps)")
+                    help="also time each forced tensor-core configuration (TRTRUN_ATTN_CFG=MT,warps); with --case, "
+                         "over those cases")
+    ap.add_argument("--window", type=int, default=-1,
+                    help="every case with this sliding window (keys within W of the query; the kernels with extras), "
+                         "torch with the same band as its mask")
     args = ap.parse_args()
     import torch
 
@@ -179,12 +195,12 @@ def main() -> int:
     print(lines[1])
     for (B, S, Hh, D, causal, masked, prec) in cases:
         t_o, t_t, fl = bench_case(torch, P, B, S, Hh, D, causal, masked, prec, args.per_graph, args.reps,
-                                  with_torch=not args.no_torch)
+                                  with_torch=not args.no_torch, window=args.window)
         line = (f"{B:>3} {S:>4} {Hh:>3} {D:>4} {str(causal):>6} {str(masked):>5} {prec:>6} | {t_o:8.4f} "
                 f"{fl / t_o / 1e9:7.1f} | {t_t:8.4f} {fl / t_t / 1e9:7.1f} | {t_o / t_t:10.2f}")
         if hasattr(P, "attention_config"):
             code = {"fp32": P.FP32, "fp16": P.FP16, "hybrid": P.HYBRID}[prec]
-            line += " | " + P.attention_config(B, S, Hh, D, causal, code)
+            line += " | " + P.attention_config(B, S, Hh, D, causal, code, args.window >= 0)
         print(line, flush=True)
         lines.append(line)
     if args.sweep:
@@ -197,33 +213,34 @@ def main() -> int:
                      + " ".join(f"{c:>7}" for c in cfgs))
         print(lines[-2])
         print(lines[-1])
-        for (B, S, Hh, D, causal, masked, prec) in [(32, 512, 12, 64, False, False, "hybrid"),
-                                                    (32, 512, 12, 64, False, True, "hybrid"),
-                                                    (32, 512, 12, 64, True, False, "hybrid"),
-                                                    (1, 512, 12, 64, True, False, "hybrid"),
-                                                    (8, 512, 12, 64, True, False, "hybrid"),
-                                                    (1, 512, 12, 64, False, True, "hybrid"),
-                                                    (32, 128, 12, 64, False, False, "hybrid"),
-                                                    (32, 128, 12, 64, False, "ones", "hybrid"),
-                                                    (32, 128, 12, 64, True, False, "hybrid"),
-                                                    (8, 128, 12, 64, False, "ones", "hybrid"),
-                                                    (32, 64, 12, 64, False, "ones", "hybrid"),
-                                                    (32, 128, 12, 32, False, "ones", "hybrid"),
-                                                    (8, 128, 12, 64, False, False, "hybrid"),
-                                                    (1, 128, 12, 64, False, False, "hybrid"),
-                                                    (1, 128, 12, 64, False, "ones", "hybrid"),
-                                                    (1, 512, 12, 64, False, "ones", "hybrid"),
-                                                    (1, 256, 12, 64, True, False, "hybrid"),
-                                                    (2, 512, 12, 64, True, False, "hybrid"),
-                                                    (8, 512, 12, 64, False, False, "hybrid"),
-                                                    (1, 512, 12, 64, False, False, "hybrid"),
-                                                    (32, 512, 12, 64, False, False, "fp16")]:
+        sweep_cases = cases if args.case else [(32, 512, 12, 64, False, False, "hybrid"),
+                       (32, 512, 12, 64, False, True, "hybrid"),
+                       (32, 512, 12, 64, True, False, "hybrid"),
+                       (1, 512, 12, 64, True, False, "hybrid"),
+                       (8, 512, 12, 64, True, False, "hybrid"),
+                       (1, 512, 12, 64, False, True, "hybrid"),
+                       (32, 128, 12, 64, False, False, "hybrid"),
+                       (32, 128, 12, 64, False, "ones", "hybrid"),
+                       (32, 128, 12, 64, True, False, "hybrid"),
+                       (8, 128, 12, 64, False, "ones", "hybrid"),
+                       (32, 64, 12, 64, False, "ones", "hybrid"),
+                       (32, 128, 12, 32, False, "ones", "hybrid"),
+                       (8, 128, 12, 64, False, False, "hybrid"),
+                       (1, 128, 12, 64, False, False, "hybrid"),
+                       (1, 128, 12, 64, False, "ones", "hybrid"),
+                       (1, 512, 12, 64, False, "ones", "hybrid"),
+                       (1, 256, 12, 64, True, False, "hybrid"),
+                       (2, 512, 12, 64, True, False, "hybrid"),
+                       (8, 512, 12, 64, False, False, "hybrid"),
+                       (1, 512, 12, 64, False, False, "hybrid"),
+                       (32, 512, 12, 64, False, False, "fp16")]
+        for (B, S, Hh, D, causal, masked, prec) in sweep_cases:
             row = []
             for c, env in cfgs.items():
                 os.environ.pop("TRTRUN_ATTN_CFG", None)
                 os.environ.update(env)
                 t, _, _ = bench_case(torch, P, B, S, Hh, D, causal, masked, prec, args.per_graph, args.reps,
-                                     with_torch=False)
+                                     with_torch=False, window=args.window)
                 row.append(f"{t:7.4f}")
             os.environ.pop("TRTRUN_ATTN_CFG", None)
             line = f"{B:>3} {S:>4} {Hh:>3} {D:>4} {str(causal):>6} {str(masked):>5} {prec:>6} | " + " ".join(row)
