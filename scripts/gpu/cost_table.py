@@ -76,8 +76,20 @@ class Timer:
     def __init__(self, backend: str, iters: int):
         self.backend, self.iters = backend, iters
         if backend == "gpu":
-            import torch
+            from trtrun.errors import InputError
 
+            try:
+                import torch
+            except ImportError:
+                raise InputError("--backend gpu times with torch's CUDA events: torch is not installed") from None
+            if not torch.cuda.is_available():
+                raise InputError("--backend gpu needs a CUDA GPU, and torch sees none (--backend reference runs the "
+                                 "same steps on the CPU, for tests only)")
+            from trtrun.runtime import gpu_available
+
+            ok, why = gpu_available()
+            if not ok:
+                raise InputError(f"--backend gpu needs trtrun's GPU runtime: {why}")
             self.torch = torch
             self.stream = torch.cuda.Stream()
 
@@ -145,6 +157,16 @@ def main(argv=None) -> int:
     ap.add_argument("--iters", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=3)
     a = ap.parse_args(argv)
+    from trtrun.errors import TrtrunError
+
+    try:
+        return _measure(a)
+    except TrtrunError as e:
+        print(f"cost_table: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _measure(a) -> int:
     from trtrun.builder import build
     from trtrun.builder.cost_model import COST_TABLE_FORMAT, COST_TABLE_VERSION, CostModel
     from trtrun._io import atomic_write

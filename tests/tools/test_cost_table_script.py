@@ -46,3 +46,12 @@ def test_cost_table_covers_every_shape_and_feeds_the_search(tmp_path, exported, 
                  profile=PROFILE)
     s = plan.header["builder"]["precision_search"]
     assert not s["cost_estimated"] and str(out) in s["cost_model"]
+
+
+def test_cost_table_refuses_clearly_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "cost.json"
+    bad = tmp_path / "bad.onnx"
+    bad.write_text("not a model")
+    for model, why in ((tmp_path / "none.onnx", "no such file"), (bad, "not an ONNX model")):
+        assert _script().main([str(model), "-o", str(out), "--backend", "reference"]) == 2
+        assert why in capsys.readouterr().err and not out.exists()
