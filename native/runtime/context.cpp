@@ -201,7 +201,6 @@ DType rotary_type(const OpDesc& op, const EngineDesc& d) {
 // Whether an Attention rewrites Q and K before its kernel reads them: a rotary, a query/key norm (q_norm/k_norm, applied
 // by the same launcher before the rotation), or both.
 bool has_qk_norm(const OpDesc& op) { return op.weight("q_norm") != NO_WEIGHT; }
-
 bool rewrites_qk(const OpDesc& op) { return op.rotary_dim > 0 || has_qk_norm(op); }
 
 // Whether the attention kernel may rotate Q and K itself as it loads their tiles (AttentionExtras::rope_cos): a plain
