@@ -35,7 +35,8 @@
 # built; OMP_NUM_THREADS=1, so that in-process and Ray vectors are bit-identical (docs/ray.md, "Same vectors").
 #   PYTHON=/work/venv/bin/python RAY_SH_DRY=1 bash scripts/gpu/ray.sh
 # Environment: OUT (out/ray), BUDGET, LOAD_SECONDS (20), CLIENTS (64), PROCS (8), N_TEXTS (all 25,000),
-# RAY_PER_GPU ("1 4": a Ray Serve target per entry, with that many replicas sharing the GPU), REPEAT (1: the
+# RAY_PER_GPU ("1 4": a Ray Serve target per entry, with that many replicas sharing the GPU), RAY_HAPROXY=1 (each
+# such target also behind Ray Serve's HAProxy ingress, RAY_SERVE_ENABLE_HA_PROXY: docs/ray.md), REPEAT (1: the
 # corpus that many times over, e.g. 4 for 100,000 texts), SKIP (steps left out: "pytorch", "serve"),
 # KEEP_WORK=1 (keep the scratch folder /tmp/raysh.*). Without the whole pack it stops at once (exit 3): the
 # machine has no Ray, pyarrow, starlette or uvicorn of its own, and making both calls again is the fix.
@@ -270,7 +271,20 @@ serve_all() {  # LOAD_S: measured seconds per target; the targets in SERVE_TARGE
   common=(--tokenizer "$W/model" --backend "$BACKEND" --host 127.0.0.1 --contexts 2 --max-inputs 64 --log-level warning)
   for n in $SERVE_TARGETS; do
     port=$(free_port)
-    if [[ "$n" == ray* ]]; then
+    if [[ "$n" == rayha* ]]; then
+      # the same behind Ray Serve's HAProxy ingress (Ray 2.60's RAY_SERVE_ENABLE_HA_PROXY, experimental): its
+      # files and ports ours (the defaults are fixed: /tmp/haproxy-serve, stats *:8404, metrics :9101), and its
+      # process stopped after the load (Ray's shutdown leaves it running: seen on Ray 2.60)
+      k=${n#rayha}; name=ray_serve_haproxy; ((k > 1)) && name=ray_serve_haproxy_x$k
+      mkdir -p "$W/haproxy"
+      RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_HAPROXY_CONFIG_FILE_LOC="$W/haproxy/haproxy.cfg" \
+        RAY_SERVE_HAPROXY_SOCKET_PATH="$W/haproxy/admin.sock" RAY_SERVE_HAPROXY_SERVER_STATE_BASE="$W/haproxy" \
+        RAY_SERVE_HAPROXY_SERVER_STATE_FILE="$W/haproxy/server-state" \
+        RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH="$W/haproxy/metrics.sock" \
+        RAY_SERVE_HAPROXY_STATS_PORT=$(free_port) RAY_SERVE_HAPROXY_METRICS_PORT=$(free_port) \
+        $PY -m trtrun serve "$W/model.plan" "${common[@]}" --port "$port" --ray-replicas-per-gpu "$k" --ray > "$W/server_$name.log" 2>&1 &
+      names+=("$name")
+    elif [[ "$n" == ray* ]]; then
       # trtrun's Ray Serve deployment: a local Ray each, rayK = K replicas sharing the GPU (num_gpus=1/K; one CPU
       # replica on the reference backend), Ray Serve's proxy on the port
       k=${n#ray}; name=ray_serve; ((k > 1)) && name=ray_serve_x$k
@@ -313,6 +327,7 @@ PY
       --procs "$PROCS" --texts rt --n-texts "$N_LOAD_TEXTS" --out "$OUT/load.json" || rc=1
   fi
   stop_all
+  pkill -f "$W/haproxy/" 2>/dev/null  # a HAProxy Ray left behind (rayha targets)
   for f in "$W"/server_*.log; do echo "---- $f"; tail -n 60 "$f"; done > "$OUT/servers.log"
   if ((rc != 0)); then
     tail -n 15 "$W"/server_*.log
@@ -323,7 +338,8 @@ PY
 }
 export -f serve_all free_port
 export CLIENTS PROCS WARMUP N_LOAD_TEXTS
-SERVE_TARGETS=$(for k in $RAY_PER_GPU; do echo "ray$k"; done; for n in $SERVE_WORKERS; do echo "w$n"; done)
+SERVE_TARGETS=$(for k in $RAY_PER_GPU; do echo "ray$k"; [ "${RAY_HAPROXY:-0}" = 1 ] && echo "rayha$k"; done
+                for n in $SERVE_WORKERS; do echo "w$n"; done)
 SERVE_TARGETS=$(echo $SERVE_TARGETS)
 # what a serving round costs besides the load: starting (Ray and its replica ~30 s), the reference embeddings,
 # stopping; then WARMUP + LOAD_S per target. LOAD_S shrinks to what is left, and the 4-process server goes
