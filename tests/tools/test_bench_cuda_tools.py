@@ -44,7 +44,8 @@ def test_bench_tool_compiles(tool, tmp_path):
     nvcc, inc = _nvcc(), _cublas_include()
     if nvcc is None or inc is None:
         pytest.skip(f"needs nvcc and cublasLt.h (nvcc: {nvcc}, cublasLt.h include dir: {inc})")
-    cmd = [nvcc, "-std=c++17", "-O1", "-arch=sm_90", "-I", inc, "-I", str(ROOT / "tools" / "cuda"), "-c", str(tool),
+    cmd = [nvcc, "-std=c++17", "-O1", "-arch=sm_90", "-I", inc, "-I", str(ROOT / "tools" / "cuda"),
+           "-I", str(ROOT / "native"), "-I", str(ROOT / "native" / "include"), "--expt-relaxed-constexpr", "-c", str(tool),
            "-o", str(tmp_path / (tool.stem + ".o"))]
     if tool.suffix == ".cpp":
         cmd[1:1] = ["-x", "cu"]

@@ -35,16 +35,20 @@ __device__ __forceinline__ float activate(float x, Activation act) {
 
 // One thread step = VEC consecutive output columns of one row (VEC = 8: 16-byte accesses, m % 8 == 0 and every
 // pointer 16-byte aligned). src and y may alias (not gated): each element is read before the same thread writes it.
-template <int VEC, bool GATED>
+// Idx: the step index's type, 32-bit wherever the steps and one grid's stride fit (a 64-bit division is a library
+// routine of ~70 instructions, a 32-bit one a handful).
+template <int VEC, bool GATED, typename Idx>
 __global__ void linear_epilogue_kernel(const void* src, DType src_t, const void* __restrict__ bias, DType bias_t,
                                        const void* __restrict__ residual, DType r_t, void* y, DType y_t,
                                        long long rows, int m, Activation act, bool round_h) {
-  const long long steps = rows * (m / VEC);
+  const Idx per_row = static_cast<Idx>(m / VEC);
+  const Idx steps = static_cast<Idx>(rows) * per_row;
   const long long width = GATED ? 2LL * m : m;
-  for (long long e = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; e < steps;
-       e += static_cast<long long>(gridDim.x) * blockDim.x) {
-    const long long r = e / (m / VEC);
-    const int c = static_cast<int>(e % (m / VEC)) * VEC;
+  for (Idx e = blockIdx.x * static_cast<Idx>(blockDim.x) + threadIdx.x; e < steps;
+       e += static_cast<Idx>(gridDim.x) * blockDim.x) {
+    const Idx row_e = e / per_row;
+    const long long r = static_cast<long long>(row_e);
+    const int c = static_cast<int>(e - row_e * per_row) * VEC;
     float g[VEC], u[VEC], b[VEC];
     load_vec<VEC>(src, src_t, r * width + c, g);
     if constexpr (GATED) load_vec<VEC>(src, src_t, r * width + m + c, u);
@@ -87,8 +91,12 @@ void launch_impl(const void* src, DType src_t, const void* bias, DType bias_t, c
   const long long steps = rows * (m / VEC);
   // enough blocks to fill an H200 several times over; the grid-stride loop covers the rest
   const long long blocks = std::min<long long>((steps + kThreads - 1) / kThreads, 132LL * 16);
-  linear_epilogue_kernel<VEC, GATED><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
-      src, src_t, bias, bias_t, residual, r_t, y, y_t, rows, m, act, round_h);
+  if (steps + blocks * kThreads < (1LL << 31))  // 32-bit steps: no wraparound within one grid's stride
+    linear_epilogue_kernel<VEC, GATED, unsigned><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
+        src, src_t, bias, bias_t, residual, r_t, y, y_t, rows, m, act, round_h);
+  else
+    linear_epilogue_kernel<VEC, GATED, unsigned long long><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
+        src, src_t, bias, bias_t, residual, r_t, y, y_t, rows, m, act, round_h);
   TRTRUN_LAUNCH_CHECK();
 }
 

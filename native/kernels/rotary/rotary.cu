@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 
 namespace trtrun {
 namespace {
@@ -63,21 +64,24 @@ __device__ __forceinline__ void store_v(void* p, DType t, long long i, const flo
 
 // One thread step: the pairs (i + j, h2 + i + j), j < V, of one Q or K head of one token. V = 4 where h2, the head
 // size and the row width are multiples of 4 and the buffers 16-byte aligned: one vector access per operand instead
-// of four, and the index arithmetic (64-bit divisions) once per four pairs; the same arithmetic per pair.
-template <bool HALF, int V>
+// of four, and the index arithmetic once per four pairs; the same arithmetic per pair. Idx: the step index's type,
+// 32-bit wherever the steps (plus one grid's stride) fit, since the three divisions that split it into token, head
+// and pair are a library routine of ~70 instructions each in 64 bits against a handful in 32.
+template <bool HALF, int V, typename Idx>
 __global__ void rotary_kernel(const void* src, DType src_t, void* dst, DType dst_t, const float* __restrict__ cos,
                               const float* __restrict__ sin, long long tokens, int seq, int qk_heads, int row_width,
                               int head_size, int h2) {
-  const int hv = h2 / V;
-  const long long steps = tokens * qk_heads * hv;
-  for (long long e = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; e < steps;
-       e += static_cast<long long>(gridDim.x) * blockDim.x) {
-    const int i = static_cast<int>(e % hv) * V;
-    const long long th = e / hv;
-    const int head = static_cast<int>(th % qk_heads);
-    const long long tok = th / qk_heads;
-    const int s = static_cast<int>(tok % seq);
-    const long long at = tok * row_width + static_cast<long long>(head) * head_size + i;
+  const Idx hv = static_cast<Idx>(h2 / V), qk = static_cast<Idx>(qk_heads), sq = static_cast<Idx>(seq);
+  const Idx steps = static_cast<Idx>(tokens) * qk * hv;
+  for (Idx e = blockIdx.x * static_cast<Idx>(blockDim.x) + threadIdx.x; e < steps;
+       e += static_cast<Idx>(gridDim.x) * blockDim.x) {
+    const Idx th = e / hv;
+    const int i = static_cast<int>(e - th * hv) * V;
+    const Idx tok = th / qk;
+    const int head = static_cast<int>(th - tok * qk);
+    const int s = static_cast<int>(tok - tok / sq * sq);
+    const long long at =
+        static_cast<long long>(tok) * row_width + static_cast<long long>(head) * head_size + i;
     float x1[V], x2[V], c[V], n[V], o1[V], o2[V];
     load_v<V>(src, src_t, at, x1);
     load_v<V>(src, src_t, at + h2, x2);
@@ -353,15 +357,19 @@ void launch_rotary(const void* src, DType src_t, void* dst, DType dst_t, const f
   const long long pairs = tokens * qk * h2;
   const auto a16 = [](const void* q) { return (reinterpret_cast<uintptr_t>(q) & 15u) == 0; };
   const bool vec = h2 % 4 == 0 && head_size % 4 == 0 && width % 4 == 0 && a16(src) && a16(dst) && a16(cos) && a16(sin);
+  // 32-bit step indices where the steps and one grid's stride stay below 2^31 (no wraparound in the loop)
+  const bool narrow = pairs + 1LL * kThreads * kMaxBlocks < (1LL << 31);
   TRTRUN_BOOL_SWITCH(half_math, HALF, [&] {
-    if (vec)
-      rotary_kernel<HALF, 4><<<grid_for(pairs / 4), kThreads, 0, stream>>>(src, src_t, dst, dst_t, cos, sin, tokens,
-                                                                          seq, qk, static_cast<int>(width), head_size,
-                                                                          h2);
-    else
-      rotary_kernel<HALF, 1><<<grid_for(pairs), kThreads, 0, stream>>>(src, src_t, dst, dst_t, cos, sin, tokens, seq,
-                                                                      qk, static_cast<int>(width), head_size, h2);
-    TRTRUN_LAUNCH_CHECK();
+    TRTRUN_BOOL_SWITCH(narrow, NARROW, [&] {
+      using Idx = std::conditional_t<NARROW, unsigned, unsigned long long>;
+      if (vec)
+        rotary_kernel<HALF, 4, Idx><<<grid_for(pairs / 4), kThreads, 0, stream>>>(
+            src, src_t, dst, dst_t, cos, sin, tokens, seq, qk, static_cast<int>(width), head_size, h2);
+      else
+        rotary_kernel<HALF, 1, Idx><<<grid_for(pairs), kThreads, 0, stream>>>(
+            src, src_t, dst, dst_t, cos, sin, tokens, seq, qk, static_cast<int>(width), head_size, h2);
+      TRTRUN_LAUNCH_CHECK();
+    });
   });
   if (src != dst) {
     rotary_copy_rest_kernel<<<grid_for(tokens * width), kThreads, 0, stream>>>(
