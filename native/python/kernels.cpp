@@ -103,13 +103,14 @@ void bind_kernels(py::module_& m) {
       "Fused attention on packed qkv [B,S,3HD] -> y [B,S,HD]; mask int32 [B,S] (0 = absent).");
   p.def(
       "attention_config",
-      [](int batch, int seq, int heads, int head_size, bool causal, const std::string& prec, bool extras) {
-        return attention_config(batch, seq, heads, head_size, causal, pr(prec, "attention_config"), extras);
+      [](int batch, int seq, int heads, int head_size, bool causal, const std::string& prec, bool extras,
+         int window) {
+        return attention_config(batch, seq, heads, head_size, causal, pr(prec, "attention_config"), extras, window);
       },
       py::arg("batch"), py::arg("seq"), py::arg("heads"), py::arg("head_size"), py::arg("causal"),
-      py::arg("precision"), py::arg("extras") = false,
+      py::arg("precision"), py::arg("extras") = false, py::arg("window") = -1,
       "The launch configuration attention() takes for these sizes here ('fp32' or 'mt=.. nw=.. ks=.. qb=..'); "
-      "extras: with a score bias or a window.");
+      "extras: with a score bias or a window; window >= 0: that sliding window (keys within it of the query).");
 
   p.def(
       "embedding",

@@ -1105,10 +1105,14 @@ struct TcTraits {
 };
 
 template <int D, bool HALF_SOFTMAX>
-TcConfig choose_tc(int B, int S, int H, bool causal, bool extra, bool rope = false) {
+TcConfig choose_tc(int B, int S, int H, bool causal, bool extra, bool rope = false, int window = -1) {
   // Candidates: (rows per warp 16*MT, warps per block nw). A model of the time: full waves of blocks over
   // the multiprocessors times the work of one block's warp (MT=2 reuses each K/V fragment twice, so a
   // 32-row warp takes about kMT2Cost times as long as a 16-row one). Ties go to the larger block.
+  // Under a sliding window that leaves blocks fewer key tiles than the sequence has, 16-row warps only: a block's
+  // reach grows with its rows (bq + 2 * window keys), and the model above, which counts waves, does not see it.
+  // Measured (H100, tools/kernels_attention.py --window 64 --sweep, hybrid, 12 heads of 64): B = 32, S = 512
+  // MT=1 4 warps 0.125 ms against MT=2 4 warps (the model's pick) 0.231; B = 8 and B = 1 at S = 512 already MT=1.
   // Then two key groups a block (KS = 2) where the blocks do not fill the multiprocessors and a block has at
   // least two key tiles: see attention_tc_kernel.
   // TRTRUN_ATTN_CFG="MT,nw[,KS]" forces one (tuning and tests only).
@@ -1143,7 +1147,8 @@ TcConfig choose_tc(int B, int S, int H, bool causal, bool extra, bool rope = fal
   } else {
     const long long bhs = static_cast<long long>(B) * H;
     double best = 1e300;
-    for (int mt = kHasMT2 ? 2 : 1; mt >= 1; --mt) {
+    const bool narrow_window = window >= 0 && S > 2 * window + BK;
+    for (int mt = kHasMT2 && !narrow_window ? 2 : 1; mt >= 1; --mt) {
       for (int nw = 4; nw >= 1; nw /= 2) {
         const int bq = 16 * mt * nw;
         const long long blocks = bhs * ((S + bq - 1) / bq);
@@ -1215,7 +1220,7 @@ void launch_tc(const void* qkv, bool in_half, const int32_t* mask, void* y, bool
                int Hkv, float scale, bool causal, cudaStream_t stream, Extras ex) {
   const bool extra = ex.bias != nullptr || ex.window >= 0 || ex.softcap > 0.f;
   const bool rope = ex.rope_cos != nullptr;
-  const TcConfig c = choose_tc<D, HALF_SOFTMAX>(B, S, H, causal, extra, rope);
+  const TcConfig c = choose_tc<D, HALF_SOFTMAX>(B, S, H, causal, extra, rope, ex.window);
   if constexpr (attention_takes_rotary(D, 16)) {
     if (rope && extra)
       return launch_tc_as<D, HALF_SOFTMAX, true, true>(c, qkv, in_half, mask, y, out_half, B, S, H, Hkv, scale, causal,
@@ -1265,10 +1270,10 @@ void dispatch(const void* qkv, bool in_half, const int32_t* mask, void* y, bool 
 }
 
 template <int D>
-std::string config_of(int B, int S, int H, bool causal, Precision prec, bool extra) {
+std::string config_of(int B, int S, int H, bool causal, Precision prec, bool extra, int window) {
   if (prec == Precision::FP32) return "fp32";
-  const TcConfig c = prec == Precision::FP16 ? choose_tc<D, true>(B, S, H, causal, extra)
-                                             : choose_tc<D, false>(B, S, H, causal, extra);
+  const TcConfig c = prec == Precision::FP16 ? choose_tc<D, true>(B, S, H, causal, extra, false, window)
+                                             : choose_tc<D, false>(B, S, H, causal, extra, false, window);
   return "mt=" + std::to_string(c.mt) + " nw=" + std::to_string(c.nw) + " ks=" + std::to_string(c.ks) +
          " qb=" + std::to_string(c.nqb);
 }
@@ -1298,18 +1303,19 @@ void check_head_size(int head_size, const char* op) {
 
 }  // namespace
 
-std::string attention_config(int batch, int seq, int heads, int head_size, bool causal, Precision prec, bool extras) {
+std::string attention_config(int batch, int seq, int heads, int head_size, bool causal, Precision prec, bool extras,
+                             int window) {
   const char* op = "attention";
   check_head_size(head_size, op);
   require(batch >= 1 && seq >= 1 && heads >= 1, op, "batch, seq and heads must be >= 1");
   check_precision(prec, op);
   switch (head_size) {
-    case 32: return config_of<32>(batch, seq, heads, causal, prec, extras);
-    case 64: return config_of<64>(batch, seq, heads, causal, prec, extras);
-    case 80: return config_of<80>(batch, seq, heads, causal, prec, extras);
-    case 96: return config_of<96>(batch, seq, heads, causal, prec, extras);
-    case 128: return config_of<128>(batch, seq, heads, causal, prec, extras);
-    default: return config_of<256>(batch, seq, heads, causal, prec, extras);
+    case 32: return config_of<32>(batch, seq, heads, causal, prec, extras || window >= 0, window);
+    case 64: return config_of<64>(batch, seq, heads, causal, prec, extras || window >= 0, window);
+    case 80: return config_of<80>(batch, seq, heads, causal, prec, extras || window >= 0, window);
+    case 96: return config_of<96>(batch, seq, heads, causal, prec, extras || window >= 0, window);
+    case 128: return config_of<128>(batch, seq, heads, causal, prec, extras || window >= 0, window);
+    default: return config_of<256>(batch, seq, heads, causal, prec, extras || window >= 0, window);
   }
 }
 

@@ -81,8 +81,8 @@ bool attention_rotary_pays(int batch, int seq, int heads, int kv_heads, int head
 // The configuration launch_attention takes for these sizes on the current device, as text ("fp32", or
 // "mt=M nw=N ks=K qb=Q": 16*M query rows a warp, N warps a key group, K key groups a block, Q query tiles a block
 // over K/V staged once), with the TRTRUN_ATTN_CFG / TRTRUN_ATTN_QB overrides applied; `extras`: with a score bias or a
-// window (never query tiles sharing K/V). For tests and tuning.
+// window (never query tiles sharing K/V); `window` >= 0: that sliding window (implies extras). For tests and tuning.
 std::string attention_config(int batch, int seq, int heads, int head_size, bool causal, Precision prec,
-                             bool extras = false);
+                             bool extras = false, int window = -1);
 
 }  // namespace trtrun
