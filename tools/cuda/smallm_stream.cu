@@ -34,19 +34,13 @@
 #include <vector>
 
 #include "bench_graph.h"
+#include "mma_tools.cuh"
 
 namespace cg = cooperative_groups;
 
 constexpr int kThreads = 256;
 constexpr int kMaxRows = 128;
 
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src), "r"(src_bytes));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 // waits until at most `pending` groups are outstanding (0..7)
 __device__ __forceinline__ void cp_async_wait_dyn(int pending) {
   switch (pending) {
@@ -59,20 +53,6 @@ __device__ __forceinline__ void cp_async_wait_dyn(int pending) {
     case 6: asm volatile("cp.async.wait_group 6;\n" ::); break;
     default: asm volatile("cp.async.wait_group 7;\n" ::); break;
   }
-}
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_u32(p)));
-}
-__device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-__device__ __forceinline__ float gelu_tanh(float v) {
-  return 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
 }
 
 // Shared memory of one CTA: W block (KS * BN halves), x slice (M rounded up to 32 rows of KS + 8 halves), and the
