@@ -4,6 +4,7 @@
 
 #include <cuda_fp16.h>
 
+#include <cstddef>
 #include <cstdint>
 
 __device__ __forceinline__ uint32_t smem_u32(const void* p) {
@@ -30,4 +31,17 @@ __device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], 
 // the tanh form, as cuBLASLt's GELU epilogue
 __device__ __forceinline__ float gelu_tanh(float v) {
   return 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
+}
+
+// Host side, for weights packed once in B-fragment order: the four halves lane (g, t) holds of w[K][N] (row-major)
+// for the k16 step at row kb0 and the n8 tile at column n0 (b0 = rows kb0 + 2t, +1; b1 = rows kb0 + 2t + 8, +9;
+// column n0 + g), appended at out[o..o+3]; returns o + 4.
+inline size_t put_b_fragment(__half* out, size_t o, const __half* w, int N, int kb0, int n0, int lane) {
+  const int g = lane >> 2, t = lane & 3;
+  const size_t n = static_cast<size_t>(n0 + g), kb = static_cast<size_t>(kb0 + 2 * t);
+  out[o++] = w[kb * N + n];
+  out[o++] = w[(kb + 1) * N + n];
+  out[o++] = w[(kb + 8) * N + n];
+  out[o++] = w[(kb + 9) * N + n];
+  return o;
 }

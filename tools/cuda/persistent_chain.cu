@@ -324,14 +324,7 @@ std::vector<__half> pack(const std::vector<__half>& w, int K, int N, int bn, int
     for (int z = 0; z < s; ++z)
       for (int k16 = 0; k16 < ks / 16; ++k16)
         for (int j = 0; j < bn / 8; ++j)
-          for (int l = 0; l < 32; ++l) {
-            const int g = l >> 2, t = l & 3;
-            const int n = nt * bn + j * 8 + g, kb = z * ks + k16 * 16 + 2 * t;
-            out[o++] = w[(size_t)kb * N + n];
-            out[o++] = w[(size_t)(kb + 1) * N + n];
-            out[o++] = w[(size_t)(kb + 8) * N + n];
-            out[o++] = w[(size_t)(kb + 9) * N + n];
-          }
+          for (int l = 0; l < 32; ++l) o = put_b_fragment(out.data(), o, w.data(), N, z * ks + k16 * 16, nt * bn + j * 8, l);
   return out;
 }
 

@@ -272,17 +272,9 @@ static std::vector<__half> pack(const std::vector<__half>& w, int K, int N, int 
     for (int z = 0; z < s; ++z)
       for (int k16 = 0; k16 < ks / 16; ++k16)
         for (int p = 0; p < bn / 16; ++p)
-          for (int l = 0; l < 32; ++l) {
-            const int g = l >> 2, t = l & 3;
-            for (int j = 0; j < 2; ++j) {
-              const int n = nt * bn + (2 * p + j) * 8 + g;
-              const int kb = z * ks + k16 * 16 + 2 * t;
-              out[o++] = w[(size_t)kb * N + n];
-              out[o++] = w[(size_t)(kb + 1) * N + n];
-              out[o++] = w[(size_t)(kb + 8) * N + n];
-              out[o++] = w[(size_t)(kb + 9) * N + n];
-            }
-          }
+          for (int l = 0; l < 32; ++l)
+            for (int j = 0; j < 2; ++j)
+              o = put_b_fragment(out.data(), o, w.data(), N, z * ks + k16 * 16, nt * bn + (2 * p + j) * 8, l);
   return out;
 }
 
