@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -43,7 +44,7 @@ def main() -> int:
     ap.add_argument("--gemm-cache", default=None, help="load_gemm_cache(FILE) first (fixed GEMM choices for A/B runs)")
     ap.add_argument("--variant", action="append", default=None,
                     help="NAME:key=int,...[,env.VAR=value] another context with these options (repeatable); "
-                         "points alternate")
+                         "points alternate; a value may hold commas (env.TRTRUN_ATTN_CFG=2,4)")
     ap.add_argument("--rounds", type=int, default=1, help="timing rounds per context and point")
     ap.add_argument("--fp8-scales", default="channel-dynamic", choices=["channel-dynamic", "tensor-static"],
                     help="fp8: weight scales per channel with per-token activation scales (the default), or one per "
@@ -106,7 +107,8 @@ def main() -> int:
     for v in a.variant or []:
         name, _, spec = v.partition(":")
         vk, envs = dict(kw), {}
-        for item in filter(None, spec.split(",")):
+        # a comma starts the next key only where "key=" follows, so a value may hold commas (env.TRTRUN_ATTN_CFG=2,4)
+        for item in filter(None, re.split(r",(?=\s*[A-Za-z_][\w.]*=)", spec)):
             k, _, val = item.partition("=")
             if k.strip().startswith("env."):
                 envs[k.strip()[4:]] = val
