@@ -23,12 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
+from trtrun.export import EXPORT_ARCHS
 from trtrun.types import GEMM_SEARCHES
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="bert-base", choices=["bert-base", "gpt2"])
+    ap.add_argument("--model", default="bert-base", choices=sorted(EXPORT_ARCHS),
+                    help="a named architecture of `trtrun export` (random weights)")
     ap.add_argument("--precision", default="hybrid", choices=["fp32", "fp16", "hybrid", "fp8"])
     ap.add_argument("--point", action="append", default=None, help="BxS (repeatable; default 1x128)")
     ap.add_argument("--iters", type=int, default=300)
