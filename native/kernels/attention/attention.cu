@@ -1309,13 +1309,14 @@ std::string attention_config(int batch, int seq, int heads, int head_size, bool 
   check_head_size(head_size, op);
   require(batch >= 1 && seq >= 1 && heads >= 1, op, "batch, seq and heads must be >= 1");
   check_precision(prec, op);
+  const bool ex = extras || window >= 0;  // a window takes the kernel with extras
   switch (head_size) {
-    case 32: return config_of<32>(batch, seq, heads, causal, prec, extras || window >= 0, window);
-    case 64: return config_of<64>(batch, seq, heads, causal, prec, extras || window >= 0, window);
-    case 80: return config_of<80>(batch, seq, heads, causal, prec, extras || window >= 0, window);
-    case 96: return config_of<96>(batch, seq, heads, causal, prec, extras || window >= 0, window);
-    case 128: return config_of<128>(batch, seq, heads, causal, prec, extras || window >= 0, window);
-    default: return config_of<256>(batch, seq, heads, causal, prec, extras || window >= 0, window);
+    case 32: return config_of<32>(batch, seq, heads, causal, prec, ex, window);
+    case 64: return config_of<64>(batch, seq, heads, causal, prec, ex, window);
+    case 80: return config_of<80>(batch, seq, heads, causal, prec, ex, window);
+    case 96: return config_of<96>(batch, seq, heads, causal, prec, ex, window);
+    case 128: return config_of<128>(batch, seq, heads, causal, prec, ex, window);
+    default: return config_of<256>(batch, seq, heads, causal, prec, ex, window);
   }
 }
 
