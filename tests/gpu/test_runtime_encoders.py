@@ -287,6 +287,41 @@ def test_bias_and_window_are_deterministic_and_batch_independent(cfg, monkeypatc
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("cfg", [None, "1,4", "2,4", "1,2,2"])
+@pytest.mark.parametrize("prec", ["hybrid", "fp16"])
+def test_window_masks_as_intervals_are_the_key_by_key_masks(prec, cfg, monkeypatch):
+    """Under a dense key range (no padding holes) the kernel masks a row's keys as one interval (key_span); the same
+    bits as the key-by-key tests (TRTRUN_ATTN_MASK=keys) for windows wider and narrower than a key tile, causal or not,
+    padding on either side or none, with a score bias and a soft cap, rows past the sequence's end (S % 64 != 0),
+    and fully masked rows (left padding wider than the window)."""
+    if cfg is not None:
+        monkeypatch.setenv("TRTRUN_ATTN_CFG", cfg)
+    tp = _plugins()
+    torch = tp._torch()
+    ref = tp._reference()
+    rng = np.random.default_rng(53)
+    for B, S, H, Hkv, D, causal, mkind, window, bkind, softcap in [
+            (2, 128, 4, 4, 64, False, None, 64, None, None),        # ModernBERT's local layers at 128 tokens
+            (3, 300, 4, 2, 64, True, "right", 50, "relative-causal", None),  # causal window (Mistral), GQA
+            (2, 200, 2, 2, 32, False, "left", 20, "alibi-symmetric", 2.0),   # dead rows: padding wider than W
+            (2, 77, 2, 2, 128, True, "right", 100, None, None)]:      # window past a tile, head size 128
+        qkv = rng.standard_normal((B, S, (H + 2 * Hkv) * D)).astype(F16)
+        mask = None if mkind is None else tp._make_mask(rng, B, S, mkind)
+        if mkind == "left":
+            mask[0] = np.arange(S) >= 3 * window  # rows < 2W find no key within their window
+        kw = _bias_kwargs(bkind, H, rng)
+        table = None if kw is None else ref.distance_bias(np.arange(-(S - 1), S), **kw)
+        args = (H, Hkv, D, 0.125, causal, prec, F32, table, S if table is not None else 0, window, softcap)
+        monkeypatch.delenv("TRTRUN_ATTN_MASK", raising=False)
+        spans = _run(tp, torch, qkv, mask, *args)
+        monkeypatch.setenv("TRTRUN_ATTN_MASK", "keys")
+        keys = _run(tp, torch, qkv, mask, *args)
+        assert np.isfinite(spans).all(), (prec, cfg, S, mkind)
+        np.testing.assert_array_equal(spans, keys, err_msg=f"{prec} cfg={cfg} B{B} S{S} causal={causal} "
+                                                           f"mask={mkind} window={window} bias={bkind}")
+
+
+@pytest.mark.gpu
 def test_extras_never_share_kv(monkeypatch):
     """No query tiles sharing K/V with a bias or a window (no such instantiation): the launcher says qb=1 also when
     TRTRUN_ATTN_QB asks for 2, which it grants without them."""

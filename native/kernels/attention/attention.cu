@@ -99,6 +99,9 @@ struct Extras {
   const float* rope_sin;
   int rotary_dim;
   bool rope_half;
+  // Masks of a dense key range (no padding holes) as one interval of keys a row (softmax_tile); false: key by key,
+  // as before (TRTRUN_ATTN_MASK=keys, measurements only).
+  bool mask_intervals;
 };
 
 // The contract's order on one fp32 score: scaled (one rounding), soft-capped, then the bias added; no contraction.
@@ -364,6 +367,24 @@ __device__ __forceinline__ KeyRange key_range(const int32_t* mask, int b, int S,
   return kr;
 }
 
+// A row's keys in one tile (tile-local indices) where the key range is dense (TileFlags::dense): every mask is an
+// interval, so key jl is beyond the sequence when jl >= out, else attended exactly when lo <= jl <= hi (the padding
+// range [ft.lo, ft.hi), the window's |key - query| <= window, causality's key <= query). The same verdicts as
+// TileFlags + masked_at key by key, with two compares a key instead of the chain of tests.
+struct KeySpan {
+  int lo, hi, out;
+};
+__device__ __forceinline__ KeySpan key_span(const TileFlags& ft, int j0, int qi, bool causal, int window) {
+  KeySpan k{ft.lo - j0, ft.hi - 1 - j0, ft.S - j0};
+  if (window >= 0) {
+    const int w = min(window, ft.S);  // |key - query| < S always: a wider window masks nothing more (and cannot overflow)
+    k.lo = max(k.lo, qi - w - j0);
+    k.hi = min(k.hi, qi + w - j0);
+  }
+  if (causal) k.hi = min(k.hi, qi - j0);
+  return k;
+}
+
 // One key tile's online-softmax step for one m16 tile of a warp (rows g and g+8 of this thread):
 // s holds the raw scores (fp32 accumulators of Q K^T) and becomes the fp16 P fragments pf; o (the output
 // accumulators), the running max m and the thread-partial sums l are rescaled. HALF_SOFTMAX: the FP16 mode
@@ -375,7 +396,10 @@ __device__ __forceinline__ void softmax_tile(float (&s)[NB][4], float (&o)[DB][4
                                              __half (&m_h)[2], __half (&l_h)[2], uint32_t (&pf)[NB / 2][4],
                                              bool need_mask, const TileFlags& ft, int j0, int qm0, int g, int t4,
                                              bool causal, bool folded, float sl2, float mult, float masked_val,
-                                             float scale, const float* bh, int S, int window, float cap) {
+                                             float scale, const float* bh, int S, int window, float cap,
+                                             bool intervals) {
+  // intervals (EXTRA, a dense key range): a row's masks as one span of keys (key_span), not key by key
+  intervals = intervals && ft.dense;
   // key j0 + jl masked for query qi by causality or the window (the padding flags are the caller's)
   auto masked_at = [&](int jl, int qi) {
     if constexpr (EXTRA) return (causal && j0 + jl > qi) || (window >= 0 && abs(j0 + jl - qi) > window);
@@ -401,7 +425,20 @@ __device__ __forceinline__ void softmax_tile(float (&s)[NB][4], float (&o)[DB][4
 #pragma unroll
         for (int e = 0; e < 4; ++e) s[i][e] *= sl2;
     }
-    if (need_mask) {
+    if (EXTRA && need_mask && intervals) {
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const KeySpan k = key_span(ft, j0, qm0 + g + r * 8, causal, window);
+#pragma unroll
+        for (int i = 0; i < NB; ++i)
+#pragma unroll
+          for (int c = 0; c < 2; ++c) {
+            const int jl = i * 8 + 2 * t4 + c;
+            if (jl >= k.out) s[i][2 * r + c] = -INFINITY;
+            else if (jl < k.lo || jl > k.hi) s[i][2 * r + c] = masked_val;
+          }
+      }
+    } else if (need_mask) {
 #pragma unroll
       for (int i = 0; i < NB; ++i)
 #pragma unroll
@@ -473,7 +510,24 @@ __device__ __forceinline__ void softmax_tile(float (&s)[NB][4], float (&o)[DB][4
           sh[i][r] = __hadd2(sh[i][r], __floats2half2_rn(bias_at(bh, d, S), bias_at(bh, d + 1, S)));
         }
     }
-    if (need_mask) {
+    if (EXTRA && need_mask && intervals) {
+      const __half hmin = __ushort_as_half(0xFBFFu);   // -65504: float32 min saturated to fp16
+      const __half hninf = __ushort_as_half(0xFC00u);  // -inf
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const KeySpan k = key_span(ft, j0, qm0 + g + r * 8, causal, window);
+#pragma unroll
+        for (int i = 0; i < NB; ++i) {
+          const int jl = i * 8 + 2 * t4;
+          __half lo = __low2half(sh[i][r]), hi = __high2half(sh[i][r]);
+          if (jl >= k.out) lo = hninf;
+          else if (jl < k.lo || jl > k.hi) lo = hmin;
+          if (jl + 1 >= k.out) hi = hninf;
+          else if (jl + 1 < k.lo || jl + 1 > k.hi) hi = hmin;
+          sh[i][r] = __halves2half2(lo, hi);
+        }
+      }
+    } else if (need_mask) {
       const __half hmin = __ushort_as_half(0xFBFFu);   // -65504: float32 min saturated to fp16
       const __half hninf = __ushort_as_half(0xFC00u);  // -inf
 #pragma unroll
@@ -740,7 +794,7 @@ __global__ void __launch_bounds__(128 * KS, MT == 2 ? 2 : (SHARE_KV && D <= 64 ?
           const int qm0 = qw0 + mt * 16;  // first row of this m-tile
           softmax_tile<NB, DB, HALF_SOFTMAX, EXTRA>(s[mt], o[mt], m_f[mt], l_f[mt], m_h[mt], l_h[mt], pf[mt],
                                                     need_mask, ft, j0, qm0, g, t4, causal, folded, sl2, mult,
-                                                    masked_val, scale, hbias, S, window, cap);
+                                                    masked_val, scale, hbias, S, window, cap, ex.mask_intervals);
         }
         // ---- O += P V (fp16 operands, fp32 accumulation); each V fragment feeds MT m-tiles
 #pragma unroll
@@ -1365,7 +1419,9 @@ void launch_attention_gqa(const void* qkv, DType qkv_t, const int32_t* mask, voi
   const bool in_half = qkv_t == DType::F16, out_half = y_t == DType::F16;
   require(std::isfinite(extras.softcap) && extras.softcap >= 0.f, op,
           "softcap must be a finite float >= 0 (0: none), got " + std::to_string(extras.softcap));
-  Extras ex{nullptr, 0, -1, extras.softcap, nullptr, nullptr, 0, false};
+  Extras ex{nullptr, 0, -1, extras.softcap, nullptr, nullptr, 0, false, true};
+  // read at every launch, so graphs captured with and without it compare in one process (tools/profile_point.py)
+  if (const char* m = std::getenv("TRTRUN_ATTN_MASK"); m != nullptr && std::string(m) == "keys") ex.mask_intervals = false;
   if (extras.rope_cos != nullptr || extras.rope_sin != nullptr) {
     require(extras.rope_cos != nullptr && extras.rope_sin != nullptr, op, "the rotary needs both cos and sin tables");
     require(in_half && prec != Precision::FP32, op,

@@ -16,20 +16,23 @@ __device__ __forceinline__ float round_to(float v, DType t) {
   return t == DType::F16 ? __half2float(__float2half_rn(v)) : v;
 }
 
-__device__ __forceinline__ float activate(float x, Activation act) {
-  switch (act) {
-    case Activation::Silu: return x / (1.0f + expf(-x));
-    case Activation::Relu: return fmaxf(x, 0.0f);
-    case Activation::Relu2: {  // squared ReLU (Nemotron, Arcee)
-      const float r = fmaxf(x, 0.0f);
-      return r * r;
-    }
-    case Activation::GeluErf: return 0.5f * x * erfcf(-x * 0.70710678118654752f);
-    case Activation::GeluTanh: {
-      const float a = 0.79788456080286536f * (x + 0.044715f * x * x * x);
-      return x / (1.0f + expf(-2.0f * a));
-    }
-    default: return x;
+// ACT a template argument: the kernel holds one activation's arithmetic and no per-element dispatch
+template <Activation ACT>
+__device__ __forceinline__ float activate(float x) {
+  if constexpr (ACT == Activation::Silu) {
+    return x / (1.0f + expf(-x));
+  } else if constexpr (ACT == Activation::Relu) {
+    return fmaxf(x, 0.0f);
+  } else if constexpr (ACT == Activation::Relu2) {  // squared ReLU (Nemotron, Arcee)
+    const float r = fmaxf(x, 0.0f);
+    return r * r;
+  } else if constexpr (ACT == Activation::GeluErf) {
+    return 0.5f * x * erfcf(-x * 0.70710678118654752f);
+  } else if constexpr (ACT == Activation::GeluTanh) {
+    const float a = 0.79788456080286536f * (x + 0.044715f * x * x * x);
+    return x / (1.0f + expf(-2.0f * a));
+  } else {
+    return x;
   }
 }
 
@@ -37,10 +40,10 @@ __device__ __forceinline__ float activate(float x, Activation act) {
 // pointer 16-byte aligned). src and y may alias (not gated): each element is read before the same thread writes it.
 // Idx: the step index's type, 32-bit wherever the steps and one grid's stride fit (a 64-bit division is a library
 // routine of ~70 instructions, a 32-bit one a handful).
-template <int VEC, bool GATED, typename Idx>
+template <int VEC, bool GATED, Activation ACT, typename Idx>
 __global__ void linear_epilogue_kernel(const void* src, DType src_t, const void* __restrict__ bias, DType bias_t,
                                        const void* __restrict__ residual, DType r_t, void* y, DType y_t,
-                                       long long rows, int m, Activation act, bool round_h) {
+                                       long long rows, int m, bool round_h) {
   const Idx per_row = static_cast<Idx>(m / VEC);
   const Idx steps = static_cast<Idx>(rows) * per_row;
   const long long width = GATED ? 2LL * m : m;
@@ -69,9 +72,9 @@ __global__ void linear_epilogue_kernel(const void* src, DType src_t, const void*
       if (round_h) gk = round_to(gk, y_t);
       if constexpr (GATED) {
         const float uk = round_h ? round_to(u[k], y_t) : u[k];
-        v[k] = __fmul_rn(activate(gk, act), uk);  // the product rounded to fp32 once, as the reference's a * u
+        v[k] = __fmul_rn(activate<ACT>(gk), uk);  // the product rounded to fp32 once, as the reference's a * u
       } else {
-        v[k] = activate(gk, act);
+        v[k] = activate<ACT>(gk);
       }
     }
     if (residual != nullptr) {
@@ -84,20 +87,45 @@ __global__ void linear_epilogue_kernel(const void* src, DType src_t, const void*
   }
 }
 
-template <int VEC, bool GATED>
+template <int VEC, bool GATED, Activation ACT>
 void launch_impl(const void* src, DType src_t, const void* bias, DType bias_t, const void* residual, DType r_t,
-                 void* y, DType y_t, long long rows, int m, Activation act, bool round_h, cudaStream_t stream) {
+                 void* y, DType y_t, long long rows, int m, bool round_h, cudaStream_t stream) {
   constexpr int kThreads = 256;
   const long long steps = rows * (m / VEC);
   // enough blocks to fill an H200 several times over; the grid-stride loop covers the rest
   const long long blocks = std::min<long long>((steps + kThreads - 1) / kThreads, 132LL * 16);
   if (steps + blocks * kThreads < (1LL << 31))  // 32-bit steps: no wraparound within one grid's stride
-    linear_epilogue_kernel<VEC, GATED, unsigned><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
-        src, src_t, bias, bias_t, residual, r_t, y, y_t, rows, m, act, round_h);
+    linear_epilogue_kernel<VEC, GATED, ACT, unsigned><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
+        src, src_t, bias, bias_t, residual, r_t, y, y_t, rows, m, round_h);
   else
-    linear_epilogue_kernel<VEC, GATED, unsigned long long><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
-        src, src_t, bias, bias_t, residual, r_t, y, y_t, rows, m, act, round_h);
+    linear_epilogue_kernel<VEC, GATED, ACT, unsigned long long><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
+        src, src_t, bias, bias_t, residual, r_t, y, y_t, rows, m, round_h);
   TRTRUN_LAUNCH_CHECK();
+}
+
+template <int VEC, bool GATED>
+void launch_act(const void* src, DType src_t, const void* bias, DType bias_t, const void* residual, DType r_t,
+                void* y, DType y_t, long long rows, int m, Activation act, bool round_h, cudaStream_t stream) {
+  switch (act) {
+    case Activation::GeluErf:
+      return launch_impl<VEC, GATED, Activation::GeluErf>(src, src_t, bias, bias_t, residual, r_t, y, y_t, rows, m,
+                                                          round_h, stream);
+    case Activation::GeluTanh:
+      return launch_impl<VEC, GATED, Activation::GeluTanh>(src, src_t, bias, bias_t, residual, r_t, y, y_t, rows, m,
+                                                           round_h, stream);
+    case Activation::Silu:
+      return launch_impl<VEC, GATED, Activation::Silu>(src, src_t, bias, bias_t, residual, r_t, y, y_t, rows, m,
+                                                       round_h, stream);
+    case Activation::Relu:
+      return launch_impl<VEC, GATED, Activation::Relu>(src, src_t, bias, bias_t, residual, r_t, y, y_t, rows, m,
+                                                       round_h, stream);
+    case Activation::Relu2:
+      return launch_impl<VEC, GATED, Activation::Relu2>(src, src_t, bias, bias_t, residual, r_t, y, y_t, rows, m,
+                                                        round_h, stream);
+    default:
+      return launch_impl<VEC, GATED, Activation::None>(src, src_t, bias, bias_t, residual, r_t, y, y_t, rows, m,
+                                                       round_h, stream);
+  }
 }
 
 }  // namespace
@@ -121,8 +149,8 @@ void launch_linear_epilogue(const void* src, DType src_t, const void* bias, DTyp
   const bool vec = m % 8 == 0 && rowops::aligned16(src) && rowops::aligned16(bias) && rowops::aligned16(residual) &&
                    rowops::aligned16(y);
   TRTRUN_BOOL_SWITCH(gated, GATED, [&] {
-    if (vec) launch_impl<8, GATED>(src, src_t, bias, bias_t, residual, r_t, y, y_t, rows, m, act, round_h, stream);
-    else launch_impl<1, GATED>(src, src_t, bias, bias_t, residual, r_t, y, y_t, rows, m, act, round_h, stream);
+    if (vec) launch_act<8, GATED>(src, src_t, bias, bias_t, residual, r_t, y, y_t, rows, m, act, round_h, stream);
+    else launch_act<1, GATED>(src, src_t, bias, bias_t, residual, r_t, y, y_t, rows, m, act, round_h, stream);
   });
 }
 
