@@ -68,7 +68,8 @@ def main(argv=None) -> int:
     ap.add_argument("--texts", type=int, default=24, help="Wikipedia paragraphs (default 24)")
     ap.add_argument("--seq", type=int, default=128, help="tokens per paragraph at most (default 128)")
     ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--precisions", default="fp32,hybrid,fp16")
+    ap.add_argument("--precisions", default="fp32,hybrid,fp16",
+                    help="plans to build, comma-separated; hybrid+prenorm16: hybrid with prenorm_input=\"fp16\"")
     ap.add_argument("--onnx", default=None, help="where to keep the exported ONNX (default: a temporary folder)")
     ap.add_argument("--json", default=None, help="write the results here")
     ap.add_argument("--backend", default="auto", choices=["auto", "gpu", "reference"],
@@ -131,7 +132,13 @@ def main(argv=None) -> int:
                "precisions": {}}
     for prec in args.precisions.split(","):
         t = time.perf_counter()
-        plan = trtrun.build(onnx_path, precision=prec, profile=profile)
+        # "hybrid+prenorm16": hybrid with prenorm_input="fp16" (the attention and MLP outputs rounded to fp16 before
+        # the fp32 residual stream adds them)
+        base, _, opt = prec.partition("+")
+        kw = {"prenorm_input": "fp16"} if opt == "prenorm16" else {}
+        if opt not in ("", "prenorm16"):
+            raise SystemExit(f"--precisions: unknown option {opt!r} in {prec!r} (known: +prenorm16)")
+        plan = trtrun.build(onnx_path, precision=base, profile=profile, **kw)
         tb = time.perf_counter() - t
         backend, why = choose_backend(args.backend, plan=plan)
         if backend == "gpu":

@@ -41,6 +41,8 @@ def main() -> int:
     ap.add_argument("--no-fuse-residual", action="store_true", help="Context fuse_residual=False")
     ap.add_argument("--ln-input", default="fp16", choices=["fp16", "fp32"],
                     help="build option ln_input (hybrid: dtype of Linear outputs read by post-norm LayerNorms)")
+    ap.add_argument("--prenorm-input", default="fp32", choices=["fp32", "fp16"],
+                    help="build option prenorm_input (hybrid: dtype of Linear outputs a pre-norm adds into the stream)")
     ap.add_argument("--gemm-search", default=None, choices=GEMM_SEARCHES,
                     help="Context gemm_search (default: the runtime's)")
     ap.add_argument("--gemm-cache", default=None, help="load_gemm_cache(FILE) first (fixed GEMM choices for A/B runs)")
@@ -72,7 +74,8 @@ def main() -> int:
         print(f"exported {onnx} in {time.time() - t:.1f}s", flush=True)
     if not a.plan:
         tag = f".{a.fp8_scales}" if a.precision == "fp8" else ""
-        plan_path = cache / f"{a.model}.{a.precision}{tag}{'' if a.ln_input == 'fp16' else '.ln32'}.plan"
+        plan_path = cache / (f"{a.model}.{a.precision}{tag}{'' if a.ln_input == 'fp16' else '.ln32'}"
+                             f"{'' if a.prenorm_input == 'fp32' else '.pre16'}.plan")
     if not plan_path.exists():
         t = time.time()
         kw = {}
@@ -82,7 +85,7 @@ def main() -> int:
                       calib=[{"input_ids": rng.integers(1000, 20000, (4, 128), dtype=np.int64),
                               "attention_mask": np.ones((4, 128), np.int64)} for _ in range(2)])
         build(onnx, precision=a.precision, profile={"batch": (1, 8, 32), "seq": (1, 128, 512)},
-              ln_input=a.ln_input, **kw).save(plan_path)
+              ln_input=a.ln_input, prenorm_input=a.prenorm_input, **kw).save(plan_path)
         print(f"built {plan_path} in {time.time() - t:.1f}s", flush=True)
 
     if a.gemm_cache:
@@ -91,7 +94,10 @@ def main() -> int:
         print(f"GEMM cache {a.gemm_cache}: took {load_gemm_cache(a.gemm_cache)} entries", flush=True)
     eng = Engine.load(plan_path)
     # the POINT line's labels: a --plan file by its name and its own precision
-    label, prec = (plan_path.stem, eng.plan.precision) if a.plan else (a.model, a.precision)
+    if a.plan:
+        label, prec = plan_path.stem, eng.plan.precision
+    else:
+        label, prec = a.model + ("+pre16" if a.prenorm_input == "fp16" else ""), a.precision
     kw = {}
     if a.ffn_chunks is not None:
         kw["ffn_chunks"] = a.ffn_chunks

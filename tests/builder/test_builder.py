@@ -148,9 +148,11 @@ def test_hybrid_dtypes_follow_the_rules(exported):
     """docs/plan-format.md: fp16 where only GEMMs (or, for bounded LN outputs, residual reads)
     consume a tensor, and (ln_input="fp16", the default) Linear outputs read by a post-norm LayerNorm;
     the residual stream, Linear outputs feeding a pre-norm LayerNorm and outputs fp32. With
-    ln_input="fp32" every LayerNorm x is fp32."""
-    for source, ln_input in (("bert", "fp16"), ("bert", "fp32"), ("gpt2", "fp16")):
-        plan = build(exported(source), precision="hybrid", ln_input=ln_input)
+    ln_input="fp32" every LayerNorm x is fp32; with prenorm_input="fp16" the Linear outputs a pre-norm LayerNorm adds
+    into the (still fp32) residual stream are fp16 too."""
+    for source, ln_input, pre in (("bert", "fp16", "fp32"), ("bert", "fp32", "fp32"), ("gpt2", "fp16", "fp32"),
+                                  ("gpt2", "fp16", "fp16"), ("gpt2", "fp32", "fp16"), ("bert", "fp16", "fp16")):
+        plan = build(exported(source), precision="hybrid", ln_input=ln_input, prenorm_input=pre)
         T = plan.tensors
         W = plan.header["weights"]
         producer = {t: op for op in plan.ops for t in op["outputs"]}
@@ -166,16 +168,20 @@ def test_hybrid_dtypes_follow_the_rules(exported):
                 r = op["inputs"][1] if len(op["inputs"]) > 1 else ""
                 post_norm = (len(op["outputs"]) == 1 and producer[x]["type"] == "Linear"
                              and (r == "" or T[r]["dtype"] == "float16"))
-                want = "float16" if post_norm and ln_input == "fp16" else "float32"
-                assert T[x]["dtype"] == want, (source, ln_input, op["name"])
+                pre_norm = not post_norm and producer[x]["type"] == "Linear"
+                want = "float16" if (post_norm and ln_input == "fp16") or (pre_norm and pre == "fp16") else "float32"
+                assert T[x]["dtype"] == want, (source, ln_input, pre, op["name"])
                 n_ln16 += want == "float16"
                 if len(op["outputs"]) == 2:
                     assert T[op["outputs"][1]]["dtype"] == "float32"  # the residual stream
                 y = op["outputs"][0]
                 if y != "last_hidden_state":
                     assert T[y]["dtype"] == "float16"
-        # BERT: two post-norm LayerNorms a layer read a Linear output; GPT-2 (pre-norm) none
-        assert n_ln16 == (2 * plan.model["num_layers"] if (source, ln_input) == ("bert", "fp16") else 0)
+        # BERT: two post-norm LayerNorms a layer read a Linear output; GPT-2: two pre-norm ones (ln_2, and the next
+        # layer's ln_1 or ln_f), fp16 only with prenorm_input="fp16"
+        L = plan.model["num_layers"]
+        assert n_ln16 == (2 * L if (source, ln_input) == ("bert", "fp16") or (source, pre) == ("gpt2", "fp16")
+                          else 0), (source, ln_input, pre)
         assert T["last_hidden_state"]["dtype"] == "float32"
         fp32 = build(exported(source), precision="fp32")
         assert all(t["dtype"] in ("float32", "int64") for t in fp32.tensors.values())

@@ -76,9 +76,9 @@ STEPS = ("load", "producer forms", "simplify", "select_outputs", "probe", "decou
 
 
 def build(onnx_path, *, precision: str = "hybrid", profile=None, save_onnx=None, progress=None,
-          gelu: str = "auto", tf32: bool = False, ln_input: str = "fp16", outputs=None, fp8_weights: str = "channel",
-          fp8_activations: str = "dynamic", calib=None, calib_name=None, holdout=None, holdout_name=None,
-          min_cosine=None, cost_table=None, log=None, min_top1=None, worst_of=None):
+          gelu: str = "auto", tf32: bool = False, ln_input: str = "fp16", prenorm_input: str = "fp32", outputs=None,
+          fp8_weights: str = "channel", fp8_activations: str = "dynamic", calib=None, calib_name=None, holdout=None,
+          holdout_name=None, min_cosine=None, cost_table=None, log=None, min_top1=None, worst_of=None):
     """Build a Plan from an ONNX model.
 
     precision: "fp32", "fp16" or "hybrid" (docs/plan-format.md says what each means), "fp8" (every Linear fp8
@@ -109,6 +109,9 @@ def build(onnx_path, *, precision: str = "hybrid", profile=None, save_onnx=None,
         LayerNorm (BERT's attention and FFN outputs). fp16 is what an fp16 linear layer writes (TensorRT, and
         the save_onnx graph); fp32 keeps one rounding fewer for 2 more bytes an element written and read.
         The LayerNorm computes in fp32 either way. See docs/plan-format.md.
+    prenorm_input: hybrid plans only: "fp32" (default) or "fp16", the dtype of a Linear output that a pre-norm
+        LayerNorm/RMSNorm adds into the fp32 residual stream (GPT-2, Llama, ModernBERT: attention and MLP outputs).
+        The stream, the sum and the statistics stay fp32 either way.
     outputs: names of the model's graph outputs to keep (default: all of them); the others, and whatever
         only they need, are dropped before anything is fused. An unknown name is a ValueError.
     Raises ModelError (unreadable or malformed model), UnsupportedOpError (an op the IR cannot
@@ -128,8 +131,9 @@ def build(onnx_path, *, precision: str = "hybrid", profile=None, save_onnx=None,
         if save_onnx is not None:
             raise ValueError(f"save_onnx: the rewritten ONNX has no {precision} form (it would be the hybrid graph); "
                              f"build a hybrid plan for it")
-    if ln_input not in LN_INPUTS:
-        raise ValueError(f"ln_input must be one of {', '.join(LN_INPUTS)}, got {ln_input!r}")
+    for name, v in (("ln_input", ln_input), ("prenorm_input", prenorm_input)):
+        if v not in LN_INPUTS:
+            raise ValueError(f"{name} must be one of {', '.join(LN_INPUTS)}, got {v!r}")
     if gelu not in GELU_CHOICES:
         raise ValueError(f"gelu must be one of {', '.join(GELU_CHOICES)}, got {gelu!r}")
     if profile is not None:
@@ -201,10 +205,10 @@ def build(onnx_path, *, precision: str = "hybrid", profile=None, save_onnx=None,
     step("check_supported")
     pinned = "hybrid" if mixed else precision  # fp8/auto: a hybrid plan whose Linears then get their precision
     if mixed:  # the fp32 lowering: the reference the search measures against, and the weights fp8 quantizes
-        t32, w32 = pin_precision(graph, "fp32", ln_input)
+        t32, w32 = pin_precision(graph, "fp32", ln_input, prenorm_input)
         header32, weights32 = lower(graph, facts, t32, w32, precision="fp32", profile=profile, source_path=onnx_path,
                                     opset=opset, producer=producer, passes=passes + ["lower"])
-    tensor_dtypes, weight_dtypes = pin_precision(graph, pinned, ln_input)
+    tensor_dtypes, weight_dtypes = pin_precision(graph, pinned, ln_input, prenorm_input)
     passes.append("pin_precision")
     if choose_gelu_form(graph, pinned, gelu):
         passes.append("gelu_tanh")

@@ -36,10 +36,11 @@ def _bounded(graph) -> set[str]:
     return out
 
 
-def _postnorm_ln_inputs(graph, fp16_residual) -> set[str]:
-    """Linear outputs read only as the `x` of a LayerNorm with no `sum` output whose residual is absent or an fp16
-    tensor (post-norm, as in BERT): the sum x + residual is then formed in fp32 inside the LayerNorm and kept
-    nowhere else. Pre-norm LayerNorms (GPT-2), whose sum is the fp32 residual stream, are not among them."""
+def _norm_x_inputs(graph, fp16_residual, postnorm: bool, prenorm: bool) -> set[str]:
+    """Linear outputs read only as the `x` of a LayerNorm/RMSNorm. postnorm: those of a norm with no `sum` output
+    whose residual is absent or an fp16 tensor (post-norm, as in BERT): the sum x + residual is then formed in fp32
+    inside the norm and kept nowhere else. prenorm: those a pre-norm norm adds into the fp32 residual stream (GPT-2,
+    Llama, ModernBERT: a `sum` output or an fp32 residual); the stream and the sum stay fp32."""
     consumers: dict[str, list] = {}
     for n in graph.nodes:
         for s in G.OP_SLOTS[n.op][0]:
@@ -55,28 +56,31 @@ def _postnorm_ln_inputs(graph, fp16_residual) -> set[str]:
         if len(c) != 1 or c[0][1] != "x" or c[0][0].op not in G.NORMS:
             continue
         ln = c[0][0]
-        if G.slot(ln, "sum") is not None:
-            continue
         r = G.slot(ln, "residual")
-        if r is None or r.name in fp16_residual:
+        post = G.slot(ln, "sum") is None and (r is None or r.name in fp16_residual)
+        if (postnorm and post) or (prenorm and not post):
             out.add(y.name)
     return out
 
 
-def pin_precision(graph, precision: str, ln_input: str = "fp16") -> tuple[dict[str, str], dict[str, str]]:
+def pin_precision(graph, precision: str, ln_input: str = "fp16",
+                  prenorm_input: str = "fp32") -> tuple[dict[str, str], dict[str, str]]:
     """(tensor name -> dtype, weight Constant name -> dtype) for every float activation and weight.
 
-    ln_input (hybrid plans only): the dtype of a Linear output that a post-norm LayerNorm reads as `x`
+    ln_input (hybrid plans only): the dtype of a Linear output that a post-norm LayerNorm reads as `x`;
+    prenorm_input: of one that a pre-norm LayerNorm/RMSNorm adds into the fp32 residual stream
     (docs/plan-format.md, "Tensor dtypes the builder chooses")."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if ln_input not in LN_INPUTS:
-        raise ValueError(f"ln_input must be one of {LN_INPUTS}, got {ln_input!r}")
+    for name, v in (("ln_input", ln_input), ("prenorm_input", prenorm_input)):
+        if v not in LN_INPUTS:
+            raise ValueError(f"{name} must be one of {LN_INPUTS}, got {v!r}")
     outputs = {t.name for t in graph.outputs}
     uses = _uses(graph)
     bounded = _bounded(graph)
     fp16_residual = {t for t in bounded if uses.get(t) and uses[t] <= {"gemm", "residual"}}
-    ln_x16 = _postnorm_ln_inputs(graph, fp16_residual) if precision == "hybrid" and ln_input == "fp16" else set()
+    ln_x16 = (_norm_x_inputs(graph, fp16_residual, ln_input == "fp16", prenorm_input == "fp16")
+              if precision == "hybrid" else set())
     tensors: dict[str, str] = {}
     weights: dict[str, str] = {}
     for n in graph.nodes:

@@ -83,6 +83,9 @@ def _fmt_profile(profile) -> str:
               help="hybrid: dtype of a Linear output read by a post-norm LayerNorm (BERT). fp16 is what an "
                    "fp16 linear layer writes; fp32 keeps one rounding fewer and moves 2 more bytes an element. "
                    "The LayerNorm computes in fp32 either way; see docs/plan-format.md")
+@click.option("--prenorm-input", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
+              help="hybrid: dtype of a Linear output that a pre-norm LayerNorm/RMSNorm adds into the fp32 residual "
+                   "stream (GPT-2, Llama, ModernBERT); the stream and the statistics stay fp32 either way")
 @click.option("--outputs", "outputs", default=None, metavar="NAME[,NAME]",
               help="keep only these graph outputs (default: every output the model has); the others, and what "
                    "only they need, are dropped before fusion (as Polygraphy's --onnx-outputs)")
@@ -117,7 +120,7 @@ def _fmt_profile(profile) -> str:
               help="fp8/auto: tokenizer for the calibration text [default: beside the model, else the data "
                    "folder's for its vocabulary]")
 @quiet_option
-def command(onnx_path, output, precision, profile, save_onnx, tf32, gelu, ln_input, outputs, fp8_weights,
+def command(onnx_path, output, precision, profile, save_onnx, tf32, gelu, ln_input, prenorm_input, outputs, fp8_weights,
             fp8_activations, calib, calib_samples, holdout, holdout_samples, min_cosine, worst_of, min_top1, cost_table,
             tokenizer, quiet):
     """Build an engine plan from MODEL.onnx.
@@ -146,6 +149,8 @@ def command(onnx_path, output, precision, profile, save_onnx, tf32, gelu, ln_inp
         raise click.UsageError(f"--save-onnx {save_onnx} and the plan output {out} are the same file")
     if ln_input != "fp16" and precision != "hybrid":
         status(f"note: --ln-input only affects hybrid plans; the {precision} plan ignores it", quiet)
+    if prenorm_input != "fp32" and precision != "hybrid":
+        status(f"note: --prenorm-input only affects hybrid plans; the {precision} plan ignores it", quiet)
     fp8_kw = _fp8_options(precision, fp8_weights, fp8_activations, calib, calib_samples, holdout, holdout_samples,
                           min_cosine, cost_table, tokenizer, save_onnx, min_top1=min_top1, worst_of=worst_of)
     if tf32 and precision != "fp32":
@@ -170,7 +175,8 @@ def command(onnx_path, output, precision, profile, save_onnx, tf32, gelu, ln_inp
             fp8_kw.update(_text_batches(src, fp8_kw, profile, quiet))
             fp8_kw["log"] = lambda m: (progress.close(), status(m, quiet))
         plan = build(src, precision=precision, profile=profile, save_onnx=save_onnx, progress=progress,
-                     gelu=gelu, tf32=tf32, ln_input=ln_input, outputs=outputs, **fp8_kw)
+                     gelu=gelu, tf32=tf32, ln_input=ln_input, prenorm_input=prenorm_input, outputs=outputs,
+                     **fp8_kw)
     finally:
         elapsed = progress.close()
 
