@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # The defaults as docs/runtime.md states them, by the names _C.ContextOptions takes
 DEFAULT_NATIVE = {"use_graphs": True, "workspace_bytes": 4 << 20, "max_graphs": 256, "ffn_chunks": 2,
-                  "fuse_residual": True, "fuse_residual_min_rows": 2048, "ffn_chunk_min_rows": 4096,
+                  "fuse_residual": True, "fuse_residual_min_rows": 1024, "ffn_chunk_min_rows": 4096,
                   "gemm_search": "focused", "split_ln_max_rows": 384, "split_ln_slice": 768}
 BINDING = ROOT / "native" / "python" / "context.cpp"
 

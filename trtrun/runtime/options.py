@@ -38,7 +38,8 @@ class ContextOptions:
     fuse_residual: where an fp16 GEMM's Linear feeds a LayerNorm whose residual is fp32 (GPT-2's residual
         stream in hybrid plans), the GEMM adds the residual in its epilogue and the LayerNorm reads the sum:
         the same fp32 arithmetic in another order, fewer bytes moved. Used at runs of at least
-        fuse_residual_min_rows tokens (batch x sequence bucket); below that it was slower on an H200.
+        fuse_residual_min_rows tokens (batch x sequence bucket, default 1024); below that it was slower (GPT-2 at
+        512 rows on an H200; docs/runtime.md).
     gemm_search: how each GEMM shape's cuBLASLt algorithm is chosen on its first run (once per process,
         shared by every context). "heuristic": cuBLASLt's top 8 proposals, timed (~0.1 s). "focused"
         (default): those, plus ~300 configurations of the heuristic's algorithm, each timed after an L2 flush
@@ -63,7 +64,7 @@ class ContextOptions:
     max_graphs: int = 256
     ffn_chunks: int = 2  # halves the FFN intermediate at the largest shapes
     fuse_residual: bool = True
-    fuse_residual_min_rows: int = 2048
+    fuse_residual_min_rows: int = 1024
     ffn_chunk_min_rows: int = 4096
     gemm_search: str = GEMM_SEARCH_DEFAULTS["runtime"]
     split_ln_max_rows: int = 384

@@ -27,10 +27,11 @@ struct ContextOptions {
   // unchanged (docs/performance.md, "GEMMs").
   int64_t ffn_chunk_min_rows = 4096;
   // Linear -> LayerNorm with an fp32 residual in a plan with fp16 GEMM operands: the residual is added in the GEMM
-  // epilogue, at runs of at least fuse_residual_min_rows rows (below that, on an H200, cuBLASLt's out-of-place
-  // kernels cost more than the LayerNorm saves: GPT-2 1x512 +19 us, 32x128 -105 us; docs/performance.md).
+  // epilogue, at runs of at least fuse_residual_min_rows rows (below that, cuBLASLt's out-of-place kernels cost
+  // more than the LayerNorm saves: GPT-2 1x512 +19 us, 32x128 -105 us on an H200; ModernBERT-base 8x128, 1024 rows,
+  // -5% on an H100; docs/runtime.md).
   bool fuse_residual = true;
-  int64_t fuse_residual_min_rows = 2048;
+  int64_t fuse_residual_min_rows = 1024;
   // How each GEMM shape's cuBLASLt algorithm is chosen on its first run (native/runtime/gemm.h, GemmSearch).
   GemmSearch gemm_search = GemmSearch::Focused;
   // Linear -> LayerNorm at runs of at most split_ln_max_rows tokens (0: never): the GEMM runs as split_ln_slice-deep
