@@ -27,6 +27,7 @@ import pytest
 
 from conftest import cosine_per_sample, onnxruntime_run, random_feeds
 from trtrun.builder import build
+from trtrun.errors import BuildError
 from trtrun.plan import load_plan
 from trtrun.reference import ReferenceBackend
 
@@ -267,3 +268,42 @@ def test_saved_onnx_is_pinned(exported, tmp_path):
     f = onnx.load(str(tmp_path / "f.onnx")).graph
     assert all(i.data_type != F32 for i in f.initializer)
     assert f.output[0].type.tensor_type.elem_type == F32
+
+
+def test_a_newer_ir_version_than_onnxruntime_takes_still_builds(exported, monkeypatch, tmp_path):
+    """A file written by an onnx newer than the onnxruntime beside it (an H100 machine had onnxruntime 1.30, IR <= 13,
+    beside onnx writing IR 14) carries an IR version the probe's onnxruntime refuses whatever the graph holds: the
+    probe labels its copy with the newest IR version onnxruntime takes. Here an onnxruntime that refuses IR > 9 the way
+    onnxruntime words it, in front of the real one: the build loads again at IR 9 and gives the same plan."""
+    import onnx
+    import onnxruntime as ort
+
+    real = ort.InferenceSession
+    seen = []
+
+    def older_ort(model, *a, **kw):
+        ir = onnx.load_from_string(model).ir_version if isinstance(model, bytes) else onnx.load(model).ir_version
+        seen.append(ir)
+        if ir > 9:
+            raise RuntimeError(f"[ONNXRuntimeError] : 1 : FAIL : model.cc:256 onnxruntime::Model::Model(...) "
+                               f"Unsupported model IR version: {ir}, max supported IR version: 9")
+        return real(model, *a, **kw)
+
+    m = onnx.load(exported("bert"))
+    m.ir_version = onnx.IR_VERSION  # what this onnx writes (> 9)
+    src = tmp_path / "newest-ir.onnx"
+    onnx.save(m, src)
+    want = build(src, precision="fp32")
+    monkeypatch.setattr(ort, "InferenceSession", older_ort)
+    got = build(src, precision="fp32")
+    assert onnx.IR_VERSION > 9 and seen and seen[0] == onnx.IR_VERSION and seen[-1] == 9, seen
+    assert [op["type"] for op in got.ops] == [op["type"] for op in want.ops]
+    for name, w in want.weights.items():
+        np.testing.assert_array_equal(got.weights[name], w)
+
+    def no_ort(model, *a, **kw):  # any other refusal is the build's error, as before
+        raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : something else")
+
+    monkeypatch.setattr(ort, "InferenceSession", no_ort)
+    with pytest.raises(BuildError, match="onnxruntime cannot load the graph to probe it: .*something else"):
+        build(src, precision="fp32")
