@@ -399,7 +399,9 @@ class OrtCpuRunner:
         self.threads = threads or os.cpu_count() or 1
         so.intra_op_num_threads = self.threads
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+        from .._ort import session
+
+        self.sess = session(onnx_path, so)
         self.names = {i.name for i in self.sess.get_inputs()}
         self.timer = None
         self.mem_source = None

@@ -14,7 +14,6 @@ right-padded, left-padded, and holes in the middle.
 
 from __future__ import annotations
 
-import re
 
 import numpy as np
 
@@ -156,30 +155,14 @@ def probe(graph, progress=None) -> Facts:
     return Facts(feeds, values)
 
 
-_IR_REFUSED = re.compile(r"Unsupported model IR version: (\d+), max supported IR version: (\d+)")
-
-
-def _session(ort, model, opts):
-    """An onnxruntime session of the probe's copy of the graph. A file written by an onnx newer than the onnxruntime
-    here carries an IR version onnxruntime refuses whatever the graph holds: the copy is then labelled with the
-    newest IR version it takes and loaded again (the IR version is the file format's; a graph that needs a newer
-    one's features still fails, on that feature)."""
-    try:
-        return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
-        m = _IR_REFUSED.search(str(e))
-        if m is None or int(m.group(2)) >= model.ir_version:
-            raise
-        model.ir_version = int(m.group(2))
-        return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-
-
 def run_graph(graph, feeds: list[dict], names=None):
     """Run a gs graph in onnxruntime (CPU, no graph optimizations) on each feed; yield {tensor: value}.
 
     names: the tensors to return (default: every node output)."""
     import onnx
     import onnxruntime as ort
+
+    from .._ort import session as ort_session
 
     model = G.gs().export_onnx(graph.copy())
     del model.graph.output[:]
@@ -197,7 +180,7 @@ def run_graph(graph, feeds: list[dict], names=None):
     opts.inter_op_num_threads = 1
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
-        sess = _session(ort, model, opts)
+        sess = ort_session(model, opts)
     except Exception as e:
         raise BuildError(f"onnxruntime cannot load the graph to probe it: {e}") from None
     del model

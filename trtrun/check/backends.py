@@ -25,7 +25,9 @@ class OnnxRuntimeFp32:
         if threads:
             opts.intra_op_num_threads = int(threads)
         opts.log_severity_level = 3
-        self.session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+        from .._ort import session
+
+        self.session = session(onnx_path, opts)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.describe = f"onnxruntime {ort.__version__} (CPU, fp32) on {onnx_path}"

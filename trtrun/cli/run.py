@@ -70,12 +70,12 @@ def compare_reference(plan, onnx_path, chunks, n_rows, out_name: str, quiet: boo
     import hashlib
 
     import numpy as np
-    import onnxruntime as ort
 
+    from .._ort import session as ort_session
     from ..errors import TrtrunError
 
     try:
-        sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        sess = ort_session(onnx_path)
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own classes (InvalidProtobuf, Fail, ...)
         raise TrtrunError(f"--compare {onnx_path}: not an ONNX model onnxruntime can load "
                           f"({_first_line(e)})") from None
