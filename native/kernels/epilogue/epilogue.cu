@@ -5,7 +5,6 @@
 
 #include <algorithm>
 #include <string>
-#include <type_traits>
 
 namespace trtrun {
 namespace {
@@ -99,23 +98,33 @@ void launch_impl(const void* src, DType src_t, const void* bias, DType bias_t, c
     linear_epilogue_kernel<VEC, GATED, ACT, unsigned><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
         src, src_t, bias, bias_t, residual, r_t, y, y_t, rows, m, round_h);
   else
-    linear_epilogue_kernel<VEC, GATED, ACT, unsigned long long>
-        <<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(src, src_t, bias, bias_t, residual, r_t, y, y_t,
-                                                                 rows, m, round_h);
+    linear_epilogue_kernel<VEC, GATED, ACT, unsigned long long><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
+        src, src_t, bias, bias_t, residual, r_t, y, y_t, rows, m, round_h);
   TRTRUN_LAUNCH_CHECK();
 }
 
-// f(std::integral_constant<Activation, A>) for the activation act names: one instantiation an activation
-template <typename F>
-void with_activation(Activation act, F&& f) {
-  using A = Activation;
+template <int VEC, bool GATED>
+void launch_act(const void* src, DType src_t, const void* bias, DType bias_t, const void* residual, DType r_t,
+                void* y, DType y_t, long long rows, int m, Activation act, bool round_h, cudaStream_t stream) {
   switch (act) {
-    case A::GeluErf: return f(std::integral_constant<A, A::GeluErf>{});
-    case A::GeluTanh: return f(std::integral_constant<A, A::GeluTanh>{});
-    case A::Silu: return f(std::integral_constant<A, A::Silu>{});
-    case A::Relu: return f(std::integral_constant<A, A::Relu>{});
-    case A::Relu2: return f(std::integral_constant<A, A::Relu2>{});
-    default: return f(std::integral_constant<A, A::None>{});
+    case Activation::GeluErf:
+      return launch_impl<VEC, GATED, Activation::GeluErf>(src, src_t, bias, bias_t, residual, r_t, y, y_t, rows, m,
+                                                          round_h, stream);
+    case Activation::GeluTanh:
+      return launch_impl<VEC, GATED, Activation::GeluTanh>(src, src_t, bias, bias_t, residual, r_t, y, y_t, rows, m,
+                                                           round_h, stream);
+    case Activation::Silu:
+      return launch_impl<VEC, GATED, Activation::Silu>(src, src_t, bias, bias_t, residual, r_t, y, y_t, rows, m,
+                                                       round_h, stream);
+    case Activation::Relu:
+      return launch_impl<VEC, GATED, Activation::Relu>(src, src_t, bias, bias_t, residual, r_t, y, y_t, rows, m,
+                                                       round_h, stream);
+    case Activation::Relu2:
+      return launch_impl<VEC, GATED, Activation::Relu2>(src, src_t, bias, bias_t, residual, r_t, y, y_t, rows, m,
+                                                        round_h, stream);
+    default:
+      return launch_impl<VEC, GATED, Activation::None>(src, src_t, bias, bias_t, residual, r_t, y, y_t, rows, m,
+                                                       round_h, stream);
   }
 }
 
@@ -140,11 +149,8 @@ void launch_linear_epilogue(const void* src, DType src_t, const void* bias, DTyp
   const bool vec = m % 8 == 0 && rowops::aligned16(src) && rowops::aligned16(bias) && rowops::aligned16(residual) &&
                    rowops::aligned16(y);
   TRTRUN_BOOL_SWITCH(gated, GATED, [&] {
-    with_activation(act, [&](auto act_c) {
-      constexpr Activation ACT = decltype(act_c)::value;
-      if (vec) launch_impl<8, GATED, ACT>(src, src_t, bias, bias_t, residual, r_t, y, y_t, rows, m, round_h, stream);
-      else launch_impl<1, GATED, ACT>(src, src_t, bias, bias_t, residual, r_t, y, y_t, rows, m, round_h, stream);
-    });
+    if (vec) launch_act<8, GATED>(src, src_t, bias, bias_t, residual, r_t, y, y_t, rows, m, act, round_h, stream);
+    else launch_act<1, GATED>(src, src_t, bias, bias_t, residual, r_t, y, y_t, rows, m, act, round_h, stream);
   });
 }
 
