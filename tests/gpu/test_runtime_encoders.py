@@ -304,7 +304,7 @@ def test_window_masks_as_intervals_are_the_key_by_key_masks(prec, cfg, monkeypat
             (2, 128, 4, 4, 64, False, None, 64, None, None),        # ModernBERT's local layers at 128 tokens
             (3, 300, 4, 2, 64, True, "right", 50, "relative-causal", None),  # causal window (Mistral), GQA
             (2, 200, 2, 2, 32, False, "left", 20, "alibi-symmetric", 2.0),   # dead rows: padding wider than W
-            (2, 77, 2, 2, 128, True, "right", 100, None, None)]:      # window past a tile, head size 128
+            (2, 200, 2, 2, 128, True, "right", 100, None, None)]:     # window past a tile, head size 128
         qkv = rng.standard_normal((B, S, (H + 2 * Hkv) * D)).astype(F16)
         mask = None if mkind is None else tp._make_mask(rng, B, S, mkind)
         if mkind == "left":

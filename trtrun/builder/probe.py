@@ -14,7 +14,6 @@ right-padded, left-padded, and holes in the middle.
 
 from __future__ import annotations
 
-
 import numpy as np
 
 from ..errors import BuildError
