@@ -716,6 +716,38 @@ def test_build_ln_input(capsys, tiny, tmp_path):
     assert_clean_error(code, err, 2, "bf16")
 
 
+def test_build_prenorm_input(capsys, exported, tmp_path):
+    """--prenorm-input fp16 makes the Linear outputs GPT-2's pre-norm LayerNorms add into the residual stream fp16
+    (the stream stays fp32); the default keeps them fp32; both plans run on the reference backend and agree closely.
+    A bad value is a usage error, and a non-hybrid plan says the flag does nothing there."""
+    from trtrun.plan import load_plan
+    from trtrun.reference import ReferenceBackend
+
+    src = exported("gpt2")
+    ids = np.random.default_rng(5).integers(100, 2000, (2, 9), dtype=np.int64)
+    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+    got = {}
+    for flag in ("fp32", "fp16"):
+        out = tmp_path / f"{flag}.plan"
+        code, _, err = cli(capsys, "build", src, "-o", out, "--max", "2,16", "-q", "--prenorm-input", flag)
+        assert code == 0, err
+        plan = load_plan(out)
+        producer = {t: op for op in plan.ops for t in op["outputs"]}
+        x_of_norms = [op["inputs"][0] for op in plan.ops if op["type"] == "LayerNorm"
+                      and producer.get(op["inputs"][0], {}).get("type") == "Linear"]
+        assert x_of_norms and {plan.tensors[x]["dtype"] for x in x_of_norms} == {"float" + flag[2:]}
+        sums = [op["outputs"][1] for op in plan.ops if op["type"] == "LayerNorm" and len(op["outputs"]) > 1]
+        assert sums and {plan.tensors[t]["dtype"] for t in sums} == {"float32"}  # the residual stream
+        got[flag] = next(iter(ReferenceBackend(plan).run(feeds).values()))
+    a, b = got["fp32"].ravel(), got["fp16"].ravel()
+    assert np.isfinite(b).all() and float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) > 0.9999
+    code, _, err = cli(capsys, "build", src, "--prenorm-input", "bf16")
+    assert_clean_error(code, err, 2, "bf16")
+    code, _, err = cli(capsys, "build", src, "-o", tmp_path / "f32.plan", "--max", "2,16", "--precision", "fp32",
+                       "--prenorm-input", "fp16")
+    assert code == 0 and "--prenorm-input only affects hybrid plans" in err, err
+
+
 def test_inspect_names_the_host_tail():
     """A classifier's or question-answering plan's rank-2 outputs run on the host after the device's part
     (trtrun.runtime.tail; which ops, tests/runtime): the line names them."""
