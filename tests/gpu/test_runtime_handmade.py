@@ -156,7 +156,12 @@ def test_residual_fusion_changes_nothing(built, variant, precision, fused):
     """A Linear feeding a LayerNorm with an fp32 residual adds the residual in the GEMM epilogue (the
     LayerNorm then reads the sum): the same fp32 sum in another order, so the result is the unfused one up to
     fp32 rounding; other plans are left alone. fuse_residual_min_rows=1 fuses at every shape (the default
-    fuses from 2048 rows on, above these small shapes: there the plain path must run, bit for bit)."""
+    fuses from ContextOptions.fuse_residual_min_rows rows on: below, the plain path runs bit for bit; from there
+    on, the fused one, bit for bit)."""
+    from trtrun.runtime import bucket_seq
+    from trtrun.runtime.options import ContextOptions
+
+    threshold = ContextOptions().fuse_residual_min_rows
     plan, engine = built(variant, precision)
     # every context chunks the FFN (as before ffn_chunk_min_rows existed), so fc2 is fused *and* chunked
     plain = engine.create_context(fuse_residual=False, ffn_chunk_min_rows=256)
@@ -164,18 +169,22 @@ def test_residual_fusion_changes_nothing(built, variant, precision, fused):
     default = engine.create_context(ffn_chunk_min_rows=256)
     assert plain.stats()["fused_residuals"] == 0
     assert fusing.stats()["fused_residuals"] == fused == default.stats()["fused_residuals"]
+    rows_seen = set()
     for i, (B, S, padded) in enumerate(SHAPES + [(8, 150, True)]):
         feeds = h.random_feeds(plan, B, S, padded=padded, seed=60 + i)
         a = plain.run(feeds)["out"]
         b = fusing.run(feeds)["out"]
         c = default.run(feeds)["out"]
         assert np.isfinite(b).all()
-        np.testing.assert_array_equal(a, c)  # below 2048 rows: the unfused path
+        rows = B * bucket_seq(S, plan.profile["seq"][2])
+        rows_seen.add(rows >= threshold)
+        np.testing.assert_array_equal(c, a if rows < threshold else b)
         if not fused:
             np.testing.assert_array_equal(a, b)
         else:
             # both sides round the same fp16 GEMM operands; only the fp32 order of (x@w + bias) + r differs
             assert h.rel_l2(b, a, h.valid_mask(feeds)) < 1e-4, (variant, precision, B, S)
+    assert rows_seen == {False, True}, "the shapes must fall on both sides of the default threshold"
     with pytest.raises(InputError, match="fuse_residual_min_rows"):
         engine.create_context(fuse_residual_min_rows=0)
 
