@@ -111,6 +111,13 @@ def command(model, tokenizer, host, port, backend, contexts, workers, shared_eng
         raise click.BadParameter("the API key is empty", param_hint="--api-key / TRTRUN_API_KEY")
     if public_health and api_key is None:
         raise click.BadParameter("needs --api-key (or TRTRUN_API_KEY)", param_hint="--public-health")
+    if ray.get("ray_haproxy") and ray.get("ray_address") is None:
+        raise click.BadParameter("needs --ray", param_hint="--ray-haproxy")
+    if ray.get("ray_haproxy") and ray.get("ray_address"):
+        raise click.BadParameter(
+            f"starts a local Ray of its own, so it takes --ray without an ADDRESS (got {ray['ray_address']!r}): Ray "
+            f"reads its HAProxy settings from the environment its processes start in, so on a running cluster set "
+            f"them where the cluster starts (docs/ray.md, \"Ray Serve behind HAProxy\")", param_hint="--ray-haproxy")
     from ..embed import Embedder
     from ..serve.app import ServeConfig, run_server
 
@@ -129,9 +136,22 @@ def command(model, tokenizer, host, port, backend, contexts, workers, shared_eng
                       header_timeout=header_timeout, body_timeout=body_timeout, keep_alive_timeout=keep_alive_timeout,
                       api_key=api_key, public_health=public_health)
     if ray.get("ray_address") is not None:  # Ray Serve replicas instead of this machine's processes
-        from ..serve.ray_serve import serve_on_ray
+        ingress = None
+        if ray.pop("ray_haproxy", False):
+            from ..serve.ray_haproxy import HAProxyIngress
+
+            # before ray.serve is imported and the local Ray starts: both read the settings from the environment
+            ingress = HAProxyIngress.prepare()
+            ingress.apply()
+            ray["ray_address"] = "local"
+        try:
+            from ..serve.ray_serve import serve_on_ray
+        except BaseException:
+            if ingress is not None:
+                ingress.stop()
+            raise
         return serve_on_ray(emb, cfg, host=host, port=port, backend=backend, contexts=contexts, quiet=quiet,
-                            access_log=access_log, **ray)
+                            access_log=access_log, ingress=ingress, **ray)
     d = emb.describe()
 
     def announce(address: str) -> None:

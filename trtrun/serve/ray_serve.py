@@ -185,14 +185,21 @@ def start(emb, config, *, backend: str = "auto", contexts: int = DEFAULT_CONTEXT
 def serve_on_ray(emb, config, *, host: str, port: int, backend: str, contexts: int, quiet: bool = False,
                  ray_address: str | None = "", ray_replicas: int | None = None, ray_max_replicas: int | None = None,
                  ray_cpus_per_replica: float = 1.0, ray_max_ongoing: int = DEFAULT_MAX_ONGOING,
-                 ray_replicas_per_gpu: int = 1, access_log: bool = False, **_) -> int:
+                 ray_replicas_per_gpu: int = 1, access_log: bool = False, ingress=None, **_) -> int:
     """`trtrun serve PLAN --ray`: deploy on Ray Serve and stay up until SIGTERM or Ctrl-C (then delete the app,
     letting requests in flight finish, and disconnect). `emb` (built by trtrun serve) resolved the settings; its
-    engine is closed here, the replicas build their own."""
+    engine is closed here, the replicas build their own. `ingress`: the HAProxyIngress (trtrun.serve.ray_haproxy)
+    applied before this module was imported, with ray_address "local"; stopped here after Ray shuts down."""
     from ..cli._ui import status
 
     emb.close()
-    started = ray_connect(ray_address)
+    try:
+        started = ray_connect(ray_address)
+    except BaseException:
+        if ingress is not None:
+            ingress.stop()
+        raise
+    # after ray.init, whose own SIGTERM handler (a crash report, then abort) would otherwise replace these
     stop = threading.Event()
     old = {s: signal.signal(s, lambda *a: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -201,18 +208,23 @@ def serve_on_ray(emb, config, *, host: str, port: int, backend: str, contexts: i
                   replicas_per_gpu=ray_replicas_per_gpu, access_log=access_log, host=host, port=port)
         scale = f"{d['replicas']}" + (f"-{d['max_replicas']} (autoscaling)" if d["max_replicas"] else "")
         status(f"serving {emb.model_name} on Ray Serve at {d['url']}: {scale} {d['backend']} replica(s), "
-               f"{contexts} context(s) each", quiet)
+               f"{contexts} context(s) each" + (f", {ingress.describe()}" if ingress is not None else ""), quiet)
         stop.wait()
     finally:
         for s, h in old.items():
             signal.signal(s, h)
         try:
-            serve.delete(APP_NAME)
+            if ray.is_initialized():  # else serve.delete would start a Ray of its own
+                serve.delete(APP_NAME)
         except Exception:  # noqa: BLE001 - stopping anyway
             pass
         if started:
             serve.shutdown()
             ray.shutdown()
+        if ingress is not None:
+            ended = ingress.stop()
+            if ended:
+                status(f"ended the HAProxy process(es) Ray left running: pid {', '.join(map(str, ended))}", quiet)
     status("server stopped", quiet)
     return 0
 
