@@ -10,7 +10,9 @@ activation quantization, the GEMM and, where the scales need it, the rescale pas
 is timed beside it; the entry is the difference. The Linear writes its output in fp32 there (a plan's output), as a
 hybrid model's projections before an fp32 residual stream do; those writing fp16 cost a little less in every precision.
 
-GPU (the default): CUDA graphs, CUDA events around --iters replays, median, contexts alternated --rounds times.
+GPU (the default): CUDA graphs, CUDA events around each of --iters replays enqueued behind a spin kernel (so
+that the GPU runs them back to back and the events time its work, not the host's launch gaps), median, contexts
+alternated --rounds times.
 --backend reference times the numpy backend on this CPU instead: for tests of the flow only (its numbers are not a
 GPU's and the file says so in its device field).
 """
@@ -107,6 +109,8 @@ class Timer:
             return lambda: be.run({"input_ids": ids})
         from trtrun.runtime import Engine
 
+        from trtrun.errors import TrtrunError
+
         torch = self.torch
         ctx = Engine(plan).create_context(use_graphs=True)
         out_name = plan.header["outputs"][0]["name"]
@@ -116,17 +120,50 @@ class Timer:
         for _ in range(10):  # captures the graph, tunes the GEMMs
             ctx.run_device(feeds, out, stream=self.stream)
         self.stream.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(20):
+            ctx.run_device(feeds, out, stream=self.stream)
+        host_s = (time.perf_counter() - t0) / 20  # the host's time to launch one run (an upper bound while
+        self.stream.synchronize()                 # the GPU keeps up)
+        state = {"hold_ms": 2 * self.iters * host_s * 1e3 + 1.0}
 
         def run():
-            ev = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(self.iters)]
-            with torch.cuda.stream(self.stream):
-                for e0, e1 in ev:
-                    e0.record(self.stream)
-                    ctx.run_device(feeds, out, stream=self.stream)
-                    e1.record(self.stream)
-            self.stream.synchronize()
-            return statistics.median(e0.elapsed_time(e1) for e0, e1 in ev) * 1e3
+            # A plan this small runs on the GPU in less time than the host takes to launch it, so events around
+            # each launch would time the host's gaps (on an H100, MiniLM's shapes: every plan 70-115 us, the
+            # Linear's own share below zero). A spin kernel holds the stream while the host
+            # enqueues every iteration; the GPU then runs them back to back and the events see only its work.
+            # If the host still fell behind (the events' span exceeds the sum of the iterations), hold longer.
+            for _ in range(4):
+                ev = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                      for _ in range(self.iters)]
+                with torch.cuda.stream(self.stream):
+                    torch.cuda._sleep(self.cycles(state["hold_ms"]))
+                    for e0, e1 in ev:
+                        e0.record(self.stream)
+                        ctx.run_device(feeds, out, stream=self.stream)
+                        e1.record(self.stream)
+                self.stream.synchronize()
+                each = [e0.elapsed_time(e1) for e0, e1 in ev]
+                span = ev[0][0].elapsed_time(ev[-1][1])
+                if span <= 1.05 * sum(each) + 0.005:
+                    return statistics.median(each) * 1e3
+                state["hold_ms"] *= 4
+            raise TrtrunError(f"the host could not keep the GPU busy: the events spanned {span:.3f} ms for "
+                               f"{sum(each):.3f} ms of runs, holding the stream {state['hold_ms'] / 4:.1f} ms")
         return run
+
+    def cycles(self, ms: float) -> int:
+        """GPU clock cycles of torch.cuda._sleep that last about `ms` (calibrated once on this GPU)."""
+        if not hasattr(self, "_ms_per_mcycle"):
+            torch = self.torch
+            e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            with torch.cuda.stream(self.stream):
+                e0.record(self.stream)
+                torch.cuda._sleep(10_000_000)
+                e1.record(self.stream)
+            self.stream.synchronize()
+            self._ms_per_mcycle = max(e0.elapsed_time(e1) / 10, 1e-4)
+        return int(ms / self._ms_per_mcycle * 1e6)
 
     def time(self, runners: dict, rounds: int) -> dict:
         got = {name: [] for name in runners}

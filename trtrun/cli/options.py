@@ -28,7 +28,8 @@ MODEL_SIZE_OPTIONS = (
     ("--heads", "num_attention_heads", "number of attention heads"),
     ("--kv-heads", "num_key_value_heads", "key/value heads of grouped-query attention (llama, qwen2)"),
     ("--vocab-size", "vocab_size", "vocabulary size"),
-    ("--intermediate-size", "intermediate_size", "MLP inner size (default 4N)"),
+    ("--intermediate-size", "intermediate_size",
+     "MLP inner size (default: the named architecture's own, which --hidden-size does not change; gpt2: 4N)"),
     ("--max-position", "max_position_embeddings", "maximum sequence length (position table size)"),
 )
 
