@@ -220,30 +220,11 @@ def engine_refusal(c, low, change) -> str:
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now, taken below the kernel's ephemeral range: outgoing
-    connections (any test's HTTP client) get their local ports from that range, so a port picked there can be taken
-    by a client socket before the server binds it, which a port picked at collection time met in CI."""
-    import random
-    import socket
+    """A TCP port on 127.0.0.1 that nothing listens on now, below the kernel's ephemeral range (trtrun._net: a port
+    picked at collection time inside that range was taken by a client socket in CI)."""
+    from trtrun._net import free_port as pick
 
-    lo = 32768
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            lo = int(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        pass
-    rng = random.Random()
-    for _ in range(200):
-        port = rng.randrange(max(1024, lo - 12000), max(1025, lo))
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    with socket.socket() as s:  # every try taken: the kernel's choice
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return pick("127.0.0.1")
 
 
 def wait_healthy(url: str, proc=None, timeout: float = 90.0) -> None:

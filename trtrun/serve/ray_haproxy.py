@@ -19,15 +19,14 @@ Three things make the bare flag unfit for a server, and this module handles them
 from __future__ import annotations
 
 import os
-import random
 import shutil
 import signal
-import socket
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .._net import free_port
 from ..errors import TrtrunError
 
 FLAG = "RAY_SERVE_ENABLE_HA_PROXY"
@@ -36,29 +35,6 @@ FLAG = "RAY_SERVE_ENABLE_HA_PROXY"
 SOCKET_PATH_MAX = 97
 FOLDER_MAX = SOCKET_PATH_MAX - 57 - len("/metrics.sock")
 PREFIX = "trhp-"  # mkdtemp adds 8 characters
-
-
-def free_port() -> int:
-    """A TCP port free on every interface (HAProxy's stats page binds them all), picked below the kernel's
-    ephemeral range, where outgoing connections cannot take it before HAProxy binds it."""
-    lo = 32768
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            lo = int(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        pass
-    rng = random.Random()
-    for _ in range(200):
-        port = rng.randrange(max(1024, lo - 12000), max(1025, lo))
-        with socket.socket() as s:
-            try:
-                s.bind(("", port))
-            except OSError:
-                continue
-            return port
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
 
 
 def haproxy_binary() -> str:
@@ -100,9 +76,10 @@ class HAProxyIngress:
             raise TrtrunError(f"--ray-haproxy: no folder for HAProxy's sockets: their paths must stay within "
                               f"{SOCKET_PATH_MAX} bytes, and {tempfile.gettempdir()} and /tmp are too long")
         folder = Path(tempfile.mkdtemp(prefix=PREFIX, dir=base))
-        stats, metrics = free_port(), free_port()
+        # every interface: HAProxy's stats page binds them all
+        stats, metrics = free_port(""), free_port("")
         while metrics == stats:
-            metrics = free_port()
+            metrics = free_port("")
         env = {FLAG: "1", "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(folder / "haproxy.cfg"),
                "RAY_SERVE_HAPROXY_SOCKET_PATH": str(folder / "admin.sock"),
                "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(folder),
