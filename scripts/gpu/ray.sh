@@ -36,7 +36,8 @@
 #   PYTHON=/work/venv/bin/python RAY_SH_DRY=1 bash scripts/gpu/ray.sh
 # Environment: OUT (out/ray), BUDGET, LOAD_SECONDS (20), CLIENTS (64), PROCS (8), N_TEXTS (all 25,000),
 # RAY_PER_GPU ("1 4": a Ray Serve target per entry, with that many replicas sharing the GPU), RAY_HAPROXY=1 (each
-# such target also behind Ray Serve's HAProxy ingress, RAY_SERVE_ENABLE_HA_PROXY: docs/ray.md), REPEAT (1: the
+# such target also behind Ray Serve's HAProxy ingress: `trtrun serve --ray --ray-haproxy`, docs/ray.md),
+# RAY_EMBED_ARGS (more options of the `trtrun embed --ray` runs, e.g. "--ray-cpus-per-actor 8"), REPEAT (1: the
 # corpus that many times over, e.g. 4 for 100,000 texts), SKIP (steps left out: "pytorch", "serve"),
 # KEEP_WORK=1 (keep the scratch folder /tmp/raysh.*). Without the whole pack it stops at once (exit 3): the
 # machine has no Ray, pyarrow, starlette or uvicorn of its own, and making both calls again is the fix.
@@ -220,7 +221,7 @@ $PY -c "import ray, ray.data, ray.serve, pyarrow; print('ray', ray.__version__, 
 $ACCEPT set settings "$($PY -c 'import json,sys; print(json.dumps(dict(zip(sys.argv[1::2], sys.argv[2::2]))))' \
   plan "hybrid, $PROFILE" backend "$BACKEND" max_seq_len "$MAX_SEQ" truncation truncate contexts 2 \
   max_batch_tokens "16384 (default)" shard_rows "$SHARD_ROWS" chunk_rows "1024 (default)" \
-  ray "a local Ray started by each trtrun embed --ray: one $([ "$DRY" = 1 ] && echo "CPU actor (1 CPU)" || echo "GPU actor (num_gpus=1)")" \
+  ray "a local Ray started by each trtrun embed --ray: one $([ "$DRY" = 1 ] && echo "CPU actor (1 CPU)" || echo "GPU actor (num_gpus=1)")${RAY_EMBED_ARGS:+; $RAY_EMBED_ARGS}" \
   pytorch "$PT_DTYPE on $PT_DEVICE, batches of $PT_BATCHES, sorted by length")"
 
 # ------------------------------------------------------------------------------------------------ 3. trtrun embed, A B A B
@@ -229,7 +230,7 @@ EST_EMBED=$([ "$DRY" = 1 ] && echo 20 || echo 40)
 for run in inproc-1 ray-1 inproc-2 ray-2; do
   extra=""
   if [[ $run == ray-* ]]; then
-    extra="--ray${RAY_ADDRESS:+=$RAY_ADDRESS}"  # last: a bare --ray would take the next word as its address
+    extra="${RAY_EMBED_ARGS:-} --ray${RAY_ADDRESS:+=$RAY_ADDRESS}"  # last: a bare --ray would take the next word
   fi
   # shellcheck disable=SC2086
   step "embed $run" "$EST_EMBED" 180 $ACCEPT embed --name "$run" --out "$W/out-$run" --log "$OUT/embed.log" \
@@ -272,17 +273,10 @@ serve_all() {  # LOAD_S: measured seconds per target; the targets in SERVE_TARGE
   for n in $SERVE_TARGETS; do
     port=$(free_port)
     if [[ "$n" == rayha* ]]; then
-      # the same behind Ray Serve's HAProxy ingress (Ray 2.60's RAY_SERVE_ENABLE_HA_PROXY, experimental): its
-      # files and ports ours (the defaults are fixed: /tmp/haproxy-serve, stats *:8404, metrics :9101), and its
-      # process stopped after the load (Ray's shutdown leaves it running: seen on Ray 2.60)
+      # the same behind Ray Serve's HAProxy ingress (Ray 2.60's RAY_SERVE_ENABLE_HA_PROXY, experimental) through
+      # trtrun's own flag: a local Ray of its own, HAProxy's files and ports the server's, its process ended on exit
       k=${n#rayha}; name=ray_serve_haproxy; ((k > 1)) && name=ray_serve_haproxy_x$k
-      mkdir -p "$W/haproxy"
-      RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_HAPROXY_CONFIG_FILE_LOC="$W/haproxy/haproxy.cfg" \
-        RAY_SERVE_HAPROXY_SOCKET_PATH="$W/haproxy/admin.sock" RAY_SERVE_HAPROXY_SERVER_STATE_BASE="$W/haproxy" \
-        RAY_SERVE_HAPROXY_SERVER_STATE_FILE="$W/haproxy/server-state" \
-        RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH="$W/haproxy/metrics.sock" \
-        RAY_SERVE_HAPROXY_STATS_PORT=$(free_port) RAY_SERVE_HAPROXY_METRICS_PORT=$(free_port) \
-        $PY -m trtrun serve "$W/model.plan" "${common[@]}" --port "$port" --ray-replicas-per-gpu "$k" --ray > "$W/server_$name.log" 2>&1 &
+      $PY -m trtrun serve "$W/model.plan" "${common[@]}" --port "$port" --ray-replicas-per-gpu "$k" --ray-haproxy --ray > "$W/server_$name.log" 2>&1 &
       names+=("$name")
     elif [[ "$n" == ray* ]]; then
       # trtrun's Ray Serve deployment: a local Ray each, rayK = K replicas sharing the GPU (num_gpus=1/K; one CPU
@@ -327,7 +321,11 @@ PY
       --procs "$PROCS" --texts rt --n-texts "$N_LOAD_TEXTS" --out "$OUT/load.json" || rc=1
   fi
   stop_all
-  pkill -f "$W/haproxy/" 2>/dev/null  # a HAProxy Ray left behind (rayha targets)
+  # an HAProxy left running by a rayha server that had to be killed (the server ends it on SIGTERM): its folder is
+  # in the server's status line
+  for d in $(grep -ho 'its files in [^,]*' "$W"/server_*.log 2>/dev/null | cut -d' ' -f4); do
+    if pkill -f "$d/" 2>/dev/null; then log "ended an HAProxy left running ($d)"; fi
+  done
   for f in "$W"/server_*.log; do echo "---- $f"; tail -n 60 "$f"; done > "$OUT/servers.log"
   if ((rc != 0)); then
     tail -n 15 "$W"/server_*.log
