@@ -107,9 +107,8 @@ class Timer:
 
             be = ReferenceBackend(plan)
             return lambda: be.run({"input_ids": ids})
-        from trtrun.runtime import Engine
-
         from trtrun.errors import TrtrunError
+        from trtrun.runtime import Engine
 
         torch = self.torch
         ctx = Engine(plan).create_context(use_graphs=True)

@@ -96,8 +96,8 @@ class HAProxyIngress:
                 f"of every interface, metrics on {self.metrics_port})")
 
     def leftovers(self) -> list[int]:
-        """Processes other than this one whose command line names this server's folder (Linux /proc)."""
-        mark = str(self.folder).encode()
+        """Processes other than this one whose command line names a path in this server's folder (Linux /proc)."""
+        mark = (str(self.folder) + os.sep).encode()
         pids = []
         try:
             entries = os.listdir("/proc")

@@ -214,8 +214,7 @@ def serve_on_ray(emb, config, *, host: str, port: int, backend: str, contexts: i
         for s, h in old.items():
             signal.signal(s, h)
         try:
-            if ray.is_initialized():  # else serve.delete would start a Ray of its own
-                serve.delete(APP_NAME)
+            serve.delete(APP_NAME)
         except Exception:  # noqa: BLE001 - stopping anyway
             pass
         if started:
