@@ -129,26 +129,31 @@ class Timer:
         def run():
             # A plan this small runs on the GPU in less time than the host takes to launch it, so events around
             # each launch would time the host's gaps (on an H100, MiniLM's shapes: every plan 70-115 us, the
-            # Linear's own share below zero). A spin kernel holds the stream while the host
-            # enqueues every iteration; the GPU then runs them back to back and the events see only its work.
-            # If the host still fell behind (the events' span exceeds the sum of the iterations), hold longer.
+            # Linear's own share below zero). A spin kernel holds the stream while the host enqueues every
+            # iteration; the GPU then runs them back to back and the events see only its work. That holds only if
+            # the host finished enqueueing before the spin ended (a gap inside an iteration's events would not show
+            # in their sum), so the spin is timed too, and held longer when the host took longer.
             for _ in range(4):
+                s0, s1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 ev = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
                       for _ in range(self.iters)]
                 with torch.cuda.stream(self.stream):
+                    t0 = time.perf_counter()
+                    s0.record(self.stream)
                     torch.cuda._sleep(self.cycles(state["hold_ms"]))
+                    s1.record(self.stream)
                     for e0, e1 in ev:
                         e0.record(self.stream)
                         ctx.run_device(feeds, out, stream=self.stream)
                         e1.record(self.stream)
+                    enqueue_ms = (time.perf_counter() - t0) * 1e3
                 self.stream.synchronize()
-                each = [e0.elapsed_time(e1) for e0, e1 in ev]
-                span = ev[0][0].elapsed_time(ev[-1][1])
-                if span <= 1.05 * sum(each) + 0.005:
-                    return statistics.median(each) * 1e3
-                state["hold_ms"] *= 4
-            raise TrtrunError(f"the host could not keep the GPU busy: the events spanned {span:.3f} ms for "
-                               f"{sum(each):.3f} ms of runs, holding the stream {state['hold_ms'] / 4:.1f} ms")
+                held_ms = s0.elapsed_time(s1)
+                if enqueue_ms < held_ms:
+                    return statistics.median(e0.elapsed_time(e1) for e0, e1 in ev) * 1e3
+                state["hold_ms"] = 2 * max(enqueue_ms, state["hold_ms"])
+            raise TrtrunError(f"the host could not keep the GPU busy: enqueueing {self.iters} runs took "
+                              f"{enqueue_ms:.1f} ms against a hold of {held_ms:.1f} ms (does a run wait for the GPU?)")
         return run
 
     def cycles(self, ms: float) -> int:

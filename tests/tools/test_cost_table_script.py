@@ -55,3 +55,121 @@ def test_cost_table_refuses_clearly_and_writes_nothing(tmp_path, capsys):
     for model, why in ((tmp_path / "none.onnx", "no such file"), (bad, "not an ONNX model")):
         assert _script().main([str(model), "-o", str(out), "--backend", "reference"]) == 2
         assert why in capsys.readouterr().err and not out.exists()
+
+
+class _FakeGPU:
+    """A GPU timeline in microseconds for the GPU timer's logic: launches cost the host `host_us` each (1 us for the
+    first `cheap` ones), a run costs the GPU `gpu_us`; work starts when both the host has enqueued it and the GPU
+    is free. `sync_each` makes every launch wait for the GPU (a host that cannot run ahead)."""
+
+    def __init__(self, host_us: float, gpu_us: float, sync_each: bool = False, cheap: int = 0):
+        self.host_us, self.gpu_us, self.sync_each, self.cheap = host_us, gpu_us, sync_each, cheap
+        self.host = self.free = 0.0
+        self.launches = self.sleeps = 0
+        self.cycles_per_us = 1700.0
+
+    def work(self, us: float) -> float:
+        self.free = max(self.host, self.free) + us
+        return self.free
+
+    def launch(self) -> None:
+        self.host += 1.0 if self.launches < self.cheap else self.host_us
+        self.launches += 1
+        self.work(self.gpu_us)
+        if self.sync_each:
+            self.host = self.free
+
+    def sleep(self, cycles) -> None:
+        self.sleeps += 1
+        self.work(cycles / self.cycles_per_us)
+
+    def torch(self):
+        import contextlib
+        import types
+
+        gpu = self
+
+        class Event:
+            def __init__(self, enable_timing=False):
+                self.t = None
+
+            def record(self, stream=None):
+                self.t = gpu.work(0.0)
+
+            def elapsed_time(self, other):
+                return (other.t - self.t) / 1e3
+
+        class Stream:
+            def synchronize(self):
+                gpu.host = max(gpu.host, gpu.free)
+
+        class Tensor:
+            def cuda(self):
+                return self
+
+        cuda = types.SimpleNamespace(Event=Event, Stream=Stream, is_available=lambda: True,
+                                     get_device_name=lambda i=0: "fake GPU", stream=lambda s: contextlib.nullcontext(),
+                                     _sleep=gpu.sleep)
+        return types.SimpleNamespace(cuda=cuda, from_numpy=lambda a: Tensor(), empty=lambda *a, **k: Tensor(),
+                                     float32="float32")
+
+    def engine(self):
+        gpu = self
+
+        class Context:
+            def run_device(self, feeds, out, stream=None):
+                gpu.launch()
+
+        class Engine:
+            def __init__(self, plan):
+                pass
+
+            def create_context(self, **kw):
+                return Context()
+
+        return Engine
+
+
+def _gpu_timer(monkeypatch, gpu: _FakeGPU):
+    import sys
+    import types
+
+    import trtrun.runtime
+
+    mod = _script()
+    monkeypatch.setitem(sys.modules, "torch", gpu.torch())
+    monkeypatch.setattr(trtrun.runtime, "gpu_available", lambda: (True, ""))
+    monkeypatch.setattr(trtrun.runtime, "Engine", gpu.engine())
+    # the host's clock is the simulated one: launches cost host time, as on a real host
+    monkeypatch.setattr(mod, "time", types.SimpleNamespace(perf_counter=lambda: gpu.host / 1e6))
+    plan = types.SimpleNamespace(header={"outputs": [{"name": "y", "shape": ["B", "S", 8]}]})
+    return mod.Timer("gpu", iters=100).prepare(plan, 2, 8)
+
+
+def test_gpu_timer_times_the_gpus_work_not_the_hosts_launches(monkeypatch):
+    """A run the GPU does in 5 us but the host needs 70 us to launch (MiniLM's Linear plans on an H100): events
+    around one launch read 75 us (the launch's gap inside them); held behind the spin kernel the timer reads the
+    GPU's 5 us. A first hold too short (launches cheap while the cost was estimated) is seen and lengthened."""
+    gpu = _FakeGPU(host_us=70.0, gpu_us=5.0)
+    ev = gpu.torch().cuda.Event
+    e0, e1 = ev(), ev()
+    e0.record()
+    gpu.launch()
+    e1.record()
+    assert abs(e0.elapsed_time(e1) * 1e3 - 75.0) < 1e-6
+    run = _gpu_timer(monkeypatch, gpu)
+    assert abs(run() - 5.0) < 1e-6 and gpu.sleeps == 2  # the calibration's spin and one hold
+    gpu = _FakeGPU(host_us=70.0, gpu_us=5.0, cheap=30)  # warm-up and estimate: 30 launches of 1 us
+    run = _gpu_timer(monkeypatch, gpu)
+    assert abs(run() - 5.0) < 1e-6 and gpu.sleeps == 3  # the 1.2-ms hold refused, the next one long enough
+
+
+def test_gpu_timer_refuses_when_the_host_cannot_run_ahead(monkeypatch):
+    """A launch that waits for the GPU leaves gaps however long the hold: an error naming it, not a number."""
+    import pytest
+
+    from trtrun.errors import TrtrunError
+
+    run = _gpu_timer(monkeypatch, _FakeGPU(host_us=70.0, gpu_us=5.0, sync_each=True))
+    with pytest.raises(TrtrunError, match="could not keep the GPU busy"):
+        run()
