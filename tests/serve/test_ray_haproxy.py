@@ -58,7 +58,8 @@ def test_serve_behind_haproxy_answers_and_leaves_nothing_running(tiny_embed_mode
     proc = subprocess.Popen(
         [sys.executable, "-m", "trtrun", "serve", str(tiny_embed_model["plan"]), "--tokenizer",
          str(tiny_embed_model["tok"]), "--backend", "reference", "--contexts", "1", "--truncation", "truncate",
-         "--host", "127.0.0.1", "--port", str(port), "--ray", "--ray-haproxy", "--ray-replicas", "1"],
+         "--host", "127.0.0.1", "--port", str(port), "--ray", "--ray-haproxy", "--ray-replicas", "1",
+         "--header-timeout", "2", "--body-timeout", "1.5", "--max-connections", "300"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -73,6 +74,12 @@ def test_serve_behind_haproxy_answers_and_leaves_nothing_running(tiny_embed_mode
         assert len(cfgs) == 1, list(folders[0].rglob("*"))
         cfg = cfgs[0].read_text()
         assert re.search(rf"bind\s+\S*:{port}\b", cfg), cfg
+        # trtrun serve's limits, not Ray's defaults (3600 s, 4096)
+        assert re.search(r"timeout client 2s\b", cfg) and re.search(r"maxconn 300\b", cfg), cfg
+        # a client that stops sending mid-head is answered 408 and closed at the timeout, as by trtrun serve
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as slow:
+            slow.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\n")
+            assert slow.recv(64).startswith(b"HTTP/1.1 408")
         assert HAProxyIngress(folders[0], 0, 0, "haproxy").leftovers(), "no process names the HAProxy folder"
         got = np.array([x["embedding"] for x in r.json()["data"]], np.float32)
         from trtrun.embed import Embedder

@@ -141,7 +141,8 @@ def command(model, tokenizer, host, port, backend, contexts, workers, shared_eng
             from ..serve.ray_haproxy import HAProxyIngress
 
             # before ray.serve is imported and the local Ray starts: both read the settings from the environment
-            ingress = HAProxyIngress.prepare()
+            ingress = HAProxyIngress.prepare(client_timeout_s=max(header_timeout, body_timeout),
+                                             max_connections=max_connections)
             ingress.apply()
             ray["ray_address"] = "local"
         try:

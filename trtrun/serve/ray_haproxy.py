@@ -14,6 +14,16 @@ Three things make the bare flag unfit for a server, and this module handles them
   where that path is too long for HAProxy's socket paths) and free ports.
 - Ray's shutdown leaves the HAProxy process running, holding the ports: `stop` ends every process whose command
   line names this server's folder, then removes the folder.
+
+Two of Ray's defaults suit a cluster behind an external load balancer, not one server's own HAProxy, and are set
+from `trtrun serve`'s options instead:
+- HAProxy closes a client that sends nothing for 3,600 s (`timeout client`), so slow clients could hold all its
+  connections: here the longer of --header-timeout and --body-timeout (a client silent that long gets 408; the
+  wait for the replica's answer is not client inactivity: a 21-s request passed under a 2-s timeout), and its
+  connection limit is --max-connections.
+- A replica that is stopped keeps serving for 30 s (RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S), for load
+  balancers that probe it to notice; this server's HAProxy drops it from its backends within a second, so the
+  drain is DRAIN_S here, and a stop takes ~6 s instead of ~34 (requests in flight still finish: seen).
 """
 
 from __future__ import annotations
@@ -35,6 +45,7 @@ FLAG = "RAY_SERVE_ENABLE_HA_PROXY"
 SOCKET_PATH_MAX = 97
 FOLDER_MAX = SOCKET_PATH_MAX - 57 - len("/metrics.sock")
 PREFIX = "trhp-"  # mkdtemp adds 8 characters
+DRAIN_S = 3
 
 
 def haproxy_binary() -> str:
@@ -63,7 +74,9 @@ class HAProxyIngress:
     env: dict = field(default_factory=dict)
 
     @classmethod
-    def prepare(cls) -> "HAProxyIngress":
+    def prepare(cls, client_timeout_s: float = 30.0, max_connections: int = 4096) -> "HAProxyIngress":
+        """client_timeout_s: HAProxy closes (408) a client silent that long; max_connections: its connection limit."""
+        import math
         import sys
 
         if "ray.serve" in sys.modules:
@@ -85,7 +98,10 @@ class HAProxyIngress:
                "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(folder),
                "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(folder / "server-state"),
                "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(folder / "metrics.sock"),
-               "RAY_SERVE_HAPROXY_STATS_PORT": str(stats), "RAY_SERVE_HAPROXY_METRICS_PORT": str(metrics)}
+               "RAY_SERVE_HAPROXY_STATS_PORT": str(stats), "RAY_SERVE_HAPROXY_METRICS_PORT": str(metrics),
+               "RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S": str(max(1, math.ceil(client_timeout_s))),
+               "RAY_SERVE_HAPROXY_MAXCONN": str(int(max_connections)),
+               "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(DRAIN_S)}
         return cls(folder, stats, metrics, binary, env)
 
     def apply(self) -> None:
