@@ -23,7 +23,7 @@ from `trtrun serve`'s options instead:
   connection limit is --max-connections.
 - A replica that is stopped keeps serving for 30 s (RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S), for load
   balancers that probe it to notice; this server's HAProxy drops it from its backends within a second, so the
-  drain is DRAIN_S here, and a stop takes ~6 s instead of ~34 (requests in flight still finish: seen).
+  drain is DRAIN_S here, and a stop took 6.6 s instead of 33-34 (requests in flight still finished).
 """
 
 from __future__ import annotations
