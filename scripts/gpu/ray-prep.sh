@@ -7,7 +7,8 @@
 #                when its parts and checksum are there already: FORCE_PACK=1 packs again)
 #   .ray-gpu/    imdb.tsv.xz (IMDB's 25,000 reviews), rt_polarity.tsv.xz (the load test's sentences), minilm/
 #                (all-MiniLM-L6-v2's tokenizer and configs, no weights: ray.sh makes random weights of its shape),
-#                whl/ (onnx-graphsurgeon for `trtrun build`, orjson for the server's and load generator's JSON)
+#                whl/ (onnx-graphsurgeon for `trtrun build`, orjson for the server's and load generator's JSON,
+#                py-spy for ray.sh's PYSPY=1 profiles)
 # Data from $TRTRUN_DATA, else .data (../shared/data/get-data.sh DEST).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -26,7 +27,7 @@ xz -9e -T0 -c "$data/rt_polarity.tsv" > .ray-gpu/rt_polarity.tsv.xz
 # pooling and max_seq_length; not the weights, the model card or the training-data list
 (cd "$data/minilm" && tar -cf - --exclude=model.safetensors --exclude=README.md --exclude=data_config.json \
   --exclude=.gitattributes .) | tar -xf - -C .ray-gpu/minilm
-bash scripts/gpu/fetch-wheels.sh .ray-gpu/whl onnx-graphsurgeon==0.6.1 orjson==3.13.0 >/dev/null
+bash scripts/gpu/fetch-wheels.sh .ray-gpu/whl onnx-graphsurgeon==0.6.1 orjson==3.13.0 py-spy==0.4.3 >/dev/null
 
 bytes() { du -sb --apparent-size "$@" | awk '{s += $1} END {print s + 0}'; }
 mib() { awk -v b="$1" 'BEGIN {printf "%.1f MiB", b / 1048576}'; }

@@ -37,9 +37,10 @@
 # Environment: OUT (out/ray), BUDGET, LOAD_SECONDS (20), CLIENTS (64), PROCS (8), N_TEXTS (all 25,000),
 # RAY_PER_GPU ("1 4": a Ray Serve target per entry, with that many replicas sharing the GPU), RAY_HAPROXY=1 (each
 # such target also behind Ray Serve's HAProxy ingress: `trtrun serve --ray --ray-haproxy`, docs/ray.md),
-# RAY_EMBED_ARGS (more options of the `trtrun embed --ray` runs, e.g. "--ray-cpus-per-actor 8"), REPEAT (1: the
+# RAY_EMBED_ARGS (more options of the `trtrun embed --ray` runs, e.g. "--ray-cpus-per-actor 8"), RAY_EMBED_ARGS_B
+# (a second Ray variant with these options, runs rayb-1 and rayb-2 beside the others, its overhead apart), REPEAT (1: the
 # corpus that many times over, e.g. 4 for 100,000 texts), SKIP (steps left out: "pytorch", "serve"),
-# KEEP_WORK=1 (keep the scratch folder /tmp/raysh.*). Without the whole pack it stops at once (exit 3): the
+# KEEP_WORK=1 (keep the scratch folder /tmp/raysh.*), PYSPY=1 (py-spy profiles of one in-process and one Ray run). Without the whole pack it stops at once (exit 3): the
 # machine has no Ray, pyarrow, starlette or uvicorn of its own, and making both calls again is the fix.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -222,15 +223,20 @@ $ACCEPT set settings "$($PY -c 'import json,sys; print(json.dumps(dict(zip(sys.a
   plan "hybrid, $PROFILE" backend "$BACKEND" max_seq_len "$MAX_SEQ" truncation truncate contexts 2 \
   max_batch_tokens "16384 (default)" shard_rows "$SHARD_ROWS" chunk_rows "1024 (default)" \
   ray "a local Ray started by each trtrun embed --ray: one $([ "$DRY" = 1 ] && echo "CPU actor (1 CPU)" || echo "GPU actor (num_gpus=1)")${RAY_EMBED_ARGS:+; $RAY_EMBED_ARGS}" \
+  ray_b "${RAY_EMBED_ARGS_B:-none}" \
   pytorch "$PT_DTYPE on $PT_DEVICE, batches of $PT_BATCHES, sorted by length")"
 
 # ------------------------------------------------------------------------------------------------ 3. trtrun embed, A B A B
 EMBED_ARGS="$W/imdb.jsonl -m $W/model.plan --tokenizer $W/model --id-column id --max-seq-len $MAX_SEQ --truncation truncate --backend $BACKEND --shard-rows $SHARD_ROWS"
 EST_EMBED=$([ "$DRY" = 1 ] && echo 20 || echo 40)
-for run in inproc-1 ray-1 inproc-2 ray-2; do
+RUNS="inproc-1 ray-1 inproc-2 ray-2"
+[ -n "${RAY_EMBED_ARGS_B:-}" ] && RUNS="inproc-1 ray-1 rayb-1 inproc-2 ray-2 rayb-2"
+for run in $RUNS; do
   extra=""
   if [[ $run == ray-* ]]; then
     extra="${RAY_EMBED_ARGS:-} --ray${RAY_ADDRESS:+=$RAY_ADDRESS}"  # last: a bare --ray would take the next word
+  elif [[ $run == rayb-* ]]; then
+    extra="$RAY_EMBED_ARGS_B --ray${RAY_ADDRESS:+=$RAY_ADDRESS}"
   fi
   # shellcheck disable=SC2086
   step "embed $run" "$EST_EMBED" 180 $ACCEPT embed --name "$run" --out "$W/out-$run" --log "$OUT/embed.log" \
@@ -240,6 +246,30 @@ for run in inproc-1 ray-1 inproc-2 ray-2; do
 # ------------------------------------------------------------------------------------------------ 4. vectors
 # now, while it is cheap and before anything that may run out of time: in-process against Ray is the point
 step "compare vectors" 10 90 $ACCEPT compare
+
+# PYSPY=1: one in-process and one Ray run more, each under py-spy (sampling every process the command starts: for
+# Ray, the raylet's workers and so the actor), collapsed stacks per thread in $OUT/pyspy-*.txt; not timed runs
+pyspy_run() {  # NAME EXTRA...
+  local name=$1; shift
+  # shellcheck disable=SC2086
+  py-spy record --subprocesses --threads --nonblocking --rate 100 --format raw -o "$OUT/pyspy-$name.txt" -- \
+    $PY -m trtrun embed $EMBED_ARGS -o "$W/out-pyspy-$name" "$@" > "$OUT/pyspy-$name.log" 2>&1
+  local rc=$?
+  tail -3 "$OUT/pyspy-$name.log"; xz -T0 -f "$OUT/pyspy-$name.txt"
+  return $rc
+}
+export -f pyspy_run
+export EMBED_ARGS
+if [ "${PYSPY:-0}" = 1 ]; then
+  if command -v py-spy >/dev/null || [ -x /tmp/site/bin/py-spy ]; then
+    export PATH=/tmp/site/bin:$PATH
+    step "py-spy in-process" 25 90 pyspy_run inproc
+    # shellcheck disable=SC2086
+    step "py-spy ray" 35 120 pyspy_run ray ${RAY_EMBED_ARGS:-} --ray
+  else
+    skip "py-spy" "no py-spy on this machine (.ray-gpu/whl brings it: scripts/gpu/ray-prep.sh)"
+  fi
+fi
 
 # ------------------------------------------------------------------------------------------------ 5. PyTorch baseline
 batches=""; for b in $PT_BATCHES; do batches="$batches --batch $b"; done

@@ -142,3 +142,15 @@ def test_embed_run_summary_compare_and_table(tmp_path, tiny_embed_model):
 
 def test_parse_summary_of_a_failed_run_is_none():
     assert _accept().parse_summary("trtrun: error: something\n") is None
+
+
+def test_overhead_of_a_second_ray_variant_is_apart():
+    """RAY_EMBED_ARGS_B's runs (rayb-N) get their own overhead lines; the default Ray runs keep the plain ones."""
+    acc = _accept()
+    runs = [{"name": "inproc-1", "rc": 0, "texts_per_s": 100.0}, {"name": "inproc-2", "rc": 0, "texts_per_s": 100.0},
+            {"name": "ray-1", "rc": 0, "texts_per_s": 80.0}, {"name": "ray-2", "rc": 0, "texts_per_s": 80.0},
+            {"name": "rayb-1", "rc": 0, "texts_per_s": 95.0}, {"name": "rayb-2", "rc": 1, "texts_per_s": 1.0}]
+    ov = acc.overhead({"embed": runs})
+    assert ov["job"]["overhead_pct"] == 20.0 and not ov["job"]["within_10pct"]
+    assert ov["job, rayb"]["ray_texts_per_s"] == 95.0 and ov["job, rayb"]["within_10pct"]  # the failed run is left out
+    assert set(ov) == {"job", "job, rayb"}
