@@ -124,6 +124,23 @@ def test_gpu_actors_arguments_pass_ray_datas_own_checks(ray_local):
         ray.data.range(8).map_batches(EmbedActor, **dict(kw, batch_size=None))
 
 
+def test_gpu_actors_default_cpus_fit_the_smallest_gpu_node():
+    """A GPU actor asks for half its node's CPUs per GPU (1 to 8), judged on the GPU node with the fewest, so every
+    GPU node can place its actors; CPU-only and dead nodes do not count."""
+    from trtrun.corpus.ray_job import gpu_actor_cpus
+
+    def node(cpu, gpu=0, alive=True):
+        return {"Alive": alive, "Resources": {"CPU": cpu, **({"GPU": gpu} if gpu else {})}}
+
+    assert gpu_actor_cpus([node(16, 1)]) == 8.0            # the GPU machine of docs/ray.md
+    assert gpu_actor_cpus([node(128, 8)]) == 8.0           # 16 a GPU, capped
+    assert gpu_actor_cpus([node(64), node(4, 1)]) == 2.0    # a large CPU head does not lift a small GPU node
+    assert gpu_actor_cpus([node(2, 1)]) == 1.0 and gpu_actor_cpus([node(1, 2)]) == 1.0  # never below 1
+    assert gpu_actor_cpus([node(16, 1), node(6, 1)]) == 3.0
+    assert gpu_actor_cpus([node(16, 1), node(2, 1, alive=False)]) == 8.0
+    assert gpu_actor_cpus([node(8)]) == 1.0                # no GPU node: the CPU actors' default
+
+
 def test_a_failed_ray_job_reruns_only_its_unfinished_shards(ray_local, tiny_embed_model, tmp_path):
     """A bad row in the last shard stops the Ray job (--on-error fail) after the shards before it are written;
     the rerun (--on-error skip) embeds only the others and leaves the written ones untouched."""

@@ -102,8 +102,9 @@ class _RateLine:
 @click.option("--ray-actors", type=click.IntRange(min=1), default=None,
               help="with --ray: embedding actors (default: one per GPU of the cluster; on the reference backend, "
                    "the cluster's CPUs less one, over --ray-cpus-per-actor)")
-@click.option("--ray-cpus-per-actor", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
-              help="with --ray: CPUs each actor asks for (reference-backend actors: their numpy threads)")
+@click.option("--ray-cpus-per-actor", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="with --ray: CPUs each actor asks for, its threads (default: a GPU actor half its node's CPUs "
+                   "per GPU, 1 to 8; a reference-backend actor 1)")
 @quiet_option
 def command(input_path, output, model, tokenizer, fmt, text_column, id_column, on_error, truncation, max_seq_len,
             pooling, no_normalize, backend, contexts, max_batch_tokens, precision, shard_rows, chunk_rows,
