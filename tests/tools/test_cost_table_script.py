@@ -173,3 +173,39 @@ def test_gpu_timer_refuses_when_the_host_cannot_run_ahead(monkeypatch):
     run = _gpu_timer(monkeypatch, _FakeGPU(host_us=70.0, gpu_us=5.0, sync_each=True))
     with pytest.raises(TrtrunError, match="could not keep the GPU busy"):
         run()
+
+
+def test_the_two_plans_differ_by_one_linear_and_nothing_else(tmp_path):
+    """The entry is (two Linears side by side) - (one): the builder must keep the two apart (no merge into one
+    wider GEMM), each with its own output, and the rest (embedding, LayerNorm, the first Linear) unchanged."""
+    import numpy as np
+
+    from trtrun.builder import build
+    from trtrun.builder.precision_search import linear_ops
+    from trtrun.reference import ReferenceBackend
+
+    mod = _script()
+    prof = {"batch": (1, 2, 2), "seq": (1, 8, 8)}
+    one = build(mod.linear_graph(tmp_path / "one.onnx", 32, 48, copies=1), precision="hybrid", profile=prof)
+    two = build(mod.linear_graph(tmp_path / "two.onnx", 32, 48, copies=2), precision="hybrid", profile=prof)
+    assert [op["type"] for op in one.header["ops"]].count("Linear") == 1
+    lin = linear_ops(two.header)
+    assert len(lin) == 2 and len(two.header["outputs"]) == 2
+    assert [op for op in two.header["ops"] if op["type"] != "Linear"] == \
+        [op for op in one.header["ops"] if op["type"] != "Linear"]
+    ids = {"input_ids": np.random.default_rng(0).integers(0, mod.VOCAB, (2, 8), dtype=np.int64)}
+    y1, y2 = ReferenceBackend(one).run(ids), ReferenceBackend(two).run(ids)
+    np.testing.assert_array_equal(y1["y0"], y2["y0"])  # the first Linear is the same one
+    assert not np.allclose(y2["y0"], y2["y1"])          # the second has weights of its own
+
+
+def test_gpu_timing_that_gives_no_positive_difference_is_refused(tmp_path, exported, monkeypatch, capsys):
+    """On the GPU, two Linears timed at or below one is an unusable measurement: an error, no file written."""
+    mod = _script()
+    monkeypatch.setattr(mod, "Timer", type("T", (), {
+        "__init__": lambda self, backend, iters: None, "device": lambda self: "fake GPU",
+        "prepare": lambda self, plan, B, S: len(plan.header["outputs"]),
+        "time": lambda self, runners, rounds: {k: 10.0 - n for k, n in runners.items()}}))
+    out = tmp_path / "cost.json"
+    assert mod.main([str(exported("bert")), "-o", str(out), "--batch", "2", "--seq", "8"]) == 2
+    assert "two Linears timed" in capsys.readouterr().err and not out.exists()
