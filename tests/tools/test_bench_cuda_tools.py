@@ -1,5 +1,5 @@
-"""The standalone CUDA measurement tools in tools/cuda/ (fp8_modes, gemm_explore, graph_overhead, pdl_probe, smallm_stream) still
-compile for sm_90. They are not part of the extension's build, so nothing else would notice one rotting; running
+"""The standalone CUDA measurement tools in tools/cuda/ (fp8_modes, gemm_explore, graph_overhead, pdl_probe, smallm_stream,
+wgmma_tile, ...) still compile for sm_90 (sm_90a where the tool's build line asks for it: warpgroup MMAs). They are not part of the extension's build, so nothing else would notice one rotting; running
 them needs a GPU (tools/README.md says what each measures)."""
 import os
 import shutil
@@ -44,7 +44,9 @@ def test_bench_tool_compiles(tool, tmp_path):
     nvcc, inc = _nvcc(), _cublas_include()
     if nvcc is None or inc is None:
         pytest.skip(f"needs nvcc and cublasLt.h (nvcc: {nvcc}, cublasLt.h include dir: {inc})")
-    cmd = [nvcc, "-std=c++17", "-O1", "-arch=sm_90", "-I", inc, "-I", str(ROOT / "tools" / "cuda"),
+    arch = ("-gencode=arch=compute_90a,code=sm_90a" if "sm_90a" in "".join(tool.read_text().splitlines(True)[:40])
+            else "-arch=sm_90")
+    cmd = [nvcc, "-std=c++17", "-O1", arch, "-I", inc, "-I", str(ROOT / "tools" / "cuda"),
            "-I", str(ROOT / "native"), "-I", str(ROOT / "native" / "include"), "--expt-relaxed-constexpr", "-c", str(tool),
            "-o", str(tmp_path / (tool.stem + ".o"))]
     if tool.suffix == ".cpp":
