@@ -141,6 +141,23 @@ def test_gpu_actors_default_cpus_fit_the_smallest_gpu_node():
     assert gpu_actor_cpus([node(8)]) == 1.0                # no GPU node: the CPU actors' default
 
 
+def test_gpu_actor_resources_read_the_nodes_ray_reports(ray_local, monkeypatch):
+    """actor_resources' GPU branch on what ray.nodes() really returns (its keys: "Alive", "Resources"), with the
+    cluster's GPU count faked (no GPU here): this 2-CPU node with one GPU would give its actor 1 CPU; an explicit
+    --ray-cpus-per-actor wins."""
+    from trtrun.corpus import ray_job
+
+    nodes = ray.nodes()
+    assert nodes and all("Alive" in n and "CPU" in n["Resources"] for n in nodes)
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0, "GPU": 1.0})
+    monkeypatch.setattr(ray, "nodes", lambda: [dict(n, Resources=dict(n["Resources"], GPU=1.0)) for n in nodes])
+    assert ray_job.actor_resources("auto", None, None) == ("gpu", 1, {"num_gpus": 1, "num_cpus": 1.0})
+    assert ray_job.actor_resources("gpu", 2, 3.0) == ("gpu", 2, {"num_gpus": 1, "num_cpus": 3.0})
+    big = [dict(n, Resources=dict(n["Resources"], CPU=16.0, GPU=1.0)) for n in nodes]
+    monkeypatch.setattr(ray, "nodes", lambda: big)
+    assert ray_job.actor_resources("auto", None, None)[2]["num_cpus"] == 8.0
+
+
 def test_a_failed_ray_job_reruns_only_its_unfinished_shards(ray_local, tiny_embed_model, tmp_path):
     """A bad row in the last shard stops the Ray job (--on-error fail) after the shards before it are written;
     the rerun (--on-error skip) embeds only the others and leaves the written ones untouched."""
