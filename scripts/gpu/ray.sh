@@ -38,10 +38,11 @@
 # RAY_PER_GPU ("1 4": a Ray Serve target per entry, with that many replicas sharing the GPU), RAY_HAPROXY=1 (each
 # such target also behind Ray Serve's HAProxy ingress: `trtrun serve --ray --ray-haproxy`, docs/ray.md),
 # RAY_EMBED_ARGS (more options of the `trtrun embed --ray` runs, e.g. "--ray-cpus-per-actor 8"), RAY_EMBED_ARGS_B
-# (a second Ray variant with these options, runs rayb-1 and rayb-2 beside the others, its overhead apart), REPEAT (1: the
-# corpus that many times over, e.g. 4 for 100,000 texts), SKIP (steps left out: "pytorch", "serve"),
-# KEEP_WORK=1 (keep the scratch folder /tmp/raysh.*), PYSPY=1 (py-spy profiles of one in-process and one Ray run). Without the whole pack it stops at once (exit 3): the
-# machine has no Ray, pyarrow, starlette or uvicorn of its own, and making both calls again is the fix.
+# (a second Ray variant with these options: runs rayb-1 and rayb-2 beside the others, its overhead apart), REPEAT
+# (1: the corpus that many times over, e.g. 4 for 100,000 texts), SKIP (steps left out: "pytorch", "serve"),
+# KEEP_WORK=1 (keep the scratch folder /tmp/raysh.*), PYSPY=1 (py-spy profiles of one in-process and one Ray
+# run). Without the whole pack it stops at once (exit 3): the machine has no Ray, pyarrow, starlette or uvicorn of
+# its own, and making both calls again is the fix.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD

@@ -281,8 +281,8 @@ class _Watcher:
 def gpu_actor_cpus(nodes: list[dict]) -> float:
     """The default CPUs of a GPU actor: half its node's CPUs per GPU, 1 to 8, on the GPU node with the fewest
     (so that every GPU node can place its actors; the other half stays for the read and write tasks). Ray sets a
-    worker's OMP_NUM_THREADS to its CPUs: with 1, the actor's host work (tokenizing, pooling, Arrow) ran on one
-    thread, and a 25,000-text job on an H200 took 11.7-11.8 s against 9.7-10.4 with 8 CPUs (docs/ray.md)."""
+    worker's OMP_NUM_THREADS to its CPUs, and the actor's host work (tokenizing, pooling, Arrow) shares them: a
+    25,000-text job on an H200 took 11.7-11.8 s with 1 CPU against 9.7-10.4 with 8 (docs/ray.md)."""
     per_gpu = [n["Resources"].get("CPU", 0) / n["Resources"]["GPU"] for n in nodes
                if n.get("Alive", True) and n.get("Resources", {}).get("GPU", 0) >= 1]
     return float(max(1, min(8, int(min(per_gpu) // 2)))) if per_gpu else 1.0
