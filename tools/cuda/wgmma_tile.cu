@@ -112,7 +112,8 @@ __global__ void __launch_bounds__(kThreads) wg_gemm(const __grid_constant__ CUte
                                                     const __grid_constant__ CUtensorMap mw, __half* y16, float* y32,
                                                     int n, int chunks) {
   extern __shared__ uint8_t smem_raw[];
-  uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  // the 128-byte swizzle repeats every 1024 bytes of the shared address: stages start on such a boundary
+  uint8_t* smem = smem_raw + ((1024u - (smem_u32(smem_raw) & 1023u)) & 1023u);
   uint64_t* bars = reinterpret_cast<uint64_t*>(smem + kStages * stage_bytes<BN>());
   const int tid = threadIdx.x, wg = tid / 128, warp = (tid % 128) / 32, lane = tid % 32;
   const int col0 = blockIdx.x * BN, kc0 = blockIdx.y * chunks;
