@@ -404,7 +404,22 @@ def test_deberta_v2_is_refused_in_one_line(tmp_path):
     path = export_model("deberta-v2", tmp_path / "deberta.onnx", overrides=dict(
         hidden_size=64, num_hidden_layers=1, num_attention_heads=4, intermediate_size=96, vocab_size=1000,
         max_position_embeddings=128))
-    with pytest.raises(BuildError, match=r"disentangled attention \(DeBERTa-v2/v3.*is not in the IR"):
+    with pytest.raises(BuildError, match=r"disentangled attention \(DeBERTa, v1 to v3.*is not in the IR"):
+        build(path, precision="fp32")
+
+
+def test_deberta_v1_is_refused_in_the_same_line(tmp_path):
+    """DeBERTa v1 (microsoft/deberta-base's form: relative attention, c2p and p2c) meets the same refusal, not the
+    mask check its score sum would otherwise fail first."""
+    transformers = pytest.importorskip("transformers")
+    from trtrun.export import export_model
+
+    cfg = transformers.DebertaConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=4, intermediate_size=96,
+                                     vocab_size=1000, max_position_embeddings=128, relative_attention=True,
+                                     pos_att_type=["c2p", "p2c"], position_biased_input=False)
+    transformers.DebertaModel(cfg).save_pretrained(tmp_path / "deberta")
+    path = export_model(str(tmp_path / "deberta"), tmp_path / "deberta.onnx")
+    with pytest.raises(BuildError, match=r"disentangled attention \(DeBERTa, v1 to v3.*is not in the IR"):
         build(path, precision="fp32")
 
 

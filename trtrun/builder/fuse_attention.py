@@ -53,10 +53,10 @@ def fuse_attention(graph, facts) -> int:
     ctx = {"deps": value_deps(graph), "order": {id(n): i for i, n in enumerate(graph.nodes)}}
     for sm in [n for n in graph.nodes if n.op == "Softmax"]:
         ctx["softmax"] = repr(sm.name)
+        _refuse_disentangled(sm)  # first: its scores would otherwise fail on whichever of their forms is met first
         try:
             m = _match(graph, sm, facts, ctx)
         except _NoMatch:
-            _refuse_disentangled(sm)
             refused = _heads_refused(graph, sm)
             if refused:
                 raise BuildError(refused) from None
@@ -484,7 +484,7 @@ def _kv_heads(sm, k_cols, v_cols, H, D):
 
 
 def _refuse_disentangled(sm) -> None:
-    """DeBERTa-v2/v3's attention adds content-to-position and position-to-content scores, gathered per
+    """DeBERTa's attention (v1, v2, v3) adds content-to-position and position-to-content scores, gathered per
     relative position from products of the hidden states with relative position embeddings (GatherElements
     near the scores): say so in one line rather than name an op of its position arithmetic."""
     seen, stack = set(), [(sm.inputs[0], 0)]
@@ -495,7 +495,7 @@ def _refuse_disentangled(sm) -> None:
             continue
         seen.add(id(p))
         if p.op == "GatherElements":
-            raise BuildError(f"Softmax node {sm.name!r}: disentangled attention (DeBERTa-v2/v3: content-to-position "
+            raise BuildError(f"Softmax node {sm.name!r}: disentangled attention (DeBERTa, v1 to v3: content-to-position "
                              f"and position-to-content scores gathered by relative position, node {p.name!r}) is "
                              f"not in the IR, whose Attention adds only a padding/causal mask, rotary positions or "
                              f"a relative-position bias table")
@@ -1031,7 +1031,9 @@ def _qkv_tensor(graph, facts, sm, srcs, cols, HD, KD):
     xs = [G.slot(n, "x") for n in lins]
     if not all(x is xs[0] for x in xs):
         raise BuildError(f"Softmax node {sm.name!r}: query, key and value come from projections of "
-                         f"different inputs (cross-attention is not in the IR)")
+                         f"different inputs (the IR's attention projects one input: cross-attention, and "
+                         f"MobileBERT's keys and queries from a bottleneck beside values from the layer input, "
+                         f"are not in it)")
     if any(n.attrs.get("activation", "none") != "none" for n in lins):
         raise _NoMatch
     Ws, bs = [], []
