@@ -36,9 +36,9 @@ import numpy as np
 VOCAB = 1024
 
 
-def linear_graph(path: Path, k: int, n: int | None, seed: int = 0, copies: int = 1) -> Path:
+def linear_graph(path: Path, k: int, n: int, seed: int = 0, copies: int = 1) -> Path:
     """input_ids -> Gather [VOCAB, k] -> LayerNormalization -> `copies` x (MatMul [k, n] + bias) side by side, each
-    an output (n None: the LayerNorm's output is the output)."""
+    an output."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -48,17 +48,14 @@ def linear_graph(path: Path, k: int, n: int | None, seed: int = 0, copies: int =
              numpy_helper.from_array(rng.normal(0, 0.1, k).astype(np.float32), "ln_b")]
     nodes = [helper.make_node("Gather", ["emb", "input_ids"], ["e"], name="embed"),
              helper.make_node("LayerNormalization", ["e", "ln_g", "ln_b"], ["h"], name="norm", axis=-1, epsilon=1e-5)]
-    outs = [("h", k)]
-    if n is not None:
-        outs = []
-        for c in range(copies):
-            inits += [numpy_helper.from_array((rng.normal(0, 1, (k, n)) / np.sqrt(k)).astype(np.float32), f"w{c}"),
-                      numpy_helper.from_array(rng.normal(0, 0.05, n).astype(np.float32), f"b{c}")]
-            nodes += [helper.make_node("MatMul", ["h", f"w{c}"], [f"m{c}"], name=f"linear{c}"),
-                      helper.make_node("Add", [f"m{c}", f"b{c}"], [f"y{c}"], name=f"linear{c}_bias")]
-            outs.append((f"y{c}", n))
+    for c in range(copies):
+        inits += [numpy_helper.from_array((rng.normal(0, 1, (k, n)) / np.sqrt(k)).astype(np.float32), f"w{c}"),
+                  numpy_helper.from_array(rng.normal(0, 0.05, n).astype(np.float32), f"b{c}")]
+        nodes += [helper.make_node("MatMul", ["h", f"w{c}"], [f"m{c}"], name=f"linear{c}"),
+                  helper.make_node("Add", [f"m{c}", f"b{c}"], [f"y{c}"], name=f"linear{c}_bias")]
     graph = helper.make_graph(nodes, "cost", [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["B", "S"])],
-                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, ["B", "S", w]) for o, w in outs], inits)
+                              [helper.make_tensor_value_info(f"y{c}", TensorProto.FLOAT, ["B", "S", n])
+                               for c in range(copies)], inits)
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     return path
 
