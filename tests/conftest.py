@@ -248,9 +248,10 @@ def wait_healthy(url: str, proc=None, timeout: float = 90.0) -> None:
 
 
 @contextlib.contextmanager
-def serve_process(tiny: dict, port: int, *args: str):
-    """`trtrun serve` on the tiny model (reference backend) as a subprocess on `port`, healthy when yielded;
-    killed on the way out if the test has not stopped it (stderr is a text pipe for the test to read)."""
+def serve_process(tiny: dict, port: int, *args: str, env: dict | None = None, timeout: float = 90.0):
+    """`trtrun serve` on the tiny model (reference backend) as a subprocess on `port`, healthy (within `timeout` s)
+    when yielded; killed on the way out if the test has not stopped it (stderr is a text pipe for the test to read).
+    env: the subprocess's environment instead of this process's (PYTHONUNBUFFERED is set either way)."""
     import os
     import subprocess
     import sys
@@ -259,10 +260,10 @@ def serve_process(tiny: dict, port: int, *args: str):
     proc = subprocess.Popen(
         [sys.executable, "-m", "trtrun", "serve", str(tiny["plan"]), "--tokenizer", str(tiny["tok"]),
          "--backend", "reference", "--port", str(port), *args],
-        cwd=Path(__file__).resolve().parent.parent, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        cwd=Path(__file__).resolve().parent.parent, env=dict(os.environ if env is None else env, PYTHONUNBUFFERED="1"),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_healthy(f"http://127.0.0.1:{port}", proc)
+        wait_healthy(f"http://127.0.0.1:{port}", proc, timeout=timeout)
         yield proc
     finally:
         if proc.poll() is None:

