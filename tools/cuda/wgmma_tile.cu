@@ -3,7 +3,9 @@
 // over a K slice, both operands brought into shared memory by the Tensor Memory Accelerator (128-byte swizzle, an
 // 8-stage ring of 64-column K chunks, one mbarrier a stage) and multiplied by warpgroup MMAs (wgmma, fp16 operands,
 // fp32 accumulators; two warpgroups, 64 rows each). K split S ways: the slices add fp32 into a zeroed output with
-// atomics (the memset is in the timed graph); S = 1 stores fp16. Against cuBLASLt's best heuristic candidate (of 8)
+// atomics (the memset is in the timed graph); S = 1 stores fp16. With clusters of 2 or 4 CTAs along N, the
+// activation block is multicast by TMA (each CTA loads a quarter or half of its rows for all), so the L2 serves it
+// once a cluster rather than once a CTA. Against cuBLASLt's best heuristic candidate (of 8)
 // for the same GEMM in the runtime's layout, no epilogue, fp16 out. The question: does a Hopper-native tile beat
 // cuBLASLt's per-GEMM time at these shapes, before any persistent-kernel machinery (docs/performance.md, "Batch 1 x
 // 128"). A measurement tool, not part of the runtime. Weights: W^T [N][K] packed once (a persistent kernel packs
@@ -11,7 +13,7 @@
 //
 //   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -Itools/cuda -I$CUBLAS/include tools/cuda/wgmma_tile.cu -L$CUBLAS/lib \
 //        -l:libcublasLt.so.13 -Xlinker -rpath=$CUBLAS/lib -o /tmp/wgmma_tile     (CUBLAS: PyPI nvidia-cublas's nvidia/cu13)
-//   /tmp/wgmma_tile [M=128]
+//   /tmp/wgmma_tile [M=128] [CLUSTERS=124]     (CLUSTERS: the cluster sizes to try, as digits: "1" = no multicast)
 //
 // Checked before timing: every configuration's output against cuBLASLt's on the same input (max |diff| / max |ref|
 // < 4e-3: both accumulate in fp32; cuBLASLt rounds to fp16 once, half an ulp is 4.9e-4 relative). Timed: CUDA
@@ -27,6 +29,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <vector>
 
 #include "bench_graph.h"
@@ -69,6 +72,27 @@ __device__ __forceinline__ void tma_load(uint32_t dst, const CUtensorMap* map, i
       : "memory");
 }
 
+// the same box into the same shared-memory offset of every CTA of the cluster in `mask`, each completing on its own
+// mbarrier at the same offset
+__device__ __forceinline__ void tma_load_multicast(uint32_t dst, const CUtensorMap* map, int c0, int c1, uint32_t bar,
+                                                   uint16_t mask) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.multicast::cluster"
+      " [%0], [%1, {%2, %3}], [%4], %5;"
+      ::"r"(dst), "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar), "h"(mask)
+      : "memory");
+}
+
+__device__ __forceinline__ void cluster_sync() {
+  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+
+__device__ __forceinline__ uint32_t cluster_rank() {
+  uint32_t r;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+  return r;
+}
+
 // Shared-memory matrix descriptor of a K-major operand in the 128-byte swizzle: start address, leading offset
 // (unused by this layout, 16 bytes by convention), stride 1024 bytes between groups of 8 rows, swizzle mode 1.
 __device__ __forceinline__ uint64_t smem_desc(uint32_t addr) {
@@ -107,7 +131,11 @@ template <int BN>
 __host__ __device__ constexpr int stage_bytes() { return kMaxM * kChunk * 2 + BN * kChunk * 2; }
 
 // grid (N / BN, S): CTA (j, s) computes y[:, j*BN : (j+1)*BN] over K chunks [s*chunks, (s+1)*chunks).
-template <int BN>
+// CL > 1: clusters of CL CTAs along N share the activation block: CTA rank r of a cluster loads rows
+// [r*128/CL, (r+1)*128/CL) of each chunk into every CTA of the cluster (TMA multicast; mx's box is 128/CL rows),
+// so each CTA reads 1/CL of the activations from the L2. A peer writes into this CTA's stages, so with clusters a
+// stage is filled once (chunks <= kStages, checked by the host): no ring reuse to coordinate across CTAs.
+template <int BN, int CL>
 __global__ void __launch_bounds__(kThreads) wg_gemm(const __grid_constant__ CUtensorMap mx,
                                                     const __grid_constant__ CUtensorMap mw, __half* y16, float* y32,
                                                     int n, int chunks) {
@@ -122,12 +150,20 @@ __global__ void __launch_bounds__(kThreads) wg_gemm(const __grid_constant__ CUte
     for (int s = 0; s < kStages; ++s) mbar_init(smem_u32(&bars[s]), 1);
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
   }
-  __syncthreads();
+  // with clusters, every peer's barriers are initialized before anyone multicasts into them
+  if constexpr (CL > 1) cluster_sync(); else __syncthreads();
+  const int rank = CL > 1 ? static_cast<int>(cluster_rank()) : 0;
   auto issue = [&](int c, int s) {
     uint8_t* a = smem + s * stage_bytes<BN>();
     const uint32_t bar = smem_u32(&bars[s]);
-    mbar_expect_tx(bar, stage_bytes<BN>());
-    tma_load(smem_u32(a), &mx, (kc0 + c) * kChunk, 0, bar);
+    mbar_expect_tx(bar, stage_bytes<BN>());  // all of A (from every rank) and this CTA's B arrive here
+    if constexpr (CL == 1) {
+      tma_load(smem_u32(a), &mx, (kc0 + c) * kChunk, 0, bar);
+    } else {
+      constexpr int rows = kMaxM / CL;
+      tma_load_multicast(smem_u32(a + rank * rows * kChunk * 2), &mx, (kc0 + c) * kChunk, rank * rows, bar,
+                         static_cast<uint16_t>((1u << CL) - 1));
+    }
     tma_load(smem_u32(a + kMaxM * kChunk * 2), &mw, (kc0 + c) * kChunk, col0, bar);
   };
   if (tid == 0)
@@ -166,6 +202,7 @@ __global__ void __launch_bounds__(kThreads) wg_gemm(const __grid_constant__ CUte
       }
     }
   }
+  if constexpr (CL > 1) cluster_sync();  // no CTA leaves while a peer may still address its shared memory
 }
 
 PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
@@ -202,15 +239,52 @@ CUtensorMap tensor_map(const __half* p, int rows, int cols, int box_rows) {
 template <int BN>
 size_t smem_size() { return kStages * stage_bytes<BN>() + kStages * 8 + 1024; }
 
-template <int BN>
+template <int BN, int CL>
 cudaError_t launch(const CUtensorMap& mx, const CUtensorMap& mw, __half* y16, float* y32, int n, int k, int split,
                    cudaStream_t st) {
   if (split > 1) {
     const cudaError_t e = cudaMemsetAsync(y32, 0, (size_t)kMaxM * n * 4, st);
     if (e != cudaSuccess) return e;
   }
-  wg_gemm<BN><<<dim3(n / BN, split), kThreads, smem_size<BN>(), st>>>(mx, mw, y16, y32, n, k / kChunk / split);
-  return cudaGetLastError();
+  const int chunks = k / kChunk / split;
+  if constexpr (CL == 1) {
+    wg_gemm<BN, 1><<<dim3(n / BN, split), kThreads, smem_size<BN>(), st>>>(mx, mw, y16, y32, n, chunks);
+    return cudaGetLastError();
+  } else {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(n / BN, split);
+    cfg.blockDim = dim3(kThreads);
+    cfg.dynamicSmemBytes = smem_size<BN>();
+    cfg.stream = st;
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeClusterDimension;
+    at[0].val.clusterDim.x = CL;
+    at[0].val.clusterDim.y = 1;
+    at[0].val.clusterDim.z = 1;
+    cfg.attrs = at;
+    cfg.numAttrs = 1;
+    return cudaLaunchKernelEx(&cfg, wg_gemm<BN, CL>, mx, mw, y16, y32, n, chunks);
+  }
+}
+
+// the instantiation for (bn, cl); mx's box must be 128/cl rows
+cudaError_t launch_any(int bn, int cl, const CUtensorMap& mx, const CUtensorMap& mw, __half* y16, float* y32, int n,
+                       int k, int split, cudaStream_t st) {
+  if (bn == 32) {
+    if (cl == 1) return launch<32, 1>(mx, mw, y16, y32, n, k, split, st);
+    if (cl == 2) return launch<32, 2>(mx, mw, y16, y32, n, k, split, st);
+    if (cl == 4) return launch<32, 4>(mx, mw, y16, y32, n, k, split, st);
+  } else {
+    if (cl == 1) return launch<64, 1>(mx, mw, y16, y32, n, k, split, st);
+    if (cl == 2) return launch<64, 2>(mx, mw, y16, y32, n, k, split, st);
+    if (cl == 4) return launch<64, 4>(mx, mw, y16, y32, n, k, split, st);
+  }
+  return cudaErrorInvalidValue;
+}
+
+template <int BN, int CL>
+void allow_smem() {
+  CK(cudaFuncSetAttribute(wg_gemm<BN, CL>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_size<BN>()));
 }
 
 __global__ void transpose(const __half* w, __half* wt, int k, int n) {  // w [k][n] -> wt [n][k]
@@ -226,7 +300,9 @@ struct Shape {
 }  // namespace
 
 int main(int argc, char** argv) {
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);  // lines survive a timeout's kill (a wrong barrier count hangs)
   const int M = argc > 1 ? std::atoi(argv[1]) : 128;
+  const char* clusters = argc > 2 ? argv[2] : "124";  // the cluster sizes to try, as digits
   if (M != kMaxM) {
     std::fprintf(stderr, "this tile takes M = %d rows (two warpgroups of 64)\n", kMaxM);
     return 2;
@@ -235,8 +311,12 @@ int main(int argc, char** argv) {
   CK(cudaGetDeviceProperties(&prop, 0));
   std::printf("device %s, %d SMs, L2 %d MB; M = %d rows, fp16 operands, fp32 accumulation, no epilogue\n", prop.name,
               prop.multiProcessorCount, prop.l2CacheSize >> 20, M);
-  CK(cudaFuncSetAttribute(wg_gemm<32>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_size<32>()));
-  CK(cudaFuncSetAttribute(wg_gemm<64>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_size<64>()));
+  allow_smem<32, 1>();
+  allow_smem<32, 2>();
+  allow_smem<32, 4>();
+  allow_smem<64, 1>();
+  allow_smem<64, 2>();
+  allow_smem<64, 4>();
   const Shape shapes[] = {{"qkv", 2304, 768}, {"attn_out", 768, 768}, {"ffn1", 3072, 768}, {"ffn2", 768, 3072}};
   cublasLtHandle_t lt;
   LK(cublasLtCreate(&lt));
@@ -245,7 +325,7 @@ int main(int argc, char** argv) {
   CK(cudaMalloc(&wsp, ws_bytes));
   cudaStream_t st;
   CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
-  std::printf("%-9s %-26s %10s %12s\n", "gemm", "candidate", "us/launch", "max_rel_err");
+  std::printf("%-9s %-34s %10s %12s\n", "gemm", "candidate", "us/launch", "max_rel_err");
   float sum_lt = 0, sum_own = 0;
   for (int si = 0; si < 4; ++si) {
     const Shape& s = shapes[si];
@@ -268,11 +348,12 @@ int main(int argc, char** argv) {
     CK(cudaMalloc(&y, (size_t)M * s.n * 2));
     CK(cudaMalloc(&yref, (size_t)M * s.n * 2));
     CK(cudaMalloc(&y32, (size_t)M * s.n * 4));
-    const CUtensorMap mx = tensor_map(x, M, s.k, M);
+    const CUtensorMap mx1 = tensor_map(x, M, s.k, M), mx2 = tensor_map(x, M, s.k, M / 2),
+                      mx4 = tensor_map(x, M, s.k, M / 4);
     CK(cudaDeviceSynchronize());
 
     LtBest b = lt_best(lt, M, s.n, s.k, CUBLASLT_EPILOGUE_DEFAULT, nullptr, w, x, y, wsp, ws_bytes, st, nullptr);
-    std::printf("%-9s %-26s %10.2f\n", s.name, "cuBLASLt (best of 8)", b.us);
+    std::printf("%-9s %-34s %10.2f\n", s.name, "cuBLASLt (best of 8)", b.us);
     LK(b.run(lt, x, w[0], yref, wsp, st));
     CK(cudaStreamSynchronize(st));
     std::vector<__half> ref((size_t)M * s.n), got16((size_t)M * s.n);
@@ -283,46 +364,50 @@ int main(int argc, char** argv) {
 
     float best = 1e9f;
     const int kchunks = s.k / kChunk;
-    for (int bn : {32, 64}) {
-      for (int split : {1, 2, 3, 4, 6, 8, 12}) {
-        if (kchunks % split || s.n % bn) continue;
-        const int ctas = s.n / bn * split;
-        if (ctas > 2 * prop.multiProcessorCount || ctas < 8) continue;
-        auto run = [&](int c) {
-          return (bn == 32 ? launch<32>(mx, mw32[c], y, y32, s.n, s.k, split, st)
-                           : launch<64>(mx, mw64[c], y, y32, s.n, s.k, split, st)) == cudaSuccess;
-        };
-        CK(cudaMemset(y, 0xff, (size_t)M * s.n * 2));
-        cudaError_t le = run(0) ? cudaStreamSynchronize(st) : cudaGetLastError();
-        if (le != cudaSuccess) {
-          std::printf("%-9s own bn%-3d split %-2d (%3d CTAs)   launch failed: %s\n", s.name, bn, split, ctas,
-                      cudaGetErrorString(le));
-          return 1;  // a fault leaves the context unusable
+    for (int cl : {1, 2, 4}) {
+      if (!std::strchr(clusters, '0' + cl)) continue;
+      const CUtensorMap& mx = cl == 1 ? mx1 : cl == 2 ? mx2 : mx4;
+      for (int bn : {32, 64}) {
+        for (int split : {1, 2, 3, 4, 6, 8, 12}) {
+          if (kchunks % split || s.n % bn || (s.n / bn) % cl) continue;
+          if (cl > 1 && kchunks / split > kStages) continue;  // clusters fill each stage once
+          const int ctas = s.n / bn * split;
+          if (ctas > 2 * prop.multiProcessorCount || ctas < 8) continue;
+          auto run = [&](int c) {
+            return launch_any(bn, cl, mx, bn == 32 ? mw32[c] : mw64[c], y, y32, s.n, s.k, split, st) == cudaSuccess;
+          };
+          char label[64];
+          std::snprintf(label, sizeof label, "own bn%d cl%d split %d (%d CTAs)", bn, cl, split, ctas);
+          CK(cudaMemset(y, 0xff, (size_t)M * s.n * 2));
+          cudaError_t le = run(0) ? cudaStreamSynchronize(st) : cudaGetLastError();
+          if (le != cudaSuccess) {
+            std::printf("%-9s %-34s launch failed: %s\n", s.name, label, cudaGetErrorString(le));
+            return 1;  // a fault leaves the context unusable
+          }
+          float err = 0;
+          if (split == 1) {
+            CK(cudaMemcpy(got16.data(), y, got16.size() * 2, cudaMemcpyDeviceToHost));
+            for (size_t i = 0; i < ref.size(); ++i)
+              err = std::max(err, std::fabs(__half2float(got16[i]) - __half2float(ref[i])));
+          } else {
+            CK(cudaMemcpy(got32.data(), y32, got32.size() * 4, cudaMemcpyDeviceToHost));
+            for (size_t i = 0; i < ref.size(); ++i) err = std::max(err, std::fabs(got32[i] - __half2float(ref[i])));
+          }
+          err /= ref_max;
+          if (!(err < 4e-3f)) {
+            std::printf("%-9s %-34s WRONG: max error %.3g of max |y|\n", s.name, label, err);
+            continue;
+          }
+          const float us = graph_ms_per_launch(st, copies, run) * 1e3f;
+          std::printf("%-9s %-34s %10.2f %12.2e\n", s.name, label, us, err);
+          best = std::min(best, us);
         }
-        float err = 0;
-        if (split == 1) {
-          CK(cudaMemcpy(got16.data(), y, got16.size() * 2, cudaMemcpyDeviceToHost));
-          for (size_t i = 0; i < ref.size(); ++i)
-            err = std::max(err, std::fabs(__half2float(got16[i]) - __half2float(ref[i])));
-        } else {
-          CK(cudaMemcpy(got32.data(), y32, got32.size() * 4, cudaMemcpyDeviceToHost));
-          for (size_t i = 0; i < ref.size(); ++i) err = std::max(err, std::fabs(got32[i] - __half2float(ref[i])));
-        }
-        err /= ref_max;
-        if (!(err < 4e-3f)) {
-          std::printf("%-9s own bn%-3d split %-2d (%3d CTAs)   WRONG: max error %.3g of max |y|\n", s.name, bn, split,
-                      ctas, err);
-          continue;
-        }
-        const float us = graph_ms_per_launch(st, copies, run) * 1e3f;
-        std::printf("%-9s own bn%-3d split %-2d (%3d CTAs) %10.2f %12.2e\n", s.name, bn, split, ctas, us, err);
-        best = std::min(best, us);
       }
     }
     const float ms_memset = graph_ms_per_launch(st, copies, [&](int) {
       return cudaMemsetAsync(y32, 0, (size_t)M * s.n * 4, st) == cudaSuccess;
     });
-    std::printf("%-9s %-26s %10.2f\n", s.name, "(the memset alone)", ms_memset * 1e3f);
+    std::printf("%-9s %-34s %10.2f\n", s.name, "(the memset alone)", ms_memset * 1e3f);
     std::printf("%-9s best own %.2f us against cuBLASLt %.2f (%.2fx)\n", s.name, best, b.us, best / b.us);
     sum_lt += b.us;
     sum_own += best;
