@@ -5,7 +5,8 @@
 // fp32 accumulators; two warpgroups, 64 rows each). K split S ways: the slices add fp32 into a zeroed output with
 // atomics (the memset is in the timed graph); S = 1 stores fp16. With clusters of 2 or 4 CTAs along N, the
 // activation block is multicast by TMA (each CTA loads a quarter or half of its rows for all), so the L2 serves it
-// once a cluster rather than once a CTA. Against cuBLASLt's best heuristic candidate (of 8)
+// once a cluster rather than once a CTA. Or the K split as a cluster of 2, 4 or 8 CTAs along K that sums its fp32
+// partials in distributed shared memory and stores fp16 (no memset, no atomics). Against cuBLASLt's best heuristic candidate (of 8)
 // for the same GEMM in the runtime's layout, no epilogue, fp16 out. The question: does a Hopper-native tile beat
 // cuBLASLt's per-GEMM time at these shapes, before any persistent-kernel machinery (docs/performance.md, "Batch 1 x
 // 128"). A measurement tool, not part of the runtime. Weights: W^T [N][K] packed once (a persistent kernel packs
@@ -13,7 +14,8 @@
 //
 //   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -Itools/cuda -I$CUBLAS/include tools/cuda/wgmma_tile.cu -L$CUBLAS/lib \
 //        -l:libcublasLt.so.13 -Xlinker -rpath=$CUBLAS/lib -o /tmp/wgmma_tile     (CUBLAS: PyPI nvidia-cublas's nvidia/cu13)
-//   /tmp/wgmma_tile [M=128] [CLUSTERS=124]     (CLUSTERS: the cluster sizes to try, as digits: "1" = no multicast)
+//   /tmp/wgmma_tile [M=128] [CLUSTERS=124k]   (CLUSTERS: cluster sizes along N to try, as digits, "1" = no multicast;
+//                                              "k": K split over clusters of 2, 4, 8 reduced in shared memory)
 //
 // Then the 48 GEMMs of BERT-base's 12 layers in one graph with each shape's fastest configuration, against
 // cuBLASLt's, and the same with Programmatic Dependent Launch: the tile issues its weight loads before
@@ -28,6 +30,7 @@
 #include <cudaTypedefs.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#include <cooperative_groups.h>
 
 #include <algorithm>
 #include <cmath>
@@ -140,7 +143,11 @@ __host__ __device__ constexpr int stage_bytes() { return kMaxM * kChunk * 2 + BN
 // [r*128/CL, (r+1)*128/CL) of each chunk into every CTA of the cluster (TMA multicast; mx's box is 128/CL rows),
 // so each CTA reads 1/CL of the activations from the L2. A peer writes into this CTA's stages, so with clusters a
 // stage is filled once (chunks <= kStages, checked by the host): no ring reuse to coordinate across CTAs.
-template <int BN, int CL>
+// KS > 1: the K split is a cluster of KS CTAs along grid y (one column tile, K slices): each CTA leaves its fp32
+// partial in its own shared memory, and CTA rank q of the cluster sums rows [q*128/KS, (q+1)*128/KS) over all
+// the cluster's partials (distributed shared memory, fixed order) and stores them as fp16: no memset, no atomics,
+// and the whole sum in one place, where an epilogue (bias, GELU, residual) would go.
+template <int BN, int CL, int KS>
 __global__ void __launch_bounds__(kThreads) wg_gemm(const __grid_constant__ CUtensorMap mx,
                                                     const __grid_constant__ CUtensorMap mw, __half* y16, float* y32,
                                                     int n, int chunks) {
@@ -206,18 +213,49 @@ __global__ void __launch_bounds__(kThreads) wg_gemm(const __grid_constant__ CUte
   // the accumulator fragment: warp w of the warpgroup holds rows 16w.., lane l rows l/4 and l/4 + 8, columns
   // 8j + 2(l%4) + {0, 1} of each 8-column block j
   const int r0 = wg * 64 + warp * 16 + lane / 4;
+  if constexpr (KS > 1) {
+    namespace cg = cooperative_groups;
+    cg::cluster_group cluster = cg::this_cluster();
+    constexpr int ld = BN + 4;  // fp32 row stride of the partial: 16-byte rows, banks staggered
+    float* part = reinterpret_cast<float*>(smem);  // every stage is consumed: the ring's memory is free
 #pragma unroll
-  for (int j = 0; j < BN / 8; ++j) {
-    const int col = col0 + 8 * j + 2 * (lane % 4);
+    for (int j = 0; j < BN / 8; ++j)
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int row = r0 + 8 * h;
-      const float v0 = d[4 * j + 2 * h], v1 = d[4 * j + 2 * h + 1];
-      if (gridDim.y == 1) {
-        *reinterpret_cast<__half2*>(&y16[(size_t)row * n + col]) = __floats2half2_rn(v0, v1);
-      } else {
-        atomicAdd(&y32[(size_t)row * n + col], v0);
-        atomicAdd(&y32[(size_t)row * n + col + 1], v1);
+      for (int h = 0; h < 2; ++h)
+        *reinterpret_cast<float2*>(&part[(r0 + 8 * h) * ld + 8 * j + 2 * (lane % 4)]) =
+            make_float2(d[4 * j + 2 * h], d[4 * j + 2 * h + 1]);
+    cluster.sync();
+    constexpr int rows = kMaxM / KS;
+    const int q = static_cast<int>(cluster.block_rank());
+    for (int e = tid; e < rows * BN / 4; e += kThreads) {
+      const int row = q * rows + e / (BN / 4), c4 = (e % (BN / 4)) * 4;
+      float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+      for (int p = 0; p < KS; ++p) {
+        const float4 v = *reinterpret_cast<const float4*>(cluster.map_shared_rank(&part[row * ld + c4], p));
+        acc.x += v.x;
+        acc.y += v.y;
+        acc.z += v.z;
+        acc.w += v.w;
+      }
+      __half2 o[2] = {__floats2half2_rn(acc.x, acc.y), __floats2half2_rn(acc.z, acc.w)};
+      *reinterpret_cast<uint2*>(&y16[(size_t)row * n + col0 + c4]) = *reinterpret_cast<uint2*>(o);
+    }
+    cluster.sync();  // no CTA leaves while a peer still reads its partial
+  } else {
+#pragma unroll
+    for (int j = 0; j < BN / 8; ++j) {
+      const int col = col0 + 8 * j + 2 * (lane % 4);
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int row = r0 + 8 * h;
+        const float v0 = d[4 * j + 2 * h], v1 = d[4 * j + 2 * h + 1];
+        if (gridDim.y == 1) {
+          *reinterpret_cast<__half2*>(&y16[(size_t)row * n + col]) = __floats2half2_rn(v0, v1);
+        } else {
+          atomicAdd(&y32[(size_t)row * n + col], v0);
+          atomicAdd(&y32[(size_t)row * n + col + 1], v1);
+        }
       }
     }
   }
@@ -258,10 +296,11 @@ CUtensorMap tensor_map(const __half* p, int rows, int cols, int box_rows) {
 template <int BN>
 size_t smem_size() { return kStages * stage_bytes<BN>() + kStages * 8 + 1024; }
 
-template <int BN, int CL>
+template <int BN, int CL, int KS>
 cudaError_t launch(const CUtensorMap& mx, const CUtensorMap& mw, __half* y16, float* y32, int n, int k, int split,
                    bool pdl, cudaStream_t st) {
-  if (split > 1) {
+  if (KS > 1) split = KS;
+  if (split > 1 && KS == 1) {
     const cudaError_t e = cudaMemsetAsync(y32, 0, (size_t)kMaxM * n * 4, st);
     if (e != cudaSuccess) return e;
   }
@@ -272,10 +311,10 @@ cudaError_t launch(const CUtensorMap& mx, const CUtensorMap& mw, __half* y16, fl
   cfg.stream = st;
   cudaLaunchAttribute at[2];
   unsigned na = 0;
-  if (CL > 1) {
+  if (CL > 1 || KS > 1) {
     at[na].id = cudaLaunchAttributeClusterDimension;
     at[na].val.clusterDim.x = CL;
-    at[na].val.clusterDim.y = 1;
+    at[na].val.clusterDim.y = KS;
     at[na].val.clusterDim.z = 1;
     ++na;
   }
@@ -286,27 +325,41 @@ cudaError_t launch(const CUtensorMap& mx, const CUtensorMap& mw, __half* y16, fl
   }
   cfg.attrs = at;
   cfg.numAttrs = na;
-  return cudaLaunchKernelEx(&cfg, wg_gemm<BN, CL>, mx, mw, y16, y32, n, k / kChunk / split);
+  return cudaLaunchKernelEx(&cfg, wg_gemm<BN, CL, KS>, mx, mw, y16, y32, n, k / kChunk / split);
 }
 
-// the instantiation for (bn, cl); mx's box must be 128/cl rows
-cudaError_t launch_any(int bn, int cl, const CUtensorMap& mx, const CUtensorMap& mw, __half* y16, float* y32, int n,
-                       int k, int split, bool pdl, cudaStream_t st) {
-  if (bn == 32) {
-    if (cl == 1) return launch<32, 1>(mx, mw, y16, y32, n, k, split, pdl, st);
-    if (cl == 2) return launch<32, 2>(mx, mw, y16, y32, n, k, split, pdl, st);
-    if (cl == 4) return launch<32, 4>(mx, mw, y16, y32, n, k, split, pdl, st);
-  } else {
-    if (cl == 1) return launch<64, 1>(mx, mw, y16, y32, n, k, split, pdl, st);
-    if (cl == 2) return launch<64, 2>(mx, mw, y16, y32, n, k, split, pdl, st);
-    if (cl == 4) return launch<64, 4>(mx, mw, y16, y32, n, k, split, pdl, st);
-  }
+// the instantiation for (bn, cl, ks); mx's box must be 128/cl rows
+template <int BN>
+cudaError_t launch_bn(int cl, int ks, const CUtensorMap& mx, const CUtensorMap& mw, __half* y16, float* y32, int n,
+                      int k, int split, bool pdl, cudaStream_t st) {
+  if (ks == 1 && cl == 1) return launch<BN, 1, 1>(mx, mw, y16, y32, n, k, split, pdl, st);
+  if (ks == 1 && cl == 2) return launch<BN, 2, 1>(mx, mw, y16, y32, n, k, split, pdl, st);
+  if (ks == 1 && cl == 4) return launch<BN, 4, 1>(mx, mw, y16, y32, n, k, split, pdl, st);
+  if (cl == 1 && ks == 2) return launch<BN, 1, 2>(mx, mw, y16, y32, n, k, split, pdl, st);
+  if (cl == 1 && ks == 4) return launch<BN, 1, 4>(mx, mw, y16, y32, n, k, split, pdl, st);
+  if (cl == 1 && ks == 8) return launch<BN, 1, 8>(mx, mw, y16, y32, n, k, split, pdl, st);
   return cudaErrorInvalidValue;
 }
 
-template <int BN, int CL>
+cudaError_t launch_any(int bn, int cl, int ks, const CUtensorMap& mx, const CUtensorMap& mw, __half* y16, float* y32,
+                       int n, int k, int split, bool pdl, cudaStream_t st) {
+  return bn == 32 ? launch_bn<32>(cl, ks, mx, mw, y16, y32, n, k, split, pdl, st)
+                  : launch_bn<64>(cl, ks, mx, mw, y16, y32, n, k, split, pdl, st);
+}
+
+template <int BN, int CL, int KS>
 void allow_smem() {
-  CK(cudaFuncSetAttribute(wg_gemm<BN, CL>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_size<BN>()));
+  CK(cudaFuncSetAttribute(wg_gemm<BN, CL, KS>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_size<BN>()));
+}
+
+template <int BN>
+void allow_smem_bn() {
+  allow_smem<BN, 1, 1>();
+  allow_smem<BN, 2, 1>();
+  allow_smem<BN, 4, 1>();
+  allow_smem<BN, 1, 2>();
+  allow_smem<BN, 1, 4>();
+  allow_smem<BN, 1, 8>();
 }
 
 __global__ void transpose(const __half* w, __half* wt, int k, int n) {  // w [k][n] -> wt [n][k]
@@ -320,7 +373,7 @@ struct Shape {
 };
 
 struct Config {
-  int bn = 0, cl = 1, split = 1;
+  int bn = 0, cl = 1, split = 1, ks = 1;  // ks > 1: the split is a cluster along K (split == ks)
   float us = 1e9f;
 };
 
@@ -337,8 +390,8 @@ struct Buffers {
   Config best;
   const CUtensorMap& mx_for(int cl) const { return mx[cl == 1 ? 0 : cl == 2 ? 1 : 2]; }
   bool run(const Config& c, int copy, bool pdl, cudaStream_t st) const {
-    return launch_any(c.bn, c.cl, mx_for(c.cl), c.bn == 32 ? mw32[copy] : mw64[copy], y, y32, s.n, s.k, c.split,
-                      pdl, st) == cudaSuccess;
+    return launch_any(c.bn, c.cl, c.ks, mx_for(c.cl), c.bn == 32 ? mw32[copy] : mw64[copy], y, y32, s.n, s.k,
+                      c.split, pdl, st) == cudaSuccess;
   }
 };
 
@@ -347,7 +400,7 @@ struct Buffers {
 int main(int argc, char** argv) {
   std::setvbuf(stdout, nullptr, _IOLBF, 0);  // lines survive a timeout's kill (a wrong barrier count hangs)
   const int M = argc > 1 ? std::atoi(argv[1]) : 128;
-  const char* clusters = argc > 2 ? argv[2] : "124";  // the cluster sizes to try, as digits
+  const char* clusters = argc > 2 ? argv[2] : "124k";  // cluster sizes along N to try, as digits; k: along K
   if (M != kMaxM) {
     std::fprintf(stderr, "this tile takes M = %d rows (two warpgroups of 64)\n", kMaxM);
     return 2;
@@ -356,12 +409,8 @@ int main(int argc, char** argv) {
   CK(cudaGetDeviceProperties(&prop, 0));
   std::printf("device %s, %d SMs, L2 %d MB; M = %d rows, fp16 operands, fp32 accumulation, no epilogue\n", prop.name,
               prop.multiProcessorCount, prop.l2CacheSize >> 20, M);
-  allow_smem<32, 1>();
-  allow_smem<32, 2>();
-  allow_smem<32, 4>();
-  allow_smem<64, 1>();
-  allow_smem<64, 2>();
-  allow_smem<64, 4>();
+  allow_smem_bn<32>();
+  allow_smem_bn<64>();
   const Shape shapes[] = {{"qkv", 2304, 768}, {"attn_out", 768, 768}, {"ffn1", 3072, 768}, {"ffn2", 768, 3072}};
   constexpr int kLayers = 12;
   cublasLtHandle_t lt;
@@ -412,17 +461,23 @@ int main(int argc, char** argv) {
     for (auto v : ref) ref_max = std::max(ref_max, std::fabs(__half2float(v)));
 
     const int kchunks = s.k / kChunk;
-    for (int cl : {1, 2, 4}) {
-      if (!std::strchr(clusters, '0' + cl)) continue;
+    const int modes[][2] = {{1, 1}, {2, 1}, {4, 1}, {1, 2}, {1, 4}, {1, 8}};  // (cl, ks)
+    for (const auto& mode : modes) {
+      const int cl = mode[0], ks = mode[1];
+      if (ks == 1 ? !std::strchr(clusters, '0' + cl) : !std::strchr(clusters, 'k')) continue;
       for (int bn : {32, 64}) {
         for (int split : {1, 2, 3, 4, 6, 8, 12}) {
+          if (ks > 1 && split != ks) continue;
           if (kchunks % split || s.n % bn || (s.n / bn) % cl) continue;
           if (cl > 1 && kchunks / split > kStages) continue;  // clusters fill each stage once
           const int ctas = s.n / bn * split;
           if (ctas > 2 * prop.multiProcessorCount || ctas < 8) continue;
-          Config cfg{bn, cl, split};
+          Config cfg{bn, cl, split, ks};
           char label[64];
-          std::snprintf(label, sizeof label, "own bn%d cl%d split %d (%d CTAs)", bn, cl, split, ctas);
+          if (ks > 1)
+            std::snprintf(label, sizeof label, "own bn%d K-cluster %d (%d CTAs)", bn, ks, ctas);
+          else
+            std::snprintf(label, sizeof label, "own bn%d cl%d split %d (%d CTAs)", bn, cl, split, ctas);
           CK(cudaMemset(B.y, 0xff, (size_t)M * s.n * 2));
           cudaError_t le = B.run(cfg, 0, false, st) ? cudaStreamSynchronize(st) : cudaGetLastError();
           if (le != cudaSuccess) {
@@ -430,7 +485,7 @@ int main(int argc, char** argv) {
             return 1;  // a fault leaves the context unusable
           }
           float err = 0;
-          if (split == 1) {
+          if (split == 1 || ks > 1) {
             CK(cudaMemcpy(got16.data(), B.y, got16.size() * 2, cudaMemcpyDeviceToHost));
             for (size_t i = 0; i < ref.size(); ++i)
               err = std::max(err, std::fabs(__half2float(got16[i]) - __half2float(ref[i])));
@@ -457,8 +512,8 @@ int main(int argc, char** argv) {
       std::printf("%-9s no configuration of the tile ran correctly\n", s.name);
       return 1;
     }
-    std::printf("%-9s best own %.2f us (bn%d cl%d split %d) against cuBLASLt %.2f (%.2fx)\n", s.name, B.best.us,
-                B.best.bn, B.best.cl, B.best.split, B.lt.us, B.best.us / B.lt.us);
+    std::printf("%-9s best own %.2f us (bn%d cl%d split %d ks %d) against cuBLASLt %.2f (%.2fx)\n", s.name,
+                B.best.us, B.best.bn, B.best.cl, B.best.split, B.best.ks, B.lt.us, B.best.us / B.lt.us);
     sum_lt += B.lt.us;
     sum_own += B.best.us;
   }
