@@ -9,6 +9,7 @@
 #              kernel in every forced configuration and with query tiles sharing K/V, layernorm, embedding.
 #              Shared-memory hazards that memcheck does not see (one was found this way);
 #              RACE_TIMEOUT (default 300)
+#   build      nothing after the build (a name no step has: scripts that only need trtrun._C built)
 # Logs go to $OUT (the device tool's folder) or ./out. Carried along: .whl/ (wheels missing there, e.g.
 # onnx-graphsurgeon) and .gpudata/ (data folder: MiniLM, texts; tools/gpudata.py writes it), both ignored by git.
 # Environment: TEST_FILES ("name:seconds ..."; the default list takes longer than one 10-minute device call: split it), SAN_TIMEOUT (default 200), PYTEST_ARGS (extra pytest args).
