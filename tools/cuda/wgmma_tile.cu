@@ -3,14 +3,15 @@
 // over a K slice, both operands brought into shared memory by the Tensor Memory Accelerator (128-byte swizzle, an
 // 8-stage ring of 64-column K chunks, one mbarrier a stage) and multiplied by warpgroup MMAs (wgmma, fp16 operands,
 // fp32 accumulators; two warpgroups, 64 rows each). K split S ways: the slices add fp32 into a zeroed output with
-// atomics (the memset is in the timed graph); S = 1 stores fp16. With clusters of 2 or 4 CTAs along N, the
-// activation block is multicast by TMA (each CTA loads a quarter or half of its rows for all), so the L2 serves it
-// once a cluster rather than once a CTA. Or the K split as a cluster of 2, 4 or 8 CTAs along K that sums its fp32
-// partials in distributed shared memory and stores fp16 (no memset, no atomics). Against cuBLASLt's best heuristic candidate (of 8)
-// for the same GEMM in the runtime's layout, no epilogue, fp16 out. The question: does a Hopper-native tile beat
-// cuBLASLt's per-GEMM time at these shapes, before any persistent-kernel machinery (docs/performance.md, "Batch 1 x
-// 128"). A measurement tool, not part of the runtime. Weights: W^T [N][K] packed once (a persistent kernel packs
-// its weights when the context is made), copies over 200 MB so each launch reads cold weights, as cuBLASLt's do.
+// atomics (the memset is in the timed graph); S = 1 stores fp16. Or the K split as a cluster of 2, 4 or 8 CTAs
+// along K that sums its fp32 partials in distributed shared memory and stores fp16 (no memset, no atomics). With
+// clusters of 2 or 4 CTAs along N, the activation block is multicast by TMA (each CTA loads a half or a quarter of
+// its rows for all), so the L2 serves it once a cluster rather than once a CTA. Against cuBLASLt's best heuristic
+// candidate (of 8) for the same GEMM in the runtime's layout, no epilogue, fp16 out. The question: does a
+// Hopper-native tile beat cuBLASLt's per-GEMM time at these shapes, before any persistent-kernel machinery
+// (docs/performance.md, "Batch 1 x 128"). A measurement tool, not part of the runtime. Weights: W^T [N][K] packed
+// once (a persistent kernel packs its weights when the context is made), copies over 200 MB so each launch reads
+// cold weights, as cuBLASLt's do.
 //
 //   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -Itools/cuda -I$CUBLAS/include tools/cuda/wgmma_tile.cu -L$CUBLAS/lib \
 //        -l:libcublasLt.so.13 -Xlinker -rpath=$CUBLAS/lib -o /tmp/wgmma_tile     (CUBLAS: PyPI nvidia-cublas's nvidia/cu13)
