@@ -39,6 +39,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "bench_graph.h"
@@ -536,13 +537,11 @@ int main(int argc, char** argv) {
     });
     return ms * 1e3f * kLayers;
   };
+  // a chain's time, or "failed" where the graph's capture or a launch failed
   auto show = [](float us) {
-    static char buf[4][32];
-    static int i = 0;
-    i = (i + 1) % 4;
-    if (us > 0) std::snprintf(buf[i], sizeof buf[i], "%.1f us", us);
-    else std::snprintf(buf[i], sizeof buf[i], "failed");  // the graph's capture or a launch failed
-    return buf[i];
+    char b[32];
+    std::snprintf(b, sizeof b, us > 0 ? "%.1f us" : "failed", us);
+    return std::string(b);
   };
   const bool direct = std::all_of(bufs.begin(), bufs.end(), [](const Buffers& B) { return B.best_direct.bn != 0; });
   for (int round = 0; round < 2; ++round) {
@@ -552,12 +551,12 @@ int main(int argc, char** argv) {
     const float t_own = chain_us([&](const Buffers& B, int l) { return B.run(B.best, l, false, st); });
     const float t_pdl = chain_us([&](const Buffers& B, int l) { return B.run(B.best, l, true, st); });
     std::printf("12 layers x 4 GEMMs in one graph (round %d): cuBLASLt %s; own fastest %s, with PDL %s\n", round + 1,
-                show(t_lt), show(t_own), show(t_pdl));
+                show(t_lt).c_str(), show(t_own).c_str(), show(t_pdl).c_str());
     if (direct) {
       const float t_d = chain_us([&](const Buffers& B, int l) { return B.run(B.best_direct, l, false, st); });
       const float t_dp = chain_us([&](const Buffers& B, int l) { return B.run(B.best_direct, l, true, st); });
       std::printf("   own without memsets (no split or the K-cluster one): %s, with PDL (weights loaded before the "
-                  "wait) %s\n", show(t_d), show(t_dp));
+                  "wait) %s\n", show(t_d).c_str(), show(t_dp).c_str());
     }
   }
   return 0;
