@@ -492,7 +492,7 @@ def test_summary_statements_on_gpu_like_records(tmp_path):
     assert "| trtrun-hybrid | on | 1 | 128 | 1.050 | torch-compile | 0.800 | 1.31 | GPU time |" in text
     assert "| trtrun-fp32 | on | 32 | 128 | 6.000 | torch-compile | 2.500 | 2.40 | GPU time |" in text
     assert "trtrun-hybrid | on | 32" not in text  # 2.2 < 2.5: faster there
-    assert "issue 3's speed targets" in text and "| NO |" in text  # 1.05 ms > 0.35 ms
+    assert "bert-base: speed targets" in text and "| NO |" in text  # 1.05 ms > 0.35 ms
     assert "torch-fp16: error at 1 point(s): OutOfMemoryError: boom" in text
     assert "- gpu_uuid: GPU-8707fc88-0000" in text  # which card of that model: hosts differ by a few percent
     from trtrun.bench.results import header_block

@@ -20,7 +20,7 @@ from ..types import (BACKENDS, BASELINES, BENCH_BATCHES, BENCH_SEQS, CUDA_GRAPHS
 DEFAULT_GEMM_SEARCH = GEMM_SEARCH_DEFAULTS["bench"]
 
 # torch.compile compiles once per shape (dynamic=False), 10-30 s each for BERT-base: by default only this
-# 3 x 3 subset (the shapes of issue 3's acceptance), intersected with the grid.
+# 3 x 3 subset (the speed grid's shapes, bench/grid.toml), intersected with the grid.
 DEFAULT_COMPILE_SUBSET = {"batch": (1, 8, 32), "seq": (32, 128, 512)}
 # onnxruntime fp32 on the CPU takes seconds per run at batch 32 x 512: the same subset by default.
 DEFAULT_CPU_SUBSET = {"batch": (1, 8, 32), "seq": (32, 128, 512)}
