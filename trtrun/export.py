@@ -48,7 +48,7 @@ def _import_torch():
 # The newer named architectures: their config class, the shape of a real model of the family (the default,
 # so `trtrun export llama` is a model people run), and the config keys an override may set beyond the sizes.
 _FAMILIES = {
-    # SmolLM2-135M's shape (issue 20's real decoder)
+    # SmolLM2-135M's shape (the decoder whose real weights the data set has)
     "llama": ("LlamaConfig", dict(hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
                                   intermediate_size=1536, vocab_size=49152, max_position_embeddings=8192,
                                   rms_norm_eps=1e-5, rope_theta=100000.0, tie_word_embeddings=True)),

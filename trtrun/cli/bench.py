@@ -1,7 +1,7 @@
 """`trtrun bench`: latency, throughput and memory of trtrun against PyTorch and the CPU over a grid.
 
 Options given on the command line override the config file (--config); everything else keeps the
-defaults of issue 4 (batch 1..32, sequence 32..512, precisions fp32,fp16,hybrid, every baseline).
+defaults (batch 1..32, sequence 32..512, precisions fp32,fp16,hybrid, every baseline).
 """
 
 from __future__ import annotations
