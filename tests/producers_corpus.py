@@ -382,6 +382,9 @@ FAMILY = {
     # the causal ModernBERT (Ettin decoders): ModernBERT's blocks with a causal mask and local/global layers
     "modernbert-decoder": ("ModernBertDecoderConfig", dict(_S, pad_token_id=0, bos_token_id=1, eos_token_id=2,
                                                            cls_token_id=3, sep_token_id=4)),
+    # CLIP's text tower (also OpenCLIP's, Stable Diffusion's text encoder): pre-norm causal blocks, quick_gelu MLP
+    "clip-text": ("CLIPTextConfig", dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                                         num_attention_heads=4)),
 }
 BERT_FAMILY = ("roberta", "xlm-roberta", "distilbert", "electra", "albert")
 # transformers implements only eager attention for these

@@ -39,6 +39,8 @@ from .plan import Plan
 
 F16, F32, F64 = np.float16, np.float32, np.float64
 from .types import OP_PRECISIONS, PRECISIONS  # noqa: F401 (PRECISIONS: the classic three, re-exported)
+# quick_gelu's x * sigmoid(alpha x) (CLIP): 1.702 as the float32 exporters write and the GPU kernel uses
+QUICK_GELU_ALPHA = float(np.float32(1.702))
 _CHUNK_ELEMS = 1 << 22  # elements per row chunk in Linear/LayerNorm (16 MiB of float32)
 
 
@@ -119,10 +121,14 @@ def _gelu32(h: np.ndarray, activation: str) -> np.ndarray:
         y = np.maximum(x, 0.0)
     elif activation == "relu2":  # squared ReLU (Nemotron, Primer)
         y = np.square(np.maximum(x, 0.0))
+    elif activation == "quick_gelu":  # CLIP: x * sigmoid(1.702 x), with 1.702 as the float32 exporters write
+        with np.errstate(over="ignore"):
+            y = x / (1.0 + np.exp(-QUICK_GELU_ALPHA * x))
     elif activation == "tanh":  # BERT's pooler, RoBERTa's classification head
         y = np.tanh(x)
     else:
-        raise ValueError(f"activation must be gelu_erf, gelu_tanh, silu, relu, relu2 or tanh, got {activation!r}")
+        raise ValueError(f"activation must be gelu_erf, gelu_tanh, silu, relu, relu2, quick_gelu or tanh, got "
+                         f"{activation!r}")
     return y.astype(F32)
 
 

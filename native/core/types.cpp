@@ -31,7 +31,8 @@ constexpr Name<Activation> kActivations[] = {{Activation::None, "none"},
                                              {Activation::GeluTanh, "gelu_tanh"},
                                              {Activation::Silu, "silu"},
                                              {Activation::Relu, "relu"},
-                                             {Activation::Relu2, "relu2"}};
+                                             {Activation::Relu2, "relu2"},
+                                             {Activation::QuickGelu, "quick_gelu"}};
 // Listed by cost, as trtrun.types.GEMM_SEARCHES lists them.
 constexpr Name<GemmSearch> kGemmSearches[] = {
     {GemmSearch::Heuristic, "heuristic"}, {GemmSearch::Focused, "focused"}, {GemmSearch::Exhaustive, "exhaustive"}};

@@ -197,7 +197,7 @@ void bind_kernels(py::module_& m) {
       py::arg("residual_dtype"), py::arg("y"), py::arg("y_dtype"), py::arg("rows"), py::arg("m"), py::arg("gated"),
       py::arg("activation"), py::arg("round_h"), py::arg("stream") = 0, py::call_guard<py::gil_scoped_release>(),
       "y = act(h[:, :m]) * h[:, m:] (gated) or act(h) (+ residual); h = src (+ bias), rounded to y's dtype with "
-      "round_h. activation: 'none', 'gelu_erf', 'gelu_tanh', 'silu', 'relu' or 'relu2'.");
+      "round_h. activation: 'none', 'gelu_erf', 'gelu_tanh', 'silu', 'relu', 'relu2' or 'quick_gelu'.");
   p.def(
       "rotary",
       [](std::uintptr_t src, const std::string& src_t, std::uintptr_t dst, const std::string& dst_t,

@@ -96,12 +96,12 @@ struct LinearChoice {
   bool gelu_after = false; // gelu_erf: bias epilogue, then the gelu plugin in place on y (plan-format "hybrid")
 };
 
-// A Linear that cuBLASLt's epilogues do not finish: a gate (y = act(gate) * up, SwiGLU/GeGLU), silu, relu, relu2, or a
-// residual input. Its GEMM writes h and kernels/epilogue finishes y (linear_post); none of the fused paths below
-// takes it. (cuBLASLt has a RELU_BIAS epilogue that would save relu's elementwise pass; not measured yet.)
+// A Linear that cuBLASLt's epilogues do not finish: a gate (y = act(gate) * up, SwiGLU/GeGLU), silu, relu, relu2,
+// quick_gelu, or a residual input. Its GEMM writes h and kernels/epilogue finishes y (linear_post); none of the fused
+// paths below takes it. (cuBLASLt has a RELU_BIAS epilogue that would save relu's elementwise pass; not measured yet.)
 bool needs_post(const OpDesc& op) {
   return op.gated || op.activation == Activation::Silu || op.activation == Activation::Relu ||
-         op.activation == Activation::Relu2 ||
+         op.activation == Activation::Relu2 || op.activation == Activation::QuickGelu ||
          (op.inputs.size() > 1 && op.inputs[1] != NO_TENSOR);
 }
 
@@ -125,7 +125,8 @@ LinearChoice choose_linear(const OpDesc& op, const EngineDesc& d) {
       break;
     case Activation::Silu:
     case Activation::Relu:
-    case Activation::Relu2: break;  // needs_post: not reached
+    case Activation::Relu2:
+    case Activation::QuickGelu: break;  // needs_post: not reached
   }
   return c;
 }

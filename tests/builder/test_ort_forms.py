@@ -91,15 +91,32 @@ def test_layernormalization_below_opset_17(tmp_path):
     assert err < 1e-4
 
 
+@pytest.mark.parametrize("alpha", [1.702, None], ids=["alpha-1.702", "default-alpha"])
+def test_quick_gelu_of_clip(tmp_path, alpha):
+    """QuickGelu with CLIP's alpha (1.702, also the op's default), as onnxruntime's optimizer writes CLIP's MLP:
+    Linear with quick_gelu, the same numbers as onnxruntime's own kernel."""
+    w = _weights(np.random.default_rng(0))
+    kw = {} if alpha is None else {"alpha": alpha}
+    # a LayerNorm first: a MatMul right after the embedding lookup is folded into its table
+    nodes = [helper.make_node("LayerNormalization", ["x", "g1", "b2"], ["n"], name="ln", axis=-1, epsilon=1e-5),
+             helper.make_node("MatMul", ["n", "W1"], ["h"], name="fc1"),
+             helper.make_node("QuickGelu", ["h"], ["a"], name="clip_gelu", domain="com.microsoft", **kw),
+             helper.make_node("MatMul", ["a", "W2"], ["y"], name="fc2")]
+    plan, err = _build_and_compare(tmp_path, _token_model(nodes, w, 17))
+    ops = [(o["type"], o["attrs"].get("activation")) for o in plan.ops]
+    assert ops == [("Embedding", None), ("Linear", "quick_gelu"), ("Linear", "none")], ops
+    assert err < 1e-4  # fp32 both ways: rounding only (outputs of order 1)
+
+
 def test_quick_gelu_other_alpha_is_refused(tmp_path):
     import trtrun
 
     w = _weights(np.random.default_rng(0))
     nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"], name="fc1"),
-             helper.make_node("QuickGelu", ["h"], ["a"], name="clip_gelu", domain="com.microsoft", alpha=1.702),
+             helper.make_node("QuickGelu", ["h"], ["a"], name="odd_gelu", domain="com.microsoft", alpha=1.5),
              helper.make_node("MatMul", ["a", "W2"], ["y"], name="fc2")]
     onnx.save(_token_model(nodes, w, 17), str(tmp_path / "m.onnx"))
-    with pytest.raises(trtrun.UnsupportedOpError, match="'QuickGelu' at node 'clip_gelu'.*alpha 1.702"):
+    with pytest.raises(trtrun.UnsupportedOpError, match="'QuickGelu' at node 'odd_gelu'.*alpha 1.5.*1.702"):
         trtrun.build(tmp_path / "m.onnx")
 
 

@@ -640,7 +640,8 @@ def test_uncomputable_output_is_named(exported, tmp_path):
 
 # ---------------------------------------------------------------------- refused forms, external data
 def test_contrib_form_not_lowered_is_named(corpus, tmp_path):
-    """QuickGelu (x * sigmoid(1.702 x)) is no IR activation: one line naming the node and why."""
+    """QuickGelu with an alpha other than 1 (silu) and 1.702 (CLIP's quick_gelu) is no IR activation: one line
+    naming the node and why."""
     import onnx
     import trtrun
 
@@ -648,6 +649,7 @@ def test_contrib_form_not_lowered_is_named(corpus, tmp_path):
     n = next(n for n in m.graph.node if n.op_type == "BiasGelu")
     n.op_type, n.name = "QuickGelu", "my_quick_gelu"
     del n.input[1:]
+    n.attribute.append(onnx.helper.make_attribute("alpha", 2.0))
     onnx.save(m, str(tmp_path / "q.onnx"))
     with pytest.raises(trtrun.UnsupportedOpError, match="'QuickGelu' at node 'my_quick_gelu'.*sigmoid"):
         trtrun.build(tmp_path / "q.onnx")

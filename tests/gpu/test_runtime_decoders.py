@@ -280,6 +280,9 @@ EPI_CASES = [
     ("hybrid", True, "relu", F32, None, F16, False),       # ReGLU
     ("hybrid", False, "relu2", F16, None, F16, True),      # Nemotron, Arcee: squared ReLU, in place on y
     ("fp32", False, "relu2", F32, None, F32, False),
+    ("hybrid", False, "quick_gelu", F16, None, F16, True),  # CLIP: x * sigmoid(1.702 x), in place on y
+    ("fp32", False, "quick_gelu", F32, None, F32, False),
+    ("fp16", False, "quick_gelu", F32, F16, F16, False),    # an fp32 bias and a residual after it
 ]
 
 

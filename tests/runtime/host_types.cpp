@@ -49,7 +49,7 @@ int main() {
   check_enum<DType>("DType", 5);
   check_enum<OpType>("OpType", 5);
   check_enum<Precision>("Precision", 4);
-  check_enum<Activation>("Activation", 6);
+  check_enum<Activation>("Activation", 7);
   check_enum<GemmSearch>("GemmSearch", 3);
   check_enum<GemmEpilogue>("GemmEpilogue", 4);
   check_enum<GemmScale>("GemmScale", 3);

@@ -33,7 +33,7 @@ CODES_DEVICE_DTYPE = {"float32": 0, "float16": 1, "int32": 2, "int64": 2}  # as 
 CODES_DTYPE = {"float32": 0, "float16": 1, "int32": 2, "int64": 3, "float8_e4m3fn": 4}
 CODES_OP = {"Embedding": 0, "Linear": 1, "Attention": 2, "LayerNorm": 3, "RMSNorm": 4}
 CODES_PREC = {"fp32": 0, "fp16": 1, "hybrid": 2, "fp8": 3}
-CODES_ACT = {"none": 0, "gelu_erf": 1, "gelu_tanh": 2, "silu": 3, "relu": 4, "relu2": 5}
+CODES_ACT = {"none": 0, "gelu_erf": 1, "gelu_tanh": 2, "silu": 3, "relu": 4, "relu2": 5, "quick_gelu": 6}
 CODES_GEMM_SEARCH = {"heuristic": 0, "exhaustive": 1, "focused": 2}
 CODES_GEMM_EPILOGUE = {"none": 0, "bias": 1, "gelu": 2, "gelu_bias": 3}
 CODES_GEMM_SCALE = {"none": 0, "scalar": 1, "outer_vec": 2}
@@ -94,7 +94,7 @@ def test_bad_names_are_errors_naming_the_valid_ones(host):
     assert host["error"]["GemmSearch"] == (f"the GemmSearch must be one of {', '.join(runtime.GEMM_SEARCHES)}; "
                                            "got 'no-such-name'")
     assert host["error"]["DType"].startswith("the DType must be one of float32, float16, int32, int64, float8_e4m3fn;")
-    assert host["invalid"]["Activation"] == "<invalid Activation 10>"  # a bad cast (4 past the end): named, no crash
+    assert host["invalid"]["Activation"] == "<invalid Activation 11>"  # a bad cast (4 past the end): named, no crash
 
 
 def test_context_option_defaults_are_the_runtimes(host):

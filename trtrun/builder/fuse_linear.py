@@ -7,8 +7,8 @@
 GELU and SiLU are recognized by their semantics, not one exporter's node order: starting at the Linear's
 output t, take the largest set of elementwise nodes (Add/Sub/Mul/Div/Pow/Erf/Tanh/Sqrt/Sigmoid) that read
 only t, scalar constants and each other, with exactly one tensor leaving the set. If the set holds
-one Erf it must compute gelu_erf(t), one Tanh gelu_tanh(t), one Sigmoid silu(t) = t * sigmoid(t) (checked
-on the probe values); opset 20's `Gelu` op and `Relu` are taken as they are, and a lone Tanh is tanh (BERT's
+one Erf it must compute gelu_erf(t), one Tanh gelu_tanh(t), one Sigmoid silu(t) = t * sigmoid(t) or CLIP's
+quick_gelu(t) = t * sigmoid(1.702 t) (checked on the probe values); opset 20's `Gelu` op and `Relu` are taken as they are, and a lone Tanh is tanh (BERT's
 pooler, RoBERTa's classification head). A set without Erf/Tanh (e.g. q * 1/sqrt(d)) is not an activation and
 is left alone for the attention pass.
 """
@@ -20,11 +20,13 @@ import math
 import numpy as np
 
 from ..errors import BuildError
+from ..reference import QUICK_GELU_ALPHA
 from . import _graph as G
 from .probe import agree
 
 _ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Pow", "Erf", "Tanh", "Sqrt", "Sigmoid"}
-_KINDS = {"Erf": "gelu_erf", "Tanh": "gelu_tanh", "Sigmoid": "silu"}
+# the activations a set with one of these ops may compute, tried in order against the probe values
+_KINDS = {"Erf": ("gelu_erf",), "Tanh": ("gelu_tanh",), "Sigmoid": ("silu", "quick_gelu")}
 
 
 def _erf(z):
@@ -59,7 +61,14 @@ def relu2(x):
     return np.square(relu(x))
 
 
+def quick_gelu(x):
+    x = np.asarray(x, np.float64)
+    with np.errstate(over="ignore"):
+        return x / (1.0 + np.exp(-QUICK_GELU_ALPHA * x))
+
+
 ACTIVATIONS = {"gelu_erf": gelu_erf, "gelu_tanh": gelu_tanh, "silu": silu, "relu": relu, "relu2": relu2,
+               "quick_gelu": quick_gelu,
                "tanh": lambda x: np.tanh(np.asarray(x, np.float64)), "none": lambda x: np.asarray(x, np.float64)}
 
 
@@ -253,13 +262,12 @@ def _match_activation(t, facts):
     if len(leaving) != 1:
         return "none", t
     y = leaving[0]
-    act = _KINDS[kinds[0]]
     # Tight check: both sides start from the same fp32 t, so only a few ulps separate them, while
-    # gelu_erf and gelu_tanh differ by ~1e-4 at |t| ~ 1.
+    # gelu_erf and gelu_tanh differ by ~1e-4 at |t| ~ 1 (silu and quick_gelu by far more).
     xs, ys = facts.get(t), facts.get(y)
-    for xv, yv in zip(xs, ys):
-        ref = ACTIVATIONS[act](xv)
-        if not np.all(np.abs(ref - yv) <= 1e-5 * (1 + np.abs(ref))):
-            raise BuildError(f"the elementwise subgraph after {t.name!r} with an {kinds[0]} looks like "
-                             f"an activation but does not compute {act}")
-    return act, y
+    for act in _KINDS[kinds[0]]:
+        if all(np.all(np.abs(ref - yv) <= 1e-5 * (1 + np.abs(ref)))
+               for ref, yv in ((ACTIVATIONS[act](xv), yv) for xv, yv in zip(xs, ys))):
+            return act, y
+    raise BuildError(f"the elementwise subgraph after {t.name!r} with an {kinds[0]} looks like an activation but "
+                     f"does not compute {' or '.join(_KINDS[kinds[0]])}")

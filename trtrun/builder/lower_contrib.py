@@ -16,7 +16,7 @@ then turn into the same IR ops (and the same kernels and precision rules) as a p
     SimplifiedLayerNormalization(x, gamma), SkipSimplifiedLayerNormalization(x, skip, gamma, bias?)
                                                          -> RMSNorm (of x + bias + skip, + the sum output)
     LayerNormalization below opset 17                     -> the LayerNorm decomposition
-    QuickGelu with alpha 1                                -> x * Sigmoid(x) (SiLU)
+    QuickGelu with alpha 1 or 1.702                       -> x * Sigmoid(alpha * x) (silu, CLIP's quick_gelu)
 
 ONNX's own Attention (opset 23 and later: torch's dynamo exporter writes it for scaled_dot_product_attention
 when asked for opset 23 or newer) is lowered the same way, in the form torch's TorchScript exporter gives
@@ -36,7 +36,7 @@ key lengths describe, the two agree; for others trtrun follows the original mode
 Confirmed by values: onnxruntime runs the graph before and after the rewrite on the probe inputs, and
 every rewritten node's outputs must agree (probe.agree) on the batch rows whose mask is right-padded (all
 rows when no key-length mask is involved). Forms the IR cannot express (past state, attention bias,
-rotary, QuickGelu's sigmoid with alpha other than 1, cross-attention, 3-D masks) stop the build with an
+rotary, QuickGelu's sigmoid with another alpha, cross-attention, 3-D masks) stop the build with an
 UnsupportedOpError naming the node and what is unsupported.
 """
 
@@ -47,6 +47,7 @@ import math
 import numpy as np
 
 from ..errors import BuildError, UnsupportedOpError
+from ..reference import QUICK_GELU_ALPHA
 from . import _graph as G
 from .load import is_ort_onnx_op
 from .probe import agree, make_feeds, run_graph
@@ -56,7 +57,6 @@ _MASK_FILTER = -10000.0
 _LOWEST = np.finfo(np.float32).min
 # what each refused op is, for its one-line error
 _REFUSED = {
-    "QuickGelu": "x * sigmoid(alpha * x) with alpha != 1 is not an IR activation (IR: gelu_erf, gelu_tanh, silu)",
     "RotaryEmbedding": "rotary position embeddings are not in the IR",
     "BiasSplitGelu": "a split-GELU gate is not an IR activation",
 }
@@ -295,14 +295,19 @@ def _layernorm_op(ctx, n):
 
 def _quick_gelu(ctx, n):
     """QuickGelu(x) = x * sigmoid(alpha * x). onnxruntime's optimizer writes it with alpha 1 for SiLU (Llama's
-    MLP), which is an IR activation; CLIP's 1.702 is not."""
-    alpha = float(n.attrs.get("alpha", 1.702))
-    if alpha != 1.0:
-        raise _Refuse(f"alpha {alpha:g}: x * sigmoid(alpha * x) is an IR activation (silu) only for alpha 1")
+    MLP) and with CLIP's 1.702 (quick_gelu): both IR activations, which fuse_linear reads off the rewrite."""
+    alpha = np.float32(n.attrs.get("alpha", 1.702))  # a float attribute: float32 in the file
     x = n.inputs[0]
-    outs = _take_outputs(ctx, n)
     name = n.name or "quick_gelu"
-    ctx.op("Mul", name + ".silu", [x, ctx.op("Sigmoid", name + ".sigmoid", [x])], outs[0])
+    if alpha == np.float32(1.0):
+        z = x
+    elif alpha == np.float32(QUICK_GELU_ALPHA):
+        z = ctx.op("Mul", name + ".alpha", [x, _float_const(ctx, name + ".a", alpha)])
+    else:
+        raise _Refuse(f"alpha {float(alpha):g}: x * sigmoid(alpha * x) is an IR activation only for alpha 1 (silu) "
+                      f"and 1.702 (quick_gelu)")
+    outs = _take_outputs(ctx, n)
+    ctx.op("Mul", name + ".act", [x, ctx.op("Sigmoid", name + ".sigmoid", [z])], outs[0])
     return [outs[0]]
 
 

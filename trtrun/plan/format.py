@@ -66,7 +66,7 @@ FLOAT_DTYPES = ("float32", "float16")
 INT_DTYPES = ("int64", "int32")
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 SYMBOLS = ("B", "S")
-ACTIVATIONS = ("none", "gelu_erf", "gelu_tanh", "silu", "relu", "relu2", "tanh")
+ACTIVATIONS = ("none", "gelu_erf", "gelu_tanh", "silu", "relu", "relu2", "quick_gelu", "tanh")
 
 # Per op type: inputs (slot name, required), outputs (slot name, required), weight roles (role: required).
 OP_SCHEMAS: dict[str, dict[str, Any]] = {
@@ -148,8 +148,8 @@ SOURCE_WEIGHTS = ("float16", "int8", "int4")
 # which keeps each name's integer value); trtrun.runtime.lower refuses anything else by name before the extension
 # is asked.
 GPU_OP_TYPES = ("Embedding", "Linear", "Attention", "LayerNorm", "RMSNorm")  # Pool: on the host (runtime.tail)
-# silu, relu, squared ReLU and gates in native/kernels/epilogue
-GPU_ACTIVATIONS = ("none", "gelu_erf", "gelu_tanh", "silu", "relu", "relu2")
+# silu, relu, squared ReLU, quick_gelu and gates in native/kernels/epilogue
+GPU_ACTIVATIONS = ("none", "gelu_erf", "gelu_tanh", "silu", "relu", "relu2", "quick_gelu")
 GPU_PRECISIONS = OP_PRECISIONS  # fp8 Linears through cuBLASLt's fp8 GEMMs (native/kernels/quantize makes x's codes)
 GPU_PLAN_PRECISIONS = PLAN_PRECISIONS  # "mixed" too: each Linear runs in its own op's precision
 DEVICE_DTYPES = {"int64": "int32"}  # a tensor's dtype on the device, where not its plan dtype: integer inputs

@@ -20,7 +20,9 @@ enum class OpType : int { Embedding = 0, Linear = 1, Attention = 2, LayerNorm = 
 // accumulation, the rest as HYBRID); the other ops' kernels take FP32, FP16 and HYBRID.
 enum class Precision : int { FP32 = 0, FP16 = 1, HYBRID = 2, FP8 = 3 };
 // A Linear op's activation (plan attribute `activation`).
-enum class Activation : int { None = 0, GeluErf = 1, GeluTanh = 2, Silu = 3, Relu = 4, Relu2 = 5 };
+enum class Activation : int {
+  None = 0, GeluErf = 1, GeluTanh = 2, Silu = 3, Relu = 4, Relu2 = 5, QuickGelu = 6
+};
 // How a GEMM shape's cuBLASLt algorithm is chosen on its first run (native/runtime/gemm.h says what each does).
 enum class GemmSearch : int { Heuristic = 0, Exhaustive = 1, Focused = 2 };
 // What cuBLASLt adds to a GEMM's product (Gelu is cuBLASLt's tanh form).
@@ -32,8 +34,8 @@ enum class GemmScale : int { None = 0, Scalar = 1, OuterVec = 2 };
 
 // The name of each value: DType "float32" "float16" "int32" "int64" "float8_e4m3fn"; OpType "Embedding" "Linear"
 // "Attention" "LayerNorm" "RMSNorm"; Precision "fp32" "fp16" "hybrid" "fp8"; Activation "none" "gelu_erf" "gelu_tanh"
-// "silu" "relu" "relu2"; GemmSearch "heuristic" "focused" "exhaustive"; GemmEpilogue "none" "bias" "gelu" "gelu_bias";
-// GemmScale "none" "scalar" "outer_vec". A value outside the enum (a cast from a bad int) reads "<invalid DType 7>".
+// "silu" "relu" "relu2" "quick_gelu"; GemmSearch "heuristic" "focused" "exhaustive"; GemmEpilogue "none" "bias"
+// "gelu" "gelu_bias"; GemmScale "none" "scalar" "outer_vec". A value outside the enum (a cast from a bad int) reads "<invalid DType 7>".
 const char* to_string(DType v);
 const char* to_string(OpType v);
 const char* to_string(Precision v);

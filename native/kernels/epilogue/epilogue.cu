@@ -1,4 +1,5 @@
-// native/kernels/epilogue/epilogue.cu: the Linear's elementwise tail after a GEMM (gate product, silu, relu, residual).
+// native/kernels/epilogue/epilogue.cu: the Linear's elementwise tail after a GEMM (gate product, silu, relu,
+// quick_gelu, residual).
 #include "epilogue.h"
 
 #include "kernels/common/rowops.cuh"
@@ -26,6 +27,8 @@ __device__ __forceinline__ float activate(float x) {
   } else if constexpr (ACT == Activation::Relu2) {  // squared ReLU (Nemotron, Arcee)
     const float r = fmaxf(x, 0.0f);
     return r * r;
+  } else if constexpr (ACT == Activation::QuickGelu) {  // CLIP: x * sigmoid(1.702 x), 1.702 in fp32 as exported
+    return x / (1.0f + expf(-1.702f * x));
   } else if constexpr (ACT == Activation::GeluErf) {
     return 0.5f * x * erfcf(-x * 0.70710678118654752f);
   } else if constexpr (ACT == Activation::GeluTanh) {
@@ -122,6 +125,9 @@ void launch_act(const void* src, DType src_t, const void* bias, DType bias_t, co
     case Activation::Relu2:
       return launch_impl<VEC, GATED, Activation::Relu2>(src, src_t, bias, bias_t, residual, r_t, y, y_t, rows, m,
                                                         round_h, stream);
+    case Activation::QuickGelu:
+      return launch_impl<VEC, GATED, Activation::QuickGelu>(src, src_t, bias, bias_t, residual, r_t, y, y_t, rows,
+                                                            m, round_h, stream);
     default:
       return launch_impl<VEC, GATED, Activation::None>(src, src_t, bias, bias_t, residual, r_t, y, y_t, rows, m,
                                                        round_h, stream);
@@ -137,7 +143,8 @@ void launch_linear_epilogue(const void* src, DType src_t, const void* bias, DTyp
   require(rows >= 0, op, "rows must be >= 0, got " + std::to_string(rows));
   require(m >= 1, op, "m (output width) must be >= 1, got " + std::to_string(m));
   require(act == Activation::None || act == Activation::GeluErf || act == Activation::GeluTanh ||
-              act == Activation::Silu || act == Activation::Relu || act == Activation::Relu2,
+              act == Activation::Silu || act == Activation::Relu || act == Activation::Relu2 ||
+              act == Activation::QuickGelu,
           op, "activation must be " + valid_names<Activation>() + ", got " + to_string(act));
   require(src != nullptr && y != nullptr, op, "src and y must not be null");
   require(!gated || src != y, op, "a gated epilogue reads [rows, 2m] and writes [rows, m]: src and y must differ");
