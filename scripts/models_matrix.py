@@ -201,7 +201,8 @@ FAMILY_NAMES = {"roberta": "RoBERTa", "xlm-roberta": "XLM-RoBERTa", "distilbert"
                 "ministral": "Ministral: per-layer sliding-window or full attention",
                 "modernbert-decoder": "ModernBERT decoder (Ettin): ModernBERT's blocks, causal",
                 "hunyuan-dense": "HunYuan (dense): per-head q/k RMSNorm after the rotary",
-                "gemma3-bidirectional": "EmbeddingGemma: Gemma 3 with bidirectional attention and symmetric windows"}
+                "gemma3-bidirectional": "EmbeddingGemma: Gemma 3 with bidirectional attention and symmetric windows",
+                "clip-text": "CLIP text tower: pre-norm causal blocks, quick_gelu MLP (x * sigmoid(1.702 x))"}
 MINILM_TITLE = "## all-MiniLM-L6-v2 through the Embedder on real text"
 MINILM_GPU_TITLE = "## all-MiniLM-L6-v2 on the GPU"
 MINILM_GPU_OPTIMUM_TITLE = "## all-MiniLM-L6-v2 on the GPU through Hugging Face Optimum's own files"

@@ -1127,6 +1127,46 @@ def test_nemotron_squared_relu(tmp_path):
     check_gpu_support(plan)  # raises PlanError naming what the GPU runtime lacks
 
 
+def test_clip_text_quick_gelu(tmp_path, real_text_batches):
+    """CLIP's text tower (OpenCLIP's, Stable Diffusion's text encoder): pre-norm causal blocks whose MLP is
+    quick_gelu, x * sigmoid(1.702 x). The elementwise tail is read as that activation (not silu, which the same
+    single Sigmoid would suggest), against onnxruntime and PyTorch fp32 on random ids and real text; the GPU
+    runtime takes it (tests/gpu: the epilogue kernel, and CLIP end to end in the family corpus)."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from trtrun.export import _randomize, export_model
+    from trtrun.runtime.lower import check_gpu_support
+
+    torch.manual_seed(0)
+    cfg = transformers.CLIPTextConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                                      num_attention_heads=4, vocab_size=VOCAB, max_position_embeddings=128,
+                                      eos_token_id=VOCAB - 1, bos_token_id=VOCAB - 2, pad_token_id=0)
+    model = transformers.CLIPTextModel(cfg)
+    _randomize(torch, model, 0)
+    model.eval().save_pretrained(tmp_path / "clip")
+    path = export_model(tmp_path / "clip", tmp_path / "clip.onnx")
+    plans = {p: build(path, precision=p) for p in ("fp32", "hybrid", "fp16")}
+    ops = plans["fp32"].ops
+    acts = [o["attrs"].get("activation", "none") for o in ops if o["type"] == "Linear"]
+    assert acts.count("quick_gelu") == 2 and "silu" not in acts, acts
+    assert all(o["attrs"]["causal"] for o in ops if o["type"] == "Attention")
+    batches = [("random ids", random_feeds(path, seq=29, vocab=VOCAB, seed=5))] + \
+        [(f"real text {i}", b) for i, b in enumerate(real_text_batches("gpt2"))]
+    for what, feeds in batches:
+        ref = onnxruntime_run(path, feeds)
+        with torch.no_grad():
+            torch_ref = model(input_ids=torch.from_numpy(feeds["input_ids"]),
+                              attention_mask=torch.from_numpy(feeds["attention_mask"])).last_hidden_state.numpy()
+        m = feeds["attention_mask"]
+        outs = {p: ReferenceBackend(plan).run(feeds)["last_hidden_state"] for p, plan in plans.items()}
+        _check(outs["fp32"], ref, m, "fp32", f"clip fp32 vs onnxruntime, {what}")
+        _check(outs["fp32"], torch_ref, m, "fp32", f"clip fp32 vs torch, {what}")
+        _check(outs["hybrid"], ref, m, "hybrid", f"clip hybrid vs onnxruntime, {what}")
+        assert cosine_per_sample(outs["fp16"], ref, m).min() > 0.999, what
+    for plan in plans.values():
+        check_gpu_support(plan)  # raises PlanError naming what the GPU runtime lacks
+
+
 def test_gemma2_soft_capped_scores(tmp_path):
     """Gemma 2's cap * tanh(scores / cap) becomes the Attention's softcap. The cap here (2) is small enough that
     the tanh bends the scores (queries and keys scaled up), so the comparison with onnxruntime would fail without
