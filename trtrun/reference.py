@@ -545,12 +545,15 @@ def ref_embedding(input_ids: np.ndarray, token_type_ids: np.ndarray | None = Non
 
 @_quiet
 def ref_pool(x: np.ndarray, attention_mask: np.ndarray | None = None, *, mode: str = "mean",
-             normalize: bool = False, precision: str = "fp32", out_dtype=F32) -> np.ndarray:
+             normalize: bool = False, precision: str = "fp32", out_dtype=F32, input_ids: np.ndarray | None = None,
+             token_id: int | None = None) -> np.ndarray:
     """Pool token states x [B, S, N] -> [B, N] in `out_dtype`, computed in float32 in every precision (a
     tail op on the plan's fp32 output path, as the sentence-transformers modules it stands for compute it).
 
     mean: sum_j m_j x_j / max(sum_j m_j, 1e-9), m = attention_mask != 0 (all ones without a mask);
-    cls: x[:, 0]; first: x[b, the first j with m_j] (x[b, 0] for a row without one). normalize: y / max(|y|_2, 1e-12).
+    cls: x[:, 0]; first: x[b, the first j with m_j] (x[b, 0] for a row without one); token: x[b, the first j with
+    input_ids[b, j] == token_id] (x[b, 0] for a row without one); max_id: x[b, the first j of the row's largest id].
+    normalize: y / max(|y|_2, 1e-12).
     """
     _check_precision(precision)
     x = np.asarray(x).astype(F32)
@@ -564,8 +567,14 @@ def ref_pool(x: np.ndarray, attention_mask: np.ndarray | None = None, *, mode: s
         first = np.zeros(x.shape[0], np.int64) if attention_mask is None else \
             np.argmax(np.asarray(attention_mask) != 0, axis=1)
         y = x[np.arange(x.shape[0]), first].copy()
+    elif mode in ("token", "max_id"):  # CLIP's end-of-text token, by its id or as the row's largest id
+        if input_ids is None or (mode == "token" and token_id is None):
+            raise ValueError(f"pool mode {mode!r} needs input_ids{' and token_id' if mode == 'token' else ''}")
+        ids = np.asarray(input_ids)
+        at = np.argmax(ids == token_id, axis=1) if mode == "token" else np.argmax(ids, axis=1)
+        y = x[np.arange(x.shape[0]), at].copy()
     else:
-        raise ValueError(f"pool mode must be mean, cls or first, got {mode!r}")
+        raise ValueError(f"pool mode must be mean, cls, first, token or max_id, got {mode!r}")
     if normalize:
         norm = np.sqrt(np.add.reduce(y * y, axis=-1, dtype=F32, keepdims=True))
         y = y / np.maximum(norm, F32(1e-12))
@@ -682,7 +691,7 @@ class ReferenceBackend:
             return [ref_normalize(ins[0], epsilon=a.get("epsilon", 1e-12), precision=prec, out_dtype=odt)]
         if typ == "Pool":
             return [ref_pool(ins[0], ins[1], mode=a["mode"], normalize=a.get("normalize", False), precision=prec,
-                             out_dtype=odt)]
+                             out_dtype=odt, input_ids=ins[2] if len(ins) > 2 else None, token_id=a.get("token_id"))]
         raise PlanError(f"op {op['name']!r}: unknown op type {typ!r}")  # validate() prevents this
 
     def run(self, feeds: Mapping[str, np.ndarray], capture: bool = False):

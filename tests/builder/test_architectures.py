@@ -1167,6 +1167,154 @@ def test_clip_text_quick_gelu(tmp_path, real_text_batches):
         check_gpu_support(plan)  # raises PlanError naming what the GPU runtime lacks
 
 
+def _clip_with_projection(tmp_path, eos_token_id):
+    """A tiny CLIPTextModelWithProjection (GPT-2's vocabulary) through torch.onnx as a user exports it: outputs
+    text_embeds (the final LayerNorm's state at the end-of-text token, projected) and last_hidden_state."""
+    import warnings
+
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from trtrun.export import _randomize
+
+    torch.manual_seed(0)
+    cfg = transformers.CLIPTextConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                                      num_attention_heads=4, vocab_size=VOCAB, max_position_embeddings=128,
+                                      eos_token_id=eos_token_id, bos_token_id=VOCAB - 2, pad_token_id=0,
+                                      projection_dim=64)
+    model = transformers.CLIPTextModelWithProjection(cfg).eval()
+    _randomize(torch, model, 0)
+    ids = torch.randint(1, 1000, (2, 12))
+    path = tmp_path / "clip-projection.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (ids, torch.ones_like(ids)), str(path), input_names=["input_ids", "attention_mask"],
+                          output_names=["text_embeds", "last_hidden_state"], opset_version=17, dynamo=False,
+                          dynamic_axes={"input_ids": {0: "B", 1: "S"}, "attention_mask": {0: "B", 1: "S"}})
+    return model, path
+
+
+def _with_end_token(feeds, eot, pad_with_eot):
+    """CLIP's tokenizer ends every text with its end-of-text token (and pads with it): the last valid id of each
+    row replaced by eot, and the padding made eot where pad_with_eot."""
+    f = {k: np.array(v) for k, v in feeds.items()}
+    ids, mask = f["input_ids"], f["attention_mask"]
+    ids[ids == eot] = eot - 3  # no end-of-text token inside the text
+    last = mask.sum(1) - 1
+    ids[np.arange(len(ids)), last] = eot
+    if pad_with_eot:
+        ids[mask == 0] = eot
+    return f
+
+
+@pytest.mark.parametrize("form", ["token", "max_id"])
+def test_clip_text_embeds_pooled_at_the_end_token(tmp_path, real_text_batches, form):
+    """CLIP's text_embeds: the state at the end-of-text token, found as the first `input_ids == eos_token_id`
+    (transformers today) or, when eos_token_id is 2 (older configs), as the row's largest id (the real end-of-text id
+    is the vocabulary's last). Built into a Pool of mode token or max_id and the projection Linear after it, and
+    matched against onnxruntime and PyTorch fp32 on real text ended by that token, padded with zeros and with the
+    token (as CLIP's tokenizer pads)."""
+    torch = pytest.importorskip("torch")
+    eot = VOCAB - 1
+    model, path = _clip_with_projection(tmp_path, eot if form == "token" else 2)
+    plans = {p: build(path, precision=p) for p in ("fp32", "hybrid")}
+    pool = [o for o in plans["fp32"].ops if o["type"] == "Pool"]
+    assert len(pool) == 1 and pool[0]["attrs"]["mode"] == form and pool[0]["inputs"][2] == "input_ids", pool
+    assert pool[0]["attrs"].get("token_id") == (eot if form == "token" else None)
+    assert plans["fp32"].header["version"] == 6 and plans["fp32"].ops[-1]["type"] == "Linear"
+    batches = [_with_end_token(b, eot, pad) for b in real_text_batches("gpt2") for pad in (False, True)]
+    for k, feeds in enumerate(batches):
+        want = onnxruntime_run(path, feeds)
+        with torch.no_grad():
+            t = model(input_ids=torch.from_numpy(feeds["input_ids"]),
+                      attention_mask=torch.from_numpy(feeds["attention_mask"])).text_embeds.numpy()
+        for p, plan in plans.items():
+            got = ReferenceBackend(plan).run(feeds)["text_embeds"]
+            bound = FP32_COS if p == "fp32" else HYBRID_COS
+            for ref, what in ((want, "onnxruntime"), (t, "torch")):
+                cos = (got * ref).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1))
+                assert cos.min() >= bound, (form, p, what, k, cos)
+
+
+def test_clip_pool_by_token_id_is_the_gpu_runtimes_host_tail(tmp_path):
+    """On the GPU runtime the Pool by token id and the projection after it are the host tail: the device part is a
+    plan of token states the runtime lowers, and the tail, reading the run's input_ids from the checked feeds, gives
+    the whole plan's text_embeds bit for bit (tests/gpu/test_runtime_heads.py runs it on the device)."""
+    from trtrun.runtime.lower import check_gpu_support, lower_plan
+    from trtrun.runtime.tail import HostTail, split_host_tail
+
+    _, path = _clip_with_projection(tmp_path, VOCAB - 1)
+    plan = build(path, precision="hybrid")
+    check_gpu_support(plan)
+    device, host = split_host_tail(plan)
+    assert [op["type"] for op in host] == ["Pool", "Linear"]
+    lower_plan(device)
+    feeds = _with_end_token(random_feeds(path, seq=21, vocab=VOCAB, seed=2), VOCAB - 1, pad_with_eot=True)
+    want = ReferenceBackend(plan).run(feeds)["text_embeds"]
+    _, env = ReferenceBackend(device).run(feeds, capture=True)
+    env = HostTail(plan, host).run({**plan.check_feeds(feeds), **{o["name"]: env[o["name"]] for o in device.outputs}})
+    np.testing.assert_array_equal(env["text_embeds"], want)
+
+
+def test_clip_embedder_gives_the_text_embeds(tmp_path):
+    """The Embedder on a CLIP plan takes its text_embeds (no pooling of its own reproduces a Pool by token id) and
+    normalizes them: on Rotten Tomatoes sentences ended by GPT-2's <|endoftext|> (id 50256, this model's end-of-text
+    token), the vectors are PyTorch's text_embeds normalized, to the fp32 bound."""
+    torch = pytest.importorskip("torch")
+    from trtrun import data
+    from trtrun.embed import Embedder
+
+    tok_dir = data.data_dir() / "gpt2-tokenizer"
+    if not tok_dir.exists():
+        pytest.skip(f"tokenizer folder {tok_dir} missing; fetch it with ../shared/data/get-data.sh")
+    model, path = _clip_with_projection(tmp_path, VOCAB - 1)
+    texts = [s + "<|endoftext|>" for s in data.load_texts("rt", n=6, seed=3)]
+    emb = Embedder(str(path), tok_dir, backend="reference", precision="fp32")
+    assert emb.output == "text_embeds" and "text_embeds" in emb.pooling_source, emb.pooling_source
+    got = emb.embed(texts)
+    for text, vec in zip(texts, got):
+        feeds = data.encode(data.load_tokenizer(tok_dir), [text], 128)
+        assert feeds["input_ids"][0, -1] == VOCAB - 1  # the text ends in the end-of-text token
+        with torch.no_grad():
+            want = model(input_ids=torch.from_numpy(feeds["input_ids"])).text_embeds.numpy()[0]
+        want = want / np.linalg.norm(want)
+        assert float(vec @ want) / float(np.linalg.norm(vec)) >= FP32_COS
+
+
+def test_clip_pool_by_token_id_plan_checks(tmp_path):
+    """A Pool by token id is format version 6, reads input_ids, and only mode token takes a token_id: a plan
+    breaking any of these is refused by field."""
+    import copy
+
+    from trtrun.errors import PlanError
+    from trtrun.plan.plan import Plan
+
+    _, path = _clip_with_projection(tmp_path, VOCAB - 1)
+    plan = build(path, precision="fp32")
+    k = next(i for i, o in enumerate(plan.ops) if o["type"] == "Pool")
+
+    def refused(edit, match):
+        h = copy.deepcopy(plan.header)
+        edit(h, h["ops"][k])
+        with pytest.raises(PlanError, match=match):
+            Plan.from_parts(h, plan.weights)
+
+    from handmade_plans import write_parts
+
+    from trtrun.plan import load_plan
+
+    hdr = {key: v for key, v in plan.header.items() if key not in ("weights", "format", "version")}
+    with pytest.raises(PlanError, match=r"version: is 5, expected 6 .*a Pool by token id needs it"):
+        load_plan(write_parts(tmp_path / "v5.plan", hdr, dict(plan.weights), version=5))
+    refused(lambda h, o: o["inputs"].__setitem__(2, ""), r"inputs\[2\]: mode 'token' reads input_ids")
+    refused(lambda h, o: o["attrs"].pop("token_id"), r"attrs\.token_id: a Pool of mode 'token' needs it")
+    refused(lambda h, o: o["attrs"].__setitem__("token_id", -1), r"attrs\.token_id: must be a token id")
+    refused(lambda h, o: o["inputs"].__setitem__(2, "attention_mask"), r"inputs\[2\]: must be 'input_ids'")
+
+    def to_first(h, o):
+        o["attrs"]["mode"] = "first"
+    refused(to_first, r"mode 'first' does not read input_ids")
+
+
 def test_gemma2_soft_capped_scores(tmp_path):
     """Gemma 2's cap * tanh(scores / cap) becomes the Attention's softcap. The cap here (2) is small enough that
     the tanh bends the scores (queries and keys scaled up), so the comparison with onnxruntime would fail without

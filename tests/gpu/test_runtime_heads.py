@@ -165,3 +165,65 @@ def test_question_answering_spans_on_the_gpu(precision):
             err_ort = np.abs(g - w)[valid].max() / np.abs(w[valid]).max()
             h.report("heads", f"qa-bert    fp32   {name}: GPU vs onnxruntime fp32 {err_ort:.2e}")
             assert err_ort <= 1e-3, (name, err_ort)
+
+
+def _export_clip(eos_token_id: int) -> str:
+    """A small CLIPTextModelWithProjection (MiniLM's vocabulary size, so its tokenizer's ids fit; the end-of-text
+    token the vocabulary's last id): text_embeds, the projected state at the end-of-text token."""
+    path = h._CACHE / f"clip-projection-{eos_token_id}.onnx"
+    if path.exists():
+        return str(path)
+    import torch
+    import transformers as T
+
+    torch.manual_seed(2)
+    m = T.CLIPTextModelWithProjection(T.CLIPTextConfig(
+        hidden_size=256, intermediate_size=512, num_hidden_layers=3, num_attention_heads=4, vocab_size=30522,
+        max_position_embeddings=77, eos_token_id=eos_token_id, bos_token_id=101, pad_token_id=0, projection_dim=128))
+    ids = torch.randint(1000, 2000, (2, 16))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(m.eval(), (ids, torch.ones_like(ids)), str(path), dynamo=False, opset_version=17,
+                          input_names=["input_ids", "attention_mask"], output_names=["text_embeds"],
+                          dynamic_axes={"input_ids": {0: "b", 1: "s"}, "attention_mask": {0: "b", 1: "s"},
+                                        "text_embeds": {0: "b"}})
+    return str(path)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "hybrid"])
+@pytest.mark.parametrize("eos", [30521, 2], ids=["token", "max_id"])
+def test_clip_text_embeds_on_the_gpu(eos, precision):
+    """CLIP's text tower with its projection: the token states (quick_gelu MLPs, causal attention) on the device, the
+    Pool at the end-of-text token (by its id, or as the row's largest id) and the projection on the host, reading the
+    run's input_ids. Each row ends in the end-of-text id (30521, the vocabulary's last), padding after it; against the
+    reference backend on the same plan and onnxruntime fp32 on the file, with the bounds of the classifiers."""
+    h.need_runtime()
+    import onnxruntime as ort
+
+    import trtrun
+    from trtrun.reference import ReferenceBackend
+    from trtrun.runtime import Engine
+
+    path = _export_clip(eos)
+    plan = trtrun.build(path, precision=precision)
+    eng = Engine(plan)
+    pool = plan.ops[-len(eng.host_ops)]
+    assert pool["type"] == "Pool" and pool["attrs"]["mode"] == ("token" if eos != 2 else "max_id")
+    feeds = _text_feeds(max_len=64)
+    ids, mask = feeds["input_ids"].copy(), feeds["attention_mask"]
+    ids[ids == 30521] = 30520
+    ids[np.arange(len(ids)), mask.sum(1) - 1] = 30521
+    feeds = {"input_ids": ids, "attention_mask": mask}
+    with eng.create_context() as ctx:
+        got = ctx.run(feeds)["text_embeds"].astype(np.float64)
+    ref = ReferenceBackend(plan).run(feeds)["text_embeds"].astype(np.float64)
+    scale = np.abs(ref).max()
+    assert np.isfinite(got).all() and scale > 0.1
+    err = np.abs(got - ref).max() / scale
+    h.report("heads", f"clip-{pool['attrs']['mode']:6s} {precision:6s} GPU vs reference: max |diff| / max = {err:.2e}")
+    assert err <= BOUND[precision], (eos, precision, err)
+    if precision == "fp32":
+        want = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, feeds)[0].astype(np.float64)
+        err_ort = np.abs(got - want).max() / np.abs(want).max()
+        h.report("heads", f"clip-{pool['attrs']['mode']:6s} fp32   GPU vs onnxruntime fp32: {err_ort:.2e}")
+        assert err_ort <= 1e-3, (eos, err_ort)

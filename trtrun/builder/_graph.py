@@ -21,7 +21,7 @@ OP_SLOTS = {
     "Attention": (("qkv", "attention_mask"), ("inv_freq", "relative_bias", "alibi_slopes", "q_norm", "k_norm", "q_norm_bias", "k_norm_bias"), ("y",)),
     "LayerNorm": (("x", "residual"), ("gamma", "beta"), ("y", "sum")),
     "RMSNorm": (("x", "residual"), ("gamma",), ("y", "sum")),
-    "Pool": (("x", "attention_mask"), (), ("y",)),
+    "Pool": (("x", "attention_mask", "input_ids"), (), ("y",)),
     "Normalize": (("x",), (), ("y",)),
 }
 NORMS = ("LayerNorm", "RMSNorm")

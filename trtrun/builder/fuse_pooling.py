@@ -9,7 +9,11 @@ by value, as the others confirm: for a graph output, or a tensor an IR op reads 
 classification head's Linears take: BERT's pooler, RoBERTa's head), of probe shape [B, N] that is not yet an IR
 op's output, the one [B, S, N] IR-op output it is computed from (walking back through non-IR nodes; the rest of
 its inputs may be attention_mask and shapes only) is pooled in each supported way, and the one that
-reproduces the output's probe values (probe.agree) is written as a `Pool` op. A graph output that L2-normalizes one
+reproduces the output's probe values (probe.agree) is written as a `Pool` op. A pooled state that also reads the
+token ids (CLIP's text tower: the state at the end-of-text token, found by an ArgMax over `input_ids == eot` or,
+in older exports, over `input_ids` itself) becomes a Pool of mode `token` (with that id) or `max_id` when its
+ArgMax has that form and its subgraph, run on the probes' states with token ids made to put the token at known
+places (absent from one row, twice in another, ties of the largest id), picks what the mode picks. A graph output that L2-normalizes one
 vector a sample an IR op wrote (sentence-transformers' Normalize after a Dense module) becomes a `Normalize` op the
 same way. An output that matches none is left for check_supported, which names it; `--outputs` can leave it out.
 """
@@ -24,7 +28,7 @@ from .probe import agree
 MODES = ("mean", "cls", "first")
 
 
-def reference_pool(x, mask, mode: str, normalize: bool):
+def reference_pool(x, mask, mode: str, normalize: bool, ids=None, token_id=None):
     """The IR's Pool formula in float64 (docs/plan-format.md), for checking matches."""
     x = np.asarray(x, np.float64)
     if mode == "mean":
@@ -35,8 +39,11 @@ def reference_pool(x, mask, mode: str, normalize: bool):
     elif mode == "first":
         first = np.zeros(x.shape[0], np.int64) if mask is None else np.argmax(np.asarray(mask) != 0, axis=1)
         y = x[np.arange(x.shape[0]), first]
+    elif mode in ("token", "max_id"):
+        at = np.argmax(np.asarray(ids) == token_id, axis=1) if mode == "token" else np.argmax(ids, axis=1)
+        y = x[np.arange(x.shape[0]), at]
     else:
-        raise ValueError(f"pool mode must be one of {MODES}, got {mode!r}")
+        raise ValueError(f"pool mode must be one of {MODES + ('token', 'max_id')}, got {mode!r}")
     if normalize:
         y = y / np.maximum(np.linalg.norm(y, axis=-1, keepdims=True), 1e-12)
     return y
@@ -45,11 +52,20 @@ def reference_pool(x, mask, mode: str, normalize: bool):
 def fuse_pooling(graph, facts) -> int:
     count = 0
     mask = next((i for i in graph.inputs if i.name == "attention_mask"), None)
+    ids = next((i for i in graph.inputs if i.name == "input_ids"), None)
     for t in _candidates(graph):
         if not _unfused_vector(t, facts):
             continue
         x = _source(graph, t, facts)
         if x is None:
+            by_ids = _pool_by_ids(graph, t, facts, ids)
+            if by_ids is not None:
+                x, mode, token_id = by_ids
+                G.add_trtrun_node(graph, "Pool", t.name.strip("/").replace("/", ".") + ".pool",
+                                  inputs={"x": x, "attention_mask": None, "input_ids": ids}, weights={}, outputs=[t],
+                                  attrs={"mode": mode, "normalize": False,
+                                         **({"token_id": token_id} if mode == "token" else {})})
+                count += 1
             continue
         found = None
         for mode in MODES:
@@ -129,9 +145,108 @@ def _candidates(graph) -> list:
     return out
 
 
-def _source(graph, t, facts, rank: int = 3):
+def _pool_by_ids(graph, t, facts, ids):
+    """(x, mode, token_id) when t is x's state at a token the token ids pick: one ArgMax over the sequence of
+    `input_ids == c` (mode token, token_id c) or of `input_ids` (mode max_id), confirmed on made-up ids; else None."""
+    if ids is None:
+        return None
+    x = _source(graph, t, facts, ids_too=True)
+    if x is None:
+        return None
+    argmaxes = [n for n in _nodes_between(t, x) if n.op == "ArgMax"]
+    if len(argmaxes) != 1 or int(argmaxes[0].attrs.get("select_last_index", 0)) != 0:
+        return None
+    am = argmaxes[0]
+    if facts.rank(am.inputs[0]) != 2 or int(am.attrs.get("axis", 0)) not in (1, -1):
+        return None
+    u = _skip_casts(am.inputs[0])
+    if u is ids:
+        mode, token_id = "max_id", None
+    else:
+        p = G.producer(u)
+        if p is None or p.op != "Equal":
+            return None
+        a, b = (_skip_casts(i) for i in p.inputs)
+        c = G.scalar_const(b if a is ids else a if b is ids else None) if ids in (a, b) else None
+        if c is None or float(c) != int(c) or int(c) < 0:
+            return None
+        mode, token_id = "token", int(c)
+    return (x, mode, token_id) if _picks_as(graph, t, x, ids, facts, mode, token_id) else None
+
+
+def _skip_casts(u):
+    p = G.producer(u)
+    while p is not None and p.op in ("Cast", "Identity"):
+        u = p.inputs[0]
+        p = G.producer(u)
+    return u
+
+
+def _nodes_between(t, x) -> list:
+    """The nodes computing t, walking back until x (exclusive) and the graph inputs."""
+    seen, stack, nodes = set(), [t], []
+    while stack:
+        u = stack.pop()
+        p = G.producer(u)
+        if u is x or p is None or id(p) in seen or G.is_trtrun(p):
+            continue
+        seen.add(id(p))
+        nodes.append(p)
+        stack.extend(i for i in p.inputs if not i.is_empty())
+        stack.extend(_outer_reads(p))
+    return nodes
+
+
+def _made_up_ids(shape, mode: str, token_id, seed: int) -> np.ndarray:
+    """Token ids [B, S] that tell the pooled position apart: for mode token, the id at one random place a row, twice in
+    one row and absent from another; for max_id, one largest id a row, tied with a later one in one row."""
+    rng = np.random.default_rng(seed)
+    B, S = shape
+    ids = rng.integers(0, 1000, (B, S)).astype(np.int64)
+    if mode == "token":
+        ids[ids == token_id] = token_id + 1
+        for b in range(B):
+            if b % 3 != 2:  # every third row goes without it (the pool then takes position 0)
+                ids[b, rng.integers(0, S)] = token_id
+        if B > 1 and S > 1:
+            ids[1, S - 1] = token_id  # a second occurrence after the first one
+    else:
+        for b in range(B):
+            ids[b, rng.integers(0, S)] = 5000
+        if B > 1 and S > 1:
+            ids[1, S - 1] = 5000  # a tie: the first one is the pooled one
+    return ids
+
+
+def _picks_as(graph, t, x, ids, facts, mode, token_id) -> bool:
+    """Run t's subgraph (from x and the token ids) on each probe's x with made-up ids; True if it gives what the Pool
+    mode gives."""
+    from .probe import run_graph
+
+    g2 = graph.copy()
+    tensors = g2.tensors()
+    x2, t2, ids2 = tensors[x.name], tensors[t.name], tensors[ids.name]
+    x2.inputs.clear()  # x becomes an input of the subgraph
+    x2.dtype = np.float32
+    g2.inputs = [x2, ids2] + [i for i in g2.inputs if i.name not in (ids.name, x.name)]
+    g2.outputs = [t2]
+    g2.cleanup()
+    if any(G.is_trtrun(n) for n in g2.nodes):
+        return False
+    feeds, ours = [], []
+    for k, (xv, f) in enumerate(zip(facts.get(x), facts.feeds)):
+        made = _made_up_ids(f["input_ids"].shape, mode, token_id, seed=k)
+        feed = {i.name: (made if i is ids2 else np.asarray(xv, np.float32) if i is x2 else f[i.name])
+                for i in g2.inputs if i.name in f or i is x2}
+        feeds.append(feed)
+        ours.append(reference_pool(xv, None, mode, False, made, token_id))
+    theirs = [r[t.name] for r in run_graph(g2, feeds, names=[t.name])]
+    return agree(ours, theirs)
+
+
+def _source(graph, t, facts, rank: int = 3, ids_too: bool = False):
     """The single [B, S, N] IR-op output (rank 2: [B, N]) t is computed from, if its other inputs are attention_mask
-    and shapes only; else None."""
+    and shapes only (ids_too: and input_ids); else None."""
     inputs = {i.name for i in graph.inputs}
     seen, stack, sources = set(), [t], []
     while stack:
@@ -141,7 +256,7 @@ def _source(graph, t, facts, rank: int = 3):
         seen.add(id(u))
         p = G.producer(u)
         if p is None:
-            if u.name in inputs and u.name != "attention_mask":
+            if u.name in inputs and u.name != "attention_mask" and not (ids_too and u.name == "input_ids"):
                 return None  # token ids' values do not pool
             continue
         if G.is_trtrun(p):

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import TrtrunError
+from ..plan.format import POOL_ID_MODES
 from ..types import POOLINGS
 
 # sentence-transformers' pooling config keys -> our pooling names
@@ -108,22 +109,35 @@ def pool(hidden: np.ndarray, mask: np.ndarray, pooling: str, normalize: bool) ->
 
 def sentence_head(plan) -> str | None:
     """The plan's sentence embedding that modules after the pooling compute (a sentence-transformers Dense between
-    its Pool and its Normalize), or None: no such output (a classifier's logits are no embedding: an output is one when
-    a Normalize writes it or it is named sentence_embedding), or a plain pooled output, which the Embedder's own
-    pooling of the token states reproduces."""
+    its Pool and its Normalize), or that a Pool by token id picks (CLIP's text_embeds: the end-of-text token's state,
+    projected), or None: no such output (a classifier's logits are no embedding: an output is one when a Normalize
+    writes it or it is named sentence_embedding), or a plain pooled output, which the Embedder's own pooling of the
+    token states reproduces."""
     writer = {t: op for op in plan.ops for t in op["outputs"] if t}
+
+    def pools(op) -> dict | None:
+        """The Pool the one-vector-a-sample op `op` computes from, walking back."""
+        seen, stack = set(), [op]
+        while stack:
+            cur = stack.pop()
+            if cur["type"] == "Pool":
+                return cur
+            for t in cur["inputs"]:
+                if t and t in writer and t not in seen and len(plan.tensors[t]["shape"]) == 2:
+                    seen.add(t)
+                    stack.append(writer[t])
+        return None
+
+    for o in plan.outputs:  # by token id first: no pooling of the Embedder's own reproduces it
+        op = writer.get(o["name"])
+        p = pools(op) if op is not None and len(o["shape"]) == 2 else None
+        if p is not None and p["attrs"].get("mode") in POOL_ID_MODES:
+            return o["name"]
     for o in plan.outputs:
         op = writer.get(o["name"])
         if op is None or len(o["shape"]) != 2 or op["type"] == "Pool" or \
                 not (op["type"] == "Normalize" or o["name"] == "sentence_embedding"):
             continue
-        seen, stack = set(), [op]
-        while stack:  # walk back: a Pool before it means a head after the pooling
-            cur = stack.pop()
-            if cur["type"] == "Pool":
-                return o["name"]
-            for t in cur["inputs"]:
-                if t and t in writer and t not in seen and len(plan.tensors[t]["shape"]) == 2:
-                    seen.add(t)
-                    stack.append(writer[t])
+        if pools(op) is not None:  # a Pool before it means a head after the pooling
+            return o["name"]
     return None

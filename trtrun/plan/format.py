@@ -28,7 +28,7 @@ import numpy as np
 from ..types import OP_PRECISIONS, PLAN_PRECISIONS, PRECISIONS
 
 MAGIC = b"TRTRUNPL"
-FORMAT_VERSION = 5  # the newest this trtrun reads and writes; a plan is written at the version it needs
+FORMAT_VERSION = 6  # the newest this trtrun reads and writes; a plan is written at the version it needs
 FP8_FORMAT_VERSION = 2  # fp8 ops and float8 weights: a trtrun that reads version 1 only says "newer", not "bad field"
 # Attributes that change what an op computes and that a trtrun reading versions 1 and 2 would take for annotations
 # (it tolerates unknown scalar attributes) and silently compute without: a plan using one is version 3, which such
@@ -42,6 +42,9 @@ HEAD_FORMAT_VERSION = 4
 # reading version 4 would take the attribute for an annotation and normalize before rotating
 V5_ATTRS = (("qk_norm_after_rotary", False),)
 QK_AFTER_FORMAT_VERSION = 5
+# Version 6: a Pool that picks each row's token by the token ids (POOL_ID_MODES: CLIP's end-of-text token), reading
+# input_ids; a trtrun reading version 5 refuses such a plan as newer rather than as a bad field
+POOL_IDS_FORMAT_VERSION = 6
 FORMAT_NAME = "trtrun-plan"
 ALIGN = 256
 PREAMBLE = struct.Struct("<8sIIQQ")  # magic, version, reserved, header length, blob length: 32 bytes
@@ -93,7 +96,7 @@ OP_SCHEMAS: dict[str, dict[str, Any]] = {
         "weights": {"gamma": True, "beta": True},
     },
     "Pool": {
-        "inputs": (("x", True), ("attention_mask", False)),
+        "inputs": (("x", True), ("attention_mask", False), ("input_ids", False)),
         "outputs": (("y", True),),
         "weights": {},
     },
@@ -108,7 +111,11 @@ OP_SCHEMAS: dict[str, dict[str, Any]] = {
         "weights": {},
     },
 }
-POOL_MODES = ("mean", "cls", "first")  # first: the first token the mask keeps (cls where rows are right-padded)
+# first: the first token the mask keeps (cls where rows are right-padded); token: the first token whose id is the
+# op's token_id (CLIP's end-of-text token), max_id: the first token of the row's largest id (CLIP's older exports,
+# whose end-of-text id is the vocabulary's last)
+POOL_ID_MODES = ("token", "max_id")
+POOL_MODES = ("mean", "cls", "first") + POOL_ID_MODES
 # ops that may write one vector a sample, [B, N] (a tensor without the sequence axis): Pool, and the row ops that
 # may follow it (a classification head: BERT's pooler, RoBERTa's and ModernBERT's heads; a sentence-transformers Dense
 # and Normalize)
@@ -129,7 +136,7 @@ OP_ATTRS = {
                   "relative_max_distance", "relative_bidirectional", "alibi_symmetric", "mask_positions", "window",
                   "qk_norm_epsilon", "qk_norm_kind", "qk_norm_after_rotary", "softcap"),
     "LayerNorm": ("epsilon", "residual_after"),
-    "Pool": ("mode", "normalize"),
+    "Pool": ("mode", "normalize", "token_id"),
     "RMSNorm": ("epsilon", "residual_after"),
     "Normalize": ("epsilon",),
 }
@@ -140,6 +147,7 @@ OP_INPUT_NAMES = {
     ("Embedding", 1): ("token_type_ids",),
     ("Attention", 1): ("attention_mask",),
     ("Pool", 1): ("attention_mask",),
+    ("Pool", 2): ("input_ids",),
 }
 # header.source.weights: the dtype the source file stored its weights in, where not float32
 SOURCE_WEIGHTS = ("float16", "int8", "int4")
@@ -179,7 +187,8 @@ def _after_pooling(op: dict, tensors) -> bool:
 
 
 def required_version(header) -> int:
-    """The format version a header needs: 5 with an attribute of V5_ATTRS, else 4 with an op after the pooling
+    """The format version a header needs: 6 with a Pool of POOL_ID_MODES, 5 with an attribute of V5_ATTRS, else 4
+    with an op after the pooling
     (_after_pooling), else 3 with an attribute of V3_ATTRS, else 2 with an fp8 op or a float8 weight, else 1 (older trtruns read those). Defensive: the header may be a hostile file's, not yet validated."""
     ops = header.get("ops") if isinstance(header, dict) else None
     weights = header.get("weights") if isinstance(header, dict) else None
@@ -189,6 +198,9 @@ def required_version(header) -> int:
         return isinstance(ops, list) and any(isinstance(o, dict) and isinstance(o.get("attrs"), dict) and
                                              o["attrs"].get(a, absent) != absent for o in ops for a, absent in attrs)
 
+    if isinstance(ops, list) and any(isinstance(o, dict) and o.get("type") == "Pool" and isinstance(o.get("attrs"), dict)
+                                     and o["attrs"].get("mode") in POOL_ID_MODES for o in ops):
+        return POOL_IDS_FORMAT_VERSION
     if uses(V5_ATTRS):
         return QK_AFTER_FORMAT_VERSION
     if isinstance(ops, list) and any(isinstance(o, dict) and _after_pooling(o, tensors) for o in ops):

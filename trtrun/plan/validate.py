@@ -37,6 +37,8 @@ from .format import (
     OP_KEYS,
     OP_SCHEMAS,
     OP_TYPES,
+    POOL_ID_MODES,
+    POOL_IDS_FORMAT_VERSION,
     POOL_MODES,
     SENTENCE_OPS,
     SOURCE_WEIGHTS,
@@ -141,7 +143,8 @@ def validate_header(h: Any, where: str, blob_nbytes: int | None) -> None:
         why = {FP8_FORMAT_VERSION: ": fp8 ops and weights need it)",
                3: ": " + ", ".join(a for a, _ in V3_ATTRS) + " need it)",
                4: ": ops after the pooling need it)",
-               5: ": qk_norm_after_rotary needs it)"}.get(need, ")")
+               5: ": qk_norm_after_rotary needs it)",
+               POOL_IDS_FORMAT_VERSION: ": a Pool by token id needs it)"}.get(need, ")")
         err("header.version", f"is {short(h.get('version'))}, expected {need} (the file's format version" + why)
     for key, typ in (("precision", str), ("profile", dict), ("inputs", list), ("outputs", list),
                      ("tensors", dict), ("weights", dict), ("ops", list)):
@@ -395,7 +398,7 @@ def validate_header(h: Any, where: str, blob_nbytes: int | None) -> None:
 def _validate_op(op, f, tensors, weights, prof, err) -> None:
     """Attributes and shape consistency of one op (inputs/weights already known to exist)."""
     typ, attrs = op["type"], op.get("attrs", {})
-    ins = list(op["inputs"]) + [""] * 2
+    ins = list(op["inputs"]) + [""] * 3
     outs = list(op["outputs"]) + [""] * 2
     wts = op.get("weights", {})
     T = lambda n: tensors[n]  # noqa: E731
@@ -629,6 +632,17 @@ def _validate_op(op, f, tensors, weights, prof, err) -> None:
             need_shape(f"attention_mask {nm(ins[1])!r}", T(ins[1])["shape"], ["B", "S"])
         if attrs.get("mode") not in POOL_MODES:
             err(f + ".attrs.mode", f"{short(attrs.get('mode'))} is not one of {', '.join(POOL_MODES)}")
+        by_ids = attrs["mode"] in POOL_ID_MODES
+        need_dtype("inputs[2]", ins[2], INT_DTYPES)
+        if by_ids != bool(ins[2]):
+            err(f + ".inputs[2]", f"mode {attrs['mode']!r} {'reads' if by_ids else 'does not read'} input_ids")
+        if ins[2]:
+            need_shape(f"input_ids {nm(ins[2])!r}", T(ins[2])["shape"], ["B", "S"])
+        tid = attrs.get("token_id")
+        if (attrs["mode"] == "token") != (tid is not None):
+            err(f + ".attrs.token_id", "a Pool of mode 'token' needs it, and only that mode takes it")
+        if tid is not None and not (is_int(tid) and 0 <= tid <= INT32_MAX):
+            err(f + ".attrs.token_id", f"must be a token id (an integer >= 0), got {short(tid)}")
         if not isinstance(attrs.get("normalize", False), bool):
             err(f + ".attrs.normalize", f"must be true or false, got {short(attrs['normalize'])}")
     elif typ == "Normalize":
