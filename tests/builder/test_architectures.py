@@ -1235,6 +1235,24 @@ def test_clip_text_embeds_pooled_at_the_end_token(tmp_path, real_text_batches, f
                 assert cos.min() >= bound, (form, p, what, k, cos)
 
 
+def test_clip_pooled_by_the_last_largest_id_is_refused(tmp_path):
+    """An ArgMax with select_last_index (the last of the row's largest ids) is no Pool mode: the build stops naming
+    the ArgMax, rather than taking it for max_id (the probes' random ids rarely tie, so only the form tells)."""
+    import onnx
+
+    from trtrun.errors import UnsupportedOpError
+
+    _, path = _clip_with_projection(tmp_path, 2)
+    m = onnx.load(str(path))
+    am = next(n for n in m.graph.node if n.op_type == "ArgMax")
+    kept = [a for a in am.attribute if a.name != "select_last_index"]
+    del am.attribute[:]
+    am.attribute.extend(kept + [onnx.helper.make_attribute("select_last_index", 1)])
+    onnx.save(m, str(tmp_path / "last.onnx"))
+    with pytest.raises(UnsupportedOpError, match=f"'ArgMax' at node '{am.name}'"):
+        build(tmp_path / "last.onnx", precision="fp32")
+
+
 def test_clip_pool_by_token_id_is_the_gpu_runtimes_host_tail(tmp_path):
     """On the GPU runtime the Pool by token id and the projection after it are the host tail: the device part is a
     plan of token states the runtime lowers, and the tail, reading the run's input_ids from the checked feeds, gives
