@@ -149,7 +149,9 @@ def summary_text(plan) -> str:
         if "fp8_scales" in o:
             extra += f"  [fp8 scales: weight per {o['fp8_scales']['weight']}, activation {o['fp8_scales']['activation']}]"
         elif o["type"] == "Pool":
-            extra = f"  [{o['attrs'].get('mode')}" + (", L2-normalized]" if o["attrs"].get("normalize") else "]")
+            tid = o["attrs"].get("token_id")
+            extra = f"  [{o['attrs'].get('mode')}" + (f" {tid}" if tid is not None else "") + \
+                (", L2-normalized]" if o["attrs"].get("normalize") else "]")
         elif o["type"] == "Embedding":  # the input rules Plan.check_feeds enforces for it
             rules = ([f"padding id {o['attrs']['padding_id']} only trailing"] if "padding_id" in o["attrs"] else []) + \
                     (["mask ones then zeros"] if o["attrs"].get("mask_positions") else []) + \
