@@ -13,7 +13,8 @@ reproduces the output's probe values (probe.agree) is written as a `Pool` op. A 
 token ids (CLIP's text tower: the state at the end-of-text token, found by an ArgMax over `input_ids == eot` or,
 in older exports, over `input_ids` itself) becomes a Pool of mode `token` (with that id) or `max_id` when its
 ArgMax has that form and its subgraph, run on the probes' states with token ids made to put the token at known
-places (absent from one row, twice in another, ties of the largest id), picks what the mode picks. A graph output that L2-normalizes one
+places (absent from one row, twice in another, ties of the largest id), picks what the mode picks: random probe
+ids seldom hold the token, so the values alone could not tell it from `cls`. A graph output that L2-normalizes one
 vector a sample an IR op wrote (sentence-transformers' Normalize after a Dense module) becomes a `Normalize` op the
 same way. An output that matches none is left for check_supported, which names it; `--outputs` can leave it out.
 """
