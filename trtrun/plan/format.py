@@ -187,9 +187,10 @@ def _after_pooling(op: dict, tensors) -> bool:
 
 
 def required_version(header) -> int:
-    """The format version a header needs: 6 with a Pool of POOL_ID_MODES, 5 with an attribute of V5_ATTRS, else 4
-    with an op after the pooling
-    (_after_pooling), else 3 with an attribute of V3_ATTRS, else 2 with an fp8 op or a float8 weight, else 1 (older trtruns read those). Defensive: the header may be a hostile file's, not yet validated."""
+    """The format version a header needs: 6 with a Pool of POOL_ID_MODES, else 5 with an attribute of V5_ATTRS, else
+    4 with an op after the pooling (_after_pooling), else 3 with an attribute of V3_ATTRS, else 2 with an fp8 op or a
+    float8 weight, else 1 (older trtruns read those). Defensive: the header may be a hostile file's, not yet
+    validated."""
     ops = header.get("ops") if isinstance(header, dict) else None
     weights = header.get("weights") if isinstance(header, dict) else None
     tensors = header.get("tensors") if isinstance(header, dict) else None
