@@ -73,6 +73,18 @@ def _check(out, ref, mask, precision, what):
     return cos
 
 
+def _check_plans(plans, feeds, ref, torch_ref, model, what):
+    """The fp32, hybrid and fp16 plans' token states on the reference backend against onnxruntime's (ref) and
+    PyTorch's (torch_ref), each to its bound."""
+    m = feeds["attention_mask"]
+    outs = {p: ReferenceBackend(plan).run(feeds)["last_hidden_state"] for p, plan in plans.items()}
+    _check(outs["fp32"], ref, m, "fp32", f"{model} fp32 vs onnxruntime, {what}")
+    _check(outs["fp32"], torch_ref, m, "fp32", f"{model} fp32 vs torch, {what}")
+    _check(outs["hybrid"], ref, m, "hybrid", f"{model} hybrid vs onnxruntime, {what}")
+    # fp16: no bound in the issue (it shows overflow honestly); these small models stay finite and close
+    assert cosine_per_sample(outs["fp16"], ref, m).min() > 0.999, what
+
+
 @pytest.mark.parametrize("arch,exporter", [("llama", "torchscript"), ("llama", "dynamo"), ("qwen2", "torchscript")])
 def test_decoder_matches_onnxruntime_and_torch(decoder, real_text_batches, arch, exporter):
     path = decoder(arch, exporter)
@@ -97,13 +109,7 @@ def test_decoder_matches_onnxruntime_and_torch(decoder, real_text_batches, arch,
     for what, feeds in batches:
         ref = onnxruntime_run(path, feeds)
         torch_ref = _torch_run(arch, feeds)
-        m = feeds["attention_mask"]
-        outs = {p: ReferenceBackend(plan).run(feeds)["last_hidden_state"] for p, plan in plans.items()}
-        _check(outs["fp32"], ref, m, "fp32", f"{arch}/{exporter} fp32 vs onnxruntime, {what}")
-        _check(outs["fp32"], torch_ref, m, "fp32", f"{arch}/{exporter} fp32 vs torch, {what}")
-        _check(outs["hybrid"], ref, m, "hybrid", f"{arch}/{exporter} hybrid vs onnxruntime, {what}")
-        # fp16: no bound in the issue (it shows overflow honestly); these small models stay finite and close
-        assert cosine_per_sample(outs["fp16"], ref, m).min() > 0.999, what
+        _check_plans(plans, feeds, ref, torch_ref, f"{arch}/{exporter}", what)
 
 
 def test_qwen3_per_head_qk_norm(decoder, real_text_batches):
@@ -1157,12 +1163,7 @@ def test_clip_text_quick_gelu(tmp_path, real_text_batches):
         with torch.no_grad():
             torch_ref = model(input_ids=torch.from_numpy(feeds["input_ids"]),
                               attention_mask=torch.from_numpy(feeds["attention_mask"])).last_hidden_state.numpy()
-        m = feeds["attention_mask"]
-        outs = {p: ReferenceBackend(plan).run(feeds)["last_hidden_state"] for p, plan in plans.items()}
-        _check(outs["fp32"], ref, m, "fp32", f"clip fp32 vs onnxruntime, {what}")
-        _check(outs["fp32"], torch_ref, m, "fp32", f"clip fp32 vs torch, {what}")
-        _check(outs["hybrid"], ref, m, "hybrid", f"clip hybrid vs onnxruntime, {what}")
-        assert cosine_per_sample(outs["fp16"], ref, m).min() > 0.999, what
+        _check_plans(plans, feeds, ref, torch_ref, "clip", what)
     for plan in plans.values():
         check_gpu_support(plan)  # raises PlanError naming what the GPU runtime lacks
 
