@@ -551,7 +551,8 @@ def ref_pool(x: np.ndarray, attention_mask: np.ndarray | None = None, *, mode: s
     tail op on the plan's fp32 output path, as the sentence-transformers modules it stands for compute it).
 
     mean: sum_j m_j x_j / max(sum_j m_j, 1e-9), m = attention_mask != 0 (all ones without a mask);
-    cls: x[:, 0]; first: x[b, the first j with m_j] (x[b, 0] for a row without one); token: x[b, the first j with
+    cls: x[:, 0]; first: x[b, the first j with m_j] (x[b, 0] for a row without one); last: x[b, the last j with m_j]
+    (zeros for a row without one, as sentence-transformers' last-token pooling gives); token: x[b, the first j with
     input_ids[b, j] == token_id] (x[b, 0] for a row without one); max_id: x[b, the first j of the row's largest id].
     normalize: y / max(|y|_2, 1e-12).
     """
@@ -567,6 +568,11 @@ def ref_pool(x: np.ndarray, attention_mask: np.ndarray | None = None, *, mode: s
         first = np.zeros(x.shape[0], np.int64) if attention_mask is None else \
             np.argmax(np.asarray(attention_mask) != 0, axis=1)
         y = x[np.arange(x.shape[0]), first].copy()
+    elif mode == "last":  # the last token the mask keeps (sentence-transformers' last-token pooling)
+        B, S = x.shape[:2]
+        keep = np.ones((B, S), bool) if attention_mask is None else np.asarray(attention_mask) != 0
+        last = S - 1 - np.argmax(keep[:, ::-1], axis=1)
+        y = x[np.arange(B), last] * keep.any(1)[:, None].astype(F32)
     elif mode in ("token", "max_id"):  # CLIP's end-of-text token, by its id or as the row's largest id
         if input_ids is None or (mode == "token" and token_id is None):
             raise ValueError(f"pool mode {mode!r} needs input_ids{' and token_id' if mode == 'token' else ''}")
@@ -574,7 +580,7 @@ def ref_pool(x: np.ndarray, attention_mask: np.ndarray | None = None, *, mode: s
         at = np.argmax(ids == token_id, axis=1) if mode == "token" else np.argmax(ids, axis=1)
         y = x[np.arange(x.shape[0]), at].copy()
     else:
-        raise ValueError(f"pool mode must be mean, cls, first, token or max_id, got {mode!r}")
+        raise ValueError(f"pool mode must be mean, cls, first, last, token or max_id, got {mode!r}")
     if normalize:
         norm = np.sqrt(np.add.reduce(y * y, axis=-1, dtype=F32, keepdims=True))
         y = y / np.maximum(norm, F32(1e-12))

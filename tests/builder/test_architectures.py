@@ -1322,7 +1322,7 @@ def test_clip_pool_by_token_id_plan_checks(tmp_path):
     from trtrun.plan import load_plan
 
     hdr = {key: v for key, v in plan.header.items() if key not in ("weights", "format", "version")}
-    with pytest.raises(PlanError, match=r"version: is 5, expected 6 .*a Pool by token id needs it"):
+    with pytest.raises(PlanError, match=r"version: is 5, expected 6 .*Pool modes last, token and max_id need it"):
         load_plan(write_parts(tmp_path / "v5.plan", hdr, dict(plan.weights), version=5))
     refused(lambda h, o: o["inputs"].__setitem__(2, ""), r"inputs\[2\]: mode 'token' reads input_ids")
     refused(lambda h, o: o["attrs"].pop("token_id"), r"attrs\.token_id: a Pool of mode 'token' needs it")

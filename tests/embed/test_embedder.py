@@ -578,11 +578,13 @@ def test_an_engine_failure_in_a_shared_batch_is_retried_alone(tiny, texts):
         assert len(calls) == 5  # the shared batch (7 rows), then each of the 4 groups alone
 
 
-def test_pooled_outputs_the_embedder_does_not_read_are_dropped(tiny, tmp_path, texts):
+@pytest.mark.parametrize("st_pooling,pooling", [("mean", None), ("lasttoken", "last")])
+def test_pooled_outputs_the_embedder_does_not_read_are_dropped(tiny, tmp_path, texts, st_pooling, pooling):
     """A sentence-transformers export (token_embeddings and a pooled, normalized sentence_embedding, as Optimum
     writes for such a folder): the Embedder reads the token states and pools them itself, so its plan keeps that
     output only (the Pool op would run on the host after a copy of the token states: trtrun.runtime.tail). Its
-    vectors are the plan's own sentence_embedding."""
+    vectors are the plan's own sentence_embedding: mean pooling, and last-token pooling (e5-mistral, gte-Qwen2,
+    Qwen3-Embedding: a Pool of mode last, format 6)."""
     pytest.importorskip("sentence_transformers")
     from conftest import EMBED_PROFILE, EMBED_TINY
     from producers_corpus import sentence_transformers_export, tokenizer_files
@@ -595,20 +597,33 @@ def test_pooled_outputs_the_embedder_does_not_read_are_dropped(tiny, tmp_path, t
     heads = {**EMBED_TINY, "num_attention_heads": 1}  # a head size of 32: one the GPU kernels take
     load_torch_model("bert-base", overrides=heads, seed=3).save_pretrained(tmp_path / "hf")
     tokenizer_files(tiny["tok"], tmp_path / "hf")
-    sentence_transformers_export(tmp_path / "hf", tmp_path / "st.onnx")
+    sentence_transformers_export(tmp_path / "hf", tmp_path / "st.onnx", pooling=st_pooling)
     full = build(tmp_path / "st.onnx", precision="fp32", profile=EMBED_PROFILE)
     assert [o["name"] for o in full.outputs] == ["token_embeddings", "sentence_embedding"]
+    pool = next(op for op in full.ops if op["type"] == "Pool")
+    assert pool["attrs"]["mode"] == (pooling or "mean") and pool["attrs"]["normalize"], pool
+    assert full.header["version"] == (6 if pooling == "last" else 1)
     check_gpu_support(full)  # the Pool is the host tail's
-    emb = Embedder(full.save(tmp_path / "st.plan"), tiny["tok"], backend="reference", truncation="truncate")
+    emb = Embedder(full.save(tmp_path / "st.plan"), tiny["tok"], backend="reference", truncation="truncate",
+                   pooling=pooling)
     assert [o["name"] for o in emb.plan.outputs] == ["token_embeddings"]
     assert not any(op["type"] == "Pool" for op in emb.plan.ops)
     check_gpu_support(emb.plan)  # the GPU runtime takes it now
     got = emb.embed(texts[:6])
     ref, tok = ReferenceBackend(full), data.load_tokenizer(tiny["tok"])
+    names = {i["name"] for i in full.inputs}
     for text, vec in zip(texts[:6], got):
         feeds = data.encode(tok, [text], SEQ_MAX)
-        want = ref.run({k: v for k, v in feeds.items() if k in {i["name"] for i in full.inputs}})["sentence_embedding"]
+        want = ref.run({k: v for k, v in feeds.items() if k in names})["sentence_embedding"]
         np.testing.assert_allclose(vec, want[0], atol=ATOL)
+    # the plan's Pool against the file's own pooling, on one padded batch
+    import onnxruntime as ort
+
+    feeds = {k: v for k, v in data.encode(tok, texts[:6], SEQ_MAX).items() if k in names}
+    assert (feeds["attention_mask"] == 0).any()
+    want = ort.InferenceSession(str(tmp_path / "st.onnx"), providers=["CPUExecutionProvider"]).run(
+        ["sentence_embedding"], feeds)[0]
+    np.testing.assert_allclose(ref.run(feeds)["sentence_embedding"], want, atol=ATOL)
 
 
 def test_protein_embeddings_from_an_esm2_folder(tmp_path):

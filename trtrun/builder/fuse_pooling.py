@@ -2,9 +2,9 @@
 
 Sentence-embedding exports (sentence-transformers' Pooling + Normalize modules, Optimum's
 `--library sentence_transformers`) return, beside the token states, a [batch, hidden] vector computed in
-the graph: the mean over the tokens attention_mask keeps (sum(x * m) / max(sum(m), 1e-9)), or the first
-token's state (CLS), then optionally an L2 normalization (y / max(|y|, 1e-12)). Exporters spell these in
-many ways (ReduceSum or ReduceMean, Clip or Max, ReduceL2 or Pow/Sqrt, Expand, Casts), so this pass matches
+the graph: the mean over the tokens attention_mask keeps (sum(x * m) / max(sum(m), 1e-9)), the first token's
+state (CLS), the first or the last token the mask keeps, then optionally an L2 normalization (y / max(|y|,
+1e-12)). Exporters spell these in many ways (ReduceSum or ReduceMean, Clip or Max, ReduceL2 or Pow/Sqrt, Expand, Casts), so this pass matches
 by value, as the others confirm: for a graph output, or a tensor an IR op reads (the pooled state a
 classification head's Linears take: BERT's pooler, RoBERTa's head), of probe shape [B, N] that is not yet an IR
 op's output, the one [B, S, N] IR-op output it is computed from (walking back through non-IR nodes; the rest of
@@ -27,7 +27,7 @@ from ..errors import BuildError
 from . import _graph as G
 from .probe import agree
 
-MODES = ("mean", "cls", "first")
+MODES = ("mean", "cls", "first", "last")  # read off the probe values (the token-id modes: _pool_by_ids)
 
 
 def reference_pool(x, mask, mode: str, normalize: bool, ids=None, token_id=None):
@@ -41,6 +41,10 @@ def reference_pool(x, mask, mode: str, normalize: bool, ids=None, token_id=None)
     elif mode == "first":
         first = np.zeros(x.shape[0], np.int64) if mask is None else np.argmax(np.asarray(mask) != 0, axis=1)
         y = x[np.arange(x.shape[0]), first]
+    elif mode == "last":
+        keep = np.ones(x.shape[:2], bool) if mask is None else np.asarray(mask) != 0
+        last = x.shape[1] - 1 - np.argmax(keep[:, ::-1], axis=1)
+        y = x[np.arange(x.shape[0]), last] * keep.any(1)[:, None]
     elif mode in ("token", "max_id"):
         at = np.argmax(np.asarray(ids) == token_id, axis=1) if mode == "token" else np.argmax(ids, axis=1)
         y = x[np.arange(x.shape[0]), at]
@@ -82,7 +86,7 @@ def fuse_pooling(graph, facts) -> int:
         if found is None:
             continue
         mode, normalize = found
-        use_mask = mode in ("mean", "first") and mask is not None
+        use_mask = mode in ("mean", "first", "last") and mask is not None
         G.add_trtrun_node(graph, "Pool", t.name.strip("/").replace("/", ".") + ".pool",
                           inputs={"x": x, "attention_mask": mask if use_mask else None}, weights={}, outputs=[t],
                           attrs={"mode": mode, "normalize": bool(normalize)})

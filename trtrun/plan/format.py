@@ -42,9 +42,10 @@ HEAD_FORMAT_VERSION = 4
 # reading version 4 would take the attribute for an annotation and normalize before rotating
 V5_ATTRS = (("qk_norm_after_rotary", False),)
 QK_AFTER_FORMAT_VERSION = 5
-# Version 6: a Pool that picks each row's token by the token ids (POOL_ID_MODES: CLIP's end-of-text token), reading
-# input_ids; a trtrun reading version 5 refuses such a plan as newer rather than as a bad field
-POOL_IDS_FORMAT_VERSION = 6
+# Version 6: the Pool modes V6_POOL_MODES: the last token the mask keeps, or a token the token ids pick (POOL_ID_MODES:
+# CLIP's end-of-text token, reading input_ids); a trtrun reading version 5 refuses such a plan as newer rather than
+# as a bad field
+POOL_MODES_FORMAT_VERSION = 6
 FORMAT_NAME = "trtrun-plan"
 ALIGN = 256
 PREAMBLE = struct.Struct("<8sIIQQ")  # magic, version, reserved, header length, blob length: 32 bytes
@@ -111,11 +112,13 @@ OP_SCHEMAS: dict[str, dict[str, Any]] = {
         "weights": {},
     },
 }
-# first: the first token the mask keeps (cls where rows are right-padded); token: the first token whose id is the
-# op's token_id (CLIP's end-of-text token), max_id: the first token of the row's largest id (CLIP's older exports,
-# whose end-of-text id is the vocabulary's last)
+# first: the first token the mask keeps (cls where rows are right-padded); last: the last one (sentence-transformers'
+# last-token pooling: e5-mistral, gte-Qwen2, Qwen3-Embedding); token: the first token whose id is the op's token_id
+# (CLIP's end-of-text token), max_id: the first token of the row's largest id (CLIP's older exports, whose
+# end-of-text id is the vocabulary's last)
 POOL_ID_MODES = ("token", "max_id")
-POOL_MODES = ("mean", "cls", "first") + POOL_ID_MODES
+V6_POOL_MODES = ("last",) + POOL_ID_MODES
+POOL_MODES = ("mean", "cls", "first") + V6_POOL_MODES
 # ops that may write one vector a sample, [B, N] (a tensor without the sequence axis): Pool, and the row ops that
 # may follow it (a classification head: BERT's pooler, RoBERTa's and ModernBERT's heads; a sentence-transformers Dense
 # and Normalize)
@@ -187,7 +190,7 @@ def _after_pooling(op: dict, tensors) -> bool:
 
 
 def required_version(header) -> int:
-    """The format version a header needs: 6 with a Pool of POOL_ID_MODES, else 5 with an attribute of V5_ATTRS, else
+    """The format version a header needs: 6 with a Pool of V6_POOL_MODES, else 5 with an attribute of V5_ATTRS, else
     4 with an op after the pooling (_after_pooling), else 3 with an attribute of V3_ATTRS, else 2 with an fp8 op or a
     float8 weight, else 1 (older trtruns read those). Defensive: the header may be a hostile file's, not yet
     validated."""
@@ -200,8 +203,8 @@ def required_version(header) -> int:
                                              o["attrs"].get(a, absent) != absent for o in ops for a, absent in attrs)
 
     if isinstance(ops, list) and any(isinstance(o, dict) and o.get("type") == "Pool" and isinstance(o.get("attrs"), dict)
-                                     and o["attrs"].get("mode") in POOL_ID_MODES for o in ops):
-        return POOL_IDS_FORMAT_VERSION
+                                     and o["attrs"].get("mode") in V6_POOL_MODES for o in ops):
+        return POOL_MODES_FORMAT_VERSION
     if uses(V5_ATTRS):
         return QK_AFTER_FORMAT_VERSION
     if isinstance(ops, list) and any(isinstance(o, dict) and _after_pooling(o, tensors) for o in ops):

@@ -38,7 +38,7 @@ from .format import (
     OP_SCHEMAS,
     OP_TYPES,
     POOL_ID_MODES,
-    POOL_IDS_FORMAT_VERSION,
+    POOL_MODES_FORMAT_VERSION,
     POOL_MODES,
     SENTENCE_OPS,
     SOURCE_WEIGHTS,
@@ -144,7 +144,7 @@ def validate_header(h: Any, where: str, blob_nbytes: int | None) -> None:
                3: ": " + ", ".join(a for a, _ in V3_ATTRS) + " need it)",
                4: ": ops after the pooling need it)",
                5: ": qk_norm_after_rotary needs it)",
-               POOL_IDS_FORMAT_VERSION: ": a Pool by token id needs it)"}.get(need, ")")
+               POOL_MODES_FORMAT_VERSION: ": Pool modes last, token and max_id need it)"}.get(need, ")")
         err("header.version", f"is {short(h.get('version'))}, expected {need} (the file's format version" + why)
     for key, typ in (("precision", str), ("profile", dict), ("inputs", list), ("outputs", list),
                      ("tensors", dict), ("weights", dict), ("ops", list)):
