@@ -1210,7 +1210,7 @@ def _with_end_token(feeds, eot, pad_with_eot):
 @pytest.mark.parametrize("form", ["token", "max_id"])
 def test_clip_text_embeds_pooled_at_the_end_token(tmp_path, real_text_batches, form):
     """CLIP's text_embeds: the state at the end-of-text token, found as the first `input_ids == eos_token_id`
-    (transformers today) or, when eos_token_id is 2 (older configs), as the row's largest id (the real end-of-text id
+    (transformers 5) or, when eos_token_id is 2 (older configs), as the row's largest id (the real end-of-text id
     is the vocabulary's last). Built into a Pool of mode token or max_id and the projection Linear after it, and
     matched against onnxruntime and PyTorch fp32 on real text ended by that token, padded with zeros and with the
     token (as CLIP's tokenizer pads)."""
