@@ -126,7 +126,7 @@ def test_engine_takes_the_lowered_names():
             ("type", "Conv", "type must be one of Embedding, Linear, Attention, LayerNorm, RMSNorm; got 'Conv'"),
             ("precision", "int8", "precision must be one of fp32, fp16, hybrid, fp8; got 'int8'"),
             ("activation", "mish",
-             "activation must be one of none, gelu_erf, gelu_tanh, silu, relu, relu2; got 'mish'")]:
+             "activation must be one of none, gelu_erf, gelu_tanh, silu, relu, relu2, quick_gelu; got 'mish'")]:
         bad_low = json.loads(json.dumps({k: v for k, v in low.items() if k != "weights"}))
         bad_low["ops"][1][field] = bad
         with pytest.raises(InputError) as err:
@@ -229,7 +229,7 @@ def test_decoder_kernel_entry_points_take_names():
     with pytest.raises(InputError, match="rmsnorm: precision must be one of fp32, fp16, hybrid, fp8; got 'bf16'"):
         p.rmsnorm(0, "float16", 0, "float32", 0, "float32", 0, "float16", 0, "float32", 4, 64, 1e-5, "bf16", 0)
     with pytest.raises(InputError, match="linear_epilogue: activation must be one of none, gelu_erf, gelu_tanh, "
-                                         "silu, relu, relu2; got 'mish'"):
+                                         "silu, relu, relu2, quick_gelu; got 'mish'"):
         p.linear_epilogue(0, "float16", 0, "float32", 0, "float32", 0, "float16", 4, 8, True, "mish", True, 0)
     with pytest.raises(InputError, match="linear_epilogue: src and y must not be null"):
         p.linear_epilogue(0, "float16", 0, "float32", 0, "float32", 0, "float16", 4, 8, True, "silu", True, 0)
