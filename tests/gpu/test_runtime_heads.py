@@ -25,6 +25,21 @@ pytestmark = pytest.mark.gpu
 BOUND = {"fp32": 1e-3, "hybrid": 1e-2}
 
 
+def _onnx_export(m, path, outputs: dict) -> str:
+    """m (input_ids and attention_mask in) through torch.onnx at opset 17, batch and sequence dynamic; outputs: each
+    output's name -> its dynamic axes. Traced on ids drawn from torch's generator as the caller left it."""
+    import torch
+
+    ids = torch.randint(1000, 2000, (2, 16))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(m.eval(), (ids, torch.ones_like(ids)), str(path), dynamo=False, opset_version=17,
+                          input_names=["input_ids", "attention_mask"], output_names=list(outputs),
+                          dynamic_axes={"input_ids": {0: "b", 1: "s"}, "attention_mask": {0: "b", 1: "s"},
+                                        **outputs})
+    return str(path)
+
+
 def _export(arch: str) -> str:
     path = h._CACHE / f"seqcls-{arch}.onnx"
     if path.exists():
@@ -44,14 +59,7 @@ def _export(arch: str) -> str:
         for name, p in m.named_parameters():
             if any(k in name for k in ("pooler", "classifier", "head")):
                 p.copy_(torch.randn_like(p) * (0.05 if p.ndim > 1 else 0.5))
-    ids = torch.randint(1000, 2000, (2, 16))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(m.eval(), (ids, torch.ones_like(ids)), str(path), dynamo=False, opset_version=17,
-                          input_names=["input_ids", "attention_mask"], output_names=["logits"],
-                          dynamic_axes={"input_ids": {0: "b", 1: "s"}, "attention_mask": {0: "b", 1: "s"},
-                                        "logits": {0: "b"}})
-    return str(path)
+    return _onnx_export(m, path, {"logits": {0: "b"}})
 
 
 def _text_feeds(n: int = 24, max_len: int = 64) -> dict:
@@ -118,14 +126,7 @@ def _export_qa() -> str:
     with torch.no_grad():  # the span head far from its near-zero init
         m.qa_outputs.weight.copy_(torch.randn_like(m.qa_outputs.weight) * 0.05)
         m.qa_outputs.bias.copy_(torch.randn_like(m.qa_outputs.bias) * 0.5)
-    ids = torch.randint(1000, 2000, (2, 16))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(m.eval(), (ids, torch.ones_like(ids)), str(path), dynamo=False, opset_version=17,
-                          input_names=["input_ids", "attention_mask"], output_names=["start_logits", "end_logits"],
-                          dynamic_axes={n: {0: "b", 1: "s"} for n in ("input_ids", "attention_mask", "start_logits",
-                                                                       "end_logits")})
-    return str(path)
+    return _onnx_export(m, path, {"start_logits": {0: "b", 1: "s"}, "end_logits": {0: "b", 1: "s"}})
 
 
 @pytest.mark.parametrize("precision", ["fp32", "hybrid"])
@@ -180,14 +181,7 @@ def _export_clip(eos_token_id: int) -> str:
     m = T.CLIPTextModelWithProjection(T.CLIPTextConfig(
         hidden_size=256, intermediate_size=512, num_hidden_layers=3, num_attention_heads=4, vocab_size=30522,
         max_position_embeddings=77, eos_token_id=eos_token_id, bos_token_id=101, pad_token_id=0, projection_dim=128))
-    ids = torch.randint(1000, 2000, (2, 16))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(m.eval(), (ids, torch.ones_like(ids)), str(path), dynamo=False, opset_version=17,
-                          input_names=["input_ids", "attention_mask"], output_names=["text_embeds"],
-                          dynamic_axes={"input_ids": {0: "b", 1: "s"}, "attention_mask": {0: "b", 1: "s"},
-                                        "text_embeds": {0: "b"}})
-    return str(path)
+    return _onnx_export(m, path, {"text_embeds": {0: "b"}, "last_hidden_state": {0: "b", 1: "s"}})
 
 
 @pytest.mark.parametrize("precision", ["fp32", "hybrid"])
