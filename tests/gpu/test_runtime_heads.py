@@ -78,15 +78,36 @@ def _text_feeds(n: int = 24, max_len: int = 64) -> dict:
         return {"input_ids": ids * mask, "attention_mask": mask}
 
 
+def _check_vectors(got, plan, path, feeds, output: str, label: str):
+    """The GPU's `output` (float64) against the reference backend on the same plan, to BOUND of the plan's precision
+    relative to its largest magnitude, and for fp32 plans against onnxruntime fp32 on the file (1e-3); returns
+    onnxruntime's values for fp32 plans, else None."""
+    import onnxruntime as ort
+
+    from trtrun.reference import ReferenceBackend
+
+    ref = ReferenceBackend(plan).run(feeds)[output].astype(np.float64)
+    scale = np.abs(ref).max()
+    assert np.isfinite(got).all() and scale > 0.1
+    err = np.abs(got - ref).max() / scale
+    h.report("heads", f"{label} GPU vs reference: max |diff| / max = {err:.2e}")
+    assert err <= BOUND[plan.precision], (label, err)
+    if plan.precision != "fp32":
+        return None
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    want = sess.run([output], feeds)[0].astype(np.float64)
+    err_ort = np.abs(got - want).max() / np.abs(want).max()
+    h.report("heads", f"{label} GPU vs onnxruntime fp32: {err_ort:.2e}")
+    assert err_ort <= 1e-3, (label, err_ort)
+    return want
+
+
 @pytest.mark.parametrize("precision", ["fp32", "hybrid"])
 @pytest.mark.parametrize("arch", ["bert", "modernbert"])
 def test_classifier_logits_on_the_gpu(arch, precision):
     h.need_runtime()
-    import onnxruntime as ort
-
     import trtrun
     from trtrun.errors import InputError
-    from trtrun.reference import ReferenceBackend
     from trtrun.runtime import Engine
 
     path = _export(arch)
@@ -99,18 +120,9 @@ def test_classifier_logits_on_the_gpu(arch, precision):
         again = ctx.run(feeds)["logits"].astype(np.float64)  # the CUDA graph's replay
         with pytest.raises(InputError, match="run_device does not do"):
             ctx.run_device({"input_ids": feeds["input_ids"]})
-    ref = ReferenceBackend(plan).run(feeds)["logits"].astype(np.float64)
-    scale = np.abs(ref).max()
-    assert np.isfinite(got).all() and scale > 0.1
     np.testing.assert_array_equal(got, again)
-    err = np.abs(got - ref).max() / scale
-    h.report("heads", f"{arch:10s} {precision:6s} GPU vs reference: max |diff| / max |logit| = {err:.2e}")
-    assert err <= BOUND[precision], (arch, precision, err)
-    if precision == "fp32":
-        want = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, feeds)[0].astype(np.float64)
-        err_ort = np.abs(got - want).max() / np.abs(want).max()
-        h.report("heads", f"{arch:10s} fp32   GPU vs onnxruntime fp32: {err_ort:.2e}")
-        assert err_ort <= 1e-3, (arch, err_ort)
+    want = _check_vectors(got, plan, path, feeds, "logits", f"{arch:10s} {precision:6s}")
+    if want is not None:
         assert (got.argmax(-1) == want.argmax(-1)).mean() >= 0.9  # labels, allowing a near tie or two
 
 
@@ -192,10 +204,7 @@ def test_clip_text_embeds_on_the_gpu(eos, precision):
     run's input_ids. Each row ends in the end-of-text id (30521, the vocabulary's last), padding after it; against the
     reference backend on the same plan and onnxruntime fp32 on the file, with the bounds of the classifiers."""
     h.need_runtime()
-    import onnxruntime as ort
-
     import trtrun
-    from trtrun.reference import ReferenceBackend
     from trtrun.runtime import Engine
 
     path = _export_clip(eos)
@@ -210,14 +219,4 @@ def test_clip_text_embeds_on_the_gpu(eos, precision):
     feeds = {"input_ids": ids, "attention_mask": mask}
     with eng.create_context() as ctx:
         got = ctx.run(feeds)["text_embeds"].astype(np.float64)
-    ref = ReferenceBackend(plan).run(feeds)["text_embeds"].astype(np.float64)
-    scale = np.abs(ref).max()
-    assert np.isfinite(got).all() and scale > 0.1
-    err = np.abs(got - ref).max() / scale
-    h.report("heads", f"clip-{pool['attrs']['mode']:6s} {precision:6s} GPU vs reference: max |diff| / max = {err:.2e}")
-    assert err <= BOUND[precision], (eos, precision, err)
-    if precision == "fp32":
-        want = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, feeds)[0].astype(np.float64)
-        err_ort = np.abs(got - want).max() / np.abs(want).max()
-        h.report("heads", f"clip-{pool['attrs']['mode']:6s} fp32   GPU vs onnxruntime fp32: {err_ort:.2e}")
-        assert err_ort <= 1e-3, (eos, err_ort)
+    _check_vectors(got, plan, path, feeds, "text_embeds", f"clip-{pool['attrs']['mode']:6s} {precision:6s}")
